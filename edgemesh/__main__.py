@@ -1,0 +1,5 @@
+"""``python -m edgemesh`` is the ``edgemesh`` command."""
+
+from edgemesh.cli import main
+
+raise SystemExit(main())

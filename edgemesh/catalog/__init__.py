@@ -1,0 +1,63 @@
+"""The catalog layer: nodes, services and endpoints; where they come from is not its business."""
+from ._catalog import RESOLVE_CACHE_SIZE, Catalog
+from ._manifest import (
+    SERVICE_NAME_LABEL,
+    EndpointSliceObject,
+    ManifestError,
+    PodObject,
+    ServiceObject,
+    SliceEndpoint,
+    assemble_catalog,
+    catalog_from_objects,
+    load_manifest,
+    parse_endpoint_slice,
+    parse_node,
+    parse_pod,
+    parse_service,
+)
+from ._model import (
+    CLUSTER_DOMAIN,
+    DEFAULT_HUB_PORT,
+    DEFAULT_NAMESPACE,
+    EDGE_LABEL,
+    HUB_ADDRESS_ANNOTATION,
+    ZONE_LABEL,
+    Endpoint,
+    Node,
+    Service,
+    ServicePort,
+)
+from ._snapshot import SnapshotError, catalog_from_wire, catalog_to_wire
+from ._store import CatalogStore
+
+__all__ = [
+    "CLUSTER_DOMAIN",
+    "DEFAULT_HUB_PORT",
+    "DEFAULT_NAMESPACE",
+    "EDGE_LABEL",
+    "HUB_ADDRESS_ANNOTATION",
+    "RESOLVE_CACHE_SIZE",
+    "SERVICE_NAME_LABEL",
+    "ZONE_LABEL",
+    "Catalog",
+    "CatalogStore",
+    "Endpoint",
+    "EndpointSliceObject",
+    "ManifestError",
+    "Node",
+    "PodObject",
+    "Service",
+    "ServiceObject",
+    "ServicePort",
+    "SliceEndpoint",
+    "SnapshotError",
+    "assemble_catalog",
+    "catalog_from_objects",
+    "catalog_from_wire",
+    "catalog_to_wire",
+    "load_manifest",
+    "parse_endpoint_slice",
+    "parse_node",
+    "parse_pod",
+    "parse_service",
+]

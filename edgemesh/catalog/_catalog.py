@@ -1,0 +1,264 @@
+"""
+The catalog as one immutable value, and the name resolution every request goes through.
+
+``Catalog.resolve`` turns what an HTTP client asked for (Host header or URI authority)
+into a service and one of its ports.  It runs once per request, so its results are
+cached by the raw authority bytes in a small bounded dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from ..exchange import MeshError, Reason
+from ._model import CLUSTER_DOMAIN, DEFAULT_NAMESPACE, Node, Service, ServicePort
+
+RESOLVE_CACHE_SIZE = 4096
+"""Resolved authorities kept per catalog; the cache is cleared when it is full, so a
+client sending endless distinct Host values costs CPU, never memory."""
+
+_MAX_AUTHORITY = 300
+"""A DNS name is at most 253 characters; with brackets and a port, 300 is generous."""
+
+_HOST_NAME = re.compile(
+    rb"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
+)
+_NUMERIC_HOST = re.compile(rb"[0-9.]+")
+_IPV6_LITERAL = re.compile(rb"[0-9a-fA-F:.]+")
+_CLUSTER_SUFFIX = tuple(CLUSTER_DOMAIN.split("."))
+_HTTP_PORT = 80
+
+
+def _shown(authority: bytes) -> str:
+    """What the client asked for, on one line whatever it contains."""
+    return repr(authority[:120])[1:] + ("..." if len(authority) > 120 else "")
+
+
+def _bad(authority: bytes, why: str) -> MeshError:
+    return MeshError(Reason.bad_request, f"malformed authority {_shown(authority)}: {why}")
+
+
+def _unknown(authority: bytes, why: str) -> MeshError:
+    return MeshError(Reason.unknown_service, f"{why} (asked for {_shown(authority)})")
+
+
+def _parse_port(authority: bytes, digits: bytes) -> int:
+    if not digits:
+        raise _bad(authority, "empty port")
+    # bytes.isdigit is ASCII-only: no '+', '-', spaces or other scripts' digits.
+    if len(digits) > 5 or not digits.isdigit():
+        raise _bad(authority, "port must be a number 1-65535")
+    port = int(digits)
+    if not 1 <= port <= 65535:
+        raise _bad(authority, "port must be a number 1-65535")
+    return port
+
+
+def _split_authority(authority: bytes) -> tuple[bytes | ipaddress.IPv4Address |
+                                                ipaddress.IPv6Address, int | None]:
+    """(lower-case host name without trailing dot, or an IP address; port or None)."""
+    if not authority:
+        raise _bad(authority, "empty")
+    if len(authority) > _MAX_AUTHORITY:
+        raise _bad(authority, f"longer than {_MAX_AUTHORITY} bytes")
+    if authority[:1] == b"[":
+        end = authority.find(b"]")
+        if end < 0:
+            raise _bad(authority, "unclosed '['")
+        literal, rest = authority[1:end], authority[end + 1 :]
+        if rest and rest[:1] != b":":
+            raise _bad(authority, "unexpected characters after ']'")
+        port = _parse_port(authority, rest[1:]) if rest else None
+        if not _IPV6_LITERAL.fullmatch(literal):
+            raise _bad(authority, "not an IPv6 address")
+        try:
+            return ipaddress.IPv6Address(literal.decode("ascii")), port
+        except ValueError:
+            raise _bad(authority, "not an IPv6 address") from None
+    host, colon, digits = authority.partition(b":")
+    if b":" in digits:
+        raise _bad(authority, "an IPv6 address must be in brackets")
+    port = _parse_port(authority, digits) if colon else None
+    host = host.lower()
+    if host.endswith(b"."):
+        host = host[:-1]
+    if not _HOST_NAME.fullmatch(host):
+        raise _bad(authority, "not a valid host name")
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(host.decode("ascii")), port
+        except ValueError:
+            raise _bad(authority, "not a valid IPv4 address") from None
+    return host, port
+
+
+def _service_key(authority: bytes, host: bytes) -> str:
+    """``namespace/name`` for every name form a pod may use for a service."""
+    labels = host.decode("ascii").split(".")
+    if len(labels) == 1:
+        return f"{DEFAULT_NAMESPACE}/{labels[0]}"
+    if len(labels) == 2:
+        return f"{labels[1]}/{labels[0]}"
+    if labels[2] == "svc" and (len(labels) == 3 or tuple(labels[3:]) == _CLUSTER_SUFFIX):
+        return f"{labels[1]}/{labels[0]}"
+    raise _unknown(authority, f"{host.decode('ascii')} is not a service name of this cluster")
+
+
+def _choose_port(authority: bytes, service: Service, port: int | None) -> ServicePort:
+    # The mesh carries HTTP, so only TCP ports can be meant (a UDP port may share the number).
+    tcp = [p for p in service.ports if p.protocol == "TCP"]
+    if port is not None:
+        for candidate in tcp:
+            if candidate.port == port:
+                return candidate
+    else:
+        for candidate in tcp:
+            if candidate.port == _HTTP_PORT:
+                return candidate
+        if len(tcp) == 1:
+            return tcp[0]
+    listed = ", ".join(str(p.port) for p in tcp) or "none"
+    if port is None:
+        why = f"service {service.key} has several ports, name one of: {listed}"
+    else:
+        why = f"service {service.key} has no TCP port {port}, only: {listed}"
+    raise _unknown(authority, why)
+
+
+class Catalog:
+    """Every node and service the mesh knows at one revision.  Immutable: a change is a
+    new Catalog (sources build them, routing swaps them in whole)."""
+
+    __slots__ = ("_by_ip", "_nodes", "_resolved", "_revision", "_services")
+
+    def __init__(
+        self,
+        services: Mapping[str, Service] | Iterable[Service] = (),
+        nodes: Mapping[str, Node] | Iterable[Node] = (),
+        revision: int = 0,
+    ) -> None:
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+            raise ValueError(f"revision must be a non-negative integer, got {revision!r}")
+        by_key: dict[str, Service] = {}
+        items = services.items() if isinstance(services, Mapping) else (
+            (s.key, s) for s in services
+        )
+        for key, service in items:
+            if key != service.key:
+                raise ValueError(f"service {service.key} filed under {key!r}")
+            if key in by_key:
+                raise ValueError(f"service {key} given twice")
+            by_key[key] = service
+        by_name: dict[str, Node] = {}
+        node_items = nodes.items() if isinstance(nodes, Mapping) else (
+            (n.name, n) for n in nodes
+        )
+        for name, node in node_items:
+            if name != node.name:
+                raise ValueError(f"node {node.name} filed under {name!r}")
+            if name in by_name:
+                raise ValueError(f"node {name} given twice")
+            by_name[name] = node
+        # Kubernetes keeps clusterIPs unique; should two services share one anyway (a
+        # watch between a delete and a re-create), the first key in sorted order wins.
+        by_ip: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Service] = {}
+        for key in sorted(by_key):
+            service = by_key[key]
+            if service.cluster_ip is not None:
+                try:
+                    ip = ipaddress.ip_address(service.cluster_ip)
+                except ValueError:
+                    raise ValueError(
+                        f"service {key}: cluster_ip {service.cluster_ip!r} is not an IP address"
+                    ) from None
+                by_ip.setdefault(ip, service)
+        self._revision = revision
+        self._services: Mapping[str, Service] = MappingProxyType(by_key)
+        self._nodes: Mapping[str, Node] = MappingProxyType(by_name)
+        self._by_ip = by_ip
+        self._resolved: dict[bytes, tuple[Service, ServicePort]] = {}
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls()
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        """By ``namespace/name``."""
+        return self._services
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """By node name."""
+        return self._nodes
+
+    def with_revision(self, revision: int) -> Catalog:
+        return Catalog(self._services, self._nodes, revision)
+
+    def node(self, name: str) -> Node | None:
+        return self._nodes.get(name)
+
+    def is_edge(self, node_name: str | None) -> bool:
+        if node_name is None:
+            return False
+        node = self._nodes.get(node_name)
+        return node is not None and node.edge
+
+    def service(self, key: str) -> Service | None:
+        """The service ``namespace/name``, if known."""
+        return self._services.get(key)
+
+    def resolve(self, authority: bytes) -> tuple[Service, ServicePort]:
+        """The service and port an HTTP authority names.
+
+        Accepts ``name``, ``name.ns``, ``name.ns.svc``, ``name.ns.svc.cluster.local``
+        (any case, optional trailing dot), a clusterIP (``[v6]`` in brackets), each with an
+        optional ``:port``.  Without a port: port 80 if the service has it, else its only
+        port.  Raises MeshError: ``bad_request`` for a malformed authority,
+        ``unknown_service`` for a name, IP or port the catalog does not have.
+        """
+        hit = self._resolved.get(authority)
+        if hit is not None:
+            return hit
+        result = self._resolve(authority)
+        if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[authority] = result
+        return result
+
+    def _resolve(self, authority: bytes) -> tuple[Service, ServicePort]:
+        host, port = _split_authority(authority)
+        if isinstance(host, bytes):
+            key = _service_key(authority, host)
+            found = self._services.get(key)
+            if found is None:
+                raise _unknown(authority, f"no service {key}")
+        else:
+            found = self._by_ip.get(host)
+            if found is None:
+                raise _unknown(authority, f"no service has clusterIP {host}")
+        return found, _choose_port(authority, found, port)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Catalog):
+            return NotImplemented
+        return (
+            self._revision == other._revision
+            and self._nodes == other._nodes
+            and self._services == other._services
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Catalog revision={self._revision} services={len(self._services)} "
+            f"nodes={len(self._nodes)}>"
+        )

@@ -1,0 +1,303 @@
+"""
+The catalog as a plain structure (str, int, bool, None, list, dict with str keys) for
+msgpack: what the router pushes to edges and what an edge keeps on disk.
+
+Layout (version 1); records are positional lists to keep pushes small::
+
+    {"format": "edgemesh.catalog", "version": 1, "revision": int,
+     "nodes": [[name, edge, hub_host|None, hub_port, zone|None], ...],
+     "services": [[namespace, name, cluster_ip|None,
+                   [[port_name, port, target_port, protocol], ...],
+                   {port_name: [[host, port, node|None, ready, serving, terminating,
+                                 zone|None, pod|None], ...]},
+                   {annotation: value}, session_affinity], ...]}
+
+``catalog_from_wire`` reads input from the network: it checks every field's type, range
+and presence and raises SnapshotError, and nothing else, for anything off.  Keys it does
+not know in the top-level map are ignored, so that a newer router may add some.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import NoReturn
+
+from ._catalog import Catalog
+from ._model import (
+    MAX_ANNOTATION_VALUE,
+    MAX_ZONE,
+    PROTOCOLS,
+    SESSION_AFFINITIES,
+    Endpoint,
+    Node,
+    Service,
+    ServicePort,
+    is_dns1035_label,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_port_name,
+    is_qualified_name,
+    is_zone,
+)
+
+FORMAT = "edgemesh.catalog"
+VERSION = 1
+
+_MAX_REVISION = 2**63 - 1
+
+
+class SnapshotError(ValueError):
+    """A catalog snapshot that is not one: the message names the field."""
+
+
+def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
+    """The plain structure for ``catalog``; ``catalog_from_wire`` reverses it."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "revision": catalog.revision,
+        "nodes": [
+            [n.name, n.edge, n.hub_host, n.hub_port, n.zone]
+            for n in catalog.nodes.values()
+        ],
+        "services": [_service_to_wire(s) for s in catalog.services.values()],
+    }
+
+
+def _service_to_wire(s: Service) -> list[object]:
+    return [
+        s.namespace,
+        s.name,
+        s.cluster_ip,
+        [[p.name, p.port, p.target_port, p.protocol] for p in s.ports],
+        {
+            port_name: [
+                [e.host, e.port, e.node, e.ready, e.serving, e.terminating, e.zone, e.pod]
+                for e in endpoints
+            ]
+            for port_name, endpoints in s.endpoints.items()
+        },
+        dict(s.annotations),
+        s.session_affinity,
+    ]
+
+
+def _fail(path: str, problem: str) -> NoReturn:
+    raise SnapshotError(f"catalog snapshot: {path}: {problem}")
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _map(value: object, path: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        _fail(path, f"must be a map, got {_type_name(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            _fail(path, f"keys must be strings, got {_type_name(key)}")
+    return value
+
+
+def _list(value: object, path: str) -> list[object]:
+    if not isinstance(value, list):
+        _fail(path, f"must be an array, got {_type_name(value)}")
+    return value
+
+
+def _record(value: object, path: str, length: int) -> list[object]:
+    items = _list(value, path)
+    if len(items) != length:
+        _fail(path, f"must have {length} elements, got {len(items)}")
+    return items
+
+
+def _str(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, f"must be a string, got {_type_name(value)}")
+    return value
+
+
+def _zone(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    text = _str(value, path)
+    if not is_zone(text):
+        _fail(path, f"must be null or 1-{MAX_ZONE} printable characters")
+    return text
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, f"must be a boolean, got {_type_name(value)}")
+    return value
+
+
+def _int(value: object, path: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(path, f"must be an integer {low}-{high}")
+    return value
+
+
+def _checked(value: object, path: str, check: Callable[[str], bool], rule: str) -> str:
+    text = _str(value, path)
+    if not check(text):
+        _fail(path, f"not a valid name ({rule})")
+    return text
+
+
+def _host(value: object, path: str) -> str:
+    """An IP address or a DNS name."""
+    text = _str(value, path)
+    if is_dns1123_subdomain(text) and not all(c.isdigit() or c == "." for c in text):
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        _fail(path, "not an IP address or host name")
+    return text
+
+
+def _node(value: object, path: str) -> Node:
+    name, edge, hub_host, hub_port, zone = _record(value, path, 5)
+    return Node(
+        name=_checked(name, f"{path}[0]", is_dns1123_subdomain, "DNS-1123 subdomain"),
+        edge=_bool(edge, f"{path}[1]"),
+        hub_host=None if hub_host is None else _host(hub_host, f"{path}[2]"),
+        hub_port=_int(hub_port, f"{path}[3]", 1, 65535),
+        zone=_zone(zone, f"{path}[4]"),
+    )
+
+
+def _port(value: object, path: str) -> ServicePort:
+    name, port, target, protocol = _record(value, path, 4)
+    name = _str(name, f"{path}[0]")
+    if name and not is_dns1123_label(name):
+        _fail(f"{path}[0]", "not a valid port name (DNS-1123 label)")
+    target_port: int | str
+    if isinstance(target, str):
+        if not is_port_name(target):
+            _fail(f"{path}[2]", "not a valid port name (IANA service name)")
+        target_port = target
+    else:
+        target_port = _int(target, f"{path}[2]", 1, 65535)
+    protocol = _str(protocol, f"{path}[3]")
+    if protocol not in PROTOCOLS:
+        _fail(f"{path}[3]", "must be TCP, UDP or SCTP")
+    return ServicePort(
+        name=name, port=_int(port, f"{path}[1]", 1, 65535), target_port=target_port,
+        protocol=protocol,
+    )
+
+
+def _pod_ref(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    text = _str(value, path)
+    namespace, slash, name = text.partition("/")
+    if not slash or not is_dns1123_label(namespace) or not is_dns1123_subdomain(name):
+        _fail(path, "must be null or namespace/name")
+    return text
+
+
+def _endpoint(value: object, path: str) -> Endpoint:
+    host, port, node, ready, serving, terminating, zone, pod = _record(value, path, 8)
+    if node is not None:
+        node = _checked(node, f"{path}[2]", is_dns1123_subdomain, "DNS-1123 subdomain")
+    return Endpoint(
+        host=_host(host, f"{path}[0]"),
+        port=_int(port, f"{path}[1]", 1, 65535),
+        node=node,
+        ready=_bool(ready, f"{path}[3]"),
+        serving=_bool(serving, f"{path}[4]"),
+        terminating=_bool(terminating, f"{path}[5]"),
+        zone=_zone(zone, f"{path}[6]"),
+        pod=_pod_ref(pod, f"{path}[7]"),
+    )
+
+
+def _annotations(value: object, path: str) -> Mapping[str, str]:
+    result: dict[str, str] = {}
+    for key, item in _map(value, path).items():
+        if not is_qualified_name(key):
+            _fail(path, "annotation names must be Kubernetes qualified names")
+        text = _str(item, f"{path}[{key!r}]")
+        if len(text) > MAX_ANNOTATION_VALUE:
+            _fail(f"{path}[{key!r}]", f"longer than {MAX_ANNOTATION_VALUE} characters")
+        result[key] = text
+    return MappingProxyType(result)
+
+
+def _service(value: object, path: str) -> Service:
+    namespace, name, cluster_ip, ports, endpoints, annotations, affinity = _record(
+        value, path, 7
+    )
+    namespace = _checked(namespace, f"{path}[0]", is_dns1123_label, "DNS-1123 label")
+    name = _checked(name, f"{path}[1]", is_dns1035_label, "DNS-1035 label")
+    if cluster_ip is not None:
+        cluster_ip = _str(cluster_ip, f"{path}[2]")
+        try:
+            ipaddress.ip_address(cluster_ip)
+        except ValueError:
+            _fail(f"{path}[2]", "not an IP address")
+    parsed_ports = tuple(
+        _port(p, f"{path}[3][{i}]") for i, p in enumerate(_list(ports, f"{path}[3]"))
+    )
+    names = [p.name for p in parsed_ports]
+    if len(set(names)) != len(names):
+        _fail(f"{path}[3]", "duplicate port names")
+    by_port: dict[str, tuple[Endpoint, ...]] = {}
+    for port_name, items in _map(endpoints, f"{path}[4]").items():
+        where = f"{path}[4][{port_name!r}]"
+        if port_name not in names:
+            _fail(where, "no service port has this name")
+        by_port[port_name] = tuple(
+            _endpoint(e, f"{where}[{i}]") for i, e in enumerate(_list(items, where))
+        )
+    affinity = _str(affinity, f"{path}[6]")
+    if affinity not in SESSION_AFFINITIES:
+        _fail(f"{path}[6]", "must be None or ClientIP")
+    return Service(
+        namespace=namespace,
+        name=name,
+        cluster_ip=cluster_ip,
+        ports=parsed_ports,
+        endpoints=MappingProxyType(by_port),
+        annotations=_annotations(annotations, f"{path}[5]"),
+        session_affinity=affinity,
+    )
+
+
+def catalog_from_wire(obj: object) -> Catalog:
+    """The Catalog in a plain structure made by ``catalog_to_wire`` (and decoded from
+    msgpack by someone else).  Raises SnapshotError for anything that does not fit."""
+    top = _map(obj, "top level")
+    # Format and version first: another version may lay out everything else differently.
+    for key in ("format", "version"):
+        if key not in top:
+            _fail(key, "required")
+    if top["format"] != FORMAT:
+        _fail("format", f"must be {FORMAT!r}")
+    version = top["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
+        _fail("version", f"unsupported version (this node reads version {VERSION})")
+    for key in ("revision", "nodes", "services"):
+        if key not in top:
+            _fail(key, "required")
+    revision = _int(top["revision"], "revision", 0, _MAX_REVISION)
+    nodes = [_node(n, f"nodes[{i}]") for i, n in enumerate(_list(top["nodes"], "nodes"))]
+    services = [
+        _service(s, f"services[{i}]") for i, s in enumerate(_list(top["services"], "services"))
+    ]
+    seen_nodes = {n.name for n in nodes}
+    if len(seen_nodes) != len(nodes):
+        _fail("nodes", "duplicate node names")
+    seen_services = {s.key for s in services}
+    if len(seen_services) != len(services):
+        _fail("services", "duplicate services")
+    try:
+        return Catalog(services=services, nodes=nodes, revision=revision)
+    except ValueError as error:  # belt and braces: everything it checks was checked above
+        raise SnapshotError(f"catalog snapshot: {error}") from None

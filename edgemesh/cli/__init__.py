@@ -1,0 +1,40 @@
+"""The ``edgemesh`` command: one subcommand per tool, each imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+
+def _demo(argv: list[str]) -> int:
+    from edgemesh.cli._demo import main as demo_main
+
+    return demo_main(argv)
+
+
+# name -> (one-line help, runner given every argument after the name, untouched).
+# TODO(lead): `certs` and `iptables` go here.
+_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "demo": ("start a small mesh on loopback and send requests through it", _demo),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgemesh",
+        description="A service mesh for edge computing. The long-running roles are twistd plugins: "
+        "`twistd edgemesh-router`, `twistd edgemesh-edge`.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, _) in _COMMANDS.items():
+        # add_help=False: `edgemesh demo --help` is the subcommand's own help, not ours.
+        commands.add_parser(name, help=summary, description=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edgemesh COMMAND [ARGS...]``; returns the process exit code."""
+    # parse_known_args keeps the subcommand's own arguments, in order, for it to parse.
+    args, rest = _parser().parse_known_args(argv)
+    _, run = _COMMANDS[args.command]
+    return run(rest)

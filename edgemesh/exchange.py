@@ -1,0 +1,192 @@
+"""
+The contract every layer shares: one HTTP exchange flowing from a Source to a Target.
+
+An *exchange* is one HTTP request and its response.  Heads are small and travel
+whole; bodies are streams with push-producer flow control in both directions:
+
+    source ──open(route, head, responder)──► target      returns an IRequestBody
+    source ──IRequestBody.write/end/abort──► target      (target pauses the source's producer)
+    source ◄──IResponder.head/write/end/fail── target     (source pauses the target's producer)
+
+Nothing here touches a reactor or a socket.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from .catalog import Endpoint, Service, ServicePort
+
+Headers = tuple[tuple[bytes, bytes], ...]
+"""End-to-end header fields in their original order and case; never hop-by-hop ones."""
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    path: bytes
+    """The origin-form request target (``/x?y``), whatever form the client used."""
+    authority: bytes
+    """What the client asked for: the Host header or the authority of an absolute URI."""
+    headers: Headers
+    content_length: int | None
+    """Body length: 0 for no body, None for a body of unknown length (chunked)."""
+    client: str = ""
+    """The original client's IP address (for logs and source-ip affinity)."""
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    headers: Headers
+    content_length: int | None
+    """Body length as the origin framed it, or None for a body of unknown length."""
+
+
+class Reason(enum.Enum):
+    """Why the mesh, not the application, answered.  The value is the
+    ``X-Edgemesh-Error`` header; the status is what the client sees."""
+
+    bad_request = ("bad-request", 400)
+    unknown_service = ("unknown-service", 404)
+    forbidden_route = ("forbidden-route", 403)
+    payload_too_large = ("payload-too-large", 413)
+    headers_too_large = ("headers-too-large", 431)
+    not_implemented = ("not-implemented", 501)
+    upstream_refused = ("upstream-refused", 502)
+    upstream_lost = ("upstream-lost", 502)
+    upstream_bad_response = ("upstream-bad-response", 502)
+    peer_unavailable = ("peer-unavailable", 502)
+    no_endpoint = ("no-endpoint", 503)
+    overloaded = ("overloaded", 503)
+    draining = ("draining", 503)
+    upstream_timeout = ("upstream-timeout", 504)
+
+    def __init__(self, code: str, status: int) -> None:
+        self.code = code
+        self.status = status
+
+    @classmethod
+    def from_code(cls, code: str) -> Reason:
+        for member in cls:
+            if member.code == code:
+                return member
+        return cls.upstream_lost
+
+
+class MeshError(Exception):
+    """An exchange failed inside the mesh: carries the reason and a one-line detail
+    (plain text; whoever renders it must escape it for the medium)."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.code}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return self.reason.status
+
+
+class Role(enum.Enum):
+    router = "router"
+    edge = "edge"
+
+
+class SourceKind(enum.Enum):
+    """Where an exchange entered this node."""
+
+    service_bus = "service-bus"
+    """Edge: local apps (HTTP_PROXY, Host header, transparent capture)."""
+    router = "router"
+    """Router: cloud apps on the router's HTTP listener."""
+    hub = "hub"
+    """Edge: another edge's hub connection."""
+    tunnel = "tunnel"
+    """Edge: the router over the tunnel; router: an edge over its tunnel."""
+
+
+class TargetKind(enum.Enum):
+    """Where an exchange leaves this node."""
+
+    service_bus = "service-bus"
+    """Edge: a pod on this node, directly."""
+    hub = "hub"
+    """Edge: another edge's hub."""
+    tunnel = "tunnel"
+    """Edge: up to the router; router: down to an edge."""
+    cluster_ip = "cluster-ip"
+    """Router: a cloud service's clusterIP:port."""
+
+
+@dataclass(slots=True)
+class Route:
+    """The routing decision for one exchange: which service, which endpoint, which way out."""
+
+    target: TargetKind
+    service: Service
+    port: ServicePort
+    endpoint: Endpoint | None
+    """The chosen endpoint (None: the target chooses, e.g. the ClusterIP)."""
+    peer: str | None = None
+    """The node to send to (hub/tunnel targets)."""
+
+
+class IRequestBody(Interface):
+    """The request direction of an exchange, as the target receives it."""
+
+    def write(data: bytes) -> None:
+        """A piece of the request body (never empty)."""
+
+    def end() -> None:
+        """The request body is complete."""
+
+    def abort(reason: str) -> None:
+        """The source gave up (client gone): release everything, send nothing more."""
+
+    def setProducer(producer: IPushProducer) -> None:
+        """The source's flow: the target pauses it while it cannot take more body."""
+
+
+class IResponder(Interface):
+    """The response direction of an exchange, implemented by the source."""
+
+    def head(head: ResponseHead) -> None:
+        """The response head; called at most once, before any body."""
+
+    def write(data: bytes) -> None:
+        """A piece of the response body (never empty)."""
+
+    def end() -> None:
+        """The response is complete."""
+
+    def fail(error: MeshError) -> None:
+        """The exchange failed: before the head, the source answers with the error;
+        after it, the source aborts the client connection (the response is truncated)."""
+
+    def setProducer(producer: IPushProducer) -> None:
+        """The target's response flow: the source pauses it while the client is slow."""
+
+
+class ITarget(Interface):
+    """A way out of this node."""
+
+    kind: Any = Attribute("The TargetKind this target serves.")
+
+    def open(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        """Start an exchange.  Never raises for network reasons: failures reach
+        ``responder.fail`` (possibly before this returns)."""
+
+
+class ISource(Interface):
+    """A way into this node."""
+
+    kind: Any = Attribute("The SourceKind of the exchanges this source starts.")
+    description: Any = Attribute("Where it listens or connects, for logs and the admin API.")

@@ -1,0 +1,421 @@
+"""
+The public builders: ``build_router`` and ``build_edge`` compose the pipeline,
+its Sources and Targets, and the links, for one reactor.  ``twistd`` calls them
+through the tap modules; an embedding application calls them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..catalog import Catalog, CatalogStore, SnapshotError, catalog_from_wire, catalog_to_wire
+from ..exchange import IRequestBody, IResponder, ISource, MeshError, RequestHead, Role, SourceKind, TargetKind
+from ..routing import ROUTER_PEER, Pipeline
+from ..transports import EnvelopeLink, FrontLimits, HTTPFrontFactory, HTTPUpstreamTarget, HubDialer, LinkTarget
+from ..wire import Ack, CatalogPush, GoAway, Limits, Request, encode_ack, encode_catalog
+
+log = Logger()
+
+
+@dataclass
+class RouterConfig:
+    catalog: Catalog
+    node: str = "router"
+    tunnel: str = "tcp:7700"
+    """Where edges connect (server endpoint string)."""
+    http: str | None = "tcp:7780"
+    """Where cloud apps send HTTP for edge services."""
+    admin: str | None = None
+    front: FrontLimits = field(default_factory=FrontLimits)
+    wire: Limits = field(default_factory=Limits)
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+
+
+@dataclass
+class EdgeConfig:
+    node: str
+    state_dir: str
+    router: str | None = None
+    """The router's tunnel (client endpoint string); None: run without a router."""
+    proxy: str | None = "tcp:7781"
+    """The service bus listener for local apps."""
+    hub: str | None = "tcp:7701"
+    """Where other edges connect."""
+    catalog: Catalog | None = None
+    """The catalog to start from when the state directory has none."""
+    admin: str | None = None
+    front: FrontLimits = field(default_factory=FrontLimits)
+    wire: Limits = field(default_factory=Limits)
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+
+
+@implementer(ISource)
+class Listener(Service):
+    """A Source that listens on a server endpoint string.  Binds in
+    privilegedStartService and raises there, so a bad or busy port stops
+    twistd at start instead of leaving a half-configured process."""
+
+    def __init__(
+        self, reactor: Any, kind: SourceKind | None, description: str, factory: IProtocolFactory
+    ) -> None:
+        self.reactor = reactor
+        self.kind = kind
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            result: list[object] = []
+            serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
+            outcome = result[0] if result else None
+            if isinstance(outcome, Failure):
+                outcome.raiseException()
+            self.port = outcome  # type: ignore[assignment]
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()  # type: ignore[return-value]
+        return None
+
+    @property
+    def address(self) -> Any:
+        return None if self.port is None else self.port.getHost()
+
+
+@implementer(ISource)
+class TunnelClient(ClientService):
+    """The edge's Source/Target link to the router: connected and reconnected by ClientService."""
+
+    def __init__(self, reactor: Any, description: str, make_link: Callable[[], EnvelopeLink]) -> None:
+        self.kind = SourceKind.tunnel
+        self.description = description
+        super().__init__(
+            clientFromString(reactor, description),
+            Factory.forProtocol(make_link),  # type: ignore[arg-type]
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            clock=reactor,
+            prepareConnection=lambda link: link.when_ready(),  # type: ignore[attr-defined]
+        )
+
+
+def _request_head(request: Request) -> RequestHead:
+    return RequestHead(
+        request.method, request.path, request.authority, request.headers, request.content_length, request.client
+    )
+
+
+@dataclass
+class EdgeState:
+    """The router's view of one connected edge."""
+
+    node: str
+    connected_since: float
+    link: EnvelopeLink
+    acked: int | None = None
+    sent: int | None = None
+
+
+class MeshNode(MultiService):
+    """A running router or edge: a service tree plus the pipeline it serves."""
+
+    def __init__(self, reactor: Any, role: Role, node: str, catalog: Catalog) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.role = role
+        self.pipeline = Pipeline(role, node, catalog)
+        self.links: dict[str, EnvelopeLink] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.serving = False
+        self.started_at = 0.0
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.pipeline.catalog
+
+    def listen(self, name: str, kind: SourceKind, description: str, factory: IProtocolFactory) -> Listener:
+        listener = Listener(self.reactor, kind, description, factory)
+        listener.setServiceParent(self)
+        self.listeners[name] = listener
+        self.pipeline.add_source(listener)
+        return listener
+
+    def front(self, kind: SourceKind, limits: FrontLimits) -> HTTPFrontFactory:
+        dispatch = self.pipeline.dispatch
+
+        def route(head: RequestHead, responder: IResponder) -> IRequestBody:
+            return dispatch(kind, head, responder)
+
+        return HTTPFrontFactory(self.reactor, route, limits)
+
+    def startService(self) -> None:
+        super().startService()
+        self.serving = True
+        self.started_at = time.time()
+
+    def stopService(self) -> Deferred[None] | None:
+        self.serving = False
+        return super().stopService()  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, object]:
+        return {
+            "role": self.role.value,
+            "node": self.pipeline.node,
+            "serving": self.serving,
+            "catalog_revision": self.catalog.revision,
+            "links": sorted(self.links),
+        }
+
+
+class RouterNode(MeshNode):
+    """The cloud router: accepts edge tunnels, pushes the catalog, routes cloud apps' requests."""
+
+    def __init__(self, reactor: Any, config: RouterConfig) -> None:
+        super().__init__(reactor, Role.router, config.node, config.catalog)
+        self.config = config
+        self.edges: dict[str, EdgeState] = {}
+
+    # LinkHandler
+    def link_ready(self, link: EnvelopeLink) -> None:
+        peer = link.peer
+        assert peer is not None
+        if peer.role != Role.edge.value:
+            log.warn("refusing link from {node}: role {role} is not edge", node=peer.node, role=peer.role)
+            link.close_now("not an edge")
+            return
+        previous = self.edges.get(peer.node)
+        if previous is not None and previous.link is not link:
+            previous.link.close_now("replaced by a new connection")
+        self.links[peer.node] = link
+        state = EdgeState(peer.node, time.time(), link)
+        self.edges[peer.node] = state
+        log.info("edge {node} connected", node=peer.node)
+        self.push_snapshot(state)
+
+    def push_snapshot(self, state: EdgeState) -> None:
+        catalog = self.catalog
+        state.sent = catalog.revision
+        state.link.send_control(encode_catalog(catalog.revision, "snapshot", catalog_to_wire(catalog)))
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Replace the catalog and push it to every connected edge at once."""
+        self.pipeline.catalog = catalog
+        for state in list(self.edges.values()):
+            self.push_snapshot(state)
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        peer = link.peer
+        if peer is None:
+            return
+        state = self.edges.get(peer.node)
+        if state is not None and state.link is link:
+            del self.edges[peer.node]
+            self.links.pop(peer.node, None)
+            log.info("edge {node} disconnected: {reason}", node=peer.node, reason=reason)
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        return self.pipeline.dispatch_resolved(
+            SourceKind.tunnel, _request_head(request), responder, request.service, request.port, request.endpoint
+        )
+
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+        peer = link.peer
+        if isinstance(frame, Ack) and peer is not None:
+            state = self.edges.get(peer.node)
+            if state is not None and state.link is link:
+                state.acked = frame.revision
+
+    def edges_view(self) -> list[dict[str, object]]:
+        now = time.time()
+        return [
+            {
+                "node": s.node,
+                "connected_since": s.connected_since,
+                "connected_for": round(now - s.connected_since, 3),
+                "acked_revision": s.acked,
+                "lag": None if s.acked is None else self.catalog.revision - s.acked,
+                "rtt": s.link.rtt,
+            }
+            for s in sorted(self.edges.values(), key=lambda s: s.node)
+        ]
+
+
+class _EdgeLinks:
+    """The edge's LinkHandler for one kind of link (router tunnel, hub in, hub out)."""
+
+    def __init__(self, edge: EdgeNode, source: SourceKind, expect: str | None) -> None:
+        self.edge = edge
+        self.source = source
+        self.expect = expect
+
+    def link_ready(self, link: EnvelopeLink) -> None:
+        peer = link.peer
+        assert peer is not None
+        wanted_role = Role.router.value if self.source is SourceKind.tunnel else Role.edge.value
+        if peer.role != wanted_role or (self.expect not in (None, ROUTER_PEER) and peer.node != self.expect):
+            log.warn("refusing link from {node} ({role})", node=peer.node, role=peer.role)
+            link.close_now("unexpected peer")
+            return
+        if self.source is SourceKind.tunnel:
+            self.edge.links[ROUTER_PEER] = link
+            log.info("connected to router {node}", node=peer.node)
+        elif self.expect is not None:
+            self.edge.links[self.expect] = link
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        for name, known in list(self.edge.links.items()):
+            if known is link:
+                del self.edge.links[name]
+                if name == ROUTER_PEER:
+                    log.info("tunnel to router lost: {reason}", reason=reason)
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        return self.edge.pipeline.dispatch_resolved(
+            self.source, _request_head(request), responder, request.service, request.port, request.endpoint
+        )
+
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+        if isinstance(frame, CatalogPush) and self.source is SourceKind.tunnel:
+            self.edge.apply_push(link, frame)
+
+
+class EdgeNode(MeshNode):
+    """An edge node's service bus: local apps in, pods / other edges / the router out."""
+
+    def __init__(self, reactor: Any, config: EdgeConfig) -> None:
+        self.store = CatalogStore(config.state_dir)
+        catalog, problems = self.store.load()
+        for problem in problems:
+            log.warn("catalog store: {problem}", problem=problem)
+        if catalog is None:
+            catalog = config.catalog or Catalog.empty()
+        super().__init__(reactor, Role.edge, config.node, catalog)
+        self.config = config
+        self.hub_dialer: HubDialer | None = None
+
+    def stopService(self) -> Deferred[None] | None:
+        stopped = super().stopService()
+        if self.hub_dialer is not None:
+            self.hub_dialer.stop()
+        return stopped
+
+    def apply_push(self, link: EnvelopeLink, push: CatalogPush) -> None:
+        try:
+            catalog = catalog_from_wire(push.payload).with_revision(push.revision)
+        except SnapshotError as error:
+            log.warn("closing tunnel: invalid catalog push: {error}", error=str(error))
+            link.close_now("invalid catalog")
+            return
+        # The snapshot is durable before it is acked (and before it is served).
+        self.store.save(catalog)
+        self.pipeline.catalog = catalog
+        link.send_control(encode_ack(push.revision))
+        log.info("catalog revision {revision}: {count} services", revision=push.revision,
+                 count=len(catalog.services))
+
+    def hub_endpoint(self, peer: str) -> IStreamClientEndpoint | None:
+        node = self.catalog.node(peer)
+        if node is None or node.hub_host is None:
+            return None
+        host = node.hub_host
+        return clientFromString(
+            self.reactor, f"tcp:host={_escape(host)}:port={node.hub_port}:timeout={int(self.config.connect_timeout)}"
+        )
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
+    """The cloud router, ready to start (``startService``) in ``reactor``."""
+    node = RouterNode(reactor, config)
+    pipeline = node.pipeline
+    pipeline.add_target(
+        HTTPUpstreamTarget(
+            reactor, TargetKind.cluster_ip,
+            connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
+        )
+    )
+    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+
+    def make_link() -> EnvelopeLink:
+        return EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire)
+
+    node.listen("tunnel", SourceKind.tunnel, config.tunnel, Factory.forProtocol(make_link))  # type: ignore[arg-type]
+    if config.http is not None:
+        node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
+    if config.admin is not None:
+        _admin(node, config.admin)
+    return node
+
+
+def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
+    """An edge node's service bus, ready to start (``startService``) in ``reactor``."""
+    node = EdgeNode(reactor, config)
+    pipeline = node.pipeline
+    pipeline.add_target(
+        HTTPUpstreamTarget(
+            reactor, TargetKind.service_bus,
+            connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
+        )
+    )
+
+    def link_factory(source: SourceKind, expect: str | None, client: bool) -> Callable[[], EnvelopeLink]:
+        handler = _EdgeLinks(node, source, expect)
+
+        def make() -> EnvelopeLink:
+            return EnvelopeLink(reactor, handler, node=config.node, role=Role.edge.value, client=client,
+                                limits=config.wire)
+
+        return make
+
+    dialer = HubDialer(reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
+    pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
+    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    node.hub_dialer = dialer
+
+    if config.router is not None:
+        tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True))
+        tunnel.setServiceParent(node)
+        pipeline.add_source(tunnel)
+    if config.hub is not None:
+        node.listen("hub", SourceKind.hub, config.hub,
+                    Factory.forProtocol(link_factory(SourceKind.hub, None, False)))  # type: ignore[arg-type]
+    if config.proxy is not None:
+        node.listen("proxy", SourceKind.service_bus, config.proxy, node.front(SourceKind.service_bus, config.front))
+    if config.admin is not None:
+        _admin(node, config.admin)
+    return node
+
+
+def _admin(node: MeshNode, description: str) -> None:
+    from ._admin import admin_site
+
+    # Not a Source: the admin API never carries exchanges.
+    listener = Listener(node.reactor, None, description, admin_site(node))
+    listener.setServiceParent(node)
+    node.listeners["admin"] = listener

@@ -1,0 +1,49 @@
+"""Command-line options shared by the two twistd plugins (``twistd edgemesh-router|edge``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.python import usage
+
+from ..catalog import Catalog, ManifestError, load_manifest
+from ..transports import FrontLimits
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 86400:
+        raise ValueError("must be between 0 and 86400 seconds")
+    return number
+
+
+def _size(value: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(text[-1:], 1)
+    number = int(text[:-1] if text[-1:] in units else text)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number * factor
+
+
+class CommonOptions(usage.Options):
+    optParameters: list[Any] = [
+        ["admin", None, None, "Admin API listener (endpoint string, e.g. tcp:7790:interface=127.0.0.1)."],
+        ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
+        ["request-timeout", None, 30.0, "Seconds to wait for a response head (then 504).", _seconds],
+        ["header-timeout", None, 10.0, "Seconds a client may take to send a request head.", _seconds],
+        ["max-body", None, "1GiB", "Largest request body accepted (then 413).", _size],
+    ]
+
+    def load_catalog(self, path: str) -> Catalog:
+        if not os.path.isfile(path):
+            raise usage.UsageError(f"--catalog {path}: no such file")
+        try:
+            return load_manifest(path)
+        except ManifestError as error:
+            raise usage.UsageError(f"--catalog {path}: {error}") from None
+
+    def front_limits(self) -> FrontLimits:
+        return FrontLimits(max_body_bytes=self["max-body"], header_timeout=self["header-timeout"])

@@ -1,0 +1,57 @@
+"""``twistd edgemesh-edge``: an edge node's service bus."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ._node import EdgeConfig, build_edge
+from ._options import CommonOptions
+
+
+class Options(CommonOptions):
+    synopsis = (
+        "--node NAME --state-dir DIR [--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] "
+        "[--catalog FILE] [--admin tcp:7791]"
+    )
+    longdesc = "The edgemesh edge service bus: local apps, pods on this node, other edges and the router."
+    optParameters: list[Any] = [
+        ["node", None, None, "This edge's node name (as in the catalog)."],
+        ["state-dir", None, None, "Directory for the persisted catalog."],
+        ["router", None, None, "The router's tunnel (client endpoint string, e.g. tcp:10.0.0.1:7700)."],
+        ["proxy", None, "tcp:7781", "The service bus listener for local apps (endpoint string)."],
+        ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
+        ["catalog", None, None, "Catalog to start from when the state directory holds none."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["node"]:
+            raise usage.UsageError("--node NAME is required")
+        if not self["state-dir"]:
+            raise usage.UsageError("--state-dir DIR is required")
+        try:
+            os.makedirs(self["state-dir"], exist_ok=True)
+        except OSError as error:
+            raise usage.UsageError(f"--state-dir {self['state-dir']}: {error.strerror}") from None
+        self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    config = EdgeConfig(
+        node=options["node"],
+        state_dir=options["state-dir"],
+        router=options["router"],
+        proxy=options["proxy"],
+        hub=options["hub"],
+        catalog=options["catalog_value"],
+        admin=options["admin"],
+        front=options.front_limits(),
+        connect_timeout=options["connect-timeout"],
+        request_timeout=options["request-timeout"],
+    )
+    return build_edge(reactor, config)

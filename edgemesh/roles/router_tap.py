@@ -1,0 +1,43 @@
+"""``twistd edgemesh-router``: the cloud router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ._node import RouterConfig, build_router
+from ._options import CommonOptions
+
+
+class Options(CommonOptions):
+    synopsis = "--catalog FILE [--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
+    longdesc = "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services."
+    optParameters: list[Any] = [
+        ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
+        ["node", None, "router", "This router's node name."],
+        ["tunnel", None, "tcp:7700", "Where edges connect (endpoint string)."],
+        ["http", None, "tcp:7780", "Where cloud apps send HTTP for edge services (endpoint string)."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["catalog"]:
+            raise usage.UsageError("--catalog FILE is required")
+        self["catalog_value"] = self.load_catalog(self["catalog"])
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    config = RouterConfig(
+        catalog=options["catalog_value"],
+        node=options["node"],
+        tunnel=options["tunnel"],
+        http=options["http"],
+        admin=options["admin"],
+        front=options.front_limits(),
+        connect_timeout=options["connect-timeout"],
+        request_timeout=options["request-timeout"],
+    )
+    return build_router(reactor, config)

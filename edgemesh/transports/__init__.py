@@ -1,0 +1,18 @@
+"""The transports layer: HTTP/1.1 front and upstream pool, envelope links (tunnel and hubs)."""
+
+from ._front import FrontLimits, HTTPFrontFactory
+from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange
+from ._peers import HubDialer, LinkTarget
+from ._upstream import HTTPUpstreamTarget
+
+__all__ = [
+    "EnvelopeLink",
+    "FrontLimits",
+    "HTTPFrontFactory",
+    "HTTPUpstreamTarget",
+    "HubDialer",
+    "InboundExchange",
+    "LinkHandler",
+    "LinkTarget",
+    "OutboundExchange",
+]

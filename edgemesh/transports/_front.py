@@ -1,0 +1,978 @@
+"""
+The hardened HTTP/1.1 front: where apps' requests enter the mesh (the edge's
+service-bus listener, the router's listener for cloud apps).
+
+One ``httptools`` (llhttp) parser per connection; its callbacks build a
+``RequestHead`` per request and hand it to ``dispatch`` with an ``IResponder``.
+llhttp is strict about most framing (CL+TE, duplicate CL, number syntax, bare
+CR/LF, control characters, obs-fold); this module adds what it lets through:
+transfer codings other than exactly ``chunked``, TE on HTTP/1.0, versions other
+than 1.0/1.1, Host/authority syntax, fragments, CONNECT and ``https://`` targets,
+upgrade requests with a body (llhttp would skip that body), header count and
+size limits counted as bytes arrive, body caps, and slow heads.
+
+Exchanges run one at a time per connection, in request order: later pipelined
+requests are parsed (httptools cannot stop mid-feed), queued with their small
+bodies, and the transport is paused until they can start.  Bodies stream both
+ways with push-producer flow control; nothing buffers a whole body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import IRequestBody, IResponder, MeshError, Reason, RequestHead, ResponseHead
+from ._http1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    connection_tokens,
+    end_to_end,
+    error_body,
+    response_head_bytes,
+)
+
+__all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    max_header_count: int = 100
+    """More header fields than this in one request head (or trailer section) → 431."""
+    max_header_bytes: int = 60 * 1024
+    """A request head (or trailer section) larger than this → 431."""
+    max_body_bytes: int | None = 1 << 30
+    """A request body larger than this → 413 (declared, or streamed past it); None: no cap."""
+    header_timeout: float = 10.0
+    """From the first byte of a request until its head is complete; then the connection closes."""
+    idle_timeout: float = 60.0
+    """A keep-alive connection idle between requests this long is closed."""
+    max_pipelined: int = 16
+    """Parsed-but-not-started requests held per connection; one more → 503 and close."""
+
+
+Dispatch = Callable[[RequestHead, IResponder], IRequestBody]
+"""Start an exchange: may raise MeshError, or call ``responder.fail``."""
+
+# Exchange states.
+_QUEUED = 0  # parsed, waiting for earlier exchanges on the connection
+_STARTED = 1  # dispatched (or being answered by the front), no response head yet
+_HEAD_SENT = 2  # response head written, body flowing
+_DONE = 3  # finished, failed or abandoned: every later call is a no-op
+
+_FRAMING = HOP_BY_HOP | {b"content-length"}
+"""Hop-by-hop and framing fields: never passed on, in either direction (framing is ours)."""
+_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"})
+"""Request fields the front interprets."""
+_REQUEST_DROP = _FRAMING | {b"expect"}
+"""Request fields never passed on (``Expect: 100-continue`` is answered here)."""
+_WATCHED = _SPECIAL | _REQUEST_DROP
+_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade"})
+"""Connection options that name no field we would pass on anyway."""
+
+_response_names: dict[bytes, bool] = {}
+"""Response field names already checked: name → whether it is a framing field to drop."""
+_RESPONSE_NAMES_BOUND = 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_KEEP_ALIVE_HEADER = ((b"Connection", b"keep-alive"),)
+
+
+def _warn(message: str) -> None:
+    HTTPFrontProtocol.log.warn(message)
+
+
+class _Stop(Exception):
+    """Raised inside parser callbacks to stop llhttp; the reason is already handled."""
+
+
+@implementer(IResponder, IPushProducer)
+class _Exchange:
+    """One request/response on a front connection.  It is the ``IResponder`` the
+    target answers through, and the ``IPushProducer`` the target pauses while it
+    cannot take more request body."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "error",
+        "expect_continue",
+        "front",
+        "http10",
+        "keep_alive",
+        "method",
+        "no_body",
+        "pending",
+        "persist",
+        "producer",
+        "received",
+        "remaining",
+        "request",
+        "request_done",
+        "state",
+    )
+
+    def __init__(self, front: HTTPFrontProtocol, method: bytes, http10: bool, keep_alive: bool):
+        self.front = front
+        self.request: RequestHead | None = None
+        self.method = method
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        """The client allows the connection to persist after this exchange."""
+        self.error: MeshError | None = None
+        """Set when the front answers this request itself (it is never dispatched)."""
+        self.body: IRequestBody | None = None
+        self.pending: list[bytes] | None = None
+        """Request body received while queued (bounded by the read that carried it)."""
+        self.request_done = False
+        self.received = 0
+        self.state = _QUEUED
+        self.remaining: int | None = None
+        self.chunked = False
+        self.no_body = False
+        self.persist = False
+        self.producer: IPushProducer | None = None
+        self.expect_continue = False
+
+    # -- IResponder -------------------------------------------------------------
+
+    def head(self, head: ResponseHead) -> None:
+        if self.state != _STARTED:
+            if self.state != _DONE:
+                _warn("response head out of order; ignored")
+            return
+        front = self.front
+        status = head.status
+        if not 200 <= status <= 999:
+            # A 1xx as the final answer would make the client read the next
+            # response as this one's: refuse it rather than desynchronise.
+            self.fail(MeshError(Reason.upstream_bad_response, f"unusable status {status}"))
+            return
+        if _BAD_REASON.search(head.reason):
+            self.fail(MeshError(Reason.upstream_bad_response, "invalid reason phrase"))
+            return
+        headers = head.headers
+        dropped = False
+        names = _response_names
+        for name, _value in headers:
+            drop = names.get(name)
+            if drop is None:
+                if _TOKEN.fullmatch(name) is None:
+                    self.fail(MeshError(Reason.upstream_bad_response, "invalid header name"))
+                    return
+                drop = name.lower() in _FRAMING
+                if len(names) < _RESPONSE_NAMES_BOUND:
+                    names[name] = drop
+            if drop:
+                dropped = True
+        if dropped:
+            headers = tuple(kv for kv in headers if not names.get(kv[0], True))
+
+        length = head.content_length
+        if length is not None and length < 0:
+            self.fail(MeshError(Reason.upstream_bad_response, "negative content length"))
+            return
+        persist = self.keep_alive and self.request_done and not front._closing
+        if self.method == b"HEAD" or status == 204 or status == 304:
+            self.no_body = True
+            framing = (
+                b""
+                if length is None or status == 204
+                else b"Content-Length: %d\r\n" % length
+            )
+        elif length is not None:
+            self.remaining = length
+            framing = b"Content-Length: %d\r\n" % length
+        elif not self.http10:
+            self.chunked = True
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b""  # close-delimited: the end of the body is the end of the connection
+            persist = False
+        if persist and self.http10:
+            headers = headers + _KEEP_ALIVE_HEADER
+        data = response_head_bytes(status, head.reason, headers, framing, persist)
+        # Field values may not hold CR, LF or NUL: rather than scanning each
+        # value, check that the serialized head has exactly the lines we wrote.
+        lines = len(headers) + 2 + (framing != b"") + (not persist)
+        if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
+            self.fail(MeshError(Reason.upstream_bad_response, "invalid response header value"))
+            return
+        self.persist = persist
+        self.state = _HEAD_SENT
+        front.transport.write(data)  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        if self.state != _HEAD_SENT:
+            if self.state == _STARTED:
+                self.fail(MeshError(Reason.upstream_bad_response, "response body before head"))
+            return
+        if not data or self.no_body:
+            return
+        transport = self.front.transport
+        assert transport is not None
+        if self.chunked:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            return
+        remaining = self.remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                _warn("response body longer than its Content-Length; aborting")
+                self._abort_client()
+                return
+            self.remaining = remaining - len(data)
+        transport.write(data)
+
+    def end(self) -> None:
+        if self.state != _HEAD_SENT:
+            if self.state == _STARTED:
+                self.fail(MeshError(Reason.upstream_bad_response, "response ended before head"))
+            return
+        if self.remaining:
+            _warn("response body shorter than its Content-Length; aborting")
+            self._abort_client()
+            return
+        if self.chunked:
+            self.front.transport.write(LAST_CHUNK)  # type: ignore[union-attr]
+        self.state = _DONE
+        self.front._exchange_done(self)
+
+    def fail(self, error: MeshError) -> None:
+        state = self.state
+        if state == _STARTED:
+            self.front._answer_error(self, error)
+        elif state == _HEAD_SENT:
+            # Too late for an error answer: make the truncation visible.
+            self.front.log.info(
+                "exchange failed after its response head: {error}", error=str(error)
+            )
+            self._abort_client()
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        if self.state == _STARTED or self.state == _HEAD_SENT:
+            self.producer = producer
+            if self.front._write_paused:
+                producer.pauseProducing()
+
+    # -- IPushProducer (the target pausing the client's request body) -----------
+
+    def pauseProducing(self) -> None:
+        if self.front._active is self:
+            self.front._target_pause(True)
+
+    def resumeProducing(self) -> None:
+        if self.front._active is self:
+            self.front._target_pause(False)
+
+    def stopProducing(self) -> None:
+        """The target's side is gone; it fails the exchange through ``fail``."""
+
+    # -- internals -----------------------------------------------------------
+
+    def _abort_client(self) -> None:
+        self.state = _DONE
+        self.front._close(abort=True, reason="exchange aborted")
+
+    def _abort_body(self, reason: str) -> None:
+        body = self.body
+        if body is not None:
+            self.body = None
+            try:
+                body.abort(reason)
+            except Exception:  # noqa: BLE001 -- contain any failure of target code
+                self.front.log.failure("request body abort raised")
+
+
+@implementer(IPushProducer)
+class HTTPFrontProtocol(Protocol):
+    """One client connection.  It is also the streaming producer registered with
+    its transport, so a slow client pauses the current response's producer."""
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: IReactorTime, dispatch: Dispatch, limits: FrontLimits = FrontLimits()
+    ) -> None:
+        self._reactor = reactor
+        self._dispatch = dispatch
+        self._limits = limits
+        self._max_count = limits.max_header_count
+        self._max_head = limits.max_header_bytes
+        self._max_body = limits.max_body_bytes
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._client = ""
+
+        # The message being parsed.
+        self._in_head = False
+        self._msg_open = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        """The fields to pass on (hop-by-hop ones are dropped as they arrive)."""
+        self._header_count = 0
+        self._head_bytes = 0
+        self._trailer_count = 0
+        self._trailer_bytes = 0
+        self._content_length: int | None = None
+        self._transfer_encoding: bytes | None = None
+        self._host: bytes | None = None
+        self._connection: list[bytes] | None = None
+        self._expect: bytes | None = None
+        self._parsing: _Exchange | None = None
+        # Byte accounting across reads (httptools accumulates a header's pieces
+        # internally, so a never-ending header must be caught by counting reads).
+        self._begun = 0
+        self._completed = 0
+        self._body_seen = 0
+        self._head_carry = 0
+        self._tail_carry = 0
+
+        # Exchanges: the one running and the parsed ones waiting behind it.
+        self._active: _Exchange | None = None
+        self._queue: deque[_Exchange] = deque()
+        self._starting = False
+
+        # Connection state.
+        self._read_stopped = False  # no more requests are parsed
+        self._closing = False
+        self._registered = False
+        self._reading_paused = False
+        self._paused_by_target = False
+        self._write_paused = False
+        self._timer: IDelayedCall | None = None
+        self._idle_since: float | None = None
+        self._head_since: float | None = None
+
+    # -- Protocol --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        peer: IAddress = transport.getPeer()
+        self._client = getattr(peer, "host", "") or ""
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._registered = True
+        self._become_idle()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            while data and not self._read_stopped:
+                data = self._feed(data)
+        except Exception:  # noqa: BLE001 -- a bug here must cost one connection, not the reactor
+            self.log.failure("HTTP front failed on input from {client}", client=self._client)
+            self._close(abort=True, reason="internal error")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._read_stopped = True
+        self._closing = True
+        self._cancel_timer()
+        active = self._active
+        self._active = None
+        self._queue.clear()
+        if active is not None and active.state != _DONE:
+            active.state = _DONE
+            active._abort_body("client connection lost")
+        self._parsing = None
+        self._parser = None  # drop the parser ↔ protocol cycle
+
+    # -- IPushProducer (our transport's write buffer) --------------------------
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        active = self._active
+        if active is not None and active.producer is not None:
+            active.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        active = self._active
+        if active is not None and active.producer is not None:
+            active.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; ``connectionLost`` cleans up."""
+
+    # -- feeding the parser ----------------------------------------------------
+
+    def _feed(self, data: bytes) -> bytes:
+        """Parse one read; return what is left to parse after an upgrade request."""
+        parser = self._parser
+        if parser is None:
+            return b""
+        in_head = self._in_head
+        begun = self._begun
+        completed = self._completed
+        body_seen = self._body_seen
+        rest = b""
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp pauses after a request carrying "Connection: upgrade".  We
+            # do not upgrade; the request (never with a body, see
+            # on_headers_complete) was an ordinary one, so parse on.
+            rest = data[upgrade.args[0] :]
+        except httptools.HttpParserError as error:
+            cause = error.__context__
+            if cause is not None and not isinstance(cause, _Stop):
+                raise cause from None
+            if not self._read_stopped:
+                self._reject(Reason.bad_request, f"malformed request: {error}")
+            return b""
+        if self._read_stopped:
+            return b""
+        if self._in_head:
+            if in_head and begun == self._begun:
+                self._head_carry += len(data)
+            elif completed == self._completed:
+                self._head_carry = len(data)  # at most a few CRLFs before the head
+            else:
+                self._head_carry = 0
+            if self._head_carry > self._max_head:
+                self._reject(
+                    Reason.headers_too_large,
+                    f"request head larger than {self._max_head} bytes",
+                )
+                return b""
+            if self._head_since is None and not self._reading_paused:
+                self._head_since = now = self._reactor.seconds()
+                self._arm(now + self._limits.header_timeout)
+        elif self._msg_open and begun == self._begun and completed == self._completed:
+            # Inside a chunked body: bytes that carried no body data are chunk
+            # framing or trailers, which httptools also buffers.
+            if body_seen == self._body_seen:
+                self._tail_carry += len(data)
+                if self._tail_carry > self._max_head:
+                    self._reject(
+                        Reason.headers_too_large,
+                        f"request trailers larger than {self._max_head} bytes",
+                    )
+                    return b""
+            else:
+                self._tail_carry = 0
+        return rest
+
+    # -- httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._read_stopped:
+            raise _Stop()
+        self._begun += 1
+        self._in_head = True
+        self._msg_open = True
+        self._idle_since = None
+        self._head_since = None
+        self._url = b""
+        self._headers = []
+        self._header_count = 0
+        self._head_bytes = 0
+        self._trailer_count = 0
+        self._trailer_bytes = 0
+        self._tail_carry = 0
+        self._content_length = None
+        self._transfer_encoding = None
+        self._host = None
+        self._connection = None
+        self._expect = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            raise self._reject(
+                Reason.headers_too_large, f"request head larger than {self._max_head} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field: counted against the same limits, never forwarded.
+            self._trailer_count += 1
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_count > self._max_count or self._trailer_bytes > self._max_head:
+                raise self._reject(Reason.headers_too_large, "request trailer section too large")
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._header_count > self._max_count:
+            raise self._reject(
+                Reason.headers_too_large, f"more than {self._max_count} request header fields"
+            )
+        if self._head_bytes > self._max_head:
+            raise self._reject(
+                Reason.headers_too_large, f"request head larger than {self._max_head} bytes"
+            )
+        lower = name.lower()
+        if lower in _WATCHED:
+            if lower in _SPECIAL:
+                self._special_header(lower, value)
+            if lower in _REQUEST_DROP:
+                return
+        self._headers.append((name, value))
+
+    def _special_header(self, lower: bytes, value: bytes) -> None:
+        if lower == b"content-length":
+            # llhttp already refuses duplicates, signs, hex and lists; it keeps
+            # trailing whitespace, which is optional whitespace here.
+            digits = value.rstrip(b" \t")
+            if not digits.isdigit():
+                raise self._reject(Reason.bad_request, "malformed Content-Length")
+            self._content_length = int(digits)
+        elif lower == b"transfer-encoding":
+            if self._transfer_encoding is not None:
+                raise self._reject(Reason.bad_request, "more than one Transfer-Encoding field")
+            if value.lower() != b"chunked":
+                # llhttp accepts "gzip, chunked", "chunked " and several fields.
+                for coding in value.split(b","):
+                    coding = coding.strip(b" \t").lower()
+                    if coding != b"chunked" and _TOKEN.fullmatch(coding):
+                        raise self._reject(
+                            Reason.not_implemented,
+                            f"transfer coding {coding.decode('ascii')!r} is not supported",
+                        )
+                raise self._reject(
+                    Reason.bad_request, "Transfer-Encoding must be exactly 'chunked'"
+                )
+            self._transfer_encoding = value
+        elif lower == b"host":
+            if self._host is not None:
+                raise self._reject(Reason.bad_request, "more than one Host field")
+            self._host = value.rstrip(b" \t")
+        elif lower == b"connection":
+            if self._connection is None:
+                self._connection = [value]
+            else:
+                self._connection.append(value)
+        else:  # expect
+            self._expect = value.rstrip(b" \t").lower()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_since = None
+        parser = self._parser
+        assert parser is not None
+        method = parser.get_method()
+        version = parser.get_http_version()
+        if version == "1.1":
+            http10 = False
+        elif version == "1.0":
+            http10 = True
+        else:
+            raise self._reject(Reason.bad_request, f"HTTP version {version} is not supported")
+        if method == b"CONNECT":
+            raise self._reject(
+                Reason.not_implemented, "CONNECT tunnels are not supported", method
+            )
+
+        if self._transfer_encoding is not None:
+            if http10:
+                raise self._reject(
+                    Reason.bad_request, "Transfer-Encoding in an HTTP/1.0 request", method
+                )
+            content_length: int | None = None
+        else:
+            content_length = self._content_length or 0
+            max_body = self._max_body
+            if max_body is not None and content_length > max_body:
+                raise self._reject(
+                    Reason.payload_too_large,
+                    f"request body of {content_length} bytes exceeds the limit of "
+                    f"{max_body} bytes",
+                    method,
+                )
+        if content_length != 0 and parser.should_upgrade():
+            # llhttp would skip this body and parse it as the next request.
+            raise self._reject(
+                Reason.not_implemented, "protocol upgrade with a request body", method
+            )
+
+        # Hop-by-hop fields were dropped in on_header; now those Connection lists.
+        if self._connection is None:
+            keep_alive = not http10
+            headers = tuple(self._headers)
+        else:
+            tokens = connection_tokens(self._connection)
+            keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
+            if tokens <= _NOT_LISTED:
+                headers = tuple(self._headers)
+            else:
+                headers = end_to_end(self._headers, tokens)
+        expect_continue = self._expect == b"100-continue"
+
+        url = self._url
+        if url[:1] == b"/" or url == b"*":
+            if url == b"*" and method != b"OPTIONS":
+                raise self._reject(Reason.bad_request, "'*' target for a method other than OPTIONS")
+            path = url
+            host = self._host
+            if host is None:
+                if not http10:
+                    raise self._reject(Reason.bad_request, "missing Host header", method)
+                authority = b""
+            else:
+                authority = self._check_authority(host, method)
+        else:
+            match = _ABSOLUTE.fullmatch(url)
+            if match is None:
+                raise self._reject(Reason.bad_request, "unsupported request target", method)
+            scheme = match.group(1).lower()
+            if scheme != b"http":
+                if scheme == b"https":
+                    raise self._reject(
+                        Reason.not_implemented,
+                        "https:// request targets are not supported: "
+                        "send http:// to the mesh, which secures the hops itself",
+                        method,
+                    )
+                raise self._reject(
+                    Reason.bad_request, f"unsupported URI scheme {scheme.decode('ascii')!r}",
+                    method,
+                )
+            authority = self._check_authority(match.group(2), method)
+            path = match.group(3)
+            if path[:1] != b"/":
+                path = b"/" + path
+            # RFC 9112 §3.2.2: the target's authority wins over any Host field.
+            if self._host is not None:
+                headers = tuple(kv for kv in headers if kv[0].lower() != b"host")
+            headers = ((b"Host", authority), *headers)
+        if b"#" in path:
+            raise self._reject(Reason.bad_request, "fragment in the request target", method)
+
+        queue = self._queue
+        if len(queue) >= self._limits.max_pipelined:
+            raise self._reject(
+                Reason.overloaded,
+                f"more than {self._limits.max_pipelined} pipelined requests",
+                method,
+            )
+        exchange = _Exchange(self, method, http10, keep_alive)
+        exchange.request = RequestHead(
+            method, path, authority, headers, content_length, self._client
+        )
+        exchange.expect_continue = expect_continue and not http10
+        if content_length == 0:
+            exchange.request_done = True
+        self._parsing = exchange
+        queue.append(exchange)
+        if self._active is None:
+            self._start_next()
+        if queue:
+            self._update_reading()
+
+    def _check_authority(self, authority: bytes, method: bytes) -> bytes:
+        if _AUTHORITY.fullmatch(authority) is None:
+            if not authority:
+                raise self._reject(Reason.bad_request, "empty Host", method)
+            if b"@" in authority:
+                raise self._reject(Reason.bad_request, "user information in the authority", method)
+            raise self._reject(
+                Reason.bad_request,
+                f"malformed Host {authority.decode('latin-1')!r}",
+                method,
+            )
+        return authority
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += 1
+        exchange = self._parsing
+        if exchange is None:
+            return
+        received = exchange.received + len(body)
+        exchange.received = received
+        max_body = self._max_body
+        if max_body is not None and received > max_body:
+            raise self._reject(
+                Reason.payload_too_large, f"request body exceeds the limit of {max_body} bytes"
+            )
+        state = exchange.state
+        if state == _QUEUED:
+            if exchange.pending is None:
+                exchange.pending = [body]
+            else:
+                exchange.pending.append(body)
+        elif state != _DONE and exchange.body is not None:
+            try:
+                exchange.body.write(body)
+            except Exception:  # noqa: BLE001 -- contain any failure of target code
+                self._target_raised(exchange, "request body write")
+
+    def on_message_complete(self) -> None:
+        self._completed += 1
+        self._msg_open = False
+        exchange = self._parsing
+        if exchange is None:
+            return
+        self._parsing = None
+        if not exchange.keep_alive:
+            self._read_stopped = True  # nothing after this request is read
+        if not exchange.request_done:
+            exchange.request_done = True
+            state = exchange.state
+            if state != _QUEUED and state != _DONE and exchange.body is not None:
+                try:
+                    exchange.body.end()
+                except Exception:  # noqa: BLE001 -- contain any failure of target code
+                    self._target_raised(exchange, "request body end")
+        if self._active is None and not self._queue and not self._closing:
+            self._become_idle()
+
+    # -- exchanges ---------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        if self._starting:
+            return  # an exchange finished synchronously inside the loop below
+        self._starting = True
+        try:
+            queue = self._queue
+            while self._active is None and queue and not self._closing:
+                exchange = queue.popleft()
+                self._active = exchange
+                self._start(exchange)
+        finally:
+            self._starting = False
+        if not self._queue:
+            self._update_reading()
+            if self._active is None and not self._msg_open and not self._closing:
+                self._become_idle()
+
+    def _start(self, exchange: _Exchange) -> None:
+        exchange.state = _STARTED
+        if exchange.error is not None:
+            self._answer_error(exchange, exchange.error)
+            return
+        head = exchange.request
+        assert head is not None
+        try:
+            body = self._dispatch(head, exchange)
+        except MeshError as error:
+            exchange.fail(error)
+            return
+        except Exception:  # noqa: BLE001 -- contain any failure of target code
+            self.log.failure(
+                "dispatch raised for {method} {authority}{path}",
+                method=head.method,
+                authority=head.authority,
+                path=head.path,
+            )
+            exchange.fail(MeshError(Reason.upstream_lost, "internal error in the mesh"))
+            return
+        if exchange.state == _DONE:
+            # Answered inside dispatch; a body it never read is abandoned.
+            if not exchange.request_done:
+                exchange.body = body
+                exchange._abort_body("answered before the request body was read")
+            return
+        exchange.body = body
+        try:
+            body.setProducer(exchange)
+            if (
+                exchange.expect_continue
+                and not exchange.request_done
+                and exchange.state == _STARTED
+                and not exchange.received
+            ):
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            pending = exchange.pending
+            if pending is not None:
+                exchange.pending = None
+                for data in pending:
+                    if exchange.state == _DONE:
+                        return
+                    body.write(data)
+            if exchange.request_done and exchange.state != _DONE:
+                body.end()
+        except Exception:  # noqa: BLE001 -- contain any failure of target code
+            self._target_raised(exchange, "request body")
+
+    def _target_raised(self, exchange: _Exchange, what: str) -> None:
+        self.log.failure("target raised in {what}", what=what)
+        exchange._abort_body("target failed")
+        exchange.fail(MeshError(Reason.upstream_lost, "internal error in the mesh"))
+
+    def _answer_error(self, exchange: _Exchange, error: MeshError) -> None:
+        """The front's own answer to a request that has no response head yet."""
+        status = error.status
+        body, headers = error_body(status, error.reason.code, error.detail)
+        persist = exchange.keep_alive and exchange.request_done and not self._closing
+        if persist and exchange.http10:
+            headers = headers + _KEEP_ALIVE_HEADER
+        head = response_head_bytes(
+            status,
+            _PHRASES.get(status, b"Error"),
+            headers,
+            b"Content-Length: %d\r\n" % len(body),
+            persist,
+        )
+        transport = self.transport
+        assert transport is not None
+        if exchange.method == b"HEAD":
+            transport.write(head)
+        else:
+            transport.writeSequence((head, body))
+        exchange.persist = persist
+        exchange.state = _DONE
+        self._exchange_done(exchange)
+
+    def _exchange_done(self, exchange: _Exchange) -> None:
+        if exchange is not self._active:
+            return
+        exchange.producer = None
+        if not exchange.request_done:
+            exchange._abort_body("response complete before the request body")
+        if not exchange.persist or self._closing:
+            self._close(abort=False, reason="response complete")
+            return
+        self._active = None
+        self._paused_by_target = False
+        self._start_next()
+
+    def _reject(self, reason: Reason, detail: str, method: bytes = b"") -> _Stop:
+        """Stop parsing this connection; answer ``reason`` in request order and
+        close.  Returns the exception a parser callback raises to stop llhttp."""
+        self._read_stopped = True
+        self._in_head = False
+        self._head_since = None
+        error = MeshError(reason, detail)
+        self.log.info(
+            "rejected a request from {client}: {code}: {detail}",
+            client=self._client,
+            code=reason.code,
+            detail=detail,
+        )
+        exchange = self._parsing
+        self._parsing = None
+        if exchange is not None and exchange.state != _QUEUED:
+            # Already dispatched: the target loses the body; the client gets the
+            # error if nothing was written yet, else a visible truncation.
+            exchange._abort_body(detail)
+            exchange.fail(error)
+            return _Stop()
+        if exchange is not None:
+            method = exchange.method
+            self._queue.remove(exchange)
+        answer = _Exchange(self, method, False, False)
+        answer.error = error
+        self._queue.append(answer)
+        self._start_next()
+        return _Stop()
+
+    # -- flow control ------------------------------------------------------------
+
+    def _target_pause(self, paused: bool) -> None:
+        self._paused_by_target = paused
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._closing:
+            return
+        pause = self._paused_by_target or bool(self._queue)
+        if pause == self._reading_paused:
+            return
+        self._reading_paused = pause
+        transport = self.transport
+        assert transport is not None
+        if pause:
+            transport.pauseProducing()  # type: ignore[attr-defined]
+        else:
+            transport.resumeProducing()  # type: ignore[attr-defined]
+            if self._in_head:
+                # The head-timeout clock stops while we are the ones not reading.
+                self._head_since = now = self._reactor.seconds()
+                self._arm(now + self._limits.header_timeout)
+
+    # -- timeouts ----------------------------------------------------------------
+
+    def _become_idle(self) -> None:
+        self._idle_since = now = self._reactor.seconds()
+        if self._timer is None:
+            self._arm(now + self._limits.idle_timeout)
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the single timer fires no later than ``deadline``; when it
+        fires it works out which deadline (if any) applies then."""
+        timer = self._timer
+        delay = max(0.0, deadline - self._reactor.seconds())
+        if timer is None:
+            self._timer = self._reactor.callLater(delay, self._on_timer)
+        elif timer.getTime() > deadline:
+            timer.reset(delay)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        if self._in_head and self._head_since is not None and not self._reading_paused:
+            deadline = self._head_since + self._limits.header_timeout
+            why = "request head not complete within the header timeout"
+        elif self._idle_since is not None:
+            deadline = self._idle_since + self._limits.idle_timeout
+            why = "idle timeout"
+        else:
+            return  # busy with an exchange: re-armed when idle again
+        now = self._reactor.seconds()
+        if now >= deadline:
+            self.log.info("closing connection from {client}: {why}", client=self._client, why=why)
+            self._close(abort=self._write_paused, reason=why)
+        else:
+            self._timer = self._reactor.callLater(deadline - now, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    # -- closing -------------------------------------------------------------------
+
+    def _close(self, abort: bool, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._read_stopped = True
+        self._cancel_timer()
+        transport = self.transport
+        assert transport is not None
+        if self._registered:
+            # A registered, paused producer would keep loseConnection waiting.
+            self._registered = False
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        active = self._active
+        if active is not None and active.state != _DONE:
+            active.state = _DONE
+            active._abort_body(reason)
+        self._queue.clear()
+        if abort:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            transport.loseConnection()
+
+
+class HTTPFrontFactory(Factory):
+    """Builds an ``HTTPFrontProtocol`` per accepted connection."""
+
+    def __init__(
+        self, reactor: IReactorTime, dispatch: Dispatch, limits: FrontLimits = FrontLimits()
+    ) -> None:
+        self.reactor = reactor
+        self.dispatch = dispatch
+        self.limits = limits
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTPFrontProtocol:
+        protocol = HTTPFrontProtocol(self.reactor, self.dispatch, self.limits)
+        protocol.factory = self
+        return protocol

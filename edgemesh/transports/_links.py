@@ -1,0 +1,611 @@
+"""
+Envelope links: a wire.Connection adapted to a Twisted transport.
+
+The same protocol serves the edge→router tunnel, the router's end of it, and the
+hub connections between edges.  A link carries many exchanges as streams in
+both directions; each stream's body flows with credit (the peer's window) and
+with push-producer pauses (our transport's buffer), so neither a large body nor
+a slow reader grows a buffer beyond a bound.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+)
+from ..wire import (
+    Ack,
+    CatalogPush,
+    Connection,
+    Data,
+    Frame,
+    GoAway,
+    Hello,
+    Limits,
+    Pong,
+    ProtocolError,
+    Request,
+    Reset,
+    Response,
+    Window,
+    encode_ping,
+    encode_request,
+)
+
+_PENDING_BOUND = 64 * 1024
+"""Body bytes a stream holds while it waits for credit, before it pauses its producer."""
+
+
+class LinkHandler(TypingProtocol):
+    """What a role does with a link: the node-level side of the protocol."""
+
+    def link_ready(self, link: EnvelopeLink) -> None:
+        """The hello exchange is done; ``link.peer`` says who is there."""
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        """The link is gone (after link_ready, or during the handshake)."""
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        """The peer starts an exchange; route it (may raise MeshError)."""
+
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+        """A control frame: catalog push, ack, goaway."""
+
+
+class _Sender:
+    """The body-sending half of a stream: credit, a bounded queue, and the
+    producer (source or target) it pauses when it cannot send."""
+
+    __slots__ = ("link", "sid", "queue", "queued", "ending", "producer", "producer_paused", "done")
+
+    def __init__(self, link: EnvelopeLink, sid: int) -> None:
+        self.link = link
+        self.sid = sid
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.ending = False
+        self.producer: IPushProducer | None = None
+        self.producer_paused = False
+        self.done = False
+
+    def send(self, data: bytes) -> None:
+        if self.done or self.ending:
+            return
+        if not self.queue and not self.link.paused:
+            data = self._send_now(data)
+            if not data:
+                return
+        self.queue.append(data)
+        self.queued += len(data)
+        self.update()
+
+    def finish(self) -> None:
+        if self.done or self.ending:
+            return
+        self.ending = True
+        self.flush()
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Send what the window allows; return the rest."""
+        link = self.link
+        conn = link.connection
+        chunk = link.connection.limits.max_data_chunk
+        while data:
+            allowed = min(conn.send_window(self.sid), chunk)
+            if allowed <= 0:
+                break
+            piece, data = data[:allowed], data[allowed:]
+            link.write(conn.send_data(self.sid, piece, False))
+        return data
+
+    def flush(self) -> None:
+        """Send queued body as far as credit allows, then the end if it is due."""
+        if self.done:
+            return
+        link = self.link
+        while self.queue and not link.paused:
+            head = self.queue.popleft()
+            self.queued -= len(head)
+            rest = self._send_now(head)
+            if rest:
+                self.queue.appendleft(rest)
+                self.queued += len(rest)
+                break
+        if self.ending and not self.queue:
+            self.done = True
+            link.write(link.connection.send_data(self.sid, b"", True))
+        self.update()
+
+    def update(self) -> None:
+        producer = self.producer
+        if producer is None:
+            return
+        blocked = not self.done and (self.link.paused or self.queued >= _PENDING_BOUND)
+        if blocked and not self.producer_paused:
+            self.producer_paused = True
+            producer.pauseProducing()
+        elif not blocked and self.producer_paused:
+            self.producer_paused = False
+            producer.resumeProducing()
+
+    def attach(self, producer: IPushProducer) -> None:
+        self.producer = producer
+        self.producer_paused = False
+        self.update()
+
+
+class _Receiver:
+    """The body-receiving half of a stream: credit goes back only for what the
+    consumer accepted while it was not paused."""
+
+    __slots__ = ("link", "sid", "paused", "held")
+
+    def __init__(self, link: EnvelopeLink, sid: int) -> None:
+        self.link = link
+        self.sid = sid
+        self.paused = False
+        self.held = 0
+
+    def delivered(self, size: int) -> None:
+        if not size:
+            return
+        if self.paused:
+            self.held += size
+        else:
+            self.link.write(self.link.connection.consumed(self.sid, size))
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.held:
+            held, self.held = self.held, 0
+            self.link.write(self.link.connection.consumed(self.sid, held))
+
+
+@implementer(IRequestBody, IPushProducer)
+class OutboundExchange:
+    """An exchange this node sends over the link: request out, response back."""
+
+    def __init__(self, link: EnvelopeLink, sid: int, responder: IResponder) -> None:
+        self.link = link
+        self.sid = sid
+        self.responder = responder
+        self.sender = _Sender(link, sid)
+        self.receiver = _Receiver(link, sid)
+        self.finished = False
+        responder.setProducer(self)
+
+    # IRequestBody: the source pushes request body
+    def write(self, data: bytes) -> None:
+        self.sender.send(data)
+
+    def end(self) -> None:
+        self.sender.finish()
+
+    def abort(self, reason: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sender.done = True
+            self.link.forget(self.sid)
+            self.link.write(self.link.connection.send_reset(self.sid, "cancelled", reason))
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.sender.attach(producer)
+
+    # IPushProducer: the source pauses the response
+    def pauseProducing(self) -> None:
+        self.receiver.pause()
+
+    def resumeProducing(self) -> None:
+        self.receiver.resume()
+
+    def stopProducing(self) -> None:
+        self.abort("response consumer went away")
+
+    # from the link
+    def on_frame(self, frame: Frame) -> None:
+        responder = self.responder
+        if type(frame) is Response:
+            assert isinstance(frame, Response)
+            responder.head(ResponseHead(frame.status, frame.reason, frame.headers, frame.content_length))
+            if frame.body:
+                responder.write(frame.body)
+                self.receiver.delivered(len(frame.body))
+            if frame.end:
+                self._done()
+                responder.end()
+        elif type(frame) is Data:
+            assert isinstance(frame, Data)
+            if frame.data:
+                responder.write(frame.data)
+                self.receiver.delivered(len(frame.data))
+            if frame.end:
+                self._done()
+                responder.end()
+        elif type(frame) is Reset:
+            assert isinstance(frame, Reset)
+            self._done()
+            responder.fail(MeshError(Reason.from_code(frame.code), frame.detail))
+        elif type(frame) is Window:
+            self.sender.flush()
+
+    def on_link_state(self) -> None:
+        self.sender.flush()
+
+    def on_lost(self, reason: str) -> None:
+        if not self.finished:
+            self._done()
+            self.responder.fail(MeshError(Reason.peer_unavailable, f"link to {self.link.peer_name} lost: {reason}"))
+
+    def _done(self) -> None:
+        self.finished = True
+        if not self.sender.done:
+            # The response is over before the request body: abandon the rest of it.
+            self.sender.done = True
+            self.link.write(self.link.connection.send_reset(self.sid, "cancelled", "response complete"))
+        self.link.forget(self.sid)
+
+
+@implementer(IResponder, IPushProducer)
+class InboundExchange:
+    """An exchange the peer sends us: the request flows into a local target, the
+    response flows back over the link."""
+
+    def __init__(self, link: EnvelopeLink, sid: int) -> None:
+        self.link = link
+        self.sid = sid
+        self.body: IRequestBody | None = None
+        self.sender = _Sender(link, sid)
+        self.receiver = _Receiver(link, sid)
+        self.headed = False
+        self.finished = False
+
+    # IPushProducer: the target pauses the request body
+    def pauseProducing(self) -> None:
+        self.receiver.pause()
+
+    def resumeProducing(self) -> None:
+        self.receiver.resume()
+
+    def stopProducing(self) -> None:
+        self.fail(MeshError(Reason.upstream_lost, "request consumer went away"))
+
+    # IResponder: the target answers
+    def head(self, head: ResponseHead) -> None:
+        if self.finished or self.headed:
+            return
+        self.headed = True
+        conn = self.link.connection
+        self.link.write(
+            conn.send_response(self.sid, head.status, head.reason, head.headers, head.content_length, b"", False)
+        )
+
+    def write(self, data: bytes) -> None:
+        if not self.finished:
+            self.sender.send(data)
+
+    def end(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sender.finish()
+            if self.sender.done:
+                self.link.forget(self.sid)
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        """A whole small response: one frame when the window allows."""
+        if self.finished or self.headed:
+            return
+        conn = self.link.connection
+        if len(body) <= conn.send_window(self.sid) and not self.link.paused:
+            self.headed = self.finished = True
+            self.sender.done = True
+            self.link.forget(self.sid)
+            self.link.write(
+                conn.send_response(self.sid, head.status, head.reason, head.headers, head.content_length, body, True)
+            )
+            return
+        self.head(head)
+        if body:
+            self.write(body)
+        self.end()
+
+    def fail(self, error: MeshError) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.sender.done = True
+        self.link.forget(self.sid)
+        self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.sender.attach(producer)
+
+    # from the link
+    def on_frame(self, frame: Frame) -> None:
+        body = self.body
+        if body is None:
+            return
+        if type(frame) is Data:
+            assert isinstance(frame, Data)
+            if frame.data:
+                body.write(frame.data)
+                self.receiver.delivered(len(frame.data))
+            if frame.end:
+                body.end()
+        elif type(frame) is Reset:
+            assert isinstance(frame, Reset)
+            self.finished = True
+            self.sender.done = True
+            self.link.forget(self.sid)
+            body.abort(f"peer reset: {frame.code}")
+        elif type(frame) is Window:
+            self.on_link_state()
+
+    def on_link_state(self) -> None:
+        self.sender.flush()
+        if self.finished and self.sender.done:
+            self.link.forget(self.sid)
+
+    def on_lost(self, reason: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sender.done = True
+            if self.body is not None:
+                self.body.abort(f"link lost: {reason}")
+
+
+class EnvelopeLink(Protocol):
+    """One envelope connection, either side."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        handler: LinkHandler,
+        *,
+        node: str,
+        role: str,
+        client: bool,
+        limits: Limits | None = None,
+        handshake_timeout: float = 10.0,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+    ) -> None:
+        self.reactor = reactor
+        self.handler = handler
+        self.node = node
+        self.role = role
+        self.connection = Connection(client=client, limits=limits)
+        self.exchanges: dict[int, OutboundExchange | InboundExchange] = {}
+        self.paused = False
+        self.closed = False
+        self.handshake_timeout = handshake_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._timer: IDelayedCall | None = None
+        self._last_heard = 0.0
+        self._ping_sent: dict[int, float] = {}
+        self.rtt: float | None = None
+        self._ready_waiters: list[Deferred[EnvelopeLink]] = []
+
+    @property
+    def peer(self) -> Hello | None:
+        return self.connection.peer
+
+    def when_ready(self) -> Deferred[EnvelopeLink]:
+        """Fires with this link once the hello exchange is done (for ClientService's
+        prepareConnection), or fails if the link is lost before."""
+        if self.closed:
+            return fail(ConnectionLost("link closed before its hello"))
+        if self.connection.ready:
+            return succeed(self)
+        waiter: Deferred[EnvelopeLink] = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    @property
+    def peer_name(self) -> str:
+        peer = self.connection.peer
+        return peer.node if peer is not None else "?"
+
+    # --- transport side --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
+        self._last_heard = self.reactor.seconds()
+        self.write(self.connection.hello(self.node, self.role))
+        self._timer = self.reactor.callLater(self.handshake_timeout, self._tick)
+
+    def write(self, data: bytes) -> None:
+        if data and not self.closed:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        was_ready = self.connection.ready
+        try:
+            frames = self.connection.receive(data)
+        except ProtocolError as error:
+            self.log.warn(
+                "closing link with {peer}: protocol error: {error}", peer=self.peer_name, error=str(error)
+            )
+            self.close_now(f"protocol error: {error}")
+            return
+        self._last_heard = self.reactor.seconds()
+        self.write(self.connection.data_to_send())
+        for frame in frames:
+            if self.closed:
+                return
+            try:
+                self._handle(frame, was_ready)
+            except Exception:
+                # A bug in one exchange must not take the link (or the reactor) down.
+                self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
+            was_ready = True
+
+    def _handle(self, frame: Frame, was_ready: bool) -> None:
+        kind = type(frame)
+        if kind is Request:
+            assert isinstance(frame, Request)
+            self._inbound(frame)
+            return
+        if kind in (Response, Data, Reset, Window):
+            exchange = self.exchanges.get(frame.stream)  # type: ignore[union-attr]
+            if exchange is not None:
+                exchange.on_frame(frame)
+            return
+        if kind is Hello:
+            assert isinstance(frame, Hello)
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = self.reactor.callLater(self.heartbeat_interval, self._tick)
+            self.handler.link_ready(self)
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(self)
+            return
+        if kind is Pong:
+            assert isinstance(frame, Pong)
+            sent = self._ping_sent.pop(frame.opaque, None)
+            if sent is not None:
+                self.rtt = self.reactor.seconds() - sent
+            return
+        if kind in (CatalogPush, Ack, GoAway):
+            self.handler.control(self, frame)  # type: ignore[arg-type]
+
+    def _inbound(self, request: Request) -> None:
+        exchange = InboundExchange(self, request.stream)
+        self.exchanges[request.stream] = exchange
+        try:
+            body = self.handler.inbound(self, request, exchange)
+        except MeshError as error:
+            exchange.fail(error)
+            return
+        exchange.body = body
+        body.setProducer(exchange)
+        if request.body:
+            body.write(request.body)
+            exchange.receiver.delivered(len(request.body))
+        if request.end:
+            body.end()
+
+    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+        self._shutdown(reason.getErrorMessage())
+
+    def _shutdown(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        exchanges, self.exchanges = self.exchanges, {}
+        for exchange in exchanges.values():
+            exchange.on_lost(why)
+        self.handler.link_lost(self, why)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.errback(ConnectionLost(why))
+
+    def close_now(self, why: str) -> None:
+        transport = self.transport
+        self._shutdown(why)
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    # --- IPushProducer: our transport's buffer ----------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for exchange in list(self.exchanges.values()):
+            exchange.sender.update()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for exchange in list(self.exchanges.values()):
+            exchange.on_link_state()
+
+    def stopProducing(self) -> None:
+        self.close_now("transport stopped")
+
+    # --- heartbeats --------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.reactor.seconds()
+        if not self.connection.ready:
+            self.log.warn("closing link: no hello within {timeout}s", timeout=self.handshake_timeout)
+            self.close_now("handshake timeout")
+            return
+        if now - self._last_heard >= self.heartbeat_timeout:
+            self.log.warn("closing link with {peer}: silent for {silence:.1f}s",
+                          peer=self.peer_name, silence=now - self._last_heard)
+            self.close_now("heartbeat timeout")
+            return
+        opaque = int(now * 1000) & ((1 << 62) - 1)
+        if len(self._ping_sent) < 8:
+            self._ping_sent[opaque] = now
+        self.write(encode_ping(opaque))
+        self._timer = self.reactor.callLater(self.heartbeat_interval, self._tick)
+
+    # --- starting exchanges --------------------------------------------------------
+
+    def open(
+        self,
+        head: RequestHead,
+        service: str,
+        port: int,
+        endpoint: tuple[str, int] | None,
+        responder: IResponder,
+    ) -> OutboundExchange:
+        """Send a request to the peer.  A request without a body goes as one frame."""
+        conn = self.connection
+        sid = conn.open_stream()
+        exchange = OutboundExchange(self, sid, responder)
+        self.exchanges[sid] = exchange
+        no_body = head.content_length == 0
+        self.write(
+            encode_request(
+                sid, no_body, head.method, head.path, head.authority, head.headers,
+                head.content_length, head.client, service, port, endpoint, b"",
+            )
+        )
+        if no_body:
+            conn.sent(sid, 0, True)
+            exchange.sender.done = True
+        return exchange
+
+    def forget(self, sid: int) -> None:
+        self.exchanges.pop(sid, None)
+
+    def send_control(self, data: bytes) -> None:
+        self.write(data)
+
+
+LinkFactory = Callable[[], EnvelopeLink]

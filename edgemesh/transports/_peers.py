@@ -1,0 +1,167 @@
+"""
+Targets that leave this node over an envelope link: the tunnel (edge↔router)
+and the hubs of other edges.  Links to hubs are dialled on first use and kept,
+one per peer, reconnected by ClientService.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import IRequestBody, IResponder, ITarget, MeshError, Reason, RequestHead, Route, TargetKind
+from ._links import EnvelopeLink
+
+_PENDING_BOUND = 64 * 1024
+
+
+@implementer(IRequestBody)
+class _WaitingBody:
+    """The request side of an exchange whose link is still being dialled: holds a
+    bounded amount of body (pausing the source beyond it) and replays it."""
+
+    def __init__(self, responder: IResponder) -> None:
+        self.responder = responder
+        self.pending: deque[bytes] = deque()
+        self.size = 0
+        self.ended = False
+        self.aborted: str | None = None
+        self.producer: IPushProducer | None = None
+        self.paused = False
+        self.inner: IRequestBody | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.write(data)
+            return
+        self.pending.append(data)
+        self.size += len(data)
+        if self.size >= _PENDING_BOUND and self.producer is not None and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+        else:
+            self.ended = True
+
+    def abort(self, reason: str) -> None:
+        if self.inner is not None:
+            self.inner.abort(reason)
+        else:
+            self.aborted = reason
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        if self.inner is not None:
+            self.inner.setProducer(producer)
+        else:
+            self.producer = producer
+
+    def attach(self, inner: IRequestBody) -> None:
+        if self.aborted is not None:
+            inner.abort(self.aborted)
+            return
+        self.inner = inner
+        if self.producer is not None:
+            if self.paused:
+                self.producer.resumeProducing()
+            inner.setProducer(self.producer)
+        while self.pending:
+            inner.write(self.pending.popleft())
+        if self.ended:
+            inner.end()
+
+
+@implementer(ITarget)
+class LinkTarget:
+    """Sends exchanges to a peer node over its link.  ``links`` maps peer names to
+    ready links (kept up to date by the role); ``dial``, when given, makes a link
+    to a peer that has none (hubs)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        kind: TargetKind,
+        links: dict[str, EnvelopeLink],
+        dial: Callable[[str], Deferred[EnvelopeLink] | None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.links = links
+        self.dial = dial
+
+    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        peer = route.peer or ""
+        endpoint = route.endpoint
+        hint = None if endpoint is None else (endpoint.host, endpoint.port)
+        service = route.service.key
+        port = route.port.port
+        link = self.links.get(peer)
+        if link is not None and not link.closed:
+            return link.open(head, service, port, hint, responder)
+        waiting = self.dial(peer) if self.dial is not None else None
+        if waiting is None:
+            raise MeshError(Reason.peer_unavailable, f"no link to {peer}")
+        body = _WaitingBody(responder)
+
+        def connected(link: EnvelopeLink) -> None:
+            if body.aborted is None:
+                body.attach(link.open(head, service, port, hint, responder))
+
+        def failed(reason: Failure) -> None:
+            if body.aborted is None:
+                responder.fail(MeshError(Reason.peer_unavailable, f"cannot reach {peer}: {reason.getErrorMessage()}"))
+
+        waiting.addCallbacks(connected, failed)
+        return body
+
+
+class HubDialer:
+    """One persistent, reconnecting link per peer edge, made on first use."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        make_endpoint: Callable[[str], IStreamClientEndpoint | None],
+        make_link: Callable[[str], EnvelopeLink],
+    ) -> None:
+        self.reactor = reactor
+        self.make_endpoint = make_endpoint
+        self.make_link = make_link
+        self.services: dict[str, ClientService] = {}
+
+    def __call__(self, peer: str) -> Deferred[EnvelopeLink] | None:
+        service = self.services.get(peer)
+        if service is None:
+            endpoint = self.make_endpoint(peer)
+            if endpoint is None:
+                return None
+            factory = Factory.forProtocol(lambda: self.make_link(peer))  # type: ignore[arg-type]
+            service = ClientService(
+                endpoint,
+                factory,
+                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=10.0),
+                clock=self.reactor,
+                prepareConnection=lambda link: link.when_ready(),  # type: ignore[attr-defined]
+            )
+            service.startService()
+            self.services[peer] = service
+        waiting: Deferred[EnvelopeLink] = service.whenConnected(failAfterFailures=1)  # type: ignore[assignment]
+        return waiting
+
+    def stop(self) -> Deferred[object]:
+        from twisted.internet.defer import gatherResults
+
+        services, self.services = self.services, {}
+        return gatherResults([s.stopService() for s in services.values()])  # type: ignore[arg-type]

@@ -1,0 +1,920 @@
+"""
+The pooled HTTP/1.1 upstream target: delivers an exchange to a pod (edge,
+``TargetKind.service_bus``) or to a cloud service's ClusterIP (router,
+``TargetKind.cluster_ip``).
+
+One persistent connection carries one exchange at a time (no pipelining); idle
+connections wait in a LIFO pool per address.  Requests are written with the
+shared serializers of ``_http1``; responses are parsed with httptools (llhttp).
+Both bodies stream with push-producer flow control:
+
+    request:  source producer  ◄─pause─  upstream transport's write buffer
+    response: upstream reads   ◄─pause─  the responder (a slow client)
+
+Failures never raise: they reach ``IResponder.fail`` as a ``MeshError`` whose
+detail names the upstream address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
+from twisted.internet import error as neterror
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    ITarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+    Route,
+    TargetKind,
+)
+from ._http1 import LAST_CHUNK, chunk, connection_tokens, end_to_end, request_head_bytes
+
+__all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget"]
+
+REQUEST_BODY_BUFFER: Final = 64 * 1024
+"""Request body bytes held while no connection is ready before the source is paused;
+also the most body a request may have sent on a pooled connection and still be
+retried on a fresh one."""
+
+_REQUEST_BODY_CAP: Final = 4 * REQUEST_BODY_BUFFER
+"""A source that keeps writing this far past a pause (or never gave a producer)
+fails its exchange: the buffer stays bounded whatever the source does."""
+
+_MAX_INTERIM_RESPONSES: Final = 16
+"""1xx responses tolerated before the final one (a flood of them is an attack)."""
+
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_PHRASES: Final[dict[int, bytes]] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def _address_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+class _ResponseError(Exception):
+    """The upstream's response is unacceptable; the message is the detail."""
+
+
+class _UnexpectedData(Exception):
+    """The upstream sent bytes when no response was due."""
+
+
+@implementer(ITarget)
+class HTTPUpstreamTarget:
+    """Exchanges over pooled HTTP/1.1 connections to ``route.endpoint`` or, without
+    one, to the service's ClusterIP.
+
+    ``reactor`` provides ``IReactorTime`` and, unless ``endpoint_factory`` is given,
+    ``IReactorTCP``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        kind: TargetKind,
+        *,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 30.0,
+        max_idle_per_address: int = 64,
+        idle_timeout: float = 60.0,
+        max_response_header_bytes: int = 64 * 1024,
+        max_response_header_count: int = 100,
+        endpoint_factory: Callable[[str, int], IStreamClientEndpoint] | None = None,
+    ) -> None:
+        self.kind = kind
+        self._clock = reactor
+        self._connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.max_idle_per_address = max_idle_per_address
+        self.idle_timeout = idle_timeout
+        self.max_response_header_bytes = max_response_header_bytes
+        self.max_response_header_count = max_response_header_count
+        if endpoint_factory is None:
+            self._tcp = IReactorTCP(reactor)
+            endpoint_factory = self._tcp_endpoint
+        self._endpoint_factory = endpoint_factory
+        self._idle: dict[tuple[str, int], list[_UpstreamConnection]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<HTTPUpstreamTarget {self.kind.value}>"
+
+    # ITarget
+
+    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        endpoint = route.endpoint
+        if endpoint is not None:
+            host, port = endpoint.host, endpoint.port
+        else:
+            host, port = route.service.cluster_ip or "", route.port.port
+        exchange = _UpstreamExchange(self, host, port, head, responder)
+        if not host:
+            exchange.fail(
+                MeshError(
+                    Reason.no_endpoint,
+                    f"{route.service.key}: no endpoint chosen and no cluster IP",
+                )
+            )
+        else:
+            exchange.start()
+        return exchange
+
+    def close(self) -> Deferred[None]:
+        """Close the idle pooled connections; later exchanges still work, but their
+        connections are closed rather than pooled.  Fires when all are closed."""
+        self._closed = True
+        idle = [conn for conns in self._idle.values() for conn in conns]
+        waits = [conn.when_lost() for conn in idle]
+        for conn in idle:
+            self._discard(conn)
+        return gatherResults(waits).addCallback(lambda _: None)
+
+    # introspection (admin API, tests)
+
+    def idle_connections(self, host: str, port: int) -> int:
+        return len(self._idle.get((host, port), ()))
+
+    # the pool
+
+    def _tcp_endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+                self._tcp, host, port, timeout=self._connect_timeout
+            )
+        return TCP4ClientEndpoint(self._tcp, host, port, timeout=self._connect_timeout)
+
+    def _acquire(self, address: tuple[str, int]) -> _UpstreamConnection | None:
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used is the least likely stale
+            if not idle:
+                del self._idle[address]
+            conn.idle = False
+            if not conn.lost:
+                return conn
+        return None
+
+    def _connect(self, exchange: _UpstreamExchange) -> None:
+        factory = _ConnectionFactory(self, exchange)
+        try:
+            connecting: Deferred[Any] = self._endpoint_factory(exchange.host, exchange.port).connect(
+                factory
+            )
+        except Exception:  # noqa: BLE001 - a bad address or factory fails this exchange only
+            connecting = fail()
+        exchange.connecting = connecting
+        connecting.addErrback(exchange.connect_failed)
+
+    def _release(self, conn: _UpstreamConnection) -> None:
+        """A connection whose exchange ended cleanly: pool it, or close it."""
+        if self._closed or conn.lost or self.max_idle_per_address <= 0:
+            conn.transport.loseConnection()
+            return
+        if conn.reading_paused:
+            conn.reading_paused = False
+            conn.transport.resumeProducing()
+        address = conn.address
+        idle = self._idle.get(address)
+        if idle is None:
+            idle = self._idle[address] = []
+        elif len(idle) >= self.max_idle_per_address:
+            self._discard(idle[0])  # the oldest is the most likely to be stale
+            if not idle:
+                idle = self._idle[address] = []
+        conn.idle = True
+        idle.append(conn)
+        # The idle timer is lazy: re-armed from idle_since when it fires, so a busy
+        # connection costs no timer calls per request.
+        conn.idle_since = self._clock.seconds()
+        if conn.idle_timer is None:
+            conn.idle_timer = self._clock.callLater(self.idle_timeout, self._idle_check, conn)
+
+    def _idle_check(self, conn: _UpstreamConnection) -> None:
+        conn.idle_timer = None
+        if not conn.idle:
+            return
+        remaining = conn.idle_since + self.idle_timeout - self._clock.seconds()
+        if remaining > 0:
+            conn.idle_timer = self._clock.callLater(remaining, self._idle_check, conn)
+        else:
+            self._discard(conn)
+
+    def _forget(self, conn: _UpstreamConnection) -> None:
+        """Take a connection out of the pool (it is closing or closed)."""
+        if conn.idle:
+            conn.idle = False
+            idle = self._idle.get(conn.address)
+            if idle is not None and conn in idle:
+                idle.remove(conn)
+                if not idle:
+                    del self._idle[conn.address]
+        if conn.idle_timer is not None:
+            if conn.idle_timer.active():
+                conn.idle_timer.cancel()
+            conn.idle_timer = None
+
+    def _discard(self, conn: _UpstreamConnection) -> None:
+        self._forget(conn)
+        if not conn.lost:
+            conn.transport.loseConnection()
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, target: HTTPUpstreamTarget, exchange: _UpstreamExchange) -> None:
+        self._target = target
+        self._exchange = exchange
+
+    def buildProtocol(self, addr: IAddress | None) -> _UpstreamConnection:
+        return _UpstreamConnection(self._target, self._exchange)
+
+
+@implementer(IRequestBody, IPushProducer)
+class _UpstreamExchange:
+    """One exchange to one upstream address.  As IRequestBody it takes the request
+    body from the source; as IPushProducer (given to the responder) it pauses
+    reading the response from the upstream."""
+
+    __slots__ = (
+        "aborted",
+        "body_done",
+        "body_sent",
+        "buffer",
+        "buffered",
+        "conn",
+        "connecting",
+        "done",
+        "got_head",
+        "head",
+        "host",
+        "is_head",
+        "port",
+        "registered",
+        "replay",
+        "responder",
+        "reused",
+        "source",
+        "source_paused",
+        "target",
+        "timer",
+        "transport_paused",
+    )
+
+    def __init__(
+        self,
+        target: HTTPUpstreamTarget,
+        host: str,
+        port: int,
+        head: RequestHead,
+        responder: IResponder,
+    ) -> None:
+        self.target = target
+        self.host = host
+        self.port = port
+        self.head = head
+        self.responder = responder
+        self.is_head = head.method == b"HEAD"
+        self.conn: _UpstreamConnection | None = None
+        self.connecting: Deferred[Any] | None = None
+        self.timer: IDelayedCall | None = None
+        self.buffer: list[bytes] = []
+        """Framed body bytes waiting for a connection."""
+        self.buffered = 0
+        self.body_sent = 0
+        """Body bytes (unframed) taken from the source."""
+        self.body_done = head.content_length == 0
+        self.replay: list[bytes] | None = None
+        """Framed body bytes sent on a pooled connection, kept for one retry on a
+        fresh connection while they fit the bound; None: not retryable."""
+        self.reused = False
+        self.source: IPushProducer | None = None
+        self.source_paused = False
+        self.transport_paused = False
+        self.registered = False
+        self.got_head = False
+        self.done = False
+        """The exchange is over for the responder (ended, failed or aborted)."""
+        self.aborted = False
+
+    @property
+    def address(self) -> str:
+        return _address_text(self.host, self.port)
+
+    def start(self) -> None:
+        target = self.target
+        self.timer = target._clock.callLater(target.request_timeout, self._timed_out)
+        conn = target._acquire((self.host, self.port))
+        if conn is None:
+            target._connect(self)
+        else:
+            self.reused = True
+            self.replay = []
+            self.connected(conn)
+
+    # IRequestBody
+
+    def write(self, data: bytes) -> None:
+        if self.done or self.body_done:
+            return  # the response ended first (or a source bug): discard
+        self.body_sent += len(data)
+        length = self.head.content_length
+        if length is None:
+            wire = chunk(data)
+        elif self.body_sent > length:
+            self.fail(
+                MeshError(
+                    Reason.bad_request,
+                    f"{self.address}: request body longer than its Content-Length {length}",
+                )
+            )
+            return
+        else:
+            wire = data
+        conn = self.conn
+        if conn is not None:
+            conn.transport.write(wire)
+            replay = self.replay
+            if replay is not None:
+                if self.body_sent <= REQUEST_BODY_BUFFER:
+                    replay.append(wire)
+                else:
+                    self.replay = None
+            return
+        self.buffer.append(wire)
+        self.buffered += len(data)
+        if self.buffered >= REQUEST_BODY_BUFFER:
+            if self.buffered > _REQUEST_BODY_CAP:
+                self.fail(
+                    MeshError(
+                        Reason.overloaded,
+                        f"{self.address}: request body kept coming while paused for a connection",
+                    )
+                )
+                return
+            self._update_source()
+
+    def end(self) -> None:
+        if self.done or self.body_done:
+            self.body_done = True
+            return
+        length = self.head.content_length
+        if length is not None and self.body_sent < length:
+            self.fail(
+                MeshError(
+                    Reason.bad_request,
+                    f"{self.address}: request body ended at {self.body_sent} of {length} bytes",
+                )
+            )
+            return
+        self.body_done = True
+        conn = self.conn
+        if length is None:
+            if conn is None:
+                self.buffer.append(LAST_CHUNK)
+            else:
+                conn.transport.write(LAST_CHUNK)
+                if self.replay is not None:
+                    self.replay.append(LAST_CHUNK)
+        if conn is not None and self.registered:
+            self.registered = False
+            conn.transport.unregisterProducer()
+        self._update_source()
+
+    def abort(self, reason: str) -> None:
+        if self.aborted:
+            return
+        self.aborted = True
+        self.body_done = True
+        if self.done:
+            return
+        self.done = True
+        self.target.log.debug(
+            "{address}: exchange aborted by the source: {reason}",
+            address=self.address,
+            reason=reason,
+        )
+        self._stop_waiting()
+        conn = self._detach()
+        if conn is not None:
+            conn.transport.abortConnection()
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.source = producer
+        self.source_paused = False
+        if self.done:
+            return
+        conn = self.conn
+        if conn is not None and not self.body_done and not self.registered:
+            self.registered = True
+            conn.transport.registerProducer(conn, True)
+        self._update_source()
+
+    # IPushProducer (the response flow, given to the responder)
+
+    def pauseProducing(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.reading_paused:
+            conn.reading_paused = True
+            conn.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.reading_paused:
+            conn.reading_paused = False
+            conn.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort("the response consumer stopped")
+
+    # from the connection
+
+    def connected(self, conn: _UpstreamConnection) -> None:
+        self.connecting = None
+        self.conn = conn
+        conn.exchange = self
+        conn.begin_response()
+        transport = conn.transport
+        if self.source is not None and not self.body_done:
+            # Registered before the buffered body is written, so that a large one
+            # already pauses the source through the transport.
+            self.registered = True
+            transport.registerProducer(conn, True)
+        head_bytes = request_head_bytes(
+            self.head.method, self.head.path, self.head.headers, self.head.content_length
+        )
+        if self.buffer:
+            transport.write(b"".join([head_bytes, *self.buffer]))
+            self.buffer = []
+            self.buffered = 0
+        else:
+            transport.write(head_bytes)
+        self._update_source()
+
+    def connect_failed(self, failure: Failure) -> None:
+        self.connecting = None
+        problem = failure.value
+        if self.done or isinstance(problem, CancelledError):
+            return
+        address = self.address
+        if isinstance(problem, (neterror.TimeoutError, DeferredTimeoutError)):
+            self.fail(MeshError(Reason.upstream_timeout, f"{address}: connect timed out"))
+        elif isinstance(problem, neterror.ConnectionRefusedError):
+            self.fail(MeshError(Reason.upstream_refused, f"{address}: connection refused"))
+        else:
+            message = _one_line(failure.getErrorMessage())
+            self.fail(MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}"))
+
+    def response_head(self, head: ResponseHead) -> None:
+        self.got_head = True
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        responder = self.responder
+        responder.setProducer(self)
+        responder.head(head)
+
+    def complete(self) -> None:
+        """The response ended cleanly (the connection has decided about reuse)."""
+        self.done = True
+        self._stop_waiting()
+        self._detach()
+        self._update_source()
+        self.responder.end()
+
+    def connection_lost(self, conn: _UpstreamConnection, reason: Failure) -> None:
+        if self.done:
+            return
+        address = self.address
+        if self.got_head:
+            if conn.close_delimited and isinstance(reason.value, neterror.ConnectionDone):
+                self.complete()
+            else:
+                self.fail(
+                    MeshError(Reason.upstream_lost, f"{address}: connection lost in the response body")
+                )
+        elif self.reused and self.replay is not None and not conn.got_bytes:
+            self._retry()
+        else:
+            message = _one_line(reason.getErrorMessage())
+            self.fail(
+                MeshError(
+                    Reason.upstream_lost,
+                    f"{address}: connection lost before the response head ({message})",
+                )
+            )
+
+    def fail(self, error: MeshError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._stop_waiting()
+        conn = self._detach()
+        if conn is not None:
+            conn.transport.abortConnection()  # never reused after an error
+        self._update_source()
+        self.target.log.info(
+            "{code} {method} {address}: {detail}",
+            code=error.reason.code,
+            method=self.head.method.decode("ascii", "replace"),
+            address=self.address,
+            detail=error.detail,
+        )
+        try:
+            self.responder.fail(error)
+        except Exception as problem:  # noqa: BLE001 - a failing responder must not stop us
+            self.target.log.error(
+                "{address}: the responder raised on fail: {problem!r}",
+                address=self.address,
+                problem=problem,
+            )
+
+    # internals
+
+    def _retry(self) -> None:
+        """The pooled connection was stale: send it all again on a fresh one."""
+        replay = self.replay
+        assert replay is not None
+        self._detach()
+        self.reused = False
+        self.replay = None
+        self.transport_paused = False
+        self.buffer = replay
+        self.buffered = self.body_sent
+        self.target.log.debug("{address}: stale pooled connection, retrying", address=self.address)
+        self.target._connect(self)
+        self._update_source()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.fail(
+            MeshError(
+                Reason.upstream_timeout,
+                f"{self.address}: no response within {self.target.request_timeout:g}s",
+            )
+        )
+
+    def _stop_waiting(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        connecting = self.connecting
+        if connecting is not None:
+            self.connecting = None
+            connecting.cancel()
+
+    def _detach(self) -> _UpstreamConnection | None:
+        conn = self.conn
+        if conn is None:
+            return None
+        self.conn = None
+        conn.exchange = None
+        if self.registered:
+            self.registered = False
+            conn.transport.unregisterProducer()
+        self.transport_paused = False
+        return conn
+
+    def _update_source(self) -> None:
+        """Pause the source while its body has nowhere to go; resume it otherwise
+        (also once the exchange is over, so that it can drain and discard)."""
+        source = self.source
+        if source is None or self.aborted:
+            return
+        paused = not (self.body_done or self.done) and (
+            self.transport_paused or (self.conn is None and self.buffered >= REQUEST_BODY_BUFFER)
+        )
+        if paused != self.source_paused:
+            self.source_paused = paused
+            if paused:
+                source.pauseProducing()
+            else:
+                source.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _UpstreamConnection(Protocol):
+    """One persistent connection.  The httptools parser calls the ``on_*`` methods;
+    registered with its own transport as the request body's producer, it relays
+    the transport's pauses to the current exchange's source."""
+
+    transport: Any  # an ITCPTransport once connected: pause/resume, producers, abort
+
+    def __init__(self, target: HTTPUpstreamTarget, exchange: _UpstreamExchange) -> None:
+        self.target = target
+        self.address = (exchange.host, exchange.port)
+        self.opening: _UpstreamExchange | None = exchange
+        self.exchange: _UpstreamExchange | None = None
+        self.parser = HttpResponseParser(self)
+        self.max_header_bytes = target.max_response_header_bytes
+        self.max_header_count = target.max_response_header_count
+        self.lost = False
+        self.idle = False
+        self.idle_since = 0.0
+        self.idle_timer: IDelayedCall | None = None
+        self.reading_paused = False
+        self.waiters: list[Deferred[None]] = []
+        self.begin_response()
+
+    def begin_response(self) -> None:
+        self.got_bytes = False
+        self.head_done = False
+        self.head_size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.reason = b""
+        self.connection_values: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.interim = False
+        self.interim_count = 0
+        self.close_delimited = False
+        self.chunk_pending = False
+        self.stalled = 0
+        self.trailer_count = 0
+        self.finished = False
+        self.reusable = False
+
+    def when_lost(self) -> Deferred[None]:
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self.waiters.append(waiter)
+        return waiter
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        exchange = self.opening
+        self.opening = None
+        if exchange is None or exchange.done:
+            self.target._release(self)  # a fresh connection nobody waits for: keep it
+            return
+        try:
+            exchange.connected(self)
+        except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+            self._internal_error(problem)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+            self._internal_error(problem)
+
+    def _receive(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Idle, or closing after its exchange: a server has nothing to say now.
+            self.target._discard(self)
+            return
+        self.got_bytes = True
+        if not self.head_done:
+            self.head_size += len(data)
+        elif self.chunk_pending:
+            self.stalled += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._parse_failed(cause if isinstance(cause, Exception) else exc)
+            return
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            self._parse_failed(exc)
+            return
+        if self.finished:
+            self._after_response()
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            limit = self.max_header_bytes
+            if not self.head_done:
+                if self.head_size > limit:
+                    self._bad(exchange, f"response head larger than {limit} bytes")
+            elif self.chunk_pending and self.stalled > limit:
+                self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.connected = False
+        self.target._forget(self)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        exchange = self.exchange
+        if exchange is not None:
+            try:
+                exchange.connection_lost(self, reason)
+            except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+                self._internal_error(problem)
+
+    # IPushProducer: the transport's write buffer pauses the request body's source
+
+    def pauseProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.transport_paused = True
+            exchange._update_source()
+
+    def resumeProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.transport_paused = False
+            exchange._update_source()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost deals with the exchange
+        (the source is not stopped: it gets an answer through its responder)."""
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise _UnexpectedData()
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            # Trailers are not relayed (the exchange has no place for them); only counted.
+            self.trailer_count += 1
+            if self.trailer_count > self.max_header_count:
+                raise _ResponseError(f"more than {self.max_header_count} trailer fields")
+            return
+        headers = self.headers
+        if len(headers) >= self.max_header_count:
+            raise _ResponseError(f"more than {self.max_header_count} header fields")
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:
+            raise _ResponseError(f"response head larger than {self.max_header_bytes} bytes")
+        headers.append((name, value))
+        size = len(name)
+        if size == 10 or size == 14 or size == 17:  # cheap pre-check for the framing fields
+            lower = name.lower()
+            if lower == b"connection":
+                if self.connection_values is None:
+                    self.connection_values = [value]
+                else:
+                    self.connection_values.append(value)
+            elif lower == b"content-length":
+                self.content_length = value
+            elif lower == b"transfer-encoding":
+                self.transfer_encoding = value
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise _ResponseError("101 Switching Protocols is not supported")
+            self.interim = True
+            self.interim_count += 1
+            if self.interim_count > _MAX_INTERIM_RESPONSES:
+                raise _ResponseError(f"more than {_MAX_INTERIM_RESPONSES} interim responses")
+            return
+        self.head_done = True
+        coding = self.transfer_encoding
+        chunked = coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        length: int | None
+        if exchange.is_head or status == 204 or status == 304:
+            length = 0
+        elif coding is not None:
+            length = None
+            self.close_delimited = not chunked
+        elif self.content_length is not None:
+            length = int(self.content_length)  # llhttp accepted it: digits only
+        else:
+            length = None
+            self.close_delimited = True
+        values = self.connection_values
+        head = ResponseHead(
+            status,
+            self.reason or _PHRASES.get(status, b"Unknown"),
+            end_to_end(self.headers, connection_tokens(values) if values else _NO_TOKENS),
+            length,
+        )
+        exchange.response_head(head)
+        if exchange.is_head and self.exchange is exchange:
+            # llhttp does not know the request was HEAD and would take any body
+            # framing literally: end here, and never reuse this connection.
+            self.finished = True
+            self.reusable = False
+            exchange.complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunk_pending = False
+        self.stalled = 0
+        exchange = self.exchange
+        if exchange is not None and body:
+            exchange.responder.write(body)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_pending = True
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.reason = b""
+            self.headers = []
+            self.header_bytes = 0
+            self.connection_values = None
+            self.content_length = None
+            self.transfer_encoding = None
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.finished = True
+        self.reusable = exchange.body_done and self.parser.should_keep_alive()
+        exchange.complete()
+
+    # internals
+
+    def _after_response(self) -> None:
+        self.finished = False
+        if self.reusable and not self.lost and self.exchange is None:
+            self.target._release(self)
+        elif not self.lost:
+            self.transport.loseConnection()
+
+    def _bad(self, exchange: _UpstreamExchange, detail: str) -> None:
+        exchange.fail(MeshError(Reason.upstream_bad_response, f"{exchange.address}: {detail}"))
+
+    def _parse_failed(self, cause: Exception) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # After the response (bytes beyond it) or after an abort: just close.
+            self.finished = False
+            self.target._forget(self)
+            if not self.lost:
+                self.transport.abortConnection()
+            return
+        if isinstance(cause, _ResponseError):
+            self._bad(exchange, str(cause))
+        elif isinstance(cause, (HttpParserError, HttpParserUpgrade)):
+            self._bad(exchange, f"malformed response: {_one_line(str(cause))}")
+        else:
+            # Raised by the responder (a source bug), not by the upstream.
+            self._internal_error(cause)
+
+    def _internal_error(self, problem: Exception) -> None:
+        """A bug (most likely in a responder or source): log it, end the exchange
+        with an error and drop the connection."""
+        self.target.log.error(
+            "{address}: internal error in an upstream exchange: {problem!r}",
+            address=_address_text(*self.address),
+            problem=problem,
+        )
+        self.finished = False
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.fail(
+                MeshError(Reason.upstream_lost, f"{exchange.address}: internal error")
+            )
+        self.target._forget(self)
+        if not self.lost:
+            self.transport.abortConnection()

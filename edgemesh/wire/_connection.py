@@ -1,0 +1,297 @@
+"""
+One envelope connection between two nodes, as a state machine with no I/O.
+
+Bytes in (:meth:`Connection.receive`) give validated frames; the ``send_*``
+methods give the bytes to write.  The connection checks what the frame decoder
+cannot see alone: the handshake comes first, stream ids are fresh and of the
+peer's parity, a stream's frames arrive in a legal order, and nobody sends more
+body than the credit it was granted.  Any violation is a ProtocolError: the
+connection must be closed (other connections are unaffected).
+
+The side that connected uses odd stream ids, the side that accepted even ones,
+so both may start exchanges on the same connection.
+"""
+
+from __future__ import annotations
+
+from ._frames import (
+    PROTOCOL_VERSION,
+    Ack,
+    CatalogPush,
+    Data,
+    Frame,
+    FrameDecoder,
+    GoAway,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    ProtocolError,
+    Request,
+    Reset,
+    Response,
+    Window,
+    encode_data,
+    encode_hello,
+    encode_pong,
+    encode_reset,
+    encode_response,
+    encode_window,
+)
+
+_MAX_WINDOW = (1 << 31) - 1
+
+
+class _Stream:
+    __slots__ = (
+        "local", "received_end", "recv_window", "responded", "send_window", "sent_end", "unacked",
+    )
+
+    def __init__(self, local: bool, send_window: int, recv_window: int) -> None:
+        self.local = local
+        """We started it (we sent the request)."""
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.unacked = 0
+        """Body bytes delivered to the application and not yet credited back."""
+        self.sent_end = False
+        self.received_end = False
+        self.responded = False
+        """The response head has crossed (in either direction)."""
+
+
+class Connection:
+    def __init__(self, *, client: bool, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._decoder = FrameDecoder(self.limits)
+        self._streams: dict[int, _Stream] = {}
+        self._next_local = 1 if client else 2
+        self._last_remote = 0
+        self._remote_parity = 0 if client else 1
+        self._remote_active = 0
+        self.peer: Hello | None = None
+        self._peer_window = 0
+        self._outbox: list[bytes] = []
+
+    # --- handshake -------------------------------------------------------------
+
+    def hello(self, node: str, role: str) -> bytes:
+        return encode_hello(
+            node,
+            role,
+            {
+                "initial_window": self.limits.initial_window,
+                "max_frame": self.limits.max_frame,
+                "max_streams": self.limits.max_streams,
+            },
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.peer is not None
+
+    # --- receiving -------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Frame]:
+        """Frames the application must act on.  Ping is answered here; frames for
+        streams that already ended on our side are dropped."""
+        events: list[Frame] = []
+        for frame in self._decoder.feed(data):
+            if self._accept(frame):
+                events.append(frame)
+        return events
+
+    def data_to_send(self) -> bytes:
+        """Bytes the connection itself wants written (pongs, refusals)."""
+        out = b"".join(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def _accept(self, frame: Frame) -> bool:
+        kind = type(frame)
+        if self.peer is None:
+            if kind is not Hello:
+                raise ProtocolError("the first frame must be a hello")
+            assert isinstance(frame, Hello)
+            if frame.version != PROTOCOL_VERSION:
+                raise ProtocolError(f"unsupported protocol version {frame.version}")
+            window = frame.settings.get("initial_window", 0)
+            if not 0 < window <= _MAX_WINDOW:
+                raise ProtocolError("hello: initial_window out of range")
+            self.peer = frame
+            self._peer_window = window
+            return True
+        if kind is Data:
+            assert isinstance(frame, Data)
+            stream = self._known(frame.stream)
+            if stream is None:
+                return False
+            if stream.received_end or (stream.local and not stream.responded):
+                raise ProtocolError(f"stream {frame.stream}: data out of order")
+            self._charge(frame.stream, stream, len(frame.data))
+            if frame.end:
+                self._received_end(frame.stream, stream)
+            return True
+        if kind is Request:
+            assert isinstance(frame, Request)
+            sid = frame.stream
+            if sid % 2 != self._remote_parity or sid <= self._last_remote:
+                raise ProtocolError(f"stream {sid}: not a fresh stream id of the peer")
+            self._last_remote = sid
+            if self._remote_active >= self.limits.max_streams:
+                self._outbox.append(encode_reset(sid, "overloaded", "too many concurrent streams"))
+                return False
+            stream = _Stream(False, self._peer_window, self.limits.initial_window)
+            self._streams[sid] = stream
+            self._remote_active += 1
+            self._charge(sid, stream, len(frame.body))
+            if frame.end:
+                self._received_end(sid, stream)
+            return True
+        if kind is Response:
+            assert isinstance(frame, Response)
+            stream = self._known(frame.stream)
+            if stream is None:
+                return False
+            if not stream.local or stream.responded:
+                raise ProtocolError(f"stream {frame.stream}: unexpected response")
+            stream.responded = True
+            self._charge(frame.stream, stream, len(frame.body))
+            if frame.end:
+                self._received_end(frame.stream, stream)
+            return True
+        if kind is Window:
+            assert isinstance(frame, Window)
+            stream = self._known(frame.stream)
+            if stream is None:
+                return False
+            stream.send_window += frame.increment
+            if stream.send_window > _MAX_WINDOW:
+                raise ProtocolError(f"stream {frame.stream}: window overflow")
+            return True
+        if kind is Reset:
+            assert isinstance(frame, Reset)
+            return self._known(frame.stream) is not None and self._forget(frame.stream)
+        if kind is Ping:
+            assert isinstance(frame, Ping)
+            self._outbox.append(encode_pong(frame.opaque))
+            return False
+        if kind is Hello:
+            raise ProtocolError("second hello")
+        if kind in (Pong, CatalogPush, Ack, GoAway):
+            return True
+        raise ProtocolError(f"unexpected frame {kind.__name__}")  # pragma: no cover
+
+    def _known(self, sid: int) -> _Stream | None:
+        stream = self._streams.get(sid)
+        if stream is not None:
+            return stream
+        # A frame racing our reset of a stream that existed is harmless; one for a
+        # stream that never existed is not.
+        local = sid % 2 != self._remote_parity
+        if (local and sid < self._next_local) or (not local and sid <= self._last_remote):
+            return None
+        raise ProtocolError(f"stream {sid}: unknown stream")
+
+    def _charge(self, sid: int, stream: _Stream, size: int) -> None:
+        if size > stream.recv_window:
+            raise ProtocolError(f"stream {sid}: sent beyond its flow-control window")
+        stream.recv_window -= size
+
+    def _received_end(self, sid: int, stream: _Stream) -> None:
+        stream.received_end = True
+        if stream.sent_end:
+            self._forget(sid)
+
+    def _forget(self, sid: int) -> bool:
+        stream = self._streams.pop(sid, None)
+        if stream is None:
+            return False
+        if not stream.local:
+            self._remote_active -= 1
+        return True
+
+    # --- sending ---------------------------------------------------------------
+
+    def open_stream(self) -> int:
+        """Allocate a stream for a request we are about to send (send_request)."""
+        sid = self._next_local
+        self._next_local += 2
+        self._streams[sid] = _Stream(True, self._peer_window, self.limits.initial_window)
+        return sid
+
+    def send_window(self, sid: int) -> int:
+        """Body bytes the stream may send now (0 for a stream that is gone)."""
+        stream = self._streams.get(sid)
+        return 0 if stream is None or stream.sent_end else stream.send_window
+
+    def is_open(self, sid: int) -> bool:
+        return sid in self._streams
+
+    def sent(self, sid: int, size: int, end: bool) -> None:
+        """Account for body (and the end) the application sent on a stream: used by
+        the send_* helpers and by callers that encode request frames themselves."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            return
+        if stream.sent_end:
+            # The peer would take it for a protocol error and drop every stream.
+            raise ValueError(f"stream {sid}: already ended")
+        if size > stream.send_window:
+            raise ValueError(f"stream {sid}: {size} bytes exceed the window {stream.send_window}")
+        stream.send_window -= size
+        if end:
+            stream.sent_end = True
+            if stream.received_end:
+                self._forget(sid)
+
+    def send_data(self, sid: int, data: bytes, end: bool) -> bytes:
+        stream = self._streams.get(sid)
+        if stream is not None and not stream.local and not stream.responded:
+            raise ValueError(f"stream {sid}: body before the response head")
+        self.sent(sid, len(data), end)
+        return encode_data(sid, end, data)
+
+    def send_response(
+        self,
+        sid: int,
+        status: int,
+        reason: bytes,
+        headers: tuple[tuple[bytes, bytes], ...],
+        content_length: int | None,
+        body: bytes,
+        end: bool,
+    ) -> bytes:
+        stream = self._streams.get(sid)
+        if stream is not None:
+            if stream.local or stream.responded:
+                raise ValueError(f"stream {sid}: not a request of the peer awaiting its response")
+            stream.responded = True
+        self.sent(sid, len(body), end)
+        return encode_response(sid, end, status, reason, headers, content_length, body)
+
+    def send_reset(self, sid: int, code: str, detail: str) -> bytes:
+        """Abandon a stream; returns b'' if it is already gone."""
+        if not self._forget(sid):
+            return b""
+        return encode_reset(sid, code, detail)
+
+    def consumed(self, sid: int, size: int) -> bytes:
+        """The application has passed on ``size`` received body bytes: credit them
+        back to the peer, in batches of half a window."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.received_end:
+            return b""
+        stream.unacked += size
+        if stream.unacked * 2 < self.limits.initial_window:
+            return b""
+        increment, stream.unacked = stream.unacked, 0
+        stream.recv_window += increment
+        return encode_window(sid, increment)
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def stream_ids(self) -> list[int]:
+        return list(self._streams)

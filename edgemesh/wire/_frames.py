@@ -1,0 +1,525 @@
+"""
+Envelope frames between two nodes: a 4-byte big-endian length, then one msgpack
+array ``[type, ...fields]``.  Encoding and strict decoding; no state, no I/O.
+
+Every field of every frame is checked on the way in: a frame from a peer is
+untrusted input, and an HTTP head decoded here is later written to a socket.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..exchange import Headers
+
+PROTOCOL_VERSION = 1
+
+# Frame types.  Values are part of the wire format: never renumber.
+HELLO = 0
+REQUEST = 1
+DATA = 2
+RESPONSE = 3
+RESET = 4
+WINDOW = 5
+PING = 6
+PONG = 7
+CATALOG = 8
+ACK = 9
+GOAWAY = 10
+
+FLAG_END = 1
+"""The sender's side of the stream ends with this frame."""
+
+_LENGTH = struct.Struct(">I")
+PREFIX_SIZE = _LENGTH.size
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: the connection must be closed."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps enforced on every connection (the peer learns ours in its hello)."""
+
+    max_frame: int = 1 << 20
+    """Largest frame of any type but CATALOG, in bytes."""
+    max_catalog_frame: int = 64 << 20
+    max_header_count: int = 100
+    max_header_bytes: int = 64 * 1024
+    max_streams: int = 1024
+    """Concurrent streams the peer may open towards us."""
+    initial_window: int = 256 * 1024
+    """Body bytes a stream may send before it is granted more credit."""
+    max_data_chunk: int = 64 * 1024
+
+
+# --- events (what a peer said) -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Hello:
+    version: int
+    node: str
+    role: str
+    settings: dict[str, int]
+
+
+@dataclass(slots=True)
+class Request:
+    stream: int
+    end: bool
+    method: bytes
+    path: bytes
+    authority: bytes
+    headers: Headers
+    content_length: int | None
+    client: str
+    service: str
+    """``namespace/name`` of the resolved service."""
+    port: int
+    """The service port number."""
+    endpoint: tuple[str, int] | None
+    """The endpoint the sender chose, when it chose one."""
+    body: bytes
+
+
+@dataclass(slots=True)
+class Data:
+    stream: int
+    end: bool
+    data: bytes
+
+
+@dataclass(slots=True)
+class Response:
+    stream: int
+    end: bool
+    status: int
+    reason: bytes
+    headers: Headers
+    content_length: int | None
+    body: bytes
+
+
+@dataclass(slots=True)
+class Reset:
+    stream: int
+    code: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Window:
+    stream: int
+    increment: int
+
+
+@dataclass(slots=True)
+class Ping:
+    opaque: int
+
+
+@dataclass(slots=True)
+class Pong:
+    opaque: int
+
+
+@dataclass(slots=True)
+class CatalogPush:
+    revision: int
+    kind: str
+    """``snapshot`` (replaces everything) or ``delta``."""
+    payload: dict[str, Any]
+    """Validated by the catalog layer, which owns its schema."""
+
+
+@dataclass(slots=True)
+class Ack:
+    revision: int
+
+
+@dataclass(slots=True)
+class GoAway:
+    reason: str
+
+
+Frame = (
+    Hello | Request | Data | Response | Reset | Window | Ping | Pong | CatalogPush | Ack | GoAway
+)
+
+
+# --- encoding ------------------------------------------------------------------------
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def _framed(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def encode_hello(node: str, role: str, settings: dict[str, int]) -> bytes:
+    return _framed(_packb((HELLO, PROTOCOL_VERSION, node, role, settings)))
+
+
+def encode_request(
+    stream: int,
+    end: bool,
+    method: bytes,
+    path: bytes,
+    authority: bytes,
+    headers: Headers,
+    content_length: int | None,
+    client: str,
+    service: str,
+    port: int,
+    endpoint: tuple[str, int] | None,
+    body: bytes,
+) -> bytes:
+    host, ep_port = endpoint if endpoint is not None else (None, None)
+    return _framed(
+        _packb(
+            (
+                REQUEST, stream, FLAG_END if end else 0, method, path, authority, headers,
+                content_length, client, service, port, host, ep_port, body,
+            )
+        )
+    )
+
+
+def encode_data(stream: int, end: bool, data: bytes) -> bytes:
+    return _framed(_packb((DATA, stream, FLAG_END if end else 0, data)))
+
+
+def encode_response(
+    stream: int,
+    end: bool,
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    content_length: int | None,
+    body: bytes,
+) -> bytes:
+    return _framed(
+        _packb(
+            (RESPONSE, stream, FLAG_END if end else 0, status, reason, headers, content_length, body)
+        )
+    )
+
+
+def encode_reset(stream: int, code: str, detail: str) -> bytes:
+    return _framed(_packb((RESET, stream, code, detail[:512])))
+
+
+def encode_window(stream: int, increment: int) -> bytes:
+    return _framed(_packb((WINDOW, stream, increment)))
+
+
+def encode_ping(opaque: int) -> bytes:
+    return _framed(_packb((PING, opaque)))
+
+
+def encode_pong(opaque: int) -> bytes:
+    return _framed(_packb((PONG, opaque)))
+
+
+def encode_catalog(revision: int, kind: str, payload: dict[str, Any]) -> bytes:
+    return _framed(_packb((CATALOG, revision, kind, payload)))
+
+
+def encode_ack(revision: int) -> bytes:
+    return _framed(_packb((ACK, revision)))
+
+
+def encode_goaway(reason: str) -> bytes:
+    return _framed(_packb((GOAWAY, reason[:512])))
+
+
+# --- decoding ------------------------------------------------------------------------
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+_REQUEST_TARGET = re.compile(rb"[!-~]+\Z")
+_MAX_U31 = (1 << 31) - 1
+_MAX_BODY_LENGTH = 1 << 62
+
+
+def frame_type(payload: bytes) -> int | None:
+    """The type of a frame from its first payload bytes (None: not enough bytes yet)."""
+    if len(payload) < 2:
+        return None
+    # A frame is a fixarray (0x90-0x9f) whose first element is a positive fixint.
+    if not 0x91 <= payload[0] <= 0x9F or payload[1] > 0x7F:
+        raise ProtocolError("frame is not an array starting with a frame type")
+    return payload[1]
+
+
+def _int(value: object, what: str, low: int = 0, high: int = _MAX_U31) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ProtocolError(f"{what}: expected an integer in [{low}, {high}]")
+    return value
+
+
+def _bytes(value: object, what: str, pattern: re.Pattern[bytes] | None = None) -> bytes:
+    if type(value) is not bytes or (pattern is not None and pattern.match(value) is None):
+        raise ProtocolError(f"{what}: expected valid bytes")
+    return value
+
+
+def _str(value: object, what: str, limit: int = 1024) -> str:
+    if type(value) is not str or len(value) > limit:
+        raise ProtocolError(f"{what}: expected a string of at most {limit} characters")
+    return value
+
+
+def _optional_length(value: object, what: str) -> int | None:
+    return None if value is None else _int(value, what, 0, _MAX_BODY_LENGTH)
+
+
+def _headers(value: object, limits: Limits) -> Headers:
+    if type(value) is not tuple or len(value) > limits.max_header_count:
+        raise ProtocolError(f"headers: expected at most {limits.max_header_count} fields")
+    total = 0
+    for field in value:
+        if type(field) is not tuple or len(field) != 2:
+            raise ProtocolError("headers: each field must be a [name, value] pair")
+        name, content = field
+        if (
+            type(name) is not bytes
+            or type(content) is not bytes
+            or _TOKEN.match(name) is None
+            or _FIELD_VALUE.match(content) is None
+        ):
+            raise ProtocolError("headers: invalid field name or value")
+        total += len(name) + len(content)
+    if total > limits.max_header_bytes:
+        raise ProtocolError(f"headers: more than {limits.max_header_bytes} bytes")
+    return value  # checked field by field above
+
+
+def _arity(fields: tuple[object, ...], count: int, name: str) -> None:
+    if len(fields) != count:
+        raise ProtocolError(f"{name} frame: expected {count} fields, got {len(fields)}")
+
+
+MAX_CATALOG_CONTAINERS = 1 << 19
+"""Arrays and maps in one catalog frame (a record per node, service, port and endpoint)."""
+
+
+class _ContainerBudget:
+    """msgpack hooks that cap how many arrays and maps one frame may build, and allow only
+    string map keys: one byte of input (an empty map) would otherwise become a dict of
+    ~64 bytes, a million times over in a frame under the size cap."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError("frame holds too many arrays and maps")
+
+    def array(self, value: Any) -> Any:
+        self._spend()
+        return value
+
+    def map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self._spend()
+        for key in value:
+            if type(key) is not str:
+                raise ProtocolError("map keys must be strings")
+        return value
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed")
+
+
+def decode_payload(payload: bytes, limits: Limits) -> Frame:
+    """Decode and validate one frame payload (without its length prefix)."""
+    kind = frame_type(payload)
+    catalog = kind == CATALOG
+    # A head has the frame array, the header array and one pair per header (hello: one
+    # settings map); only catalogs hold many records.
+    budget = _ContainerBudget(
+        MAX_CATALOG_CONTAINERS if catalog else limits.max_header_count + 8
+    )
+    try:
+        fields = msgpack.unpackb(
+            payload,
+            # A catalog payload is a plain structure with lists (catalog_from_wire's
+            # schema); everything else is checked here, where tuples are cheaper.
+            use_list=catalog,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_frame,
+            max_bin_len=limits.max_catalog_frame if catalog else limits.max_frame,
+            # Heads hold at most max_header_count pairs; only catalogs have long arrays.
+            max_array_len=(1 << 20) if catalog else max(16, limits.max_header_count),
+            max_map_len=(1 << 20) if catalog else 16,
+            max_ext_len=0,
+            ext_hook=_no_ext,
+            list_hook=budget.array,
+            object_hook=budget.map,
+        )
+    except ProtocolError:
+        raise
+    except Exception as error:  # noqa: BLE001  msgpack raises a zoo: ValueError, StackError...
+        raise ProtocolError(f"undecodable frame: {type(error).__name__}") from None
+    if type(fields) is list:
+        fields = tuple(fields)
+    if type(fields) is not tuple or not fields:
+        raise ProtocolError("frame is not an array")
+    decoder = _DECODERS.get(kind, _unknown) if kind is not None else _unknown
+    return decoder(fields, limits)
+
+
+def _unknown(fields: tuple[object, ...], limits: Limits) -> Frame:
+    raise ProtocolError(f"unknown frame type {fields[0]!r}")
+
+
+def _hello(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 5, "hello")
+    settings = f[4]
+    if type(settings) is not dict or len(settings) > 16:
+        raise ProtocolError("hello: settings must be a small map")
+    for key, value in settings.items():
+        _str(key, "hello: setting name", 64)
+        _int(value, f"hello: setting {key}", 0, _MAX_BODY_LENGTH)
+    return Hello(_int(f[1], "hello: version"), _str(f[2], "hello: node", 253),
+                 _str(f[3], "hello: role", 32), settings)
+
+
+def _request(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 14, "request")
+    host, ep_port = f[11], f[12]
+    endpoint = None
+    if host is not None:
+        endpoint = (_str(host, "request: endpoint host", 253), _int(ep_port, "request: endpoint port", 1, 65535))
+    return Request(
+        stream=_int(f[1], "request: stream", 1),
+        end=bool(_int(f[2], "request: flags", 0, 255) & FLAG_END),
+        method=_bytes(f[3], "request: method", _TOKEN),
+        path=_bytes(f[4], "request: path", _REQUEST_TARGET),
+        authority=_bytes(f[5], "request: authority", _REQUEST_TARGET),
+        headers=_headers(f[6], limits),
+        content_length=_optional_length(f[7], "request: content length"),
+        client=_str(f[8], "request: client", 64),
+        service=_str(f[9], "request: service", 512),
+        port=_int(f[10], "request: port", 1, 65535),
+        endpoint=endpoint,
+        body=_bytes(f[13], "request: body"),
+    )
+
+
+def _data(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 4, "data")
+    return Data(_int(f[1], "data: stream", 1), bool(_int(f[2], "data: flags", 0, 255) & FLAG_END),
+                _bytes(f[3], "data: data"))
+
+
+def _response(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 8, "response")
+    return Response(
+        stream=_int(f[1], "response: stream", 1),
+        end=bool(_int(f[2], "response: flags", 0, 255) & FLAG_END),
+        status=_int(f[3], "response: status", 100, 999),
+        reason=_bytes(f[4], "response: reason", _FIELD_VALUE),
+        headers=_headers(f[5], limits),
+        content_length=_optional_length(f[6], "response: content length"),
+        body=_bytes(f[7], "response: body"),
+    )
+
+
+def _reset(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 4, "reset")
+    return Reset(_int(f[1], "reset: stream", 1), _str(f[2], "reset: code", 64), _str(f[3], "reset: detail", 512))
+
+
+def _window(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 3, "window")
+    return Window(_int(f[1], "window: stream", 1), _int(f[2], "window: increment", 1))
+
+
+def _ping(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 2, "ping")
+    return Ping(_int(f[1], "ping: opaque", 0, (1 << 63) - 1))
+
+
+def _pong(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 2, "pong")
+    return Pong(_int(f[1], "pong: opaque", 0, (1 << 63) - 1))
+
+
+def _catalog(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 4, "catalog")
+    kind = _str(f[2], "catalog: kind", 16)
+    if kind not in ("snapshot", "delta"):
+        raise ProtocolError("catalog: kind must be snapshot or delta")
+    if type(f[3]) is not dict:
+        raise ProtocolError("catalog: payload must be a map")
+    return CatalogPush(_int(f[1], "catalog: revision", 0, (1 << 63) - 1), kind, f[3])
+
+
+def _ack(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 2, "ack")
+    return Ack(_int(f[1], "ack: revision", 0, (1 << 63) - 1))
+
+
+def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 2, "goaway")
+    return GoAway(_str(f[1], "goaway: reason", 512))
+
+
+_DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
+    HELLO: _hello, REQUEST: _request, DATA: _data, RESPONSE: _response, RESET: _reset,
+    WINDOW: _window, PING: _ping, PONG: _pong, CATALOG: _catalog, ACK: _ack, GOAWAY: _goaway,
+}
+
+
+class FrameDecoder:
+    """Split a byte stream into validated frames.  One per connection; after a
+    ProtocolError it refuses everything (the connection must be closed)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._buffer = bytearray()
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._failed:
+            raise ProtocolError("decoder already failed")
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        try:
+            while len(buffer) - offset >= PREFIX_SIZE:
+                (length,) = _LENGTH.unpack_from(buffer, offset)
+                if length > self._limits.max_frame:
+                    # Only a catalog frame may be larger; its type is in the first bytes.
+                    kind = frame_type(bytes(buffer[offset + PREFIX_SIZE : offset + PREFIX_SIZE + 2]))
+                    if kind is None:
+                        break
+                    if kind != CATALOG or length > self._limits.max_catalog_frame:
+                        raise ProtocolError(f"frame of {length} bytes exceeds the cap")
+                end = offset + PREFIX_SIZE + length
+                if len(buffer) < end:
+                    break
+                frames.append(decode_payload(bytes(buffer[offset + PREFIX_SIZE : end]), self._limits))
+                offset = end
+        except ProtocolError:
+            self._failed = True
+            self._buffer = bytearray()
+            raise
+        if offset:
+            del buffer[:offset]
+        return frames

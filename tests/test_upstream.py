@@ -1,0 +1,1053 @@
+"""HTTPUpstreamTarget: the pooled HTTP/1.1 client to pods and ClusterIPs, on a
+MemoryReactorClock (connections are StringTransports; no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from edgemesh.catalog import Endpoint, Service, ServicePort
+from edgemesh.exchange import (
+    IRequestBody,
+    IResponder,
+    ITarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+    Route,
+    TargetKind,
+)
+from edgemesh.transports._upstream import REQUEST_BODY_BUFFER, HTTPUpstreamTarget
+
+PORT = ServicePort(name="http", port=80, target_port=8080)
+SERVICE = Service(
+    namespace="default",
+    name="web",
+    cluster_ip="10.96.0.10",
+    ports=(PORT,),
+)
+POD = Endpoint(host="10.1.0.5", port=8080, node="edge-1")
+ROUTE = Route(target=TargetKind.service_bus, service=SERVICE, port=PORT, endpoint=POD)
+GET = RequestHead(
+    method=b"GET",
+    path=b"/hello?x=1",
+    authority=b"web",
+    headers=((b"Host", b"web"), (b"Accept", b"*/*")),
+    content_length=0,
+)
+GET_BYTES = b"GET /hello?x=1 HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n"
+OK_HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
+
+
+@implementer(IResponder)
+class Responder:
+    """Records what the target tells the source."""
+
+    def __init__(self, on_head: Any = None) -> None:
+        self.head_: ResponseHead | None = None
+        self.body = b""
+        self.ended = False
+        self.error: MeshError | None = None
+        self.producer: IPushProducer | None = None
+        self.calls: list[str] = []
+        self.on_head = on_head
+
+    def head(self, head: ResponseHead) -> None:
+        assert self.head_ is None and not self.ended and self.error is None
+        self.calls.append("head")
+        self.head_ = head
+        if self.on_head is not None:
+            self.on_head()
+
+    def write(self, data: bytes) -> None:
+        assert data and self.head_ is not None and not self.ended and self.error is None
+        self.calls.append("write")
+        self.body += data
+
+    def end(self) -> None:
+        assert self.head_ is not None and not self.ended and self.error is None
+        self.calls.append("end")
+        self.ended = True
+
+    def fail(self, error: MeshError) -> None:
+        assert not self.ended and self.error is None
+        self.calls.append("fail")
+        self.error = error
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@implementer(IPushProducer)
+class Source:
+    """The source's producer: records pauses."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        assert not self.paused
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        assert self.paused
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class NoDelayTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+class Upstream:
+    """The server side of one connection made by the target."""
+
+    def __init__(self, protocol: Protocol, transport: StringTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def received(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def close(self, reason: Exception | None = None) -> None:
+        self.protocol.connectionLost(Failure(reason or error.ConnectionDone()))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.transport.disconnected)
+
+
+class Harness:
+    def __init__(self, **options: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.target = HTTPUpstreamTarget(self.reactor, TargetKind.service_bus, **options)
+
+    def open(
+        self, head: RequestHead = GET, route: Route = ROUTE, responder: Responder | None = None
+    ) -> tuple[IRequestBody, Responder]:
+        responder = responder or Responder()
+        return self.target.open(route, head, responder), responder
+
+    def connections(self) -> int:
+        return len(self.reactor.tcpClients)
+
+    def accept(self, index: int = -1, transport: StringTransport | None = None) -> Upstream:
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = transport or StringTransport()
+        protocol.makeConnection(transport)
+        return Upstream(protocol, transport)
+
+    def refuse(self, reason: Exception, index: int = -1) -> None:
+        _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[index]
+        factory.clientConnectionFailed(self.reactor.connectors[index], Failure(reason))
+
+    def idle(self, host: str = POD.host, port: int = POD.port) -> int:
+        return self.target.idle_connections(host, port)
+
+
+def exchange(
+    h: Harness, response: bytes = OK_HELLO, head: RequestHead = GET
+) -> tuple[Upstream, Responder]:
+    """One complete exchange on a new connection."""
+    _body, responder = h.open(head)
+    upstream = h.accept()
+    upstream.received()
+    upstream.send(response)
+    return upstream, responder
+
+
+# --- interfaces and addressing ---------------------------------------------------------------
+
+
+def test_interfaces() -> None:
+    h = Harness()
+    assert verifyObject(ITarget, h.target)
+    assert h.target.kind is TargetKind.service_bus
+    body, responder = h.open()
+    assert verifyObject(IRequestBody, body)
+    h.accept().send(OK_HELLO)
+    assert responder.producer is not None
+    assert verifyObject(IPushProducer, responder.producer)
+
+
+def test_connects_to_the_chosen_endpoint_with_the_connect_timeout() -> None:
+    h = Harness(connect_timeout=2.5)
+    h.open()
+    host, port, _factory, timeout, _bind = h.reactor.tcpClients[0]
+    assert (host, port, timeout) == ("10.1.0.5", 8080, 2.5)
+
+
+def test_without_endpoint_connects_to_the_cluster_ip_and_service_port() -> None:
+    h = Harness()
+    h.open(route=Route(target=TargetKind.cluster_ip, service=SERVICE, port=PORT, endpoint=None))
+    assert h.reactor.tcpClients[0][:2] == ("10.96.0.10", 80)
+
+
+def test_ipv6_endpoint() -> None:
+    h = Harness()
+    route = Route(
+        target=TargetKind.service_bus,
+        service=SERVICE,
+        port=PORT,
+        endpoint=Endpoint(host="fd00::5", port=8080, node=None),
+    )
+    _body, responder = h.open(route=route)
+    assert h.reactor.tcpClients[0][:2] == ("fd00::5", 8080)
+    h.refuse(error.ConnectionRefusedError())
+    assert responder.error is not None and "[fd00::5]:8080" in responder.error.detail
+
+
+def test_no_endpoint_and_headless_service_fails_without_connecting() -> None:
+    h = Harness()
+    headless = Service(namespace="default", name="db", cluster_ip=None, ports=(PORT,))
+    route = Route(target=TargetKind.cluster_ip, service=headless, port=PORT, endpoint=None)
+    _body, responder = h.open(route=route)
+    assert responder.error is not None
+    assert responder.error.reason is Reason.no_endpoint
+    assert "default/db" in responder.error.detail
+    assert h.connections() == 0
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_endpoint_factory_is_used_and_tcp_no_delay_is_set() -> None:
+    made: list[tuple[str, int]] = []
+    pending: list[tuple[Deferred[Any], Any]] = []
+
+    @implementer(IStreamClientEndpoint)
+    class FakeEndpoint:
+        def connect(self, factory: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, factory))
+            return d
+
+    def factory(host: str, port: int) -> IStreamClientEndpoint:
+        made.append((host, port))
+        return FakeEndpoint()
+
+    reactor = MemoryReactorClock()
+    target = HTTPUpstreamTarget(reactor, TargetKind.cluster_ip, endpoint_factory=factory)
+    responder = Responder()
+    target.open(ROUTE, GET, responder)
+    assert made == [("10.1.0.5", 8080)]
+    d, protocol_factory = pending[0]
+    protocol = protocol_factory.buildProtocol(None)
+    transport = NoDelayTransport()
+    protocol.makeConnection(transport)
+    d.callback(protocol)
+    assert transport.no_delay
+    assert transport.value() == GET_BYTES
+    protocol.dataReceived(OK_HELLO)
+    assert responder.ended and responder.body == b"hello"
+
+
+def test_endpoint_factory_raising_fails_the_exchange() -> None:
+    def factory(host: str, port: int) -> IStreamClientEndpoint:
+        raise ValueError("bad address")
+
+    target = HTTPUpstreamTarget(MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=factory)
+    responder = Responder()
+    target.open(ROUTE, GET, responder)
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_refused
+    assert "bad address" in responder.error.detail
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def test_get_with_content_length() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    assert upstream.received() == GET_BYTES
+    upstream.send(OK_HELLO[:40])
+    assert responder.head_ is None
+    upstream.send(OK_HELLO[40:-2])
+    assert responder.head_ == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
+    assert responder.body == b"hel" and not responder.ended
+    upstream.send(OK_HELLO[-2:])
+    assert responder.body == b"hello" and responder.ended
+    assert responder.calls[0] == "head" and responder.calls[-1] == "end"
+    assert h.idle() == 1 and not upstream.closed
+
+
+def test_chunked_response() -> None:
+    h = Harness()
+    _upstream, responder = exchange(
+        h,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+    )
+    assert responder.head_ is not None
+    assert responder.head_.content_length is None
+    assert responder.head_.headers == ()
+    assert responder.body == b"abcdefg" and responder.ended
+    assert h.idle() == 1
+
+
+def test_close_delimited_response_ends_on_clean_close() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome")
+    upstream.send(b" more")
+    assert responder.head_ is not None and responder.head_.content_length is None
+    assert not responder.ended
+    upstream.close()
+    assert responder.body == b"some more" and responder.ended
+    assert h.idle() == 0
+
+
+def test_close_delimited_response_cut_by_a_reset_fails() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\n\r\nsome")
+    upstream.close(error.ConnectionLost())
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+def test_non_chunked_transfer_coding_is_close_delimited() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz")
+    upstream.close()
+    assert responder.head_ is not None and responder.head_.content_length is None
+    assert responder.body == b"zz" and responder.ended
+
+
+def test_head_request_ends_at_the_head_and_is_not_reused() -> None:
+    h = Harness()
+    head = RequestHead(b"HEAD", b"/", b"web", ((b"Host", b"web"),), 0)
+    upstream, responder = exchange(
+        h, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: x\r\n\r\n", head=head
+    )
+    assert responder.head_ == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 0)
+    assert responder.ended and responder.body == b""
+    assert upstream.closed and h.idle() == 0
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses(status: int) -> None:
+    h = Harness()
+    _upstream, responder = exchange(
+        h, b"HTTP/1.1 %d Nothing\r\nContent-Length: 7\r\n\r\n" % status
+    )
+    assert responder.head_ == ResponseHead(status, b"Nothing", (), 0)
+    assert responder.ended
+    assert h.idle() == 1
+
+
+def test_reason_phrase_is_kept_or_filled_in() -> None:
+    h = Harness()
+    upstream, responder = exchange(
+        h, b"HTTP/1.1 404 Nope, Not Here\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert responder.head_ is not None and responder.head_.reason == b"Nope, Not Here"
+    _body, responder = h.open()  # on the pooled connection
+    upstream.send(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n")
+    assert responder.head_ is not None and responder.head_.reason == b"Not Found"
+
+
+def test_interim_responses_are_skipped() -> None:
+    h = Harness()
+    _, responder = exchange(
+        h,
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    )
+    assert responder.head_ == ResponseHead(201, b"Created", (), 2)
+    assert responder.body == b"ok" and responder.ended
+    assert h.idle() == 1
+
+
+def test_too_many_interim_responses_is_a_bad_response() -> None:
+    h = Harness()
+    _, responder = exchange(h, b"HTTP/1.1 100 Continue\r\n\r\n" * 17)
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+
+
+def test_101_is_not_supported() -> None:
+    h = Harness()
+    upstream, responder = exchange(
+        h, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert responder.error.status == 502
+    assert "101" in responder.error.detail
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_hop_by_hop_response_headers_are_dropped() -> None:
+    h = Harness()
+    _, responder = exchange(
+        h,
+        b"HTTP/1.1 200 OK\r\n"
+        b"Connection: keep-alive, X-Secret\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"X-Secret: hidden\r\n"
+        b"Proxy-Authenticate: Basic\r\n"
+        b"Trailer: X-T\r\n"
+        b"Upgrade: h2c\r\n"
+        b"X-Kept: 1\r\n"
+        b"Set-Cookie: a=1\r\n"
+        b"Set-Cookie: b=2\r\n"
+        b"Content-Length: 0\r\n\r\n",
+    )
+    assert responder.head_ is not None
+    assert responder.head_.headers == (
+        (b"X-Kept", b"1"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+    )
+
+
+def test_response_flow_control_pauses_reading_the_upstream() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+    producer = responder.producer
+    assert producer is not None
+    producer.pauseProducing()
+    assert upstream.transport.producerState == "paused"
+    producer.resumeProducing()
+    assert upstream.transport.producerState == "producing"
+    producer.pauseProducing()
+    upstream.send(b"def")  # what was already read still arrives
+    assert responder.ended
+    # Pooled: reading resumes so that a server close is noticed while idle.
+    assert h.idle() == 1 and upstream.transport.producerState == "producing"
+    producer.pauseProducing()  # a late call from the finished exchange changes nothing
+    assert upstream.transport.producerState == "producing"
+
+
+# --- pooling -----------------------------------------------------------------------------------
+
+
+def test_second_request_reuses_the_connection() -> None:
+    h = Harness()
+    upstream, first = exchange(h)
+    assert first.ended
+    _body, second = h.open()
+    assert h.connections() == 1 and h.idle() == 0
+    assert upstream.received() == GET_BYTES
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+    assert second.body == b"bye" and second.ended
+    assert h.idle() == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+def test_not_reused_when_the_server_does_not_keep_alive(response: bytes) -> None:
+    h = Harness()
+    upstream, responder = exchange(h, response)
+    assert responder.ended and responder.body == b"ok"
+    assert upstream.closed and h.idle() == 0
+    h.open()
+    assert h.connections() == 2
+
+
+def test_not_reused_after_an_error() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+    assert responder.error is not None
+    assert upstream.aborted and h.idle() == 0
+    h.open()
+    assert h.connections() == 2
+
+
+def test_idle_timeout_closes_pooled_connections() -> None:
+    h = Harness(idle_timeout=60.0)
+    upstream, _ = exchange(h)
+    h.reactor.advance(30)
+    _body, responder = h.open()  # reused at t=30: idle again from then
+    upstream.send(OK_HELLO)
+    assert responder.ended and h.idle() == 1
+    h.reactor.advance(30)  # t=60: the first timer fires, 30 s idle only
+    assert not upstream.closed and h.idle() == 1
+    h.reactor.advance(30)  # t=90: 60 s idle
+    assert upstream.closed and h.idle() == 0
+    upstream.close()
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_pool_is_lifo_and_bounded() -> None:
+    h = Harness(max_idle_per_address=2)
+    bodies = [h.open() for _ in range(3)]
+    upstreams = [h.accept(i) for i in range(3)]
+    for upstream in upstreams:
+        upstream.received()
+        upstream.send(OK_HELLO)
+    assert all(responder.ended for _, responder in bodies)
+    # Three released into a pool of two: the oldest idle one was closed.
+    assert h.idle() == 2
+    assert upstreams[0].closed and not upstreams[1].closed and not upstreams[2].closed
+    h.open()
+    assert upstreams[2].received() == GET_BYTES  # the most recently used
+    assert upstreams[1].received() == b""
+
+
+def test_pooled_connection_closed_by_the_server_is_dropped() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    upstream.close()
+    assert h.idle() == 0
+    h.open()
+    assert h.connections() == 2
+    assert h.reactor.getDelayedCalls() != []  # only the new request's timer
+    assert len(h.reactor.getDelayedCalls()) == 1
+
+
+def test_unexpected_data_on_an_idle_connection_drops_it() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    upstream.send(b"HTTP/1.1 200 OK\r\n")
+    assert upstream.closed and h.idle() == 0
+
+
+def test_bytes_after_the_response_prevent_reuse() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, OK_HELLO + b"HTTP/1.1 200 OK\r\n")
+    assert responder.ended and responder.body == b"hello"
+    assert (upstream.closed or upstream.aborted) and h.idle() == 0
+
+
+def test_close_closes_idle_connections() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    closed = h.target.close()
+    assert upstream.closed and h.idle() == 0
+    assert not closed.called
+    upstream.close()
+    assert closed.called
+    # After close(), exchanges still work but their connections are not pooled.
+    upstream2, responder = exchange(h)
+    assert responder.ended and upstream2.closed and h.idle() == 0
+
+
+# --- stale pooled connections ------------------------------------------------------------------
+
+
+def test_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    _body, responder = h.open()
+    assert upstream.received() == GET_BYTES
+    upstream.close()  # the server had closed it: no response byte
+    assert responder.calls == []
+    assert h.connections() == 2
+    fresh = h.accept()
+    assert fresh.received() == GET_BYTES
+    fresh.send(OK_HELLO)
+    assert responder.ended and responder.body == b"hello"
+
+
+def test_stale_retry_resends_the_request_body() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    post = RequestHead(b"POST", b"/p", b"web", ((b"Host", b"web"),), None)
+    body, responder = h.open(post)
+    body.write(b"abc")
+    body.end()
+    sent = upstream.received()
+    assert sent.endswith(b"3\r\nabc\r\n0\r\n\r\n")
+    upstream.close(error.ConnectionLost())
+    fresh = h.accept()
+    assert fresh.received() == sent
+    fresh.send(OK_HELLO)
+    assert responder.ended
+
+
+def test_no_retry_after_a_response_byte() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    _body, responder = h.open()
+    upstream.send(b"HTTP/1.1 2")
+    upstream.close()
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+    assert h.connections() == 1
+
+
+def test_no_retry_on_a_fresh_connection() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.close()
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+    assert "10.1.0.5:8080" in responder.error.detail
+    assert h.connections() == 1
+
+
+def test_only_one_retry() -> None:
+    h = Harness()
+    for _ in range(2):
+        h.open()
+    first, second = h.accept(0), h.accept(1)
+    first.send(OK_HELLO)
+    second.send(OK_HELLO)
+    assert h.idle() == 2
+    # Two pooled connections; the retry uses a fresh one, never another pooled one.
+    _body, responder = h.open()
+    second.close()
+    assert h.connections() == 3 and h.idle() == 1
+    fresh = h.accept()
+    fresh.close()
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+def test_no_retry_once_more_body_was_sent_than_is_kept() -> None:
+    h = Harness()
+    upstream, _ = exchange(h)
+    size = REQUEST_BODY_BUFFER + 10
+    post = RequestHead(b"POST", b"/p", b"web", ((b"Host", b"web"),), size)
+    body, responder = h.open(post)
+    body.write(b"x" * REQUEST_BODY_BUFFER)
+    body.write(b"y" * 10)
+    upstream.close()
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+    assert h.connections() == 1
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+def test_connection_refused_is_502() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    h.refuse(error.ConnectionRefusedError())
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_refused and responder.error.status == 502
+    assert responder.error.detail == "10.1.0.5:8080: connection refused"
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_unreachable_is_502() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    h.refuse(error.NoRouteError())
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_refused
+    assert "10.1.0.5:8080" in responder.error.detail and "\n" not in responder.error.detail
+
+
+def test_connect_timeout_is_504() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    h.refuse(error.TimeoutError())
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_timeout and responder.error.status == 504
+
+
+def test_request_timeout_aborts_the_upstream_connection() -> None:
+    h = Harness(request_timeout=10.0)
+    _body, responder = h.open()
+    upstream = h.accept()
+    h.reactor.advance(9.9)
+    assert responder.error is None
+    h.reactor.advance(0.1)
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_timeout and responder.error.status == 504
+    assert "10s" in responder.error.detail
+    assert upstream.aborted and h.idle() == 0
+    upstream.send(OK_HELLO)  # too late: nothing more reaches the responder
+    upstream.close()
+    assert responder.calls == ["fail"]
+
+
+def test_request_timeout_while_connecting_stops_the_connect() -> None:
+    h = Harness(request_timeout=10.0)
+    _body, responder = h.open()
+    h.reactor.advance(10)
+    assert responder.error is not None and responder.error.reason is Reason.upstream_timeout
+    assert h.reactor.connectors[0].stoppedConnecting
+
+
+def test_request_timeout_stops_at_the_response_head() -> None:
+    h = Harness(request_timeout=10.0)
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    h.reactor.advance(100)
+    assert responder.error is None
+    upstream.send(b"ok")
+    assert responder.ended
+
+
+def test_lost_mid_body_fails_after_the_head() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    upstream.close()
+    assert responder.calls == ["head", "write", "fail"]
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+def test_lost_mid_chunked_body_fails() -> None:
+    h = Harness()
+    upstream, responder = exchange(
+        h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    upstream.close()
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: \x0bb\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"SSH-2.0-OpenSSH\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+    ],
+)
+def test_malformed_response_is_502(response: bytes) -> None:
+    h = Harness()
+    upstream, responder = exchange(h, response)
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert responder.error.status == 502
+    assert responder.error.detail.startswith("10.1.0.5:8080: malformed response")
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_too_many_response_headers() -> None:
+    h = Harness(max_response_header_count=5)
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(6))
+    _, responder = exchange(h, b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n")
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert "more than 5 header fields" in responder.error.detail
+    # Exactly the limit is fine.
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(4))
+    _, responder = exchange(h, b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+    assert responder.ended
+
+
+def test_response_head_too_large_in_one_segment() -> None:
+    h = Harness(max_response_header_bytes=1024)
+    _, responder = exchange(h, b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert "larger than 1024 bytes" in responder.error.detail
+
+
+def test_response_head_too_large_trickled_without_end() -> None:
+    h = Harness(max_response_header_bytes=1024)
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.send(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    for _ in range(20):
+        upstream.send(b"a" * 100)
+        if responder.error is not None:
+            break
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert upstream.aborted
+
+
+def test_endless_trailer_is_bounded() -> None:
+    h = Harness(max_response_header_bytes=1024)
+    upstream, responder = exchange(
+        h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: "
+    )
+    for _ in range(20):
+        upstream.send(b"b" * 100)
+        if responder.error is not None:
+            break
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert responder.body == b"a"
+
+
+def test_many_small_chunks_are_fine() -> None:
+    h = Harness(max_response_header_bytes=1024)
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(500):
+        upstream.send(b"1\r\nz\r\n")
+    upstream.send(b"0\r\n\r\n")
+    assert responder.ended and responder.body == b"z" * 500
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6), st.booleans())
+def test_arbitrary_upstream_bytes_never_raise(pieces: list[bytes], close: bool) -> None:
+    h = Harness(max_response_header_bytes=256, max_response_header_count=8)
+    _body, responder = h.open()
+    upstream = h.accept()
+    for piece in [b"HTTP/1.1 200 OK\r\n", *pieces]:
+        upstream.send(piece)
+    if close:
+        upstream.close(error.ConnectionLost())
+        assert responder.ended or responder.error is not None
+    # The Responder asserts the call order; at most one terminal call.
+    assert responder.calls.count("end") + responder.calls.count("fail") <= 1
+    if responder.error is not None:
+        assert h.idle() == 0
+
+
+# --- request bodies ----------------------------------------------------------------------------
+
+
+def test_request_body_with_content_length_streams_with_flow_control() -> None:
+    h = Harness()
+    size = REQUEST_BODY_BUFFER + 50_000
+    post = RequestHead(b"POST", b"/upload", b"web", ((b"Host", b"web"),), size)
+    body, responder = h.open(post)
+    source = Source()
+    body.setProducer(source)
+    piece = b"p" * 16_384
+    body.write(piece)
+    body.write(piece)
+    body.write(piece)
+    assert not source.paused
+    body.write(piece)  # 64 KiB held while connecting: pause the source
+    assert source.paused
+    upstream = h.accept()
+    sent = upstream.received()
+    assert sent.startswith(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n" % size)
+    assert sent.endswith(piece * 4)
+    assert not source.paused  # the buffer was flushed
+    # From now on the upstream transport's buffer pauses the source.
+    assert upstream.transport.producer is not None and upstream.transport.streaming
+    upstream.transport.producer.pauseProducing()
+    assert source.paused
+    upstream.transport.producer.resumeProducing()
+    assert not source.paused
+    body.write(b"q" * (size - 4 * len(piece)))
+    body.end()
+    assert upstream.transport.producer is None  # unregistered at the end of the body
+    assert upstream.received() == b"q" * (size - 4 * len(piece))
+    upstream.send(OK_HELLO)
+    assert responder.ended and h.idle() == 1
+
+
+def test_source_given_late_is_paused_when_over_the_bound() -> None:
+    h = Harness()
+    post = RequestHead(b"PUT", b"/u", b"web", (), REQUEST_BODY_BUFFER * 2)
+    body, _ = h.open(post)
+    body.write(b"x" * REQUEST_BODY_BUFFER)
+    source = Source()
+    body.setProducer(source)
+    assert source.paused
+
+
+def test_source_that_ignores_the_pause_is_failed() -> None:
+    h = Harness()
+    post = RequestHead(b"PUT", b"/u", b"web", (), REQUEST_BODY_BUFFER * 10)
+    body, responder = h.open(post)
+    for _ in range(5):
+        body.write(b"x" * REQUEST_BODY_BUFFER)
+    assert responder.error is not None and responder.error.reason is Reason.overloaded
+    assert h.reactor.connectors[0].stoppedConnecting
+
+
+def test_chunked_request_body() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/c", b"web", ((b"Host", b"web"),), None)
+    body, responder = h.open(post)
+    body.write(b"early")
+    upstream = h.accept()
+    assert upstream.received() == (
+        b"POST /c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n"
+    )
+    body.write(b"x" * 20)
+    body.end()
+    assert upstream.received() == b"14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n"
+    upstream.send(OK_HELLO)
+    assert responder.ended and h.idle() == 1
+
+
+def test_request_body_longer_than_content_length_fails() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/p", b"web", (), 3)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    body.write(b"abcd")
+    assert responder.error is not None and responder.error.reason is Reason.bad_request
+    assert upstream.aborted
+
+
+def test_request_body_ending_short_fails() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/p", b"web", (), 3)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    body.write(b"ab")
+    body.end()
+    assert responder.error is not None and responder.error.reason is Reason.bad_request
+    assert upstream.aborted
+
+
+def test_response_before_the_request_body_ends() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/p", b"web", (), 100)
+    body, responder = h.open(post)
+    source = Source()
+    body.setProducer(source)
+    upstream = h.accept()
+    body.write(b"a" * 10)
+    upstream.transport.producer.pauseProducing()
+    assert source.paused
+    upstream.send(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert responder.ended and responder.head_ is not None and responder.head_.status == 413
+    # The request was not sent in full: never pooled; the source may drain.
+    assert upstream.closed and h.idle() == 0
+    assert not source.paused
+    upstream.received()
+    body.write(b"b" * 90)
+    body.end()
+    assert upstream.received() == b""
+
+
+# --- abort from the source ---------------------------------------------------------------------
+
+
+def test_abort_while_connecting() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    _body.abort("client gone")
+    assert h.reactor.connectors[0].stoppedConnecting
+    assert h.reactor.getDelayedCalls() == []
+    h.refuse(error.ConnectionRefusedError())
+    assert responder.calls == []
+
+
+def test_abort_after_connect_aborts_the_upstream() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/p", b"web", (), None)
+    body, responder = h.open(post)
+    source = Source()
+    body.setProducer(source)
+    upstream = h.accept()
+    body.write(b"abc")
+    body.abort("client gone")
+    assert upstream.aborted and h.idle() == 0
+    assert h.reactor.getDelayedCalls() == []
+    body.write(b"more")
+    body.end()
+    upstream.send(OK_HELLO)
+    upstream.close()
+    assert responder.calls == []
+    assert not source.stopped
+
+
+def test_abort_mid_response() -> None:
+    h = Harness()
+    upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    assert responder.producer is not None
+    responder.producer.stopProducing()  # the consumer went away
+    assert upstream.aborted and h.idle() == 0
+    upstream.send(b"defghij")
+    upstream.close()
+    assert responder.calls == ["head", "write"]
+
+
+def test_abort_from_inside_the_head_callback() -> None:
+    h = Harness()
+    holder: list[IRequestBody] = []
+    responder = Responder(on_head=lambda: holder[0].abort("changed its mind"))
+    body, _ = h.open(responder=responder)
+    holder.append(body)
+    upstream = h.accept()
+    upstream.send(OK_HELLO)
+    assert responder.calls == ["head"]
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_responder_raising_does_not_escape() -> None:
+    h = Harness()
+
+    def explode() -> None:
+        raise RuntimeError("source bug")
+
+    _body, responder = h.open(responder=Responder(on_head=explode))
+    upstream = h.accept()
+    upstream.send(OK_HELLO)  # must not raise
+    assert responder.error is not None
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_responder_raising_in_fail_does_not_escape_the_timer() -> None:
+    h = Harness(request_timeout=1.0)
+
+    @implementer(IResponder)
+    class Broken(Responder):
+        def fail(self, error: MeshError) -> None:
+            super().fail(error)
+            raise RuntimeError("source bug")
+
+    _body, responder = h.open(responder=Broken())
+    upstream = h.accept()
+    h.reactor.advance(1.0)  # must not raise
+    assert responder.error is not None and upstream.aborted
+
+
+def test_connection_completing_after_an_abort_is_pooled() -> None:
+    pending: list[tuple[Deferred[Any], Any]] = []
+
+    @implementer(IStreamClientEndpoint)
+    class SlowEndpoint:
+        def connect(self, factory: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred(lambda d: None)  # cancelling does not stop it
+            pending.append((d, factory))
+            return d
+
+    target = HTTPUpstreamTarget(
+        MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=lambda h, p: SlowEndpoint()
+    )
+    responder = Responder()
+    body = target.open(ROUTE, GET, responder)
+    body.abort("client gone")
+    _d, factory = pending[0]
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.value() == b"" and responder.calls == []
+    assert target.idle_connections(POD.host, POD.port) == 1
+
+
+def test_close_with_nothing_idle_fires_at_once() -> None:
+    h = Harness()
+    assert h.target.close().called
