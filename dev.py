@@ -73,7 +73,7 @@ def ensure_installed(extras: str) -> str | None:
     stamp = VENV / f".installed-{extras.replace(',', '-')}"
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return None
-    say(f"installing edgemesh[{extras}] into .venv (first run, or setup.cfg/pyproject.toml changed)")
+    say(f"installing edgemesh[{extras}] into .venv (new venv, or packaging files changed)")
     # Editable: the venv runs the checkout (setup.cfg's package_dir explains how twistd
     # then finds twisted/plugins), so only packaging changes need a reinstall.
     pip: list[str | Path] = [PYTHON, "-m", "pip", "--disable-pip-version-check", "install", "-q"]

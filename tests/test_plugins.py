@@ -18,9 +18,7 @@ from twisted.python import usage
 from zope.interface.verify import verifyObject
 
 TAPNAMES = ("edgemesh-router", "edgemesh-edge")
-NOT_INSTALLED = (
-    "is edgemesh installed into {python}? `python3 dev.py test` installs it into .venv"
-)
+NOT_INSTALLED = "is edgemesh installed into {python}? `python3 dev.py test` installs it into .venv"
 
 
 def _run_installed(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,14 +38,17 @@ def test_twistd_lists_both_tapnames(tmp_path: Path) -> None:
     result = _run_installed(tmp_path, "-m", "twisted", "--help")
     assert result.returncode == 0, result.stderr
     missing = [name for name in TAPNAMES if name not in result.stdout]
-    assert not missing, f"{missing} not in twistd --help; {NOT_INSTALLED.format(python=sys.executable)}"
+    assert not missing, f"{missing} not in twistd --help; " + NOT_INSTALLED.format(
+        python=sys.executable
+    )
 
 
 @pytest.mark.parametrize("tapname", TAPNAMES)
 def test_twistd_role_help(tmp_path: Path, tapname: str) -> None:
     """`twistd ROLE --help` imports the role's tap module and prints its Options."""
     result = _run_installed(tmp_path, "-m", "twisted", tapname, "--help")
-    assert result.returncode == 0, result.stdout + result.stderr
+    hint = NOT_INSTALLED.format(python=sys.executable)
+    assert result.returncode == 0, f"{hint}\n{result.stdout}{result.stderr}"
     usage_line = result.stdout.splitlines()[0]
     assert usage_line.startswith("Usage:") and tapname in usage_line, result.stdout
 

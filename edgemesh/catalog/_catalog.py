@@ -57,8 +57,10 @@ def _parse_port(authority: bytes, digits: bytes) -> int:
     return port
 
 
-def _split_authority(authority: bytes) -> tuple[bytes | ipaddress.IPv4Address |
-                                                ipaddress.IPv6Address, int | None]:
+_Host = bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _split_authority(authority: bytes) -> tuple[_Host, int | None]:
     """(lower-case host name without trailing dot, or an IP address; port or None)."""
     if not authority:
         raise _bad(authority, "empty")

@@ -46,7 +46,7 @@ class _Pod(Resource):
     isLeaf = True
 
     def __init__(self, pod: str, node: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.pod = pod
         self.node = node
 

@@ -18,7 +18,7 @@ class _JSON(Resource):
     isLeaf = True
 
     def __init__(self, produce: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.produce = produce
 
     def render_GET(self, request: Request) -> bytes:

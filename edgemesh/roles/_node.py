@@ -80,7 +80,7 @@ class Listener(Service):
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
         if self.port is None:
             result: list[object] = []
             serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
@@ -92,13 +92,14 @@ class Listener(Service):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         port, self.port = self.port, None
         if port is not None:
-            return port.stopListening()  # type: ignore[return-value]
+            stopped: Deferred[None] | None = port.stopListening()
+            return stopped
         return None
 
     @property
@@ -115,7 +116,7 @@ class TunnelClient(ClientService):
         self.description = description
         super().__init__(
             clientFromString(reactor, description),
-            Factory.forProtocol(make_link),  # type: ignore[arg-type]
+            Factory.forProtocol(make_link),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=reactor,
             prepareConnection=lambda link: link.when_ready(),  # type: ignore[attr-defined]
@@ -143,7 +144,7 @@ class MeshNode(MultiService):
     """A running router or edge: a service tree plus the pipeline it serves."""
 
     def __init__(self, reactor: Any, role: Role, node: str, catalog: Catalog) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.role = role
         self.pipeline = Pipeline(role, node, catalog)
@@ -158,7 +159,7 @@ class MeshNode(MultiService):
 
     def listen(self, name: str, kind: SourceKind, description: str, factory: IProtocolFactory) -> Listener:
         listener = Listener(self.reactor, kind, description, factory)
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners[name] = listener
         self.pipeline.add_source(listener)
         return listener
@@ -172,13 +173,14 @@ class MeshNode(MultiService):
         return HTTPFrontFactory(self.reactor, route, limits)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.serving = True
         self.started_at = time.time()
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
-        return super().stopService()  # type: ignore[no-any-return]
+        stopped: Deferred[None] | None = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped
 
     def status(self) -> dict[str, object]:
         return {
@@ -329,9 +331,14 @@ class EdgeNode(MeshNode):
             log.warn("closing tunnel: invalid catalog push: {error}", error=str(error))
             link.close_now("invalid catalog")
             return
-        # The snapshot is durable before it is acked (and before it is served).
-        self.store.save(catalog)
         self.pipeline.catalog = catalog
+        # Acked only once durable: the router may then count on this edge surviving a restart with it.
+        try:
+            self.store.save(catalog)
+        except (OSError, ValueError) as error:
+            log.error("catalog revision {revision} not persisted, not acked: {error}",
+                      revision=push.revision, error=str(error))
+            return
         link.send_control(encode_ack(push.revision))
         log.info("catalog revision {revision}: {count} services", revision=push.revision,
                  count=len(catalog.services))
@@ -341,9 +348,10 @@ class EdgeNode(MeshNode):
         if node is None or node.hub_host is None:
             return None
         host = node.hub_host
-        return clientFromString(
+        endpoint: IStreamClientEndpoint = clientFromString(
             self.reactor, f"tcp:host={_escape(host)}:port={node.hub_port}:timeout={int(self.config.connect_timeout)}"
         )
+        return endpoint
 
 
 def _escape(value: str) -> str:
@@ -365,7 +373,7 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     def make_link() -> EnvelopeLink:
         return EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire)
 
-    node.listen("tunnel", SourceKind.tunnel, config.tunnel, Factory.forProtocol(make_link))  # type: ignore[arg-type]
+    node.listen("tunnel", SourceKind.tunnel, config.tunnel, Factory.forProtocol(make_link))
     if config.http is not None:
         node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
     if config.admin is not None:
@@ -400,11 +408,11 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
 
     if config.router is not None:
         tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True))
-        tunnel.setServiceParent(node)
+        tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
         pipeline.add_source(tunnel)
     if config.hub is not None:
         node.listen("hub", SourceKind.hub, config.hub,
-                    Factory.forProtocol(link_factory(SourceKind.hub, None, False)))  # type: ignore[arg-type]
+                    Factory.forProtocol(link_factory(SourceKind.hub, None, False)))
     if config.proxy is not None:
         node.listen("proxy", SourceKind.service_bus, config.proxy, node.front(SourceKind.service_bus, config.front))
     if config.admin is not None:
@@ -417,5 +425,5 @@ def _admin(node: MeshNode, description: str) -> None:
 
     # Not a Source: the admin API never carries exchanges.
     listener = Listener(node.reactor, None, description, admin_site(node))
-    listener.setServiceParent(node)
+    listener.setServiceParent(node)  # type: ignore[no-untyped-call]
     node.listeners["admin"] = listener

@@ -34,7 +34,7 @@ class CommonOptions(usage.Options):
         ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
         ["request-timeout", None, 30.0, "Seconds to wait for a response head (then 504).", _seconds],
         ["header-timeout", None, 10.0, "Seconds a client may take to send a request head.", _seconds],
-        ["max-body", None, "1GiB", "Largest request body accepted (then 413).", _size],
+        ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
     ]
 
     def load_catalog(self, path: str) -> Catalog:
@@ -43,7 +43,7 @@ class CommonOptions(usage.Options):
         try:
             return load_manifest(path)
         except ManifestError as error:
-            raise usage.UsageError(f"--catalog {path}: {error}") from None
+            raise usage.UsageError(f"--catalog: {error}") from None
 
     def front_limits(self) -> FrontLimits:
         return FrontLimits(max_body_bytes=self["max-body"], header_timeout=self["header-timeout"])

@@ -85,9 +85,13 @@ _response_names: dict[bytes, bool] = {}
 _RESPONSE_NAMES_BOUND = 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
-_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+_SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_AUTHORITY_END = re.compile(rb"[/?#]")
+
+_authorities: set[bytes] = set()
+"""Authorities already found well-formed (a few services, asked for over and over)."""
+_AUTHORITIES_BOUND = 4096
 
 _PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -164,9 +168,6 @@ class _Exchange:
             # response as this one's: refuse it rather than desynchronise.
             self.fail(MeshError(Reason.upstream_bad_response, f"unusable status {status}"))
             return
-        if _BAD_REASON.search(head.reason):
-            self.fail(MeshError(Reason.upstream_bad_response, "invalid reason phrase"))
-            return
         headers = head.headers
         dropped = False
         names = _response_names
@@ -208,8 +209,8 @@ class _Exchange:
         if persist and self.http10:
             headers = headers + _KEEP_ALIVE_HEADER
         data = response_head_bytes(status, head.reason, headers, framing, persist)
-        # Field values may not hold CR, LF or NUL: rather than scanning each
-        # value, check that the serialized head has exactly the lines we wrote.
+        # The reason and field values may not hold CR, LF or NUL: rather than
+        # scanning each, check that the serialized head has exactly our lines.
         lines = len(headers) + 2 + (framing != b"") + (not persist)
         if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
             self.fail(MeshError(Reason.upstream_bad_response, "invalid response header value"))
@@ -287,7 +288,8 @@ class _Exchange:
 
     def _abort_client(self) -> None:
         self.state = _DONE
-        self.front._close(abort=True, reason="exchange aborted")
+        self._abort_body("response aborted")
+        self.front._close(abort=True, reason="response aborted")
 
     def _abort_body(self, reason: str) -> None:
         body = self.body
@@ -302,7 +304,12 @@ class _Exchange:
 @implementer(IPushProducer)
 class HTTPFrontProtocol(Protocol):
     """One client connection.  It is also the streaming producer registered with
-    its transport, so a slow client pauses the current response's producer."""
+    its transport, so a slow client pauses the current response's producer.
+
+    It is deliberately not half-closeable: as in common proxies, a client's
+    FIN ends the connection and aborts the exchange in flight (the target
+    cancels the upstream request) rather than waiting for a response nobody
+    may read."""
 
     log = Logger()
 
@@ -517,13 +524,14 @@ class HTTPFrontProtocol(Protocol):
             )
         lower = name.lower()
         if lower in _WATCHED:
-            if lower in _SPECIAL:
-                self._special_header(lower, value)
+            if lower in _SPECIAL and self._special_header(lower, value):
+                return
             if lower in _REQUEST_DROP:
                 return
         self._headers.append((name, value))
 
-    def _special_header(self, lower: bytes, value: bytes) -> None:
+    def _special_header(self, lower: bytes, value: bytes) -> bool:
+        """Note a field the front interprets; True: leave it out of the forwarded head."""
         if lower == b"content-length":
             # llhttp already refuses duplicates, signs, hex and lists; it keeps
             # trailing whitespace, which is optional whitespace here.
@@ -551,6 +559,9 @@ class HTTPFrontProtocol(Protocol):
             if self._host is not None:
                 raise self._reject(Reason.bad_request, "more than one Host field")
             self._host = value.rstrip(b" \t")
+            # With an absolute-form target the URI's authority is the Host.
+            first = self._url[:1]
+            return first != b"/" and first != b"*"
         elif lower == b"connection":
             if self._connection is None:
                 self._connection = [value]
@@ -558,6 +569,7 @@ class HTTPFrontProtocol(Protocol):
                 self._connection.append(value)
         else:  # expect
             self._expect = value.rstrip(b" \t").lower()
+        return False
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -605,7 +617,7 @@ class HTTPFrontProtocol(Protocol):
             headers = tuple(self._headers)
         else:
             tokens = connection_tokens(self._connection)
-            keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
+            keep_alive = b"close" not in tokens and (not http10 or b"keep-alive" in tokens)
             if tokens <= _NOT_LISTED:
                 headers = tuple(self._headers)
             else:
@@ -624,31 +636,31 @@ class HTTPFrontProtocol(Protocol):
                 authority = b""
             else:
                 authority = self._check_authority(host, method)
+        elif url[:7].lower() == b"http://":
+            end = _AUTHORITY_END.search(url, 7)
+            if end is None:
+                authority, path = url[7:], b"/"
+            else:
+                authority, path = url[7 : end.start()], url[end.start() :]
+                if path[:1] != b"/":
+                    path = b"/" + path
+            authority = self._check_authority(authority, method)
+            # RFC 9112 §3.2.2: the target's authority replaces any Host field
+            # (on_header already left those out).
+            headers = ((b"Host", authority), *headers)
         else:
-            match = _ABSOLUTE.fullmatch(url)
-            if match is None:
-                raise self._reject(Reason.bad_request, "unsupported request target", method)
-            scheme = match.group(1).lower()
-            if scheme != b"http":
-                if scheme == b"https":
-                    raise self._reject(
-                        Reason.not_implemented,
-                        "https:// request targets are not supported: "
-                        "send http:// to the mesh, which secures the hops itself",
-                        method,
-                    )
+            scheme = _SCHEME.match(url)
+            if scheme is not None and scheme.group(1).lower() == b"https":
                 raise self._reject(
-                    Reason.bad_request, f"unsupported URI scheme {scheme.decode('ascii')!r}",
+                    Reason.not_implemented,
+                    "https:// request targets are not supported: "
+                    "send http:// to the mesh, which secures the hops itself",
                     method,
                 )
-            authority = self._check_authority(match.group(2), method)
-            path = match.group(3)
-            if path[:1] != b"/":
-                path = b"/" + path
-            # RFC 9112 §3.2.2: the target's authority wins over any Host field.
-            if self._host is not None:
-                headers = tuple(kv for kv in headers if kv[0].lower() != b"host")
-            headers = ((b"Host", authority), *headers)
+            if scheme is not None:
+                name = scheme.group(1).decode("ascii")
+                raise self._reject(Reason.bad_request, f"unsupported URI scheme {name!r}", method)
+            raise self._reject(Reason.bad_request, "unsupported request target", method)
         if b"#" in path:
             raise self._reject(Reason.bad_request, "fragment in the request target", method)
 
@@ -674,6 +686,8 @@ class HTTPFrontProtocol(Protocol):
             self._update_reading()
 
     def _check_authority(self, authority: bytes, method: bytes) -> bytes:
+        if authority in _authorities:
+            return authority
         if _AUTHORITY.fullmatch(authority) is None:
             if not authority:
                 raise self._reject(Reason.bad_request, "empty Host", method)
@@ -684,6 +698,9 @@ class HTTPFrontProtocol(Protocol):
                 f"malformed Host {authority.decode('latin-1')!r}",
                 method,
             )
+        if len(_authorities) >= _AUTHORITIES_BOUND:
+            _authorities.clear()
+        _authorities.add(authority)
         return authority
 
     def on_body(self, body: bytes) -> None:
@@ -770,13 +787,19 @@ class HTTPFrontProtocol(Protocol):
             )
             exchange.fail(MeshError(Reason.upstream_lost, "internal error in the mesh"))
             return
-        if exchange.state == _DONE:
-            # Answered inside dispatch; a body it never read is abandoned.
-            if not exchange.request_done:
-                exchange.body = body
-                exchange._abort_body("answered before the request body was read")
-            return
         exchange.body = body
+        if exchange.state == _DONE:
+            # Answered inside dispatch: still close the request stream properly.
+            if exchange.request_done and exchange.error is None:
+                try:
+                    for data in exchange.pending or ():
+                        body.write(data)
+                    body.end()
+                except Exception:  # noqa: BLE001 -- contain any failure of target code
+                    self.log.failure("target raised in request body")
+            else:
+                exchange._abort_body("exchange over before the request body was read")
+            return
         try:
             body.setProducer(exchange)
             if (
@@ -824,6 +847,7 @@ class HTTPFrontProtocol(Protocol):
         else:
             transport.writeSequence((head, body))
         exchange.persist = persist
+        exchange.error = error
         exchange.state = _DONE
         self._exchange_done(exchange)
 

@@ -459,7 +459,7 @@ class EnvelopeLink(Protocol):
         self._last_heard = self.reactor.seconds()
         self.write(self.connection.data_to_send())
         for frame in frames:
-            if self.closed:
+            if self._is_closed():  # a frame's handler may have closed the link
                 return
             try:
                 self._handle(frame, was_ready)
@@ -467,6 +467,9 @@ class EnvelopeLink(Protocol):
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
             was_ready = True
+
+    def _is_closed(self) -> bool:
+        return self.closed
 
     def _handle(self, frame: Frame, was_ready: bool) -> None:
         kind = type(frame)

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -147,7 +147,7 @@ class HubDialer:
             endpoint = self.make_endpoint(peer)
             if endpoint is None:
                 return None
-            factory = Factory.forProtocol(lambda: self.make_link(peer))  # type: ignore[arg-type]
+            factory = Factory.forProtocol(lambda: self.make_link(peer))
             service = ClientService(
                 endpoint,
                 factory,
@@ -160,8 +160,6 @@ class HubDialer:
         waiting: Deferred[EnvelopeLink] = service.whenConnected(failAfterFailures=1)  # type: ignore[assignment]
         return waiting
 
-    def stop(self) -> Deferred[object]:
-        from twisted.internet.defer import gatherResults
-
+    def stop(self) -> Deferred[list[None]]:
         services, self.services = self.services, {}
-        return gatherResults([s.stopService() for s in services.values()])  # type: ignore[arg-type]
+        return gatherResults([s.stopService() for s in services.values()])

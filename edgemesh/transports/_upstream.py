@@ -173,7 +173,7 @@ class HTTPUpstreamTarget:
 
     def _tcp_endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
         if isIPv6Address(host):
-            return TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+            return TCP6ClientEndpoint(
                 self._tcp, host, port, timeout=self._connect_timeout
             )
         return TCP4ClientEndpoint(self._tcp, host, port, timeout=self._connect_timeout)

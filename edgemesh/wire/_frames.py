@@ -349,9 +349,7 @@ def decode_payload(payload: bytes, limits: Limits) -> Frame:
     catalog = kind == CATALOG
     # A head has the frame array, the header array and one pair per header (hello: one
     # settings map); only catalogs hold many records.
-    budget = _ContainerBudget(
-        MAX_CATALOG_CONTAINERS if catalog else limits.max_header_count + 8
-    )
+    budget = _ContainerBudget(MAX_CATALOG_CONTAINERS if catalog else limits.max_header_count + 8)
     try:
         fields = msgpack.unpackb(
             payload,

@@ -1,0 +1,800 @@
+#!/usr/bin/env python3
+"""edgemesh's loopback benchmark, in the spirit of shared/bench-anchors.
+
+Starts an origin nginx, an nginx proxy hop (the anchor) and a whole mesh (a router and two
+edges, ``twistd edgemesh-router`` / ``twistd edgemesh-edge``), each pinned to a CPU with
+taskset; checks that the response bodies are correct through every path; drives each path
+with wrk; samples /proc for CPU time and peak RSS; prints a markdown table and writes
+everything to ``bench/results/<UTC stamp>/``.
+
+Stdlib only (the mesh runs in its own interpreter, env PYTHON).  Every process it starts is
+tracked by PID and stopped by PID.  Settings come from environment variables (DEFAULTS);
+run.sh installs what is missing and then runs this file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DEFAULTS = {
+    "DURATION": "10s",  # wrk -d of each measured run
+    "REPS": "3",  # measured runs per (target, body); the table shows medians
+    "CONNS": "32",  # wrk -c
+    "THREADS": "1",  # wrk -t
+    "WARMUP": "3s",  # unmeasured wrk run before the reps of each (target, body)
+    "WRK_TIMEOUT": "10s",  # wrk --timeout (its default 2 s would count slow /big replies as errors)
+    "TARGETS": "direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge",
+    "PATHS": "/small /big",  # in this order: the memory check compares after-/small with after-/big
+    "LOADGEN_CPU": "0",  # wrk and the origin nginx
+    "MESH_CPU": "1",  # every mesh process and the nginx proxy
+    "PYTHON": "/work/venv/bin/python",  # interpreter of the mesh processes
+    "MESH_ARGS": "",  # extra options for both twistd plugins, e.g. "--request-timeout 60"
+    "BASE_PORT": "18180",  # origin; the next 8 ports are used too (see ports())
+    "READY_TIMEOUT": "30",  # seconds for the mesh to connect and serve every path
+    "PYSPY": "0",  # 1: one extra py-spy-sampled run per mesh target and body
+    "PYSPY_SECONDS": "8",
+    "PYSPY_RATE": "400",  # samples per second
+    "NGINX_BUFFERING": "off",  # proxy_buffering of target nginx (the anchor's is off)
+    "IDLE_WAIT": "20",  # before each run, wait up to this many s for a quiet machine (0: don't)
+    "IDLE_BUSY": "15",  # "quiet": no CPU more than this % busy over half a second
+    "RESULTS_DIR": os.path.join(HERE, "results"),
+}
+CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
+
+SMALL_BODY = b"Hello, world\n"  # 13 bytes, as the anchors
+BIG_SIZE = 1 << 20  # 1 MiB of random bytes
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MESH_PROCS = ("router", "edge-1", "edge-2")
+
+# Issue targets, checked in the verdict below the table.
+TARGET_E2E_SMALL_US = 120.0  # edge → edge /small: mesh CPU µs per request
+TARGET_BIG_PER_HOP_X_NGINX = 4.0  # 1 MiB: mesh CPU per request per hop ÷ nginx's hop
+FLAT_RSS_MIB = 4.0  # "flat": VmHWM after /big at most this much (or 10 %) above after /small
+
+
+def ports() -> dict[str, int]:
+    base = int(CFG["BASE_PORT"])
+    names = ("origin", "nginx", "router-tunnel", "router-http", "router-admin",
+             "edge-1-proxy", "edge-1-hub", "edge-2-proxy", "edge-2-hub")
+    return {name: base + i for i, name in enumerate(names)}
+
+
+PORTS = ports()
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    route: str  # what the request crosses, for the table
+    port: str  # key of PORTS that wrk drives
+    host: str | None = None  # Host header naming the mesh service
+    hops: tuple[str, ...] = ()  # mesh processes on the path (their count is the hop count)
+
+    @property
+    def mesh(self) -> bool:
+        return bool(self.hops)
+
+
+TARGETS = {t.name: t for t in (
+    Target("direct", "wrk → origin", "origin"),
+    Target("nginx", "wrk → nginx → origin", "nginx"),
+    Target("p1-local", "1: wrk → edge-1 → origin (pod on edge-1)", "edge-1-proxy",
+           "svc-local", ("edge-1",)),
+    Target("p2-edge-edge", "2: wrk → edge-1 → edge-2 hub → origin", "edge-1-proxy",
+           "svc-edge2", ("edge-1", "edge-2")),
+    Target("p3-edge-cloud", "3: wrk → edge-1 → tunnel → router → origin", "edge-1-proxy",
+           "svc-cloud", ("edge-1", "router")),
+    Target("p4-cloud-edge", "4: wrk → router → tunnel → edge-2 → origin", "router-http",
+           "svc-edge2", ("router", "edge-2")),
+)}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class Run:
+    """Everything measured about one target: its reps per body and memory snapshots."""
+
+    reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # "idle"|body → proc → KiB
+
+
+started: list[Proc] = []
+OUTDIR = ""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- processes
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(port: int, proc: Proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited rc={proc.popen.returncode}; see {proc.log}:\n"
+                               + tail(proc.log))
+        if port_open(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name}: port {port} not open after {timeout:.0f}s")
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def spawn(name: str, argv: list[str], cpu: str, tmp: str, env: dict[str, str] | None = None,
+          ) -> Proc:
+    path = os.path.join(tmp, name + ".out")
+    with open(path, "ab") as out:
+        popen = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env or os.environ.copy(), cwd=tmp)
+    proc = Proc(name, popen, path)
+    started.append(proc)
+    return proc
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    pids = [pid]
+    for child in children(pid):
+        pids += tree(child)
+    return pids
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of every thread of the process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0
+
+
+def status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    res = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if re.match(r"cpu\d+ ", line):
+                name, *text = line.split()
+                vals = [int(v) for v in text]
+                res[name] = (sum(vals[:8]), vals[3] + vals[4])
+    return res
+
+
+def stop(proc: Proc, grace: float = 10.0) -> None:
+    popen = proc.popen
+    if popen.poll() is None:
+        kids = [pid for pid in tree(proc.pid) if pid != proc.pid]
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log(f"  {proc.name} (pid {proc.pid}) ignored SIGTERM: SIGKILL")
+            popen.kill()
+            popen.wait(timeout=grace)
+        for pid in kids:  # e.g. an nginx worker that outlived its master
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    if proc in started:
+        started.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(started)):
+        stop(proc)
+
+
+# ----------------------------------------------------------------- configs
+def render(src: str, dst: str, **subs: object) -> str:
+    with open(os.path.join(HERE, "conf", src)) as f:
+        text = f.read()
+    for key, value in subs.items():
+        text = text.replace(f"@{key}@", str(value))
+    leftover = re.findall(r"@[A-Z0-9_]+@", text)
+    if leftover:
+        raise RuntimeError(f"{src}: unfilled placeholders {sorted(set(leftover))}")
+    with open(dst, "w") as f:
+        f.write(text)
+    return dst
+
+
+def start_origin(tmp: str) -> Proc:
+    conf = render("origin-nginx.conf", os.path.join(tmp, "origin.conf"), TMP=tmp,
+                  PORT=PORTS["origin"])
+    proc = spawn("origin-nginx", ["nginx", "-p", tmp, "-e", os.path.join(tmp, "origin.err"),
+                                  "-c", conf], CFG["LOADGEN_CPU"], tmp)
+    wait_port(PORTS["origin"], proc)
+    return proc
+
+
+def start_nginx_proxy(tmp: str) -> list[Proc]:
+    conf = render("proxy-nginx.conf", os.path.join(tmp, "proxy.conf"), TMP=tmp,
+                  PORT=PORTS["nginx"], ORIGIN_PORT=PORTS["origin"],
+                  BUFFERING=CFG["NGINX_BUFFERING"])
+    proc = spawn("nginx-proxy", ["nginx", "-p", tmp, "-e", os.path.join(tmp, "proxy.err"),
+                                 "-c", conf], CFG["MESH_CPU"], tmp)
+    wait_port(PORTS["nginx"], proc)
+    return [proc]
+
+
+def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONDONTWRITEBYTECODE="1")
+    logfile = os.path.join(tmp, name + ".log")
+    argv = [CFG["PYTHON"], "-c", "from twisted.scripts.twistd import run; run()",
+            "--nodaemon", "--pidfile=", f"--logfile={logfile}", plugin, *args,
+            *CFG["MESH_ARGS"].split()]
+    return spawn(name, argv, CFG["MESH_CPU"], tmp, env)
+
+
+def start_mesh(tmp: str, generation: int) -> dict[str, Proc]:
+    """A router and two edges, all on MESH_CPU; returns once both edges acked the catalog."""
+    catalog = os.path.join(tmp, "catalog.yaml")
+    loop = "interface=127.0.0.1"
+    procs = {"router": twistd("router", "edgemesh-router", [
+        "--catalog", catalog, "--node", "router",
+        "--tunnel", f"tcp:{PORTS['router-tunnel']}:{loop}",
+        "--http", f"tcp:{PORTS['router-http']}:{loop}",
+        "--admin", f"tcp:{PORTS['router-admin']}:{loop}"], tmp)}
+    wait_port(PORTS["router-http"], procs["router"])
+    for edge in ("edge-1", "edge-2"):
+        state = os.path.join(tmp, f"state-{edge}-{generation}")  # fresh: no stored catalog
+        procs[edge] = twistd(edge, "edgemesh-edge", [
+            "--node", edge, "--state-dir", state, "--catalog", catalog,
+            "--router", f"tcp:127.0.0.1:{PORTS['router-tunnel']}",
+            "--proxy", f"tcp:{PORTS[edge + '-proxy']}:{loop}",
+            "--hub", f"tcp:{PORTS[edge + '-hub']}:{loop}"], tmp)
+    for edge in ("edge-1", "edge-2"):
+        wait_port(PORTS[edge + "-proxy"], procs[edge])
+    deadline = time.monotonic() + float(CFG["READY_TIMEOUT"])
+    edges: Any = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(PORTS["router-admin"], "/edges", None)
+            edges = json.loads(body) if status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException):
+            edges = None
+        acked = {e.get("node") for e in edges or () if e.get("acked_revision") is not None}
+        if acked >= {"edge-1", "edge-2"}:
+            return procs
+        time.sleep(0.1)
+    raise RuntimeError(f"edges did not connect and ack the catalog in {CFG['READY_TIMEOUT']}s: "
+                       f"router /edges = {edges!r}")
+
+
+# ----------------------------------------------------------------- correctness
+def get(port: int, path: str, host: str | None, conn: http.client.HTTPConnection | None = None,
+        ) -> tuple[int, bytes]:
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path, headers={"Host": host} if host else {})
+        response = c.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            c.close()
+
+
+def check_bodies(target: Target, bodies: dict[str, bytes], paths: list[str]) -> None:
+    """Each body, then the first again, on ONE keep-alive connection (as wrk uses it)."""
+    port = PORTS[target.port]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for path in [*paths, paths[0]]:
+            status, got = get(port, path, target.host, conn)
+            want = bodies[path]
+            if status != 200 or got != want:
+                raise RuntimeError(
+                    f"{target.name} {path}: status {status}, {len(got)} bytes (want 200, "
+                    f"{len(want)} bytes){': ' + got[:200].decode('latin-1') if status != 200 else ''}")
+    finally:
+        conn.close()
+
+
+def check_until_ready(target: Target, bodies: dict[str, bytes], paths: list[str]) -> None:
+    """The first exchange of a path may race the hub dial or the tunnel: retry, bounded."""
+    deadline = time.monotonic() + float(CFG["READY_TIMEOUT"])
+    while True:
+        try:
+            check_bodies(target, bodies, paths)
+            return
+        except (RuntimeError, OSError, http.client.HTTPException) as error:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"body check failed: {error}") from None
+            time.sleep(0.2)
+
+
+# ----------------------------------------------------------------- wrk
+UNITS_T = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+UNITS_B = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    def lat(pct: int) -> float | None:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.MULTILINE)
+        return float(m.group(1)) * UNITS_T[m.group(2)] if m else None
+
+    r: dict[str, Any] = {"p50_ms": lat(50), "p75_ms": lat(75), "p90_ms": lat(90),
+                         "p99_ms": lat(99)}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)", text)
+    r["xfer_MiBps"] = float(m.group(1)) * UNITS_B[m.group(2)] / 2 ** 20 if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    r["non_2xx"] = int(m.group(1)) if m else 0
+    return r
+
+
+def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
+    cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "wrk", "-t" + CFG["THREADS"],
+           "-c" + CFG["CONNS"], "-d" + duration, "--timeout", CFG["WRK_TIMEOUT"], "--latency"]
+    if target.host:
+        cmd += ["-H", "Host: " + target.host]
+    cmd.append(f"http://127.0.0.1:{PORTS[target.port]}{path}")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0 or "requests in" not in done.stdout:
+        raise RuntimeError(f"wrk failed (rc {done.returncode}): {done.stderr.strip()[:300]}")
+    return cmd, done.stdout
+
+
+def busy_pct(seconds: float) -> dict[str, float]:
+    """Busy % of each CPU over `seconds` (our own processes are idle when this is called)."""
+    c0 = cpu_times()
+    time.sleep(seconds)
+    c1 = cpu_times()
+    out = {}
+    for cpu, (total, idle) in c1.items():
+        dt = total - c0[cpu][0]
+        out[cpu] = 100.0 * (dt - (idle - c0[cpu][1])) / dt if dt else 0.0
+    return out
+
+
+def wait_quiet() -> float:
+    """Wait (at most IDLE_WAIT s) until no CPU is over IDLE_BUSY % busy: the machine may be
+    shared, and someone else's load on either CPU skews every number.  Returns the wait."""
+    limit, threshold = float(CFG["IDLE_WAIT"]), float(CFG["IDLE_BUSY"])
+    if limit <= 0:
+        return 0.0
+    start = time.monotonic()
+    busy = busy_pct(0.5)
+    while max(busy.values()) > threshold:
+        if time.monotonic() - start > limit:
+            log(f"   machine still busy after {limit:.0f}s ({fmt_busy(busy)}): measuring anyway")
+            break
+        busy = busy_pct(0.5)
+    waited = time.monotonic() - start - 0.5
+    if waited > 0.5:
+        log(f"   waited {waited:.1f}s for a quiet machine")
+    return max(waited, 0.0)
+
+
+def fmt_busy(busy: dict[str, float]) -> str:
+    return ", ".join(f"{cpu} {pct:.0f}%" for cpu, pct in sorted(busy.items()))
+
+
+def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
+            origin: list[int]) -> dict[str, Any]:
+    """One wrk run; CPU of each process group in `procs` (name → pids) sampled around it, and
+    the CPU that neither wrk, the origin nor those processes used (someone else's load)."""
+    waited = wait_quiet()
+    c0 = cpu_times()
+    t0 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
+    o0 = sum(cpu_ticks(p) for p in origin)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is a child, reaped by run()
+    w0 = time.monotonic()
+    cmd, out = wrk(target, path, CFG["DURATION"])
+    wall = time.monotonic() - w0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    o1 = sum(cpu_ticks(p) for p in origin)
+    t1 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
+    c1 = cpu_times()
+    r = parse_wrk(out)
+    r["quiet_wait_s"] = waited
+    n = r["requests"]
+    by = {name: (t1[name] - t0[name]) / CLK_TCK for name in procs}  # seconds of CPU
+    total = sum(by.values())
+    r["proxy_cpu_pct"] = 100.0 * total / wall if procs else None
+    r["proxy_cpu_us_per_req"] = total * 1e6 / n if procs and n else None
+    r["cpu_pct_by_proc"] = {name: 100.0 * s / wall for name, s in by.items()}
+    r["cpu_us_per_req_by_proc"] = {name: s * 1e6 / n if n else None for name, s in by.items()}
+    busy_s = 0.0
+    for cpu in sorted(c1):
+        dt = c1[cpu][0] - c0[cpu][0]
+        didle = c1[cpu][1] - c0[cpu][1]
+        r[cpu + "_busy_pct"] = 100.0 * (dt - didle) / dt if dt else None
+        busy_s += (dt - didle) / CLK_TCK
+    wrk_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    r["wrk_cpu_pct"] = 100.0 * wrk_s / wall
+    r["origin_cpu_pct"] = 100.0 * (o1 - o0) / CLK_TCK / wall
+    ours = total + wrk_s + (o1 - o0) / CLK_TCK
+    r["other_cpu_pct"] = max(0.0, 100.0 * (busy_s - ours) / wall)
+    with open(os.path.join(OUTDIR, f"wrk-{target.name}-{path.strip('/')}-{rep}.txt"), "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n" + out)
+    return r
+
+
+def pyspy(target: Target, path: str, procs: dict[str, Proc]) -> None:
+    """One extra wrk run with py-spy sampling every mesh process on the path (not measured)."""
+    spy = shutil.which("py-spy", path=os.path.dirname(CFG["PYTHON"])) or shutil.which("py-spy")
+    if spy is None:
+        log("   py-spy not found next to PYTHON nor on PATH: skipped (run.sh installs it)")
+        return
+    secs = CFG["PYSPY_SECONDS"]
+    spies = []
+    for name in target.hops:
+        raw = os.path.join(OUTDIR, f"pyspy-{target.name}-{path.strip('/')}-{name}.txt")
+        # On LOADGEN_CPU so that the sampler does not steal the mesh's CPU.
+        spies.append(spawn(f"py-spy-{name}", [
+            spy, "record", "--pid", str(procs[name].pid), "--duration", secs, "--format", "raw",
+            "--rate", CFG["PYSPY_RATE"], "--nonblocking", "--output", raw],
+            CFG["LOADGEN_CPU"], os.path.dirname(procs[name].log)))
+    time.sleep(0.5)
+    wrk(target, path, f"{int(secs) + 1}s")
+    for proc in spies:
+        try:
+            proc.popen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.popen.returncode not in (0, None):
+            log(f"   {proc.name} rc {proc.popen.returncode}:\n{tail(proc.log)}")
+        stop(proc)
+
+
+# ----------------------------------------------------------------- one target
+def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
+               paths: list[str], generation: int) -> Run:
+    run = Run()
+    mesh: dict[str, Proc] = {}
+    proxies: list[Proc] = []
+    try:
+        if target.mesh:
+            # A first mesh only checks the bodies; a fresh one is measured, so that its VmHWM
+            # after the /small runs has seen no 1 MiB body yet.
+            mesh = start_mesh(tmp, generation)
+            check_until_ready(target, bodies, paths)
+            for name in reversed(MESH_PROCS):
+                stop(mesh[name])
+            mesh = start_mesh(tmp, generation + 1)
+            check_until_ready(target, bodies, paths[:1])
+            groups = {name: [mesh[name].pid] for name in MESH_PROCS}
+            rss_pids = {name: mesh[name].pid for name in MESH_PROCS}
+        else:
+            if target.name == "nginx":
+                proxies = start_nginx_proxy(tmp)
+            check_until_ready(target, bodies, paths)
+            root = proxies[0] if proxies else None
+            # CPU: master and worker; RSS: the worker only (as the anchors).
+            groups = {"nginx": tree(root.pid)} if root else {}
+            worker = tree((root or origin).pid)[1:]
+            rss_pids = {("nginx" if root else "origin") + " worker": worker[0]} if worker else {}
+        run.hwm_kib["idle"] = {n: status_kib(p, "VmHWM") for n, p in rss_pids.items()}
+        for path in paths:
+            wrk(target, path, CFG["WARMUP"])
+            reps = []
+            for rep in range(int(CFG["REPS"])):
+                r = measure(target, path, groups, rep, tree(origin.pid))
+                log(f"   {path:<6} rep {rep}: {r['rps'] or 0:9.1f} req/s  "
+                    f"p50 {r['p50_ms'] or 0:7.2f} ms  p99 {r['p99_ms'] or 0:7.2f} ms  "
+                    f"cpu {fmt(r['proxy_cpu_pct'], '.0f')}%  "
+                    f"{fmt(r['proxy_cpu_us_per_req'], '.1f')} µs/req  "
+                    f"non-2xx {r['non_2xx']}  sock-err {r['socket_errors']}  "
+                    f"others' cpu {r['other_cpu_pct']:.0f}%")
+                reps.append(r)
+            run.reps[path] = reps
+            run.hwm_kib[path] = {n: status_kib(p, "VmHWM") for n, p in rss_pids.items()}
+            if CFG["PYSPY"] == "1" and target.mesh:
+                pyspy(target, path, mesh)
+        for name, proc in mesh.items():
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{name} died during the runs:\n{tail(proc.log)}")
+    finally:
+        for proc in [*(mesh[n] for n in reversed(MESH_PROCS) if n in mesh), *proxies]:
+            stop(proc)
+    return run
+
+
+# ----------------------------------------------------------------- report
+def med(vals: list[Any]) -> Any:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    skip = ("non_2xx", "socket_errors", "cpu_pct_by_proc", "cpu_us_per_req_by_proc")
+    agg = {k: med([r[k] for r in reps]) for k in reps[0] if k not in skip}
+    agg["non_2xx"] = sum(r["non_2xx"] for r in reps)
+    agg["socket_errors"] = sum(r["socket_errors"] for r in reps)
+    for key in ("cpu_pct_by_proc", "cpu_us_per_req_by_proc"):
+        agg[key] = {n: med([r[key][n] for r in reps]) for n in reps[0][key]}
+    return agg
+
+
+def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]:
+    med_: dict[str, dict[str, dict[str, Any]]] = {
+        t: {p: aggregate(reps) for p, reps in run.reps.items()} for t, run in runs.items()}
+
+    def base(t: str, path: str, key: str) -> Any:
+        return med_.get(t, {}).get(path, {}).get(key)
+
+    mib = 1024.0
+    lines = [
+        ("| target | route | body | req/s | ÷nginx | p50 ms | p99 ms | mesh CPU % | "
+        "mesh CPU µs/req | ÷nginx | hops | µs/req per hop ÷nginx | "
+        f"CPU{CFG['LOADGEN_CPU']} busy % | others' CPU % | "
+        "peak RSS MiB (VmHWM after this body) | non-2xx | sock err |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for tname, per in med_.items():
+        target, run = TARGETS[tname], runs[tname]
+        for path, a in per.items():
+            n_rps, n_cpu = base("nginx", path, "rps"), base("nginx", path, "proxy_cpu_us_per_req")
+            c, hops = a["proxy_cpu_us_per_req"], len(target.hops) or (1 if tname == "nginx" else 0)
+            rss = run.hwm_kib.get(path, {})
+            shown = [n for n in rss if not target.mesh or n in target.hops]
+            rss_text = ", ".join(f"{n} {rss[n] / mib:.1f}" for n in shown) or "-"
+            lines.append("| " + " | ".join([
+                tname, target.route, path, fmt(a["rps"], ".0f"),
+                fmt(a["rps"] / n_rps if n_rps and a["rps"] else None, ".2f"),
+                fmt(a["p50_ms"], ".2f"), fmt(a["p99_ms"], ".2f"),
+                fmt(a["proxy_cpu_pct"], ".0f"), fmt(c, ".1f"),
+                fmt(c / n_cpu if c and n_cpu else None, ".1f"),
+                str(hops) if hops else "-",
+                fmt(c / hops / n_cpu if c and n_cpu and hops else None, ".1f"),
+                fmt(a.get(f"cpu{CFG['LOADGEN_CPU']}_busy_pct"), ".0f"),
+                fmt(a.get("other_cpu_pct"), ".0f"), rss_text,
+                str(a["non_2xx"]), str(a["socket_errors"])]) + " |")
+    table = "\n".join(lines)
+
+    # Per-process CPU: shows which mesh processes a path really used.
+    detail = ["| target | body | " + " | ".join(f"{n} µs/req (CPU %)" for n in MESH_PROCS)
+              + " |", "|---|---|" + "---:|" * len(MESH_PROCS)]
+    for tname, per in med_.items():
+        if not TARGETS[tname].mesh:
+            continue
+        for path, a in per.items():
+            detail.append(f"| {tname} | {path} | " + " | ".join(
+                f"{fmt(a['cpu_us_per_req_by_proc'][n], '.1f')} "
+                f"({fmt(a['cpu_pct_by_proc'][n], '.0f')})" for n in MESH_PROCS) + " |")
+
+    # Memory: VmHWM after a /small check (idle), after the /small runs, after the /big runs.
+    stages = ["idle", *paths]
+    memory = ["| target | process | " + " | ".join(
+        "VmHWM MiB " + ("after start + /small check" if s == "idle" else f"after {s} runs")
+        for s in stages) + " | growth last ÷ first body | flat? |",
+        "|---|---|" + "---:|" * len(stages) + "---:|---|"]
+    rss_growth: list[tuple[str, str, float, bool]] = []
+    for tname, run in runs.items():
+        target = TARGETS[tname]
+        for proc in run.hwm_kib.get("idle", {}):
+            if target.mesh and proc not in target.hops:
+                continue
+            vals = [run.hwm_kib.get(s, {}).get(proc) for s in stages]
+            first, last = vals[1] if len(vals) > 1 else None, vals[-1]
+            grow = (last - first) / mib if first and last else None
+            flat = grow is not None and first is not None and (
+                grow <= FLAT_RSS_MIB or grow <= 0.10 * first / mib)
+            if grow is not None and target.mesh:
+                rss_growth.append((tname, proc, grow, flat))
+            memory.append(f"| {tname} | {proc} | " + " | ".join(
+                fmt(v / mib if v else None, ".1f") for v in vals)
+                + f" | {fmt(grow, '+.1f')} MiB | {'yes' if flat else 'NO'} |")
+
+    # Verdict against the issue's targets.
+    verdict = []
+    e2e = base("p2-edge-edge", "/small", "proxy_cpu_us_per_req")
+    if e2e is not None:
+        verdict.append(
+            f"- edge → edge /small: {e2e:.1f} µs of mesh CPU per request (both edges; "
+            f"{e2e / 2:.1f} per hop) — target ≤ {TARGET_E2E_SMALL_US:.0f}: "
+            + ("**met**" if e2e <= TARGET_E2E_SMALL_US else "**NOT met**")
+            + (f" (nginx's hop: {base('nginx', '/small', 'proxy_cpu_us_per_req'):.1f})"
+               if base("nginx", "/small", "proxy_cpu_us_per_req") else ""))
+    n_big = base("nginx", "/big", "proxy_cpu_us_per_req")
+    for tname in med_:
+        target = TARGETS[tname]
+        c = base(tname, "/big", "proxy_cpu_us_per_req")
+        if target.mesh and c and n_big:
+            x = c / len(target.hops) / n_big
+            verdict.append(f"- {tname} /big: {c:.0f} µs/req over {len(target.hops)} hop(s) = "
+                           f"{x:.1f}× nginx's {n_big:.0f} µs per hop — target ≤ "
+                           f"{TARGET_BIG_PER_HOP_X_NGINX:.0f}×: "
+                           + ("**met**" if x <= TARGET_BIG_PER_HOP_X_NGINX else "**NOT met**"))
+    if rss_growth:
+        worst = max(rss_growth, key=lambda g: g[2])
+        ok = all(g[3] for g in rss_growth)
+        verdict.append(f"- peak RSS across body sizes: largest growth {worst[2]:+.1f} MiB "
+                       f"({worst[1]} in {worst[0]}) — flat (≤ {FLAT_RSS_MIB:.0f} MiB or 10 %): "
+                       + ("**yes**" if ok else "**NO**"))
+    errors = sum(a["non_2xx"] + a["socket_errors"] for per in med_.values() for a in per.values())
+    verdict.append(f"- errors (non-2xx + socket errors, all runs): {errors}")
+    others = [(a.get("other_cpu_pct") or 0.0, t, p) for t, per in med_.items()
+              for p, a in per.items()]
+    worst_other = max(others)
+    verdict.append(f"- others' load: at most {worst_other[0]:.0f} % CPU during a run "
+                   f"({worst_other[1]} {worst_other[2]})"
+                   + (" — the machine was not quiet; treat those rows with care"
+                      if worst_other[0] > 5 else ""))
+
+    note = (f"medians of {CFG['REPS']} x {CFG['DURATION']} runs after a {CFG['WARMUP']} warm-up; "
+            f"wrk -t{CFG['THREADS']} -c{CFG['CONNS']} --timeout {CFG['WRK_TIMEOUT']} and the "
+            f"origin nginx on CPU {CFG['LOADGEN_CPU']}; router, edge-1, edge-2 and the nginx "
+            f"proxy on CPU {CFG['MESH_CPU']}. mesh CPU = utime+stime of router + edge-1 + "
+            "edge-2 (nginx row: the proxy's master+worker) over the wrk run ÷ requests; hops = "
+            "mesh processes on the path; others' CPU % = busy time of both CPUs that neither wrk, "
+            "the origin nor the measured processes used (someone else's load: above ~5 the row "
+            "is suspect); peak RSS = VmHWM of each process on the path (nginx, direct: the "
+            "worker).")
+    text = "\n\n".join([table, note, "### CPU by mesh process\n\n" + "\n".join(detail),
+                        "### Memory: peak RSS across body sizes\n\n" + "\n".join(memory),
+                        "### Against the issue's targets\n\n" + "\n".join(verdict)])
+    return text, med_
+
+
+def versions() -> dict[str, str]:
+    v: dict[str, str] = {}
+    cmds = {"nginx": ["nginx", "-v"], "wrk": ["wrk", "-v"],
+            "mesh python": [CFG["PYTHON"], "-c", ("import sys, twisted, httptools, msgpack; "
+                            "print(sys.version.split()[0], 'twisted', twisted.__version__, "
+                            "'httptools', httptools.__version__, 'msgpack', msgpack.version)")],
+            "edgemesh": ["git", "-C", REPO, "describe", "--always", "--dirty"]}
+    for name, cmd in cmds.items():
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+            lines = (out.stdout + out.stderr).strip().splitlines()
+            v[name] = lines[0] if lines else f"rc {out.returncode}"
+        except (OSError, subprocess.SubprocessError) as e:
+            v[name] = str(e)
+    return v
+
+
+def main() -> None:
+    global OUTDIR
+    names, paths = CFG["TARGETS"].split(), CFG["PATHS"].split()
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown:
+        sys.exit(f"unknown TARGETS {unknown}; known: {' '.join(TARGETS)}")
+    if not paths or any(p not in ("/small", "/big") for p in paths):
+        sys.exit("PATHS: /small and/or /big")
+    busy = [p for p in PORTS.values() if port_open(p)]
+    if busy:
+        sys.exit(f"ports already in use: {busy} - stop whatever holds them, or set BASE_PORT")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    OUTDIR = os.path.join(CFG["RESULTS_DIR"], stamp)
+    os.makedirs(OUTDIR, exist_ok=True)
+    versions_found = versions()
+    info: dict[str, Any] = {"config": CFG, "ports": PORTS, "uname": " ".join(os.uname()),
+                            "cpus": os.cpu_count(), "versions": versions_found}
+    log(f"machine: {os.cpu_count()} CPUs; "
+        + "; ".join(f"{k}: {v}" for k, v in versions_found.items()))
+    runs: dict[str, Run] = {}
+    failed: dict[str, str] = {}
+    tmp = tempfile.mkdtemp(prefix="edgemesh-bench-")
+    try:
+        os.chmod(tmp, 0o755)  # nginx workers run as nobody
+        os.makedirs(os.path.join(tmp, "www"))
+        bodies = {"/small": SMALL_BODY, "/big": os.urandom(BIG_SIZE)}
+        for path, body in bodies.items():
+            with open(os.path.join(tmp, "www", path.strip("/")), "wb") as www:
+                www.write(body)
+        render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+               ORIGIN_PORT=PORTS["origin"], EDGE1_HUB_PORT=PORTS["edge-1-hub"],
+               EDGE2_HUB_PORT=PORTS["edge-2-hub"])
+        shutil.copy(os.path.join(tmp, "catalog.yaml"), os.path.join(OUTDIR, "catalog.yaml"))
+        origin = start_origin(tmp)
+        check_bodies(TARGETS["direct"], bodies, paths)
+        for generation, tname in enumerate(names):
+            target = TARGETS[tname]
+            log(f"== {tname}: {target.route}"
+                + (f" (Host: {target.host})" if target.host else ""))
+            try:
+                runs[tname] = run_target(target, tmp, origin, bodies, paths, 2 * generation)
+            except RuntimeError as error:  # report it, go on with the other targets
+                failed[tname] = str(error)
+                log(f"   FAILED: {error}")
+            time.sleep(1.0)
+    finally:
+        stop_all()
+        for fn in os.listdir(tmp):
+            full = os.path.join(tmp, fn)
+            if fn.endswith((".out", ".err", ".log")) and os.path.getsize(full):
+                shutil.copy(full, os.path.join(OUTDIR, "log-" + fn))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    text, medians = report(runs, paths) if runs else ("(no target ran)", {})
+    if failed:
+        text += "\n\n### Failed targets\n\n" + "\n".join(f"- {t}: {e}" for t, e in failed.items())
+    results = {**info, "failed": failed, "medians": medians,
+               "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib} for t, r in runs.items()}}
+    with open(os.path.join(OUTDIR, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    if CFG["PYSPY"] == "1":
+        raws = sorted(os.path.join(OUTDIR, f) for f in os.listdir(OUTDIR)
+                      if f.startswith("pyspy-") and f.endswith(".txt"))
+        if raws:
+            summary = subprocess.run([sys.executable, os.path.join(HERE, "pyspy_summary.py"),
+                                      *raws], capture_output=True, text=True, check=False)
+            text += "\n\n### py-spy (extra sampled run; self time by function)\n" + summary.stdout
+    with open(os.path.join(OUTDIR, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print("\nresults: " + OUTDIR)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# edgemesh benchmark: direct, one nginx proxy hop, and the mesh's four request paths, on
+# loopback, with wrk.  From the repository root (as root on a fresh Debian machine):
+#     bash bench/run.sh                      # about 9 min with the defaults; prints a table
+#     DURATION=5s REPS=1 WARMUP=1s bash bench/run.sh     # a quick look
+#     PYSPY=1 TARGETS=p2-edge-edge PATHS=/small bash bench/run.sh   # where the time goes
+# Knobs (env): DURATION=10s REPS=3 CONNS=32 THREADS=1 WARMUP=3s WRK_TIMEOUT=10s
+#   TARGETS="direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge" PATHS="/small /big"
+#   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
+#   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
+#   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+DEFAULT_PYTHON=/work/venv/bin/python
+export PYTHON="${PYTHON:-$DEFAULT_PYTHON}"
+
+apt_install() {
+  [[ $(id -u) == 0 ]] || { echo "run.sh: need root to apt-get install $*" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+  need=()
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v taskset >/dev/null || need+=(util-linux)
+  command -v python3 >/dev/null || need+=(python3)
+  # (Debian's nginx package may start a system nginx on port 80; this script leaves it alone.)
+  if ((${#need[@]})); then apt_install "${need[@]}"; fi
+
+  # The mesh's interpreter: the project venv by default; elsewhere a venv made here.
+  if [[ ! -x "$PYTHON" && "$PYTHON" == "$DEFAULT_PYTHON" ]]; then
+    PYTHON=/tmp/edgemesh-bench-venv/bin/python
+    if [[ ! -x "$PYTHON" ]]; then
+      python3 -m venv /tmp/edgemesh-bench-venv 2>/dev/null || {
+        rm -rf /tmp/edgemesh-bench-venv; apt_install python3-venv
+        python3 -m venv /tmp/edgemesh-bench-venv; }
+    fi
+  fi
+  if ! PYTHONPATH="$REPO" "$PYTHON" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
+      2>/dev/null; then
+    # Dependencies only matter: the mesh itself runs from this checkout (PYTHONPATH).
+    "$PYTHON" -m pip install -q "$REPO"
+  fi
+  if [[ "${PYSPY:-0}" == 1 && ! -x "$(dirname "$PYTHON")/py-spy" ]]; then
+    "$PYTHON" -m pip install -q py-spy
+  fi
+fi
+
+for b in wrk nginx taskset; do
+  command -v "$b" >/dev/null || { echo "run.sh: $b is missing (unset SKIP_INSTALL)" >&2; exit 1; }
+done
+[[ -x "$PYTHON" ]] || { echo "run.sh: PYTHON=$PYTHON is not executable" >&2; exit 1; }
+exec "$(command -v python3 || echo "$PYTHON")" "$HERE/harness.py"

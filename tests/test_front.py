@@ -1,0 +1,850 @@
+"""HTTPFrontProtocol: the HTTP/1.1 listener where apps' requests enter the mesh.
+
+Driven through StringTransport and MemoryReactorClock with a fake dispatch that
+records heads and bodies and answers through the responder.  The helpers here
+are shared with test_front_hardening.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from edgemesh.exchange import (
+    IRequestBody,
+    IResponder,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+)
+from edgemesh.transports._front import (
+    FrontLimits,
+    HTTPFrontFactory,
+    HTTPFrontProtocol,
+)
+
+PEER = IPv4Address("TCP", "10.1.2.3", 40000)
+DEFAULTS = FrontLimits()
+
+
+# -- fakes -------------------------------------------------------------------------
+
+
+@implementer(IRequestBody)
+class RecordingBody:
+    """The target's side of the request body: records what the front delivers."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.aborted: str | None = None
+        self.producer: IPushProducer | None = None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def write(self, data: bytes) -> None:
+        assert data, "empty body write"
+        assert not self.ended and self.aborted is None
+        self.chunks.append(data)
+
+    def end(self) -> None:
+        assert not self.ended and self.aborted is None
+        self.ended = True
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@dataclass
+class Call:
+    head: RequestHead
+    responder: IResponder
+    body: RecordingBody = field(default_factory=RecordingBody)
+
+    def respond(
+        self,
+        status: int = 200,
+        body: bytes = b"ok",
+        headers: tuple[tuple[bytes, bytes], ...] = ((b"Content-Type", b"text/plain"),),
+        length: int | None | str = "auto",
+        reason: bytes = b"OK",
+    ) -> None:
+        """A complete response (Content-Length framed unless length=None)."""
+        declared = len(body) if length == "auto" else length
+        assert declared is None or isinstance(declared, int)
+        self.responder.head(ResponseHead(status, reason, headers, declared))
+        if body:
+            self.responder.write(body)
+        self.responder.end()
+
+
+class FakeTarget:
+    """A Dispatch: records every exchange; ``answer`` (if any) responds at once."""
+
+    def __init__(self, answer: Callable[[Call], None] | None = None) -> None:
+        self.calls: list[Call] = []
+        self.answer = answer
+
+    def __call__(self, head: RequestHead, responder: IResponder) -> IRequestBody:
+        call = Call(head, responder)
+        self.calls.append(call)
+        if self.answer is not None:
+            self.answer(call)
+        return call.body
+
+    @property
+    def paths(self) -> list[bytes]:
+        return [call.head.path for call in self.calls]
+
+
+def answer_ok(call: Call) -> None:
+    call.respond(body=b"ok:" + call.head.path)
+
+
+@dataclass
+class Response:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    head: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = [value for key, value in self.headers if key.lower() == name.lower()]
+        assert len(values) <= 1, f"duplicate {name!r}"
+        return values[0] if values else None
+
+
+def parse_responses(data: bytes, no_body: frozenset[int] = frozenset()) -> list[Response]:
+    """Split what the front wrote into responses, independently of the code under
+    test.  ``no_body``: indexes of responses to HEAD requests."""
+    responses: list[Response] = []
+    at = 0
+    while at < len(data):
+        end = data.index(b"\r\n\r\n", at)
+        head = data[at : end + 4]
+        at = end + 4
+        lines = head[:-4].split(b"\r\n")
+        version, status_text, reason = lines[0].split(b" ", 2)
+        assert version == b"HTTP/1.1"
+        status = int(status_text)
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b": ")
+            headers.append((name, value))
+        response = Response(status, reason, headers, b"", head)
+        length = response.header(b"content-length")
+        if status == 100:
+            continue
+        if len(responses) in no_body or status in (204, 304):
+            body = b""
+        elif response.header(b"transfer-encoding") is not None:
+            assert response.header(b"transfer-encoding") == b"chunked"
+            assert length is None
+            pieces = []
+            while True:
+                line_end = data.index(b"\r\n", at)
+                size = int(data[at:line_end], 16)
+                at = line_end + 2
+                pieces.append(data[at : at + size])
+                assert data[at + size : at + size + 2] == b"\r\n"
+                at += size + 2
+                if size == 0:
+                    break
+            body = b"".join(pieces)
+        elif length is not None:
+            body = data[at : at + int(length)]
+            assert len(body) == int(length), "truncated body"
+            at += int(length)
+        else:
+            body = data[at:]
+            at = len(data)
+        response.body = body
+        responses.append(response)
+    return responses
+
+
+class Conn:
+    """One client connection to a front on a MemoryReactorClock."""
+
+    def __init__(
+        self,
+        target: FakeTarget | Callable[[RequestHead, IResponder], IRequestBody],
+        limits: FrontLimits = DEFAULTS,
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = HTTPFrontFactory(self.clock, target, limits)
+        protocol = self.factory.buildProtocol(PEER)
+        assert isinstance(protocol, HTTPFrontProtocol)
+        self.protocol = protocol
+        self.transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(self.transport)
+
+    def send(self, *pieces: bytes) -> None:
+        for piece in pieces:
+            self.protocol.dataReceived(piece)
+
+    def responses(self, no_body: frozenset[int] = frozenset()) -> list[Response]:
+        return parse_responses(self.transport.value(), no_body)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(getattr(self.transport, "disconnected", False))
+
+    @property
+    def reading(self) -> str:
+        return str(self.transport.producerState)
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@contextmanager
+def captured_log() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+GET = b"GET /a?b=1 HTTP/1.1\r\nHost: web.default:8080\r\nAccept: */*\r\n\r\n"
+
+
+def get(path: bytes = b"/", extra: bytes = b"", host: bytes = b"web") -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n"
+
+
+# -- basics ----------------------------------------------------------------------------
+
+
+def test_interfaces_and_factory() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    assert verifyObject(IPushProducer, conn.protocol)
+    assert conn.transport.producer is conn.protocol and conn.transport.streaming
+    conn.send(GET)
+    responder = target.calls[0].responder
+    assert verifyObject(IResponder, responder)
+    assert verifyObject(IPushProducer, responder)
+    assert target.calls[0].body.producer is responder
+    assert conn.protocol.factory is conn.factory
+
+
+def test_origin_form_get() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(GET)
+    [call] = target.calls
+    assert call.head == RequestHead(
+        method=b"GET",
+        path=b"/a?b=1",
+        authority=b"web.default:8080",
+        headers=((b"Host", b"web.default:8080"), (b"Accept", b"*/*")),
+        content_length=0,
+        client="10.1.2.3",
+    )
+    assert call.body.ended and call.body.chunks == []
+    assert conn.transport.value() == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nok:/a?b=1"
+    )
+    assert not conn.closed
+
+
+def test_absolute_form_uses_the_uri_authority_and_replaces_host() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(
+        b"GET http://orders.shop:8080/v1/x?y=2 HTTP/1.1\r\nHost: elsewhere\r\nX-A: 1\r\n\r\n",
+        b"GET http://orders.shop HTTP/1.1\r\nX-A: 2\r\n\r\n",
+        b"GET HTTP://Orders.Shop?q=1 HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
+    )
+    heads = [call.head for call in target.calls]
+    assert [(h.authority, h.path) for h in heads] == [
+        (b"orders.shop:8080", b"/v1/x?y=2"),
+        (b"orders.shop", b"/"),
+        (b"Orders.Shop", b"/?q=1"),
+    ]
+    assert heads[0].headers == ((b"Host", b"orders.shop:8080"), (b"X-A", b"1"))
+    assert heads[1].headers == ((b"Host", b"orders.shop"), (b"X-A", b"2"))
+    assert len(conn.responses()) == 3
+
+
+def test_keep_alive_serves_requests_one_after_another() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    for n in range(3):
+        conn.send(get(b"/%d" % n))
+    assert target.paths == [b"/0", b"/1", b"/2"]
+    assert [r.body for r in conn.responses()] == [b"ok:/0", b"ok:/1", b"ok:/2"]
+    assert all(r.header(b"connection") is None for r in conn.responses())
+    assert not conn.closed
+
+
+def test_connection_close_request() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(get(b"/1", b"Connection: close\r\n") + get(b"/2"))
+    assert target.paths == [b"/1"]  # nothing after a close request is read
+    target.calls[0].respond()
+    [response] = conn.responses()
+    assert response.header(b"connection") == b"close"
+    assert conn.closed
+
+
+def test_http10_without_keep_alive_closes() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(b"GET /old HTTP/1.0\r\n\r\n")
+    [call] = target.calls
+    assert call.head.authority == b"" and call.head.path == b"/old"
+    [response] = conn.responses()
+    assert response.header(b"connection") == b"close"
+    assert conn.closed
+
+
+def test_http10_keep_alive_is_honoured_and_announced() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(b"GET /1 HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+    conn.send(b"GET /2 HTTP/1.0\r\nHost: web\r\nConnection: Keep-Alive\r\n\r\n")
+    responses = conn.responses()
+    assert [r.header(b"connection") for r in responses] == [b"keep-alive", b"keep-alive"]
+    assert not conn.closed
+    assert all(b"keep-alive" not in name.lower() for name, _ in target.calls[0].head.headers)
+
+
+def test_http10_unknown_length_response_is_close_delimited() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    responder = target.calls[0].responder
+    responder.head(ResponseHead(200, b"OK", (), None))
+    responder.write(b"part1,")
+    responder.write(b"part2")
+    assert not conn.closed
+    responder.end()
+    assert conn.transport.value() == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart1,part2"
+    assert conn.closed
+
+
+def test_chunked_response_for_http11() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[0].responder
+    responder.head(ResponseHead(200, b"OK", ((b"X-Y", b"z"),), None))
+    responder.write(b"hello ")
+    responder.write(b"")  # never a terminating chunk by accident
+    responder.write(b"world")
+    responder.end()
+    assert conn.transport.value() == (
+        b"HTTP/1.1 200 OK\r\nX-Y: z\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+    )
+    assert not conn.closed
+
+
+def test_head_request_gets_no_body() -> None:
+    def answer(call: Call) -> None:
+        call.responder.head(ResponseHead(200, b"OK", (), 10))
+        call.responder.write(b"0123456789")  # dropped: a HEAD response has no body
+        call.responder.end()
+
+    target = FakeTarget(answer)
+    conn = Conn(target)
+    conn.send(b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n")
+    target.answer = answer_ok
+    conn.send(get(b"/next"))
+    first, second = conn.responses(no_body=frozenset({0}))
+    assert first.header(b"content-length") == b"10" and first.body == b""
+    assert second.body == b"ok:/next"
+    assert conn.transport.value().count(b"0123456789") == 0
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses(status: int) -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[0].responder
+    responder.head(ResponseHead(status, b"X", ((b"ETag", b'"1"'),), None))
+    responder.write(b"ignored")
+    responder.end()
+    value = conn.transport.value()
+    assert value == b"HTTP/1.1 %d X\r\nETag: \"1\"\r\n\r\n" % status
+    assert not conn.closed
+
+
+def test_response_framing_fields_from_the_target_are_replaced() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    headers = (
+        (b"Content-Length", b"999"),
+        (b"Transfer-Encoding", b"gzip"),
+        (b"Connection", b"close"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"X-Kept", b"yes"),
+    )
+    target.calls[0].respond(headers=headers, body=b"abc")
+    [response] = conn.responses()
+    assert response.headers == [(b"X-Kept", b"yes"), (b"Content-Length", b"3")]
+    assert response.body == b"abc"
+    assert not conn.closed
+
+
+def test_request_body_with_content_length_streams() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\n\r\nhel")
+    [call] = target.calls
+    assert call.head.content_length == 11
+    assert call.body.chunks == [b"hel"] and not call.body.ended
+    conn.send(b"lo ", b"world")
+    assert call.body.chunks == [b"hel", b"lo ", b"world"] and call.body.ended
+    call.respond()
+    assert conn.responses()[0].status == 200 and not conn.closed
+
+
+def test_chunked_request_body_and_trailers_dropped() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(
+        b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"6;name=value\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    [call] = target.calls
+    assert call.head.content_length is None
+    assert all(name.lower() != b"transfer-encoding" for name, _ in call.head.headers)
+    assert call.body.data == b"hello world" and call.body.ended
+    call.respond()
+    conn.send(get(b"/after"))
+    assert target.paths == [b"/up", b"/after"]
+
+
+def test_expect_100_continue_is_answered_and_not_forwarded() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(
+        b"PUT /f HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert conn.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert all(name.lower() != b"expect" for name, _ in target.calls[0].head.headers)
+    conn.send(b"abc")
+    target.calls[0].respond()
+    [response] = conn.responses()
+    assert response.status == 200
+
+
+def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(get(b"/1") + get(b"/2") + b"POST /3 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbody")
+    assert target.paths == [b"/1"]
+    assert conn.reading == "paused"  # parsed requests are waiting: stop reading
+    target.calls[0].respond(body=b"one")
+    assert target.paths == [b"/1", b"/2"]
+    target.calls[1].respond(body=b"two")
+    third = target.calls[2]
+    assert third.body.data == b"body" and third.body.ended
+    assert conn.reading == "producing"
+    third.respond(body=b"three")
+    assert [r.body for r in conn.responses()] == [b"one", b"two", b"three"]
+
+
+def test_pipelined_body_split_across_reads_is_delivered_after_start() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(get(b"/1") + b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\n\r\nab")
+    target.calls[0].respond()
+    second = target.calls[1]
+    assert second.body.chunks == [b"ab"] and not second.body.ended
+    conn.send(b"cdef")
+    assert second.body.data == b"abcdef" and second.body.ended
+
+
+def test_too_many_pipelined_requests() -> None:
+    target = FakeTarget()
+    conn = Conn(target, FrontLimits(max_pipelined=2))
+    conn.send(get(b"/1") + get(b"/2") + get(b"/3") + get(b"/4") + get(b"/5"))
+    target.calls[0].respond()
+    target.calls[1].respond()
+    target.calls[2].respond()
+    assert target.paths == [b"/1", b"/2", b"/3"]
+    responses = conn.responses()
+    assert [r.status for r in responses] == [200, 200, 200, 503]
+    assert responses[3].header(b"x-edgemesh-error") == b"overloaded"
+    assert conn.closed
+
+
+# -- flow control ------------------------------------------------------------------------
+
+
+def test_target_pauses_and_resumes_reading_the_request_body() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nxx")
+    producer = target.calls[0].body.producer
+    assert producer is not None
+    producer.pauseProducing()
+    assert conn.reading == "paused"
+    producer.resumeProducing()
+    assert conn.reading == "producing"
+    producer.pauseProducing()
+    conn.send(b"y" * 98)
+    target.calls[0].respond()
+    # The exchange is over: its pause no longer holds the connection.
+    assert conn.reading == "producing"
+    producer.pauseProducing()
+    assert conn.reading == "producing"
+
+
+def test_slow_client_pauses_the_response_producer() -> None:
+    @implementer(IPushProducer)
+    class Upstream:
+        def __init__(self) -> None:
+            self.state = "producing"
+
+        def pauseProducing(self) -> None:
+            self.state = "paused"
+
+        def resumeProducing(self) -> None:
+            self.state = "producing"
+
+        def stopProducing(self) -> None:
+            self.state = "stopped"
+
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    upstream = Upstream()
+    responder = target.calls[0].responder
+    responder.setProducer(upstream)
+    conn.protocol.pauseProducing()  # what the transport does when its buffer is full
+    assert upstream.state == "paused"
+    conn.protocol.resumeProducing()
+    assert upstream.state == "producing"
+    # A producer registered while the client is slow starts paused.
+    target.calls[0].respond()
+    conn.protocol.pauseProducing()
+    conn.send(get(b"/2"))
+    late = Upstream()
+    target.calls[1].responder.setProducer(late)
+    assert late.state == "paused"
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_fail_before_head_answers_and_keeps_the_connection() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    target.calls[0].responder.fail(MeshError(Reason.no_endpoint, "no ready endpoint for web"))
+    [response] = conn.responses()
+    assert response.status == 503
+    assert response.header(b"x-edgemesh-error") == b"no-endpoint"
+    assert response.header(b"content-type") == b"text/plain; charset=utf-8"
+    assert response.body == b"503 no-endpoint: no ready endpoint for web\n"
+    assert not conn.closed
+    target.answer = answer_ok
+    conn.send(get(b"/again"))
+    assert conn.responses()[1].body == b"ok:/again"
+
+
+def test_fail_before_head_with_unread_body_closes_and_aborts_the_body() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
+    call = target.calls[0]
+    call.responder.fail(MeshError(Reason.upstream_refused, "refused"))
+    [response] = conn.responses()
+    assert response.status == 502 and response.header(b"connection") == b"close"
+    assert conn.closed
+    assert call.body.aborted is not None
+
+
+def test_fail_after_head_aborts_the_client_connection() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[0].responder
+    responder.head(ResponseHead(200, b"OK", (), 100))
+    responder.write(b"partial")
+    written = conn.transport.value()
+    responder.fail(MeshError(Reason.upstream_lost, "reset"))
+    assert conn.aborted
+    responder.write(b"more")  # no-ops from now on
+    responder.end()
+    assert conn.transport.value() == written
+
+
+def test_dispatch_raising_mesh_error() -> None:
+    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+        raise MeshError(Reason.unknown_service, f"no service {head.authority.decode()}")
+
+    conn = Conn(dispatch)
+    conn.send(get(host=b"nope"))
+    [response] = conn.responses()
+    assert response.status == 404
+    assert response.body == b"404 unknown-service: no service nope\n"
+    assert not conn.closed
+
+
+def test_dispatch_raising_anything_else_is_a_logged_502() -> None:
+    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+        raise RuntimeError("bug")
+
+    conn = Conn(dispatch)
+    with captured_log() as events:
+        conn.send(GET)
+    [response] = conn.responses()
+    assert response.status == 502
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1
+    assert isinstance(failures[0]["log_failure"].value, RuntimeError)
+
+
+def test_target_raising_in_body_write_fails_the_exchange() -> None:
+    @implementer(IRequestBody)
+    class Broken(RecordingBody):
+        def write(self, data: bytes) -> None:
+            raise ValueError("boom")
+
+    calls: list[IResponder] = []
+
+    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+        calls.append(responder)
+        return Broken()
+
+    conn = Conn(dispatch)
+    with captured_log() as events:
+        conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
+    assert conn.responses()[0].status == 502
+    assert any("log_failure" in e for e in events)
+
+
+def test_client_disconnect_aborts_the_body_and_later_calls_are_no_ops() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
+    call = target.calls[0]
+    conn.lose()
+    assert call.body.aborted is not None
+    call.respond()  # must not raise, must not write
+    call.responder.fail(MeshError(Reason.upstream_lost, "x"))
+    assert conn.transport.value() == b""
+    assert conn.clock.getDelayedCalls() == []
+
+
+def test_disconnect_while_waiting_for_the_response_aborts_too() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    conn.lose()
+    assert target.calls[0].body.ended and target.calls[0].body.aborted is not None
+
+
+def test_response_content_length_mismatches_abort() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[0].responder
+    responder.head(ResponseHead(200, b"OK", (), 3))
+    responder.write(b"abcd")
+    assert conn.aborted
+
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[1].responder
+    responder.head(ResponseHead(200, b"OK", (), 3))
+    responder.write(b"ab")
+    responder.end()
+    assert conn.aborted
+
+
+@pytest.mark.parametrize("status", [100, 101, 199, 42])
+def test_unusable_status_becomes_502(status: int) -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    target.calls[0].responder.head(ResponseHead(status, b"X", (), 0))
+    [response] = conn.responses()
+    assert response.status == 502
+    assert response.header(b"x-edgemesh-error") == b"upstream-bad-response"
+
+
+def test_responder_misuse_is_harmless() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.calls[0].responder
+    responder.end()  # before any head: treated as a bad response
+    assert conn.responses()[0].status == 502
+    responder.head(ResponseHead(200, b"OK", (), 0))  # after the end: ignored
+    responder.end()
+    assert len(conn.responses()) == 1
+
+
+def test_upgrade_without_body_is_an_ordinary_request() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(
+        get(b"/1", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: x\r\n")
+        + get(b"/2")
+    )
+    assert target.paths == [b"/1", b"/2"]
+    assert target.calls[0].head.headers == ((b"Host", b"web"),)
+    assert len(conn.responses()) == 2
+
+
+# -- timeouts -------------------------------------------------------------------------------
+
+
+def test_idle_timeout_closes_a_quiet_keep_alive_connection() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target, FrontLimits(idle_timeout=30))
+    conn.clock.advance(20)
+    conn.send(GET)
+    conn.clock.advance(20)
+    assert not conn.closed  # idle for 20 s only
+    conn.send(GET)
+    conn.clock.advance(29)
+    assert not conn.closed
+    conn.clock.advance(1.5)
+    assert conn.closed
+    assert conn.clock.getDelayedCalls() == []
+
+
+def test_no_idle_timeout_while_a_response_is_pending() -> None:
+    target = FakeTarget()
+    conn = Conn(target, FrontLimits(idle_timeout=5))
+    conn.send(GET)
+    conn.clock.advance(60)
+    assert not conn.closed  # the target's timeouts govern a pending exchange
+    target.calls[0].respond()
+    conn.clock.advance(4)
+    assert not conn.closed
+    conn.clock.advance(2)
+    assert conn.closed
+
+
+def test_a_connection_that_never_speaks_is_closed_at_the_idle_timeout() -> None:
+    conn = Conn(FakeTarget(), FrontLimits(idle_timeout=7))
+    conn.clock.advance(7)
+    assert conn.closed
+
+
+def test_log_events_for_rejections_name_the_client() -> None:
+    conn = Conn(FakeTarget())
+    with captured_log() as events:
+        conn.send(b"GET / HTTP/1.1\r\n\r\n")
+    messages: list[Any] = [e for e in events if e.get("client") == "10.1.2.3"]
+    assert messages and messages[0]["code"] == "bad-request"
+
+
+# -- less common paths ------------------------------------------------------------------------
+
+
+def test_error_answers_respect_http10_keep_alive_and_head() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+    target.calls[0].responder.fail(MeshError(Reason.no_endpoint, "none"))
+    conn.send(b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n")
+    target.calls[1].responder.fail(MeshError(Reason.no_endpoint, "none"))
+    first, second = conn.responses(no_body=frozenset({1}))
+    assert first.header(b"connection") == b"keep-alive" and first.body
+    assert second.status == 503 and second.body == b""
+    assert int(second.header(b"content-length") or 0) > 0
+    assert not conn.closed
+
+
+def test_http10_keep_alive_with_close_closes() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target)
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
+    assert conn.responses()[0].header(b"connection") == b"close"
+    assert conn.closed
+
+
+def test_queued_chunked_body_is_held_then_delivered_in_order() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(
+        get(b"/1")
+        + POST_CHUNKED
+        + b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"
+    )
+    assert target.paths == [b"/1"]
+    target.calls[0].respond()
+    second = target.calls[1]
+    assert second.body.chunks == [b"abc", b"def"] and second.body.ended
+
+
+def test_queued_request_answered_inside_dispatch_still_gets_its_body() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(get(b"/1") + b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
+    target.answer = answer_ok
+    target.calls[0].respond()
+    second = target.calls[1]
+    assert second.body.data == b"abc" and second.body.ended
+    assert [r.status for r in conn.responses()] == [200, 200]
+    assert not conn.closed
+
+
+def test_bad_body_of_a_queued_request_is_answered_in_turn_and_never_dispatched() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(get(b"/1") + POST_CHUNKED + b"3\r\nabc\r\nzz\r\n")
+    assert conn.transport.value() == b""
+    target.calls[0].respond()
+    assert target.paths == [b"/1"]
+    first, second = conn.responses()
+    assert (first.status, second.status) == (200, 400)
+    assert conn.closed
+
+
+def test_a_stuck_pipelined_head_closes_the_connection_and_aborts_the_exchange() -> None:
+    target = FakeTarget()
+    conn = Conn(target, FrontLimits(header_timeout=10))
+    conn.send(get(b"/1"), b"GET /2 HTTP/1.1\r\nHo")
+    conn.clock.advance(10)
+    assert conn.closed
+    assert target.calls[0].body.aborted is not None
+    target.calls[0].respond()
+    assert conn.transport.value() == b""
+
+
+POST_CHUNKED = b"POST /2 HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
