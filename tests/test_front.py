@@ -743,7 +743,19 @@ def test_idle_timeout_closes_a_quiet_keep_alive_connection() -> None:
     assert not conn.closed
     conn.clock.advance(1.5)
     assert conn.closed
+    conn.lose()  # the transport finishes the close
     assert conn.clock.getDelayedCalls() == []
+
+
+def test_a_close_the_client_never_completes_is_aborted() -> None:
+    target = FakeTarget(answer_ok)
+    conn = Conn(target, FrontLimits(idle_timeout=30))
+    conn.send(get(extra=b"Connection: close\r\n"))
+    assert conn.closed and not conn.aborted
+    conn.clock.advance(29)
+    assert not conn.aborted  # still flushing to a client that does not read
+    conn.clock.advance(1)
+    assert conn.aborted
 
 
 def test_no_idle_timeout_while_a_response_is_pending() -> None:
@@ -848,3 +860,19 @@ def test_a_stuck_pipelined_head_closes_the_connection_and_aborts_the_exchange() 
 
 
 POST_CHUNKED = b"POST /2 HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_bug_in_the_front_costs_one_connection_not_the_reactor() -> None:
+    class Buggy(HTTPFrontProtocol):
+        def on_header(self, name: bytes, value: bytes) -> None:
+            raise KeyError(name)
+
+    conn = Conn(FakeTarget())
+    buggy = Buggy(conn.clock, FakeTarget())
+    transport = StringTransport(peerAddress=PEER)
+    buggy.makeConnection(transport)
+    with captured_log() as events:
+        buggy.dataReceived(GET)  # must not raise
+    assert transport.disconnected
+    [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert isinstance(failure.value, KeyError)

@@ -571,6 +571,7 @@ def _exercise(pieces: list[bytes]) -> None:
     assert len(responses) in (len(target.calls), len(target.calls) + 1)
     for response in responses:
         assert response.status == 200 or response.header(b"x-edgemesh-error") is not None
+    conn.lose()
     assert conn.clock.getDelayedCalls() == []
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
-from edgemesh.catalog import catalog_from_wire, catalog_to_wire
+from edgemesh.catalog import (
+    Catalog,
+    Endpoint,
+    Node,
+    Service,
+    ServicePort,
+    catalog_from_wire,
+    catalog_to_wire,
+)
 from edgemesh.wire import (
     PROTOCOL_VERSION,
     Ack,
@@ -58,7 +66,7 @@ from edgemesh.wire import (
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus" / "wire"
 LIMITS = Limits()
 FUZZ = settings(
-    max_examples=300, deadline=timedelta(milliseconds=500),
+    max_examples=200, deadline=timedelta(milliseconds=500),
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -267,7 +275,7 @@ any_frame = hello_frames() | request_frames() | response_frames() | other_frames
 
 
 @given(built=any_frame)
-@settings(max_examples=250)
+@settings(max_examples=150)
 def test_round_trip(built: Built) -> None:
     data, expected = built
     assert decode_all(data) == [expected]
@@ -281,7 +289,7 @@ def test_round_trip_in_random_pieces(frames: list[Built], cuts: list[int]) -> No
     points = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
     decoder = FrameDecoder(LIMITS)
     decoded: list[Frame] = []
-    for start, end in zip(points, points[1:]):
+    for start, end in pairwise(points):
         decoded.extend(decoder.feed(stream[start:end]))
     assert decoded == [frame for _, frame in frames]
 
@@ -540,6 +548,35 @@ def test_frame_exactly_at_the_cap() -> None:
     assert len(data) - 4 == 1024
     assert decode_all(data, limits) == [Data(1, False, body)]
     rejected(encode_data(1, False, body + b"x"), limits)
+
+
+def test_17_before_the_hello_nothing_large_is_buffered() -> None:
+    """A stranger claiming a 60 MiB catalog before its hello is refused at the 6th byte."""
+    decoder = FrameDecoder(LIMITS, hello_first=True)
+    with pytest.raises(ProtocolError, match="first frame must be a hello"):
+        decoder.feed(struct.pack(">I", 60 << 20) + bytes([0x91, CATALOG]))
+    assert len(decoder._buffer) == 0
+    # Any first frame but a hello is refused as early, whatever its size.
+    for first in (encode_ping(1)[:6], CORPUS["data.bin"], CORPUS["catalog.bin"]):
+        with pytest.raises(ProtocolError, match="first frame must be a hello"):
+            FrameDecoder(LIMITS, hello_first=True).feed(first)
+
+
+def test_17_after_the_hello_large_catalogs_are_accepted() -> None:
+    limits = Limits(max_frame=1024, max_catalog_frame=4096)
+    payload = {"blob": ["x" * 500] * 4}
+    stream = CORPUS["hello.bin"] + encode_catalog(1, "snapshot", payload) + encode_ping(3)
+    decoder = FrameDecoder(limits, hello_first=True)
+    # In one read (a router sends its hello and its snapshot back to back) or in pieces.
+    assert [type(f) for f in decoder.feed(stream)] == [Hello, CatalogPush, Ping]
+    decoder = FrameDecoder(limits, hello_first=True)
+    frames: list[Frame] = []
+    for index in range(0, len(stream), 7):
+        frames += decoder.feed(stream[index : index + 7])
+    assert [type(f) for f in frames] == [Hello, CatalogPush, Ping]
+    # A tiny first frame is refused as it is decoded.
+    with pytest.raises(ProtocolError):
+        FrameDecoder(limits, hello_first=True).feed(framed(b"\x00"))
 
 
 @pytest.mark.parametrize("header", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",

@@ -6,7 +6,6 @@ through the tap modules; an embedding application calls them directly.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,12 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    serverFromString,
+)
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -22,9 +26,25 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..catalog import Catalog, CatalogStore, SnapshotError, catalog_from_wire, catalog_to_wire
-from ..exchange import IRequestBody, IResponder, ISource, MeshError, RequestHead, Role, SourceKind, TargetKind
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    ISource,
+    RequestHead,
+    Role,
+    SourceKind,
+    TargetKind,
+)
 from ..routing import ROUTER_PEER, Pipeline
-from ..transports import EnvelopeLink, FrontLimits, HTTPFrontFactory, HTTPUpstreamTarget, HubDialer, LinkTarget
+from ..transports import (
+    EnvelopeLink,
+    FrontLimits,
+    HTTPFrontFactory,
+    HTTPUpstreamTarget,
+    HubDialer,
+    LinkTarget,
+    ready_or_lost,
+)
 from ..wire import Ack, CatalogPush, GoAway, Limits, Request, encode_ack, encode_catalog
 
 log = Logger()
@@ -119,7 +139,7 @@ class TunnelClient(ClientService):
             Factory.forProtocol(make_link),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=reactor,
-            prepareConnection=lambda link: link.when_ready(),  # type: ignore[attr-defined]
+            prepareConnection=ready_or_lost,
         )
 
 
@@ -175,7 +195,7 @@ class MeshNode(MultiService):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.serving = True
-        self.started_at = time.time()
+        self.started_at = self.reactor.seconds()
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
@@ -212,7 +232,7 @@ class RouterNode(MeshNode):
         if previous is not None and previous.link is not link:
             previous.link.close_now("replaced by a new connection")
         self.links[peer.node] = link
-        state = EdgeState(peer.node, time.time(), link)
+        state = EdgeState(peer.node, self.reactor.seconds(), link)
         self.edges[peer.node] = state
         log.info("edge {node} connected", node=peer.node)
         self.push_snapshot(state)
@@ -251,7 +271,7 @@ class RouterNode(MeshNode):
                 state.acked = frame.revision
 
     def edges_view(self) -> list[dict[str, object]]:
-        now = time.time()
+        now = self.reactor.seconds()
         return [
             {
                 "node": s.node,
@@ -347,15 +367,9 @@ class EdgeNode(MeshNode):
         node = self.catalog.node(peer)
         if node is None or node.hub_host is None:
             return None
-        host = node.hub_host
-        endpoint: IStreamClientEndpoint = clientFromString(
-            self.reactor, f"tcp:host={_escape(host)}:port={node.hub_port}:timeout={int(self.config.connect_timeout)}"
-        )
-        return endpoint
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
+        # An endpoint object, not a string: strings take whole seconds only (0.5 s would be 0).
+        make = TCP6ClientEndpoint if ":" in node.hub_host else TCP4ClientEndpoint
+        return make(self.reactor, node.hub_host, node.hub_port, timeout=self.config.connect_timeout)
 
 
 def build_router(reactor: Any, config: RouterConfig) -> RouterNode:

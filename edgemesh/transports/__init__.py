@@ -1,7 +1,7 @@
 """The transports layer: HTTP/1.1 front and upstream pool, envelope links (tunnel and hubs)."""
 
 from ._front import FrontLimits, HTTPFrontFactory
-from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange
+from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange, ready_or_lost
 from ._peers import HubDialer, LinkTarget
 from ._upstream import HTTPUpstreamTarget
 
@@ -15,4 +15,5 @@ __all__ = [
     "LinkHandler",
     "LinkTarget",
     "OutboundExchange",
+    "ready_or_lost",
 ]

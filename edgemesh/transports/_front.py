@@ -77,8 +77,6 @@ _SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"host", b"connec
 _REQUEST_DROP = _FRAMING | {b"expect"}
 """Request fields never passed on (``Expect: 100-continue`` is answered here)."""
 _WATCHED = _SPECIAL | _REQUEST_DROP
-_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade"})
-"""Connection options that name no field we would pass on anyway."""
 
 _response_names: dict[bytes, bool] = {}
 """Response field names already checked: name → whether it is a framing field to drop."""
@@ -618,7 +616,7 @@ class HTTPFrontProtocol(Protocol):
         else:
             tokens = connection_tokens(self._connection)
             keep_alive = b"close" not in tokens and (not http10 or b"keep-alive" in tokens)
-            if tokens <= _NOT_LISTED:
+            if tokens <= _REQUEST_DROP:  # e.g. "keep-alive": those fields are gone already
                 headers = tuple(self._headers)
             else:
                 headers = end_to_end(self._headers, tokens)
@@ -983,7 +981,14 @@ class HTTPFrontProtocol(Protocol):
         if abort:
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
+            # A client that never reads would hold a graceful close open forever.
+            self._timer = self._reactor.callLater(self._limits.idle_timeout, self._linger_over)
             transport.loseConnection()
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        self.log.info("aborting connection from {client}: close not completed", client=self._client)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class HTTPFrontFactory(Factory):

@@ -51,6 +51,8 @@ from ..wire import (
 
 _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
+_CORK_LIMIT = 16 * 1024
+"""Response body held with a corked head before the head is sent anyway."""
 
 
 class LinkHandler(TypingProtocol):
@@ -278,6 +280,9 @@ class InboundExchange:
         self.receiver = _Receiver(link, sid)
         self.headed = False
         self.finished = False
+        self.corked: ResponseHead | None = None
+        self.cork_body: list[bytes] = []
+        self.cork_size = 0
 
     # IPushProducer: the target pauses the request body
     def pauseProducing(self) -> None:
@@ -289,40 +294,73 @@ class InboundExchange:
     def stopProducing(self) -> None:
         self.fail(MeshError(Reason.upstream_lost, "request consumer went away"))
 
-    # IResponder: the target answers
+    # IResponder: the target answers.  The head is corked: most responses arrive
+    # whole (head, body and end from one read of the pod's socket), and holding
+    # the head until the end of that reactor turn sends one frame instead of three.
     def head(self, head: ResponseHead) -> None:
         if self.finished or self.headed:
             return
         self.headed = True
+        self.corked = head
+        self.link.cork(self)
+
+    def uncork(self) -> None:
+        """Send the held head with the body held so far (the link calls this at the
+        end of the reactor turn)."""
+        head = self.corked
+        if head is None:
+            return
+        self.corked = None
+        body = b"".join(self.cork_body)
+        self.cork_body = []
+        self.cork_size = 0
         conn = self.link.connection
+        allowed = min(len(body), conn.send_window(self.sid))
         self.link.write(
-            conn.send_response(self.sid, head.status, head.reason, head.headers, head.content_length, b"", False)
+            conn.send_response(
+                self.sid, head.status, head.reason, head.headers, head.content_length, body[:allowed], False
+            )
         )
+        if allowed < len(body):
+            self.sender.send(body[allowed:])
 
     def write(self, data: bytes) -> None:
-        if not self.finished:
-            self.sender.send(data)
+        if self.finished:
+            return
+        if self.corked is not None:
+            if self.cork_size + len(data) <= _CORK_LIMIT:
+                self.cork_body.append(data)
+                self.cork_size += len(data)
+                return
+            self.uncork()
+        self.sender.send(data)
 
     def end(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self.sender.finish()
-            if self.sender.done:
+        if self.finished:
+            return
+        self.finished = True
+        head = self.corked
+        if head is not None:
+            conn = self.link.connection
+            if self.cork_size <= conn.send_window(self.sid):
+                body = b"".join(self.cork_body)
+                self.corked = None
+                self.cork_body = []
+                self.sender.done = True
                 self.link.forget(self.sid)
+                self.link.write(
+                    conn.send_response(
+                        self.sid, head.status, head.reason, head.headers, head.content_length, body, True
+                    )
+                )
+                return
+            self.uncork()
+        self.sender.finish()
+        if self.sender.done:
+            self.link.forget(self.sid)
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
-        """A whole small response: one frame when the window allows."""
-        if self.finished or self.headed:
-            return
-        conn = self.link.connection
-        if len(body) <= conn.send_window(self.sid) and not self.link.paused:
-            self.headed = self.finished = True
-            self.sender.done = True
-            self.link.forget(self.sid)
-            self.link.write(
-                conn.send_response(self.sid, head.status, head.reason, head.headers, head.content_length, body, True)
-            )
-            return
+        """A whole response at once: one frame when the window allows."""
         self.head(head)
         if body:
             self.write(body)
@@ -332,6 +370,7 @@ class InboundExchange:
         if self.finished:
             return
         self.finished = True
+        self.corked = None
         self.sender.done = True
         self.link.forget(self.sid)
         self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
@@ -407,6 +446,8 @@ class EnvelopeLink(Protocol):
         self._ping_sent: dict[int, float] = {}
         self.rtt: float | None = None
         self._ready_waiters: list[Deferred[EnvelopeLink]] = []
+        self._corked: list[InboundExchange] = []
+        self._cork_call: IDelayedCall | None = None
 
     @property
     def peer(self) -> Hello | None:
@@ -526,6 +567,10 @@ class EnvelopeLink(Protocol):
         self.closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._cork_call is not None:
+            self._cork_call.cancel()
+            self._cork_call = None
+        self._corked = []
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(why)
@@ -604,6 +649,17 @@ class EnvelopeLink(Protocol):
             exchange.sender.done = True
         return exchange
 
+    def cork(self, exchange: InboundExchange) -> None:
+        self._corked.append(exchange)
+        if self._cork_call is None:
+            self._cork_call = self.reactor.callLater(0, self._uncork)
+
+    def _uncork(self) -> None:
+        self._cork_call = None
+        corked, self._corked = self._corked, []
+        for exchange in corked:
+            exchange.uncork()
+
     def forget(self, sid: int) -> None:
         self.exchanges.pop(sid, None)
 
@@ -612,3 +668,12 @@ class EnvelopeLink(Protocol):
 
 
 LinkFactory = Callable[[], EnvelopeLink]
+
+
+def ready_or_lost(link: Any) -> Deferred[object]:
+    """ClientService's prepareConnection for links: waits for the hello.  A link lost
+    during its hello counts as a connection made and then lost (ClientService has no
+    transition for a disconnect after a failed prepareConnection); whoever gets such a
+    link from whenConnected must check ``link.closed``."""
+    waiting: Deferred[object] = link.when_ready()
+    return waiting.addErrback(lambda _: None)

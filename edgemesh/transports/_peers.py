@@ -10,15 +10,22 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import IRequestBody, IResponder, ITarget, MeshError, Reason, RequestHead, Route, TargetKind
-from ._links import EnvelopeLink
+from ._links import EnvelopeLink, ready_or_lost
 
 _PENDING_BOUND = 64 * 1024
 
@@ -114,8 +121,12 @@ class LinkTarget:
         body = _WaitingBody(responder)
 
         def connected(link: EnvelopeLink) -> None:
-            if body.aborted is None:
-                body.attach(link.open(head, service, port, hint, responder))
+            if body.aborted is not None:
+                return
+            if link.closed:
+                responder.fail(MeshError(Reason.peer_unavailable, f"link to {peer} lost during its hello"))
+                return
+            body.attach(link.open(head, service, port, hint, responder))
 
         def failed(reason: Failure) -> None:
             if body.aborted is None:
@@ -123,6 +134,27 @@ class LinkTarget:
 
         waiting.addCallbacks(connected, failed)
         return body
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """Remembers whether the last connection attempt failed, so that requests for a
+    peer that is down fail at once instead of each waiting for the next retry."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
+        self.failing = False
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def succeeded(protocol: IProtocol) -> IProtocol:
+            self.failing = False
+            return protocol
+
+        def failed(reason: Failure) -> Failure:
+            self.failing = True
+            return reason
+
+        return self.endpoint.connect(factory).addCallbacks(succeeded, failed)
 
 
 class HubDialer:
@@ -140,20 +172,25 @@ class HubDialer:
         self.make_endpoint = make_endpoint
         self.make_link = make_link
         self.services: dict[str, ClientService] = {}
+        self.endpoints: dict[str, _WatchedEndpoint] = {}
 
     def __call__(self, peer: str) -> Deferred[EnvelopeLink] | None:
         service = self.services.get(peer)
+        if service is not None and self.endpoints[peer].failing:
+            # ClientService keeps retrying in the background; meanwhile answer at once.
+            return fail(ConnectError(string=f"hub of {peer} unreachable (retrying)"))
         if service is None:
-            endpoint = self.make_endpoint(peer)
-            if endpoint is None:
+            reached = self.make_endpoint(peer)
+            if reached is None:
                 return None
+            endpoint = self.endpoints[peer] = _WatchedEndpoint(reached)
             factory = Factory.forProtocol(lambda: self.make_link(peer))
             service = ClientService(
                 endpoint,
                 factory,
                 retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=10.0),
                 clock=self.reactor,
-                prepareConnection=lambda link: link.when_ready(),  # type: ignore[attr-defined]
+                prepareConnection=ready_or_lost,
             )
             service.startService()
             self.services[peer] = service
@@ -162,4 +199,5 @@ class HubDialer:
 
     def stop(self) -> Deferred[list[None]]:
         services, self.services = self.services, {}
+        self.endpoints = {}
         return gatherResults([s.stopService() for s in services.values()])

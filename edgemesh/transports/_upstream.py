@@ -820,8 +820,13 @@ class _UpstreamConnection(Protocol):
         coding = self.transfer_encoding
         chunked = coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         length: int | None
-        if exchange.is_head or status == 204 or status == 304:
+        if status == 204:
             length = 0
+        elif exchange.is_head or status == 304:
+            # No body follows, but the length is the one the origin announced for
+            # the representation: pass it on unchanged (RFC 9110 §8.6).
+            declared = self.content_length
+            length = int(declared) if declared is not None and coding is None else None
         elif coding is not None:
             length = None
             self.close_delimited = not chunked

@@ -40,6 +40,8 @@ from ._frames import (
 )
 
 _MAX_WINDOW = (1 << 31) - 1
+MAX_STREAM_ID = (1 << 31) - 1
+"""The largest stream id a peer's decoder accepts."""
 
 
 class _Stream:
@@ -63,7 +65,7 @@ class _Stream:
 class Connection:
     def __init__(self, *, client: bool, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
-        self._decoder = FrameDecoder(self.limits)
+        self._decoder = FrameDecoder(self.limits, hello_first=True)
         self._streams: dict[int, _Stream] = {}
         self._next_local = 1 if client else 2
         self._last_remote = 0
@@ -219,6 +221,12 @@ class Connection:
         self._next_local += 2
         self._streams[sid] = _Stream(True, self._peer_window, self.limits.initial_window)
         return sid
+
+    @property
+    def exhausted(self) -> bool:
+        """Every stream id of ours is used: a stream opened now would carry an id the
+        peer refuses (killing the connection).  Open a new connection instead."""
+        return self._next_local > MAX_STREAM_ID
 
     def send_window(self, sid: int) -> int:
         """Body bytes the stream may send now (0 for a stream that is gone)."""

@@ -485,12 +485,17 @@ _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
 
 class FrameDecoder:
     """Split a byte stream into validated frames.  One per connection; after a
-    ProtocolError it refuses everything (the connection must be closed)."""
+    ProtocolError it refuses everything (the connection must be closed).
 
-    def __init__(self, limits: Limits) -> None:
+    With ``hello_first`` (what a Connection uses) the stream must open with a hello:
+    any other first frame is refused from its first bytes, so that nobody who has
+    not said hello gets a large catalog frame buffered."""
+
+    def __init__(self, limits: Limits, *, hello_first: bool = False) -> None:
         self._limits = limits
         self._buffer = bytearray()
         self._failed = False
+        self._greeted = not hello_first
 
     def feed(self, data: bytes) -> list[Frame]:
         if self._failed:
@@ -499,20 +504,28 @@ class FrameDecoder:
         buffer += data
         frames: list[Frame] = []
         offset = 0
+        limits = self._limits
         try:
             while len(buffer) - offset >= PREFIX_SIZE:
                 (length,) = _LENGTH.unpack_from(buffer, offset)
-                if length > self._limits.max_frame:
-                    # Only a catalog frame may be larger; its type is in the first bytes.
-                    kind = frame_type(bytes(buffer[offset + PREFIX_SIZE : offset + PREFIX_SIZE + 2]))
+                start = offset + PREFIX_SIZE
+                if length >= 2 and (length > limits.max_frame or not self._greeted):
+                    # The type is in the first payload bytes: judge the frame before
+                    # buffering it.  Only a catalog frame may be larger than max_frame.
+                    kind = frame_type(bytes(buffer[start : start + 2]))
                     if kind is None:
                         break
-                    if kind != CATALOG or length > self._limits.max_catalog_frame:
+                    if not self._greeted and kind != HELLO:
+                        raise ProtocolError("the first frame must be a hello")
+                    if length > limits.max_frame and (
+                        kind != CATALOG or length > limits.max_catalog_frame
+                    ):
                         raise ProtocolError(f"frame of {length} bytes exceeds the cap")
-                end = offset + PREFIX_SIZE + length
+                end = start + length
                 if len(buffer) < end:
                     break
-                frames.append(decode_payload(bytes(buffer[offset + PREFIX_SIZE : end]), self._limits))
+                frames.append(decode_payload(bytes(buffer[start:end]), limits))
+                self._greeted = True
                 offset = end
         except ProtocolError:
             self._failed = True

@@ -1,10 +1,10 @@
 """Fixtures for the integration tests: one mesh of real ``twistd`` processes per session.
 
-The session mesh is a router, edge-1 and edge-2, and one process of sample pods, all on
-127.0.0.1 with free ports.  Tests that need more (an edge with a short request timeout, an
-edge to kill) start it themselves through ``Mesh.start_edge`` and stop it when done.  Every
-process is stopped by PID at the end (SIGTERM, then SIGKILL); when a test fails, the tails
-of every process log are added to its report.
+The session mesh is a router, edge-1 to edge-4 and one process of sample pods, all on
+127.0.0.1 with free ports, started at once and waited for (healthz, then every edge's ack of
+the router's catalog).  The catalog is generated into the session's tmp directory, beside
+the logs and state directories.  Every process is stopped by PID at the end (SIGTERM, then
+SIGKILL); when a test fails, the tails of every process log are added to its report.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshkit import Mesh, ServiceSpec, Topology, catalog_objects, write_catalog
+from meshkit import HEADER_TIMEOUT, Mesh, ServiceSpec, Topology, catalog_objects, write_catalog
 
 EDGES = ("edge-1", "edge-2", "edge-3", "edge-4")
 """edge-1, edge-2: the mesh most tests use.  edge-3: runs the slow pod, with
@@ -22,8 +22,6 @@ EDGES = ("edge-1", "edge-2", "edge-3", "edge-4")
 EDGE_ARGS = {"edge-3": ("--request-timeout", "1")}
 NEVER_STARTED_EDGE = "edge-5"
 """In the catalog, its hub address a port where nothing listens."""
-HEADER_TIMEOUT = "2"
-"""--header-timeout of the session mesh, so that half-sent heads are closed quickly."""
 
 _current: Mesh | None = None
 _finished: list[Mesh] = []
@@ -68,9 +66,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         # All at once (each twistd takes about a second to import); the edges retry
         # their tunnel until the router listens.
         instance.start_pods(wait=False)
-        instance.start_router("--header-timeout", HEADER_TIMEOUT, wait=False)
+        instance.start_router("--header-timeout", f"{HEADER_TIMEOUT:g}", wait=False)
         for name in EDGES:
-            instance.start_edge(name, "--header-timeout", HEADER_TIMEOUT,
+            instance.start_edge(name, "--header-timeout", f"{HEADER_TIMEOUT:g}",
                                 *EDGE_ARGS.get(name, ()), wait=False)
         instance.wait_pods()
         instance.wait_healthy(instance.procs["router"])

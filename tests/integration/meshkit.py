@@ -9,7 +9,6 @@ of these tests shares no code with the mesh.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import json
@@ -35,8 +34,21 @@ more on a loaded machine)."""
 STOP_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL at teardown."""
 LOG_TAIL_LINES = 25
+HEADER_TIMEOUT = 2.0
+"""--header-timeout of the session mesh, so that half-sent heads are closed quickly."""
+HANDSHAKE_TIMEOUT = 10.0
+"""The envelope link's hello deadline (EnvelopeLink's default; no option sets it yet)."""
 PROBLEM_MARKS = ("Traceback", "Unhandled", "#critical", "#error")
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_DIE_WITH_PARENT = (
+    "import ctypes, signal\n"
+    "try:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)\n"
+    "except Exception:\n"
+    "    pass\n"
+)
+"""Run first in every child: a killed test runner leaves no mesh processes behind."""
+TWISTD = [sys.executable, "-c",
+          _DIE_WITH_PARENT + "from twisted.scripts.twistd import run\nrun()"]
 """``twistd`` of this interpreter (``python -m twisted`` is ``twist``, which has no -n)."""
 
 
@@ -52,13 +64,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the test runner dies (Linux), so that a
-    killed pytest leaves no mesh processes behind."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # -- processes -------------------------------------------------------------------------
@@ -148,10 +153,6 @@ class Topology:
         return topology
 
 
-def run_log_path(directory: Path, name: str) -> Path:
-    return directory / f"{name}.log"
-
-
 @dataclass
 class Mesh:
     """The processes of one test mesh, and where their logs and state live."""
@@ -161,6 +162,21 @@ class Mesh:
     catalog: Path
     procs: dict[str, Proc] = field(default_factory=dict)
     stopped: list[Proc] = field(default_factory=list)
+
+    # -- addresses --------------------------------------------------------------------
+
+    def proxy(self, via: str) -> int:
+        """Where apps send HTTP: an edge's service bus, or (``"router"``) the router's
+        listener for cloud apps."""
+        if via == "router":
+            return self.topology.router_http
+        return self.topology.edges[via]["proxy"]
+
+    def envelope(self, node: str) -> int:
+        """Where nodes connect: an edge's hub, or (``"router"``) the router's tunnel."""
+        if node == "router":
+            return self.topology.router_tunnel
+        return self.topology.edges[node]["hub"]
 
     # -- starting ---------------------------------------------------------------------
 
@@ -174,28 +190,26 @@ class Mesh:
     def _spawn(self, name: str, argv: list[str], admin: int | None, mesh: bool) -> Proc:
         if name in self.procs and self.procs[name].alive():
             raise RuntimeError(f"{name} is already running")
-        log = run_log_path(self.directory, name)
+        log = self.directory / f"{name}.log"
         if mesh:
             command = [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", *argv]
-            stdout: Any = subprocess.DEVNULL
-            with log.open("a") as handle:
-                handle.write(f"# {' '.join(command)}\n")
         else:
-            command = [sys.executable, *argv]
-            stdout = log.open("ab")
-        try:
+            command = [sys.executable, "-c", _DIE_WITH_PARENT + "import runpy, sys\n"
+                       "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')",
+                       *argv]
+        # twistd logs to the same file; its stderr catches what happens before logging starts.
+        with log.open("ab") as output:
+            shown = f"twistd -n --pidfile= --logfile={log}" if mesh else "python"
+            output.write(f"# {shown} {' '.join(argv)}\n".encode())
+            output.flush()
             popen = subprocess.Popen(
                 command,
                 cwd=self.directory,
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=subprocess.STDOUT if not mesh else log.open("ab"),
-                preexec_fn=_die_with_parent,
+                stdout=subprocess.DEVNULL if mesh else output,
+                stderr=output,
             )
-        finally:
-            if not mesh:
-                stdout.close()
         proc = Proc(name, popen, log, admin, mesh)
         self.procs[name] = proc
         return proc
@@ -507,7 +521,7 @@ class RawConnection:
         self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
         self.buffer = b""
 
-    def __enter__(self) -> RawConnection:
+    def __enter__(self) -> RawConnection:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -578,7 +592,7 @@ class RawConnection:
                 if not self._fill():
                     return True
                 self.buffer = self.buffer[-4096:]
-        except socket.timeout:
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True

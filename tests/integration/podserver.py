@@ -48,7 +48,7 @@ class PodHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     pod = "?"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: the tests read the mesh's logs, not ours
 
     # -- request body ------------------------------------------------------------------
@@ -88,7 +88,7 @@ class PodHandler(BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = []) -> None:
+    def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("X-Pod", self.pod)
         for name, value in headers:
@@ -125,12 +125,12 @@ class PodHandler(BaseHTTPRequestHandler):
             return
         if route == "/slow":
             time.sleep(float(query.get("s", "1")))
-        extra: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        extra: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
         status = 200
         if route == "/status":
             status = int(query.get("code", "200"))
         elif route == "/hop":
-            extra += [
+            extra += (
                 ("X-End-To-End", "kept"),
                 ("Connection", "X-Hop-Listed"),
                 ("X-Hop-Listed", "must-go"),
@@ -138,7 +138,7 @@ class PodHandler(BaseHTTPRequestHandler):
                 ("Proxy-Connection", "keep-alive"),
                 ("Trailer", "X-Never"),
                 ("Upgrade", "h2c"),
-            ]
+            )
         self._send(status, self._describe(length, sha, framing), extra)
 
     def _stream(self, n: int, seed: int, chunked: bool) -> None:
@@ -170,7 +170,7 @@ class PodServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str]) -> None:
-    servers = []
+    servers: list[PodServer] = []
     for spec in argv:
         name, _, port = spec.rpartition("=")
         handler = type(f"Pod_{len(servers)}", (PodHandler,), {"pod": name})

@@ -4,12 +4,9 @@ text body, from the edge's service bus and the router's listener."""
 from __future__ import annotations
 
 import signal
+
 import pytest
 from meshkit import Mesh, RawConnection, Response, request, timed
-
-
-def proxy(mesh: Mesh, via: str) -> int:
-    return mesh.topology.router_http if via == "router" else mesh.topology.edges[via]["proxy"]
 
 
 def assert_mesh_error(response: Response, status: int, code: str, context: str = "") -> None:
@@ -34,15 +31,15 @@ VIAS = ["edge-1", "router"]
      "pod-e2:81", "pod-e2.default.svc.elsewhere.example", "10.96.0.99:80"],
 )
 def test_unknown_service_404(live: Mesh, via: str, host: str) -> None:
-    response = request(proxy(live, via), "GET", "/x", [("Host", host)])
+    response = request(live.proxy(via), "GET", "/x", [("Host", host)])
     assert_mesh_error(response, 404, "unknown-service", f"Host {host} via {via}")
-    absolute = request(proxy(live, via), "GET", f"http://{host}/x")
+    absolute = request(live.proxy(via), "GET", f"http://{host}/x")
     assert_mesh_error(absolute, 404, "unknown-service", f"http://{host}/x via {via}")
 
 
 @pytest.mark.parametrize("via", VIAS)
 def test_no_ready_endpoint_503(live: Mesh, via: str) -> None:
-    response = request(proxy(live, via), "GET", "/", [("Host", "no-ready")])
+    response = request(live.proxy(via), "GET", "/", [("Host", "no-ready")])
     assert_mesh_error(response, 503, "no-endpoint", via)
 
 
@@ -54,11 +51,11 @@ def test_no_ready_endpoint_503(live: Mesh, via: str) -> None:
 )
 def test_pod_connection_refused_502(live: Mesh, via: str, service: str) -> None:
     with timed() as elapsed:
-        response = request(proxy(live, via), "POST", "/", [("Host", service)], b"x" * 1000)
+        response = request(live.proxy(via), "POST", "/", [("Host", service)], b"x" * 1000)
     assert_mesh_error(response, 502, "upstream-refused", f"{service} via {via}")
     assert elapsed() < 5
     # The connection to the mesh stays usable after an error answer.
-    assert request(proxy(live, via), "GET", "/", [("Host", "pod-e2")]).status == 200
+    assert request(live.proxy(via), "GET", "/", [("Host", "pod-e2")]).status == 200
 
 
 @pytest.mark.parametrize("via", ["edge-3", "edge-1", "router"],
@@ -67,11 +64,11 @@ def test_no_response_in_time_504(live: Mesh, via: str) -> None:
     """edge-3 (--request-timeout 1) waits one second for the pod's response head; from
     another node the 504 comes back over the hub or the tunnel."""
     with timed() as elapsed:
-        response = request(proxy(live, via), "GET", "/slow?s=4", [("Host", "slow-e3")])
+        response = request(live.proxy(via), "GET", "/slow?s=4", [("Host", "slow-e3")])
     assert_mesh_error(response, 504, "upstream-timeout", via)
     assert 0.9 <= elapsed() < 3.5, elapsed()
     # A quick request right after goes through (the timed-out connection was not reused).
-    fast = request(proxy(live, via), "GET", "/slow?s=0", [("Host", "slow-e3")])
+    fast = request(live.proxy(via), "GET", "/slow?s=0", [("Host", "slow-e3")])
     assert fast.status == 200 and fast.header("X-Pod") == "slow-e3-0", fast.body[:300]
 
 
@@ -105,7 +102,7 @@ MALFORMED = {
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_request_400(live: Mesh, via: str, case: str) -> None:
     """The mesh answers 400 itself and closes; nothing reaches a pod."""
-    with RawConnection(proxy(live, via), timeout=5) as conn:
+    with RawConnection(live.proxy(via), timeout=5) as conn:
         conn.send(MALFORMED[case])
         response = conn.read_response()
         assert response.status in (400, 501, 505), (case, response)
@@ -132,7 +129,7 @@ def test_malformed_service_name_400(live: Mesh, via: str, case: str) -> None:
     """A well-framed request naming no possible service: 400, and the connection stays
     usable (nothing is wrong with its framing)."""
     host = BAD_AUTHORITY[case].encode()
-    with RawConnection(proxy(live, via), timeout=5) as conn:
+    with RawConnection(live.proxy(via), timeout=5) as conn:
         conn.send(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         assert_mesh_error(conn.read_response(), 400, "bad-request", case)
         conn.send(b"GET /next HTTP/1.1\r\nHost: pod-e1\r\n\r\n")
@@ -145,7 +142,7 @@ def test_peer_edge_down_502(mesh: Mesh) -> None:
     another edge (its hub link is gone) and from the router (its tunnel is gone)."""
     if "edge-4" not in mesh.procs:  # a rerun in the same session
         mesh.start_edge("edge-4")
-    vias = {"edge-to-edge": proxy(mesh, "edge-1"), "cloud-to-edge": proxy(mesh, "router")}
+    vias = {"edge-to-edge": mesh.proxy("edge-1"), "cloud-to-edge": mesh.proxy("router")}
     for via, port in vias.items():
         ok = request(port, "GET", "/before", [("Host", "pod-e4")])
         assert ok.status == 200 and ok.header("X-Pod") == "pod-e4-0", (via, ok.body[:300])
@@ -170,6 +167,20 @@ def test_peer_edge_never_started_502(live: Mesh, via: str) -> None:
     connected to the router)."""
     for attempt in range(3):
         with timed() as elapsed:
-            response = request(proxy(live, via), "GET", "/", [("Host", "pod-e5")])
+            response = request(live.proxy(via), "GET", "/", [("Host", "pod-e5")])
         assert_mesh_error(response, 502, "peer-unavailable", f"attempt {attempt}")
         assert elapsed() < 5, f"attempt {attempt} took {elapsed():.1f}s"
+
+
+def test_repeated_requests_to_a_down_peer_fail_fast(live: Mesh) -> None:
+    """Hardening #33: requests for an unreachable peer get a fast 502, however many came
+    before.  (Runs after test_peer_edge_never_started_502, which shares edge-1's dialer.)"""
+    for attempt in range(8):
+        with timed() as elapsed:
+            try:
+                response = request(live.proxy("edge-1"), "GET", f"/{attempt}",
+                                   [("Host", "pod-e5")], timeout=2)
+            except TimeoutError:
+                pytest.fail(f"attempt {attempt}: no answer within 2s")
+        assert_mesh_error(response, 502, "peer-unavailable", f"attempt {attempt}")
+        assert elapsed() < 2, f"attempt {attempt} took {elapsed():.1f}s"

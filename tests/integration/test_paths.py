@@ -7,9 +7,11 @@ import hashlib
 import http.client
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from meshkit import LOOPBACK, Mesh, RawConnection, Response, request, send
+from meshkit import LOOPBACK, Mesh, RawConnection, Response, admin_get, request, send
+from podserver import pattern
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,16 @@ NAME_FORMS = ["{svc}", "{svc}.default", "{svc}.default.svc.cluster.local", "{svc
               "{ip}:{port}"]
 
 
-def proxy_port(mesh: Mesh, via: str) -> int:
-    return mesh.topology.router_http if via == "router" else mesh.topology.edges[via]["proxy"]
-
-
 def authority(mesh: Mesh, form: str, service: str) -> str:
     port = mesh.topology.cloud_port if service == "pod-cloud" else 80
     return form.format(svc=service, port=port, ip=CLUSTER_IPS[service])
 
 
-def described(response: Response, context: str) -> dict[str, object]:
+def described(response: Response, context: str) -> dict[str, Any]:
+    """The pod's JSON description of the request it received."""
     assert response.status == 200, f"{context}: {response.status} {response.body[:300]!r}"
-    return response.json()  # type: ignore[no-any-return]
+    seen: dict[str, Any] = response.json()
+    return seen
 
 
 @pytest.mark.parametrize("absolute", [False, True], ids=["origin-form", "absolute-form"])
@@ -59,14 +59,14 @@ def test_path_name_form(live: Mesh, path: Path, form: str, absolute: bool) -> No
     else:
         target = f"/echo/{path.name}?q=1&r=%20"
         headers.append(("Host", host))
-    response = request(proxy_port(live, path.via), "POST", target, headers, body)
+    response = request(live.proxy(path.via), "POST", target, headers, body)
     seen = described(response, f"POST {target} Host {host} via {path.via}")
     assert response.header("X-Pod") == path.pod
     assert seen["pod"] == path.pod
     assert seen["method"] == "POST"
     # Whatever form the client used, the pod gets origin-form and the authority as Host.
     assert seen["path"] == f"/echo/{path.name}?q=1&r=%20"
-    received = dict(seen["headers"])  # type: ignore[arg-type]
+    received = dict(seen["headers"])
     assert received["Host"] == host
     assert received["X-Test"] == f"{path.name} {form}"
     assert seen["body_length"] == len(body)
@@ -91,17 +91,17 @@ def test_headers_end_to_end(live: Mesh, path: Path) -> None:
         ("Accept", "*/*"),
         ("Cookie", "a=1; b=2"),
     ]
-    response = request(proxy_port(live, path.via), "GET", "/hop", request_headers)
+    response = request(live.proxy(path.via), "GET", "/hop", request_headers)
     seen = described(response, f"{path.name} /hop")
     received = seen["headers"]
-    names = [name.lower() for name, _ in received]  # type: ignore[union-attr]
+    names = [name.lower() for name, _ in received]
     for hop in ("x-secret", "keep-alive", "te", "proxy-connection", "proxy-authorization"):
         assert hop not in names, f"{hop} reached the pod: {received}"
-    kept = [(k, v) for k, v in received if k.lower().startswith("x-")]  # type: ignore[union-attr]
+    kept = [(k, v) for k, v in received if k.lower().startswith("x-")]
     assert kept == [("X-MiXeD-Case", "Value With  Spaces"), ("X-Repeated", "one"),
                     ("X-Repeated", "two")]
-    assert ["Accept", "*/*"] in received  # type: ignore[operator]
-    assert ["Cookie", "a=1; b=2"] in received  # type: ignore[operator]
+    assert ["Accept", "*/*"] in received
+    assert ["Cookie", "a=1; b=2"] in received
 
     # The pod's response carried hop-by-hop fields too.
     assert response.header("X-End-To-End") == "kept"
@@ -114,7 +114,7 @@ def test_headers_end_to_end(live: Mesh, path: Path) -> None:
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
 def test_status_and_body_unchanged(live: Mesh, path: Path) -> None:
-    port = proxy_port(live, path.via)
+    port = live.proxy(path.via)
     for code in (201, 302, 404, 418, 500, 503):
         response = request(port, "GET", f"/status?code={code}", [("Host", path.service)])
         assert response.status == code, response.body[:300]
@@ -124,23 +124,31 @@ def test_status_and_body_unchanged(live: Mesh, path: Path) -> None:
     # A binary response body of several frames, byte for byte.
     response = request(port, "GET", "/bytes?n=300001&seed=5", [("Host", path.service)])
     assert response.status == 200
-    from podserver import pattern
-
     assert response.body == b"".join(pattern(5, 300001))
     head = request(port, "HEAD", "/bytes?n=1000&seed=5", [("Host", path.service)])
     assert head.status == 200 and head.body == b""
     assert head.header("X-Pod") == path.pod
 
 
-@pytest.mark.xfail(strict=True, reason="mesh bug: HEAD responses get Content-Length: 0 "
-                   "(_upstream.py on_headers_complete sets length 0 for HEAD)")
 @pytest.mark.parametrize("path", PATHS[:2], ids=[p.name for p in PATHS[:2]])
 def test_head_keeps_content_length(live: Mesh, path: Path) -> None:
     """RFC 9110 §9.3.2: a HEAD response carries the Content-Length a GET would have."""
-    head = request(proxy_port(live, path.via), "HEAD", "/bytes?n=1000&seed=5",
+    head = request(live.proxy(path.via), "HEAD", "/bytes?n=1000&seed=5",
                    [("Host", path.service)])
     assert head.status == 200 and head.body == b""
     assert head.header("Content-Length") == "1000"
+
+
+def test_paths_take_the_expected_links(live: Mesh) -> None:
+    """edge → edge goes over a hub link, edge → cloud over the tunnel; the router holds a
+    tunnel to every edge."""
+    for service in ("pod-e2", "pod-cloud"):
+        assert request(live.proxy("edge-1"), "GET", "/", [("Host", service)]).status == 200
+    edge1 = admin_get(live.topology.edges["edge-1"]["admin"], "/status")[1]
+    assert {"edge-2", "router"} <= set(edge1["links"]), edge1
+    assert edge1["role"] == "edge" and edge1["serving"] is True
+    router = admin_get(live.topology.router_admin, "/status")[1]
+    assert {"edge-1", "edge-2"} <= set(router["links"]), router
 
 
 def test_keep_alive_across_paths(live: Mesh) -> None:
@@ -184,7 +192,7 @@ def test_pipelining_keeps_order(live: Mesh, via: str) -> None:
         f"POST /fast?n=2 HTTP/1.1\r\nHost: {fast1}\r\nContent-Length: 5\r\n\r\nhello"
         f"GET /fast?n=3 HTTP/1.1\r\nHost: {fast2}\r\n\r\n"
     ).encode()
-    with RawConnection(proxy_port(live, via)) as conn:
+    with RawConnection(live.proxy(via)) as conn:
         conn.send(requests)
         paths = []
         for _ in range(3):

@@ -22,10 +22,6 @@ BIG_DEADLINE = 60.0
 """Seconds for each 256 MiB transfer."""
 
 
-def edge1_proxy(mesh: Mesh) -> int:
-    return mesh.topology.edges["edge-1"]["proxy"]
-
-
 def download(port: int, host: str, target: str, timeout: float) -> tuple[int, str, str | None,
                                                                           str | None]:
     """GET, reading the body in pieces: (length, sha256, X-Pod, Transfer-Encoding)."""
@@ -44,7 +40,7 @@ def download(port: int, host: str, target: str, timeout: float) -> tuple[int, st
 def test_256_mib_upload_and_download_edge_to_edge(live: Mesh) -> None:
     """256 MiB each way through edge-1 → edge-2 with every mesh process under 100 MiB."""
     expected_length, expected_sha = sha256_of(pattern(11, BIG))
-    port = edge1_proxy(live)
+    port = live.proxy("edge-1")
 
     with timed() as upload_time:
         response = request(port, "POST", "/upload", [("Host", "pod-e2"),
@@ -77,7 +73,7 @@ def test_256_mib_upload_and_download_edge_to_edge(live: Mesh) -> None:
 )
 def test_chunked_both_ways(live: Mesh, via: str, host: str) -> None:
     """A chunked upload (unknown length) and a chunked download of 8 MiB each."""
-    port = live.topology.router_http if via == "router" else edge1_proxy(live)
+    port = live.proxy(via)
     size = 8 * MiB + 12345
     expected = sha256_of(pattern(3, size))
     response = request(port, "PUT", "/chunked", [("Host", host)], pattern(3, size), timeout=30)
@@ -99,7 +95,7 @@ def test_200_concurrent_requests_edge_to_edge(live: Mesh) -> None:
     """200 exchanges in flight at once from edge-1 to edge-2's pod: all succeed, each
     with its own body."""
     count = 200
-    port = edge1_proxy(live)
+    port = live.proxy("edge-1")
     barrier = threading.Barrier(count, timeout=20)
 
     def one(index: int) -> tuple[int, int, str, str]:
@@ -131,7 +127,7 @@ def test_200_concurrent_requests_edge_to_edge(live: Mesh) -> None:
 def test_slow_reader_does_not_grow_memory(live: Mesh) -> None:
     """A client that reads a 64 MiB download slowly: the mesh holds back the pod (flow
     control) instead of buffering the body."""
-    port = edge1_proxy(live)
+    port = live.proxy("edge-1")
     size = 64 * MiB
     before = {name: live.procs[name].status_kib("VmRSS") for name in ("edge-1", "edge-2")}
     digest = hashlib.sha256()
