@@ -629,7 +629,7 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     stages = ["idle", *paths]
     memory = ["| target | process | " + " | ".join(
         "VmHWM MiB " + ("after start + /small check" if s == "idle" else f"after {s} runs")
-        for s in stages) + " | growth last ÷ first body | flat? |",
+        for s in stages) + " | growth (last − first body) | flat? |",
         "|---|---|" + "---:|" * len(stages) + "---:|---|"]
     rss_growth: list[tuple[str, str, float, bool]] = []
     for tname, run in runs.items():

@@ -906,8 +906,6 @@ def test_a_bug_in_one_exchange_does_not_take_the_link_down() -> None:
     assert any("log_failure" in e for e in events)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: inbound() raising anything but MeshError leaves "
-                   "the stream unanswered (peer waits forever, stream slot leaks)")
 def test_inbound_bug_still_answers_the_peer() -> None:
     pair = Pair()
 
@@ -921,9 +919,6 @@ def test_inbound_bug_still_answers_the_peer() -> None:
     assert pair.server.exchanges == {} and pair.server.connection.active_streams == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: once the response is complete the InboundExchange "
-                   "is forgotten, so the peer's RESET of the unfinished request body never "
-                   "reaches the target's IRequestBody (neither end nor abort)")
 def test_early_response_then_peer_reset_aborts_the_request_body() -> None:
     pair = Pair()
     exchange, responder = pair.open()
@@ -936,10 +931,6 @@ def test_early_response_then_peer_reset_aborts_the_request_body() -> None:
     assert entry.body.ended or entry.body.aborted is not None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after 2**30 exchanges a link runs out of stream "
-                   "ids; the next REQUEST carries an id the peer's decoder rejects, which kills "
-                   "the link and every exchange still in flight on it (Connection.exhausted "
-                   "now tells when to move to a new link)")
 def test_running_out_of_stream_ids_spares_the_exchanges_in_flight() -> None:
     pair = Pair()
     pair.client.connection._next_local = (1 << 31) - 1  # the last odd id a peer accepts
@@ -955,12 +946,13 @@ def test_running_out_of_stream_ids_spares_the_exchanges_in_flight() -> None:
 
 
 def test_open_after_the_link_closed() -> None:
-    """Documents the current behaviour: LinkTarget never calls open() on a closed link
-    (it checks ``closed``); a direct caller gets no answer at all."""
+    """A closed link answers at once (502) and sends nothing."""
     pair = Pair()
     pair.client.connectionLost(Failure(ConnectionLost()))
+    before = pair.client_transport.value()
     _, responder = pair.open(content_length=0)
-    assert responder.failures == [] and pair.client_transport.value() == b""
+    assert [e.status for e in responder.failures] == [502]
+    assert pair.client_transport.value() == before
 
 
 # --- LinkTarget -------------------------------------------------------------------------

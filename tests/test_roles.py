@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from automat import NoTransition
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol

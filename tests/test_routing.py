@@ -532,8 +532,6 @@ def test_a_new_catalog_takes_effect_at_once() -> None:
     assert route.service is moved and route.peer == "edge-2"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dispatch_resolved picks the first port with the "
-                   "number, even a UDP one, where dispatch (Catalog.resolve) only considers TCP")
 def test_dispatch_resolved_only_considers_tcp_ports() -> None:
     udp = ServicePort("dns-udp", 53, 53, "UDP")
     tcp = ServicePort("dns-tcp", 53, 5353, "TCP")

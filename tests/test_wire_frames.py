@@ -565,7 +565,8 @@ def test_17_before_the_hello_nothing_large_is_buffered() -> None:
 def test_17_after_the_hello_large_catalogs_are_accepted() -> None:
     limits = Limits(max_frame=1024, max_catalog_frame=4096)
     payload = {"blob": ["x" * 500] * 4}
-    stream = CORPUS["hello.bin"] + encode_catalog(1, "snapshot", payload) + encode_ping(3)
+    router_hello = encode_hello("router", "router", {"initial_window": 65536})
+    stream = router_hello + encode_catalog(1, "snapshot", payload) + encode_ping(3)
     decoder = FrameDecoder(limits, hello_first=True)
     # In one read (a router sends its hello and its snapshot back to back) or in pieces.
     assert [type(f) for f in decoder.feed(stream)] == [Hello, CatalogPush, Ping]
@@ -577,6 +578,14 @@ def test_17_after_the_hello_large_catalogs_are_accepted() -> None:
     # A tiny first frame is refused as it is decoded.
     with pytest.raises(ProtocolError):
         FrameDecoder(limits, hello_first=True).feed(framed(b"\x00"))
+
+
+def test_17_only_a_router_may_send_large_catalogs() -> None:
+    limits = Limits(max_frame=1024, max_catalog_frame=4096)
+    edge_hello = encode_hello("edge-1", "edge", {"initial_window": 65536})
+    big = encode_catalog(1, "snapshot", {"blob": ["x" * 500] * 4})
+    with pytest.raises(ProtocolError, match="exceeds the cap"):
+        FrameDecoder(limits, hello_first=True).feed(edge_hello + big)
 
 
 @pytest.mark.parametrize("header", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",

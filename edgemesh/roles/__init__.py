@@ -1,5 +1,13 @@
 """The roles layer: builders for the cloud router and the edge service bus, and their twistd taps."""
 
-from ._node import EdgeConfig, EdgeNode, MeshNode, RouterConfig, RouterNode, build_edge, build_router
+from ._node import (
+    EdgeConfig,
+    EdgeNode,
+    MeshNode,
+    RouterConfig,
+    RouterNode,
+    build_edge,
+    build_router,
+)
 
 __all__ = ["EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge", "build_router"]

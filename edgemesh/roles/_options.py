@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -29,7 +29,7 @@ def _size(value: str) -> int:
 
 
 class CommonOptions(usage.Options):
-    optParameters: list[Any] = [
+    optParameters: ClassVar[list[Any]] = [
         ["admin", None, None, "Admin API listener (endpoint string, e.g. tcp:7790:interface=127.0.0.1)."],
         ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
         ["request-timeout", None, 30.0, "Seconds to wait for a response head (then 504).", _seconds],

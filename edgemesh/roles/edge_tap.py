@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -18,7 +18,7 @@ class Options(CommonOptions):
         "[--catalog FILE] [--admin tcp:7791]"
     )
     longdesc = "The edgemesh edge service bus: local apps, pods on this node, other edges and the router."
-    optParameters: list[Any] = [
+    optParameters: ClassVar[list[Any]] = [
         ["node", None, None, "This edge's node name (as in the catalog)."],
         ["state-dir", None, None, "Directory for the persisted catalog."],
         ["router", None, None, "The router's tunnel (client endpoint string, e.g. tcp:10.0.0.1:7700)."],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -14,7 +14,7 @@ from ._options import CommonOptions
 class Options(CommonOptions):
     synopsis = "--catalog FILE [--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
     longdesc = "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services."
-    optParameters: list[Any] = [
+    optParameters: ClassVar[list[Any]] = [
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
         ["node", None, "router", "This router's node name."],
         ["tunnel", None, "tcp:7700", "Where edges connect (endpoint string)."],

@@ -94,7 +94,7 @@ class Pipeline:
         if service is None:
             raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
         for port in service.ports:
-            if port.port == port_number:
+            if port.port == port_number and port.protocol == "TCP":
                 break
         else:
             raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -75,7 +76,7 @@ class _Sender:
     """The body-sending half of a stream: credit, a bounded queue, and the
     producer (source or target) it pauses when it cannot send."""
 
-    __slots__ = ("link", "sid", "queue", "queued", "ending", "producer", "producer_paused", "done")
+    __slots__ = ("done", "ending", "link", "producer", "producer_paused", "queue", "queued", "sid")
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
@@ -157,7 +158,7 @@ class _Receiver:
     """The body-receiving half of a stream: credit goes back only for what the
     consumer accepted while it was not paused."""
 
-    __slots__ = ("link", "sid", "paused", "held")
+    __slots__ = ("held", "link", "paused", "sid")
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
@@ -283,6 +284,19 @@ class InboundExchange:
         self.corked: ResponseHead | None = None
         self.cork_body: list[bytes] = []
         self.cork_size = 0
+        self.request_ended = False
+
+    def _release(self) -> None:
+        """Forget the stream once both directions are over (a response may end before
+        its request body: the peer may still send that body, or reset it)."""
+        if self.finished and self.sender.done and self.request_ended:
+            self.link.forget(self.sid)
+
+    def request_end(self) -> None:
+        self.request_ended = True
+        if self.body is not None:
+            self.body.end()
+        self._release()
 
     # IPushProducer: the target pauses the request body
     def pauseProducing(self) -> None:
@@ -347,7 +361,7 @@ class InboundExchange:
                 self.corked = None
                 self.cork_body = []
                 self.sender.done = True
-                self.link.forget(self.sid)
+                self._release()
                 self.link.write(
                     conn.send_response(
                         self.sid, head.status, head.reason, head.headers, head.content_length, body, True
@@ -356,8 +370,7 @@ class InboundExchange:
                 return
             self.uncork()
         self.sender.finish()
-        if self.sender.done:
-            self.link.forget(self.sid)
+        self._release()
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once: one frame when the window allows."""
@@ -389,27 +402,49 @@ class InboundExchange:
                 body.write(frame.data)
                 self.receiver.delivered(len(frame.data))
             if frame.end:
-                body.end()
+                self.request_end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
             self.finished = True
             self.sender.done = True
             self.link.forget(self.sid)
-            body.abort(f"peer reset: {frame.code}")
+            if not self.request_ended:
+                self.request_ended = True
+                body.abort(f"peer reset: {frame.code}")
         elif type(frame) is Window:
             self.on_link_state()
 
     def on_link_state(self) -> None:
         self.sender.flush()
-        if self.finished and self.sender.done:
-            self.link.forget(self.sid)
+        self._release()
 
     def on_lost(self, reason: str) -> None:
-        if not self.finished:
-            self.finished = True
+        if not (self.finished and self.request_ended):
+            # Whatever is unfinished, the request body or the response, the target stops.
+            self.finished = self.request_ended = True
             self.sender.done = True
             if self.body is not None:
                 self.body.abort(f"link lost: {reason}")
+
+
+@implementer(IRequestBody)
+class _NoBody:
+    """The request side of an exchange that was refused before it started."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        pass
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+_NO_BODY = _NoBody()
 
 
 class EnvelopeLink(Protocol):
@@ -448,6 +483,8 @@ class EnvelopeLink(Protocol):
         self._ready_waiters: list[Deferred[EnvelopeLink]] = []
         self._corked: list[InboundExchange] = []
         self._cork_call: IDelayedCall | None = None
+        self.draining = False
+        """No new exchanges: close once those in flight are over."""
 
     @property
     def peer(self) -> Hello | None:
@@ -504,7 +541,7 @@ class EnvelopeLink(Protocol):
                 return
             try:
                 self._handle(frame, was_ready)
-            except Exception:
+            except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
             was_ready = True
@@ -550,15 +587,19 @@ class EnvelopeLink(Protocol):
         except MeshError as error:
             exchange.fail(error)
             return
+        except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
+            self.log.failure("routing an exchange from {peer} raised", peer=self.peer_name)
+            exchange.fail(MeshError(Reason.upstream_lost, "internal error"))
+            return
         exchange.body = body
         body.setProducer(exchange)
         if request.body:
             body.write(request.body)
             exchange.receiver.delivered(len(request.body))
         if request.end:
-            body.end()
+            exchange.request_end()
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._shutdown(reason.getErrorMessage())
 
     def _shutdown(self, why: str) -> None:
@@ -631,9 +672,16 @@ class EnvelopeLink(Protocol):
         port: int,
         endpoint: tuple[str, int] | None,
         responder: IResponder,
-    ) -> OutboundExchange:
+    ) -> IRequestBody:
         """Send a request to the peer.  A request without a body goes as one frame."""
         conn = self.connection
+        if conn.exhausted or self.closed:
+            # Out of stream ids (after 2**30 exchanges): finish what is in flight, then
+            # close, so that the link is made anew; this exchange goes elsewhere.
+            self.draining = True
+            self._close_if_drained()
+            responder.fail(MeshError(Reason.peer_unavailable, f"link to {self.peer_name} is closing"))
+            return _NO_BODY
         sid = conn.open_stream()
         exchange = OutboundExchange(self, sid, responder)
         self.exchanges[sid] = exchange
@@ -662,6 +710,12 @@ class EnvelopeLink(Protocol):
 
     def forget(self, sid: int) -> None:
         self.exchanges.pop(sid, None)
+        if self.draining:
+            self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if not self.exchanges and not self.closed and self.transport is not None:
+            self.transport.loseConnection()
 
     def send_control(self, data: bytes) -> None:
         self.write(data)

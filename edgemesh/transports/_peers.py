@@ -24,7 +24,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..exchange import IRequestBody, IResponder, ITarget, MeshError, Reason, RequestHead, Route, TargetKind
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    ITarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    Route,
+    TargetKind,
+)
 from ._links import EnvelopeLink, ready_or_lost
 
 _PENDING_BOUND = 64 * 1024

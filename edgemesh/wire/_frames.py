@@ -19,6 +19,8 @@ import msgpack
 from ..exchange import Headers
 
 PROTOCOL_VERSION = 1
+ROUTER_ROLE = "router"
+"""The role (in the hello) of the only peer that may send catalogs larger than max_frame."""
 
 # Frame types.  Values are part of the wire format: never renumber.
 HELLO = 0
@@ -496,6 +498,8 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._failed = False
         self._greeted = not hello_first
+        # Only a router sends catalogs: nobody else gets a frame above max_frame buffered.
+        self._large_catalogs = not hello_first
 
     def feed(self, data: bytes) -> list[Frame]:
         if self._failed:
@@ -518,13 +522,18 @@ class FrameDecoder:
                     if not self._greeted and kind != HELLO:
                         raise ProtocolError("the first frame must be a hello")
                     if length > limits.max_frame and (
-                        kind != CATALOG or length > limits.max_catalog_frame
+                        kind != CATALOG
+                        or not self._large_catalogs
+                        or length > limits.max_catalog_frame
                     ):
                         raise ProtocolError(f"frame of {length} bytes exceeds the cap")
                 end = start + length
                 if len(buffer) < end:
                     break
-                frames.append(decode_payload(bytes(buffer[start:end]), limits))
+                frame = decode_payload(bytes(buffer[start:end]), limits)
+                if not self._greeted and type(frame) is Hello:
+                    self._large_catalogs = frame.role == ROUTER_ROLE
+                frames.append(frame)
                 self._greeted = True
                 offset = end
         except ProtocolError:
