@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from ..exchange import MeshError, Reason
-from ._model import CLUSTER_DOMAIN, DEFAULT_NAMESPACE, Node, Service, ServicePort
+from ._model import CLUSTER_DOMAIN, DEFAULT_NAMESPACE, Endpoint, Node, Service, ServicePort
 
 RESOLVE_CACHE_SIZE = 4096
 """Resolved authorities kept per catalog; the cache is cleared when it is full, so a
@@ -134,7 +134,7 @@ class Catalog:
     """Every node and service the mesh knows at one revision.  Immutable: a change is a
     new Catalog (sources build them, routing swaps them in whole)."""
 
-    __slots__ = ("_by_ip", "_nodes", "_resolved", "_revision", "_services")
+    __slots__ = ("_by_ip", "_nodes", "_ready", "_resolved", "_revision", "_services")
 
     def __init__(
         self,
@@ -178,6 +178,7 @@ class Catalog:
                     ) from None
                 by_ip.setdefault(ip, service)
         self._revision = revision
+        self._ready: dict[tuple[str, str, str | None], tuple[Endpoint, ...]] = {}
         self._services: Mapping[str, Service] = MappingProxyType(by_key)
         self._nodes: Mapping[str, Node] = MappingProxyType(by_name)
         self._by_ip = by_ip
@@ -216,6 +217,22 @@ class Catalog:
     def service(self, key: str) -> Service | None:
         """The service ``namespace/name``, if known."""
         return self._services.get(key)
+
+    def ready_endpoints(
+        self, service: Service, port: ServicePort, node: str | None = None
+    ) -> tuple[Endpoint, ...]:
+        """The ready endpoints of a service port (only those on ``node`` when given).
+        Hot path: computed once per catalog (a catalog never changes), bounded."""
+        key = (service.key, port.name, node)
+        found = self._ready.get(key)
+        if found is None or self._services.get(service.key) is not service:
+            ready = service.ready_endpoints(port)
+            found = ready if node is None else tuple(e for e in ready if e.node == node)
+            if self._services.get(service.key) is service:
+                if len(self._ready) >= RESOLVE_CACHE_SIZE:
+                    self._ready.clear()
+                self._ready[key] = found
+        return found
 
     def resolve(self, authority: bytes) -> tuple[Service, ServicePort]:
         """The service and port an HTTP authority names.

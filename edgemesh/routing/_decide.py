@@ -44,9 +44,9 @@ def decide(
     balancer: RoundRobin,
 ) -> Route:
     """Choose the endpoint and the way out for one exchange."""
-    ready = service.ready_endpoints(port)
+    ready = catalog.ready_endpoints(service, port)
     if role is Role.edge:
-        local = [e for e in ready if e.node == node]
+        local = catalog.ready_endpoints(service, port, node)
         if source is not SourceKind.service_bus:
             # From another node: it chose this node, so deliver here.
             if hint is not None:

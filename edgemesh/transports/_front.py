@@ -155,17 +155,37 @@ class _Exchange:
     # -- IResponder -------------------------------------------------------------
 
     def head(self, head: ResponseHead) -> None:
+        data = self._head_bytes(head)
+        if data is not None:
+            self.front.transport.write(data)  # type: ignore[union-attr]
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        """A whole response at once (the common small one): one write to the client."""
+        data = self._head_bytes(head)
+        if data is None:
+            return
+        if body and not self.no_body and not self.chunked and self.remaining == len(body):
+            self.remaining = 0
+            self.front.transport.write(data + body)  # type: ignore[union-attr]
+        else:
+            self.front.transport.write(data)  # type: ignore[union-attr]
+            if body:
+                self.write(body)
+        self.end()
+
+    def _head_bytes(self, head: ResponseHead) -> bytes | None:
+        """Validate the head and serialize it; None when the exchange failed instead."""
         if self.state != _STARTED:
             if self.state != _DONE:
                 _warn("response head out of order; ignored")
-            return
+            return None
         front = self.front
         status = head.status
         if not 200 <= status <= 999:
             # A 1xx as the final answer would make the client read the next
             # response as this one's: refuse it rather than desynchronise.
             self.fail(MeshError(Reason.upstream_bad_response, f"unusable status {status}"))
-            return
+            return None
         headers = head.headers
         dropped = False
         names = _response_names
@@ -174,7 +194,7 @@ class _Exchange:
             if drop is None:
                 if _TOKEN.fullmatch(name) is None:
                     self.fail(MeshError(Reason.upstream_bad_response, "invalid header name"))
-                    return
+                    return None
                 drop = name.lower() in _FRAMING
                 if len(names) < _RESPONSE_NAMES_BOUND:
                     names[name] = drop
@@ -186,7 +206,7 @@ class _Exchange:
         length = head.content_length
         if length is not None and length < 0:
             self.fail(MeshError(Reason.upstream_bad_response, "negative content length"))
-            return
+            return None
         persist = self.keep_alive and self.request_done and not front._closing
         if self.method == b"HEAD" or status == 204 or status == 304:
             self.no_body = True
@@ -212,10 +232,10 @@ class _Exchange:
         lines = len(headers) + 2 + (framing != b"") + (not persist)
         if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
             self.fail(MeshError(Reason.upstream_bad_response, "invalid response header value"))
-            return
+            return None
         self.persist = persist
         self.state = _HEAD_SENT
-        front.transport.write(data)  # type: ignore[union-attr]
+        return data
 
     def write(self, data: bytes) -> None:
         if self.state != _HEAD_SENT:
@@ -411,6 +431,11 @@ class HTTPFrontProtocol(Protocol):
 
     def stopProducing(self) -> None:
         """The transport is going away; ``connectionLost`` cleans up."""
+
+    def refuse(self, reason: Reason, detail: str) -> None:
+        """Answer ``reason`` once, in request order, log it and close: for a subclass that
+        finds the connection unusable before or instead of parsing (e.g. not HTTP)."""
+        self._reject(reason, detail)
 
     # -- feeding the parser ----------------------------------------------------
 

@@ -229,7 +229,15 @@ class OutboundExchange:
         responder = self.responder
         if type(frame) is Response:
             assert isinstance(frame, Response)
-            responder.head(ResponseHead(frame.status, frame.reason, frame.headers, frame.content_length))
+            head = ResponseHead(frame.status, frame.reason, frame.headers, frame.content_length)
+            complete = getattr(responder, "complete", None)
+            if frame.end and complete is not None:
+                # The whole response in one frame: hand it over whole (one write downstream).
+                self._done()
+                complete(head, frame.body)
+                self.receiver.delivered(len(frame.body))
+                return
+            responder.head(head)
             if frame.body:
                 responder.write(frame.body)
                 self.receiver.delivered(len(frame.body))
@@ -451,6 +459,10 @@ class EnvelopeLink(Protocol):
     """One envelope connection, either side."""
 
     log = Logger()
+    identity_check: Callable[[EnvelopeLink], str | None] | None = None
+    """Set by the role (edgemesh.security): says why the peer's hello may not be trusted
+    (e.g. it names another node than its TLS certificate); the link is then closed before
+    any envelope after the hello is processed."""
 
     def __init__(
         self,
@@ -562,6 +574,11 @@ class EnvelopeLink(Protocol):
             return
         if kind is Hello:
             assert isinstance(frame, Hello)
+            problem = self.identity_check(self) if self.identity_check is not None else None
+            if problem is not None:
+                self.log.warn("refusing link: {problem}", problem=problem)
+                self.close_now(f"refused: {problem}")
+                return
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = self.reactor.callLater(self.heartbeat_interval, self._tick)
