@@ -25,6 +25,8 @@ from twisted.web.server import Request, Site
 
 from ..catalog import Catalog, catalog_from_objects
 from ..roles import EdgeConfig, RouterConfig, build_edge, build_router
+from ..security import TLSConfig
+from ..security._certs import init_ca_dir, issue_into_dir
 
 ROUTER_TUNNEL = 17700
 ROUTER_HTTP = 17780
@@ -70,7 +72,7 @@ def start_pods(reactor: Any, catalog: Catalog) -> list[Any]:
                 if (endpoint.host, endpoint.port) in seen:
                     continue
                 seen.add((endpoint.host, endpoint.port))
-                site = Site(_Pod(endpoint.pod or service.name, endpoint.node or "?"))
+                site = Site(_Pod(endpoint.pod or service.name, endpoint.node or "?"), reactor=reactor)
                 site.noisy = False
                 site.log = lambda request: None  # type: ignore[method-assign]
                 ports.append(reactor.listenTCP(endpoint.port, site, interface=endpoint.host))
@@ -111,9 +113,23 @@ async def _call(agent: IAgent, method: bytes, url: str, body: bytes | None = Non
     return response.code, pod or (f"({error})" if error else "-"), text, elapsed
 
 
+def demo_certificates(names: list[str], router: str = "router") -> str:
+    """A CA and a certificate for the router and each edge, made by ``edgemesh certs``'s own
+    functions in a fresh temporary directory (what ``--tls-dir`` reads); returns it."""
+    directory = tempfile.mkdtemp(prefix="edgemesh-demo-tls-")
+    init_ca_dir(directory, name="edgemesh demo CA")
+    issue_into_dir(directory, router, router=True)
+    for name in names:
+        issue_into_dir(directory, name)
+    return directory
+
+
 async def run(reactor: Any, once: bool) -> int:
     catalog = demo_catalog()
     pods = start_pods(reactor, catalog)
+    # The tunnels and hub links use mutual TLS, as they should everywhere.
+    tls_dir = demo_certificates(list(EDGES))
+    print(f"mTLS between nodes: CA and node certificates in {tls_dir}")
     router = build_router(
         reactor,
         RouterConfig(
@@ -121,6 +137,7 @@ async def run(reactor: Any, once: bool) -> int:
             tunnel=f"tcp:{ROUTER_TUNNEL}:interface=127.0.0.1",
             http=f"tcp:{ROUTER_HTTP}:interface=127.0.0.1",
             admin=f"tcp:{ROUTER_ADMIN}:interface=127.0.0.1",
+            tls=TLSConfig.from_directory(tls_dir, "router"),
         ),
     )
     router.startService()
@@ -135,6 +152,7 @@ async def run(reactor: Any, once: bool) -> int:
                 proxy=f"tcp:{proxy}:interface=127.0.0.1",
                 hub=f"tcp:{hub}:interface=127.0.0.1",
                 admin=f"tcp:{admin}:interface=127.0.0.1",
+                tls=TLSConfig.from_directory(tls_dir, name),
             ),
         )
         edge.startService()

@@ -46,7 +46,7 @@ def admin_site(node: MeshNode) -> Site:
     edges = getattr(node, "edges_view", None)
     if edges is not None:
         root.putChild(b"edges", _JSON(lambda: (200, edges())))
-    site = Site(root)
+    site = Site(root, reactor=node.reactor)
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site
