@@ -41,6 +41,7 @@ from ._http1 import (
     error_body,
     response_head_bytes,
 )
+from ._io import write_now
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -157,7 +158,7 @@ class _Exchange:
     def head(self, head: ResponseHead) -> None:
         data = self._head_bytes(head)
         if data is not None:
-            self.front.transport.write(data)  # type: ignore[union-attr]
+            write_now(self.front.transport, data)
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once (the common small one): one write to the client."""
@@ -166,9 +167,9 @@ class _Exchange:
             return
         if body and not self.no_body and not self.chunked and self.remaining == len(body):
             self.remaining = 0
-            self.front.transport.write(data + body)  # type: ignore[union-attr]
+            write_now(self.front.transport, data + body)
         else:
-            self.front.transport.write(data)  # type: ignore[union-attr]
+            write_now(self.front.transport, data)
             if body:
                 self.write(body)
         self.end()

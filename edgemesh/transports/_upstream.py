@@ -57,6 +57,7 @@ from ..exchange import (
     TargetKind,
 )
 from ._http1 import LAST_CHUNK, chunk, connection_tokens, end_to_end, request_head_bytes
+from ._io import write_now
 
 __all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget"]
 
@@ -479,11 +480,11 @@ class _UpstreamExchange:
             self.head.method, self.head.path, self.head.headers, self.head.content_length
         )
         if self.buffer:
-            transport.write(b"".join([head_bytes, *self.buffer]))
+            write_now(transport, b"".join([head_bytes, *self.buffer]))
             self.buffer = []
             self.buffered = 0
         else:
-            transport.write(head_bytes)
+            write_now(transport, head_bytes)
         self._update_source()
 
     def connect_failed(self, failure: Failure) -> None:

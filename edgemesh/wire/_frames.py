@@ -50,16 +50,16 @@ class ProtocolError(Exception):
 class Limits:
     """Caps enforced on every connection (the peer learns ours in its hello)."""
 
-    max_frame: int = 1 << 20
+    max_frame: int = 256 * 1024
     """Largest frame of any type but CATALOG, in bytes."""
     max_catalog_frame: int = 64 << 20
     max_header_count: int = 100
     max_header_bytes: int = 64 * 1024
     max_streams: int = 1024
     """Concurrent streams the peer may open towards us."""
-    initial_window: int = 256 * 1024
+    initial_window: int = 512 * 1024
     """Body bytes a stream may send before it is granted more credit."""
-    max_data_chunk: int = 64 * 1024
+    max_data_chunk: int = 128 * 1024
 
 
 # --- events (what a peer said) -------------------------------------------------------
@@ -341,6 +341,10 @@ class _ContainerBudget:
         return value
 
 
+def _no_map(value: object) -> object:
+    raise ProtocolError("too many arrays and maps: no map belongs in this frame")
+
+
 def _no_ext(code: int, data: bytes) -> object:
     raise ProtocolError(f"msgpack ext type {code} is not allowed")
 
@@ -349,27 +353,46 @@ def decode_payload(payload: bytes, limits: Limits) -> Frame:
     """Decode and validate one frame payload (without its length prefix)."""
     kind = frame_type(payload)
     catalog = kind == CATALOG
-    # A head has the frame array, the header array and one pair per header (hello: one
-    # settings map); only catalogs hold many records.
-    budget = _ContainerBudget(MAX_CATALOG_CONTAINERS if catalog else limits.max_header_count + 8)
     try:
-        fields = msgpack.unpackb(
-            payload,
-            # A catalog payload is a plain structure with lists (catalog_from_wire's
-            # schema); everything else is checked here, where tuples are cheaper.
-            use_list=catalog,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=limits.max_frame,
-            max_bin_len=limits.max_catalog_frame if catalog else limits.max_frame,
-            # Heads hold at most max_header_count pairs; only catalogs have long arrays.
-            max_array_len=(1 << 20) if catalog else max(16, limits.max_header_count),
-            max_map_len=(1 << 20) if catalog else 16,
-            max_ext_len=0,
-            ext_hook=_no_ext,
-            list_hook=budget.array,
-            object_hook=budget.map,
-        )
+        if kind == HELLO or catalog:
+            # The only frames with maps: count every container and check every key.
+            # A head has the frame array, the header array and one pair per header (hello: one
+            # settings map); only catalogs hold many records.
+            budget = _ContainerBudget(
+                MAX_CATALOG_CONTAINERS if catalog else limits.max_header_count + 8
+            )
+            fields = msgpack.unpackb(
+                payload,
+                # A catalog payload is a plain structure with lists (catalog_from_wire's
+                # schema); everything else is checked here, where tuples are cheaper.
+                use_list=catalog,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=limits.max_frame,
+                max_bin_len=limits.max_catalog_frame if catalog else limits.max_frame,
+                max_array_len=(1 << 20) if catalog else max(16, limits.max_header_count),
+                max_map_len=(1 << 20) if catalog else 16,
+                max_ext_len=0,
+                ext_hook=_no_ext,
+                list_hook=budget.array,
+                object_hook=budget.map,
+            )
+        else:
+            # The hot frames (heads, data, credit) hold no maps: the first one is refused,
+            # and arrays are short tuples (empty ones shared), so the frame cap bounds what
+            # decoding can allocate with no per-array callback.
+            fields = msgpack.unpackb(
+                payload,
+                use_list=False,
+                raw=False,
+                max_str_len=limits.max_frame,
+                max_bin_len=limits.max_frame,
+                max_array_len=max(16, limits.max_header_count),
+                max_map_len=0,
+                max_ext_len=0,
+                ext_hook=_no_ext,
+                object_hook=_no_map,
+            )
     except ProtocolError:
         raise
     except Exception as error:  # noqa: BLE001  msgpack raises a zoo: ValueError, StackError...
