@@ -40,3 +40,14 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+LARGE_BUFFER = 256 * 1024
+"""Read size and write-buffer threshold for connections that carry bodies in bulk
+(links, pod connections): Twisted's 64 KiB default makes every 64 KiB of a large body
+a separate read, frame, and pause/resume of the producers behind it."""
+
+
+def use_large_buffer(transport: Any) -> None:
+    if type(transport) in _PLAIN_TCP or hasattr(transport, "bufferSize"):
+        transport.bufferSize = LARGE_BUFFER

@@ -49,6 +49,7 @@ from ..wire import (
     encode_ping,
     encode_request,
 )
+from ._io import use_large_buffer
 
 _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
@@ -524,6 +525,7 @@ class EnvelopeLink(Protocol):
         transport: Any = self.transport
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
+        use_large_buffer(transport)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
         self.write(self.connection.hello(self.node, self.role))

@@ -57,7 +57,7 @@ from ..exchange import (
     TargetKind,
 )
 from ._http1 import LAST_CHUNK, chunk, connection_tokens, end_to_end, request_head_bytes
-from ._io import write_now
+from ._io import use_large_buffer, write_now
 
 __all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget"]
 
@@ -683,6 +683,7 @@ class _UpstreamConnection(Protocol):
     # Protocol
 
     def connectionMade(self) -> None:
+        use_large_buffer(self.transport)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
