@@ -648,14 +648,17 @@ class EnvelopeLink(Protocol):
     # --- IPushProducer: our transport's buffer ----------------------------------
 
     def pauseProducing(self) -> None:
+        # Lazily: a stream that tries to send while the link is paused queues its
+        # piece and pauses its own producer then.  Pausing every stream's producer
+        # here would cost a pause/resume (epoll changes) per stream per buffer-full.
         self.paused = True
-        for exchange in list(self.exchanges.values()):
-            exchange.sender.update()
 
     def resumeProducing(self) -> None:
         self.paused = False
         for exchange in list(self.exchanges.values()):
-            exchange.on_link_state()
+            sender = exchange.sender
+            if sender.queue or sender.producer_paused or (sender.ending and not sender.done):
+                exchange.on_link_state()
 
     def stopProducing(self) -> None:
         self.close_now("transport stopped")
