@@ -115,8 +115,11 @@ class _Sender:
             allowed = min(conn.send_window(self.sid), chunk)
             if allowed <= 0:
                 break
-            piece, data = data[:allowed], data[allowed:]
-            link.write(conn.send_data(self.sid, piece, False))
+            if allowed < len(data):
+                piece, data = data[:allowed], data[allowed:]
+            else:
+                piece, data = data, b""
+            link.write_parts(conn.send_data_head(self.sid, len(piece), False), piece)
         return data
 
     def flush(self) -> None:
@@ -535,6 +538,11 @@ class EnvelopeLink(Protocol):
         if data and not self.closed:
             assert self.transport is not None
             self.transport.write(data)
+
+    def write_parts(self, head: bytes, data: bytes) -> None:
+        if not self.closed:
+            assert self.transport is not None
+            self.transport.writeSequence((head, data))
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:

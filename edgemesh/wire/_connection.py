@@ -32,6 +32,7 @@ from ._frames import (
     Response,
     Window,
     encode_data,
+    encode_data_head,
     encode_hello,
     encode_pong,
     encode_reset,
@@ -252,6 +253,15 @@ class Connection:
             stream.sent_end = True
             if stream.received_end:
                 self._forget(sid)
+
+    def send_data_head(self, sid: int, size: int, end: bool) -> bytes:
+        """Like send_data, but returns only the frame's head: the caller writes the
+        data after it (no copy of a large body into the frame)."""
+        stream = self._streams.get(sid)
+        if stream is not None and not stream.local and not stream.responded:
+            raise ValueError(f"stream {sid}: body before the response head")
+        self.sent(sid, size, end)
+        return encode_data_head(sid, end, size)
 
     def send_data(self, sid: int, data: bytes, end: bool) -> bytes:
         stream = self._streams.get(sid)

@@ -199,6 +199,20 @@ def encode_data(stream: int, end: bool, data: bytes) -> bytes:
     return _framed(_packb((DATA, stream, FLAG_END if end else 0, data)))
 
 
+def encode_data_head(stream: int, end: bool, size: int) -> bytes:
+    """Everything of a DATA frame but its data, so a large body is never copied into a
+    frame (the same bytes as ``encode_data``: a 4-element array, then bin 8/16/32)."""
+    if size < 0x100:
+        bin_head = b"\xc4" + bytes((size,))
+    elif size < 0x10000:
+        bin_head = b"\xc5" + size.to_bytes(2, "big")
+    else:
+        bin_head = b"\xc6" + size.to_bytes(4, "big")
+    sid: bytes = _packb(stream)
+    head = b"\x94\x02" + sid + (b"\x01" if end else b"\x00") + bin_head
+    return _LENGTH.pack(len(head) + size) + head
+
+
 def encode_response(
     stream: int,
     end: bool,
@@ -252,7 +266,7 @@ _MAX_U31 = (1 << 31) - 1
 _MAX_BODY_LENGTH = 1 << 62
 
 
-def frame_type(payload: bytes) -> int | None:
+def frame_type(payload: bytes | bytearray) -> int | None:
     """The type of a frame from its first payload bytes (None: not enough bytes yet)."""
     if len(payload) < 2:
         return None
@@ -349,7 +363,7 @@ def _no_ext(code: int, data: bytes) -> object:
     raise ProtocolError(f"msgpack ext type {code} is not allowed")
 
 
-def decode_payload(payload: bytes, limits: Limits) -> Frame:
+def decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
     """Decode and validate one frame payload (without its length prefix)."""
     kind = frame_type(payload)
     catalog = kind == CATALOG
@@ -508,6 +522,51 @@ _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
 }
 
 
+def _data_fast(buffer: bytearray, start: int, end: int) -> Data | None:
+    """A well-formed DATA frame without msgpack (one copy of its data instead of
+    three); anything unusual is left to decode_payload, which judges it."""
+    if end - start < 5 or buffer[start] != 0x94 or buffer[start + 1] != DATA:
+        return None
+    pos = start + 2
+    marker = buffer[pos]
+    if marker <= 0x7F:
+        stream = marker
+        pos += 1
+    elif marker == 0xCD:
+        stream = int.from_bytes(buffer[pos + 1 : pos + 3], "big")
+        pos += 3
+    elif marker == 0xCE:
+        stream = int.from_bytes(buffer[pos + 1 : pos + 5], "big")
+        pos += 5
+    elif marker == 0xCC:
+        stream = buffer[pos + 1]
+        pos += 2
+    else:
+        return None
+    if not 1 <= stream <= _MAX_U31 or pos + 2 > end:
+        return None
+    flags = buffer[pos]
+    kind = buffer[pos + 1]
+    pos += 2
+    if flags > 0x7F:
+        return None
+    if kind == 0xC4:
+        width = 1
+    elif kind == 0xC5:
+        width = 2
+    elif kind == 0xC6:
+        width = 4
+    else:
+        return None
+    size = int.from_bytes(buffer[pos : pos + width], "big")
+    pos += width
+    if pos + size != end:
+        return None
+    with memoryview(buffer) as view:
+        data = bytes(view[pos:end])
+    return Data(stream, bool(flags & FLAG_END), data)
+
+
 class FrameDecoder:
     """Split a byte stream into validated frames.  One per connection; after a
     ProtocolError it refuses everything (the connection must be closed).
@@ -553,7 +612,7 @@ class FrameDecoder:
                 end = start + length
                 if len(buffer) < end:
                     break
-                frame = decode_payload(bytes(buffer[start:end]), limits)
+                frame = _data_fast(buffer, start, end) or decode_payload(buffer[start:end], limits)
                 if not self._greeted and type(frame) is Hello:
                     self._large_catalogs = frame.role == ROUTER_ROLE
                 frames.append(frame)
