@@ -39,7 +39,7 @@ DEFAULTS = {
     "THREADS": "1",  # wrk -t
     "WARMUP": "3s",  # unmeasured wrk run before the reps of each (target, body)
     "WRK_TIMEOUT": "10s",  # wrk --timeout (its default 2 s would count slow /big replies as errors)
-    "TARGETS": "direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge",
+    "TARGETS": "direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls",
     "PATHS": "/small /big",  # in this order: the memory check compares after-/small with after-/big
     "LOADGEN_CPU": "0",  # wrk and the origin nginx
     "MESH_CPU": "1",  # every mesh process and the nginx proxy
@@ -65,6 +65,7 @@ MESH_PROCS = ("router", "edge-1", "edge-2")
 # Issue targets, checked in the verdict below the table.
 TARGET_E2E_SMALL_US = 120.0  # edge → edge /small: mesh CPU µs per request
 TARGET_BIG_PER_HOP_X_NGINX = 4.0  # 1 MiB: mesh CPU per request per hop ÷ nginx's hop
+ANCHOR_NGINX_SMALL_US = 16.5  # nginx's hop, /small, in shared/bench-anchors/results-2026-11-25.md
 FLAT_RSS_MIB = 4.0  # "flat": VmHWM after /big at most this much (or 10 %) above after /small
 
 
@@ -85,6 +86,7 @@ class Target:
     port: str  # key of PORTS that wrk drives
     host: str | None = None  # Host header naming the mesh service
     hops: tuple[str, ...] = ()  # mesh processes on the path (their count is the hop count)
+    tls: bool = False  # links between nodes over mutual TLS (else plaintext, --insecure)
 
     @property
     def mesh(self) -> bool:
@@ -102,6 +104,12 @@ TARGETS = {t.name: t for t in (
            "svc-cloud", ("edge-1", "router")),
     Target("p4-cloud-edge", "4: wrk → router → tunnel → edge-2 → origin", "router-http",
            "svc-edge2", ("router", "edge-2")),
+    Target("p2-edge-edge-tls", "2: wrk → edge-1 → TLS hub → edge-2 → origin", "edge-1-proxy",
+           "svc-edge2", ("edge-1", "edge-2"), tls=True),
+    Target("p3-edge-cloud-tls", "3: wrk → edge-1 → TLS tunnel → router → origin",
+           "edge-1-proxy", "svc-cloud", ("edge-1", "router"), tls=True),
+    Target("p4-cloud-edge-tls", "4: wrk → router → TLS tunnel → edge-2 → origin",
+           "router-http", "svc-edge2", ("router", "edge-2"), tls=True),
 )}
 
 
@@ -288,11 +296,45 @@ def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
     return spawn(name, argv, CFG["MESH_CPU"], tmp, env)
 
 
-def start_mesh(tmp: str, generation: int) -> dict[str, Proc]:
+def mesh_security(tmp: str, tls: bool) -> list[str]:
+    """The options that choose plaintext or mutual-TLS links (the same for every node)."""
+    if not tls:
+        # Trees from before TLS links have no --insecure and are always plaintext.
+        return ["--insecure"] if "--insecure" in plugin_help() else []
+    ca = os.path.join(tmp, "ca")
+    if not os.path.exists(os.path.join(ca, "ca.pem")):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        steps = [["init", "--dir", ca]] + [
+            ["issue", "--dir", ca, "--name", name, *(["--router"] if name == "router" else [])]
+            for name in MESH_PROCS]
+        for step in steps:
+            done = subprocess.run([CFG["PYTHON"], "-m", "edgemesh", "certs", *step], env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"edgemesh certs {' '.join(step)}: rc {done.returncode}: "
+                                   + (done.stderr or done.stdout).strip()[-500:])
+    return ["--tls-dir", ca]
+
+
+_plugin_help: list[str] = []
+
+
+def plugin_help() -> str:
+    if not _plugin_help:
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run([CFG["PYTHON"], "-c", "from twisted.scripts.twistd import run; run()",
+                               "edgemesh-edge", "--help"], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        _plugin_help.append(done.stdout + done.stderr)
+    return _plugin_help[0]
+
+
+def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
     """A router and two edges, all on MESH_CPU; returns once both edges acked the catalog."""
     catalog = os.path.join(tmp, "catalog.yaml")
     loop = "interface=127.0.0.1"
-    procs = {"router": twistd("router", "edgemesh-router", [
+    security = mesh_security(tmp, tls)
+    procs = {"router": twistd("router", "edgemesh-router", [*security,
         "--catalog", catalog, "--node", "router",
         "--tunnel", f"tcp:{PORTS['router-tunnel']}:{loop}",
         "--http", f"tcp:{PORTS['router-http']}:{loop}",
@@ -301,7 +343,7 @@ def start_mesh(tmp: str, generation: int) -> dict[str, Proc]:
     for edge in ("edge-1", "edge-2"):
         state = os.path.join(tmp, f"state-{edge}-{generation}")  # fresh: no stored catalog
         procs[edge] = twistd(edge, "edgemesh-edge", [
-            "--node", edge, "--state-dir", state, "--catalog", catalog,
+            *security, "--node", edge, "--state-dir", state, "--catalog", catalog,
             "--router", f"tcp:127.0.0.1:{PORTS['router-tunnel']}",
             "--proxy", f"tcp:{PORTS[edge + '-proxy']}:{loop}",
             "--hub", f"tcp:{PORTS[edge + '-hub']}:{loop}"], tmp)
@@ -516,11 +558,11 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
         if target.mesh:
             # A first mesh only checks the bodies; a fresh one is measured, so that its VmHWM
             # after the /small runs has seen no 1 MiB body yet.
-            mesh = start_mesh(tmp, generation)
+            mesh = start_mesh(tmp, generation, target.tls)
             check_until_ready(target, bodies, paths)
             for name in reversed(MESH_PROCS):
-                stop(mesh[name])
-            mesh = start_mesh(tmp, generation + 1)
+                stop(mesh[name], grace=5.0)
+            mesh = start_mesh(tmp, generation + 1, target.tls)
             check_until_ready(target, bodies, paths[:1])
             groups = {name: [mesh[name].pid] for name in MESH_PROCS}
             rss_pids = {name: mesh[name].pid for name in MESH_PROCS}
@@ -555,7 +597,7 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
                 raise RuntimeError(f"{name} died during the runs:\n{tail(proc.log)}")
     finally:
         for proc in [*(mesh[n] for n in reversed(MESH_PROCS) if n in mesh), *proxies]:
-            stop(proc)
+            stop(proc, grace=5.0)
     return run
 
 
@@ -629,8 +671,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     stages = ["idle", *paths]
     memory = ["| target | process | " + " | ".join(
         "VmHWM MiB " + ("after start + /small check" if s == "idle" else f"after {s} runs")
-        for s in stages) + " | growth (last − first body) | flat? |",
-        "|---|---|" + "---:|" * len(stages) + "---:|---|"]
+        for s in stages) + " | growth (last − first body) | growth per connection | flat? |",
+        "|---|---|" + "---:|" * len(stages) + "---:|---:|---|"]
+    conns = int(CFG["CONNS"])
     rss_growth: list[tuple[str, str, float, bool]] = []
     for tname, run in runs.items():
         target = TARGETS[tname]
@@ -638,26 +681,37 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             if target.mesh and proc not in target.hops:
                 continue
             vals = [run.hwm_kib.get(s, {}).get(proc) for s in stages]
-            first, last = vals[1] if len(vals) > 1 else None, vals[-1]
+            first, last = (vals[1], vals[-1]) if len(vals) > 2 else (None, None)
             grow = (last - first) / mib if first and last else None
             flat = grow is not None and first is not None and (
                 grow <= FLAT_RSS_MIB or grow <= 0.10 * first / mib)
+            per_conn = fmt(grow * 1024 / conns if grow is not None else None, "+.0f")
             if grow is not None and target.mesh:
                 rss_growth.append((tname, proc, grow, flat))
             memory.append(f"| {tname} | {proc} | " + " | ".join(
                 fmt(v / mib if v else None, ".1f") for v in vals)
-                + f" | {fmt(grow, '+.1f')} MiB | {'yes' if flat else 'NO'} |")
+                + f" | {fmt(grow, '+.1f')} MiB | {per_conn} KiB | "
+                + ("-" if grow is None else "yes" if flat else "NO") + " |")
 
     # Verdict against the issue's targets.
     verdict = []
-    e2e = base("p2-edge-edge", "/small", "proxy_cpu_us_per_req")
-    if e2e is not None:
+    for e2e_name in ("p2-edge-edge", "p2-edge-edge-tls"):
+        e2e = base(e2e_name, "/small", "proxy_cpu_us_per_req")
+        if e2e is None:
+            continue
         verdict.append(
-            f"- edge → edge /small: {e2e:.1f} µs of mesh CPU per request (both edges; "
+            f"- {e2e_name} /small: {e2e:.1f} µs of mesh CPU per request (both edges; "
             f"{e2e / 2:.1f} per hop) — target ≤ {TARGET_E2E_SMALL_US:.0f}: "
-            + ("**met**" if e2e <= TARGET_E2E_SMALL_US else "**NOT met**")
-            + (f" (nginx's hop: {base('nginx', '/small', 'proxy_cpu_us_per_req'):.1f})"
-               if base("nginx", "/small", "proxy_cpu_us_per_req") else ""))
+            + ("**met**" if e2e <= TARGET_E2E_SMALL_US else "**NOT met**"))
+        n_small = base("nginx", "/small", "proxy_cpu_us_per_req")
+        if n_small:
+            # The target was set on the anchors' machine; this one may be faster or slower.
+            speed = n_small / ANCHOR_NGINX_SMALL_US
+            verdict.append(
+                f"  - nginx's hop here: {n_small:.1f} µs/req, {speed:.2f}× the anchors' "
+                f"{ANCHOR_NGINX_SMALL_US}; the mesh scaled to the anchors' machine: "
+                f"{e2e / speed:.0f} µs/req ({e2e / n_small:.1f}× nginx's hop; the target is "
+                f"{TARGET_E2E_SMALL_US / ANCHOR_NGINX_SMALL_US:.1f}×)")
     n_big = base("nginx", "/big", "proxy_cpu_us_per_req")
     for tname in med_:
         target = TARGETS[tname]
@@ -672,7 +726,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         worst = max(rss_growth, key=lambda g: g[2])
         ok = all(g[3] for g in rss_growth)
         verdict.append(f"- peak RSS across body sizes: largest growth {worst[2]:+.1f} MiB "
-                       f"({worst[1]} in {worst[0]}) — flat (≤ {FLAT_RSS_MIB:.0f} MiB or 10 %): "
+                       f"({worst[1]} in {worst[0]}; {worst[2] * 1024 / conns:.0f} KiB per "
+                       f"connection, where buffering whole bodies would cost "
+                       f"{BIG_SIZE >> 10} KiB) — flat (≤ {FLAT_RSS_MIB:.0f} MiB or 10 %): "
                        + ("**yes**" if ok else "**NO**"))
     errors = sum(a["non_2xx"] + a["socket_errors"] for per in med_.values() for a in per.values())
     verdict.append(f"- errors (non-2xx + socket errors, all runs): {errors}")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # edgemesh benchmark: direct, one nginx proxy hop, and the mesh's four request paths, on
 # loopback, with wrk.  From the repository root (as root on a fresh Debian machine):
-#     bash bench/run.sh                      # about 9 min with the defaults; prints a table
+#     bash bench/run.sh                      # about 10 min with the defaults; prints a table
 #     DURATION=5s REPS=1 WARMUP=1s bash bench/run.sh     # a quick look
 #     PYSPY=1 TARGETS=p2-edge-edge PATHS=/small bash bench/run.sh   # where the time goes
 # Knobs (env): DURATION=10s REPS=3 CONNS=32 THREADS=1 WARMUP=3s WRK_TIMEOUT=10s
-#   TARGETS="direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge" PATHS="/small /big"
+#   TARGETS="direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls"
+#     (also p3-edge-cloud-tls p4-cloud-edge-tls)  PATHS="/small /big"
 #   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
+#   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
 set -euo pipefail

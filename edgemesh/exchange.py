@@ -85,10 +85,13 @@ class MeshError(Exception):
     """An exchange failed inside the mesh: carries the reason and a one-line detail
     (plain text; whoever renders it must escape it for the medium)."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, *, unsent: bool = False) -> None:
         super().__init__(f"{reason.code}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.unsent = unsent
+        """Nothing of the request left this node (e.g. the connection was refused): the
+        exchange may be retried elsewhere whatever its method."""
 
     @property
     def status(self) -> int:
@@ -137,6 +140,9 @@ class Route:
     """The chosen endpoint (None: the target chooses, e.g. the ClusterIP)."""
     peer: str | None = None
     """The node to send to (hub/tunnel targets)."""
+    timeout: float | None = None
+    """The request timeout until the response head (the service's policy); None: the
+    target's own default."""
 
 
 class IRequestBody(Interface):

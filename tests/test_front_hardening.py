@@ -7,6 +7,7 @@ connection and dispatched nothing for the offending request.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -581,7 +582,8 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 FUZZ = settings(
-    max_examples=250,
+    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
+    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
     deadline=2000,
     suppress_health_check=[HealthCheck.too_slow],
 )

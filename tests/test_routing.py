@@ -35,11 +35,13 @@ from edgemesh.routing import (
     EDGE_RULES,
     ROUTER_PEER,
     ROUTER_RULES,
+    GuardedExchange,
     Pipeline,
     RoundRobin,
     decide,
     rules_table,
 )
+from edgemesh.routing._guard import GuardedBody
 
 HTTP = ServicePort("http", 80, 8080)
 ADMIN = ServicePort("admin", 9000, 9000)
@@ -430,10 +432,12 @@ def test_rules_table() -> None:
 def test_dispatch_routes_to_the_target(authority: bytes, kind: TargetKind, endpoint: Endpoint) -> None:
     pipeline, targets = edge_pipeline()
     body = pipeline.dispatch(SourceKind.service_bus, head(authority), RESPONDER)
-    assert body is targets[kind].body
+    # The pipeline's guard stands between the source and the target, both ways.
+    assert isinstance(body, GuardedBody) and body.guard.inner is targets[kind].body
     [(route, seen_head, responder)] = targets[kind].opened
     assert route.target is kind and route.endpoint == endpoint and route.port is HTTP
-    assert seen_head.authority == authority and responder is RESPONDER
+    assert seen_head.authority == authority
+    assert isinstance(responder, GuardedExchange) and responder.responder is RESPONDER
     assert sum(len(t.opened) for t in targets.values()) == 1
 
 
@@ -512,6 +516,8 @@ def test_missing_target_is_an_error_not_a_crash() -> None:
 
 
 def test_target_errors_propagate() -> None:
+    """A target that raises in open (before sending anything): after a retry elsewhere when
+    there is an elsewhere (here there is none), the error propagates to the source."""
     pipeline, targets = edge_pipeline()
 
     def refuse(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
@@ -521,6 +527,7 @@ def test_target_errors_propagate() -> None:
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"remote.shop"), RESPONDER)
     assert caught.value.reason is Reason.peer_unavailable
+    assert pipeline.in_flight == 0
 
 
 def test_a_new_catalog_takes_effect_at_once() -> None:

@@ -61,15 +61,24 @@ def reactor(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryReactorClock]:
     yield fake
 
 
+_TLS_OPTIONS = ("--insecure", "--ca", "--cert", "--key", "--tls-dir")
+
+
+def _plaintext_unless_tls(argv: tuple[str, ...]) -> list[str]:
+    """These tests are about other options: plaintext links unless TLS is asked for (the
+    TLS options are tested in test_tls.py)."""
+    return list(argv) if any(a.split("=")[0] in _TLS_OPTIONS for a in argv) else ["--insecure", *argv]
+
+
 def router_options(*argv: str) -> router_tap.Options:
     options = router_tap.Options()  # type: ignore[no-untyped-call]
-    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    options.parseOptions(_plaintext_unless_tls(argv))  # type: ignore[no-untyped-call]
     return options
 
 
 def edge_options(*argv: str) -> edge_tap.Options:
     options = edge_tap.Options()  # type: ignore[no-untyped-call]
-    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    options.parseOptions(_plaintext_unless_tls(argv))  # type: ignore[no-untyped-call]
     return options
 
 
@@ -276,7 +285,7 @@ def test_router_make_service(catalog_file: str, reactor: MemoryReactorClock) -> 
     assert {name: listener.description for name, listener in service.listeners.items()} == {
         "tunnel": "tcp:7000",
         "http": "tcp:7080:interface=127.0.0.1",
-        "admin": "tcp:7090",
+        "admin": "tcp:7090:interface=127.0.0.1",  # a bare port: loopback only
     }
     assert service.catalog is options["catalog_value"]
     assert service.config.request_timeout == 7.0
@@ -285,7 +294,7 @@ def test_router_make_service(catalog_file: str, reactor: MemoryReactorClock) -> 
     assert reactor.tcpServers == []
     service.privilegedStartService()  # type: ignore[no-untyped-call]
     assert sorted((port, interface) for port, _, _, interface in reactor.tcpServers) == [
-        (7000, ""), (7080, "127.0.0.1"), (7090, ""),
+        (7000, ""), (7080, "127.0.0.1"), (7090, "127.0.0.1"),
     ]
 
 
@@ -320,3 +329,12 @@ def test_edge_make_service_without_router(tmp_path: Path, reactor: MemoryReactor
     service.startService()
     assert reactor.tcpClients == []
     service.stopService()
+
+
+def test_header_limits_are_options(catalog_file: str) -> None:
+    """Hardening scenario 8: the header limits are options, with Envoy's defaults."""
+    assert router_options("--catalog", catalog_file).front_limits() == FrontLimits()
+    options = router_options("--catalog", catalog_file, "--max-headers", "20", "--max-header-bytes", "8KiB")
+    assert options.front_limits() == FrontLimits(max_header_count=20, max_header_bytes=8 << 10)
+    with pytest.raises(usage.UsageError):
+        router_options("--catalog", catalog_file, "--max-headers", "0")

@@ -1,5 +1,13 @@
 """The catalog layer: nodes, services and endpoints; where they come from is not its business."""
 from ._catalog import RESOLVE_CACHE_SIZE, Catalog
+from ._delta import (
+    CatalogDelta,
+    DeltaError,
+    apply_delta,
+    delta_from_wire,
+    delta_to_wire,
+    diff_catalogs,
+)
 from ._manifest import (
     SERVICE_NAME_LABEL,
     EndpointSliceObject,
@@ -40,7 +48,9 @@ __all__ = [
     "SERVICE_NAME_LABEL",
     "ZONE_LABEL",
     "Catalog",
+    "CatalogDelta",
     "CatalogStore",
+    "DeltaError",
     "Endpoint",
     "EndpointSliceObject",
     "ManifestError",
@@ -51,10 +61,14 @@ __all__ = [
     "ServicePort",
     "SliceEndpoint",
     "SnapshotError",
+    "apply_delta",
     "assemble_catalog",
     "catalog_from_objects",
     "catalog_from_wire",
     "catalog_to_wire",
+    "delta_from_wire",
+    "delta_to_wire",
+    "diff_catalogs",
     "load_manifest",
     "parse_endpoint_slice",
     "parse_node",

@@ -8,6 +8,7 @@ cached by the raw authority bytes in a small bounded dict.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -58,6 +59,13 @@ def _parse_port(authority: bytes, digits: bytes) -> int:
 
 
 _Host = bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=16384)
+def _cluster_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parsing is most of the cost of a Catalog (one per push on every edge): the same
+    clusterIPs come back in every revision, so keep them parsed (bounded)."""
+    return ipaddress.ip_address(text)
 
 
 def _split_authority(authority: bytes) -> tuple[_Host, int | None]:
@@ -171,7 +179,7 @@ class Catalog:
             service = by_key[key]
             if service.cluster_ip is not None:
                 try:
-                    ip = ipaddress.ip_address(service.cluster_ip)
+                    ip = _cluster_ip(service.cluster_ip)
                 except ValueError:
                     raise ValueError(
                         f"service {key}: cluster_ip {service.cluster_ip!r} is not an IP address"

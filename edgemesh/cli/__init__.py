@@ -12,10 +12,23 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _certs(argv: list[str]) -> int:
+    from edgemesh.cli._certs import main as certs_main
+
+    return certs_main(argv)
+
+
+def _iptables(argv: list[str]) -> int:
+    from edgemesh.capture._cli import main as iptables_main
+
+    return iptables_main(argv)
+
+
 # name -> (one-line help, runner given every argument after the name, untouched).
-# TODO(lead): `certs` and `iptables` go here.
 _COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "demo": ("start a small mesh on loopback and send requests through it", _demo),
+    "certs": ("make a CA and node certificates for mutual TLS between nodes", _certs),
+    "iptables": ("install, remove or show the transparent-capture iptables rules", _iptables),
 }
 
 

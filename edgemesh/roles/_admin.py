@@ -1,23 +1,65 @@
-"""The admin API: a small JSON web site on its own (loopback by default) listener."""
+"""The admin API: a small JSON web site on its own (loopback by default) listener.
+
+Every page is a GET; JSON pages answer ``application/json``:
+
+- ``/healthz``: ``{"status": "ok"}`` (200) while the node serves, ``{"status": "starting"}``
+  (503) before it started and after it stopped.  For liveness probes.
+- ``/readyz``: ``{"ready": bool, "checks": {name: bool}, "detail": {name: text}}``, 200 when
+  ready, else 503.  Checks: ``started``, ``listeners`` (every listener bound), ``catalog``
+  (router: the catalog source listed once; edge: a catalog from the store, ``--catalog`` or
+  the router) and every gate set on ``node.observer.readiness`` (e.g. the Kubernetes watch).
+  For readiness probes.
+- ``/catalog``: the catalog in use, in its wire form (``catalog_to_wire``).
+- ``/status``: role, node, serving, catalog revision, link names and the pipeline.
+- ``/edges`` (router only): the connected edges: ``node``, ``connected_since``,
+  ``connected_for``, ``acked_revision``, ``lag`` (revisions behind), ``rtt``.
+- ``/peers``: the links to other nodes: ``peer``, ``link`` (``tunnel``, ``hub-out``,
+  ``hub-in``), ``mode`` (``direct``, or ``relayed`` for an edge's tunnel: the router forwards
+  what goes over it), ``connected``, ``connected_since``, ``connected_for``,
+  ``disconnected_at``, ``last_reason``, ``reconnects``, ``rtt`` (seconds, last heartbeat),
+  ``streams`` (exchanges open on the link).
+- ``/config``: the effective configuration (RouterConfig or EdgeConfig) plus ``role``; file
+  paths only, never key material.
+- ``/metrics``: Prometheus exposition (OpenMetrics when the scraper asks for it).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ..catalog import catalog_to_wire
+from ..observability import MeshCollector, config_to_json, exposition, node_registry
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from ._node import MeshNode
+
+LOOPBACK = "127.0.0.1"
+
+
+def admin_endpoint(description: str) -> str:
+    """The admin listener's endpoint string: a TCP port without an interface listens on
+    loopback only (``tcp:7790`` → ``tcp:7790:interface=127.0.0.1``; a bare ``7790`` too)."""
+    text = description.strip()
+    if text.isdigit():
+        return f"tcp:{text}:interface={LOOPBACK}"
+    kind, colon, rest = text.partition(":")
+    if colon and kind.lower() in ("tcp", "tcp6") and "interface=" not in rest:
+        loopback = LOOPBACK if kind.lower() == "tcp" else "\\:\\:1"
+        return f"{text}:interface={loopback}"
+    return text
 
 
 class _JSON(Resource):
     isLeaf = True
 
-    def __init__(self, produce: Any) -> None:
+    def __init__(self, produce: Callable[[], tuple[int, object]]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.produce = produce
 
@@ -28,11 +70,54 @@ class _JSON(Resource):
         return json.dumps(body, indent=1, sort_keys=True, default=str).encode() + b"\n"
 
 
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader(b"accept")
+        body, content_type = exposition(self.registry, accept.decode("latin-1") if accept else None)
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        return body
+
+
+def readiness(node: MeshNode) -> tuple[bool, dict[str, bool], dict[str, str]]:
+    """(ready, checks, detail) as ``/readyz`` shows them."""
+    catalog = node.catalog
+    if hasattr(node, "catalog_pending"):
+        loaded = not node.catalog_pending
+        why = "waiting for the catalog source to list"
+    else:
+        loaded = catalog.revision > 0 or bool(catalog.services) or bool(catalog.nodes)
+        why = "no catalog yet (none stored, none given, none pushed)"
+    down = sorted(name for name, listener in node.listeners.items() if listener.port is None)
+    checks = {"started": node.serving, "listeners": not down, "catalog": loaded}
+    detail: dict[str, str] = {}
+    if not node.serving:
+        detail["started"] = "not serving (starting or stopping)"
+    if down:
+        detail["listeners"] = "not listening: " + ", ".join(down)
+    if not loaded:
+        detail["catalog"] = why
+    for name, (ready, text) in sorted(node.observer.readiness.gates.items()):
+        checks[name] = ready
+        if text:
+            detail[name] = text
+    return all(checks.values()), checks, detail
+
+
 def admin_site(node: MeshNode) -> Site:
     root = Resource()
 
     def healthz() -> tuple[int, object]:
         return (200 if node.serving else 503), {"status": "ok" if node.serving else "starting"}
+
+    def readyz() -> tuple[int, object]:
+        ready, checks, detail = readiness(node)
+        return (200 if ready else 503), {"ready": ready, "checks": checks, "detail": detail}
 
     def catalog() -> tuple[int, object]:
         return 200, catalog_to_wire(node.catalog)
@@ -40,12 +125,25 @@ def admin_site(node: MeshNode) -> Site:
     def status() -> tuple[int, object]:
         return 200, {**node.status(), "pipeline": node.pipeline.describe()}
 
+    def peers() -> tuple[int, object]:
+        return 200, node.observer.peers_view()
+
+    def config() -> tuple[int, object]:
+        settings: Any = getattr(node, "config", None)
+        shown = config_to_json(settings)
+        return 200, {"role": node.role.value, **(shown if isinstance(shown, dict) else {})}
+
     root.putChild(b"healthz", _JSON(healthz))
+    root.putChild(b"readyz", _JSON(readyz))
     root.putChild(b"catalog", _JSON(catalog))
     root.putChild(b"status", _JSON(status))
+    root.putChild(b"peers", _JSON(peers))
+    root.putChild(b"config", _JSON(config))
     edges = getattr(node, "edges_view", None)
     if edges is not None:
         root.putChild(b"edges", _JSON(lambda: (200, edges())))
+    collector = MeshCollector(node.observer, lambda: node.catalog, edges)
+    root.putChild(b"metrics", _Metrics(node_registry(collector)))
     site = Site(root, reactor=node.reactor)
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]

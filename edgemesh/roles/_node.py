@@ -7,8 +7,8 @@ through the tap modules; an embedding application calls them directly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..catalog import Catalog, CatalogStore, SnapshotError, catalog_from_wire, catalog_to_wire
+from ..catalog import Catalog, CatalogStore
 from ..exchange import (
     IRequestBody,
     IResponder,
@@ -35,7 +35,9 @@ from ..exchange import (
     SourceKind,
     TargetKind,
 )
-from ..routing import ROUTER_PEER, Pipeline
+from ..observability import MeshObserver, ObservabilityConfig
+from ..routing import ROUTER_PEER, Pipeline, Resilience
+from ..security import LinkSecurity, TLSConfig, link_security
 from ..transports import (
     EnvelopeLink,
     FrontLimits,
@@ -45,7 +47,13 @@ from ..transports import (
     LinkTarget,
     ready_or_lost,
 )
-from ..wire import Ack, CatalogPush, GoAway, Limits, Request, encode_ack, encode_catalog
+from ..wire import Ack, CatalogPush, GoAway, Limits, Request
+from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
+from ._resilience import drain, track_link
+
+if TYPE_CHECKING:
+    from ..capture import CaptureConfig
+    from ..dns import DNSConfig
 
 log = Logger()
 
@@ -63,6 +71,18 @@ class RouterConfig:
     wire: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    tls: TLSConfig | None = None
+    """Mutual TLS on the tunnels; None: plaintext (``--insecure``)."""
+    push_interval: float = DEFAULT_PUSH_INTERVAL
+    """Seconds between two catalog deltas to one edge, at least (bursts coalesce)."""
+    catalog_pending: bool = False
+    """The catalog comes from a source that has not listed yet: edges get no push (and keep
+    theirs) until the first ``set_catalog``."""
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """Access log and metrics bounds."""
+    resilience: Resilience = field(default_factory=Resilience)
+    """Retries, outlier ejection, overload limits, heartbeats, drain (its request_timeout
+    is ``request_timeout`` above)."""
 
 
 @dataclass
@@ -82,6 +102,19 @@ class EdgeConfig:
     wire: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    tls: TLSConfig | None = None
+    """Mutual TLS on the tunnel and hub links; None: plaintext (``--insecure``)."""
+    router_name: str = "router"
+    """The router's node name: its TLS certificate must name it."""
+    capture: CaptureConfig | None = None
+    """Transparent capture: iptables REDIRECT to a listener reading SO_ORIGINAL_DST."""
+    dns: DNSConfig | None = None
+    """The DNS server for service names (from the live catalog)."""
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """Access log and metrics bounds."""
+    resilience: Resilience = field(default_factory=Resilience)
+    """Retries, outlier ejection, overload limits, heartbeats, drain (its request_timeout
+    is ``request_timeout`` above)."""
 
 
 @implementer(ISource)
@@ -131,11 +164,17 @@ class Listener(Service):
 class TunnelClient(ClientService):
     """The edge's Source/Target link to the router: connected and reconnected by ClientService."""
 
-    def __init__(self, reactor: Any, description: str, make_link: Callable[[], EnvelopeLink]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        make_link: Callable[[], EnvelopeLink],
+        secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = lambda endpoint: endpoint,
+    ) -> None:
         self.kind = SourceKind.tunnel
         self.description = description
         super().__init__(
-            clientFromString(reactor, description),
+            secure(clientFromString(reactor, description)),
             Factory.forProtocol(make_link),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=reactor,
@@ -149,17 +188,6 @@ def _request_head(request: Request) -> RequestHead:
     )
 
 
-@dataclass
-class EdgeState:
-    """The router's view of one connected edge."""
-
-    node: str
-    connected_since: float
-    link: EnvelopeLink
-    acked: int | None = None
-    sent: int | None = None
-
-
 class MeshNode(MultiService):
     """A running router or edge: a service tree plus the pipeline it serves."""
 
@@ -167,11 +195,15 @@ class MeshNode(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.role = role
-        self.pipeline = Pipeline(role, node, catalog)
+        self.pipeline = Pipeline(role, node, catalog, clock=reactor)
+        self.observer = MeshObserver(reactor, role, node)
+        self.observer.attach(self.pipeline)
         self.links: dict[str, EnvelopeLink] = {}
         self.listeners: dict[str, Listener] = {}
         self.serving = False
         self.started_at = 0.0
+        self.status_parts: dict[str, Callable[[], object]] = {}
+        """More sections of ``status()`` (e.g. the Kubernetes watch), by name."""
 
     @property
     def catalog(self) -> Catalog:
@@ -190,7 +222,9 @@ class MeshNode(MultiService):
         def route(head: RequestHead, responder: IResponder) -> IRequestBody:
             return dispatch(kind, head, responder)
 
-        return HTTPFrontFactory(self.reactor, route, limits)
+        factory = HTTPFrontFactory(self.reactor, route, limits)
+        factory.rejected = self.observer.rejected
+        return factory
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -199,8 +233,8 @@ class MeshNode(MultiService):
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
-        stopped: Deferred[None] | None = super().stopService()  # type: ignore[no-untyped-call]
-        return stopped
+        # Graceful drain first (SIGTERM), then the children: see roles/_resilience.py.
+        return drain(self, self.pipeline.settings, super().stopService)
 
     def status(self) -> dict[str, object]:
         return {
@@ -209,6 +243,7 @@ class MeshNode(MultiService):
             "serving": self.serving,
             "catalog_revision": self.catalog.revision,
             "links": sorted(self.links),
+            **{name: part() for name, part in self.status_parts.items()},
         }
 
 
@@ -219,6 +254,10 @@ class RouterNode(MeshNode):
         super().__init__(reactor, Role.router, config.node, config.catalog)
         self.config = config
         self.edges: dict[str, EdgeState] = {}
+        self.pusher = CatalogPusher(reactor, lambda: self.catalog, config.push_interval)
+        self.catalog_pending = config.catalog_pending
+        self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.router.value)
+        self.security.service.setServiceParent(self)
 
     # LinkHandler
     def link_ready(self, link: EnvelopeLink) -> None:
@@ -234,26 +273,34 @@ class RouterNode(MeshNode):
         self.links[peer.node] = link
         state = EdgeState(peer.node, self.reactor.seconds(), link)
         self.edges[peer.node] = state
+        self.observer.link_up(peer.node, "tunnel", link)
+        self.pipeline.peer_back(peer.node)
         log.info("edge {node} connected", node=peer.node)
-        self.push_snapshot(state)
-
-    def push_snapshot(self, state: EdgeState) -> None:
-        catalog = self.catalog
-        state.sent = catalog.revision
-        state.link.send_control(encode_catalog(catalog.revision, "snapshot", catalog_to_wire(catalog)))
-
-    def set_catalog(self, catalog: Catalog) -> None:
-        """Replace the catalog and push it to every connected edge at once."""
-        self.pipeline.catalog = catalog
-        for state in list(self.edges.values()):
+        if not self.catalog_pending:
             self.push_snapshot(state)
 
+    def push_snapshot(self, state: EdgeState) -> None:
+        self.pusher.snapshot(state)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Replace the catalog and push it to every connected edge: at once, or, within
+        ``push_interval`` of the last push to an edge, at the end of that interval."""
+        current = self.catalog
+        if catalog.revision <= current.revision and not self.catalog_pending:
+            # Edges take only newer revisions: keep them growing whatever the caller says.
+            catalog = catalog.with_revision(current.revision + 1)
+        self.catalog_pending = False
+        self.pipeline.catalog = catalog
+        self.pusher.changed(list(self.edges.values()))
+
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.observer.link_down(link, reason)
         peer = link.peer
         if peer is None:
             return
         state = self.edges.get(peer.node)
         if state is not None and state.link is link:
+            self.pusher.cancel(state)
             del self.edges[peer.node]
             self.links.pop(peer.node, None)
             log.info("edge {node} disconnected: {reason}", node=peer.node, reason=reason)
@@ -265,10 +312,12 @@ class RouterNode(MeshNode):
 
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         peer = link.peer
+        if isinstance(frame, GoAway) and peer is not None:
+            self.pipeline.peer_draining(peer.node)  # it is stopping: choose it no more
         if isinstance(frame, Ack) and peer is not None:
             state = self.edges.get(peer.node)
             if state is not None and state.link is link:
-                state.acked = frame.revision
+                self.pusher.acked(state, frame.revision)
 
     def edges_view(self) -> list[dict[str, object]]:
         now = self.reactor.seconds()
@@ -306,8 +355,12 @@ class _EdgeLinks:
             log.info("connected to router {node}", node=peer.node)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
+        kind = "tunnel" if self.source is SourceKind.tunnel else "hub-in" if self.expect is None else "hub-out"
+        self.edge.observer.link_up(peer.node, kind, link)
+        self.edge.pipeline.peer_back(peer.node)
 
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.edge.observer.link_down(link, reason)
         for name, known in list(self.edge.links.items()):
             if known is link:
                 del self.edge.links[name]
@@ -322,6 +375,8 @@ class _EdgeLinks:
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         if isinstance(frame, CatalogPush) and self.source is SourceKind.tunnel:
             self.edge.apply_push(link, frame)
+        elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
+            self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
 
 
 class EdgeNode(MeshNode):
@@ -337,31 +392,34 @@ class EdgeNode(MeshNode):
         super().__init__(reactor, Role.edge, config.node, catalog)
         self.config = config
         self.hub_dialer: HubDialer | None = None
+        # Pushes are stored in a thread (real reactors), acked once durable, one write at a time.
+        self.follower = CatalogFollower(
+            self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor)
+        )
+        self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.edge.value)
+        self.security.service.setServiceParent(self)
 
     def stopService(self) -> Deferred[None] | None:
         stopped = super().stopService()
-        if self.hub_dialer is not None:
-            self.hub_dialer.stop()
-        return stopped
+        dialer = self.hub_dialer
+        if dialer is None:
+            return stopped
+        if stopped is None:
+            dialer.stop()
+            return None
+
+        def stop_dialer(result: None) -> None:
+            dialer.stop()  # after the drain: exchanges over hub links finish first
+            return result
+
+        return stopped.addCallback(stop_dialer)
 
     def apply_push(self, link: EnvelopeLink, push: CatalogPush) -> None:
-        try:
-            catalog = catalog_from_wire(push.payload).with_revision(push.revision)
-        except SnapshotError as error:
-            log.warn("closing tunnel: invalid catalog push: {error}", error=str(error))
-            link.close_now("invalid catalog")
-            return
+        """A snapshot or a delta from the router (see roles/_push.py for the rules)."""
+        self.follower.apply(link, push)
+
+    def _set_catalog(self, catalog: Catalog) -> None:
         self.pipeline.catalog = catalog
-        # Acked only once durable: the router may then count on this edge surviving a restart with it.
-        try:
-            self.store.save(catalog)
-        except (OSError, ValueError) as error:
-            log.error("catalog revision {revision} not persisted, not acked: {error}",
-                      revision=push.revision, error=str(error))
-            return
-        link.send_control(encode_ack(push.revision))
-        log.info("catalog revision {revision}: {count} services", revision=push.revision,
-                 count=len(catalog.services))
 
     def hub_endpoint(self, peer: str) -> IStreamClientEndpoint | None:
         node = self.catalog.node(peer)
@@ -369,13 +427,17 @@ class EdgeNode(MeshNode):
             return None
         # An endpoint object, not a string: strings take whole seconds only (0.5 s would be 0).
         make = TCP6ClientEndpoint if ":" in node.hub_host else TCP4ClientEndpoint
-        return make(self.reactor, node.hub_host, node.hub_port, timeout=self.config.connect_timeout)
+        endpoint = make(self.reactor, node.hub_host, node.hub_port, timeout=self.config.connect_timeout)
+        return self.security.client_endpoint(endpoint, peer)
 
 
 def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     """The cloud router, ready to start (``startService``) in ``reactor``."""
     node = RouterNode(reactor, config)
+    node.observer.configure(config.observability)
     pipeline = node.pipeline
+    pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
+    beats = config.resilience
     pipeline.add_target(
         HTTPUpstreamTarget(
             reactor, TargetKind.cluster_ip,
@@ -385,9 +447,13 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
 
     def make_link() -> EnvelopeLink:
-        return EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire)
+        link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire,
+                            heartbeat_interval=beats.heartbeat_interval, heartbeat_timeout=beats.heartbeat_timeout)
+        track_link(node, link)
+        # Only edges, and only those the catalog knows; with TLS, as their certificates say.
+        return node.security.guard(link, role=Role.edge.value, known=lambda name: node.catalog.is_edge(name))
 
-    node.listen("tunnel", SourceKind.tunnel, config.tunnel, Factory.forProtocol(make_link))
+    node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
     if config.http is not None:
         node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
     if config.admin is not None:
@@ -398,7 +464,10 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
 def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     """An edge node's service bus, ready to start (``startService``) in ``reactor``."""
     node = EdgeNode(reactor, config)
+    node.observer.configure(config.observability)
     pipeline = node.pipeline
+    pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
+    beats = config.resilience
     pipeline.add_target(
         HTTPUpstreamTarget(
             reactor, TargetKind.service_bus,
@@ -410,34 +479,45 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         handler = _EdgeLinks(node, source, expect)
 
         def make() -> EnvelopeLink:
-            return EnvelopeLink(reactor, handler, node=config.node, role=Role.edge.value, client=client,
-                                limits=config.wire)
+            link = EnvelopeLink(reactor, handler, node=config.node, role=Role.edge.value, client=client,
+                                limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
+                                heartbeat_timeout=beats.heartbeat_timeout)
+            track_link(node, link)
+            if source is SourceKind.tunnel:
+                return node.security.guard(link, role=Role.router.value, expect=config.router_name)
+            return node.security.guard(link, role=Role.edge.value, expect=expect)
 
         return make
 
     dialer = HubDialer(reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
+    pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
     node.hub_dialer = dialer
 
     if config.router is not None:
-        tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True))
+        tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
+                              lambda endpoint: node.security.client_endpoint(endpoint, config.router_name))
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
         pipeline.add_source(tunnel)
     if config.hub is not None:
         node.listen("hub", SourceKind.hub, config.hub,
-                    Factory.forProtocol(link_factory(SourceKind.hub, None, False)))
+                    node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
         node.listen("proxy", SourceKind.service_bus, config.proxy, node.front(SourceKind.service_bus, config.front))
+    if config.capture is not None or config.dns is not None:
+        from ..capture import attach_capture_dns
+
+        attach_capture_dns(node, config.capture, config.dns)
     if config.admin is not None:
         _admin(node, config.admin)
     return node
 
 
 def _admin(node: MeshNode, description: str) -> None:
-    from ._admin import admin_site
+    from ._admin import admin_endpoint, admin_site
 
     # Not a Source: the admin API never carries exchanges.
-    listener = Listener(node.reactor, None, description, admin_site(node))
+    listener = Listener(node.reactor, None, admin_endpoint(description), admin_site(node))
     listener.setServiceParent(node)  # type: ignore[no-untyped-call]
     node.listeners["admin"] = listener

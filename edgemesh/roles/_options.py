@@ -8,7 +8,10 @@ from typing import Any, ClassVar
 from twisted.python import usage
 
 from ..catalog import Catalog, ManifestError, load_manifest
+from ..observability import ObservabilityOptions
+from ..security import TLSOptions
 from ..transports import FrontLimits
+from ._resilience import ResilienceOptions
 
 
 def _seconds(value: str) -> float:
@@ -28,13 +31,25 @@ def _size(value: str) -> int:
     return number * factor
 
 
-class CommonOptions(usage.Options):
+def _count(value: str) -> int:
+    number = int(value)
+    if not 0 < number <= 100_000:
+        raise ValueError("must be between 1 and 100000")
+    return number
+
+
+class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
+    """Options of both roles; the TLS ones (--ca/--cert/--key/--tls-dir/--insecure) come from TLSOptions,
+    --log-format/--access-log/--metrics-max-services from ObservabilityOptions."""
+
     optParameters: ClassVar[list[Any]] = [
-        ["admin", None, None, "Admin API listener (endpoint string, e.g. tcp:7790:interface=127.0.0.1)."],
+        ["admin", None, None, "Admin API listener (endpoint string; a bare tcp:PORT listens on 127.0.0.1)."],
         ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
         ["request-timeout", None, 30.0, "Seconds to wait for a response head (then 504).", _seconds],
         ["header-timeout", None, 10.0, "Seconds a client may take to send a request head.", _seconds],
         ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
+        ["max-headers", None, 100, "Most header fields in a request head (then 431).", _count],
+        ["max-header-bytes", None, _size("60KiB"), "Largest request head (then 431).", _size],
     ]
 
     def load_catalog(self, path: str) -> Catalog:
@@ -46,4 +61,9 @@ class CommonOptions(usage.Options):
             raise usage.UsageError(f"--catalog: {error}") from None
 
     def front_limits(self) -> FrontLimits:
-        return FrontLimits(max_body_bytes=self["max-body"], header_timeout=self["header-timeout"])
+        return FrontLimits(
+            max_body_bytes=self["max-body"],
+            header_timeout=self["header-timeout"],
+            max_header_count=self["max-headers"],
+            max_header_bytes=self["max-header-bytes"],
+        )

@@ -8,14 +8,15 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
+from ..capture import CaptureOptions
 from ._node import EdgeConfig, build_edge
 from ._options import CommonOptions
 
 
-class Options(CommonOptions):
+class Options(CommonOptions, CaptureOptions):
     synopsis = (
-        "--node NAME --state-dir DIR [--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] "
-        "[--catalog FILE] [--admin tcp:7791]"
+        "--node NAME --state-dir DIR (--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
+        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] [--admin tcp:7791]"
     )
     longdesc = "The edgemesh edge service bus: local apps, pods on this node, other edges and the router."
     optParameters: ClassVar[list[Any]] = [
@@ -25,6 +26,7 @@ class Options(CommonOptions):
         ["proxy", None, "tcp:7781", "The service bus listener for local apps (endpoint string)."],
         ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
         ["catalog", None, None, "Catalog to start from when the state directory holds none."],
+        ["router-name", None, "router", "The router's node name (its TLS certificate must name it)."],
     ]
 
     def postOptions(self) -> None:
@@ -37,6 +39,8 @@ class Options(CommonOptions):
         except OSError as error:
             raise usage.UsageError(f"--state-dir {self['state-dir']}: {error.strerror}") from None
         self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else None
+        self["tls_value"] = self.tls_config(self["node"], "edge")
+        self["capture_value"], self["dns_value"] = self.capture_settings()
 
 
 def makeService(options: Options) -> IService:
@@ -53,5 +57,11 @@ def makeService(options: Options) -> IService:
         front=options.front_limits(),
         connect_timeout=options["connect-timeout"],
         request_timeout=options["request-timeout"],
+        tls=options["tls_value"],
+        router_name=options["router-name"],
+        capture=options["capture_value"],
+        dns=options["dns_value"],
+        observability=options.observability_config(),
+        resilience=options.resilience(),
     )
     return build_edge(reactor, config)

@@ -7,12 +7,18 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
+from ..catalog import Catalog
+from ..sources import KubernetesOptions, attach_kubernetes
 from ._node import RouterConfig, build_router
 from ._options import CommonOptions
 
 
-class Options(CommonOptions):
-    synopsis = "--catalog FILE [--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
+class Options(CommonOptions, KubernetesOptions):
+    synopsis = (
+        "(--catalog FILE | --kubeconfig FILE | --in-cluster) [--namespace NS] "
+        "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
+        "[--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
+    )
     longdesc = "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services."
     optParameters: ClassVar[list[Any]] = [
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
@@ -22,9 +28,13 @@ class Options(CommonOptions):
     ]
 
     def postOptions(self) -> None:
-        if not self["catalog"]:
-            raise usage.UsageError("--catalog FILE is required")
-        self["catalog_value"] = self.load_catalog(self["catalog"])
+        self.check_kubernetes()
+        if self.kubernetes_requested() == bool(self["catalog"]):
+            raise usage.UsageError(
+                "--catalog FILE is required (or, exclusively, --kubeconfig FILE or --in-cluster)")
+        # With Kubernetes, the catalog comes once the watch has listed everything.
+        self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty()
+        self["tls_value"] = self.tls_config(self["node"], "router")
 
 
 def makeService(options: Options) -> IService:
@@ -39,5 +49,12 @@ def makeService(options: Options) -> IService:
         front=options.front_limits(),
         connect_timeout=options["connect-timeout"],
         request_timeout=options["request-timeout"],
+        tls=options["tls_value"],
+        catalog_pending=options.kubernetes_requested(),
+        observability=options.observability_config(),
+        resilience=options.resilience(),
     )
-    return build_router(reactor, config)
+    router = build_router(reactor, config)
+    if options.kubernetes_requested():
+        attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
+    return router

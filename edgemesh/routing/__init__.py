@@ -1,6 +1,49 @@
-"""The routing layer: the node's registry of Sources and Targets, its rules, and the routing decision."""
+"""The routing layer: the node's registry of Sources and Targets, its rules, the routing
+decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
+overload limits, drain)."""
 
-from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, RoundRobin, decide
-from ._pipeline import Pipeline, rules_table
+from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
+from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
+from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
+from ._pipeline import PeerPaths, Pipeline, rules_table
+from ._policy import (
+    HASH_KEY_ANNOTATION,
+    LB_POLICY_ANNOTATION,
+    RETRIES_ANNOTATION,
+    TIMEOUT_ANNOTATION,
+    Balancer,
+    LBPolicy,
+    PolicyBook,
+    RoundRobin,
+    ServicePolicy,
+    parse_duration,
+    parse_policy,
+)
 
-__all__ = ["EDGE_RULES", "ROUTER_PEER", "ROUTER_RULES", "Pipeline", "RoundRobin", "decide", "rules_table"]
+__all__ = [
+    "EDGE_RULES",
+    "HASH_KEY_ANNOTATION",
+    "IDEMPOTENT_METHODS",
+    "LB_POLICY_ANNOTATION",
+    "REPLAY_LIMIT",
+    "RETRIES_ANNOTATION",
+    "ROUTER_PEER",
+    "ROUTER_RULES",
+    "TIMEOUT_ANNOTATION",
+    "Balancer",
+    "GuardedExchange",
+    "LBPolicy",
+    "OutlierDetector",
+    "PeerPaths",
+    "Pipeline",
+    "PolicyBook",
+    "Resilience",
+    "RetryBudget",
+    "RoundRobin",
+    "ServicePolicy",
+    "ServiceState",
+    "decide",
+    "parse_duration",
+    "parse_policy",
+    "rules_table",
+]

@@ -2,35 +2,22 @@
 The routing decision: given a resolved service, where does this exchange go?
 
 Pure: catalog and balancer in, a Route (or a MeshError) out.  This module is
-the one place that knows the four request paths.
+the one place that knows the four request paths.  Which endpoint is the
+balancer's business (locality, health, the service's lb policy; see _policy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
-from ..exchange import MeshError, Reason, Role, Route, SourceKind, TargetKind
+from ..exchange import MeshError, Reason, RequestHead, Role, Route, SourceKind, TargetKind
+from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
 
 ROUTER_PEER = "router"
 """The peer name an edge uses for its tunnel to the router."""
 
-
-class RoundRobin:
-    """Per-request round robin, a counter per service port (bounded)."""
-
-    def __init__(self, max_keys: int = 65536) -> None:
-        self._next: dict[tuple[str, str], int] = {}
-        self._max_keys = max_keys
-
-    def pick(self, service: Service, port: ServicePort, endpoints: Sequence[Endpoint]) -> Endpoint:
-        key = (service.key, port.name)
-        counters = self._next
-        index = counters.get(key, 0)
-        if index == 0 and len(counters) >= self._max_keys:
-            counters.clear()
-        counters[key] = index + 1
-        return endpoints[index % len(endpoints)]
+_NOTHING: frozenset[EndpointKey] = frozenset()
 
 
 def decide(
@@ -42,34 +29,40 @@ def decide(
     port: ServicePort,
     hint: tuple[str, int] | None,
     balancer: RoundRobin,
+    *,
+    head: RequestHead | None = None,
+    policy: ServicePolicy = DEFAULT_POLICY,
+    exclude: Collection[EndpointKey] = _NOTHING,
 ) -> Route:
-    """Choose the endpoint and the way out for one exchange."""
-    ready = catalog.ready_endpoints(service, port)
+    """Choose the endpoint and the way out for one exchange.  ``exclude``: endpoints
+    already tried (a retry goes elsewhere)."""
     if role is Role.edge:
-        local = catalog.ready_endpoints(service, port, node)
         if source is not SourceKind.service_bus:
             # From another node: it chose this node, so deliver here.
-            if hint is not None:
+            local = catalog.ready_endpoints(service, port, node)
+            if hint is not None and hint not in exclude:
                 for endpoint in local:
                     if endpoint.host == hint[0] and endpoint.port == hint[1]:
                         return Route(TargetKind.service_bus, service, port, endpoint)
-            if not local:
+            chosen = balancer.choose(service, port, local, head, policy, exclude)
+            if chosen is None:
                 raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
-            return Route(TargetKind.service_bus, service, port, balancer.pick(service, port, local))
-        if local:
-            return Route(TargetKind.service_bus, service, port, balancer.pick(service, port, local))
-        if not ready:
+            return Route(TargetKind.service_bus, service, port, chosen)
+        chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
+        if chosen is None:
             raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
-        endpoint = balancer.pick(service, port, ready)
-        peer = catalog.node(endpoint.node) if endpoint.node else None
+        if chosen.node == node:
+            return Route(TargetKind.service_bus, service, port, chosen)
+        peer = catalog.node(chosen.node) if chosen.node else None
         if peer is not None and peer.edge:
             if peer.hub_address is None:
                 raise MeshError(Reason.no_endpoint, f"edge node {peer.name} has no hub address")
-            return Route(TargetKind.hub, service, port, endpoint, peer.name)
-        return Route(TargetKind.tunnel, service, port, endpoint, ROUTER_PEER)
+            return Route(TargetKind.hub, service, port, chosen, peer.name)
+        return Route(TargetKind.tunnel, service, port, chosen, ROUTER_PEER)
 
     # Router.
-    if source is SourceKind.tunnel and hint is not None:
+    ready = catalog.ready_endpoints(service, port)
+    if source is SourceKind.tunnel and hint is not None and hint not in exclude:
         # An edge chose the endpoint: honour it (relay when it is on another edge).
         for endpoint in ready:
             if endpoint.host == hint[0] and endpoint.port == hint[1]:
@@ -79,7 +72,10 @@ def decide(
             # The edge saw endpoints we do not: let the cluster's own proxy decide.
             return Route(TargetKind.cluster_ip, service, port, None)
         raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
-    return _router_route(catalog, service, port, balancer.pick(service, port, ready))
+    chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
+    if chosen is None:
+        raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
+    return _router_route(catalog, service, port, chosen)
 
 
 def _router_route(catalog: Catalog, service: Service, port: ServicePort, endpoint: Endpoint) -> Route:

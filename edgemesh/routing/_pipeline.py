@@ -2,15 +2,23 @@
 The pipeline: the endpoint registry of a node (its Sources and Targets), the
 rules that say which Targets a Source may reach, and the one place where an
 exchange is routed.  Router and edge are two configurations of this class.
+
+Every exchange runs through a GuardedExchange (see _guard): the pipeline keeps the
+per-service state (overload limit, retry budget), the outlier detector, the service
+policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
-from ..catalog import Catalog, Service, ServicePort
+from ..catalog import Catalog, Endpoint, Service, ServicePort
 from ..exchange import (
     IRequestBody,
     IResponder,
@@ -20,27 +28,107 @@ from ..exchange import (
     Reason,
     RequestHead,
     Role,
+    Route,
     SourceKind,
     TargetKind,
 )
-from ._decide import EDGE_RULES, ROUTER_RULES, RoundRobin, decide
+from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
+from ._guard import INFINITY, GuardedBody, GuardedExchange
+from ._health import OutlierDetector, Resilience, ServiceState
+from ._policy import Balancer, EndpointKey, PolicyBook, ServicePolicy
+
+_ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
+"""Where exchanges enter the mesh: their node owns timeouts and retries."""
+_LINKS = frozenset({SourceKind.hub, SourceKind.tunnel})
+_MAX_SERVICES = 65536
+
+
+Open = Callable[[Route, RequestHead, IResponder], IRequestBody]
+Observe = Callable[[SourceKind, Route, RequestHead, IResponder, Open], IRequestBody]
+
+
+class Refused(Protocol):
+    def __call__(
+        self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
+    ) -> None: ...
+
+
+class PeerPaths(Protocol):
+    """How this edge reaches other edges' hubs (the HubDialer)."""
+
+    def direct(self, peer: str) -> bool:
+        """False while the peer's hub cannot be dialled: relay through the router."""
+
+    def paths(self) -> dict[str, str]:
+        """Peer → "direct", "relayed" or "connecting", for the admin API."""
 
 
 class Pipeline:
+    log = Logger()
+
     def __init__(
         self,
         role: Role,
         node: str,
         catalog: Catalog,
         rules: Mapping[SourceKind, frozenset[TargetKind]] | None = None,
+        *,
+        clock: IReactorTime | None = None,
+        settings: Resilience | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
+        """``clock``: for timeouts, ejection penalties and budgets (None: no timeouts;
+        time stands still)."""
         self.role = role
         self.node = node
-        self.catalog = catalog
         self.rules = dict(rules if rules is not None else (EDGE_RULES if role is Role.edge else ROUTER_RULES))
         self.targets: dict[TargetKind, ITarget] = {}
         self.sources: list[ISource] = []
-        self.balancer = RoundRobin()
+        self.settings = settings or Resilience()
+        self._clock = clock
+        self.outliers = OutlierDetector(self.settings)
+        self.policies = PolicyBook()
+        self.balancer = balancer or Balancer()
+        self.balancer.usable = self._usable
+        self.balancer.filtering = self._filtering
+        self.peer_paths: PeerPaths | None = None
+        self.observe: Observe | None = None
+        """Set by the observability layer: opens each routed exchange (counting it)."""
+        self.refused: Refused | None = None
+        """Set by the observability layer: told of each exchange refused with a MeshError."""
+        self._services: dict[str, ServiceState] = {}
+        self._states_by_id: dict[int, tuple[Service, ServiceState]] = {}
+        self._max_active = self.settings.max_requests_per_service
+        self._idle_timeout = self.settings.stream_idle_timeout
+        self._draining_peers: dict[str, float] = {}
+        self._relayed: dict[str, int] = {}
+        self._inflight: set[GuardedExchange] = set()
+        self._timer: IDelayedCall | None = None
+        self._wake_at = INFINITY
+        self.draining = False
+        self._drain_waiters: list[Deferred[None]] = []
+        self._catalog = catalog
+        self.catalog = catalog
+
+    def configure(self, settings: Resilience) -> None:
+        """New resilience settings (before traffic: the outlier state starts over)."""
+        self.settings = settings
+        self.outliers = OutlierDetector(settings)
+        self._max_active = settings.max_requests_per_service
+        self._idle_timeout = settings.stream_idle_timeout
+        self._services.clear()
+        self._states_by_id.clear()
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self.policies.scan(catalog)
+        self.balancer.forget()
+        self._states_by_id.clear()
 
     # --- the registry ----------------------------------------------------------
 
@@ -61,12 +149,35 @@ class Pipeline:
             "rules": {s.value: sorted(t.value for t in ts) for s, ts in self.rules.items()},
         }
 
+    def resilience_view(self) -> dict[str, object]:
+        """Policies (and invalid annotations), ejected endpoints, per-service counters,
+        draining peers, and how other edges' hubs are reached (direct or relayed through
+        the router): the admin API's ``/resilience``."""
+        now = self._now()
+        return {
+            "in_flight": len(self._inflight),
+            "draining": self.draining,
+            "policies": self.policies.describe(),
+            "policy_problems": self.policies.problems(),
+            "outliers": self.outliers.describe(now),
+            "services": {key: state.describe() for key, state in sorted(self._services.items())},
+            "draining_peers": sorted(p for p, until in self._draining_peers.items() if until > now),
+            "peers": self.peer_paths.paths() if self.peer_paths is not None else {},
+            "relayed": dict(sorted(self._relayed.items())),
+        }
+
     # --- routing ---------------------------------------------------------------
 
     def dispatch(self, source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         """Route an exchange that arrived as plain HTTP (its authority names the service)."""
-        service, port = self.catalog.resolve(head.authority)
-        return self._route(source, head, responder, service, port, None)
+        try:
+            service, port = self._catalog.resolve(head.authority)
+            return self._route(source, head, responder, service, port, None)
+        except MeshError as error:
+            refused = self.refused
+            if refused is not None:
+                refused(source, head, error)
+            raise
 
     def dispatch_resolved(
         self,
@@ -78,7 +189,13 @@ class Pipeline:
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
         """Route an exchange another node already resolved (service and maybe endpoint)."""
-        return self._open(source, head, responder, service_key, port, hint)
+        try:
+            return self._open(source, head, responder, service_key, port, hint)
+        except MeshError as error:
+            refused = self.refused
+            if refused is not None:
+                refused(source, head, error, service_key)
+            raise
 
     def _open(
         self,
@@ -89,7 +206,7 @@ class Pipeline:
         port_number: int,
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
-        catalog = self.catalog
+        catalog = self._catalog
         service = catalog.services.get(service_key)
         if service is None:
             raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
@@ -109,7 +226,70 @@ class Pipeline:
         port: ServicePort,
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
-        route = decide(self.catalog, self.role, self.node, source, service, port, hint, self.balancer)
+        cached = self._states_by_id.get(id(service))
+        if cached is not None and cached[0] is service:
+            state = cached[1]
+        else:
+            state = self._service_state(service)
+        if state.active >= self._max_active:
+            state.overloaded += 1
+            raise MeshError(
+                Reason.overloaded,
+                f"{service.key}: {state.active} requests in progress on {self.node}",
+            )
+        if self.draining and source in _LINKS:
+            raise MeshError(Reason.draining, f"{self.node} is shutting down")
+        policy = self.policies.get(service)
+        route = decide(self._catalog, self.role, self.node, source, service, port, hint,
+                       self.balancer, head=head, policy=policy)
+        route, target = self._target_for(source, route)
+        if policy.timeout is not None:
+            route.timeout = policy.timeout
+        observe = self.observe
+        if observe is None:
+            return self._start(source, route, target, head, responder, state, policy)
+
+        def start(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+            return self._start(source, route, target, head, responder, state, policy)
+
+        return observe(source, route, head, responder, start)
+
+    def _start(
+        self,
+        source: SourceKind,
+        route: Route,
+        target: ITarget,
+        head: RequestHead,
+        responder: IResponder,
+        state: ServiceState,
+        policy: ServicePolicy,
+    ) -> IRequestBody:
+        origin = source is SourceKind.service_bus or source is SourceKind.router
+        guard = GuardedExchange(self, source, head, responder, route.service, route.port, state,
+                                policy, origin)
+        state.requests += 1
+        state.active += 1
+        self._inflight.add(guard)
+        if origin:
+            now = self._now()
+            state.budget.request(now)
+            if head.content_length == 0:
+                guard.timing = True
+                guard.deadline = deadline = now + guard.timeout
+            else:
+                deadline = INFINITY
+            guard.idle_deadline = idle = now + self._idle_timeout
+            wake = min(idle, deadline)
+            if wake < self._wake_at:
+                self._schedule(wake)
+        guard._attempt(route, target)
+        return GuardedBody(guard)
+
+    def _target_for(self, source: SourceKind, route: Route) -> tuple[Route, ITarget]:
+        if route.target is TargetKind.hub and self.peer_paths is not None:
+            paths = self.peer_paths
+            if route.peer is not None and not paths.direct(route.peer):
+                route = self._relayed_route(source, route) or route
         if route.target not in self.rules.get(source, ()):
             raise MeshError(
                 Reason.forbidden_route,
@@ -118,7 +298,180 @@ class Pipeline:
         target = self.targets.get(route.target)
         if target is None:
             raise MeshError(Reason.no_endpoint, f"{self.node} has no {route.target.value} target")
-        return target.open(route, head, responder)
+        return route, target
+
+    def _relayed_route(self, source: SourceKind, route: Route) -> Route | None:
+        """The same endpoint through the router's tunnels, when that way exists."""
+        if TargetKind.tunnel not in self.rules.get(source, ()) or TargetKind.tunnel not in self.targets:
+            return None
+        peer = route.peer or "?"
+        if len(self._relayed) < _MAX_SERVICES or peer in self._relayed:
+            self._relayed[peer] = self._relayed.get(peer, 0) + 1
+        return Route(TargetKind.tunnel, route.service, route.port, route.endpoint, ROUTER_PEER,
+                     route.timeout)
+
+    # --- for the guarded exchanges ---------------------------------------------------
+
+    def _service_state(self, service: Service) -> ServiceState:
+        """The state of a service, by key (it outlives catalogs); cached by the identity
+        of the catalog's Service object (hot path: no key string to build and hash)."""
+        key = service.key
+        services = self._services
+        state = services.get(key)
+        if state is None:
+            if len(services) >= _MAX_SERVICES:
+                # Keep the ones in use; the others start over (counters only).
+                self._services = services = {k: s for k, s in services.items() if s.active}
+            state = services[key] = ServiceState(self.settings)
+        by_id = self._states_by_id
+        if len(by_id) >= _MAX_SERVICES:
+            by_id.clear()
+        by_id[id(service)] = (service, state)
+        return state
+
+    def _relay_after(
+        self, route: Route, error: MeshError, source: SourceKind
+    ) -> tuple[Route, ITarget] | None:
+        """After a failed hub dial: the same endpoint through the router, if the peer is
+        now known to be unreachable directly."""
+        paths = self.peer_paths
+        if (
+            route.target is not TargetKind.hub
+            or paths is None
+            or route.peer is None
+            or not error.unsent
+            or error.reason is not Reason.peer_unavailable
+            or paths.direct(route.peer)
+        ):
+            return None
+        relayed = self._relayed_route(source, route)
+        if relayed is None:
+            return None
+        target = self.targets[TargetKind.tunnel]
+        return relayed, target
+
+    def _reroute(self, guard: GuardedExchange, exclude: set[EndpointKey]) -> tuple[Route, ITarget] | None:
+        """A route for a retry: another endpoint than those tried (None: there is none)."""
+        previous = guard.route
+        try:
+            route = decide(self._catalog, self.role, self.node, guard.source, guard.service,
+                           guard.port, None, self.balancer, head=guard.request, policy=guard.policy,
+                           exclude=exclude)
+            route, target = self._target_for(guard.source, route)
+        except MeshError:
+            return None
+        if route.endpoint is None and previous is not None and previous.endpoint is not None:
+            return None  # a cluster IP after an endpoint: not "another endpoint"
+        if previous is not None:
+            route.timeout = previous.timeout
+        return route, target
+
+    def _now(self) -> float:
+        clock = self._clock
+        return 0.0 if clock is None else clock.seconds()
+
+    def _usable(self, endpoint: Endpoint) -> bool:
+        key = (endpoint.host, endpoint.port)
+        now = self._now()
+        if self.outliers.ejected and self.outliers.is_ejected(key, now):
+            return False
+        draining = self._draining_peers
+        if draining and endpoint.node is not None:
+            until = draining.get(endpoint.node)
+            if until is not None:
+                if until > now:
+                    return False
+                del draining[endpoint.node]
+        return True
+
+    def _filtering(self) -> bool:
+        return bool(self.outliers.ejected or self._draining_peers)
+
+    # --- exchanges in progress: deadlines and the drain ----------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _armed(self, guard: GuardedExchange) -> None:
+        wake = min(guard.idle_deadline, guard.deadline)
+        if wake < self._wake_at:
+            self._schedule(wake)
+
+    def _untrack(self, guard: GuardedExchange) -> None:
+        inflight = self._inflight
+        inflight.discard(guard)
+        if not inflight and self._drain_waiters:
+            self._drained()
+
+    def _drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _schedule(self, when: float) -> None:
+        clock = self._clock
+        if clock is None:
+            return
+        self._wake_at = when
+        delay = max(0.0, when - clock.seconds())
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = clock.callLater(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out what is overdue; sleep until the next deadline (the timer is lazy:
+        exchanges that end early cost nothing here)."""
+        self._timer = None
+        self._wake_at = INFINITY
+        now = self._now()
+        idle = self.settings.stream_idle_timeout
+        wake = INFINITY
+        for guard in list(self._inflight):
+            if not guard.origin or guard.done:
+                continue
+            if guard.deadline <= now:
+                guard.expire("request", f"{guard.service.key}: no response within {guard.timeout:g}s")
+                continue
+            if guard.activity != guard.seen_activity:
+                guard.seen_activity = guard.activity
+                guard.idle_deadline = now + idle
+            elif guard.idle_deadline <= now:
+                guard.expire("idle", f"{guard.service.key}: no data for {idle:g}s")
+                continue
+            wake = min(wake, guard.deadline, guard.idle_deadline)
+        self.outliers.sweep(now)
+        if wake < INFINITY:
+            self._schedule(wake)
+
+    def start_drain(self) -> None:
+        """Refuse new exchanges from other nodes (they go elsewhere); those in progress
+        and requests on open client connections are still served."""
+        self.draining = True
+
+    def when_drained(self) -> Deferred[None]:
+        """Fires once no exchange is in progress."""
+        if not self._inflight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def peer_draining(self, peer: str) -> None:
+        """A peer said GOAWAY: choose its endpoints only when nothing else is left, for
+        ``peer_drain_memory`` seconds or until it is back (``peer_back``)."""
+        if peer == self.node:
+            return
+        if len(self._draining_peers) >= _MAX_SERVICES:
+            self._draining_peers.clear()
+        self._draining_peers[peer] = self._now() + self.settings.peer_drain_memory
+        self.log.info("peer {peer} is draining: choosing its endpoints no more", peer=peer)
+
+    def peer_back(self, peer: str) -> None:
+        if self._draining_peers.pop(peer, None) is not None:
+            self.log.info("peer {peer} is back", peer=peer)
 
 
 def rules_table(rules: Mapping[SourceKind, Iterable[TargetKind]]) -> list[tuple[str, str]]:

@@ -901,6 +901,9 @@ class HTTPFrontProtocol(Protocol):
             code=reason.code,
             detail=detail,
         )
+        rejected = getattr(self.factory, "rejected", None)
+        if rejected is not None:
+            rejected(reason)  # counted by the node's metrics: this request never reaches routing
         exchange = self._parsing
         self._parsing = None
         if exchange is not None and exchange.state != _QUEUED:
@@ -1026,6 +1029,8 @@ class HTTPFrontFactory(Factory):
         self.reactor = reactor
         self.dispatch = dispatch
         self.limits = limits
+        self.rejected: Callable[[Reason], None] | None = None
+        """Told the reason of every request the front answers itself (malformed, too large)."""
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPFrontProtocol:
         protocol = HTTPFrontProtocol(self.reactor, self.dispatch, self.limits)

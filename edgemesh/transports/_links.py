@@ -417,10 +417,13 @@ class InboundExchange:
                 self.request_end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
+            answered = self.finished
             self.finished = True
             self.sender.done = True
             self.link.forget(self.sid)
-            if not self.request_ended:
+            if not self.request_ended or not answered:
+                # The peer gave up (a timeout, its client gone): the target stops too, also
+                # when the request body was complete (the pod connection is cancelled).
                 self.request_ended = True
                 body.abort(f"peer reset: {frame.code}")
         elif type(frame) is Window:
@@ -710,7 +713,9 @@ class EnvelopeLink(Protocol):
             # close, so that the link is made anew; this exchange goes elsewhere.
             self.draining = True
             self._close_if_drained()
-            responder.fail(MeshError(Reason.peer_unavailable, f"link to {self.peer_name} is closing"))
+            responder.fail(
+                MeshError(Reason.peer_unavailable, f"link to {self.peer_name} is closing", unsent=True)
+            )
             return _NO_BODY
         sid = conn.open_stream()
         exchange = OutboundExchange(self, sid, responder)

@@ -126,20 +126,26 @@ class LinkTarget:
             return link.open(head, service, port, hint, responder)
         waiting = self.dial(peer) if self.dial is not None else None
         if waiting is None:
-            raise MeshError(Reason.peer_unavailable, f"no link to {peer}")
+            raise MeshError(Reason.peer_unavailable, f"no link to {peer}", unsent=True)
         body = _WaitingBody(responder)
 
         def connected(link: EnvelopeLink) -> None:
             if body.aborted is not None:
                 return
             if link.closed:
-                responder.fail(MeshError(Reason.peer_unavailable, f"link to {peer} lost during its hello"))
+                responder.fail(
+                    MeshError(Reason.peer_unavailable, f"link to {peer} lost during its hello", unsent=True)
+                )
                 return
             body.attach(link.open(head, service, port, hint, responder))
 
         def failed(reason: Failure) -> None:
             if body.aborted is None:
-                responder.fail(MeshError(Reason.peer_unavailable, f"cannot reach {peer}: {reason.getErrorMessage()}"))
+                responder.fail(
+                    MeshError(
+                        Reason.peer_unavailable, f"cannot reach {peer}: {reason.getErrorMessage()}", unsent=True
+                    )
+                )
 
         waiting.addCallbacks(connected, failed)
         return body
@@ -153,10 +159,12 @@ class _WatchedEndpoint:
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
         self.endpoint = endpoint
         self.failing = False
+        self.reached = False
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def succeeded(protocol: IProtocol) -> IProtocol:
             self.failing = False
+            self.reached = True
             return protocol
 
         def failed(reason: Failure) -> Failure:
@@ -205,6 +213,20 @@ class HubDialer:
             self.services[peer] = service
         waiting: Deferred[EnvelopeLink] = service.whenConnected(failAfterFailures=1)  # type: ignore[assignment]
         return waiting
+
+    def direct(self, peer: str) -> bool:
+        """False while the last attempt to dial the peer's hub failed (routing then relays
+        through the router); True again once ClientService's background retry succeeds."""
+        endpoint = self.endpoints.get(peer)
+        return endpoint is None or not endpoint.failing
+
+    def paths(self) -> dict[str, str]:
+        """How each dialled peer is reached: direct, relayed (its hub cannot be dialled),
+        or connecting (first dial in progress)."""
+        shown = {}
+        for peer, endpoint in sorted(self.endpoints.items()):
+            shown[peer] = "relayed" if endpoint.failing else "direct" if endpoint.reached else "connecting"
+        return shown
 
     def stop(self) -> Deferred[list[None]]:
         services, self.services = self.services, {}

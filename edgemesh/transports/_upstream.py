@@ -144,6 +144,8 @@ class HTTPUpstreamTarget:
         else:
             host, port = route.service.cluster_ip or "", route.port.port
         exchange = _UpstreamExchange(self, host, port, head, responder)
+        if route.timeout is not None:
+            exchange.timeout = route.timeout  # the service's own (edgemesh.io/timeout)
         if not host:
             exchange.fail(
                 MeshError(
@@ -293,6 +295,7 @@ class _UpstreamExchange:
         "source",
         "source_paused",
         "target",
+        "timeout",
         "timer",
         "transport_paused",
     )
@@ -310,6 +313,7 @@ class _UpstreamExchange:
         self.port = port
         self.head = head
         self.responder = responder
+        self.timeout = target.request_timeout
         self.is_head = head.method == b"HEAD"
         self.conn: _UpstreamConnection | None = None
         self.connecting: Deferred[Any] | None = None
@@ -339,7 +343,7 @@ class _UpstreamExchange:
 
     def start(self) -> None:
         target = self.target
-        self.timer = target._clock.callLater(target.request_timeout, self._timed_out)
+        self.timer = target._clock.callLater(self.timeout, self._timed_out)
         conn = target._acquire((self.host, self.port))
         if conn is None:
             target._connect(self)
@@ -493,13 +497,16 @@ class _UpstreamExchange:
         if self.done or isinstance(problem, CancelledError):
             return
         address = self.address
+        # Nothing of the request was sent: ``unsent`` lets routing retry it elsewhere.
         if isinstance(problem, (neterror.TimeoutError, DeferredTimeoutError)):
-            self.fail(MeshError(Reason.upstream_timeout, f"{address}: connect timed out"))
+            self.fail(MeshError(Reason.upstream_timeout, f"{address}: connect timed out", unsent=True))
         elif isinstance(problem, neterror.ConnectionRefusedError):
-            self.fail(MeshError(Reason.upstream_refused, f"{address}: connection refused"))
+            self.fail(MeshError(Reason.upstream_refused, f"{address}: connection refused", unsent=True))
         else:
             message = _one_line(failure.getErrorMessage())
-            self.fail(MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}"))
+            self.fail(
+                MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}", unsent=True)
+            )
 
     def response_head(self, head: ResponseHead) -> None:
         self.got_head = True
@@ -587,7 +594,7 @@ class _UpstreamExchange:
         self.fail(
             MeshError(
                 Reason.upstream_timeout,
-                f"{self.address}: no response within {self.target.request_timeout:g}s",
+                f"{self.address}: no response within {self.timeout:g}s",
             )
         )
 

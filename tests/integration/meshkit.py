@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +51,28 @@ _DIE_WITH_PARENT = (
 TWISTD = [sys.executable, "-c",
           _DIE_WITH_PARENT + "from twisted.scripts.twistd import run\nrun()"]
 """``twistd`` of this interpreter (``python -m twisted`` is ``twist``, which has no -n)."""
+
+
+TLS_OPTIONS = ("--insecure", "--ca", "--cert", "--key", "--tls-dir")
+TLS_PEER = "garbage-peer"
+"""The made-up edge whose certificate RawConnection presents on TLS envelope ports."""
+TLS_PORTS: dict[int, tuple[ssl.SSLContext, str]] = {}
+"""Envelope ports that speak mutual TLS → a client context (the mesh's CA, and a certificate
+for TLS_PEER) and the node name the listener's certificate must carry.  RawConnection wraps
+its socket for these ports, so the garbage tests reach the envelope decoder behind TLS."""
+
+
+def issue_certs(directory: Path, *names: str, router: str | None = None) -> Path:
+    """A CA in ``directory`` (made on first use) and a certificate for each name, by the
+    project's own tooling (``edgemesh certs``).  Returns the directory (``--tls-dir``)."""
+    from edgemesh.security._certs import init_ca_dir, issue_into_dir
+
+    if not (directory / "ca.pem").exists():
+        init_ca_dir(str(directory))
+    for name in [*names, *([router] if router else [])]:
+        if not (directory / f"{name}.pem").exists():
+            issue_into_dir(str(directory), name, router=name == router)
+    return directory
 
 
 def free_ports(count: int) -> list[int]:
@@ -162,6 +185,26 @@ class Mesh:
     catalog: Path
     procs: dict[str, Proc] = field(default_factory=dict)
     stopped: list[Proc] = field(default_factory=list)
+    tls: bool = True
+    """Nodes get ``--tls-dir`` with certificates made by ``edgemesh certs`` (unless a test
+    passes TLS options of its own); False: ``--insecure``."""
+
+    def _tls_args(self, name: str, extra: tuple[str, ...], router: bool, port: int) -> list[str]:
+        if any(arg.split("=")[0] in TLS_OPTIONS for arg in extra):
+            TLS_PORTS.pop(port, None)
+            return []
+        if not self.tls:
+            TLS_PORTS.pop(port, None)
+            return ["--insecure"]
+        directory = self.directory / "tls"
+        if router:
+            issue_certs(directory, TLS_PEER, router=name)
+        else:
+            issue_certs(directory, name, TLS_PEER)
+        context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+        context.load_cert_chain(directory / f"{TLS_PEER}.pem", directory / f"{TLS_PEER}.key")
+        TLS_PORTS[port] = (context, name)
+        return ["--tls-dir", str(directory)]
 
     # -- addresses --------------------------------------------------------------------
 
@@ -233,6 +276,7 @@ class Mesh:
             "--tunnel", f"tcp:{t.router_tunnel}:interface={LOOPBACK}",
             "--http", f"tcp:{t.router_http}:interface={LOOPBACK}",
             "--admin", f"tcp:{t.router_admin}:interface={LOOPBACK}",
+            *self._tls_args("router", extra, True, t.router_tunnel),
             *extra,
         ]
         proc = self._spawn("router", argv, t.router_admin, mesh=True)
@@ -251,6 +295,7 @@ class Mesh:
             "--hub", f"tcp:{ports['hub']}:interface={LOOPBACK}",
             "--state-dir", str(state),
             "--admin", f"tcp:{ports['admin']}:interface={LOOPBACK}",
+            *self._tls_args(name, extra, False, ports["hub"]),
             *extra,
         ]
         proc = self._spawn(name, argv, ports["admin"], mesh=True)
@@ -517,8 +562,15 @@ class RawConnection:
     """A socket speaking bytes, with a small HTTP/1.1 response reader for the cases
     http.client cannot express (pipelining, malformed requests, garbage)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, tls: bool | None = None) -> None:
+        """``tls``: None speaks TLS on the ports in TLS_PORTS; False never; True must."""
         self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+        peer = TLS_PORTS.get(port) if tls is not False else None
+        if tls and peer is None:
+            raise ValueError(f"port {port} does not speak TLS")
+        if peer is not None:
+            context, server = peer
+            self.sock = context.wrap_socket(self.sock, server_hostname=server)
         self.buffer = b""
 
     def __enter__(self) -> RawConnection:  # noqa: PYI034 - Python 3.10 has no typing.Self
@@ -532,10 +584,17 @@ class RawConnection:
             self.sock.close()
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        except ssl.SSLEOFError as error:
+            # A TLS peer that aborted: for the tests, the same as a reset.
+            raise ConnectionResetError(str(error)) from error
 
     def _fill(self) -> bool:
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except ssl.SSLEOFError:
+            return False
         if not data:
             return False
         self.buffer += data
@@ -594,7 +653,8 @@ class RawConnection:
                 self.buffer = self.buffer[-4096:]
         except TimeoutError:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
+            # A TLS connection aborted without a close_notify is closed too.
             return True
         return False
 

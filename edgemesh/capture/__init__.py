@@ -1,0 +1,75 @@
+"""Transparent capture on the edge: iptables REDIRECT of the service CIDR to a listener
+that reads SO_ORIGINAL_DST, virtual IPs for headless services, and the rules' lifetime."""
+
+from ._iptables import BACKENDS, InstallResult, Iptables, IptablesError, run_subprocess
+from ._options import CaptureOptions
+from ._rules import (
+    CHAINS,
+    DEFAULT_SERVICE_CIDR,
+    DEFAULT_TRANSPARENT_PORT,
+    DEFAULT_VIRTUAL_CIDR,
+    OUTPUT_CHAIN,
+    PREROUTING_CHAIN,
+    CaptureRules,
+    Exclusion,
+    NatState,
+    RulesError,
+    chain_body,
+    expected,
+    install_script,
+    parse_nat,
+    remove_script,
+    shown,
+)
+from ._service import (
+    DEFAULT_TRANSPARENT,
+    CaptureConfig,
+    CaptureRulesService,
+    attach_capture,
+    attach_capture_dns,
+    service_addresses,
+)
+from ._sockopt import SO_ORIGINAL_DST, original_destination, parse_sockaddr_in
+from ._transparent import TransparentFrontFactory, TransparentFrontProtocol
+from ._vips import VIRTUAL_IPS_FILE, ServiceAddresses, VirtualIPs, assign_virtual_ips, home_offset
+
+__all__ = [
+    "BACKENDS",
+    "CHAINS",
+    "DEFAULT_SERVICE_CIDR",
+    "DEFAULT_TRANSPARENT",
+    "DEFAULT_TRANSPARENT_PORT",
+    "DEFAULT_VIRTUAL_CIDR",
+    "OUTPUT_CHAIN",
+    "PREROUTING_CHAIN",
+    "SO_ORIGINAL_DST",
+    "VIRTUAL_IPS_FILE",
+    "CaptureConfig",
+    "CaptureOptions",
+    "CaptureRules",
+    "CaptureRulesService",
+    "Exclusion",
+    "InstallResult",
+    "Iptables",
+    "IptablesError",
+    "NatState",
+    "RulesError",
+    "ServiceAddresses",
+    "TransparentFrontFactory",
+    "TransparentFrontProtocol",
+    "VirtualIPs",
+    "assign_virtual_ips",
+    "attach_capture",
+    "attach_capture_dns",
+    "chain_body",
+    "expected",
+    "home_offset",
+    "install_script",
+    "original_destination",
+    "parse_nat",
+    "parse_sockaddr_in",
+    "remove_script",
+    "run_subprocess",
+    "service_addresses",
+    "shown",
+]

@@ -1,0 +1,66 @@
+"""
+Which DNS names are the mesh's: pure string logic, no twisted.names.
+
+A pod asks for a service as ``name``, ``name.ns``, ``name.ns.svc`` or
+``name.ns.svc.cluster.local`` (its resolver appends the search domains
+``ns.svc.cluster.local svc.cluster.local cluster.local`` to short names first).  Names
+under ``cluster.local`` and ``*.svc`` are the mesh's zone: an unknown one is NXDOMAIN,
+never forwarded.  ``name`` and ``name.ns`` are answered when the catalog has the service
+and otherwise belong to the rest of the world (``example.com`` is not service
+``example`` of namespace ``com`` unless the catalog says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..catalog import CLUSTER_DOMAIN, DEFAULT_NAMESPACE
+
+_CLUSTER_LABELS = tuple(CLUSTER_DOMAIN.split("."))
+_MAX_NAME = 253
+
+
+@dataclass(frozen=True, slots=True)
+class NameClass:
+    key: str | None
+    """The service ``namespace/name`` the name would be, if any."""
+    in_zone: bool
+    """The name is inside the mesh's zone: unknown means NXDOMAIN, not forwarding."""
+
+
+NOT_OURS = NameClass(None, False)
+
+
+def classify(name: str) -> NameClass:
+    """What ``name`` (any case, trailing dot or not) means to the mesh."""
+    name = name.lower().rstrip(".")
+    if not name or len(name) > _MAX_NAME:
+        return NOT_OURS
+    labels = name.split(".")
+    if any(not label for label in labels):
+        return NOT_OURS
+    cluster = len(_CLUSTER_LABELS)
+    if tuple(labels[-cluster:]) == _CLUSTER_LABELS:
+        if len(labels) == cluster + 3 and labels[2] == "svc":
+            return NameClass(f"{labels[1]}/{labels[0]}", True)
+        return NameClass(None, True)
+    if labels[-1] == "svc" and len(labels) != 2:
+        if len(labels) == 3:
+            return NameClass(f"{labels[1]}/{labels[0]}", True)
+        return NameClass(None, True)
+    if len(labels) == 2:
+        return NameClass(f"{labels[1]}/{labels[0]}", False)
+    if len(labels) == 1:
+        return NameClass(f"{DEFAULT_NAMESPACE}/{labels[0]}", False)
+    return NOT_OURS
+
+
+def search_expansions(name: str, search: list[str], ndots: int = 5) -> list[str]:
+    """The names a glibc/musl stub resolver tries for ``name``, in order (resolv.conf
+    ``search`` and ``options ndots``): for tests and documentation of what pods send."""
+    if name.endswith("."):
+        return [name.rstrip(".")]
+    expanded = [f"{name}.{domain}" for domain in search]
+    if name.count(".") >= ndots:
+        return [name, *expanded]
+    return [*expanded, name]

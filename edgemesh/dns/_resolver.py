@@ -1,0 +1,179 @@
+"""
+The resolvers behind the edge's DNS server, in the order the server asks them:
+
+1. ``MeshResolver``: the mesh's own names, from the live catalog (so from the persisted
+   catalog when the cloud is unreachable), answered authoritatively;
+2. ``BoundedCache``: answers forwarded earlier, until their TTL runs out; LRU-bounded;
+3. ``Forwarder``: the configured upstream resolvers, with a bound on queries in flight.
+
+A resolver that does not know a name fails with ``DomainError`` and the next one is
+asked; ``AuthoritativeDomainError`` (an unknown name inside the mesh's zone) stops there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.names import common, dns
+from twisted.names.error import AuthoritativeDomainError, DNSServerError, DomainError
+
+from ..catalog import Catalog, Service
+from ._names import classify
+
+DEFAULT_TTL = 5
+"""Seconds a mesh answer may be cached (as CoreDNS's kubernetes plugin): short, so that
+a changed clusterIP reaches apps quickly."""
+
+Result = tuple[list[dns.RRHeader], list[dns.RRHeader], list[dns.RRHeader]]
+
+
+class AddressBook(Protocol):
+    """What the DNS server needs of the mesh: the live catalog, and each service's address
+    (clusterIP, or the virtual IP of a headless service)."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def address_of(self, service: Service) -> str | None: ...
+
+
+def _text(name: bytes) -> str:
+    return name.decode("ascii", "replace")
+
+
+class MeshResolver(common.ResolverBase):
+    """A records (AAAA for an IPv6 clusterIP) for the services of the live catalog."""
+
+    def __init__(self, addresses: AddressBook, ttl: int = DEFAULT_TTL) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.addresses = addresses
+        self.ttl = ttl
+
+    def claims(self, name: bytes) -> bool:
+        """Whether the mesh answers ``name`` itself (then no upstream answer is cached)."""
+        kind = classify(_text(name))
+        if kind.in_zone:
+            return True
+        return kind.key is not None and self.addresses.catalog.service(kind.key) is not None
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Result]:
+        kind = classify(_text(name))
+        service = None
+        if kind.key is not None and cls == dns.IN:
+            service = self.addresses.catalog.service(kind.key)
+        if service is None:
+            if kind.in_zone:
+                return fail(AuthoritativeDomainError(name))
+            return fail(DomainError(name))
+        answers: list[dns.RRHeader] = []
+        text = self.addresses.address_of(service)
+        if text is not None:
+            address = ipaddress.ip_address(text)
+            record: dns.Record_A | dns.Record_AAAA | None = None
+            if address.version == 4 and type in (dns.A, dns.ALL_RECORDS):
+                record = dns.Record_A(text, self.ttl)
+                record_type = dns.A
+            elif address.version == 6 and type in (dns.AAAA, dns.ALL_RECORDS):
+                record = dns.Record_AAAA(text, self.ttl)
+                record_type = dns.AAAA
+            if record is not None:
+                answers.append(
+                    dns.RRHeader(name, record_type, dns.IN, self.ttl, record, auth=True)
+                )
+        # No record of that type (AAAA of an IPv4 service, MX, ...): NOERROR with no
+        # answer, so that resolvers do not conclude the name does not exist.
+        return succeed((answers, [], []))
+
+
+class BoundedCache(common.ResolverBase):
+    """Forwarded answers until the smallest TTL in them runs out (at most ``max_ttl``);
+    at most ``max_entries``, least recently used evicted first.  No timers: an expired
+    entry is dropped when it is next looked up or evicted."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_entries: int = 1024,
+        max_ttl: int = 300,
+        skip: Callable[[bytes], bool] = lambda name: False,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._clock = clock
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self._skip = skip
+        self._entries: OrderedDict[dns.Query, tuple[float, float, Result]] = OrderedDict()
+        """query → (stored at, expires at, result)"""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __bool__(self) -> bool:
+        return True  # DNSServerFactory tests ``if self.cache``: an empty cache is still one
+
+    def cacheResult(self, query: dns.Query, payload: Result) -> None:
+        """Called by the server with every successful answer (see DNSServerFactory)."""
+        records = [*payload[0], *payload[1], *payload[2]]
+        if not records or self._skip(query.name.name):
+            return
+        ttl = min(self.max_ttl, *(record.ttl for record in records))
+        if ttl <= 0:
+            return
+        now = self._clock.seconds()
+        entries = self._entries
+        entries[query] = (now, now + ttl, (list(payload[0]), list(payload[1]), list(payload[2])))
+        entries.move_to_end(query)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Result]:
+        query = dns.Query(name, type, cls)
+        entry = self._entries.get(query)
+        if entry is None:
+            return fail(DomainError(name))
+        stored, expires, (answers, authority, additional) = entry
+        now = self._clock.seconds()
+        if now >= expires:
+            del self._entries[query]
+            return fail(DomainError(name))
+        self._entries.move_to_end(query)
+        elapsed = int(now - stored)
+
+        def aged(records: list[dns.RRHeader]) -> list[dns.RRHeader]:
+            return [
+                dns.RRHeader(r.name.name, r.type, r.cls, max(0, r.ttl - elapsed), r.payload,
+                             auth=False)
+                for r in records
+            ]
+
+        return succeed((aged(answers), aged(authority), aged(additional)))
+
+
+class Forwarder:
+    """The upstream resolvers, with at most ``max_pending`` forwarded queries in flight;
+    beyond that the server answers SERVFAIL at once instead of queueing without bound."""
+
+    def __init__(self, upstream: Any, max_pending: int = 256) -> None:
+        self.upstream = upstream
+        self.max_pending = max_pending
+        self.pending = 0
+
+    def query(self, query: dns.Query, timeout: Any = None) -> Deferred[Result]:
+        if self.pending >= self.max_pending:
+            return fail(DNSServerError(f"more than {self.max_pending} forwarded queries in flight"))
+        self.pending += 1
+
+        def done(result: object) -> object:
+            self.pending -= 1
+            return result
+
+        answer: Deferred[Result] = self.upstream.query(query, timeout)
+        answer.addBoth(done)
+        return answer

@@ -1,0 +1,203 @@
+"""
+The edge's DNS server (twisted.names) on one address and port, over UDP and TCP.
+
+EdgeMesh v1 answered on a link-local address (169.254.96.16:53) that kubelet/edgecore hand
+to pods as their nameserver; the same works here (the address must exist on an interface,
+e.g. a dummy device).  Names of the mesh come from the live catalog; others go to the
+upstream resolvers given, or get NXDOMAIN when there are none.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.names import client, dns, server
+from twisted.names.error import (
+    AuthoritativeDomainError,
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DNSUnknownError,
+    DomainError,
+)
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from ._config import DNSConfig
+from ._resolver import AddressBook, BoundedCache, Forwarder, MeshResolver
+
+if TYPE_CHECKING:
+    from ..roles import EdgeNode
+
+log = Logger()
+
+_RCODES: list[tuple[type[Exception], int]] = [
+    (DNSServerError, dns.ESERVER),
+    (DNSQueryRefusedError, dns.EREFUSED),
+    (DNSFormatError, dns.EFORMAT),
+    (DNSNotImplementedError, dns.ENOTIMP),
+    (DNSUnknownError, dns.ESERVER),
+    (DNSNameError, dns.ENAME),
+    (AuthoritativeDomainError, dns.ENAME),
+    (DomainError, dns.ENAME),
+]
+"""Twisted's resolver errors are all DomainErrors, and its server would answer NXDOMAIN to
+an upstream SERVFAIL; this keeps each response code as it was."""
+
+
+class _TCPProtocol(dns.DNSProtocol, TimeoutMixin):
+    """DNS over TCP with an idle timeout (a client may not hold a connection open forever)."""
+
+    def __init__(self, controller: Any, reactor: Any, idle_timeout: float) -> None:
+        super().__init__(controller, reactor=reactor)  # type: ignore[no-untyped-call]
+        self.callLater = reactor.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
+        self._idle_timeout = idle_timeout
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self.setTimeout(self._idle_timeout)  # type: ignore[no-untyped-call]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+
+class MeshDNSServerFactory(server.DNSServerFactory):
+    """``DNSServerFactory`` with the reactor passed on, response codes kept, failures logged
+    in one line, and a bound on TCP connections."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        mesh: MeshResolver,
+        cache: BoundedCache,
+        forwarder: Forwarder | None,
+        max_tcp_connections: int = 128,
+        tcp_idle_timeout: float = 30.0,
+    ) -> None:
+        clients = [forwarder] if forwarder is not None else None
+        super().__init__(  # type: ignore[no-untyped-call]
+            authorities=[mesh], caches=[cache], clients=clients
+        )
+        self.reactor = reactor
+        self.mesh = mesh
+        self.cache = cache
+        self.forwarder = forwarder
+        self.max_tcp_connections = max_tcp_connections
+        self.tcp_idle_timeout = tcp_idle_timeout
+
+    def buildProtocol(self, addr: Any) -> _TCPProtocol | None:
+        if len(self.connections) >= self.max_tcp_connections:
+            log.warn("DNS: refusing a TCP connection from {peer}: {count} open",
+                     peer=str(addr), count=len(self.connections))
+            return None
+        protocol = _TCPProtocol(self, self.reactor, self.tcp_idle_timeout)
+        protocol.factory = self
+        return protocol
+
+    def gotResolverError(self, failure: Failure, protocol: Any, message: dns.Message,
+                         address: Any) -> None:
+        for kind, code in _RCODES:
+            if failure.check(kind):
+                rcode = code
+                break
+        else:
+            rcode = dns.ESERVER
+        if rcode != dns.ENAME:
+            query = message.queries[0] if message.queries else None
+            log.info("DNS: {name} ({type}): {error}",
+                     name=_query_name(query), type=_query_type(query),
+                     error=failure.getErrorMessage() or repr(failure.value))
+        response = self._responseFromMessage(  # type: ignore[no-untyped-call]
+            message=message, rCode=rcode
+        )
+        self.sendReply(protocol, response, address)  # type: ignore[no-untyped-call]
+
+
+def _query_name(query: dns.Query | None) -> str:
+    return "?" if query is None else query.name.name.decode("ascii", "replace")
+
+
+def _query_type(query: dns.Query | None) -> str:
+    return "?" if query is None else dns.QUERY_TYPES.get(query.type, str(query.type))
+
+
+def build_dns_factory(reactor: Any, addresses: AddressBook, config: DNSConfig) -> MeshDNSServerFactory:
+    mesh = MeshResolver(addresses, ttl=config.ttl)
+    cache = BoundedCache(reactor, max_entries=config.cache_size, max_ttl=config.max_cache_ttl,
+                         skip=mesh.claims)
+    forwarder = None
+    if config.upstreams:
+        upstream = client.Resolver(servers=list(config.upstreams), reactor=reactor,
+                                   timeout=config.upstream_timeout)
+        forwarder = Forwarder(upstream, max_pending=config.max_forwarded)
+    return MeshDNSServerFactory(reactor, mesh, cache, forwarder,
+                                max_tcp_connections=config.max_tcp_connections)
+
+
+class DNSService(Service):
+    """Listens on ``config.address:config.port``, UDP and TCP.  Binds in
+    privilegedStartService (port 53 needs root) and raises there when it cannot, so that a
+    taken port stops the edge at start."""
+
+    def __init__(self, reactor: Any, factory: MeshDNSServerFactory, config: DNSConfig) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.config = config
+        self.ports: list[IListeningPort] = []
+
+    @property
+    def description(self) -> str:
+        host = self.config.address
+        return f"[{host}]:{self.config.port}" if ":" in host else f"{host}:{self.config.port}"
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self._listen()
+
+    def startService(self) -> None:
+        if not self.ports:
+            self._listen()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def _listen(self) -> None:
+        config = self.config
+        udp = dns.DNSDatagramProtocol(self.factory, reactor=self.reactor)
+        ports: list[IListeningPort] = []
+        try:
+            ports.append(self.reactor.listenUDP(config.port, udp, interface=config.address))
+            # TCP on the port UDP got (they differ only when port 0 asked for any).
+            port = getattr(ports[0].getHost(), "port", 0) or config.port
+            ports.append(self.reactor.listenTCP(port, self.factory, interface=config.address))
+        except BaseException:
+            for bound in ports:
+                bound.stopListening()
+            raise
+        self.ports = ports
+        log.info("DNS on {where} (UDP and TCP); upstream: {upstream}",
+                 where=self.description,
+                 upstream=", ".join(f"{h}:{p}" for h, p in config.upstreams) or "none (NXDOMAIN)")
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        ports, self.ports = self.ports, []
+        waits = [d for d in (port.stopListening() for port in ports) if isinstance(d, Deferred)]
+        return DeferredList(waits) if waits else None
+
+
+def attach_dns(node: EdgeNode, config: DNSConfig, addresses: AddressBook) -> DNSService:
+    """Add the DNS server to ``node``, answering from ``addresses`` (its live catalog)."""
+    service = DNSService(node.reactor, build_dns_factory(node.reactor, addresses, config), config)
+    service.setServiceParent(node)  # type: ignore[no-untyped-call]
+    return service

@@ -1,0 +1,570 @@
+"""
+What a node counts about its exchanges and its links, in plain Python ints.
+
+The pipeline calls ``MeshObserver.observe`` once per routed exchange (and ``refused``
+for one refused before a route was chosen).  The observer wraps the responder and the
+request body in two small objects that add to per-(service, path) counters as the
+exchange goes: no locks, no prometheus_client objects on the hot path.  The collector
+(``_collector.py``) turns the counters into metric families at scrape time.
+
+Cardinality is bounded: at most ``max_services`` services get their own label, the
+rest share ``service="other"``; paths, status classes and reasons are small fixed sets.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+    Role,
+    Route,
+    SourceKind,
+    TargetKind,
+)
+from ._access import AccessLog
+
+if TYPE_CHECKING:
+    from ..routing import Pipeline
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "OTHER_SERVICE",
+    "UNKNOWN_SERVICE",
+    "ExchangeStats",
+    "MeshObserver",
+    "ObservabilityConfig",
+    "PeerState",
+    "Readiness",
+    "exchange_path",
+]
+
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+"""Upper bounds (seconds) of the request duration histogram; +Inf is implied."""
+
+OTHER_SERVICE = "other"
+"""The service label of every service past ``max_services``."""
+UNKNOWN_SERVICE = "unknown"
+"""The service label of exchanges refused before a service was known (e.g. unknown-service)."""
+ABORTED = 0
+"""Index of ``ExchangeStats.codes`` for exchanges the client (or peer) gave up before a
+response head; indexes 1-9 are status classes 1xx-9xx."""
+
+RELAYED = "tunnel-relayed"
+"""The target of an edge's exchange with another edge's pod through the router."""
+
+PATH_NONE = "none"
+"""The path label of an exchange refused before its target was chosen, when the source
+alone does not tell."""
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """What a node records and logs about its exchanges."""
+
+    access_log: bool = False
+    """An ``edgemesh.access`` log event per exchange.  Off by default: a formatted log line
+    costs far more CPU than the rest of the instrumentation (see docs/operations.md)."""
+    max_services: int = 1000
+    """Services with a label of their own in the metrics; later ones count as ``other``."""
+    max_peers: int = 4096
+    """Peer links tracked for the metrics and /peers (the oldest disconnected go first)."""
+
+
+def exchange_path(role: Role, source: SourceKind, target: TargetKind | None) -> str:
+    """Which of the four request paths an exchange takes, as this node sees it:
+    ``local`` (stays on this node's side), ``edge-edge``, ``edge-cloud`` or ``cloud-edge``;
+    ``none`` when it was refused before its target was chosen and the source does not say.
+
+    An edge cannot tell a request relayed by the router from another edge from one of a
+    cloud app: both arrive on the tunnel and count as ``cloud-edge``.
+    """
+    if role is Role.edge:
+        if source is SourceKind.hub:
+            return "edge-edge"
+        if source is SourceKind.tunnel:
+            return "cloud-edge"
+        if target is TargetKind.service_bus:
+            return "local"
+        if target is TargetKind.hub:
+            return "edge-edge"
+        if target is TargetKind.tunnel:
+            return "edge-cloud"
+        return PATH_NONE
+    if source is SourceKind.tunnel:
+        if target is TargetKind.tunnel:
+            return "edge-edge"  # relayed from one edge to another
+        if target is TargetKind.cluster_ip:
+            return "edge-cloud"
+        return PATH_NONE
+    if target is TargetKind.tunnel:
+        return "cloud-edge"
+    if target is TargetKind.cluster_ip:
+        return "local"
+    return PATH_NONE
+
+
+class ExchangeStats:
+    """The counters of one (service, path).  Plain ints, read at scrape time."""
+
+    __slots__ = ("active", "bytes_in", "bytes_out", "codes", "counts", "duration_sum", "path", "service")
+
+    def __init__(self, service: str, path: str) -> None:
+        self.service = service
+        self.path = path
+        self.codes = [0] * 10
+        """Finished exchanges by status class (index status // 100; 0: aborted)."""
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        """Durations per histogram bucket (not cumulative; the last one is +Inf)."""
+        self.duration_sum = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.active = 0
+
+
+@dataclass
+class PeerState:
+    """One link to a peer node, as the admin API and the metrics show it."""
+
+    peer: str
+    kind: str
+    """``tunnel`` (edge↔router), ``hub-out`` (this edge dialled the peer's hub) or ``hub-in``."""
+    link: Any = None
+    """The EnvelopeLink while connected (for rtt and open streams), else None."""
+    connected_since: float | None = None
+    disconnected_at: float | None = None
+    last_reason: str | None = None
+    connects: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and not self.link.closed
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+
+class Readiness:
+    """Named readiness gates, for what the node itself cannot see (e.g. the Kubernetes
+    watch has listed everything).  A gate nobody set does not exist: ``/readyz`` is then
+    ready as soon as the node is started, its listeners are up and its catalog loaded."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, tuple[bool, str]] = {}
+
+    def set(self, name: str, ready: bool, detail: str = "") -> None:
+        self.gates[name] = (ready, detail)
+
+    def clear(self, name: str) -> None:
+        self.gates.pop(name, None)
+
+    @property
+    def ready(self) -> bool:
+        return all(ready for ready, _ in self.gates.values())
+
+
+@implementer(IResponder)
+class ObservedResponder:
+    """The responder the target answers through: counts the response, then forwards.
+
+    Built once per exchange on the hot path: few fields, no work beyond counting
+    (``LoggedResponder`` keeps what the access log needs on top)."""
+
+    __slots__ = ("aborted", "done", "error", "inner", "observer", "started", "stats", "status")
+    error: Reason | None
+    aborted: bool
+
+    def __init__(
+        self, observer: MeshObserver, stats: ExchangeStats, inner: IResponder, started: float
+    ) -> None:
+        self.observer = observer
+        self.stats = stats
+        self.inner = inner
+        self.started = started
+        self.status = 0
+        self.done = False
+        # ``error`` (a Reason) and ``aborted`` are set when they happen; only the access
+        # log reads them (LoggedResponder gives them their defaults).
+
+    def head(self, head: ResponseHead) -> None:
+        self.status = head.status
+        self.inner.head(head)
+
+    def write(self, data: bytes) -> None:
+        self.stats.bytes_out += len(data)
+        self.inner.write(data)
+
+    def end(self) -> None:
+        self.finish()
+        self.inner.end()
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        """A whole response at once (the fast path some sources offer)."""
+        self.status = head.status
+        self.stats.bytes_out += len(body)
+        self.finish()
+        inner = self.inner
+        complete = getattr(inner, "complete", None)
+        if complete is not None:
+            complete(head, body)
+            return
+        inner.head(head)
+        if body:
+            inner.write(body)
+        inner.end()
+
+    def fail(self, error: MeshError) -> None:
+        if not self.done:
+            self.failed(error)
+        self.inner.fail(error)
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.inner.setProducer(producer)
+
+    # -- not IResponder ---------------------------------------------------------
+
+    def failed(self, error: MeshError) -> None:
+        """Count ``error``: the client gets its status unless a head went out already."""
+        reason = error.reason
+        self.error = reason
+        if not self.status:
+            self.status = reason.status
+        self.observer.errors[reason.code] += 1
+        self.finish()
+
+    def aborted_by_source(self) -> None:
+        """The source gave up (client or peer gone) before the response was over."""
+        if not self.done:
+            self.aborted = True
+            self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        observer = self.observer
+        stats = self.stats
+        stats.active -= 1
+        # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
+        stats.codes[self.status // 100 % 10] += 1
+        duration = observer.seconds() - self.started
+        if duration > 0.0:
+            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+            stats.duration_sum += duration
+        else:  # no time on the clock, or a wall clock that stepped back
+            duration = 0.0
+            stats.counts[0] += 1
+        access_log = observer.access_log
+        if access_log is not None and isinstance(self, LoggedResponder):
+            access_log.exchange(self, duration)
+
+
+class LoggedResponder(ObservedResponder):
+    """An ObservedResponder that also keeps what the access log shows."""
+
+    __slots__ = ("head_", "received", "route", "sent")
+
+    def __init__(
+        self,
+        observer: MeshObserver,
+        stats: ExchangeStats,
+        inner: IResponder,
+        started: float,
+        route: Route | None,
+        head: RequestHead,
+    ) -> None:
+        super().__init__(observer, stats, inner, started)
+        self.route = route
+        self.head_ = head
+        self.sent = 0
+        self.received = 0
+        self.error = None
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+        super().write(data)
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        self.sent += len(body)
+        super().complete(head, body)
+
+
+@implementer(IRequestBody)
+class ObservedBody:
+    """The request body the source writes into: counts it and sees the source give up.
+    ``end`` and ``setProducer`` are the inner body's own (bound at construction): one
+    call less for each on the hot path."""
+
+    __slots__ = ("end", "exchange", "inner", "setProducer")
+
+    def __init__(self, exchange: ObservedResponder, inner: IRequestBody) -> None:
+        self.exchange = exchange
+        self.inner = inner
+        self.end: Callable[[], None] = inner.end
+        self.setProducer: Callable[[IPushProducer], None] = inner.setProducer
+
+    def write(self, data: bytes) -> None:
+        self.exchange.stats.bytes_in += len(data)
+        self.inner.write(data)
+
+    def abort(self, reason: str) -> None:
+        # After the response, a source aborts the rest of the request body: not an abort.
+        self.exchange.aborted_by_source()
+        self.inner.abort(reason)
+
+
+class LoggedBody(ObservedBody):
+    """An ObservedBody that also counts the exchange's own request bytes."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        exchange = self.exchange
+        assert isinstance(exchange, LoggedResponder)
+        exchange.received += len(data)
+        super().write(data)
+
+
+Open = Callable[[Route, RequestHead, IResponder], IRequestBody]
+
+
+class MeshObserver:
+    """The counters of one node (its pipeline's exchanges and its links) and, when
+    configured, its access log.  ``attach`` makes a pipeline report to it."""
+
+    def __init__(
+        self, reactor: IReactorTime, role: Role, node: str, config: ObservabilityConfig | None = None
+    ) -> None:
+        self.seconds = reactor.seconds
+        self.role = role
+        self.node = node
+        self.pipeline: Pipeline | None = None
+        self.stats: dict[tuple[str, str, str, str], ExchangeStats] = {}
+        """By (namespace, name, source kind, target kind): what ``observe`` looks up."""
+        self.tables: dict[tuple[str, str], ExchangeStats] = {}
+        """By (service label, path): what is exposed (several keys may share one)."""
+        self.services: set[str] = set()
+        self.errors: dict[str, int] = {reason.code: 0 for reason in Reason}
+        self.peers: dict[tuple[str, str], PeerState] = {}
+        self._peer_of: dict[Any, PeerState] = {}
+        self.readiness = Readiness()
+        self._paths = {
+            (source._value_, target._value_): exchange_path(role, source, target)
+            for source in SourceKind
+            for target in TargetKind
+        }
+        self.relays = role is Role.edge
+        for source in SourceKind:
+            self._paths[source._value_, RELAYED] = "edge-edge"
+        self._recorded: MeshError | None = None
+        self.config = ObservabilityConfig()
+        self.access_log: AccessLog | None = None
+        self.body_class: type[ObservedBody] = ObservedBody
+        self.configure(config or ObservabilityConfig())
+
+    def configure(self, config: ObservabilityConfig) -> None:
+        self.config = config
+        self.access_log = AccessLog() if config.access_log else None
+        self.body_class = ObservedBody if self.access_log is None else LoggedBody
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Make ``pipeline`` report its exchanges here."""
+        self.pipeline = pipeline
+        pipeline.observe = self.observe
+        pipeline.refused = self.refused
+
+    # -- exchanges (the hot path) ---------------------------------------------------
+
+    def observe(
+        self, source: SourceKind, route: Route, head: RequestHead, responder: IResponder, open: Open
+    ) -> IRequestBody:
+        """Open ``route`` with ``open``, counting the exchange as it goes."""
+        service = route.service
+        target = route.target._value_
+        if target == "tunnel" and self.relays:
+            # An edge relays to another edge through the router when its hub is unreachable.
+            endpoint = route.endpoint
+            pipeline = self.pipeline
+            if endpoint is not None and pipeline is not None and pipeline.catalog.is_edge(endpoint.node):
+                target = RELAYED
+        stats = self.stats.get((service.namespace, service.name, source._value_, target))
+        if stats is None:
+            key = (service.namespace, service.name, source._value_, target)
+            stats = self._stats_for(key, self._paths[key[2], key[3]])
+        if self.access_log is None:
+            observed = ObservedResponder(self, stats, responder, self.seconds())
+        else:
+            observed = LoggedResponder(self, stats, responder, self.seconds(), route, head)
+        stats.active += 1
+        try:
+            body = open(route, head, observed)
+        except MeshError as error:
+            # The source answers it; the pipeline's ``refused`` must not count it again.
+            self._recorded = error
+            if not observed.done:
+                observed.failed(error)
+            raise
+        except Exception:
+            if not observed.done:
+                observed.failed(MeshError(Reason.upstream_lost, "internal error in the mesh"))
+            raise
+        return self.body_class(observed, body)
+
+    def refused(
+        self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
+    ) -> None:
+        """An exchange the pipeline refused (the source answers ``error``)."""
+        if error is self._recorded:
+            self._recorded = None
+            return
+        namespace, name = "", UNKNOWN_SERVICE
+        catalog = self.pipeline.catalog if self.pipeline is not None else None
+        service = None
+        if catalog is not None:
+            if service_key is not None:
+                service = catalog.services.get(service_key)
+            else:
+                try:
+                    service = catalog.resolve(head.authority)[0]
+                except MeshError:
+                    service = None
+        if service is not None:
+            namespace, name = service.namespace, service.name
+        path = self._source_path(source)
+        stats = self._stats_for((namespace, name, source._value_, ""), path)
+        observed = (
+            ObservedResponder(self, stats, _NO_RESPONDER, self.seconds())
+            if self.access_log is None
+            else LoggedResponder(self, stats, _NO_RESPONDER, self.seconds(), None, head)
+        )
+        stats.active += 1
+        observed.failed(error)
+
+    def rejected(self, reason: Reason) -> None:
+        """A request a source refused before it reached the pipeline (malformed, too large)."""
+        self.errors[reason.code] += 1
+
+    def _source_path(self, source: SourceKind) -> str:
+        rules = self.pipeline.rules.get(source, frozenset()) if self.pipeline is not None else ()
+        if len(rules) == 1:
+            return exchange_path(self.role, source, next(iter(rules)))
+        return exchange_path(self.role, source, None)
+
+    def _stats_for(self, key: tuple[str, str, str, str], path: str) -> ExchangeStats:
+        namespace, name = key[0], key[1]
+        label = f"{namespace}/{name}" if namespace else name
+        cacheable = True
+        if namespace and label not in self.services:
+            if len(self.services) >= self.config.max_services:
+                label = OTHER_SERVICE
+                cacheable = False  # or every overflowing key would grow the cache
+            else:
+                self.services.add(label)
+        stats = self.tables.get((label, path))
+        if stats is None:
+            stats = self.tables[label, path] = ExchangeStats(label, path)
+        if cacheable:
+            self.stats[key] = stats
+        return stats
+
+    # -- links --------------------------------------------------------------------
+
+    def link_up(self, peer: str, kind: str, link: Any) -> None:
+        """A link to ``peer`` finished its hello and was accepted."""
+        key = (peer, kind)
+        state = self.peers.get(key)
+        if state is None:
+            if len(self.peers) >= self.config.max_peers and not self._evict_peer():
+                return
+            state = self.peers[key] = PeerState(peer, kind)
+        if state.link is not None:
+            self._peer_of.pop(state.link, None)
+        state.link = link
+        state.connected_since = self.seconds()
+        state.disconnected_at = None
+        state.connects += 1
+        self._peer_of[link] = state
+
+    def link_down(self, link: Any, reason: str) -> None:
+        """A link is gone (any link: those never reported up are ignored)."""
+        state = self._peer_of.pop(link, None)
+        if state is None or state.link is not link:
+            return
+        state.link = None
+        state.disconnected_at = self.seconds()
+        state.last_reason = reason
+
+    def _evict_peer(self) -> bool:
+        gone = [s for s in self.peers.values() if s.link is None]
+        if not gone:
+            return False
+        oldest = min(gone, key=lambda s: s.disconnected_at or 0.0)
+        del self.peers[oldest.peer, oldest.kind]
+        return True
+
+    # -- views ----------------------------------------------------------------------
+
+    def peers_view(self) -> list[dict[str, object]]:
+        """The tracked links, for the admin API's ``/peers``."""
+        now = self.seconds()
+        rows: list[dict[str, object]] = []
+        for state in sorted(self.peers.values(), key=lambda s: (s.peer, s.kind)):
+            link = state.link
+            connected = state.connected
+            rows.append(
+                {
+                    "peer": state.peer,
+                    "link": state.kind,
+                    # An edge's tunnel goes to the router, which forwards its exchanges on.
+                    "mode": "relayed" if state.kind == "tunnel" and self.role is Role.edge else "direct",
+                    "connected": connected,
+                    "connected_since": state.connected_since if connected else None,
+                    "connected_for": round(now - state.connected_since, 3)
+                    if connected and state.connected_since is not None
+                    else None,
+                    "disconnected_at": state.disconnected_at,
+                    "last_reason": state.last_reason,
+                    "reconnects": state.reconnects,
+                    "rtt": link.rtt if connected else None,
+                    "streams": len(link.exchanges) if connected else 0,
+                }
+            )
+        return rows
+
+
+@implementer(IResponder)
+class _NoResponder:
+    """Where a refused exchange's (never used) responder calls would go."""
+
+    def head(self, head: ResponseHead) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def fail(self, error: MeshError) -> None:
+        pass
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+_NO_RESPONDER = _NoResponder()

@@ -1,0 +1,177 @@
+"""
+Resilience in the roles: the command-line options (a mixin of CommonOptions) and the
+graceful drain that ``MeshNode.stopService`` runs on SIGTERM.
+
+The drain: stop accepting (the source listeners close; the admin API stays), refuse new
+streams from other nodes (``draining``: they go elsewhere), tell every peer (a GOAWAY on
+every link: they stop choosing this node), let the exchanges in progress finish up to the
+drain deadline, then stop the rest of the service tree.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from ..routing import Resilience
+from ..wire import encode_goaway
+
+if TYPE_CHECKING:
+    from ..transports import EnvelopeLink
+    from ._node import MeshNode
+
+__all__ = ["ResilienceOptions", "drain", "track_link"]
+
+log = Logger(namespace="edgemesh.drain")
+
+GOAWAY_REASON = "draining"
+
+
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 86400:
+        raise ValueError("must be between 0 and 86400 seconds")
+    return number
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    parse.__name__ = parse.__qualname__ = "count"  # the value column of docs/configuration.md
+    return parse
+
+
+def _ratio(value: str) -> float:
+    number = float(value.removesuffix("%")) / (100 if value.endswith("%") else 1)
+    if not 0 <= number <= 1:
+        raise ValueError("must be between 0 and 1 (or 0% and 100%)")
+    return number
+
+
+_D = Resilience()
+
+
+class ResilienceOptions(usage.Options):
+    """Timeouts, retries, outlier ejection, overload limits, heartbeats and drain;
+    ``resilience()`` turns them into the Resilience settings."""
+
+    optParameters: ClassVar[list[Any]] = [
+        ["stream-idle-timeout", None, _D.stream_idle_timeout,
+         "Seconds a streaming exchange may carry no data in either direction (then cancelled).",
+         _positive_seconds],
+        ["retries", None, _D.retries,
+         ("Attempts after the first on another endpoint (connect failure, or reset before any "
+         "response byte for idempotent methods); a service's edgemesh.io/retries overrides it."),
+         _count(0, 10)],
+        ["retry-budget", None, _D.retry_budget_ratio,
+         "Retries may add this share of a service's requests (0.2 or 20%).", _ratio],
+        ["retry-budget-min", None, _D.retry_budget_min,
+         "Retries per 10 s a service may make whatever its traffic.", _count(0, 100_000)],
+        ["max-requests-per-service", None, _D.max_requests_per_service,
+         "Exchanges in progress per service on this node; more get 503 overloaded.",
+         _count(1, 1_000_000)],
+        ["outlier-failures", None, _D.consecutive_failures,
+         "Consecutive failures (connect errors, resets, timeouts, 5xx) that eject an endpoint.",
+         _count(1, 1000)],
+        ["ejection-time", None, _D.base_ejection,
+         "Seconds of the first ejection (× the times ejected).", _positive_seconds],
+        ["max-ejection-time", None, _D.max_ejection, "Longest ejection, in seconds.",
+         _positive_seconds],
+        ["max-ejection-percent", None, _D.max_ejection_percent,
+         "Most endpoints of a service ejected at once, in per cent (always one of two or more).",
+         _count(0, 100)],
+        ["heartbeat-interval", None, _D.heartbeat_interval,
+         "Seconds between pings on every link.", _positive_seconds],
+        ["heartbeat-timeout", None, _D.heartbeat_timeout,
+         ("A link silent this long (more than --heartbeat-interval) is closed and its "
+         "exchanges fail at once."), _positive_seconds],
+        ["drain-timeout", None, _D.drain_timeout,
+         "On SIGTERM, seconds the exchanges in progress may take before the node stops.",
+         _positive_seconds],
+    ]
+
+    def resilience(self) -> Resilience:
+        return Resilience(
+            request_timeout=self.get("request-timeout", _D.request_timeout),
+            stream_idle_timeout=self["stream-idle-timeout"],
+            retries=self["retries"],
+            retry_budget_ratio=self["retry-budget"],
+            retry_budget_min=self["retry-budget-min"],
+            max_requests_per_service=self["max-requests-per-service"],
+            consecutive_failures=self["outlier-failures"],
+            base_ejection=self["ejection-time"],
+            max_ejection=self["max-ejection-time"],
+            max_ejection_percent=self["max-ejection-percent"],
+            heartbeat_interval=self["heartbeat-interval"],
+            heartbeat_timeout=self["heartbeat-timeout"],
+            drain_timeout=self["drain-timeout"],
+        )
+
+
+_links: weakref.WeakKeyDictionary[Any, weakref.WeakSet[EnvelopeLink]] = weakref.WeakKeyDictionary()
+
+
+def track_link(node: MeshNode, link: EnvelopeLink) -> EnvelopeLink:
+    """Remember a link of ``node`` (any kind, either direction) for the GOAWAY at drain."""
+    links = _links.get(node)
+    if links is None:
+        links = _links[node] = weakref.WeakSet()
+    links.add(link)
+    return link
+
+
+def node_links(node: MeshNode) -> list[EnvelopeLink]:
+    return [link for link in _links.get(node, ()) if not link.closed]
+
+
+def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred[Any] | None]) -> Deferred[None]:
+    """Drain ``node``, then ``stop_rest()`` (the MultiService stop of its children)."""
+    pipeline = node.pipeline
+    if pipeline.draining:
+        return maybeDeferred(stop_rest).addCallback(lambda _: None)
+    pipeline.start_drain()
+    clock = node.reactor
+    started = clock.seconds()
+    log.info("draining: {count} exchanges in progress, deadline {deadline:g}s",
+             count=pipeline.in_flight, deadline=settings.drain_timeout)
+    stopping = [
+        maybeDeferred(listener.stopService)
+        for listener in node.listeners.values()
+        if listener.kind is not None  # a Source; the admin API stays up meanwhile
+    ]
+    told = 0
+    for link in node_links(node):
+        if link.connection.ready:
+            link.send_control(encode_goaway(GOAWAY_REASON))
+            told += 1
+    if told:
+        log.info("told {count} peers that this node is going away", count=told)
+
+    waiting = pipeline.when_drained() if pipeline.in_flight else succeed(None)
+    waiting.addTimeout(settings.drain_timeout, clock)
+
+    def deadline(failure: Failure) -> None:
+        failure.trap(TimeoutError)
+        log.warn("drain deadline: stopping with {count} exchanges still in progress",
+                 count=pipeline.in_flight)
+
+    def drained(_: object) -> Deferred[Any]:
+        log.info("stopping after {elapsed:.3f}s of drain", elapsed=clock.seconds() - started)
+        return maybeDeferred(stop_rest)
+
+    waiting.addErrback(deadline)
+    listening: Deferred[Any] = gatherResults(stopping, consumeErrors=True)
+    listening.addErrback(lambda _: None)
+    both: list[Deferred[Any]] = [listening, waiting]
+    done: Deferred[Any] = gatherResults(both).addCallback(drained)
+    return done.addCallback(lambda _: None)

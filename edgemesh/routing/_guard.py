@@ -1,0 +1,466 @@
+"""
+The guarded exchange: the pipeline's own responder between a source and a target.
+
+It sees every exchange of the node from start to end, which is what resilience needs:
+
+- accounting: requests in progress per service (overload limit), per endpoint (for the
+  least-request and bounded consistent-hash policies), and the drain;
+- outlier detection: the outcome of each attempt (connect errors, resets, timeouts, 5xx);
+- timeouts, where the exchange entered the mesh: the request timeout until the response
+  head and the idle timeout of the streams, cancelling the exchange on every hop (the
+  target's ``abort`` resets the link stream, which aborts the pod connection beyond it);
+- retries, where the exchange entered the mesh: while no response head was delivered, the
+  request body is still replayable (at most 64 KiB kept) and the failure is one that a
+  retry may cure: the connection was refused (nothing was sent: any method), or it was
+  reset before any response byte (idempotent methods only).  Another endpoint is chosen;
+  a retry budget caps the retries of a service when everything fails.
+
+Exchanges that arrive from another node are only accounted for: the node where the
+exchange entered the mesh owns its timeouts and retries (no retry storms across hops).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Final
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..exchange import (
+    IRequestBody,
+    IResponder,
+    ITarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+    Route,
+    SourceKind,
+)
+
+if TYPE_CHECKING:
+    from ..catalog import Endpoint, Service, ServicePort
+    from ._health import ServiceState
+    from ._pipeline import Pipeline
+    from ._policy import ServicePolicy
+
+__all__ = ["IDEMPOTENT_METHODS", "REPLAY_LIMIT", "GuardedExchange"]
+
+REPLAY_LIMIT: Final = 64 * 1024
+"""Request body kept for a retry; a longer body is never retried."""
+
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_NOT_DELIVERED: Final = frozenset({Reason.upstream_refused, Reason.draining, Reason.overloaded})
+"""Failures (also when another node reports them) that mean no request byte reached the
+application: refused connections, a node that refused a stream while draining or overloaded."""
+_RESET: Final = frozenset({Reason.upstream_lost, Reason.peer_unavailable})
+"""Failures before any response byte that may follow a delivered request."""
+_ENDPOINT_FAILURES: Final = frozenset({
+    Reason.upstream_refused,
+    Reason.upstream_lost,
+    Reason.peer_unavailable,
+    Reason.upstream_timeout,
+    Reason.upstream_bad_response,
+})
+"""What counts against an endpoint for outlier ejection (besides 5xx answers)."""
+
+INFINITY: Final = math.inf
+
+log = Logger(namespace="edgemesh.routing.retry")
+
+
+@implementer(IRequestBody)
+class GuardedBody:
+    """The request side the source writes to: thin, everything happens in the guard."""
+
+    __slots__ = ("guard",)
+
+    def __init__(self, guard: GuardedExchange) -> None:
+        self.guard = guard
+
+    def write(self, data: bytes) -> None:
+        self.guard.body_write(data)
+
+    def end(self) -> None:
+        self.guard.body_end()
+
+    def abort(self, reason: str) -> None:
+        self.guard.body_abort(reason)
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.guard.body_producer(producer)
+
+
+@implementer(IResponder, IPushProducer)
+class GuardedExchange:
+    """The responder the target answers through.  As IPushProducer it stands for the
+    source's producer towards the target (so that a retry can undo the pauses of a
+    failed attempt).
+
+    Hot path: no __slots__, so that the many attributes that most exchanges never change
+    are class defaults rather than stores in ``__init__``."""
+
+    origin = False
+    """The exchange entered the mesh here: this node owns its timeouts and retries."""
+    inner: IRequestBody | None = None
+    route: Route | None = None
+    load_key: tuple[str, int] | None = None
+    tries = 0
+    tried: list[tuple[str, int]] | None = None
+    producer: IPushProducer | None = None
+    producer_paused = False
+    headed = False
+    done = False
+    aborted = False
+    ended = False
+    timing = False
+    """The request timeout runs (from the end of the request body)."""
+    replay: list[bytes] | None = None
+    replayed = 0
+    deadline = INFINITY
+    idle_deadline = INFINITY
+    activity = 0
+    seen_activity = 0
+    timeout = 0.0
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        source: SourceKind,
+        head: RequestHead,
+        responder: IResponder,
+        service: Service,
+        port: ServicePort,
+        state: ServiceState,
+        policy: ServicePolicy,
+        origin: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.source = source
+        self.request = head
+        self.responder = responder
+        self.service = service
+        self.port = port
+        self.state = state
+        self.policy = policy
+        if origin:
+            self.origin = True
+            settings = pipeline.settings
+            retries = policy.retries
+            length = head.content_length
+            if (settings.retries if retries is None else retries) > 0 and (
+                length is None or length <= REPLAY_LIMIT
+            ):
+                self.replay = []
+            self.timeout = policy.timeout or settings.request_timeout
+
+    def __repr__(self) -> str:
+        return f"<GuardedExchange {self.service.key} try {self.tries}>"
+
+    @property
+    def endpoint_key(self) -> tuple[str, int] | None:
+        """The endpoint of the current attempt (None: the target chooses)."""
+        route = self.route
+        endpoint = route.endpoint if route is not None else None
+        return None if endpoint is None else (endpoint.host, endpoint.port)
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def _attempt(self, route: Route, target: ITarget) -> None:
+        attempt = self.tries = self.tries + 1
+        self.route = route
+        if self.policy.tracks_load:
+            endpoint = route.endpoint
+            if endpoint is not None:
+                key = self.load_key = (endpoint.host, endpoint.port)
+                loads = self.pipeline.balancer.loads
+                loads[key] = loads.get(key, 0) + 1
+        try:
+            inner = target.open(route, self.request, self)
+        except MeshError as error:
+            if self.tries != attempt or self.done:
+                return
+            # Raised before anything was sent.
+            unsent = error if error.unsent else MeshError(error.reason, error.detail, unsent=True)
+            if attempt > 1:
+                self.fail(unsent)
+            elif not (self._may_retry(unsent) and self._retry(unsent)):
+                # The first attempt, inside dispatch: the source answers what was raised.
+                self._count_failure(error.reason)
+                self._close()
+                raise
+            return
+        except Exception:
+            if self.tries != attempt or self.done:
+                return
+            if attempt > 1:
+                log.failure("target {target!r} raised in open", target=target)
+                self.fail(MeshError(Reason.upstream_lost, "internal error in the mesh"))
+                return
+            self._close()
+            raise
+        if self.tries != attempt:
+            return  # it failed inside open and a retry took over
+        self.inner = inner
+        if attempt == 1 or self.done:
+            return
+        # A retry: hand over what the source already gave.
+        producer = self.producer
+        was_paused = self.producer_paused
+        self.producer_paused = False
+        if producer is not None:
+            inner.setProducer(self)
+        for data in list(self.replay or ()):
+            if self.tries != attempt or self.done:
+                return
+            inner.write(data)
+        if self.ended and self.tries == attempt and not self.done:
+            inner.end()
+        if was_paused and not self.producer_paused and producer is not None:
+            producer.resumeProducing()
+
+    def _unload(self) -> None:
+        key = self.load_key
+        if key is not None:
+            self.load_key = None
+            loads = self.pipeline.balancer.loads
+            left = loads.get(key, 1) - 1
+            if left > 0:
+                loads[key] = left
+            else:
+                loads.pop(key, None)
+
+    # -- the request body, from the source ---------------------------------------------
+
+    def body_write(self, data: bytes) -> None:
+        if self.done:
+            return
+        replay = self.replay
+        if replay is not None:
+            self.replayed += len(data)
+            if self.replayed <= REPLAY_LIMIT:
+                replay.append(data)
+            else:
+                self.replay = None
+        self.activity += 1
+        inner = self.inner
+        if inner is not None:
+            inner.write(data)
+
+    def body_end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.origin and not self.timing and not self.done and not self.headed:
+            self.timing = True
+            self.deadline = self.pipeline._now() + self.timeout
+            self.pipeline._armed(self)
+        inner = self.inner
+        if inner is not None:
+            inner.end()
+
+    def body_abort(self, reason: str) -> None:
+        self.aborted = True
+        if not self.done:
+            self.done = True
+            self._finished()
+        inner = self.inner
+        if inner is not None:
+            inner.abort(reason)
+
+    def body_producer(self, producer: IPushProducer) -> None:
+        inner = self.inner
+        if self.replay is None and not self.headed:
+            # No retry possible: the target pauses the source directly.
+            self.producer = None
+            if inner is not None:
+                inner.setProducer(producer)
+            return
+        self.producer = producer
+        self.producer_paused = False
+        if inner is not None:
+            inner.setProducer(self)
+
+    # -- IPushProducer: the target pausing the source ----------------------------------
+
+    def pauseProducing(self) -> None:
+        producer = self.producer
+        if producer is not None and not self.producer_paused:
+            self.producer_paused = True
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        producer = self.producer
+        if producer is not None and self.producer_paused:
+            self.producer_paused = False
+            producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        producer = self.producer
+        if producer is not None:
+            producer.stopProducing()
+
+    # -- IResponder: the target answering ----------------------------------------------
+
+    def head(self, head: ResponseHead) -> None:
+        if self.done:
+            return
+        self.headed = True
+        self.replay = None
+        self.deadline = INFINITY
+        status = head.status
+        if status >= 500 or self.pipeline.outliers.known:
+            self._outcome(status)
+        self.responder.head(head)
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        """A whole response at once (links deliver most responses so)."""
+        if self.done:
+            return
+        self.done = self.headed = True
+        pipeline = self.pipeline
+        status = head.status
+        if status >= 500 or pipeline.outliers.known:
+            self._outcome(status)
+        self.state.active -= 1
+        if self.load_key is not None:
+            self._unload()
+        inflight = pipeline._inflight
+        inflight.discard(self)
+        if not inflight and pipeline._drain_waiters:
+            pipeline._drained()
+        responder = self.responder
+        complete = getattr(responder, "complete", None)
+        if complete is not None:
+            complete(head, body)
+            return
+        responder.head(head)
+        if body:
+            responder.write(body)
+        responder.end()
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.activity += 1
+        self.responder.write(data)
+
+    def end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._finished()
+        self.responder.end()
+
+    def fail(self, error: MeshError) -> None:
+        if self.done:
+            return
+        if not self.headed and self._may_retry(error) and self._retry(error):
+            return
+        self._count_failure(error.reason)
+        self.done = True
+        self._finished()
+        self.responder.fail(error)
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.responder.setProducer(producer)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def _outcome(self, status: int) -> None:
+        key = self.endpoint_key
+        if key is not None:
+            outliers = self.pipeline.outliers
+            if status >= 500:
+                outliers.failure(key, self.pipeline._now(), self._peers())
+            else:
+                outliers.success(key)
+
+    def _peers(self) -> tuple[Endpoint, ...]:
+        return self.pipeline.catalog.ready_endpoints(self.service, self.port)
+
+    def _count_failure(self, reason: Reason) -> None:
+        key = self.endpoint_key
+        if key is not None and reason in _ENDPOINT_FAILURES:
+            self.pipeline.outliers.failure(key, self.pipeline._now(), self._peers())
+
+    def _close(self) -> None:
+        self.done = True
+        self._finished()
+
+    def _finished(self) -> None:
+        self.state.active -= 1
+        if self.load_key is not None:
+            self._unload()
+        self.pipeline._untrack(self)
+
+    # -- retries -----------------------------------------------------------------------
+
+    def _may_retry(self, error: MeshError) -> bool:
+        if not self.origin or self.aborted or self.replay is None:
+            return False
+        retries = self.policy.retries
+        if self.tries > (self.pipeline.settings.retries if retries is None else retries):
+            return False
+        reason = error.reason
+        return error.unsent or reason in _NOT_DELIVERED or (
+            reason in _RESET and self.request.method in IDEMPOTENT_METHODS
+        )
+
+    def _retry(self, error: MeshError) -> bool:
+        """Start the next attempt; False when there is nowhere else to go or the budget
+        says no (the caller then fails the exchange)."""
+        route = self.route
+        assert route is not None
+        pipeline = self.pipeline
+        # A peer that cannot be dialled directly: the same endpoint through the router.
+        relayed = pipeline._relay_after(route, error, self.source)
+        tried = self.tried
+        if tried is None:
+            tried = self.tried = []
+        key = self.endpoint_key
+        if key is not None:
+            tried.append(key)
+        chosen = relayed or pipeline._reroute(self, set(tried))
+        if chosen is None:
+            return False
+        state = self.state
+        if not state.budget.try_retry(pipeline._now()):
+            state.retries_denied += 1
+            log.info("{service}: retry budget exhausted; not retrying {code}",
+                     service=self.service.key, code=error.reason.code)
+            return False
+        if relayed is None:
+            self._count_failure(error.reason)  # the endpoint itself failed
+        self._unload()
+        next_route, target = chosen
+        self.state.retries += 1
+        log.debug("{service}: {code} from {previous}; retrying on {endpoint} ({target})",
+                  service=self.service.key, code=error.reason.code, previous=_where(route),
+                  endpoint=_where(next_route), target=next_route.target.value)
+        self.inner = None
+        self._attempt(next_route, target)
+        return True
+
+    # -- timeouts (called by the pipeline's sweep) ---------------------------------------
+
+    def expire(self, why: str, detail: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if why == "request":
+            self._count_failure(Reason.upstream_timeout)
+        self.state.timeouts += 1
+        self._finished()
+        inner = self.inner
+        if inner is not None:
+            inner.abort(detail)  # cancels the exchange on every hop
+        self.responder.fail(MeshError(Reason.upstream_timeout, detail))
+
+
+def _where(route: Route) -> str:
+    endpoint = route.endpoint
+    return endpoint.address if endpoint is not None else f"{route.service.key} (cluster IP)"

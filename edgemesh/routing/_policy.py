@@ -1,0 +1,578 @@
+"""
+Per-service traffic policy, read from Service annotations, and the load balancers
+that apply it.
+
+Annotations (invalid values are reported and the default is used; never an error)::
+
+    edgemesh.io/lb-policy   round-robin (default) | random | least-request | consistent-hash
+    edgemesh.io/hash-key    header:NAME | source-ip (default)     for consistent-hash
+    edgemesh.io/timeout     request timeout until the response head: 5s, 250ms, 1m, 1.5
+    edgemesh.io/retries     attempts after the first (0-10; default: the node's, 1)
+
+``spec.sessionAffinity: ClientIP`` hashes the client address without a load bound (a
+client stays on its pod while that pod is usable).
+
+Plain Python: endpoints, heads and loads in, an endpoint out.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import random
+import re
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from twisted.logger import Logger
+
+from ..catalog import Catalog, Endpoint, Service, ServicePort
+from ..exchange import RequestHead
+
+__all__ = [
+    "HASH_KEY_ANNOTATION",
+    "LB_POLICY_ANNOTATION",
+    "RETRIES_ANNOTATION",
+    "TIMEOUT_ANNOTATION",
+    "Balancer",
+    "LBPolicy",
+    "PolicyBook",
+    "RoundRobin",
+    "ServicePolicy",
+    "parse_duration",
+    "parse_policy",
+]
+
+LB_POLICY_ANNOTATION: Final = "edgemesh.io/lb-policy"
+HASH_KEY_ANNOTATION: Final = "edgemesh.io/hash-key"
+TIMEOUT_ANNOTATION: Final = "edgemesh.io/timeout"
+RETRIES_ANNOTATION: Final = "edgemesh.io/retries"
+
+MAX_RETRIES: Final = 10
+MAX_TIMEOUT: Final = 86400.0
+RING_POINTS: Final = 128
+"""Points per endpoint on a consistent-hash ring: each endpoint's share is within a few
+per cent of 1/n, and removing one endpoint moves only its own keys."""
+LOAD_BOUND: Final = 1.25
+"""Consistent hash with bounded load: no endpoint takes more than 1.25 × the mean number of
+requests in progress (+1); a hot key spills over to the next endpoints on the ring."""
+
+EndpointKey = tuple[str, int]
+_Tiers = tuple[tuple[Endpoint, ...], ...]
+"""(host, port): how health, load and retries name an endpoint."""
+
+
+class LBPolicy(enum.Enum):
+    round_robin = "round-robin"
+    random = "random"
+    least_request = "least-request"
+    """Power of two choices: the less busy of two random endpoints."""
+    consistent_hash = "consistent-hash"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    lb: LBPolicy = LBPolicy.round_robin
+    hash_header: bytes | None = None
+    """consistent-hash: the lower-case header name whose value is the key; None: the
+    client's address."""
+    bounded_load: bool = True
+    """consistent-hash: spill a hot key over (False for sessionAffinity: ClientIP)."""
+    timeout: float | None = None
+    """Request timeout until the response head; None: the node's default."""
+    retries: int | None = None
+    """Attempts after the first; None: the node's default."""
+    problems: tuple[str, ...] = ()
+    """Invalid annotation values, one line each (the defaults were used instead)."""
+    tracks_load: bool = False
+    """The balancer reads the endpoints' requests in progress (least-request, bounded
+    consistent hash); set by ``parse_policy``."""
+
+    @property
+    def hashed(self) -> bool:
+        return self.lb is LBPolicy.consistent_hash
+
+
+DEFAULT_POLICY: Final = ServicePolicy()
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_UNITS: Final = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+
+
+def parse_duration(text: str) -> float:
+    """``5s``, ``250ms``, ``1m``, ``1h``, ``1.5`` (seconds) → seconds; ValueError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text[:40]!r} (e.g. 5s, 250ms, 1m)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise ValueError(f"{text[:40]!r} must be more than 0 and at most {MAX_TIMEOUT:g}s")
+    return seconds
+
+
+def _shown(value: str) -> str:
+    return repr(value[:60]) + ("..." if len(value) > 60 else "")
+
+
+def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None") -> ServicePolicy:
+    """A service's policy from its annotations; problems are collected, never raised."""
+    problems: list[str] = []
+    lb = LBPolicy.round_robin
+    raw_lb = annotations.get(LB_POLICY_ANNOTATION)
+    if raw_lb is not None:
+        try:
+            lb = LBPolicy(raw_lb.strip())
+        except ValueError:
+            names = ", ".join(p.value for p in LBPolicy)
+            problems.append(f"{LB_POLICY_ANNOTATION}: unknown policy {_shown(raw_lb)} (one of {names})")
+
+    hash_header: bytes | None = None
+    raw_key = annotations.get(HASH_KEY_ANNOTATION)
+    if raw_key is not None:
+        key = raw_key.strip()
+        if key == "source-ip":
+            pass
+        elif key.startswith("header:") and _HEADER_NAME.fullmatch(key[7:].strip()):
+            hash_header = key[7:].strip().lower().encode("ascii")
+        else:
+            problems.append(
+                f"{HASH_KEY_ANNOTATION}: {_shown(raw_key)} is neither header:NAME nor source-ip"
+            )
+        if lb is not LBPolicy.consistent_hash:
+            problems.append(f"{HASH_KEY_ANNOTATION} has no effect unless {LB_POLICY_ANNOTATION} "
+                            "is consistent-hash")
+
+    bounded = True
+    if session_affinity == "ClientIP" and lb is not LBPolicy.consistent_hash:
+        if raw_lb is not None and lb is not LBPolicy.round_robin:
+            problems.append(f"{LB_POLICY_ANNOTATION}: {lb.value} ignored: "
+                            "spec.sessionAffinity is ClientIP")
+        lb, hash_header, bounded = LBPolicy.consistent_hash, None, False
+
+    timeout: float | None = None
+    raw_timeout = annotations.get(TIMEOUT_ANNOTATION)
+    if raw_timeout is not None:
+        try:
+            timeout = parse_duration(raw_timeout)
+        except ValueError as error:
+            problems.append(f"{TIMEOUT_ANNOTATION}: {error}")
+
+    retries: int | None = None
+    raw_retries = annotations.get(RETRIES_ANNOTATION)
+    if raw_retries is not None:
+        text = raw_retries.strip()
+        if text.isdigit() and len(text) <= 3 and int(text) <= MAX_RETRIES:
+            retries = int(text)
+        else:
+            problems.append(f"{RETRIES_ANNOTATION}: {_shown(raw_retries)} is not a number "
+                            f"from 0 to {MAX_RETRIES}")
+
+    if not problems and lb is LBPolicy.round_robin and timeout is None and retries is None:
+        return DEFAULT_POLICY
+    tracks_load = lb is LBPolicy.least_request or (lb is LBPolicy.consistent_hash and bounded)
+    return ServicePolicy(lb, hash_header, bounded, timeout, retries, tuple(problems), tracks_load)
+
+
+_POLICY_PREFIX = "edgemesh.io/"
+
+
+class PolicyBook:
+    """Every service's policy for the current catalog, parsed once when the catalog is
+    swapped in (so that problems show in the admin API before any request)."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._policies: dict[str, tuple[Service, ServicePolicy]] = {}
+        self._by_id: dict[int, tuple[Service, ServicePolicy]] = {}
+        self._reported: dict[str, tuple[str, ...]] = {}
+
+    def scan(self, catalog: Catalog) -> None:
+        policies: dict[str, tuple[Service, ServicePolicy]] = {}
+        by_id: dict[int, tuple[Service, ServicePolicy]] = {}
+        reported: dict[str, tuple[str, ...]] = {}
+        for key, service in catalog.services.items():
+            policy = self._parse(service)
+            if policy is not DEFAULT_POLICY:
+                policies[key] = by_id[id(service)] = (service, policy)
+            if policy.problems:
+                if self._reported.get(key) != policy.problems:
+                    for problem in policy.problems:
+                        self.log.warn("service {service}: {problem}; using the default",
+                                      service=key, problem=problem)
+                reported[key] = policy.problems
+        self._policies = policies
+        self._by_id = by_id
+        self._reported = reported
+
+    @staticmethod
+    def _parse(service: Service) -> ServicePolicy:
+        annotations = service.annotations
+        if service.session_affinity == "None" and not any(
+            name.startswith(_POLICY_PREFIX) for name in annotations
+        ):
+            return DEFAULT_POLICY
+        return parse_policy(annotations, service.session_affinity)
+
+    def get(self, service: Service) -> ServicePolicy:
+        """Hot path: one lookup.  A service object of another catalog (a retry that
+        outlived a catalog swap) is parsed on the spot."""
+        found = self._by_id.get(id(service))  # the entry holds the service: ids stay unique
+        if found is not None and found[0] is service:
+            return found[1]
+        if service.session_affinity == "None" and not service.annotations:
+            return DEFAULT_POLICY
+        return self._parse(service)
+
+    def problems(self) -> dict[str, list[str]]:
+        return {key: list(problems) for key, problems in sorted(self._reported.items())}
+
+    def describe(self) -> dict[str, dict[str, object]]:
+        return {
+            key: {
+                "lb": policy.lb.value,
+                "hash_key": (
+                    None if not policy.hashed
+                    else "source-ip" if policy.hash_header is None
+                    else "header:" + policy.hash_header.decode("ascii")
+                ),
+                "bounded_load": policy.hashed and policy.bounded_load,
+                "timeout": policy.timeout,
+                "retries": policy.retries,
+            }
+            for key, (_, policy) in sorted(self._policies.items())
+        }
+
+
+# --- balancers ----------------------------------------------------------------------------
+
+
+class RoundRobin:
+    """Per-request round robin, a counter per service port (bounded).
+
+    Also the policy-less ``select`` of ``decide``: the node's own endpoints first, then
+    all of them."""
+
+    def __init__(self, max_keys: int = 65536) -> None:
+        self._next: dict[tuple[str, str], int] = {}
+        self._max_keys = max_keys
+
+    def pick(self, service: Service, port: ServicePort, endpoints: Sequence[Endpoint]) -> Endpoint:
+        key = (service.key, port.name)
+        counters = self._next
+        index = counters.get(key, 0)
+        if index == 0 and len(counters) >= self._max_keys:
+            counters.clear()
+        counters[key] = index + 1
+        return endpoints[index % len(endpoints)]
+
+    def choose(
+        self,
+        service: Service,
+        port: ServicePort,
+        endpoints: Sequence[Endpoint],
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+    ) -> Endpoint | None:
+        """One of ``endpoints`` (those not excluded), or None."""
+        if not endpoints:
+            return None
+        if exclude:
+            endpoints = [e for e in endpoints if (e.host, e.port) not in exclude]
+            if not endpoints:
+                return None
+        return self.pick(service, port, endpoints)
+
+    def select(
+        self,
+        catalog: Catalog,
+        node: str,
+        service: Service,
+        port: ServicePort,
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+    ) -> Endpoint | None:
+        """An endpoint of the service port for an exchange that starts on ``node``."""
+        local = catalog.ready_endpoints(service, port, node)
+        if local:
+            found = self.choose(service, port, local, head, policy, exclude)
+            if found is not None:
+                return found
+        return self.choose(service, port, catalog.ready_endpoints(service, port), head, policy,
+                           exclude)
+
+
+class _Ring:
+    """A consistent-hash ring over endpoints, placed by address (not by list order), so
+    that a ring over a subset keeps every remaining endpoint's points.  Compact arrays:
+    a ring of 100 endpoints is about 150 KiB."""
+
+    __slots__ = ("endpoints", "hashes", "owners")
+
+    def __init__(self, endpoints: Sequence[Endpoint], points: int = RING_POINTS) -> None:
+        placed: list[tuple[int, int]] = []
+        for index, endpoint in enumerate(endpoints):
+            base = f"{endpoint.host}:{endpoint.port}#".encode()
+            for point in range(points):
+                placed.append((_hash(base + b"%d" % point), index))
+        placed.sort()
+        self.endpoints = tuple(endpoints)
+        self.hashes = array("Q", [h for h, _ in placed])
+        self.owners = array("I", [i for _, i in placed])
+
+    def walk(self, key: int) -> Iterator[int]:
+        """Endpoint indexes in ring order from the key's point, each once (lazily: the
+        first one is usually the answer)."""
+        hashes, owners = self.hashes, self.owners
+        size = len(owners)
+        start = bisect_left(hashes, key)
+        first = owners[start % size]
+        yield first
+        seen = {first}
+        count = len(self.endpoints)
+        for step in range(1, size):
+            index = owners[(start + step) % size]
+            if index not in seen:
+                seen.add(index)
+                yield index
+                if len(seen) == count:
+                    return
+
+
+def _hash(data: bytes) -> int:
+    """A hash that is the same in every process (Python's hash() of bytes is salted)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Balancer(RoundRobin):
+    """The node's balancer: locality tiers (this node, this zone, the rest), skipping
+    unhealthy endpoints while healthy ones remain, and the service's lb policy.
+
+    ``loads`` maps an endpoint to its exchanges in progress (kept by the pipeline for the
+    policies that read it); ``usable`` says whether an endpoint may be chosen now (not
+    ejected, not on a draining node); ``filtering`` is cheap and says whether ``usable``
+    can say no at all (the common case: no)."""
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        usable: Callable[[Endpoint], bool] | None = None,
+        filtering: Callable[[], bool] | None = None,
+        max_keys: int = 4096,
+        max_rings: int = 64,
+    ) -> None:
+        super().__init__()
+        self._random = (rng or random.Random()).random
+        self.loads: dict[EndpointKey, int] = {}
+        self.usable = usable
+        self.filtering = filtering
+        self._max_keys = max_keys
+        self._max_rings = max_rings
+        self._tiers: dict[int, tuple[Service, ServicePort, _Tiers]] = {}
+        self._rings: dict[int, tuple[Sequence[Endpoint], _Ring]] = {}
+        self._turns: dict[int, int] = {}
+
+    def forget(self) -> None:
+        """Drop the caches (a new catalog: its tuples replace the old ones)."""
+        self._tiers.clear()
+        self._rings.clear()
+        self._turns.clear()
+
+    # locality
+
+    def tiers(
+        self, catalog: Catalog, node: str, service: Service, port: ServicePort
+    ) -> _Tiers:
+        """The ready endpoints in order of preference, non-empty tiers only: on ``node``,
+        in its zone, the rest.  Cached until ``forget`` (the pipeline calls it when the
+        catalog changes): hot path."""
+        cached = self._tiers.get(id(port))  # the entry holds the port: ids stay unique
+        if cached is not None and cached[0] is service and cached[1] is port:
+            return cached[2]
+        ready = catalog.ready_endpoints(service, port)
+        here = catalog.node(node)
+        zone = here.zone if here is not None else None
+        same_node = tuple(e for e in ready if e.node == node)
+        same_zone = () if zone is None else tuple(
+            e for e in ready if e.node != node and e.zone == zone
+        )
+        rest = tuple(e for e in ready if e.node != node and (zone is None or e.zone != zone))
+        tiers = tuple(t for t in (same_node, same_zone, rest) if t)
+        if len(self._tiers) >= self._max_keys:
+            self._tiers.clear()
+        self._tiers[id(port)] = (service, port, tiers)
+        return tiers
+
+    def select(
+        self,
+        catalog: Catalog,
+        node: str,
+        service: Service,
+        port: ServicePort,
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+    ) -> Endpoint | None:
+        tiers = self.tiers(catalog, node, service, port)
+        if not tiers:
+            return None
+        filtering = self.filtering is not None and self.filtering()
+        if not exclude and not filtering:
+            return self._pick(service, port, tiers[0], head, policy, None)
+        return self._first_usable(service, port, tiers, head, policy, exclude, filtering)
+
+    def choose(
+        self,
+        service: Service,
+        port: ServicePort,
+        endpoints: Sequence[Endpoint],
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+    ) -> Endpoint | None:
+        if not endpoints:
+            return None
+        filtering = self.filtering is not None and self.filtering()
+        if not exclude and not filtering:
+            return self._pick(service, port, endpoints, head, policy, None)
+        return self._first_usable(service, port, (tuple(endpoints),), head, policy, exclude,
+                                  filtering)
+
+    def _first_usable(
+        self,
+        service: Service,
+        port: ServicePort,
+        tiers: Sequence[Sequence[Endpoint]],
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+        filtering: bool,
+    ) -> Endpoint | None:
+        usable = self.usable if filtering else None
+        # The first tier with a healthy endpoint; when none is healthy anywhere (panic),
+        # the first tier with any endpoint not excluded: a doubtful endpoint beats none.
+        passes = (usable, None) if usable is not None else (None,)
+        for check in passes:
+            for tier in tiers:
+                allowed = [
+                    e for e in tier
+                    if (e.host, e.port) not in exclude and (check is None or check(e))
+                ]
+                if allowed:
+                    if policy.hashed and len(allowed) < len(tier):
+                        skip = {(e.host, e.port) for e in tier} - {(e.host, e.port) for e in allowed}
+                        return self._pick(service, port, tier, head, policy, skip)
+                    return self._pick(service, port, allowed, head, policy, None)
+        return None
+
+    # policies
+
+    def _pick(
+        self,
+        service: Service,
+        port: ServicePort,
+        endpoints: Sequence[Endpoint],
+        head: RequestHead | None,
+        policy: ServicePolicy,
+        skip: set[EndpointKey] | None,
+    ) -> Endpoint:
+        lb = policy.lb
+        if lb is LBPolicy.round_robin or len(endpoints) == 1 and skip is None:
+            # A counter per candidate list (the tiers are computed once per catalog; a
+            # filtered list is short-lived and shares a recycled counter, which is fine).
+            counters = self._turns
+            turn = id(endpoints)
+            index = counters.get(turn, 0)
+            if index == 0 and len(counters) >= self._max_keys:
+                counters.clear()
+            counters[turn] = index + 1
+            return endpoints[index % len(endpoints)]
+        if lb is LBPolicy.random:
+            return endpoints[int(self._random() * len(endpoints))]
+        if lb is LBPolicy.least_request:
+            return self._least_request(endpoints)
+        key = self._hash_key(head, policy)
+        if key is None:
+            if skip:
+                endpoints = [e for e in endpoints if (e.host, e.port) not in skip]
+            return self.pick(service, port, endpoints)
+        return self._consistent(service, port, endpoints, key, policy.bounded_load, skip)
+
+    def _least_request(self, endpoints: Sequence[Endpoint]) -> Endpoint:
+        count = len(endpoints)
+        if count == 1:
+            return endpoints[0]
+        draw = self._random
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = endpoints[first], endpoints[second]
+        loads = self.loads
+        return b if loads.get((b.host, b.port), 0) < loads.get((a.host, a.port), 0) else a
+
+    @staticmethod
+    def _hash_key(head: RequestHead | None, policy: ServicePolicy) -> bytes | None:
+        if head is None:
+            return None
+        name = policy.hash_header
+        if name is None:
+            return head.client.encode() if head.client else None
+        for field, value in head.headers:
+            if len(field) == len(name) and field.lower() == name:
+                return value
+        return None
+
+    def ring(self, endpoints: Sequence[Endpoint]) -> _Ring:
+        """The ring over ``endpoints``, cached by the sequence's identity (the tiers are
+        computed once per catalog; the cache holds the sequence, so its id stays unique)."""
+        key = id(endpoints)
+        cached = self._rings.get(key)
+        if cached is not None and cached[0] is endpoints:
+            return cached[1]
+        ring = _Ring(endpoints)
+        if len(self._rings) >= self._max_rings:
+            self._rings.clear()
+        self._rings[key] = (endpoints, ring)
+        return ring
+
+    def _consistent(
+        self,
+        service: Service,
+        port: ServicePort,
+        endpoints: Sequence[Endpoint],
+        key: bytes,
+        bounded: bool,
+        skip: set[EndpointKey] | None,
+    ) -> Endpoint:
+        ring = self.ring(endpoints)
+        members = ring.endpoints
+        loads = self.loads
+        capacity: float | None = None
+        fallback: Endpoint | None = None
+        for index in ring.walk(_hash(key)):
+            endpoint = members[index]
+            address = (endpoint.host, endpoint.port)
+            if skip is not None and address in skip:
+                continue
+            if fallback is None:
+                fallback = endpoint
+            if not bounded:
+                return endpoint
+            load = loads.get(address, 0)
+            if load == 0:
+                return endpoint
+            if capacity is None:
+                total = sum(loads.get((e.host, e.port), 0) for e in members)
+                usable = len(members) - (len(skip) if skip else 0)
+                capacity = LOAD_BOUND * (total + 1) / max(usable, 1)
+            if load + 1 <= capacity:
+                return endpoint
+        assert fallback is not None, "a ring walk with every endpoint skipped"
+        return fallback

@@ -1,0 +1,470 @@
+"""
+Securing envelope links: mutual TLS on the wire, and the peer's hello checked against
+its certificate before any envelope is processed.
+
+``link_security(reactor, tls, node=..., role=...)`` gives a role what it needs, whether
+links are secured (``MutualTLS``) or explicitly plaintext (``Plaintext``, ``--insecure``):
+
+- ``server_factory(factory)``: the factory to listen with (TLS server side: our
+  certificate, a client certificate from the CA required);
+- ``client_endpoint(endpoint, peer)``: the endpoint to dial ``peer`` with (TLS client
+  side: the server's certificate must name ``peer``, checked by service_identity);
+- ``guard(link, role=..., expect=..., known=...)``: installs the hello check on a link;
+- ``service``: starts with the node (the plaintext warning; file reloading).
+
+New connections always use the material loaded last; a reload swaps it and leaves
+established connections alone (each keeps the SSL context it was made with).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..transports import EnvelopeLink
+from ._material import (
+    CIPHERS,
+    MINIMUM_TLS,
+    IdentityError,
+    TLSConfig,
+    TLSFileError,
+    TLSMaterial,
+    check_identity,
+    file_signature,
+    identity_of,
+    load_material,
+    names_match,
+    quiet_pyopenssl,
+)
+
+log = Logger(namespace="edgemesh.security")
+
+_CLIENT_CACHE = 256
+"""Client contexts kept (one per peer name dialled); beyond this the cache starts over."""
+
+
+class LinkSecurity(Protocol):
+    """What the roles use to listen, dial and accept links (see the module docstring)."""
+
+    service: Service
+
+    def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory: ...
+
+    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint: ...
+
+    def guard(
+        self,
+        link: EnvelopeLink,
+        *,
+        role: str,
+        expect: str | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> EnvelopeLink: ...
+
+
+def _hello_problem(
+    link: EnvelopeLink, role: str, expect: str | None, known: Callable[[str], bool] | None
+) -> str | None:
+    """The checks that need no certificate: the role, the expected name, the catalog."""
+    hello = link.peer
+    if hello is None:
+        return "no hello"
+    if hello.role != role:
+        return f"peer {hello.node!r} says its role is {hello.role!r}, expected {role!r}"
+    if expect is not None and hello.node != expect:
+        return f"peer says it is {hello.node!r}, expected {expect!r}"
+    if known is not None and not known(hello.node):
+        return f"{hello.node!r} is not an edge node of the catalog"
+    return None
+
+
+def _fail_closed(check: Callable[[EnvelopeLink], str | None]) -> Callable[[EnvelopeLink], str | None]:
+    """A check that raises refuses the peer (the link would otherwise log and go on)."""
+
+    def guarded(link: EnvelopeLink) -> str | None:
+        try:
+            return check(link)
+        except Exception:  # noqa: BLE001 -- whatever went wrong, the peer is not trusted
+            log.failure("checking the identity of {peer} raised", peer=link.peer_name)
+            return "identity check failed"
+
+    return guarded
+
+
+# --- plaintext ------------------------------------------------------------------------------
+
+
+class _PlaintextWarning(Service):
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        log.warn(
+            "links between nodes are PLAINTEXT (--insecure): no encryption, and a peer's "
+            "name is whatever its hello says.  Use --ca/--cert/--key (or --tls-dir) outside tests."
+        )
+
+
+class Plaintext:
+    """``--insecure``: no TLS; the hello is checked against the catalog only."""
+
+    def __init__(self) -> None:
+        self.service: Service = _PlaintextWarning()
+        self.service.setName("tls")  # type: ignore[no-untyped-call]
+
+    def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
+        return factory
+
+    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint:
+        return endpoint
+
+    def guard(
+        self,
+        link: EnvelopeLink,
+        *,
+        role: str,
+        expect: str | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> EnvelopeLink:
+        if known is not None:
+            link.identity_check = _fail_closed(lambda link: _hello_problem(link, role, None, known))
+        return link
+
+
+# --- the TLS handshake deadline ---------------------------------------------------------------
+
+
+@implementer(IHandshakeListener)
+class _HandshakeGuard(ProtocolWrapper):
+    """Between the TLS layer and the link: drops a peer that has not completed the TLS
+    handshake in time (including one that never sends a ClientHello), and logs a failed
+    handshake in one line."""
+
+    factory: _GuardFactory
+
+    def __init__(self, factory: _GuardFactory, wrapped: IProtocol) -> None:
+        super().__init__(factory, wrapped)
+        self._deadline: IDelayedCall | None = None
+        self.handshake_done = False
+        self.timed_out = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._expired)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        self._cancel()
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
+    def loseConnection(self) -> None:
+        # Twisted's TLS sends its close alert only once no producer is registered; a link
+        # stays registered as its transport's producer for its whole life, and it asks to
+        # close when it has nothing more to send.  Without this, the TLS connection would
+        # stay open (and ClientService.stopService would wait for it forever).
+        transport: Any = self.transport
+        if transport is not None:
+            transport.unregisterProducer()
+        super().loseConnection()  # type: ignore[no-untyped-call]
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.handshake_done:
+            return
+        self.timed_out = True
+        log.warn(
+            "closing {side} connection with {peer}: TLS handshake not complete after {timeout:g}s",
+            side=self.factory.side, peer=_address(self), timeout=self.factory.timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancel(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel()
+        if not self.handshake_done and not self.timed_out:
+            log.warn(
+                "TLS handshake ({side}) with {peer} failed: {reason}",
+                side=self.factory.side, peer=_address(self), reason=_tls_reason(reason),
+            )
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+
+def _address(protocol: ProtocolWrapper) -> str:
+    try:
+        peer = protocol.transport.getPeer()  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 -- only for a log line
+        return "?"
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
+
+
+def _tls_reason(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, VerificationError):
+        # service_identity refused the server's certificate: say which name was wanted.
+        wanted = ", ".join(
+            repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"?").decode("ascii", "replace"))
+            for e in value.errors
+        )
+        return f"the server's certificate does not name {wanted}"
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        parts = [str(item[-1]) for item in value.args[0] if isinstance(item, tuple) and item]
+        if parts:
+            return "; ".join(parts)
+    return reason.getErrorMessage() or type(value).__name__
+
+
+class _GuardFactory(WrappingFactory[_HandshakeGuard]):
+    protocol = _HandshakeGuard
+    noisy = False
+
+    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime, timeout: float, side: str) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        self.reactor = reactor
+        self.timeout = timeout
+        self.side = side
+
+
+@implementer(IStreamClientEndpoint)
+class _GuardedClientEndpoint:
+    """``wrapClientTLS`` with the handshake deadline between TLS and the application."""
+
+    def __init__(self, tls: IStreamClientEndpoint, reactor: IReactorTime, timeout: float) -> None:
+        self.tls = tls
+        self.reactor = reactor
+        self.timeout = timeout
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        guarded = _GuardFactory(factory, self.reactor, self.timeout, "outgoing")
+        connecting: Deferred[Any] = self.tls.connect(guarded)
+        return connecting.addCallback(lambda guard: guard.wrappedProtocol)
+
+
+# --- connection creators that follow reloads --------------------------------------------------
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerCreator:
+    def __init__(self, tls: MutualTLS) -> None:
+        self.tls = tls
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        # The context of the material loaded last; a reload never touches connections made.
+        return SSL.Connection(self.tls.material.server_options.getContext(), None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientCreator:
+    def __init__(self, tls: MutualTLS, peer: str) -> None:
+        self.tls = tls
+        self.peer = peer
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        creator = self.tls.client_options(self.peer)
+        with quiet_pyopenssl():  # the first connection makes the context
+            connection: SSL.Connection = creator.clientConnectionForTLS(tlsProtocol)
+        return connection
+
+
+# --- mutual TLS ---------------------------------------------------------------------------------
+
+
+class MutualTLS:
+    """Mutual TLS for one node: every link is TLS 1.2+ with a certificate on both sides,
+    signed by the CA bundle; the peer's hello must name the node its certificate names."""
+
+    def __init__(self, reactor: Any, config: TLSConfig, *, node: str | None = None,
+                 role: str | None = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.node = node
+        self.role = role
+        self.material = self._checked(load_material(config))
+        self.generation = 1
+        """How many times material was loaded (1 at start)."""
+        self._clients: dict[str, IOpenSSLClientConnectionCreator] = {}
+        self._failed_signature: object = None
+        self.service: Service = _TLSService(self)
+        self.service.setName("tls")  # type: ignore[no-untyped-call]
+
+    def _checked(self, material: TLSMaterial) -> TLSMaterial:
+        return check_identity(material, self.config, self.node, self.role)
+
+    # -- what the roles use --
+
+    def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
+        guarded = _GuardFactory(factory, self.reactor, self.config.handshake_timeout, "incoming")
+        return TLSMemoryBIOFactory(_ServerCreator(self), False, guarded, clock=self.reactor)
+
+    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint:
+        tls = wrapClientTLS(_ClientCreator(self, peer), endpoint, clock=self.reactor)
+        return _GuardedClientEndpoint(tls, self.reactor, self.config.handshake_timeout)
+
+    def client_options(self, peer: str) -> IOpenSSLClientConnectionCreator:
+        """Client TLS options for dialling ``peer`` with the current material (cached)."""
+        creator = self._clients.get(peer)
+        if creator is None:
+            material = self.material
+            with quiet_pyopenssl():
+                creator = optionsForClientTLS(
+                    peer,
+                    trustRoot=material.trust_root,  # type: ignore[arg-type]
+                    clientCertificate=material.private_certificate,
+                    extraCertificateOptions={
+                        "raiseMinimumTo": MINIMUM_TLS,
+                        "acceptableCiphers": CIPHERS,
+                        "extraCertChain": list(material.extra_chain),
+                    },
+                )
+            if len(self._clients) >= _CLIENT_CACHE:
+                self._clients.clear()
+            self._clients[peer] = creator
+        return creator
+
+    def guard(
+        self,
+        link: EnvelopeLink,
+        *,
+        role: str,
+        expect: str | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> EnvelopeLink:
+        link.identity_check = _fail_closed(
+            lambda link: peer_problem(link, role=role, expect=expect, known=known)
+        )
+        return link
+
+    # -- rotation --
+
+    def reload(self) -> bool:
+        """Load the files again; new connections use them.  On any problem the material in
+        use stays, and the problem is logged.  Returns whether new material is in use."""
+        try:
+            material = self._checked(load_material(self.config))
+        except Exception as error:  # noqa: BLE001 -- whatever is wrong with the new files, keep the old
+            problem = str(error) if isinstance(error, TLSFileError) else f"{type(error).__name__}: {error}"
+            log.warn("TLS files not reloaded, still using {identity}: {error}",
+                     identity=self.material.identity.describe(), error=problem)
+            return False
+        self.material = material
+        self._clients = {}
+        self.generation += 1
+        self._failed_signature = None
+        log.info("TLS files reloaded: now {identity}", identity=material.identity.describe())
+        return True
+
+    def check_files(self) -> bool:
+        """Reload when the files changed since the last load (a rotation that is still
+        half-written fails its checks and is tried again at the next change)."""
+        signature = file_signature(self.config)
+        if signature == self.material.signature or signature == self._failed_signature:
+            return False
+        if self.reload():
+            return True
+        self._failed_signature = signature
+        return False
+
+
+def peer_problem(
+    link: EnvelopeLink, *, role: str, expect: str | None, known: Callable[[str], bool] | None
+) -> str | None:
+    """Why the peer of a TLS link may not be who its hello says (None: it is).  Its
+    identity is its certificate's; the hello must say the same name and role."""
+    hello = link.peer
+    if hello is None:
+        return "no hello"
+    transport: Any = link.transport
+    getter = getattr(transport, "getPeerCertificate", None)
+    x509 = getter() if getter is not None else None
+    if x509 is None:
+        return f"peer {hello.node!r} presented no certificate"
+    cert = x509.to_cryptography()
+    try:
+        identity = identity_of(cert)
+    except IdentityError as error:
+        return f"peer {hello.node!r}: {error}"
+    if not names_match(cert, hello.node):
+        return f"hello says {hello.node!r} but the certificate is for {identity.name!r}"
+    if identity.role is not None and identity.role != hello.role:
+        return f"hello says {hello.node!r} has role {hello.role!r}, its certificate says {identity.role!r}"
+    return _hello_problem(link, role, expect, known)
+
+
+class _TLSService(Service):
+    """Watches the files (every ``reload_interval`` seconds, and on SIGHUP when asked)."""
+
+    def __init__(self, tls: MutualTLS) -> None:
+        self.tls = tls
+        self._loop: LoopingCall | None = None
+        self._previous_handler: Any = None
+        self._hooked = False
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        tls = self.tls
+        log.info("mTLS on node links as {identity}", identity=tls.material.identity.describe())
+        interval = tls.config.reload_interval
+        if interval > 0:
+            self._loop = LoopingCall(tls.check_files)
+            self._loop.clock = tls.reactor
+            self._loop.start(interval, now=False).addErrback(
+                lambda failure: log.failure("TLS file check stopped", failure)
+            )
+        if tls.config.reload_on_sighup and hasattr(signal, "SIGHUP"):
+            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
+            self._hooked = True
+
+    def _sighup(self, signum: int, frame: FrameType | None) -> None:
+        # A signal handler runs between any two bytecodes: hand over to the reactor.
+        self.tls.reactor.callFromThread(self._reload_from_signal)
+
+    def _reload_from_signal(self) -> None:
+        log.info("SIGHUP: reloading the TLS files")
+        self.tls.reload()
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._hooked:
+            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
+            self._hooked = False
+
+
+def link_security(reactor: Any, tls: TLSConfig | None, *, node: str | None = None,
+                  role: str | None = None) -> LinkSecurity:
+    """Mutual TLS from ``tls``, or explicit plaintext when it is None.  Raises
+    TLSFileError when the files are unusable or name another node or role."""
+    if tls is None:
+        return Plaintext()
+    return MutualTLS(reactor, tls, node=node, role=role)

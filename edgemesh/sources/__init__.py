@@ -1,0 +1,44 @@
+"""Sources of truth for the router's catalog beyond a manifest file: the Kubernetes API
+(watched with list + watch, through treq configured by the official client), and the
+controller that writes EndpointSlices so that cloud apps reach edge services by name."""
+
+from ._controller import EdgeServiceController, desired_slice, is_edge_service
+from ._kubeapi import (
+    ENDPOINT_SLICES,
+    NODES,
+    SERVICES,
+    APIError,
+    KubeAPI,
+    ListResult,
+    Resource,
+    TreqKubeAPI,
+    Watch,
+    load_configuration,
+)
+from ._kubernetes import EDGEMESH_MANAGER, MANAGED_BY_LABEL, KubernetesSource
+from ._options import KubernetesOptions, attach_kubernetes
+from ._reflector import Reflector, State, WatchTiming
+
+__all__ = [
+    "EDGEMESH_MANAGER",
+    "ENDPOINT_SLICES",
+    "MANAGED_BY_LABEL",
+    "NODES",
+    "SERVICES",
+    "APIError",
+    "EdgeServiceController",
+    "KubeAPI",
+    "KubernetesOptions",
+    "KubernetesSource",
+    "ListResult",
+    "Reflector",
+    "Resource",
+    "State",
+    "TreqKubeAPI",
+    "Watch",
+    "WatchTiming",
+    "attach_kubernetes",
+    "desired_slice",
+    "is_edge_service",
+    "load_configuration",
+]

@@ -1,0 +1,116 @@
+"""The router's Kubernetes options (a mixin for its twistd Options) and the wiring they drive."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from twisted.application.service import IServiceCollection
+from twisted.python import usage
+
+from ..catalog import Catalog
+from ..catalog._model import is_dns1123_label
+
+
+class KubernetesOptions(usage.Options):
+    """``--kubeconfig PATH`` | ``--in-cluster``, ``--namespace NS``, and the controller's
+    ``--advertise IP`` / ``--advertise-port PORT``."""
+
+    optFlags: ClassVar[list[Any]] = [
+        ["in-cluster", None, ("Watch the API server of the cluster this pod runs in "
+                              "(service account token and CA).")],
+        ["no-controller", None, ("Do not write the EndpointSlices that send cloud traffic for "
+                                 "edge services to this router.")],
+    ]
+    optParameters: ClassVar[list[Any]] = [
+        ["kubeconfig", None, None, "Watch the API server of this kubeconfig file."],
+        ["kube-context", None, None, "The kubeconfig context (default: its current one)."],
+        ["namespace", None, None, ("Watch Services and EndpointSlices of this namespace only "
+                                   "(default: all namespaces).")],
+        ["advertise", None, None, ("The IP address cloud traffic reaches this router at "
+                                   "(default: $POD_IP, from the downward API).")],
+        ["advertise-port", None, None, "The port for it (default: the --http port).", int],
+    ]
+
+    def kubernetes_requested(self) -> bool:
+        return bool(self["kubeconfig"] or self["in-cluster"])
+
+    def check_kubernetes(self) -> None:
+        """Validate the options and load the client configuration (fail at start, not later)."""
+        if self["kubeconfig"] and self["in-cluster"]:
+            raise usage.UsageError("--kubeconfig and --in-cluster exclude each other")
+        if self["namespace"] is not None and not is_dns1123_label(self["namespace"]):
+            raise usage.UsageError(f"--namespace {self['namespace']!r}: not a namespace name")
+        if not self.kubernetes_requested():
+            return
+        if self["kubeconfig"] and not os.path.isfile(self["kubeconfig"]):
+            raise usage.UsageError(f"--kubeconfig {self['kubeconfig']}: no such file")
+        from ._kubeapi import load_configuration
+
+        try:
+            self["kube_configuration"] = load_configuration(
+                self["kubeconfig"], self["in-cluster"], self["kube-context"])
+        except Exception as error:  # noqa: BLE001 - the client raises many kinds
+            where = "--in-cluster" if self["in-cluster"] else f"--kubeconfig {self['kubeconfig']}"
+            raise usage.UsageError(f"{where}: {error}") from None
+        advertise = self["advertise"] if self["advertise"] is not None else os.environ.get(
+            "POD_IP", "")
+        self["advertise_value"] = advertise or None
+        if advertise:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(advertise)
+            except ValueError:
+                raise usage.UsageError(f"--advertise {advertise!r}: not an IP address") from None
+        port = self["advertise-port"]
+        if port is not None and not 1 <= port <= 65535:
+            raise usage.UsageError("--advertise-port: must be 1-65535")
+
+
+def http_port(description: str | None) -> int | None:
+    """The port of a server endpoint string such as ``tcp:7780:interface=127.0.0.1``."""
+    if not description:
+        return None
+    for part in description.split(":")[1:]:
+        if part.isdigit():
+            return int(part)
+        if part.startswith("port="):
+            return int(part[5:]) if part[5:].isdigit() else None
+    return None
+
+
+def attach_kubernetes(
+    parent: IServiceCollection,
+    reactor: Any,
+    options: Any,
+    set_catalog: Callable[[Catalog], None],
+    http: str | None,
+) -> Any:
+    """Start watching (and, unless ``--no-controller``, controlling) as services of
+    ``parent`` (the router).  Returns the KubernetesSource."""
+    from ._controller import EdgeServiceController
+    from ._kubeapi import TreqKubeAPI
+    from ._kubernetes import KubernetesSource
+
+    api = TreqKubeAPI(reactor, options["kube_configuration"])
+    source = KubernetesSource(reactor, api, namespace=options["namespace"])
+    source.subscribe(set_catalog)
+    source.setServiceParent(parent)  # type: ignore[no-untyped-call]
+    status_parts = getattr(parent, "status_parts", {})
+    status_parts["kubernetes"] = source.status
+    address = options.get("advertise_value")
+    port = options["advertise-port"] or http_port(http)
+    if not options["no-controller"] and address and port:
+        controller = EdgeServiceController(reactor, api, [address], port,
+                                           namespace=options["namespace"])
+        source.subscribe(controller.catalog_changed)
+        controller.setServiceParent(parent)  # type: ignore[no-untyped-call]
+        status_parts["controller"] = controller.status
+    elif not options["no-controller"]:
+        from twisted.logger import Logger
+
+        Logger().warn("no --advertise address (nor $POD_IP), or no HTTP port: cloud apps "
+                      "cannot reach edge services through this router (controller off)")
+    return source

@@ -1,0 +1,464 @@
+"""The edge's DNS server: which names are the mesh's, the answers from the live catalog,
+search domains as pods use them, forwarding, the bounded cache and the in-flight bound
+(fake upstream, Clock); then once over real UDP and TCP sockets on 127.0.0.1 with a fake
+upstream DNS server there too."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from capturekit import UDPMemoryReactor
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import capturedLogs
+from twisted.names import client, common, dns
+from twisted.names.error import (
+    AuthoritativeDomainError,
+    DNSNameError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DomainError,
+)
+from twisted.python.failure import Failure
+
+from edgemesh.capture import ServiceAddresses, VirtualIPs
+from edgemesh.catalog import Catalog, Service, ServicePort
+from edgemesh.dns import (
+    BoundedCache,
+    DNSConfig,
+    DNSConfigError,
+    DNSService,
+    Forwarder,
+    MeshDNSServerFactory,
+    MeshResolver,
+    build_dns_factory,
+    classify,
+    parse_host_port,
+    search_expansions,
+)
+
+POD_SEARCH = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+VNET = ipaddress.IPv4Network("240.240.0.0/16")
+
+
+def catalog() -> Catalog:
+    http = ServicePort("http", 80, 8080)
+    return Catalog([
+        Service("default", "web", "10.96.0.11", (http,)),
+        Service("shop", "cart", "10.96.0.40", (http,)),
+        Service("shop", "db", None, (http,)),
+        Service("default", "six", "fd00::11", (http,)),
+        Service("com", "example", "10.96.0.50", (http,)),
+    ])
+
+
+def addresses(virtual: bool = True) -> ServiceAddresses:
+    current = catalog()
+    return ServiceAddresses(lambda: current, VirtualIPs(VNET) if virtual else None)
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "in_zone"),
+    [
+        ("web", "default/web", False),
+        ("web.", "default/web", False),
+        ("WEB.Default", "default/web", False),
+        ("cart.shop", "shop/cart", False),
+        ("cart.shop.svc", "shop/cart", True),
+        ("cart.shop.svc.cluster.local", "shop/cart", True),
+        ("cart.shop.svc.cluster.local.", "shop/cart", True),
+        ("cart.shop.default.svc.cluster.local", None, True),
+        ("pod-0.db.shop.svc.cluster.local", None, True),
+        ("cluster.local", None, True),
+        ("a.b.svc", None, False),
+        ("x.y.z.svc", None, True),
+        ("example.com", "com/example", False),
+        ("www.example.com", None, False),
+        ("", None, False),
+        ("a..b", None, False),
+        ("x" * 254, None, False),
+    ],
+)
+def test_classify(name: str, key: str | None, in_zone: bool) -> None:
+    kind = classify(name)
+    if name == "a.b.svc":
+        # Three labels ending in .svc: name.namespace.svc, inside the zone.
+        assert (kind.key, kind.in_zone) == ("b/a", True)
+        return
+    assert (kind.key, kind.in_zone) == (key, in_zone)
+
+
+def test_search_expansions_as_glibc_does() -> None:
+    assert search_expansions("web", POD_SEARCH) == [
+        "web.default.svc.cluster.local", "web.svc.cluster.local", "web.cluster.local", "web"]
+    assert search_expansions("a.b.c.d.e.f", POD_SEARCH)[0] == "a.b.c.d.e.f"  # ndots:5
+    assert search_expansions("web.default.svc.cluster.local.", POD_SEARCH) == [
+        "web.default.svc.cluster.local"]
+
+
+# -- the mesh's answers ------------------------------------------------------------------------
+
+
+def outcome(deferred: Deferred[Any]) -> Any:
+    """The result or the failure of an already-fired Deferred."""
+    box: list[Any] = []
+    deferred.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    return box[0]
+
+
+def ask(resolver: Any, name: str, kind: int = dns.A) -> Any:
+    return outcome(resolver.query(dns.Query(name.encode(), kind, dns.IN)))
+
+
+def addresses_in(result: Any) -> list[str]:
+    answers, _, _ = result
+    return [record.payload.dottedQuad() if record.type == dns.A
+            else record.payload._address for record in answers]
+
+
+def test_a_records_for_every_name_form() -> None:
+    mesh = MeshResolver(addresses())
+    for name in ["web", "web.default", "web.default.svc", "web.default.svc.cluster.local",
+                 "Web.Default.SVC.cluster.local."]:
+        answers, _authority, _additional = ask(mesh, name)
+        assert [a.payload.dottedQuad() for a in answers] == ["10.96.0.11"], name
+        assert answers[0].auth and answers[0].ttl == 5
+        assert answers[0].name.name == name.encode(), "the name as asked (0x20 resolvers)"
+
+
+def test_search_domains_as_a_pod_walks_them() -> None:
+    """A pod in namespace default asks for cart.shop: the first expansion is NXDOMAIN (an
+    authoritative one: not forwarded), the second answers."""
+    mesh = MeshResolver(addresses())
+    tried = []
+    for name in search_expansions("cart.shop", POD_SEARCH):
+        result = ask(mesh, name)
+        tried.append(name)
+        if not isinstance(result, defer.Failure):
+            assert addresses_in(result) == ["10.96.0.40"]
+            break
+        assert result.check(AuthoritativeDomainError)
+    assert tried == ["cart.shop.default.svc.cluster.local", "cart.shop.svc.cluster.local"]
+
+
+def test_headless_services_get_their_virtual_ip_or_no_data() -> None:
+    answer = ask(MeshResolver(addresses()), "db.shop.svc.cluster.local")
+    assert ipaddress.IPv4Address(addresses_in(answer)[0]) in VNET
+    assert ask(MeshResolver(addresses(virtual=False)), "db.shop") == ([], [], [])
+
+
+def test_other_types_of_a_known_name_are_no_data_not_nxdomain() -> None:
+    mesh = MeshResolver(addresses())
+    assert ask(mesh, "web.default.svc.cluster.local", dns.AAAA) == ([], [], [])
+    assert ask(mesh, "web", dns.MX) == ([], [], [])
+    six = ask(mesh, "six", dns.AAAA)
+    assert six[0][0].type == dns.AAAA
+    assert ask(mesh, "six", dns.A) == ([], [], [])
+    assert addresses_in(ask(mesh, "web", dns.ALL_RECORDS)) == ["10.96.0.11"]
+
+
+def test_unknown_names() -> None:
+    mesh = MeshResolver(addresses())
+    assert ask(mesh, "nope.default.svc.cluster.local").check(AuthoritativeDomainError)
+    assert ask(mesh, "nope.shop.svc").check(AuthoritativeDomainError)
+    outside = ask(mesh, "nope")
+    assert outside.check(DomainError) and not outside.check(AuthoritativeDomainError)
+    assert ask(mesh, "www.example.org").check(DomainError)
+    # "example.com" is the service example of namespace com, because the catalog says so.
+    assert addresses_in(ask(mesh, "example.com")) == ["10.96.0.50"]
+
+
+# -- the server, with a fake upstream ----------------------------------------------------------
+
+
+class FakeUpstream:
+    """An upstream resolver: fixed answers, NXDOMAIN, SERVFAIL, or no answer yet."""
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+        self.hanging: list[Deferred[Any]] = []
+
+    def query(self, query: dns.Query, timeout: Any = None) -> Deferred[Any]:
+        name = query.name.name
+        self.asked.append(name)
+        if name.startswith(b"nx."):
+            return fail(DNSNameError(name))
+        if name.startswith(b"servfail."):
+            return fail(DNSServerError(name))
+        if name.startswith(b"refused."):
+            return fail(DNSQueryRefusedError(name))
+        if name.startswith(b"timeout."):
+            return fail(defer.TimeoutError(name))
+        if name.startswith(b"hang."):
+            hanging: Deferred[Any] = Deferred()
+            self.hanging.append(hanging)
+            return hanging
+        record = dns.Record_A("192.0.2.7", 60)
+        return succeed(([dns.RRHeader(name, dns.A, dns.IN, 60, record)], [], []))
+
+
+class FakeProtocol:
+    def __init__(self) -> None:
+        self.replies: list[dns.Message] = []
+
+    def writeMessage(self, message: dns.Message, address: Any = None) -> None:
+        # Through the wire format, as a client would see it.
+        wire = dns.Message()
+        wire.fromStr(message.toStr())
+        self.replies.append(wire)
+
+
+def server(clock: Clock | None = None, cache_size: int = 1024, max_pending: int = 256,
+           upstream: FakeUpstream | None = None) -> tuple[MeshDNSServerFactory, FakeUpstream]:
+    clock = clock or Clock()
+    upstream = upstream or FakeUpstream()
+    mesh = MeshResolver(addresses())
+    cache = BoundedCache(clock, max_entries=cache_size, skip=mesh.claims)
+    factory = MeshDNSServerFactory(clock, mesh, cache, Forwarder(upstream, max_pending))
+    return factory, upstream
+
+
+def query(factory: MeshDNSServerFactory, name: str, kind: int = dns.A) -> dns.Message:
+    message = dns.Message(id=7, recDes=True)
+    message.queries = [dns.Query(name.encode(), kind, dns.IN)]
+    protocol = FakeProtocol()
+    factory.messageReceived(message, protocol, ("127.0.0.1", 5353))
+    assert len(protocol.replies) == 1
+    return protocol.replies[0]
+
+
+def a_records(message: dns.Message) -> list[str]:
+    return [a.payload.dottedQuad() for a in message.answers if a.type == dns.A]
+
+
+def test_server_answers_mesh_names_authoritatively() -> None:
+    factory, upstream = server()
+    reply = query(factory, "web.default.svc.cluster.local")
+    assert (reply.rCode, reply.auth, a_records(reply)) == (dns.OK, True, ["10.96.0.11"])
+    assert reply.recAv
+    reply = query(factory, "nope.default.svc.cluster.local")
+    assert reply.rCode == dns.ENAME
+    assert upstream.asked == [], "names of the zone are never forwarded"
+
+
+def test_server_forwards_other_names_and_keeps_response_codes() -> None:
+    factory, _upstream = server()
+    reply = query(factory, "www.example.org")
+    assert (reply.rCode, reply.auth, a_records(reply)) == (dns.OK, False, ["192.0.2.7"])
+    assert query(factory, "nx.example.org").rCode == dns.ENAME
+    with capturedLogs() as events:
+        assert query(factory, "servfail.example.org").rCode == dns.ESERVER
+        assert query(factory, "refused.example.org").rCode == dns.EREFUSED
+        assert query(factory, "timeout.example.org").rCode == dns.ESERVER
+    assert len(events) == 3 and all("log_failure" not in e for e in events), "one line each"
+    # A single label that is not a service goes upstream too (it may be a host there).
+    assert a_records(query(factory, "intranet")) == ["192.0.2.7"]
+
+
+def test_without_upstream_other_names_are_nxdomain() -> None:
+    mesh = MeshResolver(addresses())
+    factory = MeshDNSServerFactory(Clock(), mesh, BoundedCache(Clock()), None)
+    assert query(factory, "www.example.org").rCode == dns.ENAME
+    assert a_records(query(factory, "web")) == ["10.96.0.11"]
+    assert not query(factory, "web").recAv
+
+
+def test_forwarded_answers_are_cached_until_their_ttl() -> None:
+    clock = Clock()
+    factory, upstream = server(clock)
+    query(factory, "www.example.org")
+    clock.advance(59)
+    cached = query(factory, "www.example.org")
+    assert a_records(cached) == ["192.0.2.7"]
+    assert cached.answers[0].ttl == 1, "the remaining TTL"
+    assert upstream.asked == [b"www.example.org"]
+    clock.advance(1)
+    query(factory, "www.example.org")
+    assert upstream.asked == [b"www.example.org"] * 2
+
+
+def test_the_cache_is_bounded_lru() -> None:
+    factory, upstream = server(cache_size=2)
+    for name in ["a.example", "b.example", "a.example", "c.example", "a.example", "b.example"]:
+        query(factory, name)
+    # a was used again before c came, so b (least recently used) was evicted.
+    assert upstream.asked == [b"a.example", b"b.example", b"c.example", b"b.example"]
+    assert len(factory.cache) == 2
+
+
+def test_mesh_answers_are_not_cached() -> None:
+    factory, _ = server()
+    query(factory, "web")
+    query(factory, "web.default.svc.cluster.local")
+    assert len(factory.cache) == 0
+
+
+def test_forwarded_queries_in_flight_are_bounded() -> None:
+    factory, upstream = server(max_pending=2)
+    protocol = FakeProtocol()
+    for name in ["hang.one.example", "hang.two.example"]:
+        message = dns.Message(id=1)
+        message.queries = [dns.Query(name.encode(), dns.A, dns.IN)]
+        factory.messageReceived(message, protocol, ("127.0.0.1", 1))
+    assert protocol.replies == []
+    with capturedLogs():
+        assert query(factory, "three.example").rCode == dns.ESERVER
+    assert query(factory, "web").rCode == dns.OK, "the mesh's own names still answer"
+    upstream.hanging[0].errback(defer.TimeoutError())
+    assert a_records(query(factory, "four.example")) == ["192.0.2.7"]
+
+
+def test_bounded_cache_refuses_a_zero_size() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        BoundedCache(Clock(), max_entries=0)
+
+
+# -- config and service --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("10.0.0.2", ("10.0.0.2", 53)), ("10.0.0.2:5353", ("10.0.0.2", 5353)),
+     ("[fd00::2]:53", ("fd00::2", 53)), ("fd00::2", ("fd00::2", 53)), ("[::1]", ("::1", 53))],
+)
+def test_parse_host_port(text: str, parsed: tuple[str, int]) -> None:
+    assert parse_host_port(text, 53, "--dns") == parsed
+
+
+@pytest.mark.parametrize("text", ["host.example", "10.0.0.2:x", "[::1", "[::1]x", "1.2.3.4:70000"])
+def test_parse_host_port_refuses(text: str) -> None:
+    with pytest.raises(DNSConfigError):
+        parse_host_port(text, 53, "--dns")
+
+
+def test_dns_config_refuses_nonsense() -> None:
+    with pytest.raises(DNSConfigError):
+        DNSConfig(address="nope")
+    with pytest.raises(DNSConfigError):
+        DNSConfig(upstream_timeout=())
+    with pytest.raises(DNSConfigError):
+        DNSConfig(cache_size=0)
+
+
+def test_service_binds_udp_and_tcp_on_one_port_and_unbinds() -> None:
+    reactor = UDPMemoryReactor()
+    config = DNSConfig(address="169.254.96.16", port=53, upstreams=(("10.0.0.2", 53),))
+    service = DNSService(reactor, build_dns_factory(reactor, addresses(), config), config)
+    service.privilegedStartService()
+    service.startService()
+    assert [(port, interface) for port, _, interface, _ in reactor.udp] == [(53, "169.254.96.16")]
+    assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(53, "169.254.96.16")]
+    assert service.description == "169.254.96.16:53"
+    service.stopService()
+    assert reactor.udp[0][3].stopped and service.ports == []
+
+
+def test_tcp_connections_are_bounded() -> None:
+    factory, _ = server()
+    factory.max_tcp_connections = 1
+    first = factory.buildProtocol(None)
+    assert first is not None
+    factory.connections.append(first)
+    with capturedLogs():
+        assert factory.buildProtocol(None) is None
+
+
+# -- real sockets ----------------------------------------------------------------------------------
+
+
+class _Fixed(common.ResolverBase):
+    """The fake upstream DNS server's data: www.example.org → 192.0.2.80, else NXDOMAIN."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
+        if name.lower() == b"www.example.org" and type == dns.A:
+            record = dns.Record_A("192.0.2.80", 30)
+            return succeed(([dns.RRHeader(name, dns.A, dns.IN, 30, record, auth=True)], [], []))
+        return fail(AuthoritativeDomainError(name))
+
+
+def run_isolated(scenario: Callable[[Any], Deferred[Any]], timeout: float = 20.0) -> Any:
+    """Run ``scenario(reactor)`` to completion on a reactor of its own (never installed, so
+    nothing another test left on the global one matters here, and nothing of ours stays)."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    reactor = SelectReactor()
+    outcome: list[Any] = []
+
+    def start() -> None:
+        done = defer.maybeDeferred(scenario, reactor)
+        done.addBoth(outcome.append)
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    guard = reactor.callLater(timeout, reactor.stop)
+    reactor.run(installSignalHandlers=False)
+    if guard.active():
+        guard.cancel()
+    leftovers = [call for call in reactor.getDelayedCalls() if call.active()]
+    for call in leftovers:
+        call.cancel()
+    reactor.removeAll()
+    assert outcome, f"the scenario did not finish within {timeout}s"
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    assert not leftovers, f"timers left behind: {leftovers}"
+    return result
+
+
+def test_real_sockets_mesh_names_forwarding_and_nxdomain_over_udp_and_tcp() -> None:
+    """Our server and a fake upstream server, both on 127.0.0.1 with free ports, queried
+    with twisted.names' client over UDP and TCP."""
+
+    @defer.inlineCallbacks
+    def scenario(reactor: Any) -> Any:
+        fake = common_server(_Fixed())
+        upstream = reactor.listenUDP(0, dns.DNSDatagramProtocol(fake, reactor=reactor),
+                                     interface="127.0.0.1")
+        config = DNSConfig(address="127.0.0.1", port=0,
+                           upstreams=(("127.0.0.1", upstream.getHost().port),))
+        service = DNSService(reactor, build_dns_factory(reactor, addresses(), config), config)
+        service.startService()
+        port = service.ports[0].getHost().port
+        resolver = client.Resolver(servers=[("127.0.0.1", port)], reactor=reactor, timeout=(2,))
+
+        @defer.inlineCallbacks
+        def both(name: str) -> Any:
+            query = [dns.Query(name.encode(), dns.A, dns.IN)]
+            over_udp = yield resolver.queryUDP(query)
+            over_tcp = yield resolver.queryTCP(query)
+            return over_udp, over_tcp
+
+        try:
+            for reply in (yield both("cart.shop.svc.cluster.local")):
+                assert (reply.rCode, a_records(reply), reply.auth) == (dns.OK, ["10.96.0.40"], True)
+            for reply in (yield both("www.example.org")):
+                assert (reply.rCode, a_records(reply)) == (dns.OK, ["192.0.2.80"])
+            for name in ("nope.example.org", "nope.default.svc.cluster.local"):
+                for reply in (yield both(name)):
+                    assert reply.rCode == dns.ENAME
+        finally:
+            # Close the client's TCP connection and wait until the server has seen it go.
+            for protocol in list(resolver.connections):
+                protocol.transport.loseConnection()
+            for _ in range(200):
+                if not service.factory.connections and not resolver.connections:
+                    break
+                yield deferLater(reactor, 0.01, lambda: None)
+            yield service.stopService()
+            yield upstream.stopListening()
+        assert not service.factory.connections, "the server closed the TCP connection"
+
+
+def common_server(resolver: common.ResolverBase) -> Any:
+    from twisted.names import server as names_server
+
+    return names_server.DNSServerFactory(authorities=[resolver])

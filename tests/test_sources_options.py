@@ -1,0 +1,147 @@
+"""``twistd edgemesh-router`` with Kubernetes: the options and what makeService builds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import twisted.internet
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from edgemesh.roles import RouterNode, router_tap
+from edgemesh.sources import (
+    ENDPOINT_SLICES,
+    EdgeServiceController,
+    KubernetesSource,
+    TreqKubeAPI,
+)
+from edgemesh.sources._options import http_port
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "http://127.0.0.1:6443"}
+users:
+- name: test
+  user: {token: "abc"}
+contexts:
+- name: test
+  context: {cluster: test, user: test}
+current-context: test
+"""
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG)
+    return str(path)
+
+
+@pytest.fixture
+def reactor(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryReactorClock]:
+    fake = MemoryReactorClock()
+    monkeypatch.setattr(twisted.internet, "reactor", fake, raising=False)
+    yield fake
+
+
+def options(*argv: str) -> router_tap.Options:
+    parsed = router_tap.Options()  # type: ignore[no-untyped-call]
+    parsed.parseOptions(["--insecure", *argv])  # type: ignore[no-untyped-call]
+    return parsed
+
+
+def test_kubeconfig_loads_the_configuration(kubeconfig: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_IP", raising=False)
+    parsed = options("--kubeconfig", kubeconfig, "--namespace", "shop")
+    configuration = parsed["kube_configuration"]
+    assert configuration.host == "http://127.0.0.1:6443"
+    assert configuration.get_api_key_with_prefix("BearerToken") == "Bearer abc"
+    assert parsed["namespace"] == "shop"
+    assert parsed["advertise_value"] is None
+    assert parsed["catalog_value"].services == {}
+
+
+def test_pod_ip_is_the_default_advertised_address(kubeconfig: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_IP", "10.244.3.17")
+    assert options("--kubeconfig", kubeconfig)["advertise_value"] == "10.244.3.17"
+    assert options("--kubeconfig", kubeconfig, "--advertise", "fd00::7")["advertise_value"] \
+        == "fd00::7"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ((), "--catalog FILE is required"),
+    (("--catalog", "x.yaml", "--kubeconfig", "KUBECONFIG"), "--catalog FILE is required"),
+    (("--kubeconfig", "KUBECONFIG", "--in-cluster"), "exclude each other"),
+    (("--kubeconfig", "/nonexistent"), "no such file"),
+    (("--kubeconfig", "KUBECONFIG", "--namespace", "Not_A_Namespace"), "not a namespace"),
+    (("--kubeconfig", "KUBECONFIG", "--advertise", "router.local"), "not an IP address"),
+    (("--kubeconfig", "KUBECONFIG", "--advertise-port", "70000"), "1-65535"),
+    (("--in-cluster",), "--in-cluster"),  # no service account here
+])
+def test_bad_combinations(argv: tuple[str, ...], message: str, kubeconfig: str,
+                          tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text("")
+    argv = tuple(kubeconfig if a == "KUBECONFIG" else str(tmp_path / a) if a == "x.yaml" else a
+                 for a in argv)
+    with pytest.raises(usage.UsageError, match=message):
+        options(*argv)
+
+
+def test_broken_kubeconfig_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken"
+    path.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    with pytest.raises(usage.UsageError, match="--kubeconfig"):
+        options("--kubeconfig", str(path))
+
+
+def test_make_service_watches_and_controls(kubeconfig: str,
+                                           reactor: MemoryReactorClock) -> None:
+    parsed = options("--kubeconfig", kubeconfig, "--advertise", "10.244.3.17", "--namespace",
+                     "shop", "--http", "tcp:7780:interface=0.0.0.0", "--admin", "tcp:7790")
+    router = router_tap.makeService(parsed)
+    assert isinstance(router, RouterNode)
+    assert router.catalog_pending, "no push before the first list"
+    children = list(router)  # type: ignore[call-overload]
+    (source,) = [c for c in children if isinstance(c, KubernetesSource)]
+    (controller,) = [c for c in children if isinstance(c, EdgeServiceController)]
+    assert isinstance(source.api, TreqKubeAPI) and source.api.reactor is reactor
+    assert controller.addresses == ["10.244.3.17"] and controller.port == 7780
+    assert source.namespace == controller.reflector.namespace == "shop"
+    assert router.set_catalog in source.listeners
+    assert set(router.status_parts) == {"kubernetes", "controller"}
+    assert router.status()["kubernetes"]["synced"] is False  # type: ignore[index]
+
+
+def test_make_service_without_controller(kubeconfig: str, reactor: MemoryReactorClock,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_IP", raising=False)
+    router = router_tap.makeService(options("--kubeconfig", kubeconfig))
+    assert not [c for c in router if isinstance(c, EdgeServiceController)]  # type: ignore[attr-defined]
+    router = router_tap.makeService(options("--kubeconfig", kubeconfig, "--advertise",
+                                            "10.0.0.1", "--no-controller"))
+    assert not [c for c in router if isinstance(c, EdgeServiceController)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("description", "port"), [
+    ("tcp:7780", 7780), ("tcp:7780:interface=127.0.0.1", 7780), ("tcp:port=8080", 8080),
+    ("ssl:443:privateKey=k.pem", 443), (None, None), ("unix:/x", None),
+])
+def test_http_port(description: str | None, port: int | None) -> None:
+    assert http_port(description) == port
+
+
+def test_the_label_value_is_valid_for_a_real_api_server() -> None:
+    # A label value may not hold '/': the API server would refuse the slices and selectors.
+    from edgemesh.catalog._model import is_label_value
+    from edgemesh.sources import EDGEMESH_MANAGER
+
+    assert is_label_value(EDGEMESH_MANAGER)
+    assert ENDPOINT_SLICES.path("shop", "web-edgemesh") == \
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices/web-edgemesh"

@@ -1,0 +1,956 @@
+"""Mutual TLS between nodes: hardening scenarios 22-25 with certificates made by the
+project's own tooling, plus the TLS options of the twistd plugins.
+
+Everything runs on one MemoryReactorClock per test: the router and edges are the real
+builders with real TLS (pyOpenSSL through Twisted's TLSMemoryBIOProtocol), their bytes moved
+by twisted.test.iosim; hostile peers are hand-made TLS clients and servers.  No sockets,
+no sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+)
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.test.iosim import ConnectionCompleter, IOPump, connect, makeFakeClient, makeFakeServer
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from edgemesh.catalog import Catalog, Node
+from edgemesh.exchange import IRequestBody, IResponder, MeshError, Reason, RequestHead, ResponseHead
+from edgemesh.roles import (
+    EdgeConfig,
+    EdgeNode,
+    RouterConfig,
+    RouterNode,
+    build_edge,
+    build_router,
+    edge_tap,
+    router_tap,
+)
+from edgemesh.routing import ROUTER_PEER
+from edgemesh.security import (
+    Issued,
+    MutualTLS,
+    Plaintext,
+    TLSConfig,
+    TLSFileError,
+    make_ca,
+    make_node_cert,
+)
+from edgemesh.security._certs import init_ca_dir, issue_into_dir
+from edgemesh.security._links import (
+    _ClientCreator,
+    _GuardedClientEndpoint,
+    _HandshakeGuard,
+    _ServerCreator,
+)
+from edgemesh.transports import EnvelopeLink
+from edgemesh.wire import Connection, Request, encode_request
+
+# The hand-made TLS peers use Twisted's options directly, which hand pyOpenSSL objects to
+# pyOpenSSL; edgemesh's own code silences that warning itself.
+pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+UTC = datetime.timezone.utc
+ROUTER_PORT, HUB_PORTS = 7700, {"edge-1": 7701, "edge-2": 7702}
+CATALOG = Catalog(
+    services=[],
+    nodes=[
+        Node("edge-1", True, "127.0.0.1", HUB_PORTS["edge-1"]),
+        Node("edge-2", True, "127.0.0.1", HUB_PORTS["edge-2"]),
+        Node("cloud-1", False, None, 7701),
+    ],
+    revision=1,
+)
+ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+# --- certificates, by the project's own tooling ------------------------------------------------
+
+
+@dataclass
+class PKI:
+    directory: Path
+
+    def config(self, name: str, **settings: Any) -> TLSConfig:
+        return TLSConfig.from_directory(str(self.directory), name, **settings)
+
+    def issued(self, name: str) -> Issued:
+        return Issued((self.directory / f"{name}.key").read_bytes(),
+                      (self.directory / f"{name}.pem").read_bytes())
+
+    @property
+    def ca(self) -> Issued:
+        return self.issued("ca")
+
+    def rotate(self, name: str, router: bool = False) -> int:
+        """``edgemesh certs issue --force``: a new key and certificate in place; returns the
+        new serial."""
+        issue_into_dir(str(self.directory), name, router=router, force=True)
+        return serial_of(self.issued(name).cert_pem)
+
+
+def serial_of(pem: bytes) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PKI:
+    directory = tmp_path / "pki"
+    init_ca_dir(str(directory))
+    issue_into_dir(str(directory), "router", router=True)
+    for name in ("edge-1", "edge-2", "edge-9"):
+        issue_into_dir(str(directory), name)
+    return PKI(directory)
+
+
+@pytest.fixture
+def reactor() -> MemoryReactorClock:
+    return MemoryReactorClock()
+
+
+def start(node: Any) -> None:
+    node.privilegedStartService()
+    node.startService()
+
+
+def make_router(reactor: MemoryReactorClock, pki: PKI | None, **settings: Any) -> RouterNode:
+    node = build_router(reactor, RouterConfig(
+        catalog=CATALOG, tunnel=f"tcp:{ROUTER_PORT}", http=None,
+        tls=pki.config("router", **settings) if pki else None,
+    ))
+    start(node)
+    return node
+
+
+def make_edge(reactor: MemoryReactorClock, pki: PKI | None, tmp_path: Path, name: str = "edge-1",
+              router: bool = True, **overrides: Any) -> EdgeNode:
+    tls = overrides.pop("tls", pki.config(name) if pki else None)
+    node = build_edge(reactor, EdgeConfig(
+        node=name, state_dir=str(tmp_path / f"state-{name}"),
+        router=f"tcp:127.0.0.1:{ROUTER_PORT}" if router else None,
+        proxy=None, hub=f"tcp:{HUB_PORTS.get(name, 7709)}", catalog=CATALOG, tls=tls, **overrides,
+    ))
+    start(node)
+    return node
+
+
+def complete(reactor: MemoryReactorClock) -> IOPump:
+    """Join the oldest pending dial to the listener on its port and move every byte."""
+    pump = ConnectionCompleter(reactor).succeedOnce(greet=False)
+    assert pump is not None, "no dial to complete"
+    pump.flush()
+    return pump
+
+
+def listener(reactor: MemoryReactorClock, port: int) -> IProtocolFactory:
+    for listening_port, factory, _, _ in reactor.tcpServers:
+        if listening_port == port:
+            found: IProtocolFactory = factory
+            return found
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def dial_listener(reactor: MemoryReactorClock, port: int, client: IProtocolFactory) -> IOPump:
+    """A hand-made client connected to a node's listener."""
+    server = listener(reactor, port).buildProtocol(ADDRESS)
+    protocol = client.buildProtocol(ADDRESS)
+    pump: IOPump = connect(server, makeFakeServer(server), protocol, makeFakeClient(protocol),
+                           greet=False, clock=reactor)
+    pump.flush()
+    return pump
+
+
+def answer_dial(reactor: MemoryReactorClock, server: IProtocolFactory) -> IOPump:
+    """The node's oldest pending dial, answered by a hand-made server."""
+    _, _, factory, _, _ = reactor.tcpClients.pop(0)
+    client = factory.buildProtocol(ADDRESS)
+    protocol = server.buildProtocol(ADDRESS)
+    pump: IOPump = connect(protocol, makeFakeServer(protocol), client, makeFakeClient(client),
+                           greet=False, clock=reactor)
+    pump.flush()
+    return pump
+
+
+# --- hand-made peers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A LinkHandler that records what its link sees."""
+
+    ready: list[EnvelopeLink] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+
+    def link_ready(self, link: EnvelopeLink) -> None:
+        self.ready.append(link)
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.lost.append(reason)
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        self.requests.append(request)
+        raise MeshError(Reason.forbidden_route, "a hand-made peer routes nothing")
+
+    def control(self, link: EnvelopeLink, frame: object) -> None:
+        pass
+
+
+class Bytes(Protocol):
+    """Sends ``greeting`` once connected (TLS buffers it until the handshake is done) and
+    keeps whatever comes back."""
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        if self.greeting:
+            assert self.transport is not None
+            self.transport.write(self.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+def tls_client(reactor: MemoryReactorClock, ca: Issued, expect: str, cert: Issued | None,
+               app: IProtocolFactory, **extra: Any) -> TLSMemoryBIOFactory:
+    """A TLS client of our own making: trusts ``ca``, expects the server to be ``expect``,
+    presents ``cert`` (or nothing)."""
+    client_cert = PrivateCertificate.loadPEM(cert.cert_pem + cert.key_pem) if cert else None
+    options = optionsForClientTLS(expect, trustRoot=Certificate.loadPEM(ca.cert_pem),
+                                  clientCertificate=client_cert, extraCertificateOptions=extra or None)
+    return TLSMemoryBIOFactory(options, True, app, clock=reactor)
+
+
+def tls_server(reactor: MemoryReactorClock, ca: Issued, cert: Issued, app: IProtocolFactory,
+               **extra: Any) -> TLSMemoryBIOFactory:
+    """A TLS server of our own making: presents ``cert``, wants a client certificate of ``ca``."""
+    own = PrivateCertificate.loadPEM(cert.cert_pem + cert.key_pem)
+    options = CertificateOptions(privateKey=own.privateKey.original, certificate=own.original,
+                                 trustRoot=Certificate.loadPEM(ca.cert_pem), **extra)
+    return TLSMemoryBIOFactory(options, False, app, clock=reactor)
+
+
+def link_factory(reactor: MemoryReactorClock, recorder: Recorder, node: str, role: str,
+                 client: bool) -> IProtocolFactory:
+    return Factory.forProtocol(lambda: EnvelopeLink(reactor, recorder, node=node, role=role, client=client))
+
+
+def hello_and_request(node: str, role: str = "edge") -> bytes:
+    """A hello, and in the same flight a request on the first client stream."""
+    conn = Connection(client=True)
+    hello = conn.hello(node, role)
+    request = encode_request(1, True, b"GET", b"/", b"web", (), 0, "10.0.0.1", "default/web", 80, None, b"")
+    return hello + request
+
+
+def messages(events: list[dict[str, Any]]) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events]
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with capturedLogs() as captured:
+        events: Any = captured
+        yield events
+    # Hostile peers are logged in one line each: never a traceback.
+    assert not [e for e in events if "log_failure" in e], messages(events)
+
+
+# --- the happy path ------------------------------------------------------------------------------------
+
+
+def test_router_and_edge_connect_with_mutual_tls(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                 logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    edge = make_edge(reactor, pki, tmp_path)
+    complete(reactor)
+    assert set(router.edges) == {"edge-1"}
+    assert router.edges["edge-1"].acked == CATALOG.revision
+    link = edge.links[ROUTER_PEER]
+    assert link.peer is not None and link.peer.node == "router"
+    transport: Any = link.transport
+    assert serial_of(pki.issued("router").cert_pem) == transport.getPeerCertificate().get_serial_number()
+    server_side: Any = router.edges["edge-1"].link.transport
+    assert server_side.getPeerCertificate().to_cryptography().subject.rfc4514_string().startswith("CN=edge-1")
+    assert transport._tlsConnection.get_protocol_version_name() in ("TLSv1.2", "TLSv1.3")
+    assert any("mTLS on node links as edge-1 (edge" in m for m in messages(logs))
+
+
+def test_hub_links_use_mutual_tls(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path) -> None:
+    edge1 = make_edge(reactor, pki, tmp_path, "edge-1", router=False)
+    edge2 = make_edge(reactor, pki, tmp_path, "edge-2", router=False)
+    assert edge1.hub_dialer is not None
+    outcome: list[object] = []
+    dialling = edge1.hub_dialer("edge-2")
+    assert dialling is not None
+    dialling.addBoth(outcome.append)
+    complete(reactor)
+    assert outcome and isinstance(outcome[0], EnvelopeLink) and not outcome[0].closed
+    assert outcome[0].peer is not None and outcome[0].peer.node == "edge-2"
+    assert edge1.links["edge-2"] is outcome[0]
+    assert edge2.security.service.running
+
+
+def test_interfaces(reactor: MemoryReactorClock, pki: PKI) -> None:
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    verifyObject(IOpenSSLServerConnectionCreator, _ServerCreator(tls))
+    verifyObject(IOpenSSLClientConnectionCreator, _ClientCreator(tls, "edge-1"))
+    endpoint = tls.client_endpoint(_NeverEndpoint(), "edge-1")
+    assert isinstance(endpoint, _GuardedClientEndpoint)
+    verifyObject(IStreamClientEndpoint, endpoint)
+    assert IHandshakeListener.implementedBy(_HandshakeGuard)
+
+
+@implementer(IStreamClientEndpoint)
+class _NeverEndpoint:
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        return Deferred()
+
+
+def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactorClock, pki: PKI) -> None:
+    tls = MutualTLS(reactor, pki.config("router"))
+    client = TLSMemoryBIOFactory(tls.client_options("edge-1"), True, Factory.forProtocol(Bytes), clock=reactor)
+    protocol: Any = client.buildProtocol(ADDRESS)
+    protocol.makeConnection(StringTransport())
+    client_context = protocol._tlsConnection.get_context()
+    for context in (tls.material.server_options.getContext(), client_context):
+        ciphers = SSL.Connection(context, None).get_cipher_list()
+        assert ciphers and all("GCM" in c or "CHACHA20" in c for c in ciphers), ciphers
+        assert not [c for c in ciphers if "CBC" in c or c.startswith(("AES", "DES", "RC4"))]
+    server = tls.material.server_options
+    assert server.verify and server.requireCertificate
+
+
+# --- 22: unknown CA, expired, wrong name, no certificate ---------------------------------------------
+
+
+def refused_at_router(reactor: MemoryReactorClock, router: RouterNode, client: TLSMemoryBIOFactory,
+                      recorder: Recorder, logs: list[dict[str, Any]]) -> str:
+    """The handshake failed: no link on either side, no envelope processed; returns the
+    router's log line about it."""
+    pump = dial_listener(reactor, ROUTER_PORT, client)
+    pump.flush()
+    assert router.edges == {}
+    assert recorder.ready == [], "the client got the router's hello: the handshake succeeded"
+    lines = [m for m in messages(logs) if "TLS handshake (incoming)" in m]
+    assert len(lines) == 1, messages(logs)
+    return lines[0]
+
+
+def test_22_client_certificate_from_an_unknown_ca(reactor: MemoryReactorClock, pki: PKI,
+                                                  logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    other = make_ca("someone else's CA")
+    recorder = Recorder()
+    client = tls_client(reactor, pki.ca, "router", make_node_cert(other, "edge-1"),
+                        link_factory(reactor, recorder, "edge-1", "edge", True))
+    line = refused_at_router(reactor, router, client, recorder, logs)
+    assert "certificate verify failed" in line or "unknown ca" in line, line
+
+
+def test_22_expired_client_certificate(reactor: MemoryReactorClock, pki: PKI,
+                                       logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    expired = make_node_cert(pki.ca, "edge-1", days=30, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC))
+    recorder = Recorder()
+    client = tls_client(reactor, pki.ca, "router", expired, link_factory(reactor, recorder, "edge-1", "edge", True))
+    line = refused_at_router(reactor, router, client, recorder, logs)
+    assert "certificate" in line and "failed" in line, line
+
+
+def test_22_no_client_certificate(reactor: MemoryReactorClock, pki: PKI, logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    recorder = Recorder()
+    client = tls_client(reactor, pki.ca, "router", None, link_factory(reactor, recorder, "edge-1", "edge", True))
+    line = refused_at_router(reactor, router, client, recorder, logs)
+    assert "certificate" in line, line
+
+
+def test_22_tls_older_than_1_2_is_refused(reactor: MemoryReactorClock, pki: PKI,
+                                          logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    recorder = Recorder()
+    try:
+        client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                            link_factory(reactor, recorder, "edge-1", "edge", True),
+                            insecurelyLowerMinimumTo=TLSVersion.TLSv1_0,
+                            lowerMaximumSecurityTo=TLSVersion.TLSv1_1)
+    except (ValueError, SSL.Error):
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    refused_at_router(reactor, router, client, recorder, logs)
+
+
+def edge_refuses_server(reactor: MemoryReactorClock, edge: EdgeNode, server_cert: Issued, ca: Issued,
+                        logs: list[dict[str, Any]], router_name: str = "router") -> str:
+    recorder = Recorder()
+    server = tls_server(reactor, ca, server_cert, link_factory(reactor, recorder, router_name, "router", False))
+    answer_dial(reactor, server).flush()
+    assert ROUTER_PEER not in edge.links
+    assert recorder.ready == [], "the server got the edge's hello"
+    lines = [m for m in messages(logs) if "TLS handshake (outgoing)" in m]
+    assert len(lines) == 1, messages(logs)
+    return lines[0]
+
+
+def test_22_server_offering_only_tls_1_1_is_refused(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                    logs: list[dict[str, Any]]) -> None:
+    edge = make_edge(reactor, pki, tmp_path)
+    recorder = Recorder()
+    try:
+        server = tls_server(reactor, pki.ca, pki.issued("router"),
+                            link_factory(reactor, recorder, "router", "router", False),
+                            insecurelyLowerMinimumTo=TLSVersion.TLSv1_0,
+                            lowerMaximumSecurityTo=TLSVersion.TLSv1_1)
+    except (ValueError, SSL.Error):
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    answer_dial(reactor, server).flush()
+    assert ROUTER_PEER not in edge.links and recorder.ready == []
+
+
+def test_22_router_certificate_from_an_unknown_ca(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                  logs: list[dict[str, Any]]) -> None:
+    edge = make_edge(reactor, pki, tmp_path)
+    other = make_ca("someone else's CA")
+    line = edge_refuses_server(reactor, edge, make_node_cert(other, "router", router=True), pki.ca, logs)
+    assert "certificate verify failed" in line, line
+
+
+def test_22_expired_router_certificate(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                       logs: list[dict[str, Any]]) -> None:
+    edge = make_edge(reactor, pki, tmp_path)
+    expired = make_node_cert(pki.ca, "router", router=True, days=30,
+                             valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC))
+    line = edge_refuses_server(reactor, edge, expired, pki.ca, logs)
+    assert "certificate verify failed" in line or "expired" in line, line
+
+
+def test_22_router_certificate_with_the_wrong_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                   logs: list[dict[str, Any]]) -> None:
+    """A valid certificate of the mesh, but not the router's: service_identity refuses it."""
+    edge = make_edge(reactor, pki, tmp_path)
+    line = edge_refuses_server(reactor, edge, pki.issued("edge-2"), pki.ca, logs)
+    assert line.endswith("failed: the server's certificate does not name 'router'"), line
+
+
+def test_22_edge_expects_the_configured_router_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                    logs: list[dict[str, Any]]) -> None:
+    make_router(reactor, pki)
+    edge = make_edge(reactor, pki, tmp_path, router_name="cloud-router")
+    complete(reactor).flush()
+    assert ROUTER_PEER not in edge.links
+    assert any("TLS handshake (outgoing)" in m and "cloud-router" in m for m in messages(logs)), messages(logs)
+
+
+def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                logs: list[dict[str, Any]]) -> None:
+    """edge-1 dials edge-2's hub address; whoever answers there must hold edge-2's certificate."""
+    edge1 = make_edge(reactor, pki, tmp_path, "edge-1", router=False)
+    assert edge1.hub_dialer is not None
+    outcome: list[object] = []
+    dialling = edge1.hub_dialer("edge-2")
+    assert dialling is not None
+    dialling.addBoth(outcome.append)
+    recorder = Recorder()
+    answer_dial(reactor, tls_server(reactor, pki.ca, pki.issued("edge-9"),
+                                    link_factory(reactor, recorder, "edge-2", "edge", False))).flush()
+    assert "edge-2" not in edge1.links
+    assert recorder.ready == []
+    assert outcome and (not isinstance(outcome[0], EnvelopeLink) or outcome[0].closed)
+    assert any("TLS handshake (outgoing)" in m and "does not name 'edge-2'" in m for m in messages(logs)), \
+        messages(logs)
+
+
+# --- 23: identity comes from the certificate only --------------------------------------------------------
+
+
+class Spy:
+    """Replaces a node's ``inbound``: records the exchanges the node would have routed."""
+
+    def __init__(self, node: RouterNode | EdgeNode) -> None:
+        self.calls: list[Request] = []
+        self.node = node
+        node.inbound = self  # type: ignore[method-assign,union-attr]
+
+    def __call__(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        self.calls.append(request)
+        raise MeshError(Reason.forbidden_route, "spied on")
+
+
+def test_23_truthful_hello_control(reactor: MemoryReactorClock, pki: PKI, logs: list[dict[str, Any]]) -> None:
+    """The control for the next test: the same bytes with a truthful hello are routed."""
+    router = make_router(reactor, pki)
+    spy = Spy(router)
+    peer = Bytes(hello_and_request("edge-1"))
+    dial_listener(reactor, ROUTER_PORT, tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                                                   Factory.forProtocol(lambda: peer))).flush()
+    assert "edge-1" in router.edges
+    assert len(spy.calls) == 1
+
+
+def test_23_hello_naming_another_node_is_refused(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                 logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    make_edge(reactor, pki, tmp_path, "edge-2")
+    complete(reactor)
+    genuine = router.edges["edge-2"].link
+    spy = Spy(router)
+    # edge-1's valid certificate, a hello that says edge-2, and a request in the same flight.
+    peer = Bytes(hello_and_request("edge-2"))
+    dial_listener(reactor, ROUTER_PORT, tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                                                   Factory.forProtocol(lambda: peer))).flush()
+    assert spy.calls == [], "an envelope after the lying hello was processed"
+    assert peer.lost is not None
+    assert router.edges["edge-2"].link is genuine and not genuine.closed
+    assert "edge-1" not in router.edges
+    refusals = [m for m in messages(logs) if "refusing link" in m]
+    assert refusals == ["refusing link: hello says 'edge-2' but the certificate is for 'edge-1'"]
+
+
+def test_23_router_certificate_cannot_pose_as_an_edge(reactor: MemoryReactorClock, pki: PKI,
+                                                      logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    peer = Bytes(hello_and_request("router", "edge"))
+    dial_listener(reactor, ROUTER_PORT, tls_client(reactor, pki.ca, "router", pki.issued("router"),
+                                                   Factory.forProtocol(lambda: peer))).flush()
+    assert router.edges == {} and peer.lost is not None
+    assert any("its certificate says 'router'" in m for m in messages(logs)), messages(logs)
+
+
+def test_23_hub_refuses_a_lying_edge(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                     logs: list[dict[str, Any]]) -> None:
+    edge2 = make_edge(reactor, pki, tmp_path, "edge-2", router=False)
+    spy = Spy(edge2)
+    peer = Bytes(hello_and_request("edge-1"))
+    dial_listener(reactor, HUB_PORTS["edge-2"], tls_client(reactor, pki.ca, "edge-2", pki.issued("edge-9"),
+                                                           Factory.forProtocol(lambda: peer))).flush()
+    assert spy.calls == [] and peer.lost is not None
+    assert any("certificate is for 'edge-9'" in m for m in messages(logs)), messages(logs)
+
+
+def test_23_router_hello_must_match_its_certificate(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                   logs: list[dict[str, Any]]) -> None:
+    """The router's certificate is right but its hello names another router."""
+    edge = make_edge(reactor, pki, tmp_path)
+    recorder = Recorder()
+    server = tls_server(reactor, pki.ca, pki.issued("router"),
+                        link_factory(reactor, recorder, "router-2", "router", False))
+    answer_dial(reactor, server).flush()
+    assert ROUTER_PEER not in edge.links
+    assert any("hello says 'router-2' but the certificate is for 'router'" in m for m in messages(logs))
+
+
+def test_router_refuses_an_edge_not_in_its_catalog(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                   logs: list[dict[str, Any]]) -> None:
+    """edge-9 holds a valid certificate of the CA, but the router's catalog has no such edge."""
+    router = make_router(reactor, pki)
+    edge9 = make_edge(reactor, pki, tmp_path, "edge-9")
+    complete(reactor).flush()
+    assert router.edges == {}
+    assert ROUTER_PEER not in edge9.links
+    assert "refusing link: 'edge-9' is not an edge node of the catalog" in messages(logs)
+    # Once the catalog has it, its next connection is accepted.
+    router.set_catalog(Catalog(services=[], nodes=[*CATALOG.nodes.values(), Node("edge-9", True, None, 7701)],
+                               revision=2))
+    reactor.advance(31)
+    complete(reactor)
+    assert set(router.edges) == {"edge-9"}
+
+
+def test_plaintext_router_refuses_unknown_edges_too(reactor: MemoryReactorClock,
+                                                    logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, None)
+    recorder = Recorder()
+    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, recorder, "edge-9", "edge", True)).flush()
+    assert router.edges == {}
+    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, Recorder(), "edge-1", "edge", True)).flush()
+    assert set(router.edges) == {"edge-1"}
+    assert isinstance(router.security, Plaintext)
+    assert any("PLAINTEXT" in m for m in messages(logs)), "no warning about plaintext links"
+
+
+# --- 24: rotation ---------------------------------------------------------------------------------------
+
+
+@implementer(IRequestBody)
+class Body:
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def end(self) -> None:
+        self.ended = True
+
+    def abort(self, reason: str) -> None:
+        raise AssertionError(f"aborted: {reason}")
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+@implementer(IResponder)
+class Responder:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.body = b""
+        self.ended = False
+        self.failed: MeshError | None = None
+
+    def head(self, head: ResponseHead) -> None:
+        self.status = head.status
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def end(self) -> None:
+        self.ended = True
+
+    def fail(self, error: MeshError) -> None:
+        self.failed = error
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+class Answering:
+    """Replaces the router's ``inbound``: takes the request body, answers when asked."""
+
+    def __init__(self, router: RouterNode) -> None:
+        self.exchanges: list[tuple[Request, IResponder, Body]] = []
+        router.inbound = self  # type: ignore[method-assign]
+
+    def __call__(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        body = Body()
+        self.exchanges.append((request, responder, body))
+        return body
+
+
+def tls_of(node: RouterNode | EdgeNode) -> MutualTLS:
+    security = node.security
+    assert isinstance(security, MutualTLS)
+    return security
+
+
+def peer_serial(link: EnvelopeLink) -> int:
+    transport: Any = link.transport
+    serial: int = transport.getPeerCertificate().get_serial_number()
+    return serial
+
+
+def test_24_rotation_under_traffic(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                   logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    answering = Answering(router)
+    edge1 = make_edge(reactor, pki, tmp_path, "edge-1")
+    pump = complete(reactor)
+    old_serial = serial_of(pki.issued("router").cert_pem)
+    tunnel = edge1.links[ROUTER_PEER]
+    assert peer_serial(tunnel) == old_serial
+
+    # A streaming request is under way when the files change.
+    responder = Responder()
+    head = RequestHead(b"POST", b"/upload", b"web", (), None)
+    body = tunnel.open(head, "default/web", 80, None, responder)
+    body.write(b"a" * 10_000)
+    pump.flush()
+    ((_, router_responder, router_body),) = answering.exchanges
+
+    new_serial = pki.rotate("router", router=True)
+    tls = tls_of(router)
+    assert tls.check_files() is True
+    assert tls.check_files() is False  # nothing changed since
+    assert any("TLS files reloaded: now router (router, serial" in m for m in messages(logs))
+
+    # A new connection gets the new certificate...
+    edge2 = make_edge(reactor, pki, tmp_path, "edge-2")
+    complete(reactor)
+    assert peer_serial(edge2.links[ROUTER_PEER]) == new_serial
+
+    # ...while the established one goes on with the old, and its stream finishes.
+    assert peer_serial(tunnel) == old_serial and not tunnel.closed
+    body.write(b"b" * 10_000)
+    body.end()
+    pump.flush()
+    assert router_body.data == b"a" * 10_000 + b"b" * 10_000 and router_body.ended
+    router_responder.head(ResponseHead(200, b"OK", (), 2))
+    router_responder.write(b"ok")
+    router_responder.end()
+    reactor.advance(0)
+    pump.flush()
+    assert (responder.status, responder.body, responder.ended, responder.failed) == (200, b"ok", True, None)
+    assert set(router.edges) == {"edge-1", "edge-2"}
+
+
+def test_24_periodic_check_and_partial_rotation(reactor: MemoryReactorClock, pki: PKI,
+                                                logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki, reload_interval=30.0)
+    tls = tls_of(router)
+    assert tls.generation == 1
+    # Half a rotation: a new certificate, still the old key.  Refused, the old stays in use.
+    fresh = make_node_cert(pki.ca, "router", router=True)
+    Path(tls.config.cert).write_bytes(fresh.cert_pem)
+    reactor.advance(30)
+    assert tls.generation == 1
+    assert serial_of(pki.issued("router").cert_pem) != tls.material.identity.serial
+    warnings = [m for m in messages(logs) if "TLS files not reloaded" in m]
+    assert len(warnings) == 1 and "is not the key of --cert" in warnings[0]
+    reactor.advance(30)
+    assert len([m for m in messages(logs) if "TLS files not reloaded" in m]) == 1, "warned again"
+    # The key arrives: the next check takes both.
+    Path(tls.config.key).write_bytes(fresh.key_pem)
+    reactor.advance(30)
+    assert tls.generation == 2
+    assert tls.material.identity.serial == serial_of(fresh.cert_pem)
+
+
+def test_24_reload_refuses_another_nodes_certificate(reactor: MemoryReactorClock, pki: PKI,
+                                                     logs: list[dict[str, Any]]) -> None:
+    router = make_router(reactor, pki)
+    tls = tls_of(router)
+    before = tls.material
+    other = pki.issued("edge-1")
+    Path(tls.config.cert).write_bytes(other.cert_pem)
+    Path(tls.config.key).write_bytes(other.key_pem)
+    assert tls.reload() is False
+    assert tls.material is before
+    assert any("is for 'edge-1', but this node is 'router'" in m for m in messages(logs))
+
+
+def test_24_sighup_reloads(reactor: MemoryReactorClock, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Callable[[], None]] = []
+    monkeypatch.setattr(reactor, "callFromThread", lambda f, *a: calls.append(lambda: f(*a)), raising=False)
+    previous = signal.getsignal(signal.SIGHUP)
+    router = make_router(reactor, pki, reload_on_sighup=True, reload_interval=0)
+    tls = tls_of(router)
+    try:
+        new_serial = pki.rotate("router", router=True)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert len(calls) == 1  # the handler only hands over to the reactor
+        calls[0]()
+        assert tls.material.identity.serial == new_serial
+    finally:
+        router.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous
+
+
+# --- 25: a peer that never completes the handshake -----------------------------------------------------
+
+
+def test_25_silent_client_is_dropped_at_the_handshake_timeout(reactor: MemoryReactorClock, pki: PKI,
+                                                              logs: list[dict[str, Any]]) -> None:
+    make_router(reactor, pki, handshake_timeout=4.0)
+    protocol: Any = listener(reactor, ROUTER_PORT).buildProtocol(ADDRESS)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    reactor.advance(3.9)
+    assert not transport.disconnecting
+    reactor.advance(0.2)
+    closed: Any = transport
+    assert closed.disconnecting and closed.disconnected  # aborted, not a polite close
+    assert transport.value() == b"", "a server speaks only after the ClientHello"
+    assert [m for m in messages(logs) if "TLS handshake not complete after 4s" in m]
+
+
+def test_25_a_half_handshake_is_dropped_too(reactor: MemoryReactorClock, pki: PKI,
+                                            logs: list[dict[str, Any]]) -> None:
+    make_router(reactor, pki)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"), Factory.forProtocol(Bytes))
+    server: Any = listener(reactor, ROUTER_PORT).buildProtocol(ADDRESS)
+    protocol: Any = client.buildProtocol(ADDRESS)
+    server_transport, client_transport = StringTransport(), StringTransport()
+    server.makeConnection(server_transport)
+    protocol.makeConnection(client_transport)
+    reactor.advance(0)
+    server.dataReceived(client_transport.value())  # the ClientHello, and then nothing more
+    assert server_transport.value(), "the server answered the ClientHello"
+    reactor.advance(10)
+    assert server_transport.disconnected
+
+
+def test_25_silent_server_is_dropped_and_dialled_again(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+                                                       logs: list[dict[str, Any]]) -> None:
+    edge = make_edge(reactor, pki, tmp_path)
+    silent = Factory.forProtocol(Protocol)
+    pump = answer_dial(reactor, silent)
+    reactor.advance(9.9)
+    pump.flush()
+    assert not pump.clientIO.disconnecting
+    reactor.advance(0.2)
+    pump.flush()
+    assert pump.clientIO.disconnecting
+    assert [m for m in messages(logs) if "closing outgoing connection" in m and "after 10s" in m]
+    assert ROUTER_PEER not in edge.links
+    reactor.advance(31)
+    assert reactor.tcpClients, "the tunnel is not dialled again"
+
+
+def test_a_healthy_link_outlives_the_handshake_timeout(reactor: MemoryReactorClock, pki: PKI,
+                                                       tmp_path: Path) -> None:
+    router = make_router(reactor, pki)
+    edge = make_edge(reactor, pki, tmp_path)
+    pump = complete(reactor)
+    for _ in range(6):
+        reactor.advance(5)
+        pump.flush()
+    assert set(router.edges) == {"edge-1"} and not edge.links[ROUTER_PEER].closed
+
+
+def test_stopping_an_edge_closes_its_tls_tunnel(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path) -> None:
+    """TLS sends its close alert only once no producer is registered: stopService must not
+    wait forever for the tunnel to close."""
+    router = make_router(reactor, pki)
+    edge = make_edge(reactor, pki, tmp_path)
+    pump = complete(reactor)
+    stopped: list[object] = []
+    result = edge.stopService()
+    assert isinstance(result, Deferred)
+    result.addBoth(stopped.append)
+    pump.flush()
+    assert len(stopped) == 1 and not isinstance(stopped[0], Failure), stopped
+    assert router.edges == {}
+
+
+# --- the twistd options ------------------------------------------------------------------------------------
+
+
+def catalog_file(tmp_path: Path) -> str:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\n"
+        "  labels: {node-role.kubernetes.io/edge: \"\"}\n"
+    )
+    return str(path)
+
+
+def parse(role: str, *argv: str) -> usage.Options:
+    options: usage.Options = (router_tap if role == "router" else edge_tap).Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_taps_need_tls_or_insecure(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="use mutual TLS: give --ca FILE --cert FILE --key FILE"):
+        parse("router", "--catalog", catalog_file(tmp_path))
+    with pytest.raises(usage.UsageError, match="--insecure for plaintext"):
+        parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"))
+    options = parse("router", "--catalog", catalog_file(tmp_path), "--insecure")
+    assert options["tls_value"] is None
+
+
+def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
+    options = parse("router", "--catalog", catalog_file(tmp_path), "--tls-dir", str(pki.directory),
+                    "--tls-handshake-timeout", "3", "--tls-reload-interval", "0")
+    config = options["tls_value"]
+    assert config == pki.config("router", handshake_timeout=3.0, reload_interval=0.0, reload_on_sighup=True)
+    d = pki.directory
+    options = parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"),
+                    "--ca", str(d / "ca.pem"), "--cert", str(d / "edge-1.pem"), "--key", str(d / "edge-1.key"),
+                    "--router-name", "cloud")
+    assert options["tls_value"].cert == str(d / "edge-1.pem")
+    assert options["router-name"] == "cloud"
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (("--insecure", "--tls-dir", "{d}"), "--insecure contradicts"),
+        (("--tls-dir", "{d}", "--ca", "{d}/ca.pem"), "either --tls-dir or --ca"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem"), "--key missing"),
+        (("--tls-dir", "{d}/nowhere"), "No such file"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-2.pem", "--key", "{d}/edge-2.key"),
+         "is for 'edge-2', but this node is 'edge-1'"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/router.pem", "--key", "{d}/router.key"),
+         "is for 'router', but this node is 'edge-1'"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"), "is not the key"),
+        (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"), "between 0 and 3600"),
+    ],
+)
+def test_tap_tls_option_errors(tmp_path: Path, pki: PKI, argv: tuple[str, ...], problem: str) -> None:
+    args = [a.format(d=pki.directory) for a in argv]
+    with pytest.raises(usage.UsageError, match=problem):
+        parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"), *args)
+
+
+def test_router_tap_refuses_an_edge_certificate(tmp_path: Path, pki: PKI) -> None:
+    d = pki.directory
+    issue_into_dir(str(d), "router-b")
+    with pytest.raises(usage.UsageError, match="is an edge certificate; this node is a router"):
+        parse("router", "--catalog", catalog_file(tmp_path), "--node", "router-b",
+              "--tls-dir", str(d))
+
+
+def test_builders_check_the_files_too(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(TLSFileError, match="is for 'edge-1', but this node is 'edge-2'"):
+        make_edge(reactor, pki, tmp_path, "edge-2", tls=pki.config("edge-1"))
+
+
+def test_insecure_logs_a_warning_at_start(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    with capturedLogs() as events:
+        edge = make_edge(reactor, None, tmp_path)
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "PLAINTEXT" in messages([e])[0]]
+    assert len(warnings) == 1
+    assert isinstance(edge.security, Plaintext)
+
+
+def test_24_an_unexpected_error_while_reloading_keeps_the_old_files(
+    reactor: MemoryReactorClock, pki: PKI, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]
+) -> None:
+    router = make_router(reactor, pki, reload_interval=10.0)
+    tls = tls_of(router)
+    before = tls.material
+
+    def broken(config: TLSConfig) -> Any:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr("edgemesh.security._links.load_material", broken)
+    pki.rotate("router", router=True)
+    reactor.advance(10)
+    assert tls.material is before
+    assert any("TLS files not reloaded" in m and "RuntimeError: surprise" in m for m in messages(logs))
+    monkeypatch.undo()
+    pki.rotate("router", router=True)
+    reactor.advance(10)  # the periodic check still runs
+    assert tls.generation == 2
