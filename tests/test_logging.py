@@ -266,7 +266,7 @@ def test_access_log_event_per_exchange(tmp_path: Path) -> None:
     first, second = access_events(events)
     assert {k: v for k, v in first.items() if not k.startswith("log_")} == {
         "method": "POST", "uri": "/orders/7", "service": "shop/web", "path": "local",
-        "target": "service-bus", "status": 201, "duration": 0.25, "bytes_in": 5, "bytes_out": 3,
+        "source": "service-bus", "target": "service-bus", "status": 201, "duration": 0.25, "bytes_in": 5, "bytes_out": 3,
         "endpoint": "10.1.0.1:8080", "peer": None, "error": None, "client": "10.0.0.9",
     }
     assert first["log_level"] is LogLevel.info

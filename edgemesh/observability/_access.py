@@ -57,6 +57,7 @@ class AccessLog:
             uri=safe_uri(head.path),
             service=exchange.stats.service,
             path=exchange.stats.path,
+            source=exchange.source.value,
             target=route.target.value if route is not None else None,
             status=exchange.status or None,
             duration=duration,

@@ -36,6 +36,9 @@ _LEGACY = frozenset({"message", "format", "isError", "system", "time", "why", "f
 """Keys of twisted.python.log events: their content is in the formatted message already."""
 
 
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
+
+
 def _bounded(text: str, limit: int = MAX_FIELD) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -65,6 +68,19 @@ class _Clock:
         return f"{self._prefix}.{int((when - second) * 1000):03d}Z"
 
 
+def _message(event: LogEvent) -> str:
+    """The event's formatted text.  ``str.format_map`` for the plain formats (several times
+    faster than twisted's formatter); twisted's ``formatEvent`` for the rest: its call syntax
+    (``{f()}``), missing fields, legacy events."""
+    text = event.get("log_format")
+    if isinstance(text, str):
+        try:
+            return text.format_map(event)
+        except Exception:  # noqa: BLE001, S110 -- any problem: twisted's formatter says it better
+            pass
+    return formatEvent(event)
+
+
 def json_log_line(event: LogEvent, clock: _Clock | None = None) -> str:
     """One event as one JSON object on one line (with its newline)."""
     when = event.get("log_time")
@@ -73,17 +89,23 @@ def json_log_line(event: LogEvent, clock: _Clock | None = None) -> str:
         "time": (clock or _Clock()).format(when if isinstance(when, float | int) else time.time()),
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", "log_legacy"),
-        "message": _bounded(formatEvent(event)),
+        "message": _bounded(_message(event)),
     }
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         record["traceback"] = _bounded(failure.getTraceback(), MAX_TRACEBACK)
     legacy = "log_legacy" in event or "isError" in event
     for key, value in event.items():
-        if key.startswith("log_") or key in _TOP or (legacy and key in _LEGACY):
+        if key[:4] == "log_" or key in _TOP or (legacy and key in _LEGACY):
             continue
-        record[key] = _value(value)
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        kind = type(value)
+        if kind is str:
+            record[key] = value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
+        elif kind is int or kind is float or kind is bool or value is None:
+            record[key] = value
+        else:
+            record[key] = _value(value)
+    return _encode(record) + "\n"
 
 
 @implementer(ILogObserver)

@@ -11,6 +11,9 @@ Every page is a GET; JSON pages answer ``application/json``:
   For readiness probes.
 - ``/catalog``: the catalog in use, in its wire form (``catalog_to_wire``).
 - ``/status``: role, node, serving, catalog revision, link names and the pipeline.
+- ``/resilience``: service policies and invalid annotations, ejected endpoints, per-service
+  counters (active, requests, retries, retries_denied, overloaded, timeouts), draining
+  peers, and how other edges' hubs are reached (``direct``/``relayed``/``connecting``).
 - ``/edges`` (router only): the connected edges: ``node``, ``connected_since``,
   ``connected_for``, ``acked_revision``, ``lag`` (revisions behind), ``rtt``.
 - ``/peers``: the links to other nodes: ``peer``, ``link`` (``tunnel``, ``hub-out``,
@@ -137,6 +140,7 @@ def admin_site(node: MeshNode) -> Site:
     root.putChild(b"readyz", _JSON(readyz))
     root.putChild(b"catalog", _JSON(catalog))
     root.putChild(b"status", _JSON(status))
+    root.putChild(b"resilience", _JSON(lambda: (200, node.pipeline.resilience_view())))
     root.putChild(b"peers", _JSON(peers))
     root.putChild(b"config", _JSON(config))
     edges = getattr(node, "edges_view", None)

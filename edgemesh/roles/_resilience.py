@@ -155,7 +155,7 @@ def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred
             link.send_control(encode_goaway(GOAWAY_REASON))
             told += 1
     if told:
-        log.info("told {count} peers that this node is going away", count=told)
+        log.info("GOAWAY sent on {count} links: peers choose this node no more", count=told)
 
     waiting = pipeline.when_drained() if pipeline.in_flight else succeed(None)
     waiting.addTimeout(settings.drain_timeout, clock)

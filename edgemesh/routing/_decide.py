@@ -29,7 +29,6 @@ def decide(
     port: ServicePort,
     hint: tuple[str, int] | None,
     balancer: RoundRobin,
-    *,
     head: RequestHead | None = None,
     policy: ServicePolicy = DEFAULT_POLICY,
     exclude: Collection[EndpointKey] = _NOTHING,

@@ -241,8 +241,12 @@ class Pipeline:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
         policy = self.policies.get(service)
         route = decide(self._catalog, self.role, self.node, source, service, port, hint,
-                       self.balancer, head=head, policy=policy)
-        route, target = self._target_for(source, route)
+                       self.balancer, head, policy)
+        kind = route.target
+        allowed = self.rules.get(source)
+        target = self.targets.get(kind)
+        if kind is TargetKind.hub or allowed is None or kind not in allowed or target is None:
+            route, target = self._target_for(source, route)  # relay, or an error to raise
         if policy.timeout is not None:
             route.timeout = policy.timeout
         observe = self.observe
@@ -271,8 +275,13 @@ class Pipeline:
         state.active += 1
         self._inflight.add(guard)
         if origin:
-            now = self._now()
-            state.budget.request(now)
+            clock = self._clock
+            now = 0.0 if clock is None else clock.seconds()
+            budget = state.budget
+            if now - budget.start >= budget.window:
+                budget.request(now)
+            else:
+                budget.requests += 1
             if head.content_length == 0:
                 guard.timing = True
                 guard.deadline = deadline = now + guard.timeout

@@ -98,7 +98,7 @@ class ServicePolicy:
 
 DEFAULT_POLICY: Final = ServicePolicy()
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h)?")
 _UNITS: Final = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 
@@ -143,6 +143,7 @@ def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None")
                 f"{HASH_KEY_ANNOTATION}: {_shown(raw_key)} is neither header:NAME nor source-ip"
             )
         if lb is not LBPolicy.consistent_hash:
+            hash_header = None
             problems.append(f"{HASH_KEY_ANNOTATION} has no effect unless {LB_POLICY_ANNOTATION} "
                             "is consistent-hash")
 
@@ -165,7 +166,7 @@ def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None")
     raw_retries = annotations.get(RETRIES_ANNOTATION)
     if raw_retries is not None:
         text = raw_retries.strip()
-        if text.isdigit() and len(text) <= 3 and int(text) <= MAX_RETRIES:
+        if text.isascii() and text.isdigit() and len(text) <= 3 and int(text) <= MAX_RETRIES:
             retries = int(text)
         else:
             problems.append(f"{RETRIES_ANNOTATION}: {_shown(raw_retries)} is not a number "
@@ -374,7 +375,7 @@ class Balancer(RoundRobin):
         self.filtering = filtering
         self._max_keys = max_keys
         self._max_rings = max_rings
-        self._tiers: dict[int, tuple[Service, ServicePort, _Tiers]] = {}
+        self._tiers: dict[int, tuple[Service, ServicePort, str, _Tiers]] = {}
         self._rings: dict[int, tuple[Sequence[Endpoint], _Ring]] = {}
         self._turns: dict[int, int] = {}
 
@@ -393,8 +394,8 @@ class Balancer(RoundRobin):
         in its zone, the rest.  Cached until ``forget`` (the pipeline calls it when the
         catalog changes): hot path."""
         cached = self._tiers.get(id(port))  # the entry holds the port: ids stay unique
-        if cached is not None and cached[0] is service and cached[1] is port:
-            return cached[2]
+        if cached is not None and cached[0] is service and cached[1] is port and cached[2] is node:
+            return cached[3]
         ready = catalog.ready_endpoints(service, port)
         here = catalog.node(node)
         zone = here.zone if here is not None else None
@@ -406,7 +407,7 @@ class Balancer(RoundRobin):
         tiers = tuple(t for t in (same_node, same_zone, rest) if t)
         if len(self._tiers) >= self._max_keys:
             self._tiers.clear()
-        self._tiers[id(port)] = (service, port, tiers)
+        self._tiers[id(port)] = (service, port, node, tiers)
         return tiers
 
     def select(
@@ -468,7 +469,8 @@ class Balancer(RoundRobin):
                     if policy.hashed and len(allowed) < len(tier):
                         skip = {(e.host, e.port) for e in tier} - {(e.host, e.port) for e in allowed}
                         return self._pick(service, port, tier, head, policy, skip)
-                    return self._pick(service, port, allowed, head, policy, None)
+                    # The round-robin counter stays the tier's (the filtered list is new).
+                    return self._pick(service, port, allowed, head, policy, None, tier)
         return None
 
     # policies
@@ -481,13 +483,14 @@ class Balancer(RoundRobin):
         head: RequestHead | None,
         policy: ServicePolicy,
         skip: set[EndpointKey] | None,
+        tier: Sequence[Endpoint] | None = None,
     ) -> Endpoint:
         lb = policy.lb
         if lb is LBPolicy.round_robin or len(endpoints) == 1 and skip is None:
-            # A counter per candidate list (the tiers are computed once per catalog; a
-            # filtered list is short-lived and shares a recycled counter, which is fine).
+            # A counter per tier (computed once per catalog, held by the tiers cache, so its
+            # id is stable), also when only part of it is usable now.
             counters = self._turns
-            turn = id(endpoints)
+            turn = id(endpoints if tier is None else tier)
             index = counters.get(turn, 0)
             if index == 0 and len(counters) >= self._max_keys:
                 counters.clear()

@@ -6,6 +6,7 @@ edges' hubs and the router's tunnel (length-prefixed msgpack envelopes)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -210,7 +211,10 @@ def test_half_frame_then_eof(live: Mesh, port: Port) -> None:
     for name, data in halves.items():
         with RawConnection(port.number(live), timeout=5) as conn:
             conn.send(data)
-            conn.sock.shutdown(socket.SHUT_WR)
+            # The node may have closed first (an oversized prefix is refused at once): over
+            # TLS the socket then says so at shutdown.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
             assert conn.closed_by_peer(3), name
 
 

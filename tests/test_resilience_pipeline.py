@@ -1,0 +1,696 @@
+"""
+Resilience in the pipeline: timeouts, retries and their budget, overload limits, outlier
+ejection, the drain and the relay through the router.  A Pipeline on a Clock with fake
+targets that record what they are asked and answer when told.
+"""
+
+# Fakes change state behind mypy's back (a client answered by a call it cannot see).
+# mypy: disable-error-code="unreachable,comparison-overlap"
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
+from edgemesh.exchange import (
+    IRequestBody,
+    IResponder,
+    ITarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+    Role,
+    Route,
+    SourceKind,
+    TargetKind,
+)
+from edgemesh.routing import (
+    LB_POLICY_ANNOTATION,
+    RETRIES_ANNOTATION,
+    ROUTER_PEER,
+    TIMEOUT_ANNOTATION,
+    GuardedExchange,
+    Pipeline,
+    Resilience,
+    RetryBudget,
+)
+from edgemesh.routing._guard import GuardedBody
+
+HTTP = ServicePort("http", 80, 8080)
+NODES = (
+    Node("edge-1", True, "192.0.2.1", 7701),
+    Node("edge-2", True, "192.0.2.2", 7701),
+    Node("edge-3", True, "192.0.2.3", 7701),
+)
+A = Endpoint("10.1.0.1", 8080, "edge-1")
+B = Endpoint("10.1.0.2", 8080, "edge-1")
+C = Endpoint("10.1.0.3", 8080, "edge-1")
+REMOTE = Endpoint("10.2.0.1", 8080, "edge-2")
+REMOTE_B = Endpoint("10.3.0.1", 8080, "edge-3")
+
+
+def svc(name: str, *eps: Endpoint, **annotations: str) -> Service:
+    return Service("shop", name, None, (HTTP,), {"http": eps},
+                   {f"edgemesh.io/{k}": v for k, v in annotations.items()})
+
+
+def make_catalog() -> Catalog:
+    return Catalog([
+        svc("web", A, B, C),
+        svc("one", A),
+        svc("pair", A, B),
+        svc("fast", A, B, timeout="2s"),
+        svc("stubborn", A, B, C, retries="2"),
+        svc("once", A, B, retries="0"),
+        svc("remote", REMOTE),
+        svc("remotes", REMOTE, REMOTE_B),
+        svc("many", *(Endpoint(f"10.1.1.{i}", 8080, "edge-1") for i in range(1, 21))),
+        svc("least", A, B, C, **{"lb-policy": "least-request"}),
+    ], NODES, revision=1)
+
+
+# --- fakes -----------------------------------------------------------------------------------
+
+
+@implementer(IRequestBody)
+class Body:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.ended = False
+        self.aborted: str | None = None
+        self.producer: IPushProducer | None = None
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def end(self) -> None:
+        self.ended = True
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@dataclass
+class Opened:
+    route: Route
+    head: RequestHead
+    responder: IResponder
+    body: Body = field(default_factory=Body)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.route.endpoint
+
+    def answer(self, status: int = 200, body: bytes = b"ok") -> None:
+        self.responder.head(ResponseHead(status, b"X", (), len(body)))
+        if body:
+            self.responder.write(body)
+        self.responder.end()
+
+    def fail(self, reason: Reason, detail: str = "boom", unsent: bool = False) -> None:
+        self.responder.fail(MeshError(reason, detail, unsent=unsent))
+
+
+@implementer(ITarget)
+class Target:
+    """Records each open; ``behave`` may answer or fail at once (inside open)."""
+
+    def __init__(self, kind: TargetKind) -> None:
+        self.kind = kind
+        self.opened: list[Opened] = []
+        self.behave: Callable[[Opened], None] | None = None
+
+    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        call = Opened(route, head, responder)
+        self.opened.append(call)
+        if self.behave is not None:
+            self.behave(call)
+        return call.body
+
+
+@implementer(IResponder)
+class Client:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.body = b""
+        self.ended = False
+        self.error: MeshError | None = None
+        self.producer: IPushProducer | None = None
+
+    def head(self, head: ResponseHead) -> None:
+        assert self.status is None and self.error is None
+        self.status = head.status
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def end(self) -> None:
+        self.ended = True
+
+    def fail(self, error: MeshError) -> None:
+        assert self.error is None and not self.ended
+        self.error = error
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.paused = False
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+class Mesh:
+    def __init__(self, role: Role = Role.edge, **settings: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.settings = Resilience(**settings)
+        self.pipeline = Pipeline(role, "edge-1", make_catalog(), clock=self.clock,
+                                 settings=self.settings)
+        kinds = ((TargetKind.service_bus, TargetKind.hub, TargetKind.tunnel) if role is Role.edge
+                 else (TargetKind.tunnel, TargetKind.cluster_ip))
+        self.targets = {kind: Target(kind) for kind in kinds}
+        for target in self.targets.values():
+            self.pipeline.add_target(target)
+
+    @property
+    def pods(self) -> Target:
+        return self.targets[TargetKind.service_bus]
+
+    def send(self, name: str = "web", method: bytes = b"GET", length: int | None = 0,
+             source: SourceKind = SourceKind.service_bus,
+             client: Client | None = None) -> tuple[Client, IRequestBody]:
+        client = client or Client()
+        head = RequestHead(method, b"/", f"{name}.shop".encode(), (), length, "10.0.0.9")
+        return client, self.pipeline.dispatch(source, head, client)
+
+    def state(self, name: str = "web") -> dict[str, int]:
+        services: Any = self.pipeline.resilience_view()["services"]
+        return dict(services[f"shop/{name}"])
+
+
+def refuse(call: Opened) -> None:
+    call.fail(Reason.upstream_refused, "connection refused", unsent=True)
+
+
+def test_the_guard_provides_its_interfaces() -> None:
+    mesh = Mesh()
+    _, body = mesh.send()
+    [call] = mesh.pods.opened
+    assert isinstance(body, GuardedBody) and isinstance(call.responder, GuardedExchange)
+    assert verifyObject(IRequestBody, body)
+    assert verifyObject(IResponder, call.responder)
+    assert verifyObject(IPushProducer, call.responder)
+
+
+def test_a_plain_exchange_passes_through() -> None:
+    mesh = Mesh()
+    producer = Producer()
+    client, body = mesh.send(method=b"POST", length=5)
+    body.setProducer(producer)
+    body.write(b"hello")
+    body.end()
+    [call] = mesh.pods.opened
+    assert call.body.data == [b"hello"] and call.body.ended
+    call.body.producer.pauseProducing()  # type: ignore[union-attr]
+    assert producer.paused
+    call.responder.setProducer(producer)
+    assert client.producer is producer
+    assert mesh.pipeline.in_flight == 1 and mesh.state()["active"] == 1
+    call.answer(201, b"done")
+    assert (client.status, client.body, client.ended) == (201, b"done", True)
+    assert mesh.pipeline.in_flight == 0 and mesh.state()["active"] == 0
+    # Late calls after the end change nothing.
+    call.answer()
+    body.abort("late")
+    assert call.body.aborted == "late" and mesh.state()["requests"] == 1
+
+
+def test_complete_is_passed_whole() -> None:
+    mesh = Mesh()
+    whole: list[tuple[int, bytes]] = []
+
+    class Whole(Client):
+        def complete(self, head: ResponseHead, body: bytes) -> None:
+            whole.append((head.status, body))
+
+    mesh.send(client=Whole())
+    client, _ = mesh.send()
+    first, second = mesh.pods.opened
+    complete: Any = first.responder
+    complete.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    complete = second.responder
+    complete.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    assert whole == [(200, b"ok")]
+    assert (client.status, client.body, client.ended) == (200, b"ok", True)
+    assert mesh.pipeline.in_flight == 0
+
+
+# --- timeouts --------------------------------------------------------------------------------
+
+
+def test_request_timeout_504_and_the_target_is_cancelled() -> None:
+    mesh = Mesh(request_timeout=30.0)
+    client, _ = mesh.send()
+    [call] = mesh.pods.opened
+    assert call.route.timeout is None  # the node's default: the target applies its own too
+    mesh.clock.advance(29.9)
+    assert client.error is None
+    mesh.clock.advance(0.2)
+    assert client.error is not None and client.error.reason is Reason.upstream_timeout
+    assert client.error.status == 504 and "30s" in client.error.detail
+    assert call.body.aborted is not None, "the exchange is cancelled on the next hop"
+    assert mesh.pipeline.in_flight == 0 and mesh.state()["timeouts"] == 1
+    call.answer()  # too late: ignored
+    assert client.status is None
+
+
+def test_a_service_timeout_annotation() -> None:
+    mesh = Mesh()
+    client, _ = mesh.send("fast")
+    [call] = mesh.pods.opened
+    assert call.route.timeout == 2.0, "the targets apply the service's timeout as well"
+    mesh.clock.advance(2.01)
+    assert client.error is not None and "2s" in client.error.detail
+
+
+def test_the_request_timeout_starts_when_the_request_body_ends() -> None:
+    mesh = Mesh(request_timeout=5.0, stream_idle_timeout=60.0)
+    client, body = mesh.send(method=b"POST", length=None)
+    for _ in range(4):
+        mesh.clock.advance(3)
+        body.write(b"slow upload")
+    body.end()
+    mesh.clock.advance(4.9)
+    assert client.error is None
+    mesh.clock.advance(0.2)
+    assert client.error is not None and client.error.reason is Reason.upstream_timeout
+
+
+def test_no_timeout_once_the_head_arrived_but_an_idle_stream_is_cancelled() -> None:
+    mesh = Mesh(request_timeout=5.0, stream_idle_timeout=20.0)
+    client, _ = mesh.send()
+    [call] = mesh.pods.opened
+    call.responder.head(ResponseHead(200, b"OK", (), None))
+    for _ in range(10):
+        mesh.clock.advance(10)  # well past the request timeout: a streaming body
+        call.responder.write(b"tick")
+    assert client.error is None and client.body == b"tick" * 10
+    mesh.clock.advance(20)  # the stream goes quiet
+    mesh.clock.advance(20)
+    assert client.error is not None and "no data for 20s" in client.error.detail
+    assert call.body.aborted is not None and mesh.pipeline.in_flight == 0
+
+
+def test_answered_exchanges_leave_no_timer_behind() -> None:
+    mesh = Mesh()
+    for _ in range(100):
+        mesh.send()
+        mesh.pods.opened[-1].answer()
+    assert len(mesh.clock.getDelayedCalls()) <= 1
+    mesh.clock.advance(400)
+    assert mesh.clock.getDelayedCalls() == []
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_connection_refused_on_a_get_is_retried_once_on_another_endpoint() -> None:
+    mesh = Mesh()
+    mesh.pods.behave = lambda call: refuse(call) if call.endpoint == A else None
+    client, _ = mesh.send("pair")
+    first, second = mesh.pods.opened
+    assert first.endpoint == A and second.endpoint == B
+    second.answer()
+    assert client.status == 200 and client.error is None
+    assert mesh.state("pair")["retries"] == 1
+
+
+def test_refused_post_is_retried_with_its_body() -> None:
+    mesh = Mesh()
+    client, body = mesh.send("pair", method=b"POST", length=None)
+    producer = Producer()
+    body.setProducer(producer)
+    body.write(b"part one,")
+    [first] = mesh.pods.opened
+    first.body.producer.pauseProducing()  # type: ignore[union-attr]  # its buffer is full
+    assert producer.paused
+    first.fail(Reason.upstream_refused, "connection refused", unsent=True)
+    _, second = mesh.pods.opened
+    assert second.endpoint == B and second.body.data == [b"part one,"]
+    assert not producer.paused, "the failed attempt's pause is undone"
+    body.write(b" part two")
+    body.end()
+    assert second.body.data == [b"part one,", b" part two"] and second.body.ended
+    assert first.body.data == [b"part one,"]
+    second.answer()
+    assert client.status == 200
+
+
+def test_a_post_that_may_have_been_sent_is_not_retried() -> None:
+    mesh = Mesh()
+    client, body = mesh.send("pair", method=b"POST", length=3)
+    body.write(b"abc")
+    body.end()
+    [call] = mesh.pods.opened
+    call.fail(Reason.upstream_lost, "connection lost before the response head")
+    assert len(mesh.pods.opened) == 1
+    assert client.error is not None and client.error.reason is Reason.upstream_lost
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"])
+def test_a_reset_before_the_head_is_retried_for_idempotent_methods(method: bytes) -> None:
+    mesh = Mesh()
+    client, _ = mesh.send("pair", method=method)
+    mesh.pods.opened[0].fail(Reason.upstream_lost, "reset")
+    assert len(mesh.pods.opened) == 2
+    mesh.pods.opened[1].answer()
+    assert client.status == 200
+
+
+def test_a_body_over_64_kib_is_never_retried() -> None:
+    mesh = Mesh()
+    client, body = mesh.send("pair", method=b"PUT", length=None)
+    body.write(b"x" * 65536)
+    body.write(b"x")
+    mesh.pods.opened[0].fail(Reason.upstream_refused, "refused", unsent=True)
+    assert len(mesh.pods.opened) == 1 and client.error is not None
+    declared, _ = mesh.send("pair", method=b"PUT", length=70_000)
+    mesh.pods.opened[-1].fail(Reason.upstream_refused, "refused", unsent=True)
+    assert len(mesh.pods.opened) == 2 and declared.error is not None
+
+
+def test_no_retry_after_the_head_nor_after_the_client_left() -> None:
+    mesh = Mesh()
+    client, _ = mesh.send("pair")
+    call = mesh.pods.opened[0]
+    call.responder.head(ResponseHead(200, b"OK", (), None))
+    call.fail(Reason.upstream_lost, "lost in the body")
+    assert len(mesh.pods.opened) == 1 and client.error is not None
+    gone, body = mesh.send("pair")
+    body.abort("client connection lost")
+    assert mesh.pods.opened[-1].body.aborted == "client connection lost"
+    mesh.pods.opened[-1].fail(Reason.upstream_refused, "refused", unsent=True)
+    assert len(mesh.pods.opened) == 2 and gone.error is None
+    assert mesh.pipeline.in_flight == 0
+
+
+def test_other_failures_are_not_retried() -> None:
+    mesh = Mesh()
+    for reason in (Reason.upstream_timeout, Reason.upstream_bad_response, Reason.bad_request):
+        client, _ = mesh.send("pair")
+        mesh.pods.opened[-1].fail(reason)
+        assert client.error is not None and client.error.reason is reason
+    assert len(mesh.pods.opened) == 3
+
+
+def test_retries_go_to_a_different_endpoint_each_time_and_stop_at_the_limit() -> None:
+    mesh = Mesh()
+    mesh.pods.behave = refuse
+    client, _ = mesh.send("stubborn")  # edgemesh.io/retries: 2
+    assert sorted(c.endpoint.host for c in mesh.pods.opened) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]  # type: ignore[union-attr]
+    assert client.error is not None and client.error.reason is Reason.upstream_refused
+    mesh.send("once")  # edgemesh.io/retries: 0
+    assert len(mesh.pods.opened) == 4
+    mesh.send("one")  # one endpoint: nowhere else to go
+    assert len(mesh.pods.opened) == 5
+
+
+def test_a_retry_error_raised_by_the_target_inside_open() -> None:
+    mesh = Mesh()
+    opened: list[Endpoint | None] = []
+
+    def raise_for_a(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        opened.append(route.endpoint)
+        if route.endpoint == A:
+            raise MeshError(Reason.peer_unavailable, "no link")
+        return Body()
+
+    mesh.pods.open = raise_for_a  # type: ignore[method-assign]
+    client, body = mesh.send("pair")
+    assert opened == [A, B] and isinstance(body, GuardedBody) and client.error is None
+
+
+def test_the_retry_budget_caps_retries_when_everything_fails() -> None:
+    mesh = Mesh(retry_budget_ratio=0.2, retry_budget_min=5, consecutive_failures=10_000)
+    mesh.pods.behave = refuse
+    for _ in range(100):
+        mesh.clock.advance(0.01)
+        client, _ = mesh.send("web")
+        assert client.error is not None and client.error.status == 502
+    state = mesh.state()
+    assert state["requests"] == 100
+    assert 0 < state["retries"] <= 0.2 * 100 + 5
+    assert state["retries"] + state["retries_denied"] == 100
+    assert len(mesh.pods.opened) == 100 + state["retries"]
+
+
+def test_retry_budget_window() -> None:
+    budget = RetryBudget(0.2, 2, 10.0)
+    now = 1000.0
+    for _ in range(50):
+        budget.request(now)
+    allowed = sum(budget.try_retry(now) for _ in range(30))
+    assert allowed == 12  # 2 + 20 % of 50
+    # Two windows later the past is forgotten: only the minimum again.
+    assert [budget.try_retry(now + 25) for _ in range(3)] == [True, True, False]
+
+
+def test_exchanges_from_other_nodes_are_neither_retried_nor_timed() -> None:
+    mesh = Mesh(request_timeout=1.0)
+    mesh.pods.behave = lambda call: refuse(call) if call.endpoint == A else None
+    client, _ = mesh.send("pair", source=SourceKind.hub)
+    mesh.clock.advance(100)
+    assert len(mesh.pods.opened) == 1 and client.error is not None
+    client, _ = mesh.send("pair", source=SourceKind.tunnel)
+    mesh.clock.advance(100)
+    assert client.error is None and mesh.pipeline.in_flight == 1
+
+
+# --- overload --------------------------------------------------------------------------------
+
+
+def test_over_the_limit_an_immediate_503_overloaded() -> None:
+    mesh = Mesh(max_requests_per_service=3)
+    for _ in range(3):
+        mesh.send()
+    with pytest.raises(MeshError) as caught:
+        mesh.send()
+    assert caught.value.reason is Reason.overloaded and caught.value.status == 503
+    assert len(mesh.pods.opened) == 3 and mesh.state()["overloaded"] == 1
+    mesh.send("pair")  # another service has its own limit
+    mesh.pods.opened[0].answer()
+    mesh.send()
+    assert len(mesh.pods.opened) == 5 and mesh.state()["active"] == 3
+
+
+# --- outlier ejection -----------------------------------------------------------------------
+
+
+def endpoints_chosen(mesh: Mesh, name: str, count: int) -> list[Endpoint | None]:
+    before = len(mesh.pods.opened)
+    for _ in range(count):
+        mesh.send(name)
+        mesh.pods.opened[-1].answer()
+    return [c.endpoint for c in mesh.pods.opened[before:]]
+
+
+def test_consecutive_failures_eject_with_a_growing_penalty_and_a_probe_restores() -> None:
+    mesh = Mesh(consecutive_failures=3, base_ejection=10.0, max_ejection=25.0,
+                max_ejection_percent=50, retries=0)
+    outliers = mesh.pipeline.outliers
+    mesh.pods.behave = lambda call: call.answer(503) if call.endpoint == A else call.answer()
+    endpoints_chosen(mesh, "pair", 6)  # A fails three times in a row
+    assert outliers.is_ejected((A.host, A.port), mesh.clock.seconds())
+    assert set(endpoints_chosen(mesh, "pair", 10)) == {B}
+    mesh.clock.advance(10.1)  # the penalty is over: A gets a probe, which fails
+    assert A in endpoints_chosen(mesh, "pair", 2)
+    assert outliers.is_ejected((A.host, A.port), mesh.clock.seconds())
+    mesh.clock.advance(10.1)
+    assert outliers.is_ejected((A.host, A.port), mesh.clock.seconds()), "20 s the second time"
+    mesh.clock.advance(10)
+    mesh.pods.behave = lambda call: call.answer()  # A is fine again: the probe succeeds
+    assert set(endpoints_chosen(mesh, "pair", 4)) == {A, B}
+    assert not outliers.known.get((A.host, A.port)) or not outliers.describe(0)[0]["probing"]
+    view: Any = mesh.pipeline.resilience_view()["outliers"]
+    assert view[0]["endpoint"] == "10.1.0.1:8080" and view[0]["ejections"] == 2
+
+
+def test_connect_errors_and_timeouts_count_as_failures() -> None:
+    mesh = Mesh(consecutive_failures=2, retries=0)
+    for _ in range(2):
+        mesh.send("one")
+        mesh.pods.opened[-1].fail(Reason.upstream_refused, "refused", unsent=True)
+    # A single endpoint is never ejected (nothing better to choose).
+    assert not mesh.pipeline.outliers.ejected
+    for _ in range(4):
+        mesh.send("pair")
+        call = mesh.pods.opened[-1]
+        if call.endpoint == A:
+            call.fail(Reason.upstream_timeout, "connect timed out")
+        else:
+            call.answer()
+    assert mesh.pipeline.outliers.ejected == 1
+
+
+def test_max_ejection_percent_is_honoured() -> None:
+    mesh = Mesh(consecutive_failures=1, max_ejection_percent=10, retries=0)
+    mesh.pods.behave = lambda call: call.answer(500)
+    endpoints_chosen(mesh, "many", 40)  # every one of the 20 endpoints fails
+    assert mesh.pipeline.outliers.ejected == 2  # 10 % of 20
+    endpoints_chosen(mesh, "pair", 4)
+    assert mesh.pipeline.outliers.ejected == 3  # at least one of two
+
+
+def test_success_resets_the_count() -> None:
+    mesh = Mesh(consecutive_failures=3, retries=0)
+    answers = iter([500, 500, 200, 500, 500, 200] * 3)
+    mesh.pods.behave = lambda call: call.answer(next(answers)) if call.endpoint == A else call.answer()
+    endpoints_chosen(mesh, "pair", 12)
+    assert not mesh.pipeline.outliers.ejected
+
+
+# --- drain -----------------------------------------------------------------------------------
+
+
+def test_drain_refuses_new_streams_from_peers_and_waits_for_the_exchanges() -> None:
+    mesh = Mesh()
+    client, _ = mesh.send()
+    mesh.pipeline.start_drain()
+    drained = mesh.pipeline.when_drained()
+    assert not drained.called
+    with pytest.raises(MeshError) as caught:
+        mesh.send(source=SourceKind.hub)
+    assert caught.value.reason is Reason.draining and caught.value.status == 503
+    late, _ = mesh.send()  # an open client connection: still served
+    mesh.pods.opened[0].answer()
+    assert not drained.called
+    mesh.pods.opened[1].answer()
+    assert drained.called and client.status == late.status == 200
+    assert mesh.pipeline.when_drained().called
+
+
+def test_a_draining_peer_is_chosen_no_more() -> None:
+    mesh = Mesh(peer_drain_memory=60.0)
+    mesh.pipeline.peer_draining("edge-2")
+    mesh.send("remotes")
+    mesh.send("remotes")
+    assert {c.route.peer for c in mesh.targets[TargetKind.hub].opened} == {"edge-3"}
+    mesh.pipeline.peer_back("edge-2")
+    mesh.send("remotes")
+    mesh.send("remotes")
+    assert "edge-2" in {c.route.peer for c in mesh.targets[TargetKind.hub].opened[2:]}
+    mesh.pipeline.peer_draining("edge-2")
+    mesh.clock.advance(61)  # it never came back, nor said so: forgotten after a while
+    mesh.send("remotes")
+    mesh.send("remotes")
+    assert "edge-2" in {c.route.peer for c in mesh.targets[TargetKind.hub].opened[4:]}
+    # The only endpoint on a draining node: still chosen (better than nothing).
+    mesh.pipeline.peer_draining("edge-2")
+    mesh.send("remote")
+    assert mesh.targets[TargetKind.hub].opened[-1].route.peer == "edge-2"
+    assert mesh.pipeline.resilience_view()["draining_peers"] == ["edge-2"]
+
+
+# --- relay -----------------------------------------------------------------------------------
+
+
+class Paths:
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+
+    def direct(self, peer: str) -> bool:
+        return peer not in self.down
+
+    def paths(self) -> dict[str, str]:
+        return {peer: "relayed" for peer in self.down}
+
+
+def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
+    mesh = Mesh()
+    paths = mesh.pipeline.peer_paths = Paths()
+    hub, tunnel = mesh.targets[TargetKind.hub], mesh.targets[TargetKind.tunnel]
+
+    def dial_fails(call: Opened) -> None:
+        paths.down.add("edge-2")  # the dialer learns it as the dial fails
+        call.fail(Reason.peer_unavailable, "cannot reach edge-2", unsent=True)
+
+    hub.behave = dial_fails
+    client, _ = mesh.send("remote", method=b"POST", length=0)
+    [relayed] = tunnel.opened
+    assert relayed.route.peer == ROUTER_PEER and relayed.route.endpoint == REMOTE
+    relayed.answer()
+    assert client.status == 200
+    # Known unreachable: relayed at once.
+    mesh.send("remote")
+    assert len(hub.opened) == 1 and len(tunnel.opened) == 2
+    assert mesh.pipeline.resilience_view()["peers"] == {"edge-2": "relayed"}
+    assert mesh.pipeline.resilience_view()["relayed"] == {"edge-2": 2}
+    # Direct again once the dialer reaches it.
+    paths.down.clear()
+    hub.behave = None
+    mesh.send("remote")
+    assert len(hub.opened) == 2 and len(tunnel.opened) == 2
+    assert not mesh.pipeline.outliers.known, "a path failure is not the endpoint's"
+
+
+def test_routers_do_not_retry_relayed_exchanges_themselves() -> None:
+    mesh = Mesh(Role.router)
+    tunnel = mesh.targets[TargetKind.tunnel]
+    tunnel.behave = lambda call: call.fail(Reason.peer_unavailable, "no link", unsent=True)
+    head = RequestHead(b"GET", b"/", b"x", (), 0, "10.0.0.9")
+    client = Client()
+    mesh.pipeline.dispatch_resolved(SourceKind.tunnel, head, client, "shop/remotes", 80,
+                                    (REMOTE.host, REMOTE.port))
+    assert len(tunnel.opened) == 1 and client.error is not None
+    from_cloud, _ = mesh.send("remotes", source=SourceKind.router)
+    assert len(tunnel.opened) == 3 and from_cloud.error is not None  # retried: another edge
+
+
+def test_least_request_counts_exchanges_in_progress() -> None:
+    mesh = Mesh()
+    for _ in range(30):
+        mesh.send("least")
+    loads = mesh.pipeline.balancer.loads
+    assert sum(loads.values()) == 30 and max(loads.values()) - min(loads.values()) <= 2
+    for call in mesh.pods.opened:
+        call.answer()
+    assert loads == {}
+
+
+def test_invalid_annotations_never_break_routing() -> None:
+    mesh = Mesh()
+    broken = Service("shop", "broken", None, (HTTP,), {"http": (A,)},
+                     {LB_POLICY_ANNOTATION: "nope", TIMEOUT_ANNOTATION: "later",
+                      RETRIES_ANNOTATION: "lots"})
+    mesh.pipeline.catalog = Catalog([broken], NODES, revision=2)
+    client, _ = mesh.send("broken")
+    mesh.pods.opened[-1].answer()
+    assert client.status == 200
+    problems: Any = mesh.pipeline.resilience_view()["policy_problems"]
+    assert len(problems["shop/broken"]) == 3
