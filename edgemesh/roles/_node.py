@@ -6,6 +6,7 @@ through the tap modules; an embedding application calls them directly.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -228,6 +229,10 @@ class MeshNode(MultiService):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        # Everything built so far (Twisted, the Kubernetes client's models, the catalog)
+        # lives as long as the process: keep it out of every future garbage collection,
+        # which otherwise rescans it each time per-request cycles trigger one.
+        gc.freeze()
         self.serving = True
         self.started_at = self.reactor.seconds()
 

@@ -96,6 +96,7 @@ class Pipeline:
         """Set by the observability layer: opens each routed exchange (counting it)."""
         self.refused: Refused | None = None
         """Set by the observability layer: told of each exchange refused with a MeshError."""
+        self._opening: tuple[SourceKind, ITarget, ServiceState, ServicePolicy] | None = None
         self._services: dict[str, ServiceState] = {}
         self._states_by_id: dict[int, tuple[Service, ServiceState]] = {}
         self._max_active = self.settings.max_requests_per_service
@@ -245,18 +246,29 @@ class Pipeline:
         kind = route.target
         allowed = self.rules.get(source)
         target = self.targets.get(kind)
-        if kind is TargetKind.hub or allowed is None or kind not in allowed or target is None:
+        if (
+            allowed is None
+            or kind not in allowed
+            or target is None
+            or (kind is TargetKind.hub and self.peer_paths is not None)
+        ):
             route, target = self._target_for(source, route)  # relay, or an error to raise
         if policy.timeout is not None:
             route.timeout = policy.timeout
         observe = self.observe
         if observe is None:
             return self._start(source, route, target, head, responder, state, policy)
+        # observe calls its ``open`` once, at once: the rest of the context waits here
+        # (cheaper than a closure per exchange).
+        self._opening = (source, target, state, policy)
+        return observe(source, route, head, responder, self._open_observed)
 
-        def start(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-            return self._start(source, route, target, head, responder, state, policy)
-
-        return observe(source, route, head, responder, start)
+    def _open_observed(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        opening = self._opening
+        assert opening is not None, "observe called open twice or late"
+        self._opening = None
+        source, target, state, policy = opening
+        return self._start(source, route, target, head, responder, state, policy)
 
     def _start(
         self,

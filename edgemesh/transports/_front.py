@@ -158,7 +158,8 @@ class _Exchange:
     def head(self, head: ResponseHead) -> None:
         data = self._head_bytes(head)
         if data is not None:
-            write_now(self.front.transport, data)
+            # Buffered: the body usually follows in the same turn and leaves with it.
+            self.front.transport.write(data)  # type: ignore[union-attr]
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once (the common small one): one write to the client."""
@@ -391,6 +392,14 @@ class HTTPFrontProtocol(Protocol):
         assert transport is not None
         peer: IAddress = transport.getPeer()
         self._client = getattr(peer, "host", "") or ""
+        # A response head and its body may leave in two writes: without TCP_NODELAY the
+        # second waits for the client's delayed ACK (40 ms).
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
         self._become_idle()
