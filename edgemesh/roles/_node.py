@@ -436,19 +436,26 @@ class EdgeNode(MeshNode):
         return self.security.client_endpoint(endpoint, peer)
 
 
-def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
-    """The cloud router, ready to start (``startService``) in ``reactor``."""
-    node = RouterNode(reactor, config)
+def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: TargetKind) -> Pipeline:
+    """What both roles share: observability, resilience, and the HTTP target that leaves
+    this node for pods (edge) or ClusterIPs (router)."""
     node.observer.configure(config.observability)
     pipeline = node.pipeline
     pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
-    beats = config.resilience
     pipeline.add_target(
         HTTPUpstreamTarget(
-            reactor, TargetKind.cluster_ip,
+            node.reactor, upstream,
             connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
         )
     )
+    return pipeline
+
+
+def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
+    """The cloud router, ready to start (``startService``) in ``reactor``."""
+    node = RouterNode(reactor, config)
+    pipeline = _configure(node, config, TargetKind.cluster_ip)
+    beats = config.resilience
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
 
     def make_link() -> EnvelopeLink:
@@ -469,16 +476,8 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
 def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     """An edge node's service bus, ready to start (``startService``) in ``reactor``."""
     node = EdgeNode(reactor, config)
-    node.observer.configure(config.observability)
-    pipeline = node.pipeline
-    pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
+    pipeline = _configure(node, config, TargetKind.service_bus)
     beats = config.resilience
-    pipeline.add_target(
-        HTTPUpstreamTarget(
-            reactor, TargetKind.service_bus,
-            connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
-        )
-    )
 
     def link_factory(source: SourceKind, expect: str | None, client: bool) -> Callable[[], EnvelopeLink]:
         handler = _EdgeLinks(node, source, expect)
