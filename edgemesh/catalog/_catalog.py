@@ -233,13 +233,16 @@ class Catalog:
         Hot path: computed once per catalog (a catalog never changes), bounded."""
         key = (service.key, port.name, node)
         found = self._ready.get(key)
-        if found is None or self._services.get(service.key) is not service:
-            ready = service.ready_endpoints(port)
-            found = ready if node is None else tuple(e for e in ready if e.node == node)
-            if self._services.get(service.key) is service:
-                if len(self._ready) >= RESOLVE_CACHE_SIZE:
-                    self._ready.clear()
-                self._ready[key] = found
+        # Only a service of this catalog is cached (a stale one is computed, not kept).
+        own = self._services.get(service.key) is service
+        if found is not None and own:
+            return found
+        ready = service.ready_endpoints(port)
+        found = ready if node is None else tuple(e for e in ready if e.node == node)
+        if own:
+            if len(self._ready) >= RESOLVE_CACHE_SIZE:
+                self._ready.clear()
+            self._ready[key] = found
         return found
 
     def resolve(self, authority: bytes) -> tuple[Service, ServicePort]:

@@ -49,5 +49,5 @@ a separate read, frame, and pause/resume of the producers behind it."""
 
 
 def use_large_buffer(transport: Any) -> None:
-    if type(transport) in _PLAIN_TCP or hasattr(transport, "bufferSize"):
+    if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
         transport.bufferSize = LARGE_BUFFER
