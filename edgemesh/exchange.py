@@ -69,6 +69,8 @@ class Reason(enum.Enum):
     draining = ("draining", 503)
     upstream_timeout = ("upstream-timeout", 504)
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
     def __init__(self, code: str, status: int) -> None:
         self.code = code
         self.status = status
@@ -102,6 +104,8 @@ class Role(enum.Enum):
     router = "router"
     edge = "edge"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
 
 class SourceKind(enum.Enum):
     """Where an exchange entered this node."""
@@ -115,6 +119,8 @@ class SourceKind(enum.Enum):
     tunnel = "tunnel"
     """Edge: the router over the tunnel; router: an edge over its tunnel."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
 
 class TargetKind(enum.Enum):
     """Where an exchange leaves this node."""
@@ -127,6 +133,8 @@ class TargetKind(enum.Enum):
     """Edge: up to the router; router: down to an edge."""
     cluster_ip = "cluster-ip"
     """Router: a cloud service's clusterIP:port."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
 
 @dataclass(slots=True)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from ._exchanges import LoggedResponder
+    from ..exchange import Reason, RequestHead, Route, SourceKind
+    from ._exchanges import ExchangeStats
 
 __all__ = ["ACCESS_FORMAT", "ACCESS_NAMESPACE", "MAX_URI", "AccessLog", "safe_uri"]
 
@@ -46,25 +47,35 @@ class AccessLog:
     def __init__(self, log: Logger = _log) -> None:
         self.log = log
 
-    def exchange(self, exchange: LoggedResponder, duration: float) -> None:
-        route = exchange.route
-        head = exchange.head_
+    def exchange(
+        self,
+        *,
+        head: RequestHead,
+        source: SourceKind,
+        route: Route | None,
+        stats: ExchangeStats,
+        status: int,
+        duration: float,
+        received: int,
+        sent: int,
+        error: Reason | None,
+        aborted: bool,
+    ) -> None:
         endpoint = route.endpoint if route is not None else None
-        error = exchange.error
         self.log.info(
             ACCESS_FORMAT,
             method=head.method.decode("ascii", "backslashreplace"),
             uri=safe_uri(head.path),
-            service=exchange.stats.service,
-            path=exchange.stats.path,
-            source=exchange.source.value,
+            service=stats.service,
+            path=stats.path,
+            source=source.value,
             target=route.target.value if route is not None else None,
-            status=exchange.status or None,
+            status=status or None,
             duration=duration,
-            bytes_in=exchange.received,
-            bytes_out=exchange.sent,
+            bytes_in=received,
+            bytes_out=sent,
             endpoint=endpoint.address if endpoint is not None else None,
             peer=route.peer if route is not None else None,
-            error=error.code if error is not None else ("aborted" if exchange.aborted else None),
+            error=error.code if error is not None else ("aborted" if aborted else None),
             client=head.client or None,
         )

@@ -1,11 +1,12 @@
 """
 What a node counts about its exchanges and its links, in plain Python ints.
 
-The pipeline calls ``MeshObserver.observe`` once per routed exchange (and ``refused``
-for one refused before a route was chosen).  The observer wraps the responder and the
-request body in two small objects that add to per-(service, path) counters as the
-exchange goes: no locks, no prometheus_client objects on the hot path.  The collector
-(``_collector.py``) turns the counters into metric families at scrape time.
+The pipeline's guarded exchange (``routing._guard``) reports to ``MeshObserver.opened``
+when it starts and to ``closed`` when it is over; it adds its bytes to the counters as
+they go (``refused`` counts an exchange refused before it started).  No wrapper objects,
+no locks, no prometheus_client objects on the hot path: per-(service, path) counters in
+plain ints, which the collector (``_collector.py``) turns into metric families at scrape
+time.
 
 Cardinality is bounded: at most ``max_services`` services get their own label, the
 rest share ``service="other"``; paths, status classes and reasons are small fixed sets.
@@ -18,20 +19,15 @@ through ``rejected``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from zope.interface import implementer
+from twisted.internet.interfaces import IReactorTime
 
 from ..exchange import (
-    IRequestBody,
-    IResponder,
     MeshError,
     Reason,
     RequestHead,
-    ResponseHead,
     Role,
     Route,
     SourceKind,
@@ -49,6 +45,7 @@ __all__ = [
     "ExchangeStats",
     "MeshObserver",
     "ObservabilityConfig",
+    "ObservedExchange",
     "PeerState",
     "Readiness",
     "exchange_path",
@@ -140,6 +137,29 @@ class ExchangeStats:
         self.active = 0
 
 
+class ObservedExchange(Protocol):
+    """What the observer reads of a finished exchange (the pipeline's GuardedExchange)."""
+
+    stats: Any
+    """Its ExchangeStats, from ``opened``."""
+    started: float
+    status: int
+    """The response status (0: no response head)."""
+    error: Reason | None
+    """Why the exchange failed (None: it did not)."""
+    gave_up: bool
+    """The source (client or peer) gave up before the response was over."""
+    received: int
+    sent: int
+    source: SourceKind
+
+    @property
+    def request(self) -> RequestHead: ...
+
+    @property
+    def route(self) -> Route | None: ...
+
+
 @dataclass
 class PeerState:
     """One link to a peer node, as the admin API and the metrics show it."""
@@ -182,174 +202,6 @@ class Readiness:
         return all(ready for ready, _ in self.gates.values())
 
 
-@implementer(IResponder)
-class ObservedResponder:
-    """The responder the target answers through: counts the response, then forwards.
-
-    Built once per exchange on the hot path: few fields, no work beyond counting
-    (``LoggedResponder`` keeps what the access log needs on top)."""
-
-    __slots__ = ("aborted", "done", "error", "inner", "observer", "started", "stats", "status")
-    error: Reason | None
-    aborted: bool
-
-    def __init__(
-        self, observer: MeshObserver, stats: ExchangeStats, inner: IResponder, started: float
-    ) -> None:
-        self.observer = observer
-        self.stats = stats
-        self.inner = inner
-        self.started = started
-        self.status = 0
-        self.done = False
-        # ``error`` (a Reason) and ``aborted`` are set when they happen; only the access
-        # log reads them (LoggedResponder gives them their defaults).
-
-    def head(self, head: ResponseHead) -> None:
-        self.status = head.status
-        self.inner.head(head)
-
-    def write(self, data: bytes) -> None:
-        self.stats.bytes_out += len(data)
-        self.inner.write(data)
-
-    def end(self) -> None:
-        self.finish()
-        self.inner.end()
-
-    def complete(self, head: ResponseHead, body: bytes) -> None:
-        """A whole response at once (the fast path some sources offer)."""
-        self.status = head.status
-        self.stats.bytes_out += len(body)
-        self.finish()
-        inner = self.inner
-        complete = getattr(inner, "complete", None)
-        if complete is not None:
-            complete(head, body)
-            return
-        inner.head(head)
-        if body:
-            inner.write(body)
-        inner.end()
-
-    def fail(self, error: MeshError) -> None:
-        if not self.done:
-            self.failed(error)
-        self.inner.fail(error)
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.inner.setProducer(producer)
-
-    # -- not IResponder ---------------------------------------------------------
-
-    def failed(self, error: MeshError) -> None:
-        """Count ``error``: the client gets its status unless a head went out already."""
-        reason = error.reason
-        self.error = reason
-        if not self.status:
-            self.status = reason.status
-        self.observer.errors[reason.code] += 1
-        self.finish()
-
-    def aborted_by_source(self) -> None:
-        """The source gave up (client or peer gone) before the response was over."""
-        if not self.done:
-            self.aborted = True
-            self.finish()
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        observer = self.observer
-        stats = self.stats
-        stats.active -= 1
-        # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
-        stats.codes[self.status // 100 % 10] += 1
-        duration = observer.seconds() - self.started
-        if duration > 0.0:
-            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
-            stats.duration_sum += duration
-        else:  # no time on the clock, or a wall clock that stepped back
-            duration = 0.0
-            stats.counts[0] += 1
-        access_log = observer.access_log
-        if access_log is not None and isinstance(self, LoggedResponder):
-            access_log.exchange(self, duration)
-
-
-class LoggedResponder(ObservedResponder):
-    """An ObservedResponder that also keeps what the access log shows."""
-
-    __slots__ = ("head_", "received", "route", "sent", "source")
-
-    def __init__(
-        self,
-        observer: MeshObserver,
-        stats: ExchangeStats,
-        inner: IResponder,
-        started: float,
-        source: SourceKind,
-        route: Route | None,
-        head: RequestHead,
-    ) -> None:
-        super().__init__(observer, stats, inner, started)
-        self.source = source
-        self.route = route
-        self.head_ = head
-        self.sent = 0
-        self.received = 0
-        self.error = None
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.sent += len(data)
-        super().write(data)
-
-    def complete(self, head: ResponseHead, body: bytes) -> None:
-        self.sent += len(body)
-        super().complete(head, body)
-
-
-@implementer(IRequestBody)
-class ObservedBody:
-    """The request body the source writes into: counts it and sees the source give up.
-    ``end`` and ``setProducer`` are the inner body's own (bound at construction): one
-    call less for each on the hot path."""
-
-    __slots__ = ("end", "exchange", "inner", "setProducer")
-
-    def __init__(self, exchange: ObservedResponder, inner: IRequestBody) -> None:
-        self.exchange = exchange
-        self.inner = inner
-        self.end: Callable[[], None] = inner.end
-        self.setProducer: Callable[[IPushProducer], None] = inner.setProducer
-
-    def write(self, data: bytes) -> None:
-        self.exchange.stats.bytes_in += len(data)
-        self.inner.write(data)
-
-    def abort(self, reason: str) -> None:
-        # After the response, a source aborts the rest of the request body: not an abort.
-        self.exchange.aborted_by_source()
-        self.inner.abort(reason)
-
-
-class LoggedBody(ObservedBody):
-    """An ObservedBody that also counts the exchange's own request bytes."""
-
-    __slots__ = ()
-
-    def write(self, data: bytes) -> None:
-        exchange = self.exchange
-        assert isinstance(exchange, LoggedResponder)
-        exchange.received += len(data)
-        super().write(data)
-
-
-Open = Callable[[Route, RequestHead, IResponder], IRequestBody]
-
-
 class MeshObserver:
     """The counters of one node (its pipeline's exchanges and its links) and, when
     configured, its access log.  ``attach`` makes a pipeline report to it."""
@@ -378,30 +230,30 @@ class MeshObserver:
         self.relays = role is Role.edge
         for source in SourceKind:
             self._paths[source._value_, RELAYED] = "edge-edge"
-        self._recorded: MeshError | None = None
         self.config = ObservabilityConfig()
         self.access_log: AccessLog | None = None
-        self.body_class: type[ObservedBody] = ObservedBody
         self.configure(config or ObservabilityConfig())
 
     def configure(self, config: ObservabilityConfig) -> None:
         self.config = config
         self.access_log = AccessLog() if config.access_log else None
-        self.body_class = ObservedBody if self.access_log is None else LoggedBody
 
     def attach(self, pipeline: Pipeline) -> None:
         """Make ``pipeline`` report its exchanges here."""
         self.pipeline = pipeline
-        pipeline.observe = self.observe
+        pipeline.observer = self
         pipeline.refused = self.refused
 
     # -- exchanges (the hot path) ---------------------------------------------------
+    # The pipeline's guarded exchange carries what is counted (status, bytes, error) and
+    # reports its start and its end: no wrapper objects per exchange.
 
-    def observe(
-        self, source: SourceKind, route: Route, head: RequestHead, responder: IResponder, open: Open
-    ) -> IRequestBody:
-        """Open ``route`` with ``open``, counting the exchange as it goes."""
+    def opened(self, exchange: ObservedExchange) -> None:
+        """An exchange starts: give it its counters (counting it as active) and its start."""
+        route = exchange.route
+        assert route is not None
         service = route.service
+        source = exchange.source._value_
         target = route.target._value_
         if target == "tunnel" and self.relays:
             # An edge relays to another edge through the router when its hub is unreachable.
@@ -409,36 +261,49 @@ class MeshObserver:
             pipeline = self.pipeline
             if endpoint is not None and pipeline is not None and pipeline.catalog.is_edge(endpoint.node):
                 target = RELAYED
-        stats = self.stats.get((service.namespace, service.name, source._value_, target))
+        stats = self.stats.get((service.namespace, service.name, source, target))
         if stats is None:
-            key = (service.namespace, service.name, source._value_, target)
-            stats = self._stats_for(key, self._paths[key[2], key[3]])
-        if self.access_log is None:
-            observed = ObservedResponder(self, stats, responder, self.seconds())
-        else:
-            observed = LoggedResponder(self, stats, responder, self.seconds(), source, route, head)
+            key = (service.namespace, service.name, source, target)
+            stats = self._stats_for(key, self._paths[source, target])
         stats.active += 1
-        try:
-            body = open(route, head, observed)
-        except MeshError as error:
-            # The source answers it; the pipeline's ``refused`` must not count it again.
-            self._recorded = error
-            if not observed.done:
-                observed.failed(error)
-            raise
-        except Exception:
-            if not observed.done:
-                observed.failed(MeshError(Reason.upstream_lost, "internal error in the mesh"))
-            raise
-        return self.body_class(observed, body)
+        exchange.stats = stats
+        exchange.started = self.seconds()
+
+    def closed(self, exchange: ObservedExchange) -> None:
+        """An exchange opened with ``opened`` is over (answered, failed or given up)."""
+        stats: ExchangeStats = exchange.stats
+        error = exchange.error
+        status = exchange.status
+        if error is not None:
+            self.errors[error.code] += 1
+            if not status:
+                status = error.status
+        duration = self._count(stats, status, exchange.started)
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.exchange(
+                head=exchange.request, source=exchange.source, route=exchange.route,
+                stats=stats, status=status, duration=duration, received=exchange.received,
+                sent=exchange.sent, error=error, aborted=exchange.gave_up,
+            )
+
+    def _count(self, stats: ExchangeStats, status: int, started: float) -> float:
+        stats.active -= 1
+        # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
+        stats.codes[status // 100 % 10] += 1
+        duration = self.seconds() - started
+        if duration > 0.0:
+            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+            stats.duration_sum += duration
+        else:  # no time on the clock, or a wall clock that stepped back
+            duration = 0.0
+            stats.counts[0] += 1
+        return duration
 
     def refused(
         self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
     ) -> None:
-        """An exchange the pipeline refused (the source answers ``error``)."""
-        if error is self._recorded:
-            self._recorded = None
-            return
+        """An exchange the pipeline refused before it started (the source answers ``error``)."""
         namespace, name = "", UNKNOWN_SERVICE
         catalog = self.pipeline.catalog if self.pipeline is not None else None
         service = None
@@ -454,13 +319,16 @@ class MeshObserver:
             namespace, name = service.namespace, service.name
         path = self._source_path(source)
         stats = self._stats_for((namespace, name, source._value_, ""), path)
-        observed = (
-            ObservedResponder(self, stats, _NO_RESPONDER, self.seconds())
-            if self.access_log is None
-            else LoggedResponder(self, stats, _NO_RESPONDER, self.seconds(), source, None, head)
-        )
         stats.active += 1
-        observed.failed(error)
+        reason = error.reason
+        self.errors[reason.code] += 1
+        duration = self._count(stats, reason.status, self.seconds())
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.exchange(
+                head=head, source=source, route=None, stats=stats, status=reason.status,
+                duration=duration, received=0, sent=0, error=reason, aborted=False,
+            )
 
     def rejected(self, reason: Reason) -> None:
         """A request a source refused before it reached the pipeline (malformed, too large)."""
@@ -552,26 +420,3 @@ class MeshObserver:
                 }
             )
         return rows
-
-
-@implementer(IResponder)
-class _NoResponder:
-    """Where a refused exchange's (never used) responder calls would go."""
-
-    def head(self, head: ResponseHead) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def fail(self, error: MeshError) -> None:
-        pass
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
-_NO_RESPONDER = _NoResponder()

@@ -22,7 +22,7 @@ exchange entered the mesh owns its timeouts and retries (no retry storms across 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -70,6 +70,36 @@ _ENDPOINT_FAILURES: Final = frozenset({
 INFINITY: Final = math.inf
 
 log = Logger(namespace="edgemesh.routing.retry")
+
+
+class ByteCounters(Protocol):
+    """The byte counters an observer gives an exchange (its ``stats``)."""
+
+    bytes_in: int
+    bytes_out: int
+
+
+@implementer(IResponder)
+class _Gone:
+    """The responder of a guard whose exchange is over: late calls go nowhere."""
+
+    def head(self, head: ResponseHead) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def fail(self, error: MeshError) -> None:
+        pass
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+GONE: Final = _Gone()
 
 
 @implementer(IRequestBody)
@@ -125,6 +155,17 @@ class GuardedExchange:
     activity = 0
     seen_activity = 0
     timeout = 0.0
+    # What the pipeline's observer (metrics, access log) reads; it sets ``stats`` and
+    # ``started`` when the exchange opens and is told when it closes.
+    stats: ByteCounters | None = None
+    started = 0.0
+    status = 0
+    error: Reason | None = None
+    """Why the exchange failed, once it did for good."""
+    gave_up = False
+    """The source gave up (client or peer gone) before the response was over."""
+    received = 0
+    sent = 0
 
     def __init__(
         self,
@@ -190,7 +231,7 @@ class GuardedExchange:
             elif not (self._may_retry(unsent) and self._retry(unsent)):
                 # The first attempt, inside dispatch: the source answers what was raised.
                 self._count_failure(error.reason)
-                self._close()
+                self._close(error.reason, error)
                 raise
             return
         except Exception:
@@ -200,10 +241,12 @@ class GuardedExchange:
                 log.failure("target {target!r} raised in open", target=target)
                 self.fail(MeshError(Reason.upstream_lost, "internal error in the mesh"))
                 return
-            self._close()
+            self._close(Reason.upstream_lost, None)  # the source answers it as such
             raise
         if self.tries != attempt:
             return  # it failed inside open and a retry took over
+        if self.done and (self.ended or self.aborted):
+            return  # answered inside open, and the request is over: nothing more to send
         self.inner = inner
         if attempt == 1 or self.done:
             return
@@ -238,9 +281,14 @@ class GuardedExchange:
     def body_write(self, data: bytes) -> None:
         if self.done:
             return
+        size = len(data)
+        self.received += size
+        stats = self.stats
+        if stats is not None:
+            stats.bytes_in += size
         replay = self.replay
         if replay is not None:
-            self.replayed += len(data)
+            self.replayed += size
             if self.replayed <= REPLAY_LIMIT:
                 replay.append(data)
             else:
@@ -261,15 +309,20 @@ class GuardedExchange:
         inner = self.inner
         if inner is not None:
             inner.end()
+            if self.done:
+                self.inner = None
 
     def body_abort(self, reason: str) -> None:
         self.aborted = True
         if not self.done:
             self.done = True
+            self.gave_up = True
             self._finished()
         inner = self.inner
         if inner is not None:
             inner.abort(reason)
+        if self.done:
+            self._let_go()
 
     def body_producer(self, producer: IPushProducer) -> None:
         inner = self.inner
@@ -311,7 +364,7 @@ class GuardedExchange:
         self.headed = True
         self.replay = None
         self.deadline = INFINITY
-        status = head.status
+        self.status = status = head.status
         if status >= 500 or self.pipeline.outliers.known:
             self._outcome(status)
         self.responder.head(head)
@@ -322,7 +375,7 @@ class GuardedExchange:
             return
         self.done = self.headed = True
         pipeline = self.pipeline
-        status = head.status
+        self.status = status = head.status
         if status >= 500 or pipeline.outliers.known:
             self._outcome(status)
         self.state.active -= 1
@@ -332,20 +385,32 @@ class GuardedExchange:
         inflight.discard(self)
         if not inflight and pipeline._drain_waiters:
             pipeline._drained()
+        stats = self.stats
+        if stats is not None:
+            size = len(body)
+            self.sent = size
+            stats.bytes_out += size
+            pipeline._observed(self)
         responder = self.responder
         complete = getattr(responder, "complete", None)
         if complete is not None:
             complete(head, body)
-            return
-        responder.head(head)
-        if body:
-            responder.write(body)
-        responder.end()
+        else:
+            responder.head(head)
+            if body:
+                responder.write(body)
+            responder.end()
+        self._let_go()
 
     def write(self, data: bytes) -> None:
         if self.done:
             return
         self.activity += 1
+        stats = self.stats
+        if stats is not None:
+            size = len(data)
+            self.sent += size
+            stats.bytes_out += size
         self.responder.write(data)
 
     def end(self) -> None:
@@ -354,6 +419,7 @@ class GuardedExchange:
         self.done = True
         self._finished()
         self.responder.end()
+        self._let_go()
 
     def fail(self, error: MeshError) -> None:
         if self.done:
@@ -362,11 +428,22 @@ class GuardedExchange:
             return
         self._count_failure(error.reason)
         self.done = True
+        self.error = error.reason
         self._finished()
         self.responder.fail(error)
+        self._let_go()
 
     def setProducer(self, producer: IPushProducer) -> None:
         self.responder.setProducer(producer)
+
+    def _let_go(self) -> None:
+        """Over: drop the source's objects, and the target's once the request is over too.
+        They point back at this guard, so keeping them would leave a reference cycle per
+        exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node)."""
+        self.responder = GONE
+        self.producer = None
+        if self.ended or self.aborted:
+            self.inner = None  # else body_end or body_abort still goes to the target
 
     # -- outcomes ----------------------------------------------------------------------
 
@@ -387,15 +464,22 @@ class GuardedExchange:
         if key is not None and reason in _ENDPOINT_FAILURES:
             self.pipeline.outliers.failure(key, self.pipeline._now(), self._peers())
 
-    def _close(self) -> None:
+    def _close(self, reason: Reason, raised: MeshError | None) -> None:
+        """Over inside the first ``open``: the source answers what is raised to it."""
         self.done = True
+        self.error = reason
+        if raised is not None and self.stats is not None:
+            self.pipeline._counted = raised  # counted here: not again as refused
         self._finished()
 
     def _finished(self) -> None:
         self.state.active -= 1
         if self.load_key is not None:
             self._unload()
-        self.pipeline._untrack(self)
+        pipeline = self.pipeline
+        pipeline._untrack(self)
+        if self.stats is not None:
+            pipeline._observed(self)
 
     # -- retries -----------------------------------------------------------------------
 
@@ -454,11 +538,13 @@ class GuardedExchange:
         if why == "request":
             self._count_failure(Reason.upstream_timeout)
         self.state.timeouts += 1
+        self.error = Reason.upstream_timeout
         self._finished()
         inner = self.inner
         if inner is not None:
             inner.abort(detail)  # cancels the exchange on every hop
         self.responder.fail(MeshError(Reason.upstream_timeout, detail))
+        self._let_go()
 
 
 def _where(route: Route) -> str:

@@ -10,7 +10,7 @@ policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -43,8 +43,14 @@ _LINKS = frozenset({SourceKind.hub, SourceKind.tunnel})
 _MAX_SERVICES = 65536
 
 
-Open = Callable[[Route, RequestHead, IResponder], IRequestBody]
-Observe = Callable[[SourceKind, Route, RequestHead, IResponder, Open], IRequestBody]
+class ExchangeObserver(Protocol):
+    """The observability layer (metrics, access log), told of every guarded exchange."""
+
+    def opened(self, exchange: GuardedExchange) -> None:
+        """The exchange starts (its route chosen): set its ``stats`` and ``started``."""
+
+    def closed(self, exchange: GuardedExchange) -> None:
+        """The exchange is over: answered, failed or given up by its source."""
 
 
 class Refused(Protocol):
@@ -92,13 +98,14 @@ class Pipeline:
         self.balancer.usable = self._usable
         self.balancer.filtering = self._filtering
         self.peer_paths: PeerPaths | None = None
-        self.observe: Observe | None = None
-        """Set by the observability layer: opens each routed exchange (counting it)."""
+        self.observer: ExchangeObserver | None = None
+        """Set by the observability layer: told of each exchange's start and end."""
         self.refused: Refused | None = None
         """Set by the observability layer: told of each exchange refused with a MeshError."""
-        self._opening: tuple[SourceKind, ITarget, ServiceState, ServicePolicy] | None = None
+        self._counted: MeshError | None = None
+        """The error the guard of a refused exchange already reported to the observer."""
         self._services: dict[str, ServiceState] = {}
-        self._states_by_id: dict[int, tuple[Service, ServiceState]] = {}
+        self._states_by_id: dict[int, tuple[Service, ServiceState, ServicePolicy]] = {}
         self._max_active = self.settings.max_requests_per_service
         self._idle_timeout = self.settings.stream_idle_timeout
         self._draining_peers: dict[str, float] = {}
@@ -176,7 +183,7 @@ class Pipeline:
             return self._route(source, head, responder, service, port, None)
         except MeshError as error:
             refused = self.refused
-            if refused is not None:
+            if refused is not None and not self._was_counted(error):
                 refused(source, head, error)
             raise
 
@@ -194,9 +201,14 @@ class Pipeline:
             return self._open(source, head, responder, service_key, port, hint)
         except MeshError as error:
             refused = self.refused
-            if refused is not None:
+            if refused is not None and not self._was_counted(error):
                 refused(source, head, error, service_key)
             raise
+
+    def _was_counted(self, error: MeshError) -> bool:
+        counted = self._counted
+        self._counted = None
+        return counted is error
 
     def _open(
         self,
@@ -228,10 +240,9 @@ class Pipeline:
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
         cached = self._states_by_id.get(id(service))
-        if cached is not None and cached[0] is service:
-            state = cached[1]
-        else:
-            state = self._service_state(service)
+        if cached is None or cached[0] is not service:
+            cached = self._service_state(service)
+        _, state, policy = cached
         if state.active >= self._max_active:
             state.overloaded += 1
             raise MeshError(
@@ -240,34 +251,22 @@ class Pipeline:
             )
         if self.draining and source in _LINKS:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
-        policy = self.policies.get(service)
         route = decide(self._catalog, self.role, self.node, source, service, port, hint,
                        self.balancer, head, policy)
         kind = route.target
         allowed = self.rules.get(source)
         target = self.targets.get(kind)
+        paths = self.peer_paths
         if (
             allowed is None
             or kind not in allowed
             or target is None
-            or (kind is TargetKind.hub and self.peer_paths is not None)
+            or (kind is TargetKind.hub and paths is not None and route.peer is not None
+                and not paths.direct(route.peer))
         ):
             route, target = self._target_for(source, route)  # relay, or an error to raise
         if policy.timeout is not None:
             route.timeout = policy.timeout
-        observe = self.observe
-        if observe is None:
-            return self._start(source, route, target, head, responder, state, policy)
-        # observe calls its ``open`` once, at once: the rest of the context waits here
-        # (cheaper than a closure per exchange).
-        self._opening = (source, target, state, policy)
-        return observe(source, route, head, responder, self._open_observed)
-
-    def _open_observed(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        opening = self._opening
-        assert opening is not None, "observe called open twice or late"
-        self._opening = None
-        source, target, state, policy = opening
         return self._start(source, route, target, head, responder, state, policy)
 
     def _start(
@@ -286,6 +285,10 @@ class Pipeline:
         state.requests += 1
         state.active += 1
         self._inflight.add(guard)
+        observer = self.observer
+        if observer is not None:
+            guard.route = route
+            observer.opened(guard)
         if origin:
             clock = self._clock
             now = 0.0 if clock is None else clock.seconds()
@@ -333,9 +336,10 @@ class Pipeline:
 
     # --- for the guarded exchanges ---------------------------------------------------
 
-    def _service_state(self, service: Service) -> ServiceState:
-        """The state of a service, by key (it outlives catalogs); cached by the identity
-        of the catalog's Service object (hot path: no key string to build and hash)."""
+    def _service_state(self, service: Service) -> tuple[Service, ServiceState, ServicePolicy]:
+        """The state of a service, by key (it outlives catalogs), with its policy; cached
+        by the identity of the catalog's Service object (hot path: no key string to build
+        and hash; the cache is cleared with each new catalog, which may change policies)."""
         key = service.key
         services = self._services
         state = services.get(key)
@@ -347,8 +351,8 @@ class Pipeline:
         by_id = self._states_by_id
         if len(by_id) >= _MAX_SERVICES:
             by_id.clear()
-        by_id[id(service)] = (service, state)
-        return state
+        entry = by_id[id(service)] = (service, state, self.policies.get(service))
+        return entry
 
     def _relay_after(
         self, route: Route, error: MeshError, source: SourceKind
@@ -418,6 +422,11 @@ class Pipeline:
         wake = min(guard.idle_deadline, guard.deadline)
         if wake < self._wake_at:
             self._schedule(wake)
+
+    def _observed(self, guard: GuardedExchange) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.closed(guard)
 
     def _untrack(self, guard: GuardedExchange) -> None:
         inflight = self._inflight

@@ -31,22 +31,39 @@ _FRAMING = HOP_BY_HOP | {b"content-length"}
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """The lower-cased option names listed in ``Connection`` header values."""
+    values = tuple(values)
+    if len(values) == 1:
+        cached = _tokens_of.get(values[0])
+        if cached is not None:
+            return cached
     tokens: set[bytes] = set()
     for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
                 tokens.add(token)
-    return frozenset(tokens)
+    listed = frozenset(tokens)
+    if len(values) == 1 and len(_tokens_of) < _CACHE_BOUND:
+        _tokens_of[values[0]] = listed  # most peers send one of a few values: "keep-alive"
+    return listed
 
 
 def end_to_end(raw: Iterable[tuple[bytes, bytes]], listed: frozenset[bytes] = frozenset()) -> Headers:
     """Drop hop-by-hop and framing fields, and those named in ``Connection``."""
-    return tuple(
-        (name, value)
-        for name, value in raw
-        if (lower := name.lower()) not in _FRAMING and lower not in listed
-    )
+    drop = _FRAMING
+    if listed and not listed <= _FRAMING:
+        cached = _drop_sets.get(listed)
+        if cached is None:
+            cached = _FRAMING | listed
+            if len(_drop_sets) < _CACHE_BOUND:
+                _drop_sets[listed] = cached
+        drop = cached
+    return tuple([(name, value) for name, value in raw if name.lower() not in drop])
+
+
+_CACHE_BOUND = 256
+_tokens_of: dict[bytes, frozenset[bytes]] = {}
+_drop_sets: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
 def request_head_bytes(

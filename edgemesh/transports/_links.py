@@ -49,12 +49,14 @@ from ..wire import (
     encode_ping,
     encode_request,
 )
-from ._io import use_large_buffer
+from ._io import use_large_buffer, write_now
 
 _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
 _CORK_LIMIT = 16 * 1024
 """Response body held with a corked head before the head is sent anyway."""
+_COALESCE_LIMIT = 64 * 1024
+"""Frames held for the end of the reactor turn before they are written anyway."""
 
 
 class LinkHandler(TypingProtocol):
@@ -82,7 +84,9 @@ class _Sender:
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
         self.sid = sid
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[bytes] | None = None
+        """Body waiting for credit or for the link (made when first needed: most exchanges
+        never queue anything)."""
         self.queued = 0
         self.ending = False
         self.producer: IPushProducer | None = None
@@ -96,6 +100,8 @@ class _Sender:
             data = self._send_now(data)
             if not data:
                 return
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append(data)
         self.queued += len(data)
         self.update()
@@ -127,12 +133,13 @@ class _Sender:
         if self.done:
             return
         link = self.link
-        while self.queue and not link.paused:
-            head = self.queue.popleft()
+        queue = self.queue
+        while queue and not link.paused:
+            head = queue.popleft()
             self.queued -= len(head)
             rest = self._send_now(head)
             if rest:
-                self.queue.appendleft(rest)
+                queue.appendleft(rest)
                 self.queued += len(rest)
                 break
         if self.ending and not self.queue:
@@ -212,8 +219,8 @@ class OutboundExchange:
         if not self.finished:
             self.finished = True
             self.sender.done = True
-            self.link.forget(self.sid)
             self.link.write(self.link.connection.send_reset(self.sid, "cancelled", reason))
+            self.link.forget(self.sid)
 
     def setProducer(self, producer: IPushProducer) -> None:
         self.sender.attach(producer)
@@ -278,6 +285,7 @@ class OutboundExchange:
             self.sender.done = True
             self.link.write(self.link.connection.send_reset(self.sid, "cancelled", "response complete"))
         self.link.forget(self.sid)
+        self.sender.producer = None  # the source's: it points back here through the responder
 
 
 @implementer(IResponder, IPushProducer)
@@ -303,6 +311,10 @@ class InboundExchange:
         its request body: the peer may still send that body, or reset it)."""
         if self.finished and self.sender.done and self.request_ended:
             self.link.forget(self.sid)
+            # Both directions are over: break the cycles with the target's objects (they
+            # point back here), so that reference counting frees the exchange.
+            self.body = None
+            self.sender.producer = None
 
     def request_end(self) -> None:
         self.request_ended = True
@@ -373,12 +385,12 @@ class InboundExchange:
                 self.corked = None
                 self.cork_body = []
                 self.sender.done = True
-                self._release()
                 self.link.write(
                     conn.send_response(
                         self.sid, head.status, head.reason, head.headers, head.content_length, body, True
                     )
                 )
+                self._release()  # after the write: a draining link closes on the last release
                 return
             self.uncork()
         self.sender.finish()
@@ -386,6 +398,22 @@ class InboundExchange:
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once: one frame when the window allows."""
+        if self.finished or self.headed:
+            return
+        link = self.link
+        conn = link.connection
+        size = len(body)
+        if size <= _CORK_LIMIT and not link.paused and size <= conn.send_window(self.sid):
+            # No cork needed: head, body and end leave now, as one frame.
+            self.headed = self.finished = True
+            self.sender.done = True
+            link.write(
+                conn.send_response(
+                    self.sid, head.status, head.reason, head.headers, head.content_length, body, True
+                )
+            )
+            self._release()  # after the write: a draining link closes on the last release
+            return
         self.head(head)
         if body:
             self.write(body)
@@ -397,8 +425,8 @@ class InboundExchange:
         self.finished = True
         self.corked = None
         self.sender.done = True
-        self.link.forget(self.sid)
         self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
+        self.link.forget(self.sid)
 
     def setProducer(self, producer: IPushProducer) -> None:
         self.sender.attach(producer)
@@ -501,7 +529,10 @@ class EnvelopeLink(Protocol):
         self.rtt: float | None = None
         self._ready_waiters: list[Deferred[EnvelopeLink]] = []
         self._corked: list[InboundExchange] = []
-        self._cork_call: IDelayedCall | None = None
+        self._out: list[bytes] = []
+        """Frames written during this reactor turn: they leave together at its end."""
+        self._out_size = 0
+        self._turn_call: IDelayedCall | None = None
         self.draining = False
         """No new exchanges: close once those in flight are over."""
 
@@ -537,15 +568,48 @@ class EnvelopeLink(Protocol):
         self.write(self.connection.hello(self.node, self.role))
         self._timer = self.reactor.callLater(self.handshake_timeout, self._tick)
 
+    # Frames are coalesced per reactor turn (as Twisted's TLS transport does with small
+    # writes): the heads of the many exchanges one turn starts or answers leave in one
+    # write, one send() on plain TCP, instead of a transport write each.
+
     def write(self, data: bytes) -> None:
         if data and not self.closed:
-            assert self.transport is not None
-            self.transport.write(data)
+            self._out.append(data)
+            self._out_size += len(data)
+            if self._out_size >= _COALESCE_LIMIT:
+                self.flush()
+            elif self._turn_call is None:
+                self._turn_call = self.reactor.callLater(0, self._end_of_turn)
 
     def write_parts(self, head: bytes, data: bytes) -> None:
-        if not self.closed:
-            assert self.transport is not None
-            self.transport.writeSequence((head, data))
+        if self.closed:
+            return
+        if len(data) < _COALESCE_LIMIT:
+            self.write(head + data)
+            return
+        # Bulk body data: no copy into the turn's buffer.
+        self.flush()
+        assert self.transport is not None
+        self.transport.writeSequence((head, data))
+
+    def flush(self) -> None:
+        """Write what this turn has held so far."""
+        out = self._out
+        if not out or self.closed:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_size = 0
+        assert self.transport is not None
+        write_now(self.transport, data)
+
+    def _end_of_turn(self) -> None:
+        self._turn_call = None
+        if self._corked:
+            corked, self._corked = self._corked, []
+            for exchange in corked:
+                exchange.uncork()
+        self.flush()
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
@@ -638,10 +702,12 @@ class EnvelopeLink(Protocol):
         self.closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        if self._cork_call is not None:
-            self._cork_call.cancel()
-            self._cork_call = None
+        if self._turn_call is not None:
+            self._turn_call.cancel()
+            self._turn_call = None
         self._corked = []
+        self._out = []
+        self._out_size = 0
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(why)
@@ -734,14 +800,8 @@ class EnvelopeLink(Protocol):
 
     def cork(self, exchange: InboundExchange) -> None:
         self._corked.append(exchange)
-        if self._cork_call is None:
-            self._cork_call = self.reactor.callLater(0, self._uncork)
-
-    def _uncork(self) -> None:
-        self._cork_call = None
-        corked, self._corked = self._corked, []
-        for exchange in corked:
-            exchange.uncork()
+        if self._turn_call is None:
+            self._turn_call = self.reactor.callLater(0, self._end_of_turn)
 
     def forget(self, sid: int) -> None:
         self.exchanges.pop(sid, None)
@@ -750,6 +810,7 @@ class EnvelopeLink(Protocol):
 
     def _close_if_drained(self) -> None:
         if not self.exchanges and not self.closed and self.transport is not None:
+            self.flush()
             self.transport.loseConnection()
 
     def send_control(self, data: bytes) -> None:

@@ -263,6 +263,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 _REQUEST_TARGET = re.compile(rb"[!-~]+\Z")
 _MAX_U31 = (1 << 31) - 1
+_KNOWN_NAMES: set[bytes] = set()
+"""Field names already found to be tokens: a set lookup instead of a regex per field
+(most exchanges carry the same few names)."""
+_KNOWN_NAMES_BOUND = 4096
 _MAX_BODY_LENGTH = 1 << 62
 
 
@@ -302,6 +306,7 @@ def _headers(value: object, limits: Limits) -> Headers:
     if type(value) is not tuple or len(value) > limits.max_header_count:
         raise ProtocolError(f"headers: expected at most {limits.max_header_count} fields")
     total = 0
+    known = _KNOWN_NAMES
     for field in value:
         if type(field) is not tuple or len(field) != 2:
             raise ProtocolError("headers: each field must be a [name, value] pair")
@@ -309,10 +314,14 @@ def _headers(value: object, limits: Limits) -> Headers:
         if (
             type(name) is not bytes
             or type(content) is not bytes
-            or _TOKEN.match(name) is None
             or _FIELD_VALUE.match(content) is None
         ):
             raise ProtocolError("headers: invalid field name or value")
+        if name not in known:
+            if _TOKEN.match(name) is None:
+                raise ProtocolError("headers: invalid field name or value")
+            if len(known) < _KNOWN_NAMES_BOUND:
+                known.add(name)
         total += len(name) + len(content)
     if total > limits.max_header_bytes:
         raise ProtocolError(f"headers: more than {limits.max_header_bytes} bytes")
@@ -436,6 +445,36 @@ def _hello(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _request(f: tuple[object, ...], limits: Limits) -> Frame:
+    # The hot path: one pass of plain type and range checks; anything unusual goes to
+    # _request_checked, which checks field by field and names the bad one.
+    if len(f) == 14:
+        (_, stream, flags, method, path, authority, headers, length, client, service, port,
+         host, ep_port, body) = f
+        if (
+            type(stream) is int and 1 <= stream <= _MAX_U31
+            and type(flags) is int and 0 <= flags <= 255
+            and type(method) is bytes and type(path) is bytes and type(authority) is bytes
+            and type(body) is bytes
+            and type(client) is str and len(client) <= 64
+            and type(service) is str and len(service) <= 512
+            and type(port) is int and 1 <= port <= 65535
+            and (length is None or (type(length) is int and 0 <= length <= _MAX_BODY_LENGTH))
+            and (
+                host is None
+                or (type(host) is str and len(host) <= 253
+                    and type(ep_port) is int and 1 <= ep_port <= 65535)
+            )
+            and _TOKEN.match(method) is not None
+            and _REQUEST_TARGET.match(path) is not None
+            and _REQUEST_TARGET.match(authority) is not None
+        ):
+            return Request(stream, bool(flags & FLAG_END), method, path, authority,
+                           _headers(headers, limits), length, client, service, port,
+                           None if host is None else (host, ep_port), body)  # type: ignore[arg-type]
+    return _request_checked(f, limits)
+
+
+def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
     _arity(f, 14, "request")
     host, ep_port = f[11], f[12]
     endpoint = None
@@ -464,6 +503,23 @@ def _data(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _response(f: tuple[object, ...], limits: Limits) -> Frame:
+    # The hot path, as for requests: _response_checked names whatever is wrong.
+    if len(f) == 8:
+        _, stream, flags, status, reason, headers, length, body = f
+        if (
+            type(stream) is int and 1 <= stream <= _MAX_U31
+            and type(flags) is int and 0 <= flags <= 255
+            and type(status) is int and 100 <= status <= 999
+            and type(reason) is bytes and type(body) is bytes
+            and (length is None or (type(length) is int and 0 <= length <= _MAX_BODY_LENGTH))
+            and _FIELD_VALUE.match(reason) is not None
+        ):
+            return Response(stream, bool(flags & FLAG_END), status, reason,
+                            _headers(headers, limits), length, body)
+    return _response_checked(f, limits)
+
+
+def _response_checked(f: tuple[object, ...], limits: Limits) -> Frame:
     _arity(f, 8, "response")
     return Response(
         stream=_int(f[1], "response: stream", 1),
