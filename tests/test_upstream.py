@@ -3,13 +3,15 @@ MemoryReactorClock (connections are StringTransports; no sockets, no sleeps)."""
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -30,7 +32,7 @@ from edgemesh.exchange import (
     Route,
     TargetKind,
 )
-from edgemesh.transports._upstream import REQUEST_BODY_BUFFER, HTTPUpstreamTarget
+from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
 SERVICE = Service(
@@ -1053,3 +1055,400 @@ def test_connection_completing_after_an_abort_is_pooled() -> None:
 def test_close_with_nothing_idle_fires_at_once() -> None:
     h = Harness()
     assert h.target.close().called
+
+
+# --- whole responses in one call (the responder's optional complete) ---------------------------
+
+
+@implementer(IResponder)
+class WholeResponder(Responder):
+    """A responder that also offers ``complete(head, body)``."""
+
+    def complete(self, head: ResponseHead, body: bytes) -> None:
+        assert self.head_ is None and not self.ended and self.error is None
+        assert self.producer is not None  # given before the response
+        self.calls.append("complete")
+        self.head_ = head
+        self.body = body
+        self.ended = True
+
+
+def whole(h: Harness, *reads: bytes, head: RequestHead = GET) -> tuple[Upstream, WholeResponder]:
+    responder = WholeResponder()
+    h.open(head, responder=responder)
+    upstream = h.accept()
+    upstream.received()
+    for data in reads:
+        upstream.send(data)
+    return upstream, responder
+
+
+def pending(h: Harness) -> list[str]:
+    """The names of the functions the reactor will call (request timer, idle timers)."""
+    calls = cast(list[DelayedCall], h.reactor.getDelayedCalls())
+    return sorted(call.func.__name__ for call in calls)
+
+
+def test_whole_response_in_one_read_is_one_complete_call() -> None:
+    h = Harness()
+    upstream, responder = whole(h, OK_HELLO)
+    assert responder.calls == ["complete"]
+    assert responder.head_ == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
+    assert responder.body == b"hello"
+    assert responder.producer is not None and verifyObject(IPushProducer, responder.producer)
+    assert h.idle() == 1 and not upstream.closed
+    assert h.target.waiting_exchanges() == 0
+    assert pending(h) == ["_idle_check"]  # no request timer left
+    # The pooled connection serves the next one the same way.
+    second = WholeResponder()
+    h.open(responder=second)
+    assert upstream.received() == GET_BYTES
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+    assert second.calls == ["complete"] and second.body == b"bye"
+    assert h.connections() == 1 and h.idle() == 1
+
+
+def test_whole_response_whose_head_began_in_an_earlier_read_is_one_call() -> None:
+    h = Harness()
+    _upstream, responder = whole(h, OK_HELLO[:20], OK_HELLO[20:])
+    assert responder.calls == ["complete"] and responder.body == b"hello"
+
+
+@pytest.mark.parametrize("cut", [len(OK_HELLO) - 5, len(OK_HELLO) - 2])
+def test_response_split_over_two_reads_streams(cut: int) -> None:
+    h = Harness()
+    _body, responder = h.open(responder=WholeResponder())
+    upstream = h.accept()
+    upstream.send(OK_HELLO[:cut])
+    # Flushed at the end of the read: the head (and any body it carried) now.
+    assert responder.head_ is not None and responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
+    assert "end" not in responder.calls
+    upstream.send(OK_HELLO[cut:])
+    assert responder.body == b"hello" and responder.ended
+    expected = ["head", "write", "end"] if cut == len(OK_HELLO) - 5 else ["head", "write", "write", "end"]
+    assert responder.calls == expected
+    assert h.idle() == 1
+
+
+def test_responder_without_complete_gets_head_write_end_from_one_read() -> None:
+    h = Harness()
+    _upstream, responder = exchange(h)
+    assert not hasattr(responder, "complete")
+    assert responder.calls == ["head", "write", "end"] and responder.body == b"hello"
+    assert h.idle() == 1 and h.target.waiting_exchanges() == 0
+
+
+def test_interim_response_and_final_one_in_one_read() -> None:
+    h = Harness()
+    _upstream, responder = whole(
+        h,
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok",
+    )
+    assert responder.calls == ["complete"]
+    assert responder.head_ == ResponseHead(201, b"Created", ((b"X-A", b"1"),), 2)
+    assert responder.body == b"ok" and h.idle() == 1
+
+
+def test_interim_response_alone_keeps_the_request_timer() -> None:
+    h = Harness(request_timeout=10.0)
+    _upstream, responder = whole(h, b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert responder.calls == [] and h.target.waiting_exchanges() == 1
+    h.reactor.advance(10)
+    assert responder.calls == ["fail"]
+    assert responder.error is not None and responder.error.reason is Reason.upstream_timeout
+
+
+def test_head_request_is_one_complete_call_and_not_reused() -> None:
+    h = Harness()
+    head = RequestHead(b"HEAD", b"/", b"web", ((b"Host", b"web"),), 0)
+    upstream, responder = whole(
+        h, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: x\r\n\r\n", head=head
+    )
+    assert responder.calls == ["complete"]
+    assert responder.head_ == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 1000)
+    assert responder.body == b""
+    assert upstream.closed and h.idle() == 0
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_are_one_complete_call(status: int) -> None:
+    h = Harness()
+    _upstream, responder = whole(h, b"HTTP/1.1 %d Nothing\r\nContent-Length: 7\r\n\r\n" % status)
+    assert responder.calls == ["complete"]
+    assert responder.head_ == ResponseHead(status, b"Nothing", (), 0 if status == 204 else 7)
+    assert responder.body == b"" and h.idle() == 1
+
+
+def test_chunked_response_in_one_read_is_one_complete_call() -> None:
+    h = Harness()
+    _upstream, responder = whole(
+        h,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+    )
+    assert responder.calls == ["complete"]
+    assert responder.head_ == ResponseHead(200, b"OK", (), None)
+    assert responder.body == b"abcdefg" and h.idle() == 1
+
+
+def test_chunked_response_without_its_last_chunk_streams() -> None:
+    h = Harness()
+    upstream, responder = whole(
+        h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    assert responder.calls == ["head", "write"] and responder.body == b"abc"
+    upstream.send(b"0\r\n\r\n")
+    assert responder.calls == ["head", "write", "end"] and h.idle() == 1
+
+
+def test_close_delimited_response_in_one_read_streams_until_the_close() -> None:
+    h = Harness()
+    upstream, responder = whole(h, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+    assert responder.calls == ["head", "write"]
+    upstream.close()
+    assert responder.calls == ["head", "write", "end"] and responder.body == b"all of it"
+
+
+@pytest.mark.parametrize("kind", [Responder, WholeResponder])
+@pytest.mark.parametrize(
+    "response, detail",
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+            "malformed response",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+            + b"".join(b"T%d: v\r\n" % i for i in range(101))
+            + b"\r\n",
+            "trailer fields",
+        ),
+    ],
+    ids=["malformed", "trailers"],
+)
+def test_bad_response_after_the_head_in_the_same_read_fails_cleanly(
+    kind: type[Responder], response: bytes, detail: str
+) -> None:
+    h = Harness()
+    responder = kind()
+    h.open(responder=responder)
+    upstream = h.accept()
+    upstream.send(response)
+    # The head was held, never delivered: the client gets a clean 502, not a cut body.
+    assert responder.calls == ["fail"]
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert detail in responder.error.detail
+    assert upstream.aborted and h.idle() == 0
+    assert h.target.waiting_exchanges() == 0 and h.reactor.getDelayedCalls() == []
+
+
+def test_bad_response_in_a_later_read_fails_after_the_head() -> None:
+    h = Harness()
+    upstream, responder = whole(
+        h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    upstream.send(b"zz\r\n")
+    assert responder.calls == ["head", "write", "fail"]
+    assert responder.error is not None and responder.error.reason is Reason.upstream_bad_response
+
+
+def test_responder_raising_in_complete_does_not_escape() -> None:
+    h = Harness()
+
+    @implementer(IResponder)
+    class Broken(WholeResponder):
+        def complete(self, head: ResponseHead, body: bytes) -> None:
+            super().complete(head, body)
+            raise RuntimeError("source bug")
+
+    _body, responder = h.open(responder=Broken())
+    upstream = h.accept()
+    upstream.send(OK_HELLO)  # must not raise
+    assert responder.calls == ["complete"]
+    # The internal error drops the connection rather than pooling it.
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_responder_raising_in_head_of_a_flushed_response_does_not_escape() -> None:
+    h = Harness()
+
+    def explode() -> None:
+        raise RuntimeError("source bug")
+
+    _body, responder = h.open(responder=Responder(on_head=explode))
+    upstream = h.accept()
+    upstream.send(OK_HELLO[:-2])  # must not raise
+    assert responder.calls == ["head", "fail"]
+    assert upstream.aborted and h.idle() == 0
+
+
+def test_abort_from_inside_the_head_of_a_flushed_response() -> None:
+    h = Harness()
+    holder: list[IRequestBody] = []
+    responder = Responder(on_head=lambda: holder[0].abort("changed its mind"))
+    body, _ = h.open(responder=responder)
+    holder.append(body)
+    upstream = h.accept()
+    upstream.send(OK_HELLO[:-2])
+    assert responder.calls == ["head"]  # the body piece held with the head is not written
+    upstream.send(OK_HELLO[-2:])
+    assert responder.calls == ["head"]
+    assert upstream.aborted and h.idle() == 0
+
+
+RESPONSES = [
+    OK_HELLO,
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+    b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(RESPONSES), st.lists(st.integers(min_value=0, max_value=200), max_size=4))
+def test_any_split_of_a_response_gives_the_same_head_and_body(
+    response: bytes, cuts: list[int]
+) -> None:
+    reference = Harness()
+    _, expected = exchange(reference, response)
+    h = Harness()
+    points = sorted({min(cut, len(response)) for cut in cuts} | {0, len(response)})
+    reads = [response[a:b] for a, b in itertools.pairwise(points) if b > a]
+    _, responder = whole(h, *reads)
+    assert responder.ended and responder.error is None
+    assert (responder.head_, responder.body) == (expected.head_, expected.body)
+    # One call exactly when the read that completed the head also ended the message.
+    head_end = response.index(b"\r\n\r\n", response.rfind(b"HTTP/1.1")) + 4  # the final head's
+    read_end = next(point for point in points if point >= head_end)
+    assert (responder.calls == ["complete"]) == (read_end == len(response))
+    assert h.idle() == 1 and h.target.waiting_exchanges() == 0
+
+
+# --- the request timeout: one timer per target ---------------------------------------------------
+
+
+def test_request_timeouts_share_one_timer_and_expire_at_their_deadlines() -> None:
+    h = Harness(request_timeout=10.0)
+    opened: list[tuple[Responder, Upstream]] = []
+    for i in range(6):  # started at t = 0, 1, ..., 5
+        _body, responder = h.open()
+        opened.append((responder, h.accept()))
+        assert pending(h) == ["_sweep"]
+        assert h.target.waiting_exchanges() == i + 1
+        h.reactor.advance(1)
+    # t = 6: the first and the fourth get their heads; the timeout stops there.
+    for index in (0, 3):
+        opened[index][1].send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    assert h.target.waiting_exchanges() == 4
+    assert pending(h) == ["_sweep"]
+    expired_at: dict[int, float] = {}
+    while h.reactor.getDelayedCalls() and h.reactor.seconds() < 100:
+        h.reactor.advance(0.25)
+        for index, (responder, _upstream) in enumerate(opened):
+            if responder.error is not None and index not in expired_at:
+                expired_at[index] = h.reactor.seconds()
+        assert len(h.reactor.getDelayedCalls()) <= 1
+    assert expired_at == {1: 11.0, 2: 12.0, 4: 14.0, 5: 15.0}
+    for index in expired_at:
+        responder, upstream = opened[index]
+        assert responder.calls == ["fail"] and upstream.aborted
+        assert responder.error is not None
+        assert responder.error.reason is Reason.upstream_timeout
+        assert responder.error.detail == "10.1.0.5:8080: no response within 10s"
+    for index in (0, 3):
+        responder, upstream = opened[index]
+        assert responder.error is None
+        upstream.send(b"ok")
+        assert responder.ended
+    assert h.target.waiting_exchanges() == 0
+    assert "_sweep" not in pending(h)
+
+
+def test_many_exchanges_one_timer_and_nothing_left_when_all_end() -> None:
+    h = Harness(request_timeout=30.0)
+    opened = []
+    for _ in range(200):
+        _body, responder = h.open()
+        opened.append((responder, h.accept()))
+        h.reactor.advance(0.01)
+    assert pending(h) == ["_sweep"]
+    for responder, upstream in opened:
+        upstream.send(OK_HELLO)
+        assert responder.ended
+        assert len([c for c in pending(h) if c == "_sweep"]) <= 1
+    assert h.target.waiting_exchanges() == 0
+    assert "_sweep" not in pending(h)  # only the pooled connections' idle timers
+
+
+def test_a_shorter_route_timeout_expires_before_older_exchanges() -> None:
+    h = Harness(request_timeout=10.0)
+    _body, slow = h.open()
+    h.accept()
+    h.reactor.advance(1)
+    short = Route(target=TargetKind.service_bus, service=SERVICE, port=PORT, endpoint=POD, timeout=2.0)
+    _body, quick = h.open(route=short)
+    h.accept()
+    assert len(h.reactor.getDelayedCalls()) == 1
+    h.reactor.advance(1.99)
+    assert quick.calls == []
+    h.reactor.advance(0.01)  # t = 3
+    assert quick.error is not None and quick.error.detail.endswith("no response within 2s")
+    assert slow.calls == [] and pending(h) == ["_sweep"]
+    h.reactor.advance(7)  # t = 10
+    assert slow.error is not None and slow.error.detail.endswith("no response within 10s")
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_exchange_started_from_a_timed_out_responder_gets_its_own_deadline() -> None:
+    h = Harness(request_timeout=5.0)
+    later: list[Responder] = []
+
+    @implementer(IResponder)
+    class Retrying(Responder):
+        def fail(self, error: MeshError) -> None:
+            super().fail(error)
+            later.append(h.open()[1])  # e.g. a retry elsewhere, from inside the sweep
+
+    h.open(responder=Retrying())
+    h.reactor.advance(1)
+    _body, second = h.open()
+    h.reactor.advance(4)  # t = 5: the first expires, a third starts
+    assert len(later) == 1 and later[0].calls == []
+    assert second.calls == []
+    assert pending(h) == ["_sweep"]
+    h.reactor.advance(1)  # t = 6: the second
+    assert second.error is not None and later[0].calls == []
+    h.reactor.advance(4)  # t = 10: the third
+    assert later[0].error is not None
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_close_cancels_the_request_timer() -> None:
+    h = Harness(request_timeout=10.0)
+    _body, first = h.open()
+    h.reactor.advance(1)
+    h.target.close()
+    assert h.reactor.getDelayedCalls() == []
+    h.reactor.advance(20)
+    assert first.calls == []
+    # An exchange started later times the ones still waiting again.
+    _body, second = h.open()
+    assert pending(h) == ["_sweep"]
+    h.reactor.advance(0)
+    assert first.error is not None and first.error.reason is Reason.upstream_timeout
+    assert second.calls == []
+    h.reactor.advance(10)
+    assert second.error is not None
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_a_large_body_in_one_read_is_not_held_but_streams() -> None:
+    # Only a small body is held with its head: a large one (here all in one read) goes as
+    # head and writes, so that a pod connection never holds more than HELD_BODY_LIMIT.
+    h = Harness()
+    big = b"b" * (HELD_BODY_LIMIT * 4)
+    _upstream, responder = whole(h, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    assert responder.calls[0] == "head" and "complete" not in responder.calls
+    assert responder.body == big and responder.ended and responder.calls[-1] == "end"

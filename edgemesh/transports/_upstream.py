@@ -11,6 +11,15 @@ Both bodies stream with push-producer flow control:
     request:  source producer  ◄─pause─  upstream transport's write buffer
     response: upstream reads   ◄─pause─  the responder (a slow client)
 
+A response whose head, body and end all come in one read (the common small one)
+goes to the responder in one call, ``complete(head, body)``, when it offers that
+optional method (the front, the guard, the links do); otherwise, and for anything
+longer, as ``head``, ``write`` and ``end``.
+
+Each exchange's request timeout runs from its start to its response head.  Rather
+than a DelayedCall each, the target keeps the waiting exchanges in start order (per
+timeout value, that is deadline order) and one timer for the soonest deadline.
+
 Failures never raise: they reach ``IResponder.fail`` as a ``MeshError`` whose
 detail names the upstream address.
 """
@@ -71,6 +80,9 @@ _REQUEST_BODY_CAP: Final = 4 * REQUEST_BODY_BUFFER
 fails its exchange: the buffer stays bounded whatever the source does."""
 
 _MAX_INTERIM_RESPONSES: Final = 16
+HELD_BODY_LIMIT: Final = 16 * 1024
+"""Body held with a response head in the hope that the whole response is in the read:
+beyond it, the head goes and the body streams (a large body must not be held)."""
 """1xx responses tolerated before the final one (a flood of them is an attack)."""
 
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
@@ -131,6 +143,13 @@ class HTTPUpstreamTarget:
         self._endpoint_factory = endpoint_factory
         self._idle: dict[tuple[str, int], list[_UpstreamConnection]] = {}
         self._closed = False
+        # Request timeouts without a DelayedCall per exchange: the exchanges waiting for
+        # a response head, per timeout value, each in start order (so in deadline order:
+        # insertion order is the queue, deletion is O(1)), and one timer for the soonest.
+        self._waiting: dict[float, dict[_UpstreamExchange, float]] = {}
+        self._waiting_count = 0
+        self._sweep_timer: IDelayedCall | None = None
+        self._sweep_at = 0.0
 
     def __repr__(self) -> str:
         return f"<HTTPUpstreamTarget {self.kind.value}>"
@@ -161,6 +180,12 @@ class HTTPUpstreamTarget:
         """Close the idle pooled connections; later exchanges still work, but their
         connections are closed rather than pooled.  Fires when all are closed."""
         self._closed = True
+        timer = self._sweep_timer
+        if timer is not None:
+            # Exchanges still waiting keep their place and are timed again once
+            # another exchange starts.
+            self._sweep_timer = None
+            timer.cancel()
         idle = [conn for conns in self._idle.values() for conn in conns]
         waits = [conn.when_lost() for conn in idle]
         for conn in idle:
@@ -171,6 +196,53 @@ class HTTPUpstreamTarget:
 
     def idle_connections(self, host: str, port: int) -> int:
         return len(self._idle.get((host, port), ()))
+
+    def waiting_exchanges(self) -> int:
+        """Exchanges waiting for a response head (their request timeout runs)."""
+        return self._waiting_count
+
+    # request timeouts (exchanges add and remove themselves: see _UpstreamExchange.start
+    # and _unwait)
+
+    def _arm(self) -> None:
+        """(Re)arm the timer at the soonest deadline of those waiting."""
+        timer = self._sweep_timer
+        if timer is not None:
+            self._sweep_timer = None
+            timer.cancel()
+        fronts: list[float] = []
+        for timeout, waiting in list(self._waiting.items()):
+            if waiting:
+                fronts.append(next(iter(waiting.values())))  # the soonest of its value
+            else:
+                del self._waiting[timeout]  # a timeout value no exchange waits with now
+        if not fronts:
+            return
+        soonest = min(fronts)
+        self._sweep_at = soonest
+        self._sweep_timer = self._clock.callLater(
+            max(0.0, soonest - self._clock.seconds()), self._sweep
+        )
+
+    def _sweep(self) -> None:
+        """Fail every exchange whose deadline passed, then wait for the next one."""
+        self._sweep_timer = None
+        # Everything up to the deadline this timer was armed for is due, even if the
+        # clock reads a hair earlier (float arithmetic of the delay).
+        due = max(self._clock.seconds(), self._sweep_at)
+        expired: list[_UpstreamExchange] = []
+        for waiting in self._waiting.values():
+            for exchange, deadline in waiting.items():
+                if deadline > due:
+                    break
+                expired.append(exchange)
+        try:
+            for exchange in expired:
+                if exchange.waiting is not None:  # not ended by an earlier one's failure
+                    exchange.timed_out()
+        finally:
+            if self._sweep_timer is None and self._waiting_count:
+                self._arm()
 
     # the pool
 
@@ -296,8 +368,8 @@ class _UpstreamExchange:
         "source_paused",
         "target",
         "timeout",
-        "timer",
         "transport_paused",
+        "waiting",
     )
 
     def __init__(
@@ -317,7 +389,9 @@ class _UpstreamExchange:
         self.is_head = head.method == b"HEAD"
         self.conn: _UpstreamConnection | None = None
         self.connecting: Deferred[Any] | None = None
-        self.timer: IDelayedCall | None = None
+        self.waiting: dict[_UpstreamExchange, float] | None = None
+        """The target's queue of exchanges with this timeout while the request
+        timeout runs (started, no response head yet)."""
         self.buffer: list[bytes] = []
         """Framed body bytes waiting for a connection."""
         self.buffered = 0
@@ -343,7 +417,23 @@ class _UpstreamExchange:
 
     def start(self) -> None:
         target = self.target
-        self.timer = target._clock.callLater(self.timeout, self._timed_out)
+        # The request timeout runs until the response head: join the target's queue.
+        timeout = self.timeout
+        waiting = target._waiting.get(timeout)
+        if waiting is None:
+            waiting = target._waiting[timeout] = {}
+        deadline = target._clock.seconds() + timeout
+        waiting[self] = deadline
+        self.waiting = waiting
+        target._waiting_count += 1
+        if target._sweep_timer is None:
+            if target._waiting_count == 1:  # the only exchange waiting: arm for it
+                target._sweep_at = deadline
+                target._sweep_timer = target._clock.callLater(timeout, target._sweep)
+            else:  # a sweep is running
+                target._arm()
+        elif deadline < target._sweep_at:  # a shorter timeout than those waiting
+            target._arm()
         conn = target._acquire((self.host, self.port))
         if conn is None:
             target._connect(self)
@@ -510,10 +600,8 @@ class _UpstreamExchange:
 
     def response_head(self, head: ResponseHead) -> None:
         self.got_head = True
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        if self.waiting is not None:
+            self._unwait()
         responder = self.responder
         responder.setProducer(self)
         responder.head(head)
@@ -525,6 +613,21 @@ class _UpstreamExchange:
         self._detach()
         self._update_source()
         self.responder.end()
+
+    def complete_whole(
+        self, head: ResponseHead, body: bytes, complete: Callable[[ResponseHead, bytes], None]
+    ) -> None:
+        """The whole response at once, through the responder's ``complete`` (the
+        connection has decided about reuse)."""
+        self.got_head = True
+        self.done = True
+        if self.waiting is not None or self.connecting is not None:
+            self._stop_waiting()
+        self._detach()
+        if self.source is not None:
+            self._update_source()
+        self.responder.setProducer(self)
+        complete(head, body)
 
     def connection_lost(self, conn: _UpstreamConnection, reason: Failure) -> None:
         if self.done:
@@ -589,8 +692,7 @@ class _UpstreamExchange:
         self.target._connect(self)
         self._update_source()
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
         self.fail(
             MeshError(
                 Reason.upstream_timeout,
@@ -598,11 +700,25 @@ class _UpstreamExchange:
             )
         )
 
+    def _unwait(self) -> None:
+        """Stop the request timeout: leave the target's queue."""
+        waiting = self.waiting
+        if waiting is not None:
+            self.waiting = None
+            del waiting[self]
+            target = self.target
+            target._waiting_count -= 1
+            if not target._waiting_count:  # nothing waits any more: no timer
+                timer = target._sweep_timer
+                if timer is not None:
+                    target._sweep_timer = None
+                    timer.cancel()
+                if len(target._waiting) > 1:
+                    target._waiting.clear()  # all empty: keep no stale timeout values
+
     def _stop_waiting(self) -> None:
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        if self.waiting is not None:
+            self._unwait()
         connecting = self.connecting
         if connecting is not None:
             self.connecting = None
@@ -659,6 +775,13 @@ class _UpstreamConnection(Protocol):
         self.idle_timer: IDelayedCall | None = None
         self.reading_paused = False
         self.waiters: list[Deferred[None]] = []
+        self.held: ResponseHead | None = None
+        """A final response head parsed in the current read and not yet delivered:
+        if its body and end come in the same read, it all goes to the responder in
+        one call; otherwise it is flushed when the read is parsed."""
+        self.held_body: list[bytes] = []
+        self.held_size = 0
+        """Body pieces of the held head (at most what one read carried)."""
         self.begin_response()
 
     def begin_response(self) -> None:
@@ -726,10 +849,14 @@ class _UpstreamConnection(Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as exc:
+            self._drop_held()
             cause = exc.__context__
             self._parse_failed(cause if isinstance(cause, Exception) else exc)
             return
         except (HttpParserError, HttpParserUpgrade) as exc:
+            # A head still held was never delivered: the responder gets a clean
+            # failure rather than a head and a truncated body.
+            self._drop_held()
             self._parse_failed(exc)
             return
         if self.finished:
@@ -737,6 +864,12 @@ class _UpstreamConnection(Protocol):
             return
         exchange = self.exchange
         if exchange is not None:
+            if self.held is not None:
+                # The response goes on in later reads: deliver what this one carried
+                # and stream the rest.
+                self._release_held(exchange)
+                if self.exchange is not exchange:
+                    return
             limit = self.max_header_bytes
             if not self.head_done:
                 if self.head_size > limit:
@@ -851,19 +984,30 @@ class _UpstreamConnection(Protocol):
             end_to_end(self.headers, connection_tokens(values) if values else _NO_TOKENS),
             length,
         )
-        exchange.response_head(head)
-        if exchange.is_head and self.exchange is exchange:
+        # The request timeout stops at the head, delivered now or held.
+        exchange.got_head = True
+        if exchange.waiting is not None:
+            exchange._unwait()
+        if exchange.is_head:
             # llhttp does not know the request was HEAD and would take any body
             # framing literally: end here, and never reuse this connection.
-            self.finished = True
-            self.reusable = False
-            exchange.complete()
+            self._deliver(exchange, head, b"", False)
+        else:
+            self.held = head  # delivered at the message's end or at the end of this read
 
     def on_body(self, body: bytes) -> None:
         self.chunk_pending = False
         self.stalled = 0
         exchange = self.exchange
         if exchange is not None and body:
+            if self.held is not None:
+                if self.held_size + len(body) <= HELD_BODY_LIMIT:
+                    self.held_body.append(body)
+                    self.held_size += len(body)
+                    return
+                self._release_held(exchange)  # too large to hold: stream it
+                if self.exchange is not exchange:
+                    return
             exchange.responder.write(body)
 
     def on_chunk_header(self) -> None:
@@ -882,11 +1026,71 @@ class _UpstreamConnection(Protocol):
         exchange = self.exchange
         if exchange is None:
             return
+        head = self.held
+        if head is not None:
+            # The whole response in one read (the common small one).
+            self.held = None
+            pieces = self.held_body
+            if pieces:
+                self.held_body = []
+                self.held_size = 0
+                body = b"".join(pieces)  # one piece: that very object, no copy
+            else:
+                body = b""
+            reusable = exchange.body_done and self.parser.should_keep_alive()
+            complete = getattr(exchange.responder, "complete", None)
+            if complete is not None:
+                self.finished = True
+                self.reusable = reusable
+                exchange.complete_whole(head, body, complete)
+            else:
+                self._deliver(exchange, head, body, reusable)
+            return
         self.finished = True
         self.reusable = exchange.body_done and self.parser.should_keep_alive()
         exchange.complete()
 
     # internals
+
+    def _deliver(
+        self, exchange: _UpstreamExchange, head: ResponseHead, body: bytes, reusable: bool
+    ) -> None:
+        """A whole response: in one call to the responder's ``complete`` if it has one,
+        else as head, write and end."""
+        complete = getattr(exchange.responder, "complete", None)
+        if complete is not None:
+            self.finished = True
+            self.reusable = reusable
+            exchange.complete_whole(head, body, complete)
+            return
+        exchange.response_head(head)
+        if body and self.exchange is exchange:
+            exchange.responder.write(body)
+        if self.exchange is exchange:  # not aborted from inside head() or write()
+            self.finished = True
+            self.reusable = reusable
+            exchange.complete()
+
+    def _release_held(self, exchange: _UpstreamExchange) -> None:
+        """Deliver the held head and the body held with it; the rest streams."""
+        head = self.held
+        assert head is not None
+        self.held = None
+        exchange.response_head(head)
+        pieces = self.held_body
+        if pieces:
+            self.held_body = []
+            self.held_size = 0
+            for piece in pieces:
+                if self.exchange is not exchange:  # aborted from inside head() or write()
+                    return
+                exchange.responder.write(piece)
+
+    def _drop_held(self) -> None:
+        self.held = None
+        if self.held_body:
+            self.held_body = []
+            self.held_size = 0
 
     def _after_response(self) -> None:
         self.finished = False
