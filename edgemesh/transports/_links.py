@@ -384,13 +384,7 @@ class InboundExchange:
                 body = b"".join(self.cork_body)
                 self.corked = None
                 self.cork_body = []
-                self.sender.done = True
-                self.link.write(
-                    conn.send_response(
-                        self.sid, head.status, head.reason, head.headers, head.content_length, body, True
-                    )
-                )
-                self._release()  # after the write: a draining link closes on the last release
+                self._send_whole(head, body)
                 return
             self.uncork()
         self.sender.finish()
@@ -406,18 +400,22 @@ class InboundExchange:
         if size <= _CORK_LIMIT and not link.paused and size <= conn.send_window(self.sid):
             # No cork needed: head, body and end leave now, as one frame.
             self.headed = self.finished = True
-            self.sender.done = True
-            link.write(
-                conn.send_response(
-                    self.sid, head.status, head.reason, head.headers, head.content_length, body, True
-                )
-            )
-            self._release()  # after the write: a draining link closes on the last release
+            self._send_whole(head, body)
             return
         self.head(head)
         if body:
             self.write(body)
         self.end()
+
+    def _send_whole(self, head: ResponseHead, body: bytes) -> None:
+        """The response in one frame, ending the stream (the window holds ``body``)."""
+        self.sender.done = True
+        self.link.write(
+            self.link.connection.send_response(
+                self.sid, head.status, head.reason, head.headers, head.content_length, body, True
+            )
+        )
+        self._release()  # after the write: a draining link closes on the last release
 
     def fail(self, error: MeshError) -> None:
         if self.finished:
