@@ -102,7 +102,7 @@ def loop_errors(mesh: Mesh, node: str) -> float:
     proc = mesh.procs[node]
     assert proc.admin is not None
     text = request(proc.admin, "GET", "/metrics", [("Host", "admin")]).body.decode()
-    match = re.search(r'^edgemesh_errors_total\{reason="loop"\} ([0-9.e+]+)$', text, re.M)
+    match = re.search(r'^edgemesh_errors_total\{reason="loop"\} ([0-9.e+]+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -138,8 +138,9 @@ def test_an_endpoint_that_is_the_edges_own_proxy_is_refused(live: Mesh, via: str
     assert counters(live, "edge-a", "self-a")["requests"] == before  # refused before routing
     assert established_to(live.proxy("edge-a")) <= 1
     log = live.procs["edge-a"].log.read_text()
-    assert log.count("refusing endpoint 127.0.0.1:%d of default/self-a" % live.proxy("edge-a")) == 1
-    status, view = admin_get(live.topology.edges["edge-a"]["admin"], "/resilience")
+    proxy = live.proxy("edge-a")
+    assert log.count(f"refusing endpoint 127.0.0.1:{proxy} of default/self-a") == 1
+    _, view = admin_get(live.topology.edges["edge-a"]["admin"], "/resilience")
     refused = {(r["endpoint"], r["listener"]) for r in view["refused_endpoints"]}
     assert (f"{LOOPBACK}:{live.proxy('edge-a')}", "proxy") in refused
 
@@ -170,7 +171,7 @@ def test_an_endpoint_that_is_the_routers_http_port_is_refused(live: Mesh, via: s
     assert elapsed() < 2
     assert counters(live, "router", "router-self")["requests"] == before
     assert established_to(port) <= 1
-    assert "refusing endpoint 127.0.0.1:%d of default/router-self" % port in \
+    assert f"refusing endpoint 127.0.0.1:{port} of default/router-self" in \
         live.procs["router"].log.read_text()
 
 
