@@ -300,7 +300,10 @@ class Pipeline:
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
         # Every pipeline an exchange passes counts; past the bound it is a loop.
-        head.hops = check_hops(head.hops, self._max_hops, self.node, service.key)
+        hops = head.hops
+        if hops >= self._max_hops:
+            check_hops(hops, self._max_hops, self.node, service.key)  # raises: 508 loop
+        head.hops = hops + 1
         cached = self._states_by_id.get(id(service))
         if cached is None or cached[0] is not service:
             cached = self._service_state(service)

@@ -468,9 +468,13 @@ def _request(f: tuple[object, ...], limits: Limits) -> Frame:
     # _request_checked, which checks field by field and names the bad one.
     count = len(f)
     if count == 14 or count == 15:
-        (_, stream, flags, method, path, authority, headers, length, client, service, port,
-         host, ep_port, body) = f[:14]
-        hops = f[14] if count == 15 else 0
+        if count == 14:
+            (_, stream, flags, method, path, authority, headers, length, client, service, port,
+             host, ep_port, body) = f
+            hops: object = 0
+        else:
+            (_, stream, flags, method, path, authority, headers, length, client, service, port,
+             host, ep_port, body, hops) = f
         if (
             type(stream) is int and 1 <= stream <= _MAX_U31
             and type(flags) is int and 0 <= flags <= 255
