@@ -25,6 +25,7 @@ from edgemesh.catalog._catalog import Catalog
 from edgemesh.catalog._model import Endpoint, Node, Service, ServicePort
 from edgemesh.exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
 from edgemesh.observability import MeshObserver
+from edgemesh.observability._collector import MeshCollector
 from edgemesh.roles import EdgeConfig, RouterConfig, build_edge, build_router
 from edgemesh.routing import (
     DEFAULT_MAX_HOPS,
@@ -407,6 +408,9 @@ def test_an_edge_refuses_its_listeners_once_bound(tmp_path: Path) -> None:
         assert names >= {("proxy", 7781), ("hub", 7701), ("admin", 7790)}
         refused = {r["endpoint"]: r["listener"] for r in node.pipeline.refused_endpoints()}
         assert refused == {"192.0.2.1:7781": "proxy", "127.0.0.1:7701": "hub"}
+        families = {f.name: f for f in MeshCollector(node.observer, lambda: node.catalog).collect()}
+        [sample] = families["edgemesh_catalog_refused_endpoints"].samples
+        assert sample.value == 2
     finally:
         node.stopService()
 

@@ -177,6 +177,10 @@ class Pipeline:
         self._own = found
         self._own_by_service = {k: frozenset(v) for k, v in by_service.items()}
 
+    @property
+    def refused_count(self) -> int:
+        return len(self._own)
+
     def refused_endpoints(self) -> list[dict[str, object]]:
         """The endpoints refused as this node's own listeners (for the admin API)."""
         return [

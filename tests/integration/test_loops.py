@@ -97,13 +97,17 @@ def counters(mesh: Mesh, node: str, service: str) -> dict[str, Any]:
     return found
 
 
-def loop_errors(mesh: Mesh, node: str) -> float:
-    """edgemesh_errors_total{reason="loop"} on ``node``."""
+def metric(mesh: Mesh, node: str, sample: str) -> float:
+    """One sample of ``node``'s /metrics (0 when absent)."""
     proc = mesh.procs[node]
     assert proc.admin is not None
     text = request(proc.admin, "GET", "/metrics", [("Host", "admin")]).body.decode()
-    match = re.search(r'^edgemesh_errors_total\{reason="loop"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    match = re.search("^" + re.escape(sample) + r" ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def loop_errors(mesh: Mesh, node: str) -> float:
+    return metric(mesh, node, 'edgemesh_errors_total{reason="loop"}')
 
 
 def established_to(port: int) -> int:
@@ -143,6 +147,8 @@ def test_an_endpoint_that_is_the_edges_own_proxy_is_refused(live: Mesh, via: str
     _, view = admin_get(live.topology.edges["edge-a"]["admin"], "/resilience")
     refused = {(r["endpoint"], r["listener"]) for r in view["refused_endpoints"]}
     assert (f"{LOOPBACK}:{live.proxy('edge-a')}", "proxy") in refused
+    # self-a's and ping-pong's endpoint: one address.
+    assert metric(live, "edge-a", "edgemesh_catalog_refused_endpoints") == 1
 
 
 @pytest.mark.parametrize("via", ["edge-a", "edge-b"])
