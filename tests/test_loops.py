@@ -14,6 +14,7 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_capture_transparent import connect as transparent
 from test_front import FakeTarget as FrontTarget
 from test_links import Pair, Responder
 from test_routing import FakeTarget
@@ -425,3 +426,11 @@ def test_the_router_refuses_its_listeners_once_bound() -> None:
         assert [r["endpoint"] for r in node.pipeline.refused_endpoints()] == ["127.0.0.1:7780"]
     finally:
         node.stopService()
+
+
+def test_the_transparent_listener_reads_the_hop_count_too() -> None:
+    transport, routed = transparent(("10.96.0.11", 9090))
+    transport.protocol.dataReceived(  # type: ignore[attr-defined]
+        b"GET /x HTTP/1.1\r\nHost: web\r\nX-Edgemesh-Hops: 4\r\n\r\n")
+    [(_, head, _, _)] = routed.calls
+    assert head.hops == 4 and head.headers == ((b"Host", b"web"),)
