@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 Headers = tuple[tuple[bytes, bytes], ...]
 """End-to-end header fields in their original order and case; never hop-by-hop ones."""
 
+HOPS_HEADER = b"X-Edgemesh-Hops"
+"""An exchange's hop count on plain HTTP between mesh nodes (the router's cluster-IP egress
+may lead back into the mesh): read and removed by the HTTP front, never sent to pods."""
+
 
 @dataclass(slots=True)
 class RequestHead:
@@ -39,6 +43,9 @@ class RequestHead:
     """Body length: 0 for no body, None for a body of unknown length (chunked)."""
     client: str = ""
     """The original client's IP address (for logs and source-ip affinity)."""
+    hops: int = 0
+    """Pipelines this exchange went through before this node (a loop guard): carried in
+    the envelope between nodes and as ``X-Edgemesh-Hops`` to a cluster IP; never to pods."""
 
 
 @dataclass(slots=True)
@@ -68,6 +75,7 @@ class Reason(enum.Enum):
     overloaded = ("overloaded", 503)
     draining = ("draining", 503)
     upstream_timeout = ("upstream-timeout", 504)
+    loop = ("loop", 508)
 
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 

@@ -73,8 +73,10 @@ def connected(
             "initial_window": client.limits.initial_window,
             "max_frame": client.limits.max_frame,
             "max_streams": client.limits.max_streams,
+            "hops": 1,
         })
     ]
+    assert server.peer_hops
     [hello] = client.receive(server.hello("router", "router"))
     assert isinstance(hello, Hello) and hello.node == "router"
     assert client.ready and server.ready

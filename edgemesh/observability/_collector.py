@@ -132,6 +132,12 @@ class MeshCollector(Collector):
         yield GaugeMetricFamily(
             "edgemesh_catalog_nodes", "Nodes in the catalog.", value=len(catalog.nodes)
         )
+        pipeline = self.observer.pipeline
+        yield GaugeMetricFamily(
+            "edgemesh_catalog_refused_endpoints",
+            "Endpoints of the catalog refused as this node's own listeners (routing loops).",
+            value=0 if pipeline is None else pipeline.refused_count,
+        )
         if self.edges is None:
             return
         acked = GaugeMetricFamily(

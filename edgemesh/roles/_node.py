@@ -37,7 +37,7 @@ from ..exchange import (
     TargetKind,
 )
 from ..observability import MeshObserver, ObservabilityConfig
-from ..routing import ROUTER_PEER, Pipeline, Resilience
+from ..routing import ROUTER_PEER, Listening, Pipeline, Resilience
 from ..security import LinkSecurity, TLSConfig, link_security
 from ..transports import (
     EnvelopeLink,
@@ -185,7 +185,8 @@ class TunnelClient(ClientService):
 
 def _request_head(request: Request) -> RequestHead:
     return RequestHead(
-        request.method, request.path, request.authority, request.headers, request.content_length, request.client
+        request.method, request.path, request.authority, request.headers, request.content_length, request.client,
+        request.hops,
     )
 
 
@@ -235,6 +236,18 @@ class MeshNode(MultiService):
         gc.freeze()
         self.serving = True
         self.started_at = self.reactor.seconds()
+        # Bound now: endpoints that are one of these sockets are refused (routing loops).
+        self.pipeline.set_listening(self.listening())
+
+    def listening(self) -> list[Listening]:
+        """This node's bound TCP sockets (every listener, the admin API included)."""
+        found = []
+        for name, listener in self.listeners.items():
+            address = listener.address
+            host, port = getattr(address, "host", None), getattr(address, "port", None)
+            if isinstance(host, str) and isinstance(port, int):
+                found.append(Listening(name, host, port))
+        return found
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
@@ -425,6 +438,13 @@ class EdgeNode(MeshNode):
 
     def _set_catalog(self, catalog: Catalog) -> None:
         self.pipeline.catalog = catalog
+
+    def listening(self) -> list[Listening]:
+        found = super().listening()
+        dns = self.config.dns
+        if dns is not None:
+            found.append(Listening("dns", dns.address, dns.port))
+        return found
 
     def hub_endpoint(self, peer: str) -> IStreamClientEndpoint | None:
         node = self.catalog.node(peer)

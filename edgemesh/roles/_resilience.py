@@ -80,6 +80,10 @@ class ResilienceOptions(usage.Options):
         ["max-requests-per-service", None, _D.max_requests_per_service,
          "Exchanges in progress per service on this node; more get 503 overloaded.",
          _count(1, 1_000_000)],
+        ["max-hops", None, _D.max_hops,
+         ("Mesh nodes one request may pass (each edge or router counts once; the mesh's own "
+          "longest path is 3: edge, router, edge); one more is answered 508 loop."),
+         _count(3, 255)],
         ["outlier-failures", None, _D.consecutive_failures,
          "Consecutive failures (connect errors, resets, timeouts, 5xx) that eject an endpoint.",
          _count(1, 1000)],
@@ -108,6 +112,7 @@ class ResilienceOptions(usage.Options):
             retry_budget_ratio=self["retry-budget"],
             retry_budget_min=self["retry-budget-min"],
             max_requests_per_service=self["max-requests-per-service"],
+            max_hops=self["max-hops"],
             consecutive_failures=self["outlier-failures"],
             base_ejection=self["ejection-time"],
             max_ejection=self["max-ejection-time"],

@@ -5,6 +5,14 @@ overload limits, drain)."""
 from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
+from ._loops import (
+    DEFAULT_MAX_HOPS,
+    Listening,
+    OwnEndpoint,
+    OwnListeners,
+    check_hops,
+    own_endpoints,
+)
 from ._pipeline import PeerPaths, Pipeline, rules_table
 from ._policy import (
     HASH_KEY_ANNOTATION,
@@ -21,6 +29,7 @@ from ._policy import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_HOPS",
     "EDGE_RULES",
     "HASH_KEY_ANNOTATION",
     "IDEMPOTENT_METHODS",
@@ -33,7 +42,10 @@ __all__ = [
     "Balancer",
     "GuardedExchange",
     "LBPolicy",
+    "Listening",
     "OutlierDetector",
+    "OwnEndpoint",
+    "OwnListeners",
     "PeerPaths",
     "Pipeline",
     "PolicyBook",
@@ -42,7 +54,9 @@ __all__ = [
     "RoundRobin",
     "ServicePolicy",
     "ServiceState",
+    "check_hops",
     "decide",
+    "own_endpoints",
     "parse_duration",
     "parse_policy",
     "rules_table",

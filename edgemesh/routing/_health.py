@@ -52,6 +52,8 @@ class Resilience:
     """A link silent this long is closed (its exchanges fail at once)."""
     peer_drain_memory: float = 60.0
     """How long a peer's GOAWAY keeps its endpoints out of choice (unless it reconnects)."""
+    max_hops: int = 8
+    """Mesh pipelines one exchange may pass; one more is answered 508 loop."""
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -35,12 +35,14 @@ from ..exchange import (
 from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
 from ._guard import INFINITY, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, ServiceState
+from ._loops import Listening, OwnEndpoint, check_hops, own_endpoints
 from ._policy import Balancer, EndpointKey, PolicyBook, ServicePolicy
 
 _ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
 """Where exchanges enter the mesh: their node owns timeouts and retries."""
 _LINKS = frozenset({SourceKind.hub, SourceKind.tunnel})
 _MAX_SERVICES = 65536
+_NOTHING: frozenset[tuple[str, int]] = frozenset()
 
 
 class ExchangeObserver(Protocol):
@@ -108,6 +110,11 @@ class Pipeline:
         self._states_by_id: dict[int, tuple[Service, ServiceState, ServicePolicy]] = {}
         self._max_active = self.settings.max_requests_per_service
         self._idle_timeout = self.settings.stream_idle_timeout
+        self._max_hops = self.settings.max_hops
+        self._listening: tuple[Listening, ...] = ()
+        self._own: dict[EndpointKey, OwnEndpoint] = {}
+        """Endpoints of the catalog that are this node's own listeners: never chosen."""
+        self._own_by_service: dict[str, frozenset[EndpointKey]] = {}
         self._draining_peers: dict[str, float] = {}
         self._relayed: dict[str, int] = {}
         self._inflight: set[GuardedExchange] = set()
@@ -124,6 +131,7 @@ class Pipeline:
         self.outliers = OutlierDetector(settings)
         self._max_active = settings.max_requests_per_service
         self._idle_timeout = settings.stream_idle_timeout
+        self._max_hops = settings.max_hops
         self._services.clear()
         self._states_by_id.clear()
 
@@ -137,6 +145,61 @@ class Pipeline:
         self.policies.scan(catalog)
         self.balancer.forget()
         self._states_by_id.clear()
+        if self._listening or self._own:
+            self._refuse_own(catalog)
+
+    # --- routing loops: this node's own listeners ----------------------------------
+
+    def set_listening(self, listening: Iterable[Listening]) -> None:
+        """This node's listening sockets (the role tells once they are bound): endpoints of
+        the catalog that reach one of them are refused, now and in every later catalog."""
+        self._listening = tuple(listening)
+        self._refuse_own(self._catalog)
+
+    def _refuse_own(self, catalog: Catalog) -> None:
+        found = (
+            own_endpoints(catalog, self.node, self._listening, edge=self.role is Role.edge)
+            if self._listening else {}
+        )
+        for key, own in found.items():
+            if key not in self._own:
+                host, port = key
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                self.log.warn(
+                    "refusing endpoint {endpoint} of {services}: it is this node's own "
+                    "{listener} listener (a routing loop)",
+                    endpoint=shown, services=", ".join(own.services), listener=own.listener,
+                )
+        by_service: dict[str, set[EndpointKey]] = {}
+        for key, own in found.items():
+            for service in own.services:
+                by_service.setdefault(service, set()).add(key)
+        self._own = found
+        self._own_by_service = {k: frozenset(v) for k, v in by_service.items()}
+
+    @property
+    def refused_count(self) -> int:
+        return len(self._own)
+
+    def refused_endpoints(self) -> list[dict[str, object]]:
+        """The endpoints refused as this node's own listeners (for the admin API)."""
+        return [
+            {"endpoint": f"[{h}]:{p}" if ":" in h else f"{h}:{p}", "listener": own.listener,
+             "services": list(own.services)}
+            for (h, p), own in sorted(self._own.items())
+        ]
+
+    def _own_refused(self, service: Service, exclude: Collection[EndpointKey], error: MeshError) -> MeshError:
+        """A clearer no-endpoint answer when this node refused endpoints of the service."""
+        own = [self._own[key] for key in exclude if key in self._own]
+        if not own:
+            return error
+        addresses = ", ".join(sorted(f"{h}:{p}" for h, p in exclude if (h, p) in self._own))
+        return MeshError(
+            Reason.no_endpoint,
+            f"{error.detail}; refused {addresses}: {own[0].listener} listener of {self.node} "
+            "itself (a routing loop)",
+        )
 
     # --- the registry ----------------------------------------------------------
 
@@ -172,6 +235,7 @@ class Pipeline:
             "draining_peers": sorted(p for p, until in self._draining_peers.items() if until > now),
             "peers": self.peer_paths.paths() if self.peer_paths is not None else {},
             "relayed": dict(sorted(self._relayed.items())),
+            "refused_endpoints": self.refused_endpoints(),
         }
 
     # --- routing ---------------------------------------------------------------
@@ -239,6 +303,11 @@ class Pipeline:
         port: ServicePort,
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
+        # Every pipeline an exchange passes counts; past the bound it is a loop.
+        hops = head.hops
+        if hops >= self._max_hops:
+            check_hops(hops, self._max_hops, self.node, service.key)  # raises: 508 loop
+        head.hops = hops + 1
         cached = self._states_by_id.get(id(service))
         if cached is None or cached[0] is not service:
             cached = self._service_state(service)
@@ -251,8 +320,15 @@ class Pipeline:
             )
         if self.draining and source in _LINKS:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
-        route = decide(self._catalog, self.role, self.node, source, service, port, hint,
-                       self.balancer, head, policy)
+        own = self._own_by_service
+        exclude = own.get(service.key, _NOTHING) if own else _NOTHING
+        try:
+            route = decide(self._catalog, self.role, self.node, source, service, port, hint,
+                           self.balancer, head, policy, exclude)
+        except MeshError as error:
+            if exclude and error.reason is Reason.no_endpoint:
+                raise self._own_refused(service, exclude, error) from None
+            raise
         kind = route.target
         allowed = self.rules.get(source)
         target = self.targets.get(kind)
@@ -378,6 +454,9 @@ class Pipeline:
     def _reroute(self, guard: GuardedExchange, exclude: set[EndpointKey]) -> tuple[Route, ITarget] | None:
         """A route for a retry: another endpoint than those tried (None: there is none)."""
         previous = guard.route
+        own = self._own_by_service.get(guard.service.key) if self._own_by_service else None
+        if own:
+            exclude = exclude | own
         try:
             route = decide(self._catalog, self.role, self.node, guard.source, guard.service,
                            guard.port, None, self.balancer, head=guard.request, policy=guard.policy,

@@ -32,7 +32,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..exchange import IRequestBody, IResponder, MeshError, Reason, RequestHead, ResponseHead
+from ..exchange import (
+    HOPS_HEADER,
+    IRequestBody,
+    IResponder,
+    MeshError,
+    Reason,
+    RequestHead,
+    ResponseHead,
+)
 from ._http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -73,8 +81,12 @@ _DONE = 3  # finished, failed or abandoned: every later call is a no-op
 
 _FRAMING = HOP_BY_HOP | {b"content-length"}
 """Hop-by-hop and framing fields: never passed on, in either direction (framing is ours)."""
-_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"})
-"""Request fields the front interprets."""
+_HOPS = HOPS_HEADER.lower()
+_SPECIAL = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"connection", b"expect", _HOPS}
+)
+"""Request fields the front interprets (the hop count is taken out of the head: it seeds
+the exchange's own, see edgemesh.routing's loop guard)."""
 _REQUEST_DROP = _FRAMING | {b"expect"}
 """Request fields never passed on (``Expect: 100-continue`` is answered here)."""
 _WATCHED = _SPECIAL | _REQUEST_DROP
@@ -360,6 +372,7 @@ class HTTPFrontProtocol(Protocol):
         self._host: bytes | None = None
         self._connection: list[bytes] | None = None
         self._expect: bytes | None = None
+        self._hops = 0
         self._parsing: _Exchange | None = None
         # Byte accounting across reads (httptools accumulates a header's pieces
         # internally, so a never-ending header must be caught by counting reads).
@@ -528,6 +541,7 @@ class HTTPFrontProtocol(Protocol):
         self._host = None
         self._connection = None
         self._expect = None
+        self._hops = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -600,6 +614,12 @@ class HTTPFrontProtocol(Protocol):
                 self._connection = [value]
             else:
                 self._connection.append(value)
+        elif lower == _HOPS:
+            digits = value.strip(b" \t")
+            if not digits.isdigit() or len(digits) > 3:
+                raise self._reject(Reason.bad_request, f"malformed {HOPS_HEADER.decode()}")
+            self._hops = max(self._hops, int(digits))
+            return True
         else:  # expect
             self._expect = value.rstrip(b" \t").lower()
         return False
@@ -706,7 +726,7 @@ class HTTPFrontProtocol(Protocol):
             )
         exchange = _Exchange(self, method, http10, keep_alive)
         exchange.request = RequestHead(
-            method, path, authority, headers, content_length, self._client
+            method, path, authority, headers, content_length, self._client, self._hops
         )
         exchange.expect_continue = expect_continue and not http10
         if content_length == 0:

@@ -789,6 +789,7 @@ class EnvelopeLink(Protocol):
             encode_request(
                 sid, no_body, head.method, head.path, head.authority, head.headers,
                 head.content_length, head.client, service, port, endpoint, b"",
+                head.hops if conn.peer_hops else None,
             )
         )
         if no_body:

@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    HOPS_HEADER,
     IRequestBody,
     IResponder,
     ITarget,
@@ -162,6 +163,14 @@ class HTTPUpstreamTarget:
             host, port = endpoint.host, endpoint.port
         else:
             host, port = route.service.cluster_ip or "", route.port.port
+        if self.kind is TargetKind.cluster_ip:
+            # The cluster's proxy may lead back into the mesh (a loop): carry the hop
+            # count (a pod on an edge never gets it).
+            head = RequestHead(
+                head.method, head.path, head.authority,
+                (*head.headers, (HOPS_HEADER, b"%d" % head.hops)),
+                head.content_length, head.client, head.hops,
+            )
         exchange = _UpstreamExchange(self, host, port, head, responder)
         if route.timeout is not None:
             exchange.timeout = route.timeout  # the service's own (edgemesh.io/timeout)

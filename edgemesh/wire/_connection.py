@@ -15,6 +15,7 @@ so both may start exchanges on the same connection.
 from __future__ import annotations
 
 from ._frames import (
+    HOPS_SETTING,
     PROTOCOL_VERSION,
     Ack,
     CatalogPush,
@@ -73,6 +74,8 @@ class Connection:
         self._remote_parity = 0 if client else 1
         self._remote_active = 0
         self.peer: Hello | None = None
+        self.peer_hops = False
+        """The peer reads the REQUEST frame's hop count (its hello says so)."""
         self._peer_window = 0
         self._outbox: list[bytes] = []
 
@@ -86,6 +89,7 @@ class Connection:
                 "initial_window": self.limits.initial_window,
                 "max_frame": self.limits.max_frame,
                 "max_streams": self.limits.max_streams,
+                HOPS_SETTING: 1,
             },
         )
 
@@ -122,6 +126,7 @@ class Connection:
             if not 0 < window <= _MAX_WINDOW:
                 raise ProtocolError("hello: initial_window out of range")
             self.peer = frame
+            self.peer_hops = frame.settings.get(HOPS_SETTING, 0) >= 1
             self._peer_window = window
             return True
         if kind is Data:

@@ -35,6 +35,11 @@ CATALOG = 8
 ACK = 9
 GOAWAY = 10
 
+HOPS_SETTING = "hops"
+"""Hello setting: the sender reads the REQUEST frame's hop field (send it only to such peers:
+an older decoder refuses a REQUEST with one more field)."""
+MAX_HOPS = 255
+
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""
 
@@ -90,6 +95,9 @@ class Request:
     endpoint: tuple[str, int] | None
     """The endpoint the sender chose, when it chose one."""
     body: bytes
+    hops: int = 0
+    """Mesh pipelines the exchange passed (an optional last field: a peer that does not
+    send it means 0)."""
 
 
 @dataclass(slots=True)
@@ -183,13 +191,24 @@ def encode_request(
     port: int,
     endpoint: tuple[str, int] | None,
     body: bytes,
+    hops: int | None = None,
 ) -> bytes:
+    """``hops``: None leaves the field out (for a peer whose hello lacks HOPS_SETTING)."""
     host, ep_port = endpoint if endpoint is not None else (None, None)
+    if hops is None:
+        return _framed(
+            _packb(
+                (
+                    REQUEST, stream, FLAG_END if end else 0, method, path, authority, headers,
+                    content_length, client, service, port, host, ep_port, body,
+                )
+            )
+        )
     return _framed(
         _packb(
             (
                 REQUEST, stream, FLAG_END if end else 0, method, path, authority, headers,
-                content_length, client, service, port, host, ep_port, body,
+                content_length, client, service, port, host, ep_port, body, min(hops, MAX_HOPS),
             )
         )
     )
@@ -447,9 +466,15 @@ def _hello(f: tuple[object, ...], limits: Limits) -> Frame:
 def _request(f: tuple[object, ...], limits: Limits) -> Frame:
     # The hot path: one pass of plain type and range checks; anything unusual goes to
     # _request_checked, which checks field by field and names the bad one.
-    if len(f) == 14:
-        (_, stream, flags, method, path, authority, headers, length, client, service, port,
-         host, ep_port, body) = f
+    count = len(f)
+    if count == 14 or count == 15:
+        if count == 14:
+            (_, stream, flags, method, path, authority, headers, length, client, service, port,
+             host, ep_port, body) = f
+            hops: object = 0
+        else:
+            (_, stream, flags, method, path, authority, headers, length, client, service, port,
+             host, ep_port, body, hops) = f
         if (
             type(stream) is int and 1 <= stream <= _MAX_U31
             and type(flags) is int and 0 <= flags <= 255
@@ -467,15 +492,18 @@ def _request(f: tuple[object, ...], limits: Limits) -> Frame:
             and _TOKEN.match(method) is not None
             and _REQUEST_TARGET.match(path) is not None
             and _REQUEST_TARGET.match(authority) is not None
+            and type(hops) is int and 0 <= hops <= MAX_HOPS
         ):
             return Request(stream, bool(flags & FLAG_END), method, path, authority,
                            _headers(headers, limits), length, client, service, port,
-                           None if host is None else (host, ep_port), body)  # type: ignore[arg-type]
+                           None if host is None else (host, ep_port), body,  # type: ignore[arg-type]
+                           hops)
     return _request_checked(f, limits)
 
 
 def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
-    _arity(f, 14, "request")
+    if len(f) != 15:
+        _arity(f, 14, "request")
     host, ep_port = f[11], f[12]
     endpoint = None
     if host is not None:
@@ -493,6 +521,7 @@ def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
         port=_int(f[10], "request: port", 1, 65535),
         endpoint=endpoint,
         body=_bytes(f[13], "request: body"),
+        hops=_int(f[14], "request: hops", 0, MAX_HOPS) if len(f) == 15 else 0,
     )
 
 
