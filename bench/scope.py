@@ -46,7 +46,6 @@ from edgemesh.catalog import (
     Scope,
     Service,
     ServicePort,
-    catalog_to_wire,
     scope_view,
 )
 from edgemesh.roles._push import CatalogPusher, EdgeState
@@ -183,7 +182,7 @@ def main() -> None:
         view = scope_view(whole, "edge-0", Scope.parse("local"))
         with tempfile.TemporaryDirectory() as tmp:
             print(f"edge RssAnon: {edge_rss(whole, Path(tmp)):.1f} MiB holding "
-                  f"{len(whole.services)} services ({len(catalog_to_wire(whole))} keys), "
+                  f"{len(whole.services)} services, "
                   f"{edge_rss(view, Path(tmp)):.1f} MiB holding {len(view.services)}")
 
 
