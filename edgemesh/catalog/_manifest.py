@@ -35,6 +35,7 @@ from ._model import (
     HUB_ADDRESS_ANNOTATION,
     MAX_ANNOTATION_VALUE,
     PROTOCOLS,
+    SCOPE_ANNOTATION,
     SESSION_AFFINITIES,
     ZONE_LABEL,
     Endpoint,
@@ -299,7 +300,7 @@ def parse_node(obj: Mapping[str, object]) -> Node:
         hub_host, hub_port = _hub_address(r, announced)
     zone = labels.get(ZONE_LABEL) or None
     return Node(name=name, edge=EDGE_LABEL in labels, hub_host=hub_host, hub_port=hub_port,
-                zone=zone)
+                zone=zone, scope=annotations.get(SCOPE_ANNOTATION))
 
 
 def _service_port(r: _Reader, raw: object, path: str) -> ServicePort:

@@ -18,6 +18,9 @@ DEFAULT_HUB_PORT = 7701
 EDGE_LABEL = "node-role.kubernetes.io/edge"
 HUB_ADDRESS_ANNOTATION = "edgemesh.io/hub-address"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+SCOPE_ANNOTATION = "edgemesh.io/scope"
+"""On a Node: the Services that edge receives (``catalog/_scope.py``), overriding the
+router's ``--edge-scope``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,9 @@ class Node:
     """Where other edges reach this node's hub (annotation, else InternalIP)."""
     hub_port: int
     zone: str | None = None
+    scope: str | None = None
+    """The ``edgemesh.io/scope`` annotation, as written: the router's business only, so
+    not in snapshots or deltas (an edge's copy has None)."""
 
     @property
     def hub_address(self) -> str | None:

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..catalog import Catalog, CatalogStore
+from ..catalog import ALL, SCOPE_ANNOTATION, Catalog, CatalogStore, Scope, ScopeError
 from ..exchange import (
     IRequestBody,
     IResponder,
@@ -84,6 +84,9 @@ class RouterConfig:
     resilience: Resilience = field(default_factory=Resilience)
     """Retries, outlier ejection, overload limits, heartbeats, drain (its request_timeout
     is ``request_timeout`` above)."""
+    edge_scope: Scope = ALL
+    """Which Services each edge receives (``catalog/_scope.py``); a Node's
+    ``edgemesh.io/scope`` annotation overrides it for that edge."""
 
 
 @dataclass
@@ -272,7 +275,9 @@ class RouterNode(MeshNode):
         super().__init__(reactor, Role.router, config.node, config.catalog)
         self.config = config
         self.edges: dict[str, EdgeState] = {}
-        self.pusher = CatalogPusher(reactor, lambda: self.catalog, config.push_interval)
+        self._scopes: dict[str, Scope] = {}
+        self.pusher = CatalogPusher(reactor, lambda: self.catalog, config.push_interval,
+                                    self.scope_of)
         self.catalog_pending = config.catalog_pending
         self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.router.value)
         self.security.service.setServiceParent(self)
@@ -299,6 +304,25 @@ class RouterNode(MeshNode):
 
     def push_snapshot(self, state: EdgeState) -> None:
         self.pusher.snapshot(state)
+
+    def scope_of(self, node: str, catalog: Catalog) -> Scope:
+        """``node``'s scope: its Node's annotation, else ``--edge-scope``."""
+        record = catalog.node(node)
+        written = record.scope if record is not None else None
+        if not written:
+            return self.config.edge_scope
+        scope = self._scopes.get(written)
+        if scope is None:
+            try:
+                scope = Scope.parse(written)
+            except ScopeError as error:
+                log.warn("node {node}: annotation {name}: {error}; using --edge-scope {scope}",
+                         node=node, name=SCOPE_ANNOTATION, error=str(error),
+                         scope=str(self.config.edge_scope))
+                scope = self.config.edge_scope
+            if len(self._scopes) < 4096:  # a bound: annotations are few in practice
+                self._scopes[written] = scope
+        return scope
 
     def set_catalog(self, catalog: Catalog) -> None:
         """Replace the catalog and push it to every connected edge: at once, or, within
@@ -345,7 +369,7 @@ class RouterNode(MeshNode):
                 "connected_since": s.connected_since,
                 "connected_for": round(now - s.connected_since, 3),
                 "acked_revision": s.acked,
-                "lag": None if s.acked is None else self.catalog.revision - s.acked,
+                "lag": self.pusher.lag(s),
                 "rtt": s.link.rtt,
             }
             for s in sorted(self.edges.values(), key=lambda s: s.node)

@@ -35,10 +35,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..catalog import (
+    ALL,
     Catalog,
+    CatalogDelta,
     CatalogStore,
     DeltaError,
+    Scope,
+    ScopeIndex,
     SnapshotError,
+    advance_view,
     apply_delta,
     catalog_from_wire,
     catalog_to_wire,
@@ -67,6 +72,12 @@ class EdgeState:
     sent: int | None = None
     """The revision of the newest push sent."""
     sent_catalog: Catalog | None = None
+    """The edge's catalog as of the newest push: its view."""
+    sent_whole: Catalog | None = None
+    """The router's whole catalog that view was last brought up to date with."""
+    sent_scope: Scope | None = None
+    sent_namespaces: frozenset[str] | None = None
+    """The namespaces of the view, under a scope (None: all)."""
     last_push: float = -math.inf
     """When the last delta left (snapshots do not count: a change right after a connect
     goes at once)."""
@@ -75,45 +86,97 @@ class EdgeState:
 
 
 class CatalogPusher:
-    """The router's side: what each edge was sent, and when it gets the next push."""
+    """The router's side: what each edge was sent, and when it gets the next push.
+
+    Each edge receives its *view* of the catalog (``catalog/_scope.py``): the whole catalog
+    under the scope ``all``, else the Services of its scope.  A change outside an edge's
+    view sends that edge nothing: its revision stays where it is.  A scoped edge's next
+    view is worked out from the change (``advance_view``), not cut again from the whole
+    catalog, so a change costs each edge the size of the change."""
 
     def __init__(self, clock: Any, current: Callable[[], Catalog],
-                 interval: float = DEFAULT_PUSH_INTERVAL) -> None:
+                 interval: float = DEFAULT_PUSH_INTERVAL,
+                 scope_of: Callable[[str, Catalog], Scope] | None = None) -> None:
         self.clock = clock
         self.current = current
         self.interval = interval
-        self._frames: dict[tuple[str, int], bytes] = {}
-        """Encoded pushes to the current revision, by (kind, base revision)."""
-        self._frames_for = -1
+        self.scope_of = scope_of
+        """The scope of an edge (by node name) in a catalog; None: every edge gets all."""
+        # Per current revision, shared by the edges: encoded pushes, cut views, the index
+        # views are cut with, and the deltas from older whole catalogs.
+        self._frames: dict[tuple[object, ...], bytes] = {}
+        self._views: dict[tuple[object, ...], Catalog] = {}
+        self._deltas: dict[int, CatalogDelta] = {}
+        self._index: ScopeIndex | None = None
+        self._cached_for = -1
 
-    def _frame(self, kind: str, base: Catalog | None, catalog: Catalog) -> bytes:
-        if self._frames_for != catalog.revision:
-            self._frames = {}
-            self._frames_for = catalog.revision
-        key = (kind, -1 if base is None else base.revision)
+    def _now(self) -> Catalog:
+        catalog = self.current()
+        if self._cached_for != catalog.revision:
+            self._frames, self._views, self._deltas, self._index = {}, {}, {}, None
+            self._cached_for = catalog.revision
+        return catalog
+
+    def _scope(self, state: EdgeState, catalog: Catalog) -> Scope:
+        return ALL if self.scope_of is None else self.scope_of(state.node, catalog)
+
+    def _index_of(self, catalog: Catalog) -> ScopeIndex:
+        if self._index is None:
+            self._index = ScopeIndex(catalog)
+        return self._index
+
+    def _cut(self, state: EdgeState, catalog: Catalog, scope: Scope) -> Catalog:
+        """``state``'s view cut from the whole catalog (edges with one key share it)."""
+        if scope.everything:
+            return catalog
+        key = scope.key(state.node)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self._index_of(catalog).view(state.node, scope)
+        return view
+
+    def _encoded(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         frame = self._frames.get(key)
         if frame is None:
-            if kind == "snapshot":
-                frame = encode_catalog(catalog.revision, "snapshot", catalog_to_wire(catalog))
-            else:
-                assert base is not None
-                delta = diff_catalogs(base, catalog)
-                # A delta that touches most of the catalog is no smaller than a snapshot.
-                if len(delta) > max(8, (len(catalog.services) + len(catalog.nodes)) // 2):
-                    frame = self._frame("snapshot", None, catalog)
-                else:
-                    frame = encode_catalog(catalog.revision, "delta", delta_to_wire(delta))
-            self._frames[key] = frame
+            frame = self._frames[key] = make()
         return frame
 
-    def snapshot(self, state: EdgeState) -> None:
-        """Send ``state``'s edge the whole current catalog, now."""
-        self.cancel(state)
-        catalog = self.current()
-        state.link.send_control(self._frame("snapshot", None, catalog))
-        state.sent = catalog.revision
-        state.sent_catalog = catalog
+    def _snapshot_frame(self, view: Catalog, scope: Scope, node: str) -> bytes:
+        return self._encoded(("snapshot", scope.key(node)), lambda: encode_catalog(
+            view.revision, "snapshot", catalog_to_wire(view)))
+
+    def _delta_frame(self, delta: CatalogDelta) -> bytes:
+        # Edges whose views take the same change get the same bytes: encoded once.
+        key = ("delta", delta.base, tuple(s.key for s in delta.services),
+               delta.removed_services, tuple(n.name for n in delta.nodes), delta.removed_nodes)
+        return self._encoded(key, lambda: encode_catalog(delta.revision, "delta",
+                                                          delta_to_wire(delta)))
+
+    def _send(self, state: EdgeState, frame: bytes, view: Catalog, catalog: Catalog,
+              scope: Scope, namespaces: frozenset[str] | None, delta: bool) -> None:
+        state.link.send_control(frame)
+        state.sent = view.revision
+        state.sent_catalog = view
+        self._sent_from(state, catalog, scope, namespaces)
+        if delta:
+            state.last_push = self.clock.seconds()
         state.pushes += 1
+
+    @staticmethod
+    def _sent_from(state: EdgeState, catalog: Catalog, scope: Scope,
+                   namespaces: frozenset[str] | None) -> None:
+        state.sent_whole, state.sent_scope, state.sent_namespaces = catalog, scope, namespaces
+
+    def snapshot(self, state: EdgeState) -> None:
+        """Send ``state``'s edge its whole current view, now."""
+        self.cancel(state)
+        catalog = self._now()
+        scope = self._scope(state, catalog)
+        view = self._cut(state, catalog, scope)
+        namespaces = None if scope.everything else self._index_of(catalog).namespaces(
+            state.node, scope)
+        self._send(state, self._snapshot_frame(view, scope, state.node), view, catalog, scope,
+                   namespaces, delta=False)
 
     def changed(self, states: Iterable[EdgeState]) -> None:
         """The current catalog changed: bring every edge to it, throttled per edge."""
@@ -136,17 +199,56 @@ class CatalogPusher:
     def flush(self, state: EdgeState) -> None:
         """Send ``state``'s edge what it misses, now (nothing if it has it all)."""
         self.cancel(state)
-        catalog, base = self.current(), state.sent_catalog
-        if base is None:
+        base, whole = state.sent_catalog, state.sent_whole
+        if base is None or whole is None:
             self.snapshot(state)
             return
-        if base.revision == catalog.revision:
+        catalog = self._now()
+        if whole.revision == catalog.revision:
             return
-        state.link.send_control(self._frame("delta", base, catalog))
-        state.sent = catalog.revision
-        state.sent_catalog = catalog
-        state.last_push = self.clock.seconds()
-        state.pushes += 1
+        scope = self._scope(state, catalog)
+        if scope.everything and state.sent_scope == scope:
+            delta = self._delta(base, catalog)
+            self._push(state, delta, catalog, catalog, scope, None)
+            return
+        namespaces = None if scope.everything else self._index_of(catalog).namespaces(
+            state.node, scope)
+        if state.sent_scope == scope and state.sent_namespaces == namespaces:
+            assert namespaces is not None
+            change = advance_view(base, catalog, self._delta(whole, catalog), state.node,
+                                  namespaces)
+        else:  # its scope, or the namespaces of its pods, changed: cut its view again
+            change = diff_catalogs(base, self._cut(state, catalog, scope))
+            change = None if change.empty else change
+        if change is None:  # nothing in this edge's view changed: no push, no revision
+            self._sent_from(state, catalog, scope, namespaces)
+            return
+        self._push(state, change, apply_delta(base, change), catalog, scope, namespaces)
+
+    def _delta(self, old: Catalog, catalog: Catalog) -> CatalogDelta:
+        """From an older whole catalog to the current one (once per older revision)."""
+        delta = self._deltas.get(old.revision)
+        if delta is None:
+            delta = self._deltas[old.revision] = diff_catalogs(old, catalog)
+        return delta
+
+    def _push(self, state: EdgeState, delta: CatalogDelta, view: Catalog, catalog: Catalog,
+              scope: Scope, namespaces: frozenset[str] | None) -> None:
+        # A delta that touches most of the view is no smaller than a snapshot.
+        if len(delta) > max(8, (len(view.services) + len(view.nodes)) // 2):
+            frame = self._snapshot_frame(view, scope, state.node)
+        else:
+            frame = self._delta_frame(delta)
+        self._send(state, frame, view, catalog, scope, namespaces, delta=True)
+
+    def lag(self, state: EdgeState) -> int | None:
+        """Revisions the edge is behind what it should hold (None before its first ack).
+        With a scope, revisions outside its view do not count."""
+        if state.acked is None:
+            return None
+        pending = state.timer is not None and state.timer.active()
+        newest = self.current().revision if pending else (state.sent or 0)
+        return max(0, newest - state.acked)
 
     def cancel(self, state: EdgeState) -> None:
         if state.timer is not None and state.timer.active():

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from ..catalog import Catalog
+from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, attach_kubernetes
 from ._node import RouterConfig, build_router
 from ._options import CommonOptions
@@ -25,6 +25,10 @@ class Options(CommonOptions, KubernetesOptions):
         ["node", None, "router", "This router's node name."],
         ["tunnel", None, "tcp:7700", "Where edges connect (endpoint string)."],
         ["http", None, "tcp:7780", "Where cloud apps send HTTP for edge services (endpoint string)."],
+        ["edge-scope", None, "all", ("The Services each edge receives: 'all', or 'local' (the "
+                                     "namespaces with endpoints on that node) and/or namespace "
+                                     "names; Services annotated edgemesh.io/export=true always. "
+                                     "A Node's edgemesh.io/scope annotation overrides it.")],
     ]
 
     def postOptions(self) -> None:
@@ -35,6 +39,10 @@ class Options(CommonOptions, KubernetesOptions):
         # With Kubernetes, the catalog comes once the watch has listed everything.
         self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty()
         self["tls_value"] = self.tls_config(self["node"], "router")
+        try:
+            self["edge_scope_value"] = Scope.parse(self["edge-scope"])
+        except ScopeError as error:
+            raise usage.UsageError(f"--edge-scope: {error}") from None
 
 
 def makeService(options: Options) -> IService:
@@ -53,6 +61,7 @@ def makeService(options: Options) -> IService:
         catalog_pending=options.kubernetes_requested(),
         observability=options.observability_config(),
         resilience=options.resilience(),
+        edge_scope=options["edge_scope_value"],
     )
     router = build_router(reactor, config)
     if options.kubernetes_requested():
