@@ -531,3 +531,32 @@ def test_concurrent_bundle_updates_lose_no_ca(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(30)
     assert sorted(bundle_of(node / "ca.pem")) == sorted(fingerprint(c) for c in cas)
+
+
+def test_trust_updates_a_symlinked_bundle_where_it_points(tmp_path: Path,
+                                                          two_cas: tuple[Path, Path]) -> None:
+    old, new = two_cas
+    shared = tmp_path / "shared" / "bundle.pem"
+    shared.parent.mkdir()
+    shared.write_bytes((old / "ca.pem").read_bytes())
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "ca.pem").symlink_to(shared)
+    change_trust(str(node / "ca.pem"), add=[cert_of(new / "ca.pem")])
+    assert (node / "ca.pem").is_symlink()
+    assert bundle_of(shared) == [ca_fingerprint(old), ca_fingerprint(new)]
+
+
+def test_a_file_system_error_is_one_line(tmp_path: Path, two_cas: tuple[Path, Path],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only mount (a Kubernetes Secret) refuses the write: say so, no traceback."""
+    _, new = two_cas
+
+    def read_only(path: str, *args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system", path)
+
+    monkeypatch.setattr("edgemesh.security._certs.write_file", read_only)
+    assert certs_main(["trust", "--dir", str(tmp_path / "node"), "--add", str(new)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ca.pem: Read-only file system" in err

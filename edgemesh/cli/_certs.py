@@ -188,4 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except CertError as error:
         print(f"edgemesh certs {args.action}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a read-only mount, a full disk: one line, not a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"edgemesh certs {args.action}: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     return 0

@@ -469,21 +469,24 @@ def change_trust(
     for wanted in remove:
         if (wanted if isinstance(wanted, str) else fingerprint(wanted)) in adding:
             raise CertError("the same CA cannot be both added and removed")
-    directory = os.path.dirname(os.path.abspath(path))
-    make_directory(directory)
-    with _directory_lock(directory):
-        return _change_trust(path, directory, add, remove, force)
+    # A symlinked bundle (one file shared by several nodes' directories) is updated where
+    # it points, and stays a link.
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    make_directory(os.path.dirname(os.path.abspath(path)))
+    make_directory(os.path.dirname(os.path.abspath(target)))
+    with _directory_lock(os.path.dirname(os.path.abspath(target))):
+        return _change_trust(path, target, add, remove, force)
 
 
 def _change_trust(
     path: str,
-    directory: str,
+    target: str,
     add: Sequence[x509.Certificate],
     remove: Sequence[x509.Certificate | str],
     force: bool,
 ) -> TrustChange:
-    exists = os.path.lexists(path)
-    original = _read_limited(path) if exists else b""
+    exists = os.path.lexists(target)
+    original = _read_limited(target) if exists else b""
     if exists:
         try:
             current = x509.load_pem_x509_certificates(original)
@@ -510,7 +513,7 @@ def _change_trust(
     absent = tuple(sorted(unwanted - {fingerprint(c) for c in current}))
     bundle = [*kept, *added]
     if removed:
-        _check_removal(path, directory, removed, bundle, force)
+        _check_removal(path, os.path.dirname(os.path.abspath(path)), removed, bundle, force)
     change = TrustChange(path, tuple(bundle), tuple(added), tuple(removed), tuple(already), absent)
     if not change.changed:
         return change
@@ -524,9 +527,9 @@ def _change_trust(
         data = original + b"".join(c.public_bytes(pem) for c in added)
     mode, owner = None, None
     if exists:
-        st = os.stat(path)
+        st = os.stat(target)
         mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
-    write_file(path, data, private=False, force=True, mode=mode, owner=owner)
+    write_file(target, data, private=False, force=True, mode=mode, owner=owner)
     return change
 
 
