@@ -435,8 +435,8 @@ def _directory_lock(directory: str) -> Iterator[None]:
 
 
 def parse_fingerprint(text: str) -> str | None:
-    """A SHA-256 fingerprint as ``trust --list`` or ``openssl x509 -fingerprint -sha256``
-    print it (colons and case do not matter); None when ``text`` is not one."""
+    """A SHA-256 fingerprint as ``edgemesh certs trust`` (listing) or ``openssl x509
+    -fingerprint -sha256`` print it (colons and case do not matter); None when ``text`` is not one."""
     value = text.strip().lower().removeprefix("sha256:").removeprefix("sha256 fingerprint=")
     value = value.replace(":", "")
     if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
@@ -551,14 +551,14 @@ def _check_removal(path: str, directory: str, removed: list[x509.Certificate],
         return
     shown = os.path.dirname(path) or "."
     for cert_path, cert in node_certificates(shown, path):
-        if not any(signed_by(cert, ca) for ca in bundle):
-            issuer = next((ca for ca in removed if signed_by(cert, ca)), None)
-            by = f"is signed by {describe_ca(issuer)}" if issuer is not None else "is signed by it"
+        issuer = next((ca for ca in removed if signed_by(cert, ca)), None)
+        # A certificate no CA of the bundle signed before is not this removal's doing.
+        if issuer is not None and not any(signed_by(cert, ca) for ca in bundle):
             name = os.path.splitext(os.path.basename(cert_path))[0]
             router = any(a.value == "router" for a in
                          cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
             raise CertError(
-                f"{cert_path} {by}: without that CA the node would refuse its own certificate. "
+                f"{cert_path} is signed by {describe_ca(issuer)}: without that CA the node would refuse its own certificate. "
                 f"Re-issue it from the new CA first (`edgemesh certs issue --dir NEW-CA-DIR "
                 f"--name {name}{' --router' if router else ''} --out {shown} --force`, then "
                 "reload), or use --force; nothing was changed"
