@@ -27,7 +27,13 @@ from edgemesh.security import (
     make_ca,
     make_node_cert,
 )
-from edgemesh.security._certs import init_ca_dir, issue_into_dir, write_file
+from edgemesh.security._certs import (
+    change_trust,
+    fingerprint,
+    init_ca_dir,
+    issue_into_dir,
+    write_file,
+)
 
 UTC = datetime.timezone.utc
 
@@ -300,3 +306,257 @@ def test_make_node_cert_checks_its_ca() -> None:
         make_node_cert(Issued(other.key_pem, ca.cert_pem), "edge-1")
     with pytest.raises(CertError, match="cannot read the CA"):
         make_node_cert(Issued(b"junk", ca.cert_pem), "edge-1")
+
+
+# --- CA bundles: issue --out keeps them, trust adds and removes ----------------------------
+
+
+def bundle_of(path: Path) -> list[str]:
+    """The fingerprints of the CAs in a bundle, in its order."""
+    return [fingerprint(c) for c in x509.load_pem_x509_certificates(path.read_bytes())]
+
+
+def ca_fingerprint(directory: Path) -> str:
+    return fingerprint(cert_of(directory / "ca.pem"))
+
+
+@pytest.fixture
+def two_cas(tmp_path: Path) -> tuple[Path, Path]:
+    """An old and a new CA, both with the default name (as `certs init` twice makes them)."""
+    old, new = tmp_path / "old-ca", tmp_path / "new-ca"
+    init_ca_dir(str(old))
+    init_ca_dir(str(new))
+    assert cert_of(old / "ca.pem").subject == cert_of(new / "ca.pem").subject
+    return old, new
+
+
+def test_issue_force_keeps_the_bundle_docs_say_to_make(tmp_path: Path) -> None:
+    """Issue 11 item 13, as docs/security.md told it before `certs trust`: the operator puts
+    the old and the new CA in the node's ca.pem by hand, then re-issues the node from the
+    new CA with --force.  That used to replace ca.pem with the new CA alone."""
+    old, new, node = tmp_path / "old", tmp_path / "new", tmp_path / "edge-1-tls"
+    init_ca_dir(str(old))
+    init_ca_dir(str(new))
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    (node / "ca.pem").write_bytes((old / "ca.pem").read_bytes() + (new / "ca.pem").read_bytes())
+    assert certs_main(["issue", "--dir", str(new), "--name", "edge-1", "--out", str(node),
+                       "--force"]) == 0
+    trusted = x509.load_pem_x509_certificates((node / "ca.pem").read_bytes())
+    assert trusted == [cert_of(old / "ca.pem"), cert_of(new / "ca.pem")]
+
+
+def test_issue_force_from_a_new_ca_keeps_the_old_one_in_the_bundle(
+    tmp_path: Path, two_cas: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11 item 13: re-issuing a node from the new CA mid-rotation used to replace its
+    ca.pem with the new CA alone, so the node refused every peer still on the old CA."""
+    old, new = two_cas
+    node = tmp_path / "edge-1-tls"
+    assert certs_main(["issue", "--dir", str(old), "--name", "edge-1", "--out", str(node)]) == 0
+    # Step 1 of the rotation: the new CA joins the bundle.
+    assert certs_main(["trust", "--dir", str(node), "--add", str(new / "ca.pem")]) == 0
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(old), ca_fingerprint(new)]
+    # Step 2: the node's certificate from the new CA.
+    assert certs_main(["issue", "--dir", str(new), "--name", "edge-1", "--out", str(node),
+                       "--force"]) == 0
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(old), ca_fingerprint(new)]
+    assert "already has" in capsys.readouterr().out
+    cert_of(node / "edge-1.pem").verify_directly_issued_by(cert_of(new / "ca.pem"))
+    # The node still accepts a peer of the old CA, and loads its own new certificate.
+    material = load_material(TLSConfig.from_directory(str(node), "edge-1"))
+    assert material.identity.name == "edge-1" and len(material.cas) == 2
+
+
+def test_issue_force_adds_a_missing_ca_and_never_drops_one(tmp_path: Path,
+                                                          two_cas: tuple[Path, Path]) -> None:
+    """Without step 1 done by hand, issue adds the new CA itself; whatever else the bundle
+    held (another CA, comments) stays byte for byte, and no CA appears twice."""
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    other = make_ca("partner CA").cert_pem
+    before = b"# kept by the operator\n" + (node / "ca.pem").read_bytes() + other.rstrip(b"\n")
+    (node / "ca.pem").write_bytes(before)
+    issue_into_dir(str(new), "edge-1", out=str(node), force=True)
+    after = (node / "ca.pem").read_bytes()
+    assert after.startswith(before)
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(old), fingerprint(
+        x509.load_pem_x509_certificate(other)), ca_fingerprint(new)]
+    # Again, and from the old CA again: nothing to add, the file is not even rewritten (a
+    # rewrite would make a watching node reload for nothing).
+    inode = os.stat(node / "ca.pem").st_ino
+    issue_into_dir(str(new), "edge-1", out=str(node), force=True)
+    issue_into_dir(str(old), "edge-2", out=str(node))
+    assert (node / "ca.pem").read_bytes() == after
+    assert os.stat(node / "ca.pem").st_ino == inode
+    assert sorted(p.name for p in node.iterdir()) == [
+        "ca.pem", "edge-1.key", "edge-1.pem", "edge-2.key", "edge-2.pem"]
+
+
+def test_issue_refuses_a_bundle_it_cannot_read_and_writes_nothing(
+    tmp_path: Path, two_cas: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    (node / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+    key = (node / "edge-1.key").read_bytes()
+    assert certs_main(["issue", "--dir", str(new), "--name", "edge-1", "--out", str(node),
+                       "--force"]) == 1
+    assert "is not a PEM CA bundle" in capsys.readouterr().err
+    assert (node / "edge-1.key").read_bytes() == key
+    assert (node / "ca.pem").read_bytes() == b"-----BEGIN CERTIFICATE-----\ngarbage\n"
+
+
+def test_trust_add_dedups_keeps_the_mode_and_leaves_no_temporary_file(
+    tmp_path: Path, two_cas: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    os.chmod(node / "ca.pem", 0o640)
+    both = tmp_path / "both.pem"
+    both.write_bytes((new / "ca.pem").read_bytes() * 2 + (old / "ca.pem").read_bytes())
+    # A directory names its ca.pem; a file holding the same CA twice adds it once.
+    assert certs_main(["trust", "--dir", str(node), "--add", str(new), "--add", str(both)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("added") == 1 and "now trusts 2 CAs" in out and "kill -HUP" in out
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(old), ca_fingerprint(new)]
+    assert mode(node / "ca.pem") == 0o640
+    assert sorted(p.name for p in node.iterdir()) == ["ca.pem", "edge-1.key", "edge-1.pem"]
+    # --bundle names the file itself (a node started with --ca FILE).
+    assert certs_main(["trust", "--bundle", str(node / "ca.pem"), "--add", str(new)]) == 0
+    assert "unchanged (2 CAs)" in capsys.readouterr().out
+
+
+def test_trust_add_refuses_what_is_not_a_usable_ca(tmp_path: Path, two_cas: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    old, _ = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    before = (node / "ca.pem").read_bytes()
+    assert certs_main(["trust", "--dir", str(node), "--add", str(node / "edge-1.pem")]) == 1
+    assert "is not a CA certificate" in capsys.readouterr().err
+    expired = tmp_path / "expired.pem"
+    expired.write_bytes(make_ca(days=1, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC)).cert_pem)
+    assert certs_main(["trust", "--dir", str(node), "--add", str(expired)]) == 1
+    assert "expired on 2020-01-02" in capsys.readouterr().err
+    assert certs_main(["trust", "--dir", str(node), "--add", str(tmp_path / "missing.pem")]) == 1
+    assert "No such file" in capsys.readouterr().err
+    assert (node / "ca.pem").read_bytes() == before
+
+
+def test_trust_remove_the_old_ca_after_reissuing(tmp_path: Path, two_cas: tuple[Path, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Step 3 of the rotation.  Refused while the node's own certificate still needs the
+    old CA (and nothing changes); done once it is re-issued; a second run is a no-op."""
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "router", router=True, out=str(node))
+    change_trust(str(node / "ca.pem"), add=[cert_of(new / "ca.pem")])
+    before = (node / "ca.pem").read_bytes()
+    assert certs_main(["trust", "--dir", str(node), "--remove", str(old / "ca.pem")]) == 1
+    err = capsys.readouterr().err
+    assert "router.pem is signed by CN=edgemesh CA" in err
+    assert "--name router --router --out" in err and "nothing was changed" in err
+    assert (node / "ca.pem").read_bytes() == before
+
+    issue_into_dir(str(new), "router", router=True, out=str(node), force=True)
+    assert certs_main(["trust", "--dir", str(node), "--remove", str(old / "ca.pem")]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
+    assert load_material(TLSConfig.from_directory(str(node), "router")).identity.name == "router"
+    assert certs_main(["trust", "--dir", str(node), "--remove", str(old / "ca.pem")]) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+    # The last CA never goes.
+    assert certs_main(["trust", "--dir", str(node), "--remove", str(new / "ca.pem"), "--force"]) == 1
+    assert "without any CA" in capsys.readouterr().err
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
+
+
+def test_trust_remove_by_fingerprint_and_force(tmp_path: Path, two_cas: tuple[Path, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(old), "edge-1", out=str(node))
+    issue_into_dir(str(new), "edge-2", out=str(node))
+    assert certs_main(["trust", "--dir", str(node)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("sha256 ") == 2 and "signs  edge-1.pem" in listing
+    assert "signs  edge-2.pem" in listing
+    # As `openssl x509 -fingerprint -sha256` prints it: upper case, colons.
+    fp = ca_fingerprint(old).upper()
+    colons = "SHA256 Fingerprint=" + ":".join(fp[i:i + 2] for i in range(0, 64, 2))
+    assert certs_main(["trust", "--dir", str(node), "--remove", colons]) == 1
+    assert "edge-1.pem is signed by" in capsys.readouterr().err
+    assert certs_main(["trust", "--dir", str(node), "--remove", colons, "--force"]) == 0
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
+    assert certs_main(["trust", "--dir", str(node), "--remove", "not-a-fingerprint"]) == 1
+    assert "neither a PEM file nor a SHA-256 fingerprint" in capsys.readouterr().err
+    assert certs_main(["trust", "--dir", str(node), "--add", str(new), "--remove",
+                       str(new / "ca.pem")]) == 1
+    assert "both added and removed" in capsys.readouterr().err
+
+
+def test_a_ca_directory_that_trusts_another_ca_still_issues(two_cas: tuple[Path, Path]) -> None:
+    """A CA directory used as a node's --tls-dir (as `edgemesh demo` does) may hold a
+    bundle: issue signs with the certificate of ca.key, and that one cannot be removed."""
+    old, new = two_cas
+    change_trust(str(old / "ca.pem"), add=[cert_of(new / "ca.pem")])
+    issue_into_dir(str(old), "edge-1")
+    cert_of(old / "edge-1.pem").verify_directly_issued_by(cert_of(old / "ca.pem"))
+    with pytest.raises(CertError, match="is the directory of the CA"):
+        change_trust(str(old / "ca.pem"), remove=[cert_of(old / "ca.pem")], force=True)
+    change_trust(str(old / "ca.pem"), remove=[fingerprint(cert_of(new / "ca.pem"))])
+    assert bundle_of(old / "ca.pem") == [ca_fingerprint(old)]
+
+
+def test_concurrent_bundle_updates_lose_no_ca(tmp_path: Path) -> None:
+    """Two tools adding CAs to one bundle at the same time: each read-add-rename holds the
+    directory's lock, so neither drops the other's CA."""
+    import threading
+
+    node = tmp_path / "node"
+    node.mkdir()
+    cas = [x509.load_pem_x509_certificate(make_ca(f"CA {i}").cert_pem) for i in range(8)]
+    start = threading.Barrier(len(cas))
+
+    def add(cert: x509.Certificate) -> None:
+        start.wait(10)
+        change_trust(str(node / "ca.pem"), add=[cert])
+
+    threads = [threading.Thread(target=add, args=(c,)) for c in cas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(bundle_of(node / "ca.pem")) == sorted(fingerprint(c) for c in cas)
+
+
+def test_trust_updates_a_symlinked_bundle_where_it_points(tmp_path: Path,
+                                                          two_cas: tuple[Path, Path]) -> None:
+    old, new = two_cas
+    shared = tmp_path / "shared" / "bundle.pem"
+    shared.parent.mkdir()
+    shared.write_bytes((old / "ca.pem").read_bytes())
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "ca.pem").symlink_to(shared)
+    change_trust(str(node / "ca.pem"), add=[cert_of(new / "ca.pem")])
+    assert (node / "ca.pem").is_symlink()
+    assert bundle_of(shared) == [ca_fingerprint(old), ca_fingerprint(new)]
+
+
+def test_a_file_system_error_is_one_line(tmp_path: Path, two_cas: tuple[Path, Path],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only mount (a Kubernetes Secret) refuses the write: say so, no traceback."""
+    _, new = two_cas
+
+    def read_only(path: str, *args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system", path)
+
+    monkeypatch.setattr("edgemesh.security._certs.write_file", read_only)
+    assert certs_main(["trust", "--dir", str(tmp_path / "node"), "--add", str(new)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ca.pem: Read-only file system" in err

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -68,7 +69,13 @@ from edgemesh.security import (
     make_ca,
     make_node_cert,
 )
-from edgemesh.security._certs import init_ca_dir, issue_into_dir
+from edgemesh.security._certs import (
+    change_trust,
+    fingerprint,
+    init_ca_dir,
+    issue_into_dir,
+    issue_node_files,
+)
 from edgemesh.security._links import (
     _ClientCreator,
     _GuardedClientEndpoint,
@@ -774,6 +781,98 @@ def test_24_sighup_reloads(reactor: MemoryReactorClock, pki: PKI, monkeypatch: p
     finally:
         router.stopService()
     assert signal.getsignal(signal.SIGHUP) == previous
+
+
+# --- 24: rotating the CA (issue 11 item 13) ---------------------------------------------------------------
+
+
+def hub_dial(reactor: MemoryReactorClock, edge: EdgeNode, peer: str) -> EnvelopeLink | Failure:
+    """A new hub link from ``edge`` to ``peer``, completed; the link or the failure."""
+    assert edge.hub_dialer is not None
+    outcome: list[EnvelopeLink | Failure] = []
+    dialling = edge.hub_dialer(peer)
+    assert dialling is not None
+    dialling.addBoth(outcome.append)
+    complete(reactor)
+    assert outcome, "the dial did not finish"
+    return outcome[0]
+
+
+def test_24_ca_rotation_keeps_links_and_accepts_both_cas_in_the_overlap(
+    reactor: MemoryReactorClock, tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    """The three steps of docs/security.md with the project's tooling, each node in its own
+    --tls-dir as in production: every reload keeps the links made before it, and while
+    bundles hold both CAs a node accepts new links from peers of either CA, in both
+    directions.  Both CAs have the same name (two `certs init` with the default)."""
+    old, new = tmp_path / "old-ca", tmp_path / "new-ca"
+    init_ca_dir(str(old))
+    init_ca_dir(str(new))
+    dirs = {name: tmp_path / f"{name}-tls" for name in ("router", "edge-1", "edge-2")}
+    for name, directory in dirs.items():
+        issue_node_files(str(old), name, router=name == "router", out=str(directory))
+
+    def config(name: str) -> TLSConfig:
+        return TLSConfig.from_directory(str(dirs[name]), name)
+
+    def reissue(name: str) -> None:
+        """Step 2 for one node: `certs issue --dir new-ca --out DIR --force`, reload."""
+        issue_node_files(str(new), name, router=name == "router", out=str(dirs[name]), force=True)
+        assert tls_of(nodes[name]).reload()
+
+    router = build_router(reactor, RouterConfig(catalog=CATALOG, tunnel=f"tcp:{ROUTER_PORT}",
+                                                http=None, tls=config("router")))
+    start(router)
+    nodes: dict[str, RouterNode | EdgeNode] = {"router": router}
+    nodes["edge-1"] = edge1 = make_edge(reactor, None, tmp_path, "edge-1", tls=config("edge-1"))
+    complete(reactor)
+    tunnel = router.edges["edge-1"].link
+
+    # Step 1: the new CA joins every bundle, every node reloads.
+    old_ca, new_ca = (x509.load_pem_x509_certificate((d / "ca.pem").read_bytes()) for d in (old, new))
+    for name, directory in dirs.items():
+        change_trust(str(directory / "ca.pem"), add=[new_ca])
+        if name in nodes:
+            assert tls_of(nodes[name]).reload()
+    assert any("trusting 2 CAs" in m for m in messages(logs))
+
+    # Step 2, the router first.  edge-2 starts now, still with its old-CA certificate:
+    # the router (new certificate) accepts it, and it accepts the router.
+    reissue("router")
+    nodes["edge-2"] = edge2 = make_edge(reactor, None, tmp_path, "edge-2", tls=config("edge-2"))
+    complete(reactor)
+    assert set(router.edges) == {"edge-1", "edge-2"}
+    assert router.edges["edge-1"].link is tunnel and not tunnel.closed
+
+    # edge-1 re-issued: its new hub link to edge-2 (old CA) works, and edge-2's to it.
+    reissue("edge-1")
+    there = hub_dial(reactor, edge1, "edge-2")
+    assert isinstance(there, EnvelopeLink) and not there.closed
+    assert there.peer is not None and there.peer.node == "edge-2"
+    back = hub_dial(reactor, edge2, "edge-1")
+    assert isinstance(back, EnvelopeLink) and not back.closed
+    reissue("edge-2")
+
+    # Step 3: the old CA leaves every bundle.  The links made before are all still up,
+    # new-CA nodes still connect, and an old-CA certificate is refused from now on.
+    for name, directory in dirs.items():
+        change_trust(str(directory / "ca.pem"), remove=[fingerprint(old_ca)])
+        assert tls_of(nodes[name]).reload()
+    assert not tunnel.closed and not there.closed and not back.closed
+    assert router.edges["edge-1"].link is tunnel
+    assert not router.edges["edge-2"].link.closed
+    ca_new = Issued((new / "ca.key").read_bytes(), (new / "ca.pem").read_bytes())
+    ca_old = Issued((old / "ca.key").read_bytes(), (old / "ca.pem").read_bytes())
+    recorder = Recorder()
+    client = tls_client(reactor, ca_new, "router", make_node_cert(ca_new, "edge-1"),
+                        link_factory(reactor, recorder, "edge-1", "edge", True))
+    dial_listener(reactor, ROUTER_PORT, client).flush()
+    assert recorder.ready, "a new-CA edge is refused"
+    stale = Recorder()
+    client = tls_client(reactor, ca_new, "router", make_node_cert(ca_old, "edge-1"),
+                        link_factory(reactor, stale, "edge-1", "edge", True))
+    dial_listener(reactor, ROUTER_PORT, client).flush()
+    assert stale.ready == [], "an old-CA certificate is still accepted after step 3"
 
 
 # --- 25: a peer that never completes the handshake -----------------------------------------------------

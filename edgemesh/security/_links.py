@@ -379,7 +379,7 @@ class MutualTLS:
         self._clients = {}
         self.generation += 1
         self._failed_signature = None
-        log.info("TLS files reloaded: now {identity}", identity=material.identity.describe())
+        log.info("TLS files reloaded: now {identity}", identity=material.describe())
         return True
 
     def check_files(self) -> bool:
@@ -431,7 +431,7 @@ class _TLSService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         tls = self.tls
-        log.info("mTLS on node links as {identity}", identity=tls.material.identity.describe())
+        log.info("mTLS on node links as {identity}", identity=tls.material.describe())
         interval = tls.config.reload_interval
         if interval > 0:
             self._loop = LoopingCall(tls.check_files)

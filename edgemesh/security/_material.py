@@ -34,7 +34,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 
-from ._certs import ROLES
+from ._certs import ROLES, describe_ca
 
 MAX_FILE_BYTES = 1 << 20
 """A CA bundle, certificate or key file larger than this is refused (never read whole)."""
@@ -206,6 +206,14 @@ class TLSMaterial:
     extra_chain: tuple[crypto.X509, ...]
     trust_root: object
     signature: tuple[tuple[int, int, int, int], ...]
+    cas: tuple[str, ...] = ()
+    """The CAs of the bundle, one line each (name, fingerprint, validity), for the logs."""
+
+    def describe(self) -> str:
+        """Who this node is, and which CAs it trusts (a CA rotation changes only those)."""
+        count = len(self.cas)
+        trusted = f"; trusting {count} CA{'' if count == 1 else 's'}: {', '.join(self.cas)}"
+        return self.identity.describe() + (trusted if self.cas else "")
 
 
 def load_material(config: TLSConfig, now: datetime.datetime | None = None) -> TLSMaterial:
@@ -288,7 +296,8 @@ def _twisted_material(
     except Exception as error:  # noqa: BLE001 -- OpenSSL raises its own errors; name the files
         raise TLSFileError(f"--cert {config.cert} / --key {config.key}: OpenSSL refused them: {error}") from None
     private = PrivateCertificate.fromCertificateAndKeyPair(Certificate(certificate), KeyPair(pkey))
-    return TLSMaterial(identity, server_options, private, extra_chain, trust_root, signature)
+    return TLSMaterial(identity, server_options, private, extra_chain, trust_root, signature,
+                       tuple(describe_ca(c) for c in cas))
 
 
 def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None, role: str | None) -> TLSMaterial:
