@@ -296,7 +296,7 @@ def test_list_allowed_watch_refused_backs_off_to_the_cap(clock: Clock, api: Fake
     # The first, one per longer delay (6 of them), then one per warn_interval (300 s) at the
     # cap: about 30 x 45 s = 1350 s of them.
     assert 6 <= len(warnings) <= 12, [e["log_format"] for e in warnings]
-    assert "times since the last warning" in warnings[-1]["log_format"]
+    assert "times since the last warning" in warnings[-1]["again"]
     assert warnings[-1]["count"] >= 5
 
 

@@ -315,7 +315,7 @@ class _Tunnel(TwistedProtocol):
 
     def __init__(self, endpoint: _TunnelEndpoint, factory: Any, ready: Deferred[Any]) -> None:
         self.endpoint = endpoint
-        self.factory = factory
+        self.inner_factory = factory  # not "factory": Factory.buildProtocol sets that one
         self.ready = ready
         self.head = b""
         self.inner: Any = None
@@ -346,7 +346,7 @@ class _Tunnel(TwistedProtocol):
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
             self._refuse(status[:200] or "an empty answer")
             return
-        self.inner = self.factory.buildProtocol(self.transport.getPeer())
+        self.inner = self.inner_factory.buildProtocol(self.transport.getPeer())
         if self.inner is None:
             self.transport.loseConnection()
             self.ready.errback(ProxyRefused("the connection was refused locally"))
@@ -385,8 +385,9 @@ class _TunnelEndpoint:
         from twisted.internet.protocol import Factory
 
         ready: Deferred[Any] = Deferred(lambda _: connecting.cancel())
-        connecting = self.proxy.connect(
-            Factory.forProtocol(lambda: _Tunnel(self, factory, ready)))
+        tunnels = Factory.forProtocol(lambda: _Tunnel(self, factory, ready))
+        tunnels.noisy = False  # no "Starting factory" line per connection
+        connecting = self.proxy.connect(tunnels)
         connecting.addErrback(lambda failure: None if ready.called else ready.errback(failure))
         return ready
 

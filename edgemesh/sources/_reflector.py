@@ -162,9 +162,9 @@ class Reflector:
         self.counts = {"lists": 0, "watches": 0, "relists_gone": 0, "backoffs": 0,
                        "events": 0, "bookmarks": 0}
         self.on_synced: Callable[[], None] | None = None
-        self.problem: str | None = None
-        """The last failure in words (``"watch services: 403 Forbidden..."``), until a watch
-        is up again."""
+        self.problem_of: tuple[str, str] | None = None
+        """The last failure, until a watch is up again: (what failed, why in words), e.g.
+        ``("watch services", "403 Forbidden: ...")``."""
         self.problem_persistent = False
         """The problem will not pass without a change of configuration (401, 403, TLS)."""
         self.on_problem: Callable[[], None] | None = None
@@ -187,6 +187,12 @@ class Reflector:
 
     def stop(self) -> None:
         self._enter(State.stopped)
+
+    @property
+    def problem(self) -> str | None:
+        """The last failure in words (``"watch services: 403 Forbidden..."``), until a watch
+        is up again."""
+        return None if self.problem_of is None else ": ".join(self.problem_of)
 
     @property
     def failures(self) -> int:
@@ -381,7 +387,7 @@ class Reflector:
             delay = max(delay, min(error.retry_after, timing.backoff_max))
         self.counts["backoffs"] += 1
         if error is not None and verb is not None:
-            self._set_problem(f"{verb} {self.name}: {_text(error)}",
+            self._set_problem((f"{verb} {self.name}", _text(error)),
                               bool(getattr(error, "persistent", False)))
         self._warn(why, base, delay, now)
 
@@ -401,19 +407,20 @@ class Reflector:
                 self.log.debug("{name}: {why}; retrying in {delay:.1f}s", name=self.name,
                                why=why, delay=delay)
                 return
-            self.log.warn("{name}: {why}; retrying in {delay:.1f}s ({count} times since the "
-                          "last warning)", name=self.name, why=why, delay=delay,
-                          count=self._unwarned)
+            again = (f"{self._unwarned} times since the last warning" if self._unwarned > 1
+                     else "again")
+            self.log.warn("{name}: {why}; retrying in {delay:.1f}s ({again})", name=self.name,
+                          why=why, delay=delay, again=again, count=self._unwarned)
         else:
             self.log.warn("{name}: {why}; retrying in {delay:.1f}s", name=self.name, why=why,
                           delay=delay)
         self._warned = (why, base, now)
         self._unwarned = 0
 
-    def _set_problem(self, problem: str | None, persistent: bool = False) -> None:
-        if (problem, persistent) == (self.problem, self.problem_persistent):
+    def _set_problem(self, problem: tuple[str, str] | None, persistent: bool = False) -> None:
+        if (problem, persistent) == (self.problem_of, self.problem_persistent):
             return
-        self.problem = problem
+        self.problem_of = problem
         self.problem_persistent = persistent
         if self.on_problem is not None:
             self.on_problem()
