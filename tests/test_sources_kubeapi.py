@@ -17,6 +17,7 @@ from edgemesh.sources import (
     NODES,
     SERVICES,
     APIError,
+    APIUnreachable,
     TreqKubeAPI,
     load_configuration,
 )
@@ -101,7 +102,25 @@ class TreqKubeAPITests(TestCase):
         try:
             await anonymous.list(NODES)
         except APIError as error:
-            assert error.status == 401
+            assert error.status == 401 and error.persistent
+            assert f"{self.server.url} refused the credentials of" in str(error)
+        else:
+            raise AssertionError("no error")
+
+    async def test_connection_refused_names_the_url_and_the_kubeconfig(self) -> None:
+        configuration = load_configuration(self.server.write_kubeconfig(self.mktemp()))
+        port = self.server.port
+        await self.server.stop()
+        configuration.host = f"http://127.0.0.1:{port}"
+        api = TreqKubeAPI(reactor, configuration, origin="kubeconfig K, context 'c'")
+        self.addCleanup(api.close)
+        try:
+            await api.list(NODES)
+        except APIUnreachable as error:
+            assert str(error) == (f"connection refused by http://127.0.0.1:{port} (kubeconfig "
+                                  "K, context 'c'): is the API server up, and is this its "
+                                  "address?")
+            assert error.kind == "refused" and not error.persistent
         else:
             raise AssertionError("no error")
 
