@@ -346,6 +346,9 @@ class _Tunnel(TwistedProtocol):
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
             self._refuse(status[:200] or "an empty answer")
             return
+        if self.ready.called:  # cancelled while the proxy thought it over
+            self.transport.loseConnection()
+            return
         self.inner = self.inner_factory.buildProtocol(self.transport.getPeer())
         if self.inner is None:
             self.transport.loseConnection()
@@ -384,8 +387,20 @@ class _TunnelEndpoint:
     def connect(self, factory: Any) -> Deferred[Any]:
         from twisted.internet.protocol import Factory
 
-        ready: Deferred[Any] = Deferred(lambda _: connecting.cancel())
-        tunnels = Factory.forProtocol(lambda: _Tunnel(self, factory, ready))
+        built: list[_Tunnel] = []
+
+        def cancel(_: object) -> None:
+            connecting.cancel()
+            for tunnel in built:  # connected to the proxy, waiting for its answer
+                if tunnel.transport is not None and tunnel.inner is None:
+                    tunnel.transport.loseConnection()
+
+        def build() -> _Tunnel:
+            built.append(_Tunnel(self, factory, ready))
+            return built[-1]
+
+        ready: Deferred[Any] = Deferred(cancel)
+        tunnels = Factory.forProtocol(build)
         tunnels.noisy = False  # no "Starting factory" line per connection
         connecting = self.proxy.connect(tunnels)
         connecting.addErrback(lambda failure: None if ready.called else ready.errback(failure))

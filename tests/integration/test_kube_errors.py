@@ -134,7 +134,7 @@ class HTTPSFront(_Server):
     cert: Path = Path()
     key: Path = Path()
     upstream: int = 0
-    rule: Rule = lambda method, target: None  # noqa: E731
+    rule: Rule = lambda method, target: None
     requests: list[str] = field(default_factory=list)
 
     def serve(self, raw: socket.socket) -> None:
@@ -355,8 +355,9 @@ def forbid(verb: str, plural: str) -> Rule:
     def rule(method: str, target: str) -> tuple[int, str, str] | None:
         watching = "watch=1" in target
         if target.startswith(f"/api/v1/{plural}") and watching == (verb == "watch"):
-            return (403, "Forbidden", f'{plural} is forbidden: User "edge" cannot {verb} '
-                    f'resource "{plural}" in API group "" at the cluster scope')
+            message = (f'{plural} is forbidden: User "edge" cannot {verb} resource '
+                       f'"{plural}" in API group "" at the cluster scope')
+            return 403, "Forbidden", message
         return None
 
     return rule
@@ -416,8 +417,8 @@ def test_proxy_refusal_is_named(routers: Mesh, servers: list[_Server], certs: Ce
     proxy_url = f"http://{proxy.user}:wrong@{LOOPBACK}:{proxy.port}"
     proc = start_router(routers, write_kubeconfig(tmp_path / "kc", url, certs.ca,
                                                   proxy=proxy_url))
-    needles = (f"proxy http://{proxy.user}:***@{LOOPBACK}:{proxy.port} would not tunnel to "
-               f"{url}", "407 Proxy Authentication Required")
+    shown = f"http://{proxy.user}:***@{LOOPBACK}:{proxy.port}"
+    needles = (f"proxy {shown} would not tunnel to {url}", "407 Proxy Authentication Required")
     not_ready_because(routers, proc, *needles)
     assert logged(proc, *needles), proc.tail()
     assert not logged(proc, "wrong@"), "the password is not logged"
