@@ -467,3 +467,19 @@ def test_any_fault_sequence_converges(faults: list[str]) -> None:
     assert len(api.open_watches()) == 1
     assert reflector.synced and handler.calls[0][0] == "replace"
     assert clock.getDelayedCalls() != [], "the watch's deadline is armed"
+
+
+def test_a_failure_after_a_healthy_spell_is_warned_again(clock: Clock, api: FakeAPI,
+                                                         handler: Recorder) -> None:
+    make(clock, api, handler)
+    with capturedLogs() as events:
+        for _ in range(8):
+            watch_refused_cycle(clock, api, "403")
+        listed(api, ["a"], "10")
+        watch = api.last_watch()
+        watch.accept()
+        clock.advance(200)  # healthy for longer than backoff_reset
+        watch.fail(APIError(403, "Forbidden", 'services is forbidden: User "x" cannot watch'))
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert "again" not in warnings[-1], "the first failure after the reset, said plainly"
+    assert next_delay(clock) == 1.5

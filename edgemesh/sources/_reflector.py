@@ -389,7 +389,7 @@ class Reflector:
         if error is not None and verb is not None:
             self._set_problem((f"{verb} {self.name}", _text(error)),
                               bool(getattr(error, "persistent", False)))
-        self._warn(why, base, delay, now)
+        self._warn(why, base, delay, now, fresh=self.backoff.steps == 1)
 
         def resume() -> None:
             self._timer = None
@@ -397,11 +397,12 @@ class Reflector:
 
         self._timer = self.clock.callLater(delay, resume)
 
-    def _warn(self, why: str, base: float, delay: float, now: float) -> None:
-        """Warn about a new failure; summarise one that repeats: again when the delay grows,
-        else once per ``warn_interval``, with the count since the last warning."""
+    def _warn(self, why: str, base: float, delay: float, now: float, fresh: bool) -> None:
+        """Warn about a new failure (or the first since the backoff reset); summarise one
+        that repeats: again when the delay grows, else once per ``warn_interval``, with the
+        count since the last warning."""
         last = self._warned
-        if last is not None and last[0] == why:
+        if last is not None and last[0] == why and not fresh:
             self._unwarned += 1
             if base <= last[1] and now - last[2] < self.timing.warn_interval:
                 self.log.debug("{name}: {why}; retrying in {delay:.1f}s", name=self.name,
