@@ -676,6 +676,10 @@ class TreqKubeAPI:
                 return APIUnreachable(
                     f"no connection to {url}{via} within {self.connect_timeout:g} s "
                     f"({origin}): check the address and the network", kind="timeout")
+            if isinstance(cause, (CancelledError, net.ConnectingCancelledError)):
+                return APIUnreachable(
+                    f"no answer from {url}{via} in time ({origin}): is the API server "
+                    "overloaded, or the network dropping packets?", kind="timeout")
         last = causes[-1]
         text = str(last) or type(last).__name__
         return APIUnreachable(f"{url}{via} did not answer: {text[:200]} ({origin})",
