@@ -150,8 +150,8 @@ def test_the_label_value_is_valid_for_a_real_api_server() -> None:
 # -- proxy-url, and where the configuration came from -------------------------------------------
 
 
-def kubeconfig_with(tmp_path: Path, cluster: str) -> str:
-    path = tmp_path / "proxied"
+def kubeconfig_with(tmp_path: Path, cluster: str, name: str = "proxied") -> str:
+    path = tmp_path / name
     path.write_text(KUBECONFIG.replace('{server: "http://127.0.0.1:6443"}', cluster))
     return str(path)
 
@@ -198,3 +198,19 @@ def test_the_router_gets_a_kubernetes_readiness_gate(kubeconfig: str,
     assert isinstance(router, RouterNode)
     ready, why = router.observer.readiness.gates["kubernetes"]
     assert not ready and why == "not listed yet: nodes, services, endpointslices"
+
+
+def test_an_environment_proxy_is_used_but_never_for_loopback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reactor: MemoryReactorClock) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    remote = kubeconfig_with(tmp_path, '{server: "https://10.1.2.3:6443"}')
+    assert TreqKubeAPI(reactor, options("--kubeconfig", remote)["kube_configuration"]).proxy \
+        == "http://127.0.0.1:3128"
+    local = kubeconfig_with(tmp_path, '{server: "https://127.0.0.1:6443"}', "local")
+    assert TreqKubeAPI(reactor, options("--kubeconfig", local)["kube_configuration"]).proxy \
+        is None
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(usage.UsageError, match=r"\$HTTPS_PROXY/\$HTTP_PROXY socks5://"):
+        options("--kubeconfig", remote)

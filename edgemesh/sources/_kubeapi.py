@@ -232,15 +232,30 @@ def proxy_of(configuration: Any) -> str | None:
     if not proxy or should_bypass_proxies(configuration.host,
                                           getattr(configuration, "no_proxy", None) or ""):
         return None
+    from_env = bool(getattr(configuration, "_proxy_from_env", False))
+    if from_env and _loopback(urlsplit(configuration.host).hostname or ""):
+        return None  # as Go's ProxyFromEnvironment (kubectl): never for localhost
+    where = "$HTTPS_PROXY/$HTTP_PROXY" if from_env else "proxy-url"
     parsed = urlsplit(proxy)
     if parsed.scheme.lower() != "http" or not parsed.hostname:
-        raise ValueError(f"proxy-url {_redact(proxy)}: only http:// proxies (HTTP CONNECT) "
+        raise ValueError(f"{where} {_redact(proxy)}: only http:// proxies (HTTP CONNECT) "
                          "are supported, not socks or https")
     try:
         parsed.port  # noqa: B018 - raises for a bad port
     except ValueError:
-        raise ValueError(f"proxy-url {_redact(proxy)}: bad port") from None
+        raise ValueError(f"{where} {_redact(proxy)}: bad port") from None
     return str(proxy)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _redact(url: str) -> str:
