@@ -13,7 +13,9 @@ tokens through its hook, which may run a plugin and so is called in a thread whe
 reactor has threads.
 
 ``KubeAPI`` is the interface the watch and the controller use; ``TreqKubeAPI`` implements
-it; tests use fakes of it.
+it; tests use fakes of it.  Its errors say which server, which CA and kubeconfig context,
+and what to check (``APIUnreachable``; 401/403 as ``APIError`` with a context), and it
+honours the configuration's proxy (a kubeconfig's ``proxy-url``) through HTTP CONNECT.
 """
 
 from __future__ import annotations
