@@ -106,6 +106,8 @@ def test_readyz_follows_start_listeners_and_stop(reactor: MemoryReactorClock) ->
         "checks": {"started": False, "listeners": False, "catalog": True},
         "detail": {"started": "not serving (starting or stopping)",
                    "listeners": "not listening: admin, http, tunnel"},
+        "reason": ("started: not serving (starting or stopping); "
+                   "listeners: not listening: admin, http, tunnel"),
     }
     router.startService()
     assert get(router, b"/readyz")[::2] == (200, {"ready": True, "detail": {}, "checks": {

@@ -23,10 +23,15 @@ class FakeWatch:
     label_selector: str | None
     on_event: EventHandler
     done: Deferred[None] = field(default_factory=Deferred)
+    started: Deferred[None] = field(default_factory=Deferred)
     cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def accept(self) -> None:
+        """The server answered 200: the stream is open."""
+        self.started.callback(None)
 
     def send(self, kind: str, obj: dict[str, Any]) -> None:
         assert not self.cancelled, "event into a cancelled watch"

@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from edgemesh.sources import (
@@ -17,9 +22,11 @@ from edgemesh.sources import (
     NODES,
     SERVICES,
     APIError,
+    APIUnreachable,
     TreqKubeAPI,
     load_configuration,
 )
+from edgemesh.sources._kubeapi import ProxyRefused
 from edgemesh.testing import KubeApiServer, make_endpoint_slice, make_node, make_service
 
 reactor: Any = global_reactor
@@ -101,7 +108,25 @@ class TreqKubeAPITests(TestCase):
         try:
             await anonymous.list(NODES)
         except APIError as error:
-            assert error.status == 401
+            assert error.status == 401 and error.persistent
+            assert f"{self.server.url} refused the credentials of" in str(error)
+        else:
+            raise AssertionError("no error")
+
+    async def test_connection_refused_names_the_url_and_the_kubeconfig(self) -> None:
+        configuration = load_configuration(self.server.write_kubeconfig(self.mktemp()))
+        port = self.server.port
+        await self.server.stop()
+        configuration.host = f"http://127.0.0.1:{port}"
+        api = TreqKubeAPI(reactor, configuration, origin="kubeconfig K, context 'c'")
+        self.addCleanup(api.close)
+        try:
+            await api.list(NODES)
+        except APIUnreachable as error:
+            assert str(error) == (f"connection refused by http://127.0.0.1:{port} (kubeconfig "
+                                  "K, context 'c'): is the API server up, and is this its "
+                                  "address?")
+            assert error.kind == "refused" and not error.persistent
         else:
             raise AssertionError("no error")
 
@@ -276,3 +301,87 @@ def test_garbage_lines_fail_the_watch() -> None:
         stream.dataReceived(garbage)
         assert events == [] and len(failures) == 1, garbage
         assert failures[0].value.reason == "BadEvent"
+
+
+# -- the CONNECT tunnel (kubeconfig proxy-url), on a StringTransport -------------------------------
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: list[Failure] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+class _ProxyEndpoint:
+    """Connects every factory at once to a StringTransport."""
+
+    def __init__(self) -> None:
+        self.transports: list[StringTransport] = []
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3128))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+
+def _tunnel() -> tuple[_ProxyEndpoint, Deferred[Any], list[_Recorder]]:
+    from edgemesh.sources._kubeapi import _TunnelEndpoint
+
+    proxy = _ProxyEndpoint()
+    inner: list[_Recorder] = []
+
+    def build() -> _Recorder:
+        inner.append(_Recorder())
+        return inner[-1]
+
+    endpoint = _TunnelEndpoint(proxy, "10.0.0.1", 6443, b"Basic bWVzaDpwdw==")
+    return proxy, endpoint.connect(Factory.forProtocol(build)), inner
+
+
+def test_tunnel_asks_connect_then_hands_the_stream_over() -> None:
+    proxy, ready, inner = _tunnel()
+    (transport,) = proxy.transports
+    assert transport.value() == (b"CONNECT 10.0.0.1:6443 HTTP/1.1\r\nHost: 10.0.0.1:6443\r\n"
+                                 b"Proxy-Authorization: Basic bWVzaDpwdw==\r\n\r\n")
+    assert not ready.called
+    proxy.protocols[0].dataReceived(b"HTTP/1.1 200 Connection established\r\n")
+    assert not ready.called
+    proxy.protocols[0].dataReceived(b"\r\nhello")
+    (protocol,) = inner
+    assert ready.result is protocol and protocol.transport is transport
+    assert protocol.data == b"hello", "bytes after the proxy's head are the server's"
+    proxy.protocols[0].dataReceived(b" more")
+    assert protocol.data == b"hello more"
+    proxy.protocols[0].connectionLost(Failure(ConnectionDone()))
+    assert len(protocol.lost) == 1
+
+
+def test_tunnel_refused_by_the_proxy_fails_with_its_status() -> None:
+    proxy, ready, inner = _tunnel()
+    failures: list[Failure] = []
+    ready.addErrback(failures.append)
+    proxy.protocols[0].dataReceived(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    assert failures and failures[0].check(ProxyRefused)
+    assert "407 Proxy Authentication Required" in str(failures[0].value)
+    assert proxy.transports[0].disconnecting and not inner
+
+
+def test_tunnel_cancelled_while_the_proxy_thinks_closes_it() -> None:
+    proxy, ready, inner = _tunnel()
+    failures: list[Failure] = []
+    ready.addErrback(failures.append)
+    ready.cancel()
+    assert failures and failures[0].check(CancelledError)
+    assert proxy.transports[0].disconnecting
+    proxy.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")  # too late: no error
+    assert not inner

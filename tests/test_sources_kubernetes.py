@@ -385,3 +385,39 @@ def test_any_event_sequence_gives_the_file_sources_catalog(ops: list[tuple[Any, 
             world.settle()
     world.settle()
     world.check()
+
+
+def test_readiness_says_why(world: World) -> None:
+    from edgemesh.sources import APIError, APIUnreachable
+
+    seen: list[tuple[bool, str]] = []
+    world.source.on_readiness = lambda ready, why: seen.append((ready, why))
+    world.start(lists=False)
+    refused = APIUnreachable("TLS: the certificate of https://k:6443 is not signed by CA file "
+                             "/ca.pem", kind="tls-verify", persistent=True)
+    for resource in KINDS:
+        world.api.last_list(resource).fail(refused)
+    ready, why = world.source.readiness()
+    assert not ready
+    assert why == ("not listed yet: nodes, services, endpointslices; list nodes, list services, "
+                   "list endpointslices: TLS: the certificate of https://k:6443 is not signed "
+                   "by CA file /ca.pem")
+    assert seen[-1] == (ready, why)
+    world.clock.advance(100)
+    for resource in KINDS:
+        world.answer_list(resource)
+    # Listed, but the watch of services is forbidden: not ready, and says on what.
+    world.api.last_watch(SERVICES).fail(APIError(403, "Forbidden", "cannot watch services"))
+    for resource in (NODES, ENDPOINT_SLICES):
+        world.api.last_watch(resource).accept()
+    assert world.source.readiness() == (
+        False, "watch services: 403 Forbidden: cannot watch services")
+    assert seen[-1] == world.source.readiness()
+    world.clock.advance(100)
+    world.answer_list(SERVICES)
+    world.api.last_watch(SERVICES).accept()
+    assert world.source.readiness() == (True, "")
+    # A passing failure after the first list: still ready, and says it.
+    world.api.last_watch(SERVICES).fail(APIError(503))
+    ready, why = world.source.readiness()
+    assert ready and why == "serving the last catalog: watch services: 503"

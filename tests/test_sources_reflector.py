@@ -256,7 +256,106 @@ def test_list_failures_back_off_exponentially_with_jitter(clock: Clock, api: Fak
         clock.advance(delays[-1])
     assert delays == [1.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0]
     listed(api, [], "5")
-    assert reflector.failures == 0, "a good list resets the backoff"
+    assert reflector.failures == 7, "a good list alone does not reset the backoff"
+
+
+# -- one backoff across list + watch cycles (client-go's reflector) ----------------------------
+
+
+def next_delay(clock: Clock) -> float:
+    (call,) = clock.getDelayedCalls()
+    return call.getTime() - clock.seconds()
+
+
+def watch_refused_cycle(clock: Clock, api: FakeAPI, how: str) -> float:
+    """List fine, then the watch fails (403, or a non-410 ERROR event): the delay until the
+    next list, waited out."""
+    listed(api, ["a"], "10")
+    watch = api.last_watch()
+    if how == "403":
+        watch.fail(APIError(403, "Forbidden", 'services is forbidden: User "x" cannot watch'))
+    else:
+        watch.accept()
+        watch.send("ERROR", status(500, "InternalError"))
+    delay = next_delay(clock)
+    clock.advance(delay)
+    return delay
+
+
+@pytest.mark.parametrize("how", ["403", "error-event"])
+def test_list_allowed_watch_refused_backs_off_to_the_cap(clock: Clock, api: FakeAPI,
+                                                          handler: Recorder, how: str) -> None:
+    reflector = make(clock, api, handler)
+    with capturedLogs() as events:
+        delays = [watch_refused_cycle(clock, api, how) for _ in range(30)]
+    # Doubling from 1 s (jitter 1.0 * 0.5 → x1.5) to the 30 s cap, though every list succeeds.
+    assert delays[:7] == [1.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0]
+    assert set(delays[7:]) == {45.0}
+    assert reflector.counts["lists"] == 31
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    # The first, one per longer delay (6 of them), then one per warn_interval (300 s) at the
+    # cap: about 30 x 45 s = 1350 s of them.
+    assert 6 <= len(warnings) <= 12, [e["log_format"] for e in warnings]
+    assert "times since the last warning" in warnings[-1]["again"]
+    assert warnings[-1]["count"] >= 5
+
+
+def test_backoff_resets_only_after_a_long_lived_watch(clock: Clock, api: FakeAPI,
+                                                       handler: Recorder) -> None:
+    make(clock, api, handler)
+    for _ in range(8):
+        watch_refused_cycle(clock, api, "403")
+    listed(api, ["a"], "10")
+    assert next_delay_after_watch_failure(clock, api, lived=60) == 45.0, \
+        "a watch up for a minute is not yet healthy"
+    clock.advance(45.0)
+    # client-go: more than 2 min since the last backoff began.
+    assert next_delay_after_watch_failure(clock, api, lived=130) == 1.5
+
+
+def next_delay_after_watch_failure(clock: Clock, api: FakeAPI, lived: float) -> float:
+    watch = api.last_watch()
+    watch.accept()
+    clock.advance(lived)
+    watch.fail(APIError(500, "InternalError"))
+    return next_delay(clock)
+
+
+def test_410_relists_at_once_even_at_the_longest_backoff(clock: Clock, api: FakeAPI,
+                                                           handler: Recorder) -> None:
+    reflector = make(clock, api, handler)
+    for _ in range(8):
+        watch_refused_cycle(clock, api, "403")
+    listed(api, ["a"], "10")
+    clock.advance(5)
+    api.last_watch().send("ERROR", status(410))
+    assert reflector.state is State.listing and clock.getDelayedCalls() == []
+    listed(api, ["a"], "20")
+    clock.advance(5)
+    api.last_watch().fail(gone())
+    assert reflector.state is State.listing, "an HTTP 410 too"
+
+
+def test_problem_names_the_verb_and_lasts_until_a_watch_is_up(
+        clock: Clock, api: FakeAPI, handler: Recorder) -> None:
+    reflector = make(clock, api, handler)
+    changes: list[str | None] = []
+    reflector.on_problem = lambda: changes.append(reflector.problem)
+    api.last_list().fail(APIError(403, "Forbidden", "cannot list services"))
+    assert reflector.problem == "list services: 403 Forbidden: cannot list services"
+    assert reflector.problem_persistent
+    clock.advance(next_delay(clock))
+    listed(api, [], "10")
+    assert reflector.problem is not None, "a list alone does not clear it"
+    api.last_watch().fail(APIError(403, "Forbidden", "cannot watch services"))
+    assert reflector.problem == "watch services: 403 Forbidden: cannot watch services"
+    clock.advance(next_delay(clock))
+    listed(api, [], "11")
+    api.last_watch().accept()
+    assert reflector.problem is None and not reflector.problem_persistent
+    api.last_watch().fail(ConnectionRefusedError())
+    assert reflector.problem is not None and not reflector.problem_persistent
+    assert len(changes) == 4
 
 
 @pytest.mark.parametrize("error", [
@@ -368,3 +467,19 @@ def test_any_fault_sequence_converges(faults: list[str]) -> None:
     assert len(api.open_watches()) == 1
     assert reflector.synced and handler.calls[0][0] == "replace"
     assert clock.getDelayedCalls() != [], "the watch's deadline is armed"
+
+
+def test_a_failure_after_a_healthy_spell_is_warned_again(clock: Clock, api: FakeAPI,
+                                                         handler: Recorder) -> None:
+    make(clock, api, handler)
+    with capturedLogs() as events:
+        for _ in range(8):
+            watch_refused_cycle(clock, api, "403")
+        listed(api, ["a"], "10")
+        watch = api.last_watch()
+        watch.accept()
+        clock.advance(200)  # healthy for longer than backoff_reset
+        watch.fail(APIError(403, "Forbidden", 'services is forbidden: User "x" cannot watch'))
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert "again" not in warnings[-1], "the first failure after the reset, said plainly"
+    assert next_delay(clock) == 1.5

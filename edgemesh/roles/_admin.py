@@ -5,7 +5,7 @@ Every page is a GET; JSON pages answer ``application/json``:
 - ``/healthz``: ``{"status": "ok"}`` (200) while the node serves, ``{"status": "starting"}``
   (503) before it started and after it stopped.  For liveness probes.
 - ``/readyz``: ``{"ready": bool, "checks": {name: bool}, "detail": {name: text}}``, 200 when
-  ready, else 503.  Checks: ``started``, ``listeners`` (every listener bound), ``catalog``
+  ready, else 503 with ``"reason"``: every failing check and why, on one line.  Checks: ``started``, ``listeners`` (every listener bound), ``catalog``
   (router: the catalog source listed once; edge: a catalog from the store, ``--catalog`` or
   the router) and every gate set on ``node.observer.readiness`` (e.g. the Kubernetes watch).
   For readiness probes.
@@ -120,7 +120,13 @@ def admin_site(node: MeshNode) -> Site:
 
     def readyz() -> tuple[int, object]:
         ready, checks, detail = readiness(node)
-        return (200 if ready else 503), {"ready": ready, "checks": checks, "detail": detail}
+        body: dict[str, object] = {"ready": ready, "checks": checks, "detail": detail}
+        if not ready:
+            # One line for a probe's event or a curl: every failing check and why.
+            body["reason"] = "; ".join(
+                f"{name}: {detail.get(name, 'not ready')}" for name, ok in checks.items()
+                if not ok)
+        return (200 if ready else 503), body
 
     def catalog() -> tuple[int, object]:
         return 200, catalog_to_wire(node.catalog)

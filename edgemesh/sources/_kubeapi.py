@@ -13,24 +13,29 @@ tokens through its hook, which may run a plugin and so is called in a thread whe
 reactor has threads.
 
 ``KubeAPI`` is the interface the watch and the controller use; ``TreqKubeAPI`` implements
-it; tests use fakes of it.
+it; tests use fakes of it.  Its errors say which server, which CA and kubeconfig context,
+and what to check (``APIUnreachable``; 401/403 as ``APIError`` with a context), and it
+honours the configuration's proxy (a kubeconfig's ``proxy-url``) through HTTP CONNECT.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 MAX_LIST_BYTES = 256 * 1024 * 1024
 """A list response (one page) larger than this is refused."""
@@ -72,12 +77,21 @@ class APIError(Exception):
     ``status`` is the HTTP code (410 Gone, 429, 500...), ``reason`` the Status reason."""
 
     def __init__(self, status: int, reason: str = "", message: str = "",
-                 retry_after: float | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}" if reason or message else str(status))
+                 retry_after: float | None = None, context: str = "") -> None:
+        text = f"{status} {reason}: {message}" if reason or message else str(status)
+        super().__init__(f"{text} ({context})" if context else text)
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.context = context
+        """What was asked of which server, and what to check (TreqKubeAPI sets it)."""
+
+    @property
+    def persistent(self) -> bool:
+        """Retrying will not help until someone changes the credentials or RBAC (401, 403),
+        or the server's API (404: a resource it does not serve)."""
+        return self.status in (401, 403, 404)
 
     @property
     def gone(self) -> bool:
@@ -102,6 +116,18 @@ class APIError(Exception):
                    message[:500] if isinstance(message, str) else "", retry_after)
 
 
+class APIUnreachable(Exception):
+    """No answer from the API server: refused, unresolvable, timed out, TLS refused (by
+    either side), or a proxy that would not tunnel.  The text says which server, which CA
+    or kubeconfig, and what to check; ``persistent`` when retrying cannot help (TLS, proxy
+    refusal) until the configuration changes."""
+
+    def __init__(self, text: str, *, kind: str, persistent: bool = False) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.persistent = persistent
+
+
 @dataclass
 class ListResult:
     items: list[dict[str, Any]]
@@ -111,7 +137,8 @@ class ListResult:
 
 class Watch(Protocol):
     """A running watch.  ``done`` fires (None) when the server ends the stream, or fails
-    with APIError or a connection error; after ``cancel`` it fires neither way."""
+    with APIError or a connection error; after ``cancel`` it fires neither way.  A watch may
+    also have ``started``, a Deferred that fires (None) once the server accepted it."""
 
     done: Deferred[None]
 
@@ -165,6 +192,84 @@ def load_configuration(kubeconfig: str | None = None, in_cluster: bool = False,
     return configuration
 
 
+def describe_origin(kubeconfig: str | None = None, in_cluster: bool = False,
+                    context: str | None = None) -> tuple[str, str | None]:
+    """(where the configuration came from, which CA it trusts) in words, for error messages:
+    ``("kubeconfig /etc/k.yaml, context 'prod'", "CA file /etc/ca.crt")``.  Best effort: a
+    kubeconfig it cannot read gives the path alone and no CA."""
+    if in_cluster:
+        from kubernetes.config.incluster_config import SERVICE_CERT_FILENAME
+
+        return "the in-cluster service account", f"CA file {SERVICE_CERT_FILENAME}"
+    try:
+        import yaml
+
+        with open(kubeconfig or os.path.expanduser("~/.kube/config"), encoding="utf-8") as file:
+            data = yaml.safe_load(file)
+        name = context or data.get("current-context")
+        entry = next(c["context"] for c in data.get("contexts") or [] if c.get("name") == name)
+        cluster_name = entry.get("cluster")
+        cluster = next(c["cluster"] for c in data.get("clusters") or []
+                       if c.get("name") == cluster_name)
+    except Exception:  # noqa: BLE001 - only words for a message; the loader reports errors
+        return f"kubeconfig {kubeconfig}", None
+    origin = f"kubeconfig {kubeconfig}, context {name!r}"
+    if cluster.get("certificate-authority"):
+        path = str(cluster["certificate-authority"])
+        base = os.path.dirname(os.path.abspath(kubeconfig or "."))
+        return origin, f"CA file {os.path.join(base, path)}"
+    if cluster.get("certificate-authority-data"):
+        return origin, f"the certificate-authority-data of cluster {cluster_name!r}"
+    return origin, "the system's trusted CAs"
+
+
+def proxy_of(configuration: Any) -> str | None:
+    """The proxy the official client would use for this configuration (``proxy-url`` of the
+    kubeconfig's cluster, else $HTTPS_PROXY/$HTTP_PROXY, unless $NO_PROXY covers the server),
+    or None.  Raises ValueError for a proxy this client cannot use (only ``http://`` proxies,
+    through CONNECT)."""
+    from kubernetes.client.rest import should_bypass_proxies
+
+    proxy = getattr(configuration, "proxy", None)
+    if not proxy or should_bypass_proxies(configuration.host,
+                                          getattr(configuration, "no_proxy", None) or ""):
+        return None
+    from_env = bool(getattr(configuration, "_proxy_from_env", False))
+    if from_env and _loopback(urlsplit(configuration.host).hostname or ""):
+        return None  # as Go's ProxyFromEnvironment (kubectl): never for localhost
+    where = "$HTTPS_PROXY/$HTTP_PROXY" if from_env else "proxy-url"
+    parsed = urlsplit(proxy)
+    if parsed.scheme.lower() != "http" or not parsed.hostname:
+        raise ValueError(f"{where} {_redact(proxy)}: only http:// proxies (HTTP CONNECT) "
+                         "are supported, not socks or https")
+    try:
+        parsed.port  # noqa: B018 - raises for a bad port
+    except ValueError:
+        raise ValueError(f"{where} {_redact(proxy)}: bad port") from None
+    return str(proxy)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    parsed = urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = f"{parsed.username}:***@{parsed.hostname}"
+    netloc += f":{parsed.port}" if parsed.port else ""
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def _pem_blocks(data: bytes) -> list[bytes]:
     blocks, marker = [], b"-----END CERTIFICATE-----"
     for piece in data.split(marker)[:-1]:
@@ -209,6 +314,161 @@ def _tls_policy(configuration: Any) -> Any:
                                            clientCertificate=client_certificate)
 
     return Policy() if configuration.host.startswith("https") else BrowserLikePolicyForHTTPS()
+
+
+# -- an HTTP CONNECT proxy (kubeconfig proxy-url) ------------------------------------------------
+
+MAX_PROXY_HEAD = 16 * 1024
+"""Bytes of a proxy's answer to CONNECT read before it is refused as too long."""
+
+
+class ProxyRefused(Exception):
+    """The proxy did not open the tunnel (its status line, or how it failed)."""
+
+
+class _Tunnel(TwistedProtocol):
+    """Asks the proxy for a tunnel, then is only a pipe to ``inner`` (the HTTP or TLS
+    protocol the agent gave), which gets the proxy's transport as its own."""
+
+    def __init__(self, endpoint: _TunnelEndpoint, factory: Any, ready: Deferred[Any]) -> None:
+        self.endpoint = endpoint
+        self.inner_factory = factory  # not "factory": Factory.buildProtocol sets that one
+        self.ready = ready
+        self.head = b""
+        self.inner: Any = None
+
+    def connectionMade(self) -> None:
+        target = f"{self.endpoint.host}:{self.endpoint.port}".encode("ascii")
+        lines = [b"CONNECT " + target + b" HTTP/1.1", b"Host: " + target]
+        if self.endpoint.authorization:
+            lines.append(b"Proxy-Authorization: " + self.endpoint.authorization)
+        assert self.transport is not None
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        assert self.transport is not None
+        if end < 0:
+            if len(self.head) > MAX_PROXY_HEAD:
+                self._refuse("an answer to CONNECT over 16 KiB")
+            return
+        status = self.head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        rest = self.head[end + 4:]
+        self.head = b""
+        parts = status.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
+            self._refuse(status[:200] or "an empty answer")
+            return
+        if self.ready.called:  # cancelled while the proxy thought it over
+            self.transport.loseConnection()
+            return
+        self.inner = self.inner_factory.buildProtocol(self.transport.getPeer())
+        if self.inner is None:
+            self.transport.loseConnection()
+            self.ready.errback(ProxyRefused("the connection was refused locally"))
+            return
+        self.inner.makeConnection(self.transport)
+        self.ready.callback(self.inner)
+        if rest:
+            self.inner.dataReceived(rest)
+
+    def _refuse(self, why: str) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+        if not self.ready.called:
+            self.ready.errback(ProxyRefused(why))
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(ProxyRefused(
+                f"the proxy closed the connection before it answered CONNECT "
+                f"({reason.getErrorMessage()})"))
+
+
+@implementer(IStreamClientEndpoint)
+class _TunnelEndpoint:
+    """An IStreamClientEndpoint to ``host:port`` through an HTTP CONNECT proxy."""
+
+    def __init__(self, proxy: Any, host: str, port: int, authorization: bytes | None) -> None:
+        self.proxy = proxy
+        self.host = host
+        self.port = port
+        self.authorization = authorization
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet.protocol import Factory
+
+        built: list[_Tunnel] = []
+
+        def cancel(_: object) -> None:
+            connecting.cancel()
+            for tunnel in built:  # connected to the proxy, waiting for its answer
+                if tunnel.transport is not None and tunnel.inner is None:
+                    tunnel.transport.loseConnection()
+
+        def build() -> _Tunnel:
+            built.append(_Tunnel(self, factory, ready))
+            return built[-1]
+
+        ready: Deferred[Any] = Deferred(cancel)
+        tunnels = Factory.forProtocol(build)
+        tunnels.noisy = False  # no "Starting factory" line per connection
+        connecting = self.proxy.connect(tunnels)
+        connecting.addErrback(lambda failure: None if ready.called else ready.errback(failure))
+        return ready
+
+
+class _ProxyEndpoints:
+    """The agent's endpoints (IAgentEndpointFactory): every server through the proxy, TLS
+    to the server inside the tunnel for https."""
+
+    def __init__(self, reactor: Any, proxy: str, policy: Any, connect_timeout: float) -> None:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        parsed = urlsplit(proxy)
+        self.proxy = HostnameEndpoint(reactor, parsed.hostname or "", parsed.port or 80,
+                                      timeout=connect_timeout)
+        self.authorization: bytes | None = None
+        if parsed.username is not None:
+            pair = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+            self.authorization = b"Basic " + base64.b64encode(pair.encode("utf-8"))
+        self.policy = policy
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import wrapClientTLS
+
+        tunnel = _TunnelEndpoint(self.proxy, uri.host.decode("ascii"), uri.port,
+                                 self.authorization)
+        if uri.scheme == b"https":
+            return wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), tunnel)
+        return tunnel
+
+
+# -- errors in words -----------------------------------------------------------------------------
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what twisted.web.client wrapped in it (lists of Failures)."""
+    found = [error]
+    for reason in getattr(error, "reasons", None) or []:
+        if isinstance(reason, Failure) and isinstance(reason.value, BaseException):
+            found.extend(_causes(reason.value))
+    return found
+
+
+def _openssl_reasons(error: BaseException) -> list[str]:
+    """OpenSSL's (library, function, reason) tuples, the reasons alone."""
+    reasons = []
+    for entry in error.args[0] if error.args and isinstance(error.args[0], list) else []:
+        if isinstance(entry, tuple) and entry:
+            reasons.append(str(entry[-1]))
+    return reasons or [str(error) or type(error).__name__]
 
 
 # -- the treq implementation -------------------------------------------------------------------
@@ -287,6 +547,7 @@ class _TreqWatch:
     def __init__(self, on_event: EventHandler) -> None:
         self.on_event = on_event
         self.done: Deferred[None] = Deferred()
+        self.started: Deferred[None] = Deferred()
         self.finished = False
         self.request: Deferred[Any] | None = None
         self.stream: _EventStream | None = None
@@ -345,11 +606,16 @@ def _retry_after(response: IResponse) -> float | None:
     return None
 
 
+_VERBS = {"GET": "list", "POST": "create", "PUT": "update", "DELETE": "delete"}
+"""RBAC's verb for each method (a GET of one object is ``get``: _op says so)."""
+
+
 class TreqKubeAPI:
     """KubeAPI over treq, configured from a ``kubernetes.client.Configuration``."""
 
     def __init__(self, reactor: Any, configuration: Any, *,
-                 request_timeout: float = REQUEST_TIMEOUT, connect_timeout: float = 10.0) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, connect_timeout: float = 10.0,
+                 origin: str | None = None, ca: str | None = None) -> None:
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -357,13 +623,84 @@ class TreqKubeAPI:
         self.configuration = configuration
         self.base = configuration.host.rstrip("/")
         self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.origin = origin or "the client configuration"
+        """Where the configuration came from (kubeconfig and context), for messages."""
+        if ca is None:
+            ca = (f"CA file {configuration.ssl_ca_cert}" if configuration.ssl_ca_cert
+                  else "the system's trusted CAs")
+        self.ca = ca
+        self.proxy = proxy_of(configuration)
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         pool._factory = _QuietFactory  # no "Starting factory" line per connection
         self.pool = pool
-        agent = Agent(reactor, contextFactory=_tls_policy(configuration),
-                      connectTimeout=connect_timeout, pool=pool)
+        policy = _tls_policy(configuration)
+        if self.proxy is not None:
+            agent = Agent.usingEndpointFactory(
+                reactor, _ProxyEndpoints(reactor, self.proxy, policy, connect_timeout), pool)
+        else:
+            agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout,
+                          pool=pool)
         self.http = HTTPClient(agent)
+
+    def explain(self, error: BaseException) -> APIUnreachable:
+        """A transport error in words: which server (and proxy), which CA and kubeconfig,
+        and what to check."""
+        from OpenSSL import SSL
+        from service_identity import VerificationError
+        from twisted.internet import error as net
+
+        url = self.base
+        via = f" through proxy {_redact(self.proxy)}" if self.proxy else ""
+        origin = self.origin
+        causes = _causes(error)
+        for cause in causes:
+            if isinstance(cause, ProxyRefused):
+                return APIUnreachable(
+                    f"proxy {_redact(self.proxy or '')} would not tunnel to {url}: {cause} "
+                    f"({origin}): check proxy-url and what the proxy allows", kind="proxy",
+                    persistent=True)
+            if isinstance(cause, VerificationError):
+                name = getattr(self.configuration, "tls_server_name", None) or urlsplit(
+                    url).hostname
+                return APIUnreachable(
+                    f"TLS: the certificate of {url}{via} is not valid for the name {name!r} "
+                    f"({origin}): check the server address, or set tls-server-name to a name "
+                    "the certificate carries", kind="tls-name", persistent=True)
+            if isinstance(cause, SSL.Error):
+                reasons = _openssl_reasons(cause)
+                if any("certificate verify failed" in r for r in reasons):
+                    return APIUnreachable(
+                        f"TLS: the certificate of {url}{via} is not signed by {self.ca} "
+                        f"({origin}): check that this CA is the API server's",
+                        kind="tls-verify", persistent=True)
+                return APIUnreachable(
+                    f"TLS handshake with {url}{via} failed: {'; '.join(reasons)[:200]} "
+                    f"({origin}): check the server address (is it TLS?) and the client "
+                    "certificate and key", kind="tls", persistent=True)
+        for cause in causes:
+            if isinstance(cause, net.ConnectionRefusedError):
+                where = f"proxy {_redact(self.proxy)}" if self.proxy else url
+                return APIUnreachable(
+                    f"connection refused by {where} ({origin}): is the API server up, and is "
+                    "this its address?", kind="refused")
+            if isinstance(cause, net.DNSLookupError):
+                return APIUnreachable(
+                    f"cannot resolve the host of {url}{via} ({origin}): check the server "
+                    "address", kind="dns")
+            if isinstance(cause, (net.TimeoutError, net.TCPTimedOutError)):
+                return APIUnreachable(
+                    f"no connection to {url}{via} within {self.connect_timeout:g} s "
+                    f"({origin}): check the address and the network", kind="timeout")
+            if isinstance(cause, (CancelledError, net.ConnectingCancelledError)):
+                return APIUnreachable(
+                    f"no answer from {url}{via} in time ({origin}): is the API server "
+                    "overloaded, or the network dropping packets?", kind="timeout")
+        last = causes[-1]
+        text = str(last) or type(last).__name__
+        return APIUnreachable(f"{url}{via} did not answer: {text[:200]} ({origin})",
+                              kind="lost")
 
     def close(self) -> Deferred[None]:
         closed: Deferred[None] = self.pool.closeCachedConnections()
@@ -403,10 +740,15 @@ class TreqKubeAPI:
             if body is not None:
                 kwargs["data"] = json.dumps(body).encode()
                 headers[b"Content-Type"] = [b"application/json"]
-            response: IResponse = await self.http.request(
-                method, self.base + path, params=params, headers=headers,
-                allow_redirects=False, unbuffered=unbuffered, reactor=self.reactor,
-                timeout=timeout, **kwargs)
+            try:
+                response: IResponse = await self.http.request(
+                    method, self.base + path, params=params, headers=headers,
+                    allow_redirects=False, unbuffered=unbuffered, reactor=self.reactor,
+                    timeout=timeout, **kwargs)
+            except CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - every transport error, in words
+                raise self.explain(error) from None
             return response
 
         return Deferred.fromCoroutine(run())
@@ -425,12 +767,23 @@ class TreqKubeAPI:
         except ValueError:
             raise APIError(response.code, "BadResponse", "response is not JSON") from None
 
-    async def _error(self, response: IResponse) -> APIError:
+    async def _error(self, response: IResponse, verb: str, path: str) -> APIError:
         try:
             status = await self._json(response, MAX_ERROR_BYTES)
         except Exception:  # noqa: BLE001 - any body: the status code is what matters
             status = None
-        return APIError.from_status(status, response.code, _retry_after(response))
+        error = APIError.from_status(status, response.code, _retry_after(response))
+        if error.status == 401:
+            error.context = (f"{verb} {path}: {self.base} refused the credentials of "
+                             f"{self.origin}; check its token or client certificate")
+        elif error.status == 403:
+            error.context = (f"{verb} {path} forbidden to the user of {self.origin}; "
+                             f"grant '{verb}' on it in RBAC")
+        elif error.status == 404:
+            error.context = f"{verb} {path}: {self.base} does not serve it"
+        if error.context:
+            error.args = (f"{error.args[0]} ({error.context})",)
+        return error
 
     def _timed(self, work: Deferred[Any], timeout: float) -> None:
         call = self.reactor.callLater(timeout, work.cancel)
@@ -443,15 +796,16 @@ class TreqKubeAPI:
         work.addBoth(done)
 
     async def _call(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-                    body: Mapping[str, Any] | None = None, limit: int = MAX_LIST_BYTES) -> Any:
+                    body: Mapping[str, Any] | None = None, limit: int = MAX_LIST_BYTES,
+                    verb: str | None = None) -> Any:
         response = await self._request(method, path, params or [], body, None)
         if not 200 <= response.code < 300:
-            raise await self._error(response)
+            raise await self._error(response, verb or _VERBS.get(method, method.lower()), path)
         return await self._json(response, limit)
 
     def _op(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-            body: Mapping[str, Any] | None = None) -> Deferred[Any]:
-        work = Deferred.fromCoroutine(self._call(method, path, params, body))
+            body: Mapping[str, Any] | None = None, verb: str | None = None) -> Deferred[Any]:
+        work = Deferred.fromCoroutine(self._call(method, path, params, body, verb=verb))
         self._timed(work, self.request_timeout)
         return work
 
@@ -500,11 +854,13 @@ class TreqKubeAPI:
             if watch.finished:
                 return None
             if response.code != 200:
-                failed = Deferred.fromCoroutine(self._error(response))
+                failed = Deferred.fromCoroutine(
+                    self._error(response, "watch", resource.path(namespace)))
                 failed.addCallback(watch.fail)
                 return None
             stream = _EventStream(watch)
             watch.stream = stream
+            watch.started.callback(None)
             response.deliverBody(stream)
             return None
 
@@ -517,7 +873,7 @@ class TreqKubeAPI:
 
     def get(self, resource: Resource, namespace: str | None, name: str
             ) -> Deferred[dict[str, Any]]:
-        return self._op("GET", resource.path(namespace, name))
+        return self._op("GET", resource.path(namespace, name), verb="get")
 
     def create(self, resource: Resource, namespace: str | None, body: Mapping[str, Any]
                ) -> Deferred[dict[str, Any]]:

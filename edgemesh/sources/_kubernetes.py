@@ -116,8 +116,11 @@ class KubernetesSource(Service):
             Reflector(clock, api, ENDPOINT_SLICES, self, namespace=namespace, timing=timing,
                       random=random, label_selector=f"{MANAGED_BY_LABEL}!={EDGEMESH_MANAGER}"),
         ]
+        self.on_readiness: Callable[[bool, str], None] | None = None
+        """Called with ``readiness()`` whenever it may have changed."""
         for reflector in self.reflectors:
             reflector.on_synced = self._synced
+            reflector.on_problem = self._readiness_changed
 
     def subscribe(self, listener: CatalogListener) -> None:
         """``listener`` gets every catalog from now on (and the current one, if any)."""
@@ -147,9 +150,33 @@ class KubernetesSource(Service):
         closed: Deferred[None] | None = close() if close is not None else None
         return closed
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: not ready before every resource is listed, nor while a
+        list or watch fails for a reason that will not pass by itself (401, 403, TLS); a
+        passing failure (refused, 5xx) after the first list keeps the last catalog and says
+        so."""
+        # The same failure of several resources (a wrong CA...) is said once.
+        by_text: dict[str, list[str]] = {}
+        for reflector in self.reflectors:
+            if reflector.problem_of is not None:
+                what, why = reflector.problem_of
+                by_text.setdefault(why, []).append(what)
+        text = "; ".join(f"{', '.join(whats)}: {why}" for why, whats in by_text.items())
+        if not self.synced:
+            waiting = ", ".join(r.name for r in self.reflectors if not r.synced)
+            return False, f"not listed yet: {waiting}" + (f"; {text}" if text else "")
+        if any(r.problem_persistent for r in self.reflectors if r.problem_of):
+            return False, text
+        return True, f"serving the last catalog: {text}" if text else ""
+
+    def _readiness_changed(self) -> None:
+        if self.on_readiness is not None:
+            self.on_readiness(*self.readiness())
+
     def status(self) -> dict[str, object]:
         return {
             "synced": self.synced,
+            "problems": {r.resource.plural: r.problem for r in self.reflectors if r.problem},
             "revision": None if self.catalog is None else self.catalog.revision,
             "invalid_objects": len(self.invalid),
             "watches": {
@@ -285,6 +312,7 @@ class KubernetesSource(Service):
     # -- emitting ------------------------------------------------------------------------
 
     def _synced(self) -> None:
+        self._readiness_changed()
         if self.synced and self.catalog is None:
             self._emit()
 

@@ -46,14 +46,20 @@ class KubernetesOptions(usage.Options):
             return
         if self["kubeconfig"] and not os.path.isfile(self["kubeconfig"]):
             raise usage.UsageError(f"--kubeconfig {self['kubeconfig']}: no such file")
-        from ._kubeapi import load_configuration
+        from ._kubeapi import describe_origin, load_configuration, proxy_of
 
+        where = "--in-cluster" if self["in-cluster"] else f"--kubeconfig {self['kubeconfig']}"
         try:
             self["kube_configuration"] = load_configuration(
                 self["kubeconfig"], self["in-cluster"], self["kube-context"])
         except Exception as error:  # noqa: BLE001 - the client raises many kinds
-            where = "--in-cluster" if self["in-cluster"] else f"--kubeconfig {self['kubeconfig']}"
             raise usage.UsageError(f"{where}: {error}") from None
+        try:
+            proxy_of(self["kube_configuration"])
+        except ValueError as error:
+            raise usage.UsageError(f"{where}: {error}") from None
+        self["kube_origin"] = describe_origin(self["kubeconfig"], self["in-cluster"],
+                                              self["kube-context"])
         advertise = self["advertise"] if self["advertise"] is not None else os.environ.get(
             "POD_IP", "")
         self["advertise_value"] = advertise or None
@@ -94,10 +100,19 @@ def attach_kubernetes(
     from ._kubeapi import TreqKubeAPI
     from ._kubernetes import KubernetesSource
 
-    api = TreqKubeAPI(reactor, options["kube_configuration"])
+    origin, ca = options.get("kube_origin") or (None, None)
+    api = TreqKubeAPI(reactor, options["kube_configuration"], origin=origin, ca=ca)
     source = KubernetesSource(reactor, api, namespace=options["namespace"])
     source.subscribe(set_catalog)
     source.setServiceParent(parent)  # type: ignore[no-untyped-call]
+    observer = getattr(parent, "observer", None)
+    if observer is not None:
+        # /readyz says why the watch is not ready (401, 403 on what, TLS against which CA).
+        def gate(ready: bool, why: str) -> None:
+            observer.readiness.set("kubernetes", ready, why)
+
+        source.on_readiness = gate
+        gate(*source.readiness())
     status_parts = getattr(parent, "status_parts", {})
     status_parts["kubernetes"] = source.status
     address = options.get("advertise_value")

@@ -22,6 +22,12 @@ States and what moves them (``_enter`` is the only place the state changes)::
 - 429, 5xx, refused or lost connections: a jittered exponential backoff, then the same
   step again (a watch resumes from its resourceVersion without a relist).  The consumer's
   cache, and so the edges' catalog, stays as it was meanwhile.
+- One backoff spans whole list + watch cycles, as client-go's: a list that succeeds does
+  not reset it (RBAC that allows list but not watch would relist every second), only two
+  minutes without a backoff do.  Identical warnings are summarised: the first, then one per
+  longer delay, then one per ``warn_interval``, each with the count since the last.
+- ``problem`` is the last failure in words until a watch is up again; ``problem_persistent``
+  when it will not pass by itself (401, 403, TLS): the router's /readyz shows them.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._kubeapi import APIError, KubeAPI, ListResult, Resource, Watch
+from ._kubeapi import APIError, APIUnreachable, KubeAPI, ListResult, Resource, Watch
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,11 @@ class WatchTiming:
     backoff_factor: float = 2.0
     backoff_jitter: float = 1.0
     """A delay d is stretched to d * (1 + jitter * random())."""
-    backoff_reset: float = 60.0
-    """A watch that lived this long resets the backoff."""
+    backoff_reset: float = 120.0
+    """More than this since the last backoff began (a list + watch that stayed up) resets
+    the backoff to ``backoff_initial``."""
+    warn_interval: float = 300.0
+    """A failure that repeats unchanged at the longest delay is warned about this often."""
     page_size: int = 500
 
 
@@ -77,6 +86,41 @@ class Handler(Protocol):
 
     def delete(self, resource: Resource, obj: dict[str, Any]) -> None:
         """DELETED (the object as it was last)."""
+
+
+class Backoff:
+    """client-go's ExponentialBackoffManager, as its reflector uses it (0.8 s doubling to
+    30 s, jitter 1.0, reset after 2 min): client-go tools/cache/reflector.go creates
+    ``wait.NewExponentialBackoffManager(800*time.Millisecond, 30*time.Second, 2*time.Minute,
+    2.0, 1.0, clock)`` ("If we don't backoff for 2min, assume API server is healthy and we
+    reset the backoff"), and apimachinery's getNextBackoff resets when
+    ``clock.Now().Sub(lastBackoffStart) > backoffResetDuration``, then sets lastBackoffStart
+    to now.  Plain state on a time given to it: no clock of its own."""
+
+    def __init__(self, timing: WatchTiming, random: Callable[[], float]) -> None:
+        self.timing = timing
+        self.random = random
+        self.steps = 0
+        """Backoffs since the last reset."""
+        self.last_start: float | None = None
+
+    def base(self, now: float) -> float:
+        """The un-jittered delay the next ``delay(now)`` would stretch."""
+        timing = self.timing
+        steps = 0 if self._expired(now) else self.steps
+        return min(timing.backoff_max, timing.backoff_initial * timing.backoff_factor ** min(
+            steps, 64))
+
+    def delay(self, now: float) -> float:
+        base = self.base(now)
+        if self._expired(now):
+            self.steps = 0
+        self.last_start = now
+        self.steps += 1
+        return base * (1 + self.timing.backoff_jitter * self.random())
+
+    def _expired(self, now: float) -> bool:
+        return self.last_start is not None and now - self.last_start > self.timing.backoff_reset
 
 
 def _resource_version(obj: dict[str, Any]) -> str | None:
@@ -114,11 +158,20 @@ class Reflector:
         self.resource_version: str | None = None
         self.synced = False
         """A list has completed at least once."""
-        self.failures = 0
-        """Consecutive failures, for the backoff."""
+        self.backoff = Backoff(self.timing, random)
         self.counts = {"lists": 0, "watches": 0, "relists_gone": 0, "backoffs": 0,
                        "events": 0, "bookmarks": 0}
         self.on_synced: Callable[[], None] | None = None
+        self.problem_of: tuple[str, str] | None = None
+        """The last failure, until a watch is up again: (what failed, why in words), e.g.
+        ``("watch services", "403 Forbidden: ...")``."""
+        self.problem_persistent = False
+        """The problem will not pass without a change of configuration (401, 403, TLS)."""
+        self.on_problem: Callable[[], None] | None = None
+        """Called when ``problem`` changes."""
+        self._warned: tuple[str, float, float] | None = None
+        """(why, base delay, when) of the last warning; ``_unwarned`` repeats since."""
+        self._unwarned = 0
         self._timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
         self._watch: Watch | None = None
@@ -134,6 +187,17 @@ class Reflector:
 
     def stop(self) -> None:
         self._enter(State.stopped)
+
+    @property
+    def problem(self) -> str | None:
+        """The last failure in words (``"watch services: 403 Forbidden..."``), until a watch
+        is up again."""
+        return None if self.problem_of is None else ": ".join(self.problem_of)
+
+    @property
+    def failures(self) -> int:
+        """Backoffs since the backoff was last reset."""
+        return self.backoff.steps
 
     @property
     def name(self) -> str:
@@ -179,7 +243,6 @@ class Reflector:
             self._page(items, result.continue_token)
             return
         self._pending = None
-        self.failures = 0
         self.resource_version = result.resource_version
         self.handler.replace(self.resource, items)
         first = not self.synced
@@ -200,7 +263,7 @@ class Reflector:
             self.log.info("{name}: list continuation expired, listing again", name=self.name)
             self._gone_then(self._list)
             return
-        self._backoff(f"list failed: {_describe(reason)}", self._list, error)
+        self._backoff(f"list failed: {_describe(reason)}", self._list, error, "list")
 
     # -- watching ----------------------------------------------------------------------
 
@@ -221,6 +284,14 @@ class Reflector:
         self._timer = self.clock.callLater(timeout + timing.deadline_grace, self._overdue, watch)
         watch.done.addCallbacks(self._watch_ended, self._watch_failed, callbackArgs=(watch,),
                                 errbackArgs=(watch,))
+        started: Deferred[None] | None = getattr(watch, "started", None)
+        if started is not None:
+            started.addCallback(lambda _: self._watch_up(watch))
+
+    def _watch_up(self, watch: Watch) -> None:
+        """The server accepted the watch: whatever failed before works again."""
+        if self._watch is watch:
+            self._set_problem(None)
 
     def _overdue(self, watch: Watch) -> None:
         self._timer = None
@@ -238,8 +309,9 @@ class Reflector:
                               name=self.name, version=self.resource_version)
                 self._gone_then(self._list)
             else:
-                self._backoff(f"watch error event: {error}", self._list, error)
+                self._backoff(f"watch error event: {error}", self._list, error, "watch")
             return
+        self._set_problem(None)
         version = _resource_version(obj)
         if kind == "BOOKMARK":
             self.counts["bookmarks"] += 1
@@ -252,7 +324,6 @@ class Reflector:
             return
         self.counts["events"] += 1
         self._watch_events += 1
-        self.failures = 0
         if kind == "DELETED":
             self.handler.delete(self.resource, obj)
         else:
@@ -269,8 +340,6 @@ class Reflector:
             # Ended as soon as it started with nothing in it: do not spin.
             self._backoff("watch ended at once", self._start_watch, None)
             return
-        if lived >= self.timing.backoff_reset:
-            self.failures = 0
         self._start_watch()
 
     def _watch_failed(self, reason: Failure, watch: Watch) -> None:
@@ -288,11 +357,9 @@ class Reflector:
                 # 400, 403, 504 "too large resource version", or a stream we could not
                 # read (an event that is not JSON, or too large: status 0): resuming from
                 # the same version would meet the same thing, a list does not.
-                self._backoff(f"watch refused: {error}", self._list, error)
+                self._backoff(f"watch refused: {error}", self._list, error, "watch")
                 return
-        if self.clock.seconds() - self._watch_started >= self.timing.backoff_reset:
-            self.failures = 0
-        self._backoff(f"watch failed: {_describe(reason)}", self._start_watch, error)
+        self._backoff(f"watch failed: {_describe(reason)}", self._start_watch, error, "watch")
 
     # -- waiting -----------------------------------------------------------------------
 
@@ -307,20 +374,22 @@ class Reflector:
         else:
             step()
 
-    def _backoff(self, why: str, then: Callable[[], None], error: object) -> None:
+    def _backoff(self, why: str, then: Callable[[], None], error: object,
+                 verb: str | None = None) -> None:
         self._enter(State.backoff)
         if self.state is State.stopped:
             return
         timing = self.timing
-        base = min(timing.backoff_max,
-                   timing.backoff_initial * timing.backoff_factor ** min(self.failures, 30))
-        delay = base * (1 + timing.backoff_jitter * self.random())
+        now = self.clock.seconds()
+        base = self.backoff.base(now)
+        delay = self.backoff.delay(now)
         if isinstance(error, APIError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, timing.backoff_max))
-        self.failures += 1
         self.counts["backoffs"] += 1
-        log = self.log.warn if self.failures <= 3 or self.failures % 20 == 0 else self.log.debug
-        log("{name}: {why}; retrying in {delay:.1f}s", name=self.name, why=why, delay=delay)
+        if error is not None and verb is not None:
+            self._set_problem((f"{verb} {self.name}", _text(error)),
+                              bool(getattr(error, "persistent", False)))
+        self._warn(why, base, delay, now, fresh=self.backoff.steps == 1)
 
         def resume() -> None:
             self._timer = None
@@ -328,12 +397,46 @@ class Reflector:
 
         self._timer = self.clock.callLater(delay, resume)
 
+    def _warn(self, why: str, base: float, delay: float, now: float, fresh: bool) -> None:
+        """Warn about a new failure (or the first since the backoff reset); summarise one
+        that repeats: again when the delay grows, else once per ``warn_interval``, with the
+        count since the last warning."""
+        last = self._warned
+        if last is not None and last[0] == why and not fresh:
+            self._unwarned += 1
+            if base <= last[1] and now - last[2] < self.timing.warn_interval:
+                self.log.debug("{name}: {why}; retrying in {delay:.1f}s", name=self.name,
+                               why=why, delay=delay)
+                return
+            again = (f"{self._unwarned} times since the last warning" if self._unwarned > 1
+                     else "again")
+            self.log.warn("{name}: {why}; retrying in {delay:.1f}s ({again})", name=self.name,
+                          why=why, delay=delay, again=again, count=self._unwarned)
+        else:
+            self.log.warn("{name}: {why}; retrying in {delay:.1f}s", name=self.name, why=why,
+                          delay=delay)
+        self._warned = (why, base, now)
+        self._unwarned = 0
+
+    def _set_problem(self, problem: tuple[str, str] | None, persistent: bool = False) -> None:
+        if (problem, persistent) == (self.problem_of, self.problem_persistent):
+            return
+        self.problem_of = problem
+        self.problem_persistent = persistent
+        if self.on_problem is not None:
+            self.on_problem()
+
 
 def _describe(reason: Failure) -> str:
-    error = reason.value
+    return _text(reason.value)
+
+
+def _text(error: object) -> str:
     # twisted.web.client wraps causes in lists of Failures (ResponseFailed...).
     causes = getattr(error, "reasons", None)
     if isinstance(causes, list) and causes and isinstance(causes[0], Failure):
         error = causes[0].value
     text = str(error) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    # TreqKubeAPI's texts name the server, the CA and what to check: keep them whole.
+    limit = 200 if not isinstance(error, (APIError, APIUnreachable)) else 1000
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -251,7 +251,9 @@ def test_watch_faults_converge(kmesh: KubeMesh, api: ThreadedKubeApiServer, faul
     api.create(http_service(name))
     api.create(backend(name, "pod-1", t, "edge-1"))
     # A restart or relist backs the watch off with jitter: converge within a bound, not at once.
-    converged(kmesh, lambda n: ready_on(kmesh, n, name), deadline=45)
+    # The backoff spans these cases (as client-go's, it resets only after 2 minutes without
+    # one), so by the last ones a delay may be at its cap: 30 s, jittered up to 60 s.
+    converged(kmesh, lambda n: ready_on(kmesh, n, name), deadline=75)
     kmesh.wait_for(f"edge-2 → {name}", lambda: via(kmesh, "edge-2", name) == (200, "pod-1"),
                    list(kmesh.procs.values()), deadline=15)
     api.set_expired_form("event")
