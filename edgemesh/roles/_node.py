@@ -47,6 +47,7 @@ from ..transports import (
     HubDialer,
     LinkTarget,
     ready_or_lost,
+    with_backlog,
 )
 from ..wire import Ack, CatalogPush, GoAway, Limits, Request
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
@@ -137,7 +138,9 @@ class Listener(Service):
         super().privilegedStartService()  # type: ignore[no-untyped-call]
         if self.port is None:
             result: list[object] = []
-            serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
+            # A large listen queue unless the endpoint string names one (see DEFAULT_BACKLOG).
+            endpoint = serverFromString(self.reactor, with_backlog(self.description))
+            endpoint.listen(self.factory).addBoth(result.append)
             outcome = result[0] if result else None
             if isinstance(outcome, Failure):
                 outcome.raiseException()
