@@ -20,6 +20,14 @@ What is measured (wall clock, monotonic):
   ``from_router_start_s`` the same from the router's spawn; p50/p99 of the edges' times;
 - ``redials``: connection attempts beyond one per edge (timeouts, resets).
 
+With ``--api-down SECONDS`` (issue 11, item 8) the router's catalog source is a Kubernetes
+API that is down (a kubeconfig naming a closed loopback port), so it never lists; the
+edges knock for that long, and the bench counts their connections and the router's log
+lines.  ``--edge-policy old`` makes the simulated edges retry as edges did before
+ReconnectBackoff (ClientService's ``backoffPolicy``, whose count starts over at every
+connection made); ``new`` (the default) as they do now (ReconnectBackoff, reset only by a
+catalog push, with the GOAWAY's retry-after as a floor).
+
 ``--backlog 50`` passes ``backlog=50`` in the tunnel's endpoint string: Twisted's default,
 what every listener had before DEFAULT_BACKLOG.  ``--router-path`` runs the router from
 another checkout (e.g. the unmodified main) while the edges stay this one's.
@@ -55,7 +63,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgemesh.testing import make_node
-from edgemesh.wire import Limits, encode_hello, encode_pong
+from edgemesh.transports import ReconnectBackoff
+from edgemesh.wire import RETRY_AFTER_SETTING, Limits, encode_hello, encode_pong
 
 TWISTD = [sys.executable, "-c",
           ("import ctypes, signal\n"
@@ -102,9 +111,11 @@ class SimEdge(Protocol):
     def connectionMade(self) -> None:
         self.edge.attempts += 1
         limits = Limits()
-        self.transport.write(encode_hello(self.edge.name, "edge", {  # type: ignore[union-attr]
-            "initial_window": limits.initial_window, "max_frame": limits.max_frame,
-            "max_streams": limits.max_streams}))
+        settings = {"initial_window": limits.initial_window, "max_frame": limits.max_frame,
+                    "max_streams": limits.max_streams}
+        if self.edge.backoff is not None:
+            settings[RETRY_AFTER_SETTING] = 1
+        self.transport.write(encode_hello(self.edge.name, "edge", settings))  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self.buffer
@@ -121,7 +132,10 @@ class SimEdge(Protocol):
             elif kind == PING_FRAME:
                 self.transport.write(encode_pong(msgpack.unpackb(bytes(buffer[4:4 + size]))[1]))  # type: ignore[union-attr]
             elif kind == GOAWAY_FRAME:
-                self.edge.refusals.append(msgpack.unpackb(bytes(buffer[4:4 + size]))[1:])
+                refusal = msgpack.unpackb(bytes(buffer[4:4 + size]))[1:]
+                self.edge.refusals.append(refusal)
+                if self.edge.backoff is not None and len(refusal) > 1:
+                    self.edge.backoff.retry_after(refusal[1])
             del buffer[:4 + size]
 
 
@@ -132,8 +146,11 @@ class Edge:
         self.attempts = 0
         self.connected_at: float | None = None
         self.refusals: list[Any] = []
+        self.backoff: ReconnectBackoff | None = None
 
     def accepted(self) -> None:
+        if self.backoff is not None:
+            self.backoff.reset()
         if self.connected_at is None:
             self.connected_at = time.monotonic()
             self.bench.connected += 1
@@ -173,13 +190,24 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     tunnel_endpoint = f"tcp:{tunnel}:interface=127.0.0.1"
     if args.backlog is not None:
         tunnel_endpoint += f":backlog={args.backlog}"
+    if args.api_down:
+        # A Kubernetes API that is down: the router starts, and its catalog never lists.
+        kubeconfig = workdir / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "down",
+            "clusters": [{"name": "down", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+            "users": [{"name": "down", "user": {}}],
+            "contexts": [{"name": "down", "context": {"cluster": "down", "user": "down"}}]}))
+        source = ["--kubeconfig", str(kubeconfig), "--no-controller"]
+    else:
+        source = ["--catalog", str(catalog)]
     log = workdir / "router.log"
     stderr = (workdir / "router.stderr").open("wb")
     router_path = Path(args.router_path).resolve()
     spawned = time.monotonic()
     router = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurements
         [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", "edgemesh-router",
-         "--catalog", str(catalog), "--insecure", "--tunnel", tunnel_endpoint,
+         *source, "--insecure", "--tunnel", tunnel_endpoint,
          "--http", f"tcp:{free_port()}:interface=127.0.0.1",
          "--admin", f"tcp:{admin}:interface=127.0.0.1"],
         env={**os.environ, "PYTHONPATH": str(router_path)}, cwd=str(router_path),
@@ -198,11 +226,29 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             edge = Edge(f"edge-{i}", bench)
             bench.edges.append(edge)
             factory = Factory.forProtocol(lambda edge=edge: SimEdge(edge))  # type: ignore[misc]
+            policy: Any = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+            if args.edge_policy == "new":
+                policy = edge.backoff = ReconnectBackoff(initial=0.5, maximum=30.0)
             service = ClientService(
                 TCP4ClientEndpoint(reactor, "127.0.0.1", tunnel, timeout=args.connect_timeout),
-                factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor)
+                factory, retryPolicy=policy, clock=reactor)
             service.startService()
             services.append(service)
+        if args.api_down:
+            await task.deferLater(reactor, args.api_down)
+            attempts = sum(e.attempts for e in bench.edges)
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            result.update({
+                "api_down_s": args.api_down, "edge_policy": args.edge_policy,
+                "connections": attempts,
+                "connections_per_s": round(attempts / args.api_down, 1),
+                "refusals": sum(len(e.refusals) for e in bench.edges),
+                "router_log_lines": len(lines),
+                "router_refusal_lines": sum("refusing" in line for line in lines),
+                "sample_refusal_line": next((line for line in lines if "refusing" in line), None),
+            })
+            say(json.dumps(result))
+            return result
         bench.all_in.addTimeout(args.timeout, reactor)
         try:
             await bench.all_in
@@ -245,6 +291,10 @@ def main() -> None:
                         help="the simulated edges' TCP connect timeout")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="give up waiting for the last edge after this many seconds")
+    parser.add_argument("--api-down", type=float, default=0.0,
+                        help="the router's Kubernetes API is down: knock for this many seconds")
+    parser.add_argument("--edge-policy", choices=["old", "new"], default="new",
+                        help="how the simulated edges retry (see the docstring)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     raise_fd_limit(2 * args.edges + 256)

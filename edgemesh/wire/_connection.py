@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ._frames import (
     PROTOCOL_VERSION,
+    RETRY_AFTER_SETTING,
     Ack,
     CatalogPush,
     Data,
@@ -86,6 +87,7 @@ class Connection:
                 "initial_window": self.limits.initial_window,
                 "max_frame": self.limits.max_frame,
                 "max_streams": self.limits.max_streams,
+                RETRY_AFTER_SETTING: 1,
             },
         )
 
