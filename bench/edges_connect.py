@@ -18,7 +18,9 @@ What is measured (wall clock, monotonic):
 - then every edge dials at once (a router restart: every edge's tunnel was cut together);
   ``all_connected_s`` is from that moment until the last edge has its snapshot,
   ``from_router_start_s`` the same from the router's spawn; p50/p99 of the edges' times;
-- ``redials``: connection attempts beyond one per edge (timeouts, resets).
+- ``redials``: connection attempts beyond one per edge (timeouts, resets);
+- ``ListenOverflows_during`` / ``ListenDrops_during``: the kernel's count of connections
+  dropped because an accept queue was full, over the run (whole network namespace).
 
 With ``--api-down SECONDS`` (issue 11, item 8) the router's catalog source is a Kubernetes
 API that is down (a kubeconfig naming a closed loopback port), so it never lists; the
@@ -94,6 +96,17 @@ def raise_fd_limit(wanted: int) -> int:
     if hard < wanted:
         raise SystemExit(f"RLIMIT_NOFILE hard limit {hard} < {wanted} needed: raise it (ulimit -Hn)")
     return hard
+
+
+def listen_drops() -> dict[str, int]:
+    """This network namespace's TcpExt ListenOverflows / ListenDrops (SYNs or handshakes
+    dropped because an accept queue was full); others' listeners count too."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return {key: table.get(key, 0) for key in ("ListenOverflows", "ListenDrops")}
+    return {}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -204,9 +217,11 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     log = workdir / "router.log"
     stderr = (workdir / "router.stderr").open("wb")
     router_path = Path(args.router_path).resolve()
+    profile = ([f"--profile={args.router_profile}", "--profiler=cprofile", "--savestats"]
+               if args.router_profile else [])
     spawned = time.monotonic()
     router = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurements
-        [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", "edgemesh-router",
+        [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", *profile, "edgemesh-router",
          *source, "--insecure", "--tunnel", tunnel_endpoint,
          "--http", f"tcp:{free_port()}:interface=127.0.0.1",
          "--admin", f"tcp:{admin}:interface=127.0.0.1"],
@@ -222,6 +237,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         result["listening_s"] = round(listening - spawned, 3)
         say(f"router listening {result['listening_s']}s after its spawn; {args.edges} edges dial")
         started = time.monotonic()
+        drops = listen_drops()
         for i in range(args.edges):
             edge = Edge(f"edge-{i}", bench)
             bench.edges.append(edge)
@@ -237,7 +253,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         if args.api_down:
             await task.deferLater(reactor, args.api_down)
             attempts = sum(e.attempts for e in bench.edges)
-            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            # twistd rotates its log file at 1 MB: count router.log and router.log.N.
+            lines = [line for path in sorted(log.parent.glob(log.name + "*"))
+                     for line in path.read_text(errors="replace").splitlines()]
             result.update({
                 "api_down_s": args.api_down, "edge_policy": args.edge_policy,
                 "connections": attempts,
@@ -264,6 +282,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             "p99_s": round(percentile(done, 99), 3) if done else None,
             "mean_s": round(statistics.mean(done), 3) if done else None,
             "redials": sum(e.attempts for e in bench.edges) - args.edges,
+            **{f"{key}_during": value - drops.get(key, 0) for key, value in listen_drops().items()},
             "refused": sum(len(e.refusals) for e in bench.edges),
         })
         say(json.dumps(result))
@@ -295,6 +314,8 @@ def main() -> None:
                         help="the router's Kubernetes API is down: knock for this many seconds")
     parser.add_argument("--edge-policy", choices=["old", "new"], default="new",
                         help="how the simulated edges retry (see the docstring)")
+    parser.add_argument("--router-profile", default=None,
+                        help="run the router under cProfile, its stats written to this file")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     raise_fd_limit(2 * args.edges + 256)

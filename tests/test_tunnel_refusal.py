@@ -280,3 +280,51 @@ class _Quiet:
 
     def control(self, link: EnvelopeLink, frame: Any) -> None:
         pass
+
+
+def test_a_hub_link_refused_after_hello_backs_off_too(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router=None, hub=None,
+                                          proxy=None, catalog=catalog_of("edge-1", "edge-2")))
+    start(edge)
+    dialer = edge.hub_dialer
+    assert dialer is not None
+    jitter = fixed_jitter([0.3])
+
+    def refuse(link: EnvelopeLink) -> str:
+        return "not you"
+
+    waits = []
+    dialer("edge-2")
+    backoff = dialer.backoffs["edge-2"]
+    backoff.jitter = lambda: next(jitter)
+    for _ in range(5):
+        factory = reactor.tcpClients[-1][2]
+        theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 7701))
+        hub = EnvelopeLink(reactor, _Quiet(), node="edge-2", role="edge", client=False)
+        hub.identity_check = refuse
+        pump = connect(hub, makeFakeServer(hub), theirs, makeFakeClient(theirs), greet=False, clock=reactor)
+        for _ in range(3):
+            pump.flush()
+        before, waited = len(reactor.tcpClients), 0.0
+        while len(reactor.tcpClients) == before:
+            assert waited < 60, "never dialled again"
+            reactor.advance(0.01)
+            waited += 0.01
+        waits.append(waited)
+    # Before: 0.2 × 1.5 + jitter each time, the count starting over at every hello.
+    assert waits == pytest.approx([min(0.2 * 1.5**n, 10.0) + 0.3 for n in range(1, 6)], abs=0.011)
+
+
+def test_backoff_starts_over_after_a_link_that_stayed_up() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    backoff = ReconnectBackoff(initial=0.2, maximum=10.0, jitter=lambda: 0.0, clock=clock, stable_after=10.0)
+    for _ in range(4):
+        backoff(1)
+    backoff.link_up()
+    clock.advance(9.9)
+    assert backoff(1) == pytest.approx(0.2 * 1.5**5), "lost before 10 s: a failed attempt"
+    backoff.link_up()
+    clock.advance(10.5)
+    assert backoff(1) == pytest.approx(0.2 * 1.5), "stayed up: the first delay again"

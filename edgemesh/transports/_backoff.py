@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 
 from twisted.application.internet import backoffPolicy
+from twisted.internet.interfaces import IReactorTime
 
 
 class ReconnectBackoff:
@@ -30,6 +31,8 @@ class ReconnectBackoff:
         maximum: float = 30.0,
         factor: float = 1.5,
         jitter: Callable[[], float] = random.random,
+        clock: IReactorTime | None = None,
+        stable_after: float = 10.0,
     ) -> None:
         self.jitter = jitter
         self.policy = backoffPolicy(initialDelay=initial, maxDelay=maximum, factor=factor,
@@ -38,9 +41,17 @@ class ReconnectBackoff:
         self.hint: float | None = None
         """The last refusal's retry-after, used by the next delay only."""
         self.last_delay: float | None = None
+        self.clock = clock
+        self.stable_after = stable_after
+        self.up_at: float | None = None
+        """When the last link finished its hello (``link_up``; needs ``clock``)."""
 
     def __call__(self, attempt: int) -> float:
         # ``attempt`` is ClientService's count, which a hello-then-refusal resets: ignored.
+        up_at, self.up_at = self.up_at, None
+        clock = self.clock
+        if up_at is not None and clock is not None and clock.seconds() - up_at >= self.stable_after:
+            self.reset()  # the link that was just lost had stayed up: accepted
         self.failures += 1
         delay = self.policy(self.failures)
         hint, self.hint = self.hint, None
@@ -52,6 +63,12 @@ class ReconnectBackoff:
     def retry_after(self, seconds: float) -> None:
         """The peer said when to come back (GOAWAY's retry-after)."""
         self.hint = seconds
+
+    def link_up(self) -> None:
+        """A link finished its hello: if it stays up ``stable_after`` seconds, its loss
+        starts the delays over (for links with no other sign of acceptance, hubs)."""
+        if self.clock is not None:
+            self.up_at = self.clock.seconds()
 
     def reset(self) -> None:
         """The link was accepted (or stayed up): the next loss starts from the first delay."""
