@@ -189,7 +189,8 @@ class TunnelClient(ClientService):
     ) -> None:
         self.kind = SourceKind.tunnel
         self.description = description
-        self.backoff = backoff or ReconnectBackoff(initial=0.5, maximum=30.0)
+        self.backoff = backoff or ReconnectBackoff(initial=0.5, maximum=30.0, clock=reactor,
+                                                   stable_after=TUNNEL_STABLE_AFTER)
         """Counts refusals after the hello too; reset once the router accepted the edge."""
         super().__init__(
             secure(clientFromString(reactor, description)),
@@ -405,7 +406,8 @@ class _EdgeLinks:
             return
         if self.source is SourceKind.tunnel:
             self.edge.links[ROUTER_PEER] = link
-            self.edge.tunnel_up_at = self.edge.reactor.seconds()
+            if self.edge.tunnel is not None:
+                self.edge.tunnel.backoff.link_up()
             log.info("connected to router {node}", node=peer.node)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
@@ -420,7 +422,6 @@ class _EdgeLinks:
                 del self.edge.links[name]
                 if name == ROUTER_PEER:
                     log.info("tunnel to router lost: {reason}", reason=reason)
-                    self.edge.tunnel_lost()
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
@@ -461,7 +462,6 @@ class EdgeNode(MeshNode):
         self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.edge.value)
         self.security.service.setServiceParent(self)
         self.tunnel: TunnelClient | None = None
-        self.tunnel_up_at: float | None = None
 
     # The tunnel's reconnect backoff starts over only once the router accepted this edge
     # (its first catalog push) or the tunnel stayed up: a refusal right after the hello is
@@ -477,11 +477,6 @@ class EdgeNode(MeshNode):
             self.tunnel.backoff.retry_after(wait)
         log.warn("the router refused this edge: {reason}{retry}", reason=frame.reason,
                  retry="" if wait is None else f" (retry after {wait}s, asked the router)")
-
-    def tunnel_lost(self) -> None:
-        up_at, self.tunnel_up_at = self.tunnel_up_at, None
-        if up_at is not None and self.reactor.seconds() - up_at >= TUNNEL_STABLE_AFTER:
-            self.tunnel_accepted()
 
     def stopService(self) -> Deferred[None] | None:
         stopped = super().stopService()
