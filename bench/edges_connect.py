@@ -98,6 +98,11 @@ def raise_fd_limit(wanted: int) -> int:
     return hard
 
 
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def listen_drops() -> dict[str, int]:
     """This network namespace's TcpExt ListenOverflows / ListenDrops (SYNs or handshakes
     dropped because an accept queue was full); others' listeners count too."""
@@ -238,6 +243,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         say(f"router listening {result['listening_s']}s after its spawn; {args.edges} edges dial")
         started = time.monotonic()
         drops = listen_drops()
+        cpu = proc_cpu(router.pid)
         for i in range(args.edges):
             edge = Edge(f"edge-{i}", bench)
             bench.edges.append(edge)
@@ -282,6 +288,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             "p99_s": round(percentile(done, 99), 3) if done else None,
             "mean_s": round(statistics.mean(done), 3) if done else None,
             "redials": sum(e.attempts for e in bench.edges) - args.edges,
+            "router_cpu_s": round(proc_cpu(router.pid) - cpu, 2),
             **{f"{key}_during": value - drops.get(key, 0) for key, value in listen_drops().items()},
             "refused": sum(len(e.refusals) for e in bench.edges),
         })
