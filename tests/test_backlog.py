@@ -57,3 +57,16 @@ def test_edge_listeners_have_a_large_backlog_and_an_explicit_one_wins(tmp_path: 
         proxy="tcp:7781:backlog=64", admin="tcp:7791"))
     edge.privilegedStartService()  # type: ignore[no-untyped-call]
     assert backlogs(reactor) == {7701: DEFAULT_BACKLOG, 7781: 64, 7791: DEFAULT_BACKLOG}
+
+
+def test_dns_tcp_listener_has_a_large_backlog() -> None:
+    from capturekit import UDPMemoryReactor
+
+    from edgemesh.dns import DNSConfig
+    from edgemesh.dns._server import DNSService
+
+    reactor = UDPMemoryReactor()
+    config = DNSConfig(address="127.0.0.1", port=5353, upstreams=())
+    service = DNSService(reactor, object(), config)  # type: ignore[arg-type]
+    service.privilegedStartService()  # type: ignore[no-untyped-call]
+    assert backlogs(reactor) == {5353: DEFAULT_BACKLOG}
