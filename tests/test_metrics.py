@@ -538,16 +538,19 @@ def test_peers_up_down_reconnects_rtt() -> None:
     assert samples(mesh.families(), "edgemesh_peer_up")[out] == 0
 
 
-def test_peers_are_bounded() -> None:
-    mesh = Mesh(config=ObservabilityConfig(max_peers=3))
+def test_disconnected_peers_are_bounded() -> None:
+    mesh = Mesh(config=ObservabilityConfig(max_peers=2))
     links = [FakeLink() for _ in range(5)]
-    for i, link in enumerate(links[:3]):
+    for i, link in enumerate(links):
         mesh.observer.link_up(f"edge-{i}", "hub-in", link)
-    mesh.observer.link_up("edge-3", "hub-in", links[3])  # full, all connected: not tracked
-    assert len(mesh.observer.peers) == 3
-    mesh.observer.link_down(links[1], "gone")
-    mesh.observer.link_up("edge-4", "hub-in", links[4])  # the disconnected one makes room
-    assert sorted(peer for peer, _ in mesh.observer.peers) == ["edge-0", "edge-2", "edge-4"]
+    assert len(mesh.observer.peers) == 5, "connected links are always tracked"
+    for i in (3, 1, 4):
+        mesh.observer.link_down(links[i], "gone")
+    # Three disconnected, two remembered: the one that went first is forgotten.
+    assert sorted(peer for peer, _ in mesh.observer.peers) == ["edge-0", "edge-1", "edge-2", "edge-4"]
+    mesh.observer.link_up("edge-1", "hub-in", FakeLink())  # back: no longer among the gone
+    mesh.observer.link_down(links[0], "gone")
+    assert sorted(peer for peer, _ in mesh.observer.peers) == ["edge-0", "edge-1", "edge-2", "edge-4"]
 
 
 def test_router_edges_catalog_lag() -> None:

@@ -74,6 +74,7 @@ def connected(
             "max_frame": client.limits.max_frame,
             "max_streams": client.limits.max_streams,
             "hops": 1,
+            "goaway_retry_after": 1,
         })
     ]
     assert server.peer_hops

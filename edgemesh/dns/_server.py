@@ -30,6 +30,7 @@ from twisted.names.error import (
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from ..transports import DEFAULT_BACKLOG
 from ._config import DNSConfig
 from ._resolver import AddressBook, BoundedCache, Forwarder, MeshResolver
 
@@ -179,7 +180,8 @@ class DNSService(Service):
             ports.append(self.reactor.listenUDP(config.port, udp, interface=config.address))
             # TCP on the port UDP got (they differ only when port 0 asked for any).
             port = getattr(ports[0].getHost(), "port", 0) or config.port
-            ports.append(self.reactor.listenTCP(port, self.factory, interface=config.address))
+            ports.append(self.reactor.listenTCP(port, self.factory, backlog=DEFAULT_BACKLOG,
+                                                interface=config.address))
         except BaseException:
             for bound in ports:
                 bound.stopListening()

@@ -19,6 +19,7 @@ through ``rejected``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,7 +84,8 @@ class ObservabilityConfig:
     max_services: int = 1000
     """Services with a label of their own in the metrics; later ones count as ``other``."""
     max_peers: int = 4096
-    """Peer links tracked for the metrics and /peers (the oldest disconnected go first)."""
+    """Disconnected peer links remembered for the metrics and /peers (the oldest forgotten
+    first).  Connected links are always tracked, however many."""
 
 
 def exchange_path(role: Role, source: SourceKind, target: TargetKind | None) -> str:
@@ -221,6 +223,8 @@ class MeshObserver:
         self.errors: dict[str, int] = {reason.code: 0 for reason in Reason}
         self.peers: dict[tuple[str, str], PeerState] = {}
         self._peer_of: dict[Any, PeerState] = {}
+        self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """The keys of disconnected peers, the oldest first: forgetting one is O(1)."""
         self.readiness = Readiness()
         self._paths = {
             (source._value_, target._value_): exchange_path(role, source, target)
@@ -364,9 +368,9 @@ class MeshObserver:
         key = (peer, kind)
         state = self.peers.get(key)
         if state is None:
-            if len(self.peers) >= self.config.max_peers and not self._evict_peer():
-                return
             state = self.peers[key] = PeerState(peer, kind)
+        else:
+            self._gone.pop(key, None)
         if state.link is not None:
             self._peer_of.pop(state.link, None)
         state.link = link
@@ -383,22 +387,31 @@ class MeshObserver:
         state.link = None
         state.disconnected_at = self.seconds()
         state.last_reason = reason
-
-    def _evict_peer(self) -> bool:
-        gone = [s for s in self.peers.values() if s.link is None]
-        if not gone:
-            return False
-        oldest = min(gone, key=lambda s: s.disconnected_at or 0.0)
-        del self.peers[oldest.peer, oldest.kind]
-        return True
+        gone = self._gone
+        gone[state.peer, state.kind] = None
+        while len(gone) > self.config.max_peers:
+            del self.peers[gone.popitem(last=False)[0]]
 
     # -- views ----------------------------------------------------------------------
 
     def peers_view(self) -> list[dict[str, object]]:
         """The tracked links, for the admin API's ``/peers``."""
+        return self.peers_page()[0]
+
+    def peers_page(
+        self, limit: int | None = None, after: tuple[str, str] | None = None
+    ) -> tuple[list[dict[str, object]], tuple[str, str] | None]:
+        """Up to ``limit`` links (all: None) in (peer, link) order, from the first after
+        ``after``; and the key to continue after when there are more."""
+        keys = sorted(self.peers if after is None else (k for k in self.peers if k > after))
+        more = None
+        if limit is not None and len(keys) > limit:
+            keys = keys[:limit]
+            more = keys[-1]
         now = self.seconds()
         rows: list[dict[str, object]] = []
-        for state in sorted(self.peers.values(), key=lambda s: (s.peer, s.kind)):
+        for key in keys:
+            state = self.peers[key]
             link = state.link
             connected = state.connected
             rows.append(
@@ -419,4 +432,4 @@ class MeshObserver:
                     "streams": len(link.exchanges) if connected else 0,
                 }
             )
-        return rows
+        return rows, more

@@ -20,7 +20,10 @@ Every page is a GET; JSON pages answer ``application/json``:
   ``hub-in``), ``mode`` (``direct``, or ``relayed`` for an edge's tunnel: the router forwards
   what goes over it), ``connected``, ``connected_since``, ``connected_for``,
   ``disconnected_at``, ``last_reason``, ``reconnects``, ``rtt`` (seconds, last heartbeat),
-  ``streams`` (exchanges open on the link).
+  ``streams`` (exchanges open on the link).  Every link, sorted by (``peer``, ``link``);
+  ``?limit=N`` answers pages of N (1 to 10000; no limit: everything), with the token for the
+  next page in ``X-Edgemesh-Continue`` (and a ``Link: <...>; rel="next"`` header) until the
+  last one; ``?continue=TOKEN&limit=N`` gets it.  ``X-Edgemesh-Total`` is the count of links.
 - ``/config``: the effective configuration (RouterConfig or EdgeConfig) plus ``role``; file
   paths only, never key material.
 - ``/metrics``: Prometheus exposition (OpenMetrics when the scraper asks for it).
@@ -28,6 +31,7 @@ Every page is a GET; JSON pages answer ``application/json``:
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -71,6 +75,61 @@ class _JSON(Resource):
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(body, indent=1, sort_keys=True, default=str).encode() + b"\n"
+
+
+MAX_PAGE = 10000
+"""The largest ``limit`` of a /peers page."""
+
+
+def _continue_token(key: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode("ascii").rstrip("=")
+
+
+def _continue_key(token: str) -> tuple[str, str]:
+    """The (peer, link) a token continues after; ValueError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("continue: not a token of this API") from error
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+        raise ValueError("continue: not a token of this API")
+    return key[0], key[1]
+
+
+class _Peers(Resource):
+    """``/peers``, whole or in pages (see the module docstring)."""
+
+    isLeaf = True
+
+    def __init__(self, node: MeshNode) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.node = node
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        args = request.args or {}
+        try:
+            limit = after = None
+            if b"limit" in args:
+                text = args[b"limit"][0].decode("ascii", "replace")
+                if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+                    raise ValueError(f"limit: an integer from 1 to {MAX_PAGE}, got {text[:20]!r}")
+                limit = int(text)
+            if b"continue" in args:
+                after = _continue_key(args[b"continue"][0].decode("ascii", "replace"))
+        except ValueError as error:
+            request.setResponseCode(400)
+            request.setHeader(b"X-Edgemesh-Error", b"bad-request")
+            return json.dumps({"error": str(error)}).encode() + b"\n"
+        observer = self.node.observer
+        rows, more = observer.peers_page(limit, after)
+        request.setHeader(b"X-Edgemesh-Total", str(len(observer.peers)).encode("ascii"))
+        if more is not None:
+            token = _continue_token(more)
+            request.setHeader(b"X-Edgemesh-Continue", token.encode("ascii"))
+            request.setHeader(b"Link", f'</peers?limit={limit}&continue={token}>; rel="next"'.encode("ascii"))
+        return json.dumps(rows, indent=1, sort_keys=True, default=str).encode() + b"\n"
 
 
 class _Metrics(Resource):
@@ -134,9 +193,6 @@ def admin_site(node: MeshNode) -> Site:
     def status() -> tuple[int, object]:
         return 200, {**node.status(), "pipeline": node.pipeline.describe()}
 
-    def peers() -> tuple[int, object]:
-        return 200, node.observer.peers_view()
-
     def config() -> tuple[int, object]:
         settings: Any = getattr(node, "config", None)
         shown = config_to_json(settings)
@@ -147,7 +203,7 @@ def admin_site(node: MeshNode) -> Site:
     root.putChild(b"catalog", _JSON(catalog))
     root.putChild(b"status", _JSON(status))
     root.putChild(b"resilience", _JSON(lambda: (200, node.pipeline.resilience_view())))
-    root.putChild(b"peers", _JSON(peers))
+    root.putChild(b"peers", _Peers(node))
     root.putChild(b"config", _JSON(config))
     edges = getattr(node, "edges_view", None)
     if edges is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -46,9 +46,11 @@ from ..transports import (
     HTTPUpstreamTarget,
     HubDialer,
     LinkTarget,
+    ReconnectBackoff,
     ready_or_lost,
+    with_backlog,
 )
-from ..wire import Ack, CatalogPush, GoAway, Limits, Request
+from ..wire import NOT_READY, Ack, CatalogPush, GoAway, Limits, Request
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
@@ -57,6 +59,12 @@ if TYPE_CHECKING:
     from ..dns import DNSConfig
 
 log = Logger()
+
+_NOT_READY_LOG_EVERY = 10.0
+"""Seconds between two router log lines about edges refused while the catalog is pending."""
+TUNNEL_STABLE_AFTER = 10.0
+"""A tunnel up this long (seconds) resets the edge's reconnect backoff when it is lost,
+even without a catalog push (an older router whose catalog is pending sends none)."""
 
 
 @dataclass
@@ -77,8 +85,12 @@ class RouterConfig:
     push_interval: float = DEFAULT_PUSH_INTERVAL
     """Seconds between two catalog deltas to one edge, at least (bursts coalesce)."""
     catalog_pending: bool = False
-    """The catalog comes from a source that has not listed yet: edges get no push (and keep
-    theirs) until the first ``set_catalog``."""
+    """The catalog comes from a source that has not listed yet: edges are refused (GOAWAY
+    ``not-ready`` with ``not_ready_retry_after``) and keep theirs until the first
+    ``set_catalog``."""
+    not_ready_retry_after: int = 2
+    """Seconds an edge refused while the catalog is not listed is told to wait at least
+    (edges add up to half of it as jitter; their own backoff keeps growing past it)."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """Access log and metrics bounds."""
     resilience: Resilience = field(default_factory=Resilience)
@@ -140,7 +152,9 @@ class Listener(Service):
         super().privilegedStartService()  # type: ignore[no-untyped-call]
         if self.port is None:
             result: list[object] = []
-            serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
+            # A large listen queue unless the endpoint string names one (see DEFAULT_BACKLOG).
+            endpoint = serverFromString(self.reactor, with_backlog(self.description))
+            endpoint.listen(self.factory).addBoth(result.append)
             outcome = result[0] if result else None
             if isinstance(outcome, Failure):
                 outcome.raiseException()
@@ -174,13 +188,17 @@ class TunnelClient(ClientService):
         description: str,
         make_link: Callable[[], EnvelopeLink],
         secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = lambda endpoint: endpoint,
+        backoff: ReconnectBackoff | None = None,
     ) -> None:
         self.kind = SourceKind.tunnel
         self.description = description
+        self.backoff = backoff or ReconnectBackoff(initial=0.5, maximum=30.0, clock=reactor,
+                                                   stable_after=TUNNEL_STABLE_AFTER)
+        """Counts refusals after the hello too; reset once the router accepted the edge."""
         super().__init__(
             secure(clientFromString(reactor, description)),
             Factory.forProtocol(make_link),
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            retryPolicy=self.backoff,
             clock=reactor,
             prepareConnection=ready_or_lost,
         )
@@ -281,6 +299,15 @@ class RouterNode(MeshNode):
         self.catalog_pending = config.catalog_pending
         self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.router.value)
         self.security.service.setServiceParent(self)
+        self.not_ready_refusals = 0
+        """Edges refused since the catalog became pending (logged in summary)."""
+        self._not_ready_logged: float | None = None
+
+    def knows_edge(self, name: str) -> bool:
+        """For the hello check: whether the catalog has ``name`` as an edge node.  Before
+        the catalog is listed, every name passes here and ``link_ready`` answers not-ready
+        (the catalog cannot tell, and "not an edge node" would send the operator astray)."""
+        return self.catalog_pending or self.catalog.is_edge(name)
 
     # LinkHandler
     def link_ready(self, link: EnvelopeLink) -> None:
@@ -289,6 +316,9 @@ class RouterNode(MeshNode):
         if peer.role != Role.edge.value:
             log.warn("refusing link from {node}: role {role} is not edge", node=peer.node, role=peer.role)
             link.close_now("not an edge")
+            return
+        if self.catalog_pending:
+            self._refuse_not_ready(link, peer.node)
             return
         previous = self.edges.get(peer.node)
         if previous is not None and previous.link is not link:
@@ -301,6 +331,20 @@ class RouterNode(MeshNode):
         log.info("edge {node} connected", node=peer.node)
         if not self.catalog_pending:
             self.push_snapshot(state)
+
+    def _refuse_not_ready(self, link: EnvelopeLink, node: str) -> None:
+        wait = self.config.not_ready_retry_after
+        self.not_ready_refusals += 1
+        now = self.reactor.seconds()
+        # One line per _NOT_READY_LOG_EVERY seconds, not one per edge (thousands may knock).
+        if self._not_ready_logged is None or now - self._not_ready_logged >= _NOT_READY_LOG_EVERY:
+            self._not_ready_logged = now
+            log.warn(
+                "refusing edge {node} ({count} refused so far): the catalog is not listed yet "
+                "(the catalog source has not listed; see /readyz); edges are told to retry after "
+                "{wait}s", node=node, count=self.not_ready_refusals, wait=wait,
+            )
+        link.refuse(NOT_READY, "the router's catalog is not listed yet", retry_after=wait)
 
     def push_snapshot(self, state: EdgeState) -> None:
         self.pusher.snapshot(state)
@@ -331,7 +375,12 @@ class RouterNode(MeshNode):
         if catalog.revision <= current.revision and not self.catalog_pending:
             # Edges take only newer revisions: keep them growing whatever the caller says.
             catalog = catalog.with_revision(current.revision + 1)
+        if self.catalog_pending and self.not_ready_refusals:
+            log.info("catalog listed: edges are accepted now ({count} connections were refused "
+                     "while it was not)", count=self.not_ready_refusals)
         self.catalog_pending = False
+        self.not_ready_refusals = 0
+        self._not_ready_logged = None
         self.pipeline.catalog = catalog
         self.pusher.changed(list(self.edges.values()))
 
@@ -354,7 +403,7 @@ class RouterNode(MeshNode):
 
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         peer = link.peer
-        if isinstance(frame, GoAway) and peer is not None:
+        if isinstance(frame, GoAway) and peer is not None and not frame.refusal:
             self.pipeline.peer_draining(peer.node)  # it is stopping: choose it no more
         if isinstance(frame, Ack) and peer is not None:
             state = self.edges.get(peer.node)
@@ -394,6 +443,8 @@ class _EdgeLinks:
             return
         if self.source is SourceKind.tunnel:
             self.edge.links[ROUTER_PEER] = link
+            if self.edge.tunnel is not None:
+                self.edge.tunnel.backoff.link_up()
             log.info("connected to router {node}", node=peer.node)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
@@ -416,7 +467,14 @@ class _EdgeLinks:
 
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         if isinstance(frame, CatalogPush) and self.source is SourceKind.tunnel:
+            self.edge.tunnel_accepted()
             self.edge.apply_push(link, frame)
+        elif isinstance(frame, GoAway) and frame.refusal:
+            # The peer refused this link: it closes it; say why, and when to come back.
+            if self.source is SourceKind.tunnel:
+                self.edge.tunnel_refused(frame)
+            else:
+                log.warn("{node} refused this edge's link: {reason}", node=link.peer_name, reason=frame.reason)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
             self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
 
@@ -440,6 +498,22 @@ class EdgeNode(MeshNode):
         )
         self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.edge.value)
         self.security.service.setServiceParent(self)
+        self.tunnel: TunnelClient | None = None
+
+    # The tunnel's reconnect backoff starts over only once the router accepted this edge
+    # (its first catalog push) or the tunnel stayed up: a refusal right after the hello is
+    # a failed attempt like a failed dial (see transports/_backoff.py).
+
+    def tunnel_accepted(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.backoff.reset()
+
+    def tunnel_refused(self, frame: GoAway) -> None:
+        wait = frame.retry_after
+        if self.tunnel is not None and wait is not None:
+            self.tunnel.backoff.retry_after(wait)
+        log.warn("the router refused this edge: {reason}{retry}", reason=frame.reason,
+                 retry="" if wait is None else f" (retry after {wait}s, asked the router)")
 
     def stopService(self) -> Deferred[None] | None:
         stopped = super().stopService()
@@ -507,7 +581,7 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
                             heartbeat_interval=beats.heartbeat_interval, heartbeat_timeout=beats.heartbeat_timeout)
         track_link(node, link)
         # Only edges, and only those the catalog knows; with TLS, as their certificates say.
-        return node.security.guard(link, role=Role.edge.value, known=lambda name: node.catalog.is_edge(name))
+        return node.security.guard(link, role=Role.edge.value, known=node.knows_edge)
 
     node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
     if config.http is not None:
@@ -547,6 +621,7 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
                               lambda endpoint: node.security.client_endpoint(endpoint, config.router_name))
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
+        node.tunnel = tunnel
         pipeline.add_source(tunnel)
     if config.hub is not None:
         node.listen("hub", SourceKind.hub, config.hub,

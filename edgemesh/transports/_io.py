@@ -51,3 +51,45 @@ a separate read, frame, and pause/resume of the producers behind it."""
 def use_large_buffer(transport: Any) -> None:
     if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
         transport.bufferSize = LARGE_BUFFER
+
+
+DEFAULT_BACKLOG = 4096
+"""Listen queue of every listener whose endpoint string names none.  Twisted's default
+is 50: a router restart that brings back thousands of edges at once would drop most of
+their SYNs, and each retransmits only after 1, 3, 7... seconds (~110 s for 5000 edges).
+The kernel caps it at ``net.core.somaxconn`` (4096 by default since Linux 5.4)."""
+
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+"""Twisted's server endpoint types that take ``backlog=``."""
+
+
+def _segments(description: str) -> list[str]:
+    """``description`` split at its unescaped colons (Twisted's ``\\:`` escape kept)."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """A server endpoint string with ``backlog=`` added when its type takes one and it
+    names none (``tcp:7700`` → ``tcp:7700:backlog=4096``); an explicit one wins."""
+    parts = _segments(description.strip())
+    if len(parts) < 2 or parts[0].lower() not in _BACKLOG_TYPES:
+        return description
+    if any(part.strip().startswith("backlog=") for part in parts[1:]):
+        return description
+    return f"{description.strip()}:backlog={backlog}"

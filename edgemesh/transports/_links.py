@@ -32,6 +32,8 @@ from ..exchange import (
     ResponseHead,
 )
 from ..wire import (
+    REFUSED,
+    RETRY_AFTER_SETTING,
     Ack,
     CatalogPush,
     Connection,
@@ -47,6 +49,7 @@ from ..wire import (
     Response,
     Window,
     encode_ping,
+    encode_refusal,
     encode_request,
 )
 from ._io import use_large_buffer, write_now
@@ -57,6 +60,8 @@ _CORK_LIMIT = 16 * 1024
 """Response body held with a corked head before the head is sent anyway."""
 _COALESCE_LIMIT = 64 * 1024
 """Frames held for the end of the reactor turn before they are written anyway."""
+_REFUSAL_GRACE = 5.0
+"""Seconds a refused peer has to read the GOAWAY before its connection is aborted."""
 
 
 class LinkHandler(TypingProtocol):
@@ -533,6 +538,7 @@ class EnvelopeLink(Protocol):
         self._turn_call: IDelayedCall | None = None
         self.draining = False
         """No new exchanges: close once those in flight are over."""
+        self._refusal_timer: IDelayedCall | None = None
 
     @property
     def peer(self) -> Hello | None:
@@ -652,7 +658,7 @@ class EnvelopeLink(Protocol):
             problem = self.identity_check(self) if self.identity_check is not None else None
             if problem is not None:
                 self.log.warn("refusing link: {problem}", problem=problem)
-                self.close_now(f"refused: {problem}")
+                self.refuse(REFUSED, problem)
                 return
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
@@ -692,6 +698,9 @@ class EnvelopeLink(Protocol):
             exchange.request_end()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._refusal_timer = self._refusal_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         self._shutdown(reason.getErrorMessage())
 
     def _shutdown(self, why: str) -> None:
@@ -713,6 +722,24 @@ class EnvelopeLink(Protocol):
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.errback(ConnectionLost(why))
+
+    def refuse(self, code: str, detail: str, retry_after: int | None = None) -> None:
+        """Refuse the peer after its hello: a GOAWAY says why (and, to a peer that reads
+        it, when to come back), then the connection closes.  Nothing more is processed."""
+        transport: Any = self.transport
+        peer = self.connection.peer
+        if self.closed or transport is None:
+            return
+        if peer is None or not peer.settings.get(RETRY_AFTER_SETTING):
+            retry_after = None  # an older peer: its decoder refuses the third field
+        self.flush()
+        write_now(transport, encode_refusal(code, detail, retry_after))
+        self._shutdown(f"{code}: {detail}")
+        if hasattr(transport, "unregisterProducer"):
+            transport.unregisterProducer()  # TLS sends its close alert only without one
+        transport.loseConnection()
+        # A peer that never reads could hold the connection open: not for long.
+        self._refusal_timer = self.reactor.callLater(_REFUSAL_GRACE, transport.abortConnection)
 
     def close_now(self, why: str) -> None:
         transport = self.transport
@@ -817,6 +844,7 @@ class EnvelopeLink(Protocol):
 
 
 LinkFactory = Callable[[], EnvelopeLink]
+
 
 
 def ready_or_lost(link: Any) -> Deferred[object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
@@ -34,6 +34,7 @@ from ..exchange import (
     Route,
     TargetKind,
 )
+from ._backoff import ReconnectBackoff
 from ._links import EnvelopeLink, ready_or_lost
 
 _PENDING_BOUND = 64 * 1024
@@ -190,6 +191,7 @@ class HubDialer:
         self.make_link = make_link
         self.services: dict[str, ClientService] = {}
         self.endpoints: dict[str, _WatchedEndpoint] = {}
+        self.backoffs: dict[str, ReconnectBackoff] = {}
 
     def __call__(self, peer: str) -> Deferred[EnvelopeLink] | None:
         service = self.services.get(peer)
@@ -201,11 +203,13 @@ class HubDialer:
             if reached is None:
                 return None
             endpoint = self.endpoints[peer] = _WatchedEndpoint(reached)
-            factory = Factory.forProtocol(lambda: self.make_link(peer))
+            # Refusals after the hello count as failed attempts (see _backoff.py).
+            backoff = self.backoffs[peer] = ReconnectBackoff(initial=0.2, maximum=10.0, clock=self.reactor)
+            factory = Factory.forProtocol(lambda: self._link(peer, backoff))
             service = ClientService(
                 endpoint,
                 factory,
-                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=10.0),
+                retryPolicy=backoff,
                 clock=self.reactor,
                 prepareConnection=ready_or_lost,
             )
@@ -213,6 +217,11 @@ class HubDialer:
             self.services[peer] = service
         waiting: Deferred[EnvelopeLink] = service.whenConnected(failAfterFailures=1)  # type: ignore[assignment]
         return waiting
+
+    def _link(self, peer: str, backoff: ReconnectBackoff) -> EnvelopeLink:
+        link = self.make_link(peer)
+        link.when_ready().addCallbacks(lambda _: backoff.link_up(), lambda _: None)
+        return link
 
     def direct(self, peer: str) -> bool:
         """False while the last attempt to dial the peer's hub failed (routing then relays
@@ -231,4 +240,5 @@ class HubDialer:
     def stop(self) -> Deferred[list[None]]:
         services, self.services = self.services, {}
         self.endpoints = {}
+        self.backoffs = {}
         return gatherResults([s.stopService() for s in services.values()])

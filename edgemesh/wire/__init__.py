@@ -2,7 +2,10 @@
 
 from ._connection import Connection
 from ._frames import (
+    NOT_READY,
     PROTOCOL_VERSION,
+    REFUSED,
+    RETRY_AFTER_SETTING,
     Ack,
     CatalogPush,
     Data,
@@ -26,6 +29,7 @@ from ._frames import (
     encode_hello,
     encode_ping,
     encode_pong,
+    encode_refusal,
     encode_request,
     encode_reset,
     encode_response,
@@ -33,7 +37,10 @@ from ._frames import (
 )
 
 __all__ = [
+    "NOT_READY",
     "PROTOCOL_VERSION",
+    "REFUSED",
+    "RETRY_AFTER_SETTING",
     "Ack",
     "CatalogPush",
     "Connection",
@@ -58,6 +65,7 @@ __all__ = [
     "encode_hello",
     "encode_ping",
     "encode_pong",
+    "encode_refusal",
     "encode_request",
     "encode_reset",
     "encode_response",

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ._frames import (
     HOPS_SETTING,
     PROTOCOL_VERSION,
+    RETRY_AFTER_SETTING,
     Ack,
     CatalogPush,
     Data,
@@ -90,6 +91,7 @@ class Connection:
                 "max_frame": self.limits.max_frame,
                 "max_streams": self.limits.max_streams,
                 HOPS_SETTING: 1,
+                RETRY_AFTER_SETTING: 1,
             },
         )
 

@@ -158,6 +158,15 @@ class Ack:
 @dataclass(slots=True)
 class GoAway:
     reason: str
+    retry_after: int | None = None
+    """Seconds the peer should wait before it connects again (a refusal's hint); None:
+    no hint.  An optional third field: frames from older peers have none."""
+
+    @property
+    def refusal(self) -> bool:
+        """The peer refused this link after the hello (see ``encode_refusal``), as opposed
+        to a drain of a link it had accepted."""
+        return self.reason.partition(":")[0] in REFUSAL_CODES
 
 
 Frame = (
@@ -272,8 +281,30 @@ def encode_ack(revision: int) -> bytes:
     return _framed(_packb((ACK, revision)))
 
 
-def encode_goaway(reason: str) -> bytes:
-    return _framed(_packb((GOAWAY, reason[:512])))
+def encode_goaway(reason: str, retry_after: int | None = None) -> bytes:
+    if retry_after is None:
+        return _framed(_packb((GOAWAY, reason[:512])))
+    return _framed(_packb((GOAWAY, reason[:512], min(max(retry_after, 1), MAX_RETRY_AFTER))))
+
+
+REFUSED = "refused"
+"""Refusal code: the peer is not accepted (its identity, its role, a node the catalog
+does not know)."""
+NOT_READY = "not-ready"
+"""Refusal code: the node cannot accept peers yet (a router whose catalog source has not
+listed); the peer should come back after the GOAWAY's retry-after."""
+REFUSAL_CODES = frozenset({REFUSED, NOT_READY})
+MAX_RETRY_AFTER = 3600
+RETRY_AFTER_SETTING = "goaway_retry_after"
+"""Hello setting (1) of a peer that decodes GOAWAY's optional retry-after field; peers
+without it get the two-field frame (older decoders refuse a third field)."""
+
+
+def encode_refusal(code: str, detail: str, retry_after: int | None = None) -> bytes:
+    """A GOAWAY that refuses a link after its hello: ``"<code>: <detail>"``, with a
+    retry-after hint in seconds when given (only for peers whose hello has
+    ``RETRY_AFTER_SETTING``: the caller decides)."""
+    return encode_goaway(f"{code}: {detail}", retry_after)
 
 
 # --- decoding ------------------------------------------------------------------------
@@ -597,8 +628,11 @@ def _ack(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
-    _arity(f, 2, "goaway")
-    return GoAway(_str(f[1], "goaway: reason", 512))
+    if len(f) != 3:
+        _arity(f, 2, "goaway")  # the retry-after field is optional
+        return GoAway(_str(f[1], "goaway: reason", 512))
+    return GoAway(_str(f[1], "goaway: reason", 512),
+                  _int(f[2], "goaway: retry-after", 1, MAX_RETRY_AFTER))
 
 
 _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
