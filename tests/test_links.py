@@ -1307,3 +1307,61 @@ def test_finished_exchanges_are_freed_without_the_cyclic_gc() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# --- credit vs. a paused target (issue 11, item 1) ----------------------------------------
+
+
+def _pod_behind_the_link(pair: Pair) -> tuple[MemoryReactorClock, list[Any]]:
+    """The server side routes every inbound exchange to a real pod client whose
+    connection is not made yet (no pooled connection: the origin closes)."""
+    from edgemesh.transports._upstream import HTTPUpstreamTarget
+
+    clock = MemoryReactorClock()
+    pod = HTTPUpstreamTarget(clock, TargetKind.service_bus)
+    opened: list[Any] = []
+
+    def inbound(link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        body = pod.open(route(None, ENDPOINT), RequestHead(
+            request.method, request.path, request.authority, request.headers,
+            request.content_length), responder)
+        opened.append(body)
+        return body
+
+    pair.server_handler.inbound = inbound  # type: ignore[method-assign]
+    return clock, opened
+
+
+@pytest.mark.parametrize("size", [260 * 1024, WINDOW, 4 * WINDOW])
+def test_a_peer_within_its_credit_is_never_refused_by_a_pod_still_connecting(size: int) -> None:
+    """The peer may lawfully send a whole window (512 KiB) before the pod client's pause
+    takes effect: the stream holds it (bounded by that credit) rather than pushing it
+    into a pod client that refuses a source that keeps writing (503 overloaded)."""
+    pair = Pair()
+    clock, opened = _pod_behind_the_link(pair)
+    exchange, responder = pair.open(content_length=size)
+    source = Producer()
+    exchange.setProducer(source)
+    body = bytes(range(251)) * (size // 251) + b"z" * (size % 251)
+    exchange.write(body)  # head and body in one write, as curl does
+    exchange.end()
+    pair.pump()
+    assert responder.failures == []
+    [pod_body] = opened
+    assert not pod_body.done
+    # Bounded: the pod client holds its buffer, the stream at most the credit it granted.
+    assert pod_body.buffered <= 64 * 1024 + CHUNK
+    # Now the pod accepts: everything arrives, in order.
+    host, port, factory, _timeout, _bind = clock.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for _ in range(100):
+        pair.pump()
+        if transport.value().endswith(body[-1000:]):
+            break
+    sent = transport.value()
+    assert sent.split(b"\r\n\r\n", 1)[1] == body
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    pair.pump()
+    assert responder.failures == [] and responder.ended and responder.data == b"ok"

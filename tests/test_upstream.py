@@ -1444,3 +1444,19 @@ def test_a_large_body_in_one_read_is_not_held_but_streams() -> None:
     _upstream, responder = whole(h, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     assert responder.calls[0] == "head" and "complete" not in responder.calls
     assert responder.body == big and responder.ended and responder.calls[-1] == "end"
+
+
+def test_one_large_write_of_an_unpaused_source_is_not_refused() -> None:
+    """A link may deliver a whole frame (up to 256 KiB) in one write just before the
+    pause: only writes that keep coming while paused count against the cap."""
+    h = Harness()
+    size = 8 * REQUEST_BODY_BUFFER
+    post = RequestHead(b"PUT", b"/u", b"web", (), size)
+    body, responder = h.open(post)
+    source = Source()
+    body.setProducer(source)
+    body.write(b"a" * (REQUEST_BODY_BUFFER - 1))
+    body.write(b"b" * (4 * REQUEST_BODY_BUFFER))  # lawful: the source was not paused
+    assert responder.error is None and source.paused
+    body.write(b"c" * REQUEST_BODY_BUFFER)  # but it keeps writing while paused
+    assert responder.error is not None and responder.error.reason is Reason.overloaded

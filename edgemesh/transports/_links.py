@@ -305,6 +305,16 @@ class InboundExchange:
         self.cork_body: list[bytes] = []
         self.cork_size = 0
         self.request_ended = False
+        self.target_paused = False
+        self.held: deque[bytes] | None = None
+        """Request body that arrived while the target was paused.  The peer may lawfully
+        send all the credit it holds (up to a window, 512 KiB) before it learns of a pause,
+        which is more than a target may have to keep (the pod client refuses a source that
+        keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
+        bounded by the credit it granted (the connection refuses a frame beyond it), and no
+        credit goes back for it until the target took it."""
+        self.held_end = False
+        """The peer's end came after held body: it goes to the target after that body."""
 
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before
@@ -317,17 +327,48 @@ class InboundExchange:
             self.sender.producer = None
 
     def request_end(self) -> None:
+        if self.held:
+            self.held_end = True  # after the held body
+            return
         self.request_ended = True
         if self.body is not None:
             self.body.end()
         self._release()
 
+    def request_body(self, data: bytes) -> None:
+        """Request body from the peer: to the target, or held while it is paused."""
+        body = self.body
+        if body is None or not data:
+            return
+        if self.target_paused or self.held:
+            held = self.held
+            if held is None:
+                held = self.held = deque()
+            held.append(data)
+            return
+        body.write(data)
+        self.receiver.delivered(len(data))
+
     # IPushProducer: the target pauses the request body
     def pauseProducing(self) -> None:
+        self.target_paused = True
         self.receiver.pause()
 
     def resumeProducing(self) -> None:
+        self.target_paused = False
         self.receiver.resume()
+        held = self.held
+        while held and not self.target_paused:
+            body = self.body
+            if body is None:  # over meanwhile (reset, link lost)
+                held.clear()
+                break
+            data = held.popleft()
+            body.write(data)  # may pause the target again
+            self.receiver.delivered(len(data))
+        if not held and self.held_end:
+            self.held_end = False
+            self.request_end()
 
     def stopProducing(self) -> None:
         self.fail(MeshError(Reason.upstream_lost, "request consumer went away"))
@@ -422,6 +463,7 @@ class InboundExchange:
             return
         self.finished = True
         self.corked = None
+        self.held = None  # the target is over: held body has nowhere to go
         self.sender.done = True
         self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
         self.link.forget(self.sid)
@@ -437,12 +479,13 @@ class InboundExchange:
         if type(frame) is Data:
             assert isinstance(frame, Data)
             if frame.data:
-                body.write(frame.data)
-                self.receiver.delivered(len(frame.data))
+                self.request_body(frame.data)
             if frame.end:
                 self.request_end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
+            self.held = None
+            self.held_end = False
             answered = self.finished
             self.finished = True
             self.sender.done = True
@@ -464,6 +507,8 @@ class InboundExchange:
             # Whatever is unfinished, the request body or the response, the target stops.
             self.finished = self.request_ended = True
             self.sender.done = True
+            self.held = None
+            self.held_end = False
             if self.body is not None:
                 self.body.abort(f"link lost: {reason}")
 
@@ -686,8 +731,7 @@ class EnvelopeLink(Protocol):
         exchange.body = body
         body.setProducer(exchange)
         if request.body:
-            body.write(request.body)
-            exchange.receiver.delivered(len(request.body))
+            exchange.request_body(request.body)
         if request.end:
             exchange.request_end()
 

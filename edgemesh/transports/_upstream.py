@@ -76,8 +76,12 @@ also the most body a request may have sent on a pooled connection and still be
 retried on a fresh one."""
 
 _REQUEST_BODY_CAP: Final = 4 * REQUEST_BODY_BUFFER
-"""A source that keeps writing this far past a pause (or never gave a producer)
-fails its exchange: the buffer stays bounded whatever the source does."""
+"""A source that keeps writing this far while paused (or never gave a producer) fails
+its exchange: the buffer stays bounded whatever the source does.  Lawful sources stay
+well below it: the front delivers at most the rest of one read after a pause, and a link
+stream holds what its peer sends within its credit (up to a window, more than this cap)
+until it is resumed (see InboundExchange.held).  One write of an unpaused source is not
+refused for its size: it is bounded by that source's read or frame size."""
 
 _MAX_INTERIM_RESPONSES: Final = 16
 HELD_BODY_LIMIT: Final = 16 * 1024
@@ -474,7 +478,7 @@ class _UpstreamExchange:
         self.buffer.append(wire)
         self.buffered += len(data)
         if self.buffered >= REQUEST_BODY_BUFFER:
-            if self.buffered > _REQUEST_BODY_CAP:
+            if self.buffered > _REQUEST_BODY_CAP and (self.source is None or self.source_paused):
                 self.fail(
                     MeshError(
                         Reason.overloaded,
