@@ -44,6 +44,11 @@ def services(t: Topology) -> list[ServiceSpec]:
                     ready=False),
         ServiceSpec("refused-e1", "edge-1", "gone-e1", "10.96.0.21", 80, dead["refused-e1"]),
         ServiceSpec("refused-e2", "edge-2", "gone-e2", "10.96.0.22", 80, dead["refused-e2"]),
+        # Origins that answer with "Connection: close": the mesh never has one pooled.
+        ServiceSpec("close-e1", "edge-1", "close-e1-0", "10.96.0.31", 80, pods["close-e1-0"]),
+        ServiceSpec("close-e2", "edge-2", "close-e2-0", "10.96.0.32", 80, pods["close-e2-0"]),
+        ServiceSpec("close-cloud", "cloud-1", "close-cloud-0", "127.0.0.2",
+                    pods["close-cloud-0"], pods["close-cloud-0"]),
     ]
 
 
@@ -53,7 +58,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     directory = tmp_path_factory.mktemp("mesh")
     topology = Topology.allocate(
         EDGES,
-        ["pod-e1-0", "pod-e2-0", "pod-cloud-0", "slow-e3-0", "pod-e4-0"],
+        ["pod-e1-0", "pod-e2-0", "pod-cloud-0", "slow-e3-0", "pod-e4-0",
+         "close-e1-0", "close-e2-0", "close-cloud-0"],
         ["refused-e1", "refused-e2", NEVER_STARTED_EDGE],
     )
     topology.cloud_port = topology.pods["pod-cloud-0"]

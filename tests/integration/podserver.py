@@ -11,6 +11,11 @@ sha256; the body is consumed while it streams, never held whole):
     GET /status?code=C                  answers with status C
     GET /hop                            a response carrying hop-by-hop and end-to-end fields
 
+A pod whose NAME starts with ``close-`` answers every request with ``Connection: close``
+and closes (an origin that never keeps a connection alive, so the mesh never has one pooled);
+it also listens on 127.0.0.2, the same port, so that a catalog can give it a ClusterIP of its
+own (the router reaches cloud services at clusterIP:port).
+
 Prints ``ready`` once every port listens.  Standard library only: the mesh under test must
 not share code with its own test pods.
 """
@@ -91,6 +96,8 @@ class PodHandler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("X-Pod", self.pod)
+        if self.pod.startswith("close-"):
+            self.send_header("Connection", "close")  # also makes the server close
         for name, value in headers:
             self.send_header(name, value)
         if self.command == "HEAD" or status in (204, 304):
@@ -175,6 +182,8 @@ def main(argv: list[str]) -> None:
         name, _, port = spec.rpartition("=")
         handler = type(f"Pod_{len(servers)}", (PodHandler,), {"pod": name})
         servers.append(PodServer(("127.0.0.1", int(port)), handler))
+        if name.startswith("close-"):
+            servers.append(PodServer(("127.0.0.2", int(port)), handler))
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("ready", flush=True)
