@@ -55,6 +55,8 @@ class Reason(enum.Enum):
     ``X-Edgemesh-Error`` header; the status is what the client sees."""
 
     bad_request = ("bad-request", 400)
+    client_timeout = ("client-timeout", 408)
+    """The client stopped sending its request body (the target was ready for more)."""
     unknown_service = ("unknown-service", 404)
     forbidden_route = ("forbidden-route", 403)
     payload_too_large = ("payload-too-large", 413)

@@ -1460,3 +1460,23 @@ def test_one_large_write_of_an_unpaused_source_is_not_refused() -> None:
     assert responder.error is None and source.paused
     body.write(b"c" * REQUEST_BODY_BUFFER)  # but it keeps writing while paused
     assert responder.error is not None and responder.error.reason is Reason.overloaded
+
+
+def test_the_request_timeout_runs_from_the_end_of_the_request_body() -> None:
+    """A slow (or stalled) upload is not the upstream's fault: no 504 from here while the
+    body comes; the source's side times a stall out (408 where it entered the mesh)."""
+    h = Harness(request_timeout=10.0)
+    post = RequestHead(b"POST", b"/u", b"web", (), None)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    for _ in range(5):
+        h.reactor.advance(9)
+        body.write(b"slow")
+    assert responder.error is None and h.target.waiting_exchanges() == 0
+    body.end()
+    assert h.target.waiting_exchanges() == 1
+    h.reactor.advance(9.9)
+    assert responder.error is None
+    h.reactor.advance(0.1)
+    assert responder.error is not None and responder.error.reason is Reason.upstream_timeout
+    assert upstream.aborted

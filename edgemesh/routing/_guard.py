@@ -152,8 +152,8 @@ class GuardedExchange:
     replayed = 0
     deadline = INFINITY
     idle_deadline = INFINITY
-    activity = 0
-    seen_activity = 0
+    active_at = 0.0
+    """When data last moved, either way (the idle timeout runs from it)."""
     timeout = 0.0
     # What the pipeline's observer (metrics, access log) reads; it sets ``stats`` and
     # ``started`` when the exchange opens and is told when it closes.
@@ -293,7 +293,7 @@ class GuardedExchange:
                 replay.append(data)
             else:
                 self.replay = None
-        self.activity += 1
+        self.active_at = self.pipeline._now()
         inner = self.inner
         if inner is not None:
             inner.write(data)
@@ -326,8 +326,9 @@ class GuardedExchange:
 
     def body_producer(self, producer: IPushProducer) -> None:
         inner = self.inner
-        if self.replay is None and not self.headed:
-            # No retry possible: the target pauses the source directly.
+        if self.replay is None and not self.headed and not self.origin:
+            # No retry possible, and no idle timeout to judge here (which needs to know
+            # whether the target paused the source): the target pauses the source directly.
             self.producer = None
             if inner is not None:
                 inner.setProducer(producer)
@@ -364,6 +365,7 @@ class GuardedExchange:
         self.headed = True
         self.replay = None
         self.deadline = INFINITY
+        self.active_at = self.pipeline._now()
         self.status = status = head.status
         if status >= 500 or self.pipeline.outliers.known:
             self._outcome(status)
@@ -405,7 +407,7 @@ class GuardedExchange:
     def write(self, data: bytes) -> None:
         if self.done:
             return
-        self.activity += 1
+        self.active_at = self.pipeline._now()
         stats = self.stats
         if stats is not None:
             size = len(data)
@@ -535,15 +537,21 @@ class GuardedExchange:
         if self.done:
             return
         self.done = True
+        reason = Reason.upstream_timeout
         if why == "request":
             self._count_failure(Reason.upstream_timeout)
+        elif not (self.ended or self.headed or self.producer_paused):
+            # Silent mid-upload while the target was ready for more: the client stalled,
+            # not the upstream (408, and no mark against the endpoint).
+            reason = Reason.client_timeout
+            detail = f"{self.service.key}: request body stalled: {detail.split(': ', 1)[-1]}"
         self.state.timeouts += 1
-        self.error = Reason.upstream_timeout
+        self.error = reason
         self._finished()
         inner = self.inner
         if inner is not None:
             inner.abort(detail)  # cancels the exchange on every hop
-        self.responder.fail(MeshError(Reason.upstream_timeout, detail))
+        self.responder.fail(MeshError(reason, detail))
         self._let_go()
 
 

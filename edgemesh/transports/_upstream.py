@@ -16,7 +16,9 @@ goes to the responder in one call, ``complete(head, body)``, when it offers that
 optional method (the front, the guard, the links do); otherwise, and for anything
 longer, as ``head``, ``write`` and ``end``.
 
-Each exchange's request timeout runs from its start to its response head.  Rather
+Each exchange's request timeout runs from the end of its request body (its start, for
+one without a body) to its response head: the upload's own pace is the source's business
+(the idle timeout where the exchange entered the mesh).  Rather
 than a DelayedCall each, the target keeps the waiting exchanges in start order (per
 timeout value, that is deadline order) and one timer for the soonest deadline.
 
@@ -420,8 +422,22 @@ class _UpstreamExchange:
         return _address_text(self.host, self.port)
 
     def start(self) -> None:
+        if self.body_done:
+            self._wait()
         target = self.target
-        # The request timeout runs until the response head: join the target's queue.
+        conn = target._acquire((self.host, self.port))
+        if conn is None:
+            target._connect(self)
+        else:
+            self.reused = True
+            self.replay = []
+            self.connected(conn)
+
+    def _wait(self) -> None:
+        """The request timeout runs from the end of the request body (a slow upload is
+        not the upstream's fault; a stalled one is the source's to time out) until the
+        response head: join the target's queue."""
+        target = self.target
         timeout = self.timeout
         waiting = target._waiting.get(timeout)
         if waiting is None:
@@ -438,13 +454,6 @@ class _UpstreamExchange:
                 target._arm()
         elif deadline < target._sweep_at:  # a shorter timeout than those waiting
             target._arm()
-        conn = target._acquire((self.host, self.port))
-        if conn is None:
-            target._connect(self)
-        else:
-            self.reused = True
-            self.replay = []
-            self.connected(conn)
 
     # IRequestBody
 
@@ -502,6 +511,8 @@ class _UpstreamExchange:
             )
             return
         self.body_done = True
+        if not self.got_head and self.waiting is None:
+            self._wait()
         conn = self.conn
         if length is None:
             if conn is None:

@@ -18,8 +18,8 @@ from meshkit import HEADER_TIMEOUT, Mesh, ServiceSpec, Topology, catalog_objects
 
 EDGES = ("edge-1", "edge-2", "edge-3", "edge-4")
 """edge-1, edge-2: the mesh most tests use.  edge-3: runs the slow pod, with
---request-timeout 1.  edge-4: killed by the peer-down test."""
-EDGE_ARGS = {"edge-3": ("--request-timeout", "1")}
+--request-timeout 1 and --stream-idle-timeout 2.  edge-4: killed by the peer-down test."""
+EDGE_ARGS = {"edge-3": ("--request-timeout", "1", "--stream-idle-timeout", "2")}
 NEVER_STARTED_EDGE = "edge-5"
 """In the catalog, its hub address a port where nothing listens."""
 
