@@ -1365,3 +1365,96 @@ def test_a_peer_within_its_credit_is_never_refused_by_a_pod_still_connecting(siz
     protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
     pair.pump()
     assert responder.failures == [] and responder.ended and responder.data == b"ok"
+
+
+# --- trailers across a link (issue 11, item 5) --------------------------------------------
+
+
+class TrailerBody(Body):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert not self.ended
+        self.trailers_ = fields
+
+
+class TrailerResponder(Responder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert not self.ended
+        self.trailers_ = fields
+
+
+TRAILERS = ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["flowing", "target-paused"])
+def test_trailers_cross_the_link_both_ways(paused: bool) -> None:
+    pair = Pair()
+    pair.server_handler.inbound = (  # type: ignore[method-assign]
+        lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
+    bodies: list[TrailerBody] = []
+    responder = TrailerResponder()
+    exchange = pair.client.open(
+        RequestHead(b"POST", b"/", b"web", (), None), "shop/web", 80, None, responder)
+    exchange.write(b"first")
+    pair.pump()
+    [body] = bodies
+    inbound: Any = pair.server.exchanges[exchange.sid]
+    if paused:
+        inbound.pauseProducing()
+    exchange.write(b"second")
+    exchange.trailers(TRAILERS)
+    exchange.end()
+    pair.pump()
+    if paused:
+        assert body.data == b"first" and body.trailers_ is None and not body.ended
+        inbound.resumeProducing()
+    assert body.data == b"firstsecond" and body.trailers_ == TRAILERS and body.ended
+    inbound.head(ResponseHead(200, b"OK", (), None))
+    inbound.write(b"answer")
+    inbound.trailers(((b"X-Done", b"1"),))
+    inbound.end()
+    pair.pump()
+    assert responder.data == b"answer" and responder.ended
+    assert responder.trailers_ == ((b"X-Done", b"1"),)
+
+
+def test_a_peer_without_trailers_gets_none_and_the_drop_is_logged() -> None:
+    pair = Pair()
+    # An older peer: its hello did not offer trailers.
+    assert pair.client.connection.peer is not None
+    pair.client.connection.peer.settings.pop("trailers")
+    responder = Responder()
+    exchange = pair.client.open(RequestHead(b"POST", b"/", b"web", (), None), "s/web", 80, None,
+                                responder)
+    exchange.write(b"x")
+    exchange.trailers(TRAILERS)
+    with capturedLogs() as events:
+        exchange.end()
+        pair.pump()
+    assert all(not (isinstance(f, Data) and f.trailers) for f in pair.from_client)
+    assert pair.inbound().body.ended and pair.inbound().body.data == b"x"
+    assert any(event.get("names") == "X-Checksum, Server-Timing" for event in events)
+
+
+def test_trailers_wait_with_the_body_for_the_dial() -> None:
+    pair = Pair()
+    bodies: list[TrailerBody] = []
+    pair.server_handler.inbound = (  # type: ignore[method-assign]
+        lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
+    connecting: Deferred[EnvelopeLink] = Deferred()
+    body: Any = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(
+        route(), HEAD, Responder())
+    body.write(b"abc")
+    body.trailers(TRAILERS)
+    body.end()
+    connecting.callback(pair.client)
+    pair.pump()
+    [received] = bodies
+    assert received.data == b"abc" and received.trailers_ == TRAILERS and received.ended

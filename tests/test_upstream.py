@@ -1190,7 +1190,7 @@ def test_chunked_response_in_one_read_is_one_complete_call() -> None:
     _upstream, responder = whole(
         h,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n",
     )
     assert responder.calls == ["complete"]
     assert responder.head_ == ResponseHead(200, b"OK", (), None)
@@ -1480,3 +1480,63 @@ def test_the_request_timeout_runs_from_the_end_of_the_request_body() -> None:
     h.reactor.advance(0.1)
     assert responder.error is not None and responder.error.reason is Reason.upstream_timeout
     assert upstream.aborted
+
+
+# --- trailers (issue 11, item 5) -----------------------------------------------------------
+
+
+class TrailerResponder(WholeResponder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert self.head_ is not None and not self.ended
+        self.calls.append("trailers")
+        self.trailers_ = fields
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "streamed"])
+def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
+    h = Harness()
+    responder = TrailerResponder()
+    h.open(responder=responder)
+    upstream = h.accept()
+    upstream.received()
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n3\r\nabc\r\n"
+    rest = b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\nServer-Timing: db;dur=53\r\n\r\n"
+    if split:
+        upstream.send(head)
+        upstream.send(rest)
+    else:
+        upstream.send(head + rest)
+    assert responder.body == b"abc" and responder.ended, (responder.calls, responder.error)
+    # Hop-by-hop and framing fields are not trailers to pass on.
+    assert responder.trailers_ == ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+    assert responder.calls[-2:] == ["trailers", "end"] and h.idle() == 1
+
+
+def test_response_trailers_for_a_source_without_them_are_dropped_and_logged() -> None:
+    from twisted.logger import capturedLogs
+
+    h = Harness()
+    with capturedLogs() as events:
+        _upstream, responder = whole(
+            h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n")
+    assert responder.body == b"a" and responder.ended
+    assert any("dropped 1 trailer field(s) (X-T)" in str(e.get("log_format", "")) or
+               "X-T" in str(e.get("names", "")) for e in events)
+
+
+def test_request_trailers_go_with_the_last_chunk() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/c", b"web", ((b"Host", b"web"),), None)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    upstream.received()
+    body.write(b"abc")
+    body.trailers(((b"X-Checksum", b"1234"),))  # type: ignore[attr-defined]
+    body.end()
+    assert upstream.received() == b"3\r\nabc\r\n0\r\nX-Checksum: 1234\r\n\r\n"
+    upstream.send(OK_HELLO)
+    assert responder.ended

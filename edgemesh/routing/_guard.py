@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     ITarget,
@@ -38,6 +39,7 @@ from ..exchange import (
     ResponseHead,
     Route,
     SourceKind,
+    hand_trailers,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +119,9 @@ class GuardedBody:
     def end(self) -> None:
         self.guard.body_end()
 
+    def trailers(self, fields: Headers) -> None:
+        self.guard.body_trailers(fields)
+
     def abort(self, reason: str) -> None:
         self.guard.body_abort(reason)
 
@@ -150,6 +155,7 @@ class GuardedExchange:
     """The request timeout runs (from the end of the request body)."""
     replay: list[bytes] | None = None
     replayed = 0
+    request_trailers: Headers = ()
     deadline = INFINITY
     idle_deadline = INFINITY
     active_at = 0.0
@@ -261,6 +267,8 @@ class GuardedExchange:
                 return
             inner.write(data)
         if self.ended and self.tries == attempt and not self.done:
+            if self.request_trailers:
+                hand_trailers(inner, self.request_trailers, f"{target!r} takes no trailers")
             inner.end()
         if was_paused and not self.producer_paused and producer is not None:
             producer.resumeProducing()
@@ -297,6 +305,14 @@ class GuardedExchange:
         inner = self.inner
         if inner is not None:
             inner.write(data)
+
+    def body_trailers(self, fields: Headers) -> None:
+        if self.ended or self.done:
+            return
+        self.request_trailers = fields  # kept for a retry with the rest of the replay
+        inner = self.inner
+        if inner is not None:
+            hand_trailers(inner, fields, "the target takes no trailers")
 
     def body_end(self) -> None:
         if self.ended:
@@ -414,6 +430,10 @@ class GuardedExchange:
             self.sent += size
             stats.bytes_out += size
         self.responder.write(data)
+
+    def trailers(self, fields: Headers) -> None:
+        if not self.done:
+            hand_trailers(self.responder, fields, "the source takes no trailers")
 
     def end(self) -> None:
         if self.done:

@@ -24,12 +24,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     MeshError,
     Reason,
     RequestHead,
     ResponseHead,
+    drop_trailers,
+    hand_trailers,
 )
 from ..wire import (
     Ack,
@@ -79,7 +82,9 @@ class _Sender:
     """The body-sending half of a stream: credit, a bounded queue, and the
     producer (source or target) it pauses when it cannot send."""
 
-    __slots__ = ("done", "ending", "link", "producer", "producer_paused", "queue", "queued", "sid")
+    __slots__ = (
+        "done", "ending", "link", "producer", "producer_paused", "queue", "queued", "sid", "trailers",
+    )
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
@@ -92,6 +97,8 @@ class _Sender:
         self.producer: IPushProducer | None = None
         self.producer_paused = False
         self.done = False
+        self.trailers: Headers = ()
+        """Trailer fields for the last frame."""
 
     def send(self, data: bytes) -> None:
         if self.done or self.ending:
@@ -144,7 +151,11 @@ class _Sender:
                 break
         if self.ending and not self.queue:
             self.done = True
-            link.write(link.connection.send_data(self.sid, b"", True))
+            trailers = self.trailers
+            if trailers and not link.connection.peer_takes_trailers:
+                drop_trailers(trailers, f"{link.peer_name} takes no trailers (an older version)")
+                trailers = ()
+            link.write(link.connection.send_data(self.sid, b"", True, trailers))
         self.update()
 
     def update(self) -> None:
@@ -212,6 +223,9 @@ class OutboundExchange:
     def write(self, data: bytes) -> None:
         self.sender.send(data)
 
+    def trailers(self, fields: Headers) -> None:
+        self.sender.trailers = fields
+
     def end(self) -> None:
         self.sender.finish()
 
@@ -262,6 +276,8 @@ class OutboundExchange:
                 self.receiver.delivered(len(frame.data))
             if frame.end:
                 self._done()
+                if frame.trailers:
+                    hand_trailers(responder, frame.trailers, "the source takes no trailers")
                 responder.end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
@@ -315,6 +331,7 @@ class InboundExchange:
         credit goes back for it until the target took it."""
         self.held_end = False
         """The peer's end came after held body: it goes to the target after that body."""
+        self.request_trailers: Headers = ()
 
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before
@@ -331,8 +348,11 @@ class InboundExchange:
             self.held_end = True  # after the held body
             return
         self.request_ended = True
-        if self.body is not None:
-            self.body.end()
+        body = self.body
+        if body is not None:
+            if self.request_trailers:
+                hand_trailers(body, self.request_trailers, "the target takes no trailers")
+            body.end()
         self._release()
 
     def request_body(self, data: bytes) -> None:
@@ -414,6 +434,11 @@ class InboundExchange:
             self.uncork()
         self.sender.send(data)
 
+    def trailers(self, fields: Headers) -> None:
+        """Trailer fields of the response: on the stream's last DATA frame."""
+        if not self.finished:
+            self.sender.trailers = fields
+
     def end(self) -> None:
         if self.finished:
             return
@@ -421,7 +446,7 @@ class InboundExchange:
         head = self.corked
         if head is not None:
             conn = self.link.connection
-            if self.cork_size <= conn.send_window(self.sid):
+            if self.cork_size <= conn.send_window(self.sid) and not self.sender.trailers:
                 body = b"".join(self.cork_body)
                 self.corked = None
                 self.cork_body = []
@@ -481,6 +506,7 @@ class InboundExchange:
             if frame.data:
                 self.request_body(frame.data)
             if frame.end:
+                self.request_trailers = frame.trailers
                 self.request_end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)

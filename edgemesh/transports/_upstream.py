@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     ITarget,
@@ -66,8 +67,18 @@ from ..exchange import (
     ResponseHead,
     Route,
     TargetKind,
+    drop_trailers,
+    hand_trailers,
 )
-from ._http1 import LAST_CHUNK, chunk, connection_tokens, end_to_end, request_head_bytes
+from ._http1 import (
+    LAST_CHUNK,
+    chunk,
+    connection_tokens,
+    end_to_end,
+    last_chunk,
+    request_head_bytes,
+    trailer_field,
+)
 from ._io import use_large_buffer, write_now
 
 __all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget"]
@@ -368,6 +379,7 @@ class _UpstreamExchange:
         "port",
         "registered",
         "replay",
+        "request_trailers",
         "responder",
         "reused",
         "source",
@@ -404,6 +416,7 @@ class _UpstreamExchange:
         self.body_sent = 0
         """Body bytes (unframed) taken from the source."""
         self.body_done = head.content_length == 0
+        self.request_trailers: Headers = ()
         self.replay: list[bytes] | None = None
         """Framed body bytes sent on a pooled connection, kept for one retry on a
         fresh connection while they fit the bound; None: not retryable."""
@@ -497,6 +510,11 @@ class _UpstreamExchange:
                 return
             self._update_source()
 
+    def trailers(self, fields: Headers) -> None:
+        """Trailer fields of the request body: they go with its last chunk."""
+        if not (self.done or self.body_done):
+            self.request_trailers = fields
+
     def end(self) -> None:
         if self.done or self.body_done:
             self.body_done = True
@@ -514,13 +532,17 @@ class _UpstreamExchange:
         if not self.got_head and self.waiting is None:
             self._wait()
         conn = self.conn
+        trailers = self.request_trailers
         if length is None:
+            end = last_chunk(trailers) if trailers else LAST_CHUNK
             if conn is None:
-                self.buffer.append(LAST_CHUNK)
+                self.buffer.append(end)
             else:
-                conn.transport.write(LAST_CHUNK)
+                conn.transport.write(end)
                 if self.replay is not None:
-                    self.replay.append(LAST_CHUNK)
+                    self.replay.append(end)
+        elif trailers:
+            drop_trailers(trailers, f"{self.address}: the request body has a Content-Length")
         if conn is not None and self.registered:
             self.registered = False
             conn.transport.unregisterProducer()
@@ -621,12 +643,14 @@ class _UpstreamExchange:
         responder.setProducer(self)
         responder.head(head)
 
-    def complete(self) -> None:
+    def complete(self, trailers: Headers = ()) -> None:
         """The response ended cleanly (the connection has decided about reuse)."""
         self.done = True
         self._stop_waiting()
         self._detach()
         self._update_source()
+        if trailers:
+            hand_trailers(self.responder, trailers, f"{self.address}: the source takes no trailers")
         self.responder.end()
 
     def complete_whole(
@@ -815,6 +839,7 @@ class _UpstreamConnection(Protocol):
         self.chunk_pending = False
         self.stalled = 0
         self.trailer_count = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.finished = False
         self.reusable = False
 
@@ -935,10 +960,15 @@ class _UpstreamConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
-            # Trailers are not relayed (the exchange has no place for them); only counted.
+            # A trailer field (bounded like the head: see _receive): relayed with the end.
             self.trailer_count += 1
             if self.trailer_count > self.max_header_count:
                 raise _ResponseError(f"more than {self.max_header_count} trailer fields")
+            if trailer_field(name):
+                if self.trailers is None:
+                    self.trailers = [(name, value)]
+                else:
+                    self.trailers.append((name, value))
             return
         headers = self.headers
         if len(headers) >= self.max_header_count:
@@ -1042,6 +1072,13 @@ class _UpstreamConnection(Protocol):
         if exchange is None:
             return
         head = self.held
+        trailers = self.trailers
+        if head is not None and trailers:
+            # Trailers do not fit the whole-response call: head and body, then the end.
+            self._release_held(exchange)
+            if self.exchange is not exchange:
+                return
+            head = None
         if head is not None:
             # The whole response in one read (the common small one).
             self.held = None
@@ -1063,7 +1100,7 @@ class _UpstreamConnection(Protocol):
             return
         self.finished = True
         self.reusable = exchange.body_done and self.parser.should_keep_alive()
-        exchange.complete()
+        exchange.complete(tuple(trailers) if trailers else ())
 
     # internals
 
