@@ -29,6 +29,7 @@ def test_a_client_stalling_mid_upload_gets_408(live: Mesh, host: str) -> None:
         assert response.status == 408, (response.status, response.body[:300])
         assert response.header("X-Edgemesh-Error") == "client-timeout"
         assert b"request body" in response.body
+        print(f"\n{host}: 408 {elapsed():.2f}s after the last byte (--stream-idle-timeout 2)")
         assert IDLE - 0.1 <= elapsed() <= IDLE + 1 + SLACK, elapsed()
         assert conn.closed_by_peer(5), "the half-read request cannot leave the connection usable"
     # The mesh is fine afterwards.
