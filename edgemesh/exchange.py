@@ -11,7 +11,7 @@ whole; bodies are streams with push-producer flow control in both directions:
 Trailers (the fields after a chunked body) go through an optional method that an
 IRequestBody or IResponder may offer: ``trailers(fields: Headers)``, called at most once,
 just before ``end()``.  Whoever holds trailers for a party without it drops them and logs
-it (``_http1.hand_trailers``); so does a hop whose framing cannot carry them (a body with a
+it (``hand_trailers`` below); so does a hop whose framing cannot carry them (a body with a
 Content-Length, an HTTP/1.0 client, a link peer that did not offer them in its hello).
 
 Nothing here touches a reactor or a socket.
