@@ -49,6 +49,11 @@ def services(t: Topology) -> list[ServiceSpec]:
         ServiceSpec("close-e2", "edge-2", "close-e2-0", "10.96.0.32", 80, pods["close-e2-0"]),
         ServiceSpec("close-cloud", "cloud-1", "close-cloud-0", "127.0.0.2",
                     pods["close-cloud-0"], pods["close-cloud-0"]),
+        # Pods a test serves itself, slow to accept (test_uploads.py): nothing listens there
+        # otherwise.
+        ServiceSpec("gate-e2", "edge-2", "gate-e2-0", "10.96.0.41", 80, dead["gate-e2"]),
+        ServiceSpec("gate-cloud", "cloud-1", "gate-cloud-0", "127.0.0.3", dead["gate-cloud"],
+                    dead["gate-cloud"]),
     ]
 
 
@@ -60,7 +65,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         EDGES,
         ["pod-e1-0", "pod-e2-0", "pod-cloud-0", "slow-e3-0", "pod-e4-0",
          "close-e1-0", "close-e2-0", "close-cloud-0"],
-        ["refused-e1", "refused-e2", NEVER_STARTED_EDGE],
+        ["refused-e1", "refused-e2", NEVER_STARTED_EDGE, "gate-e2", "gate-cloud"],
     )
     topology.cloud_port = topology.pods["pod-cloud-0"]
     catalog = directory / "catalog.yaml"
