@@ -752,3 +752,12 @@ def test_data_with_bad_trailers_is_a_protocol_error(fields: tuple[object, ...]) 
 def test_trailers_are_never_encoded_on_a_frame_that_does_not_end() -> None:
     with pytest.raises(ValueError, match="last frame"):
         encode_data(7, False, b"x", ((b"X-T", b"1"),))
+
+
+@given(sid=streams, data=bodies, trailers=headers.filter(bool))
+@settings(max_examples=100)
+def test_data_with_any_trailers_round_trips(
+    sid: int, data: bytes, trailers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    frame = encode_data(sid, True, data, trailers)
+    assert decode_all(frame) == [Data(sid, True, data, trailers)]
