@@ -8,6 +8,12 @@ whole; bodies are streams with push-producer flow control in both directions:
     source ──IRequestBody.write/end/abort──► target      (target pauses the source's producer)
     source ◄──IResponder.head/write/end/fail── target     (source pauses the target's producer)
 
+Trailers (the fields after a chunked body) go through an optional method that an
+IRequestBody or IResponder may offer: ``trailers(fields: Headers)``, called at most once,
+just before ``end()``.  Whoever holds trailers for a party without it drops them and logs
+it (``hand_trailers`` below); so does a hop whose framing cannot carry them (a body with a
+Content-Length, an HTTP/1.0 client, a link peer that did not offer them in its hello).
+
 Nothing here touches a reactor or a socket.
 """
 
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
@@ -62,6 +69,8 @@ class Reason(enum.Enum):
     ``X-Edgemesh-Error`` header; the status is what the client sees."""
 
     bad_request = ("bad-request", 400)
+    client_timeout = ("client-timeout", 408)
+    """The client stopped sending its request body (the target was ready for more)."""
     unknown_service = ("unknown-service", 404)
     forbidden_route = ("forbidden-route", 403)
     payload_too_large = ("payload-too-large", 413)
@@ -212,3 +221,26 @@ class ISource(Interface):
 
     kind: Any = Attribute("The SourceKind of the exchanges this source starts.")
     description: Any = Attribute("Where it listens or connects, for logs and the admin API.")
+
+
+_trailer_log = Logger(namespace="edgemesh.trailers")
+
+
+def hand_trailers(party: object, trailers: Headers, why_not: str) -> None:
+    """Give trailer fields to the next party (an IRequestBody or IResponder) if it takes
+    them (the optional ``trailers`` method); else they are dropped, and logged."""
+    give = getattr(party, "trailers", None)
+    if give is not None:
+        give(trailers)
+    else:
+        drop_trailers(trailers, why_not)
+
+
+def drop_trailers(trailers: Headers, why: str) -> None:
+    """Trailer fields that cannot go further: logged (never silently lost)."""
+    _trailer_log.info(
+        "dropped {count} trailer field(s) ({names}): {why}",
+        count=len(trailers),
+        names=", ".join(name.decode("latin-1") for name, _ in trailers[:8]),
+        why=why,
+    )

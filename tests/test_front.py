@@ -876,3 +876,77 @@ def test_a_bug_in_the_front_costs_one_connection_not_the_reactor() -> None:
     assert transport.disconnected
     [failure] = [e["log_failure"] for e in events if "log_failure" in e]
     assert isinstance(failure.value, KeyError)
+
+
+# -- trailers (issue 11, item 5) ------------------------------------------------------------
+
+
+class TrailerBody(RecordingBody):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert not self.ended and self.trailers_ is None
+        self.trailers_ = fields
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["running", "pipelined"])
+def test_request_trailers_reach_the_target_before_the_end(queued: bool) -> None:
+    bodies: list[TrailerBody] = []
+
+    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+        body = TrailerBody()
+        bodies.append(body)
+        return body
+
+    calls: list[tuple[RequestHead, IResponder]] = []
+
+    def holding(head: RequestHead, responder: IResponder) -> IRequestBody:
+        # The first exchange stays open so that the second one queues behind it.
+        if not calls:
+            calls.append((head, responder))
+            return RecordingBody()
+        return dispatch(head, responder)
+
+    conn = Conn(holding if queued else dispatch)
+    if queued:
+        conn.send(get(b"/first"))
+    conn.send(
+        b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nConnection: close\r\nServer-Timing: x\r\n\r\n"
+    )
+    if queued:
+        _head, responder = calls[0]
+        responder.head(ResponseHead(200, b"OK", (), 0))
+        responder.end()
+    [body] = bodies
+    assert body.data == b"hello" and body.ended
+    assert body.trailers_ == ((b"X-Checksum", b"abc"), (b"Server-Timing", b"x"))
+
+
+def test_response_trailers_follow_the_last_chunk() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder: Any = target.calls[0].responder
+    responder.head(ResponseHead(200, b"OK", (), None))
+    responder.write(b"hello")
+    responder.trailers(((b"X-Checksum", b"abc"),))
+    responder.end()
+    assert conn.transport.value().endswith(b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n")
+    assert not conn.closed
+
+
+def test_response_trailers_to_an_http10_client_are_dropped_and_logged() -> None:
+    target = FakeTarget()
+    conn = Conn(target)
+    conn.send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+    responder: Any = target.calls[0].responder
+    with captured_log() as events:
+        responder.head(ResponseHead(200, b"OK", (), None))
+        responder.write(b"hello")
+        responder.trailers(((b"X-Checksum", b"abc"),))
+        responder.end()
+    assert conn.transport.value().endswith(b"\r\n\r\nhello")
+    assert any(event.get("names") == "X-Checksum" for event in events)

@@ -1307,3 +1307,154 @@ def test_finished_exchanges_are_freed_without_the_cyclic_gc() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# --- credit vs. a paused target (issue 11, item 1) ----------------------------------------
+
+
+def _pod_behind_the_link(pair: Pair) -> tuple[MemoryReactorClock, list[Any]]:
+    """The server side routes every inbound exchange to a real pod client whose
+    connection is not made yet (no pooled connection: the origin closes)."""
+    from edgemesh.transports._upstream import HTTPUpstreamTarget
+
+    clock = MemoryReactorClock()
+    pod = HTTPUpstreamTarget(clock, TargetKind.service_bus)
+    opened: list[Any] = []
+
+    def inbound(link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        body = pod.open(route(None, ENDPOINT), RequestHead(
+            request.method, request.path, request.authority, request.headers,
+            request.content_length), responder)
+        opened.append(body)
+        return body
+
+    pair.server_handler.inbound = inbound  # type: ignore[method-assign]
+    return clock, opened
+
+
+@pytest.mark.parametrize("size", [260 * 1024, WINDOW, 4 * WINDOW])
+def test_a_peer_within_its_credit_is_never_refused_by_a_pod_still_connecting(size: int) -> None:
+    """The peer may lawfully send a whole window (512 KiB) before the pod client's pause
+    takes effect: the stream holds it (bounded by that credit) rather than pushing it
+    into a pod client that refuses a source that keeps writing (503 overloaded)."""
+    pair = Pair()
+    clock, opened = _pod_behind_the_link(pair)
+    exchange, responder = pair.open(content_length=size)
+    source = Producer()
+    exchange.setProducer(source)
+    body = bytes(range(251)) * (size // 251) + b"z" * (size % 251)
+    exchange.write(body)  # head and body in one write, as curl does
+    exchange.end()
+    pair.pump()
+    assert responder.failures == []
+    [pod_body] = opened
+    assert not pod_body.done
+    # Bounded: the pod client holds its buffer, the stream at most the credit it granted.
+    assert pod_body.buffered <= 64 * 1024 + CHUNK
+    # Now the pod accepts: everything arrives, in order.
+    host, port, factory, _timeout, _bind = clock.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for _ in range(100):
+        pair.pump()
+        if transport.value().endswith(body[-1000:]):
+            break
+    sent = transport.value()
+    assert sent.split(b"\r\n\r\n", 1)[1] == body
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    pair.pump()
+    assert responder.failures == [] and responder.ended and responder.data == b"ok"
+
+
+# --- trailers across a link (issue 11, item 5) --------------------------------------------
+
+
+class TrailerBody(Body):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert not self.ended
+        self.trailers_ = fields
+
+
+class TrailerResponder(Responder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert not self.ended
+        self.trailers_ = fields
+
+
+TRAILERS = ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["flowing", "target-paused"])
+def test_trailers_cross_the_link_both_ways(paused: bool) -> None:
+    pair = Pair()
+    pair.server_handler.inbound = (  # type: ignore[method-assign]
+        lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
+    bodies: list[TrailerBody] = []
+    responder = TrailerResponder()
+    exchange = pair.client.open(
+        RequestHead(b"POST", b"/", b"web", (), None), "shop/web", 80, None, responder)
+    exchange.write(b"first")
+    pair.pump()
+    [body] = bodies
+    inbound: Any = pair.server.exchanges[exchange.sid]
+    if paused:
+        inbound.pauseProducing()
+    exchange.write(b"second")
+    exchange.trailers(TRAILERS)
+    exchange.end()
+    pair.pump()
+    if paused:
+        assert body.data == b"first" and body.trailers_ is None and not body.ended
+        inbound.resumeProducing()
+    assert body.data == b"firstsecond" and body.trailers_ == TRAILERS and body.ended
+    inbound.head(ResponseHead(200, b"OK", (), None))
+    inbound.write(b"answer")
+    inbound.trailers(((b"X-Done", b"1"),))
+    inbound.end()
+    pair.pump()
+    assert responder.data == b"answer" and responder.ended
+    assert responder.trailers_ == ((b"X-Done", b"1"),)
+
+
+def test_a_peer_without_trailers_gets_none_and_the_drop_is_logged() -> None:
+    pair = Pair()
+    # An older peer: its hello did not offer trailers.
+    assert pair.client.connection.peer is not None
+    pair.client.connection.peer.settings.pop("trailers")
+    responder = Responder()
+    exchange = pair.client.open(RequestHead(b"POST", b"/", b"web", (), None), "s/web", 80, None,
+                                responder)
+    exchange.write(b"x")
+    exchange.trailers(TRAILERS)
+    with capturedLogs() as events:
+        exchange.end()
+        pair.pump()
+    assert all(not (isinstance(f, Data) and f.trailers) for f in pair.from_client)
+    assert pair.inbound().body.ended and pair.inbound().body.data == b"x"
+    assert any(event.get("names") == "X-Checksum, Server-Timing" for event in events)
+
+
+def test_trailers_wait_with_the_body_for_the_dial() -> None:
+    pair = Pair()
+    bodies: list[TrailerBody] = []
+    pair.server_handler.inbound = (  # type: ignore[method-assign]
+        lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
+    connecting: Deferred[EnvelopeLink] = Deferred()
+    body: Any = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(
+        route(), HEAD, Responder())
+    body.write(b"abc")
+    body.trailers(TRAILERS)
+    body.end()
+    connecting.callback(pair.client)
+    pair.pump()
+    [received] = bodies
+    assert received.data == b"abc" and received.trailers_ == TRAILERS and received.ended

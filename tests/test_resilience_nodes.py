@@ -232,7 +232,9 @@ def test_connect_failures_are_unsent(reactor: MemoryReactorClock) -> None:
     responder = Recording()
     head = RequestHead(b"POST", b"/", b"web", (), 3, "")
     route = Route(TargetKind.service_bus, service, port, endpoint, timeout=7.0)
-    target.open(route, head, responder)  # type: ignore[arg-type]
+    body = target.open(route, head, responder)  # type: ignore[arg-type]
+    body.write(b"abc")
+    body.end()  # the request timeout runs from the end of the request body
     assert [round(c.getTime() - reactor.seconds(), 3) for c in reactor.getDelayedCalls()] == [7.0]
     ConnectionCompleter(reactor).failOnce(Failure(ConnectionRefusedError()))
     [error] = responder.errors

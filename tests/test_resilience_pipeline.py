@@ -718,3 +718,81 @@ def test_a_finished_exchange_is_freed_without_the_cyclic_gc() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# --- the idle deadline runs from the last activity (issue 11, item 2) ---------------------
+
+
+@pytest.mark.parametrize("direction", ["response", "request"])
+def test_a_silent_stream_is_cut_within_n_plus_1_seconds_of_its_last_activity(
+    direction: str,
+) -> None:
+    """The deadline runs from the last byte, not from the sweep that noticed it: with
+    N = 4 a stream silent since t = 0.1 is cut at 4.1, not at 8 (N to 2N before)."""
+    idle = 4.0
+    mesh = Mesh(request_timeout=60.0, stream_idle_timeout=idle)
+    client, body = mesh.send(method=b"POST", length=None)
+    [call] = mesh.pods.opened
+    if direction == "response":
+        body.end()
+        call.responder.head(ResponseHead(200, b"OK", (), None))
+    start = mesh.clock.seconds()
+    mesh.clock.advance(0.1)
+    if direction == "response":
+        call.responder.write(b"tick")
+    else:
+        body.write(b"tick")
+    last = mesh.clock.seconds()
+    cut = None
+    for _ in range(100):  # 0.1 s steps up to 10 s
+        mesh.clock.advance(0.1)
+        if client.error is not None or call.body.aborted is not None:
+            cut = mesh.clock.seconds()
+            break
+    assert cut is not None, "the silent stream was never cut"
+    assert last + idle - 0.01 <= cut <= last + idle + 1, (cut - start)
+    if direction == "response":
+        assert client.error is not None and "no data for 4s" in client.error.detail
+
+
+def test_each_activity_moves_the_idle_deadline() -> None:
+    mesh = Mesh(request_timeout=60.0, stream_idle_timeout=10.0)
+    client, body = mesh.send(method=b"PUT", length=None)
+    for _ in range(30):  # 30 s of a slow but steady upload, one piece every 9 s
+        mesh.clock.advance(9)
+        body.write(b"x")
+        assert client.error is None
+    mesh.clock.advance(10.5)
+    assert client.error is not None
+
+
+# --- a client that stalls mid-upload (issue 11, item 4) -----------------------------------
+
+
+def test_a_client_stalling_mid_upload_gets_408_not_504() -> None:
+    mesh = Mesh(request_timeout=5.0, stream_idle_timeout=20.0)
+    producer = Producer()
+    client, body = mesh.send(method=b"POST", length=1000)
+    body.setProducer(producer)
+    body.write(b"x" * 100)
+    mesh.clock.advance(21)
+    assert client.error is not None
+    assert client.error.reason is Reason.client_timeout and client.error.status == 408
+    assert "request body" in client.error.detail
+    [call] = mesh.pods.opened
+    assert call.body.aborted is not None, "the exchange is cancelled on the next hop"
+
+
+def test_an_upstream_that_stops_reading_the_upload_is_still_504() -> None:
+    """The target paused the source (the pod does not read): not the client's fault."""
+    mesh = Mesh(request_timeout=5.0, stream_idle_timeout=20.0)
+    producer = Producer()
+    client, body = mesh.send(method=b"POST", length=1000)
+    body.setProducer(producer)
+    body.write(b"x" * 100)
+    [call] = mesh.pods.opened
+    assert call.body.producer is not None
+    call.body.producer.pauseProducing()
+    assert producer.paused
+    mesh.clock.advance(21)
+    assert client.error is not None and client.error.reason is Reason.upstream_timeout

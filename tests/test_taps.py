@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import twisted.internet
@@ -338,3 +339,36 @@ def test_header_limits_are_options(catalog_file: str) -> None:
     assert options.front_limits() == FrontLimits(max_header_count=20, max_header_bytes=8 << 10)
     with pytest.raises(usage.UsageError):
         router_options("--catalog", catalog_file, "--max-headers", "0")
+
+
+@pytest.mark.parametrize("role", ["router", "edge"])
+def test_keep_alive_idle_timeouts_are_options(
+    role: str, tmp_path: Path, catalog_file: str, reactor: MemoryReactorClock
+) -> None:
+    """Issue 11, item 6: the idle timeouts of client connections and of pooled pod
+    connections (60 s each) are options of both roles."""
+    from edgemesh.exchange import TargetKind
+
+    extra = ("--client-idle-timeout", "7", "--pool-idle-timeout", "11.5")
+    if role == "router":
+        service: RouterNode | EdgeNode = router_tap.makeService(
+            router_options("--catalog", catalog_file, *extra))
+        upstream, listener = TargetKind.cluster_ip, "http"
+    else:
+        service = edge_tap.makeService(edge_options(
+            "--node", "edge-1", "--state-dir", str(tmp_path), "--catalog", catalog_file, *extra))
+        upstream, listener = TargetKind.service_bus, "proxy"
+    assert service.config.front.idle_timeout == 7.0
+    assert service.config.pool_idle_timeout == 11.5
+    pods: Any = service.pipeline.targets[upstream]
+    assert pods.idle_timeout == 11.5
+    factory: Any = service.listeners[listener].factory
+    while not hasattr(factory, "limits"):
+        factory = factory.wrappedFactory
+    assert factory.limits.idle_timeout == 7.0
+
+
+def test_keep_alive_idle_timeouts_default_to_60_seconds(catalog_file: str) -> None:
+    options = router_options("--catalog", catalog_file)
+    assert options["client-idle-timeout"] == 60.0 and options["pool-idle-timeout"] == 60.0
+    assert options.front_limits().idle_timeout == 60.0

@@ -1191,7 +1191,7 @@ def test_chunked_response_in_one_read_is_one_complete_call() -> None:
     _upstream, responder = whole(
         h,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n",
     )
     assert responder.calls == ["complete"]
     assert responder.head_ == ResponseHead(200, b"OK", (), None)
@@ -1445,3 +1445,99 @@ def test_a_large_body_in_one_read_is_not_held_but_streams() -> None:
     _upstream, responder = whole(h, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     assert responder.calls[0] == "head" and "complete" not in responder.calls
     assert responder.body == big and responder.ended and responder.calls[-1] == "end"
+
+
+def test_one_large_write_of_an_unpaused_source_is_not_refused() -> None:
+    """A link may deliver a whole frame (up to 256 KiB) in one write just before the
+    pause: only writes that keep coming while paused count against the cap."""
+    h = Harness()
+    size = 8 * REQUEST_BODY_BUFFER
+    post = RequestHead(b"PUT", b"/u", b"web", (), size)
+    body, responder = h.open(post)
+    source = Source()
+    body.setProducer(source)
+    body.write(b"a" * (REQUEST_BODY_BUFFER - 1))
+    body.write(b"b" * (4 * REQUEST_BODY_BUFFER))  # lawful: the source was not paused
+    assert responder.error is None and source.paused
+    body.write(b"c" * REQUEST_BODY_BUFFER)  # but it keeps writing while paused
+    assert responder.error is not None and responder.error.reason is Reason.overloaded
+
+
+def test_the_request_timeout_runs_from_the_end_of_the_request_body() -> None:
+    """A slow (or stalled) upload is not the upstream's fault: no 504 from here while the
+    body comes; the source's side times a stall out (408 where it entered the mesh)."""
+    h = Harness(request_timeout=10.0)
+    post = RequestHead(b"POST", b"/u", b"web", (), None)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    for _ in range(5):
+        h.reactor.advance(9)
+        body.write(b"slow")
+    assert responder.error is None and h.target.waiting_exchanges() == 0
+    body.end()
+    assert h.target.waiting_exchanges() == 1
+    h.reactor.advance(9.9)
+    assert responder.error is None
+    h.reactor.advance(0.1)
+    assert responder.error is not None and responder.error.reason is Reason.upstream_timeout
+    assert upstream.aborted
+
+
+# --- trailers (issue 11, item 5) -----------------------------------------------------------
+
+
+class TrailerResponder(WholeResponder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
+
+    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        assert self.head_ is not None and not self.ended
+        self.calls.append("trailers")
+        self.trailers_ = fields
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "streamed"])
+def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
+    h = Harness()
+    responder = TrailerResponder()
+    h.open(responder=responder)
+    upstream = h.accept()
+    upstream.received()
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n3\r\nabc\r\n"
+    rest = b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\nServer-Timing: db;dur=53\r\n\r\n"
+    if split:
+        upstream.send(head)
+        upstream.send(rest)
+    else:
+        upstream.send(head + rest)
+    assert responder.body == b"abc" and responder.ended, (responder.calls, responder.error)
+    # Hop-by-hop and framing fields are not trailers to pass on.
+    assert responder.trailers_ == ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+    assert responder.calls[-2:] == ["trailers", "end"] and h.idle() == 1
+
+
+def test_response_trailers_for_a_source_without_them_are_dropped_and_logged() -> None:
+    from twisted.logger import capturedLogs
+
+    h = Harness()
+    with capturedLogs() as events:
+        _upstream, responder = whole(
+            h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n")
+    assert responder.body == b"a" and responder.ended
+    assert any("dropped 1 trailer field(s) (X-T)" in str(e.get("log_format", "")) or
+               "X-T" in str(e.get("names", "")) for e in events)
+
+
+def test_request_trailers_go_with_the_last_chunk() -> None:
+    h = Harness()
+    post = RequestHead(b"POST", b"/c", b"web", ((b"Host", b"web"),), None)
+    body, responder = h.open(post)
+    upstream = h.accept()
+    upstream.received()
+    body.write(b"abc")
+    body.trailers(((b"X-Checksum", b"1234"),))  # type: ignore[attr-defined]
+    body.end()
+    assert upstream.received() == b"3\r\nabc\r\n0\r\nX-Checksum: 1234\r\n\r\n"
+    upstream.send(OK_HELLO)
+    assert responder.ended

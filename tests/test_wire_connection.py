@@ -75,6 +75,7 @@ def connected(
             "max_streams": client.limits.max_streams,
             "hops": 1,
             "goaway_retry_after": 1,
+            "trailers": 1,
         })
     ]
     assert server.peer_hops

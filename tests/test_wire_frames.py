@@ -719,3 +719,48 @@ def _write_corpus() -> None:  # pragma: no cover - a maintenance helper
 if __name__ == "__main__":  # pragma: no cover
     _write_corpus()
     print(f"wrote {len(corpus_frames())} frames to {CORPUS_DIR}", file=sys.stderr)
+
+
+# --- trailers on the last DATA frame (issue 11, item 5) -----------------------------------
+
+
+def test_data_with_trailers_round_trips() -> None:
+    trailers = ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+    frame = encode_data(7, True, b"tail", trailers)
+    [decoded] = FrameDecoder(Limits()).feed(frame)
+    assert decoded == Data(7, True, b"tail", trailers)
+    # Without trailers, the frame is the 4-field one older peers know, byte for byte.
+    assert encode_data(7, True, b"tail", ()) == encode_data(7, True, b"tail")
+    [plain] = FrameDecoder(Limits()).feed(encode_data(7, True, b"tail"))
+    assert plain == Data(7, True, b"tail") and plain.trailers == ()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (DATA, 7, 0, b"x", ((b"X-T", b"1"),)),  # not the last frame
+        (DATA, 7, 1, b"x", ()),  # empty trailers
+        (DATA, 7, 1, b"x", ((b"Bad Name", b"1"),)),  # not a token
+        (DATA, 7, 1, b"x", ((b"X-T", b"a\r\nb"),)),  # CR LF in a value
+        (DATA, 7, 1, b"x", ((b"X-T", b"1"),), 0),  # six fields
+    ],
+    ids=["not-last", "empty", "bad-name", "crlf", "six-fields"],
+)
+def test_data_with_bad_trailers_is_a_protocol_error(fields: tuple[object, ...]) -> None:
+    payload = msgpack.packb(fields, use_bin_type=True)
+    with pytest.raises(ProtocolError):
+        FrameDecoder(Limits()).feed(struct.pack(">I", len(payload)) + payload)
+
+
+def test_trailers_are_never_encoded_on_a_frame_that_does_not_end() -> None:
+    with pytest.raises(ValueError, match="last frame"):
+        encode_data(7, False, b"x", ((b"X-T", b"1"),))
+
+
+@given(sid=streams, data=bodies, trailers=headers.filter(bool))
+@settings(max_examples=100)
+def test_data_with_any_trailers_round_trips(
+    sid: int, data: bytes, trailers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    frame = encode_data(sid, True, data, trailers)
+    assert decode_all(frame) == [Data(sid, True, data, trailers)]

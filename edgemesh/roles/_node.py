@@ -80,6 +80,9 @@ class RouterConfig:
     wire: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    pool_idle_timeout: float = 60.0
+    """Seconds an idle pooled connection to a pod or ClusterIP is kept (the client side's
+    keep-alive idle timeout is ``front.idle_timeout``)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnels; None: plaintext (``--insecure``)."""
     push_interval: float = DEFAULT_PUSH_INTERVAL
@@ -118,6 +121,9 @@ class EdgeConfig:
     wire: Limits = field(default_factory=Limits)
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    pool_idle_timeout: float = 60.0
+    """Seconds an idle pooled connection to a pod or ClusterIP is kept (the client side's
+    keep-alive idle timeout is ``front.idle_timeout``)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnel and hub links; None: plaintext (``--insecure``)."""
     router_name: str = "router"
@@ -564,6 +570,7 @@ def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: Targ
         HTTPUpstreamTarget(
             node.reactor, upstream,
             connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
+            idle_timeout=config.pool_idle_timeout,
         )
     )
     return pipeline

@@ -45,8 +45,16 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
     optParameters: ClassVar[list[Any]] = [
         ["admin", None, None, "Admin API listener (endpoint string; a bare tcp:PORT listens on 127.0.0.1)."],
         ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
-        ["request-timeout", None, 30.0, "Seconds to wait for a response head (then 504).", _seconds],
+        ["request-timeout", None, 30.0,
+         "Seconds to wait for a response head after the end of the request body (then 504).",
+         _seconds],
         ["header-timeout", None, 10.0, "Seconds a client may take to send a request head.", _seconds],
+        ["client-idle-timeout", None, 60.0,
+         "Seconds a client's keep-alive connection may stay idle between requests (then closed).",
+         _seconds],
+        ["pool-idle-timeout", None, 60.0,
+         "Seconds a pooled connection to a pod or ClusterIP may stay idle (then closed).",
+         _seconds],
         ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
         ["max-headers", None, 100, "Most header fields in a request head (then 431).", _count],
         ["max-header-bytes", None, _size("60KiB"), "Largest request head (then 431).", _size],
@@ -64,6 +72,7 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
         return FrontLimits(
             max_body_bytes=self["max-body"],
             header_timeout=self["header-timeout"],
+            idle_timeout=self["client-idle-timeout"],
             max_header_count=self["max-headers"],
             max_header_bytes=self["max-header-bytes"],
         )

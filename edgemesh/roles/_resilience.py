@@ -67,7 +67,8 @@ class ResilienceOptions(usage.Options):
 
     optParameters: ClassVar[list[Any]] = [
         ["stream-idle-timeout", None, _D.stream_idle_timeout,
-         "Seconds a streaming exchange may carry no data in either direction (then cancelled).",
+         ("Seconds an exchange may carry no data in either direction, counted from its last "
+          "byte (then cancelled: 408 if the client stalled mid-upload, else 504)."),
          _positive_seconds],
         ["retries", None, _D.retries,
          ("Attempts after the first on another endpoint (connect failure, or reset before any "

@@ -57,6 +57,7 @@ def makeService(options: Options) -> IService:
         front=options.front_limits(),
         connect_timeout=options["connect-timeout"],
         request_timeout=options["request-timeout"],
+        pool_idle_timeout=options["pool-idle-timeout"],
         tls=options["tls_value"],
         router_name=options["router-name"],
         capture=options["capture_value"],

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     ITarget,
@@ -38,6 +39,7 @@ from ..exchange import (
     ResponseHead,
     Route,
     SourceKind,
+    hand_trailers,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +119,9 @@ class GuardedBody:
     def end(self) -> None:
         self.guard.body_end()
 
+    def trailers(self, fields: Headers) -> None:
+        self.guard.body_trailers(fields)
+
     def abort(self, reason: str) -> None:
         self.guard.body_abort(reason)
 
@@ -150,10 +155,11 @@ class GuardedExchange:
     """The request timeout runs (from the end of the request body)."""
     replay: list[bytes] | None = None
     replayed = 0
+    request_trailers: Headers = ()
     deadline = INFINITY
     idle_deadline = INFINITY
-    activity = 0
-    seen_activity = 0
+    active_at = 0.0
+    """When data last moved, either way (the idle timeout runs from it)."""
     timeout = 0.0
     # What the pipeline's observer (metrics, access log) reads; it sets ``stats`` and
     # ``started`` when the exchange opens and is told when it closes.
@@ -261,6 +267,8 @@ class GuardedExchange:
                 return
             inner.write(data)
         if self.ended and self.tries == attempt and not self.done:
+            if self.request_trailers:
+                hand_trailers(inner, self.request_trailers, f"{target!r} takes no trailers")
             inner.end()
         if was_paused and not self.producer_paused and producer is not None:
             producer.resumeProducing()
@@ -293,10 +301,18 @@ class GuardedExchange:
                 replay.append(data)
             else:
                 self.replay = None
-        self.activity += 1
+        self.active_at = self.pipeline._now()
         inner = self.inner
         if inner is not None:
             inner.write(data)
+
+    def body_trailers(self, fields: Headers) -> None:
+        if self.ended or self.done:
+            return
+        self.request_trailers = fields  # kept for a retry with the rest of the replay
+        inner = self.inner
+        if inner is not None:
+            hand_trailers(inner, fields, "the target takes no trailers")
 
     def body_end(self) -> None:
         if self.ended:
@@ -326,8 +342,9 @@ class GuardedExchange:
 
     def body_producer(self, producer: IPushProducer) -> None:
         inner = self.inner
-        if self.replay is None and not self.headed:
-            # No retry possible: the target pauses the source directly.
+        if self.replay is None and not self.headed and not self.origin:
+            # No retry possible, and no idle timeout to judge here (which needs to know
+            # whether the target paused the source): the target pauses the source directly.
             self.producer = None
             if inner is not None:
                 inner.setProducer(producer)
@@ -364,6 +381,7 @@ class GuardedExchange:
         self.headed = True
         self.replay = None
         self.deadline = INFINITY
+        self.active_at = self.pipeline._now()
         self.status = status = head.status
         if status >= 500 or self.pipeline.outliers.known:
             self._outcome(status)
@@ -405,13 +423,17 @@ class GuardedExchange:
     def write(self, data: bytes) -> None:
         if self.done:
             return
-        self.activity += 1
+        self.active_at = self.pipeline._now()
         stats = self.stats
         if stats is not None:
             size = len(data)
             self.sent += size
             stats.bytes_out += size
         self.responder.write(data)
+
+    def trailers(self, fields: Headers) -> None:
+        if not self.done:
+            hand_trailers(self.responder, fields, "the source takes no trailers")
 
     def end(self) -> None:
         if self.done:
@@ -535,15 +557,21 @@ class GuardedExchange:
         if self.done:
             return
         self.done = True
+        reason = Reason.upstream_timeout
         if why == "request":
             self._count_failure(Reason.upstream_timeout)
+        elif not (self.ended or self.headed or self.producer_paused):
+            # Silent mid-upload while the target was ready for more: the client stalled,
+            # not the upstream (408, and no mark against the endpoint).
+            reason = Reason.client_timeout
+            detail = f"{self.service.key}: request body stalled: {detail.split(': ', 1)[-1]}"
         self.state.timeouts += 1
-        self.error = Reason.upstream_timeout
+        self.error = reason
         self._finished()
         inner = self.inner
         if inner is not None:
             inner.abort(detail)  # cancels the exchange on every hop
-        self.responder.fail(MeshError(Reason.upstream_timeout, detail))
+        self.responder.fail(MeshError(reason, detail))
         self._let_go()
 
 

@@ -378,6 +378,7 @@ class Pipeline:
                 guard.deadline = deadline = now + guard.timeout
             else:
                 deadline = INFINITY
+            guard.active_at = now
             guard.idle_deadline = idle = now + self._idle_timeout
             wake = min(idle, deadline)
             if wake < self._wake_at:
@@ -544,13 +545,13 @@ class Pipeline:
             if guard.deadline <= now:
                 guard.expire("request", f"{guard.service.key}: no response within {guard.timeout:g}s")
                 continue
-            if guard.activity != guard.seen_activity:
-                guard.seen_activity = guard.activity
-                guard.idle_deadline = now + idle
-            elif guard.idle_deadline <= now:
+            # From the last activity (a timestamp the guard keeps), not from the sweep
+            # that notices it: a silent stream is cut N seconds after its last byte.
+            guard.idle_deadline = idle_deadline = guard.active_at + idle
+            if idle_deadline <= now:
                 guard.expire("idle", f"{guard.service.key}: no data for {idle:g}s")
                 continue
-            wake = min(wake, guard.deadline, guard.idle_deadline)
+            wake = min(wake, guard.deadline, idle_deadline)
         self.outliers.sweep(now)
         if wake < INFINITY:
             self._schedule(wake)

@@ -34,12 +34,15 @@ from zope.interface import implementer
 
 from ..exchange import (
     HOPS_HEADER,
+    Headers,
     IRequestBody,
     IResponder,
     MeshError,
     Reason,
     RequestHead,
     ResponseHead,
+    drop_trailers,
+    hand_trailers,
 )
 from ._http1 import (
     HOP_BY_HOP,
@@ -47,7 +50,9 @@ from ._http1 import (
     connection_tokens,
     end_to_end,
     error_body,
+    last_chunk,
     response_head_bytes,
+    trailer_field,
 )
 from ._io import write_now
 
@@ -140,6 +145,8 @@ class _Exchange:
         "remaining",
         "request",
         "request_done",
+        "request_trailers",
+        "response_trailers",
         "state",
     )
 
@@ -164,6 +171,9 @@ class _Exchange:
         self.persist = False
         self.producer: IPushProducer | None = None
         self.expect_continue = False
+        self.request_trailers: list[tuple[bytes, bytes]] | None = None
+        """Trailer fields of the chunked request body, passed on before its end."""
+        self.response_trailers: Headers = ()
 
     # -- IResponder -------------------------------------------------------------
 
@@ -272,6 +282,11 @@ class _Exchange:
             self.remaining = remaining - len(data)
         transport.write(data)
 
+    def trailers(self, fields: Headers) -> None:
+        """Trailer fields of the response: they go with the last chunk."""
+        if self.state == _HEAD_SENT and fields:
+            self.response_trailers = fields
+
     def end(self) -> None:
         if self.state != _HEAD_SENT:
             if self.state == _STARTED:
@@ -281,8 +296,13 @@ class _Exchange:
             _warn("response body shorter than its Content-Length; aborting")
             self._abort_client()
             return
+        trailers = self.response_trailers
         if self.chunked:
-            self.front.transport.write(LAST_CHUNK)  # type: ignore[union-attr]
+            self.front.transport.write(  # type: ignore[union-attr]
+                last_chunk(trailers) if trailers else LAST_CHUNK
+            )
+        elif trailers:
+            drop_trailers(trailers, "the response to this client is not chunked (HTTP/1.0, or no body)")
         self.state = _DONE
         self.front._exchange_done(self)
 
@@ -553,11 +573,17 @@ class HTTPFrontProtocol(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
-            # A trailer field: counted against the same limits, never forwarded.
+            # A trailer field: counted against the same limits, passed on with the body's end.
             self._trailer_count += 1
             self._trailer_bytes += len(name) + len(value) + 4
             if self._trailer_count > self._max_count or self._trailer_bytes > self._max_head:
                 raise self._reject(Reason.headers_too_large, "request trailer section too large")
+            exchange = self._parsing
+            if exchange is not None and trailer_field(name):
+                if exchange.request_trailers is None:
+                    exchange.request_trailers = [(name, value)]
+                else:
+                    exchange.request_trailers.append((name, value))
             return
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -794,6 +820,9 @@ class HTTPFrontProtocol(Protocol):
             state = exchange.state
             if state != _QUEUED and state != _DONE and exchange.body is not None:
                 try:
+                    if exchange.request_trailers:
+                        hand_trailers(exchange.body, tuple(exchange.request_trailers),
+                                      "the target takes no trailers")
                     exchange.body.end()
                 except Exception:  # noqa: BLE001 -- contain any failure of target code
                     self._target_raised(exchange, "request body end")
@@ -847,6 +876,9 @@ class HTTPFrontProtocol(Protocol):
                 try:
                     for data in exchange.pending or ():
                         body.write(data)
+                    if exchange.request_trailers:
+                        hand_trailers(body, tuple(exchange.request_trailers),
+                                      "the target takes no trailers")
                     body.end()
                 except Exception:  # noqa: BLE001 -- contain any failure of target code
                     self.log.failure("target raised in request body")
@@ -870,6 +902,9 @@ class HTTPFrontProtocol(Protocol):
                         return
                     body.write(data)
             if exchange.request_done and exchange.state != _DONE:
+                if exchange.request_trailers:
+                    hand_trailers(body, tuple(exchange.request_trailers),
+                                  "the target takes no trailers")
                 body.end()
         except Exception:  # noqa: BLE001 -- contain any failure of target code
             self._target_raised(exchange, "request body")

@@ -108,6 +108,25 @@ def chunk(data: bytes) -> bytes:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+_TRAILER_DROP = _FRAMING | {b"host"}
+"""Fields never passed on from a trailer section: framing and routing (RFC 9110 §6.5.1)."""
+
+def trailer_field(name: bytes) -> bool:
+    """Whether a trailer field of this name is passed on."""
+    return name.lower() not in _TRAILER_DROP
+
+
+def last_chunk(trailers: Headers) -> bytes:
+    """The end of a chunked body, with its trailer section."""
+    if not trailers:
+        return LAST_CHUNK
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 
 def error_body(status: int, reason_code: str, detail: str) -> tuple[bytes, Headers]:
     """The mesh's own one-line text answer: body and headers (reflected values are

@@ -24,12 +24,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     MeshError,
     Reason,
     RequestHead,
     ResponseHead,
+    drop_trailers,
+    hand_trailers,
 )
 from ..wire import (
     REFUSED,
@@ -84,7 +87,9 @@ class _Sender:
     """The body-sending half of a stream: credit, a bounded queue, and the
     producer (source or target) it pauses when it cannot send."""
 
-    __slots__ = ("done", "ending", "link", "producer", "producer_paused", "queue", "queued", "sid")
+    __slots__ = (
+        "done", "ending", "link", "producer", "producer_paused", "queue", "queued", "sid", "trailers",
+    )
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
@@ -97,6 +102,8 @@ class _Sender:
         self.producer: IPushProducer | None = None
         self.producer_paused = False
         self.done = False
+        self.trailers: Headers = ()
+        """Trailer fields for the last frame."""
 
     def send(self, data: bytes) -> None:
         if self.done or self.ending:
@@ -149,7 +156,11 @@ class _Sender:
                 break
         if self.ending and not self.queue:
             self.done = True
-            link.write(link.connection.send_data(self.sid, b"", True))
+            trailers = self.trailers
+            if trailers and not link.connection.peer_takes_trailers:
+                drop_trailers(trailers, f"{link.peer_name} takes no trailers (an older version)")
+                trailers = ()
+            link.write(link.connection.send_data(self.sid, b"", True, trailers))
         self.update()
 
     def update(self) -> None:
@@ -217,6 +228,9 @@ class OutboundExchange:
     def write(self, data: bytes) -> None:
         self.sender.send(data)
 
+    def trailers(self, fields: Headers) -> None:
+        self.sender.trailers = fields
+
     def end(self) -> None:
         self.sender.finish()
 
@@ -267,6 +281,8 @@ class OutboundExchange:
                 self.receiver.delivered(len(frame.data))
             if frame.end:
                 self._done()
+                if frame.trailers:
+                    hand_trailers(responder, frame.trailers, "the source takes no trailers")
                 responder.end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
@@ -310,6 +326,17 @@ class InboundExchange:
         self.cork_body: list[bytes] = []
         self.cork_size = 0
         self.request_ended = False
+        self.target_paused = False
+        self.held: deque[bytes] | None = None
+        """Request body that arrived while the target was paused.  The peer may lawfully
+        send all the credit it holds (up to a window, 512 KiB) before it learns of a pause,
+        which is more than a target may have to keep (the pod client refuses a source that
+        keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
+        bounded by the credit it granted (the connection refuses a frame beyond it), and no
+        credit goes back for it until the target took it."""
+        self.held_end = False
+        """The peer's end came after held body: it goes to the target after that body."""
+        self.request_trailers: Headers = ()
 
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before
@@ -322,17 +349,51 @@ class InboundExchange:
             self.sender.producer = None
 
     def request_end(self) -> None:
+        if self.held:
+            self.held_end = True  # after the held body
+            return
         self.request_ended = True
-        if self.body is not None:
-            self.body.end()
+        body = self.body
+        if body is not None:
+            if self.request_trailers:
+                hand_trailers(body, self.request_trailers, "the target takes no trailers")
+            body.end()
         self._release()
+
+    def request_body(self, data: bytes) -> None:
+        """Request body from the peer: to the target, or held while it is paused."""
+        body = self.body
+        if body is None or not data:
+            return
+        if self.target_paused or self.held:
+            held = self.held
+            if held is None:
+                held = self.held = deque()
+            held.append(data)
+            return
+        body.write(data)
+        self.receiver.delivered(len(data))
 
     # IPushProducer: the target pauses the request body
     def pauseProducing(self) -> None:
+        self.target_paused = True
         self.receiver.pause()
 
     def resumeProducing(self) -> None:
+        self.target_paused = False
         self.receiver.resume()
+        held = self.held
+        while held and not self.target_paused:
+            body = self.body
+            if body is None:  # over meanwhile (reset, link lost)
+                held.clear()
+                break
+            data = held.popleft()
+            body.write(data)  # may pause the target again
+            self.receiver.delivered(len(data))
+        if not held and self.held_end:
+            self.held_end = False
+            self.request_end()
 
     def stopProducing(self) -> None:
         self.fail(MeshError(Reason.upstream_lost, "request consumer went away"))
@@ -378,6 +439,11 @@ class InboundExchange:
             self.uncork()
         self.sender.send(data)
 
+    def trailers(self, fields: Headers) -> None:
+        """Trailer fields of the response: on the stream's last DATA frame."""
+        if not self.finished:
+            self.sender.trailers = fields
+
     def end(self) -> None:
         if self.finished:
             return
@@ -385,7 +451,7 @@ class InboundExchange:
         head = self.corked
         if head is not None:
             conn = self.link.connection
-            if self.cork_size <= conn.send_window(self.sid):
+            if self.cork_size <= conn.send_window(self.sid) and not self.sender.trailers:
                 body = b"".join(self.cork_body)
                 self.corked = None
                 self.cork_body = []
@@ -427,6 +493,7 @@ class InboundExchange:
             return
         self.finished = True
         self.corked = None
+        self.held = None  # the target is over: held body has nowhere to go
         self.sender.done = True
         self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
         self.link.forget(self.sid)
@@ -442,12 +509,14 @@ class InboundExchange:
         if type(frame) is Data:
             assert isinstance(frame, Data)
             if frame.data:
-                body.write(frame.data)
-                self.receiver.delivered(len(frame.data))
+                self.request_body(frame.data)
             if frame.end:
+                self.request_trailers = frame.trailers
                 self.request_end()
         elif type(frame) is Reset:
             assert isinstance(frame, Reset)
+            self.held = None
+            self.held_end = False
             answered = self.finished
             self.finished = True
             self.sender.done = True
@@ -469,6 +538,8 @@ class InboundExchange:
             # Whatever is unfinished, the request body or the response, the target stops.
             self.finished = self.request_ended = True
             self.sender.done = True
+            self.held = None
+            self.held_end = False
             if self.body is not None:
                 self.body.abort(f"link lost: {reason}")
 
@@ -692,8 +763,7 @@ class EnvelopeLink(Protocol):
         exchange.body = body
         body.setProducer(exchange)
         if request.body:
-            body.write(request.body)
-            exchange.receiver.delivered(len(request.body))
+            exchange.request_body(request.body)
         if request.end:
             exchange.request_end()
 

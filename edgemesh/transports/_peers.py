@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    Headers,
     IRequestBody,
     IResponder,
     ITarget,
@@ -33,6 +34,7 @@ from ..exchange import (
     RequestHead,
     Route,
     TargetKind,
+    hand_trailers,
 )
 from ._backoff import ReconnectBackoff
 from ._links import EnvelopeLink, ready_or_lost
@@ -54,6 +56,7 @@ class _WaitingBody:
         self.producer: IPushProducer | None = None
         self.paused = False
         self.inner: IRequestBody | None = None
+        self.trailers_held: Headers = ()
 
     def write(self, data: bytes) -> None:
         if self.inner is not None:
@@ -64,6 +67,12 @@ class _WaitingBody:
         if self.size >= _PENDING_BOUND and self.producer is not None and not self.paused:
             self.paused = True
             self.producer.pauseProducing()
+
+    def trailers(self, fields: Headers) -> None:
+        if self.inner is not None:
+            hand_trailers(self.inner, fields, "the link takes no trailers")
+        else:
+            self.trailers_held = fields
 
     def end(self) -> None:
         if self.inner is not None:
@@ -95,6 +104,8 @@ class _WaitingBody:
         while self.pending:
             inner.write(self.pending.popleft())
         if self.ended:
+            if self.trailers_held:
+                hand_trailers(inner, self.trailers_held, "the link takes no trailers")
             inner.end()
 
 

@@ -16,7 +16,9 @@ goes to the responder in one call, ``complete(head, body)``, when it offers that
 optional method (the front, the guard, the links do); otherwise, and for anything
 longer, as ``head``, ``write`` and ``end``.
 
-Each exchange's request timeout runs from its start to its response head.  Rather
+Each exchange's request timeout runs from the end of its request body (its start, for
+one without a body) to its response head: the upload's own pace is the source's business
+(the idle timeout where the exchange entered the mesh).  Rather
 than a DelayedCall each, the target keeps the waiting exchanges in start order (per
 timeout value, that is deadline order) and one timer for the soonest deadline.
 
@@ -56,6 +58,7 @@ from zope.interface import implementer
 
 from ..exchange import (
     HOPS_HEADER,
+    Headers,
     IRequestBody,
     IResponder,
     ITarget,
@@ -65,8 +68,18 @@ from ..exchange import (
     ResponseHead,
     Route,
     TargetKind,
+    drop_trailers,
+    hand_trailers,
 )
-from ._http1 import LAST_CHUNK, chunk, connection_tokens, end_to_end, request_head_bytes
+from ._http1 import (
+    LAST_CHUNK,
+    chunk,
+    connection_tokens,
+    end_to_end,
+    last_chunk,
+    request_head_bytes,
+    trailer_field,
+)
 from ._io import use_large_buffer, write_now
 
 __all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget"]
@@ -77,8 +90,12 @@ also the most body a request may have sent on a pooled connection and still be
 retried on a fresh one."""
 
 _REQUEST_BODY_CAP: Final = 4 * REQUEST_BODY_BUFFER
-"""A source that keeps writing this far past a pause (or never gave a producer)
-fails its exchange: the buffer stays bounded whatever the source does."""
+"""A source that keeps writing this far while paused (or never gave a producer) fails
+its exchange: the buffer stays bounded whatever the source does.  Lawful sources stay
+well below it: the front delivers at most the rest of one read after a pause, and a link
+stream holds what its peer sends within its credit (up to a window, more than this cap)
+until it is resumed (see InboundExchange.held).  One write of an unpaused source is not
+refused for its size: it is bounded by that source's read or frame size."""
 
 _MAX_INTERIM_RESPONSES: Final = 16
 HELD_BODY_LIMIT: Final = 16 * 1024
@@ -371,6 +388,7 @@ class _UpstreamExchange:
         "port",
         "registered",
         "replay",
+        "request_trailers",
         "responder",
         "reused",
         "source",
@@ -407,6 +425,7 @@ class _UpstreamExchange:
         self.body_sent = 0
         """Body bytes (unframed) taken from the source."""
         self.body_done = head.content_length == 0
+        self.request_trailers: Headers = ()
         self.replay: list[bytes] | None = None
         """Framed body bytes sent on a pooled connection, kept for one retry on a
         fresh connection while they fit the bound; None: not retryable."""
@@ -425,8 +444,22 @@ class _UpstreamExchange:
         return _address_text(self.host, self.port)
 
     def start(self) -> None:
+        if self.body_done:
+            self._wait()
         target = self.target
-        # The request timeout runs until the response head: join the target's queue.
+        conn = target._acquire((self.host, self.port))
+        if conn is None:
+            target._connect(self)
+        else:
+            self.reused = True
+            self.replay = []
+            self.connected(conn)
+
+    def _wait(self) -> None:
+        """The request timeout runs from the end of the request body (a slow upload is
+        not the upstream's fault; a stalled one is the source's to time out) until the
+        response head: join the target's queue."""
+        target = self.target
         timeout = self.timeout
         waiting = target._waiting.get(timeout)
         if waiting is None:
@@ -443,13 +476,6 @@ class _UpstreamExchange:
                 target._arm()
         elif deadline < target._sweep_at:  # a shorter timeout than those waiting
             target._arm()
-        conn = target._acquire((self.host, self.port))
-        if conn is None:
-            target._connect(self)
-        else:
-            self.reused = True
-            self.replay = []
-            self.connected(conn)
 
     # IRequestBody
 
@@ -483,7 +509,7 @@ class _UpstreamExchange:
         self.buffer.append(wire)
         self.buffered += len(data)
         if self.buffered >= REQUEST_BODY_BUFFER:
-            if self.buffered > _REQUEST_BODY_CAP:
+            if self.buffered > _REQUEST_BODY_CAP and (self.source is None or self.source_paused):
                 self.fail(
                     MeshError(
                         Reason.overloaded,
@@ -492,6 +518,11 @@ class _UpstreamExchange:
                 )
                 return
             self._update_source()
+
+    def trailers(self, fields: Headers) -> None:
+        """Trailer fields of the request body: they go with its last chunk."""
+        if not (self.done or self.body_done):
+            self.request_trailers = fields
 
     def end(self) -> None:
         if self.done or self.body_done:
@@ -507,14 +538,20 @@ class _UpstreamExchange:
             )
             return
         self.body_done = True
+        if not self.got_head and self.waiting is None:
+            self._wait()
         conn = self.conn
+        trailers = self.request_trailers
         if length is None:
+            end = last_chunk(trailers) if trailers else LAST_CHUNK
             if conn is None:
-                self.buffer.append(LAST_CHUNK)
+                self.buffer.append(end)
             else:
-                conn.transport.write(LAST_CHUNK)
+                conn.transport.write(end)
                 if self.replay is not None:
-                    self.replay.append(LAST_CHUNK)
+                    self.replay.append(end)
+        elif trailers:
+            drop_trailers(trailers, f"{self.address}: the request body has a Content-Length")
         if conn is not None and self.registered:
             self.registered = False
             conn.transport.unregisterProducer()
@@ -615,12 +652,14 @@ class _UpstreamExchange:
         responder.setProducer(self)
         responder.head(head)
 
-    def complete(self) -> None:
+    def complete(self, trailers: Headers = ()) -> None:
         """The response ended cleanly (the connection has decided about reuse)."""
         self.done = True
         self._stop_waiting()
         self._detach()
         self._update_source()
+        if trailers:
+            hand_trailers(self.responder, trailers, f"{self.address}: the source takes no trailers")
         self.responder.end()
 
     def complete_whole(
@@ -809,6 +848,7 @@ class _UpstreamConnection(Protocol):
         self.chunk_pending = False
         self.stalled = 0
         self.trailer_count = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.finished = False
         self.reusable = False
 
@@ -929,10 +969,15 @@ class _UpstreamConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
-            # Trailers are not relayed (the exchange has no place for them); only counted.
+            # A trailer field (bounded like the head: see _receive): relayed with the end.
             self.trailer_count += 1
             if self.trailer_count > self.max_header_count:
                 raise _ResponseError(f"more than {self.max_header_count} trailer fields")
+            if trailer_field(name):
+                if self.trailers is None:
+                    self.trailers = [(name, value)]
+                else:
+                    self.trailers.append((name, value))
             return
         headers = self.headers
         if len(headers) >= self.max_header_count:
@@ -1036,6 +1081,13 @@ class _UpstreamConnection(Protocol):
         if exchange is None:
             return
         head = self.held
+        trailers = self.trailers
+        if head is not None and trailers:
+            # Trailers do not fit the whole-response call: head and body, then the end.
+            self._release_held(exchange)
+            if self.exchange is not exchange:
+                return
+            head = None
         if head is not None:
             # The whole response in one read (the common small one).
             self.held = None
@@ -1057,7 +1109,7 @@ class _UpstreamConnection(Protocol):
             return
         self.finished = True
         self.reusable = exchange.body_done and self.parser.should_keep_alive()
-        exchange.complete()
+        exchange.complete(tuple(trailers) if trailers else ())
 
     # internals
 

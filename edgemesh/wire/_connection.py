@@ -14,6 +14,7 @@ so both may start exchanges on the same connection.
 
 from __future__ import annotations
 
+from ..exchange import Headers
 from ._frames import (
     HOPS_SETTING,
     PROTOCOL_VERSION,
@@ -92,12 +93,19 @@ class Connection:
                 "max_streams": self.limits.max_streams,
                 HOPS_SETTING: 1,
                 RETRY_AFTER_SETTING: 1,
+                "trailers": 1,  # we take DATA frames with trailer fields
             },
         )
 
     @property
     def ready(self) -> bool:
         return self.peer is not None
+
+    @property
+    def peer_takes_trailers(self) -> bool:
+        """The peer's hello offered DATA frames with trailer fields."""
+        peer = self.peer
+        return peer is not None and peer.settings.get("trailers") == 1
 
     # --- receiving -------------------------------------------------------------
 
@@ -270,12 +278,15 @@ class Connection:
         self.sent(sid, size, end)
         return encode_data_head(sid, end, size)
 
-    def send_data(self, sid: int, data: bytes, end: bool) -> bytes:
+    def send_data(self, sid: int, data: bytes, end: bool, trailers: Headers = ()) -> bytes:
+        """``trailers``: only for a peer that takes them (``peer_takes_trailers``)."""
         stream = self._streams.get(sid)
         if stream is not None and not stream.local and not stream.responded:
             raise ValueError(f"stream {sid}: body before the response head")
+        if trailers and not self.peer_takes_trailers:
+            raise ValueError("the peer takes no trailers")
         self.sent(sid, len(data), end)
-        return encode_data(sid, end, data)
+        return encode_data(sid, end, data, trailers)
 
     def send_response(
         self,

@@ -105,6 +105,9 @@ class Data:
     stream: int
     end: bool
     data: bytes
+    trailers: Headers = ()
+    """Trailer fields of the body, on its last frame only: an optional fifth field, sent
+    only to a peer whose hello offered ``trailers`` (older decoders refuse it)."""
 
 
 @dataclass(slots=True)
@@ -223,7 +226,11 @@ def encode_request(
     )
 
 
-def encode_data(stream: int, end: bool, data: bytes) -> bytes:
+def encode_data(stream: int, end: bool, data: bytes, trailers: Headers = ()) -> bytes:
+    if trailers:
+        if not end:
+            raise ValueError("trailers go on the last frame of a body")
+        return _framed(_packb((DATA, stream, FLAG_END, data, trailers)))
     return _framed(_packb((DATA, stream, FLAG_END if end else 0, data)))
 
 
@@ -557,6 +564,12 @@ def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _data(f: tuple[object, ...], limits: Limits) -> Frame:
+    if len(f) == 5:
+        end = bool(_int(f[2], "data: flags", 0, 255) & FLAG_END)
+        trailers = _headers(f[4], limits)
+        if not end or not trailers:
+            raise ProtocolError("data: trailers only on the last frame, and never empty")
+        return Data(_int(f[1], "data: stream", 1), end, _bytes(f[3], "data: data"), trailers)
     _arity(f, 4, "data")
     return Data(_int(f[1], "data: stream", 1), bool(_int(f[2], "data: flags", 0, 255) & FLAG_END),
                 _bytes(f[3], "data: data"))

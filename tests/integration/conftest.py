@@ -18,8 +18,8 @@ from meshkit import HEADER_TIMEOUT, Mesh, ServiceSpec, Topology, catalog_objects
 
 EDGES = ("edge-1", "edge-2", "edge-3", "edge-4")
 """edge-1, edge-2: the mesh most tests use.  edge-3: runs the slow pod, with
---request-timeout 1.  edge-4: killed by the peer-down test."""
-EDGE_ARGS = {"edge-3": ("--request-timeout", "1")}
+--request-timeout 1 and --stream-idle-timeout 2.  edge-4: killed by the peer-down test."""
+EDGE_ARGS = {"edge-3": ("--request-timeout", "1", "--stream-idle-timeout", "2")}
 NEVER_STARTED_EDGE = "edge-5"
 """In the catalog, its hub address a port where nothing listens."""
 
@@ -44,6 +44,16 @@ def services(t: Topology) -> list[ServiceSpec]:
                     ready=False),
         ServiceSpec("refused-e1", "edge-1", "gone-e1", "10.96.0.21", 80, dead["refused-e1"]),
         ServiceSpec("refused-e2", "edge-2", "gone-e2", "10.96.0.22", 80, dead["refused-e2"]),
+        # Origins that answer with "Connection: close": the mesh never has one pooled.
+        ServiceSpec("close-e1", "edge-1", "close-e1-0", "10.96.0.31", 80, pods["close-e1-0"]),
+        ServiceSpec("close-e2", "edge-2", "close-e2-0", "10.96.0.32", 80, pods["close-e2-0"]),
+        ServiceSpec("close-cloud", "cloud-1", "close-cloud-0", "127.0.0.2",
+                    pods["close-cloud-0"], pods["close-cloud-0"]),
+        # Pods a test serves itself, slow to accept (test_uploads.py): nothing listens there
+        # otherwise.
+        ServiceSpec("gate-e2", "edge-2", "gate-e2-0", "10.96.0.41", 80, dead["gate-e2"]),
+        ServiceSpec("gate-cloud", "cloud-1", "gate-cloud-0", "127.0.0.3", dead["gate-cloud"],
+                    dead["gate-cloud"]),
     ]
 
 
@@ -53,8 +63,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     directory = tmp_path_factory.mktemp("mesh")
     topology = Topology.allocate(
         EDGES,
-        ["pod-e1-0", "pod-e2-0", "pod-cloud-0", "slow-e3-0", "pod-e4-0"],
-        ["refused-e1", "refused-e2", NEVER_STARTED_EDGE],
+        ["pod-e1-0", "pod-e2-0", "pod-cloud-0", "slow-e3-0", "pod-e4-0",
+         "close-e1-0", "close-e2-0", "close-cloud-0"],
+        ["refused-e1", "refused-e2", NEVER_STARTED_EDGE, "gate-e2", "gate-cloud"],
     )
     topology.cloud_port = topology.pods["pod-cloud-0"]
     catalog = directory / "catalog.yaml"

@@ -479,6 +479,8 @@ class Response:
     reason: str
     headers: list[tuple[str, str]]
     body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    """The trailer fields of a chunked body (RawConnection only)."""
 
     def header(self, name: str) -> str | None:
         values = self.all(name)
@@ -630,8 +632,9 @@ class RawConnection:
             while size := int(self._line().split(b";")[0], 16):
                 body.append(self._exactly(size))
                 self._exactly(2)
-            while self._line():
-                pass
+            while line := self._line():
+                name, _, value = line.decode("latin-1").partition(":")
+                response.trailers.append((name, value.strip()))
             response.body = b"".join(body)
         elif (length := response.header("Content-Length")) is not None:
             response.body = self._exactly(int(length))

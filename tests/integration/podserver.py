@@ -10,6 +10,16 @@ sha256; the body is consumed while it streams, never held whole):
     GET /slow?s=SECONDS                 answers after SECONDS
     GET /status?code=C                  answers with status C
     GET /hop                            a response carrying hop-by-hop and end-to-end fields
+    POST /trailers                      the description, chunked, with trailer fields after it:
+                                        X-Body-Sha256 (of the request body) and X-Echo-NAME for
+                                        each trailer field NAME of the request
+
+The description lists the request's trailer fields (``trailers``), if it was chunked.
+
+A pod whose NAME starts with ``close-`` answers every request with ``Connection: close``
+and closes (an origin that never keeps a connection alive, so the mesh never has one pooled);
+it also listens on 127.0.0.2, the same port, so that a catalog can give it a ClusterIP of its
+own (the router reaches cloud services at clusterIP:port).
 
 Prints ``ready`` once every port listens.  Standard library only: the mesh under test must
 not share code with its own test pods.
@@ -55,6 +65,7 @@ class PodHandler(BaseHTTPRequestHandler):
 
     def _consume_body(self) -> tuple[int, str, str]:
         """Read the whole body as it streams: (length, sha256 hex, framing)."""
+        self.trailers: list[list[str]] = []
         digest = hashlib.sha256()
         total = 0
         coding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
@@ -63,8 +74,9 @@ class PodHandler(BaseHTTPRequestHandler):
                 line = self.rfile.readline(1024)
                 size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
+                    while (line := self.rfile.readline(1024)) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("latin-1").partition(":")
+                        self.trailers.append([name.strip(), value.strip()])
                     return total, digest.hexdigest(), "chunked"
                 left = size
                 while left:
@@ -91,6 +103,8 @@ class PodHandler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("X-Pod", self.pod)
+        if self.pod.startswith("close-"):
+            self.send_header("Connection", "close")  # also makes the server close
         for name, value in headers:
             self.send_header(name, value)
         if self.command == "HEAD" or status in (204, 304):
@@ -111,6 +125,7 @@ class PodHandler(BaseHTTPRequestHandler):
                 "body_length": length,
                 "body_sha256": sha,
                 "body_framing": framing,
+                "trailers": self.trailers,
             }
         ).encode()
 
@@ -122,6 +137,9 @@ class PodHandler(BaseHTTPRequestHandler):
         if route == "/bytes":
             self._stream(int(query.get("n", "0")), int(query.get("seed", "0")),
                          query.get("chunked") == "1")
+            return
+        if route == "/trailers":
+            self._send_with_trailers(self._describe(length, sha, framing), sha)
             return
         if route == "/slow":
             time.sleep(float(query.get("s", "1")))
@@ -140,6 +158,17 @@ class PodHandler(BaseHTTPRequestHandler):
                 ("Upgrade", "h2c"),
             )
         self._send(status, self._describe(length, sha, framing), extra)
+
+    def _send_with_trailers(self, body: bytes, sha: str) -> None:
+        self.send_response(200)
+        self.send_header("X-Pod", self.pod)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Trailer", "X-Body-Sha256")
+        self.end_headers()
+        fields = [("X-Body-Sha256", sha)] + [(f"X-Echo-{k}", v) for k, v in self.trailers]
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+                         + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fields)
+                         + b"\r\n")
 
     def _stream(self, n: int, seed: int, chunked: bool) -> None:
         self.send_response(200)
@@ -175,6 +204,8 @@ def main(argv: list[str]) -> None:
         name, _, port = spec.rpartition("=")
         handler = type(f"Pod_{len(servers)}", (PodHandler,), {"pod": name})
         servers.append(PodServer(("127.0.0.1", int(port)), handler))
+        if name.startswith("close-"):
+            servers.append(PodServer(("127.0.0.2", int(port)), handler))
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("ready", flush=True)
