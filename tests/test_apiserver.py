@@ -945,7 +945,7 @@ def test_command_line_server(tmp_path: Path) -> None:
         assert ready, "the server printed nothing"
         assert process.stdout.readline().startswith("serving http://127.0.0.1:")
         v1 = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-        assert _names(v1.list_service_for_all_namespaces(_request_timeout=TIMEOUT).items) == ["web"]
+        assert _names(v1.list_service_for_all_namespaces(_request_timeout=TIMEOUT).items) == ["kubernetes", "web"]
         assert _names(v1.list_node(_request_timeout=TIMEOUT).items) == ["n1"]
     finally:
         process.terminate()

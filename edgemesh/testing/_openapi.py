@@ -136,9 +136,24 @@ def _top(resources: Iterable[ResourceType]) -> dict[type, ResourceType]:
 def openapi_v2(resources: tuple[ResourceType, ...]) -> JSONObject:
     top = _top(resources)
     builder = _Builder(top, "#/definitions/")
-    for model in top:
+    paths: JSONObject = {}
+    for model, rtype in top.items():
         builder.define(model)
-    return {"swagger": "2.0", "info": dict(_INFO), "paths": {},
+        if rtype.virtual:
+            continue
+        base = "/" + _group_version_path(rtype) + (
+            "/namespaces/{namespace}" if rtype.namespaced else "")
+        # kubectl (before 1.26) looks for the dryRun parameter of a kind's PATCH operation
+        # to allow --dry-run=server.
+        paths[f"{base}/{rtype.plural}/{{name}}"] = {"patch": {
+            "operationId": f"patch{rtype.kind}",
+            "parameters": [{"name": "dryRun", "in": "query", "type": "string",
+                            "uniqueItems": True}],
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {
+                "group": rtype.group, "version": rtype.version, "kind": rtype.kind},
+        }}
+    return {"swagger": "2.0", "info": dict(_INFO), "paths": paths,
             "definitions": builder.definitions}
 
 
@@ -245,4 +260,25 @@ def openapi_v2_protobuf(resources: tuple[ResourceType, ...]) -> bytes:
         _field(1, _field(1, name) + _field(2, _schema_pb(schema)))
         for name, schema in document["definitions"].items()
     )
-    return _field(1, "2.0") + _field(2, info) + _field(8, b"") + _field(9, definitions)
+    paths = b"".join(
+        _field(2, _field(1, path) + _field(2, _path_item_pb(item)))
+        for path, item in document["paths"].items()
+    )
+    return _field(1, "2.0") + _field(2, info) + _field(8, paths) + _field(9, definitions)
+
+
+def _path_item_pb(item: JSONObject) -> bytes:
+    # PathItem { Operation patch = 8; }, Operation { operation_id = 5; repeated
+    # ParametersItem parameters = 8; repeated NamedAny vendor_extension = 13; }
+    operation = item["patch"]
+    body = bytearray(_field(5, operation["operationId"]))
+    for parameter in operation["parameters"]:
+        # ParametersItem.parameter(1) -> Parameter.non_body_parameter(2) ->
+        # NonBodyParameter.query_parameter_sub_schema(3) {in = 2; name = 4; type = 6}
+        query = _field(2, parameter["in"]) + _field(4, parameter["name"]) + _field(
+            6, parameter["type"])
+        body += _field(8, _field(1, _field(2, _field(3, query))))
+    for key, value in operation.items():
+        if key.startswith("x-"):
+            body += _field(13, _field(1, key) + _field(2, _yaml_any(value)))
+    return _field(8, bytes(body))
