@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from ..security._material import quiet_pyopenssl
 from ._auth import ADMIN_GROUP, Policy, UserInfo, forbidden
 from ._objects import make_endpoint_slice
 from ._openapi import (
@@ -442,15 +443,20 @@ class KubeApiServer:
     def _listen(self) -> None:
         port = self._bound_port if self._bound_port is not None else self._requested_port
         if self.ca is not None:
-            self._port = self._reactor.listenSSL(
-                port, self.site, self._tls_options(), interface=self.host
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            # Not listenSSL: TLS schedules its write flushes on `clock`, which must be this
+            # server's reactor (a ThreadedKubeApiServer's is not the global one).
+            wrapped = TLSMemoryBIOFactory(self._tls_options(), False, self.site,
+                                          clock=self._clock)
+            self._port = self._tcp.listenTCP(
+                port, wrapped, interface=self.host  # type: ignore[arg-type]
             )
-            assert self._port is not None
         else:
             self._port = self._tcp.listenTCP(
                 port, self.site, interface=self.host  # type: ignore[arg-type]
             )
-        self._bound_port = self._port.getHost().port  # type: ignore[union-attr]
+        self._bound_port = self._port.getHost().port  # type: ignore[attr-defined]
 
     def stop(self) -> Deferred[None]:
         """Stop listening and drop every connection."""
@@ -523,11 +529,14 @@ class KubeApiServer:
         served = self.ca.issue_server(hosts=sorted({"127.0.0.1", "::1", "localhost", self.host}))
         private = ssl.PrivateCertificate.loadPEM(served.cert_pem + served.key_pem)
         authority = ssl.Certificate.loadPEM(self.ca.cert_pem)
-        # Client certificates are verified when presented, not required (tokens work too).
-        return ssl.CertificateOptions(
-            privateKey=private.privateKey.original, certificate=private.original,
-            verify=True, caCerts=[authority.original], requireCertificate=False,
-        )
+        with quiet_pyopenssl():
+            # Client certificates are verified when presented, not required (tokens work too).
+            options = ssl.CertificateOptions(
+                privateKey=private.privateKey.original, certificate=private.original,
+                verify=True, caCerts=[authority.original], requireCertificate=False,
+            )
+            options.getContext()
+        return options
 
     @property
     def requires_authentication(self) -> bool:
@@ -811,14 +820,13 @@ class KubeApiServer:
         certificate = getter() if getter is not None else None
         if certificate is None:
             return None
-        subject = certificate.get_subject()
-        user = ""
-        groups: builtins.list[str] = []
-        for key, value in subject.get_components():
-            if key == b"CN":
-                user = value.decode("utf-8", "replace")
-            elif key == b"O":
-                groups.append(value.decode("utf-8", "replace"))
+        from cryptography.x509.oid import NameOID
+
+        subject = certificate.to_cryptography().subject
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        user = str(names[0].value) if names else ""
+        groups = [str(o.value) for o in subject.get_attributes_for_oid(
+            NameOID.ORGANIZATION_NAME)]
         if not user:
             raise StatusError(401, "Unauthorized", "Unauthorized")
         return UserInfo(user, tuple(groups))
