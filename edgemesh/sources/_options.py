@@ -52,9 +52,10 @@ class KubernetesOptions(usage.Options):
         from ._kubeapi import load_configuration
 
         try:
+            account = self["service-account-dir"]
             self["kube_configuration"] = load_configuration(
                 self["kubeconfig"], self["in-cluster"], self["kube-context"],
-                self["service-account-dir"])
+                **({"service_account_dir": account} if account else {}))
         except Exception as error:  # noqa: BLE001 - the client raises many kinds
             where = "--in-cluster" if self["in-cluster"] else f"--kubeconfig {self['kubeconfig']}"
             raise usage.UsageError(f"{where}: {error}") from None
