@@ -35,6 +35,11 @@ _PACKAGES = {
 }
 
 
+# IntOrString fields, which the older models type as "object".
+_INT_OR_STRING = frozenset({"target_port", "port", "max_surge", "max_unavailable",
+                            "min_available"})
+
+
 def _model(rtype: ResourceType) -> type | None:
     from kubernetes.client import models
 
@@ -94,6 +99,31 @@ class _Builder:
             return {"$ref": self.prefix + self.define(annotation)}
         return {"type": "object"}
 
+    def schema_of_name(self, kind: str, attribute: str = "") -> JSONObject:
+        """The schema of an older model's type name (``list[V1ServicePort]``...)."""
+        from kubernetes.client import models
+
+        if kind.startswith("list[") and kind.endswith("]"):
+            return {"type": "array", "items": self.schema_of_name(kind[5:-1])}
+        if kind.startswith("dict(") and kind.endswith(")"):
+            return {"type": "object",
+                    "additionalProperties": self.schema_of_name(kind[5:-1].split(",", 1)[1]
+                                                                .strip())}
+        simple = {"str": {"type": "string"}, "bool": {"type": "boolean"},
+                  "int": {"type": "integer", "format": "int64"},
+                  "float": {"type": "number", "format": "double"},
+                  "datetime": {"type": "string", "format": "date-time"},
+                  "date": {"type": "string", "format": "date"}}
+        if kind in simple:
+            return dict(simple[kind])
+        if kind == "object" and attribute in _INT_OR_STRING:
+            return {"type": "string", "format": "int-or-string",
+                    "x-kubernetes-int-or-string": True}
+        found = getattr(models, kind, None)
+        if isinstance(found, type):
+            return {"$ref": self.prefix + self.define(found)}
+        return {"type": "object"}
+
     def define(self, model: type) -> str:
         name = _definition_name(model, self.top)
         if name in self.definitions:
@@ -105,14 +135,19 @@ class _Builder:
             body["description"] = doc
         properties: JSONObject = {}
         required: list[str] = []
-        for attribute, info in model.model_fields.items():  # type: ignore[attr-defined]
-            key = info.serialization_alias or attribute
-            prop = self.schema(info.annotation)
-            if info.description:
-                prop = {**prop, "description": info.description}
-            properties[key] = prop
-            if info.is_required():
-                required.append(key)
+        if hasattr(model, "model_fields"):  # the client's pydantic models (kubernetes >= 33)
+            for attribute, info in model.model_fields.items():
+                key = info.serialization_alias or attribute
+                prop = self.schema(info.annotation)
+                if info.description:
+                    prop = {**prop, "description": info.description}
+                properties[key] = prop
+                if info.is_required():
+                    required.append(key)
+        else:  # the older generated models: type names as strings
+            for attribute, kind in getattr(model, "openapi_types", {}).items():
+                key = getattr(model, "attribute_map", {}).get(attribute, attribute)
+                properties[key] = self.schema_of_name(kind, attribute)
         body["properties"] = properties
         if required:
             body["required"] = required
