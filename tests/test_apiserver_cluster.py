@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -343,9 +343,9 @@ def test_openapi_from_older_client_models() -> None:
     from edgemesh.testing._openapi import _Builder
 
     class V1Thing:
-        openapi_types = {"ports": "list[V1ServicePort]", "labels": "dict(str, str)",
+        openapi_types: ClassVar[dict[str, str]] = {"ports": "list[V1ServicePort]", "labels": "dict(str, str)",
                          "target_port": "object", "count": "int"}
-        attribute_map = {"ports": "ports", "labels": "labels", "target_port": "targetPort",
+        attribute_map: ClassVar[dict[str, str]] = {"ports": "ports", "labels": "labels", "target_port": "targetPort",
                          "count": "count"}
 
     builder = _Builder({}, "#/definitions/")
