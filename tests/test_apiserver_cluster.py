@@ -74,6 +74,9 @@ def test_namespace_is_required_then_terminating_then_finalized(store: ObjectStor
     assert sink.events == [("DELETED", "c")]
     with pytest.raises(Status):
         store.get(NAMESPACES, None, "shop")
+    with pytest.raises(Status) as kept:
+        store.delete(NAMESPACES, None, "default")
+    assert kept.value.code == 403 and "may not be deleted" in kept.value.message
     # A fixture may ask for the namespace to be made.
     store.create(CONFIG_MAPS, {"metadata": {"name": "e"}}, "made", ensure_namespace=True)
     assert store.get(NAMESPACES, None, "made")["status"]["phase"] == "Active"

@@ -323,9 +323,18 @@ class KubeApiServer:
     """A faithful, in-process Kubernetes API server for tests.
 
     Serves v1 Services, Nodes, Pods, Namespaces and discovery.k8s.io/v1 EndpointSlices with
-    real resourceVersion, watch, selector, patch and error semantics.  Construct it with the
-    reactor, ``await``/wait on :meth:`start`, point a client at :attr:`url` (or at the file
-    :meth:`write_kubeconfig` writes), then drive the cluster through the Python API.
+    real resourceVersion, watch, selector, patch and error semantics, and stores the other
+    kinds kubectl and the manifests use (ConfigMaps, RBAC, Deployments, Leases ...)
+    generically.  Construct it with the reactor, ``await``/wait on :meth:`start`, point a
+    client at :attr:`url` (or at the file :meth:`write_kubeconfig` writes), then drive the
+    cluster through the Python API.
+
+    ``bootstrap=True`` starts as a new cluster does (system namespaces, default/kubernetes,
+    404 for a missing namespace, namespaces deleted through Terminating after
+    `namespace_finalize_delay` seconds); the default (False) lets tests create anywhere and
+    count only their own objects.  ``tls=True`` (or a :class:`CertificateAuthority`) serves
+    HTTPS and requires a client certificate or one of `tokens` (token -> UserInfo); `policy`
+    limits what each user may do.
     """
 
     log = Logger()

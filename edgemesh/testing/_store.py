@@ -76,6 +76,8 @@ DELETED = "DELETED"
 _Key = tuple[str, str]  # (namespace or "", name)
 
 APPLY_PATCH = "application/apply-patch+yaml"
+# The NamespaceLifecycle admission plugin refuses to delete these.
+_UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 NODE_PORT_RANGE = (30000, 32767)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -1064,6 +1066,10 @@ class ObjectStore:
                 f"{precondition_resource_version}, ResourceVersion in object meta: {have_version}",
             )
         if rtype == NAMESPACES and self.require_namespaces:
+            if name in _UNDELETABLE_NAMESPACES:
+                raise StatusError(
+                    403, f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                    "Forbidden", {"name": name, "kind": "namespaces"})
             if old["metadata"].get("deletionTimestamp"):
                 return copy.deepcopy(old)
             marked = copy.deepcopy(old)
