@@ -177,14 +177,25 @@ class KubeAPI(Protocol):
 
 
 def load_configuration(kubeconfig: str | None = None, in_cluster: bool = False,
-                       context: str | None = None) -> Any:
+                       context: str | None = None,
+                       service_account_dir: str | None = None) -> Any:
     """A ``kubernetes.client.Configuration`` from a kubeconfig file or the in-cluster
-    service account, loaded by the official client.  Raises its ConfigException (or
-    OSError) when that fails."""
+    service account (its ``token`` and ``ca.crt`` from `service_account_dir`, default
+    /var/run/secrets/kubernetes.io/serviceaccount), loaded by the official client.  Raises
+    its ConfigException (or OSError) when that fails."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    if in_cluster:
+    if in_cluster and service_account_dir:
+        import os
+
+        from kubernetes.config.incluster_config import InClusterConfigLoader
+
+        InClusterConfigLoader(  # type: ignore[no-untyped-call]
+            token_filename=os.path.join(service_account_dir, "token"),
+            cert_filename=os.path.join(service_account_dir, "ca.crt"),
+        ).load_and_set(configuration)
+    elif in_cluster:
         config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration)
     else:

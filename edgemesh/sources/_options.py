@@ -26,6 +26,9 @@ class KubernetesOptions(usage.Options):
     optParameters: ClassVar[list[Any]] = [
         ["kubeconfig", None, None, "Watch the API server of this kubeconfig file."],
         ["kube-context", None, None, "The kubeconfig context (default: its current one)."],
+        ["service-account-dir", None, None, (
+            "With --in-cluster: read the service account's token and ca.crt from this "
+            "directory (default: /var/run/secrets/kubernetes.io/serviceaccount).")],
         ["namespace", None, None, ("Watch Services and EndpointSlices of this namespace only "
                                    "(default: all namespaces).")],
         ["advertise", None, None, ("The IP address cloud traffic reaches this router at "
@@ -50,8 +53,10 @@ class KubernetesOptions(usage.Options):
 
         where = "--in-cluster" if self["in-cluster"] else f"--kubeconfig {self['kubeconfig']}"
         try:
+            account = self["service-account-dir"]
             self["kube_configuration"] = load_configuration(
-                self["kubeconfig"], self["in-cluster"], self["kube-context"])
+                self["kubeconfig"], self["in-cluster"], self["kube-context"],
+                **({"service_account_dir": account} if account else {}))
         except Exception as error:  # noqa: BLE001 - the client raises many kinds
             raise usage.UsageError(f"{where}: {error}") from None
         try:

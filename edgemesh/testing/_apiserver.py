@@ -8,6 +8,7 @@ use to change objects and to misbehave on purpose (restart, compaction, injected
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import os
@@ -18,6 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+import yaml
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -28,9 +30,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from ..security._material import quiet_pyopenssl
+from ._auth import ADMIN_GROUP, Policy, UserInfo, forbidden
+from ._objects import make_endpoint_slice
+from ._openapi import (
+    PROTOBUF_V2,
+    openapi_v2,
+    openapi_v2_protobuf,
+    openapi_v3,
+    openapi_v3_index,
+)
 from ._patch import MERGE_PATCH
 from ._resources import (
+    ENDPOINT_SLICES,
+    NAMESPACES,
     RESOURCE_TYPES,
+    SELF_SUBJECT_REVIEWS,
+    SERVICES,
     JSONObject,
     ResourceType,
     StatusError,
@@ -38,15 +54,23 @@ from ._resources import (
     resource_for_object,
 )
 from ._selectors import SelectorError, parse_field_selector, parse_label_selector
-from ._store import DEFAULT_HISTORY_SIZE, ObjectStore, WatchSubscription
+from ._store import APPLY_PATCH, DEFAULT_HISTORY_SIZE, ObjectStore, WatchSubscription
+from ._tables import table_for, wants_table
+from ._tls import CertificateAuthority
 
 __all__ = [
+    "DEFAULT_NAMESPACES",
     "INITIAL_EVENTS_END_ANNOTATION",
     "MAX_BODY_BYTES",
     "MAX_PENDING_WATCH_EVENTS",
     "ExpiredForm",
     "KubeApiServer",
 ]
+
+# What a new cluster has (kube-apiserver's system namespaces).
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# The default/kubernetes Service's cluster IP (the first of the service CIDR).
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 
 # Request bodies larger than this get 413, like the real server's 3 MiB limit.
 MAX_BODY_BYTES = 3 * 1024 * 1024
@@ -122,6 +146,8 @@ class _WatchStream:
         self.pending: deque[bytes] = deque()
         self.last_version = 0
         self.timeout_call: Any = None
+        # (Table apiVersion, includeObject) when the client asked for Tables (kubectl get -w).
+        self.table: tuple[str, str] | None = None
 
     # WatchSink
     def deliver(self, event_type: str, obj: JSONObject) -> None:
@@ -129,6 +155,10 @@ class _WatchStream:
             self.last_version = max(self.last_version, int(obj["metadata"]["resourceVersion"]))
         except (KeyError, TypeError, ValueError):
             pass
+        if self.table is not None:
+            obj = table_for(self.resource, [obj], api_version=self.table[0],
+                            now=self.server._clock.seconds(), include_object=self.table[1],
+                            list_metadata={"resourceVersion": str(self.last_version)})
         self._send({"type": event_type, "object": obj})
 
     def bookmark(self, *, initial_events_end: bool = False) -> None:
@@ -293,9 +323,18 @@ class KubeApiServer:
     """A faithful, in-process Kubernetes API server for tests.
 
     Serves v1 Services, Nodes, Pods, Namespaces and discovery.k8s.io/v1 EndpointSlices with
-    real resourceVersion, watch, selector, patch and error semantics.  Construct it with the
-    reactor, ``await``/wait on :meth:`start`, point a client at :attr:`url` (or at the file
-    :meth:`write_kubeconfig` writes), then drive the cluster through the Python API.
+    real resourceVersion, watch, selector, patch and error semantics, and stores the other
+    kinds kubectl and the manifests use (ConfigMaps, RBAC, Deployments, Leases ...)
+    generically.  Construct it with the reactor, ``await``/wait on :meth:`start`, point a
+    client at :attr:`url` (or at the file :meth:`write_kubeconfig` writes), then drive the
+    cluster through the Python API.
+
+    ``bootstrap=True`` starts as a new cluster does (system namespaces, default/kubernetes,
+    404 for a missing namespace, namespaces deleted through Terminating after
+    `namespace_finalize_delay` seconds); the default (False) lets tests create anywhere and
+    count only their own objects.  ``tls=True`` (or a :class:`CertificateAuthority`) serves
+    HTTPS and requires a client certificate or one of `tokens` (token -> UserInfo); `policy`
+    limits what each user may do.
     """
 
     log = Logger()
@@ -313,16 +352,35 @@ class KubeApiServer:
         expired_form: ExpiredForm = "event",
         default_watch_timeout: float | None = None,
         store: ObjectStore | None = None,
+        bootstrap: bool = False,
+        kubernetes_service: bool | None = None,
+        namespace_finalize_delay: float = 0.0,
+        tls: CertificateAuthority | bool = False,
+        tokens: Mapping[str, UserInfo] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._tcp: IReactorTCP = reactor
         self.host = host
         self._requested_port = port
+        self.tokens: dict[str, UserInfo] = dict(tokens or {})
+        self._token: str | None = None
         self.token = token
         self.store = store if store is not None else ObjectStore(
-            now=reactor.seconds, history_size=history_size, history_seconds=history_seconds
+            now=reactor.seconds, history_size=history_size, history_seconds=history_seconds,
+            require_namespaces=bootstrap,
         )
+        self._bootstrap = bootstrap
+        self._kubernetes_service = bootstrap if kubernetes_service is None else kubernetes_service
+        self.namespace_finalize_delay = namespace_finalize_delay
+        self.ca: CertificateAuthority | None = (
+            tls if isinstance(tls, CertificateAuthority) else CertificateAuthority() if tls
+            else None
+        )
+        # Who may do what (None: every authenticated user may do everything).
+        self.policy = policy
+        self._bootstrapped = False
         self.expired_form = expired_form
         self.default_watch_timeout = default_watch_timeout
         self.site = _ApiSite(_Root(self), reactor)
@@ -336,20 +394,77 @@ class KubeApiServer:
         self.request_log: deque[tuple[str, str]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._watch_waiters: builtins.list[tuple[int, ResourceType | None, Deferred[None]]] = []
 
+    @property
+    def token(self) -> str | None:
+        """The bearer token of an admin (``edgemesh-test`` in system:masters), if any."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        if self._token is not None:
+            self.tokens.pop(self._token, None)
+        self._token = value
+        if value is not None:
+            self.tokens[value] = UserInfo("edgemesh-test", (ADMIN_GROUP,))
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
         """Listen (on `port`, 0 picks a free one); fires once the socket is bound."""
         self._listen()
         self._up = True
+        if not self._bootstrapped:
+            self._bootstrapped = True
+            self._create_defaults()
         self._schedule_bookmarks()
         return succeed(None)
 
+    def _create_defaults(self) -> None:
+        """What kube-apiserver creates in a new cluster: the system namespaces and the
+        default/kubernetes Service with its EndpointSlice (pointing at this server)."""
+        if self._bootstrap:
+            for name in DEFAULT_NAMESPACES:
+                if not self._exists(NAMESPACES, None, name):
+                    self.store.create(NAMESPACES, {"metadata": {"name": name}})
+        if not self._kubernetes_service or self._exists(SERVICES, "default", "kubernetes"):
+            return
+        # A memory reactor's port is 0: the Service still needs a valid target port.
+        port = self.port or 6443
+        self.store.create(SERVICES, {
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": KUBERNETES_SERVICE_IP, "ports": [
+                {"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        }, ensure_namespace=True)
+        endpoints = make_endpoint_slice("kubernetes", [self.host], name="kubernetes",
+                                        port=port, port_name="https")
+        endpoints["metadata"]["labels"] = {"kubernetes.io/service-name": "kubernetes",
+                                           "endpointslice.kubernetes.io/skip-mirror": "true"}
+        self.store.create(ENDPOINT_SLICES, endpoints, ensure_namespace=True)
+
+    def _exists(self, rtype: ResourceType, namespace: str | None, name: str) -> bool:
+        try:
+            self.store.get(rtype, namespace, name)
+        except StatusError:
+            return False
+        return True
+
     def _listen(self) -> None:
         port = self._bound_port if self._bound_port is not None else self._requested_port
-        self._port = self._tcp.listenTCP(
-            port, self.site, interface=self.host  # type: ignore[arg-type]
-        )
+        if self.ca is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            # Not listenSSL: TLS schedules its write flushes on `clock`, which must be this
+            # server's reactor (a ThreadedKubeApiServer's is not the global one).
+            wrapped = TLSMemoryBIOFactory(self._tls_options(), False, self.site,
+                                          clock=self._clock)
+            self._port = self._tcp.listenTCP(
+                port, wrapped, interface=self.host  # type: ignore[arg-type]
+            )
+        else:
+            self._port = self._tcp.listenTCP(
+                port, self.site, interface=self.host  # type: ignore[arg-type]
+            )
         self._bound_port = self._port.getHost().port  # type: ignore[attr-defined]
 
     def stop(self) -> Deferred[None]:
@@ -411,8 +526,30 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with TLS; no trailing slash)."""
+        scheme = "https" if self.ca is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def _tls_options(self) -> Any:
+        from twisted.internet import ssl
+
+        assert self.ca is not None
+        served = self.ca.issue_server(hosts=sorted({"127.0.0.1", "::1", "localhost", self.host}))
+        private = ssl.PrivateCertificate.loadPEM(served.cert_pem + served.key_pem)
+        authority = ssl.Certificate.loadPEM(self.ca.cert_pem)
+        with quiet_pyopenssl():
+            # Client certificates are verified when presented, not required (tokens work too).
+            options = ssl.CertificateOptions(
+                privateKey=private.privateKey.original, certificate=private.original,
+                verify=True, caCerts=[authority.original], requireCertificate=False,
+            )
+            options.getContext()
+        return options
+
+    @property
+    def requires_authentication(self) -> bool:
+        return bool(self.tokens) or self.ca is not None
 
     def write_kubeconfig(
         self,
@@ -420,17 +557,39 @@ class KubeApiServer:
         *,
         namespace: str | None = None,
         context: str = "edgemesh-test",
+        user: str | None = None,
+        groups: tuple[str, ...] | list[str] = (),
+        token: str | None = None,
+        ca_pem: bytes | None = None,
     ) -> str:
-        """Write a kubeconfig for this server (with the bearer token, if any); returns its path."""
-        user: JSONObject = {"token": self.token} if self.token else {}
+        """Write a kubeconfig for this server; returns its path.
+
+        With TLS it carries the CA (or `ca_pem`, e.g. a wrong one on purpose) and, unless a
+        `token` is given, a client certificate for `user` in `groups` (default: an admin in
+        system:masters).  Without TLS it carries `token`, or the server's own ``token``.
+        """
+        credentials: JSONObject = {}
+        cluster: JSONObject = {"server": self.url}
+        chosen_token = token if token is not None else (None if self.ca else self.token)
+        if chosen_token:
+            credentials["token"] = chosen_token
+        if self.ca is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(
+                ca_pem if ca_pem is not None else self.ca.cert_pem).decode()
+            if token is None:
+                issued = self.ca.issue_client(
+                    user or "edgemesh-admin", tuple(groups) if user else (ADMIN_GROUP,))
+                credentials["client-certificate-data"] = base64.b64encode(
+                    issued.cert_pem).decode()
+                credentials["client-key-data"] = base64.b64encode(issued.key_pem).decode()
         context_body: JSONObject = {"cluster": context, "user": context}
         if namespace:
             context_body["namespace"] = namespace
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": context, "user": user}],
+            "clusters": [{"name": context, "cluster": cluster}],
+            "users": [{"name": context, "user": credentials}],
             "contexts": [{"name": context, "context": context_body}],
             "current-context": context,
             "preferences": {},
@@ -578,7 +737,8 @@ class KubeApiServer:
     def create(self, obj: JSONObject, *, keep_status: bool = True) -> JSONObject:
         """Create an object of the kind its apiVersion/kind name (status kept by default)."""
         rtype = resource_for_object(obj)
-        return self.store.create(rtype, obj, None, keep_status=keep_status)
+        return self.store.create(rtype, obj, None, keep_status=keep_status,
+                                 ensure_namespace=True)
 
     def apply(self, obj: JSONObject) -> JSONObject:
         """Create `obj`, or replace the existing one unconditionally (status included)."""
@@ -615,7 +775,18 @@ class KubeApiServer:
 
     def delete(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
         rtype = resolve_resource(resource)
-        return self.store.delete(rtype, namespace if rtype.namespaced else None, name)
+        gone = self.store.delete(rtype, namespace if rtype.namespaced else None, name)
+        self._schedule_namespace_finalizer(rtype)
+        return gone
+
+    def _schedule_namespace_finalizer(self, rtype: ResourceType) -> None:
+        if rtype == NAMESPACES and self.store.require_namespaces:
+            # The namespace controller's part, on a later reactor turn as in a real cluster.
+            self._clock.callLater(self.namespace_finalize_delay, self._finalize_namespaces)
+
+    def _finalize_namespaces(self) -> None:
+        for name in self.store.terminating_namespaces():
+            self.store.finalize_namespace(name)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -633,12 +804,51 @@ class KubeApiServer:
                 request, StatusError(500, "Internal error occurred: test server bug")
             )
 
-    def _check_auth(self, request: Request) -> None:
-        if self.token is None:
-            return
+    def _authenticate(self, request: Request) -> UserInfo:
+        """The request's user: a bearer token, else a verified client certificate; 401 when
+        the server requires authentication and neither is there (or the token is wrong)."""
         header = request.getHeader("authorization") or ""
-        if header != f"Bearer {self.token}":
+        if header:
+            scheme, _, credential = header.partition(" ")
+            user = self.tokens.get(credential.strip()) if scheme.lower() == "bearer" else None
+            if user is None:
+                raise StatusError(401, "Unauthorized", "Unauthorized")
+            return user
+        certificate = self._peer_certificate(request)
+        if certificate is not None:
+            return certificate
+        if self.requires_authentication:
             raise StatusError(401, "Unauthorized", "Unauthorized")
+        return UserInfo("system:anonymous", ("system:unauthenticated", ADMIN_GROUP))
+
+    def _peer_certificate(self, request: Request) -> UserInfo | None:
+        if self.ca is None or request.channel is None:
+            return None
+        transport: Any = request.channel.transport
+        getter = getattr(transport, "getPeerCertificate", None)
+        certificate = getter() if getter is not None else None
+        if certificate is None:
+            return None
+        from cryptography.x509.oid import NameOID
+
+        subject = certificate.to_cryptography().subject
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        user = str(names[0].value) if names else ""
+        groups = [str(o.value) for o in subject.get_attributes_for_oid(
+            NameOID.ORGANIZATION_NAME)]
+        if not user:
+            raise StatusError(401, "Unauthorized", "Unauthorized")
+        return UserInfo(user, tuple(groups))
+
+    def _authorize(
+        self, user: UserInfo, verb: str, rtype: ResourceType, namespace: str | None,
+        name: str | None, subresource: str | None = None,
+    ) -> None:
+        if self.policy is None:
+            return
+        resource = f"{rtype.plural}/{subresource}" if subresource else rtype.plural
+        if not self.policy.allows(user, verb, resource, rtype.group, namespace):
+            raise forbidden(user, verb, rtype, namespace, name, subresource)
 
     def _check_faults(self, method: str, uri: str) -> None:
         for fault in self._faults:
@@ -660,12 +870,30 @@ class KubeApiServer:
         request.setHeader(b"cache-control", b"no-cache, private")
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
+    def _write_object(
+        self, request: Request, code: int, rtype: ResourceType, body: JSONObject,
+        args: Mapping[str, str], *, listed: bool = False,
+    ) -> bytes:
+        """An object or a list, or its Table when the Accept header asks for one."""
+        table = wants_table(request.getHeader("accept") or "")
+        if table is None:
+            return self._write_json(request, code, body)
+        include = args.get("includeObject") or "PartialObjectMetadata"
+        if include not in ("None", "Object", "PartialObjectMetadata"):
+            raise StatusError(400, f'includeObject: Unsupported value: "{include}"')
+        objects = body["items"] if listed else [body]
+        metadata = dict(body.get("metadata") or {}) if listed else {
+            "resourceVersion": body.get("metadata", {}).get("resourceVersion", "")}
+        return self._write_json(request, code, table_for(
+            rtype, objects, api_version=table, now=self._clock.seconds(),
+            list_metadata=metadata, include_object=include))
+
     def _write_status(self, request: Request, error: StatusError) -> bytes:
         for name, value in error.headers.items():
             request.setHeader(name.encode(), value.encode())
         return self._write_json(request, error.code, error.status())
 
-    def _read_body(self, request: Request) -> Any:
+    def _read_body(self, request: Request, *, allow_yaml: bool = False) -> Any:
         if getattr(request, "body_too_large", False):
             raise StatusError(413, "Request entity too large: limit is 3145728")
         content = request.content.read() if request.content is not None else b""
@@ -674,7 +902,67 @@ class KubeApiServer:
         try:
             return json.loads(content)
         except (ValueError, RecursionError) as error:
-            raise StatusError(400, f"the request body is not valid JSON: {error}") from None
+            if not allow_yaml:
+                raise StatusError(400, f"the request body is not valid JSON: {error}") from None
+        try:
+            return yaml.safe_load(content)
+        except yaml.YAMLError as error:
+            raise StatusError(400, f"error decoding YAML: {error}") from None
+
+    def _openapi(self, request: Request, segments: builtins.list[str]) -> bytes | None:
+        resources = self.store.resources()
+        if segments == ["openapi", "v2"]:
+            accept = request.getHeader("accept") or ""
+            if PROTOBUF_V2 in accept:
+                # As kube-openapi: Go's mime parser refuses the "@" of the Accept type.
+                request.setHeader(b"content-type", b"application/octet-stream")
+                return openapi_v2_protobuf(resources)
+            return self._write_json(request, 200, openapi_v2(resources))
+        if segments == ["openapi", "v3"]:
+            return self._write_json(request, 200, openapi_v3_index(resources))
+        if len(segments) >= 3 and segments[:2] == ["openapi", "v3"]:
+            document = openapi_v3(resources, "/".join(segments[2:]))
+            if document is None:
+                raise StatusError(404, "the server could not find the requested resource",
+                                  "NotFound")
+            return self._write_json(request, 200, document)
+        return None
+
+    def _review(self, request: Request, rtype: ResourceType, user: UserInfo) -> bytes:
+        """SelfSubjectAccessReview (kubectl auth can-i) and SelfSubjectReview (whoami)."""
+        body = self._read_body(request)
+        if not isinstance(body, dict):
+            raise StatusError(400, "the request body must be a JSON object")
+        answer: JSONObject = {
+            "kind": rtype.kind, "apiVersion": rtype.api_version,
+            "metadata": {"creationTimestamp": None},
+        }
+        if rtype == SELF_SUBJECT_REVIEWS:
+            answer["status"] = {"userInfo": {"username": user.name,
+                                             "groups": list(user.all_groups())}}
+            return self._write_json(request, 201, answer)
+        spec = body.get("spec") or {}
+        answer["spec"] = spec
+        attributes = spec.get("resourceAttributes")
+        if isinstance(attributes, dict):
+            verb = str(attributes.get("verb", ""))
+            resource = str(attributes.get("resource", ""))
+            if attributes.get("subresource"):
+                resource += "/" + str(attributes["subresource"])
+            allowed = self.policy is None or self.policy.allows(
+                user, verb, resource, str(attributes.get("group", "")),
+                attributes.get("namespace") or None)
+        elif isinstance(spec.get("nonResourceAttributes"), dict):
+            allowed = True  # discovery, /version, /healthz: every authenticated user
+        else:
+            raise StatusError(422, f'{rtype.kind}.authorization.k8s.io "" is invalid: '
+                              "spec: Invalid value: ...: exactly one of nonResourceAttributes "
+                              "or resourceAttributes must be specified", "Invalid")
+        status: JSONObject = {"allowed": bool(allowed)}
+        if allowed and self.policy is not None:
+            status["reason"] = "allowed by the edgemesh testing policy"
+        answer["status"] = status
+        return self._write_json(request, 201, answer)
 
     def _dispatch(self, request: Request, method: str) -> bytes | int:
         raw_path = request.path.decode("utf-8", "replace")
@@ -686,10 +974,14 @@ class KubeApiServer:
         if segments in (["healthz"], ["livez"], ["readyz"]):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"ok"
-        self._check_auth(request)
+        user = self._authenticate(request)
         self._check_faults(method, request.uri.decode("utf-8", "replace"))
         if segments == ["version"]:
             return self._write_json(request, 200, SERVER_VERSION)
+        if segments[:1] == ["openapi"]:
+            document = self._openapi(request, segments)
+            if document is not None:
+                return document
         discovery = self._discovery(segments)
         if discovery is not None:
             if method != "GET":
@@ -700,42 +992,76 @@ class KubeApiServer:
             raise StatusError(404, "the server could not find the requested resource", "NotFound",
                               {})
         rtype, namespace, name, subresource = route
+        dry_run = self._dry_run(args)
+        manager = args.get("fieldManager") or (
+            (request.getHeader("user-agent") or "").split("/")[0] or None)
+        if rtype.virtual:
+            if method != "POST" or name is not None:
+                raise StatusError(405, f"the server does not allow this method on the "
+                                  f"requested resource ({method})", "MethodNotAllowed")
+            return self._review(request, rtype, user)
         if name is None:
             if method == "GET":
                 if _parse_bool(args.get("watch", "")):
+                    self._authorize(user, "watch", rtype, namespace, None)
                     return self._start_watch(request, rtype, namespace, args)
-                return self._write_json(request, 200, self._list(rtype, namespace, args))
+                self._authorize(user, "list", rtype, namespace, None)
+                return self._write_object(request, 200, rtype,
+                                          self._list(rtype, namespace, args), args, listed=True)
             if method == "POST":
                 if rtype.namespaced and namespace is None:
                     raise StatusError(405, "POST requires a namespace for namespaced resources",
                                       "MethodNotAllowed")
-                created = self.store.create(rtype, self._read_body(request), namespace)
-                return self._write_json(request, 201, created)
+                self._authorize(user, "create", rtype, namespace, None)
+                created = self.store.create(rtype, self._read_body(request), namespace,
+                                            dry_run=dry_run, manager=manager)
+                return self._write_object(request, 201, rtype, created, args)
             raise StatusError(405, f"the server does not allow this method on the requested "
                               f"resource ({method})", "MethodNotAllowed")
         if method == "GET":
             if subresource not in (None, "status"):
                 raise StatusError(404, "the server could not find the requested resource")
-            return self._write_json(request, 200, self.store.get(rtype, namespace, name))
+            self._authorize(user, "get", rtype, namespace, name, subresource)
+            return self._write_object(request, 200, rtype,
+                                      self.store.get(rtype, namespace, name), args)
         if method == "PUT":
+            self._authorize(user, "update", rtype, namespace, name, subresource)
             updated = self.store.update(
-                rtype, self._read_body(request), namespace, name, subresource=subresource
+                rtype, self._read_body(request), namespace, name, subresource=subresource,
+                dry_run=dry_run, manager=manager,
             )
-            return self._write_json(request, 200, updated)
+            return self._write_object(request, 200, rtype, updated, args)
         if method == "PATCH":
+            self._authorize(user, "patch", rtype, namespace, name, subresource)
             content_type = request.getHeader("content-type") or ""
+            is_apply = content_type.split(";")[0].strip().lower() == APPLY_PATCH
+            existed = self._exists(rtype, namespace, name)
             patched = self.store.patch(
-                rtype, namespace, name, self._read_body(request), content_type,
-                subresource=subresource,
+                rtype, namespace, name, self._read_body(request, allow_yaml=is_apply),
+                content_type, subresource=subresource, dry_run=dry_run,
+                manager=args.get("fieldManager") if is_apply else manager,
+                force=_parse_bool(args.get("force", "")),
             )
-            return self._write_json(request, 200, patched)
+            return self._write_object(request, 200 if existed else 201, rtype, patched, args)
         if method == "DELETE":
-            return self._delete(request, rtype, namespace, name)
+            self._authorize(user, "delete", rtype, namespace, name, subresource)
+            return self._delete(request, rtype, namespace, name, dry_run)
         raise StatusError(405, f"the server does not allow this method on the requested "
                           f"resource ({method})", "MethodNotAllowed")
 
+    @staticmethod
+    def _dry_run(args: Mapping[str, str]) -> bool:
+        value = args.get("dryRun")
+        if not value:
+            return False
+        if value != "All":
+            raise StatusError(400, f'dryRun: Unsupported value: "{value}": supported values: '
+                              '"All"', "BadRequest")
+        return True
+
     def _delete(
-        self, request: Request, rtype: ResourceType, namespace: str | None, name: str
+        self, request: Request, rtype: ResourceType, namespace: str | None, name: str,
+        dry_run: bool = False,
     ) -> bytes:
         uid: str | None = None
         version: str | None = None
@@ -749,10 +1075,16 @@ class KubeApiServer:
             if isinstance(preconditions, dict):
                 uid = preconditions.get("uid")
                 version = preconditions.get("resourceVersion")
+            if isinstance(options, dict) and options.get("dryRun") == ["All"]:
+                dry_run = True
         gone = self.store.delete(
-            rtype, namespace, name, precondition_uid=uid, precondition_resource_version=version
+            rtype, namespace, name, precondition_uid=uid, precondition_resource_version=version,
+            dry_run=dry_run,
         )
-        if rtype.delete_returns_object:
+        if not dry_run:
+            self._schedule_namespace_finalizer(rtype)
+        if rtype.delete_returns_object or gone["metadata"].get("deletionTimestamp"):
+            # Objects that live on (a Terminating namespace) come back as they are now.
             return self._write_json(request, 200, gone)
         details: JSONObject = {"name": name, "kind": rtype.plural,
                                "uid": gone["metadata"].get("uid")}
@@ -800,6 +1132,9 @@ class KubeApiServer:
                 raise StatusError(400, "timeoutSeconds: must be an integer") from None
         allow_bookmarks = _parse_bool(args.get("allowWatchBookmarks", ""))
         stream = _WatchStream(self, request, rtype, allow_bookmarks)
+        table = wants_table(request.getHeader("accept") or "")
+        if table is not None:
+            stream.table = (table, args.get("includeObject") or "PartialObjectMetadata")
         version = args.get("resourceVersion")
         send_initial_events = _parse_bool(args.get("sendInitialEvents", ""))
         if send_initial_events:
@@ -916,6 +1251,7 @@ class KubeApiServer:
             entries.append({
                 "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": list(r.verbs), "shortNames": list(r.short_names),
+                **({"categories": list(r.categories)} if r.categories else {}),
             })
             if r.status_subresource:
                 entries.append({

@@ -8,6 +8,8 @@ from typing import Any
 
 __all__ = [
     "ENDPOINT_SLICES",
+    "LEASES",
+    "MESH_RESOURCE_TYPES",
     "NAMESPACES",
     "NODES",
     "PODS",
@@ -46,6 +48,11 @@ class ResourceType:
     verbs: tuple[str, ...] = field(
         default=("create", "delete", "get", "list", "patch", "update", "watch")
     )
+    # metadata.generation counts spec changes (Services, Pods, workloads).
+    generation: bool = False
+    # A review (SelfSubjectAccessReview ...): POST answers it, nothing is stored.
+    virtual: bool = False
+    categories: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -66,6 +73,7 @@ class ResourceType:
 SERVICES = ResourceType(
     "", "v1", "services", "service", "Service", namespaced=True, status_subresource=True,
     short_names=("svc",), field_paths=_NAMESPACED_FIELDS, delete_returns_object=True,
+    generation=True, categories=("all",),
 )
 NODES = ResourceType(
     "", "v1", "nodes", "node", "Node", namespaced=False, status_subresource=True,
@@ -75,7 +83,7 @@ PODS = ResourceType(
     "", "v1", "pods", "pod", "Pod", namespaced=True, status_subresource=True,
     short_names=("po",),
     field_paths=_NAMESPACED_FIELDS | {"spec.nodeName", "status.phase", "status.podIP"},
-    delete_returns_object=True,
+    delete_returns_object=True, generation=True, categories=("all",),
 )
 NAMESPACES = ResourceType(
     "", "v1", "namespaces", "namespace", "Namespace", namespaced=False,
@@ -87,7 +95,67 @@ ENDPOINT_SLICES = ResourceType(
     namespaced=True, field_paths=_NAMESPACED_FIELDS | {"addressType"},
 )
 
-RESOURCE_TYPES: tuple[ResourceType, ...] = (SERVICES, NODES, PODS, NAMESPACES, ENDPOINT_SLICES)
+_ALL = ("all",)
+_CREATE_ONLY = ("create",)
+
+# Kinds edgemesh never reads: stored and served generically (no controllers), so that
+# `kubectl apply -k examples/kubernetes` and the router replicas' Leases work.
+CONFIG_MAPS = ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", namespaced=True,
+                           short_names=("cm",), field_paths=_NAMESPACED_FIELDS)
+SECRETS = ResourceType("", "v1", "secrets", "secret", "Secret", namespaced=True,
+                       field_paths=_NAMESPACED_FIELDS | {"type"})
+SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount",
+                                namespaced=True, short_names=("sa",),
+                                field_paths=_NAMESPACED_FIELDS)
+ENDPOINTS = ResourceType("", "v1", "endpoints", "endpoints", "Endpoints", namespaced=True,
+                         short_names=("ep",), field_paths=_NAMESPACED_FIELDS)
+EVENTS = ResourceType("", "v1", "events", "event", "Event", namespaced=True,
+                      short_names=("ev",), field_paths=_NAMESPACED_FIELDS)
+DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "deployment", "Deployment",
+                           namespaced=True, status_subresource=True, short_names=("deploy",),
+                           field_paths=_NAMESPACED_FIELDS, generation=True, categories=_ALL)
+DAEMON_SETS = ResourceType("apps", "v1", "daemonsets", "daemonset", "DaemonSet",
+                           namespaced=True, status_subresource=True, short_names=("ds",),
+                           field_paths=_NAMESPACED_FIELDS, generation=True, categories=_ALL)
+STATEFUL_SETS = ResourceType("apps", "v1", "statefulsets", "statefulset", "StatefulSet",
+                             namespaced=True, status_subresource=True, short_names=("sts",),
+                             field_paths=_NAMESPACED_FIELDS, generation=True, categories=_ALL)
+REPLICA_SETS = ResourceType("apps", "v1", "replicasets", "replicaset", "ReplicaSet",
+                            namespaced=True, status_subresource=True, short_names=("rs",),
+                            field_paths=_NAMESPACED_FIELDS, generation=True, categories=_ALL)
+NETWORK_POLICIES = ResourceType("networking.k8s.io", "v1", "networkpolicies", "networkpolicy",
+                                "NetworkPolicy", namespaced=True, short_names=("netpol",),
+                                field_paths=_NAMESPACED_FIELDS, generation=True)
+ROLES = ResourceType("rbac.authorization.k8s.io", "v1", "roles", "role", "Role",
+                     namespaced=True, field_paths=_NAMESPACED_FIELDS)
+ROLE_BINDINGS = ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding",
+                             "RoleBinding", namespaced=True, field_paths=_NAMESPACED_FIELDS)
+CLUSTER_ROLES = ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole",
+                             "ClusterRole", namespaced=False)
+CLUSTER_ROLE_BINDINGS = ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings",
+                                     "clusterrolebinding", "ClusterRoleBinding",
+                                     namespaced=False)
+LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", namespaced=True,
+                      field_paths=_NAMESPACED_FIELDS)
+SELF_SUBJECT_ACCESS_REVIEWS = ResourceType(
+    "authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview",
+    "SelfSubjectAccessReview", namespaced=False, verbs=_CREATE_ONLY, virtual=True,
+)
+SELF_SUBJECT_REVIEWS = ResourceType(
+    "authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
+    "SelfSubjectReview", namespaced=False, verbs=_CREATE_ONLY, virtual=True,
+)
+
+# What edgemesh reads first (their order is kept), then the generic kinds.
+MESH_RESOURCE_TYPES: tuple[ResourceType, ...] = (
+    SERVICES, NODES, PODS, NAMESPACES, ENDPOINT_SLICES,
+)
+RESOURCE_TYPES: tuple[ResourceType, ...] = (
+    *MESH_RESOURCE_TYPES, CONFIG_MAPS, SECRETS, SERVICE_ACCOUNTS, ENDPOINTS, EVENTS,
+    DEPLOYMENTS, DAEMON_SETS, STATEFUL_SETS, REPLICA_SETS, NETWORK_POLICIES, ROLES,
+    ROLE_BINDINGS, CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, LEASES, SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_REVIEWS,
+)
 
 
 def resolve_resource(resource: str | ResourceType) -> ResourceType:

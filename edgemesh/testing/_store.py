@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import ipaddress
 import json
@@ -24,6 +25,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from ._fields import (
+    Path,
+    changed_paths,
+    from_fields_v1,
+    get_path,
+    leaf_paths,
+    remove_path,
+    set_path,
+    to_fields_v1,
+)
 from ._patch import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -34,6 +45,8 @@ from ._patch import (
     apply_strategic_merge_patch,
 )
 from ._resources import (
+    ENDPOINT_SLICES,
+    NAMESPACES,
     RESOURCE_TYPES,
     SERVICES,
     JSONObject,
@@ -62,6 +75,10 @@ DELETED = "DELETED"
 
 _Key = tuple[str, str]  # (namespace or "", name)
 
+APPLY_PATCH = "application/apply-patch+yaml"
+# The NamespaceLifecycle admission plugin refuses to delete these.
+_UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
+NODE_PORT_RANGE = (30000, 32767)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 # Fields the server owns; an update cannot change them.
@@ -183,6 +200,27 @@ def _as_list_item(obj: JSONObject) -> JSONObject:
     return item
 
 
+def _managed_entries(obj: JSONObject | None) -> dict[tuple[str, str], set[Path]]:
+    """(manager, operation) -> owned paths, from an object's managedFields."""
+    entries: dict[tuple[str, str], set[Path]] = {}
+    for entry in ((obj or {}).get("metadata") or {}).get("managedFields") or []:
+        if not isinstance(entry, dict) or entry.get("subresource"):
+            continue
+        key = (str(entry.get("manager", "")), str(entry.get("operation", "Update")))
+        entries[key] = entries.get(key, set()) | from_fields_v1(entry.get("fieldsV1"))
+    return entries
+
+
+def _entries_to_json(
+    entries: dict[tuple[str, str], set[Path]], rtype: ResourceType, now: float
+) -> list[JSONObject]:
+    return [
+        {"manager": manager, "operation": operation, "apiVersion": rtype.api_version,
+         "time": _timestamp(now), "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(paths)}
+        for (manager, operation), paths in entries.items()
+    ]
+
+
 def _without_version(obj: JSONObject) -> JSONObject:
     trimmed = copy.deepcopy(obj)
     trimmed.get("metadata", {}).pop("resourceVersion", None)
@@ -205,6 +243,7 @@ class ObjectStore:
         history_seconds: float | None = None,
         resources: tuple[ResourceType, ...] = RESOURCE_TYPES,
         rng: random.Random | None = None,
+        require_namespaces: bool = False,
     ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
@@ -224,6 +263,9 @@ class ObjectStore:
         self._subscriptions: list[WatchSubscription] = []
         self._next_cluster_ip = int(ipaddress.IPv4Address("10.96.0.10"))
         self.expired_reason = "Expired"
+        # As kube-apiserver: a namespaced object needs its Namespace, which must not be
+        # Terminating, and deleting a Namespace only marks it (see finalize_namespace).
+        self.require_namespaces = require_namespaces
 
     # -- versions and history ------------------------------------------------------------
 
@@ -568,38 +610,164 @@ class ObjectStore:
             if address not in taken:
                 return address
 
+    def _node_ports_taken(self, exclude: _Key | None) -> set[int]:
+        taken: set[int] = set()
+        for key, obj in self._objects[SERVICES].items():
+            if key == exclude:
+                continue
+            for port in obj.get("spec", {}).get("ports") or []:
+                if isinstance(port, dict) and isinstance(port.get("nodePort"), int):
+                    taken.add(port["nodePort"])
+        return taken
+
     def _default_service(self, body: JSONObject, old: JSONObject | None) -> None:
+        """SetDefaults_Service plus what the Service registry allocates (IPs, node ports)."""
+        name = body["metadata"]["name"]
         spec = body.setdefault("spec", {})
         if not isinstance(spec, dict):
-            raise StatusError.invalid(SERVICES, body["metadata"]["name"], "spec: must be an object")
+            raise StatusError.invalid(SERVICES, name, "spec: must be an object")
+        old_spec = (old or {}).get("spec", {})
         spec.setdefault("type", "ClusterIP")
         spec.setdefault("sessionAffinity", "None")
-        old_ip = (old or {}).get("spec", {}).get("clusterIP")
-        if spec["type"] == "ExternalName":
-            spec.pop("clusterIP", None)
+        service_type = spec["type"]
+        if spec["sessionAffinity"] == "ClientIP":
+            spec.setdefault("sessionAffinityConfig", {"clientIP": {"timeoutSeconds": 10800}})
+        old_ip = old_spec.get("clusterIP") if old_spec.get("type") != "ExternalName" else None
+        if service_type == "ExternalName":
+            for dropped in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                spec.pop(dropped, None)
         elif not spec.get("clusterIP"):
             spec["clusterIP"] = old_ip or self._allocate_cluster_ip()
         elif old_ip and spec["clusterIP"] != old_ip:
             raise StatusError.invalid(
-                SERVICES, body["metadata"]["name"],
+                SERVICES, name,
                 f'spec.clusterIPs[0]: Invalid value: ["{spec["clusterIP"]}"]: may not change '
                 "once set",
             )
         if spec.get("clusterIP"):
             spec["clusterIPs"] = [spec["clusterIP"]]
-            if spec["clusterIP"] != "None":
-                spec.setdefault("ipFamilies", ["IPv4"])
-                spec.setdefault("ipFamilyPolicy", "SingleStack")
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        if service_type != "ExternalName":
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+        node_ports = service_type == "NodePort" or (
+            service_type == "LoadBalancer" and spec.setdefault(
+                "allocateLoadBalancerNodePorts", True) is not False
+        )
+        if service_type in ("NodePort", "LoadBalancer"):
+            spec.setdefault("externalTrafficPolicy", "Cluster")
+        else:
+            spec.pop("externalTrafficPolicy", None)
         ports = spec.get("ports") or []
         if not isinstance(ports, list):
-            raise StatusError.invalid(SERVICES, body["metadata"]["name"], "spec.ports: must be a list")
-        for port in ports:
+            raise StatusError.invalid(SERVICES, name, "spec.ports: must be a list")
+        old_node_ports = {
+            (p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
+            for p in old_spec.get("ports") or [] if isinstance(p, dict)
+        }
+        key = (body["metadata"].get("namespace", ""), name)
+        taken: set[int] | None = None
+        for index, port in enumerate(ports):
             if not isinstance(port, dict) or not isinstance(port.get("port"), int):
-                raise StatusError.invalid(
-                    SERVICES, body["metadata"]["name"], "spec.ports[].port: Required value"
-                )
+                raise StatusError.invalid(SERVICES, name, "spec.ports[].port: Required value")
             port.setdefault("protocol", "TCP")
-            port.setdefault("targetPort", port["port"])
+            if port.get("targetPort") in (None, 0, ""):
+                port["targetPort"] = port["port"]
+            if not node_ports:
+                port.pop("nodePort", None)
+                continue
+            if taken is None:
+                taken = self._node_ports_taken(key)
+            wanted = port.get("nodePort") or old_node_ports.get((port["port"], port["protocol"]))
+            if wanted:
+                if not isinstance(wanted, int) or not (
+                        NODE_PORT_RANGE[0] <= wanted <= NODE_PORT_RANGE[1]):
+                    raise StatusError.invalid(
+                        SERVICES, name, f"spec.ports[{index}].nodePort: Invalid value: "
+                        f"{wanted}: provided port is not in the valid range. The range of valid "
+                        f"ports is {NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}")
+                if wanted in taken:
+                    raise StatusError.invalid(
+                        SERVICES, name, f"spec.ports[{index}].nodePort: Invalid value: "
+                        f"{wanted}: provided port is already allocated")
+            else:
+                free = [n for n in range(NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] + 1)
+                        if n not in taken]
+                if not free:
+                    raise StatusError(500, "range is full")
+                wanted = self._rng.choice(free)
+            port["nodePort"] = wanted
+            taken.add(wanted)
+
+    def _default(self, rtype: ResourceType, body: JSONObject, old: JSONObject | None) -> None:
+        if rtype == SERVICES:
+            self._default_service(body, old)
+        elif rtype == ENDPOINT_SLICES:
+            # SetDefaults_EndpointPort.
+            for port in body.get("ports") or []:
+                if isinstance(port, dict):
+                    port.setdefault("name", "")
+                    port.setdefault("protocol", "TCP")
+        elif rtype == NAMESPACES:
+            labels = body["metadata"].setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels["kubernetes.io/metadata.name"] = body["metadata"]["name"]
+            spec = body.setdefault("spec", {})
+            if isinstance(spec, dict):
+                spec.setdefault("finalizers", ["kubernetes"])
+            status = body.setdefault("status", {})
+            if isinstance(status, dict):
+                status.setdefault("phase", "Active")
+
+    def _check_namespace(
+        self, rtype: ResourceType, namespace: str, *, ensure: bool, dry_run: bool
+    ) -> None:
+        if not self.require_namespaces or not rtype.namespaced:
+            return
+        found = self._objects[NAMESPACES].get(("", namespace))
+        if found is None:
+            if not ensure:
+                raise StatusError.not_found(NAMESPACES, namespace)
+            self.create(NAMESPACES, {"metadata": {"name": namespace}}, dry_run=dry_run)
+        elif found.get("metadata", {}).get("deletionTimestamp"):
+            raise StatusError(
+                403, f'{rtype.plural}{"." + rtype.group if rtype.group else ""} '
+                f'"{found["metadata"]["name"]}" is forbidden: unable to create new content in '
+                f"namespace {namespace} because it is being terminated", "Forbidden",
+                {"name": namespace, "kind": rtype.plural,
+                 "causes": [{"reason": "NamespaceTerminating",
+                             "message": f"namespace {namespace} is being terminated",
+                             "field": "metadata.namespace"}]},
+            )
+
+    def _track_update(
+        self,
+        rtype: ResourceType,
+        body: JSONObject,
+        old: JSONObject | None,
+        manager: str | None,
+        subresource: str | None = None,
+    ) -> None:
+        """managedFields after an Update (POST/PUT/PATCH): `manager` owns what it changed."""
+        metadata = body["metadata"]
+        entries = _managed_entries(old)
+        if manager is None:
+            if entries:
+                metadata["managedFields"] = _entries_to_json(entries, rtype, self._now())
+            return
+        if subresource is not None:
+            # Status writes are owned per subresource; the main fields stay as they were.
+            if entries:
+                metadata["managedFields"] = _entries_to_json(entries, rtype, self._now())
+            return
+        changed = changed_paths(old or {}, body)
+        present = leaf_paths(body)
+        for key in list(entries):
+            entries[key] = (entries[key] - changed) & present
+        mine = entries.get((manager, "Update"), set())
+        entries[(manager, "Update")] = (mine | changed) & present
+        metadata["managedFields"] = _entries_to_json(
+            {k: v for k, v in entries.items() if v}, rtype, self._now())
 
     def create(
         self,
@@ -608,18 +776,29 @@ class ObjectStore:
         namespace: str | None = None,
         *,
         keep_status: bool = False,
+        dry_run: bool = False,
+        manager: str | None = None,
+        ensure_namespace: bool = False,
+        managed: dict[tuple[str, str], set[Path]] | None = None,
     ) -> JSONObject:
-        """Create an object (POST); `keep_status` lets test fixtures set status directly."""
+        """Create an object (POST); `keep_status` lets test fixtures set status directly.
+
+        `dry_run` answers as a create would without storing anything; `manager` records a
+        managedFields entry (the HTTP fieldManager); `ensure_namespace` creates a missing
+        Namespace first (a fixture convenience) where a real server answers 404.
+        """
         rtype = self._resource(resource)
+        if rtype.virtual:
+            raise StatusError(405, f"{rtype.plural} are answered, not stored", "MethodNotAllowed")
         self._generate_name(rtype, obj, namespace)
         body, key = self._prepare_new(rtype, obj, namespace)
         metadata = body["metadata"]
         if metadata.get("resourceVersion"):
             raise StatusError(500, "resourceVersion should not be set on objects to be created")
+        self._check_namespace(rtype, key[0], ensure=ensure_namespace, dry_run=dry_run)
         if key in self._objects[rtype]:
             raise StatusError.already_exists(rtype, key[1])
-        if rtype == SERVICES:
-            self._default_service(body, None)
+        self._default(rtype, body, None)
         validate(rtype, body, None)
         if not keep_status:
             if rtype.kind == "Service":
@@ -628,12 +807,20 @@ class ObjectStore:
                 body["status"] = {"phase": "Pending"}
             elif rtype.kind == "Namespace":
                 body["status"] = {"phase": "Active"}
+            elif rtype.status_subresource:
+                body["status"] = {}
         metadata["uid"] = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         metadata["creationTimestamp"] = _timestamp(self._now())
-        if rtype.kind in ("Service", "Pod"):
+        if rtype.generation:
             metadata["generation"] = 1
         for system in ("deletionTimestamp", "managedFields"):
             metadata.pop(system, None)
+        if managed is not None:
+            metadata["managedFields"] = _entries_to_json(managed, rtype, self._now())
+        else:
+            self._track_update(rtype, body, None, manager)
+        if dry_run:
+            return copy.deepcopy(body)
         metadata["resourceVersion"] = self._bump()
         self._objects[rtype][key] = body
         self._record(rtype, ADDED, body, None)
@@ -648,6 +835,9 @@ class ObjectStore:
         *,
         subresource: str | None = None,
         keep_status: bool = False,
+        dry_run: bool = False,
+        manager: str | None = None,
+        managed: dict[tuple[str, str], set[Path]] | None = None,
     ) -> JSONObject:
         """Replace an object (PUT), checking metadata.resourceVersion when it is given."""
         rtype = self._resource(resource)
@@ -681,20 +871,28 @@ class ObjectStore:
                     body["status"] = copy.deepcopy(old["status"])
                 else:
                     body.pop("status", None)
-            if rtype == SERVICES:
-                self._default_service(body, old)
+            self._default(rtype, body, old)
             validate(rtype, body, old)
-        for system in _SYSTEM_METADATA:
+        for system in (*_SYSTEM_METADATA, "managedFields"):
             if system in old["metadata"]:
-                body["metadata"][system] = old["metadata"][system]
+                body["metadata"][system] = copy.deepcopy(old["metadata"][system])
             else:
                 body["metadata"].pop(system, None)
         body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        if _without_version(body) == _without_version(old):
+        if _without_version(body) == _without_version(old) and managed is None:
             # A no-op write: no new resourceVersion, no event (as the real server does).
+            return copy.deepcopy(old)
+        if managed is not None:
+            body["metadata"]["managedFields"] = _entries_to_json(managed, rtype, self._now())
+        else:
+            self._track_update(rtype, body, old, manager, subresource)
+        if _without_version(body) == _without_version(old) and (
+                body["metadata"].get("managedFields") == old["metadata"].get("managedFields")):
             return copy.deepcopy(old)
         if "generation" in old["metadata"] and body.get("spec") != old.get("spec"):
             body["metadata"]["generation"] = old["metadata"]["generation"] + 1
+        if dry_run:
+            return copy.deepcopy(body)
         body["metadata"]["resourceVersion"] = self._bump()
         self._objects[rtype][key] = body
         self._record(rtype, MODIFIED, body, old)
@@ -709,11 +907,19 @@ class ObjectStore:
         content_type: str = MERGE_PATCH,
         *,
         subresource: str | None = None,
+        dry_run: bool = False,
+        manager: str | None = None,
+        force: bool = False,
     ) -> JSONObject:
-        """Patch an object (PATCH) with a merge, strategic merge or JSON patch."""
+        """Patch an object (PATCH) with a merge, strategic merge, JSON or apply patch."""
         rtype = self._resource(resource)
-        current = self.get(rtype, namespace, name)
         media_type = content_type.split(";")[0].strip().lower()
+        if media_type == APPLY_PATCH:
+            return self.server_side_apply(
+                rtype, namespace, name, patch, manager, force=force, dry_run=dry_run,
+                subresource=subresource,
+            )
+        current = self.get(rtype, namespace, name)
         try:
             if media_type == MERGE_PATCH:
                 patched = apply_merge_patch(current, patch)
@@ -725,7 +931,8 @@ class ObjectStore:
                 raise StatusError(
                     415,
                     f"the body of the request was in an unknown format - accepted media types "
-                    f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH}",
+                    f"include: {JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}, "
+                    f"{STRATEGIC_MERGE_PATCH}",
                 )
         except PatchError as error:
             raise StatusError.invalid(rtype, name, str(error)) from None
@@ -737,7 +944,94 @@ class ObjectStore:
         if metadata.get("resourceVersion") is None:
             # A patch that removes the version means "unconditional".
             metadata["resourceVersion"] = ""
-        return self.update(rtype, patched, namespace, name, subresource=subresource)
+        return self.update(rtype, patched, namespace, name, subresource=subresource,
+                           dry_run=dry_run, manager=manager)
+
+    def server_side_apply(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None,
+        name: str,
+        applied: Any,
+        manager: str | None,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        subresource: str | None = None,
+    ) -> JSONObject:
+        """Server-side apply: the applied fields replace, the manager owns them, fields it
+        applied before and dropped now are removed, and another manager's differing field is
+        a conflict (409) unless `force`.  Lists are atomic (a useful subset of SSA)."""
+        rtype = self._resource(resource)
+        if not manager:
+            raise StatusError(
+                422, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
+                "is required for apply patch", "Invalid")
+        if not isinstance(applied, dict):
+            raise StatusError(400, "the apply configuration must be an object")
+        for required in ("apiVersion", "kind"):
+            if not applied.get(required):
+                raise StatusError(400, f"{required} must be set in the apply configuration")
+        metadata = applied.get("metadata")
+        if not isinstance(metadata, dict):
+            raise StatusError(400, "metadata must be set in the apply configuration")
+        if metadata.get("name") not in (None, name):
+            raise StatusError(400, f"the name of the object ({metadata.get('name')}) does not "
+                              f"match the name on the URL ({name})")
+        key = ((namespace or "") if rtype.namespaced else "", name)
+        current = self._objects[rtype].get(key)
+        wanted = leaf_paths(applied)
+        if current is None:
+            if subresource is not None:
+                raise StatusError.not_found(rtype, name)
+            body = copy.deepcopy(applied)
+            body["metadata"]["name"] = name
+            return self.create(rtype, body, namespace, dry_run=dry_run,
+                               managed={(manager, "Apply"): wanted})
+        entries = _managed_entries(current)
+        # Compare what the applied fields become once defaulted (a Service's ports gain
+        # their protocol and kept nodePort), as the real server compares typed values.
+        candidate = copy.deepcopy(current)
+        for path in wanted:
+            set_path(candidate, path, get_path(applied, path))
+        try:
+            self._default(rtype, candidate, current)
+        except StatusError:
+            candidate = applied
+        conflicts: list[tuple[str, Path]] = []
+        for (other, operation), owned in entries.items():
+            if (other, operation) == (manager, "Apply"):
+                continue
+            for path in sorted(owned & wanted):
+                if get_path(current, path) != get_path(candidate, path):
+                    conflicts.append((other, path))
+        if conflicts and not force:
+            described = [f'conflict with "{other}" using {rtype.api_version}: '
+                         f'.{".".join(path)}' for other, path in conflicts]
+            count = len(conflicts)
+            raise StatusError(
+                409, f"Apply failed with {count} conflict{'s' if count > 1 else ''}: "
+                + "\n".join(described), "Conflict",
+                {"causes": [{"reason": "FieldManagerConflict",
+                             "message": f'conflict with "{other}"',
+                             "field": "." + ".".join(path)} for other, path in conflicts]},
+            )
+        merged = copy.deepcopy(current)
+        previous = entries.get((manager, "Apply"), set())
+        owned_by_others = set().union(*(
+            owned for entry, owned in entries.items() if entry != (manager, "Apply")))
+        for path in previous - wanted - owned_by_others:
+            remove_path(merged, path)
+        for path in wanted:
+            set_path(merged, path, get_path(applied, path))
+        taken = {path for _, path in conflicts}
+        for entry in list(entries):
+            entries[entry] = entries[entry] - taken
+        entries[(manager, "Apply")] = wanted
+        merged["metadata"]["resourceVersion"] = ""
+        return self.update(rtype, merged, namespace, name, dry_run=dry_run,
+                           subresource=subresource,
+                           managed={k: v for k, v in entries.items() if v})
 
     def delete(
         self,
@@ -747,8 +1041,13 @@ class ObjectStore:
         *,
         precondition_uid: str | None = None,
         precondition_resource_version: str | None = None,
+        dry_run: bool = False,
     ) -> JSONObject:
-        """Delete an object; returns its last state, carrying the deletion resourceVersion."""
+        """Delete an object; returns its last state, carrying the deletion resourceVersion.
+
+        With ``require_namespaces`` a Namespace is only marked (Terminating, with a
+        deletionTimestamp); :meth:`finalize_namespace` deletes its content and then it.
+        """
         rtype = self._resource(resource)
         key = ((namespace or "") if rtype.namespaced else "", name)
         old = self._objects[rtype].get(key)
@@ -766,11 +1065,51 @@ class ObjectStore:
                 rtype, name, "Precondition failed: ResourceVersion in precondition: "
                 f"{precondition_resource_version}, ResourceVersion in object meta: {have_version}",
             )
-        del self._objects[rtype][key]
+        if rtype == NAMESPACES and self.require_namespaces:
+            if name in _UNDELETABLE_NAMESPACES:
+                raise StatusError(
+                    403, f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                    "Forbidden", {"name": name, "kind": "namespaces"})
+            if old["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(old)
+            marked = copy.deepcopy(old)
+            marked["metadata"]["deletionTimestamp"] = _timestamp(self._now())
+            marked.setdefault("status", {})["phase"] = "Terminating"
+            if dry_run:
+                return marked
+            marked["metadata"]["resourceVersion"] = self._bump()
+            self._objects[rtype][key] = marked
+            self._record(rtype, MODIFIED, marked, old)
+            return copy.deepcopy(marked)
         gone = copy.deepcopy(old)
+        if dry_run:
+            return gone
+        del self._objects[rtype][key]
         gone["metadata"]["resourceVersion"] = self._bump()
         self._record(rtype, DELETED, gone, old)
         return copy.deepcopy(gone)
+
+    def terminating_namespaces(self) -> builtins.list[str]:
+        return [key[1] for key, obj in sorted(self._objects[NAMESPACES].items())
+                if obj["metadata"].get("deletionTimestamp")]
+
+    def finalize_namespace(self, name: str) -> bool:
+        """The namespace controller's work for a Terminating namespace: delete every object in
+        it, then the Namespace itself.  Returns whether the namespace was removed."""
+        found = self._objects[NAMESPACES].get(("", name))
+        if found is None or not found["metadata"].get("deletionTimestamp"):
+            return False
+        for rtype in self._resources:
+            if not rtype.namespaced:
+                continue
+            for key in sorted(k for k in self._objects[rtype] if k[0] == name):
+                self.delete(rtype, name, key[1])
+        old = self._objects[NAMESPACES].pop(("", name))
+        gone = copy.deepcopy(old)
+        gone.setdefault("spec", {})["finalizers"] = []
+        gone["metadata"]["resourceVersion"] = self._bump()
+        self._record(NAMESPACES, DELETED, gone, old)
+        return True
 
     # -- helpers for tests -----------------------------------------------------------------
 
@@ -784,7 +1123,8 @@ class ObjectStore:
         key = (namespace or "", str(metadata.get("name", "")))
         if key in self._objects[rtype]:
             return self.update(rtype, body, namespace, keep_status=keep_status)
-        return self.create(rtype, body, namespace, keep_status=keep_status)
+        return self.create(rtype, body, namespace, keep_status=keep_status,
+                           ensure_namespace=True)
 
     def objects(self, resource: str | ResourceType) -> Iterator[JSONObject]:
         """Copies of every current object of a resource, in key order."""

@@ -144,9 +144,10 @@ class ThreadedKubeApiServer:
         return self.server.token
 
     def write_kubeconfig(
-        self, path: str | os.PathLike[str], *, namespace: str | None = None
+        self, path: str | os.PathLike[str], *, namespace: str | None = None, **options: Any
     ) -> str:
-        return self.server.write_kubeconfig(path, namespace=namespace)
+        """:meth:`KubeApiServer.write_kubeconfig` (user, groups, token, ca_pem, context)."""
+        return self.server.write_kubeconfig(path, namespace=namespace, **options)
 
     # -- the KubeApiServer control API, marshalled -----------------------------------------
 
