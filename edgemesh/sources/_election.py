@@ -43,9 +43,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._kubeapi import APIError, KubeAPI, Resource
-
-LEASES = Resource("Lease", "coordination.k8s.io/v1", "leases", namespaced=True)
+from ._kubeapi import LEASES, APIError, KubeAPI
 
 JITTER_FACTOR = 1.2
 """client-go's ``JitterFactor``: retries wait ``retry_period * (1 + random() * 1.2)``."""

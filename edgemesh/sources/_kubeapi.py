@@ -65,6 +65,8 @@ SERVICES = Resource("Service", "v1", "services", namespaced=True)
 ENDPOINT_SLICES = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslices",
                            namespaced=True)
 NODES = Resource("Node", "v1", "nodes", namespaced=False)
+LEASES = Resource("Lease", "coordination.k8s.io/v1", "leases", namespaced=True)
+"""The router replicas' leader election (``_election.py``), in the router's own namespace."""
 
 
 class APIError(Exception):
