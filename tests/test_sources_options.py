@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from edgemesh.roles import RouterNode, router_tap
+from edgemesh.sources import LeaderElector
 from edgemesh.sources import (
     ENDPOINT_SLICES,
     EdgeServiceController,
@@ -110,13 +111,41 @@ def test_make_service_watches_and_controls(kubeconfig: str,
     assert router.catalog_pending, "no push before the first list"
     children = list(router)  # type: ignore[call-overload]
     (source,) = [c for c in children if isinstance(c, KubernetesSource)]
-    (controller,) = [c for c in children if isinstance(c, EdgeServiceController)]
+    # The controller runs under the Lease election: started only while this replica leads.
+    (elector,) = [c for c in children if isinstance(c, LeaderElector)]
+    controller = elector.child
+    assert isinstance(controller, EdgeServiceController) and controller.parent is None
     assert isinstance(source.api, TreqKubeAPI) and source.api.reactor is reactor
+    assert elector.api is source.api
     assert controller.addresses == ["10.244.3.17"] and controller.port == 7780
     assert source.namespace == controller.reflector.namespace == "shop"
     assert router.set_catalog in source.listeners
-    assert set(router.status_parts) == {"kubernetes", "controller"}
+    assert set(router.status_parts) == {"kubernetes", "controller", "leader"}
     assert router.status()["kubernetes"]["synced"] is False  # type: ignore[index]
+    assert router.status()["leader"]["leader"] is False  # type: ignore[index]
+
+
+def test_leader_election_options(kubeconfig: str, reactor: MemoryReactorClock,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "edgemesh-router-7d9f-x2x")
+    monkeypatch.setenv("POD_NAMESPACE", "edgemesh")
+    election = options("--kubeconfig", kubeconfig)["election_value"]
+    assert (election.name, election.namespace) == ("edgemesh-router", "edgemesh")
+    assert election.identity.startswith("edgemesh-router-7d9f-x2x_")
+    assert (election.timing.lease_duration, election.timing.renew_deadline,
+            election.timing.retry_period) == (15.0, 10.0, 2.0)
+    election = options("--kubeconfig", kubeconfig, "--lease-name", "em", "--lease-namespace",
+                       "ops", "--leader-identity", "r1", "--lease-duration", "30",
+                       "--renew-deadline", "20", "--retry-period", "5")["election_value"]
+    assert (election.identity, election.name, election.namespace) == ("r1", "em", "ops")
+    assert options("--kubeconfig", kubeconfig, "--no-leader-elect")["election_value"] is None
+    router = router_tap.makeService(options("--kubeconfig", kubeconfig, "--advertise",
+                                            "10.0.0.1", "--no-leader-elect"))
+    assert [c for c in router if isinstance(c, EdgeServiceController)]  # type: ignore[attr-defined]
+    with pytest.raises(usage.UsageError, match="renew deadline"):
+        options("--kubeconfig", kubeconfig, "--lease-duration", "5", "--renew-deadline", "10")
+    with pytest.raises(usage.UsageError, match="--lease-namespace"):
+        options("--kubeconfig", kubeconfig, "--lease-namespace", "Bad_NS")
 
 
 def test_make_service_without_controller(kubeconfig: str, reactor: MemoryReactorClock,

@@ -3,8 +3,10 @@
 controller that writes EndpointSlices so that cloud apps reach edge services by name."""
 
 from ._controller import EdgeServiceController, desired_slice, is_edge_service
+from ._election import ElectionTiming, LeaderElector, LeaseElection
 from ._kubeapi import (
     ENDPOINT_SLICES,
+    LEASES,
     NODES,
     SERVICES,
     APIError,
@@ -23,15 +25,19 @@ from ._reflector import Reflector, State, WatchTiming
 __all__ = [
     "EDGEMESH_MANAGER",
     "ENDPOINT_SLICES",
+    "LEASES",
     "MANAGED_BY_LABEL",
     "NODES",
     "SERVICES",
     "APIError",
     "APIUnreachable",
     "EdgeServiceController",
+    "ElectionTiming",
     "KubeAPI",
     "KubernetesOptions",
     "KubernetesSource",
+    "LeaderElector",
+    "LeaseElection",
     "ListResult",
     "Reflector",
     "Resource",

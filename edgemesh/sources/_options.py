@@ -10,7 +10,7 @@ from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
 from ..catalog import Catalog
-from ..catalog._model import is_dns1123_label
+from ..catalog._model import is_dns1123_label, is_dns1123_subdomain
 
 
 class KubernetesOptions(usage.Options):
@@ -22,6 +22,8 @@ class KubernetesOptions(usage.Options):
                               "(service account token and CA).")],
         ["no-controller", None, ("Do not write the EndpointSlices that send cloud traffic for "
                                  "edge services to this router.")],
+        ["no-leader-elect", None, ("Run the controller without a Lease (one router only: with "
+                                   "several, each would write the EndpointSlices).")],
     ]
     optParameters: ClassVar[list[Any]] = [
         ["kubeconfig", None, None, "Watch the API server of this kubeconfig file."],
@@ -34,6 +36,17 @@ class KubernetesOptions(usage.Options):
         ["advertise", None, None, ("The IP address cloud traffic reaches this router at "
                                    "(default: $POD_IP, from the downward API).")],
         ["advertise-port", None, None, "The port for it (default: the --http port).", int],
+        ["lease-name", None, "edgemesh-router", ("The Lease (coordination.k8s.io/v1) the router "
+                                                 "replicas elect the controller's leader with.")],
+        ["lease-namespace", None, None, ("Its namespace (default: $POD_NAMESPACE, else the "
+                                         "in-cluster service account's, else 'default').")],
+        ["leader-identity", None, None, ("This replica's name in the Lease (default: $POD_NAME, "
+                                         "else the host name, with a random suffix).")],
+        ["lease-duration", None, 15.0, ("Seconds a Lease holds without renewal; a new leader "
+                                        "takes over within this plus --retry-period."), float],
+        ["renew-deadline", None, 10.0, ("Seconds a leader keeps trying to renew before it stops "
+                                        "leading (less than --lease-duration)."), float],
+        ["retry-period", None, 2.0, "Seconds between tries to acquire or renew.", float],
     ]
 
     def kubernetes_requested(self) -> bool:
@@ -78,6 +91,47 @@ class KubernetesOptions(usage.Options):
         port = self["advertise-port"]
         if port is not None and not 1 <= port <= 65535:
             raise usage.UsageError("--advertise-port: must be 1-65535")
+        self["election_value"] = None if self["no-leader-elect"] else self.election()
+
+    def election(self) -> Any:
+        """The Lease election's identity, place and timing, from the options."""
+        from ._election import ElectionTiming, LeaseElection
+
+        try:
+            timing = ElectionTiming(self["lease-duration"], self["renew-deadline"],
+                                    self["retry-period"])
+        except ValueError as error:
+            raise usage.UsageError(f"--lease-duration/--renew-deadline/--retry-period: "
+                                   f"{error}") from None
+        namespace = self["lease-namespace"] or os.environ.get("POD_NAMESPACE") or \
+            _service_account_namespace() or "default"
+        if not is_dns1123_label(namespace):
+            raise usage.UsageError(f"--lease-namespace {namespace!r}: not a namespace name")
+        if not is_dns1123_subdomain(self["lease-name"]):
+            raise usage.UsageError(f"--lease-name {self['lease-name']!r}: not an object name")
+        identity = self["leader-identity"] or default_identity()
+        return LeaseElection(identity, self["lease-name"], namespace, timing)
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _service_account_namespace() -> str | None:
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
+
+
+def default_identity() -> str:
+    """client-go's default: the host (the pod's name in a Deployment) and a random suffix,
+    so that a restarted replica never mistakes its predecessor's Lease for its own."""
+    import secrets
+    import socket
+
+    host = os.environ.get("POD_NAME") or socket.gethostname() or "router"
+    return f"{host}_{secrets.token_hex(4)}"
 
 
 def http_port(description: str | None) -> int | None:
@@ -126,8 +180,17 @@ def attach_kubernetes(
         controller = EdgeServiceController(reactor, api, [address], port,
                                            namespace=options["namespace"])
         source.subscribe(controller.catalog_changed)
-        controller.setServiceParent(parent)  # type: ignore[no-untyped-call]
         status_parts["controller"] = controller.status
+        election = options.get("election_value")
+        if election is None:
+            controller.setServiceParent(parent)  # type: ignore[no-untyped-call]
+        else:
+            # Of several replicas, only the Lease's holder runs the controller.
+            from ._election import LeaderElector
+
+            elector = LeaderElector(reactor, api, election, controller)
+            elector.setServiceParent(parent)  # type: ignore[no-untyped-call]
+            status_parts["leader"] = elector.status
     elif not options["no-controller"]:
         from twisted.logger import Logger
 
