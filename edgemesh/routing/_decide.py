@@ -2,8 +2,9 @@
 The routing decision: given a resolved service, where does this exchange go?
 
 Pure: catalog and balancer in, a Route (or a MeshError) out.  This module is
-the one place that knows the four request paths.  Which endpoint is the
-balancer's business (locality, health, the service's lb policy; see _policy).
+the one place that knows the four request paths.  Which endpoints may be chosen is the
+topology's business (_topology), which one of them the balancer's (health, the
+service's lb policy; see _policy).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Collection
 from ..catalog import Catalog, Endpoint, Service, ServicePort
 from ..exchange import MeshError, Reason, RequestHead, Role, Route, SourceKind, TargetKind
 from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
+from ._topology import LOCAL, local_endpoints, usable
 
 ROUTER_PEER = "router"
 """The peer name an edge uses for its tunnel to the router."""
@@ -37,18 +39,26 @@ def decide(
     already tried (a retry goes elsewhere)."""
     if role is Role.edge:
         if source is not SourceKind.service_bus:
-            # From another node: it chose this node, so deliver here.
-            local = catalog.ready_endpoints(service, port, node)
+            # From another node: it chose this node, so deliver here (to the endpoint it
+            # chose while that still serves, even terminating: it chose it for a reason).
             if hint is not None and hint not in exclude:
-                for endpoint in local:
-                    if endpoint.host == hint[0] and endpoint.port == hint[1]:
+                for endpoint in service.endpoints.get(port.name, ()):
+                    if (endpoint.host == hint[0] and endpoint.port == hint[1]
+                            and endpoint.node == node and usable(endpoint)):
                         return Route(TargetKind.service_bus, service, port, endpoint)
+            # (The ready ones from the catalog's cache: the balancer's counters follow the
+            # identity of the tuple.)
+            local = catalog.ready_endpoints(service, port, node) or local_endpoints(
+                service, port, node)
             chosen = balancer.choose(service, port, local, head, policy, exclude)
             if chosen is None:
                 raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
             return Route(TargetKind.service_bus, service, port, chosen)
         chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
         if chosen is None:
+            if service.internal_traffic_policy == LOCAL:
+                raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
+                                f"{port.port} on node {node} (internalTrafficPolicy: Local)")
             raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
         if chosen.node == node:
             return Route(TargetKind.service_bus, service, port, chosen)
@@ -60,19 +70,22 @@ def decide(
         return Route(TargetKind.tunnel, service, port, chosen, ROUTER_PEER)
 
     # Router.
-    ready = catalog.ready_endpoints(service, port)
+    endpoints = service.endpoints.get(port.name, ())
     if source is SourceKind.tunnel and hint is not None and hint not in exclude:
         # An edge chose the endpoint: honour it (relay when it is on another edge).
-        for endpoint in ready:
-            if endpoint.host == hint[0] and endpoint.port == hint[1]:
+        for endpoint in endpoints:
+            if endpoint.host == hint[0] and endpoint.port == hint[1] and usable(endpoint):
                 return _router_route(catalog, service, port, endpoint)
-    if not ready:
+    if not any(usable(e) for e in endpoints):
         if service.cluster_ip is not None and source is SourceKind.tunnel:
             # The edge saw endpoints we do not: let the cluster's own proxy decide.
             return Route(TargetKind.cluster_ip, service, port, None)
         raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
     chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
     if chosen is None:
+        if service.internal_traffic_policy == LOCAL:
+            raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
+                            f"{port.port} on node {node} (internalTrafficPolicy: Local)")
         raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen)
 
