@@ -39,17 +39,21 @@ def decide(
     already tried (a retry goes elsewhere)."""
     if role is Role.edge:
         if source is not SourceKind.service_bus:
-            # From another node: it chose this node, so deliver here (to the endpoint it
-            # chose while that still serves, even terminating: it chose it for a reason).
-            if hint is not None and hint not in exclude:
-                for endpoint in service.endpoints.get(port.name, ()):
-                    if (endpoint.host == hint[0] and endpoint.port == hint[1]
-                            and endpoint.node == node and usable(endpoint)):
-                        return Route(TargetKind.service_bus, service, port, endpoint)
-            # (The ready ones from the catalog's cache: the balancer's counters follow the
+            # From another node: it chose this node, so deliver here.  (The ready ones from
+            # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
-            local = catalog.ready_endpoints(service, port, node) or local_endpoints(
-                service, port, node)
+            local = catalog.ready_endpoints(service, port, node)
+            if hint is not None and hint not in exclude:
+                for endpoint in local:
+                    if endpoint.host == hint[0] and endpoint.port == hint[1]:
+                        return Route(TargetKind.service_bus, service, port, endpoint)
+                # Not a ready one: still the endpoint it chose while that serves, even
+                # terminating (chosen because nothing was ready; rare, so a plain scan).
+                found = _usable_hint(service, port, hint, node)
+                if found is not None:
+                    return Route(TargetKind.service_bus, service, port, found)
+            if not local:
+                local = local_endpoints(service, port, node)
             chosen = balancer.choose(service, port, local, head, policy, exclude)
             if chosen is None:
                 raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
@@ -70,13 +74,17 @@ def decide(
         return Route(TargetKind.tunnel, service, port, chosen, ROUTER_PEER)
 
     # Router.
-    endpoints = service.endpoints.get(port.name, ())
+    ready = catalog.ready_endpoints(service, port)
     if source is SourceKind.tunnel and hint is not None and hint not in exclude:
-        # An edge chose the endpoint: honour it (relay when it is on another edge).
-        for endpoint in endpoints:
-            if endpoint.host == hint[0] and endpoint.port == hint[1] and usable(endpoint):
+        # An edge chose the endpoint: honour it (relay when it is on another edge), also
+        # one that still serves while terminating.
+        for endpoint in ready:
+            if endpoint.host == hint[0] and endpoint.port == hint[1]:
                 return _router_route(catalog, service, port, endpoint)
-    if not any(usable(e) for e in endpoints):
+        found = _usable_hint(service, port, hint, None)
+        if found is not None:
+            return _router_route(catalog, service, port, found)
+    if not ready and not any(usable(e) for e in service.endpoints.get(port.name, ())):
         if service.cluster_ip is not None and source is SourceKind.tunnel:
             # The edge saw endpoints we do not: let the cluster's own proxy decide.
             return Route(TargetKind.cluster_ip, service, port, None)
@@ -88,6 +96,18 @@ def decide(
                             f"{port.port} on node {node} (internalTrafficPolicy: Local)")
         raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen)
+
+
+def _usable_hint(
+    service: Service, port: ServicePort, hint: tuple[str, int], node: str | None
+) -> Endpoint | None:
+    """The endpoint ``hint`` names if it is usable (ready, or serving while terminating),
+    on ``node`` when given."""
+    for endpoint in service.endpoints.get(port.name, ()):
+        if (endpoint.host == hint[0] and endpoint.port == hint[1]
+                and (node is None or endpoint.node == node) and usable(endpoint)):
+            return endpoint
+    return None
 
 
 def _router_route(catalog: Catalog, service: Service, port: ServicePort, endpoint: Endpoint) -> Route:
