@@ -36,6 +36,7 @@ _nodes = st.builds(
     hub_host=st.none() | st.sampled_from(["10.0.0.1", "fd00::1", "hub.example"]),
     hub_port=st.integers(1, 65535),
     zone=st.none() | st.sampled_from(["z1", "zone two"]),
+    pool=st.none() | st.sampled_from(["site-a", "site-b"]),
 )
 _endpoints = st.builds(
     Endpoint,
@@ -47,6 +48,8 @@ _endpoints = st.builds(
     terminating=st.booleans(),
     zone=st.none() | st.just("z1"),
     pod=st.none() | st.just("default/p-0"),
+    for_zones=st.sampled_from([(), ("z1",), ("z1", "zone two")]),
+    for_nodes=st.sampled_from([(), ("edge-1",)]),
 )
 
 
@@ -63,6 +66,9 @@ def _services(draw: st.DrawFn) -> Service:
         endpoints={n: tuple(draw(st.lists(_endpoints, max_size=3))) for n in port_names},
         annotations=draw(st.dictionaries(st.just("edgemesh.io/lb"), st.sampled_from(["x", "y"]))),
         session_affinity=draw(st.sampled_from(["None", "ClientIP"])),
+        affinity_timeout=draw(st.sampled_from([10800, 60])),
+        traffic_distribution=draw(st.sampled_from([None, "PreferSameZone", "PreferSameNode"])),
+        internal_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
     )
 
 

@@ -583,3 +583,91 @@ def test_input_objects_are_not_modified() -> None:
     before = copy.deepcopy(objects)
     catalog_from_objects(objects)
     assert objects == before
+
+
+# -- topology fields (issue 14) ----------------------------------------------------------
+
+
+def test_topology_fields_of_services_slices_and_nodes() -> None:
+    catalog = catalog_from_objects([
+        node("edge-1", edge=True, metadata={"name": "edge-1", "labels": {
+            "node-role.kubernetes.io/edge": "", "topology.kubernetes.io/zone": "z1",
+            "edgemesh.io/pool": "site-a"}}),
+        node("edge-2", edge=True, metadata={"name": "edge-2", "labels": {
+            "apps.openyurt.io/nodepool": "yurt-b"}}),
+        node("edge-3", edge=True, metadata={"name": "edge-3", "labels": {
+            "edgemesh.io/pool": "mine", "apps.openyurt.io/nodepool": "theirs"}}),
+        node("cloud-1"),
+        service("web", trafficDistribution="PreferSameZone", internalTrafficPolicy="Local",
+                sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}),
+        slice_("web-1", "web", 8080,
+               endpoint("10.1.0.1", "edge-1", zone="z1",
+                        hints={"forZones": [{"name": "z1"}, {"name": "z2"}, {"name": "z1"}],
+                               "forNodes": [{"name": "edge-1"}]},
+                        conditions={"ready": False, "serving": True, "terminating": True}),
+               endpoint("10.1.0.2", "edge-2")),
+    ])
+    assert catalog.nodes["edge-1"].pool == "site-a" and catalog.nodes["edge-1"].zone == "z1"
+    assert catalog.nodes["edge-2"].pool == "yurt-b"
+    assert catalog.nodes["edge-3"].pool == "mine"  # edgemesh.io/pool wins over the alias
+    assert catalog.nodes["cloud-1"].pool is None
+    web = catalog.service("default/web")
+    assert web is not None
+    assert (web.traffic_distribution, web.internal_traffic_policy) == ("PreferSameZone", "Local")
+    assert (web.session_affinity, web.affinity_timeout) == ("ClientIP", 60)
+    first, second = web.endpoints["http"]
+    assert first.for_zones == ("z1", "z2") and first.for_nodes == ("edge-1",)
+    assert (first.ready, first.serving, first.terminating) == (False, True, True)
+    assert second.for_zones == () and second.for_nodes == ()
+    assert (second.ready, second.serving, second.terminating) == (True, True, False)
+
+
+def test_topology_defaults() -> None:
+    web = catalog_from_objects([service("web")]).service("default/web")
+    assert web is not None
+    assert web.traffic_distribution is None and web.internal_traffic_policy == "Cluster"
+    assert web.affinity_timeout == 10800
+
+
+def test_an_unknown_traffic_distribution_is_kept_not_refused() -> None:
+    """A newer API server may add values: the Service stays usable (no preference)."""
+    web = catalog_from_objects([service("web", trafficDistribution="PreferSameRack")]
+                               ).service("default/web")
+    assert web is not None and web.traffic_distribution == "PreferSameRack"
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"internalTrafficPolicy": "Nearby"}, "spec.internalTrafficPolicy: must be Cluster or Local"),
+        ({"internalTrafficPolicy": 1}, "spec.internalTrafficPolicy: must be a string"),
+        ({"trafficDistribution": "Prefer Close"}, "spec.trafficDistribution: must be"),
+        ({"trafficDistribution": ["PreferClose"]}, "spec.trafficDistribution: must be a string"),
+        ({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+         "timeoutSeconds: must be an integer 1-86400"),
+        ({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}},
+         "timeoutSeconds: must be an integer 1-86400"),
+        ({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": "60"}}},
+         "timeoutSeconds: must be an integer 1-86400"),
+        ({"sessionAffinityConfig": {"clientIP": []}}, "clientIP: must be a mapping"),
+    ],
+)
+def test_bad_topology_fields_of_a_service(spec: Obj, problem: str) -> None:
+    assert problem in _error([service("web", **spec)])
+
+
+@pytest.mark.parametrize(
+    ("hints", "problem"),
+    [
+        ({"forZones": {"name": "z1"}}, "hints.forZones: must be a list"),
+        ({"forZones": [{"zone": "z1"}]}, "hints.forZones[0].name: required"),
+        ({"forZones": [{"name": ""}]}, "hints.forZones[0].name: '' is not valid"),
+        ({"forNodes": [{"name": "Edge 1"}]}, "hints.forNodes[0].name: 'Edge 1' is not valid"),
+        ({"forNodes": ["edge-1"]}, "hints.forNodes[0]: must be a mapping"),
+        ([], "endpoints[0].hints: must be a mapping"),
+    ],
+)
+def test_bad_hints(hints: object, problem: str) -> None:
+    objects = [service("web"), slice_("web-1", "web", 8080, endpoint("10.1.0.1", hints=hints))]
+    assert problem in _error(objects)

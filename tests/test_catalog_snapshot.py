@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,11 @@ nodes = st.builds(
     hub_host=st.none() | _host,
     hub_port=_port,
     zone=_zone,
+    pool=st.none() | st.sampled_from(["site-a", "pool.b_1", "x"]),
 )
+
+_hint_zones = st.lists(st.sampled_from(["z1", "zone two", "ü"]), max_size=2, unique=True).map(tuple)
+_hint_nodes = st.lists(_subdomain, max_size=2, unique=True).map(tuple)
 
 endpoints = st.builds(
     Endpoint,
@@ -62,6 +67,8 @@ endpoints = st.builds(
     terminating=st.booleans(),
     zone=_zone,
     pod=st.none() | st.tuples(_label, _subdomain).map("/".join),
+    for_zones=_hint_zones,
+    for_nodes=_hint_nodes,
 )
 
 
@@ -91,6 +98,10 @@ def services(draw: st.DrawFn) -> Service:
             max_size=3,
         )),
         session_affinity=draw(st.sampled_from(["None", "ClientIP"])),
+        affinity_timeout=draw(st.sampled_from([10800, 1, 86400, 30])),
+        traffic_distribution=draw(st.sampled_from(
+            [None, "PreferSameNode", "PreferSameZone", "PreferClose", "PreferSomethingNew"])),
+        internal_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
     )
 
 
@@ -182,14 +193,17 @@ def _rich_wire() -> dict[str, Any]:
         ports=(ServicePort("http", 80, "web"), ServicePort("dns", 53, 53, "UDP")),
         endpoints={"http": (
             Endpoint("fd00::1", 8080, "edge-1", ready=False, serving=True, terminating=True,
-                     zone="z1", pod="prod/rich-0"),
+                     zone="z1", pod="prod/rich-0", for_zones=("z1", "z2"), for_nodes=("edge-1",)),
             Endpoint("pod.example.org", 8080, None),
         )},
         annotations={"edgemesh.io/lb": "random"},
         session_affinity="ClientIP",
+        affinity_timeout=60,
+        traffic_distribution="PreferSameZone",
+        internal_traffic_policy="Local",
     )
     demo = load_manifest(str(DEMO))
-    zoned = Node("edge-9", True, "edge-9.example.org", 7701, zone="z1")
+    zoned = Node("edge-9", True, "edge-9.example.org", 7701, zone="z1", pool="site-9")
     return catalog_to_wire(Catalog(
         [*demo.services.values(), rich], [*demo.nodes.values(), zoned], revision=5
     ))
@@ -285,3 +299,76 @@ def test_unknown_top_level_keys_are_ignored() -> None:
     wire = _demo_wire()
     wire["added-by-a-newer-router"] = [1, 2, 3]
     assert catalog_from_wire(wire) == load_manifest(str(DEMO))
+
+
+# -- topology: an optional top-level map, records as before --------------------------------
+
+
+def _topology_catalog() -> Catalog:
+    return catalog_from_wire(copy.deepcopy(_RICH))
+
+
+def test_topology_rides_beside_the_records_an_older_node_reads() -> None:
+    """Records keep their version-1 lengths (an older node reads them and ignores the
+    unknown ``topology`` key); the new fields are in that key only."""
+    catalog = _topology_catalog()
+    rich = catalog.service("prod/rich")
+    assert rich is not None and rich.internal_traffic_policy == "Local"
+    assert rich.traffic_distribution == "PreferSameZone" and rich.affinity_timeout == 60
+    assert rich.endpoints["http"][0].for_zones == ("z1", "z2")
+    assert rich.endpoints["http"][0].for_nodes == ("edge-1",)
+    assert catalog.nodes["edge-9"].pool == "site-9"
+    wire = catalog_to_wire(catalog)
+    assert wire["version"] == 1
+    assert {len(n) for n in wire["nodes"]} == {5}
+    assert {len(s) for s in wire["services"]} == {7}
+    assert {len(e) for s in wire["services"] for es in s[4].values() for e in es} == {8}
+    assert wire["topology"] == {
+        "nodes": {"edge-9": "site-9"},
+        "services": {"prod/rich": ["PreferSameZone", "Local", 60,
+                                   {"http": [[["z1", "z2"], ["edge-1"]], None]}]},
+    }
+    # What an older node sees: the catalog without the topology, all else equal.
+    older = {k: v for k, v in wire.items() if k != "topology"}
+    plain = catalog_from_wire(older)
+    assert plain.service("prod/rich") == dataclasses.replace(
+        rich, affinity_timeout=10800, traffic_distribution=None,
+        internal_traffic_policy="Cluster",
+        endpoints={"http": tuple(dataclasses.replace(e, for_zones=(), for_nodes=())
+                                 for e in rich.endpoints["http"])})
+    assert plain.nodes["edge-9"].pool is None
+
+
+def test_a_catalog_with_default_topology_is_pushed_as_before() -> None:
+    assert "topology" not in catalog_to_wire(load_manifest(str(DEMO)))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        (("topology",), [], "topology: must be a map"),
+        (("topology", "nodes"), {"nope": "p"}, "no node of this name"),
+        (("topology", "nodes", "edge-9"), "", "must be a label value"),
+        (("topology", "nodes", "edge-9"), "a b", "must be a label value"),
+        (("topology", "services"), {"prod/nope": [None, "Cluster", 1, {}]},
+         "no service of this name"),
+        (("topology", "services", "prod/rich"), [None], "must have 4 elements"),
+        (("topology", "services", "prod/rich", 0), "Prefer Space", "short identifier"),
+        (("topology", "services", "prod/rich", 1), "Nearby", "must be Cluster or Local"),
+        (("topology", "services", "prod/rich", 2), 0, "must be an integer 1-86400"),
+        (("topology", "services", "prod/rich", 2), 86401, "must be an integer 1-86400"),
+        (("topology", "services", "prod/rich", 3, "http"), [None],
+         "one entry per endpoint"),
+        (("topology", "services", "prod/rich", 3), {"dns": []}, "one entry per endpoint"),
+        (("topology", "services", "prod/rich", 3, "http", 0, 0), ["z1", "z1"],
+         "duplicate names"),
+        (("topology", "services", "prod/rich", 3, "http", 0, 1), ["Not A Node"],
+         "not a valid name"),
+        (("topology", "services", "prod/rich", 3, "http", 0, 0), "z1", "must be an array"),
+    ],
+)
+def test_invalid_topology_is_named(path: tuple[Any, ...], value: object, problem: str) -> None:
+    wire = _set(copy.deepcopy(_RICH), path, value)
+    with pytest.raises(SnapshotError) as caught:
+        catalog_from_wire(wire)
+    assert problem in str(caught.value)

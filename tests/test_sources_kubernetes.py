@@ -421,3 +421,32 @@ def test_readiness_says_why(world: World) -> None:
     world.api.last_watch(SERVICES).fail(APIError(503))
     ready, why = world.source.readiness()
     assert ready and why == "serving the last catalog: watch services: 503"
+
+
+def test_topology_fields_from_api_objects(world: World) -> None:
+    """The watch reads the same fields as the file source: a Service turning Local with a
+    distribution, hints on its slice, a node's pool (and a change of pool alone)."""
+    world.start()
+    web_object = service("web", "10.96.0.10")
+    web_object["spec"].update(internalTrafficPolicy="Local", trafficDistribution="PreferSameNode",
+                              sessionAffinity="ClientIP",
+                              sessionAffinityConfig={"clientIP": {"timeoutSeconds": 5}})
+    world.put(SERVICES, web_object)
+    hinted = piece("web", ["10.1.0.1"], node_name="edge-1")
+    hinted["endpoints"][0]["hints"] = {"forZones": [{"name": "z1"}],
+                                       "forNodes": [{"name": "edge-1"}]}
+    world.put(ENDPOINT_SLICES, hinted)
+    world.settle()
+    web = world.catalogs[-1].service("default/web")
+    assert web is not None and web.internal_traffic_policy == "Local"
+    assert web.traffic_distribution == "PreferSameNode" and web.affinity_timeout == 5
+    assert web.endpoints["p80"][0].for_zones == ("z1",)
+    assert web.endpoints["p80"][0].for_nodes == ("edge-1",)
+    world.check()
+    before = len(world.catalogs)
+    world.put(NODES, make_node("edge-1", edge=True, internal_ip="10.0.0.1",
+                               labels={"edgemesh.io/pool": "site-a"}))
+    world.settle()
+    assert len(world.catalogs) == before + 1
+    assert world.catalogs[-1].nodes["edge-1"].pool == "site-a"
+    world.check()

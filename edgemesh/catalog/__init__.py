@@ -25,10 +25,13 @@ from ._manifest import (
 )
 from ._model import (
     CLUSTER_DOMAIN,
+    DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_HUB_PORT,
     DEFAULT_NAMESPACE,
     EDGE_LABEL,
     HUB_ADDRESS_ANNOTATION,
+    OPENYURT_POOL_LABEL,
+    POOL_LABEL,
     ZONE_LABEL,
     Endpoint,
     Node,
@@ -53,11 +56,14 @@ from ._store import CatalogStore
 __all__ = [
     "ALL",
     "CLUSTER_DOMAIN",
+    "DEFAULT_AFFINITY_TIMEOUT",
     "DEFAULT_HUB_PORT",
     "DEFAULT_NAMESPACE",
     "EDGE_LABEL",
     "EXPORT_ANNOTATION",
     "HUB_ADDRESS_ANNOTATION",
+    "OPENYURT_POOL_LABEL",
+    "POOL_LABEL",
     "RESOLVE_CACHE_SIZE",
     "SCOPE_ANNOTATION",
     "SERVICE_NAME_LABEL",

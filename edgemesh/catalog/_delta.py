@@ -11,7 +11,8 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
 
     {"format": "edgemesh.catalog.delta", "version": 1, "base": int, "revision": int,
      "nodes": [node record, ...], "removed_nodes": [name, ...],
-     "services": [service record, ...], "removed_services": ["namespace/name", ...]}
+     "services": [service record, ...], "removed_services": ["namespace/name", ...],
+     "topology": {...}}   # optional: as the snapshot's, for the nodes and services upserted
 
 ``delta_from_wire`` reads network input: anything off raises DeltaError (a SnapshotError).
 """
@@ -32,6 +33,8 @@ from ._snapshot import (
     _service,
     _service_to_wire,
     _str,
+    topology_to_wire,
+    with_topology,
 )
 
 DELTA_FORMAT = "edgemesh.catalog.delta"
@@ -108,7 +111,7 @@ def apply_delta(catalog: Catalog, delta: CatalogDelta) -> Catalog:
 
 
 def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
-    return {
+    wire: dict[str, object] = {
         "format": DELTA_FORMAT,
         "version": DELTA_VERSION,
         "base": delta.base,
@@ -118,6 +121,10 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
         "services": [_service_to_wire(s) for s in delta.services],
         "removed_services": list(delta.removed_services),
     }
+    topology = topology_to_wire(delta.nodes, delta.services)
+    if topology is not None:
+        wire["topology"] = topology
+    return wire
 
 
 def _fail(problem: str) -> DeltaError:
@@ -181,6 +188,8 @@ def delta_from_wire(obj: object) -> CatalogDelta:
             _service_key(s, f"removed_services[{i}]")
             for i, s in enumerate(_list(top["removed_services"], "removed_services"))
         )
+        topo_nodes, topo_services = with_topology(top, nodes, services)
+        nodes, services = tuple(topo_nodes), tuple(topo_services)
     except DeltaError:
         raise
     except SnapshotError as error:  # a record's own check, worded for a snapshot

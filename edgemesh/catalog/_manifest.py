@@ -29,14 +29,20 @@ import yaml
 
 from ._catalog import Catalog
 from ._model import (
+    DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_HUB_PORT,
     DEFAULT_NAMESPACE,
     EDGE_LABEL,
     HUB_ADDRESS_ANNOTATION,
+    MAX_AFFINITY_TIMEOUT,
     MAX_ANNOTATION_VALUE,
+    MAX_HINTS,
+    OPENYURT_POOL_LABEL,
+    POOL_LABEL,
     PROTOCOLS,
     SCOPE_ANNOTATION,
     SESSION_AFFINITIES,
+    TRAFFIC_POLICIES,
     ZONE_LABEL,
     Endpoint,
     Node,
@@ -48,6 +54,7 @@ from ._model import (
     is_label_value,
     is_port_name,
     is_qualified_name,
+    is_traffic_distribution,
     is_zone,
 )
 
@@ -91,6 +98,8 @@ class SliceEndpoint:
     terminating: bool
     zone: str | None
     pod: str | None
+    for_zones: tuple[str, ...] = ()
+    for_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +308,10 @@ def parse_node(obj: Mapping[str, object]) -> Node:
     if announced is not None:
         hub_host, hub_port = _hub_address(r, announced)
     zone = labels.get(ZONE_LABEL) or None
+    # A label value is valid zone text (at most 63 characters, printable).
+    pool = labels.get(POOL_LABEL) or labels.get(OPENYURT_POOL_LABEL) or None
     return Node(name=name, edge=EDGE_LABEL in labels, hub_host=hub_host, hub_port=hub_port,
-                zone=zone, scope=annotations.get(SCOPE_ANNOTATION))
+                zone=zone, pool=pool, scope=annotations.get(SCOPE_ANNOTATION))
 
 
 def _service_port(r: _Reader, raw: object, path: str) -> ServicePort:
@@ -351,6 +362,24 @@ def parse_service(obj: Mapping[str, object]) -> ServiceObject:
     if affinity not in SESSION_AFFINITIES:
         r.fail("spec.sessionAffinity", f"must be None or ClientIP, got {_got(affinity)}")
     selector = r.string_map(spec.get("selector"), "spec.selector", labels=True)
+    timeout = DEFAULT_AFFINITY_TIMEOUT
+    config = r.mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    client_ip = r.mapping(config.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    raw_timeout = client_ip.get("timeoutSeconds")
+    if raw_timeout is not None:
+        if (isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int)
+                or not 1 <= raw_timeout <= MAX_AFFINITY_TIMEOUT):
+            r.fail("spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                   f"must be an integer 1-{MAX_AFFINITY_TIMEOUT}, got {_got(raw_timeout)}")
+        timeout = raw_timeout
+    distribution = r.string(spec.get("trafficDistribution"), "spec.trafficDistribution") or None
+    if distribution is not None and not is_traffic_distribution(distribution):
+        r.fail("spec.trafficDistribution",
+               f"must be PreferSameNode, PreferSameZone or PreferClose, got {_got(distribution)}")
+    internal = (r.string(spec.get("internalTrafficPolicy"), "spec.internalTrafficPolicy")
+                or "Cluster")
+    if internal not in TRAFFIC_POLICIES:
+        r.fail("spec.internalTrafficPolicy", f"must be Cluster or Local, got {_got(internal)}")
     service = Service(
         namespace=namespace,
         name=name,
@@ -358,6 +387,9 @@ def parse_service(obj: Mapping[str, object]) -> ServiceObject:
         ports=tuple(ports),
         annotations=MappingProxyType(annotations),
         session_affinity=affinity,
+        affinity_timeout=timeout,
+        traffic_distribution=distribution,
+        internal_traffic_policy=internal,
     )
     return ServiceObject(service=service, selector=MappingProxyType(selector))
 
@@ -397,6 +429,11 @@ def _slice_endpoint(
     zone = r.string(entry.get("zone"), f"{path}.zone") or None
     if zone is not None and not is_zone(zone):
         r.fail(f"{path}.zone", f"must be short printable text, got {_got(zone)}")
+    hints = r.mapping(entry.get("hints"), f"{path}.hints")
+    for_zones = _hint_names(r, hints.get("forZones"), f"{path}.hints.forZones", is_zone,
+                            "short printable text")
+    for_nodes = _hint_names(r, hints.get("forNodes"), f"{path}.hints.forNodes",
+                            is_dns1123_subdomain, _SUBDOMAIN)
     return SliceEndpoint(
         address=address,
         node=node,
@@ -407,7 +444,26 @@ def _slice_endpoint(
         ),
         zone=zone,
         pod=_pod_ref(r, entry.get("targetRef"), f"{path}.targetRef", namespace),
+        for_zones=for_zones,
+        for_nodes=for_nodes,
     )
+
+
+def _hint_names(
+    r: _Reader, raw: object, path: str, check: Callable[[str], bool], rule: str
+) -> tuple[str, ...]:
+    """``[{name: ...}, ...]`` of an endpoint's hints, in order, without duplicates."""
+    entries = r.sequence(raw, path)
+    if len(entries) > MAX_HINTS:
+        r.fail(path, f"more than {MAX_HINTS} entries")
+    names: dict[str, None] = {}
+    for i, item in enumerate(entries):
+        hint = r.mapping(item, f"{path}[{i}]", required=True)
+        name = r.required_string(hint.get("name"), f"{path}[{i}].name")
+        if not check(name):
+            r.fail(f"{path}[{i}].name", f"{_got(name)} is not valid ({rule})")
+        names[name] = None
+    return tuple(names)
 
 
 def parse_endpoint_slice(obj: Mapping[str, object]) -> EndpointSliceObject:
@@ -543,6 +599,8 @@ def _from_slices(
                     terminating=e.terminating,
                     zone=e.zone or _zone_of(nodes, e.node),
                     pod=e.pod,
+                    for_zones=e.for_zones,
+                    for_nodes=e.for_nodes,
                 ))
     return {name: tuple(found.values()) for name, found in merged.items()}
 
@@ -618,6 +676,9 @@ def assemble_catalog(
             endpoints=MappingProxyType(endpoints),
             annotations=service.annotations,
             session_affinity=service.session_affinity,
+            affinity_timeout=service.affinity_timeout,
+            traffic_distribution=service.traffic_distribution,
+            internal_traffic_policy=service.internal_traffic_policy,
         ))
     return Catalog(services=built, nodes=node_map.values(), revision=revision)
 

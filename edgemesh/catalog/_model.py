@@ -18,6 +18,12 @@ DEFAULT_HUB_PORT = 7701
 EDGE_LABEL = "node-role.kubernetes.io/edge"
 HUB_ADDRESS_ANNOTATION = "edgemesh.io/hub-address"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+POOL_LABEL = "edgemesh.io/pool"
+"""The node pool (an edge site): "same pool first" is a locality step between node and zone."""
+OPENYURT_POOL_LABEL = "apps.openyurt.io/nodepool"
+"""OpenYurt's node pool label, read when ``edgemesh.io/pool`` is absent."""
+DEFAULT_AFFINITY_TIMEOUT = 10800
+"""``sessionAffinityConfig.clientIP.timeoutSeconds`` when not given (Kubernetes': 3 hours)."""
 SCOPE_ANNOTATION = "edgemesh.io/scope"
 """On a Node: the Services that edge receives (``catalog/_scope.py``), overriding the
 router's ``--edge-scope``."""
@@ -32,6 +38,8 @@ class Node:
     """Where other edges reach this node's hub (annotation, else InternalIP)."""
     hub_port: int
     zone: str | None = None
+    pool: str | None = None
+    """Label ``edgemesh.io/pool`` (else ``apps.openyurt.io/nodepool``)."""
     scope: str | None = None
     """The ``edgemesh.io/scope`` annotation, as written: the router's business only, so
     not in snapshots or deltas (an edge's copy has None)."""
@@ -60,6 +68,10 @@ class Endpoint:
     zone: str | None = None
     pod: str | None = None
     """``namespace/name`` of the pod, when known (for logs and the demo)."""
+    for_zones: tuple[str, ...] = ()
+    """EndpointSlice ``hints.forZones``: the zones this endpoint is meant for (empty: none)."""
+    for_nodes: tuple[str, ...] = ()
+    """EndpointSlice ``hints.forNodes``: the nodes this endpoint is meant for (empty: none)."""
 
     @property
     def address(self) -> str:
@@ -86,6 +98,13 @@ class Service:
     """Endpoints by service port name ('' for an unnamed port), ready or not."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     session_affinity: str = "None"
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    """``sessionAffinityConfig.clientIP.timeoutSeconds``, for ClientIP affinity."""
+    traffic_distribution: str | None = None
+    """``spec.trafficDistribution`` as written (PreferSameNode, PreferSameZone, PreferClose;
+    another value is kept and read as no preference)."""
+    internal_traffic_policy: str = "Cluster"
+    """``spec.internalTrafficPolicy``: Cluster, or Local (only this node's endpoints)."""
 
     @property
     def key(self) -> str:
@@ -106,6 +125,13 @@ _QUALIFIED_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
 SESSION_AFFINITIES = frozenset({"None", "ClientIP"})
+MAX_AFFINITY_TIMEOUT = 86400
+"""Kubernetes validates ``timeoutSeconds`` as 1-86400."""
+TRAFFIC_POLICIES = frozenset({"Cluster", "Local"})
+TRAFFIC_DISTRIBUTIONS = frozenset({"PreferClose", "PreferSameZone", "PreferSameNode"})
+MAX_TRAFFIC_DISTRIBUTION = 63
+MAX_HINTS = 1024
+"""Hints per endpoint kept (Kubernetes allows 8 zones; nodes are bounded by this)."""
 MAX_ZONE = 253
 MAX_ANNOTATION_VALUE = 256 * 1024
 """Kubernetes caps all of an object's annotations together at 256 KiB."""
@@ -149,6 +175,12 @@ def is_qualified_name(value: str) -> bool:
 def is_label_value(value: str) -> bool:
     """Empty, or like the name part of a qualified name."""
     return value == "" or (len(value) <= 63 and _QUALIFIED_PART.fullmatch(value) is not None)
+
+
+def is_traffic_distribution(value: str) -> bool:
+    """A ``trafficDistribution`` value: a known one, or any short identifier (a newer API
+    server may add values; an unknown one means no preference, not an unusable Service)."""
+    return 0 < len(value) <= MAX_TRAFFIC_DISTRIBUTION and value.isascii() and value.isalnum()
 
 
 def is_zone(value: str) -> bool:

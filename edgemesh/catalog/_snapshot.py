@@ -12,6 +12,15 @@ Layout (version 1); records are positional lists to keep pushes small::
                                  zone|None, pod|None], ...]},
                    {annotation: value}, session_affinity], ...]}
 
+Topology (issue 14) rides in an optional top-level ``"topology"`` map, so that a node
+of an older release (which ignores unknown top-level keys) still reads the rest, and a
+snapshot written before it (on an edge's disk) reads with the defaults::
+
+    "topology": {"nodes": {name: pool, ...},                      # nodes with a pool only
+                 "services": {"namespace/name": [                 # non-default ones only
+                     traffic_distribution|None, internal_traffic_policy, affinity_timeout,
+                     {port_name: [[for_zones, for_nodes] | None, ...]}]}}  # one per endpoint
+
 ``catalog_from_wire`` reads input from the network: it checks every field's type, range
 and presence and raises SnapshotError, and nothing else, for anything off.  Keys it does
 not know in the top-level map are ignored, so that a newer router may add some.
@@ -19,17 +28,22 @@ not know in the top-level map are ignored, so that a newer router may add some.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import NoReturn
 
 from ._catalog import Catalog
 from ._model import (
+    DEFAULT_AFFINITY_TIMEOUT,
+    MAX_AFFINITY_TIMEOUT,
     MAX_ANNOTATION_VALUE,
+    MAX_HINTS,
     MAX_ZONE,
     PROTOCOLS,
     SESSION_AFFINITIES,
+    TRAFFIC_POLICIES,
     Endpoint,
     Node,
     Service,
@@ -37,8 +51,10 @@ from ._model import (
     is_dns1035_label,
     is_dns1123_label,
     is_dns1123_subdomain,
+    is_label_value,
     is_port_name,
     is_qualified_name,
+    is_traffic_distribution,
     is_zone,
 )
 
@@ -54,7 +70,7 @@ class SnapshotError(ValueError):
 
 def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
     """The plain structure for ``catalog``; ``catalog_from_wire`` reverses it."""
-    return {
+    wire: dict[str, object] = {
         "format": FORMAT,
         "version": VERSION,
         "revision": catalog.revision,
@@ -64,6 +80,128 @@ def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
         ],
         "services": [_service_to_wire(s) for s in catalog.services.values()],
     }
+    topology = topology_to_wire(catalog.nodes.values(), catalog.services.values())
+    if topology is not None:
+        wire["topology"] = topology
+    return wire
+
+
+# -- topology: the optional top-level map ------------------------------------------------
+
+
+def _default_topology(s: Service) -> bool:
+    return (
+        s.traffic_distribution is None
+        and s.internal_traffic_policy == "Cluster"
+        and s.affinity_timeout == DEFAULT_AFFINITY_TIMEOUT
+        and not any(e.for_zones or e.for_nodes for es in s.endpoints.values() for e in es)
+    )
+
+
+def topology_to_wire(
+    nodes: Iterable[Node], services: Iterable[Service]
+) -> dict[str, object] | None:
+    """The ``"topology"`` map for these nodes and services (only what is not default;
+    None when all is: the key is left out and the push is as before)."""
+    by_service: dict[str, object] = {}
+    for s in services:
+        if _default_topology(s):
+            continue
+        hints = {
+            port_name: [
+                [list(e.for_zones), list(e.for_nodes)] if e.for_zones or e.for_nodes else None
+                for e in endpoints
+            ]
+            for port_name, endpoints in s.endpoints.items()
+            if any(e.for_zones or e.for_nodes for e in endpoints)
+        }
+        by_service[s.key] = [s.traffic_distribution, s.internal_traffic_policy,
+                             s.affinity_timeout, hints]
+    pools = {n.name: n.pool for n in nodes if n.pool is not None}
+    return {"nodes": pools, "services": by_service} if pools or by_service else None
+
+
+def _names(value: object, path: str, check: Callable[[str], bool], rule: str) -> tuple[str, ...]:
+    items = _list(value, path)
+    if len(items) > MAX_HINTS:
+        _fail(path, f"more than {MAX_HINTS} entries")
+    names = tuple(_checked(v, f"{path}[{i}]", check, rule) for i, v in enumerate(items))
+    if len(set(names)) != len(names):
+        _fail(path, "duplicate names")
+    return names
+
+
+def _hinted(endpoint: Endpoint, value: object, path: str) -> Endpoint:
+    if value is None:
+        return endpoint
+    zones, nodes = _record(value, path, 2)
+    return dataclasses.replace(
+        endpoint,
+        for_zones=_names(zones, f"{path}[0]", is_zone, "zone"),
+        for_nodes=_names(nodes, f"{path}[1]", is_dns1123_subdomain, "DNS-1123 subdomain"),
+    )
+
+
+def _service_topology(service: Service, value: object, path: str) -> Service:
+    distribution, policy, timeout, hints = _record(value, path, 4)
+    if distribution is not None:
+        distribution = _str(distribution, f"{path}[0]")
+        if not is_traffic_distribution(distribution):
+            _fail(f"{path}[0]", "must be null or a short identifier")
+    policy = _str(policy, f"{path}[1]")
+    if policy not in TRAFFIC_POLICIES:
+        _fail(f"{path}[1]", "must be Cluster or Local")
+    endpoints = dict(service.endpoints)
+    for port_name, items in _map(hints, f"{path}[3]").items():
+        where = f"{path}[3][{port_name!r}]"
+        own = endpoints.get(port_name)
+        listed = _list(items, where)
+        if own is None or len(listed) != len(own):
+            _fail(where, "must have one entry per endpoint of the port")
+        endpoints[port_name] = tuple(
+            _hinted(e, h, f"{where}[{i}]") for i, (e, h) in enumerate(zip(own, listed))
+        )
+    return dataclasses.replace(
+        service,
+        traffic_distribution=distribution,
+        internal_traffic_policy=policy,
+        affinity_timeout=_int(timeout, f"{path}[2]", 1, MAX_AFFINITY_TIMEOUT),
+        endpoints=MappingProxyType(endpoints),
+    )
+
+
+def with_topology(
+    top: Mapping[str, object], nodes: Sequence[Node], services: Sequence[Service]
+) -> tuple[list[Node], list[Service]]:
+    """``nodes`` and ``services`` with the ``"topology"`` map of ``top`` applied (absent:
+    the defaults, as a snapshot written before it)."""
+    raw = top.get("topology")
+    if raw is None:
+        return list(nodes), list(services)
+    topology = _map(raw, "topology")
+    pools = _map(topology.get("nodes", {}), "topology.nodes")
+    by_key = _map(topology.get("services", {}), "topology.services")
+    known_nodes = {n.name for n in nodes}
+    node_pools: dict[str, str] = {}
+    for name, pool in pools.items():
+        if name not in known_nodes:
+            _fail(f"topology.nodes[{name!r}]", "no node of this name")
+        if not isinstance(pool, str) or not pool or not is_label_value(pool):
+            _fail(f"topology.nodes[{name!r}]", "must be a label value")
+        node_pools[name] = pool
+    known_services = {s.key for s in services}
+    for key in by_key:
+        if key not in known_services:
+            _fail(f"topology.services[{key!r}]", "no service of this name")
+    return (
+        [dataclasses.replace(n, pool=node_pools[n.name]) if n.name in node_pools else n
+         for n in nodes],
+        [
+            _service_topology(s, by_key[s.key], f"topology.services[{s.key!r}]")
+            if s.key in by_key else s
+            for s in services
+        ],
+    )
 
 
 def _service_to_wire(s: Service) -> list[object]:
@@ -297,6 +435,7 @@ def catalog_from_wire(obj: object) -> Catalog:
     seen_services = {s.key for s in services}
     if len(seen_services) != len(services):
         _fail("services", "duplicate services")
+    nodes, services = with_topology(top, nodes, services)
     try:
         return Catalog(services=services, nodes=nodes, revision=revision)
     except ValueError as error:  # belt and braces: everything it checks was checked above

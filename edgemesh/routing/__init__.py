@@ -27,6 +27,9 @@ from ._policy import (
     parse_duration,
     parse_policy,
 )
+from ._topology import candidates as topology_candidates
+from ._topology import hint_mode
+from ._topology import tiers as topology_tiers
 
 __all__ = [
     "DEFAULT_MAX_HOPS",
@@ -56,8 +59,11 @@ __all__ = [
     "ServiceState",
     "check_hops",
     "decide",
+    "hint_mode",
     "own_endpoints",
     "parse_duration",
     "parse_policy",
     "rules_table",
+    "topology_candidates",
+    "topology_tiers",
 ]

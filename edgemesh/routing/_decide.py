@@ -2,8 +2,9 @@
 The routing decision: given a resolved service, where does this exchange go?
 
 Pure: catalog and balancer in, a Route (or a MeshError) out.  This module is
-the one place that knows the four request paths.  Which endpoint is the
-balancer's business (locality, health, the service's lb policy; see _policy).
+the one place that knows the four request paths.  Which endpoints may be chosen is the
+topology's business (_topology), which one of them the balancer's (health, the
+service's lb policy; see _policy).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Collection
 from ..catalog import Catalog, Endpoint, Service, ServicePort
 from ..exchange import MeshError, Reason, RequestHead, Role, Route, SourceKind, TargetKind
 from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
+from ._topology import LOCAL, local_endpoints, usable
 
 ROUTER_PEER = "router"
 """The peer name an edge uses for its tunnel to the router."""
@@ -37,18 +39,30 @@ def decide(
     already tried (a retry goes elsewhere)."""
     if role is Role.edge:
         if source is not SourceKind.service_bus:
-            # From another node: it chose this node, so deliver here.
+            # From another node: it chose this node, so deliver here.  (The ready ones from
+            # the catalog's cache: computed once, and the balancer's counters follow the
+            # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
             if hint is not None and hint not in exclude:
                 for endpoint in local:
                     if endpoint.host == hint[0] and endpoint.port == hint[1]:
                         return Route(TargetKind.service_bus, service, port, endpoint)
+                # Not a ready one: still the endpoint it chose while that serves, even
+                # terminating (chosen because nothing was ready; rare, so a plain scan).
+                found = _usable_hint(service, port, hint, node)
+                if found is not None:
+                    return Route(TargetKind.service_bus, service, port, found)
+            if not local:
+                local = local_endpoints(service, port, node)
             chosen = balancer.choose(service, port, local, head, policy, exclude)
             if chosen is None:
                 raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
             return Route(TargetKind.service_bus, service, port, chosen)
         chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
         if chosen is None:
+            if service.internal_traffic_policy == LOCAL:
+                raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
+                                f"{port.port} on node {node} (internalTrafficPolicy: Local)")
             raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
         if chosen.node == node:
             return Route(TargetKind.service_bus, service, port, chosen)
@@ -62,19 +76,38 @@ def decide(
     # Router.
     ready = catalog.ready_endpoints(service, port)
     if source is SourceKind.tunnel and hint is not None and hint not in exclude:
-        # An edge chose the endpoint: honour it (relay when it is on another edge).
+        # An edge chose the endpoint: honour it (relay when it is on another edge), also
+        # one that still serves while terminating.
         for endpoint in ready:
             if endpoint.host == hint[0] and endpoint.port == hint[1]:
                 return _router_route(catalog, service, port, endpoint)
-    if not ready:
+        found = _usable_hint(service, port, hint, None)
+        if found is not None:
+            return _router_route(catalog, service, port, found)
+    if not ready and not any(usable(e) for e in service.endpoints.get(port.name, ())):
         if service.cluster_ip is not None and source is SourceKind.tunnel:
             # The edge saw endpoints we do not: let the cluster's own proxy decide.
             return Route(TargetKind.cluster_ip, service, port, None)
         raise MeshError(Reason.no_endpoint, f"no ready endpoint for {service.key}:{port.port}")
     chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
     if chosen is None:
+        if service.internal_traffic_policy == LOCAL:
+            raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
+                            f"{port.port} on node {node} (internalTrafficPolicy: Local)")
         raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen)
+
+
+def _usable_hint(
+    service: Service, port: ServicePort, hint: tuple[str, int], node: str | None
+) -> Endpoint | None:
+    """The endpoint ``hint`` names if it is usable (ready, or serving while terminating),
+    on ``node`` when given."""
+    for endpoint in service.endpoints.get(port.name, ()):
+        if (endpoint.host == hint[0] and endpoint.port == hint[1]
+                and (node is None or endpoint.node == node) and usable(endpoint)):
+            return endpoint
+    return None
 
 
 def _router_route(catalog: Catalog, service: Service, port: ServicePort, endpoint: Endpoint) -> Route:

@@ -99,6 +99,7 @@ class Pipeline:
         self.balancer = balancer or Balancer()
         self.balancer.usable = self._usable
         self.balancer.filtering = self._filtering
+        self.balancer.now = self._now
         self.peer_paths: PeerPaths | None = None
         self.observer: ExchangeObserver | None = None
         """Set by the observability layer: told of each exchange's start and end."""

@@ -10,7 +10,11 @@ Annotations (invalid values are reported and the default is used; never an error
     edgemesh.io/retries     attempts after the first (0-10; default: the node's, 1)
 
 ``spec.sessionAffinity: ClientIP`` hashes the client address without a load bound (a
-client stays on its pod while that pod is usable).
+client stays on its pod while that pod is usable), and remembers each client's endpoint
+for ``sessionAffinityConfig.clientIP.timeoutSeconds`` after its last exchange (it stays
+there even when new endpoints would move its hash).  An explicit
+``edgemesh.io/lb-policy: consistent-hash`` overrides it (no memory).  Which endpoints are
+candidates, in which tiers, is the topology's business (``_topology``).
 
 Plain Python: endpoints, heads and loads in, an endpoint out.
 """
@@ -23,14 +27,16 @@ import random
 import re
 from array import array
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from twisted.logger import Logger
 
-from ..catalog import Catalog, Endpoint, Service, ServicePort
+from ..catalog import DEFAULT_AFFINITY_TIMEOUT, Catalog, Endpoint, Service, ServicePort
 from ..exchange import RequestHead
+from . import _topology
 
 __all__ = [
     "HASH_KEY_ANNOTATION",
@@ -90,6 +96,9 @@ class ServicePolicy:
     tracks_load: bool = False
     """The balancer reads the endpoints' requests in progress (least-request, bounded
     consistent hash); set by ``parse_policy``."""
+    affinity: float | None = None
+    """sessionAffinity ClientIP: seconds a client's endpoint is remembered after its last
+    exchange (None: no memory)."""
 
     @property
     def hashed(self) -> bool:
@@ -118,9 +127,19 @@ def _shown(value: str) -> str:
     return repr(value[:60]) + ("..." if len(value) > 60 else "")
 
 
-def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None") -> ServicePolicy:
-    """A service's policy from its annotations; problems are collected, never raised."""
+def parse_policy(
+    annotations: Mapping[str, str],
+    session_affinity: str = "None",
+    affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT,
+    traffic_distribution: str | None = None,
+) -> ServicePolicy:
+    """A service's policy from its annotations and fields; problems are collected, never
+    raised."""
     problems: list[str] = []
+    if (traffic_distribution is not None
+            and traffic_distribution not in _topology.KNOWN_DISTRIBUTIONS):
+        problems.append(f"spec.trafficDistribution: unknown value {_shown(traffic_distribution)}"
+                        " (PreferSameNode, PreferSameZone or PreferClose): no preference")
     lb = LBPolicy.round_robin
     raw_lb = annotations.get(LB_POLICY_ANNOTATION)
     if raw_lb is not None:
@@ -148,11 +167,13 @@ def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None")
                             "is consistent-hash")
 
     bounded = True
+    affinity: float | None = None
     if session_affinity == "ClientIP" and lb is not LBPolicy.consistent_hash:
         if raw_lb is not None and lb is not LBPolicy.round_robin:
             problems.append(f"{LB_POLICY_ANNOTATION}: {lb.value} ignored: "
                             "spec.sessionAffinity is ClientIP")
         lb, hash_header, bounded = LBPolicy.consistent_hash, None, False
+        affinity = float(affinity_timeout)
 
     timeout: float | None = None
     raw_timeout = annotations.get(TIMEOUT_ANNOTATION)
@@ -175,7 +196,8 @@ def parse_policy(annotations: Mapping[str, str], session_affinity: str = "None")
     if not problems and lb is LBPolicy.round_robin and timeout is None and retries is None:
         return DEFAULT_POLICY
     tracks_load = lb is LBPolicy.least_request or (lb is LBPolicy.consistent_hash and bounded)
-    return ServicePolicy(lb, hash_header, bounded, timeout, retries, tuple(problems), tracks_load)
+    return ServicePolicy(lb, hash_header, bounded, timeout, retries, tuple(problems), tracks_load,
+                         affinity)
 
 
 _POLICY_PREFIX = "edgemesh.io/"
@@ -213,11 +235,12 @@ class PolicyBook:
     @staticmethod
     def _parse(service: Service) -> ServicePolicy:
         annotations = service.annotations
-        if service.session_affinity == "None" and not any(
+        if service.session_affinity == "None" and service.traffic_distribution is None and not any(
             name.startswith(_POLICY_PREFIX) for name in annotations
         ):
             return DEFAULT_POLICY
-        return parse_policy(annotations, service.session_affinity)
+        return parse_policy(annotations, service.session_affinity, service.affinity_timeout,
+                            service.traffic_distribution)
 
     def get(self, service: Service) -> ServicePolicy:
         """Hot path: one lookup.  A service object of another catalog (a retry that
@@ -225,7 +248,8 @@ class PolicyBook:
         found = self._by_id.get(id(service))  # the entry holds the service: ids stay unique
         if found is not None and found[0] is service:
             return found[1]
-        if service.session_affinity == "None" and not service.annotations:
+        if (service.session_affinity == "None" and not service.annotations
+                and service.traffic_distribution is None):
             return DEFAULT_POLICY
         return self._parse(service)
 
@@ -244,6 +268,8 @@ class PolicyBook:
                 "bounded_load": policy.hashed and policy.bounded_load,
                 "timeout": policy.timeout,
                 "retries": policy.retries,
+                # Only for ClientIP affinity: the other entries keep their shape.
+                **({} if policy.affinity is None else {"affinity_timeout": policy.affinity}),
             }
             for key, (_, policy) in sorted(self._policies.items())
         }
@@ -299,14 +325,13 @@ class RoundRobin:
         policy: ServicePolicy,
         exclude: Collection[EndpointKey],
     ) -> Endpoint | None:
-        """An endpoint of the service port for an exchange that starts on ``node``."""
-        local = catalog.ready_endpoints(service, port, node)
-        if local:
-            found = self.choose(service, port, local, head, policy, exclude)
+        """An endpoint of the service port for an exchange that starts on ``node``: from
+        the first topology tier with one not excluded."""
+        for tier in _topology.tiers(catalog, node, service, port):
+            found = self.choose(service, port, tier, head, policy, exclude)
             if found is not None:
                 return found
-        return self.choose(service, port, catalog.ready_endpoints(service, port), head, policy,
-                           exclude)
+        return None
 
 
 class _Ring:
@@ -352,13 +377,15 @@ def _hash(data: bytes) -> int:
 
 
 class Balancer(RoundRobin):
-    """The node's balancer: locality tiers (this node, this zone, the rest), skipping
-    unhealthy endpoints while healthy ones remain, and the service's lb policy.
+    """The node's balancer: the topology's tiers (``_topology``: by default this node, its
+    pool, its zone, the rest), skipping unhealthy endpoints while healthy ones remain, the
+    service's lb policy, and ClientIP affinity's memory.
 
     ``loads`` maps an endpoint to its exchanges in progress (kept by the pipeline for the
     policies that read it); ``usable`` says whether an endpoint may be chosen now (not
     ejected, not on a draining node); ``filtering`` is cheap and says whether ``usable``
-    can say no at all (the common case: no)."""
+    can say no at all (the common case: no); ``now`` is the clock for affinity timeouts
+    (the pipeline's; by default time stands still)."""
 
     def __init__(
         self,
@@ -367,6 +394,8 @@ class Balancer(RoundRobin):
         filtering: Callable[[], bool] | None = None,
         max_keys: int = 4096,
         max_rings: int = 64,
+        now: Callable[[], float] | None = None,
+        max_affinity: int = 65536,
     ) -> None:
         super().__init__()
         self._random = (rng or random.Random()).random
@@ -378,6 +407,13 @@ class Balancer(RoundRobin):
         self._tiers: dict[int, tuple[Service, ServicePort, str, _Tiers]] = {}
         self._rings: dict[int, tuple[Sequence[Endpoint], _Ring]] = {}
         self._turns: dict[int, int] = {}
+        self.now: Callable[[], float] = now or (lambda: 0.0)
+        self._affinity: OrderedDict[tuple[str, str, str], tuple[EndpointKey, float]] = (
+            OrderedDict()
+        )
+        """(service, port name, client IP) → (endpoint, last used): least recently used
+        first, at most ``max_affinity`` (the oldest client is forgotten first)."""
+        self._max_affinity = max_affinity
 
     def forget(self) -> None:
         """Drop the caches (a new catalog: its tuples replace the old ones)."""
@@ -390,21 +426,13 @@ class Balancer(RoundRobin):
     def tiers(
         self, catalog: Catalog, node: str, service: Service, port: ServicePort
     ) -> _Tiers:
-        """The ready endpoints in order of preference, non-empty tiers only: on ``node``,
-        in its zone, the rest.  Cached until ``forget`` (the pipeline calls it when the
+        """The usable endpoints in order of preference, non-empty tiers only
+        (``_topology.tiers``).  Cached until ``forget`` (the pipeline calls it when the
         catalog changes): hot path."""
         cached = self._tiers.get(id(port))  # the entry holds the port: ids stay unique
         if cached is not None and cached[0] is service and cached[1] is port and cached[2] is node:
             return cached[3]
-        ready = catalog.ready_endpoints(service, port)
-        here = catalog.node(node)
-        zone = here.zone if here is not None else None
-        same_node = tuple(e for e in ready if e.node == node)
-        same_zone = () if zone is None else tuple(
-            e for e in ready if e.node != node and e.zone == zone
-        )
-        rest = tuple(e for e in ready if e.node != node and (zone is None or e.zone != zone))
-        tiers = tuple(t for t in (same_node, same_zone, rest) if t)
+        tiers = _topology.tiers(catalog, node, service, port)
         if len(self._tiers) >= self._max_keys:
             self._tiers.clear()
         self._tiers[id(port)] = (service, port, node, tiers)
@@ -424,9 +452,54 @@ class Balancer(RoundRobin):
         if not tiers:
             return None
         filtering = self.filtering is not None and self.filtering()
+        if policy.affinity is not None and head is not None and head.client:
+            return self._sticky(service, port, tiers, head, policy, exclude, filtering)
         if not exclude and not filtering:
             return self._pick(service, port, tiers[0], head, policy, None)
         return self._first_usable(service, port, tiers, head, policy, exclude, filtering)
+
+    def _sticky(
+        self,
+        service: Service,
+        port: ServicePort,
+        tiers: _Tiers,
+        head: RequestHead,
+        policy: ServicePolicy,
+        exclude: Collection[EndpointKey],
+        filtering: bool,
+    ) -> Endpoint | None:
+        """ClientIP affinity: the client's endpoint of its last exchange, while that was
+        less than the timeout ago and the endpoint is still in the tier the balancer would
+        choose from now (a closer tier that comes back wins, as the topology says); else
+        the hash's choice, remembered."""
+        assert policy.affinity is not None
+        key = (service.key, port.name, head.client)
+        now = self.now()
+        memory = self._affinity
+        entry = memory.get(key)
+        if entry is not None and now - entry[1] < policy.affinity and entry[0] not in exclude:
+            usable = self.usable if filtering else None
+            for tier in tiers:
+                allowed = [e for e in tier if (e.host, e.port) not in exclude
+                           and (usable is None or usable(e))]
+                if not allowed:
+                    continue
+                for endpoint in allowed:
+                    if (endpoint.host, endpoint.port) == entry[0]:
+                        memory[key] = (entry[0], now)
+                        memory.move_to_end(key)
+                        return endpoint
+                break
+        if not exclude and not filtering:
+            chosen: Endpoint | None = self._pick(service, port, tiers[0], head, policy, None)
+        else:
+            chosen = self._first_usable(service, port, tiers, head, policy, exclude, filtering)
+        if chosen is not None:
+            if entry is None and len(memory) >= self._max_affinity:
+                memory.popitem(last=False)
+            memory[key] = ((chosen.host, chosen.port), now)
+            memory.move_to_end(key)
+        return chosen
 
     def choose(
         self,
