@@ -134,9 +134,6 @@ def test_forbidden_list(mesh: Mesh, api: ThreadedKubeApiServer, tmp_path: Path) 
                        "/api/v1/services")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the router's readiness is 'listed once': with every watch refused (403) it lists, "
-    "turns ready and stays ready on a catalog that no longer follows the cluster"))
 def test_forbidden_watch_only(mesh: Mesh, api: ThreadedKubeApiServer, tmp_path: Path) -> None:
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", user="lister")
     assert_never_ready(mesh, start_router(mesh, "--kubeconfig", kubeconfig), api, "watch=")

@@ -36,6 +36,7 @@ from edgemesh.testing import ThreadedKubeApiServer, make_node, make_service
 MAX_HEAD = 64 * 1024
 IO_TIMEOUT = 30.0
 CONTEXT = "kube-errors"
+TOKEN = "kube-errors-token"
 
 Rule = Callable[[str, str], "tuple[int, str, str] | None"]
 """(method, target) → (status, reason, Status message) to answer, or None to pass on."""
@@ -229,7 +230,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[ThreadedKubeApiServer]:
-    with ThreadedKubeApiServer(bookmark_interval=1.0) as server:
+    # The kubeconfigs carry this token through the fronts: the server takes it (an unknown
+    # bearer token is a 401, as from a real API server).
+    with ThreadedKubeApiServer(token=TOKEN, bookmark_interval=1.0) as server:
         server.create(make_node("cloud-1", internal_ip="10.0.0.9"))
         server.create(make_service("web"))
         yield server
@@ -260,7 +263,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, proxy: str | None = N
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": CONTEXT,
         "clusters": [{"name": CONTEXT, "cluster": cluster}],
-        "users": [{"name": CONTEXT, "user": {"token": "not-checked-here"}}],
+        "users": [{"name": CONTEXT, "user": {"token": TOKEN}}],
         "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT}}],
     }))
     return path
