@@ -73,6 +73,7 @@ def connected(
             "initial_window": client.limits.initial_window,
             "max_frame": client.limits.max_frame,
             "max_streams": client.limits.max_streams,
+            "byte_streams": 1,
         })
     ]
     [hello] = client.receive(server.hello("router", "router"))

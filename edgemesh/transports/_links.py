@@ -45,6 +45,8 @@ from ..wire import (
     Request,
     Reset,
     Response,
+    StreamAccept,
+    StreamOpen,
     Window,
     encode_ping,
     encode_request,
@@ -642,10 +644,14 @@ class EnvelopeLink(Protocol):
             assert isinstance(frame, Request)
             self._inbound(frame)
             return
-        if kind in (Response, Data, Reset, Window):
+        if kind in (Response, Data, Reset, Window, StreamAccept):
             exchange = self.exchanges.get(frame.stream)  # type: ignore[union-attr]
             if exchange is not None:
                 exchange.on_frame(frame)
+            return
+        if kind is StreamOpen:
+            assert isinstance(frame, StreamOpen)
+            self._inbound_stream(frame)
             return
         if kind is Hello:
             assert isinstance(frame, Hello)
@@ -690,6 +696,14 @@ class EnvelopeLink(Protocol):
             exchange.receiver.delivered(len(request.body))
         if request.end:
             exchange.request_end()
+
+    def _inbound_stream(self, frame: StreamOpen) -> None:
+        """The peer opens a byte stream: the handler's ``inbound_stream`` takes it (see
+        transports/_streams.py); a handler without one refuses it."""
+        refusal = self.connection.send_reset(
+            frame.stream, Reason.not_implemented.code, f"{self.node} takes no byte streams"
+        )
+        self.write(refusal)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._shutdown(reason.getErrorMessage())

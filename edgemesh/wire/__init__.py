@@ -1,4 +1,4 @@
-"""The wire layer: msgpack-framed HTTP envelopes between nodes (sans-IO)."""
+"""The wire layer: msgpack-framed HTTP envelopes and byte streams between nodes (sans-IO)."""
 
 from ._connection import Connection
 from ._frames import (
@@ -17,6 +17,8 @@ from ._frames import (
     Request,
     Reset,
     Response,
+    StreamAccept,
+    StreamOpen,
     Window,
     decode_payload,
     encode_ack,
@@ -29,6 +31,8 @@ from ._frames import (
     encode_request,
     encode_reset,
     encode_response,
+    encode_stream_accept,
+    encode_stream_open,
     encode_window,
 )
 
@@ -49,6 +53,8 @@ __all__ = [
     "Request",
     "Reset",
     "Response",
+    "StreamAccept",
+    "StreamOpen",
     "Window",
     "decode_payload",
     "encode_ack",
@@ -61,5 +67,7 @@ __all__ = [
     "encode_request",
     "encode_reset",
     "encode_response",
+    "encode_stream_accept",
+    "encode_stream_open",
     "encode_window",
 ]
