@@ -35,6 +35,7 @@ from ._model import (
     Service,
     ServicePort,
 )
+from ._protocols import PortKind, port_kind
 from ._snapshot import SnapshotError, catalog_from_wire, catalog_to_wire
 from ._store import CatalogStore
 
@@ -56,6 +57,7 @@ __all__ = [
     "ManifestError",
     "Node",
     "PodObject",
+    "PortKind",
     "Service",
     "ServiceObject",
     "ServicePort",
@@ -74,4 +76,5 @@ __all__ = [
     "parse_node",
     "parse_pod",
     "parse_service",
+    "port_kind",
 ]
