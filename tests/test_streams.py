@@ -7,10 +7,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_fuzz_links import Handler
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
+from edgemesh.exchange import (
+    IByteStream,
+    IRequestBody,
+    IResponder,
+    IStreamSource,
+    IStreamTarget,
+    MeshError,
+    Reason,
+    RequestHead,
+    Role,
+    Route,
+    SourceKind,
+    TargetKind,
+)
+from edgemesh.routing import Pipeline, Resilience
 from edgemesh.transports import EnvelopeLink
+from edgemesh.transports._streams import StreamingFrontFactory, TCPStreamTarget
 from edgemesh.wire import Connection, FrameDecoder, Limits, Reset, StreamOpen
 
 
@@ -32,3 +56,353 @@ def test_a_link_without_a_stream_handler_refuses_byte_streams() -> None:
     frames = [f for f in FrameDecoder(Limits()).feed(transport.value()) if not isinstance(f, StreamOpen)]
     assert Reset(sid, "not-implemented", "router takes no byte streams") in frames
     assert not link.closed
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+@implementer(IStreamSource, IByteStream)
+class Side:
+    """Either end of a stream as a test sees it: records what it is told."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.ended = False
+        self.errors: list[MeshError] = []
+        self.is_connected = False
+        self.producer: IPushProducer | None = None
+
+    def connected(self) -> None:
+        self.is_connected = True
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def end(self) -> None:
+        self.ended = True
+
+    def abort(self, error: MeshError) -> None:
+        self.errors.append(error)
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@implementer(IStreamTarget)
+class FakeTarget:
+    kind = TargetKind.service_bus
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[Route, str, IStreamSource, Side]] = []
+
+    def open_stream(self, route: Route, client: str, source: IStreamSource) -> IByteStream:
+        side = Side()
+        self.opened.append((route, client, source, side))
+        return side
+
+
+def echo_catalog() -> Catalog:
+    port = ServicePort("tcp-echo", 7, 7007)
+    service = Service("default", "echo", "10.96.1.7", (port,),
+                      {"tcp-echo": (Endpoint("10.0.0.5", 7007, "edge-1"),)})
+    return Catalog([service], [Node("edge-1", True, "127.0.0.1", 7701)], revision=1)
+
+
+def stream_pipeline(**settings: Any) -> tuple[Pipeline, FakeTarget, MemoryReactorClock]:
+    clock = MemoryReactorClock()
+    pipeline = Pipeline(Role.edge, "edge-1", echo_catalog(), clock=clock,
+                        settings=Resilience(**settings))
+    target = FakeTarget()
+    pipeline.add_stream_target(target)
+    return pipeline, target, clock
+
+
+# --- the guard in the pipeline ----------------------------------------------------------
+
+
+def test_a_stream_is_routed_to_the_chosen_endpoint_and_relayed_both_ways() -> None:
+    pipeline, target, _ = stream_pipeline()
+    client = Side()
+    up = pipeline.dispatch_stream(SourceKind.service_bus, b"echo.default:7", "10.1.1.1", client)
+    [(route, who, down, pod)] = target.opened
+    assert route.target is TargetKind.service_bus and route.endpoint is not None
+    assert (route.endpoint.host, route.endpoint.port, who) == ("10.0.0.5", 7007, "10.1.1.1")
+    down.connected()
+    assert client.is_connected
+    up.write(b"ping")
+    down.write(b"pong!")
+    assert pod.data == [b"ping"] and client.data == [b"pong!"]
+    [guard] = pipeline.streams
+    assert (guard.bytes_up, guard.bytes_down) == (4, 5)
+    # Half-close each way: over only once both have ended.
+    up.end()
+    assert pod.ended and not client.ended and pipeline.streams
+    down.write(b"after")
+    down.end()
+    assert client.ended and client.data[-1] == b"after"
+    assert not pipeline.streams and guard.error is None
+
+
+def test_the_per_service_cap_applies_to_streams() -> None:
+    pipeline, target, _ = stream_pipeline(max_requests_per_service=2)
+    for _ in range(2):
+        pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", Side())
+    with pytest.raises(MeshError) as caught:
+        pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", Side())
+    assert caught.value.reason is Reason.overloaded
+    assert len(target.opened) == 2  # nothing was sent towards a pod for the refused one
+    target.opened[0][2].abort(MeshError(Reason.upstream_lost, "gone"))
+    pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", Side())
+    assert len(target.opened) == 3
+
+
+def test_unknown_names_and_ports_are_refused_before_any_target() -> None:
+    pipeline, target, _ = stream_pipeline()
+    for authority in (b"nope:7", b"echo:8"):
+        with pytest.raises(MeshError) as caught:
+            pipeline.dispatch_stream(SourceKind.service_bus, authority, "", Side())
+        assert caught.value.reason is Reason.unknown_service
+    assert target.opened == []
+
+
+def test_an_idle_stream_is_cut_both_ways() -> None:
+    pipeline, target, clock = stream_pipeline(stream_idle_timeout=30)
+    client = Side()
+    up = pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", client)
+    [(_, _, down, pod)] = target.opened
+    down.connected()
+    for _ in range(5):  # traffic keeps it alive
+        clock.advance(20)
+        up.write(b"x")
+    assert not client.errors
+    clock.advance(30)  # (a Clock reschedules from the end of an advance: two steps)
+    clock.advance(30)
+    assert [e.reason for e in client.errors] == [Reason.upstream_timeout]
+    assert [e.reason for e in pod.errors] == [Reason.upstream_timeout]
+    assert not pipeline.streams and clock.getDelayedCalls() == []
+
+
+def test_a_closed_stream_leaves_no_timer_and_is_reported_once() -> None:
+    pipeline, target, clock = stream_pipeline()
+    closed: list[object] = []
+    pipeline.stream_closed = closed.append
+    up = pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", Side())
+    [(_, _, down, _)] = target.opened
+    up.abort(MeshError(Reason.upstream_lost, "client connection lost"))
+    down.abort(MeshError(Reason.upstream_lost, "late"))
+    assert len(closed) == 1 and clock.getDelayedCalls() == []
+
+
+def test_no_stream_target_is_not_implemented() -> None:
+    pipeline = Pipeline(Role.edge, "edge-1", echo_catalog(), clock=MemoryReactorClock())
+    with pytest.raises(MeshError) as caught:
+        pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", Side())
+    assert caught.value.reason is Reason.not_implemented
+
+
+# --- CONNECT on the front -----------------------------------------------------------------
+
+
+class Opener:
+    def __init__(self, refuse: MeshError | None = None) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[bytes, str, IStreamSource]] = []
+        self.up = Side()
+
+    def __call__(self, authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+        self.calls.append((authority, client, source))
+        if self.refuse is not None:
+            raise self.refuse
+        return self.up
+
+
+def no_http(head: RequestHead, responder: IResponder) -> IRequestBody:
+    raise MeshError(Reason.unknown_service, "no HTTP in this test")
+
+
+def front(opener: Opener) -> tuple[Any, HalfCloseTransport, MemoryReactorClock]:
+    clock = MemoryReactorClock()
+    factory = StreamingFrontFactory(clock, no_http, opener)
+    protocol: Any = factory.buildProtocol(None)
+    transport = HalfCloseTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5555))
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+class HalfCloseTransport(StringTransport):
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def test_connect_becomes_a_byte_stream() -> None:
+    opener = Opener()
+    protocol, transport, clock = front(opener)
+    protocol.dataReceived(b"CONNECT echo.default:7 HTTP/1.1\r\nHost: echo.default:7\r\n\r\nearly")
+    [(authority, client, source)] = opener.calls
+    assert (authority, client) == (b"echo.default:7", "10.1.1.1")
+    assert opener.up.data == [b"early"] and transport.value() == b""
+    source.connected()
+    assert transport.value() == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    transport.clear()
+    # Whatever follows is bytes, not HTTP.
+    protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    source.write(b"\x00\x01binary")
+    assert opener.up.data[-1] == b"GET / HTTP/1.1\r\n\r\n"
+    assert transport.value() == b"\x00\x01binary"
+    # Backpressure: the client socket's buffer pauses the far end's producer.
+    far = Side()
+    producer = Producer()
+    source.setProducer(producer)
+    protocol.pauseProducing()
+    assert producer.paused
+    protocol.resumeProducing()
+    assert not producer.paused
+    # The client half-closes: its direction ends, the stream goes on.
+    protocol.readConnectionLost()
+    assert opener.up.ended and not transport.disconnecting
+    source.write(b"still")
+    source.end()
+    assert transport.value().endswith(b"still") and transport.write_closed
+    assert transport.disconnecting  # both ways over: closed
+    assert far.errors == [] and clock.getDelayedCalls() == []
+
+
+def test_a_refused_connect_gets_the_mesh_answer_and_is_closed() -> None:
+    opener = Opener(MeshError(Reason.unknown_service, "no service default/nope"))
+    protocol, transport, _ = front(opener)
+    protocol.dataReceived(b"CONNECT nope:7 HTTP/1.1\r\nHost: nope:7\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert b"X-Edgemesh-Error: unknown-service" in answer
+    assert b"no service default/nope" in answer
+    assert transport.disconnecting
+
+
+def test_a_connect_refused_after_it_started_gets_the_mesh_answer() -> None:
+    opener = Opener()
+    protocol, transport, _ = front(opener)
+    protocol.dataReceived(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
+    [(_, _, source)] = opener.calls
+    source.abort(MeshError(Reason.upstream_refused, "10.0.0.5:7007: connection refused"))
+    assert transport.value().startswith(b"HTTP/1.1 502 ")
+    assert b"X-Edgemesh-Error: upstream-refused" in transport.value()
+    assert transport.disconnecting
+
+
+def test_a_stream_cut_after_the_200_aborts_the_client() -> None:
+    opener = Opener()
+    protocol, transport, _ = front(opener)
+    protocol.dataReceived(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
+    [(_, _, source)] = opener.calls
+    source.connected()
+    source.abort(MeshError(Reason.upstream_timeout, "idle"))
+    assert transport.value() == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert transport.disconnecting  # StringTransport's abortConnection
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"CONNECT echo HTTP/1.1\r\nHost: echo\r\n\r\n", b"400"),
+        (b"CONNECT a@b:7 HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+    ],
+)
+def test_bad_connects(head: bytes, status: bytes) -> None:
+    opener = Opener()
+    _, transport, _ = front_with(head, opener)
+    assert b"HTTP/1.1 " + status in transport.value()
+    assert opener.calls == []
+
+
+def test_connect_after_an_answered_request_on_the_same_connection() -> None:
+    opener = Opener()
+    _, transport, _ = front_with(
+        b"GET / HTTP/1.1\r\nHost: echo\r\n\r\nCONNECT echo:7 HTTP/1.1\r\nHost: e\r\n\r\n",
+        opener,
+    )
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert [authority for authority, _, _ in opener.calls] == [b"echo:7"]
+
+
+def front_with(data: bytes, opener: Opener) -> tuple[Any, HalfCloseTransport, MemoryReactorClock]:
+    protocol, transport, clock = front(opener)
+    protocol.dataReceived(data)
+    return protocol, transport, clock
+
+
+def test_a_client_gone_mid_stream_aborts_the_far_end() -> None:
+    opener = Opener()
+    protocol, _, _ = front(opener)
+    protocol.dataReceived(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
+    opener.calls[0][2].connected()
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert [e.detail for e in opener.up.errors] == ["client connection lost"]
+
+
+# --- the TCP target ---------------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _route() -> Route:
+    catalog = echo_catalog()
+    service = catalog.services["default/echo"]
+    port = service.ports[0]
+    return Route(TargetKind.service_bus, service, port, service.endpoints["tcp-echo"][0])
+
+
+def test_the_tcp_target_queues_until_connected_then_relays() -> None:
+    reactor = MemoryReactorClock()
+    target = TCPStreamTarget(reactor, TargetKind.service_bus, connect_timeout=3)
+    verifyObject(IStreamTarget, target)
+    source = Side()
+    end = target.open_stream(_route(), "10.1.1.1", source)
+    [(host, port, factory, timeout, _)] = reactor.tcpClients
+    assert (host, port, timeout) == ("10.0.0.5", 7007, 3)
+    producer = Producer()
+    end.setProducer(producer)
+    end.write(b"a" * 40000)
+    end.write(b"b" * 40000)  # past the bound: the client's reading is paused
+    assert producer.paused and not source.is_connected
+    pod = factory.buildProtocol(None)
+    transport = HalfCloseTransport()
+    pod.makeConnection(transport)
+    assert source.is_connected and not producer.paused
+    assert transport.value() == b"a" * 40000 + b"b" * 40000
+    pod.dataReceived(b"reply")
+    assert source.data == [b"reply"]
+    # The pod's socket buffer pauses the client, and back.
+    transport.producer.pauseProducing()
+    assert producer.paused
+    transport.producer.resumeProducing()
+    assert not producer.paused
+    end.end()
+    assert transport.write_closed and not transport.disconnecting
+    pod.readConnectionLost()
+    assert source.ended and transport.disconnecting
+
+
+def test_the_tcp_target_reports_a_refused_connection() -> None:
+    reactor = MemoryReactorClock()
+    target = TCPStreamTarget(reactor, TargetKind.service_bus)
+    source = Side()
+    target.open_stream(_route(), "", source)
+    [(_, _, factory, _, _)] = reactor.tcpClients
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert [e.reason for e in source.errors] == [Reason.upstream_refused]
+    assert "10.0.0.5:7007" in source.errors[0].detail

@@ -28,9 +28,11 @@ from zope.interface import implementer
 
 from ..catalog import Catalog, CatalogStore
 from ..exchange import (
+    IByteStream,
     IRequestBody,
     IResponder,
     ISource,
+    IStreamSource,
     RequestHead,
     Role,
     SourceKind,
@@ -48,6 +50,7 @@ from ..transports import (
     LinkTarget,
     ready_or_lost,
 )
+from ..transports._streams import StreamingFrontFactory, TCPStreamTarget
 from ..wire import Ack, CatalogPush, GoAway, Limits, Request
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
@@ -224,6 +227,21 @@ class MeshNode(MultiService):
             return dispatch(kind, head, responder)
 
         factory = HTTPFrontFactory(self.reactor, route, limits)
+        factory.rejected = self.observer.rejected
+        return factory
+
+    def streaming_front(self, limits: FrontLimits) -> StreamingFrontFactory:
+        """The edge's proxy port: HTTP, and CONNECT to open byte streams (issue 12)."""
+        pipeline = self.pipeline
+        kind = SourceKind.service_bus
+
+        def route(head: RequestHead, responder: IResponder) -> IRequestBody:
+            return pipeline.dispatch(kind, head, responder)
+
+        def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+            return pipeline.dispatch_stream(kind, authority, client, source)
+
+        factory = StreamingFrontFactory(self.reactor, route, open_stream, limits)
         factory.rejected = self.observer.rejected
         return factory
 
@@ -448,6 +466,9 @@ def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: Targ
             connect_timeout=config.connect_timeout, request_timeout=config.request_timeout,
         )
     )
+    pipeline.add_stream_target(
+        TCPStreamTarget(node.reactor, upstream, connect_timeout=config.connect_timeout)
+    )
     return pipeline
 
 
@@ -508,7 +529,7 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.listen("hub", SourceKind.hub, config.hub,
                     node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
-        node.listen("proxy", SourceKind.service_bus, config.proxy, node.front(SourceKind.service_bus, config.front))
+        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(config.front))
     if config.capture is not None or config.dns is not None:
         from ..capture import attach_capture_dns
 

@@ -1,0 +1,147 @@
+"""Byte streams through real ``twistd`` processes (issue 12): ``CONNECT`` on an edge's
+proxy port to a TCP echo origin, with socat as the client (``PROXY:`` address: it sends
+the CONNECT, then relays stdin/stdout and half-closes on stdin's EOF).
+
+A mesh of its own: a router, edge-1 and edge-2 (mutual TLS), and the echo origins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from meshkit import (
+    LOOPBACK,
+    Mesh,
+    RawConnection,
+    Topology,
+    _node,
+    timed,
+    write_catalog,
+)
+
+HERE = Path(__file__).resolve().parent
+ECHOSERVER = HERE / "echoserver.py"
+EDGES = ("edge-1", "edge-2")
+SOCAT = shutil.which("socat")
+needs_socat = pytest.mark.skipif(SOCAT is None, reason="socat is not installed (.ci/run installs it)")
+
+
+def _stream_service(name: str, node: str, port: int, pod_port: int, cluster_ip: str,
+                    port_name: str = "tcp-echo") -> list[dict[str, Any]]:
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": cluster_ip,
+                 "ports": [{"name": port_name, "port": port, "targetPort": pod_port,
+                            "protocol": "TCP"}]},
+    }
+    endpoints = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-{node}", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": pod_port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [LOOPBACK], "conditions": {"ready": True},
+                       "nodeName": node,
+                       "targetRef": {"kind": "Pod", "name": f"{name}-0", "namespace": "default"}}],
+    }
+    return [service, endpoints]
+
+
+@pytest.fixture(scope="module")
+def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    directory = tmp_path_factory.mktemp("streams")
+    topology = Topology.allocate(EDGES, ["echo-1", "echo-2"], ["refused"])
+    t = topology
+    objects = [_node("cloud-1", False, None),
+               *(_node(name, True, t.edges[name]["hub"]) for name in EDGES),
+               *_stream_service("echo", "edge-1", 7, t.pods["echo-1"], "10.96.1.7"),
+               *_stream_service("echo-two", "edge-2", 7, t.pods["echo-2"], "10.96.1.8"),
+               *_stream_service("gone", "edge-1", 7, t.dead["refused"], "10.96.1.9")]
+    catalog = directory / "catalog.yaml"
+    write_catalog(catalog, objects)
+    mesh = Mesh(directory, topology, catalog)
+    try:
+        mesh._spawn("echo", [str(ECHOSERVER), str(t.pods["echo-1"]), str(t.pods["echo-2"])],
+                    None, mesh=False)
+        mesh.start_router(wait=False)
+        for name in EDGES:
+            mesh.start_edge(name, wait=False)
+        mesh.wait_healthy(mesh.procs["router"])
+        mesh.wait_edges_acked(EDGES)
+        yield mesh
+    finally:
+        mesh.stop_all()
+
+
+def socat_through(mesh: Mesh, via: str, target: str, data: bytes, timeout: float = 60.0) -> bytes:
+    """``data`` to ``target`` (host:port) through ``via``'s proxy port by CONNECT; what came
+    back once both directions closed."""
+    host, _, port = target.rpartition(":")
+    assert SOCAT is not None
+    result = subprocess.run(
+        [SOCAT, "-t", "20", "-T", "30", "-",
+         f"PROXY:{LOOPBACK}:{host}:{port},proxyport={mesh.proxy(via)}"],
+        input=data, capture_output=True, timeout=timeout, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
+@needs_socat
+@pytest.mark.parametrize("name", ["echo:7", "echo.default:7", "echo.default.svc.cluster.local:7"])
+def test_connect_to_a_local_pod_echoes_and_half_closes(streams_mesh: Mesh, name: str) -> None:
+    """socat sends 1 MiB and half-closes; the echo origin sends it all back and half-closes
+    when it sees the client's FIN: socat exits 0 only when both directions ended."""
+    data = os.urandom(1 << 20)
+    assert socat_through(streams_mesh, "edge-1", name, data) == data
+
+
+def test_connect_to_an_unknown_name_is_the_mesh_404(streams_mesh: Mesh) -> None:
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"CONNECT nope:7 HTTP/1.1\r\nHost: nope:7\r\n\r\n")
+        response = conn.read_response()
+        assert response.status == 404
+        assert response.header("X-Edgemesh-Error") == "unknown-service"
+        assert b"nope" in response.body
+        assert conn.closed_by_peer(5)
+
+
+def test_connect_to_a_refused_endpoint_is_a_502(streams_mesh: Mesh) -> None:
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"CONNECT gone:7 HTTP/1.1\r\nHost: gone:7\r\n\r\n")
+        response = conn.read_response()
+        assert response.status == 502
+        assert response.header("X-Edgemesh-Error") == "upstream-refused"
+        assert conn.closed_by_peer(5)
+
+
+def test_bytes_sent_before_the_200_are_delivered(streams_mesh: Mesh) -> None:
+    """A client that does not wait for the 200 (one write: head and payload) loses nothing."""
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn, timed() as took:
+        conn.send(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\nhello, early bytes")
+        response_line = conn._line()
+        assert response_line == b"HTTP/1.1 200 Connection established"
+        assert conn._line() == b""
+        while len(conn.buffer) < len(b"hello, early bytes"):
+            assert conn._fill()
+        assert conn.buffer == b"hello, early bytes"
+        assert took() < 10
+
+
+def test_http_still_works_on_the_proxy_port(streams_mesh: Mesh) -> None:
+    """The same port still answers plain HTTP (here the mesh's own 404)."""
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n")
+        assert conn.read_response().status == 404
+
+
+def test_zz_no_crash_in_the_logs(streams_mesh: Mesh) -> None:
+    """Last: whatever the tests above did, no process logged a traceback or died."""
+    streams_mesh.check_alive()
+    assert streams_mesh.new_problems({}) == []
