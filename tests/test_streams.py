@@ -406,3 +406,67 @@ def test_the_tcp_target_reports_a_refused_connection() -> None:
     factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
     assert [e.reason for e in source.errors] == [Reason.upstream_refused]
     assert "10.0.0.5:7007" in source.errors[0].detail
+
+
+# --- transparent capture of a stream port ------------------------------------------------
+
+
+def captured(original: tuple[str, int], dispatch_stream: Any) -> tuple[Any, HalfCloseTransport]:
+    import ipaddress
+
+    from edgemesh.capture import TransparentFrontFactory
+    from edgemesh.capture._vips import ServiceAddresses, VirtualIPs
+
+    def catalog() -> Catalog:
+        web = Service("default", "web", "10.96.1.80", (ServicePort("http", 80, 8080),))
+        return Catalog([*echo_catalog().services.values(), web], echo_catalog().nodes.values(), 1)
+
+    addresses = ServiceAddresses(catalog, VirtualIPs(ipaddress.IPv4Network("240.240.0.0/16")))
+
+    def http(*args: Any) -> IRequestBody:
+        raise MeshError(Reason.unknown_service, "HTTP path")
+
+    factory = TransparentFrontFactory(MemoryReactorClock(), addresses, http,
+                                      lookup=lambda transport: original,
+                                      dispatch_stream=dispatch_stream)
+    protocol: Any = factory.buildProtocol(None)
+    transport = HalfCloseTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 15001),
+                                   peerAddress=IPv4Address("TCP", "10.1.1.1", 4000))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_a_captured_stream_port_is_a_byte_stream_from_the_first_byte() -> None:
+    calls: list[tuple[Any, ...]] = []
+    up = Side()
+
+    def dispatch_stream(*args: Any) -> IByteStream:
+        calls.append(args)
+        return up
+
+    protocol, transport = captured(("10.96.1.7", 7), dispatch_stream)
+    [(source_kind, key, port, hint, client, source)] = calls
+    assert (source_kind, key, port, hint, client) == (
+        SourceKind.service_bus, "default/echo", 7, None, "10.1.1.1")
+    # Server-speaks-first works: the far end may talk before the client; no HTTP either way.
+    source.connected()
+    source.write(b"220 greetings\r\n")
+    assert transport.value() == b"220 greetings\r\n"
+    protocol.dataReceived(b"\x16\x03\x01 not http at all")
+    assert up.data == [b"\x16\x03\x01 not http at all"]
+
+
+def test_a_refused_captured_stream_is_closed_without_an_http_answer() -> None:
+    def dispatch_stream(*args: Any) -> IByteStream:
+        raise MeshError(Reason.no_endpoint, "no ready endpoint of default/echo")
+
+    protocol, transport = captured(("10.96.1.7", 7), dispatch_stream)
+    assert transport.value() == b"" and transport.disconnecting
+    protocol.dataReceived(b"ignored")
+
+
+def test_a_captured_http_port_is_still_http() -> None:
+    calls: list[object] = []
+    protocol, transport = captured(("10.96.1.80", 80), lambda *args: calls.append(args))
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+    assert calls == [] and transport.value().startswith(b"HTTP/1.1 404 ")

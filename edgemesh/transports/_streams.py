@@ -95,10 +95,15 @@ class _Reading:
 class _ClientEnd:
     """The client connection of a CONNECT tunnel, once its head is read."""
 
-    __slots__ = ("front", "is_connected", "producer", "read_ended", "up", "write_ended")
+    __slots__ = (
+        "front", "is_connected", "over", "producer", "raw", "read_ended", "up", "write_ended",
+    )
 
-    def __init__(self, front: StreamingFrontProtocol) -> None:
+    def __init__(self, front: StreamingFrontProtocol, raw: bool = False) -> None:
         self.front = front
+        self.raw = raw
+        """A captured connection, a stream from its first byte: no HTTP answer either way."""
+        self.over = False
         self.up: IByteStream | None = None
         self.producer: IPushProducer | None = None
         self.is_connected = False
@@ -129,7 +134,7 @@ class _ClientEnd:
             return
         self.is_connected = True
         transport = self.front.transport
-        if transport is not None:
+        if transport is not None and not self.raw:
             transport.write(_ESTABLISHED)
 
     def write(self, data: bytes) -> None:
@@ -146,10 +151,11 @@ class _ClientEnd:
 
     def abort(self, error: MeshError) -> None:
         self.up = None
+        self.over = True
         front = self.front
         _log.info("byte stream from {client} closed: {code}: {detail}",
                   client=front.client_address, code=error.reason.code, detail=error.detail)
-        if not self.is_connected:
+        if not self.is_connected and not self.raw:
             front.refuse_tunnel(error)
         elif front.transport is not None:
             front.transport.abortConnection()  # type: ignore[attr-defined]
@@ -208,6 +214,23 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
             raise self._reject(error.reason, error.detail, b"CONNECT") from None
         if self._tunnel is None:  # refused inside open_stream
             raise _Stop()
+        tunnel.up = up
+        up.setProducer(_Reading(self.transport))
+
+    def become_stream(self, open_stream: Callable[[IStreamSource], IByteStream]) -> None:
+        """This connection is a byte stream from its first byte (a captured connection to a
+        stream port): nothing is parsed, nothing answered; a refusal closes it (logged)."""
+        tunnel = _ClientEnd(self, raw=True)
+        self._tunnel = tunnel
+        self._read_stopped = True
+        self._cancel_timer()
+        try:
+            up = open_stream(tunnel)
+        except MeshError as error:
+            tunnel.abort(error)
+            return
+        if tunnel.over:
+            return
         tunnel.up = up
         up.setProducer(_Reading(self.transport))
 
