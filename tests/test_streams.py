@@ -8,11 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_fuzz_links import Handler
+from hypothesis import given
+from hypothesis import strategies as st
+from test_fuzz_links import CORPUS, FRAMES, FUZZ, Handler, mutate, pieces
+from test_links import Handler as RoleHandler
+from test_links import Pair
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -470,3 +475,209 @@ def test_a_captured_http_port_is_still_http() -> None:
     protocol, transport = captured(("10.96.1.80", 80), lambda *args: calls.append(args))
     protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
     assert calls == [] and transport.value().startswith(b"HTTP/1.1 404 ")
+
+
+# --- byte streams over links ---------------------------------------------------------------
+
+
+class StreamHandler(RoleHandler):
+    """test_links' role, taking byte streams: each gets a Side as its target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[tuple[StreamOpen, Any, Side]] = []
+
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: Any) -> IByteStream:
+        target = Side()
+        self.streams.append((frame, source, target))
+        return target
+
+
+def stream_pair() -> Any:
+    pair = Pair(handshake=False)
+    pair.server_handler = pair.server.handler = StreamHandler()
+    pair.pump()
+    return pair
+
+
+def test_a_byte_stream_across_a_link_both_ways_within_the_windows() -> None:
+    pair = stream_pair()
+    source = Side()
+    producer = Producer()
+    stream = pair.client.open_stream("default/echo", 7, ("10.0.0.5", 7007), "10.1.1.1", source)
+    stream.setProducer(producer)
+    stream.write(b"early")
+    pair.pump()
+    [(frame, inbound, pod)] = pair.server.handler.streams
+    assert (frame.service, frame.port, frame.endpoint, frame.client) == (
+        "default/echo", 7, ("10.0.0.5", 7007), "10.1.1.1")
+    assert pod.data == [b"early"] and not source.is_connected
+    inbound.connected()
+    pair.pump()
+    assert source.is_connected
+    # 2 MiB each way: whole, in order, never more in flight than a window.
+    up = [bytes([i]) * 65536 for i in range(32)]
+    for piece in up:
+        stream.write(piece)
+        inbound.write(piece)
+        pair.pump()
+    assert b"".join(pod.data) == b"early" + b"".join(up)
+    assert b"".join(source.data) == b"".join(up)
+    assert pair.largest_body_flight <= Limits().initial_window
+    # Half-close one way, then the other: both links forget the stream.
+    stream.end()
+    pair.pump()
+    assert pod.ended and not source.ended
+    inbound.write(b"last words")
+    inbound.end()
+    pair.pump()
+    assert source.ended and source.data[-1] == b"last words"
+    assert pair.client.exchanges == {} and pair.server.exchanges == {}
+    assert not pair.client.connection.stream_ids() and not pair.server.connection.stream_ids()
+
+
+def test_a_target_that_stops_reading_pauses_the_source_across_the_link() -> None:
+    pair = stream_pair()
+    source = Side()
+    producer = Producer()
+    stream = pair.client.open_stream("default/echo", 7, None, "", source)
+    stream.setProducer(producer)
+    pair.pump()
+    [(_, inbound, pod)] = pair.server.handler.streams
+    inbound.connected()
+    inbound.pauseProducing()  # the pod's socket is full: no credit goes back
+    for _ in range(40):
+        stream.write(b"x" * 65536)
+        pair.pump()
+        if producer.paused:
+            break
+    assert producer.paused
+    held = sum(len(d) for d in pod.data)
+    assert held <= Limits().initial_window
+    inbound.resumeProducing()
+    pair.pump()
+    assert not producer.paused
+
+
+def test_a_refused_stream_reaches_the_source_with_its_reason() -> None:
+    pair = stream_pair()
+    source = Side()
+    pair.client.open_stream("default/echo", 7, None, "", source)
+    pair.pump()
+    [(_, inbound, _)] = pair.server.handler.streams
+    inbound.abort(MeshError(Reason.upstream_refused, "10.0.0.5:7007: connection refused"))
+    pair.pump()
+    assert [(e.reason, e.detail) for e in source.errors] == [
+        (Reason.upstream_refused, "10.0.0.5:7007: connection refused")]
+    assert pair.client.exchanges == {} and pair.server.exchanges == {}
+
+
+def test_a_routing_refusal_resets_the_stream() -> None:
+    pair = stream_pair()
+
+    def refuse(link: Any, frame: Any, source: Any) -> IByteStream:
+        raise MeshError(Reason.no_endpoint, "no ready endpoint of default/echo on node router")
+
+    pair.server.handler.inbound_stream = refuse
+    source = Side()
+    pair.client.open_stream("default/echo", 7, None, "", source)
+    pair.pump()
+    assert [e.reason for e in source.errors] == [Reason.no_endpoint]
+
+
+def test_a_lost_link_aborts_its_streams_both_sides() -> None:
+    pair = stream_pair()
+    source = Side()
+    pair.client.open_stream("default/echo", 7, None, "", source)
+    pair.pump()
+    [(_, _, pod)] = pair.server.handler.streams
+    pair.client.connectionLost(Failure(ConnectionDone()))
+    pair.server.connectionLost(Failure(ConnectionDone()))
+    assert [e.reason for e in source.errors] == [Reason.peer_unavailable]
+    assert [e.reason for e in pod.errors] == [Reason.peer_unavailable]
+
+
+def test_no_byte_stream_to_an_older_peer() -> None:
+    """A peer whose hello does not offer byte streams gets none (its decoder would close
+    the link on the unknown frame type): the source is refused, the link goes on."""
+    pair = Pair(handshake=False)
+    pair.pump()
+    pair.client.connection.peer.settings.pop("byte_streams")
+    source = Side()
+    pair.client.open_stream("default/echo", 7, None, "", source)
+    assert [e.reason for e in source.errors] == [Reason.not_implemented]
+    pair.pump()
+    assert not pair.client.closed and not pair.server.closed
+
+
+# --- fuzzing a link that takes byte streams ------------------------------------------------
+
+
+class FuzzStreams(Handler):
+    """test_fuzz_links' role, also taking byte streams: accepts each, writes back, ends."""
+
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: Any) -> IByteStream:
+        target = Side()
+        if self.answer:
+            source.connected()
+            source.write(b"y" * 3000)
+            source.end()
+        return target
+
+
+@given(
+    frames=st.lists(st.sampled_from(FRAMES), max_size=24),
+    cuts=st.lists(st.integers(0, 4000), max_size=8),
+    answer=st.booleans(),
+)
+@FUZZ
+def test_fuzz_frames_in_any_order_with_streams(frames: list[str], cuts: list[int],
+                                               answer: bool) -> None:
+    run_fuzz(CORPUS["hello"] + b"".join(CORPUS[name] for name in frames), cuts, answer)
+
+
+@given(
+    frames=st.lists(st.sampled_from(FRAMES), min_size=1, max_size=16),
+    edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6),
+    answer=st.booleans(),
+)
+@FUZZ
+def test_fuzz_mutated_frames_with_streams(frames: list[str], edits: list[tuple[int, int]],
+                                          answer: bool) -> None:
+    run_fuzz(CORPUS["hello"] + mutate(b"".join(CORPUS[name] for name in frames), edits), [],
+             answer)
+
+
+def run_fuzz(stream: bytes, cuts: list[int], answer: bool) -> None:
+    clock = MemoryReactorClock()
+    link = EnvelopeLink(clock, FuzzStreams(answer), node="router", role="router", client=False)
+    transport = StringTransport()
+    protocol: Any = link
+    with capturedLogs() as events:
+        protocol.makeConnection(transport)
+        for piece in pieces(stream, cuts):
+            link.dataReceived(piece)
+            if link.closed:
+                break
+            clock.advance(0)
+        clock.advance(0)
+        link.connectionLost()
+    unexpected = [e for e in events if "log_failure" in e]
+    assert unexpected == [], unexpected
+    assert clock.getDelayedCalls() == [], "a closed link left a timer behind"
+
+
+def test_the_stream_corpus_reaches_the_handler() -> None:
+    opened: list[StreamOpen] = []
+
+    class Recording(FuzzStreams):
+        def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: Any) -> IByteStream:
+            opened.append(frame)
+            return super().inbound_stream(link, frame, source)
+
+    link = EnvelopeLink(MemoryReactorClock(), Recording(True), node="router", role="router",
+                        client=False)
+    protocol: Any = link
+    protocol.makeConnection(StringTransport())
+    link.dataReceived(CORPUS["hello"] + CORPUS["stream-open"] + CORPUS["stream-open-end"])
+    assert [(f.service, f.end) for f in opened] == [("shop/redis", False), ("shop/echo", True)]

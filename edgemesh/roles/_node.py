@@ -50,8 +50,9 @@ from ..transports import (
     LinkTarget,
     ready_or_lost,
 )
+from ..transports._linkstreams import LinkStreamTarget
 from ..transports._streams import StreamingFrontFactory, TCPStreamTarget
-from ..wire import Ack, CatalogPush, GoAway, Limits, Request
+from ..wire import Ack, CatalogPush, GoAway, Limits, Request, StreamOpen
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
@@ -230,10 +231,10 @@ class MeshNode(MultiService):
         factory.rejected = self.observer.rejected
         return factory
 
-    def streaming_front(self, limits: FrontLimits) -> StreamingFrontFactory:
-        """The edge's proxy port: HTTP, and CONNECT to open byte streams (issue 12)."""
+    def streaming_front(self, kind: SourceKind, limits: FrontLimits) -> StreamingFrontFactory:
+        """The edge's proxy port, the router's listener: HTTP, and CONNECT to open byte
+        streams (issue 12)."""
         pipeline = self.pipeline
-        kind = SourceKind.service_bus
 
         def route(head: RequestHead, responder: IResponder) -> IRequestBody:
             return pipeline.dispatch(kind, head, responder)
@@ -333,6 +334,11 @@ class RouterNode(MeshNode):
             SourceKind.tunnel, _request_head(request), responder, request.service, request.port, request.endpoint
         )
 
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+        return self.pipeline.dispatch_stream_resolved(
+            SourceKind.tunnel, frame.service, frame.port, frame.endpoint, frame.client, source
+        )
+
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         peer = link.peer
         if isinstance(frame, GoAway) and peer is not None:
@@ -389,6 +395,11 @@ class _EdgeLinks:
                 del self.edge.links[name]
                 if name == ROUTER_PEER:
                     log.info("tunnel to router lost: {reason}", reason=reason)
+
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+        return self.edge.pipeline.dispatch_stream_resolved(
+            self.source, frame.service, frame.port, frame.endpoint, frame.client, source
+        )
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
@@ -478,6 +489,7 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     pipeline = _configure(node, config, TargetKind.cluster_ip)
     beats = config.resilience
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
 
     def make_link() -> EnvelopeLink:
         link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire,
@@ -488,7 +500,8 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
 
     node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
     if config.http is not None:
-        node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
+        node.listen("http", SourceKind.router, config.http,
+                    node.streaming_front(SourceKind.router, config.front))
     if config.admin is not None:
         _admin(node, config.admin)
     return node
@@ -518,6 +531,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
     pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.hub, node.links, dialer))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
     node.hub_dialer = dialer
 
     if config.router is not None:
@@ -529,7 +544,7 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.listen("hub", SourceKind.hub, config.hub,
                     node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
-        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(config.front))
+        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(SourceKind.service_bus, config.front))
     if config.capture is not None or config.dns is not None:
         from ..capture import attach_capture_dns
 

@@ -289,7 +289,10 @@ class Pipeline:
         state.requests += 1
         state.active += 1
         self.streams.add(guard)
-        guard.attach(target.open_stream(route, client, guard.down))
+        try:
+            guard.attach(target.open_stream(route, client, guard.down))
+        except MeshError as error:  # targets report through the source; belt and braces
+            guard.down.abort(error)
         return guard.up
 
     def _stream_over(self, guard: StreamGuard) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,8 +24,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    IByteStream,
     IRequestBody,
     IResponder,
+    IStreamSource,
     MeshError,
     Reason,
     RequestHead,
@@ -52,6 +54,9 @@ from ..wire import (
     encode_request,
 )
 from ._io import use_large_buffer, write_now
+
+if TYPE_CHECKING:
+    from ._linkstreams import _LinkStream
 
 _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
@@ -517,7 +522,7 @@ class EnvelopeLink(Protocol):
         self.node = node
         self.role = role
         self.connection = Connection(client=client, limits=limits)
-        self.exchanges: dict[int, OutboundExchange | InboundExchange] = {}
+        self.exchanges: dict[int, OutboundExchange | InboundExchange | _LinkStream] = {}
         self.paused = False
         self.closed = False
         self.handshake_timeout = handshake_timeout
@@ -698,12 +703,42 @@ class EnvelopeLink(Protocol):
             exchange.request_end()
 
     def _inbound_stream(self, frame: StreamOpen) -> None:
-        """The peer opens a byte stream: the handler's ``inbound_stream`` takes it (see
-        transports/_streams.py); a handler without one refuses it."""
-        refusal = self.connection.send_reset(
-            frame.stream, Reason.not_implemented.code, f"{self.node} takes no byte streams"
-        )
-        self.write(refusal)
+        """The peer opens a byte stream: the handler's ``inbound_stream(link, frame,
+        source)`` routes it (transports/_linkstreams.py); a handler without one refuses it."""
+        route = getattr(self.handler, "inbound_stream", None)
+        if route is None:
+            refusal = self.connection.send_reset(
+                frame.stream, Reason.not_implemented.code, f"{self.node} takes no byte streams"
+            )
+            self.write(refusal)
+            return
+        from ._linkstreams import InboundStream
+
+        stream = InboundStream(self, frame.stream)
+        self.exchanges[frame.stream] = stream
+        try:
+            target = route(self, frame, stream)
+        except MeshError as error:
+            stream.abort(error)
+            return
+        except Exception:  # noqa: BLE001 -- one bad stream must not take the link down
+            self.log.failure("routing a byte stream from {peer} raised", peer=self.peer_name)
+            stream.abort(MeshError(Reason.upstream_lost, "internal error"))
+            return
+        stream.attach(target, frame.data, frame.end)
+
+    def open_stream(
+        self,
+        service: str,
+        port: int,
+        endpoint: tuple[str, int] | None,
+        client: str,
+        source: IStreamSource,
+    ) -> IByteStream:
+        """Open a byte stream to the peer (refused through ``source`` if it cannot)."""
+        from ._linkstreams import open_link_stream
+
+        return open_link_stream(self, service, port, endpoint, client, source)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._shutdown(reason.getErrorMessage())

@@ -62,6 +62,10 @@ def _half_close(transport: Any) -> None:
     """Send a FIN (TCP's half-close); a transport that cannot closes altogether."""
     if transport is None:
         return
+    # Nothing more is written this way: the producer goes (a registered producer that the
+    # buffer paused is resumed instead of the FIN being sent once the buffer drains).
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
     lose_write = getattr(transport, "loseWriteConnection", None)
     if lose_write is not None:
         lose_write()
@@ -164,9 +168,12 @@ class _ClientEnd:
         self.producer = producer
 
     def _close_if_over(self) -> None:
-        if self.read_ended and self.write_ended and self.front.transport is not None:
+        transport: Any = self.front.transport
+        if self.read_ended and self.write_ended and transport is not None:
             self.up = None
-            self.front.transport.loseConnection()
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()
+            transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -305,6 +312,9 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         transport.writeSequence((head, body))
         self._closing = True
         self._read_stopped = True
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
         transport.loseConnection()
 
 

@@ -56,18 +56,22 @@ def _stream_service(name: str, node: str, port: int, pod_port: int, cluster_ip: 
 @pytest.fixture(scope="module")
 def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     directory = tmp_path_factory.mktemp("streams")
-    topology = Topology.allocate(EDGES, ["echo-1", "echo-2"], ["refused"])
+    topology = Topology.allocate(EDGES, ["echo-1", "echo-2", "echo-c"], ["refused"])
     t = topology
     objects = [_node("cloud-1", False, None),
                *(_node(name, True, t.edges[name]["hub"]) for name in EDGES),
                *_stream_service("echo", "edge-1", 7, t.pods["echo-1"], "10.96.1.7"),
                *_stream_service("echo-two", "edge-2", 7, t.pods["echo-2"], "10.96.1.8"),
-               *_stream_service("gone", "edge-1", 7, t.dead["refused"], "10.96.1.9")]
+               *_stream_service("gone", "edge-1", 7, t.dead["refused"], "10.96.1.9"),
+               # A cloud service: the router reaches it at clusterIP:port (here the origin
+               # itself, as the session mesh's pod-cloud).
+               *_stream_service("echo-cloud", "cloud-1", t.pods["echo-c"], t.pods["echo-c"],
+                                LOOPBACK)]
     catalog = directory / "catalog.yaml"
     write_catalog(catalog, objects)
     mesh = Mesh(directory, topology, catalog)
     try:
-        mesh._spawn("echo", [str(ECHOSERVER), str(t.pods["echo-1"]), str(t.pods["echo-2"])],
+        mesh._spawn("echo", [str(ECHOSERVER), *(str(t.pods[p]) for p in ("echo-1", "echo-2", "echo-c"))],
                     None, mesh=False)
         mesh.start_router(wait=False)
         for name in EDGES:
@@ -79,17 +83,24 @@ def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop_all()
 
 
+SOCAT_HALF_CLOSE_WAIT = 15
+"""socat's -t: after its stdin's EOF it waits this long for the far end's FIN, then exits 0
+anyway.  The transfers below must end well before: the FIN travelled back."""
+
+
 def socat_through(mesh: Mesh, via: str, target: str, data: bytes, timeout: float = 60.0) -> bytes:
     """``data`` to ``target`` (host:port) through ``via``'s proxy port by CONNECT; what came
-    back once both directions closed."""
+    back once both directions closed (asserted: by the far end's FIN, not socat's timer)."""
     host, _, port = target.rpartition(":")
     assert SOCAT is not None
-    result = subprocess.run(
-        [SOCAT, "-t", "20", "-T", "30", "-",
-         f"PROXY:{LOOPBACK}:{host}:{port},proxyport={mesh.proxy(via)}"],
-        input=data, capture_output=True, timeout=timeout, check=False,
-    )
+    with timed() as took:
+        result = subprocess.run(
+            [SOCAT, "-t", str(SOCAT_HALF_CLOSE_WAIT), "-T", "30", "-",
+             f"PROXY:{LOOPBACK}:{host}:{port},proxyport={mesh.proxy(via)}"],
+            input=data, capture_output=True, timeout=timeout, check=False,
+        )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert took() < SOCAT_HALF_CLOSE_WAIT - 5, f"the far end's FIN did not arrive ({took():.1f}s)"
     return result.stdout
 
 
@@ -100,6 +111,23 @@ def test_connect_to_a_local_pod_echoes_and_half_closes(streams_mesh: Mesh, name:
     when it sees the client's FIN: socat exits 0 only when both directions ended."""
     data = os.urandom(1 << 20)
     assert socat_through(streams_mesh, "edge-1", name, data) == data
+
+
+@needs_socat
+@pytest.mark.parametrize(
+    ("via", "target", "path"),
+    [
+        ("edge-2", "echo:7", "edge -> edge: edge-2's hub link to edge-1"),
+        ("edge-1", "echo-two:7", "edge -> edge, the other way"),
+        ("router", "echo:7", "cloud -> edge: the router's listener, down edge-1's tunnel"),
+        ("edge-1", "echo-cloud:{cloud}", "edge -> cloud: up the tunnel, the router's TCP out"),
+    ],
+)
+def test_connect_across_links(streams_mesh: Mesh, via: str, target: str, path: str) -> None:
+    """1 MiB each way and both half-closes, over mutual-TLS links, on every path."""
+    data = os.urandom(1 << 20)
+    target = target.format(cloud=streams_mesh.topology.pods["echo-c"])
+    assert socat_through(streams_mesh, via, target, data) == data, path
 
 
 def test_connect_to_an_unknown_name_is_the_mesh_404(streams_mesh: Mesh) -> None:
