@@ -681,3 +681,50 @@ def test_the_stream_corpus_reaches_the_handler() -> None:
     protocol.makeConnection(StringTransport())
     link.dataReceived(CORPUS["hello"] + CORPUS["stream-open"] + CORPUS["stream-open-end"])
     assert [(f.service, f.end) for f in opened] == [("shop/redis", False), ("shop/echo", True)]
+
+
+# --- HTTP/1.1 Upgrade ---------------------------------------------------------------------
+
+
+def test_an_upgrade_becomes_a_byte_stream_carrying_its_head() -> None:
+    opener = Opener()
+    protocol, transport, _ = front(opener)
+    protocol.dataReceived(
+        b"GET /chat?x=1 HTTP/1.1\r\nHost: ws.default\r\nConnection: keep-alive, Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n"
+        b"Keep-Alive: 5\r\n\r\nframe bytes"
+    )
+    [(authority, client, source)] = opener.calls
+    assert (authority, client) == (b"ws.default", "10.1.1.1")
+    head, frame = opener.up.data
+    assert head == (
+        b"GET /chat?x=1 HTTP/1.1\r\nHost: ws.default\r\nSec-WebSocket-Key: abc\r\n"
+        b"Sec-WebSocket-Version: 13\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert frame == b"frame bytes"
+    source.connected()
+    assert transport.value() == b""  # no 200 of ours: the origin answers (101 or not)
+    source.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert transport.value() == b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+
+
+def test_an_upgrade_to_an_unknown_service_gets_the_mesh_answer() -> None:
+    opener = Opener(MeshError(Reason.unknown_service, "no service default/nope"))
+    _, transport, _ = front_with(
+        b"GET / HTTP/1.1\r\nHost: nope\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        opener,
+    )
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+
+
+@pytest.mark.parametrize("head", [
+    # Not an upgrade for llhttp: Upgrade without "Connection: upgrade".
+    b"GET / HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\n\r\n",
+    # HTTP/1.0 has no Upgrade.
+    b"GET / HTTP/1.0\r\nHost: ws\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+])
+def test_what_is_not_an_upgrade_stays_an_ordinary_request(head: bytes) -> None:
+    opener = Opener()
+    _, transport, _ = front_with(head, opener)
+    assert opener.calls == [] and transport.value().startswith(b"HTTP/1.")
+    assert b" 404 " in transport.value()[:20]  # no_http's answer: dispatched as HTTP

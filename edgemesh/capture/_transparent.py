@@ -134,6 +134,17 @@ class TransparentFrontProtocol(StreamingFrontProtocol):
             SourceKind.service_bus, service.key, service_port.port, None, client, source
         ))
 
+    def upgrades_as_streams(self) -> bool:
+        return self._dispatch_stream is not None and self.original is not None
+
+    def open_upgrade(self, authority: bytes, source: IStreamSource) -> IByteStream:
+        assert self.original is not None and self._dispatch_stream is not None
+        service, service_port = self._addresses.destination(*self.original)
+        return self._dispatch_stream(
+            SourceKind.service_bus, service.key, service_port.port, None, self.client_address,
+            source,
+        )
+
     @staticmethod
     def _no_connect(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
         raise MeshError(Reason.forbidden_route,

@@ -39,7 +39,7 @@ from ..exchange import (
     TargetKind,
 )
 from ._front import Dispatch, FrontLimits, HTTPFrontFactory, HTTPFrontProtocol, _Stop
-from ._http1 import error_body, response_head_bytes
+from ._http1 import connection_tokens, end_to_end, error_body, response_head_bytes
 
 __all__ = ["OpenStream", "StreamingFrontFactory", "StreamingFrontProtocol", "TCPStreamTarget"]
 
@@ -100,13 +100,19 @@ class _ClientEnd:
     """The client connection of a CONNECT tunnel, once its head is read."""
 
     __slots__ = (
-        "front", "is_connected", "over", "producer", "raw", "read_ended", "up", "write_ended",
+        "announce", "front", "is_connected", "over", "producer", "raw", "read_ended", "up",
+        "write_ended",
     )
 
-    def __init__(self, front: StreamingFrontProtocol, raw: bool = False) -> None:
+    def __init__(
+        self, front: StreamingFrontProtocol, raw: bool = False, announce: bool = True
+    ) -> None:
         self.front = front
         self.raw = raw
         """A captured connection, a stream from its first byte: no HTTP answer either way."""
+        self.announce = announce
+        """CONNECT: the client gets ``200 Connection established`` once the far end is
+        connected (an Upgrade gets the origin's own answer, 101 or not)."""
         self.over = False
         self.up: IByteStream | None = None
         self.producer: IPushProducer | None = None
@@ -138,7 +144,7 @@ class _ClientEnd:
             return
         self.is_connected = True
         transport = self.front.transport
-        if transport is not None and not self.raw:
+        if transport is not None and self.announce and not self.raw:
             transport.write(_ESTABLISHED)
 
     def write(self, data: bytes) -> None:
@@ -193,16 +199,38 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         super().__init__(reactor, dispatch, limits)
         self._open_stream = open_stream
         self._tunnel: _ClientEnd | None = None
+        self._upgrade: bytes | None = None
+        """The Upgrade field of the request being parsed (hop-by-hop: the front drops it)."""
 
     @property
     def client_address(self) -> str:
         return self._client
 
+    def on_message_begin(self) -> None:
+        self._upgrade = None
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head and name.lower() == b"upgrade":
+            self._upgrade = value
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None
-        if parser.get_method() != b"CONNECT" or self._active is not None or self._queue:
+        if self._active is not None or self._queue:
             super().on_headers_complete()  # later CONNECTs are refused there (501)
+            return
+        if parser.get_method() != b"CONNECT":
+            if (
+                parser.should_upgrade() and self._upgrade and self.upgrades_as_streams()
+                and self._content_length in (None, 0) and self._transfer_encoding is None
+                and parser.get_http_version() == "1.1" and self._url[:1] == b"/"
+                and self._host is not None
+            ):
+                self._start_upgrade(parser.get_method())
+                return
+            super().on_headers_complete()
             return
         self._in_head = False
         self._head_since = None
@@ -223,6 +251,44 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
             raise _Stop()
         tunnel.up = up
         up.setProducer(_Reading(self.transport))
+
+    def _start_upgrade(self, method: bytes) -> None:
+        """An HTTP/1.1 Upgrade (WebSocket...) on an idle connection: the connection becomes a
+        byte stream to the service the Host names, carrying this request head first; the
+        origin's answer (its 101, or any other response) and all that follows are relayed as
+        they come.  The mesh's own answer when the stream is refused before it connects."""
+        self._in_head = False
+        self._head_since = None
+        assert self._host is not None and self._upgrade is not None
+        authority = self._check_authority(self._host, method)
+        tokens = connection_tokens(self._connection or ())
+        fields = end_to_end(self._headers, tokens)
+        head = b"".join((
+            b"%s %s HTTP/1.1\r\n" % (method, self._url),
+            *(b"%s: %s\r\n" % field for field in fields),
+            b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % self._upgrade,
+        ))
+        tunnel = _ClientEnd(self, announce=False)
+        self._tunnel = tunnel
+        self._cancel_timer()
+        try:
+            up = self.open_upgrade(authority, tunnel)
+        except MeshError as error:
+            self._tunnel = None
+            raise self._reject(error.reason, error.detail, method) from None
+        if self._tunnel is None:
+            raise _Stop()
+        tunnel.up = up
+        up.setProducer(_Reading(self.transport))
+        up.write(head)
+
+    def upgrades_as_streams(self) -> bool:
+        """Whether an Upgrade request becomes a byte stream (else: an ordinary request)."""
+        return True
+
+    def open_upgrade(self, authority: bytes, source: IStreamSource) -> IByteStream:
+        """The stream an Upgrade request opens (may raise MeshError)."""
+        return self._open_stream(authority, self._client, source)
 
     def become_stream(self, open_stream: Callable[[IStreamSource], IByteStream]) -> None:
         """This connection is a byte stream from its first byte (a captured connection to a

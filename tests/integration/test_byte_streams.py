@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from meshkit import (
     Mesh,
     RawConnection,
     Topology,
+    _connects,
     _node,
     timed,
     write_catalog,
@@ -26,6 +28,7 @@ from meshkit import (
 
 HERE = Path(__file__).resolve().parent
 ECHOSERVER = HERE / "echoserver.py"
+WSSERVER = HERE / "wsserver.py"
 EDGES = ("edge-1", "edge-2")
 SOCAT = shutil.which("socat")
 needs_socat = pytest.mark.skipif(SOCAT is None, reason="socat is not installed (.ci/run installs it)")
@@ -56,7 +59,7 @@ def _stream_service(name: str, node: str, port: int, pod_port: int, cluster_ip: 
 @pytest.fixture(scope="module")
 def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     directory = tmp_path_factory.mktemp("streams")
-    topology = Topology.allocate(EDGES, ["echo-1", "echo-2", "echo-c"], ["refused"])
+    topology = Topology.allocate(EDGES, ["echo-1", "echo-2", "echo-c", "ws-1"], ["refused"])
     t = topology
     objects = [_node("cloud-1", False, None),
                *(_node(name, True, t.edges[name]["hub"]) for name in EDGES),
@@ -66,18 +69,24 @@ def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                # A cloud service: the router reaches it at clusterIP:port (here the origin
                # itself, as the session mesh's pod-cloud).
                *_stream_service("echo-cloud", "cloud-1", t.pods["echo-c"], t.pods["echo-c"],
-                                LOOPBACK)]
+                                LOOPBACK),
+               # An HTTP port (named http) whose origin speaks WebSocket after an Upgrade.
+               *_stream_service("ws", "edge-1", 80, t.pods["ws-1"], "10.96.1.10", "http")]
     catalog = directory / "catalog.yaml"
     write_catalog(catalog, objects)
     mesh = Mesh(directory, topology, catalog)
     try:
         mesh._spawn("echo", [str(ECHOSERVER), *(str(t.pods[p]) for p in ("echo-1", "echo-2", "echo-c"))],
                     None, mesh=False)
+        mesh._spawn("ws", [str(WSSERVER), str(t.pods["ws-1"])], None, mesh=False)
         mesh.start_router(wait=False)
         for name in EDGES:
             mesh.start_edge(name, wait=False)
         mesh.wait_healthy(mesh.procs["router"])
         mesh.wait_edges_acked(EDGES)
+        mesh.wait_for("the origins to listen", lambda: all(
+            _connects(t.pods[p]) for p in ("echo-1", "echo-2", "echo-c", "ws-1")),
+            [mesh.procs["echo"], mesh.procs["ws"]])
         yield mesh
     finally:
         mesh.stop_all()
@@ -128,6 +137,60 @@ def test_connect_across_links(streams_mesh: Mesh, via: str, target: str, path: s
     data = os.urandom(1 << 20)
     target = target.format(cloud=streams_mesh.topology.pods["echo-c"])
     assert socat_through(streams_mesh, via, target, data) == data, path
+
+
+websockets = pytest.importorskip("websockets")
+
+
+def ws_connect(mesh: Mesh, via: str, uri: str = "ws://ws.default/chat") -> Any:
+    """A real WebSocket client (the ``websockets`` package) on a TCP connection to ``via``'s
+    proxy port: the Host of ``uri`` routes it, as for any request."""
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection((LOOPBACK, mesh.proxy(via)), timeout=30)
+    return connect(uri, sock=sock, max_size=32 << 20, compression=None, open_timeout=30,
+                   close_timeout=10)
+
+
+@pytest.mark.parametrize(("via", "path"), [
+    ("edge-1", "local"),
+    ("edge-2", "edge -> edge"),
+    ("router", "cloud -> edge"),
+])
+def test_websocket_upgrade_echoes_10000_messages_and_16_mib(streams_mesh: Mesh, via: str,
+                                                            path: str) -> None:
+    """After the origin's 101 the exchange is a byte stream both ways: 10 000 messages
+    echoed in order, then one of 16 MiB, then a clean close (both directions)."""
+    with ws_connect(streams_mesh, via) as ws:
+        for start in range(0, 10_000, 500):  # pipelined in batches: bounded, and quick
+            for i in range(start, start + 500):
+                ws.send(f"message {i}")
+            for i in range(start, start + 500):
+                assert ws.recv(timeout=30) == f"message {i}", path
+        big = os.urandom(16 << 20)
+        ws.send(big)
+        assert ws.recv(timeout=60) == big, path
+    assert ws.close_code == 1000
+
+
+def test_a_non_101_answer_to_an_upgrade_is_an_ordinary_response(streams_mesh: Mesh) -> None:
+    """The echo origin answers a WebSocket handshake without the right headers with a 4xx:
+    the client gets it as it is."""
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"GET /chat HTTP/1.1\r\nHost: ws.default\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\n\r\n")
+        response = conn.read_response()
+        assert 400 <= response.status < 500
+        assert response.header("X-Edgemesh-Error") is None  # the origin's answer
+
+
+def test_an_upgrade_to_an_unknown_service_is_the_mesh_404(streams_mesh: Mesh) -> None:
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"GET / HTTP/1.1\r\nHost: nope\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\n\r\n")
+        response = conn.read_response()
+        assert response.status == 404
+        assert response.header("X-Edgemesh-Error") == "unknown-service"
 
 
 def test_connect_to_an_unknown_name_is_the_mesh_404(streams_mesh: Mesh) -> None:
