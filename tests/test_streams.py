@@ -728,3 +728,47 @@ def test_what_is_not_an_upgrade_stays_an_ordinary_request(head: bytes) -> None:
     _, transport, _ = front_with(head, opener)
     assert opener.calls == [] and transport.value().startswith(b"HTTP/1.")
     assert b" 404 " in transport.value()[:20]  # no_http's answer: dispatched as HTTP
+
+
+# --- metrics and the access log -------------------------------------------------------------
+
+
+def test_streams_are_counted_and_logged() -> None:
+    from prometheus_client import generate_latest
+
+    from edgemesh.observability import MeshObserver, ObservabilityConfig
+    from edgemesh.observability._collector import MeshCollector, node_registry
+
+    pipeline, target, clock = stream_pipeline(stream_idle_timeout=30)
+    observer = MeshObserver(clock, Role.edge, "edge-1", ObservabilityConfig(access_log=True))
+    observer.attach(pipeline)
+    registry = node_registry(MeshCollector(observer, lambda: pipeline.catalog), process=False)
+    with capturedLogs() as events:
+        # One closed cleanly, one cut by the idle timeout, one the client left.
+        for _ in range(3):
+            pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "10.1.1.1", Side())
+        (_, _, ok_down, _), (_, _, idle_down, _), (_, _, gone_down, _) = target.opened
+        ok_up, gone_up = ok_down.guard, gone_down.guard  # the guards, from their down sides
+        for down in (ok_down, idle_down, gone_down):
+            down.connected()
+        ok_down.write(b"x" * 100)
+        gone_down.write(b"y" * 10)
+        gone_up.up.abort(MeshError(Reason.upstream_lost, "client connection lost"))
+        ok_up.up.write(b"z" * 7)
+        ok_up.up.end()
+        ok_down.end()
+        clock.advance(30)
+        clock.advance(30)
+    text = generate_latest(registry).decode()
+    labels = 'path="local",service="default/echo"'
+    assert f'edgemesh_byte_streams_opened_total{{{labels}}} 3.0' in text
+    assert f'edgemesh_byte_streams_active{{{labels}}} 0.0' in text
+    for result in ("ok", "aborted", "upstream-timeout"):
+        closed = f'path="local",result="{result}",service="default/echo"'
+        assert f"edgemesh_byte_streams_closed_total{{{closed}}} 1.0" in text
+    assert f'edgemesh_byte_stream_bytes_total{{direction="up",{labels}}} 7.0' in text
+    assert f'edgemesh_byte_stream_bytes_total{{direction="down",{labels}}} 110.0' in text
+    assert 'edgemesh_errors_total{reason="upstream-timeout"} 1.0' in text
+    lines = [e for e in events if e.get("log_namespace") == "edgemesh.access"]
+    assert sorted(e["result"] for e in lines) == ["aborted", "ok", "upstream-timeout"]
+    assert all(e["log_format"].startswith("STREAM ") and e["client"] == "10.1.1.1" for e in lines)

@@ -95,6 +95,8 @@ class Pipeline:
         self.targets: dict[TargetKind, ITarget] = {}
         self.stream_targets: dict[TargetKind, IStreamTarget] = {}
         """Ways out for byte streams (routing/_streams.py), by the same rules."""
+        self.stream_opened: Callable[[StreamGuard], None] | None = None
+        """Set by the observability layer: told of each byte stream routed."""
         self.stream_closed: Callable[[StreamGuard], None] | None = None
         """Set by the observability layer: told of each byte stream once it is over."""
         self.streams: set[StreamGuard] = set()
@@ -289,6 +291,9 @@ class Pipeline:
         state.requests += 1
         state.active += 1
         self.streams.add(guard)
+        opened = self.stream_opened
+        if opened is not None:
+            opened(guard)
         try:
             guard.attach(target.open_stream(route, client, guard.down))
         except MeshError as error:  # targets report through the source; belt and braces

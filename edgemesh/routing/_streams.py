@@ -20,7 +20,8 @@ class StreamGuard:
     what the target answers through.  Producers pass straight through (no extra hop)."""
 
     __slots__ = (
-        "_idle_timeout", "_on_close", "_seen", "_timer", "activity", "bytes_down", "bytes_up",
+        "_idle_timeout", "_on_close", "_seen", "_timer", "aborted_by", "activity", "bytes_down",
+        "bytes_up",
         "client", "clock", "connected_at", "done", "down", "down_ended", "error", "route",
         "service_key", "source", "source_kind", "started", "state", "target_side", "up",
         "up_ended",
@@ -59,6 +60,8 @@ class StreamGuard:
         self.done = False
         self.error: MeshError | None = None
         """Why it ended without a clean close both ways (None: it did not)."""
+        self.aborted_by: str | None = None
+        """Who cut it: ``source`` (the client side), ``target`` (the far side), ``idle``."""
         self.activity = 0
         self._seen = -1
         self._timer: IDelayedCall | None = None
@@ -76,6 +79,7 @@ class StreamGuard:
         if self.done:
             return
         if self.activity == self._seen:
+            self.aborted_by = "idle"
             self.abort_both(MeshError(
                 Reason.upstream_timeout,
                 f"{self.service_key}: stream idle for {self._idle_timeout:g}s",
@@ -154,6 +158,7 @@ class _Up:
         guard = self.guard
         if guard.done:
             return
+        guard.aborted_by = "source"
         guard._finish(error)
         target = guard.target_side
         guard.target_side = None
@@ -204,6 +209,7 @@ class _Down:
         guard = self.guard
         if guard.done:
             return
+        guard.aborted_by = "target"
         guard.target_side = None
         guard._finish(error)
         guard.source.abort(error)

@@ -22,6 +22,7 @@ from meshkit import (
     Topology,
     _connects,
     _node,
+    request,
     timed,
     write_catalog,
 )
@@ -230,6 +231,17 @@ def test_http_still_works_on_the_proxy_port(streams_mesh: Mesh) -> None:
     with RawConnection(streams_mesh.proxy("edge-1")) as conn:
         conn.send(b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n")
         assert conn.read_response().status == 404
+
+
+def test_zz_streams_are_in_the_metrics(streams_mesh: Mesh) -> None:
+    """After the tests above: edge-1 counted its streams (opened, closed ok, bytes)."""
+    admin = streams_mesh.topology.edges["edge-1"]["admin"]
+    text = request(admin, "GET", "/metrics", [("Host", "admin")]).body.decode()
+    opened = [line for line in text.splitlines()
+              if line.startswith('edgemesh_byte_streams_opened_total{path="local",service="default/echo"}')]
+    assert opened and float(opened[0].split()[-1]) >= 3
+    assert 'result="ok",service="default/echo"' in text
+    assert 'result="upstream-refused",service="default/gone"' in text
 
 
 def test_zz_no_crash_in_the_logs(streams_mesh: Mesh) -> None:
