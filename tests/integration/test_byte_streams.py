@@ -278,6 +278,52 @@ def test_http_still_works_on_the_proxy_port(streams_mesh: Mesh) -> None:
         assert conn.read_response().status == 404
 
 
+BIG_STREAM = 256 << 20
+RSS_BUDGET_KIB = 100 * 1024
+
+
+@pytest.mark.slow
+def test_256_mib_each_way_edge_to_edge_in_bounded_memory(streams_mesh: Mesh) -> None:
+    """256 MiB up and 256 MiB echoed back at once, edge-2 → edge-1 over the hub link (mutual
+    TLS): every byte back in order, and no process's peak RSS above 100 MiB (every buffer on
+    the way is bounded: socket buffers, credit windows, link pauses)."""
+    import hashlib
+    import threading
+
+    chunk = os.urandom(1 << 20)
+    sock = socket.create_connection((LOOPBACK, streams_mesh.proxy("edge-2")), timeout=60)
+    with sock:
+        sock.sendall(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        sent = hashlib.sha256()
+
+        def send() -> None:
+            for _ in range(BIG_STREAM // len(chunk)):
+                sock.sendall(chunk)
+                sent.update(chunk)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        with timed() as took:
+            sender.start()
+            received = hashlib.sha256()
+            size = 0
+            while data := sock.recv(1 << 20):
+                received.update(data)
+                size += len(data)
+            sender.join(60)
+        assert size == BIG_STREAM and received.digest() == sent.digest()
+    print(f"\n256 MiB each way edge-2 -> edge-1 in {took():.1f}s "
+          f"({2 * BIG_STREAM / took() / (1 << 20):.0f} MiB/s both ways together)")
+    for name in ("edge-1", "edge-2", "router"):
+        peak = streams_mesh.procs[name].status_kib("VmHWM")
+        print(f"{name}: peak RSS {peak} KiB")
+        assert peak is not None and peak < RSS_BUDGET_KIB, (name, peak)
+
+
 def test_zz_streams_are_in_the_metrics(streams_mesh: Mesh) -> None:
     """edge-1 counts its streams: opened, closed ok or refused, bytes."""
     for target in (b"echo:7", b"gone:7"):
