@@ -367,9 +367,7 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         transport: Any = self.transport
         if transport is None or self._closing:
             return
-        rejected = getattr(self.factory, "rejected", None)
-        if rejected is not None:
-            rejected(error.reason)
+        # (Counted by the pipeline's stream guard, which routed it: not as a front rejection.)
         body, headers = error_body(error.status, error.reason.code, error.detail)
         phrase = error.reason.code.replace("-", " ").encode("ascii")
         head = response_head_bytes(
