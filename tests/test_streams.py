@@ -288,9 +288,12 @@ def test_a_refused_connect_gets_the_mesh_answer_and_is_closed() -> None:
 def test_a_connect_refused_after_it_started_gets_the_mesh_answer() -> None:
     opener = Opener()
     protocol, transport, _ = front(opener)
+    rejected: list[Reason] = []
+    protocol.factory.rejected = rejected.append
     protocol.dataReceived(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
     [(_, _, source)] = opener.calls
     source.abort(MeshError(Reason.upstream_refused, "10.0.0.5:7007: connection refused"))
+    assert rejected == []  # routed: its stream guard counts it, not the front
     assert transport.value().startswith(b"HTTP/1.1 502 ")
     assert b"X-Edgemesh-Error: upstream-refused" in transport.value()
     assert transport.disconnecting
