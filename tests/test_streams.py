@@ -775,3 +775,45 @@ def test_streams_are_counted_and_logged() -> None:
     lines = [e for e in events if e.get("log_namespace") == "edgemesh.access"]
     assert sorted(e["result"] for e in lines) == ["aborted", "ok", "upstream-timeout"]
     assert all(e["log_format"].startswith("STREAM ") and e["client"] == "10.1.1.1" for e in lines)
+
+
+# --- --outbound allow -------------------------------------------------------------------------
+
+
+def test_outbound_allow_takes_unknown_names_straight_out() -> None:
+    opener = Opener(MeshError(Reason.unknown_service, "no service default/example"))
+    protocol, transport, _ = front(opener)
+    calls: list[tuple[bytes, str]] = []
+    far = Side()
+
+    def outbound(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+        calls.append((authority, client))
+        source.connected()
+        return far
+
+    protocol.factory.outbound = outbound
+    protocol.dataReceived(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\nhi")
+    assert calls == [(b"example.org:443", "10.1.1.1")]
+    assert transport.value() == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert far.data == [b"hi"]
+
+
+def test_outbound_allow_does_not_hide_other_refusals() -> None:
+    opener = Opener(MeshError(Reason.overloaded, "default/echo: 1024 in progress"))
+    protocol, transport, _ = front(opener)
+    protocol.factory.outbound = lambda *args: pytest.fail("not for a known service")
+    protocol.dataReceived(b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 503 ")
+
+
+def test_the_pipeline_guards_outbound_streams_as_one_service() -> None:
+    pipeline, target, _ = stream_pipeline(max_requests_per_service=1)
+    client = Side()
+    pipeline.dispatch_outbound(SourceKind.service_bus, "example.org", 443, "10.1.1.1", client)
+    [(route, _, _, _)] = target.opened
+    assert route.endpoint is not None
+    assert (route.endpoint.host, route.endpoint.port) == ("example.org", 443)
+    assert route.service.key == "outbound/passthrough"
+    with pytest.raises(MeshError) as caught:
+        pipeline.dispatch_outbound(SourceKind.service_bus, "example.net", 443, "", Side())
+    assert caught.value.reason is Reason.overloaded

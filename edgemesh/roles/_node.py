@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -115,6 +116,9 @@ class EdgeConfig:
     """Transparent capture: iptables REDIRECT to a listener reading SO_ORIGINAL_DST."""
     dns: DNSConfig | None = None
     """The DNS server for service names (from the live catalog)."""
+    outbound: str = "deny"
+    """CONNECT to a name the catalog does not know: ``deny`` (the mesh's 404) or ``allow``
+    (a direct TCP connection from this node)."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """Access log and metrics bounds."""
     resilience: Resilience = field(default_factory=Resilience)
@@ -231,9 +235,12 @@ class MeshNode(MultiService):
         factory.rejected = self.observer.rejected
         return factory
 
-    def streaming_front(self, kind: SourceKind, limits: FrontLimits) -> StreamingFrontFactory:
+    def streaming_front(
+        self, kind: SourceKind, limits: FrontLimits, outbound: bool = False
+    ) -> StreamingFrontFactory:
         """The edge's proxy port, the router's listener: HTTP, and CONNECT to open byte
-        streams (issue 12)."""
+        streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
+        out of this node."""
         pipeline = self.pipeline
 
         def route(head: RequestHead, responder: IResponder) -> IRequestBody:
@@ -244,6 +251,8 @@ class MeshNode(MultiService):
 
         factory = StreamingFrontFactory(self.reactor, route, open_stream, limits)
         factory.rejected = self.observer.rejected
+        if outbound:
+            factory.outbound = partial(_outbound, pipeline, kind)
         return factory
 
     def startService(self) -> None:
@@ -269,6 +278,13 @@ class MeshNode(MultiService):
             "links": sorted(self.links),
             **{name: part() for name, part in self.status_parts.items()},
         }
+
+
+def _outbound(
+    pipeline: Pipeline, kind: SourceKind, authority: bytes, client: str, source: IStreamSource
+) -> IByteStream:
+    host, _, port = authority.decode("ascii").rpartition(":")
+    return pipeline.dispatch_outbound(kind, host.strip("[]"), int(port), client, source)
 
 
 class RouterNode(MeshNode):
@@ -544,7 +560,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.listen("hub", SourceKind.hub, config.hub,
                     node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
-        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(SourceKind.service_bus, config.front))
+        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(SourceKind.service_bus, config.front,
+                                          outbound=config.outbound == "allow"))
     if config.capture is not None or config.dns is not None:
         from ..capture import attach_capture_dns
 

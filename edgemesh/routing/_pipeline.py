@@ -100,6 +100,9 @@ class Pipeline:
         self.stream_closed: Callable[[StreamGuard], None] | None = None
         """Set by the observability layer: told of each byte stream once it is over."""
         self.streams: set[StreamGuard] = set()
+        self._outbound_service = Service("outbound", "passthrough", None,
+                                         (ServicePort("", 1, 1),))
+        """What streams to names outside the catalog count as (--outbound allow)."""
         self.sources: list[ISource] = []
         self.settings = settings or Resilience()
         self._clock = clock
@@ -250,6 +253,25 @@ class Pipeline:
             raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
         return self._route_stream(source, service, port, hint, client, stream)
 
+    def dispatch_outbound(
+        self, source: SourceKind, host: str, port: int, client: str, stream: IStreamSource
+    ) -> IByteStream:
+        """A byte stream straight to ``host:port``, a name the catalog does not know
+        (``--outbound allow``): out of this node over TCP, guarded, counted and capped as
+        one service, ``outbound/passthrough``."""
+        target = self.stream_targets.get(TargetKind.service_bus)
+        if target is None or TargetKind.service_bus not in self.rules.get(source, ()):
+            raise MeshError(Reason.forbidden_route, f"no outbound streams from {source.value}")
+        service = self._outbound_service
+        _, state, _ = self._service_state(service)
+        if state.active >= self._max_active:
+            state.overloaded += 1
+            raise MeshError(Reason.overloaded,
+                            f"{service.key}: {state.active} streams in progress on {self.node}")
+        route = Route(TargetKind.service_bus, service, service.ports[0],
+                      Endpoint(host, port, None))
+        return self._guarded_stream(source, route, target, client, stream, state)
+
     def _route_stream(
         self,
         source: SourceKind,
@@ -286,6 +308,17 @@ class Pipeline:
                 Reason.not_implemented,
                 f"{self.node} carries no byte streams to {route.target.value}",
             )
+        return self._guarded_stream(source, route, target, client, stream, state)
+
+    def _guarded_stream(
+        self,
+        source: SourceKind,
+        route: Route,
+        target: IStreamTarget,
+        client: str,
+        stream: IStreamSource,
+        state: ServiceState,
+    ) -> IByteStream:
         guard = StreamGuard(self._clock, source, route, client, stream, state,
                             self._idle_timeout, self._stream_over)
         state.requests += 1

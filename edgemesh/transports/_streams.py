@@ -243,7 +243,14 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         self._tunnel = tunnel
         self._cancel_timer()
         try:
-            up = self._open_stream(authority, self._client, tunnel)
+            try:
+                up = self._open_stream(authority, self._client, tunnel)
+            except MeshError as error:
+                outbound = getattr(self.factory, "outbound", None)
+                if error.reason is not Reason.unknown_service or outbound is None:
+                    raise
+                # --outbound allow: a name outside the catalog, straight out of this node.
+                up = outbound(authority, self._client, tunnel)
         except MeshError as error:
             self._tunnel = None
             raise self._reject(error.reason, error.detail, b"CONNECT") from None
@@ -394,6 +401,9 @@ class StreamingFrontFactory(HTTPFrontFactory):
     ) -> None:
         super().__init__(reactor, dispatch, limits or FrontLimits())
         self.open_stream = open_stream
+        self.outbound: OpenStream | None = None
+        """CONNECT to a name the catalog does not know (``--outbound allow``); None: the
+        mesh's 404 (``deny``)."""
 
     def buildProtocol(self, addr: IAddress | None) -> StreamingFrontProtocol:
         protocol = StreamingFrontProtocol(self.reactor, self.dispatch, self.limits, self.open_stream)

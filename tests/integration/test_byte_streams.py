@@ -93,8 +93,8 @@ def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         if GRPC:
             mesh._spawn("grpc", [str(GRPCSERVER), str(t.pods["grpc-1"])], None, mesh=False)
         mesh.start_router(wait=False)
-        for name in EDGES:
-            mesh.start_edge(name, wait=False)
+        mesh.start_edge("edge-1", wait=False)
+        mesh.start_edge("edge-2", "--outbound", "allow", wait=False)
         mesh.wait_healthy(mesh.procs["router"])
         mesh.wait_edges_acked(EDGES)
         origins = ["echo-1", "echo-2", "echo-c", "ws-1", *(["grpc-1"] if GRPC else [])]
@@ -237,6 +237,19 @@ def test_grpc_through_connect(streams_mesh: Mesh, via: str, path: str) -> None:
             method("unary_unary", "Fail")(b"x", timeout=30)
         assert failed.value.code() is grpc.StatusCode.NOT_FOUND
         assert failed.value.details() == "no such thing: x"
+
+
+@needs_socat
+def test_outbound_allow_connects_to_names_outside_the_catalog(streams_mesh: Mesh) -> None:
+    """edge-2 runs with --outbound allow: CONNECT localhost:PORT (no such service) goes
+    straight to that port from edge-2; edge-1 (the default, deny) answers the mesh's 404."""
+    port = streams_mesh.topology.pods["echo-1"]
+    assert socat_through(streams_mesh, "edge-2", f"localhost:{port}", b"outside") == b"outside"
+    with RawConnection(streams_mesh.proxy("edge-1")) as conn:
+        conn.send(b"CONNECT localhost:%d HTTP/1.1\r\nHost: x\r\n\r\n" % port)
+        response = conn.read_response()
+        assert response.status == 404
+        assert response.header("X-Edgemesh-Error") == "unknown-service"
 
 
 def test_connect_to_an_unknown_name_is_the_mesh_404(streams_mesh: Mesh) -> None:
