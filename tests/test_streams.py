@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_fuzz_links import CORPUS, FRAMES, FUZZ, Handler, mutate, pieces
 from test_links import Handler as RoleHandler
 from test_links import Pair
@@ -817,3 +818,85 @@ def test_the_pipeline_guards_outbound_streams_as_one_service() -> None:
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch_outbound(SourceKind.service_bus, "example.net", 443, "", Side())
     assert caught.value.reason is Reason.overloaded
+
+
+# --- the guard as a state machine ------------------------------------------------------------
+
+
+class GuardMachine(RuleBasedStateMachine):
+    """Either side writes, half-closes or aborts, the far end connects, time passes, in any
+    order: the guard reports the stream exactly once, frees its slot in the service's cap,
+    leaves no timer, and after the end passes nothing on and tells each side at most one
+    ending."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pipeline, self.target, self.clock = stream_pipeline(stream_idle_timeout=10)
+        self.closed: list[object] = []
+        self.pipeline.stream_closed = self.closed.append
+        self.client = Side()
+        self.up = self.pipeline.dispatch_stream(SourceKind.service_bus, b"echo:7", "", self.client)
+        [(_, _, self.down, self.pod)] = self.target.opened
+        self.guard = self.down.guard  # type: ignore[attr-defined]
+
+    @rule(size=st.integers(1, 100))
+    def client_writes(self, size: int) -> None:
+        before = len(self.pod.data)
+        self.up.write(b"u" * size)
+        if self.guard.done or self.guard.up_ended:
+            assert len(self.pod.data) == before
+
+    @rule(size=st.integers(1, 100))
+    def far_end_writes(self, size: int) -> None:
+        before = len(self.client.data)
+        self.down.write(b"d" * size)
+        if self.guard.done or self.guard.down_ended:
+            assert len(self.client.data) == before
+
+    @rule()
+    def far_end_connects(self) -> None:
+        self.down.connected()
+
+    @rule()
+    def client_ends(self) -> None:
+        self.up.end()
+
+    @rule()
+    def far_end_ends(self) -> None:
+        self.down.end()
+
+    @rule()
+    def client_aborts(self) -> None:
+        self.up.abort(MeshError(Reason.upstream_lost, "client connection lost"))
+
+    @rule()
+    def far_end_aborts(self) -> None:
+        self.down.abort(MeshError(Reason.upstream_lost, "pod gone"))
+
+    @rule(seconds=st.sampled_from([1, 5, 10, 11]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def reported_once_and_freed(self) -> None:
+        guard = self.guard
+        assert len(self.closed) == (1 if guard.done else 0)
+        assert self.pipeline.streams == (set() if guard.done else {guard})
+        assert guard.state.active == (0 if guard.done else 1)
+        if guard.done:
+            assert self.clock.getDelayedCalls() == []
+        assert len(self.client.errors) <= 1 and len(self.pod.errors) <= 1
+        # An ending reached each side at most once, and a clean end is an end, no abort.
+        if guard.done and guard.error is None:
+            assert self.client.ended and self.pod.ended
+            assert not self.client.errors and not self.pod.errors
+        # Bytes are counted as they pass.
+        assert guard.bytes_up == sum(map(len, self.pod.data))
+        assert guard.bytes_down == sum(map(len, self.client.data))
+
+
+GuardMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_the_guard_state_machine = GuardMachine.TestCase
