@@ -244,3 +244,47 @@ def drop_trailers(trailers: Headers, why: str) -> None:
         names=", ".join(name.decode("latin-1") for name, _ in trailers[:8]),
         why=why,
     )
+
+
+# --- byte streams (issue 12, docs/protocols.md) -----------------------------------------
+#
+# A byte stream is one TCP connection carried whole: bytes both ways, each direction
+# ending on its own (half-close).  A Source opens one with IStreamTarget.open_stream and
+# gets the IByteStream it writes the client's bytes to; the target answers through the
+# source's IStreamSource.  Each side pauses the other's producer while it cannot take
+# more, as for exchange bodies.
+
+
+class IByteStream(Interface):
+    """One direction of a byte stream, as the side that receives it implements it."""
+
+    def write(data: bytes) -> None:
+        """Bytes of the stream (never empty)."""
+
+    def end() -> None:
+        """No more bytes this way (the writer half-closed); the other way goes on."""
+
+    def abort(error: MeshError) -> None:
+        """The stream is over, both ways, without a clean end (refused, reset, cut by a
+        timeout, the other end gone): release everything, send nothing more."""
+
+    def setProducer(producer: IPushProducer) -> None:
+        """The writer's flow: paused while this side cannot take more bytes."""
+
+
+class IStreamSource(IByteStream):
+    """The source's side of a byte stream (what the target answers through)."""
+
+    def connected() -> None:
+        """The far end is connected: bytes may flow back.  Called at most once, before
+        any ``write``; a stream refused before this gets ``abort`` alone."""
+
+
+class IStreamTarget(Interface):
+    """A way out of this node for byte streams."""
+
+    kind: Any = Attribute("The TargetKind this target serves.")
+
+    def open_stream(route: Route, client: str, source: IStreamSource) -> IByteStream:
+        """Start a byte stream to ``route``; ``client`` is the original client's address.
+        Never raises for network reasons: failures reach ``source.abort``."""

@@ -11,11 +11,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from edgemesh.roles import RouterNode, router_tap
-from edgemesh.sources import LeaderElector
 from edgemesh.sources import (
     ENDPOINT_SLICES,
     EdgeServiceController,
     KubernetesSource,
+    LeaderElector,
     TreqKubeAPI,
 )
 from edgemesh.sources._options import http_port

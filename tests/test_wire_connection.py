@@ -76,6 +76,7 @@ def connected(
             "hops": 1,
             "goaway_retry_after": 1,
             "trailers": 1,
+            "byte_streams": 1,
         })
     ]
     assert server.peer_hops

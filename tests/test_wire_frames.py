@@ -61,6 +61,8 @@ from edgemesh.wire import (
     encode_request,
     encode_reset,
     encode_response,
+    encode_stream_accept,
+    encode_stream_open,
     encode_window,
 )
 
@@ -132,6 +134,11 @@ def corpus_frames() -> dict[str, bytes]:
         "catalog.bin": encode_catalog(7, "snapshot", catalog_to_wire(_sample_catalog())),
         "ack.bin": encode_ack(7),
         "goaway.bin": encode_goaway("draining"),
+        "stream-open.bin": encode_stream_open(
+            5, False, "10.1.2.3", "shop/redis", 6379, ("10.4.0.12", 6379), b"PING\r\n"
+        ),
+        "stream-open-end.bin": encode_stream_open(7, True, "", "shop/echo", 7, None, b""),
+        "stream-accept.bin": encode_stream_accept(5),
     }
 
 

@@ -131,6 +131,7 @@ def attach_capture(
         node.pipeline.dispatch_resolved,
         node.config.front,
         config.lookup,
+        node.pipeline.dispatch_stream_resolved,
     )
     node.listen("transparent", SourceKind.service_bus, config.transparent, factory)
     if config.rules is not None and "PREROUTING" in config.rules.hooks and _loopback_only(

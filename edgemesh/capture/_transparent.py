@@ -10,6 +10,11 @@ would read as ``default/cart``), and for apps that send a Host of their own (vir
 hosting).  The Host header still travels to the pod unchanged; only a request without one
 (HTTP/1.0) gets the original destination as its authority.
 
+A captured connection to a *stream* port (catalog/_protocols.py: ``appProtocol`` or the
+port name says it is not HTTP/1.x) is carried as a byte stream from its first byte
+(docs/protocols.md), when the node gives this listener a way to open streams: nothing is
+parsed, and a refusal closes the connection with one log line naming the reason.
+
 Refused, each with a clear answer and one log line:
 - a first byte that cannot start an HTTP/1.x request (TLS, a database protocol): 501;
 - a connection that was not redirected (its original destination is this listener, or
@@ -26,9 +31,19 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 
-from ..exchange import IRequestBody, IResponder, MeshError, Reason, RequestHead, SourceKind
+from ..catalog import PortKind
+from ..exchange import (
+    IByteStream,
+    IRequestBody,
+    IResponder,
+    IStreamSource,
+    MeshError,
+    Reason,
+    RequestHead,
+    SourceKind,
+)
 from ..transports import FrontLimits, HTTPFrontFactory
-from ..transports._front import HTTPFrontProtocol
+from ..transports._streams import StreamingFrontProtocol
 from ._sockopt import original_destination
 from ._vips import ServiceAddresses
 
@@ -38,6 +53,11 @@ OriginalDestination = Callable[[Any], "tuple[str, int] | None"]
 DispatchResolved = Callable[[SourceKind, RequestHead, IResponder, str, int, "tuple[str, int] | None"],
                             IRequestBody]
 """``Pipeline.dispatch_resolved``."""
+
+DispatchStreamResolved = Callable[
+    [SourceKind, str, int, "tuple[str, int] | None", str, IStreamSource], IByteStream
+]
+"""``Pipeline.dispatch_stream_resolved``."""
 
 _REQUEST_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n")
 """What the first byte of an HTTP/1.x request can be: a method (tokens in upper case for
@@ -61,8 +81,9 @@ def describe_first_byte(byte: int) -> str:
     return f"0x{byte:02x}"
 
 
-class TransparentFrontProtocol(HTTPFrontProtocol):
-    """One captured connection: the HTTP front, routed by the original destination."""
+class TransparentFrontProtocol(StreamingFrontProtocol):
+    """One captured connection: the HTTP front, routed by the original destination; or a
+    byte stream to a stream port."""
 
     def __init__(
         self,
@@ -71,8 +92,10 @@ class TransparentFrontProtocol(HTTPFrontProtocol):
         dispatch_resolved: DispatchResolved,
         limits: FrontLimits,
         lookup: OriginalDestination,
+        dispatch_stream: DispatchStreamResolved | None = None,
     ) -> None:
-        super().__init__(reactor, self._dispatch_captured, limits)
+        super().__init__(reactor, self._dispatch_captured, limits, self._no_connect)
+        self._dispatch_stream = dispatch_stream
         self._addresses = addresses
         self._dispatch_resolved = dispatch_resolved
         self._lookup = lookup
@@ -94,8 +117,43 @@ class TransparentFrontProtocol(HTTPFrontProtocol):
                 original = None  # connected to this port directly: not redirected
         self.original = original
         super().connectionMade()
+        if original is not None and self._dispatch_stream is not None:
+            self._maybe_stream(*original)
+
+    def _maybe_stream(self, host: str, port: int) -> None:
+        try:
+            service, service_port = self._addresses.destination(host, port)
+        except MeshError:
+            return  # the HTTP path refuses it as before, with its answer
+        if service_port.kind is not PortKind.stream:
+            return
+        dispatch = self._dispatch_stream
+        assert dispatch is not None
+        client = self.client_address
+        self.become_stream(lambda source: dispatch(
+            SourceKind.service_bus, service.key, service_port.port, None, client, source
+        ))
+
+    def upgrades_as_streams(self) -> bool:
+        return self._dispatch_stream is not None and self.original is not None
+
+    def open_upgrade(self, authority: bytes, source: IStreamSource) -> IByteStream:
+        assert self.original is not None and self._dispatch_stream is not None
+        service, service_port = self._addresses.destination(*self.original)
+        return self._dispatch_stream(
+            SourceKind.service_bus, service.key, service_port.port, None, self.client_address,
+            source,
+        )
+
+    @staticmethod
+    def _no_connect(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+        raise MeshError(Reason.forbidden_route,
+                        "CONNECT is for the service bus proxy, not the capture listener")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            super().dataReceived(data)
+            return
         if not self._checked:
             self._checked = True
             if data[0] not in _REQUEST_START:
@@ -140,11 +198,15 @@ class TransparentFrontFactory(HTTPFrontFactory):
         dispatch_resolved: DispatchResolved,
         limits: FrontLimits | None = None,
         lookup: OriginalDestination = socket_original_destination,
+        dispatch_stream: DispatchStreamResolved | None = None,
     ) -> None:
         super().__init__(reactor, self._unused_dispatch, limits or FrontLimits())
         self.addresses = addresses
         self.dispatch_resolved = dispatch_resolved
         self.lookup = lookup
+        self.dispatch_stream = dispatch_stream
+        """``Pipeline.dispatch_stream_resolved``: stream ports are carried as byte streams
+        (None: every captured connection is HTTP, as before)."""
 
     @staticmethod
     def _unused_dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
@@ -152,7 +214,8 @@ class TransparentFrontFactory(HTTPFrontFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> TransparentFrontProtocol:
         protocol = TransparentFrontProtocol(
-            self.reactor, self.addresses, self.dispatch_resolved, self.limits, self.lookup
+            self.reactor, self.addresses, self.dispatch_resolved, self.limits, self.lookup,
+            self.dispatch_stream,
         )
         protocol.factory = self
         return protocol

@@ -38,6 +38,7 @@ from ._model import (
     Service,
     ServicePort,
 )
+from ._protocols import PortKind, port_kind
 from ._scope import (
     ALL,
     EXPORT_ANNOTATION,
@@ -77,6 +78,7 @@ __all__ = [
     "ManifestError",
     "Node",
     "PodObject",
+    "PortKind",
     "Scope",
     "ScopeError",
     "ScopeIndex",
@@ -100,6 +102,7 @@ __all__ = [
     "parse_node",
     "parse_pod",
     "parse_service",
+    "port_kind",
     "scope_view",
     "wanted",
 ]

@@ -12,7 +12,8 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
     {"format": "edgemesh.catalog.delta", "version": 1, "base": int, "revision": int,
      "nodes": [node record, ...], "removed_nodes": [name, ...],
      "services": [service record, ...], "removed_services": ["namespace/name", ...],
-     "topology": {...}}   # optional: as the snapshot's, for the nodes and services upserted
+     "topology": {...},   # optional: as the snapshot's, for the nodes and services upserted
+     "app_protocols": {...}}   (optional, for the upserted services: see _snapshot)
 
 ``delta_from_wire`` reads network input: anything off raises DeltaError (a SnapshotError).
 """
@@ -26,6 +27,7 @@ from ._catalog import Catalog
 from ._model import Node, Service, is_dns1035_label, is_dns1123_label, is_dns1123_subdomain
 from ._snapshot import (
     SnapshotError,
+    _app_protocols_to_wire,
     _int,
     _list,
     _map,
@@ -33,6 +35,7 @@ from ._snapshot import (
     _service,
     _service_to_wire,
     _str,
+    _with_app_protocols,
     topology_to_wire,
     with_topology,
 )
@@ -120,6 +123,7 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
         "removed_nodes": list(delta.removed_nodes),
         "services": [_service_to_wire(s) for s in delta.services],
         "removed_services": list(delta.removed_services),
+        **_app_protocols_to_wire(delta.services),
     }
     topology = topology_to_wire(delta.nodes, delta.services)
     if topology is not None:
@@ -180,10 +184,11 @@ def delta_from_wire(obj: object) -> CatalogDelta:
             _node_name(n, f"removed_nodes[{i}]")
             for i, n in enumerate(_list(top["removed_nodes"], "removed_nodes"))
         )
-        services = tuple(
-            _service(s, f"services[{i}]")
-            for i, s in enumerate(_list(top["services"], "services"))
-        )
+        services = tuple(_with_app_protocols(
+            (_service(s, f"services[{i}]")
+             for i, s in enumerate(_list(top["services"], "services"))),
+            top,
+        ))
         removed_services = tuple(
             _service_key(s, f"removed_services[{i}]")
             for i, s in enumerate(_list(top["removed_services"], "removed_services"))

@@ -334,7 +334,12 @@ def _service_port(r: _Reader, raw: object, path: str) -> ServicePort:
     protocol = r.string(entry.get("protocol"), f"{path}.protocol") or "TCP"
     if protocol not in PROTOCOLS:
         r.fail(f"{path}.protocol", f"must be one of TCP, UDP, SCTP, got {_got(protocol)}")
-    return ServicePort(name=name, port=port, target_port=target, protocol=protocol)
+    app_protocol = r.string(entry.get("appProtocol"), f"{path}.appProtocol") or None
+    if app_protocol is not None and not is_qualified_name(app_protocol):
+        r.fail(f"{path}.appProtocol",
+               f"must be a protocol name or a domain-prefixed one, got {_got(app_protocol)}")
+    return ServicePort(name=name, port=port, target_port=target, protocol=protocol,
+                       app_protocol=app_protocol)
 
 
 def parse_service(obj: Mapping[str, object]) -> ServiceObject:

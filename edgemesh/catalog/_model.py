@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ._protocols import PortKind, port_kind
+
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"
 DEFAULT_HUB_PORT = 7701
@@ -85,6 +87,13 @@ class ServicePort:
     port: int
     target_port: int | str
     protocol: str = "TCP"
+    app_protocol: str | None = None
+    """The port's ``appProtocol`` (None: not set); with the name, it decides ``kind``."""
+
+    @property
+    def kind(self) -> PortKind:
+        """HTTP exchanges or byte streams (catalog/_protocols.py, docs/protocols.md)."""
+        return port_kind(self.protocol, self.app_protocol, self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,11 @@ snapshot written before it (on an edge's disk) reads with the defaults::
                      traffic_distribution|None, internal_traffic_policy, affinity_timeout,
                      {port_name: [[for_zones, for_nodes] | None, ...]}]}}  # one per endpoint
 
+Ports' ``appProtocol`` values travel beside the records, in an optional top-level map
+``"app_protocols": {"namespace/name": {port_name: appProtocol}}`` (only services that set
+one): a node that predates it ignores the key (and carries such ports as HTTP), one that
+knows it reads snapshots without it as before.  Deltas carry it the same way.
+
 ``catalog_from_wire`` reads input from the network: it checks every field's type, range
 and presence and raises SnapshotError, and nothing else, for anything off.  Keys it does
 not know in the top-level map are ignored, so that a newer router may add some.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import NoReturn
 
@@ -79,6 +85,7 @@ def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
             for n in catalog.nodes.values()
         ],
         "services": [_service_to_wire(s) for s in catalog.services.values()],
+        **_app_protocols_to_wire(catalog.services.values()),
     }
     topology = topology_to_wire(catalog.nodes.values(), catalog.services.values())
     if topology is not None:
@@ -202,6 +209,54 @@ def with_topology(
             for s in services
         ],
     )
+
+
+APP_PROTOCOLS_KEY = "app_protocols"
+_MAX_APP_PROTOCOL = 316
+"""A qualified name: a 253-character prefix, '/', a 63-character name."""
+
+
+def _app_protocols_to_wire(services: Iterable[Service]) -> dict[str, object]:
+    """The optional side table of ports' appProtocol values (empty: no key at all)."""
+    table = {
+        s.key: {p.name: p.app_protocol for p in s.ports if p.app_protocol is not None}
+        for s in services
+        if any(p.app_protocol is not None for p in s.ports)
+    }
+    return {APP_PROTOCOLS_KEY: table} if table else {}
+
+
+def _with_app_protocols(services: Iterable[Service], top: Mapping[str, object]) -> list[Service]:
+    """``services`` with the appProtocol values of the side table in ``top``, if any."""
+    services = list(services)
+    raw = top.get(APP_PROTOCOLS_KEY)
+    if raw is None:
+        return services
+    table = _map(raw, APP_PROTOCOLS_KEY)
+    keys = {s.key for s in services}
+    for key, ports in table.items():
+        path = f"{APP_PROTOCOLS_KEY}[{key!r}]"
+        if key not in keys:
+            _fail(path, "no such service")
+        for name, value in _map(ports, path).items():
+            text = _str(value, f"{path}[{name!r}]")
+            if not text or len(text) > _MAX_APP_PROTOCOL or not text.isprintable():
+                _fail(f"{path}[{name!r}]", "not a valid appProtocol")
+    result = []
+    for service in services:
+        ports = table.get(service.key)
+        if isinstance(ports, dict):
+            names = {p.name for p in service.ports}
+            for name in ports:
+                if name not in names:
+                    _fail(f"{APP_PROTOCOLS_KEY}[{service.key!r}][{name!r}]",
+                          "no service port has this name")
+            service = replace(service, ports=tuple(
+                replace(p, app_protocol=ports[p.name]) if p.name in ports else p
+                for p in service.ports
+            ))
+        result.append(service)
+    return result
 
 
 def _service_to_wire(s: Service) -> list[object]:
@@ -426,9 +481,10 @@ def catalog_from_wire(obj: object) -> Catalog:
             _fail(key, "required")
     revision = _int(top["revision"], "revision", 0, _MAX_REVISION)
     nodes = [_node(n, f"nodes[{i}]") for i, n in enumerate(_list(top["nodes"], "nodes"))]
-    services = [
-        _service(s, f"services[{i}]") for i, s in enumerate(_list(top["services"], "services"))
-    ]
+    services = _with_app_protocols(
+        (_service(s, f"services[{i}]") for i, s in enumerate(_list(top["services"], "services"))),
+        top,
+    )
     seen_nodes = {n.name for n in nodes}
     if len(seen_nodes) != len(nodes):
         _fail("nodes", "duplicate node names")

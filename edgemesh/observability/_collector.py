@@ -55,6 +55,7 @@ class MeshCollector(Collector):
         for code, count in sorted(observer.errors.items()):
             errors.add_metric([code], count)
         yield errors
+        yield from observer.streams.collect()
         yield from self._peers()
         yield from self._catalog()
 

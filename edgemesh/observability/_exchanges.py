@@ -237,6 +237,10 @@ class MeshObserver:
         self.config = ObservabilityConfig()
         self.access_log: AccessLog | None = None
         self.configure(config or ObservabilityConfig())
+        from ._streams import StreamObserver
+
+        self.streams = StreamObserver(self)
+        """Byte streams (issue 12): their own counters and access log lines."""
 
     def configure(self, config: ObservabilityConfig) -> None:
         self.config = config
@@ -247,6 +251,12 @@ class MeshObserver:
         self.pipeline = pipeline
         pipeline.observer = self
         pipeline.refused = self.refused
+        pipeline.stream_opened = self.streams.opened
+        pipeline.stream_closed = self.streams.closed
+
+    def path_of(self, source: SourceKind, target: TargetKind) -> str:
+        """The ``path`` label of a route (as exchanges count it, relays aside)."""
+        return self._paths[source._value_, target._value_]
 
     # -- exchanges (the hot path) ---------------------------------------------------
     # The pipeline's guarded exchange carries what is counted (status, bytes, error) and

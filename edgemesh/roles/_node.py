@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService
@@ -28,9 +29,11 @@ from zope.interface import implementer
 
 from ..catalog import ALL, SCOPE_ANNOTATION, Catalog, CatalogStore, Scope, ScopeError
 from ..exchange import (
+    IByteStream,
     IRequestBody,
     IResponder,
     ISource,
+    IStreamSource,
     RequestHead,
     Role,
     SourceKind,
@@ -50,7 +53,9 @@ from ..transports import (
     ready_or_lost,
     with_backlog,
 )
-from ..wire import NOT_READY, Ack, CatalogPush, GoAway, Limits, Request
+from ..transports._linkstreams import LinkStreamTarget
+from ..transports._streams import StreamingFrontFactory, TCPStreamTarget
+from ..wire import NOT_READY, Ack, CatalogPush, GoAway, Limits, Request, StreamOpen
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
@@ -132,6 +137,9 @@ class EdgeConfig:
     """Transparent capture: iptables REDIRECT to a listener reading SO_ORIGINAL_DST."""
     dns: DNSConfig | None = None
     """The DNS server for service names (from the live catalog)."""
+    outbound: str = "deny"
+    """CONNECT to a name the catalog does not know: ``deny`` (the mesh's 404) or ``allow``
+    (a direct TCP connection from this node)."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """Access log and metrics bounds."""
     resilience: Resilience = field(default_factory=Resilience)
@@ -255,6 +263,26 @@ class MeshNode(MultiService):
         factory.rejected = self.observer.rejected
         return factory
 
+    def streaming_front(
+        self, kind: SourceKind, limits: FrontLimits, outbound: bool = False
+    ) -> StreamingFrontFactory:
+        """The edge's proxy port, the router's listener: HTTP, and CONNECT to open byte
+        streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
+        out of this node."""
+        pipeline = self.pipeline
+
+        def route(head: RequestHead, responder: IResponder) -> IRequestBody:
+            return pipeline.dispatch(kind, head, responder)
+
+        def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+            return pipeline.dispatch_stream(kind, authority, client, source)
+
+        factory = StreamingFrontFactory(self.reactor, route, open_stream, limits)
+        factory.rejected = self.observer.rejected
+        if outbound:
+            factory.outbound = partial(_outbound, pipeline, kind)
+        return factory
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         # Everything built so far (Twisted, the Kubernetes client's models, the catalog)
@@ -290,6 +318,13 @@ class MeshNode(MultiService):
             "links": sorted(self.links),
             **{name: part() for name, part in self.status_parts.items()},
         }
+
+
+def _outbound(
+    pipeline: Pipeline, kind: SourceKind, authority: bytes, client: str, source: IStreamSource
+) -> IByteStream:
+    host, _, port = authority.decode("ascii").rpartition(":")
+    return pipeline.dispatch_outbound(kind, host.strip("[]"), int(port), client, source)
 
 
 class RouterNode(MeshNode):
@@ -407,6 +442,11 @@ class RouterNode(MeshNode):
             SourceKind.tunnel, _request_head(request), responder, request.service, request.port, request.endpoint
         )
 
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+        return self.pipeline.dispatch_stream_resolved(
+            SourceKind.tunnel, frame.service, frame.port, frame.endpoint, frame.client, source
+        )
+
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
         peer = link.peer
         if isinstance(frame, GoAway) and peer is not None and not frame.refusal:
@@ -465,6 +505,11 @@ class _EdgeLinks:
                 del self.edge.links[name]
                 if name == ROUTER_PEER:
                     log.info("tunnel to router lost: {reason}", reason=reason)
+
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+        return self.edge.pipeline.dispatch_stream_resolved(
+            self.source, frame.service, frame.port, frame.endpoint, frame.client, source
+        )
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
@@ -573,6 +618,9 @@ def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: Targ
             idle_timeout=config.pool_idle_timeout,
         )
     )
+    pipeline.add_stream_target(
+        TCPStreamTarget(node.reactor, upstream, connect_timeout=config.connect_timeout)
+    )
     return pipeline
 
 
@@ -582,6 +630,7 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     pipeline = _configure(node, config, TargetKind.cluster_ip)
     beats = config.resilience
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
 
     def make_link() -> EnvelopeLink:
         link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire,
@@ -592,7 +641,8 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
 
     node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
     if config.http is not None:
-        node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
+        node.listen("http", SourceKind.router, config.http,
+                    node.streaming_front(SourceKind.router, config.front))
     if config.admin is not None:
         _admin(node, config.admin)
     return node
@@ -622,6 +672,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
     pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
     pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.hub, node.links, dialer))
+    pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
     node.hub_dialer = dialer
 
     if config.router is not None:
@@ -634,7 +686,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.listen("hub", SourceKind.hub, config.hub,
                     node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
-        node.listen("proxy", SourceKind.service_bus, config.proxy, node.front(SourceKind.service_bus, config.front))
+        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(SourceKind.service_bus, config.front,
+                                          outbound=config.outbound == "allow"))
     if config.capture is not None or config.dns is not None:
         from ..capture import attach_capture_dns
 

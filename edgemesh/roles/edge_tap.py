@@ -27,6 +27,9 @@ class Options(CommonOptions, CaptureOptions):
         ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
         ["catalog", None, None, "Catalog to start from when the state directory holds none."],
         ["router-name", None, "router", "The router's node name (its TLS certificate must name it)."],
+        ["outbound", None, "deny", (
+            "CONNECT to a name the catalog does not know: deny (the mesh's 404) or allow "
+            "(a direct TCP connection from this node, Istio's ALLOW_ANY).")],
     ]
 
     def postOptions(self) -> None:
@@ -34,6 +37,8 @@ class Options(CommonOptions, CaptureOptions):
             raise usage.UsageError("--node NAME is required")
         if not self["state-dir"]:
             raise usage.UsageError("--state-dir DIR is required")
+        if self["outbound"] not in ("allow", "deny"):
+            raise usage.UsageError(f"--outbound must be allow or deny, not {self['outbound']!r}")
         try:
             os.makedirs(self["state-dir"], exist_ok=True)
         except OSError as error:
@@ -64,5 +69,6 @@ def makeService(options: Options) -> IService:
         dns=options["dns_value"],
         observability=options.observability_config(),
         resilience=options.resilience(),
+        outbound=options["outbound"],
     )
     return build_edge(reactor, config)

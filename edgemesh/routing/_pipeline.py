@@ -10,7 +10,7 @@ policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -20,9 +20,12 @@ from zope.interface.verify import verifyObject
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
 from ..exchange import (
+    IByteStream,
     IRequestBody,
     IResponder,
     ISource,
+    IStreamSource,
+    IStreamTarget,
     ITarget,
     MeshError,
     Reason,
@@ -37,6 +40,7 @@ from ._guard import INFINITY, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, ServiceState
 from ._loops import Listening, OwnEndpoint, check_hops, own_endpoints
 from ._policy import Balancer, EndpointKey, PolicyBook, ServicePolicy
+from ._streams import StreamGuard
 
 _ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
 """Where exchanges enter the mesh: their node owns timeouts and retries."""
@@ -91,6 +95,16 @@ class Pipeline:
         self.node = node
         self.rules = dict(rules if rules is not None else (EDGE_RULES if role is Role.edge else ROUTER_RULES))
         self.targets: dict[TargetKind, ITarget] = {}
+        self.stream_targets: dict[TargetKind, IStreamTarget] = {}
+        """Ways out for byte streams (routing/_streams.py), by the same rules."""
+        self.stream_opened: Callable[[StreamGuard], None] | None = None
+        """Set by the observability layer: told of each byte stream routed."""
+        self.stream_closed: Callable[[StreamGuard], None] | None = None
+        """Set by the observability layer: told of each byte stream once it is over."""
+        self.streams: set[StreamGuard] = set()
+        self._outbound_service = Service("outbound", "passthrough", None,
+                                         (ServicePort("", 1, 1),))
+        """What streams to names outside the catalog count as (--outbound allow)."""
         self.sources: list[ISource] = []
         self.settings = settings or Resilience()
         self._clock = clock
@@ -208,6 +222,10 @@ class Pipeline:
         verifyObject(ITarget, target)
         self.targets[target.kind] = target
 
+    def add_stream_target(self, target: IStreamTarget) -> None:
+        verifyObject(IStreamTarget, target)
+        self.stream_targets[target.kind] = target
+
     def add_source(self, source: ISource) -> None:
         verifyObject(ISource, source)
         self.sources.append(source)
@@ -269,6 +287,123 @@ class Pipeline:
             if refused is not None and not self._was_counted(error):
                 refused(source, head, error, service_key)
             raise
+
+    # --- byte streams (issue 12) ------------------------------------------------------
+
+    def dispatch_stream(
+        self, source: SourceKind, authority: bytes, client: str, stream: IStreamSource
+    ) -> IByteStream:
+        """Open a byte stream to the service port ``authority`` names (CONNECT's target,
+        a captured connection's original destination).  Raises MeshError if refused."""
+        service, port = self._catalog.resolve(authority)
+        return self._route_stream(source, service, port, None, client, stream)
+
+    def dispatch_stream_resolved(
+        self,
+        source: SourceKind,
+        service_key: str,
+        port_number: int,
+        hint: tuple[str, int] | None,
+        client: str,
+        stream: IStreamSource,
+    ) -> IByteStream:
+        """Open a byte stream another node already resolved (and maybe chose an endpoint for)."""
+        service = self._catalog.services.get(service_key)
+        if service is None:
+            raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
+        for port in service.ports:
+            if port.port == port_number and port.protocol == "TCP":
+                break
+        else:
+            raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
+        return self._route_stream(source, service, port, hint, client, stream)
+
+    def dispatch_outbound(
+        self, source: SourceKind, host: str, port: int, client: str, stream: IStreamSource
+    ) -> IByteStream:
+        """A byte stream straight to ``host:port``, a name the catalog does not know
+        (``--outbound allow``): out of this node over TCP, guarded, counted and capped as
+        one service, ``outbound/passthrough``."""
+        target = self.stream_targets.get(TargetKind.service_bus)
+        if target is None or TargetKind.service_bus not in self.rules.get(source, ()):
+            raise MeshError(Reason.forbidden_route, f"no outbound streams from {source.value}")
+        service = self._outbound_service
+        _, state, _ = self._service_state(service)
+        if state.active >= self._max_active:
+            state.overloaded += 1
+            raise MeshError(Reason.overloaded,
+                            f"{service.key}: {state.active} streams in progress on {self.node}")
+        route = Route(TargetKind.service_bus, service, service.ports[0],
+                      Endpoint(host, port, None))
+        return self._guarded_stream(source, route, target, client, stream, state)
+
+    def _route_stream(
+        self,
+        source: SourceKind,
+        service: Service,
+        port: ServicePort,
+        hint: tuple[str, int] | None,
+        client: str,
+        stream: IStreamSource,
+    ) -> IByteStream:
+        _, state, policy = self._service_state(service)
+        if state.active >= self._max_active:
+            state.overloaded += 1
+            raise MeshError(
+                Reason.overloaded,
+                f"{service.key}: {state.active} requests and streams in progress on {self.node}",
+            )
+        if self.draining and source in _LINKS:
+            raise MeshError(Reason.draining, f"{self.node} is shutting down")
+        head = RequestHead(b"CONNECT", b"", b"", (), 0, client)
+        route = decide(self._catalog, self.role, self.node, source, service, port, hint,
+                       self.balancer, head, policy)
+        paths = self.peer_paths
+        if (route.target is TargetKind.hub and paths is not None and route.peer is not None
+                and not paths.direct(route.peer)):
+            route = self._relayed_route(source, route) or route
+        if route.target not in self.rules.get(source, ()):
+            raise MeshError(
+                Reason.forbidden_route,
+                f"{source.value} may not reach {route.target.value} on {self.role.value} {self.node}",
+            )
+        target = self.stream_targets.get(route.target)
+        if target is None:
+            raise MeshError(
+                Reason.not_implemented,
+                f"{self.node} carries no byte streams to {route.target.value}",
+            )
+        return self._guarded_stream(source, route, target, client, stream, state)
+
+    def _guarded_stream(
+        self,
+        source: SourceKind,
+        route: Route,
+        target: IStreamTarget,
+        client: str,
+        stream: IStreamSource,
+        state: ServiceState,
+    ) -> IByteStream:
+        guard = StreamGuard(self._clock, source, route, client, stream, state,
+                            self._idle_timeout, self._stream_over)
+        state.requests += 1
+        state.active += 1
+        self.streams.add(guard)
+        opened = self.stream_opened
+        if opened is not None:
+            opened(guard)
+        try:
+            guard.attach(target.open_stream(route, client, guard.down))
+        except MeshError as error:  # targets report through the source; belt and braces
+            guard.down.abort(error)
+        return guard.up
+
+    def _stream_over(self, guard: StreamGuard) -> None:
+        guard.state.active -= 1
+        self.streams.discard(guard)
+        closed = self.stream_closed
+        if closed is not None:
+            closed(guard)
 
     def _was_counted(self, error: MeshError) -> bool:
         counted = self._counted

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,8 +25,10 @@ from zope.interface import implementer
 
 from ..exchange import (
     Headers,
+    IByteStream,
     IRequestBody,
     IResponder,
+    IStreamSource,
     MeshError,
     Reason,
     RequestHead,
@@ -50,12 +52,17 @@ from ..wire import (
     Request,
     Reset,
     Response,
+    StreamAccept,
+    StreamOpen,
     Window,
     encode_ping,
     encode_refusal,
     encode_request,
 )
 from ._io import use_large_buffer, write_now
+
+if TYPE_CHECKING:
+    from ._linkstreams import _LinkStream
 
 _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
@@ -591,7 +598,7 @@ class EnvelopeLink(Protocol):
         self.node = node
         self.role = role
         self.connection = Connection(client=client, limits=limits)
-        self.exchanges: dict[int, OutboundExchange | InboundExchange] = {}
+        self.exchanges: dict[int, OutboundExchange | InboundExchange | _LinkStream] = {}
         self.paused = False
         self.closed = False
         self.handshake_timeout = handshake_timeout
@@ -719,10 +726,14 @@ class EnvelopeLink(Protocol):
             assert isinstance(frame, Request)
             self._inbound(frame)
             return
-        if kind in (Response, Data, Reset, Window):
+        if kind in (Response, Data, Reset, Window, StreamAccept):
             exchange = self.exchanges.get(frame.stream)  # type: ignore[union-attr]
             if exchange is not None:
                 exchange.on_frame(frame)
+            return
+        if kind is StreamOpen:
+            assert isinstance(frame, StreamOpen)
+            self._inbound_stream(frame)
             return
         if kind is Hello:
             assert isinstance(frame, Hello)
@@ -766,6 +777,44 @@ class EnvelopeLink(Protocol):
             exchange.request_body(request.body)
         if request.end:
             exchange.request_end()
+
+    def _inbound_stream(self, frame: StreamOpen) -> None:
+        """The peer opens a byte stream: the handler's ``inbound_stream(link, frame,
+        source)`` routes it (transports/_linkstreams.py); a handler without one refuses it."""
+        route = getattr(self.handler, "inbound_stream", None)
+        if route is None:
+            refusal = self.connection.send_reset(
+                frame.stream, Reason.not_implemented.code, f"{self.node} takes no byte streams"
+            )
+            self.write(refusal)
+            return
+        from ._linkstreams import InboundStream
+
+        stream = InboundStream(self, frame.stream)
+        self.exchanges[frame.stream] = stream
+        try:
+            target = route(self, frame, stream)
+        except MeshError as error:
+            stream.abort(error)
+            return
+        except Exception:  # noqa: BLE001 -- one bad stream must not take the link down
+            self.log.failure("routing a byte stream from {peer} raised", peer=self.peer_name)
+            stream.abort(MeshError(Reason.upstream_lost, "internal error"))
+            return
+        stream.attach(target, frame.data, frame.end)
+
+    def open_stream(
+        self,
+        service: str,
+        port: int,
+        endpoint: tuple[str, int] | None,
+        client: str,
+        source: IStreamSource,
+    ) -> IByteStream:
+        """Open a byte stream to the peer (refused through ``source`` if it cannot)."""
+        from ._linkstreams import open_link_stream
+
+        return open_link_stream(self, service, port, endpoint, client, source)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         timer, self._refusal_timer = self._refusal_timer, None

@@ -1,4 +1,4 @@
-"""The wire layer: msgpack-framed HTTP envelopes between nodes (sans-IO)."""
+"""The wire layer: msgpack-framed HTTP envelopes and byte streams between nodes (sans-IO)."""
 
 from ._connection import Connection
 from ._frames import (
@@ -20,6 +20,8 @@ from ._frames import (
     Request,
     Reset,
     Response,
+    StreamAccept,
+    StreamOpen,
     Window,
     decode_payload,
     encode_ack,
@@ -33,6 +35,8 @@ from ._frames import (
     encode_request,
     encode_reset,
     encode_response,
+    encode_stream_accept,
+    encode_stream_open,
     encode_window,
 )
 
@@ -56,6 +60,8 @@ __all__ = [
     "Request",
     "Reset",
     "Response",
+    "StreamAccept",
+    "StreamOpen",
     "Window",
     "decode_payload",
     "encode_ack",
@@ -69,5 +75,7 @@ __all__ = [
     "encode_request",
     "encode_reset",
     "encode_response",
+    "encode_stream_accept",
+    "encode_stream_open",
     "encode_window",
 ]

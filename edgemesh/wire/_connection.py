@@ -33,6 +33,8 @@ from ._frames import (
     Request,
     Reset,
     Response,
+    StreamAccept,
+    StreamOpen,
     Window,
     encode_data,
     encode_data_head,
@@ -40,21 +42,32 @@ from ._frames import (
     encode_pong,
     encode_reset,
     encode_response,
+    encode_stream_accept,
+    encode_stream_open,
     encode_window,
 )
 
 _MAX_WINDOW = (1 << 31) - 1
+BYTE_STREAMS_SETTING = "byte_streams"
+"""Hello setting: 1 when the node understands STREAM_OPEN/STREAM_ACCEPT (older nodes do
+not, and would close the whole link on an unknown frame type)."""
 MAX_STREAM_ID = (1 << 31) - 1
 """The largest stream id a peer's decoder accepts."""
 
 
 class _Stream:
     __slots__ = (
-        "local", "received_end", "recv_window", "responded", "send_window", "sent_end", "unacked",
+        "byte_stream", "local", "received_end", "recv_window", "responded", "send_window",
+        "sent_end", "unacked",
     )
 
-    def __init__(self, local: bool, send_window: int, recv_window: int) -> None:
+    def __init__(
+        self, local: bool, send_window: int, recv_window: int, byte_stream: bool = False
+    ) -> None:
         self.local = local
+        self.byte_stream = byte_stream
+        """An opaque byte stream (STREAM_OPEN/STREAM_ACCEPT) rather than an HTTP exchange;
+        ``responded`` then means accepted."""
         """We started it (we sent the request)."""
         self.send_window = send_window
         self.recv_window = recv_window
@@ -94,6 +107,7 @@ class Connection:
                 HOPS_SETTING: 1,
                 RETRY_AFTER_SETTING: 1,
                 "trailers": 1,  # we take DATA frames with trailer fields
+                BYTE_STREAMS_SETTING: 1,
             },
         )
 
@@ -106,6 +120,12 @@ class Connection:
         """The peer's hello offered DATA frames with trailer fields."""
         peer = self.peer
         return peer is not None and peer.settings.get("trailers") == 1
+
+    @property
+    def peer_byte_streams(self) -> bool:
+        """The peer said in its hello that it takes byte streams."""
+        peer = self.peer
+        return peer is not None and peer.settings.get(BYTE_STREAMS_SETTING, 0) == 1
 
     # --- receiving -------------------------------------------------------------
 
@@ -152,26 +172,13 @@ class Connection:
             return True
         if kind is Request:
             assert isinstance(frame, Request)
-            sid = frame.stream
-            if sid % 2 != self._remote_parity or sid <= self._last_remote:
-                raise ProtocolError(f"stream {sid}: not a fresh stream id of the peer")
-            self._last_remote = sid
-            if self._remote_active >= self.limits.max_streams:
-                self._outbox.append(encode_reset(sid, "overloaded", "too many concurrent streams"))
-                return False
-            stream = _Stream(False, self._peer_window, self.limits.initial_window)
-            self._streams[sid] = stream
-            self._remote_active += 1
-            self._charge(sid, stream, len(frame.body))
-            if frame.end:
-                self._received_end(sid, stream)
-            return True
+            return self._opened(frame.stream, frame.end, len(frame.body), False)
         if kind is Response:
             assert isinstance(frame, Response)
             stream = self._known(frame.stream)
             if stream is None:
                 return False
-            if not stream.local or stream.responded:
+            if not stream.local or stream.responded or stream.byte_stream:
                 raise ProtocolError(f"stream {frame.stream}: unexpected response")
             stream.responded = True
             self._charge(frame.stream, stream, len(frame.body))
@@ -194,11 +201,39 @@ class Connection:
             assert isinstance(frame, Ping)
             self._outbox.append(encode_pong(frame.opaque))
             return False
+        if kind is StreamOpen:
+            assert isinstance(frame, StreamOpen)
+            return self._opened(frame.stream, frame.end, len(frame.data), True)
+        if kind is StreamAccept:
+            assert isinstance(frame, StreamAccept)
+            stream = self._known(frame.stream)
+            if stream is None:
+                return False
+            if not stream.local or stream.responded or not stream.byte_stream:
+                raise ProtocolError(f"stream {frame.stream}: unexpected stream accept")
+            stream.responded = True
+            return True
         if kind is Hello:
             raise ProtocolError("second hello")
         if kind in (Pong, CatalogPush, Ack, GoAway):
             return True
         raise ProtocolError(f"unexpected frame {kind.__name__}")  # pragma: no cover
+
+    def _opened(self, sid: int, end: bool, size: int, byte_stream: bool) -> bool:
+        """The peer opens a stream (a request or a byte stream)."""
+        if sid % 2 != self._remote_parity or sid <= self._last_remote:
+            raise ProtocolError(f"stream {sid}: not a fresh stream id of the peer")
+        self._last_remote = sid
+        if self._remote_active >= self.limits.max_streams:
+            self._outbox.append(encode_reset(sid, "overloaded", "too many concurrent streams"))
+            return False
+        stream = _Stream(False, self._peer_window, self.limits.initial_window, byte_stream)
+        self._streams[sid] = stream
+        self._remote_active += 1
+        self._charge(sid, stream, size)
+        if end:
+            self._received_end(sid, stream)
+        return True
 
     def _known(self, sid: int) -> _Stream | None:
         stream = self._streams.get(sid)
@@ -231,12 +266,45 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    def open_stream(self) -> int:
-        """Allocate a stream for a request we are about to send (send_request)."""
+    def open_stream(self, *, byte_stream: bool = False) -> int:
+        """Allocate a stream for a request we are about to send (send_request), or for a
+        byte stream (send_stream_open)."""
         sid = self._next_local
         self._next_local += 2
-        self._streams[sid] = _Stream(True, self._peer_window, self.limits.initial_window)
+        self._streams[sid] = _Stream(True, self._peer_window, self.limits.initial_window,
+                                     byte_stream)
         return sid
+
+    def send_stream_open(
+        self,
+        sid: int,
+        client: str,
+        service: str,
+        port: int,
+        endpoint: tuple[str, int] | None,
+        data: bytes,
+        end: bool,
+    ) -> bytes:
+        """The STREAM_OPEN of a stream from ``open_stream(byte_stream=True)``: may carry
+        the first data (within the window) and the opener's end."""
+        stream = self._streams.get(sid)
+        if stream is None or not stream.local or not stream.byte_stream:
+            raise ValueError(f"stream {sid}: not a byte stream of ours")
+        if not self.peer_byte_streams:
+            # An older peer would close the whole link on an unknown frame type.
+            raise ValueError("the peer does not take byte streams")
+        self.sent(sid, len(data), end)
+        return encode_stream_open(sid, end, client, service, port, endpoint, data)
+
+    def send_stream_accept(self, sid: int) -> bytes:
+        """Accept a byte stream the peer opened (then data may flow back)."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            return b""
+        if stream.local or stream.responded or not stream.byte_stream:
+            raise ValueError(f"stream {sid}: not a byte stream of the peer awaiting its accept")
+        stream.responded = True
+        return encode_stream_accept(sid)
 
     @property
     def exhausted(self) -> bool:
@@ -300,7 +368,7 @@ class Connection:
     ) -> bytes:
         stream = self._streams.get(sid)
         if stream is not None:
-            if stream.local or stream.responded:
+            if stream.local or stream.responded or stream.byte_stream:
                 raise ValueError(f"stream {sid}: not a request of the peer awaiting its response")
             stream.responded = True
         self.sent(sid, len(body), end)

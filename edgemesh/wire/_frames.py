@@ -34,6 +34,10 @@ PONG = 7
 CATALOG = 8
 ACK = 9
 GOAWAY = 10
+# Byte streams (docs/protocols.md): numbered apart from the HTTP frames' range so that new
+# HTTP-level frame types can take 11-15.  Sent only to peers whose hello says byte_streams.
+STREAM_OPEN = 16
+STREAM_ACCEPT = 17
 
 HOPS_SETTING = "hops"
 """Hello setting: the sender reads the REQUEST frame's hop field (send it only to such peers:
@@ -154,6 +158,29 @@ class CatalogPush:
 
 
 @dataclass(slots=True)
+class StreamOpen:
+    """Open an opaque bidirectional byte stream to a resolved service port.  The opener
+    may send data (this frame's, then DATA) before the accept, within its window."""
+
+    stream: int
+    end: bool
+    """The opener's direction is already over (half-closed)."""
+    client: str
+    service: str
+    """``namespace/name`` of the resolved service."""
+    port: int
+    endpoint: tuple[str, int] | None
+    data: bytes
+
+
+@dataclass(slots=True)
+class StreamAccept:
+    """The far end is connected: DATA may now flow back to the opener."""
+
+    stream: int
+
+
+@dataclass(slots=True)
 class Ack:
     revision: int
 
@@ -174,6 +201,7 @@ class GoAway:
 
 Frame = (
     Hello | Request | Data | Response | Reset | Window | Ping | Pong | CatalogPush | Ack | GoAway
+    | StreamOpen | StreamAccept
 )
 
 
@@ -282,6 +310,26 @@ def encode_pong(opaque: int) -> bytes:
 
 def encode_catalog(revision: int, kind: str, payload: dict[str, Any]) -> bytes:
     return _framed(_packb((CATALOG, revision, kind, payload)))
+
+
+def encode_stream_open(
+    stream: int,
+    end: bool,
+    client: str,
+    service: str,
+    port: int,
+    endpoint: tuple[str, int] | None,
+    data: bytes,
+) -> bytes:
+    host, ep_port = endpoint if endpoint is not None else (None, None)
+    return _framed(
+        _packb((STREAM_OPEN, stream, FLAG_END if end else 0, client, service, port, host, ep_port,
+                data))
+    )
+
+
+def encode_stream_accept(stream: int) -> bytes:
+    return _framed(_packb((STREAM_ACCEPT, stream)))
 
 
 def encode_ack(revision: int) -> bytes:
@@ -635,6 +683,31 @@ def _catalog(f: tuple[object, ...], limits: Limits) -> Frame:
     return CatalogPush(_int(f[1], "catalog: revision", 0, (1 << 63) - 1), kind, f[3])
 
 
+def _stream_open(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 9, "stream open")
+    host, ep_port = f[6], f[7]
+    endpoint = None
+    if host is not None:
+        endpoint = (_str(host, "stream open: endpoint host", 253),
+                    _int(ep_port, "stream open: endpoint port", 1, 65535))
+    elif ep_port is not None:
+        raise ProtocolError("stream open: endpoint port without a host")
+    return StreamOpen(
+        stream=_int(f[1], "stream open: stream", 1),
+        end=bool(_int(f[2], "stream open: flags", 0, 255) & FLAG_END),
+        client=_str(f[3], "stream open: client", 64),
+        service=_str(f[4], "stream open: service", 512),
+        port=_int(f[5], "stream open: port", 1, 65535),
+        endpoint=endpoint,
+        data=_bytes(f[8], "stream open: data"),
+    )
+
+
+def _stream_accept(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 2, "stream accept")
+    return StreamAccept(_int(f[1], "stream accept: stream", 1))
+
+
 def _ack(f: tuple[object, ...], limits: Limits) -> Frame:
     _arity(f, 2, "ack")
     return Ack(_int(f[1], "ack: revision", 0, (1 << 63) - 1))
@@ -651,6 +724,7 @@ def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
 _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
     HELLO: _hello, REQUEST: _request, DATA: _data, RESPONSE: _response, RESET: _reset,
     WINDOW: _window, PING: _ping, PONG: _pong, CATALOG: _catalog, ACK: _ack, GOAWAY: _goaway,
+    STREAM_OPEN: _stream_open, STREAM_ACCEPT: _stream_accept,
 }
 
 

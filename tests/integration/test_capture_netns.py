@@ -28,6 +28,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,9 +65,11 @@ PORTS = {"router-tunnel": 7700, "router-http": 7780, "router-admin": 7790,
          "edge-1-hub": 7701, "edge-1-proxy": 7781, "edge-1-admin": 7791,
          "edge-2-hub": 7702, "edge-2-proxy": 7782, "edge-2-admin": 7792}
 POD_PORTS = {"pod-e1-0": 18001, "pod-e2-0": 18002, "pod-cloud-0": 18003, "db-0": 18004,
-             "cart-0": 18005}
+             "cart-0": 18005, "echo-e1-0": 18006, "echo-e2-0": 18007}
 CLUSTER_IPS = {"pod-e1": "10.96.0.11", "pod-e2": "10.96.0.12", "pod-cloud": "10.96.0.30",
-               "shop/cart": "10.96.0.40"}
+               "shop/cart": "10.96.0.40", "echo-e1": "10.96.0.50", "echo-e2": "10.96.0.51"}
+ECHOSERVER = Path(__file__).resolve().parent / "echoserver.py"
+"""A TCP echo origin, for the stream ports (byte streams, docs/protocols.md)."""
 DEADLINE = 30.0
 RESOLV_CONF = (f"nameserver {DNS_IP}\n"
                "search default.svc.cluster.local svc.cluster.local cluster.local\n"
@@ -106,12 +109,12 @@ def _node(name: str, edge: bool, hub: str | None = None) -> dict[str, Any]:
 
 
 def _service(namespace: str, name: str, cluster_ip: str | None, node: str,
-             pod: str) -> list[dict[str, Any]]:
+             pod: str, port_name: str = "http", port: int = 80) -> list[dict[str, Any]]:
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"clusterIP": cluster_ip or "None",
-                 "ports": [{"name": "http", "port": 80, "targetPort": POD_PORTS[pod],
+                 "ports": [{"name": port_name, "port": port, "targetPort": POD_PORTS[pod],
                             "protocol": "TCP"}]},
     }
     endpoints = {
@@ -119,7 +122,7 @@ def _service(namespace: str, name: str, cluster_ip: str | None, node: str,
         "metadata": {"name": f"{name}-1", "namespace": namespace,
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": POD_PORTS[pod], "protocol": "TCP"}],
+        "ports": [{"name": port_name, "port": POD_PORTS[pod], "protocol": "TCP"}],
         "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
                        "nodeName": node,
                        "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}}],
@@ -137,6 +140,11 @@ def catalog_objects() -> list[dict[str, Any]]:
         *_service("default", "pod-cloud", CLUSTER_IPS["pod-cloud"], "cloud-1", "pod-cloud-0"),
         *_service("shop", "cart", CLUSTER_IPS["shop/cart"], "edge-1", "cart-0"),
         *_service("shop", "db", None, "edge-1", "db-0"),
+        # Stream ports (their name says tcp): captured connections are byte streams.
+        *_service("default", "echo-e1", CLUSTER_IPS["echo-e1"], "edge-1", "echo-e1-0",
+                  "tcp-echo", 7),
+        *_service("default", "echo-e2", CLUSTER_IPS["echo-e2"], "edge-2", "echo-e2-0",
+                  "tcp-echo", 7),
     ]
 
 
@@ -370,6 +378,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             pods_cloud = [f"{p}={POD_PORTS[p]}" for p in ("pod-e2-0", "pod-cloud-0")]
             instance.spawn("pods-edge", edge, [str(PODSERVER), *pods_edge], twistd=False)
             instance.spawn("pods-cloud", cloud, [str(PODSERVER), *pods_cloud], twistd=False)
+            instance.spawn("echo-edge", edge, [str(ECHOSERVER), str(POD_PORTS["echo-e1-0"])],
+                           twistd=False)
+            instance.spawn("echo-cloud", cloud, [str(ECHOSERVER), str(POD_PORTS["echo-e2-0"])],
+                           twistd=False)
             instance.start_router()
             instance.start_edge("edge-2", cloud, CLOUD_IP)
             instance.start_edge_1()
@@ -427,6 +439,26 @@ def test_cloud_to_edge_with_capture_on(live: World) -> None:
     status, body = live.cloud.run(_get, PORTS["router-http"], "/echo?path=cloud-to-edge", "pod-e1")
     assert status == 200
     assert json.loads(body)["pod"] == "pod-e1-0"
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed (.ci/run)")
+@pytest.mark.parametrize(("target", "path"), [
+    (f"{CLUSTER_IPS['echo-e1']}:7", "a pod on this node, by clusterIP"),
+    ("echo-e1:7", "by name (the mesh's DNS)"),
+    ("echo-e2.default.svc.cluster.local:7", "edge -> edge, by name"),
+])
+def test_a_captured_stream_port_is_carried_as_bytes(live: World, target: str, path: str) -> None:
+    """An unmodified TCP client (socat) connects to a stream port: not HTTP, carried as a
+    byte stream from its first byte, both half-closes included (socat exits by the far
+    end's FIN, well before its own 10 s wait)."""
+    lines = "".join(f"line {i} of a plain TCP conversation\n" for i in range(2000))
+    started = time.monotonic()
+    done = live.edge.exec("socat", "-t", "10", "-", f"TCP:{target}", stdin=lines, timeout=30,
+                          check=False)
+    took = time.monotonic() - started
+    assert done.returncode == 0, f"{path}: {done.stderr}\n{live.tails()}"
+    assert done.stdout == lines, path
+    assert took < 8, f"{path}: the far end's FIN did not come back ({took:.1f}s)"
 
 
 def test_python_urllib_through_capture(live: World) -> None:

@@ -1,0 +1,332 @@
+"""
+Byte streams over envelope links (issue 12): the STREAM_OPEN / STREAM_ACCEPT streams of
+wire/ adapted to the stream contract, and the target that sends streams to a peer node
+(another edge's hub, the tunnel).  Each direction flows with the stream's credit window
+and the link's push-producer pauses, exactly as exchange bodies do (_links._Sender and
+_Receiver): a peer that stops reading pauses the other side, nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import (
+    IByteStream,
+    IStreamSource,
+    IStreamTarget,
+    MeshError,
+    Reason,
+    Route,
+    TargetKind,
+)
+from ..wire import Data, Frame, Reset, StreamAccept, Window
+from ._links import _Receiver, _Sender
+
+if TYPE_CHECKING:
+    from ._links import EnvelopeLink
+
+_PENDING_BOUND = 64 * 1024
+
+
+class _LinkStream:
+    """What both directions of a byte stream on a link share."""
+
+    def __init__(self, link: EnvelopeLink, sid: int) -> None:
+        self.link = link
+        self.sid = sid
+        self.sender = _Sender(link, sid)
+        self.receiver = _Receiver(link, sid)
+        self.received_end = False
+        self.over = False
+
+    def _peer_side(self) -> IByteStream | None:
+        raise NotImplementedError
+
+    # IByteStream: our side's bytes, to the peer
+    def write(self, data: bytes) -> None:
+        if not self.over:
+            self.sender.send(data)
+
+    def end(self) -> None:
+        if not self.over:
+            self.sender.finish()
+            self._release()
+
+    def abort(self, error: MeshError) -> None:
+        if self.over:
+            return
+        self.over = True
+        self.sender.done = True
+        link = self.link
+        link.write(link.connection.send_reset(self.sid, error.reason.code, error.detail))
+        link.forget(self.sid)
+        self.sender.producer = None
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        self.sender.attach(producer)
+
+    # IPushProducer: our side pauses the peer's bytes (no credit goes back meanwhile)
+    def pauseProducing(self) -> None:
+        self.receiver.pause()
+
+    def resumeProducing(self) -> None:
+        self.receiver.resume()
+
+    def stopProducing(self) -> None:
+        self.abort(MeshError(Reason.upstream_lost, "stream consumer went away"))
+
+    # from the link
+    def on_frame(self, frame: Frame) -> None:
+        side = self._peer_side()
+        if type(frame) is Data:
+            assert isinstance(frame, Data)
+            if side is not None and frame.data:
+                side.write(frame.data)
+                self.receiver.delivered(len(frame.data))
+            if frame.end:
+                self.received_end = True
+                if side is not None:
+                    side.end()
+                self._release()
+        elif type(frame) is Reset:
+            assert isinstance(frame, Reset)
+            if self.over:
+                return
+            self.over = True
+            self.sender.done = True
+            self.link.forget(self.sid)
+            if side is not None:
+                side.abort(MeshError(Reason.from_code(frame.code), frame.detail))
+        elif type(frame) is Window:
+            self.on_link_state()
+
+    def on_link_state(self) -> None:
+        self.sender.flush()
+        self._release()
+
+    def on_lost(self, reason: str) -> None:
+        if self.over:
+            return
+        self.over = True
+        self.sender.done = True
+        side = self._peer_side()
+        if side is not None:
+            side.abort(MeshError(Reason.peer_unavailable,
+                                 f"link to {self.link.peer_name} lost: {reason}"))
+
+    def _release(self) -> None:
+        if self.sender.done and self.received_end and not self.over:
+            self.over = True
+            self.link.forget(self.sid)
+            self.sender.producer = None
+
+
+@implementer(IByteStream, IPushProducer)
+class OutboundStream(_LinkStream):
+    """A byte stream this node opened to the peer: ``source`` is this node's side."""
+
+    def __init__(self, link: EnvelopeLink, sid: int, source: IStreamSource) -> None:
+        super().__init__(link, sid)
+        self.source = source
+
+    def _peer_side(self) -> IByteStream | None:
+        return self.source
+
+    def on_frame(self, frame: Frame) -> None:
+        if type(frame) is StreamAccept:
+            if not self.over:
+                self.source.setProducer(self)
+                self.source.connected()
+            return
+        super().on_frame(frame)
+
+
+@implementer(IStreamSource, IPushProducer)
+class InboundStream(_LinkStream):
+    """A byte stream the peer opened: routed here to ``target`` (this node's way out)."""
+
+    def __init__(self, link: EnvelopeLink, sid: int) -> None:
+        super().__init__(link, sid)
+        self.target: IByteStream | None = None
+
+    def _peer_side(self) -> IByteStream | None:
+        return self.target
+
+    def connected(self) -> None:
+        if not self.over:
+            link = self.link
+            link.write(link.connection.send_stream_accept(self.sid))
+
+    def attach(self, target: IByteStream, data: bytes, end: bool) -> None:
+        """The routed target, and what the STREAM_OPEN frame carried."""
+        if self.over:
+            return
+        self.target = target
+        target.setProducer(self)
+        if data:
+            target.write(data)
+            self.receiver.delivered(len(data))
+        if end:
+            self.received_end = True
+            target.end()
+            self._release()
+
+
+@implementer(IByteStream)
+class _WaitingStream:
+    """The source's side of a stream whose link is still being dialled: a bounded queue
+    (pausing the source beyond it), replayed once the link is there."""
+
+    def __init__(self) -> None:
+        self.pending: deque[bytes] = deque()
+        self.size = 0
+        self.ended = False
+        self.aborted: MeshError | None = None
+        self.producer: IPushProducer | None = None
+        self.paused = False
+        self.inner: IByteStream | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.write(data)
+            return
+        self.pending.append(data)
+        self.size += len(data)
+        if self.size >= _PENDING_BOUND and self.producer is not None and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+        else:
+            self.ended = True
+
+    def abort(self, error: MeshError) -> None:
+        if self.inner is not None:
+            self.inner.abort(error)
+        else:
+            self.aborted = error
+            self.pending.clear()
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        if self.inner is not None:
+            self.inner.setProducer(producer)
+        else:
+            self.producer = producer
+
+    def attach(self, inner: IByteStream) -> None:
+        if self.aborted is not None:
+            inner.abort(self.aborted)
+            return
+        self.inner = inner
+        if self.producer is not None:
+            if self.paused:
+                self.producer.resumeProducing()
+            inner.setProducer(self.producer)
+        while self.pending:
+            inner.write(self.pending.popleft())
+        if self.ended:
+            inner.end()
+
+
+@implementer(IByteStream)
+class _Refused:
+    """The source's side of a stream refused before it left (the source was told)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def abort(self, error: MeshError) -> None:
+        pass
+
+    def setProducer(self, producer: IPushProducer) -> None:
+        pass
+
+
+REFUSED = _Refused()
+
+
+def open_link_stream(
+    link: EnvelopeLink,
+    service: str,
+    port: int,
+    endpoint: tuple[str, int] | None,
+    client: str,
+    source: IStreamSource,
+) -> IByteStream:
+    """Open a byte stream to the peer of ``link`` (``EnvelopeLink.open_stream``)."""
+    conn = link.connection
+    if conn.exhausted or link.closed:
+        source.abort(MeshError(Reason.peer_unavailable, f"link to {link.peer_name} is closing",
+                               unsent=True))
+        return REFUSED
+    if not conn.peer_byte_streams:
+        source.abort(MeshError(Reason.not_implemented,
+                               f"{link.peer_name} runs a version without byte streams",
+                               unsent=True))
+        return REFUSED
+    sid = conn.open_stream(byte_stream=True)
+    stream = OutboundStream(link, sid, source)
+    link.exchanges[sid] = stream
+    link.write(conn.send_stream_open(sid, client, service, port, endpoint, b"", False))
+    return stream
+
+
+@implementer(IStreamTarget)
+class LinkStreamTarget:
+    """Sends byte streams to a peer node over its link (as LinkTarget does exchanges);
+    ``dial``, when given, makes a link to a peer that has none (hubs)."""
+
+    def __init__(
+        self,
+        kind: TargetKind,
+        links: dict[str, EnvelopeLink],
+        dial: Callable[[str], Deferred[EnvelopeLink] | None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.links = links
+        self.dial = dial
+
+    def open_stream(self, route: Route, client: str, source: IStreamSource) -> IByteStream:
+        peer = route.peer or ""
+        endpoint = route.endpoint
+        hint = None if endpoint is None else (endpoint.host, endpoint.port)
+        service = route.service.key
+        port = route.port.port
+        link = self.links.get(peer)
+        if link is not None and not link.closed:
+            return open_link_stream(link, service, port, hint, client, source)
+        waiting = self.dial(peer) if self.dial is not None else None
+        if waiting is None:
+            source.abort(MeshError(Reason.peer_unavailable, f"no link to {peer}", unsent=True))
+            return REFUSED
+        pending = _WaitingStream()
+
+        def connected(link: EnvelopeLink) -> None:
+            if pending.aborted is not None:
+                return
+            if link.closed:
+                source.abort(MeshError(Reason.peer_unavailable,
+                                       f"link to {peer} lost during its hello", unsent=True))
+                return
+            pending.attach(open_link_stream(link, service, port, hint, client, source))
+
+        def failed(reason: Failure) -> None:
+            if pending.aborted is None:
+                source.abort(MeshError(Reason.peer_unavailable,
+                                       f"cannot reach {peer}: {reason.getErrorMessage()}",
+                                       unsent=True))
+
+        waiting.addCallbacks(connected, failed)
+        return pending
