@@ -3,7 +3,7 @@
 
     python3 dev.py demo [ARGS...]    run `edgemesh demo ARGS...`
     python3 dev.py test [ARGS...]    run `pytest ARGS...`
-    python3 dev.py lint              run ruff and mypy --strict
+    python3 dev.py lint              run ruff, mypy --strict and the import layers
 
 Each creates ./.venv when missing and (re)installs edgemesh into it, editable, whenever
 setup.cfg or pyproject.toml changed since the last install.
@@ -89,6 +89,8 @@ def lint() -> int:
     checks: dict[str, list[str | Path]] = {
         "ruff": [BIN / "ruff", "check", "."],
         "mypy": [PYTHON, "-m", "mypy", *LINT_PATHS],
+        # docs/architecture.md's layers, enforced (contracts in setup.cfg [importlinter]).
+        "import-linter": [BIN / "lint-imports"],
     }
     failed = []
     for name, command in checks.items():
@@ -97,7 +99,7 @@ def lint() -> int:
             failed.append(name)
     if failed:
         return fail(f"lint failed: {', '.join(failed)}")
-    say("lint passed (ruff, mypy --strict)")
+    say("lint passed (ruff, mypy --strict, import layers)")
     return 0
 
 

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
-
-if TYPE_CHECKING:
-    from .catalog import Endpoint, Service, ServicePort
 
 Headers = tuple[tuple[bytes, bytes], ...]
 """End-to-end header fields in their original order and case; never hop-by-hop ones."""
@@ -154,22 +151,6 @@ class TargetKind(enum.Enum):
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
 
-@dataclass(slots=True)
-class Route:
-    """The routing decision for one exchange: which service, which endpoint, which way out."""
-
-    target: TargetKind
-    service: Service
-    port: ServicePort
-    endpoint: Endpoint | None
-    """The chosen endpoint (None: the target chooses, e.g. the ClusterIP)."""
-    peer: str | None = None
-    """The node to send to (hub/tunnel targets)."""
-    timeout: float | None = None
-    """The request timeout until the response head (the service's policy); None: the
-    target's own default."""
-
-
 class IRequestBody(Interface):
     """The request direction of an exchange, as the target receives it."""
 
@@ -211,8 +192,9 @@ class ITarget(Interface):
 
     kind: Any = Attribute("The TargetKind this target serves.")
 
-    def open(route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        """Start an exchange.  Never raises for network reasons: failures reach
+    def open(route: Any, head: RequestHead, responder: IResponder) -> IRequestBody:
+        """Start an exchange along ``route`` (an ``edgemesh.routing.Route``: the contract
+        names no catalog type, so that it stays the lowest layer).  Never raises for network reasons: failures reach
         ``responder.fail`` (possibly before this returns)."""
 
 
@@ -285,6 +267,6 @@ class IStreamTarget(Interface):
 
     kind: Any = Attribute("The TargetKind this target serves.")
 
-    def open_stream(route: Route, client: str, source: IStreamSource) -> IByteStream:
+    def open_stream(route: Any, client: str, source: IStreamSource) -> IByteStream:
         """Start a byte stream to ``route``; ``client`` is the original client's address.
         Never raises for network reasons: failures reach ``source.abort``."""

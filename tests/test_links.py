@@ -36,9 +36,9 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     TargetKind,
 )
+from edgemesh.routing import Route
 
 # The package __init__ pulls in the HTTP front and upstream: import the modules directly.
 from edgemesh.transports._links import EnvelopeLink, InboundExchange, OutboundExchange

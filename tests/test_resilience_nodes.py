@@ -23,9 +23,9 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter, IOPump, connect, makeFakeClient, makeFakeServer
 
 from edgemesh.catalog import Endpoint, Service, ServicePort
-from edgemesh.exchange import MeshError, Reason, RequestHead, ResponseHead, Route, TargetKind
+from edgemesh.exchange import MeshError, Reason, RequestHead, ResponseHead, TargetKind
 from edgemesh.roles import EdgeNode, build_edge, edge_tap, router_tap
-from edgemesh.routing import Resilience
+from edgemesh.routing import Resilience, Route
 from edgemesh.transports import HTTPUpstreamTarget
 
 

@@ -27,7 +27,6 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
@@ -38,6 +37,7 @@ from edgemesh.routing import (
     GuardedExchange,
     Pipeline,
     RoundRobin,
+    Route,
     decide,
     rules_table,
 )

@@ -34,11 +34,10 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
-from edgemesh.routing import Pipeline, Resilience
+from edgemesh.routing import Pipeline, Resilience, Route
 from edgemesh.transports import EnvelopeLink
 from edgemesh.transports._streams import StreamingFrontFactory, TCPStreamTarget
 from edgemesh.wire import Connection, FrameDecoder, Limits, Reset, StreamOpen

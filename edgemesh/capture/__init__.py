@@ -1,6 +1,7 @@
 """Transparent capture on the edge: iptables REDIRECT of the service CIDR to a listener
 that reads SO_ORIGINAL_DST, virtual IPs for headless services, and the rules' lifetime."""
 
+from ._cli import main as iptables_main
 from ._iptables import BACKENDS, InstallResult, Iptables, IptablesError, run_subprocess
 from ._options import CaptureOptions
 from ._rules import (
@@ -65,6 +66,7 @@ __all__ = [
     "expected",
     "home_offset",
     "install_script",
+    "iptables_main",
     "original_destination",
     "parse_nat",
     "parse_sockaddr_in",

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from twisted.python import usage
 
 from ..catalog import DEFAULT_HUB_PORT
-from ..dns._config import DEFAULT_DNS_PORT, DNSConfig, DNSConfigError, parse_host_port
+from ..dns import DEFAULT_DNS_PORT, DNSConfig, DNSConfigError, parse_host_port
 from ._iptables import BACKENDS
 from ._rules import (
     DEFAULT_SERVICE_CIDR,

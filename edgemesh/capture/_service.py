@@ -2,7 +2,8 @@
 Capture on an edge node: the transparent listener, the iptables rules' lifetime, and the
 service addresses (clusterIPs and virtual IPs) that DNS shares.
 
-``attach_capture`` adds to an ``EdgeNode``, in this order (a MultiService starts its
+``attach_capture`` adds to an edge node (any ``CaptureHost``: roles' ``EdgeNode`` is the one
+twistd builds), in this order (a MultiService starts its
 children in order and stops them in reverse):
 
 1. the transparent listener (a Source of kind service-bus), bound in
@@ -20,12 +21,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from ..exchange import SourceKind
+from ..routing import Pipeline
+from ..transports import FrontLimits
 from ._iptables import Iptables, IptablesError
 from ._rules import DEFAULT_VIRTUAL_CIDR, CaptureRules
 from ._transparent import OriginalDestination, TransparentFrontFactory, socket_original_destination
@@ -33,11 +36,33 @@ from ._vips import VIRTUAL_IPS_FILE, ServiceAddresses, VirtualIPs
 
 if TYPE_CHECKING:
     from ..dns import DNSConfig
-    from ..roles import EdgeNode
 
 log = Logger()
 
 DEFAULT_TRANSPARENT = "tcp:15001:interface=127.0.0.1"
+
+
+class _HostConfig(Protocol):
+    @property
+    def state_dir(self) -> str: ...
+    @property
+    def front(self) -> FrontLimits: ...
+
+
+class CaptureHost(Protocol):
+    """What capture (and DNS) need of the node they attach to: a seam, so that this layer
+    never imports the roles that compose it.  Services are added with ``setServiceParent``,
+    so a host is also an ``IServiceCollection``."""
+
+    @property
+    def reactor(self) -> Any: ...
+    @property
+    def config(self) -> _HostConfig: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+
+    def listen(self, name: str, kind: SourceKind, description: str, factory: Any) -> Any:
+        """Add a listener (a Source of ``kind``) bound like every other of the node."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,7 @@ class CaptureRulesService(Service):
         log.info("capture rules removed ({count})", count=len(removed))
 
 
-def service_addresses(node: EdgeNode, virtual_cidr: ipaddress.IPv4Network | None) -> ServiceAddresses:
+def service_addresses(node: CaptureHost, virtual_cidr: ipaddress.IPv4Network | None) -> ServiceAddresses:
     """Addresses for ``node``'s live catalog; virtual IPs persisted in its state directory."""
     virtual = None
     if virtual_cidr is not None:
@@ -119,7 +144,7 @@ def _loopback_only(description: str) -> bool:
 
 
 def attach_capture(
-    node: EdgeNode, config: CaptureConfig, addresses: ServiceAddresses | None = None
+    node: CaptureHost, config: CaptureConfig, addresses: ServiceAddresses | None = None
 ) -> ServiceAddresses:
     """Add the transparent listener (and the rules' service) to ``node``; returns the
     service addresses it resolves original destinations with (DNS answers from the same)."""
@@ -148,7 +173,7 @@ def attach_capture(
     return addresses
 
 
-def attach_capture_dns(node: EdgeNode, capture: CaptureConfig | None, dns: DNSConfig | None) -> None:
+def attach_capture_dns(node: CaptureHost, capture: CaptureConfig | None, dns: DNSConfig | None) -> None:
     """What ``build_edge`` calls: capture and/or DNS sharing one view of service addresses
     (virtual IPs exist only with capture: without it they would lead nowhere)."""
     addresses = service_addresses(node, capture.virtual_cidr if capture is not None else None)

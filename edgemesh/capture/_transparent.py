@@ -42,8 +42,7 @@ from ..exchange import (
     RequestHead,
     SourceKind,
 )
-from ..transports import FrontLimits, HTTPFrontFactory
-from ..transports._streams import StreamingFrontProtocol
+from ..transports import FrontLimits, HTTPFrontFactory, StreamingFrontProtocol
 from ._sockopt import original_destination
 from ._vips import ServiceAddresses
 

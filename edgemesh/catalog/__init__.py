@@ -37,6 +37,8 @@ from ._model import (
     Node,
     Service,
     ServicePort,
+    is_dns1123_label,
+    is_dns1123_subdomain,
 )
 from ._protocols import PortKind, port_kind
 from ._scope import (
@@ -96,6 +98,8 @@ __all__ = [
     "delta_from_wire",
     "delta_to_wire",
     "diff_catalogs",
+    "is_dns1123_label",
+    "is_dns1123_subdomain",
     "is_exported",
     "load_manifest",
     "parse_endpoint_slice",

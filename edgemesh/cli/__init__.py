@@ -19,7 +19,7 @@ def _certs(argv: list[str]) -> int:
 
 
 def _iptables(argv: list[str]) -> int:
-    from edgemesh.capture._cli import main as iptables_main
+    from edgemesh.capture import iptables_main
 
     return iptables_main(argv)
 

@@ -20,7 +20,7 @@ import sys
 
 from cryptography import x509
 
-from ..security._certs import (
+from ..security.certs import (
     CA_DAYS,
     CA_FILE,
     NODE_DAYS,

@@ -26,7 +26,7 @@ from twisted.web.server import Request, Site
 from ..catalog import Catalog, catalog_from_objects
 from ..roles import EdgeConfig, RouterConfig, build_edge, build_router
 from ..security import TLSConfig
-from ..security._certs import init_ca_dir, issue_into_dir
+from ..security.certs import init_ca_dir, issue_into_dir
 
 ROUTER_TUNNEL = 17700
 ROUTER_HTTP = 17780

@@ -9,7 +9,7 @@ upstream resolvers given, or get NXDOMAIN when there are none.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -34,8 +34,13 @@ from ..transports import DEFAULT_BACKLOG
 from ._config import DNSConfig
 from ._resolver import AddressBook, BoundedCache, Forwarder, MeshResolver
 
-if TYPE_CHECKING:
-    from ..roles import EdgeNode
+
+class DNSHost(Protocol):
+    """What the DNS server needs of the node it attaches to (roles' ``EdgeNode`` is one; it
+    is also the ``IServiceCollection`` the server joins)."""
+
+    @property
+    def reactor(self) -> Any: ...
 
 log = Logger()
 
@@ -198,7 +203,7 @@ class DNSService(Service):
         return DeferredList(waits) if waits else None
 
 
-def attach_dns(node: EdgeNode, config: DNSConfig, addresses: AddressBook) -> DNSService:
+def attach_dns(node: DNSHost, config: DNSConfig, addresses: AddressBook) -> DNSService:
     """Add the DNS server to ``node``, answering from ``addresses`` (its live catalog)."""
     service = DNSService(node.reactor, build_dns_factory(node.reactor, addresses, config), config)
     service.setServiceParent(node)  # type: ignore[no-untyped-call]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from ..exchange import Reason, RequestHead, Route, SourceKind
+    from ..exchange import Reason, RequestHead, SourceKind
+    from ..routing import Route
     from ._exchanges import ExchangeStats
 
 __all__ = ["ACCESS_FORMAT", "ACCESS_NAMESPACE", "MAX_URI", "AccessLog", "safe_uri"]

@@ -30,10 +30,10 @@ from ..exchange import (
     Reason,
     RequestHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
+from ..routing import Route
 from ._access import AccessLog
 
 if TYPE_CHECKING:

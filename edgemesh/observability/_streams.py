@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from ._access import ACCESS_NAMESPACE
 
 if TYPE_CHECKING:
-    from ..routing._streams import StreamGuard
+    from ..routing import StreamGuard
     from ._exchanges import MeshObserver
 
 DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)

@@ -48,13 +48,14 @@ from ..transports import (
     HTTPFrontFactory,
     HTTPUpstreamTarget,
     HubDialer,
+    LinkStreamTarget,
     LinkTarget,
     ReconnectBackoff,
+    StreamingFrontFactory,
+    TCPStreamTarget,
     ready_or_lost,
     with_backlog,
 )
-from ..transports._linkstreams import LinkStreamTarget
-from ..transports._streams import StreamingFrontFactory, TCPStreamTarget
 from ..wire import NOT_READY, Ack, CatalogPush, GoAway, Limits, Request, StreamOpen
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link

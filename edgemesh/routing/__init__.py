@@ -2,7 +2,7 @@
 decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
 overload limits, drain)."""
 
-from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
+from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
 from ._loops import (
@@ -27,6 +27,7 @@ from ._policy import (
     parse_duration,
     parse_policy,
 )
+from ._streams import StreamGuard
 from ._topology import candidates as topology_candidates
 from ._topology import hint_mode
 from ._topology import tiers as topology_tiers
@@ -55,8 +56,10 @@ __all__ = [
     "Resilience",
     "RetryBudget",
     "RoundRobin",
+    "Route",
     "ServicePolicy",
     "ServiceState",
+    "StreamGuard",
     "check_hops",
     "decide",
     "hint_mode",

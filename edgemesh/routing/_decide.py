@@ -10,11 +10,31 @@ service's lb policy; see _policy).
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
-from ..exchange import MeshError, Reason, RequestHead, Role, Route, SourceKind, TargetKind
+from ..exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
 from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
 from ._topology import LOCAL, local_endpoints, usable
+
+
+@dataclass(slots=True)
+class Route:
+    """The routing decision for one exchange: which service, which endpoint, which way out.
+    Sources hand it to ``ITarget.open`` (the contract in ``exchange.py`` does not name it:
+    it sits below the catalog)."""
+
+    target: TargetKind
+    service: Service
+    port: ServicePort
+    endpoint: Endpoint | None
+    """The chosen endpoint (None: the target chooses, e.g. the ClusterIP)."""
+    peer: str | None = None
+    """The node to send to (hub/tunnel targets)."""
+    timeout: float | None = None
+    """The request timeout until the response head (the service's policy); None: the
+    target's own default."""
+
 
 ROUTER_PEER = "router"
 """The peer name an edge uses for its tunnel to the router."""

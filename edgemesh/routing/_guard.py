@@ -37,10 +37,10 @@ from ..exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     SourceKind,
     hand_trailers,
 )
+from ._decide import Route
 
 if TYPE_CHECKING:
     from ..catalog import Endpoint, Service, ServicePort

@@ -31,11 +31,10 @@ from ..exchange import (
     Reason,
     RequestHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
-from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
+from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import INFINITY, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, ServiceState
 from ._loops import Listening, OwnEndpoint, check_hops, own_endpoints

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from ..exchange import IByteStream, IStreamSource, MeshError, Reason, Route, SourceKind
+from ..exchange import IByteStream, IStreamSource, MeshError, Reason, SourceKind
+from ._decide import Route
 from ._health import ServiceState
 
 

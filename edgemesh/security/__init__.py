@@ -17,6 +17,7 @@ from ._material import (
     TLSMaterial,
     identity_of,
     load_material,
+    quiet_pyopenssl,
 )
 from ._options import TLSOptions
 
@@ -39,4 +40,5 @@ __all__ = [
     "make_ca",
     "make_node_cert",
     "peer_problem",
+    "quiet_pyopenssl",
 ]

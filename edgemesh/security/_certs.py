@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..catalog._model import is_dns1123_subdomain
+from ..catalog import is_dns1123_subdomain
 
 ROLES = ("router", "edge")
 ORGANIZATION = "edgemesh"

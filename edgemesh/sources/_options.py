@@ -9,8 +9,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
-from ..catalog import Catalog
-from ..catalog._model import is_dns1123_label, is_dns1123_subdomain
+from ..catalog import Catalog, is_dns1123_label, is_dns1123_subdomain
 
 
 class KubernetesOptions(usage.Options):

@@ -30,7 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from ..security._material import quiet_pyopenssl
+from ..security import quiet_pyopenssl
 from ._auth import ADMIN_GROUP, Policy, UserInfo, forbidden
 from ._objects import make_endpoint_slice
 from ._openapi import (

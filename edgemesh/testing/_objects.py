@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..catalog._model import EDGE_LABEL, HUB_ADDRESS_ANNOTATION
+from ..catalog import EDGE_LABEL, HUB_ADDRESS_ANNOTATION
 from ._resources import JSONObject
 
 __all__ = ["make_endpoint_slice", "make_namespace", "make_node", "make_pod", "make_service"]

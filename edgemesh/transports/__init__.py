@@ -4,7 +4,9 @@ from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
 from ._io import DEFAULT_BACKLOG, with_backlog
 from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange, ready_or_lost
+from ._linkstreams import LinkStreamTarget
 from ._peers import HubDialer, LinkTarget
+from ._streams import StreamingFrontFactory, StreamingFrontProtocol, TCPStreamTarget
 from ._upstream import HTTPUpstreamTarget
 
 __all__ = [
@@ -16,9 +18,13 @@ __all__ = [
     "HubDialer",
     "InboundExchange",
     "LinkHandler",
+    "LinkStreamTarget",
     "LinkTarget",
     "OutboundExchange",
     "ReconnectBackoff",
+    "StreamingFrontFactory",
+    "StreamingFrontProtocol",
+    "TCPStreamTarget",
     "ready_or_lost",
     "with_backlog",
 ]

@@ -23,9 +23,9 @@ from ..exchange import (
     IStreamTarget,
     MeshError,
     Reason,
-    Route,
     TargetKind,
 )
+from ..routing import Route
 from ..wire import Data, Frame, Reset, StreamAccept, Window
 from ._links import _Receiver, _Sender
 

@@ -32,10 +32,10 @@ from ..exchange import (
     MeshError,
     Reason,
     RequestHead,
-    Route,
     TargetKind,
     hand_trailers,
 )
+from ..routing import Route
 from ._backoff import ReconnectBackoff
 from ._links import EnvelopeLink, ready_or_lost
 

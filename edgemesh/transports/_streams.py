@@ -35,9 +35,9 @@ from ..exchange import (
     IStreamTarget,
     MeshError,
     Reason,
-    Route,
     TargetKind,
 )
+from ..routing import Route
 from ._front import Dispatch, FrontLimits, HTTPFrontFactory, HTTPFrontProtocol, _Stop
 from ._http1 import connection_tokens, end_to_end, error_body, response_head_bytes
 

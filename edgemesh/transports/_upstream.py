@@ -66,11 +66,11 @@ from ..exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     TargetKind,
     drop_trailers,
     hand_trailers,
 )
+from ..routing import Route
 from ._http1 import (
     LAST_CHUNK,
     chunk,
