@@ -37,6 +37,9 @@ may lead back into the mesh): read and removed by the HTTP front, never sent to 
 
 @dataclass(slots=True)
 class RequestHead:
+    """An HTTP request's head as the mesh carries it: end-to-end fields only, body length known or
+    not."""
+
     method: bytes
     path: bytes
     """The origin-form request target (``/x?y``), whatever form the client used."""
@@ -54,6 +57,8 @@ class RequestHead:
 
 @dataclass(slots=True)
 class ResponseHead:
+    """An HTTP response's head as the mesh carries it: status, reason and end-to-end fields."""
+
     status: int
     reason: bytes
     headers: Headers
@@ -115,6 +120,8 @@ class MeshError(Exception):
 
 
 class Role(enum.Enum):
+    """Which role a node plays: the cloud router or an edge agent."""
+
     router = "router"
     edge = "edge"
 

@@ -47,6 +47,8 @@ def run_subprocess(argv: Sequence[str], stdin: str | None) -> tuple[int, str, st
 
 @dataclass(frozen=True)
 class InstallResult:
+    """What an install of the capture rules did: the chains made and the rules added or repaired."""
+
     script: str
     """What was given to iptables-restore."""
     rules: list[str]

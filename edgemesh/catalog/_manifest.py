@@ -91,6 +91,9 @@ class ServiceObject:
 
 @dataclass(frozen=True, slots=True)
 class SliceEndpoint:
+    """One endpoint of an EndpointSlice as parsed: its addresses, conditions, node, zone and hints.
+    """
+
     address: str
     node: str | None
     ready: bool
@@ -104,6 +107,8 @@ class SliceEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSliceObject:
+    """An EndpointSlice as parsed, before it is joined to its Service by the service-name label."""
+
     namespace: str
     name: str
     service_name: str
@@ -120,6 +125,8 @@ class EndpointSliceObject:
 
 @dataclass(frozen=True, slots=True)
 class PodObject:
+    """A Pod as parsed: the shorthand for one endpoint of the Services that select it."""
+
     namespace: str
     name: str
     labels: Mapping[str, str]

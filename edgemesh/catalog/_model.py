@@ -33,6 +33,8 @@ router's ``--edge-scope``."""
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """A Kubernetes Node as the mesh sees it: edge or cloud, where its hub is, its zone and pool."""
+
     name: str
     edge: bool
     """Carries the label ``node-role.kubernetes.io/edge``."""
@@ -82,6 +84,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class ServicePort:
+    """One port of a Service: its name, number, target port, protocol and application protocol."""
+
     name: str
     """May be empty for a single-port service."""
     port: int
@@ -98,6 +102,8 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Service:
+    """A Kubernetes Service with its endpoints by port name, annotations and traffic policy."""
+
     namespace: str
     name: str
     cluster_ip: str | None

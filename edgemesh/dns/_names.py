@@ -22,6 +22,9 @@ _MAX_NAME = 253
 
 @dataclass(frozen=True, slots=True)
 class NameClass:
+    """What a queried name is to the mesh: a service name, a search-suffix expansion, or not ours.
+    """
+
     key: str | None
     """The service ``namespace/name`` the name would be, if any."""
     in_zone: bool

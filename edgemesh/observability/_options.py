@@ -37,6 +37,8 @@ def _services(value: str) -> int:
 
 
 class ObservabilityOptions(usage.Options):
+    """The access-log, log-format and metrics options both twistd plugins share."""
+
     optParameters: ClassVar[list[Any]] = [
         ["log-format", None, "text",
          "Log lines as 'text' (twistd's format) or 'json' (one JSON object per line).",

@@ -75,6 +75,9 @@ even without a catalog push (an older router whose catalog is pending sends none
 
 @dataclass
 class RouterConfig:
+    """Everything ``build_router`` needs: listeners, limits, TLS, catalog and its source,
+    resilience."""
+
     catalog: Catalog
     node: str = "router"
     tunnel: str = "tcp:7700"
@@ -112,6 +115,9 @@ class RouterConfig:
 
 @dataclass
 class EdgeConfig:
+    """Everything ``build_edge`` needs: node name, state directory, router, listeners, limits, TLS.
+    """
+
     node: str
     state_dir: str
     router: str | None = None

@@ -14,6 +14,8 @@ from ._options import CommonOptions
 
 
 class Options(CommonOptions, CaptureOptions):
+    """``twistd edgemesh-edge``'s command line, parsed into an EdgeConfig."""
+
     synopsis = (
         "--node NAME --state-dir DIR (--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
         "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] [--admin tcp:7791]"

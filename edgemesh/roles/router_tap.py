@@ -14,6 +14,8 @@ from ._options import CommonOptions
 
 
 class Options(CommonOptions, KubernetesOptions):
+    """``twistd edgemesh-router``'s command line, parsed into a RouterConfig."""
+
     synopsis = (
         "(--catalog FILE | --kubeconfig FILE | --in-cluster) [--namespace NS] "
         "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "

@@ -59,6 +59,8 @@ class ExchangeObserver(Protocol):
 
 
 class Refused(Protocol):
+    """An endpoint of the catalog this node never chooses, and why (its own listener)."""
+
     def __call__(
         self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
     ) -> None: ...
@@ -75,6 +77,9 @@ class PeerPaths(Protocol):
 
 
 class Pipeline:
+    """The node's one routing pipeline: Sources in, name resolution, endpoint choice, Targets out.
+    """
+
     log = Logger()
 
     def __init__(

@@ -72,6 +72,8 @@ _Tiers = tuple[tuple[Endpoint, ...], ...]
 
 
 class LBPolicy(enum.Enum):
+    """How a service's endpoint is picked within the allowed tier (``edgemesh.io/lb-policy``)."""
+
     round_robin = "round-robin"
     random = "random"
     least_request = "least-request"
@@ -81,6 +83,8 @@ class LBPolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ServicePolicy:
+    """A service's traffic policy from its annotations: balancing, hash key, timeout, retries."""
+
     lb: LBPolicy = LBPolicy.round_robin
     hash_header: bytes | None = None
     """consistent-hash: the lower-case header name whose value is the key; None: the

@@ -26,6 +26,8 @@ def _interval(value: str) -> float:
 
 
 class TLSOptions(usage.Options):
+    """The ``--tls-dir`` / ``--ca --cert --key`` / ``--insecure`` options both plugins share."""
+
     optFlags: ClassVar[list[Any]] = [
         ["insecure", None,
          "Plaintext links between nodes, no TLS (tests on one machine only; logs a warning)."],

@@ -132,6 +132,8 @@ class APIUnreachable(Exception):
 
 @dataclass
 class ListResult:
+    """One list response: the items and the resourceVersion a watch continues from."""
+
     items: list[dict[str, Any]]
     resource_version: str
     continue_token: str | None = None
@@ -152,6 +154,9 @@ EventHandler = Callable[[str, dict[str, Any]], None]
 
 
 class KubeAPI(Protocol):
+    """The few API calls the watch, the controller and the election make (list, watch, get, writes).
+    """
+
     def list(self, resource: Resource, namespace: str | None = None, *,
              label_selector: str | None = None, limit: int | None = None,
              continue_token: str | None = None) -> Deferred[ListResult]: ...

@@ -68,6 +68,8 @@ class WatchTiming:
 
 
 class State(enum.Enum):
+    """Where a Reflector is in its list-then-watch cycle."""
+
     idle = "idle"
     listing = "listing"
     watching = "watching"

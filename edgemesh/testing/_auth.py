@@ -26,6 +26,8 @@ AUTHENTICATED = "system:authenticated"
 
 @dataclass(frozen=True)
 class UserInfo:
+    """An authenticated user of the test API server: name and groups."""
+
     name: str
     groups: tuple[str, ...] = ()
 
@@ -64,6 +66,8 @@ class Rule:
 
 @dataclass
 class Policy:
+    """The test API server's RBAC: who may do which verb on which resource (from a YAML)."""
+
     rules: list[Rule] = field(default_factory=list)
 
     def allows(self, user: UserInfo, verb: str, resource: str, group: str = "",

@@ -61,6 +61,9 @@ __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
 @dataclass(frozen=True)
 class FrontLimits:
+    """The HTTP front's bounds and timeouts: header sizes and counts, body cap, idle and head
+    timeouts."""
+
     max_header_count: int = 100
     """More header fields than this in one request head (or trailer section) → 431."""
     max_header_bytes: int = 60 * 1024

@@ -80,6 +80,8 @@ class _Stream:
 
 
 class Connection:
+    """One envelope link's protocol state, sans-IO: bytes in, frames out; streams, credit, hello."""
+
     def __init__(self, *, client: bool, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self._decoder = FrameDecoder(self.limits, hello_first=True)

@@ -76,6 +76,8 @@ class Limits:
 
 @dataclass(slots=True)
 class Hello:
+    """The first frame each way: protocol version, node name, role and the sender's settings."""
+
     version: int
     node: str
     role: str
@@ -84,6 +86,8 @@ class Hello:
 
 @dataclass(slots=True)
 class Request:
+    """Opens an exchange: the request head, the resolved service and port, the chosen endpoint."""
+
     stream: int
     end: bool
     method: bytes
@@ -106,6 +110,8 @@ class Request:
 
 @dataclass(slots=True)
 class Data:
+    """A piece of a body (either way), the last one flagged, with trailer fields when there are."""
+
     stream: int
     end: bool
     data: bytes
@@ -116,6 +122,8 @@ class Data:
 
 @dataclass(slots=True)
 class Response:
+    """The response head of an exchange."""
+
     stream: int
     end: bool
     status: int
@@ -127,6 +135,8 @@ class Response:
 
 @dataclass(slots=True)
 class Reset:
+    """A stream ends without a clean end, with the reason."""
+
     stream: int
     code: str
     detail: str
@@ -134,22 +144,30 @@ class Reset:
 
 @dataclass(slots=True)
 class Window:
+    """Credit returned: the receiver took this many more bytes of a stream."""
+
     stream: int
     increment: int
 
 
 @dataclass(slots=True)
 class Ping:
+    """A heartbeat asking for a Pong (round trip, and a link that still answers)."""
+
     opaque: int
 
 
 @dataclass(slots=True)
 class Pong:
+    """The answer to a Ping, echoing its payload."""
+
     opaque: int
 
 
 @dataclass(slots=True)
 class CatalogPush:
+    """The router's catalog for an edge: a snapshot or a delta, at a revision."""
+
     revision: int
     kind: str
     """``snapshot`` (replaces everything) or ``delta``."""
@@ -182,11 +200,16 @@ class StreamAccept:
 
 @dataclass(slots=True)
 class Ack:
+    """An edge's acknowledgement that a catalog revision is stored on its disk."""
+
     revision: int
 
 
 @dataclass(slots=True)
 class GoAway:
+    """The sender stops taking new streams (draining, or refusing the peer), maybe with a
+    retry-after."""
+
     reason: str
     retry_after: int | None = None
     """Seconds the peer should wait before it connects again (a refusal's hint); None:
