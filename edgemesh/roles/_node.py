@@ -20,7 +20,12 @@ from twisted.internet.endpoints import (
     clientFromString,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,13 +36,15 @@ from ..exchange import (
     IRequestBody,
     IResponder,
     ISource,
+    ITarget,
     RequestHead,
     Role,
+    Route,
     SourceKind,
     TargetKind,
 )
 from ..observability import MeshObserver, ObservabilityConfig
-from ..routing import ROUTER_PEER, Listening, Pipeline, Resilience
+from ..routing import REPLICA_RULES, ROUTER_PEER, EdgeHomes, Listening, Pipeline, Resilience
 from ..security import LinkSecurity, TLSConfig, link_security
 from ..transports import (
     EnvelopeLink,
@@ -48,7 +55,7 @@ from ..transports import (
     LinkTarget,
     ready_or_lost,
 )
-from ..wire import Ack, CatalogPush, GoAway, Limits, Request
+from ..wire import Ack, CatalogPush, EdgeSet, GoAway, Limits, Request, encode_edges
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
@@ -87,6 +94,12 @@ class RouterConfig:
     edge_scope: Scope = ALL
     """Which Services each edge receives (``catalog/_scope.py``); a Node's
     ``edgemesh.io/scope`` annotation overrides it for that edge."""
+    peer_listen: str | None = None
+    """Where other router replicas connect (server endpoint string); None: no router links
+    in (this replica still dials ``peer_routers``)."""
+    peer_routers: tuple[tuple[str, str], ...] = ()
+    """Other replicas as (node name, client endpoint string): of each pair, the replica with
+    the smaller name dials (one link per pair); this replica's own name is skipped."""
 
 
 @dataclass
@@ -95,6 +108,10 @@ class EdgeConfig:
     state_dir: str
     router: str | None = None
     """The router's tunnel (client endpoint string); None: run without a router."""
+    routers: tuple[str, ...] = ()
+    """More router replicas' tunnels (client endpoint strings, each optionally prefixed
+    ``NAME=``, the replica's certificate name, else ``router_name``): each dial of the
+    tunnel tries the next one, ``router`` first (see RotatingEndpoint)."""
     proxy: str | None = "tcp:7781"
     """The service bus listener for local apps."""
     hub: str | None = "tcp:7701"
@@ -174,16 +191,48 @@ class TunnelClient(ClientService):
         description: str,
         make_link: Callable[[], EnvelopeLink],
         secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = lambda endpoint: endpoint,
+        endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
+        """``endpoint``: dial this instead of ``description`` (e.g. a RotatingEndpoint)."""
         self.kind = SourceKind.tunnel
         self.description = description
         super().__init__(
-            secure(clientFromString(reactor, description)),
+            endpoint if endpoint is not None else secure(clientFromString(reactor, description)),
             Factory.forProtocol(make_link),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=reactor,
             prepareConnection=ready_or_lost,
         )
+
+
+def router_entry(entry: str, default_name: str) -> tuple[str, str]:
+    """``NAME=ENDPOINT`` or ``ENDPOINT`` → (name, endpoint string).  An endpoint string's
+    own ``key=value`` parts come after its type's colon, so a name has no colon."""
+    name, sep, rest = entry.partition("=")
+    if sep and name and ":" not in name:
+        return name, rest
+    return default_name, entry
+
+
+@implementer(IStreamClientEndpoint)
+class RotatingEndpoint:
+    """Several router replicas for one tunnel: every dial tries the next one, so an edge
+    whose tunnel died (or whose dial failed) reconnects to another replica, after the
+    ClientService's jittered backoff."""
+
+    def __init__(self, endpoints: list[tuple[str, IStreamClientEndpoint]]) -> None:
+        if not endpoints:
+            raise ValueError("no router endpoint")
+        self.endpoints = endpoints
+        self.next = 0
+        self.current: str | None = None
+        """The name of the replica dialled last."""
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        name, endpoint = self.endpoints[self.next]
+        self.next = (self.next + 1) % len(self.endpoints)
+        self.current = name
+        return endpoint.connect(factory)
 
 
 def _request_head(request: Request) -> RequestHead:
@@ -281,6 +330,14 @@ class RouterNode(MeshNode):
         self.catalog_pending = config.catalog_pending
         self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.router.value)
         self.security.service.setServiceParent(self)
+        self.router_links: dict[str, EnvelopeLink] = {}
+        """Links to the other router replicas, by node name."""
+        self.homes = EdgeHomes(lambda edge: edge in self.edges)
+        self.pipeline.edge_homes = self.homes.home
+        self.forwarded_out = 0
+        """Exchanges sent to another replica (it holds the edge's tunnel)."""
+        self.forwarded_in = 0
+        """Exchanges another replica sent here for an edge of this replica."""
 
     # LinkHandler
     def link_ready(self, link: EnvelopeLink) -> None:
@@ -299,6 +356,7 @@ class RouterNode(MeshNode):
         self.observer.link_up(peer.node, "tunnel", link)
         self.pipeline.peer_back(peer.node)
         log.info("edge {node} connected", node=peer.node)
+        self.announce([peer.node], [])
         if not self.catalog_pending:
             self.push_snapshot(state)
 
@@ -346,13 +404,14 @@ class RouterNode(MeshNode):
             del self.edges[peer.node]
             self.links.pop(peer.node, None)
             log.info("edge {node} disconnected: {reason}", node=peer.node, reason=reason)
+            self.announce([], [peer.node])
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
             SourceKind.tunnel, _request_head(request), responder, request.service, request.port, request.endpoint
         )
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         peer = link.peer
         if isinstance(frame, GoAway) and peer is not None:
             self.pipeline.peer_draining(peer.node)  # it is stopping: choose it no more
@@ -362,6 +421,7 @@ class RouterNode(MeshNode):
                 self.pusher.acked(state, frame.revision)
 
     def edges_view(self) -> list[dict[str, object]]:
+        """The edges whose tunnel is on this replica."""
         now = self.reactor.seconds()
         return [
             {
@@ -374,6 +434,110 @@ class RouterNode(MeshNode):
             }
             for s in sorted(self.edges.values(), key=lambda s: s.node)
         ]
+
+    def all_edges_view(self) -> list[dict[str, object]]:
+        """``/edges``: this replica's edges, then those the other replicas hold."""
+        here = self.pipeline.node
+        local: list[dict[str, object]] = [
+            {"node": row["node"], "replica": here, "local": True, **row} for row in self.edges_view()
+        ]
+        remote: list[dict[str, object]] = [
+            {"node": edge, "replica": replica, "local": False}
+            for edge, replica in self.homes.remote().items()
+        ]
+        return sorted([*local, *remote], key=lambda row: str(row["node"]))
+
+    # --- router replicas --------------------------------------------------------------
+
+    def announce(self, added: list[str], removed: list[str]) -> None:
+        """Tell every other replica that edges came (or went)."""
+        if not self.router_links:
+            return
+        frame = encode_edges(False, added, removed)
+        for link in self.router_links.values():
+            link.send_control(frame)
+
+    def router_ready(self, link: EnvelopeLink) -> None:
+        peer = link.peer
+        assert peer is not None
+        if peer.role != Role.router.value or peer.node == self.pipeline.node:
+            log.warn("refusing router link from {node} ({role})", node=peer.node, role=peer.role)
+            link.close_now("not another router")
+            return
+        previous = self.router_links.get(peer.node)
+        if previous is not None and previous is not link:
+            previous.close_now("replaced by a new connection")
+        self.router_links[peer.node] = link
+        self.observer.link_up(peer.node, "router", link)
+        log.info("router link to {node} up", node=peer.node)
+        # Our whole set first; changes follow on the same link, in order.
+        link.send_control(encode_edges(True, sorted(self.edges), []))
+
+    def router_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.observer.link_down(link, reason)
+        peer = link.peer
+        if peer is not None and self.router_links.get(peer.node) is link:
+            del self.router_links[peer.node]
+            self.homes.forget(peer.node)
+            log.info("router link to {node} lost: {reason}", node=peer.node, reason=reason)
+
+    def router_control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
+        peer = link.peer
+        if isinstance(frame, EdgeSet) and peer is not None and self.router_links.get(peer.node) is link:
+            self.homes.update(peer.node, frame.reset, frame.added, frame.removed)
+
+    def router_inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        self.forwarded_in += 1
+        return self.pipeline.dispatch_resolved(
+            SourceKind.router_link, _request_head(request), responder, request.service, request.port,
+            request.endpoint,
+        )
+
+    def routers_status(self) -> dict[str, object]:
+        """``/status`` and ``/readyz``: the other replicas this one sees."""
+        return {
+            "peers": len(self.router_links),
+            "linked": sorted(self.router_links),
+            "configured": sorted(name for name, _ in self.config.peer_routers
+                                 if name != self.pipeline.node),
+            "edges_elsewhere": {r: self.homes.count(r) for r in self.homes.replicas()},
+            "forwarded_out": self.forwarded_out,
+            "forwarded_in": self.forwarded_in,
+        }
+
+
+class _RouterLinks:
+    """The router's LinkHandler for links to other router replicas (either direction)."""
+
+    def __init__(self, router: RouterNode) -> None:
+        self.router = router
+
+    def link_ready(self, link: EnvelopeLink) -> None:
+        self.router.router_ready(link)
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.router.router_lost(link, reason)
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        return self.router.router_inbound(link, request, responder)
+
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
+        self.router.router_control(link, frame)
+
+
+@implementer(ITarget)
+class _ForwardTarget:
+    """The router-link target: a LinkTarget to the replica holding the edge, counted."""
+
+    kind = TargetKind.router_link
+
+    def __init__(self, router: RouterNode) -> None:
+        self.router = router
+        self.inner = LinkTarget(TargetKind.router_link, router.router_links)
+
+    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        self.router.forwarded_out += 1
+        return self.inner.open(route, head, responder)
 
 
 class _EdgeLinks:
@@ -414,7 +578,7 @@ class _EdgeLinks:
             self.source, _request_head(request), responder, request.service, request.port, request.endpoint
         )
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         if isinstance(frame, CatalogPush) and self.source is SourceKind.tunnel:
             self.edge.apply_push(link, frame)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
@@ -510,11 +674,51 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
         return node.security.guard(link, role=Role.edge.value, known=lambda name: node.catalog.is_edge(name))
 
     node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
+    _router_links(node, config)
     if config.http is not None:
         node.listen("http", SourceKind.router, config.http, node.front(SourceKind.router, config.front))
     if config.admin is not None:
         _admin(node, config.admin)
     return node
+
+
+def _router_links(node: RouterNode, config: RouterConfig) -> None:
+    """Links to the other router replicas: listen for them, dial those with a larger name."""
+    if config.peer_listen is None and not config.peer_routers:
+        return  # a single router: no router-link target
+    reactor = node.reactor
+    beats = config.resilience
+    handler = _RouterLinks(node)
+    node.pipeline.add_target(_ForwardTarget(node))
+    node.pipeline.rules = dict(REPLICA_RULES)
+    node.status_parts["routers"] = node.routers_status
+
+    def make(client: bool, expect: str | None) -> EnvelopeLink:
+        link = EnvelopeLink(reactor, handler, node=config.node, role=Role.router.value, client=client,
+                            limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
+                            heartbeat_timeout=beats.heartbeat_timeout)
+        track_link(node, link)
+        return node.security.guard(link, role=Role.router.value, expect=expect,
+                                   known=lambda name: name != config.node)
+
+    if config.peer_listen is not None:
+        node.listen("peer", SourceKind.router_link, config.peer_listen,
+                    node.security.server_factory(Factory.forProtocol(lambda: make(False, None))))
+    def dialling(name: str) -> IProtocolFactory:
+        return Factory.forProtocol(lambda: make(True, name))
+
+    for name, description in config.peer_routers:
+        if name <= config.node:
+            continue  # the other one dials (or it is this replica)
+        dialer = ClientService(
+            node.security.client_endpoint(clientFromString(reactor, description), name),
+            dialling(name),
+            # Replicas come back quickly (a pod restart): never wait long between tries.
+            retryPolicy=backoffPolicy(initialDelay=0.25, maxDelay=2.0),
+            clock=reactor,
+            prepareConnection=ready_or_lost,
+        )
+        dialer.setServiceParent(node)
 
 
 def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
@@ -532,7 +736,10 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
             if source is SourceKind.tunnel:
-                return node.security.guard(link, role=Role.router.value, expect=config.router_name)
+                # Several replicas: TLS checked the name of the one dialled; any router then.
+                name = None if config.routers or config.router is None else \
+                    router_entry(config.router, config.router_name)[0]
+                return node.security.guard(link, role=Role.router.value, expect=name)
             return node.security.guard(link, role=Role.edge.value, expect=expect)
 
         return make
@@ -544,8 +751,17 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     node.hub_dialer = dialer
 
     if config.router is not None:
+        entries = [router_entry(entry, config.router_name) for entry in (config.router, *config.routers)]
+        rotating = None
+        if len(entries) > 1 or entries[0][1] != config.router:
+            # Each replica's certificate names it: TLS pins the name per endpoint.
+            rotating = RotatingEndpoint([
+                (name, node.security.client_endpoint(clientFromString(reactor, description), name))
+                for name, description in entries
+            ])
         tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
-                              lambda endpoint: node.security.client_endpoint(endpoint, config.router_name))
+                              lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
+                              rotating)
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
         pipeline.add_source(tunnel)
     if config.hub is not None:

@@ -29,7 +29,18 @@ class Options(CommonOptions, KubernetesOptions):
                                      "namespaces with endpoints on that node) and/or namespace "
                                      "names; Services annotated edgemesh.io/export=true always. "
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
+        ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
+                                     "tcp:7702); default: no router links in.")],
     ]
+
+    def opt_peer_router(self, value: str) -> None:
+        """Another router replica: NAME=ENDPOINT (its node name and its --peer-listen, e.g.
+        router-b=tcp:10.0.0.2:7702).  Repeatable; the same list may go to every replica
+        (its own name is skipped); of each pair, the smaller name dials."""
+        name, sep, endpoint = value.partition("=")
+        if not sep or not name or ":" in name or not endpoint:
+            raise usage.UsageError(f"--peer-router {value!r}: expected NAME=ENDPOINT")
+        self.setdefault("peer_routers_value", []).append((name, endpoint))
 
     def postOptions(self) -> None:
         self.check_kubernetes()
@@ -62,6 +73,8 @@ def makeService(options: Options) -> IService:
         observability=options.observability_config(),
         resilience=options.resilience(),
         edge_scope=options["edge_scope_value"],
+        peer_listen=options["peer-listen"],
+        peer_routers=tuple(options.get("peer_routers_value", [])),
     )
     router = build_router(reactor, config)
     if options.kubernetes_requested():

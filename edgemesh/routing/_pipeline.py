@@ -10,7 +10,7 @@ policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -100,6 +100,9 @@ class Pipeline:
         self.balancer.usable = self._usable
         self.balancer.filtering = self._filtering
         self.peer_paths: PeerPaths | None = None
+        self.edge_homes: Callable[[str], str | None] | None = None
+        """Router replicas: the other replica that holds an edge's tunnel (None: here or
+        unknown); see routing/_homes.py."""
         self.observer: ExchangeObserver | None = None
         """Set by the observability layer: told of each exchange's start and end."""
         self.refused: Refused | None = None
@@ -324,7 +327,7 @@ class Pipeline:
         exclude = own.get(service.key, _NOTHING) if own else _NOTHING
         try:
             route = decide(self._catalog, self.role, self.node, source, service, port, hint,
-                           self.balancer, head, policy, exclude)
+                           self.balancer, head, policy, exclude, self.edge_homes)
         except MeshError as error:
             if exclude and error.reason is Reason.no_endpoint:
                 raise self._own_refused(service, exclude, error) from None
@@ -460,7 +463,7 @@ class Pipeline:
         try:
             route = decide(self._catalog, self.role, self.node, guard.source, guard.service,
                            guard.port, None, self.balancer, head=guard.request, policy=guard.policy,
-                           exclude=exclude)
+                           exclude=exclude, home=self.edge_homes)
             route, target = self._target_for(guard.source, route)
         except MeshError:
             return None

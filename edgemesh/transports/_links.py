@@ -36,6 +36,7 @@ from ..wire import (
     CatalogPush,
     Connection,
     Data,
+    EdgeSet,
     Frame,
     GoAway,
     Hello,
@@ -71,7 +72,7 @@ class LinkHandler(TypingProtocol):
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         """The peer starts an exchange; route it (may raise MeshError)."""
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         """A control frame: catalog push, ack, goaway."""
 
 
@@ -668,7 +669,7 @@ class EnvelopeLink(Protocol):
             if sent is not None:
                 self.rtt = self.reactor.seconds() - sent
             return
-        if kind in (CatalogPush, Ack, GoAway):
+        if kind in (CatalogPush, Ack, GoAway, EdgeSet):
             self.handler.control(self, frame)  # type: ignore[arg-type]
 
     def _inbound(self, request: Request) -> None:

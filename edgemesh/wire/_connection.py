@@ -20,6 +20,7 @@ from ._frames import (
     Ack,
     CatalogPush,
     Data,
+    EdgeSet,
     Frame,
     FrameDecoder,
     GoAway,
@@ -186,7 +187,7 @@ class Connection:
             return False
         if kind is Hello:
             raise ProtocolError("second hello")
-        if kind in (Pong, CatalogPush, Ack, GoAway):
+        if kind in (Pong, CatalogPush, Ack, GoAway, EdgeSet):
             return True
         raise ProtocolError(f"unexpected frame {kind.__name__}")  # pragma: no cover
 

@@ -34,6 +34,11 @@ PONG = 7
 CATALOG = 8
 ACK = 9
 GOAWAY = 10
+EDGES = 11
+"""Router ↔ router only: which edges hold a tunnel to the sender (never sent to an edge, so
+older edges never see it)."""
+MAX_EDGES_PER_FRAME = 512
+"""Edge names in one EDGES frame (a full set takes several frames)."""
 
 HOPS_SETTING = "hops"
 """Hello setting: the sender reads the REQUEST frame's hop field (send it only to such peers:
@@ -160,8 +165,19 @@ class GoAway:
     reason: str
 
 
+@dataclass(slots=True)
+class EdgeSet:
+    """Edges whose tunnel is on the sending router: ``reset`` replaces what the receiver
+    knew of the sender's edges (the first frame of a full set), else a change."""
+
+    reset: bool
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 Frame = (
     Hello | Request | Data | Response | Reset | Window | Ping | Pong | CatalogPush | Ack | GoAway
+    | EdgeSet
 )
 
 
@@ -274,6 +290,19 @@ def encode_ack(revision: int) -> bytes:
 
 def encode_goaway(reason: str) -> bytes:
     return _framed(_packb((GOAWAY, reason[:512])))
+
+
+def encode_edges(reset: bool, added: list[str], removed: list[str]) -> bytes:
+    """One or more EDGES frames (MAX_EDGES_PER_FRAME names each; only the first resets)."""
+    names = [(name, True) for name in added] + [(name, False) for name in removed]
+    out = []
+    first = True
+    while first or names:
+        chunk, names = names[:MAX_EDGES_PER_FRAME], names[MAX_EDGES_PER_FRAME:]
+        out.append(_framed(_packb((EDGES, 1 if reset and first else 0,
+                                   [n for n, up in chunk if up], [n for n, up in chunk if not up]))))
+        first = False
+    return b"".join(out)
 
 
 # --- decoding ------------------------------------------------------------------------
@@ -429,7 +458,8 @@ def decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
                 raw=False,
                 max_str_len=limits.max_frame,
                 max_bin_len=limits.max_frame,
-                max_array_len=max(16, limits.max_header_count),
+                max_array_len=(MAX_EDGES_PER_FRAME if kind == EDGES
+                               else max(16, limits.max_header_count)),
                 max_map_len=0,
                 max_ext_len=0,
                 ext_hook=_no_ext,
@@ -601,9 +631,20 @@ def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
     return GoAway(_str(f[1], "goaway: reason", 512))
 
 
+def _edges(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 4, "edges")
+    lists = []
+    for value in f[2:]:
+        if type(value) is not tuple or len(value) > MAX_EDGES_PER_FRAME:
+            raise ProtocolError("edges: names must be a short array")
+        lists.append(tuple(_str(name, "edges: name", 253) for name in value))
+    return EdgeSet(_int(f[1], "edges: reset", 0, 1) == 1, lists[0], lists[1])
+
+
 _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
     HELLO: _hello, REQUEST: _request, DATA: _data, RESPONSE: _response, RESET: _reset,
     WINDOW: _window, PING: _ping, PONG: _pong, CATALOG: _catalog, ACK: _ack, GOAWAY: _goaway,
+    EDGES: _edges,
 }
 
 
