@@ -121,7 +121,7 @@ def test_router_link_refuses_an_edge(replicas: Replicas, reactor: MemoryReactorC
     from test_roles import fake_peer
 
     factory = replicas.b.listeners["peer"].factory
-    link, recorder, _ = fake_peer(reactor, factory, node="edge-1", role=Role.edge.value, dialing=True)
+    _link, recorder, _ = fake_peer(reactor, factory, node="edge-1", role=Role.edge.value, dialing=True)
     assert recorder.lost and "edge-1" not in replicas.b.router_links
 
 
