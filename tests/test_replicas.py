@@ -464,3 +464,100 @@ class Answers:
 
     def setProducer(self, producer: Any) -> None:
         pass
+
+
+# --- discovery through the API: one Lease per replica ---------------------------------------
+
+
+def test_replica_lease_body_and_liveness() -> None:
+    from edgemesh.sources._discovery import LINK_ANNOTATION, REPLICA_LABEL, Peer, ReplicaLeases
+
+    mine = ReplicaLeases("router-a", "tcp:10.0.0.1:7702", "edgemesh", duration=15.0)
+    body = mine.body(None, 100.0)
+    assert body["metadata"]["name"] == "edgemesh-router-router-a"
+    assert body["metadata"]["labels"] == {REPLICA_LABEL: "true"}
+    assert body["metadata"]["annotations"][LINK_ANNOTATION] == "tcp:10.0.0.1:7702"
+    assert body["spec"]["holderIdentity"] == "router-a" and body["spec"]["leaseDurationSeconds"] == 15
+    renewed = mine.body({**body, "metadata": {**body["metadata"], "resourceVersion": "7"}}, 102.0)
+    assert renewed["metadata"]["resourceVersion"] == "7"
+    assert renewed["spec"]["acquireTime"] == body["spec"]["acquireTime"], "kept across renewals"
+    assert renewed["spec"]["renewTime"] != body["spec"]["renewTime"]
+
+    other = ReplicaLeases("router-b", "tcp:10.0.0.2:7702", "edgemesh", duration=15.0)
+    # Its clock is an hour ahead: liveness is timed on ours, from when the record changed.
+    b_lease = other.body(None, 3700.0)
+    assert mine.peers([body, b_lease], 100.0) == [Peer("router-b", "tcp:10.0.0.2:7702")]
+    assert mine.peers([body, b_lease], 114.0) == [Peer("router-b", "tcp:10.0.0.2:7702")]
+    assert mine.peers([body, b_lease], 115.5) == [], "not renewed for its duration: stale"
+    renewed_b = other.body(b_lease, 3716.0)
+    assert mine.peers([renewed_b], 116.0) == [Peer("router-b", "tcp:10.0.0.2:7702")]
+    broken = {"metadata": {"name": "edgemesh-router-x"}, "spec": {}}
+    assert mine.peers([broken], 117.0) == [], "no link annotation: ignored"
+
+
+def test_replicas_find_each_other_through_their_leases() -> None:
+    from test_sources_election import LeaseStore, StoreAPI
+    from twisted.internet.task import Clock
+
+    from edgemesh.sources import ListResult
+    from edgemesh.sources._discovery import REPLICA_LABEL, ReplicaDiscovery, ReplicaLeases
+
+    class ListingAPI(StoreAPI):
+        def list(self, resource: Any, namespace: Any = None, *, label_selector: Any = None,
+                 **_: Any) -> Deferred[Any]:
+            assert label_selector == f"{REPLICA_LABEL}=true"
+            return self._call(lambda: ListResult(list(self.store.objects.values()), "1"))
+
+        def delete(self, resource: Any, namespace: Any, name: str, **_: Any) -> Deferred[Any]:
+            return self._call(lambda: self.store.objects.pop(name) and None)
+
+    clock, store = Clock(), LeaseStore()
+    seen: dict[str, list[list[str]]] = {"router-a": [], "router-b": []}
+    services = {}
+    for name, ip in [("router-a", "10.0.0.1"), ("router-b", "10.0.0.2")]:
+        def found(peers: list[Any], name: str = name) -> None:
+            seen[name].append([f"{p.node}@{p.endpoint}" for p in peers])
+
+        services[name] = ReplicaDiscovery(
+            clock, ListingAPI(clock, store), ReplicaLeases(name, f"tcp:{ip}:7702", "edgemesh", 15.0),
+            found, period=2.0)
+        services[name].startService()
+    clock.advance(0)
+    clock.advance(2.0)
+    assert seen["router-a"][-1] == ["router-b@tcp:10.0.0.2:7702"]
+    assert seen["router-b"][-1] == ["router-a@tcp:10.0.0.1:7702"]
+    assert sorted(store.objects) == ["edgemesh-router-router-a", "edgemesh-router-router-b"]
+    # router-b stops cleanly: its Lease goes, router-a stops linking to it at the next round.
+    services["router-b"].stopService()
+    clock.advance(2.0)
+    assert sorted(store.objects) == ["edgemesh-router-router-a"]
+    assert seen["router-a"][-1] == []
+    assert services["router-a"].status()["discovered"] == []
+
+
+def test_set_peers_adds_and_stops_diallers(reactor: MemoryReactorClock) -> None:
+    router = build_router(reactor, router_config(node="router-b", peer_listen="tcp:7810"))
+    start(router)
+    assert router.diallers == {}
+    router.set_peers([("router-a", "tcp:127.0.0.1:7800"), ("router-c", "tcp:127.0.0.1:7820")])
+    assert list(router.diallers) == ["router-c"], "only the larger name is dialled"
+    assert dials(reactor) == [7820]
+    router.set_peers([("router-c", "tcp:127.0.0.1:7830")])  # it moved
+    assert router.diallers["router-c"][0] == "tcp:127.0.0.1:7830"
+    router.set_peers([])
+    assert router.diallers == {} and router.routers_status()["dialling"] == []
+
+
+def test_peer_advertise_defaults(tmp_path: Path) -> None:
+    from edgemesh.roles.router_tap import peer_advertise
+
+    options = router_tap.Options()
+    catalog = tmp_path / "c.yaml"
+    catalog.write_text("[]\n")
+    options.parseOptions(["--catalog", str(catalog), "--insecure", "--peer-listen", "tcp:7702"])
+    options["advertise_value"] = "10.1.2.3"
+    assert peer_advertise(options) == "tcp:10.1.2.3:7702"
+    options["advertise_value"] = "fd00::5"
+    assert peer_advertise(options) == "tcp:fd00\\:\\:5:7702"
+    options["peer-advertise"] = "tcp:router-0.routers:7702"
+    assert peer_advertise(options) == "tcp:router-0.routers:7702"

@@ -338,6 +338,9 @@ class RouterNode(MeshNode):
         """Exchanges sent to another replica (it holds the edge's tunnel)."""
         self.forwarded_in = 0
         """Exchanges another replica sent here for an edge of this replica."""
+        self.make_dialler: Callable[[str, str], ClientService] | None = None
+        self.diallers: dict[str, tuple[str, ClientService]] = {}
+        """Peer replicas this one dials (those with a larger name): name → (endpoint, dialler)."""
 
     # LinkHandler
     def link_ready(self, link: EnvelopeLink) -> None:
@@ -493,6 +496,24 @@ class RouterNode(MeshNode):
             request.endpoint,
         )
 
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        """The other replicas, (node name, endpoint string): the static ``peer_routers``
+        and what discovery finds.  Of each pair the smaller name dials; a replica that is
+        gone (or moved) has its dialler stopped (ClientService closes its link)."""
+        make = self.make_dialler
+        if make is None:
+            return
+        me = self.pipeline.node
+        wanted = {name: endpoint for name, endpoint in peers if name > me}
+        for name in [n for n in self.diallers if wanted.get(n) != self.diallers[n][0]]:
+            _, dialler = self.diallers.pop(name)
+            dialler.disownServiceParent()
+        for name, endpoint in wanted.items():
+            if name not in self.diallers:
+                dialler = make(name, endpoint)
+                self.diallers[name] = (endpoint, dialler)
+                dialler.setServiceParent(self)
+
     def routers_status(self) -> dict[str, object]:
         """``/status`` and ``/readyz``: the other replicas this one sees."""
         return {
@@ -500,6 +521,7 @@ class RouterNode(MeshNode):
             "linked": sorted(self.router_links),
             "configured": sorted(name for name, _ in self.config.peer_routers
                                  if name != self.pipeline.node),
+            "dialling": sorted(self.diallers),
             "edges_elsewhere": {r: self.homes.count(r) for r in self.homes.replicas()},
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,
@@ -707,10 +729,8 @@ def _router_links(node: RouterNode, config: RouterConfig) -> None:
     def dialling(name: str) -> IProtocolFactory:
         return Factory.forProtocol(lambda: make(True, name))
 
-    for name, description in config.peer_routers:
-        if name <= config.node:
-            continue  # the other one dials (or it is this replica)
-        dialer = ClientService(
+    def dialler(name: str, description: str) -> ClientService:
+        return ClientService(
             node.security.client_endpoint(clientFromString(reactor, description), name),
             dialling(name),
             # Replicas come back quickly (a pod restart): never wait long between tries.
@@ -718,7 +738,9 @@ def _router_links(node: RouterNode, config: RouterConfig) -> None:
             clock=reactor,
             prepareConnection=ready_or_lost,
         )
-        dialer.setServiceParent(node)
+
+    node.make_dialler = dialler
+    node.set_peers(list(config.peer_routers))
 
 
 def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:

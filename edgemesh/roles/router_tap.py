@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -9,7 +10,7 @@ from twisted.python import usage
 
 from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, attach_kubernetes
-from ._node import RouterConfig, build_router
+from ._node import RouterConfig, RouterNode, build_router
 from ._options import CommonOptions
 
 
@@ -31,6 +32,14 @@ class Options(CommonOptions, KubernetesOptions):
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
         ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
                                      "tcp:7702); default: no router links in.")],
+        ["peer-advertise", None, None, ("Where the other replicas reach --peer-listen, published in "
+                                        "this replica's Lease (client endpoint string; default: "
+                                        "tcp:$POD_IP (or --advertise):the --peer-listen port).")],
+    ]
+    optFlags: ClassVar[list[Any]] = [
+        ["no-peer-discovery", None, ("With Kubernetes and --peer-listen: do not publish this "
+                                     "replica's Lease nor link to the replicas listed by theirs "
+                                     "(--peer-router only).")],
     ]
 
     def opt_peer_router(self, value: str) -> None:
@@ -78,5 +87,49 @@ def makeService(options: Options) -> IService:
     )
     router = build_router(reactor, config)
     if options.kubernetes_requested():
-        attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
+        source = attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
+        if options["peer-listen"] and not options["no-peer-discovery"]:
+            attach_discovery(router, reactor, options, source.api)
     return router
+
+
+def peer_advertise(options: Options) -> str | None:
+    """The endpoint the other replicas dial: --peer-advertise, else the advertised IP and
+    the --peer-listen port (None: not enough to say)."""
+    from ..sources._options import http_port
+
+    if options["peer-advertise"]:
+        return str(options["peer-advertise"])
+    address = options.get("advertise_value")
+    port = http_port(options["peer-listen"])
+    if not address or port is None:
+        return None
+    host = address.replace(":", "\\:")  # an IPv6 address: escaped in an endpoint string
+    return f"tcp:{host}:{port}"
+
+
+def attach_discovery(router: RouterNode, reactor: Any, options: Options, api: Any) -> None:
+    """One Lease per replica (sources/_discovery.py): publish ours, link to the others."""
+    from twisted.logger import Logger
+
+    from ..sources._discovery import ReplicaDiscovery, ReplicaLeases
+    from ..sources._options import _service_account_namespace
+
+    endpoint = peer_advertise(options)
+    if endpoint is None:
+        Logger().warn("no --peer-advertise (nor --advertise / $POD_IP): the other replicas "
+                      "cannot find this one (replica discovery off)")
+        return
+    election = options.get("election_value")
+    namespace = election.namespace if election is not None else (
+        options["lease-namespace"] or os.environ.get("POD_NAMESPACE")
+        or _service_account_namespace() or "default")
+    leases = ReplicaLeases(options["node"], endpoint, namespace, options["lease-duration"])
+    static = list(router.config.peer_routers)
+
+    def found(peers: list[Any]) -> None:
+        router.set_peers(static + [(p.node, p.endpoint) for p in peers])
+
+    discovery = ReplicaDiscovery(reactor, api, leases, found, options["retry-period"])
+    discovery.setServiceParent(router)  # type: ignore[no-untyped-call]
+    router.status_parts["discovery"] = discovery.status
