@@ -171,19 +171,22 @@ class ReplicaDiscovery(Service):
             self._timer = self.clock.callLater(self.period, self._tick)
 
     async def _round(self) -> None:
-        leases, api = self.leases, self.api
+        leases = self.leases
+        # self.api.METHOD(RESOURCE, ...) calls: tests/test_manifests.py derives RBAC from them.
         try:
-            current: dict[str, Any] | None = await api.get(LEASES, leases.namespace, leases.name)
+            current: dict[str, Any] | None = await self.api.get(LEASES, leases.namespace,
+                                                                leases.name)
         except APIError as error:
             if error.status != 404:
                 raise
             current = None
         body = leases.body(current, self.clock.seconds())
         if current is None:
-            await api.create(LEASES, leases.namespace, body)
+            await self.api.create(LEASES, leases.namespace, body)
         else:
-            await api.replace(LEASES, leases.namespace, leases.name, body)
-        listed = await api.list(LEASES, leases.namespace, label_selector=f"{REPLICA_LABEL}=true")
+            await self.api.replace(LEASES, leases.namespace, leases.name, body)
+        listed = await self.api.list(LEASES, leases.namespace,
+                                     label_selector=f"{REPLICA_LABEL}=true")
         peers = leases.peers(listed.items, self.clock.seconds())
         if peers != self.peers:
             self.log.info("router replicas: {peers}",
