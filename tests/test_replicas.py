@@ -561,3 +561,26 @@ def test_peer_advertise_defaults(tmp_path: Path) -> None:
     assert peer_advertise(options) == "tcp:fd00\\:\\:5:7702"
     options["peer-advertise"] = "tcp:router-0.routers:7702"
     assert peer_advertise(options) == "tcp:router-0.routers:7702"
+
+
+def test_the_leaders_slices_list_every_live_replica() -> None:
+    """Replica discovery tells the controller every live replica's --advertise address."""
+    from test_sources_fakes import FakeAPI
+    from twisted.internet.task import Clock
+
+    from edgemesh.sources import EdgeServiceController
+    from edgemesh.sources._discovery import HTTP_ANNOTATION, Peer, ReplicaLeases
+
+    mine = ReplicaLeases("router-a", "tcp:10.0.0.1:7702", "edgemesh", 15.0, "10.0.0.1")
+    other = ReplicaLeases("router-b", "tcp:10.0.0.2:7702", "edgemesh", 15.0, "10.0.0.2")
+    body = other.body(None, 0.0)
+    assert body["metadata"]["annotations"][HTTP_ANNOTATION] == "10.0.0.2"
+    assert mine.peers([body], 0.0) == [Peer("router-b", "tcp:10.0.0.2:7702", "10.0.0.2")]
+    controller = EdgeServiceController(Clock(), FakeAPI(), ["10.0.0.1"], 7780)  # type: ignore[arg-type]
+    controller.set_addresses(["10.0.0.1", "10.0.0.2", "fd00::1"])
+    assert controller.addresses == ["10.0.0.1", "10.0.0.2"], "one family per slice"
+    controller.catalog = make_catalog()
+    slices = controller.desired()
+    assert slices and all(
+        [e["addresses"] for e in s["endpoints"]] == [["10.0.0.1"], ["10.0.0.2"]]
+        for s in slices.values())

@@ -108,6 +108,18 @@ def peer_advertise(options: Options) -> str | None:
     return f"tcp:{host}:{port}"
 
 
+def _controller_of(router: RouterNode) -> Any:
+    """The EndpointSlice controller attach_kubernetes made (a child of the router, or of the
+    leader elector), if any."""
+    from ..sources import EdgeServiceController, LeaderElector
+
+    for service in router:
+        child: Any = service.child if isinstance(service, LeaderElector) else service
+        if isinstance(child, EdgeServiceController):
+            return child
+    return None
+
+
 def attach_discovery(router: RouterNode, reactor: Any, options: Options, api: Any) -> None:
     """One Lease per replica (sources/_discovery.py): publish ours, link to the others."""
     from twisted.logger import Logger
@@ -124,11 +136,17 @@ def attach_discovery(router: RouterNode, reactor: Any, options: Options, api: An
     namespace = election.namespace if election is not None else (
         options["lease-namespace"] or os.environ.get("POD_NAMESPACE")
         or _service_account_namespace() or "default")
-    leases = ReplicaLeases(options["node"], endpoint, namespace, options["lease-duration"])
+    address = options.get("advertise_value")
+    leases = ReplicaLeases(options["node"], endpoint, namespace, options["lease-duration"],
+                           address)
     static = list(router.config.peer_routers)
+    controller = _controller_of(router)
 
     def found(peers: list[Any]) -> None:
         router.set_peers(static + [(p.node, p.endpoint) for p in peers])
+        if controller is not None and address:
+            # Cloud traffic for edge services may enter at any live replica.
+            controller.set_addresses([address, *(p.address for p in peers if p.address)])
 
     discovery = ReplicaDiscovery(reactor, api, leases, found, options["retry-period"])
     discovery.setServiceParent(router)  # type: ignore[no-untyped-call]

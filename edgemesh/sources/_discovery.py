@@ -37,6 +37,9 @@ from ._kubeapi import LEASES, APIError, KubeAPI
 REPLICA_LABEL = "edgemesh.io/router-replica"
 LINK_ANNOTATION = "edgemesh.io/router-link"
 NODE_ANNOTATION = "edgemesh.io/router-node"
+HTTP_ANNOTATION = "edgemesh.io/router-address"
+"""The IP cloud traffic reaches the replica at (``--advertise``): the leader's EndpointSlices
+for edge services list every live replica's."""
 LEASE_PREFIX = "edgemesh-router-"
 MAX_PEERS = 256
 """Replicas linked to at most (a bound against a namespace full of stray Leases)."""
@@ -46,14 +49,18 @@ MAX_PEERS = 256
 class Peer:
     node: str
     endpoint: str
+    address: str | None = None
+    """Its ``--advertise`` IP, when it published one."""
 
 
 class ReplicaLeases:
     """This replica's Lease and what the other replicas' Leases say (sans-IO)."""
 
-    def __init__(self, node: str, endpoint: str, namespace: str, duration: float = 15.0) -> None:
+    def __init__(self, node: str, endpoint: str, namespace: str, duration: float = 15.0,
+                 address: str | None = None) -> None:
         self.node = node
         self.endpoint = endpoint
+        self.address = address
         self.namespace = namespace
         self.duration = duration
         self.name = (LEASE_PREFIX + node.lower())[:253].rstrip("-.")
@@ -66,7 +73,8 @@ class ReplicaLeases:
         metadata: dict[str, Any] = {
             "name": self.name, "namespace": self.namespace,
             "labels": {REPLICA_LABEL: "true"},
-            "annotations": {LINK_ANNOTATION: self.endpoint, NODE_ANNOTATION: self.node},
+            "annotations": {LINK_ANNOTATION: self.endpoint, NODE_ANNOTATION: self.node,
+                            **({HTTP_ANNOTATION: self.address} if self.address else {})},
         }
         acquired = micro_time(now)
         if current is not None:
@@ -106,11 +114,22 @@ class ReplicaLeases:
             duration = spec.get("leaseDurationSeconds")
             duration = duration if isinstance(duration, int) and duration > 0 else self.duration
             if now - seen[1] < duration and len(live) < MAX_PEERS:
-                live.append(Peer(node, endpoint))
+                live.append(Peer(node, endpoint, _ip(annotations.get(HTTP_ANNOTATION))))
         for name in list(self._seen):
             if name not in present:
                 del self._seen[name]
         return sorted(live, key=lambda p: p.node)
+
+
+def _ip(value: object) -> str | None:
+    import ipaddress
+
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 class ReplicaDiscovery(Service):
