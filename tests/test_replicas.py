@@ -584,3 +584,14 @@ def test_the_leaders_slices_list_every_live_replica() -> None:
     assert slices and all(
         [e["addresses"] for e in s["endpoints"]] == [["10.0.0.1"], ["10.0.0.2"]]
         for s in slices.values())
+
+
+@given(st.booleans(),
+       st.lists(st.text(min_size=1, max_size=40), max_size=1200),
+       st.lists(st.text(min_size=1, max_size=40), max_size=300))
+def test_edges_frames_round_trip(reset: bool, added: list[str], removed: list[str]) -> None:
+    frames = frames_of(encode_edges(reset, added, removed))
+    assert [f.reset for f in frames] == [reset] + [False] * (len(frames) - 1)
+    assert [n for f in frames for n in f.added] == added
+    assert [n for f in frames for n in f.removed] == removed
+    assert all(len(f.added) + len(f.removed) <= MAX_EDGES_PER_FRAME for f in frames)
