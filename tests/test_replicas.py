@@ -595,3 +595,12 @@ def test_edges_frames_round_trip(reset: bool, added: list[str], removed: list[st
     assert [n for f in frames for n in f.added] == added
     assert [n for f in frames for n in f.removed] == removed
     assert all(len(f.added) + len(f.removed) <= MAX_EDGES_PER_FRAME for f in frames)
+
+
+def test_an_edge_shows_every_router_it_dials(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    edge = build_edge(reactor, edge_config(tmp_path, "edge-1", router="router-a=tcp:127.0.0.1:7700",
+                                           routers=("router-b=tcp:127.0.0.1:7710",)))
+    (tunnel,) = [s for s in edge.pipeline.sources if s.kind is SourceKind.tunnel]
+    assert tunnel.description == "router-a=tcp:127.0.0.1:7700, router-b=tcp:127.0.0.1:7710"
+    start(edge)
+    assert dials(reactor) == [7700], "the first router first"

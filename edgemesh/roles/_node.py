@@ -781,7 +781,9 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                 (name, node.security.client_endpoint(clientFromString(reactor, description), name))
                 for name, description in entries
             ])
-        tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
+        # With several replicas, the admin API's source shows them all, in dialling order.
+        shown = config.router if rotating is None else ", ".join((config.router, *config.routers))
+        tunnel = TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
                               lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
                               rotating)
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
