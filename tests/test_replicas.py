@@ -604,3 +604,17 @@ def test_an_edge_shows_every_router_it_dials(reactor: MemoryReactorClock, tmp_pa
     assert tunnel.description == "router-a=tcp:127.0.0.1:7700, router-b=tcp:127.0.0.1:7710"
     start(edge)
     assert dials(reactor) == [7700], "the first router first"
+
+
+def test_a_router_link_lost_mid_exchange_fails_it_at_once(replicas: Replicas) -> None:
+    replicas.edge("edge-1", "router-a")
+    replicas.connect_all()
+    client, transport = http_client(replicas.b.listeners["http"].factory)
+    client.dataReceived(b"GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+    replicas.flush()
+    assert replicas.b.forwarded_out == 1 and transport.value() == b""
+    replicas.b.router_links["router-a"].close_now("test")
+    replicas.flush()
+    assert transport.value().startswith(b"HTTP/1.1 502 ")
+    assert replicas.b.homes.home("edge-1") is None, "router-a's edges are forgotten with the link"
+    assert replicas.a.edges, "router-a keeps its own edges"
