@@ -618,3 +618,61 @@ def test_a_router_link_lost_mid_exchange_fails_it_at_once(replicas: Replicas) ->
     assert transport.value().startswith(b"HTTP/1.1 502 ")
     assert replicas.b.homes.home("edge-1") is None, "router-a's edges are forgotten with the link"
     assert replicas.a.edges, "router-a keeps its own edges"
+
+
+# --- drain: a router that stops moves its edges (item 5) ----------------------------------------
+
+
+def test_a_draining_router_moves_its_edges_without_refusing(replicas: Replicas,
+                                                              reactor: MemoryReactorClock) -> None:
+    edge = replicas.edge("edge-1", "router-a", more=("router-b",))
+    replicas.connect_all()
+    assert edge.mover is not None and "edge-1" in replicas.a.edges
+    replicas.a.stopService()  # SIGTERM: drain
+    replicas.flush()
+    assert edge.mover.moves == 1 and "router" not in edge.links
+    assert 7710 in dials(reactor), "the next replica is dialled at once, no backoff"
+    assert replicas.a.edges == {}, "the old tunnel closed as soon as it was idle"
+    # An exchange that needs the tunnel now waits for the new one instead of failing.
+    client, transport = http_client(edge.listeners["proxy"].factory)
+    client.dataReceived(b"GET /c HTTP/1.1\r\nHost: cloud\r\n\r\n")
+    replicas.flush()
+    assert transport.value() == b"" and edge.mover.status()["waiting"] == 1
+    replicas.connect_all()
+    assert "edge-1" in replicas.b.edges and edge.mover.status() == {
+        "moves": 1, "moving": False, "waiting": 0}
+    request = answer_upstream(reactor, replicas, ("10.96.0.20", 8000))  # type: ignore[arg-type]
+    assert request.startswith(b"GET /c HTTP/1.1\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    tunnels = [s for s in edge.pipeline.sources if s.kind is SourceKind.tunnel]
+    assert len(tunnels) == 1 and tunnels[0] is edge.mover.tunnel
+    reactor.advance(60)
+    assert [p for p in dials(reactor) if p in (7700, 7710)] == [], "the old TunnelClient stopped"
+
+
+def test_the_hint_spreads_edges_over_the_least_loaded_replicas(reactor: MemoryReactorClock) -> None:
+    router = build_router(reactor, router_config(node="router-a", peer_listen="tcp:7800"))
+    router.homes.update("router-b", True, ["e1", "e2"], [])
+    router.homes.update("router-c", True, [], [])
+
+    class FakeLink:
+        def __init__(self, role: str) -> None:
+            self.peer = type("Hello", (), {"role": role, "node": "x"})()
+
+    router.router_links.update({"router-b": object(), "router-c": object()})  # type: ignore[dict-item]
+    hints = [router.move_hint(FakeLink("edge")) for _ in range(4)]  # type: ignore[arg-type]
+    assert hints == ["router-c", "router-c", "router-b", "router-c"]
+    assert router.move_hint(FakeLink("router")) is None  # type: ignore[arg-type]
+
+
+def test_goaway_move_to_is_optional_on_the_wire() -> None:
+    from edgemesh.wire import GoAway, encode_goaway
+
+    for frame, expected in [(encode_goaway("draining"), GoAway("draining")),
+                            (encode_goaway("draining", "router-b"), GoAway("draining", "router-b"))]:
+        assert decode_payload(frame[PREFIX_SIZE:], Limits()) == expected
+
+
+def test_with_one_router_goaway_moves_nothing(replicas: Replicas) -> None:
+    edge = replicas.edge("edge-1", "router-a")
+    assert edge.mover is None

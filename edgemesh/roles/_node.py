@@ -62,6 +62,7 @@ from ._resilience import drain, track_link
 if TYPE_CHECKING:
     from ..capture import CaptureConfig
     from ..dns import DNSConfig
+    from ._move import TunnelMover
 
 log = Logger()
 
@@ -228,6 +229,18 @@ class RotatingEndpoint:
         self.current: str | None = None
         """The name of the replica dialled last."""
 
+    def prefer(self, name: str | None, avoid: str | None = None) -> None:
+        """Make ``name`` the next one dialled (a draining router's hint), else skip
+        ``avoid`` (the router being left) if it is next."""
+        names = [n for n, _ in self.endpoints]
+        if name is not None and name != avoid and name in names:
+            self.next = names.index(name)
+        elif names[self.next] == avoid and len(names) > 1:
+            self.next = (self.next + 1) % len(names)
+
+    def upcoming(self) -> str:
+        return self.endpoints[self.next][0]
+
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         name, endpoint = self.endpoints[self.next]
         self.next = (self.next + 1) % len(self.endpoints)
@@ -340,6 +353,8 @@ class RouterNode(MeshNode):
         """Exchanges another replica sent here for an edge of this replica."""
         self.make_dialler: Callable[[str, str], ClientService] | None = None
         self.diallers: dict[str, tuple[str, ClientService]] = {}
+        self._hinted: dict[str, int] = {}
+        """Edges told to move to each replica during this drain."""
         """Peer replicas this one dials (those with a larger name): name → (endpoint, dialler)."""
 
     # LinkHandler
@@ -514,6 +529,18 @@ class RouterNode(MeshNode):
                 self.diallers[name] = (endpoint, dialler)
                 dialler.setServiceParent(self)
 
+    def move_hint(self, link: EnvelopeLink) -> str | None:
+        """Draining: the replica an edge of this one should move to (the linked replica with
+        the fewest edges, counting those already sent there), None for other links."""
+        peer = link.peer
+        if peer is None or peer.role != Role.edge.value or not self.router_links:
+            return None
+        hinted = self._hinted
+        chosen = min(sorted(self.router_links),
+                     key=lambda r: self.homes.count(r) + hinted.get(r, 0))
+        hinted[chosen] = hinted.get(chosen, 0) + 1
+        return chosen
+
     def routers_status(self) -> dict[str, object]:
         """``/status`` and ``/readyz``: the other replicas this one sees."""
         return {
@@ -581,6 +608,8 @@ class _EdgeLinks:
         if self.source is SourceKind.tunnel:
             self.edge.links[ROUTER_PEER] = link
             log.info("connected to router {node}", node=peer.node)
+            if self.edge.mover is not None:
+                self.edge.mover.ready(link)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
         kind = "tunnel" if self.source is SourceKind.tunnel else "hub-in" if self.expect is None else "hub-out"
@@ -589,6 +618,8 @@ class _EdgeLinks:
 
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
         self.edge.observer.link_down(link, reason)
+        if self.source is SourceKind.tunnel and self.edge.mover is not None:
+            self.edge.mover.lost(link)
         for name, known in list(self.edge.links.items()):
             if known is link:
                 del self.edge.links[name]
@@ -605,6 +636,8 @@ class _EdgeLinks:
             self.edge.apply_push(link, frame)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
             self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
+        elif isinstance(frame, GoAway) and self.source is SourceKind.tunnel and self.edge.mover is not None:
+            self.edge.mover.goaway(link, frame.move_to)  # its router drains: go to another
 
 
 class EdgeNode(MeshNode):
@@ -620,6 +653,8 @@ class EdgeNode(MeshNode):
         super().__init__(reactor, Role.edge, config.node, catalog)
         self.config = config
         self.hub_dialer: HubDialer | None = None
+        self.mover: TunnelMover | None = None
+        """With several routers: moves the tunnel when its router drains (roles/_move.py)."""
         # Pushes are stored in a thread (real reactors), acked once durable, one write at a time.
         self.follower = CatalogFollower(
             self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor)
@@ -769,7 +804,9 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     dialer = HubDialer(reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
     pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
-    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    # While the tunnel moves to another router replica, exchanges wait for the new one.
+    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links,
+                                   lambda peer: node.mover.wait(peer) if node.mover else None))
     node.hub_dialer = dialer
 
     if config.router is not None:
@@ -783,9 +820,19 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
             ])
         # With several replicas, the admin API's source shows them all, in dialling order.
         shown = config.router if rotating is None else ", ".join((config.router, *config.routers))
-        tunnel = TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
-                              lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
-                              rotating)
+
+        def make_tunnel() -> TunnelClient:
+            return TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
+                                lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
+                                rotating)
+
+        tunnel = make_tunnel()
+        if rotating is not None and len(rotating.endpoints) > 1:
+            from ._move import TunnelMover
+
+            node.mover = TunnelMover(node, rotating, make_tunnel, tunnel,
+                                     bound=max(config.connect_timeout * 2, 5.0))
+            node.status_parts["tunnel"] = node.mover.status
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
         pipeline.add_source(tunnel)
     if config.hub is not None:

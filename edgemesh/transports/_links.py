@@ -808,6 +808,11 @@ class EnvelopeLink(Protocol):
         if self.draining:
             self._close_if_drained()
 
+    def close_when_idle(self) -> None:
+        """Start no more exchanges on this link; close it once those in flight are over."""
+        self.draining = True
+        self._close_if_drained()
+
     def _close_if_drained(self) -> None:
         if not self.exchanges and not self.closed and self.transport is not None:
             self.flush()

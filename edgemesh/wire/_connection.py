@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ._frames import (
     HOPS_SETTING,
+    MOVE_SETTING,
     PROTOCOL_VERSION,
     Ack,
     CatalogPush,
@@ -76,6 +77,8 @@ class Connection:
         self._remote_active = 0
         self.peer: Hello | None = None
         self.peer_hops = False
+        self.peer_move = False
+        """The peer reads GOAWAY's move-to hint."""
         """The peer reads the REQUEST frame's hop count (its hello says so)."""
         self._peer_window = 0
         self._outbox: list[bytes] = []
@@ -91,6 +94,7 @@ class Connection:
                 "max_frame": self.limits.max_frame,
                 "max_streams": self.limits.max_streams,
                 HOPS_SETTING: 1,
+                MOVE_SETTING: 1,
             },
         )
 
@@ -128,6 +132,7 @@ class Connection:
                 raise ProtocolError("hello: initial_window out of range")
             self.peer = frame
             self.peer_hops = frame.settings.get(HOPS_SETTING, 0) >= 1
+            self.peer_move = frame.settings.get(MOVE_SETTING, 0) >= 1
             self._peer_window = window
             return True
         if kind is Data:

@@ -44,6 +44,8 @@ HOPS_SETTING = "hops"
 """Hello setting: the sender reads the REQUEST frame's hop field (send it only to such peers:
 an older decoder refuses a REQUEST with one more field)."""
 MAX_HOPS = 255
+MOVE_SETTING = "move"
+"""Hello setting: the sender reads GOAWAY's optional move-to hint."""
 
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""
@@ -163,6 +165,9 @@ class Ack:
 @dataclass(slots=True)
 class GoAway:
     reason: str
+    move_to: str | None = None
+    """A router that drains: the replica its edges should move to (its node name), sent
+    only to peers whose hello has MOVE_SETTING (an older decoder refuses the third field)."""
 
 
 @dataclass(slots=True)
@@ -288,7 +293,10 @@ def encode_ack(revision: int) -> bytes:
     return _framed(_packb((ACK, revision)))
 
 
-def encode_goaway(reason: str) -> bytes:
+def encode_goaway(reason: str, move_to: str | None = None) -> bytes:
+    """``move_to``: only for a peer whose hello has MOVE_SETTING."""
+    if move_to:
+        return _framed(_packb((GOAWAY, reason[:512], move_to[:253])))
     return _framed(_packb((GOAWAY, reason[:512])))
 
 
@@ -627,8 +635,10 @@ def _ack(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
-    _arity(f, 2, "goaway")
-    return GoAway(_str(f[1], "goaway: reason", 512))
+    if len(f) != 3:
+        _arity(f, 2, "goaway")
+    move_to = _str(f[2], "goaway: move-to", 253) if len(f) == 3 else None
+    return GoAway(_str(f[1], "goaway: reason", 512), move_to or None)
 
 
 def _edges(f: tuple[object, ...], limits: Limits) -> Frame:
