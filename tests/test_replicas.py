@@ -628,11 +628,15 @@ def test_a_draining_router_moves_its_edges_without_refusing(replicas: Replicas,
     edge = replicas.edge("edge-1", "router-a", more=("router-b",))
     replicas.connect_all()
     assert edge.mover is not None and "edge-1" in replicas.a.edges
-    replicas.a.stopService()  # SIGTERM: drain
+    stopped = replicas.a.stopService()  # SIGTERM: drain
+    assert stopped is not None
+    done: list[object] = []
+    stopped.addBoth(done.append)
     replicas.flush()
     assert edge.mover.moves == 1 and "router" not in edge.links
     assert 7710 in dials(reactor), "the next replica is dialled at once, no backoff"
-    assert replicas.a.edges == {}, "the old tunnel closed as soon as it was idle"
+    assert "edge-1" in replicas.a.edges, "the old tunnel stays until the new one is up"
+    assert done == [], "the draining router waits for the edge it told to move"
     # An exchange that needs the tunnel now waits for the new one instead of failing.
     client, transport = http_client(edge.listeners["proxy"].factory)
     client.dataReceived(b"GET /c HTTP/1.1\r\nHost: cloud\r\n\r\n")
@@ -641,6 +645,8 @@ def test_a_draining_router_moves_its_edges_without_refusing(replicas: Replicas,
     replicas.connect_all()
     assert "edge-1" in replicas.b.edges and edge.mover.status() == {
         "moves": 1, "moving": False, "waiting": 0}
+    assert replicas.a.edges == {}, "then the old tunnel closed (it was idle)"
+    assert done == [None], "and the drain ended"
     request = answer_upstream(reactor, replicas, ("10.96.0.20", 8000))  # type: ignore[arg-type]
     assert request.startswith(b"GET /c HTTP/1.1\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
@@ -676,3 +682,14 @@ def test_goaway_move_to_is_optional_on_the_wire() -> None:
 def test_with_one_router_goaway_moves_nothing(replicas: Replicas) -> None:
     edge = replicas.edge("edge-1", "router-a")
     assert edge.mover is None
+
+
+def test_a_drain_does_not_wait_for_an_edge_that_cannot_move(replicas: Replicas) -> None:
+    replicas.edge("edge-1", "router-a")  # one router: its hello does not say "move"
+    replicas.connect_all()
+    stopped = replicas.a.stopService()
+    assert stopped is not None
+    done: list[object] = []
+    stopped.addBoth(done.append)
+    replicas.flush()
+    assert done == [None] and replicas.a._moving == set()

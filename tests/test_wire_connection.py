@@ -74,10 +74,9 @@ def connected(
             "max_frame": client.limits.max_frame,
             "max_streams": client.limits.max_streams,
             "hops": 1,
-            "move": 1,
         })
     ]
-    assert server.peer_hops and server.peer_move
+    assert server.peer_hops and not server.peer_move
     [hello] = client.receive(server.hello("router", "router"))
     assert isinstance(hello, Hello) and hello.node == "router"
     assert client.ready and server.ready

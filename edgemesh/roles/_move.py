@@ -5,10 +5,11 @@ A router that gets SIGTERM sends GOAWAY on every link; to its edges it adds wher
 replica with the fewest edges, ``RouterNode.move_hint``), when their hello says they read it.
 An edge given several routers (``--router`` repeated) then, at once:
 
-1. stops starting exchanges on the old tunnel (it closes once those in flight are over:
-   the draining router finishes them);
+1. stops starting exchanges on the old tunnel (it still serves what the draining router
+   forwards to it, and closes once the new tunnel is up and nothing is in flight on it);
 2. dials the hinted replica (else the next one) with a new TunnelClient, immediately rather
    than after the reconnect backoff; the old TunnelClient is stopped when its link closes;
+   the draining router waits (within its drain timeout) for the edges it told to move;
 3. holds exchanges that need the tunnel meanwhile (their bodies bounded, their deadlines
    running) until the new tunnel is ready, for at most ``bound`` seconds.
 
@@ -70,7 +71,6 @@ class TunnelMover:
         log.info("router {old} is draining: moving the tunnel to {new}", old=leaving,
                  new=self.rotating.upcoming())
         new.setServiceParent(edge)  # type: ignore[no-untyped-call]  # dials at once
-        link.close_when_idle()
 
     def lost(self, link: EnvelopeLink) -> None:
         old = self.retiring.pop(link, None)
@@ -78,6 +78,11 @@ class TunnelMover:
             old.disownServiceParent()  # type: ignore[no-untyped-call]  # the new tunnel took over
 
     def ready(self, link: EnvelopeLink) -> None:
+        # The old tunnel still serves what its router forwards until this one is up (no
+        # gap for cloud → edge); now it closes once idle.
+        for old in list(self.retiring):
+            if old is not link:
+                old.close_when_idle()
         self.moving_since = None
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
@@ -56,6 +56,7 @@ from ..transports import (
     ready_or_lost,
 )
 from ..wire import Ack, CatalogPush, EdgeSet, GoAway, Limits, Request, encode_edges
+from ..wire._frames import MOVE_SETTING
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
@@ -355,6 +356,8 @@ class RouterNode(MeshNode):
         self.diallers: dict[str, tuple[str, ClientService]] = {}
         self._hinted: dict[str, int] = {}
         """Edges told to move to each replica during this drain."""
+        self._moving: set[str] = set()
+        self._moved_waiters: list[Deferred[None]] = []
         """Peer replicas this one dials (those with a larger name): name → (endpoint, dialler)."""
 
     # LinkHandler
@@ -423,6 +426,8 @@ class RouterNode(MeshNode):
             self.links.pop(peer.node, None)
             log.info("edge {node} disconnected: {reason}", node=peer.node, reason=reason)
             self.announce([], [peer.node])
+            if self._moving:
+                self._moved(peer.node)
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
@@ -539,7 +544,23 @@ class RouterNode(MeshNode):
         chosen = min(sorted(self.router_links),
                      key=lambda r: self.homes.count(r) + hinted.get(r, 0))
         hinted[chosen] = hinted.get(chosen, 0) + 1
+        self._moving.add(peer.node)
         return chosen
+
+    def when_moved(self) -> Deferred[None]:
+        """Draining: fires once every edge told to move has closed its tunnel here."""
+        if not any(edge in self.edges for edge in self._moving):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._moved_waiters.append(waiter)
+        return waiter
+
+    def _moved(self, edge: str) -> None:
+        self._moving.discard(edge)
+        if self._moved_waiters and not any(e in self.edges for e in self._moving):
+            waiters, self._moved_waiters = self._moved_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def routers_status(self) -> dict[str, object]:
         """``/status`` and ``/readyz``: the other replicas this one sees."""
@@ -792,6 +813,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
+            if source is SourceKind.tunnel and config.routers:
+                link.hello_settings = {MOVE_SETTING: 1}  # it reads GOAWAY's move-to hint
             if source is SourceKind.tunnel:
                 # Several replicas: TLS checked the name of the one dialled; any router then.
                 name = None if config.routers or config.router is None else \

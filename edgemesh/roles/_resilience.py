@@ -165,6 +165,10 @@ def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred
         log.info("GOAWAY sent on {count} links: peers choose this node no more", count=told)
 
     waiting = pipeline.when_drained() if pipeline.in_flight else succeed(None)
+    moved = getattr(node, "when_moved", None)
+    if moved is not None:
+        # Router replicas: the edges told to move leave first (no gap for their traffic).
+        waiting = gatherResults([waiting, moved()]).addCallback(lambda _: None)
     waiting.addTimeout(settings.drain_timeout, clock)
 
     def deadline(failure: Failure) -> None:

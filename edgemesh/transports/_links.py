@@ -534,6 +534,8 @@ class EnvelopeLink(Protocol):
         self._turn_call: IDelayedCall | None = None
         self.draining = False
         """No new exchanges: close once those in flight are over."""
+        self.hello_settings: dict[str, int] = {}
+        """More settings for our hello (set before the connection is made)."""
 
     @property
     def peer(self) -> Hello | None:
@@ -564,7 +566,7 @@ class EnvelopeLink(Protocol):
         use_large_buffer(transport)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
-        self.write(self.connection.hello(self.node, self.role))
+        self.write(self.connection.hello(self.node, self.role, self.hello_settings))
         self._timer = self.reactor.callLater(self.handshake_timeout, self._tick)
 
     # Frames are coalesced per reactor turn (as Twisted's TLS transport does with small

@@ -85,7 +85,8 @@ class Connection:
 
     # --- handshake -------------------------------------------------------------
 
-    def hello(self, node: str, role: str) -> bytes:
+    def hello(self, node: str, role: str, extra: dict[str, int] | None = None) -> bytes:
+        """``extra``: more settings (e.g. MOVE_SETTING, from an edge that can move)."""
         return encode_hello(
             node,
             role,
@@ -94,7 +95,7 @@ class Connection:
                 "max_frame": self.limits.max_frame,
                 "max_streams": self.limits.max_streams,
                 HOPS_SETTING: 1,
-                MOVE_SETTING: 1,
+                **(extra or {}),
             },
         )
 

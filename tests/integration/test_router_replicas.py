@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -92,10 +93,13 @@ class Replicas:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     directory = tmp_path_factory.mktemp("replicas")
-    topology = Topology.allocate(EDGES, ["pod-a-0", "pod-b-0"], ["hub-a"])
+    topology = Topology.allocate(EDGES, ["pod-a-0", "pod-b-0", "pod-cloud-0"], ["hub-a"])
     pods = topology.pods
     specs = [ServiceSpec("pod-a", "edge-a", "pod-a-0", "10.96.3.1", 80, pods["pod-a-0"]),
-             ServiceSpec("pod-b", "edge-b", "pod-b-0", "10.96.3.2", 80, pods["pod-b-0"])]
+             ServiceSpec("pod-b", "edge-b", "pod-b-0", "10.96.3.2", 80, pods["pod-b-0"]),
+             # A cloud service: its clusterIP is the pod itself, as in tests/integration/conftest.
+             ServiceSpec("pod-cloud", "cloud-1", "pod-cloud-0", LOOPBACK, pods["pod-cloud-0"],
+                         pods["pod-cloud-0"])]
     objects = catalog_objects(topology, EDGES, specs)
     for obj in objects:
         if obj["kind"] == "Node" and obj["metadata"]["name"] == "edge-a":
@@ -194,3 +198,50 @@ def test_kill_the_replica_holding_edge_a(replicas: Replicas) -> None:
     assert new_holder != holder
     assert replicas.holders("router-c")["edge-a"] == new_holder
     assert replicas.admin("router-b", "/readyz")["routers"]["peers"] == 1
+
+
+def test_sigterm_of_a_replica_moves_its_edges_and_loses_nothing(replicas: Replicas) -> None:
+    """A rolling update step: SIGTERM the replica that now holds both edges' tunnels while
+    edge → cloud, cloud → edge (forwarded) and edge → edge (relayed) requests keep coming."""
+    mesh = replicas.mesh
+    holders = replicas.holders("router-c")
+    victim = holders["edge-a"]
+    assert victim != "router-c" and holders["edge-b"] == victim, holders
+    other = next(r for r in ROUTERS if r not in (victim, "router-a"))
+    flows = {
+        "edge-a → cloud": (mesh.proxy("edge-a"), "pod-cloud", "pod-cloud-0"),
+        "router-c → edge-a": (replicas.ports[other]["http"], "pod-a", "pod-a-0"),
+        "edge-b → edge-a": (mesh.proxy("edge-b"), "pod-a", "pod-a-0"),
+    }
+    results: dict[str, list[object]] = {name: [] for name in flows}
+    stop = threading.Event()
+
+    def load(name: str, port: int, host: str, pod: str) -> None:
+        while not stop.is_set() and len(results[name]) < 2000:
+            try:
+                outcome: object = pod_of(port, host, timeout=5.0)
+            except OSError as error:
+                outcome = repr(error)
+            results[name].append(outcome)
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=load, args=(name, *flow), daemon=True)
+               for name, flow in flows.items()]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # steady load before the SIGTERM
+        proc = mesh.procs[victim]
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.popen.wait(15)
+        assert poll(lambda: replicas.holders(other) == {"edge-a": other, "edge-b": other},
+                    time.monotonic() + FAILOVER_BOUND)
+        time.sleep(1.0)  # and after
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    for name, (_, _, pod) in flows.items():
+        failures = [r for r in results[name] if r != (200, pod)]
+        print(f"{name}: {len(results[name])} requests, {len(failures)} failed")
+        assert len(results[name]) >= 20 and failures == [], (name, failures[:5], mesh.tails())
