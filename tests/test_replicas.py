@@ -693,3 +693,24 @@ def test_a_drain_does_not_wait_for_an_edge_that_cannot_move(replicas: Replicas) 
     stopped.addBoth(done.append)
     replicas.flush()
     assert done == [None] and replicas.a._moving == set()
+
+
+def test_a_draining_replica_still_serves_what_its_edges_sent_before_goaway(
+        replicas: Replicas, reactor: MemoryReactorClock) -> None:
+    replicas.edge("edge-1", "router-a", more=("router-b",))
+    replicas.connect_all()
+    replicas.a.stopService()
+    assert replicas.a.pipeline.draining
+    responder = Answers()
+    replicas.a.pipeline.dispatch_resolved(
+        SourceKind.tunnel, RequestHead(b"GET", b"/c", b"cloud", (), 0), responder,
+        "default/cloud", 8000, None)
+    assert responder.error is None, "not refused with 503 draining"
+    assert ("10.96.0.20", 8000) in [(h, p) for h, p, *_ in reactor.tcpClients]
+    single = build_router(reactor, router_config())
+    single.pipeline.start_drain()
+    with pytest.raises(MeshError) as raised:
+        single.pipeline.dispatch_resolved(
+            SourceKind.tunnel, RequestHead(b"GET", b"/c", b"cloud", (), 0), Answers(),
+            "default/cloud", 8000, None)
+    assert raised.value.reason is Reason.draining, "a lone router still refuses (unchanged)"

@@ -769,6 +769,9 @@ def _router_links(node: RouterNode, config: RouterConfig) -> None:
     handler = _RouterLinks(node)
     node.pipeline.add_target(_ForwardTarget(node))
     node.pipeline.rules = dict(REPLICA_RULES)
+    # An edge that sent before it read GOAWAY has no other way: serve it (the drain waits
+    # for the edges it tells to move, and they leave once nothing is in flight).
+    node.pipeline.served_while_draining = frozenset({SourceKind.tunnel})
     node.status_parts["routers"] = node.routers_status
 
     def make(client: bool, expect: str | None) -> EnvelopeLink:

@@ -124,6 +124,9 @@ class Pipeline:
         self._timer: IDelayedCall | None = None
         self._wake_at = INFINITY
         self.draining = False
+        self.served_while_draining: frozenset[SourceKind] = frozenset()
+        """Link sources still served during the drain (a router replica's tunnels: its edges
+        move away on GOAWAY, and have no other way out until then)."""
         self._drain_waiters: list[Deferred[None]] = []
         self._catalog = catalog
         self.catalog = catalog
@@ -321,7 +324,7 @@ class Pipeline:
                 Reason.overloaded,
                 f"{service.key}: {state.active} requests in progress on {self.node}",
             )
-        if self.draining and source in _LINKS:
+        if self.draining and source in _LINKS and source not in self.served_while_draining:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
         own = self._own_by_service
         exclude = own.get(service.key, _NOTHING) if own else _NOTHING
