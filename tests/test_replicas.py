@@ -714,3 +714,36 @@ def test_a_draining_replica_still_serves_what_its_edges_sent_before_goaway(
             SourceKind.tunnel, RequestHead(b"GET", b"/c", b"cloud", (), 0), Answers(),
             "default/cloud", 8000, None)
     assert raised.value.reason is Reason.draining, "a lone router still refuses (unchanged)"
+
+
+def test_the_drain_waits_for_a_moving_edge_no_longer_than_its_timeout(
+        replicas: Replicas, reactor: MemoryReactorClock) -> None:
+    """An edge that says it can move but never leaves: the drain ends at --drain-timeout."""
+    from test_roles import Recorder
+    from twisted.internet.address import IPv4Address
+    from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+
+    from edgemesh.transports import EnvelopeLink
+    from edgemesh.wire import GoAway
+
+    replicas.connect_all()
+    recorder = Recorder()
+    edge = EnvelopeLink(reactor, recorder, node="edge-1", role="edge", client=True)
+    edge.hello_settings = {"move": 1}
+    router = replicas.a.listeners["tunnel"].factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    pump = connect(router, makeFakeServer(router), edge, makeFakeClient(edge), greet=False,
+                   clock=reactor)
+    pump.flush()
+    replicas.pumps.append(pump)
+    assert "edge-1" in replicas.a.edges
+    stopped = replicas.a.stopService()
+    assert stopped is not None
+    done: list[object] = []
+    stopped.addBoth(done.append)
+    replicas.flush()
+    assert recorder.controls[-1] == GoAway("draining", "router-b")
+    reactor.advance(replicas.a.pipeline.settings.drain_timeout - 0.5)
+    assert done == []
+    reactor.advance(1.0)
+    replicas.flush()  # the children stop: its router link closes over the pump
+    assert done == [None]

@@ -168,7 +168,7 @@ def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred
     moved = getattr(node, "when_moved", None)
     if moved is not None:
         # Router replicas: the edges told to move leave first (no gap for their traffic).
-        waiting = gatherResults([waiting, moved()]).addCallback(lambda _: None)
+        waiting = gatherResults([waiting, moved()], consumeErrors=True).addCallback(lambda _: None)
     waiting.addTimeout(settings.drain_timeout, clock)
 
     def deadline(failure: Failure) -> None:
