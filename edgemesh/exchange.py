@@ -139,6 +139,9 @@ class SourceKind(enum.Enum):
     """Edge: another edge's hub connection."""
     tunnel = "tunnel"
     """Edge: the router over the tunnel; router: an edge over its tunnel."""
+    router_link = "router-link"
+    """Router: another router replica, forwarding an exchange for an edge whose tunnel is
+    here (never forwarded again)."""
 
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
@@ -152,6 +155,8 @@ class TargetKind(enum.Enum):
     """Edge: another edge's hub."""
     tunnel = "tunnel"
     """Edge: up to the router; router: down to an edge."""
+    router_link = "router-link"
+    """Router: another router replica, the one that holds the edge's tunnel."""
     cluster_ip = "cluster-ip"
     """Router: a cloud service's clusterIP:port."""
 

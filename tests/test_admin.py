@@ -155,7 +155,8 @@ def test_router_edges(router: RouterNode, edge: EdgeNode, reactor: MemoryReactor
     assert status == 200
     # connected_for moves with the wall clock (see test_roles' xfail): compare the rest.
     assert [{**row, "connected_for": None} for row in body] == [
-        {**row, "connected_for": None} for row in router.edges_view()
+        {**row, "connected_for": None, "replica": "router", "local": True}
+        for row in router.edges_view()
     ]
     (row,) = body
     assert row["node"] == "edge-1"

@@ -36,7 +36,6 @@ from edgemesh.exchange import (
     RequestHead,
     ResponseHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
@@ -50,7 +49,7 @@ from edgemesh.observability import (
     node_registry,
 )
 from edgemesh.roles import EdgeConfig, RouterConfig, build_edge, build_router
-from edgemesh.routing import Pipeline
+from edgemesh.routing import Pipeline, Route
 from edgemesh.routing._guard import GuardedBody, GuardedExchange
 from edgemesh.transports import HTTPFrontFactory
 

@@ -31,7 +31,6 @@ from edgemesh.exchange import (
     RequestHead,
     ResponseHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
@@ -44,6 +43,7 @@ from edgemesh.routing import (
     Pipeline,
     Resilience,
     RetryBudget,
+    Route,
 )
 from edgemesh.routing._guard import GuardedBody
 

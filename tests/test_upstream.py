@@ -29,9 +29,9 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     TargetKind,
 )
+from edgemesh.routing import Route
 from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)

@@ -79,7 +79,7 @@ def connected(
             "byte_streams": 1,
         })
     ]
-    assert server.peer_hops
+    assert server.peer_hops and not server.peer_move
     [hello] = client.receive(server.hello("router", "router"))
     assert isinstance(hello, Hello) and hello.node == "router"
     assert client.ready and server.ready

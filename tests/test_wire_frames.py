@@ -487,7 +487,7 @@ def test_header_count_and_size_caps() -> None:
     rejected(raw_frame(*_replace(base, 6, [[b"a", b"x" * 20]])), limits)
 
 
-@pytest.mark.parametrize("kind", [11, 12, 50, 0x7F])
+@pytest.mark.parametrize("kind", [12, 13, 50, 0x7F])
 def test_unknown_frame_types(kind: int) -> None:
     assert "unknown frame type" in str(rejected(raw_frame(kind, 1)))
 

@@ -31,10 +31,13 @@ class MeshCollector(Collector):
         observer: MeshObserver,
         catalog: Callable[[], Catalog],
         edges: Callable[[], Sequence[Mapping[str, object]]] | None = None,
+        replicas: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.observer = observer
         self.catalog = catalog
         self.edges = edges
+        self.replicas = replicas
+        """Router replicas: ``roles/_admin.replica_view`` (leader, router links, forwards)."""
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the traffic: nothing to check at registration
@@ -58,6 +61,45 @@ class MeshCollector(Collector):
         yield from observer.streams.collect()
         yield from self._peers()
         yield from self._catalog()
+        yield from self._replicas()
+
+    def _replicas(self) -> Iterator[Metric]:
+        if self.replicas is None:
+            return
+        view = self.replicas()
+        routers = view.get("routers")
+        if not isinstance(routers, Mapping):
+            return
+        yield GaugeMetricFamily(
+            "edgemesh_router_links", "Links up to other router replicas.",
+            value=_number(routers.get("peers")),
+        )
+        forwarded = CounterMetricFamily(
+            "edgemesh_router_forwarded_exchanges",
+            "Exchanges forwarded between router replicas ('out': sent to the replica holding "
+            "the edge's tunnel; 'in': received for an edge of this replica).",
+            labels=["direction"],
+        )
+        forwarded.add_metric(["out"], _number(routers.get("forwarded_out")))
+        forwarded.add_metric(["in"], _number(routers.get("forwarded_in")))
+        yield forwarded
+        elsewhere = GaugeMetricFamily(
+            "edgemesh_router_peer_edges", "Edges whose tunnel is on another replica, by replica.",
+            labels=["replica"],
+        )
+        counts = routers.get("edges_elsewhere")
+        if isinstance(counts, Mapping):
+            for replica, count in sorted(counts.items()):
+                elsewhere.add_metric([str(replica)], _number(count))
+        yield elsewhere
+        leader = view.get("leader")
+        if leader is not None:
+            yield GaugeMetricFamily("edgemesh_router_leader",
+                                    "1 while this replica holds the controller's Lease.",
+                                    value=1 if leader else 0)
+            yield CounterMetricFamily("edgemesh_router_leader_transitions",
+                                      "Times this replica started or stopped leading.",
+                                      value=_number(view.get("leader_transitions")))
 
     def _exchanges(self) -> Iterator[Metric]:
         labels = ["service", "path"]
@@ -161,6 +203,10 @@ class MeshCollector(Collector):
             if isinstance(behind, int):
                 lag.add_metric([edge], behind)
         yield from (acked, lag)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def node_registry(collector: Collector, process: bool = True) -> CollectorRegistry:

@@ -108,13 +108,17 @@ def exchange_path(role: Role, source: SourceKind, target: TargetKind | None) -> 
         if target is TargetKind.tunnel:
             return "edge-cloud"
         return PATH_NONE
+    if source is SourceKind.router_link:
+        # Forwarded by another replica: like an edge, this one cannot tell a relay from
+        # another edge from a cloud app's request.
+        return "cloud-edge" if target is None or target is TargetKind.tunnel else PATH_NONE
     if source is SourceKind.tunnel:
-        if target is TargetKind.tunnel:
+        if target is TargetKind.tunnel or target is TargetKind.router_link:
             return "edge-edge"  # relayed from one edge to another
         if target is TargetKind.cluster_ip:
             return "edge-cloud"
         return PATH_NONE
-    if target is TargetKind.tunnel:
+    if target is TargetKind.tunnel or target is TargetKind.router_link:
         return "cloud-edge"
     if target is TargetKind.cluster_ip:
         return "local"

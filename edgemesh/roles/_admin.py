@@ -14,8 +14,12 @@ Every page is a GET; JSON pages answer ``application/json``:
 - ``/resilience``: service policies and invalid annotations, ejected endpoints, per-service
   counters (active, requests, retries, retries_denied, overloaded, timeouts), draining
   peers, and how other edges' hubs are reached (``direct``/``relayed``/``connecting``).
-- ``/edges`` (router only): the connected edges: ``node``, ``connected_since``,
-  ``connected_for``, ``acked_revision``, ``lag`` (revisions behind), ``rtt``.
+- ``/edges`` (router only): every edge with a tunnel to a router replica: ``node``,
+  ``replica`` (the replica that holds its tunnel), ``local`` (that is this replica); for
+  local ones also ``connected_since``, ``connected_for``, ``acked_revision``, ``lag``
+  (revisions behind), ``rtt``.  Router ``/readyz`` also says ``leader`` (this replica
+  holds the Lease; null without an election) and ``routers`` (``peers``: router links up,
+  ``linked``, ``configured``, ``edges_elsewhere``, ``forwarded_out``, ``forwarded_in``).
 - ``/peers``: the links to other nodes: ``peer``, ``link`` (``tunnel``, ``hub-out``,
   ``hub-in``), ``mode`` (``direct``, or ``relayed`` for an edge's tunnel: the router forwards
   what goes over it), ``connected``, ``connected_since``, ``connected_for``,
@@ -171,6 +175,20 @@ def readiness(node: MeshNode) -> tuple[bool, dict[str, bool], dict[str, str]]:
     return all(checks.values()), checks, detail
 
 
+def replica_view(node: MeshNode) -> dict[str, object]:
+    """Router replicas: ``leader`` (this replica holds the controller's Lease; None without
+    an election) and ``routers`` (the other replicas it has a link to, forwarded counts)."""
+    parts = node.status_parts
+    if "routers" not in parts:
+        return {}
+    leader = parts["leader"]() if "leader" in parts else None
+    return {
+        "leader": leader.get("leader") if isinstance(leader, dict) else None,
+        "leader_transitions": leader.get("transitions") if isinstance(leader, dict) else None,
+        "routers": parts["routers"](),
+    }
+
+
 def admin_site(node: MeshNode) -> Site:
     root = Resource()
 
@@ -185,6 +203,7 @@ def admin_site(node: MeshNode) -> Site:
             body["reason"] = "; ".join(
                 f"{name}: {detail.get(name, 'not ready')}" for name, ok in checks.items()
                 if not ok)
+        body.update(replica_view(node))
         return (200 if ready else 503), body
 
     def catalog() -> tuple[int, object]:
@@ -206,9 +225,11 @@ def admin_site(node: MeshNode) -> Site:
     root.putChild(b"peers", _Peers(node))
     root.putChild(b"config", _JSON(config))
     edges = getattr(node, "edges_view", None)
-    if edges is not None:
-        root.putChild(b"edges", _JSON(lambda: (200, edges())))
-    collector = MeshCollector(node.observer, lambda: node.catalog, edges)
+    every_edge = getattr(node, "all_edges_view", None)
+    if every_edge is not None:
+        root.putChild(b"edges", _JSON(lambda: (200, every_edge())))
+    collector = MeshCollector(node.observer, lambda: node.catalog, edges,
+                              replicas=(lambda: replica_view(node)) if every_edge else None)
     root.putChild(b"metrics", _Metrics(node_registry(collector)))
     site = Site(root, reactor=node.reactor)
     site.noisy = False

@@ -12,16 +12,21 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import ClientService
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,13 +39,22 @@ from ..exchange import (
     IResponder,
     ISource,
     IStreamSource,
+    ITarget,
     RequestHead,
     Role,
     SourceKind,
     TargetKind,
 )
 from ..observability import MeshObserver, ObservabilityConfig
-from ..routing import ROUTER_PEER, Listening, Pipeline, Resilience
+from ..routing import (
+    REPLICA_RULES,
+    ROUTER_PEER,
+    EdgeHomes,
+    Listening,
+    Pipeline,
+    Resilience,
+    Route,
+)
 from ..security import LinkSecurity, TLSConfig, link_security
 from ..transports import (
     EnvelopeLink,
@@ -56,13 +70,25 @@ from ..transports import (
     ready_or_lost,
     with_backlog,
 )
-from ..wire import NOT_READY, Ack, CatalogPush, GoAway, Limits, Request, StreamOpen
+from ..wire import (
+    MOVE_SETTING,
+    NOT_READY,
+    Ack,
+    CatalogPush,
+    EdgeSet,
+    GoAway,
+    Limits,
+    Request,
+    StreamOpen,
+    encode_edges,
+)
 from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
 from ._resilience import drain, track_link
 
 if TYPE_CHECKING:
     from ..capture import CaptureConfig
     from ..dns import DNSConfig
+    from ._move import TunnelMover
 
 log = Logger()
 
@@ -111,6 +137,12 @@ class RouterConfig:
     edge_scope: Scope = ALL
     """Which Services each edge receives (``catalog/_scope.py``); a Node's
     ``edgemesh.io/scope`` annotation overrides it for that edge."""
+    peer_listen: str | None = None
+    """Where other router replicas connect (server endpoint string); None: no router links
+    in (this replica still dials ``peer_routers``)."""
+    peer_routers: tuple[tuple[str, str], ...] = ()
+    """Other replicas as (node name, client endpoint string): of each pair, the replica with
+    the smaller name dials (one link per pair); this replica's own name is skipped."""
 
 
 @dataclass
@@ -122,6 +154,10 @@ class EdgeConfig:
     state_dir: str
     router: str | None = None
     """The router's tunnel (client endpoint string); None: run without a router."""
+    routers: tuple[str, ...] = ()
+    """More router replicas' tunnels (client endpoint strings, each optionally prefixed
+    ``NAME=``, the replica's certificate name, else ``router_name``): each dial of the
+    tunnel tries the next one, ``router`` first (see RotatingEndpoint)."""
     proxy: str | None = "tcp:7781"
     """The service bus listener for local apps."""
     hub: str | None = "tcp:7701"
@@ -210,19 +246,63 @@ class TunnelClient(ClientService):
         make_link: Callable[[], EnvelopeLink],
         secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = lambda endpoint: endpoint,
         backoff: ReconnectBackoff | None = None,
+        endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
+        """``endpoint``: dial this instead of ``description`` (e.g. a RotatingEndpoint)."""
         self.kind = SourceKind.tunnel
         self.description = description
         self.backoff = backoff or ReconnectBackoff(initial=0.5, maximum=30.0, clock=reactor,
                                                    stable_after=TUNNEL_STABLE_AFTER)
         """Counts refusals after the hello too; reset once the router accepted the edge."""
         super().__init__(
-            secure(clientFromString(reactor, description)),
+            endpoint if endpoint is not None else secure(clientFromString(reactor, description)),
             Factory.forProtocol(make_link),
             retryPolicy=self.backoff,
             clock=reactor,
             prepareConnection=ready_or_lost,
         )
+
+
+def router_entry(entry: str, default_name: str) -> tuple[str, str]:
+    """``NAME=ENDPOINT`` or ``ENDPOINT`` → (name, endpoint string).  An endpoint string's
+    own ``key=value`` parts come after its type's colon, so a name has no colon."""
+    name, sep, rest = entry.partition("=")
+    if sep and name and ":" not in name:
+        return name, rest
+    return default_name, entry
+
+
+@implementer(IStreamClientEndpoint)
+class RotatingEndpoint:
+    """Several router replicas for one tunnel: every dial tries the next one, so an edge
+    whose tunnel died (or whose dial failed) reconnects to another replica, after the
+    ClientService's jittered backoff."""
+
+    def __init__(self, endpoints: list[tuple[str, IStreamClientEndpoint]]) -> None:
+        if not endpoints:
+            raise ValueError("no router endpoint")
+        self.endpoints = endpoints
+        self.next = 0
+        self.current: str | None = None
+        """The name of the replica dialled last."""
+
+    def prefer(self, name: str | None, avoid: str | None = None) -> None:
+        """Make ``name`` the next one dialled (a draining router's hint), else skip
+        ``avoid`` (the router being left) if it is next."""
+        names = [n for n, _ in self.endpoints]
+        if name is not None and name != avoid and name in names:
+            self.next = names.index(name)
+        elif names[self.next] == avoid and len(names) > 1:
+            self.next = (self.next + 1) % len(names)
+
+    def upcoming(self) -> str:
+        return self.endpoints[self.next][0]
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        name, endpoint = self.endpoints[self.next]
+        self.next = (self.next + 1) % len(self.endpoints)
+        self.current = name
+        return endpoint.connect(factory)
 
 
 def _request_head(request: Request) -> RequestHead:
@@ -350,6 +430,21 @@ class RouterNode(MeshNode):
         self.not_ready_refusals = 0
         """Edges refused since the catalog became pending (logged in summary)."""
         self._not_ready_logged: float | None = None
+        self.router_links: dict[str, EnvelopeLink] = {}
+        """Links to the other router replicas, by node name."""
+        self.homes = EdgeHomes(lambda edge: edge in self.edges)
+        self.pipeline.edge_homes = self.homes.home
+        self.forwarded_out = 0
+        """Exchanges sent to another replica (it holds the edge's tunnel)."""
+        self.forwarded_in = 0
+        """Exchanges another replica sent here for an edge of this replica."""
+        self.make_dialler: Callable[[str, str], ClientService] | None = None
+        self.diallers: dict[str, tuple[str, ClientService]] = {}
+        self._hinted: dict[str, int] = {}
+        """Edges told to move to each replica during this drain."""
+        self._moving: set[str] = set()
+        self._moved_waiters: list[Deferred[None]] = []
+        """Peer replicas this one dials (those with a larger name): name → (endpoint, dialler)."""
 
     def knows_edge(self, name: str) -> bool:
         """For the hello check: whether the catalog has ``name`` as an edge node.  Before
@@ -377,6 +472,7 @@ class RouterNode(MeshNode):
         self.observer.link_up(peer.node, "tunnel", link)
         self.pipeline.peer_back(peer.node)
         log.info("edge {node} connected", node=peer.node)
+        self.announce([peer.node], [])
         if not self.catalog_pending:
             self.push_snapshot(state)
 
@@ -443,6 +539,9 @@ class RouterNode(MeshNode):
             del self.edges[peer.node]
             self.links.pop(peer.node, None)
             log.info("edge {node} disconnected: {reason}", node=peer.node, reason=reason)
+            self.announce([], [peer.node])
+            if self._moving:
+                self._moved(peer.node)
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
@@ -454,7 +553,7 @@ class RouterNode(MeshNode):
             SourceKind.tunnel, frame.service, frame.port, frame.endpoint, frame.client, source
         )
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         peer = link.peer
         if isinstance(frame, GoAway) and peer is not None and not frame.refusal:
             self.pipeline.peer_draining(peer.node)  # it is stopping: choose it no more
@@ -464,6 +563,7 @@ class RouterNode(MeshNode):
                 self.pusher.acked(state, frame.revision)
 
     def edges_view(self) -> list[dict[str, object]]:
+        """The edges whose tunnel is on this replica."""
         now = self.reactor.seconds()
         return [
             {
@@ -476,6 +576,157 @@ class RouterNode(MeshNode):
             }
             for s in sorted(self.edges.values(), key=lambda s: s.node)
         ]
+
+    def all_edges_view(self) -> list[dict[str, object]]:
+        """``/edges``: this replica's edges, then those the other replicas hold."""
+        here = self.pipeline.node
+        local: list[dict[str, object]] = [
+            {"node": row["node"], "replica": here, "local": True, **row} for row in self.edges_view()
+        ]
+        remote: list[dict[str, object]] = [
+            {"node": edge, "replica": replica, "local": False}
+            for edge, replica in self.homes.remote().items()
+        ]
+        return sorted([*local, *remote], key=lambda row: str(row["node"]))
+
+    # --- router replicas --------------------------------------------------------------
+
+    def announce(self, added: list[str], removed: list[str]) -> None:
+        """Tell every other replica that edges came (or went)."""
+        if not self.router_links:
+            return
+        frame = encode_edges(False, added, removed)
+        for link in self.router_links.values():
+            link.send_control(frame)
+
+    def router_ready(self, link: EnvelopeLink) -> None:
+        peer = link.peer
+        assert peer is not None
+        if peer.role != Role.router.value or peer.node == self.pipeline.node:
+            log.warn("refusing router link from {node} ({role})", node=peer.node, role=peer.role)
+            link.close_now("not another router")
+            return
+        previous = self.router_links.get(peer.node)
+        if previous is not None and previous is not link:
+            previous.close_now("replaced by a new connection")
+        self.router_links[peer.node] = link
+        self.observer.link_up(peer.node, "router", link)
+        log.info("router link to {node} up", node=peer.node)
+        # Our whole set first; changes follow on the same link, in order.
+        link.send_control(encode_edges(True, sorted(self.edges), []))
+
+    def router_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.observer.link_down(link, reason)
+        peer = link.peer
+        if peer is not None and self.router_links.get(peer.node) is link:
+            del self.router_links[peer.node]
+            self.homes.forget(peer.node)
+            log.info("router link to {node} lost: {reason}", node=peer.node, reason=reason)
+
+    def router_control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
+        peer = link.peer
+        if isinstance(frame, EdgeSet) and peer is not None and self.router_links.get(peer.node) is link:
+            self.homes.update(peer.node, frame.reset, frame.added, frame.removed)
+
+    def router_inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        self.forwarded_in += 1
+        return self.pipeline.dispatch_resolved(
+            SourceKind.router_link, _request_head(request), responder, request.service, request.port,
+            request.endpoint,
+        )
+
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        """The other replicas, (node name, endpoint string): the static ``peer_routers``
+        and what discovery finds.  Of each pair the smaller name dials; a replica that is
+        gone (or moved) has its dialler stopped (ClientService closes its link)."""
+        make = self.make_dialler
+        if make is None:
+            return
+        me = self.pipeline.node
+        wanted = {name: endpoint for name, endpoint in peers if name > me}
+        for name in [n for n in self.diallers if wanted.get(n) != self.diallers[n][0]]:
+            _, dialler = self.diallers.pop(name)
+            dialler.disownServiceParent()
+        for name, endpoint in wanted.items():
+            if name not in self.diallers:
+                dialler = make(name, endpoint)
+                self.diallers[name] = (endpoint, dialler)
+                dialler.setServiceParent(self)
+
+    def move_hint(self, link: EnvelopeLink) -> str | None:
+        """Draining: the replica an edge of this one should move to (the linked replica with
+        the fewest edges, counting those already sent there), None for other links."""
+        peer = link.peer
+        if peer is None or peer.role != Role.edge.value or not self.router_links:
+            return None
+        hinted = self._hinted
+        chosen = min(sorted(self.router_links),
+                     key=lambda r: self.homes.count(r) + hinted.get(r, 0))
+        hinted[chosen] = hinted.get(chosen, 0) + 1
+        self._moving.add(peer.node)
+        return chosen
+
+    def when_moved(self) -> Deferred[None]:
+        """Draining: fires once every edge told to move has closed its tunnel here."""
+        if not any(edge in self.edges for edge in self._moving):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._moved_waiters.append(waiter)
+        return waiter
+
+    def _moved(self, edge: str) -> None:
+        self._moving.discard(edge)
+        if self._moved_waiters and not any(e in self.edges for e in self._moving):
+            waiters, self._moved_waiters = self._moved_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def routers_status(self) -> dict[str, object]:
+        """``/status`` and ``/readyz``: the other replicas this one sees."""
+        return {
+            "peers": len(self.router_links),
+            "linked": sorted(self.router_links),
+            "configured": sorted(name for name, _ in self.config.peer_routers
+                                 if name != self.pipeline.node),
+            "dialling": sorted(self.diallers),
+            "edges_elsewhere": {r: self.homes.count(r) for r in self.homes.replicas()},
+            "forwarded_out": self.forwarded_out,
+            "forwarded_in": self.forwarded_in,
+        }
+
+
+class _RouterLinks:
+    """The router's LinkHandler for links to other router replicas (either direction)."""
+
+    def __init__(self, router: RouterNode) -> None:
+        self.router = router
+
+    def link_ready(self, link: EnvelopeLink) -> None:
+        self.router.router_ready(link)
+
+    def link_lost(self, link: EnvelopeLink, reason: str) -> None:
+        self.router.router_lost(link, reason)
+
+    def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+        return self.router.router_inbound(link, request, responder)
+
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
+        self.router.router_control(link, frame)
+
+
+@implementer(ITarget)
+class _ForwardTarget:
+    """The router-link target: a LinkTarget to the replica holding the edge, counted."""
+
+    kind = TargetKind.router_link
+
+    def __init__(self, router: RouterNode) -> None:
+        self.router = router
+        self.inner = LinkTarget(TargetKind.router_link, router.router_links)
+
+    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
+        self.router.forwarded_out += 1
+        return self.inner.open(route, head, responder)
 
 
 class _EdgeLinks:
@@ -499,6 +750,8 @@ class _EdgeLinks:
             if self.edge.tunnel is not None:
                 self.edge.tunnel.backoff.link_up()
             log.info("connected to router {node}", node=peer.node)
+            if self.edge.mover is not None:
+                self.edge.mover.ready(link)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
         kind = "tunnel" if self.source is SourceKind.tunnel else "hub-in" if self.expect is None else "hub-out"
@@ -507,6 +760,8 @@ class _EdgeLinks:
 
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
         self.edge.observer.link_down(link, reason)
+        if self.source is SourceKind.tunnel and self.edge.mover is not None:
+            self.edge.mover.lost(link)
         for name, known in list(self.edge.links.items()):
             if known is link:
                 del self.edge.links[name]
@@ -523,7 +778,7 @@ class _EdgeLinks:
             self.source, _request_head(request), responder, request.service, request.port, request.endpoint
         )
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         if isinstance(frame, CatalogPush) and self.source is SourceKind.tunnel:
             self.edge.tunnel_accepted()
             self.edge.apply_push(link, frame)
@@ -535,6 +790,8 @@ class _EdgeLinks:
                 log.warn("{node} refused this edge's link: {reason}", node=link.peer_name, reason=frame.reason)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
             self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
+        elif isinstance(frame, GoAway) and self.source is SourceKind.tunnel and self.edge.mover is not None:
+            self.edge.mover.goaway(link, frame.move_to)  # its router drains: go to another
 
 
 class EdgeNode(MeshNode):
@@ -550,6 +807,8 @@ class EdgeNode(MeshNode):
         super().__init__(reactor, Role.edge, config.node, catalog)
         self.config = config
         self.hub_dialer: HubDialer | None = None
+        self.mover: TunnelMover | None = None
+        """With several routers: moves the tunnel when its router drains (roles/_move.py)."""
         # Pushes are stored in a thread (real reactors), acked once durable, one write at a time.
         self.follower = CatalogFollower(
             self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor)
@@ -647,12 +906,55 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
         return node.security.guard(link, role=Role.edge.value, known=node.knows_edge)
 
     node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
+    _router_links(node, config)
     if config.http is not None:
         node.listen("http", SourceKind.router, config.http,
                     node.streaming_front(SourceKind.router, config.front))
     if config.admin is not None:
         _admin(node, config.admin)
     return node
+
+
+def _router_links(node: RouterNode, config: RouterConfig) -> None:
+    """Links to the other router replicas: listen for them, dial those with a larger name."""
+    if config.peer_listen is None and not config.peer_routers:
+        return  # a single router: no router-link target
+    reactor = node.reactor
+    beats = config.resilience
+    handler = _RouterLinks(node)
+    node.pipeline.add_target(_ForwardTarget(node))
+    node.pipeline.rules = dict(REPLICA_RULES)
+    # An edge that sent before it read GOAWAY has no other way: serve it (the drain waits
+    # for the edges it tells to move, and they leave once nothing is in flight).
+    node.pipeline.served_while_draining = frozenset({SourceKind.tunnel})
+    node.status_parts["routers"] = node.routers_status
+
+    def make(client: bool, expect: str | None) -> EnvelopeLink:
+        link = EnvelopeLink(reactor, handler, node=config.node, role=Role.router.value, client=client,
+                            limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
+                            heartbeat_timeout=beats.heartbeat_timeout)
+        track_link(node, link)
+        return node.security.guard(link, role=Role.router.value, expect=expect,
+                                   known=lambda name: name != config.node)
+
+    if config.peer_listen is not None:
+        node.listen("peer", SourceKind.router_link, config.peer_listen,
+                    node.security.server_factory(Factory.forProtocol(lambda: make(False, None))))
+    def dialling(name: str) -> IProtocolFactory:
+        return Factory.forProtocol(lambda: make(True, name))
+
+    def dialler(name: str, description: str) -> ClientService:
+        return ClientService(
+            node.security.client_endpoint(clientFromString(reactor, description), name),
+            dialling(name),
+            # Replicas come back quickly (a pod restart): never wait long between tries.
+            retryPolicy=backoffPolicy(initialDelay=0.25, maxDelay=2.0),
+            clock=reactor,
+            prepareConnection=ready_or_lost,
+        )
+
+    node.make_dialler = dialler
+    node.set_peers(list(config.peer_routers))
 
 
 def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
@@ -669,8 +971,13 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
+            if source is SourceKind.tunnel and config.routers:
+                link.hello_settings = {MOVE_SETTING: 1}  # it reads GOAWAY's move-to hint
             if source is SourceKind.tunnel:
-                return node.security.guard(link, role=Role.router.value, expect=config.router_name)
+                # Several replicas: TLS checked the name of the one dialled; any router then.
+                name = None if config.routers or config.router is None else \
+                    router_entry(config.router, config.router_name)[0]
+                return node.security.guard(link, role=Role.router.value, expect=name)
             return node.security.guard(link, role=Role.edge.value, expect=expect)
 
         return make
@@ -678,14 +985,37 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     dialer = HubDialer(reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
     pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
-    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links))
+    # While the tunnel moves to another router replica, exchanges wait for the new one.
+    pipeline.add_target(LinkTarget(TargetKind.tunnel, node.links,
+                                   lambda peer: node.mover.wait(peer) if node.mover else None))
     pipeline.add_stream_target(LinkStreamTarget(TargetKind.hub, node.links, dialer))
     pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
     node.hub_dialer = dialer
 
     if config.router is not None:
-        tunnel = TunnelClient(reactor, config.router, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
-                              lambda endpoint: node.security.client_endpoint(endpoint, config.router_name))
+        entries = [router_entry(entry, config.router_name) for entry in (config.router, *config.routers)]
+        rotating = None
+        if len(entries) > 1 or entries[0][1] != config.router:
+            # Each replica's certificate names it: TLS pins the name per endpoint.
+            rotating = RotatingEndpoint([
+                (name, node.security.client_endpoint(clientFromString(reactor, description), name))
+                for name, description in entries
+            ])
+        # With several replicas, the admin API's source shows them all, in dialling order.
+        shown = config.router if rotating is None else ", ".join((config.router, *config.routers))
+
+        def make_tunnel() -> TunnelClient:
+            return TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
+                                lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
+                                endpoint=rotating)
+
+        tunnel = make_tunnel()
+        if rotating is not None and len(rotating.endpoints) > 1:
+            from ._move import TunnelMover
+
+            node.mover = TunnelMover(node, rotating, make_tunnel, tunnel,
+                                     bound=max(config.connect_timeout * 2, 5.0))
+            node.status_parts["tunnel"] = node.mover.status
         tunnel.setServiceParent(node)  # type: ignore[no-untyped-call]
         node.tunnel = tunnel
         pipeline.add_source(tunnel)

@@ -156,14 +156,20 @@ def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred
         if listener.kind is not None  # a Source; the admin API stays up meanwhile
     ]
     told = 0
+    hint = getattr(node, "move_hint", None)  # router replicas: where its edges should go
     for link in node_links(node):
         if link.connection.ready:
-            link.send_control(encode_goaway(GOAWAY_REASON))
+            move_to = hint(link) if hint is not None and link.connection.peer_move else None
+            link.send_control(encode_goaway(GOAWAY_REASON, move_to=move_to))
             told += 1
     if told:
         log.info("GOAWAY sent on {count} links: peers choose this node no more", count=told)
 
     waiting = pipeline.when_drained() if pipeline.in_flight else succeed(None)
+    moved = getattr(node, "when_moved", None)
+    if moved is not None:
+        # Router replicas: the edges told to move leave first (no gap for their traffic).
+        waiting = gatherResults([waiting, moved()], consumeErrors=True).addCallback(lambda _: None)
     waiting.addTimeout(settings.drain_timeout, clock)
 
     def deadline(failure: Failure) -> None:

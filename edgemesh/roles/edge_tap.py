@@ -24,7 +24,6 @@ class Options(CommonOptions, CaptureOptions):
     optParameters: ClassVar[list[Any]] = [
         ["node", None, None, "This edge's node name (as in the catalog)."],
         ["state-dir", None, None, "Directory for the persisted catalog."],
-        ["router", None, None, "The router's tunnel (client endpoint string, e.g. tcp:10.0.0.1:7700)."],
         ["proxy", None, "tcp:7781", "The service bus listener for local apps (endpoint string)."],
         ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
         ["catalog", None, None, "Catalog to start from when the state directory holds none."],
@@ -34,7 +33,16 @@ class Options(CommonOptions, CaptureOptions):
             "(a direct TCP connection from this node, Istio's ALLOW_ANY).")],
     ]
 
+    def opt_router(self, value: str) -> None:
+        """A router's tunnel (client endpoint string, e.g. tcp:10.0.0.1:7700), optionally
+        NAME=ENDPOINT (the replica's certificate name; default --router-name).  Repeatable:
+        router replicas, dialled in turn (a tunnel that dies moves to the next one)."""
+        self.setdefault("routers", []).append(value)
+
     def postOptions(self) -> None:
+        routers = self.get("routers", [])
+        self["router"] = routers[0] if routers else None
+        self["more_routers"] = tuple(routers[1:])
         if not self["node"]:
             raise usage.UsageError("--node NAME is required")
         if not self["state-dir"]:
@@ -57,6 +65,7 @@ def makeService(options: Options) -> IService:
         node=options["node"],
         state_dir=options["state-dir"],
         router=options["router"],
+        routers=options["more_routers"],
         proxy=options["proxy"],
         hub=options["hub"],
         catalog=options["catalog_value"],

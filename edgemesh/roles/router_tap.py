@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -9,7 +10,7 @@ from twisted.python import usage
 
 from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, attach_kubernetes
-from ._node import RouterConfig, build_router
+from ._node import RouterConfig, RouterNode, build_router
 from ._options import CommonOptions
 
 
@@ -31,7 +32,26 @@ class Options(CommonOptions, KubernetesOptions):
                                      "namespaces with endpoints on that node) and/or namespace "
                                      "names; Services annotated edgemesh.io/export=true always. "
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
+        ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
+                                     "tcp:7702); default: no router links in.")],
+        ["peer-advertise", None, None, ("Where the other replicas reach --peer-listen, published in "
+                                        "this replica's Lease (client endpoint string; default: "
+                                        "tcp:$POD_IP (or --advertise):the --peer-listen port).")],
     ]
+    optFlags: ClassVar[list[Any]] = [
+        ["no-peer-discovery", None, ("With Kubernetes and --peer-listen: do not publish this "
+                                     "replica's Lease nor link to the replicas listed by theirs "
+                                     "(--peer-router only).")],
+    ]
+
+    def opt_peer_router(self, value: str) -> None:
+        """Another router replica: NAME=ENDPOINT (its node name and its --peer-listen, e.g.
+        router-b=tcp:10.0.0.2:7702).  Repeatable; the same list may go to every replica
+        (its own name is skipped); of each pair, the smaller name dials."""
+        name, sep, endpoint = value.partition("=")
+        if not sep or not name or ":" in name or not endpoint:
+            raise usage.UsageError(f"--peer-router {value!r}: expected NAME=ENDPOINT")
+        self.setdefault("peer_routers_value", []).append((name, endpoint))
 
     def postOptions(self) -> None:
         self.check_kubernetes()
@@ -65,8 +85,71 @@ def makeService(options: Options) -> IService:
         observability=options.observability_config(),
         resilience=options.resilience(),
         edge_scope=options["edge_scope_value"],
+        peer_listen=options["peer-listen"],
+        peer_routers=tuple(options.get("peer_routers_value", [])),
     )
     router = build_router(reactor, config)
     if options.kubernetes_requested():
-        attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
+        source = attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
+        if options["peer-listen"] and not options["no-peer-discovery"]:
+            attach_discovery(router, reactor, options, source.api)
     return router
+
+
+def peer_advertise(options: Options) -> str | None:
+    """The endpoint the other replicas dial: --peer-advertise, else the advertised IP and
+    the --peer-listen port (None: not enough to say)."""
+    from ..sources import http_port
+
+    if options["peer-advertise"]:
+        return str(options["peer-advertise"])
+    address = options.get("advertise_value")
+    port = http_port(options["peer-listen"])
+    if not address or port is None:
+        return None
+    host = address.replace(":", "\\:")  # an IPv6 address: escaped in an endpoint string
+    return f"tcp:{host}:{port}"
+
+
+def _controller_of(router: RouterNode) -> Any:
+    """The EndpointSlice controller attach_kubernetes made (a child of the router, or of the
+    leader elector), if any."""
+    from ..sources import EdgeServiceController, LeaderElector
+
+    for service in router:
+        child: Any = service.child if isinstance(service, LeaderElector) else service
+        if isinstance(child, EdgeServiceController):
+            return child
+    return None
+
+
+def attach_discovery(router: RouterNode, reactor: Any, options: Options, api: Any) -> None:
+    """One Lease per replica (sources/_discovery.py): publish ours, link to the others."""
+    from twisted.logger import Logger
+
+    from ..sources import ReplicaDiscovery, ReplicaLeases, service_account_namespace
+
+    endpoint = peer_advertise(options)
+    if endpoint is None:
+        Logger().warn("no --peer-advertise (nor --advertise / $POD_IP): the other replicas "
+                      "cannot find this one (replica discovery off)")
+        return
+    election = options.get("election_value")
+    namespace = election.namespace if election is not None else (
+        options["lease-namespace"] or os.environ.get("POD_NAMESPACE")
+        or service_account_namespace() or "default")
+    address = options.get("advertise_value")
+    leases = ReplicaLeases(options["node"], endpoint, namespace, options["lease-duration"],
+                           address)
+    static = list(router.config.peer_routers)
+    controller = _controller_of(router)
+
+    def found(peers: list[Any]) -> None:
+        router.set_peers(static + [(p.node, p.endpoint) for p in peers])
+        if controller is not None and address:
+            # Cloud traffic for edge services may enter at any live replica.
+            controller.set_addresses([address, *(p.address for p in peers if p.address)])
+
+    discovery = ReplicaDiscovery(reactor, api, leases, found, options["retry-period"])
+    discovery.setServiceParent(router)  # type: ignore[no-untyped-call]
+    router.status_parts["discovery"] = discovery.status

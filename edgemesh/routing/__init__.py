@@ -2,9 +2,10 @@
 decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
 overload limits, drain)."""
 
-from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
+from ._decide import EDGE_RULES, REPLICA_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
+from ._homes import EdgeHomes
 from ._loops import (
     DEFAULT_MAX_HOPS,
     Listening,
@@ -39,11 +40,13 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "LB_POLICY_ANNOTATION",
     "REPLAY_LIMIT",
+    "REPLICA_RULES",
     "RETRIES_ANNOTATION",
     "ROUTER_PEER",
     "ROUTER_RULES",
     "TIMEOUT_ANNOTATION",
     "Balancer",
+    "EdgeHomes",
     "GuardedExchange",
     "LBPolicy",
     "Listening",

@@ -9,7 +9,7 @@ service's lb policy; see _policy).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
@@ -54,9 +54,12 @@ def decide(
     head: RequestHead | None = None,
     policy: ServicePolicy = DEFAULT_POLICY,
     exclude: Collection[EndpointKey] = _NOTHING,
+    home: Callable[[str], str | None] | None = None,
 ) -> Route:
     """Choose the endpoint and the way out for one exchange.  ``exclude``: endpoints
-    already tried (a retry goes elsewhere)."""
+    already tried (a retry goes elsewhere).  ``home`` (router replicas): the other replica
+    that holds an edge's tunnel, or None when it is here or unknown; never consulted for an
+    exchange another replica forwarded (it is not forwarded again)."""
     if role is Role.edge:
         if source is not SourceKind.service_bus:
             # From another node: it chose this node, so deliver here.  (The ready ones from
@@ -95,15 +98,18 @@ def decide(
 
     # Router.
     ready = catalog.ready_endpoints(service, port)
-    if source is SourceKind.tunnel and hint is not None and hint not in exclude:
-        # An edge chose the endpoint: honour it (relay when it is on another edge), also
-        # one that still serves while terminating.
+    if source is SourceKind.router_link:
+        home = None  # loop safety: a forwarded exchange goes down a tunnel of this replica
+    if (source is SourceKind.tunnel or source is SourceKind.router_link) and hint is not None \
+            and hint not in exclude:
+        # An edge (or the replica that forwarded) chose the endpoint: honour it (relay when
+        # it is on another edge), also one that still serves while terminating.
         for endpoint in ready:
             if endpoint.host == hint[0] and endpoint.port == hint[1]:
-                return _router_route(catalog, service, port, endpoint)
+                return _router_route(catalog, service, port, endpoint, home)
         found = _usable_hint(service, port, hint, None)
         if found is not None:
-            return _router_route(catalog, service, port, found)
+            return _router_route(catalog, service, port, found, home)
     if not ready and not any(usable(e) for e in service.endpoints.get(port.name, ())):
         if service.cluster_ip is not None and source is SourceKind.tunnel:
             # The edge saw endpoints we do not: let the cluster's own proxy decide.
@@ -115,7 +121,7 @@ def decide(
             raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
                             f"{port.port} on node {node} (internalTrafficPolicy: Local)")
         raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
-    return _router_route(catalog, service, port, chosen)
+    return _router_route(catalog, service, port, chosen, home)
 
 
 def _usable_hint(
@@ -130,9 +136,16 @@ def _usable_hint(
     return None
 
 
-def _router_route(catalog: Catalog, service: Service, port: ServicePort, endpoint: Endpoint) -> Route:
+def _router_route(
+    catalog: Catalog, service: Service, port: ServicePort, endpoint: Endpoint,
+    home: Callable[[str], str | None] | None = None,
+) -> Route:
     node = catalog.node(endpoint.node) if endpoint.node else None
     if node is not None and node.edge:
+        replica = home(node.name) if home is not None else None
+        if replica is not None:
+            # Its tunnel is on another replica: forward there, the endpoint chosen.
+            return Route(TargetKind.router_link, service, port, endpoint, replica)
         return Route(TargetKind.tunnel, service, port, endpoint, node.name)
     # A cloud endpoint: through the ClusterIP, as any cloud client would.
     if service.cluster_ip is not None:
@@ -149,3 +162,10 @@ ROUTER_RULES: dict[SourceKind, frozenset[TargetKind]] = {
     SourceKind.router: frozenset({TargetKind.tunnel, TargetKind.cluster_ip}),
     SourceKind.tunnel: frozenset({TargetKind.cluster_ip, TargetKind.tunnel}),
 }
+REPLICA_RULES: dict[SourceKind, frozenset[TargetKind]] = {
+    SourceKind.router: ROUTER_RULES[SourceKind.router] | {TargetKind.router_link},
+    SourceKind.tunnel: ROUTER_RULES[SourceKind.tunnel] | {TargetKind.router_link},
+    # Forwarded by another replica: only down a tunnel here, never to a third replica.
+    SourceKind.router_link: frozenset({TargetKind.tunnel}),
+}
+"""A router with replicas (router links): it forwards to the replica holding the edge."""

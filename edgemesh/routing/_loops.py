@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_HOPS = 8
-"""Pipelines one exchange may pass (the longest path the mesh itself makes is 3: edge,
-router, edge; the rest is headroom for proxies in the cloud that pass headers on)."""
+"""Pipelines one exchange may pass (the longest path the mesh itself makes is 4: edge,
+router, another router replica, edge; the rest is headroom for proxies in the cloud that
+pass headers on)."""
 MAX_HOPS_LIMIT = 255
 """What the envelope field can carry."""
 

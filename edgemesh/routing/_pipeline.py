@@ -119,6 +119,9 @@ class Pipeline:
         self.balancer.filtering = self._filtering
         self.balancer.now = self._now
         self.peer_paths: PeerPaths | None = None
+        self.edge_homes: Callable[[str], str | None] | None = None
+        """Router replicas: the other replica that holds an edge's tunnel (None: here or
+        unknown); see routing/_homes.py."""
         self.observer: ExchangeObserver | None = None
         """Set by the observability layer: told of each exchange's start and end."""
         self.refused: Refused | None = None
@@ -140,6 +143,9 @@ class Pipeline:
         self._timer: IDelayedCall | None = None
         self._wake_at = INFINITY
         self.draining = False
+        self.served_while_draining: frozenset[SourceKind] = frozenset()
+        """Link sources still served during the drain (a router replica's tunnels: its edges
+        move away on GOAWAY, and have no other way out until then)."""
         self._drain_waiters: list[Deferred[None]] = []
         self._catalog = catalog
         self.catalog = catalog
@@ -458,13 +464,13 @@ class Pipeline:
                 Reason.overloaded,
                 f"{service.key}: {state.active} requests in progress on {self.node}",
             )
-        if self.draining and source in _LINKS:
+        if self.draining and source in _LINKS and source not in self.served_while_draining:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
         own = self._own_by_service
         exclude = own.get(service.key, _NOTHING) if own else _NOTHING
         try:
             route = decide(self._catalog, self.role, self.node, source, service, port, hint,
-                           self.balancer, head, policy, exclude)
+                           self.balancer, head, policy, exclude, self.edge_homes)
         except MeshError as error:
             if exclude and error.reason is Reason.no_endpoint:
                 raise self._own_refused(service, exclude, error) from None
@@ -601,7 +607,7 @@ class Pipeline:
         try:
             route = decide(self._catalog, self.role, self.node, guard.source, guard.service,
                            guard.port, None, self.balancer, head=guard.request, policy=guard.policy,
-                           exclude=exclude)
+                           exclude=exclude, home=self.edge_homes)
             route, target = self._target_for(guard.source, route)
         except MeshError:
             return None

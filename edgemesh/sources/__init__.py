@@ -3,6 +3,7 @@
 controller that writes EndpointSlices so that cloud apps reach edge services by name."""
 
 from ._controller import EdgeServiceController, desired_slice, is_edge_service
+from ._discovery import ReplicaDiscovery, ReplicaLeases
 from ._election import ElectionTiming, LeaderElector, LeaseElection
 from ._kubeapi import (
     ENDPOINT_SLICES,
@@ -19,7 +20,12 @@ from ._kubeapi import (
     load_configuration,
 )
 from ._kubernetes import EDGEMESH_MANAGER, MANAGED_BY_LABEL, KubernetesSource
-from ._options import KubernetesOptions, attach_kubernetes
+from ._options import (
+    KubernetesOptions,
+    attach_kubernetes,
+    http_port,
+    service_account_namespace,
+)
 from ._reflector import Reflector, State, WatchTiming
 
 __all__ = [
@@ -40,6 +46,8 @@ __all__ = [
     "LeaseElection",
     "ListResult",
     "Reflector",
+    "ReplicaDiscovery",
+    "ReplicaLeases",
     "Resource",
     "State",
     "TreqKubeAPI",
@@ -47,6 +55,8 @@ __all__ = [
     "WatchTiming",
     "attach_kubernetes",
     "desired_slice",
+    "http_port",
     "is_edge_service",
     "load_configuration",
+    "service_account_namespace",
 ]

@@ -220,6 +220,15 @@ class EdgeServiceController(TwistedService):
         self.catalog = catalog
         self._schedule()
 
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """The router replicas' addresses changed (replica discovery): rewrite the slices.
+        Addresses of another family than the first are left out (one family per slice)."""
+        family = ipaddress.ip_address(self.addresses[0]).version
+        kept = sorted({a for a in addresses if ipaddress.ip_address(a).version == family})
+        if kept and kept != sorted(self.addresses):
+            self.addresses = kept
+            self._schedule()
+
     # -- reconciling -------------------------------------------------------------------
 
     def desired(self) -> dict[str, dict[str, Any]]:

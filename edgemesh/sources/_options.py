@@ -103,7 +103,7 @@ class KubernetesOptions(usage.Options):
             raise usage.UsageError(f"--lease-duration/--renew-deadline/--retry-period: "
                                    f"{error}") from None
         namespace = self["lease-namespace"] or os.environ.get("POD_NAMESPACE") or \
-            _service_account_namespace() or "default"
+            service_account_namespace() or "default"
         if not is_dns1123_label(namespace):
             raise usage.UsageError(f"--lease-namespace {namespace!r}: not a namespace name")
         if not is_dns1123_subdomain(self["lease-name"]):
@@ -115,7 +115,7 @@ class KubernetesOptions(usage.Options):
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-def _service_account_namespace() -> str | None:
+def service_account_namespace() -> str | None:
     try:
         with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as file:
             return file.read().strip() or None

@@ -43,6 +43,7 @@ from ..wire import (
     CatalogPush,
     Connection,
     Data,
+    EdgeSet,
     Frame,
     GoAway,
     Hello,
@@ -86,7 +87,7 @@ class LinkHandler(TypingProtocol):
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         """The peer starts an exchange; route it (may raise MeshError)."""
 
-    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway) -> None:
+    def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         """A control frame: catalog push, ack, goaway."""
 
 
@@ -617,6 +618,8 @@ class EnvelopeLink(Protocol):
         self.draining = False
         """No new exchanges: close once those in flight are over."""
         self._refusal_timer: IDelayedCall | None = None
+        self.hello_settings: dict[str, int] = {}
+        """More settings for our hello (set before the connection is made)."""
 
     @property
     def peer(self) -> Hello | None:
@@ -647,7 +650,7 @@ class EnvelopeLink(Protocol):
         use_large_buffer(transport)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
-        self.write(self.connection.hello(self.node, self.role))
+        self.write(self.connection.hello(self.node, self.role, self.hello_settings))
         self._timer = self.reactor.callLater(self.handshake_timeout, self._tick)
 
     # Frames are coalesced per reactor turn (as Twisted's TLS transport does with small
@@ -756,7 +759,7 @@ class EnvelopeLink(Protocol):
             if sent is not None:
                 self.rtt = self.reactor.seconds() - sent
             return
-        if kind in (CatalogPush, Ack, GoAway):
+        if kind in (CatalogPush, Ack, GoAway, EdgeSet):
             self.handler.control(self, frame)  # type: ignore[arg-type]
 
     def _inbound(self, request: Request) -> None:
@@ -952,6 +955,11 @@ class EnvelopeLink(Protocol):
         self.exchanges.pop(sid, None)
         if self.draining:
             self._close_if_drained()
+
+    def close_when_idle(self) -> None:
+        """Start no more exchanges on this link; close it once those in flight are over."""
+        self.draining = True
+        self._close_if_drained()
 
     def _close_if_drained(self) -> None:
         if not self.exchanges and not self.closed and self.transport is not None:

@@ -2,6 +2,7 @@
 
 from ._connection import Connection
 from ._frames import (
+    MOVE_SETTING,
     NOT_READY,
     PROTOCOL_VERSION,
     REFUSED,
@@ -9,6 +10,7 @@ from ._frames import (
     Ack,
     CatalogPush,
     Data,
+    EdgeSet,
     Frame,
     FrameDecoder,
     GoAway,
@@ -27,6 +29,7 @@ from ._frames import (
     encode_ack,
     encode_catalog,
     encode_data,
+    encode_edges,
     encode_goaway,
     encode_hello,
     encode_ping,
@@ -41,6 +44,7 @@ from ._frames import (
 )
 
 __all__ = [
+    "MOVE_SETTING",
     "NOT_READY",
     "PROTOCOL_VERSION",
     "REFUSED",
@@ -49,6 +53,7 @@ __all__ = [
     "CatalogPush",
     "Connection",
     "Data",
+    "EdgeSet",
     "Frame",
     "FrameDecoder",
     "GoAway",
@@ -67,6 +72,7 @@ __all__ = [
     "encode_ack",
     "encode_catalog",
     "encode_data",
+    "encode_edges",
     "encode_goaway",
     "encode_hello",
     "encode_ping",

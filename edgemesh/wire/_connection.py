@@ -17,11 +17,13 @@ from __future__ import annotations
 from ..exchange import Headers
 from ._frames import (
     HOPS_SETTING,
+    MOVE_SETTING,
     PROTOCOL_VERSION,
     RETRY_AFTER_SETTING,
     Ack,
     CatalogPush,
     Data,
+    EdgeSet,
     Frame,
     FrameDecoder,
     GoAway,
@@ -93,12 +95,15 @@ class Connection:
         self.peer: Hello | None = None
         self.peer_hops = False
         """The peer reads the REQUEST frame's hop count (its hello says so)."""
+        self.peer_move = False
+        """The peer reads GOAWAY's move-to hint."""
         self._peer_window = 0
         self._outbox: list[bytes] = []
 
     # --- handshake -------------------------------------------------------------
 
-    def hello(self, node: str, role: str) -> bytes:
+    def hello(self, node: str, role: str, extra: dict[str, int] | None = None) -> bytes:
+        """``extra``: more settings (e.g. MOVE_SETTING, from an edge that can move)."""
         return encode_hello(
             node,
             role,
@@ -110,6 +115,7 @@ class Connection:
                 RETRY_AFTER_SETTING: 1,
                 "trailers": 1,  # we take DATA frames with trailer fields
                 BYTE_STREAMS_SETTING: 1,
+                **(extra or {}),
             },
         )
 
@@ -159,6 +165,7 @@ class Connection:
                 raise ProtocolError("hello: initial_window out of range")
             self.peer = frame
             self.peer_hops = frame.settings.get(HOPS_SETTING, 0) >= 1
+            self.peer_move = frame.settings.get(MOVE_SETTING, 0) >= 1
             self._peer_window = window
             return True
         if kind is Data:
@@ -217,7 +224,7 @@ class Connection:
             return True
         if kind is Hello:
             raise ProtocolError("second hello")
-        if kind in (Pong, CatalogPush, Ack, GoAway):
+        if kind in (Pong, CatalogPush, Ack, GoAway, EdgeSet):
             return True
         raise ProtocolError(f"unexpected frame {kind.__name__}")  # pragma: no cover
 

@@ -34,6 +34,12 @@ PONG = 7
 CATALOG = 8
 ACK = 9
 GOAWAY = 10
+EDGES = 11
+"""Router ↔ router only: which edges hold a tunnel to the sender (never sent to an edge, so
+older edges never see it)."""
+MAX_EDGES_PER_FRAME = 512
+"""Edge names in one EDGES frame (a full set takes several frames)."""
+
 # Byte streams (docs/protocols.md): numbered apart from the HTTP frames' range so that new
 # HTTP-level frame types can take 11-15.  Sent only to peers whose hello says byte_streams.
 STREAM_OPEN = 16
@@ -43,6 +49,8 @@ HOPS_SETTING = "hops"
 """Hello setting: the sender reads the REQUEST frame's hop field (send it only to such peers:
 an older decoder refuses a REQUEST with one more field)."""
 MAX_HOPS = 255
+MOVE_SETTING = "move"
+"""Hello setting: the sender reads GOAWAY's optional move-to hint."""
 
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""
@@ -214,6 +222,10 @@ class GoAway:
     retry_after: int | None = None
     """Seconds the peer should wait before it connects again (a refusal's hint); None:
     no hint.  An optional third field: frames from older peers have none."""
+    move_to: str | None = None
+    """A router that drains: the replica its edges should move to (its node name).  An
+    optional fourth field, sent only to peers whose hello has MOVE_SETTING (older decoders
+    refuse it)."""
 
     @property
     def refusal(self) -> bool:
@@ -222,9 +234,19 @@ class GoAway:
         return self.reason.partition(":")[0] in REFUSAL_CODES
 
 
+@dataclass(slots=True)
+class EdgeSet:
+    """Edges whose tunnel is on the sending router: ``reset`` replaces what the receiver
+    knew of the sender's edges (the first frame of a full set), else a change."""
+
+    reset: bool
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 Frame = (
     Hello | Request | Data | Response | Reset | Window | Ping | Pong | CatalogPush | Ack | GoAway
-    | StreamOpen | StreamAccept
+    | StreamOpen | StreamAccept | EdgeSet
 )
 
 
@@ -359,10 +381,16 @@ def encode_ack(revision: int) -> bytes:
     return _framed(_packb((ACK, revision)))
 
 
-def encode_goaway(reason: str, retry_after: int | None = None) -> bytes:
-    if retry_after is None:
+def encode_goaway(reason: str, retry_after: int | None = None,
+                  move_to: str | None = None) -> bytes:
+    """``retry_after``: only for a peer whose hello has RETRY_AFTER_SETTING; ``move_to``:
+    only for one whose hello has MOVE_SETTING (fourth, after a retry-after or nil)."""
+    after = None if retry_after is None else min(max(retry_after, 1), MAX_RETRY_AFTER)
+    if move_to:
+        return _framed(_packb((GOAWAY, reason[:512], after, move_to[:253])))
+    if after is None:
         return _framed(_packb((GOAWAY, reason[:512])))
-    return _framed(_packb((GOAWAY, reason[:512], min(max(retry_after, 1), MAX_RETRY_AFTER))))
+    return _framed(_packb((GOAWAY, reason[:512], after)))
 
 
 REFUSED = "refused"
@@ -383,6 +411,19 @@ def encode_refusal(code: str, detail: str, retry_after: int | None = None) -> by
     retry-after hint in seconds when given (only for peers whose hello has
     ``RETRY_AFTER_SETTING``: the caller decides)."""
     return encode_goaway(f"{code}: {detail}", retry_after)
+
+
+def encode_edges(reset: bool, added: list[str], removed: list[str]) -> bytes:
+    """One or more EDGES frames (MAX_EDGES_PER_FRAME names each; only the first resets)."""
+    names = [(name, True) for name in added] + [(name, False) for name in removed]
+    out = []
+    first = True
+    while first or names:
+        chunk, names = names[:MAX_EDGES_PER_FRAME], names[MAX_EDGES_PER_FRAME:]
+        out.append(_framed(_packb((EDGES, 1 if reset and first else 0,
+                                   [n for n, up in chunk if up], [n for n, up in chunk if not up]))))
+        first = False
+    return b"".join(out)
 
 
 # --- decoding ------------------------------------------------------------------------
@@ -538,7 +579,8 @@ def decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
                 raw=False,
                 max_str_len=limits.max_frame,
                 max_bin_len=limits.max_frame,
-                max_array_len=max(16, limits.max_header_count),
+                max_array_len=(MAX_EDGES_PER_FRAME if kind == EDGES
+                               else max(16, limits.max_header_count)),
                 max_map_len=0,
                 max_ext_len=0,
                 ext_hook=_no_ext,
@@ -737,17 +779,37 @@ def _ack(f: tuple[object, ...], limits: Limits) -> Frame:
 
 
 def _goaway(f: tuple[object, ...], limits: Limits) -> Frame:
+    if len(f) == 4:
+        return _goaway4(f)
     if len(f) != 3:
-        _arity(f, 2, "goaway")  # the retry-after field is optional
+        _arity(f, 2, "goaway")  # the retry-after and move-to fields are optional
         return GoAway(_str(f[1], "goaway: reason", 512))
     return GoAway(_str(f[1], "goaway: reason", 512),
                   _int(f[2], "goaway: retry-after", 1, MAX_RETRY_AFTER))
+
+
+def _goaway4(f: tuple[object, ...]) -> Frame:
+    """GOAWAY with a move-to hint: (type, reason, retry-after or nil, move-to)."""
+    after = None if f[2] is None else _int(f[2], "goaway: retry-after", 1, MAX_RETRY_AFTER)
+    move_to = _str(f[3], "goaway: move-to", 253)
+    return GoAway(_str(f[1], "goaway: reason", 512), after, move_to or None)
+
+
+def _edges(f: tuple[object, ...], limits: Limits) -> Frame:
+    _arity(f, 4, "edges")
+    lists = []
+    for value in f[2:]:
+        if type(value) is not tuple or len(value) > MAX_EDGES_PER_FRAME:
+            raise ProtocolError("edges: names must be a short array")
+        lists.append(tuple(_str(name, "edges: name", 253) for name in value))
+    return EdgeSet(_int(f[1], "edges: reset", 0, 1) == 1, lists[0], lists[1])
 
 
 _DECODERS: dict[int, Callable[[tuple[object, ...], Limits], Frame]] = {
     HELLO: _hello, REQUEST: _request, DATA: _data, RESPONSE: _response, RESET: _reset,
     WINDOW: _window, PING: _ping, PONG: _pong, CATALOG: _catalog, ACK: _ack, GOAWAY: _goaway,
     STREAM_OPEN: _stream_open, STREAM_ACCEPT: _stream_accept,
+    EDGES: _edges,
 }
 
 
