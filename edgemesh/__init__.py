@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .catalog import Catalog, catalog_from_objects, load_manifest
 from .exchange import (
+    ICompletingResponder,
     IRequestBody,
     IResponder,
     ISource,
@@ -23,11 +24,13 @@ from .exchange import (
     RequestHead,
     ResponseHead,
     Role,
+    Route,
     SourceKind,
     TargetKind,
 )
 from .roles import EdgeConfig, RouterConfig, build_edge, build_router
 from .routing import Pipeline
+from .security import TLSConfig
 
 try:
     __version__ = version("edgemesh")
@@ -37,6 +40,7 @@ except PackageNotFoundError:  # a bare checkout on sys.path, not installed
 __all__ = [
     "Catalog",
     "EdgeConfig",
+    "ICompletingResponder",
     "IRequestBody",
     "IResponder",
     "ISource",
@@ -47,8 +51,10 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "Role",
+    "Route",
     "RouterConfig",
     "SourceKind",
+    "TLSConfig",
     "TargetKind",
     "build_edge",
     "build_router",
