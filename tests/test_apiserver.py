@@ -71,7 +71,7 @@ EXPECTED_EXPORTS = {
     "MESH_RESOURCE_TYPES", "CertificateAuthority", "Policy", "Rule", "UserInfo", "load_policy",
     # the exchange-contract doubles (issue 17)
     "CompletingResponder", "ContractViolation", "Opened", "RecordingBody", "RecordingResponder",
-    "ScriptedTarget",
+    "ScriptedTarget", "TrailerBody", "TrailerResponder",
 }
 
 

@@ -33,6 +33,8 @@ from edgemesh.testing import (
     RecordingBody,
     RecordingResponder,
     ScriptedTarget,
+    TrailerBody,
+    TrailerResponder,
 )
 from edgemesh.transports._front import _Exchange
 from edgemesh.transports._links import InboundExchange
@@ -249,3 +251,42 @@ def test_producers_are_recorded() -> None:
     body.setProducer(producer)
     responder.setProducer(producer)
     assert body.producer is producer and responder.producer is producer
+
+
+# -- the optional trailers ------------------------------------------------------------------
+
+FIELDS = ((b"X-Checksum", b"abc"),)
+
+
+def test_trailer_doubles_record() -> None:
+    body, responder = TrailerBody(), TrailerResponder()
+    body.write(b"x")
+    body.trailers(FIELDS)
+    body.end()
+    responder.head(OK)
+    responder.trailers(FIELDS)
+    responder.end()
+    assert body.trailer_fields == FIELDS and responder.trailer_fields == FIELDS
+    assert responder.calls == ["head", "trailers", "end"]
+    assert verifyObject(IRequestBody, body) and verifyObject(IResponder, responder)
+
+
+TRAILER_VIOLATIONS: dict[str, tuple[Callable[[TrailerBody, TrailerResponder], object], str]] = {
+    "body trailers twice": (lambda b, r: (b.trailers(FIELDS), b.trailers(FIELDS)),
+                            "request body trailers twice"),
+    "body trailers after end": (lambda b, r: (b.end(), b.trailers(FIELDS)),
+                                "request body trailers after end()"),
+    "response trailers before head": (lambda b, r: r.trailers(FIELDS),
+                                      "response trailers before the head"),
+    "response trailers twice": (lambda b, r: (r.head(OK), r.trailers(FIELDS), r.trailers(FIELDS)),
+                                "response trailers twice"),
+    "response trailers after end": (lambda b, r: (r.head(OK), r.end(), r.trailers(FIELDS)),
+                                    "response trailers after end()"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAILER_VIOLATIONS))
+def test_trailer_doubles_catch(case: str) -> None:
+    act, message = TRAILER_VIOLATIONS[case]
+    with pytest.raises(ContractViolation, match=re.escape(message)):
+        act(TrailerBody(), TrailerResponder())

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_capture_transparent import connect as transparent
-from test_links import Pair, Responder
+from test_links import Pair
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, Logger
@@ -35,7 +35,7 @@ from edgemesh.routing import (
     check_hops,
     own_endpoints,
 )
-from edgemesh.testing import ScriptedTarget
+from edgemesh.testing import RecordingResponder, ScriptedTarget
 from edgemesh.transports._front import HTTPFrontFactory
 from edgemesh.wire import FrameDecoder, Limits, ProtocolError, Request, encode_hello, encode_request
 from edgemesh.wire._connection import Connection
@@ -216,8 +216,8 @@ def head(authority: bytes = b"web.shop", hops: int = 0) -> RequestHead:
     return RequestHead(b"GET", b"/", authority, (), 0, "10.0.0.7", hops)
 
 
-def responder() -> Responder:
-    return Responder()
+def responder() -> RecordingResponder:
+    return RecordingResponder()
 
 
 def test_every_pass_adds_a_hop_and_the_bound_answers_508() -> None:

@@ -9,7 +9,8 @@
   of its own, ``tokens`` and a :class:`Policy` (RBAC) decide who may do what.
 - Doubles for the exchange contract that raise :class:`ContractViolation` when a party
   breaks it: :class:`RecordingBody`, :class:`RecordingResponder`,
-  :class:`CompletingResponder` and :class:`ScriptedTarget` (each exchange an :class:`Opened`).
+  :class:`CompletingResponder`, :class:`TrailerBody`, :class:`TrailerResponder` and
+  :class:`ScriptedTarget` (each exchange an :class:`Opened`).
 """
 
 from ._apiserver import DEFAULT_NAMESPACES, KubeApiServer
@@ -21,6 +22,8 @@ from ._exchange import (
     RecordingBody,
     RecordingResponder,
     ScriptedTarget,
+    TrailerBody,
+    TrailerResponder,
 )
 from ._objects import make_endpoint_slice, make_namespace, make_node, make_pod, make_service
 from ._patch import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
@@ -69,6 +72,8 @@ __all__ = [
     "SelectorError",
     "StatusError",
     "ThreadedKubeApiServer",
+    "TrailerBody",
+    "TrailerResponder",
     "UserInfo",
     "load_policy",
     "make_endpoint_slice",

@@ -8,6 +8,8 @@ are told and raise :class:`ContractViolation` the moment a party breaks a rule.
 - :class:`RecordingResponder` (IResponder): ``head`` once and before any body; no empty
   writes; nothing after ``end`` or ``fail``.  :class:`CompletingResponder` also takes
   ``complete(head, body)`` (ICompletingResponder) under the same rules.
+- :class:`TrailerBody` and :class:`TrailerResponder` also take the optional
+  ``trailers(fields)``: at most once, before ``end`` (and, for a response, after the head).
 - :class:`ScriptedTarget` (ITarget): records each exchange it opens as an :class:`Opened`
   and runs a script (``answer``) on it; also callable as a front's dispatch
   ``(head, responder)``.
@@ -90,6 +92,20 @@ class RecordingBody:
         self.producer = producer
 
 
+class TrailerBody(RecordingBody):
+    """A :class:`RecordingBody` that also takes trailer fields (``trailer_fields``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailer_fields: Headers | None = None
+
+    def trailers(self, fields: Headers) -> None:
+        self._open("trailers")
+        if self.trailer_fields is not None:
+            raise ContractViolation("request body trailers twice")
+        self.trailer_fields = fields
+
+
 @implementer(IResponder)
 class RecordingResponder:
     """The source's side of a response: records what the target delivers, enforcing the
@@ -164,6 +180,24 @@ class CompletingResponder(RecordingResponder):
         if body:
             self.chunks.append(body)
         self.ended = True
+
+
+class TrailerResponder(RecordingResponder):
+    """A :class:`RecordingResponder` that also takes trailer fields (``trailer_fields``);
+    combine it with :class:`CompletingResponder` by subclassing both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailer_fields: Headers | None = None
+
+    def trailers(self, fields: Headers) -> None:
+        self._open("trailers")
+        if self.response is None:
+            raise ContractViolation("response trailers before the head")
+        if self.trailer_fields is not None:
+            raise ContractViolation("response trailers twice")
+        self.calls.append("trailers")
+        self.trailer_fields = fields
 
 
 @dataclass
