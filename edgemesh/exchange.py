@@ -45,6 +45,8 @@ may lead back into the mesh): read and removed by the HTTP front, never sent to 
 
 @dataclass(slots=True)
 class RequestHead:
+    """A request's method, target, authority and end-to-end fields; travels whole."""
+
     method: bytes
     path: bytes
     """The origin-form request target (``/x?y``), whatever form the client used."""
@@ -62,6 +64,8 @@ class RequestHead:
 
 @dataclass(slots=True)
 class ResponseHead:
+    """A response's status, reason and end-to-end fields; travels whole."""
+
     status: int
     reason: bytes
     headers: Headers
@@ -123,6 +127,8 @@ class MeshError(Exception):
 
 
 class Role(enum.Enum):
+    """What a node is: the router in the cloud or an edge agent."""
+
     router = "router"
     edge = "edge"
 
