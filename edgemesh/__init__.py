@@ -24,12 +24,11 @@ from .exchange import (
     RequestHead,
     ResponseHead,
     Role,
-    Route,
     SourceKind,
     TargetKind,
 )
 from .roles import EdgeConfig, RouterConfig, build_edge, build_router
-from .routing import Pipeline
+from .routing import Pipeline, Route
 from .security import TLSConfig
 
 try:

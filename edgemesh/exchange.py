@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -45,8 +45,6 @@ may lead back into the mesh): read and removed by the HTTP front, never sent to 
 
 @dataclass(slots=True)
 class RequestHead:
-    """A request's method, target, authority and end-to-end fields; travels whole."""
-
     method: bytes
     path: bytes
     """The origin-form request target (``/x?y``), whatever form the client used."""
@@ -64,8 +62,6 @@ class RequestHead:
 
 @dataclass(slots=True)
 class ResponseHead:
-    """A response's status, reason and end-to-end fields; travels whole."""
-
     status: int
     reason: bytes
     headers: Headers
@@ -127,8 +123,6 @@ class MeshError(Exception):
 
 
 class Role(enum.Enum):
-    """What a node is: the router in the cloud or an edge agent."""
-
     router = "router"
     edge = "edge"
 
@@ -239,7 +233,7 @@ class _Completers(dict[type, Completer | None]):
         return found
 
 
-COMPLETERS: Final = _Completers()
+COMPLETERS: _Completers = _Completers()
 """A responder class's ``complete`` (unbound), or None where the class does not declare
 ICompletingResponder (``@implementer``; a declaration on the instance alone does not count).
 Learnt once per class (so bounded by the program's classes): the check on the hot path is

@@ -22,10 +22,9 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     TargetKind,
 )
-from edgemesh.routing._guard import GuardedExchange
+from edgemesh.routing import GuardedExchange, Route
 from edgemesh.testing import (
     CompletingResponder,
     ContractViolation,

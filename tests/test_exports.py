@@ -72,10 +72,11 @@ def test_names_are_the_real_objects() -> None:
     assert edgemesh.load_manifest is catalog.load_manifest
     assert edgemesh.catalog_from_objects is catalog.catalog_from_objects
     assert edgemesh.Pipeline is routing.Pipeline
+    assert edgemesh.Route is routing.Route
     assert edgemesh.TLSConfig is security.TLSConfig
     for name in ("MeshError", "Reason", "RequestHead", "ResponseHead", "ISource", "ITarget",
-                 "IRequestBody", "IResponder", "ICompletingResponder", "Role", "Route",
-                 "SourceKind", "TargetKind"):
+                 "IRequestBody", "IResponder", "ICompletingResponder", "Role", "SourceKind",
+                 "TargetKind"):
         assert getattr(edgemesh, name) is getattr(exchange, name)
 
 

@@ -2,7 +2,13 @@
 decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
 overload limits, drain)."""
 
-from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, decide
+from ._decide import (  # type: ignore[attr-defined]  # Route: exchange.py's, by way of _decide
+    EDGE_RULES,
+    ROUTER_PEER,
+    ROUTER_RULES,
+    Route,
+    decide,
+)
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
 from ._loops import (
@@ -55,6 +61,7 @@ __all__ = [
     "Resilience",
     "RetryBudget",
     "RoundRobin",
+    "Route",
     "ServicePolicy",
     "ServiceState",
     "check_hops",

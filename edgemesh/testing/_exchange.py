@@ -35,12 +35,12 @@ from ..exchange import (
     Reason,
     RequestHead,
     ResponseHead,
-    Route,
     TargetKind,
 )
 
 if TYPE_CHECKING:
     from ..catalog import Endpoint
+    from ..routing import Route
 
 
 class ContractViolation(AssertionError):

@@ -125,7 +125,7 @@ class _Stop(Exception):
 
 @implementer(ICompletingResponder, IPushProducer)
 class _Exchange:
-    """One request/response on a front connection.  It is the ``ICompletingResponder`` the
+    """One request/response on a front connection.  It is the ``IResponder`` the
     target answers through, and the ``IPushProducer`` the target pauses while it
     cannot take more request body."""
 
