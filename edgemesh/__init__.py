@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .catalog import Catalog, catalog_from_objects, load_manifest
 from .exchange import (
+    ICompletingResponder,
     IRequestBody,
     IResponder,
     ISource,
@@ -27,7 +28,8 @@ from .exchange import (
     TargetKind,
 )
 from .roles import EdgeConfig, RouterConfig, build_edge, build_router
-from .routing import Pipeline
+from .routing import Pipeline, Route
+from .security import TLSConfig
 
 try:
     __version__ = version("edgemesh")
@@ -37,6 +39,7 @@ except PackageNotFoundError:  # a bare checkout on sys.path, not installed
 __all__ = [
     "Catalog",
     "EdgeConfig",
+    "ICompletingResponder",
     "IRequestBody",
     "IResponder",
     "ISource",
@@ -47,8 +50,10 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "Role",
+    "Route",
     "RouterConfig",
     "SourceKind",
+    "TLSConfig",
     "TargetKind",
     "build_edge",
     "build_router",

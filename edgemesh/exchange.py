@@ -8,6 +8,10 @@ whole; bodies are streams with push-producer flow control in both directions:
     source ──IRequestBody.write/end/abort──► target      (target pauses the source's producer)
     source ◄──IResponder.head/write/end/fail── target     (source pauses the target's producer)
 
+A responder may also take a whole response in one call: ``complete(head, body)``
+(ICompletingResponder, optional).  Whoever holds a whole response looks the method up with
+``COMPLETERS[type(responder)]`` (learnt once per class) and falls back to head, write, end.
+
 Trailers (the fields after a chunked body) go through an optional method that an
 IRequestBody or IResponder may offer: ``trailers(fields: Headers)``, called at most once,
 just before ``end()``.  Whoever holds trailers for a party without it drops them and logs
@@ -20,6 +24,7 @@ Nothing here touches a reactor or a socket.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +202,35 @@ class IResponder(Interface):
 
     def setProducer(producer: IPushProducer) -> None:
         """The target's response flow: the source pauses it while the client is slow."""
+
+
+class ICompletingResponder(IResponder):
+    """An IResponder that also takes a whole response in one call (optional: a target
+    checks for it with ``COMPLETERS``, never assumes it)."""
+
+    def complete(head: ResponseHead, body: bytes) -> None:
+        """The whole response at once: head, the body bytes (possibly empty), end.  The
+        same as ``head(head)``, ``write(body)`` if any, ``end()``, and the same rules."""
+
+
+Completer = Callable[[Any, ResponseHead, bytes], None]
+"""A class's ``complete``, unbound: called as ``complete(responder, head, body)``."""
+
+
+class _Completers(dict[type, Completer | None]):
+    def __missing__(self, kind: type) -> Completer | None:
+        found: Completer | None = None
+        if ICompletingResponder.implementedBy(kind):
+            found = kind.complete
+        self[kind] = found
+        return found
+
+
+COMPLETERS: _Completers = _Completers()
+"""A responder class's ``complete`` (unbound), or None where the class does not declare
+ICompletingResponder (``@implementer``; a declaration on the instance alone does not count).
+Learnt once per class (so bounded by the program's classes): the check on the hot path is
+one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
 
 
 class ITarget(Interface):

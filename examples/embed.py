@@ -22,8 +22,7 @@ import tempfile
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
-from edgemesh import EdgeConfig, build_edge, load_manifest
-from edgemesh.security import TLSConfig
+from edgemesh import EdgeConfig, TLSConfig, build_edge, load_manifest
 
 
 async def main(reactor: object, args: argparse.Namespace) -> None:

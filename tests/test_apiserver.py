@@ -69,6 +69,9 @@ EXPECTED_EXPORTS = {
     "make_endpoint_slice", "make_namespace", "make_node", "make_pod", "make_service",
     "parse_field_selector", "parse_label_selector", "DEFAULT_NAMESPACES", "LEASES",
     "MESH_RESOURCE_TYPES", "CertificateAuthority", "Policy", "Rule", "UserInfo", "load_policy",
+    # the exchange-contract doubles (issue 17)
+    "CompletingResponder", "ContractViolation", "Opened", "RecordingBody", "RecordingResponder",
+    "ScriptedTarget", "TrailerBody", "TrailerResponder",
 }
 
 

@@ -18,10 +18,8 @@ from capturekit import FakeNat
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
-from zope.interface import implementer
 
 from edgemesh.capture import (
     VIRTUAL_IPS_FILE,
@@ -50,6 +48,7 @@ from edgemesh.exchange import (
     SourceKind,
 )
 from edgemesh.roles import EdgeConfig, build_edge
+from edgemesh.testing import RecordingBody
 
 NET = ipaddress.IPv4Network("240.240.0.0/16")
 HOST = IPv4Address("TCP", "127.0.0.1", 15001)
@@ -239,25 +238,6 @@ def test_service_addresses() -> None:
 # -- the transparent front -----------------------------------------------------------------------
 
 
-@implementer(IRequestBody)
-class Body:
-    def __init__(self) -> None:
-        self.data = b""
-        self.ended = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def end(self) -> None:
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        pass
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
 @dataclass
 class Routed:
     """A fake ``Pipeline.dispatch_resolved``: records and answers 200 with the service key."""
@@ -271,7 +251,7 @@ class Routed:
         responder.head(ResponseHead(200, b"OK", (), len(body)))
         responder.write(body)
         responder.end()
-        return Body()
+        return RecordingBody()
 
 
 def connect(original: tuple[str, int] | None, routed: Routed | None = None,

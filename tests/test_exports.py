@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "Catalog",
     "EdgeConfig",
+    "ICompletingResponder",
     "IRequestBody",
     "IResponder",
     "ISource",
@@ -27,8 +28,10 @@ EXPECTED = {
     "RequestHead",
     "ResponseHead",
     "Role",
+    "Route",
     "RouterConfig",
     "SourceKind",
+    "TLSConfig",
     "TargetKind",
     "build_edge",
     "build_router",
@@ -59,7 +62,7 @@ def test_every_name_is_importable(name: str) -> None:
 
 def test_names_are_the_real_objects() -> None:
     """Re-exports, not copies: the same objects as in the (private) modules."""
-    from edgemesh import catalog, exchange, roles, routing
+    from edgemesh import catalog, exchange, roles, routing, security
 
     assert edgemesh.build_router is roles.build_router
     assert edgemesh.build_edge is roles.build_edge
@@ -69,8 +72,11 @@ def test_names_are_the_real_objects() -> None:
     assert edgemesh.load_manifest is catalog.load_manifest
     assert edgemesh.catalog_from_objects is catalog.catalog_from_objects
     assert edgemesh.Pipeline is routing.Pipeline
+    assert edgemesh.Route is routing.Route
+    assert edgemesh.TLSConfig is security.TLSConfig
     for name in ("MeshError", "Reason", "RequestHead", "ResponseHead", "ISource", "ITarget",
-                 "IRequestBody", "IResponder", "Role", "SourceKind", "TargetKind"):
+                 "IRequestBody", "IResponder", "ICompletingResponder", "Role", "SourceKind",
+                 "TargetKind"):
         assert getattr(edgemesh, name) is getattr(exchange, name)
 
 
@@ -122,3 +128,13 @@ def test_version_falls_back_when_not_installed() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0+unknown"
+
+
+def test_embedding_example_needs_only_the_public_names() -> None:
+    """examples/embed.py imports from ``edgemesh`` itself, never from its private modules."""
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "examples" / "embed.py").read_text())
+    modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert "edgemesh" in modules
+    assert [m for m in modules if m and m.startswith("edgemesh.")] == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,6 +30,7 @@ from edgemesh.exchange import (
     RequestHead,
     ResponseHead,
 )
+from edgemesh.testing import Opened, RecordingBody, ScriptedTarget
 from edgemesh.transports._front import (
     FrontLimits,
     HTTPFrontFactory,
@@ -40,83 +41,13 @@ PEER = IPv4Address("TCP", "10.1.2.3", 40000)
 DEFAULTS = FrontLimits()
 
 
-# -- fakes -------------------------------------------------------------------------
+# -- fakes: the contract-checking doubles of edgemesh.testing ---------------------------------
+
+TEXT = ((b"Content-Type", b"text/plain"),)
 
 
-@implementer(IRequestBody)
-class RecordingBody:
-    """The target's side of the request body: records what the front delivers."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.aborted: str | None = None
-        self.producer: IPushProducer | None = None
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def write(self, data: bytes) -> None:
-        assert data, "empty body write"
-        assert not self.ended and self.aborted is None
-        self.chunks.append(data)
-
-    def end(self) -> None:
-        assert not self.ended and self.aborted is None
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        self.aborted = reason
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
-
-
-@dataclass
-class Call:
-    head: RequestHead
-    responder: IResponder
-    body: RecordingBody = field(default_factory=RecordingBody)
-
-    def respond(
-        self,
-        status: int = 200,
-        body: bytes = b"ok",
-        headers: tuple[tuple[bytes, bytes], ...] = ((b"Content-Type", b"text/plain"),),
-        length: int | None | str = "auto",
-        reason: bytes = b"OK",
-    ) -> None:
-        """A complete response (Content-Length framed unless length=None)."""
-        declared = len(body) if length == "auto" else length
-        assert declared is None or isinstance(declared, int)
-        self.responder.head(ResponseHead(status, reason, headers, declared))
-        if body:
-            self.responder.write(body)
-        self.responder.end()
-
-
-class FakeTarget:
-    """A Dispatch: records every exchange; ``answer`` (if any) responds at once."""
-
-    def __init__(self, answer: Callable[[Call], None] | None = None) -> None:
-        self.calls: list[Call] = []
-        self.answer = answer
-
-    def __call__(self, head: RequestHead, responder: IResponder) -> IRequestBody:
-        call = Call(head, responder)
-        self.calls.append(call)
-        if self.answer is not None:
-            self.answer(call)
-        return call.body
-
-    @property
-    def paths(self) -> list[bytes]:
-        return [call.head.path for call in self.calls]
-
-
-def answer_ok(call: Call) -> None:
-    call.respond(body=b"ok:" + call.head.path)
+def answer_ok(call: Opened) -> None:
+    call.respond(body=b"ok:" + call.head.path, headers=TEXT)
 
 
 @dataclass
@@ -187,7 +118,7 @@ class Conn:
 
     def __init__(
         self,
-        target: FakeTarget | Callable[[RequestHead, IResponder], IRequestBody],
+        target: ScriptedTarget | Callable[[RequestHead, IResponder], IRequestBody],
         limits: FrontLimits = DEFAULTS,
     ) -> None:
         self.clock = MemoryReactorClock()
@@ -247,23 +178,23 @@ def get(path: bytes = b"/", extra: bytes = b"", host: bytes = b"web") -> bytes:
 
 
 def test_interfaces_and_factory() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     assert verifyObject(IPushProducer, conn.protocol)
     assert conn.transport.producer is conn.protocol and conn.transport.streaming
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     assert verifyObject(IResponder, responder)
     assert verifyObject(IPushProducer, responder)
-    assert target.calls[0].body.producer is responder
+    assert target.opened[0].body.producer is responder
     assert conn.protocol.factory is conn.factory
 
 
 def test_origin_form_get() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(GET)
-    [call] = target.calls
+    [call] = target.opened
     assert call.head == RequestHead(
         method=b"GET",
         path=b"/a?b=1",
@@ -280,14 +211,14 @@ def test_origin_form_get() -> None:
 
 
 def test_absolute_form_uses_the_uri_authority_and_replaces_host() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(
         b"GET http://orders.shop:8080/v1/x?y=2 HTTP/1.1\r\nHost: elsewhere\r\nX-A: 1\r\n\r\n",
         b"GET http://orders.shop HTTP/1.1\r\nX-A: 2\r\n\r\n",
         b"GET HTTP://Orders.Shop?q=1 HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
     )
-    heads = [call.head for call in target.calls]
+    heads = [call.head for call in target.opened]
     assert [(h.authority, h.path) for h in heads] == [
         (b"orders.shop:8080", b"/v1/x?y=2"),
         (b"orders.shop", b"/"),
@@ -299,7 +230,7 @@ def test_absolute_form_uses_the_uri_authority_and_replaces_host() -> None:
 
 
 def test_keep_alive_serves_requests_one_after_another() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     for n in range(3):
         conn.send(get(b"/%d" % n))
@@ -310,21 +241,21 @@ def test_keep_alive_serves_requests_one_after_another() -> None:
 
 
 def test_connection_close_request() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(get(b"/1", b"Connection: close\r\n") + get(b"/2"))
     assert target.paths == [b"/1"]  # nothing after a close request is read
-    target.calls[0].respond()
+    target.opened[0].respond()
     [response] = conn.responses()
     assert response.header(b"connection") == b"close"
     assert conn.closed
 
 
 def test_http10_without_keep_alive_closes() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(b"GET /old HTTP/1.0\r\n\r\n")
-    [call] = target.calls
+    [call] = target.opened
     assert call.head.authority == b"" and call.head.path == b"/old"
     [response] = conn.responses()
     assert response.header(b"connection") == b"close"
@@ -332,21 +263,21 @@ def test_http10_without_keep_alive_closes() -> None:
 
 
 def test_http10_keep_alive_is_honoured_and_announced() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(b"GET /1 HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
     conn.send(b"GET /2 HTTP/1.0\r\nHost: web\r\nConnection: Keep-Alive\r\n\r\n")
     responses = conn.responses()
     assert [r.header(b"connection") for r in responses] == [b"keep-alive", b"keep-alive"]
     assert not conn.closed
-    assert all(b"keep-alive" not in name.lower() for name, _ in target.calls[0].head.headers)
+    assert all(b"keep-alive" not in name.lower() for name, _ in target.opened[0].head.headers)
 
 
 def test_http10_unknown_length_response_is_close_delimited() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.head(ResponseHead(200, b"OK", (), None))
     responder.write(b"part1,")
     responder.write(b"part2")
@@ -357,10 +288,10 @@ def test_http10_unknown_length_response_is_close_delimited() -> None:
 
 
 def test_chunked_response_for_http11() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.head(ResponseHead(200, b"OK", ((b"X-Y", b"z"),), None))
     responder.write(b"hello ")
     responder.write(b"")  # never a terminating chunk by accident
@@ -374,12 +305,12 @@ def test_chunked_response_for_http11() -> None:
 
 
 def test_head_request_gets_no_body() -> None:
-    def answer(call: Call) -> None:
+    def answer(call: Opened) -> None:
         call.responder.head(ResponseHead(200, b"OK", (), 10))
         call.responder.write(b"0123456789")  # dropped: a HEAD response has no body
         call.responder.end()
 
-    target = FakeTarget(answer)
+    target = ScriptedTarget(answer=answer)
     conn = Conn(target)
     conn.send(b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n")
     target.answer = answer_ok
@@ -392,10 +323,10 @@ def test_head_request_gets_no_body() -> None:
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses(status: int) -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.head(ResponseHead(status, b"X", ((b"ETag", b'"1"'),), None))
     responder.write(b"ignored")
     responder.end()
@@ -405,7 +336,7 @@ def test_no_body_statuses(status: int) -> None:
 
 
 def test_response_framing_fields_from_the_target_are_replaced() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
     headers = (
@@ -415,7 +346,7 @@ def test_response_framing_fields_from_the_target_are_replaced() -> None:
         (b"Keep-Alive", b"timeout=5"),
         (b"X-Kept", b"yes"),
     )
-    target.calls[0].respond(headers=headers, body=b"abc")
+    target.opened[0].respond(headers=headers, body=b"abc")
     [response] = conn.responses()
     assert response.headers == [(b"X-Kept", b"yes"), (b"Content-Length", b"3")]
     assert response.body == b"abc"
@@ -423,10 +354,10 @@ def test_response_framing_fields_from_the_target_are_replaced() -> None:
 
 
 def test_request_body_with_content_length_streams() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\n\r\nhel")
-    [call] = target.calls
+    [call] = target.opened
     assert call.head.content_length == 11
     assert call.body.chunks == [b"hel"] and not call.body.ended
     conn.send(b"lo ", b"world")
@@ -436,14 +367,14 @@ def test_request_body_with_content_length_streams() -> None:
 
 
 def test_chunked_request_body_and_trailers_dropped() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(
         b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"5\r\nhello\r\n",
         b"6;name=value\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
     )
-    [call] = target.calls
+    [call] = target.opened
     assert call.head.content_length is None
     assert all(name.lower() != b"transfer-encoding" for name, _ in call.head.headers)
     assert call.body.data == b"hello world" and call.body.ended
@@ -453,29 +384,29 @@ def test_chunked_request_body_and_trailers_dropped() -> None:
 
 
 def test_expect_100_continue_is_answered_and_not_forwarded() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(
         b"PUT /f HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
     )
     assert conn.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
-    assert all(name.lower() != b"expect" for name, _ in target.calls[0].head.headers)
+    assert all(name.lower() != b"expect" for name, _ in target.opened[0].head.headers)
     conn.send(b"abc")
-    target.calls[0].respond()
+    target.opened[0].respond()
     [response] = conn.responses()
     assert response.status == 200
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(get(b"/1") + get(b"/2") + b"POST /3 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbody")
     assert target.paths == [b"/1"]
     assert conn.reading == "paused"  # parsed requests are waiting: stop reading
-    target.calls[0].respond(body=b"one")
+    target.opened[0].respond(body=b"one")
     assert target.paths == [b"/1", b"/2"]
-    target.calls[1].respond(body=b"two")
-    third = target.calls[2]
+    target.opened[1].respond(body=b"two")
+    third = target.opened[2]
     assert third.body.data == b"body" and third.body.ended
     assert conn.reading == "producing"
     third.respond(body=b"three")
@@ -483,23 +414,23 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
 
 
 def test_pipelined_body_split_across_reads_is_delivered_after_start() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(get(b"/1") + b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\n\r\nab")
-    target.calls[0].respond()
-    second = target.calls[1]
+    target.opened[0].respond()
+    second = target.opened[1]
     assert second.body.chunks == [b"ab"] and not second.body.ended
     conn.send(b"cdef")
     assert second.body.data == b"abcdef" and second.body.ended
 
 
 def test_too_many_pipelined_requests() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target, FrontLimits(max_pipelined=2))
     conn.send(get(b"/1") + get(b"/2") + get(b"/3") + get(b"/4") + get(b"/5"))
-    target.calls[0].respond()
-    target.calls[1].respond()
-    target.calls[2].respond()
+    target.opened[0].respond()
+    target.opened[1].respond()
+    target.opened[2].respond()
     assert target.paths == [b"/1", b"/2", b"/3"]
     responses = conn.responses()
     assert [r.status for r in responses] == [200, 200, 200, 503]
@@ -511,10 +442,10 @@ def test_too_many_pipelined_requests() -> None:
 
 
 def test_target_pauses_and_resumes_reading_the_request_body() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nxx")
-    producer = target.calls[0].body.producer
+    producer = target.opened[0].body.producer
     assert producer is not None
     producer.pauseProducing()
     assert conn.reading == "paused"
@@ -522,7 +453,7 @@ def test_target_pauses_and_resumes_reading_the_request_body() -> None:
     assert conn.reading == "producing"
     producer.pauseProducing()
     conn.send(b"y" * 98)
-    target.calls[0].respond()
+    target.opened[0].respond()
     # The exchange is over: its pause no longer holds the connection.
     assert conn.reading == "producing"
     producer.pauseProducing()
@@ -544,22 +475,22 @@ def test_slow_client_pauses_the_response_producer() -> None:
         def stopProducing(self) -> None:
             self.state = "stopped"
 
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
     upstream = Upstream()
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.setProducer(upstream)
     conn.protocol.pauseProducing()  # what the transport does when its buffer is full
     assert upstream.state == "paused"
     conn.protocol.resumeProducing()
     assert upstream.state == "producing"
     # A producer registered while the client is slow starts paused.
-    target.calls[0].respond()
+    target.opened[0].respond()
     conn.protocol.pauseProducing()
     conn.send(get(b"/2"))
     late = Upstream()
-    target.calls[1].responder.setProducer(late)
+    target.opened[1].responder.setProducer(late)
     assert late.state == "paused"
 
 
@@ -567,10 +498,10 @@ def test_slow_client_pauses_the_response_producer() -> None:
 
 
 def test_fail_before_head_answers_and_keeps_the_connection() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    target.calls[0].responder.fail(MeshError(Reason.no_endpoint, "no ready endpoint for web"))
+    target.opened[0].responder.fail(MeshError(Reason.no_endpoint, "no ready endpoint for web"))
     [response] = conn.responses()
     assert response.status == 503
     assert response.header(b"x-edgemesh-error") == b"no-endpoint"
@@ -583,10 +514,10 @@ def test_fail_before_head_answers_and_keeps_the_connection() -> None:
 
 
 def test_fail_before_head_with_unread_body_closes_and_aborts_the_body() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
-    call = target.calls[0]
+    call = target.opened[0]
     call.responder.fail(MeshError(Reason.upstream_refused, "refused"))
     [response] = conn.responses()
     assert response.status == 502 and response.header(b"connection") == b"close"
@@ -595,10 +526,10 @@ def test_fail_before_head_with_unread_body_closes_and_aborts_the_body() -> None:
 
 
 def test_fail_after_head_aborts_the_client_connection() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.head(ResponseHead(200, b"OK", (), 100))
     responder.write(b"partial")
     written = conn.transport.value()
@@ -655,10 +586,10 @@ def test_target_raising_in_body_write_fails_the_exchange() -> None:
 
 
 def test_client_disconnect_aborts_the_body_and_later_calls_are_no_ops() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
-    call = target.calls[0]
+    call = target.opened[0]
     conn.lose()
     assert call.body.aborted is not None
     call.respond()  # must not raise, must not write
@@ -668,25 +599,25 @@ def test_client_disconnect_aborts_the_body_and_later_calls_are_no_ops() -> None:
 
 
 def test_disconnect_while_waiting_for_the_response_aborts_too() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
     conn.lose()
-    assert target.calls[0].body.ended and target.calls[0].body.aborted is not None
+    assert target.opened[0].body.ended and target.opened[0].body.aborted is not None
 
 
 def test_response_content_length_mismatches_abort() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.head(ResponseHead(200, b"OK", (), 3))
     responder.write(b"abcd")
     assert conn.aborted
 
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[1].responder
+    responder = target.opened[1].responder
     responder.head(ResponseHead(200, b"OK", (), 3))
     responder.write(b"ab")
     responder.end()
@@ -695,20 +626,20 @@ def test_response_content_length_mismatches_abort() -> None:
 
 @pytest.mark.parametrize("status", [100, 101, 199, 42])
 def test_unusable_status_becomes_502(status: int) -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    target.calls[0].responder.head(ResponseHead(status, b"X", (), 0))
+    target.opened[0].responder.head(ResponseHead(status, b"X", (), 0))
     [response] = conn.responses()
     assert response.status == 502
     assert response.header(b"x-edgemesh-error") == b"upstream-bad-response"
 
 
 def test_responder_misuse_is_harmless() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder = target.calls[0].responder
+    responder = target.opened[0].responder
     responder.end()  # before any head: treated as a bad response
     assert conn.responses()[0].status == 502
     responder.head(ResponseHead(200, b"OK", (), 0))  # after the end: ignored
@@ -717,14 +648,14 @@ def test_responder_misuse_is_harmless() -> None:
 
 
 def test_upgrade_without_body_is_an_ordinary_request() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(
         get(b"/1", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: x\r\n")
         + get(b"/2")
     )
     assert target.paths == [b"/1", b"/2"]
-    assert target.calls[0].head.headers == ((b"Host", b"web"),)
+    assert target.opened[0].head.headers == ((b"Host", b"web"),)
     assert len(conn.responses()) == 2
 
 
@@ -732,7 +663,7 @@ def test_upgrade_without_body_is_an_ordinary_request() -> None:
 
 
 def test_idle_timeout_closes_a_quiet_keep_alive_connection() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target, FrontLimits(idle_timeout=30))
     conn.clock.advance(20)
     conn.send(GET)
@@ -748,7 +679,7 @@ def test_idle_timeout_closes_a_quiet_keep_alive_connection() -> None:
 
 
 def test_a_close_the_client_never_completes_is_aborted() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target, FrontLimits(idle_timeout=30))
     conn.send(get(extra=b"Connection: close\r\n"))
     assert conn.closed and not conn.aborted
@@ -759,12 +690,12 @@ def test_a_close_the_client_never_completes_is_aborted() -> None:
 
 
 def test_no_idle_timeout_while_a_response_is_pending() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target, FrontLimits(idle_timeout=5))
     conn.send(GET)
     conn.clock.advance(60)
     assert not conn.closed  # the target's timeouts govern a pending exchange
-    target.calls[0].respond()
+    target.opened[0].respond()
     conn.clock.advance(4)
     assert not conn.closed
     conn.clock.advance(2)
@@ -772,13 +703,13 @@ def test_no_idle_timeout_while_a_response_is_pending() -> None:
 
 
 def test_a_connection_that_never_speaks_is_closed_at_the_idle_timeout() -> None:
-    conn = Conn(FakeTarget(), FrontLimits(idle_timeout=7))
+    conn = Conn(ScriptedTarget(), FrontLimits(idle_timeout=7))
     conn.clock.advance(7)
     assert conn.closed
 
 
 def test_log_events_for_rejections_name_the_client() -> None:
-    conn = Conn(FakeTarget())
+    conn = Conn(ScriptedTarget())
     with captured_log() as events:
         conn.send(b"GET / HTTP/1.1\r\n\r\n")
     messages: list[Any] = [e for e in events if e.get("client") == "10.1.2.3"]
@@ -789,12 +720,12 @@ def test_log_events_for_rejections_name_the_client() -> None:
 
 
 def test_error_answers_respect_http10_keep_alive_and_head() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
-    target.calls[0].responder.fail(MeshError(Reason.no_endpoint, "none"))
+    target.opened[0].responder.fail(MeshError(Reason.no_endpoint, "none"))
     conn.send(b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n")
-    target.calls[1].responder.fail(MeshError(Reason.no_endpoint, "none"))
+    target.opened[1].responder.fail(MeshError(Reason.no_endpoint, "none"))
     first, second = conn.responses(no_body=frozenset({1}))
     assert first.header(b"connection") == b"keep-alive" and first.body
     assert second.status == 503 and second.body == b""
@@ -803,7 +734,7 @@ def test_error_answers_respect_http10_keep_alive_and_head() -> None:
 
 
 def test_http10_keep_alive_with_close_closes() -> None:
-    target = FakeTarget(answer_ok)
+    target = ScriptedTarget(answer=answer_ok)
     conn = Conn(target)
     conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
     assert conn.responses()[0].header(b"connection") == b"close"
@@ -811,7 +742,7 @@ def test_http10_keep_alive_with_close_closes() -> None:
 
 
 def test_queued_chunked_body_is_held_then_delivered_in_order() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(
         get(b"/1")
@@ -819,29 +750,29 @@ def test_queued_chunked_body_is_held_then_delivered_in_order() -> None:
         + b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"
     )
     assert target.paths == [b"/1"]
-    target.calls[0].respond()
-    second = target.calls[1]
+    target.opened[0].respond()
+    second = target.opened[1]
     assert second.body.chunks == [b"abc", b"def"] and second.body.ended
 
 
 def test_queued_request_answered_inside_dispatch_still_gets_its_body() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(get(b"/1") + b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
     target.answer = answer_ok
-    target.calls[0].respond()
-    second = target.calls[1]
+    target.opened[0].respond()
+    second = target.opened[1]
     assert second.body.data == b"abc" and second.body.ended
     assert [r.status for r in conn.responses()] == [200, 200]
     assert not conn.closed
 
 
 def test_bad_body_of_a_queued_request_is_answered_in_turn_and_never_dispatched() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(get(b"/1") + POST_CHUNKED + b"3\r\nabc\r\nzz\r\n")
     assert conn.transport.value() == b""
-    target.calls[0].respond()
+    target.opened[0].respond()
     assert target.paths == [b"/1"]
     first, second = conn.responses()
     assert (first.status, second.status) == (200, 400)
@@ -849,13 +780,13 @@ def test_bad_body_of_a_queued_request_is_answered_in_turn_and_never_dispatched()
 
 
 def test_a_stuck_pipelined_head_closes_the_connection_and_aborts_the_exchange() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target, FrontLimits(header_timeout=10))
     conn.send(get(b"/1"), b"GET /2 HTTP/1.1\r\nHo")
     conn.clock.advance(10)
     assert conn.closed
-    assert target.calls[0].body.aborted is not None
-    target.calls[0].respond()
+    assert target.opened[0].body.aborted is not None
+    target.opened[0].respond()
     assert conn.transport.value() == b""
 
 
@@ -867,8 +798,8 @@ def test_a_bug_in_the_front_costs_one_connection_not_the_reactor() -> None:
         def on_header(self, name: bytes, value: bytes) -> None:
             raise KeyError(name)
 
-    conn = Conn(FakeTarget())
-    buggy = Buggy(conn.clock, FakeTarget())
+    conn = Conn(ScriptedTarget())
+    buggy = Buggy(conn.clock, ScriptedTarget())
     transport = StringTransport(peerAddress=PEER)
     buggy.makeConnection(transport)
     with captured_log() as events:
@@ -926,10 +857,10 @@ def test_request_trailers_reach_the_target_before_the_end(queued: bool) -> None:
 
 
 def test_response_trailers_follow_the_last_chunk() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(GET)
-    responder: Any = target.calls[0].responder
+    responder: Any = target.opened[0].responder
     responder.head(ResponseHead(200, b"OK", (), None))
     responder.write(b"hello")
     responder.trailers(((b"X-Checksum", b"abc"),))
@@ -939,10 +870,10 @@ def test_response_trailers_follow_the_last_chunk() -> None:
 
 
 def test_response_trailers_to_an_http10_client_are_dropped_and_logged() -> None:
-    target = FakeTarget()
+    target = ScriptedTarget()
     conn = Conn(target)
     conn.send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
-    responder: Any = target.calls[0].responder
+    responder: Any = target.opened[0].responder
     with captured_log() as events:
         responder.head(ResponseHead(200, b"OK", (), None))
         responder.write(b"hello")

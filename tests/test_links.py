@@ -41,6 +41,7 @@ from edgemesh.exchange import (
 from edgemesh.routing import Route
 
 # The package __init__ pulls in the HTTP front and upstream: import the modules directly.
+from edgemesh.testing import RecordingBody, RecordingResponder, TrailerBody, TrailerResponder
 from edgemesh.transports._links import EnvelopeLink, InboundExchange, OutboundExchange
 from edgemesh.transports._peers import HubDialer, LinkTarget
 from edgemesh.wire import (
@@ -89,81 +90,16 @@ class Producer:
         self.stopped = True
 
 
-@implementer(IRequestBody)
-class Body:
-    """What a local target does with the request body: keeps it."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.aborted: str | None = None
-        self.producer: IPushProducer | None = None
-        self.on_write: Callable[[bytes], None] | None = None
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def write(self, data: bytes) -> None:
-        assert data, "bodies are never written empty"
-        self.chunks.append(data)
-        if self.on_write is not None:
-            self.on_write(data)
-
-    def end(self) -> None:
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        self.aborted = reason
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
-
-
-@implementer(IResponder)
-class Responder:
-    """What a source does with the response: keeps it."""
-
-    def __init__(self) -> None:
-        self.heads: list[ResponseHead] = []
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.failures: list[MeshError] = []
-        self.producer: IPushProducer | None = None
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def head(self, head: ResponseHead) -> None:
-        assert not self.heads and not self.chunks
-        self.heads.append(head)
-
-    def write(self, data: bytes) -> None:
-        assert self.heads and data
-        self.chunks.append(data)
-
-    def end(self) -> None:
-        assert self.heads and not self.ended
-        self.ended = True
-
-    def fail(self, error: MeshError) -> None:
-        self.failures.append(error)
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
-
-
 @dataclass
 class Inbound:
     request: Request
     exchange: InboundExchange
-    body: Body
+    body: RecordingBody
 
 
 @dataclass
 class Handler:
-    """A role: records what the link tells it; inbound exchanges get a Body."""
+    """A role: records what the link tells it; inbound exchanges get a RecordingBody."""
 
     ready: list[EnvelopeLink] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
@@ -180,7 +116,7 @@ class Handler:
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         assert isinstance(responder, InboundExchange)
-        entry = Inbound(request, responder, Body())
+        entry = Inbound(request, responder, RecordingBody())
         self.inbounds.append(entry)
         if self.on_inbound is not None:
             self.on_inbound(entry)
@@ -259,8 +195,8 @@ class Pair:
         content_length: int | None = None,
         endpoint: tuple[str, int] | None = ("10.4.0.12", 8080),
         method: bytes = b"POST",
-    ) -> tuple[OutboundExchange, Responder]:
-        responder = Responder()
+    ) -> tuple[OutboundExchange, RecordingResponder]:
+        responder = RecordingResponder()
         head = RequestHead(method, b"/upload?x=1", b"web.shop", ((b"Content-Type", b"text/plain"),),
                            content_length, client="10.0.0.9")
         exchange = self.client.open(head, "shop/web", 80, endpoint, responder)
@@ -420,8 +356,8 @@ def test_exchange_end_to_end() -> None:
     entry.exchange.write(b"ne")
     entry.exchange.end()
     pair.pump()
-    assert responder.heads == [ResponseHead(201, b"Created", ((b"X-Id", b"7"),), 4)]
-    assert responder.data == b"done" and responder.ended and responder.failures == []
+    assert responder.response == ResponseHead(201, b"Created", ((b"X-Id", b"7"),), 4)
+    assert responder.body == b"done" and responder.ended and responder.error is None
     # Nothing left behind on either side.
     assert pair.client.exchanges == {} and pair.server.exchanges == {}
     assert pair.client.connection.active_streams == pair.server.connection.active_streams == 0
@@ -451,8 +387,8 @@ def test_complete_fast_path_is_one_frame() -> None:
     pair.pump()
     [response] = pair.from_server[before:]
     assert response == Response(1, True, 200, b"OK", (), 5, b"hello")
-    assert responder.heads == [ResponseHead(200, b"OK", (), 5)]
-    assert responder.data == b"hello" and responder.ended
+    assert responder.response == ResponseHead(200, b"OK", (), 5)
+    assert responder.body == b"hello" and responder.ended
     assert pair.client.exchanges == {} and pair.server.exchanges == {}
     assert pair.client.connection.active_streams == pair.server.connection.active_streams == 0
 
@@ -469,7 +405,7 @@ def test_a_whole_response_in_one_reactor_turn_is_one_frame() -> None:
     entry.exchange.end()
     pair.pump()
     assert pair.from_server[before:] == [Response(1, True, 200, b"OK", (), 4, b"abcd")]
-    assert responder.data == b"abcd" and responder.ended
+    assert responder.body == b"abcd" and responder.ended
     assert pair.server.exchanges == {} and pair.server.connection.active_streams == 0
 
 
@@ -481,10 +417,10 @@ def test_a_head_alone_goes_out_at_the_end_of_the_reactor_turn() -> None:
     entry.exchange.head(ResponseHead(200, b"OK", (), None))
     assert pair.server_transport.value() == b""  # held until the turn ends
     pair.pump()
-    assert responder.heads == [ResponseHead(200, b"OK", (), None)]
+    assert responder.response == ResponseHead(200, b"OK", (), None)
     entry.exchange.write(b"streamed")
     pair.pump()
-    assert responder.data == b"streamed"
+    assert responder.body == b"streamed"
     assert frames_of(pair.from_server, Data) == [Data(1, False, b"streamed")]
 
 
@@ -502,7 +438,7 @@ def test_a_large_write_sends_the_held_head_at_once() -> None:
     [head, *_] = FrameDecoder(Limits()).feed(pair.server_transport.value())
     assert isinstance(head, Response) and head.body == b"s" * 1000 and not head.end
     pair.pump()
-    assert responder.data == b"s" * 1000 + b"l" * 20_000
+    assert responder.body == b"s" * 1000 + b"l" * 20_000
 
 
 def test_a_held_body_beyond_a_small_window_is_sent_within_it() -> None:
@@ -515,7 +451,7 @@ def test_a_held_body_beyond_a_small_window_is_sent_within_it() -> None:
     entry.exchange.write(body)
     entry.exchange.end()
     pair.pump()
-    assert responder.data == body and responder.ended
+    assert responder.body == body and responder.ended
     assert pair.largest_body_flight <= 4096
     assert not pair.client.closed and not pair.server.closed
 
@@ -528,7 +464,7 @@ def test_complete_falls_back_to_streaming_beyond_the_window() -> None:
     )
     _, responder = pair.open(content_length=0, method=b"GET")
     pair.pump()
-    assert responder.data == big and responder.ended
+    assert responder.body == big and responder.ended
     [head] = frames_of(pair.from_server, Response)
     assert head.body == b"" and not head.end
     assert all(len(d.data) <= CHUNK for d in frames_of(pair.from_server, Data))
@@ -543,10 +479,10 @@ def test_complete_while_the_transport_is_paused_holds_a_large_body() -> None:
     pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), len(big)), big)
     pair.pump()
     # The head may go; the body waits for the transport (at most a small corked part).
-    assert responder.heads and len(responder.data) <= 16 * 1024 and not responder.ended
+    assert responder.response is not None and len(responder.body) <= 16 * 1024 and not responder.ended
     pair.server.resumeProducing()
     pair.pump()
-    assert responder.data == big and responder.ended
+    assert responder.body == big and responder.ended
 
 
 def test_large_request_body_crosses_in_pieces_bounded_by_the_window() -> None:
@@ -588,12 +524,12 @@ def test_slow_source_client_pauses_the_response() -> None:
     for offset in range(0, len(body), 10_000):
         entry.exchange.write(body[offset : offset + 10_000])
         pair.pump()
-    assert len(responder.data) == WINDOW
+    assert len(responder.body) == WINDOW
     assert target.paused
     assert frames_of(pair.from_client, Window) == []
     exchange.resumeProducing()
     pair.pump()
-    assert responder.data == body
+    assert responder.body == body
     assert not target.paused
     entry.exchange.end()
     pair.pump()
@@ -642,7 +578,7 @@ def test_transport_pause_pauses_stream_producers() -> None:
     entry.exchange.write(b"held")
     pair.pump()
     assert target.paused and not source.paused
-    assert responder.data == b""
+    assert responder.body == b""
     pair.client.pauseProducing()
     exchange.write(b"queued")
     assert source.paused
@@ -653,7 +589,7 @@ def test_transport_pause_pauses_stream_producers() -> None:
     pair.client.resumeProducing()
     pair.pump()
     assert not target.paused and not source.paused
-    assert responder.data == b"held" and entry.body.data == b"queued"
+    assert responder.body == b"held" and entry.body.data == b"queued"
 
 
 def test_a_paused_stream_does_not_block_the_others() -> None:
@@ -670,11 +606,11 @@ def test_a_paused_stream_does_not_block_the_others() -> None:
         entry.exchange.write(big)
         entry.exchange.end()
     pair.pump()
-    assert fast.data == big and fast.ended
-    assert len(slow.data) == WINDOW and not slow.ended
+    assert fast.body == big and fast.ended
+    assert len(slow.body) == WINDOW and not slow.ended
     slow_exchange.resumeProducing()
     pair.pump()
-    assert slow.data == big and slow.ended
+    assert slow.body == big and slow.ended
 
 
 def test_streams_beyond_the_peers_limit_are_refused_as_overloaded() -> None:
@@ -683,9 +619,10 @@ def test_streams_beyond_the_peers_limit_are_refused_as_overloaded() -> None:
     _, second = pair.open(content_length=0)
     pair.pump()
     assert len(pair.server_handler.inbounds) == 1
-    [error] = second.failures
+    error = second.error
+    assert error is not None
     assert error.reason is Reason.overloaded and error.status == 503
-    assert first.failures == [] and not pair.client.closed and not pair.server.closed
+    assert first.error is None and not pair.client.closed and not pair.server.closed
     assert pair.client.exchanges.keys() == {1}
 
 
@@ -699,9 +636,10 @@ def test_reset_from_the_peer_fails_the_responder_with_its_reason(reason: Reason)
     pair.pump()
     pair.inbound().exchange.fail(MeshError(reason, "it went wrong"))
     pair.pump()
-    [error] = responder.failures
+    error = responder.error
+    assert error is not None
     assert error.reason is reason and error.detail == "it went wrong"
-    assert responder.heads == [] and not responder.ended
+    assert responder.response is None and not responder.ended
     assert pair.client.exchanges == {} and pair.server.exchanges == {}
     assert pair.client.connection.active_streams == pair.server.connection.active_streams == 0
 
@@ -716,8 +654,8 @@ def test_failure_after_the_head_went_out_fails_the_responder() -> None:
     pair.pump()
     entry.exchange.fail(MeshError(Reason.upstream_lost, "pod died"))
     pair.pump()
-    assert responder.heads and responder.data == b"partial" and not responder.ended
-    assert [e.reason for e in responder.failures] == [Reason.upstream_lost]
+    assert responder.response is not None and responder.body == b"partial" and not responder.ended
+    assert responder.error is not None and responder.error.reason == Reason.upstream_lost
 
 
 def test_failure_before_the_head_went_out_is_a_clean_error() -> None:
@@ -731,8 +669,8 @@ def test_failure_before_the_head_went_out_is_a_clean_error() -> None:
     entry.exchange.write(b"partial")
     entry.exchange.fail(MeshError(Reason.upstream_lost, "pod died"))
     pair.pump()
-    assert responder.heads == [] and responder.data == b""
-    assert [e.reason for e in responder.failures] == [Reason.upstream_lost]
+    assert responder.response is None and responder.body == b""
+    assert responder.error is not None and responder.error.reason == Reason.upstream_lost
     assert frames_of(pair.from_server, Response) == []
 
 
@@ -742,7 +680,7 @@ def test_unknown_reset_code_maps_to_upstream_lost() -> None:
     pair.pump()
     sid = pair.inbound().request.stream
     pair.client.dataReceived(pair.server.connection.send_reset(sid, "martian", "?"))
-    assert [e.reason for e in responder.failures] == [Reason.upstream_lost]
+    assert responder.error is not None and responder.error.reason == Reason.upstream_lost
 
 
 def test_inbound_mesh_error_resets_the_stream_with_its_reason() -> None:
@@ -755,7 +693,8 @@ def test_inbound_mesh_error_resets_the_stream_with_its_reason() -> None:
     exchange, responder = pair.open()
     exchange.write(b"body that nobody reads")
     pair.pump()
-    [error] = responder.failures
+    error = responder.error
+    assert error is not None
     assert error.reason is Reason.no_endpoint and "shop/web" in error.detail
     assert pair.server.exchanges == {} and pair.server.connection.active_streams == 0
     # The rest of the body is dropped quietly; the link stays up.
@@ -771,7 +710,7 @@ def test_target_stops_producing_resets_the_stream() -> None:
     pair.pump()
     pair.inbound().exchange.stopProducing()
     pair.pump()
-    assert [e.reason for e in responder.failures] == [Reason.upstream_lost]
+    assert responder.error is not None and responder.error.reason == Reason.upstream_lost
 
 
 def test_source_abort_sends_reset() -> None:
@@ -787,11 +726,11 @@ def test_source_abort_sends_reset() -> None:
     entry = pair.inbound()
     assert entry.body.aborted == "peer reset: cancelled"
     assert pair.server.exchanges == {} and pair.server.connection.active_streams == 0
-    assert responder.failures == []  # the source gave up; nobody to tell
+    assert responder.error is None  # the source gave up; nobody to tell
     # A late answer from the target goes nowhere and breaks nothing.
     entry.exchange.complete(ResponseHead(200, b"OK", (), 0), b"")
     pair.pump()
-    assert responder.heads == [] and not pair.client.closed
+    assert responder.response is None and not pair.client.closed
 
 
 def test_source_stops_consuming_aborts_the_exchange() -> None:
@@ -833,7 +772,8 @@ def test_link_lost_fails_pending_exchanges() -> None:
     pair.client.connectionLost(lost)
     pair.server.connectionLost(lost)
     for responder in (first, second):
-        [error] = responder.failures
+        error = responder.error
+        assert error is not None
         assert error.reason is Reason.peer_unavailable
         assert "router" in error.detail and "tunnel cut" in error.detail
     assert [body.aborted for body in bodies] == [f"link lost: {why}"] * 2
@@ -842,7 +782,7 @@ def test_link_lost_fails_pending_exchanges() -> None:
     # Only once, whatever comes after.
     pair.client.connectionLost(Failure(ConnectionLost("again")))
     pair.client.dataReceived(b"\x00")
-    assert pair.client_handler.lost == [why] and len(first.failures) == 1
+    assert pair.client_handler.lost == [why] and first.error is not None
 
 
 def test_finished_exchanges_are_not_failed_when_the_link_goes() -> None:
@@ -851,7 +791,7 @@ def test_finished_exchanges_are_not_failed_when_the_link_goes() -> None:
     _, responder = pair.open(content_length=0)
     pair.pump()
     pair.client.connectionLost(Failure(ConnectionLost()))
-    assert responder.ended and responder.failures == []
+    assert responder.ended and responder.error is None
 
 
 @pytest.mark.parametrize(
@@ -867,7 +807,7 @@ def test_protocol_garbage_closes_the_link(garbage: bytes) -> None:
         pair.client.connectionLost(Failure(ConnectionLost("aborted")))  # what the abort leads to
     assert pair.client.closed and pair.client_transport.disconnecting
     assert len(pair.client_handler.lost) == 1 and pair.client_handler.lost[0].startswith("protocol error")
-    assert [e.reason for e in responder.failures] == [Reason.peer_unavailable]
+    assert responder.error is not None and responder.error.reason == Reason.peer_unavailable
     # One clear line, no traceback.
     assert len(events) == 1
     assert events[0]["log_level"] == LogLevel.warn and "log_failure" not in events[0]
@@ -921,7 +861,7 @@ def test_inbound_bug_still_answers_the_peer() -> None:
     pair.server_handler.on_inbound = explode
     _, responder = pair.open(content_length=0)
     pair.pump()
-    assert [e.status for e in responder.failures] == [502]
+    assert responder.error is not None and responder.error.status == 502
     assert pair.server.exchanges == {} and pair.server.connection.active_streams == 0
 
 
@@ -947,8 +887,8 @@ def test_running_out_of_stream_ids_spares_the_exchanges_in_flight() -> None:
     assert not pair.server.closed
     pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), 0), b"")
     pair.pump()
-    assert last.ended and last.failures == []
-    assert [e.status for e in beyond.failures] in ([502], [503])
+    assert last.ended and last.error is None
+    assert beyond.error is not None and beyond.error.status in (502, 503)
 
 
 def test_open_after_the_link_closed() -> None:
@@ -957,7 +897,7 @@ def test_open_after_the_link_closed() -> None:
     pair.client.connectionLost(Failure(ConnectionLost()))
     before = pair.client_transport.value()
     _, responder = pair.open(content_length=0)
-    assert [e.status for e in responder.failures] == [502]
+    assert responder.error is not None and responder.error.status == 502
     assert pair.client_transport.value() == before
 
 
@@ -981,7 +921,7 @@ def test_link_target_provides_itarget() -> None:
 def test_link_target_uses_the_peers_link() -> None:
     pair = Pair()
     target = LinkTarget(TargetKind.hub, {"edge-2": pair.client})
-    responder = Responder()
+    responder = RecordingResponder()
     body = target.open(route(), HEAD, responder)
     assert isinstance(body, OutboundExchange) and responder.producer is body
     body.write(b"abc")
@@ -995,7 +935,7 @@ def test_link_target_uses_the_peers_link() -> None:
 def test_link_target_without_an_endpoint_sends_no_hint() -> None:
     pair = Pair()
     LinkTarget(TargetKind.tunnel, {"router": pair.client}).open(
-        route("router", None), HEAD, Responder()
+        route("router", None), HEAD, RecordingResponder()
     )
     pair.pump()
     assert pair.inbound().request.endpoint is None
@@ -1009,10 +949,10 @@ def test_link_target_without_a_link(closed: bool) -> None:
         pair.client.connectionLost(Failure(ConnectionLost()))
         links["edge-2"] = pair.client
     with pytest.raises(MeshError) as caught:
-        LinkTarget(TargetKind.hub, links).open(route(), HEAD, Responder())
+        LinkTarget(TargetKind.hub, links).open(route(), HEAD, RecordingResponder())
     assert caught.value.reason is Reason.peer_unavailable and "edge-2" in caught.value.detail
     with pytest.raises(MeshError):
-        LinkTarget(TargetKind.hub, links, dial=lambda peer: None).open(route(), HEAD, Responder())
+        LinkTarget(TargetKind.hub, links, dial=lambda peer: None).open(route(), HEAD, RecordingResponder())
 
 
 def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
@@ -1024,7 +964,7 @@ def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
         dialled.append(peer)
         return connecting
 
-    responder = Responder()
+    responder = RecordingResponder()
     body = LinkTarget(TargetKind.hub, {}, dial=dial).open(route(), HEAD, responder)
     source = Producer()
     body.setProducer(source)
@@ -1047,19 +987,20 @@ def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
 
 
 def test_link_target_dial_failure_fails_the_responder() -> None:
-    responder = Responder()
+    responder = RecordingResponder()
     connecting: Deferred[EnvelopeLink] = Deferred()
     body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(route(), HEAD, responder)
     body.write(b"x")
     connecting.errback(ConnectionRefusedError("nope"))
-    [error] = responder.failures
+    error = responder.error
+    assert error is not None
     assert error.reason is Reason.peer_unavailable and "edge-2" in error.detail
 
 
 def test_link_target_abort_while_dialling_opens_nothing() -> None:
     pair = Pair()
     before = len(pair.from_client)
-    responder = Responder()
+    responder = RecordingResponder()
     connecting: Deferred[EnvelopeLink] = Deferred()
     body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(route(), HEAD, responder)
     body.write(b"x")
@@ -1067,12 +1008,12 @@ def test_link_target_abort_while_dialling_opens_nothing() -> None:
     connecting.callback(pair.client)
     pair.pump()
     assert pair.from_client[before:] == [] and pair.server_handler.inbounds == []
-    assert responder.failures == []
+    assert responder.error is None
 
 
 def test_link_target_already_connected_dial() -> None:
     pair = Pair()
-    responder = Responder()
+    responder = RecordingResponder()
     body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: succeed(pair.client)).open(
         route(), HEAD, responder
     )
@@ -1190,13 +1131,14 @@ def test_hub_link_lost_during_its_handshake() -> None:
 
 def test_link_target_fails_when_the_dialled_link_was_lost_in_its_hello() -> None:
     world = DialerWorld()
-    responder = Responder()
+    responder = RecordingResponder()
     target = LinkTarget(TargetKind.hub, {}, dial=world.dialer)
     body = target.open(route(), HEAD, responder)
     body.write(b"x")
     link, _, _ = world.accept()
     world.clock.advance(link.handshake_timeout)
-    [error] = responder.failures
+    error = responder.error
+    assert error is not None
     assert error.reason is Reason.peer_unavailable and "edge-2" in error.detail
     world.dialer.stop()
 
@@ -1299,7 +1241,7 @@ def test_finished_exchanges_are_freed_without_the_cyclic_gc() -> None:
         entry.exchange.setProducer(entry.body)  # type: ignore[arg-type]
         entry.exchange.complete(ResponseHead(200, b"OK", (), 2), b"ok")
         pair.pump()
-        assert responder.data == b"ok" and responder.ended
+        assert responder.body == b"ok" and responder.ended
         responder.producer = None  # as the front lets go of it once its exchange is done
         outbound, inbound = weakref.ref(exchange), weakref.ref(entry.exchange)
         del exchange, entry, responder
@@ -1346,7 +1288,7 @@ def test_a_peer_within_its_credit_is_never_refused_by_a_pod_still_connecting(siz
     exchange.write(body)  # head and body in one write, as curl does
     exchange.end()
     pair.pump()
-    assert responder.failures == []
+    assert responder.error is None
     [pod_body] = opened
     assert not pod_body.done
     # Bounded: the pod client holds its buffer, the stream at most the credit it granted.
@@ -1364,37 +1306,17 @@ def test_a_peer_within_its_credit_is_never_refused_by_a_pod_still_connecting(siz
     assert sent.split(b"\r\n\r\n", 1)[1] == body
     protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
     pair.pump()
-    assert responder.failures == [] and responder.ended and responder.data == b"ok"
+    assert responder.error is None and responder.ended and responder.body == b"ok"
 
 
 # --- trailers across a link (issue 11, item 5) --------------------------------------------
-
-
-class TrailerBody(Body):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
-
-    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
-        assert not self.ended
-        self.trailers_ = fields
-
-
-class TrailerResponder(Responder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
-
-    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
-        assert not self.ended
-        self.trailers_ = fields
 
 
 TRAILERS = ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
 
 
 @pytest.mark.parametrize("paused", [False, True], ids=["flowing", "target-paused"])
-def test_trailers_cross_the_link_both_ways(paused: bool) -> None:
+def test_trailer_fieldscross_the_link_both_ways(paused: bool) -> None:
     pair = Pair()
     pair.server_handler.inbound = (  # type: ignore[method-assign]
         lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
@@ -1413,24 +1335,24 @@ def test_trailers_cross_the_link_both_ways(paused: bool) -> None:
     exchange.end()
     pair.pump()
     if paused:
-        assert body.data == b"first" and body.trailers_ is None and not body.ended
+        assert body.data == b"first" and body.trailer_fields is None and not body.ended
         inbound.resumeProducing()
-    assert body.data == b"firstsecond" and body.trailers_ == TRAILERS and body.ended
+    assert body.data == b"firstsecond" and body.trailer_fields == TRAILERS and body.ended
     inbound.head(ResponseHead(200, b"OK", (), None))
     inbound.write(b"answer")
     inbound.trailers(((b"X-Done", b"1"),))
     inbound.end()
     pair.pump()
-    assert responder.data == b"answer" and responder.ended
-    assert responder.trailers_ == ((b"X-Done", b"1"),)
+    assert responder.body == b"answer" and responder.ended
+    assert responder.trailer_fields == ((b"X-Done", b"1"),)
 
 
-def test_a_peer_without_trailers_gets_none_and_the_drop_is_logged() -> None:
+def test_a_peer_without_trailer_fieldsgets_none_and_the_drop_is_logged() -> None:
     pair = Pair()
     # An older peer: its hello did not offer trailers.
     assert pair.client.connection.peer is not None
     pair.client.connection.peer.settings.pop("trailers")
-    responder = Responder()
+    responder = RecordingResponder()
     exchange = pair.client.open(RequestHead(b"POST", b"/", b"web", (), None), "s/web", 80, None,
                                 responder)
     exchange.write(b"x")
@@ -1443,18 +1365,18 @@ def test_a_peer_without_trailers_gets_none_and_the_drop_is_logged() -> None:
     assert any(event.get("names") == "X-Checksum, Server-Timing" for event in events)
 
 
-def test_trailers_wait_with_the_body_for_the_dial() -> None:
+def test_trailer_fieldswait_with_the_body_for_the_dial() -> None:
     pair = Pair()
     bodies: list[TrailerBody] = []
     pair.server_handler.inbound = (  # type: ignore[method-assign]
         lambda link, request, responder: bodies.append(TrailerBody()) or bodies[-1])
     connecting: Deferred[EnvelopeLink] = Deferred()
     body: Any = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(
-        route(), HEAD, Responder())
+        route(), HEAD, RecordingResponder())
     body.write(b"abc")
     body.trailers(TRAILERS)
     body.end()
     connecting.callback(pair.client)
     pair.pump()
     [received] = bodies
-    assert received.data == b"abc" and received.trailers_ == TRAILERS and received.ended
+    assert received.data == b"abc" and received.trailer_fields == TRAILERS and received.ended

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_metrics import Responder, Target, request
+from test_metrics import request
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -44,6 +44,7 @@ from edgemesh.observability import (
 )
 from edgemesh.roles import EdgeConfig, build_edge, edge_tap, router_tap
 from edgemesh.routing import Pipeline
+from edgemesh.testing import RecordingResponder, ScriptedTarget
 from edgemesh.transports import HTTPFrontFactory
 
 SECRET = "Bearer s3cr3t-t0ken-do-not-log"
@@ -291,12 +292,12 @@ def test_access_log_failures_and_aborts() -> None:
     observer = MeshObserver(MemoryReactorClock(), Role.edge, "edge-1",
                             ObservabilityConfig(access_log=True))
     observer.attach(pipeline)
-    target = Target(TargetKind.service_bus)
+    target = ScriptedTarget(TargetKind.service_bus)
     pipeline.add_target(target)
     with captured() as events:
-        pipeline.dispatch(SourceKind.service_bus, request(), Responder())
+        pipeline.dispatch(SourceKind.service_bus, request(), RecordingResponder())
         target.opened[-1].responder.fail(MeshError(Reason.upstream_refused, "refused"))
-        body = pipeline.dispatch(SourceKind.service_bus, request(), Responder())
+        body = pipeline.dispatch(SourceKind.service_bus, request(), RecordingResponder())
         body.abort("client connection lost")
     refused, aborted = access_events(events)
     assert (refused["status"], refused["error"]) == (502, "upstream-refused")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,14 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
 from edgemesh.exchange import (
     IRequestBody,
     IResponder,
-    ITarget,
     MeshError,
     Reason,
     RequestHead,
@@ -49,8 +45,9 @@ from edgemesh.observability import (
     node_registry,
 )
 from edgemesh.roles import EdgeConfig, RouterConfig, build_edge, build_router
-from edgemesh.routing import Pipeline, Route
+from edgemesh.routing import Pipeline
 from edgemesh.routing._guard import GuardedBody, GuardedExchange
+from edgemesh.testing import CompletingResponder, Opened, RecordingResponder, ScriptedTarget
 from edgemesh.transports import HTTPFrontFactory
 
 HTTP = ServicePort("http", 80, 8080)
@@ -78,89 +75,8 @@ def make_catalog(extra: int = 0) -> Catalog:
 # -- fakes ----------------------------------------------------------------------------
 
 
-@implementer(IRequestBody)
-class Body:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.ended = False
-        self.aborted: str | None = None
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def end(self) -> None:
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        self.aborted = reason
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
-@dataclass
-class Opened:
-    route: Route
-    head: RequestHead
-    responder: IResponder
-    body: Body = field(default_factory=Body)
-
-
-@implementer(ITarget)
-class Target:
-    """Records what it opens; ``answer`` (if any) responds at once; ``raises`` is raised."""
-
-    def __init__(self, kind: TargetKind, answer: Callable[[Opened], None] | None = None) -> None:
-        self.kind = kind
-        self.answer = answer
-        self.opened: list[Opened] = []
-        self.raises: MeshError | None = None
-
-    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        if self.raises is not None:
-            raise self.raises
-        call = Opened(route, head, responder)
-        self.opened.append(call)
-        if self.answer is not None:
-            self.answer(call)
-        return call.body
-
-
-@implementer(IResponder)
-class Responder:
-    """The source's responder: records calls (no ``complete``)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, object]] = []
-
-    def head(self, head: ResponseHead) -> None:
-        self.calls.append(("head", head.status))
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("write", data))
-
-    def end(self) -> None:
-        self.calls.append(("end", None))
-
-    def fail(self, error: MeshError) -> None:
-        self.calls.append(("fail", error.reason.code))
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.calls.append(("producer", None))
-
-
-class CompletingResponder(Responder):
-    def complete(self, head: ResponseHead, body: bytes) -> None:
-        self.calls.append(("complete", (head.status, body)))
-
-
-def complete(responder: IResponder, head: ResponseHead, body: bytes) -> None:
-    """``complete``: not in IResponder, offered by the front, links and the observer."""
-    responder.complete(head, body)  # type: ignore[attr-defined]
-
-
 def answer_whole(call: Opened) -> None:
-    complete(call.responder, ok(), b"hello")
+    call.complete(body=b"hello")
 
 
 def ok(body: bytes = b"hello", status: int = 200) -> ResponseHead:
@@ -185,13 +101,13 @@ class Mesh:
             if role is Role.edge
             else (TargetKind.tunnel, TargetKind.cluster_ip)
         )
-        self.targets = {kind: Target(kind) for kind in kinds}
+        self.targets = {kind: ScriptedTarget(kind) for kind in kinds}
         for target in self.targets.values():
             self.pipeline.add_target(target)
 
     def dispatch(self, authority: bytes = b"web.shop", source: SourceKind = SourceKind.service_bus,
                  responder: IResponder | None = None, content_length: int | None = 0) -> IRequestBody:
-        return self.pipeline.dispatch(source, request(authority, content_length), responder or Responder())
+        return self.pipeline.dispatch(source, request(authority, content_length), responder or RecordingResponder())
 
     def stats(self, service: str, path: str) -> Any:
         return self.observer.tables[service, path]
@@ -249,8 +165,8 @@ def test_paths_through_the_pipeline() -> None:
     mesh.dispatch(b"web.shop")
     mesh.dispatch(b"remote.shop")
     mesh.dispatch(b"cloud.shop")
-    mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), Responder(), "shop/web", 80, None)
-    mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), Responder(), "shop/web", 80, None)
+    mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), RecordingResponder(), "shop/web", 80, None)
+    mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), RecordingResponder(), "shop/web", 80, None)
     assert sorted(mesh.observer.tables) == [
         ("shop/cloud", "edge-cloud"), ("shop/remote", "edge-edge"),
         ("shop/web", "cloud-edge"), ("shop/web", "edge-edge"), ("shop/web", "local"),
@@ -283,7 +199,7 @@ def test_relayed_edge_to_edge_is_edge_edge() -> None:
 
 def test_an_exchange_is_counted_when_it_ends() -> None:
     mesh = Mesh()
-    source = Responder()
+    source = RecordingResponder()
     body = mesh.dispatch(responder=source, content_length=None)
     (opened,) = mesh.targets[TargetKind.service_bus].opened
     # No wrapper of its own: the pipeline's guarded exchange is what gets counted.
@@ -297,13 +213,14 @@ def test_an_exchange_is_counted_when_it_ends() -> None:
     assert stats.active == 1 and stats.bytes_in == 8 and sum(stats.codes) == 0
 
     mesh.clock.advance(0.003)
-    opened.responder.setProducer(None)  # type: ignore[arg-type]
+    producer: Any = object()
+    opened.responder.setProducer(producer)
     opened.responder.head(ok())
     opened.responder.write(b"hel")
     opened.responder.write(b"lo")
     opened.responder.end()
-    assert source.calls == [("producer", None), ("head", 200), ("write", b"hel"), ("write", b"lo"),
-                            ("end", None)]
+    assert source.producer is producer and source.status == 200
+    assert source.calls == ["head", "write", "write", "end"] and source.chunks == [b"hel", b"lo"]
     assert stats.active == 0 and stats.bytes_out == 5
     assert stats.codes[2] == 1 and sum(stats.codes) == 1
     assert stats.duration_sum == pytest.approx(0.003)
@@ -318,29 +235,31 @@ def test_an_exchange_is_counted_when_it_ends() -> None:
 
 def test_complete_is_forwarded_whole_or_in_pieces() -> None:
     mesh = Mesh()
-    fast, slow = CompletingResponder(), Responder()
+    fast, slow = CompletingResponder(), RecordingResponder()
     mesh.dispatch(responder=fast)
     mesh.dispatch(responder=slow)
     first, second = mesh.targets[TargetKind.service_bus].opened
-    complete(first.responder, ok(), b"hello")
-    complete(second.responder, ok(b""), b"")
-    assert fast.calls == [("complete", (200, b"hello"))]
-    assert slow.calls == [("head", 200), ("end", None)]
+    first.complete(200, b"hello")
+    second.complete(200, b"")
+    assert (fast.calls, fast.status, fast.body) == (["complete"], 200, b"hello")
+    assert (slow.calls, slow.status, slow.body) == (["head", "end"], 200, b"")
     stats = mesh.stats("shop/web", "local")
     assert stats.codes[2] == 2 and stats.bytes_out == 5 and stats.active == 0
 
 
 def test_failures_before_and_after_the_head() -> None:
     mesh = Mesh()
-    before, after = Responder(), Responder()
+    before, after = RecordingResponder(), RecordingResponder()
     mesh.dispatch(responder=before)
     mesh.dispatch(responder=after)
     first, second = mesh.targets[TargetKind.service_bus].opened
     first.responder.fail(MeshError(Reason.upstream_refused, "refused"))
     second.responder.head(ok())
     second.responder.fail(MeshError(Reason.upstream_lost, "reset"))
-    assert before.calls == [("fail", "upstream-refused")]
-    assert after.calls == [("head", 200), ("fail", "upstream-lost")]
+    assert before.calls == ["fail"] and before.error is not None
+    assert before.error.reason.code == "upstream-refused"
+    assert after.calls == ["head", "fail"] and after.status == 200 and after.error is not None
+    assert after.error.reason.code == "upstream-lost"
     stats = mesh.stats("shop/web", "local")
     assert stats.codes[5] == 1 and stats.codes[2] == 1 and stats.active == 0
     assert mesh.observer.errors["upstream-refused"] == 1
@@ -375,9 +294,9 @@ def test_refused_exchanges() -> None:
         with pytest.raises(MeshError):
             mesh.dispatch(authority)
     with pytest.raises(MeshError):
-        mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), Responder(), "shop/gone", 80, None)
+        mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), RecordingResponder(), "shop/gone", 80, None)
     with pytest.raises(MeshError):
-        mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), Responder(), "shop/down", 80, None)
+        mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), RecordingResponder(), "shop/down", 80, None)
     errors = {code: count for code, count in mesh.observer.errors.items() if count}
     assert errors == {"unknown-service": 3, "no-endpoint": 2}
     tables = {key: (stats.codes[4], stats.codes[5]) for key, stats in mesh.observer.tables.items()}
@@ -585,7 +504,7 @@ def test_node_counts_front_exchanges_and_rejections(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), catalog=make_catalog(),
                                           router=None, hub=None))
-    pod = Target(TargetKind.service_bus, answer_whole)
+    pod = ScriptedTarget(TargetKind.service_bus, answer_whole)
     edge.pipeline.targets[TargetKind.service_bus] = pod
     factory = edge.listeners["proxy"].factory
     assert isinstance(factory, HTTPFrontFactory)
@@ -643,7 +562,7 @@ def _one_request(mode: str) -> Callable[[], None]:
     clock = Clock()
     clock.seconds = time.time  # type: ignore[method-assign]
     pipeline = Pipeline(Role.edge, "edge-1", make_catalog())
-    target = Target(TargetKind.service_bus, answer_whole)
+    target = ScriptedTarget(TargetKind.service_bus, answer_whole)
     pipeline.add_target(target)
     if mode != "without":
         config = ObservabilityConfig(access_log=mode == "access-log")

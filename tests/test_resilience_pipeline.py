@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -25,7 +23,6 @@ from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
 from edgemesh.exchange import (
     IRequestBody,
     IResponder,
-    ITarget,
     MeshError,
     Reason,
     RequestHead,
@@ -46,6 +43,13 @@ from edgemesh.routing import (
     Route,
 )
 from edgemesh.routing._guard import GuardedBody
+from edgemesh.testing import (
+    CompletingResponder,
+    Opened,
+    RecordingBody,
+    RecordingResponder,
+    ScriptedTarget,
+)
 
 HTTP = ServicePort("http", 80, 8080)
 NODES = (
@@ -83,92 +87,6 @@ def make_catalog() -> Catalog:
 # --- fakes -----------------------------------------------------------------------------------
 
 
-@implementer(IRequestBody)
-class Body:
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.ended = False
-        self.aborted: str | None = None
-        self.producer: IPushProducer | None = None
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def end(self) -> None:
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        self.aborted = reason
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
-
-
-@dataclass
-class Opened:
-    route: Route
-    head: RequestHead
-    responder: IResponder
-    body: Body = field(default_factory=Body)
-
-    @property
-    def endpoint(self) -> Endpoint | None:
-        return self.route.endpoint
-
-    def answer(self, status: int = 200, body: bytes = b"ok") -> None:
-        self.responder.head(ResponseHead(status, b"X", (), len(body)))
-        if body:
-            self.responder.write(body)
-        self.responder.end()
-
-    def fail(self, reason: Reason, detail: str = "boom", unsent: bool = False) -> None:
-        self.responder.fail(MeshError(reason, detail, unsent=unsent))
-
-
-@implementer(ITarget)
-class Target:
-    """Records each open; ``behave`` may answer or fail at once (inside open)."""
-
-    def __init__(self, kind: TargetKind) -> None:
-        self.kind = kind
-        self.opened: list[Opened] = []
-        self.behave: Callable[[Opened], None] | None = None
-
-    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        call = Opened(route, head, responder)
-        self.opened.append(call)
-        if self.behave is not None:
-            self.behave(call)
-        return call.body
-
-
-@implementer(IResponder)
-class Client:
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.body = b""
-        self.ended = False
-        self.error: MeshError | None = None
-        self.producer: IPushProducer | None = None
-
-    def head(self, head: ResponseHead) -> None:
-        assert self.status is None and self.error is None
-        self.status = head.status
-
-    def write(self, data: bytes) -> None:
-        self.body += data
-
-    def end(self) -> None:
-        self.ended = True
-
-    def fail(self, error: MeshError) -> None:
-        assert self.error is None and not self.ended
-        self.error = error
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
-
-
 @implementer(IPushProducer)
 class Producer:
     def __init__(self) -> None:
@@ -196,18 +114,18 @@ class Mesh:
                                  settings=self.settings)
         kinds = ((TargetKind.service_bus, TargetKind.hub, TargetKind.tunnel) if role is Role.edge
                  else (TargetKind.tunnel, TargetKind.cluster_ip))
-        self.targets = {kind: Target(kind) for kind in kinds}
+        self.targets = {kind: ScriptedTarget(kind) for kind in kinds}
         for target in self.targets.values():
             self.pipeline.add_target(target)
 
     @property
-    def pods(self) -> Target:
+    def pods(self) -> ScriptedTarget:
         return self.targets[TargetKind.service_bus]
 
     def send(self, name: str = "web", method: bytes = b"GET", length: int | None = 0,
              source: SourceKind = SourceKind.service_bus,
-             client: Client | None = None) -> tuple[Client, IRequestBody]:
-        client = client or Client()
+             client: RecordingResponder | None = None) -> tuple[RecordingResponder, IRequestBody]:
+        client = client or RecordingResponder()
         head = RequestHead(method, b"/", f"{name}.shop".encode(), (), length, "10.0.0.9")
         return client, self.pipeline.dispatch(source, head, client)
 
@@ -238,39 +156,34 @@ def test_a_plain_exchange_passes_through() -> None:
     body.write(b"hello")
     body.end()
     [call] = mesh.pods.opened
-    assert call.body.data == [b"hello"] and call.body.ended
+    assert call.body.chunks == [b"hello"] and call.body.ended
     call.body.producer.pauseProducing()  # type: ignore[union-attr]
     assert producer.paused
     call.responder.setProducer(producer)
     assert client.producer is producer
     assert mesh.pipeline.in_flight == 1 and mesh.state()["active"] == 1
-    call.answer(201, b"done")
+    call.respond(201, b"done")
     assert (client.status, client.body, client.ended) == (201, b"done", True)
     assert mesh.pipeline.in_flight == 0 and mesh.state()["active"] == 0
     # Late calls after the end change nothing (both directions are over: the exchange has
     # let go of its target, which the late abort no longer reaches).
-    call.answer()
+    call.respond()
     body.abort("late")
     assert call.body.aborted is None and mesh.state()["requests"] == 1
 
 
 def test_complete_is_passed_whole() -> None:
     mesh = Mesh()
-    whole: list[tuple[int, bytes]] = []
-
-    class Whole(Client):
-        def complete(self, head: ResponseHead, body: bytes) -> None:
-            whole.append((head.status, body))
-
-    mesh.send(client=Whole())
+    whole = CompletingResponder()
+    mesh.send(client=whole)
     client, _ = mesh.send()
     first, second = mesh.pods.opened
-    complete: Any = first.responder
-    complete.complete(ResponseHead(200, b"OK", (), 2), b"ok")
-    complete = second.responder
-    complete.complete(ResponseHead(200, b"OK", (), 2), b"ok")
-    assert whole == [(200, b"ok")]
-    assert (client.status, client.body, client.ended) == (200, b"ok", True)
+    # The guard declares ICompletingResponder: the targets' whole responses go through it.
+    first.complete(200, b"ok")
+    second.complete(200, b"ok")
+    assert (whole.calls, whole.status, whole.body, whole.ended) == (["complete"], 200, b"ok", True)
+    assert (client.calls, client.status, client.body, client.ended) == (
+        ["head", "write", "end"], 200, b"ok", True)
     assert mesh.pipeline.in_flight == 0
 
 
@@ -289,7 +202,7 @@ def test_request_timeout_504_and_the_target_is_cancelled() -> None:
     assert client.error.status == 504 and "30s" in client.error.detail
     assert call.body.aborted is not None, "the exchange is cancelled on the next hop"
     assert mesh.pipeline.in_flight == 0 and mesh.state()["timeouts"] == 1
-    call.answer()  # too late: ignored
+    call.respond()  # too late: ignored
     assert client.status is None
 
 
@@ -334,7 +247,7 @@ def test_answered_exchanges_leave_no_timer_behind() -> None:
     mesh = Mesh()
     for _ in range(100):
         mesh.send()
-        mesh.pods.opened[-1].answer()
+        mesh.pods.opened[-1].respond()
     assert len(mesh.clock.getDelayedCalls()) <= 1
     mesh.clock.advance(400)
     assert mesh.clock.getDelayedCalls() == []
@@ -345,11 +258,11 @@ def test_answered_exchanges_leave_no_timer_behind() -> None:
 
 def test_connection_refused_on_a_get_is_retried_once_on_another_endpoint() -> None:
     mesh = Mesh()
-    mesh.pods.behave = lambda call: refuse(call) if call.endpoint == A else None
+    mesh.pods.answer = lambda call: refuse(call) if call.endpoint == A else None
     client, _ = mesh.send("pair")
     first, second = mesh.pods.opened
     assert first.endpoint == A and second.endpoint == B
-    second.answer()
+    second.respond()
     assert client.status == 200 and client.error is None
     assert mesh.state("pair")["retries"] == 1
 
@@ -365,13 +278,13 @@ def test_refused_post_is_retried_with_its_body() -> None:
     assert producer.paused
     first.fail(Reason.upstream_refused, "connection refused", unsent=True)
     _, second = mesh.pods.opened
-    assert second.endpoint == B and second.body.data == [b"part one,"]
+    assert second.endpoint == B and second.body.chunks == [b"part one,"]
     assert not producer.paused, "the failed attempt's pause is undone"
     body.write(b" part two")
     body.end()
-    assert second.body.data == [b"part one,", b" part two"] and second.body.ended
-    assert first.body.data == [b"part one,"]
-    second.answer()
+    assert second.body.chunks == [b"part one,", b" part two"] and second.body.ended
+    assert first.body.chunks == [b"part one,"]
+    second.respond()
     assert client.status == 200
 
 
@@ -392,7 +305,7 @@ def test_a_reset_before_the_head_is_retried_for_idempotent_methods(method: bytes
     client, _ = mesh.send("pair", method=method)
     mesh.pods.opened[0].fail(Reason.upstream_lost, "reset")
     assert len(mesh.pods.opened) == 2
-    mesh.pods.opened[1].answer()
+    mesh.pods.opened[1].respond()
     assert client.status == 200
 
 
@@ -434,7 +347,7 @@ def test_other_failures_are_not_retried() -> None:
 
 def test_retries_go_to_a_different_endpoint_each_time_and_stop_at_the_limit() -> None:
     mesh = Mesh()
-    mesh.pods.behave = refuse
+    mesh.pods.answer = refuse
     client, _ = mesh.send("stubborn")  # edgemesh.io/retries: 2
     assert sorted(c.endpoint.host for c in mesh.pods.opened) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]  # type: ignore[union-attr]
     assert client.error is not None and client.error.reason is Reason.upstream_refused
@@ -452,7 +365,7 @@ def test_a_retry_error_raised_by_the_target_inside_open() -> None:
         opened.append(route.endpoint)
         if route.endpoint == A:
             raise MeshError(Reason.peer_unavailable, "no link")
-        return Body()
+        return RecordingBody()
 
     mesh.pods.open = raise_for_a  # type: ignore[method-assign]
     client, body = mesh.send("pair")
@@ -461,7 +374,7 @@ def test_a_retry_error_raised_by_the_target_inside_open() -> None:
 
 def test_the_retry_budget_caps_retries_when_everything_fails() -> None:
     mesh = Mesh(retry_budget_ratio=0.2, retry_budget_min=5, consecutive_failures=10_000)
-    mesh.pods.behave = refuse
+    mesh.pods.answer = refuse
     for _ in range(100):
         mesh.clock.advance(0.01)
         client, _ = mesh.send("web")
@@ -486,7 +399,7 @@ def test_retry_budget_window() -> None:
 
 def test_exchanges_from_other_nodes_are_neither_retried_nor_timed() -> None:
     mesh = Mesh(request_timeout=1.0)
-    mesh.pods.behave = lambda call: refuse(call) if call.endpoint == A else None
+    mesh.pods.answer = lambda call: refuse(call) if call.endpoint == A else None
     client, _ = mesh.send("pair", source=SourceKind.hub)
     mesh.clock.advance(100)
     assert len(mesh.pods.opened) == 1 and client.error is not None
@@ -507,7 +420,7 @@ def test_over_the_limit_an_immediate_503_overloaded() -> None:
     assert caught.value.reason is Reason.overloaded and caught.value.status == 503
     assert len(mesh.pods.opened) == 3 and mesh.state()["overloaded"] == 1
     mesh.send("pair")  # another service has its own limit
-    mesh.pods.opened[0].answer()
+    mesh.pods.opened[0].respond()
     mesh.send()
     assert len(mesh.pods.opened) == 5 and mesh.state()["active"] == 3
 
@@ -519,7 +432,7 @@ def endpoints_chosen(mesh: Mesh, name: str, count: int) -> list[Endpoint | None]
     before = len(mesh.pods.opened)
     for _ in range(count):
         mesh.send(name)
-        mesh.pods.opened[-1].answer()
+        mesh.pods.opened[-1].respond()
     return [c.endpoint for c in mesh.pods.opened[before:]]
 
 
@@ -527,7 +440,7 @@ def test_consecutive_failures_eject_with_a_growing_penalty_and_a_probe_restores(
     mesh = Mesh(consecutive_failures=3, base_ejection=10.0, max_ejection=25.0,
                 max_ejection_percent=50, retries=0)
     outliers = mesh.pipeline.outliers
-    mesh.pods.behave = lambda call: call.answer(503) if call.endpoint == A else call.answer()
+    mesh.pods.answer = lambda call: call.respond(503) if call.endpoint == A else call.respond()
     endpoints_chosen(mesh, "pair", 6)  # A fails three times in a row
     assert outliers.is_ejected((A.host, A.port), mesh.clock.seconds())
     assert set(endpoints_chosen(mesh, "pair", 10)) == {B}
@@ -537,7 +450,7 @@ def test_consecutive_failures_eject_with_a_growing_penalty_and_a_probe_restores(
     mesh.clock.advance(10.1)
     assert outliers.is_ejected((A.host, A.port), mesh.clock.seconds()), "20 s the second time"
     mesh.clock.advance(10)
-    mesh.pods.behave = lambda call: call.answer()  # A is fine again: the probe succeeds
+    mesh.pods.answer = lambda call: call.respond()  # A is fine again: the probe succeeds
     assert set(endpoints_chosen(mesh, "pair", 4)) == {A, B}
     assert not outliers.known.get((A.host, A.port)) or not outliers.describe(0)[0]["probing"]
     view: Any = mesh.pipeline.resilience_view()["outliers"]
@@ -557,13 +470,13 @@ def test_connect_errors_and_timeouts_count_as_failures() -> None:
         if call.endpoint == A:
             call.fail(Reason.upstream_timeout, "connect timed out")
         else:
-            call.answer()
+            call.respond()
     assert mesh.pipeline.outliers.ejected == 1
 
 
 def test_max_ejection_percent_is_honoured() -> None:
     mesh = Mesh(consecutive_failures=1, max_ejection_percent=10, retries=0)
-    mesh.pods.behave = lambda call: call.answer(500)
+    mesh.pods.answer = lambda call: call.respond(500)
     endpoints_chosen(mesh, "many", 40)  # every one of the 20 endpoints fails
     assert mesh.pipeline.outliers.ejected == 2  # 10 % of 20
     endpoints_chosen(mesh, "pair", 4)
@@ -573,7 +486,7 @@ def test_max_ejection_percent_is_honoured() -> None:
 def test_success_resets_the_count() -> None:
     mesh = Mesh(consecutive_failures=3, retries=0)
     answers = iter([500, 500, 200, 500, 500, 200] * 3)
-    mesh.pods.behave = lambda call: call.answer(next(answers)) if call.endpoint == A else call.answer()
+    mesh.pods.answer = lambda call: call.respond(next(answers)) if call.endpoint == A else call.respond()
     endpoints_chosen(mesh, "pair", 12)
     assert not mesh.pipeline.outliers.ejected
 
@@ -591,9 +504,9 @@ def test_drain_refuses_new_streams_from_peers_and_waits_for_the_exchanges() -> N
         mesh.send(source=SourceKind.hub)
     assert caught.value.reason is Reason.draining and caught.value.status == 503
     late, _ = mesh.send()  # an open client connection: still served
-    mesh.pods.opened[0].answer()
+    mesh.pods.opened[0].respond()
     assert not drained.called
-    mesh.pods.opened[1].answer()
+    mesh.pods.opened[1].respond()
     assert drained.called and client.status == late.status == 200
     assert mesh.pipeline.when_drained().called
 
@@ -643,11 +556,11 @@ def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
         paths.down.add("edge-2")  # the dialer learns it as the dial fails
         call.fail(Reason.peer_unavailable, "cannot reach edge-2", unsent=True)
 
-    hub.behave = dial_fails
+    hub.answer = dial_fails
     client, _ = mesh.send("remote", method=b"POST", length=0)
     [relayed] = tunnel.opened
     assert relayed.route.peer == ROUTER_PEER and relayed.route.endpoint == REMOTE
-    relayed.answer()
+    relayed.respond()
     assert client.status == 200
     # Known unreachable: relayed at once.
     mesh.send("remote")
@@ -656,7 +569,7 @@ def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
     assert mesh.pipeline.resilience_view()["relayed"] == {"edge-2": 2}
     # Direct again once the dialer reaches it.
     paths.down.clear()
-    hub.behave = None
+    hub.answer = None
     mesh.send("remote")
     assert len(hub.opened) == 2 and len(tunnel.opened) == 2
     assert not mesh.pipeline.outliers.known, "a path failure is not the endpoint's"
@@ -665,9 +578,9 @@ def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
 def test_routers_do_not_retry_relayed_exchanges_themselves() -> None:
     mesh = Mesh(Role.router)
     tunnel = mesh.targets[TargetKind.tunnel]
-    tunnel.behave = lambda call: call.fail(Reason.peer_unavailable, "no link", unsent=True)
+    tunnel.answer = lambda call: call.fail(Reason.peer_unavailable, "no link", unsent=True)
     head = RequestHead(b"GET", b"/", b"x", (), 0, "10.0.0.9")
-    client = Client()
+    client = RecordingResponder()
     mesh.pipeline.dispatch_resolved(SourceKind.tunnel, head, client, "shop/remotes", 80,
                                     (REMOTE.host, REMOTE.port))
     assert len(tunnel.opened) == 1 and client.error is not None
@@ -682,7 +595,7 @@ def test_least_request_counts_exchanges_in_progress() -> None:
     loads = mesh.pipeline.balancer.loads
     assert sum(loads.values()) == 30 and max(loads.values()) - min(loads.values()) <= 2
     for call in mesh.pods.opened:
-        call.answer()
+        call.respond()
     assert loads == {}
 
 
@@ -693,7 +606,7 @@ def test_invalid_annotations_never_break_routing() -> None:
                       RETRIES_ANNOTATION: "lots"})
     mesh.pipeline.catalog = Catalog([broken], NODES, revision=2)
     client, _ = mesh.send("broken")
-    mesh.pods.opened[-1].answer()
+    mesh.pods.opened[-1].respond()
     assert client.status == 200
     problems: Any = mesh.pipeline.resilience_view()["policy_problems"]
     assert len(problems["shop/broken"]) == 3
@@ -710,7 +623,7 @@ def test_a_finished_exchange_is_freed_without_the_cyclic_gc() -> None:
         client.request_body = body  # type: ignore[attr-defined]  # as the front keeps it
         [call] = mesh.pods.opened
         guard = weakref.ref(call.responder)
-        call.answer(200, b"done")
+        call.respond(200, b"done")
         assert client.ended
         mesh.pods.opened.clear()
         del call, body, client

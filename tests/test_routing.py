@@ -42,6 +42,7 @@ from edgemesh.routing import (
     rules_table,
 )
 from edgemesh.routing._guard import GuardedBody
+from edgemesh.testing import RecordingBody, ScriptedTarget
 
 HTTP = ServicePort("http", 80, 8080)
 ADMIN = ServicePort("admin", 9000, 9000)
@@ -290,33 +291,6 @@ def test_round_robin_state_is_bounded() -> None:
 # --- Pipeline ----------------------------------------------------------------------------
 
 
-@implementer(IRequestBody)
-class NullBody:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def abort(self, reason: str) -> None:
-        pass
-
-    def setProducer(self, producer: Any) -> None:
-        pass
-
-
-@implementer(ITarget)
-class FakeTarget:
-    def __init__(self, kind: TargetKind) -> None:
-        self.kind = kind
-        self.opened: list[tuple[Route, RequestHead, IResponder]] = []
-        self.body = NullBody()
-
-    def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        self.opened.append((route, head, responder))
-        return self.body
-
-
 @implementer(ISource)
 class FakeSource:
     def __init__(self, kind: SourceKind, description: str) -> None:
@@ -331,27 +305,26 @@ def head(authority: bytes) -> RequestHead:
     return RequestHead(b"GET", b"/", authority, (), 0, client="10.0.0.7")
 
 
-def edge_pipeline(rules: Any = None) -> tuple[Pipeline, dict[TargetKind, FakeTarget]]:
+def edge_pipeline(rules: Any = None) -> tuple[Pipeline, dict[TargetKind, ScriptedTarget]]:
     pipeline = Pipeline(Role.edge, "edge-1", CATALOG, rules)
-    targets = {kind: FakeTarget(kind) for kind in (TargetKind.service_bus, TargetKind.hub,
+    targets = {kind: ScriptedTarget(kind) for kind in (TargetKind.service_bus, TargetKind.hub,
                                                     TargetKind.tunnel)}
     for target in targets.values():
         pipeline.add_target(target)
     return pipeline, targets
 
 
-def router_pipeline() -> tuple[Pipeline, dict[TargetKind, FakeTarget]]:
+def router_pipeline() -> tuple[Pipeline, dict[TargetKind, ScriptedTarget]]:
     pipeline = Pipeline(Role.router, "router-0", CATALOG)
-    targets = {kind: FakeTarget(kind) for kind in (TargetKind.tunnel, TargetKind.cluster_ip)}
+    targets = {kind: ScriptedTarget(kind) for kind in (TargetKind.tunnel, TargetKind.cluster_ip)}
     for target in targets.values():
         pipeline.add_target(target)
     return pipeline, targets
 
 
 def test_fakes_provide_their_interfaces() -> None:
-    assert verifyObject(ITarget, FakeTarget(TargetKind.hub))
+    assert verifyObject(ITarget, ScriptedTarget(TargetKind.hub))
     assert verifyObject(ISource, FakeSource(SourceKind.hub, "tcp:7701"))
-    assert verifyObject(IRequestBody, NullBody())
 
 
 def test_add_target_verifies_the_interface() -> None:
@@ -366,7 +339,7 @@ def test_add_target_verifies_the_interface() -> None:
     @implementer(ITarget)
     class NoKind:  # type: ignore[misc]  # deliberately broken
         def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-            return NullBody()
+            return RecordingBody()
 
     @implementer(ITarget)
     class WrongOpen:
@@ -433,8 +406,9 @@ def test_dispatch_routes_to_the_target(authority: bytes, kind: TargetKind, endpo
     pipeline, targets = edge_pipeline()
     body = pipeline.dispatch(SourceKind.service_bus, head(authority), RESPONDER)
     # The pipeline's guard stands between the source and the target, both ways.
-    assert isinstance(body, GuardedBody) and body.guard.inner is targets[kind].body
-    [(route, seen_head, responder)] = targets[kind].opened
+    assert isinstance(body, GuardedBody) and body.guard.inner is targets[kind].opened[0].body
+    [call] = targets[kind].opened
+    route, seen_head, responder = call.route, call.head, call.responder
     assert route.target is kind and route.endpoint == endpoint and route.port is HTTP
     assert seen_head.authority == authority
     assert isinstance(responder, GuardedExchange) and responder.responder is RESPONDER
@@ -458,7 +432,7 @@ def test_dispatch_resolved_honours_the_hint() -> None:
     for _ in range(2):
         pipeline.dispatch_resolved(SourceKind.hub, head(b"web.shop"), RESPONDER, "shop/web", 80,
                                    ("10.1.0.2", 8080))
-    assert [r.endpoint for r, _, _ in targets[TargetKind.service_bus].opened] == [LOCAL_B, LOCAL_B]
+    assert [call.endpoint for call in targets[TargetKind.service_bus].opened] == [LOCAL_B, LOCAL_B]
 
 
 @pytest.mark.parametrize(("key", "port"), [("shop/nope", 80), ("web", 80), ("shop/web", 81)])
@@ -472,7 +446,7 @@ def test_dispatch_resolved_unknown_service_or_port(key: str, port: int) -> None:
 def test_dispatch_resolved_other_port() -> None:
     pipeline, targets = router_pipeline()
     pipeline.dispatch_resolved(SourceKind.tunnel, head(b"x"), RESPONDER, "shop/web", 9000, None)
-    [(route, _, _)] = targets[TargetKind.cluster_ip].opened
+    [route] = [call.route for call in targets[TargetKind.cluster_ip].opened]
     assert route.port is ADMIN
 
 
@@ -503,13 +477,13 @@ def test_router_relays_edge_to_edge_through_its_tunnels() -> None:
     pipeline, targets = router_pipeline()
     pipeline.dispatch_resolved(SourceKind.tunnel, head(b"x"), RESPONDER, "shop/remote", 80,
                                ("10.2.0.1", 8080))
-    [(route, _, _)] = targets[TargetKind.tunnel].opened
+    [route] = [call.route for call in targets[TargetKind.tunnel].opened]
     assert route.peer == "edge-2" and route.endpoint == EDGE_2
 
 
 def test_missing_target_is_an_error_not_a_crash() -> None:
     pipeline = Pipeline(Role.edge, "edge-1", CATALOG)
-    pipeline.add_target(FakeTarget(TargetKind.service_bus))
+    pipeline.add_target(ScriptedTarget(TargetKind.service_bus))
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"cloud.shop"), RESPONDER)
     assert caught.value.reason is Reason.no_endpoint and "tunnel" in caught.value.detail
@@ -535,7 +509,7 @@ def test_a_new_catalog_takes_effect_at_once() -> None:
     moved = Service("shop", "web", "10.96.0.10", (HTTP,), {"http": (EDGE_2,)})
     pipeline.catalog = Catalog([moved], NODES, revision=2)
     pipeline.dispatch(SourceKind.service_bus, head(b"web.shop"), RESPONDER)
-    [(route, _, _)] = targets[TargetKind.hub].opened
+    [route] = [call.route for call in targets[TargetKind.hub].opened]
     assert route.service is moved and route.peer == "edge-2"
 
 
@@ -549,6 +523,6 @@ def test_dispatch_resolved_only_considers_tcp_ports() -> None:
     pipeline.catalog = Catalog([dns], NODES)
     pipeline.dispatch(SourceKind.service_bus, head(b"dns.shop:53"), RESPONDER)
     pipeline.dispatch_resolved(SourceKind.hub, head(b"dns.shop:53"), RESPONDER, "shop/dns", 53, None)
-    [(by_name, _, _), (resolved, _, _)] = targets[TargetKind.service_bus].opened
+    [by_name, resolved] = [call.route for call in targets[TargetKind.service_bus].opened]
     assert by_name.port is tcp
     assert resolved.port is tcp and resolved.endpoint is not None and resolved.endpoint.port == 5353

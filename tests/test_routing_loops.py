@@ -15,9 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_capture_transparent import connect as transparent
-from test_front import FakeTarget as FrontTarget
-from test_links import Pair, Responder
-from test_routing import FakeTarget
+from test_links import Pair
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, Logger
@@ -37,6 +35,7 @@ from edgemesh.routing import (
     check_hops,
     own_endpoints,
 )
+from edgemesh.testing import RecordingResponder, ScriptedTarget
 from edgemesh.transports._front import HTTPFrontFactory
 from edgemesh.wire import FrameDecoder, Limits, ProtocolError, Request, encode_hello, encode_request
 from edgemesh.wire._connection import Connection
@@ -198,14 +197,14 @@ def test_own_endpoints_of_an_edge_and_of_the_router() -> None:
 
 def make_pipeline(
     role: Role, node: str, cat: Catalog, max_hops: int = 8
-) -> tuple[Pipeline, dict[TargetKind, FakeTarget], MeshObserver, list[LogEvent]]:
+) -> tuple[Pipeline, dict[TargetKind, ScriptedTarget], MeshObserver, list[LogEvent]]:
     clock = MemoryReactorClock()
     pipeline = Pipeline(role, node, cat, clock=clock, settings=Resilience(max_hops=max_hops))
     events: list[LogEvent] = []
     pipeline.log = Logger(observer=events.append)  # type: ignore[arg-type]
     kinds = ((TargetKind.service_bus, TargetKind.hub, TargetKind.tunnel) if role is Role.edge
              else (TargetKind.tunnel, TargetKind.cluster_ip))
-    targets = {kind: FakeTarget(kind) for kind in kinds}
+    targets = {kind: ScriptedTarget(kind) for kind in kinds}
     for target in targets.values():
         pipeline.add_target(target)
     observer = MeshObserver(clock, role, node)
@@ -217,8 +216,8 @@ def head(authority: bytes = b"web.shop", hops: int = 0) -> RequestHead:
     return RequestHead(b"GET", b"/", authority, (), 0, "10.0.0.7", hops)
 
 
-def responder() -> Responder:
-    return Responder()
+def responder() -> RecordingResponder:
+    return RecordingResponder()
 
 
 def test_every_pass_adds_a_hop_and_the_bound_answers_508() -> None:
@@ -226,10 +225,10 @@ def test_every_pass_adds_a_hop_and_the_bound_answers_508() -> None:
                                                    catalog(service("web", REAL)), max_hops=3)
     first = head()
     pipeline.dispatch(SourceKind.service_bus, first, responder())
-    [(_, sent, _)] = targets[TargetKind.service_bus].opened
+    [sent] = [call.head for call in targets[TargetKind.service_bus].opened]
     assert sent.hops == first.hops == 1
     pipeline.dispatch_resolved(SourceKind.hub, head(hops=2), responder(), "shop/web", 80, None)
-    assert targets[TargetKind.service_bus].opened[-1][1].hops == 3
+    assert targets[TargetKind.service_bus].opened[-1].head.hops == 3
     for source, call in [
         (SourceKind.service_bus,
          lambda: pipeline.dispatch(SourceKind.service_bus, head(hops=3), responder())),
@@ -251,7 +250,7 @@ def test_the_edge_never_chooses_its_own_listener() -> None:
     pipeline.set_listening(EDGE_LISTENING)
     for _ in range(4):
         pipeline.dispatch(SourceKind.service_bus, head(), responder())
-    assert {route.endpoint for route, _, _ in targets[TargetKind.service_bus].opened} == {REAL}
+    assert {call.endpoint for call in targets[TargetKind.service_bus].opened} == {REAL}
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"self.shop"), responder())
     assert caught.value.reason is Reason.no_endpoint
@@ -295,7 +294,7 @@ def test_the_router_refuses_its_own_http_port() -> None:
     assert caught.value.reason is Reason.no_endpoint and "http listener of router" in \
         caught.value.detail
     pipeline.dispatch(SourceKind.router, head(b"edge.shop"), responder())  # edge-2's loopback
-    [(route, _, _)] = targets[TargetKind.tunnel].opened
+    [route] = [call.route for call in targets[TargetKind.tunnel].opened]
     assert route.peer == "edge-2"
 
 
@@ -303,14 +302,14 @@ def test_the_router_refuses_its_own_http_port() -> None:
 
 
 def front(request: bytes) -> tuple[list[RequestHead], bytes]:
-    target = FrontTarget()
+    target = ScriptedTarget()
     clock = MemoryReactorClock()
     peer = IPv4Address("TCP", "10.1.2.3", 40000)
     protocol = HTTPFrontFactory(clock, target).buildProtocol(peer)
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     protocol.dataReceived(request)
-    return [call.head for call in target.calls], transport.value()
+    return [call.head for call in target.opened], transport.value()
 
 
 @pytest.mark.parametrize(("fields", "hops"), [

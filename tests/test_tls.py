@@ -27,7 +27,6 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
-    IPushProducer,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -82,6 +81,7 @@ from edgemesh.security._links import (
     _HandshakeGuard,
     _ServerCreator,
 )
+from edgemesh.testing import RecordingBody, RecordingResponder
 from edgemesh.transports import EnvelopeLink
 from edgemesh.wire import Connection, Request, encode_request
 
@@ -619,58 +619,15 @@ def test_plaintext_router_refuses_unknown_edges_too(reactor: MemoryReactorClock,
 # --- 24: rotation ---------------------------------------------------------------------------------------
 
 
-@implementer(IRequestBody)
-class Body:
-    def __init__(self) -> None:
-        self.data = b""
-        self.ended = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def end(self) -> None:
-        self.ended = True
-
-    def abort(self, reason: str) -> None:
-        raise AssertionError(f"aborted: {reason}")
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
-@implementer(IResponder)
-class Responder:
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.body = b""
-        self.ended = False
-        self.failed: MeshError | None = None
-
-    def head(self, head: ResponseHead) -> None:
-        self.status = head.status
-
-    def write(self, data: bytes) -> None:
-        self.body += data
-
-    def end(self) -> None:
-        self.ended = True
-
-    def fail(self, error: MeshError) -> None:
-        self.failed = error
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
 class Answering:
     """Replaces the router's ``inbound``: takes the request body, answers when asked."""
 
     def __init__(self, router: RouterNode) -> None:
-        self.exchanges: list[tuple[Request, IResponder, Body]] = []
+        self.exchanges: list[tuple[Request, IResponder, RecordingBody]] = []
         router.inbound = self  # type: ignore[method-assign]
 
     def __call__(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
-        body = Body()
+        body = RecordingBody()
         self.exchanges.append((request, responder, body))
         return body
 
@@ -698,7 +655,7 @@ def test_24_rotation_under_traffic(reactor: MemoryReactorClock, pki: PKI, tmp_pa
     assert peer_serial(tunnel) == old_serial
 
     # A streaming request is under way when the files change.
-    responder = Responder()
+    responder = RecordingResponder()
     head = RequestHead(b"POST", b"/upload", b"web", (), None)
     body = tunnel.open(head, "default/web", 80, None, responder)
     body.write(b"a" * 10_000)
@@ -722,12 +679,13 @@ def test_24_rotation_under_traffic(reactor: MemoryReactorClock, pki: PKI, tmp_pa
     body.end()
     pump.flush()
     assert router_body.data == b"a" * 10_000 + b"b" * 10_000 and router_body.ended
+    assert router_body.aborted is None
     router_responder.head(ResponseHead(200, b"OK", (), 2))
     router_responder.write(b"ok")
     router_responder.end()
     reactor.advance(0)
     pump.flush()
-    assert (responder.status, responder.body, responder.ended, responder.failed) == (200, b"ok", True, None)
+    assert (responder.status, responder.body, responder.ended, responder.error) == (200, b"ok", True, None)
     assert set(router.edges) == {"edge-1", "edge-2"}
 
 

@@ -4,6 +4,7 @@ MemoryReactorClock (connections are StringTransports; no sockets, no sleeps)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -32,6 +33,11 @@ from edgemesh.exchange import (
     TargetKind,
 )
 from edgemesh.routing import Route
+from edgemesh.testing import (
+    CompletingResponder,
+    RecordingResponder,
+    TrailerResponder,
+)
 from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
@@ -54,43 +60,11 @@ GET_BYTES = b"GET /hello?x=1 HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n"
 OK_HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
 
-@implementer(IResponder)
-class Responder:
-    """Records what the target tells the source."""
-
-    def __init__(self, on_head: Any = None) -> None:
-        self.head_: ResponseHead | None = None
-        self.body = b""
-        self.ended = False
-        self.error: MeshError | None = None
-        self.producer: IPushProducer | None = None
-        self.calls: list[str] = []
-        self.on_head = on_head
-
-    def head(self, head: ResponseHead) -> None:
-        assert self.head_ is None and not self.ended and self.error is None
-        self.calls.append("head")
-        self.head_ = head
-        if self.on_head is not None:
-            self.on_head()
-
-    def write(self, data: bytes) -> None:
-        assert data and self.head_ is not None and not self.ended and self.error is None
-        self.calls.append("write")
-        self.body += data
-
-    def end(self) -> None:
-        assert self.head_ is not None and not self.ended and self.error is None
-        self.calls.append("end")
-        self.ended = True
-
-    def fail(self, error: MeshError) -> None:
-        assert not self.ended and self.error is None
-        self.calls.append("fail")
-        self.error = error
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.producer = producer
+def responder_on_head(action: Callable[[], object]) -> RecordingResponder:
+    """A recording responder that runs ``action`` when the head arrives."""
+    responder = RecordingResponder()
+    responder.on_head = lambda head: action()  # type: ignore[assignment,return-value]
+    return responder
 
 
 @implementer(IPushProducer)
@@ -157,9 +131,9 @@ class Harness:
         self.target = HTTPUpstreamTarget(self.reactor, TargetKind.service_bus, **options)
 
     def open(
-        self, head: RequestHead = GET, route: Route = ROUTE, responder: Responder | None = None
-    ) -> tuple[IRequestBody, Responder]:
-        responder = responder or Responder()
+        self, head: RequestHead = GET, route: Route = ROUTE, responder: RecordingResponder | None = None
+    ) -> tuple[IRequestBody, RecordingResponder]:
+        responder = responder or RecordingResponder()
         return self.target.open(route, head, responder), responder
 
     def connections(self) -> int:
@@ -182,7 +156,7 @@ class Harness:
 
 def exchange(
     h: Harness, response: bytes = OK_HELLO, head: RequestHead = GET
-) -> tuple[Upstream, Responder]:
+) -> tuple[Upstream, RecordingResponder]:
     """One complete exchange on a new connection."""
     _body, responder = h.open(head)
     upstream = h.accept()
@@ -261,7 +235,7 @@ def test_endpoint_factory_is_used_and_tcp_no_delay_is_set() -> None:
 
     reactor = MemoryReactorClock()
     target = HTTPUpstreamTarget(reactor, TargetKind.cluster_ip, endpoint_factory=factory)
-    responder = Responder()
+    responder = RecordingResponder()
     target.open(ROUTE, GET, responder)
     assert made == [("10.1.0.5", 8080)]
     d, protocol_factory = pending[0]
@@ -281,7 +255,7 @@ def test_endpoint_factory_raising_fails_the_exchange() -> None:
         raise ValueError("bad address")
 
     target = HTTPUpstreamTarget(MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=factory)
-    responder = Responder()
+    responder = RecordingResponder()
     target.open(ROUTE, GET, responder)
     assert responder.error is not None
     assert responder.error.reason is Reason.upstream_refused
@@ -297,9 +271,9 @@ def test_get_with_content_length() -> None:
     upstream = h.accept()
     assert upstream.received() == GET_BYTES
     upstream.send(OK_HELLO[:40])
-    assert responder.head_ is None
+    assert responder.response is None
     upstream.send(OK_HELLO[40:-2])
-    assert responder.head_ == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
+    assert responder.response == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
     assert responder.body == b"hel" and not responder.ended
     upstream.send(OK_HELLO[-2:])
     assert responder.body == b"hello" and responder.ended
@@ -314,9 +288,9 @@ def test_chunked_response() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: dropped\r\n\r\n",
     )
-    assert responder.head_ is not None
-    assert responder.head_.content_length is None
-    assert responder.head_.headers == ()
+    assert responder.response is not None
+    assert responder.response.content_length is None
+    assert responder.response.headers == ()
     assert responder.body == b"abcdefg" and responder.ended
     assert h.idle() == 1
 
@@ -325,7 +299,7 @@ def test_close_delimited_response_ends_on_clean_close() -> None:
     h = Harness()
     upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome")
     upstream.send(b" more")
-    assert responder.head_ is not None and responder.head_.content_length is None
+    assert responder.response is not None and responder.response.content_length is None
     assert not responder.ended
     upstream.close()
     assert responder.body == b"some more" and responder.ended
@@ -343,7 +317,7 @@ def test_non_chunked_transfer_coding_is_close_delimited() -> None:
     h = Harness()
     upstream, responder = exchange(h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz")
     upstream.close()
-    assert responder.head_ is not None and responder.head_.content_length is None
+    assert responder.response is not None and responder.response.content_length is None
     assert responder.body == b"zz" and responder.ended
 
 
@@ -354,7 +328,7 @@ def test_head_request_ends_at_the_head_and_is_not_reused() -> None:
         h, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: x\r\n\r\n", head=head
     )
     # The length a GET would have is passed on (RFC 9110 §9.3.2); no body follows.
-    assert responder.head_ == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 1000)
+    assert responder.response == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 1000)
     assert responder.ended and responder.body == b""
     assert upstream.closed and h.idle() == 0
 
@@ -366,7 +340,7 @@ def test_no_body_statuses(status: int) -> None:
         h, b"HTTP/1.1 %d Nothing\r\nContent-Length: 7\r\n\r\n" % status
     )
     # 204 has no length at all; 304 keeps the one the origin announced (RFC 9110 §8.6).
-    assert responder.head_ == ResponseHead(status, b"Nothing", (), 0 if status == 204 else 7)
+    assert responder.response == ResponseHead(status, b"Nothing", (), 0 if status == 204 else 7)
     assert responder.ended
     assert h.idle() == 1
 
@@ -376,10 +350,10 @@ def test_reason_phrase_is_kept_or_filled_in() -> None:
     upstream, responder = exchange(
         h, b"HTTP/1.1 404 Nope, Not Here\r\nContent-Length: 0\r\n\r\n"
     )
-    assert responder.head_ is not None and responder.head_.reason == b"Nope, Not Here"
+    assert responder.response is not None and responder.response.reason == b"Nope, Not Here"
     _body, responder = h.open()  # on the pooled connection
     upstream.send(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n")
-    assert responder.head_ is not None and responder.head_.reason == b"Not Found"
+    assert responder.response is not None and responder.response.reason == b"Not Found"
 
 
 def test_interim_responses_are_skipped() -> None:
@@ -390,7 +364,7 @@ def test_interim_responses_are_skipped() -> None:
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
         b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     )
-    assert responder.head_ == ResponseHead(201, b"Created", (), 2)
+    assert responder.response == ResponseHead(201, b"Created", (), 2)
     assert responder.body == b"ok" and responder.ended
     assert h.idle() == 1
 
@@ -430,8 +404,8 @@ def test_hop_by_hop_response_headers_are_dropped() -> None:
         b"Set-Cookie: b=2\r\n"
         b"Content-Length: 0\r\n\r\n",
     )
-    assert responder.head_ is not None
-    assert responder.head_.headers == (
+    assert responder.response is not None
+    assert responder.response.headers == (
         (b"X-Kept", b"1"),
         (b"Set-Cookie", b"a=1"),
         (b"Set-Cookie", b"b=2"),
@@ -826,7 +800,7 @@ def test_arbitrary_upstream_bytes_never_raise(pieces: list[bytes], close: bool) 
     if close:
         upstream.close(error.ConnectionLost())
         assert responder.ended or responder.error is not None
-    # The Responder asserts the call order; at most one terminal call.
+    # The RecordingResponder asserts the call order; at most one terminal call.
     assert responder.calls.count("end") + responder.calls.count("fail") <= 1
     if responder.error is not None:
         assert h.idle() == 0
@@ -936,7 +910,7 @@ def test_response_before_the_request_body_ends() -> None:
     upstream.transport.producer.pauseProducing()
     assert source.paused
     upstream.send(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
-    assert responder.ended and responder.head_ is not None and responder.head_.status == 413
+    assert responder.ended and responder.response is not None and responder.response.status == 413
     # The request was not sent in full: never pooled; the source may drain.
     assert upstream.closed and h.idle() == 0
     assert not source.paused
@@ -992,7 +966,7 @@ def test_abort_mid_response() -> None:
 def test_abort_from_inside_the_head_callback() -> None:
     h = Harness()
     holder: list[IRequestBody] = []
-    responder = Responder(on_head=lambda: holder[0].abort("changed its mind"))
+    responder = responder_on_head(lambda: holder[0].abort("changed its mind"))
     body, _ = h.open(responder=responder)
     holder.append(body)
     upstream = h.accept()
@@ -1010,7 +984,7 @@ def test_responder_raising_in_head_does_not_escape(whole: bool) -> None:
     def explode() -> None:
         raise RuntimeError("source bug")
 
-    _body, responder = h.open(responder=Responder(on_head=explode))
+    _body, responder = h.open(responder=responder_on_head(explode))
     upstream = h.accept()
     upstream.send(OK_HELLO if whole else OK_HELLO[:-2])  # must not raise
     assert responder.error is not None
@@ -1023,7 +997,7 @@ def test_responder_raising_in_fail_does_not_escape_the_timer() -> None:
     h = Harness(request_timeout=1.0)
 
     @implementer(IResponder)
-    class Broken(Responder):
+    class Broken(RecordingResponder):
         def fail(self, error: MeshError) -> None:
             super().fail(error)
             raise RuntimeError("source bug")
@@ -1047,7 +1021,7 @@ def test_connection_completing_after_an_abort_is_pooled() -> None:
     target = HTTPUpstreamTarget(
         MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=lambda h, p: SlowEndpoint()
     )
-    responder = Responder()
+    responder = RecordingResponder()
     body = target.open(ROUTE, GET, responder)
     body.abort("client gone")
     _d, factory = pending[0]
@@ -1066,17 +1040,12 @@ def test_close_with_nothing_idle_fires_at_once() -> None:
 # --- whole responses in one call (the responder's optional complete) ---------------------------
 
 
-@implementer(IResponder)
-class WholeResponder(Responder):
-    """A responder that also offers ``complete(head, body)``."""
+class WholeResponder(CompletingResponder):
+    """A completing responder that also checks the producer came before the response."""
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
-        assert self.head_ is None and not self.ended and self.error is None
         assert self.producer is not None  # given before the response
-        self.calls.append("complete")
-        self.head_ = head
-        self.body = body
-        self.ended = True
+        super().complete(head, body)
 
 
 def whole(h: Harness, *reads: bytes, head: RequestHead = GET) -> tuple[Upstream, WholeResponder]:
@@ -1099,7 +1068,7 @@ def test_whole_response_in_one_read_is_one_complete_call() -> None:
     h = Harness()
     upstream, responder = whole(h, OK_HELLO)
     assert responder.calls == ["complete"]
-    assert responder.head_ == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
+    assert responder.response == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
     assert responder.body == b"hello"
     assert responder.producer is not None and verifyObject(IPushProducer, responder.producer)
     assert h.idle() == 1 and not upstream.closed
@@ -1127,7 +1096,7 @@ def test_response_split_over_two_reads_streams(cut: int) -> None:
     upstream = h.accept()
     upstream.send(OK_HELLO[:cut])
     # Flushed at the end of the read: the head (and any body it carried) now.
-    assert responder.head_ is not None and responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
+    assert responder.response is not None and responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
     assert "end" not in responder.calls
     upstream.send(OK_HELLO[cut:])
     assert responder.body == b"hello" and responder.ended
@@ -1152,7 +1121,7 @@ def test_interim_response_and_final_one_in_one_read() -> None:
         b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok",
     )
     assert responder.calls == ["complete"]
-    assert responder.head_ == ResponseHead(201, b"Created", ((b"X-A", b"1"),), 2)
+    assert responder.response == ResponseHead(201, b"Created", ((b"X-A", b"1"),), 2)
     assert responder.body == b"ok" and h.idle() == 1
 
 
@@ -1172,7 +1141,7 @@ def test_head_request_is_one_complete_call_and_not_reused() -> None:
         h, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: x\r\n\r\n", head=head
     )
     assert responder.calls == ["complete"]
-    assert responder.head_ == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 1000)
+    assert responder.response == ResponseHead(200, b"OK", ((b"ETag", b"x"),), 1000)
     assert responder.body == b""
     assert upstream.closed and h.idle() == 0
 
@@ -1182,7 +1151,7 @@ def test_no_body_statuses_are_one_complete_call(status: int) -> None:
     h = Harness()
     _upstream, responder = whole(h, b"HTTP/1.1 %d Nothing\r\nContent-Length: 7\r\n\r\n" % status)
     assert responder.calls == ["complete"]
-    assert responder.head_ == ResponseHead(status, b"Nothing", (), 0 if status == 204 else 7)
+    assert responder.response == ResponseHead(status, b"Nothing", (), 0 if status == 204 else 7)
     assert responder.body == b"" and h.idle() == 1
 
 
@@ -1194,7 +1163,7 @@ def test_chunked_response_in_one_read_is_one_complete_call() -> None:
         b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n",
     )
     assert responder.calls == ["complete"]
-    assert responder.head_ == ResponseHead(200, b"OK", (), None)
+    assert responder.response == ResponseHead(200, b"OK", (), None)
     assert responder.body == b"abcdefg" and h.idle() == 1
 
 
@@ -1216,7 +1185,7 @@ def test_close_delimited_response_in_one_read_streams_until_the_close() -> None:
     assert responder.calls == ["head", "write", "end"] and responder.body == b"all of it"
 
 
-@pytest.mark.parametrize("kind", [Responder, WholeResponder])
+@pytest.mark.parametrize("kind", [RecordingResponder, WholeResponder])
 @pytest.mark.parametrize(
     "response, detail",
     [
@@ -1234,7 +1203,7 @@ def test_close_delimited_response_in_one_read_streams_until_the_close() -> None:
     ids=["malformed", "trailers"],
 )
 def test_bad_response_after_the_head_in_the_same_read_fails_cleanly(
-    kind: type[Responder], response: bytes, detail: str
+    kind: type[RecordingResponder], response: bytes, detail: str
 ) -> None:
     h = Harness()
     responder = kind()
@@ -1280,7 +1249,7 @@ def test_responder_raising_in_complete_does_not_escape() -> None:
 def test_abort_from_inside_the_head_of_a_flushed_response() -> None:
     h = Harness()
     holder: list[IRequestBody] = []
-    responder = Responder(on_head=lambda: holder[0].abort("changed its mind"))
+    responder = responder_on_head(lambda: holder[0].abort("changed its mind"))
     body, _ = h.open(responder=responder)
     holder.append(body)
     upstream = h.accept()
@@ -1311,7 +1280,7 @@ def test_any_split_of_a_response_gives_the_same_head_and_body(
     reads = [response[a:b] for a, b in itertools.pairwise(points) if b > a]
     _, responder = whole(h, *reads)
     assert responder.ended and responder.error is None
-    assert (responder.head_, responder.body) == (expected.head_, expected.body)
+    assert (responder.response, responder.body) == (expected.response, expected.body)
     # One call exactly when the read that completed the head also ended the message.
     head_end = response.index(b"\r\n\r\n", response.rfind(b"HTTP/1.1")) + 4  # the final head's
     read_end = next(point for point in points if point >= head_end)
@@ -1324,7 +1293,7 @@ def test_any_split_of_a_response_gives_the_same_head_and_body(
 
 def test_request_timeouts_share_one_timer_and_expire_at_their_deadlines() -> None:
     h = Harness(request_timeout=10.0)
-    opened: list[tuple[Responder, Upstream]] = []
+    opened: list[tuple[RecordingResponder, Upstream]] = []
     for i in range(6):  # started at t = 0, 1, ..., 5
         _body, responder = h.open()
         opened.append((responder, h.accept()))
@@ -1396,10 +1365,10 @@ def test_a_shorter_route_timeout_expires_before_older_exchanges() -> None:
 
 def test_exchange_started_from_a_timed_out_responder_gets_its_own_deadline() -> None:
     h = Harness(request_timeout=5.0)
-    later: list[Responder] = []
+    later: list[RecordingResponder] = []
 
     @implementer(IResponder)
-    class Retrying(Responder):
+    class Retrying(RecordingResponder):
         def fail(self, error: MeshError) -> None:
             super().fail(error)
             later.append(h.open()[1])  # e.g. a retry elsewhere, from inside the sweep
@@ -1486,21 +1455,14 @@ def test_the_request_timeout_runs_from_the_end_of_the_request_body() -> None:
 # --- trailers (issue 11, item 5) -----------------------------------------------------------
 
 
-class TrailerResponder(WholeResponder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trailers_: tuple[tuple[bytes, bytes], ...] | None = None
-
-    def trailers(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
-        assert self.head_ is not None and not self.ended
-        self.calls.append("trailers")
-        self.trailers_ = fields
+class TrailerWholeResponder(WholeResponder, TrailerResponder):
+    pass
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-read", "streamed"])
 def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
     h = Harness()
-    responder = TrailerResponder()
+    responder = TrailerWholeResponder()
     h.open(responder=responder)
     upstream = h.accept()
     upstream.received()
@@ -1513,7 +1475,7 @@ def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
         upstream.send(head + rest)
     assert responder.body == b"abc" and responder.ended, (responder.calls, responder.error)
     # Hop-by-hop and framing fields are not trailers to pass on.
-    assert responder.trailers_ == ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+    assert responder.trailer_fields == ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
     assert responder.calls[-2:] == ["trailers", "end"] and h.idle() == 1
 
 

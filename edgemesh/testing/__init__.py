@@ -7,10 +7,24 @@
 - ``bootstrap=True`` gives what a new cluster has (system namespaces, default/kubernetes,
   404 for a missing namespace); ``tls=True`` serves HTTPS with a :class:`CertificateAuthority`
   of its own, ``tokens`` and a :class:`Policy` (RBAC) decide who may do what.
+- Doubles for the exchange contract that raise :class:`ContractViolation` when a party
+  breaks it: :class:`RecordingBody`, :class:`RecordingResponder`,
+  :class:`CompletingResponder`, :class:`TrailerBody`, :class:`TrailerResponder` and
+  :class:`ScriptedTarget` (each exchange an :class:`Opened`).
 """
 
 from ._apiserver import DEFAULT_NAMESPACES, KubeApiServer
 from ._auth import Policy, Rule, UserInfo, load_policy
+from ._exchange import (
+    CompletingResponder,
+    ContractViolation,
+    Opened,
+    RecordingBody,
+    RecordingResponder,
+    ScriptedTarget,
+    TrailerBody,
+    TrailerResponder,
+)
 from ._objects import make_endpoint_slice, make_namespace, make_node, make_pod, make_service
 from ._patch import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
 from ._resources import (
@@ -44,14 +58,22 @@ __all__ = [
     "SERVICES",
     "STRATEGIC_MERGE_PATCH",
     "CertificateAuthority",
+    "CompletingResponder",
+    "ContractViolation",
     "KubeApiServer",
     "ObjectStore",
+    "Opened",
     "Policy",
+    "RecordingBody",
+    "RecordingResponder",
     "ResourceType",
     "Rule",
+    "ScriptedTarget",
     "SelectorError",
     "StatusError",
     "ThreadedKubeApiServer",
+    "TrailerBody",
+    "TrailerResponder",
     "UserInfo",
     "load_policy",
     "make_endpoint_slice",

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from ..exchange import (
     HOPS_HEADER,
     Headers,
+    ICompletingResponder,
     IRequestBody,
     IResponder,
     MeshError,
@@ -125,7 +126,7 @@ class _Stop(Exception):
     """Raised inside parser callbacks to stop llhttp; the reason is already handled."""
 
 
-@implementer(IResponder, IPushProducer)
+@implementer(ICompletingResponder, IPushProducer)
 class _Exchange:
     """One request/response on a front connection.  It is the ``IResponder`` the
     target answers through, and the ``IPushProducer`` the target pauses while it

@@ -24,8 +24,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    COMPLETERS,
     Headers,
     IByteStream,
+    ICompletingResponder,
     IRequestBody,
     IResponder,
     IStreamSource,
@@ -268,11 +270,12 @@ class OutboundExchange:
         if type(frame) is Response:
             assert isinstance(frame, Response)
             head = ResponseHead(frame.status, frame.reason, frame.headers, frame.content_length)
-            complete = getattr(responder, "complete", None)
+            # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
+            complete = COMPLETERS[type(responder)]
             if frame.end and complete is not None:
                 # The whole response in one frame: hand it over whole (one write downstream).
                 self._done()
-                complete(head, frame.body)
+                complete(responder, head, frame.body)
                 self.receiver.delivered(len(frame.body))
                 return
             responder.head(head)
@@ -317,7 +320,7 @@ class OutboundExchange:
         self.sender.producer = None  # the source's: it points back here through the responder
 
 
-@implementer(IResponder, IPushProducer)
+@implementer(ICompletingResponder, IPushProducer)
 class InboundExchange:
     """An exchange the peer sends us: the request flows into a local target, the
     response flows back over the link."""
