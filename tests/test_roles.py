@@ -738,3 +738,59 @@ def test_hub_peer_refused_during_handshake(mesh: Mesh, reactor: MemoryReactorClo
     assert "edge-2" not in edge.links
     assert transport.value().startswith(b"HTTP/1.1 502 ")
     assert b"peer-unavailable" in transport.value()
+
+
+# --- a listen that does not answer at once ------------------------------------------------
+
+
+class LateEndpoint:
+    """A server endpoint whose listen answers later (socket activation, a plugin's)."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.listening: Deferred[Any] = Deferred()
+
+    def listen(self, factory: Any) -> Any:
+        return self.listening
+
+
+def late_listener(monkeypatch: pytest.MonkeyPatch) -> tuple[Listener, LateEndpoint]:
+    import edgemesh.roles._node as node_module
+
+    late = LateEndpoint()
+    monkeypatch.setattr(node_module, "serverFromString", lambda reactor, description: late)
+    listener = Listener(MemoryReactorClock(), SourceKind.service_bus, "late:1",
+                        Factory.forProtocol(Protocol))
+    listener.privilegedStartService()
+    listener.startService()
+    return listener, late
+
+
+def test_a_listen_that_answers_later_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener, late = late_listener(monkeypatch)
+    assert listener.port is None  # not listening yet: /readyz says so
+    port = StringTransport()  # anything with getHost and stopListening will do
+    port.stopListening = lambda: None  # type: ignore[attr-defined]
+    late.listening.callback(port)
+    assert listener.port is port
+    assert listener.address == port.getHost()
+
+
+def test_a_later_listen_failure_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener, late = late_listener(monkeypatch)
+    with capturedLogs() as events:
+        late.listening.errback(CannotListenError("", 1, OSError("in use")))
+    assert listener.port is None
+    assert [e for e in events if e.get("log_failure") is not None
+            and "could not listen" in e["log_format"]]
+
+
+def test_stopping_cancels_a_listen_that_has_not_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listener, late = late_listener(monkeypatch)
+    with capturedLogs() as events:
+        assert listener.stopService() is None
+    assert late.listening.called  # cancelled
+    assert not [e for e in events if e.get("log_failure") is not None]
+    late.listening.addErrback(lambda failure: None)

@@ -291,6 +291,7 @@ def test_router_make_service(catalog_file: str, reactor: MemoryReactorClock) -> 
     assert service.catalog is options["catalog_value"]
     assert service.config.request_timeout == 7.0
     assert service.config.front.max_body_bytes == 1 << 20
+    assert service.freeze_heap  # twistd's process is the mesh's alone: gc.freeze() at start
     # Nothing is bound until twistd starts the service.
     assert reactor.tcpServers == []
     service.privilegedStartService()  # type: ignore[no-untyped-call]
@@ -372,3 +373,22 @@ def test_keep_alive_idle_timeouts_default_to_60_seconds(catalog_file: str) -> No
     options = router_options("--catalog", catalog_file)
     assert options["client-idle-timeout"] == 60.0 and options["pool-idle-timeout"] == 60.0
     assert options.front_limits().idle_timeout == 60.0
+
+
+def test_only_the_twistd_plugins_freeze_the_heap(tmp_path: Any, monkeypatch: Any) -> None:
+    """A library must not gc.freeze() its host's heap: embedding leaves it off."""
+    import gc
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edgemesh.catalog import Catalog
+    from edgemesh.roles import RouterConfig, build_router
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    embedded = build_router(MemoryReactorClock(), RouterConfig(catalog=Catalog.empty(),
+                                                               http=None))
+    embedded.startService()
+    assert frozen == []
+    embedded.stopService()
+    assert RouterConfig(catalog=Catalog.empty()).freeze_heap is False

@@ -118,6 +118,10 @@ class RouterConfig:
     pool_idle_timeout: float = 60.0
     """Seconds an idle pooled connection to a pod or ClusterIP is kept (the client side's
     keep-alive idle timeout is ``front.idle_timeout``)."""
+    freeze_heap: bool = False
+    """``gc.freeze()`` at start: what is built by then lives as long as the process, and
+    the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
+    freeze its host's heap, so embedding leaves it off."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnels; None: plaintext (``--insecure``)."""
     push_interval: float = DEFAULT_PUSH_INTERVAL
@@ -172,6 +176,10 @@ class EdgeConfig:
     pool_idle_timeout: float = 60.0
     """Seconds an idle pooled connection to a pod or ClusterIP is kept (the client side's
     keep-alive idle timeout is ``front.idle_timeout``)."""
+    freeze_heap: bool = False
+    """``gc.freeze()`` at start: what is built by then lives as long as the process, and
+    the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
+    freeze its host's heap, so embedding leaves it off."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnel and hub links; None: plaintext (``--insecure``)."""
     router_name: str = "router"
@@ -194,7 +202,10 @@ class EdgeConfig:
 class Listener(Service):
     """A Source that listens on a server endpoint string.  Binds in
     privilegedStartService and raises there, so a bad or busy port stops
-    twistd at start instead of leaving a half-configured process."""
+    twistd at start instead of leaving a half-configured process.  An endpoint whose
+    listen does not answer at once (systemd socket activation, a plugin's endpoint) is
+    waited for, as Twisted's ``StreamServerEndpointService`` does: the port is taken when
+    it comes, a failure then is logged, and stopping cancels the wait."""
 
     def __init__(
         self, reactor: Any, kind: SourceKind | None, description: str, factory: IProtocolFactory
@@ -204,26 +215,46 @@ class Listener(Service):
         self.description = description
         self.factory = factory
         self.port: IListeningPort | None = None
+        self._waiting: Deferred[IListeningPort] | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # type: ignore[no-untyped-call]
-        if self.port is None:
-            result: list[object] = []
-            # A large listen queue unless the endpoint string names one (see DEFAULT_BACKLOG).
-            endpoint = serverFromString(self.reactor, with_backlog(self.description))
-            endpoint.listen(self.factory).addBoth(result.append)
-            outcome = result[0] if result else None
-            if isinstance(outcome, Failure):
-                outcome.raiseException()
-            self.port = outcome  # type: ignore[assignment]
+        if self.port is not None or self._waiting is not None:
+            return
+        # A large listen queue unless the endpoint string names one (see DEFAULT_BACKLOG).
+        endpoint = serverFromString(self.reactor, with_backlog(self.description))
+        listening: Deferred[IListeningPort] = endpoint.listen(self.factory)
+        if listening.called:  # TCP, SSL, UNIX: at once, so a busy port stops twistd here
+            outcome: list[IListeningPort | Failure] = []
+            listening.addBoth(outcome.append)
+            if isinstance(outcome[0], Failure):
+                outcome[0].raiseException()
+            self.port = outcome[0]
+            return
+        self._waiting = listening
+        listening.addCallbacks(self._listening, self._not_listening)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._waiting = None
+        self.port = port
+
+    def _not_listening(self, failure: Failure) -> None:
+        if self._waiting is None:  # stopped meanwhile: the wait was cancelled
+            return
+        self._waiting = None
+        log.failure("listener {description} could not listen", failure,
+                    description=self.description)
 
     def startService(self) -> None:
-        if self.port is None:
+        if self.port is None and self._waiting is None:
             self.privilegedStartService()
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()  # _not_listening sees it was cancelled on purpose
         port, self.port = self.port, None
         if port is not None:
             stopped: Deferred[None] | None = port.stopListening()
@@ -324,6 +355,8 @@ class MeshNode(MultiService):
         self.observer.attach(self.pipeline)
         self.links: dict[str, EnvelopeLink] = {}
         self.listeners: dict[str, Listener] = {}
+        self.freeze_heap = False
+        """``gc.freeze()`` at start (the config's ``freeze_heap``)."""
         self.serving = False
         self.started_at = 0.0
         self.status_parts: dict[str, Callable[[], object]] = {}
@@ -374,8 +407,10 @@ class MeshNode(MultiService):
         super().startService()  # type: ignore[no-untyped-call]
         # Everything built so far (Twisted, the Kubernetes client's models, the catalog)
         # lives as long as the process: keep it out of every future garbage collection,
-        # which otherwise rescans it each time per-request cycles trigger one.
-        gc.freeze()
+        # which otherwise rescans it each time per-request cycles trigger one.  Only when
+        # this node is the process (twistd), never inside someone else's.
+        if self.freeze_heap:
+            gc.freeze()
         self.serving = True
         self.started_at = self.reactor.seconds()
         # Bound now: endpoints that are one of these sockets are refused (routing loops).
@@ -875,6 +910,7 @@ def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: Targ
     """What both roles share: observability, resilience, and the HTTP target that leaves
     this node for pods (edge) or ClusterIPs (router)."""
     node.observer.configure(config.observability)
+    node.freeze_heap = config.freeze_heap
     pipeline = node.pipeline
     pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
     pipeline.add_target(

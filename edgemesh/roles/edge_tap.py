@@ -81,5 +81,6 @@ def makeService(options: Options) -> IService:
         observability=options.observability_config(),
         resilience=options.resilience(),
         outbound=options["outbound"],
+        freeze_heap=True,  # twistd: this process is the mesh's alone
     )
     return build_edge(reactor, config)

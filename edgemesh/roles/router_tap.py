@@ -87,6 +87,7 @@ def makeService(options: Options) -> IService:
         edge_scope=options["edge_scope_value"],
         peer_listen=options["peer-listen"],
         peer_routers=tuple(options.get("peer_routers_value", [])),
+        freeze_heap=True,  # twistd: this process is the mesh's alone
     )
     router = build_router(reactor, config)
     if options.kubernetes_requested():
