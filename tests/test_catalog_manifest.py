@@ -120,8 +120,11 @@ def test_demo_catalog_loads() -> None:
         "hello-edge2": [("127.0.0.1", 18002, "edge-2")],
         "hello-cloud": [("127.0.0.1", 18003, "cloud-1")],
         "hello-multi": [("127.0.0.1", 18004, "edge-1"), ("127.0.0.1", 18005, "edge-2")],
+        "echo": [("127.0.0.1", 18006, "edge-2")],
     }
     assert set(catalog.services) == {f"default/{name}" for name in expected}
+    (echo_port,) = catalog.services["default/echo"].ports
+    assert echo_port.kind.value == "stream"  # named tcp-echo: a byte stream
     for name, wanted in expected.items():
         found, port = catalog.resolve(name.encode())
         assert found.name == name

@@ -62,7 +62,7 @@ def parse_table(stdout: str) -> list[dict[str, str]]:
 
 def test_demo_ports_are_the_documented_ones() -> None:
     ports = demo_ports()
-    assert all(17700 <= p <= 17792 or 18001 <= p <= 18005 for p in ports), ports
+    assert all(17700 <= p <= 17792 or 18001 <= p <= 18006 for p in ports), ports
 
 
 @pytest.mark.slow
@@ -85,6 +85,11 @@ def test_demo_once() -> None:
         assert by_path.get(path), f"no row for {path!r}\n{output}"
         assert [row["status"] for row in by_path[path]] == ["200"] * len(by_path[path]), output
         assert all(row["answered by"].startswith("default/hello-") for row in by_path[path]), output
+    # A TCP service through the mesh: CONNECT, 10 kB echoed back, from an edge and the cloud.
+    for path in ("stream edge → edge", "stream cloud → edge"):
+        (row,) = by_path.get(path) or [{}]
+        assert row.get("status") == "200", output
+        assert row.get("answered by") == "echo-0 (echoed)", output
     (error,) = by_path["error"]
     assert error["status"] == "404", output
     assert error["answered by"] == "(unknown-service)", output

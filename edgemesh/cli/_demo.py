@@ -15,15 +15,17 @@ from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.protocols.wire import Echo
 from twisted.web.client import Agent, ProxyAgent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ..catalog import Catalog, catalog_from_objects
+from ..catalog import Catalog, PortKind, catalog_from_objects
 from ..roles import EdgeConfig, RouterConfig, build_edge, build_router
 from ..security import TLSConfig
 from ..security.certs import init_ca_dir, issue_into_dir
@@ -67,15 +69,21 @@ def start_pods(reactor: Any, catalog: Catalog) -> list[Any]:
     ports = []
     seen: set[tuple[str, int]] = set()
     for service in catalog.services.values():
-        for endpoints in service.endpoints.values():
+        kinds = {port.name: port.kind for port in service.ports}
+        for port_name, endpoints in service.endpoints.items():
             for endpoint in endpoints:
                 if (endpoint.host, endpoint.port) in seen:
                     continue
                 seen.add((endpoint.host, endpoint.port))
-                site = Site(_Pod(endpoint.pod or service.name, endpoint.node or "?"), reactor=reactor)
-                site.noisy = False
-                site.log = lambda request: None  # type: ignore[method-assign]
-                ports.append(reactor.listenTCP(endpoint.port, site, interface=endpoint.host))
+                if kinds.get(port_name) is PortKind.stream:  # a TCP service: echo what comes
+                    factory: Any = Factory.forProtocol(Echo)
+                    factory.noisy = False
+                else:
+                    factory = Site(_Pod(endpoint.pod or service.name, endpoint.node or "?"),
+                                   reactor=reactor)
+                    factory.noisy = False
+                    factory.log = lambda request: None
+                ports.append(reactor.listenTCP(endpoint.port, factory, interface=endpoint.host))
     return ports
 
 
@@ -111,6 +119,62 @@ async def _call(agent: IAgent, method: bytes, url: str, body: bytes | None = Non
     pod = (response.headers.getRawHeaders(b"X-Pod") or [b""])[0].decode()
     error = (response.headers.getRawHeaders(b"X-Edgemesh-Error") or [b""])[0].decode()
     return response.code, pod or (f"({error})" if error else "-"), text, elapsed
+
+
+class _Tunnel(Protocol):
+    """A client of a byte stream through the mesh: CONNECT, then bytes both ways (what
+    ``curl -p``, gRPC's ``http_proxy`` support or ``socat PROXY:`` do)."""
+
+    def __init__(self, authority: str, payload: bytes) -> None:
+        self.authority = authority
+        self.payload = payload
+        self.received = b""
+        self.status = 0
+        self.error = ""
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"CONNECT {self.authority} HTTP/1.1\r\n"
+                             f"Host: {self.authority}\r\n\r\n".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.received += data
+        if not self.status:
+            head, found, rest = self.received.partition(b"\r\n\r\n")
+            if not found:
+                return
+            self.status = int(head.split(b" ", 2)[1])
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"x-edgemesh-error":
+                    self.error = value.strip().decode()
+            self.received = rest
+            if self.status != 200:
+                self.transport.loseConnection()
+                return
+            self.transport.write(self.payload)
+        if len(self.received) >= len(self.payload):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+async def _stream(reactor: Any, port: int, authority: str) -> tuple[int, str, str, float]:
+    """CONNECT ``authority`` through the mesh at ``port``, send bytes, expect them back."""
+    started = time.perf_counter()
+    payload = b"ping " * 2000  # 10 kB both ways
+    tunnel = _Tunnel(authority, payload)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), tunnel)
+    await tunnel.done
+    elapsed = (time.perf_counter() - started) * 1000
+    if tunnel.status != 200:
+        return tunnel.status, f"({tunnel.error or 'refused'})", "", elapsed
+    echoed = "echoed" if tunnel.received == payload else f"{len(tunnel.received)} bytes back"
+    return (200 if tunnel.received == payload else 502), f"echo-0 ({echoed})", "", elapsed
 
 
 def demo_certificates(names: list[str], router: str = "router") -> str:
@@ -166,7 +230,7 @@ async def run(reactor: Any, once: bool) -> int:
     edge1 = Agent.usingEndpointFactory(reactor, _AnyHost(reactor, EDGES["edge-1"][0]))
     as_proxy = ProxyAgent(TCP4ClientEndpoint(reactor, "127.0.0.1", EDGES["edge-1"][0]))
     cloud = Agent.usingEndpointFactory(reactor, _AnyHost(reactor, ROUTER_HTTP))
-    plan: list[tuple[str, str, IAgent, bytes, str, bytes | None]] = [
+    plan: list[tuple[str, str, IAgent | int, bytes, str, bytes | None]] = [
         ("1 edge → same node", "edge-1 app", edge1, b"GET", "http://hello-edge1/resources", None),
         ("1 edge → same node", "edge-1 app (HTTP_PROXY)", as_proxy, b"GET", "http://hello-edge1.default/x", None),
         ("2 edge → edge", "edge-1 app", edge1, b"GET", "http://hello-edge2/resources", None),
@@ -176,13 +240,18 @@ async def run(reactor: Any, once: bool) -> int:
         ("4 cloud → edge", "cloud app", cloud, b"GET", "http://hello-edge1/resources", None),
         ("local first", "edge-1 app", edge1, b"GET", "http://hello-multi/a", None),
         ("local first", "edge-1 app", edge1, b"GET", "http://hello-multi/b", None),
+        ("stream edge → edge", "edge-1 app (TCP)", EDGES["edge-1"][0], b"CONNECT", "echo:7", None),
+        ("stream cloud → edge", "cloud app (TCP)", ROUTER_HTTP, b"CONNECT", "echo.default:7", None),
         ("error", "edge-1 app", edge1, b"GET", "http://no-such-service/", None),
     ]
     rows = []
     failures = 0
     for path, client, agent, method, url, body in plan:
         try:
-            status, pod, _text, ms = await _call(agent, method, url, body)
+            if isinstance(agent, int):  # a byte stream: CONNECT on that port
+                status, pod, _text, ms = await _stream(reactor, agent, url)
+            else:
+                status, pod, _text, ms = await _call(agent, method, url, body)
         except Exception as error:  # noqa: BLE001 -- the demo reports, it does not stop
             status, pod, ms = 0, f"({type(error).__name__}: {error})", 0.0
         expected_error = path == "error"
@@ -210,6 +279,7 @@ async def run(reactor: Any, once: bool) -> int:
     print(f"  curl -s -x http://127.0.0.1:{EDGES['edge-1'][0]} http://hello-cloud/hi       # via HTTP_PROXY, edge → cloud")
     print(f"  curl -s -H 'Host: hello-edge1' http://127.0.0.1:{ROUTER_HTTP}/hi     # cloud app → edge-1 pod")
     print(f"  curl -s http://127.0.0.1:{ROUTER_ADMIN}/edges                      # router admin API")
+    print(f"  socat - PROXY:127.0.0.1:echo:7,proxyport={EDGES['edge-1'][0]}          # TCP through the mesh")
     print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    # edge-1's catalog")
     await Deferred()  # run until interrupted
     return 0
