@@ -30,7 +30,7 @@ import time
 os.environ.setdefault("PYTHON", sys.executable)
 os.environ.setdefault("BASE_PORT", "18380")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402 - after the environment it reads
+import harness  # after the environment it reads
 
 SETTLE = 3.0
 """Seconds after readiness before sampling (the first heartbeats, the catalog ack)."""
