@@ -32,6 +32,7 @@ from edgemesh.exchange import (
     Route,
     TargetKind,
 )
+from edgemesh.transports._io import LARGE_BUFFER, SMALL_BUFFER
 from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
@@ -457,6 +458,46 @@ def test_response_flow_control_pauses_reading_the_upstream() -> None:
     producer.pauseProducing()  # a late call from the finished exchange changes nothing
     assert upstream.transport.producerState == "producing"
 
+
+
+class SizedTransport(StringTransport):
+    """A StringTransport with Twisted's FileDescriptor read-size knob."""
+
+    bufferSize = 12345
+
+
+def test_read_size_follows_the_consumer() -> None:
+    """Reads start at 64 KiB, double to 256 KiB while the responder takes whole reads, and
+    fall back to 64 KiB when it pauses: a slow client holds no 256 KiB read per connection."""
+    h = Harness()
+    paused: list[bool] = []
+
+    class Slow(Responder):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if paused and self.producer is not None:
+                paused.clear()
+                self.producer.pauseProducing()
+
+    _body, responder = h.open(responder=Slow())
+    upstream = h.accept(transport=SizedTransport())
+    transport = upstream.transport
+    assert transport.bufferSize == SMALL_BUFFER
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    assert transport.bufferSize == SMALL_BUFFER  # not a full read
+    upstream.send(b"x" * SMALL_BUFFER)
+    assert transport.bufferSize == 2 * SMALL_BUFFER
+    upstream.send(b"x" * 2 * SMALL_BUFFER)
+    assert transport.bufferSize == LARGE_BUFFER
+    upstream.send(b"x" * LARGE_BUFFER)
+    assert transport.bufferSize == LARGE_BUFFER  # never past it
+    paused.append(True)  # the consumer cannot take the next read
+    upstream.send(b"x" * LARGE_BUFFER)
+    assert transport.bufferSize == SMALL_BUFFER and transport.producerState == "paused"
+    assert responder.producer is not None
+    responder.producer.resumeProducing()
+    upstream.send(b"x" * SMALL_BUFFER)
+    assert transport.bufferSize == 2 * SMALL_BUFFER
 
 # --- pooling -----------------------------------------------------------------------------------
 
