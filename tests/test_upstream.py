@@ -33,7 +33,12 @@ from edgemesh.exchange import (
     TargetKind,
 )
 from edgemesh.transports._io import LARGE_BUFFER, SMALL_BUFFER
-from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
+from edgemesh.transports._upstream import (
+    HELD_BODY_LIMIT,
+    RAMP_READS,
+    REQUEST_BODY_BUFFER,
+    HTTPUpstreamTarget,
+)
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
 SERVICE = Service(
@@ -467,8 +472,9 @@ class SizedTransport(StringTransport):
 
 
 def test_read_size_follows_the_consumer() -> None:
-    """Reads start at 64 KiB, double to 256 KiB while the responder takes whole reads, and
-    fall back to 64 KiB when it pauses: a slow client holds no 256 KiB read per connection."""
+    """Reads start at 64 KiB, double (up to 256 KiB) after RAMP_READS whole reads the
+    responder took without a pause, and fall back to 64 KiB when it pauses: a slow client
+    holds no 256 KiB read per connection."""
     h = Harness()
     paused: list[bool] = []
 
@@ -483,11 +489,12 @@ def test_read_size_follows_the_consumer() -> None:
     upstream = h.accept(transport=SizedTransport())
     transport = upstream.transport
     assert transport.bufferSize == SMALL_BUFFER
-    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
     assert transport.bufferSize == SMALL_BUFFER  # not a full read
-    upstream.send(b"x" * SMALL_BUFFER)
-    assert transport.bufferSize == 2 * SMALL_BUFFER
-    upstream.send(b"x" * 2 * SMALL_BUFFER)
+    for size in (SMALL_BUFFER, 2 * SMALL_BUFFER):
+        for _ in range(RAMP_READS):
+            assert transport.bufferSize == size
+            upstream.send(b"x" * size)
     assert transport.bufferSize == LARGE_BUFFER
     upstream.send(b"x" * LARGE_BUFFER)
     assert transport.bufferSize == LARGE_BUFFER  # never past it
@@ -496,8 +503,17 @@ def test_read_size_follows_the_consumer() -> None:
     assert transport.bufferSize == SMALL_BUFFER and transport.producerState == "paused"
     assert responder.producer is not None
     responder.producer.resumeProducing()
+    for _ in range(RAMP_READS - 1):
+        upstream.send(b"x" * SMALL_BUFFER)
+    paused.append(True)  # a pause before the streak is complete starts it over
+    upstream.send(b"x" * SMALL_BUFFER)
+    responder.producer.resumeProducing()
+    for _ in range(RAMP_READS - 1):
+        upstream.send(b"x" * SMALL_BUFFER)
+    assert transport.bufferSize == SMALL_BUFFER
     upstream.send(b"x" * SMALL_BUFFER)
     assert transport.bufferSize == 2 * SMALL_BUFFER
+    assert not responder.ended
 
 # --- pooling -----------------------------------------------------------------------------------
 
