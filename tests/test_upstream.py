@@ -472,8 +472,8 @@ class SizedTransport(StringTransport):
 
 
 def test_read_size_follows_the_consumer() -> None:
-    """Reads start at 64 KiB, double (up to 256 KiB) after RAMP_READS whole reads the
-    responder took without a pause, and fall back to 64 KiB when it pauses: a slow client
+    """Reads are 256 KiB while the responder takes them, 64 KiB once it paused us, and
+    double again only after RAMP_READS whole reads taken without a pause: a slow client
     holds no 256 KiB read per connection."""
     h = Harness()
     paused: list[bool] = []
@@ -488,16 +488,10 @@ def test_read_size_follows_the_consumer() -> None:
     _body, responder = h.open(responder=Slow())
     upstream = h.accept(transport=SizedTransport())
     transport = upstream.transport
-    assert transport.bufferSize == SMALL_BUFFER
-    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
-    assert transport.bufferSize == SMALL_BUFFER  # not a full read
-    for size in (SMALL_BUFFER, 2 * SMALL_BUFFER):
-        for _ in range(RAMP_READS):
-            assert transport.bufferSize == size
-            upstream.send(b"x" * size)
     assert transport.bufferSize == LARGE_BUFFER
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
     upstream.send(b"x" * LARGE_BUFFER)
-    assert transport.bufferSize == LARGE_BUFFER  # never past it
+    assert transport.bufferSize == LARGE_BUFFER  # taken whole: never past it
     paused.append(True)  # the consumer cannot take the next read
     upstream.send(b"x" * LARGE_BUFFER)
     assert transport.bufferSize == SMALL_BUFFER and transport.producerState == "paused"
@@ -510,9 +504,14 @@ def test_read_size_follows_the_consumer() -> None:
     responder.producer.resumeProducing()
     for _ in range(RAMP_READS - 1):
         upstream.send(b"x" * SMALL_BUFFER)
+        assert transport.bufferSize == SMALL_BUFFER
+    upstream.send(b"x" * (SMALL_BUFFER - 1))  # not a whole read: no step
     assert transport.bufferSize == SMALL_BUFFER
     upstream.send(b"x" * SMALL_BUFFER)
     assert transport.bufferSize == 2 * SMALL_BUFFER
+    for _ in range(RAMP_READS):
+        upstream.send(b"x" * 2 * SMALL_BUFFER)
+    assert transport.bufferSize == LARGE_BUFFER
     assert not responder.ended
 
 # --- pooling -----------------------------------------------------------------------------------

@@ -867,7 +867,7 @@ class _UpstreamConnection(Protocol):
     # Protocol
 
     def connectionMade(self) -> None:
-        self._read_size(SMALL_BUFFER)
+        self._read_size(LARGE_BUFFER)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -889,10 +889,11 @@ class _UpstreamConnection(Protocol):
             self._receive(data)
         except Exception as problem:  # noqa: BLE001 - never raise into the reactor
             self._internal_error(problem)
-        # The read size follows the consumer: it doubles up to LARGE_BUFFER after
-        # RAMP_READS whole reads the responder took without pausing us, and falls back to
-        # 64 KiB at a pause, so a slow client holds ~64 KiB per connection, not a 256 KiB
-        # read (VmHWM growth at 32 connections of 1 MiB bodies: +9.1 MiB with fixed reads).
+        # The read size follows the consumer: 256 KiB while the responder takes every
+        # read (fast clients: as many reads as before), 64 KiB after it paused us, doubling
+        # again after RAMP_READS whole reads taken without a pause.  A slow client holds
+        # ~64 KiB per connection, not a 256 KiB read (VmHWM growth at 32 connections of
+        # 1 MiB bodies: +9.1 MiB with fixed 256 KiB reads).
         size = getattr(self.transport, "bufferSize", None)
         if size is None:
             return
