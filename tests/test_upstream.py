@@ -32,9 +32,10 @@ from edgemesh.exchange import (
     Route,
     TargetKind,
 )
-from edgemesh.transports._io import LARGE_BUFFER, SMALL_BUFFER
+from edgemesh.transports._io import SMALL_BUFFER
 from edgemesh.transports._upstream import (
     HELD_BODY_LIMIT,
+    MAX_READ,
     RAMP_READS,
     REQUEST_BODY_BUFFER,
     HTTPUpstreamTarget,
@@ -472,9 +473,9 @@ class SizedTransport(StringTransport):
 
 
 def test_read_size_follows_the_consumer() -> None:
-    """Reads are 256 KiB while the responder takes them, 64 KiB once it paused us, and
+    """Reads are MAX_READ (128 KiB) while the responder takes them, 64 KiB once it paused us, and
     double again only after RAMP_READS whole reads taken without a pause: a slow client
-    holds no 256 KiB read per connection."""
+    holds ~64 KiB per connection."""
     h = Harness()
     paused: list[bool] = []
 
@@ -488,12 +489,12 @@ def test_read_size_follows_the_consumer() -> None:
     _body, responder = h.open(responder=Slow())
     upstream = h.accept(transport=SizedTransport())
     transport = upstream.transport
-    assert transport.bufferSize == LARGE_BUFFER
+    assert transport.bufferSize == MAX_READ
     upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
-    upstream.send(b"x" * LARGE_BUFFER)
-    assert transport.bufferSize == LARGE_BUFFER  # taken whole: never past it
+    upstream.send(b"x" * MAX_READ)
+    assert transport.bufferSize == MAX_READ  # taken whole: never past it
     paused.append(True)  # the consumer cannot take the next read
-    upstream.send(b"x" * LARGE_BUFFER)
+    upstream.send(b"x" * MAX_READ)
     assert transport.bufferSize == SMALL_BUFFER and transport.producerState == "paused"
     assert responder.producer is not None
     responder.producer.resumeProducing()
@@ -509,9 +510,7 @@ def test_read_size_follows_the_consumer() -> None:
     assert transport.bufferSize == SMALL_BUFFER
     upstream.send(b"x" * SMALL_BUFFER)
     assert transport.bufferSize == 2 * SMALL_BUFFER
-    for _ in range(RAMP_READS):
-        upstream.send(b"x" * 2 * SMALL_BUFFER)
-    assert transport.bufferSize == LARGE_BUFFER
+    assert transport.bufferSize == MAX_READ
     assert not responder.ended
 
 # --- pooling -----------------------------------------------------------------------------------
