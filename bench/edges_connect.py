@@ -1,7 +1,7 @@
 """How long N edges take to connect to a router that has just started (issue 11, item 7).
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/edges_connect.py --edges 5000
-        [--backlog 50] [--router-path DIR] [--json FILE]
+        [--backlog 50] [--router-path DIR] [--idle SECONDS] [--json FILE]
 
 What runs:
 - the router, a real ``twistd edgemesh-router --catalog FILE --insecure`` process, whose
@@ -292,6 +292,16 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             **{f"{key}_during": value - drops.get(key, 0) for key, value in listen_drops().items()},
             "refused": sum(len(e.refusals) for e in bench.edges),
         })
+        if args.idle and len(done) == args.edges:
+            # The router with every edge connected and nothing to route: its heartbeats
+            # (pings sent, pongs read, timers) are what it spends.  CPU seconds of one
+            # process, usable on a loaded machine when the effect is large.
+            await task.deferLater(reactor, 2.0)
+            before = proc_cpu(router.pid)
+            await task.deferLater(reactor, args.idle)
+            idle_cpu = proc_cpu(router.pid) - before
+            result.update({"idle_s": args.idle, "idle_router_cpu_s": round(idle_cpu, 2),
+                           "idle_router_cpu_pct": round(100 * idle_cpu / args.idle, 1)})
         say(json.dumps(result))
     finally:
         router.send_signal(signal.SIGTERM)
@@ -323,6 +333,8 @@ def main() -> None:
                         help="how the simulated edges retry (see the docstring)")
     parser.add_argument("--router-profile", default=None,
                         help="run the router under cProfile, its stats written to this file")
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="then measure the router's CPU seconds over this many idle seconds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     raise_fd_limit(2 * args.edges + 256)

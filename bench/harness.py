@@ -130,6 +130,7 @@ class Run:
 
     reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # "idle"|body → proc → KiB
+    anon_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon KiB after start
 
 
 started: list[Proc] = []
@@ -576,6 +577,7 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
             worker = tree((root or origin).pid)[1:]
             rss_pids = {("nginx" if root else "origin") + " worker": worker[0]} if worker else {}
         run.hwm_kib["idle"] = {n: status_kib(p, "VmHWM") for n, p in rss_pids.items()}
+        run.anon_kib = {n: status_kib(p, "RssAnon") for n, p in rss_pids.items()}
         for path in paths:
             wrk(target, path, CFG["WARMUP"])
             reps = []
@@ -669,10 +671,10 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
 
     # Memory: VmHWM after a /small check (idle), after the /small runs, after the /big runs.
     stages = ["idle", *paths]
-    memory = ["| target | process | " + " | ".join(
+    memory = ["| target | process | RssAnon MiB after start | " + " | ".join(
         "VmHWM MiB " + ("after start + /small check" if s == "idle" else f"after {s} runs")
         for s in stages) + " | growth (last − first body) | growth per connection | flat? |",
-        "|---|---|" + "---:|" * len(stages) + "---:|---:|---|"]
+        "|---|---|---:|" + "---:|" * len(stages) + "---:|---:|---|"]
     conns = int(CFG["CONNS"])
     rss_growth: list[tuple[str, str, float, bool]] = []
     for tname, run in runs.items():
@@ -688,7 +690,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             per_conn = fmt(grow * 1024 / conns if grow is not None else None, "+.0f")
             if grow is not None and target.mesh:
                 rss_growth.append((tname, proc, grow, flat))
-            memory.append(f"| {tname} | {proc} | " + " | ".join(
+            anon = run.anon_kib.get(proc)
+            memory.append(f"| {tname} | {proc} | {fmt(anon / mib if anon else None, '.1f')} | "
+                          + " | ".join(
                 fmt(v / mib if v else None, ".1f") for v in vals)
                 + f" | {fmt(grow, '+.1f')} MiB | {per_conn} KiB | "
                 + ("-" if grow is None else "yes" if flat else "NO") + " |")
@@ -829,7 +833,8 @@ def main() -> None:
     if failed:
         text += "\n\n### Failed targets\n\n" + "\n".join(f"- {t}: {e}" for t, e in failed.items())
     results = {**info, "failed": failed, "medians": medians,
-               "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib} for t, r in runs.items()}}
+               "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib}
+                         for t, r in runs.items()}}
     with open(os.path.join(OUTDIR, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if CFG["PYSPY"] == "1":

@@ -38,7 +38,14 @@ from edgemesh.testing import (
     RecordingResponder,
     TrailerResponder,
 )
-from edgemesh.transports._upstream import HELD_BODY_LIMIT, REQUEST_BODY_BUFFER, HTTPUpstreamTarget
+from edgemesh.transports._io import SMALL_BUFFER
+from edgemesh.transports._upstream import (
+    HELD_BODY_LIMIT,
+    MAX_READ,
+    RAMP_READS,
+    REQUEST_BODY_BUFFER,
+    HTTPUpstreamTarget,
+)
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
 SERVICE = Service(
@@ -431,6 +438,54 @@ def test_response_flow_control_pauses_reading_the_upstream() -> None:
     producer.pauseProducing()  # a late call from the finished exchange changes nothing
     assert upstream.transport.producerState == "producing"
 
+
+
+class SizedTransport(StringTransport):
+    """A StringTransport with Twisted's FileDescriptor read-size knob."""
+
+    bufferSize = 12345
+
+
+def test_read_size_follows_the_consumer() -> None:
+    """Reads are MAX_READ (128 KiB) while the responder takes them, 64 KiB once it paused us, and
+    double again only after RAMP_READS whole reads taken without a pause: a slow client
+    holds ~64 KiB per connection."""
+    h = Harness()
+    paused: list[bool] = []
+
+    class Slow(RecordingResponder):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if paused and self.producer is not None:
+                paused.clear()
+                self.producer.pauseProducing()
+
+    _body, responder = h.open(responder=Slow())
+    upstream = h.accept(transport=SizedTransport())
+    transport = upstream.transport
+    assert transport.bufferSize == MAX_READ
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+    upstream.send(b"x" * MAX_READ)
+    assert transport.bufferSize == MAX_READ  # taken whole: never past it
+    paused.append(True)  # the consumer cannot take the next read
+    upstream.send(b"x" * MAX_READ)
+    assert transport.bufferSize == SMALL_BUFFER and transport.producerState == "paused"
+    assert responder.producer is not None
+    responder.producer.resumeProducing()
+    for _ in range(RAMP_READS - 1):
+        upstream.send(b"x" * SMALL_BUFFER)
+    paused.append(True)  # a pause before the streak is complete starts it over
+    upstream.send(b"x" * SMALL_BUFFER)
+    responder.producer.resumeProducing()
+    for _ in range(RAMP_READS - 1):
+        upstream.send(b"x" * SMALL_BUFFER)
+        assert transport.bufferSize == SMALL_BUFFER
+    upstream.send(b"x" * (SMALL_BUFFER - 1))  # not a whole read: no step
+    assert transport.bufferSize == SMALL_BUFFER
+    upstream.send(b"x" * SMALL_BUFFER)
+    assert transport.bufferSize == 2 * SMALL_BUFFER
+    assert transport.bufferSize == MAX_READ
+    assert not responder.ended
 
 # --- pooling -----------------------------------------------------------------------------------
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NoReturn
 
-import yaml
-
 from ._catalog import Catalog
 from ._model import (
     DEFAULT_AFFINITY_TIMEOUT,
@@ -783,6 +781,8 @@ def _documents(path: str, text: str) -> list[object]:
             return [json.loads(text)]
         except json.JSONDecodeError as error:
             raise ManifestError(path, "", f"not valid JSON: {error}") from None
+    import yaml  # here, not at the top: ~0.7 MiB of RssAnon that a catalog without YAML never needs
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         return list(yaml.load_all(text, Loader=loader))

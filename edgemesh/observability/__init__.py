@@ -10,8 +10,9 @@ Observability: what a node counts (metrics), says (logs) and shows (admin views)
 - ``config_to_json``: a node's effective configuration, without secrets.
 """
 
+from typing import TYPE_CHECKING
+
 from ._access import ACCESS_FORMAT, ACCESS_NAMESPACE, AccessLog, safe_uri
-from ._collector import MeshCollector, exposition, node_registry
 from ._config import REDACTED, config_to_json
 from ._exchanges import (
     DURATION_BUCKETS,
@@ -27,6 +28,22 @@ from ._exchanges import (
 )
 from ._logs import MAX_FIELD, JSONLinesObserver, json_log_line, json_logger, twistd_log_file
 from ._options import LOG_FORMATS, ObservabilityOptions
+
+if TYPE_CHECKING:
+    from ._collector import MeshCollector, exposition, node_registry
+
+_LAZY = frozenset({"MeshCollector", "exposition", "node_registry"})
+
+
+def __getattr__(name: str) -> object:
+    # prometheus_client (~1.1 MiB of RssAnon) is imported by the first scrape's admin API only.
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _collector
+
+    value = getattr(_collector, name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ACCESS_FORMAT",

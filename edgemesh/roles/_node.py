@@ -6,6 +6,7 @@ through the tap modules; an embedding application calls them directly.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -408,9 +409,12 @@ class MeshNode(MultiService):
         # Everything built so far (Twisted, the Kubernetes client's models, the catalog)
         # lives as long as the process: keep it out of every future garbage collection,
         # which otherwise rescans it each time per-request cycles trigger one.  Only when
-        # this node is the process (twistd), never inside someone else's.
+        # this node is the process (twistd), never inside someone else's.  Collect first:
+        # start-up garbage frozen would never be freed.
         if self.freeze_heap:
+            gc.collect()
             gc.freeze()
+            release_free_heap()
         self.serving = True
         self.started_at = self.reactor.seconds()
         # Bound now: endpoints that are one of these sockets are refused (routing loops).
@@ -447,6 +451,16 @@ def _outbound(
 ) -> IByteStream:
     host, _, port = authority.decode("ascii").rpartition(":")
     return pipeline.dispatch_outbound(kind, host.strip("[]"), int(port), client, source)
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's malloc_trim; else a no-op)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    # What imports and start-up freed stays mapped otherwise: -1.5 MiB of an idle edge's RssAnon.
+    trim(0)
 
 
 class RouterNode(MeshNode):

@@ -284,7 +284,9 @@ class _Exchange:
                 self._abort_client()
                 return
             self.remaining = remaining - len(data)
-        transport.write(data)
+        # Sent at once when nothing is buffered: a 256 KiB chunk buffered for the next turn
+        # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
+        write_now(transport, data)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: they go with the last chunk."""

@@ -48,6 +48,10 @@ LARGE_BUFFER = 256 * 1024
 a separate read, frame, and pause/resume of the producers behind it."""
 
 
+SMALL_BUFFER = 64 * 1024
+"""Twisted's own read size and write-buffer threshold."""
+
+
 def use_large_buffer(transport: Any) -> None:
     if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
         transport.bufferSize = LARGE_BUFFER

@@ -252,7 +252,8 @@ Frame = (
 
 # --- encoding ------------------------------------------------------------------------
 
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# buf_size: msgpack's default preallocates 256 KiB in every process; the buffer grows on demand.
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True, buf_size=16 * 1024).pack
 
 
 def _framed(payload: bytes) -> bytes:
