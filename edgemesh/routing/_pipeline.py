@@ -318,14 +318,7 @@ class Pipeline:
         stream: IStreamSource,
     ) -> IByteStream:
         """Open a byte stream another node already resolved (and maybe chose an endpoint for)."""
-        service = self._catalog.services.get(service_key)
-        if service is None:
-            raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
-        for port in service.ports:
-            if port.port == port_number and port.protocol == "TCP":
-                break
-        else:
-            raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
+        service, port = self._resolved(service_key, port_number)
         return self._route_stream(source, service, port, hint, client, stream)
 
     def dispatch_outbound(
@@ -429,16 +422,18 @@ class Pipeline:
         port_number: int,
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
-        catalog = self._catalog
-        service = catalog.services.get(service_key)
+        service, port = self._resolved(service_key, port_number)
+        return self._route(source, head, responder, service, port, hint)
+
+    def _resolved(self, service_key: str, port_number: int) -> tuple[Service, ServicePort]:
+        """The service and TCP port another node resolved, as this node's catalog has them."""
+        service = self._catalog.services.get(service_key)
         if service is None:
             raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
         for port in service.ports:
             if port.port == port_number and port.protocol == "TCP":
-                break
-        else:
-            raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
-        return self._route(source, head, responder, service, port, hint)
+                return service, port
+        raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
 
     def _route(
         self,

@@ -555,9 +555,10 @@ class InboundExchange:
                 self.body.abort(f"link lost: {reason}")
 
 
-@implementer(IRequestBody)
+@implementer(IRequestBody, IByteStream)
 class _NoBody:
-    """The request side of an exchange that was refused before it started."""
+    """The source's side of an exchange or a byte stream that was refused before it
+    started (the source was told): whatever still comes is dropped."""
 
     def write(self, data: bytes) -> None:
         pass
@@ -565,7 +566,7 @@ class _NoBody:
     def end(self) -> None:
         pass
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: object) -> None:
         pass
 
     def setProducer(self, producer: IPushProducer) -> None:

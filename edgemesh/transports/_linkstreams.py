@@ -8,7 +8,6 @@ _Receiver): a peer that stops reading pauses the other side, nothing grows witho
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -27,12 +26,12 @@ from ..exchange import (
 )
 from ..routing import Route
 from ..wire import Data, Frame, Reset, StreamAccept, Window
-from ._links import _Receiver, _Sender
+from ._links import _NO_BODY, _Receiver, _Sender
+from ._peers import WaitingFlow
 
 if TYPE_CHECKING:
     from ._links import EnvelopeLink
 
-_PENDING_BOUND = 64 * 1024
 
 
 class _LinkStream:
@@ -180,81 +179,13 @@ class InboundStream(_LinkStream):
 
 
 @implementer(IByteStream)
-class _WaitingStream:
-    """The source's side of a stream whose link is still being dialled: a bounded queue
-    (pausing the source beyond it), replayed once the link is there."""
-
-    def __init__(self) -> None:
-        self.pending: deque[bytes] = deque()
-        self.size = 0
-        self.ended = False
-        self.aborted: MeshError | None = None
-        self.producer: IPushProducer | None = None
-        self.paused = False
-        self.inner: IByteStream | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.write(data)
-            return
-        self.pending.append(data)
-        self.size += len(data)
-        if self.size >= _PENDING_BOUND and self.producer is not None and not self.paused:
-            self.paused = True
-            self.producer.pauseProducing()
-
-    def end(self) -> None:
-        if self.inner is not None:
-            self.inner.end()
-        else:
-            self.ended = True
-
-    def abort(self, error: MeshError) -> None:
-        if self.inner is not None:
-            self.inner.abort(error)
-        else:
-            self.aborted = error
-            self.pending.clear()
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        if self.inner is not None:
-            self.inner.setProducer(producer)
-        else:
-            self.producer = producer
-
-    def attach(self, inner: IByteStream) -> None:
-        if self.aborted is not None:
-            inner.abort(self.aborted)
-            return
-        self.inner = inner
-        if self.producer is not None:
-            if self.paused:
-                self.producer.resumeProducing()
-            inner.setProducer(self.producer)
-        while self.pending:
-            inner.write(self.pending.popleft())
-        if self.ended:
-            inner.end()
+class _WaitingStream(WaitingFlow):
+    """The source's side of a stream whose link is still being dialled (``WaitingFlow``:
+    a bounded queue, pausing the source beyond it, replayed once the link is there)."""
 
 
-@implementer(IByteStream)
-class _Refused:
-    """The source's side of a stream refused before it left (the source was told)."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def abort(self, error: MeshError) -> None:
-        pass
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        pass
-
-
-REFUSED = _Refused()
+REFUSED = _NO_BODY
+"""The source's side of a stream refused before it left (the source was told)."""
 
 
 def open_link_stream(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, gatherResults
@@ -42,21 +43,21 @@ from ._links import EnvelopeLink, ready_or_lost
 _PENDING_BOUND = 64 * 1024
 
 
-@implementer(IRequestBody)
-class _WaitingBody:
-    """The request side of an exchange whose link is still being dialled: holds a
-    bounded amount of body (pausing the source beyond it) and replays it."""
+class WaitingFlow:
+    """One direction of an exchange or a byte stream whose link is still being dialled:
+    holds a bounded amount of data (pausing the writer beyond ``_PENDING_BOUND``) and
+    replays it, its producer and its end into the real side once ``attach`` gives it.
+    ``inner`` is an ``IRequestBody`` or an ``IByteStream``; ``abort`` takes what that one
+    takes (a reason text, or a MeshError)."""
 
-    def __init__(self, responder: IResponder) -> None:
-        self.responder = responder
+    def __init__(self) -> None:
         self.pending: deque[bytes] = deque()
         self.size = 0
         self.ended = False
-        self.aborted: str | None = None
+        self.aborted: Any = None
         self.producer: IPushProducer | None = None
         self.paused = False
-        self.inner: IRequestBody | None = None
-        self.trailers_held: Headers = ()
+        self.inner: Any = None
 
     def write(self, data: bytes) -> None:
         if self.inner is not None:
@@ -68,23 +69,18 @@ class _WaitingBody:
             self.paused = True
             self.producer.pauseProducing()
 
-    def trailers(self, fields: Headers) -> None:
-        if self.inner is not None:
-            hand_trailers(self.inner, fields, "the link takes no trailers")
-        else:
-            self.trailers_held = fields
-
     def end(self) -> None:
         if self.inner is not None:
             self.inner.end()
         else:
             self.ended = True
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: Any) -> None:
         if self.inner is not None:
             self.inner.abort(reason)
         else:
             self.aborted = reason
+            self.pending.clear()  # never replayed: an aborted flow is aborted on attach
 
     def setProducer(self, producer: IPushProducer) -> None:
         if self.inner is not None:
@@ -92,7 +88,7 @@ class _WaitingBody:
         else:
             self.producer = producer
 
-    def attach(self, inner: IRequestBody) -> None:
+    def attach(self, inner: Any) -> None:
         if self.aborted is not None:
             inner.abort(self.aborted)
             return
@@ -104,9 +100,31 @@ class _WaitingBody:
         while self.pending:
             inner.write(self.pending.popleft())
         if self.ended:
-            if self.trailers_held:
-                hand_trailers(inner, self.trailers_held, "the link takes no trailers")
+            self._before_end(inner)
             inner.end()
+
+    def _before_end(self, inner: Any) -> None:
+        """What goes after the data and before the end (a request's trailers)."""
+
+
+@implementer(IRequestBody)
+class _WaitingBody(WaitingFlow):
+    """The request side of an exchange whose link is still being dialled."""
+
+    def __init__(self, responder: IResponder) -> None:
+        super().__init__()
+        self.responder = responder
+        self.trailers_held: Headers = ()
+
+    def trailers(self, fields: Headers) -> None:
+        if self.inner is not None:
+            hand_trailers(self.inner, fields, "the link takes no trailers")
+        else:
+            self.trailers_held = fields
+
+    def _before_end(self, inner: Any) -> None:
+        if self.trailers_held:
+            hand_trailers(inner, self.trailers_held, "the link takes no trailers")
 
 
 @implementer(ITarget)

@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
@@ -40,6 +38,7 @@ from ..exchange import (
 from ..routing import Route
 from ._front import Dispatch, FrontLimits, HTTPFrontFactory, HTTPFrontProtocol, _Stop
 from ._http1 import connection_tokens, end_to_end, error_body, response_head_bytes
+from ._upstream import connect_error
 
 __all__ = ["OpenStream", "StreamingFrontFactory", "StreamingFrontProtocol", "TCPStreamTarget"]
 
@@ -515,15 +514,7 @@ class _PodEnd:
         problem = failure.value
         if self.done or isinstance(problem, CancelledError):
             return
-        address = self.address
-        if isinstance(problem, (neterror.TimeoutError, DeferredTimeoutError)):
-            error = MeshError(Reason.upstream_timeout, f"{address}: connect timed out", unsent=True)
-        elif isinstance(problem, neterror.ConnectionRefusedError):
-            error = MeshError(Reason.upstream_refused, f"{address}: connection refused", unsent=True)
-        else:
-            message = failure.getErrorMessage().replace("\n", " ")[:200]
-            error = MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}",
-                              unsent=True)
+        error = connect_error(self.address, failure)
         self.done = True
         self.queue = []
         self.source.abort(error)

@@ -126,6 +126,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+def connect_error(address: str, failure: Failure) -> MeshError:
+    """A connection to a pod or ClusterIP that could not be made, as the mesh answers it.
+    Nothing was sent on it: ``unsent`` lets routing retry elsewhere."""
+    problem = failure.value
+    if isinstance(problem, (neterror.TimeoutError, DeferredTimeoutError)):
+        return MeshError(Reason.upstream_timeout, f"{address}: connect timed out", unsent=True)
+    if isinstance(problem, neterror.ConnectionRefusedError):
+        return MeshError(Reason.upstream_refused, f"{address}: connection refused", unsent=True)
+    message = _one_line(failure.getErrorMessage())
+    return MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}",
+                     unsent=True)
+
+
 class _ResponseError(Exception):
     """The upstream's response is unacceptable; the message is the detail."""
 
@@ -643,17 +656,7 @@ class _UpstreamExchange:
         problem = failure.value
         if self.done or isinstance(problem, CancelledError):
             return
-        address = self.address
-        # Nothing of the request was sent: ``unsent`` lets routing retry it elsewhere.
-        if isinstance(problem, (neterror.TimeoutError, DeferredTimeoutError)):
-            self.fail(MeshError(Reason.upstream_timeout, f"{address}: connect timed out", unsent=True))
-        elif isinstance(problem, neterror.ConnectionRefusedError):
-            self.fail(MeshError(Reason.upstream_refused, f"{address}: connection refused", unsent=True))
-        else:
-            message = _one_line(failure.getErrorMessage())
-            self.fail(
-                MeshError(Reason.upstream_refused, f"{address}: cannot connect: {message}", unsent=True)
-            )
+        self.fail(connect_error(self.address, failure))
 
     def response_head(self, head: ResponseHead) -> None:
         self.got_head = True
