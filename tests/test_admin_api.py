@@ -53,7 +53,8 @@ def edge_node(reactor: MemoryReactorClock, tmp_path: Path, catalog: Catalog | No
                                           catalog=catalog, admin="tcp:7791", **settings))
 
 
-def get(node: RouterNode | EdgeNode, path: bytes, accept: bytes | None = None) -> tuple[int, str, Any]:
+def get(node: RouterNode | EdgeNode, path: bytes,
+        accept: bytes | None = None) -> tuple[int, str, Any]:
     """(status, content type, JSON or text) of ``path`` on ``node``'s admin site."""
     site = node.listeners["admin"].factory
     assert isinstance(site, Site)
@@ -131,7 +132,8 @@ def test_readyz_gates(reactor: MemoryReactorClock) -> None:
 
 
 def test_readyz_router_waits_for_its_catalog_source(reactor: MemoryReactorClock) -> None:
-    router = build_router(reactor, RouterConfig(catalog=Catalog.empty(), catalog_pending=True, admin="tcp:7790"))
+    router = build_router(
+        reactor, RouterConfig(catalog=Catalog.empty(), catalog_pending=True, admin="tcp:7790"))
     router.startService()
     status, _, body = get(router, b"/readyz")
     assert status == 503 and body["checks"]["catalog"] is False
@@ -143,7 +145,8 @@ def test_readyz_edge_needs_a_catalog(reactor: MemoryReactorClock, tmp_path: Path
     edge = edge_node(reactor, tmp_path)
     edge.startService()
     status, _, body = get(edge, b"/readyz")
-    assert status == 503 and body["checks"] == {"started": True, "listeners": True, "catalog": False}
+    assert status == 503 and body["checks"] == {
+        "started": True, "listeners": True, "catalog": False}
     router = router_node(reactor, http=None)
     router.startService()
     pump = ConnectionCompleter(reactor).succeedOnce()
@@ -181,7 +184,8 @@ def test_peers_of_edge_and_router(reactor: MemoryReactorClock, tmp_path: Path) -
         "reconnects": 0, "rtt": None, "streams": 0,
     }
     (row,) = get(router, b"/peers")[2]
-    assert (row["peer"], row["link"], row["mode"], row["connected"]) == ("edge-1", "tunnel", "direct", True)
+    assert (row["peer"], row["link"], row["mode"], row["connected"]) == (
+        "edge-1", "tunnel", "direct", True)
     edge.links["router"].close_now("test")
     pump.flush()
     (row,) = get(router, b"/peers")[2]
@@ -221,7 +225,9 @@ def test_config_never_shows_key_material(tmp_path: Path) -> None:
         hook: Any = print
         names: frozenset[str] = frozenset({"b", "a"})
 
-    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {"pem": REDACTED, "raw": REDACTED, "network": "10.0.0.0/8",
+    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {"pem": REDACTED,
+                                                                        "raw": REDACTED,
+                                                                        "network": "10.0.0.0/8",
                                      "names": ["a", "b"]}
 
 
@@ -251,9 +257,11 @@ def test_router_metrics_have_the_edges(reactor: MemoryReactorClock, tmp_path: Pa
     assert pump is not None
     pump.flush()
     families = {f.name: f for f in text_string_to_metric_families(get(router, b"/metrics")[2])}
-    lag = {s.labels["edge"]: s.value for s in families["edgemesh_edge_catalog_lag_revisions"].samples}
+    lag = {
+        s.labels["edge"]: s.value for s in families["edgemesh_edge_catalog_lag_revisions"].samples}
     assert lag == {"edge-1": 0}
-    up = {(s.labels["peer"], s.labels["link"]): s.value for s in families["edgemesh_peer_up"].samples}
+    up = {
+        (s.labels["peer"], s.labels["link"]): s.value for s in families["edgemesh_peer_up"].samples}
     assert up == {("edge-1", "tunnel"): 1}
 
 

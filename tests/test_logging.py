@@ -203,7 +203,8 @@ def test_log_options_of_both_roles(tmp_path: Path) -> None:
     router.parseOptions(["--insecure", "--catalog", str(catalog)])
     assert router.observability_config() == ObservabilityConfig()
     assert router.observability_config().access_log is False, "off by default (costly)"
-    for bad in (["--log-format", "xml"], ["--access-log", "maybe"], ["--metrics-max-services", "0"]):
+    for bad in (
+            ["--log-format", "xml"], ["--access-log", "maybe"], ["--metrics-max-services", "0"]):
         with pytest.raises(usage.UsageError):
             router_tap.Options().parseOptions(  # type: ignore[no-untyped-call]
                 ["--insecure", "--catalog", str(catalog), *bad])
@@ -267,7 +268,8 @@ def test_access_log_event_per_exchange(tmp_path: Path) -> None:
     first, second = access_events(events)
     assert {k: v for k, v in first.items() if not k.startswith("log_")} == {
         "method": "POST", "uri": "/orders/7", "service": "shop/web", "path": "local",
-        "source": "service-bus", "target": "service-bus", "status": 201, "duration": 0.25, "bytes_in": 5, "bytes_out": 3,
+        "source": "service-bus", "target": "service-bus", "status": 201, "duration": 0.25,
+        "bytes_in": 5, "bytes_out": 3,
         "endpoint": "10.1.0.1:8080", "peer": None, "error": None, "client": "10.0.0.9",
     }
     assert first["log_level"] is LogLevel.info

@@ -326,7 +326,8 @@ def test_the_front_takes_the_hop_count_out_of_the_head(fields: bytes, hops: int)
 
 @pytest.mark.parametrize("value", [b"x", b"-1", b"1000", b"1 2", b""])
 def test_a_malformed_hop_count_is_a_bad_request(value: bytes) -> None:
-    heads, written = front(b"GET / HTTP/1.1\r\nHost: web\r\nX-Edgemesh-Hops: " + value + b"\r\n\r\n")
+    heads, written = front(
+        b"GET / HTTP/1.1\r\nHost: web\r\nX-Edgemesh-Hops: " + value + b"\r\n\r\n")
     assert heads == []
     assert written.startswith(b"HTTP/1.1 400 ") and b"X-Edgemesh-Error: bad-request" in written
     assert b"malformed X-Edgemesh-Hops" in written

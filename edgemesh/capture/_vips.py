@@ -225,5 +225,6 @@ class ServiceAddresses:
                     return service, candidate
             listed = ", ".join(str(p.port) for p in service.ports if p.protocol == "TCP")
             raise MeshError(Reason.unknown_service,
-                            f"service {service.key} has no TCP port {port}, only: {listed or 'none'}")
+                            f"service {service.key} has no TCP port {port}, only: "
+                            f"{listed or 'none'}")
         return catalog.resolve(f"{address}:{port}".encode("ascii"))

@@ -60,11 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--name", required=True,
                        help="the node name, as in the catalog (or the router's --node name)")
     issue.add_argument("--router", action="store_true", help="a router certificate")
-    issue.add_argument("--days", type=int, default=NODE_DAYS, help=f"validity (default {NODE_DAYS})")
+    issue.add_argument(
+        "--days", type=int, default=NODE_DAYS, help=f"validity (default {NODE_DAYS})")
     issue.add_argument("--out", default=None,
                        help="write NAME.pem and NAME.key here instead of --dir, and add the CA to "
                        "OUT/ca.pem (an existing bundle keeps every CA it holds)")
-    issue.add_argument("--force", action="store_true", help="replace existing NAME.pem and NAME.key")
+    issue.add_argument(
+        "--force", action="store_true", help="replace existing NAME.pem and NAME.key")
 
     trust = commands.add_parser(
         "trust", help="list, add or remove the CAs a node trusts (its ca.pem bundle)",
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CA key         {key} (0600: keep it off the nodes)")
         elif args.action == "issue":
             issued = issue_node_files(
-                args.dir, args.name, router=args.router, days=args.days, out=args.out, force=args.force
+                args.dir, args.name, router=args.router, days=args.days,
+                out=args.out, force=args.force
             )
             role = "router" if args.router else "node"
             print(f"{role} {args.name}: certificate {issued.cert}")

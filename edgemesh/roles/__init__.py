@@ -10,4 +10,6 @@ from ._node import (
     build_router,
 )
 
-__all__ = ["EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge", "build_router"]
+__all__ = [
+    "EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge",
+    "build_router"]

@@ -132,7 +132,8 @@ class _Peers(Resource):
         if more is not None:
             token = _continue_token(more)
             request.setHeader(b"X-Edgemesh-Continue", token.encode("ascii"))
-            request.setHeader(b"Link", f'</peers?limit={limit}&continue={token}>; rel="next"'.encode("ascii"))
+            request.setHeader(
+                b"Link", f'</peers?limit={limit}&continue={token}>; rel="next"'.encode("ascii"))
         return json.dumps(rows, indent=1, sort_keys=True, default=str).encode() + b"\n"
 
 

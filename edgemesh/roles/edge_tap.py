@@ -27,7 +27,8 @@ class Options(CommonOptions, CaptureOptions):
         ["proxy", None, "tcp:7781", "The service bus listener for local apps (endpoint string)."],
         ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
         ["catalog", None, None, "Catalog to start from when the state directory holds none."],
-        ["router-name", None, "router", "The router's node name (its TLS certificate must name it)."],
+        ["router-name", None, "router",
+         "The router's node name (its TLS certificate must name it)."],
         ["outbound", None, "deny", (
             "CONNECT to a name the catalog does not know: deny (the mesh's 404) or allow "
             "(a direct TCP connection from this node, Istio's ALLOW_ANY).")],

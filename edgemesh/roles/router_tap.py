@@ -27,14 +27,16 @@ class Options(CommonOptions, KubernetesOptions):
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
         ["node", None, "router", "This router's node name."],
         ["tunnel", None, "tcp:7700", "Where edges connect (endpoint string)."],
-        ["http", None, "tcp:7780", "Where cloud apps send HTTP for edge services (endpoint string)."],
+        ["http", None, "tcp:7780",
+         "Where cloud apps send HTTP for edge services (endpoint string)."],
         ["edge-scope", None, "all", ("The Services each edge receives: 'all', or 'local' (the "
                                      "namespaces with endpoints on that node) and/or namespace "
                                      "names; Services annotated edgemesh.io/export=true always. "
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
         ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
                                      "tcp:7702); default: no router links in.")],
-        ["peer-advertise", None, None, ("Where the other replicas reach --peer-listen, published in "
+        ["peer-advertise", None, None,
+         ("Where the other replicas reach --peer-listen, published in "
                                         "this replica's Lease (client endpoint string; default: "
                                         "tcp:$POD_IP (or --advertise):the --peer-listen port).")],
     ]

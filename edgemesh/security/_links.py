@@ -76,7 +76,8 @@ class LinkSecurity(Protocol):
 
     def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory: ...
 
-    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint: ...
+    def client_endpoint(self, endpoint: IStreamClientEndpoint,
+                        peer: str) -> IStreamClientEndpoint: ...
 
     def guard(
         self,
@@ -232,7 +233,8 @@ def _tls_reason(reason: Failure) -> str:
     if isinstance(value, VerificationError):
         # service_identity refused the server's certificate: say which name was wanted.
         wanted = ", ".join(
-            repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"?").decode("ascii", "replace"))
+            repr(getattr(getattr(e, "mismatched_id", None), "hostname",
+                         b"?").decode("ascii", "replace"))
             for e in value.errors
         )
         return f"the server's certificate does not name {wanted}"
@@ -247,7 +249,8 @@ class _GuardFactory(WrappingFactory[_HandshakeGuard]):
     protocol = _HandshakeGuard
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime, timeout: float, side: str) -> None:
+    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime,
+                 timeout: float, side: str) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.timeout = timeout

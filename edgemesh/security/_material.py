@@ -239,7 +239,8 @@ def _load_material(config: TLSConfig, now: datetime.datetime | None) -> TLSMater
         except x509.ExtensionNotFound:
             constraints = None
         if constraints is None or not constraints.ca:
-            raise TLSFileError(f"--ca {config.ca}: {ca.subject.rfc4514_string()} is not a CA certificate")
+            raise TLSFileError(
+                f"--ca {config.ca}: {ca.subject.rfc4514_string()} is not a CA certificate")
     chain = _certificates(_read(config.cert, "--cert"), config.cert, "--cert")
     leaf, extra = chain[0], chain[1:]
     key_data = _read(config.key, "--key")
@@ -258,9 +259,11 @@ def _load_material(config: TLSConfig, now: datetime.datetime | None) -> TLSMater
         raise TLSFileError(f"--cert {config.cert} is not signed by the CA in --ca {config.ca}")
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     if moment < leaf.not_valid_before_utc:
-        raise TLSFileError(f"--cert {config.cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z")
+        raise TLSFileError(
+            f"--cert {config.cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z")
     if moment > leaf.not_valid_after_utc:
-        raise TLSFileError(f"--cert {config.cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
+        raise TLSFileError(
+            f"--cert {config.cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
     try:
         identity = identity_of(leaf)
     except IdentityError as error:
@@ -282,7 +285,8 @@ def _twisted_material(
     certificate = crypto.X509.from_cryptography(leaf)
     pkey = crypto.PKey.from_cryptography_key(key)
     extra_chain = tuple(crypto.X509.from_cryptography(c) for c in extra)
-    trust_root = trustRootFromCertificates([Certificate(crypto.X509.from_cryptography(c)) for c in cas])
+    trust_root = trustRootFromCertificates(
+        [Certificate(crypto.X509.from_cryptography(c)) for c in cas])
     server_options = CertificateOptions(
         privateKey=pkey,
         certificate=certificate,
@@ -300,11 +304,13 @@ def _twisted_material(
                        tuple(describe_ca(c) for c in cas))
 
 
-def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None, role: str | None) -> TLSMaterial:
+def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None,
+                   role: str | None) -> TLSMaterial:
     """The certificate must be this node's: its name, and its role when it states one."""
     identity = material.identity
     if node is not None and identity.name != node.lower():
-        raise TLSFileError(f"--cert {config.cert} is for {identity.name!r}, but this node is {node!r}")
+        raise TLSFileError(
+            f"--cert {config.cert} is for {identity.name!r}, but this node is {node!r}")
     if role is not None and identity.role not in (None, role):
         hint = " (issue it with `edgemesh certs issue --router`)" if role == "router" else ""
         raise TLSFileError(

@@ -52,7 +52,8 @@ class TLSOptions(usage.Options):
         directory = self["tls-dir"]
         if self["insecure"]:
             if directory or any(files.values()):
-                raise usage.UsageError("--insecure contradicts --ca/--cert/--key/--tls-dir: choose one")
+                raise usage.UsageError(
+                    "--insecure contradicts --ca/--cert/--key/--tls-dir: choose one")
             return None
         settings: dict[str, Any] = {
             "handshake_timeout": self["tls-handshake-timeout"],

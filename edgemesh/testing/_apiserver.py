@@ -766,14 +766,17 @@ class KubeApiServer:
             subresource=subresource,
         )
 
-    def get(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def get(self, resource: str | ResourceType, name: str, *,
+            namespace: str = "default") -> JSONObject:
         rtype = resolve_resource(resource)
         return self.store.get(rtype, namespace if rtype.namespaced else None, name)
 
-    def list(self, resource: str | ResourceType, *, namespace: str | None = None) -> list[JSONObject]:
+    def list(self, resource: str | ResourceType, *,
+             namespace: str | None = None) -> list[JSONObject]:
         return list(self.store.list(resource, namespace)["items"])
 
-    def delete(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def delete(self, resource: str | ResourceType, name: str, *,
+               namespace: str = "default") -> JSONObject:
         rtype = resolve_resource(resource)
         gone = self.store.delete(rtype, namespace if rtype.namespaced else None, name)
         self._schedule_namespace_finalizer(rtype)
@@ -1103,7 +1106,8 @@ class KubeApiServer:
             raise StatusError(400, str(error)) from None
         return labels, fields
 
-    def _list(self, rtype: ResourceType, namespace: str | None, args: Mapping[str, str]) -> JSONObject:
+    def _list(self, rtype: ResourceType, namespace: str | None,
+              args: Mapping[str, str]) -> JSONObject:
         labels, fields = self._selectors(rtype, args)
         limit_text = args.get("limit")
         limit: int | None = None

@@ -231,7 +231,8 @@ class Rotation:
         serial = change()
         if node in SIGHUP_NODES:
             proc.popen.send_signal(signal.SIGHUP)
-        wanted = [f"TLS files reloaded: now {node} (", f"trusting {cas} CA{'' if cas == 1 else 's'}:"]
+        wanted = [
+            f"TLS files reloaded: now {node} (", f"trusting {cas} CA{'' if cas == 1 else 's'}:"]
         if serial is not None:
             wanted.append(f"serial {serial:x},")
         end = time.monotonic() + RELOAD_DEADLINE
@@ -241,7 +242,8 @@ class Rotation:
                 lines = handle.read().decode("utf-8", "replace").splitlines()
             if any(all(w in line for w in wanted) for line in lines):
                 return
-            assert time.monotonic() < end, f"{node} did not reload {wanted}:\n" + "\n".join(lines[-20:])
+            assert time.monotonic() < end, f"{node} did not reload {wanted}:\n" + "\n".join(
+                lines[-20:])
             time.sleep(0.05)
 
     def start_newcomer(self, node: str, traffic: Traffic, peers: list[str]) -> None:
@@ -280,7 +282,8 @@ def test_ca_rotation_with_traffic_flowing(rotation_mesh: Mesh) -> None:
     mesh.wait_pods()
     mesh.wait_healthy(mesh.procs["router"])
     mesh.wait_edges_acked(["edge-1", "edge-2"])
-    tunnels = {e["node"]: e["connected_since"] for e in admin_get(mesh.topology.router_admin, "/edges")[1]}
+    tunnels = {
+        e["node"]: e["connected_since"] for e in admin_get(mesh.topology.router_admin, "/edges")[1]}
     since = mesh.log_sizes()
 
     traffic = Traffic(mesh, [

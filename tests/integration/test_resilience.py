@@ -68,7 +68,8 @@ class Pods:
             server.shutdown()
             server.server_close()
 
-    def count(self, pod: str | None = None, path: str | None = None, method: str | None = None) -> int:
+    def count(self, pod: str | None = None, path: str | None = None,
+              method: str | None = None) -> int:
         with self.lock:
             return sum(1 for p, m, pa, _ in self.seen
                        if (pod is None or p == pod) and (path is None or pa == path)
