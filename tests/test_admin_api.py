@@ -49,8 +49,9 @@ def router_node(reactor: MemoryReactorClock, **settings: Any) -> RouterNode:
 
 def edge_node(reactor: MemoryReactorClock, tmp_path: Path, catalog: Catalog | None = None,
               **settings: Any) -> EdgeNode:
-    return build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
-                                          catalog=catalog, admin="tcp:7791", **settings))
+    return build_edge(reactor, EdgeConfig(
+        node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
+        catalog=catalog, admin="tcp:7791", **settings))
 
 
 def get(node: RouterNode | EdgeNode, path: bytes,
@@ -124,7 +125,8 @@ def test_readyz_gates(reactor: MemoryReactorClock) -> None:
     router.observer.readiness.set("kubernetes", False, "watch not synced")
     status, _, body = get(router, b"/readyz")
     assert status == 503
-    assert body["checks"]["kubernetes"] is False and body["detail"]["kubernetes"] == "watch not synced"
+    assert body["checks"]["kubernetes"] is False
+    assert body["detail"]["kubernetes"] == "watch not synced"
     router.observer.readiness.set("kubernetes", True)
     assert get(router, b"/readyz")[0] == 200
     router.observer.readiness.clear("kubernetes")
@@ -201,14 +203,16 @@ def test_config_shows_the_effective_options(reactor: MemoryReactorClock, tmp_pat
     status, content_type, body = get(router, b"/config")
     assert (status, content_type) == (200, "application/json")
     assert body["role"] == "router" and body["node"] == "router"
-    assert body["tunnel"] == "tcp:7700" and body["admin"] == "tcp:7790" and body["request_timeout"] == 7.0
+    assert body["tunnel"] == "tcp:7700" and body["admin"] == "tcp:7790"
+    assert body["request_timeout"] == 7.0
     assert body["catalog"] == {"revision": 4, "services": 1, "nodes": 1}
     assert body["front"]["max_body_bytes"] == 1 << 30
     assert body["observability"] == {"access_log": True, "max_services": 10, "max_peers": 4096}
     assert body["tls"] is None
     edge = edge_node(reactor, tmp_path)
     body = get(edge, b"/config")[2]
-    assert body["role"] == "edge" and body["state_dir"] == str(tmp_path) and body["router"] == "tcp:127.0.0.1:7700"
+    assert body["role"] == "edge" and body["state_dir"] == str(tmp_path)
+    assert body["router"] == "tcp:127.0.0.1:7700"
 
 
 def test_config_never_shows_key_material(tmp_path: Path) -> None:
@@ -225,10 +229,8 @@ def test_config_never_shows_key_material(tmp_path: Path) -> None:
         hook: Any = print
         names: frozenset[str] = frozenset({"b", "a"})
 
-    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {"pem": REDACTED,
-                                                                        "raw": REDACTED,
-                                                                        "network": "10.0.0.0/8",
-                                     "names": ["a", "b"]}
+    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {
+        "pem": REDACTED, "raw": REDACTED, "network": "10.0.0.0/8", "names": ["a", "b"]}
 
 
 # -- /metrics ----------------------------------------------------------------------------------

@@ -473,7 +473,8 @@ def test_trust_remove_the_old_ca_after_reissuing(tmp_path: Path, two_cas: tuple[
     assert certs_main(["trust", "--dir", str(node), "--remove", str(old / "ca.pem")]) == 0
     assert "nothing to remove" in capsys.readouterr().out
     # The last CA never goes.
-    assert certs_main(["trust", "--dir", str(node), "--remove", str(new / "ca.pem"), "--force"]) == 1
+    assert certs_main(
+        ["trust", "--dir", str(node), "--remove", str(new / "ca.pem"), "--force"]) == 1
     assert "without any CA" in capsys.readouterr().err
     assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
 

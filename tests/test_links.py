@@ -481,7 +481,8 @@ def test_complete_while_the_transport_is_paused_holds_a_large_body() -> None:
     pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), len(big)), big)
     pair.pump()
     # The head may go; the body waits for the transport (at most a small corked part).
-    assert responder.response is not None and len(responder.body) <= 16 * 1024 and not responder.ended
+    assert responder.response is not None
+    assert len(responder.body) <= 16 * 1024 and not responder.ended
     pair.server.resumeProducing()
     pair.pump()
     assert responder.body == big and responder.ended

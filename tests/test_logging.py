@@ -323,7 +323,8 @@ def test_bodies_and_secrets_are_never_logged(tmp_path: Path) -> None:
     published meanwhile, as text and as JSON, holds none of them."""
     edge, reactor = edge_node(tmp_path, access_log=True)
     factory = edge.listeners["proxy"].factory
-    request = (b"POST /pay?session=" + SECRET.split()[1].encode() + b" HTTP/1.1\r\nHost: web.shop\r\n"
+    request = (b"POST /pay?session=" + SECRET.split()[1].encode()
+               + b" HTTP/1.1\r\nHost: web.shop\r\n"
                b"Authorization: " + SECRET.encode() + b"\r\nCookie: id=" + SECRET.encode() + b"\r\n"
                b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
     with captured() as events:
@@ -344,7 +345,8 @@ def test_bodies_and_secrets_are_never_logged(tmp_path: Path) -> None:
                            + b"\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n")
     statuses = sorted(event["status"] for event in access_events(events))
     assert statuses == [200, 200, 502], statuses
-    assert edge.observer.errors["bad-request"] == 1 and edge.observer.errors["headers-too-large"] == 1
+    assert edge.observer.errors["bad-request"] == 1
+    assert edge.observer.errors["headers-too-large"] == 1
     texts = [formatEvent(event) for event in events] + [json_log_line(event) for event in events]
     for needle in (SECRET, SECRET.split()[1], BODY.decode(), "card=", "Cookie"):
         assert not [text for text in texts if needle in text], needle

@@ -417,7 +417,9 @@ def test_openmetrics_when_asked() -> None:
     body, content_type = exposition(registry, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     names = {family.name for family in openmetrics_families(body.decode())}  # type: ignore[no-untyped-call]
-    assert {"edgemesh_requests", "edgemesh_request_duration_seconds", "edgemesh_active_streams"} <= names
+    assert {
+        "edgemesh_requests", "edgemesh_request_duration_seconds", "edgemesh_active_streams"
+    } <= names
     assert "process_cpu_seconds" in names, "process metrics come with the node's registry"
 
 
@@ -545,8 +547,9 @@ def test_node_tracks_its_links(tmp_path: Path) -> None:
 
     reactor = MemoryReactorClock()
     router = build_router(reactor, RouterConfig(catalog=make_catalog()))
-    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
-                                          catalog=make_catalog()))
+    edge = build_edge(reactor, EdgeConfig(
+        node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
+        catalog=make_catalog()))
     router.startService()
     edge.startService()
     pump = ConnectionCompleter(reactor).succeedOnce()

@@ -387,7 +387,8 @@ def test_locality_routes_take_the_right_way_out() -> None:
 def test_exclusion_empties_the_choice() -> None:
     catalog, svc = local_catalog(HERE)
     balancer = Balancer()
-    assert balancer.select(catalog, "edge-1", svc, HTTP, request(), RR, {(HERE.host, HERE.port)}) is None
+    assert balancer.select(
+        catalog, "edge-1", svc, HTTP, request(), RR, {(HERE.host, HERE.port)}) is None
     assert balancer.choose(svc, HTTP, (), request(), RR, ()) is None
 
 

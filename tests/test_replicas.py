@@ -485,7 +485,8 @@ def test_replica_lease_body_and_liveness() -> None:
     assert body["metadata"]["name"] == "edgemesh-router-router-a"
     assert body["metadata"]["labels"] == {REPLICA_LABEL: "true"}
     assert body["metadata"]["annotations"][LINK_ANNOTATION] == "tcp:10.0.0.1:7702"
-    assert body["spec"]["holderIdentity"] == "router-a" and body["spec"]["leaseDurationSeconds"] == 15
+    assert body["spec"]["holderIdentity"] == "router-a"
+    assert body["spec"]["leaseDurationSeconds"] == 15
     renewed = mine.body({**body, "metadata": {**body["metadata"], "resourceVersion": "7"}}, 102.0)
     assert renewed["metadata"]["resourceVersion"] == "7"
     assert renewed["spec"]["acquireTime"] == body["spec"]["acquireTime"], "kept across renewals"

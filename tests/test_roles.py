@@ -495,7 +495,8 @@ def test_router_refuses_a_link_that_is_not_an_edge(mesh: Mesh, reactor: MemoryRe
     for role in (Role.router.value, "bogus"):
         peer, recorder, _ = fake_peer(reactor, tunnel, node="edge-1", role=role, dialing=True)
         assert mesh.router.edges == {} and mesh.router.links == {}
-        assert [type(c) for c in recorder.controls] == [GoAway], "no catalog for a non-edge, a refusal"
+        assert [type(c) for c in recorder.controls] == [GoAway], (
+            "no catalog for a non-edge, a refusal")
         assert peer.closed
         assert recorder.lost
 

@@ -254,7 +254,8 @@ def test_the_edge_never_chooses_its_own_listener() -> None:
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"self.shop"), responder())
     assert caught.value.reason is Reason.no_endpoint
-    assert "192.0.2.1:7781" in caught.value.detail and "proxy listener of edge-1" in caught.value.detail
+    assert "192.0.2.1:7781" in caught.value.detail
+    assert "proxy listener of edge-1" in caught.value.detail
     # Another node's choice of that endpoint (a hint) is not honoured either.
     with pytest.raises(MeshError) as hinted:
         pipeline.dispatch_resolved(SourceKind.hub, head(b"self.shop"), responder(), "shop/self",

@@ -68,8 +68,9 @@ _TLS_OPTIONS = ("--insecure", "--ca", "--cert", "--key", "--tls-dir")
 def _plaintext_unless_tls(argv: tuple[str, ...]) -> list[str]:
     """These tests are about other options: plaintext links unless TLS is asked for (the
     TLS options are tested in test_tls.py)."""
-    return list(argv) if any(a.split("=")[0] in _TLS_OPTIONS for a in argv) else [
-        "--insecure", *argv]
+    if any(a.split("=")[0] in _TLS_OPTIONS for a in argv):
+        return list(argv)
+    return ["--insecure", *argv]
 
 
 def router_options(*argv: str) -> router_tap.Options:

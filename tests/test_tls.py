@@ -321,7 +321,8 @@ def test_router_and_edge_connect_with_mutual_tls(reactor: MemoryReactorClock,
     link = edge.links[ROUTER_PEER]
     assert link.peer is not None and link.peer.node == "router"
     transport: Any = link.transport
-    assert serial_of(pki.issued("router").cert_pem) == transport.getPeerCertificate().get_serial_number()
+    peer_serial = transport.getPeerCertificate().get_serial_number()
+    assert serial_of(pki.issued("router").cert_pem) == peer_serial
     server_side: Any = router.edges["edge-1"].link.transport
     assert server_side.getPeerCertificate().to_cryptography().subject.rfc4514_string().startswith(
         "CN=edge-1")
@@ -360,7 +361,8 @@ class _NeverEndpoint:
         return Deferred()
 
 
-def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactorClock, pki: PKI) -> None:
+def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactorClock,
+                                                          pki: PKI) -> None:
     tls = MutualTLS(reactor, pki.config("router"))
     client = TLSMemoryBIOFactory(
         tls.client_options("edge-1"), True, Factory.forProtocol(Bytes), clock=reactor)
@@ -503,7 +505,8 @@ def test_22_edge_expects_the_configured_router_name(reactor: MemoryReactorClock,
     edge = make_edge(reactor, pki, tmp_path, router_name="cloud-router")
     complete(reactor).flush()
     assert ROUTER_PEER not in edge.links
-    assert any("TLS handshake (outgoing)" in m and "cloud-router" in m for m in messages(logs)), messages(logs)
+    assert any("TLS handshake (outgoing)" in m and "cloud-router" in m
+               for m in messages(logs)), messages(logs)
 
 
 def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock,
@@ -518,13 +521,13 @@ def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock,
     dialling.addBoth(outcome.append)
     recorder = Recorder()
     answer_dial(reactor, tls_server(reactor, pki.ca, pki.issued("edge-9"),
-                                    link_factory(reactor, recorder, "edge-2",
-                                                 "edge", False))).flush()
+                                    link_factory(reactor, recorder, "edge-2", "edge",
+                                                 False))).flush()
     assert "edge-2" not in edge1.links
     assert recorder.ready == []
     assert outcome and (not isinstance(outcome[0], EnvelopeLink) or outcome[0].closed)
-    assert any("TLS handshake (outgoing)" in m and "does not name 'edge-2'" in m for m in messages(logs)), \
-        messages(logs)
+    assert any("TLS handshake (outgoing)" in m and "does not name 'edge-2'" in m
+               for m in messages(logs)), messages(logs)
 
 
 # --- 23: identity comes from the certificate only -------------------------------------------------
@@ -592,7 +595,7 @@ def test_23_hub_refuses_a_lying_edge(reactor: MemoryReactorClock, pki: PKI, tmp_
     peer = Bytes(hello_and_request("edge-1"))
     dial_listener(reactor, HUB_PORTS["edge-2"],
                   tls_client(reactor, pki.ca, "edge-2", pki.issued("edge-9"),
-                                                           Factory.forProtocol(lambda: peer))).flush()
+                             Factory.forProtocol(lambda: peer))).flush()
     assert spy.calls == [] and peer.lost is not None
     assert any("certificate is for 'edge-9'" in m for m in messages(logs)), messages(logs)
 
@@ -634,9 +637,11 @@ def test_plaintext_router_refuses_unknown_edges_too(reactor: MemoryReactorClock,
                                                     logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, None)
     recorder = Recorder()
-    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, recorder, "edge-9", "edge", True)).flush()
+    dial_listener(
+        reactor, ROUTER_PORT, link_factory(reactor, recorder, "edge-9", "edge", True)).flush()
     assert router.edges == {}
-    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, Recorder(), "edge-1", "edge", True)).flush()
+    dial_listener(
+        reactor, ROUTER_PORT, link_factory(reactor, Recorder(), "edge-1", "edge", True)).flush()
     assert set(router.edges) == {"edge-1"}
     assert isinstance(router.security, Plaintext)
     assert any("PLAINTEXT" in m for m in messages(logs)), "no warning about plaintext links"
@@ -995,7 +1000,8 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
          "is for 'edge-2', but this node is 'edge-1'"),
         (("--ca", "{d}/ca.pem", "--cert", "{d}/router.pem", "--key", "{d}/router.key"),
          "is for 'router', but this node is 'edge-1'"),
-        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"), "is not the key"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"),
+         "is not the key"),
         (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"), "between 0 and 3600"),
     ],
 )
@@ -1023,7 +1029,8 @@ def test_builders_check_the_files_too(reactor: MemoryReactorClock, pki: PKI,
 def test_insecure_logs_a_warning_at_start(reactor: MemoryReactorClock, tmp_path: Path) -> None:
     with capturedLogs() as events:
         edge = make_edge(reactor, None, tmp_path)
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "PLAINTEXT" in messages([e])[0]]
+    warnings = [e for e in events
+                if e.get("log_level") == LogLevel.warn and "PLAINTEXT" in messages([e])[0]]
     assert len(warnings) == 1
     assert isinstance(edge.security, Plaintext)
 

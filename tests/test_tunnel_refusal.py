@@ -82,9 +82,11 @@ def test_backoff_retry_after_is_a_jittered_floor_for_one_delay() -> None:
     backoff = ReconnectBackoff(initial=0.5, maximum=30.0, jitter=lambda: next(jitter))
     backoff.retry_after(10)
     assert backoff(1) == pytest.approx(10 * 1.25), "the hint plus a quarter of it (jitter 0.5)"
-    assert backoff(1) == pytest.approx(0.5 * 1.5**2 + 0.5), "the hint served once; the count went on"
+    assert backoff(1) == pytest.approx(0.5 * 1.5**2 + 0.5), (
+        "the hint served once; the count went on")
     backoff.retry_after(1)
-    assert backoff(1) == pytest.approx(0.5 * 1.5**3 + 0.5), "a hint below the backoff changes nothing"
+    assert backoff(1) == pytest.approx(0.5 * 1.5**3 + 0.5), (
+        "a hint below the backoff changes nothing")
 
 
 # -- an edge refused by a real router (memory reactor) -----------------------------------------
@@ -196,7 +198,8 @@ def test_a_tunnel_that_stayed_up_resets_the_backoff(reactor: MemoryReactorClock,
         setup.pump.flush()  # heartbeats
     setup.router.edges["edge-1"].link.close_now("gone")
     setup.pump.flush()
-    assert setup.wait_for_dial() == pytest.approx(0.75 + 0.2, abs=0.011), "the first delay, not the 6th"
+    assert setup.wait_for_dial() == pytest.approx(0.75 + 0.2, abs=0.011), (
+        "the first delay, not the 6th")
 
 
 # -- the refusal frame ------------------------------------------------------------------------

@@ -1154,13 +1154,13 @@ def test_response_split_over_two_reads_streams(cut: int) -> None:
     upstream = h.accept()
     upstream.send(OK_HELLO[:cut])
     # Flushed at the end of the read: the head (and any body it carried) now.
-    assert responder.response is not None and responder.body == b"hello"[
-        : cut - (len(OK_HELLO) - 5)]
+    assert responder.response is not None
+    assert responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
     assert "end" not in responder.calls
     upstream.send(OK_HELLO[cut:])
     assert responder.body == b"hello" and responder.ended
-    expected = ["head", "write", "end"] if cut == len(OK_HELLO) - 5 else [
-        "head", "write", "write", "end"]
+    expected = (["head", "write", "end"] if cut == len(OK_HELLO) - 5
+                else ["head", "write", "write", "end"])
     assert responder.calls == expected
     assert h.idle() == 1
 
@@ -1528,8 +1528,10 @@ def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
     h.open(responder=responder)
     upstream = h.accept()
     upstream.received()
-    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n3\r\nabc\r\n"
-    rest = b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\nServer-Timing: db;dur=53\r\n\r\n"
+    head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            b"3\r\nabc\r\n")
+    rest = (b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\n"
+            b"Server-Timing: db;dur=53\r\n\r\n")
     if split:
         upstream.send(head)
         upstream.send(rest)

@@ -509,7 +509,8 @@ def test_ping_is_answered_with_pong() -> None:
 
 def test_control_frames_are_passed_on() -> None:
     client, _ = connected()
-    frames = encode_pong(3) + encode_catalog(2, "delta", {"a": [1]}) + encode_ack(2) + encode_goaway("bye")
+    frames = (encode_pong(3) + encode_catalog(2, "delta", {"a": [1]}) + encode_ack(2)
+              + encode_goaway("bye"))
     assert client.receive(frames) == [
         Pong(3), CatalogPush(2, "delta", {"a": [1]}), Ack(2), GoAway("bye")
     ]
@@ -588,8 +589,8 @@ class TwoConnections(RuleBasedStateMachine):
             receiver.outbox.append(_Flight(own))
         for event in events:
             if isinstance(event, (Request, Response, Data)):
-                size = len(event.body) if isinstance(event, (Request, Response)) else len(
-                    event.data)
+                size = (len(event.body) if isinstance(event, (Request, Response))
+                        else len(event.data))
                 receiver.unconsumed[event.stream] = receiver.unconsumed.get(event.stream, 0) + size
             elif isinstance(event, Reset):
                 receiver.unconsumed.pop(event.stream, None)

@@ -629,8 +629,8 @@ def test_18_a_million_empty_maps_in_a_head() -> None:
     inner = b"\xdc\x00\x64" + b"\x80" * 100
     headers = b"\xdc\x00\x64" + (b"\xdc\x00\x19" + inner * 25) * 100
     payload = (bytes([0x9E, REQUEST, 1, 0]) + msgpack.packb(b"GET") + msgpack.packb(b"/")
-               + msgpack.packb(b"a") + headers + msgpack.packb([0, "", "ns/s", 80,
-                                                                None, None, b""])[1:])
+               + msgpack.packb(b"a") + headers
+               + msgpack.packb([0, "", "ns/s", 80, None, None, b""])[1:])
     assert len(payload) < LIMITS.max_frame
     started = time.perf_counter()
     error = rejected(framed(payload))

@@ -213,7 +213,8 @@ class ServiceAddresses:
         try:
             address = ipaddress.IPv4Address(host)
         except ValueError:
-            raise MeshError(Reason.bad_request, f"original destination {host!r} is not IPv4") from None
+            raise MeshError(
+                Reason.bad_request, f"original destination {host!r} is not IPv4") from None
         if self.virtual is not None and address in self.virtual.network:
             key = self.virtual.service_key(catalog, address)
             service = None if key is None else catalog.service(key)

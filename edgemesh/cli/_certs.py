@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgemesh certs",
         description="A private CA and node certificates for the mutual TLS between mesh nodes.",
-        epilog="Give each node ca.pem and its own NODE.pem and NODE.key; keep ca.key off the nodes.",
+        epilog="Give each node ca.pem and its own NODE.pem and NODE.key; "
+        "keep ca.key off the nodes.",
     )
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = commands.add_parser("init", help="make a CA: DIR/ca.pem and DIR/ca.key")
@@ -104,7 +105,8 @@ def _show(path: str) -> int:
         return 1
     print(f"subject:   {cert.subject.rfc4514_string()}")
     print(f"issuer:    {cert.issuer.rfc4514_string()}")
-    print(f"valid:     {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z .. {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
+    print(f"valid:     {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z .. "
+          f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
     try:
         identity = identity_of(cert)
     except IdentityError as error:

@@ -227,7 +227,8 @@ async def run(reactor: Any, once: bool) -> int:
     await _wait_for(
         reactor,
         "both edges to receive the catalog",
-        lambda: all(router.edges.get(name) and router.edges[name].acked is not None for name in EDGES),
+        lambda: all(router.edges.get(name) and router.edges[name].acked is not None
+                    for name in EDGES),
     )
 
     edge1 = Agent.usingEndpointFactory(reactor, _AnyHost(reactor, EDGES["edge-1"][0]))
@@ -280,13 +281,18 @@ async def run(reactor: Any, once: bool) -> int:
             await port.stopListening()
         return 1 if failures else 0
     print("The mesh keeps running; try (Ctrl-C to stop):")
-    print(f"  curl -s -H 'Host: hello-edge2' http://127.0.0.1:{EDGES['edge-1'][0]}/hi      # edge-1 app → edge-2 pod")
-    print(f"  curl -s -x http://127.0.0.1:{EDGES['edge-1'][0]} http://hello-cloud/hi       # via HTTP_PROXY, edge → cloud")
-    print(f"  curl -s -H 'Host: hello-edge1' http://127.0.0.1:{ROUTER_HTTP}/hi     # cloud app → edge-1 pod")
-    print(
-        f"  curl -s http://127.0.0.1:{ROUTER_ADMIN}/edges                      # router admin API")
-    print(f"  socat - PROXY:127.0.0.1:echo:7,proxyport={EDGES['edge-1'][0]}          # TCP through the mesh")
-    print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    # edge-1's catalog")
+    print(f"  curl -s -H 'Host: hello-edge2' http://127.0.0.1:{EDGES['edge-1'][0]}/hi      "
+          "# edge-1 app → edge-2 pod")
+    print(f"  curl -s -x http://127.0.0.1:{EDGES['edge-1'][0]} http://hello-cloud/hi       "
+          "# via HTTP_PROXY, edge → cloud")
+    print(f"  curl -s -H 'Host: hello-edge1' http://127.0.0.1:{ROUTER_HTTP}/hi     "
+          "# cloud app → edge-1 pod")
+    print(f"  curl -s http://127.0.0.1:{ROUTER_ADMIN}/edges                      "
+          "# router admin API")
+    print(f"  socat - PROXY:127.0.0.1:echo:7,proxyport={EDGES['edge-1'][0]}          "
+          "# TCP through the mesh")
+    print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    "
+          "# edge-1's catalog")
     await Deferred()  # run until interrupted
     return 0
 

@@ -279,8 +279,8 @@ class MeshObserver:
             # An edge relays to another edge through the router when its hub is unreachable.
             endpoint = route.endpoint
             pipeline = self.pipeline
-            if endpoint is not None and pipeline is not None and pipeline.catalog.is_edge(
-                    endpoint.node):
+            if (endpoint is not None and pipeline is not None
+                    and pipeline.catalog.is_edge(endpoint.node)):
                 target = RELAYED
         stats = self.stats.get((service.namespace, service.name, source, target))
         if stats is None:
@@ -437,7 +437,9 @@ class MeshObserver:
                     "peer": state.peer,
                     "link": state.kind,
                     # An edge's tunnel goes to the router, which forwards its exchanges on.
-                    "mode": "relayed" if state.kind == "tunnel" and self.role is Role.edge else "direct",
+                    "mode": (
+                        "relayed" if state.kind == "tunnel" and self.role is Role.edge
+                        else "direct"),
                     "connected": connected,
                     "connected_since": state.connected_since if connected else None,
                     "connected_for": round(now - state.connected_since, 3)

@@ -1,4 +1,5 @@
-"""The roles layer: builders for the cloud router and the edge service bus, and their twistd taps."""
+"""The roles layer: builders for the cloud router and the edge service bus, and their twistd
+taps."""
 
 from ._node import (
     EdgeConfig,

@@ -276,8 +276,8 @@ class TunnelClient(ClientService):
         reactor: Any,
         description: str,
         make_link: Callable[[], EnvelopeLink],
-        secure: Callable[[IStreamClientEndpoint],
-                         IStreamClientEndpoint] = lambda endpoint: endpoint,
+        secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = (
+            lambda endpoint: endpoint),
         backoff: ReconnectBackoff | None = None,
         endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
@@ -637,8 +637,8 @@ class RouterNode(MeshNode):
         """``/edges``: this replica's edges, then those the other replicas hold."""
         here = self.pipeline.node
         local: list[dict[str, object]] = [
-            {"node": row["node"], "replica": here, "local": True,
-             **row} for row in self.edges_view()
+            {"node": row["node"], "replica": here, "local": True, **row}
+            for row in self.edges_view()
         ]
         remote: list[dict[str, object]] = [
             {"node": edge, "replica": replica, "local": False}
@@ -683,7 +683,8 @@ class RouterNode(MeshNode):
     def router_control(self, link: EnvelopeLink,
                        frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         peer = link.peer
-        if isinstance(frame, EdgeSet) and peer is not None and self.router_links.get(peer.node) is link:
+        if (isinstance(frame, EdgeSet) and peer is not None
+                and self.router_links.get(peer.node) is link):
             self.homes.update(peer.node, frame.reset, frame.added, frame.removed)
 
     def router_inbound(self, link: EnvelopeLink, request: Request,
@@ -814,7 +815,8 @@ class _EdgeLinks:
                 self.edge.mover.ready(link)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
-        kind = "tunnel" if self.source is SourceKind.tunnel else "hub-in" if self.expect is None else "hub-out"
+        kind = ("tunnel" if self.source is SourceKind.tunnel
+                else "hub-in" if self.expect is None else "hub-out")
         self.edge.observer.link_up(peer.node, kind, link)
         self.edge.pipeline.peer_back(peer.node)
 
@@ -854,7 +856,8 @@ class _EdgeLinks:
                     reason=frame.reason)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
             self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
-        elif isinstance(frame, GoAway) and self.source is SourceKind.tunnel and self.edge.mover is not None:
+        elif (isinstance(frame, GoAway) and self.source is SourceKind.tunnel
+              and self.edge.mover is not None):
             self.edge.mover.goaway(link, frame.move_to)  # its router drains: go to another
 
 
@@ -1082,8 +1085,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
 
         def make_tunnel() -> TunnelClient:
             return TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
-                                lambda endpoint: node.security.client_endpoint(endpoint,
-                                                                               config.router_name),
+                                lambda endpoint: node.security.client_endpoint(
+                                    endpoint, config.router_name),
                                 endpoint=rotating)
 
         tunnel = make_tunnel()
@@ -1097,8 +1100,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.tunnel = tunnel
         pipeline.add_source(tunnel)
     if config.hub is not None:
-        node.listen("hub", SourceKind.hub, config.hub,
-                    node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
+        node.listen("hub", SourceKind.hub, config.hub, node.security.server_factory(
+            Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
         node.listen("proxy", SourceKind.service_bus, config.proxy,
                     node.streaming_front(SourceKind.service_bus, config.front,

@@ -39,8 +39,8 @@ def _count(value: str) -> int:
 
 
 class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
-    """Options of both roles; the TLS ones (--ca/--cert/--key/--tls-dir/--insecure) come from TLSOptions,
-    --log-format/--access-log/--metrics-max-services from ObservabilityOptions."""
+    """Options of both roles; the TLS ones (--ca/--cert/--key/--tls-dir/--insecure) come from
+    TLSOptions, --log-format/--access-log/--metrics-max-services from ObservabilityOptions."""
 
     optParameters: ClassVar[list[Any]] = [
         ["admin", None, None,

@@ -17,10 +17,13 @@ class Options(CommonOptions, CaptureOptions):
     """``twistd edgemesh-edge``'s command line, parsed into an EdgeConfig."""
 
     synopsis = (
-        "--node NAME --state-dir DIR (--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
-        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] [--admin tcp:7791]"
+        "--node NAME --state-dir DIR "
+        "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
+        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] "
+        "[--admin tcp:7791]"
     )
-    longdesc = "The edgemesh edge service bus: local apps, pods on this node, other edges and the router."
+    longdesc = (
+        "The edgemesh edge service bus: local apps, pods on this node, other edges and the router.")
     optParameters: ClassVar[list[Any]] = [
         ["node", None, None, "This edge's node name (as in the catalog)."],
         ["state-dir", None, None, "Directory for the persisted catalog."],

@@ -22,7 +22,8 @@ class Options(CommonOptions, KubernetesOptions):
         "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
         "[--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
     )
-    longdesc = "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services."
+    longdesc = (
+        "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services.")
     optParameters: ClassVar[list[Any]] = [
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
         ["node", None, "router", "This router's node name."],
@@ -61,7 +62,8 @@ class Options(CommonOptions, KubernetesOptions):
             raise usage.UsageError(
                 "--catalog FILE is required (or, exclusively, --kubeconfig FILE or --in-cluster)")
         # With Kubernetes, the catalog comes once the watch has listed everything.
-        self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty()
+        self["catalog_value"] = (
+            self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
         try:
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])

@@ -105,7 +105,8 @@ class Identity:
 
     def describe(self) -> str:
         role = self.role or "any role"
-        return f"{self.name} ({role}, serial {self.serial:x}, valid until {self.not_after:%Y-%m-%d %H:%M}Z)"
+        return (f"{self.name} ({role}, serial {self.serial:x}, "
+                f"valid until {self.not_after:%Y-%m-%d %H:%M}Z)")
 
 
 class IdentityError(Exception):
@@ -191,7 +192,9 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-_Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+_Key = (
+    ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey)
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,8 @@ def _load_material(config: TLSConfig, now: datetime.datetime | None) -> TLSMater
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise TLSFileError(f"--key {config.key}: not an unencrypted PEM private key ({error})") from None
+        raise TLSFileError(
+            f"--key {config.key}: not an unencrypted PEM private key ({error})") from None
     if not isinstance(key, _Key):
         raise TLSFileError(f"--key {config.key}: unsupported key type")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -298,7 +302,8 @@ def _twisted_material(
     try:
         server_options.getContext()  # builds the SSL context now: errors surface here, not per peer
     except Exception as error:  # noqa: BLE001 -- OpenSSL raises its own errors; name the files
-        raise TLSFileError(f"--cert {config.cert} / --key {config.key}: OpenSSL refused them: {error}") from None
+        raise TLSFileError(
+            f"--cert {config.cert} / --key {config.key}: OpenSSL refused them: {error}") from None
     private = PrivateCertificate.fromCertificateAndKeyPair(Certificate(certificate), KeyPair(pkey))
     return TLSMaterial(identity, server_options, private, extra_chain, trust_root, signature,
                        tuple(describe_ca(c) for c in cas))
@@ -314,7 +319,8 @@ def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None,
     if role is not None and identity.role not in (None, role):
         hint = " (issue it with `edgemesh certs issue --router`)" if role == "router" else ""
         raise TLSFileError(
-            f"--cert {config.cert} is {_a(identity.role)} certificate; this node is {_a(role)}{hint}"
+            f"--cert {config.cert} is {_a(identity.role)} certificate; "
+            f"this node is {_a(role)}{hint}"
         )
     return material
 

@@ -72,7 +72,8 @@ class TLSOptions(usage.Options):
         else:
             raise usage.UsageError(
                 "links between nodes use mutual TLS: give --ca FILE --cert FILE --key FILE "
-                "(or --tls-dir DIR; make them with `edgemesh certs init` and `edgemesh certs issue`), "
+                "(or --tls-dir DIR; make them with `edgemesh certs init` and "
+                "`edgemesh certs issue`), "
                 "or --insecure for plaintext links (tests only)"
             )
         try:

@@ -326,7 +326,8 @@ def _tls_policy(configuration: Any) -> Any:
             if not verify:
                 options = ssl.CertificateOptions(
                     verify=False,
-                    privateKey=client_certificate.privateKey.original if client_certificate else None,
+                    privateKey=(
+                        client_certificate.privateKey.original if client_certificate else None),
                     certificate=client_certificate.original if client_certificate else None,
                 )
                 return options

@@ -1155,7 +1155,8 @@ class KubeApiServer:
             raise StatusError(422, "resourceVersionMatch is forbidden for watch unless "
                               "sendInitialEvents is provided", "Invalid")
         try:
-            self.store._check_not_compacted(int(version)) if version not in (None, "", "0") else None
+            if version not in (None, "", "0"):
+                self.store._check_not_compacted(int(version))
         except ValueError:
             raise StatusError(400, f"resourceVersion: Invalid value: {version!r}") from None
         except StatusError as error:

@@ -1062,7 +1062,8 @@ class ObjectStore:
                 f"UID in object meta: {have_uid}",
             )
         have_version = old["metadata"].get("resourceVersion")
-        if precondition_resource_version is not None and precondition_resource_version != have_version:
+        if (precondition_resource_version is not None
+                and precondition_resource_version != have_version):
             raise StatusError.conflict(
                 rtype, name, "Precondition failed: ResourceVersion in precondition: "
                 f"{precondition_resource_version}, ResourceVersion in object meta: {have_version}",

@@ -266,7 +266,8 @@ class HubDialer:
         or connecting (first dial in progress)."""
         shown = {}
         for peer, endpoint in sorted(self.endpoints.items()):
-            shown[peer] = "relayed" if endpoint.failing else "direct" if endpoint.reached else "connecting"
+            shown[peer] = ("relayed" if endpoint.failing
+                           else "direct" if endpoint.reached else "connecting")
         return shown
 
     def stop(self) -> Deferred[list[None]]:

@@ -363,7 +363,8 @@ def test_zz_streams_are_in_the_metrics(streams_mesh: Mesh) -> None:
     admin = streams_mesh.topology.edges["edge-1"]["admin"]
     text = request(admin, "GET", "/metrics", [("Host", "admin")]).body.decode()
     opened = [line for line in text.splitlines()
-              if line.startswith('edgemesh_byte_streams_opened_total{path="local",service="default/echo"}')]
+              if line.startswith('edgemesh_byte_streams_opened_total'
+                                 '{path="local",service="default/echo"}')]
     assert opened and float(opened[0].split()[-1]) >= 1
     assert 'result="ok",service="default/echo"' in text
     assert 'result="upstream-refused",service="default/gone"' in text

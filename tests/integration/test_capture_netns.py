@@ -487,7 +487,8 @@ def test_unknown_service_ip_and_non_http(live: World) -> None:
     assert answer.startswith(b"HTTP/1.1 501 ")
     assert b"not HTTP: captured connection to 10.96.0.11:443 starts with 0x16" in answer
     live.wait_for("the refusal in edge-1's log",
-                  lambda: "not HTTP: captured connection to 10.96.0.11:443" in live.log_of("edge-1"),
+                  lambda: ("not HTTP: captured connection to 10.96.0.11:443"
+                           in live.log_of("edge-1")),
                   [live.procs["edge-1"]])
 
 

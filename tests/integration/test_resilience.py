@@ -525,8 +525,9 @@ def test_a_killed_tunnel_fails_pending_requests_fast_and_the_edge_reconnects(
     time.sleep(3)
     restart(mesh, "router")
     for name in EDGES:
-        delays = [float(d) for d in re.findall(r"Scheduling retry \d+ to connect .* in ([\d.]+) seconds",
-                                               mesh.procs[name].log.read_text())]
+        delays = [float(d) for d in re.findall(
+            r"Scheduling retry \d+ to connect .* in ([\d.]+) seconds",
+            mesh.procs[name].log.read_text())]
         assert len(delays) >= 2, (name, delays)
         assert len(set(delays)) == len(delays), "jitter: no two delays alike"
         assert max(delays) > delays[0], delays

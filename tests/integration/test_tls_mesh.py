@@ -251,8 +251,9 @@ def test_23_hello_naming_another_node(live_tls: Mesh) -> None:
                                  hello("edge-2") + request_frame)
     # The router's own hello may come first; nothing answers the request.
     assert b"pod-cloud-0" not in received
-    log = wait_for_log(live_tls, "router",
-                       "refusing link: hello says 'edge-2' but the certificate is for 'edge-1'", since)
+    log = wait_for_log(
+        live_tls, "router",
+        "refusing link: hello says 'edge-2' but the certificate is for 'edge-1'", since)
     assert "edge edge-2 connected" not in log
     after = {e["node"]: e for e in admin_get(live_tls.topology.router_admin, "/edges")[1]}
     assert after["edge-2"]["connected_since"] == before["edge-2"]["connected_since"], \
@@ -280,7 +281,8 @@ def test_25_silent_peers_are_dropped_at_the_handshake_timeout(live_tls: Mesh) ->
     """TCP connections that send nothing, or half a ClientHello, to the router's tunnel and
     to an edge's hub: each closed at the handshake timeout (all at once, to save time)."""
     since = live_tls.log_sizes()
-    cases = [(node, send) for node in ("router", "edge-1") for send in (b"", b"\x16\x03\x01\x02\x00\x01")]
+    cases = [(node, send) for node in ("router", "edge-1")
+             for send in (b"", b"\x16\x03\x01\x02\x00\x01")]
     started = time.monotonic()
     connections = [
         RawConnection(live_tls.envelope(node), timeout=5, tls=False) for node, _ in cases]
