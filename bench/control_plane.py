@@ -198,7 +198,8 @@ class Bench:
     def populate(self, server: KubeApiServer) -> None:
         a = self.args
         for i in range(a.edges):
-            server.create(make_node(f"edge-{i}", edge=True, internal_ip=f"10.0.{i // 250}.{i % 250 + 1}",
+            server.create(make_node(f"edge-{i}", edge=True,
+                                    internal_ip=f"10.0.{i // 250}.{i % 250 + 1}",
                                     hub_address=f"10.0.{i // 250}.{i % 250 + 1}:7701"))
         for i in range(a.services):
             server.create(make_service(f"svc-{i}", cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}"))

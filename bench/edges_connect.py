@@ -94,7 +94,8 @@ def raise_fd_limit(wanted: int) -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < wanted:
-        raise SystemExit(f"RLIMIT_NOFILE hard limit {hard} < {wanted} needed: raise it (ulimit -Hn)")
+        raise SystemExit(
+            f"RLIMIT_NOFILE hard limit {hard} < {wanted} needed: raise it (ulimit -Hn)")
     return hard
 
 
@@ -184,7 +185,8 @@ class Bench:
 
 
 def write_catalog(path: Path, edges: int) -> None:
-    nodes = [make_node(f"edge-{i}", edge=True, internal_ip=f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}")
+    nodes = [make_node(f"edge-{i}", edge=True,
+                       internal_ip=f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}")
              for i in range(edges)]
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
 
@@ -213,7 +215,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "down",
-            "clusters": [{"name": "down", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+            "clusters": [{"name": "down",
+                          "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
             "users": [{"name": "down", "user": {}}],
             "contexts": [{"name": "down", "context": {"cluster": "down", "user": "down"}}]}))
         source = ["--kubeconfig", str(kubeconfig), "--no-controller"]

@@ -57,10 +57,14 @@ def summarize(output: str) -> list[tuple[str, int, int, int, float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=20_000, help="inputs per test (default 20000)")
-    parser.add_argument("--seed", type=int, default=None, help="hypothesis seed, for a reproducible run")
-    parser.add_argument("-k", dest="select", default=None, help="only the tests whose id contains this")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--examples", type=int, default=20_000, help="inputs per test (default 20000)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="hypothesis seed, for a reproducible run")
+    parser.add_argument(
+        "-k", dest="select", default=None, help="only the tests whose id contains this")
     args = parser.parse_args()
     tests = [t for t in TESTS if args.select is None or args.select in t]
     env = {**os.environ, "EDGEMESH_FUZZ_EXAMPLES": str(args.examples),
@@ -77,7 +81,8 @@ def main() -> int:
     width = max((len(r[0]) for r in rows), default=10)
     print(f"{'test':{width}}  {'inputs':>8}  {'failing':>7}  {'invalid':>7}  {'seconds':>8}")
     for name, passing, failing, invalid, seconds in rows:
-        print(f"{name:{width}}  {passing + failing:>8}  {failing:>7}  {invalid:>7}  {seconds:>8.1f}")
+        print(
+            f"{name:{width}}  {passing + failing:>8}  {failing:>7}  {invalid:>7}  {seconds:>8.1f}")
     total = sum(r[1] + r[2] for r in rows)
     failed = sum(r[2] for r in rows)
     print(f"{'total':{width}}  {total:>8}  {failed:>7}  {'':>7}  {took:>8.1f}")

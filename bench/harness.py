@@ -391,7 +391,8 @@ def check_bodies(target: Target, bodies: dict[str, bytes], paths: list[str]) -> 
             if status != 200 or got != want:
                 raise RuntimeError(
                     f"{target.name} {path}: status {status}, {len(got)} bytes (want 200, "
-                    f"{len(want)} bytes){': ' + got[:200].decode('latin-1') if status != 200 else ''}")
+                    f"{len(want)} bytes)"
+                    f"{': ' + got[:200].decode('latin-1') if status != 200 else ''}")
     finally:
         conn.close()
 

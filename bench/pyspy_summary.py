@@ -55,7 +55,8 @@ def summarise(fn: str) -> str:
         return out[0]
     out.append("```")
     out.append("  self%  function (self time: the innermost Python frame; C calls are charged to")
-    out.append("         the frame that made them: untilConcludes = socket send(), doRead = recv(),")
+    out.append(
+        "         the frame that made them: untilConcludes = socket send(), doRead = recv(),")
     out.append("         doPoll = epoll_wait() returning ready events)")
     out += [f"  {100.0 * n / total:5.1f}  {fr}" for fr, n in self_c.most_common(TOP)]
     out.append("  self%  source file")

@@ -240,8 +240,8 @@ class ITarget(Interface):
 
     def open(route: Any, head: RequestHead, responder: IResponder) -> IRequestBody:
         """Start an exchange along ``route`` (an ``edgemesh.routing.Route``: the contract
-        names no catalog type, so that it stays the lowest layer).  Never raises for network reasons: failures reach
-        ``responder.fail`` (possibly before this returns)."""
+        names no catalog type, so that it stays the lowest layer).  Never raises for network
+        reasons: failures reach ``responder.fail`` (possibly before this returns)."""
 
 
 class ISource(Interface):

@@ -48,12 +48,14 @@ async def main(reactor: object, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--node", default="edge-1")
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--router", default=None, help="e.g. tcp:127.0.0.1:17700")
     parser.add_argument("--state-dir", default=None)
-    parser.add_argument("--tls-dir", default=None, help="CA, certificate and key (`edgemesh certs`)")
+    parser.add_argument(
+        "--tls-dir", default=None, help="CA, certificate and key (`edgemesh certs`)")
     parser.add_argument("--insecure", action="store_true", help="plaintext links (tests only)")
     args = parser.parse_args()
     if bool(args.tls_dir) == args.insecure:

@@ -28,7 +28,8 @@ def make_catalog(revision: int = 4) -> Catalog:
                 annotations={"a": "b"},
             )
         ],
-        nodes=[Node("edge-1", True, "127.0.0.1", 7701, zone="z1"), Node("cloud-1", False, None, 7701)],
+        nodes=[Node("edge-1", True, "127.0.0.1", 7701, zone="z1"),
+               Node("cloud-1", False, None, 7701)],
         revision=revision,
     )
 
@@ -40,7 +41,8 @@ def reactor() -> MemoryReactorClock:
 
 @pytest.fixture
 def router(reactor: MemoryReactorClock) -> RouterNode:
-    return build_router(reactor, RouterConfig(catalog=make_catalog(), admin="tcp:7790:interface=127.0.0.1"))
+    return build_router(
+        reactor, RouterConfig(catalog=make_catalog(), admin="tcp:7790:interface=127.0.0.1"))
 
 
 @pytest.fixture

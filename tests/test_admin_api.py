@@ -49,11 +49,13 @@ def router_node(reactor: MemoryReactorClock, **settings: Any) -> RouterNode:
 
 def edge_node(reactor: MemoryReactorClock, tmp_path: Path, catalog: Catalog | None = None,
               **settings: Any) -> EdgeNode:
-    return build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
-                                          catalog=catalog, admin="tcp:7791", **settings))
+    return build_edge(reactor, EdgeConfig(
+        node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
+        catalog=catalog, admin="tcp:7791", **settings))
 
 
-def get(node: RouterNode | EdgeNode, path: bytes, accept: bytes | None = None) -> tuple[int, str, Any]:
+def get(node: RouterNode | EdgeNode, path: bytes,
+        accept: bytes | None = None) -> tuple[int, str, Any]:
     """(status, content type, JSON or text) of ``path`` on ``node``'s admin site."""
     site = node.listeners["admin"].factory
     assert isinstance(site, Site)
@@ -123,7 +125,8 @@ def test_readyz_gates(reactor: MemoryReactorClock) -> None:
     router.observer.readiness.set("kubernetes", False, "watch not synced")
     status, _, body = get(router, b"/readyz")
     assert status == 503
-    assert body["checks"]["kubernetes"] is False and body["detail"]["kubernetes"] == "watch not synced"
+    assert body["checks"]["kubernetes"] is False
+    assert body["detail"]["kubernetes"] == "watch not synced"
     router.observer.readiness.set("kubernetes", True)
     assert get(router, b"/readyz")[0] == 200
     router.observer.readiness.clear("kubernetes")
@@ -131,7 +134,8 @@ def test_readyz_gates(reactor: MemoryReactorClock) -> None:
 
 
 def test_readyz_router_waits_for_its_catalog_source(reactor: MemoryReactorClock) -> None:
-    router = build_router(reactor, RouterConfig(catalog=Catalog.empty(), catalog_pending=True, admin="tcp:7790"))
+    router = build_router(
+        reactor, RouterConfig(catalog=Catalog.empty(), catalog_pending=True, admin="tcp:7790"))
     router.startService()
     status, _, body = get(router, b"/readyz")
     assert status == 503 and body["checks"]["catalog"] is False
@@ -143,7 +147,8 @@ def test_readyz_edge_needs_a_catalog(reactor: MemoryReactorClock, tmp_path: Path
     edge = edge_node(reactor, tmp_path)
     edge.startService()
     status, _, body = get(edge, b"/readyz")
-    assert status == 503 and body["checks"] == {"started": True, "listeners": True, "catalog": False}
+    assert status == 503 and body["checks"] == {
+        "started": True, "listeners": True, "catalog": False}
     router = router_node(reactor, http=None)
     router.startService()
     pump = ConnectionCompleter(reactor).succeedOnce()
@@ -181,7 +186,8 @@ def test_peers_of_edge_and_router(reactor: MemoryReactorClock, tmp_path: Path) -
         "reconnects": 0, "rtt": None, "streams": 0,
     }
     (row,) = get(router, b"/peers")[2]
-    assert (row["peer"], row["link"], row["mode"], row["connected"]) == ("edge-1", "tunnel", "direct", True)
+    assert (row["peer"], row["link"], row["mode"], row["connected"]) == (
+        "edge-1", "tunnel", "direct", True)
     edge.links["router"].close_now("test")
     pump.flush()
     (row,) = get(router, b"/peers")[2]
@@ -197,14 +203,16 @@ def test_config_shows_the_effective_options(reactor: MemoryReactorClock, tmp_pat
     status, content_type, body = get(router, b"/config")
     assert (status, content_type) == (200, "application/json")
     assert body["role"] == "router" and body["node"] == "router"
-    assert body["tunnel"] == "tcp:7700" and body["admin"] == "tcp:7790" and body["request_timeout"] == 7.0
+    assert body["tunnel"] == "tcp:7700" and body["admin"] == "tcp:7790"
+    assert body["request_timeout"] == 7.0
     assert body["catalog"] == {"revision": 4, "services": 1, "nodes": 1}
     assert body["front"]["max_body_bytes"] == 1 << 30
     assert body["observability"] == {"access_log": True, "max_services": 10, "max_peers": 4096}
     assert body["tls"] is None
     edge = edge_node(reactor, tmp_path)
     body = get(edge, b"/config")[2]
-    assert body["role"] == "edge" and body["state_dir"] == str(tmp_path) and body["router"] == "tcp:127.0.0.1:7700"
+    assert body["role"] == "edge" and body["state_dir"] == str(tmp_path)
+    assert body["router"] == "tcp:127.0.0.1:7700"
 
 
 def test_config_never_shows_key_material(tmp_path: Path) -> None:
@@ -221,8 +229,8 @@ def test_config_never_shows_key_material(tmp_path: Path) -> None:
         hook: Any = print
         names: frozenset[str] = frozenset({"b", "a"})
 
-    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {"pem": REDACTED, "raw": REDACTED, "network": "10.0.0.0/8",
-                                     "names": ["a", "b"]}
+    assert config_to_json(Odd(ipaddress.IPv4Network("10.0.0.0/8"))) == {
+        "pem": REDACTED, "raw": REDACTED, "network": "10.0.0.0/8", "names": ["a", "b"]}
 
 
 # -- /metrics ----------------------------------------------------------------------------------
@@ -251,9 +259,11 @@ def test_router_metrics_have_the_edges(reactor: MemoryReactorClock, tmp_path: Pa
     assert pump is not None
     pump.flush()
     families = {f.name: f for f in text_string_to_metric_families(get(router, b"/metrics")[2])}
-    lag = {s.labels["edge"]: s.value for s in families["edgemesh_edge_catalog_lag_revisions"].samples}
+    lag = {
+        s.labels["edge"]: s.value for s in families["edgemesh_edge_catalog_lag_revisions"].samples}
     assert lag == {"edge-1": 0}
-    up = {(s.labels["peer"], s.labels["link"]): s.value for s in families["edgemesh_peer_up"].samples}
+    up = {
+        (s.labels["peer"], s.labels["link"]): s.value for s in families["edgemesh_peer_up"].samples}
     assert up == {("edge-1", "tunnel"): 1}
 
 

@@ -163,9 +163,11 @@ def test_json_patch_rfc6902() -> None:
 def test_strategic_merge_patch_merges_lists_by_key() -> None:
     service = make_service("web", ports=[80, 443])
     patched = apply_strategic_merge_patch(service, {"spec": {"ports": [
-        {"port": 443, "name": "tls"}, {"port": 8080, "name": "alt"}, {"port": 80, "$patch": "delete"},
+        {"port": 443, "name": "tls"}, {"port": 8080, "name": "alt"},
+        {"port": 80, "$patch": "delete"},
     ]}})
-    assert [(p["port"], p["name"]) for p in patched["spec"]["ports"]] == [(443, "tls"), (8080, "alt")]
+    assert [(p["port"], p["name"]) for p in patched["spec"]["ports"]] == [
+        (443, "tls"), (8080, "alt")]
     slice_ = make_endpoint_slice("web", ["10.0.0.1", "10.0.0.2"])
     replaced = apply_strategic_merge_patch(slice_, {"endpoints": [{"addresses": ["10.0.0.9"]}]})
     assert replaced["endpoints"] == [{"addresses": ["10.0.0.9"]}], "lists without a key are atomic"
@@ -179,7 +181,8 @@ class _Sink:
         self.events: list[tuple[str, str, str]] = []
 
     def deliver(self, event_type: str, obj: dict[str, Any]) -> None:
-        self.events.append((event_type, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
+        self.events.append(
+            (event_type, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
 
 
 def _store(history_size: int = 100) -> ObjectStore:
@@ -463,7 +466,8 @@ def test_faults_auth_and_bad_input(memory_server: tuple[KubeApiServer, MemoryRea
     conn = _Conn(server)
     conn.request("GET", "/api/v1/services", headers=auth)
     status, headers, body = conn.response()
-    assert (status, headers["retry-after"], json.loads(body)["reason"]) == (429, "1", "TooManyRequests")
+    assert (status, headers["retry-after"], json.loads(body)["reason"]) == (
+        429, "1", "TooManyRequests")
     conn = _Conn(server)
     conn.request("POST", "/api/v1/namespaces/default/services", headers=auth,
                  body=["not", "an", "object"])
@@ -550,7 +554,8 @@ def test_validation_refuses_what_the_real_server_refuses() -> None:
         store.create(SERVICES, make_service("web", ports=[]))
     assert "spec.ports: Required value" in no_ports.value.message
     with pytest.raises(StatusError) as unnamed:
-        store.create(SERVICES, {**make_service("web"), "spec": {"ports": [{"port": 1}, {"port": 2}]}})
+        store.create(
+            SERVICES, {**make_service("web"), "spec": {"ports": [{"port": 1}, {"port": 2}]}})
     assert "spec.ports[0].name: Required value" in unnamed.value.message
     bad_address = make_endpoint_slice("web", ["not-an-ip"])
     with pytest.raises(StatusError) as invalid:
@@ -704,7 +709,8 @@ def test_client_watch_bookmarks(api: ThreadedKubeApiServer, kube: client.ApiClie
 
 
 @pytest.mark.slow  # waits on real time
-def test_client_watch_timeout_ends_cleanly(api: ThreadedKubeApiServer, kube: client.ApiClient) -> None:
+def test_client_watch_timeout_ends_cleanly(api: ThreadedKubeApiServer,
+                                           kube: client.ApiClient) -> None:
     started = time.monotonic()
     events = list(watch.Watch().stream(client.CoreV1Api(kube).list_node, timeout_seconds=1,
                                        _request_timeout=TIMEOUT))
@@ -726,7 +732,8 @@ def test_client_watch_label_selector(api: ThreadedKubeApiServer, kube: client.Ap
         ("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
 
 
-def test_client_sees_410_as_watch_error_event(api: ThreadedKubeApiServer, kube: client.ApiClient) -> None:
+def test_client_sees_410_as_watch_error_event(api: ThreadedKubeApiServer,
+                                              kube: client.ApiClient) -> None:
     v1 = client.CoreV1Api(kube)
     old = str(api.resource_version)
     api.create(make_service("a"))
@@ -759,7 +766,8 @@ def test_client_sees_410_as_http_status(api: ThreadedKubeApiServer, kube: client
     assert json.loads(expired.value.body)["reason"] == "Expired"
 
 
-def test_client_watch_expired_mid_stream(api: ThreadedKubeApiServer, kube: client.ApiClient) -> None:
+def test_client_watch_expired_mid_stream(api: ThreadedKubeApiServer,
+                                         kube: client.ApiClient) -> None:
     v1 = client.CoreV1Api(kube)
 
     def expire() -> None:

@@ -346,10 +346,11 @@ def test_openapi_from_older_client_models() -> None:
     from edgemesh.testing._openapi import _Builder
 
     class V1Thing:
-        openapi_types: ClassVar[dict[str, str]] = {"ports": "list[V1ServicePort]", "labels": "dict(str, str)",
-                         "target_port": "object", "count": "int"}
-        attribute_map: ClassVar[dict[str, str]] = {"ports": "ports", "labels": "labels", "target_port": "targetPort",
-                         "count": "count"}
+        openapi_types: ClassVar[dict[str, str]] = {
+            "ports": "list[V1ServicePort]", "labels": "dict(str, str)",
+            "target_port": "object", "count": "int"}
+        attribute_map: ClassVar[dict[str, str]] = {
+            "ports": "ports", "labels": "labels", "target_port": "targetPort", "count": "count"}
 
     builder = _Builder({}, "#/definitions/")
     properties = builder.definitions[builder.define(V1Thing)]["properties"]

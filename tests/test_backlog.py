@@ -46,7 +46,8 @@ def test_router_listeners_have_a_large_backlog() -> None:
         admin="tcp:7090"))
     router.privilegedStartService()  # type: ignore[no-untyped-call]
     # Twisted's default was 50 for all three.
-    assert backlogs(reactor) == {7000: DEFAULT_BACKLOG, 7080: DEFAULT_BACKLOG, 7090: DEFAULT_BACKLOG}
+    assert backlogs(reactor) == {
+        7000: DEFAULT_BACKLOG, 7080: DEFAULT_BACKLOG, 7090: DEFAULT_BACKLOG}
     assert DEFAULT_BACKLOG >= 4096
 
 

@@ -28,7 +28,8 @@ RULES = CaptureRules(
     port=15001,
     service_cidrs=(ipaddress.IPv4Network("10.96.0.0/12"),),
     virtual_cidr=ipaddress.IPv4Network("240.240.0.0/16"),
-    exclude=(Exclusion.parse("10.96.0.10:53"), Exclusion.parse("10.96.0.1"), Exclusion.parse(":22")),
+    exclude=(Exclusion.parse("10.96.0.10:53"), Exclusion.parse("10.96.0.1"),
+             Exclusion.parse(":22")),
     mesh_ports=(7700, 7701),
 )
 
@@ -259,7 +260,8 @@ def test_a_failed_restore_is_a_clear_error_and_changes_nothing() -> None:
     nat = FakeNat()
     nat.fail_restore = "iptables-restore v1.8.9: Permission denied (you must be root)\n"
     tables = Iptables(run=nat)
-    with pytest.raises(IptablesError, match=r"iptables-restore --noflush: .*Permission denied.*root"):
+    with pytest.raises(
+            IptablesError, match=r"iptables-restore --noflush: .*Permission denied.*root"):
         tables.install(RULES)
     assert tables.show() == []
 

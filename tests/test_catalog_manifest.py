@@ -643,7 +643,8 @@ def test_an_unknown_traffic_distribution_is_kept_not_refused() -> None:
 @pytest.mark.parametrize(
     ("spec", "problem"),
     [
-        ({"internalTrafficPolicy": "Nearby"}, "spec.internalTrafficPolicy: must be Cluster or Local"),
+        ({"internalTrafficPolicy": "Nearby"},
+         "spec.internalTrafficPolicy: must be Cluster or Local"),
         ({"internalTrafficPolicy": 1}, "spec.internalTrafficPolicy: must be a string"),
         ({"trafficDistribution": "Prefer Close"}, "spec.trafficDistribution: must be"),
         ({"trafficDistribution": ["PreferClose"]}, "spec.trafficDistribution: must be a string"),

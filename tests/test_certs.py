@@ -53,7 +53,8 @@ def test_certs_is_an_edgemesh_command() -> None:
     assert "certs" in _COMMANDS
 
 
-def test_init_makes_a_ca_with_a_private_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_makes_a_ca_with_a_private_key(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "ca"
     assert edgemesh_main(["certs", "init", "--dir", str(directory)]) == 0
     assert mode(directory) == 0o700
@@ -205,7 +206,8 @@ def test_load_material_certificate_of_another_ca(tmp_path: Path, ca: Issued) -> 
 def test_load_material_expired_and_not_yet_valid(tmp_path: Path, ca: Issued) -> None:
     old = datetime.datetime(2020, 1, 1, tzinfo=UTC)
     with pytest.raises(TLSFileError, match="expired on 2020-01-11"):
-        load_material(files(tmp_path / "a", ca, make_node_cert(ca, "edge-1", days=10, valid_from=old)))
+        load_material(
+            files(tmp_path / "a", ca, make_node_cert(ca, "edge-1", days=10, valid_from=old)))
     future = datetime.datetime.now(UTC) + datetime.timedelta(days=3)
     with pytest.raises(TLSFileError, match="is not valid before"):
         load_material(files(tmp_path / "b", ca, make_node_cert(ca, "edge-1", valid_from=future)))
@@ -286,7 +288,8 @@ def _foreign_cert(ca: Issued, names: list[x509.GeneralName], tmp_path: Path) -> 
     ids=["no-san", "wildcard", "two-names"],
 )
 def test_certificates_without_one_exact_identity(tmp_path: Path, ca: Issued,
-                                                 names: list[x509.GeneralName], problem: str) -> None:
+                                                 names: list[x509.GeneralName],
+                                                 problem: str) -> None:
     config = _foreign_cert(ca, names, tmp_path)
     with pytest.raises(TLSFileError, match=problem):
         load_material(config)
@@ -438,7 +441,8 @@ def test_trust_add_refuses_what_is_not_a_usable_ca(tmp_path: Path, two_cas: tupl
     assert certs_main(["trust", "--dir", str(node), "--add", str(node / "edge-1.pem")]) == 1
     assert "is not a CA certificate" in capsys.readouterr().err
     expired = tmp_path / "expired.pem"
-    expired.write_bytes(make_ca(days=1, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC)).cert_pem)
+    expired.write_bytes(
+        make_ca(days=1, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC)).cert_pem)
     assert certs_main(["trust", "--dir", str(node), "--add", str(expired)]) == 1
     assert "expired on 2020-01-02" in capsys.readouterr().err
     assert certs_main(["trust", "--dir", str(node), "--add", str(tmp_path / "missing.pem")]) == 1
@@ -469,7 +473,8 @@ def test_trust_remove_the_old_ca_after_reissuing(tmp_path: Path, two_cas: tuple[
     assert certs_main(["trust", "--dir", str(node), "--remove", str(old / "ca.pem")]) == 0
     assert "nothing to remove" in capsys.readouterr().out
     # The last CA never goes.
-    assert certs_main(["trust", "--dir", str(node), "--remove", str(new / "ca.pem"), "--force"]) == 1
+    assert certs_main(
+        ["trust", "--dir", str(node), "--remove", str(new / "ca.pem"), "--force"]) == 1
     assert "without any CA" in capsys.readouterr().err
     assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
 

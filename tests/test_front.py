@@ -400,7 +400,8 @@ def test_expect_100_continue_is_answered_and_not_forwarded() -> None:
 def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     target = ScriptedTarget()
     conn = Conn(target)
-    conn.send(get(b"/1") + get(b"/2") + b"POST /3 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbody")
+    conn.send(
+        get(b"/1") + get(b"/2") + b"POST /3 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbody")
     assert target.paths == [b"/1"]
     assert conn.reading == "paused"  # parsed requests are waiting: stop reading
     target.opened[0].respond(body=b"one")

@@ -330,7 +330,7 @@ def test_9_header_timeout_does_not_run_while_the_front_is_not_reading() -> None:
     assert conn.closed
 
 
-# -- 10: body size ----------------------------------------------------------------------------------
+# -- 10: body size ---------------------------------------------------------------------------------
 
 
 def test_10_declared_body_over_the_cap() -> None:
@@ -465,7 +465,7 @@ def test_14_malformed_host_is_named_in_a_text_answer() -> None:
     assert response.body == b"400 bad-request: malformed Host '<b>bad host</b>'\n"
 
 
-# -- 15: host and request target ---------------------------------------------------------------------
+# -- 15: host and request target -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -519,7 +519,7 @@ def test_15_options_asterisk_is_allowed() -> None:
     assert (target.opened[0].head.path, target.opened[0].head.authority) == (b"*", b"web")
 
 
-# -- 16: fuzz --------------------------------------------------------------------------------------------
+# -- 16: fuzz --------------------------------------------------------------------------------------
 
 
 def test_16_seed_corpus_is_valid() -> None:

@@ -126,7 +126,8 @@ def exercise(stream: bytes, cuts: list[int], answer: bool, paused: bool) -> None
     paused=st.booleans(),
 )
 @FUZZ
-def test_frames_in_any_order(frames: list[str], cuts: list[int], answer: bool, paused: bool) -> None:
+def test_frames_in_any_order(frames: list[str], cuts: list[int], answer: bool,
+                             paused: bool) -> None:
     exercise(CORPUS["hello"] + b"".join(CORPUS[name] for name in frames), cuts, answer, paused)
 
 
@@ -137,7 +138,8 @@ def test_frames_in_any_order(frames: list[str], cuts: list[int], answer: bool, p
     answer=st.booleans(),
 )
 @FUZZ
-def test_mutated_frames_after_a_hello(frames: list[str], edits: list[tuple[int, int]], cuts: list[int],
+def test_mutated_frames_after_a_hello(frames: list[str],
+                                      edits: list[tuple[int, int]], cuts: list[int],
                                       answer: bool) -> None:
     body = mutate(b"".join(CORPUS[name] for name in frames), edits)
     exercise(CORPUS["hello"] + body, cuts, answer, False)
@@ -156,6 +158,7 @@ def test_the_corpus_reaches_the_handler() -> None:
     link = EnvelopeLink(clock, handler, node="router", role="router", client=False)
     protocol: Any = link
     protocol.makeConnection(StringTransport())
-    link.dataReceived(CORPUS["hello"] + CORPUS["request-get"] + CORPUS["request-post"] + CORPUS["data"])
+    link.dataReceived(
+        CORPUS["hello"] + CORPUS["request-get"] + CORPUS["request-post"] + CORPUS["data"])
     assert [r.method for r in handler.requests] == [b"GET", b"POST"]
     assert not link.closed

@@ -343,10 +343,12 @@ def test_exchange_end_to_end() -> None:
     pair.pump()
     entry = pair.inbound()
     request = entry.request
-    assert (request.method, request.path, request.authority) == (b"POST", b"/upload?x=1", b"web.shop")
+    assert (request.method, request.path, request.authority) == (
+        b"POST", b"/upload?x=1", b"web.shop")
     assert request.headers == ((b"Content-Type", b"text/plain"),)
     assert request.content_length is None and request.client == "10.0.0.9"
-    assert (request.service, request.port, request.endpoint) == ("shop/web", 80, ("10.4.0.12", 8080))
+    assert (request.service, request.port, request.endpoint) == (
+        "shop/web", 80, ("10.4.0.12", 8080))
     assert entry.body.data == b"hello world" and entry.body.ended
     assert entry.body.producer is entry.exchange
     verifyObject(IResponder, entry.exchange)
@@ -479,7 +481,8 @@ def test_complete_while_the_transport_is_paused_holds_a_large_body() -> None:
     pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), len(big)), big)
     pair.pump()
     # The head may go; the body waits for the transport (at most a small corked part).
-    assert responder.response is not None and len(responder.body) <= 16 * 1024 and not responder.ended
+    assert responder.response is not None
+    assert len(responder.body) <= 16 * 1024 and not responder.ended
     pair.server.resumeProducing()
     pair.pump()
     assert responder.body == big and responder.ended
@@ -787,7 +790,8 @@ def test_link_lost_fails_pending_exchanges() -> None:
 
 def test_finished_exchanges_are_not_failed_when_the_link_goes() -> None:
     pair = Pair()
-    pair.server_handler.on_inbound = lambda e: e.exchange.complete(ResponseHead(204, b"", (), 0), b"")
+    pair.server_handler.on_inbound = lambda e: e.exchange.complete(
+        ResponseHead(204, b"", (), 0), b"")
     _, responder = pair.open(content_length=0)
     pair.pump()
     pair.client.connectionLost(Failure(ConnectionLost()))
@@ -806,7 +810,8 @@ def test_protocol_garbage_closes_the_link(garbage: bytes) -> None:
         pair.client.dataReceived(garbage)
         pair.client.connectionLost(Failure(ConnectionLost("aborted")))  # what the abort leads to
     assert pair.client.closed and pair.client_transport.disconnecting
-    assert len(pair.client_handler.lost) == 1 and pair.client_handler.lost[0].startswith("protocol error")
+    assert len(pair.client_handler.lost) == 1 and pair.client_handler.lost[0].startswith(
+        "protocol error")
     assert responder.error is not None and responder.error.reason == Reason.peer_unavailable
     # One clear line, no traceback.
     assert len(events) == 1
@@ -928,7 +933,8 @@ def test_link_target_uses_the_peers_link() -> None:
     body.end()
     pair.pump()
     request = pair.inbound().request
-    assert (request.service, request.port, request.endpoint) == ("shop/web", 80, ("10.4.0.12", 8080))
+    assert (request.service, request.port, request.endpoint) == (
+        "shop/web", 80, ("10.4.0.12", 8080))
     assert request.method == b"PUT" and pair.inbound().body.data == b"abc"
 
 
@@ -952,7 +958,8 @@ def test_link_target_without_a_link(closed: bool) -> None:
         LinkTarget(TargetKind.hub, links).open(route(), HEAD, RecordingResponder())
     assert caught.value.reason is Reason.peer_unavailable and "edge-2" in caught.value.detail
     with pytest.raises(MeshError):
-        LinkTarget(TargetKind.hub, links, dial=lambda peer: None).open(route(), HEAD, RecordingResponder())
+        LinkTarget(TargetKind.hub, links, dial=lambda peer: None).open(
+            route(), HEAD, RecordingResponder())
 
 
 def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
@@ -989,7 +996,8 @@ def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
 def test_link_target_dial_failure_fails_the_responder() -> None:
     responder = RecordingResponder()
     connecting: Deferred[EnvelopeLink] = Deferred()
-    body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(route(), HEAD, responder)
+    body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(
+        route(), HEAD, responder)
     body.write(b"x")
     connecting.errback(ConnectionRefusedError("nope"))
     error = responder.error
@@ -1002,7 +1010,8 @@ def test_link_target_abort_while_dialling_opens_nothing() -> None:
     before = len(pair.from_client)
     responder = RecordingResponder()
     connecting: Deferred[EnvelopeLink] = Deferred()
-    body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(route(), HEAD, responder)
+    body = LinkTarget(TargetKind.hub, {}, dial=lambda peer: connecting).open(
+        route(), HEAD, responder)
     body.write(b"x")
     body.abort("client gone")
     connecting.callback(pair.client)

@@ -203,7 +203,8 @@ def test_log_options_of_both_roles(tmp_path: Path) -> None:
     router.parseOptions(["--insecure", "--catalog", str(catalog)])
     assert router.observability_config() == ObservabilityConfig()
     assert router.observability_config().access_log is False, "off by default (costly)"
-    for bad in (["--log-format", "xml"], ["--access-log", "maybe"], ["--metrics-max-services", "0"]):
+    for bad in (
+            ["--log-format", "xml"], ["--access-log", "maybe"], ["--metrics-max-services", "0"]):
         with pytest.raises(usage.UsageError):
             router_tap.Options().parseOptions(  # type: ignore[no-untyped-call]
                 ["--insecure", "--catalog", str(catalog), *bad])
@@ -267,7 +268,8 @@ def test_access_log_event_per_exchange(tmp_path: Path) -> None:
     first, second = access_events(events)
     assert {k: v for k, v in first.items() if not k.startswith("log_")} == {
         "method": "POST", "uri": "/orders/7", "service": "shop/web", "path": "local",
-        "source": "service-bus", "target": "service-bus", "status": 201, "duration": 0.25, "bytes_in": 5, "bytes_out": 3,
+        "source": "service-bus", "target": "service-bus", "status": 201, "duration": 0.25,
+        "bytes_in": 5, "bytes_out": 3,
         "endpoint": "10.1.0.1:8080", "peer": None, "error": None, "client": "10.0.0.9",
     }
     assert first["log_level"] is LogLevel.info
@@ -321,7 +323,8 @@ def test_bodies_and_secrets_are_never_logged(tmp_path: Path) -> None:
     published meanwhile, as text and as JSON, holds none of them."""
     edge, reactor = edge_node(tmp_path, access_log=True)
     factory = edge.listeners["proxy"].factory
-    request = (b"POST /pay?session=" + SECRET.split()[1].encode() + b" HTTP/1.1\r\nHost: web.shop\r\n"
+    request = (b"POST /pay?session=" + SECRET.split()[1].encode()
+               + b" HTTP/1.1\r\nHost: web.shop\r\n"
                b"Authorization: " + SECRET.encode() + b"\r\nCookie: id=" + SECRET.encode() + b"\r\n"
                b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
     with captured() as events:
@@ -342,7 +345,8 @@ def test_bodies_and_secrets_are_never_logged(tmp_path: Path) -> None:
                            + b"\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n")
     statuses = sorted(event["status"] for event in access_events(events))
     assert statuses == [200, 200, 502], statuses
-    assert edge.observer.errors["bad-request"] == 1 and edge.observer.errors["headers-too-large"] == 1
+    assert edge.observer.errors["bad-request"] == 1
+    assert edge.observer.errors["headers-too-large"] == 1
     texts = [formatEvent(event) for event in events] + [json_log_line(event) for event in events]
     for needle in (SECRET, SECRET.split()[1], BODY.decode(), "card=", "Cookie"):
         assert not [text for text in texts if needle in text], needle

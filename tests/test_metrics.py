@@ -60,9 +60,12 @@ NODES = (
 
 def make_catalog(extra: int = 0) -> Catalog:
     services = [
-        Service("shop", "web", "10.96.0.10", (HTTP,), {"http": (Endpoint("10.1.0.1", 8080, "edge-1"),)}),
-        Service("shop", "remote", "10.96.0.11", (HTTP,), {"http": (Endpoint("10.2.0.1", 8080, "edge-2"),)}),
-        Service("shop", "cloud", "10.96.0.12", (HTTP,), {"http": (Endpoint("10.9.0.1", 8080, "cloud-1"),)}),
+        Service("shop", "web", "10.96.0.10", (HTTP,),
+                {"http": (Endpoint("10.1.0.1", 8080, "edge-1"),)}),
+        Service("shop", "remote", "10.96.0.11", (HTTP,),
+                {"http": (Endpoint("10.2.0.1", 8080, "edge-2"),)}),
+        Service("shop", "cloud", "10.96.0.12", (HTTP,),
+                {"http": (Endpoint("10.9.0.1", 8080, "cloud-1"),)}),
         Service("shop", "down", "10.96.0.13", (HTTP,), {"http": ()}),
     ]
     services += [
@@ -93,7 +96,8 @@ class Mesh:
     def __init__(self, role: Role = Role.edge, config: ObservabilityConfig | None = None,
                  catalog: Catalog | None = None) -> None:
         self.clock = Clock()
-        self.pipeline = Pipeline(role, "edge-1" if role is Role.edge else "router", catalog or make_catalog())
+        self.pipeline = Pipeline(
+            role, "edge-1" if role is Role.edge else "router", catalog or make_catalog())
         self.observer = MeshObserver(self.clock, role, self.pipeline.node, config)
         self.observer.attach(self.pipeline)
         kinds = (
@@ -106,8 +110,10 @@ class Mesh:
             self.pipeline.add_target(target)
 
     def dispatch(self, authority: bytes = b"web.shop", source: SourceKind = SourceKind.service_bus,
-                 responder: IResponder | None = None, content_length: int | None = 0) -> IRequestBody:
-        return self.pipeline.dispatch(source, request(authority, content_length), responder or RecordingResponder())
+                 responder: IResponder | None = None,
+                 content_length: int | None = 0) -> IRequestBody:
+        return self.pipeline.dispatch(
+            source, request(authority, content_length), responder or RecordingResponder())
 
     def stats(self, service: str, path: str) -> Any:
         return self.observer.tables[service, path]
@@ -156,7 +162,8 @@ def samples(families: dict[str, Any], name: str) -> dict[tuple[tuple[str, str], 
         (Role.router, SourceKind.router, None, "none"),
     ],
 )
-def test_exchange_path(role: Role, source: SourceKind, target: TargetKind | None, path: str) -> None:
+def test_exchange_path(role: Role, source: SourceKind,
+                       target: TargetKind | None, path: str) -> None:
     assert exchange_path(role, source, target) == path
 
 
@@ -165,8 +172,10 @@ def test_paths_through_the_pipeline() -> None:
     mesh.dispatch(b"web.shop")
     mesh.dispatch(b"remote.shop")
     mesh.dispatch(b"cloud.shop")
-    mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), RecordingResponder(), "shop/web", 80, None)
-    mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), RecordingResponder(), "shop/web", 80, None)
+    mesh.pipeline.dispatch_resolved(
+        SourceKind.hub, request(), RecordingResponder(), "shop/web", 80, None)
+    mesh.pipeline.dispatch_resolved(
+        SourceKind.tunnel, request(), RecordingResponder(), "shop/web", 80, None)
     assert sorted(mesh.observer.tables) == [
         ("shop/cloud", "edge-cloud"), ("shop/remote", "edge-edge"),
         ("shop/web", "cloud-edge"), ("shop/web", "edge-edge"), ("shop/web", "local"),
@@ -191,7 +200,8 @@ def test_relayed_edge_to_edge_is_edge_edge() -> None:
     mesh.dispatch(b"cloud.shop")
     relayed, _ = mesh.targets[TargetKind.tunnel].opened
     assert relayed.route.endpoint is not None and relayed.route.endpoint.node == "edge-2"
-    assert sorted(mesh.observer.tables) == [("shop/cloud", "edge-cloud"), ("shop/remote", "edge-edge")]
+    assert sorted(mesh.observer.tables) == [
+        ("shop/cloud", "edge-cloud"), ("shop/remote", "edge-edge")]
 
 
 # -- one exchange ----------------------------------------------------------------------
@@ -294,9 +304,11 @@ def test_refused_exchanges() -> None:
         with pytest.raises(MeshError):
             mesh.dispatch(authority)
     with pytest.raises(MeshError):
-        mesh.pipeline.dispatch_resolved(SourceKind.hub, request(), RecordingResponder(), "shop/gone", 80, None)
+        mesh.pipeline.dispatch_resolved(
+            SourceKind.hub, request(), RecordingResponder(), "shop/gone", 80, None)
     with pytest.raises(MeshError):
-        mesh.pipeline.dispatch_resolved(SourceKind.tunnel, request(), RecordingResponder(), "shop/down", 80, None)
+        mesh.pipeline.dispatch_resolved(
+            SourceKind.tunnel, request(), RecordingResponder(), "shop/down", 80, None)
     errors = {code: count for code, count in mesh.observer.errors.items() if count}
     assert errors == {"unknown-service": 3, "no-endpoint": 2}
     tables = {key: (stats.codes[4], stats.codes[5]) for key, stats in mesh.observer.tables.items()}
@@ -405,7 +417,9 @@ def test_openmetrics_when_asked() -> None:
     body, content_type = exposition(registry, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     names = {family.name for family in openmetrics_families(body.decode())}  # type: ignore[no-untyped-call]
-    assert {"edgemesh_requests", "edgemesh_request_duration_seconds", "edgemesh_active_streams"} <= names
+    assert {
+        "edgemesh_requests", "edgemesh_request_duration_seconds", "edgemesh_active_streams"
+    } <= names
     assert "process_cpu_seconds" in names, "process metrics come with the node's registry"
 
 
@@ -465,10 +479,12 @@ def test_disconnected_peers_are_bounded() -> None:
     for i in (3, 1, 4):
         mesh.observer.link_down(links[i], "gone")
     # Three disconnected, two remembered: the one that went first is forgotten.
-    assert sorted(peer for peer, _ in mesh.observer.peers) == ["edge-0", "edge-1", "edge-2", "edge-4"]
+    assert sorted(peer for peer, _ in mesh.observer.peers) == [
+        "edge-0", "edge-1", "edge-2", "edge-4"]
     mesh.observer.link_up("edge-1", "hub-in", FakeLink())  # back: no longer among the gone
     mesh.observer.link_down(links[0], "gone")
-    assert sorted(peer for peer, _ in mesh.observer.peers) == ["edge-0", "edge-1", "edge-2", "edge-4"]
+    assert sorted(peer for peer, _ in mesh.observer.peers) == [
+        "edge-0", "edge-1", "edge-2", "edge-4"]
 
 
 def test_router_edges_catalog_lag() -> None:
@@ -502,7 +518,8 @@ def front_connection(factory: HTTPFrontFactory) -> tuple[Any, StringTransport]:
 
 def test_node_counts_front_exchanges_and_rejections(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
-    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), catalog=make_catalog(),
+    edge = build_edge(reactor,
+                      EdgeConfig(node="edge-1", state_dir=str(tmp_path), catalog=make_catalog(),
                                           router=None, hub=None))
     pod = ScriptedTarget(TargetKind.service_bus, answer_whole)
     edge.pipeline.targets[TargetKind.service_bus] = pod
@@ -530,8 +547,9 @@ def test_node_tracks_its_links(tmp_path: Path) -> None:
 
     reactor = MemoryReactorClock()
     router = build_router(reactor, RouterConfig(catalog=make_catalog()))
-    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
-                                          catalog=make_catalog()))
+    edge = build_edge(reactor, EdgeConfig(
+        node="edge-1", state_dir=str(tmp_path), router="tcp:127.0.0.1:7700",
+        catalog=make_catalog()))
     router.startService()
     edge.startService()
     pump = ConnectionCompleter(reactor).succeedOnce()
@@ -568,7 +586,8 @@ def _one_request(mode: str) -> Callable[[], None]:
         config = ObservabilityConfig(access_log=mode == "access-log")
         MeshObserver(clock, Role.edge, "edge-1", config).attach(pipeline)
     dispatch = pipeline.dispatch
-    factory = HTTPFrontFactory(clock, lambda head, responder: dispatch(SourceKind.service_bus, head, responder))
+    factory = HTTPFrontFactory(
+        clock, lambda head, responder: dispatch(SourceKind.service_bus, head, responder))
     protocol, transport = front_connection(factory)
     data = b"GET /a HTTP/1.1\r\nHost: web.shop\r\n\r\n"
 

@@ -39,13 +39,15 @@ def get(node: RouterNode, path: bytes, **args: str) -> tuple[int, dict[bytes, by
         request.addArg(name.encode(), value.encode())
     body = getChildForRequest(site.resource, request).render(request)
     assert isinstance(body, bytes)
-    headers = {name.lower(): values[0] for name, values in request.responseHeaders.getAllRawHeaders()}
+    headers = {
+        name.lower(): values[0] for name, values in request.responseHeaders.getAllRawHeaders()}
     return request.responseCode or 200, headers, json.loads(body)
 
 
 @pytest.fixture
 def router() -> RouterNode:
-    node = build_router(MemoryReactorClock(), RouterConfig(catalog=Catalog.empty(), http=None, admin="tcp:7790"))
+    node = build_router(
+        MemoryReactorClock(), RouterConfig(catalog=Catalog.empty(), http=None, admin="tcp:7790"))
     for i in range(EDGES):
         node.observer.link_up(f"edge-{i:05}", "tunnel", FakeLink())
     return node
@@ -77,8 +79,10 @@ def test_peers_in_pages(router: RouterNode) -> None:
     # positional): the pages continue after a (peer, link), not at an offset.
     _, headers, first = get(router, b"/peers", limit="2")
     router.observer.link_up("edge-00000a", "tunnel", FakeLink())
-    _, _, second = get(router, b"/peers", limit="2", **{"continue": headers[b"x-edgemesh-continue"].decode()})
-    assert [r["peer"] for r in first + second] == ["edge-00000", "edge-00001", "edge-00002", "edge-00003"]
+    _, _, second = get(
+        router, b"/peers", limit="2", **{"continue": headers[b"x-edgemesh-continue"].decode()})
+    assert [r["peer"] for r in first + second] == [
+        "edge-00000", "edge-00001", "edge-00002", "edge-00003"]
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,8 @@ RR = ServicePolicy()
 RANDOM = parse_policy({LB_POLICY_ANNOTATION: "random"})
 LEAST = parse_policy({LB_POLICY_ANNOTATION: "least-request"})
 HASH_IP = parse_policy({LB_POLICY_ANNOTATION: "consistent-hash"})
-HASH_USER = parse_policy({LB_POLICY_ANNOTATION: "consistent-hash", HASH_KEY_ANNOTATION: "header:X-User"})
+HASH_USER = parse_policy(
+    {LB_POLICY_ANNOTATION: "consistent-hash", HASH_KEY_ANNOTATION: "header:X-User"})
 AFFINITY = parse_policy({}, "ClientIP")
 
 
@@ -80,7 +81,8 @@ def test_lb_policies(value: str, lb: LBPolicy, tracks: bool) -> None:
 def test_hash_keys() -> None:
     assert HASH_IP.hash_header is None and HASH_IP.bounded_load
     assert HASH_USER.hash_header == b"x-user" and not HASH_USER.problems
-    source = parse_policy({LB_POLICY_ANNOTATION: "consistent-hash", HASH_KEY_ANNOTATION: "source-ip"})
+    source = parse_policy(
+        {LB_POLICY_ANNOTATION: "consistent-hash", HASH_KEY_ANNOTATION: "source-ip"})
     assert source.hash_header is None and not source.problems
 
 
@@ -156,7 +158,8 @@ def test_policy_book_reports_problems_once_and_caches() -> None:
     with capturedLogs() as events:
         book.scan(Catalog([bad, plain]))
         book.scan(Catalog([bad, plain], revision=2))  # the same problems: not logged again
-    warnings = [e for e in events if e.get("log_level") is LogLevel.warn and e.get("service") == "shop/web"]
+    warnings = [
+        e for e in events if e.get("log_level") is LogLevel.warn and e.get("service") == "shop/web"]
     assert len(warnings) == 1 and "fastest" in str(warnings[0]["problem"])
     assert book.problems() == {"shop/web": [bad_problem(bad)]}
     assert book.get(bad) is book.get(bad) and book.get(bad).timeout == 2.0
@@ -236,7 +239,8 @@ def test_consistent_hash_keeps_keys_when_an_endpoint_goes(addresses: set[tuple[i
     before, after = service(eps), service(eps[:gone] + eps[gone + 1:])
     balancer = Balancer()
     keys = [request(headers=((b"X-User", b"user-%d" % i),)) for i in range(2000)]
-    first = [balancer.choose(before, HTTP, before.endpoints["http"], k, HASH_USER, ()) for k in keys]
+    first = [
+        balancer.choose(before, HTTP, before.endpoints["http"], k, HASH_USER, ()) for k in keys]
     second = [balancer.choose(after, HTTP, after.endpoints["http"], k, HASH_USER, ()) for k in keys]
     kept = sum(a == b for a, b in zip(first, second, strict=True))
     assert kept >= 0.8 * len(keys), f"only {kept} of {len(keys)} keys stayed"
@@ -337,12 +341,14 @@ def local_catalog(*eps: Endpoint) -> tuple[Catalog, Service]:
 def test_tiers_are_node_zone_rest() -> None:
     catalog, svc = local_catalog(FAR, CLOUD, ZONE, HERE, HERE_B)
     assert Balancer().tiers(catalog, "edge-1", svc, HTTP) == ((HERE, HERE_B), (ZONE,), (FAR, CLOUD))
-    assert Balancer().tiers(catalog, "edge-3", svc, HTTP) == ((FAR,), (CLOUD,), (ZONE, HERE, HERE_B))
+    assert Balancer().tiers(catalog, "edge-3", svc, HTTP) == (
+        (FAR,), (CLOUD,), (ZONE, HERE, HERE_B))
     # A node without a zone: its own endpoints, then all the others.
     assert Balancer().tiers(catalog, "router", svc, HTTP) == ((FAR, CLOUD, ZONE, HERE, HERE_B),)
 
 
-def route_endpoints(catalog: Catalog, svc: Service, balancer: Balancer, count: int) -> Counter[Endpoint]:
+def route_endpoints(catalog: Catalog, svc: Service, balancer: Balancer,
+                    count: int) -> Counter[Endpoint]:
     chosen: Counter[Endpoint] = Counter()
     for _ in range(count):
         route = decide(catalog, Role.edge, "edge-1", SourceKind.service_bus, svc, HTTP, None,
@@ -370,17 +376,19 @@ def test_locality_order_when_the_preferred_ones_are_unhealthy() -> None:
 
 def test_locality_routes_take_the_right_way_out() -> None:
     catalog, svc = local_catalog(ZONE, FAR)
-    route = decide(catalog, Role.edge, "edge-1", SourceKind.service_bus, svc, HTTP, None, Balancer())
+    route = decide(
+        catalog, Role.edge, "edge-1", SourceKind.service_bus, svc, HTTP, None, Balancer())
     assert route.target is TargetKind.hub and route.endpoint == ZONE and route.peer == "edge-2"
-    route = decide(catalog, Role.edge, "edge-1", SourceKind.service_bus, svc, HTTP, None, Balancer(),
-                   exclude={(ZONE.host, ZONE.port)})
+    route = decide(catalog, Role.edge, "edge-1", SourceKind.service_bus, svc,
+                   HTTP, None, Balancer(), exclude={(ZONE.host, ZONE.port)})
     assert route.target is TargetKind.hub and route.endpoint == FAR and route.peer == "edge-3"
 
 
 def test_exclusion_empties_the_choice() -> None:
     catalog, svc = local_catalog(HERE)
     balancer = Balancer()
-    assert balancer.select(catalog, "edge-1", svc, HTTP, request(), RR, {(HERE.host, HERE.port)}) is None
+    assert balancer.select(
+        catalog, "edge-1", svc, HTTP, request(), RR, {(HERE.host, HERE.port)}) is None
     assert balancer.choose(svc, HTTP, (), request(), RR, ()) is None
 
 

@@ -100,7 +100,8 @@ def dials(reactor: MemoryReactorClock) -> list[int]:
 # --- router links ---------------------------------------------------------------------
 
 
-def test_the_smaller_name_dials_one_link_per_pair(replicas: Replicas, reactor: MemoryReactorClock) -> None:
+def test_the_smaller_name_dials_one_link_per_pair(replicas: Replicas,
+                                                  reactor: MemoryReactorClock) -> None:
     assert dials(reactor) == [7810], "router-a dials router-b; router-b dials nobody"
     replicas.connect_all()
     assert list(replicas.a.router_links) == ["router-b"]
@@ -121,7 +122,8 @@ def test_router_link_refuses_an_edge(replicas: Replicas, reactor: MemoryReactorC
     from test_roles import fake_peer
 
     factory = replicas.b.listeners["peer"].factory
-    _link, recorder, _ = fake_peer(reactor, factory, node="edge-1", role=Role.edge.value, dialing=True)
+    _link, recorder, _ = fake_peer(
+        reactor, factory, node="edge-1", role=Role.edge.value, dialing=True)
     assert recorder.lost and "edge-1" not in replicas.b.router_links
 
 
@@ -137,7 +139,8 @@ def test_each_replica_learns_the_edges_of_the_other(replicas: Replicas) -> None:
     assert view == {"edge-1": ("router-a", False), "edge-2": ("router-b", True)}
 
 
-def test_a_link_that_comes_up_late_gets_the_full_set(replicas: Replicas, reactor: MemoryReactorClock) -> None:
+def test_a_link_that_comes_up_late_gets_the_full_set(replicas: Replicas,
+                                                     reactor: MemoryReactorClock) -> None:
     replicas.edge("edge-1", "router-a")
     # The edge's dial first; the router link's dial (older) stays pending for now.
     (index,) = [i for i, c in enumerate(reactor.tcpClients) if c[1] == 7700]
@@ -155,7 +158,8 @@ def test_a_link_that_comes_up_late_gets_the_full_set(replicas: Replicas, reactor
 # --- forwarding -------------------------------------------------------------------------
 
 
-def test_cloud_to_edge_through_the_other_replica(replicas: Replicas, reactor: MemoryReactorClock) -> None:
+def test_cloud_to_edge_through_the_other_replica(replicas: Replicas,
+                                                 reactor: MemoryReactorClock) -> None:
     replicas.edge("edge-1", "router-a")
     replicas.connect_all()
     client, transport = http_client(replicas.b.listeners["http"].factory)
@@ -170,7 +174,8 @@ def test_cloud_to_edge_through_the_other_replica(replicas: Replicas, reactor: Me
     assert (replicas.a.forwarded_out, replicas.b.forwarded_in) == (0, 0)
 
 
-def test_a_streamed_body_crosses_the_router_link(replicas: Replicas, reactor: MemoryReactorClock) -> None:
+def test_a_streamed_body_crosses_the_router_link(replicas: Replicas,
+                                                 reactor: MemoryReactorClock) -> None:
     replicas.edge("edge-1", "router-a")
     replicas.connect_all()
     client, transport = http_client(replicas.b.listeners["http"].factory)
@@ -248,7 +253,8 @@ def test_decide_never_forwards_what_came_over_a_router_link() -> None:
 # --- failover -----------------------------------------------------------------------------
 
 
-def test_edge_fails_over_to_the_next_replica(replicas: Replicas, reactor: MemoryReactorClock) -> None:
+def test_edge_fails_over_to_the_next_replica(replicas: Replicas,
+                                             reactor: MemoryReactorClock) -> None:
     edge = replicas.edge("edge-1", "router-a", more=("router-b",))
     replicas.connect_all()
     assert "edge-1" in replicas.a.edges and replicas.b.homes.home("edge-1") == "router-a"
@@ -385,7 +391,8 @@ def test_rotating_endpoint_tries_the_next_router_on_each_dial() -> None:
 def test_edge_router_option_is_repeatable(tmp_path: Path) -> None:
     options = edge_tap.Options()
     options.parseOptions(["--node", "edge-1", "--state-dir", str(tmp_path), "--insecure",
-                          "--router", "router-a=tcp:10.0.0.1:7700", "--router", "router-b=tcp:10.0.0.2:7700"])
+                          "--router", "router-a=tcp:10.0.0.1:7700", "--router",
+                          "router-b=tcp:10.0.0.2:7700"])
     assert options["router"] == "router-a=tcp:10.0.0.1:7700"
     assert options["more_routers"] == ("router-b=tcp:10.0.0.2:7700",)
     single = edge_tap.Options()
@@ -398,7 +405,8 @@ def test_router_peer_options(tmp_path: Path) -> None:
     catalog.write_text("[]\n")
     base = ["--catalog", str(catalog), "--insecure", "--node", "router-a"]
     options = router_tap.Options()
-    options.parseOptions([*base, "--peer-listen", "tcp:7702", "--peer-router", "router-b=tcp:10.0.0.2:7702",
+    options.parseOptions([*base, "--peer-listen", "tcp:7702", "--peer-router",
+                          "router-b=tcp:10.0.0.2:7702",
                           "--peer-router", "router-a=tcp:10.0.0.1:7702"])
     assert options["peer_routers_value"] == [("router-b", "tcp:10.0.0.2:7702"),
                                              ("router-a", "tcp:10.0.0.1:7702")]
@@ -477,7 +485,8 @@ def test_replica_lease_body_and_liveness() -> None:
     assert body["metadata"]["name"] == "edgemesh-router-router-a"
     assert body["metadata"]["labels"] == {REPLICA_LABEL: "true"}
     assert body["metadata"]["annotations"][LINK_ANNOTATION] == "tcp:10.0.0.1:7702"
-    assert body["spec"]["holderIdentity"] == "router-a" and body["spec"]["leaseDurationSeconds"] == 15
+    assert body["spec"]["holderIdentity"] == "router-a"
+    assert body["spec"]["leaseDurationSeconds"] == 15
     renewed = mine.body({**body, "metadata": {**body["metadata"], "resourceVersion": "7"}}, 102.0)
     assert renewed["metadata"]["resourceVersion"] == "7"
     assert renewed["spec"]["acquireTime"] == body["spec"]["acquireTime"], "kept across renewals"
@@ -519,8 +528,8 @@ def test_replicas_find_each_other_through_their_leases() -> None:
             seen[name].append([f"{p.node}@{p.endpoint}" for p in peers])
 
         services[name] = ReplicaDiscovery(
-            clock, ListingAPI(clock, store), ReplicaLeases(name, f"tcp:{ip}:7702", "edgemesh", 15.0),
-            found, period=2.0)
+            clock, ListingAPI(clock, store),
+            ReplicaLeases(name, f"tcp:{ip}:7702", "edgemesh", 15.0), found, period=2.0)
         services[name].startService()
     clock.advance(0)
     clock.advance(2.0)
@@ -737,7 +746,8 @@ def test_the_drain_waits_for_a_moving_edge_no_longer_than_its_timeout(
     recorder = Recorder()
     edge = EnvelopeLink(reactor, recorder, node="edge-1", role="edge", client=True)
     edge.hello_settings = {"move": 1}
-    router = replicas.a.listeners["tunnel"].factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    router = replicas.a.listeners["tunnel"].factory.buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 1))
     pump = connect(router, makeFakeServer(router), edge, makeFakeClient(edge), greet=False,
                    clock=reactor)
     pump.flush()

@@ -486,7 +486,8 @@ def test_max_ejection_percent_is_honoured() -> None:
 def test_success_resets_the_count() -> None:
     mesh = Mesh(consecutive_failures=3, retries=0)
     answers = iter([500, 500, 200, 500, 500, 200] * 3)
-    mesh.pods.answer = lambda call: call.respond(next(answers)) if call.endpoint == A else call.respond()
+    mesh.pods.answer = lambda call: (
+        call.respond(next(answers)) if call.endpoint == A else call.respond())
     endpoints_chosen(mesh, "pair", 12)
     assert not mesh.pipeline.outliers.ejected
 

@@ -121,7 +121,8 @@ class Recorder:
 
 
 def fake_peer(
-    reactor: MemoryReactorClock, factory: Any, *, node: str, role: str, dialing: bool, flush: bool = True
+    reactor: MemoryReactorClock, factory: Any, *, node: str, role: str,
+    dialing: bool, flush: bool = True
 ) -> tuple[EnvelopeLink, Recorder, IOPump]:
     """A hand-made EnvelopeLink connected to ``factory`` (a node's listener factory, when
     ``dialing``; else a node's dialling factory, with the fake peer accepting)."""
@@ -132,7 +133,8 @@ def fake_peer(
         server, client = theirs, peer
     else:
         server, client = peer, theirs
-    pump = connect(server, makeFakeServer(server), client, makeFakeClient(client), greet=False, clock=reactor)
+    pump = connect(
+        server, makeFakeServer(server), client, makeFakeClient(client), greet=False, clock=reactor)
     if flush:
         pump.flush()
     return peer, recorder, pump
@@ -154,7 +156,8 @@ class Mesh:
         self.pumps: list[IOPump] = []
 
     def edge(self, node: str = "edge-1", state: str | None = None, **overrides: Any) -> EdgeNode:
-        edge = build_edge(self.reactor, edge_config(self.tmp_path / (state or node), node, **overrides))
+        edge = build_edge(
+            self.reactor, edge_config(self.tmp_path / (state or node), node, **overrides))
         start(edge)
         return edge
 
@@ -181,7 +184,8 @@ def mesh(reactor: MemoryReactorClock, tmp_path: Path) -> Mesh:
 
 def test_router_listeners_bind_at_privileged_start(reactor: MemoryReactorClock) -> None:
     router = build_router(
-        reactor, router_config(tunnel="tcp:7000:interface=127.0.0.1", http="tcp:7080", admin="tcp:7090")
+        reactor,
+        router_config(tunnel="tcp:7000:interface=127.0.0.1", http="tcp:7080", admin="tcp:7090")
     )
     assert reactor.tcpServers == []
     assert all(listener.port is None for listener in router.listeners.values())
@@ -226,7 +230,8 @@ def test_edge_listeners_and_tunnel_dial(reactor: MemoryReactorClock, tmp_path: P
 
 
 def test_edge_without_optional_listeners(reactor: MemoryReactorClock, tmp_path: Path) -> None:
-    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), proxy=None, hub=None))
+    edge = build_edge(
+        reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), proxy=None, hub=None))
     start(edge)
     assert reactor.tcpServers == [] and reactor.tcpClients == []
     assert edge.listeners == {}
@@ -258,13 +263,15 @@ def test_busy_port_raises_at_start_for_an_edge(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("description", ["tcp:notaport", "bogus:7700", "tcp:7700:nosuchkey=1"])
-def test_invalid_endpoint_string_raises_at_start(reactor: MemoryReactorClock, description: str) -> None:
+def test_invalid_endpoint_string_raises_at_start(reactor: MemoryReactorClock,
+                                                 description: str) -> None:
     router = build_router(reactor, router_config(tunnel=description))
     with pytest.raises((ValueError, TypeError)):
         bind(router)
 
 
-def test_listener_and_tunnel_client_are_sources(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+def test_listener_and_tunnel_client_are_sources(reactor: MemoryReactorClock,
+                                                tmp_path: Path) -> None:
     edge = build_edge(reactor, edge_config(tmp_path))
     for source in edge.pipeline.sources:
         assert verifyObject(ISource, source)
@@ -308,7 +315,8 @@ def test_edge_pipeline_registry(reactor: MemoryReactorClock, tmp_path: Path) -> 
     assert pipeline.rules == EDGE_RULES
 
 
-def test_edge_without_router_has_no_tunnel_source(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+def test_edge_without_router_has_no_tunnel_source(reactor: MemoryReactorClock,
+                                                  tmp_path: Path) -> None:
     edge = build_edge(reactor, edge_config(tmp_path, router=None))
     assert [s.kind for s in edge.pipeline.sources] == [SourceKind.hub, SourceKind.service_bus]
     # The tunnel target stays: without a link it answers peer-unavailable, it does not vanish.
@@ -444,7 +452,8 @@ def test_restarted_edge_serves_the_persisted_catalog_without_router(
     start(again)
     assert again.catalog == make_catalog(revision=3, extra=True)
     # It serves: a local app asking for "late" (only in the pushed catalog) is sent to the pod.
-    proxy: Any = again.listeners["proxy"].factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    proxy: Any = again.listeners["proxy"].factory.buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 50000))
     transport = StringTransport()
     proxy.makeConnection(transport)
     proxy.dataReceived(b"GET /x HTTP/1.1\r\nHost: late\r\n\r\n")
@@ -464,7 +473,8 @@ def test_edge_starts_from_the_seed_catalog_when_the_store_is_empty(
 
 def test_persisted_catalog_wins_over_the_seed(reactor: MemoryReactorClock, tmp_path: Path) -> None:
     CatalogStore(str(tmp_path)).save(make_catalog(revision=7))
-    edge = build_edge(reactor, edge_config(tmp_path, router=None, catalog=make_catalog(revision=0, extra=True)))
+    edge = build_edge(
+        reactor, edge_config(tmp_path, router=None, catalog=make_catalog(revision=0, extra=True)))
     assert edge.catalog == make_catalog(revision=7)
 
 
@@ -485,12 +495,14 @@ def test_router_refuses_a_link_that_is_not_an_edge(mesh: Mesh, reactor: MemoryRe
     for role in (Role.router.value, "bogus"):
         peer, recorder, _ = fake_peer(reactor, tunnel, node="edge-1", role=role, dialing=True)
         assert mesh.router.edges == {} and mesh.router.links == {}
-        assert [type(c) for c in recorder.controls] == [GoAway], "no catalog for a non-edge, a refusal"
+        assert [type(c) for c in recorder.controls] == [GoAway], (
+            "no catalog for a non-edge, a refusal")
         assert peer.closed
         assert recorder.lost
 
 
-def test_refused_impostor_does_not_drop_the_real_edge(mesh: Mesh, reactor: MemoryReactorClock) -> None:
+def test_refused_impostor_does_not_drop_the_real_edge(mesh: Mesh,
+                                                      reactor: MemoryReactorClock) -> None:
     mesh.edge()
     mesh.connect()
     real = mesh.router.edges["edge-1"].link
@@ -516,7 +528,8 @@ def test_edge_refuses_a_tunnel_peer_that_is_not_a_router(
     assert recorder.ready == [peer], "the peer's side finished its handshake"
 
 
-@pytest.mark.parametrize("role", [Role.edge.value, None], ids=["refused-peer", "closed-before-hello"])
+@pytest.mark.parametrize(
+    "role", [Role.edge.value, None], ids=["refused-peer", "closed-before-hello"])
 def test_tunnel_lost_during_handshake_is_retried_quietly(
     reactor: MemoryReactorClock, tmp_path: Path, role: str | None
 ) -> None:
@@ -538,11 +551,13 @@ def test_tunnel_lost_during_handshake_is_retried_quietly(
     assert len(reactor.tcpClients) == 1, "the edge dials again"
 
 
-def test_edge_ignores_a_catalog_push_from_a_hub_peer(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+def test_edge_ignores_a_catalog_push_from_a_hub_peer(reactor: MemoryReactorClock,
+                                                     tmp_path: Path) -> None:
     edge = build_edge(reactor, edge_config(tmp_path, router=None))
     start(edge)
     hub = edge.listeners["hub"].factory
-    peer, recorder, pump = fake_peer(reactor, hub, node="edge-2", role=Role.edge.value, dialing=True)
+    peer, recorder, pump = fake_peer(
+        reactor, hub, node="edge-2", role=Role.edge.value, dialing=True)
     assert not peer.closed, "another edge may connect to the hub"
     peer.send_control(encode_catalog(4, "snapshot", catalog_to_wire(make_catalog(revision=4))))
     pump.flush()
@@ -598,7 +613,8 @@ def test_edges_view(mesh: Mesh) -> None:
     view = mesh.router.edges_view()
     assert [row["node"] for row in view] == ["edge-1", "edge-2"], "sorted by node"
     for row in view:
-        assert set(row) == {"node", "connected_since", "connected_for", "acked_revision", "lag", "rtt"}
+        assert set(row) == {
+            "node", "connected_since", "connected_for", "acked_revision", "lag", "rtt"}
         assert row["acked_revision"] == 1
         assert row["lag"] == 0
         assert row["rtt"] is None, "no heartbeat yet"
@@ -632,10 +648,12 @@ def test_status(mesh: Mesh) -> None:
     edge = mesh.edge()
     mesh.connect()
     assert mesh.router.status() == {
-        "role": "router", "node": "router", "serving": True, "catalog_revision": 1, "links": ["edge-1"],
+        "role": "router", "node": "router", "serving": True, "catalog_revision": 1,
+        "links": ["edge-1"],
     }
     assert edge.status() == {
-        "role": "edge", "node": "edge-1", "serving": True, "catalog_revision": 1, "links": ["router"],
+        "role": "edge", "node": "edge-1", "serving": True, "catalog_revision": 1,
+        "links": ["router"],
     }
 
 
@@ -718,7 +736,8 @@ def test_edge_without_a_tunnel_answers_peer_unavailable(mesh: Mesh) -> None:
     assert b"peer-unavailable" in transport.value()
 
 
-def test_hub_dial_keeps_a_fractional_connect_timeout(mesh: Mesh, reactor: MemoryReactorClock) -> None:
+def test_hub_dial_keeps_a_fractional_connect_timeout(mesh: Mesh,
+                                                     reactor: MemoryReactorClock) -> None:
     edge = mesh.edge("edge-1", connect_timeout=0.5, router=None, catalog=make_catalog())
     endpoint = edge.hub_endpoint("edge-2")
     assert endpoint is not None

@@ -393,7 +393,8 @@ def test_default_rules() -> None:
 
 def test_rules_table() -> None:
     assert rules_table(ROUTER_RULES) == [
-        ("router", "cluster-ip"), ("router", "tunnel"), ("tunnel", "cluster-ip"), ("tunnel", "tunnel")
+        ("router", "cluster-ip"), ("router", "tunnel"), ("tunnel", "cluster-ip"),
+        ("tunnel", "tunnel")
     ]
 
 
@@ -402,7 +403,8 @@ def test_rules_table() -> None:
     (b"remote.shop.svc.cluster.local:80", TargetKind.hub, EDGE_2),
     (b"cloud.shop.svc", TargetKind.tunnel, CLOUD),
 ])
-def test_dispatch_routes_to_the_target(authority: bytes, kind: TargetKind, endpoint: Endpoint) -> None:
+def test_dispatch_routes_to_the_target(authority: bytes, kind: TargetKind,
+                                       endpoint: Endpoint) -> None:
     pipeline, targets = edge_pipeline()
     body = pipeline.dispatch(SourceKind.service_bus, head(authority), RESPONDER)
     # The pipeline's guard stands between the source and the target, both ways.
@@ -451,7 +453,8 @@ def test_dispatch_resolved_other_port() -> None:
 
 
 def test_rules_reject_a_forbidden_route() -> None:
-    pipeline, targets = edge_pipeline(rules={SourceKind.service_bus: frozenset({TargetKind.service_bus})})
+    pipeline, targets = edge_pipeline(
+        rules={SourceKind.service_bus: frozenset({TargetKind.service_bus})})
     pipeline.dispatch(SourceKind.service_bus, head(b"web.shop"), RESPONDER)  # local: allowed
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"remote.shop"), RESPONDER)
@@ -465,7 +468,8 @@ def test_rules_reject_a_forbidden_route() -> None:
     (Role.router, SourceKind.hub),     # a source a router does not have
     (Role.router, SourceKind.service_bus),
 ])
-def test_default_rules_reject_sources_the_role_does_not_have(role: Role, source: SourceKind) -> None:
+def test_default_rules_reject_sources_the_role_does_not_have(role: Role,
+                                                             source: SourceKind) -> None:
     pipeline, targets = edge_pipeline() if role is Role.edge else router_pipeline()
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(source, head(b"web.shop"), RESPONDER)
@@ -522,7 +526,8 @@ def test_dispatch_resolved_only_considers_tcp_ports() -> None:
     pipeline, targets = edge_pipeline()
     pipeline.catalog = Catalog([dns], NODES)
     pipeline.dispatch(SourceKind.service_bus, head(b"dns.shop:53"), RESPONDER)
-    pipeline.dispatch_resolved(SourceKind.hub, head(b"dns.shop:53"), RESPONDER, "shop/dns", 53, None)
+    pipeline.dispatch_resolved(
+        SourceKind.hub, head(b"dns.shop:53"), RESPONDER, "shop/dns", 53, None)
     [by_name, resolved] = [call.route for call in targets[TargetKind.service_bus].opened]
     assert by_name.port is tcp
     assert resolved.port is tcp and resolved.endpoint is not None and resolved.endpoint.port == 5353

@@ -254,7 +254,8 @@ def test_the_edge_never_chooses_its_own_listener() -> None:
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch(SourceKind.service_bus, head(b"self.shop"), responder())
     assert caught.value.reason is Reason.no_endpoint
-    assert "192.0.2.1:7781" in caught.value.detail and "proxy listener of edge-1" in caught.value.detail
+    assert "192.0.2.1:7781" in caught.value.detail
+    assert "proxy listener of edge-1" in caught.value.detail
     # Another node's choice of that endpoint (a hint) is not honoured either.
     with pytest.raises(MeshError) as hinted:
         pipeline.dispatch_resolved(SourceKind.hub, head(b"self.shop"), responder(), "shop/self",
@@ -326,7 +327,8 @@ def test_the_front_takes_the_hop_count_out_of_the_head(fields: bytes, hops: int)
 
 @pytest.mark.parametrize("value", [b"x", b"-1", b"1000", b"1 2", b""])
 def test_a_malformed_hop_count_is_a_bad_request(value: bytes) -> None:
-    heads, written = front(b"GET / HTTP/1.1\r\nHost: web\r\nX-Edgemesh-Hops: " + value + b"\r\n\r\n")
+    heads, written = front(
+        b"GET / HTTP/1.1\r\nHost: web\r\nX-Edgemesh-Hops: " + value + b"\r\n\r\n")
     assert heads == []
     assert written.startswith(b"HTTP/1.1 400 ") and b"X-Edgemesh-Error: bad-request" in written
     assert b"malformed X-Edgemesh-Hops" in written

@@ -188,7 +188,8 @@ def test_cancel_stops_a_pending_push() -> None:
 class Edge:
     """A CatalogFollower whose writes finish when the test says (a 'thread')."""
 
-    def __init__(self, tmp_path: Path, threaded: bool = False, start: Catalog | None = None) -> None:
+    def __init__(self, tmp_path: Path, threaded: bool = False,
+                 start: Catalog | None = None) -> None:
         self.store = CatalogStore(str(tmp_path))
         self.catalog = start or Catalog.empty()
         self.writes: list[tuple[Deferred[None], Any]] = []

@@ -58,7 +58,8 @@ def test_a_link_without_a_stream_handler_refuses_byte_streams() -> None:
     link.dataReceived(peer.hello("edge-1", "edge")
                       + peer.send_stream_open(sid, "", "ns/s", 7, None, b"x", False))
     clock.advance(0)
-    frames = [f for f in FrameDecoder(Limits()).feed(transport.value()) if not isinstance(f, StreamOpen)]
+    frames = [
+        f for f in FrameDecoder(Limits()).feed(transport.value()) if not isinstance(f, StreamOpen)]
     assert Reset(sid, "not-implemented", "router takes no byte streams") in frames
     assert not link.closed
 

@@ -68,7 +68,9 @@ _TLS_OPTIONS = ("--insecure", "--ca", "--cert", "--key", "--tls-dir")
 def _plaintext_unless_tls(argv: tuple[str, ...]) -> list[str]:
     """These tests are about other options: plaintext links unless TLS is asked for (the
     TLS options are tested in test_tls.py)."""
-    return list(argv) if any(a.split("=")[0] in _TLS_OPTIONS for a in argv) else ["--insecure", *argv]
+    if any(a.split("=")[0] in _TLS_OPTIONS for a in argv):
+        return list(argv)
+    return ["--insecure", *argv]
 
 
 def router_options(*argv: str) -> router_tap.Options:
@@ -336,7 +338,8 @@ def test_edge_make_service_without_router(tmp_path: Path, reactor: MemoryReactor
 def test_header_limits_are_options(catalog_file: str) -> None:
     """Hardening scenario 8: the header limits are options, with Envoy's defaults."""
     assert router_options("--catalog", catalog_file).front_limits() == FrontLimits()
-    options = router_options("--catalog", catalog_file, "--max-headers", "20", "--max-header-bytes", "8KiB")
+    options = router_options(
+        "--catalog", catalog_file, "--max-headers", "20", "--max-header-bytes", "8KiB")
     assert options.front_limits() == FrontLimits(max_header_count=20, max_header_bytes=8 << 10)
     with pytest.raises(usage.UsageError):
         router_options("--catalog", catalog_file, "--max-headers", "0")

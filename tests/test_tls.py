@@ -211,7 +211,7 @@ def answer_dial(reactor: MemoryReactorClock, server: IProtocolFactory) -> IOPump
     return pump
 
 
-# --- hand-made peers --------------------------------------------------------------------------------
+# --- hand-made peers ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -263,7 +263,8 @@ def tls_client(reactor: MemoryReactorClock, ca: Issued, expect: str, cert: Issue
     presents ``cert`` (or nothing)."""
     client_cert = PrivateCertificate.loadPEM(cert.cert_pem + cert.key_pem) if cert else None
     options = optionsForClientTLS(expect, trustRoot=Certificate.loadPEM(ca.cert_pem),
-                                  clientCertificate=client_cert, extraCertificateOptions=extra or None)
+                                  clientCertificate=client_cert,
+                                  extraCertificateOptions=extra or None)
     return TLSMemoryBIOFactory(options, True, app, clock=reactor)
 
 
@@ -278,14 +279,16 @@ def tls_server(reactor: MemoryReactorClock, ca: Issued, cert: Issued, app: IProt
 
 def link_factory(reactor: MemoryReactorClock, recorder: Recorder, node: str, role: str,
                  client: bool) -> IProtocolFactory:
-    return Factory.forProtocol(lambda: EnvelopeLink(reactor, recorder, node=node, role=role, client=client))
+    return Factory.forProtocol(
+        lambda: EnvelopeLink(reactor, recorder, node=node, role=role, client=client))
 
 
 def hello_and_request(node: str, role: str = "edge") -> bytes:
     """A hello, and in the same flight a request on the first client stream."""
     conn = Connection(client=True)
     hello = conn.hello(node, role)
-    request = encode_request(1, True, b"GET", b"/", b"web", (), 0, "10.0.0.1", "default/web", 80, None, b"")
+    request = encode_request(
+        1, True, b"GET", b"/", b"web", (), 0, "10.0.0.1", "default/web", 80, None, b"")
     return hello + request
 
 
@@ -304,10 +307,11 @@ def logs() -> Iterator[list[dict[str, Any]]]:
     assert not [e for e in events if "log_failure" in e], messages(events)
 
 
-# --- the happy path ------------------------------------------------------------------------------------
+# --- the happy path -------------------------------------------------------------------------------
 
 
-def test_router_and_edge_connect_with_mutual_tls(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_router_and_edge_connect_with_mutual_tls(reactor: MemoryReactorClock,
+                                                 pki: PKI, tmp_path: Path,
                                                  logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, pki)
     edge = make_edge(reactor, pki, tmp_path)
@@ -317,9 +321,11 @@ def test_router_and_edge_connect_with_mutual_tls(reactor: MemoryReactorClock, pk
     link = edge.links[ROUTER_PEER]
     assert link.peer is not None and link.peer.node == "router"
     transport: Any = link.transport
-    assert serial_of(pki.issued("router").cert_pem) == transport.getPeerCertificate().get_serial_number()
+    peer_serial = transport.getPeerCertificate().get_serial_number()
+    assert serial_of(pki.issued("router").cert_pem) == peer_serial
     server_side: Any = router.edges["edge-1"].link.transport
-    assert server_side.getPeerCertificate().to_cryptography().subject.rfc4514_string().startswith("CN=edge-1")
+    assert server_side.getPeerCertificate().to_cryptography().subject.rfc4514_string().startswith(
+        "CN=edge-1")
     assert transport._tlsConnection.get_protocol_version_name() in ("TLSv1.2", "TLSv1.3")
     assert any("mTLS on node links as edge-1 (edge" in m for m in messages(logs))
 
@@ -355,9 +361,11 @@ class _NeverEndpoint:
         return Deferred()
 
 
-def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactorClock, pki: PKI) -> None:
+def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactorClock,
+                                                          pki: PKI) -> None:
     tls = MutualTLS(reactor, pki.config("router"))
-    client = TLSMemoryBIOFactory(tls.client_options("edge-1"), True, Factory.forProtocol(Bytes), clock=reactor)
+    client = TLSMemoryBIOFactory(
+        tls.client_options("edge-1"), True, Factory.forProtocol(Bytes), clock=reactor)
     protocol: Any = client.buildProtocol(ADDRESS)
     protocol.makeConnection(StringTransport())
     client_context = protocol._tlsConnection.get_context()
@@ -369,7 +377,7 @@ def test_contexts_are_tls12_or_better_with_modern_ciphers(reactor: MemoryReactor
     assert server.verify and server.requireCertificate
 
 
-# --- 22: unknown CA, expired, wrong name, no certificate ---------------------------------------------
+# --- 22: unknown CA, expired, wrong name, no certificate ------------------------------------------
 
 
 def refused_at_router(reactor: MemoryReactorClock, router: RouterNode, client: TLSMemoryBIOFactory,
@@ -399,17 +407,21 @@ def test_22_client_certificate_from_an_unknown_ca(reactor: MemoryReactorClock, p
 def test_22_expired_client_certificate(reactor: MemoryReactorClock, pki: PKI,
                                        logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, pki)
-    expired = make_node_cert(pki.ca, "edge-1", days=30, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC))
+    expired = make_node_cert(
+        pki.ca, "edge-1", days=30, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC))
     recorder = Recorder()
-    client = tls_client(reactor, pki.ca, "router", expired, link_factory(reactor, recorder, "edge-1", "edge", True))
+    client = tls_client(
+        reactor, pki.ca, "router", expired, link_factory(reactor, recorder, "edge-1", "edge", True))
     line = refused_at_router(reactor, router, client, recorder, logs)
     assert "certificate" in line and "failed" in line, line
 
 
-def test_22_no_client_certificate(reactor: MemoryReactorClock, pki: PKI, logs: list[dict[str, Any]]) -> None:
+def test_22_no_client_certificate(reactor: MemoryReactorClock, pki: PKI,
+                                  logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, pki)
     recorder = Recorder()
-    client = tls_client(reactor, pki.ca, "router", None, link_factory(reactor, recorder, "edge-1", "edge", True))
+    client = tls_client(
+        reactor, pki.ca, "router", None, link_factory(reactor, recorder, "edge-1", "edge", True))
     line = refused_at_router(reactor, router, client, recorder, logs)
     assert "certificate" in line, line
 
@@ -428,10 +440,12 @@ def test_22_tls_older_than_1_2_is_refused(reactor: MemoryReactorClock, pki: PKI,
     refused_at_router(reactor, router, client, recorder, logs)
 
 
-def edge_refuses_server(reactor: MemoryReactorClock, edge: EdgeNode, server_cert: Issued, ca: Issued,
+def edge_refuses_server(reactor: MemoryReactorClock, edge: EdgeNode,
+                        server_cert: Issued, ca: Issued,
                         logs: list[dict[str, Any]], router_name: str = "router") -> str:
     recorder = Recorder()
-    server = tls_server(reactor, ca, server_cert, link_factory(reactor, recorder, router_name, "router", False))
+    server = tls_server(
+        reactor, ca, server_cert, link_factory(reactor, recorder, router_name, "router", False))
     answer_dial(reactor, server).flush()
     assert ROUTER_PEER not in edge.links
     assert recorder.ready == [], "the server got the edge's hello"
@@ -440,7 +454,8 @@ def edge_refuses_server(reactor: MemoryReactorClock, edge: EdgeNode, server_cert
     return lines[0]
 
 
-def test_22_server_offering_only_tls_1_1_is_refused(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_22_server_offering_only_tls_1_1_is_refused(reactor: MemoryReactorClock,
+                                                    pki: PKI, tmp_path: Path,
                                                     logs: list[dict[str, Any]]) -> None:
     edge = make_edge(reactor, pki, tmp_path)
     recorder = Recorder()
@@ -455,11 +470,13 @@ def test_22_server_offering_only_tls_1_1_is_refused(reactor: MemoryReactorClock,
     assert ROUTER_PEER not in edge.links and recorder.ready == []
 
 
-def test_22_router_certificate_from_an_unknown_ca(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_22_router_certificate_from_an_unknown_ca(reactor: MemoryReactorClock,
+                                                  pki: PKI, tmp_path: Path,
                                                   logs: list[dict[str, Any]]) -> None:
     edge = make_edge(reactor, pki, tmp_path)
     other = make_ca("someone else's CA")
-    line = edge_refuses_server(reactor, edge, make_node_cert(other, "router", router=True), pki.ca, logs)
+    line = edge_refuses_server(
+        reactor, edge, make_node_cert(other, "router", router=True), pki.ca, logs)
     assert "certificate verify failed" in line, line
 
 
@@ -472,7 +489,8 @@ def test_22_expired_router_certificate(reactor: MemoryReactorClock, pki: PKI, tm
     assert "certificate verify failed" in line or "expired" in line, line
 
 
-def test_22_router_certificate_with_the_wrong_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_22_router_certificate_with_the_wrong_name(reactor: MemoryReactorClock,
+                                                   pki: PKI, tmp_path: Path,
                                                    logs: list[dict[str, Any]]) -> None:
     """A valid certificate of the mesh, but not the router's: service_identity refuses it."""
     edge = make_edge(reactor, pki, tmp_path)
@@ -480,16 +498,19 @@ def test_22_router_certificate_with_the_wrong_name(reactor: MemoryReactorClock, 
     assert line.endswith("failed: the server's certificate does not name 'router'"), line
 
 
-def test_22_edge_expects_the_configured_router_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_22_edge_expects_the_configured_router_name(reactor: MemoryReactorClock,
+                                                    pki: PKI, tmp_path: Path,
                                                     logs: list[dict[str, Any]]) -> None:
     make_router(reactor, pki)
     edge = make_edge(reactor, pki, tmp_path, router_name="cloud-router")
     complete(reactor).flush()
     assert ROUTER_PEER not in edge.links
-    assert any("TLS handshake (outgoing)" in m and "cloud-router" in m for m in messages(logs)), messages(logs)
+    assert any("TLS handshake (outgoing)" in m and "cloud-router" in m
+               for m in messages(logs)), messages(logs)
 
 
-def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock,
+                                                pki: PKI, tmp_path: Path,
                                                 logs: list[dict[str, Any]]) -> None:
     """edge-1 dials edge-2's hub address; whoever answers there must hold edge-2's certificate."""
     edge1 = make_edge(reactor, pki, tmp_path, "edge-1", router=False)
@@ -500,15 +521,16 @@ def test_22_hub_certificate_with_the_wrong_name(reactor: MemoryReactorClock, pki
     dialling.addBoth(outcome.append)
     recorder = Recorder()
     answer_dial(reactor, tls_server(reactor, pki.ca, pki.issued("edge-9"),
-                                    link_factory(reactor, recorder, "edge-2", "edge", False))).flush()
+                                    link_factory(reactor, recorder, "edge-2", "edge",
+                                                 False))).flush()
     assert "edge-2" not in edge1.links
     assert recorder.ready == []
     assert outcome and (not isinstance(outcome[0], EnvelopeLink) or outcome[0].closed)
-    assert any("TLS handshake (outgoing)" in m and "does not name 'edge-2'" in m for m in messages(logs)), \
-        messages(logs)
+    assert any("TLS handshake (outgoing)" in m and "does not name 'edge-2'" in m
+               for m in messages(logs)), messages(logs)
 
 
-# --- 23: identity comes from the certificate only --------------------------------------------------------
+# --- 23: identity comes from the certificate only -------------------------------------------------
 
 
 class Spy:
@@ -524,7 +546,8 @@ class Spy:
         raise MeshError(Reason.forbidden_route, "spied on")
 
 
-def test_23_truthful_hello_control(reactor: MemoryReactorClock, pki: PKI, logs: list[dict[str, Any]]) -> None:
+def test_23_truthful_hello_control(reactor: MemoryReactorClock, pki: PKI,
+                                   logs: list[dict[str, Any]]) -> None:
     """The control for the next test: the same bytes with a truthful hello are routed."""
     router = make_router(reactor, pki)
     spy = Spy(router)
@@ -535,7 +558,8 @@ def test_23_truthful_hello_control(reactor: MemoryReactorClock, pki: PKI, logs: 
     assert len(spy.calls) == 1
 
 
-def test_23_hello_naming_another_node_is_refused(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_23_hello_naming_another_node_is_refused(reactor: MemoryReactorClock,
+                                                 pki: PKI, tmp_path: Path,
                                                  logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, pki)
     make_edge(reactor, pki, tmp_path, "edge-2")
@@ -569,13 +593,15 @@ def test_23_hub_refuses_a_lying_edge(reactor: MemoryReactorClock, pki: PKI, tmp_
     edge2 = make_edge(reactor, pki, tmp_path, "edge-2", router=False)
     spy = Spy(edge2)
     peer = Bytes(hello_and_request("edge-1"))
-    dial_listener(reactor, HUB_PORTS["edge-2"], tls_client(reactor, pki.ca, "edge-2", pki.issued("edge-9"),
-                                                           Factory.forProtocol(lambda: peer))).flush()
+    dial_listener(reactor, HUB_PORTS["edge-2"],
+                  tls_client(reactor, pki.ca, "edge-2", pki.issued("edge-9"),
+                             Factory.forProtocol(lambda: peer))).flush()
     assert spy.calls == [] and peer.lost is not None
     assert any("certificate is for 'edge-9'" in m for m in messages(logs)), messages(logs)
 
 
-def test_23_router_hello_must_match_its_certificate(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_23_router_hello_must_match_its_certificate(reactor: MemoryReactorClock,
+                                                    pki: PKI, tmp_path: Path,
                                                    logs: list[dict[str, Any]]) -> None:
     """The router's certificate is right but its hello names another router."""
     edge = make_edge(reactor, pki, tmp_path)
@@ -584,10 +610,12 @@ def test_23_router_hello_must_match_its_certificate(reactor: MemoryReactorClock,
                         link_factory(reactor, recorder, "router-2", "router", False))
     answer_dial(reactor, server).flush()
     assert ROUTER_PEER not in edge.links
-    assert any("hello says 'router-2' but the certificate is for 'router'" in m for m in messages(logs))
+    assert any(
+        "hello says 'router-2' but the certificate is for 'router'" in m for m in messages(logs))
 
 
-def test_router_refuses_an_edge_not_in_its_catalog(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_router_refuses_an_edge_not_in_its_catalog(reactor: MemoryReactorClock,
+                                                   pki: PKI, tmp_path: Path,
                                                    logs: list[dict[str, Any]]) -> None:
     """edge-9 holds a valid certificate of the CA, but the router's catalog has no such edge."""
     router = make_router(reactor, pki)
@@ -597,7 +625,8 @@ def test_router_refuses_an_edge_not_in_its_catalog(reactor: MemoryReactorClock, 
     assert ROUTER_PEER not in edge9.links
     assert "refusing link: 'edge-9' is not an edge node of the catalog" in messages(logs)
     # Once the catalog has it, its next connection is accepted.
-    router.set_catalog(Catalog(services=[], nodes=[*CATALOG.nodes.values(), Node("edge-9", True, None, 7701)],
+    router.set_catalog(Catalog(services=[],
+                               nodes=[*CATALOG.nodes.values(), Node("edge-9", True, None, 7701)],
                                revision=2))
     reactor.advance(31)
     complete(reactor)
@@ -608,15 +637,17 @@ def test_plaintext_router_refuses_unknown_edges_too(reactor: MemoryReactorClock,
                                                     logs: list[dict[str, Any]]) -> None:
     router = make_router(reactor, None)
     recorder = Recorder()
-    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, recorder, "edge-9", "edge", True)).flush()
+    dial_listener(
+        reactor, ROUTER_PORT, link_factory(reactor, recorder, "edge-9", "edge", True)).flush()
     assert router.edges == {}
-    dial_listener(reactor, ROUTER_PORT, link_factory(reactor, Recorder(), "edge-1", "edge", True)).flush()
+    dial_listener(
+        reactor, ROUTER_PORT, link_factory(reactor, Recorder(), "edge-1", "edge", True)).flush()
     assert set(router.edges) == {"edge-1"}
     assert isinstance(router.security, Plaintext)
     assert any("PLAINTEXT" in m for m in messages(logs)), "no warning about plaintext links"
 
 
-# --- 24: rotation ---------------------------------------------------------------------------------------
+# --- 24: rotation ---------------------------------------------------------------------------------
 
 
 class Answering:
@@ -685,7 +716,8 @@ def test_24_rotation_under_traffic(reactor: MemoryReactorClock, pki: PKI, tmp_pa
     router_responder.end()
     reactor.advance(0)
     pump.flush()
-    assert (responder.status, responder.body, responder.ended, responder.error) == (200, b"ok", True, None)
+    assert (responder.status, responder.body, responder.ended, responder.error) == (
+        200, b"ok", True, None)
     assert set(router.edges) == {"edge-1", "edge-2"}
 
 
@@ -724,9 +756,11 @@ def test_24_reload_refuses_another_nodes_certificate(reactor: MemoryReactorClock
     assert any("is for 'edge-1', but this node is 'router'" in m for m in messages(logs))
 
 
-def test_24_sighup_reloads(reactor: MemoryReactorClock, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_24_sighup_reloads(reactor: MemoryReactorClock, pki: PKI,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Callable[[], None]] = []
-    monkeypatch.setattr(reactor, "callFromThread", lambda f, *a: calls.append(lambda: f(*a)), raising=False)
+    monkeypatch.setattr(
+        reactor, "callFromThread", lambda f, *a: calls.append(lambda: f(*a)), raising=False)
     previous = signal.getsignal(signal.SIGHUP)
     router = make_router(reactor, pki, reload_on_sighup=True, reload_interval=0)
     tls = tls_of(router)
@@ -741,7 +775,7 @@ def test_24_sighup_reloads(reactor: MemoryReactorClock, pki: PKI, monkeypatch: p
     assert signal.getsignal(signal.SIGHUP) == previous
 
 
-# --- 24: rotating the CA (issue 11 item 13) ---------------------------------------------------------------
+# --- 24: rotating the CA (issue 11 item 13) -------------------------------------------------------
 
 
 def hub_dial(reactor: MemoryReactorClock, edge: EdgeNode, peer: str) -> EnvelopeLink | Failure:
@@ -787,7 +821,8 @@ def test_24_ca_rotation_keeps_links_and_accepts_both_cas_in_the_overlap(
     tunnel = router.edges["edge-1"].link
 
     # Step 1: the new CA joins every bundle, every node reloads.
-    old_ca, new_ca = (x509.load_pem_x509_certificate((d / "ca.pem").read_bytes()) for d in (old, new))
+    old_ca, new_ca = (
+        x509.load_pem_x509_certificate((d / "ca.pem").read_bytes()) for d in (old, new))
     for name, directory in dirs.items():
         change_trust(str(directory / "ca.pem"), add=[new_ca])
         if name in nodes:
@@ -833,7 +868,7 @@ def test_24_ca_rotation_keeps_links_and_accepts_both_cas_in_the_overlap(
     assert stale.ready == [], "an old-CA certificate is still accepted after step 3"
 
 
-# --- 25: a peer that never completes the handshake -----------------------------------------------------
+# --- 25: a peer that never completes the handshake ------------------------------------------------
 
 
 def test_25_silent_client_is_dropped_at_the_handshake_timeout(reactor: MemoryReactorClock, pki: PKI,
@@ -867,7 +902,8 @@ def test_25_a_half_handshake_is_dropped_too(reactor: MemoryReactorClock, pki: PK
     assert server_transport.disconnected
 
 
-def test_25_silent_server_is_dropped_and_dialled_again(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path,
+def test_25_silent_server_is_dropped_and_dialled_again(reactor: MemoryReactorClock,
+                                                       pki: PKI, tmp_path: Path,
                                                        logs: list[dict[str, Any]]) -> None:
     edge = make_edge(reactor, pki, tmp_path)
     silent = Factory.forProtocol(Protocol)
@@ -895,7 +931,8 @@ def test_a_healthy_link_outlives_the_handshake_timeout(reactor: MemoryReactorClo
     assert set(router.edges) == {"edge-1"} and not edge.links[ROUTER_PEER].closed
 
 
-def test_stopping_an_edge_closes_its_tls_tunnel(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path) -> None:
+def test_stopping_an_edge_closes_its_tls_tunnel(reactor: MemoryReactorClock, pki: PKI,
+                                                tmp_path: Path) -> None:
     """TLS sends its close alert only once no producer is registered: stopService must not
     wait forever for the tunnel to close."""
     router = make_router(reactor, pki)
@@ -910,7 +947,7 @@ def test_stopping_an_edge_closes_its_tls_tunnel(reactor: MemoryReactorClock, pki
     assert router.edges == {}
 
 
-# --- the twistd options ------------------------------------------------------------------------------------
+# --- the twistd options ---------------------------------------------------------------------------
 
 
 def catalog_file(tmp_path: Path) -> str:
@@ -929,7 +966,8 @@ def parse(role: str, *argv: str) -> usage.Options:
 
 
 def test_taps_need_tls_or_insecure(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="use mutual TLS: give --ca FILE --cert FILE --key FILE"):
+    with pytest.raises(
+            usage.UsageError, match="use mutual TLS: give --ca FILE --cert FILE --key FILE"):
         parse("router", "--catalog", catalog_file(tmp_path))
     with pytest.raises(usage.UsageError, match="--insecure for plaintext"):
         parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"))
@@ -941,11 +979,12 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
     options = parse("router", "--catalog", catalog_file(tmp_path), "--tls-dir", str(pki.directory),
                     "--tls-handshake-timeout", "3", "--tls-reload-interval", "0")
     config = options["tls_value"]
-    assert config == pki.config("router", handshake_timeout=3.0, reload_interval=0.0, reload_on_sighup=True)
+    assert config == pki.config(
+        "router", handshake_timeout=3.0, reload_interval=0.0, reload_on_sighup=True)
     d = pki.directory
     options = parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"),
-                    "--ca", str(d / "ca.pem"), "--cert", str(d / "edge-1.pem"), "--key", str(d / "edge-1.key"),
-                    "--router-name", "cloud")
+                    "--ca", str(d / "ca.pem"), "--cert", str(d / "edge-1.pem"), "--key",
+                    str(d / "edge-1.key"), "--router-name", "cloud")
     assert options["tls_value"].cert == str(d / "edge-1.pem")
     assert options["router-name"] == "cloud"
 
@@ -961,11 +1000,13 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
          "is for 'edge-2', but this node is 'edge-1'"),
         (("--ca", "{d}/ca.pem", "--cert", "{d}/router.pem", "--key", "{d}/router.key"),
          "is for 'router', but this node is 'edge-1'"),
-        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"), "is not the key"),
+        (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"),
+         "is not the key"),
         (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"), "between 0 and 3600"),
     ],
 )
-def test_tap_tls_option_errors(tmp_path: Path, pki: PKI, argv: tuple[str, ...], problem: str) -> None:
+def test_tap_tls_option_errors(tmp_path: Path, pki: PKI, argv: tuple[str, ...],
+                               problem: str) -> None:
     args = [a.format(d=pki.directory) for a in argv]
     with pytest.raises(usage.UsageError, match=problem):
         parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"), *args)
@@ -979,7 +1020,8 @@ def test_router_tap_refuses_an_edge_certificate(tmp_path: Path, pki: PKI) -> Non
               "--tls-dir", str(d))
 
 
-def test_builders_check_the_files_too(reactor: MemoryReactorClock, pki: PKI, tmp_path: Path) -> None:
+def test_builders_check_the_files_too(reactor: MemoryReactorClock, pki: PKI,
+                                      tmp_path: Path) -> None:
     with pytest.raises(TLSFileError, match="is for 'edge-1', but this node is 'edge-2'"):
         make_edge(reactor, pki, tmp_path, "edge-2", tls=pki.config("edge-1"))
 
@@ -987,13 +1029,15 @@ def test_builders_check_the_files_too(reactor: MemoryReactorClock, pki: PKI, tmp
 def test_insecure_logs_a_warning_at_start(reactor: MemoryReactorClock, tmp_path: Path) -> None:
     with capturedLogs() as events:
         edge = make_edge(reactor, None, tmp_path)
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "PLAINTEXT" in messages([e])[0]]
+    warnings = [e for e in events
+                if e.get("log_level") == LogLevel.warn and "PLAINTEXT" in messages([e])[0]]
     assert len(warnings) == 1
     assert isinstance(edge.security, Plaintext)
 
 
 def test_24_an_unexpected_error_while_reloading_keeps_the_old_files(
-    reactor: MemoryReactorClock, pki: PKI, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]
+    reactor: MemoryReactorClock, pki: PKI, monkeypatch: pytest.MonkeyPatch,
+    logs: list[dict[str, Any]]
 ) -> None:
     router = make_router(reactor, pki, reload_interval=10.0)
     tls = tls_of(router)
@@ -1006,7 +1050,8 @@ def test_24_an_unexpected_error_while_reloading_keeps_the_old_files(
     pki.rotate("router", router=True)
     reactor.advance(10)
     assert tls.material is before
-    assert any("TLS files not reloaded" in m and "RuntimeError: surprise" in m for m in messages(logs))
+    assert any(
+        "TLS files not reloaded" in m and "RuntimeError: surprise" in m for m in messages(logs))
     monkeypatch.undo()
     pki.rotate("router", router=True)
     reactor.advance(10)  # the periodic check still runs

@@ -120,7 +120,8 @@ def head(client: str = "192.0.2.7") -> RequestHead:
 
 @_settings
 @given(worlds())
-def test_local_never_chooses_an_endpoint_of_another_node(world: tuple[Catalog, Service, str]) -> None:
+def test_local_never_chooses_an_endpoint_of_another_node(
+        world: tuple[Catalog, Service, str]) -> None:
     catalog, service, me = world
     service = dataclasses.replace(service, internal_traffic_policy="Local")
     catalog = Catalog([service], catalog.nodes, revision=1)

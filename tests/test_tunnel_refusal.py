@@ -41,7 +41,8 @@ def reactor() -> MemoryReactorClock:
 
 
 def catalog_of(*edges: str) -> Catalog:
-    return Catalog(services=[], nodes=[Node(name, True, "127.0.0.1", 7701) for name in edges], revision=1)
+    return Catalog(
+        services=[], nodes=[Node(name, True, "127.0.0.1", 7701) for name in edges], revision=1)
 
 
 def start(node: Any) -> None:
@@ -81,9 +82,11 @@ def test_backoff_retry_after_is_a_jittered_floor_for_one_delay() -> None:
     backoff = ReconnectBackoff(initial=0.5, maximum=30.0, jitter=lambda: next(jitter))
     backoff.retry_after(10)
     assert backoff(1) == pytest.approx(10 * 1.25), "the hint plus a quarter of it (jitter 0.5)"
-    assert backoff(1) == pytest.approx(0.5 * 1.5**2 + 0.5), "the hint served once; the count went on"
+    assert backoff(1) == pytest.approx(0.5 * 1.5**2 + 0.5), (
+        "the hint served once; the count went on")
     backoff.retry_after(1)
-    assert backoff(1) == pytest.approx(0.5 * 1.5**3 + 0.5), "a hint below the backoff changes nothing"
+    assert backoff(1) == pytest.approx(0.5 * 1.5**3 + 0.5), (
+        "a hint below the backoff changes nothing")
 
 
 # -- an edge refused by a real router (memory reactor) -----------------------------------------
@@ -178,7 +181,8 @@ def test_not_ready_router_refuses_with_retry_after_and_then_accepts(reactor: Mem
     assert setup.wait_for_dial() == pytest.approx(0.75 + 0.2, abs=0.011), "the first delay again"
 
 
-def test_a_tunnel_that_stayed_up_resets_the_backoff(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+def test_a_tunnel_that_stayed_up_resets_the_backoff(reactor: MemoryReactorClock,
+                                                    tmp_path: Path) -> None:
     """An (older) router that accepts while pending pushes nothing: the tunnel staying up
     counts as accepted."""
     setup = Setup(reactor, tmp_path, catalog=Catalog.empty(), catalog_pending=True)
@@ -194,13 +198,15 @@ def test_a_tunnel_that_stayed_up_resets_the_backoff(reactor: MemoryReactorClock,
         setup.pump.flush()  # heartbeats
     setup.router.edges["edge-1"].link.close_now("gone")
     setup.pump.flush()
-    assert setup.wait_for_dial() == pytest.approx(0.75 + 0.2, abs=0.011), "the first delay, not the 6th"
+    assert setup.wait_for_dial() == pytest.approx(0.75 + 0.2, abs=0.011), (
+        "the first delay, not the 6th")
 
 
 # -- the refusal frame ------------------------------------------------------------------------
 
 
-def frames_to(peer_settings: dict[str, int], router: RouterNode, reactor: MemoryReactorClock) -> list[Frame]:
+def frames_to(peer_settings: dict[str, int], router: RouterNode,
+              reactor: MemoryReactorClock) -> list[Frame]:
     """What the router sends a hand-made edge whose hello carries ``peer_settings``."""
     factory: Any = router.listeners["tunnel"].factory
     theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -219,14 +225,16 @@ def frames_to(peer_settings: dict[str, int], router: RouterNode, reactor: Memory
                 del buffer[:4 + size]
 
     client = Edge(reactor, _Quiet(), node="edge-1", role="edge", client=True)
-    pump = connect(theirs, makeFakeServer(theirs), client, makeFakeClient(client), greet=False, clock=reactor)
+    pump = connect(
+        theirs, makeFakeServer(theirs), client, makeFakeClient(client), greet=False, clock=reactor)
     pump.flush()
     assert theirs.closed, "refused"
     return received
 
 
 def test_not_ready_refusal_frame_new_and_old_peers(reactor: MemoryReactorClock) -> None:
-    router = build_router(reactor, RouterConfig(catalog=Catalog.empty(), http=None, catalog_pending=True,
+    router = build_router(reactor,
+                          RouterConfig(catalog=Catalog.empty(), http=None, catalog_pending=True,
                                                 not_ready_retry_after=7))
     start(router)
     settings = {"initial_window": 65536, "max_frame": 65536, "max_streams": 8}
@@ -256,7 +264,8 @@ def test_a_refusal_on_a_hub_link_does_not_mark_the_peer_draining(reactor: Memory
     factory: Any = edge.listeners["hub"].factory
     theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     peer = EnvelopeLink(reactor, _Quiet(), node="edge-2", role="edge", client=True)
-    pump = connect(theirs, makeFakeServer(theirs), peer, makeFakeClient(peer), greet=False, clock=reactor)
+    pump = connect(
+        theirs, makeFakeServer(theirs), peer, makeFakeClient(peer), greet=False, clock=reactor)
     pump.flush()
     peer.send_control(encode_refusal(REFUSED, "not you"))
     with capturedLogs() as events:
@@ -282,8 +291,10 @@ class _Quiet:
         pass
 
 
-def test_a_hub_link_refused_after_hello_backs_off_too(reactor: MemoryReactorClock, tmp_path: Path) -> None:
-    edge = build_edge(reactor, EdgeConfig(node="edge-1", state_dir=str(tmp_path), router=None, hub=None,
+def test_a_hub_link_refused_after_hello_backs_off_too(reactor: MemoryReactorClock,
+                                                      tmp_path: Path) -> None:
+    edge = build_edge(reactor,
+                      EdgeConfig(node="edge-1", state_dir=str(tmp_path), router=None, hub=None,
                                           proxy=None, catalog=catalog_of("edge-1", "edge-2")))
     start(edge)
     dialer = edge.hub_dialer
@@ -302,7 +313,8 @@ def test_a_hub_link_refused_after_hello_backs_off_too(reactor: MemoryReactorCloc
         theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 7701))
         hub = EnvelopeLink(reactor, _Quiet(), node="edge-2", role="edge", client=False)
         hub.identity_check = refuse
-        pump = connect(hub, makeFakeServer(hub), theirs, makeFakeClient(theirs), greet=False, clock=reactor)
+        pump = connect(
+            hub, makeFakeServer(hub), theirs, makeFakeClient(theirs), greet=False, clock=reactor)
         for _ in range(3):
             pump.flush()
         before, waited = len(reactor.tcpClients), 0.0
@@ -319,7 +331,8 @@ def test_backoff_starts_over_after_a_link_that_stayed_up() -> None:
     from twisted.internet.task import Clock
 
     clock = Clock()
-    backoff = ReconnectBackoff(initial=0.2, maximum=10.0, jitter=lambda: 0.0, clock=clock, stable_after=10.0)
+    backoff = ReconnectBackoff(
+        initial=0.2, maximum=10.0, jitter=lambda: 0.0, clock=clock, stable_after=10.0)
     for _ in range(4):
         backoff(1)
     backoff.link_up()

@@ -138,7 +138,8 @@ class Harness:
         self.target = HTTPUpstreamTarget(self.reactor, TargetKind.service_bus, **options)
 
     def open(
-        self, head: RequestHead = GET, route: Route = ROUTE, responder: RecordingResponder | None = None
+        self, head: RequestHead = GET, route: Route = ROUTE,
+        responder: RecordingResponder | None = None
     ) -> tuple[IRequestBody, RecordingResponder]:
         responder = responder or RecordingResponder()
         return self.target.open(route, head, responder), responder
@@ -261,7 +262,8 @@ def test_endpoint_factory_raising_fails_the_exchange() -> None:
     def factory(host: str, port: int) -> IStreamClientEndpoint:
         raise ValueError("bad address")
 
-    target = HTTPUpstreamTarget(MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=factory)
+    target = HTTPUpstreamTarget(
+        MemoryReactorClock(), TargetKind.cluster_ip, endpoint_factory=factory)
     responder = RecordingResponder()
     target.open(ROUTE, GET, responder)
     assert responder.error is not None
@@ -880,7 +882,8 @@ def test_request_body_with_content_length_streams_with_flow_control() -> None:
     assert source.paused
     upstream = h.accept()
     sent = upstream.received()
-    assert sent.startswith(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n" % size)
+    assert sent.startswith(
+        b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n" % size)
     assert sent.endswith(piece * 4)
     assert not source.paused  # the buffer was flushed
     # From now on the upstream transport's buffer pauses the source.
@@ -1151,11 +1154,13 @@ def test_response_split_over_two_reads_streams(cut: int) -> None:
     upstream = h.accept()
     upstream.send(OK_HELLO[:cut])
     # Flushed at the end of the read: the head (and any body it carried) now.
-    assert responder.response is not None and responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
+    assert responder.response is not None
+    assert responder.body == b"hello"[: cut - (len(OK_HELLO) - 5)]
     assert "end" not in responder.calls
     upstream.send(OK_HELLO[cut:])
     assert responder.body == b"hello" and responder.ended
-    expected = ["head", "write", "end"] if cut == len(OK_HELLO) - 5 else ["head", "write", "write", "end"]
+    expected = (["head", "write", "end"] if cut == len(OK_HELLO) - 5
+                else ["head", "write", "write", "end"])
     assert responder.calls == expected
     assert h.idle() == 1
 
@@ -1404,7 +1409,8 @@ def test_a_shorter_route_timeout_expires_before_older_exchanges() -> None:
     _body, slow = h.open()
     h.accept()
     h.reactor.advance(1)
-    short = Route(target=TargetKind.service_bus, service=SERVICE, port=PORT, endpoint=POD, timeout=2.0)
+    short = Route(
+        target=TargetKind.service_bus, service=SERVICE, port=PORT, endpoint=POD, timeout=2.0)
     _body, quick = h.open(route=short)
     h.accept()
     assert len(h.reactor.getDelayedCalls()) == 1
@@ -1466,7 +1472,8 @@ def test_a_large_body_in_one_read_is_not_held_but_streams() -> None:
     # head and writes, so that a pod connection never holds more than HELD_BODY_LIMIT.
     h = Harness()
     big = b"b" * (HELD_BODY_LIMIT * 4)
-    _upstream, responder = whole(h, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    _upstream, responder = whole(
+        h, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     assert responder.calls[0] == "head" and "complete" not in responder.calls
     assert responder.body == big and responder.ended and responder.calls[-1] == "end"
 
@@ -1521,8 +1528,10 @@ def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
     h.open(responder=responder)
     upstream = h.accept()
     upstream.received()
-    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n3\r\nabc\r\n"
-    rest = b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\nServer-Timing: db;dur=53\r\n\r\n"
+    head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            b"3\r\nabc\r\n")
+    rest = (b"0\r\nX-Checksum: sha256=abc\r\nKeep-Alive: timeout=5\r\n"
+            b"Server-Timing: db;dur=53\r\n\r\n")
     if split:
         upstream.send(head)
         upstream.send(rest)
@@ -1530,7 +1539,8 @@ def test_response_trailers_are_passed_on_before_the_end(split: bool) -> None:
         upstream.send(head + rest)
     assert responder.body == b"abc" and responder.ended, (responder.calls, responder.error)
     # Hop-by-hop and framing fields are not trailers to pass on.
-    assert responder.trailer_fields == ((b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
+    assert responder.trailer_fields == (
+        (b"X-Checksum", b"sha256=abc"), (b"Server-Timing", b"db;dur=53"))
     assert responder.calls[-2:] == ["trailers", "end"] and h.idle() == 1
 
 
@@ -1540,7 +1550,8 @@ def test_response_trailers_for_a_source_without_them_are_dropped_and_logged() ->
     h = Harness()
     with capturedLogs() as events:
         _upstream, responder = whole(
-            h, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n")
+            h,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n")
     assert responder.body == b"a" and responder.ended
     assert any("dropped 1 trailer field(s) (X-T)" in str(e.get("log_format", "")) or
                "X-T" in str(e.get("names", "")) for e in events)

@@ -86,7 +86,8 @@ def connected(
     return client, server
 
 
-def open_request(client: Connection, server: Connection, body: bytes = b"", end: bool = False) -> int:
+def open_request(client: Connection, server: Connection, body: bytes = b"",
+                 end: bool = False) -> int:
     sid = client.open_stream()
     client.sent(sid, len(body), end)
     [event] = server.receive(request(sid, end, body))
@@ -133,7 +134,8 @@ def test_hello_and_a_large_catalog_in_one_read() -> None:
     edge = Connection(client=True, limits=limits)
     router = Connection(client=False, limits=limits)
     snapshot = {"services": ["s" * 100] * 50}
-    events = edge.receive(router.hello("router", "router") + encode_catalog(4, "snapshot", snapshot))
+    events = edge.receive(
+        router.hello("router", "router") + encode_catalog(4, "snapshot", snapshot))
     assert events[1:] == [CatalogPush(4, "snapshot", snapshot)]
 
 
@@ -507,7 +509,8 @@ def test_ping_is_answered_with_pong() -> None:
 
 def test_control_frames_are_passed_on() -> None:
     client, _ = connected()
-    frames = encode_pong(3) + encode_catalog(2, "delta", {"a": [1]}) + encode_ack(2) + encode_goaway("bye")
+    frames = (encode_pong(3) + encode_catalog(2, "delta", {"a": [1]}) + encode_ack(2)
+              + encode_goaway("bye"))
     assert client.receive(frames) == [
         Pong(3), CatalogPush(2, "delta", {"a": [1]}), Ack(2), GoAway("bye")
     ]
@@ -586,7 +589,8 @@ class TwoConnections(RuleBasedStateMachine):
             receiver.outbox.append(_Flight(own))
         for event in events:
             if isinstance(event, (Request, Response, Data)):
-                size = len(event.body) if isinstance(event, (Request, Response)) else len(event.data)
+                size = (len(event.body) if isinstance(event, (Request, Response))
+                        else len(event.data))
                 receiver.unconsumed[event.stream] = receiver.unconsumed.get(event.stream, 0) + size
             elif isinstance(event, Reset):
                 receiver.unconsumed.pop(event.stream, None)
@@ -620,7 +624,8 @@ class TwoConnections(RuleBasedStateMachine):
         conn.sent(sid, size, end)
         if end:
             side.ended.add(sid)
-        frame = encode_request(sid, end, b"PUT", b"/", b"a", (), None, "", "ns/s", 80, None, b"x" * size)
+        frame = encode_request(
+            sid, end, b"PUT", b"/", b"a", (), None, "", "ns/s", 80, None, b"x" * size)
         side.outbox.append(_Flight(frame, sid, body=size, opens=True))
 
     @rule(client=st.booleans(), pick=st.integers(0, 1 << 16), body=sizes, end=st.booleans())

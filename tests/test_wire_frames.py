@@ -464,7 +464,8 @@ def test_request_endpoint_port_checked_only_with_a_host() -> None:
 )
 def test_header_values_with_control_characters(value: bytes) -> None:
     for name, index in (("request", 6), ("response", 5)):
-        rejected(raw_frame(*_replace(VALID_FIELDS[name], index, [[b"X-Ok", b"1"], [b"Foo", value]])))
+        rejected(
+            raw_frame(*_replace(VALID_FIELDS[name], index, [[b"X-Ok", b"1"], [b"Foo", value]])))
 
 
 @pytest.mark.parametrize("name", [b"Foo Bar", b" Foo", b"Foo ", b"Foo:", b"", b"F\x00", b"F\xe9"])
@@ -628,7 +629,8 @@ def test_18_a_million_empty_maps_in_a_head() -> None:
     inner = b"\xdc\x00\x64" + b"\x80" * 100
     headers = b"\xdc\x00\x64" + (b"\xdc\x00\x19" + inner * 25) * 100
     payload = (bytes([0x9E, REQUEST, 1, 0]) + msgpack.packb(b"GET") + msgpack.packb(b"/")
-               + msgpack.packb(b"a") + headers + msgpack.packb([0, "", "ns/s", 80, None, None, b""])[1:])
+               + msgpack.packb(b"a") + headers
+               + msgpack.packb([0, "", "ns/s", 80, None, None, b""])[1:])
     assert len(payload) < LIMITS.max_frame
     started = time.perf_counter()
     error = rejected(framed(payload))
@@ -670,7 +672,8 @@ def test_20_non_string_map_keys(settings_map: bytes) -> None:
 def test_20_invalid_utf8() -> None:
     for text in (b"\xa2\xc3\x28", b"\xa1\xff", b"\xa3\xed\xa0\x80"):  # bad, 0xff, surrogate
         rejected(framed(bytes([0x92, GOAWAY]) + text))
-        rejected(framed(bytes([0x94, CATALOG, 1]) + msgpack.packb("delta") + b"\x81" + text + b"\x01"))
+        rejected(
+            framed(bytes([0x94, CATALOG, 1]) + msgpack.packb("delta") + b"\x81" + text + b"\x01"))
 
 
 @pytest.mark.parametrize(

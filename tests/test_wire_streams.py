@@ -121,7 +121,8 @@ def open_byte_stream(
     client: Connection, server: Connection, data: bytes = b"", end: bool = False
 ) -> int:
     sid = client.open_stream(byte_stream=True)
-    [event] = server.receive(client.send_stream_open(sid, "10.0.0.1", "ns/s", 6379, None, data, end))
+    [event] = server.receive(
+        client.send_stream_open(sid, "10.0.0.1", "ns/s", 6379, None, data, end))
     assert event == StreamOpen(sid, end, "10.0.0.1", "ns/s", 6379, None, data)
     return sid
 

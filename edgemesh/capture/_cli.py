@@ -45,9 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--mesh-port", action="append", type=int, default=[],
                          help="router/hub port never to capture, repeatable (default 7700, 7701)")
     install.add_argument("--no-prerouting", action="store_true",
-                         help="capture this host's own traffic only (OUTPUT), not bridged containers")
+                         help="capture this host's own traffic only (OUTPUT), "
+                              "not bridged containers")
     install.add_argument("--dry-run", action="store_true",
-                         help="print the iptables-restore input for an empty nat table; change nothing")
+                         help="print the iptables-restore input for an empty nat table; "
+                              "change nothing")
     actions.add_parser("remove", help="remove the rules (nothing to do is not an error)")
     actions.add_parser("show", help="print the rules as they are now")
     return parser

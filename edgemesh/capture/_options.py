@@ -45,7 +45,8 @@ class CaptureOptions(usage.Options):
     """Capture and DNS options; ``capture_settings()`` turns them into configs."""
 
     optFlags: ClassVar[list[Any]] = [
-        ["capture", None, "Install the iptables capture rules at start (root), remove them at stop."],
+        ["capture", None,
+         "Install the iptables capture rules at start (root), remove them at stop."],
     ]
     optParameters: ClassVar[list[Any]] = [
         ["transparent", None, None,

@@ -126,7 +126,8 @@ class CaptureRulesService(Service):
         log.info("capture rules removed ({count})", count=len(removed))
 
 
-def service_addresses(node: CaptureHost, virtual_cidr: ipaddress.IPv4Network | None) -> ServiceAddresses:
+def service_addresses(node: CaptureHost,
+                      virtual_cidr: ipaddress.IPv4Network | None) -> ServiceAddresses:
     """Addresses for ``node``'s live catalog; virtual IPs persisted in its state directory."""
     virtual = None
     if virtual_cidr is not None:
@@ -173,7 +174,8 @@ def attach_capture(
     return addresses
 
 
-def attach_capture_dns(node: CaptureHost, capture: CaptureConfig | None, dns: DNSConfig | None) -> None:
+def attach_capture_dns(node: CaptureHost, capture: CaptureConfig | None,
+                       dns: DNSConfig | None) -> None:
     """What ``build_edge`` calls: capture and/or DNS sharing one view of service addresses
     (virtual IPs exist only with capture: without it they would lead nowhere)."""
     addresses = service_addresses(node, capture.virtual_cidr if capture is not None else None)

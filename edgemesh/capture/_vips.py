@@ -213,7 +213,8 @@ class ServiceAddresses:
         try:
             address = ipaddress.IPv4Address(host)
         except ValueError:
-            raise MeshError(Reason.bad_request, f"original destination {host!r} is not IPv4") from None
+            raise MeshError(
+                Reason.bad_request, f"original destination {host!r} is not IPv4") from None
         if self.virtual is not None and address in self.virtual.network:
             key = self.virtual.service_key(catalog, address)
             service = None if key is None else catalog.service(key)
@@ -225,5 +226,6 @@ class ServiceAddresses:
                     return service, candidate
             listed = ", ".join(str(p.port) for p in service.ports if p.protocol == "TCP")
             raise MeshError(Reason.unknown_service,
-                            f"service {service.key} has no TCP port {port}, only: {listed or 'none'}")
+                            f"service {service.key} has no TCP port {port}, only: "
+                            f"{listed or 'none'}")
         return catalog.resolve(f"{address}:{port}".encode("ascii"))

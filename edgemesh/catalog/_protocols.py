@@ -61,8 +61,8 @@ def port_kind_table() -> list[tuple[str, str, str]]:
     rows = [("protocol: UDP or SCTP", "protocol: UDP", PortKind.unsupported.value)]
     rows += [(f"appProtocol: {value}", value, PortKind.http.value)
              for value in sorted(HTTP1_APP_PROTOCOLS)]
-    rows.append(("appProtocol: anything else", "kubernetes.io/h2c, kubernetes.io/ws, grpc, tcp, mqtt",
-                 PortKind.stream.value))
+    rows.append(("appProtocol: anything else",
+                 "kubernetes.io/h2c, kubernetes.io/ws, grpc, tcp, mqtt", PortKind.stream.value))
     rows.append(("no appProtocol, name http or http-*", "http, http-web", PortKind.http.value))
     rows += [(f"no appProtocol, name {p} or {p}-*", f"{p}-main", PortKind.stream.value)
              for p in sorted(STREAM_NAME_PREFIXES)]

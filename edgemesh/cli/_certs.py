@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgemesh certs",
         description="A private CA and node certificates for the mutual TLS between mesh nodes.",
-        epilog="Give each node ca.pem and its own NODE.pem and NODE.key; keep ca.key off the nodes.",
+        epilog="Give each node ca.pem and its own NODE.pem and NODE.key; "
+        "keep ca.key off the nodes.",
     )
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = commands.add_parser("init", help="make a CA: DIR/ca.pem and DIR/ca.key")
@@ -60,11 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--name", required=True,
                        help="the node name, as in the catalog (or the router's --node name)")
     issue.add_argument("--router", action="store_true", help="a router certificate")
-    issue.add_argument("--days", type=int, default=NODE_DAYS, help=f"validity (default {NODE_DAYS})")
+    issue.add_argument(
+        "--days", type=int, default=NODE_DAYS, help=f"validity (default {NODE_DAYS})")
     issue.add_argument("--out", default=None,
                        help="write NAME.pem and NAME.key here instead of --dir, and add the CA to "
                        "OUT/ca.pem (an existing bundle keeps every CA it holds)")
-    issue.add_argument("--force", action="store_true", help="replace existing NAME.pem and NAME.key")
+    issue.add_argument(
+        "--force", action="store_true", help="replace existing NAME.pem and NAME.key")
 
     trust = commands.add_parser(
         "trust", help="list, add or remove the CAs a node trusts (its ca.pem bundle)",
@@ -102,7 +105,8 @@ def _show(path: str) -> int:
         return 1
     print(f"subject:   {cert.subject.rfc4514_string()}")
     print(f"issuer:    {cert.issuer.rfc4514_string()}")
-    print(f"valid:     {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z .. {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
+    print(f"valid:     {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z .. "
+          f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
     try:
         identity = identity_of(cert)
     except IdentityError as error:
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CA key         {key} (0600: keep it off the nodes)")
         elif args.action == "issue":
             issued = issue_node_files(
-                args.dir, args.name, router=args.router, days=args.days, out=args.out, force=args.force
+                args.dir, args.name, router=args.router, days=args.days,
+                out=args.out, force=args.force
             )
             role = "router" if args.router else "node"
             print(f"{role} {args.name}: certificate {issued.cert}")

@@ -98,7 +98,8 @@ class _AnyHost:
         return TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
 
 
-async def _wait_for(reactor: Any, what: str, check: Callable[[], bool], deadline: float = 10.0) -> None:
+async def _wait_for(reactor: Any, what: str, check: Callable[[], bool],
+                    deadline: float = 10.0) -> None:
     end = time.monotonic() + deadline
     while not check():
         if time.monotonic() > end:
@@ -106,14 +107,16 @@ async def _wait_for(reactor: Any, what: str, check: Callable[[], bool], deadline
         await deferLater(reactor, 0.05, lambda: None)
 
 
-async def _call(agent: IAgent, method: bytes, url: str, body: bytes | None = None) -> tuple[int, str, str, float]:
+async def _call(agent: IAgent, method: bytes, url: str,
+                body: bytes | None = None) -> tuple[int, str, str, float]:
     from io import BytesIO
 
     from twisted.web.client import FileBodyProducer
 
     started = time.perf_counter()
     producer = FileBodyProducer(BytesIO(body)) if body is not None else None
-    response = await agent.request(method, url.encode(), Headers({b"User-Agent": [b"edgemesh-demo"]}), producer)
+    response = await agent.request(
+        method, url.encode(), Headers({b"User-Agent": [b"edgemesh-demo"]}), producer)
     text = (await readBody(response)).decode("utf-8", "replace").strip()
     elapsed = (time.perf_counter() - started) * 1000
     pod = (response.headers.getRawHeaders(b"X-Pod") or [b""])[0].decode()
@@ -224,7 +227,8 @@ async def run(reactor: Any, once: bool) -> int:
     await _wait_for(
         reactor,
         "both edges to receive the catalog",
-        lambda: all(router.edges.get(name) and router.edges[name].acked is not None for name in EDGES),
+        lambda: all(router.edges.get(name) and router.edges[name].acked is not None
+                    for name in EDGES),
     )
 
     edge1 = Agent.usingEndpointFactory(reactor, _AnyHost(reactor, EDGES["edge-1"][0]))
@@ -232,9 +236,11 @@ async def run(reactor: Any, once: bool) -> int:
     cloud = Agent.usingEndpointFactory(reactor, _AnyHost(reactor, ROUTER_HTTP))
     plan: list[tuple[str, str, IAgent | int, bytes, str, bytes | None]] = [
         ("1 edge → same node", "edge-1 app", edge1, b"GET", "http://hello-edge1/resources", None),
-        ("1 edge → same node", "edge-1 app (HTTP_PROXY)", as_proxy, b"GET", "http://hello-edge1.default/x", None),
+        ("1 edge → same node", "edge-1 app (HTTP_PROXY)", as_proxy, b"GET",
+         "http://hello-edge1.default/x", None),
         ("2 edge → edge", "edge-1 app", edge1, b"GET", "http://hello-edge2/resources", None),
-        ("2 edge → edge", "edge-1 app", edge1, b"POST", "http://hello-edge2.default.svc.cluster.local/upload", b"x" * 100_000),
+        ("2 edge → edge", "edge-1 app", edge1, b"POST",
+         "http://hello-edge2.default.svc.cluster.local/upload", b"x" * 100_000),
         ("3 edge → cloud", "edge-1 app", edge1, b"GET", "http://hello-cloud/resources", None),
         ("4 cloud → edge", "cloud app", cloud, b"GET", "http://hello-edge2/resources", None),
         ("4 cloud → edge", "cloud app", cloud, b"GET", "http://hello-edge1/resources", None),
@@ -275,12 +281,18 @@ async def run(reactor: Any, once: bool) -> int:
             await port.stopListening()
         return 1 if failures else 0
     print("The mesh keeps running; try (Ctrl-C to stop):")
-    print(f"  curl -s -H 'Host: hello-edge2' http://127.0.0.1:{EDGES['edge-1'][0]}/hi      # edge-1 app → edge-2 pod")
-    print(f"  curl -s -x http://127.0.0.1:{EDGES['edge-1'][0]} http://hello-cloud/hi       # via HTTP_PROXY, edge → cloud")
-    print(f"  curl -s -H 'Host: hello-edge1' http://127.0.0.1:{ROUTER_HTTP}/hi     # cloud app → edge-1 pod")
-    print(f"  curl -s http://127.0.0.1:{ROUTER_ADMIN}/edges                      # router admin API")
-    print(f"  socat - PROXY:127.0.0.1:echo:7,proxyport={EDGES['edge-1'][0]}          # TCP through the mesh")
-    print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    # edge-1's catalog")
+    print(f"  curl -s -H 'Host: hello-edge2' http://127.0.0.1:{EDGES['edge-1'][0]}/hi      "
+          "# edge-1 app → edge-2 pod")
+    print(f"  curl -s -x http://127.0.0.1:{EDGES['edge-1'][0]} http://hello-cloud/hi       "
+          "# via HTTP_PROXY, edge → cloud")
+    print(f"  curl -s -H 'Host: hello-edge1' http://127.0.0.1:{ROUTER_HTTP}/hi     "
+          "# cloud app → edge-1 pod")
+    print(f"  curl -s http://127.0.0.1:{ROUTER_ADMIN}/edges                      "
+          "# router admin API")
+    print(f"  socat - PROXY:127.0.0.1:echo:7,proxyport={EDGES['edge-1'][0]}          "
+          "# TCP through the mesh")
+    print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    "
+          "# edge-1's catalog")
     await Deferred()  # run until interrupted
     return 0
 
@@ -293,7 +305,8 @@ async def _stop(service: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgemesh demo", description=__doc__)
-    parser.add_argument("--once", action="store_true", help="exit after the table (status 1 if a path failed)")
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the table (status 1 if a path failed)")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
     from twisted.internet.task import react

@@ -139,7 +139,8 @@ def _query_type(query: dns.Query | None) -> str:
     return "?" if query is None else dns.QUERY_TYPES.get(query.type, str(query.type))
 
 
-def build_dns_factory(reactor: Any, addresses: AddressBook, config: DNSConfig) -> MeshDNSServerFactory:
+def build_dns_factory(reactor: Any, addresses: AddressBook,
+                      config: DNSConfig) -> MeshDNSServerFactory:
     mesh = MeshResolver(addresses, ttl=config.ttl)
     cache = BoundedCache(reactor, max_entries=config.cache_size, max_ttl=config.max_cache_ttl,
                          skip=mesh.claims)

@@ -33,7 +33,8 @@ def config_to_json(value: object, depth: int = 0) -> object:
         return config_to_json(value.value, depth + 1)
     if isinstance(value, Catalog):
         # Its content is /catalog; here only what it is.
-        return {"revision": value.revision, "services": len(value.services), "nodes": len(value.nodes)}
+        return {
+            "revision": value.revision, "services": len(value.services), "nodes": len(value.nodes)}
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network
                   | ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(value)

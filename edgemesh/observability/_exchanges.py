@@ -128,7 +128,8 @@ def exchange_path(role: Role, source: SourceKind, target: TargetKind | None) -> 
 class ExchangeStats:
     """The counters of one (service, path).  Plain ints, read at scrape time."""
 
-    __slots__ = ("active", "bytes_in", "bytes_out", "codes", "counts", "duration_sum", "path", "service")
+    __slots__ = (
+        "active", "bytes_in", "bytes_out", "codes", "counts", "duration_sum", "path", "service")
 
     def __init__(self, service: str, path: str) -> None:
         self.service = service
@@ -213,7 +214,8 @@ class MeshObserver:
     configured, its access log.  ``attach`` makes a pipeline report to it."""
 
     def __init__(
-        self, reactor: IReactorTime, role: Role, node: str, config: ObservabilityConfig | None = None
+        self, reactor: IReactorTime, role: Role, node: str,
+        config: ObservabilityConfig | None = None
     ) -> None:
         self.seconds = reactor.seconds
         self.role = role
@@ -277,7 +279,8 @@ class MeshObserver:
             # An edge relays to another edge through the router when its hub is unreachable.
             endpoint = route.endpoint
             pipeline = self.pipeline
-            if endpoint is not None and pipeline is not None and pipeline.catalog.is_edge(endpoint.node):
+            if (endpoint is not None and pipeline is not None
+                    and pipeline.catalog.is_edge(endpoint.node)):
                 target = RELAYED
         stats = self.stats.get((service.namespace, service.name, source, target))
         if stats is None:
@@ -319,7 +322,8 @@ class MeshObserver:
         return duration
 
     def refused(
-        self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
+        self, source: SourceKind, head: RequestHead, error: MeshError,
+        service_key: str | None = None
     ) -> None:
         """An exchange the pipeline refused before it started (the source answers ``error``)."""
         namespace, name = "", UNKNOWN_SERVICE
@@ -433,7 +437,9 @@ class MeshObserver:
                     "peer": state.peer,
                     "link": state.kind,
                     # An edge's tunnel goes to the router, which forwards its exchanges on.
-                    "mode": "relayed" if state.kind == "tunnel" and self.role is Role.edge else "direct",
+                    "mode": (
+                        "relayed" if state.kind == "tunnel" and self.role is Role.edge
+                        else "direct"),
                     "connected": connected,
                     "connected_since": state.connected_since if connected else None,
                     "connected_for": round(now - state.connected_since, 3)

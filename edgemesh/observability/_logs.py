@@ -64,7 +64,8 @@ class _Clock:
         second = int(when)
         if second != self._second:
             self._second = second
-            self._prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            self._prefix = datetime.fromtimestamp(second, timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S")
         return f"{self._prefix}.{int((when - second) * 1000):03d}Z"
 
 

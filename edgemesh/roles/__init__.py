@@ -1,4 +1,5 @@
-"""The roles layer: builders for the cloud router and the edge service bus, and their twistd taps."""
+"""The roles layer: builders for the cloud router and the edge service bus, and their twistd
+taps."""
 
 from ._node import (
     EdgeConfig,
@@ -10,4 +11,6 @@ from ._node import (
     build_router,
 )
 
-__all__ = ["EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge", "build_router"]
+__all__ = [
+    "EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge",
+    "build_router"]

@@ -5,9 +5,10 @@ Every page is a GET; JSON pages answer ``application/json``:
 - ``/healthz``: ``{"status": "ok"}`` (200) while the node serves, ``{"status": "starting"}``
   (503) before it started and after it stopped.  For liveness probes.
 - ``/readyz``: ``{"ready": bool, "checks": {name: bool}, "detail": {name: text}}``, 200 when
-  ready, else 503 with ``"reason"``: every failing check and why, on one line.  Checks: ``started``, ``listeners`` (every listener bound), ``catalog``
-  (router: the catalog source listed once; edge: a catalog from the store, ``--catalog`` or
-  the router) and every gate set on ``node.observer.readiness`` (e.g. the Kubernetes watch).
+  ready, else 503 with ``"reason"``: every failing check and why, on one line.  Checks:
+  ``started``, ``listeners`` (every listener bound), ``catalog`` (router: the catalog source
+  listed once; edge: a catalog from the store, ``--catalog`` or the router) and every gate
+  set on ``node.observer.readiness`` (e.g. the Kubernetes watch).
   For readiness probes.
 - ``/catalog``: the catalog in use, in its wire form (``catalog_to_wire``).
 - ``/status``: role, node, serving, catalog revision, link names and the pipeline.
@@ -132,7 +133,8 @@ class _Peers(Resource):
         if more is not None:
             token = _continue_token(more)
             request.setHeader(b"X-Edgemesh-Continue", token.encode("ascii"))
-            request.setHeader(b"Link", f'</peers?limit={limit}&continue={token}>; rel="next"'.encode("ascii"))
+            request.setHeader(
+                b"Link", f'</peers?limit={limit}&continue={token}>; rel="next"'.encode("ascii"))
         return json.dumps(rows, indent=1, sort_keys=True, default=str).encode() + b"\n"
 
 

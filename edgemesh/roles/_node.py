@@ -276,7 +276,8 @@ class TunnelClient(ClientService):
         reactor: Any,
         description: str,
         make_link: Callable[[], EnvelopeLink],
-        secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = lambda endpoint: endpoint,
+        secure: Callable[[IStreamClientEndpoint], IStreamClientEndpoint] = (
+            lambda endpoint: endpoint),
         backoff: ReconnectBackoff | None = None,
         endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
@@ -339,8 +340,8 @@ class RotatingEndpoint:
 
 def _request_head(request: Request) -> RequestHead:
     return RequestHead(
-        request.method, request.path, request.authority, request.headers, request.content_length, request.client,
-        request.hops,
+        request.method, request.path, request.authority, request.headers,
+        request.content_length, request.client, request.hops,
     )
 
 
@@ -367,7 +368,8 @@ class MeshNode(MultiService):
     def catalog(self) -> Catalog:
         return self.pipeline.catalog
 
-    def listen(self, name: str, kind: SourceKind, description: str, factory: IProtocolFactory) -> Listener:
+    def listen(self, name: str, kind: SourceKind, description: str,
+               factory: IProtocolFactory) -> Listener:
         listener = Listener(self.reactor, kind, description, factory)
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners[name] = listener
@@ -474,7 +476,8 @@ class RouterNode(MeshNode):
         self.pusher = CatalogPusher(reactor, lambda: self.catalog, config.push_interval,
                                     self.scope_of)
         self.catalog_pending = config.catalog_pending
-        self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.router.value)
+        self.security: LinkSecurity = link_security(
+            reactor, config.tls, node=config.node, role=Role.router.value)
         self.security.service.setServiceParent(self)
         self.not_ready_refusals = 0
         """Edges refused since the catalog became pending (logged in summary)."""
@@ -506,7 +509,9 @@ class RouterNode(MeshNode):
         peer = link.peer
         assert peer is not None
         if peer.role != Role.edge.value:
-            log.warn("refusing link from {node}: role {role} is not edge", node=peer.node, role=peer.role)
+            log.warn(
+                "refusing link from {node}: role {role} is not edge", node=peer.node,
+                role=peer.role)
             link.close_now("not an edge")
             return
         if self.catalog_pending:
@@ -594,10 +599,12 @@ class RouterNode(MeshNode):
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
-            SourceKind.tunnel, _request_head(request), responder, request.service, request.port, request.endpoint
+            SourceKind.tunnel, _request_head(request), responder, request.service,
+            request.port, request.endpoint
         )
 
-    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen,
+                       source: IStreamSource) -> IByteStream:
         return self.pipeline.dispatch_stream_resolved(
             SourceKind.tunnel, frame.service, frame.port, frame.endpoint, frame.client, source
         )
@@ -630,7 +637,8 @@ class RouterNode(MeshNode):
         """``/edges``: this replica's edges, then those the other replicas hold."""
         here = self.pipeline.node
         local: list[dict[str, object]] = [
-            {"node": row["node"], "replica": here, "local": True, **row} for row in self.edges_view()
+            {"node": row["node"], "replica": here, "local": True, **row}
+            for row in self.edges_view()
         ]
         remote: list[dict[str, object]] = [
             {"node": edge, "replica": replica, "local": False}
@@ -672,16 +680,19 @@ class RouterNode(MeshNode):
             self.homes.forget(peer.node)
             log.info("router link to {node} lost: {reason}", node=peer.node, reason=reason)
 
-    def router_control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
+    def router_control(self, link: EnvelopeLink,
+                       frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
         peer = link.peer
-        if isinstance(frame, EdgeSet) and peer is not None and self.router_links.get(peer.node) is link:
+        if (isinstance(frame, EdgeSet) and peer is not None
+                and self.router_links.get(peer.node) is link):
             self.homes.update(peer.node, frame.reset, frame.added, frame.removed)
 
-    def router_inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
+    def router_inbound(self, link: EnvelopeLink, request: Request,
+                       responder: IResponder) -> IRequestBody:
         self.forwarded_in += 1
         return self.pipeline.dispatch_resolved(
-            SourceKind.router_link, _request_head(request), responder, request.service, request.port,
-            request.endpoint,
+            SourceKind.router_link, _request_head(request), responder,
+            request.service, request.port, request.endpoint,
         )
 
     def set_peers(self, peers: list[tuple[str, str]]) -> None:
@@ -790,7 +801,8 @@ class _EdgeLinks:
         peer = link.peer
         assert peer is not None
         wanted_role = Role.router.value if self.source is SourceKind.tunnel else Role.edge.value
-        if peer.role != wanted_role or (self.expect not in (None, ROUTER_PEER) and peer.node != self.expect):
+        if peer.role != wanted_role or (
+                self.expect not in (None, ROUTER_PEER) and peer.node != self.expect):
             log.warn("refusing link from {node} ({role})", node=peer.node, role=peer.role)
             link.close_now("unexpected peer")
             return
@@ -803,7 +815,8 @@ class _EdgeLinks:
                 self.edge.mover.ready(link)
         elif self.expect is not None:
             self.edge.links[self.expect] = link
-        kind = "tunnel" if self.source is SourceKind.tunnel else "hub-in" if self.expect is None else "hub-out"
+        kind = ("tunnel" if self.source is SourceKind.tunnel
+                else "hub-in" if self.expect is None else "hub-out")
         self.edge.observer.link_up(peer.node, kind, link)
         self.edge.pipeline.peer_back(peer.node)
 
@@ -817,14 +830,16 @@ class _EdgeLinks:
                 if name == ROUTER_PEER:
                     log.info("tunnel to router lost: {reason}", reason=reason)
 
-    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen, source: IStreamSource) -> IByteStream:
+    def inbound_stream(self, link: EnvelopeLink, frame: StreamOpen,
+                       source: IStreamSource) -> IByteStream:
         return self.edge.pipeline.dispatch_stream_resolved(
             self.source, frame.service, frame.port, frame.endpoint, frame.client, source
         )
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
-            self.source, _request_head(request), responder, request.service, request.port, request.endpoint
+            self.source, _request_head(request), responder, request.service,
+            request.port, request.endpoint
         )
 
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:
@@ -836,10 +851,13 @@ class _EdgeLinks:
             if self.source is SourceKind.tunnel:
                 self.edge.tunnel_refused(frame)
             else:
-                log.warn("{node} refused this edge's link: {reason}", node=link.peer_name, reason=frame.reason)
+                log.warn(
+                    "{node} refused this edge's link: {reason}", node=link.peer_name,
+                    reason=frame.reason)
         elif isinstance(frame, GoAway) and link.peer is not None and self.source is SourceKind.hub:
             self.edge.pipeline.peer_draining(link.peer.node)  # it is stopping: choose it no more
-        elif isinstance(frame, GoAway) and self.source is SourceKind.tunnel and self.edge.mover is not None:
+        elif (isinstance(frame, GoAway) and self.source is SourceKind.tunnel
+              and self.edge.mover is not None):
             self.edge.mover.goaway(link, frame.move_to)  # its router drains: go to another
 
 
@@ -862,7 +880,8 @@ class EdgeNode(MeshNode):
         self.follower = CatalogFollower(
             self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor)
         )
-        self.security: LinkSecurity = link_security(reactor, config.tls, node=config.node, role=Role.edge.value)
+        self.security: LinkSecurity = link_security(
+            reactor, config.tls, node=config.node, role=Role.edge.value)
         self.security.service.setServiceParent(self)
         self.tunnel: TunnelClient | None = None
 
@@ -916,7 +935,8 @@ class EdgeNode(MeshNode):
             return None
         # An endpoint object, not a string: strings take whole seconds only (0.5 s would be 0).
         make = TCP6ClientEndpoint if ":" in node.hub_host else TCP4ClientEndpoint
-        endpoint = make(self.reactor, node.hub_host, node.hub_port, timeout=self.config.connect_timeout)
+        endpoint = make(
+            self.reactor, node.hub_host, node.hub_port, timeout=self.config.connect_timeout)
         return self.security.client_endpoint(endpoint, peer)
 
 
@@ -949,13 +969,17 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
     pipeline.add_stream_target(LinkStreamTarget(TargetKind.tunnel, node.links))
 
     def make_link() -> EnvelopeLink:
-        link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value, client=False, limits=config.wire,
-                            heartbeat_interval=beats.heartbeat_interval, heartbeat_timeout=beats.heartbeat_timeout)
+        link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value,
+                            client=False, limits=config.wire,
+                            heartbeat_interval=beats.heartbeat_interval,
+                            heartbeat_timeout=beats.heartbeat_timeout)
         track_link(node, link)
         # Only edges, and only those the catalog knows; with TLS, as their certificates say.
         return node.security.guard(link, role=Role.edge.value, known=node.knows_edge)
 
-    node.listen("tunnel", SourceKind.tunnel, config.tunnel, node.security.server_factory(Factory.forProtocol(make_link)))
+    node.listen(
+        "tunnel", SourceKind.tunnel, config.tunnel,
+        node.security.server_factory(Factory.forProtocol(make_link)))
     _router_links(node, config)
     if config.http is not None:
         node.listen("http", SourceKind.router, config.http,
@@ -980,7 +1004,8 @@ def _router_links(node: RouterNode, config: RouterConfig) -> None:
     node.status_parts["routers"] = node.routers_status
 
     def make(client: bool, expect: str | None) -> EnvelopeLink:
-        link = EnvelopeLink(reactor, handler, node=config.node, role=Role.router.value, client=client,
+        link = EnvelopeLink(reactor, handler, node=config.node,
+                            role=Role.router.value, client=client,
                             limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                             heartbeat_timeout=beats.heartbeat_timeout)
         track_link(node, link)
@@ -1013,11 +1038,13 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     pipeline = _configure(node, config, TargetKind.service_bus)
     beats = config.resilience
 
-    def link_factory(source: SourceKind, expect: str | None, client: bool) -> Callable[[], EnvelopeLink]:
+    def link_factory(source: SourceKind, expect: str | None,
+                     client: bool) -> Callable[[], EnvelopeLink]:
         handler = _EdgeLinks(node, source, expect)
 
         def make() -> EnvelopeLink:
-            link = EnvelopeLink(reactor, handler, node=config.node, role=Role.edge.value, client=client,
+            link = EnvelopeLink(reactor, handler, node=config.node,
+                                role=Role.edge.value, client=client,
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
@@ -1032,7 +1059,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
 
         return make
 
-    dialer = HubDialer(reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
+    dialer = HubDialer(
+        reactor, node.hub_endpoint, lambda peer: link_factory(SourceKind.hub, peer, True)())
     pipeline.add_target(LinkTarget(TargetKind.hub, node.links, dialer))
     pipeline.peer_paths = dialer  # relay through the router while a hub cannot be dialled
     # While the tunnel moves to another router replica, exchanges wait for the new one.
@@ -1043,7 +1071,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     node.hub_dialer = dialer
 
     if config.router is not None:
-        entries = [router_entry(entry, config.router_name) for entry in (config.router, *config.routers)]
+        entries = [
+            router_entry(entry, config.router_name) for entry in (config.router, *config.routers)]
         rotating = None
         if len(entries) > 1 or entries[0][1] != config.router:
             # Each replica's certificate names it: TLS pins the name per endpoint.
@@ -1056,7 +1085,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
 
         def make_tunnel() -> TunnelClient:
             return TunnelClient(reactor, shown, link_factory(SourceKind.tunnel, ROUTER_PEER, True),
-                                lambda endpoint: node.security.client_endpoint(endpoint, config.router_name),
+                                lambda endpoint: node.security.client_endpoint(
+                                    endpoint, config.router_name),
                                 endpoint=rotating)
 
         tunnel = make_tunnel()
@@ -1070,10 +1100,11 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
         node.tunnel = tunnel
         pipeline.add_source(tunnel)
     if config.hub is not None:
-        node.listen("hub", SourceKind.hub, config.hub,
-                    node.security.server_factory(Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
+        node.listen("hub", SourceKind.hub, config.hub, node.security.server_factory(
+            Factory.forProtocol(link_factory(SourceKind.hub, None, False))))
     if config.proxy is not None:
-        node.listen("proxy", SourceKind.service_bus, config.proxy, node.streaming_front(SourceKind.service_bus, config.front,
+        node.listen("proxy", SourceKind.service_bus, config.proxy,
+                    node.streaming_front(SourceKind.service_bus, config.front,
                                           outbound=config.outbound == "allow"))
     if config.capture is not None or config.dns is not None:
         from ..capture import attach_capture_dns

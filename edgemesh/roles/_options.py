@@ -39,16 +39,19 @@ def _count(value: str) -> int:
 
 
 class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
-    """Options of both roles; the TLS ones (--ca/--cert/--key/--tls-dir/--insecure) come from TLSOptions,
-    --log-format/--access-log/--metrics-max-services from ObservabilityOptions."""
+    """Options of both roles; the TLS ones (--ca/--cert/--key/--tls-dir/--insecure) come from
+    TLSOptions, --log-format/--access-log/--metrics-max-services from ObservabilityOptions."""
 
     optParameters: ClassVar[list[Any]] = [
-        ["admin", None, None, "Admin API listener (endpoint string; a bare tcp:PORT listens on 127.0.0.1)."],
-        ["connect-timeout", None, 5.0, "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
+        ["admin", None, None,
+         "Admin API listener (endpoint string; a bare tcp:PORT listens on 127.0.0.1)."],
+        ["connect-timeout", None, 5.0,
+         "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a response head after the end of the request body (then 504).",
          _seconds],
-        ["header-timeout", None, 10.0, "Seconds a client may take to send a request head.", _seconds],
+        ["header-timeout", None, 10.0,
+         "Seconds a client may take to send a request head.", _seconds],
         ["client-idle-timeout", None, 60.0,
          "Seconds a client's keep-alive connection may stay idle between requests (then closed).",
          _seconds],

@@ -140,7 +140,8 @@ def node_links(node: MeshNode) -> list[EnvelopeLink]:
     return [link for link in _links.get(node, ()) if not link.closed]
 
 
-def drain(node: MeshNode, settings: Resilience, stop_rest: Callable[[], Deferred[Any] | None]) -> Deferred[None]:
+def drain(node: MeshNode, settings: Resilience,
+          stop_rest: Callable[[], Deferred[Any] | None]) -> Deferred[None]:
     """Drain ``node``, then ``stop_rest()`` (the MultiService stop of its children)."""
     pipeline = node.pipeline
     if pipeline.draining:

@@ -17,17 +17,21 @@ class Options(CommonOptions, CaptureOptions):
     """``twistd edgemesh-edge``'s command line, parsed into an EdgeConfig."""
 
     synopsis = (
-        "--node NAME --state-dir DIR (--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
-        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] [--admin tcp:7791]"
+        "--node NAME --state-dir DIR "
+        "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
+        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] "
+        "[--admin tcp:7791]"
     )
-    longdesc = "The edgemesh edge service bus: local apps, pods on this node, other edges and the router."
+    longdesc = (
+        "The edgemesh edge service bus: local apps, pods on this node, other edges and the router.")
     optParameters: ClassVar[list[Any]] = [
         ["node", None, None, "This edge's node name (as in the catalog)."],
         ["state-dir", None, None, "Directory for the persisted catalog."],
         ["proxy", None, "tcp:7781", "The service bus listener for local apps (endpoint string)."],
         ["hub", None, "tcp:7701", "Where other edges connect (endpoint string)."],
         ["catalog", None, None, "Catalog to start from when the state directory holds none."],
-        ["router-name", None, "router", "The router's node name (its TLS certificate must name it)."],
+        ["router-name", None, "router",
+         "The router's node name (its TLS certificate must name it)."],
         ["outbound", None, "deny", (
             "CONNECT to a name the catalog does not know: deny (the mesh's 404) or allow "
             "(a direct TCP connection from this node, Istio's ALLOW_ANY).")],

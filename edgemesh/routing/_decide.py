@@ -79,7 +79,8 @@ def decide(
                 local = local_endpoints(service, port, node)
             chosen = balancer.choose(service, port, local, head, policy, exclude)
             if chosen is None:
-                raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
+                raise MeshError(
+                    Reason.no_endpoint, f"no ready endpoint of {service.key} on node {node}")
             return Route(TargetKind.service_bus, service, port, chosen)
         chosen = balancer.select(catalog, node, service, port, head, policy, exclude)
         if chosen is None:
@@ -120,7 +121,8 @@ def decide(
         if service.internal_traffic_policy == LOCAL:
             raise MeshError(Reason.no_endpoint, f"no ready endpoint of {service.key}:"
                             f"{port.port} on node {node} (internalTrafficPolicy: Local)")
-        raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
+        raise MeshError(
+            Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen, home)
 
 

@@ -35,7 +35,8 @@ class EdgeHomes:
             return None
         return holder
 
-    def update(self, replica: str, reset: bool, added: Iterable[str], removed: Iterable[str]) -> None:
+    def update(self, replica: str, reset: bool, added: Iterable[str],
+               removed: Iterable[str]) -> None:
         """What ``replica`` said: its full set (``reset``, first frame) or a change."""
         edges = self._by_replica.setdefault(replica, set())
         if reset:

@@ -50,7 +50,8 @@ def check_hops(hops: int, max_hops: int, node: str, service: str) -> int:
         raise MeshError(
             Reason.loop,
             f"{service}: {hops} mesh hops before {node}, at most {max_hops} allowed "
-            "(--max-hops): a routing loop? (an endpoint or clusterIP that leads back into the mesh)",
+            "(--max-hops): a routing loop? "
+            "(an endpoint or clusterIP that leads back into the mesh)",
         )
     return hops + 1
 

@@ -171,7 +171,8 @@ def make_node_cert(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
@@ -436,7 +437,8 @@ def _directory_lock(directory: str) -> Iterator[None]:
 
 def parse_fingerprint(text: str) -> str | None:
     """A SHA-256 fingerprint as ``edgemesh certs trust`` (listing) or ``openssl x509
-    -fingerprint -sha256`` print it (colons and case do not matter); None when ``text`` is not one."""
+    -fingerprint -sha256`` print it (colons and case do not matter); None when ``text`` is
+    not one."""
     value = text.strip().lower().removeprefix("sha256:").removeprefix("sha256 fingerprint=")
     value = value.replace(":", "")
     if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
@@ -558,7 +560,8 @@ def _check_removal(path: str, directory: str, removed: list[x509.Certificate],
             router = any(a.value == "router" for a in
                          cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
             raise CertError(
-                f"{cert_path} is signed by {describe_ca(issuer)}: without that CA the node would refuse its own certificate. "
+                f"{cert_path} is signed by {describe_ca(issuer)}: "
+                "without that CA the node would refuse its own certificate. "
                 f"Re-issue it from the new CA first (`edgemesh certs issue --dir NEW-CA-DIR "
                 f"--name {name}{' --router' if router else ''} --out {shown} --force`, then "
                 "reload), or use --force; nothing was changed"

@@ -76,7 +76,8 @@ class LinkSecurity(Protocol):
 
     def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory: ...
 
-    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint: ...
+    def client_endpoint(self, endpoint: IStreamClientEndpoint,
+                        peer: str) -> IStreamClientEndpoint: ...
 
     def guard(
         self,
@@ -104,7 +105,8 @@ def _hello_problem(
     return None
 
 
-def _fail_closed(check: Callable[[EnvelopeLink], str | None]) -> Callable[[EnvelopeLink], str | None]:
+def _fail_closed(
+        check: Callable[[EnvelopeLink], str | None]) -> Callable[[EnvelopeLink], str | None]:
     """A check that raises refuses the peer (the link would otherwise log and go on)."""
 
     def guarded(link: EnvelopeLink) -> str | None:
@@ -232,7 +234,8 @@ def _tls_reason(reason: Failure) -> str:
     if isinstance(value, VerificationError):
         # service_identity refused the server's certificate: say which name was wanted.
         wanted = ", ".join(
-            repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"?").decode("ascii", "replace"))
+            repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"?")
+                 .decode("ascii", "replace"))
             for e in value.errors
         )
         return f"the server's certificate does not name {wanted}"
@@ -247,7 +250,8 @@ class _GuardFactory(WrappingFactory[_HandshakeGuard]):
     protocol = _HandshakeGuard
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime, timeout: float, side: str) -> None:
+    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime,
+                 timeout: float, side: str) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.timeout = timeout
@@ -371,7 +375,8 @@ class MutualTLS:
         try:
             material = self._checked(load_material(self.config))
         except Exception as error:  # noqa: BLE001 -- whatever is wrong with the new files, keep the old
-            problem = str(error) if isinstance(error, TLSFileError) else f"{type(error).__name__}: {error}"
+            problem = (str(error) if isinstance(error, TLSFileError)
+                       else f"{type(error).__name__}: {error}")
             log.warn("TLS files not reloaded, still using {identity}: {error}",
                      identity=self.material.identity.describe(), error=problem)
             return False
@@ -415,7 +420,8 @@ def peer_problem(
     if not names_match(cert, hello.node):
         return f"hello says {hello.node!r} but the certificate is for {identity.name!r}"
     if identity.role is not None and identity.role != hello.role:
-        return f"hello says {hello.node!r} has role {hello.role!r}, its certificate says {identity.role!r}"
+        return (f"hello says {hello.node!r} has role {hello.role!r}, "
+                f"its certificate says {identity.role!r}")
     return _hello_problem(link, role, expect, known)
 
 

@@ -105,7 +105,8 @@ class Identity:
 
     def describe(self) -> str:
         role = self.role or "any role"
-        return f"{self.name} ({role}, serial {self.serial:x}, valid until {self.not_after:%Y-%m-%d %H:%M}Z)"
+        return (f"{self.name} ({role}, serial {self.serial:x}, "
+                f"valid until {self.not_after:%Y-%m-%d %H:%M}Z)")
 
 
 class IdentityError(Exception):
@@ -191,7 +192,9 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-_Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+_Key = (
+    ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey)
 
 
 @dataclass(frozen=True)
@@ -239,14 +242,16 @@ def _load_material(config: TLSConfig, now: datetime.datetime | None) -> TLSMater
         except x509.ExtensionNotFound:
             constraints = None
         if constraints is None or not constraints.ca:
-            raise TLSFileError(f"--ca {config.ca}: {ca.subject.rfc4514_string()} is not a CA certificate")
+            raise TLSFileError(
+                f"--ca {config.ca}: {ca.subject.rfc4514_string()} is not a CA certificate")
     chain = _certificates(_read(config.cert, "--cert"), config.cert, "--cert")
     leaf, extra = chain[0], chain[1:]
     key_data = _read(config.key, "--key")
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise TLSFileError(f"--key {config.key}: not an unencrypted PEM private key ({error})") from None
+        raise TLSFileError(
+            f"--key {config.key}: not an unencrypted PEM private key ({error})") from None
     if not isinstance(key, _Key):
         raise TLSFileError(f"--key {config.key}: unsupported key type")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -258,9 +263,11 @@ def _load_material(config: TLSConfig, now: datetime.datetime | None) -> TLSMater
         raise TLSFileError(f"--cert {config.cert} is not signed by the CA in --ca {config.ca}")
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     if moment < leaf.not_valid_before_utc:
-        raise TLSFileError(f"--cert {config.cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z")
+        raise TLSFileError(
+            f"--cert {config.cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z")
     if moment > leaf.not_valid_after_utc:
-        raise TLSFileError(f"--cert {config.cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
+        raise TLSFileError(
+            f"--cert {config.cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
     try:
         identity = identity_of(leaf)
     except IdentityError as error:
@@ -282,7 +289,8 @@ def _twisted_material(
     certificate = crypto.X509.from_cryptography(leaf)
     pkey = crypto.PKey.from_cryptography_key(key)
     extra_chain = tuple(crypto.X509.from_cryptography(c) for c in extra)
-    trust_root = trustRootFromCertificates([Certificate(crypto.X509.from_cryptography(c)) for c in cas])
+    trust_root = trustRootFromCertificates(
+        [Certificate(crypto.X509.from_cryptography(c)) for c in cas])
     server_options = CertificateOptions(
         privateKey=pkey,
         certificate=certificate,
@@ -294,21 +302,25 @@ def _twisted_material(
     try:
         server_options.getContext()  # builds the SSL context now: errors surface here, not per peer
     except Exception as error:  # noqa: BLE001 -- OpenSSL raises its own errors; name the files
-        raise TLSFileError(f"--cert {config.cert} / --key {config.key}: OpenSSL refused them: {error}") from None
+        raise TLSFileError(
+            f"--cert {config.cert} / --key {config.key}: OpenSSL refused them: {error}") from None
     private = PrivateCertificate.fromCertificateAndKeyPair(Certificate(certificate), KeyPair(pkey))
     return TLSMaterial(identity, server_options, private, extra_chain, trust_root, signature,
                        tuple(describe_ca(c) for c in cas))
 
 
-def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None, role: str | None) -> TLSMaterial:
+def check_identity(material: TLSMaterial, config: TLSConfig, node: str | None,
+                   role: str | None) -> TLSMaterial:
     """The certificate must be this node's: its name, and its role when it states one."""
     identity = material.identity
     if node is not None and identity.name != node.lower():
-        raise TLSFileError(f"--cert {config.cert} is for {identity.name!r}, but this node is {node!r}")
+        raise TLSFileError(
+            f"--cert {config.cert} is for {identity.name!r}, but this node is {node!r}")
     if role is not None and identity.role not in (None, role):
         hint = " (issue it with `edgemesh certs issue --router`)" if role == "router" else ""
         raise TLSFileError(
-            f"--cert {config.cert} is {_a(identity.role)} certificate; this node is {_a(role)}{hint}"
+            f"--cert {config.cert} is {_a(identity.role)} certificate; "
+            f"this node is {_a(role)}{hint}"
         )
     return material
 

@@ -52,7 +52,8 @@ class TLSOptions(usage.Options):
         directory = self["tls-dir"]
         if self["insecure"]:
             if directory or any(files.values()):
-                raise usage.UsageError("--insecure contradicts --ca/--cert/--key/--tls-dir: choose one")
+                raise usage.UsageError(
+                    "--insecure contradicts --ca/--cert/--key/--tls-dir: choose one")
             return None
         settings: dict[str, Any] = {
             "handshake_timeout": self["tls-handshake-timeout"],
@@ -71,7 +72,8 @@ class TLSOptions(usage.Options):
         else:
             raise usage.UsageError(
                 "links between nodes use mutual TLS: give --ca FILE --cert FILE --key FILE "
-                "(or --tls-dir DIR; make them with `edgemesh certs init` and `edgemesh certs issue`), "
+                "(or --tls-dir DIR; make them with `edgemesh certs init` and "
+                "`edgemesh certs issue`), "
                 "or --insecure for plaintext links (tests only)"
             )
         try:

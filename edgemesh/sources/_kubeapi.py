@@ -47,6 +47,9 @@ MAX_ERROR_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 60.0
 """Seconds for a list page or a write, response body included."""
 
+# connectionLost's default reason, one shared Failure (as twisted's own ``connectionDone``).
+_RESPONSE_DONE = Failure(ResponseDone())
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -323,7 +326,8 @@ def _tls_policy(configuration: Any) -> Any:
             if not verify:
                 options = ssl.CertificateOptions(
                     verify=False,
-                    privateKey=client_certificate.privateKey.original if client_certificate else None,
+                    privateKey=(
+                        client_certificate.privateKey.original if client_certificate else None),
                     certificate=client_certificate.original if client_certificate else None,
                 )
                 return options
@@ -400,7 +404,7 @@ class _Tunnel(TwistedProtocol):
         if not self.ready.called:
             self.ready.errback(ProxyRefused(why))
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif not self.ready.called:
@@ -515,7 +519,7 @@ class _BoundedBody(TwistedProtocol):
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
         if self.finished.called:
             return
         if self.over:
@@ -551,7 +555,7 @@ class _EventStream(TwistedProtocol):
             if line.strip():
                 watch.line(line)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
         if self.buffer.strip() and not self.watch.finished:
             self.watch.line(bytes(self.buffer))
         self.buffer = bytearray()

@@ -766,14 +766,17 @@ class KubeApiServer:
             subresource=subresource,
         )
 
-    def get(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def get(self, resource: str | ResourceType, name: str, *,
+            namespace: str = "default") -> JSONObject:
         rtype = resolve_resource(resource)
         return self.store.get(rtype, namespace if rtype.namespaced else None, name)
 
-    def list(self, resource: str | ResourceType, *, namespace: str | None = None) -> list[JSONObject]:
+    def list(self, resource: str | ResourceType, *,
+             namespace: str | None = None) -> list[JSONObject]:
         return list(self.store.list(resource, namespace)["items"])
 
-    def delete(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def delete(self, resource: str | ResourceType, name: str, *,
+               namespace: str = "default") -> JSONObject:
         rtype = resolve_resource(resource)
         gone = self.store.delete(rtype, namespace if rtype.namespaced else None, name)
         self._schedule_namespace_finalizer(rtype)
@@ -1103,7 +1106,8 @@ class KubeApiServer:
             raise StatusError(400, str(error)) from None
         return labels, fields
 
-    def _list(self, rtype: ResourceType, namespace: str | None, args: Mapping[str, str]) -> JSONObject:
+    def _list(self, rtype: ResourceType, namespace: str | None,
+              args: Mapping[str, str]) -> JSONObject:
         labels, fields = self._selectors(rtype, args)
         limit_text = args.get("limit")
         limit: int | None = None
@@ -1151,7 +1155,8 @@ class KubeApiServer:
             raise StatusError(422, "resourceVersionMatch is forbidden for watch unless "
                               "sendInitialEvents is provided", "Invalid")
         try:
-            self.store._check_not_compacted(int(version)) if version not in (None, "", "0") else None
+            if version not in (None, "", "0"):
+                self.store._check_not_compacted(int(version))
         except ValueError:
             raise StatusError(400, f"resourceVersion: Invalid value: {version!r}") from None
         except StatusError as error:

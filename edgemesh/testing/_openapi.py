@@ -78,9 +78,9 @@ class _Builder:
                 return {"type": "string", "format": "int-or-string",
                         "x-kubernetes-int-or-string": True}
             return {}
-        if origin in (list, typing.List):  # noqa: UP006 -- the models' own spelling
+        if origin is list:  # get_origin maps typing.List to list too
             return {"type": "array", "items": self.schema(typing.get_args(annotation)[0])}
-        if origin in (dict, typing.Dict):  # noqa: UP006
+        if origin is dict:
             return {"type": "object",
                     "additionalProperties": self.schema(typing.get_args(annotation)[1])}
         if annotation is str:

@@ -164,7 +164,8 @@ def resolve_resource(resource: str | ResourceType) -> ResourceType:
         return resource
     wanted = resource.lower()
     for candidate in RESOURCE_TYPES:
-        names = (candidate.plural, candidate.singular, candidate.kind.lower(), *candidate.short_names)
+        names = (
+            candidate.plural, candidate.singular, candidate.kind.lower(), *candidate.short_names)
         if wanted in names:
             return candidate
     raise KeyError(f"unknown resource {resource!r}")

@@ -23,7 +23,8 @@ __all__ = [
 # The longest selector string we agree to parse: a selector is a query parameter, not a document.
 MAX_SELECTOR_LENGTH = 4096
 
-_KEY = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-_.a-z0-9A-Z]*[a-z0-9A-Z])?$")
+_KEY = re.compile(
+    r"^([a-z0-9A-Z]([-a-z0-9A-Z.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-_.a-z0-9A-Z]*[a-z0-9A-Z])?$")
 _VALUE = re.compile(r"^([a-z0-9A-Z]([-_.a-z0-9A-Z]*[a-z0-9A-Z])?)?$")
 
 
@@ -109,7 +110,8 @@ def _check_value(value: str, whole: str) -> str:
 
 
 _SET_FORM = re.compile(r"^\s*(?P<key>[^\s!=<>()]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)\s*$")
-_BINARY_FORM = re.compile(r"^\s*(?P<key>[^\s!=<>()]+)\s*(?P<op>==|!=|=|>|<)\s*(?P<value>[^\s]*)\s*$")
+_BINARY_FORM = re.compile(
+    r"^\s*(?P<key>[^\s!=<>()]+)\s*(?P<op>==|!=|=|>|<)\s*(?P<value>[^\s]*)\s*$")
 _EXISTS_FORM = re.compile(r"^\s*(?P<neg>!?)\s*(?P<key>[^\s!=<>(),]+)\s*$")
 
 

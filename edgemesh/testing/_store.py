@@ -541,7 +541,8 @@ class ObjectStore:
             )
         if kind not in (None, "", rtype.kind):
             raise StatusError(
-                400, f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
+                400,
+                f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
             )
         body["apiVersion"] = rtype.api_version
         body["kind"] = rtype.kind
@@ -864,7 +865,8 @@ class ObjectStore:
                 updated.pop("status", None)
             body = updated
         elif subresource is not None:
-            raise StatusError(404, f"the server could not find the requested resource ({subresource})")
+            raise StatusError(
+                404, f"the server could not find the requested resource ({subresource})")
         else:
             if rtype.status_subresource and not keep_status:
                 if "status" in old:
@@ -1060,7 +1062,8 @@ class ObjectStore:
                 f"UID in object meta: {have_uid}",
             )
         have_version = old["metadata"].get("resourceVersion")
-        if precondition_resource_version is not None and precondition_resource_version != have_version:
+        if (precondition_resource_version is not None
+                and precondition_resource_version != have_version):
             raise StatusError.conflict(
                 rtype, name, "Precondition failed: ResourceVersion in precondition: "
                 f"{precondition_resource_version}, ResourceVersion in object meta: {have_version}",

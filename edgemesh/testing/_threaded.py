@@ -51,7 +51,8 @@ class ThreadedKubeApiServer:
     The keyword arguments are those of :class:`KubeApiServer` (minus the reactor).
     """
 
-    def __init__(self, *, call_timeout: float = DEFAULT_CALL_TIMEOUT, **server_options: Any) -> None:
+    def __init__(self, *, call_timeout: float = DEFAULT_CALL_TIMEOUT,
+                 **server_options: Any) -> None:
         self.call_timeout = call_timeout
         self.reactor: Any = _private_reactor()
         self.server = KubeApiServer(self.reactor, **server_options)
@@ -165,16 +166,20 @@ class ThreadedKubeApiServer:
     def replace(self, obj: JSONObject, *, keep_status: bool = True) -> JSONObject:
         return self._json(self.server.replace, obj, keep_status=keep_status)
 
-    def patch(self, resource: str | ResourceType, name: str, patch: Any, **options: Any) -> JSONObject:
+    def patch(self, resource: str | ResourceType, name: str, patch: Any,
+              **options: Any) -> JSONObject:
         return self._json(self.server.patch, resource, name, patch, **options)
 
-    def get(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def get(self, resource: str | ResourceType, name: str, *,
+            namespace: str = "default") -> JSONObject:
         return self._json(self.server.get, resource, name, namespace=namespace)
 
-    def delete(self, resource: str | ResourceType, name: str, *, namespace: str = "default") -> JSONObject:
+    def delete(self, resource: str | ResourceType, name: str, *,
+               namespace: str = "default") -> JSONObject:
         return self._json(self.server.delete, resource, name, namespace=namespace)
 
-    def list(self, resource: str | ResourceType, *, namespace: str | None = None) -> list[JSONObject]:
+    def list(self, resource: str | ResourceType, *,
+             namespace: str | None = None) -> list[JSONObject]:
         items: list[JSONObject] = self.call(self.server.list, resource, namespace=namespace)
         return items
 

@@ -164,7 +164,8 @@ class LinkTarget:
                 return
             if link.closed:
                 responder.fail(
-                    MeshError(Reason.peer_unavailable, f"link to {peer} lost during its hello", unsent=True)
+                    MeshError(Reason.peer_unavailable,
+                              f"link to {peer} lost during its hello", unsent=True)
                 )
                 return
             body.attach(link.open(head, service, port, hint, responder))
@@ -173,7 +174,8 @@ class LinkTarget:
             if body.aborted is None:
                 responder.fail(
                     MeshError(
-                        Reason.peer_unavailable, f"cannot reach {peer}: {reason.getErrorMessage()}", unsent=True
+                        Reason.peer_unavailable,
+                        f"cannot reach {peer}: {reason.getErrorMessage()}", unsent=True
                     )
                 )
 
@@ -233,7 +235,8 @@ class HubDialer:
                 return None
             endpoint = self.endpoints[peer] = _WatchedEndpoint(reached)
             # Refusals after the hello count as failed attempts (see _backoff.py).
-            backoff = self.backoffs[peer] = ReconnectBackoff(initial=0.2, maximum=10.0, clock=self.reactor)
+            backoff = self.backoffs[peer] = ReconnectBackoff(
+                initial=0.2, maximum=10.0, clock=self.reactor)
             factory = Factory.forProtocol(lambda: self._link(peer, backoff))
             service = ClientService(
                 endpoint,
@@ -263,7 +266,8 @@ class HubDialer:
         or connecting (first dial in progress)."""
         shown = {}
         for peer, endpoint in sorted(self.endpoints.items()):
-            shown[peer] = "relayed" if endpoint.failing else "direct" if endpoint.reached else "connecting"
+            shown[peer] = ("relayed" if endpoint.failing
+                           else "direct" if endpoint.reached else "connecting")
         return shown
 
     def stop(self) -> Deferred[list[None]]:

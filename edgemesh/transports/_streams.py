@@ -405,7 +405,8 @@ class StreamingFrontFactory(HTTPFrontFactory):
         mesh's 404 (``deny``)."""
 
     def buildProtocol(self, addr: IAddress | None) -> StreamingFrontProtocol:
-        protocol = StreamingFrontProtocol(self.reactor, self.dispatch, self.limits, self.open_stream)
+        protocol = StreamingFrontProtocol(
+            self.reactor, self.dispatch, self.limits, self.open_stream)
         protocol.factory = self
         return protocol
 

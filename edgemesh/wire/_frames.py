@@ -333,7 +333,8 @@ def encode_response(
 ) -> bytes:
     return _framed(
         _packb(
-            (RESPONSE, stream, FLAG_END if end else 0, status, reason, headers, content_length, body)
+            (RESPONSE, stream, FLAG_END if end else 0, status, reason, headers,
+             content_length, body)
         )
     )
 
@@ -422,7 +423,8 @@ def encode_edges(reset: bool, added: list[str], removed: list[str]) -> bytes:
     while first or names:
         chunk, names = names[:MAX_EDGES_PER_FRAME], names[MAX_EDGES_PER_FRAME:]
         out.append(_framed(_packb((EDGES, 1 if reset and first else 0,
-                                   [n for n, up in chunk if up], [n for n, up in chunk if not up]))))
+                                   [n for n, up in chunk if up],
+                                   [n for n, up in chunk if not up]))))
         first = False
     return b"".join(out)
 
@@ -659,7 +661,9 @@ def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
     host, ep_port = f[11], f[12]
     endpoint = None
     if host is not None:
-        endpoint = (_str(host, "request: endpoint host", 253), _int(ep_port, "request: endpoint port", 1, 65535))
+        endpoint = (
+            _str(host, "request: endpoint host", 253),
+            _int(ep_port, "request: endpoint port", 1, 65535))
     return Request(
         stream=_int(f[1], "request: stream", 1),
         end=bool(_int(f[2], "request: flags", 0, 255) & FLAG_END),
@@ -721,7 +725,9 @@ def _response_checked(f: tuple[object, ...], limits: Limits) -> Frame:
 
 def _reset(f: tuple[object, ...], limits: Limits) -> Frame:
     _arity(f, 4, "reset")
-    return Reset(_int(f[1], "reset: stream", 1), _str(f[2], "reset: code", 64), _str(f[3], "reset: detail", 512))
+    return Reset(
+        _int(f[1], "reset: stream", 1), _str(f[2], "reset: code", 64),
+        _str(f[3], "reset: detail", 512))
 
 
 def _window(f: tuple[object, ...], limits: Limits) -> Frame:

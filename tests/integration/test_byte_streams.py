@@ -39,7 +39,8 @@ try:
     GRPC = True
 except ImportError:  # pragma: no cover - the test extra installs it
     GRPC = False
-needs_socat = pytest.mark.skipif(SOCAT is None, reason="socat is not installed (.ci/run installs it)")
+needs_socat = pytest.mark.skipif(
+    SOCAT is None, reason="socat is not installed (.ci/run installs it)")
 
 
 def _stream_service(name: str, node: str, port: int, pod_port: int, cluster_ip: str,
@@ -87,7 +88,8 @@ def streams_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     write_catalog(catalog, objects)
     mesh = Mesh(directory, topology, catalog)
     try:
-        mesh._spawn("echo", [str(ECHOSERVER), *(str(t.pods[p]) for p in ("echo-1", "echo-2", "echo-c"))],
+        mesh._spawn("echo",
+                    [str(ECHOSERVER), *(str(t.pods[p]) for p in ("echo-1", "echo-2", "echo-c"))],
                     None, mesh=False)
         mesh._spawn("ws", [str(WSSERVER), str(t.pods["ws-1"])], None, mesh=False)
         if GRPC:
@@ -218,7 +220,8 @@ def test_grpc_through_connect(streams_mesh: Mesh, via: str, path: str) -> None:
     that expires and a status code, all intact."""
     proxy = f"http://{LOOPBACK}:{streams_mesh.proxy(via)}"
     channel = grpc.insecure_channel("grpc-echo.default:50051",
-                                    options=[("grpc.http_proxy", proxy), ("grpc.enable_retries", 0)])
+                                    options=[("grpc.http_proxy", proxy),
+                                             ("grpc.enable_retries", 0)])
     with channel:
         def method(kind: str, name: str) -> Any:
             return getattr(channel, kind)(f"/echo.Echo/{name}")
@@ -360,7 +363,8 @@ def test_zz_streams_are_in_the_metrics(streams_mesh: Mesh) -> None:
     admin = streams_mesh.topology.edges["edge-1"]["admin"]
     text = request(admin, "GET", "/metrics", [("Host", "admin")]).body.decode()
     opened = [line for line in text.splitlines()
-              if line.startswith('edgemesh_byte_streams_opened_total{path="local",service="default/echo"}')]
+              if line.startswith('edgemesh_byte_streams_opened_total'
+                                 '{path="local",service="default/echo"}')]
     assert opened and float(opened[0].split()[-1]) >= 1
     assert 'result="ok",service="default/echo"' in text
     assert 'result="upstream-refused",service="default/gone"' in text

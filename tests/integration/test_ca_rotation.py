@@ -95,7 +95,8 @@ def certs(*argv: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-m", "edgemesh", "certs", *argv], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, f"edgemesh certs {' '.join(argv)}:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"edgemesh certs {' '.join(argv)}:\n{result.stdout}{result.stderr}")
     return result.stdout
 
 
@@ -231,7 +232,8 @@ class Rotation:
         serial = change()
         if node in SIGHUP_NODES:
             proc.popen.send_signal(signal.SIGHUP)
-        wanted = [f"TLS files reloaded: now {node} (", f"trusting {cas} CA{'' if cas == 1 else 's'}:"]
+        wanted = [
+            f"TLS files reloaded: now {node} (", f"trusting {cas} CA{'' if cas == 1 else 's'}:"]
         if serial is not None:
             wanted.append(f"serial {serial:x},")
         end = time.monotonic() + RELOAD_DEADLINE
@@ -241,7 +243,8 @@ class Rotation:
                 lines = handle.read().decode("utf-8", "replace").splitlines()
             if any(all(w in line for w in wanted) for line in lines):
                 return
-            assert time.monotonic() < end, f"{node} did not reload {wanted}:\n" + "\n".join(lines[-20:])
+            assert time.monotonic() < end, (
+                f"{node} did not reload {wanted}:\n" + "\n".join(lines[-20:]))
             time.sleep(0.05)
 
     def start_newcomer(self, node: str, traffic: Traffic, peers: list[str]) -> None:
@@ -280,7 +283,8 @@ def test_ca_rotation_with_traffic_flowing(rotation_mesh: Mesh) -> None:
     mesh.wait_pods()
     mesh.wait_healthy(mesh.procs["router"])
     mesh.wait_edges_acked(["edge-1", "edge-2"])
-    tunnels = {e["node"]: e["connected_since"] for e in admin_get(mesh.topology.router_admin, "/edges")[1]}
+    tunnels = {
+        e["node"]: e["connected_since"] for e in admin_get(mesh.topology.router_admin, "/edges")[1]}
     since = mesh.log_sizes()
 
     traffic = Traffic(mesh, [
@@ -327,8 +331,9 @@ def test_ca_rotation_with_traffic_flowing(rotation_mesh: Mesh) -> None:
     finally:
         traffic.finish()
 
-    assert not traffic.failures, f"{len(traffic.failures)} of {traffic.total()} requests failed:\n" \
-        + "\n".join(traffic.failures[:30])
+    assert not traffic.failures, (
+        f"{len(traffic.failures)} of {traffic.total()} requests failed:\n"
+        + "\n".join(traffic.failures[:30]))
     print(f"\nCA rotation: {traffic.total()} requests over {len(traffic.done)} paths, none failed")
     assert len(traffic.done) == 6 + 6 + 8 + 10
     assert min(traffic.done.values()) >= 1

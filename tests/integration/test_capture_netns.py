@@ -148,7 +148,7 @@ def catalog_objects() -> list[dict[str, Any]]:
     ]
 
 
-# -- processes in namespaces ------------------------------------------------------------------------
+# -- processes in namespaces -----------------------------------------------------------------------
 
 
 def _tls_args(tap: str) -> list[str]:
@@ -181,7 +181,8 @@ class World:
         else:
             command = [sys.executable, *argv]
         with log.open("ab") as output:
-            output.write(f"# ip netns exec {space.name} {' '.join(command[-len(argv):])}\n".encode())
+            output.write(
+                f"# ip netns exec {space.name} {' '.join(command[-len(argv):])}\n".encode())
             output.flush()
             popen = subprocess.Popen(space.argv(*command), cwd=self.directory, env=self.env(),
                                      stdin=subprocess.DEVNULL, stdout=output, stderr=output)
@@ -337,7 +338,7 @@ def dns_query(space: Netns, name: str, kind: int = 1, server: str = DNS_IP,
     return space.run(ask)
 
 
-# -- the world ----------------------------------------------------------------------------------------
+# -- the world -------------------------------------------------------------------------------------
 
 
 def _plumb(edge: Netns, cloud: Netns) -> None:
@@ -486,7 +487,8 @@ def test_unknown_service_ip_and_non_http(live: World) -> None:
     assert answer.startswith(b"HTTP/1.1 501 ")
     assert b"not HTTP: captured connection to 10.96.0.11:443 starts with 0x16" in answer
     live.wait_for("the refusal in edge-1's log",
-                  lambda: "not HTTP: captured connection to 10.96.0.11:443" in live.log_of("edge-1"),
+                  lambda: ("not HTTP: captured connection to 10.96.0.11:443"
+                           in live.log_of("edge-1")),
                   [live.procs["edge-1"]])
 
 
@@ -503,7 +505,7 @@ def test_no_route_out(live: World) -> None:
         assert "default" not in routes, routes
 
 
-# -- DNS -----------------------------------------------------------------------------------------------
+# -- DNS -------------------------------------------------------------------------------------------
 
 
 def test_dns_names_and_search_domains(live: World) -> None:
@@ -526,7 +528,7 @@ def test_dns_unknown_names_and_upstream(live: World) -> None:
     assert live.resolve("nope").startswith("error")
 
 
-# -- rules: twice, remove, crash, offline restart ------------------------------------------------------
+# -- rules: twice, remove, crash, offline restart --------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["iptables-nft", "iptables-legacy"])

@@ -314,8 +314,10 @@ def test_router_down_edges_serve_edge_to_edge_and_restart_from_disk(
     converged(kmesh, lambda n: ready_on(kmesh, n, "local"))
     # edge-2 may have restarted in an earlier test: let edge-1's hub dialer find it again
     # (meanwhile edge-1 relays through the router, which is about to go).
-    kmesh.wait_for("edge-1 → edge-2 directly", lambda: via(kmesh, "edge-1", "local") == (200, "pod-2")
-                   and admin_get(t.edges["edge-1"]["admin"], "/resilience")[1]["peers"].get("edge-2")
+    kmesh.wait_for("edge-1 → edge-2 directly",
+                   lambda: via(kmesh, "edge-1", "local") == (200, "pod-2")
+                   and admin_get(
+                       t.edges["edge-1"]["admin"], "/resilience")[1]["peers"].get("edge-2")
                    == "direct", list(kmesh.procs.values()), deadline=15)
     kmesh.stop("router")
     assert via(kmesh, "edge-1", "local") == (200, "pod-2"), "edge ↔ edge without the router"

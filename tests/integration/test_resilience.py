@@ -68,7 +68,8 @@ class Pods:
             server.shutdown()
             server.server_close()
 
-    def count(self, pod: str | None = None, path: str | None = None, method: str | None = None) -> int:
+    def count(self, pod: str | None = None, path: str | None = None,
+              method: str | None = None) -> int:
         with self.lock:
             return sum(1 for p, m, pa, _ in self.seen
                        if (pod is None or p == pod) and (path is None or pa == path)
@@ -524,8 +525,9 @@ def test_a_killed_tunnel_fails_pending_requests_fast_and_the_edge_reconnects(
     time.sleep(3)
     restart(mesh, "router")
     for name in EDGES:
-        delays = [float(d) for d in re.findall(r"Scheduling retry \d+ to connect .* in ([\d.]+) seconds",
-                                               mesh.procs[name].log.read_text())]
+        delays = [float(d) for d in re.findall(
+            r"Scheduling retry \d+ to connect .* in ([\d.]+) seconds",
+            mesh.procs[name].log.read_text())]
         assert len(delays) >= 2, (name, delays)
         assert len(set(delays)) == len(delays), "jitter: no two delays alike"
         assert max(delays) > delays[0], delays

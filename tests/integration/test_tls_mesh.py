@@ -109,7 +109,8 @@ def wait_for_log(mesh: Mesh, name: str, text: str, since: int, deadline: float =
         if log.count(text) >= count:
             return log
         time.sleep(0.05)
-    raise AssertionError(f"{name} did not log {text!r} within {deadline}s:\n{log_of(mesh, name, since)[-3000:]}")
+    raise AssertionError(
+        f"{name} did not log {text!r} within {deadline}s:\n{log_of(mesh, name, since)[-3000:]}")
 
 
 def frame(*fields: object) -> bytes:
@@ -122,7 +123,8 @@ def hello(node: str, role: str = "edge") -> bytes:
                  {"initial_window": 65536, "max_frame": 65536, "max_streams": 100})
 
 
-def client_context(directory: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+def client_context(directory: Path, cert: Path | None = None,
+                   key: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
     if cert is not None:
         context.load_cert_chain(cert, key)
@@ -164,7 +166,7 @@ def refused(port: int, context: ssl.SSLContext, server: str) -> bool:
     return received == b""
 
 
-# --- the mesh itself --------------------------------------------------------------------------------------
+# --- the mesh itself ------------------------------------------------------------------------------
 
 
 def test_the_mesh_runs_on_mutual_tls(live_tls: Mesh) -> None:
@@ -186,7 +188,7 @@ def test_the_mesh_runs_on_mutual_tls(live_tls: Mesh) -> None:
         assert "PLAINTEXT" not in log_of(live_tls, name)
 
 
-# --- 22: unknown CA, expired, wrong name, absent ----------------------------------------------------------
+# --- 22: unknown CA, expired, wrong name, absent --------------------------------------------------
 
 
 @pytest.mark.parametrize("node", ["router", "edge-2"])
@@ -194,7 +196,8 @@ def test_22_refused_certificates(live_tls: Mesh, tmp_path: Path, node: str) -> N
     port = live_tls.envelope(node)
     directory = tls_dir(live_tls)
     since = live_tls.log_sizes()[node]
-    stranger = write_pair(tmp_path / "other", "edge-1", make_node_cert(make_ca("another CA"), "edge-1"))
+    stranger = write_pair(
+        tmp_path / "other", "edge-1", make_node_cert(make_ca("another CA"), "edge-1"))
     ca = Issued((directory / "ca.key").read_bytes(), (directory / "ca.pem").read_bytes())
     expired = write_pair(tmp_path / "expired", "edge-1", make_node_cert(
         ca, "edge-1", days=30, valid_from=datetime.datetime(2020, 1, 1, tzinfo=UTC)))
@@ -231,7 +234,7 @@ def test_22_an_edge_refuses_a_router_with_another_name(live_tls: Mesh) -> None:
         live_tls.stop("edge-3")
 
 
-# --- 23: identity from the certificate only; the router's catalog -----------------------------------------
+# --- 23: identity from the certificate only; the router's catalog ---------------------------------
 
 
 def test_23_hello_naming_another_node(live_tls: Mesh) -> None:
@@ -248,8 +251,9 @@ def test_23_hello_naming_another_node(live_tls: Mesh) -> None:
                                  hello("edge-2") + request_frame)
     # The router's own hello may come first; nothing answers the request.
     assert b"pod-cloud-0" not in received
-    log = wait_for_log(live_tls, "router",
-                       "refusing link: hello says 'edge-2' but the certificate is for 'edge-1'", since)
+    log = wait_for_log(
+        live_tls, "router",
+        "refusing link: hello says 'edge-2' but the certificate is for 'edge-1'", since)
     assert "edge edge-2 connected" not in log
     after = {e["node"]: e for e in admin_get(live_tls.topology.router_admin, "/edges")[1]}
     assert after["edge-2"]["connected_since"] == before["edge-2"]["connected_since"], \
@@ -262,24 +266,26 @@ def test_23_an_edge_not_in_the_catalog_is_refused(live_tls: Mesh) -> None:
     proc = live_tls.start_edge("edge-9", wait=False)
     try:
         live_tls.wait_healthy(proc)
-        wait_for_log(live_tls, "router", "refusing link: 'edge-9' is not an edge node of the catalog",
-                     since)
+        wait_for_log(live_tls, "router",
+                     "refusing link: 'edge-9' is not an edge node of the catalog", since)
         edges = {e["node"] for e in admin_get(live_tls.topology.router_admin, "/edges")[1]}
         assert edges == {"edge-1", "edge-2"}
     finally:
         live_tls.stop("edge-9")
 
 
-# --- 25: silent peers ----------------------------------------------------------------------------------------
+# --- 25: silent peers -----------------------------------------------------------------------------
 
 
 def test_25_silent_peers_are_dropped_at_the_handshake_timeout(live_tls: Mesh) -> None:
     """TCP connections that send nothing, or half a ClientHello, to the router's tunnel and
     to an edge's hub: each closed at the handshake timeout (all at once, to save time)."""
     since = live_tls.log_sizes()
-    cases = [(node, send) for node in ("router", "edge-1") for send in (b"", b"\x16\x03\x01\x02\x00\x01")]
+    cases = [(node, send) for node in ("router", "edge-1")
+             for send in (b"", b"\x16\x03\x01\x02\x00\x01")]
     started = time.monotonic()
-    connections = [RawConnection(live_tls.envelope(node), timeout=5, tls=False) for node, _ in cases]
+    connections = [
+        RawConnection(live_tls.envelope(node), timeout=5, tls=False) for node, _ in cases]
     try:
         for conn, (_, send) in zip(connections, cases):
             if send:
@@ -292,7 +298,8 @@ def test_25_silent_peers_are_dropped_at_the_handshake_timeout(live_tls: Mesh) ->
         for conn in connections:
             conn.close()
     for node in ("router", "edge-1"):
-        log = wait_for_log(live_tls, node, f"TLS handshake not complete after {HANDSHAKE_TIMEOUT:g}s",
+        log = wait_for_log(live_tls, node,
+                           f"TLS handshake not complete after {HANDSHAKE_TIMEOUT:g}s",
                            since[node], count=2)
         assert log.count("TLS handshake not complete") == 2, log
 
@@ -313,7 +320,7 @@ def test_garbage_instead_of_a_client_hello(live_tls: Mesh, node: str) -> None:
     assert "refusing link" not in log and "protocol error" not in log, log
 
 
-# --- 24: rotation under traffic ----------------------------------------------------------------------------
+# --- 24: rotation under traffic -------------------------------------------------------------------
 
 
 def peer_serial(port: int, server: str, directory: Path) -> int:
@@ -389,7 +396,7 @@ def test_24_rotation_under_traffic(live_tls: Mesh) -> None:
         assert request(live_tls.proxy(via), "GET", "/", [("Host", host)]).status == 200
 
 
-# --- start-up -------------------------------------------------------------------------------------------------
+# --- start-up -------------------------------------------------------------------------------------
 
 
 def run_twistd(tmp_path: Path, *argv: str, wait: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -400,14 +407,17 @@ def run_twistd(tmp_path: Path, *argv: str, wait: float = 20.0) -> subprocess.Com
 
 def test_a_node_without_tls_options_does_not_start(tls_mesh: Mesh, tmp_path: Path) -> None:
     result = run_twistd(tmp_path, "edgemesh-router", "--catalog", str(tls_mesh.catalog),
-                        "--tunnel", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1")
+                        "--tunnel", "tcp:0:interface=127.0.0.1", "--http",
+                        "tcp:0:interface=127.0.0.1")
     assert result.returncode != 0
     assert "links between nodes use mutual TLS" in result.stdout + result.stderr
 
 
-def test_a_node_with_another_nodes_certificate_does_not_start(tls_mesh: Mesh, tmp_path: Path) -> None:
+def test_a_node_with_another_nodes_certificate_does_not_start(tls_mesh: Mesh,
+                                                              tmp_path: Path) -> None:
     directory = issue_certs(tls_dir(tls_mesh), "edge-2")
-    result = run_twistd(tmp_path, "edgemesh-edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"),
+    result = run_twistd(tmp_path, "edgemesh-edge", "--node", "edge-1", "--state-dir",
+                        str(tmp_path / "s"),
                         "--ca", str(directory / "ca.pem"), "--cert", str(directory / "edge-2.pem"),
                         "--key", str(directory / "edge-2.key"))
     assert result.returncode != 0

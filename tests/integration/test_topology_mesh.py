@@ -34,7 +34,8 @@ def _node(name: str, topology: Topology) -> dict[str, Any]:
 
 
 def _service(name: str, ip: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
             "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
                      **spec}}
 
