@@ -83,7 +83,14 @@ from ..wire import (
     StreamOpen,
     encode_edges,
 )
-from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
+from ._push import (
+    DEFAULT_PUSH_INTERVAL,
+    CatalogFollower,
+    CatalogPusher,
+    EdgeState,
+    blocking_runner,
+    held_from_settings,
+)
 from ._resilience import drain, track_link
 
 if TYPE_CHECKING:
@@ -523,7 +530,11 @@ class RouterNode(MeshNode):
         log.info("edge {node} connected", node=peer.node)
         self.announce([peer.node], [])
         if not self.catalog_pending:
-            self.push_snapshot(state)
+            held = held_from_settings(peer.settings)
+            kind = self.pusher.first_push(state, held)
+            if held is not None:
+                log.info("edge {node} holds revision {held}: sent a {kind}", node=peer.node,
+                         held=held[0], kind=kind)
 
     def _refuse_not_ready(self, link: EnvelopeLink, node: str) -> None:
         wait = self.config.not_ready_retry_after
@@ -741,6 +752,7 @@ class RouterNode(MeshNode):
             "edges_elsewhere": {r: self.homes.count(r) for r in self.homes.replicas()},
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,
+            "catalog_pushes": dict(self.pusher.pushes),
         }
 
 
@@ -1023,6 +1035,8 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
             track_link(node, link)
             if source is SourceKind.tunnel and config.routers:
                 link.hello_settings = {MOVE_SETTING: 1}  # it reads GOAWAY's move-to hint
+            if source is SourceKind.tunnel:
+                link.hello_extra = node.follower.held  # a rebase, not a snapshot, if it matches
             if source is SourceKind.tunnel:
                 # Several replicas: TLS checked the name of the one dialled; any router then.
                 name = None if config.routers or config.router is None else \
