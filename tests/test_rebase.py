@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_catalog_delta import _catalogs, _settings
+from test_catalog_delta import _catalogs, _settings, _through_msgpack
 from test_sources_push import (
     Edge,
     FakeLink,
@@ -28,6 +28,9 @@ from edgemesh.catalog import (
     Catalog,
     CatalogDelta,
     DeltaError,
+    apply_delta,
+    catalog_from_wire,
+    catalog_to_wire,
     delta_from_wire,
     delta_to_wire,
     diff_catalogs,
@@ -56,6 +59,17 @@ def test_digest_is_the_content_whatever_the_order_and_revision(
 @given(_catalogs(st.just(1)), _catalogs(st.just(1)))
 def test_different_content_different_digest(one: Catalog, two: Catalog) -> None:
     assert (catalog_digest(one) == catalog_digest(two)) == (one == two)
+
+
+@_settings
+@given(_catalogs(st.integers(0, 1000)), _catalogs(st.integers(1001, 2000)))
+def test_what_an_edge_rebuilds_has_the_routers_digest(old: Catalog, new: Catalog) -> None:
+    """The edge digests the catalog it rebuilt from a snapshot or a delta; the router digests
+    the one it pushed: a rebase needs them equal."""
+    from_snapshot = catalog_from_wire(_through_msgpack(catalog_to_wire(new)))
+    assert catalog_digest(from_snapshot) == catalog_digest(new)
+    delta = delta_from_wire(_through_msgpack(delta_to_wire(diff_catalogs(old, new))))
+    assert catalog_digest(apply_delta(old, delta)) == catalog_digest(new)
 
 
 def test_settings_of_an_older_edge_say_nothing() -> None:
