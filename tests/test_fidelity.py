@@ -394,7 +394,8 @@ def test_kubectl_apply_k_examples(backend: Backend) -> None:
     done = backend.kubectl("apply", "-k", "examples/kubernetes")
     for created in ("namespace/edgemesh", "serviceaccount/edgemesh-router",
                     "clusterrole.rbac.authorization.k8s.io/edgemesh-router",
-                    "configmap/edgemesh-edge", "deployment.apps/edgemesh-router",
+                    "configmap/edgemesh-edge", "statefulset.apps/edgemesh-router",
+                    "poddisruptionbudget.policy/edgemesh-router",
                     "daemonset.apps/edgemesh-edge",
                     "networkpolicy.networking.k8s.io/edgemesh-router"):
         assert created in done.stdout

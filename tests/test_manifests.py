@@ -50,6 +50,8 @@ MODELS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "V1Service",
     ("apps/v1", "Deployment"): "V1Deployment",
     ("apps/v1", "DaemonSet"): "V1DaemonSet",
+    ("apps/v1", "StatefulSet"): "V1StatefulSet",
+    ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
@@ -60,7 +62,7 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 TAPS: dict[str, type[Any]] = {"edgemesh-router": router_tap.Options,
                               "edgemesh-edge": edge_tap.Options}
 LISTENERS = {
-    "edgemesh-router": ("tunnel", "http", "admin"),
+    "edgemesh-router": ("tunnel", "http", "admin", "peer-listen"),
     "edgemesh-edge": ("hub", "proxy", "admin", "transparent"),
 }
 """Options naming a server endpoint: each must be a declared container port of that name."""
@@ -68,7 +70,7 @@ KUBEAPI_VERBS = {"list": "list", "watch": "watch", "get": "get", "create": "crea
                  "replace": "update", "delete": "delete"}
 """KubeAPI method -> the RBAC verb of the request it makes (replace is a PUT: update)."""
 FAKE_DOWNWARD = {"spec.nodeName": "edge-1", "status.podIP": "10.0.0.5",
-                 "metadata.namespace": "edgemesh", "metadata.name": "edgemesh-router-5c7d-x8k2q"}
+                 "metadata.namespace": "edgemesh", "metadata.name": "edgemesh-router-0"}
 """What the downward API gives in these tests (never contacted: options are only parsed)."""
 
 
@@ -125,7 +127,7 @@ def one(kind: str, name: str, namespace: str | None = None) -> Doc:
 
 
 def workloads() -> list[Doc]:
-    return find("Deployment") + find("DaemonSet")
+    return find("Deployment") + find("StatefulSet") + find("DaemonSet")
 
 
 def pod_spec(doc: Doc) -> dict[str, Any]:
@@ -241,10 +243,10 @@ def test_every_object_fits_the_clients_model(doc: Doc) -> None:
 
 def test_strict_validation_catches_what_the_client_ignores() -> None:
     """The checker itself: an unknown field, a misplaced one, a wrong type, a missing name."""
-    deployment = dict(one("Deployment", "edgemesh-router").obj)
-    spec = {**deployment["spec"], "replica": 2}
-    errors = strict_errors({**deployment, "spec": spec}, "V1Deployment", "d")
-    assert errors == ["d.spec: unknown field 'replica' for V1DeploymentSpec"]
+    workload = dict(one("StatefulSet", "edgemesh-router").obj)
+    spec = {**workload["spec"], "replica": 2}
+    errors = strict_errors({**workload, "spec": spec}, "V1StatefulSet", "d")
+    assert errors == ["d.spec: unknown field 'replica' for V1StatefulSetSpec"]
     container = {"name": "x", "image": "y", "ports": [{"containerPort": "7700"}]}
     assert strict_errors(container, "V1Container", "c") == [
         "c.ports[0].containerPort: expected int, got str '7700'"]
@@ -272,7 +274,8 @@ def test_names_are_unique_per_kind_and_namespace() -> None:
 
 def test_the_expected_objects_are_there() -> None:
     kinds = {d.kind for d in DOCS}
-    for kind in ("Namespace", "ServiceAccount", "Deployment", "DaemonSet", "Service", "Secret"):
+    for kind in ("Namespace", "ServiceAccount", "StatefulSet", "DaemonSet", "Service", "Secret",
+                 "PodDisruptionBudget"):
         assert kind in kinds
     assert {plugin for _, c in twistd_containers() for plugin in [tap_arguments(c)[0]]} == set(TAPS)
 
@@ -461,14 +464,39 @@ def test_one_image_tagged_with_the_package_version() -> None:
     assert images.pop().endswith(f"/edgemesh:{version}")
 
 
-def test_router_runs_alone_in_the_cloud() -> None:
-    router = one("Deployment", "edgemesh-router")
-    assert router.obj["spec"]["replicas"] == 1
-    assert router.obj["spec"]["strategy"]["type"] == "Recreate"
+def test_router_replicas_in_the_cloud() -> None:
+    """Three replicas (docs/ha.md), rolled one at a time, two kept through disruptions, each
+    with a certificate of its own name, router links and a headless Service for the edges."""
+    router = one("StatefulSet", "edgemesh-router")
+    spec = router.obj["spec"]
+    replicas = spec["replicas"]
+    assert replicas == 3 and spec["updateStrategy"]["type"] == "RollingUpdate"
     terms = pod_spec(router)["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert {"key": EDGE_LABEL, "operator": "DoesNotExist"} in terms[0]["matchExpressions"]
     assert "--insecure" not in str(router.obj)
+    (container,) = [c for _, c in twistd_containers() if tap_arguments(c)[0] == "edgemesh-router"]
+    _, options = tap_arguments(container)
+    assert options["node"] == "$(POD_NAME)" and "no-leader-elect" not in options
+    assert "no-peer-discovery" not in options and "peer-listen" in options
+    assert float(str(options["drain-timeout"])) < pod_spec(router)[
+        "terminationGracePeriodSeconds"], "the drain ends before the kubelet's SIGKILL"
+    # Each replica (pod NAME-ORDINAL) finds its own certificate in the Secret.
+    (volume,) = [v for v in pod_spec(router)["volumes"] if "secret" in v]
+    secret = one("Secret", volume["secret"]["secretName"], router.namespace).obj["stringData"]
+    for ordinal in range(replicas):
+        assert {f"{router.name}-{ordinal}.pem", f"{router.name}-{ordinal}.key"} <= set(secret)
+    # The governing Service is headless and selects the replicas.
+    headless = one("Service", spec["serviceName"], router.namespace).obj["spec"]
+    assert headless["clusterIP"] == "None"
+    assert labels_match(headless["selector"], spec["template"]["metadata"]["labels"])
+    (budget,) = find("PodDisruptionBudget")
+    assert labels_match(budget.obj["spec"]["selector"]["matchLabels"],
+                        spec["template"]["metadata"]["labels"])
+    assert 0 < budget.obj["spec"]["minAvailable"] < replicas
+    # Edges take any of the replicas' certificates.
+    assert one("ConfigMap", "edgemesh-edge", router.namespace).obj["data"]["router"].startswith(
+        "*=")
 
 
 def test_edge_daemonset_runs_on_edge_nodes_with_what_capture_needs() -> None:
@@ -525,8 +553,10 @@ def materialize(doc: Doc, container: dict[str, Any], root: Path) -> list[str]:
     the TLS files the arguments name there (the node provisions those)."""
     env = env_values(container)
     argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
-    _, options = tap_arguments(container)
-    certificates = _Certificates(root / "test-ca", str(options.get("node", "router")))
+    plugin, options = tap_arguments(container)
+    node = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(options.get("node", "router")))
+    certificates = _Certificates(root / "test-ca",
+                                 node if plugin == "edgemesh-router" else "router")
     volumes = {v["name"]: v for v in pod_spec(doc)["volumes"]}
     mounts = sorted(container["volumeMounts"], key=lambda m: -len(m["mountPath"]))
     local_of = {m["mountPath"]: root / "mounts" / m["name"] for m in mounts}
@@ -671,7 +701,7 @@ def granted(service_account: str, namespace: str) -> set[tuple[str, str, str, st
 
 
 def router_service_account() -> tuple[str, str]:
-    router = one("Deployment", "edgemesh-router")
+    router = one("StatefulSet", "edgemesh-router")
     return pod_spec(router)["serviceAccountName"], str(router.namespace)
 
 

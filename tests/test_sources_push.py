@@ -283,10 +283,11 @@ def test_a_gap_drops_the_link_for_a_resync(tmp_path: Path) -> None:
 
 
 def test_a_delta_before_any_snapshot_on_this_link_drops_it(tmp_path: Path) -> None:
+    """Unless it starts at this edge's revision (a rebase: tests/test_rebase.py)."""
     edge, first, second = Edge(tmp_path), FakeLink(), FakeLink()
-    one, two = catalog(1), catalog(2, web(("10.1.0.2",)))
+    one, two, three = catalog(1), catalog(2, web(("10.1.0.2",))), catalog(3, web(("10.1.0.3",)))
     edge.push(first, "snapshot", 1, snapshot_of(one))
-    edge.push(second, "delta", 2, delta_between(one, two))
+    edge.push(second, "delta", 3, delta_between(two, three))
     assert second.closed and edge.catalog == one
 
 

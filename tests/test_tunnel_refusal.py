@@ -188,6 +188,7 @@ def test_a_tunnel_that_stayed_up_resets_the_backoff(reactor: MemoryReactorClock,
     setup = Setup(reactor, tmp_path, catalog=Catalog.empty(), catalog_pending=True)
     setup.router.catalog_pending = False  # accepts edge-1 as an old router did ...
     setup.router.pusher.snapshot = lambda state: None  # type: ignore[method-assign]  # ... and pushes nothing
+    setup.router.pusher.first_push = lambda state, held: "none"  # type: ignore[method-assign]
     setup.router.knows_edge = lambda name: True  # type: ignore[method-assign]
     setup.backoff.failures = 5
     setup.answer_dial()

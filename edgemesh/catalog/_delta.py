@@ -13,7 +13,13 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
      "nodes": [node record, ...], "removed_nodes": [name, ...],
      "services": [service record, ...], "removed_services": ["namespace/name", ...],
      "topology": {...},   # optional: as the snapshot's, for the nodes and services upserted
-     "app_protocols": {...}}   (optional, for the upserted services: see _snapshot)
+     "app_protocols": {...},   # optional, for the upserted services: see _snapshot
+     "rebase": true}   # optional: see below
+
+A *rebase* (``"rebase": true``) is the first push on a link to an edge that said, in its
+hello, which catalog it holds (``roles/_push.py``): it starts at the edge's revision and
+ends at the router's, which may be at or below it (each router replica numbers its own
+revisions).  Only a rebase may have ``revision <= base``.
 
 ``delta_from_wire`` reads network input: anything off raises DeltaError (a SnapshotError).
 """
@@ -61,6 +67,8 @@ class CatalogDelta:
     """``namespace/name`` of services that are gone."""
     nodes: tuple[Node, ...] = ()
     removed_nodes: tuple[str, ...] = ()
+    rebase: bool = False
+    """From the edge's own revision to another router's numbering (first push on a link)."""
 
     @property
     def empty(self) -> bool:
@@ -128,6 +136,8 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
     topology = topology_to_wire(delta.nodes, delta.services)
     if topology is not None:
         wire["topology"] = topology
+    if delta.rebase:
+        wire["rebase"] = True
     return wire
 
 
@@ -177,7 +187,10 @@ def delta_from_wire(obj: object) -> CatalogDelta:
                 raise _fail(f"{key}: required")
         base = _int(top["base"], "base", 0, _MAX_REVISION)
         revision = _int(top["revision"], "revision", 0, _MAX_REVISION)
-        if revision <= base:
+        rebase = top.get("rebase", False)
+        if type(rebase) is not bool:
+            raise _fail("rebase: must be a boolean")
+        if revision <= base and not rebase:
             raise _fail(f"revision {revision} does not follow base {base}")
         nodes = tuple(_node(n, f"nodes[{i}]") for i, n in enumerate(_list(top["nodes"], "nodes")))
         removed_nodes = tuple(
@@ -202,4 +215,4 @@ def delta_from_wire(obj: object) -> CatalogDelta:
     # One change per key: a delta that upserts and removes the same thing is ambiguous.
     _unique([n.name for n in nodes] + list(removed_nodes), "nodes")
     _unique([s.key for s in services] + list(removed_services), "services")
-    return CatalogDelta(base, revision, services, removed_services, nodes, removed_nodes)
+    return CatalogDelta(base, revision, services, removed_services, nodes, removed_nodes, rebase)

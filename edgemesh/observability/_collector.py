@@ -92,6 +92,17 @@ class MeshCollector(Collector):
             for replica, count in sorted(counts.items()):
                 elsewhere.add_metric([str(replica)], _number(count))
         yield elsewhere
+        pushes = CounterMetricFamily(
+            "edgemesh_router_catalog_pushes",
+            "Catalog pushes sent to edges, by kind ('rebase': the first push on a tunnel was a "
+            "delta from the catalog the edge held, not a snapshot).",
+            labels=["kind"],
+        )
+        kinds = routers.get("catalog_pushes")
+        if isinstance(kinds, Mapping):
+            for kind, count in sorted(kinds.items()):
+                pushes.add_metric([str(kind)], _number(count))
+        yield pushes
         leader = view.get("leader")
         if leader is not None:
             yield GaugeMetricFamily("edgemesh_router_leader",

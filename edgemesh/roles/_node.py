@@ -83,8 +83,16 @@ from ..wire import (
     StreamOpen,
     encode_edges,
 )
-from ._push import DEFAULT_PUSH_INTERVAL, CatalogFollower, CatalogPusher, EdgeState, blocking_runner
+from ._push import (
+    DEFAULT_PUSH_INTERVAL,
+    CatalogFollower,
+    CatalogPusher,
+    EdgeState,
+    blocking_runner,
+    held_from_settings,
+)
 from ._resilience import drain, track_link
+from ._resolve import ANY_ROUTER, ResolvingEndpoint, resolvable
 
 if TYPE_CHECKING:
     from ..capture import CaptureConfig
@@ -528,7 +536,11 @@ class RouterNode(MeshNode):
         log.info("edge {node} connected", node=peer.node)
         self.announce([peer.node], [])
         if not self.catalog_pending:
-            self.push_snapshot(state)
+            held = held_from_settings(peer.settings)
+            kind = self.pusher.first_push(state, held)
+            if held is not None:
+                log.info("edge {node} holds revision {held}: sent a {kind}", node=peer.node,
+                         held=held[0], kind=kind)
 
     def _refuse_not_ready(self, link: EnvelopeLink, node: str) -> None:
         wait = self.config.not_ready_retry_after
@@ -752,6 +764,7 @@ class RouterNode(MeshNode):
             "edges_elsewhere": {r: self.homes.count(r) for r in self.homes.replicas()},
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,
+            "catalog_pushes": dict(self.pusher.pushes),
         }
 
 
@@ -1037,6 +1050,10 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     node = EdgeNode(reactor, config)
     pipeline = _configure(node, config, TargetKind.service_bus)
     beats = config.resilience
+    entries = [router_entry(entry, config.router_name)
+               for entry in ((config.router, *config.routers) if config.router else ())]
+    # Several replicas: listed, or behind a name that resolves to several addresses.
+    several = len(entries) > 1 or any(resolvable(d) or n == ANY_ROUTER for n, d in entries)
 
     def link_factory(source: SourceKind, expect: str | None,
                      client: bool) -> Callable[[], EnvelopeLink]:
@@ -1048,11 +1065,13 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
-            if source is SourceKind.tunnel and config.routers:
+            if source is SourceKind.tunnel and several:
                 link.hello_settings = {MOVE_SETTING: 1}  # it reads GOAWAY's move-to hint
             if source is SourceKind.tunnel:
+                link.hello_extra = node.follower.held  # a rebase, not a snapshot, if it matches
+            if source is SourceKind.tunnel:
                 # Several replicas: TLS checked the name of the one dialled; any router then.
-                name = None if config.routers or config.router is None else \
+                name = None if several or config.router is None else \
                     router_entry(config.router, config.router_name)[0]
                 return node.security.guard(link, role=Role.router.value, expect=name)
             return node.security.guard(link, role=Role.edge.value, expect=expect)
@@ -1071,13 +1090,12 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     node.hub_dialer = dialer
 
     if config.router is not None:
-        entries = [
-            router_entry(entry, config.router_name) for entry in (config.router, *config.routers)]
         rotating = None
-        if len(entries) > 1 or entries[0][1] != config.router:
-            # Each replica's certificate names it: TLS pins the name per endpoint.
+        if several or entries[0][1] != config.router:
+            # Each replica's certificate names it: TLS pins the name per endpoint (any
+            # router of the CA for ``*=``).
             rotating = RotatingEndpoint([
-                (name, node.security.client_endpoint(clientFromString(reactor, description), name))
+                (name, _router_endpoint(reactor, node, name, description))
                 for name, description in entries
             ])
         # With several replicas, the admin API's source shows them all, in dialling order.
@@ -1090,7 +1108,7 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 endpoint=rotating)
 
         tunnel = make_tunnel()
-        if rotating is not None and len(rotating.endpoints) > 1:
+        if rotating is not None and several:
             from ._move import TunnelMover
 
             node.mover = TunnelMover(node, rotating, make_tunnel, tunnel,
@@ -1113,6 +1131,17 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
     if config.admin is not None:
         _admin(node, config.admin)
     return node
+
+
+def _router_endpoint(reactor: Any, node: EdgeNode, name: str,
+                     description: str) -> IStreamClientEndpoint:
+    """One ``--router``: a name with several addresses is dialled one address at a time."""
+    secure = partial(node.security.client_endpoint, peer=name)
+    target = resolvable(description)
+    if target is None:
+        return secure(clientFromString(reactor, description))
+    host, port, timeout = target
+    return ResolvingEndpoint(reactor, host, port, timeout, secure=secure)
 
 
 def _admin(node: MeshNode, description: str) -> None:

@@ -20,15 +20,33 @@ finds newer catalogs waiting writes only the newest).
 Revisions from the Kubernetes source are microseconds of wall-clock time at the change
 (at least the previous one plus one), so they also grow across router restarts; the
 snapshot-on-connect rule above keeps edges right when they do not.
+
+Rebase instead of a snapshot (router replicas, restarts).  Each replica numbers its own
+revisions, so an edge that moves to another replica holds a revision that means nothing
+there.  Its hello therefore says which catalog it holds: the revision and a digest of the
+content (``catalog_digest``: blake2b, 120 bits, of a canonical encoding of the catalog
+without its revision; ``HELD_*_SETTINGS``).  The router computes the same digest over the
+view it would push to that edge (cached per view and revision) and over the views of the
+few older catalogs it keeps (``HISTORY``).  On a match the first push on the link is a
+*rebase*: a delta from the edge's revision to the router's current revision, empty when the
+content is equal, and whose target may be at or below the edge's revision (the numbering is
+the replica's).  The edge takes a first delta on a link only if its base is the edge's
+revision; anything else on a link not yet synced closes it.  No match, no digest in the
+hello (an older edge), or a rebase no smaller than a snapshot: a snapshot, as before.  An
+older router ignores the settings and sends a snapshot.  The digest, not the revision, is
+what makes the rebase safe: equal revisions on two replicas do not mean equal content.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads
 from twisted.logger import Logger
@@ -52,12 +70,63 @@ from ..catalog import (
     diff_catalogs,
 )
 from ..transports import EnvelopeLink
-from ..wire import CatalogPush, encode_ack, encode_catalog
+from ..wire import (
+    HELD_DIGEST_SETTINGS,
+    HELD_REVISION_SETTING,
+    CatalogPush,
+    encode_ack,
+    encode_catalog,
+)
 
 DEFAULT_PUSH_INTERVAL = 0.05
 """Seconds between two deltas to one edge, at least."""
+HISTORY = 4
+"""Older whole catalogs a router keeps to recognise what a connecting edge holds."""
+PUSH_KINDS = ("snapshot", "delta", "rebase")
 
 log = Logger()
+
+_HALF = 60
+_MAX_SETTING = 1 << 62  # hello settings are at most this (wire/_frames.py)
+
+
+def _canonical(value: object) -> object:
+    """Maps with sorted keys, tuples as lists: one encoding per content."""
+    if isinstance(value, Mapping):
+        return {k: _canonical(value[k]) for k in sorted(value, key=lambda k: (str(type(k)), k))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def catalog_digest(catalog: Catalog) -> bytes:
+    """A stable digest of ``catalog``'s content (not its revision): equal on every router
+    and edge for equal content, whatever order the objects came in."""
+    ordered = Catalog(services=[catalog.services[k] for k in sorted(catalog.services)],
+                      nodes=[catalog.nodes[n] for n in sorted(catalog.nodes)])
+    packed = msgpack.packb(_canonical(catalog_to_wire(ordered)), use_bin_type=True)
+    return hashlib.blake2b(packed, digest_size=2 * _HALF // 8).digest()
+
+
+def held_settings(revision: int, digest: bytes) -> dict[str, int]:
+    """The edge's hello settings that say which catalog it holds (none for a revision too
+    large for a setting)."""
+    if revision >= _MAX_SETTING:
+        return {}
+    number = int.from_bytes(digest, "big")
+    high, low = HELD_DIGEST_SETTINGS
+    return {HELD_REVISION_SETTING: revision, high: number >> _HALF,
+            low: number & ((1 << _HALF) - 1)}
+
+
+def held_from_settings(settings: Mapping[str, int]) -> tuple[int, bytes] | None:
+    """(revision, digest) from an edge's hello settings, or None (an older edge)."""
+    high, low = HELD_DIGEST_SETTINGS
+    revision, top, bottom = (settings.get(HELD_REVISION_SETTING), settings.get(high),
+                             settings.get(low))
+    if revision is None or top is None or bottom is None or top >> _HALF or bottom >> _HALF:
+        return None
+    return revision, ((top << _HALF) | bottom).to_bytes(2 * _HALF // 8, "big")
 
 
 @dataclass
@@ -109,12 +178,24 @@ class CatalogPusher:
         self._deltas: dict[int, CatalogDelta] = {}
         self._index: ScopeIndex | None = None
         self._cached_for = -1
+        # For rebases: the last few whole catalogs, and digests of views (current and
+        # older) by (revision, scope key).
+        self._latest: Catalog | None = None
+        self._history: deque[Catalog] = deque(maxlen=HISTORY)
+        self._digests: dict[tuple[int, object], bytes] = {}
+        self.pushes = dict.fromkeys(PUSH_KINDS, 0)
+        """Pushes sent, by kind (a rebase is a first push that is a delta)."""
 
     def _now(self) -> Catalog:
         catalog = self.current()
         if self._cached_for != catalog.revision:
             self._frames, self._views, self._deltas, self._index = {}, {}, {}, None
             self._cached_for = catalog.revision
+            if self._latest is not None and self._latest.revision != catalog.revision:
+                self._history.append(self._latest)
+            self._latest = catalog
+            kept = {c.revision for c in self._history} | {catalog.revision}
+            self._digests = {k: d for k, d in self._digests.items() if k[0] in kept}
         return catalog
 
     def _scope(self, state: EdgeState, catalog: Catalog) -> Scope:
@@ -153,8 +234,10 @@ class CatalogPusher:
                                                           delta_to_wire(delta)))
 
     def _send(self, state: EdgeState, frame: bytes, view: Catalog, catalog: Catalog,
-              scope: Scope, namespaces: frozenset[str] | None, delta: bool) -> None:
+              scope: Scope, namespaces: frozenset[str] | None, delta: bool,
+              kind: str = "snapshot") -> None:
         state.link.send_control(frame)
+        self.pushes[kind] += 1
         state.sent = view.revision
         state.sent_catalog = view
         self._sent_from(state, catalog, scope, namespaces)
@@ -177,6 +260,56 @@ class CatalogPusher:
             state.node, scope)
         self._send(state, self._snapshot_frame(view, scope, state.node), view, catalog, scope,
                    namespaces, delta=False)
+
+    def first_push(self, state: EdgeState, held: tuple[int, bytes] | None) -> str:
+        """The first push to a connected edge that said (``held``) which catalog it holds:
+        a rebase when its digest is that of its view now or of an older catalog kept, else
+        a snapshot.  Returns the kind sent."""
+        if held is None:
+            self.snapshot(state)
+            return "snapshot"
+        self.cancel(state)
+        catalog = self._now()
+        scope = self._scope(state, catalog)
+        view = self._cut(state, catalog, scope)
+        revision, digest = held
+        base = self._held_view(state, catalog, scope, view, digest)
+        change = None if base is None else diff_catalogs(base, view)
+        if change is None or len(change) > max(8, (len(view.services) + len(view.nodes)) // 2):
+            self.snapshot(state)
+            return "snapshot"
+        rebase = CatalogDelta(revision, view.revision, change.services, change.removed_services,
+                              change.nodes, change.removed_nodes, rebase=True)
+        key = ("rebase", revision, digest, scope.key(state.node))
+        frame = self._encoded(key, lambda: encode_catalog(view.revision, "delta",
+                                                          delta_to_wire(rebase)))
+        namespaces = None if scope.everything else self._index_of(catalog).namespaces(
+            state.node, scope)
+        self._send(state, frame, view, catalog, scope, namespaces, delta=False, kind="rebase")
+        return "rebase"
+
+    def _held_view(self, state: EdgeState, catalog: Catalog, scope: Scope, view: Catalog,
+                   digest: bytes) -> Catalog | None:
+        """The view (now, else of a kept older catalog) whose digest is ``digest``."""
+        if self._view_digest(catalog.revision, scope.key(state.node), view) == digest:
+            return view
+        for old in reversed(self._history):
+            old_scope = self._scope(state, old)
+            key = (old.revision, old_scope.key(state.node))
+            known = self._digests.get(key)
+            if known is not None and known != digest:
+                continue
+            old_view = old if old_scope.everything else ScopeIndex(old).view(state.node,
+                                                                             old_scope)
+            if self._view_digest(old.revision, key[1], old_view) == digest:
+                return old_view
+        return None
+
+    def _view_digest(self, revision: int, scope_key: object, view: Catalog) -> bytes:
+        digest = self._digests.get((revision, scope_key))
+        if digest is None:
+            digest = self._digests[(revision, scope_key)] = catalog_digest(view)
+        return digest
 
     def changed(self, states: Iterable[EdgeState]) -> None:
         """The current catalog changed: bring every edge to it, throttled per edge."""
@@ -236,10 +369,10 @@ class CatalogPusher:
               scope: Scope, namespaces: frozenset[str] | None) -> None:
         # A delta that touches most of the view is no smaller than a snapshot.
         if len(delta) > max(8, (len(view.services) + len(view.nodes)) // 2):
-            frame = self._snapshot_frame(view, scope, state.node)
+            frame, kind = self._snapshot_frame(view, scope, state.node), "snapshot"
         else:
-            frame = self._delta_frame(delta)
-        self._send(state, frame, view, catalog, scope, namespaces, delta=True)
+            frame, kind = self._delta_frame(delta), "delta"
+        self._send(state, frame, view, catalog, scope, namespaces, delta=True, kind=kind)
 
     def lag(self, state: EdgeState) -> int | None:
         """Revisions the edge is behind what it should hold (None before its first ack).
@@ -304,6 +437,14 @@ class CatalogFollower:
         self._waiting: tuple[Catalog, EnvelopeLink] | None = None
         self.durable: int | None = None
         """The revision last written to disk by this process."""
+        self._digest_of: tuple[Catalog, bytes] | None = None
+
+    def held(self) -> dict[str, int]:
+        """Hello settings: the revision and digest of the catalog this edge holds."""
+        current = self.get()
+        if self._digest_of is None or self._digest_of[0] is not current:
+            self._digest_of = (current, catalog_digest(current))
+        return held_settings(current.revision, self._digest_of[1])
 
     def apply(self, link: EnvelopeLink, push: CatalogPush) -> None:
         current = self.get()
@@ -325,8 +466,24 @@ class CatalogFollower:
             link.close_now("invalid catalog")
             return
         if link is not self.synced_link:
-            log.warn("closing tunnel: a catalog delta before any snapshot")
-            link.close_now("catalog delta before a snapshot")
+            # A first delta (a rebase) must start at what this edge holds: its hello said so.
+            if delta.base != current.revision:
+                log.warn("closing tunnel: a first catalog delta from revision {base}, this "
+                         "edge is at {revision}", base=delta.base, revision=current.revision)
+                link.close_now("catalog delta before a snapshot")
+                return
+            try:
+                catalog = apply_delta(current, delta)
+            except DeltaError as error:
+                log.warn("closing tunnel: {error}", error=str(error))
+                link.close_now("invalid catalog delta")
+                return
+            self.synced_link = link
+            self._install(link, catalog)
+            return
+        if delta.rebase:
+            log.warn("closing tunnel: a catalog rebase on a link already in sync")
+            link.close_now("catalog rebase after the first push")
             return
         if delta.revision <= current.revision:
             self._ack_again(link, current)

@@ -39,8 +39,11 @@ class Options(CommonOptions, CaptureOptions):
 
     def opt_router(self, value: str) -> None:
         """A router's tunnel (client endpoint string, e.g. tcp:10.0.0.1:7700), optionally
-        NAME=ENDPOINT (the replica's certificate name; default --router-name).  Repeatable:
-        router replicas, dialled in turn (a tunnel that dies moves to the next one)."""
+        NAME=ENDPOINT (the replica's certificate name; default --router-name; * for any
+        router certificate of the CA).  Repeatable: router replicas, dialled in turn (a
+        tunnel that dies moves to the next one).  tcp:NAME:PORT with a DNS name (e.g. a
+        headless Service) is resolved by the edge: every address is a replica, dialled in
+        turn, and the name is resolved again once all were tried."""
         self.setdefault("routers", []).append(value)
 
     def postOptions(self) -> None:

@@ -286,6 +286,11 @@ class _ServerCreator:
         return SSL.Connection(self.tls.material.server_options.getContext(), None)
 
 
+ANY_PEER = "*"
+"""A client endpoint's peer name that accepts any certificate of the CA (names unknown
+before the dial: the router replicas behind a headless Service)."""
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _ClientCreator:
     def __init__(self, tls: MutualTLS, peer: str) -> None:
@@ -293,6 +298,10 @@ class _ClientCreator:
         self.peer = peer
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        if self.peer == ANY_PEER:
+            # Any certificate of the CA, as a server takes its clients; the link's guard
+            # then checks the hello against the certificate's name and role.
+            return SSL.Connection(self.tls.material.server_options.getContext(), None)
         creator = self.tls.client_options(self.peer)
         with quiet_pyopenssl():  # the first connection makes the context
             connection: SSL.Connection = creator.clientConnectionForTLS(tlsProtocol)

@@ -126,6 +126,11 @@ REPLICA_SETS = ResourceType("apps", "v1", "replicasets", "replicaset", "ReplicaS
 NETWORK_POLICIES = ResourceType("networking.k8s.io", "v1", "networkpolicies", "networkpolicy",
                                 "NetworkPolicy", namespaced=True, short_names=("netpol",),
                                 field_paths=_NAMESPACED_FIELDS, generation=True)
+POD_DISRUPTION_BUDGETS = ResourceType("policy", "v1", "poddisruptionbudgets",
+                                      "poddisruptionbudget", "PodDisruptionBudget",
+                                      namespaced=True, status_subresource=True,
+                                      short_names=("pdb",), field_paths=_NAMESPACED_FIELDS,
+                                      generation=True)
 ROLES = ResourceType("rbac.authorization.k8s.io", "v1", "roles", "role", "Role",
                      namespaced=True, field_paths=_NAMESPACED_FIELDS)
 ROLE_BINDINGS = ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding",
@@ -152,7 +157,8 @@ MESH_RESOURCE_TYPES: tuple[ResourceType, ...] = (
 )
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     *MESH_RESOURCE_TYPES, CONFIG_MAPS, SECRETS, SERVICE_ACCOUNTS, ENDPOINTS, EVENTS,
-    DEPLOYMENTS, DAEMON_SETS, STATEFUL_SETS, REPLICA_SETS, NETWORK_POLICIES, ROLES,
+    DEPLOYMENTS, DAEMON_SETS, STATEFUL_SETS, REPLICA_SETS, NETWORK_POLICIES,
+    POD_DISRUPTION_BUDGETS, ROLES,
     ROLE_BINDINGS, CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, LEASES, SELF_SUBJECT_ACCESS_REVIEWS,
     SELF_SUBJECT_REVIEWS,
 )

@@ -624,6 +624,8 @@ class EnvelopeLink(Protocol):
         self._refusal_timer: IDelayedCall | None = None
         self.hello_settings: dict[str, int] = {}
         """More settings for our hello (set before the connection is made)."""
+        self.hello_extra: Callable[[], dict[str, int]] | None = None
+        """Settings worked out when the hello leaves (what the edge holds by then)."""
 
     @property
     def peer(self) -> Hello | None:
@@ -654,7 +656,10 @@ class EnvelopeLink(Protocol):
         use_large_buffer(transport)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
-        self.write(self.connection.hello(self.node, self.role, self.hello_settings))
+        settings = self.hello_settings
+        if self.hello_extra is not None:
+            settings = {**settings, **self.hello_extra()}
+        self.write(self.connection.hello(self.node, self.role, settings))
         self._timer = self.reactor.callLater(self.handshake_timeout, self._tick)
 
     # Frames are coalesced per reactor turn (as Twisted's TLS transport does with small

@@ -2,6 +2,8 @@
 
 from ._connection import Connection
 from ._frames import (
+    HELD_DIGEST_SETTINGS,
+    HELD_REVISION_SETTING,
     MOVE_SETTING,
     NOT_READY,
     PROTOCOL_VERSION,
@@ -44,6 +46,8 @@ from ._frames import (
 )
 
 __all__ = [
+    "HELD_DIGEST_SETTINGS",
+    "HELD_REVISION_SETTING",
     "MOVE_SETTING",
     "NOT_READY",
     "PROTOCOL_VERSION",

@@ -51,6 +51,12 @@ an older decoder refuses a REQUEST with one more field)."""
 MAX_HOPS = 255
 MOVE_SETTING = "move"
 """Hello setting: the sender reads GOAWAY's optional move-to hint."""
+HELD_REVISION_SETTING = "catalog_revision"
+HELD_DIGEST_SETTINGS = ("catalog_digest_hi", "catalog_digest_lo")
+"""Hello settings of an edge: the revision and the digest (120 bits, as two 60-bit halves)
+of the catalog it holds.  An edge that sends them takes a first push on the link that is a
+delta from that revision (a rebase, ``roles/_push.py``); routers that do not know them
+ignore them and send a snapshot."""
 
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""

@@ -7,7 +7,8 @@ and two edges, each with all three replicas as ``--router`` (a different one fir
 - edge-b → edge-a, whose hub address in the catalog is dead, is relayed through edge-b's
   replica and forwarded to edge-a's;
 - kill -9 of the replica that holds edge-a's tunnel: edge-a is reachable again from the
-  other replicas' ``--http`` and from edge-b within 5 s (the documented bound, docs/ha.md).
+  other replicas' ``--http`` and from edge-b within 5 s (the documented bound, docs/ha.md),
+  and its new replica sent it a rebase, not a snapshot (it held the same catalog).
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def test_kill_the_replica_holding_edge_a(replicas: Replicas) -> None:
     mesh = replicas.mesh
     holder = replicas.holders("router-b")["edge-a"]
     assert holder == "router-a"
+    survivors = [r for r in ROUTERS if r != holder]
+    pushes = {r: replicas.admin(r, "/readyz")["routers"]["catalog_pushes"] for r in survivors}
     proc = mesh.procs[holder]
     os.kill(proc.pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -203,6 +206,14 @@ def test_kill_the_replica_holding_edge_a(replicas: Replicas) -> None:
     assert new_holder != holder
     assert replicas.holders("router-c")["edge-a"] == new_holder
     assert replicas.admin("router-b", "/readyz")["routers"]["peers"] == 1
+    # edge-a held what its new replica would send it: a rebase (here empty), not a snapshot.
+    after = replicas.admin(new_holder, "/readyz")["routers"]["catalog_pushes"]
+    before = pushes[new_holder]
+    assert (after["rebase"] - before["rebase"], after["snapshot"] - before["snapshot"]) == (1, 0)
+    metrics = request(replicas.ports[new_holder]["admin"], "GET", "/metrics",
+                      [("Host", "admin")]).body.decode()
+    assert f'edgemesh_router_catalog_pushes_total{{kind="rebase"}} {after["rebase"]}.0' \
+        in metrics
 
 
 def test_sigterm_of_a_replica_moves_its_edges_and_loses_nothing(replicas: Replicas) -> None:
