@@ -1,5 +1,5 @@
 """The catalog layer: nodes, services and endpoints; where they come from is not its business."""
-from ._catalog import RESOLVE_CACHE_SIZE, Catalog
+from ._catalog import RESOLVE_CACHE_SIZE, Catalog, one_pod, pod_name
 from ._delta import (
     CatalogDelta,
     DeltaError,
@@ -106,6 +106,8 @@ __all__ = [
     "parse_node",
     "parse_pod",
     "parse_service",
+    "pod_name",
+    "one_pod",
     "port_kind",
     "scope_view",
     "wanted",
