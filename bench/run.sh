@@ -11,6 +11,8 @@
 #   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
+# BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
+# direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
@@ -46,11 +48,18 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     # Dependencies only matter: the mesh itself runs from this checkout (PYTHONPATH).
     "$PYTHON" -m pip install -q "$REPO"
   fi
+  if [[ "${BENCH:-}" == streams ]] && ! "$PYTHON" -c 'import grpc' 2>/dev/null; then
+    "$PYTHON" -m pip install -q grpcio
+  fi
   if [[ "${PYSPY:-0}" == 1 && ! -x "$(dirname "$PYTHON")/py-spy" ]]; then
     "$PYTHON" -m pip install -q py-spy
   fi
 fi
 
+if [[ "${BENCH:-}" == streams ]]; then
+  # shellcheck disable=SC2086  # STREAMS_ARGS is a list of options
+  exec "$PYTHON" "$HERE/streams.py" ${STREAMS_ARGS:-}
+fi
 for b in wrk nginx taskset; do
   command -v "$b" >/dev/null || { echo "run.sh: $b is missing (unset SKIP_INSTALL)" >&2; exit 1; }
 done

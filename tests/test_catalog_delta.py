@@ -50,6 +50,7 @@ _endpoints = st.builds(
     pod=st.none() | st.just("default/p-0"),
     for_zones=st.sampled_from([(), ("z1",), ("z1", "zone two")]),
     for_nodes=st.sampled_from([(), ("edge-1",)]),
+    hostname=st.sampled_from([None, "p-0", "p-1"]),
 )
 
 

@@ -69,6 +69,7 @@ endpoints = st.builds(
     pod=st.none() | st.tuples(_label, _subdomain).map("/".join),
     for_zones=_hint_zones,
     for_nodes=_hint_nodes,
+    hostname=st.none() | _label,  # the optional "hostnames" side table
 )
 
 

@@ -12,6 +12,10 @@ Allocation, deterministic and stable:
 - a deleted service's address is released; re-created, it most likely gets the same one
   back (its home), unless another service took it meanwhile.
 
+Each pod of a headless service whose endpoints carry a ``hostname`` (a StatefulSet's
+``pod-0``) gets one too, keyed ``namespace/name/hostname``, by the same rules: DNS answers
+``pod-0.name...`` with it, and a captured connection to it reaches that pod only.
+
 The range's network and broadcast addresses are never handed out.  When the range is
 full, the services left over get no address (logged): they stay reachable by name through
 the service bus proxy, not by capture.
@@ -160,6 +164,11 @@ class VirtualIPs:
             return
         self._catalog = catalog
         headless = [key for key, s in catalog.services.items() if s.cluster_ip is None]
+        headless += sorted({
+            f"{key}/{e.hostname}"
+            for key, s in catalog.services.items() if s.cluster_ip is None
+            for endpoints in s.endpoints.values() for e in endpoints if e.hostname is not None
+        })
         assigned = assign_virtual_ips(headless, self.network, self._by_key)
         self.unassigned = sorted(set(headless) - set(assigned))
         if self.unassigned:
@@ -206,6 +215,13 @@ class ServiceAddresses:
         address = self.virtual.address(self.catalog, service.key)
         return None if address is None else str(address)
 
+    def pod_address_of(self, key: str, hostname: str) -> str | None:
+        """The virtual IP of pod ``hostname`` of headless service ``key``, if it has one."""
+        if self.virtual is None:
+            return None
+        address = self.virtual.address(self.catalog, f"{key}/{hostname}")
+        return None if address is None else str(address)
+
     def destination(self, host: str, port: int) -> tuple[Service, ServicePort]:
         """The service and port behind ``host:port`` (a clusterIP or a virtual IP).  Raises
         MeshError ``unknown_service`` when neither the catalog nor the range knows it."""
@@ -217,7 +233,11 @@ class ServiceAddresses:
                 Reason.bad_request, f"original destination {host!r} is not IPv4") from None
         if self.virtual is not None and address in self.virtual.network:
             key = self.virtual.service_key(catalog, address)
-            service = None if key is None else catalog.service(key)
+            service = None
+            if key is not None:
+                namespace, name, hostname = (key.split("/", 2) + [""])[:3]
+                service = (catalog.pod_service(f"{namespace}/{name}", hostname) if hostname
+                           else catalog.service(key))
             if service is None:
                 raise MeshError(Reason.unknown_service,
                                 f"no headless service has virtual IP {address}")

@@ -1,5 +1,5 @@
 """The catalog layer: nodes, services and endpoints; where they come from is not its business."""
-from ._catalog import RESOLVE_CACHE_SIZE, Catalog
+from ._catalog import RESOLVE_CACHE_SIZE, Catalog, one_pod, pod_name
 from ._delta import (
     CatalogDelta,
     DeltaError,
@@ -102,10 +102,12 @@ __all__ = [
     "is_dns1123_subdomain",
     "is_exported",
     "load_manifest",
+    "one_pod",
     "parse_endpoint_slice",
     "parse_node",
     "parse_pod",
     "parse_service",
+    "pod_name",
     "port_kind",
     "scope_view",
     "wanted",

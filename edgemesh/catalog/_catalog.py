@@ -8,6 +8,7 @@ cached by the raw authority bytes in a small bounded dict.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -115,6 +116,45 @@ def _service_key(authority: bytes, host: bytes) -> str:
     if labels[2] == "svc" and (len(labels) == 3 or tuple(labels[3:]) == _CLUSTER_SUFFIX):
         return f"{labels[1]}/{labels[0]}"
     raise _unknown(authority, f"{host.decode('ascii')} is not a service name of this cluster")
+
+
+def pod_name(labels: list[str]) -> tuple[str, str] | None:
+    """(service ``namespace/name``, hostname) for the name forms of one pod of a headless
+    service (``pod-0.svc``, ``pod-0.svc.ns``, ``pod-0.svc.ns.svc``,
+    ``pod-0.svc.ns.svc.cluster.local``), else None.  Whether that service has such a pod
+    is the catalog's business; a service name of the same shape wins (``a.b`` is service
+    ``a`` of namespace ``b`` when there is one)."""
+    count = len(labels)
+    if count == 2:
+        return f"{DEFAULT_NAMESPACE}/{labels[1]}", labels[0]
+    if count == 3 and labels[2] != "svc":
+        return f"{labels[2]}/{labels[1]}", labels[0]
+    if count == 4 and labels[3] == "svc":
+        return f"{labels[2]}/{labels[1]}", labels[0]
+    if count == 4 + len(_CLUSTER_SUFFIX) and labels[3] == "svc" \
+            and tuple(labels[4:]) == _CLUSTER_SUFFIX:
+        return f"{labels[2]}/{labels[1]}", labels[0]
+    return None
+
+
+def one_pod(service: Service, hostname: str) -> Service | None:
+    """``service`` narrowed to the endpoints whose hostname is ``hostname`` (a headless
+    service's pod), or None when it has none.  Routing then chooses among them only (none
+    ready: no-endpoint); topology preferences do not apply to a pod asked for by name."""
+    if service.cluster_ip is not None:
+        return None  # as Kubernetes DNS: pod names are a headless service's
+    endpoints = {
+        port_name: tuple(
+            dataclasses.replace(e, for_zones=(), for_nodes=())
+            for e in found if e.hostname == hostname
+        )
+        for port_name, found in service.endpoints.items()
+    }
+    if not any(endpoints.values()):
+        return None
+    return dataclasses.replace(
+        service, endpoints=MappingProxyType(endpoints), internal_traffic_policy="Cluster",
+        traffic_distribution=None, session_affinity="None")
 
 
 def _choose_port(authority: bytes, service: Service, port: int | None) -> ServicePort:
@@ -250,7 +290,9 @@ class Catalog:
 
         Accepts ``name``, ``name.ns``, ``name.ns.svc``, ``name.ns.svc.cluster.local``
         (any case, optional trailing dot), a clusterIP (``[v6]`` in brackets), each with an
-        optional ``:port``.  Without a port: port 80 if the service has it, else its only
+        optional ``:port``; and ``pod.name[.ns[.svc[.cluster.local]]]`` for one pod of a
+        headless service (its endpoints' ``hostname``): the service returned then has that
+        pod's endpoints only.  Without a port: port 80 if the service has it, else its only
         port.  Raises MeshError: ``bad_request`` for a malformed authority,
         ``unknown_service`` for a name, IP or port the catalog does not have.
         """
@@ -266,15 +308,36 @@ class Catalog:
     def _resolve(self, authority: bytes) -> tuple[Service, ServicePort]:
         host, port = _split_authority(authority)
         if isinstance(host, bytes):
-            key = _service_key(authority, host)
-            found = self._services.get(key)
+            try:
+                key = _service_key(authority, host)
+            except MeshError:
+                key = None
+            found = self._services.get(key) if key is not None else None
             if found is None:
+                found = self._pod(host)
+            if found is None:
+                if key is None:
+                    raise _unknown(authority, f"{host.decode('ascii')} is not a service name "
+                                   "of this cluster")
                 raise _unknown(authority, f"no service {key}")
         else:
             found = self._by_ip.get(host)
             if found is None:
                 raise _unknown(authority, f"no service has clusterIP {host}")
         return found, _choose_port(authority, found, port)
+
+    def _pod(self, host: bytes) -> Service | None:
+        """The one-pod service a pod name (``pod-0.svc...``) means, if it is one."""
+        named = pod_name(host.decode("ascii").split("."))
+        if named is None:
+            return None
+        service = self._services.get(named[0])
+        return None if service is None else one_pod(service, named[1])
+
+    def pod_service(self, key: str, hostname: str) -> Service | None:
+        """Service ``key`` narrowed to its pod ``hostname`` (see ``one_pod``), if any."""
+        service = self._services.get(key)
+        return None if service is None else one_pod(service, hostname)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Catalog):

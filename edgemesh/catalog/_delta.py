@@ -14,6 +14,7 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
      "services": [service record, ...], "removed_services": ["namespace/name", ...],
      "topology": {...},   # optional: as the snapshot's, for the nodes and services upserted
      "app_protocols": {...},   # optional, for the upserted services: see _snapshot
+     "hostnames": {...},       # optional, likewise
      "rebase": true}   # optional: see below
 
 A *rebase* (``"rebase": true``) is the first push on a link to an edge that said, in its
@@ -42,7 +43,9 @@ from ._snapshot import (
     _service_to_wire,
     _str,
     _with_app_protocols,
+    hostnames_to_wire,
     topology_to_wire,
+    with_hostnames,
     with_topology,
 )
 
@@ -132,6 +135,7 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
         "services": [_service_to_wire(s) for s in delta.services],
         "removed_services": list(delta.removed_services),
         **_app_protocols_to_wire(delta.services),
+        **hostnames_to_wire(delta.services),
     }
     topology = topology_to_wire(delta.nodes, delta.services)
     if topology is not None:
@@ -197,11 +201,11 @@ def delta_from_wire(obj: object) -> CatalogDelta:
             _node_name(n, f"removed_nodes[{i}]")
             for i, n in enumerate(_list(top["removed_nodes"], "removed_nodes"))
         )
-        services = tuple(_with_app_protocols(
+        services = tuple(with_hostnames(_with_app_protocols(
             (_service(s, f"services[{i}]")
              for i, s in enumerate(_list(top["services"], "services"))),
             top,
-        ))
+        ), top))
         removed_services = tuple(
             _service_key(s, f"removed_services[{i}]")
             for i, s in enumerate(_list(top["removed_services"], "removed_services"))

@@ -101,6 +101,7 @@ class SliceEndpoint:
     pod: str | None
     for_zones: tuple[str, ...] = ()
     for_nodes: tuple[str, ...] = ()
+    hostname: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +445,9 @@ def _slice_endpoint(
                             "short printable text")
     for_nodes = _hint_names(r, hints.get("forNodes"), f"{path}.hints.forNodes",
                             is_dns1123_subdomain, _SUBDOMAIN)
+    hostname = r.string(entry.get("hostname"), f"{path}.hostname") or None
+    if hostname is not None and not is_dns1123_label(hostname):
+        r.fail(f"{path}.hostname", f"{_got(hostname)} is not a valid name ({_LABEL})")
     return SliceEndpoint(
         address=address,
         node=node,
@@ -456,6 +460,7 @@ def _slice_endpoint(
         pod=_pod_ref(r, entry.get("targetRef"), f"{path}.targetRef", namespace),
         for_zones=for_zones,
         for_nodes=for_nodes,
+        hostname=hostname,
     )
 
 
@@ -611,6 +616,7 @@ def _from_slices(
                     pod=e.pod,
                     for_zones=e.for_zones,
                     for_nodes=e.for_nodes,
+                    hostname=e.hostname,
                 ))
     return {name: tuple(found.values()) for name, found in merged.items()}
 

@@ -76,6 +76,9 @@ class Endpoint:
     """EndpointSlice ``hints.forZones``: the zones this endpoint is meant for (empty: none)."""
     for_nodes: tuple[str, ...] = ()
     """EndpointSlice ``hints.forNodes``: the nodes this endpoint is meant for (empty: none)."""
+    hostname: str | None = None
+    """EndpointSlice ``hostname`` (a StatefulSet's ``pod-0``): in a headless service, the
+    names ``pod-0.svc[.ns[.svc.cluster.local]]`` reach this endpoint only."""
 
     @property
     def address(self) -> str:

@@ -26,6 +26,11 @@ Ports' ``appProtocol`` values travel beside the records, in an optional top-leve
 one): a node that predates it ignores the key (and carries such ports as HTTP), one that
 knows it reads snapshots without it as before.  Deltas carry it the same way.
 
+Endpoints' ``hostname`` (StatefulSet pods of headless services) rides the same way in
+``"hostnames": {"namespace/name": {port_name: [hostname|None, ...]}}`` (one entry per
+endpoint of the port, only services with one): an older node ignores it (and cannot reach
+``pod-0.svc`` names), a newer one reads snapshots without it as having none.
+
 ``catalog_from_wire`` reads input from the network: it checks every field's type, range
 and presence and raises SnapshotError, and nothing else, for anything off.  Keys it does
 not know in the top-level map are ignored, so that a newer router may add some.
@@ -86,6 +91,7 @@ def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
         ],
         "services": [_service_to_wire(s) for s in catalog.services.values()],
         **_app_protocols_to_wire(catalog.services.values()),
+        **hostnames_to_wire(catalog.services.values()),
     }
     topology = topology_to_wire(catalog.nodes.values(), catalog.services.values())
     if topology is not None:
@@ -256,6 +262,56 @@ def _with_app_protocols(services: Iterable[Service], top: Mapping[str, object]) 
                 for p in service.ports
             ))
         result.append(service)
+    return result
+
+
+HOSTNAMES_KEY = "hostnames"
+
+
+def hostnames_to_wire(services: Iterable[Service]) -> dict[str, object]:
+    """The optional side table of endpoints' hostnames (empty: no key at all)."""
+    table = {
+        s.key: {
+            port_name: [e.hostname for e in endpoints]
+            for port_name, endpoints in s.endpoints.items()
+            if any(e.hostname is not None for e in endpoints)
+        }
+        for s in services
+        if any(e.hostname is not None for es in s.endpoints.values() for e in es)
+    }
+    return {HOSTNAMES_KEY: table} if table else {}
+
+
+def with_hostnames(services: Iterable[Service], top: Mapping[str, object]) -> list[Service]:
+    """``services`` with the endpoints' hostnames of the side table in ``top``, if any."""
+    services = list(services)
+    raw = top.get(HOSTNAMES_KEY)
+    if raw is None:
+        return services
+    table = _map(raw, HOSTNAMES_KEY)
+    keys = {s.key for s in services}
+    for key in table:
+        if key not in keys:
+            _fail(f"{HOSTNAMES_KEY}[{key!r}]", "no such service")
+    result = []
+    for service in services:
+        if service.key not in table:
+            result.append(service)
+            continue
+        path = f"{HOSTNAMES_KEY}[{service.key!r}]"
+        endpoints = dict(service.endpoints)
+        for port_name, items in _map(table[service.key], path).items():
+            where = f"{path}[{port_name!r}]"
+            own = endpoints.get(port_name)
+            listed = _list(items, where)
+            if own is None or len(listed) != len(own):
+                _fail(where, "must have one entry per endpoint of the port")
+            endpoints[port_name] = tuple(
+                e if h is None else dataclasses.replace(
+                    e, hostname=_checked(h, f"{where}[{i}]", is_dns1123_label, "DNS-1123 label"))
+                for i, (e, h) in enumerate(zip(own, listed))
+            )
+        result.append(dataclasses.replace(service, endpoints=MappingProxyType(endpoints)))
     return result
 
 
@@ -481,10 +537,10 @@ def catalog_from_wire(obj: object) -> Catalog:
             _fail(key, "required")
     revision = _int(top["revision"], "revision", 0, _MAX_REVISION)
     nodes = [_node(n, f"nodes[{i}]") for i, n in enumerate(_list(top["nodes"], "nodes"))]
-    services = _with_app_protocols(
+    services = with_hostnames(_with_app_protocols(
         (_service(s, f"services[{i}]") for i, s in enumerate(_list(top["services"], "services"))),
         top,
-    )
+    ), top)
     seen_nodes = {n.name for n in nodes}
     if len(seen_nodes) != len(nodes):
         _fail("nodes", "duplicate node names")

@@ -7,14 +7,16 @@ A pod asks for a service as ``name``, ``name.ns``, ``name.ns.svc`` or
 under ``cluster.local`` and ``*.svc`` are the mesh's zone: an unknown one is NXDOMAIN,
 never forwarded.  ``name`` and ``name.ns`` are answered when the catalog has the service
 and otherwise belong to the rest of the world (``example.com`` is not service
-``example`` of namespace ``com`` unless the catalog says so).
+``example`` of namespace ``com`` unless the catalog says so).  One pod of a headless
+service (a StatefulSet's) is ``pod-0.name[.ns[.svc[.cluster.local]]]``: ``pod`` says which
+pod a name would be, and the catalog whether it is one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..catalog import CLUSTER_DOMAIN, DEFAULT_NAMESPACE
+from ..catalog import CLUSTER_DOMAIN, DEFAULT_NAMESPACE, pod_name
 
 _CLUSTER_LABELS = tuple(CLUSTER_DOMAIN.split("."))
 _MAX_NAME = 253
@@ -29,6 +31,8 @@ class NameClass:
     """The service ``namespace/name`` the name would be, if any."""
     in_zone: bool
     """The name is inside the mesh's zone: unknown means NXDOMAIN, not forwarding."""
+    pod: tuple[str, str] | None = None
+    """(service ``namespace/name``, hostname) the name would be as one pod's, if any."""
 
 
 NOT_OURS = NameClass(None, False)
@@ -43,19 +47,20 @@ def classify(name: str) -> NameClass:
     if any(not label for label in labels):
         return NOT_OURS
     cluster = len(_CLUSTER_LABELS)
+    pod = pod_name(labels)
     if tuple(labels[-cluster:]) == _CLUSTER_LABELS:
         if len(labels) == cluster + 3 and labels[2] == "svc":
             return NameClass(f"{labels[1]}/{labels[0]}", True)
-        return NameClass(None, True)
+        return NameClass(None, True, pod)
     if labels[-1] == "svc" and len(labels) != 2:
         if len(labels) == 3:
             return NameClass(f"{labels[1]}/{labels[0]}", True)
-        return NameClass(None, True)
+        return NameClass(None, True, pod)
     if len(labels) == 2:
-        return NameClass(f"{labels[1]}/{labels[0]}", False)
+        return NameClass(f"{labels[1]}/{labels[0]}", False, pod)
     if len(labels) == 1:
         return NameClass(f"{DEFAULT_NAMESPACE}/{labels[0]}", False)
-    return NOT_OURS
+    return NameClass(None, False, pod) if pod is not None else NOT_OURS
 
 
 def search_expansions(name: str, search: list[str], ndots: int = 5) -> list[str]:

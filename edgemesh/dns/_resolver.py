@@ -41,13 +41,18 @@ class AddressBook(Protocol):
 
     def address_of(self, service: Service) -> str | None: ...
 
+    def pod_address_of(self, key: str, hostname: str) -> str | None:
+        """The virtual IP of one pod of a headless service, if it has one."""
+        ...
+
 
 def _text(name: bytes) -> str:
     return name.decode("ascii", "replace")
 
 
 class MeshResolver(common.ResolverBase):
-    """A records (AAAA for an IPv6 clusterIP) for the services of the live catalog."""
+    """A records (AAAA for an IPv6 clusterIP) for the services of the live catalog, and for
+    the pods of its headless services that have a hostname (their own virtual IPs)."""
 
     def __init__(self, addresses: AddressBook, ttl: int = DEFAULT_TTL) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -59,19 +64,31 @@ class MeshResolver(common.ResolverBase):
         kind = classify(_text(name))
         if kind.in_zone:
             return True
-        return kind.key is not None and self.addresses.catalog.service(kind.key) is not None
+        catalog = self.addresses.catalog
+        if kind.key is not None and catalog.service(kind.key) is not None:
+            return True
+        return kind.pod is not None and catalog.pod_service(*kind.pod) is not None
+
+    def _address(self, name: bytes, cls: int) -> tuple[bool, str | None]:
+        """(the mesh knows the name, its address if it has one)."""
+        kind = classify(_text(name))
+        if cls != dns.IN:
+            return False, None
+        catalog = self.addresses.catalog
+        service = catalog.service(kind.key) if kind.key is not None else None
+        if service is not None:
+            return True, self.addresses.address_of(service)
+        if kind.pod is not None and catalog.pod_service(*kind.pod) is not None:
+            return True, self.addresses.pod_address_of(*kind.pod)
+        return False, None
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Result]:
-        kind = classify(_text(name))
-        service = None
-        if kind.key is not None and cls == dns.IN:
-            service = self.addresses.catalog.service(kind.key)
-        if service is None:
-            if kind.in_zone:
+        known, text = self._address(name, cls)
+        if not known:
+            if classify(_text(name)).in_zone:
                 return fail(AuthoritativeDomainError(name))
             return fail(DomainError(name))
         answers: list[dns.RRHeader] = []
-        text = self.addresses.address_of(service)
         if text is not None:
             address = ipaddress.ip_address(text)
             record: dns.Record_A | dns.Record_AAAA | None = None

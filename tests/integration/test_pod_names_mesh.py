@@ -1,0 +1,185 @@
+"""StatefulSet pod names through real ``twistd`` processes (issue 12): a headless Service
+``web`` whose EndpointSlice endpoints carry ``hostname`` web-0 (on edge-1), web-1 (on
+edge-2) and web-2 (not ready).  ``web-1.web``, ``web-0.web.default.svc.cluster.local``...
+reach that one pod by HTTP (Host), by CONNECT, from an edge and from the cloud; the edge's
+DNS server (queried with ``dig``) gives each pod an address of its own."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from meshkit import (
+    LOOPBACK,
+    Mesh,
+    RawConnection,
+    Topology,
+    _connects,
+    _node,
+    free_ports,
+    request,
+    write_catalog,
+)
+
+HERE = Path(__file__).resolve().parent
+PODSERVER = HERE / "podserver.py"
+EDGES = ("edge-1", "edge-2")
+DIG = shutil.which("dig")
+
+
+def headless(topology: Topology) -> list[dict[str, Any]]:
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "None",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }
+
+    def piece(pod: str, node: str, port: int, ready: bool) -> dict[str, Any]:
+        # One slice per pod: the pods share 127.0.0.1, so each needs its own port number.
+        return {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"web-{pod}", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [LOOPBACK], "hostname": pod, "nodeName": node,
+                           "conditions": {"ready": ready},
+                           "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}}],
+        }
+
+    t = topology
+    return [service, piece("web-0", "edge-1", t.pods["web-0"], True),
+            piece("web-1", "edge-2", t.pods["web-1"], True),
+            piece("web-2", "edge-2", t.dead["web-2"], False)]
+
+
+@pytest.fixture(scope="module")
+def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int]]:
+    directory = tmp_path_factory.mktemp("podnames")
+    topology = Topology.allocate(EDGES, ["web-0", "web-1"], ["web-2"])
+    transparent, dns_port = free_ports(2)
+    t = topology
+    objects = [_node("cloud-1", False, None),
+               *(_node(name, True, t.edges[name]["hub"]) for name in EDGES), *headless(t)]
+    catalog = directory / "catalog.yaml"
+    write_catalog(catalog, objects)
+    mesh = Mesh(directory, topology, catalog)
+    try:
+        mesh._spawn("pods", [str(PODSERVER), *(f"{p}={t.pods[p]}" for p in ("web-0", "web-1"))],
+                    None, mesh=False)
+        mesh.start_router(wait=False)
+        # edge-1 also runs the DNS server; its virtual IPs come with a transparent listener
+        # (no capture rules: nothing is redirected here).
+        mesh.start_edge("edge-1", "--transparent", f"tcp:{transparent}:interface={LOOPBACK}",
+                        "--dns", f"{LOOPBACK}:{dns_port}", wait=False)
+        mesh.start_edge("edge-2", wait=False)
+        mesh.wait_healthy(mesh.procs["router"])
+        mesh.wait_edges_acked(EDGES)
+        mesh.wait_for("the pods to listen",
+                      lambda: all(_connects(t.pods[p]) for p in ("web-0", "web-1")),
+                      [mesh.procs["pods"]])
+        yield mesh, dns_port
+    finally:
+        mesh.stop_all()
+
+
+def pod_behind(mesh: Mesh, via: str, host: str) -> str | None:
+    response = request(mesh.proxy(via), "GET", "/", [("Host", host)], timeout=20)
+    assert response.status == 200, (host, response.status, response.body[:200])
+    return response.header("X-Pod")
+
+
+@pytest.mark.parametrize(("via", "host", "pod"), [
+    ("edge-1", "web-1.web", "web-1"),  # edge -> edge, the pod on edge-2
+    ("edge-1", "web-0.web.default", "web-0"),  # the pod on this edge
+    ("edge-2", "web-0.web.default.svc", "web-0"),
+    ("edge-2", "web-0.web.default.svc.cluster.local", "web-0"),
+    ("router", "web-1.web.default.svc.cluster.local:80", "web-1"),  # cloud -> edge
+])
+def test_http_by_pod_name_reaches_that_pod_every_time(pods_mesh: tuple[Mesh, int], via: str,
+                                                     host: str, pod: str) -> None:
+    mesh, _ = pods_mesh
+    assert [pod_behind(mesh, via, host) for _ in range(6)] == [pod] * 6
+
+
+def test_the_service_name_still_balances_over_both(pods_mesh: tuple[Mesh, int]) -> None:
+    mesh, _ = pods_mesh
+    seen = {pod_behind(mesh, "router", "web.default") for _ in range(8)}
+    assert seen == {"web-0", "web-1"}
+
+
+@pytest.mark.parametrize(("via", "target", "pod"), [
+    ("edge-1", b"web-1.web:80", "web-1"),
+    ("edge-2", b"web-0.web.default.svc.cluster.local:80", "web-0"),
+    ("router", b"web-0.web.default:80", "web-0"),
+])
+def test_connect_by_pod_name_reaches_that_pod(pods_mesh: tuple[Mesh, int], via: str,
+                                              target: bytes, pod: str) -> None:
+    """A byte stream to the pod: an HTTP request sent inside the CONNECT tunnel is answered
+    by that pod itself."""
+    mesh, _ = pods_mesh
+    with RawConnection(mesh.proxy(via), timeout=20) as conn:
+        conn.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
+        assert conn._line().startswith(b"HTTP/1.1 200 ")
+        while conn._line():
+            pass
+        conn.send(b"GET / HTTP/1.1\r\nHost: whatever\r\nConnection: close\r\n\r\n")
+        response = conn.read_response()
+        assert response.status == 200
+        assert response.header("X-Pod") == pod
+
+
+@pytest.mark.parametrize("via", ["edge-1", "router"])
+def test_a_pod_that_is_not_ready_is_503_no_endpoint(pods_mesh: tuple[Mesh, int],
+                                                     via: str) -> None:
+    mesh, _ = pods_mesh
+    response = request(mesh.proxy(via), "GET", "/", [("Host", "web-2.web")], timeout=20)
+    assert response.status == 503
+    assert response.header("X-Edgemesh-Error") == "no-endpoint"
+    with RawConnection(mesh.proxy(via), timeout=20) as conn:
+        conn.send(b"CONNECT web-2.web:80 HTTP/1.1\r\nHost: web-2.web:80\r\n\r\n")
+        refused = conn.read_response()
+        assert refused.status == 503
+        assert refused.header("X-Edgemesh-Error") == "no-endpoint"
+
+
+def test_an_unknown_pod_is_404(pods_mesh: tuple[Mesh, int]) -> None:
+    mesh, _ = pods_mesh
+    response = request(mesh.proxy("edge-1"), "GET", "/", [("Host", "web-9.web")], timeout=20)
+    assert response.status == 404
+    assert response.header("X-Edgemesh-Error") == "unknown-service"
+
+
+def dig(port: int, name: str) -> list[str]:
+    assert DIG is not None
+    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+short", "+tries=1",
+                           "+time=5", name, "A"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return [line for line in done.stdout.split() if re.fullmatch(r"[0-9.]+", line)]
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
+def test_the_edge_dns_gives_each_pod_its_own_address(pods_mesh: tuple[Mesh, int]) -> None:
+    _, dns_port = pods_mesh
+    found = {pod: dig(dns_port, f"{pod}.web.default.svc.cluster.local")
+             for pod in ("web-0", "web-1", "web-2")}
+    service = dig(dns_port, "web.default.svc.cluster.local")
+    addresses = [*found.values(), service]
+    assert all(len(a) == 1 for a in addresses), addresses
+    assert len({a[0] for a in addresses}) == 4, addresses
+    assert all(a[0].startswith("240.240.") for a in addresses), addresses
+    assert dig(dns_port, "web-9.web.default.svc.cluster.local") == []
+
+
+
+def test_zz_no_crash_in_the_logs(pods_mesh: tuple[Mesh, int]) -> None:
+    mesh, _ = pods_mesh
+    mesh.check_alive()
+    assert mesh.new_problems({}) == []
