@@ -397,7 +397,8 @@ def report(args: argparse.Namespace, reps: dict[str, list[dict[str, Any]]],
         lines.append(f"| gRPC unary, calls/s ({args.grpc_concurrency} in flight, one channel) | "
                      f"{fmt(col('direct', 'calls_per_s'), '.0f')} | "
                      f"{fmt(col('mesh', 'calls_per_s'), '.0f')} | "
-                     f"{fmt(ratio(col('mesh', 'calls_per_s'), col('direct', 'calls_per_s')), '.2f')}"
+                     f"{fmt(ratio(col('mesh', 'calls_per_s'),
+                                  col('direct', 'calls_per_s')), '.2f')}"
                      f" | {fmt(cpu * 1e6 / calls if calls else None, '.0f')} µs/call | "
                      f"{fmt(others, '.0f')} |")
         for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
