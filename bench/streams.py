@@ -394,11 +394,11 @@ def report(args: argparse.Namespace, reps: dict[str, list[dict[str, Any]]],
         calls = sum(r["mesh"]["calls"] for r in reps["grpc"])
         cpu = sum(sum(r["mesh"]["mesh_cpu_s"].values()) for r in reps["grpc"])
         others = median([r["mesh"]["others_pct"] for r in reps["grpc"]])
+        direct_rate, mesh_rate = col('direct', 'calls_per_s'), col('mesh', 'calls_per_s')
         lines.append(f"| gRPC unary, calls/s ({args.grpc_concurrency} in flight, one channel) | "
-                     f"{fmt(col('direct', 'calls_per_s'), '.0f')} | "
-                     f"{fmt(col('mesh', 'calls_per_s'), '.0f')} | "
-                     f"{fmt(ratio(col('mesh', 'calls_per_s'),
-                                  col('direct', 'calls_per_s')), '.2f')}"
+                     f"{fmt(direct_rate, '.0f')} | "
+                     f"{fmt(mesh_rate, '.0f')} | "
+                     f"{fmt(ratio(mesh_rate, direct_rate), '.2f')}"
                      f" | {fmt(cpu * 1e6 / calls if calls else None, '.0f')} µs/call | "
                      f"{fmt(others, '.0f')} |")
         for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
