@@ -47,8 +47,9 @@ from ._decide import Route
 
 if TYPE_CHECKING:
     from ..catalog import Catalog, Endpoint, Service, ServicePort
+    from ._balance import Balancer
     from ._health import OutlierDetector, Resilience, ServiceState
-    from ._policy import Balancer, EndpointKey, ServicePolicy
+    from ._policy import EndpointKey, ServicePolicy
 
 __all__ = [
     "IDEMPOTENT_METHODS",

@@ -34,11 +34,12 @@ from ..exchange import (
     SourceKind,
     TargetKind,
 )
+from ._balance import Balancer
 from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import INFINITY, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, ServiceState
 from ._loops import Listening, OwnEndpoint, check_hops, own_endpoints
-from ._policy import Balancer, EndpointKey, PolicyBook, ServicePolicy
+from ._policy import EndpointKey, PolicyBook, ServicePolicy
 from ._streams import StreamGuard
 
 _ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
