@@ -282,7 +282,9 @@ class _Exchange:
                 last_chunk(trailers) if trailers else LAST_CHUNK
             )
         elif trailers:
-            drop_trailers(trailers, "the response to this client is not chunked (HTTP/1.0, or no body)")
+            drop_trailers(
+                trailers, "the response to this client is not chunked (HTTP/1.0, or no body)"
+            )
         self.state = _DONE
         self.front._exchange_done(self)
 
