@@ -2,6 +2,7 @@
 
 from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
+from ._hooks import FrontHook, HookedFrontFactory, HookedFrontProtocol
 from ._io import DEFAULT_BACKLOG, with_backlog
 from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange, ready_or_lost
 from ._linkstreams import LinkStreamTarget
@@ -12,9 +13,12 @@ from ._upstream import HTTPUpstreamTarget
 __all__ = [
     "DEFAULT_BACKLOG",
     "EnvelopeLink",
+    "FrontHook",
     "FrontLimits",
     "HTTPFrontFactory",
     "HTTPUpstreamTarget",
+    "HookedFrontFactory",
+    "HookedFrontProtocol",
     "HubDialer",
     "InboundExchange",
     "LinkHandler",
