@@ -21,9 +21,8 @@ exchange entered the mesh owns its timeouts and retries (no retry storms across 
 
 from __future__ import annotations
 
-import enum
 import math
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -54,13 +53,11 @@ if TYPE_CHECKING:
 __all__ = [
     "IDEMPOTENT_METHODS",
     "REPLAY_LIMIT",
+    "REQUEST_TRANSITIONS",
+    "RESPONSE_TRANSITIONS",
     "GuardHost",
     "GuardStateError",
     "GuardedExchange",
-    "Request",
-    "RequestEvent",
-    "Response",
-    "ResponseEvent",
 ]
 
 REPLAY_LIMIT: Final = 64 * 1024
@@ -128,108 +125,113 @@ class GuardStateError(RuntimeError):
     a response head twice), never a network condition."""
 
 
-class Response(enum.IntEnum):
-    """The response side (the target answering the source).  Ordered: from DONE on, the
-    exchange is over and late calls go nowhere."""
+# Plain ints, not enum members: an enum member's lookup, hash and comparison each cost
+# several times an int's, and the guard moves a state at every event of every exchange.
 
-    WAITING = 0
-    """No response head yet: an attempt (or a retry) is under way."""
-    STREAMING = 1
-    """The head went to the source; the body follows."""
-    DONE = 2
-    """Over: answered, failed, timed out, or refused inside the first ``open``."""
-    GAVE_UP = 3
-    """Over: the source gave up (client or peer gone) before the response was."""
+WAITING: Final = 0
+"""No response head yet: an attempt (or a retry) is under way."""
+STREAMING: Final = 1
+"""The head went to the source; the body follows."""
+DONE: Final = 2
+"""Over: answered, failed, timed out, or refused inside the first ``open``."""
+GAVE_UP: Final = 3
+"""Over: the source gave up (client or peer gone) before the response was.  From DONE on,
+the exchange is over and late calls go nowhere."""
+RESPONSE_STATES: Final = ("WAITING", "STREAMING", "DONE", "GAVE_UP")
 
+HEAD: Final = 0
+COMPLETE: Final = 1
+"""A whole response in one call."""
+DATA: Final = 2
+"""Response body bytes or trailers."""
+END: Final = 3
+RETRY: Final = 4
+"""A failed attempt that another attempt takes over."""
+FAIL: Final = 5
+EXPIRE: Final = 6
+"""The request or idle timeout."""
+CLOSE: Final = 7
+"""The first ``open`` raised: the source answers what was raised to it."""
+GIVE_UP: Final = 8
+"""The source aborted its request."""
+RESPONSE_EVENTS: Final = ("HEAD", "COMPLETE", "DATA", "END", "RETRY", "FAIL", "EXPIRE",
+                          "CLOSE", "GIVE_UP")
 
-class ResponseEvent(enum.IntEnum):
-    HEAD = 0
-    COMPLETE = 1
-    """A whole response in one call."""
-    DATA = 2
-    """Response body bytes or trailers."""
-    END = 3
-    RETRY = 4
-    """A failed attempt that another attempt takes over."""
-    FAIL = 5
-    EXPIRE = 6
-    """The request or idle timeout."""
-    CLOSE = 7
-    """The first ``open`` raised: the source answers what was raised to it."""
-    GIVE_UP = 8
-    """The source aborted its request."""
+SENDING: Final = 0
+"""The source's request body is still coming."""
+ENDED: Final = 1
+ABORTED: Final = 2
+REQUEST_STATES: Final = ("SENDING", "ENDED", "ABORTED")
 
+BODY: Final = 0
+"""Request body bytes."""
+TRAILERS: Final = 1
+BODY_END: Final = 2
+ABORT: Final = 3
+REQUEST_EVENTS: Final = ("BODY", "TRAILERS", "BODY_END", "ABORT")
 
-class Request(enum.IntEnum):
-    """The request side (the source's body towards the target)."""
-
-    SENDING = 0
-    ENDED = 1
-    ABORTED = 2
-
-
-class RequestEvent(enum.IntEnum):
-    BODY = 0
-    """Request body bytes."""
-    TRAILERS = 1
-    END = 2
-    ABORT = 3
-
-
-_S = TypeVar("_S", bound=enum.IntEnum)
-_E = TypeVar("_E", bound=enum.IntEnum)
-
-
-class Transitions(dict[tuple[_S, _E], _S]):
-    """(state, event) → next state; a pair not in the table raises GuardStateError."""
-
-    def __init__(self, side: str, table: dict[tuple[_S, _E], _S]) -> None:
-        super().__init__(table)
-        self.side = side
-
-    def __missing__(self, key: tuple[_S, _E]) -> _S:
-        state, event = key
-        raise GuardStateError(f"guarded exchange: {event.name} is illegal on the {self.side} "
-                              f"side in state {state.name}")
-
-
-WAITING, STREAMING, DONE, GAVE_UP = Response
-SENDING, ENDED, ABORTED = Request
-
-_R = ResponseEvent
-RESPONSE_TRANSITIONS: Final = Transitions[Response, ResponseEvent]("response", {
-    (WAITING, _R.HEAD): STREAMING,
-    (WAITING, _R.COMPLETE): DONE,
-    (WAITING, _R.RETRY): WAITING,
-    (WAITING, _R.FAIL): DONE,
-    (WAITING, _R.EXPIRE): DONE,
-    (WAITING, _R.CLOSE): DONE,
-    (WAITING, _R.GIVE_UP): GAVE_UP,
-    (STREAMING, _R.DATA): STREAMING,
-    (STREAMING, _R.END): DONE,
-    (STREAMING, _R.FAIL): DONE,
-    (STREAMING, _R.EXPIRE): DONE,
+RESPONSE_TRANSITIONS: Final[dict[tuple[int, int], int]] = {
+    (WAITING, HEAD): STREAMING,
+    (WAITING, COMPLETE): DONE,
+    (WAITING, RETRY): WAITING,
+    (WAITING, FAIL): DONE,
+    (WAITING, EXPIRE): DONE,
+    (WAITING, CLOSE): DONE,
+    (WAITING, GIVE_UP): GAVE_UP,
+    (STREAMING, DATA): STREAMING,
+    (STREAMING, END): DONE,
+    (STREAMING, FAIL): DONE,
+    (STREAMING, EXPIRE): DONE,
     # A target that sent a head and then raised in ``open``: over, as before.
-    (STREAMING, _R.CLOSE): DONE,
-    (STREAMING, _R.GIVE_UP): GAVE_UP,
+    (STREAMING, CLOSE): DONE,
+    (STREAMING, GIVE_UP): GAVE_UP,
     # Over: whatever comes late goes nowhere (a target may still be winding down).
-    **{(over, event): over for over in (DONE, GAVE_UP) for event in ResponseEvent},
-})
-"""Illegal: a head twice, a whole response after a head, a body or an end before a head,
-a retry after a head (the source has part of an answer)."""
+    **{(over, event): over for over in (DONE, GAVE_UP) for event in range(len(RESPONSE_EVENTS))},
+}
+"""The response side's legal transitions, (state, event) → state.  Illegal: a head twice,
+a whole response after a head, a body or an end before a head, a retry after a head (the
+source has part of an answer)."""
 
-_Q = RequestEvent
-REQUEST_TRANSITIONS: Final = Transitions[Request, RequestEvent]("request", {
-    (SENDING, _Q.BODY): SENDING,
-    (SENDING, _Q.TRAILERS): SENDING,
-    (SENDING, _Q.END): ENDED,
-    (SENDING, _Q.ABORT): ABORTED,
-    (ENDED, _Q.TRAILERS): ENDED,  # late trailers: ignored, as before
-    (ENDED, _Q.END): ENDED,
-    (ENDED, _Q.ABORT): ABORTED,  # the client left while waiting for the response
-    **{(ABORTED, event): ABORTED for event in RequestEvent},
-})
-"""Illegal: body bytes after the end."""
+REQUEST_TRANSITIONS: Final[dict[tuple[int, int], int]] = {
+    (SENDING, BODY): SENDING,
+    (SENDING, TRAILERS): SENDING,
+    (SENDING, BODY_END): ENDED,
+    (SENDING, ABORT): ABORTED,
+    (ENDED, TRAILERS): ENDED,  # late trailers: ignored, as before
+    (ENDED, BODY_END): ENDED,
+    (ENDED, ABORT): ABORTED,  # the client left while waiting for the response
+    **{(ABORTED, event): ABORTED for event in range(len(REQUEST_EVENTS))},
+}
+"""The request side's legal transitions.  Illegal: body bytes after the end."""
+
+
+class _Next(dict[int, int]):
+    """One event's column of a table, state → next state (what the guard looks up: one
+    dict lookup by an int); a state missing raises GuardStateError."""
+
+    def __init__(self, side: str, states: tuple[str, ...], events: tuple[str, ...],
+                 table: dict[tuple[int, int], int], event: int) -> None:
+        super().__init__({state: after for (state, on), after in table.items() if on == event})
+        self.side = side
+        self.states = states
+        self.event = events[event]
+
+    def __missing__(self, state: int) -> int:
+        raise GuardStateError(f"guarded exchange: {self.event} is illegal on the {self.side} "
+                              f"side in state {self.states[state]}")
+
+
+def _columns(
+    side: str, states: tuple[str, ...], events: tuple[str, ...],
+    table: dict[tuple[int, int], int],
+) -> tuple[_Next, ...]:
+    return tuple(_Next(side, states, events, table, event) for event in range(len(events)))
+
+
+(_ON_HEAD, _ON_COMPLETE, _ON_DATA, _ON_END, _ON_RETRY, _ON_FAIL, _ON_EXPIRE, _ON_CLOSE,
+ _ON_GIVE_UP) = _columns("response", RESPONSE_STATES, RESPONSE_EVENTS, RESPONSE_TRANSITIONS)
+_ON_BODY, _ON_TRAILERS, _ON_BODY_END, _ON_ABORT = _columns(
+    "request", REQUEST_STATES, REQUEST_EVENTS, REQUEST_TRANSITIONS)
 
 
 class ByteCounters(Protocol):
@@ -364,7 +366,7 @@ class GuardedExchange:
 
     def __repr__(self) -> str:
         return (f"<GuardedExchange {self.service.key} try {self.tries} "
-                f"{self.response.name}/{self.request_state.name}>")
+                f"{RESPONSE_STATES[self.response]}/{REQUEST_STATES[self.request_state]}>")
 
     # -- the states, as the observer and the pipeline read them --------------------------
 
@@ -380,16 +382,16 @@ class GuardedExchange:
 
     @property
     def ended(self) -> bool:
-        return self.request_state is ENDED
+        return self.request_state == ENDED
 
     @property
     def aborted(self) -> bool:
-        return self.request_state is ABORTED
+        return self.request_state == ABORTED
 
     @property
     def gave_up(self) -> bool:
         """The source gave up (client or peer gone) before the response was over."""
-        return self.response is GAVE_UP
+        return self.response == GAVE_UP
 
     @property
     def endpoint_key(self) -> tuple[str, int] | None:
@@ -436,7 +438,7 @@ class GuardedExchange:
         if self.tries != attempt:
             return  # it failed inside open and a retry took over
         over = self.response >= DONE
-        if over and self.request_state is not SENDING:
+        if over and self.request_state != SENDING:
             return  # answered inside open, and the request is over: nothing more to send
         self.inner = inner
         if attempt == 1 or over:
@@ -451,7 +453,7 @@ class GuardedExchange:
             if self.tries != attempt or self.response >= DONE:
                 return
             inner.write(data)
-        if (self.request_state is ENDED and self.tries == attempt
+        if (self.request_state == ENDED and self.tries == attempt
                 and self.response < DONE):
             if self.request_trailers:
                 hand_trailers(inner, self.request_trailers, f"{target!r} takes no trailers")
@@ -473,7 +475,7 @@ class GuardedExchange:
     # -- the request body, from the source ---------------------------------------------
 
     def body_write(self, data: bytes) -> None:
-        self.request_state = REQUEST_TRANSITIONS[self.request_state, _Q.BODY]
+        self.request_state = _ON_BODY[self.request_state]
         if self.response >= DONE:
             return
         size = len(data)
@@ -495,8 +497,8 @@ class GuardedExchange:
 
     def body_trailers(self, fields: Headers) -> None:
         before = self.request_state
-        self.request_state = REQUEST_TRANSITIONS[before, _Q.TRAILERS]
-        if before is not SENDING or self.response >= DONE:
+        self.request_state = _ON_TRAILERS[before]
+        if before != SENDING or self.response >= DONE:
             return
         self.request_trailers = fields  # kept for a retry with the rest of the replay
         inner = self.inner
@@ -505,11 +507,11 @@ class GuardedExchange:
 
     def body_end(self) -> None:
         before = self.request_state
-        self.request_state = REQUEST_TRANSITIONS[before, _Q.END]
-        if before is not SENDING:
+        self.request_state = _ON_BODY_END[before]
+        if before != SENDING:
             return
         # The request timeout runs from the end of the body (unless it already does).
-        if self.origin and self.deadline == INFINITY and self.response is WAITING:
+        if self.origin and self.deadline == INFINITY and self.response == WAITING:
             pipeline = self.pipeline
             self.deadline = pipeline.now() + self.timeout
             pipeline.arm(self)
@@ -520,9 +522,9 @@ class GuardedExchange:
                 self.inner = None
 
     def body_abort(self, reason: str) -> None:
-        self.request_state = REQUEST_TRANSITIONS[self.request_state, _Q.ABORT]
+        self.request_state = _ON_ABORT[self.request_state]
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.GIVE_UP]
+        self.response = _ON_GIVE_UP[before]
         if before < DONE:
             self._finished()
         inner = self.inner
@@ -567,7 +569,7 @@ class GuardedExchange:
 
     def head(self, head: ResponseHead) -> None:
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.HEAD]
+        self.response = _ON_HEAD[before]
         if before >= DONE:
             return
         self.replay = None
@@ -581,7 +583,7 @@ class GuardedExchange:
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once (links deliver most responses so)."""
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.COMPLETE]
+        self.response = _ON_COMPLETE[before]
         if before >= DONE:
             return
         self.status = status = head.status
@@ -607,7 +609,7 @@ class GuardedExchange:
 
     def write(self, data: bytes) -> None:
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.DATA]
+        self.response = _ON_DATA[before]
         if before >= DONE:
             return
         self.active_at = self.pipeline.now()
@@ -620,13 +622,13 @@ class GuardedExchange:
 
     def trailers(self, fields: Headers) -> None:
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.DATA]
+        self.response = _ON_DATA[before]
         if before < DONE:
             hand_trailers(self.responder, fields, "the source takes no trailers")
 
     def end(self) -> None:
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.END]
+        self.response = _ON_END[before]
         if before >= DONE:
             return
         self._finished()
@@ -637,10 +639,10 @@ class GuardedExchange:
         before = self.response
         if before >= DONE:
             return
-        if before is WAITING and self._may_retry(error) and self._retry(error):
+        if before == WAITING and self._may_retry(error) and self._retry(error):
             return
         self._count_failure(error.reason)
-        self.response = RESPONSE_TRANSITIONS[before, _R.FAIL]
+        self.response = _ON_FAIL[before]
         self.error = error.reason
         self._finished()
         self.responder.fail(error)
@@ -655,7 +657,7 @@ class GuardedExchange:
         exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node)."""
         self.responder = GONE
         self.producer = None
-        if self.request_state is not SENDING:
+        if self.request_state != SENDING:
             self.inner = None  # else body_end or body_abort still goes to the target
 
     # -- outcomes ----------------------------------------------------------------------
@@ -679,7 +681,7 @@ class GuardedExchange:
 
     def _close(self, reason: Reason, raised: MeshError | None) -> None:
         """Over inside the first ``open``: the source answers what is raised to it."""
-        self.response = RESPONSE_TRANSITIONS[self.response, _R.CLOSE]
+        self.response = _ON_CLOSE[self.response]
         self.error = reason
         # Counted here (when observed): not again as refused.
         self._finished(raised if self.stats is not None else None)
@@ -695,7 +697,7 @@ class GuardedExchange:
     # -- retries -----------------------------------------------------------------------
 
     def _may_retry(self, error: MeshError) -> bool:
-        if not self.origin or self.request_state is ABORTED or self.replay is None:
+        if not self.origin or self.request_state == ABORTED or self.replay is None:
             return False
         retries = self.policy.retries
         if self.tries > (self.pipeline.settings.retries if retries is None else retries):
@@ -728,7 +730,7 @@ class GuardedExchange:
             log.info("{service}: retry budget exhausted; not retrying {code}",
                      service=self.service.key, code=error.reason.code)
             return False
-        self.response = RESPONSE_TRANSITIONS[self.response, _R.RETRY]
+        self.response = _ON_RETRY[self.response]
         if relayed is None:
             self._count_failure(error.reason)  # the endpoint itself failed
         self._unload()
@@ -745,13 +747,13 @@ class GuardedExchange:
 
     def expire(self, why: str, detail: str) -> None:
         before = self.response
-        self.response = RESPONSE_TRANSITIONS[before, _R.EXPIRE]
+        self.response = _ON_EXPIRE[before]
         if before >= DONE:
             return
         reason = Reason.upstream_timeout
         if why == "request":
             self._count_failure(Reason.upstream_timeout)
-        elif self.request_state is SENDING and before is WAITING and not self.producer_paused:
+        elif self.request_state == SENDING and before == WAITING and not self.producer_paused:
             # Silent mid-upload while the target was ready for more: the client stalled,
             # not the upstream (408, and no mark against the endpoint).
             reason = Reason.client_timeout
