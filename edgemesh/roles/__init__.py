@@ -1,5 +1,6 @@
 """The roles layer: builders for the cloud router and the edge service bus, and their twistd taps."""
 
+from ._kubernetes import KubernetesConfig
 from ._node import (
     EdgeConfig,
     EdgeNode,
@@ -10,4 +11,13 @@ from ._node import (
     build_router,
 )
 
-__all__ = ["EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge", "build_router"]
+__all__ = [
+    "EdgeConfig",
+    "EdgeNode",
+    "KubernetesConfig",
+    "MeshNode",
+    "RouterConfig",
+    "RouterNode",
+    "build_edge",
+    "build_router",
+]
