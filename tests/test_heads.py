@@ -61,7 +61,9 @@ def test_transfer_encoding_valid() -> None:
      refused(Reason.bad_request, "Transfer-Encoding must be exactly 'chunked'")),
     (b"", False, refused(Reason.bad_request, "Transfer-Encoding must be exactly 'chunked'")),
 ])
-def test_transfer_encoding_invalid(value: bytes, seen: bool, want: tuple[Reason, str, bool]) -> None:
+def test_transfer_encoding_invalid(
+    value: bytes, seen: bool, want: tuple[Reason, str, bool]
+) -> None:
     with pytest.raises(HeadError) as error:
         check_transfer_encoding(value, seen)
     check(error, want)

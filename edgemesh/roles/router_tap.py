@@ -23,21 +23,24 @@ class Options(CommonOptions, KubernetesOptions):
         "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
         "[--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
     )
-    longdesc = "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services."
+    longdesc = ("The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge "
+                "services.")
     optParameters: ClassVar[list[Any]] = [
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
         ["node", None, "router", "This router's node name."],
         ["tunnel", None, "tcp:7700", "Where edges connect (endpoint string)."],
-        ["http", None, "tcp:7780", "Where cloud apps send HTTP for edge services (endpoint string)."],
+        ["http", None, "tcp:7780",
+         "Where cloud apps send HTTP for edge services (endpoint string)."],
         ["edge-scope", None, "all", ("The Services each edge receives: 'all', or 'local' (the "
                                      "namespaces with endpoints on that node) and/or namespace "
                                      "names; Services annotated edgemesh.io/export=true always. "
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
         ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
                                      "tcp:7702); default: no router links in.")],
-        ["peer-advertise", None, None, ("Where the other replicas reach --peer-listen, published in "
-                                        "this replica's Lease (client endpoint string; default: "
-                                        "tcp:$POD_IP (or --advertise):the --peer-listen port).")],
+        ["peer-advertise", None, None, (
+            "Where the other replicas reach --peer-listen, published in this replica's Lease "
+            "(client endpoint string; default: tcp:$POD_IP (or --advertise):the --peer-listen "
+            "port).")],
     ]
     optFlags: ClassVar[list[Any]] = [
         ["no-peer-discovery", None, ("With Kubernetes and --peer-listen: do not publish this "
@@ -60,7 +63,8 @@ class Options(CommonOptions, KubernetesOptions):
             raise usage.UsageError(
                 "--catalog FILE is required (or, exclusively, --kubeconfig FILE or --in-cluster)")
         # With Kubernetes, the catalog comes once the watch has listed everything.
-        self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty()
+        self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
+                                 else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
         try:
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])
