@@ -25,7 +25,7 @@ from .exchange import (
     SourceKind,
     TargetKind,
 )
-from .roles import EdgeConfig, RouterConfig, build_edge, build_router
+from .roles import EdgeConfig, KubernetesConfig, RouterConfig, build_edge, build_router
 from .routing import Pipeline, Route
 from .security import TLSConfig
 
@@ -52,6 +52,7 @@ __all__ = [
     "IResponder",
     "ISource",
     "ITarget",
+    "KubernetesConfig",
     "MeshError",
     "Pipeline",
     "Reason",

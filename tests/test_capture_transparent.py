@@ -24,6 +24,7 @@ from twisted.logger import LogLevel, capturedLogs
 from edgemesh.capture import (
     VIRTUAL_IPS_FILE,
     CaptureConfig,
+    CapturedConnection,
     CaptureRules,
     CaptureRulesService,
     Iptables,
@@ -372,7 +373,7 @@ def test_a_failing_lookup_costs_the_connection_only() -> None:
     transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
     with capturedLogs() as events:
         protocol.makeConnection(transport)
-    assert protocol.original is None
+    assert isinstance(protocol.hook, CapturedConnection) and protocol.hook.original is None
     assert any(e.get("log_failure") is not None for e in events)
 
 

@@ -36,7 +36,7 @@ from edgemesh.testing import (
     TrailerResponder,
 )
 from edgemesh.transports._front import _Exchange
-from edgemesh.transports._links import InboundExchange
+from edgemesh.transports._halves import InboundExchange
 
 HEAD = RequestHead(b"GET", b"/x", b"web", (), 0)
 OK = ResponseHead(200, b"OK", (), 2)

@@ -22,6 +22,7 @@ EXPECTED = {
     "IResponder",
     "ISource",
     "ITarget",
+    "KubernetesConfig",
     "MeshError",
     "Pipeline",
     "Reason",
@@ -68,6 +69,7 @@ def test_names_are_the_real_objects() -> None:
     assert edgemesh.build_edge is roles.build_edge
     assert edgemesh.RouterConfig is roles.RouterConfig
     assert edgemesh.EdgeConfig is roles.EdgeConfig
+    assert edgemesh.KubernetesConfig is roles.KubernetesConfig
     assert edgemesh.Catalog is catalog.Catalog
     assert edgemesh.load_manifest is catalog.load_manifest
     assert edgemesh.catalog_from_objects is catalog.catalog_from_objects

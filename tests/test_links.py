@@ -42,7 +42,8 @@ from edgemesh.routing import Route
 
 # The package __init__ pulls in the HTTP front and upstream: import the modules directly.
 from edgemesh.testing import RecordingBody, RecordingResponder, TrailerBody, TrailerResponder
-from edgemesh.transports._links import EnvelopeLink, InboundExchange, OutboundExchange
+from edgemesh.transports._halves import InboundExchange, OutboundExchange
+from edgemesh.transports._links import EnvelopeLink
 from edgemesh.transports._peers import HubDialer, LinkTarget
 from edgemesh.wire import (
     CatalogPush,

@@ -39,13 +39,8 @@ from edgemesh.testing import (
     TrailerResponder,
 )
 from edgemesh.transports._io import SMALL_BUFFER
-from edgemesh.transports._upstream import (
-    HELD_BODY_LIMIT,
-    MAX_READ,
-    RAMP_READS,
-    REQUEST_BODY_BUFFER,
-    HTTPUpstreamTarget,
-)
+from edgemesh.transports._upconnection import HELD_BODY_LIMIT, MAX_READ, RAMP_READS
+from edgemesh.transports._upstream import REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
 SERVICE = Service(

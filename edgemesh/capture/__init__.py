@@ -31,7 +31,7 @@ from ._service import (
     service_addresses,
 )
 from ._sockopt import SO_ORIGINAL_DST, original_destination, parse_sockaddr_in
-from ._transparent import TransparentFrontFactory, TransparentFrontProtocol
+from ._transparent import CapturedConnection, TransparentFrontFactory, TransparentFrontProtocol
 from ._vips import VIRTUAL_IPS_FILE, ServiceAddresses, VirtualIPs, assign_virtual_ips, home_offset
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "CaptureOptions",
     "CaptureRules",
     "CaptureRulesService",
+    "CapturedConnection",
     "Exclusion",
     "InstallResult",
     "Iptables",

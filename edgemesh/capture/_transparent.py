@@ -42,15 +42,16 @@ from ..exchange import (
     RequestHead,
     SourceKind,
 )
-from ..transports import FrontLimits, HTTPFrontFactory, StreamingFrontProtocol
+from ..transports import FrontLimits, HookedFrontFactory, HookedFrontProtocol
 from ._sockopt import original_destination
 from ._vips import ServiceAddresses
 
 OriginalDestination = Callable[[Any], "tuple[str, int] | None"]
 """The transport of an accepted connection → its original (host, port), or None."""
 
-DispatchResolved = Callable[[SourceKind, RequestHead, IResponder, str, int, "tuple[str, int] | None"],
-                            IRequestBody]
+DispatchResolved = Callable[
+    [SourceKind, RequestHead, IResponder, str, int, "tuple[str, int] | None"], IRequestBody
+]
 """``Pipeline.dispatch_resolved``."""
 
 DispatchStreamResolved = Callable[
@@ -80,46 +81,45 @@ def describe_first_byte(byte: int) -> str:
     return f"0x{byte:02x}"
 
 
-class TransparentFrontProtocol(StreamingFrontProtocol):
-    """One captured connection: the HTTP front, routed by the original destination; or a
-    byte stream to a stream port."""
+TransparentFrontProtocol = HookedFrontProtocol
+"""A captured connection's protocol: the HTTP front with a ``CapturedConnection`` hook."""
+
+
+class CapturedConnection:
+    """One captured connection, as the HTTP front's hook: routed by the original
+    destination; or a byte stream to a stream port."""
 
     def __init__(
         self,
-        reactor: IReactorTime,
         addresses: ServiceAddresses,
         dispatch_resolved: DispatchResolved,
-        limits: FrontLimits,
         lookup: OriginalDestination,
         dispatch_stream: DispatchStreamResolved | None = None,
     ) -> None:
-        super().__init__(reactor, self._dispatch_captured, limits, self._no_connect)
         self._dispatch_stream = dispatch_stream
         self._addresses = addresses
         self._dispatch_resolved = dispatch_resolved
         self._lookup = lookup
         self.original: tuple[str, int] | None = None
         """Where the app connected to; None: not a captured connection."""
-        self._checked = False
 
-    def connectionMade(self) -> None:
-        transport = self.transport
+    def connected(self, front: HookedFrontProtocol) -> None:
+        transport = front.transport
         assert transport is not None
         try:
             original = self._lookup(transport)
         except Exception:  # noqa: BLE001 -- a lookup bug must cost this connection only
-            self.log.failure("original destination lookup failed")
+            front.log.failure("original destination lookup failed")
             original = None
         if original is not None:
             host: IAddress = transport.getHost()
             if (getattr(host, "host", None), getattr(host, "port", None)) == original:
                 original = None  # connected to this port directly: not redirected
         self.original = original
-        super().connectionMade()
         if original is not None and self._dispatch_stream is not None:
-            self._maybe_stream(*original)
+            self._maybe_stream(front, *original)
 
-    def _maybe_stream(self, host: str, port: int) -> None:
+    def _maybe_stream(self, front: HookedFrontProtocol, host: str, port: int) -> None:
         try:
             service, service_port = self._addresses.destination(host, port)
         except MeshError:
@@ -128,41 +128,34 @@ class TransparentFrontProtocol(StreamingFrontProtocol):
             return
         dispatch = self._dispatch_stream
         assert dispatch is not None
-        client = self.client_address
-        self.become_stream(lambda source: dispatch(
+        client = front.client_address
+        front.become_stream(lambda source: dispatch(
             SourceKind.service_bus, service.key, service_port.port, None, client, source
         ))
 
     def upgrades_as_streams(self) -> bool:
         return self._dispatch_stream is not None and self.original is not None
 
-    def open_upgrade(self, authority: bytes, source: IStreamSource) -> IByteStream:
+    def open_upgrade(self, authority: bytes, client: str, source: IStreamSource) -> IByteStream:
         assert self.original is not None and self._dispatch_stream is not None
         service, service_port = self._addresses.destination(*self.original)
         return self._dispatch_stream(
-            SourceKind.service_bus, service.key, service_port.port, None, self.client_address,
-            source,
+            SourceKind.service_bus, service.key, service_port.port, None, client, source,
         )
 
-    @staticmethod
-    def _no_connect(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
+    def open_connect(self, authority: bytes, client: str, source: IStreamSource) -> IByteStream:
         raise MeshError(Reason.forbidden_route,
                         "CONNECT is for the service bus proxy, not the capture listener")
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._tunnel is not None:
-            super().dataReceived(data)
-            return
-        if not self._checked:
-            self._checked = True
-            if data[0] not in _REQUEST_START:
-                self.refuse(
-                    Reason.not_implemented,
-                    f"not HTTP: captured connection to {self._where()} starts with "
-                    f"{describe_first_byte(data[0])}; the mesh carries HTTP/1.x only",
-                )
-                return
-        super().dataReceived(data)
+    def first_bytes(self, front: HookedFrontProtocol, data: bytes) -> bool:
+        if data[0] not in _REQUEST_START:
+            front.refuse(
+                Reason.not_implemented,
+                f"not HTTP: captured connection to {self._where()} starts with "
+                f"{describe_first_byte(data[0])}; the mesh carries HTTP/1.x only",
+            )
+            return False
+        return True
 
     def _where(self) -> str:
         if self.original is None:
@@ -170,7 +163,7 @@ class TransparentFrontProtocol(StreamingFrontProtocol):
         host, port = self.original
         return f"{host}:{port}"
 
-    def _dispatch_captured(self, head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(self, head: RequestHead, responder: IResponder) -> IRequestBody:
         original = self.original
         if original is None:
             raise MeshError(
@@ -187,8 +180,8 @@ class TransparentFrontProtocol(StreamingFrontProtocol):
         )
 
 
-class TransparentFrontFactory(HTTPFrontFactory):
-    """Builds a ``TransparentFrontProtocol`` per accepted connection."""
+class TransparentFrontFactory(HookedFrontFactory):
+    """Builds the HTTP front with a ``CapturedConnection`` hook per accepted connection."""
 
     def __init__(
         self,
@@ -199,7 +192,7 @@ class TransparentFrontFactory(HTTPFrontFactory):
         lookup: OriginalDestination = socket_original_destination,
         dispatch_stream: DispatchStreamResolved | None = None,
     ) -> None:
-        super().__init__(reactor, self._unused_dispatch, limits or FrontLimits())
+        super().__init__(reactor, self._captured, limits)
         self.addresses = addresses
         self.dispatch_resolved = dispatch_resolved
         self.lookup = lookup
@@ -207,14 +200,6 @@ class TransparentFrontFactory(HTTPFrontFactory):
         """``Pipeline.dispatch_stream_resolved``: stream ports are carried as byte streams
         (None: every captured connection is HTTP, as before)."""
 
-    @staticmethod
-    def _unused_dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
-        raise MeshError(Reason.forbidden_route, "not a captured connection")
-
-    def buildProtocol(self, addr: IAddress | None) -> TransparentFrontProtocol:
-        protocol = TransparentFrontProtocol(
-            self.reactor, self.addresses, self.dispatch_resolved, self.limits, self.lookup,
-            self.dispatch_stream,
-        )
-        protocol.factory = self
-        return protocol
+    def _captured(self, addr: IAddress | None) -> CapturedConnection:
+        return CapturedConnection(self.addresses, self.dispatch_resolved, self.lookup,
+                                  self.dispatch_stream)

@@ -154,11 +154,13 @@ class ObservedExchange(Protocol):
     """The response status (0: no response head)."""
     error: Reason | None
     """Why the exchange failed (None: it did not)."""
-    gave_up: bool
-    """The source (client or peer) gave up before the response was over."""
     received: int
     sent: int
     source: SourceKind
+
+    @property
+    def gave_up(self) -> bool:
+        """The source (client or peer) gave up before the response was over."""
 
     @property
     def request(self) -> RequestHead: ...

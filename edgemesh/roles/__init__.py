@@ -1,6 +1,7 @@
 """The roles layer: builders for the cloud router and the edge service bus, and their twistd
 taps."""
 
+from ._kubernetes import KubernetesConfig
 from ._node import (
     EdgeConfig,
     EdgeNode,
@@ -12,5 +13,12 @@ from ._node import (
 )
 
 __all__ = [
-    "EdgeConfig", "EdgeNode", "MeshNode", "RouterConfig", "RouterNode", "build_edge",
-    "build_router"]
+    "EdgeConfig",
+    "EdgeNode",
+    "KubernetesConfig",
+    "MeshNode",
+    "RouterConfig",
+    "RouterNode",
+    "build_edge",
+    "build_router",
+]

@@ -83,6 +83,7 @@ from ..wire import (
     StreamOpen,
     encode_edges,
 )
+from ._kubernetes import KubernetesConfig, attach_kubernetes
 from ._push import (
     DEFAULT_PUSH_INTERVAL,
     CatalogFollower,
@@ -156,6 +157,10 @@ class RouterConfig:
     peer_routers: tuple[tuple[str, str], ...] = ()
     """Other replicas as (node name, client endpoint string): of each pair, the replica with
     the smaller name dials (one link per pair); this replica's own name is skipped."""
+    kubernetes: KubernetesConfig | None = None
+    """The catalog from the Kubernetes API (and the EndpointSlice controller, the Lease
+    election, replica discovery); None: ``catalog`` alone.  With it the catalog is pending
+    (see ``catalog_pending``) until the watch has listed everything."""
 
 
 @dataclass
@@ -483,7 +488,7 @@ class RouterNode(MeshNode):
         self._scopes: dict[str, Scope] = {}
         self.pusher = CatalogPusher(reactor, lambda: self.catalog, config.push_interval,
                                     self.scope_of)
-        self.catalog_pending = config.catalog_pending
+        self.catalog_pending = config.catalog_pending or config.kubernetes is not None
         self.security: LinkSecurity = link_security(
             reactor, config.tls, node=config.node, role=Role.router.value)
         self.security.service.setServiceParent(self)
@@ -999,6 +1004,8 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
                     node.streaming_front(SourceKind.router, config.front))
     if config.admin is not None:
         _admin(node, config.admin)
+    if config.kubernetes is not None:
+        attach_kubernetes(node, reactor, config.kubernetes)
     return node
 
 

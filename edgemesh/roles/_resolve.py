@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from ..security._links import ANY_PEER
+from ..security import ANY_PEER
 
 ANY_ROUTER = ANY_PEER
 """``--router *=ENDPOINT``: any router certificate of the CA (its name is not known before,

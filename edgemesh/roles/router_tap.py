@@ -9,8 +9,9 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from ..catalog import Catalog, Scope, ScopeError
-from ..sources import KubernetesOptions, attach_kubernetes
-from ._node import RouterConfig, RouterNode, build_router
+from ..sources import KubernetesOptions, http_port, service_account_namespace
+from ._kubernetes import KubernetesConfig
+from ._node import RouterConfig, build_router
 from ._options import CommonOptions
 
 
@@ -22,8 +23,8 @@ class Options(CommonOptions, KubernetesOptions):
         "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
         "[--tunnel tcp:7700] [--http tcp:7780] [--admin tcp:7790]"
     )
-    longdesc = (
-        "The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge services.")
+    longdesc = ("The edgemesh cloud router: accepts edge tunnels and routes cloud apps to edge "
+                "services.")
     optParameters: ClassVar[list[Any]] = [
         ["catalog", None, None, "Kubernetes objects (YAML or JSON) describing nodes and services."],
         ["node", None, "router", "This router's node name."],
@@ -36,10 +37,10 @@ class Options(CommonOptions, KubernetesOptions):
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
         ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
                                      "tcp:7702); default: no router links in.")],
-        ["peer-advertise", None, None,
-         ("Where the other replicas reach --peer-listen, published in "
-                                        "this replica's Lease (client endpoint string; default: "
-                                        "tcp:$POD_IP (or --advertise):the --peer-listen port).")],
+        ["peer-advertise", None, None, (
+            "Where the other replicas reach --peer-listen, published in this replica's Lease "
+            "(client endpoint string; default: tcp:$POD_IP (or --advertise):the --peer-listen "
+            "port).")],
     ]
     optFlags: ClassVar[list[Any]] = [
         ["no-peer-discovery", None, ("With Kubernetes and --peer-listen: do not publish this "
@@ -62,13 +63,39 @@ class Options(CommonOptions, KubernetesOptions):
             raise usage.UsageError(
                 "--catalog FILE is required (or, exclusively, --kubeconfig FILE or --in-cluster)")
         # With Kubernetes, the catalog comes once the watch has listed everything.
-        self["catalog_value"] = (
-            self.load_catalog(self["catalog"]) if self["catalog"] else Catalog.empty())
+        self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
+                                 else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
         try:
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])
         except ScopeError as error:
             raise usage.UsageError(f"--edge-scope: {error}") from None
+
+
+def kubernetes_config(options: Options) -> KubernetesConfig | None:
+    """The Kubernetes wiring the options ask for (None: ``--catalog`` alone)."""
+    if not options.kubernetes_requested():
+        return None
+    election = options.get("election_value")
+    if election is not None:
+        lease_namespace = election.namespace
+    else:
+        lease_namespace = (options["lease-namespace"] or os.environ.get("POD_NAMESPACE")
+                           or service_account_namespace() or "default")
+    return KubernetesConfig(
+        configuration=options["kube_configuration"],
+        origin=options.get("kube_origin"),
+        namespace=options["namespace"],
+        controller=not options["no-controller"],
+        advertise=options.get("advertise_value"),
+        advertise_port=options["advertise-port"],
+        election=election,
+        peer_discovery=not options["no-peer-discovery"],
+        peer_advertise=peer_advertise(options),
+        lease_namespace=lease_namespace,
+        lease_duration=options["lease-duration"],
+        retry_period=options["retry-period"],
+    )
 
 
 def makeService(options: Options) -> IService:
@@ -91,21 +118,15 @@ def makeService(options: Options) -> IService:
         edge_scope=options["edge_scope_value"],
         peer_listen=options["peer-listen"],
         peer_routers=tuple(options.get("peer_routers_value", [])),
+        kubernetes=kubernetes_config(options),
         freeze_heap=True,  # twistd: this process is the mesh's alone
     )
-    router = build_router(reactor, config)
-    if options.kubernetes_requested():
-        source = attach_kubernetes(router, reactor, options, router.set_catalog, options["http"])
-        if options["peer-listen"] and not options["no-peer-discovery"]:
-            attach_discovery(router, reactor, options, source.api)
-    return router
+    return build_router(reactor, config)
 
 
 def peer_advertise(options: Options) -> str | None:
     """The endpoint the other replicas dial: --peer-advertise, else the advertised IP and
     the --peer-listen port (None: not enough to say)."""
-    from ..sources import http_port
-
     if options["peer-advertise"]:
         return str(options["peer-advertise"])
     address = options.get("advertise_value")
@@ -114,47 +135,3 @@ def peer_advertise(options: Options) -> str | None:
         return None
     host = address.replace(":", "\\:")  # an IPv6 address: escaped in an endpoint string
     return f"tcp:{host}:{port}"
-
-
-def _controller_of(router: RouterNode) -> Any:
-    """The EndpointSlice controller attach_kubernetes made (a child of the router, or of the
-    leader elector), if any."""
-    from ..sources import EdgeServiceController, LeaderElector
-
-    for service in router:
-        child: Any = service.child if isinstance(service, LeaderElector) else service
-        if isinstance(child, EdgeServiceController):
-            return child
-    return None
-
-
-def attach_discovery(router: RouterNode, reactor: Any, options: Options, api: Any) -> None:
-    """One Lease per replica (sources/_discovery.py): publish ours, link to the others."""
-    from twisted.logger import Logger
-
-    from ..sources import ReplicaDiscovery, ReplicaLeases, service_account_namespace
-
-    endpoint = peer_advertise(options)
-    if endpoint is None:
-        Logger().warn("no --peer-advertise (nor --advertise / $POD_IP): the other replicas "
-                      "cannot find this one (replica discovery off)")
-        return
-    election = options.get("election_value")
-    namespace = election.namespace if election is not None else (
-        options["lease-namespace"] or os.environ.get("POD_NAMESPACE")
-        or service_account_namespace() or "default")
-    address = options.get("advertise_value")
-    leases = ReplicaLeases(options["node"], endpoint, namespace, options["lease-duration"],
-                           address)
-    static = list(router.config.peer_routers)
-    controller = _controller_of(router)
-
-    def found(peers: list[Any]) -> None:
-        router.set_peers(static + [(p.node, p.endpoint) for p in peers])
-        if controller is not None and address:
-            # Cloud traffic for edge services may enter at any live replica.
-            controller.set_addresses([address, *(p.address for p in peers if p.address)])
-
-    discovery = ReplicaDiscovery(reactor, api, leases, found, options["retry-period"])
-    discovery.setServiceParent(router)  # type: ignore[no-untyped-call]
-    router.status_parts["discovery"] = discovery.status

@@ -2,6 +2,7 @@
 decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
 overload limits, drain)."""
 
+from ._balance import Balancer, RoundRobin
 from ._decide import EDGE_RULES, REPLICA_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
@@ -20,10 +21,8 @@ from ._policy import (
     LB_POLICY_ANNOTATION,
     RETRIES_ANNOTATION,
     TIMEOUT_ANNOTATION,
-    Balancer,
     LBPolicy,
     PolicyBook,
-    RoundRobin,
     ServicePolicy,
     parse_duration,
     parse_policy,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
 from ..exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
-from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
+from ._balance import RoundRobin
+from ._policy import DEFAULT_POLICY, EndpointKey, ServicePolicy
 from ._topology import LOCAL, local_endpoints, usable
 
 

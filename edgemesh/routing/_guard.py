@@ -45,12 +45,20 @@ from ..exchange import (
 from ._decide import Route
 
 if TYPE_CHECKING:
-    from ..catalog import Endpoint, Service, ServicePort
-    from ._health import ServiceState
-    from ._pipeline import Pipeline
-    from ._policy import ServicePolicy
+    from ..catalog import Catalog, Endpoint, Service, ServicePort
+    from ._balance import Balancer
+    from ._health import OutlierDetector, Resilience, ServiceState
+    from ._policy import EndpointKey, ServicePolicy
 
-__all__ = ["IDEMPOTENT_METHODS", "REPLAY_LIMIT", "GuardedExchange"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "REPLAY_LIMIT",
+    "REQUEST_TRANSITIONS",
+    "RESPONSE_TRANSITIONS",
+    "GuardHost",
+    "GuardStateError",
+    "GuardedExchange",
+]
 
 REPLAY_LIMIT: Final = 64 * 1024
 """Request body kept for a retry; a longer body is never retried."""
@@ -74,6 +82,156 @@ _ENDPOINT_FAILURES: Final = frozenset({
 INFINITY: Final = math.inf
 
 log = Logger(namespace="edgemesh.routing.retry")
+
+
+class GuardHost(Protocol):
+    """What a guarded exchange needs of the pipeline that runs it (Pipeline implements it)."""
+
+    settings: Resilience
+    outliers: OutlierDetector
+    balancer: Balancer
+    """Its ``loads`` (exchanges in progress per endpoint) the guard keeps up to date."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def now(self) -> float:
+        """The clock's time (0.0 without a clock)."""
+
+    def arm(self, guard: GuardedExchange) -> None:
+        """The guard's request deadline is set: wake up for it."""
+
+    def finished(self, guard: GuardedExchange, counted: MeshError | None = None) -> None:
+        """The exchange is over: no longer in progress, and observed.  ``counted``: the
+        error it ended with inside the first ``open``, already reported to the observer
+        (the source that gets it raised must not count it again as refused)."""
+
+    def relay(
+        self, route: Route, error: MeshError, source: SourceKind
+    ) -> tuple[Route, ITarget] | None:
+        """After a failed hub dial: the same endpoint through the router (None: no such way)."""
+
+    def reroute(
+        self, guard: GuardedExchange, exclude: set[EndpointKey]
+    ) -> tuple[Route, ITarget] | None:
+        """A route for a retry to another endpoint than ``exclude`` (None: there is none)."""
+
+
+# -- the guard's states (h11's style: explicit states, a table of legal transitions) -------
+
+
+class GuardStateError(RuntimeError):
+    """An event that is illegal in the guard's state: a bug in a target or a source (e.g.
+    a response head twice), never a network condition."""
+
+
+# Plain ints, not enum members: an enum member's lookup, hash and comparison each cost
+# several times an int's, and the guard moves a state at every event of every exchange.
+
+WAITING: Final = 0
+"""No response head yet: an attempt (or a retry) is under way."""
+STREAMING: Final = 1
+"""The head went to the source; the body follows."""
+DONE: Final = 2
+"""Over: answered, failed, timed out, or refused inside the first ``open``."""
+GAVE_UP: Final = 3
+"""Over: the source gave up (client or peer gone) before the response was.  From DONE on,
+the exchange is over and late calls go nowhere."""
+RESPONSE_STATES: Final = ("WAITING", "STREAMING", "DONE", "GAVE_UP")
+
+HEAD: Final = 0
+COMPLETE: Final = 1
+"""A whole response in one call."""
+DATA: Final = 2
+"""Response body bytes or trailers."""
+END: Final = 3
+RETRY: Final = 4
+"""A failed attempt that another attempt takes over."""
+FAIL: Final = 5
+EXPIRE: Final = 6
+"""The request or idle timeout."""
+CLOSE: Final = 7
+"""The first ``open`` raised: the source answers what was raised to it."""
+GIVE_UP: Final = 8
+"""The source aborted its request."""
+RESPONSE_EVENTS: Final = ("HEAD", "COMPLETE", "DATA", "END", "RETRY", "FAIL", "EXPIRE",
+                          "CLOSE", "GIVE_UP")
+
+SENDING: Final = 0
+"""The source's request body is still coming."""
+ENDED: Final = 1
+ABORTED: Final = 2
+REQUEST_STATES: Final = ("SENDING", "ENDED", "ABORTED")
+
+BODY: Final = 0
+"""Request body bytes."""
+TRAILERS: Final = 1
+BODY_END: Final = 2
+ABORT: Final = 3
+REQUEST_EVENTS: Final = ("BODY", "TRAILERS", "BODY_END", "ABORT")
+
+RESPONSE_TRANSITIONS: Final[dict[tuple[int, int], int]] = {
+    (WAITING, HEAD): STREAMING,
+    (WAITING, COMPLETE): DONE,
+    (WAITING, RETRY): WAITING,
+    (WAITING, FAIL): DONE,
+    (WAITING, EXPIRE): DONE,
+    (WAITING, CLOSE): DONE,
+    (WAITING, GIVE_UP): GAVE_UP,
+    (STREAMING, DATA): STREAMING,
+    (STREAMING, END): DONE,
+    (STREAMING, FAIL): DONE,
+    (STREAMING, EXPIRE): DONE,
+    # A target that sent a head and then raised in ``open``: over, as before.
+    (STREAMING, CLOSE): DONE,
+    (STREAMING, GIVE_UP): GAVE_UP,
+    # Over: whatever comes late goes nowhere (a target may still be winding down).
+    **{(over, event): over for over in (DONE, GAVE_UP) for event in range(len(RESPONSE_EVENTS))},
+}
+"""The response side's legal transitions, (state, event) → state.  Illegal: a head twice,
+a whole response after a head, a body or an end before a head, a retry after a head (the
+source has part of an answer)."""
+
+REQUEST_TRANSITIONS: Final[dict[tuple[int, int], int]] = {
+    (SENDING, BODY): SENDING,
+    (SENDING, TRAILERS): SENDING,
+    (SENDING, BODY_END): ENDED,
+    (SENDING, ABORT): ABORTED,
+    (ENDED, TRAILERS): ENDED,  # late trailers: ignored, as before
+    (ENDED, BODY_END): ENDED,
+    (ENDED, ABORT): ABORTED,  # the client left while waiting for the response
+    **{(ABORTED, event): ABORTED for event in range(len(REQUEST_EVENTS))},
+}
+"""The request side's legal transitions.  Illegal: body bytes after the end."""
+
+
+class _Next(dict[int, int]):
+    """One event's column of a table, state → next state (what the guard looks up: one
+    dict lookup by an int); a state missing raises GuardStateError."""
+
+    def __init__(self, side: str, states: tuple[str, ...], events: tuple[str, ...],
+                 table: dict[tuple[int, int], int], event: int) -> None:
+        super().__init__({state: after for (state, on), after in table.items() if on == event})
+        self.side = side
+        self.states = states
+        self.event = events[event]
+
+    def __missing__(self, state: int) -> int:
+        raise GuardStateError(f"guarded exchange: {self.event} is illegal on the {self.side} "
+                              f"side in state {self.states[state]}")
+
+
+def _columns(
+    side: str, states: tuple[str, ...], events: tuple[str, ...],
+    table: dict[tuple[int, int], int],
+) -> tuple[_Next, ...]:
+    return tuple(_Next(side, states, events, table, event) for event in range(len(events)))
+
+
+(_ON_HEAD, _ON_COMPLETE, _ON_DATA, _ON_END, _ON_RETRY, _ON_FAIL, _ON_EXPIRE, _ON_CLOSE,
+ _ON_GIVE_UP) = _columns("response", RESPONSE_STATES, RESPONSE_EVENTS, RESPONSE_TRANSITIONS)
+_ON_BODY, _ON_TRAILERS, _ON_BODY_END, _ON_ABORT = _columns(
+    "request", REQUEST_STATES, REQUEST_EVENTS, REQUEST_TRANSITIONS)
 
 
 class ByteCounters(Protocol):
@@ -137,11 +295,16 @@ class GuardedExchange:
     source's producer towards the target (so that a retry can undo the pauses of a
     failed attempt).
 
+    Its life is two states, one per direction (``response`` and ``request``), moved only
+    through RESPONSE_TRANSITIONS and REQUEST_TRANSITIONS.
+
     Hot path: no __slots__, so that the many attributes that most exchanges never change
     are class defaults rather than stores in ``__init__``."""
 
     origin = False
     """The exchange entered the mesh here: this node owns its timeouts and retries."""
+    response = WAITING
+    request_state = SENDING
     inner: IRequestBody | None = None
     route: Route | None = None
     load_key: tuple[str, int] | None = None
@@ -149,16 +312,12 @@ class GuardedExchange:
     tried: list[tuple[str, int]] | None = None
     producer: IPushProducer | None = None
     producer_paused = False
-    headed = False
-    done = False
-    aborted = False
-    ended = False
-    timing = False
-    """The request timeout runs (from the end of the request body)."""
+    """Flow control, not the exchange's life: the target paused the source."""
     replay: list[bytes] | None = None
     replayed = 0
     request_trailers: Headers = ()
     deadline = INFINITY
+    """The request timeout (finite from the end of the request body until the head)."""
     idle_deadline = INFINITY
     active_at = 0.0
     """When data last moved, either way (the idle timeout runs from it)."""
@@ -168,16 +327,15 @@ class GuardedExchange:
     stats: ByteCounters | None = None
     started = 0.0
     status = 0
+    """The response's status, once its head went to the source (0: none did)."""
     error: Reason | None = None
     """Why the exchange failed, once it did for good."""
-    gave_up = False
-    """The source gave up (client or peer gone) before the response was over."""
     received = 0
     sent = 0
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: GuardHost,
         source: SourceKind,
         head: RequestHead,
         responder: IResponder,
@@ -207,7 +365,33 @@ class GuardedExchange:
             self.timeout = policy.timeout or settings.request_timeout
 
     def __repr__(self) -> str:
-        return f"<GuardedExchange {self.service.key} try {self.tries}>"
+        return (f"<GuardedExchange {self.service.key} try {self.tries} "
+                f"{RESPONSE_STATES[self.response]}/{REQUEST_STATES[self.request_state]}>")
+
+    # -- the states, as the observer and the pipeline read them --------------------------
+
+    @property
+    def done(self) -> bool:
+        """Over for the source: answered, failed, timed out or given up."""
+        return self.response >= DONE
+
+    @property
+    def headed(self) -> bool:
+        """A response head went to the source."""
+        return self.status != 0
+
+    @property
+    def ended(self) -> bool:
+        return self.request_state == ENDED
+
+    @property
+    def aborted(self) -> bool:
+        return self.request_state == ABORTED
+
+    @property
+    def gave_up(self) -> bool:
+        """The source gave up (client or peer gone) before the response was over."""
+        return self.response == GAVE_UP
 
     @property
     def endpoint_key(self) -> tuple[str, int] | None:
@@ -230,7 +414,7 @@ class GuardedExchange:
         try:
             inner = target.open(route, self.request, self)
         except MeshError as error:
-            if self.tries != attempt or self.done:
+            if self.tries != attempt or self.response >= DONE:
                 return
             # Raised before anything was sent.
             unsent = error if error.unsent else MeshError(error.reason, error.detail, unsent=True)
@@ -243,7 +427,7 @@ class GuardedExchange:
                 raise
             return
         except Exception:
-            if self.tries != attempt or self.done:
+            if self.tries != attempt or self.response >= DONE:
                 return
             if attempt > 1:
                 log.failure("target {target!r} raised in open", target=target)
@@ -253,10 +437,11 @@ class GuardedExchange:
             raise
         if self.tries != attempt:
             return  # it failed inside open and a retry took over
-        if self.done and (self.ended or self.aborted):
+        over = self.response >= DONE
+        if over and self.request_state != SENDING:
             return  # answered inside open, and the request is over: nothing more to send
         self.inner = inner
-        if attempt == 1 or self.done:
+        if attempt == 1 or over:
             return
         # A retry: hand over what the source already gave.
         producer = self.producer
@@ -265,10 +450,11 @@ class GuardedExchange:
         if producer is not None:
             inner.setProducer(self)
         for data in list(self.replay or ()):
-            if self.tries != attempt or self.done:
+            if self.tries != attempt or self.response >= DONE:
                 return
             inner.write(data)
-        if self.ended and self.tries == attempt and not self.done:
+        if (self.request_state == ENDED and self.tries == attempt
+                and self.response < DONE):
             if self.request_trailers:
                 hand_trailers(inner, self.request_trailers, f"{target!r} takes no trailers")
             inner.end()
@@ -289,7 +475,8 @@ class GuardedExchange:
     # -- the request body, from the source ---------------------------------------------
 
     def body_write(self, data: bytes) -> None:
-        if self.done:
+        self.request_state = _ON_BODY[self.request_state]
+        if self.response >= DONE:
             return
         size = len(data)
         self.received += size
@@ -303,13 +490,15 @@ class GuardedExchange:
                 replay.append(data)
             else:
                 self.replay = None
-        self.active_at = self.pipeline._now()
+        self.active_at = self.pipeline.now()
         inner = self.inner
         if inner is not None:
             inner.write(data)
 
     def body_trailers(self, fields: Headers) -> None:
-        if self.ended or self.done:
+        before = self.request_state
+        self.request_state = _ON_TRAILERS[before]
+        if before != SENDING or self.response >= DONE:
             return
         self.request_trailers = fields  # kept for a retry with the rest of the replay
         inner = self.inner
@@ -317,34 +506,35 @@ class GuardedExchange:
             hand_trailers(inner, fields, "the target takes no trailers")
 
     def body_end(self) -> None:
-        if self.ended:
+        before = self.request_state
+        self.request_state = _ON_BODY_END[before]
+        if before != SENDING:
             return
-        self.ended = True
-        if self.origin and not self.timing and not self.done and not self.headed:
-            self.timing = True
-            self.deadline = self.pipeline._now() + self.timeout
-            self.pipeline._armed(self)
+        # The request timeout runs from the end of the body (unless it already does).
+        if self.origin and self.deadline == INFINITY and self.response == WAITING:
+            pipeline = self.pipeline
+            self.deadline = pipeline.now() + self.timeout
+            pipeline.arm(self)
         inner = self.inner
         if inner is not None:
             inner.end()
-            if self.done:
+            if self.response >= DONE:
                 self.inner = None
 
     def body_abort(self, reason: str) -> None:
-        self.aborted = True
-        if not self.done:
-            self.done = True
-            self.gave_up = True
+        self.request_state = _ON_ABORT[self.request_state]
+        before = self.response
+        self.response = _ON_GIVE_UP[before]
+        if before < DONE:
             self._finished()
         inner = self.inner
         if inner is not None:
             inner.abort(reason)
-        if self.done:
-            self._let_go()
+        self._let_go()
 
     def body_producer(self, producer: IPushProducer) -> None:
         inner = self.inner
-        if self.replay is None and not self.headed and not self.origin:
+        if self.replay is None and not self.status and not self.origin:
             # No retry possible, and no idle timeout to judge here (which needs to know
             # whether the target paused the source): the target pauses the source directly.
             self.producer = None
@@ -378,12 +568,13 @@ class GuardedExchange:
     # -- IResponder: the target answering ----------------------------------------------
 
     def head(self, head: ResponseHead) -> None:
-        if self.done:
+        before = self.response
+        self.response = _ON_HEAD[before]
+        if before >= DONE:
             return
-        self.headed = True
         self.replay = None
         self.deadline = INFINITY
-        self.active_at = self.pipeline._now()
+        self.active_at = self.pipeline.now()
         self.status = status = head.status
         if status >= 500 or self.pipeline.outliers.known:
             self._outcome(status)
@@ -391,26 +582,19 @@ class GuardedExchange:
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
         """A whole response at once (links deliver most responses so)."""
-        if self.done:
+        before = self.response
+        self.response = _ON_COMPLETE[before]
+        if before >= DONE:
             return
-        self.done = self.headed = True
-        pipeline = self.pipeline
         self.status = status = head.status
-        if status >= 500 or pipeline.outliers.known:
+        if status >= 500 or self.pipeline.outliers.known:
             self._outcome(status)
-        self.state.active -= 1
-        if self.load_key is not None:
-            self._unload()
-        inflight = pipeline._inflight
-        inflight.discard(self)
-        if not inflight and pipeline._drain_waiters:
-            pipeline._drained()
         stats = self.stats
         if stats is not None:
             size = len(body)
             self.sent = size
             stats.bytes_out += size
-            pipeline._observed(self)
+        self._finished()
         responder = self.responder
         # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
         complete = COMPLETERS[type(responder)]
@@ -424,9 +608,11 @@ class GuardedExchange:
         self._let_go()
 
     def write(self, data: bytes) -> None:
-        if self.done:
+        before = self.response
+        self.response = _ON_DATA[before]
+        if before >= DONE:
             return
-        self.active_at = self.pipeline._now()
+        self.active_at = self.pipeline.now()
         stats = self.stats
         if stats is not None:
             size = len(data)
@@ -435,24 +621,28 @@ class GuardedExchange:
         self.responder.write(data)
 
     def trailers(self, fields: Headers) -> None:
-        if not self.done:
+        before = self.response
+        self.response = _ON_DATA[before]
+        if before < DONE:
             hand_trailers(self.responder, fields, "the source takes no trailers")
 
     def end(self) -> None:
-        if self.done:
+        before = self.response
+        self.response = _ON_END[before]
+        if before >= DONE:
             return
-        self.done = True
         self._finished()
         self.responder.end()
         self._let_go()
 
     def fail(self, error: MeshError) -> None:
-        if self.done:
+        before = self.response
+        if before >= DONE:
             return
-        if not self.headed and self._may_retry(error) and self._retry(error):
+        if before == WAITING and self._may_retry(error) and self._retry(error):
             return
         self._count_failure(error.reason)
-        self.done = True
+        self.response = _ON_FAIL[before]
         self.error = error.reason
         self._finished()
         self.responder.fail(error)
@@ -467,7 +657,7 @@ class GuardedExchange:
         exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node)."""
         self.responder = GONE
         self.producer = None
-        if self.ended or self.aborted:
+        if self.request_state != SENDING:
             self.inner = None  # else body_end or body_abort still goes to the target
 
     # -- outcomes ----------------------------------------------------------------------
@@ -477,7 +667,7 @@ class GuardedExchange:
         if key is not None:
             outliers = self.pipeline.outliers
             if status >= 500:
-                outliers.failure(key, self.pipeline._now(), self._peers())
+                outliers.failure(key, self.pipeline.now(), self._peers())
             else:
                 outliers.success(key)
 
@@ -487,29 +677,27 @@ class GuardedExchange:
     def _count_failure(self, reason: Reason) -> None:
         key = self.endpoint_key
         if key is not None and reason in _ENDPOINT_FAILURES:
-            self.pipeline.outliers.failure(key, self.pipeline._now(), self._peers())
+            self.pipeline.outliers.failure(key, self.pipeline.now(), self._peers())
 
     def _close(self, reason: Reason, raised: MeshError | None) -> None:
         """Over inside the first ``open``: the source answers what is raised to it."""
-        self.done = True
+        self.response = _ON_CLOSE[self.response]
         self.error = reason
-        if raised is not None and self.stats is not None:
-            self.pipeline._counted = raised  # counted here: not again as refused
-        self._finished()
+        # Counted here (when observed): not again as refused.
+        self._finished(raised if self.stats is not None else None)
 
-    def _finished(self) -> None:
+    def _finished(self, counted: MeshError | None = None) -> None:
+        """Every way an exchange ends (end, complete, fail, expire, close, give up) comes
+        through here once: the service's and the endpoint's counts, then the pipeline."""
         self.state.active -= 1
         if self.load_key is not None:
             self._unload()
-        pipeline = self.pipeline
-        pipeline._untrack(self)
-        if self.stats is not None:
-            pipeline._observed(self)
+        self.pipeline.finished(self, counted)
 
     # -- retries -----------------------------------------------------------------------
 
     def _may_retry(self, error: MeshError) -> bool:
-        if not self.origin or self.aborted or self.replay is None:
+        if not self.origin or self.request_state == ABORTED or self.replay is None:
             return False
         retries = self.policy.retries
         if self.tries > (self.pipeline.settings.retries if retries is None else retries):
@@ -526,22 +714,23 @@ class GuardedExchange:
         assert route is not None
         pipeline = self.pipeline
         # A peer that cannot be dialled directly: the same endpoint through the router.
-        relayed = pipeline._relay_after(route, error, self.source)
+        relayed = pipeline.relay(route, error, self.source)
         tried = self.tried
         if tried is None:
             tried = self.tried = []
         key = self.endpoint_key
         if key is not None:
             tried.append(key)
-        chosen = relayed or pipeline._reroute(self, set(tried))
+        chosen = relayed or pipeline.reroute(self, set(tried))
         if chosen is None:
             return False
         state = self.state
-        if not state.budget.try_retry(pipeline._now()):
+        if not state.budget.try_retry(pipeline.now()):
             state.retries_denied += 1
             log.info("{service}: retry budget exhausted; not retrying {code}",
                      service=self.service.key, code=error.reason.code)
             return False
+        self.response = _ON_RETRY[self.response]
         if relayed is None:
             self._count_failure(error.reason)  # the endpoint itself failed
         self._unload()
@@ -557,13 +746,14 @@ class GuardedExchange:
     # -- timeouts (called by the pipeline's sweep) ---------------------------------------
 
     def expire(self, why: str, detail: str) -> None:
-        if self.done:
+        before = self.response
+        self.response = _ON_EXPIRE[before]
+        if before >= DONE:
             return
-        self.done = True
         reason = Reason.upstream_timeout
         if why == "request":
             self._count_failure(Reason.upstream_timeout)
-        elif not (self.ended or self.headed or self.producer_paused):
+        elif self.request_state == SENDING and before == WAITING and not self.producer_paused:
             # Silent mid-upload while the target was ready for more: the client stalled,
             # not the upstream (408, and no mark against the endpoint).
             reason = Reason.client_timeout
@@ -573,7 +763,10 @@ class GuardedExchange:
         self._finished()
         inner = self.inner
         if inner is not None:
-            inner.abort(detail)  # cancels the exchange on every hop
+            # Cancels the exchange on every hop; the target hears nothing after its abort
+            # (not the end or abort of a body the source is still sending).
+            self.inner = None
+            inner.abort(detail)
         self.responder.fail(MeshError(reason, detail))
         self._let_go()
 

@@ -34,11 +34,12 @@ from ..exchange import (
     SourceKind,
     TargetKind,
 )
+from ._balance import Balancer
 from ._decide import EDGE_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import INFINITY, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, ServiceState
 from ._loops import Listening, OwnEndpoint, check_hops, own_endpoints
-from ._policy import Balancer, EndpointKey, PolicyBook, ServicePolicy
+from ._policy import EndpointKey, PolicyBook, ServicePolicy
 from ._streams import StreamGuard
 
 _ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
@@ -117,7 +118,7 @@ class Pipeline:
         self.balancer = balancer or Balancer()
         self.balancer.usable = self._usable
         self.balancer.filtering = self._filtering
-        self.balancer.now = self._now
+        self.balancer.now = self.now
         self.peer_paths: PeerPaths | None = None
         self.edge_homes: Callable[[str], str | None] | None = None
         """Router replicas: the other replica that holds an edge's tunnel (None: here or
@@ -253,7 +254,7 @@ class Pipeline:
         """Policies (and invalid annotations), ejected endpoints, per-service counters,
         draining peers, and how other edges' hubs are reached (direct or relayed through
         the router): the admin API's ``/resilience``."""
-        now = self._now()
+        now = self.now()
         return {
             "in_flight": len(self._inflight),
             "draining": self.draining,
@@ -515,7 +516,6 @@ class Pipeline:
             else:
                 budget.requests += 1
             if head.content_length == 0:
-                guard.timing = True
                 guard.deadline = deadline = now + guard.timeout
             else:
                 deadline = INFINITY
@@ -572,7 +572,7 @@ class Pipeline:
         entry = by_id[id(service)] = (service, state, self.policies.get(service))
         return entry
 
-    def _relay_after(
+    def relay(
         self, route: Route, error: MeshError, source: SourceKind
     ) -> tuple[Route, ITarget] | None:
         """After a failed hub dial: the same endpoint through the router, if the peer is
@@ -593,7 +593,9 @@ class Pipeline:
         target = self.targets[TargetKind.tunnel]
         return relayed, target
 
-    def _reroute(self, guard: GuardedExchange, exclude: set[EndpointKey]) -> tuple[Route, ITarget] | None:
+    def reroute(
+        self, guard: GuardedExchange, exclude: set[EndpointKey]
+    ) -> tuple[Route, ITarget] | None:
         """A route for a retry: another endpoint than those tried (None: there is none)."""
         previous = guard.route
         own = self._own_by_service.get(guard.service.key) if self._own_by_service else None
@@ -612,13 +614,14 @@ class Pipeline:
             route.timeout = previous.timeout
         return route, target
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The clock's time (0.0 without a clock: time stands still)."""
         clock = self._clock
         return 0.0 if clock is None else clock.seconds()
 
     def _usable(self, endpoint: Endpoint) -> bool:
         key = (endpoint.host, endpoint.port)
-        now = self._now()
+        now = self.now()
         if self.outliers.ejected and self.outliers.is_ejected(key, now):
             return False
         draining = self._draining_peers
@@ -639,21 +642,26 @@ class Pipeline:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    def _armed(self, guard: GuardedExchange) -> None:
+    def arm(self, guard: GuardedExchange) -> None:
+        """The guard's request deadline is set: wake up for it if it is the next."""
         wake = min(guard.idle_deadline, guard.deadline)
         if wake < self._wake_at:
             self._schedule(wake)
 
-    def _observed(self, guard: GuardedExchange) -> None:
-        observer = self.observer
-        if observer is not None:
-            observer.closed(guard)
-
-    def _untrack(self, guard: GuardedExchange) -> None:
+    def finished(self, guard: GuardedExchange, counted: MeshError | None = None) -> None:
+        """A guarded exchange is over (every way it ends comes here once): no longer in
+        progress (the drain may be over), and observed.  ``counted``: raised to its source
+        inside the first ``open`` and already reported here (not again as refused)."""
+        if counted is not None:
+            self._counted = counted
         inflight = self._inflight
         inflight.discard(guard)
         if not inflight and self._drain_waiters:
             self._drained()
+        if guard.stats is not None:
+            observer = self.observer
+            if observer is not None:
+                observer.closed(guard)
 
     def _drained(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -677,7 +685,7 @@ class Pipeline:
         exchanges that end early cost nothing here)."""
         self._timer = None
         self._wake_at = INFINITY
-        now = self._now()
+        now = self.now()
         idle = self.settings.stream_idle_timeout
         wake = INFINITY
         for guard in list(self._inflight):
@@ -717,7 +725,7 @@ class Pipeline:
             return
         if len(self._draining_peers) >= _MAX_SERVICES:
             self._draining_peers.clear()
-        self._draining_peers[peer] = self._now() + self.settings.peer_drain_memory
+        self._draining_peers[peer] = self.now() + self.settings.peer_drain_memory
         self.log.info("peer {peer} is draining: choosing its endpoints no more", peer=peer)
 
     def peer_back(self, peer: str) -> None:

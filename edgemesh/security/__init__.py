@@ -8,7 +8,7 @@ link verify each other, and a peer's hello must name the node its certificate na
 """
 
 from ._certs import CertError, Issued, check_node_name, make_ca, make_node_cert
-from ._links import LinkSecurity, MutualTLS, Plaintext, link_security, peer_problem
+from ._links import ANY_PEER, LinkSecurity, MutualTLS, Plaintext, link_security, peer_problem
 from ._material import (
     Identity,
     IdentityError,
@@ -22,6 +22,7 @@ from ._material import (
 from ._options import TLSOptions
 
 __all__ = [
+    "ANY_PEER",
     "CertError",
     "Identity",
     "IdentityError",

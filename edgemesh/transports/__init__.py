@@ -2,8 +2,10 @@
 
 from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
+from ._halves import InboundExchange, OutboundExchange
+from ._hooks import FrontHook, HookedFrontFactory, HookedFrontProtocol
 from ._io import DEFAULT_BACKLOG, with_backlog
-from ._links import EnvelopeLink, InboundExchange, LinkHandler, OutboundExchange, ready_or_lost
+from ._links import EnvelopeLink, LinkHandler, ready_or_lost
 from ._linkstreams import LinkStreamTarget
 from ._peers import HubDialer, LinkTarget
 from ._streams import StreamingFrontFactory, StreamingFrontProtocol, TCPStreamTarget
@@ -12,9 +14,12 @@ from ._upstream import HTTPUpstreamTarget
 __all__ = [
     "DEFAULT_BACKLOG",
     "EnvelopeLink",
+    "FrontHook",
     "FrontLimits",
     "HTTPFrontFactory",
     "HTTPUpstreamTarget",
+    "HookedFrontFactory",
+    "HookedFrontProtocol",
     "HubDialer",
     "InboundExchange",
     "LinkHandler",

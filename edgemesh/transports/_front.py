@@ -19,7 +19,6 @@ ways with push-producer flow control; nothing buffers a whole body.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +44,19 @@ from ..exchange import (
     drop_trailers,
     hand_trailers,
 )
+from ._heads import (
+    FRAMING,
+    HeadError,
+    check_authority,
+    check_transfer_encoding,
+    content_length,
+    hop_count,
+    request_framing,
+    request_target,
+    response_fields,
+    unbroken_lines,
+)
 from ._http1 import (
-    HOP_BY_HOP,
     LAST_CHUNK,
     connection_tokens,
     end_to_end,
@@ -88,30 +98,15 @@ _STARTED = 1  # dispatched (or being answered by the front), no response head ye
 _HEAD_SENT = 2  # response head written, body flowing
 _DONE = 3  # finished, failed or abandoned: every later call is a no-op
 
-_FRAMING = HOP_BY_HOP | {b"content-length"}
-"""Hop-by-hop and framing fields: never passed on, in either direction (framing is ours)."""
 _HOPS = HOPS_HEADER.lower()
 _SPECIAL = frozenset(
     {b"content-length", b"transfer-encoding", b"host", b"connection", b"expect", _HOPS}
 )
 """Request fields the front interprets (the hop count is taken out of the head: it seeds
 the exchange's own, see edgemesh.routing's loop guard)."""
-_REQUEST_DROP = _FRAMING | {b"expect"}
+_REQUEST_DROP = FRAMING | {b"expect"}
 """Request fields never passed on (``Expect: 100-continue`` is answered here)."""
 _WATCHED = _SPECIAL | _REQUEST_DROP
-
-_response_names: dict[bytes, bool] = {}
-"""Response field names already checked: name → whether it is a framing field to drop."""
-_RESPONSE_NAMES_BOUND = 1024
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
-_SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://")
-_AUTHORITY_END = re.compile(rb"[/?#]")
-
-_authorities: set[bytes] = set()
-"""Authorities already found well-formed (a few services, asked for over and over)."""
-_AUTHORITIES_BOUND = 4096
 
 _PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -209,31 +204,11 @@ class _Exchange:
             return None
         front = self.front
         status = head.status
-        if not 200 <= status <= 999:
-            # A 1xx as the final answer would make the client read the next
-            # response as this one's: refuse it rather than desynchronise.
-            self.fail(MeshError(Reason.upstream_bad_response, f"unusable status {status}"))
-            return None
-        headers = head.headers
-        dropped = False
-        names = _response_names
-        for name, _value in headers:
-            drop = names.get(name)
-            if drop is None:
-                if _TOKEN.fullmatch(name) is None:
-                    self.fail(MeshError(Reason.upstream_bad_response, "invalid header name"))
-                    return None
-                drop = name.lower() in _FRAMING
-                if len(names) < _RESPONSE_NAMES_BOUND:
-                    names[name] = drop
-            if drop:
-                dropped = True
-        if dropped:
-            headers = tuple(kv for kv in headers if not names.get(kv[0], True))
-
         length = head.content_length
-        if length is not None and length < 0:
-            self.fail(MeshError(Reason.upstream_bad_response, "negative content length"))
+        try:
+            headers = response_fields(status, head.headers, length)
+        except HeadError as error:
+            self.fail(MeshError(error.reason, error.detail))
             return None
         persist = self.keep_alive and self.request_done and not front._closing
         if self.method == b"HEAD" or status == 204 or status == 304:
@@ -255,11 +230,10 @@ class _Exchange:
         if persist and self.http10:
             headers = headers + _KEEP_ALIVE_HEADER
         data = response_head_bytes(status, head.reason, headers, framing, persist)
-        # The reason and field values may not hold CR, LF or NUL: rather than
-        # scanning each, check that the serialized head has exactly our lines.
-        lines = len(headers) + 2 + (framing != b"") + (not persist)
-        if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
-            self.fail(MeshError(Reason.upstream_bad_response, "invalid response header value"))
+        try:
+            unbroken_lines(data, len(headers) + 2 + (framing != b"") + (not persist))
+        except HeadError as error:
+            self.fail(MeshError(error.reason, error.detail))
             return None
         self.persist = persist
         self.state = _HEAD_SENT
@@ -308,7 +282,9 @@ class _Exchange:
                 last_chunk(trailers) if trailers else LAST_CHUNK
             )
         elif trailers:
-            drop_trailers(trailers, "the response to this client is not chunked (HTTP/1.0, or no body)")
+            drop_trailers(
+                trailers, "the response to this client is not chunked (HTTP/1.0, or no body)"
+            )
         self.state = _DONE
         self.front._exchange_done(self)
 
@@ -612,27 +588,15 @@ class HTTPFrontProtocol(Protocol):
     def _special_header(self, lower: bytes, value: bytes) -> bool:
         """Note a field the front interprets; True: leave it out of the forwarded head."""
         if lower == b"content-length":
-            # llhttp already refuses duplicates, signs, hex and lists; it keeps
-            # trailing whitespace, which is optional whitespace here.
-            digits = value.rstrip(b" \t")
-            if not digits.isdigit():
-                raise self._reject(Reason.bad_request, "malformed Content-Length")
-            self._content_length = int(digits)
+            try:
+                self._content_length = content_length(value)
+            except HeadError as error:
+                raise self._reject(error.reason, error.detail) from None
         elif lower == b"transfer-encoding":
-            if self._transfer_encoding is not None:
-                raise self._reject(Reason.bad_request, "more than one Transfer-Encoding field")
-            if value.lower() != b"chunked":
-                # llhttp accepts "gzip, chunked", "chunked " and several fields.
-                for coding in value.split(b","):
-                    coding = coding.strip(b" \t").lower()
-                    if coding != b"chunked" and _TOKEN.fullmatch(coding):
-                        raise self._reject(
-                            Reason.not_implemented,
-                            f"transfer coding {coding.decode('ascii')!r} is not supported",
-                        )
-                raise self._reject(
-                    Reason.bad_request, "Transfer-Encoding must be exactly 'chunked'"
-                )
+            try:
+                check_transfer_encoding(value, self._transfer_encoding is not None)
+            except HeadError as error:
+                raise self._reject(error.reason, error.detail) from None
             self._transfer_encoding = value
         elif lower == b"host":
             if self._host is not None:
@@ -647,10 +611,10 @@ class HTTPFrontProtocol(Protocol):
             else:
                 self._connection.append(value)
         elif lower == _HOPS:
-            digits = value.strip(b" \t")
-            if not digits.isdigit() or len(digits) > 3:
-                raise self._reject(Reason.bad_request, f"malformed {HOPS_HEADER.decode()}")
-            self._hops = max(self._hops, int(digits))
+            try:
+                self._hops = max(self._hops, hop_count(value))
+            except HeadError as error:
+                raise self._reject(error.reason, error.detail) from None
             return True
         else:  # expect
             self._expect = value.rstrip(b" \t").lower()
@@ -662,39 +626,14 @@ class HTTPFrontProtocol(Protocol):
         parser = self._parser
         assert parser is not None
         method = parser.get_method()
-        version = parser.get_http_version()
-        if version == "1.1":
-            http10 = False
-        elif version == "1.0":
-            http10 = True
-        else:
-            raise self._reject(Reason.bad_request, f"HTTP version {version} is not supported")
-        if method == b"CONNECT":
-            raise self._reject(
-                Reason.not_implemented, "CONNECT tunnels are not supported", method
+        try:
+            http10, length = request_framing(
+                parser.get_http_version(), method, self._transfer_encoding is not None,
+                self._content_length, self._max_body, parser.should_upgrade(),
             )
-
-        if self._transfer_encoding is not None:
-            if http10:
-                raise self._reject(
-                    Reason.bad_request, "Transfer-Encoding in an HTTP/1.0 request", method
-                )
-            content_length: int | None = None
-        else:
-            content_length = self._content_length or 0
-            max_body = self._max_body
-            if max_body is not None and content_length > max_body:
-                raise self._reject(
-                    Reason.payload_too_large,
-                    f"request body of {content_length} bytes exceeds the limit of "
-                    f"{max_body} bytes",
-                    method,
-                )
-        if content_length != 0 and parser.should_upgrade():
-            # llhttp would skip this body and parse it as the next request.
-            raise self._reject(
-                Reason.not_implemented, "protocol upgrade with a request body", method
-            )
+        except HeadError as error:
+            raise self._reject(error.reason, error.detail,
+                               method if error.for_method else b"") from None
 
         # Hop-by-hop fields were dropped in on_header; now those Connection lists.
         if self._connection is None:
@@ -709,45 +648,15 @@ class HTTPFrontProtocol(Protocol):
                 headers = end_to_end(self._headers, tokens)
         expect_continue = self._expect == b"100-continue"
 
-        url = self._url
-        if url[:1] == b"/" or url == b"*":
-            if url == b"*" and method != b"OPTIONS":
-                raise self._reject(Reason.bad_request, "'*' target for a method other than OPTIONS")
-            path = url
-            host = self._host
-            if host is None:
-                if not http10:
-                    raise self._reject(Reason.bad_request, "missing Host header", method)
-                authority = b""
-            else:
-                authority = self._check_authority(host, method)
-        elif url[:7].lower() == b"http://":
-            end = _AUTHORITY_END.search(url, 7)
-            if end is None:
-                authority, path = url[7:], b"/"
-            else:
-                authority, path = url[7 : end.start()], url[end.start() :]
-                if path[:1] != b"/":
-                    path = b"/" + path
-            authority = self._check_authority(authority, method)
+        try:
+            path, authority, absolute = request_target(self._url, method, self._host, http10)
+        except HeadError as error:
+            raise self._reject(error.reason, error.detail,
+                               method if error.for_method else b"") from None
+        if absolute:
             # RFC 9112 §3.2.2: the target's authority replaces any Host field
             # (on_header already left those out).
             headers = ((b"Host", authority), *headers)
-        else:
-            scheme = _SCHEME.match(url)
-            if scheme is not None and scheme.group(1).lower() == b"https":
-                raise self._reject(
-                    Reason.not_implemented,
-                    "https:// request targets are not supported: "
-                    "send http:// to the mesh, which secures the hops itself",
-                    method,
-                )
-            if scheme is not None:
-                name = scheme.group(1).decode("ascii")
-                raise self._reject(Reason.bad_request, f"unsupported URI scheme {name!r}", method)
-            raise self._reject(Reason.bad_request, "unsupported request target", method)
-        if b"#" in path:
-            raise self._reject(Reason.bad_request, "fragment in the request target", method)
 
         queue = self._queue
         if len(queue) >= self._limits.max_pipelined:
@@ -758,10 +667,10 @@ class HTTPFrontProtocol(Protocol):
             )
         exchange = _Exchange(self, method, http10, keep_alive)
         exchange.request = RequestHead(
-            method, path, authority, headers, content_length, self._client, self._hops
+            method, path, authority, headers, length, self._client, self._hops
         )
         exchange.expect_continue = expect_continue and not http10
-        if content_length == 0:
+        if length == 0:
             exchange.request_done = True
         self._parsing = exchange
         queue.append(exchange)
@@ -771,22 +680,12 @@ class HTTPFrontProtocol(Protocol):
             self._update_reading()
 
     def _check_authority(self, authority: bytes, method: bytes) -> bytes:
-        if authority in _authorities:
-            return authority
-        if _AUTHORITY.fullmatch(authority) is None:
-            if not authority:
-                raise self._reject(Reason.bad_request, "empty Host", method)
-            if b"@" in authority:
-                raise self._reject(Reason.bad_request, "user information in the authority", method)
-            raise self._reject(
-                Reason.bad_request,
-                f"malformed Host {authority.decode('latin-1')!r}",
-                method,
-            )
-        if len(_authorities) >= _AUTHORITIES_BOUND:
-            _authorities.clear()
-        _authorities.add(authority)
-        return authority
+        """A well-formed authority, else the request is rejected (the byte-stream front's
+        CONNECT and Upgrade use it too)."""
+        try:
+            return check_authority(authority)
+        except HeadError as error:
+            raise self._reject(error.reason, error.detail, method) from None
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += 1

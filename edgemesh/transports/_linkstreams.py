@@ -26,7 +26,7 @@ from ..exchange import (
 )
 from ..routing import Route
 from ..wire import Data, Frame, Reset, StreamAccept, Window
-from ._links import _NO_BODY, _Receiver, _Sender
+from ._halves import _NO_BODY, _Receiver, _Sender
 from ._peers import WaitingFlow
 
 if TYPE_CHECKING:

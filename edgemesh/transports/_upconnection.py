@@ -1,0 +1,498 @@
+"""
+One persistent HTTP/1.1 connection of the pooled upstream target (see _upstream):
+responses are parsed with httptools (llhttp).
+
+A response whose head, body and end all come in one read (the common small one)
+goes to the responder in one call, ``complete(head, body)``, when it offers that
+optional method (the front, the guard, the links do); otherwise, and for anything
+longer, as ``head``, ``write`` and ``end``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..exchange import (
+    COMPLETERS,
+    MeshError,
+    Reason,
+    ResponseHead,
+)
+from ._http1 import (
+    connection_tokens,
+    end_to_end,
+    trailer_field,
+)
+from ._io import SMALL_BUFFER
+from ._upexchange import _address_text, _one_line
+
+if TYPE_CHECKING:
+    from ._upexchange import _UpstreamExchange
+    from ._upstream import HTTPUpstreamTarget
+
+__all__ = ["HELD_BODY_LIMIT", "MAX_READ", "RAMP_READS"]
+
+MAX_READ: Final = 128 * 1024
+"""The pod connections' largest read (and write-buffer threshold).  With the front's
+immediate writes, 128 KiB reads take fewer instructions per 1 MiB body than the 256 KiB
+reads of before (callgrind, 10 x 1 MiB on p1-local: 27.4 M against 30.5-31.0 M) and hold
+half as much per connection behind a slow client."""
+
+RAMP_READS: Final = 4
+"""Whole reads in a row, taken by the responder without a pause, before the read size doubles."""
+
+_MAX_INTERIM_RESPONSES: Final = 16
+"""1xx responses tolerated before the final one (a flood of them is an attack)."""
+HELD_BODY_LIMIT: Final = 16 * 1024
+"""Body held with a response head in the hope that the whole response is in the read:
+beyond it, the head goes and the body streams (a large body must not be held)."""
+
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_PHRASES: Final[dict[int, bytes]] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+class _ResponseError(Exception):
+    """The upstream's response is unacceptable; the message is the detail."""
+
+
+class _UnexpectedData(Exception):
+    """The upstream sent bytes when no response was due."""
+
+
+@implementer(IPushProducer)
+class _UpstreamConnection(Protocol):
+    """One persistent connection.  The httptools parser calls the ``on_*`` methods;
+    registered with its own transport as the request body's producer, it relays
+    the transport's pauses to the current exchange's source."""
+
+    transport: Any  # an ITCPTransport once connected: pause/resume, producers, abort
+
+    def __init__(self, target: HTTPUpstreamTarget, exchange: _UpstreamExchange) -> None:
+        self.target = target
+        self.address = (exchange.host, exchange.port)
+        self.opening: _UpstreamExchange | None = exchange
+        self.exchange: _UpstreamExchange | None = None
+        self.parser = HttpResponseParser(self)
+        self.max_header_bytes = target.max_response_header_bytes
+        self.max_header_count = target.max_response_header_count
+        self.lost = False
+        self.idle = False
+        self.idle_since = 0.0
+        self.idle_timer: IDelayedCall | None = None
+        self.reading_paused = False
+        self.full_reads = 0
+        """Whole reads in a row that the responder took without pausing (see dataReceived)."""
+        self.waiters: list[Deferred[None]] = []
+        self.held: ResponseHead | None = None
+        """A final response head parsed in the current read and not yet delivered:
+        if its body and end come in the same read, it all goes to the responder in
+        one call; otherwise it is flushed when the read is parsed."""
+        self.held_body: list[bytes] = []
+        self.held_size = 0
+        """Body pieces of the held head (at most what one read carried)."""
+        self.begin_response()
+
+    def begin_response(self) -> None:
+        self.got_bytes = False
+        self.head_done = False
+        self.head_size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.reason = b""
+        self.connection_values: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.interim = False
+        self.interim_count = 0
+        self.close_delimited = False
+        self.chunk_pending = False
+        self.stalled = 0
+        self.trailer_count = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.finished = False
+        self.reusable = False
+
+    def when_lost(self) -> Deferred[None]:
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self.waiters.append(waiter)
+        return waiter
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        self._read_size(MAX_READ)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        exchange = self.opening
+        self.opening = None
+        if exchange is None or exchange.done:
+            self.target._release(self)  # a fresh connection nobody waits for: keep it
+            return
+        try:
+            exchange.connected(self)
+        except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+            self._internal_error(problem)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+            self._internal_error(problem)
+        # The read size follows the consumer: MAX_READ while the responder takes every
+        # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
+        # taken without a pause.  A slow client holds ~64 KiB per connection, not a
+        # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
+        size = getattr(self.transport, "bufferSize", None)
+        if size is None:
+            return
+        if self.reading_paused:
+            self.full_reads = 0
+            if size != SMALL_BUFFER:
+                self._read_size(SMALL_BUFFER)
+        elif len(data) >= size and size < MAX_READ:
+            self.full_reads += 1
+            if self.full_reads >= RAMP_READS:
+                self.full_reads = 0
+                self._read_size(min(size * 2, MAX_READ))
+
+    def _read_size(self, size: int) -> None:
+        """Twisted's FileDescriptor reads this much at once (and pauses a producer past it
+        in its write buffer); other transports have no such knob."""
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = size
+
+    def _receive(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Idle, or closing after its exchange: a server has nothing to say now.
+            self.target._discard(self)
+            return
+        self.got_bytes = True
+        if not self.head_done:
+            self.head_size += len(data)
+        elif self.chunk_pending:
+            self.stalled += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            self._drop_held()
+            cause = exc.__context__
+            self._parse_failed(cause if isinstance(cause, Exception) else exc)
+            return
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            # A head still held was never delivered: the responder gets a clean
+            # failure rather than a head and a truncated body.
+            self._drop_held()
+            self._parse_failed(exc)
+            return
+        if self.finished:
+            self._after_response()
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            if self.held is not None:
+                # The response goes on in later reads: deliver what this one carried
+                # and stream the rest.
+                self._release_held(exchange)
+                if self.exchange is not exchange:
+                    return
+            limit = self.max_header_bytes
+            if not self.head_done:
+                if self.head_size > limit:
+                    self._bad(exchange, f"response head larger than {limit} bytes")
+            elif self.chunk_pending and self.stalled > limit:
+                self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.connected = False
+        self.target._forget(self)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        exchange = self.exchange
+        if exchange is not None:
+            try:
+                exchange.connection_lost(self, reason)
+            except Exception as problem:  # noqa: BLE001 - never raise into the reactor
+                self._internal_error(problem)
+
+    # IPushProducer: the transport's write buffer pauses the request body's source
+
+    def pauseProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.transport_paused = True
+            exchange._update_source()
+
+    def resumeProducing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.transport_paused = False
+            exchange._update_source()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost deals with the exchange
+        (the source is not stopped: it gets an answer through its responder)."""
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise _UnexpectedData()
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            # A trailer field (bounded like the head: see _receive): relayed with the end.
+            self.trailer_count += 1
+            if self.trailer_count > self.max_header_count:
+                raise _ResponseError(f"more than {self.max_header_count} trailer fields")
+            if trailer_field(name):
+                if self.trailers is None:
+                    self.trailers = [(name, value)]
+                else:
+                    self.trailers.append((name, value))
+            return
+        headers = self.headers
+        if len(headers) >= self.max_header_count:
+            raise _ResponseError(f"more than {self.max_header_count} header fields")
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:
+            raise _ResponseError(f"response head larger than {self.max_header_bytes} bytes")
+        headers.append((name, value))
+        size = len(name)
+        if size == 10 or size == 14 or size == 17:  # cheap pre-check for the framing fields
+            lower = name.lower()
+            if lower == b"connection":
+                if self.connection_values is None:
+                    self.connection_values = [value]
+                else:
+                    self.connection_values.append(value)
+            elif lower == b"content-length":
+                self.content_length = value
+            elif lower == b"transfer-encoding":
+                self.transfer_encoding = value
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise _ResponseError("101 Switching Protocols is not supported")
+            self.interim = True
+            self.interim_count += 1
+            if self.interim_count > _MAX_INTERIM_RESPONSES:
+                raise _ResponseError(f"more than {_MAX_INTERIM_RESPONSES} interim responses")
+            return
+        self.head_done = True
+        coding = self.transfer_encoding
+        chunked = coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        length: int | None
+        if status == 204:
+            length = 0
+        elif exchange.is_head or status == 304:
+            # No body follows, but the length is the one the origin announced for
+            # the representation: pass it on unchanged (RFC 9110 §8.6).
+            declared = self.content_length
+            length = int(declared) if declared is not None and coding is None else None
+        elif coding is not None:
+            length = None
+            self.close_delimited = not chunked
+        elif self.content_length is not None:
+            length = int(self.content_length)  # llhttp accepted it: digits only
+        else:
+            length = None
+            self.close_delimited = True
+        values = self.connection_values
+        head = ResponseHead(
+            status,
+            self.reason or _PHRASES.get(status, b"Unknown"),
+            end_to_end(self.headers, connection_tokens(values) if values else _NO_TOKENS),
+            length,
+        )
+        # The request timeout stops at the head, delivered now or held.
+        exchange.got_head = True
+        if exchange.waiting is not None:
+            exchange._unwait()
+        if exchange.is_head:
+            # llhttp does not know the request was HEAD and would take any body
+            # framing literally: end here, and never reuse this connection.
+            self._deliver(exchange, head, b"", False)
+        else:
+            self.held = head  # delivered at the message's end or at the end of this read
+
+    def on_body(self, body: bytes) -> None:
+        self.chunk_pending = False
+        self.stalled = 0
+        exchange = self.exchange
+        if exchange is not None and body:
+            if self.held is not None:
+                if self.held_size + len(body) <= HELD_BODY_LIMIT:
+                    self.held_body.append(body)
+                    self.held_size += len(body)
+                    return
+                self._release_held(exchange)  # too large to hold: stream it
+                if self.exchange is not exchange:
+                    return
+            exchange.responder.write(body)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_pending = True
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.reason = b""
+            self.headers = []
+            self.header_bytes = 0
+            self.connection_values = None
+            self.content_length = None
+            self.transfer_encoding = None
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        head = self.held
+        trailers = self.trailers
+        if head is not None and trailers:
+            # Trailers do not fit the whole-response call: head and body, then the end.
+            self._release_held(exchange)
+            if self.exchange is not exchange:
+                return
+            head = None
+        if head is not None:
+            # The whole response in one read (the common small one).
+            self.held = None
+            pieces = self.held_body
+            if pieces:
+                self.held_body = []
+                self.held_size = 0
+                body = b"".join(pieces)  # one piece: that very object, no copy
+            else:
+                body = b""
+            reusable = exchange.body_done and self.parser.should_keep_alive()
+            # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
+            complete = COMPLETERS[type(exchange.responder)]
+            if complete is not None:
+                self.finished = True
+                self.reusable = reusable
+                exchange.complete_whole(head, body, complete)
+            else:
+                self._deliver(exchange, head, body, reusable)
+            return
+        self.finished = True
+        self.reusable = exchange.body_done and self.parser.should_keep_alive()
+        exchange.complete(tuple(trailers) if trailers else ())
+
+    # internals
+
+    def _deliver(
+        self, exchange: _UpstreamExchange, head: ResponseHead, body: bytes, reusable: bool
+    ) -> None:
+        """A whole response: in one call to the responder's ``complete`` if it has one,
+        else as head, write and end."""
+        complete = COMPLETERS[type(exchange.responder)]
+        if complete is not None:
+            self.finished = True
+            self.reusable = reusable
+            exchange.complete_whole(head, body, complete)
+            return
+        exchange.response_head(head)
+        if body and self.exchange is exchange:
+            exchange.responder.write(body)
+        if self.exchange is exchange:  # not aborted from inside head() or write()
+            self.finished = True
+            self.reusable = reusable
+            exchange.complete()
+
+    def _release_held(self, exchange: _UpstreamExchange) -> None:
+        """Deliver the held head and the body held with it; the rest streams."""
+        head = self.held
+        assert head is not None
+        self.held = None
+        exchange.response_head(head)
+        pieces = self.held_body
+        if pieces:
+            self.held_body = []
+            self.held_size = 0
+            for piece in pieces:
+                if self.exchange is not exchange:  # aborted from inside head() or write()
+                    return
+                exchange.responder.write(piece)
+
+    def _drop_held(self) -> None:
+        self.held = None
+        if self.held_body:
+            self.held_body = []
+            self.held_size = 0
+
+    def _after_response(self) -> None:
+        self.finished = False
+        if self.reusable and not self.lost and self.exchange is None:
+            self.target._release(self)
+        elif not self.lost:
+            self.transport.loseConnection()
+
+    def _bad(self, exchange: _UpstreamExchange, detail: str) -> None:
+        exchange.fail(MeshError(Reason.upstream_bad_response, f"{exchange.address}: {detail}"))
+
+    def _parse_failed(self, cause: Exception) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # After the response (bytes beyond it) or after an abort: just close.
+            self.finished = False
+            self.target._forget(self)
+            if not self.lost:
+                self.transport.abortConnection()
+            return
+        if isinstance(cause, _ResponseError):
+            self._bad(exchange, str(cause))
+        elif isinstance(cause, (HttpParserError, HttpParserUpgrade)):
+            self._bad(exchange, f"malformed response: {_one_line(str(cause))}")
+        else:
+            # Raised by the responder (a source bug), not by the upstream.
+            self._internal_error(cause)
+
+    def _internal_error(self, problem: Exception) -> None:
+        """A bug (most likely in a responder or source): log it, end the exchange
+        with an error and drop the connection."""
+        self.target.log.error(
+            "{address}: internal error in an upstream exchange: {problem!r}",
+            address=_address_text(*self.address),
+            problem=problem,
+        )
+        self.finished = False
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.fail(
+                MeshError(Reason.upstream_lost, f"{exchange.address}: internal error")
+            )
+        self.target._forget(self)
+        if not self.lost:
+            self.transport.abortConnection()
