@@ -63,7 +63,8 @@ class Refused(Protocol):
     """An endpoint of the catalog this node never chooses, and why (its own listener)."""
 
     def __call__(
-        self, source: SourceKind, head: RequestHead, error: MeshError, service_key: str | None = None
+        self, source: SourceKind, head: RequestHead, error: MeshError,
+        service_key: str | None = None,
     ) -> None: ...
 
 
@@ -98,7 +99,8 @@ class Pipeline:
         time stands still)."""
         self.role = role
         self.node = node
-        self.rules = dict(rules if rules is not None else (EDGE_RULES if role is Role.edge else ROUTER_RULES))
+        defaults = EDGE_RULES if role is Role.edge else ROUTER_RULES
+        self.rules = dict(rules if rules is not None else defaults)
         self.targets: dict[TargetKind, ITarget] = {}
         self.stream_targets: dict[TargetKind, IStreamTarget] = {}
         """Ways out for byte streams (routing/_streams.py), by the same rules."""
@@ -215,7 +217,9 @@ class Pipeline:
             for (h, p), own in sorted(self._own.items())
         ]
 
-    def _own_refused(self, service: Service, exclude: Collection[EndpointKey], error: MeshError) -> MeshError:
+    def _own_refused(
+        self, service: Service, exclude: Collection[EndpointKey], error: MeshError,
+    ) -> MeshError:
         """A clearer no-endpoint answer when this node refused endpoints of the service."""
         own = [self._own[key] for key in exclude if key in self._own]
         if not own:
@@ -270,7 +274,9 @@ class Pipeline:
 
     # --- routing ---------------------------------------------------------------
 
-    def dispatch(self, source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(
+        self, source: SourceKind, head: RequestHead, responder: IResponder,
+    ) -> IRequestBody:
         """Route an exchange that arrived as plain HTTP (its authority names the service)."""
         try:
             service, port = self._catalog.resolve(head.authority)
@@ -369,7 +375,8 @@ class Pipeline:
         if route.target not in self.rules.get(source, ()):
             raise MeshError(
                 Reason.forbidden_route,
-                f"{source.value} may not reach {route.target.value} on {self.role.value} {self.node}",
+                f"{source.value} may not reach {route.target.value} "
+                f"on {self.role.value} {self.node}",
             )
         target = self.stream_targets.get(route.target)
         if target is None:
@@ -535,7 +542,8 @@ class Pipeline:
         if route.target not in self.rules.get(source, ()):
             raise MeshError(
                 Reason.forbidden_route,
-                f"{source.value} may not reach {route.target.value} on {self.role.value} {self.node}",
+                f"{source.value} may not reach {route.target.value} "
+                f"on {self.role.value} {self.node}",
             )
         target = self.targets.get(route.target)
         if target is None:
@@ -544,7 +552,8 @@ class Pipeline:
 
     def _relayed_route(self, source: SourceKind, route: Route) -> Route | None:
         """The same endpoint through the router's tunnels, when that way exists."""
-        if TargetKind.tunnel not in self.rules.get(source, ()) or TargetKind.tunnel not in self.targets:
+        if (TargetKind.tunnel not in self.rules.get(source, ())
+                or TargetKind.tunnel not in self.targets):
             return None
         peer = route.peer or "?"
         if len(self._relayed) < _MAX_SERVICES or peer in self._relayed:
@@ -692,7 +701,8 @@ class Pipeline:
             if not guard.origin or guard.done:
                 continue
             if guard.deadline <= now:
-                guard.expire("request", f"{guard.service.key}: no response within {guard.timeout:g}s")
+                guard.expire(
+                    "request", f"{guard.service.key}: no response within {guard.timeout:g}s")
                 continue
             # From the last activity (a timestamp the guard keeps), not from the sweep
             # that notices it: a silent stream is cut N seconds after its last byte.

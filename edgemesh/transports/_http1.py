@@ -48,7 +48,9 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     return listed
 
 
-def end_to_end(raw: Iterable[tuple[bytes, bytes]], listed: frozenset[bytes] = frozenset()) -> Headers:
+def end_to_end(
+    raw: Iterable[tuple[bytes, bytes]], listed: frozenset[bytes] = frozenset(),
+) -> Headers:
     """Drop hop-by-hop and framing fields, and those named in ``Connection``."""
     drop = _FRAMING
     if listed and not listed <= _FRAMING:
