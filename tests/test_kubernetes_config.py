@@ -23,28 +23,6 @@ from edgemesh.sources import (
     ReplicaDiscovery,
 )
 
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {server: "http://127.0.0.1:6443"}
-users:
-- name: test
-  user: {token: "abc"}
-contexts:
-- name: test
-  context: {cluster: test, user: test}
-current-context: test
-"""
-
-
-@pytest.fixture
-def kubeconfig(tmp_path: Path) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG)
-    return str(path)
-
 
 @pytest.fixture
 def reactor(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryReactorClock]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import twisted.internet
+from conftest import KUBECONFIG
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
@@ -19,28 +20,6 @@ from edgemesh.sources import (
     TreqKubeAPI,
 )
 from edgemesh.sources._options import http_port
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {server: "http://127.0.0.1:6443"}
-users:
-- name: test
-  user: {token: "abc"}
-contexts:
-- name: test
-  context: {cluster: test, user: test}
-current-context: test
-"""
-
-
-@pytest.fixture
-def kubeconfig(tmp_path: Path) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG)
-    return str(path)
 
 
 @pytest.fixture

@@ -472,14 +472,10 @@ class CatalogFollower:
                          "edge is at {revision}", base=delta.base, revision=current.revision)
                 link.close_now("catalog delta before a snapshot")
                 return
-            try:
-                catalog = apply_delta(current, delta)
-            except DeltaError as error:
-                log.warn("closing tunnel: {error}", error=str(error))
-                link.close_now("invalid catalog delta")
-                return
-            self.synced_link = link
-            self._install(link, catalog)
+            catalog = self._applied(link, current, delta)
+            if catalog is not None:
+                self.synced_link = link
+                self._install(link, catalog)
             return
         if delta.rebase:
             log.warn("closing tunnel: a catalog rebase on a link already in sync")
@@ -493,13 +489,19 @@ class CatalogFollower:
                      "{revision}: resyncing", base=delta.base, revision=current.revision)
             link.close_now("catalog gap")
             return
+        catalog = self._applied(link, current, delta)
+        if catalog is not None:
+            self._install(link, catalog)
+
+    @staticmethod
+    def _applied(link: EnvelopeLink, current: Catalog, delta: CatalogDelta) -> Catalog | None:
+        """The catalog after ``delta``, or None with the link closed when it does not apply."""
         try:
-            catalog = apply_delta(current, delta)
+            return apply_delta(current, delta)
         except DeltaError as error:
             log.warn("closing tunnel: {error}", error=str(error))
             link.close_now("invalid catalog delta")
-            return
-        self._install(link, catalog)
+            return None
 
     def _install(self, link: EnvelopeLink, catalog: Catalog) -> None:
         self.set_catalog(catalog)
