@@ -472,10 +472,10 @@ class CatalogFollower:
                          "edge is at {revision}", base=delta.base, revision=current.revision)
                 link.close_now("catalog delta before a snapshot")
                 return
-            catalog = self._applied(link, current, delta)
-            if catalog is not None:
+            applied = self._applied(link, current, delta)
+            if applied is not None:
                 self.synced_link = link
-                self._install(link, catalog)
+                self._install(link, applied)
             return
         if delta.rebase:
             log.warn("closing tunnel: a catalog rebase on a link already in sync")
@@ -489,9 +489,9 @@ class CatalogFollower:
                      "{revision}: resyncing", base=delta.base, revision=current.revision)
             link.close_now("catalog gap")
             return
-        catalog = self._applied(link, current, delta)
-        if catalog is not None:
-            self._install(link, catalog)
+        applied = self._applied(link, current, delta)
+        if applied is not None:
+            self._install(link, applied)
 
     @staticmethod
     def _applied(link: EnvelopeLink, current: Catalog, delta: CatalogDelta) -> Catalog | None:
