@@ -22,7 +22,6 @@ from ._kubeapi import (
 from ._kubernetes import EDGEMESH_MANAGER, MANAGED_BY_LABEL, KubernetesSource
 from ._options import (
     KubernetesOptions,
-    attach_kubernetes,
     http_port,
     service_account_namespace,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "TreqKubeAPI",
     "Watch",
     "WatchTiming",
-    "attach_kubernetes",
     "desired_slice",
     "http_port",
     "is_edge_service",

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, ClassVar
 
-from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
-from ..catalog import Catalog, is_dns1123_label, is_dns1123_subdomain
+from ..catalog import is_dns1123_label, is_dns1123_subdomain
 
 
 class KubernetesOptions(usage.Options):
@@ -143,56 +141,3 @@ def http_port(description: str | None) -> int | None:
         if part.startswith("port="):
             return int(part[5:]) if part[5:].isdigit() else None
     return None
-
-
-def attach_kubernetes(
-    parent: IServiceCollection,
-    reactor: Any,
-    options: Any,
-    set_catalog: Callable[[Catalog], None],
-    http: str | None,
-) -> Any:
-    """Start watching (and, unless ``--no-controller``, controlling) as services of
-    ``parent`` (the router).  Returns the KubernetesSource."""
-    from ._controller import EdgeServiceController
-    from ._kubeapi import TreqKubeAPI
-    from ._kubernetes import KubernetesSource
-
-    origin, ca = options.get("kube_origin") or (None, None)
-    api = TreqKubeAPI(reactor, options["kube_configuration"], origin=origin, ca=ca)
-    source = KubernetesSource(reactor, api, namespace=options["namespace"])
-    source.subscribe(set_catalog)
-    source.setServiceParent(parent)  # type: ignore[no-untyped-call]
-    observer = getattr(parent, "observer", None)
-    if observer is not None:
-        # /readyz says why the watch is not ready (401, 403 on what, TLS against which CA).
-        def gate(ready: bool, why: str) -> None:
-            observer.readiness.set("kubernetes", ready, why)
-
-        source.on_readiness = gate
-        gate(*source.readiness())
-    status_parts = getattr(parent, "status_parts", {})
-    status_parts["kubernetes"] = source.status
-    address = options.get("advertise_value")
-    port = options["advertise-port"] or http_port(http)
-    if not options["no-controller"] and address and port:
-        controller = EdgeServiceController(reactor, api, [address], port,
-                                           namespace=options["namespace"])
-        source.subscribe(controller.catalog_changed)
-        status_parts["controller"] = controller.status
-        election = options.get("election_value")
-        if election is None:
-            controller.setServiceParent(parent)  # type: ignore[no-untyped-call]
-        else:
-            # Of several replicas, only the Lease's holder runs the controller.
-            from ._election import LeaderElector
-
-            elector = LeaderElector(reactor, api, election, controller)
-            elector.setServiceParent(parent)  # type: ignore[no-untyped-call]
-            status_parts["leader"] = elector.status
-    elif not options["no-controller"]:
-        from twisted.logger import Logger
-
-        Logger().warn("no --advertise address (nor $POD_IP), or no HTTP port: cloud apps "
-                      "cannot reach edge services through this router (controller off)")
-    return source
