@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
     parser.add_argument("--plain", action="store_true", help="plaintext links (--insecure)")
     parser.add_argument("--transfers", type=int, default=20)
+    parser.add_argument("--body", choices=["big", "small"], default="big",
+                        help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
@@ -94,7 +96,7 @@ def main() -> None:
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                            capture_output=True, timeout=120)
-        url = f"http://127.0.0.1:{ports[target.port]}/big"
+        url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
         for _ in range(args.transfers):
             done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                                    "-H", f"Host: {target.host}", url],
@@ -104,7 +106,9 @@ def main() -> None:
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
                            capture_output=True, timeout=300)
-        mib = args.transfers * harness.BIG_SIZE / 2 ** 20
+        # Per MiB for the 1 MiB body; per exchange for the small one.
+        mib = args.transfers * harness.BIG_SIZE / 2 ** 20 if args.body == "big" else args.transfers
+        unit = "MiB" if args.body == "big" else "exchange"
         grand = grand_copies = 0
         for name, pid in edges.items():
             dumps = sorted(glob.glob(os.path.join(out, f"callgrind.{pid}.*")))
@@ -120,13 +124,13 @@ def main() -> None:
                          if re.search(r"__mem(cpy|move|set)_", row))
             grand += count
             grand_copies += copies
-            print(f"{name}: {count / 1e6:,.1f} M instructions = {count / mib / 1e6:,.2f} M/MiB, "
-                  f"of which memcpy/memset {copies / mib / 1e6:,.2f} M/MiB", flush=True)
+            print(f"{name}: {count / 1e6:,.1f} M instructions = {count / mib / 1e6:,.3f} M/{unit}, "
+                  f"of which memcpy/memset {copies / mib / 1e6:,.3f} M/{unit}", flush=True)
             if args.annotate:
                 print("\n".join(rows[: args.annotate]))
-        print(f"both edges: {grand / mib / 1e6:,.2f} M instructions per MiB, "
-              f"{(grand - grand_copies) / mib / 1e6:,.2f} M without memcpy/memset "
-              f"({args.transfers} x 1 MiB, {'plaintext' if args.plain else 'mTLS'} links)")
+        print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "
+              f"{(grand - grand_copies) / mib / 1e6:,.3f} M without memcpy/memset "
+              f"({args.transfers} x /{args.body}, {'plaintext' if args.plain else 'mTLS'} links)")
     finally:
         harness.stop_all()
 

@@ -43,7 +43,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -276,16 +276,18 @@ _READ_SIZE = 256 * 1024
 64 KiB default would cut every 256 KiB of body into four reads)."""
 
 
-class _LinkTLS(BufferingTLSTransport):
-    """Twisted's TLS layer, with fewer trips through Python per MiB (bench/tls_cost.py, 10 x
-    1 MiB p2-edge-edge-tls, both edges: 38.7 -> 34.7 M instructions per MiB, 20.5 -> 17.2 M
-    without memcpy/memset):
+class _LinkTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer, with fewer trips through Python (bench/tls_cost.py, both edges of
+    p2-edge-edge-tls: 38.7 -> 32.0 M instructions per MiB, 20.5 -> 14.8 M without
+    memcpy/memset; 1.58 -> 1.51 M per /small exchange for the last point):
 
     - a write goes into OpenSSL without 16 KiB slices (a memoryview: no copies), and what
       OpenSSL made of it leaves in one ``bio_read`` and one transport write, instead of a
       slice, ``bio_read`` and transport write per record;
     - what one read of the socket decrypts to goes up to the link in one piece, instead of
-      one ``dataReceived`` per 16 KiB record (bounded by the read size).
+      one ``dataReceived`` per 16 KiB record (bounded by the read size);
+    - no second coalescing of small writes (Twisted's BufferingTLSTransport holds them for a
+      reactor turn with a ``callLater(0)``): a link already writes once per turn.
     """
 
     def makeConnection(self, transport: Any) -> None:
