@@ -104,6 +104,15 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def ctxt_switches(pid: int) -> int:
+    """Voluntary context switches: each is the process blocking (for a reactor, in
+    epoll_wait), so their count is its wake-ups, whatever else loads the machine."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def listen_drops() -> dict[str, int]:
     """This network namespace's TcpExt ListenOverflows / ListenDrops (SYNs or handshakes
     dropped because an accept queue was full); others' listeners count too."""
@@ -300,11 +309,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             # (pings sent, pongs read, timers) are what it spends.  CPU seconds of one
             # process, usable on a loaded machine when the effect is large.
             await task.deferLater(reactor, 2.0)
-            before = proc_cpu(router.pid)
+            before, switches = proc_cpu(router.pid), ctxt_switches(router.pid)
             await task.deferLater(reactor, args.idle)
             idle_cpu = proc_cpu(router.pid) - before
+            wakeups = ctxt_switches(router.pid) - switches
             result.update({"idle_s": args.idle, "idle_router_cpu_s": round(idle_cpu, 2),
-                           "idle_router_cpu_pct": round(100 * idle_cpu / args.idle, 1)})
+                           "idle_router_cpu_pct": round(100 * idle_cpu / args.idle, 1),
+                           "idle_router_wakeups_per_s": round(wakeups / args.idle, 1)})
         say(json.dumps(result))
     finally:
         router.send_signal(signal.SIGTERM)

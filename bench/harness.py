@@ -39,11 +39,14 @@ DEFAULTS = {
     "THREADS": "1",  # wrk -t
     "WARMUP": "3s",  # unmeasured wrk run before the reps of each (target, body)
     "WRK_TIMEOUT": "10s",  # wrk --timeout (its default 2 s would count slow /big replies as errors)
-    "TARGETS": "direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls",
+    "TARGETS": ("direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls"
+                " p3-edge-cloud-tls p4-cloud-edge-tls"),
     "PATHS": "/small /big",  # in this order: the memory check compares after-/small with after-/big
     "LOADGEN_CPU": "0",  # wrk and the origin nginx
     "MESH_CPU": "1",  # every mesh process and the nginx proxy
     "PYTHON": "/work/venv/bin/python",  # interpreter of the mesh processes
+    "PYTHONS": "",  # several interpreters: every mesh target runs once with each (run.sh sets it)
+    "TRANSFERS": "7",  # one-off 4 MiB transfers per target (each alternated with a direct one)
     "MESH_ARGS": "",  # extra options for both twistd plugins, e.g. "--request-timeout 60"
     "BASE_PORT": "18180",  # origin; the next 8 ports are used too (see ports())
     "READY_TIMEOUT": "30",  # seconds for the mesh to connect and serve every path
@@ -59,12 +62,16 @@ CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
 
 SMALL_BODY = b"Hello, world\n"  # 13 bytes, as the anchors
 BIG_SIZE = 1 << 20  # 1 MiB of random bytes
+HUGE_SIZE = 4 << 20  # the one-off transfer: 4 MiB of random bytes at /huge
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MESH_PROCS = ("router", "edge-1", "edge-2")
 
 # Issue targets, checked in the verdict below the table.
 TARGET_E2E_SMALL_US = 120.0  # edge → edge /small: mesh CPU µs per request
 TARGET_BIG_PER_HOP_X_NGINX = 4.0  # 1 MiB: mesh CPU per request per hop ÷ nginx's hop
+TARGET_TLS_X_PLAIN = 1.5  # 1 MiB over mTLS links: per hop at most this × the plaintext figure
+TARGET_HUGE_X_DIRECT = 1.3  # one 4 MiB transfer edge → edge: wall time ÷ direct
+TARGET_ADDED_P99_MS = 2.0  # edge → edge /small at CONNS connections: p99 − direct's p99
 ANCHOR_NGINX_SMALL_US = 16.5  # nginx's hop, /small, in shared/bench-anchors/results-2026-11-25.md
 FLAT_RSS_MIB = 4.0  # "flat": VmHWM after /big at most this much (or 10 %) above after /small
 
@@ -113,6 +120,11 @@ TARGETS = {t.name: t for t in (
 )}
 
 
+def target_of(key: str) -> Target:
+    """The target of a row: ``p2-edge-edge`` or, with several PYTHONS, ``p2-edge-edge@3.12``."""
+    return TARGETS[key.split("@", 1)[0]]
+
+
 @dataclass
 class Proc:
     name: str
@@ -131,6 +143,10 @@ class Run:
     reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)  # "idle"|body → proc → KiB
     anon_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon KiB after start
+    anon_end_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon after the runs
+    huge_s: list[float] = field(default_factory=list)  # one-off 4 MiB transfers: wall s
+    huge_direct_s: list[float] = field(default_factory=list)  # direct ones between them
+    python: str = ""  # the mesh's interpreter
 
 
 started: list[Proc] = []
@@ -447,6 +463,30 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
     return cmd, done.stdout
 
 
+def transfer(port: int, host: str | None) -> float:
+    """One 4 MiB GET on a new connection with curl (on LOADGEN_CPU): its wall time, s."""
+    cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "curl", "-sS", "-o", "/dev/null", "--max-time",
+           "60", "-w", "%{http_code} %{size_download} %{time_total}"]
+    if host:
+        cmd += ["-H", "Host: " + host]
+    cmd.append(f"http://127.0.0.1:{port}/huge")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    fields = done.stdout.split()
+    if done.returncode != 0 or len(fields) != 3 or fields[:2] != ["200", str(HUGE_SIZE)]:
+        raise RuntimeError(f"4 MiB transfer through :{port}: rc {done.returncode}, "
+                           f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
+    return float(fields[2])
+
+
+def transfers(target: Target, run: Run) -> None:
+    """TRANSFERS one-off 4 MiB transfers through the target, each followed by one direct to
+    the origin: the ratio of the medians compares moments of the same load."""
+    for _ in range(int(CFG["TRANSFERS"])):
+        wait_quiet()
+        run.huge_s.append(transfer(PORTS[target.port], target.host))
+        run.huge_direct_s.append(transfer(PORTS["origin"], None))
+
+
 def busy_pct(seconds: float) -> dict[str, float]:
     """Busy % of each CPU over `seconds` (our own processes are idle when this is called)."""
     c0 = cpu_times()
@@ -595,6 +635,8 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
             run.hwm_kib[path] = {n: status_kib(p, "VmHWM") for n, p in rss_pids.items()}
             if CFG["PYSPY"] == "1" and target.mesh:
                 pyspy(target, path, mesh)
+        run.anon_end_kib = {n: status_kib(p, "RssAnon") for n, p in rss_pids.items()}
+        transfers(target, run)
         for name, proc in mesh.items():
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} died during the runs:\n{tail(proc.log)}")
@@ -631,15 +673,21 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     def base(t: str, path: str, key: str) -> Any:
         return med_.get(t, {}).get(path, {}).get(key)
 
+    def added_p99(t: str, path: str) -> float | None:
+        """What the target adds to the p99 of going direct (both at CONNS connections)."""
+        p99, direct = base(t, path, "p99_ms"), base("direct", path, "p99_ms")
+        return p99 - direct if p99 is not None and direct is not None else None
+
     mib = 1024.0
     lines = [
-        ("| target | route | body | req/s | ÷nginx | p50 ms | p99 ms | mesh CPU % | "
+        ("| target | route | body | req/s | ÷nginx | p50 ms | p99 ms | added p99 ms | "
+        "mesh CPU % | "
         "mesh CPU µs/req | ÷nginx | hops | µs/req per hop ÷nginx | "
         f"CPU{CFG['LOADGEN_CPU']} busy % | others' CPU % | "
         "peak RSS MiB (VmHWM after this body) | non-2xx | sock err |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for tname, per in med_.items():
-        target, run = TARGETS[tname], runs[tname]
+        target, run = target_of(tname), runs[tname]
         for path, a in per.items():
             n_rps, n_cpu = base("nginx", path, "rps"), base("nginx", path, "proxy_cpu_us_per_req")
             c, hops = a["proxy_cpu_us_per_req"], len(target.hops) or (1 if tname == "nginx" else 0)
@@ -650,6 +698,7 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 tname, target.route, path, fmt(a["rps"], ".0f"),
                 fmt(a["rps"] / n_rps if n_rps and a["rps"] else None, ".2f"),
                 fmt(a["p50_ms"], ".2f"), fmt(a["p99_ms"], ".2f"),
+                fmt(added_p99(tname, path), "+.2f"),
                 fmt(a["proxy_cpu_pct"], ".0f"), fmt(c, ".1f"),
                 fmt(c / n_cpu if c and n_cpu else None, ".1f"),
                 str(hops) if hops else "-",
@@ -663,7 +712,7 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     detail = ["| target | body | " + " | ".join(f"{n} µs/req (CPU %)" for n in MESH_PROCS)
               + " |", "|---|---|" + "---:|" * len(MESH_PROCS)]
     for tname, per in med_.items():
-        if not TARGETS[tname].mesh:
+        if not target_of(tname).mesh:
             continue
         for path, a in per.items():
             detail.append(f"| {tname} | {path} | " + " | ".join(
@@ -672,14 +721,15 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
 
     # Memory: VmHWM after a /small check (idle), after the /small runs, after the /big runs.
     stages = ["idle", *paths]
-    memory = ["| target | process | RssAnon MiB after start | " + " | ".join(
+    memory = ["| target | process | RssAnon MiB after start | RssAnon MiB after the runs | "
+              + " | ".join(
         "VmHWM MiB " + ("after start + /small check" if s == "idle" else f"after {s} runs")
         for s in stages) + " | growth (last − first body) | growth per connection | flat? |",
-        "|---|---|---:|" + "---:|" * len(stages) + "---:|---:|---|"]
+        "|---|---|---:|---:|" + "---:|" * len(stages) + "---:|---:|---|"]
     conns = int(CFG["CONNS"])
     rss_growth: list[tuple[str, str, float, bool]] = []
     for tname, run in runs.items():
-        target = TARGETS[tname]
+        target = target_of(tname)
         for proc in run.hwm_kib.get("idle", {}):
             if target.mesh and proc not in target.hops:
                 continue
@@ -691,8 +741,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             per_conn = fmt(grow * 1024 / conns if grow is not None else None, "+.0f")
             if grow is not None and target.mesh:
                 rss_growth.append((tname, proc, grow, flat))
-            anon = run.anon_kib.get(proc)
+            anon, anon_end = run.anon_kib.get(proc), run.anon_end_kib.get(proc)
             memory.append(f"| {tname} | {proc} | {fmt(anon / mib if anon else None, '.1f')} | "
+                          f"{fmt(anon_end / mib if anon_end else None, '.1f')} | "
                           + " | ".join(
                 fmt(v / mib if v else None, ".1f") for v in vals)
                 + f" | {fmt(grow, '+.1f')} MiB | {per_conn} KiB | "
@@ -717,9 +768,18 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 f"{ANCHOR_NGINX_SMALL_US}; the mesh scaled to the anchors' machine: "
                 f"{e2e / speed:.0f} µs/req ({e2e / n_small:.1f}× nginx's hop; the target is "
                 f"{TARGET_E2E_SMALL_US / ANCHOR_NGINX_SMALL_US:.1f}×)")
+    n_small_p99 = added_p99("nginx", "/small")
+    for tname in med_:
+        added = added_p99(tname, "/small")
+        if not tname.startswith("p2-edge-edge") or added is None:
+            continue
+        verdict.append(
+            f"- {tname} /small: p99 {added:+.2f} ms over direct at {CFG['CONNS']} connections "
+            f"(nginx's hop: {fmt(n_small_p99, '+.2f')} ms) — target ≤ {TARGET_ADDED_P99_MS:.0f} "
+            "ms: " + ("**met**" if added <= TARGET_ADDED_P99_MS else "**NOT met**"))
     n_big = base("nginx", "/big", "proxy_cpu_us_per_req")
     for tname in med_:
-        target = TARGETS[tname]
+        target = target_of(tname)
         c = base(tname, "/big", "proxy_cpu_us_per_req")
         if target.mesh and c and n_big:
             x = c / len(target.hops) / n_big
@@ -727,6 +787,24 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                            f"{x:.1f}× nginx's {n_big:.0f} µs per hop — target ≤ "
                            f"{TARGET_BIG_PER_HOP_X_NGINX:.0f}×: "
                            + ("**met**" if x <= TARGET_BIG_PER_HOP_X_NGINX else "**NOT met**"))
+            plain = base(tname.replace("-tls", "", 1), "/big", "proxy_cpu_us_per_req")
+            if target.tls and plain:
+                verdict.append(f"  - over mTLS links: {c / plain:.2f}× the plaintext row's CPU "
+                               f"— target ≤ {TARGET_TLS_X_PLAIN}×: "
+                               + ("**met**" if c / plain <= TARGET_TLS_X_PLAIN else "**NOT met**"))
+    huge = [("| target | python | 4 MiB wall ms (median) | direct ms (median, same moments) | "
+            "÷direct | transfers |"), "|---|---|---:|---:|---:|---:|"]
+    for tname, run in runs.items():
+        if not run.huge_s:
+            continue
+        mine, direct = statistics.median(run.huge_s), statistics.median(run.huge_direct_s)
+        huge.append(f"| {tname} | {run.python or '-'} | {mine * 1e3:.1f} | {direct * 1e3:.1f} | "
+                    f"{mine / direct:.2f} | {len(run.huge_s)} |")
+        if tname.startswith("p2-edge-edge"):
+            verdict.append(
+                f"- {tname}: one 4 MiB transfer {mine * 1e3:.1f} ms = {mine / direct:.2f}× direct "
+                f"— target ≤ {TARGET_HUGE_X_DIRECT}×: "
+                + ("**met**" if mine / direct <= TARGET_HUGE_X_DIRECT else "**NOT met**"))
     if rss_growth:
         worst = max(rss_growth, key=lambda g: g[2])
         ok = all(g[3] for g in rss_growth)
@@ -756,6 +834,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             "worker).")
     text = "\n\n".join([table, note, "### CPU by mesh process\n\n" + "\n".join(detail),
                         "### Memory: peak RSS across body sizes\n\n" + "\n".join(memory),
+                        "### One 4 MiB transfer (curl, a new connection each; wall time)\n\n"
+                        + "\n".join(huge),
                         "### Against the issue's targets\n\n" + "\n".join(verdict)])
     return text, med_
 
@@ -775,6 +855,33 @@ def versions() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError) as e:
             v[name] = str(e)
     return v
+
+
+_labels: dict[str, str] = {}
+
+
+def python_label(python: str) -> str:
+    """``3.12.7``: the interpreter's version (how rows of several PYTHONS are told apart)."""
+    if python not in _labels:
+        done = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        _labels[python] = done.stdout.strip() or os.path.basename(python)
+    return _labels[python]
+
+
+def plan(names: list[str]) -> list[tuple[str, Target, str]]:
+    """(row, target, interpreter) in run order: with several PYTHONS, each mesh target once
+    per interpreter (``p2-edge-edge@3.12``), each in the same run as the references."""
+    pythons = CFG["PYTHONS"].split() or [CFG["PYTHON"]]
+    rows: list[tuple[str, Target, str]] = []
+    for tname in names:
+        target = TARGETS[tname]
+        if target.mesh and len(pythons) > 1:
+            short = {py: ".".join(python_label(py).split(".")[:2]) for py in pythons}
+            rows += [(f"{tname}@{short[py]}", target, py) for py in pythons]
+        else:
+            rows.append((tname, target, pythons[0]))
+    return rows
 
 
 def main() -> None:
@@ -803,7 +910,7 @@ def main() -> None:
         os.chmod(tmp, 0o755)  # nginx workers run as nobody
         os.makedirs(os.path.join(tmp, "www"))
         bodies = {"/small": SMALL_BODY, "/big": os.urandom(BIG_SIZE)}
-        for path, body in bodies.items():
+        for path, body in [*bodies.items(), ("/huge", os.urandom(HUGE_SIZE))]:
             with open(os.path.join(tmp, "www", path.strip("/")), "wb") as www:
                 www.write(body)
         render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
@@ -812,12 +919,14 @@ def main() -> None:
         shutil.copy(os.path.join(tmp, "catalog.yaml"), os.path.join(OUTDIR, "catalog.yaml"))
         origin = start_origin(tmp)
         check_bodies(TARGETS["direct"], bodies, paths)
-        for generation, tname in enumerate(names):
-            target = TARGETS[tname]
+        for generation, (tname, target, python) in enumerate(plan(names)):
             log(f"== {tname}: {target.route}"
-                + (f" (Host: {target.host})" if target.host else ""))
+                + (f" (Host: {target.host})" if target.host else "")
+                + (f" [{python}]" if target.mesh else ""))
+            CFG["PYTHON"] = python
             try:
                 runs[tname] = run_target(target, tmp, origin, bodies, paths, 2 * generation)
+                runs[tname].python = python_label(python) if target.mesh else ""
             except RuntimeError as error:  # report it, go on with the other targets
                 failed[tname] = str(error)
                 log(f"   FAILED: {error}")
@@ -834,7 +943,9 @@ def main() -> None:
     if failed:
         text += "\n\n### Failed targets\n\n" + "\n".join(f"- {t}: {e}" for t, e in failed.items())
     results = {**info, "failed": failed, "medians": medians,
-               "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib}
+               "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib,
+                            "rssanon_end_kib": r.anon_end_kib, "python": r.python,
+                            "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s}
                          for t, r in runs.items()}}
     with open(os.path.join(OUTDIR, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -5,11 +5,13 @@
 #     DURATION=5s REPS=1 WARMUP=1s bash bench/run.sh     # a quick look
 #     PYSPY=1 TARGETS=p2-edge-edge PATHS=/small bash bench/run.sh   # where the time goes
 # Knobs (env): DURATION=10s REPS=3 CONNS=32 THREADS=1 WARMUP=3s WRK_TIMEOUT=10s
-#   TARGETS="direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls"
-#     (also p3-edge-cloud-tls p4-cloud-edge-tls)  PATHS="/small /big"
+#   TARGETS="direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls
+#     p3-edge-cloud-tls p4-cloud-edge-tls"  PATHS="/small /big"  TRANSFERS=7 (4 MiB, curl)
 #   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
 #   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
+#   PYTHONS="python3.11 python3.12 python3.13" (every mesh target once with each, in one run;
+#     an interpreter without the dependencies gets a venv /tmp/edgemesh-bench-venv-<name>)
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
 # BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
 # direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
@@ -30,6 +32,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v taskset >/dev/null || need+=(util-linux)
+  command -v curl >/dev/null || need+=(curl)
   command -v python3 >/dev/null || need+=(python3)
   # (Debian's nginx package may start a system nginx on port 80; this script leaves it alone.)
   if ((${#need[@]})); then apt_install "${need[@]}"; fi
@@ -54,13 +57,30 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   if [[ "${PYSPY:-0}" == 1 && ! -x "$(dirname "$PYTHON")/py-spy" ]]; then
     "$PYTHON" -m pip install -q py-spy
   fi
+  # Several interpreters: each one with the dependencies, in a venv of its own if need be.
+  if [[ -n "${PYTHONS:-}" ]]; then
+    ready=()
+    for py in $PYTHONS; do
+      exe="$(command -v "$py" || true)"
+      [[ -n "$exe" ]] || { echo "run.sh: PYTHONS: $py not found" >&2; exit 1; }
+      if ! PYTHONPATH="$REPO" "$exe" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
+          2>/dev/null; then
+        venv="/tmp/edgemesh-bench-venv-$(basename "$exe")"
+        [[ -x "$venv/bin/python" ]] || "$exe" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q "$REPO"
+        exe="$venv/bin/python"
+      fi
+      ready+=("$exe")
+    done
+    export PYTHONS="${ready[*]}"
+  fi
 fi
 
 if [[ "${BENCH:-}" == streams ]]; then
   # shellcheck disable=SC2086  # STREAMS_ARGS is a list of options
   exec "$PYTHON" "$HERE/streams.py" ${STREAMS_ARGS:-}
 fi
-for b in wrk nginx taskset; do
+for b in wrk nginx taskset curl; do
   command -v "$b" >/dev/null || { echo "run.sh: $b is missing (unset SKIP_INSTALL)" >&2; exit 1; }
 done
 [[ -x "$PYTHON" ]] || { echo "run.sh: PYTHON=$PYTHON is not executable" >&2; exit 1; }

@@ -1056,3 +1056,39 @@ def test_24_an_unexpected_error_while_reloading_keeps_the_old_files(
     pki.rotate("router", router=True)
     reactor.advance(10)  # the periodic check still runs
     assert tls.generation == 2
+
+
+# --- the links' TLS layer: whole writes, whole reads (issue 15) -----------------------------------
+
+
+class Chunks(Bytes):
+    """Bytes that also counts the pieces the data came in."""
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        super().__init__(greeting)
+        self.pieces = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.pieces += 1
+        super().dataReceived(data)
+
+
+def test_link_tls_hands_each_read_up_whole_and_sends_large_writes_intact(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A read that holds many TLS records reaches the link as one piece (Twisted's layer
+    hands up one piece per 16 KiB record: 64 per MiB), and a 1 MiB write arrives intact."""
+    upload, download = os.urandom(1 << 20), os.urandom(1 << 20)
+    server_app = Chunks(download)
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server = tls.server_factory(Factory.forProtocol(lambda: server_app)).buildProtocol(ADDRESS)
+    client_app = Bytes(upload)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        Factory.forProtocol(lambda: client_app)).buildProtocol(ADDRESS)
+    pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                   greet=False, clock=reactor)
+    pump.flush()
+    assert server_app.received == upload
+    assert server_app.pieces <= 4  # one per delivery of the fake transport, not one per record
+    assert client_app.received == download  # the server's whole write, in records OpenSSL made
+    assert server_app.lost is None and client_app.lost is None

@@ -10,17 +10,13 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 from twisted.logger import Logger
 
 from ._access import ACCESS_NAMESPACE
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from ..routing import StreamGuard
     from ._exchanges import MeshObserver
 
@@ -123,6 +119,13 @@ class StreamObserver:
             )
 
     def collect(self) -> Iterator[Metric]:
+        # On first use: an edge without --admin never imports prometheus_client (~1 MiB).
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         labels = ["service", "path"]
         opened = CounterMetricFamily(
             "edgemesh_byte_streams_opened", "Byte streams opened (CONNECT, capture, Upgrade, "

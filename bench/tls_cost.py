@@ -1,0 +1,139 @@
+"""Instructions that a 1 MiB body costs the edges, over mTLS links or plaintext (issue 15).
+
+    PYTHONPATH=. /work/main/.venv/bin/python bench/tls_cost.py [--tree DIR] [--plain]
+        [--transfers 20] [--annotate 25]
+
+CPU seconds are noise on a shared machine; instruction counts are not.  This starts the
+bench mesh (harness.py's router and two edges, the origin nginx) with both edges under
+``valgrind --tool=callgrind --instr-atstart=no``, so that start-up runs uninstrumented;
+once every path answers it switches instrumentation on in both edges, sends
+``--transfers`` GETs of the 1 MiB body along path 2 (edge-1 → hub link → edge-2 →
+origin) with curl, dumps, and prints the instructions of each edge per MiB.
+``--tree`` runs the mesh from another checkout (e.g. an old commit extracted with
+``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions.
+
+Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
+next eight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("BASE_PORT", "18480")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness
+
+WRAPPER = """#!/bin/sh
+# The edges under callgrind, instrumentation off until asked; anything else as it is.
+case "$*" in
+  *--help*) exec "{python}" "$@" ;;
+  *edgemesh-edge*) exec valgrind --tool=callgrind --instr-atstart=no --dump-instr=no \\
+      --callgrind-out-file={out}/callgrind.%p "{python}" "$@" ;;
+  *) exec "{python}" "$@" ;;
+esac
+"""
+
+
+def totals(path: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"{path}: no totals line")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
+    parser.add_argument("--plain", action="store_true", help="plaintext links (--insecure)")
+    parser.add_argument("--transfers", type=int, default=20)
+    parser.add_argument("--body", choices=["big", "small"], default="big",
+                        help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
+    parser.add_argument("--annotate", type=int, default=0)
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    harness.REPO = os.path.abspath(args.tree)
+    out = tempfile.mkdtemp(prefix="edgemesh-tls-cost-")
+    wrapper = os.path.join(out, "python")
+    with open(wrapper, "w") as f:
+        f.write(WRAPPER.format(out=out, python=args.python))
+    os.chmod(wrapper, 0o755)
+    harness.CFG.update(PYTHON=wrapper, READY_TIMEOUT="300", IDLE_WAIT="0")
+    plain_wait = harness.wait_port
+    harness.wait_port = lambda port, proc, timeout=300.0: plain_wait(port, proc, timeout)
+    harness.OUTDIR = out
+    tmp = os.path.join(out, "run")
+    os.makedirs(os.path.join(tmp, "www"))
+    os.chmod(out, 0o755)
+    os.chmod(tmp, 0o755)
+    body = os.urandom(harness.BIG_SIZE)
+    with open(os.path.join(tmp, "www", "big"), "wb") as f:
+        f.write(body)
+    with open(os.path.join(tmp, "www", "small"), "wb") as f:
+        f.write(harness.SMALL_BODY)
+    ports = harness.PORTS
+    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
+                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    target = harness.TARGETS["p2-edge-edge" if args.plain else "p2-edge-edge-tls"]
+    bodies = {"/small": harness.SMALL_BODY, "/big": body}
+    try:
+        harness.start_origin(tmp)
+        started = time.monotonic()
+        mesh = harness.start_mesh(tmp, 0, target.tls)
+        harness.check_until_ready(target, bodies, ["/small", "/big"])
+        print(f"mesh ready in {time.monotonic() - started:.0f}s ({args.tree})", flush=True)
+        edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
+        for pid in edges.values():
+            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                           capture_output=True, timeout=120)
+        url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
+        for _ in range(args.transfers):
+            done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                   "-H", f"Host: {target.host}", url],
+                                  capture_output=True, text=True, timeout=300, check=False)
+            if done.stdout != "200":
+                raise RuntimeError(f"transfer: {done.stdout} {done.stderr}")
+        for pid in edges.values():
+            subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
+                           capture_output=True, timeout=300)
+        # Per MiB for the 1 MiB body; per exchange for the small one.
+        mib = args.transfers * harness.BIG_SIZE / 2 ** 20 if args.body == "big" else args.transfers
+        unit = "MiB" if args.body == "big" else "exchange"
+        grand = grand_copies = 0
+        for name, pid in edges.items():
+            dumps = sorted(glob.glob(os.path.join(out, f"callgrind.{pid}.*")))
+            count = sum(totals(path) for path in dumps)
+            rows: list[str] = []
+            for path in dumps:
+                text = subprocess.run(["callgrind_annotate", "--inclusive=no", path],
+                                      capture_output=True, text=True, check=False).stdout
+                rows += [line for line in text.splitlines() if re.match(r"^\s*[\d,]+ \(", line)]
+            # Valgrind counts every byte that `rep movsb` moves as an instruction: copies
+            # are shown apart, since on the CPU they cost some 30 times less than that.
+            copies = sum(int(row.split()[0].replace(",", "")) for row in rows
+                         if re.search(r"__mem(cpy|move|set)_", row))
+            grand += count
+            grand_copies += copies
+            print(f"{name}: {count / 1e6:,.1f} M instructions = {count / mib / 1e6:,.3f} M/{unit}, "
+                  f"of which memcpy/memset {copies / mib / 1e6:,.3f} M/{unit}", flush=True)
+            if args.annotate:
+                print("\n".join(rows[: args.annotate]))
+        print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "
+              f"{(grand - grand_copies) / mib / 1e6:,.3f} M without memcpy/memset "
+              f"({args.transfers} x /{args.body}, {'plaintext' if args.plain else 'mTLS'} links)")
+    finally:
+        harness.stop_all()
+
+
+if __name__ == "__main__":
+    main()
