@@ -809,7 +809,7 @@ def _yaml_apart(path: str, text: str) -> list[object] | None:
         raise ManifestError(path, "", f"not valid YAML: {problem}")
     if done.returncode != 0:
         return None  # no yaml in that interpreter, killed, ...: parse here instead
-    found = pickle.loads(done.stdout)  # noqa: S301 - written by _YAML_CHILD, see above
+    found = pickle.loads(done.stdout)  # trusted: written by _YAML_CHILD (see above)
     return found if isinstance(found, list) else None
 
 
