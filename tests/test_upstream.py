@@ -444,9 +444,10 @@ class SizedTransport(StringTransport):
 
 
 def test_read_size_follows_the_consumer() -> None:
-    """Reads are MAX_READ (128 KiB) while the responder takes them, 64 KiB once it paused us, and
-    double again only after RAMP_READS whole reads taken without a pause: a slow client
-    holds ~64 KiB per connection."""
+    """A new connection reads 64 KiB at once, doubling to MAX_READ (128 KiB) after RAMP_READS
+    whole reads the responder took; 64 KiB again once it paused us, and double again only
+    after RAMP_READS whole reads taken without a pause: a slow client holds ~64 KiB per
+    connection, and so do 32 new connections behind one busy link."""
     h = Harness()
     paused: list[bool] = []
 
@@ -460,8 +461,12 @@ def test_read_size_follows_the_consumer() -> None:
     _body, responder = h.open(responder=Slow())
     upstream = h.accept(transport=SizedTransport())
     transport = upstream.transport
-    assert transport.bufferSize == MAX_READ
+    assert transport.bufferSize == SMALL_BUFFER  # new: the first reads are small
     upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+    for _ in range(RAMP_READS):
+        assert transport.bufferSize == SMALL_BUFFER
+        upstream.send(b"x" * SMALL_BUFFER)
+    assert transport.bufferSize == MAX_READ
     upstream.send(b"x" * MAX_READ)
     assert transport.bufferSize == MAX_READ  # taken whole: never past it
     paused.append(True)  # the consumer cannot take the next read

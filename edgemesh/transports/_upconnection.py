@@ -138,7 +138,10 @@ class _UpstreamConnection(Protocol):
     # Protocol
 
     def connectionMade(self) -> None:
-        self._read_size(MAX_READ)
+        # Small first reads, doubling as the responder takes them (dataReceived): 32 new
+        # connections behind one busy link each held a 128 KiB read (p2 /big, edge-2's
+        # VmHWM growth at 32 connections: +5.45 -> +4.34 MiB; 20 x 1 MiB wall time unchanged).
+        self._read_size(SMALL_BUFFER)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
