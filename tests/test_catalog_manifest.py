@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -678,53 +675,3 @@ def test_bad_topology_fields_of_a_service(spec: Obj, problem: str) -> None:
 def test_bad_hints(hints: object, problem: str) -> None:
     objects = [service("web"), slice_("web-1", "web", 8080, endpoint("10.1.0.1", hints=hints))]
     assert problem in _error(objects)
-
-
-# -- YAML parsed apart (issue 15: no yaml in a long-lived mesh process) ---------------
-
-
-def test_yaml_apart_is_the_same_catalog(tmp_path: Path) -> None:
-    path = tmp_path / "m.yaml"
-    path.write_text("---\n" + yaml.safe_dump_all(OBJECTS) + "---\n# nothing\n")
-    assert load_manifest(str(path), revision=3, apart=True) == load_manifest(str(path), 3)
-    assert load_manifest(str(path), apart=True) == _expected()
-
-
-def test_yaml_apart_error_is_the_same(tmp_path: Path) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text("kind: Service\n  metadata: [\n")
-    with pytest.raises(ManifestError) as here:
-        load_manifest(str(path))
-    with pytest.raises(ManifestError) as apart:
-        load_manifest(str(path), apart=True)
-    assert str(apart.value) == str(here.value)
-    assert "not valid YAML" in str(apart.value)
-
-
-def test_yaml_apart_without_a_child_parses_here(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "m.yaml"
-    path.write_text(yaml.safe_dump_all(OBJECTS))
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    assert load_manifest(str(path), apart=True) == _expected()
-
-
-def test_edge_options_load_a_yaml_catalog_without_importing_yaml(tmp_path: Path) -> None:
-    path = tmp_path / "m.yaml"
-    path.write_text(yaml.safe_dump_all(OBJECTS))
-    script = (
-        "import sys\n"
-        "from edgemesh.roles.edge_tap import Options\n"
-        "options = Options()\n"
-        f"options.parseOptions(['--node', 'edge-1', '--state-dir', {str(tmp_path)!r},\n"
-        f"                      '--insecure', '--catalog', {str(path)!r}])\n"
-        "assert options['catalog_value'] is not None\n"
-        "print(sorted(m for m in sys.modules if m == 'yaml' or m.startswith('yaml.')))\n"
-    )
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"

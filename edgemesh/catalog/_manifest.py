@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import pickle
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -783,54 +780,13 @@ def _flatten(objects: Iterable[object]) -> Iterable[object]:
 # -- files ----------------------------------------------------------------------------
 
 
-# The YAML parser in a child interpreter: yaml's modules and the parse's garbage never enter
-# the mesh process.  It reads the text on stdin and writes the documents, pickled, on stdout
-# (safe_load's types only: the bytes come from this fixed script, not from the file); exit 2
-# with the message on stderr for text that is not YAML.
-_YAML_CHILD = """\
-import pickle, sys
-import yaml
-loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-try:
-    docs = list(yaml.load_all(sys.stdin.buffer.read().decode("utf-8"), Loader=loader))
-except yaml.YAMLError as error:
-    sys.stderr.write(" ".join(str(error).split()))
-    sys.exit(2)
-sys.stdout.buffer.write(pickle.dumps(docs, protocol=pickle.HIGHEST_PROTOCOL))
-"""
-YAML_CHILD_TIMEOUT = 120.0
-"""Seconds the child may take to parse a manifest (the file is at most 32 MiB)."""
-
-
-def _yaml_apart(path: str, text: str) -> list[object] | None:
-    """The documents, parsed by a child interpreter; None when no child could do it."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", _YAML_CHILD], input=text.encode("utf-8"),
-            capture_output=True, timeout=YAML_CHILD_TIMEOUT, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode == 2:
-        problem = done.stderr.decode("utf-8", "replace")
-        raise ManifestError(path, "", f"not valid YAML: {problem}")
-    if done.returncode != 0:
-        return None  # no yaml in that interpreter, killed, ...: parse here instead
-    found = pickle.loads(done.stdout)  # trusted: written by _YAML_CHILD (see above)
-    return found if isinstance(found, list) else None
-
-
-def _documents(path: str, text: str, apart: bool = False) -> list[object]:
+def _documents(path: str, text: str) -> list[object]:
     stripped = text.lstrip()
     if path.endswith(".json") or stripped[:1] in ("{", "["):
         try:
             return [json.loads(text)]
         except json.JSONDecodeError as error:
             raise ManifestError(path, "", f"not valid JSON: {error}") from None
-    if apart:
-        # An edge's RssAnon at idle: 34.3 -> 33.5 MiB (yaml's modules and its parse garbage).
-        found = _yaml_apart(path, text)
-        if found is not None:
-            return found
     import yaml  # here, not at the top: ~0.7 MiB of RssAnon that a catalog without YAML never needs
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -840,12 +796,9 @@ def _documents(path: str, text: str, apart: bool = False) -> list[object]:
         raise ManifestError(path, "", f"not valid YAML: {' '.join(str(error).split())}") from None
 
 
-def load_manifest(path: str, revision: int = 0, *, apart: bool = False) -> Catalog:
+def load_manifest(path: str, revision: int = 0) -> Catalog:
     """The Catalog described by a YAML (one or more documents, or a ``kind: List``) or
     JSON (an object, an array of objects, or a List) file of Kubernetes objects.
-
-    ``apart``: parse YAML in a short-lived child interpreter (this one, ``-I``), so that a
-    long-lived process never imports yaml; in this process when no child can.
 
     Raises ManifestError, with a message naming the file, the object and the field, for
     anything it cannot use — so that a process can refuse to start with it."""
@@ -862,7 +815,7 @@ def load_manifest(path: str, revision: int = 0, *, apart: bool = False) -> Catal
         raise ManifestError(path, "", f"not UTF-8 text: {error.reason} at byte {error.start}"
                             ) from None
     objects: list[object] = []
-    for document in _documents(path, text, apart):
+    for document in _documents(path, text):
         if document is None:
             continue  # an empty YAML document, e.g. after a trailing '---'
         if isinstance(document, list):

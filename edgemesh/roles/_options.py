@@ -67,7 +67,7 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
         if not os.path.isfile(path):
             raise usage.UsageError(f"--catalog {path}: no such file")
         try:
-            return load_manifest(path, apart=True)  # a twistd process: no yaml in it
+            return load_manifest(path)
         except ManifestError as error:
             raise usage.UsageError(f"--catalog: {error}") from None
 
