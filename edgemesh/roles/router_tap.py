@@ -95,6 +95,8 @@ def kubernetes_config(options: Options) -> KubernetesConfig | None:
         lease_namespace=lease_namespace,
         lease_duration=options["lease-duration"],
         retry_period=options["retry-period"],
+        stream_ports=options.get("stream_ports_value"),
+        stream_interface=options["stream-interface"],
     )
 
 
