@@ -11,11 +11,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_sources_controller import NODES, World
 from test_sources_fakes import FakeAPI
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.logger import capturedLogs
 
 from edgemesh.catalog import Catalog, Endpoint, Service, ServicePort
-from edgemesh.roles._streamports import interface_of, stream_endpoint
-from edgemesh.sources import EdgeServiceController, desired_slice
+from edgemesh.roles import RouterConfig, build_router
+from edgemesh.roles._streamports import StreamPortListeners, interface_of, stream_endpoint
+from edgemesh.sources import (
+    EDGEMESH_MANAGER,
+    ENDPOINT_SLICES,
+    MANAGED_BY_LABEL,
+    EdgeServiceController,
+    desired_slice,
+)
 from edgemesh.sources._streamports import (
     PortKey,
     allocate,
@@ -156,3 +167,55 @@ def test_without_the_option_stream_ports_stay_on_the_http_port() -> None:
     controller.catalog_changed(Catalog((edge_svc("cache", WEB, REDIS),), NODES, 1))
     assert slice_ports(controller.desired()["default/cache-edgemesh"]) == {
         "http": 7780, "redis": 7780}
+
+
+# -- the listeners (every replica) ---------------------------------------------------------------
+
+
+class BusyReactor(MemoryReactorClock):
+    """Port 30001 is taken by someone else."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,  # type: ignore[override]
+                  interface: str = "") -> Any:
+        if port == 30001:
+            raise CannotListenError(interface, port, OSError("address in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def test_every_replica_listens_on_the_ports_the_slices_name() -> None:
+    reactor = BusyReactor()
+    catalog = Catalog((edge_svc("a", REDIS), edge_svc("b", REDIS), edge_svc("c", REDIS)),
+                      NODES, 1)
+    router = build_router(reactor, RouterConfig(catalog=catalog, http=None))
+    api = FakeAPI()
+    listeners = StreamPortListeners(router, api, (30000, 30002), "127.0.0.1")
+    listeners.startService()
+    a = desired_slice(edge_svc("a", REDIS), ["10.244.1.7"], 7780, None, {"redis": 30000})
+    b = desired_slice(edge_svc("b", REDIS), ["10.244.1.7"], 7780, None, {"redis": 30001})
+    c = desired_slice(edge_svc("c", REDIS), ["10.244.1.7"], 7780, None, {"redis": 30002})
+    pending = api.last_list(ENDPOINT_SLICES)
+    assert pending.label_selector == f"{MANAGED_BY_LABEL}={EDGEMESH_MANAGER}"
+    pending.answer([a, b, c], "5")
+    # 30001 is busy: that port only is left out (and said in the status).
+    assert sorted((s[0], s[3]) for s in reactor.tcpServers) == [
+        (30000, "127.0.0.1"), (30002, "127.0.0.1")]
+    assert listeners.status() == {"named": 3, "listening": [30000, 30002], "failed": [30001]}
+
+    # A connection on a port whose service port left the catalog is closed, not routed.
+    factory = reactor.tcpServers[0][1]
+    router.set_catalog(Catalog((), NODES, 2))
+    protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransportWithDisconnection()
+    transport.protocol = protocol
+    with capturedLogs() as events:
+        protocol.makeConnection(transport)
+    assert not transport.connected
+    assert [e["detail"] for e in events if "detail" in e] == [
+        "no port 'redis' of service default/a"]
+
+    # A slice deleted: its listener closes.
+    api.last_watch(ENDPOINT_SLICES).send("DELETED", {**c, "metadata": {
+        **c["metadata"], "resourceVersion": "6"}})
+    assert listeners.status()["listening"] == [30000]
+    listeners.stopService()
+    assert listeners.listening == {}
