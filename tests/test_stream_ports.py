@@ -163,7 +163,7 @@ def test_allocation_is_read_back_from_the_slices_a_new_leader_keeps_it() -> None
 
 
 def test_without_the_option_stream_ports_stay_on_the_http_port() -> None:
-    controller = EdgeServiceController(Clock(), object(), ["10.244.1.7"], 7780)  # type: ignore[arg-type]
+    controller = EdgeServiceController(Clock(), FakeAPI(), ["10.244.1.7"], 7780)
     controller.catalog_changed(Catalog((edge_svc("cache", WEB, REDIS),), NODES, 1))
     assert slice_ports(controller.desired()["default/cache-edgemesh"]) == {
         "http": 7780, "redis": 7780}

@@ -66,6 +66,13 @@ class Options(CommonOptions, KubernetesOptions):
         self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
                                  else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
+        ports = self.get("stream_ports_value")
+        if ports is not None:
+            taken = [(name, http_port(self[name])) for name in ("http", "tunnel", "admin")]
+            for name, port in taken:
+                if port is not None and ports[0] <= port <= ports[1]:
+                    raise usage.UsageError(f"--stream-ports {ports[0]}-{ports[1]} holds the "
+                                           f"--{name} port {port}")
         try:
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])
         except ScopeError as error:

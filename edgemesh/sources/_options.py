@@ -65,6 +65,9 @@ class KubernetesOptions(usage.Options):
         if self["namespace"] is not None and not is_dns1123_label(self["namespace"]):
             raise usage.UsageError(f"--namespace {self['namespace']!r}: not a namespace name")
         if not self.kubernetes_requested():
+            if self["stream-ports"]:
+                raise usage.UsageError("--stream-ports needs --kubeconfig or --in-cluster "
+                                       "(the ports are written into EndpointSlices)")
             return
         if self["kubeconfig"] and not os.path.isfile(self["kubeconfig"]):
             raise usage.UsageError(f"--kubeconfig {self['kubeconfig']}: no such file")
