@@ -64,6 +64,9 @@ def test_pod_ip_is_the_default_advertised_address(kubeconfig: str,
     (("--kubeconfig", "KUBECONFIG", "--advertise", "router.local"), "not an IP address"),
     (("--kubeconfig", "KUBECONFIG", "--advertise-port", "70000"), "1-65535"),
     (("--in-cluster",), "--in-cluster"),  # no service account here
+    (("--kubeconfig", "KUBECONFIG", "--stream-ports", "30100"), "LOW-HIGH"),
+    (("--kubeconfig", "KUBECONFIG", "--stream-ports", "7000-7800"), "--http port 7780"),
+    (("--catalog", "x.yaml", "--stream-ports", "30100-30199"), "needs --kubeconfig"),
 ])
 def test_bad_combinations(argv: tuple[str, ...], message: str, kubeconfig: str,
                           tmp_path: Path) -> None:
@@ -222,3 +225,28 @@ def test_an_environment_proxy_is_used_but_never_for_loopback(
     monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
     with pytest.raises(usage.UsageError, match=r"\$HTTPS_PROXY/\$HTTP_PROXY socks5://"):
         options("--kubeconfig", remote)
+
+
+def test_stream_ports_listen_on_every_replica(kubeconfig: str,
+                                              reactor: MemoryReactorClock) -> None:
+    from edgemesh.roles._streamports import StreamPortListeners
+
+    router = router_tap.makeService(options(
+        "--kubeconfig", kubeconfig, "--advertise", "10.244.3.17", "--stream-ports",
+        "30100-30199", "--http", "tcp:7780:interface=10.244.3.17"))
+    children = list(router)  # type: ignore[call-overload]
+    (listeners,) = [c for c in children if isinstance(c, StreamPortListeners)]
+    (elector,) = [c for c in children if isinstance(c, LeaderElector)]
+    assert elector.child.stream_ports == listeners.ports == (30100, 30199)
+    assert listeners.interface == "10.244.3.17", "the --http interface"
+    assert "stream_ports" in router.status_parts
+    router = router_tap.makeService(options(
+        "--kubeconfig", kubeconfig, "--advertise", "10.244.3.17", "--no-leader-elect",
+        "--stream-ports", "30100-30199", "--stream-interface", "0.0.0.0"))
+    children = list(router)  # type: ignore[call-overload]
+    (listeners,) = [c for c in children if isinstance(c, StreamPortListeners)]
+    assert listeners.interface == "0.0.0.0"
+    router = router_tap.makeService(options("--kubeconfig", kubeconfig, "--advertise",
+                                            "10.244.3.17"))
+    children = list(router)  # type: ignore[call-overload]
+    assert not [c for c in children if isinstance(c, StreamPortListeners)]

@@ -57,6 +57,13 @@ class KubernetesConfig:
     """Seconds a replica's Lease holds without renewal."""
     retry_period: float = 2.0
     """Seconds between renewals of the replica's Lease and lookups of the others'."""
+    stream_ports: tuple[int, int] | None = None
+    """``--stream-ports``: (low, high) router ports for the stream ports of edge services,
+    written into their EndpointSlices and listened on by every replica; None: stream ports
+    stay on the HTTP port (cloud apps reach them by CONNECT only)."""
+    stream_interface: str | None = None
+    """Where the stream ports listen; None: the interface of ``RouterConfig.http`` (all
+    interfaces if it names none)."""
 
     @classmethod
     def load(
@@ -99,7 +106,8 @@ def attach_kubernetes(router: RouterNode, reactor: Any, config: KubernetesConfig
     controller: EdgeServiceController | None = None
     if config.controller and address and port:
         controller = EdgeServiceController(reactor, api, [address], port,
-                                           namespace=config.namespace)
+                                           namespace=config.namespace,
+                                           stream_ports=config.stream_ports)
         source.subscribe(controller.catalog_changed)
         status_parts["controller"] = controller.status
         if config.election is None:
@@ -114,6 +122,14 @@ def attach_kubernetes(router: RouterNode, reactor: Any, config: KubernetesConfig
     elif config.controller:
         log.warn("no --advertise address (nor $POD_IP), or no HTTP port: cloud apps "
                  "cannot reach edge services through this router (controller off)")
+    if config.stream_ports is not None:
+        from ._streamports import StreamPortListeners, interface_of
+
+        interface = config.stream_interface or interface_of(router.config.http)
+        listeners = StreamPortListeners(router, api, config.stream_ports, interface,
+                                        namespace=config.namespace, limits=router.config.front)
+        listeners.setServiceParent(router)  # type: ignore[no-untyped-call]
+        status_parts["stream_ports"] = listeners.status
     if router.config.peer_listen and config.peer_discovery:
         _attach_discovery(router, reactor, config, source, controller)
 

@@ -66,6 +66,13 @@ class Options(CommonOptions, KubernetesOptions):
         self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
                                  else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
+        ports = self.get("stream_ports_value")
+        if ports is not None:
+            taken = [(name, http_port(self[name])) for name in ("http", "tunnel", "admin")]
+            for name, port in taken:
+                if port is not None and ports[0] <= port <= ports[1]:
+                    raise usage.UsageError(f"--stream-ports {ports[0]}-{ports[1]} holds the "
+                                           f"--{name} port {port}")
         try:
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])
         except ScopeError as error:
@@ -95,6 +102,8 @@ def kubernetes_config(options: Options) -> KubernetesConfig | None:
         lease_namespace=lease_namespace,
         lease_duration=options["lease-duration"],
         retry_period=options["retry-period"],
+        stream_ports=options.get("stream_ports_value"),
+        stream_interface=options["stream-interface"],
     )
 
 

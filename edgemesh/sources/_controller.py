@@ -10,7 +10,9 @@ nodes (at least one) — the controller keeps one EndpointSlice in the Service's
             endpointslice.kubernetes.io/managed-by: edgemesh.io/router
     owner:  the Service (deleted with it by the garbage collector)
     addressType: IPv4 or IPv6 (the router's address family)
-    ports:  one per TCP service port, same name, the router's HTTP port
+    ports:  one per TCP service port, same name, the router's HTTP port; with
+            ``--stream-ports`` a stream port gets a router port of its own from that
+            range instead (sources/_streamports.py), kept as long as the slice names it
     endpoints: the router's address (downward API ``POD_IP``), ready; zone hints naming the
                cloud nodes' zones when every cloud node has one
 
@@ -41,10 +43,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..catalog import SERVICE_NAME_LABEL, Catalog, Service
+from ..catalog import SERVICE_NAME_LABEL, Catalog, PortKind, Service
 from ._kubeapi import ENDPOINT_SLICES, SERVICES, APIError, KubeAPI, Resource
 from ._kubernetes import EDGEMESH_MANAGER, MANAGED_BY_LABEL
 from ._reflector import Reflector, WatchTiming
+from ._streamports import PortKey, PortRange, allocate, existing_allocations
 
 SLICE_SUFFIX = "-edgemesh"
 MAX_WRITES = 4
@@ -72,8 +75,11 @@ def cloud_zones(catalog: Catalog) -> list[str] | None:
 
 
 def desired_slice(service: Service, addresses: Sequence[str], port: int,
-                  zones: list[str] | None) -> dict[str, Any]:
-    """The EndpointSlice (as JSON) that sends ``service``'s cloud traffic to the router."""
+                  zones: list[str] | None,
+                  stream_ports: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The EndpointSlice (as JSON) that sends ``service``'s cloud traffic to the router;
+    ``stream_ports``: the router port of a service port (by name) other than ``port``."""
+    own = stream_ports or {}
     family = "IPv6" if ":" in addresses[0] else "IPv4"
     endpoint_base: dict[str, Any] = {
         "conditions": {"ready": True, "serving": True, "terminating": False},
@@ -89,7 +95,7 @@ def desired_slice(service: Service, addresses: Sequence[str], port: int,
             "labels": {SERVICE_NAME_LABEL: service.name, MANAGED_BY_LABEL: EDGEMESH_MANAGER},
         },
         "addressType": family,
-        "ports": [{"name": p.name, "port": port, "protocol": "TCP"}
+        "ports": [{"name": p.name, "port": own.get(p.name, port), "protocol": "TCP"}
                   for p in service.ports if p.protocol == "TCP"],
         "endpoints": [{"addresses": [a], **endpoint_base} for a in addresses],
     }
@@ -166,6 +172,7 @@ class EdgeServiceController(TwistedService):
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         random: Callable[[], float] = _random.random,
+        stream_ports: PortRange | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("the controller needs the router's address")
@@ -181,6 +188,10 @@ class EdgeServiceController(TwistedService):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.random = random
+        self.stream_ports = stream_ports
+        """``--stream-ports``: router ports for stream ports; None: all on ``port``."""
+        self._full: set[PortKey] = set()
+        """Stream ports left on the HTTP port for want of a free number (logged once)."""
         self.catalog: Catalog | None = None
         self.own = _OwnSlices(self._schedule)
         label = f"{MANAGED_BY_LABEL}={EDGEMESH_MANAGER}"
@@ -236,13 +247,34 @@ class EdgeServiceController(TwistedService):
         if catalog is None:
             return {}
         zones = cloud_zones(catalog)
+        services = [s for s in catalog.services.values()
+                    if is_edge_service(catalog, s) and any(p.protocol == "TCP" for p in s.ports)]
+        allocated = self._allocate(services)
         wanted = {}
-        for service in catalog.services.values():
-            if is_edge_service(catalog, service) and any(p.protocol == "TCP"
-                                                         for p in service.ports):
-                obj = desired_slice(service, self.addresses, self.port, zones)
-                wanted[f"{service.namespace}/{slice_name(service)}"] = obj
+        for service in services:
+            own = {name: port for (ns, svc, name), port in allocated.items()
+                   if ns == service.namespace and svc == service.name}
+            obj = desired_slice(service, self.addresses, self.port, zones, own)
+            wanted[f"{service.namespace}/{slice_name(service)}"] = obj
         return wanted
+
+    def _allocate(self, services: Sequence[Service]) -> dict[PortKey, int]:
+        """Router ports for the stream ports of ``services``, stable across reconciles and
+        leaders: read back from the managed slices."""
+        if self.stream_ports is None:
+            return {}
+        keys = [(s.namespace, s.name, p.name) for s in services for p in s.ports
+                if p.kind is PortKind.stream]
+        existing = existing_allocations(self.own.objects.values(), self.stream_ports)
+        allocated = allocate(existing, keys, self.stream_ports)
+        full = {k for k in keys if k not in allocated}
+        for namespace, service, name in sorted(full - self._full):
+            low, high = self.stream_ports
+            self.log.error("--stream-ports {low}-{high} is full: stream port {name!r} of "
+                           "{namespace}/{service} stays on the HTTP port", low=low, high=high,
+                           name=name, namespace=namespace, service=service)
+        self._full = full
+        return allocated
 
     def _periodic(self) -> None:
         self._resync_timer = self.clock.callLater(self.resync, self._periodic)

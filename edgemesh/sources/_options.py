@@ -44,6 +44,13 @@ class KubernetesOptions(usage.Options):
         ["renew-deadline", None, 10.0, ("Seconds a leader keeps trying to renew before it stops "
                                         "leading (less than --lease-duration)."), float],
         ["retry-period", None, 2.0, "Seconds between tries to acquire or renew.", float],
+        ["stream-ports", None, None, (
+            "LOW-HIGH: give every stream port of an edge service a router port from this "
+            "range, written into its EndpointSlice, so that cloud apps reach it by clusterIP "
+            "with any protocol; every replica listens on them (default: none, stream ports "
+            "are reached by CONNECT only).")],
+        ["stream-interface", None, None, ("Where the --stream-ports listen (default: the "
+                                          "--http interface, else all).")],
     ]
 
     def kubernetes_requested(self) -> bool:
@@ -56,6 +63,9 @@ class KubernetesOptions(usage.Options):
         if self["namespace"] is not None and not is_dns1123_label(self["namespace"]):
             raise usage.UsageError(f"--namespace {self['namespace']!r}: not a namespace name")
         if not self.kubernetes_requested():
+            if self["stream-ports"]:
+                raise usage.UsageError("--stream-ports needs --kubeconfig or --in-cluster "
+                                       "(the ports are written into EndpointSlices)")
             return
         if self["kubeconfig"] and not os.path.isfile(self["kubeconfig"]):
             raise usage.UsageError(f"--kubeconfig {self['kubeconfig']}: no such file")
@@ -89,6 +99,14 @@ class KubernetesOptions(usage.Options):
         if port is not None and not 1 <= port <= 65535:
             raise usage.UsageError("--advertise-port: must be 1-65535")
         self["election_value"] = None if self["no-leader-elect"] else self.election()
+        self["stream_ports_value"] = None
+        if self["stream-ports"]:
+            from ._streamports import parse_port_range
+
+            try:
+                self["stream_ports_value"] = parse_port_range(self["stream-ports"])
+            except ValueError as error:
+                raise usage.UsageError(f"--stream-ports {error}") from None
 
     def election(self) -> Any:
         """The Lease election's identity, place and timing, from the options."""
