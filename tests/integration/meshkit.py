@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -75,14 +76,30 @@ def issue_certs(directory: Path, *names: str, router: str | None = None) -> Path
     return directory
 
 
+PORT_FLOOR, PORT_CEILING = 20000, 32768
+"""Ports handed to the mesh's listeners: below Linux's ephemeral range (32768-60999 by
+default), so that no outgoing connection of this or another test takes one of them between
+the choice and the listen (a late ``start_edge`` listens minutes after the choice)."""
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on 127.0.0.1 (all bound at once, then released)."""
-    sockets = []
+    sockets: list[socket.socket] = []
+    start = random.randrange(PORT_FLOOR, PORT_CEILING)
     try:
-        for _ in range(count):
+        for offset in range(PORT_CEILING - PORT_FLOOR):
+            if len(sockets) == count:
+                break
+            port = PORT_FLOOR + (start - PORT_FLOOR + offset) % (PORT_CEILING - PORT_FLOOR)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
+        if len(sockets) < count:
+            raise RuntimeError(f"fewer than {count} free ports in {PORT_FLOOR}-{PORT_CEILING}")
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
