@@ -28,8 +28,7 @@ from ..exchange import (
 from ..transports import FrontLimits, HookedFrontFactory, HookedFrontProtocol
 
 if TYPE_CHECKING:
-    from ..sources import KubeAPI
-    from ..sources._streamports import PortKey, PortRange
+    from ..sources import KubeAPI, PortKey, PortRange
     from ._node import Listener, RouterNode
 
 __all__ = ["StreamPortListeners", "stream_endpoint"]
@@ -157,7 +156,7 @@ class StreamPortListeners(Service):
 
     def refresh(self) -> None:
         """Listen on what the slices name now, close what they no longer name."""
-        from ..sources._streamports import named_stream_ports
+        from ..sources import named_stream_ports
 
         self.named = named_stream_ports(self.slices.objects.values(), self.ports)
         if not self.running:

@@ -26,6 +26,7 @@ from ._options import (
     service_account_namespace,
 )
 from ._reflector import Reflector, State, WatchTiming
+from ._streamports import PortKey, PortRange, named_stream_ports
 
 __all__ = [
     "EDGEMESH_MANAGER",
@@ -44,6 +45,8 @@ __all__ = [
     "LeaderElector",
     "LeaseElection",
     "ListResult",
+    "PortKey",
+    "PortRange",
     "Reflector",
     "ReplicaDiscovery",
     "ReplicaLeases",
@@ -56,5 +59,6 @@ __all__ = [
     "http_port",
     "is_edge_service",
     "load_configuration",
+    "named_stream_ports",
     "service_account_namespace",
 ]
