@@ -13,7 +13,8 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
      "nodes": [node record, ...], "removed_nodes": [name, ...],
      "services": [service record, ...], "removed_services": ["namespace/name", ...],
      "topology": {...},   # optional: as the snapshot's, for the nodes and services upserted
-     "app_protocols": {...}}   (optional, for the upserted services: see _snapshot)
+     "app_protocols": {...},   (optional, for the upserted services: see _snapshot)
+     "aggregates": {...}}   (optional: a trimmed view's aggregates, as the snapshot's)
 
 ``delta_from_wire`` reads network input: anything off raises DeltaError (a SnapshotError).
 """
@@ -36,7 +37,9 @@ from ._snapshot import (
     _service_to_wire,
     _str,
     _with_app_protocols,
+    aggregates_to_wire,
     topology_to_wire,
+    with_aggregates,
     with_topology,
 )
 
@@ -124,6 +127,7 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
         "services": [_service_to_wire(s) for s in delta.services],
         "removed_services": list(delta.removed_services),
         **_app_protocols_to_wire(delta.services),
+        **aggregates_to_wire(delta.services),
     }
     topology = topology_to_wire(delta.nodes, delta.services)
     if topology is not None:
@@ -194,7 +198,8 @@ def delta_from_wire(obj: object) -> CatalogDelta:
             for i, s in enumerate(_list(top["removed_services"], "removed_services"))
         )
         topo_nodes, topo_services = with_topology(top, nodes, services)
-        nodes, services = tuple(topo_nodes), tuple(topo_services)
+        nodes = tuple(topo_nodes)
+        services = tuple(with_aggregates(top, topo_services))
     except DeltaError:
         raise
     except SnapshotError as error:  # a record's own check, worded for a snapshot

@@ -76,6 +76,15 @@ class Endpoint:
     """EndpointSlice ``hints.forZones``: the zones this endpoint is meant for (empty: none)."""
     for_nodes: tuple[str, ...] = ()
     """EndpointSlice ``hints.forNodes``: the nodes this endpoint is meant for (empty: none)."""
+    pods: int = 0
+    """An aggregate (``catalog/_trim.py``): the pods of another node this entry stands for,
+    all alike in what the choice reads; its host is a tag, not an address, and that node
+    picks the pod.  0: one exact endpoint."""
+
+    @property
+    def weight(self) -> int:
+        """The pods behind this entry: balancers weigh an aggregate by it."""
+        return self.pods or 1
 
     @property
     def address(self) -> str:

@@ -83,6 +83,9 @@ class EdgeState:
     goes at once)."""
     timer: IDelayedCall | None = None
     pushes: int = 0
+    trim: bool = False
+    """It receives trimmed views (its hello said ``trimmed`` and the router trims):
+    other edge nodes' endpoints as aggregates (``catalog/_trim.py``)."""
 
 
 class CatalogPusher:
@@ -127,13 +130,19 @@ class CatalogPusher:
 
     def _cut(self, state: EdgeState, catalog: Catalog, scope: Scope) -> Catalog:
         """``state``'s view cut from the whole catalog (edges with one key share it)."""
-        if scope.everything:
+        if scope.everything and not state.trim:
             return catalog
-        key = scope.key(state.node)
+        key = self._view_key(state, scope)
         view = self._views.get(key)
         if view is None:
-            view = self._views[key] = self._index_of(catalog).view(state.node, scope)
+            view = self._views[key] = self._index_of(catalog).view(state.node, scope,
+                                                                   state.trim)
         return view
+
+    @staticmethod
+    def _view_key(state: EdgeState, scope: Scope) -> tuple[object, ...]:
+        # A trimmed view holds the edge's own node exactly: one per node.
+        return (*scope.key(state.node), state.node) if state.trim else scope.key(state.node)
 
     def _encoded(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         frame = self._frames.get(key)
@@ -141,13 +150,14 @@ class CatalogPusher:
             frame = self._frames[key] = make()
         return frame
 
-    def _snapshot_frame(self, view: Catalog, scope: Scope, node: str) -> bytes:
-        return self._encoded(("snapshot", scope.key(node)), lambda: encode_catalog(
+    def _snapshot_frame(self, view: Catalog, scope: Scope, state: EdgeState) -> bytes:
+        return self._encoded(("snapshot", self._view_key(state, scope)), lambda: encode_catalog(
             view.revision, "snapshot", catalog_to_wire(view)))
 
     def _delta_frame(self, delta: CatalogDelta) -> bytes:
         # Edges whose views take the same change get the same bytes: encoded once.
-        key = ("delta", delta.base, tuple(s.key for s in delta.services),
+        # (A trimmed Service differs between edges: by identity, shared while it is alike.)
+        key = ("delta", delta.base, tuple((s.key, id(s)) for s in delta.services),
                delta.removed_services, tuple(n.name for n in delta.nodes), delta.removed_nodes)
         return self._encoded(key, lambda: encode_catalog(delta.revision, "delta",
                                                           delta_to_wire(delta)))
@@ -175,7 +185,7 @@ class CatalogPusher:
         view = self._cut(state, catalog, scope)
         namespaces = None if scope.everything else self._index_of(catalog).namespaces(
             state.node, scope)
-        self._send(state, self._snapshot_frame(view, scope, state.node), view, catalog, scope,
+        self._send(state, self._snapshot_frame(view, scope, state), view, catalog, scope,
                    namespaces, delta=False)
 
     def changed(self, states: Iterable[EdgeState]) -> None:
@@ -207,16 +217,20 @@ class CatalogPusher:
         if whole.revision == catalog.revision:
             return
         scope = self._scope(state, catalog)
-        if scope.everything and state.sent_scope == scope:
+        if scope.everything and state.sent_scope == scope and not state.trim:
             delta = self._delta(base, catalog)
             self._push(state, delta, catalog, catalog, scope, None)
             return
         namespaces = None if scope.everything else self._index_of(catalog).namespaces(
             state.node, scope)
-        if state.sent_scope == scope and state.sent_namespaces == namespaces:
-            assert namespaces is not None
-            change = advance_view(base, catalog, self._delta(whole, catalog), state.node,
-                                  namespaces)
+        delta = self._delta(whole, catalog)
+        if state.sent_scope == scope and state.sent_namespaces == namespaces and not (
+                state.trim and _edges_changed(whole, delta)):
+            trim = None
+            if state.trim:
+                index, node = self._index_of(catalog), state.node
+                trim = lambda service: index.trimmed(service, node)
+            change = advance_view(base, catalog, delta, state.node, namespaces, trim)
         else:  # its scope, or the namespaces of its pods, changed: cut its view again
             change = diff_catalogs(base, self._cut(state, catalog, scope))
             change = None if change.empty else change
@@ -236,7 +250,7 @@ class CatalogPusher:
               scope: Scope, namespaces: frozenset[str] | None) -> None:
         # A delta that touches most of the view is no smaller than a snapshot.
         if len(delta) > max(8, (len(view.services) + len(view.nodes)) // 2):
-            frame = self._snapshot_frame(view, scope, state.node)
+            frame = self._snapshot_frame(view, scope, state)
         else:
             frame = self._delta_frame(delta)
         self._send(state, frame, view, catalog, scope, namespaces, delta=True)
@@ -260,6 +274,12 @@ class CatalogPusher:
         # Acks may repeat or come late: the edge's revision is the highest one.
         if state.acked is None or revision > state.acked:
             state.acked = revision
+
+
+def _edges_changed(old: Catalog, delta: CatalogDelta) -> bool:
+    """A node became an edge or stopped being one: what a trimmed view folds changes."""
+    return any(old.is_edge(n.name) != n.edge for n in delta.nodes) or any(
+        old.is_edge(name) for name in delta.removed_nodes)
 
 
 # -- edge side ------------------------------------------------------------------------------

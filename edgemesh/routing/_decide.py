@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
+from ..catalog._trim import aggregate_of, is_aggregate_tag
 from ..exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
 from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
 from ._topology import LOCAL, local_endpoints, usable
@@ -66,6 +67,11 @@ def decide(
             # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
+            if hint is not None and is_aggregate_tag(hint[0]):
+                # A trimmed sender chose this node and a kind of pod, not the pod: choose
+                # among this node's pods of that kind, as it would have (docs/topology.md).
+                local = _of_kind(service, port, node, hint[0]) or local
+                hint = None
             if hint is not None and hint not in exclude:
                 for endpoint in local:
                     if endpoint.host == hint[0] and endpoint.port == hint[1]:
@@ -122,6 +128,25 @@ def decide(
                             f"{port.port} on node {node} (internalTrafficPolicy: Local)")
         raise MeshError(Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen, home)
+
+
+_KINDS: dict[tuple[int, str, str], tuple[Service, tuple[Endpoint, ...]]] = {}
+_MAX_KINDS = 4096
+
+
+def _of_kind(service: Service, port: ServicePort, node: str, tag: str) -> tuple[Endpoint, ...]:
+    """This node's usable endpoints of the aggregate ``tag`` (cached by the service's
+    identity, bounded: the tuple's identity keys the balancer's ring)."""
+    key = (id(service), port.name, tag)
+    cached = _KINDS.get(key)
+    if cached is not None and cached[0] is service:
+        return cached[1]
+    found = tuple(e for e in service.endpoints.get(port.name, ())
+                  if e.node == node and not e.pods and usable(e) and aggregate_of(e) == tag)
+    if len(_KINDS) >= _MAX_KINDS:
+        _KINDS.clear()
+    _KINDS[key] = (service, found)
+    return found
 
 
 def _usable_hint(

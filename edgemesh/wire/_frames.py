@@ -51,6 +51,9 @@ an older decoder refuses a REQUEST with one more field)."""
 MAX_HOPS = 255
 MOVE_SETTING = "move"
 """Hello setting: the sender reads GOAWAY's optional move-to hint."""
+TRIM_SETTING = "trimmed"
+"""Hello setting (an edge's): it reads trimmed catalog views (aggregates of other nodes'
+endpoints, ``catalog/_trim.py``) and sends a REQUEST whose endpoint is an aggregate's tag."""
 
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""
