@@ -48,8 +48,8 @@ def _slice(service: str, node: str, pod: str, port: int) -> dict[str, Any]:
 def objects(topology: Topology) -> list[dict[str, Any]]:
     result = [_node(e, topology.edges[e]["hub"]) for e in EDGES]
     hashed = {"edgemesh.io/lb-policy": "consistent-hash", "edgemesh.io/hash-key": "header:x-user"}
-    for name, ip, annotations in (("spread", "10.96.7.1", {}), ("sticky", "10.96.7.2", hashed)):
-        result.append(_service(name, ip, annotations))
+    for name, ip, notes in (("spread", "10.96.7.1", {}), ("sticky", "10.96.7.2", hashed)):
+        result.append(_service(name, ip, notes))
         result += [_slice(name, "edge-b", pod, topology.pods[pod]) for pod in B_PODS]
     result.append(_service("own", "10.96.7.3", {}))
     result.append(_slice("own", "edge-a", "pod-a-0", topology.pods["pod-a-0"]))
