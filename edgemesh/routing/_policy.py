@@ -589,7 +589,9 @@ class Balancer(RoundRobin):
             if skip:
                 endpoints = [e for e in endpoints if (e.host, e.port) not in skip]
             return self.pick(service, port, endpoints)
-        if endpoints[-1].pods:
+        if len(self._by_node(endpoints)) > 1:
+            # Several nodes: node first, on every node alike (trimmed views hold other
+            # nodes as aggregates; docs/topology.md, "Trimmed endpoints").
             return self._two_level(service, port, endpoints, key, policy.bounded_load, skip)
         return self._consistent(service, port, endpoints, key, policy.bounded_load, skip)
 
@@ -602,9 +604,9 @@ class Balancer(RoundRobin):
         bounded: bool,
         skip: set[EndpointKey] | None,
     ) -> Endpoint:
-        """A tier with aggregates: the node by weighted rendezvous (as every edge picks
-        it), then this node's pod on its ring as the pod's node would pick it, or the
-        other node's aggregate (that node picks the pod with the same key)."""
+        """A tier over several nodes: the node by weighted rendezvous (as every node
+        picks it, trimmed view or not), then the pod on that node's ring as that node
+        would pick it, or its aggregate (that node picks the pod with the same key)."""
         groups = self._by_node(endpoints)
         index = _topology.rendezvous(groups, key, skip)
         assert index is not None, "a tier with every endpoint skipped"
