@@ -277,3 +277,15 @@ def test_a_pod_replaced_on_another_node_sends_a_trimmed_edge_nothing() -> None:
     pusher.changed([trim_state, full_state])
     assert trim_link.bytes == before[0]  # e1's aggregate is alike: nothing to e0
     assert full_link.bytes > before[1]
+
+
+def test_a_relayed_aggregate_is_resolved_by_the_router_on_that_node() -> None:
+    catalog = hash_world([0, 3, 2, 0, 0, 0])
+    view = trimmed(catalog, "e0")
+    aggregate = next(e for e in view.services["shop/web"].endpoints["http"] if e.node == "e1")
+    service = catalog.services["shop/web"]
+    for _ in range(6):
+        route = decide(catalog, Role.router, "router", SourceKind.tunnel, service, HTTP,
+                       (aggregate.host, aggregate.port), Balancer(), None)
+        assert route.target is TargetKind.tunnel and route.peer == "e1"
+        assert route.endpoint is not None and route.endpoint.node == "e1"
