@@ -17,8 +17,8 @@ with ``--change scale`` a pod added to a node that already runs one.
 
 Printed: the snapshot bytes per edge, the bytes one change sends per edge (inside and
 outside its view) and to all edges together, and the router's CPU time to push one change
-to every edge.  With ``--rss``: the RssAnon of a real ``twistd edgemesh-edge`` holding
-the whole catalog, and one holding one site's view.
+to every edge.  With ``--rss`` (that only): the RssAnon of a real ``twistd edgemesh-edge``
+holding the whole catalog, one site's view, and each trimmed.
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ def main() -> None:
     parser.add_argument("--change", choices=("replace", "scale"), default="replace")
     parser.add_argument("--rss", action="store_true")
     args = parser.parse_args()
+    if args.rss:
+        whole = cluster(args)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, scope, trim in (("all", "all", False), ("all trimmed", "all", True),
+                                      ("local", "local", False),
+                                      ("local trimmed", "local", True)):
+                view = scope_view(whole, "edge-0", Scope.parse(scope), trim)
+                print(f"edge RssAnon, {name:>13}: {edge_rss(view, Path(tmp)):.1f} MiB holding "
+                      f"{len(view.services)} services")
+        return
     results = {name: measure(args, Scope.parse(scope), trim)
                for name, scope, trim in (("all", "all", False), ("local", "local", False),
                                          ("all trimmed", "all", True),
@@ -187,13 +197,6 @@ def main() -> None:
         print(f"{name:>14}: snapshot per edge {result['snapshot_bytes_per_edge_mean']} B "
               f"({result['snapshot_bytes_per_edge_mean'] / base:.1%} of 'all'), per change "
               f"{result['change_bytes_per_edge_mean']} B per edge on average")
-    if args.rss:
-        whole = cluster(args)
-        view = scope_view(whole, "edge-0", Scope.parse("local"))
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"edge RssAnon: {edge_rss(whole, Path(tmp)):.1f} MiB holding "
-                  f"{len(whole.services)} services, "
-                  f"{edge_rss(view, Path(tmp)):.1f} MiB holding {len(view.services)}")
 
 
 if __name__ == "__main__":
