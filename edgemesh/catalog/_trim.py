@@ -67,8 +67,9 @@ def trim_service(service: Service, own: str, is_edge: Callable[[str], bool]) -> 
         # The port is the lowest of its pods' (only a key for loads and health: the node
         # delivers to its own pod's port).
         aggregates = [
-            Endpoint(tag, min(e.port for e in members), first.node, first.ready, first.serving, first.terminating,
-                     first.zone, None, first.for_zones, first.for_nodes, pods=len(members))
+            Endpoint(tag, min(e.port for e in members), first.node, first.ready, first.serving,
+                     first.terminating, first.zone, None, first.for_zones, first.for_nodes,
+                     pods=len(members))
             for tag, members in sorted(groups.items(), key=lambda i: (i[1][0].node or "", i[0]))
             for first in (members[0],)
         ]

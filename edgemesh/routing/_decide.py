@@ -153,7 +153,8 @@ def _of_kind(service: Service, port: ServicePort, node: str | None,
     if cached is not None and cached[0] is service:
         return cached[1]
     found = tuple(e for e in service.endpoints.get(port.name, ())
-                  if (node is None or e.node == node) and not e.pods and usable(e) and aggregate_of(e) == tag)
+                  if (node is None or e.node == node) and not e.pods and usable(e)
+                  and aggregate_of(e) == tag)
     if len(_KINDS) >= _MAX_KINDS:
         _KINDS.clear()
     _KINDS[key] = (service, found)
