@@ -154,8 +154,8 @@ class ScopeIndex:
             if not trim:
                 return catalog
             every = {key: self.trimmed(s, node) for key, s in catalog.services.items()}
-            return Catalog(every, _nodes_for(catalog.nodes, node, every.values()),
-                           catalog.revision)
+            return Catalog.assembled(every, _nodes_for(catalog.nodes, node, every.values()),
+                                     catalog.revision)
         services: dict[str, Service] = {}
         for namespace in sorted(self.namespaces(node, scope)):
             for service in self.by_namespace.get(namespace, ()):
@@ -166,8 +166,8 @@ class ScopeIndex:
             services.setdefault(key, service)
         if trim:
             services = {key: self.trimmed(s, node) for key, s in services.items()}
-        return Catalog(services, _nodes_for(catalog.nodes, node, services.values()),
-                       catalog.revision)
+        return Catalog.assembled(services, _nodes_for(catalog.nodes, node, services.values()),
+                                 catalog.revision)
 
 
 def wanted(service: Service, node: str, namespaces: frozenset[str] | None) -> bool:
