@@ -289,3 +289,45 @@ def test_a_relayed_aggregate_is_resolved_by_the_router_on_that_node() -> None:
                        (aggregate.host, aggregate.port), Balancer(), None)
         assert route.target is TargetKind.tunnel and route.peer == "e1"
         assert route.endpoint is not None and route.endpoint.node == "e1"
+
+
+# -- the gate: the router's option and the edge's hello ------------------------------------------
+
+
+def hello_peer(reactor: Any, factory: Any, node: str, settings: dict[str, int]) -> Any:
+    """An edge-like link to the router's tunnel, announcing ``settings`` in its hello."""
+    from test_roles import Recorder
+    from twisted.internet.address import IPv4Address
+    from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+
+    from edgemesh.transports import EnvelopeLink
+
+    recorder = Recorder()
+    peer = EnvelopeLink(reactor, recorder, node=node, role="edge", client=True)
+    peer.hello_settings = settings
+    theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7700))
+    connect(theirs, makeFakeServer(theirs), peer, makeFakeClient(peer), greet=False,
+            clock=reactor).flush()
+    return recorder
+
+
+def test_only_edges_that_announce_it_get_trimmed_views_and_only_if_the_router_trims() -> None:
+    from test_roles import start
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edgemesh.roles import RouterConfig, build_router
+    from edgemesh.wire import TRIM_SETTING
+
+    for trims in (True, False):
+        reactor = MemoryReactorClock()
+        router = build_router(reactor, RouterConfig(catalog=hash_world([1, 3, 0, 0, 0, 0]),
+                                                    trim_endpoints=trims))
+        start(router)
+        (factory,) = [f for port, f, _, _ in reactor.tcpServers if port == 7700]
+        old = hello_peer(reactor, factory, "e2", {})
+        new = hello_peer(reactor, factory, "e3", {TRIM_SETTING: 1})
+        assert (router.edges["e2"].trim, router.edges["e3"].trim) == (False, trims)
+        for recorder, trimmed_view in ((old, False), (new, trims)):
+            (push,) = [c for c in recorder.controls if getattr(c, "kind", None) == "snapshot"]
+            held = catalog_from_wire(push.payload).services["shop/web"].endpoints["http"]
+            assert len(held) == (2 if trimmed_view else 4)  # e0's pod + e1's aggregate
