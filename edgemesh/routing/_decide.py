@@ -12,8 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from ..catalog import Catalog, Endpoint, Service, ServicePort
-from ..catalog._trim import aggregate_of, is_aggregate_tag
+from ..catalog import (
+    Catalog,
+    Endpoint,
+    Service,
+    ServicePort,
+    aggregate_of,
+    is_aggregate_tag,
+)
 from ..exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
 from ._policy import DEFAULT_POLICY, EndpointKey, RoundRobin, ServicePolicy
 from ._topology import LOCAL, local_endpoints, usable
