@@ -2,6 +2,7 @@
 
     PYTHONPATH=. /work/venv/bin/python bench/control_plane.py [--services 1000]
         [--endpoints 5] [--edges 50] [--changes 200] [--rollout 500] [--json FILE]
+        [--pools 1] [--edge-scope all] [--trim]
 
 What runs:
 - the test API server (``edgemesh.testing.KubeApiServer``) in this process, holding
@@ -21,6 +22,12 @@ What is measured:
 2. A rollout: ``--rollout`` slices changed back to back; the time until every edge has all
    of them, and the pushes each edge received (coalescing).
 3. The router's CPU seconds over each phase and its RSS (VmRSS, VmHWM).
+
+Need-based push (issue 14): ``--pools N`` puts Service ``i`` in namespace ``site-{i % N}``;
+``--edge-scope`` and ``--trim`` (``--edge-endpoints trimmed``, the edges announce it) go to
+the router.  A change then counts as acked when every edge that *needs* it holds it: the
+edges whose view has the Service (``local``: the edges of its site), and with ``--trim`` only
+the edge that runs the pod (the others' aggregate is alike: they receive nothing).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from edgemesh.testing import (
     make_service,
 )
 from edgemesh.transports import EnvelopeLink
-from edgemesh.wire import CatalogPush, encode_ack
+from edgemesh.wire import TRIM_SETTING, CatalogPush, encode_ack
 
 TWISTD = [sys.executable, "-c",
           ("import ctypes, signal\n"
@@ -141,7 +148,7 @@ class SimEdge:
         # push, but the work of turning (what it had, what it got) into a catalog is done
         # once per distinct push and shared (timed: that is one edge's cost).
         base = -1 if self.catalog is None or frame.kind == "snapshot" else self.catalog.revision
-        key = (frame.kind, base, frame.revision)
+        key = (frame.kind, base, frame.revision, self.bench.view_of(self.name))
         made = self.bench.applied.get(key)
         if made is None:
             started = time.perf_counter()
@@ -169,9 +176,26 @@ class Bench:
         self.pending: dict[int, tuple[str, str, float, set[str]]] = {}
         """change id → (service key, new address, t0, edges still without it)."""
         self.done: dict[int, float] = {}
-        self.applied: dict[tuple[str, int, int], Catalog] = {}
+        self.applied: dict[tuple[str, int, int, object], Catalog] = {}
         self.apply_ms: dict[str, list[float]] = {"snapshot": [], "delta": []}
         self.waiters: dict[int, defer.Deferred[None]] = {}
+
+    def view_of(self, edge: str) -> object:
+        """Edges with equal keys receive the same pushes (their work is shared)."""
+        a = self.args
+        if a.trim:
+            return edge
+        return None if a.edge_scope == "all" else int(edge.split("-")[1]) % a.pools
+
+    def needing(self, index: int) -> set[str]:
+        """The edges that must hold a change to svc-index."""
+        a = self.args
+        if a.trim:
+            return {f"edge-{index % a.edges}"}
+        if a.edge_scope == "all":
+            return {e.name for e in self.edges}
+        return {e.name for e in self.edges
+                if int(e.name.split("-")[1]) % a.pools == index % a.pools}
 
     # -- the simulated edges report -----------------------------------------------------
 
@@ -202,9 +226,11 @@ class Bench:
                                     internal_ip=f"10.0.{i // 250}.{i % 250 + 1}",
                                     hub_address=f"10.0.{i // 250}.{i % 250 + 1}:7701"))
         for i in range(a.services):
-            server.create(make_service(f"svc-{i}", cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}"))
+            namespace = "default" if a.pools == 1 else f"site-{i % a.pools}"
+            server.create(make_service(f"svc-{i}", namespace,
+                                       cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}"))
             addresses = [f"10.{100 + i // 250}.{i % 250}.{j + 1}" for j in range(a.endpoints)]
-            server.create(make_endpoint_slice(f"svc-{i}", addresses,
+            server.create(make_endpoint_slice(f"svc-{i}", addresses, namespace,
                                               node_name=f"edge-{i % a.edges}"))
         self.generation = 0
 
@@ -213,11 +239,12 @@ class Bench:
         self.generation += 1
         change = self.generation
         name = f"svc-{index}"
-        current = server.get("endpointslices", f"{name}-slice")
+        namespace = "default" if self.args.pools == 1 else f"site-{index % self.args.pools}"
+        current = server.get("endpointslices", f"{name}-slice", namespace=namespace)
         address = f"172.{16 + change // 65000}.{change // 250 % 260 % 256}.{change % 250 + 1}"
         current["endpoints"][0]["addresses"] = [address]
-        self.pending[change] = (f"default/{name}", address, time.monotonic(),
-                                {e.name for e in self.edges})
+        self.pending[change] = (f"{namespace}/{name}", address, time.monotonic(),
+                                self.needing(index))
         server.replace(current)
         return change
 
@@ -242,10 +269,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
          "--kubeconfig", kubeconfig, "--insecure", "--no-controller",
          "--tunnel", f"tcp:{tunnel}:interface=127.0.0.1",
          "--http", f"tcp:{http}:interface=127.0.0.1",
-         "--admin", f"tcp:{admin}:interface=127.0.0.1"],
+         "--admin", f"tcp:{admin}:interface=127.0.0.1", "--edge-scope", args.edge_scope,
+         "--edge-endpoints", "trimmed" if args.trim else "all",
+         "--heartbeat-timeout", str(args.heartbeat_timeout)],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     result: dict[str, Any] = {"services": args.services, "endpoints": args.endpoints,
-                              "edges": args.edges}
+                              "edges": args.edges, "pools": args.pools,
+                              "edge_scope": args.edge_scope, "trim": args.trim}
     try:
         # Wait for the router's first catalog (it refuses edges it does not know yet).
         for _ in range(1200):
@@ -259,7 +289,10 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.edges):
             edge = SimEdge(f"edge-{i}", bench)
             bench.edges.append(edge)
-            link = EnvelopeLink(reactor, edge, node=edge.name, role="edge", client=True)
+            link = EnvelopeLink(reactor, edge, node=edge.name, role="edge", client=True,
+                                heartbeat_timeout=args.heartbeat_timeout)
+            if args.trim:
+                link.hello_settings = {TRIM_SETTING: 1}
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", tunnel)
             connecting.append(connectProtocol(endpoint, link))
         # All at once: every hello leaves before the snapshots keep this process busy.
@@ -347,6 +380,12 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--rollout", type=int, default=500)
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--pools", type=int, default=1)
+    parser.add_argument("--edge-scope", type=str, default="all")
+    parser.add_argument("--trim", action="store_true")
+    parser.add_argument("--heartbeat-timeout", type=float, default=15.0,
+                        help="router's and links': 1000 edges in this one process may be "
+                             "busier than 6 s while they sync")
     args = parser.parse_args()
 
     def main_(reactor: Any) -> defer.Deferred[None]:

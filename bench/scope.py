@@ -10,12 +10,15 @@ The cluster: ``--services`` Services in ``--pools`` namespaces (``site-0`` ...),
 The router's own pusher (``roles/_push.py``) pushes to ``--edges`` edges through links
 that count bytes, once with ``--edge-scope all`` (every edge gets everything, as before) and
 once with ``local`` (each edge: its site's namespace, the exported Services and those of
-its own pods).  Then ``--changes`` single changes, each to one random Service's endpoints.
+its own pods), and each of these again with trimmed endpoints (``--edge-endpoints
+trimmed``: other edge nodes' pods as one aggregate per node).  Then ``--changes`` single
+changes, each to one random Service's endpoints: a pod replaced (its address changes), or
+with ``--change scale`` a pod added to a node that already runs one.
 
 Printed: the snapshot bytes per edge, the bytes one change sends per edge (inside and
 outside its view) and to all edges together, and the router's CPU time to push one change
-to every edge.  With ``--rss``: the RssAnon of a real ``twistd edgemesh-edge`` holding
-the whole catalog, and one holding one site's view.
+to every edge.  With ``--rss`` (that only): the RssAnon of a real ``twistd edgemesh-edge``
+holding the whole catalog, one site's view, and each trimmed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ sys.path.insert(0, str(REPO))
 from twisted.internet.task import Clock
 
 from edgemesh.catalog import (
-    ALL,
     EXPORT_ANNOTATION,
     Catalog,
     Endpoint,
@@ -83,25 +85,26 @@ def cluster(args: argparse.Namespace, revision: int = 1) -> Catalog:
     return Catalog(services, nodes, revision)
 
 
-def changed(catalog: Catalog, index: int, revision: int) -> Catalog:
+def changed(catalog: Catalog, index: int, revision: int, kind: str = "replace") -> Catalog:
     key = list(catalog.services)[index]
     old = catalog.services[key]
     (first, *rest) = old.endpoints["http"]
     moved = Endpoint(f"192.168.{revision // 256 % 256}.{revision % 256}", first.port,
                      first.node, pod=first.pod)
+    endpoints = (moved, *rest) if kind == "replace" else (first, *rest, moved)
     new = Service(old.namespace, old.name, old.cluster_ip, old.ports,
-                  {"http": (moved, *rest)}, old.annotations)
+                  {"http": endpoints}, old.annotations)
     return Catalog({**catalog.services, key: new}, catalog.nodes, revision)
 
 
-def measure(args: argparse.Namespace, scope: Scope) -> dict[str, Any]:
+def measure(args: argparse.Namespace, scope: Scope, trim: bool = False) -> dict[str, Any]:
     clock = Clock()
     state: dict[str, Catalog] = {"catalog": cluster(args)}
     pusher = CatalogPusher(clock, lambda: state["catalog"], 0.0, lambda node, _: scope)
     edges = []
     for i in range(args.edges):
         link = CountingLink()
-        edge = EdgeState(f"edge-{i}", 0.0, link)  # type: ignore[arg-type]
+        edge = EdgeState(f"edge-{i}", 0.0, link, trim=trim)  # type: ignore[arg-type]
         pusher.snapshot(edge)
         edges.append((edge, link))
     snapshots = [link.bytes for _, link in edges]
@@ -109,7 +112,8 @@ def measure(args: argparse.Namespace, scope: Scope) -> dict[str, Any]:
     inside, outside, totals, cpu = [], [], [], []
     for change in range(args.changes):
         before = [link.bytes for _, link in edges]
-        state["catalog"] = changed(state["catalog"], rng.randrange(args.services), 2 + change)
+        state["catalog"] = changed(state["catalog"], rng.randrange(args.services), 2 + change,
+                                   args.change)
         started = time.process_time()
         pusher.changed([e for e, _ in edges])
         cpu.append((time.process_time() - started) * 1000)
@@ -118,12 +122,13 @@ def measure(args: argparse.Namespace, scope: Scope) -> dict[str, Any]:
         inside.extend(s for s in sent if s)
         outside.append(sum(1 for s in sent if not s))
     return {
-        "scope": str(scope),
+        "scope": str(scope) + (" trimmed" if trim else ""),
         "snapshot_bytes_per_edge_mean": round(statistics.mean(snapshots)),
         "snapshot_bytes_per_edge_max": max(snapshots),
         "change_bytes_to_an_edge_that_needs_it_median": round(statistics.median(inside))
         if inside else 0,
         "edges_sent_nothing_per_change_median": statistics.median(outside),
+        "change_bytes_per_edge_mean": round(statistics.mean(totals) / args.edges, 1),
         "change_bytes_to_all_edges_median": round(statistics.median(totals)),
         "router_cpu_ms_per_change_median": round(statistics.median(cpu), 2),
     }
@@ -169,21 +174,29 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=1000)
     parser.add_argument("--pools", type=int, default=10)
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--change", choices=("replace", "scale"), default="replace")
     parser.add_argument("--rss", action="store_true")
     args = parser.parse_args()
-    before = measure(args, ALL)
-    after = measure(args, Scope.parse("local"))
-    print(json.dumps({"all": before, "local": after}, indent=1))
-    ratio = after["snapshot_bytes_per_edge_mean"] / before["snapshot_bytes_per_edge_mean"]
-    print(f"snapshot per edge: {after['snapshot_bytes_per_edge_mean']} B with 'local' vs "
-          f"{before['snapshot_bytes_per_edge_mean']} B with 'all': {ratio:.1%}")
     if args.rss:
         whole = cluster(args)
-        view = scope_view(whole, "edge-0", Scope.parse("local"))
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"edge RssAnon: {edge_rss(whole, Path(tmp)):.1f} MiB holding "
-                  f"{len(whole.services)} services, "
-                  f"{edge_rss(view, Path(tmp)):.1f} MiB holding {len(view.services)}")
+            for name, scope, trim in (("all", "all", False), ("all trimmed", "all", True),
+                                      ("local", "local", False),
+                                      ("local trimmed", "local", True)):
+                view = scope_view(whole, "edge-0", Scope.parse(scope), trim)
+                print(f"edge RssAnon, {name:>13}: {edge_rss(view, Path(tmp)):.1f} MiB holding "
+                      f"{len(view.services)} services")
+        return
+    results = {name: measure(args, Scope.parse(scope), trim)
+               for name, scope, trim in (("all", "all", False), ("local", "local", False),
+                                         ("all trimmed", "all", True),
+                                         ("local trimmed", "local", True))}
+    print(json.dumps(results, indent=1))
+    base = results["all"]["snapshot_bytes_per_edge_mean"]
+    for name, result in results.items():
+        print(f"{name:>14}: snapshot per edge {result['snapshot_bytes_per_edge_mean']} B "
+              f"({result['snapshot_bytes_per_edge_mean'] / base:.1%} of 'all'), per change "
+              f"{result['change_bytes_per_edge_mean']} B per edge on average")
 
 
 if __name__ == "__main__":

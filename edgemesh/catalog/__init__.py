@@ -55,6 +55,7 @@ from ._scope import (
 )
 from ._snapshot import SnapshotError, catalog_from_wire, catalog_to_wire
 from ._store import CatalogStore
+from ._trim import aggregate_of, is_aggregate_tag, trim_service
 
 __all__ = [
     "ALL",
@@ -90,6 +91,7 @@ __all__ = [
     "SliceEndpoint",
     "SnapshotError",
     "advance_view",
+    "aggregate_of",
     "apply_delta",
     "assemble_catalog",
     "catalog_from_objects",
@@ -98,6 +100,7 @@ __all__ = [
     "delta_from_wire",
     "delta_to_wire",
     "diff_catalogs",
+    "is_aggregate_tag",
     "is_dns1123_label",
     "is_dns1123_subdomain",
     "is_exported",
@@ -110,5 +113,6 @@ __all__ = [
     "pod_name",
     "port_kind",
     "scope_view",
+    "trim_service",
     "wanted",
 ]

@@ -229,12 +229,26 @@ class Catalog:
         self._ready: dict[tuple[str, str, str | None], tuple[Endpoint, ...]] = {}
         self._services: Mapping[str, Service] = MappingProxyType(by_key)
         self._nodes: Mapping[str, Node] = MappingProxyType(by_name)
-        self._by_ip = by_ip
+        self._by_ip: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Service] | None = by_ip
         self._resolved: dict[bytes, tuple[Service, ServicePort]] = {}
 
     @classmethod
     def empty(cls) -> Catalog:
         return cls()
+
+    @classmethod
+    def assembled(cls, services: Mapping[str, Service], nodes: Mapping[str, Node],
+                  revision: int) -> Catalog:
+        """A catalog made of parts of checked catalogs (the router's per-edge views, one
+        per edge and change): not checked again, its clusterIP index built if ever used."""
+        catalog = cls.__new__(cls)
+        catalog._revision = revision
+        catalog._ready = {}
+        catalog._services = MappingProxyType(dict(services))
+        catalog._nodes = MappingProxyType(dict(nodes))
+        catalog._by_ip = None
+        catalog._resolved = {}
+        return catalog
 
     @property
     def revision(self) -> int:
@@ -321,7 +335,9 @@ class Catalog:
                                    "of this cluster")
                 raise _unknown(authority, f"no service {key}")
         else:
-            found = self._by_ip.get(host)
+            if self._by_ip is None:
+                self._by_ip = Catalog(self._services, self._nodes, self._revision)._by_ip
+            found = self._by_ip.get(host) if self._by_ip is not None else None
             if found is None:
                 raise _unknown(authority, f"no service has clusterIP {host}")
         return found, _choose_port(authority, found, port)

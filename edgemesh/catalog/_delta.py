@@ -15,6 +15,7 @@ Wire layout (version 1), beside the snapshot's (records as in ``_snapshot``)::
      "topology": {...},   # optional: as the snapshot's, for the nodes and services upserted
      "app_protocols": {...},   # optional, for the upserted services: see _snapshot
      "hostnames": {...},       # optional, likewise
+     "aggregates": {...},      # optional: a trimmed view's aggregates, as the snapshot's
      "rebase": true}   # optional: see below
 
 A *rebase* (``"rebase": true``) is the first push on a link to an edge that said, in its
@@ -43,8 +44,10 @@ from ._snapshot import (
     _service_to_wire,
     _str,
     _with_app_protocols,
+    aggregates_to_wire,
     hostnames_to_wire,
     topology_to_wire,
+    with_aggregates,
     with_hostnames,
     with_topology,
 )
@@ -136,6 +139,7 @@ def delta_to_wire(delta: CatalogDelta) -> dict[str, object]:
         "removed_services": list(delta.removed_services),
         **_app_protocols_to_wire(delta.services),
         **hostnames_to_wire(delta.services),
+        **aggregates_to_wire(delta.services),
     }
     topology = topology_to_wire(delta.nodes, delta.services)
     if topology is not None:
@@ -211,7 +215,8 @@ def delta_from_wire(obj: object) -> CatalogDelta:
             for i, s in enumerate(_list(top["removed_services"], "removed_services"))
         )
         topo_nodes, topo_services = with_topology(top, nodes, services)
-        nodes, services = tuple(topo_nodes), tuple(topo_services)
+        nodes = tuple(topo_nodes)
+        services = tuple(with_aggregates(top, topo_services))
     except DeltaError:
         raise
     except SnapshotError as error:  # a record's own check, worded for a snapshot

@@ -79,6 +79,15 @@ class Endpoint:
     hostname: str | None = None
     """EndpointSlice ``hostname`` (a StatefulSet's ``pod-0``): in a headless service, the
     names ``pod-0.svc[.ns[.svc.cluster.local]]`` reach this endpoint only."""
+    pods: int = 0
+    """An aggregate (``catalog/_trim.py``): the pods of another node this entry stands for,
+    all alike in what the choice reads; its host is a tag, not an address, and that node
+    picks the pod.  0: one exact endpoint."""
+
+    @property
+    def weight(self) -> int:
+        """The pods behind this entry: balancers weigh an aggregate by it."""
+        return self.pods or 1
 
     @property
     def address(self) -> str:

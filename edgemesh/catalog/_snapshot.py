@@ -31,6 +31,9 @@ Endpoints' ``hostname`` (StatefulSet pods of headless services) rides the same w
 endpoint of the port, only services with one): an older node ignores it (and cannot reach
 ``pod-0.svc`` names), a newer one reads snapshots without it as having none.
 
+Trimmed views (``_trim.py``) carry their aggregates in an optional top-level map
+``"aggregates"`` (see ``AGGREGATES_KEY``); the endpoint records hold exact endpoints only.
+
 ``catalog_from_wire`` reads input from the network: it checks every field's type, range
 and presence and raises SnapshotError, and nothing else, for anything off.  Keys it does
 not know in the top-level map are ignored, so that a newer router may add some.
@@ -92,6 +95,7 @@ def catalog_to_wire(catalog: Catalog) -> dict[str, object]:
         "services": [_service_to_wire(s) for s in catalog.services.values()],
         **_app_protocols_to_wire(catalog.services.values()),
         **hostnames_to_wire(catalog.services.values()),
+        **aggregates_to_wire(catalog.services.values()),
     }
     topology = topology_to_wire(catalog.nodes.values(), catalog.services.values())
     if topology is not None:
@@ -107,7 +111,8 @@ def _default_topology(s: Service) -> bool:
         s.traffic_distribution is None
         and s.internal_traffic_policy == "Cluster"
         and s.affinity_timeout == DEFAULT_AFFINITY_TIMEOUT
-        and not any(e.for_zones or e.for_nodes for es in s.endpoints.values() for e in es)
+        and not any(e.for_zones or e.for_nodes for es in s.endpoints.values() for e in es
+                    if not e.pods)
     )
 
 
@@ -125,7 +130,7 @@ def topology_to_wire(
                 [list(e.for_zones), list(e.for_nodes)] if e.for_zones or e.for_nodes else None
                 for e in endpoints
             ]
-            for port_name, endpoints in s.endpoints.items()
+            for port_name, endpoints in _exact(s)
             if any(e.for_zones or e.for_nodes for e in endpoints)
         }
         by_service[s.key] = [s.traffic_distribution, s.internal_traffic_policy,
@@ -217,6 +222,80 @@ def with_topology(
     )
 
 
+def _exact(s: Service) -> list[tuple[str, list[Endpoint]]]:
+    """The endpoint lists without aggregates (those ride in their own map)."""
+    return [(name, [e for e in endpoints if not e.pods]) for name, endpoints in s.endpoints.items()]
+
+
+# -- trimmed endpoints: the optional top-level "aggregates" map ------------------------------
+
+AGGREGATES_KEY = "aggregates"
+"""``{"namespace/name": {port_name: [[node, port, pods, ready, serving, terminating,
+zone|None, for_zones, for_nodes], ...]}}``: the aggregates of a trimmed view
+(``_trim.py``), appended to the port's exact endpoints.  Only edges that announced
+``trimmed`` in their hello receive it; one that predates it would ignore the key."""
+MAX_AGGREGATE_PODS = 1 << 20
+
+
+def aggregates_to_wire(services: Iterable[Service]) -> dict[str, object]:
+    table = {
+        s.key: {
+            name: [[e.node, e.port, e.pods, e.ready, e.serving, e.terminating, e.zone,
+                    list(e.for_zones), list(e.for_nodes)] for e in endpoints if e.pods]
+            for name, endpoints in s.endpoints.items() if any(e.pods for e in endpoints)
+        }
+        for s in services if any(e.pods for es in s.endpoints.values() for e in es)
+    }
+    return {AGGREGATES_KEY: table} if table else {}
+
+
+def _aggregate(value: object, path: str) -> Endpoint:
+    from ._trim import aggregate_of
+
+    node, port, pods, ready, serving, terminating, zone, zones, nodes = _record(value, path, 9)
+    endpoint = Endpoint(
+        "", _int(port, f"{path}[1]", 1, 65535),
+        _checked(node, f"{path}[0]", is_dns1123_subdomain, "DNS-1123 subdomain"),
+        _bool(ready, f"{path}[3]"), _bool(serving, f"{path}[4]"),
+        _bool(terminating, f"{path}[5]"), _zone(zone, f"{path}[6]"), None,
+        _names(zones, f"{path}[7]", is_zone, "zone"),
+        _names(nodes, f"{path}[8]", is_dns1123_subdomain, "DNS-1123 subdomain"),
+        pods=_int(pods, f"{path}[2]", 1, MAX_AGGREGATE_PODS))
+    # The tag is derived, not sent: both ends compute it from the same fields.
+    return replace(endpoint, host=aggregate_of(endpoint))
+
+
+def with_aggregates(top: Mapping[str, object], services: Sequence[Service]) -> list[Service]:
+    """``services`` with the aggregates of ``top``'s ``"aggregates"`` map appended."""
+    raw = top.get(AGGREGATES_KEY)
+    if raw is None:
+        return list(services)
+    table = _map(raw, AGGREGATES_KEY)
+    by_key = {s.key: s for s in services}
+    for key in table:
+        if key not in by_key:
+            _fail(f"{AGGREGATES_KEY}[{key!r}]", "no service of this name")
+    result = []
+    for service in services:
+        ports = table.get(service.key)
+        if ports is not None:
+            path = f"{AGGREGATES_KEY}[{service.key!r}]"
+            names = {p.name for p in service.ports}
+            endpoints = dict(service.endpoints)
+            for name, items in _map(ports, path).items():
+                where = f"{path}[{name!r}]"
+                if name not in names:
+                    _fail(where, "no service port has this name")
+                added = [_aggregate(v, f"{where}[{i}]")
+                         for i, v in enumerate(_list(items, where))]
+                if len({e.host for e in added}) != len(added):
+                    _fail(where, "duplicate aggregates")
+                endpoints[name] = (*endpoints.get(name, ()), *added)
+            service = replace(service, endpoints=MappingProxyType(endpoints))
+        result.append(service)
+    return result
+
+
 APP_PROTOCOLS_KEY = "app_protocols"
 _MAX_APP_PROTOCOL = 316
 """A qualified name: a 253-character prefix, '/', a 63-character name."""
@@ -272,7 +351,8 @@ def hostnames_to_wire(services: Iterable[Service]) -> dict[str, object]:
     """The optional side table of endpoints' hostnames (empty: no key at all)."""
     table = {
         s.key: {
-            port_name: [e.hostname for e in endpoints]
+            # Exact endpoints only, as the endpoint records (aggregates have no hostname).
+            port_name: [e.hostname for e in endpoints if not e.pods]
             for port_name, endpoints in s.endpoints.items()
             if any(e.hostname is not None for e in endpoints)
         }
@@ -326,7 +406,7 @@ def _service_to_wire(s: Service) -> list[object]:
                 [e.host, e.port, e.node, e.ready, e.serving, e.terminating, e.zone, e.pod]
                 for e in endpoints
             ]
-            for port_name, endpoints in s.endpoints.items()
+            for port_name, endpoints in _exact(s)
         },
         dict(s.annotations),
         s.session_affinity,
@@ -548,6 +628,7 @@ def catalog_from_wire(obj: object) -> Catalog:
     if len(seen_services) != len(services):
         _fail("services", "duplicate services")
     nodes, services = with_topology(top, nodes, services)
+    services = with_aggregates(top, services)
     try:
         return Catalog(services=services, nodes=nodes, revision=revision)
     except ValueError as error:  # belt and braces: everything it checks was checked above

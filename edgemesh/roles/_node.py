@@ -74,6 +74,7 @@ from ..transports import (
 from ..wire import (
     MOVE_SETTING,
     NOT_READY,
+    TRIM_SETTING,
     Ack,
     CatalogPush,
     EdgeSet,
@@ -151,6 +152,9 @@ class RouterConfig:
     edge_scope: Scope = ALL
     """Which Services each edge receives (``catalog/_scope.py``); a Node's
     ``edgemesh.io/scope`` annotation overrides it for that edge."""
+    trim_endpoints: bool = False
+    """Edges whose hello says ``trimmed`` receive other edge nodes' endpoints as aggregates
+    (``catalog/_trim.py``); others, and all when False, every endpoint."""
     peer_listen: str | None = None
     """Where other router replicas connect (server endpoint string); None: no router links
     in (this replica still dials ``peer_routers``)."""
@@ -534,7 +538,9 @@ class RouterNode(MeshNode):
         if previous is not None and previous.link is not link:
             previous.link.close_now("replaced by a new connection")
         self.links[peer.node] = link
-        state = EdgeState(peer.node, self.reactor.seconds(), link)
+        state = EdgeState(peer.node, self.reactor.seconds(), link,
+                          trim=self.config.trim_endpoints
+                          and peer.settings.get(TRIM_SETTING, 0) >= 1)
         self.edges[peer.node] = state
         self.observer.link_up(peer.node, "tunnel", link)
         self.pipeline.peer_back(peer.node)
@@ -1072,8 +1078,9 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
                                 heartbeat_timeout=beats.heartbeat_timeout)
             track_link(node, link)
-            if source is SourceKind.tunnel and several:
-                link.hello_settings = {MOVE_SETTING: 1}  # it reads GOAWAY's move-to hint
+            if source is SourceKind.tunnel:
+                # It reads trimmed catalogs; with replicas, GOAWAY's move-to hint.
+                link.hello_settings = {TRIM_SETTING: 1, **({MOVE_SETTING: 1} if several else {})}
             if source is SourceKind.tunnel:
                 link.hello_extra = node.follower.held  # a rebase, not a snapshot, if it matches
             if source is SourceKind.tunnel:

@@ -152,6 +152,9 @@ class EdgeState:
     goes at once)."""
     timer: IDelayedCall | None = None
     pushes: int = 0
+    trim: bool = False
+    """It receives trimmed views (its hello said ``trimmed`` and the router trims):
+    other edge nodes' endpoints as aggregates (``catalog/_trim.py``)."""
 
 
 class CatalogPusher:
@@ -208,13 +211,19 @@ class CatalogPusher:
 
     def _cut(self, state: EdgeState, catalog: Catalog, scope: Scope) -> Catalog:
         """``state``'s view cut from the whole catalog (edges with one key share it)."""
-        if scope.everything:
+        if scope.everything and not state.trim:
             return catalog
-        key = scope.key(state.node)
+        key = self._view_key(state, scope)
         view = self._views.get(key)
         if view is None:
-            view = self._views[key] = self._index_of(catalog).view(state.node, scope)
+            view = self._views[key] = self._index_of(catalog).view(state.node, scope,
+                                                                   state.trim)
         return view
+
+    @staticmethod
+    def _view_key(state: EdgeState, scope: Scope) -> tuple[object, ...]:
+        # A trimmed view holds the edge's own node exactly: one per node.
+        return (*scope.key(state.node), state.node) if state.trim else scope.key(state.node)
 
     def _encoded(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         frame = self._frames.get(key)
@@ -222,13 +231,14 @@ class CatalogPusher:
             frame = self._frames[key] = make()
         return frame
 
-    def _snapshot_frame(self, view: Catalog, scope: Scope, node: str) -> bytes:
-        return self._encoded(("snapshot", scope.key(node)), lambda: encode_catalog(
+    def _snapshot_frame(self, view: Catalog, scope: Scope, state: EdgeState) -> bytes:
+        return self._encoded(("snapshot", self._view_key(state, scope)), lambda: encode_catalog(
             view.revision, "snapshot", catalog_to_wire(view)))
 
     def _delta_frame(self, delta: CatalogDelta) -> bytes:
         # Edges whose views take the same change get the same bytes: encoded once.
-        key = ("delta", delta.base, tuple(s.key for s in delta.services),
+        # (A trimmed Service differs between edges: by identity, shared while it is alike.)
+        key = ("delta", delta.base, tuple((s.key, id(s)) for s in delta.services),
                delta.removed_services, tuple(n.name for n in delta.nodes), delta.removed_nodes)
         return self._encoded(key, lambda: encode_catalog(delta.revision, "delta",
                                                           delta_to_wire(delta)))
@@ -258,7 +268,7 @@ class CatalogPusher:
         view = self._cut(state, catalog, scope)
         namespaces = None if scope.everything else self._index_of(catalog).namespaces(
             state.node, scope)
-        self._send(state, self._snapshot_frame(view, scope, state.node), view, catalog, scope,
+        self._send(state, self._snapshot_frame(view, scope, state), view, catalog, scope,
                    namespaces, delta=False)
 
     def first_push(self, state: EdgeState, held: tuple[int, bytes] | None) -> str:
@@ -280,7 +290,7 @@ class CatalogPusher:
             return "snapshot"
         rebase = CatalogDelta(revision, view.revision, change.services, change.removed_services,
                               change.nodes, change.removed_nodes, rebase=True)
-        key = ("rebase", revision, digest, scope.key(state.node))
+        key = ("rebase", revision, digest, self._view_key(state, scope))
         frame = self._encoded(key, lambda: encode_catalog(view.revision, "delta",
                                                           delta_to_wire(rebase)))
         namespaces = None if scope.everything else self._index_of(catalog).namespaces(
@@ -291,16 +301,16 @@ class CatalogPusher:
     def _held_view(self, state: EdgeState, catalog: Catalog, scope: Scope, view: Catalog,
                    digest: bytes) -> Catalog | None:
         """The view (now, else of a kept older catalog) whose digest is ``digest``."""
-        if self._view_digest(catalog.revision, scope.key(state.node), view) == digest:
+        if self._view_digest(catalog.revision, self._view_key(state, scope), view) == digest:
             return view
         for old in reversed(self._history):
             old_scope = self._scope(state, old)
-            key = (old.revision, old_scope.key(state.node))
+            key = (old.revision, self._view_key(state, old_scope))
             known = self._digests.get(key)
             if known is not None and known != digest:
                 continue
-            old_view = old if old_scope.everything else ScopeIndex(old).view(state.node,
-                                                                             old_scope)
+            old_view = (old if old_scope.everything and not state.trim
+                        else ScopeIndex(old).view(state.node, old_scope, state.trim))
             if self._view_digest(old.revision, key[1], old_view) == digest:
                 return old_view
         return None
@@ -340,23 +350,27 @@ class CatalogPusher:
         if whole.revision == catalog.revision:
             return
         scope = self._scope(state, catalog)
-        if scope.everything and state.sent_scope == scope:
+        if scope.everything and state.sent_scope == scope and not state.trim:
             delta = self._delta(base, catalog)
             self._push(state, delta, catalog, catalog, scope, None)
             return
         namespaces = None if scope.everything else self._index_of(catalog).namespaces(
             state.node, scope)
-        if state.sent_scope == scope and state.sent_namespaces == namespaces:
-            assert namespaces is not None
-            change = advance_view(base, catalog, self._delta(whole, catalog), state.node,
-                                  namespaces)
+        delta = self._delta(whole, catalog)
+        if state.sent_scope == scope and state.sent_namespaces == namespaces and not (
+                state.trim and _edges_changed(whole, delta)):
+            trim = None
+            if state.trim:
+                index, node = self._index_of(catalog), state.node
+                trim = lambda service: index.trimmed(service, node)
+            change = advance_view(base, catalog, delta, state.node, namespaces, trim)
         else:  # its scope, or the namespaces of its pods, changed: cut its view again
             change = diff_catalogs(base, self._cut(state, catalog, scope))
             change = None if change.empty else change
         if change is None:  # nothing in this edge's view changed: no push, no revision
             self._sent_from(state, catalog, scope, namespaces)
             return
-        self._push(state, change, apply_delta(base, change), catalog, scope, namespaces)
+        self._push(state, change, _applied(base, change), catalog, scope, namespaces)
 
     def _delta(self, old: Catalog, catalog: Catalog) -> CatalogDelta:
         """From an older whole catalog to the current one (once per older revision)."""
@@ -369,7 +383,7 @@ class CatalogPusher:
               scope: Scope, namespaces: frozenset[str] | None) -> None:
         # A delta that touches most of the view is no smaller than a snapshot.
         if len(delta) > max(8, (len(view.services) + len(view.nodes)) // 2):
-            frame, kind = self._snapshot_frame(view, scope, state.node), "snapshot"
+            frame, kind = self._snapshot_frame(view, scope, state), "snapshot"
         else:
             frame, kind = self._delta_frame(delta), "delta"
         self._send(state, frame, view, catalog, scope, namespaces, delta=True, kind=kind)
@@ -393,6 +407,26 @@ class CatalogPusher:
         # Acks may repeat or come late: the edge's revision is the highest one.
         if state.acked is None or revision > state.acked:
             state.acked = revision
+
+
+def _applied(view: Catalog, delta: CatalogDelta) -> Catalog:
+    """``apply_delta`` for a view the router keeps per edge: parts of checked catalogs, so
+    not checked nor indexed again (1000 edges × a 1000-Service view, each change)."""
+    services = dict(view.services)
+    for key in delta.removed_services:
+        services.pop(key, None)
+    services.update((s.key, s) for s in delta.services)
+    nodes = dict(view.nodes)
+    for name in delta.removed_nodes:
+        nodes.pop(name, None)
+    nodes.update((n.name, n) for n in delta.nodes)
+    return Catalog.assembled(services, nodes, delta.revision)
+
+
+def _edges_changed(old: Catalog, delta: CatalogDelta) -> bool:
+    """A node became an edge or stopped being one: what a trimmed view folds changes."""
+    return any(old.is_edge(n.name) != n.edge for n in delta.nodes) or any(
+        old.is_edge(name) for name in delta.removed_nodes)
 
 
 # -- edge side ------------------------------------------------------------------------------

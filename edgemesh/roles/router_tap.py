@@ -35,6 +35,10 @@ class Options(CommonOptions, KubernetesOptions):
                                      "namespaces with endpoints on that node) and/or namespace "
                                      "names; Services annotated edgemesh.io/export=true always. "
                                      "A Node's edgemesh.io/scope annotation overrides it.")],
+        ["edge-endpoints", None, "all", ("'trimmed': edges that can read it receive, for other "
+                                         "edge nodes, one aggregate entry per node (count, "
+                                         "conditions, zone, hints) instead of every pod, and "
+                                         "that node picks the pod; 'all': every endpoint.")],
         ["peer-listen", None, None, ("Where other router replicas connect (endpoint string, e.g. "
                                      "tcp:7702); default: no router links in.")],
         ["peer-advertise", None, None, (
@@ -77,6 +81,8 @@ class Options(CommonOptions, KubernetesOptions):
             self["edge_scope_value"] = Scope.parse(self["edge-scope"])
         except ScopeError as error:
             raise usage.UsageError(f"--edge-scope: {error}") from None
+        if self["edge-endpoints"] not in ("all", "trimmed"):
+            raise usage.UsageError("--edge-endpoints: 'all' or 'trimmed'")
 
 
 def kubernetes_config(options: Options) -> KubernetesConfig | None:
@@ -125,6 +131,7 @@ def makeService(options: Options) -> IService:
         observability=options.observability_config(),
         resilience=options.resilience(),
         edge_scope=options["edge_scope_value"],
+        trim_endpoints=options["edge-endpoints"] == "trimmed",
         peer_listen=options["peer-listen"],
         peer_routers=tuple(options.get("peer_routers_value", [])),
         kubernetes=kubernetes_config(options),

@@ -162,6 +162,7 @@ class Balancer(RoundRobin):
         self._max_rings = max_rings
         self._tiers: dict[int, tuple[Service, ServicePort, str, _Tiers]] = {}
         self._rings: dict[int, tuple[Sequence[Endpoint], _Ring]] = {}
+        self._groups: dict[int, tuple[Sequence[Endpoint], _topology.NodeGroups]] = {}
         self._turns: dict[int, int] = {}
         self.now: Callable[[], float] = now or (lambda: 0.0)
         self._affinity: OrderedDict[tuple[str, str, str], tuple[EndpointKey, float]] = (
@@ -175,6 +176,7 @@ class Balancer(RoundRobin):
         """Drop the caches (a new catalog: its tuples replace the old ones)."""
         self._tiers.clear()
         self._rings.clear()
+        self._groups.clear()
         self._turns.clear()
 
     # locality
@@ -325,8 +327,13 @@ class Balancer(RoundRobin):
             if index == 0 and len(counters) >= self._max_keys:
                 counters.clear()
             counters[turn] = index + 1
+            if endpoints[-1].pods:  # aggregates (last): each takes its pods' turns
+                return _topology.weighted_at(endpoints, index)
             return endpoints[index % len(endpoints)]
         if lb is LBPolicy.random:
+            if endpoints[-1].pods:
+                return _topology.weighted_at(
+                    endpoints, int(self._random() * sum(e.weight for e in endpoints)))
             return endpoints[int(self._random() * len(endpoints))]
         if lb is LBPolicy.least_request:
             return self._least_request(endpoints)
@@ -335,13 +342,57 @@ class Balancer(RoundRobin):
             if skip:
                 endpoints = [e for e in endpoints if (e.host, e.port) not in skip]
             return self.pick(service, port, endpoints)
+        if len(self._by_node(endpoints)) > 1:
+            # Several nodes: node first, on every node alike (trimmed views hold other
+            # nodes as aggregates; docs/topology.md, "Trimmed endpoints").
+            return self._two_level(service, port, endpoints, key, policy.bounded_load, skip)
         return self._consistent(service, port, endpoints, key, policy.bounded_load, skip)
+
+    def _two_level(
+        self,
+        service: Service,
+        port: ServicePort,
+        endpoints: Sequence[Endpoint],
+        key: bytes,
+        bounded: bool,
+        skip: set[EndpointKey] | None,
+    ) -> Endpoint:
+        """A tier over several nodes: the node by weighted rendezvous (as every node
+        picks it, trimmed view or not), then the pod on that node's ring as that node
+        would pick it, or its aggregate (that node picks the pod with the same key)."""
+        groups = self._by_node(endpoints)
+        index = _topology.rendezvous(groups, key, skip)
+        assert index is not None, "a tier with every endpoint skipped"
+        members = groups[index][1]
+        if not members[0].pods:
+            return self._consistent(service, port, members, key, bounded, skip)
+        chosen = _topology.rendezvous_entry(members, key, skip)
+        assert chosen is not None
+        return chosen
+
+    def _by_node(self, endpoints: Sequence[Endpoint]) -> _topology.NodeGroups:
+        # Cached by the tier's identity, as rings are (their member tuples key the rings).
+        cached = self._groups.get(id(endpoints))
+        if cached is not None and cached[0] is endpoints:
+            return cached[1]
+        groups = _topology.by_node(endpoints)
+        if len(self._groups) >= self._max_rings:
+            self._groups.clear()
+        self._groups[id(endpoints)] = (endpoints, groups)
+        return groups
 
     def _least_request(self, endpoints: Sequence[Endpoint]) -> Endpoint:
         count = len(endpoints)
         if count == 1:
             return endpoints[0]
         draw = self._random
+        if endpoints[-1].pods:  # aggregates: drawn by their pods
+            total = sum(e.weight for e in endpoints)
+            a = _topology.weighted_at(endpoints, int(draw() * total))
+            b = _topology.weighted_at(endpoints, int(draw() * total))
+            loads = self.loads
+            return b if loads.get((b.host, b.port), 0) * a.weight < loads.get(
+                (a.host, a.port), 0) * b.weight else a
         first = int(draw() * count)
         second = int(draw() * (count - 1))
         if second >= first:

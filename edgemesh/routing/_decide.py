@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from ..catalog import Catalog, Endpoint, Service, ServicePort
+from ..catalog import (
+    Catalog,
+    Endpoint,
+    Service,
+    ServicePort,
+    aggregate_of,
+    is_aggregate_tag,
+)
 from ..exchange import MeshError, Reason, RequestHead, Role, SourceKind, TargetKind
 from ._balance import RoundRobin
 from ._policy import DEFAULT_POLICY, EndpointKey, ServicePolicy
@@ -67,6 +74,11 @@ def decide(
             # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
+            if hint is not None and is_aggregate_tag(hint[0]):
+                # A trimmed sender chose this node and a kind of pod, not the pod: choose
+                # among this node's pods of that kind, as it would have (docs/topology.md).
+                local = _of_kind(service, port, node, hint[0]) or local
+                hint = None
             if hint is not None and hint not in exclude:
                 for endpoint in local:
                     if endpoint.host == hint[0] and endpoint.port == hint[1]:
@@ -103,6 +115,15 @@ def decide(
     if source is SourceKind.router_link:
         home = None  # loop safety: a forwarded exchange goes down a tunnel of this replica
     if (source is SourceKind.tunnel or source is SourceKind.router_link) and hint is not None \
+            and is_aggregate_tag(hint[0]):
+        # A trimmed edge chose a node it could not reach directly (relayed): the router,
+        # which has every endpoint, picks that node's pod as the node would.
+        kind = _of_kind(service, port, None, hint[0])
+        chosen_pod = balancer.choose(service, port, kind, head, policy, exclude)
+        if chosen_pod is not None:
+            return _router_route(catalog, service, port, chosen_pod, home)
+        hint = None
+    if (source is SourceKind.tunnel or source is SourceKind.router_link) and hint is not None \
             and hint not in exclude:
         # An edge (or the replica that forwarded) chose the endpoint: honour it (relay when
         # it is on another edge), also one that still serves while terminating.
@@ -125,6 +146,28 @@ def decide(
         raise MeshError(
             Reason.no_endpoint, f"no other ready endpoint for {service.key}:{port.port}")
     return _router_route(catalog, service, port, chosen, home)
+
+
+_KINDS: dict[tuple[int, str, str], tuple[Service, tuple[Endpoint, ...]]] = {}
+_MAX_KINDS = 4096
+
+
+def _of_kind(service: Service, port: ServicePort, node: str | None,
+             tag: str) -> tuple[Endpoint, ...]:
+    """The usable endpoints of the aggregate ``tag`` (on ``node`` when given; the tag names
+    one node anyway), cached by the service's identity, bounded: the tuple's identity keys
+    the balancer's ring."""
+    key = (id(service), port.name, tag)
+    cached = _KINDS.get(key)
+    if cached is not None and cached[0] is service:
+        return cached[1]
+    found = tuple(e for e in service.endpoints.get(port.name, ())
+                  if (node is None or e.node == node) and not e.pods and usable(e)
+                  and aggregate_of(e) == tag)
+    if len(_KINDS) >= _MAX_KINDS:
+        _KINDS.clear()
+    _KINDS[key] = (service, found)
+    return found
 
 
 def _usable_hint(

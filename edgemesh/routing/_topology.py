@@ -27,7 +27,9 @@ The order (docs/topology.md has the diagram):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import math
+from collections.abc import Collection, Sequence
 
 from ..catalog import Catalog, Endpoint, Service, ServicePort
 
@@ -142,17 +144,83 @@ def tiers(catalog: Catalog, node: str, service: Service, port: ServicePort) -> T
     return tuple(tuple(tier) for tier in ranked if tier)
 
 
+# -- trimmed views: aggregates (catalog/_trim.py) -------------------------------------------
+# An edge's tier may hold aggregates (other nodes' pods, one entry per node and kind, last in
+# each list) beside its own exact endpoints.  Balancers weigh an entry by ``weight``, and a
+# hash picks a node first (the same on every edge), then the pod within it.
+
+
+def weighted_at(endpoints: Sequence[Endpoint], position: int) -> Endpoint:
+    """The entry at ``position`` (modulo the total weight) when each entry takes ``weight``
+    consecutive positions: weighted round robin, or a weighted draw."""
+    position %= sum(e.weight for e in endpoints)
+    for endpoint in endpoints:
+        position -= endpoint.weight
+        if position < 0:
+            return endpoint
+    raise AssertionError("position within the total weight")
+
+
+NodeGroups = tuple[tuple[str, tuple[Endpoint, ...]], ...]
+
+
+def by_node(endpoints: Sequence[Endpoint]) -> NodeGroups:
+    """The entries grouped by node ('' for none), in order of first appearance."""
+    groups: dict[str, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        groups.setdefault(endpoint.node or "", []).append(endpoint)
+    return tuple((node, tuple(members)) for node, members in groups.items())
+
+
+def _unit(key: bytes, name: str) -> float:
+    """A uniform draw in (0, 1) fixed by the key and the name (the same in every process)."""
+    digest = hashlib.blake2b(key + b"\0" + name.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+
+
+def rendezvous(groups: NodeGroups, key: bytes,
+               skip: Collection[tuple[str, int]] | None = None) -> int | None:
+    """The index of the group ``key`` goes to: weighted rendezvous hashing (highest random
+    weight, score = -weight / ln(u)), the weight a group's entries' pods (those not in
+    ``skip``).  A function of the key, the node names and the counts only: every edge that
+    sees the same nodes and counts picks the same node, and a node that leaves moves only
+    its own keys.  None when every entry is skipped."""
+    best, chosen = 0.0, None
+    for index, (node, members) in enumerate(groups):
+        weight = sum(e.weight for e in members
+                     if skip is None or (e.host, e.port) not in skip)
+        if weight:
+            score = -weight / math.log(_unit(key, node))
+            if score > best:
+                best, chosen = score, index
+    return chosen
+
+
+def rendezvous_entry(members: Sequence[Endpoint], key: bytes,
+                     skip: Collection[tuple[str, int]] | None = None) -> Endpoint | None:
+    """Among one node's aggregates (kinds of pods: conditions, hints), the one ``key`` goes
+    to, by the same weighted rendezvous over their tags."""
+    groups = tuple((e.host, (e,)) for e in members)
+    index = rendezvous(groups, key, skip)
+    return None if index is None else members[index]
+
+
 __all__ = [
     "KNOWN_DISTRIBUTIONS",
     "LOCAL",
     "PREFER_CLOSE",
     "PREFER_SAME_NODE",
     "PREFER_SAME_ZONE",
+    "NodeGroups",
     "Tiers",
+    "by_node",
     "candidates",
     "hint_mode",
     "local_endpoints",
+    "rendezvous",
+    "rendezvous_entry",
     "tiers",
     "usable",
+    "weighted_at",
     "zone_first",
 ]

@@ -57,6 +57,9 @@ HELD_DIGEST_SETTINGS = ("catalog_digest_hi", "catalog_digest_lo")
 of the catalog it holds.  An edge that sends them takes a first push on the link that is a
 delta from that revision (a rebase, ``roles/_push.py``); routers that do not know them
 ignore them and send a snapshot."""
+TRIM_SETTING = "trimmed"
+"""Hello setting (an edge's): it reads trimmed catalog views (aggregates of other nodes'
+endpoints, ``catalog/_trim.py``) and sends a REQUEST whose endpoint is an aggregate's tag."""
 
 FLAG_END = 1
 """The sender's side of the stream ends with this frame."""
