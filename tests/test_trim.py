@@ -35,7 +35,7 @@ from edgemesh.catalog import (
 from edgemesh.catalog._delta import delta_to_wire
 from edgemesh.catalog._trim import aggregate_of, trim_service
 from edgemesh.exchange import RequestHead, Role, SourceKind, TargetKind
-from edgemesh.roles._push import CatalogPusher, EdgeState
+from edgemesh.roles._push import CatalogPusher, EdgeState, catalog_digest
 from edgemesh.routing import Balancer, decide, parse_policy, topology_tiers
 
 HTTP = ServicePort("http", 80, 8080)
@@ -277,6 +277,27 @@ def test_a_pod_replaced_on_another_node_sends_a_trimmed_edge_nothing() -> None:
     pusher.changed([trim_state, full_state])
     assert trim_link.bytes == before[0]  # e1's aggregate is alike: nothing to e0
     assert full_link.bytes > before[1]
+
+
+def test_a_trimmed_edge_that_moves_gets_a_rebase_of_its_trimmed_view() -> None:
+    """Rebases (issue 13) compare digests of views: a trimmed edge holds a trimmed one."""
+    catalog = hash_world([1, 3, 2, 0, 0, 0]).with_revision(40)
+    pusher = CatalogPusher(Clock(), lambda: catalog, 0.0, lambda n, c: ALL)
+    held = trimmed(catalog, "e0").with_revision(9)  # what it got from another replica
+    link = CountingLink()
+    state = EdgeState("e0", 0.0, link, trim=True)  # type: ignore[arg-type]
+    assert pusher.first_push(state, (9, catalog_digest(held))) == "rebase"
+    delta = delta_from_wire(link.pushes()[0].payload)
+    assert (delta.base, delta.revision, delta.empty) == (9, 40, True)
+    # Another node's trimmed view differs (its own pods exact): its own digest, its rebase.
+    elsewhere = CountingLink()
+    state = EdgeState("e1", 0.0, elsewhere, trim=True)  # type: ignore[arg-type]
+    digest = catalog_digest(trimmed(catalog, "e1").with_revision(9))
+    assert pusher.first_push(state, (9, digest)) == "rebase"
+    # The whole catalog's digest is not what a trimmed edge holds: a snapshot.
+    other = CountingLink()
+    state = EdgeState("e0", 0.0, other, trim=True)  # type: ignore[arg-type]
+    assert pusher.first_push(state, (9, catalog_digest(catalog.with_revision(9)))) == "snapshot"
 
 
 def test_a_relayed_aggregate_is_resolved_by_the_router_on_that_node() -> None:
