@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import twisted.internet
-from conftest import KUBECONFIG
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
@@ -161,28 +160,31 @@ def test_the_label_value_is_valid_for_a_real_api_server() -> None:
 # -- proxy-url, and where the configuration came from -------------------------------------------
 
 
-def kubeconfig_with(tmp_path: Path, cluster: str, name: str = "proxied") -> str:
-    path = tmp_path / name
-    path.write_text(KUBECONFIG.replace('{server: "http://127.0.0.1:6443"}', cluster))
+def kubeconfig_with(kubeconfig: str, cluster: str, name: str = "proxied") -> str:
+    """A copy of the ``kubeconfig`` fixture's file whose cluster is ``cluster``."""
+    base = Path(kubeconfig)
+    path = base.with_name(name)
+    path.write_text(base.read_text().replace('{server: "http://127.0.0.1:6443"}', cluster))
     return str(path)
 
 
 @pytest.mark.parametrize("proxy", ["socks5://127.0.0.1:1080", "https://127.0.0.1:3128"])
-def test_a_proxy_it_cannot_use_is_refused_at_start(tmp_path: Path, proxy: str,
+def test_a_proxy_it_cannot_use_is_refused_at_start(kubeconfig: str, proxy: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    path = kubeconfig_with(tmp_path, f'{{server: "https://127.0.0.1:6443", proxy-url: "{proxy}"}}')
+    path = kubeconfig_with(
+        kubeconfig, f'{{server: "https://127.0.0.1:6443", proxy-url: "{proxy}"}}')
     with pytest.raises(usage.UsageError, match=r"proxy-url .*only http:// proxies"):
         options("--kubeconfig", path)
 
 
-def test_an_http_proxy_is_taken_and_no_proxy_respected(tmp_path: Path,
+def test_an_http_proxy_is_taken_and_no_proxy_respected(kubeconfig: str,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        reactor: MemoryReactorClock) -> None:
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    path = kubeconfig_with(tmp_path, '{server: "https://10.1.2.3:6443", '
+    path = kubeconfig_with(kubeconfig, '{server: "https://10.1.2.3:6443", '
                                      'proxy-url: "http://u:p@127.0.0.1:3128"}')
     parsed = options("--kubeconfig", path)
     api = TreqKubeAPI(reactor, parsed["kube_configuration"], origin="x")
@@ -192,8 +194,8 @@ def test_an_http_proxy_is_taken_and_no_proxy_respected(tmp_path: Path,
     assert TreqKubeAPI(reactor, configuration).proxy is None
 
 
-def test_origin_names_the_kubeconfig_context_and_ca(tmp_path: Path) -> None:
-    path = kubeconfig_with(tmp_path, '{server: "https://127.0.0.1:6443", '
+def test_origin_names_the_kubeconfig_context_and_ca(kubeconfig: str, tmp_path: Path) -> None:
+    path = kubeconfig_with(kubeconfig, '{server: "https://127.0.0.1:6443", '
                                      'certificate-authority: "ca.crt"}')
     (tmp_path / "ca.crt").write_text("")
     from edgemesh.sources._kubeapi import describe_origin
@@ -212,14 +214,14 @@ def test_the_router_gets_a_kubernetes_readiness_gate(kubeconfig: str,
 
 
 def test_an_environment_proxy_is_used_but_never_for_loopback(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reactor: MemoryReactorClock) -> None:
+        kubeconfig: str, monkeypatch: pytest.MonkeyPatch, reactor: MemoryReactorClock) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    remote = kubeconfig_with(tmp_path, '{server: "https://10.1.2.3:6443"}')
+    remote = kubeconfig_with(kubeconfig, '{server: "https://10.1.2.3:6443"}')
     assert TreqKubeAPI(reactor, options("--kubeconfig", remote)["kube_configuration"]).proxy \
         == "http://127.0.0.1:3128"
-    local = kubeconfig_with(tmp_path, '{server: "https://127.0.0.1:6443"}', "local")
+    local = kubeconfig_with(kubeconfig, '{server: "https://127.0.0.1:6443"}', "local")
     assert TreqKubeAPI(reactor, options("--kubeconfig", local)["kube_configuration"]).proxy \
         is None
     monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
