@@ -149,6 +149,10 @@ def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: s
         f.write(WRAPPER.format(mode=mode, edge=edge, python=args.python))
     os.chmod(wrapper, 0o755)
     harness.CFG.update(PYTHON=wrapper, READY_TIMEOUT="300", IDLE_WAIT="0")
+    if not hasattr(harness, "plain_wait_port"):  # valgrind starts slowly: wait up to 300 s
+        harness.plain_wait_port = harness.wait_port  # type: ignore[attr-defined]
+        harness.wait_port = (  # type: ignore[assignment]
+            lambda port, proc, timeout=300.0: harness.plain_wait_port(port, proc, timeout))
     tmp = os.path.join(out, "run")
     os.makedirs(os.path.join(tmp, "www"))
     for d in (out, tmp):
