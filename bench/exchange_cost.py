@@ -38,7 +38,7 @@ import time
 os.environ.setdefault("BASE_PORT", "18580")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
+import harness
 
 HERE = os.path.abspath(__file__)
 WRAPPER = """#!/bin/sh
