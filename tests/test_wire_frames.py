@@ -479,6 +479,19 @@ def test_header_value_may_hold_tab_and_high_bytes() -> None:
     assert isinstance(frame, Request) and frame.headers == ((b"X", b"a\tb\x80\xff"),)
 
 
+@pytest.mark.parametrize("bad", [b"\r", b"\n", b"\x00", b"\x1f", b"\x7f"])
+def test_header_values_checked_in_one_pass_still_check_each(bad: bytes) -> None:
+    # The values are matched joined by HTAB: a tab at a value's edge must not hide
+    # anything, and a bad byte in any value (first, middle, last) is still refused.
+    good = [[b"A", b"x\t"], [b"B", b"\ty"], [b"C", b"\t"]]
+    frame = decode_all(raw_frame(*_replace(VALID_FIELDS["response"], 5, good)))[0]
+    assert isinstance(frame, Response)
+    assert frame.headers == ((b"A", b"x\t"), (b"B", b"\ty"), (b"C", b"\t"))
+    for where in range(len(good) + 1):
+        fields = [*good[:where], [b"D", b"v" + bad], *good[where:]]
+        rejected(raw_frame(*_replace(VALID_FIELDS["response"], 5, fields)))
+
+
 def test_header_count_and_size_caps() -> None:
     limits = Limits(max_header_count=4, max_header_bytes=20)
     base = VALID_FIELDS["request"]

@@ -198,21 +198,10 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         super().__init__(reactor, dispatch, limits)
         self._open_stream = open_stream
         self._tunnel: _ClientEnd | None = None
-        self._upgrade: bytes | None = None
-        """The Upgrade field of the request being parsed (hop-by-hop: the front drops it)."""
 
     @property
     def client_address(self) -> str:
         return self._client
-
-    def on_message_begin(self) -> None:
-        self._upgrade = None
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head and name.lower() == b"upgrade":
-            self._upgrade = value
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -283,11 +283,13 @@ class _UpstreamConnection(Protocol):
         headers = self.headers
         if len(headers) >= self.max_header_count:
             raise _ResponseError(f"more than {self.max_header_count} header fields")
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.max_header_bytes:
+        size = len(name)
+        # Locals rather than attributes: this runs once per field of every response.
+        total = self.header_bytes + size + len(value) + 4
+        self.header_bytes = total
+        if total > self.max_header_bytes:
             raise _ResponseError(f"response head larger than {self.max_header_bytes} bytes")
         headers.append((name, value))
-        size = len(name)
         if size == 10 or size == 14 or size == 17:  # cheap pre-check for the framing fields
             lower = name.lower()
             if lower == b"connection":

@@ -1,0 +1,259 @@
+"""Instructions per /small exchange for each mesh process, with a per-layer budget (issue 15).
+
+    PYTHONPATH=. /work/main/.venv/bin/python bench/exchange_cost.py [--path p1|p2|both]
+        [--exchanges 400] [--warmup 100] [--tree DIR] [--no-layers] [--top 0]
+
+CPU seconds are noise on a shared machine; instruction counts are not.  For each path
+(p1-local: wrk's client → edge-1 → origin; p2-edge-edge: edge-1 → hub link → edge-2 →
+origin, plaintext links) this runs the bench mesh (harness.py's router, two edges and the
+origin nginx) twice:
+
+1. the edges under ``valgrind --tool=callgrind --instr-atstart=no``: after ``--warmup``
+   exchanges on one keep-alive connection, instrumentation goes on in both edges, the same
+   connection makes ``--exchanges`` more GETs of /small (13 bytes), and the dumps give the
+   instructions per exchange of each edge (the process off the path shows ~0);
+2. the edges under cProfile with a CPU-time clock, switched on and off by signals around
+   the same exchanges: its self time per function, grouped into layers, splits each
+   edge's instruction count into a per-layer budget.  (Python 3.11 has no perf trampoline,
+   so callgrind sees only the interpreter's C functions, not which Python file runs; the
+   profiler's own overhead inflates small Python calls, so read the split as approximate.)
+
+``--tree`` runs the mesh from another checkout (e.g. ``git archive`` of an old commit).
+Needs valgrind, nginx, taskset; ports BASE_PORT (default here 18580) and the next eight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("BASE_PORT", "18580")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness
+
+HERE = os.path.abspath(__file__)
+WRAPPER = """#!/bin/sh
+# The edges under {mode}; anything else as it is.
+case "$*" in
+  *--help*) exec "{python}" "$@" ;;
+  *edgemesh-edge*) {edge} ;;
+  *) exec "{python}" "$@" ;;
+esac
+"""
+CALLGRIND = ('exec valgrind --tool=callgrind --instr-atstart=no --dump-instr=no '
+             '--callgrind-out-file={out}/callgrind.%p "{python}" "$@"')
+CPROFILE = 'exec "{python}" "{here}" --boot {out} "$@"'
+
+PATHS = {"p1": "p1-local", "p2": "p2-edge-edge"}
+# Layers by file (Python functions) or by name (C functions, which cProfile files under "~").
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("HTTP front parsing", ("transports/_front.py", "transports/_http1.py",
+                            "transports/_heads.py", "httptools")),
+    ("routing", ("edgemesh/routing/",)),
+    ("envelope / wire / link", ("edgemesh/wire/", "transports/_links.py",
+                                "transports/_halves.py", "transports/_linkstreams.py",
+                                "transports/_peers.py", "msgpack")),
+    ("pod client", ("transports/_upstream.py", "transports/_upexchange.py",
+                    "transports/_upconnection.py")),
+    ("Twisted reactor + socket syscalls", ("twisted/", "'send' of '_socket", "'recv",
+                                           "'poll' of 'select.epoll", "epoll")),
+]
+OTHER = "other (logging, metrics, stdlib, interpreter)"
+
+
+def boot() -> None:
+    """twistd under a cProfile that SIGUSR1 switches on and SIGUSR2 off and dumps."""
+    import cProfile
+
+    out = sys.argv[2]
+    args = sys.argv[3:]
+    if args[:1] == ["-c"]:
+        args = args[2:]
+    # CPU time of this thread: waiting for the shared core is not charged to a function.
+    profiler = cProfile.Profile(time.thread_time_ns, 1e-9)
+
+    def on(signum: int, frame: object) -> None:
+        profiler.enable()
+
+    def off(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(out, f"cprofile.{os.getpid()}"))
+
+    signal.signal(signal.SIGUSR1, on)
+    signal.signal(signal.SIGUSR2, off)
+    sys.argv = ["twistd", *args]
+    from twisted.scripts.twistd import run
+
+    run()
+
+
+def totals(path: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"{path}: no totals line")
+
+
+def layer_of(filename: str, name: str) -> str:
+    key = filename + " " + name
+    for layer, marks in LAYERS:
+        if any(mark in key for mark in marks):
+            return layer
+    return OTHER
+
+
+def layer_split(path: str) -> tuple[dict[str, float], list[tuple[float, str]]]:
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    by_layer: dict[str, float] = {}
+    funcs: list[tuple[float, str]] = []
+    for (filename, line, name), (_cc, _nc, tottime, _ct, callers) in stats.items():
+        layer = layer_of(filename, name)
+        if filename == "~" and layer == OTHER and callers:
+            # A C builtin (len, dict.get, bytes.lower...) counts for the layer that calls it.
+            whole_calls = sum(c[3] for c in callers.values()) or 1.0
+            for caller, c in callers.items():
+                owner = layer_of(caller[0], caller[2])
+                by_layer[owner] = by_layer.get(owner, 0.0) + tottime * c[3] / whole_calls
+        else:
+            by_layer[layer] = by_layer.get(layer, 0.0) + tottime
+        funcs.append((tottime, f"{filename.split('site-packages/')[-1]}:{line}({name})"))
+    whole = sum(by_layer.values()) or 1.0
+    return {k: v / whole for k, v in by_layer.items()}, sorted(funcs, reverse=True)
+
+
+def exchange(conn: http.client.HTTPConnection, host: str | None) -> None:
+    conn.request("GET", "/small", headers={"Host": host} if host else {})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200 or body != harness.SMALL_BODY:
+        raise RuntimeError(f"/small: {response.status} {body[:80]!r}")
+
+
+def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: str,
+             ) -> dict[str, str]:
+    """Starts the mesh with the edges under ``mode``; returns the edge names' output files."""
+    wrapper = os.path.join(out, "python")
+    edge = (CALLGRIND if mode == "callgrind" else CPROFILE).format(
+        out=out, python=args.python, here=HERE)
+    with open(wrapper, "w") as f:
+        f.write(WRAPPER.format(mode=mode, edge=edge, python=args.python))
+    os.chmod(wrapper, 0o755)
+    harness.CFG.update(PYTHON=wrapper, READY_TIMEOUT="300", IDLE_WAIT="0")
+    if not hasattr(harness, "plain_wait_port"):  # valgrind starts slowly: wait up to 300 s
+        harness.plain_wait_port = harness.wait_port  # type: ignore[attr-defined]
+        harness.wait_port = (  # type: ignore[assignment]
+            lambda port, proc, timeout=300.0: harness.plain_wait_port(port, proc, timeout))
+    tmp = os.path.join(out, "run")
+    os.makedirs(os.path.join(tmp, "www"))
+    for d in (out, tmp):
+        os.chmod(d, 0o755)
+    with open(os.path.join(tmp, "www", "small"), "wb") as f:
+        f.write(harness.SMALL_BODY)
+    with open(os.path.join(tmp, "www", "big"), "wb") as f:
+        f.write(b"x")
+    ports = harness.PORTS
+    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
+                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    try:
+        harness.start_origin(tmp)
+        mesh = harness.start_mesh(tmp, 0, False)
+        harness.check_until_ready(target, {"/small": harness.SMALL_BODY}, ["/small"])
+        edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
+        conn = http.client.HTTPConnection("127.0.0.1", ports[target.port], timeout=60)
+        for _ in range(args.warmup):
+            exchange(conn, target.host)
+        for pid in edges.values():
+            if mode == "callgrind":
+                subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                               capture_output=True, timeout=120)
+            else:
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.5)  # not readiness: lets the signal's handler run before traffic
+        for _ in range(args.exchanges):
+            exchange(conn, target.host)
+        for pid in edges.values():
+            if mode == "callgrind":
+                subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
+                               capture_output=True, timeout=300)
+            else:
+                os.kill(pid, signal.SIGUSR2)
+        conn.close()
+        if mode == "cprofile":
+            for pid in edges.values():  # the dump is written by the edge: poll for it
+                path = os.path.join(out, f"cprofile.{pid}")
+                deadline = time.monotonic() + 60
+                while not os.path.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            time.sleep(1.0)  # dump_stats writes in one go; let it finish
+        return {name: os.path.join(out, f"{'callgrind' if mode == 'callgrind' else 'cprofile'}"
+                                        f".{pid}") for name, pid in edges.items()}
+    finally:
+        harness.stop_all()
+        harness.started.clear()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--boot"]:
+        boot()
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--path", choices=["p1", "p2", "both"], default="both")
+    parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
+    parser.add_argument("--exchanges", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--no-layers", action="store_true", help="callgrind totals only")
+    parser.add_argument("--top", type=int, default=0, help="the N costliest functions (cProfile)")
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    harness.REPO = os.path.abspath(args.tree)
+    paths = ["p1", "p2"] if args.path == "both" else [args.path]
+    for key in paths:
+        target = harness.TARGETS[PATHS[key]]
+        out = tempfile.mkdtemp(prefix="edgemesh-exchange-cost-")
+        harness.OUTDIR = out
+        files = run_mesh("callgrind", target, args, out)
+        counts: dict[str, float] = {}
+        for name, prefix in files.items():
+            dumps = sorted(glob.glob(prefix + ".*")) or sorted(glob.glob(prefix))
+            counts[name] = sum(totals(path) for path in dumps) / args.exchanges
+        on_path = [name for name in counts if name in target.hops]
+        print(f"\n{target.name}: {args.exchanges} x /small on one keep-alive connection "
+              f"after {args.warmup} ({args.tree})")
+        print("| process | instructions per exchange |\n|---|---:|")
+        for name, count in counts.items():
+            print(f"| {name} | {count / 1e3:,.0f} k |")
+        print(f"| on the path ({' + '.join(on_path)}) | "
+              f"{sum(counts[n] for n in on_path) / 1e3:,.0f} k |", flush=True)
+        if args.no_layers:
+            continue
+        out2 = tempfile.mkdtemp(prefix="edgemesh-exchange-layers-")
+        harness.OUTDIR = out2
+        profiles = run_mesh("cprofile", target, args, out2)
+        print(f"\nper layer (cProfile CPU-time share x callgrind count), k instructions "
+              f"per exchange\n| layer | {' | '.join(on_path)} |\n|---|" + "---:|" * len(on_path))
+        splits = {name: layer_split(profiles[name]) for name in on_path}
+        for layer in [name for name, _ in LAYERS] + [OTHER]:
+            cells = [f"{splits[n][0].get(layer, 0.0) * counts[n] / 1e3:,.0f} "
+                     f"({splits[n][0].get(layer, 0.0):.0%})" for n in on_path]
+            print(f"| {layer} | {' | '.join(cells)} |")
+        for name in on_path if args.top else ():
+            print(f"\n{name}: top {args.top} functions by self CPU time")
+            whole = sum(t for t, _ in splits[name][1]) or 1.0
+            for t, func in splits[name][1][: args.top]:
+                print(f"  {t / whole:6.1%}  {func}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
