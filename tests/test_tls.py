@@ -1092,3 +1092,49 @@ def test_link_tls_hands_each_read_up_whole_and_sends_large_writes_intact(
     assert server_app.pieces <= 4  # one per delivery of the fake transport, not one per record
     assert client_app.received == download  # the server's whole write, in records OpenSSL made
     assert server_app.lost is None and client_app.lost is None
+
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@dataclass
+class OfferingClient:
+    """A TLS 1.3 client that offers only ``suites`` (or OpenSSL's default list, AES-256
+    first), with the certificate ``cert`` and the CA ``ca``."""
+
+    ca: Issued
+    cert: Issued
+    suites: bytes | None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        context = SSL.Context(SSL.TLS_METHOD)
+        own = PrivateCertificate.loadPEM(self.cert.cert_pem + self.cert.key_pem)
+        context.use_certificate(own.original)
+        context.use_privatekey(own.privateKey.original)
+        context.get_cert_store().add_cert(Certificate.loadPEM(self.ca.cert_pem).original)
+        context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+        if self.suites is not None:
+            context.set_tls13_ciphersuites(self.suites)
+        return SSL.Connection(context, None)
+
+
+def test_links_prefer_aes_128_gcm(reactor: MemoryReactorClock, pki: PKI) -> None:
+    """A client offering OpenSSL's default TLS 1.3 order (AES-256 first) gets AES-128-GCM
+    from a node's server side, which still requires its certificate; AES-256-GCM and
+    ChaCha20 stay acceptable to a client that offers only one of those."""
+    for offered, expected in ((None, "TLS_AES_128_GCM_SHA256"),
+                              (b"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+                              (b"TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256")):
+        server_app, client_app = Bytes(b"down"), Bytes(b"up")
+        tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+        server = tls.server_factory(Factory.forProtocol(lambda: server_app)).buildProtocol(ADDRESS)
+        creator = OfferingClient(pki.ca, pki.issued("edge-1"), offered)
+        client: Any = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(lambda: client_app),
+                                          clock=reactor).buildProtocol(ADDRESS)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                       greet=False, clock=reactor)
+        pump.flush()
+        assert server_app.received == b"up" and client_app.received == b"down"
+        connection = client._tlsConnection
+        assert connection.get_protocol_version_name() == "TLSv1.3"
+        assert connection.get_cipher_name() == expected
+        assert server.getPeerCertificate() is not None  # the client's certificate was required
