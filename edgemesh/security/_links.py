@@ -19,7 +19,7 @@ established connections alone (each keeps the SSL context it was made with).
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
@@ -275,6 +275,9 @@ class _GuardedClientEndpoint:
 
 # --- the TLS layer of a link: whole writes and whole reads ----------------------------------------
 
+_RECORD = 16 * 1024
+"""The largest plaintext of a TLS record."""
+
 _READ_SIZE = 256 * 1024
 """Read size of the TCP connection under a link's TLS (the links' LARGE_BUFFER; Twisted's
 64 KiB default would cut every 256 KiB of body into four reads)."""
@@ -299,23 +302,42 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             transport.bufferSize = _READ_SIZE
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        # A link writes (frame head, bulk body): the head goes into the body's first record
+        # instead of joining the two, a copy of every body (FIGURE).
+        if self.disconnecting and self._producer is None:
+            return
+        parts = list(iovec)
+        if len(parts) == 2 and len(parts[0]) < _RECORD < len(parts[1]):
+            head, body = parts[0], memoryview(parts[1])
+            cut = _RECORD - len(head)
+            self._send((head + body[:cut], body[cut:]))
+        else:
+            self._send((b"".join(parts),))
+
     def _write(self, bytes: bytes) -> None:
+        self._send((bytes,))
+
+    def _send(self, pieces: Sequence[bytes | memoryview]) -> None:
         if self._lostTLSConnection:
             return
         connection = self._tlsConnection
-        view = memoryview(bytes)
-        done = 0
-        total = len(view)
-        try:
-            while done < total:
-                # OpenSSL writes one record per call (pyOpenSSL sets partial writes).
-                done += connection.send(view[done:] if done else view)
-        except WantReadError:
-            self._bufferedWrite(view[done:].tobytes())  # type: ignore[no-untyped-call]
-        except SSL.Error:
-            self._flushSendBIO()  # the records of what was sent before
-            self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
-            return
+        for index, piece in enumerate(pieces):
+            view = memoryview(piece)
+            done = 0
+            total = len(view)
+            try:
+                while done < total:
+                    # OpenSSL writes one record per call (pyOpenSSL sets partial writes).
+                    done += connection.send(view[done:] if done else view)
+            except WantReadError:
+                rest = [view[done:].tobytes(), *(bytes(p) for p in pieces[index + 1:])]
+                self._bufferedWrite(b"".join(rest))  # type: ignore[no-untyped-call]
+                break
+            except SSL.Error:
+                self._flushSendBIO()  # the records of what was sent before
+                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
+                return
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
