@@ -1096,6 +1096,11 @@ def test_link_tls_hands_each_read_up_whole_and_sends_large_writes_intact(
 
 
 
+def serving(protocol: Protocol) -> Factory:
+    """A factory of that one protocol."""
+    return Factory.forProtocol(lambda: protocol)
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 @dataclass
 class OfferingClient:
@@ -1127,9 +1132,9 @@ def test_links_prefer_aes_128_gcm(reactor: MemoryReactorClock, pki: PKI) -> None
                               (b"TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256")):
         server_app, client_app = Bytes(b"down"), Bytes(b"up")
         tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
-        server = tls.server_factory(Factory.forProtocol(lambda: server_app)).buildProtocol(ADDRESS)
+        server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
         creator = OfferingClient(pki.ca, pki.issued("edge-1"), offered)
-        client: Any = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(lambda: client_app),
+        client: Any = TLSMemoryBIOFactory(creator, True, serving(client_app),
                                           clock=reactor).buildProtocol(ADDRESS)
         pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
                        greet=False, clock=reactor)
@@ -1173,10 +1178,10 @@ def test_link_tls_write_sequence_does_not_join_a_bulk_body(
     for parts in ([head, body], [head, b"small body"], [head, body, b"tail"], [body]):
         server_app = Sequenced(parts)
         tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
-        server = tls.server_factory(Factory.forProtocol(lambda: server_app)).buildProtocol(ADDRESS)
+        server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
         client_app = Bytes()
         client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
-                            Factory.forProtocol(lambda: client_app)).buildProtocol(ADDRESS)
+                            serving(client_app)).buildProtocol(ADDRESS)
         pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
                        greet=False, clock=reactor)
         pump.flush()

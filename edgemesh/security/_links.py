@@ -294,7 +294,8 @@ class _LinkTLS(TLSMemoryBIOProtocol):
     - what one read of the socket decrypts to goes up to the link in one piece, instead of
       one ``dataReceived`` per 16 KiB record (bounded by the read size);
     - no second coalescing of small writes (Twisted's BufferingTLSTransport holds them for a
-      reactor turn with a ``callLater(0)``): a link already writes once per turn.
+      reactor turn with a ``callLater(0)``): a link already writes once per turn;
+    - a frame head and its bulk body (``writeSequence``) are not joined into a copy.
     """
 
     def makeConnection(self, transport: Any) -> None:
@@ -304,7 +305,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         # A link writes (frame head, bulk body): the head goes into the body's first record
-        # instead of joining the two, a copy of every body (FIGURE).
+        # instead of joining the two, a copy of every body (tls_cost.py: 32.3 -> 31.1 M/MiB).
         if self.disconnecting and self._producer is None:
             return
         parts = list(iovec)
