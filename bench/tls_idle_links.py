@@ -6,10 +6,11 @@
 A child process (plain Twisted, this checkout's ``MutualTLS.server_factory``, as an edge's
 hub listener) accepts ``--links`` mutual-TLS connections from this process on 127.0.0.1;
 each link carries ``--bytes`` to the listener and ``--answer`` back (so that OpenSSL has
-allocated its buffers), then all stay idle.  Prints the child's RssAnon before the links, with them open and idle,
-and the difference per link (each after a ``malloc_trim`` in the child: what is held, not
-what glibc kept of freed memory).  ``--keep-buffers`` clears SSL_MODE_RELEASE_BUFFERS on the
-child's context (Twisted's CertificateOptions sets it): what the mode buys per idle link.
+allocated its buffers), then all stay idle.  Prints the child's RssAnon before the links
+and with them open and idle, and the difference per link (each after a ``malloc_trim`` in
+the child: what is held, not what glibc kept of freed memory).  ``--keep-buffers`` clears
+SSL_MODE_RELEASE_BUFFERS on the child's context (Twisted's CertificateOptions sets it):
+what the mode buys per idle link.
 """
 
 from __future__ import annotations

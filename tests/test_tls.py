@@ -1191,3 +1191,42 @@ def test_link_tls_write_sequence_does_not_join_a_bulk_body(
     # The records of the body (its size and 22 bytes a record) and one record's copy.
     assert peaks[0] < len(body) + 64 * 1024, peaks
     assert peaks[0] < peaks[3] + 32 * 1024, peaks  # about what the body alone costs
+
+
+class BioSpy:
+    """An SSL.Connection that notes the size of every bio_write."""
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+        self.fed: list[int] = []
+
+    def bio_write(self, data: bytes) -> int:
+        self.fed.append(len(data))
+        return self.connection.bio_write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A large read goes into OpenSSL's receive memory BIO 64 KiB at a time (the BIO keeps
+    the most it ever held for the connection's life), and still reaches the link whole."""
+    upload = os.urandom(1 << 20)
+    server_app = Chunks()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+    client_app = Bytes()
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
+    pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                   greet=False, clock=reactor)
+    pump.flush()  # the handshake
+    spy = server._tlsConnection = BioSpy(server._tlsConnection)
+    assert client_app.transport is not None
+    client_app.transport.write(upload)
+    pump.flush()
+    assert server_app.received == upload
+    assert server_app.pieces <= 4  # still one piece per delivery of the fake transport
+    assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
