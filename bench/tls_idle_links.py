@@ -10,7 +10,8 @@ allocated its buffers), then all stay idle.  Prints the child's RssAnon before t
 and with them open and idle, and the difference per link (each after a ``malloc_trim`` in
 the child: what is held, not what glibc kept of freed memory).  ``--keep-buffers`` clears
 SSL_MODE_RELEASE_BUFFERS on the child's context (Twisted's CertificateOptions sets it):
-what the mode buys per idle link.
+what the mode buys per idle link.  ``--burst`` stops the listener (SIGSTOP) while each
+upload is sent, so that it reads it in reads as large as it allows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ if keep:
 
 class Answer(Protocol):
     got = 0
+    def connectionMade(self):
+        self.transport.write(b"!")  # sent once the handshake is done: the client waits for it
     def dataReceived(self, data):
         self.got += len(data)
         if self.got >= size:
@@ -74,6 +77,8 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=100)
     parser.add_argument("--bytes", type=int, default=65536)
     parser.add_argument("--answer", type=int, default=None, help="bytes back (--bytes)")
+    parser.add_argument("--burst", action="store_true",
+                        help="stop the listener while a link uploads: it reads the upload at once")
     parser.add_argument("--keep-buffers", action="store_true")
     parser.add_argument("--port", type=int, default=18790)
     args = parser.parse_args()
@@ -113,7 +118,13 @@ def main() -> None:
             connection = SSL.Connection(context, sock)
             connection.set_connect_state()
             connection.do_handshake()
+            if connection.recv(1) != b"!":  # the listener's side of the handshake is done
+                raise RuntimeError("no greeting")
+            if args.burst:
+                os.kill(child.pid, signal.SIGSTOP)  # the whole upload waits in the socket
             connection.sendall(b"y" * args.bytes)
+            if args.burst:
+                os.kill(child.pid, signal.SIGCONT)
             got = 0
             while got < args.answer:  # bounded by the alarm
                 got += len(connection.recv(65536))
@@ -121,7 +132,8 @@ def main() -> None:
         time.sleep(2.0)  # idle: the child has nothing left to do
         during = rss_anon(child.pid)
         mode = "kept (mode cleared)" if args.keep_buffers else "released (Twisted's default)"
-        print(f"{args.links} idle links ({args.bytes} B in, {args.answer} B out), "
+        burst = ", in one burst" if args.burst else ""
+        print(f"{args.links} idle links ({args.bytes} B in{burst}, {args.answer} B out), "
               f"record buffers {mode}: RssAnon {before:.1f} -> "
               f"{during:.1f} MiB, {(during - before) * 1024 / args.links:.1f} KiB per link")
         for connection in links:
