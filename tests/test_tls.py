@@ -1230,3 +1230,40 @@ def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
     assert server_app.received == upload
     assert server_app.pieces <= 4  # still one piece per delivery of the fake transport
     assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
+
+
+class EarlySequenced(Bytes):
+    """Writes ``parts`` with one writeSequence as soon as it is connected, before the TLS
+    handshake: OpenSSL cannot take them yet, and the layer must keep them in order."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence(self.parts)
+
+
+def test_link_tls_write_sequence_keeps_order_at_record_boundaries(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """Heads and bodies on either side of the 16 KiB record size, written after the
+    handshake and before it, arrive whole and in order."""
+    record = 16 * 1024
+    sizes = [(10, record + 1), (record - 1, record + 1), (record, 3 * record), (1, record - 9),
+             (0, 5 * record + 7), (record - 10, 64 * 1024)]
+    for early in (False, True):
+        for head_size, body_size in sizes:
+            parts = [os.urandom(head_size), os.urandom(body_size)]
+            server_app: Bytes = EarlySequenced(parts) if early else Sequenced(parts)
+            tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+            server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+            client_app = Bytes()
+            client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                                serving(client_app)).buildProtocol(ADDRESS)
+            pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                           greet=False, clock=reactor)
+            pump.flush()
+            assert client_app.received == b"".join(parts), (early, head_size, body_size)
+            assert server_app.lost is None and client_app.lost is None
