@@ -364,9 +364,9 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if len(data) <= _BIO_SLICE or not self._handshakeDone or self._appSendBuffer:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
-        # OpenSSL's memory BIO keeps the largest size it ever held (4/3 of it) for the
-        # connection's life: fed 64 KiB at a time, an idle link that once read 256 KiB keeps
-        # ~85 KiB there instead of ~340 (bench/tls_idle_links.py).
+        # OpenSSL's memory BIO keeps 4/3 of the most it ever held for the connection's
+        # life: fed 64 KiB at a time, a link that once read 256 KiB keeps ~85 KiB there, not
+        # ~340 (100 connection pairs: 592 -> 452 KiB each; bench/results-2026-12-03.md §5).
         view = memoryview(data)
         self._tlsConnection.bio_write(view[:_BIO_SLICE])
         self._unfed = view[_BIO_SLICE:]
