@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1092,3 +1093,177 @@ def test_link_tls_hands_each_read_up_whole_and_sends_large_writes_intact(
     assert server_app.pieces <= 4  # one per delivery of the fake transport, not one per record
     assert client_app.received == download  # the server's whole write, in records OpenSSL made
     assert server_app.lost is None and client_app.lost is None
+
+
+
+def serving(protocol: Protocol) -> Factory:
+    """A factory of that one protocol."""
+    return Factory.forProtocol(lambda: protocol)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@dataclass
+class OfferingClient:
+    """A TLS 1.3 client that offers only ``suites`` (or OpenSSL's default list, AES-256
+    first), with the certificate ``cert`` and the CA ``ca``."""
+
+    ca: Issued
+    cert: Issued
+    suites: bytes | None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        context = SSL.Context(SSL.TLS_METHOD)
+        own = PrivateCertificate.loadPEM(self.cert.cert_pem + self.cert.key_pem)
+        context.use_certificate(own.original)
+        context.use_privatekey(own.privateKey.original)
+        context.get_cert_store().add_cert(Certificate.loadPEM(self.ca.cert_pem).original)
+        context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+        if self.suites is not None:
+            context.set_tls13_ciphersuites(self.suites)
+        return SSL.Connection(context, None)
+
+
+def test_links_prefer_aes_128_gcm(reactor: MemoryReactorClock, pki: PKI) -> None:
+    """A client offering OpenSSL's default TLS 1.3 order (AES-256 first) gets AES-128-GCM
+    from a node's server side, which still requires its certificate; AES-256-GCM and
+    ChaCha20 stay acceptable to a client that offers only one of those."""
+    for offered, expected in ((None, "TLS_AES_128_GCM_SHA256"),
+                              (b"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+                              (b"TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256")):
+        server_app, client_app = Bytes(b"down"), Bytes(b"up")
+        tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+        server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+        creator = OfferingClient(pki.ca, pki.issued("edge-1"), offered)
+        client: Any = TLSMemoryBIOFactory(creator, True, serving(client_app),
+                                          clock=reactor).buildProtocol(ADDRESS)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                       greet=False, clock=reactor)
+        pump.flush()
+        assert server_app.received == b"up" and client_app.received == b"down"
+        connection = client._tlsConnection
+        assert connection.get_protocol_version_name() == "TLSv1.3"
+        assert connection.get_cipher_name() == expected
+        assert server.getPeerCertificate() is not None  # the client's certificate was required
+
+
+
+@implementer(IHandshakeListener)
+class Sequenced(Bytes):
+    """Writes ``parts`` with one writeSequence once the handshake is done, and notes the
+    peak of Python allocations meanwhile."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        super().__init__()
+        self.parts = parts
+        self.peak = 0
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        tracemalloc.start()
+        try:
+            self.transport.writeSequence(self.parts)
+            self.peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+
+def test_link_tls_write_sequence_does_not_join_a_bulk_body(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A link writes a DATA frame's head and its bulk body with one writeSequence: the
+    parts arrive in order, and the body is not copied into a joined string on the way
+    (Twisted's layer joins them: 128 KiB more at the peak for a 128 KiB body)."""
+    head, body = b"frame head", os.urandom(128 * 1024)
+    peaks = []
+    for parts in ([head, body], [head, b"small body"], [head, body, b"tail"], [body]):
+        server_app = Sequenced(parts)
+        tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+        server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+        client_app = Bytes()
+        client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                            serving(client_app)).buildProtocol(ADDRESS)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                       greet=False, clock=reactor)
+        pump.flush()
+        assert client_app.received == b"".join(parts)
+        assert server_app.lost is None and client_app.lost is None
+        peaks.append(server_app.peak)
+    # The records of the body (its size and 22 bytes a record) and one record's copy.
+    assert peaks[0] < len(body) + 64 * 1024, peaks
+    assert peaks[0] < peaks[3] + 32 * 1024, peaks  # about what the body alone costs
+
+
+class BioSpy:
+    """An SSL.Connection that notes the size of every bio_write."""
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+        self.fed: list[int] = []
+
+    def bio_write(self, data: bytes) -> int:
+        self.fed.append(len(data))
+        return self.connection.bio_write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A large read goes into OpenSSL's receive memory BIO 64 KiB at a time (the BIO keeps
+    the most it ever held for the connection's life), and still reaches the link whole."""
+    upload = os.urandom(1 << 20)
+    server_app = Chunks()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+    client_app = Bytes()
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
+    pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                   greet=False, clock=reactor)
+    pump.flush()  # the handshake
+    spy = server._tlsConnection = BioSpy(server._tlsConnection)
+    assert client_app.transport is not None
+    client_app.transport.write(upload)
+    pump.flush()
+    assert server_app.received == upload
+    assert server_app.pieces <= 4  # still one piece per delivery of the fake transport
+    assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
+
+
+class EarlySequenced(Bytes):
+    """Writes ``parts`` with one writeSequence as soon as it is connected, before the TLS
+    handshake: OpenSSL cannot take them yet, and the layer must keep them in order."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence(self.parts)
+
+
+def test_link_tls_write_sequence_keeps_order_at_record_boundaries(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """Heads and bodies on either side of the 16 KiB record size, written after the
+    handshake and before it, arrive whole and in order."""
+    record = 16 * 1024
+    sizes = [(10, record + 1), (record - 1, record + 1), (record, 3 * record), (1, record - 9),
+             (0, 5 * record + 7), (record - 10, 64 * 1024)]
+    for early in (False, True):
+        for head_size, body_size in sizes:
+            parts = [os.urandom(head_size), os.urandom(body_size)]
+            server_app: Bytes = EarlySequenced(parts) if early else Sequenced(parts)
+            tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+            server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+            client_app = Bytes()
+            client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                                serving(client_app)).buildProtocol(ADDRESS)
+            pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
+                           greet=False, clock=reactor)
+            pump.flush()
+            assert client_app.received == b"".join(parts), (early, head_size, body_size)
+            assert server_app.lost is None and client_app.lost is None
