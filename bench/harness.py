@@ -67,12 +67,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MESH_PROCS = ("router", "edge-1", "edge-2")
 
 # Issue targets, checked in the verdict below the table.
-TARGET_E2E_SMALL_US = 120.0  # edge → edge /small: mesh CPU µs per request
-TARGET_BIG_PER_HOP_X_NGINX = 4.0  # 1 MiB: mesh CPU per request per hop ÷ nginx's hop
+# Issue 15 (round two): /small as mesh CPU per request (all mesh processes) ÷ nginx's hop.
+TARGET_SMALL_X_NGINX = {"p1-local": 2.0, "p2-edge-edge": 4.0}
+TARGET_BIG_PER_HOP_X_NGINX = 2.0  # 1 MiB: mesh CPU per request per hop ÷ nginx's hop
 TARGET_TLS_X_PLAIN = 1.5  # 1 MiB over mTLS links: per hop at most this × the plaintext figure
 TARGET_HUGE_X_DIRECT = 1.3  # one 4 MiB transfer edge → edge: wall time ÷ direct
 TARGET_ADDED_P99_MS = 2.0  # edge → edge /small at CONNS connections: p99 − direct's p99
-ANCHOR_NGINX_SMALL_US = 16.5  # nginx's hop, /small, in shared/bench-anchors/results-2026-11-25.md
 FLAT_RSS_MIB = 4.0  # "flat": VmHWM after /big at most this much (or 10 %) above after /small
 
 
@@ -751,23 +751,16 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
 
     # Verdict against the issue's targets.
     verdict = []
-    for e2e_name in ("p2-edge-edge", "p2-edge-edge-tls"):
-        e2e = base(e2e_name, "/small", "proxy_cpu_us_per_req")
-        if e2e is None:
+    n_small = base("nginx", "/small", "proxy_cpu_us_per_req")
+    for small_name, small_target in TARGET_SMALL_X_NGINX.items():
+        mesh_small = base(small_name, "/small", "proxy_cpu_us_per_req")
+        if mesh_small is None or not n_small:
             continue
+        x = mesh_small / n_small
         verdict.append(
-            f"- {e2e_name} /small: {e2e:.1f} µs of mesh CPU per request (both edges; "
-            f"{e2e / 2:.1f} per hop) — target ≤ {TARGET_E2E_SMALL_US:.0f}: "
-            + ("**met**" if e2e <= TARGET_E2E_SMALL_US else "**NOT met**"))
-        n_small = base("nginx", "/small", "proxy_cpu_us_per_req")
-        if n_small:
-            # The target was set on the anchors' machine; this one may be faster or slower.
-            speed = n_small / ANCHOR_NGINX_SMALL_US
-            verdict.append(
-                f"  - nginx's hop here: {n_small:.1f} µs/req, {speed:.2f}× the anchors' "
-                f"{ANCHOR_NGINX_SMALL_US}; the mesh scaled to the anchors' machine: "
-                f"{e2e / speed:.0f} µs/req ({e2e / n_small:.1f}× nginx's hop; the target is "
-                f"{TARGET_E2E_SMALL_US / ANCHOR_NGINX_SMALL_US:.1f}×)")
+            f"- {small_name} /small: {mesh_small:.1f} µs of mesh CPU per request (every mesh "
+            f"process) = {x:.1f}× nginx's hop ({n_small:.1f} µs) — target ≤ {small_target}×: "
+            + ("**met**" if x <= small_target else "**NOT met**"))
     n_small_p99 = added_p99("nginx", "/small")
     for tname in med_:
         added = added_p99(tname, "/small")
