@@ -148,7 +148,8 @@ scopes = st.one_of(st.just(ALL), st.builds(
     st.booleans(), st.sets(st.sampled_from(NAMESPACES))))
 
 
-@settings(max_examples=200)
+# No deadline: cutting views of large catalogs ran past 200 ms once on a loaded machine.
+@settings(max_examples=200, deadline=None)
 @given(catalogs, scopes, st.sampled_from(NODES))
 def test_a_view_is_exactly_what_the_scope_says(whole: Catalog, scope: Scope, node: str) -> None:
     view = scope_view(whole, node, scope)
