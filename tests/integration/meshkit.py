@@ -363,6 +363,18 @@ class Mesh:
 
         self.wait_for(f"{', '.join(names)} to ack the router's catalog", acked, procs)
 
+    def start_all(self, edges: Iterable[str], *router_args: str) -> None:
+        """The pod server, the router (with ``router_args``) and ``edges``, started at once;
+        returns when the pods listen and every edge has acked the router's catalog."""
+        edges = list(edges)
+        self.start_pods(wait=False)
+        self.start_router(*router_args, wait=False)
+        for name in edges:
+            self.start_edge(name, wait=False)
+        self.wait_pods()
+        self.wait_healthy(self.procs["router"])
+        self.wait_edges_acked(edges)
+
     # -- stopping and diagnostics -------------------------------------------------------
 
     def stop(self, name: str) -> None:

@@ -65,13 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     write_catalog(path, catalog_objects(topology, EDGES, services(topology)))
     mesh = Mesh(directory, topology, path, tls=False)
     try:
-        mesh.start_pods(wait=False)
-        mesh.start_router(wait=False)
-        for name in EDGES:
-            mesh.start_edge(name, wait=False)
-        mesh.wait_pods()
-        mesh.wait_healthy(mesh.procs["router"])
-        mesh.wait_edges_acked(EDGES)
+        mesh.start_all(EDGES)
         yield mesh
     finally:
         mesh.stop_all()

@@ -10,16 +10,15 @@ from __future__ import annotations
 import random
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import LOOPBACK, Topology, _connects, admin_get
+from meshkit import LOOPBACK, PORT_FLOOR, Topology, _connects, admin_get
 from test_control_plane import KubeMesh, node
-from test_redis import Processes
+from test_redis import Processes, cli
 
 from edgemesh.testing import ThreadedKubeApiServer, make_endpoint_slice, make_service
 
@@ -35,7 +34,9 @@ def free_range(size: int) -> tuple[int, int]:
     """``size`` consecutive free ports on loopback (a bounded number of tries)."""
     rng = random.Random()
     for _ in range(200):
-        low = rng.randrange(20000, 30000)
+        # Below meshkit.free_ports' range: the topology's ports are released until their
+        # processes listen, and must not fall in the router's stream-port range.
+        low = rng.randrange(10000, PORT_FLOOR - size)
         sockets: list[socket.socket] = []
         try:
             for port in range(low, low + size):
@@ -99,14 +100,6 @@ def stream_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         finally:
             others.stop_all()
             mesh.stop_all()
-
-
-def cli(port: int, *args: str, data: bytes | None = None) -> bytes:
-    assert REDIS_CLI is not None
-    done = subprocess.run([REDIS_CLI, "-h", LOOPBACK, "-p", str(port), *args], input=data,
-                          capture_output=True, timeout=DEADLINE, check=False)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return done.stdout
 
 
 def managed_ports(api: ThreadedKubeApiServer) -> dict[str, int] | None:

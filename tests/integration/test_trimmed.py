@@ -64,13 +64,7 @@ def trimmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     write_catalog(catalog, objects(topology))
     mesh = Mesh(directory, topology, catalog, tls=False)
     try:
-        mesh.start_pods(wait=False)
-        mesh.start_router("--edge-endpoints", "trimmed", wait=False)
-        for name in EDGES:
-            mesh.start_edge(name, wait=False)
-        mesh.wait_pods()
-        mesh.wait_healthy(mesh.procs["router"])
-        mesh.wait_edges_acked(EDGES)
+        mesh.start_all(EDGES, "--edge-endpoints", "trimmed")
         yield mesh
     finally:
         mesh.stop_all()
