@@ -368,16 +368,7 @@ class Pipeline:
         head = RequestHead(b"CONNECT", b"", b"", (), 0, client)
         route = decide(self._catalog, self.role, self.node, source, service, port, hint,
                        self.balancer, head, policy)
-        paths = self.peer_paths
-        if (route.target is TargetKind.hub and paths is not None and route.peer is not None
-                and not paths.direct(route.peer)):
-            route = self._relayed_route(source, route) or route
-        if route.target not in self.rules.get(source, ()):
-            raise MeshError(
-                Reason.forbidden_route,
-                f"{source.value} may not reach {route.target.value} "
-                f"on {self.role.value} {self.node}",
-            )
+        route = self._allowed(source, route)
         target = self.stream_targets.get(route.target)
         if target is None:
             raise MeshError(
@@ -534,17 +525,23 @@ class Pipeline:
         guard._attempt(route, target)
         return GuardedBody(guard)
 
-    def _target_for(self, source: SourceKind, route: Route) -> tuple[Route, ITarget]:
-        if route.target is TargetKind.hub and self.peer_paths is not None:
-            paths = self.peer_paths
-            if route.peer is not None and not paths.direct(route.peer):
-                route = self._relayed_route(source, route) or route
+    def _allowed(self, source: SourceKind, route: Route) -> Route:
+        """``route``, through the router when its hub cannot be dialled, if ``source`` may
+        take it on this node (else MeshError forbidden-route)."""
+        paths = self.peer_paths
+        if (route.target is TargetKind.hub and paths is not None and route.peer is not None
+                and not paths.direct(route.peer)):
+            route = self._relayed_route(source, route) or route
         if route.target not in self.rules.get(source, ()):
             raise MeshError(
                 Reason.forbidden_route,
                 f"{source.value} may not reach {route.target.value} "
                 f"on {self.role.value} {self.node}",
             )
+        return route
+
+    def _target_for(self, source: SourceKind, route: Route) -> tuple[Route, ITarget]:
+        route = self._allowed(source, route)
         target = self.targets.get(route.target)
         if target is None:
             raise MeshError(Reason.no_endpoint, f"{self.node} has no {route.target.value} target")

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
@@ -27,7 +26,7 @@ from ..exchange import (
 from ..routing import Route
 from ..wire import Data, Frame, Reset, StreamAccept, Window
 from ._halves import _NO_BODY, _Receiver, _Sender
-from ._peers import WaitingFlow
+from ._peers import WaitingFlow, link_address, open_over_link
 
 if TYPE_CHECKING:
     from ._links import EnvelopeLink
@@ -230,34 +229,12 @@ class LinkStreamTarget:
         self.dial = dial
 
     def open_stream(self, route: Route, client: str, source: IStreamSource) -> IByteStream:
-        peer = route.peer or ""
-        endpoint = route.endpoint
-        hint = None if endpoint is None else (endpoint.host, endpoint.port)
-        service = route.service.key
-        port = route.port.port
-        link = self.links.get(peer)
-        if link is not None and not link.closed:
-            return open_link_stream(link, service, port, hint, client, source)
-        waiting = self.dial(peer) if self.dial is not None else None
-        if waiting is None:
+        peer, service, port, hint = link_address(route)
+        opened: IByteStream | None = open_over_link(
+            self.links, self.dial, peer,
+            lambda link: open_link_stream(link, service, port, hint, client, source),
+            _WaitingStream, source.abort)
+        if opened is None:
             source.abort(MeshError(Reason.peer_unavailable, f"no link to {peer}", unsent=True))
             return REFUSED
-        pending = _WaitingStream()
-
-        def connected(link: EnvelopeLink) -> None:
-            if pending.aborted is not None:
-                return
-            if link.closed:
-                source.abort(MeshError(Reason.peer_unavailable,
-                                       f"link to {peer} lost during its hello", unsent=True))
-                return
-            pending.attach(open_link_stream(link, service, port, hint, client, source))
-
-        def failed(reason: Failure) -> None:
-            if pending.aborted is None:
-                source.abort(MeshError(Reason.peer_unavailable,
-                                       f"cannot reach {peer}: {reason.getErrorMessage()}",
-                                       unsent=True))
-
-        waiting.addCallbacks(connected, failed)
-        return pending
+        return opened

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, gatherResults
@@ -107,6 +107,55 @@ class WaitingFlow:
         """What goes after the data and before the end (a request's trailers)."""
 
 
+def link_address(route: Route) -> tuple[str, str, int, tuple[str, int] | None]:
+    """Where a route sends over a link: the peer, the service key, the port and the
+    endpoint hint (host, port) for the far node, if the route chose one."""
+    endpoint = route.endpoint
+    hint = None if endpoint is None else (endpoint.host, endpoint.port)
+    return route.peer or "", route.service.key, route.port.port, hint
+
+
+Flow = TypeVar("Flow", bound=WaitingFlow)
+Opened = TypeVar("Opened")
+
+
+def open_over_link(
+    links: dict[str, EnvelopeLink],
+    dial: Callable[[str], Deferred[EnvelopeLink] | None] | None,
+    peer: str,
+    open_on: Callable[[EnvelopeLink], Opened],
+    waiting: Callable[[], Flow],
+    fail: Callable[[MeshError], None],
+) -> Opened | Flow | None:
+    """``open_on`` the ready link to ``peer``, or once ``dial`` has made one (the flow
+    ``waiting`` makes holds what comes meanwhile; a link lost or not made is told to
+    ``fail``).  None: no link and none can be dialled (the caller refuses)."""
+    link = links.get(peer)
+    if link is not None and not link.closed:
+        return open_on(link)
+    dialling = dial(peer) if dial is not None else None
+    if dialling is None:
+        return None
+    pending = waiting()
+
+    def connected(link: EnvelopeLink) -> None:
+        if pending.aborted is not None:
+            return
+        if link.closed:
+            fail(MeshError(Reason.peer_unavailable, f"link to {peer} lost during its hello",
+                           unsent=True))
+            return
+        pending.attach(open_on(link))
+
+    def failed(reason: Failure) -> None:
+        if pending.aborted is None:
+            fail(MeshError(Reason.peer_unavailable,
+                           f"cannot reach {peer}: {reason.getErrorMessage()}", unsent=True))
+
+    dialling.addCallbacks(connected, failed)
+    return pending
+
+
 @implementer(IRequestBody)
 class _WaitingBody(WaitingFlow):
     """The request side of an exchange whose link is still being dialled."""
@@ -146,41 +195,14 @@ class LinkTarget:
         self.dial = dial
 
     def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        peer = route.peer or ""
-        endpoint = route.endpoint
-        hint = None if endpoint is None else (endpoint.host, endpoint.port)
-        service = route.service.key
-        port = route.port.port
-        link = self.links.get(peer)
-        if link is not None and not link.closed:
-            return link.open(head, service, port, hint, responder)
-        waiting = self.dial(peer) if self.dial is not None else None
-        if waiting is None:
+        peer, service, port, hint = link_address(route)
+        opened: IRequestBody | None = open_over_link(
+            self.links, self.dial, peer,
+            lambda link: link.open(head, service, port, hint, responder),
+            lambda: _WaitingBody(responder), responder.fail)
+        if opened is None:
             raise MeshError(Reason.peer_unavailable, f"no link to {peer}", unsent=True)
-        body = _WaitingBody(responder)
-
-        def connected(link: EnvelopeLink) -> None:
-            if body.aborted is not None:
-                return
-            if link.closed:
-                responder.fail(
-                    MeshError(Reason.peer_unavailable,
-                              f"link to {peer} lost during its hello", unsent=True)
-                )
-                return
-            body.attach(link.open(head, service, port, hint, responder))
-
-        def failed(reason: Failure) -> None:
-            if body.aborted is None:
-                responder.fail(
-                    MeshError(
-                        Reason.peer_unavailable,
-                        f"cannot reach {peer}: {reason.getErrorMessage()}", unsent=True
-                    )
-                )
-
-        waiting.addCallbacks(connected, failed)
-        return body
+        return opened
 
 
 @implementer(IStreamClientEndpoint)
