@@ -1131,7 +1131,8 @@ def test_whole_response_in_one_read_is_one_complete_call() -> None:
     assert responder.producer is not None and verifyObject(IPushProducer, responder.producer)
     assert h.idle() == 1 and not upstream.closed
     assert h.target.waiting_exchanges() == 0
-    assert pending(h) == ["_idle_check"]  # no request timer left
+    # The request timer the head left armed (lazy: the next exchange reuses it).
+    assert pending(h) == ["_idle_check", "_sweep"]
     # The pooled connection serves the next one the same way.
     second = WholeResponder()
     h.open(responder=second)
@@ -1401,7 +1402,11 @@ def test_many_exchanges_one_timer_and_nothing_left_when_all_end() -> None:
         assert responder.ended
         assert len([c for c in pending(h) if c == "_sweep"]) <= 1
     assert h.target.waiting_exchanges() == 0
+    # The lazy timer lapses at its deadline: it fails nothing and does not re-arm.
+    assert pending(h).count("_sweep") == 1
+    h.reactor.advance(30.0)
     assert "_sweep" not in pending(h)  # only the pooled connections' idle timers
+    assert all(responder.error is None for responder, _ in opened)
 
 
 def test_a_shorter_route_timeout_expires_before_older_exchanges() -> None:
