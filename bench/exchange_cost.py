@@ -64,7 +64,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                 "transports/_peers.py", "msgpack")),
     ("pod client", ("transports/_upstream.py", "transports/_upexchange.py",
                     "transports/_upconnection.py")),
-    ("Twisted reactor + socket syscalls", ("twisted/", "'send' of '_socket", "'recv",
+    ("Twisted reactor + socket syscalls", ("twisted/", "transports/_reactor.py",
+                                           "'send' of '_socket", "'recv",
                                            "'poll' of 'select.epoll", "epoll")),
 ]
 OTHER = "other (logging, metrics, stdlib, interpreter)"

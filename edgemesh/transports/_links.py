@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import use_large_buffer, write_now
+from ._io import direct_reads, use_large_buffer, write_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ class EnvelopeLink(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         use_large_buffer(transport)
+        direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
         settings = self.hello_settings

@@ -42,7 +42,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
 
     def __init__(self) -> None:
         self._turn_end: list[Callable[[], object]] = []
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
 
     def callAtEndOfTurn(self, func: Callable[[], object]) -> None:
         """Run ``func()`` after the I/O events of the current (or, outside of one, the
@@ -55,7 +55,35 @@ class EdgemeshReactor(epollreactor.EPollReactor):
         # poll must not block, its end of turn runs it.
         if self._turn_end:
             return 0.0
-        return super().timeout()  # type: ignore[no-any-return]
+        return super().timeout()
+
+    def mainLoop(self) -> None:
+        """Twisted's loop (timers due, then one poll), with a shortcut for the common turn
+        where no timer is due: no error-handler context per turn and no runUntilCurrent
+        or timeout() calls (-7 Python calls per turn, -2.6 % of a /small exchange)."""
+        pending = self._pendingTimedCalls
+        while self._started:
+            try:
+                while self._started:
+                    if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                            or self._cancellations > 50 or self._turn_end
+                            or pending is not self._pendingTimedCalls):
+                        pending = self._pendingTimedCalls  # (compaction replaces it)
+                        self.runUntilCurrent()
+                        timeout = self.timeout()
+                    elif pending:
+                        delay = pending[0].time - self.seconds()
+                        if delay <= 0:
+                            self.runUntilCurrent()
+                            timeout = self.timeout()
+                        else:
+                            timeout = min(delay, _LONGEST)
+                    else:
+                        timeout = None
+                    self.doIteration(timeout if self.running else 0)
+            except BaseException:  # noqa: BLE001 -- as Twisted's: log, go on
+                log.err(None, "Unexpected error in main loop")
+        log.msg("Main loop terminated.")
 
     def doPoll(self, timeout: float | None) -> None:
         try:
@@ -79,7 +107,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
             # Twisted's _doReadOrWrite, minus its log context (doRead: -2.9 k instructions
             # per read, -6 % of a /small exchange on path 1).
             try:
-                why = None
+                why: BaseException | None = None
                 in_read = False
                 try:
                     if selectable.fileno() == -1:
@@ -91,15 +119,16 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                         if not why and event & writable:
                             why = selectable.doWrite()
                             in_read = False
-                except BaseException:
+                except BaseException:  # noqa: BLE001
                     # As Twisted: the application's error disconnects this selectable.
                     why = sys.exc_info()[1]
                     log.err(system=_prefix(selectable))
                 if why:
-                    self._disconnectSelectable(selectable, why, in_read)
+                    self._disconnectSelectable(  # type: ignore[no-untyped-call]
+                        selectable, why, in_read)
             except KeyboardInterrupt:
                 raise
-            except BaseException:  # as callWithLogger: logged, the reactor goes on
+            except BaseException:  # noqa: BLE001 -- as callWithLogger: logged, go on
                 log.err(system=_prefix(selectable))
         if self._turn_end:
             self._run_turn_end()
@@ -115,8 +144,12 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                 func()
             except KeyboardInterrupt:
                 raise
-            except BaseException:  # one callable must not stop the others
+            except BaseException:  # noqa: BLE001 -- one must not stop the others
                 log.err(None, "end-of-turn call failed")
+
+
+_LONGEST = 2147483.0
+"""The longest poll timeout, as Twisted's: epoll_wait takes milliseconds in a C int."""
 
 
 def _prefix(selectable: object) -> str:

@@ -49,6 +49,7 @@ from ..exchange import (
     TargetKind,
 )
 from ..routing import Route
+from ._io import direct_reads
 from ._upconnection import _UpstreamConnection
 from ._upexchange import REQUEST_BODY_BUFFER, _UpstreamExchange, connect_error
 
@@ -230,7 +231,7 @@ class HTTPUpstreamTarget:
         except Exception:  # noqa: BLE001 - a bad address or factory fails this exchange only
             connecting = fail()
         exchange.connecting = connecting
-        connecting.addErrback(exchange.connect_failed)
+        connecting.addCallbacks(direct_reads, exchange.connect_failed)
 
     def _release(self, conn: _UpstreamConnection) -> None:
         """A connection whose exchange ended cleanly: pool it, or close it."""
