@@ -8,8 +8,8 @@ edgemesh's reactor: Twisted's epoll reactor with a shorter way from ``epoll_wait
 
 Twisted dispatches every ready descriptor through ``log.callWithLogger`` (the
 connection's ``logPrefix()``, then two ``callWithContext`` layers that push a "system"
-context) and ``_doReadOrWrite``: about 11 Python calls per read, two reads per exchange
-and process, some 8 % of a /small exchange's instructions.  :class:`EdgemeshReactor`
+context) and ``_doReadOrWrite``: about 11 Python calls per read, two or three reads per
+exchange and process, some 10 % of a /small exchange's instructions.  :class:`EdgemeshReactor`
 calls ``doRead``/``doWrite`` directly for read and write events, with the same error
 handling: an exception from either is logged and disconnects that selectable only (the
 reactor goes on with the next descriptor).  Hang-ups without input go through Twisted's
@@ -60,7 +60,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
     def mainLoop(self) -> None:
         """Twisted's loop (timers due, then one poll), with a shortcut for the common turn
         where no timer is due: no error-handler context per turn and no runUntilCurrent
-        or timeout() calls (-7 Python calls per turn, -2.6 % of a /small exchange)."""
+        or timeout() calls (-11 k instructions per /small exchange on path 1, -3 %)."""
         pending = self._pendingTimedCalls
         while self._started:
             try:
@@ -104,8 +104,8 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                 # A hang-up: Twisted's own path, as rare as connections end.
                 log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
                 continue
-            # Twisted's _doReadOrWrite, minus its log context (doRead: -2.9 k instructions
-            # per read, -6 % of a /small exchange on path 1).
+            # Twisted's _doReadOrWrite, minus its log context (-33 k instructions per
+            # /small exchange on path 1, -10 %; bench/exchange_cost.py).
             try:
                 why: BaseException | None = None
                 in_read = False

@@ -460,7 +460,8 @@ class _UpstreamExchange:
         """Stop the request timeout: leave the target's queue.  At a response head the
         target's timer stays armed even when nothing waits any more (``keep_timer``): it
         finds nothing due and lapses, and the next exchange to wait needs no timer of its
-        own (one callLater + cancel less per exchange: -N k instructions on path 1).  An
+        own (one callLater + cancel less per exchange; with direct_reads -13 k instructions
+        per /small exchange on path 1, -4 %, on twistd's default reactor).  An
         exchange that fails or is aborted cancels it (it may be the target's last)."""
         waiting = self.waiting
         if waiting is not None:
