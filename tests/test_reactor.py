@@ -371,3 +371,51 @@ def test_the_main_loop_runs_timers_in_order_and_calls_from_threads(
     reactor.run(installSignalHandlers=False)
     assert ran == ["early", "moved", "late", "thread"]
     assert time.monotonic() - started < 5.0  # the moved timer did not wait its first 5 s
+
+
+@pytest.mark.parametrize("through_service", [False, True])
+def test_direct_reads_skip_the_endpoint_forwarders(
+        reactor: EdgemeshReactor, through_service: bool) -> None:
+    """A client endpoint (and ClientService) wrap the protocol in forwarders; direct_reads
+    lets the transport call the protocol's dataReceived itself, and the loss still reaches
+    the protocol (and ClientService) through them."""
+    from twisted.application.internet import ClientService
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from edgemesh.transports._io import direct_reads
+
+    systems: list[object] = []
+    port = listen(reactor, systems)
+    client = Client()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    factory = Factory.forProtocol(lambda: client)
+    connected: list[object] = []
+    service = None
+    if through_service:
+        service = ClientService(endpoint, factory, clock=reactor)
+        service.startService()
+        service.whenConnected().addCallback(connected.append)
+    else:
+        endpoint.connect(factory).addCallback(connected.append)
+    spin(reactor, lambda: bool(connected))
+    transport: Any = client.transport
+    outer = transport.protocol
+    assert outer is not client  # wrapped
+    assert direct_reads(client) is client
+    assert outer.dataReceived == client.dataReceived  # the transport's call goes straight in
+    transport.write(b"ping")
+    spin(reactor, lambda: client.received == b"ping")
+    transport.loseConnection()
+    spin(reactor, lambda: client.lost is not None)
+    if service is not None:
+        lost = service.stopService()
+        assert lost is not None
+
+
+def test_direct_reads_leaves_other_transports_alone() -> None:
+    from edgemesh.transports._io import direct_reads
+
+    protocol = Client()
+    protocol.makeConnection(StringTransport())
+    assert direct_reads(protocol) is protocol
+    assert "dataReceived" not in vars(protocol)
