@@ -419,3 +419,28 @@ def test_direct_reads_leaves_other_transports_alone() -> None:
     protocol.makeConnection(StringTransport())
     assert direct_reads(protocol) is protocol
     assert "dataReceived" not in vars(protocol)
+
+
+def test_a_reset_is_a_lost_connection_and_an_orderly_close_a_done_one(
+        reactor: EdgemeshReactor) -> None:
+    """The inlined read of a plain TCP connection keeps Twisted's answers: recv's error
+    (a reset) is CONNECTION_LOST, an empty read CONNECTION_DONE."""
+    import socket
+    import struct
+
+    lost: list[Failure] = []
+
+    class Watch(Protocol):
+        def connectionLost(self, reason: Failure = DONE) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Watch), interface="127.0.0.1")
+    for want, reset in ((1, True), (2, False)):
+        raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        spin(reactor, lambda: len(reactor.getReaders()) >= 3)  # port, waker, this one
+        if reset:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+        spin(reactor, lambda want=want: len(lost) == want)  # type: ignore[misc]
+    assert lost[0].check(error.ConnectionLost) and not lost[0].check(error.ConnectionDone)
+    assert lost[1].check(error.ConnectionDone)

