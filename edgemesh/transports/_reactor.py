@@ -13,7 +13,10 @@ exchange and process, some 10 % of a /small exchange's instructions.  :class:`Ed
 calls ``doRead``/``doWrite`` directly for read and write events, with the same error
 handling: an exception from either is logged and disconnects that selectable only (the
 reactor goes on with the next descriptor).  Hang-ups without input go through Twisted's
-own ``_doReadOrWrite`` unchanged.
+own ``_doReadOrWrite`` unchanged.  A plain TCP connection (``tcp.Server``/``tcp.Client``,
+not a subclass) is read inline: its ``recv`` and ``protocol.dataReceived``, with
+Twisted's answers (an error from ``recv``: lost; an empty read: done).  The main loop goes
+straight to the poll when no timer is due and nothing else is pending.
 
 What is lost: legacy ``twisted.python.log`` lines emitted from inside ``doRead`` (Twisted's
 own, e.g. a protocol's unhandled error) no longer carry the connection's log prefix as
