@@ -444,3 +444,33 @@ def test_a_reset_is_a_lost_connection_and_an_orderly_close_a_done_one(
         spin(reactor, lambda want=want: len(lost) == want)  # type: ignore[misc]
     assert lost[0].check(error.ConnectionLost) and not lost[0].check(error.ConnectionDone)
     assert lost[1].check(error.ConnectionDone)
+
+
+def test_a_refused_connect_is_refused_and_an_aborted_connection_reads_nothing(
+        reactor: EdgemeshReactor) -> None:
+    """Twisted sets doRead on the instance while a client connects (doConnect) and after
+    abortConnection (a no-op): the inlined read must leave those alone."""
+    import socket
+
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    closed_port = spare.getsockname()[1]
+    spare.close()  # nothing listens there now
+    failed: list[Failure] = []
+
+    class Refused(ClientFactory):
+        def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+            failed.append(reason)
+
+    reactor.connectTCP("127.0.0.1", closed_port, Refused(), timeout=5)
+    spin(reactor, lambda: bool(failed))
+    assert failed[0].check(error.ConnectionRefusedError)
+
+    systems: list[object] = []
+    client = connect(reactor, listen(reactor, systems))
+    transport: Any = client.transport
+    transport.write(b"ping")
+    spin(reactor, lambda: client.received == b"ping")
+    transport.abortConnection()
+    spin(reactor, lambda: client.lost is not None)
+    assert client.lost is not None and client.lost.check(error.ConnectionAborted)
