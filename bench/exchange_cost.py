@@ -2,6 +2,7 @@
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/exchange_cost.py [--path p1|p2|both]
         [--exchanges 400] [--warmup 100] [--tree DIR] [--no-layers] [--top 0]
+        [--sends CONNS [--sends-duration 3s]]
 
 CPU seconds are noise on a shared machine; instruction counts are not.  For each path
 (p1-local: wrk's client → edge-1 → origin; p2-edge-edge: edge-1 → hub link → edge-2 →
@@ -17,6 +18,11 @@ origin nginx) twice:
    edge's instruction count into a per-layer budget.  (Python 3.11 has no perf trampoline,
    so callgrind sees only the interpreter's C functions, not which Python file runs; the
    profiler's own overhead inflates small Python calls, so read the split as approximate.)
+
+``--sends CONNS`` counts instead the ``send`` syscalls per exchange of each edge on the
+path (``strace -c -f`` while wrk drives CONNS connections for ``--sends-duration``): a
+change that saves instructions must not add sends (e.g. by flushing a link's writes
+earlier than the end of the reactor's turn).
 
 ``--tree`` runs the mesh from another checkout (e.g. ``git archive`` of an old commit).
 Needs valgrind, nginx, taskset; ports BASE_PORT (default here 18580) and the next eight.
@@ -64,7 +70,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                 "transports/_peers.py", "msgpack")),
     ("pod client", ("transports/_upstream.py", "transports/_upexchange.py",
                     "transports/_upconnection.py")),
-    ("Twisted reactor + socket syscalls", ("twisted/", "'send' of '_socket", "'recv",
+    ("Twisted reactor + socket syscalls", ("twisted/", "transports/_reactor.py",
+                                           "'send' of '_socket", "'recv",
                                            "'poll' of 'select.epoll", "epoll")),
 ]
 OTHER = "other (logging, metrics, stdlib, interpreter)"
@@ -203,6 +210,62 @@ def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: s
         harness.started.clear()
 
 
+SEND_CALLS = ("sendto", "sendmsg", "write", "writev", "send")
+
+
+def count_sends(target: harness.Target, args: argparse.Namespace) -> None:
+    """``send`` syscalls per exchange of each edge, under ``strace -c -f`` during a wrk run
+    of ``--sends`` connections (the mesh runs plainly: no valgrind, no profiler)."""
+    out = tempfile.mkdtemp(prefix="edgemesh-exchange-sends-")
+    harness.OUTDIR = out
+    harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0", CONNS=str(args.sends))
+    tmp = os.path.join(out, "run")
+    os.makedirs(os.path.join(tmp, "www"))
+    for d in (out, tmp):
+        os.chmod(d, 0o755)  # nginx's workers read www/
+    with open(os.path.join(tmp, "www", "small"), "wb") as f:
+        f.write(harness.SMALL_BODY)
+    with open(os.path.join(tmp, "www", "big"), "wb") as f:
+        f.write(b"x")
+    ports = harness.PORTS
+    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
+                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    tracers: list[subprocess.Popen[bytes]] = []
+    try:
+        harness.start_origin(tmp)
+        mesh = harness.start_mesh(tmp, 0, False)
+        harness.check_until_ready(target, {"/small": harness.SMALL_BODY}, ["/small"])
+        harness.wrk(target, "/small", "1s")  # warm-up: pooled connections, links
+        files = {name: os.path.join(out, f"strace.{name}") for name in target.hops}
+        for name, path in files.items():
+            tracers.append(subprocess.Popen(
+                ["strace", "-c", "-f", "-o", path, "-e", "trace=" + ",".join(SEND_CALLS),
+                 "-p", str(mesh[name].pid)], stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # not readiness: strace attaches to every thread meanwhile
+        _cmd, text = harness.wrk(target, "/small", args.sends_duration)
+        requests = harness.parse_wrk(text)["requests"]
+        for tracer in tracers:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
+        print(f"\n{target.name}: wrk -c{args.sends} -d{args.sends_duration} /small, "
+              f"{requests} requests ({args.tree})\n| process | sends per exchange |\n|---|---:|")
+        for name, path in files.items():
+            calls = 0
+            with open(path) as f:
+                for line in f:
+                    fields = line.split()
+                    if fields and fields[-1] in SEND_CALLS:
+                        calls += int(fields[3])  # % time, seconds, usecs/call, calls
+            print(f"| {name} | {calls / max(requests, 1):.3f} |", flush=True)
+    finally:
+        for tracer in tracers:
+            if tracer.poll() is None:
+                tracer.kill()
+        harness.stop_all()
+        harness.started.clear()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--boot"]:
         boot()
@@ -215,11 +278,18 @@ def main() -> None:
     parser.add_argument("--no-layers", action="store_true", help="callgrind totals only")
     parser.add_argument("--top", type=int, default=0, help="the N costliest functions (cProfile)")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--sends", type=int, default=0, metavar="CONNS",
+                        help="instead: send syscalls per exchange (strace -c) at CONNS "
+                             "connections of wrk")
+    parser.add_argument("--sends-duration", default="3s", help="wrk -d of --sends")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
     paths = ["p1", "p2"] if args.path == "both" else [args.path]
     for key in paths:
         target = harness.TARGETS[PATHS[key]]
+        if args.sends:
+            count_sends(target, args)
+            continue
         out = tempfile.mkdtemp(prefix="edgemesh-exchange-cost-")
         harness.OUTDIR = out
         files = run_mesh("callgrind", target, args, out)

@@ -48,6 +48,9 @@ DEFAULTS = {
     "PYTHONS": "",  # several interpreters: every mesh target runs once with each (run.sh sets it)
     "TRANSFERS": "7",  # one-off 4 MiB transfers per target (each alternated with a direct one)
     "MESH_ARGS": "",  # extra options for both twistd plugins, e.g. "--request-timeout 60"
+    # twistd --reactor of the mesh: edgemesh's (edgemesh/transports/_reactor.py) where the
+    # tree has it, else twistd's default; "default" or "" for twistd's own choice.
+    "REACTOR": "edgemesh",
     "BASE_PORT": "18180",  # origin; the next 8 ports are used too (see ports())
     "READY_TIMEOUT": "30",  # seconds for the mesh to connect and serve every path
     "PYSPY": "0",  # 1: one extra py-spy-sampled run per mesh target and body
@@ -308,9 +311,20 @@ def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
                PYTHONDONTWRITEBYTECODE="1")
     logfile = os.path.join(tmp, name + ".log")
     argv = [CFG["PYTHON"], "-c", "from twisted.scripts.twistd import run; run()",
-            "--nodaemon", "--pidfile=", f"--logfile={logfile}", plugin, *args,
-            *CFG["MESH_ARGS"].split()]
+            "--nodaemon", "--pidfile=", f"--logfile={logfile}", *reactor_args(), plugin,
+            *args, *CFG["MESH_ARGS"].split()]
     return spawn(name, argv, CFG["MESH_CPU"], tmp, env)
+
+
+def reactor_args() -> list[str]:
+    """twistd's --reactor for CFG REACTOR; none for a tree without edgemesh's reactor."""
+    name = CFG["REACTOR"]
+    if name in ("", "default"):
+        return []
+    if name == "edgemesh" and not os.path.exists(
+            os.path.join(REPO, "twisted", "plugins", "edgemesh_reactor.py")):
+        return []  # an older tree (--tree): twistd's default reactor
+    return ["--reactor", name]
 
 
 def mesh_security(tmp: str, tls: bool) -> list[str]:

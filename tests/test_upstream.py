@@ -1131,7 +1131,8 @@ def test_whole_response_in_one_read_is_one_complete_call() -> None:
     assert responder.producer is not None and verifyObject(IPushProducer, responder.producer)
     assert h.idle() == 1 and not upstream.closed
     assert h.target.waiting_exchanges() == 0
-    assert pending(h) == ["_idle_check"]  # no request timer left
+    # The request timer the head left armed (lazy: the next exchange reuses it).
+    assert pending(h) == ["_idle_check", "_sweep"]
     # The pooled connection serves the next one the same way.
     second = WholeResponder()
     h.open(responder=second)
@@ -1401,7 +1402,47 @@ def test_many_exchanges_one_timer_and_nothing_left_when_all_end() -> None:
         assert responder.ended
         assert len([c for c in pending(h) if c == "_sweep"]) <= 1
     assert h.target.waiting_exchanges() == 0
+    # The lazy timer lapses at its deadline: it fails nothing and does not re-arm.
+    assert pending(h).count("_sweep") == 1
+    h.reactor.advance(30.0)
     assert "_sweep" not in pending(h)  # only the pooled connections' idle timers
+    assert all(responder.error is None for responder, _ in opened)
+
+
+def test_back_to_back_exchanges_arm_no_timer_and_a_later_timeout_is_still_exact() -> None:
+    """The request timer is lazy: a head leaves it armed, the next exchange rides on it
+    (no callLater per exchange), and an exchange that gets no head still fails exactly at
+    its own deadline: the stale timer re-arms when it fires (no granularity added)."""
+    h = Harness(request_timeout=10.0)
+    calls: list[float] = []
+    real_call_later = h.reactor.callLater
+
+    def counting_call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        if getattr(f, "__name__", "") == "_sweep":
+            calls.append(delay)
+        return real_call_later(delay, f, *a, **kw)
+
+    h.reactor.callLater = counting_call_later  # type: ignore[method-assign]
+    upstream, responder = exchange(h)
+    assert responder.ended and calls == [10.0]  # the first exchange armed it
+    for _ in range(50):  # back to back on the pooled connection, 0.1 s apart
+        h.reactor.advance(0.1)
+        _body, responder = h.open()
+        assert upstream.received() == GET_BYTES
+        upstream.send(OK_HELLO)
+        assert responder.ended and responder.error is None
+    assert calls == [10.0]  # none of the 50 armed (or cancelled) a timer
+    # t = 5: this one never gets its head; the stale timer (due at t = 10) re-arms.
+    _body, stalled = h.open()
+    started = h.reactor.seconds()
+    h.reactor.advance(10.0 - started)
+    assert stalled.error is None and pending(h).count("_sweep") == 1
+    h.reactor.advance(started + 10.0 - h.reactor.seconds() - 0.001)
+    assert stalled.error is None  # not a moment before its deadline
+    h.reactor.advance(0.001)
+    assert stalled.error is not None and stalled.error.reason is Reason.upstream_timeout
+    assert h.reactor.seconds() == pytest.approx(started + 10.0)
+    assert "_sweep" not in pending(h)  # nothing waits: the timer lapsed
 
 
 def test_a_shorter_route_timeout_expires_before_older_exchanges() -> None:

@@ -11,7 +11,9 @@ Each exchange's request timeout runs from the end of its request body (its start
 one without a body) to its response head: the upload's own pace is the source's business
 (the idle timeout where the exchange entered the mesh).  Rather
 than a DelayedCall each, the target keeps the waiting exchanges in start order (per
-timeout value, that is deadline order) and one timer for the soonest deadline.
+timeout value, that is deadline order) and one timer for the soonest deadline.  The timer
+is lazy: an exchange that gets its head leaves it armed, and it re-arms (or lapses) when it
+fires, so back-to-back exchanges arm no timer at all and every deadline stays exact.
 
 Failures never raise: they reach ``IResponder.fail`` as a ``MeshError`` whose
 detail names the upstream address.
@@ -47,6 +49,7 @@ from ..exchange import (
     TargetKind,
 )
 from ..routing import Route
+from ._io import direct_reads
 from ._upconnection import _UpstreamConnection
 from ._upexchange import REQUEST_BODY_BUFFER, _UpstreamExchange, connect_error
 
@@ -228,7 +231,7 @@ class HTTPUpstreamTarget:
         except Exception:  # noqa: BLE001 - a bad address or factory fails this exchange only
             connecting = fail()
         exchange.connecting = connecting
-        connecting.addErrback(exchange.connect_failed)
+        connecting.addCallbacks(direct_reads, exchange.connect_failed)
 
     def _release(self, conn: _UpstreamConnection) -> None:
         """A connection whose exchange ended cleanly: pool it, or close it."""

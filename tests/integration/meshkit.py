@@ -52,6 +52,10 @@ _DIE_WITH_PARENT = (
 TWISTD = [sys.executable, "-c",
           _DIE_WITH_PARENT + "from twisted.scripts.twistd import run\nrun()"]
 """``twistd`` of this interpreter (``python -m twisted`` is ``twist``, which has no -n)."""
+REACTOR = (["--reactor", os.environ["EDGEMESH_TEST_REACTOR"]]
+           if os.environ.get("EDGEMESH_TEST_REACTOR") else [])
+"""twistd's reactor for the mesh processes: EDGEMESH_TEST_REACTOR=edgemesh runs the
+integration tests on edgemesh's own (transports/_reactor.py); unset, twistd's default."""
 
 
 TLS_OPTIONS = ("--insecure", "--ca", "--cert", "--key", "--tls-dir")
@@ -252,7 +256,7 @@ class Mesh:
             raise RuntimeError(f"{name} is already running")
         log = self.directory / f"{name}.log"
         if mesh:
-            command = [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", *argv]
+            command = [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", *REACTOR, *argv]
         else:
             command = [sys.executable, "-c", _DIE_WITH_PARENT + "import runpy, sys\n"
                        "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')",

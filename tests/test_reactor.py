@@ -1,0 +1,476 @@
+"""edgemesh's reactor (transports/_reactor.py): epoll dispatch without Twisted's log-context
+layers, and its end-of-turn queue.  Real sockets on 127.0.0.1, one uninstalled reactor per
+test, every wait bounded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFDSet,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python import context, log
+from twisted.python.failure import Failure
+from zope.interface import provider
+from zope.interface.verify import verifyObject
+
+from edgemesh.transports import EnvelopeLink
+from edgemesh.transports._reactor import EdgemeshReactor
+
+REPO = Path(__file__).resolve().parent.parent
+DONE = Failure(error.ConnectionDone())
+
+
+@pytest.fixture
+def reactor() -> Iterator[EdgemeshReactor]:
+    r = EdgemeshReactor()
+    yield r
+    for selectable in r.removeAll():
+        selectable.connectionLost(Failure(error.ConnectionDone()))
+    for call in r.getDelayedCalls():
+        call.cancel()
+    r._poller.close()
+    r.waker.connectionLost(None)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def failure_of(event: LogEvent) -> Failure | None:
+    """The failure of a log event (log.err's legacy events carry it as "failure")."""
+    found = event.get("log_failure", event.get("failure"))
+    return found if isinstance(found, Failure) else None
+
+
+def spin(r: EdgemeshReactor, until: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Turn the reactor (as its main loop does) until ``until()``, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        r.runUntilCurrent()
+        timeout = r.timeout()
+        r.doIteration(0.05 if timeout is None else min(timeout, 0.05))
+
+
+class Echo(Protocol):
+    """Echoes; ``boom`` raises from dataReceived (inside doRead)."""
+
+    systems: list[object]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.systems.append(context.get(log.ILogContext)["system"])
+        if b"boom" in data:
+            raise RuntimeError("application bug")
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Client(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = DONE) -> None:
+        self.lost = reason
+
+
+def connect(r: EdgemeshReactor, port: int) -> Client:
+    client = Client()
+    factory = ClientFactory.forProtocol(lambda: client)
+    r.connectTCP("127.0.0.1", port, factory, timeout=5)
+    spin(r, lambda: client.transport is not None)
+    return client
+
+
+def listen(r: EdgemeshReactor, systems: list[object]) -> int:
+    def build() -> Echo:
+        echo = Echo()
+        echo.systems = systems
+        return echo
+
+    port = r.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+    return int(port.getHost().port)
+
+
+def test_it_is_a_full_reactor() -> None:
+    r = EdgemeshReactor()
+    try:
+        for interface in (IReactorCore, IReactorTime, IReactorTCP, IReactorFDSet):
+            assert verifyObject(interface, r)
+    finally:
+        r._poller.close()
+        r.waker.connectionLost(None)
+
+
+def test_reads_and_writes_over_loopback_without_the_log_context(
+        reactor: EdgemeshReactor) -> None:
+    systems: list[object] = []
+    client = connect(reactor, listen(reactor, systems))
+    assert client.transport is not None
+    client.transport.write(b"ping")
+    spin(reactor, lambda: client.received == b"ping")
+    # What the fast dispatch gives up: doRead runs without the connection's "system"
+    # (Twisted's own reactors give "Echo,0,127.0.0.1" here).
+    assert systems == ["-"]
+
+
+def test_an_error_in_doRead_closes_only_that_connection(
+        reactor: EdgemeshReactor, logged: list[LogEvent]) -> None:
+    systems: list[object] = []
+    port = listen(reactor, systems)
+    bad, good = connect(reactor, port), connect(reactor, port)
+    assert bad.transport is not None and good.transport is not None
+    bad.transport.write(b"boom")
+    spin(reactor, lambda: bad.lost is not None)
+    good.transport.write(b"still here")
+    spin(reactor, lambda: good.received == b"still here")
+    assert good.lost is None
+    failures = [e for e in logged if failure_of(e) is not None]
+    assert [failure_of(e).type for e in failures] == [RuntimeError]  # type: ignore[union-attr]
+    # The failure is still logged under the connection's prefix.
+    assert failures[0]["system"].startswith("Echo,")
+
+
+def test_a_hang_up_reaches_the_protocol(reactor: EdgemeshReactor) -> None:
+    lost: list[Failure] = []
+
+    class Watch(Protocol):
+        def connectionLost(self, reason: Failure = DONE) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Watch), interface="127.0.0.1")
+    client = connect(reactor, port.getHost().port)
+    assert client.transport is not None
+    client.transport.loseConnection()
+    spin(reactor, lambda: bool(lost) and client.lost is not None)
+    assert lost[0].check(error.ConnectionDone)
+
+
+class FakeSelectable:
+    """A descriptor for a hand-fed poll: records reads, may raise or hand back a reason."""
+
+    def __init__(self, fd: int, order: list[str], read: Callable[[], object] | None = None,
+                 ) -> None:
+        self.fd = fd
+        self.order = order
+        self.read = read
+        self.lost: Failure | None = None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"fake-{self.fd}"
+
+    def doRead(self) -> object:
+        self.order.append(f"read {self.fd}")
+        return self.read() if self.read is not None else None
+
+    def doWrite(self) -> object:
+        self.order.append(f"write {self.fd}")
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+class FakePoller:
+    def __init__(self, events: list[tuple[int, int]]) -> None:
+        self.events = events
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        return self.events
+
+    def unregister(self, fd: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_one_poll_dispatch_errors_and_end_of_turn() -> None:
+    """Reads and writes of one poll in order; a doRead that raises disconnects only its
+    selectable (logged under its prefix); the end-of-turn queue runs after them all."""
+    r = EdgemeshReactor()
+    real_poller = r._poller
+    order: list[str] = []
+
+    def queue_end() -> None:
+        r.callAtEndOfTurn(lambda: order.append("end"))
+
+    def boom() -> None:
+        raise RuntimeError("application bug")
+
+    first = FakeSelectable(1001, order, queue_end)
+    broken = FakeSelectable(1002, order, boom)
+    last = FakeSelectable(1003, order)
+    for s in (first, broken, last):
+        r._selectables[s.fd] = s
+        r._reads.add(s.fd)
+    r._writes.add(last.fd)
+    r._poller = FakePoller([(1001, r._POLL_IN), (1002, r._POLL_IN), (9999, r._POLL_IN),
+                            (1003, r._POLL_IN | r._POLL_OUT)])
+    logged: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        logged.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        r.doPoll(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        r._poller = real_poller
+        r._poller.close()
+        r.waker.connectionLost(None)
+    assert order == ["read 1001", "read 1002", "read 1003", "write 1003", "end"]
+    assert broken.lost is not None and broken.lost.check(RuntimeError)
+    assert first.lost is None and last.lost is None
+    assert 1002 not in r._selectables and 1001 in r._selectables
+    failures = [e for e in logged if failure_of(e) is not None]
+    assert [failure_of(e).type for e in failures] == [RuntimeError]  # type: ignore[union-attr]
+    assert failures[0]["system"] == "fake-1002"
+
+
+def test_end_of_turn_queued_by_a_timer_does_not_wait_for_io(
+        reactor: EdgemeshReactor) -> None:
+    ran: list[float] = []
+    reactor.callLater(0.01, reactor.callAtEndOfTurn, lambda: ran.append(time.monotonic()))
+    give_up = reactor.callLater(30, reactor.stop)
+    reactor.callLater(0.01, reactor.callAtEndOfTurn, reactor.stop)
+    started = time.monotonic()
+    reactor.run(installSignalHandlers=False)
+    # Without the timeout() override the poll would sleep until the 30 s timer.
+    assert ran and ran[0] - started < 5.0
+    assert give_up.active()
+
+
+def test_one_failing_end_of_turn_call_does_not_stop_the_others(
+        reactor: EdgemeshReactor, logged: list[LogEvent]) -> None:
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise ValueError("bug")
+
+    reactor.callAtEndOfTurn(broken)
+    reactor.callAtEndOfTurn(lambda: ran.append(1))
+    spin(reactor, lambda: ran == [1])
+    assert [f.type for f in map(failure_of, logged) if f is not None] == [ValueError]
+
+
+class TurnClock(MemoryReactorClock):
+    """A memory reactor with edgemesh's end-of-turn queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn_end: list[Callable[[], object]] = []
+
+    def callAtEndOfTurn(self, func: Callable[[], object]) -> None:
+        self.turn_end.append(func)
+
+    def end_turn(self) -> None:
+        queued, self.turn_end = self.turn_end, []
+        for func in queued:
+            func()
+
+
+class _Handler:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def test_a_link_coalesces_a_turns_writes_through_the_end_of_turn_queue() -> None:
+    clock = TurnClock()
+    link = EnvelopeLink(clock, _Handler(), node="edge-1", role="edge", client=True)
+    transport = StringTransport()
+    link.makeConnection(transport)
+    assert transport.value() == b""  # the hello waits for the end of the turn
+    link.write(b"one")
+    link.write(b"two")
+    assert len(clock.turn_end) == 1  # queued once for the turn
+    assert [c for c in clock.getDelayedCalls() if c.func == link._end_of_turn] == []
+    clock.end_turn()
+    assert transport.value().endswith(b"onetwo")
+    link.write(b"three")
+    assert len(clock.turn_end) == 1
+    link.connectionLost(Failure(error.ConnectionDone()))
+    clock.end_turn()  # a queued end of turn after the link closed writes nothing
+    assert not transport.value().endswith(b"three")
+
+
+def test_twistd_offers_the_reactor(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    listing = subprocess.run([*twistd, "--help-reactors"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert "edgemesh" in listing.stdout, listing.stdout + listing.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         ("from edgemesh.transports._reactor import install; install()\n"
+          "from twisted.internet import reactor\n"
+          "print(type(reactor).__name__)")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert probe.stdout.strip() == "EdgemeshReactor", probe.stderr
+
+
+def test_the_main_loop_runs_timers_in_order_and_calls_from_threads(
+        reactor: EdgemeshReactor) -> None:
+    """The loop's shortcut (no timer due: straight to the poll) still wakes for timers,
+    for cancelled and moved ones, for calls from threads, and stops."""
+    import threading
+
+    ran: list[str] = []
+    started = time.monotonic()
+    reactor.callLater(0.2, ran.append, "late")
+    cancelled = reactor.callLater(0.1, ran.append, "cancelled")
+    moved = reactor.callLater(5.0, ran.append, "moved")
+    reactor.callLater(0.05, cancelled.cancel)
+    reactor.callLater(0.05, moved.reset, 0.1)
+    reactor.callLater(0.01, ran.append, "early")
+
+    def from_thread() -> None:
+        reactor.callFromThread(ran.append, "thread")
+
+    reactor.callLater(0.25, threading.Thread(target=from_thread).start)
+
+    def stop_when_done() -> None:
+        if "thread" in ran or time.monotonic() - started > 10:
+            reactor.stop()
+        else:
+            reactor.callLater(0.01, stop_when_done)
+
+    reactor.callLater(0.3, stop_when_done)
+    reactor.run(installSignalHandlers=False)
+    assert ran == ["early", "moved", "late", "thread"]
+    assert time.monotonic() - started < 5.0  # the moved timer did not wait its first 5 s
+
+
+@pytest.mark.parametrize("through_service", [False, True])
+def test_direct_reads_skip_the_endpoint_forwarders(
+        reactor: EdgemeshReactor, through_service: bool) -> None:
+    """A client endpoint (and ClientService) wrap the protocol in forwarders; direct_reads
+    lets the transport call the protocol's dataReceived itself, and the loss still reaches
+    the protocol (and ClientService) through them."""
+    from twisted.application.internet import ClientService
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from edgemesh.transports._io import direct_reads
+
+    systems: list[object] = []
+    port = listen(reactor, systems)
+    client = Client()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    factory = Factory.forProtocol(lambda: client)
+    connected: list[object] = []
+    service = None
+    if through_service:
+        service = ClientService(endpoint, factory, clock=reactor)
+        service.startService()
+        service.whenConnected().addCallback(connected.append)
+    else:
+        endpoint.connect(factory).addCallback(connected.append)
+    spin(reactor, lambda: bool(connected))
+    transport: Any = client.transport
+    outer = transport.protocol
+    assert outer is not client  # wrapped
+    assert direct_reads(client) is client
+    assert outer.dataReceived == client.dataReceived  # the transport's call goes straight in
+    transport.write(b"ping")
+    spin(reactor, lambda: client.received == b"ping")
+    transport.loseConnection()
+    spin(reactor, lambda: client.lost is not None)
+    if service is not None:
+        lost = service.stopService()
+        assert lost is not None
+
+
+def test_direct_reads_leaves_other_transports_alone() -> None:
+    from edgemesh.transports._io import direct_reads
+
+    protocol = Client()
+    protocol.makeConnection(StringTransport())
+    assert direct_reads(protocol) is protocol
+    assert "dataReceived" not in vars(protocol)
+
+
+def test_a_reset_is_a_lost_connection_and_an_orderly_close_a_done_one(
+        reactor: EdgemeshReactor) -> None:
+    """The inlined read of a plain TCP connection keeps Twisted's answers: recv's error
+    (a reset) is CONNECTION_LOST, an empty read CONNECTION_DONE."""
+    import socket
+    import struct
+
+    lost: list[Failure] = []
+
+    class Watch(Protocol):
+        def connectionLost(self, reason: Failure = DONE) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Watch), interface="127.0.0.1")
+    for want, reset in ((1, True), (2, False)):
+        raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        spin(reactor, lambda: len(reactor.getReaders()) >= 3)  # port, waker, this one
+        if reset:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+        spin(reactor, lambda want=want: len(lost) == want)  # type: ignore[misc]
+    assert lost[0].check(error.ConnectionLost) and not lost[0].check(error.ConnectionDone)
+    assert lost[1].check(error.ConnectionDone)
+
+
+def test_a_refused_connect_is_refused_and_an_aborted_connection_reads_nothing(
+        reactor: EdgemeshReactor) -> None:
+    """Twisted sets doRead on the instance while a client connects (doConnect) and after
+    abortConnection (a no-op): the inlined read must leave those alone."""
+    import socket
+
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    closed_port = spare.getsockname()[1]
+    spare.close()  # nothing listens there now
+    failed: list[Failure] = []
+
+    class Refused(ClientFactory):
+        def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+            failed.append(reason)
+
+    reactor.connectTCP("127.0.0.1", closed_port, Refused(), timeout=5)
+    spin(reactor, lambda: bool(failed))
+    assert failed[0].check(error.ConnectionRefusedError)
+
+    systems: list[object] = []
+    client = connect(reactor, listen(reactor, systems))
+    transport: Any = client.transport
+    transport.write(b"ping")
+    spin(reactor, lambda: client.received == b"ping")
+    transport.abortConnection()
+    spin(reactor, lambda: client.lost is not None)
+    assert client.lost is not None and client.lost.check(error.ConnectionAborted)
