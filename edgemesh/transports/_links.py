@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import use_large_buffer, write_now
+from ._io import use_large_buffer, write_now, write_parts_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -191,10 +191,10 @@ class EnvelopeLink(Protocol):
         if len(data) < _COALESCE_LIMIT:
             self.write(head + data)
             return
-        # Bulk body data: no copy into the turn's buffer.
+        # Bulk body data: no copy into the turn's buffer, nor into one for the socket.
         self.flush()
         assert self.transport is not None
-        self.transport.writeSequence((head, data))
+        write_parts_now(self.transport, head, data)
 
     def flush(self) -> None:
         """Write what this turn has held so far."""
