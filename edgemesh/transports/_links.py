@@ -185,7 +185,7 @@ class EnvelopeLink(Protocol):
             elif self._turn_call is None:
                 self._turn_call = self.reactor.callLater(0, self._end_of_turn)
 
-    def write_parts(self, head: bytes, data: bytes) -> None:
+    def write_parts(self, head: bytes, data: bytes | memoryview) -> None:
         if self.closed:
             return
         if len(data) < _COALESCE_LIMIT:
