@@ -104,12 +104,15 @@ def main() -> None:
             for name, pid in edges.items():
                 log = os.path.join(out, f"strace-{name}.txt")
                 tracers[name] = (subprocess.Popen(["strace", "-c", "-f", "-o", log, "-p",
-                                                   str(pid)], stderr=subprocess.DEVNULL), log)
+                                                   str(pid)], stderr=subprocess.PIPE), log)
             harness.time.sleep(1.0)  # strace attaches; it prints nothing to wait for
             curl_big(port, p2.host, args.transfers)
             for name, (proc, log) in tracers.items():
                 proc.terminate()
-                proc.wait(timeout=30)
+                _, err = proc.communicate(timeout=30)
+                if not os.path.exists(log):
+                    print(f"  {name}: strace wrote nothing: {err.decode(errors='replace')[:200]}")
+                    continue
                 with open(log) as f:
                     lines = f.read().splitlines()
                 rows = [line.split() for line in lines[2:] if line and not line.startswith("-")]
