@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgemesh.wire import Data, FrameDecoder, Limits, decode_payload, encode_data
@@ -61,6 +61,7 @@ _big_frames = st.lists(
 )
 
 
+@settings(max_examples=60, deadline=None)
 @given(_big_frames, st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=30))
 def test_large_data_frames_in_any_pieces(frames: list[tuple[int, bool, bytes]],
                                          cuts: list[int]) -> None:
@@ -69,7 +70,9 @@ def test_large_data_frames_in_any_pieces(frames: list[tuple[int, bool, bytes]],
     decoder = FrameDecoder(Limits())
     got = []
     position = 0
-    for cut in cuts * (len(wire) // sum(cuts) + 1):
+    # Pieces of at least 200 bytes (a few thousand reads at most); 1-byte and 100-byte
+    # reads are tested on their own.
+    for cut in [max(cut, 200) for cut in cuts] * (len(wire) // (200 * len(cuts)) + 1):
         got += decoder.feed(wire[position : position + cut])
         position += cut
         if position >= len(wire):
@@ -106,3 +109,15 @@ def test_a_body_in_tiny_reads_is_held_in_few_pieces() -> None:
         most = max(most, len(decoder._body))
     assert got == [Data(3, False, body)]
     assert most <= 2
+
+
+def test_large_data_frames_byte_by_byte() -> None:
+    """Every cut, including inside the heads, of frames around a gathered body."""
+    frames = [(1, False, b"a"), (3, False, bytes(range(256)) * 80), (3, True, b""),
+              (5, True, b"z" * 17_000)]
+    wire = b"".join(encode_data(stream, end, data) for stream, end, data in frames)
+    decoder = FrameDecoder(Limits())
+    got = []
+    for index in range(len(wire)):
+        got += decoder.feed(wire[index : index + 1])
+    assert got == [Data(stream, end, data) for stream, end, data in frames]
