@@ -84,3 +84,41 @@ def test_a_busy_transport_keeps_the_order() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -> None:
+    """The first 128 KiB of DATA frames of a turn leave at once; the next ones go through
+    Twisted's buffer, whose threshold pauses the link's producers as before (issue 15:
+    unlimited direct sends never paused them, and edge-2's VmHWM grew by 2 MiB more)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edgemesh.transports._links import EnvelopeLink
+
+    class Handler:
+        def link_ready(self, link: object) -> None: ...
+        def link_lost(self, link: object, reason: str) -> None: ...
+
+    left, right = socket.socketpair()
+    try:
+        clock = MemoryReactorClock()
+        link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
+        transport = tcp.Server(left, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
+        link.makeConnection(transport)  # type: ignore[no-untyped-call]
+        clock.advance(0)  # the hello leaves at the end of the turn
+        _drain(right, 1 << 20)
+        body = b"b" * (64 * 1024)
+        link.write_parts(b"HEAD", body)
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == 0  # both straight to the socket
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == len(b"HEAD") + len(body)  # through Twisted
+        clock.advance(0)  # the next turn
+        transport.doWrite()
+        assert len(_drain(right, 1 << 20)) == 3 * (4 + len(body))
+        assert transport._tempDataLen == 0 and transport.dataBuffer == b""
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == 0  # straight again
+    finally:
+        left.close()
+        right.close()
