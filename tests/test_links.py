@@ -1390,3 +1390,20 @@ def test_trailer_fieldswait_with_the_body_for_the_dial() -> None:
     pair.pump()
     [received] = bodies
     assert received.data == b"abc" and received.trailer_fields == TRAILERS and received.ended
+
+
+def test_a_body_cut_by_the_window_queues_only_its_rest() -> None:
+    """A write beyond the window: its pieces go as views (issue 15), but what waits for
+    credit is a copy of exactly the rest, not a view holding the whole write (the queue's
+    bound counts the rest); the bytes arrive unchanged."""
+    pair = Pair()
+    exchange, _ = pair.open()
+    large = bytes(range(251)) * (2 * WINDOW // 251 + 1)  # the window, then more than that
+    exchange.write(large)
+    queued = exchange.sender.queue
+    assert queued is not None and len(queued) == 1
+    [rest] = queued
+    assert type(rest) is bytes and rest == large[WINDOW:]
+    exchange.end()
+    pair.pump()
+    assert pair.inbound().body.data == large

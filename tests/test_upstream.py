@@ -1610,3 +1610,80 @@ def test_request_trailers_go_with_the_last_chunk() -> None:
     assert upstream.received() == b"3\r\nabc\r\n0\r\nX-Checksum: 1234\r\n\r\n"
     upstream.send(OK_HELLO)
     assert responder.ended
+
+
+# --- issue 15: Content-Length bodies past llhttp ------------------------------------------
+
+
+def test_content_length_body_reads_reach_the_responder_as_read() -> None:
+    """After the head's read, each read of a Content-Length body is handed on as that very
+    object (llhttp's on_body made a copy of each), and the connection is reused."""
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nabcd")
+    middle, last = b"efghijkl", b"mnopqrst"
+    upstream.send(middle)
+    upstream.send(last)
+    assert responder.body == b"abcdefghijklmnopqrst" and responder.ended
+    assert responder.chunks[1] is middle and responder.chunks[2] is last
+    assert h.idle() == 1 and not upstream.closed
+    _body, second = h.open()  # the fresh parser takes the next response
+    assert upstream.received() == GET_BYTES
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+    assert second.body == b"bye" and second.ended and h.idle() == 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\n",
+    ],
+)
+def test_a_body_past_llhttp_keeps_its_no_keep_alive(head: bytes) -> None:
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.received()
+    upstream.send(head + b"ok")
+    upstream.send(b"okok")
+    assert responder.body == b"okokok" and responder.ended
+    assert upstream.closed and h.idle() == 0
+
+
+def test_bytes_after_a_body_past_llhttp_prevent_reuse() -> None:
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+    upstream.send(b"lloHTTP/1.1 200 OK\r\n")
+    assert responder.ended and responder.body == b"hello"
+    assert (upstream.closed or upstream.aborted) and h.idle() == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.lists(st.integers(1, 50), min_size=1, max_size=8),
+       st.one_of(st.just(b""), st.just(b"\r\n"), st.binary(max_size=20)))
+def test_a_body_cut_anywhere_arrives_whole(body: bytes, cuts: list[int], extra: bytes) -> None:
+    """However the reads cut a Content-Length body (and whatever follows it), the
+    responder gets exactly the body, and the connection is pooled only if nothing
+    followed it."""
+    h = Harness()
+    _body, responder = h.open()
+    upstream = h.accept()
+    upstream.received()
+    wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body + extra
+    position = 0
+    for cut in itertools.cycle(cuts):
+        if position >= len(wire):
+            break
+        upstream.send(wire[position : position + cut])
+        position += cut
+    assert responder.ended and responder.body == body
+    if not extra:
+        assert h.idle() == 1
+    elif extra.lstrip(b"\r\n"):  # (llhttp skips line breaks between messages)
+        assert h.idle() == 0

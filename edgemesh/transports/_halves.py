@@ -57,7 +57,7 @@ class _Sender:
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
         self.sid = sid
-        self.queue: deque[bytes] | None = None
+        self.queue: deque[bytes | memoryview] | None = None
         """Body waiting for credit or for the link (made when first needed: most exchanges
         never queue anything)."""
         self.queued = 0
@@ -71,14 +71,15 @@ class _Sender:
     def send(self, data: bytes) -> None:
         if self.done or self.ending:
             return
+        rest: bytes | memoryview = data
         if not self.queue and not self.link.paused:
-            data = self._send_now(data)
-            if not data:
+            rest = self._send_now(data)
+            if not rest:
                 return
         if self.queue is None:
             self.queue = deque()
-        self.queue.append(data)
-        self.queued += len(data)
+        self.queue.append(rest)
+        self.queued += len(rest)
         self.update()
 
     def finish(self) -> None:
@@ -87,7 +88,7 @@ class _Sender:
         self.ending = True
         self.flush()
 
-    def _send_now(self, data: bytes) -> bytes:
+    def _send_now(self, data: bytes | memoryview) -> bytes | memoryview:
         """Send what the window allows; return the rest."""
         link = self.link
         conn = link.connection
@@ -97,10 +98,18 @@ class _Sender:
             if allowed <= 0:
                 break
             if allowed < len(data):
-                piece, data = data[:allowed], data[allowed:]
+                # Views, not slices: a piece cut by the window or the chunk size is not
+                # copied (0.2 of the sending edge's 0.3 copies per byte left, callgrind).
+                view = data if type(data) is memoryview else memoryview(data)
+                piece: bytes | memoryview = view[:allowed]
+                data = view[allowed:]
             else:
                 piece, data = data, b""
             link.write_parts(conn.send_data_head(self.sid, len(piece), False), piece)
+        if isinstance(data, memoryview):
+            # A queued rest is a copy: a view would hold the whole write while the queue's
+            # bound counts only the rest (VmHWM growth at 32 connections, issue 15).
+            data = bytes(data)
         return data
 
     def flush(self) -> None:

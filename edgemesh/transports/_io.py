@@ -20,9 +20,9 @@ from twisted.internet.endpoints import _WrappingProtocol
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending immediately when that is safe."""
-    if (
+def _idle_plain_tcp(transport: Any) -> bool:
+    """A plain TCP transport with nothing buffered: a send now keeps the byte order."""
+    return (
         type(transport) in _PLAIN_TCP
         and not transport.TLS
         and transport.connected
@@ -30,7 +30,33 @@ def write_now(transport: Any, data: bytes) -> None:
         and not transport._writeDisconnected
         and not transport._tempDataLen
         and transport.offset == len(transport.dataBuffer)
-    ):
+    )
+
+
+def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> None:
+    """``transport.writeSequence((head, data))``, as one ``sendmsg`` of both when that is
+    safe: Twisted would join them into one new bytes object first (a copy of the body;
+    1.1 of the ~2.4 copies per byte of the edge that sends a 1 MiB body over a link)."""
+    if _idle_plain_tcp(transport):
+        try:
+            sent = transport.socket.sendmsg((head, data))
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own path (it closes the connection).
+            sent = 0
+        if sent >= len(head):
+            if sent < len(head) + len(data):
+                transport.write(bytes(data[sent - len(head) :]))  # only what the kernel left
+            return
+        head = head[sent:]
+    # Twisted's transports take bytes only.
+    transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sending immediately when that is safe."""
+    if _idle_plain_tcp(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:

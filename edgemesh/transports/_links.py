@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import direct_reads, use_large_buffer, write_now
+from ._io import direct_reads, use_large_buffer, write_now, write_parts_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -63,6 +63,12 @@ if TYPE_CHECKING:
 
 _COALESCE_LIMIT = 64 * 1024
 """Frames held for the end of the reactor turn before they are written anyway."""
+_DIRECT_PER_TURN = 128 * 1024
+"""Bulk body bytes a link sends straight to the socket per reactor turn (one DATA frame);
+beyond that they go through Twisted's buffer, whose threshold pauses every stream's
+producer.  Without that limit the kernel's socket buffer took everything, nothing paused,
+and edge-2's VmHWM growth at 32 connections of 1 MiB bodies was +4.7-8.3 MiB instead of
++2.4-3.3 (bench/results-2026-12-03.md section 7)."""
 _REFUSAL_GRACE = 5.0
 """Seconds a refused peer has to read the GOAWAY before its connection is aborted."""
 
@@ -128,6 +134,8 @@ class EnvelopeLink(Protocol):
         self._out: list[bytes] = []
         """Frames written during this reactor turn: they leave together at its end."""
         self._out_size = 0
+        self._direct = 0
+        """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN)."""
         self._turn_call: IDelayedCall | None = None
         self._turn_queued = False
         # edgemesh's reactor runs the end of a turn from a list, with no DelayedCall
@@ -192,16 +200,22 @@ class EnvelopeLink(Protocol):
             elif not self._turn_queued:
                 self._queue_end_of_turn()
 
-    def write_parts(self, head: bytes, data: bytes) -> None:
+    def write_parts(self, head: bytes, data: bytes | memoryview) -> None:
         if self.closed:
             return
         if len(data) < _COALESCE_LIMIT:
             self.write(head + data)
             return
-        # Bulk body data: no copy into the turn's buffer.
+        # Bulk body data: no copy into the turn's buffer, nor into one for the socket.
         self.flush()
         assert self.transport is not None
-        self.transport.writeSequence((head, data))
+        if self._direct >= _DIRECT_PER_TURN:
+            self.transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
+            return
+        self._direct += len(data)
+        if not self._turn_queued:
+            self._queue_end_of_turn()
+        write_parts_now(self.transport, head, data)
 
     def flush(self) -> None:
         """Write what this turn has held so far."""
@@ -225,6 +239,7 @@ class EnvelopeLink(Protocol):
     def _end_of_turn(self) -> None:
         self._turn_call = None
         self._turn_queued = False
+        self._direct = 0
         if self._corked:
             corked, self._corked = self._corked, []
             for exchange in corked:

@@ -1,0 +1,158 @@
+"""What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
+
+    PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
+        [--huge 7] [--strace]
+
+Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
+
+- ``--transfers`` GETs of /big (1 MiB) along path 2 with curl, one connection; per edge, the
+  user and system CPU (utime/stime of /proc/PID/stat) and the minor page faults (minflt)
+  that they cost, per MiB;
+- with ``--strace``: the same again under ``strace -c -f -p PID`` of each edge, for the
+  syscalls per MiB (strace slows the edges: its run gives counts, not times);
+- ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
+  2 and direct, alternating: the medians and the ratios to direct.
+
+CPU seconds are only comparable between trees measured in the same hour on the same load;
+page faults and syscalls are counts.  Ports: BASE_PORT (default here 18580) and the next 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("BASE_PORT", "18580")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stat(pid: int) -> tuple[float, float, int]:
+    """utime s, stime s, minflt of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7])
+
+
+def curl_big(port: int, host: str, count: int) -> None:
+    """``count`` GETs of /big on one keep-alive connection."""
+    url = f"http://127.0.0.1:{port}/big"
+    cmd = ["taskset", "-c", harness.CFG["LOADGEN_CPU"], "curl", "-sS", "-H", f"Host: {host}",
+           "-w", "%{http_code}\\n"]
+    for _ in range(count):
+        cmd += ["-o", "/dev/null", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    codes = done.stdout.split()
+    if codes != ["200"] * count:
+        raise RuntimeError(f"/big: {codes[:5]}... {done.stderr[:200]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", default=harness.REPO)
+    parser.add_argument("--transfers", type=int, default=40)
+    parser.add_argument("--huge", type=int, default=7)
+    parser.add_argument("--strace", action="store_true")
+    parser.add_argument("--faults", action="store_true", help="perf record of page faults")
+    parser.add_argument("--python", default="/work/main/.venv/bin/python")
+    args = parser.parse_args()
+    harness.REPO = os.path.abspath(args.tree)
+    out = tempfile.mkdtemp(prefix="edgemesh-big-cost-")
+    harness.OUTDIR = out
+    harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0")
+    tmp = os.path.join(out, "run")
+    os.makedirs(os.path.join(tmp, "www"))
+    os.chmod(out, 0o755)
+    os.chmod(tmp, 0o755)
+    bodies = {"/small": harness.SMALL_BODY, "/big": os.urandom(harness.BIG_SIZE),
+              "/huge": os.urandom(harness.HUGE_SIZE)}
+    for path, body in bodies.items():
+        with open(os.path.join(tmp, "www", path.strip("/")), "wb") as f:
+            f.write(body)
+    ports = harness.PORTS
+    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
+                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    p1, p2 = harness.TARGETS["p1-local"], harness.TARGETS["p2-edge-edge"]
+    try:
+        harness.start_origin(tmp)
+        mesh = harness.start_mesh(tmp, 0, False)
+        harness.check_until_ready(p2, bodies, ["/small", "/big"])
+        harness.check_until_ready(p1, bodies, ["/small", "/big"])
+        edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
+        port = ports[p2.port]
+        curl_big(port, p2.host, 5)  # warm-up
+        mib = args.transfers * harness.BIG_SIZE / 2**20
+        print(f"tree {args.tree}: {args.transfers} x /big along path 2, one connection, twice")
+        for _ in range(2):
+            before = {name: stat(pid) for name, pid in edges.items()}
+            curl_big(port, p2.host, args.transfers)
+            after = {name: stat(pid) for name, pid in edges.items()}
+            for name in edges:
+                (u0, s0, f0), (u1, s1, f1) = before[name], after[name]
+                print(f"  {name}: user {(u1 - u0) / mib * 1e3:.2f} ms/MiB, system "
+                      f"{(s1 - s0) / mib * 1e3:.2f} ms/MiB, minflt {(f1 - f0) / mib:.1f}/MiB")
+        if args.strace:
+            tracers = {}
+            for name, pid in edges.items():
+                log = os.path.join(out, f"strace-{name}.txt")
+                tracers[name] = (subprocess.Popen(["strace", "-c", "-f", "-o", log, "-p",
+                                                   str(pid)], stderr=subprocess.PIPE), log)
+            harness.time.sleep(1.0)  # strace attaches; it prints nothing to wait for
+            curl_big(port, p2.host, args.transfers)
+            for name, (proc, log) in tracers.items():
+                proc.terminate()
+                _, err = proc.communicate(timeout=30)
+                if not os.path.exists(log):
+                    print(f"  {name}: strace wrote nothing: {err.decode(errors='replace')[:200]}")
+                    continue
+                with open(log) as f:
+                    lines = f.read().splitlines()
+                rows = [line.split() for line in lines[2:] if line and not line.startswith("-")]
+                counts = {row[-1]: int(row[3]) for row in rows if len(row) >= 5
+                          and row[3].isdigit() and row[-1] != "total"}
+                total = sum(counts.values())
+                top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+                print(f"  {name}: {total / mib:.1f} syscalls/MiB: "
+                      + ", ".join(f"{k} {v / mib:.1f}" for k, v in top))
+        if args.faults:
+            # Where the page faults come from (perf's software event; call graphs).
+            for name, pid in edges.items():
+                data = os.path.join(out, f"faults-{name}.data")
+                proc = subprocess.Popen(["perf", "record", "-q", "-e", "page-faults", "-g",
+                                         "-o", data, "-p", str(pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                harness.time.sleep(1.0)
+                curl_big(port, p2.host, args.transfers)
+                proc.send_signal(2)
+                proc.wait(timeout=60)
+                report = subprocess.run(["perf", "report", "-i", data, "--stdio",
+                                         "--no-children", "-G"], capture_output=True,
+                                        text=True, check=False).stdout
+                print(f"  {name} page faults:\n" + "\n".join(
+                    line for line in report.splitlines()[:60] if line.strip()))
+        times: dict[str, list[float]] = {"p1": [], "p2": [], "direct": []}
+        for _ in range(args.huge):
+            times["p2"].append(harness.transfer(port, p2.host))
+            times["direct"].append(harness.transfer(ports["origin"], None))
+            times["p1"].append(harness.transfer(ports[p1.port], p1.host))
+        direct = statistics.median(times["direct"])
+        print(f"  4 MiB, median of {args.huge}: direct {direct * 1e3:.1f} ms, "
+              + ", ".join(f"{k} {statistics.median(v) * 1e3:.1f} ms "
+                          f"({statistics.median(v) / direct:.2f} x)"
+                          for k, v in times.items() if k != "direct"))
+        with open("/proc/loadavg") as f:
+            print(f"  load average: {f.read().split()[0]}")
+    finally:
+        harness.stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""A frame head and its bulk body leave in one sendmsg, not joined by Twisted (issue 15)."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor
+
+from edgemesh.transports._io import write_parts_now
+
+
+def _server_over(sock: socket.socket) -> tcp.Server:
+    """A real Twisted TCP transport (the class the fast path checks for) around one end of
+    a socket pair, on a memory reactor: nothing runs unless the test calls it."""
+    return tcp.Server(sock, Protocol(), ("127.0.0.1", 1), None, 1, MemoryReactor())  # type: ignore[arg-type]
+
+
+def _drain(sock: socket.socket, size: int) -> bytes:
+    sock.setblocking(False)
+    got = bytearray()
+    for _ in range(100_000):  # bounded
+        try:
+            piece = sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not piece:
+            break
+        got += piece
+        if len(got) >= size:
+            break
+    return bytes(got)
+
+
+def test_head_and_body_leave_at_once_when_the_transport_is_idle() -> None:
+    left, right = socket.socketpair()
+    try:
+        transport = _server_over(left)
+        head, body = b"HEAD", bytes(range(256)) * 256
+        write_parts_now(transport, head, body)
+        # Nothing was handed to Twisted (whose doWrite would join head and body).
+        assert transport._tempDataLen == 0
+        assert transport._tempDataBuffer == []
+        assert _drain(right, len(head) + len(body)) == head + body
+    finally:
+        left.close()
+        right.close()
+
+
+def test_what_the_kernel_does_not_take_is_buffered_in_order() -> None:
+    left, right = socket.socketpair()
+    try:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport = _server_over(left)
+        head, body = b"H" * 10, bytes(range(256)) * 8192  # 2 MiB: more than the buffer
+        write_parts_now(transport, head, body)
+        pending = transport._tempDataLen
+        assert 0 < pending < len(body)
+        # Only the rest of the body is held, as one piece (no join of head and body).
+        assert len(transport._tempDataBuffer) == 1
+        got = bytearray()
+        for _ in range(10_000):  # bounded: each round the peer reads, Twisted writes
+            got += _drain(right, len(head) + len(body) - len(got))
+            if len(got) >= len(head) + len(body):
+                break
+            transport.doWrite()
+        assert bytes(got) == head + body
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_busy_transport_keeps_the_order() -> None:
+    """With bytes already waiting in Twisted's buffer, nothing may overtake them."""
+    left, right = socket.socketpair()
+    try:
+        transport = _server_over(left)
+        transport.write(b"first ")
+        write_parts_now(transport, b"head ", b"body")
+        assert transport._tempDataLen == len(b"first head body")
+        transport.doWrite()
+        assert _drain(right, 15) == b"first head body"
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -> None:
+    """The first 128 KiB of DATA frames of a turn leave at once; the next ones go through
+    Twisted's buffer, whose threshold pauses the link's producers as before (issue 15:
+    unlimited direct sends never paused them, and edge-2's VmHWM grew by 2 MiB more)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edgemesh.transports._links import EnvelopeLink
+
+    class Handler:
+        def link_ready(self, link: object) -> None: ...
+        def link_lost(self, link: object, reason: str) -> None: ...
+
+    left, right = socket.socketpair()
+    try:
+        clock = MemoryReactorClock()
+        link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
+        transport = tcp.Server(left, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
+        link.makeConnection(transport)  # type: ignore[no-untyped-call]
+        clock.advance(0)  # the hello leaves at the end of the turn
+        _drain(right, 1 << 20)
+        body = b"b" * (64 * 1024)
+        link.write_parts(b"HEAD", body)
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == 0  # both straight to the socket
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == len(b"HEAD") + len(body)  # through Twisted
+        clock.advance(0)  # the next turn
+        transport.doWrite()
+        assert len(_drain(right, 1 << 20)) == 3 * (4 + len(body))
+        assert transport._tempDataLen == 0 and transport.dataBuffer == b""
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == 0  # straight again
+    finally:
+        left.close()
+        right.close()
