@@ -121,7 +121,8 @@ def timed_big(port: int, host: str, count: int) -> float:
         conn.close()
 
 
-def one_run(tmp: str, generation: int, args: argparse.Namespace) -> dict[str, dict[str, int]]:
+def one_run(tmp: str, generation: int, args: argparse.Namespace, hosts: tuple[str, ...] = (),
+            ) -> dict[str, dict[str, int]]:
     origin = start_origin(tmp)
     mesh: dict[str, harness.Proc] = {}
     conns = args.conns
@@ -129,9 +130,9 @@ def one_run(tmp: str, generation: int, args: argparse.Namespace) -> dict[str, di
         mesh = harness.start_mesh(tmp, generation, tls=args.tls)
         time.sleep(SETTLE)  # a fixed settle after readiness, not a readiness wait
         found = {f"{name} idle": sample(proc.pid) for name, proc in mesh.items()}
-        if args.load:
+        if hosts:
             port = harness.PORTS["edge-1-proxy"]
-            for host in ("svc-local", "svc-edge2"):
+            for host in hosts:
                 if args.wrk:
                     drive_wrk(port, host, "/small", conns, args.seconds)
                 else:
@@ -145,6 +146,7 @@ def one_run(tmp: str, generation: int, args: argparse.Namespace) -> dict[str, di
                 for name in small:
                     found[f"{name} {host} growth"] = {
                         key: big[name][key] - small[name][key] for key in KEYS}
+        if "svc-edge2" in hosts:
             # The throughput cost next to each memory figure, measured in the same run.
             found["20 x 1 MiB p2"] = {"wall ms": round(1000 * timed_big(port, "svc-edge2", 20))}
         for name, proc in mesh.items():
@@ -215,7 +217,12 @@ def main() -> None:
                        EDGE2_HUB_PORT=harness.PORTS["edge-2-hub"])
         setup(tmp, args)
         for run in range(args.runs):
-            found = one_run(tmp, 2 * run, args)
+            # Each path on a fresh mesh, as harness.py: the first /big sets each peak.
+            found = one_run(tmp, 6 * run, args)
+            if args.load:
+                for at, host in enumerate(("svc-local", "svc-edge2")):
+                    grown = one_run(tmp, 6 * run + 2 * (at + 1), args, (host,))
+                    found.update((k, v) for k, v in grown.items() if "idle" not in k)
             runs.append(found)
             print(f"run {run}: " + "; ".join(
                 f"{name} " + " ".join(f"{k} {show(k, v)}" for k, v in vals.items())
