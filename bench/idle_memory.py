@@ -95,8 +95,9 @@ def drive(port: int, host: str, path: str, conns: int, per_conn: int, size: int)
         raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
 
 
-def drive_wrk(port: int, host: str, path: str, conns: int, seconds: int) -> None:
-    """wrk -c CONNS for SECONDS (harness.py's load); fails on any non-2xx or socket error."""
+def drive_wrk(port: int, host: str, path: str, conns: int, seconds: int) -> float:
+    """wrk -c CONNS for SECONDS (harness.py's load); fails on any non-2xx or socket error;
+    returns wrk's requests per second."""
     argv = ["taskset", "-c", harness.CFG["LOADGEN_CPU"], "wrk", "-t1", f"-c{conns}",
             f"-d{seconds}s", "--timeout", "10s", "-H", f"Host: {host}",
             f"http://127.0.0.1:{port}{path}"]
@@ -104,6 +105,7 @@ def drive_wrk(port: int, host: str, path: str, conns: int, seconds: int) -> None
                          check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk {path}: {out}")
+    return float(out.split("Requests/sec:")[1].split()[0])
 
 
 def timed_big(port: int, host: str, count: int) -> float:
@@ -139,7 +141,8 @@ def one_run(tmp: str, generation: int, args: argparse.Namespace, hosts: tuple[st
                     drive(port, host, "/small", conns, 20, len(harness.SMALL_BODY))
                 small = {name: sample(mesh[name].pid) for name in ("edge-1", "edge-2")}
                 if args.wrk:
-                    drive_wrk(port, host, "/big", conns, args.seconds)
+                    rate = drive_wrk(port, host, "/big", conns, args.seconds)
+                    found[f"{host} /big wrk"] = {"req/s": round(rate)}
                 else:
                     drive(port, host, "/big", conns, 4, harness.BIG_SIZE)
                 big = {name: sample(mesh[name].pid) for name in ("edge-1", "edge-2")}
@@ -237,7 +240,7 @@ def main() -> None:
 
 
 def show(key: str, value: float) -> str:
-    return f"{value:.0f}" if key == "wall ms" else f"{value / 1024:.1f}"
+    return f"{value:.0f}" if key in ("wall ms", "req/s") else f"{value / 1024:.1f}"
 
 
 if __name__ == "__main__":
