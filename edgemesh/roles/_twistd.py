@@ -2,7 +2,7 @@
 
 ``twistd edgemesh-edge`` looks its plugin up among every dropin: unpickling Twisted's own
 dropin cache imports ``twisted.trial.itrial`` (hence ``unittest``, ``difflib``) and
-``twisted.words.iwords`` into the node, 0.65 MiB of RssAnon it never uses.  This runs the
+``twisted.words.iwords`` into the node, 0.7-1.0 MiB of RssAnon it never uses.  This runs the
 same ``twistd`` (same options, same ``runApp``) with the plugin list given, so nothing is
 scanned; ``twistd edgemesh-edge`` keeps working as before.
 """
