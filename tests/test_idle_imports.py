@@ -31,3 +31,82 @@ def test_an_edge_without_admin_never_imports_prometheus_client() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def _run(code: str, *args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, *args, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_an_edge_without_capture_never_imports_the_capture_machinery(tmp_path: Path) -> None:
+    """CaptureOptions alone at start; the rules' service, the transparent front and the
+    virtual IPs load with --capture (or on first use of the package's other names)."""
+    code = (
+        "import sys\n"
+        "from edgemesh.roles.edge_tap import Options\n"
+        "heavy = ('edgemesh.capture._service', 'edgemesh.capture._transparent',\n"
+        "         'edgemesh.capture._vips', 'edgemesh.capture._cli')\n"
+        f"base = ['--node', 'edge-1', '--state-dir', {str(tmp_path)!r}, '--insecure']\n"
+        "Options().parseOptions(base)\n"
+        "print(sorted(m for m in heavy if m in sys.modules) or 'none')\n"
+        "options = Options()\n"
+        "options.parseOptions([*base, '--transparent', 'tcp:15001'])\n"
+        "print(type(options['capture_value']).__name__)\n"
+        "import edgemesh.capture as capture\n"
+        "print(capture.TransparentFrontFactory.__module__, capture.DEFAULT_TRANSPARENT)\n"
+    )
+    assert _run(code) == [
+        "none", "CaptureConfig", "edgemesh.capture._transparent", "tcp:15001:interface=127.0.0.1"]
+
+
+def test_edgemesh_twistd_skips_the_plugin_scan(tmp_path: Path) -> None:
+    """``edgemesh twistd`` parses the same twistd command line as ``twistd`` without
+    unpickling every dropin, whose interfaces import unittest and twisted.trial (~1 MiB of
+    RssAnon in every node); plain twistd, parsed the same way, does import them."""
+    code = (
+        "import sys\n"
+        "from edgemesh.roles._twistd import EdgemeshServerOptions\n"
+        "from twisted.scripts.twistd import ServerOptions\n"
+        f"argv = ['-n', 'edgemesh-edge', '--node', 'e', '--state-dir', {str(tmp_path)!r},\n"
+        "        '--insecure']\n"
+        "for options in (EdgemeshServerOptions(), ServerOptions()):\n"
+        "    options.parseOptions(argv)\n"
+        "    names = sorted(name for name, *_ in options.subCommands)\n"
+        "    print(options.subCommand, 'edgemesh-router' in names, len(names) == 2,\n"
+        "          'unittest' in sys.modules, 'twisted.trial' in sys.modules)\n"
+    )
+    assert _run(code) == [
+        "edgemesh-edge", "True", "True", "False", "False",
+        "edgemesh-edge", "True", "False", "True", "True"]
+
+
+def test_edgemesh_twistd_command(tmp_path: Path) -> None:
+    """``python -m edgemesh twistd`` is twistd: its --help lists our two roles only."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgemesh", "twistd", "--help"], cwd=tmp_path,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.split("Commands:")[1].split()
+    assert [word for word in commands if word.startswith(("edgemesh-", "web", "ftp"))] == [
+        "edgemesh-edge", "edgemesh-router"], result.stdout
+
+
+def test_edgemesh_twistd_installs_edgemeshs_reactor_without_the_scan(tmp_path: Path) -> None:
+    """``edgemesh twistd --reactor edgemesh``: twistd's own --reactor looks the name up by the
+    same plugin scan; edgemesh's reactor is installed without it."""
+    code = (
+        "import sys\n"
+        "from edgemesh.roles._twistd import EdgemeshServerOptions\n"
+        "options = EdgemeshServerOptions()\n"
+        f"options.parseOptions(['-n', '--reactor', 'edgemesh', 'edgemesh-edge', '--node', 'e',\n"
+        f"    '--state-dir', {str(tmp_path)!r}, '--insecure'])\n"
+        "from twisted.internet import reactor\n"
+        "print(type(reactor).__name__, options['reactor'], 'unittest' in sys.modules)\n"
+    )
+    assert _run(code) == ["EdgemeshReactor", "edgemesh", "False"]

@@ -39,7 +39,14 @@ from edgemesh.testing import (
     TrailerResponder,
 )
 from edgemesh.transports._io import SMALL_BUFFER
-from edgemesh.transports._upconnection import HELD_BODY_LIMIT, MAX_READ, RAMP_READS
+from edgemesh.transports._upconnection import (
+    HELD_BODY_LIMIT,
+    MAX_READ,
+    MIN_READ,
+    RAMP_READS,
+    READ_BUDGET,
+    ReadBudget,
+)
 from edgemesh.transports._upstream import REQUEST_BODY_BUFFER, HTTPUpstreamTarget
 
 PORT = ServicePort(name="http", port=80, target_port=8080)
@@ -488,6 +495,47 @@ def test_read_size_follows_the_consumer() -> None:
     assert transport.bufferSize == 2 * SMALL_BUFFER
     assert transport.bufferSize == MAX_READ
     assert not responder.ended
+
+def test_read_budget_shares() -> None:
+    budget = ReadBudget()
+    assert [budget.cap() for budget.busy in (0, 1, 8, 16, 32, 64, 1000)] == [
+        MAX_READ, MAX_READ, MAX_READ, READ_BUDGET // 16, READ_BUDGET // 32, MIN_READ, MIN_READ]
+
+
+def test_many_busy_connections_read_less_each() -> None:
+    """Issue 15: the pod connections of a target share READ_BUDGET: with 32 exchanges in
+    progress each reads at most 32 KiB (not 64-128 KiB), so 32 responses waiting behind a
+    full link hold ~1 MiB; when they end, the survivor ramps to MAX_READ again, and the
+    count comes back to zero whatever way an exchange ended."""
+    h = Harness()
+    ups: list[Upstream] = []
+    responders: list[RecordingResponder] = []
+    for _ in range(32):
+        _body, responder = h.open()
+        ups.append(h.accept(transport=SizedTransport()))
+        responders.append(responder)
+    assert h.target.reads.busy == 32
+    first = ups[0]
+    assert first.transport.bufferSize == SMALL_BUFFER  # made while few were busy
+    first.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+    assert first.transport.bufferSize == READ_BUDGET // 32  # shrunk to its share
+    for _ in range(3 * RAMP_READS):
+        first.send(b"x" * (READ_BUDGET // 32))
+        assert first.transport.bufferSize == READ_BUDGET // 32  # never ramps past it
+    ups[-1].close()  # lost before a response
+    for upstream in ups[1:16]:
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # done, pooled
+    for upstream, responder in zip(ups[16:-1], responders[16:-1], strict=True):
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+        assert responder.producer is not None
+        responder.producer.stopProducing()  # aborted by the consumer
+    assert h.target.reads.busy == 1
+    for _ in range(RAMP_READS):
+        first.send(b"x" * first.transport.bufferSize)
+    assert first.transport.bufferSize == 2 * (READ_BUDGET // 32)  # ramping again
+    first.close()
+    assert h.target.reads.busy == 0
+
 
 # --- pooling -----------------------------------------------------------------------------------
 

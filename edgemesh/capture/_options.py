@@ -16,7 +16,7 @@ mixin for its ``Options``:
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.python import usage
 
@@ -25,6 +25,7 @@ from ..dns import DEFAULT_DNS_PORT, DNSConfig, DNSConfigError, parse_host_port
 from ._iptables import BACKENDS
 from ._rules import (
     DEFAULT_SERVICE_CIDR,
+    DEFAULT_TRANSPARENT,
     DEFAULT_VIRTUAL_CIDR,
     CaptureRules,
     Exclusion,
@@ -32,7 +33,9 @@ from ._rules import (
     endpoint_port,
     parse_networks,
 )
-from ._service import DEFAULT_TRANSPARENT, CaptureConfig
+
+if TYPE_CHECKING:
+    from ._service import CaptureConfig
 
 
 def _virtual_cidr(value: str) -> ipaddress.IPv4Network | None:
@@ -113,6 +116,8 @@ class CaptureOptions(usage.Options):
                 exclude=excludes,
                 mesh_ports=tuple(sorted({p for p in (*mesh_ports, DEFAULT_HUB_PORT) if p})),
             )
+        from ._service import CaptureConfig  # the transparent front etc.: only with capture
+
         return CaptureConfig(transparent=transparent, rules=rules, virtual_cidr=virtual,
                              iptables=self["iptables"])
 

@@ -51,6 +51,8 @@ DEFAULT_VIRTUAL_CIDR = ipaddress.IPv4Network("240.240.0.0/16")
 """Where headless services get their virtual IPs: reserved class E space, which no real
 network uses (Istio's DNS proxy allocates from the same range)."""
 DEFAULT_TRANSPARENT_PORT = 15001
+DEFAULT_TRANSPARENT = "tcp:15001:interface=127.0.0.1"
+"""The transparent listener with --capture and no --transparent."""
 
 
 class RulesError(ValueError):

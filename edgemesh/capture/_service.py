@@ -30,7 +30,7 @@ from ..exchange import SourceKind
 from ..routing import Pipeline
 from ..transports import FrontLimits
 from ._iptables import Iptables, IptablesError
-from ._rules import DEFAULT_VIRTUAL_CIDR, CaptureRules
+from ._rules import DEFAULT_TRANSPARENT, DEFAULT_VIRTUAL_CIDR, CaptureRules
 from ._transparent import OriginalDestination, TransparentFrontFactory, socket_original_destination
 from ._vips import VIRTUAL_IPS_FILE, ServiceAddresses, VirtualIPs
 
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from ..dns import DNSConfig
 
 log = Logger()
-
-DEFAULT_TRANSPARENT = "tcp:15001:interface=127.0.0.1"
 
 
 class _HostConfig(Protocol):

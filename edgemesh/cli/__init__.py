@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 
@@ -24,11 +25,18 @@ def _iptables(argv: list[str]) -> int:
     return iptables_main(argv)
 
 
+def _twistd(argv: list[str]) -> int:
+    from edgemesh.roles._twistd import main as twistd_main
+
+    return twistd_main(argv)
+
+
 # name -> (one-line help, runner given every argument after the name, untouched).
 _COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "demo": ("start a small mesh on loopback and send requests through it", _demo),
     "certs": ("make a CA and node certificates for mutual TLS between nodes", _certs),
     "iptables": ("install, remove or show the transparent-capture iptables rules", _iptables),
+    "twistd": ("twistd with only edgemesh's plugins: no plugin scan, less memory", _twistd),
 }
 
 
@@ -47,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgemesh COMMAND [ARGS...]``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["twistd"]:
+        # A long-running node: argparse and this parser stay out of its memory.
+        return _twistd(argv[1:])
     # parse_known_args keeps the subcommand's own arguments, in order, for it to parse.
     args, rest = _parser().parse_known_args(argv)
     _, run = _COMMANDS[args.command]

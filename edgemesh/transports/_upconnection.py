@@ -46,13 +46,41 @@ if TYPE_CHECKING:
     from ._upexchange import _UpstreamExchange
     from ._upstream import HTTPUpstreamTarget
 
-__all__ = ["HELD_BODY_LIMIT", "MAX_READ", "RAMP_READS"]
+__all__ = ["HELD_BODY_LIMIT", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET", "ReadBudget"]
 
 MAX_READ: Final = 128 * 1024
 """The pod connections' largest read (and write-buffer threshold).  With the front's
 immediate writes, 128 KiB reads take fewer instructions per 1 MiB body than the 256 KiB
 reads of before (callgrind, 10 x 1 MiB on p1-local: 27.4 M against 30.5-31.0 M) and hold
 half as much per connection behind a slow client."""
+
+READ_BUDGET: Final = 1024 * 1024
+"""What one target's busy pod connections may read at once, together: each reads at most
+READ_BUDGET / busy (between MIN_READ and MAX_READ).  A response read but not yet sent
+waits in its link stream's queue when the link is full: with 32 busy connections, 32 KiB
+reads instead of 64-128 KiB (issue 15: VmHWM growth at 32 connections of 1 MiB bodies)."""
+
+MIN_READ: Final = 16 * 1024
+"""The smallest read the budget shrinks a busy connection to."""
+
+
+class ReadBudget:
+    """The read budget shared by the pod connections of one HTTPUpstreamTarget."""
+
+    __slots__ = ("busy", "total")
+
+    def __init__(self, total: int = READ_BUDGET) -> None:
+        self.total = total
+        self.busy = 0
+        """Connections in an exchange (counted by _UpstreamExchange.connected/_detach)."""
+
+    def cap(self) -> int:
+        """The largest read of one busy connection now."""
+        busy = self.busy
+        if busy <= 1:
+            return MAX_READ
+        return max(MIN_READ, min(MAX_READ, self.total // busy))
+
 
 RAMP_READS: Final = 4
 """Whole reads in a row, taken by the responder without a pause, before the read size doubles."""
@@ -148,7 +176,7 @@ class _UpstreamConnection(Protocol):
         # Small first reads, doubling as the responder takes them (dataReceived): 32 new
         # connections behind one busy link each held a 128 KiB read (p2 /big, edge-2's
         # VmHWM growth at 32 connections: +5.45 -> +4.34 MiB; 20 x 1 MiB wall time unchanged).
-        self._read_size(SMALL_BUFFER)
+        self._read_size(min(SMALL_BUFFER, self.target.reads.cap()))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -174,18 +202,24 @@ class _UpstreamConnection(Protocol):
         # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
         # taken without a pause.  A slow client holds ~64 KiB per connection, not a
         # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
+        # Never above the target's ReadBudget share: many busy connections read less each.
         size = getattr(self.transport, "bufferSize", None)
         if size is None:
             return
+        cap = self.target.reads.cap()
         if self.reading_paused:
             self.full_reads = 0
-            if size != SMALL_BUFFER:
-                self._read_size(SMALL_BUFFER)
-        elif len(data) >= size and size < MAX_READ:
+            small = min(SMALL_BUFFER, cap)
+            if size != small:
+                self._read_size(small)
+        elif size > cap:
+            self.full_reads = 0
+            self._read_size(cap)
+        elif len(data) >= size and size < cap:
             self.full_reads += 1
             if self.full_reads >= RAMP_READS:
                 self.full_reads = 0
-                self._read_size(min(size * 2, MAX_READ))
+                self._read_size(min(size * 2, cap))
 
     def _read_size(self, size: int) -> None:
         """Twisted's FileDescriptor reads this much at once (and pauses a producer past it

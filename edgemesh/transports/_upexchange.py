@@ -327,6 +327,7 @@ class _UpstreamExchange:
         self.connecting = None
         self.conn = conn
         conn.exchange = self
+        conn.target.reads.busy += 1  # until _detach: the connection reads for us
         conn.begin_response()
         transport = conn.transport
         if self.source is not None and not self.body_done:
@@ -498,6 +499,7 @@ class _UpstreamExchange:
             return None
         self.conn = None
         conn.exchange = None
+        conn.target.reads.busy -= 1
         if self.registered:
             self.registered = False
             conn.transport.unregisterProducer()

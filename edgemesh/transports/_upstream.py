@@ -50,7 +50,7 @@ from ..exchange import (
 )
 from ..routing import Route
 from ._io import direct_reads
-from ._upconnection import _UpstreamConnection
+from ._upconnection import ReadBudget, _UpstreamConnection
 from ._upexchange import REQUEST_BODY_BUFFER, _UpstreamExchange, connect_error
 
 __all__ = ["REQUEST_BODY_BUFFER", "HTTPUpstreamTarget", "connect_error"]
@@ -88,6 +88,8 @@ class HTTPUpstreamTarget:
         self.idle_timeout = idle_timeout
         self.max_response_header_bytes = max_response_header_bytes
         self.max_response_header_count = max_response_header_count
+        self.reads = ReadBudget()
+        """The read budget of this target's pod connections (issue 15)."""
         if endpoint_factory is None:
             self._tcp = IReactorTCP(reactor)
             endpoint_factory = self._tcp_endpoint
