@@ -1,7 +1,7 @@
 """Instructions that a 1 MiB body costs the edges, over mTLS links or plaintext (issue 15).
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/tls_cost.py [--tree DIR] [--plain]
-        [--transfers 20] [--annotate 25]
+        [--link-tls-io memory|socket] [--transfers 20] [--annotate 25]
 
 CPU seconds are noise on a shared machine; instruction counts are not.  This starts the
 bench mesh (harness.py's router and two edges, the origin nginx) with both edges under
@@ -10,7 +10,8 @@ once every path answers it switches instrumentation on in both edges, sends
 ``--transfers`` GETs of the 1 MiB body along path 2 (edge-1 → hub link → edge-2 →
 origin) with curl, dumps, and prints the instructions of each edge per MiB.
 ``--tree`` runs the mesh from another checkout (e.g. an old commit extracted with
-``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions.
+``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions;
+``--link-tls-io`` passes that option to every node (how a link's TLS reaches its socket).
 
 Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
 next eight.
@@ -55,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
     parser.add_argument("--plain", action="store_true", help="plaintext links (--insecure)")
+    parser.add_argument("--link-tls-io", choices=["memory", "socket"], default=None,
+                        help="passed to every node (default: the nodes' own default)")
     parser.add_argument("--transfers", type=int, default=20)
     parser.add_argument("--body", choices=["big", "small"], default="big",
                         help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
@@ -71,6 +74,10 @@ def main() -> None:
     plain_wait = harness.wait_port
     harness.wait_port = lambda port, proc, timeout=300.0: plain_wait(port, proc, timeout)
     harness.OUTDIR = out
+    if args.link_tls_io is not None and not args.plain:
+        security = harness.mesh_security
+        harness.mesh_security = lambda tmp, tls: [  # type: ignore[assignment]
+            *security(tmp, tls), *(["--link-tls-io", args.link_tls_io] if tls else [])]
     tmp = os.path.join(out, "run")
     os.makedirs(os.path.join(tmp, "www"))
     os.chmod(out, 0o755)
@@ -130,7 +137,9 @@ def main() -> None:
                 print("\n".join(rows[: args.annotate]))
         print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "
               f"{(grand - grand_copies) / mib / 1e6:,.3f} M without memcpy/memset "
-              f"({args.transfers} x /{args.body}, {'plaintext' if args.plain else 'mTLS'} links)")
+              f"({args.transfers} x /{args.body}, "
+              f"{'plaintext' if args.plain else 'mTLS'} links, "
+              f"--link-tls-io {args.link_tls_io or 'default'})")
     finally:
         harness.stop_all()
 
