@@ -52,6 +52,13 @@ def totals(path: str) -> int:
     raise RuntimeError(f"{path}: no totals line")
 
 
+def io_calls(pid: int) -> tuple[int, int]:
+    """The read and write system calls ``pid`` made so far (syscr, syscw of /proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
@@ -100,6 +107,7 @@ def main() -> None:
         harness.check_until_ready(target, bodies, ["/small", "/big"])
         print(f"mesh ready in {time.monotonic() - started:.0f}s ({args.tree})", flush=True)
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
+        io_before = {name: io_calls(pid) for name, pid in edges.items()}
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                            capture_output=True, timeout=120)
@@ -110,6 +118,7 @@ def main() -> None:
                                   capture_output=True, text=True, timeout=300, check=False)
             if done.stdout != "200":
                 raise RuntimeError(f"transfer: {done.stdout} {done.stderr}")
+        io_after = {name: io_calls(pid) for name, pid in edges.items()}
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
                            capture_output=True, timeout=300)
@@ -133,6 +142,11 @@ def main() -> None:
             grand_copies += copies
             print(f"{name}: {count / 1e6:,.1f} M instructions = {count / mib / 1e6:,.3f} M/{unit}, "
                   f"of which memcpy/memset {copies / mib / 1e6:,.3f} M/{unit}", flush=True)
+            # Callgrind sees no kernel: the read and write system calls, counted apart.
+            reads, writes = (after - before for after, before
+                             in zip(io_after[name], io_before[name]))
+            print(f"{name}: {reads / mib:,.1f} read and {writes / mib:,.1f} write system "
+                  f"calls per {unit}", flush=True)
             if args.annotate:
                 print("\n".join(rows[: args.annotate]))
         print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "

@@ -137,7 +137,9 @@ class _SocketTLSMixin:
         got = 0
         limit = self.bufferSize
         why: Exception | None = None
-        while got < limit:
+        # Past the limit only for what OpenSSL already holds decrypted (at most a record):
+        # the reactor would not say so, the socket having nothing more.
+        while got < limit or tls.pending():
             try:
                 chunk = tls.recv(RECORD)
             except WantReadError:
