@@ -107,6 +107,8 @@ class Cases:
     assertIn: Any
     assertIsInstance: Any
     assertLessEqual: Any
+    assertGreater: Any
+    assertLess: Any
 
     def setUp(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="edgemesh-tls-socket-"))
@@ -189,6 +191,54 @@ class Cases:
         reason = await ended(server)
         # The client's close_notify arrived: a clean end on the server.
         self.assertTrue(reason.check(ConnectionDone), reason)
+
+    async def test_written_and_closed_before_the_handshake_is_done(self) -> None:
+        """What a peer writes before the handshake completes, and its close, take effect
+        once it has: the server gets the bytes and a clean end."""
+        port = self.listen()
+        tls = MutualTLS(reactor, self.config("edge-1"), node="edge-1", role="edge")
+        endpoint = tls.client_endpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port), "router")
+
+        class Hasty(Peer):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"early")
+                self.transport.loseConnection()
+
+        client: Peer = await timed(endpoint.connect(Factory.forProtocol(Hasty)))
+        await ended(client)
+        server = await self.server()
+        reason = await ended(server)
+        self.assertEqual(server.received, b"early")
+        self.assertTrue(reason.check(ConnectionDone), reason)
+
+    async def test_a_reader_that_pauses(self) -> None:
+        """The server stops reading until the client's socket is full (its writes then
+        stop half-way through records, and are retried from Twisted's buffer): after it
+        resumes, every byte arrives in order."""
+        client = await self.dial(self.listen())
+        await client.handshake
+        server = await self.server()
+        assert server.transport is not None and client.transport is not None
+        server.transport.pauseProducing()
+        upload = os.urandom(8 << 20)
+        for start in range(0, len(upload), 1 << 20):
+            client.transport.write(upload[start:start + (1 << 20)])
+        tcp: Any = self.tls_layer(client).transport
+        for _ in range(int(DEADLINE * 100)):
+            if tcp.offset or tcp.dataBuffer:  # the socket took part, then no more
+                break
+            await timed(sleep(0.01))
+        pending = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+        self.assertGreater(pending, 0)
+        self.assertLess(server.size, len(upload))
+        server.transport.resumeProducing()
+        await server.until(len(upload))
+        self.assertEqual(hashlib.sha256(server.received).hexdigest(),
+                         hashlib.sha256(upload).hexdigest())
+        client.transport.loseConnection()
+        await ended(server)
+        await ended(client)
 
     async def test_certificates_are_those_of_the_peers(self) -> None:
         """Both ends see the other's certificate after the handshake (mutual TLS)."""

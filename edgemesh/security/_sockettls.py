@@ -85,6 +85,7 @@ class _SocketTLSMixin:
     _tls_handshaking = True
     _tls_read_wants_write = False
     _tls_write_wants_read = False
+    _tls_close_after_handshake = False
 
     def _tls_begin(self, connection: SSL.Connection, peer: str | None) -> None:
         self._tls = connection
@@ -115,7 +116,9 @@ class _SocketTLSMixin:
         listener = self.protocol
         if IHandshakeListener.providedBy(listener):
             listener.handshakeCompleted()
-        if self._tempDataLen or self.offset < len(self.dataBuffer):
+        if self._tls_close_after_handshake:
+            super().loseConnection()  # type: ignore[misc]
+        elif self._tempDataLen or self.offset < len(self.dataBuffer):
             self.startWriting()  # what the link wrote meanwhile
         return None
 
@@ -203,6 +206,15 @@ class _SocketTLSMixin:
         return sent
 
     # -- closing --
+
+    def loseConnection(self) -> None:
+        # Twisted's loseConnection stops reading, and a handshake under way needs to read:
+        # finish it first, then send what was written and close (the handshake deadline
+        # still holds).
+        if self._tls_handshaking:
+            self._tls_close_after_handshake = True
+            return
+        super().loseConnection()  # type: ignore[misc]
 
     def _tls_close_notify(self) -> None:
         # Best effort, as one record into an idle socket: a peer that reads it ends cleanly.
