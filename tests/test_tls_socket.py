@@ -20,7 +20,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -185,7 +185,8 @@ class Cases:
             self.assertTrue(verifyObject(ISSLTransport, layer))
             if self.link_io == "socket":
                 self.assertIsInstance(layer.transport, _SocketTLSMixin)
-                self.assertTrue(ISSLTransport.providedBy(layer.transport))
+                self.assertTrue(verifyObject(ISSLTransport, layer.transport))
+                self.assertTrue(verifyObject(ITCPTransport, layer.transport))
         client.transport.loseConnection()
         await timed(client.lost)
         reason = await ended(server)

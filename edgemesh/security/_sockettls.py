@@ -93,6 +93,10 @@ class _SocketTLSMixin:
         self._tls_handshaking = True
         self.startWriting()  # a client speaks first; a server's try just waits for a read
 
+    def getPeerCertificate(self) -> Any:
+        """ISSLTransport: the peer's certificate (None before the handshake)."""
+        return self._tls.get_peer_certificate()
+
     # -- the handshake --
 
     def _tls_handshake(self) -> Exception | None:
@@ -289,7 +293,7 @@ class _SocketTLSProtocol(ProtocolWrapper):
         return connection
 
     def getPeerCertificate(self) -> Any:
-        return self.getHandle().get_peer_certificate()
+        return self.transport.getPeerCertificate()  # type: ignore[union-attr]
 
 
 class _SocketTLSFactory(WrappingFactory[_SocketTLSProtocol]):
