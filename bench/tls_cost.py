@@ -1,7 +1,7 @@
 """Instructions that a 1 MiB body costs the edges, over mTLS links or plaintext (issue 15).
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/tls_cost.py [--tree DIR] [--plain]
-        [--transfers 20] [--annotate 25]
+        [--link-tls-io memory|socket] [--transfers 20] [--annotate 25]
 
 CPU seconds are noise on a shared machine; instruction counts are not.  This starts the
 bench mesh (harness.py's router and two edges, the origin nginx) with both edges under
@@ -10,7 +10,8 @@ once every path answers it switches instrumentation on in both edges, sends
 ``--transfers`` GETs of the 1 MiB body along path 2 (edge-1 → hub link → edge-2 →
 origin) with curl, dumps, and prints the instructions of each edge per MiB.
 ``--tree`` runs the mesh from another checkout (e.g. an old commit extracted with
-``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions.
+``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions;
+``--link-tls-io`` passes that option to every node (how a link's TLS reaches its socket).
 
 Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
 next eight.
@@ -51,10 +52,19 @@ def totals(path: str) -> int:
     raise RuntimeError(f"{path}: no totals line")
 
 
+def io_calls(pid: int) -> tuple[int, int]:
+    """The read and write system calls ``pid`` made so far (syscr, syscw of /proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
     parser.add_argument("--plain", action="store_true", help="plaintext links (--insecure)")
+    parser.add_argument("--link-tls-io", choices=["memory", "socket"], default=None,
+                        help="passed to every node (default: the nodes' own default)")
     parser.add_argument("--transfers", type=int, default=20)
     parser.add_argument("--body", choices=["big", "small"], default="big",
                         help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
@@ -71,6 +81,10 @@ def main() -> None:
     plain_wait = harness.wait_port
     harness.wait_port = lambda port, proc, timeout=300.0: plain_wait(port, proc, timeout)
     harness.OUTDIR = out
+    if args.link_tls_io is not None and not args.plain:
+        security = harness.mesh_security
+        harness.mesh_security = lambda tmp, tls: [  # type: ignore[assignment]
+            *security(tmp, tls), *(["--link-tls-io", args.link_tls_io] if tls else [])]
     tmp = os.path.join(out, "run")
     os.makedirs(os.path.join(tmp, "www"))
     os.chmod(out, 0o755)
@@ -93,6 +107,7 @@ def main() -> None:
         harness.check_until_ready(target, bodies, ["/small", "/big"])
         print(f"mesh ready in {time.monotonic() - started:.0f}s ({args.tree})", flush=True)
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
+        io_before = {name: io_calls(pid) for name, pid in edges.items()}
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                            capture_output=True, timeout=120)
@@ -103,6 +118,7 @@ def main() -> None:
                                   capture_output=True, text=True, timeout=300, check=False)
             if done.stdout != "200":
                 raise RuntimeError(f"transfer: {done.stdout} {done.stderr}")
+        io_after = {name: io_calls(pid) for name, pid in edges.items()}
         for pid in edges.values():
             subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
                            capture_output=True, timeout=300)
@@ -126,11 +142,18 @@ def main() -> None:
             grand_copies += copies
             print(f"{name}: {count / 1e6:,.1f} M instructions = {count / mib / 1e6:,.3f} M/{unit}, "
                   f"of which memcpy/memset {copies / mib / 1e6:,.3f} M/{unit}", flush=True)
+            # Callgrind sees no kernel: the read and write system calls, counted apart.
+            reads, writes = (after - before for after, before
+                             in zip(io_after[name], io_before[name]))
+            print(f"{name}: {reads / mib:,.1f} read and {writes / mib:,.1f} write system "
+                  f"calls per {unit}", flush=True)
             if args.annotate:
                 print("\n".join(rows[: args.annotate]))
         print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "
               f"{(grand - grand_copies) / mib / 1e6:,.3f} M without memcpy/memset "
-              f"({args.transfers} x /{args.body}, {'plaintext' if args.plain else 'mTLS'} links)")
+              f"({args.transfers} x /{args.body}, "
+              f"{'plaintext' if args.plain else 'mTLS'} links, "
+              f"--link-tls-io {args.link_tls_io or 'default'})")
     finally:
         harness.stop_all()
 

@@ -988,6 +988,10 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
                     str(d / "edge-1.key"), "--router-name", "cloud")
     assert options["tls_value"].cert == str(d / "edge-1.pem")
     assert options["router-name"] == "cloud"
+    assert options["tls_value"].link_io == "memory"  # the default
+    options = parse("edge", "--node", "edge-1", "--state-dir", str(tmp_path / "s"),
+                    "--tls-dir", str(d), "--link-tls-io", "socket")
+    assert options["tls_value"].link_io == "socket"
 
 
 @pytest.mark.parametrize(
@@ -1004,6 +1008,7 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
         (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"),
          "is not the key"),
         (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"), "between 0 and 3600"),
+        (("--tls-dir", "{d}", "--link-tls-io", "kernel"), "one of memory, socket"),
     ],
 )
 def test_tap_tls_option_errors(tmp_path: Path, pki: PKI, argv: tuple[str, ...],

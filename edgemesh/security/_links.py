@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..transports import EnvelopeLink
+from . import _sockettls
 from ._material import (
     CIPHERS,
     MINIMUM_TLS,
@@ -490,11 +491,25 @@ class MutualTLS:
 
     def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
         guarded = _GuardFactory(factory, self.reactor, self.config.handshake_timeout, "incoming")
+        if self.config.link_io == "socket":
+            return _sockettls.server_factory(guarded, self._context)
         return _LinkTLSFactory(_ServerCreator(self), False, guarded, clock=self.reactor)
 
     def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint:
-        tls = _LinkTLSClientEndpoint(_ClientCreator(self, peer), endpoint, self.reactor)
+        tls: IStreamClientEndpoint
+        if self.config.link_io == "socket":
+            # The server's context serves a client as well (mutual: our certificate, the
+            # CA's required); the name is checked as optionsForClientTLS checks it.
+            tls = _sockettls.ClientEndpoint(endpoint, self._context,
+                                            None if peer == ANY_PEER else peer)
+        else:
+            tls = _LinkTLSClientEndpoint(_ClientCreator(self, peer), endpoint, self.reactor)
         return _GuardedClientEndpoint(tls, self.reactor, self.config.handshake_timeout)
+
+    def _context(self) -> SSL.Context:
+        """The SSL context of the material loaded last (a reload leaves connections be)."""
+        context: SSL.Context = self.material.server_options.getContext()
+        return context
 
     def client_options(self, peer: str) -> IOpenSSLClientConnectionCreator:
         """Client TLS options for dialling ``peer`` with the current material (cached)."""

@@ -84,9 +84,13 @@ class TLSConfig:
     reload_on_sighup: bool = False
     """Reload on SIGHUP (the twistd plugins turn this on; an embedding application may
     have its own use for the signal)."""
+    link_io: str = "memory"
+    """How a link's TLS reaches its TCP socket: ``memory`` (Twisted's TLS over memory BIOs)
+    or ``socket`` (OpenSSL reads and writes the socket itself: security/_sockettls.py)."""
 
     @classmethod
-    def from_directory(cls, directory: str, node: str, **settings: float | bool) -> TLSConfig:
+    def from_directory(cls, directory: str, node: str,
+                       **settings: float | bool | str) -> TLSConfig:
         """``DIR/ca.pem``, ``DIR/NODE.pem``, ``DIR/NODE.key``: what ``edgemesh certs`` writes."""
         return cls(
             ca=os.path.join(directory, "ca.pem"),

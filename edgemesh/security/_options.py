@@ -25,6 +25,15 @@ def _interval(value: str) -> float:
     return number
 
 
+LINK_TLS_IO = ("memory", "socket")
+
+
+def _link_io(value: str) -> str:
+    if value not in LINK_TLS_IO:
+        raise ValueError(f"must be one of {', '.join(LINK_TLS_IO)}")
+    return value
+
+
 class TLSOptions(usage.Options):
     """The ``--tls-dir`` / ``--ca --cert --key`` / ``--insecure`` options both plugins share."""
 
@@ -43,6 +52,10 @@ class TLSOptions(usage.Options):
          "Seconds a peer has to complete the TLS handshake.", _timeout],
         ["tls-reload-interval", None, 60.0,
          "Seconds between checks of the TLS files for changes (0: only on SIGHUP).", _interval],
+        ["link-tls-io", None, "memory",
+         ("How a link's TLS reaches its TCP socket: memory (Twisted's TLS over memory BIOs) "
+          "or socket (OpenSSL reads and writes the socket itself; a prototype, issue 15)."),
+         _link_io],
     ]
 
     def tls_config(self, node: str, role: str) -> TLSConfig | None:
@@ -59,6 +72,7 @@ class TLSOptions(usage.Options):
             "handshake_timeout": self["tls-handshake-timeout"],
             "reload_interval": self["tls-reload-interval"],
             "reload_on_sighup": True,
+            "link_io": self["link-tls-io"],
         }
         if directory:
             if any(files.values()):

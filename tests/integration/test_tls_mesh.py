@@ -39,6 +39,7 @@ from meshkit import (
     sha256_of,
     write_catalog,
 )
+from podserver import pattern
 
 from edgemesh.security import Issued, make_ca, make_node_cert
 
@@ -48,9 +49,11 @@ HELLO, REQUEST = 0, 1
 UTC = datetime.timezone.utc
 
 
-@pytest.fixture(scope="module")
-def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    directory = tmp_path_factory.mktemp("tls-mesh")
+@pytest.fixture(scope="module", params=["memory", "socket"])
+def tls_mesh(tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    """The mesh under each --link-tls-io setting (every test of this module runs twice)."""
+    directory = tmp_path_factory.mktemp(f"tls-mesh-{request.param}")
     topology = Topology.allocate(["edge-1", "edge-2", "edge-3", "edge-9"],
                                  ["pod-e1-0", "pod-e2-0", "pod-cloud-0"], [])
     topology.cloud_port = topology.pods["pod-cloud-0"]
@@ -64,7 +67,8 @@ def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     # edge-9 has ports and a certificate of the CA, but it is not in the router's catalog.
     write_catalog(catalog, catalog_objects(topology, ["edge-1", "edge-2", "edge-3"], services))
     mesh = Mesh(directory, topology, catalog)
-    timeout = ("--tls-handshake-timeout", f"{HANDSHAKE_TIMEOUT:g}")
+    timeout = ("--tls-handshake-timeout", f"{HANDSHAKE_TIMEOUT:g}",
+               "--link-tls-io", request.param)
     try:
         mesh.start_pods(wait=False)
         mesh.start_router(*timeout, wait=False)
@@ -186,6 +190,19 @@ def test_the_mesh_runs_on_mutual_tls(live_tls: Mesh) -> None:
     # The tap was given --tls-dir; no node runs in plaintext.
     for name in ("router", "edge-1", "edge-2"):
         assert "PLAINTEXT" not in log_of(live_tls, name)
+
+
+@pytest.mark.parametrize("via, host", [("edge-1", "pod-e2"), ("edge-2", "pod-cloud")])
+def test_a_large_transfer_over_the_tls_links(live_tls: Mesh, via: str, host: str) -> None:
+    """32 MiB with curl through the hub link (edge-1 → edge-2) and the tunnel (edge-2 →
+    router): every byte arrives, in order (each 64 KiB piece carries its index)."""
+    size = 32 << 20
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "60", "-H", f"Host: {host}", "-o", "-",
+         f"http://{LOOPBACK}:{live_tls.proxy(via)}/bytes?n={size}&seed=7"],
+        capture_output=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr[-300:]
+    assert sha256_of([done.stdout]) == sha256_of(pattern(7, size))
 
 
 # --- 22: unknown CA, expired, wrong name, absent --------------------------------------------------
