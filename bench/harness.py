@@ -51,6 +51,15 @@ DEFAULTS = {
     # twistd --reactor of the mesh: edgemesh's (edgemesh/transports/_reactor.py) where the
     # tree has it, else twistd's default; "default" or "" for twistd's own choice.
     "REACTOR": "edgemesh",
+    # How nodes start: "edgemesh" runs `python -m edgemesh twistd ...` (twistd without its
+    # plugin scan, docs/running.md) where the tree has it, else plain twistd; "twistd": plain.
+    "LAUNCHER": "edgemesh",
+    # Where the edges' catalog comes from: "router" (pushed over the tunnel, as the Kubernetes
+    # manifests run them) or "yaml" (the bench's catalog file as --catalog, as before 2026-12-03).
+    "EDGE_CATALOG": "router",
+    # "compiled": compileall the checkout's edgemesh first, as an installed package has its
+    # bytecode (compiling at every start costs each node ~0.3 MiB of RssAnon); "source": not.
+    "BYTECODE": "compiled",
     "BASE_PORT": "18180",  # origin; the next 8 ports are used too (see ports())
     "READY_TIMEOUT": "30",  # seconds for the mesh to connect and serve every path
     "PYSPY": "0",  # 1: one extra py-spy-sampled run per mesh target and body
@@ -310,10 +319,18 @@ def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
     logfile = os.path.join(tmp, name + ".log")
-    argv = [CFG["PYTHON"], "-c", "from twisted.scripts.twistd import run; run()",
+    argv = [CFG["PYTHON"], *launcher_args(),
             "--nodaemon", "--pidfile=", f"--logfile={logfile}", *reactor_args(), plugin,
             *args, *CFG["MESH_ARGS"].split()]
     return spawn(name, argv, CFG["MESH_CPU"], tmp, env)
+
+
+def launcher_args() -> list[str]:
+    """The interpreter's arguments that start twistd, for CFG LAUNCHER."""
+    if CFG["LAUNCHER"] == "edgemesh" and os.path.exists(
+            os.path.join(REPO, "edgemesh", "roles", "_twistd.py")):
+        return ["-m", "edgemesh", "twistd"]
+    return ["-c", "from twisted.scripts.twistd import run; run()"]  # plain (or an older tree)
 
 
 def reactor_args() -> list[str]:
@@ -360,8 +377,22 @@ def plugin_help() -> str:
     return _plugin_help[0]
 
 
+_compiled: list[str] = []
+
+
+def compile_tree() -> None:
+    """Once per run and interpreter: the checkout's bytecode (CFG BYTECODE)."""
+    if CFG["BYTECODE"] != "compiled" or CFG["PYTHON"] in _compiled:
+        return
+    _compiled.append(CFG["PYTHON"])
+    subprocess.run([CFG["PYTHON"], "-m", "compileall", "-q", os.path.join(REPO, "edgemesh"),
+                    os.path.join(REPO, "twisted", "plugins")],
+                   check=True, stdout=subprocess.DEVNULL, timeout=300)
+
+
 def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
     """A router and two edges, all on MESH_CPU; returns once both edges acked the catalog."""
+    compile_tree()
     catalog = os.path.join(tmp, "catalog.yaml")
     loop = "interface=127.0.0.1"
     security = mesh_security(tmp, tls)
@@ -374,7 +405,8 @@ def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
     for edge in ("edge-1", "edge-2"):
         state = os.path.join(tmp, f"state-{edge}-{generation}")  # fresh: no stored catalog
         procs[edge] = twistd(edge, "edgemesh-edge", [
-            *security, "--node", edge, "--state-dir", state, "--catalog", catalog,
+            *security, "--node", edge, "--state-dir", state,
+            *(["--catalog", catalog] if CFG["EDGE_CATALOG"] == "yaml" else []),
             "--router", f"tcp:127.0.0.1:{PORTS['router-tunnel']}",
             "--proxy", f"tcp:{PORTS[edge + '-proxy']}:{loop}",
             "--hub", f"tcp:{PORTS[edge + '-hub']}:{loop}"], tmp)

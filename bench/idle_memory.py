@@ -13,16 +13,17 @@ prints the RssAnon/VmHWM growth of each edge.  Repeats RUNS times and prints med
     python bench/idle_memory.py --load --runs 1 # + growth /small → /big at 32 connections
     python bench/idle_memory.py --launcher edgemesh --edge-catalog none --bytecode compiled
 
-How the nodes start (each a choice of deployment, not of the code; defaults as harness.py):
+How the nodes start (each a choice of deployment, not of the code; this script's defaults are
+the old harness.py's; harness.py now starts nodes as the last line above does):
 
 - ``--launcher``: ``twistd`` (``twistd edgemesh-edge``: every dropin is unpickled, which
   imports unittest and twisted.trial) or ``edgemesh`` (``edgemesh twistd edgemesh-edge``:
   the same twistd with only edgemesh's plugins).
-- ``--edge-catalog``: ``yaml`` (the edges get the bench's YAML catalog, as harness.py does)
+- ``--edge-catalog``: ``yaml`` (the edges get the bench's YAML catalog, harness.py's EDGE_CATALOG=yaml)
   or ``none`` (as examples/kubernetes/edge.yaml: the router pushes it, the edge persists it
   as msgpack, and PyYAML is never imported).
-- ``--bytecode``: ``source`` (harness.py's PYTHONDONTWRITEBYTECODE on a checkout without
-  __pycache__: every start compiles edgemesh) or ``compiled`` (compileall first, into the
+- ``--bytecode``: ``source`` (PYTHONDONTWRITEBYTECODE on a checkout without __pycache__:
+  every start compiles edgemesh; harness.py's BYTECODE=source) or ``compiled`` (compileall first, into the
   checkout's gitignored __pycache__, as pip does at install; the nodes still write none).
 
 With ``--wrk`` the load is wrk (``-c CONNS``, DURATION s per body, as harness.py) instead of
@@ -162,33 +163,11 @@ def one_run(tmp: str, generation: int, args: argparse.Namespace, hosts: tuple[st
 
 
 def setup(tmp: str, args: argparse.Namespace) -> None:
-    """The node start-up choices of --launcher, --edge-catalog and --bytecode."""
-    if args.bytecode == "compiled":
-        # Not a PYTHONPYCACHEPREFIX: with one, every other package would compile from source.
-        subprocess.run([harness.CFG["PYTHON"], "-m", "compileall", "-q",
-                        os.path.join(harness.REPO, "edgemesh"),
-                        os.path.join(harness.REPO, "twisted", "plugins")],
-                       check=True, stdout=subprocess.DEVNULL, timeout=300)
-    original = harness.twistd
-
-    def twistd(name: str, plugin: str, argv: list[str], tmp: str) -> harness.Proc:
-        if args.edge_catalog == "none" and plugin == "edgemesh-edge":
-            at = argv.index("--catalog")
-            argv = argv[:at] + argv[at + 2:]
-        return original(name, plugin, argv, tmp)
-
-    harness.twistd = twistd
-    if args.launcher == "edgemesh":
-        # harness.twistd's argv is [PYTHON, -c, "...twistd import run; run()", ...].
-        original_spawn = harness.spawn
-
-        def spawn(name: str, argv: list[str], cpu: str, tmp: str,
-                  env: dict[str, str] | None = None) -> harness.Proc:
-            if argv[1:3] == ["-c", "from twisted.scripts.twistd import run; run()"]:
-                argv = [argv[0], "-m", "edgemesh", "twistd", *argv[3:]]
-            return original_spawn(name, argv, cpu, tmp, env)
-
-        harness.spawn = spawn
+    """The node start-up choices of --launcher, --edge-catalog and --bytecode (harness.py's
+    LAUNCHER, EDGE_CATALOG and BYTECODE)."""
+    harness.CFG["LAUNCHER"] = args.launcher
+    harness.CFG["EDGE_CATALOG"] = "yaml" if args.edge_catalog == "yaml" else "router"
+    harness.CFG["BYTECODE"] = args.bytecode
 
 
 def main() -> None:
