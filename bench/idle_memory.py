@@ -19,12 +19,13 @@ the old harness.py's; harness.py now starts nodes as the last line above does):
 - ``--launcher``: ``twistd`` (``twistd edgemesh-edge``: every dropin is unpickled, which
   imports unittest and twisted.trial) or ``edgemesh`` (``edgemesh twistd edgemesh-edge``:
   the same twistd with only edgemesh's plugins).
-- ``--edge-catalog``: ``yaml`` (the edges get the bench's YAML catalog, harness.py's EDGE_CATALOG=yaml)
-  or ``none`` (as examples/kubernetes/edge.yaml: the router pushes it, the edge persists it
-  as msgpack, and PyYAML is never imported).
+- ``--edge-catalog``: ``yaml`` (the edges get the bench's YAML catalog: harness.py's
+  EDGE_CATALOG=yaml) or ``none`` (as examples/kubernetes/edge.yaml: the router pushes it,
+  the edge persists it as msgpack, and PyYAML is never imported).
 - ``--bytecode``: ``source`` (PYTHONDONTWRITEBYTECODE on a checkout without __pycache__:
-  every start compiles edgemesh; harness.py's BYTECODE=source) or ``compiled`` (compileall first, into the
-  checkout's gitignored __pycache__, as pip does at install; the nodes still write none).
+  every start compiles edgemesh; harness.py's BYTECODE=source) or ``compiled`` (compileall
+  first, into the checkout's gitignored __pycache__, as pip does at install; the nodes
+  still write none).
 
 With ``--wrk`` the load is wrk (``-c CONNS``, DURATION s per body, as harness.py) instead of
 CONNS Python threads; ``--tls`` runs the links in mutual TLS.  ``--load`` also times 20
