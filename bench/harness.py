@@ -840,6 +840,10 @@ def versions() -> dict[str, str]:
                             "print(sys.version.split()[0], 'twisted', twisted.__version__, "
                             "'httptools', httptools.__version__, 'msgpack', msgpack.version)")],
             "edgemesh": ["git", "-C", REPO, "describe", "--always", "--dirty"]}
+    for py in CFG["PYTHONS"].split():  # each interpreter: version and how it was built
+        cmds[f"mesh python {py}"] = [py, "-c", (
+            "import sys, sysconfig; print(sys.version.split()[0], sysconfig.get_config_var("
+            "'CONFIG_ARGS'), sysconfig.get_config_var('CC'))")]
     for name, cmd in cmds.items():
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
@@ -871,6 +875,10 @@ def plan(names: list[str]) -> list[tuple[str, Target, str]]:
         target = TARGETS[tname]
         if target.mesh and len(pythons) > 1:
             short = {py: ".".join(python_label(py).split(".")[:2]) for py in pythons}
+            if len(set(short.values())) < len(pythons):  # 3.13.0 and 3.13.15: full versions
+                short = {py: python_label(py) for py in pythons}
+            if len(set(short.values())) < len(pythons):  # the same version twice: numbered
+                short = {py: f"{python_label(py)}#{i}" for i, py in enumerate(pythons, 1)}
             rows += [(f"{tname}@{short[py]}", target, py) for py in pythons]
         else:
             rows.append((tname, target, pythons[0]))
