@@ -10,7 +10,10 @@
 #     longer carries python3.12 in any suite, so for a version it lacks this falls back to pyenv.
 #   pyenv: pyenv's own build ($(pyenv root)/versions/3.X.*, the newest), when there is one.
 # Every build here uses pyenv's default flags (--enable-shared, -O3, no PGO, no LTO), so the
-# two kinds compare with each other.  The venv is $VENV_ROOT/<full version> (3.13.18, 3.12.1).
+# two kinds compare with each other.  The venv is $VENV_ROOT/<full version> (3.13.15, 3.12.1).
+# SHARED=0 builds without --enable-shared into /opt/python3.X-static (venv 3.13.15-static):
+# from 3.12 on, a libpython.so reads the thread state through __tls_get_addr (a call per
+# access), which an interpreter linked statically does not (Debian's own /usr/bin/python3).
 # Idempotent: a built interpreter that imports ssl, ctypes, sqlite3, lzma, bz2, zlib and
 # readline is kept, and so is a venv that already imports the dependencies.
 # Knobs (env): FROM=debian  PREFIX_ROOT=/opt  VENV_ROOT=/opt/edgemesh-venvs
@@ -27,6 +30,9 @@ VENV_ROOT="${VENV_ROOT:-/opt/edgemesh-venvs}"
 SUITES="${SUITES:-bookworm trixie forky sid}"
 WORK="${WORK:-/var/tmp/edgemesh-pythons}"
 OPTIMIZE="${OPTIMIZE:-0}"
+SHARED="${SHARED:-1}"
+SUFFIX=""
+if [[ "$SHARED" == 0 ]]; then SUFFIX=-static; fi
 JOBS="${JOBS:-2}"
 MIRROR=http://deb.debian.org/debian
 
@@ -58,6 +64,13 @@ if [[ "${SKIP_INSTALL:-0}" != 1 && $print_only == 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \
       >/dev/null
   fi
+fi
+
+# One run at a time builds (two in the same build directory would clash).
+if ((print_only == 0)); then
+  mkdir -p "$WORK"
+  exec 9>"$WORK/lock"
+  flock 9
 fi
 
 # A private apt state with deb-src lines: the machine's own sources.list stays as it is.
@@ -115,14 +128,16 @@ pyenv_python() {  # the newest of pyenv's own 3.X builds, if any
 
 # The interpreter python3.X, built here when FROM=debian and Debian has its source.
 interpreter() {
-  local v="$1" prefix="$PREFIX_ROOT/python$1"
+  local v="$1" prefix="$PREFIX_ROOT/python$1$SUFFIX"
   local exe="$prefix/bin/python$v"
   if [[ "$FROM" == debian ]]; then
     if [[ -x "$exe" ]] && "$exe" -c "$STDLIB_CHECK" 2>/dev/null; then echo "$exe"; return; fi
     local tarball=""
     ((print_only)) || tarball="$(fetch_source "$v")"
     if [[ -n "$tarball" ]]; then build "$v" "$tarball"; echo "$exe"; return; fi
-    ((print_only)) || log "Debian has no python$v source in $SUITES: pyenv's, if there is one"
+    if ((print_only)); then log "$exe is not built: pyenv's python$v, if there is one"
+    else log "Debian has no python$v source in $SUITES: pyenv's, if there is one"; fi
+    if [[ "$SHARED" == 0 ]]; then log "  (pyenv's builds use --enable-shared)"; fi
   fi
   exe="$(pyenv_python "$v")"
   [[ -n "$exe" ]] || { log "no python$v: not in Debian ($SUITES), not in pyenv"; exit 1; }
@@ -131,12 +146,13 @@ interpreter() {
 }
 
 build() {
-  local v="$1" tarball="$2" prefix="$PREFIX_ROOT/python$1" build_dir="$WORK/build/$1"
+  local v="$1" tarball="$2" prefix="$PREFIX_ROOT/python$1$SUFFIX"
+  local build_dir="$WORK/build/$1$SUFFIX"
   rm -rf "$build_dir"
   mkdir -p "$build_dir"
   tar -xf "$tarball" -C "$build_dir" --strip-components=1
-  local flags=(--prefix="$prefix" --enable-shared --with-ensurepip=install
-               "LDFLAGS=-Wl,-rpath,$prefix/lib")
+  local flags=(--prefix="$prefix" --with-ensurepip=install)
+  if [[ "$SHARED" != 0 ]]; then flags+=(--enable-shared "LDFLAGS=-Wl,-rpath,$prefix/lib"); fi
   if ((OPTIMIZE)); then flags+=(--enable-optimizations --with-lto); fi
   log "building $(basename "$tarball") into $prefix (${flags[*]}), log in $build_dir/*.out"
   (
@@ -180,6 +196,7 @@ out=()
 for v in "${versions[@]}"; do
   exe="$(interpreter "$v")"
   full="$("$exe" -c 'import platform; print(platform.python_version())')"
+  if [[ "$exe" == "$PREFIX_ROOT/"* ]]; then full+="$SUFFIX"; fi  # pyenv's are all shared
   venv "$exe" "$VENV_ROOT/$full"
   out+=("$VENV_ROOT/$full/bin/python")
 done
