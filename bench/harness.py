@@ -860,9 +860,13 @@ _labels: dict[str, str] = {}
 
 
 def python_label(python: str) -> str:
-    """``3.12.7``: the interpreter's version (how rows of several PYTHONS are told apart)."""
+    """``3.12.7``: the interpreter's version (how rows of several PYTHONS are told apart),
+    ``3.13.15-static`` for one without a libpython.so (a build choice that shows in counts)."""
     if python not in _labels:
-        done = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+        # The process's own maps, not sysconfig: Debian's python3 says shared, runs static.
+        code = ("import sys; print(sys.version.split()[0] + ('' if 'libpython' in "
+                "open('/proc/self/maps').read() else '-static'))")
+        done = subprocess.run([python, "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
         _labels[python] = done.stdout.strip() or os.path.basename(python)
     return _labels[python]
