@@ -7,7 +7,8 @@
 # Where an interpreter comes from (FROM):
 #   debian: the upstream tarball of Debian's source package python3.X (the .orig.tar.xz/gz, without
 #     Debian's patches; the newest version among SUITES), built into /opt/python3.X.  Debian no
-#     longer carries python3.12 in any suite, so for a version it lacks this falls back to pyenv.
+#     longer carries python3.12 in any suite, so for a version it lacks this falls back to pyenv
+#     (a machine without pyenv's 3.12 has no 3.12: the script stops with an error).
 #   pyenv: pyenv's own build ($(pyenv root)/versions/3.X.*, the newest), when there is one.
 # Every build here uses pyenv's default flags (--enable-shared, -O3, no PGO, no LTO), so the
 # two kinds compare with each other.  The venv is $VENV_ROOT/<full version> (3.13.15, 3.12.1).
