@@ -798,7 +798,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     # Verdict against the issue's targets.
     verdict = []
     n_small = base("nginx", "/small", "proxy_cpu_us_per_req")
-    for small_name, small_target in TARGET_SMALL_X_NGINX.items():
+    # With several PYTHONS, each interpreter's row (p1-local@3.12) is checked.
+    for small_name in [t for t in med_ if target_of(t).name in TARGET_SMALL_X_NGINX]:
+        small_target = TARGET_SMALL_X_NGINX[target_of(small_name).name]
         mesh_small = base(small_name, "/small", "proxy_cpu_us_per_req")
         if mesh_small is None or not n_small:
             continue
@@ -886,6 +888,10 @@ def versions() -> dict[str, str]:
                             "print(sys.version.split()[0], 'twisted', twisted.__version__, "
                             "'httptools', httptools.__version__, 'msgpack', msgpack.version)")],
             "edgemesh": ["git", "-C", REPO, "describe", "--always", "--dirty"]}
+    for py in CFG["PYTHONS"].split():  # each interpreter: version and how it was built
+        cmds[f"mesh python {py}"] = [py, "-c", (
+            "import sys, sysconfig; print(sys.version.split()[0], sysconfig.get_config_var("
+            "'CONFIG_ARGS'), sysconfig.get_config_var('CC'))")]
     for name, cmd in cmds.items():
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
@@ -900,9 +906,13 @@ _labels: dict[str, str] = {}
 
 
 def python_label(python: str) -> str:
-    """``3.12.7``: the interpreter's version (how rows of several PYTHONS are told apart)."""
+    """``3.12.7``: the interpreter's version (how rows of several PYTHONS are told apart),
+    ``3.13.15-static`` for one without a libpython.so (a build choice that shows in counts)."""
     if python not in _labels:
-        done = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+        # The process's own maps, not sysconfig: Debian's python3 says shared, runs static.
+        code = ("import sys; print(sys.version.split()[0] + ('' if 'libpython' in "
+                "open('/proc/self/maps').read() else '-static'))")
+        done = subprocess.run([python, "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
         _labels[python] = done.stdout.strip() or os.path.basename(python)
     return _labels[python]
@@ -917,6 +927,10 @@ def plan(names: list[str]) -> list[tuple[str, Target, str]]:
         target = TARGETS[tname]
         if target.mesh and len(pythons) > 1:
             short = {py: ".".join(python_label(py).split(".")[:2]) for py in pythons}
+            if len(set(short.values())) < len(pythons):  # 3.13.0 and 3.13.15: full versions
+                short = {py: python_label(py) for py in pythons}
+            if len(set(short.values())) < len(pythons):  # the same version twice: numbered
+                short = {py: f"{python_label(py)}#{i}" for i, py in enumerate(pythons, 1)}
             rows += [(f"{tname}@{short[py]}", target, py) for py in pythons]
         else:
             rows.append((tname, target, pythons[0]))

@@ -10,8 +10,9 @@
 #   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
 #   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
-#   PYTHONS="python3.11 python3.12 python3.13" (every mesh target once with each, in one run;
-#     an interpreter without the dependencies gets a venv /tmp/edgemesh-bench-venv-<name>)
+#   PYTHONS="3.11 3.12 3.13" (every mesh target once with each, in one run; a bare version is
+#     built or found by bench/pythons.sh, with its venv; a path or command without the
+#     dependencies gets a venv /tmp/edgemesh-bench-venv-<full version>)
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
 # BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
 # direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
@@ -61,11 +62,17 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   if [[ -n "${PYTHONS:-}" ]]; then
     ready=()
     for py in $PYTHONS; do
+      if [[ "$py" =~ ^3\.[0-9]+$ ]]; then  # a version: bench/pythons.sh builds or finds it
+        ready+=("$(bash "$HERE/pythons.sh" "$py")")
+        continue
+      fi
       exe="$(command -v "$py" || true)"
       [[ -n "$exe" ]] || { echo "run.sh: PYTHONS: $py not found" >&2; exit 1; }
       if ! PYTHONPATH="$REPO" "$exe" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
           2>/dev/null; then
-        venv="/tmp/edgemesh-bench-venv-$(basename "$exe")"
+        # Named by the full version: several interpreters may share a basename ("python").
+        full="$("$exe" -c 'import platform; print(platform.python_version())')"
+        venv="/tmp/edgemesh-bench-venv-$full"
         [[ -x "$venv/bin/python" ]] || "$exe" -m venv "$venv"
         "$venv/bin/python" -m pip install -q "$REPO"
         exe="$venv/bin/python"
@@ -74,6 +81,14 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     done
     export PYTHONS="${ready[*]}"
   fi
+elif [[ -n "${PYTHONS:-}" ]]; then
+  # No installs: versions name what bench/pythons.sh made before.
+  ready=()
+  for py in $PYTHONS; do
+    if [[ "$py" =~ ^3\.[0-9]+$ ]]; then ready+=("$(bash "$HERE/pythons.sh" --print "$py")")
+    else ready+=("$py"); fi
+  done
+  export PYTHONS="${ready[*]}"
 fi
 
 if [[ "${BENCH:-}" == streams ]]; then
