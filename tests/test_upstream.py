@@ -499,40 +499,44 @@ def test_read_size_follows_the_consumer() -> None:
 def test_read_budget_shares() -> None:
     budget = ReadBudget()
     assert [budget.cap() for budget.busy in (0, 1, 8, 16, 32, 64, 1000)] == [
-        MAX_READ, MAX_READ, MAX_READ, READ_BUDGET // 16, READ_BUDGET // 32, MIN_READ, MIN_READ]
+        MAX_READ, MAX_READ, MAX_READ, min(MAX_READ, READ_BUDGET // 16), READ_BUDGET // 32,
+        READ_BUDGET // 64, MIN_READ]
+    assert READ_BUDGET // 32 < MAX_READ and READ_BUDGET // 1000 < MIN_READ  # both ends bind
 
 
 def test_many_busy_connections_read_less_each() -> None:
-    """Issue 15: the pod connections of a target share READ_BUDGET: with 32 exchanges in
-    progress each reads at most 32 KiB (not 64-128 KiB), so 32 responses waiting behind a
-    full link hold ~1 MiB; when they end, the survivor ramps to MAX_READ again, and the
+    """Issue 15: the pod connections of a target share READ_BUDGET: with 64 exchanges in
+    progress each reads at most 32 KiB (not 64-128 KiB), so 64 responses waiting behind a
+    full link hold ~2 MiB; when they end, the survivor ramps to MAX_READ again, and the
     count comes back to zero whatever way an exchange ended."""
+    BUSY = 64
+    assert READ_BUDGET // BUSY < SMALL_BUFFER  # so that the share is a shrink
     h = Harness()
     ups: list[Upstream] = []
     responders: list[RecordingResponder] = []
-    for _ in range(32):
+    for _ in range(BUSY):
         _body, responder = h.open()
         ups.append(h.accept(transport=SizedTransport()))
         responders.append(responder)
-    assert h.target.reads.busy == 32
+    assert h.target.reads.busy == BUSY
     first = ups[0]
     assert first.transport.bufferSize == SMALL_BUFFER  # made while few were busy
     first.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
-    assert first.transport.bufferSize == READ_BUDGET // 32  # shrunk to its share
+    assert first.transport.bufferSize == READ_BUDGET // BUSY  # shrunk to its share
     for _ in range(3 * RAMP_READS):
-        first.send(b"x" * (READ_BUDGET // 32))
-        assert first.transport.bufferSize == READ_BUDGET // 32  # never ramps past it
+        first.send(b"x" * (READ_BUDGET // BUSY))
+        assert first.transport.bufferSize == READ_BUDGET // BUSY  # never ramps past it
     ups[-1].close()  # lost before a response
-    for upstream in ups[1:16]:
+    for upstream in ups[1:32]:
         upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # done, pooled
-    for upstream, responder in zip(ups[16:-1], responders[16:-1], strict=True):
+    for upstream, responder in zip(ups[32:-1], responders[32:-1], strict=True):
         upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
         assert responder.producer is not None
         responder.producer.stopProducing()  # aborted by the consumer
     assert h.target.reads.busy == 1
     for _ in range(RAMP_READS):
         first.send(b"x" * first.transport.bufferSize)
-    assert first.transport.bufferSize == 2 * (READ_BUDGET // 32)  # ramping again
+    assert first.transport.bufferSize == 2 * (READ_BUDGET // BUSY)  # ramping again
     first.close()
     assert h.target.reads.busy == 0
 

@@ -54,11 +54,14 @@ immediate writes, 128 KiB reads take fewer instructions per 1 MiB body than the 
 reads of before (callgrind, 10 x 1 MiB on p1-local: 27.4 M against 30.5-31.0 M) and hold
 half as much per connection behind a slow client."""
 
-READ_BUDGET: Final = 1024 * 1024
+READ_BUDGET: Final = 2 * 1024 * 1024
 """What one target's busy pod connections may read at once, together: each reads at most
 READ_BUDGET / busy (between MIN_READ and MAX_READ).  A response read but not yet sent
-waits in its link stream's queue when the link is full: with 32 busy connections, 32 KiB
-reads instead of 64-128 KiB (issue 15: VmHWM growth at 32 connections of 1 MiB bodies)."""
+waits in its link stream's queue when the link is full: with 32 busy connections, 64 KiB
+reads instead of 128 KiB.  2 MiB, not 1: at 1 MiB (32 KiB reads) p1-local /big cost
++35-40 % CPU at 32 connections (bench/run.sh, same hour: 1154-1279 against 866 µs per
+request) for ~1.4 MiB less VmHWM growth; 2 MiB costs ~6 % (bench/results-2026-12-03.md
+section 11)."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""
