@@ -146,6 +146,23 @@ def exchange(conn: http.client.HTTPConnection, host: str | None) -> None:
         raise RuntimeError(f"/small: {response.status} {body[:80]!r}")
 
 
+def run_dir(out: str) -> str:
+    """The origin's files and the bench catalog under OUT/run (returned)."""
+    tmp = os.path.join(out, "run")
+    os.makedirs(os.path.join(tmp, "www"))
+    for d in (out, tmp):
+        os.chmod(d, 0o755)  # nginx's workers read www/
+    with open(os.path.join(tmp, "www", "small"), "wb") as f:
+        f.write(harness.SMALL_BODY)
+    with open(os.path.join(tmp, "www", "big"), "wb") as f:
+        f.write(b"x")
+    ports = harness.PORTS
+    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
+                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    return tmp
+
+
 def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: str,
              ) -> dict[str, str]:
     """Starts the mesh with the edges under ``mode``; returns the edge names' output files."""
@@ -160,24 +177,13 @@ def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: s
         harness.plain_wait_port = harness.wait_port  # type: ignore[attr-defined]
         harness.wait_port = (  # type: ignore[assignment]
             lambda port, proc, timeout=300.0: harness.plain_wait_port(port, proc, timeout))
-    tmp = os.path.join(out, "run")
-    os.makedirs(os.path.join(tmp, "www"))
-    for d in (out, tmp):
-        os.chmod(d, 0o755)
-    with open(os.path.join(tmp, "www", "small"), "wb") as f:
-        f.write(harness.SMALL_BODY)
-    with open(os.path.join(tmp, "www", "big"), "wb") as f:
-        f.write(b"x")
-    ports = harness.PORTS
-    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
-                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
-                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    tmp = run_dir(out)
     try:
         harness.start_origin(tmp)
         mesh = harness.start_mesh(tmp, 0, False)
         harness.check_until_ready(target, {"/small": harness.SMALL_BODY}, ["/small"])
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
-        conn = http.client.HTTPConnection("127.0.0.1", ports[target.port], timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", harness.PORTS[target.port], timeout=60)
         for _ in range(args.warmup):
             exchange(conn, target.host)
         for pid in edges.values():
@@ -219,18 +225,7 @@ def count_sends(target: harness.Target, args: argparse.Namespace) -> None:
     out = tempfile.mkdtemp(prefix="edgemesh-exchange-sends-")
     harness.OUTDIR = out
     harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0", CONNS=str(args.sends))
-    tmp = os.path.join(out, "run")
-    os.makedirs(os.path.join(tmp, "www"))
-    for d in (out, tmp):
-        os.chmod(d, 0o755)  # nginx's workers read www/
-    with open(os.path.join(tmp, "www", "small"), "wb") as f:
-        f.write(harness.SMALL_BODY)
-    with open(os.path.join(tmp, "www", "big"), "wb") as f:
-        f.write(b"x")
-    ports = harness.PORTS
-    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
-                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
-                   EDGE2_HUB_PORT=ports["edge-2-hub"])
+    tmp = run_dir(out)
     tracers: list[subprocess.Popen[bytes]] = []
     try:
         harness.start_origin(tmp)

@@ -26,7 +26,7 @@ def _iptables(argv: list[str]) -> int:
 
 
 def _twistd(argv: list[str]) -> int:
-    from edgemesh.roles._twistd import main as twistd_main
+    from edgemesh.roles import twistd_main
 
     return twistd_main(argv)
 

@@ -21,4 +21,12 @@ __all__ = [
     "RouterNode",
     "build_edge",
     "build_router",
+    "twistd_main",
 ]
+
+
+def twistd_main(argv: list[str]) -> int:
+    """``edgemesh twistd ARGV``: twistd with only edgemesh's plugins (no plugin scan)."""
+    from ._twistd import main
+
+    return main(argv)

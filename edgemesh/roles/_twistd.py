@@ -40,9 +40,9 @@ class EdgemeshServerOptions(ServerOptions):
         if shortName != "edgemesh":
             super().opt_reactor(shortName)  # type: ignore[no-untyped-call]
             return
-        from ..transports._reactor import install
+        from ..transports import install_reactor
 
-        install()
+        install_reactor()
         self["reactor"] = shortName
 
     opt_r = opt_reactor

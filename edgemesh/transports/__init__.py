@@ -1,5 +1,7 @@
 """The transports layer: HTTP/1.1 front and upstream pool, envelope links (tunnel and hubs)."""
 
+from typing import TYPE_CHECKING
+
 from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
 from ._halves import InboundExchange, OutboundExchange
@@ -10,6 +12,9 @@ from ._linkstreams import LinkStreamTarget
 from ._peers import HubDialer, LinkTarget
 from ._streams import StreamingFrontFactory, StreamingFrontProtocol, TCPStreamTarget
 from ._upstream import HTTPUpstreamTarget
+
+if TYPE_CHECKING:
+    from ._reactor import EdgemeshReactor
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -30,6 +35,16 @@ __all__ = [
     "StreamingFrontFactory",
     "StreamingFrontProtocol",
     "TCPStreamTarget",
+    "install_reactor",
     "ready_or_lost",
     "with_backlog",
 ]
+
+
+def install_reactor() -> "EdgemeshReactor":
+    """Install edgemesh's epoll reactor (what ``twistd --reactor edgemesh`` chooses) as
+    Twisted's global reactor; call it before anything imports ``twisted.internet.reactor``.
+    Imported here only when called: a process on another reactor never loads it."""
+    from ._reactor import install
+
+    return install()
