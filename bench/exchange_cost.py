@@ -45,6 +45,7 @@ os.environ.setdefault("BASE_PORT", "18580")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness
+from tls_cost import totals  # callgrind's total of one dump
 
 HERE = os.path.abspath(__file__)
 WRAPPER = """#!/bin/sh
@@ -101,14 +102,6 @@ def boot() -> None:
     from twisted.scripts.twistd import run
 
     run()
-
-
-def totals(path: str) -> int:
-    with open(path) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"{path}: no totals line")
 
 
 def layer_of(filename: str, name: str) -> str:
