@@ -219,3 +219,31 @@ def test_every_replica_listens_on_the_ports_the_slices_name() -> None:
     assert listeners.status()["listening"] == [30000]
     listeners.stopService()
     assert listeners.listening == {}
+
+
+def test_a_stream_port_is_one_of_the_routers_own_listeners() -> None:
+    """An endpoint at one of the router's stream ports would send the router's connections back
+    into itself: refused while that port listens (the loop check of routing/_loops.py), and no
+    longer once it is closed."""
+    reactor = MemoryReactorClock()
+    # A cloud service whose endpoint is (by mistake) this host's stream port 30000.
+    looping = Service("default", "looping", "10.96.0.20", (WEB,),
+                      {"http": (Endpoint("127.0.0.1", 30000, "cloud-1"),)})
+    catalog = Catalog((edge_svc("a", REDIS), looping), NODES, 1)
+    router = build_router(reactor, RouterConfig(catalog=catalog, http=None))
+    router.startService()
+    api = FakeAPI()
+    listeners = StreamPortListeners(router, api, (30000, 30001), None)
+    listeners.startService()
+    assert router.pipeline.refused_endpoints() == []
+    a = desired_slice(edge_svc("a", REDIS), ["10.244.1.7"], 7780, None, {"redis": 30000})
+    api.last_list(ENDPOINT_SLICES).answer([a], "5")
+    assert router.pipeline.refused_endpoints() == [
+        {"endpoint": "127.0.0.1:30000", "listener": "stream-port-30000",
+         "services": ["default/looping"]}]
+    api.last_watch(ENDPOINT_SLICES).send("DELETED", {**a, "metadata": {
+        **a["metadata"], "resourceVersion": "6"}})
+    assert listeners.listening == {}
+    assert router.pipeline.refused_endpoints() == []
+    listeners.stopService()
+    router.stopService()

@@ -283,6 +283,14 @@ class Listener(Service):
     def address(self) -> Any:
         return None if self.port is None else self.port.getHost()
 
+    def listening(self, name: str) -> Listening | None:
+        """The TCP socket it is bound to, named ``name``; None when not bound (or not TCP)."""
+        address = self.address
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if isinstance(host, str) and isinstance(port, int):
+            return Listening(name, host, port)
+        return None
+
 
 @implementer(ISource)
 class TunnelClient(ClientService):
@@ -380,6 +388,9 @@ class MeshNode(MultiService):
         self.started_at = 0.0
         self.status_parts: dict[str, Callable[[], object]] = {}
         """More sections of ``status()`` (e.g. the Kubernetes watch), by name."""
+        self.more_listening: list[Callable[[], list[Listening]]] = []
+        """Sockets bound outside ``listeners`` (the router's stream ports, which come and
+        go with the slices): they are this node's too, for the routing-loop check."""
 
     @property
     def catalog(self) -> Catalog:
@@ -441,13 +452,17 @@ class MeshNode(MultiService):
 
     def listening(self) -> list[Listening]:
         """This node's bound TCP sockets (every listener, the admin API included)."""
-        found = []
-        for name, listener in self.listeners.items():
-            address = listener.address
-            host, port = getattr(address, "host", None), getattr(address, "port", None)
-            if isinstance(host, str) and isinstance(port, int):
-                found.append(Listening(name, host, port))
+        found = [entry for name, listener in self.listeners.items()
+                 if (entry := listener.listening(name)) is not None]
+        for more in self.more_listening:
+            found.extend(more())
         return found
+
+    def listening_changed(self) -> None:
+        """A socket outside ``listeners`` was bound or closed: refresh the loop check (once
+        the node serves; ``startService`` does it first)."""
+        if self.serving:
+            self.pipeline.set_listening(self.listening())
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False

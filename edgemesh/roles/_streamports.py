@@ -28,6 +28,7 @@ from ..exchange import (
 from ..transports import FrontLimits, HookedFrontFactory, HookedFrontProtocol
 
 if TYPE_CHECKING:
+    from ..routing import Listening
     from ..sources import KubeAPI, PortKey, PortRange
     from ._node import Listener, RouterNode
 
@@ -143,6 +144,8 @@ class StreamPortListeners(Service):
         self.listening: dict[int, Listener] = {}
         self.failed: set[int] = set()
         """Named ports that could not be bound (busy): tried again at the next change."""
+        # A catalog endpoint at one of these ports of this host would loop through it.
+        router.more_listening.append(self.bound)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -153,6 +156,7 @@ class StreamPortListeners(Service):
         self.reflector.stop()
         for port in sorted(self.listening):
             self._close(port)
+        self.router.listening_changed()
 
     def refresh(self) -> None:
         """Listen on what the slices name now, close what they no longer name."""
@@ -161,11 +165,14 @@ class StreamPortListeners(Service):
         self.named = named_stream_ports(self.slices.objects.values(), self.ports)
         if not self.running:
             return
+        before = set(self.listening)
         for port in sorted(set(self.listening) - set(self.named)):
             self._close(port)
         self.failed &= set(self.named)
         for port in sorted(set(self.named) - set(self.listening)):
             self._open(port)
+        if set(self.listening) != before:
+            self.router.listening_changed()
 
     def _open(self, port: int) -> None:
         from ._node import Listener
@@ -191,6 +198,11 @@ class StreamPortListeners(Service):
         listener = self.listening.pop(port)
         listener.stopService()
         log.info("stream port {port} closed: no managed EndpointSlice names it", port=port)
+
+    def bound(self) -> list[Listening]:
+        """The sockets of the stream ports listening now (``stream-port-N``)."""
+        return [entry for port, listener in sorted(self.listening.items())
+                if (entry := listener.listening(f"stream-port-{port}")) is not None]
 
     def _hook(self, port: int, addr: IAddress | None) -> _StreamPortHook:
         return _StreamPortHook(self, port)
