@@ -24,13 +24,13 @@ import kubernetes.client
 import pytest
 import yaml
 from kubernetes.utils import parse_quantity
-from twisted.scripts._twistd_unix import ServerOptions
 
 import edgemesh.observability._logs as logs
 import edgemesh.sources._kubeapi as kubeapi
 from edgemesh.catalog import DEFAULT_HUB_PORT, EDGE_LABEL
 from edgemesh.roles import edge_tap, router_tap
 from edgemesh.roles._admin import admin_endpoint, admin_site
+from edgemesh.roles._twistd import EdgemeshServerOptions
 from edgemesh.security._certs import init_ca_dir, issue_into_dir
 from edgemesh.sources import KubeAPI, Resource
 from edgemesh.sources._options import http_port
@@ -144,7 +144,7 @@ def containers(doc: Doc, *, init: bool = True) -> list[dict[str, Any]]:
 def twistd_containers() -> Iterator[tuple[Doc, dict[str, Any]]]:
     for doc in workloads():
         for container in containers(doc, init=False):
-            if container.get("command") == ["twistd"]:
+            if container.get("command") == ["edgemesh", "twistd"]:
                 yield doc, container
 
 
@@ -604,7 +604,7 @@ def test_command_line_parses_with_the_taps_options(
     # --log-format json tells twistd's options which logger to use, and remembers them.
     monkeypatch.setattr(logs, "_twistd_options", getattr(logs, "_twistd_options", None))
     argv = materialize(doc, container, tmp_path)
-    config = ServerOptions()
+    config = EdgemeshServerOptions()
     config.parseOptions(argv)
     assert config["nodaemon"] and config["pidfile"] == ""
     if "--log-format=json" in argv:
