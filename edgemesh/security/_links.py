@@ -47,7 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..transports import EnvelopeLink
+from ..transports import EnvelopeLink, write_now
 from . import _sockettls
 from ._material import (
     CIPHERS,
@@ -286,26 +286,102 @@ _READ_SIZE = 256 * 1024
 """Read size of the TCP connection under a link's TLS (the links' LARGE_BUFFER; Twisted's
 64 KiB default would cut every 256 KiB of body into four reads)."""
 
+_SLACK = _RECORD + 1024
+"""Plaintext a read may yield beyond its own size: a record begun in the read before."""
+
+
+def _c_calls() -> tuple[Any, Any] | None:
+    """pyOpenSSL's cffi binding of OpenSSL (its ``ffi`` and ``lib``), when it has what
+    ``_Direct`` needs; None and the public API otherwise."""
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    wanted = ("SSL_read", "BIO_read", "BIO_get_mem_data", "SSL_clear_mode",
+              "SSL_MODE_ENABLE_PARTIAL_WRITE")
+    if not all(hasattr(lib, name) for name in wanted) or not hasattr(ffi, "new_allocator"):
+        return None
+    return ffi, lib
+
+
+_C = _c_calls()
+_ALLOCATE: Any = _C[0].new_allocator(should_clear_after_alloc=False) if _C else None
+"""malloc without the memset: every byte of these buffers is written before it is read."""
+
+
+class _Direct:
+    """A link's SSL connection driven through pyOpenSSL's own C binding, where its public
+    API copies once more than needed: ``recv`` and ``bio_read`` return a new bytes per
+    call, copied out of a temporary buffer, and the records of a read were then joined.
+    Here ``SSL_read`` decrypts into one buffer per read and ``BIO_read`` drains the send
+    BIO into one buffer per write, and those buffers go on as they are.  The checks are
+    pyOpenSSL's (``_raise_ssl_error`` after every ``SSL_read``, as ``recv`` does)."""
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        assert _C is not None
+        self.ffi, self.lib = _C
+        self.connection = connection
+        self.ssl = connection._ssl  # type: ignore[attr-defined]
+        self.send_bio = connection._from_ssl  # type: ignore[attr-defined]
+
+    @staticmethod
+    def usable(connection: SSL.Connection) -> bool:
+        return (_C is not None and getattr(connection, "_from_ssl", None) is not None
+                and hasattr(connection, "_ssl") and hasattr(connection, "_raise_ssl_error"))
+
+    def whole_writes(self) -> None:
+        # Without partial writes one SSL_write makes all the records of a write (a memory
+        # BIO always takes them), instead of one Python call per 16 KiB record.
+        self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+    def read_into(self, buffer: Any, offset: int, size: int) -> int:
+        """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
+        result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
+        self.connection._raise_ssl_error(self.ssl, result)  # type: ignore[attr-defined]
+        return result
+
+    def drain(self) -> memoryview | None:
+        """Everything in the send BIO, in one buffer of its own (None: nothing)."""
+        lib, bio = self.lib, self.send_bio
+        pending: int = lib.BIO_get_mem_data(bio, self.ffi.NULL)
+        if pending <= 0:
+            return None
+        buffer = _ALLOCATE("char[]", pending)
+        got: int = lib.BIO_read(bio, buffer, pending)
+        if got <= 0:
+            return None
+        return memoryview(self.ffi.buffer(buffer, got))
+
 
 class _LinkTLS(TLSMemoryBIOProtocol):
-    """Twisted's TLS layer, with fewer trips through Python (bench/tls_cost.py, both edges of
-    p2-edge-edge-tls: 38.7 -> 32.0 M instructions per MiB, 20.5 -> 14.8 M without
-    memcpy/memset; 1.58 -> 1.51 M per /small exchange for the last point):
+    """Twisted's TLS layer, with fewer trips through Python and fewer copies
+    (bench/tls_cost.py, both edges of p2-edge-edge-tls: 38.7 -> 32.0 M instructions per
+    MiB, 20.5 -> 14.8 M without memcpy/memset; 1.58 -> 1.51 M per /small exchange for the
+    fourth point; bench/results-2026-12-03.md sections 3, 5 and 15):
 
-    - a write goes into OpenSSL without 16 KiB slices (a memoryview: no copies), and what
-      OpenSSL made of it leaves in one ``bio_read`` and one transport write, instead of a
-      slice, ``bio_read`` and transport write per record;
-    - what one read of the socket decrypts to goes up to the link in one piece, instead of
-      one ``dataReceived`` per 16 KiB record (bounded by the read size);
+    - a write goes into OpenSSL in one ``SSL_write`` (no partial writes, no 16 KiB
+      slices), and what OpenSSL made of it leaves the send BIO in one read into a buffer
+      of its own and is sent at once when the socket has nothing queued (one transport
+      write otherwise), instead of a slice, ``bio_read`` and transport write per record;
+    - what one read of the socket decrypts to goes up to the link in one piece, decrypted
+      straight into it, instead of one ``dataReceived`` per 16 KiB record;
     - no second coalescing of small writes (Twisted's BufferingTLSTransport holds them for a
       reactor turn with a ``callLater(0)``): a link already writes once per turn;
     - a frame head and its bulk body (``writeSequence``) are not joined into a copy.
     """
 
+    _direct: _Direct | None = None
+    _incoming = 0
+    """Size of the read being decrypted (to size the buffer its plaintext goes to)."""
+
     def makeConnection(self, transport: Any) -> None:
         if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
             transport.bufferSize = _READ_SIZE
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        connection = self._tlsConnection
+        if _Direct.usable(connection):
+            self._direct = _Direct(connection)
+            self._direct.whole_writes()
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         # A link writes (frame head, bulk body): the head goes into the body's first record
@@ -333,9 +409,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             total = len(view)
             try:
                 while done < total:
-                    # OpenSSL writes one record per call (pyOpenSSL sets partial writes).
+                    # With _Direct one call takes it all; else one record per call.
                     done += connection.send(view[done:] if done else view)
             except WantReadError:
+                # OpenSSL wants the same bytes again (and may have taken records of them).
                 rest = [view[done:].tobytes(), *(bytes(p) for p in pieces[index + 1:])]
                 self._bufferedWrite(b"".join(rest))  # type: ignore[no-untyped-call]
                 break
@@ -346,6 +423,15 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
+        transport: Any = self.transport
+        direct = self._direct
+        if direct is not None:
+            # No bytes object and no join per write (tls_cost.py: see _Direct), and no
+            # reactor turn when the socket has nothing queued.
+            data = direct.drain()
+            if data is not None:
+                write_now(transport, data)
+            return
         connection = self._tlsConnection
         chunks = []
         size = _READ_SIZE + 16 * 1024  # a full write's records and their overhead
@@ -358,10 +444,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             if len(chunk) < size:
                 break
         if chunks:
-            transport: Any = self.transport
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def dataReceived(self, data: bytes) -> None:
+        self._incoming = len(data)
         if len(data) <= _BIO_SLICE or not self._handshakeDone or self._appSendBuffer:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
@@ -378,13 +464,26 @@ class _LinkTLS(TLSMemoryBIOProtocol):
 
     def _flushReceiveBIO(self) -> None:
         # As Twisted's, with the records of one read delivered together.
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         failure: Failure | None = None
         end = False
         connection = self._tlsConnection
+        direct = self._direct
+        buffer: Any = None
+        filled = size = 0
         while not self._lostTLSConnection:
             try:
-                chunks.append(connection.recv(_READ_SIZE))
+                if direct is None:
+                    chunks.append(connection.recv(_READ_SIZE))
+                    continue
+                if buffer is None:
+                    size = min(self._incoming, _READ_SIZE) + _SLACK
+                    buffer = _ALLOCATE("char[]", size)
+                filled += direct.read_into(buffer, filled, size - filled)
+                if filled == size:
+                    chunks.append(self._plaintext(direct, buffer, filled, size))
+                    buffer = None
+                    filled = 0
             except WantReadError:
                 unfed = self._unfed
                 if not unfed:
@@ -397,15 +496,30 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             except SSL.Error:
                 failure = Failure()
                 break
+        if filled:
+            chunks.append(self._plaintext(direct, buffer, filled, size))
         self._unfed = memoryview(b"")  # all fed, or the connection is ending
         if chunks and not self._aborted:
-            ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            ProtocolWrapper.dataReceived(self, data)
         if end:
             self._shutdownTLS()  # type: ignore[no-untyped-call]
             self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
         elif failure is not None:
             self._tlsShutdownFinished(failure)  # type: ignore[no-untyped-call]
         self._flushSendBIO()
+
+    @staticmethod
+    def _plaintext(direct: Any, buffer: Any, filled: int, size: int) -> bytes | memoryview:
+        """What a read decrypted: the buffer itself, read-only (the link's frame decoder
+        may keep views of it: pieces of a large body), when it is at least half full; a
+        copy of the bytes otherwise, so that views never hold more than twice what they
+        show."""
+        data = direct.ffi.buffer(buffer, filled)
+        if 2 * filled >= size:
+            return memoryview(data).toreadonly()
+        copy: bytes = data[:]
+        return copy
 
 
 class _LinkTLSFactory(TLSMemoryBIOFactory):

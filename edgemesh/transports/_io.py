@@ -54,7 +54,7 @@ def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> No
     transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, sending immediately when that is safe."""
     if _idle_plain_tcp(transport):
         try:
@@ -67,7 +67,7 @@ def write_now(transport: Any, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
-    transport.write(data)
+    transport.write(data if type(data) is bytes else bytes(data))  # Twisted takes bytes only
 
 
 LARGE_BUFFER = 256 * 1024
