@@ -298,7 +298,8 @@ def _c_calls() -> tuple[Any, Any] | None:
     except ImportError:
         return None
     wanted = ("SSL_read", "BIO_read", "BIO_get_mem_data", "SSL_clear_mode",
-              "SSL_MODE_ENABLE_PARTIAL_WRITE")
+              "SSL_MODE_ENABLE_PARTIAL_WRITE", "BIO_new_mem_buf", "BIO_set_mem_eof_return",
+              "SSL_set_bio", "BIO_new", "BIO_s_mem")
     if not all(hasattr(lib, name) for name in wanted) or not hasattr(ffi, "new_allocator"):
         return None
     return ffi, lib
@@ -321,12 +322,13 @@ class _Direct:
         assert _C is not None
         self.ffi, self.lib = _C
         self.connection = connection
-        self.ssl = connection._ssl  # type: ignore[attr-defined]
-        self.send_bio = connection._from_ssl  # type: ignore[attr-defined]
+        self.ssl = connection._ssl
+        self.send_bio = connection._from_ssl
 
     @staticmethod
     def usable(connection: SSL.Connection) -> bool:
         return (_C is not None and getattr(connection, "_from_ssl", None) is not None
+                and getattr(connection, "_into_ssl", None) is not None
                 and hasattr(connection, "_ssl") and hasattr(connection, "_raise_ssl_error"))
 
     def whole_writes(self) -> None:
@@ -337,8 +339,38 @@ class _Direct:
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
         """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
         result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
-        self.connection._raise_ssl_error(self.ssl, result)  # type: ignore[attr-defined]
+        self.connection._raise_ssl_error(self.ssl, result)
         return result
+
+    def lend(self, data: bytes | memoryview) -> bool:
+        """Make ``data`` itself OpenSSL's receive BIO (a read-only memory BIO over it) until
+        ``take_back``: no copy into a growing BIO, nor its memset; False (nothing done)
+        while the BIO in use still holds bytes."""
+        lib, ffi = self.lib, self.ffi
+        if lib.BIO_get_mem_data(self.connection._into_ssl, ffi.NULL) != 0:
+            return False
+        pinned = ffi.from_buffer(data)
+        bio = lib.BIO_new_mem_buf(pinned, len(data))
+        if bio == ffi.NULL:
+            return False
+        lib.BIO_set_mem_eof_return(bio, -1)  # its end means "no more yet", not the peer's EOF
+        lib.SSL_set_bio(self.ssl, bio, self.send_bio)  # frees the receive BIO in use
+        self.connection._into_ssl = bio  # pyOpenSSL's bio_write/bio_shutdown: never freed
+        self._pinned = pinned
+        return True
+
+    def take_back(self) -> None:
+        """A new, empty receive BIO of OpenSSL's own, as pyOpenSSL made it (what a record
+        begun in the lent bytes needs, OpenSSL keeps in its record buffer)."""
+        lib = self.lib
+        bio = lib.BIO_new(lib.BIO_s_mem())
+        if bio == self.ffi.NULL:
+            raise MemoryError("BIO_new")
+        lib.SSL_set_bio(self.ssl, bio, self.send_bio)  # frees the lent one
+        self.connection._into_ssl = bio
+        self._pinned = None
+
+    _pinned: Any = None
 
     def drain(self) -> memoryview | None:
         """Everything in the send BIO, in one buffer of its own (None: nothing)."""
@@ -448,6 +480,16 @@ class _LinkTLS(TLSMemoryBIOProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._incoming = len(data)
+        direct = self._direct
+        if (direct is not None and self._handshakeDone and not self._appSendBuffer
+                and not self._lostTLSConnection and direct.lend(data)):
+            # OpenSSL reads the records from the read itself (tls_cost.py: X M/MiB), and
+            # the receive BIO never grows.
+            try:
+                self._flushReceiveBIO()
+            finally:
+                direct.take_back()
+            return
         if len(data) <= _BIO_SLICE or not self._handshakeDone or self._appSendBuffer:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
