@@ -66,6 +66,7 @@ from edgemesh.security import (
     Plaintext,
     TLSConfig,
     TLSFileError,
+    _links,
     make_ca,
     make_node_cert,
 )
@@ -76,7 +77,6 @@ from edgemesh.security._certs import (
     issue_into_dir,
     issue_node_files,
 )
-from edgemesh.security import _links
 from edgemesh.security._links import (
     _ClientCreator,
     _GuardedClientEndpoint,
@@ -1235,16 +1235,17 @@ class BioSpy:
 
 
 def tls_pair(reactor: MemoryReactorClock, pki: PKI, server_app: Protocol,
-             client_app: Protocol) -> tuple[Any, Any, IOPump]:
-    """A node's server side and a client, handshake done, over iosim's fake transports."""
+             client_app: Protocol) -> tuple[Any, IOPump]:
+    """A node's server side (its TLS layer) and a client, handshake done, over iosim's
+    fake transports."""
     tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
     server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
-    client: Any = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
-                             serving(client_app)).buildProtocol(ADDRESS)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
     pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
                    greet=False, clock=reactor)
     pump.flush()  # the handshake
-    return server, client, pump
+    return server, pump
 
 
 def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
@@ -1256,7 +1257,7 @@ def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
     upload = os.urandom(1 << 20)
     server_app = Chunks()
     client_app = Bytes()
-    server, client, pump = tls_pair(reactor, pki, server_app, client_app)
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
     spy = server._tlsConnection = BioSpy(server._tlsConnection)
     assert client_app.transport is not None
     client_app.transport.write(upload)
@@ -1277,7 +1278,7 @@ def test_link_tls_one_ssl_write_per_write_and_no_bio_read(
     temporary buffer); the peer gets every byte."""
     download = os.urandom(1 << 20)
     server_app, client_app = Bytes(), Bytes()
-    server, client, pump = tls_pair(reactor, pki, server_app, client_app)
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
     spy = server._tlsConnection = BioSpy(server._tlsConnection)
     assert server_app.transport is not None
     server_app.transport.write(download)
@@ -1304,7 +1305,7 @@ def test_link_tls_hands_up_the_buffer_it_decrypted_into(
     decoder may keep views of it); a small one as bytes (a view would hold the whole
     buffer for a few bytes)."""
     server_app, client_app = Kept(), Bytes()
-    server, client, pump = tls_pair(reactor, pki, server_app, client_app)
+    _, pump = tls_pair(reactor, pki, server_app, client_app)
     assert client_app.transport is not None
     large, small = os.urandom(200 * 1024), b"small"
     client_app.transport.write(large)
@@ -1324,7 +1325,7 @@ def test_link_tls_records_cut_anywhere_between_reads(
     the read it came in is gone): every byte arrives, in order, and a later large read
     still comes whole."""
     server_app, client_app = Chunks(), Bytes()
-    server, client, pump = tls_pair(reactor, pki, server_app, client_app)
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
     assert client_app.transport is not None
     upload = os.urandom(300 * 1024)
     client_app.transport.write(upload)
