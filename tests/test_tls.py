@@ -1270,12 +1270,13 @@ def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
         assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
 
 
-def test_link_tls_one_ssl_write_per_write_and_no_bio_read(
+def test_link_tls_64_kib_per_ssl_write_and_no_bio_read(
     reactor: MemoryReactorClock, pki: PKI
 ) -> None:
-    """A 1 MiB write is one SSL_write (not one per 16 KiB record: 64), and its records
-    leave the send BIO without pyOpenSSL's bio_read (a bytes object copied out of a
-    temporary buffer); the peer gets every byte."""
+    """A 1 MiB write is 16 SSL_writes of 64 KiB (not one per 16 KiB record: 64; and the
+    send BIO never holds more than 64 KiB of it), and its records leave the send BIO
+    without pyOpenSSL's bio_read (a bytes object copied out of a temporary buffer); the
+    peer gets every byte."""
     download = os.urandom(1 << 20)
     server_app, client_app = Bytes(), Bytes()
     server, pump = tls_pair(reactor, pki, server_app, client_app)
@@ -1284,7 +1285,7 @@ def test_link_tls_one_ssl_write_per_write_and_no_bio_read(
     server_app.transport.write(download)
     pump.flush()
     assert client_app.received == download
-    assert (spy.sends, spy.bio_reads) == (1, 0)
+    assert (spy.sends, spy.bio_reads) == (16, 0)
 
 
 class Kept(Protocol):

@@ -47,7 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..transports import EnvelopeLink, write_now
+from ..transports import EnvelopeLink, write_all_now, write_now
 from . import _sockettls
 from ._material import (
     CIPHERS,
@@ -439,24 +439,42 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if self._lostTLSConnection:
             return
         connection = self._tlsConnection
+        direct = self._direct
+        # With _Direct: 64 KiB per SSL_write, each drained at once, and all of them sent with
+        # one sendmsg: the send BIO, which keeps 4/3 of the most it ever held, never holds
+        # more than that (idle links after 256 KiB each way: 309 -> N KiB per link).
+        step = _BIO_SLICE if direct is not None else _RECORD
+        out: list[memoryview] = []
         for index, piece in enumerate(pieces):
             view = memoryview(piece)
             done = 0
             total = len(view)
             try:
                 while done < total:
-                    # With _Direct one call takes it all; else one record per call.
-                    done += connection.send(view[done:] if done else view)
+                    # (One record per call without _Direct: partial writes.)
+                    done += connection.send(view[done:done + step])
+                    if direct is not None:
+                        drained = direct.drain()
+                        if drained is not None:
+                            out.append(drained)
             except WantReadError:
                 # OpenSSL wants the same bytes again (and may have taken records of them).
                 rest = [view[done:].tobytes(), *(bytes(p) for p in pieces[index + 1:])]
                 self._bufferedWrite(b"".join(rest))  # type: ignore[no-untyped-call]
                 break
             except SSL.Error:
+                self._emit(out)
                 self._flushSendBIO()  # the records of what was sent before
                 self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
                 return
+        self._emit(out)
         self._flushSendBIO()
+
+    def _emit(self, out: list[memoryview]) -> None:
+        if len(out) == 1:
+            write_now(self.transport, out[0])
+        elif out:
+            write_all_now(self.transport, out)
 
     def _flushSendBIO(self) -> None:
         transport: Any = self.transport
