@@ -315,7 +315,7 @@ class _Direct:
     API copies once more than needed: ``recv`` and ``bio_read`` return a new bytes per
     call, copied out of a temporary buffer, and the records of a read were then joined.
     Here ``SSL_read`` decrypts into one buffer per read and ``BIO_read`` drains the send
-    BIO into one buffer per write, and those buffers go on as they are (with whole writes:
+    BIO into a buffer of its own, and those buffers go on as they are (with whole writes:
     tls_cost.py, both edges, 27.8 -> 21.5 M instructions per MiB; results §15).  The
     checks are pyOpenSSL's (``_raise_ssl_error`` after every ``SSL_read``, as ``recv``
     does); the contexts, suites, versions and verification are untouched."""
@@ -334,9 +334,9 @@ class _Direct:
                 and hasattr(connection, "_ssl") and hasattr(connection, "_raise_ssl_error"))
 
     def whole_writes(self) -> None:
-        # Without partial writes one SSL_write makes all the records of a write (a memory
+        # Without partial writes one SSL_write makes all the records it is given (a memory
         # BIO always takes them), instead of one Python call per 16 KiB record (the
-        # sending edge's interpreter: 1.16 -> 0.71 M instructions per MiB).
+        # sending edge's interpreter: 1.16 -> 0.72 M instructions per MiB).
         self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
 
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
@@ -391,13 +391,14 @@ class _Direct:
 class _LinkTLS(TLSMemoryBIOProtocol):
     """Twisted's TLS layer, with fewer trips through Python and fewer copies
     (bench/tls_cost.py, both edges of p2-edge-edge-tls: 38.7 -> 32.0 M instructions per
-    MiB, 20.5 -> 14.8 M without memcpy/memset, and in a third pass 27.8 -> 18.8 M;
+    MiB, 20.5 -> 14.8 M without memcpy/memset, and in a third pass 27.8 -> 19.2 M;
     bench/results-2026-12-03.md sections 3, 5 and 15):
 
-    - a write goes into OpenSSL in one ``SSL_write`` (no partial writes, no 16 KiB
-      slices), and what OpenSSL made of it leaves the send BIO in one read into a buffer
-      of its own and is sent at once when the socket has nothing queued (one transport
-      write otherwise), instead of a slice, ``bio_read`` and transport write per record;
+    - a write goes into OpenSSL 64 KiB per ``SSL_write`` (no partial writes, no 16 KiB
+      slices), what OpenSSL made of each leaves the send BIO in one read into a buffer of
+      its own, and all of them are sent with one ``sendmsg`` when the socket has nothing
+      queued (one transport write otherwise), instead of a slice, ``bio_read`` and
+      transport write per record;
     - a read of the socket becomes OpenSSL's receive BIO itself (``_Direct.lend``), and
       what it decrypts to goes up to the link in one piece, decrypted straight into it,
       instead of one ``dataReceived`` per 16 KiB record;
