@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -1345,6 +1347,33 @@ def test_link_tls_records_cut_anywhere_between_reads(
     assert server_app.received == upload + more
     assert server_app.pieces == pieces + 1
     assert server_app.lost is None and client_app.lost is None
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 200 * 1024),
+       cuts=st.lists(st.integers(1, 40_000), min_size=1, max_size=12))
+def test_link_tls_any_cuts_between_reads(
+    reactor: MemoryReactorClock, pki: PKI, size: int, cuts: list[int]
+) -> None:
+    """Whatever the reads' sizes (records cut anywhere, several records in one read, a read
+    that ends a record exactly), every byte arrives once and in order."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(size)
+    client_app.transport.write(upload)
+    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
+    wire = pump.clientIO.getOutBuffer()
+    assert wire
+    pos = index = 0
+    while pos < len(wire):
+        take = cuts[index % len(cuts)]
+        server.dataReceived(wire[pos:pos + take])
+        pos += take
+        index += 1
+    assert server_app.received == upload
+    assert server_app.lost is None
 
 
 class EarlySequenced(Bytes):
