@@ -12,6 +12,10 @@ origin) with curl, dumps, and prints the instructions of each edge per MiB.
 ``--tree`` runs the mesh from another checkout (e.g. an old commit extracted with
 ``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions;
 ``--link-tls-io`` passes that option to every node (how a link's TLS reaches its socket).
+``--measure strace`` runs the edges without valgrind and counts every system call they
+make during the transfers (``strace -c -f``, attached once the mesh is ready);
+``--measure cpu`` runs them bare and prints their CPU time per MiB from /proc (noisy on a
+shared machine: compare settings in the same minute only).
 
 Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
 next eight.
@@ -23,6 +27,7 @@ import argparse
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +64,24 @@ def io_calls(pid: int) -> tuple[int, int]:
     return int(fields["syscr"]), int(fields["syscw"])
 
 
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def strace_rows(path: str) -> list[tuple[str, int]]:
+    """(system call, calls) from an ``strace -c`` summary, most frequent first."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                rows.append((parts[-1], int(parts[3])))
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=harness.REPO, help="checkout the mesh runs from")
@@ -69,13 +92,18 @@ def main() -> None:
     parser.add_argument("--body", choices=["big", "small"], default="big",
                         help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
+    parser.add_argument("--measure", choices=["callgrind", "strace", "cpu"],
+                        default="callgrind")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
     out = tempfile.mkdtemp(prefix="edgemesh-tls-cost-")
     wrapper = os.path.join(out, "python")
     with open(wrapper, "w") as f:
-        f.write(WRAPPER.format(out=out, python=args.python))
+        if args.measure == "callgrind":
+            f.write(WRAPPER.format(out=out, python=args.python))
+        else:
+            f.write(f'#!/bin/sh\nexec "{args.python}" "$@"\n')
     os.chmod(wrapper, 0o755)
     harness.CFG.update(PYTHON=wrapper, READY_TIMEOUT="300", IDLE_WAIT="0")
     plain_wait = harness.wait_port
@@ -108,9 +136,18 @@ def main() -> None:
         print(f"mesh ready in {time.monotonic() - started:.0f}s ({args.tree})", flush=True)
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
         io_before = {name: io_calls(pid) for name, pid in edges.items()}
-        for pid in edges.values():
-            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
-                           capture_output=True, timeout=120)
+        ticks_before = {name: cpu_ticks(pid) for name, pid in edges.items()}
+        tracers: dict[str, subprocess.Popen[bytes]] = {}
+        if args.measure == "strace":
+            for name, pid in edges.items():
+                tracers[name] = subprocess.Popen(
+                    ["strace", "-c", "-f", "-p", str(pid), "-o",
+                     os.path.join(out, f"strace.{name}")], stderr=subprocess.PIPE)
+            time.sleep(1)  # strace attaches asynchronously; its summary says nothing else
+        if args.measure == "callgrind":
+            for pid in edges.values():
+                subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                               capture_output=True, timeout=120)
         url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
         for _ in range(args.transfers):
             done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
@@ -119,12 +156,33 @@ def main() -> None:
             if done.stdout != "200":
                 raise RuntimeError(f"transfer: {done.stdout} {done.stderr}")
         io_after = {name: io_calls(pid) for name, pid in edges.items()}
-        for pid in edges.values():
-            subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
-                           capture_output=True, timeout=300)
+        ticks_after = {name: cpu_ticks(pid) for name, pid in edges.items()}
         # Per MiB for the 1 MiB body; per exchange for the small one.
         mib = args.transfers * harness.BIG_SIZE / 2 ** 20 if args.body == "big" else args.transfers
         unit = "MiB" if args.body == "big" else "exchange"
+        links = (f"{'plaintext' if args.plain else 'mTLS'} links, "
+                 f"--link-tls-io {args.link_tls_io or 'default'}")
+        if args.measure != "callgrind":
+            for name, tracer in tracers.items():
+                tracer.send_signal(signal.SIGINT)  # strace detaches and writes its summary
+                tracer.wait(timeout=60)
+            hz = os.sysconf("SC_CLK_TCK")
+            for name in edges:
+                # (/proc/PID/io's syscr/syscw count read(2)/write(2), not Twisted's
+                # recv/send: strace counts those.)
+                seconds = (ticks_after[name] - ticks_before[name]) / hz
+                print(f"{name}: CPU {seconds * 1e3 / mib:,.2f} ms per {unit}"
+                      f"{' (under strace)' if tracers else ''}", flush=True)
+                if name in tracers:
+                    rows = strace_rows(os.path.join(out, f"strace.{name}"))
+                    total = sum(calls for _, calls in rows)
+                    print(f"{name}: {total / mib:,.1f} system calls per {unit}: " + ", ".join(
+                        f"{call} {calls / mib:,.1f}" for call, calls in rows[:8]), flush=True)
+            print(f"({args.transfers} x /{args.body}, {links})")
+            return
+        for pid in edges.values():
+            subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
+                           capture_output=True, timeout=300)
         grand = grand_copies = 0
         for name, pid in edges.items():
             dumps = sorted(glob.glob(os.path.join(out, f"callgrind.{pid}.*")))
@@ -151,9 +209,7 @@ def main() -> None:
                 print("\n".join(rows[: args.annotate]))
         print(f"both edges: {grand / mib / 1e6:,.3f} M instructions per {unit}, "
               f"{(grand - grand_copies) / mib / 1e6:,.3f} M without memcpy/memset "
-              f"({args.transfers} x /{args.body}, "
-              f"{'plaintext' if args.plain else 'mTLS'} links, "
-              f"--link-tls-io {args.link_tls_io or 'default'})")
+              f"({args.transfers} x /{args.body}, {links})")
     finally:
         harness.stop_all()
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -66,6 +68,7 @@ from edgemesh.security import (
     Plaintext,
     TLSConfig,
     TLSFileError,
+    _links,
     make_ca,
     make_node_cert,
 )
@@ -1079,8 +1082,17 @@ class Chunks(Bytes):
         super().dataReceived(data)
 
 
+@pytest.fixture(params=["direct", "public"])
+def c_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The links' TLS layer through pyOpenSSL's C binding (what runs), or through its
+    public API only (what runs when the binding lacks a call)."""
+    if request.param == "public":
+        monkeypatch.setattr(_links, "_C", None)
+    return str(request.param)
+
+
 def test_link_tls_hands_each_read_up_whole_and_sends_large_writes_intact(
-    reactor: MemoryReactorClock, pki: PKI
+    reactor: MemoryReactorClock, pki: PKI, c_calls: str
 ) -> None:
     """A read that holds many TLS records reaches the link as one piece (Twisted's layer
     hands up one piece per 16 KiB record: 64 per MiB), and a 1 MiB write arrives intact."""
@@ -1199,42 +1211,169 @@ def test_link_tls_write_sequence_does_not_join_a_bulk_body(
 
 
 class BioSpy:
-    """An SSL.Connection that notes the size of every bio_write."""
+    """An SSL.Connection that notes the size of every bio_write, and counts its sends and
+    bio_reads."""
 
     def __init__(self, connection: SSL.Connection) -> None:
         self.connection = connection
         self.fed: list[int] = []
+        self.sends = 0
+        self.bio_reads = 0
 
     def bio_write(self, data: bytes) -> int:
         self.fed.append(len(data))
         return self.connection.bio_write(data)
 
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.connection.send(data)
+
+    def bio_read(self, size: int) -> bytes:
+        self.bio_reads += 1
+        return self.connection.bio_read(size)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
 
 
-def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
-    reactor: MemoryReactorClock, pki: PKI
-) -> None:
-    """A large read goes into OpenSSL's receive memory BIO 64 KiB at a time (the BIO keeps
-    the most it ever held for the connection's life), and still reaches the link whole."""
-    upload = os.urandom(1 << 20)
-    server_app = Chunks()
+def tls_pair(reactor: MemoryReactorClock, pki: PKI, server_app: Protocol,
+             client_app: Protocol) -> tuple[Any, IOPump]:
+    """A node's server side (its TLS layer) and a client, handshake done, over iosim's
+    fake transports."""
     tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
     server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
-    client_app = Bytes()
     client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
                         serving(client_app)).buildProtocol(ADDRESS)
     pump = connect(server, makeFakeServer(server), client, makeFakeClient(client),
                    greet=False, clock=reactor)
     pump.flush()  # the handshake
+    return server, pump
+
+
+def test_link_tls_feeds_the_receive_bio_in_bounded_slices(
+    reactor: MemoryReactorClock, pki: PKI, c_calls: str
+) -> None:
+    """A large read never goes whole into a receive memory BIO that keeps the most it ever
+    held for the connection's life: OpenSSL reads it where it is (direct), or it goes in
+    64 KiB at a time (public API); either way it reaches the link whole."""
+    upload = os.urandom(1 << 20)
+    server_app = Chunks()
+    client_app = Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
     spy = server._tlsConnection = BioSpy(server._tlsConnection)
     assert client_app.transport is not None
     client_app.transport.write(upload)
     pump.flush()
     assert server_app.received == upload
     assert server_app.pieces <= 4  # still one piece per delivery of the fake transport
-    assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
+    if c_calls == "direct":
+        assert spy.fed == []
+    else:
+        assert sum(spy.fed) > len(upload) and max(spy.fed) <= 64 * 1024, spy.fed
+
+
+def test_link_tls_64_kib_per_ssl_write_and_no_bio_read(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A 1 MiB write is 16 SSL_writes of 64 KiB (not one per 16 KiB record: 64; and the
+    send BIO never holds more than 64 KiB of it), and its records leave the send BIO
+    without pyOpenSSL's bio_read (a bytes object copied out of a temporary buffer); the
+    peer gets every byte."""
+    download = os.urandom(1 << 20)
+    server_app, client_app = Bytes(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    spy = server._tlsConnection = BioSpy(server._tlsConnection)
+    assert server_app.transport is not None
+    server_app.transport.write(download)
+    pump.flush()
+    assert client_app.received == download
+    assert (spy.sends, spy.bio_reads) == (16, 0)
+
+
+class Kept(Protocol):
+    """Keeps every piece as it came."""
+
+    def __init__(self) -> None:
+        self.pieces: list[Any] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+
+def test_link_tls_hands_up_the_buffer_it_decrypted_into(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A large read's plaintext reaches the link as a read-only view of the one buffer
+    OpenSSL decrypted it into (no bytes per record, no join; read-only, so the frame
+    decoder may keep views of it); a small one as bytes (a view would hold the whole
+    buffer for a few bytes)."""
+    server_app, client_app = Kept(), Bytes()
+    _, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    large, small = os.urandom(200 * 1024), b"small"
+    client_app.transport.write(large)
+    pump.flush()
+    client_app.transport.write(small)
+    pump.flush()
+    assert b"".join(server_app.pieces) == large + small
+    first, last = server_app.pieces[0], server_app.pieces[-1]
+    assert isinstance(first, memoryview) and first.readonly
+    assert type(last) is bytes
+
+
+def test_link_tls_records_cut_anywhere_between_reads(
+    reactor: MemoryReactorClock, pki: PKI, c_calls: str
+) -> None:
+    """Reads that end inside a record's header or body (OpenSSL keeps the part it has,
+    the read it came in is gone): every byte arrives, in order, and a later large read
+    still comes whole."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(300 * 1024)
+    client_app.transport.write(upload)
+    wire = pump.clientIO.getOutBuffer()
+    cuts = [1, 2, 3, 5, 4096 + 3, 16 * 1024 + 30, 70_000, 1]
+    pos = 0
+    for size in cuts * 3:
+        server.dataReceived(wire[pos:pos + size])
+        pos += size
+    server.dataReceived(wire[pos:])
+    assert server_app.received == upload
+    more = os.urandom(256 * 1024)
+    client_app.transport.write(more)
+    pieces = server_app.pieces
+    server.dataReceived(pump.clientIO.getOutBuffer())
+    assert server_app.received == upload + more
+    assert server_app.pieces == pieces + 1
+    assert server_app.lost is None and client_app.lost is None
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 200 * 1024),
+       cuts=st.lists(st.integers(1, 40_000), min_size=1, max_size=12))
+def test_link_tls_any_cuts_between_reads(
+    reactor: MemoryReactorClock, pki: PKI, size: int, cuts: list[int]
+) -> None:
+    """Whatever the reads' sizes (records cut anywhere, several records in one read, a read
+    that ends a record exactly), every byte arrives once and in order."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(size)
+    client_app.transport.write(upload)
+    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
+    wire = pump.clientIO.getOutBuffer()
+    assert wire
+    pos = index = 0
+    while pos < len(wire):
+        take = cuts[index % len(cuts)]
+        server.dataReceived(wire[pos:pos + take])
+        pos += take
+        index += 1
+    assert server_app.received == upload
+    assert server_app.lost is None
 
 
 class EarlySequenced(Bytes):

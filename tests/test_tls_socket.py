@@ -227,7 +227,9 @@ class Cases:
             client.transport.write(upload[start:start + (1 << 20)])
         tcp: Any = self.tls_layer(client).transport
         for _ in range(int(DEADLINE * 100)):
-            if tcp.offset or tcp.dataBuffer:  # the socket took part, then no more
+            # The socket took part, then no more (the memory path sends directly while
+            # Twisted's buffer is empty: the rest waits in its list).
+            if tcp.offset or tcp.dataBuffer or tcp._tempDataLen:
                 break
             await timed(sleep(0.01))
         pending = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
@@ -342,6 +344,23 @@ def sleep(seconds: float) -> Deferred[None]:
 
 class MemoryBIO(Cases, TestCase):
     link_io = "memory"
+
+    async def test_records_leave_within_the_write_when_nothing_is_queued(self) -> None:
+        """With nothing queued on the socket, a write's records are sent within the write:
+        no reactor turn, nothing copied into Twisted's buffer; once the socket has a
+        backlog, writes queue behind it (test_a_reader_that_pauses: in order)."""
+        client = await self.dial(self.listen())
+        await client.handshake
+        server = await self.server()
+        assert client.transport is not None
+        tcp: Any = self.tls_layer(client).transport
+        client.transport.write(b"x" * 1000)
+        self.assertEqual((tcp._tempDataLen, len(tcp.dataBuffer) - tcp.offset), (0, 0))
+        await server.until(1000)
+        self.assertEqual(server.received, b"x" * 1000)
+        client.transport.loseConnection()
+        await ended(server)
+        await ended(client)
 
 
 class SocketBIO(Cases, TestCase):

@@ -47,7 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..transports import EnvelopeLink
+from ..transports import EnvelopeLink, write_all_now, write_now
 from . import _sockettls
 from ._material import (
     CIPHERS,
@@ -286,26 +286,139 @@ _READ_SIZE = 256 * 1024
 """Read size of the TCP connection under a link's TLS (the links' LARGE_BUFFER; Twisted's
 64 KiB default would cut every 256 KiB of body into four reads)."""
 
+_SLACK = _RECORD + 1024
+"""Plaintext a read may yield beyond its own size: a record begun in the read before."""
+
+
+def _c_calls() -> tuple[Any, Any] | None:
+    """pyOpenSSL's cffi binding of OpenSSL (its ``ffi`` and ``lib``), when it has what
+    ``_Direct`` needs; None and the public API otherwise."""
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    wanted = ("SSL_read", "BIO_read", "BIO_get_mem_data", "SSL_clear_mode",
+              "SSL_MODE_ENABLE_PARTIAL_WRITE", "BIO_new_mem_buf", "BIO_set_mem_eof_return",
+              "SSL_set_bio", "BIO_new", "BIO_s_mem")
+    if not all(hasattr(lib, name) for name in wanted) or not hasattr(ffi, "new_allocator"):
+        return None
+    return ffi, lib
+
+
+_C = _c_calls()
+_ALLOCATE: Any = _C[0].new_allocator(should_clear_after_alloc=False) if _C else None
+"""malloc without the memset: every byte of these buffers is written before it is read."""
+
+
+class _Direct:
+    """A link's SSL connection driven through pyOpenSSL's own C binding, where its public
+    API copies once more than needed: ``recv`` and ``bio_read`` return a new bytes per
+    call, copied out of a temporary buffer, and the records of a read were then joined.
+    Here ``SSL_read`` decrypts into one buffer per read and ``BIO_read`` drains the send
+    BIO into a buffer of its own, and those buffers go on as they are (with whole writes:
+    tls_cost.py, both edges, 27.8 -> 21.5 M instructions per MiB; results §15).  The
+    checks are pyOpenSSL's (``_raise_ssl_error`` after every ``SSL_read``, as ``recv``
+    does); the contexts, suites, versions and verification are untouched."""
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        assert _C is not None
+        self.ffi, self.lib = _C
+        self.connection = connection
+        self.ssl = connection._ssl
+        self.send_bio = connection._from_ssl
+
+    @staticmethod
+    def usable(connection: SSL.Connection) -> bool:
+        return (_C is not None and getattr(connection, "_from_ssl", None) is not None
+                and getattr(connection, "_into_ssl", None) is not None
+                and hasattr(connection, "_ssl") and hasattr(connection, "_raise_ssl_error"))
+
+    def whole_writes(self) -> None:
+        # Without partial writes one SSL_write makes all the records it is given (a memory
+        # BIO always takes them), instead of one Python call per 16 KiB record (the
+        # sending edge's interpreter: 1.16 -> 0.72 M instructions per MiB).
+        self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+    def read_into(self, buffer: Any, offset: int, size: int) -> int:
+        """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
+        result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
+        self.connection._raise_ssl_error(self.ssl, result)
+        return result
+
+    def lend(self, data: bytes | memoryview) -> bool:
+        """Make ``data`` itself OpenSSL's receive BIO (a read-only memory BIO over it) until
+        ``take_back``: no copy into a growing BIO, nor its memset; False (nothing done)
+        while the BIO in use still holds bytes."""
+        lib, ffi = self.lib, self.ffi
+        if lib.BIO_get_mem_data(self.connection._into_ssl, ffi.NULL) != 0:
+            return False
+        pinned = ffi.from_buffer(data)
+        bio = lib.BIO_new_mem_buf(pinned, len(data))
+        if bio == ffi.NULL:
+            return False
+        lib.BIO_set_mem_eof_return(bio, -1)  # its end means "no more yet", not the peer's EOF
+        lib.SSL_set_bio(self.ssl, bio, self.send_bio)  # frees the receive BIO in use
+        self.connection._into_ssl = bio  # pyOpenSSL's bio_write/bio_shutdown: never freed
+        self._pinned = pinned
+        return True
+
+    def take_back(self) -> None:
+        """A new, empty receive BIO of OpenSSL's own, as pyOpenSSL made it (what a record
+        begun in the lent bytes needs, OpenSSL keeps in its record buffer)."""
+        lib = self.lib
+        bio = lib.BIO_new(lib.BIO_s_mem())
+        if bio == self.ffi.NULL:
+            raise MemoryError("BIO_new")
+        lib.SSL_set_bio(self.ssl, bio, self.send_bio)  # frees the lent one
+        self.connection._into_ssl = bio
+        self._pinned = None
+
+    _pinned: Any = None
+
+    def drain(self) -> memoryview | None:
+        """Everything in the send BIO, in one buffer of its own (None: nothing)."""
+        lib, bio = self.lib, self.send_bio
+        pending: int = lib.BIO_get_mem_data(bio, self.ffi.NULL)
+        if pending <= 0:
+            return None
+        buffer = _ALLOCATE("char[]", pending)
+        got: int = lib.BIO_read(bio, buffer, pending)
+        if got <= 0:
+            return None
+        return memoryview(self.ffi.buffer(buffer, got))
+
 
 class _LinkTLS(TLSMemoryBIOProtocol):
-    """Twisted's TLS layer, with fewer trips through Python (bench/tls_cost.py, both edges of
-    p2-edge-edge-tls: 38.7 -> 32.0 M instructions per MiB, 20.5 -> 14.8 M without
-    memcpy/memset; 1.58 -> 1.51 M per /small exchange for the last point):
+    """Twisted's TLS layer, with fewer trips through Python and fewer copies
+    (bench/tls_cost.py, both edges of p2-edge-edge-tls: 38.7 -> 32.0 M instructions per
+    MiB, 20.5 -> 14.8 M without memcpy/memset, and in a third pass 27.8 -> 19.2 M;
+    bench/results-2026-12-03.md sections 3, 5 and 15):
 
-    - a write goes into OpenSSL without 16 KiB slices (a memoryview: no copies), and what
-      OpenSSL made of it leaves in one ``bio_read`` and one transport write, instead of a
-      slice, ``bio_read`` and transport write per record;
-    - what one read of the socket decrypts to goes up to the link in one piece, instead of
-      one ``dataReceived`` per 16 KiB record (bounded by the read size);
+    - a write goes into OpenSSL 64 KiB per ``SSL_write`` (no partial writes, no 16 KiB
+      slices), what OpenSSL made of each leaves the send BIO in one read into a buffer of
+      its own, and all of them are sent with one ``sendmsg`` when the socket has nothing
+      queued (one transport write otherwise), instead of a slice, ``bio_read`` and
+      transport write per record;
+    - a read of the socket becomes OpenSSL's receive BIO itself (``_Direct.lend``), and
+      what it decrypts to goes up to the link in one piece, decrypted straight into it,
+      instead of one ``dataReceived`` per 16 KiB record;
     - no second coalescing of small writes (Twisted's BufferingTLSTransport holds them for a
       reactor turn with a ``callLater(0)``): a link already writes once per turn;
     - a frame head and its bulk body (``writeSequence``) are not joined into a copy.
     """
 
+    _direct: _Direct | None = None
+    _incoming = 0
+    """Size of the read being decrypted (to size the buffer its plaintext goes to)."""
+
     def makeConnection(self, transport: Any) -> None:
         if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
             transport.bufferSize = _READ_SIZE
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        connection = self._tlsConnection
+        if _Direct.usable(connection):
+            self._direct = _Direct(connection)
+            self._direct.whole_writes()
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         # A link writes (frame head, bulk body): the head goes into the body's first record
@@ -327,25 +440,54 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if self._lostTLSConnection:
             return
         connection = self._tlsConnection
+        direct = self._direct
+        # With _Direct: 64 KiB per SSL_write, each drained at once, and all of them sent with
+        # one sendmsg: the send BIO, which keeps 4/3 of the most it ever held, never holds
+        # more than that (idle links after 256 KiB each way: 309 -> 106 KiB per link, for
+        # +2 % instructions per MiB).
+        step = _BIO_SLICE if direct is not None else _RECORD
+        out: list[memoryview] = []
         for index, piece in enumerate(pieces):
             view = memoryview(piece)
             done = 0
             total = len(view)
             try:
                 while done < total:
-                    # OpenSSL writes one record per call (pyOpenSSL sets partial writes).
-                    done += connection.send(view[done:] if done else view)
+                    # (One record per call without _Direct: partial writes.)
+                    done += connection.send(view[done:done + step])
+                    if direct is not None:
+                        drained = direct.drain()
+                        if drained is not None:
+                            out.append(drained)
             except WantReadError:
+                # OpenSSL wants the same bytes again (and may have taken records of them).
                 rest = [view[done:].tobytes(), *(bytes(p) for p in pieces[index + 1:])]
                 self._bufferedWrite(b"".join(rest))  # type: ignore[no-untyped-call]
                 break
             except SSL.Error:
+                self._emit(out)
                 self._flushSendBIO()  # the records of what was sent before
                 self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
                 return
+        self._emit(out)
         self._flushSendBIO()
 
+    def _emit(self, out: list[memoryview]) -> None:
+        if len(out) == 1:
+            write_now(self.transport, out[0])
+        elif out:
+            write_all_now(self.transport, out)
+
     def _flushSendBIO(self) -> None:
+        transport: Any = self.transport
+        direct = self._direct
+        if direct is not None:
+            # No bytes object and no join per write (see _Direct), and no reactor turn
+            # when the socket has nothing queued.
+            data = direct.drain()
+            if data is not None:
+                write_now(transport, data)
+            return
         connection = self._tlsConnection
         chunks = []
         size = _READ_SIZE + 16 * 1024  # a full write's records and their overhead
@@ -358,10 +500,20 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             if len(chunk) < size:
                 break
         if chunks:
-            transport: Any = self.transport
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def dataReceived(self, data: bytes) -> None:
+        self._incoming = len(data)
+        direct = self._direct
+        if (direct is not None and self._handshakeDone and not self._appSendBuffer
+                and not self._lostTLSConnection and direct.lend(data)):
+            # OpenSSL reads the records from the read itself, and the receive BIO never
+            # grows (tls_cost.py, the receiving edge: 11.6 -> 9.2 M instructions per MiB).
+            try:
+                self._flushReceiveBIO()
+            finally:
+                direct.take_back()
+            return
         if len(data) <= _BIO_SLICE or not self._handshakeDone or self._appSendBuffer:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
@@ -378,13 +530,26 @@ class _LinkTLS(TLSMemoryBIOProtocol):
 
     def _flushReceiveBIO(self) -> None:
         # As Twisted's, with the records of one read delivered together.
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         failure: Failure | None = None
         end = False
         connection = self._tlsConnection
+        direct = self._direct
+        buffer: Any = None
+        filled = size = 0
         while not self._lostTLSConnection:
             try:
-                chunks.append(connection.recv(_READ_SIZE))
+                if direct is None:
+                    chunks.append(connection.recv(_READ_SIZE))
+                    continue
+                if buffer is None:
+                    size = min(self._incoming, _READ_SIZE) + _SLACK
+                    buffer = _ALLOCATE("char[]", size)
+                filled += direct.read_into(buffer, filled, size - filled)
+                if filled == size:
+                    chunks.append(self._plaintext(direct, buffer, filled, size))
+                    buffer = None
+                    filled = 0
             except WantReadError:
                 unfed = self._unfed
                 if not unfed:
@@ -397,15 +562,30 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             except SSL.Error:
                 failure = Failure()
                 break
+        if filled:
+            chunks.append(self._plaintext(direct, buffer, filled, size))
         self._unfed = memoryview(b"")  # all fed, or the connection is ending
         if chunks and not self._aborted:
-            ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            ProtocolWrapper.dataReceived(self, data)
         if end:
             self._shutdownTLS()  # type: ignore[no-untyped-call]
             self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
         elif failure is not None:
             self._tlsShutdownFinished(failure)  # type: ignore[no-untyped-call]
         self._flushSendBIO()
+
+    @staticmethod
+    def _plaintext(direct: Any, buffer: Any, filled: int, size: int) -> bytes | memoryview:
+        """What a read decrypted: the buffer itself, read-only (the link's frame decoder
+        may keep views of it: pieces of a large body), when it is at least half full; a
+        copy of the bytes otherwise, so that views never hold more than twice what they
+        show."""
+        data = direct.ffi.buffer(buffer, filled)
+        if 2 * filled >= size:
+            return memoryview(data).toreadonly()
+        copy: bytes = data[:]
+        return copy
 
 
 class _LinkTLSFactory(TLSMemoryBIOFactory):

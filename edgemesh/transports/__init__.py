@@ -6,7 +6,7 @@ from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
 from ._halves import InboundExchange, OutboundExchange
 from ._hooks import FrontHook, HookedFrontFactory, HookedFrontProtocol
-from ._io import DEFAULT_BACKLOG, with_backlog
+from ._io import DEFAULT_BACKLOG, with_backlog, write_all_now, write_now
 from ._links import EnvelopeLink, LinkHandler, ready_or_lost
 from ._linkstreams import LinkStreamTarget
 from ._peers import HubDialer, LinkTarget
@@ -38,6 +38,8 @@ __all__ = [
     "install_reactor",
     "ready_or_lost",
     "with_backlog",
+    "write_all_now",
+    "write_now",
 ]
 
 
