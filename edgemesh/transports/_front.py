@@ -113,6 +113,30 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _KEEP_ALIVE_HEADER = ((b"Connection", b"keep-alive"),)
 
 
+_HeadKey = tuple[int, bytes, Headers, "int | None", bytes, bool, bool]
+_heads_made: dict[_HeadKey, bytes] = {}
+"""Response heads serialized lately, by everything they are made of: a pod answers with the
+same fields but for its Date, which changes once a second.  One lookup instead of the
+checks and the serialization (with the pod client's fields left out as they come: 278 → 250 k
+instructions per /small exchange on path 1, callgrind)."""
+_HEADS_MADE_BOUND = 64
+
+
+def _response_head(key: _HeadKey) -> bytes:
+    """The response head ``key`` describes, checked and serialized (HeadError: unusable);
+    remembered in ``_heads_made``."""
+    status, reason, fields, length, framing, persist, http10 = key
+    headers = response_fields(status, fields, length)
+    if persist and http10:
+        headers = headers + _KEEP_ALIVE_HEADER
+    data = response_head_bytes(status, reason, headers, framing, persist)
+    unbroken_lines(data, len(headers) + 2 + (framing != b"") + (not persist))
+    if len(_heads_made) >= _HEADS_MADE_BOUND:
+        _heads_made.clear()
+    _heads_made[key] = data
+    return data
+
+
 def _warn(message: str) -> None:
     HTTPFrontProtocol.log.warn(message)
 
@@ -205,11 +229,6 @@ class _Exchange:
         front = self.front
         status = head.status
         length = head.content_length
-        try:
-            headers = response_fields(status, head.headers, length)
-        except HeadError as error:
-            self.fail(MeshError(error.reason, error.detail))
-            return None
         persist = self.keep_alive and self.request_done and not front._closing
         if self.method == b"HEAD" or status == 204 or status == 304:
             self.no_body = True
@@ -227,14 +246,14 @@ class _Exchange:
         else:
             framing = b""  # close-delimited: the end of the body is the end of the connection
             persist = False
-        if persist and self.http10:
-            headers = headers + _KEEP_ALIVE_HEADER
-        data = response_head_bytes(status, head.reason, headers, framing, persist)
-        try:
-            unbroken_lines(data, len(headers) + 2 + (framing != b"") + (not persist))
-        except HeadError as error:
-            self.fail(MeshError(error.reason, error.detail))
-            return None
+        key = (status, head.reason, head.headers, length, framing, persist, self.http10)
+        data = _heads_made.get(key)
+        if data is None:
+            try:
+                data = _response_head(key)
+            except HeadError as error:
+                self.fail(MeshError(error.reason, error.detail))
+                return None
         self.persist = persist
         self.state = _HEAD_SENT
         return data

@@ -30,10 +30,12 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
+    Headers,
     MeshError,
     Reason,
     ResponseHead,
 )
+from ._heads import FRAMING
 from ._http1 import (
     connection_tokens,
     end_to_end,
@@ -94,7 +96,18 @@ HELD_BODY_LIMIT: Final = 16 * 1024
 """Body held with a response head in the hope that the whole response is in the read:
 beyond it, the head goes and the body streams (a large body must not be held)."""
 
-_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_FRAMING_SIZES: Final = frozenset(len(name) for name in FRAMING)
+
+
+def _end_to_end(kept: list[tuple[bytes, bytes]], connection: list[bytes] | None) -> Headers:
+    """The response's end-to-end fields: those kept (framing and hop-by-hop ones already
+    left out) but any that its Connection fields name."""
+    if connection:
+        listed = connection_tokens(connection)
+        if not listed <= FRAMING:
+            return end_to_end(kept, listed)
+    return tuple(kept)
+
 _PHRASES: Final[dict[int, bytes]] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
@@ -144,6 +157,9 @@ class _UpstreamConnection(Protocol):
         self.head_done = False
         self.head_size = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        """The end-to-end fields (framing and hop-by-hop ones are left out as they come)."""
+        self.dropped = 0
+        """Fields left out of ``headers`` (they count against the limit all the same)."""
         self.header_bytes = 0
         self.reason = b""
         self.connection_values: list[bytes] | None = None
@@ -347,7 +363,7 @@ class _UpstreamConnection(Protocol):
                     self.trailers.append((name, value))
             return
         headers = self.headers
-        if len(headers) >= self.max_header_count:
+        if len(headers) + self.dropped >= self.max_header_count:
             raise _ResponseError(f"more than {self.max_header_count} header fields")
         size = len(name)
         # Locals rather than attributes: this runs once per field of every response.
@@ -355,18 +371,23 @@ class _UpstreamConnection(Protocol):
         self.header_bytes = total
         if total > self.max_header_bytes:
             raise _ResponseError(f"response head larger than {self.max_header_bytes} bytes")
-        headers.append((name, value))
-        if size == 10 or size == 14 or size == 17:  # cheap pre-check for the framing fields
+        if size in _FRAMING_SIZES:  # cheap pre-check for the framing and hop-by-hop fields
             lower = name.lower()
-            if lower == b"connection":
-                if self.connection_values is None:
-                    self.connection_values = [value]
-                else:
-                    self.connection_values.append(value)
-            elif lower == b"content-length":
-                self.content_length = value
-            elif lower == b"transfer-encoding":
-                self.transfer_encoding = value
+            if lower in FRAMING:
+                # Left out here rather than by end_to_end over every field at the end
+                # (see _front._heads_made for the figure).
+                self.dropped += 1
+                if lower == b"connection":
+                    if self.connection_values is None:
+                        self.connection_values = [value]
+                    else:
+                        self.connection_values.append(value)
+                elif lower == b"content-length":
+                    self.content_length = value
+                elif lower == b"transfer-encoding":
+                    self.transfer_encoding = value
+                return
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -406,7 +427,7 @@ class _UpstreamConnection(Protocol):
         head = ResponseHead(
             status,
             self.reason or _PHRASES.get(status, b"Unknown"),
-            end_to_end(self.headers, connection_tokens(values) if values else _NO_TOKENS),
+            _end_to_end(self.headers, values),
             length,
         )
         # The request timeout stops at the head, delivered now or held.
@@ -448,6 +469,7 @@ class _UpstreamConnection(Protocol):
             self.interim = False
             self.reason = b""
             self.headers = []
+            self.dropped = 0
             self.header_bytes = 0
             self.connection_values = None
             self.content_length = None
