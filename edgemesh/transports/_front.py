@@ -700,6 +700,21 @@ class HTTPFrontProtocol(Protocol):
         if length == 0:
             exchange.request_done = True
         self._parsing = exchange
+        if self._active is None and not queue and not self._starting and not self._closing:
+            # _start_next's loop for the one request in hand (no queue round trip).
+            self._active = exchange
+            self._starting = True
+            try:
+                self._start(exchange)
+            finally:
+                self._starting = False
+            if queue:  # answered at once, and later ones queued meanwhile: start those
+                self._start_next()
+                if queue:
+                    self._update_reading()
+            elif self._reading_paused or self._paused_by_target:
+                self._update_reading()
+            return
         queue.append(exchange)
         if self._active is None:
             self._start_next()
@@ -882,7 +897,14 @@ class HTTPFrontProtocol(Protocol):
             return
         self._active = None
         self._paused_by_target = False
-        self._start_next()
+        if self._queue or self._starting:
+            self._start_next()
+        else:
+            # _start_next with nothing queued, inlined (one call less per exchange).
+            if self._reading_paused:
+                self._update_reading()
+            if not self._msg_open and not self._closing:
+                self._become_idle()
 
     def _reject(self, reason: Reason, detail: str, method: bytes = b"") -> _Stop:
         """Stop parsing this connection; answer ``reason`` in request order and

@@ -444,6 +444,15 @@ class _UpstreamConnection(Protocol):
     def on_body(self, body: bytes) -> None:
         if self.body_left:
             self.body_left -= len(body)
+        held = self.held
+        if held is not None and body and self.held_size + len(body) <= HELD_BODY_LIMIT:
+            # _body's common case inlined: a small body held with its head (one call less).
+            self.chunk_pending = False
+            self.stalled = 0
+            if self.exchange is not None:
+                self.held_body.append(body)
+                self.held_size += len(body)
+            return
         self._body(body)
 
     def _body(self, body: bytes) -> None:
@@ -496,7 +505,9 @@ class _UpstreamConnection(Protocol):
                 body = b"".join(pieces)  # one piece: that very object, no copy
             else:
                 body = b""
-            reusable = exchange.body_done and self._keep_alive()
+            reusable = exchange.body_done and (
+                self.keep_alive if self.bypassed else self.parser.should_keep_alive()
+            )  # _keep_alive() inlined
             # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
             complete = COMPLETERS[type(exchange.responder)]
             if complete is not None:

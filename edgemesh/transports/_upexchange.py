@@ -273,7 +273,8 @@ class _UpstreamExchange:
         if conn is not None and self.registered:
             self.registered = False
             conn.transport.unregisterProducer()
-        self._update_source()
+        if self.source is not None:
+            self._update_source()
 
     def abort(self, reason: str) -> None:
         if self.aborted:
@@ -344,7 +345,8 @@ class _UpstreamExchange:
             self.buffered = 0
         else:
             write_now(transport, head_bytes)
-        self._update_source()
+        if self.source is not None:
+            self._update_source()
 
     def connect_failed(self, failure: Failure) -> None:
         self.connecting = None
