@@ -120,6 +120,7 @@ same fields but for its Date, which changes once a second.  One lookup instead o
 checks and the serialization (with the pod client's fields left out as they come: 278 → 250 k
 instructions per /small exchange on path 1, callgrind)."""
 _HEADS_MADE_BOUND = 64
+_HEAD_MADE_LENGTH = 2048
 
 
 def _response_head(key: _HeadKey) -> bytes:
@@ -131,9 +132,10 @@ def _response_head(key: _HeadKey) -> bytes:
         headers = headers + _KEEP_ALIVE_HEADER
     data = response_head_bytes(status, reason, headers, framing, persist)
     unbroken_lines(data, len(headers) + 2 + (framing != b"") + (not persist))
-    if len(_heads_made) >= _HEADS_MADE_BOUND:
-        _heads_made.clear()
-    _heads_made[key] = data
+    if len(data) <= _HEAD_MADE_LENGTH:  # a few KiB at most, whatever the heads
+        if len(_heads_made) >= _HEADS_MADE_BOUND:
+            _heads_made.clear()
+        _heads_made[key] = data
     return data
 
 
