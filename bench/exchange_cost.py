@@ -257,7 +257,8 @@ def count_sends(target: harness.Target, args: argparse.Namespace) -> None:
                         calls += int(fields[3])
             print(f"| {name} | {calls / max(requests, 1):.3f} |", flush=True)
         if args.all_syscalls:
-            print("\nevery syscall per exchange\n| process | syscall | per exchange |\n|---|---|---:|")
+            print("\nevery syscall per exchange\n"
+                  "| process | syscall | per exchange |\n|---|---|---:|")
             for name, counts in others.items():
                 for call, n in sorted(counts.items(), key=lambda kv: -kv[1]):
                     print(f"| {name} | {call} | {n / max(requests, 1):.3f} |")

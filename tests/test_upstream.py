@@ -1739,3 +1739,62 @@ def test_a_body_cut_anywhere_arrives_whole(body: bytes, cuts: list[int], extra: 
         assert h.idle() == 1
     elif extra.lstrip(b"\r\n"):  # (llhttp skips line breaks between messages)
         assert h.idle() == 0
+
+
+# --- the /small fast path (issue 15, third pass) ------------------------------------------------
+
+
+def test_dropped_framing_fields_still_count_against_the_field_limit() -> None:
+    # Framing and hop-by-hop fields are left out as they arrive, not stored: they must
+    # count all the same, or a flood of them would pass the limit.
+    h = Harness(max_response_header_count=5)
+    fields = b"Keep-Alive: a\r\nKeep-Alive: b\r\nConnection: keep-alive\r\nTE: x\r\nX-1: v\r\n"
+    _, responder = exchange(h, b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert "more than 5 header fields" in responder.error.detail
+
+
+def test_connection_listed_field_dropped_with_framing_left_out_early() -> None:
+    h = Harness()
+    _, responder = exchange(
+        h,
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: X-B\r\nX-B: 2\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: identity\r\nX-C: 3\r\n\r\n",
+    )
+    # (llhttp refuses CL + TE together: a clean failure, nothing half-delivered.)
+    assert responder.error is not None and responder.response is None
+    _, responder = exchange(
+        h, b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: X-B\r\nX-B: 2\r\nContent-Length: 0\r\n"
+        b"X-C: 3\r\n\r\n",
+    )
+    assert responder.response is not None
+    assert responder.response.headers == ((b"X-A", b"1"), (b"X-C", b"3"))
+    assert responder.response.content_length == 0
+
+
+def test_request_heads_remembered_per_content() -> None:
+    from edgemesh.transports import _upexchange
+
+    h = Harness()
+    heads = []
+    upstream = None
+    for value in (b"one", b"two", b"one"):
+        h.open(RequestHead(b"GET", b"/p", b"web", ((b"X-V", value),), 0, "10.0.0.1"))
+        if upstream is None:
+            upstream = h.accept()  # then pooled: the same connection each time
+        heads.append(upstream.received())
+        upstream.send(OK_HELLO)
+    assert heads[0] == heads[2] == b"GET /p HTTP/1.1\r\nX-V: one\r\n\r\n"
+    assert heads[1] == b"GET /p HTTP/1.1\r\nX-V: two\r\n\r\n"
+    # Bounded, and large heads are never remembered.
+    assert upstream is not None
+    h.open(RequestHead(b"GET", b"/p", b"web", ((b"X-Big", b"a" * 4096),), 0, "10.0.0.1"))
+    assert b"a" * 4096 in upstream.received()
+    upstream.send(OK_HELLO)
+    assert all(len(v) <= _upexchange._HEAD_MADE_LENGTH for v in _upexchange._heads_made.values())
+    for i in range(3 * _upexchange._HEADS_MADE_BOUND):
+        h.open(RequestHead(b"GET", b"/%d" % i, b"web", (), 0, "10.0.0.1"))
+        assert upstream.received() == b"GET /%d HTTP/1.1\r\n\r\n" % i
+        upstream.send(OK_HELLO)
+    assert len(_upexchange._heads_made) <= _upexchange._HEADS_MADE_BOUND
