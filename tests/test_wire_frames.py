@@ -813,3 +813,26 @@ def test_header_values_accepted_exactly_as_the_regex_would(values: list[bytes]) 
         with pytest.raises(ProtocolError):
             _headers(((b"X", b"a" + bytes([byte])),), LIMITS)
     assert _headers(((b"X", b"a\tb\x80\xff"),), LIMITS)
+
+
+def test_header_sections_checked_once_still_meet_each_links_limits() -> None:
+    from edgemesh.wire import _frames
+
+    fields = ((b"Server", b"origin"), (b"X-Long", b"v" * 200))
+    assert _frames._headers(fields, LIMITS) is fields
+    assert fields in _frames._heads_seen
+    # Remembered as well-formed, but a link with a smaller byte limit still refuses it.
+    with pytest.raises(ProtocolError, match="more than 100 bytes"):
+        _frames._headers(fields, Limits(max_header_bytes=100))
+    with pytest.raises(ProtocolError, match="at most 1 fields"):
+        _frames._headers(fields, Limits(max_header_count=1))
+    # An unhashable piece is a protocol error like any malformed field, not a TypeError.
+    with pytest.raises(ProtocolError):
+        _frames._headers(((b"X", b"1"), {"a": 1}), LIMITS)
+    # A bad value is never remembered, and the memory is bounded.
+    with pytest.raises(ProtocolError):
+        _frames._headers(((b"X", b"a\r\nb"),), LIMITS)
+    assert ((b"X", b"a\r\nb"),) not in _frames._heads_seen
+    for i in range(3 * _frames._HEADS_SEEN_BOUND):
+        _frames._headers(((b"X-N", b"%d" % i),), LIMITS)
+    assert len(_frames._heads_seen) <= _frames._HEADS_SEEN_BOUND
