@@ -924,3 +924,15 @@ def test_remembered_response_heads_are_exact_and_bounded() -> None:
             ResponseHead(200, b"OK", ((b"X-N", b"%d" % i),), 0), b"")
     assert len(_front._heads_made) <= _front._HEADS_MADE_BOUND
     assert all(len(v) <= _front._HEAD_MADE_LENGTH for v in _front._heads_made.values())
+
+
+def test_response_fields_in_a_list_are_still_answered() -> None:
+    # A target that hands its fields as a list (not the Headers tuple) is not remembered,
+    # but is answered as before rather than raising.
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(get())
+    target.opened[0].responder.complete(
+        ResponseHead(200, b"OK", [(b"X-A", b"1")], 0), b"")  # type: ignore[arg-type]
+    [response] = conn.responses()
+    assert response.status == 200 and response.header(b"x-a") == b"1"

@@ -135,7 +135,10 @@ def _response_head(key: _HeadKey) -> bytes:
     if len(data) <= _HEAD_MADE_LENGTH:  # a few KiB at most, whatever the heads
         if len(_heads_made) >= _HEADS_MADE_BOUND:
             _heads_made.clear()
-        _heads_made[key] = data
+        try:
+            _heads_made[key] = data
+        except TypeError:  # unhashable fields (see _Exchange._head_bytes)
+            pass
     return data
 
 
@@ -249,7 +252,10 @@ class _Exchange:
             framing = b""  # close-delimited: the end of the body is the end of the connection
             persist = False
         key = (status, head.reason, head.headers, length, framing, persist, self.http10)
-        data = _heads_made.get(key)
+        try:
+            data = _heads_made.get(key)
+        except TypeError:  # fields not in tuples (a target's bug): checked, not remembered
+            data = None
         if data is None:
             try:
                 data = _response_head(key)

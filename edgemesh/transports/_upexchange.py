@@ -346,10 +346,15 @@ class _UpstreamExchange:
             transport.registerProducer(conn, True)
         head = self.head
         key = (head.method, head.path, head.headers, head.content_length)
-        head_bytes = _heads_made.get(key)
+        remember = True
+        try:
+            head_bytes = _heads_made.get(key)
+        except TypeError:  # fields not in tuples (a source's bug): serialized, not remembered
+            head_bytes = None
+            remember = False
         if head_bytes is None:
             head_bytes = request_head_bytes(*key)
-            if len(head_bytes) <= _HEAD_MADE_LENGTH:
+            if remember and len(head_bytes) <= _HEAD_MADE_LENGTH:
                 if len(_heads_made) >= _HEADS_MADE_BOUND:
                     _heads_made.clear()
                 _heads_made[key] = head_bytes
