@@ -119,6 +119,37 @@ class _UnexpectedData(Exception):
     """The upstream sent bytes when no response was due."""
 
 
+_HeadParsed = tuple[
+    bytes, tuple[tuple[bytes, bytes], ...], int, int, "tuple[bytes, ...] | None", "bytes | None"
+]
+_heads_parsed: dict[bytes, _HeadParsed] = {}
+"""Response heads (final, no Transfer-Encoding, whole in a first read) parsed lately, by
+their bytes: reason, kept fields, field count, field bytes, Connection values,
+Content-Length."""
+_HEADS_PARSED_BOUND = 64
+_RAW_HEAD_LENGTH = 2048
+
+
+class _QuickCallbacks:
+    """The connection's httptools callbacks but for on_header and on_status: llhttp makes no
+    bytes objects and no Python call per field (a head parsed before, see _head_parser)."""
+
+    __slots__ = (
+        "on_body",
+        "on_chunk_header",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+    )
+
+    def __init__(self, conn: _UpstreamConnection) -> None:
+        self.on_message_begin = conn.on_message_begin
+        self.on_headers_complete = conn.on_headers_complete
+        self.on_body = conn.on_body
+        self.on_chunk_header = conn.on_chunk_header
+        self.on_message_complete = conn.on_message_complete
+
+
 @implementer(IPushProducer)
 class _UpstreamConnection(Protocol):
     """One persistent connection.  The httptools parser calls the ``on_*`` methods;
@@ -132,7 +163,11 @@ class _UpstreamConnection(Protocol):
         self.address = (exchange.host, exchange.port)
         self.opening: _UpstreamExchange | None = exchange
         self.exchange: _UpstreamExchange | None = None
-        self.parser = HttpResponseParser(self)
+        self.parser = self.full_parser = HttpResponseParser(self)
+        self.quick_parser: HttpResponseParser | None = None
+        """llhttp without per-field callbacks, for a head parsed before (see _head_parser)."""
+        self.raw_head: bytes | None = None
+        """The head of the response in parse, when it came whole in its first read."""
         self.max_header_bytes = target.max_response_header_bytes
         self.max_header_count = target.max_response_header_count
         self.lost = False
@@ -266,7 +301,10 @@ class _UpstreamConnection(Protocol):
             if self._exchange_gone():  # the responder gave up on it meanwhile
                 return
             # llhttp saw only part of this body: a fresh parser for whatever follows.
-            self.parser = HttpResponseParser(self)
+            if self.parser is self.full_parser:
+                self.parser = self.full_parser = HttpResponseParser(self)
+            else:
+                self.parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
             self.bypassed = True
             self.on_message_complete()
             data = data[left:]
@@ -275,6 +313,8 @@ class _UpstreamConnection(Protocol):
                     self._after_response()
                 return
         if not self.head_done:
+            if not self.head_size:  # this read starts the response
+                self.parser = self._head_parser(data)
             self.head_size += len(data)
         elif self.chunk_pending:
             self.stalled += len(data)
@@ -341,6 +381,30 @@ class _UpstreamConnection(Protocol):
         """The transport is going away; connectionLost deals with the exchange
         (the source is not stopped: it gets an answer through its responder)."""
 
+    def _head_parser(self, data: bytes) -> HttpResponseParser:
+        """The parser for a response that starts this read.  A head seen before, byte for
+        byte (a pod repeats its fields but for a Date that changes once a second), takes
+        the fields parsed then, and llhttp only validates and frames it: no Python call per
+        field: 234 → 209 k instructions per /small exchange on path 1 (callgrind A/B)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
+            self.raw_head = None
+            return self.full_parser
+        raw = data[:end]
+        known = _heads_parsed.get(raw)
+        if known is None or known[2] > self.max_header_count or known[3] > self.max_header_bytes:
+            self.raw_head = raw  # remembered by on_headers_complete if it parses
+            return self.full_parser
+        self.raw_head = None
+        self.reason, headers, count, self.header_bytes, values, self.content_length = known
+        self.headers = list(headers)
+        self.dropped = count - len(headers)
+        self.connection_values = None if values is None else list(values)
+        parser = self.quick_parser
+        if parser is None:
+            parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
+        return parser
+
     # httptools callbacks
 
     def on_message_begin(self) -> None:
@@ -404,6 +468,18 @@ class _UpstreamConnection(Protocol):
             return
         self.head_done = True
         coding = self.transfer_encoding
+        raw = self.raw_head
+        if raw is not None:
+            self.raw_head = None
+            if not self.interim_count and coding is None:  # no trailers to parse later
+                if len(_heads_parsed) >= _HEADS_PARSED_BOUND:
+                    _heads_parsed.clear()
+                values = self.connection_values
+                _heads_parsed[raw] = (
+                    self.reason, tuple(self.headers), len(self.headers) + self.dropped,
+                    self.header_bytes, None if values is None else tuple(values),
+                    self.content_length,
+                )
         chunked = coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         length: int | None
         if status == 204:
