@@ -2,7 +2,7 @@
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/exchange_cost.py [--path p1|p2|both]
         [--exchanges 400] [--warmup 100] [--tree DIR] [--no-layers] [--top 0]
-        [--sends CONNS [--sends-duration 3s]]
+        [--sends CONNS [--sends-duration 3s] [--all-syscalls]]
 
 CPU seconds are noise on a shared machine; instruction counts are not.  For each path
 (p1-local: wrk's client → edge-1 → origin; p2-edge-edge: edge-1 → hub link → edge-2 →
@@ -84,8 +84,9 @@ def boot() -> None:
 
     out = sys.argv[2]
     args = sys.argv[3:]
-    if args[:1] == ["-c"]:
-        args = args[2:]
+    launcher = args[:3] == ["-m", "edgemesh", "twistd"]  # harness.launcher()'s
+    if args[:1] == ["-c"] or launcher:
+        args = args[3:] if launcher else args[2:]
     # CPU time of this thread: waiting for the shared core is not charged to a function.
     profiler = cProfile.Profile(time.thread_time_ns, 1e-9)
 
@@ -99,6 +100,10 @@ def boot() -> None:
     signal.signal(signal.SIGUSR1, on)
     signal.signal(signal.SIGUSR2, off)
     sys.argv = ["twistd", *args]
+    if launcher:
+        from edgemesh.roles import twistd_main
+
+        raise SystemExit(twistd_main(args))
     from twisted.scripts.twistd import run
 
     run()
@@ -228,7 +233,8 @@ def count_sends(target: harness.Target, args: argparse.Namespace) -> None:
         files = {name: os.path.join(out, f"strace.{name}") for name in target.hops}
         for name, path in files.items():
             tracers.append(subprocess.Popen(
-                ["strace", "-c", "-f", "-o", path, "-e", "trace=" + ",".join(SEND_CALLS),
+                ["strace", "-c", "-f", "-o", path,
+                 *(() if args.all_syscalls else ("-e", "trace=" + ",".join(SEND_CALLS))),
                  "-p", str(mesh[name].pid)], stderr=subprocess.DEVNULL))
         time.sleep(1.0)  # not readiness: strace attaches to every thread meanwhile
         _cmd, text = harness.wrk(target, "/small", args.sends_duration)
@@ -238,14 +244,25 @@ def count_sends(target: harness.Target, args: argparse.Namespace) -> None:
             tracer.wait(timeout=60)
         print(f"\n{target.name}: wrk -c{args.sends} -d{args.sends_duration} /small, "
               f"{requests} requests ({args.tree})\n| process | sends per exchange |\n|---|---:|")
+        others: dict[str, dict[str, int]] = {}
         for name, path in files.items():
             calls = 0
+            others[name] = {}
             with open(path) as f:
                 for line in f:
                     fields = line.split()
+                    if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+                        others[name][fields[-1]] = int(fields[3])  # %, s, us/call, calls
                     if fields and fields[-1] in SEND_CALLS:
-                        calls += int(fields[3])  # % time, seconds, usecs/call, calls
+                        calls += int(fields[3])
             print(f"| {name} | {calls / max(requests, 1):.3f} |", flush=True)
+        if args.all_syscalls:
+            print("\nevery syscall per exchange\n"
+                  "| process | syscall | per exchange |\n|---|---|---:|")
+            for name, counts in others.items():
+                for call, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                    print(f"| {name} | {call} | {n / max(requests, 1):.3f} |")
+                print(f"| {name} | all | {sum(counts.values()) / max(requests, 1):.3f} |")
     finally:
         for tracer in tracers:
             if tracer.poll() is None:
@@ -270,6 +287,8 @@ def main() -> None:
                         help="instead: send syscalls per exchange (strace -c) at CONNS "
                              "connections of wrk")
     parser.add_argument("--sends-duration", default="3s", help="wrk -d of --sends")
+    parser.add_argument("--all-syscalls", action="store_true",
+                        help="with --sends: every syscall per exchange, not only sends")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
     paths = ["p1", "p2"] if args.path == "both" else [args.path]

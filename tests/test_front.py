@@ -882,3 +882,57 @@ def test_response_trailers_to_an_http10_client_are_dropped_and_logged() -> None:
         responder.end()
     assert conn.transport.value().endswith(b"\r\n\r\nhello")
     assert any(event.get("names") == "X-Checksum" for event in events)
+
+
+# -- response heads remembered (issue 15, third pass) -------------------------------------------
+
+
+def test_remembered_response_heads_are_exact_and_bounded() -> None:
+    from edgemesh.transports import _front
+
+    target = ScriptedTarget()
+    conn = Conn(target)
+    fields = ((b"Server", b"origin"), (b"Content-Length", b"99"), (b"X-Date", b"1"))
+    for i, date in enumerate((b"1", b"2", b"1")):
+        conn.send(get())
+        head = ResponseHead(200, b"OK", ((b"Server", b"origin"), (b"X-Date", date)), 2)
+        target.opened[i].responder.head(head)
+        target.opened[i].responder.write(b"hi")
+        target.opened[i].responder.end()
+    responses = conn.responses()
+    assert [r.header(b"x-date") for r in responses] == [b"1", b"2", b"1"]
+    assert conn.transport.value().count(b"HTTP/1.1 200 OK\r\nServer: origin\r\nX-Date: 1\r\n"
+                                         b"Content-Length: 2\r\n\r\nhi") == 2
+    # The same head on an HTTP/1.0 keep-alive connection is a different one.
+    conn10 = Conn(target)
+    conn10.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    target.opened[3].responder.head(ResponseHead(200, b"OK", (fields[0], (b"X-Date", b"1")), 2))
+    target.opened[3].responder.write(b"hi")
+    target.opened[3].responder.end()
+    [response] = conn10.responses()
+    assert response.header(b"connection") == b"keep-alive"
+    # A bad value next to fields seen before is still refused.
+    conn.send(get())
+    target.opened[4].responder.head(
+        ResponseHead(200, b"OK", ((b"Server", b"origin"), (b"X-Date", b"1\r\nX-Evil: 1")), 2))
+    assert b"X-Evil" not in conn.transport.value()
+    assert conn.responses()[-1].status == 502
+    # Bounded in count, and large heads are never remembered.
+    for i in range(3 * _front._HEADS_MADE_BOUND):
+        conn.send(get())
+        target.opened[5 + i].responder.complete(
+            ResponseHead(200, b"OK", ((b"X-N", b"%d" % i),), 0), b"")
+    assert len(_front._heads_made) <= _front._HEADS_MADE_BOUND
+    assert all(len(v) <= _front._HEAD_MADE_LENGTH for v in _front._heads_made.values())
+
+
+def test_response_fields_in_a_list_are_still_answered() -> None:
+    # A target that hands its fields as a list (not the Headers tuple) is not remembered,
+    # but is answered as before rather than raising.
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(get())
+    target.opened[0].responder.complete(
+        ResponseHead(200, b"OK", [(b"X-A", b"1")], 0), b"")  # type: ignore[arg-type]
+    [response] = conn.responses()
+    assert response.status == 200 and response.header(b"x-a") == b"1"

@@ -1739,3 +1739,128 @@ def test_a_body_cut_anywhere_arrives_whole(body: bytes, cuts: list[int], extra: 
         assert h.idle() == 1
     elif extra.lstrip(b"\r\n"):  # (llhttp skips line breaks between messages)
         assert h.idle() == 0
+
+
+# --- the /small fast path (issue 15, third pass) ------------------------------------------------
+
+
+def test_dropped_framing_fields_still_count_against_the_field_limit() -> None:
+    # Framing and hop-by-hop fields are left out as they arrive, not stored: they must
+    # count all the same, or a flood of them would pass the limit.
+    h = Harness(max_response_header_count=5)
+    fields = b"Keep-Alive: a\r\nKeep-Alive: b\r\nConnection: keep-alive\r\nTE: x\r\nX-1: v\r\n"
+    _, responder = exchange(h, b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    assert "more than 5 header fields" in responder.error.detail
+
+
+def test_connection_listed_field_dropped_with_framing_left_out_early() -> None:
+    h = Harness()
+    _, responder = exchange(
+        h,
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: X-B\r\nX-B: 2\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: identity\r\nX-C: 3\r\n\r\n",
+    )
+    # (llhttp refuses CL + TE together: a clean failure, nothing half-delivered.)
+    assert responder.error is not None and responder.response is None
+    _, responder = exchange(
+        h, b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: X-B\r\nX-B: 2\r\nContent-Length: 0\r\n"
+        b"X-C: 3\r\n\r\n",
+    )
+    assert responder.response is not None
+    assert responder.response.headers == ((b"X-A", b"1"), (b"X-C", b"3"))
+    assert responder.response.content_length == 0
+
+
+def test_request_heads_remembered_per_content() -> None:
+    from edgemesh.transports import _upexchange
+
+    h = Harness()
+    heads = []
+    upstream = None
+    for value in (b"one", b"two", b"one"):
+        h.open(RequestHead(b"GET", b"/p", b"web", ((b"X-V", value),), 0, "10.0.0.1"))
+        if upstream is None:
+            upstream = h.accept()  # then pooled: the same connection each time
+        heads.append(upstream.received())
+        upstream.send(OK_HELLO)
+    assert heads[0] == heads[2] == b"GET /p HTTP/1.1\r\nX-V: one\r\n\r\n"
+    assert heads[1] == b"GET /p HTTP/1.1\r\nX-V: two\r\n\r\n"
+    # Bounded, and large heads are never remembered.
+    assert upstream is not None
+    h.open(RequestHead(b"GET", b"/p", b"web", ((b"X-Big", b"a" * 4096),), 0, "10.0.0.1"))
+    assert b"a" * 4096 in upstream.received()
+    upstream.send(OK_HELLO)
+    assert all(len(v) <= _upexchange._HEAD_MADE_LENGTH for v in _upexchange._heads_made.values())
+    for i in range(3 * _upexchange._HEADS_MADE_BOUND):
+        h.open(RequestHead(b"GET", b"/%d" % i, b"web", (), 0, "10.0.0.1"))
+        assert upstream.received() == b"GET /%d HTTP/1.1\r\n\r\n" % i
+        upstream.send(OK_HELLO)
+    assert len(_upexchange._heads_made) <= _upexchange._HEADS_MADE_BOUND
+
+
+def test_heads_seen_before_parse_the_same_and_meet_each_targets_limits() -> None:
+    from edgemesh.transports import _upconnection
+
+    head = (b"HTTP/1.1 200 Fine\r\nServer: o\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 5\r\n\r\n")
+    h = Harness()
+    results = []
+    upstream = None
+    for _ in range(3):
+        _body, responder = h.open()
+        if upstream is None:
+            upstream = h.accept()
+        upstream.received()
+        upstream.send(head + b"hello")
+        assert responder.response is not None and responder.ended
+        results.append((responder.response, b"".join(responder.chunks)))
+    assert head[:-4] in _upconnection._heads_parsed
+    first = results[0]
+    assert first[0].reason == b"Fine" and first[1] == b"hello"
+    assert first[0].headers == ((b"Server", b"o"), (b"X-A", b"1"), (b"X-A", b"2"))
+    assert results[1] == first and results[2] == first
+    assert h.idle() == 1  # kept alive each time
+    # Seen under roomy limits, still refused by a target with tighter ones.
+    tight = Harness(max_response_header_count=4)
+    _, responder = exchange(tight, head + b"hello")
+    assert responder.error is not None
+    assert "more than 4 header fields" in responder.error.detail
+    small = Harness(max_response_header_bytes=64)
+    _, responder = exchange(small, head + b"hello")
+    assert responder.error is not None
+    assert responder.error.reason is Reason.upstream_bad_response
+    # The same head but for one byte that llhttp refuses: still refused.
+    _, responder = exchange(Harness(), head.replace(b"X-A: 2", b"X-A: \x01") + b"hello")
+    assert responder.error is not None and responder.response is None
+
+
+def test_chunked_heads_are_not_remembered_and_keep_their_trailers() -> None:
+    from edgemesh.transports import _upconnection
+
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+    for _ in range(2):
+        h = Harness()
+        responder = TrailerWholeResponder()
+        h.open(responder=responder)
+        upstream = h.accept()
+        upstream.received()
+        upstream.send(head + b"2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")
+        assert responder.body == b"hi" and responder.ended
+        assert responder.trailer_fields == ((b"X-T", b"1"),)
+    assert head[:-4] not in _upconnection._heads_parsed
+
+
+def test_remembered_response_heads_are_bounded() -> None:
+    from edgemesh.transports import _upconnection
+
+    for i in range(3 * _upconnection._HEADS_PARSED_BOUND):
+        _, responder = exchange(
+            Harness(), b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
+        assert responder.ended
+    assert len(_upconnection._heads_parsed) <= _upconnection._HEADS_PARSED_BOUND
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 3000 + b"\r\nContent-Length: 0\r\n\r\n"
+    _, responder = exchange(Harness(), big)
+    assert responder.ended
+    assert all(len(raw) <= _upconnection._RAW_HEAD_LENGTH for raw in _upconnection._heads_parsed)

@@ -787,3 +787,52 @@ def test_data_with_any_trailers_round_trips(
 ) -> None:
     frame = encode_data(sid, True, data, trailers)
     assert decode_all(frame) == [Data(sid, True, data, trailers)]
+
+
+# -- header values checked without a regex (issue 15, third pass) ------------------------------
+
+_REGEX_FIELD_VALUE = __import__("re").compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=5))
+def test_header_values_accepted_exactly_as_the_regex_would(values: list[bytes]) -> None:
+    from edgemesh.wire._frames import _headers
+
+    fields = tuple((b"X-%d" % i, value) for i, value in enumerate(values))
+    expected = all(_REGEX_FIELD_VALUE.match(value) is not None for value in values)
+    try:
+        _headers(fields, LIMITS)
+    except ProtocolError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is expected
+    # Every refused byte, alone, is refused; HTAB and obs-text pass.
+    for byte in [*range(0x09), *range(0x0A, 0x20), 0x7F]:
+        with pytest.raises(ProtocolError):
+            _headers(((b"X", b"a" + bytes([byte])),), LIMITS)
+    assert _headers(((b"X", b"a\tb\x80\xff"),), LIMITS)
+
+
+def test_header_sections_checked_once_still_meet_each_links_limits() -> None:
+    from edgemesh.wire import _frames
+
+    fields = ((b"Server", b"origin"), (b"X-Long", b"v" * 200))
+    assert _frames._headers(fields, LIMITS) is fields
+    assert fields in _frames._heads_seen
+    # Remembered as well-formed, but a link with a smaller byte limit still refuses it.
+    with pytest.raises(ProtocolError, match="more than 100 bytes"):
+        _frames._headers(fields, Limits(max_header_bytes=100))
+    with pytest.raises(ProtocolError, match="at most 1 fields"):
+        _frames._headers(fields, Limits(max_header_count=1))
+    # An unhashable piece is a protocol error like any malformed field, not a TypeError.
+    with pytest.raises(ProtocolError):
+        _frames._headers(((b"X", b"1"), {"a": 1}), LIMITS)
+    # A bad value is never remembered, and the memory is bounded.
+    with pytest.raises(ProtocolError):
+        _frames._headers(((b"X", b"a\r\nb"),), LIMITS)
+    assert ((b"X", b"a\r\nb"),) not in _frames._heads_seen
+    for i in range(3 * _frames._HEADS_SEEN_BOUND):
+        _frames._headers(((b"X-N", b"%d" % i),), LIMITS)
+    assert len(_frames._heads_seen) <= _frames._HEADS_SEEN_BOUND

@@ -32,6 +32,7 @@ LOAD_BOUND: Final = 1.25
 requests in progress (+1); a hot key spills over to the next endpoints on the ring."""
 
 _Tiers = tuple[tuple[Endpoint, ...], ...]
+_ROUND_ROBIN: Final = LBPolicy.round_robin  # a global: EnumType.__getattr__ (see _decide)
 
 
 class RoundRobin:
@@ -318,7 +319,7 @@ class Balancer(RoundRobin):
         tier: Sequence[Endpoint] | None = None,
     ) -> Endpoint:
         lb = policy.lb
-        if lb is LBPolicy.round_robin or len(endpoints) == 1 and skip is None:
+        if lb is _ROUND_ROBIN or len(endpoints) == 1 and skip is None:
             # A counter per tier (computed once per catalog, held by the tiers cache, so its
             # id is stable), also when only part of it is usable now.
             counters = self._turns

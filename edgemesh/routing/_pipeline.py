@@ -11,7 +11,7 @@ policies and the exchanges in progress, whose deadlines one lazy timer enforces.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -45,6 +45,10 @@ from ._streams import StreamGuard
 _ORIGINS = frozenset({SourceKind.service_bus, SourceKind.router})
 """Where exchanges enter the mesh: their node owns timeouts and retries."""
 _LINKS = frozenset({SourceKind.hub, SourceKind.tunnel})
+# Enum members for the hot path (Python 3.11's EnumType.__getattr__: see _decide).
+_FROM_BUS: Final = SourceKind.service_bus
+_FROM_ROUTER_HTTP: Final = SourceKind.router
+_TO_HUB: Final = TargetKind.hub
 _MAX_SERVICES = 65536
 _NOTHING: frozenset[tuple[str, int]] = frozenset()
 
@@ -477,7 +481,7 @@ class Pipeline:
             allowed is None
             or kind not in allowed
             or target is None
-            or (kind is TargetKind.hub and paths is not None and route.peer is not None
+            or (kind is _TO_HUB and paths is not None and route.peer is not None
                 and not paths.direct(route.peer))
         ):
             route, target = self._target_for(source, route)  # relay, or an error to raise
@@ -495,7 +499,7 @@ class Pipeline:
         state: ServiceState,
         policy: ServicePolicy,
     ) -> IRequestBody:
-        origin = source is SourceKind.service_bus or source is SourceKind.router
+        origin = source is _FROM_BUS or source is _FROM_ROUTER_HTTP
         guard = GuardedExchange(self, source, head, responder, route.service, route.port, state,
                                 policy, origin)
         state.requests += 1

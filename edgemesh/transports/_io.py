@@ -57,7 +57,16 @@ def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> No
 
 def write_now(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, sending immediately when that is safe."""
-    if _idle_plain_tcp(transport):
+    # _idle_plain_tcp inlined: one Python call less per write (two per /small exchange).
+    if (
+        type(transport) in _PLAIN_TCP
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:

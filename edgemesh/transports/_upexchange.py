@@ -63,6 +63,14 @@ until it is resumed (see InboundExchange.held).  One write of an unpaused source
 refused for its size: it is bounded by that source's read or frame size."""
 
 
+_heads_made: dict[tuple[bytes, bytes, Headers, int | None], bytes] = {}
+"""Request heads serialized lately, by what they are made of (clients repeat theirs):
+one lookup instead of the serialization (238 → 235 k instructions per /small exchange on
+path 1, one A/B run: within the noise of single runs)."""
+_HEADS_MADE_BOUND = 64
+_HEAD_MADE_LENGTH = 2048
+
+
 def _address_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -273,7 +281,8 @@ class _UpstreamExchange:
         if conn is not None and self.registered:
             self.registered = False
             conn.transport.unregisterProducer()
-        self._update_source()
+        if self.source is not None:
+            self._update_source()
 
     def abort(self, reason: str) -> None:
         if self.aborted:
@@ -335,16 +344,28 @@ class _UpstreamExchange:
             # already pauses the source through the transport.
             self.registered = True
             transport.registerProducer(conn, True)
-        head_bytes = request_head_bytes(
-            self.head.method, self.head.path, self.head.headers, self.head.content_length
-        )
+        head = self.head
+        key = (head.method, head.path, head.headers, head.content_length)
+        remember = True
+        try:
+            head_bytes = _heads_made.get(key)
+        except TypeError:  # fields not in tuples (a source's bug): serialized, not remembered
+            head_bytes = None
+            remember = False
+        if head_bytes is None:
+            head_bytes = request_head_bytes(*key)
+            if remember and len(head_bytes) <= _HEAD_MADE_LENGTH:
+                if len(_heads_made) >= _HEADS_MADE_BOUND:
+                    _heads_made.clear()
+                _heads_made[key] = head_bytes
         if self.buffer:
             write_now(transport, b"".join([head_bytes, *self.buffer]))
             self.buffer = []
             self.buffered = 0
         else:
             write_now(transport, head_bytes)
-        self._update_source()
+        if self.source is not None:
+            self._update_source()
 
     def connect_failed(self, failure: Failure) -> None:
         self.connecting = None

@@ -443,6 +443,14 @@ def encode_edges(reset: bool, added: list[str], removed: list[str]) -> bytes:
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 _REQUEST_TARGET = re.compile(rb"[!-~]+\Z")
+_heads_seen: dict[tuple[tuple[bytes, bytes], ...], int] = {}
+"""Header sections checked lately (fields well-formed), with their size for the byte limit
+of the link at hand: a peer relays the same pod's fields but for its Date.  A lookup instead
+of the checks: path 2 edge-1 273 → 264 k instructions per /small exchange (callgrind A/B)."""
+_HEADS_SEEN_BOUND = 64
+_HEAD_SEEN_BYTES = 2048
+_NOT_IN_VALUE = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+"""The bytes _FIELD_VALUE refuses (controls but HTAB, and DEL)."""
 _MAX_U31 = (1 << 31) - 1
 _KNOWN_NAMES: set[bytes] = set()
 """Field names already found to be tokens: a set lookup instead of a regex per field
@@ -486,6 +494,14 @@ def _optional_length(value: object, what: str) -> int | None:
 def _headers(value: object, limits: Limits) -> Headers:
     if type(value) is not tuple or len(value) > limits.max_header_count:
         raise ProtocolError(f"headers: expected at most {limits.max_header_count} fields")
+    try:
+        seen = _heads_seen.get(value)
+    except TypeError:  # an unhashable piece (a map): the checks below refuse it
+        seen = None
+    if seen is not None:
+        if seen > limits.max_header_bytes:
+            raise ProtocolError(f"headers: more than {limits.max_header_bytes} bytes")
+        return value
     total = 0
     known = _KNOWN_NAMES
     contents: list[bytes] = []
@@ -504,10 +520,16 @@ def _headers(value: object, limits: Limits) -> Headers:
         contents.append(content)
     if total > limits.max_header_bytes:
         raise ProtocolError(f"headers: more than {limits.max_header_bytes} bytes")
-    # Every value in one match (HTAB is allowed in a value, so it can separate them):
-    # one regex call per head instead of one per field.
-    if contents and _FIELD_VALUE.match(b"\t".join(contents)) is None:
-        raise ProtocolError("headers: invalid field name or value")
+    # Every value in one C pass that deletes the bytes _FIELD_VALUE refuses: ~4.5 k
+    # instructions less than the regex over a pod's six response fields (callgrind).
+    if contents:
+        joined = b"".join(contents)
+        if len(joined.translate(None, _NOT_IN_VALUE)) != len(joined):
+            raise ProtocolError("headers: invalid field name or value")
+    if total <= _HEAD_SEEN_BYTES:
+        if len(_heads_seen) >= _HEADS_SEEN_BOUND:
+            _heads_seen.clear()
+        _heads_seen[value] = total
     return value  # checked field by field above
 
 
