@@ -619,6 +619,114 @@ def test_a_paused_stream_does_not_block_the_others() -> None:
     assert slow.body == big and slow.ended
 
 
+class _StallingResponder(RecordingResponder):
+    """A source whose client reads ``reads`` bytes, then stops (its socket buffer is full):
+    it pauses the exchange from within the write that crossed the mark, as a front does."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads = reads
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.body) >= self.reads:
+            self.reads = 1 << 62
+            self.producer.pauseProducing()
+
+
+def test_thirty_two_stalled_responses_hold_the_budget_not_a_window_each() -> None:
+    """Issue 15: 32 responses over one link whose clients read 128 KiB and stall.  What
+    the link's node then holds beyond what the clients read is what the peer may send
+    before it learns of the pauses: with the defaults at most the receive budget (2 MiB)
+    plus an initial window (64 KiB) per stream, 4 MiB; it was 32 × 512 KiB (16 MiB)."""
+    pair = Pair()
+    reads = 128 * 1024
+    opened = []
+    for _ in range(32):
+        responder = _StallingResponder(reads)
+        head = RequestHead(b"GET", b"/big", b"web.shop", (), 0, client="10.0.0.9")
+        opened.append(pair.client.open(head, "shop/web", 80, None, responder))
+    pair.pump()
+    targets = []
+    for entry in pair.server_handler.inbounds:
+        target = Producer()
+        targets.append(target)
+        entry.exchange.setProducer(target)
+        entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    chunk = b"p" * (CHUNK // 2)
+    for _ in range(1000):
+        for entry, target in zip(pair.server_handler.inbounds, targets, strict=True):
+            if not target.paused:
+                entry.exchange.write(chunk)
+        pair.pump()
+        if all(target.paused for target in targets):
+            break
+    assert all(target.paused for target in targets)
+    responders = [exchange.responder for exchange in opened]
+    assert all(len(r.body) >= reads for r in responders)  # type: ignore[attr-defined]
+    held = sum(len(r.body) - reads for r in responders)  # type: ignore[attr-defined]
+    assert held <= 2 * 1024 * 1024 + 32 * 64 * 1024
+
+
+def test_streams_that_grew_then_stalled_do_not_starve_a_late_one() -> None:
+    """Three responses grow their credit to the maximum, then their clients stall with
+    the link's budget in their hands: a fourth response still crosses whole, on the
+    credit every stream keeps, and the link never holds more than the budget allows."""
+    limits = Limits(initial_window=WINDOW, max_window=MAX_WINDOW, receive_budget=2 * MAX_WINDOW)
+    pair = Pair(limits=limits)
+    opened = [pair.open(content_length=0, method=b"GET") for _ in range(3)]
+    pair.pump()
+    chunk = b"g" * (CHUNK // 2)
+    targets = []
+    for entry in pair.server_handler.inbounds:
+        target = Producer()
+        targets.append(target)
+        entry.exchange.setProducer(target)
+        entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    for entry in pair.server_handler.inbounds:
+        for _ in range(2 * MAX_WINDOW // len(chunk)):  # grows to the maximum
+            entry.exchange.write(chunk)
+            pair.pump()
+    assert pair.client.connection._extra > MAX_WINDOW  # most of the budget
+    for exchange, _ in opened:
+        exchange.pauseProducing()  # the clients stop reading
+    for _ in range(100):
+        for entry, target in zip(pair.server_handler.inbounds, targets, strict=True):
+            if not target.paused:
+                entry.exchange.write(chunk)
+        pair.pump()
+        if all(target.paused for target in targets):
+            break
+    assert all(target.paused for target in targets)
+    _late_exchange, late = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    late_entry = pair.server_handler.inbounds[-1]
+    late_target = Producer()
+    late_entry.exchange.setProducer(late_target)
+    late_entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    body = bytes(range(256)) * (4 * 1024 * 1024 // 256)
+    offset = 0
+    for _ in range(10_000):
+        if offset >= len(body):
+            break
+        if not late_target.paused:
+            late_entry.exchange.write(body[offset : offset + len(chunk)])
+            offset += len(chunk)
+        pair.pump()
+        credit = pair.client.connection.receive_credit
+        assert credit <= limits.receive_budget + 4 * limits.initial_window
+    late_entry.exchange.end()
+    pair.pump()
+    assert late.body == body and late.ended
+    assert not any(responder.ended for _, responder in opened)
+    # The stalled clients read again: everything they were sent comes through.
+    for (exchange, responder), entry in zip(opened, pair.server_handler.inbounds, strict=False):
+        exchange.resumeProducing()
+        entry.exchange.end()
+        pair.pump()
+        assert responder.ended and len(responder.body) % len(chunk) == 0
+
+
 def test_streams_beyond_the_peers_limit_are_refused_as_overloaded() -> None:
     pair = Pair(limits=Limits(max_streams=1))
     _, first = pair.open(content_length=0)
