@@ -1074,7 +1074,7 @@ def test_link_target_without_a_link(closed: bool) -> None:
 
 
 def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
-    pair = Pair()
+    pair = Pair(limits=Limits(initial_window=128 * 1024))  # the held body fits the credit
     dialled: list[str] = []
     connecting: Deferred[EnvelopeLink] = Deferred()
 

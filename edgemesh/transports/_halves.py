@@ -139,7 +139,14 @@ class _Sender:
         producer = self.producer
         if producer is None:
             return
-        blocked = not self.done and (self.link.paused or self.queued >= _PENDING_BOUND)
+        queued = self.queued
+        # Out of credit with body waiting: stop the producer now rather than at the queue's
+        # bound, so that a stream waiting for its peer's credit holds one read, not 64 KiB
+        # more (32 streams on small windows: the growth moved to the sending edge, issue 15).
+        blocked = not self.done and (
+            self.link.paused or queued >= _PENDING_BOUND
+            or (queued > 0 and self.link.connection.send_window(self.sid) <= 0)
+        )
         if blocked and not self.producer_paused:
             self.producer_paused = True
             producer.pauseProducing()
