@@ -497,15 +497,15 @@ def pump_body(client: Connection, server: Connection, sid: int, total: int,
     return sent, windows
 
 
-def test_a_stream_starts_with_the_initial_window_and_earns_more_by_consuming() -> None:
+def test_a_stream_starts_with_the_initial_window_and_grows_once_it_consumes() -> None:
     limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
     client, server = connected(server_limits=limits)
     sid = open_request(client, server)
     assert client.send_window(sid) == 64 * KIB
     sent, windows = pump_body(client, server, sid, 4 * MIB)
     assert sent == 4 * MIB
-    # Slow start up to the maximum, then WINDOW frames of half of it: as few as a fixed
-    # 1 MiB window would need, plus the ramp.
+    # To the maximum at the first credit (the link is otherwise idle), then WINDOW frames
+    # of half of it: as few as a fixed 1 MiB window would need.
     assert client.send_window(sid) > 512 * KIB
     assert server._streams[sid].target == 1 * MIB
     assert windows <= 4 * MIB // (512 * KIB) + 5
