@@ -312,7 +312,7 @@ class InboundExchange:
         self.target_paused = False
         self.held: deque[bytes] | None = None
         """Request body that arrived while the target was paused.  The peer may lawfully
-        send all the credit it holds (up to a window, 512 KiB) before it learns of a pause,
+        send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
         which is more than a target may have to keep (the pod client refuses a source that
         keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
         bounded by the credit it granted (the connection refuses a frame beyond it), and no
