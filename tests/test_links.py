@@ -639,12 +639,13 @@ class _StallingResponder(RecordingResponder):
 
 
 def test_thirty_two_stalled_responses_hold_the_budget_not_a_window_each() -> None:
-    """Issue 15: 32 responses over one link whose clients read 128 KiB and stall.  What
+    """Issue 15: 32 responses over one link whose clients read 16 KiB and stall.  What
     the link's node then holds beyond what the clients read is what the peer may send
     before it learns of the pauses: with the defaults at most the receive budget (1 MiB)
-    plus an initial window (32 KiB) per stream, 2 MiB; it was 32 × 384 KiB (12 MiB)."""
+    plus an initial window (32 KiB) per stream, 2 MiB (0.5 MiB measured); it was
+    32 × 496 KiB (15.5 MiB)."""
     pair = Pair()
-    reads = 128 * 1024
+    reads = 16 * 1024
     opened = []
     for _ in range(32):
         responder = _StallingResponder(reads)
