@@ -543,6 +543,31 @@ def test_slow_source_client_pauses_the_response() -> None:
     assert responder.ended
 
 
+def test_a_stream_out_of_credit_pauses_its_producer_before_the_queue_bound() -> None:
+    """Waiting for the peer's credit, a stream holds the write that found no credit, not
+    the queue's 64 KiB bound more (issue 15: with small windows the waiting moved to the
+    sending edge's queues)."""
+    pair = Pair()
+    exchange, responder = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    entry = pair.inbound()
+    target = Producer()
+    entry.exchange.setProducer(target)
+    exchange.pauseProducing()  # the client stops reading: no credit comes back
+    entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    for _ in range(20):
+        if target.paused:
+            break
+        entry.exchange.write(b"r" * 10_000)
+        pair.pump()
+    assert target.paused
+    assert len(responder.body) == WINDOW
+    assert 0 < entry.exchange.sender.queued <= 10_000
+    exchange.resumeProducing()
+    pair.pump()
+    assert not target.paused and entry.exchange.sender.queued == 0
+
+
 def test_slow_target_pauses_the_request_source() -> None:
     pair = Pair()
     exchange, _ = pair.open()
