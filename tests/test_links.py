@@ -64,6 +64,7 @@ from edgemesh.wire import (
 )
 
 WINDOW = Limits().initial_window
+MAX_WINDOW = Limits().max_window
 CHUNK = Limits().max_data_chunk
 PENDING_BOUND = 64 * 1024  # _links._PENDING_BOUND: queued body before the producer pauses
 
@@ -445,7 +446,7 @@ def test_a_large_write_sends_the_held_head_at_once() -> None:
 
 
 def test_a_held_body_beyond_a_small_window_is_sent_within_it() -> None:
-    pair = Pair(limits=Limits(initial_window=4096))
+    pair = Pair(limits=Limits(initial_window=4096, receive_budget=0))
     _, responder = pair.open(content_length=0, method=b"GET")
     pair.pump()
     entry = pair.inbound()
@@ -496,6 +497,7 @@ def test_large_request_body_crosses_in_pieces_bounded_by_the_window() -> None:
     exchange.setProducer(source)
     body = bytes(range(251)) * (4 * WINDOW // 251)
     exchange.write(body)
+    pair.clock.advance(0)  # the end of the turn: what the link coalesced is written
     # Before any credit came back: exactly one window is on the wire, the rest waits and
     # the source is paused.
     sent = FrameDecoder(Limits()).feed(pair.client_transport.value())
@@ -507,7 +509,8 @@ def test_large_request_body_crosses_in_pieces_bounded_by_the_window() -> None:
     assert entry.body.data == body and entry.body.ended
     data_frames = frames_of(pair.from_client, Data)
     assert all(len(d.data) <= CHUNK for d in data_frames) and len(data_frames) > len(body) // CHUNK
-    assert pair.largest_body_flight <= WINDOW
+    # The stream's credit grew as it consumed, never beyond its maximum.
+    assert pair.largest_body_flight <= MAX_WINDOW
     assert not source.paused and source.resumes == 1
     windows = frames_of(pair.from_server, Window)
     assert windows and all(w.increment >= WINDOW // 2 for w in windows)
@@ -540,6 +543,31 @@ def test_slow_source_client_pauses_the_response() -> None:
     assert responder.ended
 
 
+def test_a_stream_out_of_credit_pauses_its_producer_before_the_queue_bound() -> None:
+    """Waiting for the peer's credit, a stream holds the write that found no credit, not
+    the queue's 64 KiB bound more (issue 15: with small windows the waiting moved to the
+    sending edge's queues)."""
+    pair = Pair()
+    exchange, responder = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    entry = pair.inbound()
+    target = Producer()
+    entry.exchange.setProducer(target)
+    exchange.pauseProducing()  # the client stops reading: no credit comes back
+    entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    for _ in range(20):
+        if target.paused:
+            break
+        entry.exchange.write(b"r" * 10_000)
+        pair.pump()
+    assert target.paused
+    assert len(responder.body) == WINDOW
+    assert 0 < entry.exchange.sender.queued <= 10_000
+    exchange.resumeProducing()
+    pair.pump()
+    assert not target.paused and entry.exchange.sender.queued == 0
+
+
 def test_slow_target_pauses_the_request_source() -> None:
     pair = Pair()
     exchange, _ = pair.open()
@@ -550,18 +578,21 @@ def test_slow_target_pauses_the_request_source() -> None:
     entry = pair.inbound()
     assert entry.body.producer is entry.exchange
     entry.exchange.pauseProducing()  # the local target cannot take more
-    body = b"q" * (2 * WINDOW)
+    granted = len(frames_of(pair.from_server, Window))  # for the byte it took
+    body = b"q" * (2 * MAX_WINDOW)
     for offset in range(0, len(body), 16_384):
         if not source.paused:
             exchange.write(body[offset : offset + 16_384])
         pair.pump()
     assert source.paused
     assert len(entry.body.data) <= WINDOW
-    assert frames_of(pair.from_server, Window) == []
+    held = sum(len(piece) for piece in entry.exchange.held or ())
+    assert 0 < held <= MAX_WINDOW  # within the credit granted, no more
+    assert len(frames_of(pair.from_server, Window)) == granted
     entry.exchange.resumeProducing()
     pair.pump()
     assert not source.paused
-    assert frames_of(pair.from_server, Window)
+    assert len(frames_of(pair.from_server, Window)) > granted
 
 
 def test_transport_pause_pauses_stream_producers() -> None:
@@ -615,6 +646,115 @@ def test_a_paused_stream_does_not_block_the_others() -> None:
     slow_exchange.resumeProducing()
     pair.pump()
     assert slow.body == big and slow.ended
+
+
+class _StallingResponder(RecordingResponder):
+    """A source whose client reads ``reads`` bytes, then stops (its socket buffer is full):
+    it pauses the exchange from within the write that crossed the mark, as a front does."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads = reads
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.body) >= self.reads:
+            self.reads = 1 << 62
+            self.producer.pauseProducing()
+
+
+def test_thirty_two_stalled_responses_hold_the_budget_not_a_window_each() -> None:
+    """Issue 15: 32 responses over one link whose clients read 16 KiB and stall.  What
+    the link's node then holds beyond what the clients read is what the peer may send
+    before it learns of the pauses: with the defaults at most the receive budget (1 MiB)
+    plus an initial window (32 KiB) per stream, 2 MiB (0.5 MiB measured); it was
+    32 × 496 KiB (15.5 MiB)."""
+    pair = Pair()
+    reads = 16 * 1024
+    opened = []
+    for _ in range(32):
+        responder = _StallingResponder(reads)
+        head = RequestHead(b"GET", b"/big", b"web.shop", (), 0, client="10.0.0.9")
+        opened.append(pair.client.open(head, "shop/web", 80, None, responder))
+    pair.pump()
+    targets = []
+    for entry in pair.server_handler.inbounds:
+        target = Producer()
+        targets.append(target)
+        entry.exchange.setProducer(target)
+        entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    chunk = b"p" * (CHUNK // 2)
+    for _ in range(1000):
+        for entry, target in zip(pair.server_handler.inbounds, targets, strict=True):
+            if not target.paused:
+                entry.exchange.write(chunk)
+        pair.pump()
+        if all(target.paused for target in targets):
+            break
+    assert all(target.paused for target in targets)
+    responders = [exchange.responder for exchange in opened]
+    assert all(len(r.body) >= reads for r in responders)  # type: ignore[attr-defined]
+    held = sum(len(r.body) - reads for r in responders)  # type: ignore[attr-defined]
+    assert held <= 1024 * 1024 + 32 * 32 * 1024
+
+
+def test_streams_that_grew_then_stalled_do_not_starve_a_late_one() -> None:
+    """Three responses grow their credit to the maximum, then their clients stall with
+    the link's budget in their hands: a fourth response still crosses whole, on the
+    credit every stream keeps, and the link never holds more than the budget allows."""
+    limits = Limits(initial_window=WINDOW, max_window=MAX_WINDOW, receive_budget=2 * MAX_WINDOW)
+    pair = Pair(limits=limits)
+    opened = [pair.open(content_length=0, method=b"GET") for _ in range(3)]
+    pair.pump()
+    chunk = b"g" * (CHUNK // 2)
+    targets = []
+    for entry in pair.server_handler.inbounds:
+        target = Producer()
+        targets.append(target)
+        entry.exchange.setProducer(target)
+        entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    for entry in pair.server_handler.inbounds:
+        for _ in range(2 * MAX_WINDOW // len(chunk)):  # grows to the maximum
+            entry.exchange.write(chunk)
+            pair.pump()
+    assert pair.client.connection._extra > MAX_WINDOW  # most of the budget
+    for exchange, _ in opened:
+        exchange.pauseProducing()  # the clients stop reading
+    for _ in range(100):
+        for entry, target in zip(pair.server_handler.inbounds, targets, strict=True):
+            if not target.paused:
+                entry.exchange.write(chunk)
+        pair.pump()
+        if all(target.paused for target in targets):
+            break
+    assert all(target.paused for target in targets)
+    _late_exchange, late = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    late_entry = pair.server_handler.inbounds[-1]
+    late_target = Producer()
+    late_entry.exchange.setProducer(late_target)
+    late_entry.exchange.head(ResponseHead(200, b"OK", (), None))
+    body = bytes(range(256)) * (4 * 1024 * 1024 // 256)
+    offset = 0
+    for _ in range(10_000):
+        if offset >= len(body):
+            break
+        if not late_target.paused:
+            late_entry.exchange.write(body[offset : offset + len(chunk)])
+            offset += len(chunk)
+        pair.pump()
+        credit = pair.client.connection.receive_credit
+        assert credit <= limits.receive_budget + 4 * limits.initial_window
+    late_entry.exchange.end()
+    pair.pump()
+    assert late.body == body and late.ended
+    assert not any(responder.ended for _, responder in opened)
+    # The stalled clients read again: everything they were sent comes through.
+    for (exchange, responder), entry in zip(opened, pair.server_handler.inbounds, strict=False):
+        exchange.resumeProducing()
+        entry.exchange.end()
+        pair.pump()
+        assert responder.ended and len(responder.body) % len(chunk) == 0
 
 
 def test_streams_beyond_the_peers_limit_are_refused_as_overloaded() -> None:
@@ -964,7 +1104,7 @@ def test_link_target_without_a_link(closed: bool) -> None:
 
 
 def test_link_target_waits_for_the_dial_with_a_bounded_buffer() -> None:
-    pair = Pair()
+    pair = Pair(limits=Limits(initial_window=128 * 1024))  # the held body fits the credit
     dialled: list[str] = []
     connecting: Deferred[EnvelopeLink] = Deferred()
 
@@ -1217,7 +1357,7 @@ def test_the_frames_of_one_turn_leave_in_one_write() -> None:
 
 
 def test_a_bulk_body_write_sends_what_the_turn_held_first() -> None:
-    pair = Pair()
+    pair = Pair(limits=Limits(initial_window=128 * 1024))  # credit for the whole write
     exchange, _ = pair.open(content_length=None)
     exchange.write(b"x" * 100_000)  # large: not copied into the turn's buffer
     # The request head went out before the body, without waiting for the end of the turn.

@@ -527,7 +527,7 @@ def test_a_byte_stream_across_a_link_both_ways_within_the_windows() -> None:
         pair.pump()
     assert b"".join(pod.data) == b"early" + b"".join(up)
     assert b"".join(source.data) == b"".join(up)
-    assert pair.largest_body_flight <= Limits().initial_window
+    assert pair.largest_body_flight <= Limits().max_window
     # Half-close one way, then the other: both links forget the stream.
     stream.end()
     pair.pump()

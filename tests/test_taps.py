@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 from edgemesh.catalog import Catalog
 from edgemesh.roles import EdgeNode, RouterNode, edge_tap, router_tap
 from edgemesh.transports import FrontLimits
+from edgemesh.wire import Limits
 
 CATALOG = """\
 apiVersion: v1
@@ -333,6 +334,23 @@ def test_edge_make_service_without_router(tmp_path: Path, reactor: MemoryReactor
     service.startService()
     assert reactor.tcpClients == []
     service.stopService()
+
+
+def test_receive_windows_are_options(
+    tmp_path: Path, catalog_file: str, reactor: MemoryReactorClock
+) -> None:
+    """The links' receive budget (issue 15): Limits' defaults, or the options' values."""
+    assert router_options("--catalog", catalog_file)["wire_value"] == Limits()
+    options = edge_options(
+        "--node", "edge-1", "--state-dir", str(tmp_path), "--initial-window", "32KiB",
+        "--max-window", "2MiB", "--receive-budget", "1MiB")
+    assert options["wire_value"] == Limits(initial_window=32 << 10, max_window=2 << 20,
+                                           receive_budget=1 << 20)
+    assert edge_tap.makeService(options).config.wire == options["wire_value"]
+    with pytest.raises(usage.UsageError, match="--max-window must not be below"):
+        router_options("--catalog", catalog_file, "--initial-window", "1m", "--max-window", "64k")
+    with pytest.raises(usage.UsageError, match="at most 2GiB"):
+        router_options("--catalog", catalog_file, "--initial-window", "2g", "--max-window", "3g")
 
 
 def test_header_limits_are_options(catalog_file: str) -> None:

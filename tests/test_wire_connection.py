@@ -5,6 +5,7 @@ Plain Python: two Connections talk by handing each other bytes.
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -418,7 +419,8 @@ def test_sender_cannot_exceed_its_window() -> None:
 
 
 def test_consumed_credits_back_in_batches_of_half_a_window() -> None:
-    client, server = connected(server_limits=Limits(initial_window=100))
+    # Without a receive budget a stream's credit is its initial window, as before.
+    client, server = connected(server_limits=Limits(initial_window=100, receive_budget=0))
     sid = open_request(client, server)
     server.receive(client.send_data(sid, b"x" * 100, False))
     assert client.send_window(sid) == 0
@@ -468,6 +470,124 @@ def test_send_window_of_an_ended_or_gone_stream_is_zero() -> None:
     client.sent(sid, 0, True)
     assert client.send_window(sid) == 0
     assert client.send_window(12345) == 0
+
+
+# --- the receive budget: credit per link, decided by the receiver ------------------------
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def pump_body(client: Connection, server: Connection, sid: int, total: int,
+              consume: bool = True) -> tuple[int, int]:
+    """The client sends up to ``total`` bytes of request body as credit allows, the server
+    consumes each piece at once (or never); returns (bytes sent, WINDOW frames)."""
+    sent = windows = 0
+    for _ in range(10_000):
+        size = min(client.send_window(sid), total - sent, 128 * KIB)
+        if size <= 0:
+            break
+        server.receive(client.send_data(sid, b"b" * size, False))
+        sent += size
+        if consume:
+            credit = server.consumed(sid, size)
+            if credit:
+                windows += 1
+                client.receive(credit)
+    return sent, windows
+
+
+def test_a_stream_starts_with_the_initial_window_and_grows_once_it_consumes() -> None:
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
+    client, server = connected(server_limits=limits)
+    sid = open_request(client, server)
+    assert client.send_window(sid) == 64 * KIB
+    sent, windows = pump_body(client, server, sid, 4 * MIB)
+    assert sent == 4 * MIB
+    # To the maximum at the first credit (the link is otherwise idle), then WINDOW frames
+    # of half of it: as few as a fixed 1 MiB window would need.
+    assert client.send_window(sid) > 512 * KIB
+    assert server._streams[sid].target == 1 * MIB
+    assert windows <= 4 * MIB // (512 * KIB) + 5
+
+
+def test_without_budget_a_stream_keeps_the_initial_window() -> None:
+    client, server = connected(server_limits=Limits(initial_window=64 * KIB, receive_budget=0))
+    sid = open_request(client, server)
+    sent, windows = pump_body(client, server, sid, 1 * MIB)
+    assert sent == 1 * MIB and client.send_window(sid) <= 64 * KIB
+    assert windows == 1 * MIB // (64 * KIB)
+
+
+def test_the_budget_is_shared_evenly_between_busy_streams() -> None:
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
+    client, server = connected(server_limits=limits)
+    sids = [open_request(client, server) for _ in range(32)]
+    for _ in range(8):
+        for sid in sids:
+            pump_body(client, server, sid, 256 * KIB)
+    # 32 streams: at most 2 MiB / 32 each beyond the initial window, however much they
+    # consumed; what the peer can make us hold is the budget plus 32 initial windows.
+    assert all(server._streams[sid].target <= 128 * KIB for sid in sids)
+    assert all(client.send_window(sid) >= 32 * KIB for sid in sids)
+    assert server.receive_credit <= 2 * MIB + 32 * 64 * KIB
+    assert server._extra <= 2 * MIB
+
+
+def test_stalled_streams_never_starve_one_that_must_finish() -> None:
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
+    client, server = connected(server_limits=limits)
+    # Three streams grow to the maximum, then their consumers stall with all of their
+    # credit used: together they hold more than the budget beyond their initial windows.
+    stalled = [open_request(client, server) for _ in range(3)]
+    for sid in stalled:
+        pump_body(client, server, sid, 2 * MIB)
+    for sid in stalled:
+        pump_body(client, server, sid, 8 * MIB, consume=False)
+        assert client.send_window(sid) == 0
+    assert server._extra <= 2 * MIB
+    # A fourth stream still gets through, on its own credit (at least the initial window).
+    late = open_request(client, server)
+    assert client.send_window(late) == 64 * KIB
+    sent, _ = pump_body(client, server, late, 4 * MIB)
+    assert sent == 4 * MIB
+    assert server.receive_credit <= 2 * MIB + 4 * 64 * KIB
+    # The stalled ones resume: what they were granted is credited back when consumed.
+    for sid in stalled:
+        held = server._streams[sid].granted
+        credit = server.consumed(sid, held)
+        assert credit
+        client.receive(credit)
+        assert client.send_window(sid) >= 32 * KIB
+
+
+def test_credit_goes_back_to_the_budget_when_a_stream_ends() -> None:
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=1 * MIB)
+    client, server = connected(server_limits=limits)
+    first = open_request(client, server)
+    pump_body(client, server, first, 4 * MIB)
+    assert server._extra > 0
+    server.receive(client.send_data(first, b"", True))
+    assert server._extra == 0
+    second = open_request(client, server)
+    pump_body(client, server, second, 4 * MIB)
+    assert server._streams[second].target == 1 * MIB
+
+
+def test_beyond_the_grown_credit_is_still_a_protocol_error() -> None:
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
+    client, server = connected(server_limits=limits)
+    sid = open_request(client, server)
+    pump_body(client, server, sid, 2 * MIB)
+    left = server._streams[sid].recv_window
+    assert left > 64 * KIB
+    server.receive(encode_data(sid, False, b"x" * min(left, 128 * KIB)))
+    left -= min(left, 128 * KIB)
+    while left > 128 * KIB:
+        server.receive(encode_data(sid, False, b"x" * 128 * KIB))
+        left -= 128 * KIB
+    with pytest.raises(ProtocolError, match="beyond its flow-control window"):
+        server.receive(encode_data(sid, False, b"x" * (left + 1)))
 
 
 # --- local misuse fails locally (the peer would drop the whole connection) -----------------
@@ -561,12 +681,20 @@ class TwoConnections(RuleBasedStateMachine):
         client_window=st.integers(1, 300),
         server_window=st.integers(1, 300),
         server_streams=st.integers(1, 4),
+        max_windows=st.tuples(st.integers(1, 1000), st.integers(1, 1000)),
+        budgets=st.tuples(st.integers(0, 1000), st.integers(0, 1000)),
     )
-    def start(self, client_window: int, server_window: int, server_streams: int) -> None:
-        self.client = _Side(Connection(client=True, limits=Limits(initial_window=client_window)))
-        self.server = _Side(Connection(
-            client=False, limits=Limits(initial_window=server_window, max_streams=server_streams)
-        ))
+    def start(
+        self, client_window: int, server_window: int, server_streams: int,
+        max_windows: tuple[int, int], budgets: tuple[int, int],
+    ) -> None:
+        self.client = _Side(Connection(client=True, limits=Limits(
+            initial_window=client_window, max_window=max_windows[0], receive_budget=budgets[0],
+        )))
+        self.server = _Side(Connection(client=False, limits=Limits(
+            initial_window=server_window, max_streams=server_streams,
+            max_window=max_windows[1], receive_budget=budgets[1],
+        )))
         self.client.outbox.append(_Flight(self.client.conn.hello("edge-1", "edge")))
         self.server.outbox.append(_Flight(self.server.conn.hello("router", "router")))
         self.deliver_all()
@@ -688,6 +816,41 @@ class TwoConnections(RuleBasedStateMachine):
         assert frame and not side.conn.is_open(sid)
         side.outbox.append(_Flight(frame))
 
+    @rule(client=st.booleans(), pick=st.integers(0, 1 << 16))
+    def overrun(self, client: bool, pick: int) -> None:
+        """A peer that sends one byte beyond the credit it holds breaks the protocol,
+        however much credit the budget granted (checked on a copy: it kills the link)."""
+        side, _ = self.sides(client)
+        open_ = [sid for sid, stream in side.conn._streams.items()
+                 if not stream.received_end and (not self.is_local(side, sid) or stream.responded)]
+        if not open_:
+            return
+        sid = open_[pick % len(open_)]
+        receiver = copy.deepcopy(side.conn)
+        beyond = receiver._streams[sid].recv_window + 1
+        with pytest.raises(ProtocolError, match="beyond its flow-control window"):
+            receiver.receive(encode_data(sid, False, b"x" * beyond))
+
+    @rule()
+    def drain(self) -> None:
+        """Everything received is consumed and delivered: every stream the peer may still
+        send on holds credit again (a consumer that takes everything never waits)."""
+        self.deliver_all()
+        for side in (self.client, self.server):
+            for sid in sorted(side.unconsumed):
+                size, side.unconsumed[sid] = side.unconsumed[sid], 0
+                credit = side.conn.consumed(sid, size)
+                if credit:
+                    [window] = FrameDecoder(Limits()).feed(credit)
+                    assert isinstance(window, Window)
+                    side.outbox.append(_Flight(credit, sid, credit=window.increment))
+        self.deliver_all()
+        for sender, receiver in ((self.client, self.server), (self.server, self.client)):
+            for sid, out in sender.conn._streams.items():
+                into = receiver.conn._streams[sid]
+                if not out.sent_end and not into.received_end:
+                    assert out.send_window > 0
+
     @precondition(lambda self: bool(self.client.outbox))
     @rule()
     def deliver_to_server(self) -> None:
@@ -718,7 +881,29 @@ class TwoConnections(RuleBasedStateMachine):
             for stream in side.conn._streams.values():
                 assert stream.send_window >= 0
                 assert stream.recv_window >= 0
-                assert stream.unacked >= 0
+                assert stream.granted >= stream.recv_window
+
+    @invariant()
+    def credit_within_the_budget(self) -> None:
+        """What a peer can make a side hold: at most the budget beyond the initial window
+        of every stream, and no stream beyond its maximum."""
+        for side in (self.client, self.server):
+            limits = side.conn.limits
+            streams = side.conn._streams
+            top = max(limits.max_window, limits.initial_window)
+            extra = 0
+            for sid, stream in streams.items():
+                if stream.received_end:
+                    continue  # its credit went back to the budget
+                assert stream.granted <= top and stream.target <= top
+                extra += max(0, stream.granted - limits.initial_window)
+                # Granted and not yet consumed: the credit left plus what the application
+                # holds.
+                assert stream.granted - stream.recv_window == side.unconsumed.get(sid, 0)
+            assert extra <= limits.receive_budget
+            assert side.conn._extra == extra
+            assert side.conn.receive_credit <= (
+                limits.receive_budget + len(streams) * limits.initial_window)
 
     @invariant()
     def credit_is_conserved(self) -> None:

@@ -235,7 +235,8 @@ def test_byte_streams_count_against_max_streams() -> None:
 
 
 def test_credit_bounds_a_byte_stream_both_ways() -> None:
-    client, server = connected(Limits(initial_window=100), Limits(initial_window=64))
+    client, server = connected(Limits(initial_window=100, receive_budget=0),
+                               Limits(initial_window=64, receive_budget=0))
     sid = client.open_stream(byte_stream=True)
     # Opener → acceptor: the acceptor's window (64), the open frame's data included.
     with pytest.raises(ValueError, match="exceed the window"):
@@ -245,7 +246,8 @@ def test_credit_bounds_a_byte_stream_both_ways() -> None:
     with pytest.raises(ProtocolError, match="beyond its flow-control window"):
         server.receive(encode_data(sid, False, b"y" * 5))
     # Acceptor → opener: the opener's window (100).
-    client, server = connected(Limits(initial_window=100), Limits(initial_window=64))
+    client, server = connected(Limits(initial_window=100, receive_budget=0),
+                               Limits(initial_window=64, receive_budget=0))
     sid = open_byte_stream(client, server)
     client.receive(server.send_stream_accept(sid))
     assert server.send_window(sid) == 100

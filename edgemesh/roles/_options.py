@@ -11,7 +11,11 @@ from ..catalog import Catalog, ManifestError, load_manifest
 from ..observability import ObservabilityOptions
 from ..security import TLSOptions
 from ..transports import FrontLimits
+from ..wire import Limits
 from ._resilience import ResilienceOptions
+
+_MAX_WINDOW = (1 << 31) - 1
+"""The largest window a hello may carry (wire/_connection.py)."""
 
 
 def _seconds(value: str) -> float:
@@ -61,6 +65,16 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
         ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
         ["max-headers", None, 100, "Most header fields in a request head (then 431).", _count],
         ["max-header-bytes", None, _size("60KiB"), "Largest request head (then 431).", _size],
+        ["initial-window", None, Limits.initial_window,
+         ("Body bytes a stream on a link to this node may send before it is granted more "
+          "credit; every stream keeps this much however busy the link is."), _size],
+        ["max-window", None, Limits.max_window,
+         ("The most credit one stream on a link may hold when the receive budget allows "
+          "(one large transfer on an idle link)."), _size],
+        ["receive-budget", None, Limits.receive_budget,
+         ("Credit beyond --initial-window that all streams of one link may hold together: "
+          "what a link's peer can make this node buffer is this plus --initial-window per "
+          "stream."), _size],
     ]
 
     def load_catalog(self, path: str) -> Catalog:
@@ -70,6 +84,16 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
             return load_manifest(path)
         except ManifestError as error:
             raise usage.UsageError(f"--catalog: {error}") from None
+
+    def wire_limits(self) -> Limits:
+        """The links' receive windows (--initial-window, --max-window, --receive-budget)."""
+        initial, top = self["initial-window"], self["max-window"]
+        if initial > _MAX_WINDOW or top > _MAX_WINDOW:
+            raise usage.UsageError("--initial-window and --max-window: at most 2GiB - 1")
+        if top < initial:
+            raise usage.UsageError("--max-window must not be below --initial-window")
+        return Limits(initial_window=initial, max_window=top,
+                      receive_budget=self["receive-budget"])
 
     def front_limits(self) -> FrontLimits:
         return FrontLimits(

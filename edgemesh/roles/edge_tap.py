@@ -62,6 +62,7 @@ class Options(CommonOptions, CaptureOptions):
             raise usage.UsageError(f"--state-dir {self['state-dir']}: {error.strerror}") from None
         self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else None
         self["tls_value"] = self.tls_config(self["node"], "edge")
+        self["wire_value"] = self.wire_limits()
         self["capture_value"], self["dns_value"] = self.capture_settings()
 
 
@@ -78,6 +79,7 @@ def makeService(options: Options) -> IService:
         catalog=options["catalog_value"],
         admin=options["admin"],
         front=options.front_limits(),
+        wire=options["wire_value"],
         connect_timeout=options["connect-timeout"],
         request_timeout=options["request-timeout"],
         pool_idle_timeout=options["pool-idle-timeout"],

@@ -70,6 +70,7 @@ class Options(CommonOptions, KubernetesOptions):
         self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
                                  else Catalog.empty())
         self["tls_value"] = self.tls_config(self["node"], "router")
+        self["wire_value"] = self.wire_limits()
         ports = self.get("stream_ports_value")
         if ports is not None:
             taken = [(name, http_port(self[name])) for name in ("http", "tunnel", "admin")]
@@ -123,6 +124,7 @@ def makeService(options: Options) -> IService:
         http=options["http"],
         admin=options["admin"],
         front=options.front_limits(),
+        wire=options["wire_value"],
         connect_timeout=options["connect-timeout"],
         request_timeout=options["request-timeout"],
         pool_idle_timeout=options["pool-idle-timeout"],

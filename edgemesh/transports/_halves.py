@@ -139,7 +139,14 @@ class _Sender:
         producer = self.producer
         if producer is None:
             return
-        blocked = not self.done and (self.link.paused or self.queued >= _PENDING_BOUND)
+        queued = self.queued
+        # Out of credit with body waiting: stop the producer now rather than at the queue's
+        # bound, so that a stream waiting for its peer's credit holds one read, not 64 KiB
+        # more (32 streams on small windows: the growth moved to the sending edge, issue 15).
+        blocked = not self.done and (
+            self.link.paused or queued >= _PENDING_BOUND
+            or (queued > 0 and self.link.connection.send_window(self.sid) <= 0)
+        )
         if blocked and not self.producer_paused:
             self.producer_paused = True
             producer.pauseProducing()
@@ -305,7 +312,7 @@ class InboundExchange:
         self.target_paused = False
         self.held: deque[bytes] | None = None
         """Request body that arrived while the target was paused.  The peer may lawfully
-        send all the credit it holds (up to a window, 512 KiB) before it learns of a pause,
+        send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
         which is more than a target may have to keep (the pod client refuses a source that
         keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
         bounded by the credit it granted (the connection refuses a frame beyond it), and no

@@ -83,8 +83,16 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_streams: int = 1024
     """Concurrent streams the peer may open towards us."""
-    initial_window: int = 512 * 1024
-    """Body bytes a stream may send before it is granted more credit."""
+    initial_window: int = 32 * 1024
+    """Body bytes a stream may send before it is granted more credit (the hello's
+    ``initial_window``), and the credit every stream keeps however busy the link is."""
+    max_window: int = 1024 * 1024
+    """The most credit (granted, not yet consumed) one stream may hold when the link's
+    ``receive_budget`` allows it; not below ``initial_window``."""
+    receive_budget: int = 1024 * 1024
+    """Credit beyond ``initial_window`` that all streams of a link may hold together: the
+    receiver's own policy (no setting on the wire), so what a link's streams can make
+    it hold is at most this plus ``initial_window`` per stream."""
     max_data_chunk: int = 128 * 1024
 
 
