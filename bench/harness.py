@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import resource
@@ -69,6 +70,18 @@ DEFAULTS = {
     "IDLE_WAIT": "20",  # before each run, wait up to this many s for a quiet machine (0: don't)
     "IDLE_BUSY": "15",  # "quiet": no CPU more than this % busy over half a second
     "RESULTS_DIR": os.path.join(HERE, "results"),
+    # Latency at a fixed request rate (open loop, as Istio's and Linkerd's benchmarks publish
+    # it): after the wrk reps of each RATE_PATHS body, REPS hey runs at RATE requests/s in all
+    # over RATE_CONNS connections.  "0": no such runs.
+    "RATE": "1000",
+    "RATE_CONNS": "",  # empty: CONNS
+    "RATE_PATHS": "/small",  # /big at 1000/s would saturate the mesh's core: a second wrk row
+    # hey processes that share the RATE_CONNS connections, each started 1/RATE_SPREAD of the
+    # period after the previous one.  hey's workers tick in step, so one hey with 32 workers
+    # sends bursts of 32 requests at once; one process per connection (the default) spreads
+    # the requests evenly over time.  "1": one hey, bursts (fortio's default, without -uniform).
+    "RATE_SPREAD": "",  # empty: RATE_CONNS
+    "RATE_TRIM": "1",  # s of each hey run not counted: half at its start, half at its end
 }
 CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
 
@@ -158,6 +171,7 @@ class Run:
     anon_end_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon after the runs
     huge_s: list[float] = field(default_factory=list)  # one-off 4 MiB transfers: wall s
     huge_direct_s: list[float] = field(default_factory=list)  # direct ones between them
+    rate_reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # body → hey runs
     python: str = ""  # the mesh's interpreter
 
 
@@ -533,6 +547,82 @@ def transfers(target: Target, run: Run) -> None:
         run.huge_direct_s.append(transfer(PORTS["origin"], None))
 
 
+def rate_settings() -> tuple[float, int, int]:
+    """(requests/s in all, connections, hey processes) of the fixed-rate runs."""
+    rate = float(CFG["RATE"] or 0)
+    conns = int(CFG["RATE_CONNS"] or CFG["CONNS"])
+    spread = int(CFG["RATE_SPREAD"] or conns)
+    return rate, conns, max(1, min(spread, conns))
+
+
+def percentile(sorted_ms: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_ms:
+        return None
+    rank = math.ceil(len(sorted_ms) * pct / 100)
+    return sorted_ms[min(len(sorted_ms), max(1, rank)) - 1]
+
+
+def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, dict[str, Any]]:
+    """RATE requests/s over RATE_CONNS keep-alive connections for `duration`, with hey (each
+    worker: one connection, one request every RATE_CONNS/RATE s, waiting for the answer).
+    Each hey runs RATE_TRIM s longer, and requests that started in its first RATE_TRIM/2 s
+    or last RATE_TRIM/2 s are left out: the 32 processes' start-up and their reports at the
+    end compete for the load generator's CPU.  Returns the first command, every process's
+    raw CSV and wrk-like figures (ms) from every kept request's latency (hey's CSV: 0.1 ms
+    resolution)."""
+    rate, conns, procs = rate_settings()
+    period = conns / rate  # between two requests of one worker
+    url = f"http://127.0.0.1:{PORTS[target.port]}{path}"
+    seconds = float(duration.rstrip("s"))
+    trim = float(CFG["RATE_TRIM"])
+    longer = f"{seconds + trim:g}s"
+    cmds, popens = [], []
+    start = time.monotonic()
+    try:
+        for i in range(procs):
+            workers = conns // procs + (1 if i < conns % procs else 0)
+            cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "hey", "-z", longer, "-c", str(workers),
+                   "-q", f"{rate / conns:g}", "-t", CFG["WRK_TIMEOUT"].rstrip("s"), "-o", "csv",
+                   "-cpus", "1", *(["-host", target.host] if target.host else []), url]
+            # Process i starts i/procs of a period after the first: its workers' ticks fall
+            # between the others' (a pacing offset, not a wait for readiness).
+            time.sleep(max(0.0, start + i * period / procs - time.monotonic()))
+            popens.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           stdin=subprocess.DEVNULL))
+            cmds.append(cmd)
+        outs = [p.communicate(timeout=seconds + trim + 120) for p in popens]
+    finally:
+        for p in popens:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lat_ms: list[float] = []
+    non_2xx = answered = 0
+    raw = []
+    for p, (out, err) in zip(popens, outs):
+        text = out.decode(errors="replace")
+        raw.append(text)
+        if p.returncode != 0 or not text.startswith("response-time,"):
+            raise RuntimeError(f"hey failed (rc {p.returncode}): {err.decode()[:300]}")
+        for line in text.splitlines()[1:]:
+            fields = line.split(",")
+            answered += len(fields) >= 8
+            if len(fields) < 8 or not trim / 2 <= float(fields[7]) < seconds + trim / 2:
+                continue
+            lat_ms.append(float(fields[0]) * 1e3)
+            non_2xx += not fields[6].startswith("2")
+    lat_ms.sort()
+    asked = rate * (seconds + trim)
+    r: dict[str, Any] = {f"p{k}_ms": percentile(lat_ms, k) for k in (50, 75, 90, 99)}
+    r.update({"p999_ms": percentile(lat_ms, 99.9), "max_ms": lat_ms[-1] if lat_ms else None,
+              "requests": answered, "rps": len(lat_ms) / seconds, "non_2xx": non_2xx,
+              # hey leaves failed requests out of its CSV: count the ones that did not answer.
+              "socket_errors": max(0, int(asked * 0.98) - answered),
+              "asked_rps": rate, "xfer_MiBps": None})
+    return cmds[0], "".join(raw), r
+
+
 def busy_pct(seconds: float) -> dict[str, float]:
     """Busy % of each CPU over `seconds` (our own processes are idle when this is called)."""
     c0 = cpu_times()
@@ -569,22 +659,26 @@ def fmt_busy(busy: dict[str, float]) -> str:
 
 
 def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
-            origin: list[int]) -> dict[str, Any]:
-    """One wrk run; CPU of each process group in `procs` (name → pids) sampled around it, and
-    the CPU that neither wrk, the origin nor those processes used (someone else's load)."""
+            origin: list[int], rate: bool = False) -> dict[str, Any]:
+    """One wrk run (with `rate`: hey's run at RATE); CPU of each process group in `procs`
+    (name → pids) sampled around it, and the CPU that neither the load generator, the origin
+    nor those processes used (someone else's load)."""
     waited = wait_quiet()
     c0 = cpu_times()
     t0 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
     o0 = sum(cpu_ticks(p) for p in origin)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is a child, reaped by run()
     w0 = time.monotonic()
-    cmd, out = wrk(target, path, CFG["DURATION"])
+    if rate:
+        cmd, out, r = hey_rate(target, path, CFG["DURATION"])
+    else:
+        cmd, out = wrk(target, path, CFG["DURATION"])
+        r = parse_wrk(out)
     wall = time.monotonic() - w0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     o1 = sum(cpu_ticks(p) for p in origin)
     t1 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
     c1 = cpu_times()
-    r = parse_wrk(out)
     r["quiet_wait_s"] = waited
     n = r["requests"]
     by = {name: (t1[name] - t0[name]) / CLK_TCK for name in procs}  # seconds of CPU
@@ -604,7 +698,9 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     r["origin_cpu_pct"] = 100.0 * (o1 - o0) / CLK_TCK / wall
     ours = total + wrk_s + (o1 - o0) / CLK_TCK
     r["other_cpu_pct"] = max(0.0, 100.0 * (busy_s - ours) / wall)
-    with open(os.path.join(OUTDIR, f"wrk-{target.name}-{path.strip('/')}-{rep}.txt"), "w") as f:
+    tool = f"hey{int(rate_settings()[0])}" if rate else "wrk"
+    with open(os.path.join(OUTDIR, f"{tool}-{target.name}-{path.strip('/')}-{rep}.txt"),
+              "w") as f:
         f.write("$ " + " ".join(cmd) + "\n" + out)
     return r
 
@@ -678,6 +774,16 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
                     f"others' cpu {r['other_cpu_pct']:.0f}%")
                 reps.append(r)
             run.reps[path] = reps
+            if rate_settings()[0] > 0 and path in CFG["RATE_PATHS"].split():
+                run.rate_reps[path] = []
+                for rep in range(int(CFG["REPS"])):
+                    r = measure(target, path, groups, rep, tree(origin.pid), rate=True)
+                    log(f"   {path:<6} rep {rep} at {r['asked_rps']:.0f}/s: {r['rps']:7.1f} "
+                        f"req/s  p50 {fmt(r['p50_ms'], '.2f')} ms  p90 {fmt(r['p90_ms'], '.2f')}"
+                        f" ms  p99 {fmt(r['p99_ms'], '.2f')} ms  "
+                        f"cpu {fmt(r['proxy_cpu_pct'], '.0f')}%  non-2xx {r['non_2xx']}  "
+                        f"missing {r['socket_errors']}  others' cpu {r['other_cpu_pct']:.0f}%")
+                    run.rate_reps[path].append(r)
             run.hwm_kib[path] = {n: status_kib(p, "VmHWM") for n, p in rss_pids.items()}
             if CFG["PYSPY"] == "1" and target.mesh:
                 pyspy(target, path, mesh)
@@ -754,6 +860,37 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 str(a["non_2xx"]), str(a["socket_errors"])]) + " |")
     table = "\n".join(lines)
 
+    # Latency: wrk's distribution at saturation, and hey's at a fixed rate (open loop).
+    rate_med = {t: {p: aggregate(reps) for p, reps in run.rate_reps.items()}
+                for t, run in runs.items() if run.rate_reps}
+
+    def rate_base(t: str, path: str, key: str) -> Any:
+        return rate_med.get(t, {}).get(path, {}).get(key)
+
+    def added_at_rate(t: str, path: str, key: str) -> float | None:
+        mine, direct = rate_base(t, path, key), rate_base("direct", path, key)
+        return mine - direct if mine is not None and direct is not None else None
+
+    rate, rate_conns, spread = rate_settings()
+    latency = [
+        ("| target | body | wrk p50 | p75 | p90 | p99 | p99 ÷ p50 | "
+         f"at {rate:.0f}/s: req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p90 | "
+         "added p99 | mesh CPU % | others' CPU % |"),
+        "|---|---|" + "---:|" * 16]
+    for tname, per in med_.items():
+        for path, a in per.items():
+            p50, p99 = a.get("p50_ms"), a.get("p99_ms")
+            r = rate_med.get(tname, {}).get(path, {})
+            latency.append(f"| {tname} | {path} | " + " | ".join([
+                *(fmt(a.get(k), ".2f") for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms")),
+                fmt(p99 / p50 if p99 and p50 else None, ".2f"),
+                fmt(r.get("rps"), ".0f"),
+                *(fmt(r.get(k), ".2f") for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms",
+                                                 "max_ms")),
+                *(fmt(added_at_rate(tname, path, k), "+.2f")
+                  for k in ("p50_ms", "p90_ms", "p99_ms")),
+                fmt(r.get("proxy_cpu_pct"), ".0f"), fmt(r.get("other_cpu_pct"), ".0f")]) + " |")
+
     # Per-process CPU: shows which mesh processes a path really used.
     detail = ["| target | body | " + " | ".join(f"{n} µs/req (CPU %)" for n in MESH_PROCS)
               + " |", "|---|---|" + "---:|" * len(MESH_PROCS)]
@@ -815,9 +952,19 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         if not tname.startswith("p2-edge-edge") or added is None:
             continue
         verdict.append(
-            f"- {tname} /small: p99 {added:+.2f} ms over direct at {CFG['CONNS']} connections "
-            f"(nginx's hop: {fmt(n_small_p99, '+.2f')} ms) — target ≤ {TARGET_ADDED_P99_MS:.0f} "
-            "ms: " + ("**met**" if added <= TARGET_ADDED_P99_MS else "**NOT met**"))
+            f"- {tname} /small at saturation (wrk, closed loop, {CFG['CONNS']} connections flat "
+            f"out): p99 {added:+.2f} ms over direct's (nginx's hop: {fmt(n_small_p99, '+.2f')} "
+            f"ms) — target ≤ {TARGET_ADDED_P99_MS:.0f} ms: "
+            + ("**met**" if added <= TARGET_ADDED_P99_MS else "**NOT met**"))
+        at_rate = added_at_rate(tname, "/small", "p99_ms")
+        if at_rate is not None:
+            verdict.append(
+                f"- {tname} /small at a fixed {rate:.0f} requests/s (hey, open loop, "
+                f"{rate_conns} connections, {spread} hey process(es)): p99 {at_rate:+.2f} ms "
+                f"over direct's at that rate (nginx's hop: "
+                f"{fmt(added_at_rate('nginx', '/small', 'p99_ms'), '+.2f')} ms) — target ≤ "
+                f"{TARGET_ADDED_P99_MS:.0f} ms: "
+                + ("**met**" if at_rate <= TARGET_ADDED_P99_MS else "**NOT met**"))
     n_big = base("nginx", "/big", "proxy_cpu_us_per_req")
     for tname in med_:
         target = target_of(tname)
@@ -854,7 +1001,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                        f"connection, where buffering whole bodies would cost "
                        f"{BIG_SIZE >> 10} KiB) — flat (≤ {FLAT_RSS_MIB:.0f} MiB or 10 %): "
                        + ("**yes**" if ok else "**NO**"))
-    errors = sum(a["non_2xx"] + a["socket_errors"] for per in med_.values() for a in per.values())
+    errors = sum(a["non_2xx"] + a["socket_errors"] for m in (med_, rate_med)
+                 for per in m.values() for a in per.values())
     verdict.append(f"- errors (non-2xx + socket errors, all runs): {errors}")
     others = [(a.get("other_cpu_pct") or 0.0, t, p) for t, per in med_.items()
               for p, a in per.items()]
@@ -873,8 +1021,22 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             "the origin nor the measured processes used (someone else's load: above ~5 the row "
             "is suspect); peak RSS = VmHWM of each process on the path (nginx, direct: the "
             "worker).")
+    rate_note = (
+        f"ms; wrk columns: the main table's runs (closed loop at {CFG['CONNS']} connections: "
+        "p50 ≈ connections ÷ req/s). At a fixed rate: medians of "
+        f"{CFG['REPS']} x {CFG['DURATION']} hey runs of {rate:.0f} requests/s over "
+        f"{rate_conns} keep-alive connections in {spread} hey process(es) started "
+        f"{rate_conns / rate / spread * 1e3:.2f} ms apart (each worker sends one request every "
+        f"{rate_conns / rate * 1e3:.0f} ms), each {CFG['RATE_TRIM']} s longer, of which the "
+        "first and last halves are not counted (start-up, reports); percentiles of every "
+        "counted request's latency (hey's CSV, 0.1 ms resolution); added = the row's "
+        "percentile − direct's at the same rate. Errors and requests that did not answer "
+        "count in the error total below."
+        if rate > 0 else "No fixed-rate runs (RATE=0).")
     text = "\n\n".join([table, note, "### CPU by mesh process\n\n" + "\n".join(detail),
                         "### Memory: peak RSS across body sizes\n\n" + "\n".join(memory),
+                        "### Latency at saturation (wrk) and at a fixed rate (hey)\n\n"
+                        + "\n".join(latency) + "\n\n" + rate_note,
                         "### One 4 MiB transfer (curl, a new connection each; wall time)\n\n"
                         + "\n".join(huge),
                         "### Against the issue's targets\n\n" + "\n".join(verdict)])
@@ -998,7 +1160,8 @@ def main() -> None:
     results = {**info, "failed": failed, "medians": medians,
                "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib,
                             "rssanon_end_kib": r.anon_end_kib, "python": r.python,
-                            "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s}
+                            "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s,
+                            "rate_reps": r.rate_reps}
                          for t, r in runs.items()}}
     with open(os.path.join(OUTDIR, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
