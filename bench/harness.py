@@ -81,6 +81,9 @@ DEFAULTS = {
     # sends bursts of 32 requests at once; one process per connection (the default) spreads
     # the requests evenly over time.  "1": one hey, bursts (fortio's default, without -uniform).
     "RATE_SPREAD": "",  # empty: RATE_CONNS
+    # nice of every process the bench starts (mesh, nginx, wrk, hey, curl), e.g. "-10" on a
+    # shared machine: others' processes then wait for ours, not ours for theirs (root only).
+    "NICE": "",
     "RATE_TRIM": "1",  # s of each hey run not counted: half at its start, half at its end
 }
 CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
@@ -210,11 +213,17 @@ def tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def pin(cpu: str) -> list[str]:
+    """The command prefix of every process the bench starts: its CPU, and CFG NICE."""
+    nice = ["nice", "-n", CFG["NICE"]] if CFG["NICE"] else []
+    return [*nice, "taskset", "-c", cpu]
+
+
 def spawn(name: str, argv: list[str], cpu: str, tmp: str, env: dict[str, str] | None = None,
           ) -> Proc:
     path = os.path.join(tmp, name + ".out")
     with open(path, "ab") as out:
-        popen = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=out,
+        popen = subprocess.Popen([*pin(cpu), *argv], stdout=out,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env or os.environ.copy(), cwd=tmp)
     proc = Proc(name, popen, path)
@@ -512,7 +521,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
 
 
 def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
-    cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "wrk", "-t" + CFG["THREADS"],
+    cmd = [*pin(CFG["LOADGEN_CPU"]), "wrk", "-t" + CFG["THREADS"],
            "-c" + CFG["CONNS"], "-d" + duration, "--timeout", CFG["WRK_TIMEOUT"], "--latency"]
     if target.host:
         cmd += ["-H", "Host: " + target.host]
@@ -525,7 +534,7 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
 
 def transfer(port: int, host: str | None) -> float:
     """One 4 MiB GET on a new connection with curl (on LOADGEN_CPU): its wall time, s."""
-    cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "curl", "-sS", "-o", "/dev/null", "--max-time",
+    cmd = [*pin(CFG["LOADGEN_CPU"]), "curl", "-sS", "-o", "/dev/null", "--max-time",
            "60", "-w", "%{http_code} %{size_download} %{time_total}"]
     if host:
         cmd += ["-H", "Host: " + host]
@@ -582,7 +591,7 @@ def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, 
     try:
         for i in range(procs):
             workers = conns // procs + (1 if i < conns % procs else 0)
-            cmd = ["taskset", "-c", CFG["LOADGEN_CPU"], "hey", "-z", longer, "-c", str(workers),
+            cmd = [*pin(CFG["LOADGEN_CPU"]), "hey", "-z", longer, "-c", str(workers),
                    "-q", f"{rate / conns:g}", "-t", CFG["WRK_TIMEOUT"].rstrip("s"), "-o", "csv",
                    "-cpus", "1", *(["-host", target.host] if target.host else []), url]
             # Process i starts i/procs of a period after the first: its workers' ticks fall
@@ -1015,8 +1024,10 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     note = (f"medians of {CFG['REPS']} x {CFG['DURATION']} runs after a {CFG['WARMUP']} warm-up; "
             f"wrk -t{CFG['THREADS']} -c{CFG['CONNS']} --timeout {CFG['WRK_TIMEOUT']} and the "
             f"origin nginx on CPU {CFG['LOADGEN_CPU']}; router, edge-1, edge-2 and the nginx "
-            f"proxy on CPU {CFG['MESH_CPU']}. mesh CPU = utime+stime of router + edge-1 + "
-            "edge-2 (nginx row: the proxy's master+worker) over the wrk run ÷ requests; hops = "
+            f"proxy on CPU {CFG['MESH_CPU']}"
+            + (f", every one of them at nice {CFG['NICE']}" if CFG["NICE"] else "")
+            + ". mesh CPU = utime+stime of router + edge-1 + edge-2 (nginx row: the proxy's "
+            "master+worker) over the wrk run ÷ requests; hops = "
             "mesh processes on the path; others' CPU % = busy time of both CPUs that neither wrk, "
             "the origin nor the measured processes used (someone else's load: above ~5 the row "
             "is suspect); peak RSS = VmHWM of each process on the path (nginx, direct: the "
