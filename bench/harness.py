@@ -84,6 +84,9 @@ DEFAULTS = {
     # nice of every process the bench starts (mesh, nginx, wrk, hey, curl), e.g. "-10" on a
     # shared machine: others' processes then wait for ours, not ours for theirs (root only).
     "NICE": "",
+    # 1: time every garbage collection of the mesh processes (bench/gcprobe/sitecustomize.py)
+    # and report those that fell inside the measured runs.
+    "GC_PROBE": "0",
     "RATE_TRIM": "1",  # s of each hey run not counted: half at its start, half at its end
 }
 CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
@@ -175,6 +178,7 @@ class Run:
     huge_s: list[float] = field(default_factory=list)  # one-off 4 MiB transfers: wall s
     huge_direct_s: list[float] = field(default_factory=list)  # direct ones between them
     rate_reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # body → hey runs
+    gc: dict[str, dict[str, Any]] = field(default_factory=dict)  # GC_PROBE: proc → pauses
     python: str = ""  # the mesh's interpreter
 
 
@@ -341,6 +345,10 @@ def start_nginx_proxy(tmp: str) -> list[Proc]:
 def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
+    if CFG["GC_PROBE"] == "1":
+        env["PYTHONPATH"] = os.path.join(HERE, "gcprobe") + os.pathsep + env["PYTHONPATH"]
+        env["EDGEMESH_GC_PROBE"] = os.path.join(tmp, "gcprobe")
+        os.makedirs(env["EDGEMESH_GC_PROBE"], exist_ok=True)
     logfile = os.path.join(tmp, name + ".log")
     argv = [CFG["PYTHON"], *launcher_args(),
             "--nodaemon", "--pidfile=", f"--logfile={logfile}", *reactor_args(), plugin,
@@ -677,7 +685,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     t0 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
     o0 = sum(cpu_ticks(p) for p in origin)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is a child, reaped by run()
-    w0 = time.monotonic()
+    w0, wall0 = time.monotonic(), time.time()
     if rate:
         cmd, out, r = hey_rate(target, path, CFG["DURATION"])
     else:
@@ -689,6 +697,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     t1 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
     c1 = cpu_times()
     r["quiet_wait_s"] = waited
+    r["window"] = (wall0, time.time())  # for GC_PROBE
     n = r["requests"]
     by = {name: (t1[name] - t0[name]) / CLK_TCK for name in procs}  # seconds of CPU
     total = sum(by.values())
@@ -798,6 +807,8 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
                 pyspy(target, path, mesh)
         run.anon_end_kib = {n: status_kib(p, "RssAnon") for n, p in rss_pids.items()}
         transfers(target, run)
+        if CFG["GC_PROBE"] == "1" and mesh:
+            run.gc = gc_during_runs(run, mesh, tmp)
         for name, proc in mesh.items():
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} died during the runs:\n{tail(proc.log)}")
@@ -805,6 +816,29 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
         for proc in [*(mesh[n] for n in reversed(MESH_PROCS) if n in mesh), *proxies]:
             stop(proc, grace=5.0)
     return run
+
+
+def gc_during_runs(run: Run, mesh: dict[str, Proc], tmp: str) -> dict[str, dict[str, Any]]:
+    """GC_PROBE: the collections of each mesh process that fell inside a measured run."""
+    time.sleep(1.5)  # the probe writes every second
+    windows = [r["window"] for reps in (*run.reps.values(), *run.rate_reps.values())
+               for r in reps]
+    out: dict[str, dict[str, Any]] = {}
+    for name, proc in mesh.items():
+        try:
+            with open(os.path.join(tmp, "gcprobe", f"{proc.pid}.json")) as f:
+                pauses = json.load(f)["pauses"]
+        except (OSError, ValueError, KeyError):
+            continue
+        inside = [(g, dt * 1e3) for g, dt, end in pauses
+                  if any(t0 <= end <= t1 for t0, t1 in windows)]
+        out[name] = {"run_s": sum(t1 - t0 for t0, t1 in windows),
+                     "by_gen": {g: sum(1 for gen, _ in inside if gen == g) for g in (0, 1, 2)},
+                     "max_ms": max((ms for _, ms in inside), default=0.0),
+                     "total_ms": sum(ms for _, ms in inside),
+                     "over_1ms": sum(1 for _, ms in inside if ms > 1.0),
+                     "at_start": len(pauses) - len(inside)}
+    return out
 
 
 # ----------------------------------------------------------------- report
@@ -818,7 +852,7 @@ def fmt(v: float | None, spec: str) -> str:
 
 
 def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    skip = ("non_2xx", "socket_errors", "cpu_pct_by_proc", "cpu_us_per_req_by_proc")
+    skip = ("non_2xx", "socket_errors", "cpu_pct_by_proc", "cpu_us_per_req_by_proc", "window")
     agg = {k: med([r[k] for r in reps]) for k in reps[0] if k not in skip}
     agg["non_2xx"] = sum(r["non_2xx"] for r in reps)
     agg["socket_errors"] = sum(r["socket_errors"] for r in reps)
@@ -899,6 +933,17 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 *(fmt(added_at_rate(tname, path, k), "+.2f")
                   for k in ("p50_ms", "p90_ms", "p99_ms")),
                 fmt(r.get("proxy_cpu_pct"), ".0f"), fmt(r.get("other_cpu_pct"), ".0f")]) + " |")
+
+    gc_rows = [("| target | process | seconds measured | gen0 | gen1 | gen2 | over 1 ms | "
+                "longest ms | total ms | outside the runs (start-up, checks) |"),
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for tname, run in runs.items():
+        for proc, g in run.gc.items():
+            if proc in target_of(tname).hops:
+                gc_rows.append(
+                    f"| {tname} | {proc} | {g['run_s']:.0f} | {g['by_gen'][0]} | "
+                    f"{g['by_gen'][1]} | {g['by_gen'][2]} | {g['over_1ms']} | "
+                    f"{g['max_ms']:.2f} | {g['total_ms']:.1f} | {g['at_start']} |")
 
     # Per-process CPU: shows which mesh processes a path really used.
     detail = ["| target | body | " + " | ".join(f"{n} µs/req (CPU %)" for n in MESH_PROCS)
@@ -1048,6 +1093,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                         "### Memory: peak RSS across body sizes\n\n" + "\n".join(memory),
                         "### Latency at saturation (wrk) and at a fixed rate (hey)\n\n"
                         + "\n".join(latency) + "\n\n" + rate_note,
+                        *(["### Garbage collections during the measured runs (GC_PROBE=1; "
+                           "gc.callbacks, wall time of each)\n\n" + "\n".join(gc_rows)]
+                          if len(gc_rows) > 2 else []),
                         "### One 4 MiB transfer (curl, a new connection each; wall time)\n\n"
                         + "\n".join(huge),
                         "### Against the issue's targets\n\n" + "\n".join(verdict)])
@@ -1172,7 +1220,7 @@ def main() -> None:
                "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib,
                             "rssanon_end_kib": r.anon_end_kib, "python": r.python,
                             "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s,
-                            "rate_reps": r.rate_reps}
+                            "rate_reps": r.rate_reps, "gc": r.gc}
                          for t, r in runs.items()}}
     with open(os.path.join(OUTDIR, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
