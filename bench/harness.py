@@ -87,6 +87,11 @@ DEFAULTS = {
     # 1: time every garbage collection of the mesh processes (bench/gcprobe/sitecustomize.py)
     # and report those that fell inside the measured runs.
     "GC_PROBE": "0",
+    # 1: during the fixed-rate runs only, hey and the processes on the path (origin, nginx
+    # proxy, mesh) run SCHED_FIFO (root): they then wait for no one else's process, so the
+    # figure is the path's, not the shared machine's scheduler's.  At 1000/s they use a
+    # fraction of a CPU (and the kernel keeps 5 % for others in any case).  0: as the wrk runs.
+    "RATE_RT": "1",
     "RATE_TRIM": "1",  # s of each hey run not counted: half at its start, half at its end
 }
 CFG = {k: os.environ.get(k, v) for k, v in DEFAULTS.items()}
@@ -564,6 +569,19 @@ def transfers(target: Target, run: Run) -> None:
         run.huge_direct_s.append(transfer(PORTS["origin"], None))
 
 
+def realtime(pids: list[int], on: bool) -> None:
+    """SCHED_FIFO priority 1 for `pids` (RATE_RT), or back to SCHED_OTHER."""
+    for pid in pids:
+        try:
+            if on:
+                os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
+            else:
+                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError as error:  # not root, or the process is gone
+            if on:
+                log(f"   RATE_RT: pid {pid}: {error}")
+
+
 def rate_settings() -> tuple[float, int, int]:
     """(requests/s in all, connections, hey processes) of the fixed-rate runs."""
     rate = float(CFG["RATE"] or 0)
@@ -599,7 +617,8 @@ def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, 
     try:
         for i in range(procs):
             workers = conns // procs + (1 if i < conns % procs else 0)
-            cmd = [*pin(CFG["LOADGEN_CPU"]), "hey", "-z", longer, "-c", str(workers),
+            rt = ["chrt", "-f", "1"] if CFG["RATE_RT"] == "1" else []
+            cmd = [*rt, *pin(CFG["LOADGEN_CPU"]), "hey", "-z", longer, "-c", str(workers),
                    "-q", f"{rate / conns:g}", "-t", CFG["WRK_TIMEOUT"].rstrip("s"), "-o", "csv",
                    "-cpus", "1", *(["-host", target.host] if target.host else []), url]
             # Process i starts i/procs of a period after the first: its workers' ticks fall
@@ -794,8 +813,13 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
             run.reps[path] = reps
             if rate_settings()[0] > 0 and path in CFG["RATE_PATHS"].split():
                 run.rate_reps[path] = []
+                path_pids = [*tree(origin.pid), *(p for ps in groups.values() for p in ps)]
                 for rep in range(int(CFG["REPS"])):
-                    r = measure(target, path, groups, rep, tree(origin.pid), rate=True)
+                    realtime(path_pids, CFG["RATE_RT"] == "1")
+                    try:
+                        r = measure(target, path, groups, rep, tree(origin.pid), rate=True)
+                    finally:
+                        realtime(path_pids, False)
                     log(f"   {path:<6} rep {rep} at {r['asked_rps']:.0f}/s: {r['rps']:7.1f} "
                         f"req/s  p50 {fmt(r['p50_ms'], '.2f')} ms  p90 {fmt(r['p90_ms'], '.2f')}"
                         f" ms  p99 {fmt(r['p99_ms'], '.2f')} ms  "
@@ -1081,7 +1105,10 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         f"ms; wrk columns: the main table's runs (closed loop at {CFG['CONNS']} connections: "
         "p50 ≈ connections ÷ req/s). At a fixed rate: medians of "
         f"{CFG['REPS']} x {CFG['DURATION']} hey runs of {rate:.0f} requests/s over "
-        f"{rate_conns} keep-alive connections in {spread} hey process(es) started "
+        f"{rate_conns} keep-alive connections"
+        + (", hey and the path's processes at SCHED_FIFO (RATE_RT=1)," if CFG["RATE_RT"] == "1"
+           else "")
+        + f" in {spread} hey process(es) started "
         f"{rate_conns / rate / spread * 1e3:.2f} ms apart (each worker sends one request every "
         f"{rate_conns / rate * 1e3:.0f} ms), each {CFG['RATE_TRIM']} s longer, of which the "
         "first and last halves are not counted (start-up, reports); percentiles of every "
