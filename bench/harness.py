@@ -79,7 +79,7 @@ DEFAULTS = {
     # hey processes that share the RATE_CONNS connections, each started 1/RATE_SPREAD of the
     # period after the previous one.  hey's workers tick in step, so one hey with 32 workers
     # sends bursts of 32 requests at once; one process per connection (the default) spreads
-    # the requests evenly over time.  "1": one hey, bursts (fortio's default, without -uniform).
+    # the requests evenly over time.  "1": one hey, bursts (the worst case).
     "RATE_SPREAD": "",  # empty: RATE_CONNS
     # nice of every process the bench starts (mesh, nginx, wrk, hey, curl), e.g. "-10" on a
     # shared machine: others' processes then wait for ours, not ours for theirs (root only).
@@ -590,6 +590,14 @@ def rate_settings() -> tuple[float, int, int]:
     return rate, conns, max(1, min(spread, conns))
 
 
+def seconds_of(duration: str) -> float:
+    """wrk's durations: "10s", "1m", "500ms" or a bare number of seconds."""
+    m = re.fullmatch(r"([\d.]+)(ms|s|m|h)?", duration.strip())
+    if not m:
+        sys.exit(f"not a duration: {duration!r}")
+    return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+
+
 def percentile(sorted_ms: list[float], pct: float) -> float | None:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_ms:
@@ -609,7 +617,7 @@ def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, 
     rate, conns, procs = rate_settings()
     period = conns / rate  # between two requests of one worker
     url = f"http://127.0.0.1:{PORTS[target.port]}{path}"
-    seconds = float(duration.rstrip("s"))
+    seconds = seconds_of(duration)
     trim = float(CFG["RATE_TRIM"])
     longer = f"{seconds + trim:g}s"
     cmds, popens = [], []
@@ -619,7 +627,8 @@ def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, 
             workers = conns // procs + (1 if i < conns % procs else 0)
             rt = ["chrt", "-f", "1"] if CFG["RATE_RT"] == "1" else []
             cmd = [*rt, *pin(CFG["LOADGEN_CPU"]), "hey", "-z", longer, "-c", str(workers),
-                   "-q", f"{rate / conns:g}", "-t", CFG["WRK_TIMEOUT"].rstrip("s"), "-o", "csv",
+                   "-q", f"{rate / conns:g}", "-t", f"{seconds_of(CFG['WRK_TIMEOUT']):g}",
+                   "-o", "csv",
                    "-cpus", "1", *(["-host", target.host] if target.host else []), url]
             # Process i starts i/procs of a period after the first: its workers' ticks fall
             # between the others' (a pacing offset, not a wait for readiness).
