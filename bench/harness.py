@@ -582,6 +582,11 @@ def realtime(pids: list[int], on: bool) -> None:
                 log(f"   RATE_RT: pid {pid}: {error}")
 
 
+def rate_rt() -> bool:
+    """RATE_RT, where it can be had (SCHED_FIFO needs root)."""
+    return CFG["RATE_RT"] == "1" and os.geteuid() == 0
+
+
 def rate_settings() -> tuple[float, int, int]:
     """(requests/s in all, connections, hey processes) of the fixed-rate runs."""
     rate = float(CFG["RATE"] or 0)
@@ -625,7 +630,7 @@ def hey_rate(target: Target, path: str, duration: str) -> tuple[list[str], str, 
     try:
         for i in range(procs):
             workers = conns // procs + (1 if i < conns % procs else 0)
-            rt = ["chrt", "-f", "1"] if CFG["RATE_RT"] == "1" else []
+            rt = ["chrt", "-f", "1"] if rate_rt() else []
             cmd = [*rt, *pin(CFG["LOADGEN_CPU"]), "hey", "-z", longer, "-c", str(workers),
                    "-q", f"{rate / conns:g}", "-t", f"{seconds_of(CFG['WRK_TIMEOUT']):g}",
                    "-o", "csv",
@@ -824,7 +829,7 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
                 run.rate_reps[path] = []
                 path_pids = [*tree(origin.pid), *(p for ps in groups.values() for p in ps)]
                 for rep in range(int(CFG["REPS"])):
-                    realtime(path_pids, CFG["RATE_RT"] == "1")
+                    realtime(path_pids, rate_rt())
                     try:
                         r = measure(target, path, groups, rep, tree(origin.pid), rate=True)
                     finally:
@@ -1115,8 +1120,7 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         "p50 ≈ connections ÷ req/s). At a fixed rate: medians of "
         f"{CFG['REPS']} x {CFG['DURATION']} hey runs of {rate:.0f} requests/s over "
         f"{rate_conns} keep-alive connections"
-        + (", hey and the path's processes at SCHED_FIFO (RATE_RT=1)," if CFG["RATE_RT"] == "1"
-           else "")
+        + (", hey and the path's processes at SCHED_FIFO (RATE_RT=1)," if rate_rt() else "")
         + f" in {spread} hey process(es) started "
         f"{rate_conns / rate / spread * 1e3:.2f} ms apart (each worker sends one request every "
         f"{rate_conns / rate * 1e3:.0f} ms), each {CFG['RATE_TRIM']} s longer, of which the "
