@@ -16,6 +16,7 @@
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
 #   RATE=1000 RATE_CONNS=<CONNS> RATE_PATHS=/small RATE_SPREAD=<RATE_CONNS> (latency at a fixed
 #     request rate with hey, after the wrk runs: RATE requests/s in all; RATE=0: none)
+#   RATE_RT=1 (as root: the fixed-rate runs at SCHED_FIFO)  RATE_TRIM=1
 #   NICE=-10 (nice of every process the bench starts)  GC_PROBE=1 (time the mesh's collections)
 # BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
 # direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
