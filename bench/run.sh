@@ -14,6 +14,10 @@
 #     built or found by bench/pythons.sh, with its venv; a path or command without the
 #     dependencies gets a venv /tmp/edgemesh-bench-venv-<full version>)
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
+#   RATE=1000 RATE_CONNS=<CONNS> RATE_PATHS=/small RATE_SPREAD=<RATE_CONNS> (latency at a fixed
+#     request rate with hey, after the wrk runs: RATE requests/s in all; RATE=0: none)
+#   RATE_RT=1 (as root: the fixed-rate runs at SCHED_FIFO)  RATE_TRIM=1
+#   NICE=-10 (nice of every process the bench starts)  GC_PROBE=1 (time the mesh's collections)
 # BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
 # direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
 set -euo pipefail
@@ -31,6 +35,8 @@ apt_install() {
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   need=()
   command -v wrk >/dev/null || need+=(wrk)
+  # hey: the fixed-rate runs (RATE); wrk has no rate of its own, wrk2 and fortio are not packaged.
+  [[ "${RATE:-1000}" == 0 ]] || command -v hey >/dev/null || need+=(hey)
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v taskset >/dev/null || need+=(util-linux)
   command -v curl >/dev/null || need+=(curl)
@@ -95,7 +101,7 @@ if [[ "${BENCH:-}" == streams ]]; then
   # shellcheck disable=SC2086  # STREAMS_ARGS is a list of options
   exec "$PYTHON" "$HERE/streams.py" ${STREAMS_ARGS:-}
 fi
-for b in wrk nginx taskset curl; do
+for b in wrk nginx taskset curl $([[ "${RATE:-1000}" == 0 ]] || echo hey); do
   command -v "$b" >/dev/null || { echo "run.sh: $b is missing (unset SKIP_INSTALL)" >&2; exit 1; }
 done
 [[ -x "$PYTHON" ]] || { echo "run.sh: PYTHON=$PYTHON is not executable" >&2; exit 1; }
