@@ -666,9 +666,8 @@ class _StallingResponder(RecordingResponder):
 def test_thirty_two_stalled_responses_hold_the_budget_not_a_window_each() -> None:
     """Issue 15: 32 responses over one link whose clients read 16 KiB and stall.  What
     the link's node then holds beyond what the clients read is what the peer may send
-    before it learns of the pauses: with the defaults at most the receive budget (1 MiB)
-    plus an initial window (32 KiB) per stream, 2 MiB (0.5 MiB measured); it was
-    32 × 496 KiB (15.5 MiB)."""
+    before it learns of the pauses: with the defaults at most the receive budget (2 MiB)
+    plus an initial window (64 KiB) per stream, 4 MiB; it was 32 × 496 KiB (15.5 MiB)."""
     pair = Pair()
     reads = 16 * 1024
     opened = []
@@ -695,7 +694,8 @@ def test_thirty_two_stalled_responses_hold_the_budget_not_a_window_each() -> Non
     responders = [exchange.responder for exchange in opened]
     assert all(len(r.body) >= reads for r in responders)  # type: ignore[attr-defined]
     held = sum(len(r.body) - reads for r in responders)  # type: ignore[attr-defined]
-    assert held <= 1024 * 1024 + 32 * 32 * 1024
+    limits = Limits()
+    assert held <= limits.receive_budget + 32 * limits.initial_window
 
 
 def test_streams_that_grew_then_stalled_do_not_starve_a_late_one() -> None:
