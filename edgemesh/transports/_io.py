@@ -38,21 +38,7 @@ def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> No
     """``transport.writeSequence((head, data))``, as one ``sendmsg`` of both when that is
     safe: Twisted would join them into one new bytes object first (a copy of the body;
     1.1 of the ~2.4 copies per byte of the edge that sends a 1 MiB body over a link)."""
-    if _idle_plain_tcp(transport):
-        try:
-            sent = transport.socket.sendmsg((head, data))
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # Let Twisted meet the error on its own path (it closes the connection).
-            sent = 0
-        if sent >= len(head):
-            if sent < len(head) + len(data):
-                transport.write(bytes(data[sent - len(head) :]))  # only what the kernel left
-            return
-        head = head[sent:]
-    # Twisted's transports take bytes only.
-    transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
+    write_all_now(transport, (head, data))
 
 
 def write_now(transport: Any, data: bytes | memoryview) -> None:
@@ -81,8 +67,8 @@ def write_now(transport: Any, data: bytes | memoryview) -> None:
 
 
 def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
-    """``transport.write(b"".join(parts))``, as one ``sendmsg`` of them all when that is
-    safe (a link's TLS records drained 64 KiB at a time: no join)."""
+    """``transport.writeSequence(parts)``, as one ``sendmsg`` of them all when that is safe
+    (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time)."""
     if _idle_plain_tcp(transport):
         try:
             sent = transport.socket.sendmsg(parts)
@@ -99,9 +85,13 @@ def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
             rest.append(part[sent:])
             sent = 0
         parts = rest
-    if parts:
-        # One bytes object (Twisted's transports take bytes only): its writeSequence would
-        # keep the parts and join them later, a second copy.
+    if not parts:
+        return
+    # Twisted's transports take bytes only.  Bytes parts go as they are (joined once, in its
+    # doWrite); views are joined here, one copy instead of a bytes() each and the join.
+    if all(type(part) is bytes for part in parts):
+        transport.writeSequence(parts)
+    else:
         transport.write(b"".join(parts))
 
 
