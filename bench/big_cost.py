@@ -1,7 +1,7 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace]
+        [--huge 7] [--strace] [--perf]
 
 Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
 
@@ -10,6 +10,8 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
   that they cost, per MiB;
 - with ``--strace``: the same again under ``strace -c -f -p PID`` of each edge, for the
   syscalls per MiB (strace slows the edges: its run gives counts, not times);
+- with ``--perf``: ``perf record -e cpu-clock`` of each edge during the transfers, its top
+  symbols, kernel and user alike (where a MiB's CPU goes: copies, the interpreter, wake-ups);
 - ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
   2 and direct, alternating: the medians and the ratios to direct.
 
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--huge", type=int, default=7)
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--faults", action="store_true", help="perf record of page faults")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record of CPU time: the top symbols of each edge")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -122,6 +126,23 @@ def main() -> None:
                 top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
                 print(f"  {name}: {total / mib:.1f} syscalls/MiB: "
                       + ", ".join(f"{k} {v / mib:.1f}" for k, v in top))
+        if args.perf:
+            # Where the CPU goes, kernel and user alike (perf's cpu-clock; no call graphs).
+            for name, pid in edges.items():
+                data = os.path.join(out, f"cpu-{name}.data")
+                proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F",
+                                         "4999", "-o", data, "-p", str(pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                harness.time.sleep(1.0)
+                curl_big(port, p2.host, args.transfers)
+                proc.send_signal(2)
+                proc.wait(timeout=60)
+                report = subprocess.run(["perf", "report", "-i", data, "--stdio",
+                                         "--sort", "dso,sym"], capture_output=True,
+                                        text=True, check=False).stdout
+                print(f"  {name} CPU:\n" + "\n".join([
+                    line for line in report.splitlines() if line.strip()
+                    and not line.startswith("#")][:40]))
         if args.faults:
             # Where the page faults come from (perf's software event; call graphs).
             for name, pid in edges.items():
