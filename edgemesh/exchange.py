@@ -233,6 +233,45 @@ Learnt once per class (so bounded by the program's classes): the check on the ho
 one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
 
 
+class IViewResponder(IResponder):
+    """An IResponder that also takes body bytes as a read-only view (optional: looked up
+    with ``VIEW_WRITERS``).  The view is valid during the call only (it shows a link's
+    read buffer): whatever the responder keeps beyond the call, it copies."""
+
+    def write_view(data: memoryview) -> None:
+        """The same as ``write(bytes(data))`` without the copy (never empty)."""
+
+
+ViewWriter = Callable[[Any, memoryview], None]
+"""A class's ``write_view``, unbound: called as ``write_view(responder, data)``."""
+
+
+class _ViewWriters(dict[type, ViewWriter | None]):
+    def __missing__(self, kind: type) -> ViewWriter | None:
+        found: ViewWriter | None = None
+        if IViewResponder.implementedBy(kind):
+            found = kind.write_view
+        self[kind] = found
+        return found
+
+
+VIEW_WRITERS: _ViewWriters = _ViewWriters()
+"""A responder class's ``write_view`` (unbound), or None where the class does not declare
+IViewResponder: learnt once per class, as COMPLETERS."""
+
+
+def write_body(responder: Any, data: bytes | memoryview) -> None:
+    """``responder.write(data)``; a view goes to ``write_view`` where the responder's class
+    has one, else as a copy (a view must not outlive the call)."""
+    if type(data) is memoryview:
+        view_writer = VIEW_WRITERS[type(responder)]
+        if view_writer is not None:
+            view_writer(responder, data)
+            return
+        data = bytes(data)
+    responder.write(data)
+
+
 class ITarget(Interface):
     """A way out of this node."""
 

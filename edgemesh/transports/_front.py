@@ -37,6 +37,7 @@ from ..exchange import (
     ICompletingResponder,
     IRequestBody,
     IResponder,
+    IViewResponder,
     MeshError,
     Reason,
     RequestHead,
@@ -150,7 +151,7 @@ class _Stop(Exception):
     """Raised inside parser callbacks to stop llhttp; the reason is already handled."""
 
 
-@implementer(ICompletingResponder, IPushProducer)
+@implementer(ICompletingResponder, IViewResponder, IPushProducer)
 class _Exchange:
     """One request/response on a front connection.  It is the ``IResponder`` the
     target answers through, and the ``IPushProducer`` the target pauses while it
@@ -287,6 +288,25 @@ class _Exchange:
             self.remaining = remaining - len(data)
         # Sent at once when nothing is buffered: a 256 KiB chunk buffered for the next turn
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
+        write_now(transport, data)
+
+    def write_view(self, data: memoryview) -> None:
+        """``write`` of a link's read without copying it: what the socket does not take
+        now is copied into Twisted's buffer (write_now), never the view kept."""
+        if self.chunked or self.state != _HEAD_SENT or self.no_body:
+            self.write(bytes(data))
+            return
+        if not data:
+            return
+        remaining = self.remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                _warn("response body longer than its Content-Length; aborting")
+                self._abort_client()
+                return
+            self.remaining = remaining - len(data)
+        transport = self.front.transport
+        assert transport is not None
         write_now(transport, data)
 
     def trailers(self, fields: Headers) -> None:

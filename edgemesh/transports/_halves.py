@@ -25,6 +25,7 @@ from ..exchange import (
     ResponseHead,
     drop_trailers,
     hand_trailers,
+    write_body,
 )
 from ..wire import (
     Data,
@@ -256,9 +257,11 @@ class OutboundExchange:
                 responder.end()
         elif type(frame) is Data:
             assert isinstance(frame, Data)
-            if frame.data:
-                responder.write(frame.data)
-                self.receiver.delivered(len(frame.data))
+            data = frame.data
+            if data:
+                # A view of the link's read where the responder takes one (no copy).
+                write_body(responder, data)
+                self.receiver.delivered(len(data))
             if frame.end:
                 self._done()
                 if frame.trailers:
@@ -492,8 +495,9 @@ class InboundExchange:
             return
         if type(frame) is Data:
             assert isinstance(frame, Data)
-            if frame.data:
-                self.request_body(frame.data)
+            data = frame.data
+            if data:
+                self.request_body(data if type(data) is bytes else bytes(data))
             if frame.end:
                 self.request_trailers = frame.trailers
                 self.request_end()
