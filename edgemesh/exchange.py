@@ -234,42 +234,43 @@ one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr``
 
 
 class IViewResponder(IResponder):
-    """An IResponder that also takes body bytes as a read-only view (optional: looked up
-    with ``VIEW_WRITERS``).  The view is valid during the call only (it shows a link's
-    read buffer): whatever the responder keeps beyond the call, it copies."""
+    """An IResponder that also takes body pieces as they came off a link, read-only views
+    of its reads among them (optional: looked up with ``VIEW_WRITERS``).  A view pins the
+    whole read it shows: the responder copies whatever it keeps beyond the call."""
 
-    def write_view(data: memoryview) -> None:
-        """The same as ``write(bytes(data))`` without the copy (never empty)."""
-
-
-ViewWriter = Callable[[Any, memoryview], None]
-"""A class's ``write_view``, unbound: called as ``write_view(responder, data)``."""
+    def write_parts(parts: list[bytes | memoryview]) -> None:
+        """The same as ``write(b"".join(parts))`` without the copy (at least one part,
+        none empty)."""
 
 
-class _ViewWriters(dict[type, ViewWriter | None]):
-    def __missing__(self, kind: type) -> ViewWriter | None:
-        found: ViewWriter | None = None
+PartsWriter = Callable[[Any, list[bytes | memoryview]], None]
+"""A class's ``write_parts``, unbound: called as ``write_parts(responder, parts)``."""
+
+
+class _PartsWriters(dict[type, PartsWriter | None]):
+    def __missing__(self, kind: type) -> PartsWriter | None:
+        found: PartsWriter | None = None
         if IViewResponder.implementedBy(kind):
-            found = kind.write_view
+            found = kind.write_parts
         self[kind] = found
         return found
 
 
-VIEW_WRITERS: _ViewWriters = _ViewWriters()
-"""A responder class's ``write_view`` (unbound), or None where the class does not declare
+VIEW_WRITERS: _PartsWriters = _PartsWriters()
+"""A responder class's ``write_parts`` (unbound), or None where the class does not declare
 IViewResponder: learnt once per class, as COMPLETERS."""
 
 
-def write_body(responder: Any, data: bytes | memoryview) -> None:
-    """``responder.write(data)``; a view goes to ``write_view`` where the responder's class
-    has one, else as a copy (a view must not outlive the call)."""
-    if type(data) is memoryview:
-        view_writer = VIEW_WRITERS[type(responder)]
-        if view_writer is not None:
-            view_writer(responder, data)
-            return
-        data = bytes(data)
-    responder.write(data)
+def write_parts(responder: Any, parts: list[bytes | memoryview]) -> None:
+    """Body pieces to a responder: as they are where its class takes them, else as one
+    bytes (views must not be kept: one join, one ``write``)."""
+    writer = VIEW_WRITERS[type(responder)]
+    if writer is not None:
+        writer(responder, parts)
+    elif len(parts) == 1 and type(parts[0]) is bytes:
+        responder.write(parts[0])
+    else:
+        responder.write(b"".join(parts))
 
 
 class ITarget(Interface):

@@ -42,7 +42,7 @@ from ..exchange import (
     ResponseHead,
     SourceKind,
     hand_trailers,
-    write_body,
+    write_parts,
 )
 from ._decide import Route
 
@@ -622,9 +622,9 @@ class GuardedExchange:
             stats.bytes_out += size
         self.responder.write(data)
 
-    def write_view(self, data: memoryview) -> None:
-        """``write`` of a link's read, passed on uncopied where the next responder takes
-        views (issue 15: edge-1 of path 2 copied every body byte)."""
+    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+        """``write`` of pieces off a link (views of its reads), passed on uncopied where the
+        next responder takes them (issue 15: edge-1 of path 2 copied every body byte)."""
         before = self.response
         self.response = _ON_DATA[before]
         if before >= DONE:
@@ -632,10 +632,10 @@ class GuardedExchange:
         self.active_at = self.pipeline.now()
         stats = self.stats
         if stats is not None:
-            size = len(data)
+            size = sum(map(len, parts))
             self.sent += size
             stats.bytes_out += size
-        write_body(self.responder, data)
+        write_parts(self.responder, parts)
 
     def trailers(self, fields: Headers) -> None:
         before = self.response

@@ -25,7 +25,7 @@ from ..exchange import (
     ResponseHead,
     drop_trailers,
     hand_trailers,
-    write_body,
+    write_parts,
 )
 from ..wire import (
     Data,
@@ -260,7 +260,7 @@ class OutboundExchange:
             data = frame.data
             if data:
                 # A view of the link's read where the responder takes one (no copy).
-                write_body(responder, data)
+                write_parts(responder, [data])
                 self.receiver.delivered(len(data))
             if frame.end:
                 self._done()
@@ -273,6 +273,21 @@ class OutboundExchange:
             responder.fail(MeshError(Reason.from_code(frame.code), frame.detail))
         elif type(frame) is Window:
             self.sender.flush()
+
+    def on_data_run(self, run: list[Data]) -> None:
+        """Consecutive DATA frames of this stream from one read of the link (a large body
+        comes 2-3 per read, pieces of frames cut by the reads among them), only the last
+        one may end it: one write of them all (views of the read), one credit update."""
+        parts = [frame.data for frame in run if frame.data]
+        if parts:
+            write_parts(self.responder, parts)
+            self.receiver.delivered(sum(map(len, parts)))
+        last = run[-1]
+        if last.end:
+            self._done()
+            if last.trailers:
+                hand_trailers(self.responder, last.trailers, "the source takes no trailers")
+            self.responder.end()
 
     def on_link_state(self) -> None:
         self.sender.flush()

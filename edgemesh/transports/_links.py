@@ -11,7 +11,7 @@ a slow reader grows a buffer beyond a bound.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -261,10 +261,27 @@ class EnvelopeLink(Protocol):
             return
         self._last_heard = self.reactor.seconds()
         self.write(self.connection.data_to_send())
-        for frame in frames:
+        count = len(frames)
+        index = 0
+        while index < count:
+            frame = frames[index]
+            index += 1
             if self._is_closed():  # a frame's handler may have closed the link
                 return
             try:
+                if type(frame) is Data and not frame.end and index < count:
+                    exchange = self.exchanges.get(frame.stream)
+                    if type(exchange) is OutboundExchange:
+                        # A large body comes 2-3 DATA frames per read (pieces of frames cut
+                        # by the reads among them): one call, one send to the client and
+                        # one credit update for them all.
+                        stop = _run_end(frames, index, frame.stream)
+                        if stop > index:
+                            run = cast("list[Data]", frames[index - 1 : stop])
+                            index = stop
+                            exchange.on_data_run(run)
+                            was_ready = True
+                            continue
                 self._handle(frame, was_ready)
             except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
                 # A bug in one exchange must not take the link (or the reactor) down.
@@ -531,6 +548,20 @@ class EnvelopeLink(Protocol):
 
 
 LinkFactory = Callable[[], EnvelopeLink]
+
+
+def _run_end(frames: list[Frame], start: int, stream: int) -> int:
+    """Where the run of DATA frames of ``stream`` that goes on at ``frames[start]`` ends
+    (after its first frame that ends the stream)."""
+    count = len(frames)
+    while start < count:
+        frame = frames[start]
+        if type(frame) is not Data or frame.stream != stream:
+            break
+        start += 1
+        if frame.end:
+            break
+    return start
 
 
 
