@@ -20,6 +20,14 @@ def test_data_head_plus_data_is_the_encoded_frame(stream: int, end: bool, data: 
     assert encode_data_head(stream, end, len(data)) + data == encode_data(stream, end, data)
 
 
+def test_data_heads_at_the_stream_id_encodings_edges() -> None:
+    """encode_data_head writes the stream id itself (no msgpack call): every width."""
+    for stream in (1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, (1 << 31) - 1):
+        for size in (0, 0xFF, 0x100, 0xFFFF, 0x10000):
+            data = b"d" * size
+            assert encode_data_head(stream, False, size) + data == encode_data(stream, False, data)
+
+
 @given(streams, st.booleans(), bodies)
 def test_fast_data_decoding_agrees_with_msgpack(stream: int, end: bool, data: bytes) -> None:
     frame = bytearray(encode_data(stream, end, data))

@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import direct_reads, use_large_buffer, write_now, write_parts_now
+from ._io import direct_reads, use_large_buffer, write_all_now, write_now, write_parts_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 
 _COALESCE_LIMIT = 64 * 1024
 """Frames held for the end of the reactor turn before they are written anyway."""
+_BULK_MIN = 16 * 1024
+"""A DATA frame's body at least this large is written with its head as it is (sendmsg),
+never copied into the turn's buffer: pod reads of 16-64 KiB were copied there (and
+joined again) before, 0.1 copies per byte of edge-2 under valgrind (bench/tls_cost.py)."""
 _DIRECT_PER_TURN = 128 * 1024
 """Bulk body bytes a link sends straight to the socket per reactor turn (one DATA frame);
 beyond that they go through Twisted's buffer, whose threshold pauses every stream's
@@ -203,19 +207,27 @@ class EnvelopeLink(Protocol):
     def write_parts(self, head: bytes, data: bytes | memoryview) -> None:
         if self.closed:
             return
-        if len(data) < _COALESCE_LIMIT:
+        if len(data) < _BULK_MIN:
             self.write(head + data)
             return
-        # Bulk body data: no copy into the turn's buffer, nor into one for the socket.
-        self.flush()
+        # Bulk body data: no copy into the turn's buffer, nor into one for the socket; the
+        # frames held so far leave in the same sendmsg (one system call, order kept).
+        out = self._out
         assert self.transport is not None
         if self._direct >= _DIRECT_PER_TURN:
+            if out:
+                self.flush()
             self.transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
             return
         self._direct += len(data)
         if not self._turn_queued:
             self._queue_end_of_turn()
-        write_parts_now(self.transport, head, data)
+        if out:
+            self._out = []
+            self._out_size = 0
+            write_all_now(self.transport, (*out, head, data))
+        else:
+            write_parts_now(self.transport, head, data)
 
     def flush(self) -> None:
         """Write what this turn has held so far."""

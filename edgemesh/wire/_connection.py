@@ -172,6 +172,8 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Bytes the connection itself wants written (pongs, refusals)."""
+        if not self._outbox:
+            return b""  # nearly always, once per read
         out = b"".join(self._outbox)
         self._outbox.clear()
         return out
@@ -385,8 +387,13 @@ class Connection:
         """Like send_data, but returns only the frame's head: the caller writes the
         data after it (no copy of a large body into the frame)."""
         stream = self._streams.get(sid)
-        if stream is not None and not stream.local and not stream.responded:
-            raise ValueError(f"stream {sid}: body before the response head")
+        if stream is not None:
+            if not stream.local and not stream.responded:
+                raise ValueError(f"stream {sid}: body before the response head")
+            if not end and not stream.sent_end and size <= stream.send_window:
+                # sent()'s common case inlined (one call less per DATA frame sent).
+                stream.send_window -= size
+                return encode_data_head(sid, False, size)
         self.sent(sid, size, end)
         return encode_data_head(sid, end, size)
 

@@ -332,15 +332,27 @@ def encode_data(stream: int, end: bool, data: bytes, trailers: Headers = ()) -> 
 def encode_data_head(stream: int, end: bool, size: int) -> bytes:
     """Everything of a DATA frame but its data, so a large body is never copied into a
     frame (the same bytes as ``encode_data``: a 4-element array, then bin 8/16/32)."""
+    # msgpack's own encoding of the stream id, without a call into the packer (one per
+    # DATA frame on the sending edge).
+    if stream < 0x80:
+        sid = _SMALL_INTS[stream]
+    elif stream < 0x100:
+        sid = b"\xcc" + bytes((stream,))
+    elif stream < 0x10000:
+        sid = b"\xcd" + stream.to_bytes(2, "big")
+    else:
+        sid = b"\xce" + stream.to_bytes(4, "big")
     if size < 0x100:
         bin_head = b"\xc4" + bytes((size,))
     elif size < 0x10000:
         bin_head = b"\xc5" + size.to_bytes(2, "big")
     else:
         bin_head = b"\xc6" + size.to_bytes(4, "big")
-    sid: bytes = _packb(stream)
     head = b"\x94\x02" + sid + (b"\x01" if end else b"\x00") + bin_head
     return _LENGTH.pack(len(head) + size) + head
+
+
+_SMALL_INTS = tuple(bytes((value,)) for value in range(0x80))
 
 
 def encode_response(
