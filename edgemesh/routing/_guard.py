@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
+    VIEW_WRITERS,
     Headers,
     ICompletingResponder,
     IRequestBody,
@@ -635,7 +636,12 @@ class GuardedExchange:
             size = sum(map(len, parts))
             self.sent += size
             stats.bytes_out += size
-        write_parts(self.responder, parts)
+        responder = self.responder
+        writer = VIEW_WRITERS[type(responder)]
+        if writer is not None:
+            writer(responder, parts)
+        else:
+            write_parts(responder, parts)
 
     def trailers(self, fields: Headers) -> None:
         before = self.response

@@ -272,7 +272,8 @@ class EnvelopeLink(Protocol):
             self.close_now(f"protocol error: {error}")
             return
         self._last_heard = self.reactor.seconds()
-        self.write(self.connection.data_to_send())
+        if self.connection.outbox:  # rarely (a pong): no call otherwise
+            self.write(self.connection.data_to_send())
         count = len(frames)
         index = 0
         while index < count:
@@ -281,19 +282,20 @@ class EnvelopeLink(Protocol):
             if self._is_closed():  # a frame's handler may have closed the link
                 return
             try:
-                if type(frame) is Data and not frame.end and index < count:
+                if type(frame) is Data:
                     exchange = self.exchanges.get(frame.stream)
                     if type(exchange) is OutboundExchange:
-                        # A large body comes 2-3 DATA frames per read (pieces of frames cut
+                        # A large body comes 1-3 DATA frames per read (pieces of frames cut
                         # by the reads among them): one call, one send to the client and
                         # one credit update for them all.
-                        stop = _run_end(frames, index, frame.stream)
-                        if stop > index:
-                            run = cast("list[Data]", frames[index - 1 : stop])
-                            index = stop
-                            exchange.on_data_run(run)
-                            was_ready = True
-                            continue
+                        stop = index
+                        if not frame.end and index < count:
+                            stop = _run_end(frames, index, frame.stream)
+                        run = cast("list[Data]", frames[index - 1 : stop])
+                        index = stop
+                        exchange.on_data_run(run)
+                        was_ready = True
+                        continue
                 self._handle(frame, was_ready)
             except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
                 # A bug in one exchange must not take the link (or the reactor) down.
