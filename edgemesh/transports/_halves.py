@@ -94,10 +94,10 @@ class _Sender:
         """Send what the window allows; return the rest."""
         link = self.link
         conn = link.connection
-        chunk = link.connection.limits.max_data_chunk
+        chunk = conn.limits.max_data_chunk
         while data:
-            allowed = min(conn.send_window(self.sid), chunk)
-            if allowed <= 0:
+            head, allowed = conn.data_head_within(self.sid, len(data), chunk)
+            if not allowed:
                 break
             if allowed < len(data):
                 # Views, not slices: a piece cut by the window or the chunk size is not
@@ -107,7 +107,7 @@ class _Sender:
                 data = view[allowed:]
             else:
                 piece, data = data, b""
-            link.write_parts(conn.send_data_head(self.sid, len(piece), False), piece)
+            link.write_parts(head, piece)
         if isinstance(data, memoryview):
             # A queued rest is a copy: a view would hold the whole write while the queue's
             # bound counts only the rest (VmHWM growth at 32 connections, issue 15).

@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import direct_reads, use_large_buffer, write_all_now, write_now, write_parts_now
+from ._io import direct_reads, use_large_buffer, write_all_now, write_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ class EnvelopeLink(Protocol):
             self._out_size = 0
             write_all_now(self.transport, (*out, head, data))
         else:
-            write_parts_now(self.transport, head, data)
+            write_all_now(self.transport, (head, data))
 
     def flush(self) -> None:
         """Write what this turn has held so far."""

@@ -399,6 +399,22 @@ class Connection:
             if stream.received_end:
                 self._forget(sid)
 
+    def data_head_within(self, sid: int, size: int, most: int) -> tuple[bytes, int]:
+        """The head of a DATA frame (not ending the stream) of as much of ``size`` body
+        bytes as the window and ``most`` allow, accounted as sent, and that size; (b"", 0)
+        when nothing may be sent (no window, or the stream is gone or ended).  One call
+        per frame on the sending path instead of send_window and send_data_head."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.sent_end:
+            return b"", 0
+        if not stream.local and not stream.responded:
+            raise ValueError(f"stream {sid}: body before the response head")
+        allowed = min(stream.send_window, most, size)
+        if allowed <= 0:
+            return b"", 0
+        stream.send_window -= allowed
+        return encode_data_head(sid, False, allowed), allowed
+
     def send_data_head(self, sid: int, size: int, end: bool) -> bytes:
         """Like send_data, but returns only the frame's head: the caller writes the
         data after it (no copy of a large body into the frame)."""
