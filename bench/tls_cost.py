@@ -89,8 +89,9 @@ def main() -> None:
     parser.add_argument("--link-tls-io", choices=["memory", "socket"], default=None,
                         help="passed to every node (default: the nodes' own default)")
     parser.add_argument("--transfers", type=int, default=20)
-    parser.add_argument("--body", choices=["big", "small"], default="big",
-                        help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
+    parser.add_argument("--body", choices=["big", "huge", "small"], default="big",
+                        help="the 1 MiB body, the 4 MiB one (less of the exchange's own cost "
+                             "per MiB), or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
     parser.add_argument("--measure", choices=["callgrind", "strace", "cpu"],
                         default="callgrind")
@@ -122,6 +123,8 @@ def main() -> None:
         f.write(body)
     with open(os.path.join(tmp, "www", "small"), "wb") as f:
         f.write(harness.SMALL_BODY)
+    with open(os.path.join(tmp, "www", "huge"), "wb") as f:
+        f.write(os.urandom(harness.HUGE_SIZE))
     ports = harness.PORTS
     harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
                    ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
@@ -158,8 +161,9 @@ def main() -> None:
         io_after = {name: io_calls(pid) for name, pid in edges.items()}
         ticks_after = {name: cpu_ticks(pid) for name, pid in edges.items()}
         # Per MiB for the 1 MiB body; per exchange for the small one.
-        mib = args.transfers * harness.BIG_SIZE / 2 ** 20 if args.body == "big" else args.transfers
-        unit = "MiB" if args.body == "big" else "exchange"
+        size = {"big": harness.BIG_SIZE, "huge": harness.HUGE_SIZE}.get(args.body)
+        mib = args.transfers * size / 2 ** 20 if size else args.transfers
+        unit = "MiB" if size else "exchange"
         links = (f"{'plaintext' if args.plain else 'mTLS'} links, "
                  f"--link-tls-io {args.link_tls_io or 'default'}")
         if args.measure != "callgrind":

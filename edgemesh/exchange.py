@@ -233,6 +233,46 @@ Learnt once per class (so bounded by the program's classes): the check on the ho
 one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
 
 
+class IViewResponder(IResponder):
+    """An IResponder that also takes body pieces as they came off a link, read-only views
+    of its reads among them (optional: looked up with ``VIEW_WRITERS``).  A view pins the
+    whole read it shows: the responder copies whatever it keeps beyond the call."""
+
+    def write_parts(parts: list[bytes | memoryview]) -> None:
+        """The same as ``write(b"".join(parts))`` without the copy (at least one part,
+        none empty)."""
+
+
+PartsWriter = Callable[[Any, list[bytes | memoryview]], None]
+"""A class's ``write_parts``, unbound: called as ``write_parts(responder, parts)``."""
+
+
+class _PartsWriters(dict[type, PartsWriter | None]):
+    def __missing__(self, kind: type) -> PartsWriter | None:
+        found: PartsWriter | None = None
+        if IViewResponder.implementedBy(kind):
+            found = kind.write_parts
+        self[kind] = found
+        return found
+
+
+VIEW_WRITERS: _PartsWriters = _PartsWriters()
+"""A responder class's ``write_parts`` (unbound), or None where the class does not declare
+IViewResponder: learnt once per class, as COMPLETERS."""
+
+
+def write_parts(responder: Any, parts: list[bytes | memoryview]) -> None:
+    """Body pieces to a responder: as they are where its class takes them, else as one
+    bytes (views must not be kept: one join, one ``write``)."""
+    writer = VIEW_WRITERS[type(responder)]
+    if writer is not None:
+        writer(responder, parts)
+    elif len(parts) == 1 and type(parts[0]) is bytes:
+        responder.write(parts[0])
+    else:
+        responder.write(b"".join(parts))
+
+
 class ITarget(Interface):
     """A way out of this node."""
 

@@ -936,3 +936,51 @@ def test_response_fields_in_a_list_are_still_answered() -> None:
         ResponseHead(200, b"OK", [(b"X-A", b"1")], 0), b"")  # type: ignore[arg-type]
     [response] = conn.responses()
     assert response.status == 200 and response.header(b"x-a") == b"1"
+
+
+# --- issue 15: body pieces off a link (views) straight to the client ----------------------
+
+
+def test_write_parts_sends_views_with_the_content_length_kept() -> None:
+    """write_parts (IViewResponder, what the link hands a large body's DATA frames to):
+    the bytes of every part in order, counted against the Content-Length."""
+    from edgemesh.exchange import VIEW_WRITERS, IViewResponder
+
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.opened[0].responder
+    assert IViewResponder.providedBy(responder)
+    assert VIEW_WRITERS[type(responder)] is not None
+    read = b"--" + b"a" * 5000 + b"--" + b"b" * 3000
+    view = memoryview(read)
+    responder.head(ResponseHead(200, b"OK", (), 8003))
+    responder.write_parts([view[2:5002], view[5004:]])  # type: ignore[attr-defined]
+    responder.write_parts([b"end"])  # type: ignore[attr-defined]
+    responder.end()
+    [response] = conn.responses()
+    assert response.body == b"a" * 5000 + b"b" * 3000 + b"end"
+    assert not conn.aborted
+
+
+def test_write_parts_beyond_the_content_length_aborts() -> None:
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.opened[0].responder
+    responder.head(ResponseHead(200, b"OK", (), 3))
+    responder.write_parts([memoryview(b"ab"), memoryview(b"cd")])  # type: ignore[attr-defined]
+    assert conn.aborted
+
+
+def test_write_parts_to_a_chunked_response_frames_them_as_one_chunk() -> None:
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(GET)
+    responder = target.opened[0].responder
+    responder.head(ResponseHead(200, b"OK", (), None))
+    responder.write_parts([memoryview(b"hello "), memoryview(b"world")])  # type: ignore[attr-defined]
+    responder.end()
+    assert b"b\r\nhello world\r\n0\r\n\r\n" in conn.transport.value()
+    [response] = conn.responses()
+    assert response.body == b"hello world"

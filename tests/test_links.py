@@ -32,6 +32,7 @@ from edgemesh.exchange import (
     IRequestBody,
     IResponder,
     ITarget,
+    IViewResponder,
     MeshError,
     Reason,
     RequestHead,
@@ -1547,3 +1548,60 @@ def test_a_body_cut_by_the_window_queues_only_its_rest() -> None:
     exchange.end()
     pair.pump()
     assert pair.inbound().body.data == large
+
+
+# --- issue 15: a large body's DATA frames of one read, handed on as views at once ---------
+
+
+@implementer(IViewResponder)
+class _ViewResponder(RecordingResponder):
+    """Takes body pieces as views (IViewResponder): records each write_parts call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.part_calls: list[list[bytes | memoryview]] = []
+
+    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+        self.part_calls.append(list(parts))
+        self.write(b"".join(parts))
+
+
+def _answer_in_one_turn(pair: Pair, responder: RecordingResponder, pieces: list[bytes]) -> None:
+    head = RequestHead(b"GET", b"/big", b"web.shop", (), 0, client="10.0.0.9")
+    pair.client.open(head, "shop/web", 80, None, responder)
+    pair.pump()
+    entry = pair.inbound()
+    entry.exchange.head(ResponseHead(200, b"OK", (), sum(map(len, pieces))))
+    for piece in pieces:
+        entry.exchange.write(piece)
+    entry.exchange.end()
+    pair.clock.advance(0)  # the server's turn ends: everything leaves as one read
+
+
+def test_the_data_frames_of_one_read_reach_a_view_responder_in_one_call() -> None:
+    """Three 20 KiB DATA frames and the end in one read of the link: one write_parts call
+    with three views of that read (no copy), then the end (before: a write per frame, each
+    a copy of its body out of the read)."""
+    pair = Pair()
+    responder = _ViewResponder()
+    pieces = [bytes([n]) * 20_000 for n in (1, 2, 3)]
+    _answer_in_one_turn(pair, responder, pieces)
+    read = pair.server_transport.value()
+    assert len(frames_of(FrameDecoder(Limits()).feed(read), Data)) == 4
+    pair.server_to_client()
+    [parts] = responder.part_calls
+    assert [bytes(part) for part in parts] == pieces
+    assert all(type(part) is memoryview and part.obj is not None for part in parts)
+    assert responder.body == b"".join(pieces) and responder.ended
+    pair.pump()
+    assert pair.client.exchanges == {}
+
+
+def test_a_responder_without_views_gets_the_run_as_one_bytes_write() -> None:
+    pair = Pair()
+    responder = RecordingResponder()
+    pieces = [bytes([n]) * 20_000 for n in (4, 5, 6)]
+    _answer_in_one_turn(pair, responder, pieces)
+    pair.server_to_client()
+    assert len(responder.chunks) == 1 and type(responder.chunks[0]) is bytes
+    assert responder.body == b"".join(pieces) and responder.ended

@@ -786,6 +786,25 @@ class TwoConnections(RuleBasedStateMachine):
             side.ended.add(sid)
         side.outbox.append(_Flight(frame, sid, body=size))
 
+    @rule(client=st.booleans(), pick=st.integers(0, 1 << 16), body=sizes,
+          most=st.integers(0, 250))
+    def send_data_within(self, client: bool, pick: int, body: int, most: int) -> None:
+        """The sending path's one call per frame (data_head_within): as much as the window,
+        the chunk size and the body allow, accounted exactly as send_data would."""
+        side, _ = self.sides(client)
+        streams = self.sendable(side)
+        if not streams:
+            return
+        sid = streams[pick % len(streams)]
+        window = side.conn.send_window(sid)
+        head, size = side.conn.data_head_within(sid, body, most)
+        assert size == max(0, min(window, most, body))
+        assert side.conn.send_window(sid) == window - size
+        if not size:
+            assert head == b""
+            return
+        side.outbox.append(_Flight(head + b"z" * size, sid, body=size))
+
     @rule(client=st.booleans(), pick=st.integers(0, 1 << 16),
           amount=st.integers(1, 16) | st.integers(1, 300))
     def consume(self, client: bool, pick: int, amount: int) -> None:

@@ -20,6 +20,14 @@ def test_data_head_plus_data_is_the_encoded_frame(stream: int, end: bool, data: 
     assert encode_data_head(stream, end, len(data)) + data == encode_data(stream, end, data)
 
 
+def test_data_heads_at_the_stream_id_encodings_edges() -> None:
+    """encode_data_head writes the stream id itself (no msgpack call): every width."""
+    for stream in (1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, (1 << 31) - 1):
+        for size in (0, 0xFF, 0x100, 0xFFFF, 0x10000):
+            data = b"d" * size
+            assert encode_data_head(stream, False, size) + data == encode_data(stream, False, data)
+
+
 @given(streams, st.booleans(), bodies)
 def test_fast_data_decoding_agrees_with_msgpack(stream: int, end: bool, data: bytes) -> None:
     frame = bytearray(encode_data(stream, end, data))
@@ -45,7 +53,20 @@ def test_split_frames_decode_the_same_through_the_fast_path() -> None:
     assert got == [Data(s, s % 2 == 0, bytes([s]) * s * 100) for s in range(1, 40)]
 
 
-# --- issue 15: large DATA bodies gathered from the reads, joined once ----------------
+# --- issue 15: large DATA bodies handed on as they arrive, views of the reads ----------
+
+
+def _merged(frames: list[Data]) -> list[tuple[int, bool, bytes]]:
+    """Consecutive DATA frames of one stream as one (the decoder hands a large body on a
+    piece per read): what a receiver makes of them, the stream's bytes and end in order."""
+    out: list[tuple[int, bool, bytes]] = []
+    for frame in frames:
+        assert type(frame) is Data and not frame.trailers
+        if out and out[-1][0] == frame.stream and not out[-1][1]:
+            out[-1] = (frame.stream, frame.end, out[-1][2] + bytes(frame.data))
+        else:
+            out.append((frame.stream, frame.end, bytes(frame.data)))
+    return out
 
 _big_frames = st.lists(
     st.tuples(
@@ -77,28 +98,46 @@ def test_large_data_frames_in_any_pieces(frames: list[tuple[int, bool, bytes]],
         position += cut
         if position >= len(wire):
             break
-    assert got == [Data(stream, end, data) for stream, end, data in frames]
+    assert _merged(got) == _merged([Data(stream, end, data) for stream, end, data in frames])
 
 
 def test_a_large_body_is_not_copied_through_the_bytearray() -> None:
     """A 200 KiB DATA frame in 64 KiB reads: the decoder's bytearray never holds more
-    than a frame's head, and the body it returns is whole (before: the bytearray held
-    every read, then the body was sliced out of it)."""
+    than a frame's head, each read's piece of the body is handed on at once as a view of
+    that read (no copy, nothing held), the end on the last piece."""
     body = bytes(range(256)) * 800
     wire = encode_data(7, True, body)
     decoder = FrameDecoder(Limits())
-    got = []
+    got: list[Data] = []
     largest = 0
     for index in range(0, len(wire), 65_536):
-        got += decoder.feed(wire[index : index + 65_536])
+        read = wire[index : index + 65_536]
+        pieces = decoder.feed(read)
+        assert len(pieces) == 1
+        piece = pieces[0]
+        assert type(piece) is Data and type(piece.data) is memoryview
+        assert piece.data.obj is read  # the read itself, not a copy
+        got += pieces
         largest = max(largest, len(decoder._buffer))
-    assert got == [Data(7, True, body)]
+    assert _merged(got) == [(7, True, body)]
+    assert [frame.end for frame in got] == [False] * (len(got) - 1) + [True]
     assert largest <= 32
 
 
-def test_a_body_in_tiny_reads_is_held_in_few_pieces() -> None:
-    """Pieces below 4 KiB are coalesced: a body read 100 bytes at a time is not held as
-    thousands of objects."""
+def test_a_whole_large_frame_in_a_read_is_a_view_of_it() -> None:
+    body = b"v" * 100_000
+    read = encode_data(5, False, body) + encode_data(5, True, b"small")
+    frames = FrameDecoder(Limits()).feed(read)
+    assert frames == [Data(5, False, body), Data(5, True, b"small")]
+    first = frames[0]
+    assert type(first) is Data and type(first.data) is memoryview and first.data.obj is read
+    second = frames[1]
+    assert type(second) is Data and type(second.data) is bytes
+
+
+def test_a_body_in_tiny_reads_is_handed_on_in_few_pieces() -> None:
+    """Pieces below 4 KiB are coalesced: a body read 100 bytes at a time is not handed on
+    as hundreds of frames, and less than 4 KiB of it is held at any time."""
     body = b"y" * 60_000
     wire = encode_data(3, False, body)
     decoder = FrameDecoder(Limits())
@@ -106,9 +145,11 @@ def test_a_body_in_tiny_reads_is_held_in_few_pieces() -> None:
     most = 0
     for index in range(0, len(wire), 100):
         got += decoder.feed(wire[index : index + 100])
-        most = max(most, len(decoder._body))
-    assert got == [Data(3, False, body)]
-    assert most <= 2
+        most = max(most, len(decoder._small))
+    assert _merged(got) == [(3, False, body)]
+    assert len(got) <= 60_000 // 4096 + 1
+    assert all(len(frame.data) >= 4096 for frame in got[:-1])  # type: ignore[union-attr]
+    assert most < 4096
 
 
 def test_large_data_frames_byte_by_byte() -> None:
@@ -120,4 +161,4 @@ def test_large_data_frames_byte_by_byte() -> None:
     got = []
     for index in range(len(wire)):
         got += decoder.feed(wire[index : index + 1])
-    assert got == [Data(stream, end, data) for stream, end, data in frames]
+    assert _merged(got) == _merged([Data(stream, end, data) for stream, end, data in frames])

@@ -37,6 +37,7 @@ from ..exchange import (
     ICompletingResponder,
     IRequestBody,
     IResponder,
+    IViewResponder,
     MeshError,
     Reason,
     RequestHead,
@@ -65,7 +66,7 @@ from ._http1 import (
     response_head_bytes,
     trailer_field,
 )
-from ._io import write_now
+from ._io import write_all_now, write_now
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -150,7 +151,7 @@ class _Stop(Exception):
     """Raised inside parser callbacks to stop llhttp; the reason is already handled."""
 
 
-@implementer(ICompletingResponder, IPushProducer)
+@implementer(ICompletingResponder, IViewResponder, IPushProducer)
 class _Exchange:
     """One request/response on a front connection.  It is the ``IResponder`` the
     target answers through, and the ``IPushProducer`` the target pauses while it
@@ -288,6 +289,28 @@ class _Exchange:
         # Sent at once when nothing is buffered: a 256 KiB chunk buffered for the next turn
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
         write_now(transport, data)
+
+    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+        """``write`` of pieces off a link without copying them: one sendmsg of them all
+        (edge-1 of path 2 made a send per DATA frame, 2.4 per read of its link); what
+        the socket does not take now is copied into Twisted's buffer (write_all_now)."""
+        if self.chunked or self.state != _HEAD_SENT or self.no_body:
+            self.write(b"".join(parts))
+            return
+        remaining = self.remaining
+        if remaining is not None:
+            size = sum(map(len, parts))
+            if size > remaining:
+                _warn("response body longer than its Content-Length; aborting")
+                self._abort_client()
+                return
+            self.remaining = remaining - size
+        transport = self.front.transport
+        assert transport is not None
+        if len(parts) == 1:
+            write_now(transport, parts[0])
+        else:
+            write_all_now(transport, parts)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: they go with the last chunk."""

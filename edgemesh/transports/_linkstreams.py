@@ -85,9 +85,10 @@ class _LinkStream:
         side = self._peer_side()
         if type(frame) is Data:
             assert isinstance(frame, Data)
-            if side is not None and frame.data:
-                side.write(frame.data)
-                self.receiver.delivered(len(frame.data))
+            data = frame.data
+            if side is not None and data:
+                side.write(data if type(data) is bytes else bytes(data))  # a view of a read
+                self.receiver.delivered(len(data))
             if frame.end:
                 self.received_end = True
                 if side is not None:
