@@ -243,9 +243,9 @@ class OutboundExchange:
             complete = COMPLETERS[type(responder)]
             if frame.end and complete is not None:
                 # The whole response in one frame: hand it over whole (one write downstream).
+                # No credit to return: the connection forgot the stream at its end.
                 self._done()
                 complete(responder, head, frame.body)
-                self.receiver.delivered(len(frame.body))
                 return
             responder.head(head)
             if frame.body:

@@ -249,9 +249,10 @@ class EnvelopeLink(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        was_ready = self.connection.ready
+        conn = self.connection
+        was_ready = conn.peer is not None
         try:
-            frames = self.connection.receive(data)
+            frames = conn.receive(data)
         except ProtocolError as error:
             self.log.warn(
                 "closing link with {peer}: protocol error: {error}",
@@ -260,7 +261,9 @@ class EnvelopeLink(Protocol):
             self.close_now(f"protocol error: {error}")
             return
         self._last_heard = self.reactor.seconds()
-        self.write(self.connection.data_to_send())
+        answer = conn.data_to_send()
+        if answer:
+            self.write(answer)
         for frame in frames:
             if self._is_closed():  # a frame's handler may have closed the link
                 return
