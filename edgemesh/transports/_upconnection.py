@@ -120,12 +120,16 @@ class _UnexpectedData(Exception):
 
 
 _HeadParsed = tuple[
-    bytes, tuple[tuple[bytes, bytes], ...], int, int, "tuple[bytes, ...] | None", "bytes | None"
+    bytes, tuple[tuple[bytes, bytes], ...], int, int, "tuple[bytes, ...] | None", "bytes | None",
+    Headers,
 ]
 _heads_parsed: dict[bytes, _HeadParsed] = {}
 """Response heads (final, no Transfer-Encoding, whole in a first read) parsed lately, by
 their bytes: reason, kept fields, field count, field bytes, Connection values,
-Content-Length."""
+Content-Length, and the end-to-end fields (the kept ones but those the Connection values
+name: worked out once, -N k instructions per /small exchange on path 2 edge-2, and one
+tuple for every response with that head, which the wire's and the front's memories of
+heads then find by identity)."""
 _HEADS_PARSED_BOUND = 64
 _RAW_HEAD_LENGTH = 2048
 
@@ -168,6 +172,8 @@ class _UpstreamConnection(Protocol):
         """llhttp without per-field callbacks, for a head parsed before (see _head_parser)."""
         self.raw_head: bytes | None = None
         """The head of the response in parse, when it came whole in its first read."""
+        self.known_fields: Headers | None = None
+        """The end-to-end fields of a head parsed before (``_head_parser``)."""
         self.max_header_bytes = target.max_response_header_bytes
         self.max_header_count = target.max_response_header_count
         self.lost = False
@@ -387,6 +393,7 @@ class _UpstreamConnection(Protocol):
         the fields parsed then, and llhttp only validates and frames it: no Python call per
         field: 234 → 209 k instructions per /small exchange on path 1 (callgrind A/B)."""
         end = data.find(b"\r\n\r\n")
+        self.known_fields = None
         if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
             self.raw_head = None
             return self.full_parser
@@ -396,10 +403,10 @@ class _UpstreamConnection(Protocol):
             self.raw_head = raw  # remembered by on_headers_complete if it parses
             return self.full_parser
         self.raw_head = None
-        self.reason, headers, count, self.header_bytes, values, self.content_length = known
-        self.headers = list(headers)
-        self.dropped = count - len(headers)
-        self.connection_values = None if values is None else list(values)
+        # Kept fields and Connection values need no copies: on_headers_complete takes the
+        # end-to-end fields worked out from them before (no field callback comes).
+        (self.reason, _, _, self.header_bytes, _, self.content_length,
+         self.known_fields) = known
         parser = self.quick_parser
         if parser is None:
             parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
@@ -469,6 +476,9 @@ class _UpstreamConnection(Protocol):
         self.head_done = True
         coding = self.transfer_encoding
         raw = self.raw_head
+        fields = self.known_fields
+        if fields is None:
+            fields = _end_to_end(self.headers, self.connection_values)
         if raw is not None:
             self.raw_head = None
             if not self.interim_count and coding is None:  # no trailers to parse later
@@ -478,7 +488,7 @@ class _UpstreamConnection(Protocol):
                 _heads_parsed[raw] = (
                     self.reason, tuple(self.headers), len(self.headers) + self.dropped,
                     self.header_bytes, None if values is None else tuple(values),
-                    self.content_length,
+                    self.content_length, fields,
                 )
         chunked = coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         length: int | None
@@ -499,12 +509,8 @@ class _UpstreamConnection(Protocol):
         else:
             length = None
             self.close_delimited = True
-        values = self.connection_values
         head = ResponseHead(
-            status,
-            self.reason or _PHRASES.get(status, b"Unknown"),
-            _end_to_end(self.headers, values),
-            length,
+            status, self.reason or _PHRASES.get(status, b"Unknown"), fields, length
         )
         # The request timeout stops at the head, delivered now or held.
         exchange.got_head = True
