@@ -199,9 +199,17 @@ class OutboundExchange:
         self.sid = sid
         self.responder = responder
         self.sender = _Sender(link, sid)
-        self.receiver = _Receiver(link, sid)
+        self._receiver: _Receiver | None = None
         self.finished = False
         responder.setProducer(self)
+
+    @property
+    def receiver(self) -> _Receiver:
+        """Made when first needed: a response that comes whole returns no credit."""
+        receiver = self._receiver
+        if receiver is None:
+            receiver = self._receiver = _Receiver(self.link, self.sid)
+        return receiver
 
     # IRequestBody: the source pushes request body
     def write(self, data: bytes) -> None:
@@ -302,7 +310,7 @@ class InboundExchange:
         self.sid = sid
         self.body: IRequestBody | None = None
         self.sender = _Sender(link, sid)
-        self.receiver = _Receiver(link, sid)
+        self._receiver: _Receiver | None = None
         self.headed = False
         self.finished = False
         self.corked: ResponseHead | None = None
@@ -320,6 +328,14 @@ class InboundExchange:
         self.held_end = False
         """The peer's end came after held body: it goes to the target after that body."""
         self.request_trailers: Headers = ()
+
+    @property
+    def receiver(self) -> _Receiver:
+        """Made when first needed: a request without a body returns no credit."""
+        receiver = self._receiver
+        if receiver is None:
+            receiver = self._receiver = _Receiver(self.link, self.sid)
+        return receiver
 
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before
