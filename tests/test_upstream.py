@@ -1821,6 +1821,8 @@ def test_heads_seen_before_parse_the_same_and_meet_each_targets_limits() -> None
     assert first[0].reason == b"Fine" and first[1] == b"hello"
     assert first[0].headers == ((b"Server", b"o"), (b"X-A", b"1"), (b"X-A", b"2"))
     assert results[1] == first and results[2] == first
+    # The end-to-end fields are remembered with the head: one tuple for its responses.
+    assert results[1][0].headers is results[2][0].headers
     assert h.idle() == 1  # kept alive each time
     # Seen under roomy limits, still refused by a target with tighter ones.
     tight = Harness(max_response_header_count=4)
