@@ -301,13 +301,13 @@ def _packed_fields(fields: tuple[object, ...], remember: bool) -> bytes:
     """The encodings of ``fields`` one after the other (at most 15: the elements of a
     fixarray, without its marker), remembered in ``_packed`` when ``remember``."""
     if not remember:
-        return _packb(fields)[1:]
+        return bytes(_packb(fields)[1:])
     try:
         packed = _packed.get(fields)
     except TypeError:  # an unhashable field list: packed each time
-        return _packb(fields)[1:]
+        return bytes(_packb(fields)[1:])
     if packed is None:
-        packed = _packb(fields)[1:]
+        packed = bytes(_packb(fields)[1:])
         if len(packed) <= _PACKED_LENGTH:
             if len(_packed) >= _PACKED_BOUND:
                 _packed.clear()
