@@ -150,7 +150,7 @@ _requests_seen: dict[bytes, tuple[FrontLimits, _Parsed]] = {}
 limits they were checked against: a client repeats the same request head.  One lookup
 instead of llhttp and its callbacks (parsing is a function of the bytes and the limits;
 the parser is between messages before and after such a read, so it need not see it):
--N k instructions per /small exchange on path 1 (callgrind A/B)."""
+path 1 209 -> 181 k instructions per /small exchange (callgrind A/B)."""
 _REQUESTS_SEEN_BOUND = 64
 _REQUEST_SEEN_LENGTH = 2048
 

@@ -127,9 +127,9 @@ _heads_parsed: dict[bytes, _HeadParsed] = {}
 """Response heads (final, no Transfer-Encoding, whole in a first read) parsed lately, by
 their bytes: reason, kept fields, field count, field bytes, Connection values,
 Content-Length, and the end-to-end fields (the kept ones but those the Connection values
-name: worked out once, -N k instructions per /small exchange on path 2 edge-2, and one
-tuple for every response with that head, which the wire's and the front's memories of
-heads then find by identity)."""
+name), worked out once: one tuple for every response with that head, which the wire's
+and the front's memories of heads then find by identity (with the ready-link shortcut in
+_peers: p2 438 -> 427 k, p1 181 -> 176 k instructions per /small exchange, callgrind A/B)."""
 _HEADS_PARSED_BOUND = 64
 _RAW_HEAD_LENGTH = 2048
 
