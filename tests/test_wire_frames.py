@@ -928,3 +928,13 @@ def test_heads_decoded_once_still_meet_each_links_limits_and_checks() -> None:
     big = encode_response(9, True, 200, b"OK", fields, 3000, b"x" * 3000)
     decode_all(big)
     assert big[8:] not in _frames._heads_decoded
+
+
+def test_a_head_decoded_once_is_never_taken_for_another_type() -> None:
+    from edgemesh.wire import _frames
+
+    response = encode_response(7, True, 200, b"OK", ((b"X-A", b"1"),), 0, b"")
+    decode_all(response)
+    assert response[8:] in _frames._heads_decoded
+    # The same bytes but for the type: a REQUEST of eight fields, refused as ever.
+    rejected(response[:5] + bytes([REQUEST]) + response[6:])

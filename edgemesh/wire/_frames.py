@@ -634,20 +634,17 @@ def _no_ext(code: int, data: bytes) -> object:
 _HeadFields = tuple[Any, ...]
 _heads_decoded: dict[bytes, tuple[Limits, int, _HeadFields]] = {}
 """REQUEST and RESPONSE frames decoded and checked lately, by their bytes after the stream
-id and flags (the limits they were checked against and the array's marker with them): a
-peer sends the same heads over and over but for the stream.  One lookup instead of msgpack
-and the checks: path 2 483 -> 447 k instructions per /small exchange, both edges (unpackb
-alone was ~5 k per frame; callgrind A/B)."""
+id and flags (the limits they were checked against, the array's marker and the frame's
+type with them): a peer sends the same heads over and over but for the stream.  One lookup
+instead of msgpack and the checks: path 2 483 -> 447 k instructions per /small exchange,
+both edges (unpackb alone was ~5 k per frame; callgrind A/B)."""
 _HEADS_DECODED_BOUND = 64
 _HEAD_DECODED_LENGTH = 2048
 
 
-def _stream_of(payload: bytes) -> tuple[int, int, int] | None:
-    """The stream id, the flags and the offset of the next field of a head frame's payload
-    (an array whose first element is its type), judged from its bytes; None for anything
-    unusual, which msgpack judges."""
-    if len(payload) < 9:  # shorter than any head frame: never in ``_heads_decoded``
-        return None
+def _remembered(payload: bytes, limits: Limits) -> Frame | None:
+    """A REQUEST or RESPONSE whose fields past the stream id and flags were decoded before
+    (None: a stream id or flags out of the ordinary, which msgpack and the checks judge)."""
     marker = payload[2]
     if marker <= 0x7F:
         stream, pos = marker, 3
@@ -659,21 +656,16 @@ def _stream_of(payload: bytes) -> tuple[int, int, int] | None:
         stream, pos = payload[3], 4
     else:
         return None
-    if not 1 <= stream <= _MAX_U31 or payload[pos] > 0x7F:
+    flags = payload[pos]
+    if not 1 <= stream <= _MAX_U31 or flags > 0x7F:
         return None
-    return stream, payload[pos], pos + 1
-
-
-def _remembered(payload: bytes, kind: int, limits: Limits) -> Frame | None:
-    """A REQUEST or RESPONSE whose fields past the stream and flags were decoded before."""
-    found = _stream_of(payload)
-    if found is None:
-        return None
-    stream, flags, pos = found
-    key = payload[pos:]
+    key = payload[pos + 1 :]
+    # The array's marker and the frame's type are part of what was decoded: a REQUEST never
+    # takes a RESPONSE's fields (nor one of another arity).
+    form = payload[0] << 8 | payload[1]
     seen = _heads_decoded.get(key)
-    if seen is not None and seen[1] == payload[0] and (seen[0] is limits or seen[0] == limits):
-        if kind == RESPONSE:
+    if seen is not None and seen[1] == form and (seen[0] is limits or seen[0] == limits):
+        if payload[1] == RESPONSE:
             return Response(stream, bool(flags & FLAG_END), *seen[2])
         return Request(stream, bool(flags & FLAG_END), *seen[2])
     frame = _decode_payload(payload, limits)
@@ -688,23 +680,24 @@ def _remembered(payload: bytes, kind: int, limits: Limits) -> Frame | None:
                       frame.endpoint, frame.body, frame.hops)
         if len(_heads_decoded) >= _HEADS_DECODED_BOUND:
             _heads_decoded.clear()
-        _heads_decoded[key] = (limits, payload[0], fields)
+        _heads_decoded[key] = (limits, form, fields)
     return frame
 
 
 def decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
     """Decode and validate one frame payload (without its length prefix)."""
-    kind = frame_type(payload)
-    if (kind == RESPONSE or kind == REQUEST) and type(payload) is bytes:
-        frame = _remembered(payload, kind, limits)
+    if (
+        type(payload) is bytes and len(payload) >= 9  # shorter than any head frame
+        and (payload[1] == RESPONSE or payload[1] == REQUEST) and 0x91 <= payload[0] <= 0x9F
+    ):
+        frame = _remembered(payload, limits)
         if frame is not None:
             return frame
-    return _decode_payload(payload, limits, kind)
+    return _decode_payload(payload, limits)
 
 
-def _decode_payload(payload: bytes | bytearray, limits: Limits, kind: int | None = -1) -> Frame:
-    if kind == -1:
-        kind = frame_type(payload)
+def _decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
+    kind = frame_type(payload)
     catalog = kind == CATALOG
     try:
         if kind == HELLO or catalog:
