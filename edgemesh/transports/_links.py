@@ -249,10 +249,9 @@ class EnvelopeLink(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        conn = self.connection
-        was_ready = conn.peer is not None
+        was_ready = self.connection.ready
         try:
-            frames = conn.receive(data)
+            frames = self.connection.receive(data)
         except ProtocolError as error:
             self.log.warn(
                 "closing link with {peer}: protocol error: {error}",
@@ -261,9 +260,7 @@ class EnvelopeLink(Protocol):
             self.close_now(f"protocol error: {error}")
             return
         self._last_heard = self.reactor.seconds()
-        answer = conn.data_to_send()
-        if answer:
-            self.write(answer)
+        self.write(self.connection.data_to_send())
         for frame in frames:
             if self._is_closed():  # a frame's handler may have closed the link
                 return

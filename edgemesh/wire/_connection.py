@@ -172,8 +172,6 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Bytes the connection itself wants written (pongs, refusals)."""
-        if not self._outbox:
-            return b""  # most reads leave nothing to answer
         out = b"".join(self._outbox)
         self._outbox.clear()
         return out
