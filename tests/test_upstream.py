@@ -1821,6 +1821,8 @@ def test_heads_seen_before_parse_the_same_and_meet_each_targets_limits() -> None
     assert first[0].reason == b"Fine" and first[1] == b"hello"
     assert first[0].headers == ((b"Server", b"o"), (b"X-A", b"1"), (b"X-A", b"2"))
     assert results[1] == first and results[2] == first
+    # The end-to-end fields are remembered with the head: one tuple for its responses.
+    assert results[1][0].headers is results[2][0].headers
     assert h.idle() == 1  # kept alive each time
     # Seen under roomy limits, still refused by a target with tighter ones.
     tight = Harness(max_response_header_count=4)
@@ -1864,3 +1866,98 @@ def test_remembered_response_heads_are_bounded() -> None:
     _, responder = exchange(Harness(), big)
     assert responder.ended
     assert all(len(raw) <= _upconnection._RAW_HEAD_LENGTH for raw in _upconnection._heads_parsed)
+
+
+# --- whole responses after a head seen before (issue 15, fourth pass) --------------------------
+
+
+def _spy_parsers(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record what reaches the llhttp parsers of connections made from now on."""
+    from httptools import HttpResponseParser
+
+    from edgemesh.transports import _upconnection
+
+    fed: list[bytes] = []
+
+    class Spy(HttpResponseParser):  # type: ignore[misc]
+        def feed_data(self, data: bytes) -> None:
+            fed.append(bytes(data))
+            super().feed_data(data)
+
+    monkeypatch.setattr(_upconnection, "HttpResponseParser", Spy)
+    return fed
+
+
+def test_a_whole_response_after_a_head_seen_before_skips_llhttp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: o\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+    fed = _spy_parsers(monkeypatch)
+    h = Harness()
+    upstream, first = exchange(h, head + b"Content-Length: 5\r\n\r\nhello")
+    assert fed == [head + b"Content-Length: 5\r\n\r\nhello"]  # parsed, then remembered
+    fed.clear()
+    results = []
+    for responder in (WholeResponder(), RecordingResponder(), WholeResponder()):
+        h.open(responder=responder)
+        upstream.received()
+        upstream.send(head + b"Content-Length: 5\r\n\r\nhello")
+        assert responder.ended and responder.body == b"hello"
+        results.append(responder.response)
+    assert fed == []  # neither llhttp parser saw those reads
+    assert results == [first.response] * 3
+    assert first.response is not None and first.response.headers == ((b"Server", b"o"),)
+    assert h.idle() == 1 and h.connections() == 1  # reused each time
+    # The same head, then a close: taken whole too, and the connection is not reused.
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n"
+    _, responder = exchange(Harness(), closing + b"hi")
+    assert responder.body == b"hi"
+    h = Harness()
+    h.open(responder=(again := WholeResponder()))
+    upstream2 = h.accept()
+    upstream2.received()
+    fed.clear()
+    upstream2.send(closing + b"hi")
+    assert again.body == b"hi" and again.ended and fed == [] and upstream2.closed
+
+
+def test_responses_after_a_head_seen_before_go_to_llhttp_unless_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 5\r\n\r\n"
+    fed = _spy_parsers(monkeypatch)
+    h = Harness()
+    upstream, _ = exchange(h, head + b"hello")  # remembered
+    for reads in ([head + b"hel", b"lo"], [head, b"hello"]):
+        _, responder = h.open()
+        fed.clear()
+        upstream.received()
+        for data in reads:
+            upstream.send(data)
+        assert responder.body == b"hello" and responder.ended
+        assert fed[0] == reads[0]  # the head's read went to llhttp
+    # Bytes beyond the body: llhttp judges them, as before (the connection is not reused).
+    _, responder = h.open()
+    upstream.received()
+    upstream.send(head + b"helloHTTP/1.1 200 OK\r\n")
+    assert responder.body == b"hello"
+    assert h.idle() == 0
+    # A HEAD request's response with a remembered head: no body follows, llhttp frames it.
+    h2 = Harness()
+    conn, _ = exchange(h2, head + b"hello")
+    _, responder = h2.open(RequestHead(b"HEAD", b"/", b"web", ((b"Host", b"web"),), 0))
+    conn.received()
+    fed.clear()
+    conn.send(head)
+    assert fed == [head] and responder.ended and responder.body == b""
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_are_never_taken_whole(status: int) -> None:
+    from edgemesh.transports import _upconnection
+
+    head = b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status
+    h = Harness()
+    exchange(h, head)
+    entry = _upconnection._heads_parsed[head[:-4]]
+    assert entry[-1] is None

@@ -836,3 +836,105 @@ def test_header_sections_checked_once_still_meet_each_links_limits() -> None:
     for i in range(3 * _frames._HEADS_SEEN_BOUND):
         _frames._headers(((b"X-N", b"%d" % i),), LIMITS)
     assert len(_frames._heads_seen) <= _frames._HEADS_SEEN_BOUND
+
+
+# --- heads packed and decoded once (issue 15, fourth pass) ------------------------------------
+
+edge_streams = st.sampled_from(
+    [1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, (1 << 31) - 1]) | streams
+
+
+@given(sid=edge_streams, other=edge_streams, end=st.booleans(), status=st.integers(100, 999),
+       reason=field_values, fields=headers, length=lengths, body=bodies)
+@settings(max_examples=150)
+def test_response_heads_packed_once_are_msgpacks_bytes(
+    sid: int, other: int, end: bool, status: int, reason: bytes, fields: Any, length: Any,
+    body: bytes,
+) -> None:
+    whole = [RESPONSE, sid, int(end), status, reason, fields, length, body]
+    assert encode_response(sid, end, status, reason, fields, length, body) == raw_frame(*whole)
+    # Again (remembered), on another stream: the same bytes as msgpack's.
+    again = encode_response(other, not end, status, reason, fields, length, body)
+    assert again == raw_frame(RESPONSE, other, int(not end), *whole[3:])
+    frame = decode_all(again)[0]
+    assert frame == Response(other, not end, status, reason, fields, length, body)
+
+
+@given(sid=edge_streams, end=st.booleans(), method=tokens, path=targets, fields=headers,
+       length=lengths, client=texts(64), endpoint=st.none() | st.tuples(texts(253), ports),
+       body=st.binary(max_size=400), hops=st.none() | st.integers(0, 300))
+@settings(max_examples=150)
+def test_request_heads_packed_once_are_msgpacks_bytes(
+    sid: int, end: bool, method: bytes, path: bytes, fields: Any, length: Any, client: str,
+    endpoint: Any, body: bytes, hops: int | None,
+) -> None:
+    host, port = endpoint if endpoint is not None else (None, None)
+    args = (method, path, b"web", fields, length, client, "ns/web", 80, endpoint, body)
+    expected = [REQUEST, sid, int(end), method, path, b"web", fields, length, client, "ns/web",
+                80, host, port, body]
+    if hops is not None:
+        expected.append(min(hops, 255))
+    for _ in range(2):  # packed, then remembered (small bodies)
+        assert encode_request(sid, end, *args, hops) == raw_frame(*expected)
+
+
+def test_heads_decoded_once_take_each_frames_stream_and_flags() -> None:
+    from edgemesh.wire import _frames
+
+    fields = ((b"Server", b"origin"),)
+    first = encode_response(5, True, 200, b"OK", fields, 2, b"hi")
+    assert decode_payload(first[4:], LIMITS) == Response(5, True, 200, b"OK", fields, 2, b"hi")
+    assert first[8:] in _frames._heads_decoded  # past the prefix, array, type, stream, flags
+    for sid, end in ((0x80, False), (0x1234, True), ((1 << 31) - 1, False)):
+        frame = decode_payload(encode_response(sid, end, 200, b"OK", fields, 2, b"hi")[4:],
+                               LIMITS)
+        assert frame == Response(sid, end, 200, b"OK", fields, 2, b"hi")
+    decoded = []
+    for sid in (3, 301, 70000):
+        request = encode_request(sid, True, b"GET", b"/", b"web", fields, 0, "1.2.3.4",
+                                 "ns/web", 80, ("10.0.0.1", 8080), b"", 2)
+        frame = decode_payload(request[4:], LIMITS)
+        assert isinstance(frame, Request) and frame.stream == sid and frame.hops == 2
+        assert frame.endpoint == ("10.0.0.1", 8080) and frame.end and frame.headers == fields
+        decoded.append(frame.headers)
+    assert decoded[1] is decoded[0] and decoded[2] is decoded[0]  # remembered: one tuple
+
+
+def test_heads_decoded_once_still_meet_each_links_limits_and_checks() -> None:
+    from edgemesh.wire import _frames
+
+    fields = ((b"X-A", b"1"), (b"X-B", b"2"))
+    frame = encode_response(7, True, 200, b"OK", fields, 0, b"")
+    decode_all(frame)
+    assert frame[8:] in _frames._heads_decoded
+    # Remembered under the default limits, refused under a link's smaller ones.
+    with pytest.raises(ProtocolError, match="at most 1 fields"):
+        decode_all(frame, Limits(max_header_count=1))
+    # Equal limits (another Limits object) share what was checked.
+    assert decode_all(frame, Limits())[0] == Response(7, True, 200, b"OK", fields, 0, b"")
+    # A stream id of 0, beyond 31 bits, or flags that are not a fixint: judged by msgpack
+    # and the checks, never taken from the memory.
+    for sid in (b"\x00", b"\xce\x80\x00\x00\x00"):
+        rejected(framed(b"\x98\x03" + sid + frame[7:]))
+    assert decode_all(framed(b"\x98\x03\x07\xcc\x01" + frame[8:]))[0].end
+    # A malformed head is never remembered; the memory is bounded.
+    bad = framed(b"\x98\x03\x07\x01" + msgpack.packb(
+        [200, b"OK", [[b"X", b"a\r\nb"]], 0, b""], use_bin_type=True)[1:])
+    rejected(bad)
+    assert bad[8:] not in _frames._heads_decoded
+    for i in range(3 * _frames._HEADS_DECODED_BOUND):
+        decode_all(encode_response(9, True, 200, b"OK", ((b"X-N", b"%d" % i),), 0, b""))
+    assert len(_frames._heads_decoded) <= _frames._HEADS_DECODED_BOUND
+    big = encode_response(9, True, 200, b"OK", fields, 3000, b"x" * 3000)
+    decode_all(big)
+    assert big[8:] not in _frames._heads_decoded
+
+
+def test_a_head_decoded_once_is_never_taken_for_another_type() -> None:
+    from edgemesh.wire import _frames
+
+    response = encode_response(7, True, 200, b"OK", ((b"X-A", b"1"),), 0, b"")
+    decode_all(response)
+    assert response[8:] in _frames._heads_decoded
+    # The same bytes but for the type: a REQUEST of eight fields, refused as ever.
+    rejected(response[:5] + bytes([REQUEST]) + response[6:])

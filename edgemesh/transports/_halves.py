@@ -201,9 +201,17 @@ class OutboundExchange:
         self.sid = sid
         self.responder = responder
         self.sender = _Sender(link, sid)
-        self.receiver = _Receiver(link, sid)
+        self._receiver: _Receiver | None = None
         self.finished = False
         responder.setProducer(self)
+
+    @property
+    def receiver(self) -> _Receiver:
+        """Made when first needed: a response that comes whole returns no credit."""
+        receiver = self._receiver
+        if receiver is None:
+            receiver = self._receiver = _Receiver(self.link, self.sid)
+        return receiver
 
     # IRequestBody: the source pushes request body
     def write(self, data: bytes) -> None:
@@ -245,9 +253,9 @@ class OutboundExchange:
             complete = COMPLETERS[type(responder)]
             if frame.end and complete is not None:
                 # The whole response in one frame: hand it over whole (one write downstream).
+                # No credit to return: the connection forgot the stream at its end.
                 self._done()
                 complete(responder, head, frame.body)
-                self.receiver.delivered(len(frame.body))
                 return
             responder.head(head)
             if frame.body:
@@ -339,7 +347,7 @@ class InboundExchange:
         self.sid = sid
         self.body: IRequestBody | None = None
         self.sender = _Sender(link, sid)
-        self.receiver = _Receiver(link, sid)
+        self._receiver: _Receiver | None = None
         self.headed = False
         self.finished = False
         self.corked: ResponseHead | None = None
@@ -357,6 +365,14 @@ class InboundExchange:
         self.held_end = False
         """The peer's end came after held body: it goes to the target after that body."""
         self.request_trailers: Headers = ()
+
+    @property
+    def receiver(self) -> _Receiver:
+        """Made when first needed: a request without a body returns no credit."""
+        receiver = self._receiver
+        if receiver is None:
+            receiver = self._receiver = _Receiver(self.link, self.sid)
+        return receiver
 
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before

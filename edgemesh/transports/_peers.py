@@ -196,6 +196,10 @@ class LinkTarget:
 
     def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
         peer, service, port, hint = link_address(route)
+        link = self.links.get(peer)
+        if link is not None and not link.closed:
+            # The ready link, as open_over_link would take it (no closures to make).
+            return link.open(head, service, port, hint, responder)
         opened: IRequestBody | None = open_over_link(
             self.links, self.dial, peer,
             lambda link: link.open(head, service, port, hint, responder),

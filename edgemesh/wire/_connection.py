@@ -226,13 +226,15 @@ class Connection:
             return self._opened(frame.stream, frame.end, len(frame.body), False)
         if kind is Response:
             assert isinstance(frame, Response)
-            stream = self._known(frame.stream)
+            stream = self._streams.get(frame.stream) or self._known(frame.stream)
             if stream is None:
                 return False
             if not stream.local or stream.responded or stream.byte_stream:
                 raise ProtocolError(f"stream {frame.stream}: unexpected response")
             stream.responded = True
-            self._charge(frame.stream, stream, len(frame.body))
+            size = len(frame.body)
+            if size:
+                self._charge(frame.stream, stream, size)
             if frame.end:
                 self._received_end(frame.stream, stream)
             return True
