@@ -105,6 +105,29 @@ SMALL_BUFFER = 64 * 1024
 """Twisted's own read size and write-buffer threshold."""
 
 
+FRONT_HIGH_WATER = 16 * 1024
+"""Bytes a client connection may have waiting in its write buffer before the response's
+producer is paused.  Twisted pauses past ``bufferSize`` (64 KiB, also its read size): with a
+read arriving on top, 32 slow clients of 1 MiB bodies held ~100 KiB each on path 1 (edge-1's
+VmHWM growth /small → /big +3.4-3.7 MiB; +2.1-2.5 at 16 KiB, bench/results-2026-12-03.md
+section 19), and every doWrite joined the whole buffer anew."""
+
+
+def pause_past(transport: Any, high_water: int) -> None:
+    """Pause ``transport``'s streaming producer now if more than ``high_water`` bytes wait
+    in its buffer, as Twisted does past ``bufferSize``: its doWrite resumes the producer once
+    the buffer is empty.  Plain TCP transports only (others keep their own rule)."""
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.streamingProducer
+        and not transport.producerPaused
+        and transport.producer is not None
+        and len(transport.dataBuffer) - transport.offset + transport._tempDataLen > high_water
+    ):
+        transport.producerPaused = True
+        transport.producer.pauseProducing()
+
+
 def use_large_buffer(transport: Any) -> None:
     if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
         transport.bufferSize = LARGE_BUFFER
