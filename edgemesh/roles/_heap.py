@@ -1,15 +1,17 @@
 """The C heap of a mesh process: glibc malloc's mmap threshold (``--malloc-mmap-threshold``).
 
-glibc serves a block below its mmap threshold from the heap and a larger one with its own
-``mmap``, unmapped again when freed.  The threshold starts at 128 KiB and rises to the size
-of every mmapped block freed: after the first 256 KiB read of a link, every such read comes
-from the heap, and 256 KiB reads shrunk to what arrived, between frames and pieces of other
-sizes, leave holes that the next 256 KiB read does not fit.  An edge receiving 32 responses
-of 1 MiB over a link grew its heap by 3-5 MiB of such free space in some runs (VmHWM growth
-/small → /big +3.3 to +5.2 MiB with 0.4-1.1 MiB in use at the peak; bench/memprobe).  With
-the threshold set, glibc no longer moves it: reads of LARGE_BUFFER (and larger joins) are
-mapped and unmapped, +0.9 MiB in every run (bench/results-2026-12-03.md section 19), for a
-page fault per 4 KiB that such a read takes.
+glibc serves a block from the heap's free space when it can; when the heap has to grow for
+a block at or above its mmap threshold, the block gets a mapping of its own, unmapped when
+freed.  The threshold starts at 128 KiB and rises to the size of every mapped block freed,
+and the trim threshold (free space at the heap's top kept rather than returned) to twice
+that: after the first 256 KiB read of a link, the heap grows for such reads and keeps
+512 KiB at its top, and reads shrunk to what arrived, between frames and pieces of other
+sizes, leave holes the next 256 KiB read does not fit.  An edge receiving 32 responses of
+1 MiB over a link grew its heap by 3-5 MiB of such free space in some runs (VmHWM growth
+/small → /big +3.3 to +5.2 MiB with 0.4-1.1 MiB in use at the peak; bench/memprobe).  Set
+with mallopt, neither threshold moves: +0.9-1.3 MiB in every run
+(bench/results-2026-12-03.md section 19), for a page fault per 4 KiB that a mapped read
+takes.
 """
 
 from __future__ import annotations
