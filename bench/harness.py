@@ -87,6 +87,9 @@ DEFAULTS = {
     # 1: time every garbage collection of the mesh processes (bench/gcprobe/sitecustomize.py)
     # and report those that fell inside the measured runs.
     "GC_PROBE": "0",
+    # A directory: each mesh process notes what it holds at its RSS peaks there
+    # (bench/memprobe/sitecustomize.py; EDGEMESH_MEM_PROBE_TRACE=1 adds tracemalloc's top).
+    "MEM_PROBE": "",
     # 1: during the fixed-rate runs only, hey and the processes on the path (origin, nginx
     # proxy, mesh) run SCHED_FIFO (root): they then wait for no one else's process, so the
     # figure is the path's, not the shared machine's scheduler's.  At 1000/s they use a
@@ -356,6 +359,10 @@ def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
         env["PYTHONPATH"] = os.path.join(HERE, "gcprobe") + os.pathsep + env["PYTHONPATH"]
         env["EDGEMESH_GC_PROBE"] = os.path.join(tmp, "gcprobe")
         os.makedirs(env["EDGEMESH_GC_PROBE"], exist_ok=True)
+    if CFG["MEM_PROBE"]:
+        env["PYTHONPATH"] = os.path.join(HERE, "memprobe") + os.pathsep + env["PYTHONPATH"]
+        env["EDGEMESH_MEM_PROBE"] = CFG["MEM_PROBE"]
+        os.makedirs(CFG["MEM_PROBE"], exist_ok=True)
     logfile = os.path.join(tmp, name + ".log")
     argv = [CFG["PYTHON"], *launcher_args(),
             "--nodaemon", "--pidfile=", f"--logfile={logfile}", *reactor_args(), plugin,

@@ -18,6 +18,7 @@
 #     request rate with hey, after the wrk runs: RATE requests/s in all; RATE=0: none)
 #   RATE_RT=1 (as root: the fixed-rate runs at SCHED_FIFO)  RATE_TRIM=1
 #   NICE=-10 (nice of every process the bench starts)  GC_PROBE=1 (time the mesh's collections)
+#   MEM_PROBE=DIR (what each mesh process holds at its RSS peaks; bench/memprobe)
 # BENCH=streams runs bench/streams.py instead (byte streams and gRPC edge → edge against
 # direct; needs grpcio in PYTHON, which this installs): STREAMS_ARGS="--size-mib 256 --reps 3"
 set -euo pipefail

@@ -1,7 +1,8 @@
 """Instructions that a 1 MiB body costs the edges, over mTLS links or plaintext (issue 15).
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/tls_cost.py [--tree DIR] [--plain]
-        [--link-tls-io memory|socket] [--transfers 20] [--annotate 25]
+        [--link-tls-io memory|socket] [--transfers 20] [--annotate 25] [--parallel 32]
+        [--path p1]
 
 CPU seconds are noise on a shared machine; instruction counts are not.  This starts the
 bench mesh (harness.py's router and two edges, the origin nginx) with both edges under
@@ -12,6 +13,9 @@ origin) with curl, dumps, and prints the instructions of each edge per MiB.
 ``--tree`` runs the mesh from another checkout (e.g. an old commit extracted with
 ``git archive``); ``--annotate N`` adds callgrind_annotate's N most costly functions;
 ``--link-tls-io`` passes that option to every node (how a link's TLS reaches its socket).
+``--parallel N`` makes each transfer N curls at once (32: the concurrency of bench/run.sh's
+/big rows, where reads are cut by the pod connections' read budget and the links' credit);
+``--path p1`` measures path 1 (edge-1 → origin) instead.
 ``--measure strace`` runs the edges without valgrind and counts every system call they
 make during the transfers (``strace -c -f``, attached once the mesh is ready);
 ``--measure cpu`` runs them bare and prints their CPU time per MiB from /proc (noisy on a
@@ -89,6 +93,10 @@ def main() -> None:
     parser.add_argument("--link-tls-io", choices=["memory", "socket"], default=None,
                         help="passed to every node (default: the nodes' own default)")
     parser.add_argument("--transfers", type=int, default=20)
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="curls at once per transfer (32: the bench's 32 connections)")
+    parser.add_argument("--path", choices=["p1", "p2"], default="p2",
+                        help="p1: edge-1 to the origin (plaintext only), p2: edge to edge")
     parser.add_argument("--body", choices=["big", "huge", "small"], default="big",
                         help="the 1 MiB body, the 4 MiB one (less of the exchange's own cost "
                              "per MiB), or the 13-byte one (per exchange, not per MiB)")
@@ -130,6 +138,8 @@ def main() -> None:
                    ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
                    EDGE2_HUB_PORT=ports["edge-2-hub"])
     target = harness.TARGETS["p2-edge-edge" if args.plain else "p2-edge-edge-tls"]
+    if args.path == "p1":
+        target = harness.TARGETS["p1-local"]
     bodies = {"/small": harness.SMALL_BODY, "/big": body}
     try:
         harness.start_origin(tmp)
@@ -153,16 +163,19 @@ def main() -> None:
                                capture_output=True, timeout=120)
         url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
         for _ in range(args.transfers):
-            done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                                   "-H", f"Host: {target.host}", url],
-                                  capture_output=True, text=True, timeout=300, check=False)
-            if done.stdout != "200":
-                raise RuntimeError(f"transfer: {done.stdout} {done.stderr}")
+            curls = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                       "-H", f"Host: {target.host}", url],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(args.parallel)]
+            for curl in curls:
+                code, err = curl.communicate(timeout=300)
+                if code != "200":
+                    raise RuntimeError(f"transfer: {code} {err}")
         io_after = {name: io_calls(pid) for name, pid in edges.items()}
         ticks_after = {name: cpu_ticks(pid) for name, pid in edges.items()}
         # Per MiB for the 1 MiB body; per exchange for the small one.
         size = {"big": harness.BIG_SIZE, "huge": harness.HUGE_SIZE}.get(args.body)
-        mib = args.transfers * size / 2 ** 20 if size else args.transfers
+        mib = args.transfers * args.parallel * (size / 2 ** 20 if size else 1)
         unit = "MiB" if size else "exchange"
         links = (f"{'plaintext' if args.plain else 'mTLS'} links, "
                  f"--link-tls-io {args.link_tls_io or 'default'}")

@@ -12,6 +12,7 @@ from ..observability import ObservabilityOptions
 from ..security import TLSOptions
 from ..transports import FrontLimits
 from ..wire import Limits
+from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD
 from ._resilience import ResilienceOptions
 
 _MAX_WINDOW = (1 << 31) - 1
@@ -33,6 +34,15 @@ def _size(value: str) -> int:
     if number <= 0:
         raise ValueError("must be positive")
     return number * factor
+
+
+def _threshold(value: str) -> int:
+    if value.strip() == "0":
+        return 0
+    number = _size(value)
+    if number > MAX_MMAP_THRESHOLD:
+        raise ValueError("must be at most 32MiB (glibc's largest)")
+    return number
 
 
 def _count(value: str) -> int:
@@ -75,6 +85,10 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
          ("Credit beyond --initial-window that all streams of one link may hold together: "
           "what a link's peer can make this node buffer is this plus --initial-window per "
           "stream."), _size],
+        ["malloc-mmap-threshold", None, DEFAULT_MMAP_THRESHOLD,
+         ("Memory blocks of this size or more get their own mapping, returned to the system "
+          "when freed (glibc's M_MMAP_THRESHOLD, fixed); 0: glibc's default, which rises "
+          "with the blocks freed and lets large reads fragment the heap."), _threshold],
     ]
 
     def load_catalog(self, path: str) -> Catalog:

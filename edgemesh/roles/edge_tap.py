@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from ..capture import CaptureOptions
+from ._heap import set_mmap_threshold
 from ._node import EdgeConfig, build_edge
 from ._options import CommonOptions
 
@@ -68,6 +69,8 @@ class Options(CommonOptions, CaptureOptions):
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    set_mmap_threshold(options["malloc-mmap-threshold"])  # the process is the mesh's alone
 
     config = EdgeConfig(
         node=options["node"],

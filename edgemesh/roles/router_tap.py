@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, http_port, service_account_namespace
+from ._heap import set_mmap_threshold
 from ._kubernetes import KubernetesConfig
 from ._node import RouterConfig, build_router
 from ._options import CommonOptions
@@ -116,6 +117,8 @@ def kubernetes_config(options: Options) -> KubernetesConfig | None:
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    set_mmap_threshold(options["malloc-mmap-threshold"])  # the process is the mesh's alone
 
     config = RouterConfig(
         catalog=options["catalog_value"],

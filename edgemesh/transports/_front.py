@@ -66,7 +66,7 @@ from ._http1 import (
     response_head_bytes,
     trailer_field,
 )
-from ._io import write_all_now, write_now
+from ._io import FRONT_HIGH_WATER, pause_past, write_all_now, write_now
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -291,6 +291,7 @@ class _Exchange:
         assert transport is not None
         if self.chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            pause_past(transport, FRONT_HIGH_WATER)
             return
         remaining = self.remaining
         if remaining is not None:
@@ -302,6 +303,7 @@ class _Exchange:
         # Sent at once when nothing is buffered: a 256 KiB chunk buffered for the next turn
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
         write_now(transport, data)
+        pause_past(transport, FRONT_HIGH_WATER)
 
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """``write`` of pieces off a link without copying them: one sendmsg of them all
@@ -324,6 +326,7 @@ class _Exchange:
             write_now(transport, parts[0])
         else:
             write_all_now(transport, parts)
+        pause_past(transport, FRONT_HIGH_WATER)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: they go with the last chunk."""

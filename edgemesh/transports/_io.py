@@ -21,19 +21,6 @@ from twisted.internet.endpoints import _WrappingProtocol
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
-def _idle_plain_tcp(transport: Any) -> bool:
-    """A plain TCP transport with nothing buffered: a send now keeps the byte order."""
-    return (
-        type(transport) in _PLAIN_TCP
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    )
-
-
 def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> None:
     """``transport.writeSequence((head, data))``, as one ``sendmsg`` of both when that is
     safe: Twisted would join them into one new bytes object first (a copy of the body;
@@ -43,7 +30,8 @@ def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> No
 
 def write_now(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, sending immediately when that is safe."""
-    # _idle_plain_tcp inlined: one Python call less per write (two per /small exchange).
+    # A plain TCP transport with nothing buffered: a send now keeps the byte order.  Checked
+    # inline, not in a helper: one Python call less per write (two per /small exchange).
     if (
         type(transport) in _PLAIN_TCP
         and not transport.TLS
@@ -69,7 +57,8 @@ def write_now(transport: Any, data: bytes | memoryview) -> None:
 def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
     """``transport.writeSequence(parts)``, as one ``sendmsg`` of them all when that is safe
     (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time)."""
-    # _idle_plain_tcp inlined: one Python call less per bulk DATA frame a link sends.
+    # The same check as write_now's, inline: one Python call less per bulk DATA frame a link
+    # sends.
     if (
         type(transport) in _PLAIN_TCP
         and not transport.TLS
@@ -112,6 +101,29 @@ a separate read, frame, and pause/resume of the producers behind it."""
 
 SMALL_BUFFER = 64 * 1024
 """Twisted's own read size and write-buffer threshold."""
+
+
+FRONT_HIGH_WATER = 16 * 1024
+"""Bytes a client connection may have waiting in its write buffer before the response's
+producer is paused.  Twisted pauses past ``bufferSize`` (64 KiB, also its read size): with a
+read arriving on top, 32 slow clients of 1 MiB bodies held ~100 KiB each on path 1 (edge-1's
+VmHWM growth /small → /big +3.4-3.7 MiB; +2.1-2.5 at 16 KiB, bench/results-2026-12-03.md
+section 19), and every doWrite joined the whole buffer anew."""
+
+
+def pause_past(transport: Any, high_water: int) -> None:
+    """Pause ``transport``'s streaming producer now if more than ``high_water`` bytes wait
+    in its buffer, as Twisted does past ``bufferSize``: its doWrite resumes the producer once
+    the buffer is empty.  Plain TCP transports only (others keep their own rule)."""
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.streamingProducer
+        and not transport.producerPaused
+        and transport.producer is not None
+        and len(transport.dataBuffer) - transport.offset + transport._tempDataLen > high_water
+    ):
+        transport.producerPaused = True
+        transport.producer.pauseProducing()
 
 
 def use_large_buffer(transport: Any) -> None:

@@ -1,0 +1,140 @@
+"""The front pauses a response's producer past FRONT_HIGH_WATER bytes waiting for a slow
+client, not past Twisted's 64 KiB (issue 15: 32 slow clients held ~100 KiB each)."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from edgemesh.exchange import IResponder, RequestHead, ResponseHead
+from edgemesh.testing import RecordingBody
+from edgemesh.transports._front import HTTPFrontProtocol
+from edgemesh.transports._io import FRONT_HIGH_WATER, pause_past
+
+PIECE = 32 * 1024
+BODY = bytes(range(256)) * 4096  # 1 MiB
+
+
+@implementer(IPushProducer)
+class Producer:
+    """A pod connection as the front sees it: it stops writing while paused."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+def _server(sock: socket.socket, protocol: Protocol) -> tcp.Server:
+    """A real Twisted TCP transport (pause_past acts on those only) on a memory reactor:
+    nothing is written to the socket unless the test calls doWrite."""
+    return tcp.Server(sock, protocol, ("127.0.0.1", 1), None, 1, MemoryReactor())  # type: ignore[arg-type]
+
+
+def _waiting(transport: tcp.Server) -> int:
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def _drain(sock: socket.socket) -> bytes:
+    got = bytearray()
+    for _ in range(10_000):  # bounded
+        try:
+            piece = sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not piece:
+            break
+        got += piece
+    return bytes(got)
+
+
+def test_pause_past_pauses_beyond_the_high_water_and_twisted_resumes() -> None:
+    left, right = socket.socketpair()
+    right.setblocking(False)
+    try:
+        transport = _server(left, Protocol())
+        producer = Producer()
+        transport.registerProducer(producer, True)
+        transport.write(b"x" * FRONT_HIGH_WATER)
+        pause_past(transport, FRONT_HIGH_WATER)
+        assert not producer.paused  # at the mark, not beyond it
+        transport.write(b"y")
+        assert not producer.paused  # Twisted's own rule: only past 64 KiB
+        pause_past(transport, FRONT_HIGH_WATER)
+        assert producer.paused and transport.producerPaused
+        pause_past(transport, FRONT_HIGH_WATER)
+        assert producer.pauses == 1  # once
+        for _ in range(100):  # bounded: Twisted writes, the peer reads
+            if not _waiting(transport):
+                break
+            transport.doWrite()
+            _drain(right)
+        assert not producer.paused  # the buffer emptied: Twisted's doWrite resumed it
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_slow_client_holds_at_most_the_high_water_and_one_piece() -> None:
+    left, right = socket.socketpair()
+    right.setblocking(False)
+    responders: list[IResponder] = []
+
+    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
+        responders.append(responder)
+        return RecordingBody()
+
+    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
+    transport = _server(left, front)
+    try:
+        front.makeConnection(transport)
+        front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        (responder,) = responders
+        producer = Producer()
+        verifyObject(IPushProducer, producer)
+        responder.head(ResponseHead(200, b"OK", (), len(BODY)))
+        responder.setProducer(producer)
+        received = bytearray()
+        held = []
+        sent = 0
+        for _ in range(10_000):  # bounded
+            if sent == len(BODY):
+                break
+            if producer.paused:
+                # The client reads what the kernel holds; Twisted writes on.
+                received += _drain(right)
+                transport.doWrite()
+                continue
+            responder.write(BODY[sent : sent + PIECE])
+            sent += PIECE
+            held.append(_waiting(transport))
+        responder.end()
+        for _ in range(10_000):
+            if not _waiting(transport):
+                break
+            transport.doWrite()
+            received += _drain(right)
+        received += _drain(right)
+        assert received.endswith(BODY)
+        assert producer.pauses > 1
+        # Twisted alone lets 64 KiB wait before it pauses, and the piece that passes it
+        # comes on top (a 32 KiB piece: up to ~96 KiB).
+        assert max(held) <= FRONT_HIGH_WATER + PIECE + 256, max(held)
+    finally:
+        left.close()
+        right.close()
