@@ -20,6 +20,7 @@ under ``perf record -e cpu-clock`` of each edge and splits each edge's samples i
 cipher (AES/GCM/GHASH symbols of libcrypto), other libcrypto/libssl work, copies (memcpy,
 memmove, memset wherever they run), the interpreter and cffi, the kernel (system calls,
 TCP) and the rest, in ms per MiB (the samples' shares of the edge's CPU time);
+``--measure faults`` shows where the edges' page faults come from (perf, call graphs);
 ``--measure pyspy`` samples each edge's Python stacks with py-spy (on PATH) during the
 transfers and prints pyspy_summary.py's tables (where the interpreter's share goes).
 
@@ -139,8 +140,8 @@ def main() -> None:
     parser.add_argument("--body", choices=["big", "small"], default="big",
                         help="the 1 MiB body, or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
-    parser.add_argument("--measure", choices=["callgrind", "strace", "cpu", "perf", "pyspy"],
-                        default="callgrind")
+    parser.add_argument("--measure", default="callgrind",
+                        choices=["callgrind", "strace", "cpu", "perf", "pyspy", "faults"])
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -195,10 +196,12 @@ def main() -> None:
             for pid in edges.values():
                 subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                                capture_output=True, timeout=120)
-        if args.measure == "perf":
+        if args.measure in ("perf", "faults"):
+            event = ["-e", "cpu-clock", "-F", "4999"] if args.measure == "perf" else [
+                "-e", "page-faults", "-g"]
             for name, pid in edges.items():
                 tracers[name] = subprocess.Popen(
-                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-o",
+                    ["perf", "record", "-q", *event, "-o",
                      os.path.join(out, f"perf.{name}"), "-p", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)  # perf attaches asynchronously
@@ -252,6 +255,15 @@ def main() -> None:
                     print(f"{name}: " + ", ".join(
                         f"{part} {share * seconds * 1e3 / mib:,.2f}"
                         for part, share in shares.items()) + f" ms per {unit}", flush=True)
+            if args.measure == "faults":
+                for name in edges:
+                    report = subprocess.run(
+                        ["perf", "report", "-i", os.path.join(out, f"perf.{name}"), "--stdio",
+                         "--no-children", "-G"], capture_output=True, text=True,
+                        check=False).stdout
+                    print(f"{name} page faults:\n" + "\n".join(
+                        line for line in report.splitlines()[:args.annotate or 40]
+                        if line.strip()))
             if args.measure == "pyspy":
                 subprocess.run([sys.executable, os.path.join(harness.HERE, "pyspy_summary.py"),
                                 *(os.path.join(out, f"pyspy-{name}.txt") for name in edges)],

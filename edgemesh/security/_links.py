@@ -19,6 +19,7 @@ established connections alone (each keeps the SSL context it was made with).
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Protocol
@@ -309,6 +310,38 @@ _C = _c_calls()
 _ALLOCATE: Any = _C[0].new_allocator(should_clear_after_alloc=False) if _C else None
 """malloc without the memset: every byte of these buffers is written before it is read."""
 
+_PLAINTEXT = _READ_SIZE + _SLACK
+"""Size of the buffers a read is decrypted into (the most one read can yield)."""
+
+_VIEW_MIN = 64 * 1024
+"""Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
+
+_POOL_MAX = 2
+_pool: list[Any] = []
+"""Plaintext buffers for the next reads, process-wide (at most _POOL_MAX of them).
+
+A buffer malloc'd and freed per read (~270 KiB) made glibc give the top of its heap back
+and take it again: the receiving edge page-faulted ~100-200 times per MiB; reused, ~2
+(tls_cost.py --measure perf: edge-1 4.6 -> 3.1 ms CPU per MiB; results §20)."""
+
+
+def _take_buffer() -> Any:
+    """A pooled plaintext buffer that nothing refers to any more, or a new one."""
+    while _pool:
+        buffer = _pool.pop()
+        # This name's and getrefcount's references only: no view of it is alive.  (A live
+        # view holds a reference through its ffi.buffer; such a buffer leaves the pool and
+        # is freed once its views are gone.)
+        if sys.getrefcount(buffer) == 2:
+            return buffer
+    return _ALLOCATE("char[]", _PLAINTEXT)
+
+
+def _give_buffer(buffer: Any) -> None:
+    """Back to the pool (views of it may still be alive: _take_buffer checks)."""
+    if len(_pool) < _POOL_MAX:
+        _pool.append(buffer)
+
 
 class _Direct:
     """A link's SSL connection driven through pyOpenSSL's own C binding, where its public
@@ -342,7 +375,8 @@ class _Direct:
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
         """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
         result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
-        self.connection._raise_ssl_error(self.ssl, result)
+        if result <= 0:  # (after bytes, SSL_get_error says SSL_ERROR_NONE: nothing to raise)
+            self.connection._raise_ssl_error(self.ssl, result)
         return result
 
     def lend(self, data: bytes | memoryview) -> bool:
@@ -543,11 +577,12 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                     chunks.append(connection.recv(_READ_SIZE))
                     continue
                 if buffer is None:
-                    size = min(self._incoming, _READ_SIZE) + _SLACK
-                    buffer = _ALLOCATE("char[]", size)
+                    buffer = _take_buffer()
+                    size = len(buffer)
                 filled += direct.read_into(buffer, filled, size - filled)
                 if filled == size:
-                    chunks.append(self._plaintext(direct, buffer, filled, size))
+                    chunks.append(self._plaintext(direct, buffer, filled))
+                    _give_buffer(buffer)
                     buffer = None
                     filled = 0
             except WantReadError:
@@ -563,7 +598,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                 failure = Failure()
                 break
         if filled:
-            chunks.append(self._plaintext(direct, buffer, filled, size))
+            chunks.append(self._plaintext(direct, buffer, filled))
+        if buffer is not None:
+            _give_buffer(buffer)
+            buffer = None
         self._unfed = memoryview(b"")  # all fed, or the connection is ending
         if chunks and not self._aborted:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -576,13 +614,13 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     @staticmethod
-    def _plaintext(direct: Any, buffer: Any, filled: int, size: int) -> bytes | memoryview:
+    def _plaintext(direct: Any, buffer: Any, filled: int) -> bytes | memoryview:
         """What a read decrypted: the buffer itself, read-only (the link's frame decoder
-        may keep views of it: pieces of a large body), when it is at least half full; a
-        copy of the bytes otherwise, so that views never hold more than twice what they
-        show."""
+        may keep views of it: pieces of a large body), when it holds at least _VIEW_MIN
+        bytes; a copy of the bytes otherwise, so that views never hold more than ~4 times
+        what they show (a pooled buffer is the largest read's size)."""
         data = direct.ffi.buffer(buffer, filled)
-        if 2 * filled >= size:
+        if filled >= _VIEW_MIN:
             return memoryview(data).toreadonly()
         copy: bytes = data[:]
         return copy
