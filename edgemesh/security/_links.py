@@ -316,31 +316,33 @@ _PLAINTEXT = _READ_SIZE + _SLACK
 _VIEW_MIN = 64 * 1024
 """Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
 
-_POOL_MAX = 2
+_POOL_MAX = 3
 _pool: list[Any] = []
-"""Plaintext buffers for the next reads, process-wide (at most _POOL_MAX of them).
+"""Plaintext buffers for the next reads, process-wide (at most _POOL_MAX of them: one the
+frame decoder may still hold views of while it gathers a large body, one to read into).
 
 A buffer malloc'd and freed per read (~270 KiB) made glibc give the top of its heap back
-and take it again: the receiving edge page-faulted ~100-200 times per MiB; reused, ~2
-(tls_cost.py --measure perf: edge-1 4.6 -> 3.1 ms CPU per MiB; results §20)."""
+and take it again: the receiving edge page-faulted ~20-200 times per MiB; reused, ~1
+(tls_cost.py --measure perf, edge-1: 4.2 -> 3.5 ms CPU per MiB; results §20)."""
 
 
 def _take_buffer() -> Any:
-    """A pooled plaintext buffer that nothing refers to any more, or a new one."""
-    while _pool:
-        buffer = _pool.pop()
-        # This name's and getrefcount's references only: no view of it is alive.  (A live
-        # view holds a reference through its ffi.buffer; such a buffer leaves the pool and
-        # is freed once its views are gone.)
-        if sys.getrefcount(buffer) == 2:
+    """A pooled plaintext buffer that nothing else refers to any more, or a new one."""
+    for index in range(len(_pool)):
+        buffer = _pool[index]
+        # The pool's reference, this name's and getrefcount's only: no view of it is alive
+        # (a view holds one through its ffi.buffer).
+        if sys.getrefcount(buffer) == 3:
+            del _pool[index]
             return buffer
     return _ALLOCATE("char[]", _PLAINTEXT)
 
 
 def _give_buffer(buffer: Any) -> None:
-    """Back to the pool (views of it may still be alive: _take_buffer checks)."""
-    if len(_pool) < _POOL_MAX:
-        _pool.append(buffer)
+    """Back to the pool, views of it alive or not (_take_buffer checks)."""
+    if len(_pool) >= _POOL_MAX:
+        del _pool[0]  # the oldest: held by views since it went in, or it would have been taken
+    _pool.append(buffer)
 
 
 class _Direct:
