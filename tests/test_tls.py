@@ -1367,6 +1367,26 @@ def test_link_tls_reuses_no_buffer_that_a_view_still_shows(
         server_app.pieces = []
 
 
+def test_link_tls_a_tampered_record_closes_the_link(
+    reactor: MemoryReactorClock, pki: PKI, c_calls: str
+) -> None:
+    """A record whose bytes were changed on the way fails its AEAD tag: nothing of it reaches
+    the link, and the link is closed with the TLS error (not taken for "more bytes needed")."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(100_000)
+    client_app.transport.write(upload)
+    wire = bytearray(pump.clientIO.getOutBuffer())
+    wire[len(wire) // 2] ^= 0x01  # inside a record's ciphertext
+    server.dataReceived(bytes(wire))
+    pump.flush()  # the close goes through the fake transport
+    assert len(server_app.received) < len(upload)
+    assert upload.startswith(server_app.received)  # the records before it, unchanged
+    assert server_app.lost is not None
+    assert server_app.lost.check(SSL.Error), server_app.lost
+
+
 def test_link_tls_records_cut_anywhere_between_reads(
     reactor: MemoryReactorClock, pki: PKI, c_calls: str
 ) -> None:

@@ -375,11 +375,17 @@ class _Direct:
         self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
 
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
-        """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
-        result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
-        if result <= 0:  # (after bytes, SSL_get_error says SSL_ERROR_NONE: nothing to raise)
-            self.connection._raise_ssl_error(self.ssl, result)
-        return result
+        """SSL_read up to ``size`` bytes into ``buffer[offset:]``: how many, or -1 when
+        OpenSSL wants more bytes (what ends every read: no WantReadError made, raised and
+        caught each time); raises as ``recv`` otherwise."""
+        lib, ssl = self.lib, self.ssl
+        result: int = lib.SSL_read(ssl, buffer + offset, size)
+        if result > 0:  # (SSL_get_error would say SSL_ERROR_NONE: nothing to raise)
+            return result
+        if lib.SSL_get_error(ssl, result) == lib.SSL_ERROR_WANT_READ:
+            return -1
+        self.connection._raise_ssl_error(ssl, result)
+        return result  # (not reached: _raise_ssl_error raised)
 
     def lend(self, data: bytes | memoryview) -> bool:
         """Make ``data`` itself OpenSSL's receive BIO (a read-only memory BIO over it) until
@@ -581,18 +587,20 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                 if buffer is None:
                     buffer = _take_buffer()
                     size = len(buffer)
-                filled += direct.read_into(buffer, filled, size - filled)
+                got = direct.read_into(buffer, filled, size - filled)
+                if got < 0:
+                    if not self._feed_unfed():
+                        break
+                    continue
+                filled += got
                 if filled == size:
                     chunks.append(self._plaintext(direct, buffer, filled))
                     _give_buffer(buffer)
                     buffer = None
                     filled = 0
             except WantReadError:
-                unfed = self._unfed
-                if not unfed:
+                if not self._feed_unfed():
                     break
-                connection.bio_write(unfed[:_BIO_SLICE])
-                self._unfed = unfed[_BIO_SLICE:]
             except ZeroReturnError:
                 end = True
                 break
@@ -614,6 +622,15 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         elif failure is not None:
             self._tlsShutdownFinished(failure)  # type: ignore[no-untyped-call]
         self._flushSendBIO()
+
+    def _feed_unfed(self) -> bool:
+        """Give the receive BIO the next slice of this read (False: nothing is left)."""
+        unfed = self._unfed
+        if not unfed:
+            return False
+        self._tlsConnection.bio_write(unfed[:_BIO_SLICE])
+        self._unfed = unfed[_BIO_SLICE:]
+        return True
 
     @staticmethod
     def _plaintext(direct: Any, buffer: Any, filled: int) -> bytes | memoryview:
