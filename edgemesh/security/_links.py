@@ -322,8 +322,8 @@ _pool: list[Any] = []
 frame decoder may still hold views of while it gathers a large body, one to read into).
 
 A buffer malloc'd and freed per read (~270 KiB) made glibc give the top of its heap back
-and take it again: the receiving edge page-faulted ~20-200 times per MiB; reused, ~1
-(tls_cost.py --measure perf, edge-1: 4.2 -> 3.5 ms CPU per MiB; results §20)."""
+and take it again: the receiving edge page-faulted 21-199 times per MiB; reused, 0-16
+(tls_cost.py --measure perf, edge-1: 4.25 -> 3.75 ms CPU per MiB, medians; results §20)."""
 
 
 def _take_buffer() -> Any:
