@@ -19,7 +19,14 @@ origin) with curl, dumps, and prints the instructions of each edge per MiB.
 ``--measure strace`` runs the edges without valgrind and counts every system call they
 make during the transfers (``strace -c -f``, attached once the mesh is ready);
 ``--measure cpu`` runs them bare and prints their CPU time per MiB from /proc (noisy on a
-shared machine: compare settings in the same minute only).
+shared machine: compare settings in the same minute only); ``--measure perf`` does the same
+under ``perf record -e cpu-clock`` of each edge and splits each edge's samples into the
+cipher (AES/GCM/GHASH symbols of libcrypto), other libcrypto/libssl work, copies (memcpy,
+memmove, memset wherever they run), the interpreter and cffi, the kernel (system calls,
+TCP) and the rest, in ms per MiB (the samples' shares of the edge's CPU time);
+``--measure faults`` shows where the edges' page faults come from (perf, call graphs);
+``--measure pyspy`` samples each edge's Python stacks with py-spy (on PATH) during the
+transfers and prints pyspy_summary.py's tables (where the interpreter's share goes).
 
 Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
 next eight.
@@ -75,6 +82,12 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (minflt of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def strace_rows(path: str) -> list[tuple[str, int]]:
     """(system call, calls) from an ``strace -c`` summary, most frequent first."""
     rows = []
@@ -84,6 +97,41 @@ def strace_rows(path: str) -> list[tuple[str, int]]:
             if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
                 rows.append((parts[-1], int(parts[3])))
     return sorted(rows, key=lambda row: -row[1])
+
+
+PARTS = (
+    # (part, dso pattern, symbol pattern), first match wins.
+    ("copies", r"", r"(__mem(cpy|move|set)|memcpy|memmove|memset|copy_user|rep_movs)"),
+    ("cipher", r"(libcrypto|_rust)", r"(aes|gcm|ghash|clmul|chacha|poly1305|gf128)"),
+    ("openssl", r"(lib(ssl|crypto)|_rust)", r""),
+    ("python", r"(python|libpython|_cffi_backend|\.cpython-)", r""),
+    ("kernel", r"kernel", r""),
+    ("libc", r"libc", r""),
+)
+
+
+def perf_shares(path: str, show: int = 0) -> dict[str, float]:
+    """Each part's share of a ``perf record`` file's samples (PARTS; "other" last)."""
+    report = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso,sym",
+                             "--percent-limit", "0"], capture_output=True, text=True,
+                            check=False).stdout
+    shares = {part: 0.0 for part, _, _ in PARTS} | {"other": 0.0}
+    shown = 0
+    for line in report.splitlines():
+        match = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
+        if not match:
+            continue
+        share, dso, symbol = float(match[1]) / 100, match[2], match[3].strip()
+        if shown < show:
+            print(f"    {share * 100:5.2f}% {dso} {symbol}")
+            shown += 1
+        for part, dso_pattern, symbol_pattern in PARTS:
+            if re.search(dso_pattern, dso) and re.search(symbol_pattern, symbol, re.IGNORECASE):
+                shares[part] += share
+                break
+        else:
+            shares["other"] += share
+    return shares
 
 
 def main() -> None:
@@ -101,8 +149,8 @@ def main() -> None:
                         help="the 1 MiB body, the 4 MiB one (less of the exchange's own cost "
                              "per MiB), or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
-    parser.add_argument("--measure", choices=["callgrind", "strace", "cpu"],
-                        default="callgrind")
+    parser.add_argument("--measure", default="callgrind",
+                        choices=["callgrind", "strace", "cpu", "perf", "pyspy", "faults"])
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -161,6 +209,24 @@ def main() -> None:
             for pid in edges.values():
                 subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                                capture_output=True, timeout=120)
+        if args.measure in ("perf", "faults"):
+            event = ["-e", "cpu-clock", "-F", "4999"] if args.measure == "perf" else [
+                "-e", "page-faults", "-g"]
+            for name, pid in edges.items():
+                tracers[name] = subprocess.Popen(
+                    ["perf", "record", "-q", *event, "-o",
+                     os.path.join(out, f"perf.{name}"), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # perf attaches asynchronously
+        if args.measure == "pyspy":
+            for name, pid in edges.items():
+                tracers[name] = subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "-r", "997", "-f", "raw", "-o",
+                     os.path.join(out, f"pyspy-{name}.txt"), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # py-spy attaches asynchronously
+        ticks_before = {name: cpu_ticks(pid) for name, pid in edges.items()}
+        faults_before = {name: minor_faults(pid) for name, pid in edges.items()}
         url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
         for _ in range(args.transfers):
             curls = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
@@ -173,6 +239,7 @@ def main() -> None:
                     raise RuntimeError(f"transfer: {code} {err}")
         io_after = {name: io_calls(pid) for name, pid in edges.items()}
         ticks_after = {name: cpu_ticks(pid) for name, pid in edges.items()}
+        faults_after = {name: minor_faults(pid) for name, pid in edges.items()}
         # Per MiB for the 1 MiB body; per exchange for the small one.
         size = {"big": harness.BIG_SIZE, "huge": harness.HUGE_SIZE}.get(args.body)
         mib = args.transfers * args.parallel * (size / 2 ** 20 if size else 1)
@@ -181,20 +248,43 @@ def main() -> None:
                  f"--link-tls-io {args.link_tls_io or 'default'}")
         if args.measure != "callgrind":
             for name, tracer in tracers.items():
-                tracer.send_signal(signal.SIGINT)  # strace detaches and writes its summary
+                # strace detaches and writes its summary; perf writes its file
+                tracer.send_signal(signal.SIGINT)
                 tracer.wait(timeout=60)
             hz = os.sysconf("SC_CLK_TCK")
             for name in edges:
                 # (/proc/PID/io's syscr/syscw count read(2)/write(2), not Twisted's
                 # recv/send: strace counts those.)
                 seconds = (ticks_after[name] - ticks_before[name]) / hz
-                print(f"{name}: CPU {seconds * 1e3 / mib:,.2f} ms per {unit}"
-                      f"{' (under strace)' if tracers else ''}", flush=True)
-                if name in tracers:
+                faults = (faults_after[name] - faults_before[name]) / mib
+                print(f"{name}: CPU {seconds * 1e3 / mib:,.2f} ms, {faults:,.1f} minor faults "
+                      f"per {unit}"
+                      f"{f' (under {args.measure})' if tracers else ''}", flush=True)
+                if args.measure == "strace":
                     rows = strace_rows(os.path.join(out, f"strace.{name}"))
                     total = sum(calls for _, calls in rows)
                     print(f"{name}: {total / mib:,.1f} system calls per {unit}: " + ", ".join(
                         f"{call} {calls / mib:,.1f}" for call, calls in rows[:8]), flush=True)
+            if args.measure == "perf":
+                for name in edges:
+                    seconds = (ticks_after[name] - ticks_before[name]) / hz
+                    shares = perf_shares(os.path.join(out, f"perf.{name}"), args.annotate)
+                    print(f"{name}: " + ", ".join(
+                        f"{part} {share * seconds * 1e3 / mib:,.2f}"
+                        for part, share in shares.items()) + f" ms per {unit}", flush=True)
+            if args.measure == "faults":
+                for name in edges:
+                    report = subprocess.run(
+                        ["perf", "report", "-i", os.path.join(out, f"perf.{name}"), "--stdio",
+                         "--no-children", "-G"], capture_output=True, text=True,
+                        check=False).stdout
+                    print(f"{name} page faults:\n" + "\n".join(
+                        line for line in report.splitlines()[:args.annotate or 40]
+                        if line.strip()))
+            if args.measure == "pyspy":
+                subprocess.run([sys.executable, os.path.join(harness.HERE, "pyspy_summary.py"),
+                                *(os.path.join(out, f"pyspy-{name}.txt") for name in edges)],
+                               check=False)
             print(f"({args.transfers} x /{args.body}, {links})")
             return
         for pid in edges.values():

@@ -19,6 +19,7 @@ established connections alone (each keeps the SSL context it was made with).
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Protocol
@@ -309,6 +310,40 @@ _C = _c_calls()
 _ALLOCATE: Any = _C[0].new_allocator(should_clear_after_alloc=False) if _C else None
 """malloc without the memset: every byte of these buffers is written before it is read."""
 
+_PLAINTEXT = _READ_SIZE + _SLACK
+"""Size of the buffers a read is decrypted into (the most one read can yield)."""
+
+_VIEW_MIN = 64 * 1024
+"""Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
+
+_POOL_MAX = 3
+_pool: list[Any] = []
+"""Plaintext buffers for the next reads, process-wide (at most _POOL_MAX of them: one the
+frame decoder may still hold views of while it gathers a large body, one to read into).
+
+A buffer malloc'd and freed per read (~270 KiB) made glibc give the top of its heap back
+and take it again: the receiving edge page-faulted 21-199 times per MiB; reused, 0-16
+(tls_cost.py --measure perf, edge-1: 4.25 -> 3.75 ms CPU per MiB, medians; results §20)."""
+
+
+def _take_buffer() -> Any:
+    """A pooled plaintext buffer that nothing else refers to any more, or a new one."""
+    for index in range(len(_pool)):
+        buffer = _pool[index]
+        # The pool's reference, this name's and getrefcount's only: no view of it is alive
+        # (a view holds one through its ffi.buffer).
+        if sys.getrefcount(buffer) == 3:
+            del _pool[index]
+            return buffer
+    return _ALLOCATE("char[]", _PLAINTEXT)
+
+
+def _give_buffer(buffer: Any) -> None:
+    """Back to the pool, views of it alive or not (_take_buffer checks)."""
+    if len(_pool) >= _POOL_MAX:
+        del _pool[0]  # the oldest: held by views since it went in, or it would have been taken
+    _pool.append(buffer)
+
 
 class _Direct:
     """A link's SSL connection driven through pyOpenSSL's own C binding, where its public
@@ -340,10 +375,17 @@ class _Direct:
         self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
 
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
-        """SSL_read up to ``size`` bytes into ``buffer[offset:]``; raises as ``recv``."""
-        result: int = self.lib.SSL_read(self.ssl, buffer + offset, size)
-        self.connection._raise_ssl_error(self.ssl, result)
-        return result
+        """SSL_read up to ``size`` bytes into ``buffer[offset:]``: how many, or -1 when
+        OpenSSL wants more bytes (what ends every read: no WantReadError made, raised and
+        caught each time); raises as ``recv`` otherwise."""
+        lib, ssl = self.lib, self.ssl
+        result: int = lib.SSL_read(ssl, buffer + offset, size)
+        if result > 0:  # (SSL_get_error would say SSL_ERROR_NONE: nothing to raise)
+            return result
+        if lib.SSL_get_error(ssl, result) == lib.SSL_ERROR_WANT_READ:
+            return -1
+        self.connection._raise_ssl_error(ssl, result)
+        return result  # (not reached: _raise_ssl_error raised)
 
     def lend(self, data: bytes | memoryview) -> bool:
         """Make ``data`` itself OpenSSL's receive BIO (a read-only memory BIO over it) until
@@ -543,19 +585,22 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                     chunks.append(connection.recv(_READ_SIZE))
                     continue
                 if buffer is None:
-                    size = min(self._incoming, _READ_SIZE) + _SLACK
-                    buffer = _ALLOCATE("char[]", size)
-                filled += direct.read_into(buffer, filled, size - filled)
+                    buffer = _take_buffer()
+                    size = len(buffer)
+                got = direct.read_into(buffer, filled, size - filled)
+                if got < 0:
+                    if not self._feed_unfed():
+                        break
+                    continue
+                filled += got
                 if filled == size:
-                    chunks.append(self._plaintext(direct, buffer, filled, size))
+                    chunks.append(self._plaintext(direct, buffer, filled))
+                    _give_buffer(buffer)
                     buffer = None
                     filled = 0
             except WantReadError:
-                unfed = self._unfed
-                if not unfed:
+                if not self._feed_unfed():
                     break
-                connection.bio_write(unfed[:_BIO_SLICE])
-                self._unfed = unfed[_BIO_SLICE:]
             except ZeroReturnError:
                 end = True
                 break
@@ -563,7 +608,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                 failure = Failure()
                 break
         if filled:
-            chunks.append(self._plaintext(direct, buffer, filled, size))
+            chunks.append(self._plaintext(direct, buffer, filled))
+        if buffer is not None:
+            _give_buffer(buffer)
+            buffer = None
         self._unfed = memoryview(b"")  # all fed, or the connection is ending
         if chunks and not self._aborted:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -575,14 +623,23 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             self._tlsShutdownFinished(failure)  # type: ignore[no-untyped-call]
         self._flushSendBIO()
 
+    def _feed_unfed(self) -> bool:
+        """Give the receive BIO the next slice of this read (False: nothing is left)."""
+        unfed = self._unfed
+        if not unfed:
+            return False
+        self._tlsConnection.bio_write(unfed[:_BIO_SLICE])
+        self._unfed = unfed[_BIO_SLICE:]
+        return True
+
     @staticmethod
-    def _plaintext(direct: Any, buffer: Any, filled: int, size: int) -> bytes | memoryview:
+    def _plaintext(direct: Any, buffer: Any, filled: int) -> bytes | memoryview:
         """What a read decrypted: the buffer itself, read-only (the link's frame decoder
-        may keep views of it: pieces of a large body), when it is at least half full; a
-        copy of the bytes otherwise, so that views never hold more than twice what they
-        show."""
+        may keep views of it: pieces of a large body), when it holds at least _VIEW_MIN
+        bytes; a copy of the bytes otherwise, so that views never hold more than ~4 times
+        what they show (a pooled buffer is the largest read's size)."""
         data = direct.ffi.buffer(buffer, filled)
-        if 2 * filled >= size:
+        if filled >= _VIEW_MIN:
             return memoryview(data).toreadonly()
         copy: bytes = data[:]
         return copy
