@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 os.environ.setdefault("BASE_PORT", "18580")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +42,20 @@ def stat(pid: int) -> tuple[float, float, int]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7])
+
+
+def perf_during(out: str, label: str, pid: int, record: list[str], report: list[str],
+                work: Callable[[], None]) -> str:
+    """``perf record`` of ``pid`` while ``work()`` runs; perf report's text."""
+    data = os.path.join(out, f"{label}.data")
+    proc = subprocess.Popen(["perf", "record", "-q", *record, "-o", data, "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness.time.sleep(1.0)  # perf attaches; it prints nothing to wait for
+    work()
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    return subprocess.run(["perf", "report", "-i", data, "--stdio", *report],
+                          capture_output=True, text=True, check=False).stdout
 
 
 def curl_big(port: int, host: str, count: int) -> None:
@@ -129,34 +144,18 @@ def main() -> None:
         if args.perf:
             # Where the CPU goes, kernel and user alike (perf's cpu-clock; no call graphs).
             for name, pid in edges.items():
-                data = os.path.join(out, f"cpu-{name}.data")
-                proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F",
-                                         "4999", "-o", data, "-p", str(pid)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                harness.time.sleep(1.0)
-                curl_big(port, p2.host, args.transfers)
-                proc.send_signal(2)
-                proc.wait(timeout=60)
-                report = subprocess.run(["perf", "report", "-i", data, "--stdio",
-                                         "--sort", "dso,sym"], capture_output=True,
-                                        text=True, check=False).stdout
-                print(f"  {name} CPU:\n" + "\n".join([
-                    line for line in report.splitlines() if line.strip()
-                    and not line.startswith("#")][:40]))
+                report = perf_during(out, f"cpu-{name}", pid, ["-e", "cpu-clock", "-F", "4999"],
+                                     ["--sort", "dso,sym"], lambda: curl_big(
+                                         port, p2.host, args.transfers))
+                lines = [line for line in report.splitlines()
+                         if line.strip() and not line.startswith("#")]
+                print(f"  {name} CPU:\n" + "\n".join(lines[:40]))
         if args.faults:
             # Where the page faults come from (perf's software event; call graphs).
             for name, pid in edges.items():
-                data = os.path.join(out, f"faults-{name}.data")
-                proc = subprocess.Popen(["perf", "record", "-q", "-e", "page-faults", "-g",
-                                         "-o", data, "-p", str(pid)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                harness.time.sleep(1.0)
-                curl_big(port, p2.host, args.transfers)
-                proc.send_signal(2)
-                proc.wait(timeout=60)
-                report = subprocess.run(["perf", "report", "-i", data, "--stdio",
-                                         "--no-children", "-G"], capture_output=True,
-                                        text=True, check=False).stdout
+                report = perf_during(out, f"faults-{name}", pid, ["-e", "page-faults", "-g"],
+                                     ["--no-children", "-G"], lambda: curl_big(
+                                         port, p2.host, args.transfers))
                 print(f"  {name} page faults:\n" + "\n".join(
                     line for line in report.splitlines()[:60] if line.strip()))
         times: dict[str, list[float]] = {"p1": [], "p2": [], "direct": []}

@@ -30,7 +30,6 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
-    VIEW_WRITERS,
     Headers,
     ICompletingResponder,
     IRequestBody,
@@ -636,12 +635,7 @@ class GuardedExchange:
             size = sum(map(len, parts))
             self.sent += size
             stats.bytes_out += size
-        responder = self.responder
-        writer = VIEW_WRITERS[type(responder)]
-        if writer is not None:
-            writer(responder, parts)
-        else:
-            write_parts(responder, parts)
+        write_parts(self.responder, parts)
 
     def trailers(self, fields: Headers) -> None:
         before = self.response

@@ -15,7 +15,6 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
-    VIEW_WRITERS,
     Headers,
     IByteStream,
     ICompletingResponder,
@@ -295,12 +294,7 @@ class OutboundExchange:
             parts = [frame.data for frame in run if frame.data]
             size = sum(map(len, parts))
         if parts:
-            responder = self.responder
-            writer = VIEW_WRITERS[type(responder)]
-            if writer is not None:
-                writer(responder, parts)
-            else:
-                write_parts(responder, parts)
+            write_parts(self.responder, parts)
             receiver = self.receiver
             if receiver.paused:
                 receiver.held += size
