@@ -34,10 +34,14 @@ import harness
 
 EVENTS = ["syscalls:sys_enter_recvfrom", "syscalls:sys_enter_sendmsg",
           "syscalls:sys_enter_sendto", "syscalls:sys_enter_epoll_wait",
-          "syscalls:sys_enter_epoll_ctl", "context-switches", "cpu-migrations"]
+          "syscalls:sys_enter_epoll_ctl", "syscalls:sys_enter_mmap",
+          "syscalls:sys_enter_munmap", "syscalls:sys_enter_mremap", "syscalls:sys_enter_brk",
+          "context-switches", "cpu-migrations"]
 SHORT = {"syscalls:sys_enter_recvfrom": "recv", "syscalls:sys_enter_sendmsg": "sendmsg",
          "syscalls:sys_enter_sendto": "sendto", "syscalls:sys_enter_epoll_wait": "epoll",
-         "syscalls:sys_enter_epoll_ctl": "ctl", "context-switches": "cs",
+         "syscalls:sys_enter_epoll_ctl": "ctl", "syscalls:sys_enter_mmap": "mmap",
+         "syscalls:sys_enter_munmap": "munmap", "syscalls:sys_enter_mremap": "mremap",
+         "syscalls:sys_enter_brk": "brk", "context-switches": "cs",
          "cpu-migrations": "migr"}
 
 
@@ -196,7 +200,8 @@ def show(label: str, r: dict[str, Any]) -> str:
         e = r[name]
         line += (f" {name}: " + " ".join(f"{k} {e[k]:.1f}" for k in
                                          ("recv", "sendmsg", "sendto", "epoll", "ctl", "cs",
-                                          "vol", "invol", "migr", "flt") if k in e)
+                                          "vol", "invol", "migr", "flt", "mmap", "munmap",
+                                          "mremap", "brk") if k in e)
                  + f" u {e['user_ms']:.2f} s {e['sys_ms']:.2f} ms |")
     return line + "\n    queues (mean/max): " + r["queues"]
 
@@ -237,11 +242,15 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
     origin_tmp = setup_dir(out, "origin", bodies, base_ports["origin"], base_ports)
     harness.start_origin(origin_tmp)
     meshes = []
+    trees = [os.path.abspath(args.tree), *([os.path.abspath(args.tree2)] if args.tree2 else [])]
     for k in range(args.meshes):
         harness.CFG["BASE_PORT"] = str(int(os.environ["BASE_PORT"]) + 10 * (k + 1))
         ports = harness.ports()
         tmp = setup_dir(out, f"mesh{k}", bodies, base_ports["origin"], ports)
         harness.PORTS = ports
+        harness.REPO = trees[k % len(trees)]  # --tree2: the meshes alternate the trees
+        harness._compiled.clear()
+        print(f"mesh {k}: {harness.REPO}", flush=True)
         mesh = harness.start_mesh(tmp, 0, False)
         harness.check_until_ready(p2, bodies, ["/small"])
         harness.wrk(p2, "/big", args.warmup)
@@ -252,6 +261,7 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
         procs = harness.start_nginx_proxy(origin_tmp)
         harness.check_until_ready(harness.TARGETS["nginx"], bodies, ["/big"])
         nginx_pids = harness.tree(procs[0].pid)
+    results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
     for rnd in range(args.rounds):
         if nginx_pids:
             harness.PORTS = base_ports
@@ -268,8 +278,16 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
             harness.PORTS = ports
             b0 = busy()
             r = measure(mesh, p2, args.duration, out, f"{k}-{rnd}")
+            results[trees[k % len(trees)]].append(r)
             b1 = busy()
             print(show(f"round {rnd} mesh {k}", r) + " " + fmt_busy(b0, b1), flush=True)
+    for tree, runs in results.items():
+        print(f"{tree}: medians of {len(runs)} runs: edges "
+              f"{statistics.median(r['us_per_req'] for r in runs):.0f} us/req; " + "; ".join(
+                  f"{name} " + ", ".join(
+                      f"{key} {statistics.median(r[name].get(key, 0) for r in runs):.2f}"
+                      for key in ("flt", "mmap", "vol", "recv", "user_ms", "sys_ms"))
+                  for name in ("edge-1", "edge-2")))
     for ports, _ in meshes:
         print("link: " + link_state(ports["edge-2-hub"]).replace("\n", "\n      "))
 
@@ -287,6 +305,8 @@ def fmt_busy(b0: dict[str, tuple[int, int, int]], b1: dict[str, tuple[int, int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=harness.REPO)
+    parser.add_argument("--tree2", default="",
+                        help="with --meshes: every other mesh runs this tree (an A/B in turn)")
     parser.add_argument("--starts", type=int, default=6)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--duration", default="5s")
@@ -301,6 +321,8 @@ def main() -> None:
                         help="perf record (cpu-clock) of each edge per run: rec-*.txt in out")
     parser.add_argument("--perf-faults", action="store_true",
                         help="perf record -g of each edge's page faults per run: rec-*.txt")
+    parser.add_argument("--record", default="",
+                        help="perf record's options, e.g. '-e syscalls:sys_enter_mmap -g'")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -308,6 +330,8 @@ def main() -> None:
         PERF_RECORD[:] = ["-e", "cpu-clock", "-F", "1999"]
     if args.perf_faults:
         PERF_RECORD[:] = ["-e", "page-faults", "-g"]
+    if args.record:
+        PERF_RECORD[:] = args.record.split()
     out = tempfile.mkdtemp(prefix="edgemesh-bimodal-")
     harness.OUTDIR = out
     harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0", MESH_ARGS=args.mesh_args)
