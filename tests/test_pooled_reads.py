@@ -104,17 +104,20 @@ def test_a_kept_view_is_never_overwritten(pair: tuple[socket.socket, socket.sock
     assert protocol.buffers[-1] in protocol.buffers[2:5]  # a released one is reused
 
 
-def test_read_size_is_the_transports(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_reads_are_a_link_read_at_most(pair: tuple[socket.socket, socket.socket]) -> None:
+    """LARGE_BUFFER per read (a link's bufferSize, use_large_buffer), the pool's buffer size."""
     ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     protocol = Keeper()
     transport = server(ours, protocol)
-    transport.bufferSize = 1000
     pooled_reads(transport)
-    theirs.sendall(b"y" * 2500)
-    transport.doRead()
-    transport.doRead()
-    transport.doRead()
-    assert [len(read) for read in protocol.reads] == [1000, 1000, 500]
+    total = LARGE_BUFFER + 1000
+    theirs.sendall(b"y" * total)
+    while sum(map(len, protocol.reads)) < total:
+        transport.doRead()
+    assert max(map(len, protocol.reads)) <= LARGE_BUFFER
+    assert b"".join(protocol.reads) == b"y" * total
 
 
 def test_nothing_to_read_end_and_error(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -129,7 +132,7 @@ def test_nothing_to_read_end_and_error(pair: tuple[socket.socket, socket.socket]
     assert len(_io._read_pool) == 1  # the buffer went back either way
 
     class Failing:
-        def recv_into(self, buffer: Any, size: int) -> int:
+        def recv_into(self, buffer: Any) -> int:
             raise OSError(errno.ECONNRESET, "reset")
 
     other = server(socket.socket(), Keeper())
