@@ -26,7 +26,10 @@ MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 DEFAULT_MMAP_THRESHOLD = 256 * 1024
 """Blocks of a link's read (transports/_io.LARGE_BUFFER) and more: the pod connections'
-reads (at most 128 KiB) and everything smaller stay on the heap, without a page fault each."""
+reads (at most 128 KiB) and everything smaller stay on the heap, without a page fault each.
+A plaintext link no longer allocates its reads (transports/_io.pooled_reads): a new bytes of
+LARGE_BUFFER + 33 bytes per read was mapped and faulted in whenever the heap had no hole for
+it, the bimodal slow state of p2 /big (bench/results-2026-12-04.md section 2)."""
 
 
 def set_mmap_threshold(size: int) -> bool:

@@ -11,11 +11,14 @@ once and hand Twisted only what the kernel did not take.  Any other transport
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import mmap
+import sys
+from collections.abc import Callable, Sequence
+from errno import EWOULDBLOCK
 from typing import Any
 
 from twisted.application._client_service import _ReconnectingProtocolProxy
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.endpoints import _WrappingProtocol
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -129,6 +132,89 @@ def pause_past(transport: Any, high_water: int) -> None:
 def use_large_buffer(transport: Any) -> None:
     if hasattr(transport, "bufferSize"):  # Twisted's FileDescriptor transports
         transport.bufferSize = LARGE_BUFFER
+
+
+_READ_POOL_MAX = 3
+_read_pool: list[mmap.mmap] = []
+"""Buffers that pooled reads go into, process-wide: at most _READ_POOL_MAX of them (one to
+read into, others still held by views that someone kept past the read's dataReceived)."""
+
+
+def _take_read_buffer() -> mmap.mmap:
+    """A pooled read buffer that nothing else refers to any more, or a new one."""
+    pool = _read_pool
+    for index in range(len(pool)):
+        buffer = pool[index]
+        # The pool's reference, this name's and getrefcount's only: no view of it is alive
+        # (every memoryview of it holds one, through their shared managed buffer).
+        if sys.getrefcount(buffer) == 3:
+            del pool[index]
+            return buffer
+    # Anonymous memory, untouched until a read writes to it: an idle node's small reads
+    # make only their first pages resident.
+    return mmap.mmap(-1, LARGE_BUFFER)
+
+
+def _give_read_buffer(buffer: mmap.mmap) -> None:
+    """Back to the pool, views of it alive or not (_take_read_buffer checks)."""
+    if len(_read_pool) >= _READ_POOL_MAX:
+        del _read_pool[0]  # the oldest: held by views since it went in, or it would be taken
+    _read_pool.append(buffer)
+
+
+def pooled_reads(transport: Any) -> None:
+    """Read ``transport``'s socket into a pooled buffer, reused read after read, and hand
+    its protocol read-only views of it (``dataReceived(memoryview)``): for a protocol that
+    takes views and keeps none past the call (a link: transports/_links.py).  A plain TCP
+    transport only; others keep their own reads.
+
+    ``recv(LARGE_BUFFER)`` allocated a new bytes per read, 33 bytes above glibc's mmap
+    threshold (roles/_heap.py): it came from a hole of the C heap when one was free, else
+    it was mapped, page-faulted in (zeroed) 4 KiB at a time and unmapped after the read.
+    Which one a process got depended on its heap's history and changed as it ran: path 2
+    /big at 32 connections then cost edge-1 ~260 page faults per MiB and twice the system
+    time, the bimodal "slow state" (bench/results-2026-12-04.md section 2)."""
+    if type(transport) not in _PLAIN_TCP:
+        return
+    transport.doRead = _pooled_read(transport)
+
+
+def _pooled_read(transport: Any) -> Callable[[], object]:
+    """tcp.Connection.doRead, reading into a pooled buffer (its answers: an error from
+    recv_into, connection lost; nothing read, done).  Reads are LARGE_BUFFER at most, the
+    pool's buffers (a link's bufferSize, use_large_buffer)."""
+    recv_into = transport.socket.recv_into
+    pool = _read_pool
+    getrefcount = sys.getrefcount
+
+    def doRead() -> object:
+        # The pool's last buffer, when only the pool refers to it (and getrefcount's
+        # argument), inline; the rest is _take_read_buffer's (callgrind, one 200-byte read:
+        # 12.0 -> 8.8 k instructions; Twisted's doRead, 5.6 k; p2 /small 430 -> 424 k).
+        if pool and getrefcount(pool[-1]) == 2:
+            buffer = pool.pop()
+        else:
+            buffer = _take_read_buffer()
+        try:
+            size = recv_into(buffer)
+        except OSError as error:
+            _give_read_buffer(buffer)
+            if error.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not size:
+            _give_read_buffer(buffer)
+            return main.CONNECTION_DONE
+        try:
+            transport.protocol.dataReceived(memoryview(buffer)[:size].toreadonly())
+        finally:
+            if len(pool) < _READ_POOL_MAX:
+                pool.append(buffer)
+            else:
+                _give_read_buffer(buffer)
+        return None
+
+    return doRead
 
 
 DEFAULT_BACKLOG = 4096

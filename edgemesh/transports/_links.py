@@ -55,7 +55,7 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import direct_reads, use_large_buffer, write_all_now, write_now
+from ._io import direct_reads, pooled_reads, use_large_buffer, write_all_now, write_now
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
@@ -182,6 +182,7 @@ class EnvelopeLink(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         use_large_buffer(transport)
+        pooled_reads(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -258,7 +259,7 @@ class EnvelopeLink(Protocol):
                 exchange.uncork()
         self.flush()
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
         was_ready = self.connection.ready

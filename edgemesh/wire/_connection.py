@@ -162,7 +162,7 @@ class Connection:
 
     # --- receiving -------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Frame]:
+    def receive(self, data: bytes | memoryview) -> list[Frame]:
         """Frames the application must act on.  Ping is answered here; frames for
         streams that already ended on our side are dropped."""
         events: list[Frame] = []

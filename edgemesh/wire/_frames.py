@@ -1093,7 +1093,7 @@ class FrameDecoder:
         # Only a router sends catalogs: nobody else gets a frame above max_frame buffered.
         self._large_catalogs = not hello_first
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
         if self._failed:
             raise ProtocolError("decoder already failed")
         frames: list[Frame] = []
