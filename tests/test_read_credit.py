@@ -19,7 +19,7 @@ from edgemesh.exchange import READ_LIMITERS, ISizedProducer
 from edgemesh.testing import RecordingResponder
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
 from edgemesh.transports._io import SMALL_BUFFER
-from edgemesh.transports._upconnection import MIN_READ
+from edgemesh.transports._upconnection import MAX_READ, RAMP_READS, ROOM_READ
 from edgemesh.transports._upexchange import _UpstreamExchange
 from edgemesh.wire import Connection, Limits
 from edgemesh.wire._connection import SEND_FLOOR
@@ -106,37 +106,56 @@ def test_a_stalled_stream_holds_nothing_of_its_pod_connections_reads() -> None:
     assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
 
 
-def test_a_read_is_cut_to_the_credit_left_not_below_the_floor() -> None:
-    w = World()
+def _ramped(window: int, size: int = 4 * 1024 * 1024) -> World:
+    """A world whose edge-1 announces ``window`` of credit per stream, its client stalled,
+    and a pod connection ramped to MAX_READ (RAMP_READS whole 64 KiB reads taken)."""
+    w = World(initial_window=window)
     w.exchange.pauseProducing()
-    w.pod.send(HEAD % (1024 * 1024))
-    w.pod.send(b"b" * (WINDOW - 20_000))  # leaves 20 000 bytes of credit
+    w.pod.send(HEAD % size)
+    for _ in range(RAMP_READS):
+        w.pod.send(b"b" * SMALL_BUFFER)
+        w.pair.pump()
+    conn: Any = w.pod.protocol._wrappedProtocol
+    assert conn.want == MAX_READ
+    return w
+
+
+def test_a_read_is_cut_to_the_credit_left_not_below_a_room_read() -> None:
+    w = _ramped(RAMP_READS * SMALL_BUFFER + MAX_READ + 100_000)
+    assert w.transport.bufferSize == MAX_READ
+    w.pod.send(b"b" * MAX_READ)
     w.pair.pump()
-    assert w.reading and w.transport.bufferSize == 20_000
-    w.pod.send(b"b" * 10_000)  # 10 000 left: below the floor, so it waits
+    assert w.reading and w.transport.bufferSize == 100_000  # the credit left
+    w.pod.send(b"b" * 60_000)  # 40 000 left: above the floor, so a room read (64 KiB)
     w.pair.pump()
-    assert not w.reading and w.queued == 0
+    assert w.reading and w.transport.bufferSize == ROOM_READ
+    w.pod.send(b"b" * ROOM_READ)
+    w.pair.pump()
+    assert not w.reading
+    assert w.queued == ROOM_READ - 40_000 <= ROOM_READ - SEND_FLOOR
     w.exchange.resumeProducing()  # credit again: the rest of the body follows
     w.pair.pump()
-    w.pod_reads(1024 * 1024 - WINDOW + 10_000)
-    assert w.responder.ended and len(w.responder.body) == 1024 * 1024
+    w.pod_reads(4 * 1024 * 1024 - w.sent - RAMP_READS * SMALL_BUFFER - MAX_READ - 60_000
+                - ROOM_READ)
+    assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
 
 
 def test_the_read_size_goes_back_to_the_ramp_after_the_exchange() -> None:
-    w = World()
-    w.exchange.pauseProducing()
-    w.pod.send(HEAD % 100_000)
-    w.pod.send(b"b" * (WINDOW - 30_000))
+    """The next exchange on the pooled connection may not limit anything: its reads are the
+    ramp's again, not the last stream's credit."""
+    size = RAMP_READS * SMALL_BUFFER + 100_000 + 50_000
+    w = _ramped(RAMP_READS * SMALL_BUFFER + 100_000, size)
+    assert w.transport.bufferSize == 100_000
+    w.pod.send(b"b" * 100_000)
     w.pair.pump()
-    assert w.transport.bufferSize == 30_000
+    assert not w.reading and w.queued == 0
     w.exchange.resumeProducing()
     w.pair.pump()
-    w.pod_reads(100_000 - (WINDOW - 30_000))
-    assert w.responder.ended
-    # Pooled for the next exchange, whose responder may not limit anything.
-    assert w.h.idle() == 1
+    w.pod_reads(50_000)
+    assert w.responder.ended and len(w.responder.body) == size
+    assert w.h.idle() == 1 and w.reading
     conn: Any = w.pod.protocol._wrappedProtocol
-    assert conn.room is None and w.transport.bufferSize == conn.want >= MIN_READ
+    assert conn.room is None and w.transport.bufferSize == conn.want  # the ramp after a pause
 
 
 @settings(max_examples=60, deadline=None)
@@ -172,10 +191,24 @@ def test_bodies_cross_whole_and_nothing_waits_for_credit(
             # A read never exceeds the credit by more than the floor allows, but the first
             # (sized before the stream said anything: 64 KiB, a default initial window).
             if not first:
-                assert w.queued <= max(0, MIN_READ - w.pair.server.connection.send_floor)
+                assert w.queued <= max(0, ROOM_READ - w.pair.server.connection.send_floor)
             first = False
     client.resumeProducing()
     w.pair.pump()
     left = w.pod_reads(left)
     assert left == 0
     assert w.responder.ended and len(w.responder.body) == size
+
+
+def test_a_response_that_ends_below_the_floor_leaves_its_pod_connection_reading() -> None:
+    """The last read of a body leaves less credit than the floor: the stream ends, and the
+    pod connection goes back to the pool reading (a server's close is noticed while idle)."""
+    w = World()
+    w.exchange.pauseProducing()
+    w.pod.send(HEAD % (WINDOW - 1000))
+    w.pod_reads(WINDOW - 1000)
+    assert w.responder.body == b"b" * (WINDOW - 1000) or not w.responder.ended
+    w.exchange.resumeProducing()
+    w.pair.pump()
+    assert w.responder.ended and len(w.responder.body) == WINDOW - 1000
+    assert w.h.idle() == 1 and w.reading

@@ -166,9 +166,11 @@ class _Sender:
             # sized one (the pod connection) the credit left, so that its next read fits
             # it: a read cut by the credit waited in the queue, one per stream (p2 /big at
             # 32 connections: 32 x ~62 KiB on edge-2, issue 15; see results 2026-12-04 §1).
+            # Only for a sized producer: another (a client's request body) keeps the old
+            # rule, and so does a stream whose end is due (its credit reads 0 once sent).
             blocked = (
-                link.paused or queued >= _PENDING_BOUND or window < conn.send_floor
-                or (queued > 0 and window <= 0)
+                link.paused or queued >= _PENDING_BOUND or (queued > 0 and window <= 0)
+                or (window < conn.send_floor and self.limit is not None and not self.ending)
             )
         if blocked:
             if not self.producer_paused:

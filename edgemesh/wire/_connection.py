@@ -60,9 +60,10 @@ from ._frames import (
 )
 
 _MAX_WINDOW = (1 << 31) - 1
-SEND_FLOOR = 16 * 1024
-"""A stream's sender stops its producer below this much credit (or half the peer's initial
-window, if less; ``Connection.send_floor``) rather than read what it could not send."""
+SEND_FLOOR = 32 * 1024
+"""A stream's sender stops a sized producer below this much credit (or half the peer's
+initial window, if less; ``Connection.send_floor``) rather than read what it could not send:
+a pod connection's 64 KiB read then leaves at most 32 KiB waiting for credit, not ~62."""
 BYTE_STREAMS_SETTING = "byte_streams"
 """Hello setting: 1 when the node understands STREAM_OPEN/STREAM_ACCEPT (older nodes do
 not, and would close the whole link on an unknown frame type)."""
