@@ -220,3 +220,20 @@ def test_a_response_that_ends_below_the_floor_leaves_its_pod_connection_reading(
     w.pair.pump()
     assert w.responder.ended and len(w.responder.body) == WINDOW - 1000
     assert w.h.idle() == 1 and w.reading
+
+
+def test_a_full_link_stops_the_pod_connections_at_once() -> None:
+    """edge-2's link socket is full: its pod connections stop reading now, rather than each
+    take one more read to queue whole (main: 64 KiB per stream)."""
+    w = World()
+    w.pod.send(HEAD % (1024 * 1024))
+    w.pod.send(b"b" * 1000)
+    w.pair.pump()
+    assert w.reading
+    w.pair.server.pauseProducing()  # as Twisted does past the link's write buffer size
+    assert not w.reading and w.queued == 0
+    w.pair.server.resumeProducing()
+    w.pair.pump()
+    assert w.reading
+    w.pod_reads(1024 * 1024 - 1000)
+    assert w.responder.ended and len(w.responder.body) == 1024 * 1024
