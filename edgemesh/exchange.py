@@ -273,6 +273,33 @@ def write_parts(responder: Any, parts: list[bytes | memoryview]) -> None:
         responder.write(b"".join(parts))
 
 
+class ISizedProducer(IPushProducer):
+    """An IPushProducer that also sizes its reads to what its consumer can pass on at once
+    (optional: looked up with ``READ_LIMITERS``)."""
+
+    def limit_reads(room: int) -> None:
+        """The consumer passes on ``room`` more bytes now without holding any of them: the
+        producer's next read takes no more than that (nor less than a floor of its own)."""
+
+
+ReadLimiter = Callable[[Any, int], None]
+"""A class's ``limit_reads``, unbound: called as ``limit_reads(producer, room)``."""
+
+
+class _ReadLimiters(dict[type, ReadLimiter | None]):
+    def __missing__(self, kind: type) -> ReadLimiter | None:
+        found: ReadLimiter | None = None
+        if ISizedProducer.implementedBy(kind):
+            found = kind.limit_reads
+        self[kind] = found
+        return found
+
+
+READ_LIMITERS: _ReadLimiters = _ReadLimiters()
+"""A producer class's ``limit_reads`` (unbound), or None where the class does not declare
+ISizedProducer: learnt once per class, as COMPLETERS."""
+
+
 class ITarget(Interface):
     """A way out of this node."""
 

@@ -457,10 +457,16 @@ class EnvelopeLink(Protocol):
     # --- IPushProducer: our transport's buffer ----------------------------------
 
     def pauseProducing(self) -> None:
-        # Lazily: a stream that tries to send while the link is paused queues its
+        # Lazily for most: a stream that tries to send while the link is paused queues its
         # piece and pauses its own producer then.  Pausing every stream's producer
         # here would cost a pause/resume (epoll changes) per stream per buffer-full.
+        # But a sized producer (a pod connection) now: else each one's next read waits
+        # whole in its queue (edge-2 of p2 /big at 32 connections, see results 2026-12-04 §1).
         self.paused = True
+        for exchange in self.exchanges.values():
+            sender = exchange.sender
+            if sender.limit is not None and not sender.producer_paused and not sender.done:
+                sender.update()
 
     def resumeProducing(self) -> None:
         self.paused = False

@@ -48,7 +48,10 @@ if TYPE_CHECKING:
     from ._upexchange import _UpstreamExchange
     from ._upstream import HTTPUpstreamTarget
 
-__all__ = ["HELD_BODY_LIMIT", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET", "ReadBudget"]
+__all__ = [
+    "HELD_BODY_LIMIT", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET", "ROOM_READ",
+    "ReadBudget",
+]
 
 MAX_READ: Final = 128 * 1024
 """The pod connections' largest read (and write-buffer threshold).  With the front's
@@ -67,6 +70,12 @@ section 11)."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""
+
+ROOM_READ: Final = 64 * 1024
+"""The smallest read a responder's room (``limit_reads``) cuts a read to: a read smaller
+than loopback's MSS (~64 KiB) from a full socket buffer does not reopen the pod's TCP window
+(the receiver's silly-window avoidance), and the pod waits for its persist timer: 16 KiB
+floors made p2 /big at 32 connections fall to 0-73 req/s, mesh CPU 7-17 % (bench/run.sh)."""
 
 
 class ReadBudget:
@@ -188,6 +197,11 @@ class _UpstreamConnection(Protocol):
         self.idle_since = 0.0
         self.idle_timer: IDelayedCall | None = None
         self.reading_paused = False
+        self.want = SMALL_BUFFER
+        """The read size the ramp and the target's ReadBudget allow (see dataReceived)."""
+        self.room: int | None = None
+        """What the responder takes at once, if it says (``limit_reads``: a link stream's
+        credit); the read size is then at most that (not below ROOM_READ)."""
         self.full_reads = 0
         """Whole reads in a row that the responder took without pausing (see dataReceived)."""
         self.waiters: list[Deferred[None]] = []
@@ -243,7 +257,8 @@ class _UpstreamConnection(Protocol):
         # Small first reads, doubling as the responder takes them (dataReceived): 32 new
         # connections behind one busy link each held a 128 KiB read (p2 /big, edge-2's
         # VmHWM growth at 32 connections: +5.45 -> +4.34 MiB; 20 x 1 MiB wall time unchanged).
-        self._read_size(min(SMALL_BUFFER, self.target.reads.cap()))
+        self.want = want = min(SMALL_BUFFER, self.target.reads.cap())
+        self._read_size(want)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -270,23 +285,47 @@ class _UpstreamConnection(Protocol):
         # taken without a pause.  A slow client holds ~64 KiB per connection, not a
         # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
         # Never above the target's ReadBudget share: many busy connections read less each.
-        size = getattr(self.transport, "bufferSize", None)
+        # Nor above the responder's room (limit_reads), without a ramp back: when a link
+        # stream's credit is plentiful again, so are the reads.
+        transport = self.transport
+        size = getattr(transport, "bufferSize", None)
         if size is None:
             return
+        want = self.want
         cap = self.target.reads.cap()
         if self.reading_paused:
             self.full_reads = 0
-            small = min(SMALL_BUFFER, cap)
-            if size != small:
-                self._read_size(small)
-        elif size > cap:
+            want = min(SMALL_BUFFER, cap)
+        elif want > cap:
             self.full_reads = 0
-            self._read_size(cap)
-        elif len(data) >= size and size < cap:
+            want = cap
+        elif len(data) >= size and want < cap:
             self.full_reads += 1
             if self.full_reads >= RAMP_READS:
                 self.full_reads = 0
-                self._read_size(min(size * 2, cap))
+                want = min(want * 2, cap)
+        self.want = want
+        room = self.room
+        if room is not None and room < want and want > ROOM_READ:
+            want = max(ROOM_READ, room)
+        if size != want:
+            transport.bufferSize = want
+
+    def limit_reads(self, room: int) -> None:
+        """The responder takes ``room`` more bytes at once: the next read is no larger
+        (nor below ROOM_READ), so that little of it waits in the responder's queue."""
+        self.room = room
+        want = self.want
+        if room < want and want > ROOM_READ:
+            want = max(ROOM_READ, room)
+        transport = self.transport
+        if getattr(transport, "bufferSize", want) != want:
+            transport.bufferSize = want
+
+    def unlimit_reads(self) -> None:
+        """The responder that limited the reads is done with this connection."""
+        self.room = None
+        self._read_size(self.want)
 
     def _read_size(self, size: int) -> None:
         """Twisted's FileDescriptor reads this much at once (and pauses a producer past it

@@ -28,6 +28,7 @@ from ..exchange import (
     Headers,
     IRequestBody,
     IResponder,
+    ISizedProducer,
     MeshError,
     Reason,
     RequestHead,
@@ -92,7 +93,7 @@ def connect_error(address: str, failure: Failure) -> MeshError:
                      unsent=True)
 
 
-@implementer(IRequestBody, IPushProducer)
+@implementer(IRequestBody, ISizedProducer)
 class _UpstreamExchange:
     """One exchange to one upstream address.  As IRequestBody it takes the request
     body from the source; as IPushProducer (given to the responder) it pauses
@@ -330,6 +331,13 @@ class _UpstreamExchange:
     def stopProducing(self) -> None:
         self.abort("the response consumer stopped")
 
+    def limit_reads(self, room: int) -> None:
+        """The responder takes ``room`` more bytes at once (a link stream's credit): the
+        connection reads no more than that (see _UpstreamConnection.limit_reads)."""
+        conn = self.conn
+        if conn is not None:
+            conn.limit_reads(room)
+
     # from the connection
 
     def connected(self, conn: _UpstreamConnection) -> None:
@@ -521,6 +529,8 @@ class _UpstreamExchange:
         self.conn = None
         conn.exchange = None
         conn.target.reads.busy -= 1
+        if conn.room is not None:  # the responder's limit is not the next one's
+            conn.unlimit_reads()
         if self.registered:
             self.registered = False
             conn.transport.unregisterProducer()

@@ -60,6 +60,10 @@ from ._frames import (
 )
 
 _MAX_WINDOW = (1 << 31) - 1
+SEND_FLOOR = 32 * 1024
+"""A stream's sender stops a sized producer below this much credit (or half the peer's
+initial window, if less; ``Connection.send_floor``) rather than read what it could not send:
+a pod connection's 64 KiB read then leaves at most 32 KiB waiting for credit, not ~62."""
 BYTE_STREAMS_SETTING = "byte_streams"
 """Hello setting: 1 when the node understands STREAM_OPEN/STREAM_ACCEPT (older nodes do
 not, and would close the whole link on an unknown frame type)."""
@@ -113,6 +117,11 @@ class Connection:
         self.peer_move = False
         """The peer reads GOAWAY's move-to hint."""
         self._peer_window = 0
+        self.send_floor = 0
+        """Credit below which a stream's sender may stop producing and wait for more: at most
+        half the peer's initial window, so the peer is bound to grant more once it has
+        consumed what was sent (its WINDOW goes when half its target is due, and its target
+        is never below that initial window; see ``consumed``).  Set by the peer's hello."""
         self.outbox: list[bytes] = []
         """Frames the connection itself wants written (data_to_send takes them)."""
         limits = self.limits
@@ -209,6 +218,7 @@ class Connection:
             self.peer_hops = frame.settings.get(HOPS_SETTING, 0) >= 1
             self.peer_move = frame.settings.get(MOVE_SETTING, 0) >= 1
             self._peer_window = window
+            self.send_floor = min(SEND_FLOOR, window // 2)
             return True
         if kind is Data:
             assert isinstance(frame, Data)

@@ -1,0 +1,239 @@
+"""
+A pod connection that answers over a link stream reads no more than the stream's credit
+(issue 15, p2 /big at 32 connections: edge-2 held the rest of one cut read per stream,
+32 x ~62 KiB).  Deterministic: a real pod connection (HTTPUpstreamTarget on a
+MemoryReactorClock, its socket a StringTransport with Twisted's read-size knob) answering
+through a real InboundExchange of two links joined by hand (test_links.Pair).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_links import Pair
+from test_upstream import GET, ROUTE, Harness, SizedTransport, Upstream
+
+from edgemesh.exchange import READ_LIMITERS, ISizedProducer
+from edgemesh.testing import RecordingResponder
+from edgemesh.transports._halves import InboundExchange, OutboundExchange
+from edgemesh.transports._io import SMALL_BUFFER
+from edgemesh.transports._upconnection import MAX_READ, RAMP_READS, ROOM_READ
+from edgemesh.transports._upexchange import _UpstreamExchange
+from edgemesh.wire import Connection, Limits
+from edgemesh.wire._connection import SEND_FLOOR
+
+WINDOW = Limits().initial_window
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+class World:
+    """edge-1 (the pair's client) asks edge-2 (its server), whose inbound exchange is the
+    responder of a pod connection of edge-2's upstream target."""
+
+    def __init__(self, **limits: Any) -> None:
+        self.pair = Pair(limits=Limits(**limits)) if limits else Pair()
+        self.exchange, self.responder = self.pair.open(content_length=0, method=b"GET")
+        self.pair.pump()
+        self.inbound: InboundExchange = self.pair.inbound().exchange
+        self.h = Harness()
+        self.h.target.open(ROUTE, GET, self.inbound)
+        self.pod: Upstream = self.h.accept(transport=SizedTransport())
+        self.pod.received()
+        self.transport: SizedTransport = self.pod.transport
+        self.sent = 0
+
+    @property
+    def reading(self) -> bool:
+        return bool(self.transport.producerState == "producing")
+
+    def pod_reads(self, left: int) -> int:
+        """The kernel hands the pod connection what it asks for (a socket with ``left``
+        bytes waiting) until it stops reading; returns what is left."""
+        while left and self.reading:
+            size = min(left, self.transport.bufferSize)
+            self.pod.send(b"b" * size)
+            self.sent += size
+            left -= size
+            self.pair.pump()
+        return left
+
+    @property
+    def queued(self) -> int:
+        return self.inbound.sender.queued
+
+
+def test_the_upstream_exchange_is_a_sized_producer() -> None:
+    assert ISizedProducer.implementedBy(_UpstreamExchange)
+    assert READ_LIMITERS[_UpstreamExchange] is _UpstreamExchange.limit_reads
+    assert READ_LIMITERS[RecordingResponder] is None
+
+
+def test_send_floor_is_at_most_half_the_peers_initial_window() -> None:
+    """Below it a sender waits for credit: the peer grants more once half its target (never
+    below its initial window) is due, so waiting there cannot deadlock."""
+    for window, floor in ((WINDOW, SEND_FLOOR), (16 * 1024, 8 * 1024), (1, 0)):
+        peer = Connection(client=True, limits=Limits(initial_window=window))
+        conn = Connection(client=False)
+        assert conn.send_floor == 0  # no hello yet
+        conn.receive(peer.hello("edge-1", "edge"))
+        assert conn.send_floor == floor
+
+
+def test_a_stalled_stream_holds_nothing_of_its_pod_connections_reads() -> None:
+    """The client stops reading: edge-1 returns no credit.  The pod connection reads the
+    stream's credit and then stops; nothing waits in the stream's queue (main: the next
+    64 KiB read, all of it queued behind the empty window)."""
+    w = World()
+    w.exchange.pauseProducing()  # edge-1's client is slow: no credit comes back
+    w.pod.send(HEAD % (4 * 1024 * 1024))
+    left = w.pod_reads(4 * 1024 * 1024)
+    assert not w.reading
+    assert w.queued == 0
+    assert w.sent == WINDOW  # what the credit allowed, no more
+    assert len(w.responder.body) == WINDOW
+    # The client reads again: credit comes back and the reads resume at full size (not
+    # shrunk: the credit is plentiful).
+    w.exchange.resumeProducing()
+    w.pair.pump()
+    assert w.reading
+    window = w.pair.server.connection.send_window(w.inbound.sid)
+    assert window >= WINDOW
+    assert w.transport.bufferSize == min(SMALL_BUFFER, window)
+    w.pod_reads(left)
+    assert w.queued == 0
+    assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
+
+
+def _ramped(window: int, size: int = 4 * 1024 * 1024) -> World:
+    """A world whose edge-1 announces ``window`` of credit per stream, its client stalled,
+    and a pod connection ramped to MAX_READ (RAMP_READS whole 64 KiB reads taken)."""
+    w = World(initial_window=window)
+    w.exchange.pauseProducing()
+    w.pod.send(HEAD % size)
+    for _ in range(RAMP_READS):
+        w.pod.send(b"b" * SMALL_BUFFER)
+        w.pair.pump()
+    conn: Any = w.pod.protocol._wrappedProtocol
+    assert conn.want == MAX_READ
+    return w
+
+
+def test_a_read_is_cut_to_the_credit_left_not_below_a_room_read() -> None:
+    w = _ramped(RAMP_READS * SMALL_BUFFER + MAX_READ + 100_000)
+    assert w.transport.bufferSize == MAX_READ
+    w.pod.send(b"b" * MAX_READ)
+    w.pair.pump()
+    assert w.reading and w.transport.bufferSize == 100_000  # the credit left
+    w.pod.send(b"b" * 60_000)  # 40 000 left: above the floor, so a room read (64 KiB)
+    w.pair.pump()
+    assert w.reading and w.transport.bufferSize == ROOM_READ
+    w.pod.send(b"b" * ROOM_READ)
+    w.pair.pump()
+    assert not w.reading
+    assert w.queued == ROOM_READ - 40_000 <= ROOM_READ - SEND_FLOOR
+    w.exchange.resumeProducing()  # credit again: the rest of the body follows
+    w.pair.pump()
+    w.pod_reads(4 * 1024 * 1024 - w.sent - RAMP_READS * SMALL_BUFFER - MAX_READ - 60_000
+                - ROOM_READ)
+    assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
+
+
+def test_the_read_size_goes_back_to_the_ramp_after_the_exchange() -> None:
+    """The next exchange on the pooled connection may not limit anything: its reads are the
+    ramp's again, not the last stream's credit."""
+    size = RAMP_READS * SMALL_BUFFER + 100_000 + 50_000
+    w = _ramped(RAMP_READS * SMALL_BUFFER + 100_000, size)
+    assert w.transport.bufferSize == 100_000
+    w.pod.send(b"b" * 100_000)
+    w.pair.pump()
+    assert not w.reading and w.queued == 0
+    w.exchange.resumeProducing()
+    w.pair.pump()
+    w.pod_reads(50_000)
+    assert w.responder.ended and len(w.responder.body) == size
+    assert w.h.idle() == 1 and w.reading
+    conn: Any = w.pod.protocol._wrappedProtocol
+    assert conn.room is None and w.transport.bufferSize == conn.want  # the ramp after a pause
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 600_000),
+    steps=st.lists(st.tuples(st.sampled_from(["pause", "resume", "full", "drained"]),
+                             st.integers(1, 200_000)), min_size=1, max_size=40),
+    window=st.sampled_from([4096, 16 * 1024, WINDOW]),
+)
+def test_bodies_cross_whole_and_nothing_waits_for_credit(
+    size: int, steps: list[tuple[str, int]], window: int
+) -> None:
+    """Whatever the client's pauses, edge-2's link socket filling and draining, the pod's
+    pace, and whatever initial window edge-1 announces (small ones make the floor smaller):
+    the body crosses whole, a read waits for credit at most by what the floor allows, and
+    reading never stalls for good."""
+    w = World(initial_window=window)
+    client: OutboundExchange = w.exchange
+    w.pod.send(HEAD % size)
+    w.pair.pump()
+    left = size
+    first = True
+    link = w.pair.server
+    for action, pace in steps:
+        if action == "pause":
+            client.pauseProducing()
+        elif action == "resume":
+            client.resumeProducing()
+        elif action == "full":
+            link.pauseProducing()  # as Twisted does past the link's write buffer size
+        else:
+            link.resumeProducing()
+        w.pair.pump()
+        while left and w.reading and pace > 0:
+            chunk = min(left, w.transport.bufferSize, pace)
+            w.pod.send(b"b" * chunk)
+            left -= chunk
+            pace -= chunk
+            w.pair.pump()
+            # A read never exceeds the credit by more than the floor allows, but the first
+            # (sized before the stream said anything: 64 KiB, a default initial window).
+            if not first and not link.paused:
+                assert w.queued <= max(0, ROOM_READ - link.connection.send_floor)
+            first = False
+    client.resumeProducing()
+    link.resumeProducing()
+    w.pair.pump()
+    left = w.pod_reads(left)
+    assert left == 0
+    assert w.responder.ended and len(w.responder.body) == size
+
+
+def test_a_response_that_ends_below_the_floor_leaves_its_pod_connection_reading() -> None:
+    """The last read of a body leaves less credit than the floor: the stream ends, and the
+    pod connection goes back to the pool reading (a server's close is noticed while idle)."""
+    w = World()
+    w.exchange.pauseProducing()
+    w.pod.send(HEAD % (WINDOW - 1000))
+    w.pod_reads(WINDOW - 1000)
+    assert w.responder.body == b"b" * (WINDOW - 1000) or not w.responder.ended
+    w.exchange.resumeProducing()
+    w.pair.pump()
+    assert w.responder.ended and len(w.responder.body) == WINDOW - 1000
+    assert w.h.idle() == 1 and w.reading
+
+
+def test_a_full_link_stops_the_pod_connections_at_once() -> None:
+    """edge-2's link socket is full: its pod connections stop reading now, rather than each
+    take one more read to queue whole (main: 64 KiB per stream)."""
+    w = World()
+    w.pod.send(HEAD % (1024 * 1024))
+    w.pod.send(b"b" * 1000)
+    w.pair.pump()
+    assert w.reading
+    w.pair.server.pauseProducing()  # as Twisted does past the link's write buffer size
+    assert not w.reading and w.queued == 0
+    w.pair.server.resumeProducing()
+    w.pair.pump()
+    assert w.reading
+    w.pod_reads(1024 * 1024 - 1000)
+    assert w.responder.ended and len(w.responder.body) == 1024 * 1024
