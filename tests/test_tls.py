@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -1485,3 +1488,82 @@ def test_the_installed_pyopenssl_takes_the_direct_path() -> None:
     pyOpenSSL upgrade that renames them costs ~30 % more instructions per MiB, results §15)."""
     assert _links._C is not None
     assert _links._Direct.usable(SSL.Connection(SSL.Context(SSL.TLS_METHOD), None))
+
+
+class CountingSocket:
+    """A socket that counts how it was read (Twisted's transports call recv; a link's TLS
+    layer should call recv_into its reused buffer)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = self.recv_intos = self.received = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        data = self.sock.recv(size)
+        self.received += len(data)
+        return data
+
+    def recv_into(self, buffer: Any, size: int = 0) -> int:
+        self.recv_intos += 1
+        got = self.sock.recv_into(buffer, size)
+        self.received += got
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def socket_transport(reactor: MemoryReactorClock, sock: CountingSocket,
+                     protocol: Any) -> tcp.Server:
+    transport = tcp.Server(sock, protocol, ("127.0.0.1", 40000), None, 1, reactor)
+    protocol.makeConnection(transport)
+    return transport
+
+
+def pump_sockets(reactor: MemoryReactorClock, *ends: tuple[tcp.Server, CountingSocket]) -> None:
+    """Reads and writes on both ends until neither moves a byte (a socketpair delivers at
+    once: no waiting)."""
+    for _ in range(10_000):
+        before = sum(sock.received for _, sock in ends)
+        for transport, _ in ends:
+            if transport in reactor.getWriters():
+                transport.doWrite()
+        for transport, _ in ends:
+            if transport in reactor.getReaders():
+                transport.doRead()
+        if (sum(sock.received for _, sock in ends) == before
+                and not any(t in reactor.getWriters() for t, _ in ends)):
+            return
+    raise AssertionError("the sockets never went quiet")
+
+
+def test_link_tls_reads_its_socket_into_one_reused_buffer(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A link's TLS layer on a TCP transport reads the socket with recv_into one buffer of
+    the process, not recv (a new ~256 KiB bytes per read: malloc'd, faulted in page by page,
+    freed); what the link receives stays intact though that buffer is read into again, and
+    the transport's own doRead is back once the connection is lost."""
+    server_app, client_app = Kept(), Bytes()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
+    a, b = socket.socketpair()
+    server_sock, client_sock = CountingSocket(a), CountingSocket(b)
+    server_end = socket_transport(reactor, server_sock, server)
+    client_end = socket_transport(reactor, client_sock, client)
+    pump_sockets(reactor, (server_end, server_sock), (client_end, client_sock))  # handshake
+    assert server.transport is server_end
+    upload = os.urandom(3 << 20)
+    assert client_app.transport is not None
+    client_app.transport.write(upload)
+    pump_sockets(reactor, (server_end, server_sock), (client_end, client_sock))
+    assert b"".join(server_app.pieces) == upload
+    assert server_sock.recvs == 0
+    assert server_sock.recv_intos > 10
+    assert client_sock.recvs > 0  # (Twisted's own TLS layer: recv, as before)
+    server_end.connectionLost(Failure(ConnectionDone()))
+    assert "doRead" not in vars(server_end)
+    client_end.connectionLost(Failure(ConnectionDone()))
