@@ -1286,11 +1286,17 @@ def test_link_tls_64_kib_per_ssl_write_and_no_bio_read(
     server_app, client_app = Bytes(), Bytes()
     server, pump = tls_pair(reactor, pki, server_app, client_app)
     spy = server._tlsConnection = BioSpy(server._tlsConnection)
+    direct = server._direct
+    writes: list[int] = []
+    write_from = direct.write_from
+    direct.write_from = lambda pinned, offset, size: writes.append(size) or write_from(
+        pinned, offset, size)
     assert server_app.transport is not None
     server_app.transport.write(download)
     pump.flush()
     assert client_app.received == download
-    assert (spy.sends, spy.bio_reads) == (16, 0)
+    assert writes == [64 * 1024] * 16
+    assert (spy.sends, spy.bio_reads) == (0, 0)  # (SSL_write itself, not pyOpenSSL's send)
 
 
 class Kept(Protocol):
@@ -1567,3 +1573,39 @@ def test_link_tls_reads_its_socket_into_one_reused_buffer(
     server_end.connectionLost(Failure(ConnectionDone()))
     assert "doRead" not in vars(server_end)
     client_end.connectionLost(Failure(ConnectionDone()))
+
+
+def test_link_tls_a_failed_ssl_write_raises_as_send_does(pki: PKI) -> None:
+    """SSL_write called directly (no pyOpenSSL send) still raises OpenSSL's errors: here a
+    server that has not seen a ClientHello wants to read first."""
+    reactor = MemoryReactorClock()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    connection = SSL.Connection(tls.material.server_options.getContext(), None)
+    connection.set_accept_state()
+    direct = _links._Direct(connection)
+    with pytest.raises(SSL.WantReadError):
+        direct.write_from(direct.ffi.from_buffer(b"hello"), 0, 5)
+
+
+def test_link_tls_copies_small_reads_and_lends_large_ones(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A small read (a credit frame's record) is copied into the receive BIO, cheaper than
+    making a BIO of it; a large one is lent as the BIO (no copy of the bulk); both arrive."""
+    server_app, client_app = Kept(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    direct = server._direct
+    lent: list[int] = []
+    lend = direct.lend
+    direct.lend = lambda data: lent.append(len(data)) or lend(data)
+    assert client_app.transport is not None
+    client_app.transport.write(b"credit")
+    reactor.advance(0)
+    pump.flush()
+    assert lent == []
+    large = os.urandom(200 * 1024)
+    client_app.transport.write(large)
+    reactor.advance(0)
+    pump.flush()
+    assert lent and min(lent) > 4096
+    assert b"".join(bytes(piece) for piece in server_app.pieces) == b"credit" + large
