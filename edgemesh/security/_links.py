@@ -516,7 +516,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         (lent as its receive BIO, or copied into it) and OpenSSL keeps what it has not
         decrypted yet in its own record buffer."""
         transport: Any = self._reading
-        buffer, readonly = _ciphertext_buffer()
+        buffer, readonly = _ciphertext or _ciphertext_buffer()
         try:
             got = transport.socket.recv_into(buffer, _READ_SIZE)
         except OSError as se:
