@@ -320,7 +320,7 @@ _NOTHING = memoryview(b"")
 _LEND_MIN = 4096
 """Reads up to this size (credit frames, heads) are copied into the receive BIO (one
 pyOpenSSL bio_write) instead of lent as one (a BIO made, swapped in and freed: eight C
-calls): callgrind, one 40-byte record per read, 56.6 -> 48.6 k instructions per read."""
+calls): bench/tls_call_cost.py, 56.0 -> 49.1 k instructions per one-record read."""
 
 _TCP = (tcp.Server, tcp.Client)
 """Twisted's TCP transports, whose doRead _LinkTLS._read_socket replaces (not subclasses)."""
@@ -403,8 +403,8 @@ class _Direct:
         """SSL_write ``size`` bytes of ``pinned`` (an ``ffi.from_buffer``) from ``offset``:
         how many it took; raises as ``Connection.send`` does.  Its error check (a Python
         call, ``_raise_ssl_error``) only when SSL_write fails, and no slice and pin of the
-        bytes per call (callgrind, 75 KiB writes to a socketpair: 614 -> 601 k instructions
-        per write, -0.18 M per MiB; results 2026-12-04 §4)."""
+        bytes per call (bench/tls_call_cost.py: 616.5 -> 598.0 k instructions per 75 KiB
+        write, 8.42 -> 8.16 M per MiB; results 2026-12-04 §4)."""
         result: int = self.lib.SSL_write(self.ssl, pinned + offset, size)
         if result > 0:  # (SSL_get_error would say SSL_ERROR_NONE: nothing to raise)
             return result
