@@ -499,10 +499,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             self._direct = _Direct(connection)
             self._direct.whole_writes()
         if type(transport) in _TCP and "doRead" not in vars(transport):
-            # Reads land in one reused buffer instead of a new bytes per read (~256 KiB,
-            # malloc'd, faulted in page by page and freed): nothing keeps a read's ciphertext
-            # once it is decrypted.  tls_cost.py --measure perf, edge-1: 39-214 -> 0 faults
-            # per MiB (results 2026-12-04 §4).
+            # Reads land in one reused buffer instead of a new bytes per read (256 KiB:
+            # mmap'd, shrunk, faulted in page by page, unmapped): nothing keeps a read's
+            # ciphertext once it is decrypted.  tls_cost.py --measure strace, edge-1: mmap +
+            # mremap + munmap 21.8 -> 0 and faults 247 -> 0.2 per MiB (results 2026-12-04 §4).
             transport.doRead = self._read_socket
             self._reading = transport
 
