@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -1283,11 +1286,17 @@ def test_link_tls_64_kib_per_ssl_write_and_no_bio_read(
     server_app, client_app = Bytes(), Bytes()
     server, pump = tls_pair(reactor, pki, server_app, client_app)
     spy = server._tlsConnection = BioSpy(server._tlsConnection)
+    direct = server._direct
+    writes: list[int] = []
+    write_from = direct.write_from
+    direct.write_from = lambda pinned, offset, size: writes.append(size) or write_from(
+        pinned, offset, size)
     assert server_app.transport is not None
     server_app.transport.write(download)
     pump.flush()
     assert client_app.received == download
-    assert (spy.sends, spy.bio_reads) == (16, 0)
+    assert writes == [64 * 1024] * 16
+    assert (spy.sends, spy.bio_reads) == (0, 0)  # (SSL_write itself, not pyOpenSSL's send)
 
 
 class Kept(Protocol):
@@ -1485,3 +1494,118 @@ def test_the_installed_pyopenssl_takes_the_direct_path() -> None:
     pyOpenSSL upgrade that renames them costs ~30 % more instructions per MiB, results §15)."""
     assert _links._C is not None
     assert _links._Direct.usable(SSL.Connection(SSL.Context(SSL.TLS_METHOD), None))
+
+
+class CountingSocket:
+    """A socket that counts how it was read (Twisted's transports call recv; a link's TLS
+    layer should call recv_into its reused buffer)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = self.recv_intos = self.received = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        data = self.sock.recv(size)
+        self.received += len(data)
+        return data
+
+    def recv_into(self, buffer: Any, size: int = 0) -> int:
+        self.recv_intos += 1
+        got = self.sock.recv_into(buffer, size)
+        self.received += got
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def socket_transport(reactor: MemoryReactorClock, sock: CountingSocket,
+                     protocol: Any) -> tcp.Server:
+    transport = tcp.Server(sock, protocol, ("127.0.0.1", 40000), None, 1, reactor)
+    protocol.makeConnection(transport)
+    return transport
+
+
+def pump_sockets(reactor: MemoryReactorClock, *ends: tuple[tcp.Server, CountingSocket]) -> None:
+    """Reads and writes on both ends until neither moves a byte (a socketpair delivers at
+    once: no waiting)."""
+    for _ in range(10_000):
+        before = sum(sock.received for _, sock in ends)
+        for transport, _ in ends:
+            if transport in reactor.getWriters():
+                transport.doWrite()
+        for transport, _ in ends:
+            if transport in reactor.getReaders():
+                transport.doRead()
+        if (sum(sock.received for _, sock in ends) == before
+                and not any(t in reactor.getWriters() for t, _ in ends)):
+            return
+    raise AssertionError("the sockets never went quiet")
+
+
+def test_link_tls_reads_its_socket_into_one_reused_buffer(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A link's TLS layer on a TCP transport reads the socket with recv_into one buffer of
+    the process, not recv (a new ~256 KiB bytes per read: malloc'd, faulted in page by page,
+    freed); what the link receives stays intact though that buffer is read into again, and
+    the transport's own doRead is back once the connection is lost."""
+    server_app, client_app = Kept(), Bytes()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server: Any = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
+    a, b = socket.socketpair()
+    server_sock, client_sock = CountingSocket(a), CountingSocket(b)
+    server_end = socket_transport(reactor, server_sock, server)
+    client_end = socket_transport(reactor, client_sock, client)
+    pump_sockets(reactor, (server_end, server_sock), (client_end, client_sock))  # handshake
+    assert server.transport is server_end
+    upload = os.urandom(3 << 20)
+    assert client_app.transport is not None
+    client_app.transport.write(upload)
+    pump_sockets(reactor, (server_end, server_sock), (client_end, client_sock))
+    assert b"".join(server_app.pieces) == upload
+    assert server_sock.recvs == 0
+    assert server_sock.recv_intos > 10
+    assert client_sock.recvs > 0  # (Twisted's own TLS layer: recv, as before)
+    server_end.connectionLost(Failure(ConnectionDone()))
+    assert "doRead" not in vars(server_end)
+    client_end.connectionLost(Failure(ConnectionDone()))
+
+
+def test_link_tls_a_failed_ssl_write_raises_as_send_does(pki: PKI) -> None:
+    """SSL_write called directly (no pyOpenSSL send) still raises OpenSSL's errors: here a
+    server that has not seen a ClientHello wants to read first."""
+    reactor = MemoryReactorClock()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    connection = SSL.Connection(tls.material.server_options.getContext(), None)
+    connection.set_accept_state()
+    direct = _links._Direct(connection)
+    with pytest.raises(SSL.WantReadError):
+        direct.write_from(direct.ffi.from_buffer(b"hello"), 0, 5)
+
+
+def test_link_tls_copies_small_reads_and_lends_large_ones(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """A small read (a credit frame's record) is copied into the receive BIO, cheaper than
+    making a BIO of it; a large one is lent as the BIO (no copy of the bulk); both arrive."""
+    server_app, client_app = Kept(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    direct = server._direct
+    lent: list[int] = []
+    lend = direct.lend
+    direct.lend = lambda data: lent.append(len(data)) or lend(data)
+    assert client_app.transport is not None
+    client_app.transport.write(b"credit")
+    reactor.advance(0)
+    pump.flush()
+    assert lent == []
+    large = os.urandom(200 * 1024)
+    client_app.transport.write(large)
+    reactor.advance(0)
+    pump.flush()
+    assert lent and min(lent) > 4096
+    assert b"".join(bytes(piece) for piece in server_app.pieces) == b"credit" + large

@@ -18,6 +18,7 @@ established connections alone (each keeps the SSL context it was made with).
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from OpenSSL import SSL
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from service_identity import VerificationError
 from twisted.application.service import Service
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -313,6 +315,16 @@ _ALLOCATE: Any = _C[0].new_allocator(should_clear_after_alloc=False) if _C else 
 _PLAINTEXT = _READ_SIZE + _SLACK
 """Size of the buffers a read is decrypted into (the most one read can yield)."""
 
+_NOTHING = memoryview(b"")
+
+_LEND_MIN = 4096
+"""Reads up to this size (credit frames, heads) are copied into the receive BIO (one
+pyOpenSSL bio_write) instead of lent as one (a BIO made, swapped in and freed: eight C
+calls): bench/tls_call_cost.py, 56.0 -> 49.1 k instructions per one-record read."""
+
+_TCP = (tcp.Server, tcp.Client)
+"""Twisted's TCP transports, whose doRead _LinkTLS._read_socket replaces (not subclasses)."""
+
 _VIEW_MIN = 64 * 1024
 """Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
 
@@ -336,6 +348,19 @@ def _take_buffer() -> Any:
             del _pool[index]
             return buffer
     return _ALLOCATE("char[]", _PLAINTEXT)
+
+
+_ciphertext: tuple[memoryview, memoryview] | None = None
+"""The one buffer every link's TCP read lands in, process-wide (writable, read-only views):
+made at the first read (see _LinkTLS._read_socket)."""
+
+
+def _ciphertext_buffer() -> tuple[memoryview, memoryview]:
+    global _ciphertext
+    if _ciphertext is None:
+        view = memoryview(bytearray(_READ_SIZE))
+        _ciphertext = view, view.toreadonly()
+    return _ciphertext
 
 
 def _give_buffer(buffer: Any) -> None:
@@ -373,6 +398,18 @@ class _Direct:
         # BIO always takes them), instead of one Python call per 16 KiB record (the
         # sending edge's interpreter: 1.16 -> 0.72 M instructions per MiB).
         self.lib.SSL_clear_mode(self.ssl, self.lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+    def write_from(self, pinned: Any, offset: int, size: int) -> int:
+        """SSL_write ``size`` bytes of ``pinned`` (an ``ffi.from_buffer``) from ``offset``:
+        how many it took; raises as ``Connection.send`` does.  Its error check (a Python
+        call, ``_raise_ssl_error``) only when SSL_write fails, and no slice and pin of the
+        bytes per call (bench/tls_call_cost.py: 616.5 -> 598.0 k instructions per 75 KiB
+        write, 8.42 -> 8.16 M per MiB; results 2026-12-04 §4)."""
+        result: int = self.lib.SSL_write(self.ssl, pinned + offset, size)
+        if result > 0:  # (SSL_get_error would say SSL_ERROR_NONE: nothing to raise)
+            return result
+        self.connection._raise_ssl_error(self.ssl, result)
+        raise SSL.Error(f"SSL_write returned {result}")  # (not reached: it raised)
 
     def read_into(self, buffer: Any, offset: int, size: int) -> int:
         """SSL_read up to ``size`` bytes into ``buffer[offset:]``: how many, or -1 when
@@ -461,6 +498,46 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if _Direct.usable(connection):
             self._direct = _Direct(connection)
             self._direct.whole_writes()
+        if type(transport) in _TCP and "doRead" not in vars(transport):
+            # Reads land in one reused buffer instead of a new bytes per read (256 KiB:
+            # mmap'd, shrunk, faulted in page by page, unmapped): nothing keeps a read's
+            # ciphertext once it is decrypted.  tls_cost.py --measure strace, edge-1: mmap +
+            # mremap + munmap 21.8 -> 0 and faults 247 -> 0.2 per MiB (results 2026-12-04 §4).
+            transport.doRead = self._read_socket
+            self._reading = transport
+
+    _reading: Any = None
+    """The TCP transport whose doRead is _read_socket (until the connection is lost)."""
+
+    def _read_socket(self) -> object:
+        """The TCP transport's ``doRead``: Twisted's ``tcp.Connection.doRead``, with
+        ``recv_into`` the process's ciphertext buffer.  What is handed up is a read-only
+        view of it, valid during the call only: the TLS layer gives OpenSSL the bytes
+        (lent as its receive BIO, or copied into it) and OpenSSL keeps what it has not
+        decrypted yet in its own record buffer."""
+        transport: Any = self._reading
+        buffer, readonly = _ciphertext or _ciphertext_buffer()
+        try:
+            got = transport.socket.recv_into(buffer, _READ_SIZE)
+        except OSError as se:
+            if se.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not got:
+            return main.CONNECTION_DONE
+        try:
+            transport.protocol.dataReceived(readonly[:got])
+        finally:
+            self._unfed = _NOTHING  # never a view of the buffer past this read
+        return None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        transport = self._reading
+        if transport is not None:
+            self._reading = None
+            if vars(transport).get("doRead") == self._read_socket:
+                del transport.doRead  # (the cycle through the bound method)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         # A link writes (frame head, bulk body): the head goes into the body's first record
@@ -494,13 +571,17 @@ class _LinkTLS(TLSMemoryBIOProtocol):
             done = 0
             total = len(view)
             try:
-                while done < total:
-                    # (One record per call without _Direct: partial writes.)
-                    done += connection.send(view[done:done + step])
-                    if direct is not None:
+                if direct is not None:
+                    pinned = direct.ffi.from_buffer(view)
+                    while done < total:
+                        done += direct.write_from(pinned, done, min(step, total - done))
                         drained = direct.drain()
                         if drained is not None:
                             out.append(drained)
+                else:
+                    while done < total:
+                        # (One record per call: partial writes.)
+                        done += connection.send(view[done:done + step])
             except WantReadError:
                 # OpenSSL wants the same bytes again (and may have taken records of them).
                 rest = [view[done:].tobytes(), *(bytes(p) for p in pieces[index + 1:])]
@@ -547,8 +628,9 @@ class _LinkTLS(TLSMemoryBIOProtocol):
     def dataReceived(self, data: bytes) -> None:
         self._incoming = len(data)
         direct = self._direct
-        if (direct is not None and self._handshakeDone and not self._appSendBuffer
-                and not self._lostTLSConnection and direct.lend(data)):
+        if (direct is not None and len(data) > _LEND_MIN and self._handshakeDone
+                and not self._appSendBuffer and not self._lostTLSConnection
+                and direct.lend(data)):
             # OpenSSL reads the records from the read itself, and the receive BIO never
             # grows (tls_cost.py, the receiving edge: 11.6 -> 9.2 M instructions per MiB).
             try:
@@ -567,7 +649,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         self._unfed = view[_BIO_SLICE:]
         self._flushReceiveBIO()
 
-    _unfed = memoryview(b"")
+    _unfed = _NOTHING
     """What this read has not yet given the receive BIO."""
 
     def _flushReceiveBIO(self) -> None:
@@ -612,7 +694,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if buffer is not None:
             _give_buffer(buffer)
             buffer = None
-        self._unfed = memoryview(b"")  # all fed, or the connection is ending
+        self._unfed = _NOTHING  # all fed, or the connection is ending
         if chunks and not self._aborted:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             ProtocolWrapper.dataReceived(self, data)
