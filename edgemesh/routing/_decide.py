@@ -118,7 +118,7 @@ def decide(
             return Route(_TO_BUS, service, port, chosen)
         peer = catalog.node(chosen.node) if chosen.node else None
         if peer is not None and peer.edge:
-            if peer.hub_address is None:
+            if peer.hub_host is None:  # hub_address is None: not its string built per exchange
                 raise MeshError(Reason.no_endpoint, f"edge node {peer.name} has no hub address")
             return Route(_TO_HUB, service, port, chosen, peer.name)
         return Route(_TO_TUNNEL, service, port, chosen, ROUTER_PEER)
