@@ -302,7 +302,9 @@ class Pipeline:
     ) -> IRequestBody:
         """Route an exchange another node already resolved (service and maybe endpoint)."""
         try:
-            return self._open(source, head, responder, service_key, port, hint)
+            # _open's two calls, without it: one Python call less per exchange from a link.
+            service, service_port = self._resolved(service_key, port)
+            return self._route(source, head, responder, service, service_port, hint)
         except MeshError as error:
             refused = self.refused
             if refused is not None and not self._was_counted(error):
@@ -415,18 +417,6 @@ class Pipeline:
         counted = self._counted
         self._counted = None
         return counted is error
-
-    def _open(
-        self,
-        source: SourceKind,
-        head: RequestHead,
-        responder: IResponder,
-        service_key: str,
-        port_number: int,
-        hint: tuple[str, int] | None,
-    ) -> IRequestBody:
-        service, port = self._resolved(service_key, port_number)
-        return self._route(source, head, responder, service, port, hint)
 
     def _resolved(self, service_key: str, port_number: int) -> tuple[Service, ServicePort]:
         """The service and TCP port another node resolved, as this node's catalog has them."""
