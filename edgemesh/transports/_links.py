@@ -276,7 +276,7 @@ class EnvelopeLink(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        was_ready = self.connection.ready
+        was_ready = self.connection.peer is not None  # .ready, without a property call
         try:
             frames = self.connection.receive(data)
         except ProtocolError as error:
