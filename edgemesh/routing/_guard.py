@@ -607,7 +607,11 @@ class GuardedExchange:
             if body:
                 responder.write(body)
             responder.end()
-        self._let_go()
+        # _let_go's work inline (one Python call less per exchange; keep the two alike).
+        self.responder = GONE
+        self.producer = None
+        if self.request_state != SENDING:
+            self.inner = None
 
     def write(self, data: bytes) -> None:
         before = self.response
@@ -671,7 +675,8 @@ class GuardedExchange:
     def _let_go(self) -> None:
         """Over: drop the source's objects, and the target's once the request is over too.
         They point back at this guard, so keeping them would leave a reference cycle per
-        exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node)."""
+        exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node).
+        ``complete`` does the same inline."""
         self.responder = GONE
         self.producer = None
         if self.request_state != SENDING:
