@@ -311,7 +311,16 @@ class EnvelopeLink(Protocol):
                         exchange.on_data_run(run)
                         was_ready = True
                         continue
-                self._handle(frame, was_ready)
+                # _handle's dispatch of the two head frames, inline (one Python call less
+                # per exchange and edge; callgrind p2 389 -> 385 k per exchange).
+                if type(frame) is Response:
+                    answered = self.exchanges.get(frame.stream)
+                    if answered is not None:
+                        answered.on_frame(frame)
+                elif type(frame) is Request:
+                    self._inbound(frame)
+                else:
+                    self._handle(frame, was_ready)
             except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
