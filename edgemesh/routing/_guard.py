@@ -596,7 +596,11 @@ class GuardedExchange:
             size = len(body)
             self.sent = size
             stats.bytes_out += size
-        self._finished()
+        # _finished's work inline (one Python call less per exchange; keep the two alike).
+        self.state.active -= 1
+        if self.load_key is not None:
+            self._unload()
+        self.pipeline.finished(self, None)
         responder = self.responder
         # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
         complete = COMPLETERS[type(responder)]
@@ -710,7 +714,8 @@ class GuardedExchange:
 
     def _finished(self, counted: MeshError | None = None) -> None:
         """Every way an exchange ends (end, complete, fail, expire, close, give up) comes
-        through here once: the service's and the endpoint's counts, then the pipeline."""
+        through here once: the service's and the endpoint's counts, then the pipeline.
+        (``complete`` does the same inline.)"""
         self.state.active -= 1
         if self.load_key is not None:
             self._unload()
