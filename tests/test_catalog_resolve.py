@@ -312,3 +312,28 @@ def test_inconsistent_catalogs_are_refused(build: object) -> None:
     assert callable(build)
     with pytest.raises(ValueError):
         build()
+
+
+@given(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8),
+       st.text(min_size=1, max_size=8))
+def test_service_key_follows_its_names_through_copies(namespace: str, name: str,
+                                                      other: str) -> None:
+    """``Service.key`` is made once at construction (not a property): it stays
+    ``namespace/name`` through dataclasses.replace, copies and pickling, and takes no
+    part in equality or the repr."""
+    import copy
+    import dataclasses
+    import pickle
+
+    service = _service(name, namespace=namespace)
+    assert service.key == f"{namespace}/{name}"
+    renamed = dataclasses.replace(service, name=other)
+    assert renamed.key == f"{namespace}/{other}"
+    moved = dataclasses.replace(service, namespace=other)
+    assert moved.key == f"{other}/{name}"
+    for clone in (copy.copy(service), copy.deepcopy(service),
+                  pickle.loads(pickle.dumps(service))):
+        assert clone.key == service.key
+        assert clone == service
+    assert "key=" not in repr(service)
+    assert (renamed == service) is (other == name)

@@ -286,6 +286,36 @@ def test_one_failing_end_of_turn_call_does_not_stop_the_others(
     assert [f.type for f in map(failure_of, logged) if f is not None] == [ValueError]
 
 
+def test_end_of_turn_calls_queued_while_the_queue_runs_wait_for_the_next_poll() -> None:
+    """The queue is one list, cleared in place (callAtEndOfTurn is its append): a call
+    queued by an end-of-turn call runs after the next poll, not in the same loop, and
+    every poll after that still runs what is queued."""
+    r = EdgemeshReactor()
+    real_poller = r._poller
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+        r.callAtEndOfTurn(lambda: ran.append("queued by first"))
+
+    try:
+        r._poller = FakePoller([])
+        r.callAtEndOfTurn(first)
+        r.doPoll(0)
+        assert ran == ["first"]
+        r.doPoll(0)
+        assert ran == ["first", "queued by first"]
+        r.doPoll(0)
+        assert ran == ["first", "queued by first"]
+        r.callAtEndOfTurn(lambda: ran.append("later"))
+        r.doPoll(0)
+        assert ran == ["first", "queued by first", "later"]
+    finally:
+        r._poller = real_poller
+        r._poller.close()
+        r.waker.connectionLost(None)
+
+
 class TurnClock(MemoryReactorClock):
     """A memory reactor with edgemesh's end-of-turn queue."""
 

@@ -162,3 +162,24 @@ def test_large_data_frames_byte_by_byte() -> None:
     for index in range(len(wire)):
         got += decoder.feed(wire[index : index + 1])
     assert _merged(got) == _merged([Data(stream, end, data) for stream, end, data in frames])
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=12))
+def test_any_short_payload_decodes_in_place_as_decode_payload_judges_it(payload: bytes) -> None:
+    """A frame a read holds whole goes to _data_fast only when its type byte says DATA
+    (else straight to decode_payload): whatever the payload, even of 0 or 1 bytes, the
+    decoder gives what decode_payload gives, or a ProtocolError where it raises one."""
+    from edgemesh.wire import ProtocolError
+
+    framed = len(payload).to_bytes(PREFIX_SIZE, "big") + payload
+    try:
+        expected = [decode_payload(payload, Limits())]
+    except ProtocolError:
+        expected = None
+    decoder = FrameDecoder(Limits())
+    try:
+        got = decoder.feed(framed)
+    except ProtocolError:
+        got = None
+    assert got == expected

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..catalog import (
+    AGGREGATE_PREFIX,
     Catalog,
     Endpoint,
     Service,
@@ -87,7 +88,8 @@ def decide(
             # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
-            if hint is not None and is_aggregate_tag(hint[0]):
+            # is_aggregate_tag's test inline (one Python call less per exchange from a link)
+            if hint is not None and hint[0].startswith(AGGREGATE_PREFIX):
                 # A trimmed sender chose this node and a kind of pod, not the pod: choose
                 # among this node's pods of that kind, as it would have (docs/topology.md).
                 local = _of_kind(service, port, node, hint[0]) or local
@@ -118,7 +120,7 @@ def decide(
             return Route(_TO_BUS, service, port, chosen)
         peer = catalog.node(chosen.node) if chosen.node else None
         if peer is not None and peer.edge:
-            if peer.hub_address is None:
+            if peer.hub_host is None:  # hub_address is None: not its string built per exchange
                 raise MeshError(Reason.no_endpoint, f"edge node {peer.name} has no hub address")
             return Route(_TO_HUB, service, port, chosen, peer.name)
         return Route(_TO_TUNNEL, service, port, chosen, ROUTER_PEER)

@@ -596,7 +596,11 @@ class GuardedExchange:
             size = len(body)
             self.sent = size
             stats.bytes_out += size
-        self._finished()
+        # _finished's work inline (one Python call less per exchange; keep the two alike).
+        self.state.active -= 1
+        if self.load_key is not None:
+            self._unload()
+        self.pipeline.finished(self, None)
         responder = self.responder
         # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
         complete = COMPLETERS[type(responder)]
@@ -607,7 +611,11 @@ class GuardedExchange:
             if body:
                 responder.write(body)
             responder.end()
-        self._let_go()
+        # _let_go's work inline (one Python call less per exchange; keep the two alike).
+        self.responder = GONE
+        self.producer = None
+        if self.request_state != SENDING:
+            self.inner = None
 
     def write(self, data: bytes) -> None:
         before = self.response
@@ -671,7 +679,8 @@ class GuardedExchange:
     def _let_go(self) -> None:
         """Over: drop the source's objects, and the target's once the request is over too.
         They point back at this guard, so keeping them would leave a reference cycle per
-        exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node)."""
+        exchange, freed only by the cyclic GC (measured: ~8 µs per exchange per node).
+        ``complete`` does the same inline."""
         self.responder = GONE
         self.producer = None
         if self.request_state != SENDING:
@@ -705,7 +714,8 @@ class GuardedExchange:
 
     def _finished(self, counted: MeshError | None = None) -> None:
         """Every way an exchange ends (end, complete, fail, expire, close, give up) comes
-        through here once: the service's and the endpoint's counts, then the pipeline."""
+        through here once: the service's and the endpoint's counts, then the pipeline.
+        (``complete`` does the same inline.)"""
         self.state.active -= 1
         if self.load_key is not None:
             self._unload()

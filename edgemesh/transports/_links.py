@@ -203,7 +203,14 @@ class EnvelopeLink(Protocol):
             if self._out_size >= _COALESCE_LIMIT:
                 self.flush()
             elif not self._turn_queued:
-                self._queue_end_of_turn()
+                # _queue_end_of_turn's work inline, for the reactor's hook (one Python call
+                # less per exchange and edge).
+                self._turn_queued = True
+                hook = self._turn_hook
+                if hook is not None:
+                    hook(self._end_of_turn)
+                else:
+                    self._turn_call = self.reactor.callLater(0, self._end_of_turn)
 
     def write_parts(self, head: bytes, data: bytes | memoryview) -> None:
         if self.closed:
@@ -257,12 +264,20 @@ class EnvelopeLink(Protocol):
             corked, self._corked = self._corked, []
             for exchange in corked:
                 exchange.uncork()
-        self.flush()
+        # flush()'s work inline (one Python call less per exchange and edge).
+        out = self._out
+        if not out or self.closed:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_size = 0
+        assert self.transport is not None
+        write_now(self.transport, data)
 
     def dataReceived(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
-        was_ready = self.connection.ready
+        was_ready = self.connection.peer is not None  # .ready, without a property call
         try:
             frames = self.connection.receive(data)
         except ProtocolError as error:
@@ -297,7 +312,16 @@ class EnvelopeLink(Protocol):
                         exchange.on_data_run(run)
                         was_ready = True
                         continue
-                self._handle(frame, was_ready)
+                # _handle's dispatch of the two head frames, inline (one Python call less
+                # per exchange and edge; callgrind p2 389 -> 385 k per exchange).
+                if type(frame) is Response:
+                    answered = self.exchanges.get(frame.stream)
+                    if answered is not None:
+                        answered.on_frame(frame)
+                elif type(frame) is Request:
+                    self._inbound(frame)
+                else:
+                    self._handle(frame, was_ready)
             except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
