@@ -86,19 +86,9 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="edgemesh-big-cost-")
     harness.OUTDIR = out
     harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0")
-    tmp = os.path.join(out, "run")
-    os.makedirs(os.path.join(tmp, "www"))
-    os.chmod(out, 0o755)
-    os.chmod(tmp, 0o755)
-    bodies = {"/small": harness.SMALL_BODY, "/big": os.urandom(harness.BIG_SIZE),
-              "/huge": os.urandom(harness.HUGE_SIZE)}
-    for path, body in bodies.items():
-        with open(os.path.join(tmp, "www", path.strip("/")), "wb") as f:
-            f.write(body)
+    bodies = harness.bench_bodies()
+    tmp = harness.run_dir(out, "run", bodies)
     ports = harness.PORTS
-    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
-                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
-                   EDGE2_HUB_PORT=ports["edge-2-hub"])
     p1, p2 = harness.TARGETS["p1-local"], harness.TARGETS["p2-edge-edge"]
     try:
         harness.start_origin(tmp)

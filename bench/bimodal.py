@@ -218,20 +218,6 @@ def busy() -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def setup_dir(base: str, name: str, bodies: dict[str, bytes], origin_port: int,
-              ports: dict[str, int]) -> str:
-    tmp = os.path.join(base, name)
-    os.makedirs(os.path.join(tmp, "www"))
-    os.chmod(tmp, 0o755)
-    for path, body in bodies.items():
-        with open(os.path.join(tmp, "www", path.strip("/")), "wb") as f:
-            f.write(body)
-    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
-                   ORIGIN_PORT=origin_port, EDGE1_HUB_PORT=ports["edge-1-hub"],
-                   EDGE2_HUB_PORT=ports["edge-2-hub"])
-    return tmp
-
-
 def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) -> None:
     """``--meshes N``: N meshes started at once (ports BASE_PORT + 10 k), then ``--rounds``
     rounds of one wrk run of each mesh (and of the nginx hop, with ``--nginx``) in turn: a
@@ -239,14 +225,14 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
     fast in the same round; a state of the machine moves them all together."""
     base_ports = dict(harness.PORTS)
     p2 = harness.TARGETS["p2-edge-edge"]
-    origin_tmp = setup_dir(out, "origin", bodies, base_ports["origin"], base_ports)
+    origin_tmp = harness.run_dir(out, "origin", bodies, base_ports["origin"], base_ports)
     harness.start_origin(origin_tmp)
     meshes = []
     trees = [os.path.abspath(args.tree), *([os.path.abspath(args.tree2)] if args.tree2 else [])]
     for k in range(args.meshes):
         harness.CFG["BASE_PORT"] = str(int(os.environ["BASE_PORT"]) + 10 * (k + 1))
         ports = harness.ports()
-        tmp = setup_dir(out, f"mesh{k}", bodies, base_ports["origin"], ports)
+        tmp = harness.run_dir(out, f"mesh{k}", bodies, base_ports["origin"], ports)
         harness.PORTS = ports
         harness.REPO = trees[k % len(trees)]  # --tree2: the meshes alternate the trees
         harness._compiled.clear()
@@ -335,19 +321,9 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="edgemesh-bimodal-")
     harness.OUTDIR = out
     harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0", MESH_ARGS=args.mesh_args)
-    tmp = os.path.join(out, "run")
-    os.makedirs(os.path.join(tmp, "www"))
-    os.chmod(out, 0o755)
-    os.chmod(tmp, 0o755)
-    bodies = {"/small": harness.SMALL_BODY, "/big": os.urandom(harness.BIG_SIZE),
-              "/huge": os.urandom(harness.HUGE_SIZE)}
-    for path, body in bodies.items():
-        with open(os.path.join(tmp, "www", path.strip("/")), "wb") as f:
-            f.write(body)
+    bodies = harness.bench_bodies()
+    tmp = harness.run_dir(out, "run", bodies)
     ports = harness.PORTS
-    harness.render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
-                   ORIGIN_PORT=ports["origin"], EDGE1_HUB_PORT=ports["edge-1-hub"],
-                   EDGE2_HUB_PORT=ports["edge-2-hub"])
     print(f"tree {args.tree}, mesh args {args.mesh_args!r}, out {out}", flush=True)
     try:
         if args.meshes:

@@ -333,6 +333,28 @@ def render(src: str, dst: str, **subs: object) -> str:
     return dst
 
 
+def bench_bodies() -> dict[str, bytes]:
+    """The origin's files by path: /small, and random /big and /huge bodies."""
+    return {"/small": SMALL_BODY, "/big": os.urandom(BIG_SIZE), "/huge": os.urandom(HUGE_SIZE)}
+
+
+def run_dir(base: str, name: str, bodies: dict[str, bytes], origin_port: int | None = None,
+            ports: dict[str, int] | None = None) -> str:
+    """``base/name`` with the origin's files (www/) and the mesh's catalog.yaml."""
+    ports = PORTS if ports is None else ports
+    tmp = os.path.join(base, name)
+    os.makedirs(os.path.join(tmp, "www"))
+    os.chmod(base, 0o755)
+    os.chmod(tmp, 0o755)
+    for path, body in bodies.items():
+        with open(os.path.join(tmp, "www", path.strip("/")), "wb") as f:
+            f.write(body)
+    render("catalog.yaml.in", os.path.join(tmp, "catalog.yaml"),
+           ORIGIN_PORT=ports["origin"] if origin_port is None else origin_port,
+           EDGE1_HUB_PORT=ports["edge-1-hub"], EDGE2_HUB_PORT=ports["edge-2-hub"])
+    return tmp
+
+
 def start_origin(tmp: str) -> Proc:
     conf = render("origin-nginx.conf", os.path.join(tmp, "origin.conf"), TMP=tmp,
                   PORT=PORTS["origin"])

@@ -264,15 +264,7 @@ class EnvelopeLink(Protocol):
             corked, self._corked = self._corked, []
             for exchange in corked:
                 exchange.uncork()
-        # flush()'s work inline (one Python call less per exchange and edge).
-        out = self._out
-        if not out or self.closed:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        self._out = []
-        self._out_size = 0
-        assert self.transport is not None
-        write_now(self.transport, data)
+        self.flush()
 
     def dataReceived(self, data: bytes | memoryview) -> None:
         if self.closed:
