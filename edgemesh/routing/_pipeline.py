@@ -155,7 +155,6 @@ class Pipeline:
         move away on GOAWAY, and have no other way out until then)."""
         self._drain_waiters: list[Deferred[None]] = []
         self._catalog = catalog
-        self._catalog_services: Mapping[str, Service] = catalog.services
         self.catalog = catalog
 
     def configure(self, settings: Resilience) -> None:
@@ -175,7 +174,6 @@ class Pipeline:
     @catalog.setter
     def catalog(self, catalog: Catalog) -> None:
         self._catalog = catalog
-        self._catalog_services = catalog.services  # (not its property per exchange)
         self.policies.scan(catalog)
         self.balancer.forget()
         self._states_by_id.clear()
@@ -422,7 +420,7 @@ class Pipeline:
 
     def _resolved(self, service_key: str, port_number: int) -> tuple[Service, ServicePort]:
         """The service and TCP port another node resolved, as this node's catalog has them."""
-        service = self._catalog_services.get(service_key)
+        service = self._catalog.services.get(service_key)
         if service is None:
             raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
         for port in service.ports:
