@@ -203,14 +203,7 @@ class EnvelopeLink(Protocol):
             if self._out_size >= _COALESCE_LIMIT:
                 self.flush()
             elif not self._turn_queued:
-                # _queue_end_of_turn's work inline, for the reactor's hook (one Python call
-                # less per exchange and edge).
-                self._turn_queued = True
-                hook = self._turn_hook
-                if hook is not None:
-                    hook(self._end_of_turn)
-                else:
-                    self._turn_call = self.reactor.callLater(0, self._end_of_turn)
+                self._queue_end_of_turn()
 
     def write_parts(self, head: bytes, data: bytes | memoryview) -> None:
         if self.closed:
