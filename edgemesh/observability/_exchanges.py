@@ -301,16 +301,7 @@ class MeshObserver:
             self.errors[error.code] += 1
             if not status:
                 status = error.status
-        # _count's work inline (one Python call less per exchange; keep the two alike).
-        stats.active -= 1
-        stats.codes[status // 100 % 10] += 1
-        duration = self.seconds() - exchange.started
-        if duration > 0.0:
-            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
-            stats.duration_sum += duration
-        else:
-            duration = 0.0
-            stats.counts[0] += 1
+        duration = self._count(stats, status, exchange.started)
         access_log = self.access_log
         if access_log is not None:
             access_log.exchange(
@@ -320,7 +311,6 @@ class MeshObserver:
             )
 
     def _count(self, stats: ExchangeStats, status: int, started: float) -> float:
-        # (``closed`` does the same inline.)
         stats.active -= 1
         # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
         stats.codes[status // 100 % 10] += 1

@@ -207,12 +207,7 @@ class Balancer(RoundRobin):
         policy: ServicePolicy,
         exclude: Collection[EndpointKey],
     ) -> Endpoint | None:
-        # tiers()'s cache hit, inline (one Python call less per exchange routed here).
-        cached = self._tiers.get(id(port))
-        if cached is not None and cached[0] is service and cached[1] is port and cached[2] is node:
-            tiers = cached[3]
-        else:
-            tiers = self.tiers(catalog, node, service, port)
+        tiers = self.tiers(catalog, node, service, port)
         if not tiers:
             return None
         filtering = self.filtering is not None and self.filtering()

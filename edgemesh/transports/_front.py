@@ -233,14 +233,10 @@ class _Exchange:
         if body and not self.no_body and not self.chunked and self.remaining == len(body):
             self.remaining = 0
             write_now(self.front.transport, data + body)
-            # end()'s work for this case (the head just went, nothing remains, not chunked,
-            # no trailers before a whole response): one Python call less per exchange.
-            self.state = _DONE
-            self.front._exchange_done(self)
-            return
-        write_now(self.front.transport, data)
-        if body:
-            self.write(body)
+        else:
+            write_now(self.front.transport, data)
+            if body:
+                self.write(body)
         self.end()
 
     def _head_bytes(self, head: ResponseHead) -> bytes | None:
@@ -998,10 +994,7 @@ class HTTPFrontProtocol(Protocol):
             if self._reading_paused:
                 self._update_reading()
             if not self._msg_open and not self._closing:
-                # _become_idle, inline (one Python call less per exchange).
-                self._idle_since = now = self._reactor.seconds()
-                if self._timer is None:
-                    self._arm(now + self._limits.idle_timeout)
+                self._become_idle()
 
     def _reject(self, reason: Reason, detail: str, method: bytes = b"") -> _Stop:
         """Stop parsing this connection; answer ``reason`` in request order and

@@ -195,10 +195,7 @@ class LinkTarget:
         self.dial = dial
 
     def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        # link_address(route), inline: one Python call less per exchange sent over a link.
-        endpoint = route.endpoint
-        hint = None if endpoint is None else (endpoint.host, endpoint.port)
-        peer, service, port = route.peer or "", route.service.key, route.port.port
+        peer, service, port, hint = link_address(route)
         link = self.links.get(peer)
         if link is not None and not link.closed:
             # The ready link, as open_over_link would take it (no closures to make).

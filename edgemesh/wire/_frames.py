@@ -1155,15 +1155,9 @@ class FrameDecoder:
                 )
             else:
                 # Not a DATA frame (a head, mostly): _data_fast and _data_head would only
-                # find that out; and decode_payload's test for a head, inline (three Python
-                # calls less per head frame received; callgrind, p2 per exchange: 396 -> 392 k
-                # with 3a9c46d's other changes, then 390 -> 389 k for decode_payload's call).
-                payload = bytes(buffer[start:end])
-                found = None
-                if length >= 9 and (payload[1] == RESPONSE or payload[1] == REQUEST) \
-                        and 0x91 <= payload[0] <= 0x9F:
-                    found = _remembered(payload, limits)
-                frame = found if found is not None else _decode_payload(payload, limits)
+                # find that out (two Python calls less per head frame received; callgrind,
+                # p2 per exchange: 396 -> 392 k with 3a9c46d's other changes).
+                frame = decode_payload(bytes(buffer[start:end]), limits)
             if not self._greeted and type(frame) is Hello:
                 self._large_catalogs = frame.role == ROUTER_ROLE
             frames.append(frame)
