@@ -55,10 +55,9 @@ from ._scope import (
 )
 from ._snapshot import SnapshotError, catalog_from_wire, catalog_to_wire
 from ._store import CatalogStore
-from ._trim import AGGREGATE_PREFIX, aggregate_of, is_aggregate_tag, trim_service
+from ._trim import aggregate_of, is_aggregate_tag, trim_service
 
 __all__ = [
-    "AGGREGATE_PREFIX",
     "ALL",
     "CLUSTER_DOMAIN",
     "DEFAULT_AFFINITY_TIMEOUT",

@@ -876,11 +876,9 @@ class _EdgeLinks:
         )
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
-        # _request_head's work inline: one Python call less per exchange from a peer edge.
-        head = RequestHead(request.method, request.path, request.authority, request.headers,
-                           request.content_length, request.client, request.hops)
         return self.edge.pipeline.dispatch_resolved(
-            self.source, head, responder, request.service, request.port, request.endpoint
+            self.source, _request_head(request), responder, request.service,
+            request.port, request.endpoint
         )
 
     def control(self, link: EnvelopeLink, frame: CatalogPush | Ack | GoAway | EdgeSet) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..catalog import (
-    AGGREGATE_PREFIX,
     Catalog,
     Endpoint,
     Service,
@@ -88,8 +87,7 @@ def decide(
             # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
-            # is_aggregate_tag's test inline (one Python call less per exchange from a link)
-            if hint is not None and hint[0].startswith(AGGREGATE_PREFIX):
+            if hint is not None and is_aggregate_tag(hint[0]):
                 # A trimmed sender chose this node and a kind of pod, not the pod: choose
                 # among this node's pods of that kind, as it would have (docs/topology.md).
                 local = _of_kind(service, port, node, hint[0]) or local
