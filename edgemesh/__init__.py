@@ -10,7 +10,10 @@ Importing this package never imports or installs a reactor: the builders take on
     node.startService()
 """
 
-from .catalog import Catalog, catalog_from_objects, load_manifest
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
+from .catalog import Catalog
 from .exchange import (
     ICompletingResponder,
     IRequestBody,
@@ -29,8 +32,16 @@ from .roles import EdgeConfig, KubernetesConfig, RouterConfig, build_edge, build
 from .routing import Pipeline, Route
 from .security import TLSConfig
 
+if TYPE_CHECKING:
+    from .catalog import catalog_from_objects, load_manifest
 
-def __getattr__(name: str) -> str:
+# Read on first use: the manifest reader, which an edge never needs (catalog/__init__).
+_lazy = lazy_names(__name__, {".catalog": ("catalog_from_objects", "load_manifest")}, globals())
+
+
+def __getattr__(name: str) -> object:
+    if name in ("catalog_from_objects", "load_manifest"):
+        return _lazy(name)
     # importlib.metadata costs ~0.5 MiB of RssAnon in every process: read on first use.
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
