@@ -28,23 +28,25 @@ from .exchange import (
     SourceKind,
     TargetKind,
 )
-from .roles import EdgeConfig, KubernetesConfig, RouterConfig, build_edge, build_router
+from .roles import EdgeConfig, build_edge
 from .routing import Pipeline, Route
 from .security import TLSConfig
 
 if TYPE_CHECKING:
     from .catalog import catalog_from_objects, load_manifest
+    from .roles import KubernetesConfig, RouterConfig, build_router
 
-# Read on first use: the manifest reader, which an edge never needs (catalog/__init__).
-_lazy = lazy_names(__name__, {".catalog": ("catalog_from_objects", "load_manifest")}, globals())
+# Read on first use: the manifest reader and the router, which an edge never needs.
+_lazy = lazy_names(__name__, {
+    ".catalog": ("catalog_from_objects", "load_manifest"),
+    ".roles": ("KubernetesConfig", "RouterConfig", "build_router"),
+}, globals())
 
 
 def __getattr__(name: str) -> object:
-    if name in ("catalog_from_objects", "load_manifest"):
+    if name != "__version__":
         return _lazy(name)
     # importlib.metadata costs ~0.5 MiB of RssAnon in every process: read on first use.
-    if name != "__version__":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version
 
     try:
