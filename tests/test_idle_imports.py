@@ -114,17 +114,21 @@ def test_edgemesh_twistd_installs_edgemeshs_reactor_without_the_scan(tmp_path: P
 
 def test_a_plaintext_edge_never_imports_tls_manifests_or_capture_rules(tmp_path: Path) -> None:
     """An --insecure edge without --catalog or --capture, built and started: none of the TLS
-    modules, the manifest reader or the capture rules (~0.6 MiB of RssAnon); each loads
-    when asked for (TLS files, --catalog FILE, --capture, or the package's names)."""
+    modules, the manifest reader, the capture rules, the router's code or argparse (~1 MiB
+    of RssAnon); each loads when asked for (TLS files, --catalog FILE, --capture, a router,
+    or the package's names)."""
     code = (
         "import sys\n"
-        "from twisted.internet.testing import MemoryReactorClock\n"
+        "import edgemesh.cli\n"
         "from edgemesh.roles.edge_tap import Options\n"
         "from edgemesh.roles._node import EdgeConfig, build_edge\n"
+        "print('argparse' in sys.modules)\n"
+        "from twisted.internet.testing import MemoryReactorClock  # imports argparse itself\n"
         "heavy = ('edgemesh.security._links', 'edgemesh.security._material',\n"
         "         'edgemesh.security._certs', 'edgemesh.security._sockettls',\n"
         "         'edgemesh.catalog._manifest', 'edgemesh.capture._rules',\n"
-        "         'edgemesh.capture._iptables')\n"
+        "         'edgemesh.capture._iptables', 'edgemesh.roles._router',\n"
+        "         'edgemesh.roles._kubernetes')\n"
         f"state = {str(tmp_path)!r}\n"
         "Options().parseOptions(['--node', 'edge-1', '--state-dir', state, '--insecure'])\n"
         "config = EdgeConfig(node='edge-1', state_dir=state, router=None, proxy=None, hub=None)\n"
@@ -134,9 +138,12 @@ def test_a_plaintext_edge_never_imports_tls_manifests_or_capture_rules(tmp_path:
         "import edgemesh\n"
         "from edgemesh.security import MutualTLS, make_ca\n"
         "from edgemesh.capture import CaptureRules, iptables_main\n"
+        "from edgemesh.roles import KubernetesConfig\n"
         "print(edgemesh.load_manifest.__module__, MutualTLS.__module__, make_ca.__module__,\n"
-        "      CaptureRules.__module__, iptables_main.__module__)\n"
+        "      CaptureRules.__module__, iptables_main.__module__,\n"
+        "      edgemesh.build_router.__module__, KubernetesConfig.__module__)\n"
     )
     assert _run(code) == [
-        "none", "edgemesh.catalog._manifest", "edgemesh.security._links",
-        "edgemesh.security._certs", "edgemesh.capture._rules", "edgemesh.capture._cli"]
+        "False", "none", "edgemesh.catalog._manifest", "edgemesh.security._links",
+        "edgemesh.security._certs", "edgemesh.capture._rules", "edgemesh.capture._cli",
+        "edgemesh.roles._router", "edgemesh.roles._kubernetes"]
