@@ -29,18 +29,6 @@ from ._model import (
     is_dns1123_subdomain,
 )
 from ._protocols import PortKind, port_kind
-from ._scope import (
-    ALL,
-    EXPORT_ANNOTATION,
-    SCOPE_ANNOTATION,
-    Scope,
-    ScopeError,
-    ScopeIndex,
-    advance_view,
-    is_exported,
-    scope_view,
-    wanted,
-)
 from ._snapshot import SnapshotError, catalog_from_wire, catalog_to_wire
 from ._store import CatalogStore
 from ._trim import aggregate_of, is_aggregate_tag, trim_service
@@ -61,24 +49,30 @@ if TYPE_CHECKING:
         parse_pod,
         parse_service,
     )
+    from ._scope import (
+        ALL,
+        EXPORT_ANNOTATION,
+        SCOPE_ANNOTATION,
+        Scope,
+        ScopeError,
+        ScopeIndex,
+        advance_view,
+        is_exported,
+        scope_view,
+        wanted,
+    )
 
-# Manifests and Kubernetes objects: the router's and the tools' business; an edge gets its
-# catalog from the router (or a snapshot) and never loads them (0.2 MiB of its RssAnon).
-__getattr__ = lazy_names(__name__, {"._manifest": (
-    "SERVICE_NAME_LABEL",
-    "EndpointSliceObject",
-    "ManifestError",
-    "PodObject",
-    "ServiceObject",
-    "SliceEndpoint",
-    "assemble_catalog",
-    "catalog_from_objects",
-    "load_manifest",
-    "parse_endpoint_slice",
-    "parse_node",
-    "parse_pod",
-    "parse_service",
-)}, globals())
+# Manifests and Kubernetes objects, and scopes: the router's and the tools' business; an
+# edge gets its catalog (already scoped) from the router or a snapshot and never loads them
+# (0.2 MiB of its RssAnon).
+__getattr__ = lazy_names(__name__, {
+    "._scope": ("ALL", "EXPORT_ANNOTATION", "SCOPE_ANNOTATION", "Scope", "ScopeError",
+                "ScopeIndex", "advance_view", "is_exported", "scope_view", "wanted"),
+    "._manifest": ("SERVICE_NAME_LABEL", "EndpointSliceObject", "ManifestError", "PodObject",
+                   "ServiceObject", "SliceEndpoint", "assemble_catalog", "catalog_from_objects",
+                   "load_manifest", "parse_endpoint_slice", "parse_node", "parse_pod",
+                   "parse_service"),
+}, globals())
 
 __all__ = [
     "ALL",

@@ -54,12 +54,8 @@ from ..wire import (
 )
 from ._kubernetes import KubernetesConfig, attach_kubernetes
 from ._node import MeshNode, _admin, _configure, _request_head
-from ._push import (
-    DEFAULT_PUSH_INTERVAL,
-    CatalogPusher,
-    EdgeState,
-    held_from_settings,
-)
+from ._push import held_from_settings
+from ._pusher import DEFAULT_PUSH_INTERVAL, CatalogPusher, EdgeState
 from ._resilience import track_link
 
 log = Logger()
