@@ -50,7 +50,7 @@ from edgemesh.catalog import (
     ServicePort,
     scope_view,
 )
-from edgemesh.roles._push import CatalogPusher, EdgeState
+from edgemesh.roles._pusher import CatalogPusher, EdgeState
 
 
 class CountingLink:

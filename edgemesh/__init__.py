@@ -10,7 +10,10 @@ Importing this package never imports or installs a reactor: the builders take on
     node.startService()
 """
 
-from .catalog import Catalog, catalog_from_objects, load_manifest
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
+from .catalog import Catalog
 from .exchange import (
     ICompletingResponder,
     IRequestBody,
@@ -25,15 +28,25 @@ from .exchange import (
     SourceKind,
     TargetKind,
 )
-from .roles import EdgeConfig, KubernetesConfig, RouterConfig, build_edge, build_router
+from .roles import EdgeConfig, build_edge
 from .routing import Pipeline, Route
 from .security import TLSConfig
 
+if TYPE_CHECKING:
+    from .catalog import catalog_from_objects, load_manifest
+    from .roles import KubernetesConfig, RouterConfig, build_router
 
-def __getattr__(name: str) -> str:
-    # importlib.metadata costs ~0.5 MiB of RssAnon in every process: read on first use.
+# Read on first use: the manifest reader and the router, which an edge never needs.
+_lazy = lazy_names(__name__, {
+    ".catalog": ("catalog_from_objects", "load_manifest"),
+    ".roles": ("KubernetesConfig", "RouterConfig", "build_router"),
+}, globals())
+
+
+def __getattr__(name: str) -> object:
     if name != "__version__":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _lazy(name)
+    # importlib.metadata costs ~0.5 MiB of RssAnon in every process: read on first use.
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -31,7 +31,7 @@ from edgemesh.catalog import (
     scope_view,
 )
 from edgemesh.roles import RouterConfig, build_router
-from edgemesh.roles._push import CatalogPusher, EdgeState
+from edgemesh.roles._pusher import CatalogPusher, EdgeState
 from edgemesh.roles.router_tap import Options as RouterOptions
 from edgemesh.wire import CatalogPush, Limits, decode_payload
 

@@ -110,3 +110,41 @@ def test_edgemesh_twistd_installs_edgemeshs_reactor_without_the_scan(tmp_path: P
         "print(type(reactor).__name__, options['reactor'], 'unittest' in sys.modules)\n"
     )
     assert _run(code) == ["EdgemeshReactor", "edgemesh", "False"]
+
+
+def test_a_plaintext_edge_never_imports_tls_manifests_or_capture_rules(tmp_path: Path) -> None:
+    """An --insecure edge without --catalog or --capture, built and started: none of the TLS
+    modules, the manifest reader, the capture rules, the router's code or argparse (~1 MiB
+    of RssAnon); each loads when asked for (TLS files, --catalog FILE, --capture, a router,
+    or the package's names)."""
+    code = (
+        "import sys\n"
+        "import edgemesh.cli\n"
+        "from edgemesh.roles.edge_tap import Options\n"
+        "from edgemesh.roles._node import EdgeConfig, build_edge\n"
+        "print('argparse' in sys.modules)\n"
+        "from twisted.internet.testing import MemoryReactorClock  # imports argparse itself\n"
+        "heavy = ('edgemesh.security._links', 'edgemesh.security._material',\n"
+        "         'edgemesh.security._certs', 'edgemesh.security._sockettls',\n"
+        "         'edgemesh.catalog._manifest', 'edgemesh.capture._rules',\n"
+        "         'edgemesh.capture._iptables', 'edgemesh.roles._router',\n"
+        "         'edgemesh.roles._kubernetes', 'edgemesh.roles._pusher',\n"
+        "         'edgemesh.catalog._scope', 'edgemesh.routing._homes')\n"
+        f"state = {str(tmp_path)!r}\n"
+        "Options().parseOptions(['--node', 'edge-1', '--state-dir', state, '--insecure'])\n"
+        "config = EdgeConfig(node='edge-1', state_dir=state, router=None, proxy=None, hub=None)\n"
+        "node = build_edge(MemoryReactorClock(), config)\n"
+        "node.startService()\n"
+        "print(sorted(m for m in heavy if m in sys.modules) or 'none')\n"
+        "import edgemesh\n"
+        "from edgemesh.security import MutualTLS, make_ca\n"
+        "from edgemesh.capture import CaptureRules, iptables_main\n"
+        "from edgemesh.roles import KubernetesConfig\n"
+        "print(edgemesh.load_manifest.__module__, MutualTLS.__module__, make_ca.__module__,\n"
+        "      CaptureRules.__module__, iptables_main.__module__,\n"
+        "      edgemesh.build_router.__module__, KubernetesConfig.__module__)\n"
+    )
+    assert _run(code) == [
+        "False", "none", "edgemesh.catalog._manifest", "edgemesh.security._links",
+        "edgemesh.security._certs", "edgemesh.capture._rules", "edgemesh.capture._cli",
+        "edgemesh.roles._router", "edgemesh.roles._kubernetes"]

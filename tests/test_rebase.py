@@ -35,7 +35,8 @@ from edgemesh.catalog import (
     delta_to_wire,
     diff_catalogs,
 )
-from edgemesh.roles._push import EdgeState, catalog_digest, held_from_settings, held_settings
+from edgemesh.roles._push import catalog_digest, held_from_settings, held_settings
+from edgemesh.roles._pusher import EdgeState
 from edgemesh.routing import ROUTER_PEER
 
 # -- the digest and the hello settings ---------------------------------------------------------

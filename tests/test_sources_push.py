@@ -28,7 +28,8 @@ from edgemesh.catalog import (
     diff_catalogs,
 )
 from edgemesh.roles import EdgeConfig, RouterConfig, build_edge, build_router
-from edgemesh.roles._push import CatalogFollower, CatalogPusher, EdgeState
+from edgemesh.roles._push import CatalogFollower
+from edgemesh.roles._pusher import CatalogPusher, EdgeState
 from edgemesh.routing import ROUTER_PEER
 from edgemesh.wire import Ack, CatalogPush, Limits, decode_payload
 
@@ -137,7 +138,7 @@ def test_first_change_after_a_quiet_time_goes_at_once() -> None:
 
 
 def test_frames_are_encoded_once_for_every_edge(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgemesh.roles._push as push
+    import edgemesh.roles._pusher as push
 
     calls: list[str] = []
     real = push.encode_catalog

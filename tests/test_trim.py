@@ -35,7 +35,8 @@ from edgemesh.catalog import (
 from edgemesh.catalog._delta import delta_to_wire
 from edgemesh.catalog._trim import aggregate_of, trim_service
 from edgemesh.exchange import RequestHead, Role, SourceKind, TargetKind
-from edgemesh.roles._push import CatalogPusher, EdgeState, catalog_digest
+from edgemesh.roles._push import catalog_digest
+from edgemesh.roles._pusher import CatalogPusher, EdgeState
 from edgemesh.routing import Balancer, decide, parse_policy, topology_tiers
 
 HTTP = ServicePort("http", 80, 8080)

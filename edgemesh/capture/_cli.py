@@ -10,11 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._iptables import BACKENDS, Iptables, IptablesError
-from ._rules import (
+from ._defaults import (
+    BACKENDS,
     DEFAULT_SERVICE_CIDR,
     DEFAULT_TRANSPARENT_PORT,
     DEFAULT_VIRTUAL_CIDR,
+)
+from ._iptables import Iptables, IptablesError
+from ._rules import (
     CaptureRules,
     Exclusion,
     NatState,
@@ -96,3 +99,7 @@ def main(argv: Sequence[str] | None = None, iptables: Iptables | None = None) ->
         print(f"edgemesh iptables: {error}", file=err)
         return 1
     return 0
+
+
+iptables_main = main
+"""``edgemesh iptables``, as the package exports it (capture/__init__, on first use)."""

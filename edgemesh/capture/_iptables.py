@@ -17,12 +17,12 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ._defaults import BACKENDS
 from ._rules import CHAINS, CaptureRules, expected, install_script, parse_nat, remove_script, shown
 
 Runner = Callable[[Sequence[str], str | None], tuple[int, str, str]]
 """Run argv with optional stdin text; (exit status, stdout, stderr)."""
 
-BACKENDS = ("iptables", "iptables-nft", "iptables-legacy")
 TIMEOUT = 30.0
 """Seconds for one iptables call (the legacy backend waits for the xtables lock)."""
 

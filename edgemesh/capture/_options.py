@@ -22,17 +22,7 @@ from twisted.python import usage
 
 from ..catalog import DEFAULT_HUB_PORT
 from ..dns import DEFAULT_DNS_PORT, DNSConfig, DNSConfigError, parse_host_port
-from ._iptables import BACKENDS
-from ._rules import (
-    DEFAULT_SERVICE_CIDR,
-    DEFAULT_TRANSPARENT,
-    DEFAULT_VIRTUAL_CIDR,
-    CaptureRules,
-    Exclusion,
-    RulesError,
-    endpoint_port,
-    parse_networks,
-)
+from ._defaults import BACKENDS, DEFAULT_SERVICE_CIDR, DEFAULT_TRANSPARENT, DEFAULT_VIRTUAL_CIDR
 
 if TYPE_CHECKING:
     from ._service import CaptureConfig
@@ -41,6 +31,8 @@ if TYPE_CHECKING:
 def _virtual_cidr(value: str) -> ipaddress.IPv4Network | None:
     if value.strip().lower() == "none":
         return None
+    from ._rules import parse_networks
+
     return parse_networks([value], "--virtual-cidr")[0]
 
 
@@ -82,7 +74,7 @@ class CaptureOptions(usage.Options):
         """The capture and DNS configs these options ask for (None: not asked for)."""
         try:
             return self._capture(), self._dns()
-        except (RulesError, DNSConfigError) as error:
+        except DNSConfigError as error:
             raise usage.UsageError(str(error)) from None
 
     def _capture(self) -> CaptureConfig | None:
@@ -96,26 +88,32 @@ class CaptureOptions(usage.Options):
         transparent = transparent or DEFAULT_TRANSPARENT
         if self["iptables"] not in BACKENDS:
             raise usage.UsageError(f"--iptables: expected one of {', '.join(BACKENDS)}")
-        virtual = _virtual_cidr(self["virtual-cidr"])
-        rules = None
-        if install:
-            port = endpoint_port(transparent)
-            if port is None or port == 0:
-                raise usage.UsageError(
-                    f"--transparent {transparent!r}: --capture needs a tcp:PORT endpoint "
-                    "with a fixed port to redirect to"
+        # The rules' module with --capture or --transparent only (an idle edge has neither).
+        from ._rules import CaptureRules, Exclusion, RulesError, endpoint_port, parse_networks
+
+        try:
+            virtual = _virtual_cidr(self["virtual-cidr"])
+            rules = None
+            if install:
+                port = endpoint_port(transparent)
+                if port is None or port == 0:
+                    raise usage.UsageError(
+                        f"--transparent {transparent!r}: --capture needs a tcp:PORT endpoint "
+                        "with a fixed port to redirect to"
+                    )
+                cidrs = parse_networks(self.get("service-cidr") or [str(DEFAULT_SERVICE_CIDR)],
+                                       "--service-cidr")
+                excludes = tuple(Exclusion.parse(v) for v in self.get("capture-exclude") or [])
+                mesh_ports = [endpoint_port(self.get("router")), endpoint_port(self.get("hub"))]
+                rules = CaptureRules(
+                    port=port,
+                    service_cidrs=cidrs,
+                    virtual_cidr=virtual,
+                    exclude=excludes,
+                    mesh_ports=tuple(sorted({p for p in (*mesh_ports, DEFAULT_HUB_PORT) if p})),
                 )
-            cidrs = parse_networks(self.get("service-cidr") or [str(DEFAULT_SERVICE_CIDR)],
-                                   "--service-cidr")
-            excludes = tuple(Exclusion.parse(v) for v in self.get("capture-exclude") or [])
-            mesh_ports = [endpoint_port(self.get("router")), endpoint_port(self.get("hub"))]
-            rules = CaptureRules(
-                port=port,
-                service_cidrs=cidrs,
-                virtual_cidr=virtual,
-                exclude=excludes,
-                mesh_ports=tuple(sorted({p for p in (*mesh_ports, DEFAULT_HUB_PORT) if p})),
-            )
+        except RulesError as error:
+            raise usage.UsageError(str(error)) from None
         from ._service import CaptureConfig  # the transparent front etc.: only with capture
 
         return CaptureConfig(transparent=transparent, rules=rules, virtual_cidr=virtual,

@@ -41,18 +41,12 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ._defaults import DEFAULT_SERVICE_CIDR, DEFAULT_TRANSPARENT_PORT, DEFAULT_VIRTUAL_CIDR
+
 OUTPUT_CHAIN = "EDGEMESH-OUTPUT"
 PREROUTING_CHAIN = "EDGEMESH-PREROUTING"
 CHAINS = {"OUTPUT": OUTPUT_CHAIN, "PREROUTING": PREROUTING_CHAIN}
 """Built-in nat chain → the chain of ours it jumps to."""
-DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
-"""Kubernetes' default service CIDR (kubeadm)."""
-DEFAULT_VIRTUAL_CIDR = ipaddress.IPv4Network("240.240.0.0/16")
-"""Where headless services get their virtual IPs: reserved class E space, which no real
-network uses (Istio's DNS proxy allocates from the same range)."""
-DEFAULT_TRANSPARENT_PORT = 15001
-DEFAULT_TRANSPARENT = "tcp:15001:interface=127.0.0.1"
-"""The transparent listener with --capture and no --transparent."""
 
 
 class RulesError(ValueError):

@@ -29,8 +29,9 @@ from twisted.logger import Logger
 from ..exchange import SourceKind
 from ..routing import Pipeline
 from ..transports import FrontLimits
+from ._defaults import DEFAULT_TRANSPARENT, DEFAULT_VIRTUAL_CIDR
 from ._iptables import Iptables, IptablesError
-from ._rules import DEFAULT_TRANSPARENT, DEFAULT_VIRTUAL_CIDR, CaptureRules
+from ._rules import CaptureRules
 from ._transparent import OriginalDestination, TransparentFrontFactory, socket_original_destination
 from ._vips import VIRTUAL_IPS_FILE, ServiceAddresses, VirtualIPs
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def _demo(argv: list[str]) -> int:
@@ -41,6 +44,8 @@ _COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # not at the top: `edgemesh twistd` (a node) never parses with it
+
     parser = argparse.ArgumentParser(
         prog="edgemesh",
         description="A service mesh for edge computing. The long-running roles are twistd plugins: "

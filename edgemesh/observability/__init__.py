@@ -12,6 +12,7 @@ Observability: what a node counts (metrics), says (logs) and shows (admin views)
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_names
 from ._access import ACCESS_FORMAT, ACCESS_NAMESPACE, AccessLog, safe_uri
 from ._config import REDACTED, config_to_json
 from ._exchanges import (
@@ -32,18 +33,10 @@ from ._options import LOG_FORMATS, ObservabilityOptions
 if TYPE_CHECKING:
     from ._collector import MeshCollector, exposition, node_registry
 
-_LAZY = frozenset({"MeshCollector", "exposition", "node_registry"})
-
-
-def __getattr__(name: str) -> object:
-    # prometheus_client (~1.1 MiB of RssAnon) is imported by the first scrape's admin API only.
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import _collector
-
-    value = getattr(_collector, name)
-    globals()[name] = value
-    return value
+# prometheus_client (~1.1 MiB of RssAnon) is imported by the first scrape's admin API only.
+__getattr__ = lazy_names(__name__, {
+    "._collector": ("MeshCollector", "exposition", "node_registry"),
+}, globals())
 
 __all__ = [
     "ACCESS_FORMAT",

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from ..sources import KubernetesSource, LeaseElection
-    from ._node import RouterNode
+    from ._router import RouterNode
 
 __all__ = ["KubernetesConfig", "attach_kubernetes"]
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
-from ..catalog import Catalog, ManifestError, load_manifest
+from ..catalog import Catalog
 from ..observability import ObservabilityOptions
 from ..security import TLSOptions
 from ..transports import FrontLimits
@@ -94,6 +94,8 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
     def load_catalog(self, path: str) -> Catalog:
         if not os.path.isfile(path):
             raise usage.UsageError(f"--catalog {path}: no such file")
+        from ..catalog import ManifestError, load_manifest  # a --catalog file only
+
         try:
             return load_manifest(path)
         except ManifestError as error:

@@ -30,7 +30,8 @@ from ..transports import FrontLimits, HookedFrontFactory, HookedFrontProtocol
 if TYPE_CHECKING:
     from ..routing import Listening
     from ..sources import KubeAPI, PortKey, PortRange
-    from ._node import Listener, RouterNode
+    from ._node import Listener
+    from ._router import RouterNode
 
 __all__ = ["StreamPortListeners", "stream_endpoint"]
 

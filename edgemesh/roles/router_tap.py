@@ -12,8 +12,8 @@ from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, http_port, service_account_namespace
 from ._heap import set_mmap_threshold
 from ._kubernetes import KubernetesConfig
-from ._node import RouterConfig, build_router
 from ._options import CommonOptions
+from ._router import RouterConfig, build_router
 
 
 class Options(CommonOptions, KubernetesOptions):

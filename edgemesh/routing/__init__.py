@@ -2,11 +2,13 @@
 decision, per-service traffic policy and resilience (timeouts, retries, outlier ejection,
 overload limits, drain)."""
 
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 from ._balance import Balancer, RoundRobin
 from ._decide import EDGE_RULES, REPLICA_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
 from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
-from ._homes import EdgeHomes
 from ._loops import (
     DEFAULT_MAX_HOPS,
     Listening,
@@ -31,6 +33,12 @@ from ._streams import StreamGuard
 from ._topology import candidates as topology_candidates
 from ._topology import hint_mode
 from ._topology import tiers as topology_tiers
+
+if TYPE_CHECKING:
+    from ._homes import EdgeHomes
+
+# Where each edge is homed among router replicas: a router's business only.
+__getattr__ = lazy_names(__name__, {"._homes": ("EdgeHomes",)}, globals())
 
 __all__ = [
     "DEFAULT_MAX_HOPS",

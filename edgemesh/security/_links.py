@@ -2,8 +2,9 @@
 Securing envelope links: mutual TLS on the wire, and the peer's hello checked against
 its certificate before any envelope is processed.
 
-``link_security(reactor, tls, node=..., role=...)`` gives a role what it needs, whether
-links are secured (``MutualTLS``) or explicitly plaintext (``Plaintext``, ``--insecure``):
+``link_security(reactor, tls, node=..., role=...)`` (in ``_plaintext``) gives a role what it
+needs, whether links are secured (``MutualTLS``) or explicitly plaintext (``Plaintext``,
+``--insecure``):
 
 - ``server_factory(factory)``: the factory to listen with (TLS server side: our
   certificate, a client certificate from the CA required);
@@ -23,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL.SSL import WantReadError, ZeroReturnError
@@ -52,12 +53,11 @@ from zope.interface import implementer
 
 from ..transports import EnvelopeLink, write_all_now, write_now
 from . import _sockettls
+from ._config import TLSConfig, TLSFileError
 from ._material import (
     CIPHERS,
     MINIMUM_TLS,
     IdentityError,
-    TLSConfig,
-    TLSFileError,
     TLSMaterial,
     check_identity,
     file_signature,
@@ -66,99 +66,12 @@ from ._material import (
     names_match,
     quiet_pyopenssl,
 )
+from ._plaintext import ANY_PEER, _fail_closed, _hello_problem
 
 log = Logger(namespace="edgemesh.security")
 
 _CLIENT_CACHE = 256
 """Client contexts kept (one per peer name dialled); beyond this the cache starts over."""
-
-
-class LinkSecurity(Protocol):
-    """What the roles use to listen, dial and accept links (see the module docstring)."""
-
-    service: Service
-
-    def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory: ...
-
-    def client_endpoint(self, endpoint: IStreamClientEndpoint,
-                        peer: str) -> IStreamClientEndpoint: ...
-
-    def guard(
-        self,
-        link: EnvelopeLink,
-        *,
-        role: str,
-        expect: str | None = None,
-        known: Callable[[str], bool] | None = None,
-    ) -> EnvelopeLink: ...
-
-
-def _hello_problem(
-    link: EnvelopeLink, role: str, expect: str | None, known: Callable[[str], bool] | None
-) -> str | None:
-    """The checks that need no certificate: the role, the expected name, the catalog."""
-    hello = link.peer
-    if hello is None:
-        return "no hello"
-    if hello.role != role:
-        return f"peer {hello.node!r} says its role is {hello.role!r}, expected {role!r}"
-    if expect is not None and hello.node != expect:
-        return f"peer says it is {hello.node!r}, expected {expect!r}"
-    if known is not None and not known(hello.node):
-        return f"{hello.node!r} is not an edge node of the catalog"
-    return None
-
-
-def _fail_closed(
-        check: Callable[[EnvelopeLink], str | None]) -> Callable[[EnvelopeLink], str | None]:
-    """A check that raises refuses the peer (the link would otherwise log and go on)."""
-
-    def guarded(link: EnvelopeLink) -> str | None:
-        try:
-            return check(link)
-        except Exception:  # noqa: BLE001 -- whatever went wrong, the peer is not trusted
-            log.failure("checking the identity of {peer} raised", peer=link.peer_name)
-            return "identity check failed"
-
-    return guarded
-
-
-# --- plaintext ------------------------------------------------------------------------------
-
-
-class _PlaintextWarning(Service):
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        log.warn(
-            "links between nodes are PLAINTEXT (--insecure): no encryption, and a peer's "
-            "name is whatever its hello says.  Use --ca/--cert/--key (or --tls-dir) outside tests."
-        )
-
-
-class Plaintext:
-    """``--insecure``: no TLS; the hello is checked against the catalog only."""
-
-    def __init__(self) -> None:
-        self.service: Service = _PlaintextWarning()
-        self.service.setName("tls")  # type: ignore[no-untyped-call]
-
-    def server_factory(self, factory: IProtocolFactory) -> IProtocolFactory:
-        return factory
-
-    def client_endpoint(self, endpoint: IStreamClientEndpoint, peer: str) -> IStreamClientEndpoint:
-        return endpoint
-
-    def guard(
-        self,
-        link: EnvelopeLink,
-        *,
-        role: str,
-        expect: str | None = None,
-        known: Callable[[str], bool] | None = None,
-    ) -> EnvelopeLink:
-        if known is not None:
-            link.identity_check = _fail_closed(lambda link: _hello_problem(link, role, None, known))
-        return link
 
 
 # --- the TLS handshake deadline ---------------------------------------------------------------
@@ -760,11 +673,6 @@ class _ServerCreator:
         return SSL.Connection(self.tls.material.server_options.getContext(), None)
 
 
-ANY_PEER = "*"
-"""A client endpoint's peer name that accepts any certificate of the CA (names unknown
-before the dial: the router replicas behind a headless Service)."""
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class _ClientCreator:
     def __init__(self, tls: MutualTLS, peer: str) -> None:
@@ -962,12 +870,3 @@ class _TLSService(Service):
         if self._hooked:
             signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
             self._hooked = False
-
-
-def link_security(reactor: Any, tls: TLSConfig | None, *, node: str | None = None,
-                  role: str | None = None) -> LinkSecurity:
-    """Mutual TLS from ``tls``, or explicit plaintext when it is None.  Raises
-    TLSFileError when the files are unusable or name another node or role."""
-    if tls is None:
-        return Plaintext()
-    return MutualTLS(reactor, tls, node=node, role=role)

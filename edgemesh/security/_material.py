@@ -35,6 +35,7 @@ from twisted.internet.ssl import (
 )
 
 from ._certs import ROLES, describe_ca
+from ._config import TLSConfig, TLSFileError
 
 MAX_FILE_BYTES = 1 << 20
 """A CA bundle, certificate or key file larger than this is refused (never read whole)."""
@@ -60,44 +61,6 @@ def quiet_pyopenssl() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Passing pyOpenSSL", category=DeprecationWarning)
         yield
-
-
-class TLSFileError(Exception):
-    """The TLS files cannot be used (the message names the file and the problem)."""
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """Where a node's TLS files are, and how it treats them."""
-
-    ca: str
-    """PEM bundle of the CA certificate(s) that sign node certificates (several during a
-    CA rotation)."""
-    cert: str
-    """This node's certificate (PEM), from ``edgemesh certs issue``."""
-    key: str
-    """This node's private key (PEM)."""
-    handshake_timeout: float = 10.0
-    """Seconds a peer has to complete the TLS handshake after connecting."""
-    reload_interval: float = 60.0
-    """Seconds between checks of the files for changes; 0: only on SIGHUP (or ``reload``)."""
-    reload_on_sighup: bool = False
-    """Reload on SIGHUP (the twistd plugins turn this on; an embedding application may
-    have its own use for the signal)."""
-    link_io: str = "memory"
-    """How a link's TLS reaches its TCP socket: ``memory`` (Twisted's TLS over memory BIOs)
-    or ``socket`` (OpenSSL reads and writes the socket itself: security/_sockettls.py)."""
-
-    @classmethod
-    def from_directory(cls, directory: str, node: str,
-                       **settings: float | bool | str) -> TLSConfig:
-        """``DIR/ca.pem``, ``DIR/NODE.pem``, ``DIR/NODE.key``: what ``edgemesh certs`` writes."""
-        return cls(
-            ca=os.path.join(directory, "ca.pem"),
-            cert=os.path.join(directory, f"{node}.pem"),
-            key=os.path.join(directory, f"{node}.key"),
-            **settings,  # type: ignore[arg-type]
-        )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
-from ._material import TLSConfig, TLSFileError, check_identity, load_material
+from ._config import TLSConfig, TLSFileError
 
 
 def _timeout(value: str) -> float:
@@ -90,6 +90,8 @@ class TLSOptions(usage.Options):
                 "`edgemesh certs issue`), "
                 "or --insecure for plaintext links (tests only)"
             )
+        from ._material import check_identity, load_material  # TLS nodes only (see _config)
+
         try:
             check_identity(load_material(config), config, node, role)
         except TLSFileError as error:
