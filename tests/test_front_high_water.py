@@ -172,6 +172,19 @@ def test_the_first_body_piece_leaves_with_the_waiting_head_at_once() -> None:
             responder.write(BODY[PIECE : 2 * PIECE])
             responder.end()
             assert _drain(right) == BODY[PIECE : 2 * PIECE]
+        # A chunked response: the first chunk takes the head along too.
+        front.dataReceived(b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n")
+        responder = responders[-1]
+        responder.head(ResponseHead(200, b"OK", (), None))
+        assert _waiting(transport) > 0
+        responder.write(BODY[:PIECE])
+        assert _waiting(transport) == 0
+        got = _drain(right)
+        assert b"Transfer-Encoding: chunked\r\n" in got
+        assert got.endswith(b"%x\r\n" % PIECE + BODY[:PIECE] + b"\r\n")
+        responder.end()
+        transport.doWrite()  # the last chunk is buffered, as it was
+        assert _drain(right) == b"0\r\n\r\n"
     finally:
         left.close()
         right.close()

@@ -296,7 +296,11 @@ class _Exchange:
         transport = self.front.transport
         assert transport is not None
         if self.chunked:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            if self.head_waiting:
+                self.head_waiting = False
+                _write_after_head(transport, (b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
             pause_past(transport, FRONT_HIGH_WATER)
             return
         remaining = self.remaining
