@@ -138,3 +138,53 @@ def test_a_slow_client_holds_at_most_the_high_water_and_one_piece() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_the_first_body_piece_leaves_with_the_waiting_head_at_once() -> None:
+    """The head waits in Twisted's buffer (for the body of the same turn); the first body
+    write takes it along in one sendmsg now, rather than waiting whole in the buffer behind
+    it until the next reactor turn (32 x 64 KiB at p1 /big's start, edge-1's peak)."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    responders: list[IResponder] = []
+
+    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
+        responders.append(responder)
+        return RecordingBody()
+
+    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
+    transport = _server(left, front)
+    try:
+        front.makeConnection(transport)
+        for parts in (False, True):
+            front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+            responder = responders[-1]
+            responder.head(ResponseHead(200, b"OK", (), 2 * PIECE))
+            assert _waiting(transport) > 0  # the head, for now
+            if parts:
+                responder.write_parts([memoryview(BODY[:PIECE])])  # type: ignore[attr-defined]
+            else:
+                responder.write(BODY[:PIECE])
+            assert _waiting(transport) == 0
+            got = _drain(right)
+            assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(BODY[:PIECE])
+            responder.write(BODY[PIECE : 2 * PIECE])
+            responder.end()
+            assert _drain(right) == BODY[PIECE : 2 * PIECE]
+        # A chunked response: the first chunk takes the head along too.
+        front.dataReceived(b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n")
+        responder = responders[-1]
+        responder.head(ResponseHead(200, b"OK", (), None))
+        assert _waiting(transport) > 0
+        responder.write(BODY[:PIECE])
+        assert _waiting(transport) == 0
+        got = _drain(right)
+        assert b"Transfer-Encoding: chunked\r\n" in got
+        assert got.endswith(b"%x\r\n" % PIECE + BODY[:PIECE] + b"\r\n")
+        responder.end()
+        transport.doWrite()  # the last chunk is buffered, as it was
+        assert _drain(right) == b"0\r\n\r\n"
+    finally:
+        left.close()
+        right.close()
