@@ -197,9 +197,11 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
     # transport (stopReading) gets no further read.  Without it, one read per event.
     readers = getattr(transport.reactor, "_reads", None)
     fd = transport.fileno()
+    most = READS_PER_TURN
+    full = LARGE_BUFFER
 
     def doRead() -> object:
-        reads = READS_PER_TURN
+        reads = most
         while True:
             # The pool's last buffer, when only the pool refers to it (and getrefcount's
             # argument), inline; the rest is _take_read_buffer's (callgrind, one 200-byte
@@ -227,7 +229,7 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
                 else:
                     _give_read_buffer(buffer)
             reads -= 1
-            if (size < LARGE_BUFFER or not reads or readers is None or fd not in readers
+            if (size < full or not reads or readers is None or fd not in readers
                     or transport.disconnecting):
                 return None
 
