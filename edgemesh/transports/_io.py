@@ -182,7 +182,8 @@ def pooled_reads(transport: Any) -> None:
 READS_PER_TURN = 4
 """Reads one readable event of a link takes at most, while each fills its buffer: a link
 that fell behind (its peer wrote more than LARGE_BUFFER meanwhile) catches up without a
-reactor turn (epoll_wait, dispatch) per LARGE_BUFFER."""
+reactor turn (epoll_wait, dispatch) per LARGE_BUFFER: edge-1 of a p2 4 MiB transfer, 31.5-32.6
+-> 18.3-21.5 epoll_wait per transfer (bench/big_cost.py --counts; results 2026-12-04 §8)."""
 
 
 def _pooled_read(transport: Any) -> Callable[[], object]:
