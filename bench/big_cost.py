@@ -1,7 +1,7 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace] [--perf] [--counts]
+        [--huge 7] [--strace] [--perf] [--counts] [--timeline]
 
 Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
 
@@ -15,6 +15,9 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
 - with ``--counts``: ``perf stat`` of both edges (syscall tracepoints, context switches)
   during ``--huge`` more 4 MiB transfers on path 2: the system calls and switches of each
   edge per transfer, counts at the edges' own speed (strace stops them at every call);
+- with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
+  reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
+  (results 2026-12-04 section 8);
 - ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
   2 and direct, alternating: the medians and the ratios to direct; and for path 2, each
   edge's CPU time and scheduler time slices per transfer (the sum of its threads'
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -95,6 +99,42 @@ def counts_during(out: str, pids: dict[str, int],
     return found
 
 
+TRACED = ("syscalls:sys_exit_recvfrom", "syscalls:sys_exit_sendto", "syscalls:sys_exit_sendmsg",
+          "syscalls:sys_enter_epoll_ctl")
+
+
+def timeline(out: str, pids: dict[str, int], work: Callable[[], object]) -> list[str]:
+    """The edges' reads and writes (sizes) and epoll_ctl calls while ``work()`` runs, in time
+    order: "ms since the first, edge, call, bytes (or op and fd)"."""
+    data = os.path.join(out, "timeline.data")
+    proc = subprocess.Popen(["perf", "record", "-q", *(f"-e{event}" for event in TRACED), "-o",
+                             data, "-p", ",".join(map(str, pids.values()))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness.time.sleep(1.0)  # perf attaches; it prints nothing to wait for
+    work()
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "pid,time,event,trace"],
+                            capture_output=True, text=True, check=False).stdout
+    names = {str(pid): name for name, pid in pids.items()}
+    rows: list[tuple[float, str, str, str]] = []
+    for line in script.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) < 4 or fields[0] not in names:
+            continue
+        call = fields[2].rstrip(":").split("_", 2)[-1]
+        if "exit" in fields[2]:
+            what = str(int(fields[3].strip(), 16))
+        else:
+            found = re.search(r"op: (0x[0-9a-f]+), fd: (0x[0-9a-f]+)", fields[3])
+            what = (f"op {int(found.group(1), 16)} fd {int(found.group(2), 16)}" if found
+                    else fields[3].strip())
+        rows.append((float(fields[1].rstrip(":")), names[fields[0]], call, what))
+    rows.sort()
+    start = rows[0][0] if rows else 0.0
+    return [f"{(t - start) * 1e3:8.3f} {name} {call} {what}" for t, name, call, what in rows]
+
+
 def perf_during(out: str, label: str, pid: int, record: list[str], report: list[str],
                 work: Callable[[], None]) -> str:
     """``perf record`` of ``pid`` while ``work()`` runs; perf report's text."""
@@ -133,6 +173,8 @@ def main() -> None:
                         help="perf record of CPU time: the top symbols of each edge")
     parser.add_argument("--counts", action="store_true",
                         help="perf stat of the edges' syscalls per 4 MiB transfer on path 2")
+    parser.add_argument("--timeline", action="store_true",
+                        help="the edges' reads, writes and epoll_ctl in one p2 4 MiB transfer")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -207,6 +249,9 @@ def main() -> None:
             for name, row in found.items():
                 print(f"  {name}: per 4 MiB transfer: " + ", ".join(
                     f"{event} {value / args.huge:.1f}" for event, value in row.items()))
+        if args.timeline:
+            print("  one p2 4 MiB transfer (op 1 add, 2 del, 3 mod; ms):\n" + "\n".join(
+                timeline(out, edges, lambda: harness.transfer(port, p2.host))))
         times: dict[str, list[float]] = {"p1": [], "p2": [], "direct": []}
         costs: dict[str, list[tuple[int, int]]] = {name: [] for name in edges}
         for _ in range(args.huge):
