@@ -1,7 +1,7 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace] [--perf]
+        [--huge 7] [--strace] [--perf] [--counts] [--timeline]
 
 Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
 
@@ -12,8 +12,16 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
   syscalls per MiB (strace slows the edges: its run gives counts, not times);
 - with ``--perf``: ``perf record -e cpu-clock`` of each edge during the transfers, its top
   symbols, kernel and user alike (where a MiB's CPU goes: copies, the interpreter, wake-ups);
+- with ``--counts``: ``perf stat`` of both edges (syscall tracepoints, context switches)
+  during ``--huge`` more 4 MiB transfers on path 2: the system calls and switches of each
+  edge per transfer, counts at the edges' own speed (strace stops them at every call);
+- with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
+  reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
+  (results 2026-12-04 section 8);
 - ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
-  2 and direct, alternating: the medians and the ratios to direct.
+  2 and direct, alternating: the medians and the ratios to direct; and for path 2, each
+  edge's CPU time and scheduler time slices per transfer (the sum of its threads'
+  /proc/PID/task/TID/schedstat: nanoseconds, not clock ticks; the median).
 
 CPU seconds are only comparable between trees measured in the same hour on the same load;
 page faults and syscalls are counts.  Ports: BASE_PORT (default here 18580) and the next 8.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +51,88 @@ def stat(pid: int) -> tuple[float, float, int]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7])
+
+
+def schedstat(pid: int) -> tuple[int, int]:
+    """CPU time (ns) and time slices (runs on a CPU) of a process, its threads summed."""
+    cpu = slices = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        cpu += int(fields[0])
+        slices += int(fields[2])
+    return cpu, slices
+
+
+COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap")
+
+
+def counts_during(out: str, pids: dict[str, int],
+                  work: Callable[[], object]) -> dict[str, dict[str, float]]:
+    """``perf stat`` of ``pids`` (their main threads) while ``work()`` runs: per name, the
+    count of each syscall in COUNTED and of context switches."""
+    log = os.path.join(out, "counts.csv")
+    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), "context-switches"])
+    proc = subprocess.Popen(["perf", "stat", "--per-thread", "-x", ",", "-o", log, "-e", events,
+                             "-p", ",".join(map(str, pids.values()))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness.time.sleep(1.0)  # perf attaches; it prints nothing to wait for
+    work()
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    names = {str(pid): name for name, pid in pids.items()}
+    found: dict[str, dict[str, float]] = {name: {} for name in pids}
+    with open(log) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) < 4 or fields[0].rsplit("-", 1)[-1] not in names:
+                continue
+            try:
+                value = float(fields[1])
+            except ValueError:  # <not counted>
+                continue
+            event = fields[3].replace("syscalls:sys_enter_", "")
+            found[names[fields[0].rsplit("-", 1)[-1]]][event] = value
+    return found
+
+
+TRACED = ("syscalls:sys_exit_recvfrom", "syscalls:sys_exit_sendto", "syscalls:sys_exit_sendmsg",
+          "syscalls:sys_enter_epoll_ctl")
+
+
+def timeline(out: str, pids: dict[str, int], work: Callable[[], object]) -> list[str]:
+    """The edges' reads and writes (sizes) and epoll_ctl calls while ``work()`` runs, in time
+    order: "ms since the first, edge, call, bytes (or op and fd)"."""
+    data = os.path.join(out, "timeline.data")
+    proc = subprocess.Popen(["perf", "record", "-q", *(f"-e{event}" for event in TRACED), "-o",
+                             data, "-p", ",".join(map(str, pids.values()))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness.time.sleep(1.0)  # perf attaches; it prints nothing to wait for
+    work()
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "pid,time,event,trace"],
+                            capture_output=True, text=True, check=False).stdout
+    names = {str(pid): name for name, pid in pids.items()}
+    rows: list[tuple[float, str, str, str]] = []
+    for line in script.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) < 4 or fields[0] not in names:
+            continue
+        call = fields[2].rstrip(":").split("_", 2)[-1]
+        if "exit" in fields[2]:
+            what = str(int(fields[3].strip(), 16))
+        else:
+            found = re.search(r"op: (0x[0-9a-f]+), fd: (0x[0-9a-f]+)", fields[3])
+            what = (f"op {int(found.group(1), 16)} fd {int(found.group(2), 16)}" if found
+                    else fields[3].strip())
+        rows.append((float(fields[1].rstrip(":")), names[fields[0]], call, what))
+    rows.sort()
+    start = rows[0][0] if rows else 0.0
+    return [f"{(t - start) * 1e3:8.3f} {name} {call} {what}" for t, name, call, what in rows]
 
 
 def perf_during(out: str, label: str, pid: int, record: list[str], report: list[str],
@@ -80,6 +171,10 @@ def main() -> None:
     parser.add_argument("--faults", action="store_true", help="perf record of page faults")
     parser.add_argument("--perf", action="store_true",
                         help="perf record of CPU time: the top symbols of each edge")
+    parser.add_argument("--counts", action="store_true",
+                        help="perf stat of the edges' syscalls per 4 MiB transfer on path 2")
+    parser.add_argument("--timeline", action="store_true",
+                        help="the edges' reads, writes and epoll_ctl in one p2 4 MiB transfer")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -148,9 +243,23 @@ def main() -> None:
                                          port, p2.host, args.transfers))
                 print(f"  {name} page faults:\n" + "\n".join(
                     line for line in report.splitlines()[:60] if line.strip()))
+        if args.counts:
+            found = counts_during(out, edges, lambda: [
+                harness.transfer(port, p2.host) for _ in range(args.huge)])
+            for name, row in found.items():
+                print(f"  {name}: per 4 MiB transfer: " + ", ".join(
+                    f"{event} {value / args.huge:.1f}" for event, value in row.items()))
+        if args.timeline:
+            print("  one p2 4 MiB transfer (op 1 add, 2 del, 3 mod; ms):\n" + "\n".join(
+                timeline(out, edges, lambda: harness.transfer(port, p2.host))))
         times: dict[str, list[float]] = {"p1": [], "p2": [], "direct": []}
+        costs: dict[str, list[tuple[int, int]]] = {name: [] for name in edges}
         for _ in range(args.huge):
+            before_sched = {name: schedstat(pid) for name, pid in edges.items()}
             times["p2"].append(harness.transfer(port, p2.host))
+            for name, pid in edges.items():
+                (c0, n0), (c1, n1) = before_sched[name], schedstat(pid)
+                costs[name].append((c1 - c0, n1 - n0))
             times["direct"].append(harness.transfer(ports["origin"], None))
             times["p1"].append(harness.transfer(ports[p1.port], p1.host))
         direct = statistics.median(times["direct"])
@@ -158,6 +267,10 @@ def main() -> None:
               + ", ".join(f"{k} {statistics.median(v) * 1e3:.1f} ms "
                           f"({statistics.median(v) / direct:.2f} x)"
                           for k, v in times.items() if k != "direct"))
+        print("  p2 4 MiB, median per transfer: " + ", ".join(
+            f"{name} CPU {statistics.median(c for c, _ in runs) / 1e6:.2f} ms "
+            f"in {statistics.median(n for _, n in runs):.0f} slices"
+            for name, runs in costs.items()))
         with open("/proc/loadavg") as f:
             print(f"  load average: {f.read().split()[0]}")
     finally:

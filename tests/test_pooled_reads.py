@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import main, tcp
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from edgemesh.transports import _io
-from edgemesh.transports._io import LARGE_BUFFER, pooled_reads
+from edgemesh.transports._io import LARGE_BUFFER, READS_PER_TURN, pooled_reads
 from edgemesh.transports._links import EnvelopeLink
 from edgemesh.wire import Data, FrameDecoder, Limits, encode_data
 
@@ -61,11 +62,11 @@ def empty_pool() -> Iterator[None]:
     _io._read_pool[:] = saved
 
 
-def server(sock: socket.socket, protocol: Protocol) -> tcp.Server:
+def server(sock: socket.socket, protocol: Protocol, reactor: Any = None) -> tcp.Server:
     """A Twisted TCP transport over ``sock`` (a reactor that is never run: the test calls
     doRead itself, as the reactor would once the socket is readable)."""
     transport = tcp.Server(sock, protocol, ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
-                           MemoryReactorClock())
+                           reactor or MemoryReactorClock())
     protocol.makeConnection(transport)
     return transport
 
@@ -118,6 +119,77 @@ def test_reads_are_a_link_read_at_most(pair: tuple[socket.socket, socket.socket]
         transport.doRead()
     assert max(map(len, protocol.reads)) <= LARGE_BUFFER
     assert b"".join(protocol.reads) == b"y" * total
+
+
+@pytest.fixture
+def epoll_reactor() -> Iterator[EPollReactor]:
+    """An epoll reactor that is never run: its set of watched fds is what the read loop
+    consults (a test calls doRead itself, as the reactor would on a readable event)."""
+    reactor = EPollReactor()
+    yield reactor
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
+
+
+def big_pair(pair: tuple[socket.socket, socket.socket]) -> tuple[socket.socket, socket.socket]:
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    theirs.settimeout(5)
+    return ours, theirs
+
+
+def test_full_reads_go_on_in_the_same_event(pair: tuple[socket.socket, socket.socket],
+                                            epoll_reactor: EPollReactor) -> None:
+    """A read that fills its buffer is followed by another (the link fell behind), up to
+    READS_PER_TURN of them; a read that does not fill it ends the event."""
+    ours, theirs = big_pair(pair)
+    protocol = Keeper()
+    transport = server(ours, protocol, epoll_reactor)
+    pooled_reads(transport)
+    transport.startReading()
+    theirs.sendall(b"a" * (2 * LARGE_BUFFER + 100))
+    assert transport.doRead() is None
+    assert list(map(len, protocol.reads)) == [LARGE_BUFFER, LARGE_BUFFER, 100]
+    protocol.reads.clear()
+    theirs.sendall(b"b" * ((READS_PER_TURN + 1) * LARGE_BUFFER))
+    transport.doRead()
+    assert list(map(len, protocol.reads)) == [LARGE_BUFFER] * READS_PER_TURN  # bounded
+    transport.doRead()
+    assert len(protocol.reads) == READS_PER_TURN + 1
+    transport.stopReading()
+
+
+def test_no_read_after_the_protocol_paused_the_transport(
+        pair: tuple[socket.socket, socket.socket], epoll_reactor: EPollReactor) -> None:
+    ours, theirs = big_pair(pair)
+
+    class Stopping(Keeper):
+        """Pauses its transport after each read, or closes it."""
+
+        close = False
+
+        def dataReceived(self, data: Any) -> None:
+            super().dataReceived(data)
+            if self.close:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            else:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    protocol = Stopping()
+    transport = server(ours, protocol, epoll_reactor)
+    pooled_reads(transport)
+    transport.startReading()
+    theirs.sendall(b"c" * (2 * LARGE_BUFFER))
+    transport.doRead()
+    assert list(map(len, protocol.reads)) == [LARGE_BUFFER]
+    # ...nor after it closed the connection.
+    transport.resumeProducing()
+    protocol.close = True
+    theirs.sendall(b"d" * LARGE_BUFFER)
+    transport.doRead()
+    assert list(map(len, protocol.reads)) == [LARGE_BUFFER, LARGE_BUFFER]
+    transport.stopReading()
 
 
 def test_nothing_to_read_end_and_error(pair: tuple[socket.socket, socket.socket]) -> None:

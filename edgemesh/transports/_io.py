@@ -179,40 +179,60 @@ def pooled_reads(transport: Any) -> None:
     transport.doRead = _pooled_read(transport)
 
 
+READS_PER_TURN = 4
+"""Reads one readable event of a link takes at most, while each fills its buffer: a link
+that fell behind (its peer wrote more than LARGE_BUFFER meanwhile) catches up without a
+reactor turn (epoll_wait, dispatch) per LARGE_BUFFER: edge-1 of a p2 4 MiB transfer, 31.5-32.6
+-> 18.3-21.5 epoll_wait per transfer (bench/big_cost.py --counts; results 2026-12-04 §8)."""
+
+
 def _pooled_read(transport: Any) -> Callable[[], object]:
     """tcp.Connection.doRead, reading into a pooled buffer (its answers: an error from
     recv_into, connection lost; nothing read, done).  Reads are LARGE_BUFFER at most, the
-    pool's buffers (a link's bufferSize, use_large_buffer)."""
+    pool's buffers (a link's bufferSize, use_large_buffer); after a read that filled its
+    buffer, another (READS_PER_TURN at most) while the transport still reads."""
     recv_into = transport.socket.recv_into
     pool = _read_pool
     getrefcount = sys.getrefcount
+    # The reactor's watched fds (epoll and poll reactors): a protocol that paused the
+    # transport (stopReading) gets no further read.  Without it, one read per event.
+    readers = getattr(transport.reactor, "_reads", None)
+    fd = transport.fileno()
+    most = READS_PER_TURN
+    full = LARGE_BUFFER
 
     def doRead() -> object:
-        # The pool's last buffer, when only the pool refers to it (and getrefcount's
-        # argument), inline; the rest is _take_read_buffer's (callgrind, one 200-byte read:
-        # 12.0 -> 8.8 k instructions; Twisted's doRead, 5.6 k; p2 /small 430 -> 424 k).
-        if pool and getrefcount(pool[-1]) == 2:
-            buffer = pool.pop()
-        else:
-            buffer = _take_read_buffer()
-        try:
-            size = recv_into(buffer)
-        except OSError as error:
-            _give_read_buffer(buffer)
-            if error.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not size:
-            _give_read_buffer(buffer)
-            return main.CONNECTION_DONE
-        try:
-            transport.protocol.dataReceived(memoryview(buffer)[:size].toreadonly())
-        finally:
-            if len(pool) < _READ_POOL_MAX:
-                pool.append(buffer)
+        reads = most
+        while True:
+            # The pool's last buffer, when only the pool refers to it (and getrefcount's
+            # argument), inline; the rest is _take_read_buffer's (callgrind, one 200-byte
+            # read: 12.0 -> 8.8 k instructions; Twisted's doRead, 5.6 k; p2 /small 430 ->
+            # 424 k).
+            if pool and getrefcount(pool[-1]) == 2:
+                buffer = pool.pop()
             else:
+                buffer = _take_read_buffer()
+            try:
+                size = recv_into(buffer)
+            except OSError as error:
                 _give_read_buffer(buffer)
-        return None
+                if error.args[0] == EWOULDBLOCK:
+                    return None
+                return main.CONNECTION_LOST
+            if not size:
+                _give_read_buffer(buffer)
+                return main.CONNECTION_DONE
+            try:
+                transport.protocol.dataReceived(memoryview(buffer)[:size].toreadonly())
+            finally:
+                if len(pool) < _READ_POOL_MAX:
+                    pool.append(buffer)
+                else:
+                    _give_read_buffer(buffer)
+            reads -= 1
+            if (size < full or not reads or readers is None or fd not in readers
+                    or transport.disconnecting):
+                return None
 
     return doRead
 
