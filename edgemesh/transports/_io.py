@@ -21,7 +21,7 @@ from twisted.application._client_service import _ReconnectingProtocolProxy
 from twisted.internet import main, tcp
 from twisted.internet.endpoints import _WrappingProtocol
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
+PLAIN_TCP = _PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> None:
@@ -127,6 +127,13 @@ def pause_past(transport: Any, high_water: int) -> None:
     ):
         transport.producerPaused = True
         transport.producer.pauseProducing()
+
+
+def buffered(transport: Any) -> int:
+    """Bytes waiting in a plain TCP transport's write buffer (0 for other transports)."""
+    if type(transport) in _PLAIN_TCP:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+    return 0
 
 
 def use_large_buffer(transport: Any) -> None:

@@ -240,9 +240,7 @@ class HTTPUpstreamTarget:
         if self._closed or conn.lost or self.max_idle_per_address <= 0:
             conn.transport.loseConnection()
             return
-        if conn.reading_paused:
-            conn.reading_paused = False
-            conn.transport.resumeProducing()
+        conn.resume_reading()
         address = conn.address
         idle = self._idle.get(address)
         if idle is None:
