@@ -60,6 +60,7 @@ from ._io import (
     LARGE_BUFFER,
     buffered,
     direct_reads,
+    gathered_writes,
     pooled_reads,
     use_large_buffer,
     write_all_now,
@@ -203,6 +204,7 @@ class EnvelopeLink(Protocol):
             transport.setTcpNoDelay(True)
         use_large_buffer(transport)
         pooled_reads(transport)
+        gathered_writes(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
