@@ -250,7 +250,7 @@ class EnvelopeLink(Protocol):
         if type(data) is bytes or type(data.obj) is bytes:  # type: ignore[union-attr]
             # Held to the end of the turn with the frames before it, as they are: the DATA
             # frames of the turn's pod reads leave in one sendmsg (edge-2 of p2 /big at 32
-            # connections: sendmsg 8.8 -> 6.x per MiB).  Only bytes and views of bytes: a
+            # connections: sendmsg 8.8 -> 5.9 per MiB).  Only bytes and views of bytes: a
             # view of a pooled read (a link's) dies with its read.
             out.append(head)
             out.append(data)
