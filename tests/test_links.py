@@ -1357,14 +1357,42 @@ def test_the_frames_of_one_turn_leave_in_one_write() -> None:
     assert [f.stream for f in frames_of(frames, Request)] == [ex.sid for ex, _ in opened]
 
 
-def test_a_bulk_body_write_sends_what_the_turn_held_first() -> None:
+def test_a_bulk_body_write_leaves_with_what_the_turn_held_at_its_end() -> None:
     pair = Pair(limits=Limits(initial_window=128 * 1024))  # credit for the whole write
     exchange, _ = pair.open(content_length=None)
-    exchange.write(b"x" * 100_000)  # large: not copied into the turn's buffer
-    # The request head went out before the body, without waiting for the end of the turn.
+    body = b"x" * 100_000
+    exchange.write(body)  # large: not copied into the turn's buffer
+    assert pair.client._out[-1] is body  # held as it is, no copy
+    assert pair.client_transport.value() == b""
+    pair.clock.advance(0)  # the end of the turn: the request head, then the body
     frames = FrameDecoder(Limits()).feed(pair.client_transport.value())
     assert [type(f) for f in frames] == [Request, Data]
-    assert frames_of(frames, Data)[0].data == b"x" * 100_000
+    assert frames_of(frames, Data)[0].data == body
+
+
+def test_a_bulk_view_of_another_buffer_leaves_at_once() -> None:
+    """A view of a buffer that is not bytes (a pooled read's, reused by the next read) is
+    never held past the write."""
+    pair = Pair(limits=Limits(initial_window=128 * 1024))
+    pair.open(content_length=None)
+    pair.pump()
+    buffer = bytearray(b"y" * 50_000)
+    pair.client.write_parts(b"head", memoryview(buffer))
+    assert pair.client_transport.value() == b"head" + b"y" * 50_000
+    buffer[:] = b"z" * 50_000
+    pair.clock.advance(0)
+    assert pair.client_transport.value() == b"head" + b"y" * 50_000
+
+
+def test_bulk_writes_past_the_turns_direct_budget_go_to_the_transport_in_order() -> None:
+    pair = Pair(limits=Limits(initial_window=1024 * 1024, max_window=1024 * 1024))
+    exchange, _ = pair.open(content_length=None)
+    pieces = [bytes([65 + n]) * 60_000 for n in range(5)]  # 300 000: past 128 KiB a turn
+    for piece in pieces:
+        exchange.write(piece)
+    pair.clock.advance(0)
+    frames = FrameDecoder(Limits()).feed(pair.client_transport.value())
+    assert b"".join(f.data for f in frames_of(frames, Data)) == b"".join(pieces)
 
 
 def test_a_held_frame_is_written_before_a_drained_link_closes() -> None:

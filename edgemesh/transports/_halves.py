@@ -53,8 +53,8 @@ class _Sender:
     producer (source or target) it pauses when it cannot send."""
 
     __slots__ = (
-        "done", "ending", "limit", "link", "producer", "producer_paused", "queue", "queued",
-        "sid", "trailers",
+        "done", "ending", "held", "limit", "link", "producer", "producer_paused", "queue",
+        "queued", "sid", "trailers",
     )
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
@@ -72,6 +72,9 @@ class _Sender:
         self.done = False
         self.trailers: Headers = ()
         """Trailer fields for the last frame."""
+        self.held = False
+        """A sized producer the link paused and has not let go again yet (its turn comes in
+        EnvelopeLink._admit): it stays paused whatever the credit says."""
 
     def send(self, data: bytes) -> None:
         if self.done or self.ending:
@@ -169,7 +172,7 @@ class _Sender:
             # Only for a sized producer: another (a client's request body) keeps the old
             # rule, and so does a stream whose end is due (its credit reads 0 once sent).
             blocked = (
-                link.paused or queued >= _PENDING_BOUND or (queued > 0 and window <= 0)
+                link.paused or self.held or queued >= _PENDING_BOUND or (queued > 0 and window <= 0)
                 or (window < conn.send_floor and self.limit is not None and not self.ending)
             )
         if blocked:

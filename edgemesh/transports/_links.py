@@ -10,6 +10,7 @@ a slow reader grows a buffer beyond a bound.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as TypingProtocol
@@ -55,10 +56,20 @@ from ..wire import (
     encode_request,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
-from ._io import direct_reads, pooled_reads, use_large_buffer, write_all_now, write_now
+from ._io import (
+    LARGE_BUFFER,
+    buffered,
+    direct_reads,
+    gathered_writes,
+    pooled_reads,
+    use_large_buffer,
+    write_all_now,
+    write_now,
+)
 from ._wheel import TimerWheel, WheelTimer, wheel_for
 
 if TYPE_CHECKING:
+    from ._halves import _Sender
     from ._linkstreams import _LinkStream
 
 _COALESCE_LIMIT = 64 * 1024
@@ -73,6 +84,12 @@ beyond that they go through Twisted's buffer, whose threshold pauses every strea
 producer.  Without that limit the kernel's socket buffer took everything, nothing paused,
 and edge-2's VmHWM growth at 32 connections of 1 MiB bodies was +4.7-8.3 MiB instead of
 +2.4-3.3 (bench/results-2026-12-03.md section 7)."""
+_ADMIT_BYTES = _DIRECT_PER_TURN + LARGE_BUFFER
+"""What the sized producers a link lets go at once may read together: what the link takes in
+a turn before Twisted's buffer pauses it again (see EnvelopeLink._admit)."""
+_ADMIT_READ = 64 * 1024
+"""What one sized producer let go is counted to read at most (a pod connection's read with
+32 busy ones: READ_BUDGET / 32, transports/_upconnection.py), or its credit if less."""
 _REFUSAL_GRACE = 5.0
 """Seconds a refused peer has to read the GOAWAY before its connection is aborted."""
 
@@ -135,11 +152,17 @@ class EnvelopeLink(Protocol):
         self.rtt: float | None = None
         self._ready_waiters: list[Deferred[EnvelopeLink]] = []
         self._corked: list[InboundExchange] = []
-        self._out: list[bytes] = []
+        self._held: deque[_Sender] = deque()
+        """Senders of sized producers the link paused, in the order they let go (_admit)."""
+        self._admitted = False
+        """Some were let go this turn: they read in the next one (see _end_of_turn)."""
+        self._out: list[bytes | memoryview] = []
         """Frames written during this reactor turn: they leave together at its end."""
         self._out_size = 0
         self._direct = 0
         """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN)."""
+        self._bulk = False
+        """``_out`` holds bulk DATA bodies (not counted in ``_out_size``): sent as parts."""
         self._turn_call: IDelayedCall | None = None
         self._turn_queued = False
         # edgemesh's reactor runs the end of a turn from a list, with no DelayedCall
@@ -183,6 +206,7 @@ class EnvelopeLink(Protocol):
             transport.setTcpNoDelay(True)
         use_large_buffer(transport)
         pooled_reads(transport)
+        gathered_writes(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -223,9 +247,19 @@ class EnvelopeLink(Protocol):
         self._direct += len(data)
         if not self._turn_queued:
             self._queue_end_of_turn()
+        if type(data) is bytes or type(data.obj) is bytes:  # type: ignore[union-attr]
+            # Held to the end of the turn with the frames before it, as they are: the DATA
+            # frames of the turn's pod reads leave in one sendmsg (edge-2 of p2 /big at 32
+            # connections: sendmsg 8.8 -> 5.9 per MiB).  Only bytes and views of bytes: a
+            # view of a pooled read (a link's) dies with its read.
+            out.append(head)
+            out.append(data)
+            self._bulk = True
+            return
         if out:
             self._out = []
             self._out_size = 0
+            self._bulk = False
             write_all_now(self.transport, (*out, head, data))
         else:
             write_all_now(self.transport, (head, data))
@@ -235,11 +269,14 @@ class EnvelopeLink(Protocol):
         out = self._out
         if not out or self.closed:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
         self._out_size = 0
         assert self.transport is not None
-        write_now(self.transport, data)
+        if self._bulk:
+            self._bulk = False
+            write_all_now(self.transport, out)
+            return
+        write_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     def _queue_end_of_turn(self) -> None:
         self._turn_queued = True
@@ -253,6 +290,8 @@ class EnvelopeLink(Protocol):
         self._turn_call = None
         self._turn_queued = False
         self._direct = 0
+        if self._held:
+            self._admit_more()
         if self._corked:
             corked, self._corked = self._corked, []
             for exchange in corked:
@@ -429,8 +468,10 @@ class EnvelopeLink(Protocol):
         # (A queued end-of-turn hook still runs: it finds the link closed.)
         self._turn_queued = False
         self._corked = []
+        self._held.clear()
         self._out = []
         self._out_size = 0
+        self._bulk = False
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(why)
@@ -471,18 +512,59 @@ class EnvelopeLink(Protocol):
         # here would cost a pause/resume (epoll changes) per stream per buffer-full.
         # But a sized producer (a pod connection) now: else each one's next read waits
         # whole in its queue (edge-2 of p2 /big at 32 connections, see results 2026-12-04 §1).
+        # Its pause is cheap (_UpstreamConnection.pause_reading): the connections the link
+        # holds but has not let go again do not read, so they cost no epoll change.
         self.paused = True
+        held = self._held
         for exchange in self.exchanges.values():
             sender = exchange.sender
-            if sender.limit is not None and not sender.producer_paused and not sender.done:
-                sender.update()
+            if sender.limit is not None and not sender.held and not sender.done:
+                sender.held = True
+                held.append(sender)
+                if not sender.producer_paused:
+                    sender.update()
 
     def resumeProducing(self) -> None:
         self.paused = False
         for exchange in list(self.exchanges.values()):
             sender = exchange.sender
-            if sender.queue or sender.producer_paused or (sender.ending and not sender.done):
+            if (sender.queue or (sender.producer_paused and not sender.held)
+                    or (sender.ending and not sender.done)):
                 exchange.on_link_state()
+        if self._held:
+            self._admit()
+
+    def _admit(self, room: int = _ADMIT_BYTES) -> None:
+        """Let the sized producers the link holds go, oldest first, until what they may read
+        together is ``room``: by default what the link takes before it pauses again.  Letting
+        all 32 pod connections of p2 /big go at once made each stop again at its next read
+        event before most of them had read: 122 epoll changes per MiB on edge-2, about 3
+        pause/resume pairs per read (bench/results-2026-12-04.md section 6)."""
+        held = self._held
+        conn = self.connection
+        while held and room > 0 and not self.paused:
+            sender = held.popleft()
+            sender.held = False
+            if sender.done or sender.producer is None:
+                continue
+            sender.update()
+            if not sender.producer_paused:
+                self._admitted = True
+                room -= min(conn.send_window(sender.sid), _ADMIT_READ)
+        if held and not self._turn_queued:
+            self._queue_end_of_turn()
+
+    def _admit_more(self) -> None:
+        """At the end of a turn, with producers still held: none more if some were let go
+        this turn (they have yet to read), a batch if the link sent all it was given (its
+        buffer is empty), else one, so that every held one gets its turn however busy the
+        others keep the link."""
+        if self._admitted:
+            self._admitted = False
+            if not self._turn_queued:
+                self._queue_end_of_turn()  # look again after the next turn
+        elif not self.paused:
+            self._admit(_ADMIT_BYTES if not buffered(self.transport) else 1)
 
     def stopProducing(self) -> None:
         self.close_now("transport stopped")

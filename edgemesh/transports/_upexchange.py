@@ -318,15 +318,13 @@ class _UpstreamExchange:
 
     def pauseProducing(self) -> None:
         conn = self.conn
-        if conn is not None and not conn.reading_paused:
-            conn.reading_paused = True
-            conn.transport.pauseProducing()
+        if conn is not None:
+            conn.pause_reading()
 
     def resumeProducing(self) -> None:
         conn = self.conn
-        if conn is not None and conn.reading_paused:
-            conn.reading_paused = False
-            conn.transport.resumeProducing()
+        if conn is not None:
+            conn.resume_reading()
 
     def stopProducing(self) -> None:
         self.abort("the response consumer stopped")

@@ -240,9 +240,8 @@ class HTTPUpstreamTarget:
         if self._closed or conn.lost or self.max_idle_per_address <= 0:
             conn.transport.loseConnection()
             return
-        if conn.reading_paused:
-            conn.reading_paused = False
-            conn.transport.resumeProducing()
+        if conn.reading_paused:  # rarely: no call per exchange otherwise
+            conn.resume_reading()
         address = conn.address
         idle = self._idle.get(address)
         if idle is None:
