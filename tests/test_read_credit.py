@@ -140,6 +140,23 @@ def test_a_read_is_cut_to_the_credit_left_not_below_a_room_read() -> None:
     assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
 
 
+def test_a_credit_pause_keeps_the_ramped_read_size() -> None:
+    """A link stream paused for credit is not a slow client: once credit is back the pod
+    connection reads MAX_READ again at once, not 64 KiB and a new ramp (main before: ~9 more
+    reads and frames per p2 4 MiB transfer)."""
+    w = _ramped(RAMP_READS * SMALL_BUFFER + 2 * MAX_READ)
+    conn: Any = w.pod.protocol._wrappedProtocol
+    for _ in range(2):
+        w.pod.send(b"b" * MAX_READ)
+        w.pair.pump()
+    assert not w.reading and w.queued == 0  # out of credit: paused, nothing read ahead
+    w.exchange.resumeProducing()
+    w.pair.pump()
+    assert w.reading
+    assert w.pair.server.connection.send_window(w.inbound.sid) >= MAX_READ
+    assert conn.want == MAX_READ and w.transport.bufferSize == MAX_READ
+
+
 def test_the_read_size_goes_back_to_the_ramp_after_the_exchange() -> None:
     """The next exchange on the pooled connection may not limit anything: its reads are the
     ramp's again, not the last stream's credit."""
