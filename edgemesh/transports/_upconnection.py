@@ -286,11 +286,12 @@ class _UpstreamConnection(Protocol):
             self._internal_error(problem)
         # The read size follows the consumer: MAX_READ while the responder takes every
         # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
-        # taken without a pause.  A responder that sizes our reads by its credit
-        # (limit_reads: a link stream) keeps the size when it pauses: the room already
-        # bounds what a read leaves queued, and restarting at 64 KiB after each credit
-        # pause cost a p2 4 MiB transfer ~9 extra reads and frames (results §8).  A slow client holds ~64 KiB per connection, not a
+        # taken without a pause.  A slow client holds ~64 KiB per connection, not a
         # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
+        # A responder that sizes our reads by its credit (limit_reads: a link stream)
+        # keeps the size when it pauses: its room already bounds what a read leaves
+        # queued, and the restart at 64 KiB after each credit pause cost a p2 4 MiB
+        # transfer ~7 more pod reads (results 2026-12-04 §10).
         # Never above the target's ReadBudget share: many busy connections read less each.
         # Nor above the responder's room (limit_reads), without a ramp back: when a link
         # stream's credit is plentiful again, so are the reads.
