@@ -67,7 +67,7 @@ from ._http1 import (
     response_head_bytes,
     trailer_field,
 )
-from ._io import _PLAIN_TCP, FRONT_HIGH_WATER, pause_past, write_all_now, write_now
+from ._io import FRONT_HIGH_WATER, PLAIN_TCP, pause_past, write_all_now, write_now
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -1155,7 +1155,7 @@ def _write_after_head(transport: Any, parts: Sequence[bytes | memoryview]) -> No
     piece waited whole in the buffer for the next reactor turn (p1 /big at 32 connections:
     32 pod reads of 64 KiB at once, edge-1's VmHWM peak)."""
     if (
-        type(transport) in _PLAIN_TCP
+        type(transport) in PLAIN_TCP
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting

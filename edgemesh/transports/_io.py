@@ -21,7 +21,8 @@ from twisted.application._client_service import _ReconnectingProtocolProxy
 from twisted.internet import main, tcp
 from twisted.internet.endpoints import _WrappingProtocol
 
-PLAIN_TCP = _PLAIN_TCP = (tcp.Server, tcp.Client)
+PLAIN_TCP = (tcp.Server, tcp.Client)
+"""Twisted's own TCP transports (not subclasses): the ones whose internals these helpers use."""
 
 
 def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> None:
@@ -36,7 +37,7 @@ def write_now(transport: Any, data: bytes | memoryview) -> None:
     # A plain TCP transport with nothing buffered: a send now keeps the byte order.  Checked
     # inline, not in a helper: one Python call less per write (two per /small exchange).
     if (
-        type(transport) in _PLAIN_TCP
+        type(transport) in PLAIN_TCP
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
@@ -63,7 +64,7 @@ def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
     # The same check as write_now's, inline: one Python call less per bulk DATA frame a link
     # sends.
     if (
-        type(transport) in _PLAIN_TCP
+        type(transport) in PLAIN_TCP
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
@@ -119,7 +120,7 @@ def pause_past(transport: Any, high_water: int) -> None:
     in its buffer, as Twisted does past ``bufferSize``: its doWrite resumes the producer once
     the buffer is empty.  Plain TCP transports only (others keep their own rule)."""
     if (
-        type(transport) in _PLAIN_TCP
+        type(transport) in PLAIN_TCP
         and transport.streamingProducer
         and not transport.producerPaused
         and transport.producer is not None
@@ -131,7 +132,7 @@ def pause_past(transport: Any, high_water: int) -> None:
 
 def buffered(transport: Any) -> int:
     """Bytes waiting in a plain TCP transport's write buffer (0 for other transports)."""
-    if type(transport) in _PLAIN_TCP:
+    if type(transport) in PLAIN_TCP:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
     return 0
 
@@ -181,7 +182,7 @@ def pooled_reads(transport: Any) -> None:
     Which one a process got depended on its heap's history and changed as it ran: path 2
     /big at 32 connections then cost edge-1 ~260 page faults per MiB and twice the system
     time, the bimodal "slow state" (bench/results-2026-12-04.md section 2)."""
-    if type(transport) not in _PLAIN_TCP:
+    if type(transport) not in PLAIN_TCP:
         return
     transport.doRead = _pooled_read(transport)
 
@@ -256,7 +257,7 @@ def gathered_writes(transport: Any) -> None:
     every byte that waits, and again of what one send leaves) and sends 128 KiB at most per
     call.  A link's DATA frames wait there whenever the link is full (edge-2 of p2 /big at
     32 connections: most of the body).  A plain TCP transport only; others keep their own."""
-    if type(transport) not in _PLAIN_TCP:
+    if type(transport) not in PLAIN_TCP:
         return
     transport.doWrite = _gathered_write(transport)
 
