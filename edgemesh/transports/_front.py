@@ -20,10 +20,9 @@ ways with push-producer flow control; nothing buffers a whole body.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
 
 import httptools
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
@@ -67,7 +66,7 @@ from ._http1 import (
     response_head_bytes,
     trailer_field,
 )
-from ._io import FRONT_HIGH_WATER, PLAIN_TCP, pause_past, write_all_now, write_now
+from ._io import FRONT_HIGH_WATER, pause_past, write_all_after_waiting, write_all_now, write_now
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -227,7 +226,7 @@ class _Exchange:
         data = self._head_bytes(head)
         if data is not None:
             # Buffered: the body usually follows in the same turn and leaves with it (the
-            # first body write takes it along: _write_after_head).
+            # first body write takes it along: write_all_after_waiting).
             self.front.transport.write(data)  # type: ignore[union-attr]
             self.head_waiting = True
 
@@ -298,7 +297,7 @@ class _Exchange:
         if self.chunked:
             if self.head_waiting:
                 self.head_waiting = False
-                _write_after_head(transport, (b"%x\r\n" % len(data), data, b"\r\n"))
+                write_all_after_waiting(transport, (b"%x\r\n" % len(data), data, b"\r\n"))
             else:
                 transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
             pause_past(transport, FRONT_HIGH_WATER)
@@ -314,7 +313,7 @@ class _Exchange:
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
         if self.head_waiting:
             self.head_waiting = False
-            _write_after_head(transport, (data,))
+            write_all_after_waiting(transport, (data,))
         else:
             write_now(transport, data)
         pause_past(transport, FRONT_HIGH_WATER)
@@ -338,7 +337,7 @@ class _Exchange:
         assert transport is not None
         if self.head_waiting:
             self.head_waiting = False
-            _write_after_head(transport, parts)
+            write_all_after_waiting(transport, parts)
         elif len(parts) == 1:
             write_now(transport, parts[0])
         else:
@@ -1143,31 +1142,6 @@ class HTTPFrontProtocol(Protocol):
         self._timer = None
         self.log.info("aborting connection from {client}: close not completed", client=self._client)
         self.transport.abortConnection()  # type: ignore[union-attr]
-
-
-_HEAD_WAITING = 16 * 1024
-"""At most this much waiting in Twisted's buffer is taken along by a body write."""
-
-
-def _write_after_head(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
-    """``write_all_now(transport, parts)`` after the few bytes that wait in Twisted's buffer
-    (a response head): one sendmsg of them all now.  Written after them, the body's first
-    piece waited whole in the buffer for the next reactor turn (p1 /big at 32 connections:
-    32 pod reads of 64 KiB at once, edge-1's VmHWM peak)."""
-    if (
-        type(transport) in PLAIN_TCP
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and transport.offset == len(transport.dataBuffer)
-        and 0 < transport._tempDataLen <= _HEAD_WAITING
-    ):
-        waiting = transport._tempDataBuffer
-        transport._tempDataBuffer = []
-        transport._tempDataLen = 0
-        parts = (*waiting, *parts)  # its doWrite finds the buffer empty and stops writing
-    write_all_now(transport, parts)
 
 
 class HTTPFrontFactory(Factory):
