@@ -383,7 +383,9 @@ class _Direct:
 def _pieces(parts: Iterable[bytes | memoryview]) -> list[bytes | memoryview]:
     """``parts`` as the pieces _LinkTLS._send gives OpenSSL: every part larger than a record
     as it is, but for its first bytes, which fill a record with the small parts before it
-    (joined: a record each would cost its overhead); small parts at the end joined."""
+    (joined: a record each would cost its overhead); small parts at the end joined.  With
+    gathered writes under TLS: run.sh p2 /big mTLS 3364 -> 3276 µs/req (results 2026-12-04
+    §11)."""
     pieces: list[bytes | memoryview] = []
     small: list[bytes | memoryview] = []
     small_size = 0
