@@ -1190,12 +1190,14 @@ class Sequenced(Bytes):
 def test_link_tls_write_sequence_does_not_join_a_bulk_body(
     reactor: MemoryReactorClock, pki: PKI
 ) -> None:
-    """A link writes a DATA frame's head and its bulk body with one writeSequence: the
-    parts arrive in order, and the body is not copied into a joined string on the way
-    (Twisted's layer joins them: 128 KiB more at the peak for a 128 KiB body)."""
+    """A link writes a DATA frame's head and its bulk body with one writeSequence, or a
+    turn's held frames and bodies: the parts arrive in order, and no body is copied into a
+    joined string on the way (Twisted's layer joins them: 128 KiB more at the peak for a
+    128 KiB body)."""
     head, body = b"frame head", os.urandom(128 * 1024)
     peaks = []
-    for parts in ([head, body], [head, b"small body"], [head, body, b"tail"], [body]):
+    held = [head, body, b"head 2", body[::-1], b"head 3", b"small body", b"tail"]
+    for parts in ([head, body], [head, b"small body"], [head, body, b"tail"], [body], held):
         server_app = Sequenced(parts)
         tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
         server = tls.server_factory(serving(server_app)).buildProtocol(ADDRESS)
@@ -1211,6 +1213,8 @@ def test_link_tls_write_sequence_does_not_join_a_bulk_body(
     # The records of the body (its size and 22 bytes a record) and one record's copy.
     assert peaks[0] < len(body) + 64 * 1024, peaks
     assert peaks[0] < peaks[3] + 32 * 1024, peaks  # about what the body alone costs
+    # A turn's held frames and bodies (EnvelopeLink._bulk): nor are two bodies joined.
+    assert peaks[4] < 2 * len(body) + 64 * 1024, peaks
 
 
 class BioSpy:

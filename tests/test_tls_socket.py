@@ -187,6 +187,10 @@ class Cases:
                 self.assertIsInstance(layer.transport, _SocketTLSMixin)
                 self.assertTrue(verifyObject(ISSLTransport, layer.transport))
                 self.assertTrue(verifyObject(ITCPTransport, layer.transport))
+            else:
+                # The records that waited for the socket (4 MiB at once) left by the gathered
+                # sendmsg doWrite, as a plaintext link's.
+                self.assertIn("doWrite", vars(layer.transport))
         client.transport.loseConnection()
         await timed(client.lost)
         reason = await ended(server)
