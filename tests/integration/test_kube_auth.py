@@ -8,6 +8,7 @@ not ready (``/readyz`` 503).  Only such coarse facts are asserted, not log wordi
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,10 +80,15 @@ def assert_ready(mesh: Mesh, proc: Proc) -> None:
 def assert_never_ready(mesh: Mesh, proc: Proc, api: ThreadedKubeApiServer,
                        attempts_of: str | None) -> None:
     """Not ready and alive; with `attempts_of`, only after the router has sent at least two
-    such requests (it keeps trying) -- else for OBSERVE seconds."""
+    such requests for one resource (it keeps trying) -- else for OBSERVE seconds.  Two of one
+    resource, not two in all: each resource's first watch goes out at once after its list,
+    and until the router has read a refusal it is rightly ready (everything listed, nothing
+    refused yet); a second attempt of the same resource comes only after its refusal."""
     if attempts_of is not None:
         def tried() -> bool:
-            return sum(1 for _, uri in list(api.server.request_log) if attempts_of in uri) >= 2
+            paths = Counter(uri.split("?")[0] for _, uri in list(api.server.request_log)
+                            if attempts_of in uri)
+            return max(paths.values(), default=0) >= 2
 
         mesh.wait_for(f"two attempts of {attempts_of}", tried, [proc])
     else:
