@@ -32,10 +32,24 @@ def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> No
     write_all_now(transport, (head, data))
 
 
+def _open_plain_tcp(transport: Any) -> bool:
+    """Twisted's own TCP transport, open for writing, with no write half sent: what it holds
+    (``_tempDataBuffer``) has not started to leave, so a send now may go before or with it."""
+    return (
+        type(transport) in PLAIN_TCP
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and transport.offset == len(transport.dataBuffer)
+    )
+
+
 def write_now(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, sending immediately when that is safe."""
     # A plain TCP transport with nothing buffered: a send now keeps the byte order.  Checked
-    # inline, not in a helper: one Python call less per write (two per /small exchange).
+    # inline, not by _open_plain_tcp (and not _tempDataLen): one Python call less per write
+    # (two per /small exchange).
     if (
         type(transport) in PLAIN_TCP
         and not transport.TLS
@@ -61,8 +75,8 @@ def write_now(transport: Any, data: bytes | memoryview) -> None:
 def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
     """``transport.writeSequence(parts)``, as one ``sendmsg`` of them all when that is safe
     (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time)."""
-    # The same check as write_now's, inline: one Python call less per bulk DATA frame a link
-    # sends.
+    # The same check as write_now's (_open_plain_tcp and nothing held), inline: one Python
+    # call less per bulk DATA frame a link sends.
     if (
         type(transport) in PLAIN_TCP
         and not transport.TLS
@@ -124,15 +138,7 @@ def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview])
     (a response head the front buffered): one sendmsg of them all now.  Written after them,
     the body's first piece waited whole in the buffer for the next reactor turn (p1 /big at
     32 connections: 32 pod reads of 64 KiB at once, edge-1's VmHWM peak)."""
-    if (
-        type(transport) in PLAIN_TCP
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and transport.offset == len(transport.dataBuffer)
-        and 0 < transport._tempDataLen <= _WAITING_TAKEN
-    ):
+    if _open_plain_tcp(transport) and 0 < transport._tempDataLen <= _WAITING_TAKEN:
         waiting = transport._tempDataBuffer
         transport._tempDataBuffer = []
         transport._tempDataLen = 0
