@@ -1,6 +1,8 @@
 """Shared pytest setup: import edgemesh from this checkout, whatever the working directory."""
 
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,16 @@ def kubeconfig(tmp_path: Path) -> str:
     path = tmp_path / "kubeconfig"
     path.write_text(KUBECONFIG)
     return str(path)
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected socket pair: ours non-blocking (a Twisted transport goes over it), theirs
+    blocking (the test plays the peer); both closed after the test."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()

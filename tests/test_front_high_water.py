@@ -4,7 +4,10 @@ client, not past Twisted's 64 KiB (issue 15: 32 slow clients held ~100 KiB each)
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
+import pytest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -63,6 +66,39 @@ def _drain(sock: socket.socket) -> bytes:
     return bytes(got)
 
 
+@dataclass
+class FrontOverSocket:
+    """A front on a real Twisted TCP transport over one end of a socket pair; the test
+    reads what the client would from `client`, and each request's responder lands in
+    `responders`."""
+
+    transport: tcp.Server
+    front: HTTPFrontProtocol
+    client: socket.socket
+    responders: list[IResponder] = field(default_factory=list)
+
+
+@pytest.fixture
+def served() -> Iterator[FrontOverSocket]:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    responders: list[IResponder] = []
+
+    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
+        responders.append(responder)
+        return RecordingBody()
+
+    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
+    transport = _server(left, front)
+    try:
+        front.makeConnection(transport)
+        yield FrontOverSocket(transport, front, right, responders)
+    finally:
+        left.close()
+        right.close()
+
+
 def test_pause_past_pauses_beyond_the_high_water_and_twisted_resumes() -> None:
     left, right = socket.socketpair()
     right.setblocking(False)
@@ -90,101 +126,75 @@ def test_pause_past_pauses_beyond_the_high_water_and_twisted_resumes() -> None:
         right.close()
 
 
-def test_a_slow_client_holds_at_most_the_high_water_and_one_piece() -> None:
-    left, right = socket.socketpair()
-    right.setblocking(False)
-    responders: list[IResponder] = []
-
-    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
-        responders.append(responder)
-        return RecordingBody()
-
-    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
-    transport = _server(left, front)
-    try:
-        front.makeConnection(transport)
-        front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
-        (responder,) = responders
-        producer = Producer()
-        verifyObject(IPushProducer, producer)
-        responder.head(ResponseHead(200, b"OK", (), len(BODY)))
-        responder.setProducer(producer)
-        received = bytearray()
-        held = []
-        sent = 0
-        for _ in range(10_000):  # bounded
-            if sent == len(BODY):
-                break
-            if producer.paused:
-                # The client reads what the kernel holds; Twisted writes on.
-                received += _drain(right)
-                transport.doWrite()
-                continue
-            responder.write(BODY[sent : sent + PIECE])
-            sent += PIECE
-            held.append(_waiting(transport))
-        responder.end()
-        for _ in range(10_000):
-            if not _waiting(transport):
-                break
-            transport.doWrite()
+def test_a_slow_client_holds_at_most_the_high_water_and_one_piece(served: FrontOverSocket) -> None:
+    transport, front, right = served.transport, served.front, served.client
+    front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+    (responder,) = served.responders
+    producer = Producer()
+    verifyObject(IPushProducer, producer)
+    responder.head(ResponseHead(200, b"OK", (), len(BODY)))
+    responder.setProducer(producer)
+    received = bytearray()
+    held = []
+    sent = 0
+    for _ in range(10_000):  # bounded
+        if sent == len(BODY):
+            break
+        if producer.paused:
+            # The client reads what the kernel holds; Twisted writes on.
             received += _drain(right)
+            transport.doWrite()
+            continue
+        responder.write(BODY[sent : sent + PIECE])
+        sent += PIECE
+        held.append(_waiting(transport))
+    responder.end()
+    for _ in range(10_000):
+        if not _waiting(transport):
+            break
+        transport.doWrite()
         received += _drain(right)
-        assert received.endswith(BODY)
-        assert producer.pauses > 1
-        # Twisted alone lets 64 KiB wait before it pauses, and the piece that passes it
-        # comes on top (a 32 KiB piece: up to ~96 KiB).
-        assert max(held) <= FRONT_HIGH_WATER + PIECE + 256, max(held)
-    finally:
-        left.close()
-        right.close()
+    received += _drain(right)
+    assert received.endswith(BODY)
+    assert producer.pauses > 1
+    # Twisted alone lets 64 KiB wait before it pauses, and the piece that passes it
+    # comes on top (a 32 KiB piece: up to ~96 KiB).
+    assert max(held) <= FRONT_HIGH_WATER + PIECE + 256, max(held)
 
 
-def test_the_first_body_piece_leaves_with_the_waiting_head_at_once() -> None:
+def test_the_first_body_piece_leaves_with_the_waiting_head_at_once(
+    served: FrontOverSocket,
+) -> None:
     """The head waits in Twisted's buffer (for the body of the same turn); the first body
     write takes it along in one sendmsg now, rather than waiting whole in the buffer behind
     it until the next reactor turn (32 x 64 KiB at p1 /big's start, edge-1's peak)."""
-    left, right = socket.socketpair()
-    left.setblocking(False)
-    right.setblocking(False)
-    responders: list[IResponder] = []
-
-    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
-        responders.append(responder)
-        return RecordingBody()
-
-    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
-    transport = _server(left, front)
-    try:
-        front.makeConnection(transport)
-        for parts in (False, True):
-            front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
-            responder = responders[-1]
-            responder.head(ResponseHead(200, b"OK", (), 2 * PIECE))
-            assert _waiting(transport) > 0  # the head, for now
-            if parts:
-                responder.write_parts([memoryview(BODY[:PIECE])])  # type: ignore[attr-defined]
-            else:
-                responder.write(BODY[:PIECE])
-            assert _waiting(transport) == 0
-            got = _drain(right)
-            assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(BODY[:PIECE])
-            responder.write(BODY[PIECE : 2 * PIECE])
-            responder.end()
-            assert _drain(right) == BODY[PIECE : 2 * PIECE]
-        # A chunked response: the first chunk takes the head along too.
-        front.dataReceived(b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n")
+    transport, front, right = served.transport, served.front, served.client
+    responders = served.responders
+    for parts in (False, True):
+        front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
         responder = responders[-1]
-        responder.head(ResponseHead(200, b"OK", (), None))
-        assert _waiting(transport) > 0
-        responder.write(BODY[:PIECE])
+        responder.head(ResponseHead(200, b"OK", (), 2 * PIECE))
+        assert _waiting(transport) > 0  # the head, for now
+        if parts:
+            responder.write_parts([memoryview(BODY[:PIECE])])  # type: ignore[attr-defined]
+        else:
+            responder.write(BODY[:PIECE])
         assert _waiting(transport) == 0
         got = _drain(right)
-        assert b"Transfer-Encoding: chunked\r\n" in got
-        assert got.endswith(b"%x\r\n" % PIECE + BODY[:PIECE] + b"\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(BODY[:PIECE])
+        responder.write(BODY[PIECE : 2 * PIECE])
         responder.end()
-        transport.doWrite()  # the last chunk is buffered, as it was
-        assert _drain(right) == b"0\r\n\r\n"
-    finally:
-        left.close()
-        right.close()
+        assert _drain(right) == BODY[PIECE : 2 * PIECE]
+    # A chunked response: the first chunk takes the head along too.
+    front.dataReceived(b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n")
+    responder = responders[-1]
+    responder.head(ResponseHead(200, b"OK", (), None))
+    assert _waiting(transport) > 0
+    responder.write(BODY[:PIECE])
+    assert _waiting(transport) == 0
+    got = _drain(right)
+    assert b"Transfer-Encoding: chunked\r\n" in got
+    assert got.endswith(b"%x\r\n" % PIECE + BODY[:PIECE] + b"\r\n")
+    responder.end()
+    transport.doWrite()  # the last chunk is buffered, as it was
+    assert _drain(right) == b"0\r\n\r\n"

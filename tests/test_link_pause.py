@@ -11,7 +11,7 @@ A link that drains lets its held pod connections go a batch at a time, oldest fi
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -40,15 +40,6 @@ class Reads(Protocol):
         self.data += data
 
 
-@pytest.fixture
-def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
 def pod_connection(sock: socket.socket) -> tuple[Any, tcp.Server, MemoryReactorClock, Reads]:
     """An _UpstreamConnection's pause state over a real Twisted TCP transport (a reactor that
     is never run: the test calls doRead as the reactor would on a read event)."""
@@ -65,25 +56,25 @@ def pod_connection(sock: socket.socket) -> tuple[Any, tcp.Server, MemoryReactorC
 
 
 def test_a_pause_resumed_before_a_read_event_changes_no_epoll_interest(
-    sockets: tuple[socket.socket, socket.socket],
+    socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    conn, transport, reactor, reads = pod_connection(sockets[0])
+    conn, transport, reactor, reads = pod_connection(socket_pair[0])
     assert transport in reactor.readers
     conn.pause_reading()
     assert conn.reading_paused and transport in reactor.readers  # no epoll change
     conn.resume_reading()
     assert not conn.reading_paused and transport in reactor.readers
     assert "doRead" not in transport.__dict__  # Twisted's own read again
-    sockets[1].sendall(b"body")
+    socket_pair[1].sendall(b"body")
     transport.doRead()
     assert reads.data == b"body"
 
 
 def test_a_read_event_while_paused_stops_reading_without_a_read(
-    sockets: tuple[socket.socket, socket.socket],
+    socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    conn, transport, reactor, reads = pod_connection(sockets[0])
-    sockets[1].sendall(b"body")
+    conn, transport, reactor, reads = pod_connection(socket_pair[0])
+    socket_pair[1].sendall(b"body")
     conn.pause_reading()
     transport.doRead()  # the reactor: the socket is readable
     assert reads.data == b""  # nothing read: it waits in the socket, not in a queue
@@ -95,10 +86,10 @@ def test_a_read_event_while_paused_stops_reading_without_a_read(
     assert reads.data == b"body"
 
 
-def test_pauses_and_resumes_repeat(sockets: tuple[socket.socket, socket.socket]) -> None:
-    conn, transport, reactor, reads = pod_connection(sockets[0])
+def test_pauses_and_resumes_repeat(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    conn, transport, reactor, reads = pod_connection(socket_pair[0])
     for round_ in range(3):
-        sockets[1].sendall(b"%d" % round_)
+        socket_pair[1].sendall(b"%d" % round_)
         conn.pause_reading()
         conn.pause_reading()  # twice: one pause
         transport.doRead()
@@ -111,11 +102,11 @@ def test_pauses_and_resumes_repeat(sockets: tuple[socket.socket, socket.socket])
 
 
 def test_an_aborted_connections_own_read_is_kept(
-    sockets: tuple[socket.socket, socket.socket],
+    socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """Twisted's abortConnection puts a no-op doRead on the transport: a resume must not take
     it away (only the gate's own is removed)."""
-    conn, transport, _reactor, _reads = pod_connection(sockets[0])
+    conn, transport, _reactor, _reads = pod_connection(socket_pair[0])
     conn.pause_reading()
 
     def no_op() -> None:
@@ -127,11 +118,11 @@ def test_an_aborted_connections_own_read_is_kept(
 
 
 def test_a_connection_lost_while_paused_drops_the_gate(
-    sockets: tuple[socket.socket, socket.socket],
+    socket_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """The gate is a bound method of the connection on its transport: dropped at the loss, so
     that the two do not keep each other alive."""
-    conn, transport, _reactor, _reads = pod_connection(sockets[0])
+    conn, transport, _reactor, _reads = pod_connection(socket_pair[0])
     conn.pause_reading()
     assert conn.read_gate
     conn._close_gate()

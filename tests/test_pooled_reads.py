@@ -45,15 +45,6 @@ class Keeper(Protocol):
                 self.kept.append(data)
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
 @pytest.fixture(autouse=True)
 def empty_pool() -> Iterator[None]:
     saved = list(_io._read_pool)
@@ -71,8 +62,8 @@ def server(sock: socket.socket, protocol: Protocol, reactor: Any = None) -> tcp.
     return transport
 
 
-def test_reads_go_into_one_reused_buffer(pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, theirs = pair
+def test_reads_go_into_one_reused_buffer(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = socket_pair
     protocol = Keeper()
     transport = server(ours, protocol)
     transport.bufferSize = LARGE_BUFFER
@@ -86,10 +77,10 @@ def test_reads_go_into_one_reused_buffer(pair: tuple[socket.socket, socket.socke
     assert len(_io._read_pool) == 1
 
 
-def test_a_kept_view_is_never_overwritten(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_a_kept_view_is_never_overwritten(socket_pair: tuple[socket.socket, socket.socket]) -> None:
     """A consumer that keeps a view past dataReceived (against the contract) holds its
     buffer: the next reads go elsewhere and the kept bytes stay as they were."""
-    ours, theirs = pair
+    ours, theirs = socket_pair
     protocol = Keeper(keep=True)
     transport = server(ours, protocol)
     pooled_reads(transport)
@@ -105,9 +96,9 @@ def test_a_kept_view_is_never_overwritten(pair: tuple[socket.socket, socket.sock
     assert protocol.buffers[-1] in protocol.buffers[2:5]  # a released one is reused
 
 
-def test_reads_are_a_link_read_at_most(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_reads_are_a_link_read_at_most(socket_pair: tuple[socket.socket, socket.socket]) -> None:
     """LARGE_BUFFER per read (a link's bufferSize, use_large_buffer), the pool's buffer size."""
-    ours, theirs = pair
+    ours, theirs = socket_pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     protocol = Keeper()
@@ -131,19 +122,21 @@ def epoll_reactor() -> Iterator[EPollReactor]:
     reactor._poller.close()
 
 
-def big_pair(pair: tuple[socket.socket, socket.socket]) -> tuple[socket.socket, socket.socket]:
-    ours, theirs = pair
+def big_pair(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket_pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     theirs.settimeout(5)
     return ours, theirs
 
 
-def test_full_reads_go_on_in_the_same_event(pair: tuple[socket.socket, socket.socket],
+def test_full_reads_go_on_in_the_same_event(socket_pair: tuple[socket.socket, socket.socket],
                                             epoll_reactor: EPollReactor) -> None:
     """A read that fills its buffer is followed by another (the link fell behind), up to
     READS_PER_TURN of them; a read that does not fill it ends the event."""
-    ours, theirs = big_pair(pair)
+    ours, theirs = big_pair(socket_pair)
     protocol = Keeper()
     transport = server(ours, protocol, epoll_reactor)
     pooled_reads(transport)
@@ -161,8 +154,8 @@ def test_full_reads_go_on_in_the_same_event(pair: tuple[socket.socket, socket.so
 
 
 def test_no_read_after_the_protocol_paused_the_transport(
-        pair: tuple[socket.socket, socket.socket], epoll_reactor: EPollReactor) -> None:
-    ours, theirs = big_pair(pair)
+        socket_pair: tuple[socket.socket, socket.socket], epoll_reactor: EPollReactor) -> None:
+    ours, theirs = big_pair(socket_pair)
 
     class Stopping(Keeper):
         """Pauses its transport after each read, or closes it."""
@@ -192,8 +185,8 @@ def test_no_read_after_the_protocol_paused_the_transport(
     transport.stopReading()
 
 
-def test_nothing_to_read_end_and_error(pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, theirs = pair
+def test_nothing_to_read_end_and_error(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = socket_pair
     protocol = Keeper()
     transport = server(ours, protocol)
     pooled_reads(transport)
@@ -221,10 +214,10 @@ def test_other_transports_keep_their_reads() -> None:
 
 
 def test_a_link_on_plain_tcp_reads_into_the_pool(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+        socket_pair: tuple[socket.socket, socket.socket]) -> None:
     """What fixes the slow state: a link's TCP transport reads into the pool, not into a
     new bytes object per read (on the code before, the link got bytes)."""
-    ours, theirs = pair
+    ours, theirs = socket_pair
     seen: list[Any] = []
 
     class Recording(EnvelopeLink):
