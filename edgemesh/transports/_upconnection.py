@@ -81,28 +81,19 @@ floors made p2 /big at 32 connections fall to 0-73 req/s, mesh CPU 7-17 % (bench
 class ReadBudget:
     """The read budget shared by the pod connections of one HTTPUpstreamTarget."""
 
-    __slots__ = ("_busy", "share", "total")
+    __slots__ = ("busy", "total")
 
     def __init__(self, total: int = READ_BUDGET) -> None:
         self.total = total
-        self._busy = 0
-        self.share = MAX_READ
-        """The largest read of one busy connection now (``cap()``), worked out when ``busy``
-        changes (twice per exchange) rather than at every pod read."""
-
-    @property
-    def busy(self) -> int:
+        self.busy = 0
         """Connections in an exchange (counted by _UpstreamExchange.connected/_detach)."""
-        return self._busy
-
-    @busy.setter
-    def busy(self, busy: int) -> None:
-        self._busy = busy
-        self.share = MAX_READ if busy <= 1 else max(MIN_READ, min(MAX_READ, self.total // busy))
 
     def cap(self) -> int:
         """The largest read of one busy connection now."""
-        return self.share
+        busy = self.busy
+        if busy <= 1:
+            return MAX_READ
+        return max(MIN_READ, min(MAX_READ, self.total // busy))
 
 
 RAMP_READS: Final = 4
@@ -309,7 +300,7 @@ class _UpstreamConnection(Protocol):
         if size is None:
             return
         want = self.want
-        cap = self.target.reads.share
+        cap = self.target.reads.cap()
         if self.reading_paused and self.room is None:
             self.full_reads = 0
             want = min(SMALL_BUFFER, cap)
