@@ -15,6 +15,14 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
 - with ``--counts``: ``perf stat`` of both edges (syscall tracepoints, context switches)
   during ``--huge`` more 4 MiB transfers on path 2: the system calls and switches of each
   edge per transfer, counts at the edges' own speed (strace stops them at every call);
+- with ``--pyspy``: ``py-spy record --format raw`` of each edge (both at once, ``--rate``
+  samples/s) during ``--huge`` more 4 MiB transfers on path 2, then bench/pyspy_summary.py's
+  self and inclusive split of the Python side (results 2026-12-04 section 13);
+- with ``--cprofile``: the edges run under exchange_cost.py's cProfile (on and off by
+  signals, CPU-time clock) during ``--huge`` more 4 MiB transfers on path 2, or with
+  ``--wrk 5s`` during wrk's 32 connections of /big instead: each edge's Python calls per MiB
+  by function (counts: the load does not move them) and their self time's share;
+  only these figures are printed (the profiler slows the edges);
 - with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
   reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
   (results 2026-12-04 section 8);
@@ -149,6 +157,45 @@ def perf_during(out: str, label: str, pid: int, record: list[str], report: list[
                           capture_output=True, text=True, check=False).stdout
 
 
+def pyspy_during(out: str, pids: dict[str, int], rate: int,
+                 work: Callable[[], object]) -> dict[str, str]:
+    """``py-spy record --format raw`` of each of ``pids`` (at once) while ``work()`` runs: per
+    name, the collapsed-stacks file."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = spy if os.path.exists(spy) else "py-spy"
+    files = {name: os.path.join(out, f"pyspy-{name}.txt") for name in pids}
+    procs = [subprocess.Popen([spy, "record", "--format", "raw", "--rate", str(rate),
+                               "--nonblocking", "-o", files[name], "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in pids.items()]
+    harness.time.sleep(1.5)  # py-spy attaches; it prints nothing to wait for
+    work()
+    for proc in procs:
+        proc.send_signal(2)
+    for proc in procs:
+        proc.wait(timeout=60)
+    return files
+
+
+def cprofile_table(path: str, mib: float, top: int) -> str:
+    """Calls per MiB and share of the profiled self time, by function, of a cProfile dump."""
+    import pstats
+
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in stats.items():
+        where = re.sub(r".*site-packages/", "", filename)
+        where = re.sub(r".*/(edgemesh|twisted)/", r"\1/", where, count=1)
+        rows.append((calls, tottime, f"{name} ({where}:{line})" if line else name))
+    total = sum(t for _, t, _ in rows) or 1.0
+    calls = sum(c for c, _, _ in rows)
+    rows.sort(key=lambda row: -row[0])
+    lines = [f"    {calls / mib:8.1f} calls/MiB in all ({total / mib * 1e3:.2f} ms/MiB profiled)",
+             "     calls/MiB  self%  function"]
+    lines += [f"    {c / mib:10.1f} {t / total * 100:6.1f}  {what}" for c, t, what in rows[:top]]
+    return "\n".join(lines)
+
+
 def curl_big(port: int, host: str, count: int) -> None:
     """``count`` GETs of /big on one keep-alive connection."""
     url = f"http://127.0.0.1:{port}/big"
@@ -175,12 +222,31 @@ def main() -> None:
                         help="perf stat of the edges' syscalls per 4 MiB transfer on path 2")
     parser.add_argument("--timeline", action="store_true",
                         help="the edges' reads, writes and epoll_ctl in one p2 4 MiB transfer")
+    parser.add_argument("--pyspy", action="store_true",
+                        help="py-spy of both edges during --huge p2 4 MiB transfers")
+    parser.add_argument("--rate", type=int, default=2000, help="py-spy samples per second")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="the edges' Python calls per MiB (cProfile), nothing else")
+    parser.add_argument("--wrk", default="",
+                        help="with --cprofile: wrk's 32 connections of /big for this long")
+    parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
     out = tempfile.mkdtemp(prefix="edgemesh-big-cost-")
     harness.OUTDIR = out
     harness.CFG.update(PYTHON=args.python, IDLE_WAIT="0")
+    if args.cprofile:
+        import exchange_cost
+
+        wrapper = os.path.join(out, "python")
+        with open(wrapper, "w") as f:
+            f.write(exchange_cost.WRAPPER.format(mode="cprofile", python=args.python,
+                                                 edge=exchange_cost.CPROFILE.format(
+                                                     out=out, python=args.python,
+                                                     here=exchange_cost.HERE)))
+        os.chmod(wrapper, 0o755)
+        harness.CFG.update(PYTHON=wrapper)
     bodies = harness.bench_bodies()
     tmp = harness.run_dir(out, "run", bodies)
     ports = harness.PORTS
@@ -193,6 +259,32 @@ def main() -> None:
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
         port = ports[p2.port]
         curl_big(port, p2.host, 5)  # warm-up
+        if args.cprofile:
+            import signal
+
+            for pid in edges.values():
+                os.kill(pid, signal.SIGUSR1)
+            harness.time.sleep(0.5)  # not readiness: lets the handler run before traffic
+            if args.wrk:
+                _cmd, text = harness.wrk(p2, "/big", args.wrk)
+                mib = harness.parse_wrk(text)["requests"] * harness.BIG_SIZE / 2**20
+                what = f"wrk -c{harness.CFG['CONNS']} -d{args.wrk} /big"
+            else:
+                for _ in range(args.huge):
+                    harness.transfer(port, p2.host)
+                mib = args.huge * 4.0
+                what = f"{args.huge} x 4 MiB"
+            for pid in edges.values():
+                os.kill(pid, signal.SIGUSR2)
+            print(f"tree {args.tree}: cProfile of the edges during {what} on path 2")
+            for name, pid in edges.items():
+                path = os.path.join(out, f"cprofile.{pid}")
+                deadline = harness.time.monotonic() + 60
+                while not os.path.exists(path) and harness.time.monotonic() < deadline:
+                    harness.time.sleep(0.1)
+                harness.time.sleep(1.0)  # dump_stats writes in one go; let it finish
+                print(f"  {name}:\n" + cprofile_table(path, mib, args.top))
+            return
         mib = args.transfers * harness.BIG_SIZE / 2**20
         print(f"tree {args.tree}: {args.transfers} x /big along path 2, one connection, twice")
         for _ in range(2):
@@ -249,6 +341,14 @@ def main() -> None:
             for name, row in found.items():
                 print(f"  {name}: per 4 MiB transfer: " + ", ".join(
                     f"{event} {value / args.huge:.1f}" for event, value in row.items()))
+        if args.pyspy:
+            files = pyspy_during(out, edges, args.rate, lambda: [
+                harness.transfer(port, p2.host) for _ in range(args.huge)])
+            summary = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyspy_summary.py")
+            for name, path in files.items():
+                print(f"  {name} py-spy ({path}):")
+                print(subprocess.run([sys.executable, summary, path], capture_output=True,
+                                     text=True, check=False).stdout)
         if args.timeline:
             print("  one p2 4 MiB transfer (op 1 add, 2 del, 3 mod; ms):\n" + "\n".join(
                 timeline(out, edges, lambda: harness.transfer(port, p2.host))))

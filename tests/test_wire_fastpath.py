@@ -5,8 +5,22 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgemesh.wire import Data, FrameDecoder, Limits, decode_payload, encode_data
-from edgemesh.wire._frames import PREFIX_SIZE, _data_fast, encode_data_head
+from edgemesh.wire import (
+    Data,
+    FrameDecoder,
+    Limits,
+    ProtocolError,
+    Window,
+    decode_payload,
+    encode_data,
+)
+from edgemesh.wire._frames import (
+    PREFIX_SIZE,
+    _data_fast,
+    _window_fast,
+    encode_data_head,
+    encode_window,
+)
 
 streams = st.integers(min_value=1, max_value=(1 << 31) - 1)
 bodies = st.one_of(
@@ -42,6 +56,43 @@ def test_fast_path_declines_what_it_does_not_recognise(payload: bytes) -> None:
     fast = _data_fast(buffer, 0, len(buffer))
     if fast is not None:
         assert decode_payload(payload, Limits()) == fast
+
+
+@given(streams, streams)
+def test_fast_window_decoding_agrees_with_msgpack(stream: int, increment: int) -> None:
+    frame = bytearray(encode_window(stream, increment))
+    fast = _window_fast(frame, PREFIX_SIZE, len(frame))
+    assert fast == decode_payload(bytes(frame[PREFIX_SIZE:]), Limits()) == Window(stream, increment)
+    assert FrameDecoder(Limits()).feed(memoryview(bytes(frame * 2)).toreadonly()) == [fast, fast]
+
+
+@given(st.one_of(
+    st.binary(min_size=4, max_size=16).map(lambda tail: b"\x93\x05" + tail[2:]),
+    st.binary(min_size=4, max_size=16),
+))
+def test_fast_window_path_declines_what_it_does_not_recognise(payload: bytes) -> None:
+    """Whatever it accepts decode_payload accepts the same; a WINDOW frame it declines (zero
+    credit, a stream id past 2**31, a 64-bit integer, extra bytes) decode_payload judges."""
+    fast = _window_fast(bytearray(payload), 0, len(payload))
+    if fast is not None:
+        assert decode_payload(payload, Limits()) == fast
+
+
+def test_unusual_windows_go_to_the_general_decoder() -> None:
+    decoder = FrameDecoder(Limits())
+    for payload in (b"\x93\x05\x01\x00", b"\x93\x05\xce\x80\x00\x00\x00\x01"):
+        frame = len(payload).to_bytes(4, "big") + payload
+        assert _window_fast(bytearray(frame), PREFIX_SIZE, len(frame)) is None
+        try:
+            decoder.feed(frame)
+        except ProtocolError:
+            decoder = FrameDecoder(Limits())
+        else:
+            raise AssertionError(f"{payload!r} accepted")
+    # A 64-bit encoding of a small value is valid msgpack: declined here, accepted there.
+    payload = b"\x93\x05\xcf" + (7).to_bytes(8, "big") + b"\x09"
+    assert _window_fast(bytearray(payload), 0, len(payload)) is None
+    assert decode_payload(payload, Limits()) == Window(7, 9)
 
 
 def test_split_frames_decode_the_same_through_the_fast_path() -> None:

@@ -331,7 +331,7 @@ class OutboundExchange:
             size = sum(map(len, parts))
         if parts:
             write_parts(self.responder, parts)
-            receiver = self.receiver
+            receiver = self._receiver or self.receiver  # the property's call when needed only
             if receiver.paused:
                 receiver.held += size
             else:

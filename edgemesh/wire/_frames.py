@@ -1052,6 +1052,47 @@ def _data_fast(buffer: _Buffer, start: int, end: int) -> Data | None:
     return Data(stream, fin, data)
 
 
+_UINTS = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I")}
+"""msgpack's unsigned integers of up to 32 bits, by their marker."""
+
+
+def _window_fast(buffer: _Buffer, start: int, end: int) -> Window | None:
+    """A well-formed WINDOW frame without msgpack (unpackb's call with its keywords and the
+    checks after it: 1.35 against 0.6 us and 7 Python calls less per frame; edge-2 of p2
+    /big at 32 connections gets one per ~75 KiB); anything unusual is left to
+    decode_payload, which judges it."""
+    if end - start < 4 or buffer[start] != 0x93:
+        return None
+    # The two fields unrolled, not a loop nor a helper: each would cost what the msgpack
+    # call did not.
+    pos = start + 2
+    marker = buffer[pos]
+    if marker <= 0x7F:
+        stream = marker
+        pos += 1
+    else:
+        uint = _UINTS.get(marker)
+        if uint is None or pos + 1 + uint.size > end:
+            return None
+        (stream,) = uint.unpack_from(buffer, pos + 1)
+        pos += 1 + uint.size
+    if pos >= end:
+        return None
+    marker = buffer[pos]
+    if marker <= 0x7F:
+        increment = marker
+        pos += 1
+    else:
+        uint = _UINTS.get(marker)
+        if uint is None or pos + 1 + uint.size > end:
+            return None
+        (increment,) = uint.unpack_from(buffer, pos + 1)
+        pos += 1 + uint.size
+    if pos != end or not 1 <= stream <= _MAX_U31 or not 1 <= increment <= _MAX_U31:
+        return None
+    return Window(stream, increment)
+
+
 _GATHER_MIN = 16 * 1024
 """A DATA frame at least this large that a read leaves unfinished has its body handed on
 as it arrives, a DATA frame per piece (the last one with the frame's end flag), instead of
@@ -1149,8 +1190,13 @@ class FrameDecoder:
                         self._gather(buffer, head[2], size, frames)
                         return
                 break
-            if length >= 2 and buffer[start + 1] == DATA:
+            kind = buffer[start + 1] if length >= 2 else None
+            if kind == DATA:
                 frame = _data_fast(buffer, start, end) or decode_payload(
+                    bytes(buffer[start:end]), limits
+                )
+            elif kind == WINDOW:
+                frame = _window_fast(buffer, start, end) or decode_payload(
                     bytes(buffer[start:end]), limits
                 )
             else:
