@@ -26,7 +26,10 @@ memmove, memset wherever they run), the interpreter and cffi, the kernel (system
 TCP) and the rest, in ms per MiB (the samples' shares of the edge's CPU time);
 ``--measure faults`` shows where the edges' page faults come from (perf, call graphs);
 ``--measure pyspy`` samples each edge's Python stacks with py-spy (on PATH) during the
-transfers and prints pyspy_summary.py's tables (where the interpreter's share goes).
+transfers and prints pyspy_summary.py's tables (where the interpreter's share goes);
+``--measure profile`` runs each edge under cProfile, on only during the transfers (SIGUSR1 /
+SIGUSR2 to a shim), and prints the functions called most per MiB: call counts are exact
+where CPU times are noise (``--annotate N``: the N first; the shim's times mean nothing).
 
 Needs valgrind, nginx and curl; the ports are BASE_PORT (default here 18480) and the
 next eight.
@@ -55,6 +58,27 @@ case "$*" in
   *--help*) exec "{python}" "$@" ;;
   *edgemesh-edge*) exec valgrind --tool=callgrind --instr-atstart=no --dump-instr=no \\
       --callgrind-out-file={out}/callgrind.%p "{python}" "$@" ;;
+  *) exec "{python}" "$@" ;;
+esac
+"""
+
+
+PROFILER = """# The edges' interpreter with cProfile switched on by SIGUSR1 and dumped by SIGUSR2.
+import cProfile, runpy, signal, sys
+_profile = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: _profile.enable())
+def _dump(*_):
+    _profile.disable()
+    _profile.dump_stats("{out}/profile.%d" % __import__("os").getpid())
+signal.signal(signal.SIGUSR2, _dump)
+sys.argv = sys.argv[2:]  # "-m edgemesh ..." -> the module's own argv
+runpy.run_module("edgemesh", run_name="__main__", alter_sys=True)
+"""
+
+PROFILE_WRAPPER = """#!/bin/sh
+case "$*" in
+  *--help*) exec "{python}" "$@" ;;
+  *edgemesh-edge*) exec "{python}" {out}/profiler.py "$@" ;;
   *) exec "{python}" "$@" ;;
 esac
 """
@@ -150,7 +174,8 @@ def main() -> None:
                              "per MiB), or the 13-byte one (per exchange, not per MiB)")
     parser.add_argument("--annotate", type=int, default=0)
     parser.add_argument("--measure", default="callgrind",
-                        choices=["callgrind", "strace", "cpu", "perf", "pyspy", "faults"])
+                        choices=["callgrind", "strace", "cpu", "perf", "pyspy", "faults",
+                                 "profile"])
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -159,6 +184,10 @@ def main() -> None:
     with open(wrapper, "w") as f:
         if args.measure == "callgrind":
             f.write(WRAPPER.format(out=out, python=args.python))
+        elif args.measure == "profile":
+            f.write(PROFILE_WRAPPER.format(out=out, python=args.python))
+            with open(os.path.join(out, "profiler.py"), "w") as shim:
+                shim.write(PROFILER.format(out=out))
         else:
             f.write(f'#!/bin/sh\nexec "{args.python}" "$@"\n')
     os.chmod(wrapper, 0o755)
@@ -225,6 +254,9 @@ def main() -> None:
                      os.path.join(out, f"pyspy-{name}.txt"), "-p", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)  # py-spy attaches asynchronously
+        if args.measure == "profile":
+            for pid in edges.values():
+                os.kill(pid, signal.SIGUSR1)
         ticks_before = {name: cpu_ticks(pid) for name, pid in edges.items()}
         faults_before = {name: minor_faults(pid) for name, pid in edges.items()}
         url = f"http://127.0.0.1:{ports[target.port]}/{args.body}"
@@ -246,6 +278,25 @@ def main() -> None:
         unit = "MiB" if size else "exchange"
         links = (f"{'plaintext' if args.plain else 'mTLS'} links, "
                  f"--link-tls-io {args.link_tls_io or 'default'}")
+        if args.measure == "profile":
+            import pstats
+            for name, pid in edges.items():
+                os.kill(pid, signal.SIGUSR2)
+                path = os.path.join(out, f"profile.{pid}")
+                deadline = time.monotonic() + 30
+                while not os.path.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(0.5)  # (written whole by then)
+                stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+                rows = sorted(((calls, f"{os.path.basename(file)}:{line}:{func}")
+                               for (file, line, func), (_, calls, *_rest) in stats.items()),
+                              reverse=True)
+                total = sum(calls for calls, _ in rows)
+                print(f"{name}: {total / mib:,.0f} Python-visible calls per {unit}; most:")
+                for calls, where in rows[:args.annotate or 25]:
+                    print(f"    {calls / mib:8.1f}  {where}")
+            print(f"({args.transfers} x /{args.body}, {links})")
+            return
         if args.measure != "callgrind":
             for name, tracer in tracers.items():
                 # strace detaches and writes its summary; perf writes its file
