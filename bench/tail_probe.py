@@ -39,14 +39,14 @@ case "$*" in
   *) exec "{python}" "$@" ;;
 esac
 """
-# Turn lengths in µs: bucket upper bounds (the last catches the rest).
 MAX_EVENTS = int(os.environ.get("TAIL_MAX_EVENTS", "0"))
+"""--max-events: epoll_wait's maxevents at most this (0: as the reactor asks)."""
 LINKS_FIRST = os.environ.get("TAIL_LINKS_FIRST") == "1"
 """--links-first: each turn dispatches the links' events before the others' (on edge-1 the
 responses before new requests; on edge-2 the requests, sent on to the pod at once,
 before the pod's responses, which wait for the turn's end anyway)."""
-"""--max-events: epoll_wait's maxevents at most this (0: as the reactor asks)."""
 TURN_US = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+"""Turn lengths in µs: bucket upper bounds (the last catches the rest)."""
 
 
 def boot() -> None:
