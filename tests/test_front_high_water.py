@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from edgemesh.exchange import IResponder, RequestHead, ResponseHead
 from edgemesh.testing import RecordingBody
 from edgemesh.transports._front import HTTPFrontProtocol
-from edgemesh.transports._io import FRONT_HIGH_WATER, pause_past
+from edgemesh.transports._io import FRONT_HIGH_WATER, buffered, pause_past
 
 PIECE = 32 * 1024
 BODY = bytes(range(256)) * 4096  # 1 MiB
@@ -47,10 +47,6 @@ def _server(sock: socket.socket, protocol: Protocol) -> tcp.Server:
     """A real Twisted TCP transport (pause_past acts on those only) on a memory reactor:
     nothing is written to the socket unless the test calls doWrite."""
     return tcp.Server(sock, protocol, ("127.0.0.1", 1), None, 1, MemoryReactor())  # type: ignore[arg-type]
-
-
-def _waiting(transport: tcp.Server) -> int:
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def _drain(sock: socket.socket) -> bytes:
@@ -116,7 +112,7 @@ def test_pause_past_pauses_beyond_the_high_water_and_twisted_resumes() -> None:
         pause_past(transport, FRONT_HIGH_WATER)
         assert producer.pauses == 1  # once
         for _ in range(100):  # bounded: Twisted writes, the peer reads
-            if not _waiting(transport):
+            if not buffered(transport):
                 break
             transport.doWrite()
             _drain(right)
@@ -147,10 +143,10 @@ def test_a_slow_client_holds_at_most_the_high_water_and_one_piece(served: FrontO
             continue
         responder.write(BODY[sent : sent + PIECE])
         sent += PIECE
-        held.append(_waiting(transport))
+        held.append(buffered(transport))
     responder.end()
     for _ in range(10_000):
-        if not _waiting(transport):
+        if not buffered(transport):
             break
         transport.doWrite()
         received += _drain(right)
@@ -174,12 +170,12 @@ def test_the_first_body_piece_leaves_with_the_waiting_head_at_once(
         front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
         responder = responders[-1]
         responder.head(ResponseHead(200, b"OK", (), 2 * PIECE))
-        assert _waiting(transport) > 0  # the head, for now
+        assert buffered(transport) > 0  # the head, for now
         if parts:
             responder.write_parts([memoryview(BODY[:PIECE])])  # type: ignore[attr-defined]
         else:
             responder.write(BODY[:PIECE])
-        assert _waiting(transport) == 0
+        assert buffered(transport) == 0
         got = _drain(right)
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(BODY[:PIECE])
         responder.write(BODY[PIECE : 2 * PIECE])
@@ -189,9 +185,9 @@ def test_the_first_body_piece_leaves_with_the_waiting_head_at_once(
     front.dataReceived(b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n")
     responder = responders[-1]
     responder.head(ResponseHead(200, b"OK", (), None))
-    assert _waiting(transport) > 0
+    assert buffered(transport) > 0
     responder.write(BODY[:PIECE])
-    assert _waiting(transport) == 0
+    assert buffered(transport) == 0
     got = _drain(right)
     assert b"Transfer-Encoding: chunked\r\n" in got
     assert got.endswith(b"%x\r\n" % PIECE + BODY[:PIECE] + b"\r\n")

@@ -13,7 +13,7 @@ from twisted.internet import main, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 
-from edgemesh.transports._io import gathered_writes
+from edgemesh.transports._io import buffered, gathered_writes
 
 
 class Producer:
@@ -78,7 +78,7 @@ def test_waiting_writes_leave_in_order_without_a_join(
     for _ in range(10_000):
         transport.doWrite()
         got += drain(theirs)
-        if not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
+        if not buffered(transport):
             break
     got += drain(theirs)
     assert bytes(got) == b"".join(writes)
@@ -106,10 +106,10 @@ def test_any_writes_and_partial_sends_keep_the_bytes(writes: list[tuple[int, boo
             if send_now:
                 transport.doWrite()
                 got += drain(theirs)
-            pending = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            pending = buffered(transport)
             assert 0 <= pending <= len(expected) - len(got)
         for _ in range(100_000):
-            if not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
+            if not buffered(transport):
                 break
             transport.doWrite()
             got += drain(theirs)
