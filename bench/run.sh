@@ -45,13 +45,18 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   # (Debian's nginx package may start a system nginx on port 80; this script leaves it alone.)
   if ((${#need[@]})); then apt_install "${need[@]}"; fi
 
-  # The mesh's interpreter: the project venv by default; elsewhere a venv made here.
+  # The mesh's interpreter: the project venv by default; elsewhere a venv made here, from the
+  # distribution's python3 when there is one: Debian's (like the official Docker images') is
+  # built with PGO and LTO, and runs the mesh's Python ~20 % faster than a plain -O3 build
+  # such as pyenv's default (README, "Python versions"), which may come first on PATH.
   if [[ ! -x "$PYTHON" && "$PYTHON" == "$DEFAULT_PYTHON" ]]; then
     PYTHON=/tmp/edgemesh-bench-venv/bin/python
     if [[ ! -x "$PYTHON" ]]; then
-      python3 -m venv /tmp/edgemesh-bench-venv 2>/dev/null || {
+      base=python3
+      [[ -x /usr/bin/python3 ]] && base=/usr/bin/python3
+      "$base" -m venv /tmp/edgemesh-bench-venv 2>/dev/null || {
         rm -rf /tmp/edgemesh-bench-venv; apt_install python3-venv
-        python3 -m venv /tmp/edgemesh-bench-venv; }
+        "$base" -m venv /tmp/edgemesh-bench-venv; }
     fi
   fi
   if ! PYTHONPATH="$REPO" "$PYTHON" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
