@@ -657,9 +657,13 @@ _HEADS_DECODED_BOUND = 64
 _HEAD_DECODED_LENGTH = 2048
 
 
-def _remembered(payload: bytes, limits: Limits) -> Frame | None:
-    """A REQUEST or RESPONSE whose fields past the stream id and flags were decoded before
-    (None: a stream id or flags out of the ordinary, which msgpack and the checks judge)."""
+def _decode_head(payload: bytes, limits: Limits) -> Frame:
+    """decode_payload of a payload whose type byte says REQUEST or RESPONSE: from
+    ``_heads_decoded`` when its fields past the stream id and flags were decoded before
+    (anything out of the ordinary, a short payload, a stream id or flags, goes to msgpack
+    and the checks).  The frame decoder calls it directly (a Python call less per head)."""
+    if len(payload) < 9 or not 0x91 <= payload[0] <= 0x9F:  # shorter than any head frame
+        return _decode_payload(payload, limits)
     marker = payload[2]
     if marker <= 0x7F:
         stream, pos = marker, 3
@@ -670,10 +674,10 @@ def _remembered(payload: bytes, limits: Limits) -> Frame | None:
     elif marker == 0xCC:
         stream, pos = payload[3], 4
     else:
-        return None
+        return _decode_payload(payload, limits)
     flags = payload[pos]
     if not 1 <= stream <= _MAX_U31 or flags > 0x7F:
-        return None
+        return _decode_payload(payload, limits)
     key = payload[pos + 1 :]
     # The array's marker and the frame's type are part of what was decoded: a REQUEST never
     # takes a RESPONSE's fields (nor one of another arity).
@@ -701,13 +705,9 @@ def _remembered(payload: bytes, limits: Limits) -> Frame | None:
 
 def decode_payload(payload: bytes | bytearray, limits: Limits) -> Frame:
     """Decode and validate one frame payload (without its length prefix)."""
-    if (
-        type(payload) is bytes and len(payload) >= 9  # shorter than any head frame
-        and (payload[1] == RESPONSE or payload[1] == REQUEST) and 0x91 <= payload[0] <= 0x9F
-    ):
-        frame = _remembered(payload, limits)
-        if frame is not None:
-            return frame
+    if type(payload) is bytes and len(payload) >= 2 and (
+            payload[1] == RESPONSE or payload[1] == REQUEST):
+        return _decode_head(payload, limits)
     return _decode_payload(payload, limits)
 
 
@@ -1196,10 +1196,11 @@ class FrameDecoder:
                 frame = _window_fast(buffer, start, end) or decode_payload(
                     bytes(buffer[start:end]), limits
                 )
+            elif kind == RESPONSE or kind == REQUEST:
+                # Straight to the heads' decoder: not through decode_payload, nor
+                # _data_fast and _data_head, which would only find out it is no DATA frame.
+                frame = _decode_head(bytes(buffer[start:end]), limits)
             else:
-                # Not a DATA frame (a head, mostly): _data_fast and _data_head would only
-                # find that out (two Python calls less per head frame received; callgrind,
-                # p2 per exchange: 396 -> 392 k with 3a9c46d's other changes).
                 frame = decode_payload(bytes(buffer[start:end]), limits)
             if not self._greeted and type(frame) is Hello:
                 self._large_catalogs = frame.role == ROUTER_ROLE
