@@ -299,35 +299,28 @@ _PACKED_BODY = 256
 """A request body (the frame's first piece) up to this size is part of what is remembered."""
 
 
-def _packed_fields(fields: tuple[object, ...], remember: bool) -> bytes:
-    """The encodings of ``fields`` one after the other (at most 15: the elements of a
-    fixarray, without its marker), remembered in ``_packed`` when ``remember``."""
-    if not remember:
-        return bytes(_packb(fields)[1:])
-    try:
-        packed = _packed.get(fields)
-    except TypeError:  # an unhashable field list: packed each time
-        return bytes(_packb(fields)[1:])
+def _head_frame(start: bytes, stream: int, end: bool, fields: tuple[object, ...],
+                remember: bool, tail: bytes = b"") -> bytes:
+    """A head frame: ``start`` (the array's marker and the frame's type), the stream id and
+    the flags, then ``fields`` (at most 15 with them: the elements of a fixarray), their
+    encodings remembered in ``_packed`` when ``remember``, then ``tail`` (packed already).
+    One helper for the whole frame, the stream id by msgpack's packer: two Python calls
+    less per head than with a helper each for the fields and the stream id (callgrind,
+    results 2026-12-04 section 19)."""
+    packed = None
+    if remember:
+        try:
+            packed = _packed.get(fields)
+        except TypeError:  # an unhashable field list: packed each time
+            remember = False
     if packed is None:
-        packed = bytes(_packb(fields)[1:])
-        if len(packed) <= _PACKED_LENGTH:
+        packed = _packb(fields)[1:]
+        if remember and len(packed) <= _PACKED_LENGTH:
             if len(_packed) >= _PACKED_BOUND:
                 _packed.clear()
             _packed[fields] = packed
-    return packed
-
-
-def _uint(value: int) -> bytes:
-    """A non-negative integer as msgpack packs it (the smallest form)."""
-    if value <= 0x7F:
-        return bytes((value,))
-    if value <= 0xFF:
-        return b"\xcc" + bytes((value,))
-    if value <= 0xFFFF:
-        return b"\xcd" + value.to_bytes(2, "big")
-    if value <= 0xFFFFFFFF:
-        return b"\xce" + value.to_bytes(4, "big")
-    return b"\xcf" + value.to_bytes(8, "big")
+    payload = b"".join((start, _packb(stream), b"\x01" if end else b"\x00", packed, tail))
+    return _LENGTH.pack(len(payload)) + payload
 
 
 def encode_request(
@@ -359,9 +352,7 @@ def encode_request(
         fields = (method, path, authority, headers, content_length, client, service, port,
                   host, ep_port, body,
                   hops if hops < MAX_HOPS else MAX_HOPS)  # noqa: FURB136 -- min(): ~750 instr.
-    payload = b"".join((marker, _uint(stream), b"\x01" if end else b"\x00",
-                        _packed_fields(fields, len(body) <= _PACKED_BODY)))
-    return _LENGTH.pack(len(payload)) + payload
+    return _head_frame(marker, stream, end, fields, len(body) <= _PACKED_BODY)
 
 
 def encode_data(stream: int, end: bool, data: bytes, trailers: Headers = ()) -> bytes:
@@ -410,11 +401,8 @@ def encode_response(
     """The same bytes as packing the whole array, with status, reason, fields and length
     packed once per head (``_packed``): edge-2's encode of a /small response, -5 k
     instructions (252 -> 247 k, callgrind A/B)."""
-    payload = b"".join((
-        b"\x98\x03", _uint(stream), b"\x01" if end else b"\x00",
-        _packed_fields((status, reason, headers, content_length), True), _packb(body),
-    ))
-    return _LENGTH.pack(len(payload)) + payload
+    return _head_frame(b"\x98\x03", stream, end, (status, reason, headers, content_length),
+                       True, _packb(body))
 
 
 def encode_reset(stream: int, code: str, detail: str) -> bytes:
