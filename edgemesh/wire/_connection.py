@@ -108,6 +108,10 @@ class Connection:
         self._decoder = FrameDecoder(self.limits, hello_first=True)
         self._streams: dict[int, _Stream] = {}
         self._next_local = 1 if client else 2
+        self.exhausted = False
+        """Every stream id of ours is used: a stream opened now would carry an id the
+        peer refuses (killing the connection).  Open a new connection instead.  (Set by
+        open_stream: an attribute, not a property, read once per exchange.)"""
         self._last_remote = 0
         self._remote_parity = 0 if client else 1
         self._remote_active = 0
@@ -354,12 +358,17 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    def open_stream(self, *, byte_stream: bool = False) -> int:
-        """Allocate a stream for a request we are about to send (send_request), or for a
-        byte stream (send_stream_open)."""
+    def open_stream(self, *, byte_stream: bool = False, sent_end: bool = False) -> int:
+        """Allocate a stream for a request we are about to send (encode_request), or for a
+        byte stream (send_stream_open).  ``sent_end``: the request we send on it has no body
+        (its head frame ends our side; as ``sent(sid, 0, True)`` after, a call less)."""
         sid = self._next_local
-        self._next_local += 2
-        self._streams[sid] = _Stream(True, self.peer_window, self._min_window, byte_stream)
+        self._next_local = next_local = sid + 2
+        if next_local > MAX_STREAM_ID:
+            self.exhausted = True
+        stream = self._streams[sid] = _Stream(
+            True, self.peer_window, self._min_window, byte_stream)
+        stream.sent_end = sent_end
         self._receiving += 1
         return sid
 
@@ -393,12 +402,6 @@ class Connection:
             raise ValueError(f"stream {sid}: not a byte stream of the peer awaiting its accept")
         stream.responded = True
         return encode_stream_accept(sid)
-
-    @property
-    def exhausted(self) -> bool:
-        """Every stream id of ours is used: a stream opened now would carry an id the
-        peer refuses (killing the connection).  Open a new connection instead."""
-        return self._next_local > MAX_STREAM_ID
 
     def send_window(self, sid: int) -> int:
         """Body bytes the stream may send now (0 for a stream that is gone)."""
