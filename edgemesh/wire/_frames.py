@@ -304,9 +304,9 @@ def _head_frame(start: bytes, stream: int, end: bool, fields: tuple[object, ...]
     """A head frame: ``start`` (the array's marker and the frame's type), the stream id and
     the flags, then ``fields`` (at most 15 with them: the elements of a fixarray), their
     encodings remembered in ``_packed`` when ``remember``, then ``tail`` (packed already).
-    One helper for the whole frame, the stream id by msgpack's packer: two Python calls
-    less per head than with a helper each for the fields and the stream id (callgrind,
-    results 2026-12-04 section 19)."""
+    One helper for the whole frame: a Python call less per head than a helper each for
+    the fields and the stream id; the stream id by msgpack's packer (timeit: 0.02 against
+    0.08 us for the hand-made encoding, which needed a Python call)."""
     packed = None
     if remember:
         try:
