@@ -380,6 +380,30 @@ def test_request_without_body_is_one_frame() -> None:
     assert entry.body.ended and entry.body.chunks == []
 
 
+def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> None:
+    """Its head ended it: the source's producer is not taken (a link pause does not pause
+    it, and nothing points back at it), and a late write or end sends nothing."""
+    pair = Pair()
+    exchange, responder = pair.open(content_length=0, method=b"GET")
+    producer = Producer()
+    exchange.setProducer(producer)
+    assert exchange.sender.done and exchange.sender.producer is None
+    pair.client.pauseProducing()
+    pair.client.resumeProducing()
+    exchange.write(b"late")
+    exchange.end()
+    pair.pump()
+    assert producer.pauses == producer.resumes == 0
+    [request] = [frame for frame in pair.from_client if isinstance(frame, Request)]
+    assert request.end and not [f for f in pair.from_client if isinstance(f, (Data, Reset))]
+    entry = pair.inbound()
+    assert entry.body.ended and entry.body.chunks == []
+    entry.exchange.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    pair.pump()
+    assert responder.body == b"ok" and responder.ended
+    assert pair.client.exchanges == {} and pair.server.exchanges == {}
+
+
 def test_complete_fast_path_is_one_frame() -> None:
     pair = Pair()
 

@@ -574,6 +574,31 @@ def test_credit_goes_back_to_the_budget_when_a_stream_ends() -> None:
     assert server._streams[second].target == 1 * MIB
 
 
+def test_requests_that_end_with_their_head_take_no_share_of_the_budget() -> None:
+    """A request opened with its end (most are) is never counted among the streams that
+    receive, before its response or after: a streaming one beside 31 of them, unanswered
+    then answered, gets the budget's whole share, and sent_end on open_stream is as sent()."""
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
+    client, server = connected(server_limits=limits)
+    ended = [open_request(client, server, end=True) for _ in range(31)]
+    assert all(server._streams[sid].received_end for sid in ended)
+    body = open_request(client, server)
+    pump_body(client, server, body, 2 * MIB)
+    assert server._streams[body].target == 1 * MIB
+    for sid in ended:
+        client.receive(server.send_response(sid, 200, b"OK", (), 0, b"", True))
+        assert not server.is_open(sid) and not client.is_open(sid)
+    assert server._receiving == 1 and client._receiving == 1
+    sid = client.open_stream(sent_end=True)
+    assert client.send_window(sid) == 0  # ended: no body may follow
+    with pytest.raises(ValueError, match="already ended"):
+        client.send_data(sid, b"x", False)
+    server.receive(request(sid, True))
+    client.receive(server.send_response(sid, 200, b"OK", (), 0, b"", True))
+    assert not client.is_open(sid) and not server.is_open(sid)
+    assert server._receiving == 1 and client._receiving == 1
+
+
 def test_beyond_the_grown_credit_is_still_a_protocol_error() -> None:
     limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=2 * MIB)
     client, server = connected(server_limits=limits)

@@ -299,9 +299,7 @@ class EnvelopeLink(Protocol):
         self.flush()
 
     def dataReceived(self, data: bytes | memoryview) -> None:
-        # The call once per read, the attribute per frame below (mypy would take the frame
-        # loop's check for unreachable after an attribute check here).
-        if self._is_closed():
+        if self.closed:
             return
         was_ready = self.connection.peer is not None  # .ready, without a property call
         try:
@@ -322,7 +320,7 @@ class EnvelopeLink(Protocol):
             frame = frames[index]
             index += 1
             if self.closed:  # a frame's handler may have closed the link
-                return
+                return  # type: ignore[unreachable]  # (mypy keeps the check above's narrowing)
             try:
                 if type(frame) is Data:
                     exchange = self.exchanges.get(frame.stream)
@@ -354,9 +352,6 @@ class EnvelopeLink(Protocol):
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
             was_ready = True
-
-    def _is_closed(self) -> bool:
-        return self.closed
 
     def _handle(self, frame: Frame, was_ready: bool) -> None:
         kind = type(frame)
@@ -623,10 +618,10 @@ class EnvelopeLink(Protocol):
                           unsent=True)
             )
             return _NO_BODY
-        sid = conn.open_stream()
+        no_body = head.content_length == 0
+        sid = conn.open_stream(sent_end=no_body)
         exchange = OutboundExchange(self, sid, responder)
         self.exchanges[sid] = exchange
-        no_body = head.content_length == 0
         self.write(
             encode_request(
                 sid, no_body, head.method, head.path, head.authority, head.headers,
@@ -635,7 +630,6 @@ class EnvelopeLink(Protocol):
             )
         )
         if no_body:
-            conn.sent(sid, 0, True)
             exchange.sender.done = True
         return exchange
 

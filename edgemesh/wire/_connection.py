@@ -108,6 +108,10 @@ class Connection:
         self._decoder = FrameDecoder(self.limits, hello_first=True)
         self._streams: dict[int, _Stream] = {}
         self._next_local = 1 if client else 2
+        self.exhausted = False
+        """Every stream id of ours is used: a stream opened now would carry an id the
+        peer refuses (killing the connection).  Open a new connection instead.  (Set by
+        open_stream: an attribute, not a property, read once per exchange.)"""
         self._last_remote = 0
         self._remote_parity = 0 if client else 1
         self._remote_active = 0
@@ -116,7 +120,10 @@ class Connection:
         """The peer reads the REQUEST frame's hop count (its hello says so)."""
         self.peer_move = False
         """The peer reads GOAWAY's move-to hint."""
-        self._peer_window = 0
+        self.peer_window = 0
+        """The peer's initial window (its hello): every stream's credit to begin with.  A
+        stream the peer opened keeps at least this much until our response sends body
+        (before that, only the peer's WINDOW frames change it)."""
         self.send_floor = 0
         """Credit below which a stream's sender may stop producing and wait for more: at most
         half the peer's initial window, so the peer is bound to grant more once it has
@@ -177,7 +184,13 @@ class Connection:
         events: list[Frame] = []
         streams = self._streams
         for frame in self._decoder.feed(data):
-            if type(frame) is Data and self.peer is not None:
+            if self.peer is None:  # the hello first (else a ProtocolError)
+                if self._accept(frame):
+                    events.append(frame)
+                continue
+            # An exchange's frames are judged here, the rest in _accept (the heads: a
+            # Python call less per exchange and edge).
+            if type(frame) is Data:
                 # _accept's checks of a DATA frame inlined for the common case (a body's
                 # frames, 1-3 per read: three Python calls less each); anything else,
                 # errors included, is _accept's.
@@ -191,6 +204,24 @@ class Connection:
                         self._received_end(frame.stream, stream)
                     events.append(frame)
                     continue
+            elif type(frame) is Request:
+                if self._opened(frame.stream, frame.end, len(frame.body), False):
+                    events.append(frame)
+                continue
+            elif type(frame) is Response:
+                stream = streams.get(frame.stream) or self._known(frame.stream)
+                if stream is None:
+                    continue  # a stream we reset: dropped
+                if not stream.local or stream.responded or stream.byte_stream:
+                    raise ProtocolError(f"stream {frame.stream}: unexpected response")
+                stream.responded = True
+                size = len(frame.body)
+                if size:
+                    self._charge(frame.stream, stream, size)
+                if frame.end:
+                    self._received_end(frame.stream, stream)
+                events.append(frame)
+                continue
             if self._accept(frame):
                 events.append(frame)
         return events
@@ -204,6 +235,8 @@ class Connection:
         return out
 
     def _accept(self, frame: Frame) -> bool:
+        """The hello, and the frames receive leaves to it (all but the heads of exchanges
+        and the usual DATA): False for one that is dropped."""
         kind = type(frame)
         if self.peer is None:
             if kind is not Hello:
@@ -217,7 +250,7 @@ class Connection:
             self.peer = frame
             self.peer_hops = frame.settings.get(HOPS_SETTING, 0) >= 1
             self.peer_move = frame.settings.get(MOVE_SETTING, 0) >= 1
-            self._peer_window = window
+            self.peer_window = window
             self.send_floor = min(SEND_FLOOR, window // 2)
             return True
         if kind is Data:
@@ -228,23 +261,6 @@ class Connection:
             if stream.received_end or (stream.local and not stream.responded):
                 raise ProtocolError(f"stream {frame.stream}: data out of order")
             self._charge(frame.stream, stream, len(frame.data))
-            if frame.end:
-                self._received_end(frame.stream, stream)
-            return True
-        if kind is Request:
-            assert isinstance(frame, Request)
-            return self._opened(frame.stream, frame.end, len(frame.body), False)
-        if kind is Response:
-            assert isinstance(frame, Response)
-            stream = self._streams.get(frame.stream) or self._known(frame.stream)
-            if stream is None:
-                return False
-            if not stream.local or stream.responded or stream.byte_stream:
-                raise ProtocolError(f"stream {frame.stream}: unexpected response")
-            stream.responded = True
-            size = len(frame.body)
-            if size:
-                self._charge(frame.stream, stream, size)
             if frame.end:
                 self._received_end(frame.stream, stream)
             return True
@@ -290,13 +306,18 @@ class Connection:
         if self._remote_active >= self.limits.max_streams:
             self.outbox.append(encode_reset(sid, "overloaded", "too many concurrent streams"))
             return False
-        stream = _Stream(False, self._peer_window, self._min_window, byte_stream)
+        stream = _Stream(False, self.peer_window, self._min_window, byte_stream)
         self._streams[sid] = stream
         self._remote_active += 1
-        self._receiving += 1
-        self._charge(sid, stream, size)
+        if size:  # most requests' head frames carry no body
+            self._charge(sid, stream, size)
         if end:
-            self._received_end(sid, stream)
+            # Over at once (most requests): never counted as receiving, and its credit is
+            # the initial window, nothing of the budget (no _received_end: two Python
+            # calls less per exchange on edge-2 of p2).
+            stream.received_end = True
+        else:
+            self._receiving += 1
         return True
 
     def _known(self, sid: int) -> _Stream | None:
@@ -316,14 +337,14 @@ class Connection:
         stream.recv_window -= size
 
     def _received_end(self, sid: int, stream: _Stream) -> None:
-        self._stop_receiving(stream)
         if stream.sent_end:
-            self._forget(sid)
+            self._forget(sid)  # which stops receiving
+        else:
+            self._stop_receiving(stream)
 
     def _stop_receiving(self, stream: _Stream) -> None:
-        """Nothing more comes on the stream: its credit goes back to the budget."""
-        if stream.received_end:
-            return
+        """Nothing more comes on the stream (not said before): its credit goes back to
+        the budget."""
         stream.received_end = True
         self._receiving -= 1
         if stream.granted > self._min_window:
@@ -333,19 +354,25 @@ class Connection:
         stream = self._streams.pop(sid, None)
         if stream is None:
             return False
-        self._stop_receiving(stream)
+        if not stream.received_end:
+            self._stop_receiving(stream)
         if not stream.local:
             self._remote_active -= 1
         return True
 
     # --- sending ---------------------------------------------------------------
 
-    def open_stream(self, *, byte_stream: bool = False) -> int:
-        """Allocate a stream for a request we are about to send (send_request), or for a
-        byte stream (send_stream_open)."""
+    def open_stream(self, *, byte_stream: bool = False, sent_end: bool = False) -> int:
+        """Allocate a stream for a request we are about to send (encode_request), or for a
+        byte stream (send_stream_open).  ``sent_end``: the request we send on it has no body
+        (its head frame ends our side; as ``sent(sid, 0, True)`` after, a call less)."""
         sid = self._next_local
-        self._next_local += 2
-        self._streams[sid] = _Stream(True, self._peer_window, self._min_window, byte_stream)
+        self._next_local = next_local = sid + 2
+        if next_local > MAX_STREAM_ID:
+            self.exhausted = True
+        stream = self._streams[sid] = _Stream(
+            True, self.peer_window, self._min_window, byte_stream)
+        stream.sent_end = sent_end
         self._receiving += 1
         return sid
 
@@ -379,12 +406,6 @@ class Connection:
             raise ValueError(f"stream {sid}: not a byte stream of the peer awaiting its accept")
         stream.responded = True
         return encode_stream_accept(sid)
-
-    @property
-    def exhausted(self) -> bool:
-        """Every stream id of ours is used: a stream opened now would carry an id the
-        peer refuses (killing the connection).  Open a new connection instead."""
-        return self._next_local > MAX_STREAM_ID
 
     def send_window(self, sid: int) -> int:
         """Body bytes the stream may send now (0 for a stream that is gone)."""
