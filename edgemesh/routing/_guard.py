@@ -268,7 +268,9 @@ GONE: Final = _Gone()
 
 @implementer(IRequestBody)
 class GuardedBody:
-    """The request side the source writes to: thin, everything happens in the guard."""
+    """The request side the source writes to: the guard's request half, working on the
+    guard's state (its own methods, not forwarders to the guard's: one Python call less
+    per request event, two per bodiless exchange)."""
 
     __slots__ = ("guard",)
 
@@ -276,19 +278,81 @@ class GuardedBody:
         self.guard = guard
 
     def write(self, data: bytes) -> None:
-        self.guard.body_write(data)
+        guard = self.guard
+        guard.request_state = _ON_BODY[guard.request_state]
+        if guard.response >= DONE:
+            return
+        size = len(data)
+        guard.received += size
+        stats = guard.stats
+        if stats is not None:
+            stats.bytes_in += size
+        replay = guard.replay
+        if replay is not None:
+            guard.replayed += size
+            if guard.replayed <= REPLAY_LIMIT:
+                replay.append(data)
+            else:
+                guard.replay = None
+        guard.active_at = guard.pipeline.now()
+        inner = guard.inner
+        if inner is not None:
+            inner.write(data)
 
     def end(self) -> None:
-        self.guard.body_end()
+        guard = self.guard
+        before = guard.request_state
+        guard.request_state = _ON_BODY_END[before]
+        if before != SENDING:
+            return
+        # The request timeout runs from the end of the body (unless it already does).
+        if guard.origin and guard.deadline == INFINITY and guard.response == WAITING:
+            pipeline = guard.pipeline
+            guard.deadline = pipeline.now() + guard.timeout
+            pipeline.arm(guard)
+        inner = guard.inner
+        if inner is not None:
+            inner.end()
+            if guard.response >= DONE:
+                guard.inner = None
 
     def trailers(self, fields: Headers) -> None:
-        self.guard.body_trailers(fields)
+        guard = self.guard
+        before = guard.request_state
+        guard.request_state = _ON_TRAILERS[before]
+        if before != SENDING or guard.response >= DONE:
+            return
+        guard.request_trailers = fields  # kept for a retry with the rest of the replay
+        inner = guard.inner
+        if inner is not None:
+            hand_trailers(inner, fields, "the target takes no trailers")
 
     def abort(self, reason: str) -> None:
-        self.guard.body_abort(reason)
+        guard = self.guard
+        guard.request_state = _ON_ABORT[guard.request_state]
+        before = guard.response
+        guard.response = _ON_GIVE_UP[before]
+        if before < DONE:
+            guard._finished()
+        inner = guard.inner
+        if inner is not None:
+            inner.abort(reason)
+        guard._let_go()
 
     def setProducer(self, producer: IPushProducer) -> None:
-        self.guard.body_producer(producer)
+        guard = self.guard
+        inner = guard.inner
+        if guard.replay is None and not guard.status and not guard.origin:
+            # No retry possible, and no idle timeout to judge here (which needs to know
+            # whether the target paused the source): the target pauses the source directly.
+            guard.producer = None
+            if inner is not None:
+                inner.setProducer(producer)
+            return
+        guard.producer = producer
+        guard.producer_paused = False
+        if inner is not None:
+            inner.setProducer(guard)
 
 
 @implementer(ICompletingResponder, IViewResponder, IPushProducer)
@@ -474,80 +538,6 @@ class GuardedExchange:
             else:
                 loads.pop(key, None)
 
-    # -- the request body, from the source ---------------------------------------------
-
-    def body_write(self, data: bytes) -> None:
-        self.request_state = _ON_BODY[self.request_state]
-        if self.response >= DONE:
-            return
-        size = len(data)
-        self.received += size
-        stats = self.stats
-        if stats is not None:
-            stats.bytes_in += size
-        replay = self.replay
-        if replay is not None:
-            self.replayed += size
-            if self.replayed <= REPLAY_LIMIT:
-                replay.append(data)
-            else:
-                self.replay = None
-        self.active_at = self.pipeline.now()
-        inner = self.inner
-        if inner is not None:
-            inner.write(data)
-
-    def body_trailers(self, fields: Headers) -> None:
-        before = self.request_state
-        self.request_state = _ON_TRAILERS[before]
-        if before != SENDING or self.response >= DONE:
-            return
-        self.request_trailers = fields  # kept for a retry with the rest of the replay
-        inner = self.inner
-        if inner is not None:
-            hand_trailers(inner, fields, "the target takes no trailers")
-
-    def body_end(self) -> None:
-        before = self.request_state
-        self.request_state = _ON_BODY_END[before]
-        if before != SENDING:
-            return
-        # The request timeout runs from the end of the body (unless it already does).
-        if self.origin and self.deadline == INFINITY and self.response == WAITING:
-            pipeline = self.pipeline
-            self.deadline = pipeline.now() + self.timeout
-            pipeline.arm(self)
-        inner = self.inner
-        if inner is not None:
-            inner.end()
-            if self.response >= DONE:
-                self.inner = None
-
-    def body_abort(self, reason: str) -> None:
-        self.request_state = _ON_ABORT[self.request_state]
-        before = self.response
-        self.response = _ON_GIVE_UP[before]
-        if before < DONE:
-            self._finished()
-        inner = self.inner
-        if inner is not None:
-            inner.abort(reason)
-        self._let_go()
-
-    def body_producer(self, producer: IPushProducer) -> None:
-        inner = self.inner
-        if self.replay is None and not self.status and not self.origin:
-            # No retry possible, and no idle timeout to judge here (which needs to know
-            # whether the target paused the source): the target pauses the source directly.
-            self.producer = None
-            if inner is not None:
-                inner.setProducer(producer)
-            return
-        self.producer = producer
-        self.producer_paused = False
-        if inner is not None:
-            inner.setProducer(self)
-
     # -- IPushProducer: the target pausing the source ----------------------------------
 
     def pauseProducing(self) -> None:
@@ -675,7 +665,7 @@ class GuardedExchange:
         self.responder = GONE
         self.producer = None
         if self.request_state != SENDING:
-            self.inner = None  # else body_end or body_abort still goes to the target
+            self.inner = None  # else the body's end or abort still goes to the target
 
     # -- outcomes ----------------------------------------------------------------------
 

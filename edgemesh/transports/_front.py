@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol as Structural
 
 import httptools
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
@@ -162,6 +163,13 @@ def _warn(message: str) -> None:
 
 class _Stop(Exception):
     """Raised inside parser callbacks to stop llhttp; the reason is already handled."""
+
+
+class ByteSink(Structural):
+    """Where a connection's bytes go once it became a byte stream (the streaming front's
+    CONNECT and Upgrade tunnels)."""
+
+    def received(self, data: bytes) -> None: ...
 
 
 @implementer(ICompletingResponder, IViewResponder, IPushProducer)
@@ -428,6 +436,10 @@ class HTTPFrontProtocol(Protocol):
     may read."""
 
     log = Logger()
+    _tunnel: ByteSink | None = None
+    """Set (by the streaming front) when the connection became a byte stream: the rest of
+    its bytes go there, not to the parser.  Checked here rather than in overrides of
+    dataReceived and _feed: two Python calls less per request (callgrind)."""
 
     def __init__(
         self, reactor: IReactorTime, dispatch: Dispatch, limits: FrontLimits = FrontLimits()
@@ -507,9 +519,19 @@ class HTTPFrontProtocol(Protocol):
         self._become_idle()
 
     def dataReceived(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.received(data)
+            return
         try:
             while data and not self._read_stopped:
                 data = self._feed(data)
+                tunnel = self._tunnel
+                if tunnel is not None:
+                    # The parser is done with this connection: the rest of it is the stream.
+                    self._read_stopped = True
+                    tunnel.received(data)
+                    return
         except Exception:  # noqa: BLE001 -- a bug here must cost one connection, not the reactor
             self.log.failure("HTTP front failed on input from {client}", client=self._client)
             self._close(abort=True, reason="internal error")
