@@ -104,7 +104,9 @@ class GuardHost(Protocol):
         """The guard's request deadline is set: wake up for it."""
 
     def finished(self, guard: GuardedExchange, counted: MeshError | None = None) -> None:
-        """The exchange is over: no longer in progress, and observed.  ``counted``: the
+        """The exchange is over (every way it ends, once): one less in progress for its
+        service (``guard.state.active``) and its endpoint (``guard.unload``), no longer in
+        progress here, and observed.  ``counted``: the
         error it ended with inside the first ``open``, already reported to the observer
         (the source that gets it raised must not count it again as refused)."""
 
@@ -333,7 +335,7 @@ class GuardedBody:
         before = guard.response
         guard.response = _ON_GIVE_UP[before]
         if before < DONE:
-            guard._finished()
+            guard.pipeline.finished(guard)
         inner = guard.inner
         if inner is not None:
             inner.abort(reason)
@@ -527,7 +529,8 @@ class GuardedExchange:
         if was_paused and not self.producer_paused and producer is not None:
             producer.resumeProducing()
 
-    def _unload(self) -> None:
+    def unload(self) -> None:
+        """The endpoint's count of exchanges in progress, when it was counted: one less."""
         key = self.load_key
         if key is not None:
             self.load_key = None
@@ -586,7 +589,7 @@ class GuardedExchange:
             size = len(body)
             self.sent = size
             stats.bytes_out += size
-        self._finished()
+        self.pipeline.finished(self)
         responder = self.responder
         # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
         complete = COMPLETERS[type(responder)]
@@ -638,7 +641,7 @@ class GuardedExchange:
         self.response = _ON_END[before]
         if before >= DONE:
             return
-        self._finished()
+        self.pipeline.finished(self)
         self.responder.end()
         self._let_go()
 
@@ -651,7 +654,7 @@ class GuardedExchange:
         self._count_failure(error.reason)
         self.response = _ON_FAIL[before]
         self.error = error.reason
-        self._finished()
+        self.pipeline.finished(self)
         self.responder.fail(error)
         self._let_go()
 
@@ -691,15 +694,7 @@ class GuardedExchange:
         self.response = _ON_CLOSE[self.response]
         self.error = reason
         # Counted here (when observed): not again as refused.
-        self._finished(raised if self.stats is not None else None)
-
-    def _finished(self, counted: MeshError | None = None) -> None:
-        """Every way an exchange ends (end, complete, fail, expire, close, give up) comes
-        through here once: the service's and the endpoint's counts, then the pipeline."""
-        self.state.active -= 1
-        if self.load_key is not None:
-            self._unload()
-        self.pipeline.finished(self, counted)
+        self.pipeline.finished(self, raised if self.stats is not None else None)
 
     # -- retries -----------------------------------------------------------------------
 
@@ -740,7 +735,7 @@ class GuardedExchange:
         self.response = _ON_RETRY[self.response]
         if relayed is None:
             self._count_failure(error.reason)  # the endpoint itself failed
-        self._unload()
+        self.unload()
         next_route, target = chosen
         self.state.retries += 1
         log.debug("{service}: {code} from {previous}; retrying on {endpoint} ({target})",
@@ -767,7 +762,7 @@ class GuardedExchange:
             detail = f"{self.service.key}: request body stalled: {detail.split(': ', 1)[-1]}"
         self.state.timeouts += 1
         self.error = reason
-        self._finished()
+        self.pipeline.finished(self)
         inner = self.inner
         if inner is not None:
             # Cancels the exchange on every hop; the target hears nothing after its abort

@@ -648,9 +648,14 @@ class Pipeline:
             self._schedule(wake)
 
     def finished(self, guard: GuardedExchange, counted: MeshError | None = None) -> None:
-        """A guarded exchange is over (every way it ends comes here once): no longer in
-        progress (the drain may be over), and observed.  ``counted``: raised to its source
-        inside the first ``open`` and already reported here (not again as refused)."""
+        """A guarded exchange is over (every way it ends comes here once, from the guard:
+        not through a method of its own, one Python call less per exchange): its service's
+        and its endpoint's counts, no longer in progress (the drain may be over), and
+        observed.  ``counted``: raised to its source inside the first ``open`` and already
+        reported here (not again as refused)."""
+        guard.state.active -= 1
+        if guard.load_key is not None:
+            guard.unload()
         if counted is not None:
             self._counted = counted
         inflight = self._inflight

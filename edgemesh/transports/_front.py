@@ -524,6 +524,12 @@ class HTTPFrontProtocol(Protocol):
             tunnel.received(data)
             return
         try:
+            if not self._msg_open and not self._read_stopped:
+                seen = _requests_seen.get(data)
+                if seen is not None and seen[0] is self._limits:
+                    # Looked up here rather than in _feed: one Python call less per request.
+                    self._replay(seen[1])
+                    return
             while data and not self._read_stopped:
                 data = self._feed(data)
                 tunnel = self._tunnel
@@ -579,11 +585,6 @@ class HTTPFrontProtocol(Protocol):
         if parser is None:
             return b""
         msg_open = self._msg_open
-        if not msg_open:
-            seen = _requests_seen.get(data)
-            if seen is not None and seen[0] is self._limits:
-                self._replay(seen[1])
-                return b""
         in_head = self._in_head
         begun = self._begun
         completed = self._completed
