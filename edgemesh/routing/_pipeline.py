@@ -516,7 +516,9 @@ class Pipeline:
             if wake < self._wake_at:
                 self._schedule(wake)
         guard._attempt(route, target)
-        return GuardedBody(guard)
+        body = GuardedBody()  # no __init__ (see GuardedBody.guard)
+        body.guard = guard
+        return body
 
     def _allowed(self, source: SourceKind, route: Route) -> Route:
         """``route``, through the router when its hub cannot be dialled, if ``source`` may
