@@ -12,7 +12,6 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService
@@ -288,10 +287,11 @@ class RotatingEndpoint:
         return endpoint.connect(factory)
 
 
-_request_fields = attrgetter(
-    "method", "path", "authority", "headers", "content_length", "client", "hops")
-"""A wire Request's fields in RequestHead's order: ``RequestHead(*_request_fields(request))``
-(a C call, not a Python helper: one Python call less per exchange from a link)."""
+def _request_head(request: Request) -> RequestHead:
+    return RequestHead(
+        request.method, request.path, request.authority, request.headers,
+        request.content_length, request.client, request.hops,
+    )
 
 
 class MeshNode(MultiService):
@@ -464,7 +464,7 @@ class _EdgeLinks:
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
-            self.source, RequestHead(*_request_fields(request)), responder, request.service,
+            self.source, _request_head(request), responder, request.service,
             request.port, request.endpoint
         )
 

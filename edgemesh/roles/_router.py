@@ -53,7 +53,7 @@ from ..wire import (
     encode_edges,
 )
 from ._kubernetes import KubernetesConfig, attach_kubernetes
-from ._node import MeshNode, _admin, _configure, _request_fields
+from ._node import MeshNode, _admin, _configure, _request_head
 from ._push import held_from_settings
 from ._pusher import DEFAULT_PUSH_INTERVAL, CatalogPusher, EdgeState
 from ._resilience import track_link
@@ -261,7 +261,7 @@ class RouterNode(MeshNode):
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
-            SourceKind.tunnel, RequestHead(*_request_fields(request)), responder, request.service,
+            SourceKind.tunnel, _request_head(request), responder, request.service,
             request.port, request.endpoint
         )
 
@@ -353,7 +353,7 @@ class RouterNode(MeshNode):
                        responder: IResponder) -> IRequestBody:
         self.forwarded_in += 1
         return self.pipeline.dispatch_resolved(
-            SourceKind.router_link, RequestHead(*_request_fields(request)), responder,
+            SourceKind.router_link, _request_head(request), responder,
             request.service, request.port, request.endpoint,
         )
 
