@@ -341,7 +341,7 @@ class MeshNode(MultiService):
         streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
         out of this node."""
         pipeline = self.pipeline
-        route = partial(pipeline.dispatch, kind)  # not a closure: one Python call less per exchange
+        route = partial(pipeline.dispatch, kind)  # not a closure: no Python call of its own
 
         def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
             return pipeline.dispatch_stream(kind, authority, client, source)
