@@ -186,8 +186,29 @@ def test_interfaces_and_factory() -> None:
     responder = target.opened[0].responder
     assert verifyObject(IResponder, responder)
     assert verifyObject(IPushProducer, responder)
-    assert target.opened[0].body.producer is responder
     assert conn.protocol.factory is conn.factory
+    target.opened[0].respond()
+    conn.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\n")
+    assert target.opened[1].body.producer is target.opened[1].responder
+
+
+def test_only_a_request_with_a_body_gives_its_target_a_producer() -> None:
+    """A bodiless request has no flow to pause (and a pipelined one behind it still stops
+    the reading until it starts); one with a body, even all in hand, has."""
+    target = ScriptedTarget(answer=None)
+    conn = Conn(target)
+    conn.send(b"POST /0 HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n" + GET)
+    first = target.opened[0]
+    assert first.body.producer is None and first.body.ended
+    assert conn.reading == "paused" and len(target.opened) == 1  # the GET waits its turn
+    first.respond()
+    second = target.opened[1]
+    assert second.body.producer is None and second.body.ended and conn.reading == "producing"
+    second.respond()
+    conn.send(b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nok")
+    third = target.opened[2]
+    assert third.body.producer is third.responder and third.body.data == b"ok"
+    assert third.body.ended
 
 
 def test_origin_form_get() -> None:

@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 
 from edgemesh.catalog._catalog import Catalog
 from edgemesh.catalog._model import Endpoint, Node, Service, ServicePort
+from edgemesh.catalog._trim import aggregate_of
 from edgemesh.exchange import (
     IRequestBody,
     IResponder,
@@ -204,6 +205,23 @@ def test_edge_ignores_hints_from_local_apps() -> None:
     balancer = RoundRobin()
     routes = [edge("web", SourceKind.service_bus, ("10.1.0.2", 8080), balancer) for _ in range(2)]
     assert [r.endpoint for r in routes] == [LOCAL_A, LOCAL_B]
+
+
+def test_edge_inbound_with_an_aggregate_hint_picks_among_local_pods_of_that_kind() -> None:
+    """A trimmed sender's hint may name a kind of pod on this node (an aggregate's tag), not
+    an endpoint: that kind's pods take turns; a tag of no kind here: any local pod."""
+    zoned = Endpoint("10.1.0.3", 8080, "edge-1", zone="z2")
+    service = Service("shop", "kinds", "10.96.2.1", (HTTP,), {"http": (LOCAL_A, LOCAL_B, zoned)})
+    catalog = Catalog([service], NODES)
+    balancer = RoundRobin()
+
+    def chosen(tag: str) -> Endpoint | None:
+        return decide(catalog, Role.edge, "edge-1", SourceKind.hub, service, HTTP, (tag, 8080),
+                      balancer).endpoint
+
+    assert [chosen(aggregate_of(LOCAL_A)) for _ in range(4)] == [LOCAL_A, LOCAL_B] * 2
+    assert [chosen(aggregate_of(zoned)) for _ in range(2)] == [zoned, zoned]
+    assert {chosen("*no-such-kind") for _ in range(3)} == {LOCAL_A, LOCAL_B, zoned}
 
 
 # --- decide: router ----------------------------------------------------------------------
@@ -443,6 +461,23 @@ def test_dispatch_resolved_unknown_service_or_port(key: str, port: int) -> None:
     with pytest.raises(MeshError) as caught:
         pipeline.dispatch_resolved(SourceKind.tunnel, head(b"x"), RESPONDER, key, port, None)
     assert caught.value.reason is Reason.unknown_service and caught.value.status == 404
+
+
+def test_dispatch_resolved_follows_a_new_catalog() -> None:
+    """What another node resolved is remembered per catalog: a new catalog's service is the
+    one used, and a port it no longer has is refused."""
+    pipeline, targets = edge_pipeline()
+    pipeline.dispatch_resolved(SourceKind.hub, head(b"x"), RESPONDER, "shop/web", 80, None)
+    moved = Service("shop", "web", "10.96.0.10", (ADMIN,), {"admin": (LOCAL_A,)})
+    pipeline.catalog = Catalog([moved], NODES, revision=2)
+    with pytest.raises(MeshError) as caught:
+        pipeline.dispatch_resolved(SourceKind.hub, head(b"x"), RESPONDER, "shop/web", 80, None)
+    assert caught.value.reason is Reason.unknown_service
+    pipeline.dispatch_resolved(SourceKind.hub, head(b"x"), RESPONDER, "shop/web", 9000, None)
+    first, second = [call.route for call in targets[TargetKind.service_bus].opened]
+    assert first is not None and second is not None
+    assert first.service is svc("web") and first.port is HTTP
+    assert second.service is moved and second.port is ADMIN and second.endpoint is LOCAL_A
 
 
 def test_dispatch_resolved_other_port() -> None:

@@ -169,6 +169,22 @@ class ObservedExchange(Protocol):
     def route(self) -> Route | None: ...
 
 
+@dataclass(slots=True)
+class _Refused:
+    """An exchange the pipeline refused before it started, as ``closed`` reads it."""
+
+    request: RequestHead
+    source: SourceKind
+    error: Reason | None
+    stats: ExchangeStats
+    started: float
+    status: int = 0
+    received: int = 0
+    sent: int = 0
+    gave_up: bool = False
+    route: Route | None = None
+
+
 @dataclass
 class PeerState:
     """One link to a peer node, as the admin API and the metrics show it."""
@@ -301,7 +317,16 @@ class MeshObserver:
             self.errors[error.code] += 1
             if not status:
                 status = error.status
-        duration = self._count(stats, status, exchange.started)
+        stats.active -= 1
+        # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
+        stats.codes[status // 100 % 10] += 1
+        duration = self.seconds() - exchange.started
+        if duration > 0.0:
+            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+            stats.duration_sum += duration
+        else:  # no time on the clock, or a wall clock that stepped back
+            duration = 0.0
+            stats.counts[0] += 1
         access_log = self.access_log
         if access_log is not None:
             access_log.exchange(
@@ -309,19 +334,6 @@ class MeshObserver:
                 stats=stats, status=status, duration=duration, received=exchange.received,
                 sent=exchange.sent, error=error, aborted=exchange.gave_up,
             )
-
-    def _count(self, stats: ExchangeStats, status: int, started: float) -> float:
-        stats.active -= 1
-        # Status 0: no head (aborted); any other is in 100-999, the modulo only bounds a bug.
-        stats.codes[status // 100 % 10] += 1
-        duration = self.seconds() - started
-        if duration > 0.0:
-            stats.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
-            stats.duration_sum += duration
-        else:  # no time on the clock, or a wall clock that stepped back
-            duration = 0.0
-            stats.counts[0] += 1
-        return duration
 
     def refused(
         self, source: SourceKind, head: RequestHead, error: MeshError,
@@ -344,15 +356,9 @@ class MeshObserver:
         path = self._source_path(source)
         stats = self._stats_for((namespace, name, source._value_, ""), path)
         stats.active += 1
-        reason = error.reason
-        self.errors[reason.code] += 1
-        duration = self._count(stats, reason.status, self.seconds())
-        access_log = self.access_log
-        if access_log is not None:
-            access_log.exchange(
-                head=head, source=source, route=None, stats=stats, status=reason.status,
-                duration=duration, received=0, sent=0, error=reason, aborted=False,
-            )
+        # Counted and logged as an exchange closed at once (closed() does the counting, with
+        # no helper of its own: one Python call less per exchange).
+        self.closed(_Refused(head, source, error.reason, stats, self.seconds()))
 
     def rejected(self, reason: Reason) -> None:
         """A request a source refused before it reached the pipeline (malformed, too large)."""

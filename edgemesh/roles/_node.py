@@ -329,12 +329,8 @@ class MeshNode(MultiService):
         return listener
 
     def front(self, kind: SourceKind, limits: FrontLimits) -> HTTPFrontFactory:
-        dispatch = self.pipeline.dispatch
-
-        def route(head: RequestHead, responder: IResponder) -> IRequestBody:
-            return dispatch(kind, head, responder)
-
-        factory = HTTPFrontFactory(self.reactor, route, limits)
+        # A partial, not a closure: no Python call of its own per exchange.
+        factory = HTTPFrontFactory(self.reactor, partial(self.pipeline.dispatch, kind), limits)
         factory.rejected = self.observer.rejected
         return factory
 
@@ -345,9 +341,7 @@ class MeshNode(MultiService):
         streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
         out of this node."""
         pipeline = self.pipeline
-
-        def route(head: RequestHead, responder: IResponder) -> IRequestBody:
-            return pipeline.dispatch(kind, head, responder)
+        route = partial(pipeline.dispatch, kind)  # not a closure: no Python call of its own
 
         def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
             return pipeline.dispatch_stream(kind, authority, client, source)

@@ -87,15 +87,18 @@ def decide(
             # the catalog's cache: computed once, and the balancer's counters follow the
             # identity of the tuple.)
             local = catalog.ready_endpoints(service, port, node)
+            if hint is not None and hint not in exclude:
+                for endpoint in local:
+                    if endpoint.host == hint[0] and endpoint.port == hint[1]:
+                        return Route(_TO_BUS, service, port, endpoint)
+            # After the scan: an aggregate's tag is never a host, and the common exchange
+            # (the sender chose a ready pod) makes no call to ask (one Python call less).
             if hint is not None and is_aggregate_tag(hint[0]):
                 # A trimmed sender chose this node and a kind of pod, not the pod: choose
                 # among this node's pods of that kind, as it would have (docs/topology.md).
                 local = _of_kind(service, port, node, hint[0]) or local
                 hint = None
             if hint is not None and hint not in exclude:
-                for endpoint in local:
-                    if endpoint.host == hint[0] and endpoint.port == hint[1]:
-                        return Route(_TO_BUS, service, port, endpoint)
                 # Not a ready one: still the endpoint it chose while that serves, even
                 # terminating (chosen because nothing was ready; rare, so a plain scan).
                 found = _usable_hint(service, port, hint, node)

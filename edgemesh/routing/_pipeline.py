@@ -137,6 +137,8 @@ class Pipeline:
         """The error the guard of a refused exchange already reported to the observer."""
         self._services: dict[str, ServiceState] = {}
         self._states_by_id: dict[int, tuple[Service, ServiceState, ServicePolicy]] = {}
+        self._resolved_ports: dict[tuple[str, int], tuple[Service, ServicePort]] = {}
+        """Another node's (service key, port) as this node's catalog has them (_resolved)."""
         self._max_active = self.settings.max_requests_per_service
         self._idle_timeout = self.settings.stream_idle_timeout
         self._max_hops = self.settings.max_hops
@@ -177,6 +179,7 @@ class Pipeline:
         self.policies.scan(catalog)
         self.balancer.forget()
         self._states_by_id.clear()
+        self._resolved_ports.clear()
         if self._listening or self._own:
             self._refuse_own(catalog)
 
@@ -302,8 +305,9 @@ class Pipeline:
     ) -> IRequestBody:
         """Route an exchange another node already resolved (service and maybe endpoint)."""
         try:
-            # _open's two calls, without it: one Python call less per exchange from a link.
-            service, service_port = self._resolved(service_key, port)
+            # Remembered per catalog: two Python calls less per exchange from a link.
+            service, service_port = (self._resolved_ports.get((service_key, port))
+                                     or self._resolved(service_key, port))
             return self._route(source, head, responder, service, service_port, hint)
         except MeshError as error:
             refused = self.refused
@@ -419,12 +423,17 @@ class Pipeline:
         return counted is error
 
     def _resolved(self, service_key: str, port_number: int) -> tuple[Service, ServicePort]:
-        """The service and TCP port another node resolved, as this node's catalog has them."""
+        """The service and TCP port another node resolved, as this node's catalog has them
+        (remembered in ``_resolved_ports`` until the next catalog)."""
         service = self._catalog.services.get(service_key)
         if service is None:
             raise MeshError(Reason.unknown_service, f"no service {service_key} on {self.node}")
         for port in service.ports:
             if port.port == port_number and port.protocol == "TCP":
+                found = self._resolved_ports
+                if len(found) >= _MAX_SERVICES:
+                    found.clear()
+                found[service_key, port_number] = (service, port)
                 return service, port
         raise MeshError(Reason.unknown_service, f"service {service_key} has no port {port_number}")
 
@@ -477,18 +486,7 @@ class Pipeline:
             route, target = self._target_for(source, route)  # relay, or an error to raise
         if policy.timeout is not None:
             route.timeout = policy.timeout
-        return self._start(source, route, target, head, responder, state, policy)
-
-    def _start(
-        self,
-        source: SourceKind,
-        route: Route,
-        target: ITarget,
-        head: RequestHead,
-        responder: IResponder,
-        state: ServiceState,
-        policy: ServicePolicy,
-    ) -> IRequestBody:
+        # The exchange starts (here, not in a method of its own: one Python call less).
         origin = source is _FROM_BUS or source is _FROM_ROUTER_HTTP
         guard = GuardedExchange(self, source, head, responder, route.service, route.port, state,
                                 policy, origin)
@@ -518,7 +516,9 @@ class Pipeline:
             if wake < self._wake_at:
                 self._schedule(wake)
         guard._attempt(route, target)
-        return GuardedBody(guard)
+        body = GuardedBody()  # no __init__ (see GuardedBody.guard)
+        body.guard = guard
+        return body
 
     def _allowed(self, source: SourceKind, route: Route) -> Route:
         """``route``, through the router when its hub cannot be dialled, if ``source`` may
@@ -650,9 +650,14 @@ class Pipeline:
             self._schedule(wake)
 
     def finished(self, guard: GuardedExchange, counted: MeshError | None = None) -> None:
-        """A guarded exchange is over (every way it ends comes here once): no longer in
-        progress (the drain may be over), and observed.  ``counted``: raised to its source
-        inside the first ``open`` and already reported here (not again as refused)."""
+        """A guarded exchange is over (every way it ends comes here once, from the guard:
+        not through a method of its own, one Python call less per exchange): its service's
+        and its endpoint's counts, no longer in progress (the drain may be over), and
+        observed.  ``counted``: raised to its source inside the first ``open`` and already
+        reported here (not again as refused)."""
+        guard.state.active -= 1
+        if guard.load_key is not None:
+            guard.unload()
         if counted is not None:
             self._counted = counted
         inflight = self._inflight
