@@ -242,7 +242,7 @@ class _UpstreamConnection(Protocol):
         self.reusable = False
         self.body_left = 0
         """Bytes still due of a Content-Length body whose head was delivered: later reads
-        go to the responder as they are, past llhttp (see _receive)."""
+        go to the responder as they are, past llhttp (see dataReceived)."""
         self.keep_alive = False
         """llhttp's verdict on reuse, taken at the head (its parser is replaced when a body
         bypassed it)."""
@@ -280,44 +280,118 @@ class _UpstreamConnection(Protocol):
             self._internal_error(problem)
 
     def dataReceived(self, data: bytes) -> None:
+        # The parse (try) and the read-size rule (finally) in one method: the parse was a
+        # method of its own, one Python call more per pod read.
+        read = len(data)  # the parse may cut data to what follows a body
         try:
-            self._receive(data)
+            if self.exchange is None:
+                # Idle, or closing after its exchange: a server has nothing to say now.
+                self.target._discard(self)
+                return
+            self.got_bytes = True
+            if self.body_left and self.held is None:
+                # A read of a Content-Length body goes on as it is: llhttp would hand it over
+                # as a new bytes object (a copy of every body byte: 1.0 of the sending edge's
+                # ~1.1 copies per byte of a 1 MiB body, callgrind).
+                left = self.body_left
+                if len(data) < left:
+                    self.body_left = left - len(data)
+                    self._body(data)
+                    return
+                self.body_left = 0
+                self._body(data if len(data) == left else data[:left])
+                if self._exchange_gone():  # the responder gave up on it meanwhile
+                    return
+                # llhttp saw only part of this body: a fresh parser for whatever follows.
+                if self.parser is self.full_parser:
+                    self.parser = self.full_parser = HttpResponseParser(self)
+                else:
+                    self.parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
+                self.bypassed = True
+                self.on_message_complete()
+                data = data[left:]
+                if not data:
+                    if self.finished:
+                        self._after_response()
+                    return
+            if not self.head_done:
+                if not self.head_size:  # this read starts the response
+                    self.parser = self._head_parser(data)
+                    whole = self.known_whole
+                    exchange = self.exchange
+                    if (whole is not None and len(data) - self.known_end == whole[1]
+                            and exchange is not None and not exchange.is_head):
+                        self._whole(exchange, whole, data)
+                        return
+                self.head_size += len(data)
+            elif self.chunk_pending:
+                self.stalled += len(data)
+            try:
+                self.parser.feed_data(data)
+            except HttpParserCallbackError as exc:
+                self._drop_held()
+                cause = exc.__context__
+                self._parse_failed(cause if isinstance(cause, Exception) else exc)
+                return
+            except (HttpParserError, HttpParserUpgrade) as exc:
+                # A head still held was never delivered: the responder gets a clean
+                # failure rather than a head and a truncated body.
+                self._drop_held()
+                self._parse_failed(exc)
+                return
+            if self.finished:
+                self._after_response()
+                return
+            exchange = self.exchange
+            if exchange is not None:
+                if self.held is not None:
+                    # The response goes on in later reads: deliver what this one carried
+                    # and stream the rest.
+                    self._release_held(exchange)
+                    if self.exchange is not exchange:
+                        return
+                limit = self.max_header_bytes
+                if not self.head_done:
+                    if self.head_size > limit:
+                        self._bad(exchange, f"response head larger than {limit} bytes")
+                elif self.chunk_pending and self.stalled > limit:
+                    self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
         except Exception as problem:  # noqa: BLE001 - never raise into the reactor
             self._internal_error(problem)
-        # The read size follows the consumer: MAX_READ while the responder takes every
-        # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
-        # taken without a pause.  A slow client holds ~64 KiB per connection, not a
-        # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
-        # A responder that sizes our reads by its credit (limit_reads: a link stream)
-        # keeps the size when it pauses: its room already bounds what a read leaves
-        # queued, and the restart at 64 KiB after each credit pause cost a p2 4 MiB
-        # transfer ~7 more pod reads (results 2026-12-04 §10).
-        # Never above the target's ReadBudget share: many busy connections read less each.
-        # Nor above the responder's room (limit_reads), without a ramp back: when a link
-        # stream's credit is plentiful again, so are the reads.
-        transport = self.transport
-        size = getattr(transport, "bufferSize", None)
-        if size is None:
-            return
-        want = self.want
-        cap = self.target.reads.cap()
-        if self.reading_paused and self.room is None:
-            self.full_reads = 0
-            want = min(SMALL_BUFFER, cap)
-        elif want > cap:
-            self.full_reads = 0
-            want = cap
-        elif len(data) >= size and want < cap:
-            self.full_reads += 1
-            if self.full_reads >= RAMP_READS:
-                self.full_reads = 0
-                want = min(want * 2, cap)
-        self.want = want
-        room = self.room
-        if room is not None and room < want and want > ROOM_READ:
-            want = max(ROOM_READ, room)
-        if size != want:
-            transport.bufferSize = want
+        finally:
+            # The read size follows the consumer: MAX_READ while the responder takes every
+            # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
+            # taken without a pause.  A slow client holds ~64 KiB per connection, not a
+            # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
+            # A responder that sizes our reads by its credit (limit_reads: a link stream)
+            # keeps the size when it pauses: its room already bounds what a read leaves
+            # queued, and the restart at 64 KiB after each credit pause cost a p2 4 MiB
+            # transfer ~7 more pod reads (results 2026-12-04 §10).
+            # Never above the target's ReadBudget share: many busy connections read less each.
+            # Nor above the responder's room (limit_reads), without a ramp back: when a link
+            # stream's credit is plentiful again, so are the reads.
+            transport = self.transport
+            size = getattr(transport, "bufferSize", None)
+            if size is not None:
+                want = self.want
+                cap = self.target.reads.cap()
+                if self.reading_paused and self.room is None:
+                    self.full_reads = 0
+                    want = min(SMALL_BUFFER, cap)
+                elif want > cap:
+                    self.full_reads = 0
+                    want = cap
+                elif read >= size and want < cap:
+                    self.full_reads += 1
+                    if self.full_reads >= RAMP_READS:
+                        self.full_reads = 0
+                        want = min(want * 2, cap)
+                self.want = want
+                room = self.room
+                if room is not None and room < want and want > ROOM_READ:
+                    want = max(ROOM_READ, room)
+                if size != want:
+                    transport.bufferSize = want
 
     def limit_reads(self, room: int) -> None:
         """The responder takes ``room`` more bytes at once: the next read is no larger
@@ -381,80 +455,6 @@ class _UpstreamConnection(Protocol):
         in its write buffer); other transports have no such knob."""
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = size
-
-    def _receive(self, data: bytes) -> None:
-        if self.exchange is None:
-            # Idle, or closing after its exchange: a server has nothing to say now.
-            self.target._discard(self)
-            return
-        self.got_bytes = True
-        if self.body_left and self.held is None:
-            # A read of a Content-Length body goes on as it is: llhttp would hand it over
-            # as a new bytes object (a copy of every body byte: 1.0 of the sending edge's
-            # ~1.1 copies per byte of a 1 MiB body, callgrind).
-            left = self.body_left
-            if len(data) < left:
-                self.body_left = left - len(data)
-                self._body(data)
-                return
-            self.body_left = 0
-            self._body(data if len(data) == left else data[:left])
-            if self._exchange_gone():  # the responder gave up on it meanwhile
-                return
-            # llhttp saw only part of this body: a fresh parser for whatever follows.
-            if self.parser is self.full_parser:
-                self.parser = self.full_parser = HttpResponseParser(self)
-            else:
-                self.parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
-            self.bypassed = True
-            self.on_message_complete()
-            data = data[left:]
-            if not data:
-                if self.finished:
-                    self._after_response()
-                return
-        if not self.head_done:
-            if not self.head_size:  # this read starts the response
-                self.parser = self._head_parser(data)
-                whole = self.known_whole
-                exchange = self.exchange
-                if (whole is not None and len(data) - self.known_end == whole[1]
-                        and exchange is not None and not exchange.is_head):
-                    self._whole(exchange, whole, data)
-                    return
-            self.head_size += len(data)
-        elif self.chunk_pending:
-            self.stalled += len(data)
-        try:
-            self.parser.feed_data(data)
-        except HttpParserCallbackError as exc:
-            self._drop_held()
-            cause = exc.__context__
-            self._parse_failed(cause if isinstance(cause, Exception) else exc)
-            return
-        except (HttpParserError, HttpParserUpgrade) as exc:
-            # A head still held was never delivered: the responder gets a clean
-            # failure rather than a head and a truncated body.
-            self._drop_held()
-            self._parse_failed(exc)
-            return
-        if self.finished:
-            self._after_response()
-            return
-        exchange = self.exchange
-        if exchange is not None:
-            if self.held is not None:
-                # The response goes on in later reads: deliver what this one carried
-                # and stream the rest.
-                self._release_held(exchange)
-                if self.exchange is not exchange:
-                    return
-            limit = self.max_header_bytes
-            if not self.head_done:
-                if self.head_size > limit:
-                    self._bad(exchange, f"response head larger than {limit} bytes")
-            elif self.chunk_pending and self.stalled > limit:
-                self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
@@ -548,7 +548,7 @@ class _UpstreamConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
-            # A trailer field (bounded like the head: see _receive): relayed with the end.
+            # A trailer field (bounded like the head: see dataReceived): relayed with the end.
             self.trailer_count += 1
             if self.trailer_count > self.max_header_count:
                 raise _ResponseError(f"more than {self.max_header_count} trailer fields")

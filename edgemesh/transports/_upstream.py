@@ -133,8 +133,18 @@ class HTTPUpstreamTarget:
                     f"{route.service.key}: no endpoint chosen and no cluster IP",
                 )
             )
+            return exchange
+        # The exchange starts here rather than in a method of its own (one call less per
+        # exchange).  Without a body, its request timeout runs from now.
+        if exchange.body_done:
+            exchange._wait()
+        conn = self._acquire((host, port))
+        if conn is None:
+            self._connect(exchange)
         else:
-            exchange.start()
+            exchange.reused = True
+            exchange.replay = []  # what it sends is kept for one retry on a fresh connection
+            exchange.connected(conn)
         return exchange
 
     def close(self) -> Deferred[None]:
@@ -162,7 +172,7 @@ class HTTPUpstreamTarget:
         """Exchanges waiting for a response head (their request timeout runs)."""
         return self._waiting_count
 
-    # request timeouts (exchanges add and remove themselves: see _UpstreamExchange.start
+    # request timeouts (exchanges join and leave the queue: see _UpstreamExchange._wait
     # and _unwait)
 
     def _arm(self) -> None:
