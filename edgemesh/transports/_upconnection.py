@@ -148,7 +148,7 @@ _RAW_HEAD_LENGTH = 2048
 
 class _QuickCallbacks:
     """The connection's httptools callbacks but for on_header and on_status: llhttp makes no
-    bytes objects and no Python call per field (a head parsed before, see _head_parser)."""
+    bytes objects and no Python call per field (a head parsed before, see _begin)."""
 
     __slots__ = (
         "on_body",
@@ -181,15 +181,11 @@ class _UpstreamConnection(Protocol):
         self.exchange: _UpstreamExchange | None = None
         self.parser = self.full_parser = HttpResponseParser(self)
         self.quick_parser: HttpResponseParser | None = None
-        """llhttp without per-field callbacks, for a head parsed before (see _head_parser)."""
+        """llhttp without per-field callbacks, for a head parsed before (see _begin)."""
         self.raw_head: bytes | None = None
         """The head of the response in parse, when it came whole in its first read."""
         self.known_fields: Headers | None = None
-        """The end-to-end fields of a head parsed before (``_head_parser``)."""
-        self.known_whole: _Whole | None = None
-        """What a head parsed before says of a Content-Length body (``_head_parser``)."""
-        self.known_end = 0
-        """Where the body begins in a read that starts with a head parsed before."""
+        """The end-to-end fields of a head parsed before (``_begin``)."""
         self.max_header_bytes = target.max_response_header_bytes
         self.max_header_count = target.max_response_header_count
         self.lost = False
@@ -315,14 +311,8 @@ class _UpstreamConnection(Protocol):
                         self._after_response()
                     return
             if not self.head_done:
-                if not self.head_size:  # this read starts the response
-                    self.parser = self._head_parser(data)
-                    whole = self.known_whole
-                    exchange = self.exchange
-                    if (whole is not None and len(data) - self.known_end == whole[1]
-                            and exchange is not None and not exchange.is_head):
-                        self._whole(exchange, whole, data)
-                        return
+                if not self.head_size and self._begin(data):  # this read starts it
+                    return  # a whole response of a head seen before: delivered
                 self.head_size += len(data)
             elif self.chunk_pending:
                 self.stalled += len(data)
@@ -490,39 +480,47 @@ class _UpstreamConnection(Protocol):
         """The transport is going away; connectionLost deals with the exchange
         (the source is not stopped: it gets an answer through its responder)."""
 
-    def _head_parser(self, data: bytes) -> HttpResponseParser:
-        """The parser for a response that starts this read.  A head seen before, byte for
-        byte (a pod repeats its fields but for a Date that changes once a second), takes
-        the fields parsed then, and llhttp only validates and frames it: no Python call per
-        field: 234 → 209 k instructions per /small exchange on path 1 (callgrind A/B)."""
+    def _begin(self, data: bytes) -> bool:
+        """A read that starts a response: choose its parser, or deliver it whole (True).
+
+        A head seen before, byte for byte (a pod repeats its fields but for a Date that
+        changes once a second), takes the fields parsed then, and llhttp only validates and
+        frames it: no Python call per field: 234 → 209 k instructions per /small exchange on
+        path 1 (callgrind A/B).
+
+        When the read is such a head and its whole Content-Length body, it is delivered
+        here: what llhttp's callbacks would make of it, without llhttp (the parser is
+        between messages before and after it, so it need not see it).  A head seen before
+        is llhttp's verdict on the same bytes; a body with a Content-Length is opaque to it:
+        p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
+        A/B, same load; one method since, not two: one call less)."""
         end = data.find(b"\r\n\r\n")
-        self.known_fields = self.known_whole = None
+        self.known_fields = None
         if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
             self.raw_head = None
-            return self.full_parser
+            self.parser = self.full_parser
+            return False
         raw = data[:end]
         known = _heads_parsed.get(raw)
         if known is None or known[2] > self.max_header_count or known[3] > self.max_header_bytes:
             self.raw_head = raw  # remembered by on_headers_complete if it parses
-            return self.full_parser
+            self.parser = self.full_parser
+            return False
         self.raw_head = None
         # Kept fields and Connection values need no copies: on_headers_complete takes the
         # end-to-end fields worked out from them before (no field callback comes).
+        whole: _Whole | None
         (self.reason, _, _, self.header_bytes, _, self.content_length,
-         self.known_fields, self.known_whole) = known
-        self.known_end = end + 4
+         self.known_fields, whole) = known
         parser = self.quick_parser
         if parser is None:
             parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
-        return parser
-
-    def _whole(self, exchange: _UpstreamExchange, whole: _Whole, data: bytes) -> None:
-        """A read that is a head parsed before (byte for byte) and its whole Content-Length
-        body: what llhttp's callbacks would make of it, without llhttp (the parser is
-        between messages before and after it, so it need not see it).  A head seen before
-        is llhttp's verdict on the same bytes; a body with a Content-Length is opaque to it:
-        p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
-        A/B, same load)."""
+        self.parser = parser
+        end += 4
+        exchange = self.exchange
+        if (whole is None or len(data) - end != whole[1]
+                or exchange is None or exchange.is_head):
+            return False
         status, length, keep_alive = whole
         head = ResponseHead(
             status, self.reason or _PHRASES.get(status, b"Unknown"), self.known_fields or (),
@@ -533,9 +531,10 @@ class _UpstreamConnection(Protocol):
         if exchange.waiting is not None:
             exchange._unwait()
         self.keep_alive = keep_alive
-        self._deliver(exchange, head, data[self.known_end:], exchange.body_done and keep_alive)
+        self._deliver(exchange, head, data[end:], exchange.body_done and keep_alive)
         if self.finished:
             self._after_response()
+        return True
 
     # httptools callbacks
 
