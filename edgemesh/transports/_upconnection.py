@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
-    COMPLETERS,
     Headers,
     MeshError,
     Reason,
@@ -531,7 +530,7 @@ class _UpstreamConnection(Protocol):
         if exchange.waiting is not None:
             exchange._unwait()
         self.keep_alive = keep_alive
-        self._deliver(exchange, head, data[end:], exchange.body_done and keep_alive)
+        exchange.complete_whole(head, data[end:], exchange.body_done and keep_alive)
         if self.finished:
             self._after_response()
         return True
@@ -648,7 +647,7 @@ class _UpstreamConnection(Protocol):
         if exchange.is_head:
             # llhttp does not know the request was HEAD and would take any body
             # framing literally: end here, and never reuse this connection.
-            self._deliver(exchange, head, b"", False)
+            exchange.complete_whole(head, b"", False)
         else:
             self.held = head  # delivered at the message's end or at the end of this read
 
@@ -719,7 +718,7 @@ class _UpstreamConnection(Protocol):
             reusable = exchange.body_done and (
                 self.keep_alive if self.bypassed else self.parser.should_keep_alive()
             )  # _keep_alive() inlined
-            self._deliver(exchange, head, body, reusable)
+            exchange.complete_whole(head, body, reusable)
             return
         self.finished = True
         self.reusable = exchange.body_done and self._keep_alive()
@@ -732,26 +731,6 @@ class _UpstreamConnection(Protocol):
 
     def _keep_alive(self) -> bool:
         return self.keep_alive if self.bypassed else self.parser.should_keep_alive()
-
-    def _deliver(
-        self, exchange: _UpstreamExchange, head: ResponseHead, body: bytes, reusable: bool
-    ) -> None:
-        """A whole response: in one call to the responder's ``complete`` if it has one,
-        else as head, write and end."""
-        # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
-        complete = COMPLETERS[type(exchange.responder)]
-        if complete is not None:
-            self.finished = True
-            self.reusable = reusable
-            exchange.complete_whole(head, body, complete)
-            return
-        exchange.response_head(head)
-        if body and self.exchange is exchange:
-            exchange.responder.write(body)
-        if self.exchange is exchange:  # not aborted from inside head() or write()
-            self.finished = True
-            self.reusable = reusable
-            exchange.complete()
 
     def _release_held(self, exchange: _UpstreamExchange) -> None:
         """Deliver the held head and the body held with it; the rest streams."""
