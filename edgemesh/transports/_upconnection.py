@@ -267,7 +267,8 @@ class _UpstreamConnection(Protocol):
         exchange = self.opening
         self.opening = None
         if exchange is None or exchange.done:
-            self.target._release(self)  # a fresh connection nobody waits for: keep it
+            self.reusable = True  # a fresh connection nobody waits for: keep it
+            self.target._release(self)
             return
         try:
             exchange.connected(self)
@@ -307,7 +308,7 @@ class _UpstreamConnection(Protocol):
                 data = data[left:]
                 if not data:
                     if self.finished:
-                        self._after_response()
+                        self.target._release(self)
                     return
             if not self.head_done:
                 if not self.head_size and self._begin(data):  # this read starts it
@@ -329,7 +330,7 @@ class _UpstreamConnection(Protocol):
                 self._parse_failed(exc)
                 return
             if self.finished:
-                self._after_response()
+                self.target._release(self)
                 return
             exchange = self.exchange
             if exchange is not None:
@@ -532,7 +533,7 @@ class _UpstreamConnection(Protocol):
         self.keep_alive = keep_alive
         exchange.complete_whole(head, data[end:], exchange.body_done and keep_alive)
         if self.finished:
-            self._after_response()
+            self.target._release(self)
         return True
 
     # httptools callbacks
@@ -752,13 +753,6 @@ class _UpstreamConnection(Protocol):
         if self.held_body:
             self.held_body = []
             self.held_size = 0
-
-    def _after_response(self) -> None:
-        self.finished = False
-        if self.reusable and not self.lost and self.exchange is None:
-            self.target._release(self)
-        elif not self.lost:
-            self.transport.loseConnection()
 
     def _bad(self, exchange: _UpstreamExchange, detail: str) -> None:
         exchange.fail(MeshError(Reason.upstream_bad_response, f"{exchange.address}: {detail}"))
