@@ -4,6 +4,7 @@ test, every wait bounded."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -401,6 +402,58 @@ def test_the_main_loop_runs_timers_in_order_and_calls_from_threads(
     reactor.run(installSignalHandlers=False)
     assert ran == ["early", "moved", "late", "thread"]
     assert time.monotonic() - started < 5.0  # the moved timer did not wait its first 5 s
+
+
+class InterruptedPoller:
+    """The reactor's poller, whose first polls raise the given errors."""
+
+    def __init__(self, real: Any, errors: list[int]) -> None:
+        self.real = real
+        self.errors = errors
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        return self.real.poll(timeout, most)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_the_main_loop_turns_without_doIteration_and_survives_poll_errors(
+        reactor: EdgemeshReactor, logged: list[LogEvent]) -> None:
+    """run() turns in one frame (_turns), not through doIteration, with I/O and timers; a
+    poll interrupted by a signal is a turn without events (not logged); another poll error
+    is logged and the loop goes on."""
+    systems: list[object] = []
+    client = connect(reactor, listen(reactor, systems))
+    assert client.transport is not None
+
+    def no_iteration(timeout: float | None) -> None:
+        raise AssertionError("the main loop called doIteration")
+
+    reactor.doIteration = no_iteration  # type: ignore[method-assign]
+    real = reactor._poller
+    reactor._poller = InterruptedPoller(real, [errno.EINTR, errno.EBADF])
+    started = time.monotonic()
+
+    def stop_when_echoed() -> None:
+        if client.received == b"ping" or time.monotonic() - started > 10:
+            reactor.stop()
+        else:
+            reactor.callLater(0.01, stop_when_echoed)
+
+    client.transport.write(b"ping")
+    reactor.callLater(0.01, stop_when_echoed)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        reactor._poller = real
+    assert client.received == b"ping"
+    failures = [f for f in map(failure_of, logged) if f is not None]
+    assert [f.type for f in failures] == [OSError]
+    assert failures[0].value.errno == errno.EBADF  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("through_service", [False, True])

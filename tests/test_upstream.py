@@ -1151,10 +1151,11 @@ def test_close_with_nothing_idle_fires_at_once() -> None:
 
 
 class WholeResponder(CompletingResponder):
-    """A completing responder that also checks the producer came before the response."""
+    """A completing responder that also checks that a whole response came without a
+    producer: read whole, it has no flow left to pause or stop."""
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
-        assert self.producer is not None  # given before the response
+        assert self.producer is None
         super().complete(head, body)
 
 
@@ -1180,7 +1181,7 @@ def test_whole_response_in_one_read_is_one_complete_call() -> None:
     assert responder.calls == ["complete"]
     assert responder.response == ResponseHead(200, b"OK", ((b"Content-Type", b"text/plain"),), 5)
     assert responder.body == b"hello"
-    assert responder.producer is not None and verifyObject(IPushProducer, responder.producer)
+    assert responder.producer is None  # nothing left to pause
     assert h.idle() == 1 and not upstream.closed
     assert h.target.waiting_exchanges() == 0
     # The request timer the head left armed (lazy: the next exchange reuses it).
@@ -1192,6 +1193,47 @@ def test_whole_response_in_one_read_is_one_complete_call() -> None:
     upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
     assert second.calls == ["complete"] and second.body == b"bye"
     assert h.connections() == 1 and h.idle() == 1
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_whole_response_resumes_a_paused_source_and_leaves_no_producer(known: bool) -> None:
+    """A whole response before the request body's end: the source, paused by the pod's
+    write buffer, is resumed (to drain and discard); the responder gets no producer.  On
+    a pooled connection whose response head is known (``known``) it takes the shortcut
+    past llhttp."""
+    h = Harness()
+    if known:
+        pooled, _ = exchange(h)  # the pod's head is now known; its connection is pooled
+    post = RequestHead(b"POST", b"/up", b"web", ((b"Host", b"web"),), 100)
+    responder = WholeResponder()
+    body, _ = h.open(post, responder=responder)
+    source = Source()
+    body.setProducer(source)
+    upstream = pooled if known else h.accept()
+    assert h.connections() == 1
+    upstream.received()
+    body.write(b"x" * 10)
+    assert upstream.transport.producer is not None
+    upstream.transport.producer.pauseProducing()  # the pod's write buffer is full
+    assert source.paused
+    upstream.send(OK_HELLO)
+    assert responder.calls == ["complete"] and responder.body == b"hello"
+    assert not source.paused and source.pauses == 1
+    assert responder.producer is None
+    assert upstream.transport.producer is None  # unregistered: the exchange is over
+
+
+def test_a_bodiless_exchange_never_registers_or_pauses_its_source() -> None:
+    h = Harness()
+    body, responder = h.open()
+    upstream = h.accept()
+    source = Source()
+    body.setProducer(source)
+    assert upstream.transport.producer is None
+    upstream.transport.pauseProducing()
+    assert not source.paused and source.pauses == 0
+    upstream.send(OK_HELLO)
+    assert responder.ended and not source.paused and source.pauses == 0
 
 
 def test_whole_response_whose_head_began_in_an_earlier_read_is_one_call() -> None:

@@ -66,109 +66,122 @@ class EdgemeshReactor(epollreactor.EPollReactor):
         return super().timeout()
 
     def mainLoop(self) -> None:
-        """Twisted's loop (timers due, then one poll), with a shortcut for the common turn
-        where no timer is due: no error-handler context per turn and no runUntilCurrent
-        or timeout() calls (-11 k instructions per /small exchange on path 1, -3 %)."""
-        pending = self._pendingTimedCalls
+        """Twisted's loop (timers due, then one poll): the turns run in ``_turns``."""
         while self._started:
             try:
-                while self._started:
-                    if (self.threadCallQueue or self._newTimedCalls or self._justStopped
-                            or self._cancellations > 50 or self._turn_end
-                            or pending is not self._pendingTimedCalls):
-                        pending = self._pendingTimedCalls  # (compaction replaces it)
-                        self.runUntilCurrent()
-                        timeout = self.timeout()
-                    elif pending:
-                        delay = pending[0].time - self.seconds()
-                        if delay <= 0:
-                            self.runUntilCurrent()
-                            timeout = self.timeout()
-                        else:
-                            # Not min(): a builtin call with argument parsing, ~750
-                            # instructions, twice per /small exchange (callgrind).
-                            timeout = delay if delay < _LONGEST else _LONGEST  # noqa: FURB136
-                    else:
-                        timeout = None
-                    self.doIteration(timeout if self.running else 0)
+                self.runUntilCurrent()
+                self._turns(self.timeout() if self.running else 0, True)
             except BaseException:  # noqa: BLE001 -- as Twisted's: log, go on
                 log.err(None, "Unexpected error in main loop")
         log.msg("Main loop terminated.")
 
     def doPoll(self, timeout: float | None) -> None:
-        try:
-            events = self._poller.poll(-1 if timeout is None else timeout,
-                                       len(self._selectables))
-        except OSError as err:
-            if err.errno == errno.EINTR:
-                return
-            raise
+        """One poll, its dispatch and end of turn (Twisted's ``iterate``, tests)."""
+        self._turns(timeout, False)
+
+    def _turns(self, timeout: float | None, loop: bool) -> None:
+        """Poll with ``timeout``, dispatch, run the end-of-turn queue; with ``loop``, again
+        while the reactor runs.  The main loop's turns in one Python frame: no doIteration
+        call per turn (-1 Python call per turn, 2 per /small exchange and edge).  Between
+        turns, a shortcut for the common one where no timer is due: no runUntilCurrent or
+        timeout() calls (-11 k instructions per /small exchange on path 1, -3 %)."""
+        pending = self._pendingTimedCalls
+        poll = self._poller.poll
         selectables = self._selectables
         disconnected, readable, writable = (
             self._POLL_DISCONNECTED, self._POLL_IN, self._POLL_OUT)
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            if event & disconnected and not event & readable:
-                # A hang-up: Twisted's own path, as rare as connections end.
-                log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
-                continue
-            # Twisted's _doReadOrWrite, minus its log context (-33 k instructions per
-            # /small exchange on path 1, -10 %; bench/exchange_cost.py).
-            try:
-                why: BaseException | None = None
-                in_read = False
-                try:
-                    if selectable.fileno() == -1:
-                        why = _NO_FILEDESC
-                    else:
-                        if event & readable:
-                            in_read = True
-                            if (type(selectable) in _PLAIN_TCP
-                                    and "doRead" not in selectable.__dict__):
-                                # tcp.Connection.doRead and _dataReceived, inlined (two
-                                # Python calls less per read: -4 k instructions per /small
-                                # exchange on path 1 in one pair of runs; ±2 % spread).
-                                try:
-                                    data = selectable.socket.recv(selectable.bufferSize)
-                                except OSError as se:
-                                    if se.args[0] != errno.EWOULDBLOCK:
-                                        why = CONNECTION_LOST
-                                else:
-                                    if data:
-                                        selectable.protocol.dataReceived(data)
-                                    else:
-                                        why = CONNECTION_DONE
-                            else:
-                                why = selectable.doRead()
-                        if not why and event & writable:
-                            why = selectable.doWrite()
-                            in_read = False
-                except BaseException:  # noqa: BLE001
-                    # As Twisted: the application's error disconnects this selectable.
-                    why = sys.exc_info()[1]
-                    log.err(system=_prefix(selectable))
-                if why:
-                    self._disconnectSelectable(  # type: ignore[no-untyped-call]
-                        selectable, why, in_read)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:  # noqa: BLE001 -- as callWithLogger: logged, go on
-                log.err(system=_prefix(selectable))
         turn_end = self._turn_end
-        if turn_end:
-            # What is queued while these run waits for the next turn (which then polls
-            # without blocking): the loop is bounded by the queue's length now.
-            queued = turn_end.copy()
-            turn_end.clear()
-            for func in queued:
+        while True:
+            try:
+                events = poll(-1 if timeout is None else timeout, len(selectables))
+            except OSError as err:
+                if err.errno != errno.EINTR:
+                    raise
+                events = []
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                if event & disconnected and not event & readable:
+                    # A hang-up: Twisted's own path, as rare as connections end.
+                    log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
+                    continue
+                # Twisted's _doReadOrWrite, minus its log context (-33 k instructions per
+                # /small exchange on path 1, -10 %; bench/exchange_cost.py).
                 try:
-                    func()
+                    why: BaseException | None = None
+                    in_read = False
+                    try:
+                        if selectable.fileno() == -1:
+                            why = _NO_FILEDESC
+                        else:
+                            if event & readable:
+                                in_read = True
+                                if (type(selectable) in _PLAIN_TCP
+                                        and "doRead" not in selectable.__dict__):
+                                    # tcp.Connection.doRead and _dataReceived, inlined (two
+                                    # Python calls less per read: -4 k instructions per /small
+                                    # exchange on path 1 in one pair of runs; ±2 % spread).
+                                    try:
+                                        data = selectable.socket.recv(selectable.bufferSize)
+                                    except OSError as se:
+                                        if se.args[0] != errno.EWOULDBLOCK:
+                                            why = CONNECTION_LOST
+                                    else:
+                                        if data:
+                                            selectable.protocol.dataReceived(data)
+                                        else:
+                                            why = CONNECTION_DONE
+                                else:
+                                    why = selectable.doRead()
+                            if not why and event & writable:
+                                why = selectable.doWrite()
+                                in_read = False
+                    except BaseException:  # noqa: BLE001
+                        # As Twisted: the application's error disconnects this selectable.
+                        why = sys.exc_info()[1]
+                        log.err(system=_prefix(selectable))
+                    if why:
+                        self._disconnectSelectable(  # type: ignore[no-untyped-call]
+                            selectable, why, in_read)
                 except KeyboardInterrupt:
                     raise
-                except BaseException:  # noqa: BLE001 -- one must not stop the others
-                    log.err(None, "end-of-turn call failed")
+                except BaseException:  # noqa: BLE001 -- as callWithLogger: logged, go on
+                    log.err(system=_prefix(selectable))
+            if turn_end:
+                # What is queued while these run waits for the next turn (which then polls
+                # without blocking): the loop is bounded by the queue's length now.
+                queued = turn_end.copy()
+                turn_end.clear()
+                for func in queued:
+                    try:
+                        func()
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:  # noqa: BLE001 -- one must not stop the others
+                        log.err(None, "end-of-turn call failed")
+            if not loop or not self._started:
+                return
+            # The next turn's timeout, as runUntilCurrent and timeout() would have it.
+            if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                    or self._cancellations > 50 or turn_end
+                    or pending is not self._pendingTimedCalls):
+                pending = self._pendingTimedCalls  # (compaction replaces it)
+                self.runUntilCurrent()
+                timeout = self.timeout()
+            elif pending:
+                delay = pending[0].time - self.seconds()
+                if delay <= 0:
+                    self.runUntilCurrent()
+                    timeout = self.timeout()
+                else:
+                    # Not min(): a builtin call with argument parsing, ~750
+                    # instructions, twice per /small exchange (callgrind).
+                    timeout = delay if delay < _LONGEST else _LONGEST  # noqa: FURB136
+            else:
+                timeout = None
+            if not self.running:
+                timeout = 0
 
     doIteration = doPoll
 

@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
-    COMPLETERS,
     Headers,
     MeshError,
     Reason,
@@ -148,7 +147,7 @@ _RAW_HEAD_LENGTH = 2048
 
 class _QuickCallbacks:
     """The connection's httptools callbacks but for on_header and on_status: llhttp makes no
-    bytes objects and no Python call per field (a head parsed before, see _head_parser)."""
+    bytes objects and no Python call per field (a head parsed before, see _begin)."""
 
     __slots__ = (
         "on_body",
@@ -181,15 +180,11 @@ class _UpstreamConnection(Protocol):
         self.exchange: _UpstreamExchange | None = None
         self.parser = self.full_parser = HttpResponseParser(self)
         self.quick_parser: HttpResponseParser | None = None
-        """llhttp without per-field callbacks, for a head parsed before (see _head_parser)."""
+        """llhttp without per-field callbacks, for a head parsed before (see _begin)."""
         self.raw_head: bytes | None = None
         """The head of the response in parse, when it came whole in its first read."""
         self.known_fields: Headers | None = None
-        """The end-to-end fields of a head parsed before (``_head_parser``)."""
-        self.known_whole: _Whole | None = None
-        """What a head parsed before says of a Content-Length body (``_head_parser``)."""
-        self.known_end = 0
-        """Where the body begins in a read that starts with a head parsed before."""
+        """The end-to-end fields of a head parsed before (``_begin``)."""
         self.max_header_bytes = target.max_response_header_bytes
         self.max_header_count = target.max_response_header_count
         self.lost = False
@@ -242,7 +237,7 @@ class _UpstreamConnection(Protocol):
         self.reusable = False
         self.body_left = 0
         """Bytes still due of a Content-Length body whose head was delivered: later reads
-        go to the responder as they are, past llhttp (see _receive)."""
+        go to the responder as they are, past llhttp (see dataReceived)."""
         self.keep_alive = False
         """llhttp's verdict on reuse, taken at the head (its parser is replaced when a body
         bypassed it)."""
@@ -272,7 +267,8 @@ class _UpstreamConnection(Protocol):
         exchange = self.opening
         self.opening = None
         if exchange is None or exchange.done:
-            self.target._release(self)  # a fresh connection nobody waits for: keep it
+            self.reusable = True  # a fresh connection nobody waits for: keep it
+            self.target._release(self)
             return
         try:
             exchange.connected(self)
@@ -280,44 +276,112 @@ class _UpstreamConnection(Protocol):
             self._internal_error(problem)
 
     def dataReceived(self, data: bytes) -> None:
+        # The parse (try) and the read-size rule (finally) in one method: the parse was a
+        # method of its own, one Python call more per pod read.
+        read = len(data)  # the parse may cut data to what follows a body
         try:
-            self._receive(data)
+            if self.exchange is None:
+                # Idle, or closing after its exchange: a server has nothing to say now.
+                self.target._discard(self)
+                return
+            self.got_bytes = True
+            if self.body_left and self.held is None:
+                # A read of a Content-Length body goes on as it is: llhttp would hand it over
+                # as a new bytes object (a copy of every body byte: 1.0 of the sending edge's
+                # ~1.1 copies per byte of a 1 MiB body, callgrind).
+                left = self.body_left
+                if len(data) < left:
+                    self.body_left = left - len(data)
+                    self._body(data)
+                    return
+                self.body_left = 0
+                self._body(data if len(data) == left else data[:left])
+                if self._exchange_gone():  # the responder gave up on it meanwhile
+                    return
+                # llhttp saw only part of this body: a fresh parser for whatever follows.
+                if self.parser is self.full_parser:
+                    self.parser = self.full_parser = HttpResponseParser(self)
+                else:
+                    self.parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
+                self.bypassed = True
+                self.on_message_complete()
+                data = data[left:]
+                if not data:
+                    if self.finished:
+                        self.target._release(self)
+                    return
+            if not self.head_done:
+                if not self.head_size and self._begin(data):  # this read starts it
+                    return  # a whole response of a head seen before: delivered
+                self.head_size += len(data)
+            elif self.chunk_pending:
+                self.stalled += len(data)
+            try:
+                self.parser.feed_data(data)
+            except HttpParserCallbackError as exc:
+                self._drop_held()
+                cause = exc.__context__
+                self._parse_failed(cause if isinstance(cause, Exception) else exc)
+                return
+            except (HttpParserError, HttpParserUpgrade) as exc:
+                # A head still held was never delivered: the responder gets a clean
+                # failure rather than a head and a truncated body.
+                self._drop_held()
+                self._parse_failed(exc)
+                return
+            if self.finished:
+                self.target._release(self)
+                return
+            exchange = self.exchange
+            if exchange is not None:
+                if self.held is not None:
+                    # The response goes on in later reads: deliver what this one carried
+                    # and stream the rest.
+                    self._release_held(exchange)
+                    if self.exchange is not exchange:
+                        return
+                limit = self.max_header_bytes
+                if not self.head_done:
+                    if self.head_size > limit:
+                        self._bad(exchange, f"response head larger than {limit} bytes")
+                elif self.chunk_pending and self.stalled > limit:
+                    self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
         except Exception as problem:  # noqa: BLE001 - never raise into the reactor
             self._internal_error(problem)
-        # The read size follows the consumer: MAX_READ while the responder takes every
-        # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
-        # taken without a pause.  A slow client holds ~64 KiB per connection, not a
-        # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
-        # A responder that sizes our reads by its credit (limit_reads: a link stream)
-        # keeps the size when it pauses: its room already bounds what a read leaves
-        # queued, and the restart at 64 KiB after each credit pause cost a p2 4 MiB
-        # transfer ~7 more pod reads (results 2026-12-04 §10).
-        # Never above the target's ReadBudget share: many busy connections read less each.
-        # Nor above the responder's room (limit_reads), without a ramp back: when a link
-        # stream's credit is plentiful again, so are the reads.
-        transport = self.transport
-        size = getattr(transport, "bufferSize", None)
-        if size is None:
-            return
-        want = self.want
-        cap = self.target.reads.cap()
-        if self.reading_paused and self.room is None:
-            self.full_reads = 0
-            want = min(SMALL_BUFFER, cap)
-        elif want > cap:
-            self.full_reads = 0
-            want = cap
-        elif len(data) >= size and want < cap:
-            self.full_reads += 1
-            if self.full_reads >= RAMP_READS:
-                self.full_reads = 0
-                want = min(want * 2, cap)
-        self.want = want
-        room = self.room
-        if room is not None and room < want and want > ROOM_READ:
-            want = max(ROOM_READ, room)
-        if size != want:
-            transport.bufferSize = want
+        finally:
+            # The read size follows the consumer: MAX_READ while the responder takes every
+            # read, 64 KiB after it paused us, doubling again after RAMP_READS whole reads
+            # taken without a pause.  A slow client holds ~64 KiB per connection, not a
+            # 256 KiB read (VmHWM growth at 32 connections of 1 MiB bodies: +9-11 MiB before).
+            # A responder that sizes our reads by its credit (limit_reads: a link stream)
+            # keeps the size when it pauses: its room already bounds what a read leaves
+            # queued, and the restart at 64 KiB after each credit pause cost a p2 4 MiB
+            # transfer ~7 more pod reads (results 2026-12-04 §10).
+            # Never above the target's ReadBudget share: many busy connections read less each.
+            # Nor above the responder's room (limit_reads), without a ramp back: when a link
+            # stream's credit is plentiful again, so are the reads.
+            transport = self.transport
+            size = getattr(transport, "bufferSize", None)
+            if size is not None:
+                want = self.want
+                cap = self.target.reads.cap()
+                if self.reading_paused and self.room is None:
+                    self.full_reads = 0
+                    want = min(SMALL_BUFFER, cap)
+                elif want > cap:
+                    self.full_reads = 0
+                    want = cap
+                elif read >= size and want < cap:
+                    self.full_reads += 1
+                    if self.full_reads >= RAMP_READS:
+                        self.full_reads = 0
+                        want = min(want * 2, cap)
+                self.want = want
+                room = self.room
+                if room is not None and room < want and want > ROOM_READ:
+                    want = max(ROOM_READ, room)
+                if size != want:
+                    transport.bufferSize = want
 
     def limit_reads(self, room: int) -> None:
         """The responder takes ``room`` more bytes at once: the next read is no larger
@@ -382,80 +446,6 @@ class _UpstreamConnection(Protocol):
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = size
 
-    def _receive(self, data: bytes) -> None:
-        if self.exchange is None:
-            # Idle, or closing after its exchange: a server has nothing to say now.
-            self.target._discard(self)
-            return
-        self.got_bytes = True
-        if self.body_left and self.held is None:
-            # A read of a Content-Length body goes on as it is: llhttp would hand it over
-            # as a new bytes object (a copy of every body byte: 1.0 of the sending edge's
-            # ~1.1 copies per byte of a 1 MiB body, callgrind).
-            left = self.body_left
-            if len(data) < left:
-                self.body_left = left - len(data)
-                self._body(data)
-                return
-            self.body_left = 0
-            self._body(data if len(data) == left else data[:left])
-            if self._exchange_gone():  # the responder gave up on it meanwhile
-                return
-            # llhttp saw only part of this body: a fresh parser for whatever follows.
-            if self.parser is self.full_parser:
-                self.parser = self.full_parser = HttpResponseParser(self)
-            else:
-                self.parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
-            self.bypassed = True
-            self.on_message_complete()
-            data = data[left:]
-            if not data:
-                if self.finished:
-                    self._after_response()
-                return
-        if not self.head_done:
-            if not self.head_size:  # this read starts the response
-                self.parser = self._head_parser(data)
-                whole = self.known_whole
-                exchange = self.exchange
-                if (whole is not None and len(data) - self.known_end == whole[1]
-                        and exchange is not None and not exchange.is_head):
-                    self._whole(exchange, whole, data)
-                    return
-            self.head_size += len(data)
-        elif self.chunk_pending:
-            self.stalled += len(data)
-        try:
-            self.parser.feed_data(data)
-        except HttpParserCallbackError as exc:
-            self._drop_held()
-            cause = exc.__context__
-            self._parse_failed(cause if isinstance(cause, Exception) else exc)
-            return
-        except (HttpParserError, HttpParserUpgrade) as exc:
-            # A head still held was never delivered: the responder gets a clean
-            # failure rather than a head and a truncated body.
-            self._drop_held()
-            self._parse_failed(exc)
-            return
-        if self.finished:
-            self._after_response()
-            return
-        exchange = self.exchange
-        if exchange is not None:
-            if self.held is not None:
-                # The response goes on in later reads: deliver what this one carried
-                # and stream the rest.
-                self._release_held(exchange)
-                if self.exchange is not exchange:
-                    return
-            limit = self.max_header_bytes
-            if not self.head_done:
-                if self.head_size > limit:
-                    self._bad(exchange, f"response head larger than {limit} bytes")
-            elif self.chunk_pending and self.stalled > limit:
-                self._bad(exchange, f"chunk framing or trailers larger than {limit} bytes")
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         if self.read_gate:
@@ -490,39 +480,47 @@ class _UpstreamConnection(Protocol):
         """The transport is going away; connectionLost deals with the exchange
         (the source is not stopped: it gets an answer through its responder)."""
 
-    def _head_parser(self, data: bytes) -> HttpResponseParser:
-        """The parser for a response that starts this read.  A head seen before, byte for
-        byte (a pod repeats its fields but for a Date that changes once a second), takes
-        the fields parsed then, and llhttp only validates and frames it: no Python call per
-        field: 234 → 209 k instructions per /small exchange on path 1 (callgrind A/B)."""
+    def _begin(self, data: bytes) -> bool:
+        """A read that starts a response: choose its parser, or deliver it whole (True).
+
+        A head seen before, byte for byte (a pod repeats its fields but for a Date that
+        changes once a second), takes the fields parsed then, and llhttp only validates and
+        frames it: no Python call per field: 234 → 209 k instructions per /small exchange on
+        path 1 (callgrind A/B).
+
+        When the read is such a head and its whole Content-Length body, it is delivered
+        here: what llhttp's callbacks would make of it, without llhttp (the parser is
+        between messages before and after it, so it need not see it).  A head seen before
+        is llhttp's verdict on the same bytes; a body with a Content-Length is opaque to it:
+        p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
+        A/B, same load; one method since, not two: one call less)."""
         end = data.find(b"\r\n\r\n")
-        self.known_fields = self.known_whole = None
+        self.known_fields = None
         if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
             self.raw_head = None
-            return self.full_parser
+            self.parser = self.full_parser
+            return False
         raw = data[:end]
         known = _heads_parsed.get(raw)
         if known is None or known[2] > self.max_header_count or known[3] > self.max_header_bytes:
             self.raw_head = raw  # remembered by on_headers_complete if it parses
-            return self.full_parser
+            self.parser = self.full_parser
+            return False
         self.raw_head = None
         # Kept fields and Connection values need no copies: on_headers_complete takes the
         # end-to-end fields worked out from them before (no field callback comes).
+        whole: _Whole | None
         (self.reason, _, _, self.header_bytes, _, self.content_length,
-         self.known_fields, self.known_whole) = known
-        self.known_end = end + 4
+         self.known_fields, whole) = known
         parser = self.quick_parser
         if parser is None:
             parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
-        return parser
-
-    def _whole(self, exchange: _UpstreamExchange, whole: _Whole, data: bytes) -> None:
-        """A read that is a head parsed before (byte for byte) and its whole Content-Length
-        body: what llhttp's callbacks would make of it, without llhttp (the parser is
-        between messages before and after it, so it need not see it).  A head seen before
-        is llhttp's verdict on the same bytes; a body with a Content-Length is opaque to it:
-        p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
-        A/B, same load)."""
+        self.parser = parser
+        end += 4
+        exchange = self.exchange
+        if (whole is None or len(data) - end != whole[1]
+                or exchange is None or exchange.is_head):
+            return False
         status, length, keep_alive = whole
         head = ResponseHead(
             status, self.reason or _PHRASES.get(status, b"Unknown"), self.known_fields or (),
@@ -533,9 +531,10 @@ class _UpstreamConnection(Protocol):
         if exchange.waiting is not None:
             exchange._unwait()
         self.keep_alive = keep_alive
-        self._deliver(exchange, head, data[self.known_end:], exchange.body_done and keep_alive)
+        exchange.complete_whole(head, data[end:], exchange.body_done and keep_alive)
         if self.finished:
-            self._after_response()
+            self.target._release(self)
+        return True
 
     # httptools callbacks
 
@@ -548,7 +547,7 @@ class _UpstreamConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
-            # A trailer field (bounded like the head: see _receive): relayed with the end.
+            # A trailer field (bounded like the head: see dataReceived): relayed with the end.
             self.trailer_count += 1
             if self.trailer_count > self.max_header_count:
                 raise _ResponseError(f"more than {self.max_header_count} trailer fields")
@@ -649,7 +648,7 @@ class _UpstreamConnection(Protocol):
         if exchange.is_head:
             # llhttp does not know the request was HEAD and would take any body
             # framing literally: end here, and never reuse this connection.
-            self._deliver(exchange, head, b"", False)
+            exchange.complete_whole(head, b"", False)
         else:
             self.held = head  # delivered at the message's end or at the end of this read
 
@@ -720,7 +719,7 @@ class _UpstreamConnection(Protocol):
             reusable = exchange.body_done and (
                 self.keep_alive if self.bypassed else self.parser.should_keep_alive()
             )  # _keep_alive() inlined
-            self._deliver(exchange, head, body, reusable)
+            exchange.complete_whole(head, body, reusable)
             return
         self.finished = True
         self.reusable = exchange.body_done and self._keep_alive()
@@ -733,26 +732,6 @@ class _UpstreamConnection(Protocol):
 
     def _keep_alive(self) -> bool:
         return self.keep_alive if self.bypassed else self.parser.should_keep_alive()
-
-    def _deliver(
-        self, exchange: _UpstreamExchange, head: ResponseHead, body: bytes, reusable: bool
-    ) -> None:
-        """A whole response: in one call to the responder's ``complete`` if it has one,
-        else as head, write and end."""
-        # One dict lookup: 73 ns against 85 ns for the getattr probe (bench/complete_probe.py).
-        complete = COMPLETERS[type(exchange.responder)]
-        if complete is not None:
-            self.finished = True
-            self.reusable = reusable
-            exchange.complete_whole(head, body, complete)
-            return
-        exchange.response_head(head)
-        if body and self.exchange is exchange:
-            exchange.responder.write(body)
-        if self.exchange is exchange:  # not aborted from inside head() or write()
-            self.finished = True
-            self.reusable = reusable
-            exchange.complete()
 
     def _release_held(self, exchange: _UpstreamExchange) -> None:
         """Deliver the held head and the body held with it; the rest streams."""
@@ -774,13 +753,6 @@ class _UpstreamConnection(Protocol):
         if self.held_body:
             self.held_body = []
             self.held_size = 0
-
-    def _after_response(self) -> None:
-        self.finished = False
-        if self.reusable and not self.lost and self.exchange is None:
-            self.target._release(self)
-        elif not self.lost:
-            self.transport.loseConnection()
 
     def _bad(self, exchange: _UpstreamExchange, detail: str) -> None:
         exchange.fail(MeshError(Reason.upstream_bad_response, f"{exchange.address}: {detail}"))
