@@ -78,9 +78,33 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 OTHER = "other (logging, metrics, stdlib, interpreter)"
 
 
+def turn_per_call() -> None:
+    """The edgemesh reactor's main loop as Twisted's: one ``doIteration`` call per turn.
+    Its own loop runs every turn in one frame (``_turns``), which a profiler switched on
+    and off inside it never sees return (its self time would be charged to no layer), and
+    which a probe that wraps ``doIteration`` would never enter.  Each turn here also runs
+    ``runUntilCurrent`` and ``timeout()``, which the real loop skips when no timer is due."""
+    from twisted.python import log
+
+    from edgemesh.transports import _reactor
+
+    def main_loop(self: _reactor.EdgemeshReactor) -> None:
+        while self._started:
+            try:
+                while self._started:
+                    self.runUntilCurrent()
+                    self.doIteration(self.timeout() if self.running else 0)
+            except BaseException:  # noqa: BLE001 -- as Twisted's: log, go on
+                log.err(None, "Unexpected error in main loop")
+
+    _reactor.EdgemeshReactor.mainLoop = main_loop  # type: ignore[method-assign]
+
+
 def boot() -> None:
     """twistd under a cProfile that SIGUSR1 switches on and SIGUSR2 off and dumps."""
     import cProfile
+
+    turn_per_call()
 
     out = sys.argv[2]
     args = sys.argv[3:]

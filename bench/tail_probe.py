@@ -29,7 +29,7 @@ os.environ.setdefault("BASE_PORT", "24280")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness
-from exchange_cost import run_dir
+from exchange_cost import run_dir, turn_per_call
 
 HERE = os.path.abspath(__file__)
 WRAPPER = """#!/bin/sh
@@ -109,6 +109,7 @@ def boot() -> None:
 
     _reactor.EdgemeshReactor.doPoll = do_poll  # type: ignore[method-assign]
     _reactor.EdgemeshReactor.doIteration = do_poll  # type: ignore[method-assign]
+    turn_per_call()  # (else the reactor's own loop never calls doIteration)
 
     def clear(signum: int, frame: object) -> None:
         events.clear()
