@@ -184,6 +184,13 @@ class IRequestBody(Interface):
         """The source's flow: the target pauses it while it cannot take more body."""
 
 
+class IHeadEndedBody(IRequestBody):
+    """An IRequestBody that takes a head with ``content_length == 0`` as the whole request
+    (optional: looked up with ``HEAD_ENDED``): for such a head its ``end`` and
+    ``setProducer`` do nothing, so a source may leave them out (a GET: one Python call
+    less per exchange and hop)."""
+
+
 class IResponder(Interface):
     """The response direction of an exchange, implemented by the source."""
 
@@ -231,6 +238,17 @@ COMPLETERS: _Completers = _Completers()
 ICompletingResponder (``@implementer``; a declaration on the instance alone does not count).
 Learnt once per class (so bounded by the program's classes): the check on the hot path is
 one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
+
+
+class _HeadEnded(dict[type, bool]):
+    def __missing__(self, kind: type) -> bool:
+        found = self[kind] = IHeadEndedBody.implementedBy(kind)
+        return found
+
+
+HEAD_ENDED: _HeadEnded = _HeadEnded()
+"""Whether a request body class declares IHeadEndedBody (``@implementer``), learnt once
+per class like ``COMPLETERS``: one dict lookup on the hot path."""
 
 
 class IViewResponder(IResponder):

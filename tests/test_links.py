@@ -378,6 +378,29 @@ def test_request_without_body_is_one_frame() -> None:
     assert isinstance(request, Request) and request.end and request.endpoint is None
     entry = pair.inbound()
     assert entry.body.ended and entry.body.chunks == []
+    assert entry.body.producer is None  # nothing to pause: the target gets no producer
+
+
+def test_only_an_inbound_request_with_a_body_gives_its_target_a_producer() -> None:
+    """A bodiless request (its head frame ends it) registers no producer with its target;
+    one with a body does, and the target's pause holds the peer's body back."""
+    pair = Pair()
+    pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    get = pair.inbound()
+    assert get.body.ended and get.body.producer is None
+    pair.server_handler.inbounds.clear()
+    exchange, _ = pair.open(content_length=4)
+    pair.pump()
+    post = pair.inbound()
+    assert post.body.producer is post.exchange and not post.body.ended
+    post.exchange.pauseProducing()  # the target is full: the body waits on the link side
+    exchange.write(b"body")
+    exchange.end()
+    pair.pump()
+    assert post.body.chunks == [] and not post.body.ended
+    post.exchange.resumeProducing()
+    assert post.body.data == b"body" and post.body.ended
 
 
 def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> None:

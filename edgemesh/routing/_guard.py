@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
+    HEAD_ENDED,
     Headers,
     ICompletingResponder,
     IRequestBody,
@@ -315,7 +316,10 @@ class GuardedBody:
             pipeline.arm(guard)
         inner = guard.inner
         if inner is not None:
-            inner.end()
+            # A target that took a bodiless head as the whole request needs no end (a GET:
+            # one Python call less per exchange and edge).
+            if guard.request.content_length != 0 or not HEAD_ENDED[type(inner)]:
+                inner.end()
             if guard.response >= DONE:
                 guard.inner = None
 

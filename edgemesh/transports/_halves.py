@@ -19,6 +19,7 @@ from ..exchange import (
     Headers,
     IByteStream,
     ICompletingResponder,
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     MeshError,
@@ -227,7 +228,7 @@ class _Receiver:
             self.link.write(self.link.connection.consumed(self.sid, held))
 
 
-@implementer(IRequestBody, IPushProducer)
+@implementer(IHeadEndedBody, IPushProducer)
 class OutboundExchange:
     """An exchange this node sends over the link: request out, response back."""
 

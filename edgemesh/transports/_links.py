@@ -405,7 +405,10 @@ class EnvelopeLink(Protocol):
             exchange.fail(MeshError(Reason.upstream_lost, "internal error"))
             return
         exchange.body = body
-        body.setProducer(exchange)
+        if request.body or not request.end:
+            # Only a request with a body has a flow to pause: a bodiless one (a GET) gives its
+            # target no producer, as the front does (edge-2 of p2: two Python calls less).
+            body.setProducer(exchange)
         if request.body:
             exchange.request_body(request.body)
         if request.end:
