@@ -384,12 +384,13 @@ class _HeadEndedBody(RecordingBody):
         (b"POST", None, True, True),  # chunked: the end is what ends it
     ],
 )
-def test_the_guard_leaves_out_only_the_end_a_bodiless_head_already_gave(
+def test_a_bodiless_head_ends_the_request_at_open(
     method: bytes, length: int | None, declares: bool, target_ends: bool
 ) -> None:
-    """The guard's own end (request state, request timeout) happens either way; only the
-    target's end() is left out, and only for a bodiless head and a target declaring
-    IHeadEndedBody."""
+    """A bodiless head ends the guard's request side when it opens (so a source may leave
+    out its end, IHeadEndedBody), and the target's with it unless the target declares
+    IHeadEndedBody; a request with a body ends with the source's end.  The request timeout
+    runs either way."""
     clock = Clock()
     service = Service("shop", "web", None, (HTTP,), {"http": ENDPOINTS[:1]})
     catalog = Catalog([service], (Node("edge-1", True, "192.0.2.1", 7701),), revision=1)
@@ -404,12 +405,15 @@ def test_the_guard_leaves_out_only_the_end_a_bodiless_head_already_gave(
     client = RecordingResponder()
     body = pipeline.dispatch(SourceKind.service_bus,
                              RequestHead(method, b"/", b"web.shop", (), length, "10.0.0.9"), client)
-    if length:
-        body.write(b"abc")
-    body.end()
     opened = pods.opened[0]
     guard = opened.responder
-    assert isinstance(guard, GuardedExchange) and guard.ended
+    assert isinstance(guard, GuardedExchange)
+    # A bodiless head is the whole request: ended at open, the target's body with it.
+    assert guard.ended is (length == 0) and opened.body.ended is (length == 0 and target_ends)
+    if length:
+        body.write(b"abc")
+    body.end()  # the source's end: changes nothing more for a bodiless head
+    assert guard.ended
     assert opened.body.ended is target_ends and opened.body.aborted is None
     # The request timeout runs from the end of the request either way.
     clock.advance(REQUEST_TIMEOUT)
