@@ -29,6 +29,7 @@ from zope.interface.verify import verifyObject
 
 from edgemesh.catalog import Endpoint, Service, ServicePort
 from edgemesh.exchange import (
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     ITarget,
@@ -401,6 +402,34 @@ def test_only_an_inbound_request_with_a_body_gives_its_target_a_producer() -> No
     assert post.body.chunks == [] and not post.body.ended
     post.exchange.resumeProducing()
     assert post.body.data == b"body" and post.body.ended
+
+
+@implementer(IHeadEndedBody)
+class _HeadEndedBody(RecordingBody):
+    """A target's body that takes a bodiless head as the whole request (as the guard's)."""
+
+
+def test_a_bodiless_request_ends_no_body_that_took_its_head_as_all() -> None:
+    """The stream's request side is over either way; only a body declaring IHeadEndedBody
+    is left without its end, and only for a bodiless head."""
+    pair = Pair()
+
+    def head_ended(entry: Inbound) -> None:
+        entry.body = _HeadEndedBody()
+
+    pair.server_handler.on_inbound = head_ended
+    pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    get = pair.inbound()
+    assert isinstance(get.body, _HeadEndedBody) and not get.body.ended
+    assert get.exchange.request_ended and get.body.producer is None
+    pair.server_handler.inbounds.clear()
+    exchange, _ = pair.open(content_length=2)
+    exchange.write(b"ok")
+    exchange.end()
+    pair.pump()
+    post = pair.inbound()
+    assert isinstance(post.body, _HeadEndedBody) and post.body.ended and post.body.data == b"ok"
 
 
 def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> None:

@@ -419,13 +419,16 @@ class InboundExchange:
             self.body = None
             self.sender.producer = None
 
-    def request_end(self) -> None:
+    def request_end(self, head_ended: bool = False) -> None:
+        """The peer's request is over.  ``head_ended``: its head was the whole request and
+        the target's body took it so (IHeadEndedBody): no end for it (a GET: one Python
+        call less per exchange on edge-2)."""
         if self.held:
             self.held_end = True  # after the held body
             return
         self.request_ended = True
         body = self.body
-        if body is not None:
+        if body is not None and not head_ended:
             if self.request_trailers:
                 hand_trailers(body, self.request_trailers, "the target takes no trailers")
             body.end()

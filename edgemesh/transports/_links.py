@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..exchange import (
+    HEAD_ENDED,
     IByteStream,
     IRequestBody,
     IResponder,
@@ -412,7 +413,7 @@ class EnvelopeLink(Protocol):
         if request.body:
             exchange.request_body(request.body)
         if request.end:
-            exchange.request_end()
+            exchange.request_end(request.content_length == 0 and HEAD_ENDED[type(body)])
 
     def _inbound_stream(self, frame: StreamOpen) -> None:
         """The peer opens a byte stream: the handler's ``inbound_stream(link, frame,
