@@ -12,6 +12,10 @@ A responder may also take a whole response in one call: ``complete(head, body)``
 (ICompletingResponder, optional).  Whoever holds a whole response looks the method up with
 ``COMPLETERS[type(responder)]`` (learnt once per class) and falls back to head, write, end.
 
+A request body may take a head with ``content_length == 0`` as the whole request
+(IHeadEndedBody, looked up with ``HEAD_ENDED``): a source then leaves out its ``end`` (and
+gives no producer: a bodiless request has no flow to pause).  Any other body gets its end.
+
 Trailers (the fields after a chunked body) go through an optional method that an
 IRequestBody or IResponder may offer: ``trailers(fields: Headers)``, called at most once,
 just before ``end()``.  Whoever holds trailers for a party without it drops them and logs

@@ -43,7 +43,13 @@ from edgemesh.exchange import (
 from edgemesh.routing import Route
 
 # The package __init__ pulls in the HTTP front and upstream: import the modules directly.
-from edgemesh.testing import RecordingBody, RecordingResponder, TrailerBody, TrailerResponder
+from edgemesh.testing import (
+    CompletingResponder,
+    RecordingBody,
+    RecordingResponder,
+    TrailerBody,
+    TrailerResponder,
+)
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
 from edgemesh.transports._links import EnvelopeLink
 from edgemesh.transports._peers import HubDialer, LinkTarget
@@ -338,7 +344,7 @@ def test_pings_are_answered() -> None:
 def test_exchange_end_to_end() -> None:
     pair = Pair()
     exchange, responder = pair.open()
-    assert responder.producer is exchange
+    assert responder.producer is None  # given with a response that flows, not before
     verifyObject(IRequestBody, exchange)
     verifyObject(IPushProducer, exchange)
     exchange.write(b"hello ")
@@ -364,10 +370,47 @@ def test_exchange_end_to_end() -> None:
     pair.pump()
     assert responder.response == ResponseHead(201, b"Created", ((b"X-Id", b"7"),), 4)
     assert responder.body == b"done" and responder.ended and responder.error is None
+    assert responder.producer is exchange  # no complete(): head, write, end, with a producer
     # Nothing left behind on either side.
     assert pair.client.exchanges == {} and pair.server.exchanges == {}
     assert pair.client.connection.active_streams == pair.server.connection.active_streams == 0
     assert frames_of(pair.from_client, Reset) == frames_of(pair.from_server, Reset) == []
+
+
+def test_only_a_response_that_flows_gives_the_source_a_producer() -> None:
+    """A whole response (one frame, to a responder with complete) has nothing to pause: no
+    producer.  A response whose body follows its head gives it before the head, and the
+    source's pause holds the peer's body back (no credit returned)."""
+    pair = Pair()
+    whole = CompletingResponder()
+    exchange = pair.client.open(RequestHead(b"GET", b"/", b"web.shop", (), 0, "10.0.0.9"),
+                                "shop/web", 80, None, whole)
+    pair.pump()
+    pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    pair.pump()
+    assert whole.body == b"ok" and whole.ended and whole.producer is None
+    pair.server_handler.inbounds.clear()
+    flowing = CompletingResponder()
+    seen: list[object] = []
+    flowing.on_head = lambda head: seen.append(flowing.producer)
+    exchange = pair.client.open(RequestHead(b"GET", b"/", b"web.shop", (), 0, "10.0.0.9"),
+                                "shop/web", 80, None, flowing)
+    pair.pump()
+    served = pair.inbound().exchange
+    served.head(ResponseHead(200, b"OK", (), None))
+    pair.pump()
+    assert seen == [exchange] and not flowing.ended
+    exchange.pauseProducing()  # the client is slow: the peer's body waits for credit
+    body = b"b" * (2 * MAX_WINDOW)
+    for offset in range(0, len(body), 16_384):
+        served.write(body[offset : offset + 16_384])
+        pair.pump()
+    assert len(flowing.body) <= MAX_WINDOW
+    exchange.resumeProducing()
+    pair.pump()
+    served.end()
+    pair.pump()
+    assert flowing.body == body and flowing.ended
 
 
 def test_request_without_body_is_one_frame() -> None:
@@ -1146,7 +1189,7 @@ def test_link_target_uses_the_peers_link() -> None:
     target = LinkTarget(TargetKind.hub, {"edge-2": pair.client})
     responder = RecordingResponder()
     body = target.open(route(), HEAD, responder)
-    assert isinstance(body, OutboundExchange) and responder.producer is body
+    assert isinstance(body, OutboundExchange) and responder.producer is None
     body.write(b"abc")
     body.end()
     pair.pump()
