@@ -12,6 +12,10 @@ A responder may also take a whole response in one call: ``complete(head, body)``
 (ICompletingResponder, optional).  Whoever holds a whole response looks the method up with
 ``COMPLETERS[type(responder)]`` (learnt once per class) and falls back to head, write, end.
 
+A request body may take a head with ``content_length == 0`` as the whole request
+(IHeadEndedBody, looked up with ``HEAD_ENDED``): a source then leaves out its ``end`` (and
+gives no producer: a bodiless request has no flow to pause).  Any other body gets its end.
+
 Trailers (the fields after a chunked body) go through an optional method that an
 IRequestBody or IResponder may offer: ``trailers(fields: Headers)``, called at most once,
 just before ``end()``.  Whoever holds trailers for a party without it drops them and logs
@@ -184,6 +188,13 @@ class IRequestBody(Interface):
         """The source's flow: the target pauses it while it cannot take more body."""
 
 
+class IHeadEndedBody(IRequestBody):
+    """An IRequestBody that takes a head with ``content_length == 0`` as the whole request
+    (optional: looked up with ``HEAD_ENDED``): for such a head its ``end`` and
+    ``setProducer`` do nothing, so a source may leave them out (a GET: one Python call
+    less per exchange and hop)."""
+
+
 class IResponder(Interface):
     """The response direction of an exchange, implemented by the source."""
 
@@ -231,6 +242,17 @@ COMPLETERS: _Completers = _Completers()
 ICompletingResponder (``@implementer``; a declaration on the instance alone does not count).
 Learnt once per class (so bounded by the program's classes): the check on the hot path is
 one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
+
+
+class _HeadEnded(dict[type, bool]):
+    def __missing__(self, kind: type) -> bool:
+        found = self[kind] = IHeadEndedBody.implementedBy(kind)
+        return found
+
+
+HEAD_ENDED: _HeadEnded = _HeadEnded()
+"""Whether a request body class declares IHeadEndedBody (``@implementer``), learnt once
+per class like ``COMPLETERS``: one dict lookup on the hot path."""
 
 
 class IViewResponder(IResponder):

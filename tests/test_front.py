@@ -23,6 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from edgemesh.exchange import (
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     MeshError,
@@ -209,6 +210,35 @@ def test_only_a_request_with_a_body_gives_its_target_a_producer() -> None:
     third = target.opened[2]
     assert third.body.producer is third.responder and third.body.data == b"ok"
     assert third.body.ended
+
+
+@implementer(IHeadEndedBody)
+class _HeadEndedBody(RecordingBody):
+    """A body that takes a bodiless head as the whole request (as the guard's does)."""
+
+
+def test_a_bodiless_request_is_not_ended_again_for_a_body_that_took_its_head_as_all() -> None:
+    """A GET's target body that declares IHeadEndedBody gets no end() (its head ended it);
+    one that does not, and any request with a body, still get theirs."""
+    declares = [True, False, True]
+
+    def with_body(call: Opened) -> None:
+        call.body = _HeadEndedBody() if declares[len(target.opened) - 1] else RecordingBody()
+
+    target = ScriptedTarget(answer=with_body)
+    conn = Conn(target)
+    conn.send(get(b"/0"))
+    first = target.opened[0]
+    assert isinstance(first.body, _HeadEndedBody) and not first.body.ended
+    first.respond()
+    conn.send(get(b"/1"))
+    second = target.opened[1]
+    assert not isinstance(second.body, _HeadEndedBody) and second.body.ended
+    second.respond()
+    conn.send(b"POST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nok")
+    third = target.opened[2]
+    assert isinstance(third.body, _HeadEndedBody) and third.body.ended
+    assert third.body.data == b"ok"
 
 
 def test_origin_form_get() -> None:

@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from edgemesh.catalog import Catalog, Endpoint, Node, Service, ServicePort
 from edgemesh.exchange import (
+    IHeadEndedBody,
     IRequestBody,
     MeshError,
     Reason,
@@ -51,7 +53,13 @@ from edgemesh.routing._guard import (
 
 RESPONSE = range(len(RESPONSE_STATES))
 REQUEST = range(len(REQUEST_STATES))
-from edgemesh.testing import CompletingResponder, RecordingResponder, ScriptedTarget
+from edgemesh.testing import (
+    CompletingResponder,
+    Opened,
+    RecordingBody,
+    RecordingResponder,
+    ScriptedTarget,
+)
 
 # --- the tables ------------------------------------------------------------------------------
 
@@ -359,3 +367,55 @@ def test_after_a_timeout_the_target_hears_nothing_more(then: str) -> None:
     else:
         body.abort("client gone")
     assert not target_body.ended and pipeline.in_flight == 0
+
+
+@implementer(IHeadEndedBody)
+class _HeadEndedBody(RecordingBody):
+    """A target's body that takes a bodiless head as the whole request (as the pod client's
+    and the link's do): the guard may leave out its end."""
+
+
+@pytest.mark.parametrize(
+    ("method", "length", "declares", "target_ends"),
+    [
+        (b"GET", 0, True, False),  # bodiless, and the target says its head ended it
+        (b"GET", 0, False, True),  # a target that does not say so still gets its end
+        (b"POST", 3, True, True),  # a body: its end always goes to the target
+        (b"POST", None, True, True),  # chunked: the end is what ends it
+    ],
+)
+def test_a_bodiless_head_ends_the_request_at_open(
+    method: bytes, length: int | None, declares: bool, target_ends: bool
+) -> None:
+    """A bodiless head ends the guard's request side when it opens (so a source may leave
+    out its end, IHeadEndedBody), and the target's with it unless the target declares
+    IHeadEndedBody; a request with a body ends with the source's end.  The request timeout
+    runs either way."""
+    clock = Clock()
+    service = Service("shop", "web", None, (HTTP,), {"http": ENDPOINTS[:1]})
+    catalog = Catalog([service], (Node("edge-1", True, "192.0.2.1", 7701),), revision=1)
+    pipeline = Pipeline(Role.edge, "edge-1", catalog, clock=clock,
+                        settings=Resilience(request_timeout=REQUEST_TIMEOUT))
+
+    def with_body(call: Opened) -> None:
+        call.body = _HeadEndedBody() if declares else RecordingBody()
+
+    pods = ScriptedTarget(TargetKind.service_bus, with_body)
+    pipeline.add_target(pods)
+    client = RecordingResponder()
+    body = pipeline.dispatch(SourceKind.service_bus,
+                             RequestHead(method, b"/", b"web.shop", (), length, "10.0.0.9"), client)
+    opened = pods.opened[0]
+    guard = opened.responder
+    assert isinstance(guard, GuardedExchange)
+    # A bodiless head is the whole request: ended at open, the target's body with it.
+    assert guard.ended is (length == 0) and opened.body.ended is (length == 0 and target_ends)
+    if length:
+        body.write(b"abc")
+    body.end()  # the source's end: changes nothing more for a bodiless head
+    assert guard.ended
+    assert opened.body.ended is target_ends and opened.body.aborted is None
+    # The request timeout runs from the end of the request either way.
+    clock.advance(REQUEST_TIMEOUT)
+    assert client.error is not None and client.error.reason is Reason.upstream_timeout
+    assert opened.body.aborted is not None and pipeline.in_flight == 0

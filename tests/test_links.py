@@ -29,6 +29,7 @@ from zope.interface.verify import verifyObject
 
 from edgemesh.catalog import Endpoint, Service, ServicePort
 from edgemesh.exchange import (
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     ITarget,
@@ -42,7 +43,13 @@ from edgemesh.exchange import (
 from edgemesh.routing import Route
 
 # The package __init__ pulls in the HTTP front and upstream: import the modules directly.
-from edgemesh.testing import RecordingBody, RecordingResponder, TrailerBody, TrailerResponder
+from edgemesh.testing import (
+    CompletingResponder,
+    RecordingBody,
+    RecordingResponder,
+    TrailerBody,
+    TrailerResponder,
+)
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
 from edgemesh.transports._links import EnvelopeLink
 from edgemesh.transports._peers import HubDialer, LinkTarget
@@ -337,7 +344,7 @@ def test_pings_are_answered() -> None:
 def test_exchange_end_to_end() -> None:
     pair = Pair()
     exchange, responder = pair.open()
-    assert responder.producer is exchange
+    assert responder.producer is None  # given with a response that flows, not before
     verifyObject(IRequestBody, exchange)
     verifyObject(IPushProducer, exchange)
     exchange.write(b"hello ")
@@ -363,10 +370,47 @@ def test_exchange_end_to_end() -> None:
     pair.pump()
     assert responder.response == ResponseHead(201, b"Created", ((b"X-Id", b"7"),), 4)
     assert responder.body == b"done" and responder.ended and responder.error is None
+    assert responder.producer is exchange  # no complete(): head, write, end, with a producer
     # Nothing left behind on either side.
     assert pair.client.exchanges == {} and pair.server.exchanges == {}
     assert pair.client.connection.active_streams == pair.server.connection.active_streams == 0
     assert frames_of(pair.from_client, Reset) == frames_of(pair.from_server, Reset) == []
+
+
+def test_only_a_response_that_flows_gives_the_source_a_producer() -> None:
+    """A whole response (one frame, to a responder with complete) has nothing to pause: no
+    producer.  A response whose body follows its head gives it before the head, and the
+    source's pause holds the peer's body back (no credit returned)."""
+    pair = Pair()
+    whole = CompletingResponder()
+    exchange = pair.client.open(RequestHead(b"GET", b"/", b"web.shop", (), 0, "10.0.0.9"),
+                                "shop/web", 80, None, whole)
+    pair.pump()
+    pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    pair.pump()
+    assert whole.body == b"ok" and whole.ended and whole.producer is None
+    pair.server_handler.inbounds.clear()
+    flowing = CompletingResponder()
+    seen: list[object] = []
+    flowing.on_head = lambda head: seen.append(flowing.producer)
+    exchange = pair.client.open(RequestHead(b"GET", b"/", b"web.shop", (), 0, "10.0.0.9"),
+                                "shop/web", 80, None, flowing)
+    pair.pump()
+    served = pair.inbound().exchange
+    served.head(ResponseHead(200, b"OK", (), None))
+    pair.pump()
+    assert seen == [exchange] and not flowing.ended
+    exchange.pauseProducing()  # the client is slow: the peer's body waits for credit
+    body = b"b" * (2 * MAX_WINDOW)
+    for offset in range(0, len(body), 16_384):
+        served.write(body[offset : offset + 16_384])
+        pair.pump()
+    assert len(flowing.body) <= MAX_WINDOW
+    exchange.resumeProducing()
+    pair.pump()
+    served.end()
+    pair.pump()
+    assert flowing.body == body and flowing.ended
 
 
 def test_request_without_body_is_one_frame() -> None:
@@ -378,6 +422,57 @@ def test_request_without_body_is_one_frame() -> None:
     assert isinstance(request, Request) and request.end and request.endpoint is None
     entry = pair.inbound()
     assert entry.body.ended and entry.body.chunks == []
+    assert entry.body.producer is None  # nothing to pause: the target gets no producer
+
+
+def test_only_an_inbound_request_with_a_body_gives_its_target_a_producer() -> None:
+    """A bodiless request (its head frame ends it) registers no producer with its target;
+    one with a body does, and the target's pause holds the peer's body back."""
+    pair = Pair()
+    pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    get = pair.inbound()
+    assert get.body.ended and get.body.producer is None
+    pair.server_handler.inbounds.clear()
+    exchange, _ = pair.open(content_length=4)
+    pair.pump()
+    post = pair.inbound()
+    assert post.body.producer is post.exchange and not post.body.ended
+    post.exchange.pauseProducing()  # the target is full: the body waits on the link side
+    exchange.write(b"body")
+    exchange.end()
+    pair.pump()
+    assert post.body.chunks == [] and not post.body.ended
+    post.exchange.resumeProducing()
+    assert post.body.data == b"body" and post.body.ended
+
+
+@implementer(IHeadEndedBody)
+class _HeadEndedBody(RecordingBody):
+    """A target's body that takes a bodiless head as the whole request (as the guard's)."""
+
+
+def test_a_bodiless_request_ends_no_body_that_took_its_head_as_all() -> None:
+    """The stream's request side is over either way; only a body declaring IHeadEndedBody
+    is left without its end, and only for a bodiless head."""
+    pair = Pair()
+
+    def head_ended(entry: Inbound) -> None:
+        entry.body = _HeadEndedBody()
+
+    pair.server_handler.on_inbound = head_ended
+    pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    get = pair.inbound()
+    assert isinstance(get.body, _HeadEndedBody) and not get.body.ended
+    assert get.exchange.request_ended and get.body.producer is None
+    pair.server_handler.inbounds.clear()
+    exchange, _ = pair.open(content_length=2)
+    exchange.write(b"ok")
+    exchange.end()
+    pair.pump()
+    post = pair.inbound()
+    assert isinstance(post.body, _HeadEndedBody) and post.body.ended and post.body.data == b"ok"
 
 
 def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> None:
@@ -1094,7 +1189,7 @@ def test_link_target_uses_the_peers_link() -> None:
     target = LinkTarget(TargetKind.hub, {"edge-2": pair.client})
     responder = RecordingResponder()
     body = target.open(route(), HEAD, responder)
-    assert isinstance(body, OutboundExchange) and responder.producer is body
+    assert isinstance(body, OutboundExchange) and responder.producer is None
     body.write(b"abc")
     body.end()
     pair.pump()

@@ -30,8 +30,10 @@ from zope.interface import implementer
 
 from ..exchange import (
     COMPLETERS,
+    HEAD_ENDED,
     Headers,
     ICompletingResponder,
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     ITarget,
@@ -268,11 +270,12 @@ class _Gone:
 GONE: Final = _Gone()
 
 
-@implementer(IRequestBody)
+@implementer(IHeadEndedBody)
 class GuardedBody:
     """The request side the source writes to: the guard's request half, working on the
     guard's state (its own methods, not forwarders to the guard's: one Python call less
-    per request event, two per bodiless exchange)."""
+    per request event, two per bodiless exchange).  A bodiless head ended the request when
+    the guard opened it (GuardedExchange.__init__): its ``end`` then changes nothing."""
 
     __slots__ = ("guard",)
 
@@ -422,6 +425,10 @@ class GuardedExchange:
         self.port = port
         self.state = state
         self.policy = policy
+        if head.content_length == 0:
+            # The head is the whole request: ended now, so that the source need not end it
+            # (IHeadEndedBody; a GET: two Python calls less per exchange on edge-1).
+            self.request_state = ENDED
         if origin:
             self.origin = True
             settings = pipeline.settings
@@ -506,6 +513,10 @@ class GuardedExchange:
             raise
         if self.tries != attempt:
             return  # it failed inside open and a retry took over
+        if attempt == 1 and self.request_state == ENDED and not HEAD_ENDED[type(inner)]:
+            inner.end()  # a bodiless head ended the request (see __init__): the target's too
+            if self.tries != attempt:
+                return
         over = self.response >= DONE
         if over and self.request_state != SENDING:
             return  # answered inside open, and the request is over: nothing more to send

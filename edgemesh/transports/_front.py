@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..exchange import (
+    HEAD_ENDED,
     HOPS_HEADER,
     Headers,
     ICompletingResponder,
@@ -979,7 +980,10 @@ class HTTPFrontProtocol(Protocol):
                     if exchange.state == _DONE:
                         return
                     body.write(data)
-            if exchange.request_done and exchange.state != _DONE:
+            if exchange.request_done and exchange.state != _DONE and (
+                    head.content_length != 0 or not HEAD_ENDED[type(body)]):
+                # A body that took a bodiless head as the whole request (IHeadEndedBody) needs
+                # no end: the guard's and the pod exchange's end calls less per GET (p1 ~-0.5 k).
                 if exchange.request_trailers:
                     hand_trailers(body, tuple(exchange.request_trailers),
                                   "the target takes no trailers")

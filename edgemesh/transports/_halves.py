@@ -19,6 +19,7 @@ from ..exchange import (
     Headers,
     IByteStream,
     ICompletingResponder,
+    IHeadEndedBody,
     IRequestBody,
     IResponder,
     MeshError,
@@ -227,7 +228,7 @@ class _Receiver:
             self.link.write(self.link.connection.consumed(self.sid, held))
 
 
-@implementer(IRequestBody, IPushProducer)
+@implementer(IHeadEndedBody, IPushProducer)
 class OutboundExchange:
     """An exchange this node sends over the link: request out, response back."""
 
@@ -238,7 +239,6 @@ class OutboundExchange:
         self.sender = _Sender(link, sid)
         self._receiver: _Receiver | None = None
         self.finished = False
-        responder.setProducer(self)
 
     @property
     def receiver(self) -> _Receiver:
@@ -296,6 +296,9 @@ class OutboundExchange:
                 self._done()
                 complete(responder, head, frame.body)
                 return
+            # The response flows from here: only now has the source something to pause (a
+            # whole response never gets a producer: p2 edge-1, two Python calls less).
+            responder.setProducer(self)
             responder.head(head)
             if frame.body:
                 responder.write(frame.body)
@@ -418,13 +421,16 @@ class InboundExchange:
             self.body = None
             self.sender.producer = None
 
-    def request_end(self) -> None:
+    def request_end(self, head_ended: bool = False) -> None:
+        """The peer's request is over.  ``head_ended``: its head was the whole request and
+        the target's body took it so (IHeadEndedBody): no end for it (a GET: one Python
+        call less per exchange on edge-2)."""
         if self.held:
             self.held_end = True  # after the held body
             return
         self.request_ended = True
         body = self.body
-        if body is not None:
+        if body is not None and not head_ended:
             if self.request_trailers:
                 hand_trailers(body, self.request_trailers, "the target takes no trailers")
             body.end()

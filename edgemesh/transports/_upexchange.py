@@ -26,7 +26,7 @@ from zope.interface import implementer
 from ..exchange import (
     COMPLETERS,
     Headers,
-    IRequestBody,
+    IHeadEndedBody,
     IResponder,
     ISizedProducer,
     MeshError,
@@ -93,7 +93,7 @@ def connect_error(address: str, failure: Failure) -> MeshError:
                      unsent=True)
 
 
-@implementer(IRequestBody, ISizedProducer)
+@implementer(IHeadEndedBody, ISizedProducer)
 class _UpstreamExchange:
     """One exchange to one upstream address.  As IRequestBody it takes the request
     body from the source; as IPushProducer (given to the responder) it pauses
