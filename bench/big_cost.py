@@ -279,10 +279,7 @@ def main() -> None:
             print(f"tree {args.tree}: cProfile of the edges during {what} on path 2")
             for name, pid in edges.items():
                 path = os.path.join(out, f"cprofile.{pid}")
-                deadline = harness.time.monotonic() + 60
-                while not os.path.exists(path) and harness.time.monotonic() < deadline:
-                    harness.time.sleep(0.1)
-                harness.time.sleep(1.0)  # dump_stats writes in one go; let it finish
+                harness.wait_file(path)
                 print(f"  {name}:\n" + cprofile_table(path, mib, args.top))
             return
         mib = args.transfers * harness.BIG_SIZE / 2**20

@@ -119,7 +119,9 @@ def boot() -> None:
 
     def off(signum: int, frame: object) -> None:
         profiler.disable()
-        profiler.dump_stats(os.path.join(out, f"cprofile.{os.getpid()}"))
+        path = os.path.join(out, f"cprofile.{os.getpid()}")
+        profiler.dump_stats(path + ".part")
+        os.replace(path + ".part", path)  # whole once it exists (harness.wait_file)
 
     signal.signal(signal.SIGUSR1, on)
     signal.signal(signal.SIGUSR2, off)
@@ -226,11 +228,7 @@ def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: s
         conn.close()
         if mode == "cprofile":
             for pid in edges.values():  # the dump is written by the edge: poll for it
-                path = os.path.join(out, f"cprofile.{pid}")
-                deadline = time.monotonic() + 60
-                while not os.path.exists(path) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-            time.sleep(1.0)  # dump_stats writes in one go; let it finish
+                harness.wait_file(os.path.join(out, f"cprofile.{pid}"))
         return {name: os.path.join(out, f"{'callgrind' if mode == 'callgrind' else 'cprofile'}"
                                         f".{pid}") for name, pid in edges.items()}
     finally:

@@ -219,6 +219,18 @@ def wait_port(port: int, proc: Proc, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{proc.name}: port {port} not open after {timeout:.0f}s")
 
 
+def wait_file(path: str, timeout: float = 60.0) -> bool:
+    """Poll (bounded by ``timeout`` s) for a file a mesh process writes when signalled: a
+    profile or a probe's counts, written under another name and renamed into place, so
+    that it is whole once it exists.  False when it did not come."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def tail(path: str, lines: int = 15) -> str:
     try:
         with open(path, errors="replace") as f:

@@ -29,16 +29,9 @@ os.environ.setdefault("BASE_PORT", "24280")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness
-from exchange_cost import run_dir, turn_per_call
+from exchange_cost import CPROFILE, WRAPPER, run_dir, turn_per_call
 
 HERE = os.path.abspath(__file__)
-WRAPPER = """#!/bin/sh
-case "$*" in
-  *--help*) exec "{python}" "$@" ;;
-  *edgemesh-edge*) exec "{python}" "{here}" --boot {out} "$@" ;;
-  *) exec "{python}" "$@" ;;
-esac
-"""
 MAX_EVENTS = int(os.environ.get("TAIL_MAX_EVENTS", "0"))
 """--max-events: epoll_wait's maxevents at most this (0: as the reactor asks)."""
 LINKS_FIRST = os.environ.get("TAIL_LINKS_FIRST") == "1"
@@ -118,8 +111,10 @@ def boot() -> None:
     def dump(signum: int, frame: object) -> None:
         with open(os.path.join(out, f"adaptive.{os.getpid()}.txt"), "w") as f:
             f.write(unspecialized())
-        with open(os.path.join(out, f"turns.{os.getpid()}.json"), "w") as f:
+        path = os.path.join(out, f"turns.{os.getpid()}.json")
+        with open(path + ".part", "w") as f:
             json.dump({"events": events, "turns": turns}, f)
+        os.replace(path + ".part", path)  # whole once it exists (harness.wait_file)
 
     signal.signal(signal.SIGUSR1, clear)
     signal.signal(signal.SIGUSR2, dump)
@@ -257,7 +252,9 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="edgemesh-tail-")
     wrapper = os.path.join(out, "python")
     with open(wrapper, "w") as f:
-        f.write(WRAPPER.format(python=args.python, here=HERE, out=out))
+        # exchange_cost's wrapper: the edges boot through this file (--boot), as its cProfile.
+        edge = CPROFILE.format(python=args.python, here=HERE, out=out)
+        f.write(WRAPPER.format(mode="the tail probe", edge=edge, python=args.python))
     os.chmod(wrapper, 0o755)
     harness.CFG.update(PYTHON=wrapper, IDLE_WAIT=str(args.idle_wait))
     harness.OUTDIR = out
@@ -295,10 +292,7 @@ def main() -> None:
         for name, pid in edges.items():
             os.kill(pid, signal.SIGUSR2)
             path = os.path.join(out, f"turns.{pid}.json")
-            deadline = time.monotonic() + 30
-            while not os.path.exists(path) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(0.3)  # one small write: let it finish
+            harness.wait_file(path, 30)
             vol, invol = (a - b for a, b in zip(switches(pid), before[name]))
             print(f"{name}: {summary(path)}; per 1000 exchanges: {vol * 1000 / served:.0f} "
                   f"voluntary and {invol * 1000 / served:.0f} involuntary context switches")

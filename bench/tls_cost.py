@@ -69,7 +69,9 @@ _profile = cProfile.Profile()
 signal.signal(signal.SIGUSR1, lambda *_: _profile.enable())
 def _dump(*_):
     _profile.disable()
-    _profile.dump_stats("{out}/profile.%d" % __import__("os").getpid())
+    path = "{out}/profile.%d" % __import__("os").getpid()
+    _profile.dump_stats(path + ".part")
+    __import__("os").replace(path + ".part", path)  # whole once it exists
 signal.signal(signal.SIGUSR2, _dump)
 sys.argv = sys.argv[2:]  # "-m edgemesh ..." -> the module's own argv
 runpy.run_module("edgemesh", run_name="__main__", alter_sys=True)
@@ -283,10 +285,7 @@ def main() -> None:
             for name, pid in edges.items():
                 os.kill(pid, signal.SIGUSR2)
                 path = os.path.join(out, f"profile.{pid}")
-                deadline = time.monotonic() + 30
-                while not os.path.exists(path) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                time.sleep(0.5)  # (written whole by then)
+                harness.wait_file(path, 30)
                 stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
                 rows = sorted(((calls, f"{os.path.basename(file)}:{line}:{func}")
                                for (file, line, func), (_, calls, *_rest) in stats.items()),
