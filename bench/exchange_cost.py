@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("BASE_PORT", "18580")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -100,17 +101,40 @@ def turn_per_call() -> None:
     _reactor.EdgemeshReactor.mainLoop = main_loop  # type: ignore[method-assign]
 
 
+Handler = Callable[[int, object], None]
+
+
+def boot_args() -> tuple[str, list[str], bool]:
+    """The wrapper's ``--boot OUT <interpreter arguments>``: OUT, twistd's arguments, and
+    whether they came through edgemesh's launcher (harness.launcher_args())."""
+    out = sys.argv[2]
+    args = sys.argv[3:]
+    launcher = args[:3] == ["-m", "edgemesh", "twistd"]
+    if args[:1] == ["-c"] or launcher:
+        args = args[3:] if launcher else args[2:]
+    return out, args, launcher
+
+
+def run_twistd(args: list[str], launcher: bool, usr1: Handler, usr2: Handler) -> None:
+    """twistd with ``args`` in this process, SIGUSR1 and SIGUSR2 handled by the probe."""
+    signal.signal(signal.SIGUSR1, usr1)
+    signal.signal(signal.SIGUSR2, usr2)
+    sys.argv = ["twistd", *args]
+    if launcher:
+        from edgemesh.roles import twistd_main
+
+        raise SystemExit(twistd_main(args))
+    from twisted.scripts.twistd import run
+
+    run()
+
+
 def boot() -> None:
     """twistd under a cProfile that SIGUSR1 switches on and SIGUSR2 off and dumps."""
     import cProfile
 
     turn_per_call()
-
-    out = sys.argv[2]
-    args = sys.argv[3:]
-    launcher = args[:3] == ["-m", "edgemesh", "twistd"]  # harness.launcher()'s
-    if args[:1] == ["-c"] or launcher:
-        args = args[3:] if launcher else args[2:]
+    out, args, launcher = boot_args()
     # CPU time of this thread: waiting for the shared core is not charged to a function.
     profiler = cProfile.Profile(time.thread_time_ns, 1e-9)
 
@@ -123,16 +147,7 @@ def boot() -> None:
         profiler.dump_stats(path + ".part")
         os.replace(path + ".part", path)  # whole once it exists (harness.wait_file)
 
-    signal.signal(signal.SIGUSR1, on)
-    signal.signal(signal.SIGUSR2, off)
-    sys.argv = ["twistd", *args]
-    if launcher:
-        from edgemesh.roles import twistd_main
-
-        raise SystemExit(twistd_main(args))
-    from twisted.scripts.twistd import run
-
-    run()
+    run_twistd(args, launcher, on, off)
 
 
 def layer_of(filename: str, name: str) -> str:

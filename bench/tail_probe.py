@@ -29,7 +29,7 @@ os.environ.setdefault("BASE_PORT", "24280")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness
-from exchange_cost import CPROFILE, WRAPPER, run_dir, turn_per_call
+from exchange_cost import CPROFILE, WRAPPER, boot_args, run_dir, run_twistd, turn_per_call
 
 HERE = os.path.abspath(__file__)
 MAX_EVENTS = int(os.environ.get("TAIL_MAX_EVENTS", "0"))
@@ -44,11 +44,7 @@ TURN_US = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
 
 def boot() -> None:
     """twistd with the edgemesh reactor's poll counted: events per turn, µs per turn."""
-    out = sys.argv[2]
-    args = sys.argv[3:]
-    launcher = args[:3] == ["-m", "edgemesh", "twistd"]
-    if args[:1] == ["-c"] or launcher:
-        args = args[3:] if launcher else args[2:]
+    out, args, launcher = boot_args()
     from edgemesh.transports import _reactor
 
     events: dict[int, int] = {}
@@ -116,16 +112,7 @@ def boot() -> None:
             json.dump({"events": events, "turns": turns}, f)
         os.replace(path + ".part", path)  # whole once it exists (harness.wait_file)
 
-    signal.signal(signal.SIGUSR1, clear)
-    signal.signal(signal.SIGUSR2, dump)
-    sys.argv = ["twistd", *args]
-    if launcher:
-        from edgemesh.roles import twistd_main
-
-        raise SystemExit(twistd_main(args))
-    from twisted.scripts.twistd import run
-
-    run()
+    run_twistd(args, launcher, clear, dump)
 
 
 def unspecialized() -> str:
