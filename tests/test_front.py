@@ -1035,3 +1035,25 @@ def test_write_parts_to_a_chunked_response_frames_them_as_one_chunk() -> None:
     assert b"b\r\nhello world\r\n0\r\n\r\n" in conn.transport.value()
     [response] = conn.responses()
     assert response.body == b"hello world"
+
+
+def test_a_whole_response_ends_its_exchange_and_the_connection_goes_on() -> None:
+    """complete() with the whole Content-Length body ends the exchange itself (not through
+    end()): later calls of the target are no-ops and the next request is dispatched."""
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(get() + get())  # pipelined: the second waits for the first
+    assert len(target.opened) == 1
+    responder = target.opened[0].responder
+    responder.complete(ResponseHead(200, b"OK", (), 2), b"hi")
+    sent = conn.transport.value()
+    assert sent.endswith(b"Content-Length: 2\r\n\r\nhi")
+    responder.write(b"late")
+    responder.end()
+    responder.complete(ResponseHead(200, b"OK", (), 2), b"hi")
+    assert conn.transport.value() == sent  # over: nothing more for that exchange
+    assert len(target.opened) == 2  # the next one started
+    # A whole response that is not all of it (a body short of its length) still ends
+    # through end(): the client's connection is aborted, not left waiting.
+    target.opened[1].responder.complete(ResponseHead(200, b"OK", (), 5), b"hi")
+    assert conn.transport.disconnecting or getattr(conn.transport, "aborted", False)

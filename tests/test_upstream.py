@@ -2003,3 +2003,70 @@ def test_no_body_statuses_are_never_taken_whole(status: int) -> None:
     exchange(h, head)
     entry = _upconnection._heads_parsed[head[:-4]]
     assert entry[-1] is None
+
+
+def test_a_whole_response_leaves_no_state_for_the_next_one_on_the_connection() -> None:
+    """A response delivered whole by _begin touches none of the connection's per-response
+    state, so ``connected`` skips its reset; one that went through llhttp gets it."""
+    from edgemesh.transports import _upconnection
+
+    known = b"HTTP/1.1 200 Known\r\nX-K: 1\r\nContent-Length: 5\r\n\r\n"
+    h = Harness()
+    upstream, first = exchange(h, known + b"hello")  # learnt (llhttp)
+    assert known[:-4] in _upconnection._heads_parsed
+    heads = []
+    # Whole (twice: the same ResponseHead, made once), then llhttp with other fields,
+    # then whole again, then llhttp again: each head has its own fields only.
+    for response, body in [
+        (known + b"hello", b"hello"),
+        (known + b"world", b"world"),
+        ((b"HTTP/1.1 201 Other\r\nX-O: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"3\r\nabc\r\n0\r\nX-T: t\r\n\r\n"), b"abc"),
+        (known + b"again", b"again"),
+        (b"HTTP/1.1 202 Third\r\nX-3: 3\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+    ]:
+        _body, responder = h.open()
+        assert h.connections() == 1
+        assert upstream.received() == GET_BYTES
+        upstream.send(response)
+        assert responder.ended and responder.body == body
+        assert responder.response is not None
+        heads.append(responder.response)
+        assert h.idle() == 1
+    assert first.response is not None and first.response == heads[0]
+    assert heads[0] is heads[1] is heads[3]  # whole: the remembered head itself
+    assert (heads[2].status, heads[2].reason, heads[2].headers) == (201, b"Other",
+                                                                     ((b"X-O", b"2"),))
+    assert (heads[4].status, heads[4].reason, heads[4].headers) == (202, b"Third",
+                                                                     ((b"X-3", b"3"),))
+    assert heads[4].content_length == 2
+    # After a whole response, a pooled connection closed before any byte of the next is
+    # stale: retried once on a fresh one (no byte came for this exchange).
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(known + b"hello")
+    assert responder.ended
+    _body, responder = h.open()
+    upstream.received()
+    upstream.close()
+    assert responder.calls == [] and h.connections() == 2
+    fresh = h.accept()
+    assert fresh.received() == GET_BYTES
+    fresh.send(known + b"fresh")
+    assert responder.ended and responder.body == b"fresh"
+
+
+def test_no_retry_after_a_byte_that_follows_a_whole_response() -> None:
+    known = b"HTTP/1.1 200 Known\r\nContent-Length: 5\r\n\r\n"
+    h = Harness()
+    upstream, _ = exchange(h, known + b"hello")
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(known + b"hello")  # whole
+    assert responder.ended
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 2")
+    upstream.close(error.ConnectionLost())
+    assert h.connections() == 1  # not retried: the pod had begun to answer
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost

@@ -247,10 +247,13 @@ class _Exchange:
         if body and not self.no_body and not self.chunked and self.remaining == len(body):
             self.remaining = 0
             write_now(self.front.transport, data + body)
-        else:
-            write_now(self.front.transport, data)
-            if body:
-                self.write(body)
+            # All of it sent, no chunk or trailers to end it with (trailers() takes none
+            # before the head): end() would only pass on to _exchange_done (one call less).
+            self.front._exchange_done(self)
+            return
+        write_now(self.front.transport, data)
+        if body:
+            self.write(body)
         self.end()
 
     def _head_bytes(self, head: ResponseHead) -> bytes | None:
@@ -376,7 +379,6 @@ class _Exchange:
             drop_trailers(
                 trailers, "the response to this client is not chunked (HTTP/1.0, or no body)"
             )
-        self.state = _DONE
         self.front._exchange_done(self)
 
     def fail(self, error: MeshError) -> None:
@@ -1018,10 +1020,11 @@ class HTTPFrontProtocol(Protocol):
             transport.writeSequence((head, body))
         exchange.persist = persist
         exchange.error = error
-        exchange.state = _DONE
         self._exchange_done(exchange)
 
     def _exchange_done(self, exchange: _Exchange) -> None:
+        """``exchange`` is over (DONE here): let the connection go on or close."""
+        exchange.state = _DONE
         if exchange is not self._active:
             return
         exchange.producer = None
