@@ -40,7 +40,7 @@ from ._http1 import (
     end_to_end,
     trailer_field,
 )
-from ._io import PLAIN_TCP, SMALL_BUFFER
+from ._io import SMALL_BUFFER, reads_as_twisted
 from ._upexchange import _address_text, _one_line
 
 if TYPE_CHECKING:
@@ -421,7 +421,7 @@ class _UpstreamConnection(Protocol):
             return
         self.reading_paused = True
         transport = self.transport
-        if type(transport) in PLAIN_TCP and "doRead" not in transport.__dict__:
+        if reads_as_twisted(transport):
             self.read_gate = True
             transport.doRead = self._read_while_paused
         else:
@@ -445,7 +445,7 @@ class _UpstreamConnection(Protocol):
         self.read_gate = False
         transport = self.transport
         # Only our own: an aborted connection's transport has a no-op doRead of its own.
-        if transport.__dict__.get("doRead") == self._read_while_paused:
+        if transport.doRead == self._read_while_paused:  # (not __dict__: see _io)
             del transport.doRead
 
     def _read_size(self, size: int) -> None:
