@@ -2070,3 +2070,45 @@ def test_no_retry_after_a_byte_that_follows_a_whole_response() -> None:
     upstream.close(error.ConnectionLost())
     assert h.connections() == 1  # not retried: the pod had begun to answer
     assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+def test_an_address_list_emptied_by_open_goes_with_its_connection() -> None:
+    """open() leaves the list it took the last idle connection from for that connection's
+    return; a connection that goes instead takes the empty list with it (the pool's table
+    stays bounded by the live connections)."""
+    h = Harness()
+    address = (POD.host, POD.port)
+    upstream, _ = exchange(h)
+    assert h.idle() == 1
+    # Taken, answered, back: the same list.
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(OK_HELLO)
+    assert responder.ended and h.idle() == 1
+    # Taken, then lost in its response: no list is left behind.
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\n")
+    upstream.close(error.ConnectionLost())
+    assert responder.error is not None
+    assert address not in h.target._idle and h.idle() == 0
+    # Taken, answered "close": closed, not pooled, and no list once it is gone.
+    upstream, _ = exchange(h)
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    assert responder.ended and h.idle() == 0
+    upstream.close()
+    assert address not in h.target._idle
+    # A new exchange while the list is empty and its connection busy: a fresh connection,
+    # and both come back to the pool.
+    upstream, _ = exchange(h)
+    _body, first = h.open()
+    _body, second = h.open()
+    assert h.connections() == 4
+    fresh = h.accept()
+    fresh.received()
+    fresh.send(OK_HELLO)
+    upstream.received()
+    upstream.send(OK_HELLO)
+    assert first.ended and second.ended and h.idle() == 2

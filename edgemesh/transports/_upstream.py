@@ -147,14 +147,17 @@ class HTTPUpstreamTarget:
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()  # LIFO: the most recently used is the least likely stale
-            if not idle:
-                del self._idle[address]
             conn.idle = False
             if not conn.lost:
+                # A list emptied here stays for the connection's return (_release), or goes
+                # with the connection (_forget): not a del and a new list per exchange (~0.1
+                # µs, timeit).
                 exchange.reused = True
                 exchange.replay = []  # what it sends is kept for one retry on a fresh one
                 exchange.connected(conn)
                 return exchange
+        if idle is not None:
+            del self._idle[address]  # empty, and no connection of it to come back
         self._connect(exchange)
         return exchange
 
@@ -284,14 +287,18 @@ class HTTPUpstreamTarget:
             self._discard(conn)
 
     def _forget(self, conn: _UpstreamConnection) -> None:
-        """Take a connection out of the pool (it is closing or closed)."""
-        if conn.idle:
+        """Take a connection out of the pool (it is closing or closed), and its address's
+        list once empty (one that ``open`` emptied waited for this connection)."""
+        idle = self._idle.get(conn.address)
+        if idle is None:
             conn.idle = False
-            idle = self._idle.get(conn.address)
-            if idle is not None and conn in idle:
-                idle.remove(conn)
-                if not idle:
-                    del self._idle[conn.address]
+        else:
+            if conn.idle:
+                conn.idle = False
+                if conn in idle:
+                    idle.remove(conn)
+            if not idle:
+                del self._idle[conn.address]
         if conn.idle_timer is not None:
             if conn.idle_timer.active():
                 conn.idle_timer.cancel()
