@@ -1035,3 +1035,50 @@ def test_write_parts_to_a_chunked_response_frames_them_as_one_chunk() -> None:
     assert b"b\r\nhello world\r\n0\r\n\r\n" in conn.transport.value()
     [response] = conn.responses()
     assert response.body == b"hello world"
+
+
+def test_a_whole_response_ends_its_exchange_and_the_connection_goes_on() -> None:
+    """complete() with the whole Content-Length body ends the exchange itself (not through
+    end()): later calls of the target are no-ops and the next request is dispatched."""
+    target = ScriptedTarget()
+    conn = Conn(target)
+    conn.send(get() + get())  # pipelined: the second waits for the first
+    assert len(target.opened) == 1
+    responder = target.opened[0].responder
+    responder.complete(ResponseHead(200, b"OK", (), 2), b"hi")
+    sent = conn.transport.value()
+    assert sent.endswith(b"Content-Length: 2\r\n\r\nhi")
+    responder.write(b"late")
+    responder.end()
+    responder.complete(ResponseHead(200, b"OK", (), 2), b"hi")
+    assert conn.transport.value() == sent  # over: nothing more for that exchange
+    assert len(target.opened) == 2  # the next one started
+    # A whole response that is not all of it (a body short of its length) still ends
+    # through end(): the client's connection is aborted, not left waiting.
+    target.opened[1].responder.complete(ResponseHead(200, b"OK", (), 5), b"hi")
+    assert conn.transport.disconnecting or getattr(conn.transport, "aborted", False)
+
+
+def test_remembered_heads_keep_each_framing_apart() -> None:
+    """The same response fields framed five ways, each twice (the second from the memory of
+    heads): its framing field (made on a miss only) is the one its request and status call for."""
+    fields = ((b"X-Same", b"1"),)
+    cases = [
+        (get(), ResponseHead(200, b"OK", fields, 2), b"Content-Length: 2\r\n"),
+        (get(), ResponseHead(200, b"OK", fields, None), b"Transfer-Encoding: chunked\r\n"),
+        (b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n", ResponseHead(200, b"OK", fields, 2),
+         b"Content-Length: 2\r\n"),
+        (b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n", ResponseHead(200, b"OK", fields, None), b""),
+        (get(), ResponseHead(204, b"OK", fields, 0), b""),
+        (b"GET / HTTP/1.0\r\nHost: web\r\n\r\n", ResponseHead(200, b"OK", fields, None), b""),
+    ]
+    for _ in range(2):
+        for request, head, framing in cases:
+            target = ScriptedTarget()
+            conn = Conn(target)
+            conn.send(request)
+            target.opened[0].responder.head(head)
+            sent = conn.transport.value()
+            assert sent.split(b"\r\n\r\n")[0].endswith(b"X-Same: 1" + (
+                b"\r\n" + framing.rstrip(b"\r\n") if framing else b"")
+                + (b"\r\nConnection: close" if b"HTTP/1.0" in request else b"")), sent

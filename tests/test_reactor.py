@@ -557,3 +557,29 @@ def test_a_refused_connect_is_refused_and_an_aborted_connection_reads_nothing(
     transport.abortConnection()
     spin(reactor, lambda: client.lost is not None)
     assert client.lost is not None and client.lost.check(error.ConnectionAborted)
+
+
+def test_a_doRead_set_on_the_instance_is_called_and_its_removal_reads_inline_again(
+        reactor: EdgemeshReactor) -> None:
+    """Twisted's own doRead is told by the bound method (not the instance's __dict__): one
+    set on a plain TCP transport (edgemesh's read gate, pooled reads) is what a read event
+    calls, and once deleted the read is inline again."""
+    systems: list[object] = []
+    client = connect(reactor, listen(reactor, systems))
+    transport: Any = client.transport
+    transport.write(b"one")
+    spin(reactor, lambda: client.received == b"one")
+    events: list[str] = []
+
+    def gate() -> None:
+        events.append("gate")
+        transport.stopReading()
+
+    transport.doRead = gate
+    transport.write(b"two")  # echoed: the client's read event finds the gate
+    spin(reactor, lambda: bool(events))
+    assert events == ["gate"] and client.received == b"one"
+    del transport.doRead
+    transport.startReading()
+    spin(reactor, lambda: client.received == b"onetwo")
+    assert events == ["gate"]

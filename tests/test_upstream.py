@@ -2003,3 +2003,112 @@ def test_no_body_statuses_are_never_taken_whole(status: int) -> None:
     exchange(h, head)
     entry = _upconnection._heads_parsed[head[:-4]]
     assert entry[-1] is None
+
+
+def test_a_whole_response_leaves_no_state_for_the_next_one_on_the_connection() -> None:
+    """A response delivered whole by _begin touches none of the connection's per-response
+    state, so ``connected`` skips its reset; one that went through llhttp gets it."""
+    from edgemesh.transports import _upconnection
+
+    known = b"HTTP/1.1 200 Known\r\nX-K: 1\r\nContent-Length: 5\r\n\r\n"
+    h = Harness()
+    upstream, first = exchange(h, known + b"hello")  # learnt (llhttp)
+    assert known[:-4] in _upconnection._heads_parsed
+    heads = []
+    # Whole (twice: the same ResponseHead, made once), then llhttp with other fields,
+    # then whole again, then llhttp again: each head has its own fields only.
+    for response, body in [
+        (known + b"hello", b"hello"),
+        (known + b"world", b"world"),
+        ((b"HTTP/1.1 201 Other\r\nX-O: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"3\r\nabc\r\n0\r\nX-T: t\r\n\r\n"), b"abc"),
+        (known + b"again", b"again"),
+        (b"HTTP/1.1 202 Third\r\nX-3: 3\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+    ]:
+        _body, responder = h.open()
+        assert h.connections() == 1
+        assert upstream.received() == GET_BYTES
+        upstream.send(response)
+        assert responder.ended and responder.body == body
+        assert responder.response is not None
+        heads.append(responder.response)
+        assert h.idle() == 1
+    assert first.response is not None and first.response == heads[0]
+    assert heads[0] is heads[1] is heads[3]  # whole: the remembered head itself
+    assert (heads[2].status, heads[2].reason, heads[2].headers) == (201, b"Other",
+                                                                     ((b"X-O", b"2"),))
+    assert (heads[4].status, heads[4].reason, heads[4].headers) == (202, b"Third",
+                                                                     ((b"X-3", b"3"),))
+    assert heads[4].content_length == 2
+    # After a whole response, a pooled connection closed before any byte of the next is
+    # stale: retried once on a fresh one (no byte came for this exchange).
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(known + b"hello")
+    assert responder.ended
+    _body, responder = h.open()
+    upstream.received()
+    upstream.close()
+    assert responder.calls == [] and h.connections() == 2
+    fresh = h.accept()
+    assert fresh.received() == GET_BYTES
+    fresh.send(known + b"fresh")
+    assert responder.ended and responder.body == b"fresh"
+
+
+def test_no_retry_after_a_byte_that_follows_a_whole_response() -> None:
+    known = b"HTTP/1.1 200 Known\r\nContent-Length: 5\r\n\r\n"
+    h = Harness()
+    upstream, _ = exchange(h, known + b"hello")
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(known + b"hello")  # whole
+    assert responder.ended
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 2")
+    upstream.close(error.ConnectionLost())
+    assert h.connections() == 1  # not retried: the pod had begun to answer
+    assert responder.error is not None and responder.error.reason is Reason.upstream_lost
+
+
+def test_an_address_list_emptied_by_open_goes_with_its_connection() -> None:
+    """open() leaves the list it took the last idle connection from for that connection's
+    return; a connection that goes instead takes the empty list with it (the pool's table
+    stays bounded by the live connections)."""
+    h = Harness()
+    address = (POD.host, POD.port)
+    upstream, _ = exchange(h)
+    assert h.idle() == 1
+    # Taken, answered, back: the same list.
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(OK_HELLO)
+    assert responder.ended and h.idle() == 1
+    # Taken, then lost in its response: no list is left behind.
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\n")
+    upstream.close(error.ConnectionLost())
+    assert responder.error is not None
+    assert address not in h.target._idle and h.idle() == 0
+    # Taken, answered "close": closed, not pooled, and no list once it is gone.
+    upstream, _ = exchange(h)
+    _body, responder = h.open()
+    upstream.received()
+    upstream.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    assert responder.ended and h.idle() == 0
+    upstream.close()
+    assert address not in h.target._idle
+    # A new exchange while the list is empty and its connection busy: a fresh connection,
+    # and both come back to the pool.
+    upstream, _ = exchange(h)
+    _body, first = h.open()
+    _body, second = h.open()
+    assert h.connections() == 4
+    fresh = h.accept()
+    fresh.received()
+    fresh.send(OK_HELLO)
+    upstream.received()
+    upstream.send(OK_HELLO)
+    assert first.ended and second.ended and h.idle() == 2

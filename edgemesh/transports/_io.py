@@ -15,6 +15,7 @@ import mmap
 import sys
 from collections.abc import Callable, Sequence
 from errno import ENOBUFS, EWOULDBLOCK
+from types import MethodType
 from typing import Any
 
 from twisted.application._client_service import _ReconnectingProtocolProxy
@@ -23,6 +24,19 @@ from twisted.internet.endpoints import _WrappingProtocol
 
 PLAIN_TCP = (tcp.Server, tcp.Client)
 """Twisted's own TCP transports (not subclasses): the ones whose internals these helpers use."""
+
+_TCP_READ = tcp.Connection.doRead
+
+
+def reads_as_twisted(transport: Any) -> bool:
+    """A plain TCP transport whose doRead is Twisted's own: none set on the instance (a
+    connecting client's doConnect, an aborted one's no-op, pooled reads, a read gate).
+    Told by the bound method, not by the instance's ``__dict__``: reading that makes every
+    later attribute read of the transport slower (7 -> 36 ns, timeit; see _reactor)."""
+    if type(transport) not in PLAIN_TCP:
+        return False
+    do_read = transport.doRead
+    return type(do_read) is MethodType and do_read.__func__ is _TCP_READ
 
 
 def write_parts_now(transport: Any, head: bytes, data: bytes | memoryview) -> None:

@@ -40,7 +40,7 @@ from ._http1 import (
     end_to_end,
     trailer_field,
 )
-from ._io import PLAIN_TCP, SMALL_BUFFER
+from ._io import SMALL_BUFFER, reads_as_twisted
 from ._upexchange import _address_text, _one_line
 
 if TYPE_CHECKING:
@@ -127,9 +127,10 @@ class _UnexpectedData(Exception):
     """The upstream sent bytes when no response was due."""
 
 
-_Whole = tuple[int, int, bool]
-"""A head after which a Content-Length body may be taken without llhttp: its status, the
-body's length and llhttp's keep-alive verdict on it."""
+_Whole = tuple[int, bool, ResponseHead]
+"""A head after which a Content-Length body may be taken without llhttp: the body's length,
+llhttp's keep-alive verdict on it, and the ResponseHead every such response gets (made once:
+nothing in the mesh changes a ResponseHead; a dataclass __init__ less per exchange)."""
 _HeadParsed = tuple[
     bytes, tuple[tuple[bytes, bytes], ...], int, int, "tuple[bytes, ...] | None", "bytes | None",
     Headers, "_Whole | None",
@@ -214,7 +215,11 @@ class _UpstreamConnection(Protocol):
         self.begin_response()
 
     def begin_response(self) -> None:
+        """The per-response state, reset: by ``connected`` only when a read of the last
+        response went past ``_begin``'s whole delivery (``got_bytes``), which sets none."""
         self.got_bytes = False
+        """Bytes of this exchange's response came (no retry then); also: this state needs a
+        reset before the next response."""
         self.head_done = False
         self.head_size = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -284,7 +289,6 @@ class _UpstreamConnection(Protocol):
                 # Idle, or closing after its exchange: a server has nothing to say now.
                 self.target._discard(self)
                 return
-            self.got_bytes = True
             if self.body_left and self.held is None:
                 # A read of a Content-Length body goes on as it is: llhttp would hand it over
                 # as a new bytes object (a copy of every body byte: 1.0 of the sending edge's
@@ -316,6 +320,10 @@ class _UpstreamConnection(Protocol):
                 self.head_size += len(data)
             elif self.chunk_pending:
                 self.stalled += len(data)
+            # Only here, past _begin's whole delivery: it stays False for a response
+            # delivered so, whose connection has no per-response state to reset (connected).
+            # (A body read past llhttp above had its head parsed after this was set.)
+            self.got_bytes = True
             try:
                 self.parser.feed_data(data)
             except HttpParserCallbackError as exc:
@@ -413,7 +421,7 @@ class _UpstreamConnection(Protocol):
             return
         self.reading_paused = True
         transport = self.transport
-        if type(transport) in PLAIN_TCP and "doRead" not in transport.__dict__:
+        if reads_as_twisted(transport):
             self.read_gate = True
             transport.doRead = self._read_while_paused
         else:
@@ -437,7 +445,7 @@ class _UpstreamConnection(Protocol):
         self.read_gate = False
         transport = self.transport
         # Only our own: an aborted connection's transport has a no-op doRead of its own.
-        if transport.__dict__.get("doRead") == self._read_while_paused:
+        if transport.doRead == self._read_while_paused:  # (not __dict__: see _io)
             del transport.doRead
 
     def _read_size(self, size: int) -> None:
@@ -495,46 +503,43 @@ class _UpstreamConnection(Protocol):
         p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
         A/B, same load; one method since, not two: one call less)."""
         end = data.find(b"\r\n\r\n")
-        self.known_fields = None
         if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
-            self.raw_head = None
+            self.raw_head = self.known_fields = None
             self.parser = self.full_parser
             return False
         raw = data[:end]
         known = _heads_parsed.get(raw)
         if known is None or known[2] > self.max_header_count or known[3] > self.max_header_bytes:
             self.raw_head = raw  # remembered by on_headers_complete if it parses
+            self.known_fields = None
             self.parser = self.full_parser
             return False
+        whole = known[7]
+        end += 4
+        exchange = self.exchange
+        if (whole is not None and len(data) - end == whole[0]
+                and exchange is not None and not exchange.is_head):
+            # Delivered whole: nothing of the connection's per-response state is touched
+            # (got_bytes stays False, so connected need not reset it: begin_response's 22
+            # stores and a call less per exchange).
+            _length, keep_alive, head = whole
+            exchange.got_head = True
+            if exchange.waiting is not None:
+                exchange._unwait()
+            exchange.complete_whole(head, data[end:], exchange.body_done and keep_alive)
+            if self.finished:
+                self.target._release(self)
+            return True
         self.raw_head = None
         # Kept fields and Connection values need no copies: on_headers_complete takes the
         # end-to-end fields worked out from them before (no field callback comes).
-        whole: _Whole | None
         (self.reason, _, _, self.header_bytes, _, self.content_length,
-         self.known_fields, whole) = known
+         self.known_fields, _) = known
         parser = self.quick_parser
         if parser is None:
             parser = self.quick_parser = HttpResponseParser(_QuickCallbacks(self))
         self.parser = parser
-        end += 4
-        exchange = self.exchange
-        if (whole is None or len(data) - end != whole[1]
-                or exchange is None or exchange.is_head):
-            return False
-        status, length, keep_alive = whole
-        head = ResponseHead(
-            status, self.reason or _PHRASES.get(status, b"Unknown"), self.known_fields or (),
-            length,
-        )
-        self.head_done = True
-        exchange.got_head = True
-        if exchange.waiting is not None:
-            exchange._unwait()
-        self.keep_alive = keep_alive
-        exchange.complete_whole(head, data[end:], exchange.body_done and keep_alive)
-        if self.finished:
-            self.target._release(self)
-        return True
+        return False
 
     # httptools callbacks
 
@@ -613,7 +618,9 @@ class _UpstreamConnection(Protocol):
                 whole: _Whole | None = None
                 if (declared is not None and status != 204 and status != 304
                         and int(declared) <= HELD_BODY_LIMIT):
-                    whole = (status, int(declared), self.parser.should_keep_alive())
+                    whole = (int(declared), self.parser.should_keep_alive(), ResponseHead(
+                        status, self.reason or _PHRASES.get(status, b"Unknown"), fields,
+                        int(declared)))
                 _heads_parsed[raw] = (
                     self.reason, tuple(self.headers), len(self.headers) + self.dropped,
                     self.header_bytes, None if values is None else tuple(values),

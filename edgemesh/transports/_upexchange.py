@@ -333,7 +333,8 @@ class _UpstreamExchange:
         self.conn = conn
         conn.exchange = self
         conn.target.reads.busy += 1  # until _detach: the connection reads for us
-        conn.begin_response()
+        if conn.got_bytes:  # else nothing of a response touched its state since the reset
+            conn.begin_response()
         transport = conn.transport
         if self.source is not None and not self.body_done:
             # Registered before the buffered body is written, so that a large one
