@@ -30,7 +30,7 @@ from OpenSSL import SSL
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from service_identity import VerificationError
 from twisted.application.service import Service
-from twisted.internet import main, tcp
+from twisted.internet import main
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -51,7 +51,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..transports import EnvelopeLink, gathered_writes, write_all_now, write_now
+from ..transports import (
+    EnvelopeLink,
+    gathered_writes,
+    reads_as_twisted,
+    write_all_now,
+    write_now,
+)
 from . import _sockettls
 from ._config import TLSConfig, TLSFileError
 from ._material import (
@@ -234,9 +240,6 @@ _LEND_MIN = 4096
 """Reads up to this size (credit frames, heads) are copied into the receive BIO (one
 pyOpenSSL bio_write) instead of lent as one (a BIO made, swapped in and freed: eight C
 calls): bench/tls_call_cost.py, 56.0 -> 49.1 k instructions per one-record read."""
-
-_TCP = (tcp.Server, tcp.Client)
-"""Twisted's TCP transports, whose doRead _LinkTLS._read_socket replaces (not subclasses)."""
 
 _VIEW_MIN = 64 * 1024
 """Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
@@ -441,7 +444,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if _Direct.usable(connection):
             self._direct = _Direct(connection)
             self._direct.whole_writes()
-        if type(transport) in _TCP and "doRead" not in vars(transport):
+        if reads_as_twisted(transport):  # (not vars(): that slows the transport, see _io)
             # Reads land in one reused buffer instead of a new bytes per read (256 KiB:
             # mmap'd, shrunk, faulted in page by page, unmapped): nothing keeps a read's
             # ciphertext once it is decrypted.  tls_cost.py --measure strace, edge-1: mmap +
@@ -482,7 +485,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         transport = self._reading
         if transport is not None:
             self._reading = None
-            if vars(transport).get("doRead") == self._read_socket:
+            if transport.doRead == self._read_socket:
                 del transport.doRead  # (the cycle through the bound method)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 

@@ -6,7 +6,14 @@ from ._backoff import ReconnectBackoff
 from ._front import FrontLimits, HTTPFrontFactory
 from ._halves import InboundExchange, OutboundExchange
 from ._hooks import FrontHook, HookedFrontFactory, HookedFrontProtocol
-from ._io import DEFAULT_BACKLOG, gathered_writes, with_backlog, write_all_now, write_now
+from ._io import (
+    DEFAULT_BACKLOG,
+    gathered_writes,
+    reads_as_twisted,
+    with_backlog,
+    write_all_now,
+    write_now,
+)
 from ._links import EnvelopeLink, LinkHandler, ready_or_lost
 from ._linkstreams import LinkStreamTarget
 from ._peers import HubDialer, LinkTarget
@@ -37,6 +44,7 @@ __all__ = [
     "TCPStreamTarget",
     "gathered_writes",
     "install_reactor",
+    "reads_as_twisted",
     "ready_or_lost",
     "with_backlog",
     "write_all_now",
