@@ -482,7 +482,7 @@ def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> Non
     exchange, responder = pair.open(content_length=0, method=b"GET")
     producer = Producer()
     exchange.setProducer(producer)
-    assert exchange.sender.done and exchange.sender.producer is None
+    assert exchange.done and exchange.producer is None
     pair.client.pauseProducing()
     pair.client.resumeProducing()
     exchange.write(b"late")
@@ -682,10 +682,10 @@ def test_a_stream_out_of_credit_pauses_its_producer_before_the_queue_bound() -> 
         pair.pump()
     assert target.paused
     assert len(responder.body) == WINDOW
-    assert 0 < entry.exchange.sender.queued <= 10_000
+    assert 0 < entry.exchange.queued <= 10_000
     exchange.resumeProducing()
     pair.pump()
-    assert not target.paused and entry.exchange.sender.queued == 0
+    assert not target.paused and entry.exchange.queued == 0
 
 
 def test_slow_target_pauses_the_request_source() -> None:
@@ -1688,7 +1688,7 @@ def test_a_body_cut_by_the_window_queues_only_its_rest() -> None:
     exchange, _ = pair.open()
     large = bytes(range(251)) * (2 * WINDOW // 251 + 1)  # the window, then more than that
     exchange.write(large)
-    queued = exchange.sender.queue
+    queued = exchange.queue
     assert queued is not None and len(queued) == 1
     [rest] = queued
     assert type(rest) is bytes and rest == large[WINDOW:]

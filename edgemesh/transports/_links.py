@@ -519,21 +519,19 @@ class EnvelopeLink(Protocol):
         # holds but has not let go again do not read, so they cost no epoll change.
         self.paused = True
         held = self._held
-        for exchange in self.exchanges.values():
-            sender = exchange.sender
-            if sender.limit is not None and not sender.held and not sender.done:
-                sender.held = True
+        for sender in self.exchanges.values():
+            if sender.limit is not None and not sender.link_held and not sender.done:
+                sender.link_held = True
                 held.append(sender)
                 if not sender.producer_paused:
                     sender.update()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        for exchange in list(self.exchanges.values()):
-            sender = exchange.sender
-            if (sender.queue or (sender.producer_paused and not sender.held)
+        for sender in list(self.exchanges.values()):
+            if (sender.queue or (sender.producer_paused and not sender.link_held)
                     or (sender.ending and not sender.done)):
-                exchange.on_link_state()
+                sender.on_link_state()
         if self._held:
             self._admit()
 
@@ -547,7 +545,7 @@ class EnvelopeLink(Protocol):
         conn = self.connection
         while held and room > 0 and not self.paused:
             sender = held.popleft()
-            sender.held = False
+            sender.link_held = False
             if sender.done or sender.producer is None:
                 continue
             sender.update()
@@ -634,7 +632,7 @@ class EnvelopeLink(Protocol):
             )
         )
         if no_body:
-            exchange.sender.done = True
+            exchange.done = True
         return exchange
 
     def cork(self, exchange: InboundExchange) -> None:
