@@ -371,28 +371,32 @@ class InboundExchange(_Sender):
     """An exchange the peer sends us: the request flows into a local target, the
     response flows back over the link (the exchange is its sender)."""
 
+    # What a /small exchange never reads starts as class defaults (no store per exchange);
+    # ``__init__`` sets what it reads.
+    _receiver: _Receiver | None = None
+    corked: ResponseHead | None = None
+    cork_body: list[bytes]
+    """The body held with a corked head (made by ``head``)."""
+    cork_size = 0
+    target_paused = False
+    held: deque[bytes] | None = None
+    """Request body that arrived while the target was paused.  The peer may lawfully
+    send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
+    which is more than a target may have to keep (the pod client refuses a source that
+    keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
+    bounded by the credit it granted (the connection refuses a frame beyond it), and no
+    credit goes back for it until the target took it."""
+    held_end = False
+    """The peer's end came after held body: it goes to the target after that body."""
+    request_trailers: Headers = ()
+
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
         self.sid = sid
         self.body: IRequestBody | None = None
-        self._receiver: _Receiver | None = None
         self.headed = False
         self.finished = False
-        self.corked: ResponseHead | None = None
-        self.cork_body: list[bytes] = []
-        self.cork_size = 0
         self.request_ended = False
-        self.target_paused = False
-        self.held: deque[bytes] | None = None
-        """Request body that arrived while the target was paused.  The peer may lawfully
-        send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
-        which is more than a target may have to keep (the pod client refuses a source that
-        keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
-        bounded by the credit it granted (the connection refuses a frame beyond it), and no
-        credit goes back for it until the target took it."""
-        self.held_end = False
-        """The peer's end came after held body: it goes to the target after that body."""
-        self.request_trailers: Headers = ()
 
     @property
     def receiver(self) -> _Receiver:
@@ -415,7 +419,8 @@ class InboundExchange(_Sender):
     def request_end(self, head_ended: bool = False) -> None:
         """The peer's request is over.  ``head_ended``: its head was the whole request and
         the target's body took it so (IHeadEndedBody): no end for it (a GET: one Python
-        call less per exchange on edge-2)."""
+        call less per exchange on edge-2).  (Not called for a GET still unanswered when
+        routed: the link notes ``request_ended`` itself, all this would do.)"""
         if self.held:
             self.held_end = True  # after the held body
             return
@@ -474,6 +479,7 @@ class InboundExchange(_Sender):
             return
         self.headed = True
         self.corked = head
+        self.cork_body = []
         self.link.cork(self)
 
     def uncork(self) -> None:

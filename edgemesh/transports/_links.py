@@ -413,7 +413,13 @@ class EnvelopeLink(Protocol):
         if request.body:
             exchange.request_body(request.body)
         if request.end:
-            exchange.request_end(request.content_length == 0 and HEAD_ENDED[type(body)])
+            head_ended = request.content_length == 0 and HEAD_ENDED[type(body)]
+            if head_ended and not request.body and not exchange.finished:
+                # A GET whose answer is still to come: request_end would only note that the
+                # request is over (edge-2 of p2: a Python call less per exchange).
+                exchange.request_ended = True
+            else:
+                exchange.request_end(head_ended)
 
     def _inbound_stream(self, frame: StreamOpen) -> None:
         """The peer opens a byte stream: the handler's ``inbound_stream(link, frame,
