@@ -236,11 +236,12 @@ class OutboundExchange(_Sender):
     """An exchange this node sends over the link: request out (its own sender), response
     back."""
 
+    _receiver: _Receiver | None = None  # (a class default: a whole response needs none)
+
     def __init__(self, link: EnvelopeLink, sid: int, responder: IResponder) -> None:
         self.link = link
         self.sid = sid
         self.responder = responder
-        self._receiver: _Receiver | None = None
         self.finished = False
 
     @property

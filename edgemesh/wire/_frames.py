@@ -1195,7 +1195,8 @@ class FrameDecoder:
             frames.append(frame)
             self._greeted = True
             pos = end
-        self._buffer = bytearray(buffer[pos:size])
+        if pos < size:  # else the buffer stays empty, as it is on entry (no bytearray per read)
+            self._buffer = bytearray(buffer[pos:size])
 
     def _complete(self, view: memoryview, pos: int, size: int, frames: list[Frame]) -> int:
         """Add to the unfinished frame in the bytearray only what it lacks: its head first
