@@ -54,7 +54,7 @@ class _Sender:
     target) it pauses when it cannot send.  A base class of what sends on a link (the two
     exchanges, the byte streams) rather than an object of its own: no object, ``__init__`` and
     11 stores per exchange and edge (its state starts as the class defaults below; with the
-    rest of bench/results-2026-12-04.md section 24, p2 /small 340 -> 327 k instructions)."""
+    rest of bench/results-2026-12-04.md section 24, p2 /small 340 -> 324 k instructions)."""
 
     link: EnvelopeLink
     sid: int
