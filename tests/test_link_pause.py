@@ -218,7 +218,7 @@ def test_a_drained_link_lets_a_batch_of_its_held_producers_go_oldest_first() -> 
     assert Sized.order == producers[:batch]
     # A held one stays paused whatever credit comes: its turn comes from the link.
     held = producers[batch]
-    sender = pair.server_handler.inbounds[batch].exchange.sender
+    sender = pair.server_handler.inbounds[batch].exchange
     sender.update()
     assert held.paused
     # The end of this turn: those let go have yet to read, so none more now.

@@ -452,6 +452,37 @@ class _HeadEndedBody(RecordingBody):
     """A target's body that takes a bodiless head as the whole request (as the guard's)."""
 
 
+def test_a_get_is_released_whether_answered_while_routed_or_after() -> None:
+    """A bodiless request to a body that takes its head as all is over once routed: the
+    stream is forgotten (and the exchange lets the target's body go) when the response
+    ends, whether the target answered inside the routing or in a later turn."""
+    pair = Pair()
+
+    def answer_now(entry: Inbound) -> None:
+        entry.body = _HeadEndedBody()
+        entry.exchange.complete(ResponseHead(204, b"", (), 0), b"")
+
+    pair.server_handler.on_inbound = answer_now
+    _, now = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    first = pair.inbound()
+    assert first.exchange.request_ended and first.exchange.body is None
+    assert pair.server.exchanges == {} and not first.body.ended
+    assert now.ended and now.status == 204
+
+    pair.server_handler.inbounds.clear()
+    pair.server_handler.on_inbound = lambda entry: setattr(entry, "body", _HeadEndedBody())
+    _, later = pair.open(content_length=0, method=b"GET")
+    pair.pump()
+    second = pair.inbound()
+    assert second.exchange.request_ended and list(pair.server.exchanges) == [
+        second.exchange.sid]
+    second.exchange.complete(ResponseHead(200, b"OK", (), 2), b"hi")
+    pair.pump()
+    assert pair.server.exchanges == {} and second.exchange.body is None
+    assert later.ended and later.body == b"hi" and not second.body.ended
+
+
 def test_a_bodiless_request_ends_no_body_that_took_its_head_as_all() -> None:
     """The stream's request side is over either way; only a body declaring IHeadEndedBody
     is left without its end, and only for a bodiless head."""
@@ -482,7 +513,7 @@ def test_a_request_without_body_keeps_no_producer_and_ignores_more_body() -> Non
     exchange, responder = pair.open(content_length=0, method=b"GET")
     producer = Producer()
     exchange.setProducer(producer)
-    assert exchange.sender.done and exchange.sender.producer is None
+    assert exchange.done and exchange.producer is None
     pair.client.pauseProducing()
     pair.client.resumeProducing()
     exchange.write(b"late")
@@ -682,10 +713,10 @@ def test_a_stream_out_of_credit_pauses_its_producer_before_the_queue_bound() -> 
         pair.pump()
     assert target.paused
     assert len(responder.body) == WINDOW
-    assert 0 < entry.exchange.sender.queued <= 10_000
+    assert 0 < entry.exchange.queued <= 10_000
     exchange.resumeProducing()
     pair.pump()
-    assert not target.paused and entry.exchange.sender.queued == 0
+    assert not target.paused and entry.exchange.queued == 0
 
 
 def test_slow_target_pauses_the_request_source() -> None:
@@ -1688,7 +1719,7 @@ def test_a_body_cut_by_the_window_queues_only_its_rest() -> None:
     exchange, _ = pair.open()
     large = bytes(range(251)) * (2 * WINDOW // 251 + 1)  # the window, then more than that
     exchange.write(large)
-    queued = exchange.sender.queue
+    queued = exchange.queue
     assert queued is not None and len(queued) == 1
     [rest] = queued
     assert type(rest) is bytes and rest == large[WINDOW:]
@@ -1752,3 +1783,27 @@ def test_a_responder_without_views_gets_the_run_as_one_bytes_write() -> None:
     pair.server_to_client()
     assert len(responder.chunks) == 1 and type(responder.chunks[0]) is bytes
     assert responder.body == b"".join(pieces) and responder.ended
+
+
+def test_exchanges_keep_their_sending_state_apart() -> None:
+    """The exchanges are their own senders, their state starting as class defaults: what one
+    queues, corks or holds is its own, never another's nor the next one's."""
+    pair = Pair()
+    first, _ = pair.open(content_length=4)
+    second, _ = pair.open(content_length=4)
+    pair.client.paused = True  # the transport is full: body waits in the stream's queue
+    first.write(b"body")
+    assert first.queued == 4 and first.queue is not None and list(first.queue) == [b"body"]
+    assert second.queue is None and second.queued == 0 and OutboundExchange.queue is None
+    second.trailers(((b"x-t", b"1"),))
+    assert first.send_trailers == () and OutboundExchange.send_trailers == ()
+    one, two = InboundExchange(pair.server, 2), InboundExchange(pair.server, 4)
+    one.head(ResponseHead(200, b"OK", (), None))
+    one.write(b"corked")
+    two.head(ResponseHead(200, b"OK", (), None))
+    assert one.cork_body == [b"corked"] and two.cork_body == [] and two.cork_size == 0
+    one.body = RecordingBody()
+    one.target_paused = True
+    one.request_body(b"held")
+    assert one.held is not None and list(one.held) == [b"held"]
+    assert two.held is None and InboundExchange.held is None and not two.target_paused

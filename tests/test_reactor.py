@@ -352,9 +352,20 @@ def test_a_link_coalesces_a_turns_writes_through_the_end_of_turn_queue() -> None
     assert transport.value().endswith(b"onetwo")
     link.write(b"three")
     assert len(clock.turn_end) == 1
+    # A flush inside the turn writes, but the turn is not over: its end stays queued (once)
+    # and the bulk bytes sent straight this turn still count.
+    link._direct = 1000
+    link.flush()
+    assert transport.value().endswith(b"three") and link._turn_queued and link._direct == 1000
+    link.write(b"four")
+    assert len(clock.turn_end) == 1
+    clock.end_turn()
+    assert transport.value().endswith(b"four") and not link._turn_queued and link._direct == 0
+    link.write(b"five")
+    assert len(clock.turn_end) == 1
     link.connectionLost(Failure(error.ConnectionDone()))
     clock.end_turn()  # a queued end of turn after the link closed writes nothing
-    assert not transport.value().endswith(b"three")
+    assert not transport.value().endswith(b"five")
 
 
 def test_twistd_offers_the_reactor(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class World:
 
     @property
     def queued(self) -> int:
-        return self.inbound.sender.queued
+        return self.inbound.queued
 
 
 def test_the_upstream_exchange_is_a_sized_producer() -> None:

@@ -588,7 +588,8 @@ def test_requests_that_end_with_their_head_take_no_share_of_the_budget() -> None
     for sid in ended:
         client.receive(server.send_response(sid, 200, b"OK", (), 0, b"", True))
         assert not server.is_open(sid) and not client.is_open(sid)
-    assert server._receiving == 1 and client._receiving == 1
+    # The client's streams count only once a response says body follows: none has yet.
+    assert server._receiving == 1 and client._receiving == 0
     sid = client.open_stream(sent_end=True)
     assert client.send_window(sid) == 0  # ended: no body may follow
     with pytest.raises(ValueError, match="already ended"):
@@ -596,7 +597,41 @@ def test_requests_that_end_with_their_head_take_no_share_of_the_budget() -> None
     server.receive(request(sid, True))
     client.receive(server.send_response(sid, 200, b"OK", (), 0, b"", True))
     assert not client.is_open(sid) and not server.is_open(sid)
-    assert server._receiving == 1 and client._receiving == 1
+    assert server._receiving == 1 and client._receiving == 0
+
+
+def test_our_streams_count_as_receiving_from_a_response_that_is_not_whole() -> None:
+    """A stream we opened receives nothing before its response head: it counts among the
+    receiving streams (the budget's shares) from a response that says body follows, never
+    for one that comes whole, and a reset before the response takes nothing off."""
+    limits = Limits(initial_window=64 * KIB, max_window=1 * MIB, receive_budget=1 * MIB)
+    client, server = connected(client_limits=limits)
+    waiting = [open_request(client, server, end=True) for _ in range(4)]
+    assert client._receiving == 0
+    assert client.consumed(waiting[0], 10) == b""  # nothing received yet: no credit
+    client.receive(server.send_reset(waiting[0], "cancelled", "gone"))
+    client.send_reset(waiting[1], "cancelled", "gone")
+    assert client._receiving == 0
+    client.receive(server.send_response(waiting[2], 200, b"OK", (), 5, b"he", False))
+    assert client._receiving == 1  # its body follows
+    # The only one receiving: the whole budget's share (half of it if waiting[3], still
+    # unanswered, counted; a division by zero if this one did not).
+    client.receive(server.send_data(waiting[2], b"llo", False))
+    assert client.consumed(waiting[2], 5) != b""
+    assert client._streams[waiting[2]].target == 1 * MIB
+    client.receive(server.send_data(waiting[2], b"", True))
+    assert client._receiving == 0 and client._extra == 0 and not client.is_open(waiting[2])
+    client.send_reset(waiting[3], "cancelled", "gone")
+    assert client._receiving == 0
+    whole = open_request(client, server, end=True)
+    client.receive(server.send_response(whole, 200, b"OK", (), 2, b"hi", True))
+    assert client._receiving == 0 and not client.is_open(whole)
+    # A response that ends while our request body still flows: the stream stays, not receiving.
+    flowing = open_request(client, server, body=b"x")
+    client.receive(server.send_response(flowing, 200, b"OK", (), 0, b"", True))
+    assert client.is_open(flowing) and client._receiving == 0
+    server.receive(client.send_data(flowing, b"", True))
+    assert not client.is_open(flowing) and client._receiving == 0
 
 
 def test_beyond_the_grown_credit_is_still_a_protocol_error() -> None:

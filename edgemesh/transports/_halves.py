@@ -50,32 +50,29 @@ _CORK_LIMIT = 16 * 1024
 
 
 class _Sender:
-    """The body-sending half of a stream: credit, a bounded queue, and the
-    producer (source or target) it pauses when it cannot send."""
+    """The body-sending half of a stream: credit, a bounded queue, and the producer (source or
+    target) it pauses when it cannot send.  A base class of what sends on a link (the two
+    exchanges, the byte streams) rather than an object of its own: no object, ``__init__`` and
+    11 stores per exchange and edge (its state starts as the class defaults below; with the
+    rest of bench/results-2026-12-04.md section 24, p2 /small 340 -> 324 k instructions)."""
 
-    __slots__ = (
-        "done", "ending", "held", "limit", "link", "producer", "producer_paused", "queue",
-        "queued", "sid", "trailers",
-    )
-
-    def __init__(self, link: EnvelopeLink, sid: int) -> None:
-        self.link = link
-        self.sid = sid
-        self.queue: deque[bytes | memoryview] | None = None
-        """Body waiting for credit or for the link (made when first needed: most exchanges
-        never queue anything)."""
-        self.queued = 0
-        self.ending = False
-        self.producer: IPushProducer | None = None
-        self.producer_paused = False
-        self.limit: ReadLimiter | None = None
-        """The producer's ``limit_reads`` (an ISizedProducer's): told the credit left."""
-        self.done = False
-        self.trailers: Headers = ()
-        """Trailer fields for the last frame."""
-        self.held = False
-        """A sized producer the link paused and has not let go again yet (its turn comes in
-        EnvelopeLink._admit): it stays paused whatever the credit says."""
+    link: EnvelopeLink
+    sid: int
+    queue: deque[bytes | memoryview] | None = None
+    """Body waiting for credit or for the link (made when first needed: most exchanges
+    never queue anything)."""
+    queued = 0
+    ending = False
+    producer: IPushProducer | None = None
+    producer_paused = False
+    limit: ReadLimiter | None = None
+    """The producer's ``limit_reads`` (an ISizedProducer's): told the credit left."""
+    done = False
+    send_trailers: Headers = ()
+    """Trailer fields for the last frame."""
+    link_held = False
+    """A sized producer the link paused and has not let go again yet (its turn comes in
+    EnvelopeLink._admit): it stays paused whatever the credit says."""
 
     def send(self, data: bytes) -> None:
         if self.done or self.ending:
@@ -146,7 +143,7 @@ class _Sender:
                 break
         if self.ending and not self.queue:
             self.done = True
-            trailers = self.trailers
+            trailers = self.send_trailers
             if trailers and not link.connection.peer_takes_trailers:
                 drop_trailers(trailers, f"{link.peer_name} takes no trailers (an older version)")
                 trailers = ()
@@ -173,7 +170,8 @@ class _Sender:
             # Only for a sized producer: another (a client's request body) keeps the old
             # rule, and so does a stream whose end is due (its credit reads 0 once sent).
             blocked = (
-                link.paused or self.held or queued >= _PENDING_BOUND or (queued > 0 and window <= 0)
+                link.paused or self.link_held or queued >= _PENDING_BOUND
+                or (queued > 0 and window <= 0)
                 or (window < conn.send_floor and self.limit is not None and not self.ending)
             )
         if blocked:
@@ -188,7 +186,12 @@ class _Sender:
             self.producer_paused = False
             producer.resumeProducing()
 
-    def attach(self, producer: IPushProducer) -> None:
+    def setProducer(self, producer: IPushProducer) -> None:
+        """The producer of the body this side sends (IRequestBody's, IResponder's and
+        IByteStream's ``setProducer``).  One whose body is over already is not kept: there
+        is nothing left to pause it for."""
+        if self.done:
+            return
         self.producer = producer
         self.producer_paused = False
         self.limit = READ_LIMITERS[type(producer)]
@@ -229,15 +232,16 @@ class _Receiver:
 
 
 @implementer(IHeadEndedBody, IPushProducer)
-class OutboundExchange:
-    """An exchange this node sends over the link: request out, response back."""
+class OutboundExchange(_Sender):
+    """An exchange this node sends over the link: request out (its own sender), response
+    back."""
+
+    _receiver: _Receiver | None = None  # (a class default: a whole response needs none)
 
     def __init__(self, link: EnvelopeLink, sid: int, responder: IResponder) -> None:
         self.link = link
         self.sid = sid
         self.responder = responder
-        self.sender = _Sender(link, sid)
-        self._receiver: _Receiver | None = None
         self.finished = False
 
     @property
@@ -248,29 +252,19 @@ class OutboundExchange:
             receiver = self._receiver = _Receiver(self.link, self.sid)
         return receiver
 
-    # IRequestBody: the source pushes request body
-    def write(self, data: bytes) -> None:
-        self.sender.send(data)
+    # IRequestBody: the source pushes request body (setProducer: the sender's)
+    write = _Sender.send
+    end = _Sender.finish  # (done already for a request without a body: link.open)
 
     def trailers(self, fields: Headers) -> None:
-        self.sender.trailers = fields
-
-    def end(self) -> None:
-        sender = self.sender
-        if not sender.done:  # a request without a body ended with its head (link.open)
-            sender.finish()
+        self.send_trailers = fields
 
     def abort(self, reason: str) -> None:
         if not self.finished:
             self.finished = True
-            self.sender.done = True
+            self.done = True
             self.link.write(self.link.connection.send_reset(self.sid, "cancelled", reason))
             self.link.forget(self.sid)
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        sender = self.sender
-        if not sender.done:  # else it has no body left to pause the producer for
-            sender.attach(producer)
 
     # IPushProducer: the source pauses the response
     def pauseProducing(self) -> None:
@@ -323,7 +317,7 @@ class OutboundExchange:
             self._done()
             responder.fail(MeshError(Reason.from_code(frame.code), frame.detail))
         elif type(frame) is Window:
-            self.sender.flush()
+            self.flush()
 
     def on_data_run(self, run: list[Data]) -> None:
         """Consecutive DATA frames of this stream from one read of the link (a large body
@@ -353,8 +347,7 @@ class OutboundExchange:
                 hand_trailers(self.responder, last.trailers, "the source takes no trailers")
             self.responder.end()
 
-    def on_link_state(self) -> None:
-        self.sender.flush()
+    on_link_state = _Sender.flush
 
     def on_lost(self, reason: str) -> None:
         if not self.finished:
@@ -364,44 +357,47 @@ class OutboundExchange:
 
     def _done(self) -> None:
         self.finished = True
-        if not self.sender.done:
+        if not self.done:
             # The response is over before the request body: abandon the rest of it.
-            self.sender.done = True
+            self.done = True
             self.link.write(
                 self.link.connection.send_reset(self.sid, "cancelled", "response complete")
             )
         self.link.forget(self.sid)
-        self.sender.producer = None  # the source's: it points back here through the responder
+        self.producer = None  # the source's: it points back here through the responder
 
 
 @implementer(ICompletingResponder, IPushProducer)
-class InboundExchange:
+class InboundExchange(_Sender):
     """An exchange the peer sends us: the request flows into a local target, the
-    response flows back over the link."""
+    response flows back over the link (the exchange is its sender)."""
+
+    # What a /small exchange never reads starts as class defaults (no store per exchange);
+    # ``__init__`` sets what it reads.
+    _receiver: _Receiver | None = None
+    corked: ResponseHead | None = None
+    cork_body: list[bytes]
+    """The body held with a corked head (made by ``head``)."""
+    cork_size = 0
+    target_paused = False
+    held: deque[bytes] | None = None
+    """Request body that arrived while the target was paused.  The peer may lawfully
+    send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
+    which is more than a target may have to keep (the pod client refuses a source that
+    keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
+    bounded by the credit it granted (the connection refuses a frame beyond it), and no
+    credit goes back for it until the target took it."""
+    held_end = False
+    """The peer's end came after held body: it goes to the target after that body."""
+    request_trailers: Headers = ()
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
         self.sid = sid
         self.body: IRequestBody | None = None
-        self.sender = _Sender(link, sid)
-        self._receiver: _Receiver | None = None
         self.headed = False
         self.finished = False
-        self.corked: ResponseHead | None = None
-        self.cork_body: list[bytes] = []
-        self.cork_size = 0
         self.request_ended = False
-        self.target_paused = False
-        self.held: deque[bytes] | None = None
-        """Request body that arrived while the target was paused.  The peer may lawfully
-        send all the credit it holds (up to ``Limits.max_window``) before it learns of a pause,
-        which is more than a target may have to keep (the pod client refuses a source that
-        keeps writing past a pause: 503).  So the stream keeps it and delivers it on resume:
-        bounded by the credit it granted (the connection refuses a frame beyond it), and no
-        credit goes back for it until the target took it."""
-        self.held_end = False
-        """The peer's end came after held body: it goes to the target after that body."""
-        self.request_trailers: Headers = ()
 
     @property
     def receiver(self) -> _Receiver:
@@ -414,17 +410,18 @@ class InboundExchange:
     def _release(self) -> None:
         """Forget the stream once both directions are over (a response may end before
         its request body: the peer may still send that body, or reset it)."""
-        if self.finished and self.sender.done and self.request_ended:
+        if self.finished and self.done and self.request_ended:
             self.link.forget(self.sid)
             # Both directions are over: break the cycles with the target's objects (they
             # point back here), so that reference counting frees the exchange.
             self.body = None
-            self.sender.producer = None
+            self.producer = None
 
     def request_end(self, head_ended: bool = False) -> None:
         """The peer's request is over.  ``head_ended``: its head was the whole request and
         the target's body took it so (IHeadEndedBody): no end for it (a GET: one Python
-        call less per exchange on edge-2)."""
+        call less per exchange on edge-2).  (Not called for a GET still unanswered when
+        routed: the link notes ``request_ended`` itself, all this would do.)"""
         if self.held:
             self.held_end = True  # after the held body
             return
@@ -483,6 +480,7 @@ class InboundExchange:
             return
         self.headed = True
         self.corked = head
+        self.cork_body = []
         self.link.cork(self)
 
     def uncork(self) -> None:
@@ -504,7 +502,7 @@ class InboundExchange:
             )
         )
         if allowed < len(body):
-            self.sender.send(body[allowed:])
+            self.send(body[allowed:])
 
     def write(self, data: bytes) -> None:
         if self.finished:
@@ -515,12 +513,12 @@ class InboundExchange:
                 self.cork_size += len(data)
                 return
             self.uncork()
-        self.sender.send(data)
+        self.send(data)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: on the stream's last DATA frame."""
         if not self.finished:
-            self.sender.trailers = fields
+            self.send_trailers = fields
 
     def end(self) -> None:
         if self.finished:
@@ -529,14 +527,14 @@ class InboundExchange:
         head = self.corked
         if head is not None:
             conn = self.link.connection
-            if self.cork_size <= conn.send_window(self.sid) and not self.sender.trailers:
+            if self.cork_size <= conn.send_window(self.sid) and not self.send_trailers:
                 body = b"".join(self.cork_body)
                 self.corked = None
                 self.cork_body = []
                 self._send_whole(head, body)
                 return
             self.uncork()
-        self.sender.finish()
+        self.finish()
         self._release()
 
     def complete(self, head: ResponseHead, body: bytes) -> None:
@@ -561,7 +559,7 @@ class InboundExchange:
 
     def _send_whole(self, head: ResponseHead, body: bytes) -> None:
         """The response in one frame, ending the stream (the window holds ``body``)."""
-        self.sender.done = True
+        self.done = True
         self.link.write(
             self.link.connection.send_response(
                 self.sid, head.status, head.reason, head.headers, head.content_length, body, True
@@ -575,12 +573,9 @@ class InboundExchange:
         self.finished = True
         self.corked = None
         self.held = None  # the target is over: held body has nowhere to go
-        self.sender.done = True
+        self.done = True
         self.link.write(self.link.connection.send_reset(self.sid, error.reason.code, error.detail))
         self.link.forget(self.sid)
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.sender.attach(producer)
 
     # from the link
     def on_frame(self, frame: Frame) -> None:
@@ -601,7 +596,7 @@ class InboundExchange:
             self.held_end = False
             answered = self.finished
             self.finished = True
-            self.sender.done = True
+            self.done = True
             self.link.forget(self.sid)
             if not self.request_ended or not answered:
                 # The peer gave up (a timeout, its client gone): the target stops too, also
@@ -612,14 +607,14 @@ class InboundExchange:
             self.on_link_state()
 
     def on_link_state(self) -> None:
-        self.sender.flush()
+        self.flush()
         self._release()
 
     def on_lost(self, reason: str) -> None:
         if not (self.finished and self.request_ended):
             # Whatever is unfinished, the request body or the response, the target stops.
             self.finished = self.request_ended = True
-            self.sender.done = True
+            self.done = True
             self.held = None
             self.held_end = False
             if self.body is not None:

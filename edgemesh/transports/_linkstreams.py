@@ -2,7 +2,7 @@
 Byte streams over envelope links (issue 12): the STREAM_OPEN / STREAM_ACCEPT streams of
 wire/ adapted to the stream contract, and the target that sends streams to a peer node
 (another edge's hub, the tunnel).  Each direction flows with the stream's credit window
-and the link's push-producer pauses, exactly as exchange bodies do (_links._Sender and
+and the link's push-producer pauses, exactly as exchange bodies do (_halves._Sender and
 _Receiver): a peer that stops reading pauses the other side, nothing grows without bound.
 """
 
@@ -33,13 +33,12 @@ if TYPE_CHECKING:
 
 
 
-class _LinkStream:
-    """What both directions of a byte stream on a link share."""
+class _LinkStream(_Sender):
+    """What both directions of a byte stream on a link share (it is its own sender)."""
 
     def __init__(self, link: EnvelopeLink, sid: int) -> None:
         self.link = link
         self.sid = sid
-        self.sender = _Sender(link, sid)
         self.receiver = _Receiver(link, sid)
         self.received_end = False
         self.over = False
@@ -50,25 +49,22 @@ class _LinkStream:
     # IByteStream: our side's bytes, to the peer
     def write(self, data: bytes) -> None:
         if not self.over:
-            self.sender.send(data)
+            self.send(data)
 
     def end(self) -> None:
         if not self.over:
-            self.sender.finish()
+            self.finish()
             self._release()
 
     def abort(self, error: MeshError) -> None:
         if self.over:
             return
         self.over = True
-        self.sender.done = True
+        self.done = True
         link = self.link
         link.write(link.connection.send_reset(self.sid, error.reason.code, error.detail))
         link.forget(self.sid)
-        self.sender.producer = None
-
-    def setProducer(self, producer: IPushProducer) -> None:
-        self.sender.attach(producer)
+        self.producer = None
 
     # IPushProducer: our side pauses the peer's bytes (no credit goes back meanwhile)
     def pauseProducing(self) -> None:
@@ -99,7 +95,7 @@ class _LinkStream:
             if self.over:
                 return
             self.over = True
-            self.sender.done = True
+            self.done = True
             self.link.forget(self.sid)
             if side is not None:
                 side.abort(MeshError(Reason.from_code(frame.code), frame.detail))
@@ -107,24 +103,24 @@ class _LinkStream:
             self.on_link_state()
 
     def on_link_state(self) -> None:
-        self.sender.flush()
+        self.flush()
         self._release()
 
     def on_lost(self, reason: str) -> None:
         if self.over:
             return
         self.over = True
-        self.sender.done = True
+        self.done = True
         side = self._peer_side()
         if side is not None:
             side.abort(MeshError(Reason.peer_unavailable,
                                  f"link to {self.link.peer_name} lost: {reason}"))
 
     def _release(self) -> None:
-        if self.sender.done and self.received_end and not self.over:
+        if self.done and self.received_end and not self.over:
             self.over = True
             self.link.forget(self.sid)
-            self.sender.producer = None
+            self.producer = None
 
 
 @implementer(IByteStream, IPushProducer)

@@ -139,7 +139,10 @@ class Connection:
         self._extra = 0
         """Credit beyond the initial window that all streams hold: at most ``_budget``."""
         self._receiving = 0
-        """Streams the peer may still send body on."""
+        """Streams the peer may still send body on: of the peer's, those opened without their
+        end; of ours, those whose response (or accept) came without its end (before it the
+        peer may send no body: a stream of ours counts from there, and one answered whole
+        never does, nor needs a call to stop)."""
 
     # --- handshake -------------------------------------------------------------
 
@@ -219,7 +222,14 @@ class Connection:
                 if size:
                     self._charge(frame.stream, stream, size)
                 if frame.end:
-                    self._received_end(frame.stream, stream)
+                    # A whole response: the stream never counted as receiving (no
+                    # _stop_receiving, nor _received_end: two Python calls less per
+                    # exchange on edge-1 of p2).
+                    stream.received_end = True
+                    if stream.sent_end:
+                        self._forget(frame.stream)
+                else:
+                    self._receiving += 1  # its body follows
                 events.append(frame)
                 continue
             if self._accept(frame):
@@ -291,6 +301,7 @@ class Connection:
             if not stream.local or stream.responded or not stream.byte_stream:
                 raise ProtocolError(f"stream {frame.stream}: unexpected stream accept")
             stream.responded = True
+            self._receiving += 1  # the peer's data may follow from here
             return True
         if kind is Hello:
             raise ProtocolError("second hello")
@@ -343,8 +354,8 @@ class Connection:
             self._stop_receiving(stream)
 
     def _stop_receiving(self, stream: _Stream) -> None:
-        """Nothing more comes on the stream (not said before): its credit goes back to
-        the budget."""
+        """Nothing more comes on a stream that counts as receiving (not said before): its
+        credit goes back to the budget."""
         stream.received_end = True
         self._receiving -= 1
         if stream.granted > self._min_window:
@@ -354,8 +365,8 @@ class Connection:
         stream = self._streams.pop(sid, None)
         if stream is None:
             return False
-        if not stream.received_end:
-            self._stop_receiving(stream)
+        if not stream.received_end and (stream.responded or not stream.local):
+            self._stop_receiving(stream)  # (one of ours counts from its response: receive)
         if not stream.local:
             self._remote_active -= 1
         return True
@@ -365,7 +376,8 @@ class Connection:
     def open_stream(self, *, byte_stream: bool = False, sent_end: bool = False) -> int:
         """Allocate a stream for a request we are about to send (encode_request), or for a
         byte stream (send_stream_open).  ``sent_end``: the request we send on it has no body
-        (its head frame ends our side; as ``sent(sid, 0, True)`` after, a call less)."""
+        (its head frame ends our side; as ``sent(sid, 0, True)`` after, a call less).  The
+        stream counts as receiving only once its response (or accept) says body follows."""
         sid = self._next_local
         self._next_local = next_local = sid + 2
         if next_local > MAX_STREAM_ID:
@@ -373,7 +385,6 @@ class Connection:
         stream = self._streams[sid] = _Stream(
             True, self.peer_window, self._min_window, byte_stream)
         stream.sent_end = sent_end
-        self._receiving += 1
         return sid
 
     def send_stream_open(
@@ -501,7 +512,8 @@ class Connection:
         goes back up to its target (the initial window, or more when the link's budget
         allows), in batches of at least half the target; returns the WINDOW frame, or b''."""
         stream = self._streams.get(sid)
-        if stream is None or stream.received_end or size <= 0:
+        if stream is None or stream.received_end or size <= 0 or (
+                stream.local and not stream.responded):  # nothing received yet (_receiving)
             return b""
         granted = stream.granted
         # Never more than was received and not yet consumed (a confused caller must not
