@@ -1427,12 +1427,18 @@ def test_hub_dialer_fails_fast_while_the_peer_is_down() -> None:
         assert again is not None
         again.addErrback(failures.append)
     assert len(failures) == 3 and len(world.endpoint.attempts) == 1
+    # What routing reads to relay through the router meanwhile.
+    assert world.dialer.unreachable == {"edge-2"}
+    assert world.dialer.paths() == {"edge-2": "relayed"}
     world.clock.advance(12.0)
     link, _, peer = world.accept()
+    assert world.dialer.unreachable == set()
     link.dataReceived(peer.transport.value())  # type: ignore[union-attr]
     back = world.dialer("edge-2")
     assert back is not None and back.result is link
+    assert world.dialer.paths() == {"edge-2": "direct"}
     world.dialer.stop()
+    assert world.dialer.unreachable == set() and world.dialer.paths() == {}
 
 
 def test_hub_dialer_stop() -> None:
