@@ -297,7 +297,10 @@ class Pipeline:
     ) -> IRequestBody:
         """Route an exchange that arrived as plain HTTP (its authority names the service)."""
         try:
-            service, port = self._catalog.resolve(head.authority)
+            # resolve's answers first: one Python call less per exchange (p1 edge-1 -1.8 k).
+            catalog = self._catalog
+            authority = head.authority
+            service, port = catalog.resolved.get(authority) or catalog.resolve(authority)
             return self._route(source, head, responder, service, port, None)
         except MeshError as error:
             refused = self.refused
