@@ -1199,6 +1199,21 @@ def test_link_target_uses_the_peers_link() -> None:
     assert request.method == b"PUT" and pair.inbound().body.data == b"abc"
 
 
+def test_link_target_sends_each_route_to_its_own_address() -> None:
+    """The same Route again (the pipeline keeps a one-endpoint service's) and then others:
+    each exchange goes where its own route says, none where the previous one went."""
+    pair = Pair()
+    target = LinkTarget(TargetKind.hub, {"edge-2": pair.client, "router": pair.client})
+    kept = route()
+    other = Endpoint("10.4.0.13", 8081, "edge-2")
+    for sent in (kept, kept, route(endpoint=other), kept, route("router", None), kept):
+        target.open(sent, HEAD, RecordingResponder()).end()
+    pair.pump()
+    assert [entry.request.endpoint for entry in pair.server_handler.inbounds] == [
+        ("10.4.0.12", 8080), ("10.4.0.12", 8080), ("10.4.0.13", 8081), ("10.4.0.12", 8080),
+        None, ("10.4.0.12", 8080)]
+
+
 def test_link_target_without_an_endpoint_sends_no_hint() -> None:
     pair = Pair()
     LinkTarget(TargetKind.tunnel, {"router": pair.client}).open(

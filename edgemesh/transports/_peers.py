@@ -193,9 +193,17 @@ class LinkTarget:
         self.kind = kind
         self.links = links
         self.dial = dial
+        self._last: tuple[Route | None, tuple[str, str, int, tuple[str, int] | None]] = (
+            None, ("", "", 0, None))
+        """The last route opened and its address: the pipeline hands the same Route to
+        every exchange of a one-endpoint service (its address is not computed again)."""
 
     def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        peer, service, port, hint = link_address(route)
+        last, address = self._last
+        if last is not route:  # one Python call less per exchange (-1.2 k; callgrind, micro)
+            address = link_address(route)
+            self._last = (route, address)
+        peer, service, port, hint = address
         link = self.links.get(peer)
         if link is not None and not link.closed:
             # The ready link, as open_over_link would take it (no closures to make).
