@@ -245,9 +245,20 @@ def test_cache_is_bounded(catalog: Catalog) -> None:
     for authority in itertools.islice(spellings, RESOLVE_CACHE_SIZE + 10):
         assert catalog.resolve(authority)[0] is WEB
         count += 1
-        assert len(catalog._resolved) <= RESOLVE_CACHE_SIZE
+        assert len(catalog.resolved) <= RESOLVE_CACHE_SIZE
     assert count == RESOLVE_CACHE_SIZE + 10
     assert catalog.resolve(b"web")[0] is WEB
+
+
+def test_resolved_holds_the_answers_so_far_and_only_them(catalog: Catalog) -> None:
+    """What the pipeline looks up before it calls ``resolve``: the same answer, for
+    authorities resolved before only (an error is never kept)."""
+    assert b"web" not in catalog.resolved
+    answer = catalog.resolve(b"web")
+    assert catalog.resolved[b"web"] == answer and catalog.resolved[b"web"][0] is WEB
+    _error(catalog, b"nope")
+    assert b"nope" not in catalog.resolved
+    assert not Catalog.assembled({}, {}, 1).resolved
 
 
 def test_node_lookups(catalog: Catalog) -> None:

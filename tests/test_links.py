@@ -1230,6 +1230,21 @@ def test_link_target_uses_the_peers_link() -> None:
     assert request.method == b"PUT" and pair.inbound().body.data == b"abc"
 
 
+def test_link_target_sends_each_route_to_its_own_address() -> None:
+    """The same Route again (the pipeline keeps a one-endpoint service's) and then others:
+    each exchange goes where its own route says, none where the previous one went."""
+    pair = Pair()
+    target = LinkTarget(TargetKind.hub, {"edge-2": pair.client, "router": pair.client})
+    kept = route()
+    other = Endpoint("10.4.0.13", 8081, "edge-2")
+    for sent in (kept, kept, route(endpoint=other), kept, route("router", None), kept):
+        target.open(sent, HEAD, RecordingResponder()).end()
+    pair.pump()
+    assert [entry.request.endpoint for entry in pair.server_handler.inbounds] == [
+        ("10.4.0.12", 8080), ("10.4.0.12", 8080), ("10.4.0.13", 8081), ("10.4.0.12", 8080),
+        None, ("10.4.0.12", 8080)]
+
+
 def test_link_target_without_an_endpoint_sends_no_hint() -> None:
     pair = Pair()
     LinkTarget(TargetKind.tunnel, {"router": pair.client}).open(
@@ -1458,12 +1473,18 @@ def test_hub_dialer_fails_fast_while_the_peer_is_down() -> None:
         assert again is not None
         again.addErrback(failures.append)
     assert len(failures) == 3 and len(world.endpoint.attempts) == 1
+    # What routing reads to relay through the router meanwhile.
+    assert world.dialer.unreachable == {"edge-2"}
+    assert world.dialer.paths() == {"edge-2": "relayed"}
     world.clock.advance(12.0)
     link, _, peer = world.accept()
+    assert world.dialer.unreachable == set()
     link.dataReceived(peer.transport.value())  # type: ignore[union-attr]
     back = world.dialer("edge-2")
     assert back is not None and back.result is link
+    assert world.dialer.paths() == {"edge-2": "direct"}
     world.dialer.stop()
+    assert world.dialer.unreachable == set() and world.dialer.paths() == {}
 
 
 def test_hub_dialer_stop() -> None:

@@ -183,11 +183,15 @@ def test_paths_through_the_pipeline() -> None:
     assert all(stats.active == 1 for stats in mesh.observer.tables.values())
 
 
+class _Everyone:
+    def __contains__(self, peer: object) -> bool:
+        return True
+
+
 class Unreachable:
     """PeerPaths: no hub can be dialled, so edges are reached through the router."""
 
-    def direct(self, peer: str) -> bool:
-        return False
+    unreachable = _Everyone()
 
     def paths(self) -> dict[str, str]:
         return {}

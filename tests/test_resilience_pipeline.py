@@ -495,6 +495,79 @@ def test_success_resets_the_count() -> None:
     assert not mesh.pipeline.outliers.ejected
 
 
+# --- routes kept per catalog ----------------------------------------------------------------
+
+
+def test_a_one_endpoint_tier_keeps_its_route_until_an_ejection_or_a_new_catalog() -> None:
+    mesh = Mesh(consecutive_failures=1, base_ejection=10.0, retries=0)
+    near = svc("near", A, REMOTE, timeout="2s")  # tiers: (A,) on this node, then (REMOTE,)
+    mesh.pipeline.catalog = Catalog([near], NODES, revision=2)
+    hub = mesh.targets[TargetKind.hub]
+    assert endpoints_chosen(mesh, "near", 2) == [A, A]
+    first, second = mesh.pods.opened
+    assert first.route is second.route, "decide's answer, kept: no Route per exchange"
+    assert first.route is not None and first.route.timeout == 2.0
+    # A fails and is ejected: the balancer chooses again (the next tier), not the kept route.
+    mesh.pods.answer = lambda call: call.respond(503)
+    mesh.send("near")
+    assert mesh.pipeline.outliers.ejected == 1
+    mesh.send("near")
+    assert len(mesh.pods.opened) == 3 and hub.opened[-1].endpoint == REMOTE
+    assert hub.opened[-1].route is not None and hub.opened[-1].route.timeout == 2.0
+    hub.opened[-1].respond()
+    # The penalty is over: A's probe (chosen by the balancer), then the kept route again.
+    mesh.clock.advance(10.1)
+    mesh.pods.answer = lambda call: call.respond()
+    mesh.send("near")
+    assert mesh.pods.opened[-1].endpoint == A and not mesh.pipeline.outliers.ejected
+    mesh.send("near")
+    assert mesh.pods.opened[-1].route is first.route
+    assert first.route.endpoint == A and first.route.peer is None  # never changed
+    # A new catalog: its own route (here, a new timeout and the other endpoint).
+    mesh.pipeline.catalog = Catalog([svc("near", B, timeout="3s")], NODES, revision=3)
+    mesh.send("near")
+    route = mesh.pods.opened[-1].route
+    assert route is not first.route and route is not None
+    assert route.endpoint == B and route.timeout == 3.0
+
+
+def test_several_endpoints_or_affinity_leave_the_choice_to_the_balancer() -> None:
+    mesh = Mesh()
+    assert set(endpoints_chosen(mesh, "web", 6)) == {A, B, C}
+    affine = Service("shop", "sticky", None, (HTTP,), {"http": (A,)}, {},
+                     session_affinity="ClientIP")
+    mesh.pipeline.catalog = Catalog([affine], NODES, revision=2)
+    endpoints_chosen(mesh, "sticky", 2)
+    first, second = mesh.pods.opened[-2:]
+    assert first.route is not second.route
+    assert len(mesh.pipeline.balancer._affinity) == 1, "the client is remembered"
+
+
+def test_hints_from_another_node_keep_a_route_per_ready_endpoint() -> None:
+    mesh = Mesh()
+    terminating = Endpoint("10.1.0.9", 8080, "edge-1", ready=False, serving=True,
+                           terminating=True)
+    mesh.pipeline.catalog = Catalog([svc("pair", A, B, terminating, timeout="2s")], NODES,
+                                    revision=2)
+
+    def from_peer(hint: tuple[str, int] | None) -> Route:
+        head = RequestHead(b"GET", b"/", b"", (), 0, "10.0.0.9", 1)
+        mesh.pipeline.dispatch_resolved(SourceKind.hub, head, RecordingResponder(),
+                                        "shop/pair", 80, hint)
+        route = mesh.pods.opened[-1].route
+        assert route is not None and route.timeout == 2.0 and head.hops == 2
+        return route
+
+    to_b = from_peer((B.host, B.port))
+    assert to_b.endpoint == B and from_peer((B.host, B.port)) is to_b
+    assert from_peer((A.host, A.port)).endpoint == A
+    # Not a ready one: decide still honours a hint that serves while terminating, and
+    # chooses among the ready ones for a hint it does not know.
+    assert from_peer((terminating.host, terminating.port)).endpoint == terminating
+    assert from_peer(("10.1.0.77", 8080)).endpoint in (A, B)
+    assert from_peer(None).endpoint in (A, B)
+
+
 # --- drain -----------------------------------------------------------------------------------
 
 
@@ -542,13 +615,10 @@ def test_a_draining_peer_is_chosen_no_more() -> None:
 
 class Paths:
     def __init__(self) -> None:
-        self.down: set[str] = set()
-
-    def direct(self, peer: str) -> bool:
-        return peer not in self.down
+        self.unreachable: set[str] = set()
 
     def paths(self) -> dict[str, str]:
-        return {peer: "relayed" for peer in self.down}
+        return {peer: "relayed" for peer in self.unreachable}
 
 
 def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
@@ -557,7 +627,7 @@ def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
     hub, tunnel = mesh.targets[TargetKind.hub], mesh.targets[TargetKind.tunnel]
 
     def dial_fails(call: Opened) -> None:
-        paths.down.add("edge-2")  # the dialer learns it as the dial fails
+        paths.unreachable.add("edge-2")  # the dialer learns it as the dial fails
         call.fail(Reason.peer_unavailable, "cannot reach edge-2", unsent=True)
 
     hub.answer = dial_fails
@@ -571,11 +641,14 @@ def test_relay_through_the_router_while_a_hub_cannot_be_dialled() -> None:
     assert len(hub.opened) == 1 and len(tunnel.opened) == 2
     assert mesh.pipeline.resilience_view()["peers"] == {"edge-2": "relayed"}
     assert mesh.pipeline.resilience_view()["relayed"] == {"edge-2": 2}
-    # Direct again once the dialer reaches it.
-    paths.down.clear()
+    # Direct again once the dialer reaches it (the route kept for the one endpoint was not
+    # changed by the relays).
+    paths.unreachable.clear()
     hub.answer = None
     mesh.send("remote")
     assert len(hub.opened) == 2 and len(tunnel.opened) == 2
+    assert hub.opened[-1].route is hub.opened[0].route
+    assert hub.opened[-1].route.peer == "edge-2" and hub.opened[-1].endpoint == REMOTE
     assert not mesh.pipeline.outliers.known, "a path failure is not the endpoint's"
 
 

@@ -182,7 +182,7 @@ class Catalog:
     """Every node and service the mesh knows at one revision.  Immutable: a change is a
     new Catalog (sources build them, routing swaps them in whole)."""
 
-    __slots__ = ("_by_ip", "_nodes", "_ready", "_resolved", "_revision", "_services")
+    __slots__ = ("_by_ip", "_nodes", "_ready", "_resolved", "_revision", "_services", "resolved")
 
     def __init__(
         self,
@@ -231,6 +231,9 @@ class Catalog:
         self._nodes: Mapping[str, Node] = MappingProxyType(by_name)
         self._by_ip: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Service] | None = by_ip
         self._resolved: dict[bytes, tuple[Service, ServicePort]] = {}
+        self.resolved: Mapping[bytes, tuple[Service, ServicePort]] = self._resolved
+        """``resolve``'s answers so far, by authority (bounded): a hot path looks here first
+        and calls ``resolve`` on a miss (one Python call less per exchange)."""
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -248,6 +251,7 @@ class Catalog:
         catalog._nodes = MappingProxyType(dict(nodes))
         catalog._by_ip = None
         catalog._resolved = {}
+        catalog.resolved = catalog._resolved
         return catalog
 
     @property

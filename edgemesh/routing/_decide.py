@@ -164,6 +164,19 @@ def decide(
     return _router_route(catalog, service, port, chosen, home)
 
 
+def hinted_routes(
+    catalog: Catalog, node: str, service: Service, port: ServicePort, timeout: float | None,
+) -> dict[EndpointKey, Route]:
+    """An edge's answers to other nodes that chose one of its ready endpoints of ``port``
+    (decide's first answer for a hint: the first ready endpoint it names), by that hint,
+    with ``timeout``: the same while the catalog is (the pipeline keeps them)."""
+    routes: dict[EndpointKey, Route] = {}
+    for endpoint in catalog.ready_endpoints(service, port, node):
+        routes.setdefault((endpoint.host, endpoint.port),
+                          Route(_TO_BUS, service, port, endpoint, None, timeout))
+    return routes
+
+
 _KINDS: dict[tuple[int, str, str], tuple[Service, tuple[Endpoint, ...]]] = {}
 _MAX_KINDS = 4096
 

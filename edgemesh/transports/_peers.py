@@ -193,9 +193,17 @@ class LinkTarget:
         self.kind = kind
         self.links = links
         self.dial = dial
+        self._last: tuple[Route | None, tuple[str, str, int, tuple[str, int] | None]] = (
+            None, ("", "", 0, None))
+        """The last route opened and its address: the pipeline hands the same Route to
+        every exchange of a one-endpoint service (its address is not computed again)."""
 
     def open(self, route: Route, head: RequestHead, responder: IResponder) -> IRequestBody:
-        peer, service, port, hint = link_address(route)
+        last, address = self._last
+        if last is not route:  # one Python call less per exchange (-1.2 k; callgrind, micro)
+            address = link_address(route)
+            self._last = (route, address)
+        peer, service, port, hint = address
         link = self.links.get(peer)
         if link is not None and not link.closed:
             # The ready link, as open_over_link would take it (no closures to make).
@@ -211,22 +219,29 @@ class LinkTarget:
 
 @implementer(IStreamClientEndpoint)
 class _WatchedEndpoint:
-    """Remembers whether the last connection attempt failed, so that requests for a
-    peer that is down fail at once instead of each waiting for the next retry."""
+    """Remembers whether the last connection attempt failed (``peer`` is then in
+    ``unreachable``), so that requests for a peer that is down fail at once instead of each
+    waiting for the next retry."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, peer: str,
+                 unreachable: set[str]) -> None:
         self.endpoint = endpoint
-        self.failing = False
+        self.peer = peer
+        self.unreachable = unreachable
         self.reached = False
+
+    @property
+    def failing(self) -> bool:
+        return self.peer in self.unreachable
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def succeeded(protocol: IProtocol) -> IProtocol:
-            self.failing = False
+            self.unreachable.discard(self.peer)
             self.reached = True
             return protocol
 
         def failed(reason: Failure) -> Failure:
-            self.failing = True
+            self.unreachable.add(self.peer)
             return reason
 
         return self.endpoint.connect(factory).addCallbacks(succeeded, failed)
@@ -249,6 +264,10 @@ class HubDialer:
         self.services: dict[str, ClientService] = {}
         self.endpoints: dict[str, _WatchedEndpoint] = {}
         self.backoffs: dict[str, ReconnectBackoff] = {}
+        self.unreachable: set[str] = set()
+        """The peers whose last dial of their hub failed (routing then relays through the
+        router) until ClientService's background retry succeeds: a set the pipeline reads
+        per exchange (not a method: one Python call less)."""
 
     def __call__(self, peer: str) -> Deferred[EnvelopeLink] | None:
         service = self.services.get(peer)
@@ -259,7 +278,7 @@ class HubDialer:
             reached = self.make_endpoint(peer)
             if reached is None:
                 return None
-            endpoint = self.endpoints[peer] = _WatchedEndpoint(reached)
+            endpoint = self.endpoints[peer] = _WatchedEndpoint(reached, peer, self.unreachable)
             # Refusals after the hello count as failed attempts (see _backoff.py).
             backoff = self.backoffs[peer] = ReconnectBackoff(
                 initial=0.2, maximum=10.0, clock=self.reactor)
@@ -281,12 +300,6 @@ class HubDialer:
         link.when_ready().addCallbacks(lambda _: backoff.link_up(), lambda _: None)
         return link
 
-    def direct(self, peer: str) -> bool:
-        """False while the last attempt to dial the peer's hub failed (routing then relays
-        through the router); True again once ClientService's background retry succeeds."""
-        endpoint = self.endpoints.get(peer)
-        return endpoint is None or not endpoint.failing
-
     def paths(self) -> dict[str, str]:
         """How each dialled peer is reached: direct, relayed (its hub cannot be dialled),
         or connecting (first dial in progress)."""
@@ -300,4 +313,5 @@ class HubDialer:
         services, self.services = self.services, {}
         self.endpoints = {}
         self.backoffs = {}
+        self.unreachable = set()  # the old endpoints' late failures mark nothing
         return gatherResults([s.stopService() for s in services.values()])
