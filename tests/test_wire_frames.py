@@ -900,6 +900,25 @@ def test_heads_decoded_once_take_each_frames_stream_and_flags() -> None:
     assert decoded[1] is decoded[0] and decoded[2] is decoded[0]  # remembered: one tuple
 
 
+def test_a_decoded_response_carries_its_head_made_once_per_distinct_head() -> None:
+    from edgemesh import ResponseHead
+
+    fields = ((b"Server", b"origin"), (b"X-Made", b"once"))
+    frames = [decode_payload(encode_response(sid, sid % 2 == 0, 203, b"Made", fields, 2,
+                                             b"hi")[4:], LIMITS) for sid in (11, 12, 400)]
+    heads = [frame.head for frame in frames if isinstance(frame, Response)]
+    assert heads[0] == ResponseHead(203, b"Made", fields, 2) and len(heads) == 3
+    assert heads[1] is heads[0] and heads[2] is heads[0]  # remembered with the fields
+    assert [frame.stream for frame in frames] == [11, 12, 400]  # the frame's own, not shared
+    other = decode_payload(encode_response(13, True, 404, b"Made", fields, 2, b"hi")[4:], LIMITS)
+    assert isinstance(other, Response) and other.head == ResponseHead(404, b"Made", fields, 2)
+    # A head packed by hand, decoded anew (not remembered): one too.
+    odd = decode_payload(msgpack.packb([3, 14, 1, 200, b"OK", [[b"A", b"b"]], None, b""]),
+                         LIMITS)
+    assert isinstance(odd, Response)
+    assert odd.head == ResponseHead(200, b"OK", ((b"A", b"b"),), None)
+
+
 def test_heads_decoded_once_still_meet_each_links_limits_and_checks() -> None:
     from edgemesh.wire import _frames
 
