@@ -977,6 +977,49 @@ def test_remembered_response_heads_are_exact_and_bounded() -> None:
     assert all(len(v) <= _front._HEAD_MADE_LENGTH for v in _front._heads_made.values())
 
 
+def test_a_repeated_request_gets_its_connections_head_again_as_new() -> None:
+    # A connection that repeats a remembered request gets the head of its last one again
+    # (session 12): only once that exchange is over, with the hop count as parsed (routing
+    # counts its hops on the head), never another connection's, never a pipelined one's.
+    target = ScriptedTarget()
+    conn = Conn(target)
+    request = get(extra=b"X-Edgemesh-Hops: 2\r\n")
+    for i in range(4):
+        conn.send(request)
+        head = target.opened[i].head
+        assert (head.method, head.path, head.authority, head.content_length, head.hops) == (
+            b"GET", b"/", b"web", 0, 2)
+        head.hops += 1  # as routing does
+        target.opened[i].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    heads = [call.head for call in target.opened]
+    assert heads[3] is heads[2]  # remembered from the first read, repeated since
+    assert len(conn.responses()) == 4
+    # Another connection, same bytes: its own head (its client).
+    other = Conn(target)
+    other.send(request)
+    assert target.opened[4].head is not heads[3]
+    target.opened[4].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    # Pipelined (two reads): the second waits behind the first, which still holds its head.
+    conn.send(request)
+    conn.send(request)
+    assert len(target.opened) == 6
+    first = target.opened[5].head
+    assert first is heads[3]
+    first.hops += 1
+    target.opened[5].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    second = target.opened[6].head
+    assert second is not first and second.hops == 2 and first.hops == 3
+    target.opened[6].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    # A different request in between: a head of its own, then the last one's again.
+    conn.send(get(b"/other"))
+    target.opened[7].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    assert target.opened[7].head.path == b"/other"
+    conn.send(request)
+    assert target.opened[8].head is second and second.hops == 2
+    target.opened[8].responder.complete(ResponseHead(200, b"OK", (), 0), b"")
+    assert [r.status for r in conn.responses()] == [200] * 8
+
+
 def test_response_fields_in_a_list_are_still_answered() -> None:
     # A target that hands its fields as a list (not the Headers tuple) is not remembered,
     # but is answered as before rather than raising.
