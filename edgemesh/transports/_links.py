@@ -617,8 +617,11 @@ class EnvelopeLink(Protocol):
         port: int,
         endpoint: tuple[str, int] | None,
         responder: IResponder,
+        hops: int | None = None,
     ) -> IRequestBody:
-        """Send a request to the peer.  A request without a body goes as one frame."""
+        """Send a request to the peer.  A request without a body goes as one frame.
+        ``hops``: the hop count sent (a LinkTarget's is ``head.hops + 1``: its pipeline
+        counted); None sends ``head.hops``."""
         conn = self.connection
         if conn.exhausted or self.closed:
             # Out of stream ids (after 2**30 exchanges): finish what is in flight, then
@@ -638,7 +641,7 @@ class EnvelopeLink(Protocol):
             encode_request(
                 sid, no_body, head.method, head.path, head.authority, head.headers,
                 head.content_length, head.client, service, port, endpoint, b"",
-                head.hops if conn.peer_hops else None,
+                (head.hops if hops is None else hops) if conn.peer_hops else None,
             )
         )
         if no_body:
