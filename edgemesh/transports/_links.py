@@ -617,11 +617,9 @@ class EnvelopeLink(Protocol):
         port: int,
         endpoint: tuple[str, int] | None,
         responder: IResponder,
-        hops: int | None = None,
+        hops: int | None = None,  # the count sent (LinkTarget's: head.hops + 1); None: head.hops
     ) -> IRequestBody:
-        """Send a request to the peer.  A request without a body goes as one frame.
-        ``hops``: the hop count sent (a LinkTarget's is ``head.hops + 1``: its pipeline
-        counted); None sends ``head.hops``."""
+        """Send a request to the peer.  A request without a body goes as one frame."""
         conn = self.connection
         if conn.exhausted or self.closed:
             # Out of stream ids (after 2**30 exchanges): finish what is in flight, then
