@@ -47,7 +47,8 @@ may lead back into the mesh): read and removed by the HTTP front, never sent to 
 @dataclass(slots=True)
 class RequestHead:
     """An HTTP request's head as the mesh carries it: end-to-end fields only, body length known or
-    not."""
+    not.  Nothing in the mesh writes one after it is made (routing included): a link decoder
+    and the HTTP front hand the same head to the exchanges that repeat it."""
 
     method: bytes
     path: bytes
@@ -60,8 +61,10 @@ class RequestHead:
     client: str = ""
     """The original client's IP address (for logs and source-ip affinity)."""
     hops: int = 0
-    """Pipelines this exchange went through before this node (a loop guard): carried in
-    the envelope between nodes and as ``X-Edgemesh-Hops`` to a cluster IP; never to pods."""
+    """Pipelines this exchange went through before this node (a loop guard), as received:
+    carried in the envelope between nodes and as ``X-Edgemesh-Hops`` to a cluster IP; never
+    to pods.  This node's pipeline checks it and never writes it: a target that forwards
+    sends ``hops + 1`` (see ITarget)."""
 
 
 @dataclass(slots=True)
@@ -330,7 +333,10 @@ class ITarget(Interface):
     def open(route: Any, head: RequestHead, responder: IResponder) -> IRequestBody:
         """Start an exchange along ``route`` (an ``edgemesh.routing.Route``: the contract
         names no catalog type, so that it stays the lowest layer).  Never raises for network
-        reasons: failures reach ``responder.fail`` (possibly before this returns)."""
+        reasons: failures reach ``responder.fail`` (possibly before this returns).
+        ``head`` may be shared with other exchanges: never write it.  A target whose
+        exchange may come back into a mesh pipeline (a link, a cluster IP) sends the hop
+        count ``head.hops + 1`` (this node's pass; ``head.hops`` is what was received)."""
 
 
 class ISource(Interface):

@@ -555,7 +555,7 @@ def test_hints_from_another_node_keep_a_route_per_ready_endpoint() -> None:
         mesh.pipeline.dispatch_resolved(SourceKind.hub, head, RecordingResponder(),
                                         "shop/pair", 80, hint)
         route = mesh.pods.opened[-1].route
-        assert route is not None and route.timeout == 2.0 and head.hops == 2
+        assert route is not None and route.timeout == 2.0 and head.hops == 1
         return route
 
     to_b = from_peer((B.host, B.port))

@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 from test_capture_transparent import connect as transparent
 from test_links import Pair
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, Logger
+from zope.interface import implementer
 
 from edgemesh.catalog._catalog import Catalog
 from edgemesh.catalog._model import Endpoint, Node, Service, ServicePort
@@ -32,11 +35,14 @@ from edgemesh.routing import (
     OwnListeners,
     Pipeline,
     Resilience,
+    Route,
     check_hops,
     own_endpoints,
 )
 from edgemesh.testing import RecordingResponder, ScriptedTarget
 from edgemesh.transports._front import HTTPFrontFactory
+from edgemesh.transports._peers import LinkTarget
+from edgemesh.transports._upstream import HTTPUpstreamTarget
 from edgemesh.wire import FrameDecoder, Limits, ProtocolError, Request, encode_hello, encode_request
 from edgemesh.wire._connection import Connection
 
@@ -226,9 +232,11 @@ def test_every_pass_adds_a_hop_and_the_bound_answers_508() -> None:
     first = head()
     pipeline.dispatch(SourceKind.service_bus, first, responder())
     [sent] = [call.head for call in targets[TargetKind.service_bus].opened]
-    assert sent.hops == first.hops == 1
+    # The head keeps the count it came with (nothing writes it); the pass is counted by the
+    # target that forwards (hops + 1: test_forwarding_targets_send_the_count_plus_one).
+    assert sent is first and sent.hops == 0
     pipeline.dispatch_resolved(SourceKind.hub, head(hops=2), responder(), "shop/web", 80, None)
-    assert targets[TargetKind.service_bus].opened[-1].head.hops == 3
+    assert targets[TargetKind.service_bus].opened[-1].head.hops == 2
     for source, call in [
         (SourceKind.service_bus,
          lambda: pipeline.dispatch(SourceKind.service_bus, head(hops=3), responder())),
@@ -390,6 +398,48 @@ def test_links_send_the_hop_count_and_deliver_it() -> None:
     sent = pair.client_transport.value()[raw:]
     assert decode(sent).hops == 0
     assert sent[4] == 0x9E  # a 14-element array, as older decoders require
+
+
+def test_a_routed_head_is_never_written_and_forwarding_targets_send_one_more() -> None:
+    """The pipeline checks the count it received and leaves the head as it came (so that a
+    decoder or a front may share one head across exchanges); the two targets that forward
+    (a link: the frame's hops; a cluster IP: the header) send ``hops + 1``."""
+    web = service("web", REAL, cluster_ip="10.96.0.10")
+    pipeline, targets, _, _ = make_pipeline(Role.edge, "edge-1", catalog(web), max_hops=8)
+    sent = head(hops=4)
+    before = RequestHead(*(getattr(sent, name) for name in RequestHead.__slots__))
+    for _ in range(2):  # the same head again, as a front or a decoder hands it
+        pipeline.dispatch_resolved(SourceKind.hub, sent, responder(), "shop/web", 80, None)
+    routed = [call.head for call in targets[TargetKind.service_bus].opened]
+    assert routed == [sent, sent] and all(h is sent for h in routed) and sent == before
+    # Over a link: the peer gets 5, and its decoded frame's head says 5; ours still says 4.
+    pair = Pair()
+    link_route = Route(TargetKind.hub, web, HTTP, None, "edge-2")
+    LinkTarget(TargetKind.hub, {"edge-2": pair.client}).open(link_route, sent, responder())
+    pair.pump()
+    request = pair.inbound().request
+    assert request.hops == 5 and request.head is not None and request.head.hops == 5
+    assert sent == before
+    # To a cluster IP: the header says 5.
+    connected: list[Any] = []
+
+    @implementer(IStreamClientEndpoint)
+    class _Dialled:
+        def connect(self, factory: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            connected.append((d, factory))
+            return d
+
+    upstream = HTTPUpstreamTarget(MemoryReactorClock(), TargetKind.cluster_ip,
+                                  endpoint_factory=lambda host, port: _Dialled())
+    upstream.open(Route(TargetKind.cluster_ip, web, HTTP, None, None), sent, responder())
+    [(d, factory)] = connected
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    d.callback(protocol)
+    assert b"\r\nX-Edgemesh-Hops: 5\r\n" in transport.value()
+    assert sent == before and sent.headers == ()
 
 
 # --- the roles ---------------------------------------------------------------------------------

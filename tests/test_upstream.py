@@ -254,8 +254,9 @@ def test_endpoint_factory_is_used_and_tcp_no_delay_is_set() -> None:
     protocol.makeConnection(transport)
     d.callback(protocol)
     assert transport.no_delay
-    # To a cluster IP the hop count goes along (a loop guard: it may lead into the mesh).
-    assert transport.value() == GET_BYTES[:-2] + b"X-Edgemesh-Hops: 0\r\n\r\n"
+    # To a cluster IP the hop count goes along (a loop guard: it may lead into the mesh),
+    # counting this node's pipeline: the head's received 0, plus 1.
+    assert transport.value() == GET_BYTES[:-2] + b"X-Edgemesh-Hops: 1\r\n\r\n"
     protocol.dataReceived(OK_HELLO)
     assert responder.ended and responder.body == b"hello"
 

@@ -919,6 +919,33 @@ def test_a_decoded_response_carries_its_head_made_once_per_distinct_head() -> No
     assert odd.head == ResponseHead(200, b"OK", ((b"A", b"b"),), None)
 
 
+def test_a_decoded_request_carries_its_head_made_once_per_distinct_head() -> None:
+    from edgemesh import RequestHead
+
+    fields = ((b"Host", b"web"), (b"X-Made", b"once"))
+
+    def request(sid: int, client: str = "10.0.0.9", hops: int | None = 3) -> Frame:
+        return decode_payload(encode_request(sid, sid % 2 == 0, b"GET", b"/r", b"web", fields, 0,
+                                             client, "shop/web", 80, None, b"", hops)[4:], LIMITS)
+
+    frames = [request(sid) for sid in (21, 22, 500)]
+    heads = [frame.head for frame in frames if isinstance(frame, Request)]
+    assert heads[0] == RequestHead(b"GET", b"/r", b"web", fields, 0, "10.0.0.9", 3)
+    assert len(heads) == 3 and heads[1] is heads[0] and heads[2] is heads[0]
+    assert [frame.stream for frame in frames] == [21, 22, 500]  # the frame's own, not shared
+    # The client and the hop count are the head's: another of either, another head.
+    for other, want in ((request(23, client="10.0.0.8"), ("10.0.0.8", 3)),
+                        (request(24, hops=4), ("10.0.0.9", 4)),
+                        (request(25, hops=None), ("10.0.0.9", 0))):
+        assert isinstance(other, Request) and other.head is not None
+        assert other.head is not heads[0] and (other.head.client, other.head.hops) == want
+    # A request packed by hand, checked field by field (a list of fields): one too.
+    odd = decode_payload(msgpack.packb([1, 14, 1, b"GET", b"/", b"web", [[b"A", b"b"]], None,
+                                        "", "shop/web", 80, None, None, b"", 2]), LIMITS)
+    assert isinstance(odd, Request)
+    assert odd.head == RequestHead(b"GET", b"/", b"web", ((b"A", b"b"),), None, "", 2)
+
+
 def test_heads_decoded_once_still_meet_each_links_limits_and_checks() -> None:
     from edgemesh.wire import _frames
 

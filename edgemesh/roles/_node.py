@@ -288,6 +288,9 @@ class RotatingEndpoint:
 
 
 def _request_head(request: Request) -> RequestHead:
+    """A Request frame's head: the one its decoder made (``request.head``, shared by the frames
+    that repeat it: p2 edge-2, an init and a call less per exchange), else one of its fields
+    (a frame built by hand): callers write ``request.head or _request_head(request)``."""
     return RequestHead(
         request.method, request.path, request.authority, request.headers,
         request.content_length, request.client, request.hops,
@@ -464,7 +467,7 @@ class _EdgeLinks:
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.edge.pipeline.dispatch_resolved(
-            self.source, _request_head(request), responder, request.service,
+            self.source, request.head or _request_head(request), responder, request.service,
             request.port, request.endpoint
         )
 

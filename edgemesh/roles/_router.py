@@ -261,7 +261,7 @@ class RouterNode(MeshNode):
 
     def inbound(self, link: EnvelopeLink, request: Request, responder: IResponder) -> IRequestBody:
         return self.pipeline.dispatch_resolved(
-            SourceKind.tunnel, _request_head(request), responder, request.service,
+            SourceKind.tunnel, request.head or _request_head(request), responder, request.service,
             request.port, request.endpoint
         )
 
@@ -353,7 +353,7 @@ class RouterNode(MeshNode):
                        responder: IResponder) -> IRequestBody:
         self.forwarded_in += 1
         return self.pipeline.dispatch_resolved(
-            SourceKind.router_link, _request_head(request), responder,
+            SourceKind.router_link, request.head or _request_head(request), responder,
             request.service, request.port, request.endpoint,
         )
 

@@ -5,8 +5,9 @@ A Service whose endpoint is a mesh listener (an edge's proxy, the router's HTTP 
 sends every request back into the mesh.  Two guards, both plain Python:
 
 - ``check_hops``: every exchange carries a hop count (``RequestHead.hops``: in the envelope
-  between nodes, as ``X-Edgemesh-Hops`` to a cluster IP); each pipeline it passes adds one,
-  and past the bound it is answered ``508 loop``.
+  between nodes, as ``X-Edgemesh-Hops`` to a cluster IP); each pipeline it passes adds one
+  (the target that forwards it sends ``hops + 1``; the head keeps what was received), and
+  past the bound it is answered ``508 loop``.
 - ``own_endpoints``: when a catalog is applied, the endpoints whose address is one of this
   node's listening sockets are refused (never chosen), so the commonest loop, a pod address
   that is the node itself, costs nothing at all.

@@ -460,11 +460,11 @@ class Pipeline:
         port: ServicePort,
         hint: tuple[str, int] | None,
     ) -> IRequestBody:
-        # Every pipeline an exchange passes counts; past the bound it is a loop.
-        hops = head.hops
-        if hops >= self._max_hops:
-            check_hops(hops, self._max_hops, self.node, service.key)  # raises: 508 loop
-        head.hops = hops + 1
+        # Every pipeline an exchange passes counts; past the bound it is a loop.  The head
+        # keeps the count it came with: a target that forwards sends ``hops + 1`` (nothing
+        # writes a RequestHead, so its decoder or HTTP front may share one across exchanges).
+        if head.hops >= self._max_hops:
+            check_hops(head.hops, self._max_hops, self.node, service.key)  # raises: 508 loop
         cached = self._states_by_id.get(id(service))
         if cached is None or cached[0] is not service:
             cached = self._service_state(service)

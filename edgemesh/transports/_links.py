@@ -617,6 +617,7 @@ class EnvelopeLink(Protocol):
         port: int,
         endpoint: tuple[str, int] | None,
         responder: IResponder,
+        hops: int | None = None,  # the count sent (LinkTarget's: head.hops + 1); None: head.hops
     ) -> IRequestBody:
         """Send a request to the peer.  A request without a body goes as one frame."""
         conn = self.connection
@@ -638,7 +639,7 @@ class EnvelopeLink(Protocol):
             encode_request(
                 sid, no_body, head.method, head.path, head.authority, head.headers,
                 head.content_length, head.client, service, port, endpoint, b"",
-                head.hops if conn.peer_hops else None,
+                (head.hops if hops is None else hops) if conn.peer_hops else None,
             )
         )
         if no_body:

@@ -204,13 +204,14 @@ class LinkTarget:
             address = link_address(route)
             self._last = (route, address)
         peer, service, port, hint = address
+        hops = head.hops + 1  # this node's pipeline counted (it never writes the head)
         link = self.links.get(peer)
         if link is not None and not link.closed:
             # The ready link, as open_over_link would take it (no closures to make).
-            return link.open(head, service, port, hint, responder)
+            return link.open(head, service, port, hint, responder, hops)
         opened: IRequestBody | None = open_over_link(
             self.links, self.dial, peer,
-            lambda link: link.open(head, service, port, hint, responder),
+            lambda link: link.open(head, service, port, hint, responder, hops),
             lambda: _WaitingBody(responder), responder.fail)
         if opened is None:
             raise MeshError(Reason.peer_unavailable, f"no link to {peer}", unsent=True)

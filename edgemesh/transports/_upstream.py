@@ -121,10 +121,10 @@ class HTTPUpstreamTarget:
             host, port = route.service.cluster_ip or "", route.port.port
         if self.kind is _TO_CLUSTER_IP:
             # The cluster's proxy may lead back into the mesh (a loop): carry the hop
-            # count (a pod on an edge never gets it).
+            # count, this node's pipeline counted (a pod on an edge never gets it).
             head = RequestHead(
                 head.method, head.path, head.authority,
-                (*head.headers, (HOPS_HEADER, b"%d" % head.hops)),
+                (*head.headers, (HOPS_HEADER, b"%d" % (head.hops + 1))),
                 head.content_length, head.client, head.hops,
             )
         exchange = _UpstreamExchange(self, host, port, head, responder)

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from ..exchange import Headers, ResponseHead
+from ..exchange import Headers, RequestHead, ResponseHead
 
 PROTOCOL_VERSION = 1
 ROUTER_ROLE = "router"
@@ -134,6 +134,12 @@ class Request:
     hops: int = 0
     """Mesh pipelines the exchange passed (an optional last field: a peer that does not
     send it means 0)."""
+    head: RequestHead | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The head as the mesh carries it (method, path, authority, fields, length, client,
+    hops), made by the decoder once per distinct head (the decoded-heads key covers every
+    field past the stream id and flags, client and hops included) and shared by the frames
+    that repeat it (nothing writes a RequestHead): p2 edge-2, a dataclass init and a call
+    less per exchange; None in a frame built by hand."""
 
 
 @dataclass(slots=True)
@@ -690,7 +696,7 @@ def _decode_head(payload: bytes, limits: Limits) -> Frame:
             assert type(frame) is Request
             fields = (frame.method, frame.path, frame.authority, frame.headers,
                       frame.content_length, frame.client, frame.service, frame.port,
-                      frame.endpoint, frame.body, frame.hops)
+                      frame.endpoint, frame.body, frame.hops, frame.head)
         if len(_heads_decoded) >= _HEADS_DECODED_BOUND:
             _heads_decoded.clear()
         _heads_decoded[key] = (limits, form, fields)
@@ -808,10 +814,11 @@ def _request(f: tuple[object, ...], limits: Limits) -> Frame:
             and _REQUEST_TARGET.match(authority) is not None
             and type(hops) is int and 0 <= hops <= MAX_HOPS
         ):
-            return Request(stream, bool(flags & FLAG_END), method, path, authority,
-                           _headers(headers, limits), length, client, service, port,
+            fields = _headers(headers, limits)
+            return Request(stream, bool(flags & FLAG_END), method, path, authority, fields,
+                           length, client, service, port,
                            None if host is None else (host, ep_port), body,  # type: ignore[arg-type]
-                           hops)
+                           hops, RequestHead(method, path, authority, fields, length, client, hops))
     return _request_checked(f, limits)
 
 
@@ -824,21 +831,22 @@ def _request_checked(f: tuple[object, ...], limits: Limits) -> Frame:
         endpoint = (
             _str(host, "request: endpoint host", 253),
             _int(ep_port, "request: endpoint port", 1, 65535))
-    return Request(
-        stream=_int(f[1], "request: stream", 1),
-        end=bool(_int(f[2], "request: flags", 0, 255) & FLAG_END),
-        method=_bytes(f[3], "request: method", _TOKEN),
-        path=_bytes(f[4], "request: path", _REQUEST_TARGET),
-        authority=_bytes(f[5], "request: authority", _REQUEST_TARGET),
-        headers=_headers(f[6], limits),
-        content_length=_optional_length(f[7], "request: content length"),
-        client=_str(f[8], "request: client", 64),
-        service=_str(f[9], "request: service", 512),
-        port=_int(f[10], "request: port", 1, 65535),
-        endpoint=endpoint,
-        body=_bytes(f[13], "request: body"),
-        hops=_int(f[14], "request: hops", 0, MAX_HOPS) if len(f) == 15 else 0,
-    )
+    # Checked in the frame's order (the first bad field is the one named).
+    stream = _int(f[1], "request: stream", 1)
+    end = bool(_int(f[2], "request: flags", 0, 255) & FLAG_END)
+    method = _bytes(f[3], "request: method", _TOKEN)
+    path = _bytes(f[4], "request: path", _REQUEST_TARGET)
+    authority = _bytes(f[5], "request: authority", _REQUEST_TARGET)
+    headers = _headers(f[6], limits)
+    length = _optional_length(f[7], "request: content length")
+    client = _str(f[8], "request: client", 64)
+    service = _str(f[9], "request: service", 512)
+    port = _int(f[10], "request: port", 1, 65535)
+    body = _bytes(f[13], "request: body")
+    hops = _int(f[14], "request: hops", 0, MAX_HOPS) if len(f) == 15 else 0
+    return Request(stream, end, method, path, authority, headers, length, client, service, port,
+                   endpoint, body, hops,
+                   RequestHead(method, path, authority, headers, length, client, hops))
 
 
 def _data(f: tuple[object, ...], limits: Limits) -> Frame:
