@@ -40,8 +40,9 @@ DEFAULTS = {
     "THREADS": "1",  # wrk -t
     "WARMUP": "3s",  # unmeasured wrk run before the reps of each (target, body)
     "WRK_TIMEOUT": "10s",  # wrk --timeout (its default 2 s would count slow /big replies as errors)
-    "TARGETS": ("direct nginx p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls"
-                " p3-edge-cloud-tls p4-cloud-edge-tls"),
+    "TARGETS": ("direct nginx relay-nginx relay-copy relay-splice p1-local p2-edge-edge"
+                " p3-edge-cloud p4-cloud-edge p2-edge-edge-tls p3-edge-cloud-tls"
+                " p4-cloud-edge-tls"),
     "PATHS": "/small /big",  # in this order: the memory check compares after-/small with after-/big
     "LOADGEN_CPU": "0",  # wrk and the origin nginx
     "MESH_CPU": "1",  # every mesh process and the nginx proxy
@@ -135,6 +136,7 @@ class Target:
     host: str | None = None  # Host header naming the mesh service
     hops: tuple[str, ...] = ()  # mesh processes on the path (their count is the hop count)
     tls: bool = False  # links between nodes over mutual TLS (else plaintext, --insecure)
+    relay: str = ""  # two bench/relay.py in a chain, this --mode: the 4 MiB row's floor only
 
     @property
     def mesh(self) -> bool:
@@ -144,6 +146,14 @@ class Target:
 TARGETS = {t.name: t for t in (
     Target("direct", "wrk → origin", "origin"),
     Target("nginx", "wrk → nginx → origin", "nginx"),
+    # The 4 MiB row's floors: two relays in a chain on the mesh's CPU, where edge-1 and edge-2 sit
+    # (ports of the edges' proxies: no mesh runs meanwhile); no wrk runs, transfers only.
+    Target("relay-copy", "curl → relay → relay → origin (bench/relay.py --mode copy)",
+           "edge-1-proxy", relay="copy"),
+    Target("relay-splice", "curl → relay → relay → origin (bench/relay.py --mode splice)",
+           "edge-1-proxy", relay="splice"),
+    Target("relay-nginx", "curl → nginx → nginx → origin (the nginx hop, twice)",
+           "edge-1-proxy", relay="nginx"),
     Target("p1-local", "1: wrk → edge-1 → origin (pod on edge-1)", "edge-1-proxy",
            "svc-local", ("edge-1",)),
     Target("p2-edge-edge", "2: wrk → edge-1 → edge-2 hub → origin", "edge-1-proxy",
@@ -187,6 +197,10 @@ class Run:
     anon_end_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon after the runs
     huge_s: list[float] = field(default_factory=list)  # one-off 4 MiB transfers: wall s
     huge_direct_s: list[float] = field(default_factory=list)  # direct ones between them
+    # The same with the path's first process on curl's CPU and the origin on the mesh's ("two
+    # nodes": a client's node and the pod's; see transfers()).
+    huge_nodes_s: list[float] = field(default_factory=list)
+    huge_nodes_direct_s: list[float] = field(default_factory=list)
     rate_reps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # body → hey runs
     gc: dict[str, dict[str, Any]] = field(default_factory=dict)  # GC_PROBE: proc → pauses
     python: str = ""  # the mesh's interpreter
@@ -376,14 +390,36 @@ def start_origin(tmp: str) -> Proc:
     return proc
 
 
-def start_nginx_proxy(tmp: str) -> list[Proc]:
-    conf = render("proxy-nginx.conf", os.path.join(tmp, "proxy.conf"), TMP=tmp,
-                  PORT=PORTS["nginx"], ORIGIN_PORT=PORTS["origin"],
+def start_nginx_proxy(tmp: str, port: int | None = None, upstream: int | None = None,
+                      name: str = "nginx-proxy") -> list[Proc]:
+    """The anchor's nginx hop on the mesh's CPU (by default nginx's port → the origin)."""
+    home = tmp if name == "nginx-proxy" else os.path.join(tmp, name)  # its own pid file
+    os.makedirs(home, exist_ok=True)
+    port = PORTS["nginx"] if port is None else port
+    conf = render("proxy-nginx.conf", os.path.join(home, "proxy.conf"), TMP=home, PORT=port,
+                  ORIGIN_PORT=PORTS["origin"] if upstream is None else upstream,
                   BUFFERING=CFG["NGINX_BUFFERING"])
-    proc = spawn("nginx-proxy", ["nginx", "-p", tmp, "-e", os.path.join(tmp, "proxy.err"),
-                                 "-c", conf], CFG["MESH_CPU"], tmp)
-    wait_port(PORTS["nginx"], proc)
+    proc = spawn(name, ["nginx", "-p", home, "-e", os.path.join(home, "proxy.err"),
+                        "-c", conf], CFG["MESH_CPU"], tmp)
+    wait_port(port, proc)
     return [proc]
+
+
+def start_relays(tmp: str, mode: str) -> list[Proc]:
+    """Two relays in a chain on the mesh's CPU: edge-1's proxy port → edge-2's → origin;
+    ``nginx``: two of the anchor's nginx hops, else two bench/relay.py of that --mode."""
+    first, second = PORTS["edge-1-proxy"], PORTS["edge-2-proxy"]
+    if mode == "nginx":
+        return [*start_nginx_proxy(tmp, first, second, "relay-nginx-1"),
+                *start_nginx_proxy(tmp, second, None, "relay-nginx-2")]
+    relay = os.path.join(HERE, "relay.py")
+    procs = [spawn(f"relay-{mode}-2", [CFG["PYTHON"], relay, "--mode", mode, str(second),
+                                       str(PORTS["origin"])], CFG["MESH_CPU"], tmp)]
+    wait_port(second, procs[0])
+    procs.insert(0, spawn(f"relay-{mode}-1", [CFG["PYTHON"], relay, "--mode", mode, str(first),
+                                              str(second)], CFG["MESH_CPU"], tmp))
+    wait_port(first, procs[0])
+    return procs
 
 
 def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
@@ -603,13 +639,35 @@ def transfer(port: int, host: str | None) -> float:
     return float(fields[2])
 
 
-def transfers(target: Target, run: Run) -> None:
+def repin(pids: list[int], cpu: str) -> None:
+    """Move running processes (every thread) to another CPU."""
+    for pid in pids:
+        subprocess.run(["taskset", "-apc", cpu, str(pid)], check=True, capture_output=True)
+
+
+def transfers(target: Target, run: Run, origin: list[int], first: list[int]) -> None:
     """TRANSFERS one-off 4 MiB transfers through the target, each followed by one direct to
-    the origin: the ratio of the medians compares moments of the same load."""
-    for _ in range(int(CFG["TRANSFERS"])):
-        wait_quiet()
-        run.huge_s.append(transfer(PORTS[target.port], target.host))
-        run.huge_direct_s.append(transfer(PORTS["origin"], None))
+    the origin: the ratio of the medians compares moments of the same load.  Then as many
+    again placed as two nodes would be: ``first`` (the processes curl connects to) on curl's
+    CPU, the origin (and the rest of the path) on the mesh's.  The bench's placement puts
+    every process of a path on one CPU, so a two-process path's hops run one after the other;
+    on two nodes edge-1 runs beside the client and edge-2 beside the pod."""
+    placements = [(run.huge_s, run.huge_direct_s, False)]
+    if first:
+        placements.append((run.huge_nodes_s, run.huge_nodes_direct_s, True))
+    for mine, direct, nodes in placements:
+        if nodes:
+            repin(first, CFG["LOADGEN_CPU"])
+            repin(origin, CFG["MESH_CPU"])
+        try:
+            for _ in range(int(CFG["TRANSFERS"])):
+                wait_quiet()
+                mine.append(transfer(PORTS[target.port], target.host))
+                direct.append(transfer(PORTS["origin"], None))
+        finally:
+            if nodes:
+                repin(first, CFG["MESH_CPU"])
+                repin(origin, CFG["LOADGEN_CPU"])
 
 
 def realtime(pids: list[int], on: bool) -> None:
@@ -833,6 +891,10 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
     mesh: dict[str, Proc] = {}
     proxies: list[Proc] = []
     try:
+        if target.relay:
+            proxies = start_relays(tmp, target.relay)
+            transfers(target, run, tree(origin.pid), tree(proxies[0].pid))
+            return run
         if target.mesh:
             # A first mesh only checks the bodies; a fresh one is measured, so that its VmHWM
             # after the /small runs has seen no 1 MiB body yet.
@@ -887,7 +949,9 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
             if CFG["PYSPY"] == "1" and target.mesh:
                 pyspy(target, path, mesh)
         run.anon_end_kib = {n: status_kib(p, "RssAnon") for n, p in rss_pids.items()}
-        transfers(target, run)
+        two_processes = len(target.hops) == 2  # the placement as two nodes: see transfers()
+        transfers(target, run, tree(origin.pid),
+                  tree(mesh[target.hops[0]].pid) if two_processes else [])
         if CFG["GC_PROBE"] == "1" and mesh:
             run.gc = gc_during_runs(run, mesh, tmp)
         for name, proc in mesh.items():
@@ -940,6 +1004,16 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("cpu_pct_by_proc", "cpu_us_per_req_by_proc"):
         agg[key] = {n: med([r[key][n] for r in reps]) for n in reps[0][key]}
     return agg
+
+
+HUGE_NOTE = (
+    "Each transfer alternates with one direct to the origin; medians.  The bench's placement: "
+    "curl and the origin on CPU {loadgen}, every process of the path on CPU {mesh}, so a "
+    "two-process path's processes take turns on one CPU.  As two nodes: the path's first "
+    "process moved to curl's CPU and the origin to the mesh's (a client's node and a pod's), "
+    "for paths of two processes.  relay-*: two processes in a chain and nothing else (nginx's "
+    "hop twice; bench/relay.py copying through one buffer; the same with os.splice, bytes never "
+    "in the process), what any two-process path costs at least in this placement.")
 
 
 def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]:
@@ -1116,18 +1190,35 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                                f"— target ≤ {TARGET_TLS_X_PLAIN}×: "
                                + ("**met**" if c / plain <= TARGET_TLS_X_PLAIN else "**NOT met**"))
     huge = [("| target | python | 4 MiB wall ms (median) | direct ms (median, same moments) | "
-            "÷direct | transfers |"), "|---|---|---:|---:|---:|---:|"]
+             "÷direct | as two nodes: wall ms | direct ms | ÷direct | transfers |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def ratio(mine: list[float], direct: list[float]) -> float | None:
+        return statistics.median(mine) / statistics.median(direct) if mine else None
+
+    floors = {name: (ratio(run.huge_s, run.huge_direct_s),
+                     ratio(run.huge_nodes_s, run.huge_nodes_direct_s))
+              for name, run in runs.items() if target_of(name).relay and run.huge_s}
+    floor_text = "; ".join(f"{name} {fmt(x, '.2f')}× ({fmt(y, '.2f')}× as two nodes)"
+                           for name, (x, y) in floors.items())
     for tname, run in runs.items():
         if not run.huge_s:
             continue
         mine, direct = statistics.median(run.huge_s), statistics.median(run.huge_direct_s)
+        nodes = run.huge_nodes_s and statistics.median(run.huge_nodes_s)
+        nodes_direct = run.huge_nodes_s and statistics.median(run.huge_nodes_direct_s)
         huge.append(f"| {tname} | {run.python or '-'} | {mine * 1e3:.1f} | {direct * 1e3:.1f} | "
-                    f"{mine / direct:.2f} | {len(run.huge_s)} |")
+                    f"{mine / direct:.2f} | "
+                    + (f"{nodes * 1e3:.1f} | {nodes_direct * 1e3:.1f} | {nodes / nodes_direct:.2f}"
+                       if nodes and nodes_direct else "- | - | -")
+                    + f" | {len(run.huge_s)} |")
         if tname.startswith("p2-edge-edge"):
             verdict.append(
                 f"- {tname}: one 4 MiB transfer {mine * 1e3:.1f} ms = {mine / direct:.2f}× direct "
                 f"— target ≤ {TARGET_HUGE_X_DIRECT}×: "
-                + ("**met**" if mine / direct <= TARGET_HUGE_X_DIRECT else "**NOT met**"))
+                + ("**met**" if mine / direct <= TARGET_HUGE_X_DIRECT else "**NOT met**")
+                + (f"; as two nodes {nodes / nodes_direct:.2f}×" if nodes and nodes_direct else "")
+                + (f" (two processes in a chain, this run: {floor_text})" if floors else ""))
     if rss_growth:
         worst = max(rss_growth, key=lambda g: g[2])
         ok = all(g[3] for g in rss_growth)
@@ -1180,7 +1271,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                            "gc.callbacks, wall time of each)\n\n" + "\n".join(gc_rows)]
                           if len(gc_rows) > 2 else []),
                         "### One 4 MiB transfer (curl, a new connection each; wall time)\n\n"
-                        + "\n".join(huge),
+                        + "\n".join(huge) + "\n\n"
+                        + HUGE_NOTE.format(loadgen=CFG["LOADGEN_CPU"], mesh=CFG["MESH_CPU"]),
                         "### Against the issue's targets\n\n" + "\n".join(verdict)])
     return text, med_
 
@@ -1303,6 +1395,8 @@ def main() -> None:
                "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib,
                             "rssanon_end_kib": r.anon_end_kib, "python": r.python,
                             "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s,
+                            "huge_nodes_s": r.huge_nodes_s,
+                            "huge_nodes_direct_s": r.huge_nodes_direct_s,
                             "rate_reps": r.rate_reps, "gc": r.gc}
                          for t, r in runs.items()}}
     with open(os.path.join(OUTDIR, "results.json"), "w") as f:
