@@ -75,15 +75,16 @@ def schedstat(pid: int) -> tuple[int, int]:
     return cpu, slices
 
 
-COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap")
+COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap", "brk")
 
 
 def counts_during(out: str, pids: dict[str, int],
                   work: Callable[[], object]) -> dict[str, dict[str, float]]:
     """``perf stat`` of ``pids`` (their main threads) while ``work()`` runs: per name, the
-    count of each syscall in COUNTED and of context switches."""
+    count of each syscall in COUNTED, of context switches and of page faults."""
     log = os.path.join(out, "counts.csv")
-    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), "context-switches"])
+    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), "context-switches",
+                       "page-faults"])
     proc = subprocess.Popen(["perf", "stat", "--per-thread", "-x", ",", "-o", log, "-e", events,
                              "-p", ",".join(map(str, pids.values()))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
