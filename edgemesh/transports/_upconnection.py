@@ -53,7 +53,8 @@ __all__ = [
 ]
 
 MAX_READ: Final = 128 * 1024
-"""The pod connections' largest read (and write-buffer threshold).  With the front's
+"""The pod connections' largest read (and write-buffer threshold), but for a link stream's
+(LINKED_READ).  With the front's
 immediate writes, 128 KiB reads take fewer instructions per 1 MiB body than the 256 KiB
 reads of before (callgrind, 10 x 1 MiB on p1-local: 27.4 M against 30.5-31.0 M) and hold
 half as much per connection behind a slow client."""
@@ -70,9 +71,11 @@ section 11)."""
 LINKED_READ: Final = 256 * 1024 - 64
 """The largest read of a pod connection whose responder sizes the reads by its credit (a link
 stream: ``limit_reads``), while the ReadBudget's share allows it (8 busy connections or
-fewer): half the reads, frames and reactor turns per MiB of a lone p2 transfer.  Below the
-C heap's mmap threshold with the bytes object's header (roles/_heap.py): no mapping and
-page faults per read."""
+fewer): half the reads, frames and reactor turns per MiB of a lone p2 transfer (4 MiB:
+edge-2 ~33 -> ~18 pod reads; callgrind, both edges 1.37 -> 1.01 M instructions per MiB;
+results 2026-12-04 §30).  A link stream's reads need no ramp: its credit bounds what a read
+leaves queued.  Below the C heap's mmap threshold with the bytes object's header
+(roles/_heap.py): no mapping and page faults per read."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""
