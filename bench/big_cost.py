@@ -14,7 +14,8 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
   symbols, kernel and user alike (where a MiB's CPU goes: copies, the interpreter, wake-ups);
 - with ``--counts``: ``perf stat`` of both edges (syscall tracepoints, context switches)
   during ``--huge`` more 4 MiB transfers on path 2: the system calls and switches of each
-  edge per transfer, counts at the edges' own speed (strace stops them at every call);
+  edge per transfer (and brk, page faults), counts at the edges' own speed (strace stops
+  them at every call);
 - with ``--pyspy``: ``py-spy record --format raw`` of each edge (both at once, ``--rate``
   samples/s) during ``--huge`` more 4 MiB transfers on path 2, then bench/pyspy_summary.py's
   self and inclusive split of the Python side (results 2026-12-04 section 13);
@@ -22,7 +23,8 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
   signals, CPU-time clock) during ``--huge`` more 4 MiB transfers on path 2, or with
   ``--wrk 5s`` during wrk's 32 connections of /big instead: each edge's Python calls per MiB
   by function (counts: the load does not move them) and their self time's share;
-  only these figures are printed (the profiler slows the edges);
+  only these figures are printed (the profiler slows the edges); ``--callers REGEX``
+  adds pstats' callers of the functions it matches (who calls what per turn);
 - with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
   reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
   (results 2026-12-04 section 8);
@@ -75,15 +77,16 @@ def schedstat(pid: int) -> tuple[int, int]:
     return cpu, slices
 
 
-COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap")
+COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap", "brk")
 
 
 def counts_during(out: str, pids: dict[str, int],
                   work: Callable[[], object]) -> dict[str, dict[str, float]]:
     """``perf stat`` of ``pids`` (their main threads) while ``work()`` runs: per name, the
-    count of each syscall in COUNTED and of context switches."""
+    count of each syscall in COUNTED, of context switches and of page faults."""
     log = os.path.join(out, "counts.csv")
-    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), "context-switches"])
+    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), "context-switches",
+                       "page-faults"])
     proc = subprocess.Popen(["perf", "stat", "--per-thread", "-x", ",", "-o", log, "-e", events,
                              "-p", ",".join(map(str, pids.values()))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,6 +233,8 @@ def main() -> None:
     parser.add_argument("--wrk", default="",
                         help="with --cprofile: wrk's 32 connections of /big for this long")
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--callers", default="",
+                        help="with --cprofile: also pstats' callers of functions matching this")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -281,6 +286,10 @@ def main() -> None:
                 path = os.path.join(out, f"cprofile.{pid}")
                 harness.wait_file(path)
                 print(f"  {name}:\n" + cprofile_table(path, mib, args.top))
+                if args.callers:
+                    import pstats
+
+                    pstats.Stats(path).print_callers(args.callers)
             return
         mib = args.transfers * harness.BIG_SIZE / 2**20
         print(f"tree {args.tree}: {args.transfers} x /big along path 2, one connection, twice")

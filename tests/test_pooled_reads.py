@@ -19,7 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from edgemesh.transports import _io
-from edgemesh.transports._io import LARGE_BUFFER, READS_PER_TURN, pooled_reads
+from edgemesh.transports._io import LARGE_BUFFER, POOLED_READ, READS_PER_TURN, pooled_reads
 from edgemesh.transports._links import EnvelopeLink
 from edgemesh.wire import Data, FrameDecoder, Limits, encode_data
 
@@ -97,18 +97,19 @@ def test_a_kept_view_is_never_overwritten(socket_pair: tuple[socket.socket, sock
 
 
 def test_reads_are_a_link_read_at_most(socket_pair: tuple[socket.socket, socket.socket]) -> None:
-    """LARGE_BUFFER per read (a link's bufferSize, use_large_buffer), the pool's buffer size."""
+    """POOLED_READ per read, the pool's buffer size (not the link's bufferSize,
+    use_large_buffer's LARGE_BUFFER: its write buffer's threshold)."""
     ours, theirs = socket_pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 << 20)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 << 20)
     protocol = Keeper()
     transport = server(ours, protocol)
     pooled_reads(transport)
-    total = LARGE_BUFFER + 1000
+    total = POOLED_READ + 1000
     theirs.sendall(b"y" * total)
     while sum(map(len, protocol.reads)) < total:
         transport.doRead()
-    assert max(map(len, protocol.reads)) <= LARGE_BUFFER
+    assert max(map(len, protocol.reads)) <= POOLED_READ
     assert b"".join(protocol.reads) == b"y" * total
 
 
@@ -141,13 +142,13 @@ def test_full_reads_go_on_in_the_same_event(socket_pair: tuple[socket.socket, so
     transport = server(ours, protocol, epoll_reactor)
     pooled_reads(transport)
     transport.startReading()
-    theirs.sendall(b"a" * (2 * LARGE_BUFFER + 100))
+    theirs.sendall(b"a" * (2 * POOLED_READ + 100))
     assert transport.doRead() is None
-    assert list(map(len, protocol.reads)) == [LARGE_BUFFER, LARGE_BUFFER, 100]
+    assert list(map(len, protocol.reads)) == [POOLED_READ, POOLED_READ, 100]
     protocol.reads.clear()
-    theirs.sendall(b"b" * ((READS_PER_TURN + 1) * LARGE_BUFFER))
+    theirs.sendall(b"b" * ((READS_PER_TURN + 1) * POOLED_READ))
     transport.doRead()
-    assert list(map(len, protocol.reads)) == [LARGE_BUFFER] * READS_PER_TURN  # bounded
+    assert list(map(len, protocol.reads)) == [POOLED_READ] * READS_PER_TURN  # bounded
     transport.doRead()
     assert len(protocol.reads) == READS_PER_TURN + 1
     transport.stopReading()
@@ -173,15 +174,15 @@ def test_no_read_after_the_protocol_paused_the_transport(
     transport = server(ours, protocol, epoll_reactor)
     pooled_reads(transport)
     transport.startReading()
-    theirs.sendall(b"c" * (2 * LARGE_BUFFER))
+    theirs.sendall(b"c" * (2 * POOLED_READ))
     transport.doRead()
-    assert list(map(len, protocol.reads)) == [LARGE_BUFFER]
+    assert list(map(len, protocol.reads)) == [POOLED_READ]
     # ...nor after it closed the connection.
     transport.resumeProducing()
     protocol.close = True
-    theirs.sendall(b"d" * LARGE_BUFFER)
+    theirs.sendall(b"d" * POOLED_READ)
     transport.doRead()
-    assert list(map(len, protocol.reads)) == [LARGE_BUFFER, LARGE_BUFFER]
+    assert list(map(len, protocol.reads)) == [POOLED_READ, POOLED_READ]
     transport.stopReading()
 
 

@@ -19,7 +19,14 @@ from edgemesh.exchange import READ_LIMITERS, ISizedProducer
 from edgemesh.testing import RecordingResponder
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
 from edgemesh.transports._io import SMALL_BUFFER
-from edgemesh.transports._upconnection import MAX_READ, RAMP_READS, ROOM_READ
+from edgemesh.transports._upconnection import (
+    LINKED_READ,
+    MAX_READ,
+    RAMP_READS,
+    READ_BUDGET,
+    ROOM_READ,
+    ReadBudget,
+)
 from edgemesh.transports._upexchange import _UpstreamExchange
 from edgemesh.wire import Connection, Limits
 from edgemesh.wire._connection import SEND_FLOOR
@@ -93,14 +100,14 @@ def test_a_stalled_stream_holds_nothing_of_its_pod_connections_reads() -> None:
     assert w.queued == 0
     assert w.sent == WINDOW  # what the credit allowed, no more
     assert len(w.responder.body) == WINDOW
-    # The client reads again: credit comes back and the reads resume at full size (not
-    # shrunk: the credit is plentiful).
+    # The client reads again: credit comes back and the reads resume at a link stream's
+    # full size (not shrunk, nor ramped: the credit is plentiful and bounds them).
     w.exchange.resumeProducing()
     w.pair.pump()
     assert w.reading
     window = w.pair.server.connection.send_window(w.inbound.sid)
     assert window >= WINDOW
-    assert w.transport.bufferSize == min(SMALL_BUFFER, window)
+    assert w.transport.bufferSize == min(LINKED_READ, window)
     w.pod_reads(left)
     assert w.queued == 0
     assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
@@ -108,7 +115,8 @@ def test_a_stalled_stream_holds_nothing_of_its_pod_connections_reads() -> None:
 
 def _ramped(window: int, size: int = 4 * 1024 * 1024) -> World:
     """A world whose edge-1 announces ``window`` of credit per stream, its client stalled,
-    and a pod connection ramped to MAX_READ (RAMP_READS whole 64 KiB reads taken)."""
+    and a pod connection at a link stream's full read size (LINKED_READ) after RAMP_READS
+    whole 64 KiB reads (the credit bounds its reads: no ramp)."""
     w = World(initial_window=window)
     w.exchange.pauseProducing()
     w.pod.send(HEAD % size)
@@ -116,14 +124,14 @@ def _ramped(window: int, size: int = 4 * 1024 * 1024) -> World:
         w.pod.send(b"b" * SMALL_BUFFER)
         w.pair.pump()
     conn: Any = w.pod.protocol._wrappedProtocol
-    assert conn.want == MAX_READ
+    assert conn.want == LINKED_READ
     return w
 
 
 def test_a_read_is_cut_to_the_credit_left_not_below_a_room_read() -> None:
-    w = _ramped(RAMP_READS * SMALL_BUFFER + MAX_READ + 100_000)
-    assert w.transport.bufferSize == MAX_READ
-    w.pod.send(b"b" * MAX_READ)
+    w = _ramped(RAMP_READS * SMALL_BUFFER + LINKED_READ + 100_000)
+    assert w.transport.bufferSize == LINKED_READ
+    w.pod.send(b"b" * LINKED_READ)
     w.pair.pump()
     assert w.reading and w.transport.bufferSize == 100_000  # the credit left
     w.pod.send(b"b" * 60_000)  # 40 000 left: above the floor, so a room read (64 KiB)
@@ -135,26 +143,26 @@ def test_a_read_is_cut_to_the_credit_left_not_below_a_room_read() -> None:
     assert w.queued == ROOM_READ - 40_000 <= ROOM_READ - SEND_FLOOR
     w.exchange.resumeProducing()  # credit again: the rest of the body follows
     w.pair.pump()
-    w.pod_reads(4 * 1024 * 1024 - w.sent - RAMP_READS * SMALL_BUFFER - MAX_READ - 60_000
+    w.pod_reads(4 * 1024 * 1024 - w.sent - RAMP_READS * SMALL_BUFFER - LINKED_READ - 60_000
                 - ROOM_READ)
     assert w.responder.ended and len(w.responder.body) == 4 * 1024 * 1024
 
 
 def test_a_credit_pause_keeps_the_ramped_read_size() -> None:
     """A link stream paused for credit is not a slow client: once credit is back the pod
-    connection reads MAX_READ again at once, not 64 KiB and a new ramp (main before: ~9 more
+    connection reads LINKED_READ again at once, not 64 KiB and a new ramp (main before: ~9 more
     reads and frames per p2 4 MiB transfer)."""
-    w = _ramped(RAMP_READS * SMALL_BUFFER + 2 * MAX_READ)
+    w = _ramped(RAMP_READS * SMALL_BUFFER + 2 * LINKED_READ)
     conn: Any = w.pod.protocol._wrappedProtocol
     for _ in range(2):
-        w.pod.send(b"b" * MAX_READ)
+        w.pod.send(b"b" * LINKED_READ)
         w.pair.pump()
     assert not w.reading and w.queued == 0  # out of credit: paused, nothing read ahead
     w.exchange.resumeProducing()
     w.pair.pump()
     assert w.reading
-    assert w.pair.server.connection.send_window(w.inbound.sid) >= MAX_READ
-    assert conn.want == MAX_READ and w.transport.bufferSize == MAX_READ
+    assert w.pair.server.connection.send_window(w.inbound.sid) >= LINKED_READ
+    assert conn.want == LINKED_READ and w.transport.bufferSize == LINKED_READ
 
 
 def test_the_read_size_goes_back_to_the_ramp_after_the_exchange() -> None:
@@ -173,6 +181,46 @@ def test_the_read_size_goes_back_to_the_ramp_after_the_exchange() -> None:
     assert w.h.idle() == 1 and w.reading
     conn: Any = w.pod.protocol._wrappedProtocol
     assert conn.room is None and w.transport.bufferSize == conn.want  # the ramp after a pause
+    assert conn.want == MAX_READ  # LINKED_READ was the stream's: not the next responder's
+
+
+def test_a_linked_read_is_the_budgets_share_at_most() -> None:
+    """LINKED_READ for a lone stream (or up to 8 busy connections), then the ReadBudget's
+    share as for any other responder: what the target's connections read at once together
+    stays within READ_BUDGET (32 busy: 64 KiB each, as before)."""
+    budget = ReadBudget()
+    for busy, unlinked, linked in ((0, MAX_READ, LINKED_READ), (1, MAX_READ, LINKED_READ),
+                                   (8, MAX_READ, LINKED_READ), (9, MAX_READ, READ_BUDGET // 9),
+                                   (16, MAX_READ, MAX_READ), (32, READ_BUDGET // 32,
+                                                              READ_BUDGET // 32)):
+        budget.busy = busy
+        assert (budget.cap(), budget.cap(True)) == (unlinked, linked)
+        assert max(busy, 1) * budget.cap(True) <= READ_BUDGET
+    assert MAX_READ < LINKED_READ < 256 * 1024  # under the C heap's mmap threshold (roles/_heap)
+
+
+def test_a_lone_stream_keeps_reading_whole_linked_reads() -> None:
+    """A lone stream whose client keeps up: its credit never runs dry (the pod connection
+    never stops reading), every read but the first (sized before the stream said anything)
+    and the last is LINKED_READ, and none waits in the stream's queue; one DATA frame per
+    read (main: 128 KiB reads, 33 per 4 MiB, after a ramp from 64 KiB)."""
+    size = 4 * 1024 * 1024
+    w = World()
+    w.pod.send(HEAD % size)
+    w.pair.pump()
+    reads = []
+    left = size
+    while left:
+        assert w.reading  # never paused for credit
+        read = min(left, w.transport.bufferSize)
+        reads.append(read)
+        w.pod.send(b"b" * read)
+        left -= read
+        w.pair.pump()
+        assert w.queued == 0
+    assert w.responder.ended and len(w.responder.body) == size
+    assert reads[0] == SMALL_BUFFER and set(reads[1:-1]) == {LINKED_READ}
+    assert len(reads) <= 2 + size // LINKED_READ
 
 
 @settings(max_examples=60, deadline=None)

@@ -187,6 +187,13 @@ def use_large_buffer(transport: Any) -> None:
         transport.bufferSize = LARGE_BUFFER
 
 
+POOLED_READ = 512 * 1024
+"""A pooled read's buffer and largest read (a link's).  Twice LARGE_BUFFER: a link that carries
+a transfer in bulk takes half the reads, frame runs and client writes per MiB (edge-1 of a
+p2 4 MiB transfer: ~20 -> ~15 link reads, callgrind 0.50-0.53 -> 0.44 M instructions per
+MiB; results 2026-12-04 §30).  One buffer is in use at a time (reads hand out views kept by
+nobody): +256 KiB of pages at most once a read filled it; a small read touches only its own."""
+
 _READ_POOL_MAX = 3
 _read_pool: list[mmap.mmap] = []
 """Buffers that pooled reads go into, process-wide: at most _READ_POOL_MAX of them (one to
@@ -205,7 +212,7 @@ def _take_read_buffer() -> mmap.mmap:
             return buffer
     # Anonymous memory, untouched until a read writes to it: an idle node's small reads
     # make only their first pages resident.
-    return mmap.mmap(-1, LARGE_BUFFER)
+    return mmap.mmap(-1, POOLED_READ)
 
 
 def _give_read_buffer(buffer: mmap.mmap) -> None:
@@ -234,15 +241,15 @@ def pooled_reads(transport: Any) -> None:
 
 READS_PER_TURN = 4
 """Reads one readable event of a link takes at most, while each fills its buffer: a link
-that fell behind (its peer wrote more than LARGE_BUFFER meanwhile) catches up without a
-reactor turn (epoll_wait, dispatch) per LARGE_BUFFER: edge-1 of a p2 4 MiB transfer, 31.5-32.6
+that fell behind (its peer wrote more than POOLED_READ meanwhile) catches up without a
+reactor turn (epoll_wait, dispatch) per POOLED_READ: edge-1 of a p2 4 MiB transfer, 31.5-32.6
 -> 18.3-21.5 epoll_wait per transfer (bench/big_cost.py --counts; results 2026-12-04 §8)."""
 
 
 def _pooled_read(transport: Any) -> Callable[[], object]:
     """tcp.Connection.doRead, reading into a pooled buffer (its answers: an error from
-    recv_into, connection lost; nothing read, done).  Reads are LARGE_BUFFER at most, the
-    pool's buffers (a link's bufferSize, use_large_buffer); after a read that filled its
+    recv_into, connection lost; nothing read, done).  Reads are POOLED_READ at most, the
+    pool's buffers (not the transport's bufferSize); after a read that filled its
     buffer, another (READS_PER_TURN at most) while the transport still reads."""
     recv_into = transport.socket.recv_into
     pool = _read_pool
@@ -252,7 +259,7 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
     readers = getattr(transport.reactor, "_reads", None)
     fd = transport.fileno()
     most = READS_PER_TURN
-    full = LARGE_BUFFER
+    full = POOLED_READ
 
     def doRead() -> object:
         reads = most

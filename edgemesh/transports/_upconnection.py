@@ -48,12 +48,13 @@ if TYPE_CHECKING:
     from ._upstream import HTTPUpstreamTarget
 
 __all__ = [
-    "HELD_BODY_LIMIT", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET", "ROOM_READ",
-    "ReadBudget",
+    "HELD_BODY_LIMIT", "LINKED_READ", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET",
+    "ROOM_READ", "ReadBudget",
 ]
 
 MAX_READ: Final = 128 * 1024
-"""The pod connections' largest read (and write-buffer threshold).  With the front's
+"""The pod connections' largest read (and write-buffer threshold), but for a link stream's
+(LINKED_READ).  With the front's
 immediate writes, 128 KiB reads take fewer instructions per 1 MiB body than the 256 KiB
 reads of before (callgrind, 10 x 1 MiB on p1-local: 27.4 M against 30.5-31.0 M) and hold
 half as much per connection behind a slow client."""
@@ -66,6 +67,15 @@ reads instead of 128 KiB.  2 MiB, not 1: at 1 MiB (32 KiB reads) p1-local /big c
 +35-40 % CPU at 32 connections (bench/run.sh, same hour: 1154-1279 against 866 µs per
 request) for ~1.4 MiB less VmHWM growth; 2 MiB costs ~6 % (bench/results-2026-12-03.md
 section 11)."""
+
+LINKED_READ: Final = 256 * 1024 - 64
+"""The largest read of a pod connection whose responder sizes the reads by its credit (a link
+stream: ``limit_reads``), while the ReadBudget's share allows it (8 busy connections or
+fewer): half the reads, frames and reactor turns per MiB of a lone p2 transfer (4 MiB:
+edge-2 ~33 -> ~18 pod reads; callgrind, both edges 1.37 -> 1.01 M instructions per MiB;
+results 2026-12-04 §30).  A link stream's reads need no ramp: its credit bounds what a read
+leaves queued.  Below the C heap's mmap threshold with the bytes object's header
+(roles/_heap.py): no mapping and page faults per read."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""
@@ -87,12 +97,14 @@ class ReadBudget:
         self.busy = 0
         """Connections in an exchange (counted by _UpstreamExchange.connected/_detach)."""
 
-    def cap(self) -> int:
-        """The largest read of one busy connection now."""
+    def cap(self, linked: bool = False) -> int:
+        """The largest read of one busy connection now; ``linked``: its responder sizes
+        the reads by its credit (LINKED_READ at most, not MAX_READ)."""
+        most = LINKED_READ if linked else MAX_READ
         busy = self.busy
         if busy <= 1:
-            return MAX_READ
-        return max(MIN_READ, min(MAX_READ, self.total // busy))
+            return most
+        return max(MIN_READ, min(most, self.total // busy))
 
 
 RAMP_READS: Final = 4
@@ -372,8 +384,14 @@ class _UpstreamConnection(Protocol):
             size = getattr(transport, "bufferSize", None)
             if size is not None:
                 want = self.want
-                cap = self.target.reads.cap()
-                if self.reading_paused and self.room is None:
+                room = self.room
+                cap = self.target.reads.cap(room is not None)
+                if room is not None:
+                    # The credit (room) bounds what a read leaves queued: the budget's share
+                    # at once, no ramp (p2 4 MiB: 8 ramp reads of 64-128 KiB each transfer).
+                    self.full_reads = 0
+                    want = cap
+                elif self.reading_paused:
                     self.full_reads = 0
                     want = min(SMALL_BUFFER, cap)
                 elif want > cap:
@@ -385,7 +403,6 @@ class _UpstreamConnection(Protocol):
                         self.full_reads = 0
                         want = min(want * 2, cap)
                 self.want = want
-                room = self.room
                 if room is not None and room < want and want > ROOM_READ:
                     want = max(ROOM_READ, room)
                 if size != want:
@@ -394,6 +411,10 @@ class _UpstreamConnection(Protocol):
     def limit_reads(self, room: int) -> None:
         """The responder takes ``room`` more bytes at once: the next read is no larger
         (nor below ROOM_READ), so that little of it waits in the responder's queue."""
+        if self.room is None:
+            # The credit bounds what a read leaves queued from now on: the budget's share at
+            # once, no ramp, even after a pause that came first (see dataReceived).
+            self.want = self.target.reads.cap(True)
         self.room = room
         want = self.want
         if room < want and want > ROOM_READ:
@@ -403,9 +424,14 @@ class _UpstreamConnection(Protocol):
             transport.bufferSize = want
 
     def unlimit_reads(self) -> None:
-        """The responder that limited the reads is done with this connection."""
+        """The responder that limited the reads is done with this connection: the next
+        one's reads are at most MAX_READ until it says otherwise (LINKED_READ is a link
+        stream's)."""
         self.room = None
-        self._read_size(self.want)
+        want = self.want
+        if want > MAX_READ:
+            self.want = want = MAX_READ
+        self._read_size(want)
 
     # A pause of the pod's reads is lazy on plain TCP: no epoll change until a read event
     # comes while paused, which stops reading instead of reading (as the eager pause did);

@@ -96,7 +96,9 @@ class Limits:
     it hold is at most this plus ``initial_window`` per stream.  64 KiB / 2 MiB rather
     than 32 KiB / 1 MiB: p2 /big 2718 against 3010 µs of CPU per request for +4.1 against
     +5.4 MiB of growth (bench/run.sh, same hour; 512 KiB windows: 2440 µs, +7.3 MiB)."""
-    max_data_chunk: int = 128 * 1024
+    max_data_chunk: int = 256 * 1024 - 64
+    """Largest body one DATA frame carries (its frame stays under ``max_frame``): a pod read
+    of a lone p2 stream (transports/_upconnection.LINKED_READ) goes as one frame."""
 
 
 # --- events (what a peer said) -------------------------------------------------------
