@@ -1121,3 +1121,21 @@ def test_remembered_heads_keep_each_framing_apart() -> None:
             assert sent.split(b"\r\n\r\n")[0].endswith(b"X-Same: 1" + (
                 b"\r\n" + framing.rstrip(b"\r\n") if framing else b"")
                 + (b"\r\nConnection: close" if b"HTTP/1.0" in request else b"")), sent
+
+
+def test_a_front_keeps_its_own_state_out_of_its_instance_dict() -> None:
+    """CPython 3.11 shares up to 30 instance dict keys per class: past them the dict is
+    materialized and every ``self.method`` lookup stays unspecialized (~300 instructions
+    each, several per exchange).  The front's state is in slots; its dict holds Twisted's
+    few names, after exchanges of every kind (fails if the state goes back to the dict)."""
+    target = ScriptedTarget()
+    conn = Conn(target)
+    for request in (GET, GET, b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi",
+                    (b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")):
+        conn.send(request)
+        target.opened[-1].respond()
+    assert [r.status for r in conn.responses()] == [200, 200, 200, 200] and not conn.closed
+    names = set(vars(conn.protocol))
+    assert names <= {"transport", "connected", "factory"}, names
+    assert "_active" in HTTPFrontProtocol.__slots__
