@@ -1828,3 +1828,20 @@ def test_exchanges_keep_their_sending_state_apart() -> None:
     one.request_body(b"held")
     assert one.held is not None and list(one.held) == [b"held"]
     assert two.held is None and InboundExchange.held is None and not two.target_paused
+
+
+def test_a_link_keeps_its_own_state_out_of_its_instance_dict() -> None:
+    """As the front's (test_front): past CPython 3.11's 30 shared instance keys every
+    ``self.method`` lookup of the link stays unspecialized (several per exchange and
+    edge).  Its state is in slots; the dict holds Twisted's names only, either side."""
+    pair = Pair()
+    exchange, responder = pair.open(content_length=2)
+    exchange.write(b"hi")
+    exchange.end()
+    pair.pump()
+    pair.inbound().exchange.complete(ResponseHead(200, b"OK", (), 2), b"ok")
+    pair.pump()
+    assert responder.body == b"ok" and responder.ended
+    for link in (pair.client, pair.server):
+        names = set(vars(link))
+        assert names <= {"transport", "connected", "factory"}, names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from edgemesh.observability import (
     node_registry,
 )
 from edgemesh.roles import EdgeConfig, RouterConfig, build_edge, build_router
-from edgemesh.routing import Pipeline
+from edgemesh.routing import Pipeline, Route
 from edgemesh.routing._guard import GuardedBody, GuardedExchange
 from edgemesh.testing import CompletingResponder, Opened, RecordingResponder, ScriptedTarget
 from edgemesh.transports import HTTPFrontFactory
@@ -633,3 +634,53 @@ if __name__ == "__main__":
     results = overhead()
     for key, value in results.items():
         print(f"{key:>12}: {value:6.2f} µs/request (+{value - results['without']:.2f})")
+
+
+@dataclass
+class _Observed:
+    """What ``opened`` and ``closed`` read of an exchange."""
+
+    route: Route
+    source: SourceKind
+    stats: Any = None
+    started: float = 0.0
+    status: int = 200
+    error: Reason | None = None
+    received: int = 0
+    sent: int = 0
+    gave_up: bool = False
+    request: RequestHead = field(default_factory=request)
+
+
+def test_the_last_routes_counters_serve_only_the_same_route_from_the_same_source() -> None:
+    """``opened`` takes the last exchange's counters again for the same route object from
+    the same source (routing keeps one route per service port); anything else is looked up
+    by its key, and a relay (which the catalog decides) is never taken from the last one."""
+    mesh = Mesh()
+    observer = mesh.observer
+    catalog = mesh.pipeline.catalog
+    web, remote = catalog.services["shop/web"], catalog.services["shop/remote"]
+    local = Route(TargetKind.service_bus, web, HTTP, web.endpoints["http"][0])
+
+    def opened(route: Route, source: SourceKind = SourceKind.service_bus) -> Any:
+        exchange = _Observed(route, source)
+        observer.opened(exchange)
+        observer.closed(exchange)
+        return exchange.stats
+
+    assert opened(local) is opened(local) is mesh.stats("shop/web", "local")
+    assert opened(local, SourceKind.hub) is mesh.stats("shop/web", "edge-edge")
+    assert opened(local) is mesh.stats("shop/web", "local")  # not the hub's, last
+    again = Route(TargetKind.service_bus, web, HTTP, web.endpoints["http"][0])
+    assert opened(again) is mesh.stats("shop/web", "local")
+    to_remote = Route(TargetKind.hub, remote, HTTP, remote.endpoints["http"][0], "edge-2")
+    assert opened(to_remote) is mesh.stats("shop/remote", "edge-edge")
+    assert mesh.stats("shop/web", "local").codes[2] == 4
+    # A relay through the router to another edge: edge-edge while the catalog says edge-2
+    # is an edge; the same route object counts as edge-cloud once it no longer does.
+    relay = Route(TargetKind.tunnel, remote, HTTP, remote.endpoints["http"][0], "router")
+    assert opened(relay) is opened(relay) is mesh.stats("shop/remote", "edge-edge")
+    mesh.pipeline.catalog = Catalog(
+        list(catalog.services.values()),
+        (NODES[0], Node("edge-2", False, "192.0.2.2", 7701), NODES[2]), revision=8)
+    assert opened(relay) is mesh.stats("shop/remote", "edge-cloud")

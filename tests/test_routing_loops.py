@@ -205,9 +205,12 @@ def make_pipeline(
     role: Role, node: str, cat: Catalog, max_hops: int = 8
 ) -> tuple[Pipeline, dict[TargetKind, ScriptedTarget], MeshObserver, list[LogEvent]]:
     clock = MemoryReactorClock()
-    pipeline = Pipeline(role, node, cat, clock=clock, settings=Resilience(max_hops=max_hops))
     events: list[LogEvent] = []
-    pipeline.log = Logger(observer=events.append)  # type: ignore[arg-type]
+
+    class Logged(Pipeline):  # (a Pipeline's state is in slots: its log is the class's)
+        log = Logger(observer=events.append)  # type: ignore[arg-type]
+
+    pipeline = Logged(role, node, cat, clock=clock, settings=Resilience(max_hops=max_hops))
     kinds = ((TargetKind.service_bus, TargetKind.hub, TargetKind.tunnel) if role is Role.edge
              else (TargetKind.tunnel, TargetKind.cluster_ip))
     targets = {kind: ScriptedTarget(kind) for kind in kinds}

@@ -2113,3 +2113,23 @@ def test_an_address_list_emptied_by_open_goes_with_its_connection() -> None:
     upstream.received()
     upstream.send(OK_HELLO)
     assert first.ended and second.ended and h.idle() == 2
+
+
+def test_a_pod_connection_keeps_its_own_state_out_of_its_instance_dict() -> None:
+    """As the front's (test_front): past CPython 3.11's 30 shared instance keys every
+    ``self.method`` lookup of the connection stays unspecialized.  Its state is in slots;
+    the dict holds Twisted's names only, after whole, split and chunked responses."""
+    h = Harness()
+    upstream, responder = exchange(h)
+    assert responder.ended
+    for pieces in ([OK_HELLO], [OK_HELLO[:30], OK_HELLO[30:]],
+                   [(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n")]):
+        _body, responder = h.open()
+        assert upstream.received() == GET_BYTES
+        for piece in pieces:
+            upstream.send(piece)
+        assert responder.ended
+    assert h.connections() == 1
+    names = set(vars(cast(Any, upstream.protocol)._wrappedProtocol))
+    assert names <= {"transport", "connected", "factory"}, names

@@ -425,6 +425,13 @@ class GuardedExchange:
         self.port = port
         self.state = state
         self.policy = policy
+        # Read on every exchange before any write (here, by the pipeline and the observer):
+        # stored, as a class default read through an instance stays unspecialized in
+        # CPython 3.11 (~220 instructions a read against ~45 a store; p1 -0.7 k).
+        self.response = WAITING
+        self.tries = 0
+        self.load_key = None
+        self.error = None
         if head.content_length == 0:
             # The head is the whole request: ended now, so that the source need not end it
             # (IHeadEndedBody; a GET: two Python calls less per exchange on edge-1).

@@ -90,6 +90,52 @@ class Pipeline:
     """The node's one routing pipeline: Sources in, name resolution, endpoint choice, Targets out.
     """
 
+    # Its state in slots: with more than 30 names in an instance dict, CPython 3.11 leaves
+    # every self.method lookup unspecialized (~300 instructions; see transports/_front.py).
+    __slots__ = (
+        "_catalog",
+        "_clock",
+        "_counted",
+        "_drain_waiters",
+        "_draining_peers",
+        "_edge",
+        "_hinted",
+        "_idle_timeout",
+        "_inflight",
+        "_listening",
+        "_max_active",
+        "_max_hops",
+        "_outbound_service",
+        "_own",
+        "_own_by_service",
+        "_relayed",
+        "_resolved_ports",
+        "_services",
+        "_single",
+        "_states_by_id",
+        "_timer",
+        "_wake_at",
+        "balancer",
+        "draining",
+        "edge_homes",
+        "node",
+        "observer",
+        "outliers",
+        "peer_paths",
+        "policies",
+        "refused",
+        "role",
+        "rules",
+        "served_while_draining",
+        "settings",
+        "sources",
+        "stream_closed",
+        "stream_opened",
+        "stream_targets",
+        "streams",
+        "targets",
+    )
+
     log = Logger()
 
     def __init__(
