@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -33,7 +33,6 @@ from edgemesh.exchange import (
 )
 from edgemesh.testing import Opened, RecordingBody, ScriptedTarget
 from edgemesh.transports._front import (
-    _DONE,
     FrontLimits,
     HTTPFrontFactory,
     HTTPFrontProtocol,
@@ -1140,50 +1139,3 @@ def test_a_front_keeps_its_own_state_out_of_its_instance_dict() -> None:
     names = set(vars(conn.protocol))
     assert names <= {"transport", "connected", "factory"}, names
     assert "_active" in HTTPFrontProtocol.__slots__
-
-
-class _AnswerAtEnd(RecordingBody):
-    """Answers once the request ends, then holds nothing of the exchange."""
-
-    def __init__(self, responder: IResponder) -> None:
-        super().__init__()
-        self.responder: IResponder | None = responder
-
-    def end(self) -> None:
-        super().end()
-        responder, self.responder, self.producer = self.responder, None, None
-        assert responder is not None
-        cast(Any, responder).complete(ResponseHead(200, b"OK", (), 2), b"ok")
-
-
-def test_a_connection_takes_its_last_exchange_again_only_once_nothing_holds_it() -> None:
-    """The next request of a keep-alive connection takes over the last exchange when
-    nothing holds it any more (no late call can reach it), every field set anew; one that
-    a target still holds stays as it was, and the next request gets an exchange of its own."""
-    seen: list[tuple[object, ...]] = []
-    kept: list[IResponder] = []
-
-    def target(head: RequestHead, responder: IResponder) -> IRequestBody:
-        x = cast(Any, responder)
-        seen.append((id(responder), x.request_trailers, x.pending, x.error, x.received,
-                     x.chunked, x.expect_continue, x.response_trailers, x.head_waiting, x.body,
-                     x.producer, x.no_body, x.persist))
-        if head.path == b"/keep":
-            kept.append(responder)
-        return _AnswerAtEnd(responder)
-
-    conn = Conn(target)
-    conn.send(b"POST /a HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")
-    conn.send(GET, get(b"/keep"), GET, GET)
-    assert [r.status for r in conn.responses()] == [200] * 5
-    fresh = (None, None, None, 0, False, False, (), False, None, None, False, False)
-    expecting = (None, None, None, 0, False, True, (), False, None, None, False, False)
-    # Each as made, reused or not (the POST's trailers, count, Expect, body and persist
-    # are gone from the next exchange).
-    assert [s[1:] for s in seen] == [expecting] + [fresh] * 4
-    ids = [s[0] for s in seen]
-    assert ids[1] == ids[0] and ids[2] == ids[0]  # the POST's, then the first GET's
-    assert ids[3] != ids[2] and ids[4] == ids[3]  # /keep is held: a new one, then reused
-    held = cast(Any, kept[0])
-    assert held.request.path == b"/keep" and held.state == _DONE

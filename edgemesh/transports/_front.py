@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from sys import getrefcount
 from typing import Protocol as Structural
 
 import httptools
@@ -480,7 +479,6 @@ class HTTPFrontProtocol(Protocol):
         "_read_stopped",
         "_reading_paused",
         "_registered",
-        "_spare",
         "_starting",
         "_tail_carry",
         "_timer",
@@ -535,8 +533,6 @@ class HTTPFrontProtocol(Protocol):
         self._last_request: tuple[_Parsed, RequestHead] | None = None
         """The last remembered request this connection repeated, and its head (see _begin)."""
         self._parsing: _Exchange | None = None
-        self._spare: _Exchange | None = None
-        """The last exchange made, which the next may take over (see _begin)."""
         # Byte accounting across reads (httptools accumulates a header's pieces
         # internally, so a never-ending header must be caught by counting reads).
         self._begun = 0
@@ -883,14 +879,7 @@ class HTTPFrontProtocol(Protocol):
                 f"more than {self._limits.max_pipelined} pipelined requests",
                 method,
             )
-        exchange = self._spare
-        if exchange is not None and getrefcount(exchange) == 3:
-            # Nothing holds this connection's last exchange any more (only this connection,
-            # this name and getrefcount's argument), so no late call can reach it: it serves
-            # again, every field set anew by its __init__ (p1 -0.9 k instructions per exchange).
-            _Exchange.__init__(exchange, self, method, http10, keep_alive)
-        else:
-            exchange = self._spare = _Exchange(self, method, http10, keep_alive)
+        exchange = _Exchange(self, method, http10, keep_alive)
         starts = (self._active is None and not queue and not self._starting
                   and not self._closing)
         last = self._last_request
