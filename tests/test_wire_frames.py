@@ -9,7 +9,6 @@ Regenerate it with ``python tests/test_wire_frames.py`` after a deliberate forma
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
 import sys
@@ -985,36 +984,3 @@ def test_a_head_decoded_once_is_never_taken_for_another_type() -> None:
     assert response[8:] in _frames._heads_decoded
     # The same bytes but for the type: a REQUEST of eight fields, refused as ever.
     rejected(response[:5] + bytes([REQUEST]) + response[6:])
-
-
-def test_a_repeated_head_takes_the_last_frame_only_once_nobody_holds_it() -> None:
-    """A head decoded before gives its last frame again, with the new stream and flags,
-    when nothing holds that frame any more; a frame someone still holds (a consumer in the
-    middle of an exchange) keeps its own stream and flags: a new frame is made."""
-    fields = ((b"Server", b"origin"), (b"X-Reuse", b"1"))
-
-    def response(sid: int, end: bool) -> Frame:
-        return decode_payload(encode_response(sid, end, 200, b"OK", fields, 2, b"hi")[4:], LIMITS)
-
-    def request(sid: int, end: bool) -> Frame:
-        return decode_payload(encode_request(sid, end, b"GET", b"/reuse", b"web", fields, 0,
-                                             "10.0.0.9", "shop/web", 80, None, b"", 1)[4:], LIMITS)
-
-    for decode, want in ((response, Response(0, False, 200, b"OK", fields, 2, b"hi")),
-                         (request, Request(0, False, b"GET", b"/reuse", b"web", fields, 0,
-                                           "10.0.0.9", "shop/web", 80, None, b"", 1))):
-        held = decode(5, True)
-        other = decode(6, False)  # the first is still held: a frame of its own
-        assert other is not held
-        assert (held.stream, held.end, other.stream, other.end) == (5, True, 6, False)
-        last = id(other)
-        del held, other
-        again = decode(7, True)  # nobody holds the last one: it comes back as stream 7
-        assert id(again) == last and (again.stream, again.end) == (7, True)
-        want.stream, want.end = 7, True
-        assert again == want and again.head is not None
-        kept = again
-        del again
-        fresh = decode(8, False)
-        assert fresh is not kept and (kept.stream, kept.end) == (7, True)
-        assert fresh == dataclasses.replace(kept, stream=8, end=False)

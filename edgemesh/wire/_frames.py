@@ -13,7 +13,6 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from sys import getrefcount
 from typing import Any
 
 import msgpack
@@ -650,13 +649,12 @@ def _no_ext(code: int, data: bytes) -> object:
 
 
 _HeadFields = tuple[Any, ...]
-_heads_decoded: dict[bytes, list[Any]] = {}
+_heads_decoded: dict[bytes, tuple[Limits, int, _HeadFields]] = {}
 """REQUEST and RESPONSE frames decoded and checked lately, by their bytes after the stream
-id and flags: [the limits they were checked against, the array's marker and the frame's
-type, the fields past the stream id and flags, the last frame made of them].  A peer sends
-the same heads over and over but for the stream.  One lookup instead of msgpack and the
-checks: path 2 483 -> 447 k instructions per /small exchange, both edges (unpackb alone was
-~5 k per frame; callgrind A/B)."""
+id and flags (the limits they were checked against, the array's marker and the frame's
+type with them): a peer sends the same heads over and over but for the stream.  One lookup
+instead of msgpack and the checks: path 2 483 -> 447 k instructions per /small exchange,
+both edges (unpackb alone was ~5 k per frame; callgrind A/B)."""
 _HEADS_DECODED_BOUND = 64
 _STREAM32 = struct.Struct(">I")
 _HEAD_DECODED_LENGTH = 2048
@@ -691,19 +689,9 @@ def _decode_head(payload: bytes, limits: Limits) -> Frame:
     form = payload[0] << 8 | payload[1]
     seen = _heads_decoded.get(key)
     if seen is not None and seen[1] == form and (seen[0] is limits or seen[0] == limits):
-        last: Request | Response = seen[3]
-        if getrefcount(last) == 3:
-            # Nobody holds the last frame of this head any more (only the entry, this name
-            # and getrefcount's argument; nothing in the mesh writes a frame's fields): it
-            # takes this frame's stream and flags instead of a new frame (a dataclass init
-            # of 14 fields, 8 for a response): p2 /small -6.3 k instructions per exchange.
-            last.stream = stream
-            last.end = bool(flags & FLAG_END)
-            return last
-        made: Frame = (Response if payload[1] == RESPONSE else Request)(
-            stream, bool(flags & FLAG_END), *seen[2])
-        seen[3] = made
-        return made
+        if payload[1] == RESPONSE:
+            return Response(stream, bool(flags & FLAG_END), *seen[2])
+        return Request(stream, bool(flags & FLAG_END), *seen[2])
     frame = _decode_payload(payload, limits)
     if len(key) <= _HEAD_DECODED_LENGTH:
         if type(frame) is Response:
@@ -716,7 +704,7 @@ def _decode_head(payload: bytes, limits: Limits) -> Frame:
                       frame.endpoint, frame.body, frame.hops, frame.head)
         if len(_heads_decoded) >= _HEADS_DECODED_BOUND:
             _heads_decoded.clear()
-        _heads_decoded[key] = [limits, form, fields, frame]
+        _heads_decoded[key] = (limits, form, fields)
     return frame
 
 
