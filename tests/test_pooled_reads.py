@@ -96,6 +96,31 @@ def test_a_kept_view_is_never_overwritten(socket_pair: tuple[socket.socket, sock
     assert protocol.buffers[-1] in protocol.buffers[2:5]  # a released one is reused
 
 
+def test_this_interpreter_counts_a_view_as_a_reference() -> None:
+    """The pools reuse a buffer only where ``getrefcount(pool[i]) == 2`` means nobody else
+    holds it; CPython 3.11 (what CI runs) is such an interpreter."""
+    assert _io.REFCOUNT_SEES_VIEWS
+    assert _io._refcount_sees_views()
+
+
+def test_without_that_no_buffer_is_pooled(
+        socket_pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where reference counts cannot tell (REFCOUNT_SEES_VIEWS false: the pool's size is 0),
+    every read gets a buffer of its own, even when no view of the last one is alive."""
+    monkeypatch.setattr(_io, "_READ_POOL_MAX", 0)
+    ours, theirs = socket_pair
+    protocol = Keeper()
+    transport = server(ours, protocol)
+    pooled_reads(transport)
+    for index in range(4):
+        theirs.sendall(bytes([index]) * 1000)
+        transport.doRead()
+    assert protocol.reads == [bytes([i]) * 1000 for i in range(4)]
+    assert _io._read_pool == []
+    assert len(protocol.buffers) == 4
+
+
 def test_reads_are_a_link_read_at_most(socket_pair: tuple[socket.socket, socket.socket]) -> None:
     """POOLED_READ per read, the pool's buffer size (not the link's bufferSize,
     use_large_buffer's LARGE_BUFFER: its write buffer's threshold)."""

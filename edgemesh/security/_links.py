@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..transports import (
+    REFCOUNT_SEES_VIEWS,
     EnvelopeLink,
     gathered_writes,
     reads_as_twisted,
@@ -244,7 +245,7 @@ calls): bench/tls_call_cost.py, 56.0 -> 49.1 k instructions per one-record read.
 _VIEW_MIN = 64 * 1024
 """Plaintext below this goes up as a copy, not as a view that would hold a whole buffer."""
 
-_POOL_MAX = 3
+_POOL_MAX = 3 if REFCOUNT_SEES_VIEWS else 0
 _pool: list[Any] = []
 """Plaintext buffers for the next reads, process-wide (at most _POOL_MAX of them: one the
 frame decoder may still hold views of while it gathers a large body, one to read into).
@@ -257,12 +258,10 @@ and take it again: the receiving edge page-faulted 21-199 times per MiB; reused,
 def _take_buffer() -> Any:
     """A pooled plaintext buffer that nothing else refers to any more, or a new one."""
     for index in range(len(_pool)):
-        buffer = _pool[index]
-        # The pool's reference, this name's and getrefcount's only: no view of it is alive
-        # (a view holds one through its ffi.buffer).
-        if sys.getrefcount(buffer) == 3:
-            del _pool[index]
-            return buffer
+        # The pool's reference and getrefcount's argument only: no view of it is alive (a
+        # view holds one through its ffi.buffer; transports.REFCOUNT_SEES_VIEWS).
+        if sys.getrefcount(_pool[index]) == 2:
+            return _pool.pop(index)
     return _ALLOCATE("char[]", _PLAINTEXT)
 
 
@@ -281,6 +280,8 @@ def _ciphertext_buffer() -> tuple[memoryview, memoryview]:
 
 def _give_buffer(buffer: Any) -> None:
     """Back to the pool, views of it alive or not (_take_buffer checks)."""
+    if not _POOL_MAX:
+        return  # this interpreter's reference counts cannot tell (REFCOUNT_SEES_VIEWS)
     if len(_pool) >= _POOL_MAX:
         del _pool[0]  # the oldest: held by views since it went in, or it would have been taken
     _pool.append(buffer)

@@ -8,6 +8,7 @@ from ._halves import InboundExchange, OutboundExchange
 from ._hooks import FrontHook, HookedFrontFactory, HookedFrontProtocol
 from ._io import (
     DEFAULT_BACKLOG,
+    REFCOUNT_SEES_VIEWS,
     gathered_writes,
     reads_as_twisted,
     with_backlog,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "REFCOUNT_SEES_VIEWS",
     "EnvelopeLink",
     "FrontHook",
     "FrontLimits",

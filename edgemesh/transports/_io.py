@@ -194,7 +194,23 @@ p2 4 MiB transfer: ~20 -> ~15 link reads, callgrind 0.50-0.53 -> 0.44 M instruct
 MiB; results 2026-12-04 §30).  One buffer is in use at a time (reads hand out views kept by
 nobody): +256 KiB of pages at most once a read filled it; a small read touches only its own."""
 
-_READ_POOL_MAX = 3
+def _refcount_sees_views() -> bool:
+    """Whether ``getrefcount(pool[i]) == 2`` says that only the pool holds a buffer, and a
+    view of it makes the count larger, on this interpreter.  CPython promises no reference
+    counts from one version to the next (3.14 borrows references on its stack), and a
+    buffer reused while a view of it is alive would overwrite bytes someone still reads:
+    where the idiom does not hold, the pools below never reuse a buffer."""
+    pool = [bytearray(1)]
+    alone = sys.getrefcount(pool[0]) == 2
+    view = memoryview(pool[0])
+    held = sys.getrefcount(pool[0]) == 3
+    view.release()
+    return alone and held
+
+
+REFCOUNT_SEES_VIEWS = _refcount_sees_views()
+
+_READ_POOL_MAX = 3 if REFCOUNT_SEES_VIEWS else 0
 _read_pool: list[mmap.mmap] = []
 """Buffers that pooled reads go into, process-wide: at most _READ_POOL_MAX of them (one to
 read into, others still held by views that someone kept past the read's dataReceived)."""
@@ -204,12 +220,10 @@ def _take_read_buffer() -> mmap.mmap:
     """A pooled read buffer that nothing else refers to any more, or a new one."""
     pool = _read_pool
     for index in range(len(pool)):
-        buffer = pool[index]
-        # The pool's reference, this name's and getrefcount's only: no view of it is alive
+        # The pool's reference and getrefcount's argument only: no view of it is alive
         # (every memoryview of it holds one, through their shared managed buffer).
-        if sys.getrefcount(buffer) == 3:
-            del pool[index]
-            return buffer
+        if sys.getrefcount(pool[index]) == 2:
+            return pool.pop(index)
     # Anonymous memory, untouched until a read writes to it: an idle node's small reads
     # make only their first pages resident.
     return mmap.mmap(-1, POOLED_READ)
@@ -217,6 +231,8 @@ def _take_read_buffer() -> mmap.mmap:
 
 def _give_read_buffer(buffer: mmap.mmap) -> None:
     """Back to the pool, views of it alive or not (_take_read_buffer checks)."""
+    if not _READ_POOL_MAX:
+        return  # this interpreter's reference counts cannot tell (REFCOUNT_SEES_VIEWS)
     if len(_read_pool) >= _READ_POOL_MAX:
         del _read_pool[0]  # the oldest: held by views since it went in, or it would be taken
     _read_pool.append(buffer)
