@@ -194,6 +194,7 @@ p2 4 MiB transfer: ~20 -> ~15 link reads, callgrind 0.50-0.53 -> 0.44 M instruct
 MiB; results 2026-12-04 §30).  One buffer is in use at a time (reads hand out views kept by
 nobody): +256 KiB of pages at most once a read filled it; a small read touches only its own."""
 
+
 def _refcount_sees_views() -> bool:
     """Whether ``getrefcount(pool[i]) == 2`` says that only the pool holds a buffer, and a
     view of it makes the count larger, on this interpreter.  CPython promises no reference
