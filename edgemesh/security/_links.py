@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import signal
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
@@ -55,7 +54,9 @@ from ..transports import (
     REFCOUNT_SEES_VIEWS,
     EnvelopeLink,
     gathered_writes,
+    give_pooled,
     reads_as_twisted,
+    take_pooled,
     write_all_now,
     write_now,
 )
@@ -255,13 +256,7 @@ and take it again: the receiving edge page-faulted 21-199 times per MiB; reused,
 (tls_cost.py --measure perf, edge-1: 4.25 -> 3.75 ms CPU per MiB, medians; results §20)."""
 
 
-def _take_buffer() -> Any:
-    """A pooled plaintext buffer that nothing else refers to any more, or a new one."""
-    for index in range(len(_pool)):
-        # The pool's reference and getrefcount's argument only: no view of it is alive (a
-        # view holds one through its ffi.buffer; transports.REFCOUNT_SEES_VIEWS).
-        if sys.getrefcount(_pool[index]) == 2:
-            return _pool.pop(index)
+def _new_buffer() -> Any:
     return _ALLOCATE("char[]", _PLAINTEXT)
 
 
@@ -276,15 +271,6 @@ def _ciphertext_buffer() -> tuple[memoryview, memoryview]:
         view = memoryview(bytearray(_READ_SIZE))
         _ciphertext = view, view.toreadonly()
     return _ciphertext
-
-
-def _give_buffer(buffer: Any) -> None:
-    """Back to the pool, views of it alive or not (_take_buffer checks)."""
-    if not _POOL_MAX:
-        return  # this interpreter's reference counts cannot tell (REFCOUNT_SEES_VIEWS)
-    if len(_pool) >= _POOL_MAX:
-        del _pool[0]  # the oldest: held by views since it went in, or it would have been taken
-    _pool.append(buffer)
 
 
 class _Direct:
@@ -614,7 +600,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                     chunks.append(connection.recv(_READ_SIZE))
                     continue
                 if buffer is None:
-                    buffer = _take_buffer()
+                    buffer = take_pooled(_pool, _new_buffer)
                     size = len(buffer)
                 got = direct.read_into(buffer, filled, size - filled)
                 if got < 0:
@@ -624,7 +610,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
                 filled += got
                 if filled == size:
                     chunks.append(self._plaintext(direct, buffer, filled))
-                    _give_buffer(buffer)
+                    give_pooled(_pool, buffer, _POOL_MAX)
                     buffer = None
                     filled = 0
             except WantReadError:
@@ -639,7 +625,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
         if filled:
             chunks.append(self._plaintext(direct, buffer, filled))
         if buffer is not None:
-            _give_buffer(buffer)
+            give_pooled(_pool, buffer, _POOL_MAX)
             buffer = None
         self._unfed = _NOTHING  # all fed, or the connection is ending
         if chunks and not self._aborted:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from errno import ENOBUFS, EWOULDBLOCK
 from types import MethodType
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application._client_service import _ReconnectingProtocolProxy
 from twisted.internet import main, tcp
@@ -211,32 +211,40 @@ def _refcount_sees_views() -> bool:
 
 REFCOUNT_SEES_VIEWS = _refcount_sees_views()
 
+_Buffer = TypeVar("_Buffer")
+
+
+def take_pooled(pool: list[_Buffer], make: Callable[[], _Buffer]) -> _Buffer:
+    """A buffer of ``pool`` that nothing else refers to any more, or ``make()``'s."""
+    for index in range(len(pool)):
+        # The pool's reference and getrefcount's argument only: no view of it is alive
+        # (every view of it holds one, a memoryview through its managed buffer, a cffi
+        # buffer through its cdata; REFCOUNT_SEES_VIEWS).
+        if sys.getrefcount(pool[index]) == 2:
+            return pool.pop(index)
+    return make()
+
+
+def give_pooled(pool: list[_Buffer], buffer: _Buffer, most: int) -> None:
+    """``buffer`` back to ``pool`` (``most`` buffers at the most), views of it alive or not
+    (take_pooled checks)."""
+    if not most:
+        return  # this interpreter's reference counts cannot tell (REFCOUNT_SEES_VIEWS)
+    if len(pool) >= most:
+        del pool[0]  # the oldest: held by views since it went in, or it would be taken
+    pool.append(buffer)
+
+
 _READ_POOL_MAX = 3 if REFCOUNT_SEES_VIEWS else 0
 _read_pool: list[mmap.mmap] = []
 """Buffers that pooled reads go into, process-wide: at most _READ_POOL_MAX of them (one to
 read into, others still held by views that someone kept past the read's dataReceived)."""
 
 
-def _take_read_buffer() -> mmap.mmap:
-    """A pooled read buffer that nothing else refers to any more, or a new one."""
-    pool = _read_pool
-    for index in range(len(pool)):
-        # The pool's reference and getrefcount's argument only: no view of it is alive
-        # (every memoryview of it holds one, through their shared managed buffer).
-        if sys.getrefcount(pool[index]) == 2:
-            return pool.pop(index)
+def _new_read_buffer() -> mmap.mmap:
     # Anonymous memory, untouched until a read writes to it: an idle node's small reads
     # make only their first pages resident.
     return mmap.mmap(-1, POOLED_READ)
-
-
-def _give_read_buffer(buffer: mmap.mmap) -> None:
-    """Back to the pool, views of it alive or not (_take_read_buffer checks)."""
-    if not _READ_POOL_MAX:
-        return  # this interpreter's reference counts cannot tell (REFCOUNT_SEES_VIEWS)
-    if len(_read_pool) >= _READ_POOL_MAX:
-        del _read_pool[0]  # the oldest: held by views since it went in, or it would be taken
-    _read_pool.append(buffer)
 
 
 def pooled_reads(transport: Any) -> None:
@@ -282,22 +290,22 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
         reads = most
         while True:
             # The pool's last buffer, when only the pool refers to it (and getrefcount's
-            # argument), inline; the rest is _take_read_buffer's (callgrind, one 200-byte
+            # argument), inline; the rest is take_pooled's (callgrind, one 200-byte
             # read: 12.0 -> 8.8 k instructions; Twisted's doRead, 5.6 k; p2 /small 430 ->
             # 424 k).
             if pool and getrefcount(pool[-1]) == 2:
                 buffer = pool.pop()
             else:
-                buffer = _take_read_buffer()
+                buffer = take_pooled(pool, _new_read_buffer)
             try:
                 size = recv_into(buffer)
             except OSError as error:
-                _give_read_buffer(buffer)
+                give_pooled(pool, buffer, _READ_POOL_MAX)
                 if error.args[0] == EWOULDBLOCK:
                     return None
                 return main.CONNECTION_LOST
             if not size:
-                _give_read_buffer(buffer)
+                give_pooled(pool, buffer, _READ_POOL_MAX)
                 return main.CONNECTION_DONE
             try:
                 transport.protocol.dataReceived(memoryview(buffer)[:size].toreadonly())
@@ -305,7 +313,7 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
                 if len(pool) < _READ_POOL_MAX:
                     pool.append(buffer)
                 else:
-                    _give_read_buffer(buffer)
+                    give_pooled(pool, buffer, _READ_POOL_MAX)
             reads -= 1
             if (size < full or not reads or readers is None or fd not in readers
                     or transport.disconnecting):
