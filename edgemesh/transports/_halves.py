@@ -75,17 +75,18 @@ class _Sender:
     EnvelopeLink._admit): it stays paused whatever the credit says."""
 
     def send(self, data: bytes) -> None:
-        if self.done or self.ending:
-            return
+        if self.done or self.ending or not data:
+            return  # (nothing sent: no credit of this stream's to read in window_left below)
         rest: bytes | memoryview = data
         if not self.queue and not self.link.paused:
             rest = self._send_now(data)
             if not rest:
                 limit = self.limit
                 if limit is not None:
-                    # A sized producer's next read fits the credit left, or it waits.
+                    # A sized producer's next read fits the credit left, or it waits.  The
+                    # credit left: data_head_within's (not a send_window call per pod read).
                     conn = self.link.connection
-                    window = conn.send_window(self.sid)
+                    window = conn.window_left
                     if window < conn.send_floor:
                         self.update()
                     else:
