@@ -18,7 +18,13 @@ from zope.interface.verify import verifyObject
 from edgemesh.exchange import IResponder, RequestHead, ResponseHead
 from edgemesh.testing import RecordingBody
 from edgemesh.transports._front import HTTPFrontProtocol
-from edgemesh.transports._io import FRONT_HIGH_WATER, buffered, pause_past
+from edgemesh.transports._io import (
+    FRONT_HIGH_WATER,
+    buffered,
+    pause_past,
+    write_all_now,
+    write_now,
+)
 
 PIECE = 32 * 1024
 BODY = bytes(range(256)) * 4096  # 1 MiB
@@ -122,7 +128,37 @@ def test_pause_past_pauses_beyond_the_high_water_and_twisted_resumes() -> None:
         right.close()
 
 
-def test_a_slow_client_holds_at_most_the_high_water_and_one_piece(served: FrontOverSocket) -> None:
+def test_write_now_says_whether_all_of_it_went_to_the_socket_now() -> None:
+    """The front judges a pause (pause_past) only after a write that left something in
+    Twisted's buffer: True means nothing waits there."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    try:
+        transport = _server(left, Protocol())
+        assert write_now(transport, b"a" * 100) is True
+        assert write_all_now(transport, (b"b" * 10, memoryview(b"c" * 10))) is True
+        assert buffered(transport) == 0
+        assert _drain(right) == b"a" * 100 + b"b" * 10 + b"c" * 10
+        # The kernel's buffer full: what it does not take waits in Twisted's.
+        sent_all = True
+        for _ in range(10_000):  # bounded
+            sent_all = write_now(transport, BODY)
+            if not sent_all:
+                break
+        assert not sent_all and buffered(transport) > 0
+        assert write_now(transport, b"d") is False  # behind what waits: buffered too
+        assert write_all_now(transport, (b"e", b"f")) is False
+        assert write_all_now(transport, ()) is False  # nothing sent now, something waits
+    finally:
+        left.close()
+        right.close()
+
+
+@pytest.mark.parametrize("parts", [False, True], ids=["write", "write_parts"])
+def test_a_slow_client_holds_at_most_the_high_water_and_one_piece(
+    served: FrontOverSocket, parts: bool,
+) -> None:
     transport, front, right = served.transport, served.front, served.client
     front.dataReceived(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
     (responder,) = served.responders
@@ -141,7 +177,10 @@ def test_a_slow_client_holds_at_most_the_high_water_and_one_piece(served: FrontO
             received += _drain(right)
             transport.doWrite()
             continue
-        responder.write(BODY[sent : sent + PIECE])
+        if parts:  # a link's views (edge-1 of path 2)
+            responder.write_parts([memoryview(BODY)[sent : sent + PIECE]])  # type: ignore[attr-defined]
+        else:
+            responder.write(BODY[sent : sent + PIECE])
         sent += PIECE
         held.append(buffered(transport))
     responder.end()

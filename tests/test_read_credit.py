@@ -22,6 +22,7 @@ from edgemesh.transports._io import SMALL_BUFFER
 from edgemesh.transports._upconnection import (
     LINKED_READ,
     MAX_READ,
+    MIN_READ,
     RAMP_READS,
     READ_BUDGET,
     ROOM_READ,
@@ -197,6 +198,18 @@ def test_a_linked_read_is_the_budgets_share_at_most() -> None:
         assert (budget.cap(), budget.cap(True)) == (unlinked, linked)
         assert max(busy, 1) * budget.cap(True) <= READ_BUDGET
     assert MAX_READ < LINKED_READ < 256 * 1024  # under the C heap's mmap threshold (roles/_heap)
+
+
+def test_the_budgets_share_is_between_min_read_and_the_largest_read_at_any_busy_count() -> None:
+    """cap() without builtins (a pod read's rule): the share, within MIN_READ and the
+    largest read of its kind, for every busy count and a small budget too."""
+    for total in (READ_BUDGET, 1024 * 1024, 3 * MIN_READ, 1):
+        budget = ReadBudget(total)
+        for busy in range(300):
+            budget.busy = busy
+            for linked, most in ((False, MAX_READ), (True, LINKED_READ)):
+                share = most if busy <= 1 else max(MIN_READ, min(most, total // busy))
+                assert budget.cap(linked) == share, (total, busy, linked)
 
 
 def test_a_lone_stream_keeps_reading_whole_linked_reads() -> None:

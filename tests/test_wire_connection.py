@@ -863,6 +863,8 @@ class TwoConnections(RuleBasedStateMachine):
         if not size:
             assert head == b""
             return
+        # What the sender reads instead of a send_window call (_Sender.send).
+        assert side.conn.window_left == window - size
         side.outbox.append(_Flight(head + b"z" * size, sid, body=size))
 
     @rule(client=st.booleans(), pick=st.integers(0, 1 << 16),

@@ -328,10 +328,11 @@ class _Exchange:
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
         if self.head_waiting:
             self.head_waiting = False
-            write_all_after_waiting(transport, (data,))
+            sent = write_all_after_waiting(transport, (data,))
         else:
-            write_now(transport, data)
-        pause_past(transport, FRONT_HIGH_WATER)
+            sent = write_now(transport, data)
+        if not sent:  # all sent now: nothing buffered, no pause to judge (a call less per read)
+            pause_past(transport, FRONT_HIGH_WATER)
 
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """``write`` of pieces off a link without copying them: one sendmsg of them all
@@ -352,12 +353,13 @@ class _Exchange:
         assert transport is not None
         if self.head_waiting:
             self.head_waiting = False
-            write_all_after_waiting(transport, parts)
+            sent = write_all_after_waiting(transport, parts)
         elif len(parts) == 1:
-            write_now(transport, parts[0])
+            sent = write_now(transport, parts[0])
         else:
-            write_all_now(transport, parts)
-        pause_past(transport, FRONT_HIGH_WATER)
+            sent = write_all_now(transport, parts)
+        if not sent:  # all sent now: nothing buffered, no pause to judge (a call less per read)
+            pause_past(transport, FRONT_HIGH_WATER)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: they go with the last chunk."""

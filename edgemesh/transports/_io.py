@@ -59,8 +59,9 @@ def _open_plain_tcp(transport: Any) -> bool:
     )
 
 
-def write_now(transport: Any, data: bytes | memoryview) -> None:
-    """``transport.write(data)``, sending immediately when that is safe."""
+def write_now(transport: Any, data: bytes | memoryview) -> bool:
+    """``transport.write(data)``, sending immediately when that is safe.  True when all of
+    it went to the socket now (nothing was or is buffered: no producer to pause)."""
     # A plain TCP transport with nothing buffered: a send now keeps the byte order.  Checked
     # inline, not by _open_plain_tcp (and not _tempDataLen): one Python call less per write
     # (two per /small exchange).
@@ -81,14 +82,16 @@ def write_now(transport: Any, data: bytes | memoryview) -> None:
             # Let Twisted meet the error on its own path (it closes the connection).
             sent = 0
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data if type(data) is bytes else bytes(data))  # Twisted takes bytes only
+    return False
 
 
-def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
+def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> bool:
     """``transport.writeSequence(parts)``, as one ``sendmsg`` of them all when that is safe
-    (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time)."""
+    (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time).
+    True when all of it went to the socket now (as write_now)."""
     # The same check as write_now's (_open_plain_tcp and nothing held), inline: one Python
     # call less per bulk DATA frame a link sends.
     if (
@@ -114,15 +117,18 @@ def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
                 continue
             rest.append(part[sent:])
             sent = 0
+        if not rest:
+            return True
         parts = rest
-    if not parts:
-        return
+    elif not parts:
+        return False  # (nothing to write, nothing sent: the caller's buffer rule as before)
     # Twisted's transports take bytes only.  Bytes parts go as they are (joined once, in its
     # doWrite); views are joined here, one copy instead of a bytes() each and the join.
     if all(type(part) is bytes for part in parts):
         transport.writeSequence(parts)
     else:
         transport.write(b"".join(parts))
+    return False
 
 
 LARGE_BUFFER = 256 * 1024
@@ -147,7 +153,7 @@ _WAITING_TAKEN = 16 * 1024
 """At most this much waiting in Twisted's buffer is taken along by write_all_after_waiting."""
 
 
-def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
+def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview]) -> bool:
     """``write_all_now(transport, parts)`` after the few bytes that wait in Twisted's buffer
     (a response head the front buffered): one sendmsg of them all now.  Written after them,
     the body's first piece waited whole in the buffer for the next reactor turn (p1 /big at
@@ -157,7 +163,7 @@ def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview])
         transport._tempDataBuffer = []
         transport._tempDataLen = 0
         parts = (*waiting, *parts)  # its doWrite finds the buffer empty and stops writing
-    write_all_now(transport, parts)
+    return write_all_now(transport, parts)
 
 
 def pause_past(transport: Any, high_water: int) -> None:

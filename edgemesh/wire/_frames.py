@@ -1020,7 +1020,7 @@ def _data_head(buffer: _Buffer, start: int, end: int, avail: int) -> tuple[int, 
         pos += 2
     else:
         return None
-    if not 1 <= stream <= _MAX_U31 or pos + 2 > min(end, avail):
+    if not 1 <= stream <= _MAX_U31 or pos + 2 > end or pos + 2 > avail:
         return None
     flags = buffer[pos]
     kind = buffer[pos + 1]
@@ -1241,7 +1241,10 @@ class FrameDecoder:
     def _gather(self, buffer: _Buffer, pos: int, size: int, frames: list[Frame]) -> int:
         """Take what the DATA body being gathered still lacks from ``buffer[pos:size]`` and
         hand it on as a DATA frame (small pieces coalesced first)."""
-        take = min(self._body_need, size - pos)
+        # Not min(): a builtin call with argument parsing per read of a gathered body.
+        take = self._body_need
+        if size - pos < take:  # noqa: PLR1730
+            take = size - pos
         self._body_need -= take
         stream, fin = self._body_frame
         last = not self._body_need
