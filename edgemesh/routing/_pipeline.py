@@ -588,7 +588,7 @@ class Pipeline:
             guard.active_at = now
             guard.idle_deadline = idle = now + self._idle_timeout
             # Not min(): a builtin call with argument parsing (~750 instructions; callgrind).
-            wake = idle if idle < deadline else deadline  # noqa: FURB136
+            wake = idle if idle < deadline else deadline
             if wake < self._wake_at:
                 self._schedule(wake)
         guard._attempt(route, target)

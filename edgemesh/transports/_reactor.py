@@ -183,7 +183,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                 else:
                     # Not min(): a builtin call with argument parsing, ~750
                     # instructions, twice per /small exchange (callgrind).
-                    timeout = delay if delay < _LONGEST else _LONGEST  # noqa: FURB136
+                    timeout = delay if delay < _LONGEST else _LONGEST
             else:
                 timeout = None
             if not self.running:

@@ -109,7 +109,7 @@ class ReadBudget:
         share = self.total // busy
         if share >= most:
             return most
-        return share if share > MIN_READ else MIN_READ  # noqa: FURB136
+        return share if share > MIN_READ else MIN_READ
 
 
 RAMP_READS: Final = 4
@@ -462,7 +462,7 @@ class _UpstreamConnection(Protocol):
                         want = min(want * 2, cap)
                 self.want = want
                 if room is not None and room < want and want > ROOM_READ:
-                    want = room if room > ROOM_READ else ROOM_READ  # noqa: FURB136 (not max(): a builtin call)
+                    want = room if room > ROOM_READ else ROOM_READ  # (not max(): see cap)
                 if size != want:
                     transport.bufferSize = want
 
@@ -476,7 +476,7 @@ class _UpstreamConnection(Protocol):
         self.room = room
         want = self.want
         if room < want and want > ROOM_READ:
-            want = room if room > ROOM_READ else ROOM_READ  # noqa: FURB136 (not max(): a builtin call)
+            want = room if room > ROOM_READ else ROOM_READ  # (not max(): see cap)
         transport = self.transport
         if getattr(transport, "bufferSize", want) != want:
             transport.bufferSize = want

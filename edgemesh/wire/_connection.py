@@ -459,8 +459,8 @@ class Connection:
             raise ValueError(f"stream {sid}: body before the response head")
         window = stream.send_window
         # Not min() of three: a builtin call with argument parsing, once per DATA frame sent.
-        allowed = window if window < most else most  # noqa: FURB136
-        if size < allowed:  # noqa: PLR1730
+        allowed = window if window < most else most
+        if size < allowed:
             allowed = size
         if allowed <= 0:
             return b"", 0
@@ -529,7 +529,7 @@ class Connection:
         # (Conditionals, not min(): a builtin call with argument parsing each, ~750
         # instructions, twice per link read on the receiving edge of a bulk body.)
         unconsumed = granted - stream.recv_window
-        if size > unconsumed:  # noqa: PLR1730
+        if size > unconsumed:
             size = unconsumed
         minimum = self._min_window
         extra = granted - minimum if granted > minimum else 0
@@ -538,9 +538,9 @@ class Connection:
         budget = self._budget
         grow = self._max_extra
         share = budget // self._receiving
-        if share < grow:  # noqa: PLR1730
+        if share < grow:
             grow = share
-        if budget - others < grow:  # noqa: PLR1730
+        if budget - others < grow:
             grow = budget - others
         # The whole share at once, no slow start: ramping from the initial window cost
         # +27 % instructions per MiB on one 1 MiB transfer (bench/tls_cost.py --plain).

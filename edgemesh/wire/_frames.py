@@ -365,7 +365,7 @@ def encode_request(
         marker = b"\x9f\x01"
         fields = (method, path, authority, headers, content_length, client, service, port,
                   host, ep_port, body,
-                  hops if hops < MAX_HOPS else MAX_HOPS)  # noqa: FURB136 -- min(): ~750 instr.
+                  hops if hops < MAX_HOPS else MAX_HOPS)  # (not min(): ~750 instr.)
     return _head_frame(marker, stream, end, fields, len(body) <= _PACKED_BODY)
 
 
@@ -1243,7 +1243,7 @@ class FrameDecoder:
         hand it on as a DATA frame (small pieces coalesced first)."""
         # Not min(): a builtin call with argument parsing per read of a gathered body.
         take = self._body_need
-        if size - pos < take:  # noqa: PLR1730
+        if size - pos < take:
             take = size - pos
         self._body_need -= take
         stream, fin = self._body_frame
