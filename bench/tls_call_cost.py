@@ -3,7 +3,9 @@
     PYTHONPATH=. /work/main/.venv/bin/python bench/tls_call_cost.py [--tree DIR]
 
 Runs itself under ``valgrind --tool=callgrind`` twice per case, with few and many calls,
-and prints the difference per call (start-up, the PKI and the handshake cancel out):
+and prints the difference per call (start-up, the PKI and the handshake cancel out), split
+by where it runs (callgrind_annotate's functions: copies, the cipher, the rest of OpenSSL,
+cffi, the interpreter, other; in k instructions):
 
 - ``write``: the node's TLS layer (``_LinkTLS``, on a real ``tcp.Server`` transport over a
   socketpair) sends a frame head and a 75 KiB body (``writeSequence``); the peer's socket is
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,7 +100,18 @@ def small_reads(count: int, receive: bool = True) -> None:
             server.dataReceived(data)
 
 
-def instructions(tree: str, case: str, count: int) -> int:
+PARTS = (
+    # (part, pattern of callgrind_annotate's "file:function [object]"), first match wins.
+    ("copies", r"__mem(cpy|move|set)"),
+    ("cipher", r"(aes|gcm|ghash|clmul)"),
+    ("OpenSSL", r"(lib(ssl|crypto)|_rust\.abi3)"),
+    ("cffi", r"_cffi_backend"),
+    ("Python", r"(python|libpython)"),
+)
+
+
+def instructions(tree: str, case: str, count: int) -> dict[str, int]:
+    """The run's instructions: "total" and PARTS' (the rest in "other")."""
     with tempfile.NamedTemporaryFile(prefix="callgrind.", delete=False) as out:
         path = out.name
     env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")  # (same dict layouts each run)
@@ -105,13 +119,35 @@ def instructions(tree: str, case: str, count: int) -> int:
                     sys.executable, os.path.abspath(__file__), "--run", case, str(count)],
                    cwd=tree, env=env, check=True, capture_output=True)
     try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(("summary:", "totals:")):
-                    return int(line.split()[1])
+        text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+                              capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(path)
-    raise RuntimeError("no totals")
+    parts = dict.fromkeys([*(name for name, _ in PARTS), "other", "total"], 0)
+    for line in text.splitlines():
+        match = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if match is None:
+            continue
+        count_, where = int(match.group(1).replace(",", "")), match.group(2)
+        if "PROGRAM TOTALS" in where:
+            parts["total"] = count_
+            continue
+        for name, pattern in PARTS:
+            if re.search(pattern, where, re.IGNORECASE):
+                parts[name] += count_
+                break
+        else:
+            parts["other"] += count_
+    return parts
+
+
+def per_call(tree: str, case: str, few: int, many: int) -> dict[str, float]:
+    low, high = instructions(tree, case, few), instructions(tree, case, many)
+    return {name: (high[name] - low[name]) / (many - few) for name in high}
+
+
+def split(parts: dict[str, float]) -> str:
+    return ", ".join(f"{name} {parts[name] / 1e3:.1f}" for name in parts if name != "total")
 
 
 def main() -> None:
@@ -126,17 +162,15 @@ def main() -> None:
         {"write": writes, "small-read": small_reads,
          "small-read-peer": lambda n: small_reads(n, receive=False)}[case](count)
         return
-    few, many = 100, 500
-    per_write = (instructions(args.tree, "write", many)
-                 - instructions(args.tree, "write", few)) / (many - few)
+    write = per_call(args.tree, "write", 100, 500)
+    per_write = write["total"]
     print(f"write: {per_write / 1e3:.1f} k instructions per {BODY // 1024} KiB write, "
-          f"{per_write * (1 << 20) / BODY / 1e6:.2f} M per MiB")
-    few, many = 500, 2500
-    both = (instructions(args.tree, "small-read", many)
-            - instructions(args.tree, "small-read", few)) / (many - few)
-    peer = (instructions(args.tree, "small-read-peer", many)
-            - instructions(args.tree, "small-read-peer", few)) / (many - few)
-    print(f"small-read: {(both - peer) / 1e3:.1f} k instructions per one-record read")
+          f"{per_write * (1 << 20) / BODY / 1e6:.2f} M per MiB ({split(write)} k)")
+    both = per_call(args.tree, "small-read", 500, 2500)
+    peer = per_call(args.tree, "small-read-peer", 500, 2500)
+    read = {name: both[name] - peer[name] for name in both}
+    print(f"small-read: {read['total'] / 1e3:.1f} k instructions per one-record read "
+          f"({split(read)} k)")
 
 
 if __name__ == "__main__":

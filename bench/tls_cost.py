@@ -125,6 +125,53 @@ def strace_rows(path: str) -> list[tuple[str, int]]:
     return sorted(rows, key=lambda row: -row[1])
 
 
+_CALL = re.compile(r"\s(\w+)\(fd: (\d+),.*\)\s+=\s+(-?\d+)")
+_BINS = (0, 64, 1024, 4096, 16384, 65536, 131072, 262144, 524288, 1 << 30)
+
+
+def size_report(path: str, name: str, mib: float, unit: str) -> str:
+    """Reads and writes per fd from an ``strace -f`` trace: the fds that moved the most
+    bytes (a link's, a pod's), their calls per ``unit`` and a histogram of the sizes."""
+    per: dict[tuple[int, str], list[int]] = {}
+    with open(path) as f:
+        for line in f:
+            match = _CALL.search(line)
+            if match is None or int(match.group(3)) < 0:
+                continue
+            call, fd, size = match.group(1), int(match.group(2)), int(match.group(3))
+            kind = "read" if call.startswith(("recv", "read")) else "write"
+            per.setdefault((fd, kind), []).append(size)
+    moved: dict[int, int] = {}
+    for (fd, _kind), sizes in per.items():
+        moved[fd] = moved.get(fd, 0) + sum(sizes)
+    top = sorted(moved, key=lambda fd: -moved[fd])[:2]
+    lines = [(f"{name}: reads and writes of the two fds that moved the most bytes, then of "
+              f"the others (per {unit}):")]
+    rest: dict[str, list[int]] = {}
+    for (fd, kind), sizes in sorted(per.items()):
+        if fd not in top:
+            rest.setdefault(kind, []).extend(sizes)
+            continue
+        lines.append(_histogram(f"fd {fd} {kind}", sizes, mib))
+    for kind, sizes in sorted(rest.items()):
+        lines.append(_histogram(f"other fds {kind}", sizes, mib))
+    return "\n".join(lines)
+
+
+def _histogram(label: str, sizes: list[int], mib: float) -> str:
+    counts = [0] * (len(_BINS) - 1)
+    for size in sizes:
+        for index in range(len(_BINS) - 1):
+            if size < _BINS[index + 1]:
+                counts[index] += 1
+                break
+    bins = " ".join(f"<{_BINS[i + 1] // 1024 if _BINS[i + 1] >= 1024 else _BINS[i + 1]}"
+                    f"{'K' if _BINS[i + 1] >= 1024 else ''}:{c / mib:.1f}"
+                    for i, c in enumerate(counts) if c)
+    return (f"    {label}: {len(sizes) / mib:.1f} calls, {sum(sizes) / mib / 1024:.0f} KiB, "
+            f"mean {sum(sizes) / max(len(sizes), 1) / 1024:.1f} KiB; {bins}")
+
+
 PARTS = (
     # (part, dso pattern, symbol pattern), first match wins.
     ("copies", r"", r"(__mem(cpy|move|set)|memcpy|memmove|memset|copy_user|rep_movs)"),
@@ -177,7 +224,7 @@ def main() -> None:
     parser.add_argument("--annotate", type=int, default=0)
     parser.add_argument("--measure", default="callgrind",
                         choices=["callgrind", "strace", "cpu", "perf", "pyspy", "faults",
-                                 "profile"])
+                                 "profile", "sizes"])
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -230,6 +277,15 @@ def main() -> None:
         io_before = {name: io_calls(pid) for name, pid in edges.items()}
         ticks_before = {name: cpu_ticks(pid) for name, pid in edges.items()}
         tracers: dict[str, subprocess.Popen[bytes]] = {}
+        if args.measure == "sizes":
+            for name, pid in edges.items():
+                tracers[name] = subprocess.Popen(
+                    # (perf trace, not strace: ptrace's stops slow the edge enough to
+                    # make its reads fuller than they are)
+                    ["perf", "trace", "-e", "recvfrom,recvmsg,read,sendto,sendmsg,write,writev",
+                     "-p", str(pid), "-o", os.path.join(out, f"sizes.{name}")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
         if args.measure == "strace":
             for name, pid in edges.items():
                 tracers[name] = subprocess.Popen(
@@ -315,6 +371,10 @@ def main() -> None:
                     total = sum(calls for _, calls in rows)
                     print(f"{name}: {total / mib:,.1f} system calls per {unit}: " + ", ".join(
                         f"{call} {calls / mib:,.1f}" for call, calls in rows[:8]), flush=True)
+            if args.measure == "sizes":
+                for name in edges:
+                    print(size_report(os.path.join(out, f"sizes.{name}"), name, mib, unit),
+                          flush=True)
             if args.measure == "perf":
                 for name in edges:
                     seconds = (ticks_after[name] - ticks_before[name]) / hz
