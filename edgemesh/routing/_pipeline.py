@@ -207,7 +207,7 @@ class Pipeline:
         self._filters = False
         """Endpoints are ejected or peers drain: the balancer chooses among the usable ones
         (kept by ``_refilter`` where either changes: an attribute read per exchange rather
-        than a Python call, p1 edge-1 -X k instructions)."""
+        than a Python call, p1 edge-1 -0.5 k instructions, callgrind)."""
         self._relayed: dict[str, int] = {}
         self._inflight: set[GuardedExchange] = set()
         self._timer: IDelayedCall | None = None
