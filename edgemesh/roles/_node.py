@@ -343,6 +343,7 @@ class MeshNode(MultiService):
         streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
         out of this node."""
         pipeline = self.pipeline
+
         def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
             return pipeline.dispatch_stream(kind, authority, client, source)
 
