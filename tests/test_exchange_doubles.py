@@ -22,6 +22,7 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     ResponseHead,
+    SourceKind,
     TargetKind,
 )
 from edgemesh.routing import GuardedExchange, Route
@@ -195,7 +196,7 @@ def test_target_records_and_answers() -> None:
 def test_target_as_a_dispatch_and_answers_later() -> None:
     target = ScriptedTarget()
     responder = RecordingResponder()
-    target(HEAD, responder)
+    target(SourceKind.service_bus, HEAD, responder)
     [call] = target.opened
     assert call.route is None and call.endpoint is None and responder.calls == []
     call.respond(200, b"", length=None)
@@ -205,8 +206,8 @@ def test_target_as_a_dispatch_and_answers_later() -> None:
 def test_target_completes_whole_where_the_responder_can() -> None:
     target = ScriptedTarget(answer=lambda call: call.complete(body=b"whole"))
     whole, parts = CompletingResponder(), RecordingResponder()
-    target(HEAD, whole)
-    target(HEAD, parts)
+    target(SourceKind.service_bus, HEAD, whole)
+    target(SourceKind.service_bus, HEAD, parts)
     assert (whole.calls, whole.body) == (["complete"], b"whole")
     assert (parts.calls, parts.body) == (["head", "write", "end"], b"whole")
 
@@ -214,7 +215,7 @@ def test_target_completes_whole_where_the_responder_can() -> None:
 def test_target_fails_and_raises() -> None:
     target = ScriptedTarget(answer=lambda call: call.fail(Reason.upstream_refused, unsent=True))
     responder = RecordingResponder()
-    target(HEAD, responder)
+    target(SourceKind.service_bus, HEAD, responder)
     assert responder.error is not None and responder.error.unsent
     assert responder.error.reason is Reason.upstream_refused
     target.raises = RuntimeError("broken target")
@@ -229,7 +230,7 @@ def test_a_target_script_that_breaks_the_contract_is_caught() -> None:
         call.respond()
 
     with pytest.raises(ContractViolation, match="after end"):
-        ScriptedTarget(answer=twice)(HEAD, RecordingResponder())
+        ScriptedTarget(answer=twice)(SourceKind.service_bus, HEAD, RecordingResponder())
 
 
 @implementer(IPushProducer)

@@ -7,7 +7,7 @@ are shared with test_front_hardening.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +30,11 @@ from edgemesh.exchange import (
     Reason,
     RequestHead,
     ResponseHead,
+    SourceKind,
 )
 from edgemesh.testing import Opened, RecordingBody, ScriptedTarget
 from edgemesh.transports._front import (
+    Dispatch,
     FrontLimits,
     HTTPFrontFactory,
     HTTPFrontProtocol,
@@ -119,11 +121,11 @@ class Conn:
 
     def __init__(
         self,
-        target: ScriptedTarget | Callable[[RequestHead, IResponder], IRequestBody],
+        target: ScriptedTarget | Dispatch,
         limits: FrontLimits = DEFAULTS,
     ) -> None:
         self.clock = MemoryReactorClock()
-        self.factory = HTTPFrontFactory(self.clock, target, limits)
+        self.factory = HTTPFrontFactory(self.clock, SourceKind.service_bus, target, limits)
         protocol = self.factory.buildProtocol(PEER)
         assert isinstance(protocol, HTTPFrontProtocol)
         self.protocol = protocol
@@ -592,8 +594,24 @@ def test_fail_after_head_aborts_the_client_connection() -> None:
     assert conn.transport.value() == written
 
 
+def test_the_front_passes_its_listeners_kind_with_each_request() -> None:
+    kinds: list[SourceKind] = []
+    target = ScriptedTarget(answer=answer_ok)
+
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
+        kinds.append(source)
+        return target(source, head, responder)
+
+    factory = HTTPFrontFactory(MemoryReactorClock(), SourceKind.router, dispatch)
+    protocol = factory.buildProtocol(PEER)
+    protocol.makeConnection(StringTransport(peerAddress=PEER))
+    protocol.dataReceived(GET + GET)
+    assert kinds == [SourceKind.router, SourceKind.router]
+    assert len(target.opened) == 2
+
+
 def test_dispatch_raising_mesh_error() -> None:
-    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         raise MeshError(Reason.unknown_service, f"no service {head.authority.decode()}")
 
     conn = Conn(dispatch)
@@ -605,7 +623,7 @@ def test_dispatch_raising_mesh_error() -> None:
 
 
 def test_dispatch_raising_anything_else_is_a_logged_502() -> None:
-    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         raise RuntimeError("bug")
 
     conn = Conn(dispatch)
@@ -626,7 +644,7 @@ def test_target_raising_in_body_write_fails_the_exchange() -> None:
 
     calls: list[IResponder] = []
 
-    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         calls.append(responder)
         return Broken()
 
@@ -851,7 +869,7 @@ def test_a_bug_in_the_front_costs_one_connection_not_the_reactor() -> None:
             raise KeyError(name)
 
     conn = Conn(ScriptedTarget())
-    buggy = Buggy(conn.clock, ScriptedTarget())
+    buggy = Buggy(conn.clock, SourceKind.service_bus, ScriptedTarget())
     transport = StringTransport(peerAddress=PEER)
     buggy.makeConnection(transport)
     with captured_log() as events:
@@ -878,19 +896,19 @@ class TrailerBody(RecordingBody):
 def test_request_trailers_reach_the_target_before_the_end(queued: bool) -> None:
     bodies: list[TrailerBody] = []
 
-    def dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         body = TrailerBody()
         bodies.append(body)
         return body
 
     calls: list[tuple[RequestHead, IResponder]] = []
 
-    def holding(head: RequestHead, responder: IResponder) -> IRequestBody:
+    def holding(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
         # The first exchange stays open so that the second one queues behind it.
         if not calls:
             calls.append((head, responder))
             return RecordingBody()
-        return dispatch(head, responder)
+        return dispatch(source, head, responder)
 
     conn = Conn(holding if queued else dispatch)
     if queued:

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from edgemesh.exchange import IResponder, RequestHead, ResponseHead
+from edgemesh.exchange import IResponder, RequestHead, ResponseHead, SourceKind
 from edgemesh.testing import RecordingBody
 from edgemesh.transports._front import HTTPFrontProtocol
 from edgemesh.transports._io import (
@@ -87,11 +87,11 @@ def served() -> Iterator[FrontOverSocket]:
     right.setblocking(False)
     responders: list[IResponder] = []
 
-    def dispatch(head: RequestHead, responder: IResponder) -> RecordingBody:
+    def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> RecordingBody:
         responders.append(responder)
         return RecordingBody()
 
-    front = HTTPFrontProtocol(MemoryReactorClock(), dispatch)
+    front = HTTPFrontProtocol(MemoryReactorClock(), SourceKind.service_bus, dispatch)
     transport = _server(left, front)
     try:
         front.makeConnection(transport)

@@ -590,9 +590,7 @@ def _one_request(mode: str) -> Callable[[], None]:
     if mode != "without":
         config = ObservabilityConfig(access_log=mode == "access-log")
         MeshObserver(clock, Role.edge, "edge-1", config).attach(pipeline)
-    dispatch = pipeline.dispatch
-    factory = HTTPFrontFactory(
-        clock, lambda head, responder: dispatch(SourceKind.service_bus, head, responder))
+    factory = HTTPFrontFactory(clock, SourceKind.service_bus, pipeline.dispatch)
     protocol, transport = front_connection(factory)
     data = b"GET /a HTTP/1.1\r\nHost: web.shop\r\n\r\n"
 

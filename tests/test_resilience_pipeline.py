@@ -495,6 +495,31 @@ def test_success_resets_the_count() -> None:
     assert not mesh.pipeline.outliers.ejected
 
 
+def test_the_filtering_flag_follows_ejections_and_draining_peers() -> None:
+    # The pipeline keeps it where ejections and drains change (the exchange reads it):
+    # it must be what counting them says after each change, expiries included.
+    mesh = Mesh(consecutive_failures=1, retries=0, base_ejection=30)
+    pipeline = mesh.pipeline
+
+    def counted() -> bool:
+        return bool(pipeline.outliers.ejected or pipeline._draining_peers)
+
+    assert not pipeline._filtering() and not counted()
+    mesh.pods.answer = lambda call: call.respond(500 if call.endpoint == A else 200)
+    endpoints_chosen(mesh, "pair", 4)
+    assert pipeline.outliers.ejected == 1 and pipeline._filtering()
+    mesh.clock.advance(31)
+    pipeline.outliers.sweep(pipeline.now())  # the ejection is over
+    assert not pipeline._filtering() and not counted()
+    pipeline.peer_draining("edge-2")
+    assert pipeline._filtering() and counted()
+    pipeline.peer_back("edge-2")
+    assert not pipeline._filtering() and not counted()
+    pipeline.peer_draining("edge-2")
+    pipeline.configure(pipeline.settings)  # a new detector: the drain still counts
+    assert pipeline._filtering() and counted()
+
+
 # --- routes kept per catalog ----------------------------------------------------------------
 
 

@@ -317,7 +317,7 @@ def front(request: bytes) -> tuple[list[RequestHead], bytes]:
     target = ScriptedTarget()
     clock = MemoryReactorClock()
     peer = IPv4Address("TCP", "10.1.2.3", 40000)
-    protocol = HTTPFrontFactory(clock, target).buildProtocol(peer)
+    protocol = HTTPFrontFactory(clock, SourceKind.service_bus, target).buildProtocol(peer)
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     protocol.dataReceived(request)

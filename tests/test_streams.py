@@ -222,13 +222,13 @@ class Opener:
         return self.up
 
 
-def no_http(head: RequestHead, responder: IResponder) -> IRequestBody:
+def no_http(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
     raise MeshError(Reason.unknown_service, "no HTTP in this test")
 
 
 def front(opener: Opener) -> tuple[Any, HalfCloseTransport, MemoryReactorClock]:
     clock = MemoryReactorClock()
-    factory = StreamingFrontFactory(clock, no_http, opener)
+    factory = StreamingFrontFactory(clock, SourceKind.service_bus, no_http, opener)
     protocol: Any = factory.buildProtocol(None)
     transport = HalfCloseTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5555))
     protocol.makeConnection(transport)

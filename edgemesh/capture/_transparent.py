@@ -163,7 +163,9 @@ class CapturedConnection:
         host, port = self.original
         return f"{host}:{port}"
 
-    def dispatch(self, head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(
+        self, source: SourceKind, head: RequestHead, responder: IResponder
+    ) -> IRequestBody:
         original = self.original
         if original is None:
             raise MeshError(
@@ -176,7 +178,7 @@ class CapturedConnection:
         if not head.authority:
             head = dataclasses.replace(head, authority=f"{host}:{port}".encode("ascii"))
         return self._dispatch_resolved(
-            SourceKind.service_bus, head, responder, service.key, service_port.port, None
+            source, head, responder, service.key, service_port.port, None
         )
 
 
@@ -192,7 +194,7 @@ class TransparentFrontFactory(HookedFrontFactory):
         lookup: OriginalDestination = socket_original_destination,
         dispatch_stream: DispatchStreamResolved | None = None,
     ) -> None:
-        super().__init__(reactor, self._captured, limits)
+        super().__init__(reactor, SourceKind.service_bus, self._captured, limits)
         self.addresses = addresses
         self.dispatch_resolved = dispatch_resolved
         self.lookup = lookup

@@ -332,8 +332,7 @@ class MeshNode(MultiService):
         return listener
 
     def front(self, kind: SourceKind, limits: FrontLimits) -> HTTPFrontFactory:
-        # A partial, not a closure: no Python call of its own per exchange.
-        factory = HTTPFrontFactory(self.reactor, partial(self.pipeline.dispatch, kind), limits)
+        factory = HTTPFrontFactory(self.reactor, kind, self.pipeline.dispatch, limits)
         factory.rejected = self.observer.rejected
         return factory
 
@@ -344,12 +343,11 @@ class MeshNode(MultiService):
         streams (issue 12); ``outbound``: CONNECT to names outside the catalog goes straight
         out of this node."""
         pipeline = self.pipeline
-        route = partial(pipeline.dispatch, kind)  # not a closure: no Python call of its own
 
         def open_stream(authority: bytes, client: str, source: IStreamSource) -> IByteStream:
             return pipeline.dispatch_stream(kind, authority, client, source)
 
-        factory = StreamingFrontFactory(self.reactor, route, open_stream, limits)
+        factory = StreamingFrontFactory(self.reactor, kind, pipeline.dispatch, open_stream, limits)
         factory.rejected = self.observer.rejected
         if outbound:
             factory.outbound = partial(_outbound, pipeline, kind)

@@ -75,7 +75,9 @@ class _StreamPortHook:
     def first_bytes(self, front: HookedFrontProtocol, data: bytes) -> bool:
         return True
 
-    def dispatch(self, head: RequestHead, responder: IResponder) -> IRequestBody:
+    def dispatch(
+        self, source: SourceKind, head: RequestHead, responder: IResponder
+    ) -> IRequestBody:
         raise MeshError(Reason.forbidden_route, "a stream port carries byte streams only")
 
     def open_connect(self, authority: bytes, client: str, source: IStreamSource) -> IByteStream:
@@ -179,8 +181,8 @@ class StreamPortListeners(Service):
         from ._node import Listener
 
         description = stream_endpoint(port, self.interface)
-        factory = HookedFrontFactory(self.reactor, lambda addr: self._hook(port, addr),
-                                     self.limits)
+        factory = HookedFrontFactory(self.reactor, SourceKind.router,
+                                     lambda addr: self._hook(port, addr), self.limits)
         factory.rejected = self.router.observer.rejected
         listener = Listener(self.reactor, SourceKind.router, description, factory)
         try:

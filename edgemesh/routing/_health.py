@@ -12,7 +12,7 @@ requests in progress per service.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -86,6 +86,8 @@ class OutlierDetector:
         """Endpoints with a recent failure (empty: nothing to tell on success)."""
         self.ejected = 0
         """Endpoints ejected now (may count expired ones until they are looked at)."""
+        self.changed: Callable[[], None] | None = None
+        """Told each time ``ejected`` changes (the pipeline keeps its filtering flag)."""
         self.ejections_total = 0
 
     def success(self, key: EndpointKey) -> None:
@@ -131,6 +133,8 @@ class OutlierDetector:
         state.consecutive = 0
         self.ejected += 1
         self.ejections_total += 1
+        if self.changed is not None:
+            self.changed()
         self.log.warn(
             "endpoint {endpoint} ejected for {penalty:g}s after {why}",
             endpoint=_shown(key),
@@ -153,6 +157,8 @@ class OutlierDetector:
         state.released_at = now
         state.probing = True
         self.ejected -= 1
+        if self.changed is not None:
+            self.changed()
 
     def sweep(self, now: float) -> None:
         """Release the endpoints whose penalty is over (also those no longer chosen)."""

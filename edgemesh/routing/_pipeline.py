@@ -99,6 +99,7 @@ class Pipeline:
         "_drain_waiters",
         "_draining_peers",
         "_edge",
+        "_filters",
         "_hinted",
         "_idle_timeout",
         "_inflight",
@@ -170,6 +171,7 @@ class Pipeline:
         self.settings = settings or Resilience()
         self._clock = clock
         self.outliers = OutlierDetector(self.settings)
+        self.outliers.changed = self._refilter
         self.policies = PolicyBook()
         self.balancer = balancer or Balancer()
         self.balancer.usable = self._usable
@@ -202,6 +204,10 @@ class Pipeline:
         """Endpoints of the catalog that are this node's own listeners: never chosen."""
         self._own_by_service: dict[str, frozenset[EndpointKey]] = {}
         self._draining_peers: dict[str, float] = {}
+        self._filters = False
+        """Endpoints are ejected or peers drain: the balancer chooses among the usable ones
+        (kept by ``_refilter`` where either changes: an attribute read per exchange rather
+        than a Python call, p1 edge-1 -0.5 k instructions, callgrind)."""
         self._relayed: dict[str, int] = {}
         self._inflight: set[GuardedExchange] = set()
         self._timer: IDelayedCall | None = None
@@ -218,6 +224,8 @@ class Pipeline:
         """New resilience settings (before traffic: the outlier state starts over)."""
         self.settings = settings
         self.outliers = OutlierDetector(settings)
+        self.outliers.changed = self._refilter
+        self._refilter()
         self._max_active = settings.max_requests_per_service
         self._idle_timeout = settings.stream_idle_timeout
         self._max_hops = settings.max_hops
@@ -531,7 +539,7 @@ class Pipeline:
             # or Route per exchange (callgrind: p1 edge-1 -6 k instructions, p2 edge-2 -4 k).
             if hint is None:
                 # Not while endpoints are ejected or peers drain: then the balancer chooses.
-                if source is _FROM_BUS and not self._filtering():
+                if source is _FROM_BUS and not self._filters:
                     single = self._single.get(id(port))
                     if single is None or single[0] is not service or single[1] is not port:
                         single = self._single_route(service, port, policy)
@@ -708,10 +716,15 @@ class Pipeline:
                 if until > now:
                     return False
                 del draining[endpoint.node]
+                self._refilter()
         return True
 
     def _filtering(self) -> bool:
-        return bool(self.outliers.ejected or self._draining_peers)
+        return self._filters
+
+    def _refilter(self) -> None:
+        """Ejections or draining peers changed: whether the balancer filters now."""
+        self._filters = bool(self.outliers.ejected or self._draining_peers)
 
     def _single_route(
         self, service: Service, port: ServicePort, policy: ServicePolicy,
@@ -847,10 +860,12 @@ class Pipeline:
         if len(self._draining_peers) >= _MAX_SERVICES:
             self._draining_peers.clear()
         self._draining_peers[peer] = self.now() + self.settings.peer_drain_memory
+        self._refilter()
         self.log.info("peer {peer} is draining: choosing its endpoints no more", peer=peer)
 
     def peer_back(self, peer: str) -> None:
         if self._draining_peers.pop(peer, None) is not None:
+            self._refilter()
             self.log.info("peer {peer} is back", peer=peer)
 
 

@@ -12,7 +12,7 @@ are told and raise :class:`ContractViolation` the moment a party breaks a rule.
   ``trailers(fields)``: at most once, before ``end`` (and, for a response, after the head).
 - :class:`ScriptedTarget` (ITarget): records each exchange it opens as an :class:`Opened`
   and runs a script (``answer``) on it; also callable as a front's dispatch
-  ``(head, responder)``.
+  ``(source, head, responder)``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..exchange import (
     Reason,
     RequestHead,
     ResponseHead,
+    SourceKind,
     TargetKind,
 )
 
@@ -253,8 +254,8 @@ def _length(body: bytes, length: int | None | Literal["auto"]) -> int | None:
 class ScriptedTarget:
     """An ITarget that records every exchange it opens (``opened``) and runs ``answer``
     (if set) on it before ``open`` returns; ``raises`` (if set) is raised by ``open``
-    instead (a broken target).  Calling it, ``(head, responder)``, opens an exchange
-    without a route: a front's dispatch."""
+    instead (a broken target).  Calling it, ``(source, head, responder)``, opens an
+    exchange without a route: a front's dispatch (the source kind is not kept)."""
 
     def __init__(
         self,
@@ -279,5 +280,7 @@ class ScriptedTarget:
             self.answer(call)
         return call.body
 
-    def __call__(self, head: RequestHead, responder: IResponder) -> IRequestBody:
+    def __call__(
+        self, source: SourceKind, head: RequestHead, responder: IResponder
+    ) -> IRequestBody:
         return self.open(None, head, responder)

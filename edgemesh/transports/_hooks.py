@@ -19,6 +19,7 @@ from ..exchange import (
     MeshError,
     Reason,
     RequestHead,
+    SourceKind,
 )
 from ._front import FrontLimits, HTTPFrontFactory
 from ._streams import StreamingFrontProtocol
@@ -37,8 +38,11 @@ class FrontHook(Protocol):
         """The connection's first bytes, before they are parsed.  False: refused (the hook
         called ``front.refuse``); they are not parsed."""
 
-    def dispatch(self, head: RequestHead, responder: IResponder) -> IRequestBody:
-        """Start an exchange (the front's Dispatch): may raise MeshError."""
+    def dispatch(
+        self, source: SourceKind, head: RequestHead, responder: IResponder
+    ) -> IRequestBody:
+        """Start an exchange (the front's Dispatch, ``source`` the listener's kind): may
+        raise MeshError."""
 
     def open_connect(self, authority: bytes, client: str, source: IStreamSource) -> IByteStream:
         """A CONNECT as the connection's first request (may raise MeshError)."""
@@ -54,8 +58,10 @@ class HookedFrontProtocol(StreamingFrontProtocol):
     """The HTTP front (with CONNECT and Upgrade as byte streams), asking ``hook`` where the
     front leaves a choice to its listener."""
 
-    def __init__(self, reactor: IReactorTime, limits: FrontLimits, hook: FrontHook) -> None:
-        super().__init__(reactor, hook.dispatch, limits, hook.open_connect)
+    def __init__(
+        self, reactor: IReactorTime, kind: SourceKind, limits: FrontLimits, hook: FrontHook
+    ) -> None:
+        super().__init__(reactor, kind, hook.dispatch, limits, hook.open_connect)
         self.hook = hook
         self._checked = False
 
@@ -77,7 +83,7 @@ class HookedFrontProtocol(StreamingFrontProtocol):
         return self.hook.open_upgrade(authority, self.client_address, source)
 
 
-def _no_dispatch(head: RequestHead, responder: IResponder) -> IRequestBody:
+def _no_dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
     raise MeshError(Reason.forbidden_route, "no hook for this connection")
 
 
@@ -88,13 +94,14 @@ class HookedFrontFactory(HTTPFrontFactory):
     def __init__(
         self,
         reactor: IReactorTime,
+        kind: SourceKind,
         hook_for: Callable[[IAddress | None], FrontHook],
         limits: FrontLimits | None = None,
     ) -> None:
-        super().__init__(reactor, _no_dispatch, limits or FrontLimits())
+        super().__init__(reactor, kind, _no_dispatch, limits or FrontLimits())
         self.hook_for = hook_for
 
     def buildProtocol(self, addr: IAddress | None) -> HookedFrontProtocol:
-        protocol = HookedFrontProtocol(self.reactor, self.limits, self.hook_for(addr))
+        protocol = HookedFrontProtocol(self.reactor, self.kind, self.limits, self.hook_for(addr))
         protocol.factory = self
         return protocol

@@ -33,6 +33,7 @@ from ..exchange import (
     IStreamTarget,
     MeshError,
     Reason,
+    SourceKind,
     TargetKind,
 )
 from ..routing import Route
@@ -191,11 +192,12 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
     def __init__(
         self,
         reactor: IReactorTime,
+        kind: SourceKind,
         dispatch: Dispatch,
         limits: FrontLimits,
         open_stream: OpenStream,
     ) -> None:
-        super().__init__(reactor, dispatch, limits)
+        super().__init__(reactor, kind, dispatch, limits)
         self._open_stream = open_stream
         self._tunnel: _ClientEnd | None = None
 
@@ -362,11 +364,12 @@ class StreamingFrontFactory(HTTPFrontFactory):
     def __init__(
         self,
         reactor: IReactorTime,
+        kind: SourceKind,
         dispatch: Dispatch,
         open_stream: OpenStream,
         limits: FrontLimits | None = None,
     ) -> None:
-        super().__init__(reactor, dispatch, limits or FrontLimits())
+        super().__init__(reactor, kind, dispatch, limits or FrontLimits())
         self.open_stream = open_stream
         self.outbound: OpenStream | None = None
         """CONNECT to a name the catalog does not know (``--outbound allow``); None: the
@@ -374,7 +377,7 @@ class StreamingFrontFactory(HTTPFrontFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> StreamingFrontProtocol:
         protocol = StreamingFrontProtocol(
-            self.reactor, self.dispatch, self.limits, self.open_stream)
+            self.reactor, self.kind, self.dispatch, self.limits, self.open_stream)
         protocol.factory = self
         return protocol
 
