@@ -1626,7 +1626,7 @@ def test_a_link_over_tls_sends_its_turns_bulk_frames_together(
 
     link = EnvelopeLink(reactor, Recorder(), node="router", role="router", client=False)
     client_app = Bytes()
-    server, pump = tls_pair(reactor, pki, link, client_app)  # type: ignore[arg-type]
+    server, pump = tls_pair(reactor, pki, link, client_app)
     assert link._at_once
     tcp_transport = server.transport
     sends: list[int] = []
