@@ -421,7 +421,7 @@ class _LinkTLS(TLSMemoryBIOProtocol):
 
     sends_at_once = True
     """Every write is encrypted and sent at once (no buffer where writes wait for one gathered
-    send): the link holds its bulk frames for one write instead (transports._links)."""
+    send): the link holds its bulk DATA frames for fewer, larger writes (EnvelopeLink)."""
 
     _direct: _Direct | None = None
     _incoming = 0

@@ -87,12 +87,6 @@ beyond that they go through Twisted's buffer, whose threshold pauses every strea
 producer.  Without that limit the kernel's socket buffer took everything, nothing paused,
 and edge-2's VmHWM growth at 32 connections of 1 MiB bodies was +4.7-8.3 MiB instead of
 +2.4-3.3 (bench/results-2026-12-03.md section 7)."""
-_HELD_AT_ONCE = LARGE_BUFFER
-"""Over a transport that sends every write at once (a link's TLS layer: ``sends_at_once``),
-bulk bytes the link holds before it sends them together (with the frames before them), and
-holds afresh: a plaintext link leaves its bytes past _DIRECT_PER_TURN in Twisted's buffer for
-one gathered send, a TLS layer has no such buffer and sent each DATA frame past the budget
-by itself (edge-2 of p2 /big at 32 connections: 12.8 sends per MiB against plaintext's 5.3)."""
 _ADMIT_BYTES = _DIRECT_PER_TURN + LARGE_BUFFER
 """What the sized producers a link lets go at once may read together: what the link takes in
 a turn before Twisted's buffer pauses it again (see EnvelopeLink._admit)."""
@@ -127,7 +121,6 @@ class EnvelopeLink(Protocol):
     __slots__ = (
         "_admitted",
         "_at_once",
-        "_budget",
         "_bulk",
         "_corked",
         "_direct",
@@ -212,9 +205,8 @@ class EnvelopeLink(Protocol):
         self._bulk = False
         """``_out`` holds bulk DATA bodies (not counted in ``_out_size``): sent as parts."""
         self._at_once = False
-        """The transport sends every write at once (TLS, see _HELD_AT_ONCE): set when made."""
-        self._budget = _DIRECT_PER_TURN
-        """Bulk bytes held before they leave: _DIRECT_PER_TURN, or _HELD_AT_ONCE (_at_once)."""
+        """The transport sends every write at once, with no buffer of its own where writes
+        wait for one gathered send (a link's TLS layer): see write_parts."""
         self._turn_call: IDelayedCall | None = None
         self._turn_queued = False
         self._end_of_turn: Callable[[], None] = partial(self.flush, True)
@@ -262,9 +254,7 @@ class EnvelopeLink(Protocol):
         use_large_buffer(transport)
         pooled_reads(transport)
         gathered_writes(transport)
-        if sends_at_once(transport):
-            self._at_once = True
-            self._budget = _HELD_AT_ONCE
+        self._at_once = sends_at_once(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -297,14 +287,17 @@ class EnvelopeLink(Protocol):
         # frames held so far leave in the same sendmsg (one system call, order kept).
         out = self._out
         assert self.transport is not None
-        if self._direct >= self._budget:
+        if self._direct >= _DIRECT_PER_TURN:
             if out:
                 self.flush()
             if not self._at_once:
                 self.transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
                 return
-            # What was held left in one send (one SSL_write per 64 KiB, one sendmsg): hold
-            # afresh, to the next _HELD_AT_ONCE or the end of the turn.
+            # A TLS layer has no buffer where the frames past the budget would wait for one
+            # gathered send, as Twisted's does for a plaintext link: it sent each by itself.
+            # What was held has left (one sendmsg); hold afresh, to the next budget or the
+            # end of the turn (edge-2 of p2 /big mTLS, 32 connections: 12.7 -> 6.8 link
+            # sends per MiB).
             out = self._out
             self._direct = 0
         self._direct += len(data)
