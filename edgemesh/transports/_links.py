@@ -201,7 +201,8 @@ class EnvelopeLink(Protocol):
         """Frames written during this reactor turn: they leave together at its end."""
         self._out_size = 0
         self._direct = 0
-        """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN)."""
+        """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN); over a
+        transport that sends at once, since the last send of held frames (write_parts)."""
         self._bulk = False
         """``_out`` holds bulk DATA bodies (not counted in ``_out_size``): sent as parts."""
         self._at_once = False
