@@ -1613,3 +1613,49 @@ def test_link_tls_copies_small_reads_and_lends_large_ones(
     pump.flush()
     assert lent and min(lent) > 4096
     assert b"".join(bytes(piece) for piece in server_app.pieces) == b"credit" + large
+
+
+def test_a_link_over_tls_sends_its_turns_bulk_frames_together(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """The TLS layer encrypts and sends each write at once: a link over it holds its DATA
+    frames past the per-turn budget too, 128 KiB at a time as within it, and sends each
+    128 KiB with one write (one sendmsg), the last at the end of the turn, instead of one
+    send per frame past the budget (main: 7 sends for 8 frames of 64 KiB; here 4).  What the
+    link holds stays within the budget and one frame; the peer gets them all, in order."""
+    link = EnvelopeLink(reactor, Recorder(), node="router", role="router", client=False)
+    client_app = Bytes()
+    server, pump = tls_pair(reactor, pki, link, client_app)
+    assert link._at_once
+    tcp_transport = server.transport
+    sends: list[int] = []
+    write, write_sequence = tcp_transport.write, tcp_transport.writeSequence
+
+    def count_write(data: bytes) -> None:
+        sends.append(len(data))
+        write(data)
+
+    def count_sequence(parts: list[bytes]) -> None:
+        sends.append(sum(len(part) for part in parts))
+        write_sequence(parts)
+
+    tcp_transport.write, tcp_transport.writeSequence = count_write, count_sequence
+    before = len(client_app.received)
+    bodies = [os.urandom(64 * 1024) for _ in range(8)]
+    for body in bodies:
+        link.write_parts(b"HEAD", body)
+        held = sum(len(part) for part in link._out)
+        assert held <= 2 * (len(b"HEAD") + len(body))  # 128 KiB of bodies at most
+    assert len(sends) == 3
+    reactor.advance(0)  # the end of the turn
+    assert len(sends) == 4
+    pump.flush()
+    assert client_app.received[before:] == b"".join(b"HEAD" + body for body in bodies)
+    assert client_app.lost is None
+
+
+def test_only_a_transport_that_says_so_sends_at_once() -> None:
+    from edgemesh.transports._io import sends_at_once
+
+    assert not sends_at_once(StringTransport())
+    assert sends_at_once(_links._LinkTLS.__new__(_links._LinkTLS))

@@ -419,6 +419,10 @@ class _LinkTLS(TLSMemoryBIOProtocol):
     - a frame head and its bulk body (``writeSequence``) are not joined into a copy.
     """
 
+    sends_at_once = True
+    """Every write is encrypted and sent at once (no buffer where writes wait for one gathered
+    send): the link holds its bulk DATA frames for fewer, larger writes (EnvelopeLink)."""
+
     _direct: _Direct | None = None
     _incoming = 0
     """Size of the read being decrypted (to size the buffer its plaintext goes to)."""

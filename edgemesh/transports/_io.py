@@ -334,6 +334,13 @@ _GATHER_PARTS = 64
 """Buffered writes one sendmsg takes at most (far below the kernel's IOV_MAX)."""
 
 
+def sends_at_once(transport: Any) -> bool:
+    """Whether ``transport`` sends every write at once, with no buffer where writes wait for
+    one gathered send (a transport says so with ``sends_at_once = True``: a link's TLS
+    layer; through ProtocolWrapper's attribute lookup as well)."""
+    return getattr(transport, "sends_at_once", False) is True
+
+
 def gathered_writes(transport: Any) -> None:
     """Send ``transport``'s buffered writes as they are, several in one ``sendmsg``, rather
     than Twisted's doWrite: it joins its list of writes into one new bytes object (a copy of

@@ -64,6 +64,7 @@ from ._io import (
     direct_reads,
     gathered_writes,
     pooled_reads,
+    sends_at_once,
     use_large_buffer,
     write_all_now,
     write_now,
@@ -119,6 +120,7 @@ class EnvelopeLink(Protocol):
     # instance dict, CPython 3.11 leaves every self.method lookup unspecialized.
     __slots__ = (
         "_admitted",
+        "_at_once",
         "_bulk",
         "_corked",
         "_direct",
@@ -199,9 +201,13 @@ class EnvelopeLink(Protocol):
         """Frames written during this reactor turn: they leave together at its end."""
         self._out_size = 0
         self._direct = 0
-        """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN)."""
+        """Bulk bytes sent straight to the socket this turn (see _DIRECT_PER_TURN); over a
+        transport that sends at once, since the last send of held frames (write_parts)."""
         self._bulk = False
         """``_out`` holds bulk DATA bodies (not counted in ``_out_size``): sent as parts."""
+        self._at_once = False
+        """The transport sends every write at once, with no buffer of its own where writes
+        wait for one gathered send (a link's TLS layer): see write_parts."""
         self._turn_call: IDelayedCall | None = None
         self._turn_queued = False
         self._end_of_turn: Callable[[], None] = partial(self.flush, True)
@@ -249,6 +255,7 @@ class EnvelopeLink(Protocol):
         use_large_buffer(transport)
         pooled_reads(transport)
         gathered_writes(transport)
+        self._at_once = sends_at_once(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -284,8 +291,16 @@ class EnvelopeLink(Protocol):
         if self._direct >= _DIRECT_PER_TURN:
             if out:
                 self.flush()
-            self.transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
-            return
+            if not self._at_once:
+                self.transport.writeSequence((head, data if type(data) is bytes else bytes(data)))
+                return
+            # A TLS layer has no buffer where the frames past the budget would wait for one
+            # gathered send, as Twisted's does for a plaintext link: it sent each by itself.
+            # What was held has left (one sendmsg); hold afresh, to the next budget or the
+            # end of the turn (edge-2 of p2 /big mTLS, 32 connections: 12.7 -> 6.8 link
+            # sends per MiB).
+            out = self._out
+            self._direct = 0
         self._direct += len(data)
         if not self._turn_queued:
             self._queue_end_of_turn()
@@ -328,6 +343,10 @@ class EnvelopeLink(Protocol):
         assert self.transport is not None
         if self._bulk:
             self._bulk = False
+            if self._at_once:
+                # The TLS layer takes views as they are (write_all_now would join them).
+                self.transport.writeSequence(out)  # type: ignore[arg-type]
+                return
             write_all_now(self.transport, out)
             return
         write_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
