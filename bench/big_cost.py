@@ -1,7 +1,7 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace] [--perf] [--counts] [--timeline]
+        [--huge 7] [--strace] [--perf] [--counts] [--timeline] [--split 5s]
 
 Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
 
@@ -28,6 +28,11 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
 - with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
   reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
   (results 2026-12-04 section 8);
+- with ``--split 5s``: only this, then exit: the edges of path 2 and the anchor's nginx hop
+  (its worker), each alone, during ``wrk -c32`` of /big for that long and then
+  ``--transfers`` GETs of /big on one connection: per MiB, CPU (schedstat), user and system,
+  syscalls by name, bytes per read and per write call, switches, page faults, and perf's
+  cpu-clock samples by kind (results 2026-12-05 section 7);
 - ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
   2 and direct, alternating: the medians and the ratios to direct; and for path 2, each
   edge's CPU time and scheduler time slices per transfer (the sum of its threads'
