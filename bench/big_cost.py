@@ -130,7 +130,7 @@ def timeline(out: str, pids: dict[str, int], work: Callable[[], object]) -> list
     work()
     proc.send_signal(2)
     proc.wait(timeout=60)
-    script = subprocess.run(["perf", "script", "-i", data + ".calls", "-F", "pid,time,event,trace"],
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "pid,time,event,trace"],
                             capture_output=True, text=True, check=False).stdout
     names = {str(pid): name for name, pid in pids.items()}
     rows: list[tuple[float, str, str, str]] = []
