@@ -1,7 +1,7 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace] [--perf] [--counts] [--timeline]
+        [--huge 7] [--strace] [--perf] [--counts] [--timeline] [--split 5s]
 
 Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
 
@@ -28,6 +28,11 @@ Starts harness.py's origin, router and two edges (plaintext links) from ``--tree
 - with ``--timeline``: one 4 MiB transfer on path 2 under ``perf record`` of both edges'
   reads, writes (their sizes) and epoll_ctl calls (pauses and resumes), printed in time order
   (results 2026-12-04 section 8);
+- with ``--split 5s``: only this, then exit: the edges of path 2 and the anchor's nginx hop
+  (its worker), each alone, during ``wrk -c32`` of /big for that long and then
+  ``--transfers`` GETs of /big on one connection: per MiB, CPU (schedstat), user and system,
+  syscalls by name, bytes per read and per write call, switches, page faults, and perf's
+  cpu-clock samples by kind (results 2026-12-05 section 7);
 - ``--huge`` rounds of one 4 MiB transfer (curl, a new connection each) through path 1, path
   2 and direct, alternating: the medians and the ratios to direct; and for path 2, each
   edge's CPU time and scheduler time slices per transfer (the sum of its threads'
@@ -146,6 +151,125 @@ def timeline(out: str, pids: dict[str, int], work: Callable[[], object]) -> list
     return [f"{(t - start) * 1e3:8.3f} {name} {call} {what}" for t, name, call, what in rows]
 
 
+# Where a MiB's CPU goes, by kind (perf's cpu-clock samples; first match wins).
+KINDS = (
+    ("copy (kernel)", r"kernel", r"(copy_to_iter|copy_from_iter|copy_user|rep_movs|memcpy)"),
+    ("irq-off/wake", r"kernel", r"(spin_unlock_irq|finish_task_switch|schedule|wake|softirq)"),
+    ("tcp/ip", r"kernel", r"(tcp|ip_|inet|skb|netif|sock|dev_|net_|bbr|loopback)"),
+    ("epoll", r"kernel", r"(ep_|epoll|poll)"),
+    ("mm", r"kernel", r"(page|slab|kmem|alloc|free|memcg|folio)"),
+    ("kernel other", r"kernel", r""),
+    ("copy (user)", r"", r"(__mem(cpy|move|set)|memcpy|memmove|memset)"),
+    ("malloc", r"", r"(malloc|calloc|realloc|free|_int_|arena)"),
+    ("python", r"(python|\.cpython-)", r""),
+    ("user other", r"", r""),
+)
+
+
+def kinds_of(report: str) -> dict[str, float]:
+    """Each kind's share (KINDS) of a ``perf report --sort dso,sym`` text."""
+    shares = {kind: 0.0 for kind, _, _ in KINDS}
+    for line in report.splitlines():
+        match = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
+        if not match:
+            continue
+        for kind, dso, symbol in KINDS:
+            if re.search(dso, match[2]) and re.search(symbol, match[3], re.IGNORECASE):
+                shares[kind] += float(match[1]) / 100
+                break
+    return shares
+
+
+SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "sendto",
+            45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 202: "futex", 232: "epoll_wait",
+            233: "epoll_ctl", 281: "epoll_pwait", 40: "sendfile", 3: "close", 288: "accept4",
+            9: "mmap", 11: "munmap", 12: "brk", 228: "clock_gettime", 96: "gettimeofday"}
+MOVED = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
+
+
+def split(out: str, label: str, pids: dict[str, int], work: Callable[[], float]) -> list[str]:
+    """Per process of ``pids`` while ``work()`` runs (it returns the MiB it moved): CPU per MiB
+    (schedstat), user and system (utime/stime), syscalls, switches and faults per MiB (perf
+    stat), the bytes per read and per write call (perf's sys_exit tracepoints) and the CPU by
+    kind (perf record's cpu-clock, KINDS).  Counts first; the times are this minute's."""
+    log, data = os.path.join(out, f"split-{label}.csv"), os.path.join(out, f"split-{label}.data")
+    events = ["task-clock", "context-switches", "page-faults", "raw_syscalls:sys_enter"]
+    plist = ",".join(map(str, pids.values()))
+    stat_proc = subprocess.Popen(["perf", "stat", "--per-thread", "-x", ",", "-o", log, "-e",
+                                  ",".join(events), "-p", plist],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Two records: -F would sample the tracepoints too (every call is wanted).
+    recs = [subprocess.Popen(["perf", "record", "-q", *what, "-o", path, "-p", plist],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for what, path in ((["-e", "cpu-clock", "-F", "2999"], data),
+                               (["-c", "1", "-eraw_syscalls:sys_enter",
+                                 *(f"-esyscalls:sys_exit_{c}" for c in MOVED)],
+                                data + ".calls"))]
+    harness.time.sleep(1.0)  # perf attaches; it prints nothing to wait for
+    before = {name: (stat(pid), schedstat(pid)) for name, pid in pids.items()}
+    mib = work()
+    after = {name: (stat(pid), schedstat(pid)) for name, pid in pids.items()}
+    for proc in (stat_proc, *recs):
+        proc.send_signal(2)
+    for proc in (stat_proc, *recs):
+        proc.wait(timeout=120)
+    names = {str(pid): name for name, pid in pids.items()}
+    counted: dict[str, dict[str, float]] = {name: {} for name in pids}
+    with open(log) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) < 4 or fields[0].rsplit("-", 1)[-1] not in names:
+                continue
+            try:
+                value = float(fields[1])
+            except ValueError:  # <not counted>
+                continue
+            row = counted[names[fields[0].rsplit("-", 1)[-1]]]
+            row[fields[3]] = row.get(fields[3], 0.0) + value
+    script = subprocess.run(["perf", "script", "-i", data + ".calls", "-F", "pid,event,trace"],
+                            capture_output=True, text=True, check=False).stdout
+    moved: dict[str, dict[str, list[int]]] = {name: {"read": [], "write": []} for name in pids}
+    by_nr: dict[str, dict[str, int]] = {name: {} for name in pids}
+    for line in script.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) < 3 or fields[0] not in names:
+            continue
+        if fields[1].startswith("raw_syscalls"):
+            number = re.match(r"NR (\d+)", fields[2])
+            nr = SYSCALLS.get(int(number[1]), number[1]) if number else "?"
+            by_nr[names[fields[0]]][nr] = by_nr[names[fields[0]]].get(nr, 0) + 1
+            continue
+        ret = int(fields[2].strip(), 16)
+        if ret > 0 and ret < 1 << 40:  # not an error (-EAGAIN is a huge unsigned)
+            call = fields[1].rstrip(":").rsplit("_", 1)[-1]
+            moved[names[fields[0]]]["read" if call.startswith("re") else "write"].append(ret)
+    lines = []
+    for name, pid in pids.items():
+        (u0, s0, _), (c0, _) = before[name]
+        (u1, s1, _), (c1, _) = after[name]
+        row = counted[name]
+        report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--pid", str(pid),
+                                 "--sort", "dso,sym", "--percent-limit", "0",
+                                 "--percentage", "relative"],
+                                capture_output=True, text=True,
+                                check=False).stdout
+        cpu = (c1 - c0) / 1e6 / mib
+        sizes = ", ".join(f"{len(v) / mib:.1f} {k}s/MiB of {sum(v) / max(len(v), 1) / 1024:.0f} "
+                          f"KiB" for k, v in moved[name].items())
+        lines.append(
+            f"  {label} {name}: CPU {cpu:.3f} ms/MiB (user {(u1 - u0) / mib * 1e3:.2f}, system "
+            f"{(s1 - s0) / mib * 1e3:.2f}); per MiB: syscalls "
+            f"{row.get('raw_syscalls:sys_enter', 0) / mib:.1f}, switches "
+            f"{row.get('context-switches', 0) / mib:.1f}, faults "
+            f"{row.get('page-faults', 0) / mib:.2f}"
+            f"; {sizes}\n    by kind: " + ", ".join(
+                f"{kind} {share * cpu:.3f}" for kind, share in kinds_of(report).items()
+                if share >= 0.005) + " ms/MiB\n    syscalls/MiB: " + ", ".join(
+                f"{nr} {n / mib:.1f}" for nr, n in sorted(by_nr[name].items(),
+                                                         key=lambda kv: -kv[1])[:8]))
+    return lines
+
+
 def perf_during(out: str, label: str, pid: int, record: list[str], report: list[str],
                 work: Callable[[], None]) -> str:
     """``perf record`` of ``pid`` while ``work()`` runs; perf report's text."""
@@ -235,6 +359,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--callers", default="",
                         help="with --cprofile: also pstats' callers of functions matching this")
+    parser.add_argument("--split", default="",
+                        help="e.g. 5s: the edges' and nginx's hop's CPU per MiB by where it "
+                             "goes, during wrk's connections for that long, then --transfers "
+                             "GETs of /big on one connection (split())")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
@@ -290,6 +418,30 @@ def main() -> None:
                     import pstats
 
                     pstats.Stats(path).print_callers(args.callers)
+            return
+        if args.split:
+            nginx = harness.start_nginx_proxy(tmp)[0]
+            worker = {"nginx": harness.children(nginx.pid)[0]}
+            anchor = harness.TARGETS["nginx"]
+            harness.check_until_ready(anchor, bodies, ["/big"])
+
+            def by_wrk(target: harness.Target) -> float:
+                _cmd, text = harness.wrk(target, "/big", args.split)
+                return float(harness.parse_wrk(text)["requests"] * harness.BIG_SIZE / 2**20)
+
+            def by_curl(target: harness.Target) -> float:
+                curl_big(ports[target.port], target.host or "localhost", args.transfers)
+                return args.transfers * harness.BIG_SIZE / 2**20
+
+            conns = harness.CFG["CONNS"]
+            print(f"tree {args.tree}: CPU per MiB by where it goes (wrk -c{conns} -d{args.split}"
+                  f" /big, then {args.transfers} x /big on one connection)")
+            for label, work in ((f"wrk-c{conns}", by_wrk), ("curl-1", by_curl)):
+                for who, pids, target in (("p2", edges, p2), ("nginx", worker, anchor)):
+                    print("\n".join(split(out, f"{label}-{who}", pids,
+                                           lambda w=work, t=target: w(t))))
+            with open("/proc/loadavg") as f:
+                print(f"  load average: {f.read().split()[0]}")
             return
         mib = args.transfers * harness.BIG_SIZE / 2**20
         print(f"tree {args.tree}: {args.transfers} x /big along path 2, one connection, twice")
