@@ -51,7 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("BASE_PORT", "18580")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -99,8 +99,15 @@ def counts_during(out: str, pids: dict[str, int],
     work()
     proc.send_signal(2)
     proc.wait(timeout=60)
-    names = {str(pid): name for name, pid in pids.items()}
     found: dict[str, dict[str, float]] = {name: {} for name in pids}
+    for name, event, value in perf_stat_rows(log, pids):
+        found[name][event.replace("syscalls:sys_enter_", "")] = value
+    return found
+
+
+def perf_stat_rows(log: str, pids: dict[str, int]) -> Iterator[tuple[str, str, float]]:
+    """(process name, event, count) of each counted row of `perf stat --per-thread -x ,`."""
+    names = {str(pid): name for name, pid in pids.items()}
     with open(log) as f:
         for line in f:
             fields = line.strip().split(",")
@@ -110,9 +117,7 @@ def counts_during(out: str, pids: dict[str, int],
                 value = float(fields[1])
             except ValueError:  # <not counted>
                 continue
-            event = fields[3].replace("syscalls:sys_enter_", "")
-            found[names[fields[0].rsplit("-", 1)[-1]]][event] = value
-    return found
+            yield names[fields[0].rsplit("-", 1)[-1]], fields[3], value
 
 
 TRACED = ("syscalls:sys_exit_recvfrom", "syscalls:sys_exit_sendto", "syscalls:sys_exit_sendmsg",
@@ -215,17 +220,9 @@ def split(out: str, label: str, pids: dict[str, int], work: Callable[[], float])
         proc.wait(timeout=120)
     names = {str(pid): name for name, pid in pids.items()}
     counted: dict[str, dict[str, float]] = {name: {} for name in pids}
-    with open(log) as f:
-        for line in f:
-            fields = line.strip().split(",")
-            if len(fields) < 4 or fields[0].rsplit("-", 1)[-1] not in names:
-                continue
-            try:
-                value = float(fields[1])
-            except ValueError:  # <not counted>
-                continue
-            row = counted[names[fields[0].rsplit("-", 1)[-1]]]
-            row[fields[3]] = row.get(fields[3], 0.0) + value
+    for name, event, value in perf_stat_rows(log, pids):
+        row = counted[name]
+        row[event] = row.get(event, 0.0) + value
     script = subprocess.run(["perf", "script", "-i", data + ".calls", "-F", "pid,event,trace"],
                             capture_output=True, text=True, check=False).stdout
     moved: dict[str, dict[str, list[int]]] = {name: {"read": [], "write": []} for name in pids}
