@@ -75,7 +75,12 @@ class OutlierDetector:
 
     log = Logger()
 
-    def __init__(self, settings: Resilience, max_endpoints: int = 65536) -> None:
+    def __init__(
+        self,
+        settings: Resilience,
+        max_endpoints: int = 65536,
+        changed: Callable[[], None] | None = None,
+    ) -> None:
         self.threshold = max(1, settings.consecutive_failures)
         self.base = settings.base_ejection
         self.maximum = settings.max_ejection
@@ -86,7 +91,7 @@ class OutlierDetector:
         """Endpoints with a recent failure (empty: nothing to tell on success)."""
         self.ejected = 0
         """Endpoints ejected now (may count expired ones until they are looked at)."""
-        self.changed: Callable[[], None] | None = None
+        self.changed = changed
         """Told each time ``ejected`` changes (the pipeline keeps its filtering flag)."""
         self.ejections_total = 0
 

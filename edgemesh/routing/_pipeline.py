@@ -170,8 +170,7 @@ class Pipeline:
         self.sources: list[ISource] = []
         self.settings = settings or Resilience()
         self._clock = clock
-        self.outliers = OutlierDetector(self.settings)
-        self.outliers.changed = self._refilter
+        self.outliers = OutlierDetector(self.settings, changed=self._refilter)
         self.policies = PolicyBook()
         self.balancer = balancer or Balancer()
         self.balancer.usable = self._usable
@@ -223,8 +222,7 @@ class Pipeline:
     def configure(self, settings: Resilience) -> None:
         """New resilience settings (before traffic: the outlier state starts over)."""
         self.settings = settings
-        self.outliers = OutlierDetector(settings)
-        self.outliers.changed = self._refilter
+        self.outliers = OutlierDetector(settings, changed=self._refilter)
         self._refilter()
         self._max_active = settings.max_requests_per_service
         self._idle_timeout = settings.stream_idle_timeout
