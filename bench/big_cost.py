@@ -171,20 +171,6 @@ KINDS = (
 )
 
 
-def kinds_of(report: str) -> dict[str, float]:
-    """Each kind's share (KINDS) of a ``perf report --sort dso,sym`` text."""
-    shares = {kind: 0.0 for kind, _, _ in KINDS}
-    for line in report.splitlines():
-        match = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
-        if not match:
-            continue
-        for kind, dso, symbol in KINDS:
-            if re.search(dso, match[2]) and re.search(symbol, match[3], re.IGNORECASE):
-                shares[kind] += float(match[1]) / 100
-                break
-    return shares
-
-
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "sendto",
             45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 202: "futex", 232: "epoll_wait",
             233: "epoll_ctl", 281: "epoll_pwait", 40: "sendfile", 3: "close", 288: "accept4",
@@ -260,7 +246,8 @@ def split(out: str, label: str, pids: dict[str, int], work: Callable[[], float])
             f"{row.get('context-switches', 0) / mib:.1f}, faults "
             f"{row.get('page-faults', 0) / mib:.2f}"
             f"; {sizes}\n    by kind: " + ", ".join(
-                f"{kind} {share * cpu:.3f}" for kind, share in kinds_of(report).items()
+                f"{kind} {share * cpu:.3f}"
+                for kind, share in harness.perf_report_shares(report, KINDS).items()
                 if share >= 0.005) + " ms/MiB\n    syscalls/MiB: " + ", ".join(
                 f"{nr} {n / mib:.1f}" for nr, n in sorted(by_nr[name].items(),
                                                          key=lambda kv: -kv[1])[:8]))

@@ -254,6 +254,30 @@ def tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def perf_report_shares(report: str, table: tuple[tuple[str, str, str], ...],
+                       show: int = 0) -> dict[str, float]:
+    """Each named row's share of a ``perf report --stdio --sort dso,sym`` text: ``table`` is
+    (name, dso pattern, symbol pattern), the first match wins, the rest counts as "other";
+    ``show``: print that many of the report's first lines."""
+    shares = {name: 0.0 for name, _, _ in table} | {"other": 0.0}
+    shown = 0
+    for line in report.splitlines():
+        match = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
+        if not match:
+            continue
+        share, dso, symbol = float(match[1]) / 100, match[2], match[3].strip()
+        if shown < show:
+            print(f"    {share * 100:5.2f}% {dso} {symbol}")
+            shown += 1
+        for name, dso_pattern, symbol_pattern in table:
+            if re.search(dso_pattern, dso) and re.search(symbol_pattern, symbol, re.IGNORECASE):
+                shares[name] += share
+                break
+        else:
+            shares["other"] += share
+    return shares
+
+
 def pin(cpu: str) -> list[str]:
     """The command prefix of every process the bench starts: its CPU, and CFG NICE."""
     nice = ["nice", "-n", CFG["NICE"]] if CFG["NICE"] else []

@@ -188,23 +188,7 @@ def perf_shares(path: str, show: int = 0) -> dict[str, float]:
     report = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso,sym",
                              "--percent-limit", "0"], capture_output=True, text=True,
                             check=False).stdout
-    shares = {part: 0.0 for part, _, _ in PARTS} | {"other": 0.0}
-    shown = 0
-    for line in report.splitlines():
-        match = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
-        if not match:
-            continue
-        share, dso, symbol = float(match[1]) / 100, match[2], match[3].strip()
-        if shown < show:
-            print(f"    {share * 100:5.2f}% {dso} {symbol}")
-            shown += 1
-        for part, dso_pattern, symbol_pattern in PARTS:
-            if re.search(dso_pattern, dso) and re.search(symbol_pattern, symbol, re.IGNORECASE):
-                shares[part] += share
-                break
-        else:
-            shares["other"] += share
-    return shares
+    return harness.perf_report_shares(report, PARTS, show)
 
 
 def main() -> None:
