@@ -40,6 +40,14 @@ def api() -> Iterator[ThreadedKubeApiServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def fresh_request_log(api: ThreadedKubeApiServer) -> None:
+    """The API server is the module's: its request log starts empty for each test, so that
+    assert_never_ready counts this test's router's attempts only (earlier tests' routers
+    watched the same paths)."""
+    api.call(api.server.request_log.clear)
+
+
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
     mesh = Mesh(tmp_path, Topology.allocate([], [], []), tmp_path / "unused.yaml")
@@ -86,7 +94,7 @@ def assert_never_ready(mesh: Mesh, proc: Proc, api: ThreadedKubeApiServer,
     refused yet); a second attempt of the same resource comes only after its refusal."""
     if attempts_of is not None:
         def tried() -> bool:
-            paths = Counter(uri.split("?")[0] for _, uri in list(api.server.request_log)
+            paths = Counter(uri.split("?")[0] for _, uri in api.request_log()
                             if attempts_of in uri)
             return max(paths.values(), default=0) >= 2
 
