@@ -995,6 +995,32 @@ def test_remembered_response_heads_are_exact_and_bounded() -> None:
     assert all(len(v) <= _front._HEAD_MADE_LENGTH for v in _front._heads_made.values())
 
 
+def test_a_connections_repeated_response_head_object_is_framed_for_each_exchange() -> None:
+    """The bytes of a connection's last response head are reused for the same ResponseHead
+    object only where the framing is the same: a HEAD request, an HTTP/1.0 keep-alive one,
+    the last one before a close and a new head object each get their own."""
+    target = ScriptedTarget()
+    conn = Conn(target)
+    head = ResponseHead(200, b"OK", ((b"Server", b"origin"),), 2)
+    for request in (get(), get(), b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n", get()):
+        conn.send(request)
+        target.opened[-1].responder.complete(head, b"hi")
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    target.opened[-1].responder.complete(head, b"hi")
+    conn.send(get())
+    other = ResponseHead(200, b"OK", ((b"Server", b"other"),), 2)
+    target.opened[-1].responder.complete(other, b"hi")
+    conn.send(get(extra=b"Connection: close\r\n"))
+    target.opened[-1].responder.complete(head, b"hi")
+    responses = parse_responses(conn.transport.value(), no_body=frozenset({2}))
+    assert [r.body for r in responses] == [b"hi", b"hi", b"", b"hi", b"hi", b"hi", b"hi"]
+    assert [r.header(b"content-length") for r in responses] == [b"2"] * 7
+    assert [r.header(b"connection") for r in responses] == [
+        None, None, None, None, b"keep-alive", None, b"close"]
+    assert [r.header(b"server") for r in responses] == [b"origin"] * 5 + [b"other", b"origin"]
+    assert conn.transport.disconnecting
+
+
 def test_a_repeated_request_gets_its_connections_head_again_as_new() -> None:
     # A connection that repeats a remembered request gets the head of its last one again
     # (session 12): with the hop count as parsed (nothing writes a RequestHead: routing

@@ -1995,6 +1995,57 @@ def test_responses_after_a_head_seen_before_go_to_llhttp_unless_whole(
     assert fed == [head] and responder.ended and responder.body == b""
 
 
+def test_where_the_last_head_ended_is_tried_first_and_only_a_known_head_is_taken_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_begin looks for a known head where the connection's last head ended before it scans
+    for the blank line: a shorter head with a blank line at that offset in its body, a new
+    head of the same length and a longer one are each found by the scan and parsed."""
+    from edgemesh.transports import _upconnection
+
+    known = b"HTTP/1.1 200 OK\r\nX-K: " + b"k" * 40 + b"\r\nContent-Length: 5\r\n\r\n"
+    end = len(known) - 4
+    fed = _spy_parsers(monkeypatch)
+    h = Harness()
+    upstream, first = exchange(h, known + b"hello")  # learnt (llhttp)
+    assert first.body == b"hello"
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 48\r\n\r\n"
+    trap = b"a" * (end - len(short)) + b"\r\n\r\n" + b"zz"  # a blank line at `end`
+    assert len(trap) == 48 and (short + trap)[end : end + 4] == b"\r\n\r\n"
+    same_length = known.replace(b"k" * 40, b"j" * 40)
+    longer = known.replace(b"k" * 40, b"k" * 41)
+    hits = []
+    for response, body, status in [
+        (known + b"again", b"again", 200),
+        (short + trap, trap, 200),
+        (known + b"third", b"third", 200),
+        (same_length + b"other", b"other", 200),
+        (longer + b"fifth", b"fifth", 200),
+        (known + b"sixth", b"sixth", 200),
+    ]:
+        _, responder = h.open()
+        upstream.received()
+        fed.clear()
+        upstream.send(response)
+        assert responder.ended and responder.body == body
+        assert responder.response is not None and responder.response.status == status
+        assert h.connections() == 1
+        # A head seen before goes past llhttp; the others are parsed.
+        assert fed == ([] if response.startswith(known) else [response])
+        head = responder.response
+        if response.startswith(known):
+            assert head == first.response
+            hits.append(head)
+        elif response.startswith(short):
+            assert head.headers == () and head.content_length == 48
+        else:
+            assert head.headers[0][1] in (b"j" * 40, b"k" * 41)
+    assert len(hits) == 3 and hits[0] is hits[1] is hits[2]  # the ResponseHead made once
+    # The short head was remembered as itself, not as the bytes up to the blank line in its body.
+    assert short[:-4] in _upconnection._heads_parsed
+    assert (short + trap)[:end] not in _upconnection._heads_parsed
+
+
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses_are_never_taken_whole(status: int) -> None:
     from edgemesh.transports import _upconnection

@@ -206,6 +206,7 @@ class _UpstreamConnection(Protocol):
         "full_reads",
         "got_bytes",
         "head_done",
+        "head_end",
         "head_size",
         "header_bytes",
         "headers",
@@ -254,6 +255,8 @@ class _UpstreamConnection(Protocol):
         """The head of the response in parse, when it came whole in its first read."""
         self.known_fields: Headers | None = None
         """The end-to-end fields of a head parsed before (``_begin``)."""
+        self.head_end = 0
+        """Where the last response head that ``_begin`` found ended (its blank line), or 0."""
         self.max_header_bytes = target.max_response_header_bytes
         self.max_header_count = target.max_response_header_count
         self.lost = False
@@ -586,13 +589,26 @@ class _UpstreamConnection(Protocol):
         is llhttp's verdict on the same bytes; a body with a Content-Length is opaque to it:
         p1 177 -> 166 k, p2 edge-2 222 -> 213 k instructions per /small exchange (callgrind
         A/B, same load; one method since, not two: one call less)."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
-            self.raw_head = self.known_fields = None
-            self.parser = self.full_parser
-            return False
-        raw = data[:end]
-        known = _heads_parsed.get(raw)
+        end = self.head_end
+        known = None
+        if end and data.startswith(b"\r\n\r\n", end):
+            # Where this connection's last head ended, tried before a scan for the blank line
+            # (a pod repeats its head, at the same length while only its Date changes).  A
+            # known head followed by the blank line is what the scan would find: each known
+            # head is what a scan found before a read's first "\r\n\r\n", and any read that
+            # begins with it and the blank line has its first one there too (p1 /small -0.6 k
+            # instructions per exchange, callgrind: a scan of nginx's ~230-byte head ~1.2 k).
+            raw = data[:end]
+            known = _heads_parsed.get(raw)
+        if known is None:
+            end = data.find(b"\r\n\r\n")
+            if end < 0 or end + 4 > _RAW_HEAD_LENGTH:
+                self.raw_head = self.known_fields = None
+                self.parser = self.full_parser
+                return False
+            self.head_end = end
+            raw = data[:end]
+            known = _heads_parsed.get(raw)
         if known is None or known[2] > self.max_header_count or known[3] > self.max_header_bytes:
             self.raw_head = raw  # remembered by on_headers_complete if it parses
             self.known_fields = None
