@@ -2003,6 +2003,9 @@ def test_where_the_last_head_ended_is_tried_first_and_only_a_known_head_is_taken
     head of the same length and a longer one are each found by the scan and parsed."""
     from edgemesh.transports import _upconnection
 
+    # An empty memory of heads: one that earlier tests left near its bound would be cleared
+    # by this test's own heads, and a known head parsed again.
+    monkeypatch.setattr(_upconnection, "_heads_parsed", {})
     known = b"HTTP/1.1 200 OK\r\nX-K: " + b"k" * 40 + b"\r\nContent-Length: 5\r\n\r\n"
     end = len(known) - 4
     fed = _spy_parsers(monkeypatch)
