@@ -155,3 +155,88 @@ def test_other_transports_keep_their_own_write() -> None:
     transport = StringTransport()
     gathered_writes(transport)
     assert "doWrite" not in transport.__dict__
+
+
+def test_the_queue_is_twisteds_write_sequence_in_one_call(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """gathered_writes' queue: Twisted's writeSequence (a link's bulk frames past its turn's
+    budget), its pause rule and its write interest; bytes kept as they are, a view copied
+    (what waits is what the buffer counts)."""
+    ours, theirs = sockets
+    transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
+                           MemoryReactor())
+    queue = gathered_writes(transport)
+    assert queue is not None
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    body = bytes(range(256)) * 1024
+    pieces = [b"HEAD", memoryview(body)[:100_000], b"HEAD", memoryview(body)[100_000:]]
+    queue(pieces[:2])
+    assert transport._tempDataBuffer[0] is pieces[0]
+    assert type(transport._tempDataBuffer[1]) is bytes  # a copy: not the whole body held
+    assert transport._tempDataLen == 100_004
+    assert transport in transport.reactor.getWriters()  # type: ignore[attr-defined]
+    assert producer.paused  # past bufferSize (64 KiB), as Twisted's writeSequence
+    producer.paused = False
+    queue(pieces[2:])
+    assert transport._tempDataLen == 8 + len(body)
+    assert producer.paused
+    got = bytearray()
+    for _ in range(10_000):
+        transport.doWrite()
+        got += drain(theirs)
+        if not buffered(transport):
+            break
+    got += drain(theirs)
+    assert bytes(got) == b"HEAD" + body[:100_000] + b"HEAD" + body[100_000:]
+    assert transport not in transport.reactor.getWriters()  # type: ignore[attr-defined]
+    assert producer.resumes == 1
+
+
+def test_the_queue_takes_nothing_once_the_connection_is_lost(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = sockets
+    transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
+                           MemoryReactor())
+    queue = gathered_writes(transport)
+    assert queue is not None
+    transport.connected = False
+    queue((b"HEAD", b"body"))
+    assert transport._tempDataLen == 0 and transport._tempDataBuffer == []
+
+
+def test_write_all_now_with_the_queue_joins_nothing(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """What the kernel does not take of a sendmsg waits in the queue part by part: the bytes
+    parts the send did not reach as they are, not joined with the views (which are copied)."""
+    from edgemesh.transports._io import write_all_now
+
+    ours, theirs = sockets
+    transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
+                           MemoryReactor())
+    queue = gathered_writes(transport)
+    body = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
+    tail = bytes(range(256)) * 64
+    view = memoryview(body)[:1000]
+    assert not write_all_now(transport, (b"HEAD", body, b"HEAD", tail, view), queue)
+    rest, head, kept, copied = transport._tempDataBuffer
+    assert 0 < len(rest) < len(body) and head == b"HEAD" and kept is tail
+    assert type(copied) is bytes and copied == view
+    assert transport._tempDataLen == len(rest) + 4 + len(tail) + 1000
+    got = bytearray()
+    for _ in range(100_000):
+        got += drain(theirs)
+        if not buffered(transport):
+            break
+        transport.doWrite()
+    got += drain(theirs)
+    assert bytes(got) == b"HEAD" + body + b"HEAD" + tail + body[:1000]
+
+
+def test_other_transports_have_no_queue() -> None:
+    from twisted.internet.testing import StringTransport
+
+    assert gathered_writes(StringTransport()) is None

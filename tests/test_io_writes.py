@@ -122,3 +122,46 @@ def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -
     finally:
         left.close()
         right.close()
+
+
+def test_a_link_queues_frames_past_its_budget_in_the_tcp_buffer() -> None:
+    """Past the turn's 128 KiB, frames wait in the plain TCP transport's buffer (the
+    gathered queue): bytes as they are, a view (a piece the credit cut, a pooled read's)
+    copied, as Twisted's writeSequence had them."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edgemesh.transports._links import EnvelopeLink
+
+    class Handler:
+        def link_ready(self, link: object) -> None: ...
+        def link_lost(self, link: object, reason: str) -> None: ...
+
+    left, right = socket.socketpair()
+    try:
+        clock = MemoryReactorClock()
+        link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
+        transport = tcp.Server(left, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
+        link.makeConnection(transport)  # type: ignore[no-untyped-call]
+        clock.advance(0)
+        _drain(right, 1 << 20)
+        body = bytes(range(256)) * 512  # 128 KiB: the turn's budget at once
+        link.write_parts(b"HEAD", body)
+        assert transport._tempDataLen == 0
+        piece = memoryview(body)[:50_000]
+        link.write_parts(b"HEAD", piece)
+        assert type(transport._tempDataBuffer[-1]) is bytes
+        whole = bytes(body[:40_000])
+        link.write_parts(b"HEAD", whole)
+        assert transport._tempDataBuffer[-1] is whole
+        assert transport._tempDataLen == 2 * 4 + 90_000
+        clock.advance(0)
+        for _ in range(1000):
+            transport.doWrite()
+            if not transport._tempDataLen and not transport.dataBuffer:
+                break
+        got = _drain(right, 1 << 20)
+        assert got == b"HEAD" + body + b"HEAD" + body[:50_000] + b"HEAD" + body[:40_000]
+    finally:
+        left.close()
+        right.close()

@@ -455,6 +455,21 @@ def test_window_overflow_is_an_error() -> None:
         client.receive(encode_window(sid, (1 << 31) - 1))
 
 
+def test_window_up_to_the_largest_credit_is_taken_once() -> None:
+    """receive's inlined WINDOW (a known stream) credits exactly what _accept would: up to
+    2**31 - 1 in all, the increment added once."""
+    client, server = connected()
+    sid = open_request(client, server)
+    before = client.send_window(sid)
+    assert client.receive(encode_window(sid, 7)) == [Window(sid, 7)]
+    assert client.send_window(sid) == before + 7
+    top = (1 << 31) - 1 - before - 7
+    assert client.receive(encode_window(sid, top)) == [Window(sid, top)]
+    assert client.send_window(sid) == (1 << 31) - 1
+    with pytest.raises(ProtocolError, match="window overflow"):
+        client.receive(encode_window(sid, 1))
+
+
 def test_window_for_a_finished_stream_is_ignored() -> None:
     client, server = connected()
     sid = open_request(client, server, end=True)

@@ -160,21 +160,26 @@ class _Sender:
             window = 0
         else:
             link = self.link
-            conn = link.connection
             queued = self.queued
-            window = conn.send_window(self.sid)
-            # Out of credit, or nearly (below the floor: the peer is bound to grant more):
-            # stop the producer rather than let it read what it cannot send, and tell a
-            # sized one (the pod connection) the credit left, so that its next read fits
-            # it: a read cut by the credit waited in the queue, one per stream (p2 /big at
-            # 32 connections: 32 x ~62 KiB on edge-2, issue 15; see results 2026-12-04 §1).
-            # Only for a sized producer: another (a client's request body) keeps the old
-            # rule, and so does a stream whose end is due (its credit reads 0 once sent).
-            blocked = (
-                link.paused or self.link_held or queued >= _PENDING_BOUND
-                or (queued > 0 and window <= 0)
-                or (window < conn.send_floor and self.limit is not None and not self.ending)
-            )
+            if link.paused or self.link_held or queued >= _PENDING_BOUND:
+                # Blocked whatever the credit: no send_window call (the link's pause
+                # updates every sized sender it holds: edge-2 of p2 /big at 32 connections,
+                # ~52 -> ~33 send_window calls per MiB, cProfile).
+                blocked = True
+                window = 0
+            else:
+                conn = link.connection
+                window = conn.send_window(self.sid)
+                # Out of credit, or nearly (below the floor: the peer is bound to grant
+                # more): stop the producer rather than let it read what it cannot send, and
+                # tell a sized one (the pod connection) the credit left, so that its next
+                # read fits it: a read cut by the credit waited in the queue, one per stream
+                # (p2 /big at 32 connections: 32 x ~62 KiB on edge-2, issue 15; see results
+                # 2026-12-04 §1).  Only for a sized producer: another (a client's request
+                # body) keeps the old rule, and so does a stream whose end is due (its
+                # credit reads 0 once sent).
+                blocked = (queued > 0 and window <= 0) or (
+                    window < conn.send_floor and self.limit is not None and not self.ending)
         if blocked:
             if not self.producer_paused:
                 self.producer_paused = True

@@ -88,10 +88,18 @@ def write_now(transport: Any, data: bytes | memoryview) -> bool:
     return False
 
 
-def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> bool:
+Queue = Callable[[Sequence[bytes | memoryview]], None]
+"""A transport's writeSequence that takes views as well (gathered_writes' answer)."""
+
+
+def write_all_now(
+    transport: Any, parts: Sequence[bytes | memoryview], queue: Queue | None = None
+) -> bool:
     """``transport.writeSequence(parts)``, as one ``sendmsg`` of them all when that is safe
     (no join: a frame's head and bulk body, a link's TLS records drained 64 KiB at a time).
-    True when all of it went to the socket now (as write_now)."""
+    True when all of it went to the socket now (as write_now).  With ``queue`` (the
+    transport's, from gathered_writes): what the kernel does not take waits there, bytes as
+    they are (no join), views copied."""
     # The same check as write_now's (_open_plain_tcp and nothing held), inline: one Python
     # call less per bulk DATA frame a link sends.
     if (
@@ -122,6 +130,9 @@ def write_all_now(transport: Any, parts: Sequence[bytes | memoryview]) -> bool:
         parts = rest
     elif not parts:
         return False  # (nothing to write, nothing sent: the caller's buffer rule as before)
+    if queue is not None:
+        queue(parts)
+        return False
     # Twisted's transports take bytes only.  Bytes parts go as they are (joined once, in its
     # doWrite); views are joined here, one copy instead of a bytes() each and the join.
     if all(type(part) is bytes for part in parts):
@@ -341,15 +352,51 @@ def sends_at_once(transport: Any) -> bool:
     return getattr(transport, "sends_at_once", False) is True
 
 
-def gathered_writes(transport: Any) -> None:
+def gathered_writes(transport: Any) -> Queue | None:
     """Send ``transport``'s buffered writes as they are, several in one ``sendmsg``, rather
     than Twisted's doWrite: it joins its list of writes into one new bytes object (a copy of
     every byte that waits, and again of what one send leaves) and sends 128 KiB at most per
     call.  A link's DATA frames wait there whenever the link is full (edge-2 of p2 /big at
-    32 connections: most of the body).  A plain TCP transport only; others keep their own."""
+    32 connections: most of the body).  A plain TCP transport only; others keep their own.
+
+    Returns the transport's queue (None for another transport): its ``writeSequence``,
+    which takes views as well."""
     if type(transport) not in PLAIN_TCP:
-        return
+        return None
     transport.doWrite = _gathered_write(transport)
+    return _gathered_queue(transport)
+
+
+def _gathered_queue(transport: Any) -> Queue:
+    """abstract.FileDescriptor.writeSequence for a transport whose doWrite is
+    _gathered_write, in one call instead of Twisted's layers (tcp's and abstract's
+    writeSequence, a bytes check per part, _maybePauseProducer, _isSendBufferFull,
+    startWriting, addWriter, _add).  Twisted's rules kept: past ``bufferSize`` the producer
+    pauses; what waits is bytes, and exactly what it counts (a view is copied: kept as it is,
+    it would keep its whole read alive, or see a pooled buffer reused)."""
+    # The reactor's write-watched fds (epoll and poll reactors): a transport already
+    # watched needs no startWriting (Twisted's _add finds it there and does nothing).
+    writers = getattr(transport.reactor, "_writes", None)
+    fd = transport.fileno()
+
+    def queue(parts: Sequence[bytes | memoryview]) -> None:
+        if not transport.connected or transport._writeDisconnected or not parts:
+            return
+        waiting = transport._tempDataBuffer  # (write_all_after_waiting may replace it)
+        size = 0
+        for part in parts:
+            waiting.append(part if type(part) is bytes else bytes(part))
+            size += len(part)
+        transport._tempDataLen += size
+        producer = transport.producer
+        if (producer is not None and transport.streamingProducer
+                and len(transport.dataBuffer) + transport._tempDataLen > transport.bufferSize):
+            transport.producerPaused = True
+            producer.pauseProducing()
+        if writers is None or fd not in writers:
+            transport.startWriting()
+
+    return queue
 
 
 def _gathered_write(transport: Any) -> Callable[[], object]:
