@@ -1038,6 +1038,8 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 NGINX_HOPS = {"nginx": 1, "relay-nginx": 2}  # the anchors' hop counts (a mesh target's: hops)
+ANCHOR_FULL_PCT = 90
+"""nginx's CPU % below which its /small row was not at full load (wrk's own CPU the limit)."""
 
 HUGE_NOTE = (
     "Each transfer alternates with one direct to the origin; medians.  The bench's placement: "
@@ -1188,6 +1190,26 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             f"- {small_name} /small: {mesh_small:.1f} µs of mesh CPU per request (every mesh "
             f"process) = {x:.1f}× nginx's hop ({n_small:.1f} µs) — target ≤ {small_target}×: "
             + ("**met**" if x <= small_target else "**NOT met**"))
+    # An anchor below full load (the load generator's limit on a slow machine) spends more per
+    # request than at full load, in wake-ups: say so, with relay-nginx's hop (at full load on
+    # the mesh's CPU) as the other yardstick (session 16's machine: 74 % and 19.7 against 16.3 µs).
+    n_small_pct = base("nginx", "/small", "proxy_cpu_pct")
+    pair_small = base("relay-nginx", "/small", "proxy_cpu_us_per_req")
+    if n_small and n_small_pct is not None and n_small_pct < ANCHOR_FULL_PCT:
+        against = ""
+        if pair_small:
+            hop = pair_small / NGINX_HOPS["relay-nginx"]
+            ratios = []
+            for t in med_:
+                mesh_small = base(t, "/small", "proxy_cpu_us_per_req")
+                if target_of(t).name in TARGET_SMALL_X_NGINX and mesh_small:
+                    ratios.append(f"{t} {mesh_small / hop:.1f}×")
+            pair_pct = fmt(base("relay-nginx", "/small", "proxy_cpu_pct"), ".0f")
+            against = f"; relay-nginx's hop, at {pair_pct} %, {hop:.1f} µs: {', '.join(ratios)}"
+        verdict.append(
+            f"  - nginx's /small hop ran at {n_small_pct:.0f} % of its CPU (below "
+            f"{ANCHOR_FULL_PCT} %: the load generator's limit), so its µs per request include "
+            f"idle wake-ups{against}")
     n_small_p99 = added_p99("nginx", "/small")
     pair_p99 = added_p99("relay-nginx", "/small")
     pair_text = f"; two nginx hops: {pair_p99:+.2f} ms" if pair_p99 is not None else ""
