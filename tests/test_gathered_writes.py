@@ -63,6 +63,18 @@ def drain(sock: socket.socket) -> bytes:
         got += piece
 
 
+def write_out(transport: tcp.Server, theirs: socket.socket) -> bytes:
+    """Let ``transport`` send what waits (its doWrite, as the reactor would), bounded; what
+    ``theirs`` received."""
+    got = bytearray()
+    for _ in range(10_000):
+        transport.doWrite()
+        got += drain(theirs)
+        if not buffered(transport):
+            break
+    return bytes(got + drain(theirs))
+
+
 def test_waiting_writes_leave_in_order_without_a_join(
     sockets: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -74,14 +86,8 @@ def test_waiting_writes_leave_in_order_without_a_join(
     for data in writes:
         transport.write(data)
     assert producer.paused  # past Twisted's bufferSize, as before
-    got = bytearray()
-    for _ in range(10_000):
-        transport.doWrite()
-        got += drain(theirs)
-        if not buffered(transport):
-            break
-    got += drain(theirs)
-    assert bytes(got) == b"".join(writes)
+    got = write_out(transport, theirs)
+    assert got == b"".join(writes)
     # The write a send cut was kept as it is, never joined with others.
     assert transport.dataBuffer == b""
     assert not producer.paused and producer.resumes == 1
@@ -182,14 +188,8 @@ def test_the_queue_is_twisteds_write_sequence_in_one_call(
     queue(pieces[2:])
     assert transport._tempDataLen == 8 + len(body)
     assert producer.paused
-    got = bytearray()
-    for _ in range(10_000):
-        transport.doWrite()
-        got += drain(theirs)
-        if not buffered(transport):
-            break
-    got += drain(theirs)
-    assert bytes(got) == b"HEAD" + body[:100_000] + b"HEAD" + body[100_000:]
+    got = write_out(transport, theirs)
+    assert got == b"HEAD" + body[:100_000] + b"HEAD" + body[100_000:]
     assert transport not in transport.reactor.getWriters()  # type: ignore[attr-defined]
     assert producer.resumes == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
@@ -86,10 +87,9 @@ def test_a_busy_transport_keeps_the_order() -> None:
         right.close()
 
 
-def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -> None:
-    """The first 128 KiB of DATA frames of a turn leave at once; the next ones go through
-    Twisted's buffer, whose threshold pauses the link's producers as before (issue 15:
-    unlimited direct sends never paused them, and edge-2's VmHWM grew by 2 MiB more)."""
+def _link_over(sock: socket.socket) -> tuple[Any, Any, tcp.Server]:
+    """An edge's EnvelopeLink on a plain TCP transport over ``sock``, on a memory clock:
+    (clock, link, transport)."""
     from twisted.internet.testing import MemoryReactorClock
 
     from edgemesh.transports._links import EnvelopeLink
@@ -98,13 +98,21 @@ def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -
         def link_ready(self, link: object) -> None: ...
         def link_lost(self, link: object, reason: str) -> None: ...
 
+    clock = MemoryReactorClock()
+    link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
+    transport = tcp.Server(sock, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+    transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
+    link.makeConnection(transport)  # type: ignore[no-untyped-call]
+    return clock, link, transport
+
+
+def test_a_link_sends_128_kib_of_bulk_frames_per_turn_straight_to_the_socket() -> None:
+    """The first 128 KiB of DATA frames of a turn leave at once; the next ones go through
+    Twisted's buffer, whose threshold pauses the link's producers as before (issue 15:
+    unlimited direct sends never paused them, and edge-2's VmHWM grew by 2 MiB more)."""
     left, right = socket.socketpair()
     try:
-        clock = MemoryReactorClock()
-        link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
-        transport = tcp.Server(left, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
-        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
-        link.makeConnection(transport)  # type: ignore[no-untyped-call]
+        clock, link, transport = _link_over(left)
         clock.advance(0)  # the hello leaves at the end of the turn
         _drain(right, 1 << 20)
         body = b"b" * (64 * 1024)
@@ -128,21 +136,9 @@ def test_a_link_queues_frames_past_its_budget_in_the_tcp_buffer() -> None:
     """Past the turn's 128 KiB, frames wait in the plain TCP transport's buffer (the
     gathered queue): bytes as they are, a view (a piece the credit cut, a pooled read's)
     copied, as Twisted's writeSequence had them."""
-    from twisted.internet.testing import MemoryReactorClock
-
-    from edgemesh.transports._links import EnvelopeLink
-
-    class Handler:
-        def link_ready(self, link: object) -> None: ...
-        def link_lost(self, link: object, reason: str) -> None: ...
-
     left, right = socket.socketpair()
     try:
-        clock = MemoryReactorClock()
-        link = EnvelopeLink(clock, Handler(), node="edge-1", role="edge", client=True)  # type: ignore[arg-type]
-        transport = tcp.Server(left, link, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
-        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]  # AF_UNIX
-        link.makeConnection(transport)  # type: ignore[no-untyped-call]
+        clock, link, transport = _link_over(left)
         clock.advance(0)
         _drain(right, 1 << 20)
         body = bytes(range(256)) * 512  # 128 KiB: the turn's budget at once
