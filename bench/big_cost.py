@@ -1,9 +1,10 @@
 """What 1 MiB bodies cost each edge on path 2, plaintext, and one 4 MiB transfer's wall time.
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/big_cost.py [--tree DIR] [--transfers 40]
-        [--huge 7] [--strace] [--perf] [--counts] [--timeline] [--split 5s]
+        [--huge 7] [--strace] [--perf] [--counts] [--timeline] [--split 5s] [--tls]
 
-Starts harness.py's origin, router and two edges (plaintext links) from ``--tree``, then:
+Starts harness.py's origin, router and two edges (plaintext links; ``--tls``: mTLS links, and
+path 2 is bench/run.sh's p2-edge-edge-tls) from ``--tree``, then:
 
 - ``--transfers`` GETs of /big (1 MiB) along path 2 with curl, one connection; per edge, the
   user and system CPU (utime/stime of /proc/PID/stat) and the minor page faults (minflt)
@@ -348,6 +349,8 @@ def main() -> None:
                              "goes, during wrk's connections for that long, then --transfers "
                              "GETs of /big on one connection (split())")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
+    parser.add_argument("--tls", action="store_true",
+                        help="mTLS links (with --split: path 2 over them)")
     args = parser.parse_args()
     harness.REPO = os.path.abspath(args.tree)
     out = tempfile.mkdtemp(prefix="edgemesh-big-cost-")
@@ -367,10 +370,11 @@ def main() -> None:
     bodies = harness.bench_bodies()
     tmp = harness.run_dir(out, "run", bodies)
     ports = harness.PORTS
-    p1, p2 = harness.TARGETS["p1-local"], harness.TARGETS["p2-edge-edge"]
+    p1 = harness.TARGETS["p1-local"]
+    p2 = harness.TARGETS["p2-edge-edge-tls" if args.tls else "p2-edge-edge"]
     try:
         harness.start_origin(tmp)
-        mesh = harness.start_mesh(tmp, 0, False)
+        mesh = harness.start_mesh(tmp, 0, args.tls)
         harness.check_until_ready(p2, bodies, ["/small", "/big"])
         harness.check_until_ready(p1, bodies, ["/small", "/big"])
         edges = {name: mesh[name].pid for name in ("edge-1", "edge-2")}
