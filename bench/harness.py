@@ -1180,9 +1180,10 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     verdict = []
     n_small = base("nginx", "/small", "proxy_cpu_us_per_req")
     # With several PYTHONS, each interpreter's row (p1-local@3.12) is checked.
-    for small_name in [t for t in med_ if target_of(t).name in TARGET_SMALL_X_NGINX]:
+    small_rows = {t: base(t, "/small", "proxy_cpu_us_per_req")
+                  for t in med_ if target_of(t).name in TARGET_SMALL_X_NGINX}
+    for small_name, mesh_small in small_rows.items():
         small_target = TARGET_SMALL_X_NGINX[target_of(small_name).name]
-        mesh_small = base(small_name, "/small", "proxy_cpu_us_per_req")
         if mesh_small is None or not n_small:
             continue
         x = mesh_small / n_small
@@ -1199,11 +1200,7 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         against = ""
         if pair_small:
             hop = pair_small / NGINX_HOPS["relay-nginx"]
-            ratios = []
-            for t in med_:
-                mesh_small = base(t, "/small", "proxy_cpu_us_per_req")
-                if target_of(t).name in TARGET_SMALL_X_NGINX and mesh_small:
-                    ratios.append(f"{t} {mesh_small / hop:.1f}×")
+            ratios = [f"{t} {mesh / hop:.1f}×" for t, mesh in small_rows.items() if mesh]
             pair_pct = fmt(base("relay-nginx", "/small", "proxy_cpu_pct"), ".0f")
             against = f"; relay-nginx's hop, at {pair_pct} %, {hop:.1f} µs: {', '.join(ratios)}"
         verdict.append(
