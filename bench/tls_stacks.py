@@ -1,16 +1,17 @@
 """CPU per MiB of TLS 1.3 bulk data through memory BIOs, in one process, for the two TLS stacks
-a link could use: pyOpenSSL (cryptography's bundled OpenSSL, driven as ``_LinkTLS``'s
-``_Direct`` does) and the standard library's ``ssl`` (the system's OpenSSL).
+a link could use: pyOpenSSL (cryptography's bundled OpenSSL, through ``_LinkTLS``'s own
+``_Direct``) and the standard library's ``ssl`` (the system's OpenSSL, its ``MemoryBIO``s).
 
     PYTHONPATH=. /work/main/.venv/bin/python bench/tls_stacks.py [--mib 256] [--rounds 5]
 
 No sockets and no mesh: a client and a server connection shake hands through memory, then
 the client sends ``--mib`` MiB in 64 KiB writes, each drained from its send BIO at once, and
 the server decrypts each drained piece into one reused buffer (records read one
-``SSL_read`` at a time, as a link does).  Printed: each stack's CPU (process time) per MiB,
-sender and receiver together, median of ``--rounds``, alternating the stacks.  It answers
-whether moving the links to ``ssl`` could pay before any code is written (issue 15's mTLS
-row); the links' per-frame Python is not in it.
+``SSL_read`` at a time; with ``_Direct``, the drained piece lent as the receive BIO).
+Printed: each stack's CPU (process time) per MiB, sender and receiver together, median of
+``--rounds``, alternating the stacks.  It answers whether moving the links to ``ssl`` could
+pay before any code is written (issue 15's mTLS row); the links' per-frame Python is not in
+it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL._util import ffi, lib  # the binding _LinkTLS's _Direct drives
+
+from edgemesh.security._links import _Direct, _new_buffer
 
 CHUNK = 64 * 1024
 SUITE = "TLS_AES_128_GCM_SHA256"  # the links' first suite (security/_material.py)
@@ -114,27 +116,25 @@ def run_pyopenssl(cert: str, key: str, mib: int, suite: str = SUITE) -> float:
             except SSL.WantReadError:
                 pass
     assert client.get_cipher_name() == suite, client.get_cipher_name()
-    # As _Direct: whole 64 KiB writes, the send BIO drained into a buffer of its own, the
-    # drained records lent to the receiver as its read BIO, SSL_read into one buffer.
-    lib.SSL_clear_mode(client._ssl, lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
-    payload = bytes(CHUNK)
-    pinned = ffi.from_buffer(payload)
-    buffer = ffi.new("char[]", CHUNK + 1024)
-    send_bio, server_ssl, send_bio_of_server = client._from_ssl, server._ssl, server._from_ssl
+    # The links' own driver (security/_links.py): whole 64 KiB writes, the send BIO drained
+    # into a buffer of its own, the drained records lent to the receiver as its receive BIO,
+    # SSL_read into one buffer.
+    assert _Direct.usable(client) and _Direct.usable(server)
+    sender, receiver = _Direct(client), _Direct(server)
+    sender.whole_writes()
+    pinned = sender.ffi.from_buffer(bytes(CHUNK))
+    buffer = _new_buffer()
+    size = len(buffer)
     started = time.process_time()
     for _ in range(mib * (1 << 20) // CHUNK):
-        if lib.SSL_write(client._ssl, pinned, CHUNK) <= 0:
-            raise RuntimeError("SSL_write")
-        pending = lib.BIO_get_mem_data(send_bio, ffi.NULL)
-        records = ffi.new("char[]", pending)  # (cffi zeroes it; _Direct's allocator does not)
-        got = lib.BIO_read(send_bio, records, pending)
-        lent = lib.BIO_new_mem_buf(records, got)
-        lib.BIO_set_mem_eof_return(lent, -1)
-        lib.SSL_set_bio(server_ssl, lent, send_bio_of_server)
-        while lib.SSL_read(server_ssl, buffer, CHUNK + 1024) > 0:
-            pass
-        fresh = lib.BIO_new(lib.BIO_s_mem())
-        lib.SSL_set_bio(server_ssl, fresh, send_bio_of_server)
+        sender.write_from(pinned, 0, CHUNK)
+        records = sender.drain()
+        assert records is not None and receiver.lend(records)
+        try:
+            while receiver.read_into(buffer, 0, size) > 0:
+                pass
+        finally:
+            receiver.take_back()
     return (time.process_time() - started) / mib
 
 
