@@ -20,7 +20,6 @@ established connections alone (each keeps the SSL context it was made with).
 from __future__ import annotations
 
 import errno
-import mmap
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
@@ -269,11 +268,11 @@ made at the first read (see _LinkTLS._read_socket)."""
 def _ciphertext_buffer() -> tuple[memoryview, memoryview]:
     global _ciphertext
     if _ciphertext is None:
-        # Anonymous memory, as a plaintext link's pooled reads (transports/_io.py): untouched
-        # until a read writes to it, so an idle node's heartbeats make a page resident, not
-        # the 256 KiB a zero-filled bytearray did (idle mTLS edge, RssAnon: 31.9 -> 31.6 MiB,
-        # bench/idle_memory.py --tls).
-        view = memoryview(mmap.mmap(-1, _READ_SIZE))
+        # malloc'd without the bytearray's zero fill: untouched until a read writes to it,
+        # so an idle node's heartbeats make a page resident, not 256 KiB (idle mTLS edge,
+        # RssAnon: 31.9 -> 31.6 MiB, bench/idle_memory.py --tls).
+        view = memoryview(_C[0].buffer(_ALLOCATE("char[]", _READ_SIZE)) if _C
+                          else bytearray(_READ_SIZE))
         _ciphertext = view, view.toreadonly()
     return _ciphertext
 
