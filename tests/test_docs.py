@@ -296,3 +296,13 @@ def test_readme_links_every_page_of_docs() -> None:
     section = (ROOT / "README.md").read_text().split("## Documentation", 1)[1].split("\n## ")[0]
     linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)\)", section))
     assert linked == {p.name for p in DOCS.glob("*.md")}
+
+
+def test_readme_layout_names_every_package() -> None:
+    """A newcomer reads the architecture off the README's layout: every package of edgemesh/
+    is in it, and it names none that is gone."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("\n## ")[0]
+    listed = set(re.findall(r"^ {6}(\w+)/ ", block, re.MULTILINE))
+    packages = {p.parent.name for p in (ROOT / "edgemesh").glob("*/__init__.py")}
+    assert listed == packages
