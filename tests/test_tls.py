@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import tcp
@@ -1453,6 +1453,47 @@ def test_link_tls_any_cuts_between_reads(
         index += 1
     assert server_app.received == upload
     assert server_app.lost is None
+
+
+@settings(max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "40")), deadline=2000,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 150 * 1024),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)),
+                      min_size=1, max_size=3),
+       cuts=st.lists(st.integers(1, 40_000), min_size=1, max_size=8))
+def test_link_tls_bytes_changed_anywhere_never_reach_the_link(
+    reactor: MemoryReactorClock, pki: PKI, c_calls: str, size: int,
+    flips: list[tuple[float, int]], cuts: list[int],
+) -> None:
+    """Bytes changed on the way anywhere (a record's header, its ciphertext or its tag: TLS
+    1.3 authenticates the header too), in reads of any size: nothing escapes the TLS layer,
+    what reaches the link is a strict prefix of what was sent (the records before the
+    change, whole), and a link that got a bad record is closed with the TLS error.  The lent
+    receive BIO and the pooled plaintext buffers must not turn a bad record into bytes."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(size)
+    client_app.transport.write(upload)
+    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
+    sent = pump.clientIO.getOutBuffer()
+    wire = bytearray(sent)
+    for where, mask in flips:
+        wire[int(where * len(wire))] ^= mask
+    assume(wire != sent)  # (two flips of one byte may cancel out)
+    pos = index = 0
+    while pos < len(wire) and server_app.lost is None:
+        take = cuts[index % len(cuts)]
+        server.dataReceived(bytes(wire[pos:pos + take]))
+        pos += take
+        index += 1
+    pump.flush()  # a close goes through the fake transport
+    assert upload.startswith(server_app.received)
+    assert len(server_app.received) < len(upload)
+    if server_app.lost is not None:
+        assert server_app.lost.check(SSL.Error), server_app.lost
+    # Otherwise a changed length field left OpenSSL waiting for the rest of a record: the
+    # link's heartbeat deadline closes such a link (tests/test_links.py).
 
 
 class EarlySequenced(Bytes):
