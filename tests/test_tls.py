@@ -1459,7 +1459,7 @@ def test_link_tls_any_cuts_between_reads(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(1, 150 * 1024),
        flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)),
-                      min_size=1, max_size=3),
+                      min_size=1, max_size=3, unique_by=lambda flip: flip[0]),
        cuts=st.lists(st.integers(1, 40_000), min_size=1, max_size=8))
 def test_link_tls_bytes_changed_anywhere_never_reach_the_link(
     reactor: MemoryReactorClock, pki: PKI, c_calls: str, size: int,
