@@ -6,11 +6,11 @@ connection and dispatched nothing for the offending request.
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
 import pytest
+from fuzzkit import Mutation, mutate, mutations, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_front import (
@@ -575,11 +575,6 @@ def _exercise(pieces: list[bytes]) -> None:
     assert conn.clock.getDelayedCalls() == []
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
 FUZZ = settings(
     # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
     max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
@@ -591,40 +586,13 @@ FUZZ = settings(
 @FUZZ
 @given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
 def test_16_random_bytes(data: bytes, cuts: list[int]) -> None:
-    _exercise(_split(data, cuts))
+    _exercise(split(data, cuts))
 
 
-_MUTATION = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(1, 255)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.sampled_from(
-        [b"\r", b"\n", b"\x00", b" ", b"\t", b",", b"\x0b", b"\r\n", b"\r\n\r\n",
-         b"Transfer-Encoding: chunked\r\n", b"Content-Length: 3\r\n", b"Host: x\r\n",
-         b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"0\r\n\r\n", b"HEAD"]
-    )),
-    st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 16)),
-    st.tuples(st.just("repeat"), st.integers(0, 10_000), st.integers(1, 64)),
-)
-
-
-def _mutate(seed: bytes, mutations: list[tuple[object, ...]]) -> bytes:
-    data = bytearray(seed)
-    for kind, where, what in mutations:
-        assert isinstance(where, int)
-        at = where % (len(data) + 1)
-        if kind == "flip" and data:
-            assert isinstance(what, int)
-            data[at % len(data)] ^= what
-        elif kind == "insert":
-            assert isinstance(what, bytes)
-            data[at:at] = what
-        elif kind == "delete":
-            assert isinstance(what, int)
-            del data[at : at + what]
-        elif kind == "repeat":
-            assert isinstance(what, int)
-            data[at:at] = data[at : at + what]
-    return bytes(data)
+_MUTATION = mutations([
+    b"Transfer-Encoding: chunked\r\n", b"Content-Length: 3\r\n", b"Host: x\r\n",
+    b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"0\r\n\r\n", b"HEAD",
+])
 
 
 @FUZZ
@@ -635,7 +603,7 @@ def _mutate(seed: bytes, mutations: list[tuple[object, ...]]) -> bytes:
     st.integers(1, 3),
 )
 def test_16_mutated_seed_corpus(
-    seed: Path, mutations: list[tuple[object, ...]], cuts: list[int], copies: int
+    seed: Path, changes: list[Mutation], cuts: list[int], copies: int
 ) -> None:
-    data = _mutate(seed.read_bytes() * copies, mutations)
-    _exercise(_split(data, cuts))
+    data = mutate(seed.read_bytes() * copies, changes)
+    _exercise(split(data, cuts))
