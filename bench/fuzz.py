@@ -36,6 +36,9 @@ TESTS = [
     "tests/test_fuzz_links.py::test_random_bytes_after_a_hello",
     "tests/test_fuzz_upstream.py::test_mutated_pod_responses",
     "tests/test_fuzz_upstream.py::test_random_bytes_as_a_pod_response",
+    "tests/test_fuzz_dns.py::test_mutated_queries_over_udp",
+    "tests/test_fuzz_dns.py::test_random_datagrams",
+    "tests/test_fuzz_dns.py::test_mutated_query_streams_over_tcp",
     # Both ways the TLS layer runs (pyOpenSSL's C binding, its public API): two tests.
     "tests/test_tls.py::test_link_tls_bytes_changed_anywhere_never_reach_the_link",
 ]

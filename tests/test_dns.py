@@ -5,6 +5,7 @@ upstream DNS server there too."""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -314,6 +315,67 @@ def test_forwarded_queries_in_flight_are_bounded() -> None:
     assert query(factory, "web").rCode == dns.OK, "the mesh's own names still answer"
     upstream.hanging[0].errback(defer.TimeoutError())
     assert a_records(query(factory, "four.example")) == ["192.0.2.7"]
+
+
+def test_an_any_query_of_another_name_is_forwarded() -> None:
+    """ANY (type 255) of a name outside the mesh goes upstream like any other type (the
+    server's chain asks it with lookupAllRecords), not SERVFAIL with a failure logged."""
+    factory, upstream = server()
+    with capturedLogs() as events:
+        reply = query(factory, "example.org", dns.ALL_RECORDS)
+        gc.collect()  # a failed Deferred that nobody handled logs when it is collected
+    assert (reply.rCode, a_records(reply)) == (dns.OK, ["192.0.2.7"])
+    assert upstream.asked == [b"example.org"]
+    assert [e for e in events if e.get("isError") or "log_failure" in e] == []
+
+
+def test_a_response_is_never_answered() -> None:
+    """A message with QR set is a response, not a query (Twisted's factory would answer it):
+    no reply, whatever question it carries."""
+    factory, upstream = server()
+    protocol = FakeProtocol()
+    for name in [b"web", b"example.org"]:
+        message = dns.Message(id=9, answer=True)
+        message.queries = [dns.Query(name, dns.A, dns.IN)]
+        factory.messageReceived(message, protocol, ("127.0.0.1", 53))
+    assert protocol.replies == [] and upstream.asked == []
+
+
+def test_an_empty_query_is_refused_with_a_response() -> None:
+    factory, _ = server()
+    protocol = FakeProtocol()
+    factory.messageReceived(dns.Message(id=3), protocol, ("127.0.0.1", 1))
+    [reply] = protocol.replies
+    assert (reply.id, reply.answer, reply.rCode) == (3, True, dns.EREFUSED)
+
+
+class _Looped:
+    """A UDP transport whose every datagram comes back to the protocol that sent it, as
+    from the address it was sent to: a query spoofed from the server's own address."""
+
+    def __init__(self, protocol: dns.DNSDatagramProtocol, limit: int) -> None:
+        self.protocol = protocol
+        self.sent = 0
+        self.limit = limit
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        if self.sent < self.limit:
+            self.protocol.datagramReceived(data, addr)
+
+
+def test_a_query_spoofed_from_the_server_itself_gets_one_answer() -> None:
+    """The server's answer to itself is a response: dropped, not answered again and again
+    (before: a 55-byte datagram kept the edge at 100 % of a CPU)."""
+    clock = Clock()
+    factory, _ = server(clock)
+    protocol = dns.DNSDatagramProtocol(factory, reactor=clock)
+    transport = _Looped(protocol, limit=10)
+    protocol.makeConnection(transport)  # type: ignore[arg-type]
+    message = dns.Message(id=4242, recDes=True)
+    message.queries = [dns.Query(b"web.default.svc.cluster.local", dns.A, dns.IN)]
+    protocol.datagramReceived(message.toStr(), ("127.0.0.1", 53))
+    assert transport.sent == 1
 
 
 def test_bounded_cache_refuses_a_zero_size() -> None:

@@ -173,11 +173,16 @@ class BoundedCache(common.ResolverBase):
         return succeed((aged(answers), aged(authority), aged(additional)))
 
 
-class Forwarder:
+class Forwarder(common.ResolverBase):
     """The upstream resolvers, with at most ``max_pending`` forwarded queries in flight;
-    beyond that the server answers SERVFAIL at once instead of queueing without bound."""
+    beyond that the server answers SERVFAIL at once instead of queueing without bound.
+
+    A resolver (``lookup*`` too, not only ``query``): the server's chain asks ANY queries
+    with ``lookupAllRecords``, which a bare ``query`` object lacked (SERVFAIL for every ANY
+    query of a name outside the mesh, and an unhandled failure logged each time)."""
 
     def __init__(self, upstream: Any, max_pending: int = 256) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
         self.upstream = upstream
         self.max_pending = max_pending
         self.pending = 0
@@ -194,3 +199,6 @@ class Forwarder:
         answer: Deferred[Result] = self.upstream.query(query, timeout)
         answer.addBoth(done)
         return answer
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Result]:
+        return self.query(dns.Query(name, type, cls), timeout)

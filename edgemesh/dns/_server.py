@@ -81,7 +81,7 @@ class _TCPProtocol(dns.DNSProtocol, TimeoutMixin):
 
 class MeshDNSServerFactory(server.DNSServerFactory):
     """``DNSServerFactory`` with the reactor passed on, response codes kept, failures logged
-    in one line, and a bound on TCP connections."""
+    in one line, a bound on TCP connections, and no reply ever to a response."""
 
     def __init__(
         self,
@@ -102,6 +102,22 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.forwarder = forwarder
         self.max_tcp_connections = max_tcp_connections
         self.tcp_idle_timeout = tcp_idle_timeout
+
+    def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
+        # Twisted's factory takes a response (QR set) for a query, and its refusals and
+        # not-implemented answers echo the query with QR unset.  One datagram spoofed from
+        # the server's own address then had it answer itself forever (an edge at 100 % of a
+        # CPU from one 55-byte packet), or two servers bounce it between them.  A response is
+        # never a query (dropped here) and everything sent is a response (sendReply).
+        if message.answer:
+            log.debug("DNS: dropped a response from {peer} (not a query)",
+                      peer=_peer(proto, address))
+            return
+        super().messageReceived(message, proto, address)  # type: ignore[no-untyped-call]
+
+    def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
+        message.answer = True  # (the echoed query of a refusal or ENOTIMP, too)
+        super().sendReply(protocol, message, address)  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: Any) -> _TCPProtocol | None:
         if len(self.connections) >= self.max_tcp_connections:
@@ -128,7 +144,13 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         response = self._responseFromMessage(  # type: ignore[no-untyped-call]
             message=message, rCode=rcode
         )
-        self.sendReply(protocol, response, address)  # type: ignore[no-untyped-call]
+        self.sendReply(protocol, response, address)
+
+
+def _peer(proto: Any, address: Any) -> str:
+    if address is None:  # TCP: the connection's peer
+        address = getattr(getattr(proto, "transport", None), "getPeer", lambda: "?")()
+    return str(address)
 
 
 def _query_name(query: dns.Query | None) -> str:

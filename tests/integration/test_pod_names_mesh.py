@@ -6,9 +6,13 @@ DNS server (queried with ``dig``) gives each pod an address of its own."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from meshkit import (
     request,
     write_catalog,
 )
+from twisted.names import dns
 
 HERE = Path(__file__).resolve().parent
 PODSERVER = HERE / "podserver.py"
@@ -177,6 +182,42 @@ def test_the_edge_dns_gives_each_pod_its_own_address(pods_mesh: tuple[Mesh, int]
     assert all(a[0].startswith("240.240.") for a in addresses), addresses
     assert dig(dns_port, "web-9.web.default.svc.cluster.local") == []
 
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _query_spoofed_from(port: int) -> None:
+    """One DNS query in a UDP datagram from LOOPBACK:port to LOOPBACK:port, as if the
+    server had sent it to itself (a raw socket: root; loopback only)."""
+    message = dns.Message(id=4242, recDes=True)
+    message.queries = [dns.Query(b"web.default.svc.cluster.local", dns.A, dns.IN)]
+    payload = message.toStr()
+    datagram = struct.pack("!HHHH", port, port, 8 + len(payload), 0) + payload  # no checksum
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+        raw.sendto(datagram, (LOOPBACK, 0))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the spoofed source needs a raw socket (root)")
+@pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
+def test_a_query_spoofed_from_the_dns_server_itself_is_answered_once(
+    pods_mesh: tuple[Mesh, int],
+) -> None:
+    """The answer to itself is a response, and a response is never answered.  Before, the
+    server answered its own answer, and that again, forever: one 55-byte datagram kept the
+    edge at 100 % of a CPU."""
+    mesh, dns_port = pods_mesh
+    pid = mesh.procs["edge-1"].pid
+    before = _cpu_seconds(pid)
+    watch_until = time.monotonic() + 1.5
+    _query_spoofed_from(dns_port)
+    while time.monotonic() < watch_until:  # a loop would spin at once: watch the edge's CPU
+        assert _cpu_seconds(pid) - before < 0.5, "the DNS server is answering itself"
+        time.sleep(0.05)
+    assert dig(dns_port, "web.default.svc.cluster.local") != []
 
 
 def test_zz_no_crash_in_the_logs(pods_mesh: tuple[Mesh, int]) -> None:

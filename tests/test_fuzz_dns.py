@@ -1,0 +1,161 @@
+"""The edge's DNS server against hostile queries: datagrams and TCP streams of random bytes
+and of valid queries mutated byte by byte (docs/fuzzing.md).
+
+Any pod on the node can send the DNS server anything.  Whatever it sends, nothing escapes
+the protocol (twisted.names' parsing, our resolvers and factory), nothing is logged as an
+unhandled failure, every answer is a well-formed DNS message that answers the query's id,
+and a query for a mesh name that survives the mutation intact is still answered from the
+catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fuzzkit import Mutation, mutate, mutations, split
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_dns import a_records, server
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.names import dns
+
+NAMES = [b"web.default.svc.cluster.local", b"web", b"web.default", b"example.org",
+         b"hang.example.org", b"nx.example.org", b"servfail.example.org"]
+TYPES = [dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.ANY, dns.MX, 0, 65535]
+
+_MUTATION = mutations([b"\xc0\x0c", b"\x3f", b"\xff" * 4, b"\x00\x01\x00\x01", b"."])
+
+FUZZ = settings(
+    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
+    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def _query(name: bytes, kind: int, ident: int, edns: bool) -> bytes:
+    message = dns.Message(id=ident, recDes=True)
+    message.queries = [dns.Query(name, kind, dns.IN)]
+    if edns:
+        return dns._EDNSMessage._fromMessage(message).toStr()  # type: ignore[attr-defined]
+    return message.toStr()  # type: ignore[no-any-return]
+
+
+class _Datagrams:
+    """A UDP port's transport: what the server sent, to whom."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        self.sent.append((data, addr))
+
+
+@pytest.fixture
+def failures() -> Iterator[list[dict[str, Any]]]:
+    """Events logged with a failure or at error level or above while the test runs."""
+    seen: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        level = getattr(event.get("log_level"), "name", "")
+        if "log_failure" in event or level in ("error", "critical") or event.get("isError"):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def _answers(sent: list[bytes]) -> list[dns.Message]:
+    """Every reply decodes as a DNS response."""
+    replies = []
+    for data in sent:
+        reply = dns.Message()
+        reply.fromStr(data)
+        assert reply.answer  # the QR bit: a response, never a query sent out by mistake
+        replies.append(reply)
+    return replies
+
+
+def _datagram(data: bytes) -> list[dns.Message]:
+    clock = Clock()
+    factory, _upstream = server(clock)
+    protocol = dns.DNSDatagramProtocol(factory, reactor=clock)
+    transport = _Datagrams()
+    protocol.makeConnection(transport)  # type: ignore[arg-type]
+    protocol.datagramReceived(data, ("127.0.0.1", 5353))
+    clock.advance(60)  # forwarded queries that hang time out
+    assert len(transport.sent) <= 1
+    assert all(addr == ("127.0.0.1", 5353) for _, addr in transport.sent)
+    return _answers([data for data, _ in transport.sent])
+
+
+def _stream(reads: list[bytes]) -> list[dns.Message]:
+    clock = Clock()
+    factory, _upstream = server(clock)
+    protocol = factory.buildProtocol(("127.0.0.1", 5353))
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for data in reads:
+        if transport.disconnecting:
+            break
+        protocol.dataReceived(data)
+    clock.advance(factory.tcp_idle_timeout + 1)  # the idle timeout ends every connection
+    assert transport.disconnecting
+    out, replies = transport.value(), []
+    while len(out) >= 2:
+        (size,) = struct.unpack("!H", out[:2])
+        replies.append(out[2:2 + size])
+        out = out[2 + size:]
+    assert out == b""
+    return _answers(replies)
+
+
+@FUZZ
+@given(st.sampled_from(NAMES), st.sampled_from(TYPES), st.integers(0, 65535), st.booleans(),
+       st.lists(_MUTATION, min_size=1, max_size=4))
+def test_mutated_queries_over_udp(
+    failures: list[dict[str, Any]], name: bytes, kind: int, ident: int, edns: bool,
+    changes: list[Mutation],
+) -> None:
+    valid = _query(name, kind, ident, edns)
+    data = mutate(valid, changes)
+    replies = _datagram(data)
+    assert not failures, failures
+    if data == valid and name.startswith(b"web") and kind == dns.A:
+        [reply] = replies
+        assert (reply.id, reply.rCode, a_records(reply)) == (ident, dns.OK, ["10.96.0.11"])
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_random_datagrams(failures: list[dict[str, Any]], data: bytes) -> None:
+    _datagram(data)
+    assert not failures, failures
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(TYPES)), min_size=1,
+                max_size=4),
+       st.lists(_MUTATION, max_size=4), st.lists(st.integers(0, 400), max_size=6))
+def test_mutated_query_streams_over_tcp(
+    failures: list[dict[str, Any]], queries: list[tuple[bytes, int]],
+    changes: list[Mutation], cuts: list[int],
+) -> None:
+    messages = [_query(name, kind, index, False) for index, (name, kind) in enumerate(queries)]
+    valid = b"".join(struct.pack("!H", len(m)) + m for m in messages)
+    data = mutate(valid, changes)
+    replies = _stream(split(data, cuts))
+    assert not failures, failures
+    if data == valid:  # intact: an answer per query, to its id (hang.*: upstream never answers)
+        answered = [i for i, (name, _kind) in enumerate(queries) if not name.startswith(b"hang.")]
+        assert sorted(reply.id for reply in replies) == answered
