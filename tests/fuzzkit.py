@@ -1,6 +1,6 @@
-"""What the fuzz tests of the HTTP parsers share: byte-level mutations of a seed (flips,
-insertions of bytes and of the framing tokens that matter, deletions, repeats) and reads cut
-at random points (docs/fuzzing.md)."""
+"""What the byte-level fuzz tests share (the HTTP front, the pod client, the DNS server):
+mutations of a valid seed (flips, insertions of bytes and of the tokens that matter, deletions,
+repeats) and reads cut at random points (docs/fuzzing.md)."""
 
 from __future__ import annotations
 
