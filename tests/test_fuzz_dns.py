@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fuzzkit import Mutation, mutate, mutations, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dns import a_records, server
+from test_front import captured_log
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.names import dns
 
 NAMES = [b"web.default.svc.cluster.local", b"web", b"web.default", b"example.org",
@@ -35,7 +33,7 @@ FUZZ = settings(
     # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
     max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
     deadline=2000,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -57,21 +55,11 @@ class _Datagrams:
         self.sent.append((data, addr))
 
 
-@pytest.fixture
-def failures() -> Iterator[list[dict[str, Any]]]:
-    """Events logged with a failure or at error level or above while the test runs."""
-    seen: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        level = getattr(event.get("log_level"), "name", "")
-        if "log_failure" in event or level in ("error", "critical") or event.get("isError"):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(observe)
+def _failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events logged with a failure, or at error level or above."""
+    return [e for e in events
+            if "log_failure" in e or e.get("isError")
+            or getattr(e.get("log_level"), "name", "") in ("error", "critical")]
 
 
 def _answers(sent: list[bytes]) -> list[dns.Message]:
@@ -124,13 +112,13 @@ def _stream(reads: list[bytes]) -> list[dns.Message]:
 @given(st.sampled_from(NAMES), st.sampled_from(TYPES), st.integers(0, 65535), st.booleans(),
        st.lists(_MUTATION, min_size=1, max_size=4))
 def test_mutated_queries_over_udp(
-    failures: list[dict[str, Any]], name: bytes, kind: int, ident: int, edns: bool,
-    changes: list[Mutation],
+    name: bytes, kind: int, ident: int, edns: bool, changes: list[Mutation],
 ) -> None:
     valid = _query(name, kind, ident, edns)
     data = mutate(valid, changes)
-    replies = _datagram(data)
-    assert not failures, failures
+    with captured_log() as events:
+        replies = _datagram(data)
+    assert _failures(events) == []
     if data == valid and name.startswith(b"web") and kind == dns.A:
         [reply] = replies
         assert (reply.id, reply.rCode, a_records(reply)) == (ident, dns.OK, ["10.96.0.11"])
@@ -138,9 +126,10 @@ def test_mutated_queries_over_udp(
 
 @FUZZ
 @given(st.binary(max_size=600))
-def test_random_datagrams(failures: list[dict[str, Any]], data: bytes) -> None:
-    _datagram(data)
-    assert not failures, failures
+def test_random_datagrams(data: bytes) -> None:
+    with captured_log() as events:
+        _datagram(data)
+    assert _failures(events) == []
 
 
 @FUZZ
@@ -148,14 +137,14 @@ def test_random_datagrams(failures: list[dict[str, Any]], data: bytes) -> None:
                 max_size=4),
        st.lists(_MUTATION, max_size=4), st.lists(st.integers(0, 400), max_size=6))
 def test_mutated_query_streams_over_tcp(
-    failures: list[dict[str, Any]], queries: list[tuple[bytes, int]],
-    changes: list[Mutation], cuts: list[int],
+    queries: list[tuple[bytes, int]], changes: list[Mutation], cuts: list[int],
 ) -> None:
     messages = [_query(name, kind, index, False) for index, (name, kind) in enumerate(queries)]
     valid = b"".join(struct.pack("!H", len(m)) + m for m in messages)
     data = mutate(valid, changes)
-    replies = _stream(split(data, cuts))
-    assert not failures, failures
+    with captured_log() as events:
+        replies = _stream(split(data, cuts))
+    assert _failures(events) == []
     if data == valid:  # intact: an answer per query, to its id (hang.*: upstream never answers)
         answered = [i for i, (name, _kind) in enumerate(queries) if not name.startswith(b"hang.")]
         assert sorted(reply.id for reply in replies) == answered

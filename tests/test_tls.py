@@ -1428,6 +1428,19 @@ def test_link_tls_records_cut_anywhere_between_reads(
     assert server_app.lost is None and client_app.lost is None
 
 
+def uploaded(reactor: MemoryReactorClock, pki: PKI,
+             size: int) -> tuple[Any, Chunks, bytes, bytes, IOPump]:
+    """A node's TLS server side (handshake done) and ``size`` random bytes a client wrote
+    to it: (server, its app, the bytes, their TLS records not yet delivered, the pump)."""
+    server_app, client_app = Chunks(), Bytes()
+    server, pump = tls_pair(reactor, pki, server_app, client_app)
+    assert client_app.transport is not None
+    upload = os.urandom(size)
+    client_app.transport.write(upload)
+    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
+    return server, server_app, upload, pump.clientIO.getOutBuffer(), pump
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(1, 200 * 1024),
@@ -1437,13 +1450,7 @@ def test_link_tls_any_cuts_between_reads(
 ) -> None:
     """Whatever the reads' sizes (records cut anywhere, several records in one read, a read
     that ends a record exactly), every byte arrives once and in order."""
-    server_app, client_app = Chunks(), Bytes()
-    server, pump = tls_pair(reactor, pki, server_app, client_app)
-    assert client_app.transport is not None
-    upload = os.urandom(size)
-    client_app.transport.write(upload)
-    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
-    wire = pump.clientIO.getOutBuffer()
+    server, server_app, upload, wire, _pump = uploaded(reactor, pki, size)
     assert wire
     pos = index = 0
     while pos < len(wire):
@@ -1470,13 +1477,7 @@ def test_link_tls_bytes_changed_anywhere_never_reach_the_link(
     what reaches the link is a strict prefix of what was sent (the records before the
     change, whole), and a link that got a bad record is closed with the TLS error.  The lent
     receive BIO and the pooled plaintext buffers must not turn a bad record into bytes."""
-    server_app, client_app = Chunks(), Bytes()
-    server, pump = tls_pair(reactor, pki, server_app, client_app)
-    assert client_app.transport is not None
-    upload = os.urandom(size)
-    client_app.transport.write(upload)
-    reactor.advance(0)  # Twisted's TLS client holds small writes for a reactor turn
-    sent = pump.clientIO.getOutBuffer()
+    server, server_app, upload, sent, pump = uploaded(reactor, pki, size)
     wire = bytearray(sent)
     for where, mask in flips:
         wire[int(where * len(wire))] ^= mask
