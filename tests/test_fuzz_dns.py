@@ -3,9 +3,10 @@ and of valid queries mutated byte by byte (docs/fuzzing.md).
 
 Any pod on the node can send the DNS server anything.  Whatever it sends, nothing escapes
 the protocol (twisted.names' parsing, our resolvers and factory), nothing is logged as an
-unhandled failure, every answer is a well-formed DNS message that answers the query's id,
-and a query for a mesh name that survives the mutation intact is still answered from the
-catalog.
+unhandled failure, a datagram gets at most one reply, every reply is a well-formed DNS
+response (QR set: never a query that another server would answer) sent back to the sender,
+and an intact query is answered (a mesh name from the catalog, each query of a TCP stream to
+its id).
 """
 
 from __future__ import annotations
