@@ -5,9 +5,19 @@ repeats) and reads cut at random points (docs/fuzzing.md)."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+FUZZ = settings(
+    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
+    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+"""The settings of the HTTP front's, the pod client's and the DNS server's fuzz tests."""
 
 Mutation = tuple[str, int, "int | bytes"]
 

@@ -6,12 +6,11 @@ connection and dispatched nothing for the offending request.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from fuzzkit import Mutation, mutate, mutations, split
-from hypothesis import HealthCheck, given, settings
+from fuzzkit import FUZZ, Mutation, mutate, mutations, split
+from hypothesis import given
 from hypothesis import strategies as st
 from test_front import (
     DEFAULTS,
@@ -573,14 +572,6 @@ def _exercise(pieces: list[bytes]) -> None:
         assert response.status == 200 or response.header(b"x-edgemesh-error") is not None
     conn.lose()
     assert conn.clock.getDelayedCalls() == []
-
-
-FUZZ = settings(
-    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
-    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
-    deadline=2000,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 @FUZZ

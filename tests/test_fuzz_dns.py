@@ -11,12 +11,11 @@ its id).
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
-from fuzzkit import Mutation, mutate, mutations, split
-from hypothesis import HealthCheck, given, settings
+from fuzzkit import FUZZ, Mutation, mutate, mutations, split
+from hypothesis import given
 from hypothesis import strategies as st
 from test_dns import a_records, server
 from test_front import captured_log
@@ -29,14 +28,6 @@ NAMES = [b"web.default.svc.cluster.local", b"web", b"web.default", b"example.org
 TYPES = [dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.ANY, dns.MX, 0, 65535]
 
 _MUTATION = mutations([b"\xc0\x0c", b"\x3f", b"\xff" * 4, b"\x00\x01\x00\x01", b"."])
-
-FUZZ = settings(
-    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
-    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
-    deadline=2000,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
 
 def _query(name: bytes, kind: int, ident: int, edns: bool) -> bytes:
     message = dns.Message(id=ident, recDes=True)

@@ -10,10 +10,8 @@ next response, not the rest of a mangled one (no response desync).
 
 from __future__ import annotations
 
-import os
-
-from fuzzkit import Mutation, mutate, mutations, split
-from hypothesis import HealthCheck, event, given, settings
+from fuzzkit import FUZZ, Mutation, mutate, mutations, split
+from hypothesis import event, given
 from hypothesis import strategies as st
 from test_upstream import GET, OK_HELLO, Harness
 from twisted.internet import error
@@ -49,14 +47,6 @@ _MUTATION = mutations([
 
 _UPSTREAM_REASONS = {Reason.upstream_bad_response, Reason.upstream_lost,
                      Reason.upstream_timeout}
-
-FUZZ = settings(
-    # CI runs a modest number; a longer run: EDGEMESH_FUZZ_EXAMPLES=200000 (docs/fuzzing.md).
-    max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "250")),
-    deadline=2000,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
 
 def _exercise(reads: list[bytes], head: RequestHead, close: bool) -> None:
     h = Harness(max_response_header_bytes=1024, max_response_header_count=16)
