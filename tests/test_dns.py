@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 from capturekit import UDPMemoryReactor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.names import client, common, dns
 from twisted.names.error import (
@@ -339,6 +342,15 @@ def test_a_response_is_never_answered() -> None:
         message.queries = [dns.Query(name, dns.A, dns.IN)]
         factory.messageReceived(message, protocol, ("127.0.0.1", 53))
     assert protocol.replies == [] and upstream.asked == []
+    # Over TCP too (no address: the connection's peer is logged).
+    stream = factory.buildProtocol(("127.0.0.1", 53))
+    assert stream is not None
+    transport = StringTransport()
+    stream.makeConnection(transport)
+    data = message.toStr()
+    stream.dataReceived(struct.pack("!H", len(data)) + data)
+    assert transport.value() == b"" and upstream.asked == []
+    stream.connectionLost(Failure(ConnectionDone()))
 
 
 def test_an_empty_query_is_refused_with_a_response() -> None:

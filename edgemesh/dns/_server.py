@@ -111,7 +111,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         # never a query (dropped here) and everything sent is a response (sendReply).
         if message.answer:
             log.debug("DNS: dropped a response from {peer} (not a query)",
-                      peer=_peer(proto, address))
+                      peer=address or proto.transport.getPeer())  # (TCP: no address)
             return
         super().messageReceived(message, proto, address)  # type: ignore[no-untyped-call]
 
@@ -145,12 +145,6 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             message=message, rCode=rcode
         )
         self.sendReply(protocol, response, address)
-
-
-def _peer(proto: Any, address: Any) -> str:
-    if address is None:  # TCP: the connection's peer
-        address = getattr(getattr(proto, "transport", None), "getPeer", lambda: "?")()
-    return str(address)
 
 
 def _query_name(query: dns.Query | None) -> str:
