@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from capturekit import UDPMemoryReactor
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -44,6 +46,7 @@ from edgemesh.dns import (
     parse_host_port,
     search_expansions,
 )
+from edgemesh.dns._server import fit_for_udp
 
 POD_SEARCH = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
 VNET = ipaddress.IPv4Network("240.240.0.0/16")
@@ -205,6 +208,10 @@ class FakeUpstream:
             hanging: Deferred[Any] = Deferred()
             self.hanging.append(hanging)
             return hanging
+        if name.startswith(b"many."):  # 60 addresses: 989 bytes, too many for 512
+            return succeed(([dns.RRHeader(name, dns.A, dns.IN, 60,
+                                          dns.Record_A(f"192.0.2.{i + 1}", 60))
+                             for i in range(60)], [], []))
         record = dns.Record_A("192.0.2.7", 60)
         return succeed(([dns.RRHeader(name, dns.A, dns.IN, 60, record)], [], []))
 
@@ -212,12 +219,15 @@ class FakeUpstream:
 class FakeProtocol:
     def __init__(self) -> None:
         self.replies: list[dns.Message] = []
+        self.sizes: list[int] = []
 
     def writeMessage(self, message: dns.Message, address: Any = None) -> None:
         # Through the wire format, as a client would see it.
+        data = message.toStr()
         wire = dns.Message()
-        wire.fromStr(message.toStr())
+        wire.fromStr(data)
         self.replies.append(wire)
+        self.sizes.append(len(data))
 
 
 def server(clock: Clock | None = None, cache_size: int = 1024, max_pending: int = 256,
@@ -231,12 +241,26 @@ def server(clock: Clock | None = None, cache_size: int = 1024, max_pending: int 
 
 
 def query(factory: MeshDNSServerFactory, name: str, kind: int = dns.A) -> dns.Message:
-    message = dns.Message(id=7, recDes=True)
-    message.queries = [dns.Query(name.encode(), kind, dns.IN)]
+    return sized_query(factory, name, kind)[0]
+
+
+def sized_query(factory: MeshDNSServerFactory, name: str, kind: int = dns.A,
+                edns: int | None = None, udp: bool = True) -> tuple[dns.Message, int]:
+    """The reply and its size in bytes, to a query through the wire format as a client
+    sends it (with an EDNS OPT record offering ``edns`` bytes, when given)."""
+    sent = dns._EDNSMessage(id=7, recDes=True, ednsVersion=None if edns is None else 0,
+                            maxSize=edns or 512)
+    sent.queries = [dns.Query(name.encode(), kind, dns.IN)]
+    message = dns.Message()
+    message.fromStr(sent.toStr())
     protocol = FakeProtocol()
-    factory.messageReceived(message, protocol, ("127.0.0.1", 5353))
+    factory.messageReceived(message, protocol, ("127.0.0.1", 5353) if udp else None)
     assert len(protocol.replies) == 1
-    return protocol.replies[0]
+    return protocol.replies[0], protocol.sizes[0]
+
+
+def opt_sizes(message: dns.Message) -> list[int]:
+    return [record.cls for record in message.additional if record.type == dns.OPT]
 
 
 def a_records(message: dns.Message) -> list[str]:
@@ -388,6 +412,82 @@ def test_a_query_spoofed_from_the_server_itself_gets_one_answer() -> None:
     message.queries = [dns.Query(b"web.default.svc.cluster.local", dns.A, dns.IN)]
     protocol.datagramReceived(message.toStr(), ("127.0.0.1", 53))
     assert transport.sent == 1
+
+
+def test_a_udp_reply_without_edns_is_whole_records_in_512_bytes_with_tc() -> None:
+    """Twisted's server sent the whole answer (60 records, 989 bytes) over UDP to a client
+    that had offered 512; musl's resolver reads that cut short.  Now: the records that fit,
+    whole, and TC, so that the client asks again over TCP."""
+    factory, _ = server()
+    reply, size = sized_query(factory, "many.example.org")
+    assert size <= 512 and reply.trunc
+    assert 0 < len(reply.answers) < 60
+    assert a_records(reply) == [f"192.0.2.{i + 1}" for i in range(len(reply.answers))]
+    assert opt_sizes(reply) == [], "no OPT record to a query without one"
+    # Over TCP, the whole answer.
+    reply, size = sized_query(factory, "many.example.org", udp=False)
+    assert (len(reply.answers), reply.trunc, size > 512) == (60, False, True)
+    # An answer that fits is untouched.
+    reply, size = sized_query(factory, "www.example.org")
+    assert (a_records(reply), reply.trunc, opt_sizes(reply)) == (["192.0.2.7"], False, [])
+
+
+@pytest.mark.parametrize(("offered", "limit", "whole"), [
+    (4096, 1232, True),  # more than ours: ours
+    (1232, 1232, True),
+    (600, 600, False),
+    (100, 512, False),  # below 512 counts as 512 (RFC 6891 §6.2.5)
+])
+def test_an_edns_query_gets_our_opt_and_up_to_the_size_it_offered(
+        offered: int, limit: int, whole: bool) -> None:
+    factory, _ = server()
+    reply, size = sized_query(factory, "many.example.org", edns=offered)
+    assert size <= limit
+    assert (len(reply.answers) == 60, bool(reply.trunc)) == (whole, not whole)
+    assert opt_sizes(reply) == [1232]
+    for name in ("web.default.svc.cluster.local", "nx.example.org"):  # the mesh's, an error
+        reply, _ = sized_query(factory, name, edns=offered)
+        assert opt_sizes(reply) == [1232]
+    reply, _ = sized_query(factory, "many.example.org", edns=offered, udp=False)
+    assert (len(reply.answers), reply.trunc, opt_sizes(reply)) == (60, False, [1232])
+
+
+def _records(prefix: str, count: int) -> list[dns.RRHeader]:
+    return [dns.RRHeader(f"{prefix}{i}.example.org".encode(), dns.A, dns.IN, 60,
+                         dns.Record_A(f"198.51.100.{i % 250 + 1}", 60)) for i in range(count)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.integers(0, 40), authority=st.integers(0, 10), additional=st.integers(0, 40),
+       edns=st.booleans(), limit=st.integers(512, 1232))
+def test_fit_for_udp_keeps_the_records_that_fit_whole_in_order(
+        answers: int, authority: int, additional: int, edns: bool, limit: int) -> None:
+    counts = (answers, authority)
+    records = [*_records("an", answers), *_records("ns", authority), *_records("ad", additional)]
+    opt = [dns.RRHeader(b"", dns.OPT, 1232, 0, dns.UnknownRecord(b""))] if edns else []
+
+    def first(count: int) -> dns.Message:
+        """A response with the first ``count`` records, in their sections."""
+        message = dns.Message(id=1, answer=True, maxSize=0)
+        message.queries = [dns.Query(b"q.example.org", dns.A, dns.IN)]
+        kept = records[:count]
+        message.answers = kept[:answers]
+        message.authority = kept[answers:sum(counts)]
+        message.additional = [*kept[sum(counts):], *opt]
+        return message
+
+    message = first(len(records))
+    fit_for_udp(message, limit)
+    data = message.toStr()
+    assert len(data) <= limit
+    wire = dns.Message()
+    wire.fromStr(data)  # whole records: it decodes
+    kept = [*wire.answers, *wire.authority, *(r for r in wire.additional if r.type != dns.OPT)]
+    assert [r.name for r in kept] == [r.name for r in records[:len(kept)]]
+    assert opt_sizes(wire) == ([1232] if edns else [])
+    assert bool(wire.trunc) == (len(kept) < sum(counts)), "TC: an answer or authority went"
+    if len(kept) < len(records):  # as many as fit: one more does not
+        assert len(first(len(kept) + 1).toStr()) > limit
 
 
 def test_bounded_cache_refuses_a_zero_size() -> None:

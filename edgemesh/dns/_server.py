@@ -58,6 +58,51 @@ _RCODES: list[tuple[type[Exception], int]] = [
 an upstream SERVFAIL; this keeps each response code as it was."""
 
 
+UDP_PLAIN_LIMIT = 512
+"""The largest UDP reply to a query without EDNS (RFC 1035 §4.2.1)."""
+UDP_EDNS_LIMIT = 1232
+"""The largest UDP reply to an EDNS query, whatever size it offers, and the size our own OPT
+record offers: DNS Flag Day 2020's, which keeps a reply out of IP fragments."""
+
+
+def _opt_of(message: dns.Message) -> dns.RRHeader | None:
+    """The query's EDNS OPT record (twisted's ``Message`` leaves it in the additional section;
+    its class is the payload size the client can take)."""
+    return next((record for record in message.additional if record.type == dns.OPT), None)
+
+
+def fit_for_udp(message: dns.Message, limit: int) -> None:
+    """Cut ``message`` to the whole records that fit in ``limit`` bytes: the answers first,
+    then the authority, then the additional records; an OPT record always stays.  TC is set
+    when an answer or authority record had to go, not for additional ones alone (RFC 2181
+    §9).  Twisted's own cut (``maxSize``) chops bytes in the middle of a record, under
+    counts that still claim every record: a malformed message."""
+    message.maxSize = 0  # (encode must not cut while sizes are tried)
+    if len(message.toStr()) <= limit:
+        return
+    answers, authority = list(message.answers), list(message.authority)
+    opt = [record for record in message.additional if record.type == dns.OPT]
+    records = [*answers, *authority, *(r for r in message.additional if r.type != dns.OPT)]
+
+    def keep(count: int) -> None:
+        kept = records[:count]
+        message.answers = kept[:len(answers)]
+        message.authority = kept[len(answers):len(answers) + len(authority)]
+        message.additional = [*kept[len(answers) + len(authority):], *opt]
+
+    # The size grows with every record kept: the most that fit, in log2(n) encodings.
+    low, high = 0, len(records)
+    while low < high:
+        middle = (low + high + 1) // 2
+        keep(middle)
+        if len(message.toStr()) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    keep(low)
+    message.trunc = int(low < len(answers) + len(authority))
+
+
 class _TCPProtocol(dns.DNSProtocol, TimeoutMixin):
     """DNS over TCP with an idle timeout (a client may not hold a connection open forever)."""
 
@@ -113,10 +158,39 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             log.debug("DNS: dropped a response from {peer} (not a query)",
                       peer=address or proto.transport.getPeer())  # (TCP: no address)
             return
+        # Twisted's server never limits a UDP reply (Twisted #6949: the query's maxSize is
+        # 0): a 60-record answer went out as one 989-byte datagram to a client that had
+        # offered 512, without TC to send it to TCP (musl 1.2.3 took 30 addresses from the
+        # cut read, unaware).  Marked here (UDP comes with an address), the limit is applied
+        # in _responseFromMessage and sendReply.
+        message.maxSize = UDP_PLAIN_LIMIT if address is not None else 0
         super().messageReceived(message, proto, address)  # type: ignore[no-untyped-call]
+
+    def _responseFromMessage(
+        self,
+        message: dns.Message,
+        rCode: int = dns.OK,
+        answers: list[dns.RRHeader] | None = None,
+        authority: list[dns.RRHeader] | None = None,
+        additional: list[dns.RRHeader] | None = None,
+    ) -> dns.Message:
+        response: dns.Message = super()._responseFromMessage(  # type: ignore[no-untyped-call]
+            message, rCode, answers, authority, additional)
+        opt = _opt_of(message)
+        if opt is not None:
+            # An EDNS query gets an OPT record back (RFC 6891 §7), offering our own size;
+            # over UDP it may take up to the size it offered, within ours.
+            ours = dns.RRHeader(b"", dns.OPT, UDP_EDNS_LIMIT, 0, dns.UnknownRecord(b""))
+            kept = [record for record in response.additional if record.type != dns.OPT]
+            response.additional = [*kept, ours]  # (one OPT: never an upstream's)
+            if message.maxSize:
+                response.maxSize = min(max(opt.cls, UDP_PLAIN_LIMIT), UDP_EDNS_LIMIT)
+        return response
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
         message.answer = True  # (the echoed query of a refusal or ENOTIMP, too)
+        if address is not None and message.maxSize:
+            fit_for_udp(message, message.maxSize)
         super().sendReply(protocol, message, address)  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: Any) -> _TCPProtocol | None:
@@ -141,9 +215,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             log.info("DNS: {name} ({type}): {error}",
                      name=_query_name(query), type=_query_type(query),
                      error=failure.getErrorMessage() or repr(failure.value))
-        response = self._responseFromMessage(  # type: ignore[no-untyped-call]
-            message=message, rCode=rcode
-        )
+        response = self._responseFromMessage(message=message, rCode=rcode)
         self.sendReply(protocol, response, address)
 
 

@@ -35,6 +35,10 @@ HERE = Path(__file__).resolve().parent
 PODSERVER = HERE / "podserver.py"
 EDGES = ("edge-1", "edge-2")
 DIG = shutil.which("dig")
+DNSMASQ = shutil.which("dnsmasq") or next(
+    (path for path in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if os.access(path, os.X_OK)), None)
+MANY = 60
+"""Addresses of many.example.org at the upstream: 994 bytes, too many for 512."""
 
 
 def headless(topology: Topology) -> list[dict[str, Any]]:
@@ -64,25 +68,46 @@ def headless(topology: Topology) -> list[dict[str, Any]]:
             piece("web-2", "edge-2", t.dead["web-2"], False)]
 
 
+def start_dnsmasq(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """dnsmasq on LOOPBACK:port, answering example.org from a hosts file (no other upstream,
+    nothing read from the machine's own files)."""
+    assert DNSMASQ is not None
+    hosts = directory / "upstream-hosts"
+    hosts.write_text("192.0.2.80 www.example.org\n" + "".join(
+        f"198.51.100.{i + 1} many.example.org\n" for i in range(MANY)))
+    log = (directory / "dnsmasq.log").open("ab")
+    return subprocess.Popen(
+        [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+         f"--addn-hosts={hosts}", "--local=/example.org/", f"--listen-address={LOOPBACK}",
+         "--bind-interfaces", f"--port={port}", "--pid-file=", "--log-facility=-",
+         *(["--user=root"] if os.geteuid() == 0 else [])],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+
 @pytest.fixture(scope="module")
 def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int]]:
     directory = tmp_path_factory.mktemp("podnames")
     topology = Topology.allocate(EDGES, ["web-0", "web-1"], ["web-2"])
-    transparent, dns_port = free_ports(2)
+    transparent, dns_port, upstream_port = free_ports(3)
     t = topology
     objects = [_node("cloud-1", False, None),
                *(_node(name, True, t.edges[name]["hub"]) for name in EDGES), *headless(t)]
     catalog = directory / "catalog.yaml"
     write_catalog(catalog, objects)
     mesh = Mesh(directory, topology, catalog)
+    upstream = None
     try:
         mesh._spawn("pods", [str(PODSERVER), *(f"{p}={t.pods[p]}" for p in ("web-0", "web-1"))],
                     None, mesh=False)
         mesh.start_router(wait=False)
+        forwarding = []
+        if DNSMASQ is not None:
+            upstream = start_dnsmasq(directory, upstream_port)
+            forwarding = ["--dns-upstream", f"{LOOPBACK}:{upstream_port}"]
         # edge-1 also runs the DNS server; its virtual IPs come with a transparent listener
         # (no capture rules: nothing is redirected here).
         mesh.start_edge("edge-1", "--transparent", f"tcp:{transparent}:interface={LOOPBACK}",
-                        "--dns", f"{LOOPBACK}:{dns_port}", wait=False)
+                        "--dns", f"{LOOPBACK}:{dns_port}", *forwarding, wait=False)
         mesh.start_edge("edge-2", wait=False)
         mesh.wait_healthy(mesh.procs["router"])
         mesh.wait_edges_acked(EDGES)
@@ -92,6 +117,13 @@ def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, 
         yield mesh, dns_port
     finally:
         mesh.stop_all()
+        if upstream is not None:
+            upstream.terminate()
+            try:
+                upstream.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                upstream.kill()
+                upstream.wait(timeout=10)
 
 
 def pod_behind(mesh: Mesh, via: str, host: str) -> str | None:
@@ -161,11 +193,11 @@ def test_an_unknown_pod_is_404(pods_mesh: tuple[Mesh, int]) -> None:
     assert response.header("X-Edgemesh-Error") == "unknown-service"
 
 
-def dig(port: int, name: str) -> list[str]:
+def dig(port: int, name: str, *options: str) -> list[str]:
     assert DIG is not None
     done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+short", "+tries=1",
-                           "+time=5", name, "A"], capture_output=True, text=True, timeout=30,
-                          check=False)
+                           "+time=5", *options, name, "A"], capture_output=True, text=True,
+                          timeout=30, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
     return [line for line in done.stdout.split() if re.fullmatch(r"[0-9.]+", line)]
 
@@ -182,6 +214,45 @@ def test_the_edge_dns_gives_each_pod_its_own_address(pods_mesh: tuple[Mesh, int]
     assert all(a[0].startswith("240.240.") for a in addresses), addresses
     assert dig(dns_port, "web-9.web.default.svc.cluster.local") == []
 
+
+
+def dig_reply(port: int, name: str, *options: str) -> tuple[set[str], int, int]:
+    """(header flags, answer records, message size) of ``dig``'s full output; ``+ignore``
+    keeps a truncated UDP reply instead of asking again over TCP."""
+    assert DIG is not None
+    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+tries=1", "+time=5",
+                           *options, name, "A"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "malformed" not in done.stdout.lower(), done.stdout
+    flags = re.search(r";; flags: ([a-z ]*);.*ANSWER: (\d+)", done.stdout)
+    size = re.search(r"MSG SIZE\s+rcvd: (\d+)", done.stdout)
+    assert flags is not None and size is not None, done.stdout
+    return set(flags.group(1).split()), int(flags.group(2)), int(size.group(1))
+
+
+@pytest.mark.skipif(DIG is None or DNSMASQ is None,
+                    reason="needs dig and dnsmasq (.ci/run installs bind9-dnsutils, dnsmasq-base)")
+def test_a_long_forwarded_answer_fits_the_udp_size_the_client_offered(
+    pods_mesh: tuple[Mesh, int],
+) -> None:
+    """dnsmasq answers many.example.org with 60 addresses (994 bytes).  Over UDP the edge
+    sends the whole records that fit and TC to a client without EDNS (before: 989 bytes,
+    which a resolver reading 512, as musl's does, gets cut short); the size an EDNS client
+    offers, within 1232; everything over TCP."""
+    _, dns_port = pods_mesh
+    flags, answers, size = dig_reply(dns_port, "many.example.org", "+noedns", "+ignore")
+    assert "tc" in flags and 0 < answers < MANY and size <= 512, (flags, answers, size)
+    flags, answers, size = dig_reply(dns_port, "many.example.org", "+bufsize=600", "+ignore")
+    assert "tc" in flags and answers < MANY and size <= 600, (flags, answers, size)
+    flags, answers, size = dig_reply(dns_port, "many.example.org", "+bufsize=4096")
+    assert "tc" not in flags and answers == MANY and size <= 1232, (flags, answers, size)
+    # dig's own retry over TCP after TC, as a resolver does: every address.
+    assert sorted(dig(dns_port, "many.example.org", "+noedns")) == sorted(
+        f"198.51.100.{i + 1}" for i in range(MANY))
+    flags, answers, _ = dig_reply(dns_port, "many.example.org", "+noedns", "+tcp")
+    assert "tc" not in flags and answers == MANY
+    assert dig(dns_port, "www.example.org") == ["192.0.2.80"]
 
 
 def _cpu_seconds(pid: int) -> float:
