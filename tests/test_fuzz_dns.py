@@ -5,7 +5,8 @@ Any pod on the node can send the DNS server anything.  Whatever it sends, nothin
 the protocol (twisted.names' parsing, our resolvers and factory), nothing is logged as an
 unhandled failure, a datagram gets at most one reply, every reply is a well-formed DNS
 response (QR set: never a query that another server would answer) sent back to the sender,
-and an intact query is answered (a mesh name from the catalog, each query of a TCP stream to
+no UDP reply is over 1232 bytes (512 to an intact query without EDNS), and an intact query is
+answered (a mesh name from the catalog, each query of a TCP stream to
 its id).
 """
 
@@ -24,7 +25,8 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns
 
 NAMES = [b"web.default.svc.cluster.local", b"web", b"web.default", b"example.org",
-         b"hang.example.org", b"nx.example.org", b"servfail.example.org"]
+         b"hang.example.org", b"nx.example.org", b"servfail.example.org",
+         b"many.example.org"]  # (60 addresses: more than 512 bytes)
 TYPES = [dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.ANY, dns.MX, 0, 65535]
 
 _MUTATION = mutations([b"\xc0\x0c", b"\x3f", b"\xff" * 4, b"\x00\x01\x00\x01", b"."])
@@ -75,6 +77,7 @@ def _datagram(data: bytes) -> list[dns.Message]:
     clock.advance(60)  # forwarded queries that hang time out
     assert len(transport.sent) <= 1
     assert all(addr == ("127.0.0.1", 5353) for _, addr in transport.sent)
+    assert all(len(reply) <= 1232 for reply, _ in transport.sent), "over the UDP limit"
     return _answers([data for data, _ in transport.sent])
 
 
@@ -114,6 +117,9 @@ def test_mutated_queries_over_udp(
     if data == valid and name.startswith(b"web") and kind == dns.A:
         [reply] = replies
         assert (reply.id, reply.rCode, a_records(reply)) == (ident, dns.OK, ["10.96.0.11"])
+    if data == valid and name.startswith(b"many") and kind == dns.A and not edns:
+        [reply] = replies
+        assert reply.trunc and 0 < len(reply.answers) < 60  # the records that fit, and TC
 
 
 @FUZZ
