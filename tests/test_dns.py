@@ -46,7 +46,7 @@ from edgemesh.dns import (
     parse_host_port,
     search_expansions,
 )
-from edgemesh.dns._server import fit_for_udp
+from edgemesh.dns._server import fit_records
 
 POD_SEARCH = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
 VNET = ipaddress.IPv4Network("240.240.0.0/16")
@@ -208,6 +208,10 @@ class FakeUpstream:
             hanging: Deferred[Any] = Deferred()
             self.hanging.append(hanging)
             return hanging
+        if name.startswith(b"huge."):  # 80 texts of 1 000 bytes: over 65 535 bytes
+            return succeed(([dns.RRHeader(name, dns.TXT, dns.IN, 60,
+                                          dns.Record_TXT(*[b"%03d" % i + b"x" * 247] * 4))
+                             for i in range(80)], [], []))
         if name.startswith(b"many."):  # 60 addresses: 989 bytes, too many for 512
             return succeed(([dns.RRHeader(name, dns.A, dns.IN, 60,
                                           dns.Record_A(f"192.0.2.{i + 1}", 60))
@@ -452,6 +456,43 @@ def test_an_edns_query_gets_our_opt_and_up_to_the_size_it_offered(
     assert (len(reply.answers), reply.trunc, opt_sizes(reply)) == (60, False, [1232])
 
 
+def test_a_query_of_many_questions_is_not_reflected_whole() -> None:
+    """The reply copies the questions (a query is answered by its first): 300 of them are
+    5 KiB, which went back whole to whatever address the datagram claimed."""
+    factory, _ = server()
+    message = dns.Message(id=12, recDes=True)
+    message.queries = [dns.Query(b"q%d.example.org" % i, dns.A, dns.IN) for i in range(300)]
+    protocol = FakeProtocol()
+    factory.messageReceived(message, protocol, ("127.0.0.1", 5353))
+    [reply], [size] = protocol.replies, protocol.sizes
+    assert size <= 512 and reply.trunc and reply.id == 12
+    assert [q.name.name for q in reply.queries] == [b"q0.example.org"]
+
+
+def test_a_tcp_reply_over_65535_bytes_is_cut_to_whole_records_not_lost() -> None:
+    """A TCP reply's length prefix is two bytes: Twisted raised on a longer one, and the
+    client got SERVFAIL.  Now: the records that fit, and TC."""
+    factory, _ = server()
+    stream = factory.buildProtocol(("127.0.0.1", 53))
+    assert stream is not None
+    transport = StringTransport()
+    stream.makeConnection(transport)
+    message = dns.Message(id=11, recDes=True)
+    message.queries = [dns.Query(b"huge.example.org", dns.TXT, dns.IN)]
+    data = message.toStr()
+    with capturedLogs() as events:
+        stream.dataReceived(struct.pack("!H", len(data)) + data)
+    out = transport.value()
+    assert len(out) >= 2, [e.get("log_format") for e in events]
+    (size,) = struct.unpack("!H", out[:2])
+    assert size == len(out) - 2
+    reply = dns.Message()
+    reply.fromStr(out[2:])
+    assert (reply.id, reply.rCode, reply.trunc) == (11, dns.OK, 1)
+    assert 60 < len(reply.answers) < 80
+    stream.connectionLost(Failure(ConnectionDone()))
+
+
 def _records(prefix: str, count: int) -> list[dns.RRHeader]:
     return [dns.RRHeader(f"{prefix}{i}.example.org".encode(), dns.A, dns.IN, 60,
                          dns.Record_A(f"198.51.100.{i % 250 + 1}", 60)) for i in range(count)]
@@ -460,7 +501,7 @@ def _records(prefix: str, count: int) -> list[dns.RRHeader]:
 @settings(max_examples=60, deadline=None)
 @given(answers=st.integers(0, 40), authority=st.integers(0, 10), additional=st.integers(0, 40),
        edns=st.booleans(), limit=st.integers(512, 1232))
-def test_fit_for_udp_keeps_the_records_that_fit_whole_in_order(
+def test_fit_records_keeps_the_records_that_fit_whole_in_order(
         answers: int, authority: int, additional: int, edns: bool, limit: int) -> None:
     counts = (answers, authority)
     records = [*_records("an", answers), *_records("ns", authority), *_records("ad", additional)]
@@ -477,7 +518,7 @@ def test_fit_for_udp_keeps_the_records_that_fit_whole_in_order(
         return message
 
     message = first(len(records))
-    fit_for_udp(message, limit)
+    fit_records(message, limit)
     data = message.toStr()
     assert len(data) <= limit
     wire = dns.Message()

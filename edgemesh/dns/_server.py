@@ -63,6 +63,9 @@ UDP_PLAIN_LIMIT = 512
 UDP_EDNS_LIMIT = 1232
 """The largest UDP reply to an EDNS query, whatever size it offers, and the size our own OPT
 record offers: DNS Flag Day 2020's, which keeps a reply out of IP fragments."""
+TCP_LIMIT = 65535
+"""A TCP reply's length prefix is two bytes (beyond it Twisted raises: the client got
+SERVFAIL)."""
 
 
 def _opt_of(message: dns.Message) -> dns.RRHeader | None:
@@ -71,7 +74,7 @@ def _opt_of(message: dns.Message) -> dns.RRHeader | None:
     return next((record for record in message.additional if record.type == dns.OPT), None)
 
 
-def fit_for_udp(message: dns.Message, limit: int) -> None:
+def fit_records(message: dns.Message, limit: int) -> None:
     """Cut ``message`` to the whole records that fit in ``limit`` bytes: the answers first,
     then the authority, then the additional records; an OPT record always stays.  TC is set
     when an answer or authority record had to go, not for additional ones alone (RFC 2181
@@ -101,6 +104,11 @@ def fit_for_udp(message: dns.Message, limit: int) -> None:
             high = middle - 1
     keep(low)
     message.trunc = int(low < len(answers) + len(authority))
+    if low == 0 and len(message.toStr()) > limit:
+        # Too many questions, echoed (a query is answered by its first): the first alone
+        # fits, at most 259 bytes.  Else a query of 8 KiB was reflected whole.
+        message.queries = message.queries[:1]
+        message.trunc = 1
 
 
 class _TCPProtocol(dns.DNSProtocol, TimeoutMixin):
@@ -189,8 +197,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
         message.answer = True  # (the echoed query of a refusal or ENOTIMP, too)
-        if address is not None and message.maxSize:
-            fit_for_udp(message, message.maxSize)
+        fit_records(message, (message.maxSize or UDP_PLAIN_LIMIT) if address is not None
+                    else TCP_LIMIT)
         super().sendReply(protocol, message, address)  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: Any) -> _TCPProtocol | None:
