@@ -493,6 +493,30 @@ def test_a_tcp_reply_over_65535_bytes_is_cut_to_whole_records_not_lost() -> None
     stream.connectionLost(Failure(ConnectionDone()))
 
 
+def _with_opts(*ttls: int) -> dns.Message:
+    message = dns.Message(id=13, recDes=True)
+    message.queries = [dns.Query(b"web.default.svc.cluster.local", dns.A, dns.IN)]
+    message.additional = [dns.RRHeader(b"", dns.OPT, 1232, ttl, dns.UnknownRecord(b""))
+                          for ttl in ttls]
+    wire = dns.Message()
+    wire.fromStr(message.toStr())
+    return wire
+
+
+@pytest.mark.parametrize("udp", [True, False])
+def test_edns_version_1_gets_badvers_and_two_opt_records_formerr(udp: bool) -> None:
+    """RFC 6891 §6.1.3 and §6.1.1 (before: answered as if version 0, or as one OPT)."""
+    factory, _ = server()
+    for ttls, rcode, extended in [((1 << 16,), dns.OK, 1), ((0, 0), dns.EFORMAT, 0),
+                                  ((1 << 15,), dns.OK, 0)]:  # (the DO bit: version 0)
+        protocol = FakeProtocol()
+        factory.messageReceived(_with_opts(*ttls), protocol, ("127.0.0.1", 53) if udp else None)
+        [reply] = protocol.replies
+        [opt] = [record for record in reply.additional if record.type == dns.OPT]
+        assert (reply.rCode, opt.ttl >> 24) == (rcode, extended)
+        assert bool(reply.answers) == (rcode == dns.OK and not extended)
+
+
 def _records(prefix: str, count: int) -> list[dns.RRHeader]:
     return [dns.RRHeader(f"{prefix}{i}.example.org".encode(), dns.A, dns.IN, 60,
                          dns.Record_A(f"198.51.100.{i % 250 + 1}", 60)) for i in range(count)]

@@ -68,6 +68,10 @@ TCP_LIMIT = 65535
 SERVFAIL)."""
 
 
+_BADVERS = 16
+"""The extended response code of RFC 6891 §9 (twisted.names has no name for it)."""
+
+
 def _opt_of(message: dns.Message) -> dns.RRHeader | None:
     """The query's EDNS OPT record (twisted's ``Message`` leaves it in the additional section;
     its class is the payload size the client can take)."""
@@ -173,6 +177,21 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         # in _responseFromMessage and sendReply.
         message.maxSize = UDP_PLAIN_LIMIT if address is not None else 0
         super().messageReceived(message, proto, address)  # type: ignore[no-untyped-call]
+
+    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
+        opts = [record for record in message.additional if record.type == dns.OPT]
+        if len(opts) > 1 or (opts and (opts[0].ttl >> 16) & 0xFF != 0):
+            # RFC 6891 §6.1.1: two OPT records are a format error; §6.1.3: an EDNS version
+            # other than 0 gets BADVERS (16: its high bits go in our OPT's TTL), so that the
+            # client asks again in version 0.
+            bad_version = len(opts) == 1
+            response = self._responseFromMessage(
+                message, rCode=dns.OK if bad_version else dns.EFORMAT)
+            if bad_version:
+                response.additional[-1].ttl = (_BADVERS >> 4) << 24
+            self.sendReply(protocol, response, address)
+            return
+        super().handleQuery(message, protocol, address)  # type: ignore[no-untyped-call]
 
     def _responseFromMessage(
         self,

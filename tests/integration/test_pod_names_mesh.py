@@ -255,6 +255,19 @@ def test_a_long_forwarded_answer_fits_the_udp_size_the_client_offered(
     assert dig(dns_port, "www.example.org") == ["192.0.2.80"]
 
 
+@pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
+def test_edns_version_1_gets_badvers_and_dig_asks_again_in_version_0(
+    pods_mesh: tuple[Mesh, int],
+) -> None:
+    _, dns_port = pods_mesh
+    name = "web.default.svc.cluster.local"
+    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(dns_port), "+tries=1", "+time=5",
+                           "+edns=1", "+noednsnegotiation", name, "A"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert "status: BADVERS" in done.stdout, done.stdout
+    assert len(dig(dns_port, name, "+edns=1")) == 1  # negotiated down to version 0
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
