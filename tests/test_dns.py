@@ -32,7 +32,7 @@ from twisted.names.error import (
 from twisted.python.failure import Failure
 
 from edgemesh.capture import ServiceAddresses, VirtualIPs
-from edgemesh.catalog import Catalog, Service, ServicePort
+from edgemesh.catalog import Catalog, Endpoint, Service, ServicePort
 from edgemesh.dns import (
     BoundedCache,
     DNSConfig,
@@ -44,6 +44,7 @@ from edgemesh.dns import (
     build_dns_factory,
     classify,
     parse_host_port,
+    reverse_address,
     search_expansions,
 )
 from edgemesh.dns._server import fit_records
@@ -170,6 +171,84 @@ def test_other_types_of_a_known_name_are_no_data_not_nxdomain() -> None:
     assert six[0][0].type == dns.AAAA
     assert ask(mesh, "six", dns.A) == ([], [], [])
     assert addresses_in(ask(mesh, "web", dns.ALL_RECORDS)) == ["10.96.0.11"]
+
+
+def stateful() -> ServiceAddresses:
+    """test_dns's catalog and a headless service ``pg`` of three pods: pg-0 and pg-1 ready,
+    pg-2 not; a TCP port ``postgres`` and a UDP one ``stats``."""
+    pods = tuple(Endpoint(f"10.244.0.{i}", 5432, "edge-1", ready=i < 2, hostname=f"pg-{i}")
+                 for i in range(3))
+    ports = (ServicePort("postgres", 5432, 5432), ServicePort("stats", 8125, 8125, "UDP"))
+    current = Catalog([*catalog().services.values(),
+                       Service("data", "pg", None, ports, {"postgres": pods})])
+    return ServiceAddresses(lambda: current, VirtualIPs(VNET))
+
+
+def srv_records(answer: Any) -> list[tuple[int, int, int, str]]:
+    return [(r.payload.priority, r.payload.weight, r.payload.port, r.payload.target.name.decode())
+            for r in answer[0] if r.type == dns.SRV]
+
+
+def test_srv_records_of_named_ports_as_kubernetes_dns_has_them() -> None:
+    book = stateful()
+    mesh = MeshResolver(book)
+    answer = ask(mesh, "_http._tcp.web.default.svc.cluster.local", dns.SRV)
+    assert srv_records(answer) == [(0, 100, 80, "web.default.svc.cluster.local")]
+    assert [r.payload.dottedQuad() for r in answer[2]] == ["10.96.0.11"]  # its address too
+    # A headless service: one per ready pod, the pod's name and its own virtual IP.
+    answer = ask(mesh, "_postgres._tcp.pg.data.svc.cluster.local", dns.SRV)
+    assert srv_records(answer) == [(0, 50, 5432, "pg-0.pg.data.svc.cluster.local"),
+                                   (0, 50, 5432, "pg-1.pg.data.svc.cluster.local")]
+    assert [r.payload.dottedQuad() for r in answer[2]] == [
+        book.pod_address_of("data/pg", "pg-0"), book.pod_address_of("data/pg", "pg-1")]
+    # The name exists for other types (no data); a wrong port, protocol or service does not.
+    assert ask(mesh, "_postgres._tcp.pg.data.svc.cluster.local", dns.A) == ([], [], [])
+    # UDP is not the mesh's (docs/protocols.md): no SRV for the UDP port.
+    for wrong in ("_postgres._udp.pg.data", "_stats._tcp.pg.data", "_stats._udp.pg.data",
+                  "_nope._tcp.pg.data", "_postgres._tcp.nope.data"):
+        result = ask(mesh, f"{wrong}.svc.cluster.local", dns.SRV)
+        assert isinstance(result, Failure) and result.check(AuthoritativeDomainError), wrong
+    assert mesh.claims(b"_http._tcp.web.default.svc.cluster.local")
+
+
+def test_ptr_records_of_the_mesh_addresses() -> None:
+    book = stateful()
+    mesh = MeshResolver(book)
+
+    def ptr(address: str) -> Any:
+        name = ipaddress.ip_address(address).reverse_pointer
+        answer = ask(mesh, name, dns.PTR)
+        if isinstance(answer, Failure):
+            return answer
+        return [r.payload.name.name.decode() for r in answer[0] if r.type == dns.PTR]
+
+    assert ptr("10.96.0.11") == ["web.default.svc.cluster.local"]
+    assert ptr("fd00::11") == ["six.default.svc.cluster.local"]
+    db = book.address_of(book.catalog.services["shop/db"])
+    assert db is not None and ptr(db) == ["db.shop.svc.cluster.local"]
+    pod = book.pod_address_of("data/pg", "pg-2")  # not ready: still its name
+    assert pod is not None and ptr(pod) == ["pg-2.pg.data.svc.cluster.local"]
+    assert mesh.claims(ipaddress.ip_address("10.96.0.11").reverse_pointer.encode())
+    # Another address is not the mesh's: the upstream's to answer (not NXDOMAIN here).
+    other = ptr("192.0.2.1")
+    assert isinstance(other, Failure) and not other.check(AuthoritativeDomainError)
+    assert not mesh.claims(b"1.2.0.192.in-addr.arpa")
+    assert ask(mesh, "11.0.96.10.in-addr.arpa", dns.A).check(DomainError)
+
+
+@pytest.mark.parametrize(("name", "address"), [
+    ("11.0.96.10.in-addr.arpa", "10.96.0.11"),
+    ("11.0.96.10.IN-ADDR.ARPA.", "10.96.0.11"),
+    ("1." + "0." * 23 + "8.b.d.0.1.0.0.2.ip6.arpa", "2001:db8::1"),
+    ("011.0.96.10.in-addr.arpa", None),
+    ("0.96.10.in-addr.arpa", None),
+    ("256.0.96.10.in-addr.arpa", None),
+    ("1._." + "0." * 22 + "8.b.d.0.1.0.0.2.ip6.arpa", None),
+    ("1.g." + "0." * 22 + "8.b.d.0.1.0.0.2.ip6.arpa", None),
+    ("web.default.svc.cluster.local", None),
+])
+def test_reverse_address(name: str, address: str | None) -> None:
+    assert reverse_address(name) == address
 
 
 def test_unknown_names() -> None:

@@ -9,17 +9,22 @@ never forwarded.  ``name`` and ``name.ns`` are answered when the catalog has the
 and otherwise belong to the rest of the world (``example.com`` is not service
 ``example`` of namespace ``com`` unless the catalog says so).  One pod of a headless
 service (a StatefulSet's) is ``pod-0.name[.ns[.svc[.cluster.local]]]``: ``pod`` says which
-pod a name would be, and the catalog whether it is one.
+pod a name would be, and the catalog whether it is one.  A named port of a service is
+``_port._tcp.name.ns.svc.cluster.local`` (SRV, as Kubernetes DNS has it; TCP only, as the
+mesh carries only TCP), and an address
+``d.c.b.a.in-addr.arpa`` (PTR; ``reverse_address``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from ..catalog import CLUSTER_DOMAIN, DEFAULT_NAMESPACE, pod_name
 
 _CLUSTER_LABELS = tuple(CLUSTER_DOMAIN.split("."))
 _MAX_NAME = 253
+_HEX = "0123456789abcdef"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,8 @@ class NameClass:
     """The name is inside the mesh's zone: unknown means NXDOMAIN, not forwarding."""
     pod: tuple[str, str] | None = None
     """(service ``namespace/name``, hostname) the name would be as one pod's, if any."""
+    srv: tuple[str, str, str] | None = None
+    """(service ``namespace/name``, port name, protocol upper-cased) of an SRV name."""
 
 
 NOT_OURS = NameClass(None, False)
@@ -51,6 +58,9 @@ def classify(name: str) -> NameClass:
     if tuple(labels[-cluster:]) == _CLUSTER_LABELS:
         if len(labels) == cluster + 3 and labels[2] == "svc":
             return NameClass(f"{labels[1]}/{labels[0]}", True)
+        if (len(labels) == cluster + 5 and labels[4] == "svc" and len(labels[0]) > 1
+                and labels[0][0] == "_" and labels[1] == "_tcp"):  # (the mesh carries TCP)
+            return NameClass(None, True, srv=(f"{labels[3]}/{labels[2]}", labels[0][1:], "TCP"))
         return NameClass(None, True, pod)
     if labels[-1] == "svc" and len(labels) != 2:
         if len(labels) == 3:
@@ -61,6 +71,21 @@ def classify(name: str) -> NameClass:
     if len(labels) == 1:
         return NameClass(f"{DEFAULT_NAMESPACE}/{labels[0]}", False)
     return NameClass(None, False, pod) if pod is not None else NOT_OURS
+
+
+def reverse_address(name: str) -> str | None:
+    """The address a PTR name stands for (``4.3.2.1.in-addr.arpa`` is 1.2.3.4, and
+    ``ip6.arpa``'s 32 nibbles an IPv6 address), else None."""
+    labels = name.lower().rstrip(".").split(".")
+    try:
+        if len(labels) == 6 and labels[4:] == ["in-addr", "arpa"]:
+            return str(ipaddress.IPv4Address(".".join(reversed(labels[:4]))))
+        if (len(labels) == 34 and labels[32:] == ["ip6", "arpa"]
+                and all(len(nibble) == 1 and nibble in _HEX for nibble in labels[:32])):
+            return str(ipaddress.IPv6Address(int("".join(reversed(labels[:32])), 16)))
+    except ValueError:
+        pass
+    return None
 
 
 def search_expansions(name: str, search: list[str], ndots: int = 5) -> list[str]:

@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DNSServerError, DomainError
 
-from ..catalog import Catalog, Service
-from ._names import classify
+from ..catalog import CLUSTER_DOMAIN, Catalog, Service
+from ._names import classify, reverse_address
 
 DEFAULT_TTL = 5
 """Seconds a mesh answer may be cached (as CoreDNS's kubernetes plugin): short, so that
@@ -52,22 +52,29 @@ def _text(name: bytes) -> str:
 
 class MeshResolver(common.ResolverBase):
     """A records (AAAA for an IPv6 clusterIP) for the services of the live catalog, and for
-    the pods of its headless services that have a hostname (their own virtual IPs)."""
+    the pods of its headless services that have a hostname (their own virtual IPs); SRV
+    records for their named ports, and PTR records for those addresses, as Kubernetes DNS
+    has them (so that a reverse lookup of a mesh address is answered offline too)."""
 
     def __init__(self, addresses: AddressBook, ttl: int = DEFAULT_TTL) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.addresses = addresses
         self.ttl = ttl
+        self._names_of: dict[str, str] = {}
+        self._names_for: Catalog | None = None
 
     def claims(self, name: bytes) -> bool:
         """Whether the mesh answers ``name`` itself (then no upstream answer is cached)."""
-        kind = classify(_text(name))
+        text = _text(name)
+        kind = classify(text)
         if kind.in_zone:
             return True
         catalog = self.addresses.catalog
         if kind.key is not None and catalog.service(kind.key) is not None:
             return True
-        return kind.pod is not None and catalog.pod_service(*kind.pod) is not None
+        if kind.pod is not None and catalog.pod_service(*kind.pod) is not None:
+            return True
+        return self._name_of(text) is not None
 
     def _address(self, name: bytes, cls: int) -> tuple[bool, str | None]:
         """(the mesh knows the name, its address if it has one)."""
@@ -82,29 +89,99 @@ class MeshResolver(common.ResolverBase):
             return True, self.addresses.pod_address_of(*kind.pod)
         return False, None
 
+    def _name_of(self, reverse: str) -> str | None:
+        """The mesh's name of the address a PTR name stands for, if the address is one of
+        the mesh's (a clusterIP or a virtual IP)."""
+        address = reverse_address(reverse)
+        if address is None:
+            return None
+        catalog = self.addresses.catalog
+        if catalog is not self._names_for:  # (a catalog never changes: once per catalog)
+            names: dict[str, str] = {}
+            for service in sorted(catalog.services.values(), key=lambda s: s.key):
+                fqdn = f"{service.name}.{service.namespace}.svc.{CLUSTER_DOMAIN}"
+                found = self.addresses.address_of(service)
+                if found is not None:
+                    names.setdefault(str(ipaddress.ip_address(found)), fqdn)
+                for hostname in _hostnames(service):
+                    pod = self.addresses.pod_address_of(service.key, hostname)
+                    if pod is not None:
+                        names.setdefault(pod, f"{hostname}.{fqdn}")
+            self._names_of, self._names_for = names, catalog
+        return self._names_of.get(address)
+
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Result]:
-        known, text = self._address(name, cls)
+        text = _text(name)
+        kind = classify(text)
+        if cls == dns.IN and kind.srv is not None:
+            return self._service_records(name, type, *kind.srv)
+        if cls == dns.IN and type in (dns.PTR, dns.ALL_RECORDS):
+            target = self._name_of(text)
+            if target is not None:
+                record = dns.Record_PTR(target, self.ttl)
+                return succeed(([dns.RRHeader(name, dns.PTR, dns.IN, self.ttl, record,
+                                              auth=True)], [], []))
+        known, address = self._address(name, cls)
         if not known:
-            if classify(_text(name)).in_zone:
+            if kind.in_zone:
                 return fail(AuthoritativeDomainError(name))
             return fail(DomainError(name))
-        answers: list[dns.RRHeader] = []
-        if text is not None:
-            address = ipaddress.ip_address(text)
-            record: dns.Record_A | dns.Record_AAAA | None = None
-            if address.version == 4 and type in (dns.A, dns.ALL_RECORDS):
-                record = dns.Record_A(text, self.ttl)
-                record_type = dns.A
-            elif address.version == 6 and type in (dns.AAAA, dns.ALL_RECORDS):
-                record = dns.Record_AAAA(text, self.ttl)
-                record_type = dns.AAAA
-            if record is not None:
-                answers.append(
-                    dns.RRHeader(name, record_type, dns.IN, self.ttl, record, auth=True)
-                )
         # No record of that type (AAAA of an IPv4 service, MX, ...): NOERROR with no
         # answer, so that resolvers do not conclude the name does not exist.
-        return succeed((answers, [], []))
+        return succeed((self._address_records(name, address, type), [], []))
+
+    def _address_records(self, name: bytes, address: str | None,
+                         type: int) -> list[dns.RRHeader]:
+        """The A (or AAAA) record of ``address`` when ``type`` asks for it."""
+        if address is None:
+            return []
+        version = ipaddress.ip_address(address).version
+        record: dns.Record_A | dns.Record_AAAA
+        if version == 4 and type in (dns.A, dns.ALL_RECORDS):
+            record, record_type = dns.Record_A(address, self.ttl), dns.A
+        elif version == 6 and type in (dns.AAAA, dns.ALL_RECORDS):
+            record, record_type = dns.Record_AAAA(address, self.ttl), dns.AAAA
+        else:
+            return []
+        return [dns.RRHeader(name, record_type, dns.IN, self.ttl, record, auth=True)]
+
+    def _service_records(self, name: bytes, type: int, key: str, port_name: str,
+                         protocol: str) -> Deferred[Result]:
+        """SRV records of a named port: the service's name and port; a headless service's,
+        one per pod with a hostname and an address (its name), as Kubernetes DNS has them.
+        Their addresses go with them, in the additional section."""
+        service = self.addresses.catalog.service(key)
+        ports = [] if service is None else [
+            p for p in service.ports if p.name == port_name and p.protocol == protocol]
+        if service is None or not ports:
+            return fail(AuthoritativeDomainError(name))
+        fqdn = f"{service.name}.{service.namespace}.svc.{CLUSTER_DOMAIN}"
+        if service.cluster_ip is not None:
+            targets = [(fqdn, self.addresses.address_of(service))]
+        else:
+            targets = [(f"{hostname}.{fqdn}", self.addresses.pod_address_of(key, hostname))
+                       for hostname in _hostnames(service, ready=True)]
+            targets = [(target, address) for target, address in targets if address]
+        answers: list[dns.RRHeader] = []
+        additional: list[dns.RRHeader] = []
+        if type in (dns.SRV, dns.ALL_RECORDS):
+            weight = max(100 // max(len(targets), 1), 1)
+            for target, address in targets:
+                record = dns.Record_SRV(0, weight, ports[0].port, target, self.ttl)
+                answers.append(dns.RRHeader(name, dns.SRV, dns.IN, self.ttl, record, auth=True))
+                for wanted in (dns.A, dns.AAAA):
+                    additional += self._address_records(target.encode(), address, wanted)
+        return succeed((answers, [], additional))
+
+
+def _hostnames(service: Service, ready: bool = False) -> list[str]:
+    """The hostnames of a headless service's endpoints (a StatefulSet's pods; only the
+    ready ones' when ``ready``), sorted."""
+    if service.cluster_ip is not None:
+        return []
+    return sorted({endpoint.hostname for endpoints in service.endpoints.values()
+                   for endpoint in endpoints
+                   if endpoint.hostname is not None and (endpoint.ready or not ready)})
 
 
 class BoundedCache(common.ResolverBase):

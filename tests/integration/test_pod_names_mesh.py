@@ -256,6 +256,31 @@ def test_a_long_forwarded_answer_fits_the_udp_size_the_client_offered(
 
 
 @pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
+def test_srv_and_ptr_records_as_kubernetes_dns_has_them(pods_mesh: tuple[Mesh, int]) -> None:
+    """SRV of the headless service's named port: one per ready pod (web-2 is not), the
+    pod's own name; PTR of each address the edge's DNS gives out, back to its name."""
+    _, dns_port = pods_mesh
+
+    def short(*query: str) -> list[str]:
+        assert DIG is not None
+        done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(dns_port), "+short",
+                               "+tries=1", "+time=5", *query], capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return done.stdout.split("\n")[:-1]
+
+    srv = sorted(short("SRV", "_http._tcp.web.default.svc.cluster.local"))
+    assert srv == ["0 50 80 web-0.web.default.svc.cluster.local.",
+                   "0 50 80 web-1.web.default.svc.cluster.local."], srv
+    for name in ("web-0.web.default.svc.cluster.local", "web-2.web.default.svc.cluster.local",
+                 "web.default.svc.cluster.local"):
+        [address] = dig(dns_port, name)
+        assert short("-x", address) == [name + "."], (name, address)
+    if DNSMASQ is not None:  # another address: the upstream's answer
+        assert short("-x", "192.0.2.80") == ["www.example.org."]
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
 def test_edns_version_1_gets_badvers_and_dig_asks_again_in_version_0(
     pods_mesh: tuple[Mesh, int],
 ) -> None:
