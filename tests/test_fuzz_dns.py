@@ -26,7 +26,8 @@ from twisted.names import dns
 
 NAMES = [b"web.default.svc.cluster.local", b"web", b"web.default", b"example.org",
          b"hang.example.org", b"nx.example.org", b"servfail.example.org",
-         b"many.example.org"]  # (60 addresses: more than 512 bytes)
+         b"many.example.org",  # (60 addresses: more than 512 bytes)
+         b"_http._tcp.web.default.svc.cluster.local", b"11.0.96.10.in-addr.arpa"]
 TYPES = [dns.A, dns.AAAA, dns.SRV, dns.PTR, dns.TXT, dns.ANY, dns.MX, 0, 65535]
 
 _MUTATION = mutations([b"\xc0\x0c", b"\x3f", b"\xff" * 4, b"\x00\x01\x00\x01", b"."])
