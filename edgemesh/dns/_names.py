@@ -10,9 +10,8 @@ and otherwise belong to the rest of the world (``example.com`` is not service
 ``example`` of namespace ``com`` unless the catalog says so).  One pod of a headless
 service (a StatefulSet's) is ``pod-0.name[.ns[.svc[.cluster.local]]]``: ``pod`` says which
 pod a name would be, and the catalog whether it is one.  A named port of a service is
-``_port._tcp.name.ns.svc.cluster.local`` (SRV, as Kubernetes DNS has it; TCP only, as the
-mesh carries only TCP), and an address
-``d.c.b.a.in-addr.arpa`` (PTR; ``reverse_address``).
+``_port._tcp.name.ns.svc.cluster.local`` (SRV, as Kubernetes DNS has it; TCP only, the
+mesh's), and an address is ``d.c.b.a.in-addr.arpa`` (PTR; ``reverse_address``).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ class NameClass:
     pod: tuple[str, str] | None = None
     """(service ``namespace/name``, hostname) the name would be as one pod's, if any."""
     srv: tuple[str, str, str] | None = None
-    """(service ``namespace/name``, port name, protocol upper-cased) of an SRV name."""
+    """(service ``namespace/name``, port name, protocol: "TCP") of an SRV name."""
 
 
 NOT_OURS = NameClass(None, False)

@@ -66,8 +66,6 @@ record offers: DNS Flag Day 2020's, which keeps a reply out of IP fragments."""
 TCP_LIMIT = 65535
 """A TCP reply's length prefix is two bytes (beyond it Twisted raises: the client got
 SERVFAIL)."""
-
-
 _BADVERS = 16
 """The extended response code of RFC 6891 §9 (twisted.names has no name for it)."""
 
