@@ -84,6 +84,19 @@ def start_dnsmasq(directory: Path, port: int) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
+def _answers(port: int) -> bool:
+    """Whether a DNS server on LOOPBACK:port answers a query (over UDP, within 0.5 s)."""
+    message = dns.Message(id=4343, recDes=True)
+    message.queries = [dns.Query(b"www.example.org", dns.A, dns.IN)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.sendto(message.toStr(), (LOOPBACK, port))
+        try:
+            return len(sock.recv(4096)) > 0
+        except TimeoutError:
+            return False
+
+
 @pytest.fixture(scope="module")
 def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int]]:
     directory = tmp_path_factory.mktemp("podnames")
@@ -104,6 +117,10 @@ def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, 
         if DNSMASQ is not None:
             upstream = start_dnsmasq(directory, upstream_port)
             forwarding = ["--dns-upstream", f"{LOOPBACK}:{upstream_port}"]
+            dnsmasq = upstream
+            mesh.wait_for("dnsmasq to answer", lambda: dnsmasq.poll() is None
+                          and _answers(upstream_port), [])
+            assert upstream.poll() is None, (directory / "dnsmasq.log").read_text()
         # edge-1 also runs the DNS server; its virtual IPs come with a transparent listener
         # (no capture rules: nothing is redirected here).
         mesh.start_edge("edge-1", "--transparent", f"tcp:{transparent}:interface={LOOPBACK}",
