@@ -156,10 +156,22 @@ class HTTPSFront(_Server):
                          + body)
             return
         kept = [line for line in lines if not line.lower().startswith("connection:")]
+        # The request's body (Content-Length: the Kubernetes client's), then the response
+        # to its end, in this one thread: an SSL socket read in one thread and written in
+        # another, as _splice would, broke a watch at once now and then ("connection lost
+        # in a non-clean fashion").
+        sizes = [int(line.split(":", 1)[1]) for line in kept
+                 if line.lower().startswith("content-length:")]
+        body = rest
+        while len(body) < sum(sizes):
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("the request's body was cut short")
+            body += chunk
         upstream = self.track(socket.create_connection((LOOPBACK, self.upstream), IO_TIMEOUT))
         upstream.sendall("\r\n".join([*kept, "Connection: close"]).encode("latin-1")
-                         + b"\r\n\r\n" + rest)
-        _splice(conn, upstream)
+                         + b"\r\n\r\n" + body)
+        _pipe(upstream, conn)
 
 
 @dataclass
