@@ -5,9 +5,8 @@ Any pod on the node can send the DNS server anything.  Whatever it sends, nothin
 the protocol (twisted.names' parsing, our resolvers and factory), nothing is logged as an
 unhandled failure, a datagram gets at most one reply, every reply is a well-formed DNS
 response (QR set: never a query that another server would answer) sent back to the sender,
-no UDP reply is over 1232 bytes (512 to an intact query without EDNS), and an intact query is
-answered (a mesh name from the catalog, each query of a TCP stream to
-its id).
+no UDP reply is over 1232 bytes (512 to an intact query without EDNS), and an intact query
+is answered (a mesh name from the catalog, each query of a TCP stream to its id).
 """
 
 from __future__ import annotations

@@ -115,12 +115,14 @@ def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, 
         mesh.start_router(wait=False)
         forwarding = []
         if DNSMASQ is not None:
-            upstream = start_dnsmasq(directory, upstream_port)
+            upstream = dnsmasq = start_dnsmasq(directory, upstream_port)
             forwarding = ["--dns-upstream", f"{LOOPBACK}:{upstream_port}"]
-            dnsmasq = upstream
-            mesh.wait_for("dnsmasq to answer", lambda: dnsmasq.poll() is None
-                          and _answers(upstream_port), [])
-            assert upstream.poll() is None, (directory / "dnsmasq.log").read_text()
+
+            def answers() -> bool:
+                assert dnsmasq.poll() is None, (directory / "dnsmasq.log").read_text()
+                return _answers(upstream_port)
+
+            mesh.wait_for("dnsmasq to answer", answers, [])
         # edge-1 also runs the DNS server; its virtual IPs come with a transparent listener
         # (no capture rules: nothing is redirected here).
         mesh.start_edge("edge-1", "--transparent", f"tcp:{transparent}:interface={LOOPBACK}",
@@ -210,13 +212,19 @@ def test_an_unknown_pod_is_404(pods_mesh: tuple[Mesh, int]) -> None:
     assert response.header("X-Edgemesh-Error") == "unknown-service"
 
 
-def dig(port: int, name: str, *options: str) -> list[str]:
+def run_dig(port: int, *arguments: str) -> str:
+    """What ``dig`` prints for ``arguments``, asked of LOOPBACK:port (one try of 5 s)."""
     assert DIG is not None
-    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+short", "+tries=1",
-                           "+time=5", *options, name, "A"], capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+tries=1", "+time=5",
+                           *arguments], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
-    return [line for line in done.stdout.split() if re.fullmatch(r"[0-9.]+", line)]
+    return done.stdout
+
+
+def dig(port: int, name: str, *options: str) -> list[str]:
+    """The addresses of ``name``."""
+    out = run_dig(port, "+short", *options, name, "A")
+    return [line for line in out.split() if re.fullmatch(r"[0-9.]+", line)]
 
 
 @pytest.mark.skipif(DIG is None, reason="dig is not installed (.ci/run installs bind9-dnsutils)")
@@ -236,15 +244,11 @@ def test_the_edge_dns_gives_each_pod_its_own_address(pods_mesh: tuple[Mesh, int]
 def dig_reply(port: int, name: str, *options: str) -> tuple[set[str], int, int]:
     """(header flags, answer records, message size) of ``dig``'s full output; ``+ignore``
     keeps a truncated UDP reply instead of asking again over TCP."""
-    assert DIG is not None
-    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(port), "+tries=1", "+time=5",
-                           *options, name, "A"], capture_output=True, text=True, timeout=30,
-                          check=False)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "malformed" not in done.stdout.lower(), done.stdout
-    flags = re.search(r";; flags: ([a-z ]*);.*ANSWER: (\d+)", done.stdout)
-    size = re.search(r"MSG SIZE\s+rcvd: (\d+)", done.stdout)
-    assert flags is not None and size is not None, done.stdout
+    out = run_dig(port, *options, name, "A")
+    assert "malformed" not in out.lower(), out
+    flags = re.search(r";; flags: ([a-z ]*);.*ANSWER: (\d+)", out)
+    size = re.search(r"MSG SIZE\s+rcvd: (\d+)", out)
+    assert flags is not None and size is not None, out
     return set(flags.group(1).split()), int(flags.group(2)), int(size.group(1))
 
 
@@ -254,9 +258,9 @@ def test_a_long_forwarded_answer_fits_the_udp_size_the_client_offered(
     pods_mesh: tuple[Mesh, int],
 ) -> None:
     """dnsmasq answers many.example.org with 60 addresses (994 bytes).  Over UDP the edge
-    sends the whole records that fit and TC to a client without EDNS (before: 989 bytes,
-    which a resolver reading 512, as musl's does, gets cut short); the size an EDNS client
-    offers, within 1232; everything over TCP."""
+    sends the whole records that fit and TC to a client without EDNS (before: 989 bytes and
+    no TC, so a resolver that reads 512 got a cut message and no reason to ask over TCP);
+    the size an EDNS client offers, within 1232; everything over TCP."""
     _, dns_port = pods_mesh
     flags, answers, size = dig_reply(dns_port, "many.example.org", "+noedns", "+ignore")
     assert "tc" in flags and 0 < answers < MANY and size <= 512, (flags, answers, size)
@@ -279,12 +283,7 @@ def test_srv_and_ptr_records_as_kubernetes_dns_has_them(pods_mesh: tuple[Mesh, i
     _, dns_port = pods_mesh
 
     def short(*query: str) -> list[str]:
-        assert DIG is not None
-        done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(dns_port), "+short",
-                               "+tries=1", "+time=5", *query], capture_output=True, text=True,
-                              timeout=30, check=False)
-        assert done.returncode == 0, done.stderr + done.stdout
-        return done.stdout.split("\n")[:-1]
+        return run_dig(dns_port, "+short", *query).splitlines()
 
     srv = sorted(short("SRV", "_http._tcp.web.default.svc.cluster.local"))
     assert srv == ["0 50 80 web-0.web.default.svc.cluster.local.",
@@ -303,10 +302,8 @@ def test_edns_version_1_gets_badvers_and_dig_asks_again_in_version_0(
 ) -> None:
     _, dns_port = pods_mesh
     name = "web.default.svc.cluster.local"
-    done = subprocess.run([DIG, "@" + LOOPBACK, "-p", str(dns_port), "+tries=1", "+time=5",
-                           "+edns=1", "+noednsnegotiation", name, "A"], capture_output=True,
-                          text=True, timeout=30, check=False)
-    assert "status: BADVERS" in done.stdout, done.stdout
+    out = run_dig(dns_port, "+edns=1", "+noednsnegotiation", name, "A")
+    assert "status: BADVERS" in out, out
     assert len(dig(dns_port, name, "+edns=1")) == 1  # negotiated down to version 0
 
 
