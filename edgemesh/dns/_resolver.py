@@ -23,7 +23,7 @@ from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DNSServerError, DomainError
 
 from ..catalog import CLUSTER_DOMAIN, Catalog, Service
-from ._names import classify, reverse_address
+from ._names import NameClass, classify, reverse_address
 
 DEFAULT_TTL = 5
 """Seconds a mesh answer may be cached (as CoreDNS's kubernetes plugin): short, so that
@@ -76,9 +76,8 @@ class MeshResolver(common.ResolverBase):
             return True
         return self._name_of(text) is not None
 
-    def _address(self, name: bytes, cls: int) -> tuple[bool, str | None]:
-        """(the mesh knows the name, its address if it has one)."""
-        kind = classify(_text(name))
+    def _address(self, kind: NameClass, cls: int) -> tuple[bool, str | None]:
+        """(the mesh knows the name classified as ``kind``, its address if it has one)."""
         if cls != dns.IN:
             return False, None
         catalog = self.addresses.catalog
@@ -99,7 +98,7 @@ class MeshResolver(common.ResolverBase):
         if catalog is not self._names_for:  # (a catalog never changes: once per catalog)
             names: dict[str, str] = {}
             for service in sorted(catalog.services.values(), key=lambda s: s.key):
-                fqdn = f"{service.name}.{service.namespace}.svc.{CLUSTER_DOMAIN}"
+                fqdn = _fqdn(service)
                 found = self.addresses.address_of(service)
                 if found is not None:
                     names.setdefault(str(ipaddress.ip_address(found)), fqdn)
@@ -121,7 +120,7 @@ class MeshResolver(common.ResolverBase):
                 record = dns.Record_PTR(target, self.ttl)
                 return succeed(([dns.RRHeader(name, dns.PTR, dns.IN, self.ttl, record,
                                               auth=True)], [], []))
-        known, address = self._address(name, cls)
+        known, address = self._address(kind, cls)
         if not known:
             if kind.in_zone:
                 return fail(AuthoritativeDomainError(name))
@@ -155,7 +154,7 @@ class MeshResolver(common.ResolverBase):
             p for p in service.ports if p.name == port_name and p.protocol == protocol]
         if service is None or not ports:
             return fail(AuthoritativeDomainError(name))
-        fqdn = f"{service.name}.{service.namespace}.svc.{CLUSTER_DOMAIN}"
+        fqdn = _fqdn(service)
         if service.cluster_ip is not None:
             targets = [(fqdn, self.addresses.address_of(service))]
         else:
@@ -169,9 +168,13 @@ class MeshResolver(common.ResolverBase):
             for target, address in targets:
                 record = dns.Record_SRV(0, weight, ports[0].port, target, self.ttl)
                 answers.append(dns.RRHeader(name, dns.SRV, dns.IN, self.ttl, record, auth=True))
-                for wanted in (dns.A, dns.AAAA):
-                    additional += self._address_records(target.encode(), address, wanted)
+                additional += self._address_records(target.encode(), address, dns.ALL_RECORDS)
         return succeed((answers, [], additional))
+
+
+def _fqdn(service: Service) -> str:
+    """``name.namespace.svc.cluster.local``."""
+    return f"{service.name}.{service.namespace}.svc.{CLUSTER_DOMAIN}"
 
 
 def _hostnames(service: Service, ready: bool = False) -> list[str]:

@@ -70,10 +70,10 @@ _BADVERS = 16
 """The extended response code of RFC 6891 §9 (twisted.names has no name for it)."""
 
 
-def _opt_of(message: dns.Message) -> dns.RRHeader | None:
-    """The query's EDNS OPT record (twisted's ``Message`` leaves it in the additional section;
-    its class is the payload size the client can take)."""
-    return next((record for record in message.additional if record.type == dns.OPT), None)
+def _opts(message: dns.Message) -> list[dns.RRHeader]:
+    """The message's EDNS OPT records (twisted's ``Message`` leaves them in the additional
+    section; an OPT's class is the payload size the client can take)."""
+    return [record for record in message.additional if record.type == dns.OPT]
 
 
 def fit_records(message: dns.Message, limit: int) -> None:
@@ -86,7 +86,7 @@ def fit_records(message: dns.Message, limit: int) -> None:
     if len(message.toStr()) <= limit:
         return
     answers, authority = list(message.answers), list(message.authority)
-    opt = [record for record in message.additional if record.type == dns.OPT]
+    opt = _opts(message)
     records = [*answers, *authority, *(r for r in message.additional if r.type != dns.OPT)]
 
     def keep(count: int) -> None:
@@ -177,7 +177,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         super().messageReceived(message, proto, address)  # type: ignore[no-untyped-call]
 
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
-        opts = [record for record in message.additional if record.type == dns.OPT]
+        opts = _opts(message)
         if len(opts) > 1 or (opts and (opts[0].ttl >> 16) & 0xFF != 0):
             # RFC 6891 §6.1.1: two OPT records are a format error; §6.1.3: an EDNS version
             # other than 0 gets BADVERS (16: its high bits go in our OPT's TTL), so that the
@@ -201,15 +201,15 @@ class MeshDNSServerFactory(server.DNSServerFactory):
     ) -> dns.Message:
         response: dns.Message = super()._responseFromMessage(  # type: ignore[no-untyped-call]
             message, rCode, answers, authority, additional)
-        opt = _opt_of(message)
-        if opt is not None:
+        opts = _opts(message)
+        if opts:
             # An EDNS query gets an OPT record back (RFC 6891 §7), offering our own size;
             # over UDP it may take up to the size it offered, within ours.
             ours = dns.RRHeader(b"", dns.OPT, UDP_EDNS_LIMIT, 0, dns.UnknownRecord(b""))
             kept = [record for record in response.additional if record.type != dns.OPT]
             response.additional = [*kept, ours]  # (one OPT: never an upstream's)
             if message.maxSize:
-                response.maxSize = min(max(opt.cls, UDP_PLAIN_LIMIT), UDP_EDNS_LIMIT)
+                response.maxSize = min(max(opts[0].cls, UDP_PLAIN_LIMIT), UDP_EDNS_LIMIT)
         return response
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
