@@ -576,6 +576,24 @@ def send(
     return Response(response.status, response.reason, list(response.getheaders()), data)
 
 
+def dns_query(server: str, port: int, name: str, kind: int = 1,
+              timeout: float = 8.0) -> tuple[int, list[str]]:
+    """(rcode, A records) of one query for ``name`` over UDP to ``server:port``; raises
+    TimeoutError when no reply comes within ``timeout``."""
+    from twisted.names import dns
+
+    message = dns.Message(id=4242, recDes=True)
+    message.queries = [dns.Query(name.encode(), kind, dns.IN)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(message.toStr(), (server, port))
+        data, _ = sock.recvfrom(65535)
+    reply = dns.Message()
+    reply.fromStr(data)
+    assert reply.id == 4242
+    return reply.rCode, [a.payload.dottedQuad() for a in reply.answers if a.type == dns.A]
+
+
 def admin_get(port: int, path: str) -> tuple[int, Any]:
     response = request(port, "GET", path, [("Host", "admin")], timeout=5)
     return response.status, json.loads(response.body)

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: captu
 
 from capturekit import Netns, netns, netns_unavailable
 from meshkit import PODSERVER, REPO_ROOT, TWISTD, Proc, write_catalog
+from meshkit import dns_query as ask_dns
 
 from edgemesh.capture import CaptureRules, Exclusion, Iptables, expected
 
@@ -321,21 +322,7 @@ def _parse_http(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 def dns_query(space: Netns, name: str, kind: int = 1, server: str = DNS_IP,
               port: int = 53) -> tuple[int, list[str]]:
     """(rcode, A records) of one query over UDP, sent from inside ``space``."""
-    from twisted.names import dns
-
-    def ask() -> tuple[int, list[str]]:
-        message = dns.Message(id=4242, recDes=True)
-        message.queries = [dns.Query(name.encode(), kind, dns.IN)]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(8)
-            sock.sendto(message.toStr(), (server, port))
-            data, _ = sock.recvfrom(65535)
-        reply = dns.Message()
-        reply.fromStr(data)
-        assert reply.id == 4242
-        return reply.rCode, [a.payload.dottedQuad() for a in reply.answers if a.type == dns.A]
-
-    return space.run(ask)
+    return space.run(ask_dns, server, port, name, kind)
 
 
 # -- the world -------------------------------------------------------------------------------------

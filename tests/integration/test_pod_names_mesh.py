@@ -25,6 +25,7 @@ from meshkit import (
     Topology,
     _connects,
     _node,
+    dns_query,
     free_ports,
     request,
     write_catalog,
@@ -84,19 +85,6 @@ def start_dnsmasq(directory: Path, port: int) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
-def _answers(port: int) -> bool:
-    """Whether a DNS server on LOOPBACK:port answers a query (over UDP, within 0.5 s)."""
-    message = dns.Message(id=4343, recDes=True)
-    message.queries = [dns.Query(b"www.example.org", dns.A, dns.IN)]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.5)
-        sock.sendto(message.toStr(), (LOOPBACK, port))
-        try:
-            return len(sock.recv(4096)) > 0
-        except TimeoutError:
-            return False
-
-
 @pytest.fixture(scope="module")
 def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int]]:
     directory = tmp_path_factory.mktemp("podnames")
@@ -118,9 +106,10 @@ def pods_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, 
             upstream = dnsmasq = start_dnsmasq(directory, upstream_port)
             forwarding = ["--dns-upstream", f"{LOOPBACK}:{upstream_port}"]
 
-            def answers() -> bool:
+            def answers() -> bool:  # (no reply in time: a TimeoutError, which wait_for retries)
                 assert dnsmasq.poll() is None, (directory / "dnsmasq.log").read_text()
-                return _answers(upstream_port)
+                dns_query(LOOPBACK, upstream_port, "www.example.org", timeout=0.5)
+                return True
 
             mesh.wait_for("dnsmasq to answer", answers, [])
         # edge-1 also runs the DNS server; its virtual IPs come with a transparent listener
