@@ -298,6 +298,69 @@ def write_parts(responder: Any, parts: list[bytes | memoryview]) -> None:
         responder.write(b"".join(parts))
 
 
+class IBodyPipe(Interface):
+    """Body bytes waiting in a pipe, moved between sockets by ``os.splice`` without
+    passing through the process (transports/_io.SplicePipe)."""
+
+    held: int
+
+    def drain_to(fd: int, size: int) -> int:
+        """Move up to ``size`` held bytes to socket ``fd``: how many it took now."""
+
+    def take(size: int) -> bytes:
+        """The next ``size`` held bytes, out of the pipe as bytes."""
+
+
+class IPipeResponder(IResponder):
+    """An IResponder that also takes body bytes waiting in a pipe (optional: looked up
+    with ``PIPE_WRITERS``; a target asks ``takes_pipes`` once per response)."""
+
+    def can_take_pipes() -> bool:
+        """Whether body pieces in a pipe can go on without a copy through the process at
+        all (a plain TCP link): asked once per response."""
+
+    def takes_pipe_now() -> bool:
+        """Whether a piece in a pipe would go on without a copy now (the link has room);
+        else the target reads it as it does for ``write``."""
+
+    def write_pipe(pipe: IBodyPipe, size: int) -> None:
+        """The same as ``write(pipe.take(size))``: the next ``size`` bytes of ``pipe`` are
+        body.  On return the pipe holds none of them."""
+
+
+PipeWriter = Callable[[Any, Any, int], None]
+"""A class's ``write_pipe``, unbound: called as ``write_pipe(responder, pipe, size)``."""
+
+
+class _PipeWriters(dict[type, PipeWriter | None]):
+    def __missing__(self, kind: type) -> PipeWriter | None:
+        found: PipeWriter | None = None
+        if IPipeResponder.implementedBy(kind):
+            found = kind.write_pipe
+        self[kind] = found
+        return found
+
+
+PIPE_WRITERS: _PipeWriters = _PipeWriters()
+"""A responder class's ``write_pipe`` (unbound), or None where the class does not declare
+IPipeResponder: learnt once per class, as COMPLETERS."""
+
+
+def can_take_pipes(responder: Any) -> bool:
+    """Whether ``responder`` can take body pieces in a pipe without a copy at all."""
+    return PIPE_WRITERS[type(responder)] is not None and bool(responder.can_take_pipes())
+
+
+def write_pipe(responder: Any, pipe: Any, size: int) -> None:
+    """Body bytes in a pipe to a responder: as they are where its class takes them, else
+    read out as bytes (one ``write``)."""
+    writer = PIPE_WRITERS[type(responder)]
+    if writer is not None:
+        writer(responder, pipe, size)
+    else:
+        responder.write(pipe.take(size))
+
+
 class ISizedProducer(IPushProducer):
     """An IPushProducer that also sizes its reads to what its consumer can pass on at once
     (optional: looked up with ``READ_LIMITERS``)."""

@@ -32,12 +32,15 @@ class MeshCollector(Collector):
         catalog: Callable[[], Catalog],
         edges: Callable[[], Sequence[Mapping[str, object]]] | None = None,
         replicas: Callable[[], Mapping[str, object]] | None = None,
+        spliced: Callable[[], int] | None = None,
     ) -> None:
         self.observer = observer
         self.catalog = catalog
         self.edges = edges
         self.replicas = replicas
         """Router replicas: ``roles/_admin.replica_view`` (leader, router links, forwards)."""
+        self.spliced = spliced
+        """Body bytes the process moved between sockets by splice (transports.spliced_bytes)."""
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the traffic: nothing to check at registration
@@ -58,6 +61,13 @@ class MeshCollector(Collector):
         for code, count in sorted(observer.errors.items()):
             errors.add_metric([code], count)
         yield errors
+        if self.spliced is not None:
+            yield CounterMetricFamily(
+                "edgemesh_spliced_bytes",
+                "Response body bytes this process moved from pod sockets to plaintext links "
+                "by splice(2), never copied through it (--no-splice: none).",
+                value=self.spliced(),
+            )
         yield from observer.streams.collect()
         yield from self._peers()
         yield from self._catalog()

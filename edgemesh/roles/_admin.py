@@ -46,6 +46,7 @@ from twisted.web.server import Request, Site
 
 from ..catalog import catalog_to_wire
 from ..observability import MeshCollector, config_to_json, exposition, node_registry
+from ..transports import spliced_bytes
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -231,7 +232,8 @@ def admin_site(node: MeshNode) -> Site:
     if every_edge is not None:
         root.putChild(b"edges", _JSON(lambda: (200, every_edge())))
     collector = MeshCollector(node.observer, lambda: node.catalog, edges,
-                              replicas=(lambda: replica_view(node)) if every_edge else None)
+                              replicas=(lambda: replica_view(node)) if every_edge else None,
+                              spliced=spliced_bytes)
     root.putChild(b"metrics", _Metrics(node_registry(collector)))
     site = Site(root, reactor=node.reactor)
     site.noisy = False

@@ -122,6 +122,9 @@ class EdgeConfig:
     """``gc.freeze()`` at start: what is built by then lives as long as the process, and
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
+    splice: bool = True
+    """Pod response bodies go to a plaintext link's socket by splice(2), never copied
+    through the process (Linux; elsewhere, and over TLS, they are copied)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnel and hub links; None: plaintext (``--insecure``)."""
     router_name: str = "router"
@@ -605,7 +608,7 @@ def build_edge(reactor: Any, config: EdgeConfig) -> EdgeNode:
             link = EnvelopeLink(reactor, handler, node=config.node,
                                 role=Role.edge.value, client=client,
                                 limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
-                                heartbeat_timeout=beats.heartbeat_timeout)
+                                heartbeat_timeout=beats.heartbeat_timeout, splice=config.splice)
             track_link(node, link)
             if source is SourceKind.tunnel:
                 # It reads trimmed catalogs; with replicas, GOAWAY's move-to hint.

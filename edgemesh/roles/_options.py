@@ -91,6 +91,12 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
           "with the blocks freed and lets large reads fragment the heap."), _threshold],
     ]
 
+    optFlags: ClassVar[list[Any]] = [
+        ["no-splice", None,
+         ("Copy pod response bodies through the process on their way to a plaintext link, "
+          "instead of moving them between the sockets with splice(2)."),],
+    ]
+
     def load_catalog(self, path: str) -> Catalog:
         if not os.path.isfile(path):
             raise usage.UsageError(f"--catalog {path}: no such file")

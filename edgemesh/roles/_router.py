@@ -87,6 +87,9 @@ class RouterConfig:
     """``gc.freeze()`` at start: what is built by then lives as long as the process, and
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
+    splice: bool = True
+    """ClusterIP response bodies go to a plaintext tunnel's socket by splice(2), never
+    copied through the process (Linux; elsewhere, and over TLS, they are copied)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnels; None: plaintext (``--insecure``)."""
     push_interval: float = DEFAULT_PUSH_INTERVAL
@@ -464,7 +467,7 @@ def build_router(reactor: Any, config: RouterConfig) -> RouterNode:
         link = EnvelopeLink(reactor, node, node=config.node, role=Role.router.value,
                             client=False, limits=config.wire,
                             heartbeat_interval=beats.heartbeat_interval,
-                            heartbeat_timeout=beats.heartbeat_timeout)
+                            heartbeat_timeout=beats.heartbeat_timeout, splice=config.splice)
         track_link(node, link)
         # Only edges, and only those the catalog knows; with TLS, as their certificates say.
         return node.security.guard(link, role=Role.edge.value, known=node.knows_edge)
@@ -501,7 +504,7 @@ def _router_links(node: RouterNode, config: RouterConfig) -> None:
         link = EnvelopeLink(reactor, handler, node=config.node,
                             role=Role.router.value, client=client,
                             limits=config.wire, heartbeat_interval=beats.heartbeat_interval,
-                            heartbeat_timeout=beats.heartbeat_timeout)
+                            heartbeat_timeout=beats.heartbeat_timeout, splice=config.splice)
         track_link(node, link)
         return node.security.guard(link, role=Role.router.value, expect=expect,
                                    known=lambda name: name != config.node)

@@ -94,5 +94,6 @@ def makeService(options: Options) -> IService:
         resilience=options.resilience(),
         outbound=options["outbound"],
         freeze_heap=True,  # twistd: this process is the mesh's alone
+        splice=not options["no-splice"],
     )
     return build_edge(reactor, config)

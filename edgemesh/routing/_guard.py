@@ -22,7 +22,7 @@ exchange entered the mesh owns its timeouts and retries (no retry storms across 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -32,8 +32,10 @@ from ..exchange import (
     COMPLETERS,
     HEAD_ENDED,
     Headers,
+    IBodyPipe,
     ICompletingResponder,
     IHeadEndedBody,
+    IPipeResponder,
     IRequestBody,
     IResponder,
     ITarget,
@@ -43,8 +45,10 @@ from ..exchange import (
     RequestHead,
     ResponseHead,
     SourceKind,
+    can_take_pipes,
     hand_trailers,
     write_parts,
+    write_pipe,
 )
 from ._decide import Route
 
@@ -361,7 +365,7 @@ class GuardedBody:
             inner.setProducer(guard)
 
 
-@implementer(ICompletingResponder, IViewResponder, IPushProducer)
+@implementer(ICompletingResponder, IViewResponder, IPipeResponder, IPushProducer)
 class GuardedExchange:
     """The responder the target answers through.  As IPushProducer it stands for the
     source's producer towards the target (so that a retry can undo the pauses of a
@@ -633,6 +637,28 @@ class GuardedExchange:
             self.sent += size
             stats.bytes_out += size
         self.responder.write(data)
+
+    def can_take_pipes(self) -> bool:
+        return self.response < DONE and can_take_pipes(self.responder)
+
+    def takes_pipe_now(self) -> bool:
+        responder: Any = self.responder  # an IPipeResponder's (can_take_pipes said so)
+        return self.response < DONE and bool(responder.takes_pipe_now())
+
+    def write_pipe(self, pipe: IBodyPipe, size: int) -> None:
+        """``write`` of body bytes waiting in a pipe (a pod's, spliced): passed on as they
+        are where the next responder takes them (a plain TCP link)."""
+        before = self.response
+        self.response = _ON_DATA[before]
+        if before >= DONE:
+            pipe.take(size)  # the pipe is left empty whatever comes of them
+            return
+        self.active_at = self.pipeline.now()
+        stats = self.stats
+        if stats is not None:
+            self.sent += size
+            stats.bytes_out += size
+        write_pipe(self.responder, pipe, size)
 
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """``write`` of pieces off a link (views of its reads), passed on uncopied where the

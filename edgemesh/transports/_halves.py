@@ -17,9 +17,11 @@ from ..exchange import (
     COMPLETERS,
     READ_LIMITERS,
     Headers,
+    IBodyPipe,
     IByteStream,
     ICompletingResponder,
     IHeadEndedBody,
+    IPipeResponder,
     IRequestBody,
     IResponder,
     MeshError,
@@ -37,6 +39,7 @@ from ..wire import (
     Response,
     Window,
 )
+from ._io import buffered
 
 if TYPE_CHECKING:
     from ._links import EnvelopeLink
@@ -97,6 +100,31 @@ class _Sender:
         self.queue.append(rest)
         self.queued += len(rest)
         self.update()
+
+    def send_pipe(self, pipe: IBodyPipe, size: int) -> None:
+        """``send(pipe.take(size))``, with what the credit allows now spliced to the link's
+        socket (the link takes pipes: ``EnvelopeLink.splices``)."""
+        if self.done or self.ending:
+            pipe.take(size)
+            return
+        link = self.link
+        if not self.queue and not link.paused:
+            conn = link.connection
+            head, allowed = conn.data_head_within(self.sid, size, conn.limits.max_data_chunk)
+            if allowed:
+                link.splice_parts(head, pipe, allowed)
+                size -= allowed
+            if not size:
+                limit = self.limit
+                if limit is not None:
+                    # As send's: the next read fits the credit left, or it waits.
+                    window = conn.window_left
+                    if window < conn.send_floor:
+                        self.update()
+                    else:
+                        limit(self.producer, window)
+                return
+        self.send(pipe.take(size))
 
     def finish(self) -> None:
         if self.done or self.ending:
@@ -382,7 +410,7 @@ class OutboundExchange(_Sender):
         self.producer = None  # the source's: it points back here through the responder
 
 
-@implementer(ICompletingResponder, IPushProducer)
+@implementer(ICompletingResponder, IPipeResponder, IPushProducer)
 class InboundExchange(_Sender):
     """An exchange the peer sends us: the request flows into a local target, the
     response flows back over the link (the exchange is its sender)."""
@@ -529,6 +557,27 @@ class InboundExchange(_Sender):
                 return
             self.uncork()
         self.send(data)
+
+    def can_take_pipes(self) -> bool:
+        return self.link.splices and not self.finished
+
+    def takes_pipe_now(self) -> bool:
+        # Nothing waits (in this stream's queue, with a corked head, in the link's buffer):
+        # else the piece would wait too, as bytes, after a splice into the pipe and a read
+        # out of it (p2 /big at 32 connections: edge-2 64.6 -> 75.4 syscalls per MiB).
+        link = self.link
+        return (not self.finished and self.corked is None and not self.queue
+                and not link.paused and not buffered(link.transport))
+
+    def write_pipe(self, pipe: IBodyPipe, size: int) -> None:
+        """``write`` of body bytes waiting in a pipe (a pod's, spliced)."""
+        if self.finished:
+            pipe.take(size)
+            return
+        if self.corked is not None:
+            self.write(pipe.take(size))  # held with the head, as bytes
+            return
+        self.send_pipe(pipe, size)
 
     def trailers(self, fields: Headers) -> None:
         """Trailer fields of the response: on the stream's last DATA frame."""

@@ -11,21 +11,29 @@ once and hand Twisted only what the kernel did not take.  Any other transport
 
 from __future__ import annotations
 
+import fcntl
 import mmap
+import os
 import sys
 from collections.abc import Callable, Sequence
-from errno import ENOBUFS, EWOULDBLOCK
+from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
+from socket import MSG_MORE
 from types import MethodType
 from typing import Any, TypeVar
 
 from twisted.application._client_service import _ReconnectingProtocolProxy
 from twisted.internet import main, tcp
 from twisted.internet.endpoints import _WrappingProtocol
+from zope.interface import implementer
+
+from ..exchange import IBodyPipe
 
 PLAIN_TCP = (tcp.Server, tcp.Client)
 """Twisted's own TCP transports (not subclasses): the ones whose internals these helpers use."""
 
 _TCP_READ = tcp.Connection.doRead
+TCP_READ = _TCP_READ
+"""Twisted's own read of a TCP transport (for a doRead of ours that reads as it does)."""
 
 
 def reads_as_twisted(transport: Any) -> bool:
@@ -337,6 +345,120 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
                 return None
 
     return doRead
+
+
+SPLICE_PIPE_SIZE = 256 * 1024
+"""The splice pipe's capacity: a pod read of a link stream (LINKED_READ) in one splice."""
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+@implementer(IBodyPipe)
+class SplicePipe:
+    """A pipe that body bytes pass through between two sockets by ``os.splice`` (Linux),
+    never copied into the process: the kernel moves references to the pages.
+
+    One per process is enough: whoever fills it empties it before returning to the
+    reactor (``drain_to`` what the socket takes, ``take`` the rest as bytes), so it holds
+    nothing between two reactor calls and no one waits on it."""
+
+    __slots__ = ("held", "read_fd", "spliced", "write_fd")
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_SIZE)
+        except OSError:
+            pass  # the user's pipe pages are used up: smaller splices, same result
+        self.held = 0
+        """Bytes in the pipe (filled, not yet drained or taken)."""
+        self.spliced = 0
+        """Bytes moved on to sockets so far (``edgemesh_spliced_bytes``)."""
+
+    def fill_from(self, fd: int, size: int) -> int:
+        """Move up to ``size`` bytes from socket ``fd`` into the pipe: how many (0: the
+        peer's end).  Raises BlockingIOError when the socket has none, OSError otherwise."""
+        moved = os.splice(fd, self.write_fd, size, flags=_SPLICE_FLAGS)
+        self.held += moved
+        return moved
+
+    def drain_to(self, fd: int, size: int) -> int:
+        """Move up to ``size`` of the bytes held to socket ``fd``, as many as it takes now:
+        how many went (they leave the pipe)."""
+        moved = 0
+        while moved < size:
+            try:
+                sent = os.splice(self.read_fd, fd, size - moved, flags=_SPLICE_FLAGS)
+            except OSError as error:
+                if error.errno in (EAGAIN, EWOULDBLOCK):
+                    break
+                raise
+            if not sent:
+                break
+            moved += sent
+        self.held -= moved
+        self.spliced += moved
+        return moved
+
+    def take(self, size: int) -> bytes:
+        """The next ``size`` bytes held, out of the pipe as bytes (what a consumer that
+        cannot splice, or a socket that took only part, gets)."""
+        pieces = []
+        left = size
+        while left:
+            piece = os.read(self.read_fd, left)
+            pieces.append(piece)
+            left -= len(piece)
+        self.held -= size
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def spliced_bytes() -> int:
+    """Body bytes this process moved between sockets by splice (0 before the first)."""
+    return _splice_pipe[0].spliced if _splice_pipe else 0
+
+
+def splice_after(transport: Any, head: bytes, pipe: IBodyPipe, size: int) -> list[bytes]:
+    """Write ``head`` and then ``size`` bytes held in ``pipe`` to a plain TCP transport:
+    the head sent and the body spliced at once when nothing waits in Twisted's buffer (so
+    the byte order holds), as far as the socket takes them.  Returns what is left to write
+    (in order, as bytes: the pipe is empty on return)."""
+    if not _open_plain_tcp(transport) or transport._tempDataLen:
+        return [head, pipe.take(size)]
+    try:
+        # MSG_MORE: the head leaves in one segment with the body's first pages.
+        sent = transport.socket.send(head, MSG_MORE)
+    except OSError:
+        sent = 0  # (an error other than a full socket: Twisted meets it on its own path)
+    if sent < len(head):
+        return [head[sent:], pipe.take(size)]
+    try:
+        size -= pipe.drain_to(transport.fileno(), size)
+    except OSError:
+        pass
+    return [pipe.take(size)] if size else []
+
+
+_splice_pipe: list[SplicePipe] = []
+
+
+def splice_pipe() -> SplicePipe | None:
+    """The process's SplicePipe, made when first asked for; None where ``os.splice`` is
+    missing (not Linux) or no pipe can be had."""
+    if _splice_pipe:
+        return _splice_pipe[0]
+    if not hasattr(os, "splice"):
+        return None
+    try:
+        pipe = SplicePipe()
+    except OSError:
+        return None
+    _splice_pipe.append(pipe)
+    return pipe
 
 
 _GATHER_BYTES = LARGE_BUFFER

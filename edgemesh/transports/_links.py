@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from ..exchange import (
     HEAD_ENDED,
+    IBodyPipe,
     IByteStream,
     IRequestBody,
     IResponder,
@@ -60,12 +61,15 @@ from ..wire import (
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
 from ._io import (
     LARGE_BUFFER,
+    PLAIN_TCP,
     Queue,
     buffered,
     direct_reads,
     gathered_writes,
     pooled_reads,
     sends_at_once,
+    splice_after,
+    splice_pipe,
     use_large_buffer,
     write_all_now,
     write_now,
@@ -153,6 +157,8 @@ class EnvelopeLink(Protocol):
         "reactor",
         "role",
         "rtt",
+        "splice_bodies",
+        "splices",
         "wheel",
     )
 
@@ -175,6 +181,7 @@ class EnvelopeLink(Protocol):
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 15.0,
         wheel: TimerWheel | None = None,
+        splice: bool = True,
     ) -> None:
         self.reactor = reactor
         self.wheel = wheel if wheel is not None else wheel_for(reactor)
@@ -186,6 +193,11 @@ class EnvelopeLink(Protocol):
         self.exchanges: dict[int, OutboundExchange | InboundExchange | _LinkStream] = {}
         self.paused = False
         self.closed = False
+        self.splice_bodies = splice
+        """Pod bodies may go to this link's socket by ``os.splice``, never through the
+        process, where the transport is plain TCP (``--no-splice``: not)."""
+        self.splices = False
+        """They do: ``splice_bodies``, a plain TCP transport and a pipe (connectionMade)."""
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -261,6 +273,8 @@ class EnvelopeLink(Protocol):
         pooled_reads(transport)
         self._queue = gathered_writes(transport)
         self._at_once = sends_at_once(transport)
+        self.splices = (self.splice_bodies and type(transport) in PLAIN_TCP
+                        and splice_pipe() is not None)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -333,6 +347,23 @@ class EnvelopeLink(Protocol):
             write_all_now(self.transport, (*out, head, data))
         else:
             write_all_now(self.transport, (head, data))
+
+    def splice_parts(self, head: bytes, pipe: IBodyPipe, size: int) -> None:
+        """``write_parts(head, pipe.take(size))``, with the body spliced from the pipe to
+        the socket as far as it takes it (``splices``: a plain TCP transport): the frames
+        held this turn go first; what the socket does not take waits as bytes."""
+        if self.closed:
+            pipe.take(size)
+            return
+        if self._out:
+            self.flush()
+        rest = splice_after(self.transport, head, pipe, size)
+        if rest:
+            queue = self._queue
+            if queue is not None:
+                queue(rest)
+            else:
+                self.transport.writeSequence(rest)  # type: ignore[union-attr]
 
     def flush(self, turn_over: bool = False) -> None:
         """Write what this turn has held so far.  ``turn_over``: the reactor's turn is over
