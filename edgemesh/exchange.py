@@ -310,6 +310,9 @@ class IBodyPipe(Interface):
     def take(size: int) -> bytes:
         """The next ``size`` held bytes, out of the pipe as bytes."""
 
+    def discard() -> None:
+        """Empty the pipe, whatever it holds."""
+
 
 class IPipeResponder(IResponder):
     """An IResponder that also takes body bytes waiting in a pipe (optional: looked up

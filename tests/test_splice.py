@@ -152,6 +152,35 @@ def test_what_the_socket_does_not_take_is_taken_as_bytes(pipe: SplicePipe) -> No
     assert drain_exactly(peer, went) + rest == body[:moved]
 
 
+def test_a_socket_the_peer_closed_takes_nothing_and_raises_nothing(pipe: SplicePipe) -> None:
+    source, pod = pair()
+    link, peer = pair()
+    peer.close()
+    pod.sendall(b"x" * 5000)
+    moved = pipe.fill_from(source.fileno(), 5000)
+    for _ in range(3):  # the first send may still go (the reset comes back after it)
+        pipe.drain_to(link.fileno(), pipe.held)
+    rest = splice_after(transport_over(link), b"head", pipe, pipe.held)
+    assert pipe.held == 0 and sum(map(len, rest)) <= moved + 4
+
+
+def test_discard_empties_the_pipe(pipe: SplicePipe) -> None:
+    source, pod = pair()
+    pod.sendall(b"x" * 70_000)
+    drain_exactly_into(pipe, source, 70_000)
+    pipe.discard()
+    assert pipe.held == 0
+    with pytest.raises(BlockingIOError):
+        os.read(pipe.read_fd, 1)
+
+
+def drain_exactly_into(pipe: SplicePipe, source: socket.socket, size: int) -> None:
+    until = time.monotonic() + DEADLINE
+    while pipe.held < size:
+        wait_readable(source, until)
+        pipe.fill_from(source.fileno(), size - pipe.held)
+
+
 # --- a frame's head, then its body from the pipe --------------------------------------------
 
 
@@ -323,6 +352,8 @@ class World:
             self.pump()
             if sent == len(response) and not close and self.responder.ended:
                 return
+            if getattr(self.pod_transport, "_aborting", False):
+                return  # the pod connection gave up (an error on our side)
         raise AssertionError("the response never ended")
 
 
@@ -379,6 +410,22 @@ def test_a_pod_that_closes_mid_body_fails_the_exchange_and_leaves_the_pipe_empty
     assert not world.responder.ended  # truncated: never a clean end
     assert len(world.responder.body) < len(body)
     assert splice_pipe().held == 0  # type: ignore[union-attr]
+
+
+def test_a_responder_that_fails_mid_body_leaves_the_pipe_empty() -> None:
+    world = World()
+    calls = []
+
+    def broken(pipe: Any, size: int) -> None:
+        calls.append(size)
+        raise RuntimeError("a bug in a responder")
+
+    world.inbound.send_pipe = broken  # type: ignore[method-assign]
+    body = os.urandom(2 << 20)
+    world.answer(response(body)[: 1 << 20], close=True)
+    assert calls  # the bug was met on a spliced read
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+    assert not world.responder.ended
 
 
 def test_a_link_that_fills_stops_splicing_until_it_drains() -> None:

@@ -16,7 +16,7 @@ import mmap
 import os
 import sys
 from collections.abc import Callable, Sequence
-from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
+from errno import ENOBUFS, EWOULDBLOCK
 from socket import MSG_MORE
 from types import MethodType
 from typing import Any, TypeVar
@@ -384,15 +384,15 @@ class SplicePipe:
 
     def drain_to(self, fd: int, size: int) -> int:
         """Move up to ``size`` of the bytes held to socket ``fd``, as many as it takes now:
-        how many went (they leave the pipe)."""
+        how many went (they leave the pipe).  An error stops it (a full socket, or one the
+        peer closed: what is left is taken as bytes, and the transport meets the error on
+        its own path)."""
         moved = 0
         while moved < size:
             try:
                 sent = os.splice(self.read_fd, fd, size - moved, flags=_SPLICE_FLAGS)
-            except OSError as error:
-                if error.errno in (EAGAIN, EWOULDBLOCK):
-                    break
-                raise
+            except OSError:
+                break
             if not sent:
                 break
             moved += sent
@@ -411,6 +411,16 @@ class SplicePipe:
             left -= len(piece)
         self.held -= size
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def discard(self) -> None:
+        """Empty the pipe, whatever it holds (after a failure on the way)."""
+        while True:
+            try:
+                if not os.read(self.read_fd, SPLICE_PIPE_SIZE):
+                    break
+            except BlockingIOError:
+                break
+        self.held = 0
 
     def close(self) -> None:
         os.close(self.read_fd)
@@ -436,10 +446,7 @@ def splice_after(transport: Any, head: bytes, pipe: IBodyPipe, size: int) -> lis
         sent = 0  # (an error other than a full socket: Twisted meets it on its own path)
     if sent < len(head):
         return [head[sent:], pipe.take(size)]
-    try:
-        size -= pipe.drain_to(transport.fileno(), size)
-    except OSError:
-        pass
+    size -= pipe.drain_to(transport.fileno(), size)
     return [pipe.take(size)] if size else []
 
 

@@ -552,7 +552,7 @@ class _UpstreamConnection(Protocol):
             self._internal_error(problem)
         finally:
             if pipe.held:  # whatever happened above, the pipe is left empty
-                pipe.take(pipe.held)
+                pipe.discard()
         return None
 
     def limit_reads(self, room: int) -> None:
