@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_gathered_writes import drain, transport_over
 from test_links import Handler, make_link
 from test_upstream import GET, ROUTE, Harness
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgemesh.exchange import (
@@ -38,7 +38,7 @@ from edgemesh.routing._guard import GuardedExchange
 from edgemesh.testing import RecordingResponder
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._halves import InboundExchange
-from edgemesh.transports._io import SplicePipe, buffered, gathered_writes, splice_after, splice_pipe
+from edgemesh.transports._io import SplicePipe, buffered, splice_after, splice_pipe
 from edgemesh.transports._upconnection import SPLICE_MIN
 from edgemesh.wire import FrameDecoder, Limits
 
@@ -65,19 +65,6 @@ def pipe() -> Iterator[SplicePipe]:
     made.close()
 
 
-def drain(sock: socket.socket) -> bytes:
-    got = bytearray()
-    for _ in range(100_000):
-        try:
-            piece = sock.recv(1 << 20)
-        except BlockingIOError:
-            return bytes(got)
-        if not piece:
-            return bytes(got)
-        got += piece
-    raise AssertionError("the socket never ran dry")
-
-
 DEADLINE = 10.0
 """Seconds a test waits for bytes still on their way over loopback (a small receive
 buffer lets the sender's queue go on only as its window reopens, delayed ACKs and all)."""
@@ -98,13 +85,6 @@ def drain_exactly(sock: socket.socket, size: int) -> bytes:
         wait_readable(sock, until)
         got += drain(sock)
     return bytes(got)
-
-
-def transport_over(sock: socket.socket, protocol: Protocol | None = None) -> tcp.Server:
-    transport = tcp.Server(sock, protocol or Protocol(), ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
-                           MemoryReactor())
-    gathered_writes(transport)
-    return transport
 
 
 # --- the pipe -------------------------------------------------------------------------------

@@ -84,16 +84,8 @@ class _Sender:
         if not self.queue and not self.link.paused:
             rest = self._send_now(data)
             if not rest:
-                limit = self.limit
-                if limit is not None:
-                    # A sized producer's next read fits the credit left, or it waits.  The
-                    # credit left: data_head_within's (not a send_window call per pod read).
-                    conn = self.link.connection
-                    window = conn.window_left
-                    if window < conn.send_floor:
-                        self.update()
-                    else:
-                        limit(self.producer, window)
+                if self.limit is not None:
+                    self._sized_sent()
                 return
         if self.queue is None:
             self.queue = deque()
@@ -115,16 +107,20 @@ class _Sender:
                 link.splice_parts(head, pipe, allowed)
                 size -= allowed
             if not size:
-                limit = self.limit
-                if limit is not None:
-                    # As send's: the next read fits the credit left, or it waits.
-                    window = conn.window_left
-                    if window < conn.send_floor:
-                        self.update()
-                    else:
-                        limit(self.producer, window)
+                if self.limit is not None:
+                    self._sized_sent()
                 return
         self.send(pipe.take(size))
+
+    def _sized_sent(self) -> None:
+        """All of a sized producer's read went: its next read fits the credit left, or it
+        waits.  The credit left: data_head_within's (not a send_window call per pod read)."""
+        conn = self.link.connection
+        window = conn.window_left
+        if window < conn.send_floor:
+            self.update()
+        else:
+            self.limit(self.producer, window)  # type: ignore[misc]
 
     def finish(self) -> None:
         if self.done or self.ending:
