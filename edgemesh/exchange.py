@@ -316,7 +316,7 @@ class IBodyPipe(Interface):
 
 class IPipeResponder(IResponder):
     """An IResponder that also takes body bytes waiting in a pipe (optional: looked up
-    with ``PIPE_WRITERS``; a target asks ``takes_pipes`` once per response)."""
+    with ``PIPE_WRITERS``; a target asks ``can_take_pipes`` once per response)."""
 
     def can_take_pipes() -> bool:
         """Whether body pieces in a pipe can go on without a copy through the process at

@@ -357,6 +357,8 @@ class EnvelopeLink(Protocol):
             return
         if self._out:
             self.flush()
+        # Not counted in the turn's _direct budget: that bounds what the process holds, and
+        # spliced bytes never are in the process.
         rest = splice_after(self.transport, head, pipe, size)
         if rest:
             queue = self._queue
