@@ -30,11 +30,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
+from zope.interface.interface import InterfaceClass
 
 Headers = tuple[tuple[bytes, bytes], ...]
 """End-to-end header fields in their original order and case; never hop-by-hop ones."""
@@ -227,24 +228,36 @@ class ICompletingResponder(IResponder):
         same as ``head(head)``, ``write(body)`` if any, ``end()``, and the same rules."""
 
 
-Completer = Callable[[Any, ResponseHead, bytes], None]
-"""A class's ``complete``, unbound: called as ``complete(responder, head, body)``."""
+_Method = TypeVar("_Method")
 
 
-class _Completers(dict[type, Completer | None]):
-    def __missing__(self, kind: type) -> Completer | None:
-        found: Completer | None = None
-        if ICompletingResponder.implementedBy(kind):
-            found = kind.complete
+class _MethodsByClass(dict[type, _Method | None]):
+    """A class's unbound method ``name``, or None where the class does not declare
+    ``interface`` (``@implementer``; a declaration on the instance alone does not count).
+    Learnt once per class (so bounded by the program's classes): the check on the hot path
+    is one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr``
+    probe).  The optional methods below (COMPLETERS, VIEW_WRITERS, PIPE_WRITERS,
+    READ_LIMITERS) are looked up so."""
+
+    def __init__(self, interface: InterfaceClass, name: str) -> None:
+        super().__init__()
+        self.interface = interface
+        self.name = name
+
+    def __missing__(self, kind: type) -> _Method | None:
+        found: _Method | None = (
+            getattr(kind, self.name) if self.interface.implementedBy(kind) else None)
         self[kind] = found
         return found
 
 
-COMPLETERS: _Completers = _Completers()
+Completer = Callable[[Any, ResponseHead, bytes], None]
+"""A class's ``complete``, unbound: called as ``complete(responder, head, body)``."""
+
+
+COMPLETERS: _MethodsByClass[Completer] = _MethodsByClass(ICompletingResponder, "complete")
 """A responder class's ``complete`` (unbound), or None where the class does not declare
-ICompletingResponder (``@implementer``; a declaration on the instance alone does not count).
-Learnt once per class (so bounded by the program's classes): the check on the hot path is
-one dict lookup (``bench/complete_probe.py`` measures it against the ``getattr`` probe)."""
+ICompletingResponder (see _MethodsByClass)."""
 
 
 class _HeadEnded(dict[type, bool]):
@@ -272,16 +285,7 @@ PartsWriter = Callable[[Any, list[bytes | memoryview]], None]
 """A class's ``write_parts``, unbound: called as ``write_parts(responder, parts)``."""
 
 
-class _PartsWriters(dict[type, PartsWriter | None]):
-    def __missing__(self, kind: type) -> PartsWriter | None:
-        found: PartsWriter | None = None
-        if IViewResponder.implementedBy(kind):
-            found = kind.write_parts
-        self[kind] = found
-        return found
-
-
-VIEW_WRITERS: _PartsWriters = _PartsWriters()
+VIEW_WRITERS: _MethodsByClass[PartsWriter] = _MethodsByClass(IViewResponder, "write_parts")
 """A responder class's ``write_parts`` (unbound), or None where the class does not declare
 IViewResponder: learnt once per class, as COMPLETERS."""
 
@@ -335,16 +339,7 @@ PipeWriter = Callable[[Any, Any, int], None]
 """A class's ``write_pipe``, unbound: called as ``write_pipe(responder, pipe, size)``."""
 
 
-class _PipeWriters(dict[type, PipeWriter | None]):
-    def __missing__(self, kind: type) -> PipeWriter | None:
-        found: PipeWriter | None = None
-        if IPipeResponder.implementedBy(kind):
-            found = kind.write_pipe
-        self[kind] = found
-        return found
-
-
-PIPE_WRITERS: _PipeWriters = _PipeWriters()
+PIPE_WRITERS: _MethodsByClass[PipeWriter] = _MethodsByClass(IPipeResponder, "write_pipe")
 """A responder class's ``write_pipe`` (unbound), or None where the class does not declare
 IPipeResponder: learnt once per class, as COMPLETERS."""
 
@@ -377,16 +372,7 @@ ReadLimiter = Callable[[Any, int], None]
 """A class's ``limit_reads``, unbound: called as ``limit_reads(producer, room)``."""
 
 
-class _ReadLimiters(dict[type, ReadLimiter | None]):
-    def __missing__(self, kind: type) -> ReadLimiter | None:
-        found: ReadLimiter | None = None
-        if ISizedProducer.implementedBy(kind):
-            found = kind.limit_reads
-        self[kind] = found
-        return found
-
-
-READ_LIMITERS: _ReadLimiters = _ReadLimiters()
+READ_LIMITERS: _MethodsByClass[ReadLimiter] = _MethodsByClass(ISizedProducer, "limit_reads")
 """A producer class's ``limit_reads`` (unbound), or None where the class does not declare
 ISizedProducer: learnt once per class, as COMPLETERS."""
 

@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,14 +367,16 @@ class Mesh:
 
         self.wait_for(f"{', '.join(names)} to ack the router's catalog", acked, procs)
 
-    def start_all(self, edges: Iterable[str], *router_args: str) -> None:
-        """The pod server, the router (with ``router_args``) and ``edges``, started at once;
-        returns when the pods listen and every edge has acked the router's catalog."""
+    def start_all(self, edges: Iterable[str], *router_args: str,
+                  edge_args: Mapping[str, Sequence[str]] | None = None) -> None:
+        """The pod server, the router (with ``router_args``) and ``edges`` (each with its
+        ``edge_args``), started at once; returns when the pods listen and every edge has
+        acked the router's catalog."""
         edges = list(edges)
         self.start_pods(wait=False)
         self.start_router(*router_args, wait=False)
         for name in edges:
-            self.start_edge(name, wait=False)
+            self.start_edge(name, *(edge_args or {}).get(name, ()), wait=False)
         self.wait_pods()
         self.wait_healthy(self.procs["router"])
         self.wait_edges_acked(edges)

@@ -56,14 +56,7 @@ def splice_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     write_catalog(catalog, catalog_objects(topology, EDGES, specs))
     mesh = Mesh(directory, topology, catalog, tls=False)
     try:
-        mesh.start_pods(wait=False)
-        mesh.start_router(wait=False)
-        mesh.start_edge("edge-1", wait=False)
-        mesh.start_edge("edge-2", wait=False)
-        mesh.start_edge("edge-3", "--no-splice", wait=False)
-        mesh.wait_pods()
-        mesh.wait_healthy(mesh.procs["router"])
-        mesh.wait_edges_acked(EDGES)
+        mesh.start_all(EDGES, edge_args={"edge-3": ("--no-splice",)})
         yield mesh
     finally:
         mesh.stop_all()
