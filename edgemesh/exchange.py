@@ -322,9 +322,10 @@ class IPipeResponder(IResponder):
     """An IResponder that also takes body bytes waiting in a pipe (optional: looked up
     with ``PIPE_WRITERS``; a target asks ``can_take_pipes`` once per response)."""
 
-    def can_take_pipes() -> bool:
+    def can_take_pipes(from_pod: bool) -> bool:
         """Whether body pieces in a pipe can go on without a copy through the process at
-        all (a plain TCP link): asked once per response."""
+        all (a plain TCP link or client): asked once per response, by a pod connection
+        (``from_pod``) or a link."""
 
     def takes_pipe_now() -> bool:
         """Whether a piece in a pipe would go on without a copy now (the link has room);
@@ -344,9 +345,10 @@ PIPE_WRITERS: _MethodsByClass[PipeWriter] = _MethodsByClass(IPipeResponder, "wri
 IPipeResponder: learnt once per class, as COMPLETERS."""
 
 
-def can_take_pipes(responder: Any) -> bool:
+def can_take_pipes(responder: Any, from_pod: bool) -> bool:
     """Whether ``responder`` can take body pieces in a pipe without a copy at all."""
-    return PIPE_WRITERS[type(responder)] is not None and bool(responder.can_take_pipes())
+    return (PIPE_WRITERS[type(responder)] is not None
+            and bool(responder.can_take_pipes(from_pod)))
 
 
 def write_pipe(responder: Any, pipe: Any, size: int) -> None:

@@ -234,7 +234,7 @@ def test_the_link_exchange_and_the_guard_take_pipes() -> None:
     assert IPipeResponder.implementedBy(GuardedExchange)
     assert PIPE_WRITERS[InboundExchange] is InboundExchange.write_pipe
     assert PIPE_WRITERS[RecordingResponder] is None
-    assert not can_take_pipes(RecordingResponder())
+    assert not can_take_pipes(RecordingResponder(), True)
 
 
 def test_a_responder_without_pipes_gets_bytes(pipe: SplicePipe) -> None:

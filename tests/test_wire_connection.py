@@ -127,7 +127,7 @@ def test_a_stranger_cannot_make_us_buffer_a_large_frame() -> None:
     server = Connection(client=False)
     with pytest.raises(ProtocolError, match="first frame must be a hello"):
         server.receive(struct.pack(">I", 60 << 20) + bytes([0x91, 8]))
-    assert len(server._decoder._buffer) == 0
+    assert len(server.decoder._buffer) == 0
 
 
 def test_hello_and_a_large_catalog_in_one_read() -> None:

@@ -64,8 +64,9 @@ class MeshCollector(Collector):
         if self.spliced is not None:
             yield CounterMetricFamily(
                 "edgemesh_spliced_bytes",
-                "Response body bytes this process moved from pod sockets to plaintext links "
-                "by splice(2), never copied through it (--no-splice: none).",
+                "Response body bytes this process moved from pod sockets to plaintext links, "
+                "and from such links to clients, by splice(2), never copied through it "
+                "(--no-splice: none).",
                 value=self.spliced(),
             )
         yield from observer.streams.collect()

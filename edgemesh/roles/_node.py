@@ -123,8 +123,9 @@ class EdgeConfig:
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
     splice: bool = True
-    """Pod response bodies go to a plaintext link's socket by splice(2), never copied
-    through the process (Linux; elsewhere, and over TLS, they are copied)."""
+    """Pod response bodies go to a plaintext link's socket by splice(2), and a plaintext
+    link's on to a client's, never copied through the process (Linux; elsewhere, and over
+    TLS, they are copied)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnel and hub links; None: plaintext (``--insecure``)."""
     router_name: str = "router"

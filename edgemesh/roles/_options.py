@@ -93,8 +93,9 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
 
     optFlags: ClassVar[list[Any]] = [
         ["no-splice", None,
-         ("Copy pod response bodies through the process on their way to a plaintext link, "
-          "instead of moving them between the sockets with splice(2)."),],
+         ("Copy response bodies through the process on their way from a pod to a "
+          "plaintext link, and from such a link to a client, instead of moving them "
+          "between the sockets with splice(2)."),],
     ]
 
     def load_catalog(self, path: str) -> Catalog:

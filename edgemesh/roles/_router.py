@@ -88,8 +88,9 @@ class RouterConfig:
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
     splice: bool = True
-    """ClusterIP response bodies go to a plaintext tunnel's socket by splice(2), never
-    copied through the process (Linux; elsewhere, and over TLS, they are copied)."""
+    """ClusterIP response bodies go to a plaintext tunnel's socket by splice(2), and a
+    plaintext tunnel's on to a client's, never copied through the process (Linux;
+    elsewhere, and over TLS, they are copied)."""
     tls: TLSConfig | None = None
     """Mutual TLS on the tunnels; None: plaintext (``--insecure``)."""
     push_interval: float = DEFAULT_PUSH_INTERVAL

@@ -638,8 +638,8 @@ class GuardedExchange:
             stats.bytes_out += size
         self.responder.write(data)
 
-    def can_take_pipes(self) -> bool:
-        return self.response < DONE and can_take_pipes(self.responder)
+    def can_take_pipes(self, from_pod: bool) -> bool:
+        return self.response < DONE and can_take_pipes(self.responder, from_pod)
 
     def takes_pipe_now(self) -> bool:
         responder: Any = self.responder  # an IPipeResponder's (can_take_pipes said so)

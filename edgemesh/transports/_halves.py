@@ -8,7 +8,7 @@ peer asked this node).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -28,9 +28,11 @@ from ..exchange import (
     ReadLimiter,
     Reason,
     ResponseHead,
+    can_take_pipes,
     drop_trailers,
     hand_trailers,
     write_parts,
+    write_pipe,
 )
 from ..wire import (
     Data,
@@ -267,6 +269,8 @@ class OutboundExchange(_Sender):
     back."""
 
     _receiver: _Receiver | None = None  # (a class default: a whole response needs none)
+    _pipes: bool | None = None
+    """The responder takes body pieces in a pipe (asked at the first spliceable piece)."""
 
     def __init__(self, link: EnvelopeLink, sid: int, responder: IResponder) -> None:
         self.link = link
@@ -384,6 +388,35 @@ class OutboundExchange(_Sender):
             self._done()
             if last.trailers:
                 hand_trailers(self.responder, last.trailers, "the source takes no trailers")
+            self.responder.end()
+
+    def takes_pipe_now(self) -> bool:
+        """Whether a piece of the response body would go on to the responder through a
+        pipe now (the link asks before it splices one from its socket)."""
+        if self.finished:
+            return False
+        receiver = self._receiver
+        if receiver is not None and receiver.paused:
+            return False
+        pipes = self._pipes
+        if pipes is None:
+            pipes = self._pipes = can_take_pipes(self.responder, False)
+        responder: Any = self.responder  # an IPipeResponder's (can_take_pipes said so)
+        return pipes and bool(responder.takes_pipe_now())
+
+    def on_pipe(self, pipe: IBodyPipe, size: int, end: bool) -> None:
+        """``size`` bytes of the response body waiting in ``pipe`` (spliced from the link's
+        socket), the last of it when ``end``: as on_data_run, without the bytes."""
+        write_pipe(self.responder, pipe, size)
+        receiver = self._receiver or self.receiver
+        if receiver.paused:
+            receiver.held += size
+        else:
+            window = self.link.connection.consumed(self.sid, size)
+            if window:
+                self.link.write(window)
+        if end:
+            self._done()
             self.responder.end()
 
     on_link_state = _Sender.flush
@@ -554,7 +587,7 @@ class InboundExchange(_Sender):
             self.uncork()
         self.send(data)
 
-    def can_take_pipes(self) -> bool:
+    def can_take_pipes(self, from_pod: bool) -> bool:
         return self.link.splices and not self.finished
 
     def takes_pipe_now(self) -> bool:

@@ -272,7 +272,13 @@ def _new_read_buffer() -> mmap.mmap:
     return mmap.mmap(-1, POOLED_READ)
 
 
-def pooled_reads(transport: Any) -> None:
+PipedRead = Callable[[], object]
+"""A protocol's way to read past ``dataReceived`` (``pooled_reads``): before each read it
+moves bytes on by itself (True), leaves the read to the transport (False), or ends the
+readable event as a doRead does (None, or the reason the connection is lost)."""
+
+
+def pooled_reads(transport: Any, piped: PipedRead | None = None) -> None:
     """Read ``transport``'s socket into a pooled buffer, reused read after read, and hand
     its protocol read-only views of it (``dataReceived(memoryview)``): for a protocol that
     takes views and keeps none past the call (a link: transports/_links.py).  A plain TCP
@@ -286,7 +292,7 @@ def pooled_reads(transport: Any) -> None:
     time, the bimodal "slow state" (bench/results-2026-12-04.md section 2)."""
     if type(transport) not in PLAIN_TCP:
         return
-    transport.doRead = _pooled_read(transport)
+    transport.doRead = _pooled_read(transport, piped)
 
 
 READS_PER_TURN = 4
@@ -296,7 +302,7 @@ reactor turn (epoll_wait, dispatch) per POOLED_READ: edge-1 of a p2 4 MiB transf
 -> 18.3-21.5 epoll_wait per transfer (bench/big_cost.py --counts; results 2026-12-04 §8)."""
 
 
-def _pooled_read(transport: Any) -> Callable[[], object]:
+def _pooled_read(transport: Any, piped: PipedRead | None) -> Callable[[], object]:
     """tcp.Connection.doRead, reading into a pooled buffer (its answers: an error from
     recv_into, connection lost; nothing read, done).  Reads are POOLED_READ at most, the
     pool's buffers (not the transport's bufferSize); after a read that filled its
@@ -314,6 +320,16 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
     def doRead() -> object:
         reads = most
         while True:
+            if piped is not None:
+                moved = piped()
+                if moved is not False:
+                    if moved is not True:
+                        return moved
+                    reads -= 1
+                    if (not reads or readers is None or fd not in readers
+                            or transport.disconnecting):
+                        return None
+                    continue
             # The pool's last buffer, when only the pool refers to it (and getrefcount's
             # argument), inline; the rest is take_pooled's (callgrind, one 200-byte
             # read: 12.0 -> 8.8 k instructions; Twisted's doRead, 5.6 k; p2 /small 430 ->
@@ -349,6 +365,12 @@ def _pooled_read(transport: Any) -> Callable[[], object]:
 
 SPLICE_PIPE_SIZE = 256 * 1024
 """The splice pipe's capacity: a pod read of a link stream (LINKED_READ) in one splice."""
+
+SPLICE_MIN = 128 * 1024
+"""The smallest piece of a body that is spliced rather than read: a splice costs three
+system calls per piece (into the pipe, the frame's head, out of it) against a read and a
+share of one gathered send; at 32 connections (pod reads of 64 KiB) splicing cost both
+edges of p2 /big +5-15 % CPU per MiB."""
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
@@ -438,7 +460,10 @@ def splice_after(transport: Any, head: bytes, pipe: IBodyPipe, size: int) -> lis
     the byte order holds), as far as the socket takes them.  Returns what is left to write
     (in order, as bytes: the pipe is empty on return)."""
     if not _open_plain_tcp(transport) or transport._tempDataLen:
-        return [head, pipe.take(size)]
+        return [head, pipe.take(size)] if head else [pipe.take(size)]
+    if not head:  # a body only (to a client: the front)
+        size -= pipe.drain_to(transport.fileno(), size)
+        return [pipe.take(size)] if size else []
     try:
         # MSG_MORE: the head leaves in one segment with the body's first pages.
         sent = transport.socket.send(head, MSG_MORE)

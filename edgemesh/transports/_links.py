@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from socket import MSG_PEEK
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +37,7 @@ from ..exchange import (
     RequestHead,
 )
 from ..wire import (
+    DATA_HEAD_MAX,
     REFUSED,
     RETRY_AFTER_SETTING,
     Ack,
@@ -57,11 +60,14 @@ from ..wire import (
     encode_ping,
     encode_refusal,
     encode_request,
+    large_data_head,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
 from ._io import (
     LARGE_BUFFER,
     PLAIN_TCP,
+    SPLICE_MIN,
+    SPLICE_PIPE_SIZE,
     Queue,
     buffered,
     direct_reads,
@@ -135,6 +141,7 @@ class EnvelopeLink(Protocol):
         "_out",
         "_out_size",
         "_ping_sent",
+        "_piping",
         "_queue",
         "_ready_waiters",
         "_refusal_timer",
@@ -197,7 +204,12 @@ class EnvelopeLink(Protocol):
         """Pod bodies may go to this link's socket by ``os.splice``, never through the
         process, where the transport is plain TCP (``--no-splice``: not)."""
         self.splices = False
-        """They do: ``splice_bodies``, a plain TCP transport and a pipe (connectionMade)."""
+        """They do: ``splice_bodies``, a plain TCP transport and a pipe (connectionMade).
+        Then large DATA bodies that arrive for a client that takes pipes are spliced from
+        this link's socket to the client's too (``_read_piped``)."""
+        self._piping = False
+        """A DATA body is being spliced: the next read takes the frame's rest, or looks for
+        the next frame's head."""
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -270,11 +282,11 @@ class EnvelopeLink(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         use_large_buffer(transport)
-        pooled_reads(transport)
-        self._queue = gathered_writes(transport)
-        self._at_once = sends_at_once(transport)
         self.splices = (self.splice_bodies and type(transport) in PLAIN_TCP
                         and splice_pipe() is not None)
+        pooled_reads(transport, self._read_piped if self.splices else None)
+        self._queue = gathered_writes(transport)
+        self._at_once = sends_at_once(transport)
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -461,6 +473,79 @@ class EnvelopeLink(Protocol):
                 # A bug in one exchange must not take the link (or the reactor) down.
                 self.log.failure("unexpected error handling {frame}", frame=type(frame).__name__)
             was_ready = True
+
+    def _read_piped(self) -> object:
+        """Before each read of the socket (``pooled_reads``): the rest of a large DATA body
+        whose client takes pipes is spliced into the pipe and on to the client's socket,
+        never copied into the process (True; the connection charges it as a DATA frame's).
+        Once one is, the frame's rest is too, and the next frame's head is peeked at: when
+        it starts another such body it is read alone, and that body spliced.  False: the
+        transport reads as usual."""
+        connection = self.connection
+        piping = self._piping
+        self._piping = False
+        if not connection.decoder.body_need:  # (most reads: two attributes, no call)
+            if not piping:
+                return False
+            transport: Any = self.transport
+            try:
+                peeked = transport.socket.recv(DATA_HEAD_MAX, MSG_PEEK)
+            except BlockingIOError:
+                self._piping = True
+                return None
+            except OSError:
+                return False  # the transport's read meets it
+            sid, head_size = large_data_head(peeked, SPLICE_MIN)
+            if not head_size or self._piped_exchange(sid) is None:
+                return False
+            try:
+                head = transport.socket.recv(head_size)  # (peeked: it is all there)
+            except OSError:
+                return CONNECTION_LOST
+            self.dataReceived(head)
+            if self.closed:
+                return True
+        sid, need = connection.body_to_pipe()
+        # A frame's short rest is read as before (as a pod's short reads), unless the
+        # frame is being spliced already.
+        if not need or (need < SPLICE_MIN and not piping):
+            return False
+        exchange = self._piped_exchange(sid)
+        if exchange is None:
+            return False
+        pipe = splice_pipe()
+        assert pipe is not None  # (splices: there is one)
+        try:
+            moved = pipe.fill_from(
+                self.transport.fileno(),  # type: ignore[union-attr]
+                need if need < SPLICE_PIPE_SIZE else SPLICE_PIPE_SIZE)
+        except BlockingIOError:
+            self._piping = True
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not moved:
+            return CONNECTION_DONE
+        self._last_heard = self.reactor.seconds()
+        end = connection.body_piped(sid, moved)
+        try:
+            exchange.on_pipe(pipe, moved, end)
+        except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
+            self.log.failure("unexpected error handling spliced data")
+        finally:
+            if pipe.held:
+                pipe.discard()
+        # The frame's rest, or (its end, not its stream's) the next frame's head, likely
+        # more of the body.
+        self._piping = not end
+        return True
+
+    def _piped_exchange(self, sid: int) -> OutboundExchange | None:
+        """The exchange of stream ``sid`` when its body would go on through a pipe now."""
+        exchange = self.exchanges.get(sid)
+        if type(exchange) is OutboundExchange and exchange.takes_pipe_now():
+            return exchange
+        return None
 
     def _handle(self, frame: Frame, was_ready: bool) -> None:
         kind = type(frame)

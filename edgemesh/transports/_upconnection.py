@@ -43,7 +43,7 @@ from ._http1 import (
     end_to_end,
     trailer_field,
 )
-from ._io import SMALL_BUFFER, TCP_READ, reads_as_twisted, splice_pipe
+from ._io import SMALL_BUFFER, SPLICE_MIN, TCP_READ, reads_as_twisted, splice_pipe
 from ._upexchange import _address_text, _one_line
 
 if TYPE_CHECKING:
@@ -117,12 +117,6 @@ class ReadBudget:
 
 RAMP_READS: Final = 4
 """Whole reads in a row, taken by the responder without a pause, before the read size doubles."""
-
-SPLICE_MIN: Final = 128 * 1024
-"""The smallest read that is spliced rather than read: a splice costs three system calls
-per piece (into the pipe, the frame's head, out of it) against a read and a share of one
-gathered send; at 32 connections (reads of 64 KiB) splicing cost both edges of p2 /big
-+5-15 % CPU per MiB."""
 
 _MAX_INTERIM_RESPONSES: Final = 16
 """1xx responses tolerated before the final one (a flood of them is an attack)."""
@@ -500,7 +494,7 @@ class _UpstreamConnection(Protocol):
         exchange = self.exchange
         transport = self.transport
         if (exchange is None or not reads_as_twisted(transport)
-                or not can_take_pipes(exchange.responder) or splice_pipe() is None):
+                or not can_take_pipes(exchange.responder, True) or splice_pipe() is None):
             return
         self.splicing = True
         transport.doRead = self._splice_read

@@ -2,6 +2,7 @@
 
 from ._connection import Connection
 from ._frames import (
+    DATA_HEAD_MAX,
     HELD_DIGEST_SETTINGS,
     HELD_REVISION_SETTING,
     MOVE_SETTING,
@@ -44,9 +45,11 @@ from ._frames import (
     encode_stream_accept,
     encode_stream_open,
     encode_window,
+    large_data_head,
 )
 
 __all__ = [
+    "DATA_HEAD_MAX",
     "HELD_DIGEST_SETTINGS",
     "HELD_REVISION_SETTING",
     "MOVE_SETTING",
@@ -90,4 +93,5 @@ __all__ = [
     "encode_stream_accept",
     "encode_stream_open",
     "encode_window",
+    "large_data_head",
 ]

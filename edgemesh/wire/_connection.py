@@ -105,7 +105,7 @@ class Connection:
 
     def __init__(self, *, client: bool, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
-        self._decoder = FrameDecoder(self.limits, hello_first=True)
+        self.decoder = FrameDecoder(self.limits, hello_first=True)
         self._streams: dict[int, _Stream] = {}
         self._next_local = 1 if client else 2
         self.exhausted = False
@@ -190,7 +190,7 @@ class Connection:
         streams that already ended on our side are dropped."""
         events: list[Frame] = []
         streams = self._streams
-        for frame in self._decoder.feed(data):
+        for frame in self.decoder.feed(data):
             if self.peer is None:  # the hello first (else a ProtocolError)
                 if self._accept(frame):
                     events.append(frame)
@@ -250,6 +250,30 @@ class Connection:
             if self._accept(frame):
                 events.append(frame)
         return events
+
+    def body_to_pipe(self) -> tuple[int, int]:
+        """The stream and the bytes of a large DATA body whose rest a reader may move past
+        the decoder and this connection's frames (into a pipe, ``body_piped``): those the
+        frame still holds, when the stream's credit covers them all; else (0, 0), and the
+        bytes come through ``receive`` (which judges an overflow)."""
+        sid, need = self.decoder.body_waiting()
+        if not need:
+            return 0, 0
+        stream = self._streams.get(sid)
+        if (stream is None or stream.received_end or need > stream.recv_window
+                or (stream.local and not stream.responded)):
+            return 0, 0
+        return sid, need
+
+    def body_piped(self, sid: int, size: int) -> bool:
+        """``size`` bytes of the body ``body_to_pipe`` named were moved on, charged as a
+        DATA frame's: whether they end the stream."""
+        stream = self._streams[sid]
+        stream.recv_window -= size
+        end = self.decoder.body_passed(size)
+        if end:
+            self._received_end(sid, stream)
+        return end
 
     def data_to_send(self) -> bytes:
         """Bytes the connection itself wants written (pongs, refusals)."""

@@ -1044,6 +1044,23 @@ def _data_head(buffer: _Buffer, start: int, end: int, avail: int) -> tuple[int, 
     return stream, bool(flags & FLAG_END), pos
 
 
+def large_data_head(peeked: bytes, least: int) -> tuple[int, int]:
+    """The stream and the head's length (prefix included) when ``peeked``, the next bytes
+    of a link, starts a DATA frame with a body of ``least`` bytes or more: a reader may
+    take the head alone, then the body past the decoder.  (0, 0) for anything else."""
+    if len(peeked) < PREFIX_SIZE:
+        return 0, 0
+    end = PREFIX_SIZE + _LENGTH.unpack_from(peeked, 0)[0]
+    head = _data_head(peeked, PREFIX_SIZE, end, len(peeked))
+    if head is None or end - head[2] < least:
+        return 0, 0
+    return head[0], head[2]
+
+
+DATA_HEAD_MAX = 32
+"""Bytes enough to hold the head of any DATA frame (``large_data_head``)."""
+
+
 def _data_fast(buffer: _Buffer, start: int, end: int) -> Data | None:
     """A well-formed DATA frame without msgpack (one copy of its data instead of
     three, none for a large body in a read-only view of a read); anything unusual is left
@@ -1104,7 +1121,7 @@ _GATHER_MIN = 16 * 1024
 as it arrives, a DATA frame per piece (the last one with the frame's end flag), instead of
 passing through the decoder's bytearray: no copy of a piece that is a view of a read,
 and nothing of the body held between reads but a small piece."""
-_HEAD_MAX = 32
+_HEAD_MAX = DATA_HEAD_MAX
 """Bytes taken into the bytearray to judge an unfinished frame: more than the head of any
 DATA frame (prefix 4, array and type 2, stream id 5, flags 1, bin header 5)."""
 _VIEW_MIN = 4096
@@ -1133,8 +1150,9 @@ class FrameDecoder:
         """The beginning of an unfinished frame (none while a body is gathered)."""
         self._small = bytearray()
         """Small pieces of the DATA body being handed on, not yet passed on."""
-        self._body_need = 0
-        """Bytes still missing from the DATA body being gathered (0: none is)."""
+        self.body_need = 0
+        """Bytes still missing from the DATA body being gathered (0: none is): a link's
+        read looks here before it asks ``body_waiting`` (an attribute, not a call)."""
         self._body_frame = (0, False)
         self._failed = False
         self._greeted = not hello_first
@@ -1152,7 +1170,7 @@ class FrameDecoder:
         pos = 0
         try:
             while pos < size:
-                if self._body_need:
+                if self.body_need:
                     pos = self._gather(view, pos, size, frames)
                 elif self._buffer:
                     pos = self._complete(view, pos, size, frames)
@@ -1163,7 +1181,7 @@ class FrameDecoder:
             self._failed = True
             self._buffer = bytearray()
             self._small = bytearray()
-            self._body_need = 0
+            self.body_need = 0
             raise
         return frames
 
@@ -1193,7 +1211,7 @@ class FrameDecoder:
                     head = _data_head(buffer, start, end, size)
                     if head is not None:
                         self._body_frame = head[:2]
-                        self._body_need = end - head[2]
+                        self.body_need = end - head[2]
                         self._gather(buffer, head[2], size, frames)
                         return
                 break
@@ -1238,16 +1256,33 @@ class FrameDecoder:
             self._in_place(held, 0, len(buffer), frames)
         return pos + take
 
+    def body_waiting(self) -> tuple[int, int]:
+        """The stream and the bytes still to come of the large DATA body being gathered,
+        which a reader may move past the decoder (``body_passed``): (0, 0) when none is,
+        or when small pieces of it wait here (the frame's rest is then read as before)."""
+        if self._small or self._failed:
+            return 0, 0
+        return self._body_frame[0], self.body_need
+
+    def body_passed(self, size: int) -> bool:
+        """``size`` bytes of the body being gathered (at most what ``body_waiting`` said)
+        were taken past the decoder (spliced): whether they end the frame, and the frame
+        its stream."""
+        if not 0 < size <= self.body_need:
+            raise ValueError("more body passed than the frame holds")
+        self.body_need -= size
+        return not self.body_need and self._body_frame[1]
+
     def _gather(self, buffer: _Buffer, pos: int, size: int, frames: list[Frame]) -> int:
         """Take what the DATA body being gathered still lacks from ``buffer[pos:size]`` and
         hand it on as a DATA frame (small pieces coalesced first)."""
         # Not min(): a builtin call with argument parsing per read of a gathered body.
-        take = self._body_need
+        take = self.body_need
         if size - pos < take:
             take = size - pos
-        self._body_need -= take
+        self.body_need -= take
         stream, fin = self._body_frame
-        last = not self._body_need
+        last = not self.body_need
         small = self._small
         if take >= _VIEW_MIN and type(buffer) is memoryview and buffer.readonly:
             if small:

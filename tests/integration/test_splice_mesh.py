@@ -1,11 +1,12 @@
-"""Issue 15: response bodies spliced from the pod's socket to a plaintext link's.
+"""Issue 15: response bodies spliced from the pod's socket to a plaintext link's, and from
+the link's socket to the client's on the receiving edge.
 
 A fresh plaintext mesh (as bench/run.sh's p2 row): a router, edge-1 and edge-2 with splice
 on (the default), edge-3 with ``--no-splice``, pods on edge-2, edge-3 and behind the router
 (a ClusterIP).  curl downloads through edge-1; every body must arrive whole and unchanged
 (the pod server's pattern numbers its 64 KiB pieces, so a lost, repeated or reordered piece
-changes the sha256), and ``edgemesh_spliced_bytes_total`` on the sending node says whether
-the body went by splice(2).
+changes the sha256), and ``edgemesh_spliced_bytes_total`` on the sending and receiving
+nodes says whether the body went by splice(2).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def spliced(mesh: Mesh, node: str) -> float:
     return float(match.group(1))
 
 
-def curl_bodies(mesh: Mesh, host: str, urls: list[str]) -> list[tuple[int, str]]:
-    """GET each of ``urls`` through edge-1 with one curl on one keep-alive connection:
+def curl_bodies(mesh: Mesh, host: str, urls: list[str],
+                via: str = "edge-1") -> list[tuple[int, str]]:
+    """GET each of ``urls`` through ``via`` with one curl on one keep-alive connection:
     each body's (length, sha256), every response 200."""
     command = ["curl", "-sS", "--max-time", "120", "-H", f"Host: {host}"]
     for url in urls:
-        command += [f"http://{LOOPBACK}:{mesh.proxy('edge-1')}{url}"]
+        command += [f"http://{LOOPBACK}:{mesh.proxy(via)}{url}"]
     done = subprocess.run(command, capture_output=True, timeout=180, check=False)
     assert done.returncode == 0, f"curl: {done.returncode} {done.stderr!r}\n{mesh.tails()}"
     bodies = []
@@ -96,6 +98,7 @@ def expected(seed: int, size: int) -> tuple[int, str]:
 
 def test_a_large_body_edge_to_edge_is_spliced_and_arrives_unchanged(splice_mesh: Mesh) -> None:
     before = spliced(splice_mesh, "edge-2")
+    received = spliced(splice_mesh, "edge-1")
     size = 64 * MiB
     assert curl_bodies(splice_mesh, "big", [f"/bytes?n={size}&seed=3"]) == [expected(3, size)]
     moved = spliced(splice_mesh, "edge-2") - before
@@ -103,7 +106,27 @@ def test_a_large_body_edge_to_edge_is_spliced_and_arrives_unchanged(splice_mesh:
     # cut below SPLICE_MIN are copied.
     assert moved >= size // 2, moved
     assert moved <= size
-    assert spliced(splice_mesh, "edge-1") == 0  # it only receives
+    # edge-1 too, from the link's socket to curl's: the frames' rests and whole bodies
+    # past SPLICE_MIN.
+    moved = spliced(splice_mesh, "edge-1") - received
+    assert size // 2 <= moved <= size, moved
+
+
+def test_a_local_pods_body_is_not_spliced_to_the_client(splice_mesh: Mesh) -> None:
+    """Path 1 copies: splicing a pod's body to the client made its 4 MiB transfer slower
+    (transports/_front.py, can_take_pipes)."""
+    before = spliced(splice_mesh, "edge-2")
+    size = 8 * MiB
+    got = curl_bodies(splice_mesh, "big", [f"/bytes?n={size}&seed=14"], via="edge-2")
+    assert got == [expected(14, size)]
+    assert spliced(splice_mesh, "edge-2") == before
+
+
+def test_a_receiving_edge_with_no_splice_copies(splice_mesh: Mesh) -> None:
+    size = 16 * MiB
+    got = curl_bodies(splice_mesh, "big", [f"/bytes?n={size}&seed=15"], via="edge-3")
+    assert got == [expected(15, size)]
+    assert spliced(splice_mesh, "edge-3") == 0
 
 
 def test_bodies_one_after_another_on_one_connection(splice_mesh: Mesh) -> None:

@@ -1,0 +1,327 @@
+"""
+Response bodies spliced from a plaintext link's socket to a client's (issue 15): the
+receiving edge of path 2.  The wire's part (a large DATA frame's head read alone, its body
+moved past the decoder and charged as a DATA frame's) is sans-IO; the rest runs on real
+loopback sockets: a client's connection to a real front, whose exchange goes over a real
+link, with Twisted's TCP transports on a MemoryReactor driven by hand and the sending edge
+played with the wire's own encoders.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_gathered_writes import drain
+from test_links import Handler, make_link
+from test_splice import DEADLINE, pair, wait_readable
+from twisted.internet import tcp
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from edgemesh.exchange import IRequestBody, IResponder, RequestHead, SourceKind
+from edgemesh.transports import spliced_bytes
+from edgemesh.transports._front import HTTPFrontFactory
+from edgemesh.transports._io import SPLICE_MIN, buffered, splice_pipe
+from edgemesh.wire import (
+    DATA_HEAD_MAX,
+    Connection,
+    Data,
+    FrameDecoder,
+    Limits,
+    ProtocolError,
+    Request,
+    encode_hello,
+    encode_response,
+    large_data_head,
+)
+from edgemesh.wire._frames import encode_data, encode_data_head
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux's")
+
+MiB = 1 << 20
+WIDE = Limits(initial_window=8 * MiB, max_window=8 * MiB)
+"""edge-1's limits in these tests: a whole test body fits the credit of its hello, so the
+hand-played sender needs no WINDOW frames (the integration tests run the real credit)."""
+
+
+# --- the wire's part ------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=st.integers(1, (1 << 31) - 1), size=st.integers(0, 256 * 1024 - 64),
+       end=st.booleans(), least=st.integers(1, 256 * 1024))
+def test_a_large_data_head_is_told_from_its_first_bytes(
+        stream: int, size: int, end: bool, least: int) -> None:
+    head = encode_data_head(stream, end, size)
+    peeked = (head + b"x" * DATA_HEAD_MAX)[:DATA_HEAD_MAX]
+    assert len(head) <= DATA_HEAD_MAX
+    assert large_data_head(peeked, least) == ((stream, len(head)) if size >= least else (0, 0))
+
+
+def test_anything_but_a_large_data_head_is_not_one() -> None:
+    assert large_data_head(b"", 1) == (0, 0)
+    assert large_data_head(encode_data_head(3, False, 200_000)[:5], 1) == (0, 0)
+    response = encode_response(3, False, 200, b"OK", (), 10, b"")
+    assert large_data_head(response[:DATA_HEAD_MAX], 1) == (0, 0)
+    trailers = encode_data(3, True, b"x" * 100, ((b"grpc-status", b"0"),))
+    assert large_data_head(trailers[:DATA_HEAD_MAX], 1) == (0, 0)
+
+
+def opened(limits: Limits = WIDE) -> tuple[Connection, int]:
+    """A client connection (edge-1's side) that sent a request and got a response head
+    whose body follows."""
+    edge1 = Connection(client=True, limits=limits)
+    edge1.hello("edge-1", "edge")
+    edge1.receive(encode_hello("edge-2", "edge", {"initial_window": 65536}))
+    sid = edge1.open_stream(sent_end=True)
+    edge1.receive(encode_response(sid, False, 200, b"OK", (), None, b""))
+    return edge1, sid
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(SPLICE_MIN, 256 * 1024 - 64), cuts=st.lists(st.integers(1, 100_000)),
+       end=st.booleans())
+def test_a_body_moved_past_the_decoder_is_charged_as_its_frames_would_be(
+        size: int, cuts: list[int], end: bool) -> None:
+    edge1, sid = opened()
+    head = encode_data_head(sid, end, size)
+    assert edge1.receive(head) == []  # the head alone: nothing to pass on yet
+    before = edge1._streams[sid].recv_window
+    left = size
+    ended = False
+    for cut in [*cuts, size]:
+        assert edge1.body_to_pipe() == (sid, left)
+        piece = min(cut, left)
+        ended = edge1.body_piped(sid, piece)
+        left -= piece
+        if not left:
+            break
+    assert ended == end
+    assert edge1.body_to_pipe() == (0, 0)
+    if not end:
+        assert edge1._streams[sid].recv_window == before - size
+        # The frames after it are decoded as ever.
+        [frame] = edge1.receive(encode_data(sid, True, b"tail"))
+        assert frame == Data(sid, True, b"tail")
+    assert sid not in edge1._streams or not end
+
+
+def test_a_body_beyond_the_credit_is_left_to_the_decoder_which_refuses_it() -> None:
+    edge1, sid = opened(Limits())  # 64 KiB of credit
+    edge1.receive(encode_data_head(sid, False, 200_000))
+    assert edge1.body_to_pipe() == (0, 0)
+    with pytest.raises(ProtocolError, match="flow-control window"):
+        edge1.receive(b"x" * 200_000)
+
+
+def test_passing_more_than_the_frame_holds_is_a_bug() -> None:
+    decoder = FrameDecoder(Limits())
+    assert decoder.body_waiting() == (0, 0)
+    with pytest.raises(ValueError):
+        decoder.body_passed(1)
+
+
+# --- a client's connection to a front, its exchange over a link, on real sockets ------------
+
+
+class Receiver:
+    """edge-1 of path 2: a client's connection to a front (a real socket pair; the test
+    is the client) whose exchange goes over a link (a real socket pair; the test plays
+    edge-2 with the wire's encoders)."""
+
+    def __init__(self, splice: bool = True, client_rcvbuf: int | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.edge1 = make_link(self.clock, Handler(), True, splice=splice, limits=WIDE)
+        link_ours, self.edge2 = pair()
+        self.link = tcp.Server(link_ours, self.edge1, ("127.0.0.1", 1), None, 1, self.clock)  # type: ignore[arg-type]
+        self.edge1.makeConnection(self.link)
+        self.edge2.sendall(encode_hello("edge-2", "edge", {"initial_window": 65536}))
+        self.link.doRead()
+        self.decoder = FrameDecoder(Limits(), hello_first=True)
+        self.decoder.feed(self.wait_for_link())  # edge-1's hello
+
+        def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
+            return self.edge1.open(head, "shop/web", 80, ("10.4.0.12", 8080), responder)
+
+        factory = HTTPFrontFactory(self.clock, SourceKind.service_bus, dispatch)
+        front_ours, self.client = pair(client_rcvbuf)
+        if client_rcvbuf is not None:
+            front_ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, client_rcvbuf)
+        self.front = factory.buildProtocol(("127.0.0.1", 3))  # type: ignore[arg-type]
+        self.front_transport = tcp.Server(front_ours, self.front, ("127.0.0.1", 3), None, 3,  # type: ignore[arg-type]
+                                          self.clock)
+        self.front.makeConnection(self.front_transport)
+        self.got = bytearray()
+
+    def wait_for_link(self) -> bytes:
+        until = time.monotonic() + DEADLINE
+        while True:
+            self.clock.advance(0)
+            data = drain(self.edge2)
+            if data:
+                return data
+            wait_readable(self.edge2, until)
+
+    def request(self) -> int:
+        """The client asks; edge-1 sends the request over the link: its stream id."""
+        self.client.sendall(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        self.front_transport.doRead()
+        [request] = [f for f in self.decoder.feed(self.wait_for_link()) if type(f) is Request]
+        return request.stream
+
+    def answer(self, sid: int, body: bytes, frame: int, cuts: list[int] | None = None,
+               close_client_at: int | None = None) -> None:
+        """edge-2 answers with ``body`` in DATA frames of ``frame`` bytes, its socket's
+        sends cut at ``cuts`` (repeated); edge-1 reads whenever its socket is readable."""
+        wire = bytearray(encode_response(sid, False, 200, b"OK", (), len(body), b""))
+        for start in range(0, len(body), frame):
+            piece = body[start:start + frame]
+            wire += encode_data_head(sid, start + frame >= len(body), len(piece)) + piece
+        sent = 0
+        sizes = cuts or [len(wire)]
+        until = time.monotonic() + DEADLINE * 3
+        turn = 0
+        while True:
+            assert time.monotonic() < until, f"{len(self.got)} bytes came"
+            if sent < len(wire):
+                try:
+                    sent += self.edge2.send(wire[sent:sent + sizes[turn % len(sizes)]])
+                except BlockingIOError:
+                    pass
+                turn += 1
+            if close_client_at is not None and len(self.got) >= close_client_at:
+                self.client.close()
+                close_client_at = None
+                self.closed_client = True
+            if self.front_transport.connected and not getattr(self, "closed_client", False):
+                self.got += drain(self.client)
+            self.step(self.link)
+            self.step(self.front_transport)
+            self.clock.advance(0)
+            if self.link.disconnected:
+                return
+            if sent == len(wire) and self.done(body):
+                return
+
+    def step(self, transport: Any) -> None:
+        if transport.disconnected:
+            return
+        if transport in self.clock.readers or transport is self.link:
+            result = transport.doRead()
+            if result is not None:
+                transport.connectionLost(Failure(result))  # as the reactor would
+                return
+        if buffered(transport):
+            result = transport.doWrite()
+            if result is not None:
+                transport.connectionLost(Failure(result))
+
+    def done(self, body: bytes) -> bool:
+        if getattr(self, "closed_client", False):
+            return not self.front_transport.connected
+        if buffered(self.front_transport):
+            return False
+        head_end = self.got.find(b"\r\n\r\n")
+        return head_end >= 0 and len(self.got) - head_end - 4 >= len(body)
+
+    def body(self) -> bytes:
+        head, _, rest = bytes(self.got).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Length: %d" % len(rest) in head
+        return rest
+
+
+@pytest.mark.parametrize(("size", "frame", "cuts", "least"), [
+    # edge-2's frames when it splices a pod's body, its sends cut anywhere.
+    (4 * MiB, 256 * 1024 - 64, [300_000, 70_000], 2 * MiB),
+    # The first read ends early in the first frame: its rest is spliced, and the second
+    # frame, its head read alone.
+    (SPLICE_MIN * 2 + 20_007, SPLICE_MIN + 10_000, [5000, 300_000], SPLICE_MIN * 2),
+    # The same with a first piece of the body under 4 KiB: held in the decoder (coalesced,
+    # _VIEW_MIN), so that frame's rest is read as before (and what follows as it comes).
+    (SPLICE_MIN * 3 + 7, SPLICE_MIN + 5, [1000, 200_000, 70_000], None),
+    # Both frames whole in the first read: nothing to splice.
+    (SPLICE_MIN * 2 + 7, SPLICE_MIN + 5, [300_000], 0),
+    (3 * MiB, 64 * 1024, [300_000, 70_000], 0),  # frames below SPLICE_MIN: read as before
+])
+def test_a_body_goes_from_link_to_client_by_splice_and_arrives_unchanged(
+        size: int, frame: int, cuts: list[int], least: int | None) -> None:
+    world = Receiver()
+    assert world.edge1.splices
+    sid = world.request()
+    body = os.urandom(size)
+    before = spliced_bytes()
+    world.answer(sid, body, frame, cuts=cuts)
+    assert world.body() == body
+    moved = spliced_bytes() - before
+    if least is not None:
+        assert moved >= least if least else moved == 0
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+    assert not world.link.disconnected
+    # The link goes on: the next exchange on it is served as ever.
+    sid = world.request()
+    world.got.clear()
+    world.answer(sid, b"small", 100)
+    assert world.body() == b"small"
+
+
+@settings(max_examples=15, deadline=None)
+@given(frames=st.lists(st.integers(1, 256 * 1024 - 64), min_size=1, max_size=6),
+       cuts=st.lists(st.integers(1, 400_000), min_size=1, max_size=4))
+def test_whatever_the_frames_and_the_reads_the_body_arrives_unchanged(
+        frames: list[int], cuts: list[int]) -> None:
+    world = Receiver()
+    sid = world.request()
+    size = sum(frames)
+    body = os.urandom(size)
+    # One frame size per test: the body in frames of the first size.
+    world.answer(sid, body, frames[0], cuts=cuts)
+    assert world.body() == body
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+
+
+def test_a_slow_client_gets_the_rest_as_bytes_in_order() -> None:
+    world = Receiver(client_rcvbuf=16384)
+    sid = world.request()
+    body = os.urandom(2 * MiB)
+    world.answer(sid, body, 256 * 1024 - 64)
+    assert world.body() == body
+
+
+def test_no_splice_copies_the_same_body() -> None:
+    world = Receiver(splice=False)
+    assert not world.edge1.splices
+    sid = world.request()
+    body = os.urandom(MiB)
+    before = spliced_bytes()
+    world.answer(sid, body, 256 * 1024 - 64)
+    assert world.body() == body
+    assert spliced_bytes() == before
+
+
+def test_a_client_gone_mid_body_leaves_the_pipe_empty_and_the_link_up() -> None:
+    world = Receiver()
+    sid = world.request()
+    body = os.urandom(4 * MiB)
+    world.answer(sid, body, 256 * 1024 - 64, close_client_at=600_000)
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+    assert not world.link.disconnected
+    assert sid not in world.edge1.exchanges
+
+
+def test_a_client_that_takes_no_pipes_gets_the_bytes() -> None:
+    world = Receiver()
+    sid = world.request()
+    [exchange] = world.edge1.exchanges.values()
+    exchange._pipes = False  # as for a chunked or TLS client
+    body = os.urandom(MiB)
+    before = spliced_bytes()
+    world.answer(sid, body, 256 * 1024 - 64)
+    assert world.body() == body
+    assert spliced_bytes() == before
