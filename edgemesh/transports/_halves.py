@@ -408,13 +408,7 @@ class OutboundExchange(_Sender):
         """``size`` bytes of the response body waiting in ``pipe`` (spliced from the link's
         socket), the last of it when ``end``: as on_data_run, without the bytes."""
         write_pipe(self.responder, pipe, size)
-        receiver = self._receiver or self.receiver
-        if receiver.paused:
-            receiver.held += size
-        else:
-            window = self.link.connection.consumed(self.sid, size)
-            if window:
-                self.link.write(window)
+        (self._receiver or self.receiver).delivered(size)  # (a call per 128-256 KiB)
         if end:
             self._done()
             self.responder.end()
