@@ -159,6 +159,7 @@ class Receiver:
                                           self.clock)
         self.front.makeConnection(self.front_transport)
         self.got = bytearray()
+        self.reset = False
 
     def wait_for_link(self) -> bytes:
         until = time.monotonic() + DEADLINE
@@ -176,14 +177,23 @@ class Receiver:
         [request] = [f for f in self.decoder.feed(self.wait_for_link()) if type(f) is Request]
         return request.stream
 
-    def answer(self, sid: int, body: bytes, frame: int, cuts: list[int] | None = None,
-               close_client_at: int | None = None) -> None:
-        """edge-2 answers with ``body`` in DATA frames of ``frame`` bytes, its socket's
-        sends cut at ``cuts`` (repeated); edge-1 reads whenever its socket is readable."""
+    def answer(self, sid: int, body: bytes, frame: int | list[int],
+               cuts: list[int] | None = None, close_client_at: int | None = None,
+               close_link_at: int | None = None) -> None:
+        """edge-2 answers with ``body`` in DATA frames of ``frame`` bytes (or of these
+        sizes), its socket's sends cut at ``cuts`` (repeated); edge-1 reads whenever its
+        socket is readable.  ``close_link_at``: edge-2 sends that many bytes and closes."""
         wire = bytearray(encode_response(sid, False, 200, b"OK", (), len(body), b""))
-        for start in range(0, len(body), frame):
-            piece = body[start:start + frame]
-            wire += encode_data_head(sid, start + frame >= len(body), len(piece)) + piece
+        sizes_of_frames = frame if isinstance(frame, list) else [frame] * (len(body) // frame + 1)
+        start = 0
+        for size in sizes_of_frames:
+            piece = body[start:start + size]
+            start += len(piece)
+            wire += encode_data_head(sid, start >= len(body), len(piece)) + piece
+            if start >= len(body):
+                break
+        if close_link_at is not None:
+            wire = wire[:close_link_at]
         sent = 0
         sizes = cuts or [len(wire)]
         until = time.monotonic() + DEADLINE * 3
@@ -196,12 +206,15 @@ class Receiver:
                 except BlockingIOError:
                     pass
                 turn += 1
+            elif close_link_at is not None:
+                self.edge2.close()
+                close_link_at = None
             if close_client_at is not None and len(self.got) >= close_client_at:
                 self.client.close()
                 close_client_at = None
                 self.closed_client = True
             if self.front_transport.connected and not getattr(self, "closed_client", False):
-                self.got += drain(self.client)
+                self.drain_client()
             self.step(self.link)
             self.step(self.front_transport)
             self.clock.advance(0)
@@ -209,6 +222,12 @@ class Receiver:
                 return
             if sent == len(wire) and self.done(body):
                 return
+
+    def drain_client(self) -> None:
+        try:
+            self.got += drain(self.client)
+        except ConnectionResetError:  # the front aborted the connection (a truncated body)
+            self.reset = True
 
     def step(self, transport: Any) -> None:
         if transport.disconnected:
@@ -279,12 +298,32 @@ def test_whatever_the_frames_and_the_reads_the_body_arrives_unchanged(
         frames: list[int], cuts: list[int]) -> None:
     world = Receiver()
     sid = world.request()
-    size = sum(frames)
-    body = os.urandom(size)
-    # One frame size per test: the body in frames of the first size.
-    world.answer(sid, body, frames[0], cuts=cuts)
+    body = os.urandom(sum(frames))
+    world.answer(sid, body, frames, cuts=cuts)
     assert world.body() == body
     assert splice_pipe().held == 0  # type: ignore[union-attr]
+
+
+def test_a_link_lost_mid_body_truncates_the_client_visibly() -> None:
+    world = Receiver()
+    sid = world.request()
+    body = os.urandom(2 * MiB)
+    before = spliced_bytes()
+    world.answer(sid, body, 256 * 1024 - 64, cuts=[5000, 300_000], close_link_at=700_000)
+    assert spliced_bytes() > before  # it was splicing when the link went
+    assert world.link.disconnected
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+    # The client's connection is closed under it: a body shorter than its Content-Length.
+    until = time.monotonic() + DEADLINE
+    while world.front_transport.connected:
+        assert time.monotonic() < until
+        world.step(world.front_transport)
+        world.clock.advance(0)
+    world.drain_client()
+    head, _, rest = bytes(world.got).partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(body) in head
+    assert len(rest) < len(body) and body.startswith(rest)
+    assert world.reset or not drain(world.client)  # reset, or closed after what came
 
 
 def test_a_slow_client_gets_the_rest_as_bytes_in_order() -> None:
