@@ -9,8 +9,11 @@ played with the wire's own encoders.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
+import termios
 import time
 from typing import Any
 
@@ -113,6 +116,31 @@ def test_a_body_moved_past_the_decoder_is_charged_as_its_frames_would_be(
     assert sid not in edge1._streams or not end
 
 
+def test_a_few_bytes_that_came_with_the_head_are_handed_over_first_and_charged() -> None:
+    edge1, sid = opened()
+    size = 200_000
+    body = os.urandom(size)
+    before = edge1._streams[sid].recv_window
+    # A read that ended 100 bytes into the body: they wait in the decoder (under 4 KiB).
+    assert edge1.receive(encode_data_head(sid, True, size) + body[:100]) == []
+    assert edge1.decoder.body_waiting() == (sid, size - 100, 100)
+    assert edge1.body_to_pipe() == (sid, size - 100)
+    assert edge1.held_piece(sid) == body[:100]
+    assert edge1.held_piece(sid) == b""  # handed over once
+    assert edge1._streams[sid].recv_window == before - 100
+    assert edge1.body_piped(sid, size - 100)  # the end of the stream
+    assert edge1.body_to_pipe() == (0, 0)
+
+
+def test_the_held_bytes_count_against_the_credit_too() -> None:
+    edge1, sid = opened(Limits())  # 64 KiB of credit
+    edge1.receive(encode_data_head(sid, False, 65_536) + b"x" * 100)
+    assert edge1.body_to_pipe() == (sid, 65_436)  # 100 held + 65 436 to come: all of it
+    edge1, sid = opened(Limits())
+    edge1.receive(encode_data_head(sid, False, 65_537) + b"x" * 100)
+    assert edge1.body_to_pipe() == (0, 0)  # one byte past the credit: the decoder's
+
+
 def test_a_body_beyond_the_credit_is_left_to_the_decoder_which_refuses_it() -> None:
     edge1, sid = opened(Limits())  # 64 KiB of credit
     edge1.receive(encode_data_head(sid, False, 200_000))
@@ -123,7 +151,7 @@ def test_a_body_beyond_the_credit_is_left_to_the_decoder_which_refuses_it() -> N
 
 def test_passing_more_than_the_frame_holds_is_a_bug() -> None:
     decoder = FrameDecoder(Limits())
-    assert decoder.body_waiting() == (0, 0)
+    assert decoder.body_waiting() == (0, 0, 0)
     with pytest.raises(ValueError):
         decoder.body_passed(1)
 
@@ -140,6 +168,8 @@ class Receiver:
         self.clock = MemoryReactorClock()
         self.edge1 = make_link(self.clock, Handler(), True, splice=splice, limits=WIDE)
         link_ours, self.edge2 = pair()
+        # Room for a few frames that arrived and wait (answer's settle).
+        link_ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * MiB)
         self.link = tcp.Server(link_ours, self.edge1, ("127.0.0.1", 1), None, 1, self.clock)  # type: ignore[arg-type]
         self.edge1.makeConnection(self.link)
         self.edge2.sendall(encode_hello("edge-2", "edge", {"initial_window": 65536}))
@@ -179,10 +209,11 @@ class Receiver:
 
     def answer(self, sid: int, body: bytes, frame: int | list[int],
                cuts: list[int] | None = None, close_client_at: int | None = None,
-               close_link_at: int | None = None) -> None:
+               close_link_at: int | None = None, settle: bool = False) -> None:
         """edge-2 answers with ``body`` in DATA frames of ``frame`` bytes (or of these
         sizes), its socket's sends cut at ``cuts`` (repeated); edge-1 reads whenever its
-        socket is readable.  ``close_link_at``: edge-2 sends that many bytes and closes."""
+        socket is readable.  ``close_link_at``: edge-2 sends that many bytes and closes.
+        ``settle``: edge-1 reads only once all of a send has arrived."""
         wire = bytearray(encode_response(sid, False, 200, b"OK", (), len(body), b""))
         sizes_of_frames = frame if isinstance(frame, list) else [frame] * (len(body) // frame + 1)
         start = 0
@@ -202,10 +233,13 @@ class Receiver:
             assert time.monotonic() < until, f"{len(self.got)} bytes came"
             if sent < len(wire):
                 try:
-                    sent += self.edge2.send(wire[sent:sent + sizes[turn % len(sizes)]])
+                    went = self.edge2.send(wire[sent:sent + sizes[turn % len(sizes)]])
                 except BlockingIOError:
-                    pass
+                    went = 0
+                sent += went
                 turn += 1
+                while settle and went and readable(self.link.socket) < went:
+                    assert time.monotonic() < until, "a send never arrived whole"
             elif close_link_at is not None:
                 self.edge2.close()
                 close_link_at = None
@@ -263,11 +297,15 @@ class Receiver:
     # The first read ends early in the first frame: its rest is spliced, and the second
     # frame, its head read alone.
     (SPLICE_MIN * 2 + 20_007, SPLICE_MIN + 10_000, [5000, 300_000], SPLICE_MIN * 2),
-    # The same with a first piece of the body under 4 KiB: held in the decoder (coalesced,
-    # _VIEW_MIN), so that frame's rest is read as before (and what follows as it comes).
-    (SPLICE_MIN * 3 + 7, SPLICE_MIN + 5, [1000, 200_000, 70_000], None),
+    # The same with a first piece of the body under 4 KiB, held in the decoder (coalesced,
+    # _VIEW_MIN): it goes first, through the pipe, then the frame's rest.
+    (SPLICE_MIN * 3 + 7, SPLICE_MIN + 5000, [1000, 200_000, 70_000], SPLICE_MIN),
     # Both frames whole in the first read: nothing to splice.
     (SPLICE_MIN * 2 + 7, SPLICE_MIN + 5, [300_000], 0),
+    # A receiver behind its sender: each read takes 512 KiB, two whole frames of 256 KiB
+    # and a few bytes of the third; after a read with a large frame in it, those few bytes
+    # go first through the pipe, then the rest, and the next frames' heads are read alone.
+    (4 * MiB, 256 * 1024 - 64, [1_200_000], 2 * MiB),
     (3 * MiB, 64 * 1024, [300_000, 70_000], 0),  # frames below SPLICE_MIN: read as before
 ])
 def test_a_body_goes_from_link_to_client_by_splice_and_arrives_unchanged(
@@ -289,6 +327,27 @@ def test_a_body_goes_from_link_to_client_by_splice_and_arrives_unchanged(
     world.got.clear()
     world.answer(sid, b"small", 100)
     assert world.body() == b"small"
+
+
+def readable(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_a_receiver_reading_whole_large_frames_splices_the_next_ones() -> None:
+    """Each read takes exactly one whole frame of 200 000 bytes (never a rest to splice):
+    after one, the link reads the next frame's head alone and splices its body."""
+    world = Receiver()
+    sid = world.request()
+    size, frame = 2_000_000, 200_000
+    body = os.urandom(size)
+    head = len(encode_response(sid, False, 200, b"OK", (), size, b""))
+    framed = len(encode_data_head(sid, False, frame)) + frame
+    before = spliced_bytes()
+    world.answer(sid, body, frame, cuts=[head + framed] + [framed] * (size // frame),
+                 settle=True)
+    assert world.body() == body
+    assert spliced_bytes() - before >= size // 2
 
 
 @settings(max_examples=15, deadline=None)

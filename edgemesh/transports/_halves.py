@@ -41,7 +41,7 @@ from ..wire import (
     Response,
     Window,
 )
-from ._io import buffered
+from ._io import SPLICE_MIN, buffered
 
 if TYPE_CHECKING:
     from ._links import EnvelopeLink
@@ -362,19 +362,27 @@ class OutboundExchange(_Sender):
         if len(run) == 1:
             data = run[0].data
             parts = [data] if data else []
-            size = len(data)
+            size = largest = len(data)
         else:
             # A loop, not a list comprehension and sum(map(len)): a Python call and two
             # builtin calls less per run of frames.
             parts = []
-            size = 0
+            size = largest = 0
             for frame in run:
                 data = frame.data
                 if data:
                     parts.append(data)
                     size += len(data)
+                    if len(data) > largest:
+                        largest = len(data)
+        last = run[-1]
         if parts:
             write_parts(self.responder, parts)
+            if (largest >= SPLICE_MIN and not last.end and self._pipes is not False
+                    and self.link.splices):
+                # A large frame read with the frames around it (a receiver behind its
+                # sender): the next read looks for the next frame's head, to splice it.
+                self.link.piping = True
             receiver = self._receiver or self.receiver  # the property's call when needed only
             if receiver.paused:
                 receiver.held += size
@@ -383,7 +391,6 @@ class OutboundExchange(_Sender):
                 window = self.link.connection.consumed(self.sid, size)
                 if window:
                     self.link.write(window)
-        last = run[-1]
         if last.end:
             self._done()
             if last.trailers:

@@ -446,6 +446,15 @@ class SplicePipe:
         self.spliced += moved
         return moved
 
+    def put(self, data: bytes) -> None:
+        """Bytes from the process into the empty pipe, ahead of what is spliced in after
+        them (a few bytes of a body that came with a read: at most 4 KiB, which an empty
+        pipe always takes whole)."""
+        written = os.write(self.write_fd, data)
+        if written != len(data):  # pragma: no cover -- a pipe of at least one page
+            raise OSError("the splice pipe took only part of a small piece")
+        self.held += written
+
     def take(self, size: int) -> bytes:
         """The next ``size`` bytes held, out of the pipe as bytes (what a consumer that
         cannot splice, or a socket that took only part, gets)."""

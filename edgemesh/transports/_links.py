@@ -481,10 +481,12 @@ class EnvelopeLink(Protocol):
         """Before each read of the socket (``pooled_reads``): the rest of a large DATA body
         whose client takes pipes is spliced into the pipe and on to the client's socket,
         never copied into the process (True; the connection charges it as a DATA frame's).
-        Once one is, the frame's rest is too, and the next frame's head is peeked at: when
-        it starts another such body it is read alone, and that body spliced.  False: the
-        transport reads as usual.  (edge-1 of a p2 4 MiB transfer: −4.5 % CPU, the median
-        of 21 paired runs; bench/results-2026-12-06.md §1.)"""
+        Once one is, the frame's rest is too, and the next frame's head is peeked at (also
+        after a read passed a large frame on whole: OutboundExchange.on_data_run sets
+        ``piping``): when it starts another such body it is read alone, and that body
+        spliced.  The few bytes of a frame that came with a read go first.  False: the
+        transport reads as usual.  (edge-1 of a p2 4 MiB transfer: −18 % CPU, medians of 16
+        paired runs; bench/results-2026-12-06.md §2.)"""
         connection = self.connection
         piping = self.piping
         self.piping = False
@@ -517,30 +519,42 @@ class EnvelopeLink(Protocol):
             return False
         pipe = splice_pipe()
         assert pipe is not None  # (splices: there is one)
+        # A few bytes of the frame that came with the last read (under 4 KiB, held in the
+        # decoder) go first, through the pipe: a read that ended just past a frame's head
+        # (reads of 512 KiB, frames of 256 KiB: every one, for a receiver behind).
+        held = connection.held_piece(sid)
+        if held:
+            pipe.put(held)
+        moved = 0
         try:
             moved = pipe.fill_from(
                 self.transport.fileno(),  # type: ignore[union-attr]
                 need if need < SPLICE_PIPE_SIZE else SPLICE_PIPE_SIZE)
         except BlockingIOError:
-            self.piping = True
-            return None
+            pass  # nothing more yet: the held piece goes alone, if there is one
         except OSError:
+            pipe.discard()
             return CONNECTION_LOST
-        if not moved:
-            return CONNECTION_DONE
-        self._last_heard = self.reactor.seconds()
-        end = connection.body_piped(sid, moved)
-        try:
-            exchange.on_pipe(pipe, moved, end)
-        except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
-            self.log.failure("unexpected error handling spliced data")
-        finally:
-            if pipe.held:
+        else:
+            if not moved:
                 pipe.discard()
+                return CONNECTION_DONE
+            self._last_heard = self.reactor.seconds()
+        end = False
+        if held or moved:
+            if moved:
+                end = connection.body_piped(sid, moved)
+            try:
+                exchange.on_pipe(pipe, len(held) + moved, end)
+            except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
+                self.log.failure("unexpected error handling spliced data")
+            finally:
+                if pipe.held:
+                    pipe.discard()
         # The frame's rest, or (its end, not its stream's) the next frame's head, likely
         # more of the body.
         self.piping = not end
-        return True
+        return True if moved else None
 
     def _piped_exchange(self, sid: int) -> OutboundExchange | None:
         """The exchange of stream ``sid`` when its body would go on through a pipe now."""

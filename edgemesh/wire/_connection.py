@@ -254,16 +254,25 @@ class Connection:
     def body_to_pipe(self) -> tuple[int, int]:
         """The stream and the bytes of a large DATA body whose rest a reader may move past
         the decoder and this connection's frames (into a pipe, ``body_piped``): those the
-        frame still holds, when the stream's credit covers them all; else (0, 0), and the
-        bytes come through ``receive`` (which judges an overflow)."""
-        sid, need = self.decoder.body_waiting()
+        frame still holds, when the stream's credit covers them all (with the pieces that
+        came and wait in the decoder: ``held_piece``); else (0, 0), and the bytes come
+        through ``receive`` (which judges an overflow)."""
+        sid, need, held = self.decoder.body_waiting()
         if not need:
             return 0, 0
         stream = self._streams.get(sid)
-        if (stream is None or stream.received_end or need > stream.recv_window
+        if (stream is None or stream.received_end or need + held > stream.recv_window
                 or (stream.local and not stream.responded)):
             return 0, 0
         return sid, need
+
+    def held_piece(self, sid: int) -> bytes:
+        """The pieces of that body that came and wait in the decoder (b'' mostly: a read
+        that ended a few bytes into the frame), charged as a DATA frame's: they go first."""
+        held = self.decoder.take_held()
+        if held:
+            self._streams[sid].recv_window -= len(held)
+        return held
 
     def body_piped(self, sid: int, size: int) -> bool:
         """``size`` bytes of the body ``body_to_pipe`` named were moved on, charged as a

@@ -1256,13 +1256,20 @@ class FrameDecoder:
             self._in_place(held, 0, len(buffer), frames)
         return pos + take
 
-    def body_waiting(self) -> tuple[int, int]:
-        """The stream and the bytes still to come of the large DATA body being gathered,
-        which a reader may move past the decoder (``body_passed``): (0, 0) when none is,
-        or when small pieces of it wait here (the frame's rest is then read as before)."""
-        if self._small or self._failed:
-            return 0, 0
-        return self._body_frame[0], self.body_need
+    def body_waiting(self) -> tuple[int, int, int]:
+        """The stream, the bytes still to come of the large DATA body being gathered (which
+        a reader may move past the decoder: ``body_passed``) and the bytes of it that came
+        but wait here, coalesced (``take_held``, first): (0, 0, 0) when none is."""
+        if self._failed or not self.body_need:
+            return 0, 0, 0
+        return self._body_frame[0], self.body_need, len(self._small)
+
+    def take_held(self) -> bytes:
+        """The pieces of the body being gathered that wait here (under 4 KiB), handed over
+        rather than as a DATA frame: the reader passes them on before the rest."""
+        held = bytes(self._small)
+        self._small = bytearray()
+        return held
 
     def body_passed(self, size: int) -> bool:
         """``size`` bytes of the body being gathered (at most what ``body_waiting`` said)

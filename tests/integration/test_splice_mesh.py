@@ -108,9 +108,9 @@ def expected(seed: int, size: int) -> tuple[int, str]:
 RECEIVED_ATTEMPTS = 3
 """Downloads a test makes, at most, for a receiving node to splice some of a body: it
 splices the frames a read of its link leaves unfinished, and the frames after them while
-its client keeps up (edge-1, 64 MiB: 58.9 MB on a quiet machine, 7.2 in a CI run beside
-other tests, none once with both cores busy): a receiver behind its sender reads whole
-frames, which are in the process already."""
+its client keeps up (edge-1, 64 MiB, with a first version that spliced only frames a read
+left unfinished: 58.9 MB on a quiet machine, 7.2 in a CI run beside other tests, none once
+with both cores busy)."""
 
 
 def received_by_splice(mesh: Mesh, node: str, host: str, size: int, seed: int) -> float:
