@@ -190,6 +190,7 @@ class Receiver:
         self.front.makeConnection(self.front_transport)
         self.got = bytearray()
         self.reset = False
+        self.closed_client = False
 
     def wait_for_link(self) -> bytes:
         until = time.monotonic() + DEADLINE
@@ -247,7 +248,7 @@ class Receiver:
                 self.client.close()
                 close_client_at = None
                 self.closed_client = True
-            if self.front_transport.connected and not getattr(self, "closed_client", False):
+            if self.front_transport.connected and not self.closed_client:
                 self.drain_client()
             self.step(self.link)
             self.step(self.front_transport)
@@ -277,7 +278,7 @@ class Receiver:
                 transport.connectionLost(Failure(result))
 
     def done(self, body: bytes) -> bool:
-        if getattr(self, "closed_client", False):
+        if self.closed_client:
             return not self.front_transport.connected
         if buffered(self.front_transport):
             return False
