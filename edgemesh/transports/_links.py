@@ -141,7 +141,7 @@ class EnvelopeLink(Protocol):
         "_out",
         "_out_size",
         "_ping_sent",
-                "_queue",
+        "_queue",
         "_ready_waiters",
         "_refusal_timer",
         "_timer",
@@ -490,6 +490,7 @@ class EnvelopeLink(Protocol):
         connection = self.connection
         piping = self.piping
         self.piping = False
+        exchange: OutboundExchange | None = None
         if not connection.decoder.body_need:
             transport: Any = self.transport
             try:
@@ -500,7 +501,10 @@ class EnvelopeLink(Protocol):
             except OSError:
                 return False  # the transport's read meets it
             sid, head_size = large_data_head(peeked, SPLICE_MIN)
-            if not head_size or self._piped_exchange(sid) is None:
+            if not head_size:
+                return False
+            exchange = self._piped_exchange(sid)
+            if exchange is None:
                 return False
             try:
                 head = transport.socket.recv(head_size)  # (peeked: it is all there)
@@ -514,9 +518,10 @@ class EnvelopeLink(Protocol):
         # frame is being spliced already.
         if not need or (need < SPLICE_MIN and not piping):
             return False
-        exchange = self._piped_exchange(sid)
-        if exchange is None:
-            return False
+        if exchange is None:  # (asked already when the head was read alone: its stream's)
+            exchange = self._piped_exchange(sid)
+            if exchange is None:
+                return False
         pipe = splice_pipe()
         assert pipe is not None  # (splices: there is one)
         # A few bytes of the frame that came with the last read (under 4 KiB, held in the
