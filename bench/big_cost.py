@@ -83,7 +83,8 @@ def schedstat(pid: int) -> tuple[int, int]:
     return cpu, slices
 
 
-COUNTED = ("recvfrom", "sendto", "sendmsg", "epoll_wait", "epoll_ctl", "mmap", "munmap", "brk")
+COUNTED = ("recvfrom", "sendto", "sendmsg", "splice", "epoll_wait", "epoll_ctl", "mmap", "munmap",
+           "brk")
 
 
 def counts_during(out: str, pids: dict[str, int],
@@ -122,7 +123,7 @@ def perf_stat_rows(log: str, pids: dict[str, int]) -> Iterator[tuple[str, str, f
 
 
 TRACED = ("syscalls:sys_exit_recvfrom", "syscalls:sys_exit_sendto", "syscalls:sys_exit_sendmsg",
-          "syscalls:sys_enter_epoll_ctl")
+          "syscalls:sys_exit_splice", "syscalls:sys_exit_read", "syscalls:sys_enter_epoll_ctl")
 
 
 def timeline(out: str, pids: dict[str, int], work: Callable[[], object]) -> list[str]:
@@ -329,7 +330,8 @@ def main() -> None:
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--faults", action="store_true", help="perf record of page faults")
     parser.add_argument("--perf", action="store_true",
-                        help="perf record of CPU time: the top symbols of each edge")
+                        help="perf record of CPU time during --huge p2 4 MiB transfers: the top "
+                             "symbols of each edge")
     parser.add_argument("--counts", action="store_true",
                         help="perf stat of the edges' syscalls per 4 MiB transfer on path 2")
     parser.add_argument("--timeline", action="store_true",
@@ -467,9 +469,10 @@ def main() -> None:
         if args.perf:
             # Where the CPU goes, kernel and user alike (perf's cpu-clock; no call graphs).
             for name, pid in edges.items():
-                report = perf_during(out, f"cpu-{name}", pid, ["-e", "cpu-clock", "-F", "4999"],
-                                     ["--sort", "dso,sym"], lambda: curl_big(
-                                         port, p2.host, args.transfers))
+                report = perf_during(out, f"cpu-{name}", pid, ["-e", "cpu-clock", "-F", "19999"],
+                                     ["--sort", "dso,sym"], lambda: [
+                                         harness.transfer(port, p2.host)
+                                         for _ in range(args.huge)])
                 lines = [line for line in report.splitlines()
                          if line.strip() and not line.startswith("#")]
                 print(f"  {name} CPU:\n" + "\n".join(lines[:40]))

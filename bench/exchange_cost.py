@@ -233,6 +233,10 @@ def run_mesh(mode: str, target: harness.Target, args: argparse.Namespace, out: s
                 os.kill(pid, signal.SIGUSR1)
         time.sleep(0.5)  # not readiness: lets the signal's handler run before traffic
         for _ in range(args.exchanges):
+            if args.new_connections:  # one connection per exchange, as curl's one-offs
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", harness.PORTS[target.port],
+                                                  timeout=60)
             exchange(conn, target.host)
         for pid in edges.values():
             if mode == "callgrind":
@@ -318,6 +322,8 @@ def main() -> None:
     parser.add_argument("--exchanges", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--no-layers", action="store_true", help="callgrind totals only")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="each measured exchange on a new client connection")
     parser.add_argument("--top", type=int, default=0, help="the N costliest functions (cProfile)")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--sends", type=int, default=0, metavar="CONNS",

@@ -778,6 +778,31 @@ def test_a_connection_that_never_speaks_is_closed_at_the_idle_timeout() -> None:
     assert conn.closed
 
 
+def test_the_timers_of_many_connections_are_one_reactor_call() -> None:
+    """Each connection's one timer is on the node's wheel: no DelayedCall, heap push and
+    reset per connection; the header timeout and the idle timeout still close on time (up
+    to the wheel's quarter of a second late)."""
+    clock = MemoryReactorClock()
+    factory = HTTPFrontFactory(clock, SourceKind.service_bus, ScriptedTarget(answer=answer_ok),
+                               FrontLimits(header_timeout=10, idle_timeout=60))
+    transports = []
+    for n in range(40):
+        protocol = factory.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(transport)
+        transports.append(transport)
+        if n % 2:
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: we")  # a head begun: 10 s
+        clock.advance(0.01)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(10.0)
+    slow = [t for n, t in enumerate(transports) if n % 2]
+    assert all(t.disconnecting for t in slow)
+    assert not any(t.disconnecting for t in transports[::2])
+    clock.advance(50.5)
+    assert all(t.disconnecting for t in transports)
+
+
 def test_log_events_for_rejections_name_the_client() -> None:
     conn = Conn(ScriptedTarget())
     with captured_log() as events:

@@ -5,6 +5,8 @@ Byte streams on the Twisted side: links, the CONNECT way in, the stream targets
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_fuzz_links import CORPUS, FRAMES, FUZZ, Handler, mutate, pieces
 from test_links import Handler as RoleHandler
 from test_links import Pair
+from test_splice import DEADLINE, drain_exactly, pair, wait_readable
+from twisted.internet import main, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer
@@ -33,11 +37,13 @@ from edgemesh.exchange import (
     MeshError,
     Reason,
     RequestHead,
+    ResponseHead,
     Role,
     SourceKind,
     TargetKind,
 )
 from edgemesh.routing import Pipeline, Resilience, Route
+from edgemesh.testing import RecordingBody
 from edgemesh.transports import EnvelopeLink
 from edgemesh.transports._streams import StreamingFrontFactory, TCPStreamTarget
 from edgemesh.wire import Connection, FrameDecoder, Limits, Reset, StreamOpen
@@ -240,6 +246,41 @@ class HalfCloseTransport(StringTransport):
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+
+def answer_now(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
+    responder.head(ResponseHead(200, b"OK", ((b"Content-Length", b"2"),), 2))
+    responder.write(b"ok")
+    responder.end()
+    return RecordingBody()
+
+
+def test_a_clients_fin_closes_its_connection_at_once_and_in_order() -> None:
+    """Not a tunnel: the client's FIN ends the connection as Twisted ends one of a protocol
+    without half-close, in the same turn and with a FIN of ours, not a RST a turn later
+    (abortConnection's callLater(0) and new Failure: 363 -> 292 k instructions per
+    new-connection exchange on path 1)."""
+    ours, theirs = pair()
+    clock = MemoryReactorClock()
+    factory = StreamingFrontFactory(clock, SourceKind.service_bus, answer_now, Opener())
+    protocol: Any = factory.buildProtocol(None)
+    transport = tcp.Server(ours, protocol, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+    protocol.makeConnection(transport)
+    theirs.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+    wait_readable(ours, time.monotonic() + DEADLINE)
+    assert transport.doRead() is None
+    assert drain_exactly(theirs, 40).endswith(b"\r\n\r\nok")
+    theirs.shutdown(socket.SHUT_WR)
+    wait_readable(ours, time.monotonic() + DEADLINE)
+    why = transport.doRead()
+    assert why is main.CONNECTION_DONE
+    # What the reactor does with it (posixbase._disconnectSelectable, half-closeable).
+    transport.readConnectionLost(Failure(why))
+    assert transport.disconnected and protocol._closing
+    assert clock.getDelayedCalls() == []
+    wait_readable(theirs, time.monotonic() + DEADLINE)
+    assert theirs.recv(16) == b""  # a FIN: a RST would raise ConnectionResetError
+    theirs.close()
 
 
 def test_connect_becomes_a_byte_stream() -> None:

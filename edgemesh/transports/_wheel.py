@@ -85,7 +85,11 @@ class TimerWheel:
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> WheelTimer:
         """Run ``callback()`` once, ``delay`` seconds from now (up to ``resolution`` later)."""
-        deadline = self.clock.seconds() + delay
+        return self.call_at(self.clock.seconds() + delay, callback)
+
+    def call_at(self, deadline: float, callback: Callable[[], object]) -> WheelTimer:
+        """Run ``callback()`` once, at ``deadline`` on the clock (up to ``resolution`` later;
+        at the next bucket's turn if it is past)."""
         timer = WheelTimer(self, deadline, callback)
         slot = int(deadline // self.resolution)
         bucket = self._buckets.get(slot)
