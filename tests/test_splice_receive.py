@@ -44,7 +44,7 @@ from edgemesh.wire import (
     encode_response,
     large_data_head,
 )
-from edgemesh.wire._frames import encode_data, encode_data_head
+from edgemesh.wire._frames import DATA, encode_data, encode_data_head
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux's")
 
@@ -116,6 +116,25 @@ def test_a_body_moved_past_the_decoder_is_charged_as_its_frames_would_be(
     assert sid not in edge1._streams or not end
 
 
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 256 * 1024 - 64), min_size=1, max_size=5),
+       cut=st.integers(0, 1 << 30))
+def test_the_decoder_says_the_next_byte_starts_a_frame_only_where_one_does(
+        sizes: list[int], cut: int) -> None:
+    """What a link's peek relies on: with no body being gathered, nothing held
+    (``mid_frame``) means the bytes fed so far end exactly where a frame ends."""
+    edge1, sid = opened()
+    wire = bytearray()
+    ends = {0}
+    for n, size in enumerate(sizes):
+        wire += encode_data(sid, n == len(sizes) - 1, os.urandom(size))
+        ends.add(len(wire))
+    cut %= len(wire) + 1
+    edge1.receive(bytes(wire[:cut]))
+    decoder = edge1.decoder
+    assert (not decoder.mid_frame and not decoder.body_need) == (cut in ends)
+
+
 def test_a_few_bytes_that_came_with_the_head_are_handed_over_first_and_charged() -> None:
     edge1, sid = opened()
     size = 200_000
@@ -180,17 +199,23 @@ class Receiver:
         def dispatch(source: SourceKind, head: RequestHead, responder: IResponder) -> IRequestBody:
             return self.edge1.open(head, "shop/web", 80, ("10.4.0.12", 8080), responder)
 
-        factory = HTTPFrontFactory(self.clock, SourceKind.service_bus, dispatch)
-        front_ours, self.client = pair(client_rcvbuf)
-        if client_rcvbuf is not None:
-            front_ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, client_rcvbuf)
-        self.front = factory.buildProtocol(("127.0.0.1", 3))  # type: ignore[arg-type]
-        self.front_transport = tcp.Server(front_ours, self.front, ("127.0.0.1", 3), None, 3,  # type: ignore[arg-type]
-                                          self.clock)
-        self.front.makeConnection(self.front_transport)
+        self.factory = HTTPFrontFactory(self.clock, SourceKind.service_bus, dispatch)
+        self.front_transport, self.client = self.connect_client(client_rcvbuf)
+        self.front = self.front_transport.protocol
         self.got = bytearray()
         self.reset = False
         self.closed_client = False
+
+    def connect_client(self, rcvbuf: int | None = None) -> tuple[Any, socket.socket]:
+        """Another client's connection to the front: its transport and the client's socket."""
+        ours, client = pair(rcvbuf)
+        if rcvbuf is not None:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+        protocol = self.factory.buildProtocol(("127.0.0.1", 3))  # type: ignore[arg-type]
+        transport = tcp.Server(ours, protocol, ("127.0.0.1", 3), None, 3,  # type: ignore[arg-type]
+                               self.clock)
+        protocol.makeConnection(transport)
+        return transport, client
 
     def wait_for_link(self) -> bytes:
         until = time.monotonic() + DEADLINE
@@ -201,10 +226,12 @@ class Receiver:
                 return data
             wait_readable(self.edge2, until)
 
-    def request(self) -> int:
-        """The client asks; edge-1 sends the request over the link: its stream id."""
-        self.client.sendall(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
-        self.front_transport.doRead()
+    def request(self, front: tuple[Any, socket.socket] | None = None) -> int:
+        """The client (or ``front``'s) asks; edge-1 sends the request over the link: its
+        stream id."""
+        transport, client = front or (self.front_transport, self.client)
+        client.sendall(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        transport.doRead()
         [request] = [f for f in self.decoder.feed(self.wait_for_link()) if type(f) is Request]
         return request.stream
 
@@ -257,6 +284,13 @@ class Receiver:
                 return
             if sent == len(wire) and self.done(body):
                 return
+
+    def wait_for_link_bytes(self, size: int) -> None:
+        """Until ``size`` bytes wait in edge-1's link socket (edge-2's send arrived whole)."""
+        until = time.monotonic() + DEADLINE
+        while readable(self.link.socket) < size:
+            assert time.monotonic() < until, "a send never arrived whole"
+            wait_readable(self.link.socket, until)
 
     def drain_client(self) -> None:
         try:
@@ -349,6 +383,64 @@ def test_a_receiver_reading_whole_large_frames_splices_the_next_ones() -> None:
                  settle=True)
     assert world.body() == body
     assert spliced_bytes() - before >= size // 2
+
+
+def test_bytes_after_a_read_that_ended_inside_a_head_are_never_taken_for_a_head() -> None:
+    """Security: a read may end inside a frame's head; the bytes after it are that frame's
+    (the head's rest, then its body: a pod's bytes), whatever they look like.  A pod can
+    make them look like the head of a large DATA frame naming another client's stream: had
+    the link peeked at them as a head, this frame's body would have been spliced to that
+    client."""
+    world = Receiver()
+    sid_a = world.request()
+    other = world.connect_client()
+    sid_b = world.request(other)
+    announced = 8 * MiB  # both responses stream: their clients take pipes
+    world.edge2.sendall(encode_response(sid_a, False, 200, b"OK", (), announced, b"")
+                        + encode_response(sid_b, False, 200, b"OK", (), announced, b""))
+    world.wait_for_link_bytes(len(encode_response(sid_a, False, 200, b"OK", (), announced, b""))
+                              * 2)
+    world.link.doRead()
+    world.clock.advance(0)
+    for transport in (world.front_transport, other[0]):  # the heads leave for the clients
+        world.step(transport)
+    assert not buffered(world.front_transport) and not buffered(other[0])
+    # A large frame read whole (the link then peeks before its next read), and all of the
+    # next frame's head but its last byte.
+    first = os.urandom(SPLICE_MIN + 1000)
+    size = 200_001
+    head = encode_data_head(sid_a, False, size)
+    last = head[-1]
+    assert last and sid_b < 0x80
+    # From ``last`` on, the bytes announce a frame of last << 24 bytes: a DATA frame of
+    # stream B (0x94, DATA, B, no flags, bin 32) whose body fills it.
+    fake = (last << 24) - 9
+    forged = bytes([0, 0, 0, 0x94, DATA, sid_b, 0, 0xC6]) + fake.to_bytes(4, "big")
+    assert large_data_head(bytes([last]) + forged + b"x" * 32, SPLICE_MIN)[0] == sid_b
+    second = forged + os.urandom(size - len(forged))
+    sent = encode_data_head(sid_a, False, len(first)) + first + head[:-1]
+    world.edge2.sendall(sent)
+    world.wait_for_link_bytes(len(sent))
+    world.link.doRead()
+    world.clock.advance(0)
+    world.edge2.sendall(head[-1:] + second)
+    got = {sid_a: bytearray(), sid_b: bytearray()}
+    clients = {sid_a: world.client, sid_b: other[1]}
+
+    def body_of(sid: int) -> bytes:
+        return bytes(got[sid]).partition(b"\r\n\r\n")[2]
+
+    until = time.monotonic() + DEADLINE
+    while len(body_of(sid_a)) < len(first) + size:
+        assert time.monotonic() < until, {sid: len(data) for sid, data in got.items()}
+        for transport in (world.link, world.front_transport, other[0]):
+            world.step(transport)
+        world.clock.advance(0)
+        for sid, client in clients.items():
+            got[sid] += drain(client)
+    assert got[sid_b].endswith(b"\r\n\r\n") and body_of(sid_b) == b""
+    assert body_of(sid_a) == first + second
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
 
 
 @settings(max_examples=15, deadline=None)

@@ -491,7 +491,14 @@ class EnvelopeLink(Protocol):
         piping = self.piping
         self.piping = False
         exchange: OutboundExchange | None = None
-        if not connection.decoder.body_need:
+        peeked_sid = 0
+        decoder = connection.decoder
+        if not decoder.body_need:
+            if decoder.mid_frame:
+                # The socket's next bytes are the rest of a frame the last read cut: never
+                # peeked at as a head (a pod's body bytes can look like one, naming another
+                # client's stream).
+                return False
             transport: Any = self.transport
             try:
                 peeked = transport.socket.recv(DATA_HEAD_MAX, MSG_PEEK)
@@ -500,10 +507,10 @@ class EnvelopeLink(Protocol):
                 return None
             except OSError:
                 return False  # the transport's read meets it
-            sid, head_size = large_data_head(peeked, SPLICE_MIN)
+            peeked_sid, head_size = large_data_head(peeked, SPLICE_MIN)
             if not head_size:
                 return False
-            exchange = self._piped_exchange(sid)
+            exchange = self._piped_exchange(peeked_sid)
             if exchange is None:
                 return False
             try:
@@ -518,7 +525,9 @@ class EnvelopeLink(Protocol):
         # frame is being spliced already.
         if not need or (need < SPLICE_MIN and not piping):
             return False
-        if exchange is None:  # (asked already when the head was read alone: its stream's)
+        if exchange is None or sid != peeked_sid:
+            # (Asked already when the head was read alone: its stream's, which the decoder
+            # must now be gathering; checked all the same.)
             exchange = self._piped_exchange(sid)
             if exchange is None:
                 return False

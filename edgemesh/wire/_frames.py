@@ -1256,6 +1256,12 @@ class FrameDecoder:
             self._in_place(held, 0, len(buffer), frames)
         return pos + take
 
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame waits here (not a gathered body's pieces): the next bytes of the
+        stream are that frame's rest, whatever they look like, not the start of a frame."""
+        return bool(self._buffer)
+
     def body_waiting(self) -> tuple[int, int, int]:
         """The stream, the bytes still to come of the large DATA body being gathered (which
         a reader may move past the decoder: ``body_passed``) and the bytes of it that came
