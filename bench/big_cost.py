@@ -436,13 +436,16 @@ def main() -> None:
         mib = args.transfers * harness.BIG_SIZE / 2**20
         print(f"tree {args.tree}: {args.transfers} x /big along path 2, one connection, twice")
         for _ in range(2):
-            before = {name: stat(pid) for name, pid in edges.items()}
+            before = {name: (stat(pid), schedstat(pid)) for name, pid in edges.items()}
             curl_big(port, p2.host, args.transfers)
-            after = {name: stat(pid) for name, pid in edges.items()}
+            after = {name: (stat(pid), schedstat(pid)) for name, pid in edges.items()}
             for name in edges:
-                (u0, s0, f0), (u1, s1, f1) = before[name], after[name]
-                print(f"  {name}: user {(u1 - u0) / mib * 1e3:.2f} ms/MiB, system "
-                      f"{(s1 - s0) / mib * 1e3:.2f} ms/MiB, minflt {(f1 - f0) / mib:.1f}/MiB")
+                ((u0, s0, f0), (c0, _)), ((u1, s1, f1), (c1, _)) = before[name], after[name]
+                # User and system split in clock ticks (10 ms: 0 for a few MiB), the CPU in
+                # ns (schedstat).
+                print(f"  {name}: CPU {(c1 - c0) / 1e6 / mib:.2f} ms/MiB (user "
+                      f"{(u1 - u0) / mib * 1e3:.2f}, system {(s1 - s0) / mib * 1e3:.2f} in "
+                      f"ticks), minflt {(f1 - f0) / mib:.1f}/MiB")
         if args.strace:
             tracers = {}
             for name, pid in edges.items():

@@ -283,6 +283,42 @@ def test_a_clients_fin_closes_its_connection_at_once_and_in_order() -> None:
     theirs.close()
 
 
+def test_a_clients_fin_with_a_response_in_flight_resets_the_connection() -> None:
+    """A response cut short by the client's FIN ends with a reset, not a FIN: read to the
+    close (an HTTP/1.0 body without a length), it would look whole."""
+    ours, theirs = pair()
+    clock = MemoryReactorClock()
+    pending: list[IResponder] = []
+
+    def answer_later(source: SourceKind, head: RequestHead, responder: IResponder,
+                     ) -> IRequestBody:
+        pending.append(responder)
+        return RecordingBody()
+
+    factory = StreamingFrontFactory(clock, SourceKind.service_bus, answer_later, Opener())
+    protocol: Any = factory.buildProtocol(None)
+    transport = tcp.Server(ours, protocol, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+    protocol.makeConnection(transport)
+    theirs.sendall(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+    theirs.shutdown(socket.SHUT_WR)
+    until = time.monotonic() + DEADLINE
+    why = None
+    while why is None:  # the request, then (maybe in the same read) the FIN
+        assert time.monotonic() < until
+        wait_readable(ours, until)
+        why = transport.doRead()
+    assert pending
+    pending[0].head(ResponseHead(200, b"OK", (), None))
+    pending[0].write(b"the first part")
+    transport.readConnectionLost(Failure(why))
+    clock.advance(0)
+    assert transport.disconnected
+    with pytest.raises(ConnectionResetError):
+        while True:  # what was sent before the reset may come first
+            wait_readable(theirs, until)
+            assert theirs.recv(1 << 16), "a FIN: the cut response would look whole"
+
+
 def test_connect_becomes_a_byte_stream() -> None:
     opener = Opener()
     protocol, transport, clock = front(opener)

@@ -310,8 +310,14 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         if tunnel is not None:
             tunnel.client_fin()
         elif self.transport is not None:
-            # Not a tunnel: as without half-close, the client's FIN ends the connection.
-            close_on_fin(self.transport)
+            # Not a tunnel: as without half-close, the client's FIN ends the connection; at
+            # once and in order when no exchange is in flight (a keep-alive client done),
+            # else with a reset: a response cut short must not look whole to a client
+            # that reads it to the close.
+            if self._active is None and not self._queue:
+                close_on_fin(self.transport)
+            else:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def writeConnectionLost(self) -> None:
         pass

@@ -1,0 +1,175 @@
+"""
+Two or more checkouts' meshes up at once, one-off transfers through each interleaved.
+
+CPU times and wall times of single transfers move by ±30 % from one minute to the next on
+this shared machine, and a bench that runs one tree, then the other, compares those
+minutes as much as the trees.  Here every tree's mesh (an origin, a router, two edges, on
+their own ports: ``BASE_PORT`` 19000, 19020, …) is up at once, and each round makes one
+transfer through path 2 of every tree, in turn (the order reversed every other round),
+then one direct to the first tree's origin.  Per round, each tree's transfer is compared
+with the first tree's: the medians of those paired ratios say what a change did, and a
+tree given twice (two copies of one checkout) says what the method itself reads (an A/A
+control: ±3 % in the runs of 2026-12-06).
+
+For each transfer: curl's wall time, and the CPU time of each edge (``schedstat``: ns,
+kernel and user, whatever the tick), which on this bench's placement (both edges on one
+CPU) sets the wall time of a 4 MiB transfer.  ``--path small|big|huge`` (13 bytes, 1 MiB,
+4 MiB): the difference between sizes tells the fixed cost of an exchange on a new
+connection from the cost per byte.
+
+usage: ab_transfer.py [--rounds N] [--path huge] TREE_A TREE_B [TREE_C ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import harness
+
+SIZES = {"small": len(harness.SMALL_BODY), "big": harness.BIG_SIZE, "huge": harness.HUGE_SIZE}
+PORT_STEP = 20
+"""Ports between two trees' meshes (each uses nine from its BASE_PORT)."""
+START_TIMEOUT = 240.0
+
+
+def serve(tree: str, base_port: int, info_file: str) -> None:
+    """In a child process: one tree's origin and mesh on ports from ``base_port``, up until
+    stdin closes; what the parent needs (edges' pids, ports) written to ``info_file``."""
+    harness.CFG["BASE_PORT"] = str(base_port)
+    harness.PORTS.update(harness.ports())
+    harness.REPO = os.path.abspath(tree)
+    out = tempfile.mkdtemp(prefix="edgemesh-ab-")
+    harness.OUTDIR = out
+    harness.CFG.update(IDLE_WAIT="0")
+    bodies = harness.bench_bodies()
+    tmp = harness.run_dir(out, "run", bodies)
+    target = harness.TARGETS["p2-edge-edge"]
+    try:
+        harness.start_origin(tmp)
+        mesh = harness.start_mesh(tmp, 0, False)
+        harness.check_until_ready(target, bodies, ["/small", "/big"])
+        for _ in range(5):  # warm-up: pooled connections, the link's TCP window
+            harness.transfer(harness.PORTS[target.port], target.host)
+        with open(info_file + ".tmp", "w") as f:
+            json.dump({"edges": [mesh["edge-1"].pid, mesh["edge-2"].pid],
+                       "port": harness.PORTS[target.port], "host": target.host,
+                       "origin": harness.PORTS["origin"]}, f)
+        os.rename(info_file + ".tmp", info_file)
+        sys.stdin.read()
+    finally:
+        harness.stop_all()
+
+
+def transfer(port: int, host: str | None, path: str) -> float:
+    """One GET of ``/path`` with curl on a new connection (LOADGEN_CPU): its wall time, s."""
+    cmd = [*harness.pin(harness.CFG["LOADGEN_CPU"]), "curl", "-sS", "-o", "/dev/null",
+           "--max-time", "60", "-w", "%{http_code} %{size_download} %{time_total}"]
+    if host:
+        cmd += ["-H", "Host: " + host]
+    cmd.append(f"http://127.0.0.1:{port}/{path}")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    fields = done.stdout.split()
+    if done.returncode != 0 or fields[:2] != ["200", str(SIZES[path])]:
+        raise RuntimeError(f"/{path} through :{port}: rc {done.returncode}, "
+                           f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
+    return float(fields[2])
+
+
+def cpu_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="*", help="checkouts (a copy of one twice: A/A)")
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--path", choices=sorted(SIZES), default="huge")
+    parser.add_argument("--python", default="/work/main/.venv/bin/python")
+    parser.add_argument("--serve", nargs=3, metavar=("TREE", "BASE_PORT", "INFO"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    harness.CFG.update(PYTHON=args.python)
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]), args.serve[2])
+        return
+    if not args.trees:
+        parser.error("give at least one tree")
+    names = [f"{i}:{tree}" for i, tree in enumerate(args.trees)]
+    base = int(harness.CFG["BASE_PORT"])
+    children, infos = [], []
+    for i, tree in enumerate(args.trees):
+        info = tempfile.mktemp(prefix="edgemesh-ab-info-")
+        children.append(subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--python", args.python, "--serve",
+             tree, str(base + 40 + PORT_STEP * i), info],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        infos.append(info)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(os.path.exists(info) for info in infos):  # poll: each mesh's own pace
+            if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                sys.exit("a mesh did not come up (run one tree with big_cost.py to see why)")
+            time.sleep(0.2)
+        meshes = []
+        for info in infos:
+            with open(info) as f:
+                meshes.append(json.load(f))
+        wall: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        direct: list[float] = []
+        for round_ in range(args.rounds):
+            order = range(len(names)) if round_ % 2 == 0 else reversed(range(len(names)))
+            for i in order:
+                mesh = meshes[i]
+                before = [cpu_ns(pid) for pid in mesh["edges"]]
+                wall[names[i]].append(transfer(mesh["port"], mesh["host"], args.path))
+                after = [cpu_ns(pid) for pid in mesh["edges"]]
+                one, two = ((a - b) / 1e6 for b, a in zip(before, after))
+                cpu[names[i]].append((one, two))
+            direct.append(transfer(meshes[0]["origin"], None, args.path))
+        report(names, wall, cpu, direct, args)
+    finally:
+        for child in children:
+            if child.stdin:
+                child.stdin.close()
+        for child in children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def report(names: list[str], wall: dict[str, list[float]],
+           cpu: dict[str, list[tuple[float, float]]], direct: list[float],
+           args: argparse.Namespace) -> None:
+    med = statistics.median
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    print(f"/{args.path}, {args.rounds} rounds: direct {med(direct) * 1e3:.2f} ms "
+          f"(median); load average {load}")
+    for name in names:
+        runs = cpu[name]
+        print(f"  {name}: wall {med(wall[name]) * 1e3:.2f} ms = "
+              f"{med(wall[name]) / med(direct):.2f} x direct; CPU ms edge-1 "
+              f"{med(c[0] for c in runs):.3f}, edge-2 {med(c[1] for c in runs):.3f}, "
+              f"both {med(c[0] + c[1] for c in runs):.3f}")
+    first = names[0]
+    for name in names[1:]:
+        pairs = list(zip(cpu[first], cpu[name]))
+        print(f"  paired {name} / {first}: wall "
+              f"{med(b / a for a, b in zip(wall[first], wall[name])):.3f}, CPU both "
+              f"{med((b[0] + b[1]) / (a[0] + a[1]) for a, b in pairs):.3f}, edge-1 "
+              f"{med(b[0] / a[0] for a, b in pairs):.3f}, edge-2 "
+              f"{med(b[1] / a[1] for a, b in pairs):.3f}")
+
+
+if __name__ == "__main__":
+    main()
