@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from edgemesh.exchange import IRequestBody, IResponder, RequestHead, SourceKind
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._front import HTTPFrontFactory
+from edgemesh.transports._halves import AWAIT_MIN, AWAIT_SMALL_FRAMES
 from edgemesh.transports._io import SPLICE_MIN, buffered, splice_pipe
 from edgemesh.wire import (
     DATA_HEAD_MAX,
@@ -39,6 +40,7 @@ from edgemesh.wire import (
     Limits,
     ProtocolError,
     Request,
+    data_head_at,
     encode_hello,
     encode_request,
     encode_response,
@@ -68,6 +70,18 @@ def test_a_large_data_head_is_told_from_its_first_bytes(
     assert large_data_head(peeked, least) == ((stream, len(head)) if size >= least else (0, 0))
 
 
+@settings(max_examples=200, deadline=None)
+@given(stream=st.integers(1, (1 << 31) - 1), size=st.integers(0, 256 * 1024 - 64),
+       end=st.booleans())
+def test_any_data_head_is_told_with_its_frames_size(stream: int, size: int, end: bool) -> None:
+    head = encode_data_head(stream, end, size)
+    peeked = (head + b"x" * DATA_HEAD_MAX)[:DATA_HEAD_MAX]
+    assert data_head_at(peeked) == (stream, len(head), size)
+    # A frame read alone is what data_head_at says it is: its head and its body.
+    framed = encode_data(stream, end, b"y" * size)
+    assert len(framed) == len(head) + size
+
+
 def test_anything_but_a_large_data_head_is_not_one() -> None:
     assert large_data_head(b"", 1) == (0, 0)
     assert large_data_head(encode_data_head(3, False, 200_000)[:5], 1) == (0, 0)
@@ -75,6 +89,8 @@ def test_anything_but_a_large_data_head_is_not_one() -> None:
     assert large_data_head(response[:DATA_HEAD_MAX], 1) == (0, 0)
     trailers = encode_data(3, True, b"x" * 100, ((b"grpc-status", b"0"),))
     assert large_data_head(trailers[:DATA_HEAD_MAX], 1) == (0, 0)
+    assert data_head_at(trailers[:DATA_HEAD_MAX]) == (0, 0, 0)
+    assert data_head_at(response[:DATA_HEAD_MAX]) == (0, 0, 0)
 
 
 def opened(limits: Limits = WIDE) -> tuple[Connection, int]:
@@ -441,6 +457,59 @@ def test_bytes_after_a_read_that_ended_inside_a_head_are_never_taken_for_a_head(
     assert got[sid_b].endswith(b"\r\n\r\n") and body_of(sid_b) == b""
     assert body_of(sid_a) == first + second
     assert splice_pipe().held == 0  # type: ignore[union-attr]
+
+
+def test_the_small_frames_of_an_awaited_body_are_read_alone_and_the_large_ones_spliced(
+        ) -> None:
+    """A response body announced AWAIT_MIN or larger, to a client that takes pipes, is
+    awaited on its link: a small frame is read alone, so the large frame behind it is
+    spliced, not read whole with it (before, each small frame cost the next large one)."""
+    world = Receiver()
+    sid = world.request()
+    small, large = 60_000, 250_000
+    frames = [small, small, large, large, small, large, large, small, large] + [large] * 4
+    body = os.urandom(sum(frames))
+    assert len(body) >= AWAIT_MIN
+    head = len(encode_response(sid, False, 200, b"OK", (), len(body), b""))
+    sends = [head + len(encode_data_head(sid, False, frames[0])) + frames[0]] + [
+        len(encode_data_head(sid, False, size)) + size for size in frames[1:]]
+    before = spliced_bytes()
+    world.answer(sid, body, frames, cuts=sends, settle=True)
+    assert world.body() == body
+    # Every large frame but the last few bytes read with a head (under 4 KiB each).
+    assert spliced_bytes() - before >= frames.count(large) * (large - 4096)
+    assert sid not in world.edge1.awaited  # its end forgot it
+
+
+def test_an_awaited_body_of_small_frames_stops_being_awaited() -> None:
+    """Reading small frames alone costs a system call each more: past AWAIT_SMALL_FRAMES
+    of them, a body is read as usual."""
+    world = Receiver()
+    sid = world.request()
+    response = encode_response(sid, False, 200, b"OK", (), 2 * AWAIT_MIN, b"")
+    world.edge2.sendall(response)
+    world.wait_for_link_bytes(len(response))
+    world.step(world.link)
+    world.clock.advance(0)
+    assert sid in world.edge1.awaited and world.edge1.piping
+    for n in range(1, AWAIT_SMALL_FRAMES + 1):
+        frame = encode_data_head(sid, False, 60_000) + os.urandom(60_000)
+        world.edge2.sendall(frame)
+        world.wait_for_link_bytes(len(frame))
+        world.step(world.link)
+        world.clock.advance(0)
+        world.drain_client()
+        assert (sid in world.edge1.awaited) == (n < AWAIT_SMALL_FRAMES)
+    assert sid in world.edge1.exchanges
+
+
+def test_an_aborted_awaited_body_is_forgotten() -> None:
+    world = Receiver()
+    sid = world.request()
+    body = os.urandom(AWAIT_MIN)
+    world.answer(sid, body, 256 * 1024 - 64, close_client_at=300_000)
+    assert not world.edge1.awaited
+    assert not world.link.disconnected
 
 
 @settings(max_examples=15, deadline=None)

@@ -57,10 +57,10 @@ from ..wire import (
     StreamAccept,
     StreamOpen,
     Window,
+    data_head_at,
     encode_ping,
     encode_refusal,
     encode_request,
-    large_data_head,
 )
 from ._halves import _NO_BODY, InboundExchange, OutboundExchange
 from ._io import (
@@ -148,6 +148,7 @@ class EnvelopeLink(Protocol):
         "_turn_call",
         "_turn_hook",
         "_turn_queued",
+        "awaited",
         "closed",
         "connection",
         "draining",
@@ -167,6 +168,7 @@ class EnvelopeLink(Protocol):
         "rtt",
         "splice_bodies",
         "splices",
+        "splicing",
         "wheel",
     )
 
@@ -211,8 +213,16 @@ class EnvelopeLink(Protocol):
         Then large DATA bodies that arrive for a client that takes pipes are spliced from
         this link's socket to the client's too (``read_piped``)."""
         self.piping = False
-        """A DATA body is being spliced: the next read takes the frame's rest, or looks for
-        the next frame's head."""
+        """The next read is read_piped's: a DATA body is being spliced (``splicing``) or
+        awaited (``awaited``)."""
+        self.splicing = False
+        """A DATA body is being spliced: the next read takes the frame's rest (however
+        short), or looks for the next frame's head."""
+        self.awaited: set[int] = set()
+        """Streams whose large response bodies (AWAIT_MIN) are under way to clients that
+        take pipes: while there are any, every read first looks for the next frame's head
+        (``piping``), and their small DATA frames are read alone, so that the large ones
+        behind them are spliced rather than read whole with them."""
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -483,13 +493,17 @@ class EnvelopeLink(Protocol):
         never copied into the process (True; the connection charges it as a DATA frame's).
         Once one is, the frame's rest is too, and the next frame's head is peeked at (also
         after a read passed a large frame on whole: OutboundExchange.on_data_run sets
-        ``piping``): when it starts another such body it is read alone, and that body
-        spliced.  The few bytes of a frame that came with a read go first.  False: the
+        ``splicing``; and while a large body is ``awaited``): when it starts another such
+        body it is read alone, and that body spliced; a small frame of an awaited body is
+        read alone.  The few bytes of a frame that came with a read go first.  False: the
         transport reads as usual.  (edge-1 of a p2 4 MiB transfer: −18 % CPU, medians of 16
         paired runs; bench/results-2026-12-06.md §2.)"""
         connection = self.connection
-        piping = self.piping
-        self.piping = False
+        splicing = self.splicing
+        self.splicing = False
+        awaited = self.awaited
+        # Looking goes on while a large body is under way to a client that takes pipes.
+        self.piping = bool(awaited)
         exchange: OutboundExchange | None = None
         peeked_sid = 0
         decoder = connection.decoder
@@ -503,13 +517,21 @@ class EnvelopeLink(Protocol):
             try:
                 peeked = transport.socket.recv(DATA_HEAD_MAX, MSG_PEEK)
             except BlockingIOError:
-                self.piping = True
+                self.splicing = splicing
+                self.piping = True  # (nothing came yet: look again at the next read)
                 return None
             except OSError:
                 return False  # the transport's read meets it
-            peeked_sid, head_size = large_data_head(peeked, SPLICE_MIN)
+            peeked_sid, head_size, body_size = data_head_at(peeked)
             if not head_size:
                 return False
+            if body_size < SPLICE_MIN:
+                # A small frame of an awaited body is read alone: a read as usual would take
+                # the large frames behind it whole, into the process (edge-1 of a p2 4 MiB
+                # transfer copied ~40 % of the body so).
+                if peeked_sid not in awaited:
+                    return False
+                return self._read_frame_alone(peeked_sid, head_size + body_size)
             exchange = self._piped_exchange(peeked_sid)
             if exchange is None:
                 return False
@@ -523,7 +545,7 @@ class EnvelopeLink(Protocol):
         sid, need = connection.body_to_pipe()
         # A frame's short rest is read as before (as a pod's short reads), unless the
         # frame is being spliced already.
-        if not need or (need < SPLICE_MIN and not piping):
+        if not need or (need < SPLICE_MIN and not splicing):
             return False
         if exchange is None or sid != peeked_sid:
             # (Asked already when the head was read alone: its stream's, which the decoder
@@ -567,8 +589,27 @@ class EnvelopeLink(Protocol):
                     pipe.discard()
         # The frame's rest, or (its end, not its stream's) the next frame's head, likely
         # more of the body.
-        self.piping = not end
+        self.splicing = not end
+        self.piping = not end or bool(awaited)
         return True if moved else None
+
+    def _read_frame_alone(self, sid: int, size: int) -> object:
+        """Read the next frame, a small DATA frame of awaited stream ``sid`` (``size``
+        bytes, prefix included), alone: True, or as read_piped answers."""
+        exchange = self.exchanges.get(sid)
+        if type(exchange) is not OutboundExchange or not exchange.small_frame_alone():
+            return False
+        transport: Any = self.transport
+        try:
+            data = transport.socket.recv(size)  # (what came of it: the decoder keeps a part)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        self.dataReceived(data)
+        return True
 
     def _piped_exchange(self, sid: int) -> OutboundExchange | None:
         """The exchange of stream ``sid`` when its body would go on through a pipe now."""
@@ -705,6 +746,7 @@ class EnvelopeLink(Protocol):
         self._out_size = 0
         self._bulk = False
         exchanges, self.exchanges = self.exchanges, {}
+        self.awaited.clear()
         for exchange in exchanges.values():
             exchange.on_lost(why)
         self.handler.link_lost(self, why)
@@ -872,6 +914,8 @@ class EnvelopeLink(Protocol):
 
     def forget(self, sid: int) -> None:
         self.exchanges.pop(sid, None)
+        if self.awaited:  # (however the exchange ended: done, aborted, reset)
+            self.awaited.discard(sid)
         if self.draining:
             self._close_if_drained()
 

@@ -1044,17 +1044,27 @@ def _data_head(buffer: _Buffer, start: int, end: int, avail: int) -> tuple[int, 
     return stream, bool(flags & FLAG_END), pos
 
 
-def large_data_head(peeked: bytes, least: int) -> tuple[int, int]:
-    """The stream and the head's length (prefix included) when ``peeked``, the next bytes
-    of a link, starts a DATA frame with a body of ``least`` bytes or more: a reader may
-    take the head alone, then the body past the decoder.  (0, 0) for anything else."""
+def data_head_at(peeked: bytes) -> tuple[int, int, int]:
+    """The stream, the head's length (prefix included) and the body's when ``peeked``, the
+    next bytes of a link, starts a DATA frame (without trailers): a reader may take the
+    head alone, or the frame alone.  (0, 0, 0) for anything else."""
     if len(peeked) < PREFIX_SIZE:
-        return 0, 0
+        return 0, 0, 0
     end = PREFIX_SIZE + _LENGTH.unpack_from(peeked, 0)[0]
     head = _data_head(peeked, PREFIX_SIZE, end, len(peeked))
-    if head is None or end - head[2] < least:
+    if head is None:
+        return 0, 0, 0
+    return head[0], head[2], end - head[2]
+
+
+def large_data_head(peeked: bytes, least: int) -> tuple[int, int]:
+    """The stream and the head's length (prefix included) when ``peeked`` starts a DATA
+    frame with a body of ``least`` bytes or more (``data_head_at``); (0, 0) for anything
+    else."""
+    sid, head_size, body_size = data_head_at(peeked)
+    if not head_size or body_size < least:
         return 0, 0
-    return head[0], head[2]
+    return sid, head_size
 
 
 DATA_HEAD_MAX = 32
