@@ -430,8 +430,8 @@ class OutboundExchange(_Sender):
     def _await(self) -> None:
         """A large body for a client that takes pipes: its link awaits it."""
         awaited = self.link.awaited
-        if len(awaited) >= AWAIT_STREAMS:
-            return
+        if self.finished or len(awaited) >= AWAIT_STREAMS:
+            return  # (finished: the client went away as the head reached it)
         pipes = self._pipes
         if pipes is None:
             pipes = self._pipes = can_take_pipes(self.responder, False)
