@@ -17,7 +17,7 @@ CPU) sets the wall time of a 4 MiB transfer.  ``--path small|big|huge`` (13 byte
 4 MiB): the difference between sizes tells the fixed cost of an exchange on a new
 connection from the cost per byte.
 
-usage: ab_transfer.py [--rounds N] [--path huge] TREE_A TREE_B [TREE_C ...]
+usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] TREE_A TREE_B [TREE_C ...]
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("trees", nargs="*", help="checkouts (a copy of one twice: A/A)")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--path", choices=sorted(SIZES), default="huge")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="seconds of idle before each transfer (bench/run.sh idles "
+                             "at least 0.5 s: its transfers meet cold processes)")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     parser.add_argument("--serve", nargs=3, metavar=("TREE", "BASE_PORT", "INFO"),
                         help=argparse.SUPPRESS)
@@ -129,11 +132,15 @@ def main() -> None:
             order = range(len(names)) if round_ % 2 == 0 else reversed(range(len(names)))
             for i in order:
                 mesh = meshes[i]
+                if args.gap:
+                    time.sleep(args.gap)  # not readiness: the idle time is what is measured
                 before = [cpu_ns(pid) for pid in mesh["edges"]]
                 wall[names[i]].append(transfer(mesh["port"], mesh["host"], args.path))
                 after = [cpu_ns(pid) for pid in mesh["edges"]]
                 one, two = ((a - b) / 1e6 for b, a in zip(before, after))
                 cpu[names[i]].append((one, two))
+            if args.gap:
+                time.sleep(args.gap)
             direct.append(transfer(meshes[0]["origin"], None, args.path))
         report(names, wall, cpu, direct, args)
     finally:
@@ -153,7 +160,8 @@ def report(names: list[str], wall: dict[str, list[float]],
     med = statistics.median
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    print(f"/{args.path}, {args.rounds} rounds: direct {med(direct) * 1e3:.2f} ms "
+    gap = f", {args.gap:g} s idle before each transfer" if args.gap else ""
+    print(f"/{args.path}, {args.rounds} rounds{gap}: direct {med(direct) * 1e3:.2f} ms "
           f"(median); load average {load}")
     for name in names:
         runs = cpu[name]
