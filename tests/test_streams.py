@@ -5,6 +5,7 @@ Byte streams on the Twisted side: links, the CONNECT way in, the stream targets
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
@@ -45,6 +46,7 @@ from edgemesh.exchange import (
 from edgemesh.routing import Pipeline, Resilience, Route
 from edgemesh.testing import RecordingBody
 from edgemesh.transports import EnvelopeLink
+from edgemesh.transports._io import buffered
 from edgemesh.transports._streams import StreamingFrontFactory, TCPStreamTarget
 from edgemesh.wire import Connection, FrameDecoder, Limits, Reset, StreamOpen
 
@@ -281,6 +283,55 @@ def test_a_clients_fin_closes_its_connection_at_once_and_in_order() -> None:
     wait_readable(theirs, time.monotonic() + DEADLINE)
     assert theirs.recv(16) == b""  # a FIN: a RST would raise ConnectionResetError
     theirs.close()
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_a_client_that_half_closed_gets_the_rest_of_its_last_response(version: bytes) -> None:
+    """The response was complete but waits in the transport's buffer (the client does not
+    read yet) when the client's FIN comes: it leaves first, then the connection closes in
+    order (before, a reset cut it short).  HTTP/1.0: the front was closing in order already;
+    HTTP/1.1: the connection was idle, kept alive."""
+    ours, theirs = pair(sndbuf=16384)
+    clock = MemoryReactorClock()
+    body = os.urandom(1 << 20)
+
+    def answer_big(source: SourceKind, head: RequestHead, responder: IResponder,
+                   ) -> IRequestBody:
+        responder.head(ResponseHead(200, b"OK", ((b"Content-Length", b"%d" % len(body)),),
+                                    len(body)))
+        responder.write(body)
+        responder.end()
+        return RecordingBody()
+
+    factory = StreamingFrontFactory(clock, SourceKind.service_bus, answer_big, Opener())
+    protocol: Any = factory.buildProtocol(None)
+    transport = tcp.Server(ours, protocol, ("127.0.0.1", 1), None, 1, clock)  # type: ignore[arg-type]
+    protocol.makeConnection(transport)
+    theirs.sendall(b"GET / HTTP/" + version + b"\r\nHost: web\r\n\r\n")
+    theirs.shutdown(socket.SHUT_WR)
+    until = time.monotonic() + DEADLINE
+    why = None
+    while why is None:  # the request, then the FIN
+        assert time.monotonic() < until
+        wait_readable(ours, until)
+        why = transport.doRead()
+    assert buffered(transport)  # answered, not all sent
+    assert protocol._closing == (version == b"1.0")
+    transport.readConnectionLost(Failure(why))
+    got = bytearray()
+    while True:
+        assert time.monotonic() < until
+        clock.advance(0)
+        if not transport.disconnected and transport.doWrite() is not None:
+            transport.connectionLost(Failure(main.CONNECTION_DONE))
+        try:
+            piece = theirs.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        if not piece:
+            break  # a FIN, after all of it
+        got += piece
+    assert bytes(got).partition(b"\r\n\r\n")[2] == body
 
 
 def test_a_clients_fin_with_a_response_in_flight_resets_the_connection() -> None:

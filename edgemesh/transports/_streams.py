@@ -39,7 +39,7 @@ from ..exchange import (
 from ..routing import Route
 from ._front import Dispatch, FrontLimits, HTTPFrontFactory, HTTPFrontProtocol, _Stop
 from ._http1 import connection_tokens, end_to_end, error_body, response_head_bytes
-from ._io import close_on_fin
+from ._io import buffered, close_on_fin
 from ._upstream import connect_error
 
 __all__ = ["OpenStream", "StreamingFrontFactory", "StreamingFrontProtocol", "TCPStreamTarget"]
@@ -310,14 +310,19 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         if tunnel is not None:
             tunnel.client_fin()
         elif self.transport is not None:
-            # Not a tunnel: as without half-close, the client's FIN ends the connection; at
-            # once and in order when no exchange is in flight (a keep-alive client done),
-            # else with a reset: a response cut short must not look whole to a client
-            # that reads it to the close.
-            if self._active is None and not self._queue:
-                close_on_fin(self.transport)
-            else:
+            # Not a tunnel: as without half-close, the client's FIN ends the connection.
+            # With an exchange in flight, by a reset: a response cut short must not look
+            # whole to a client that reads it to the close.  Else in order: at once (a
+            # keep-alive client done), or once the last response has left (a client that
+            # half-closed after its request), lingering the idle timeout at most.
+            if self._closing:
+                return  # closing in order already (after a last response): it goes on
+            if self._active is not None or self._queue:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
+            elif buffered(self.transport):
+                self._close(abort=False, reason="the client closed its side")
+            else:
+                close_on_fin(self.transport)
 
     def writeConnectionLost(self) -> None:
         pass
