@@ -6,6 +6,7 @@ Byte streams on the Twisted side: links, the CONNECT way in, the stream targets
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from typing import Any
@@ -324,6 +325,7 @@ def test_a_client_that_half_closed_gets_the_rest_of_its_last_response(version: b
         clock.advance(0)
         if not transport.disconnected and transport.doWrite() is not None:
             transport.connectionLost(Failure(main.CONNECTION_DONE))
+        select.select([theirs], [], [], 0.01)  # (bounded: the loop's deadline above)
         try:
             piece = theirs.recv(1 << 20)
         except BlockingIOError:
@@ -332,6 +334,7 @@ def test_a_client_that_half_closed_gets_the_rest_of_its_last_response(version: b
             break  # a FIN, after all of it
         got += piece
     assert bytes(got).partition(b"\r\n\r\n")[2] == body
+    theirs.close()
 
 
 def test_a_clients_fin_with_a_response_in_flight_resets_the_connection() -> None:
@@ -368,6 +371,7 @@ def test_a_clients_fin_with_a_response_in_flight_resets_the_connection() -> None
         while True:  # what was sent before the reset may come first
             wait_readable(theirs, until)
             assert theirs.recv(1 << 16), "a FIN: the cut response would look whole"
+    theirs.close()
 
 
 def test_connect_becomes_a_byte_stream() -> None:
