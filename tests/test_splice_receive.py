@@ -44,7 +44,6 @@ from edgemesh.wire import (
     encode_hello,
     encode_request,
     encode_response,
-    large_data_head,
 )
 from edgemesh.wire._frames import DATA, encode_data, encode_data_head
 
@@ -61,34 +60,22 @@ hand-played sender needs no WINDOW frames (the integration tests run the real cr
 
 @settings(max_examples=200, deadline=None)
 @given(stream=st.integers(1, (1 << 31) - 1), size=st.integers(0, 256 * 1024 - 64),
-       end=st.booleans(), least=st.integers(1, 256 * 1024))
-def test_a_large_data_head_is_told_from_its_first_bytes(
-        stream: int, size: int, end: bool, least: int) -> None:
-    head = encode_data_head(stream, end, size)
-    peeked = (head + b"x" * DATA_HEAD_MAX)[:DATA_HEAD_MAX]
-    assert len(head) <= DATA_HEAD_MAX
-    assert large_data_head(peeked, least) == ((stream, len(head)) if size >= least else (0, 0))
-
-
-@settings(max_examples=200, deadline=None)
-@given(stream=st.integers(1, (1 << 31) - 1), size=st.integers(0, 256 * 1024 - 64),
        end=st.booleans())
 def test_any_data_head_is_told_with_its_frames_size(stream: int, size: int, end: bool) -> None:
     head = encode_data_head(stream, end, size)
     peeked = (head + b"x" * DATA_HEAD_MAX)[:DATA_HEAD_MAX]
+    assert len(head) <= DATA_HEAD_MAX
     assert data_head_at(peeked) == (stream, len(head), size)
     # A frame read alone is what data_head_at says it is: its head and its body.
     framed = encode_data(stream, end, b"y" * size)
     assert len(framed) == len(head) + size
 
 
-def test_anything_but_a_large_data_head_is_not_one() -> None:
-    assert large_data_head(b"", 1) == (0, 0)
-    assert large_data_head(encode_data_head(3, False, 200_000)[:5], 1) == (0, 0)
+def test_anything_but_a_data_head_is_not_one() -> None:
+    assert data_head_at(b"") == (0, 0, 0)
+    assert data_head_at(encode_data_head(3, False, 200_000)[:5]) == (0, 0, 0)
     response = encode_response(3, False, 200, b"OK", (), 10, b"")
-    assert large_data_head(response[:DATA_HEAD_MAX], 1) == (0, 0)
     trailers = encode_data(3, True, b"x" * 100, ((b"grpc-status", b"0"),))
-    assert large_data_head(trailers[:DATA_HEAD_MAX], 1) == (0, 0)
     assert data_head_at(trailers[:DATA_HEAD_MAX]) == (0, 0, 0)
     assert data_head_at(response[:DATA_HEAD_MAX]) == (0, 0, 0)
 
@@ -432,7 +419,8 @@ def test_bytes_after_a_read_that_ended_inside_a_head_are_never_taken_for_a_head(
     # stream B (0x94, DATA, B, no flags, bin 32) whose body fills it.
     fake = (last << 24) - 9
     forged = bytes([0, 0, 0, 0x94, DATA, sid_b, 0, 0xC6]) + fake.to_bytes(4, "big")
-    assert large_data_head(bytes([last]) + forged + b"x" * 32, SPLICE_MIN)[0] == sid_b
+    looks_like, _, announced_body = data_head_at(bytes([last]) + forged + b"x" * 32)
+    assert looks_like == sid_b and announced_body >= SPLICE_MIN
     second = forged + os.urandom(size - len(forged))
     sent = encode_data_head(sid_a, False, len(first)) + first + head[:-1]
     world.edge2.sendall(sent)

@@ -421,21 +421,22 @@ class OutboundExchange(_Sender):
         receiver = self._receiver
         if receiver is not None and receiver.paused:
             return False
+        responder: Any = self.responder  # an IPipeResponder's (can_take_pipes said so)
+        return self._takes_pipes() and bool(responder.takes_pipe_now())
+
+    def _takes_pipes(self) -> bool:
+        """Whether the responder takes body pieces in a pipe at all (asked once)."""
         pipes = self._pipes
         if pipes is None:
             pipes = self._pipes = can_take_pipes(self.responder, False)
-        responder: Any = self.responder  # an IPipeResponder's (can_take_pipes said so)
-        return pipes and bool(responder.takes_pipe_now())
+        return pipes
 
     def _await(self) -> None:
         """A large body for a client that takes pipes: its link awaits it."""
         awaited = self.link.awaited
         if self.finished or len(awaited) >= AWAIT_STREAMS:
             return  # (finished: the client went away as the head reached it)
-        pipes = self._pipes
-        if pipes is None:
-            pipes = self._pipes = can_take_pipes(self.responder, False)
-        if pipes:
+        if self._takes_pipes():
             self._small_left = AWAIT_SMALL_FRAMES
             awaited.add(self.sid)
             self.link.piping = True

@@ -46,7 +46,6 @@ from ._frames import (
     encode_stream_accept,
     encode_stream_open,
     encode_window,
-    large_data_head,
 )
 
 __all__ = [
@@ -95,5 +94,4 @@ __all__ = [
     "encode_stream_accept",
     "encode_stream_open",
     "encode_window",
-    "large_data_head",
 ]

@@ -1057,18 +1057,8 @@ def data_head_at(peeked: bytes) -> tuple[int, int, int]:
     return head[0], head[2], end - head[2]
 
 
-def large_data_head(peeked: bytes, least: int) -> tuple[int, int]:
-    """The stream and the head's length (prefix included) when ``peeked`` starts a DATA
-    frame with a body of ``least`` bytes or more (``data_head_at``); (0, 0) for anything
-    else."""
-    sid, head_size, body_size = data_head_at(peeked)
-    if not head_size or body_size < least:
-        return 0, 0
-    return sid, head_size
-
-
 DATA_HEAD_MAX = 32
-"""Bytes enough to hold the head of any DATA frame (``large_data_head``)."""
+"""Bytes enough to hold the head of any DATA frame (``data_head_at``)."""
 
 
 def _data_fast(buffer: _Buffer, start: int, end: int) -> Data | None:
