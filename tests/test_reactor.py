@@ -594,3 +594,178 @@ def test_a_doRead_set_on_the_instance_is_called_and_its_removal_reads_inline_aga
     transport.startReading()
     spin(reactor, lambda: client.received == b"onetwo")
     assert events == ["gate"]
+
+
+# --- the listening port's accept (_Port) --------------------------------------------------
+
+
+class Accepted(Protocol):
+    """Records its transport's peer; echoes."""
+
+    def __init__(self, made: list[Accepted]) -> None:
+        self.made = made
+
+    def connectionMade(self) -> None:
+        self.made.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def echoes(reactor: EdgemeshReactor, raw: Any) -> bool:
+    """``raw`` (a client socket) gets back what it sends, the reactor turning meanwhile."""
+    raw.sendall(b"ping")
+    raw.settimeout(0)
+    got = bytearray()
+
+    def back() -> bool:
+        try:
+            got.extend(raw.recv(16))
+        except BlockingIOError:
+            pass
+        return len(got) >= 4
+
+    spin(reactor, back)
+    return bytes(got) == b"ping"
+
+
+def accepting(reactor: EdgemeshReactor, interface: str = "127.0.0.1",
+              ) -> tuple[Any, list[Accepted]]:
+    made: list[Accepted] = []
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Accepted(made)),
+                             interface=interface)
+    return port, made
+
+
+def test_an_ipv4_port_accepts_with_twisteds_transports_addresses_and_sessions(
+        reactor: EdgemeshReactor) -> None:
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.address import IPv4Address
+
+    from edgemesh.transports._reactor import _Port
+
+    port, made = accepting(reactor)
+    assert isinstance(port, _Port) and port.numberAccepts == 100
+    number = port.getHost().port
+    # Twisted's scaling, one connection at a time: as many as came (1) after a batch that
+    # ended short, 20 more after a full one.
+    singles = []
+    for want in (1, 21, 1):
+        singles.append(socket.create_connection(("127.0.0.1", number), timeout=5))
+        spin(reactor, lambda: len(made) == len(singles))
+        assert port.numberAccepts == want
+    burst = [socket.create_connection(("127.0.0.1", number), timeout=5) for _ in range(28)]
+    spin(reactor, lambda: len(made) == 31)
+    clients = [*singles, *burst]
+    try:
+        by_port = {c.getsockname()[1]: c for c in clients}
+        assert [p.transport.sessionno for p in made] == list(range(31))  # type: ignore[union-attr]
+        for protocol in made:
+            transport: Any = protocol.transport
+            assert type(transport) is tcp.Server
+            peer = transport.getPeer()
+            assert isinstance(peer, IPv4Address) and peer.host == "127.0.0.1"
+            assert peer.port in by_port
+            assert transport.socket.gettimeout() == 0.0  # non-blocking, as Twisted makes it
+            assert transport.socket.family == socket.AF_INET
+        assert echoes(reactor, by_port[made[7].transport.getPeer().port])  # type: ignore[union-attr]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_port_whose_factory_builds_nothing_closes_the_connection(
+        reactor: EdgemeshReactor) -> None:
+    import socket
+
+    class Nothing(Factory):
+        def buildProtocol(self, addr: Any) -> None:  # type: ignore[override]
+            return None
+
+    port = reactor.listenTCP(0, Nothing(), interface="127.0.0.1")
+    raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    raw.settimeout(0)
+    got: list[bytes] = []
+
+    def closed() -> bool:
+        try:
+            got.append(raw.recv(1))
+        except BlockingIOError:
+            return False
+        return True
+
+    try:
+        spin(reactor, closed)
+        assert got == [b""] and port.sessionno == 0
+    finally:
+        raw.close()
+
+
+class _FailingAccepts:
+    """A listening socket whose accepts fail with ``errno`` ``times`` times (the accept
+    of _Port and of Twisted's doRead), then are the socket's own."""
+
+    def __init__(self, real: Any, code: int, times: int) -> None:
+        self.real, self.code, self.left = real, code, times
+
+    def _fail(self) -> None:
+        if self.left:
+            self.left -= 1
+            raise OSError(self.code, os.strerror(self.code))
+
+    def _accept(self) -> Any:
+        self._fail()
+        return self.real._accept()
+
+    def accept(self) -> Any:
+        self._fail()
+        return self.real.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_an_accept_error_gets_twisteds_answer_emfile_recovery(
+        reactor: EdgemeshReactor, logged: list[LogEvent]) -> None:
+    """EMFILE from the shorter accept goes to Twisted's doRead, whose own accept fails the
+    same way: it frees its reserved descriptor, accepts and closes what waits, and the port
+    serves the next connection."""
+    import socket
+
+    port, made = accepting(reactor)
+    port.socket = _FailingAccepts(port.socket, errno.EMFILE, times=2)
+    number = port.getHost().port
+    refused = socket.create_connection(("127.0.0.1", number), timeout=5)
+    refused.settimeout(5)
+    try:
+        spin(reactor, lambda: any("EMFILE recovery" in str(e.get("log_format", ""))
+                                  for e in logged))
+        assert refused.recv(1) == b"" and made == []
+        served = socket.create_connection(("127.0.0.1", number), timeout=5)
+        spin(reactor, lambda: len(made) == 1)
+        assert echoes(reactor, served)
+        served.close()
+    finally:
+        refused.close()
+
+
+def test_an_ipv6_port_is_twisteds(reactor: EdgemeshReactor) -> None:
+    import socket
+
+    from twisted.internet.address import IPv6Address
+
+    try:
+        port, made = accepting(reactor, interface="::1")
+    except error.CannotListenError:
+        pytest.skip("no IPv6 loopback here")
+    raw = socket.create_connection(("::1", port.getHost().port), timeout=5)
+    try:
+        spin(reactor, lambda: len(made) == 1)
+        peer = made[0].transport.getPeer()  # type: ignore[union-attr]
+        assert isinstance(peer, IPv6Address) and peer.host == "::1"
+        assert peer.port == raw.getsockname()[1]
+    finally:
+        raw.close()

@@ -201,6 +201,17 @@ def test_every_timer_fires_once_within_its_window_unless_cancelled(
         clock.advance(_STEP)
         assert len(clock.getDelayedCalls()) <= 1
 
+    def armed_for_the_head() -> None:
+        # The one reactor timer is always the earliest live bucket's (call_at and cancel
+        # leave it alone only for timers behind the head).
+        live = [bucket.due for bucket in wheel._buckets.values() if bucket.timers]
+        calls = clock.getDelayedCalls()
+        if not live:
+            assert calls == []
+        else:
+            assert len(calls) == 1
+            assert abs(calls[0].getTime() - max(min(live), clock.seconds())) < 1e-9
+
     for op, value in ops:
         if op == "add":
             index = len(timers)
@@ -214,6 +225,7 @@ def test_every_timer_fires_once_within_its_window_unless_cancelled(
         else:
             for _ in range(int(value)):
                 step()
+        armed_for_the_head()
     for _ in range(int(25 / _STEP)):  # every deadline is within 20 s of the last add
         step()
     assert clock.getDelayedCalls() == []

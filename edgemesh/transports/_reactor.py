@@ -17,7 +17,8 @@ own ``_doReadOrWrite`` unchanged.  A plain TCP connection (``tcp.Server``/``tcp.
 not a subclass, and no ``doRead`` of the instance's own) is read inline: its ``recv`` and
 ``protocol.dataReceived``, with Twisted's answers (an error from ``recv``: lost; an empty
 read: done).  The main loop goes straight to the poll when no timer is due and nothing
-else is pending.
+else is pending.  Its TCP listeners accept IPv4 connections without the log buffering,
+generator and enum conversions around ``accept`` (:class:`_Port`).
 
 What is lost: legacy ``twisted.python.log`` lines emitted from inside ``doRead`` (Twisted's
 own, e.g. a protocol's unhandled error) no longer carry the connection's log prefix as
@@ -32,11 +33,15 @@ DelayedCall in the timer heap.  Nothing here is imported unless this reactor is 
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from collections.abc import Callable
 from types import MethodType
+from typing import Any
 
 from twisted.internet import epollreactor, tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
@@ -191,6 +196,67 @@ class EdgemeshReactor(epollreactor.EPollReactor):
 
     doIteration = doPoll
 
+    def listenTCP(self, port: int, factory: IProtocolFactory, backlog: int = 50,
+                  interface: str = "") -> IListeningPort:
+        """Twisted's, with :class:`_Port`."""
+        listening = _Port(port, factory, backlog, interface, self)
+        listening.startListening()
+        return listening
+
+
+class _Port(tcp.Port):
+    """Twisted's TCP listening port; an IPv4 one accepts in a shorter way.
+
+    Twisted's ``doRead`` runs each accept through a log-buffering context (two ``Logger``
+    objects made per call), a generator, and ``socket.accept``, whose ``family`` and
+    ``type`` convert to enums to make the new socket object.  Here: ``_accept`` on the
+    listener, the socket made with the listener's numbers, and the same protocol, transport,
+    session numbers and ``numberAccepts`` scaling (callgrind, a /small exchange on a new
+    connection, path 1: 290 -> 251 k instructions).  Any accept error but "none left"
+    (EPERM, EMFILE with its reserved descriptor, ENFILE, ...) goes to Twisted's ``doRead``
+    and its answers; IPv6 listeners (scope ids through getnameinfo) are Twisted's
+    throughout."""
+
+    def doRead(self) -> None:
+        if self.addressFamily != _AF_INET:
+            tcp.Port.doRead(self)
+            return
+        listener: Any = self.socket  # (_accept: socket.socket's, not in its stubs)
+        accept = listener._accept
+        factory: Any = self.factory
+        build = factory.buildProtocol
+        wanted = self.numberAccepts
+        accepted = 0
+        try:
+            while accepted < wanted:
+                try:
+                    fd, addr = accept()
+                except OSError as err:
+                    if err.args[0] == errno.EAGAIN:  # (EWOULDBLOCK on Linux)
+                        break
+                    tcp.Port.doRead(self)
+                    return
+                accepted += 1
+                skt = socket.socket(_AF_INET, _SOCK_STREAM, 0, fd)
+                protocol = build(IPv4Address("TCP", *addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = self.sessionno
+                self.sessionno = session + 1
+                protocol.makeConnection(
+                    self.transport(skt, protocol, addr, self, session, self.reactor))
+            # Twisted's scaling: more next time after a full batch, else as many as came.
+            if accepted == wanted:
+                self.numberAccepts = wanted + 20
+            else:
+                self.numberAccepts = accepted if accepted > 1 else 1
+        except BaseException:  # noqa: BLE001 -- as Twisted's: logged, the port goes on
+            log.deferr()
+
+
+_AF_INET = int(socket.AF_INET)
+_SOCK_STREAM = int(socket.SOCK_STREAM)
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 """Twisted's own TCP connections (not subclasses): read inline while their doRead is
