@@ -626,17 +626,22 @@ class GuardedExchange:
         self._let_go()
 
     def write(self, data: bytes) -> None:
+        if self._body(len(data)):
+            self.responder.write(data)
+
+    def _body(self, size: int) -> bool:
+        """``size`` bytes of the response's body go on to the responder (counted, and the
+        exchange active now): False when the response is over and they must not."""
         before = self.response
         self.response = _ON_DATA[before]
         if before >= DONE:
-            return
+            return False
         self.active_at = self.pipeline.now()
         stats = self.stats
         if stats is not None:
-            size = len(data)
             self.sent += size
             stats.bytes_out += size
-        self.responder.write(data)
+        return True
 
     def can_take_pipes(self, from_pod: bool) -> bool:
         return self.response < DONE and can_take_pipes(self.responder, from_pod)
@@ -648,32 +653,16 @@ class GuardedExchange:
     def write_pipe(self, pipe: IBodyPipe, size: int) -> None:
         """``write`` of body bytes waiting in a pipe (a pod's, spliced): passed on as they
         are where the next responder takes them (a plain TCP link)."""
-        before = self.response
-        self.response = _ON_DATA[before]
-        if before >= DONE:
+        if self._body(size):
+            write_pipe(self.responder, pipe, size)
+        else:
             pipe.take(size)  # the pipe is left empty whatever comes of them
-            return
-        self.active_at = self.pipeline.now()
-        stats = self.stats
-        if stats is not None:
-            self.sent += size
-            stats.bytes_out += size
-        write_pipe(self.responder, pipe, size)
 
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """``write`` of pieces off a link (views of its reads), passed on uncopied where the
         next responder takes them (issue 15: edge-1 of path 2 copied every body byte)."""
-        before = self.response
-        self.response = _ON_DATA[before]
-        if before >= DONE:
-            return
-        self.active_at = self.pipeline.now()
-        stats = self.stats
-        if stats is not None:
-            size = sum(map(len, parts))
-            self.sent += size
-            stats.bytes_out += size
-        write_parts(self.responder, parts)
+        if self._body(sum(map(len, parts))):
+            write_parts(self.responder, parts)
 
     def trailers(self, fields: Headers) -> None:
         before = self.response

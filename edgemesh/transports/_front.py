@@ -347,13 +347,8 @@ class _Exchange:
                 transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
             pause_past(transport, FRONT_HIGH_WATER)
             return
-        remaining = self.remaining
-        if remaining is not None:
-            if len(data) > remaining:
-                _warn("response body longer than its Content-Length; aborting")
-                self._abort_client()
-                return
-            self.remaining = remaining - len(data)
+        if self.remaining is not None and not self._counted(len(data)):
+            return
         # Sent at once when nothing is buffered: a 256 KiB chunk buffered for the next turn
         # always passed the 64 KiB threshold and paused the pod connection, fast client or not.
         if self.head_waiting:
@@ -371,14 +366,8 @@ class _Exchange:
         if self.chunked or self.state != _HEAD_SENT or self.no_body:
             self.write(b"".join(parts))
             return
-        remaining = self.remaining
-        if remaining is not None:
-            size = sum(map(len, parts))
-            if size > remaining:
-                _warn("response body longer than its Content-Length; aborting")
-                self._abort_client()
-                return
-            self.remaining = remaining - size
+        if self.remaining is not None and not self._counted(sum(map(len, parts))):
+            return
         transport = self.front.transport
         assert transport is not None
         if self.head_waiting:
@@ -390,6 +379,18 @@ class _Exchange:
             sent = write_all_now(transport, parts)
         if not sent:  # all sent now: nothing buffered, no pause to judge (a call less per read)
             pause_past(transport, FRONT_HIGH_WATER)
+
+    def _counted(self, size: int) -> bool:
+        """``size`` more bytes of a body framed by its Content-Length: False (and the
+        client's connection aborted) when they run past it."""
+        remaining = self.remaining
+        assert remaining is not None
+        if size > remaining:
+            _warn("response body longer than its Content-Length; aborting")
+            self._abort_client()
+            return False
+        self.remaining = remaining - size
+        return True
 
     def can_take_pipes(self, from_pod: bool) -> bool:
         # A body framed by its length, to a plain TCP client: its bytes go as they are.
@@ -412,11 +413,9 @@ class _Exchange:
             self.write(pipe.take(size))
             return
         if size > self.remaining:
-            pipe.take(size)
-            _warn("response body longer than its Content-Length; aborting")
-            self._abort_client()
+            pipe.take(size)  # the pipe left empty, before the client's connection is aborted
+        if not self._counted(size):
             return
-        self.remaining -= size
         self.head_waiting = False  # (a head still waiting goes first: splice_after)
         transport = self.front.transport
         rest = splice_after(transport, b"", pipe, size)
