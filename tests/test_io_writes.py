@@ -9,7 +9,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 
-from edgemesh.transports._io import write_parts_now
+from edgemesh.transports._io import write_all_after_waiting, write_parts_now
 
 
 def _server_over(sock: socket.socket) -> tcp.Server:
@@ -82,6 +82,29 @@ def test_a_busy_transport_keeps_the_order() -> None:
         assert transport._tempDataLen == len(b"first head body")
         transport.doWrite()
         assert _drain(right, 15) == b"first head body"
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_buffered_head_taken_along_leaves_nothing_to_write() -> None:
+    """A response head the front buffered (Twisted then wants the socket writable) leaves
+    with the first body piece; with nothing left, the transport stops writing at once, not
+    in a doWrite of its own a turn later (an empty send)."""
+    left, right = socket.socketpair()
+    try:
+        transport = _server_over(left)
+        reactor: Any = transport.reactor
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert transport in reactor.writers
+        assert write_all_after_waiting(transport, [b"body"])
+        assert transport not in reactor.writers
+        assert _drain(right, 23) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+        # What the kernel does not take is buffered: the transport keeps writing.
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.write(b"head ")
+        assert not write_all_after_waiting(transport, [b"x" * (4 << 20)])
+        assert transport in reactor.writers and transport._tempDataLen > 0
     finally:
         left.close()
         right.close()

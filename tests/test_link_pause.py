@@ -52,6 +52,9 @@ def pod_connection(sock: socket.socket) -> tuple[Any, tcp.Server, MemoryReactorC
     conn.transport = transport
     conn.reading_paused = False
     conn.read_gate = False
+    conn.splicing = None  # (no response under way: nothing to splice at a resume)
+    conn.body_left = 0
+    conn.held = None
     return conn, transport, reactor, reads
 
 
@@ -135,6 +138,8 @@ def test_another_transport_is_paused_at_once() -> None:
     conn.transport = StringTransport()
     conn.reading_paused = False
     conn.read_gate = False
+    conn.splicing = None
+    conn.body_left = 0
     conn.pause_reading()
     assert conn.transport.producerState == "paused" and not conn.read_gate
     conn.resume_reading()

@@ -259,7 +259,7 @@ class World:
         self.edge1 = make_link(self.clock, Handler(), True)
         self.edge1_transport = StringTransport()
         self.edge1.makeConnection(self.edge1_transport)
-        handler = Handler()
+        self.handler = handler = Handler()
         self.edge2 = make_link(self.clock, handler, False, splice=splice)
         link_ours, self.link_peer = pair(link_sndbuf)
         self.link = tcp.Server(link_ours, self.edge2, ("127.0.0.1", 1), None, 1, self.clock)  # type: ignore[arg-type]
@@ -282,6 +282,19 @@ class World:
                                         self.h.reactor)
         self.upstream.makeConnection(self.pod_transport)
         self.pod_transport.doWrite()  # the request to the pod
+        assert drain(self.pod).startswith(b"GET ")
+
+    def again(self) -> None:
+        """A second exchange over the same link, on the pooled pod connection."""
+        self.responder = RecordingResponder()
+        head = RequestHead(b"GET", b"/big", b"web.shop", (), 0, client="10.0.0.9")
+        self.edge1.open(head, "shop/web", 80, ("10.4.0.12", 8080), self.responder)
+        self.pump()
+        self.inbound = self.handler.inbounds[-1].exchange
+        assert self.h.idle() == 1
+        self.h.target.open(ROUTE, GET, self.inbound)
+        assert self.h.idle() == 0  # (taken from the pool: no new connection)
+        self.pod_transport.doWrite()
         assert drain(self.pod).startswith(b"GET ")
 
     def pump(self) -> None:
@@ -358,6 +371,52 @@ def test_a_body_goes_by_splice_and_arrives_unchanged(size: int, least: int) -> N
     # The connection is back in the pool, reading as Twisted does.
     assert "doRead" not in vars(world.pod_transport)
     assert world.h.idle() == 1
+
+
+def test_the_read_after_the_head_is_spliced() -> None:
+    """Only the read that carried the head goes through the process (its size the stream's
+    first window); before, the read after it did too, and splicing began with the third."""
+    world = World()
+    body = os.urandom(4 << 20)
+    before = spliced_bytes()
+    world.answer(response(body))
+    assert world.responder.body == body
+    assert len(body) - (spliced_bytes() - before) <= Limits().initial_window
+
+
+def test_after_a_head_read_alone_the_body_is_spliced() -> None:
+    """A pod that writes its head apart from its body: the connection asks at the end of
+    the head's read, and the body's reads are spliced once the credit allows (only the
+    first window is read; before, a second read went through the process too)."""
+    world = World()
+    body = os.urandom(1 << 20)
+    whole = response(body)
+    head_size = whole.index(b"\r\n\r\n") + 4
+    world.pod.sendall(whole[:head_size])
+    world.pod_transport.doRead()  # the head, and nothing after it
+    world.pump()
+    before = spliced_bytes()
+    world.answer(whole[head_size:])
+    assert world.responder.body == body
+    assert len(body) - (spliced_bytes() - before) <= Limits().initial_window
+
+
+def test_a_pod_connection_asks_each_response_whether_it_splices() -> None:
+    """Each response on a pooled pod connection is asked anew whether it splices: one whose
+    responder took no pipes does not stop the next from splicing (whichever read asks)."""
+    world = World()
+    # This response's responder takes no pipes (as a client of the same node's front, or a
+    # TLS link's stream, would not).
+    world.inbound.can_take_pipes = lambda from_pod: False  # type: ignore[method-assign]
+    first = os.urandom(1 << 20)
+    before = spliced_bytes()
+    world.answer(response(first))
+    assert world.responder.body == first and spliced_bytes() == before
+    world.again()
+    second = os.urandom(1 << 20)
+    world.answer(response(second))
+    assert world.responder.body == second
+    assert spliced_bytes() - before >= len(second) // 2
 
 
 def test_a_full_link_socket_keeps_the_rest_as_bytes_in_order() -> None:

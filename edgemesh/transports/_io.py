@@ -195,7 +195,14 @@ def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview])
         waiting = transport._tempDataBuffer
         transport._tempDataBuffer = []
         transport._tempDataLen = 0
-        parts = (*waiting, *parts)  # its doWrite finds the buffer empty and stops writing
+        if write_all_now(transport, (*waiting, *parts)):
+            if not transport.producerPaused:
+                # All sent, nothing buffered: stop writing now, as the doWrite that the
+                # buffered head asked for would (a poll event, an empty send and this
+                # epoll_ctl a turn later, per response head the front buffers).
+                transport.stopWriting()
+            return True
+        return False
     return write_all_now(transport, parts)
 
 
