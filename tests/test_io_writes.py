@@ -110,6 +110,23 @@ def test_a_buffered_head_taken_along_leaves_nothing_to_write() -> None:
         right.close()
 
 
+def test_a_write_half_close_asked_meanwhile_is_left_to_twisteds_dowrite() -> None:
+    left, right = socket.socketpair()
+    try:
+        transport = _server_over(left)
+        reactor: Any = transport.reactor
+        transport.write(b"head ")
+        transport.loseWriteConnection()
+        assert write_all_after_waiting(transport, [b"body"])
+        assert transport in reactor.writers  # its doWrite still has the half-close to do
+        transport.doWrite()
+        right.settimeout(5)
+        assert right.recv(64) == b"head body" and right.recv(64) == b""  # then the FIN
+    finally:
+        left.close()
+        right.close()
+
+
 def _link_over(sock: socket.socket) -> tuple[Any, Any, tcp.Server]:
     """An edge's EnvelopeLink on a plain TCP transport over ``sock``, on a memory clock:
     (clock, link, transport)."""

@@ -196,10 +196,13 @@ def write_all_after_waiting(transport: Any, parts: Sequence[bytes | memoryview])
         transport._tempDataBuffer = []
         transport._tempDataLen = 0
         if write_all_now(transport, (*waiting, *parts)):
-            if not transport.producerPaused:
+            if not (transport.producerPaused or transport.disconnecting
+                    or transport._writeDisconnecting):
                 # All sent, nothing buffered: stop writing now, as the doWrite that the
                 # buffered head asked for would (a poll event, an empty send and this
-                # epoll_ctl a turn later, per response head the front buffers).
+                # epoll_ctl a turn later, per response head the front buffers); that
+                # doWrite's other duties (resume a paused producer, finish a close) are
+                # left to it.
                 transport.stopWriting()
             return True
         return False
