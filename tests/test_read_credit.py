@@ -18,7 +18,7 @@ from test_upstream import GET, ROUTE, Harness, SizedTransport, Upstream
 from edgemesh.exchange import READ_LIMITERS, ISizedProducer
 from edgemesh.testing import RecordingResponder
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
-from edgemesh.transports._io import SMALL_BUFFER
+from edgemesh.transports._io import SMALL_BUFFER, SPLICE_PIPE_SIZE
 from edgemesh.transports._upconnection import (
     LINKED_READ,
     MAX_READ,
@@ -26,6 +26,7 @@ from edgemesh.transports._upconnection import (
     RAMP_READS,
     READ_BUDGET,
     ROOM_READ,
+    SPLICED_READ,
     ReadBudget,
 )
 from edgemesh.transports._upexchange import _UpstreamExchange
@@ -198,6 +199,19 @@ def test_a_linked_read_is_the_budgets_share_at_most() -> None:
         assert (budget.cap(), budget.cap(True)) == (unlinked, linked)
         assert max(busy, 1) * budget.cap(True) <= READ_BUDGET
     assert MAX_READ < LINKED_READ < 256 * 1024  # under the C heap's mmap threshold (roles/_heap)
+
+
+def test_a_splice_is_the_budgets_share_up_to_spliced_read() -> None:
+    """A splice brings nothing into the process: SPLICED_READ for a lone stream, else the
+    budget's share (what a link that took only part of it would hold as bytes); below
+    SPLICE_MIN the read is copied (at LINKED_READ's rule), not spliced."""
+    budget = ReadBudget()
+    for busy, spliced in ((0, SPLICED_READ), (1, SPLICED_READ), (2, SPLICED_READ),
+                          (3, READ_BUDGET // 3), (16, READ_BUDGET // 16), (32, READ_BUDGET // 32)):
+        budget.busy = busy
+        assert budget.spliced_cap() == spliced
+        assert max(busy, 1) * budget.spliced_cap() <= READ_BUDGET
+    assert SPLICED_READ < SPLICE_PIPE_SIZE  # one splice fills no more than the pipe holds
 
 
 def test_the_budgets_share_is_between_min_read_and_the_largest_read_at_any_busy_count() -> None:

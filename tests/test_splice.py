@@ -39,8 +39,8 @@ from edgemesh.testing import RecordingResponder
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._halves import InboundExchange
 from edgemesh.transports._io import SplicePipe, buffered, splice_after, splice_pipe
-from edgemesh.transports._upconnection import SPLICE_MIN
-from edgemesh.wire import FrameDecoder, Limits
+from edgemesh.transports._upconnection import LINKED_READ, SPLICE_MIN, SPLICED_READ
+from edgemesh.wire import DATA_HEAD_MAX, FrameDecoder, Limits, data_head_at
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux's")
 
@@ -254,9 +254,11 @@ class World:
     InboundExchange of a link to edge-1.  The link's socket and the pod's are socket pairs;
     edge-1 is an EnvelopeLink on a StringTransport, fed by hand from the link's peer."""
 
-    def __init__(self, splice: bool = True, link_sndbuf: int | None = None) -> None:
+    def __init__(self, splice: bool = True, link_sndbuf: int | None = None,
+                 edge1_limits: Limits | None = None) -> None:
         self.clock = MemoryReactorClock()
-        self.edge1 = make_link(self.clock, Handler(), True)
+        self.edge1 = make_link(self.clock, Handler(), True,
+                               **({"limits": edge1_limits} if edge1_limits else {}))
         self.edge1_transport = StringTransport()
         self.edge1.makeConnection(self.edge1_transport)
         self.handler = handler = Handler()
@@ -266,6 +268,8 @@ class World:
         self.edge2.makeConnection(self.link)
         self.decoder = FrameDecoder(Limits())
         self.from_edge2: list[Any] = []
+        self.raw = bytearray()
+        """Every byte edge-2 sent on the link."""
         self.pump()
         self.responder = RecordingResponder()
         head = RequestHead(b"GET", b"/big", b"web.shop", (), 0, client="10.0.0.9")
@@ -305,6 +309,7 @@ class World:
             moved = False
             data = drain(self.link_peer)
             if data:
+                self.raw += data
                 self.from_edge2 += self.decoder.feed(data)
                 self.edge1.dataReceived(data)
                 moved = True
@@ -371,6 +376,38 @@ def test_a_body_goes_by_splice_and_arrives_unchanged(size: int, least: int) -> N
     # The connection is back in the pool, reading as Twisted does.
     assert "doRead" not in vars(world.pod_transport)
     assert world.h.idle() == 1
+
+
+def data_frame_bodies(raw: bytes | bytearray) -> list[int]:
+    """The body size of every DATA frame in ``raw``, a link's bytes, in order."""
+    sizes, pos = [], 0
+    while pos < len(raw):
+        _sid, head, body = data_head_at(bytes(raw[pos : pos + DATA_HEAD_MAX]))
+        if head:
+            sizes.append(body)
+        pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
+    return sizes
+
+
+@pytest.mark.parametrize(("peer", "largest"), [
+    (None, SPLICED_READ),
+    (Limits(max_data_frame=256 * 1024), 256 * 1024 - 64),  # as a peer of every version before
+])
+def test_a_lone_stream_splices_frames_as_large_as_the_peer_takes(
+        peer: Limits | None, largest: int) -> None:
+    """A lone stream's spliced pod reads take what the credit allows, up to SPLICED_READ
+    (not a copied read's LINKED_READ), each one DATA frame: a few frames per 4 MiB, not
+    ~17; a peer that takes no larger DATA frame than 256 KiB gets none larger."""
+    world = World(edge1_limits=peer)
+    world.pod.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    world.pod_transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    body = os.urandom(4 << 20)
+    world.answer(response(body))
+    assert world.responder.body == body
+    sizes = data_frame_bodies(world.raw)
+    assert max(sizes) <= largest
+    assert max(sizes) > (LINKED_READ if peer is None else largest // 2)
+    assert len(sizes) < (16 if peer is None else 40), sizes
 
 
 def test_the_read_after_the_head_is_spliced() -> None:

@@ -73,6 +73,7 @@ def connected(
         Hello(1, "edge-1", "edge", {
             "initial_window": client.limits.initial_window,
             "max_frame": client.limits.max_frame,
+            "max_data_frame": client.limits.max_data_frame,
             "max_streams": client.limits.max_streams,
             "hops": 1,
             "goaway_retry_after": 1,
@@ -171,6 +172,32 @@ def test_peer_window_comes_from_its_hello() -> None:
     # The server answers within the client's window.
     server.send_response(sid, 200, b"OK", (), None, b"", False)
     assert server.send_window(sid) == 1000
+
+
+def test_data_frames_are_as_large_as_the_peer_takes() -> None:
+    """DATA frames up to our max_data_chunk to a peer whose hello takes them; to one that
+    says nothing of them (every version before), no larger than its max_frame allows."""
+    client, server = connected(server_limits=Limits(max_data_frame=512 * 1024))
+    assert client.data_chunk == 512 * 1024 - 64
+    assert server.data_chunk == Limits().max_data_chunk == 1024 * 1024 - 64
+    for hello, chunk in (({"max_frame": 262144}, 262144 - 64),  # an older peer
+                         ({}, 262144 - 64),
+                         ({"max_frame": 262144, "max_data_frame": 4 << 20}, 1024 * 1024 - 64),
+                         ({"max_frame": 100}, 16 * 1024)):  # (a floor)
+        conn = Connection(client=True)
+        assert conn.data_chunk == 262144 - 64  # before any hello
+        conn.receive(encode_hello("peer", "edge", {"initial_window": 65536, **hello}))
+        assert conn.data_chunk == chunk
+    # A frame of the largest chunk is one the peer's decoder takes.
+    roomy = Limits(initial_window=1 << 21, max_window=1 << 21)
+    client, server = connected(roomy, roomy)
+    sid = client.open_stream(sent_end=True)
+    server.receive(request(sid, end=True))
+    client.receive(server.send_response(sid, 200, b"OK", (), None, b"", False))
+    body = b"x" * server.data_chunk
+    head, allowed = server.data_head_within(sid, len(body) + 10, server.data_chunk)
+    assert allowed == len(body) > roomy.max_frame
+    assert client.receive(head + body) == [Data(sid, False, body)]
 
 
 # --- stream ids -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from edgemesh.catalog import (
     catalog_to_wire,
 )
 from edgemesh.wire import (
+    DATA_HEAD_MAX,
     PROTOCOL_VERSION,
     Ack,
     CatalogPush,
@@ -529,7 +530,7 @@ def test_malformed_payloads(payload: bytes) -> None:
 
 
 def test_17_oversized_frame_rejected_from_its_prefix() -> None:
-    limits = Limits(max_frame=1024, max_catalog_frame=4096)
+    limits = Limits(max_frame=1024, max_catalog_frame=4096, max_data_frame=1024)
     decoder = FrameDecoder(limits)
     # The prefix and the first payload bytes are enough: nothing else is buffered.
     with pytest.raises(ProtocolError, match="exceeds the cap"):
@@ -564,17 +565,50 @@ def test_17_catalog_frames_have_their_own_cap() -> None:
     # Between the two caps, a catalog frame is awaited.
     assert decoder.feed(big[:100]) == []
     rejected(encode_catalog(1, "snapshot", {"blob": ["x" * 500] * 9}), limits)
-    # Any other type above max_frame is refused.
-    rejected(encode_data(1, False, b"x" * 1100), limits)
+    # Any other type above max_frame is refused (DATA above max_data_frame too).
+    rejected(encode_data(1, False, b"x" * 1100), Limits(
+        max_frame=1024, max_catalog_frame=4096, max_data_frame=1024))
 
 
 def test_frame_exactly_at_the_cap() -> None:
-    limits = Limits(max_frame=1024)
+    limits = Limits(max_frame=1024, max_data_frame=1024)
     body = b"x" * (1024 - 7)  # [type, stream, flags, bin16 header (3 bytes) + body]
     data = encode_data(1, False, body)
     assert len(data) - 4 == 1024
     assert decode_all(data, limits) == [Data(1, False, body)]
     rejected(encode_data(1, False, body + b"x"), limits)
+
+
+def test_plain_data_frames_may_exceed_max_frame_up_to_max_data_frame() -> None:
+    """A DATA frame of a plain body above max_frame (up to max_data_frame) is handed on as
+    it arrives, never held whole; with trailer fields, or above max_data_frame, it is
+    refused, before anything of it is buffered."""
+    limits = Limits(max_frame=1024, max_data_frame=64 * 1024)
+    body = bytes(range(256)) * 160  # 40 960 bytes: gathered (above 16 KiB)
+    frame = encode_data(3, True, body)
+    assert decode_all(frame, limits) == [Data(3, True, body)]
+    decoder = FrameDecoder(limits)
+    pieces: list[Data] = []
+    for cut in range(0, len(frame), 1000):  # a read of 1000 bytes at a time
+        out = decoder.feed(frame[cut : cut + 1000])
+        assert all(type(piece) is Data for piece in out)
+        pieces += out  # type: ignore[arg-type]
+        assert len(decoder._buffer) <= DATA_HEAD_MAX and len(decoder._small) < 4096
+    assert b"".join(bytes(piece.data) for piece in pieces) == body
+    assert [piece.end for piece in pieces][-1] and not any(p.end for p in pieces[:-1])
+    assert decoder.feed(encode_ping(7)) == [Ping(7)]
+    # Above max_data_frame: refused from its prefix and type.
+    over = encode_data(3, False, b"x" * (64 * 1024))
+    rejected(over[:6], limits)
+    # Trailer fields make it more than a plain body: refused once its head is there.
+    with_trailers = encode_data(3, True, body, ((b"grpc-status", b"0"),))
+    decoder = FrameDecoder(limits)
+    with pytest.raises(ProtocolError, match="more than a plain body"):
+        for cut in range(0, len(with_trailers), 10):
+            decoder.feed(with_trailers[cut : cut + 10])
+            assert len(decoder._buffer) <= DATA_HEAD_MAX
+    # Any other type keeps max_frame.
+    rejected(struct.pack(">I", 2000) + bytes([0x93, RESPONSE]), limits)
 
 
 def test_17_before_the_hello_nothing_large_is_buffered() -> None:

@@ -114,7 +114,7 @@ class _Sender:
         link = self.link
         if not self.queue and not link.paused:
             conn = link.connection
-            head, allowed = conn.data_head_within(self.sid, size, conn.limits.max_data_chunk)
+            head, allowed = conn.data_head_within(self.sid, size, conn.data_chunk)
             if allowed:
                 link.splice_parts(head, pipe, allowed)
                 size -= allowed
@@ -132,7 +132,9 @@ class _Sender:
         if window < conn.send_floor:
             self.update()
         else:
-            self.limit(self.producer, window)  # type: ignore[misc]
+            # (At most a frame: a pod's splice of more would take the rest as bytes.)
+            chunk = conn.data_chunk
+            self.limit(self.producer, window if window < chunk else chunk)  # type: ignore[misc]
 
     def finish(self) -> None:
         if self.done or self.ending:
@@ -144,7 +146,7 @@ class _Sender:
         """Send what the window allows; return the rest."""
         link = self.link
         conn = link.connection
-        chunk = conn.limits.max_data_chunk
+        chunk = conn.data_chunk
         while data:
             head, allowed = conn.data_head_within(self.sid, len(data), chunk)
             if not allowed:
@@ -223,7 +225,8 @@ class _Sender:
             return
         limit = self.limit
         if limit is not None and window:
-            limit(producer, window)
+            chunk = self.link.connection.data_chunk
+            limit(producer, window if window < chunk else chunk)
         if self.producer_paused:
             self.producer_paused = False
             producer.resumeProducing()

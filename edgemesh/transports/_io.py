@@ -410,8 +410,9 @@ def _pooled_read(transport: Any, piped: PipedReader | None) -> Callable[[], obje
     return doRead
 
 
-SPLICE_PIPE_SIZE = 256 * 1024
-"""The splice pipe's capacity: a pod read of a link stream (LINKED_READ) in one splice."""
+SPLICE_PIPE_SIZE = 1024 * 1024
+"""The splice pipe's capacity: a lone link stream's pod read (SPLICED_READ), one DATA frame,
+in one splice (a pipe of 256 KiB has 64 slots: ~240 KiB per splice from a socket)."""
 
 SPLICE_MIN = 128 * 1024
 """The smallest piece of a body that is spliced rather than read: a splice costs three

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HELD_BODY_LIMIT", "LINKED_READ", "MAX_READ", "MIN_READ", "RAMP_READS", "READ_BUDGET",
-    "ROOM_READ", "ReadBudget",
+    "ROOM_READ", "SPLICED_READ", "ReadBudget",
 ]
 
 MAX_READ: Final = 128 * 1024
@@ -79,6 +79,12 @@ edge-2 ~33 -> ~18 pod reads; callgrind, both edges 1.37 -> 1.01 M instructions p
 results 2026-12-04 §30).  A link stream's reads need no ramp: its credit bounds what a read
 leaves queued.  Below the C heap's mmap threshold with the bytes object's header
 (roles/_heap.py): no mapping and page faults per read."""
+
+SPLICED_READ: Final = 1024 * 1024 - 64
+"""The largest splice of a pod's body into the process's pipe (LINKED_READ's bytes come into
+the process; these never do: no heap to mind), while the credit, the link's frames and the
+ReadBudget's share allow it: a lone 4 MiB transfer in ~4 DATA frames, not ~17 (both edges'
+CPU 0.881 paired; bench/results-2026-12-06.md §10)."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""
@@ -113,6 +119,15 @@ class ReadBudget:
         if share >= most:
             return most
         return share if share > MIN_READ else MIN_READ
+
+    def spliced_cap(self) -> int:
+        """The largest splice of one busy connection now (SPLICED_READ, or the budget's
+        share: what a link that took only part of a splice would hold as bytes)."""
+        busy = self.busy
+        if busy <= 1:
+            return SPLICED_READ
+        share = self.total // busy
+        return share if share < SPLICED_READ else SPLICED_READ
 
 
 RAMP_READS: Final = 4
@@ -523,6 +538,13 @@ class _UpstreamConnection(Protocol):
             return transport.doRead()  # Twisted's own, for whatever this is
         responder: Any = exchange.responder  # an IPipeResponder's (_start_splicing)
         size = transport.bufferSize  # the credit's and the budget's (limit_reads)
+        room = self.room
+        if room is not None and room > size:
+            # A splice brings nothing into the process: as much as the credit (cut to one
+            # frame: limit_reads), not a read's LINKED_READ.
+            most = self.target.reads.spliced_cap()
+            if most > size:
+                size = room if room < most else most
         if size < SPLICE_MIN or not responder.takes_pipe_now():
             return TCP_READ(transport)  # read as Twisted does, this once
         pipe = splice_pipe()

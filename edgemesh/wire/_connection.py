@@ -27,6 +27,7 @@ from __future__ import annotations
 from ..exchange import Headers
 from ._frames import (
     HOPS_SETTING,
+    MAX_DATA_SETTING,
     MOVE_SETTING,
     PROTOCOL_VERSION,
     RETRY_AFTER_SETTING,
@@ -67,6 +68,11 @@ a pod connection's 64 KiB read then leaves at most 32 KiB waiting for credit, no
 BYTE_STREAMS_SETTING = "byte_streams"
 """Hello setting: 1 when the node understands STREAM_OPEN/STREAM_ACCEPT (older nodes do
 not, and would close the whole link on an unknown frame type)."""
+_OLD_MAX_FRAME = 256 * 1024
+"""The ``max_frame`` of every version so far: what a peer whose hello says nothing takes."""
+_DATA_MARGIN = 64
+"""Room left in a frame for a DATA frame's head (at most DATA_HEAD_MAX) and its prefix."""
+_MIN_DATA_CHUNK = 16 * 1024
 MAX_STREAM_ID = (1 << 31) - 1
 """The largest stream id a peer's decoder accepts."""
 
@@ -129,6 +135,10 @@ class Connection:
         half the peer's initial window, so the peer is bound to grant more once it has
         consumed what was sent (its WINDOW goes when half its target is due, and its target
         is never below that initial window; see ``consumed``).  Set by the peer's hello."""
+        self.data_chunk = min(self.limits.max_data_chunk, _OLD_MAX_FRAME - _DATA_MARGIN)
+        """The largest body of a DATA frame we send: ours (``Limits.max_data_chunk``), or less
+        where the peer's hello takes less (a peer without MAX_DATA_SETTING: its
+        ``max_frame``).  Set by the peer's hello."""
         self.outbox: list[bytes] = []
         """Frames the connection itself wants written (data_to_send takes them)."""
         self.window_left = 0
@@ -158,6 +168,7 @@ class Connection:
             {
                 "initial_window": self.limits.initial_window,
                 "max_frame": self.limits.max_frame,
+                MAX_DATA_SETTING: self.limits.max_data_frame,
                 "max_streams": self.limits.max_streams,
                 HOPS_SETTING: 1,
                 RETRY_AFTER_SETTING: 1,
@@ -310,6 +321,11 @@ class Connection:
             self.peer_move = frame.settings.get(MOVE_SETTING, 0) >= 1
             self.peer_window = window
             self.send_floor = min(SEND_FLOOR, window // 2)
+            settings = frame.settings
+            takes = settings.get(MAX_DATA_SETTING) or settings.get("max_frame") or _OLD_MAX_FRAME
+            # (A floor: a hello announcing next to nothing must not make frames of a few bytes.)
+            self.data_chunk = max(min(self.limits.max_data_chunk, takes - _DATA_MARGIN),
+                                  _MIN_DATA_CHUNK)
             return True
         if kind is Data:
             assert isinstance(frame, Data)

@@ -96,9 +96,15 @@ class Limits:
     it hold is at most this plus ``initial_window`` per stream.  64 KiB / 2 MiB rather
     than 32 KiB / 1 MiB: p2 /big 2718 against 3010 µs of CPU per request for +4.1 against
     +5.4 MiB of growth (bench/run.sh, same hour; 512 KiB windows: 2440 µs, +7.3 MiB)."""
-    max_data_chunk: int = 256 * 1024 - 64
-    """Largest body one DATA frame carries (its frame stays under ``max_frame``): a pod read
-    of a lone p2 stream (transports/_upconnection.LINKED_READ) goes as one frame."""
+    max_data_frame: int = 1024 * 1024
+    """Largest DATA frame of a plain body (no trailer fields), in bytes: above ``max_frame``
+    because no such body is held whole (the decoder hands it on as it arrives, or the link
+    splices it past the process).  Announced in the hello (``MAX_DATA_SETTING``)."""
+    max_data_chunk: int = 1024 * 1024 - 64
+    """Largest body one DATA frame carries, and less where the peer takes less
+    (``Connection.data_chunk``): a lone stream's spliced pod read (1 MiB) goes as one frame,
+    not four (one 4 MiB transfer edge -> edge: both edges' CPU 0.881, wall 0.889, paired;
+    bench/results-2026-12-06.md §10)."""
 
 
 # --- events (what a peer said) -------------------------------------------------------
@@ -483,6 +489,9 @@ NOT_READY = "not-ready"
 listed); the peer should come back after the GOAWAY's retry-after."""
 REFUSAL_CODES = frozenset({REFUSED, NOT_READY})
 MAX_RETRY_AFTER = 3600
+MAX_DATA_SETTING = "max_data_frame"
+"""Hello setting: the largest plain DATA frame the sender takes (``Limits.max_data_frame``);
+a peer without it takes none above its ``max_frame``."""
 RETRY_AFTER_SETTING = "goaway_retry_after"
 """Hello setting (1) of a peer that decodes GOAWAY's optional retry-after field; peers
 without it get the two-field frame (older decoders refuse a third field)."""
@@ -1199,7 +1208,9 @@ class FrameDecoder:
                     break
                 if not self._greeted and kind != HELLO:
                     raise ProtocolError("the first frame must be a hello")
-                if length > limits.max_frame and (
+                if length > limits.max_frame and not (
+                    kind == DATA and length <= limits.max_data_frame
+                ) and (
                     kind != CATALOG
                     or not self._large_catalogs
                     or length > limits.max_catalog_frame
@@ -1214,6 +1225,11 @@ class FrameDecoder:
                         self.body_need = end - head[2]
                         self._gather(buffer, head[2], size, frames)
                         return
+                    if length > limits.max_frame and size - start >= _HEAD_MAX - PREFIX_SIZE:
+                        # Only a plain body may be above max_frame: it is handed on as it
+                        # comes, never held whole.
+                        raise ProtocolError(
+                            f"DATA frame of {length} bytes is more than a plain body")
                 break
             kind = buffer[start + 1] if length >= 2 else None
             if kind == DATA:
