@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from edgemesh.exchange import IRequestBody, IResponder, RequestHead, SourceKind
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._front import HTTPFrontFactory
-from edgemesh.transports._halves import AWAIT_MIN, AWAIT_SMALL_FRAMES
+from edgemesh.transports._halves import AWAIT_MIN, AWAIT_SMALL_FRAMES, AWAIT_STREAMS
 from edgemesh.transports._io import SPLICE_MIN, buffered, splice_pipe
 from edgemesh.wire import (
     DATA_HEAD_MAX,
@@ -489,6 +489,40 @@ def test_an_awaited_body_of_small_frames_stops_being_awaited() -> None:
         world.drain_client()
         assert (sid in world.edge1.awaited) == (n < AWAIT_SMALL_FRAMES)
     assert sid in world.edge1.exchanges
+
+
+def test_a_large_body_is_not_awaited_on_a_busy_link() -> None:
+    """A link on which more than AWAIT_STREAMS streams receive shares its credit out in
+    frames too small to splice: a large body there is read as usual (when 1 MiB bodies were
+    awaited at 32 connections, edge-1 read +2.3 times per MiB); a 1 MiB body is awaited
+    on a quiet link."""
+    world = Receiver()
+    clients = [(world.front_transport, world.client)]
+    clients += [world.connect_client() for _ in range(AWAIT_STREAMS + 1)]
+    sids = [world.request(client) for client in clients]
+    for sid in sids[:-1]:  # small bodies, still coming: streams that receive
+        response = encode_response(sid, False, 200, b"OK", (), 10_000, b"")
+        world.edge2.sendall(response)
+        world.wait_for_link_bytes(len(response))
+        world.step(world.link)
+        world.clock.advance(0)
+    assert world.edge1.connection.receiving == AWAIT_STREAMS + 1 and not world.edge1.awaited
+    response = encode_response(sids[-1], False, 200, b"OK", (), 4 * AWAIT_MIN, b"")
+    world.edge2.sendall(response)
+    world.wait_for_link_bytes(len(response))
+    world.step(world.link)
+    world.clock.advance(0)
+    assert world.edge1.connection.receiving == AWAIT_STREAMS + 2
+    assert not world.edge1.awaited
+    # On a quiet link, a body of AWAIT_MIN (1 MiB) is awaited.
+    quiet = Receiver()
+    sid = quiet.request()
+    response = encode_response(sid, False, 200, b"OK", (), AWAIT_MIN, b"")
+    quiet.edge2.sendall(response)
+    quiet.wait_for_link_bytes(len(response))
+    quiet.step(quiet.link)
+    quiet.clock.advance(0)
+    assert AWAIT_MIN == 1 << 20 and quiet.edge1.awaited == {sid}
 
 
 def test_an_aborted_awaited_body_is_forgotten() -> None:

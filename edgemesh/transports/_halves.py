@@ -52,11 +52,13 @@ _PENDING_BOUND = 64 * 1024
 """Body bytes a stream holds while it waits for credit, before it pauses its producer."""
 _CORK_LIMIT = 16 * 1024
 """Response body held with a corked head before the head is sent anyway."""
-AWAIT_MIN = 2 * 1024 * 1024
+AWAIT_MIN = 1024 * 1024
 """A response body announced this large, to a client that takes pipes, is awaited on its
-link (EnvelopeLink.awaited): its small frames are read alone, the large ones spliced.
-Not 1 MiB bodies: at 32 connections their frames are 42-64 KiB, and reading those alone
-would only add system calls."""
+link (EnvelopeLink.awaited) while few streams receive on it (AWAIT_STREAMS): its small
+frames are read alone, the large ones spliced.  One-off 1 MiB transfers along p2: both
+edges' CPU 0.75-0.81 paired (ab_transfer.py --path big; results 2026-12-06 §10).  Not on
+a busy link: at 32 connections frames are 42-64 KiB, and reading those alone would only
+add system calls (+2.3 per MiB on edge-1 when 1 MiB bodies were awaited there)."""
 AWAIT_SMALL_FRAMES = 4
 """Small frames of an awaited body read alone, at most (two system calls each, instead of
 a share of one read): past them the body is not awaited any more."""
@@ -436,13 +438,17 @@ class OutboundExchange(_Sender):
 
     def _await(self) -> None:
         """A large body for a client that takes pipes: its link awaits it."""
-        awaited = self.link.awaited
-        if self.finished or len(awaited) >= AWAIT_STREAMS:
-            return  # (finished: the client went away as the head reached it)
+        link = self.link
+        awaited = link.awaited
+        if (self.finished or len(awaited) >= AWAIT_STREAMS
+                or link.connection.receiving > AWAIT_STREAMS):
+            # (finished: the client went away as the head reached it; a busy link's credit
+            # is shared out in frames too small to splice)
+            return
         if self._takes_pipes():
             self._small_left = AWAIT_SMALL_FRAMES
             awaited.add(self.sid)
-            self.link.piping = True
+            link.piping = True
 
     def small_frame_alone(self) -> bool:
         """Whether the link may read one more small frame of this awaited body alone."""
