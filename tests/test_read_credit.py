@@ -203,8 +203,8 @@ def test_a_linked_read_is_the_budgets_share_at_most() -> None:
 
 def test_a_splice_is_the_budgets_share_up_to_spliced_read() -> None:
     """A splice brings nothing into the process: SPLICED_READ for a lone stream, else the
-    budget's share (what a link that took only part of it would hold as bytes); below
-    SPLICE_MIN the read is copied (at LINKED_READ's rule), not spliced."""
+    budget's share (what a link that took only part of it would hold as bytes), so the
+    target's busy connections splice no more than READ_BUDGET at once together."""
     budget = ReadBudget()
     for busy, spliced in ((0, SPLICED_READ), (1, SPLICED_READ), (2, SPLICED_READ),
                           (3, READ_BUDGET // 3), (16, READ_BUDGET // 16), (32, READ_BUDGET // 32)):

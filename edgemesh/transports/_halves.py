@@ -56,7 +56,7 @@ AWAIT_MIN = 1024 * 1024
 """A response body announced this large, to a client that takes pipes, is awaited on its
 link (EnvelopeLink.awaited) while few streams receive on it (AWAIT_STREAMS): its small
 frames are read alone, the large ones spliced.  One-off 1 MiB transfers along p2: both
-edges' CPU 0.75-0.81 paired (ab_transfer.py --path big; results 2026-12-06 §10).  Not on
+edges' CPU 0.74-0.80 paired (ab_transfer.py --path big; results 2026-12-06 §10).  Not on
 a busy link: at 32 connections frames are 42-64 KiB, and reading those alone would only
 add system calls (+2.3 per MiB on edge-1 when 1 MiB bodies were awaited there)."""
 AWAIT_SMALL_FRAMES = 4

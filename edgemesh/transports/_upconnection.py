@@ -83,8 +83,8 @@ leaves queued.  Below the C heap's mmap threshold with the bytes object's header
 SPLICED_READ: Final = 1024 * 1024 - 64
 """The largest splice of a pod's body into the process's pipe (LINKED_READ's bytes come into
 the process; these never do: no heap to mind), while the credit, the link's frames and the
-ReadBudget's share allow it: a lone 4 MiB transfer in ~4 DATA frames, not ~17 (both edges'
-CPU 0.881 paired; bench/results-2026-12-06.md §10)."""
+ReadBudget's share allow it: a lone 4 MiB transfer in ~8 DATA frames (4 of ~1 MiB), not
+~17 (both edges' CPU 0.85-0.88 paired; bench/results-2026-12-06.md §10)."""
 
 MIN_READ: Final = 16 * 1024
 """The smallest read the budget shrinks a busy connection to."""

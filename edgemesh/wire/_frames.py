@@ -103,8 +103,8 @@ class Limits:
     max_data_chunk: int = 1024 * 1024 - 64
     """Largest body one DATA frame carries, and less where the peer takes less
     (``Connection.data_chunk``): a lone stream's spliced pod read (1 MiB) goes as one frame,
-    not four (one 4 MiB transfer edge -> edge: both edges' CPU 0.881, wall 0.889, paired;
-    bench/results-2026-12-06.md §10)."""
+    not four (one 4 MiB transfer edge -> edge: both edges' CPU 0.85-0.88, wall 0.87-0.89,
+    paired; bench/results-2026-12-06.md §10)."""
 
 
 # --- events (what a peer said) -------------------------------------------------------
