@@ -54,7 +54,7 @@ _CORK_LIMIT = 16 * 1024
 """Response body held with a corked head before the head is sent anyway."""
 AWAIT_MIN = 1024 * 1024
 """A response body announced this large, to a client that takes pipes, is awaited on its
-link (EnvelopeLink.awaited) while few streams receive on it (AWAIT_STREAMS): its small
+link (EnvelopeLink.awaited) while few streams are open on it (AWAIT_STREAMS): its small
 frames are read alone, the large ones spliced.  One-off 1 MiB transfers along p2: both
 edges' CPU 0.74-0.80 paired (ab_transfer.py --path big; results 2026-12-06 §10).  Not on
 a busy link: at 32 connections frames are 42-64 KiB, and reading those alone would only
@@ -441,9 +441,10 @@ class OutboundExchange(_Sender):
         link = self.link
         awaited = link.awaited
         if (self.finished or len(awaited) >= AWAIT_STREAMS
-                or link.connection.receiving > AWAIT_STREAMS):
+                or link.connection.active_streams > AWAIT_STREAMS):
             # (finished: the client went away as the head reached it; a busy link's credit
-            # is shared out in frames too small to splice)
+            # is shared out in frames too small to splice: its streams open, not only those
+            # receiving already, as at the start of a burst of requests)
             return
         if self._takes_pipes():
             self._small_left = AWAIT_SMALL_FRAMES

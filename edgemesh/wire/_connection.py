@@ -618,11 +618,6 @@ class Connection:
         return encode_window(sid, increment)
 
     @property
-    def receiving(self) -> int:
-        """Streams the peer may still send body on (they share ``receive_budget``)."""
-        return self._receiving
-
-    @property
     def receive_credit(self) -> int:
         """Credit granted on all streams and not yet consumed (what the peer may make
         this node hold): at most ``receive_budget`` + ``initial_window`` per stream."""
