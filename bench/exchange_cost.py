@@ -348,7 +348,9 @@ def main() -> None:
             dumps = sorted(glob.glob(prefix + ".*")) or sorted(glob.glob(prefix))
             counts[name] = sum(totals(path) for path in dumps) / args.exchanges
         on_path = [name for name in counts if name in target.hops]
-        print(f"\n{target.name}: {args.exchanges} x /small on one keep-alive connection "
+        how = ("each on a new connection" if args.new_connections
+               else "on one keep-alive connection")
+        print(f"\n{target.name}: {args.exchanges} x /small {how} "
               f"after {args.warmup} ({args.tree})")
         print("| process | instructions per exchange |\n|---|---:|")
         for name, count in counts.items():

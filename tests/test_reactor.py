@@ -769,3 +769,84 @@ def test_an_ipv6_port_is_twisteds(reactor: EdgemeshReactor) -> None:
         assert peer.port == raw.getsockname()[1]
     finally:
         raw.close()
+
+
+# --- a new connection's first read, right after its accept --------------------------------
+
+
+class FirstReads(Protocol):
+    """Records what it reads and how it ends; ``boom`` raises from dataReceived."""
+
+    def __init__(self, made: list[FirstReads]) -> None:
+        self.got: list[bytes] = []
+        self.lost: Failure | None = None
+        made.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        if b"boom" in data:
+            raise RuntimeError("application bug")
+
+    def connectionLost(self, reason: Failure = DONE) -> None:
+        self.lost = reason
+
+
+def test_a_connection_whose_client_sent_at_once_is_read_in_its_accept_turn(
+        reactor: EdgemeshReactor) -> None:
+    """The request a client sends with its connection is read in the turn that accepts it,
+    not one turn later; the client's close then ends it as a done connection.  (On loopback
+    the bytes are queued on the server's socket before ``sendall`` returns, but nothing
+    promises it: a few connections are tried, and one is enough.)"""
+    import socket
+
+    made: list[FirstReads] = []
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: FirstReads(made)),
+                             interface="127.0.0.1")
+    number = port.getHost().port
+    clients = []
+    try:
+        for attempt in range(10):
+            raw = socket.create_connection(("127.0.0.1", number), timeout=5)
+            clients.append(raw)
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            raw.shutdown(socket.SHUT_WR)
+            spin(reactor, lambda n=attempt + 1: len(made) == n)  # up to the accept's turn
+            if made[-1].got:
+                break
+        protocol = made[-1]
+        assert protocol.got == [b"GET / HTTP/1.1\r\n\r\n"], (attempt, protocol.got)
+        spin(reactor, lambda: protocol.lost is not None)
+        assert protocol.lost is not None and protocol.lost.check(error.ConnectionDone)
+    finally:
+        for raw in clients:
+            raw.close()
+
+
+def test_a_first_read_that_raises_closes_only_that_connection(
+        reactor: EdgemeshReactor, logged: list[LogEvent]) -> None:
+    """An application error in the first read (right after the accept) is logged and loses
+    that connection only: the port accepts the next one, which is read and answered; a
+    client that has sent nothing is accepted and read later, as before."""
+    import socket
+
+    made: list[FirstReads] = []
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: FirstReads(made)),
+                             interface="127.0.0.1")
+    number = port.getHost().port
+    bad = socket.create_connection(("127.0.0.1", number), timeout=5)
+    quiet = socket.create_connection(("127.0.0.1", number), timeout=5)
+    try:
+        bad.sendall(b"boom")
+        spin(reactor, lambda: len(made) == 2 and made[0].lost is not None)
+        assert made[0].got == [b"boom"]
+        assert made[0].lost is not None and made[0].lost.check(RuntimeError)
+        assert any((f := failure_of(e)) is not None and f.check(RuntimeError) for e in logged)
+        assert made[1].got == [] and made[1].lost is None
+        bad.settimeout(5)
+        assert bad.recv(1) == b""  # closed by the mesh
+        quiet.sendall(b"later")
+        spin(reactor, lambda: made[1].got == [b"later"])
+        assert made[1].lost is None
+    finally:
+        bad.close()
+        quiet.close()
