@@ -87,6 +87,15 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
+def user_system(pid: int) -> tuple[int, int]:
+    """utime and stime in clock ticks (/proc/PID/stat): over a whole run, the user/system
+    split of the schedstat CPU above (an idle pause's cost is mostly user time, results
+    2026-12-06 §11)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="*", help="checkouts (a copy of one twice: A/A)")
@@ -128,6 +137,7 @@ def main() -> None:
         wall: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         direct: list[float] = []
+        ticks = [[user_system(pid) for pid in mesh["edges"]] for mesh in meshes]
         for round_ in range(args.rounds):
             order = range(len(names)) if round_ % 2 == 0 else reversed(range(len(names)))
             for i in order:
@@ -142,7 +152,10 @@ def main() -> None:
             if args.gap:
                 time.sleep(args.gap)
             direct.append(transfer(meshes[0]["origin"], None, args.path))
-        report(names, wall, cpu, direct, args)
+        split = {name: [(u1 - u0, s1 - s0) for (u0, s0), (u1, s1) in zip(
+            ticks[i], (user_system(pid) for pid in meshes[i]["edges"]))]
+            for i, name in enumerate(names)}
+        report(names, wall, cpu, direct, args, split)
     finally:
         for child in children:
             if child.stdin:
@@ -156,7 +169,7 @@ def main() -> None:
 
 def report(names: list[str], wall: dict[str, list[float]],
            cpu: dict[str, list[tuple[float, float]]], direct: list[float],
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, split: dict[str, list[tuple[int, int]]]) -> None:
     med = statistics.median
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
@@ -169,6 +182,10 @@ def report(names: list[str], wall: dict[str, list[float]],
               f"{med(wall[name]) / med(direct):.2f} x direct; CPU ms edge-1 "
               f"{med(c[0] for c in runs):.3f}, edge-2 {med(c[1] for c in runs):.3f}, "
               f"both {med(c[0] + c[1] for c in runs):.3f}")
+        shares = ", ".join(
+            f"edge-{n} {100 * user / max(user + system, 1):.0f} % user of {user + system}"
+            for n, (user, system) in enumerate(split[name], 1))
+        print(f"    over the run: {shares} clock ticks (/proc/PID/stat)")
     first = names[0]
     for name in names[1:]:
         pairs = list(zip(cpu[first], cpu[name]))
