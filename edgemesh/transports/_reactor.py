@@ -47,6 +47,10 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReact
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
+from ._io import PLAIN_TCP as _PLAIN_TCP
+from ._io import TCP_READ as _TCP_READ
+from ._io import reads_as_twisted
+
 
 class EdgemeshReactor(epollreactor.EPollReactor):
     """An epoll reactor that dispatches ready descriptors without log-context layers."""
@@ -208,13 +212,11 @@ class EdgemeshReactor(epollreactor.EPollReactor):
         event as before.  Only a plain TCP transport still reading with Twisted's own
         ``doRead``; an error gets the main loop's answer to the same read (the protocol's
         exception logged, that connection lost, the port accepts on)."""
-        do_read = selectable.doRead
-        if not (type(do_read) is _METHOD and do_read.__func__ is _TCP_READ
-                and type(selectable) in _PLAIN_TCP):
+        if not reads_as_twisted(selectable):
             return
         why: BaseException | None
         try:
-            why = do_read()  # (Twisted's: the main loop's inline read, as a call)
+            why = selectable.doRead()  # (Twisted's: the main loop's inline read, as a call)
         except BaseException:  # noqa: BLE001 -- as the main loop: this connection only
             why = sys.exc_info()[1]
             log.err(system=_prefix(selectable))
@@ -288,11 +290,10 @@ class _Port(tcp.Port):
 _AF_INET = int(socket.AF_INET)
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
-"""Twisted's own TCP connections (not subclasses): read inline while their doRead is
-Twisted's (_TCP_READ), not one set on the instance (a connecting client's doConnect, an
-aborted connection's no-op, edgemesh's pooled reads and read gate)."""
-_TCP_READ = tcp.Connection.doRead
+# The main loop reads Twisted's own TCP connections (_PLAIN_TCP, not subclasses) inline
+# while their doRead is Twisted's (_TCP_READ), not one set on the instance (a connecting
+# client's doConnect, an aborted connection's no-op, edgemesh's pooled reads and read gate):
+# _io.reads_as_twisted's test, written out there to save its call per read.
 _METHOD = MethodType
 
 _LONGEST = 2147483.0
