@@ -17,7 +17,12 @@ CPU) sets the wall time of a 4 MiB transfer.  ``--path small|big|huge`` (13 byte
 4 MiB): the difference between sizes tells the fixed cost of an exchange on a new
 connection from the cost per byte.
 
-usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] TREE_A TREE_B [TREE_C ...]
+``--env I:VAR=VALUE`` (repeatable) runs the mesh processes of the I-th tree (from 0) with that
+variable set (harness.py's ``MESH_ENV``): one checkout given twice, once with an interpreter
+or allocator setting, compares the setting (results 2026-12-06 §12).
+
+usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] [--env I:VAR=VALUE]
+                      TREE_A TREE_B [TREE_C ...]
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ PORT_STEP = 20
 START_TIMEOUT = 240.0
 
 
-def serve(tree: str, base_port: int, info_file: str) -> None:
+def serve(tree: str, base_port: int, info_file: str, env: str) -> None:
     """In a child process: one tree's origin and mesh on ports from ``base_port``, up until
-    stdin closes; what the parent needs (edges' pids, ports) written to ``info_file``."""
+    stdin closes; what the parent needs (edges' pids, ports) written to ``info_file``.
+    ``env``: the mesh processes' extra environment ("VAR=VALUE ...")."""
     harness.CFG["BASE_PORT"] = str(base_port)
+    harness.CFG["MESH_ENV"] = env
     harness.PORTS.update(harness.ports())
     harness.REPO = os.path.abspath(tree)
     out = tempfile.mkdtemp(prefix="edgemesh-ab-")
@@ -105,23 +112,32 @@ def main() -> None:
                         help="seconds of idle before each transfer (bench/run.sh idles "
                              "at least 0.5 s: its transfers meet cold processes)")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
-    parser.add_argument("--serve", nargs=3, metavar=("TREE", "BASE_PORT", "INFO"),
+    parser.add_argument("--env", action="append", default=[], metavar="I:VAR=VALUE",
+                        help="an environment variable of the I-th tree's mesh processes")
+    parser.add_argument("--serve", nargs=4, metavar=("TREE", "BASE_PORT", "INFO", "ENV"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     harness.CFG.update(PYTHON=args.python)
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]), args.serve[2])
+        serve(args.serve[0], int(args.serve[1]), args.serve[2], args.serve[3])
         return
     if not args.trees:
         parser.error("give at least one tree")
-    names = [f"{i}:{tree}" for i, tree in enumerate(args.trees)]
+    envs: list[list[str]] = [[] for _ in args.trees]
+    for item in args.env:
+        index, _, setting = item.partition(":")
+        if not index.isdigit() or int(index) >= len(args.trees) or "=" not in setting:
+            parser.error(f"--env {item}: I:VAR=VALUE, I the index of a tree given")
+        envs[int(index)].append(setting)
+    names = [f"{i}:{tree}" + "".join(f" {s}" for s in envs[i])
+             for i, tree in enumerate(args.trees)]
     base = int(harness.CFG["BASE_PORT"])
     children, infos = [], []
     for i, tree in enumerate(args.trees):
         info = tempfile.mktemp(prefix="edgemesh-ab-info-")
         children.append(subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--python", args.python, "--serve",
-             tree, str(base + 40 + PORT_STEP * i), info],
+             tree, str(base + 40 + PORT_STEP * i), info, " ".join(envs[i])],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         infos.append(info)
     try:

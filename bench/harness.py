@@ -50,6 +50,9 @@ DEFAULTS = {
     "PYTHONS": "",  # several interpreters: every mesh target runs once with each (run.sh sets it)
     "TRANSFERS": "7",  # one-off 4 MiB transfers per target (each alternated with a direct one)
     "MESH_ARGS": "",  # extra options for both twistd plugins, e.g. "--request-timeout 60"
+    # Extra environment of every mesh process, "VAR=VALUE VAR2=VALUE", e.g. an allocator
+    # setting read at interpreter start: "PYTHONMALLOC=malloc GLIBC_TUNABLES=...".
+    "MESH_ENV": "",
     # twistd --reactor of the mesh: edgemesh's (edgemesh/transports/_reactor.py) where the
     # tree has it, else twistd's default; "default" or "" for twistd's own choice.
     "REACTOR": "edgemesh",
@@ -450,6 +453,9 @@ def start_relays(tmp: str, mode: str) -> list[Proc]:
 def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
+    for setting in CFG["MESH_ENV"].split():
+        key, _, value = setting.partition("=")
+        env[key] = value
     if CFG["GC_PROBE"] == "1":
         env["PYTHONPATH"] = os.path.join(HERE, "gcprobe") + os.pathsep + env["PYTHONPATH"]
         env["EDGEMESH_GC_PROBE"] = os.path.join(tmp, "gcprobe")

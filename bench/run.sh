@@ -9,6 +9,7 @@
 #     p3-edge-cloud p4-cloud-edge p2-edge-edge-tls p3-edge-cloud-tls p4-cloud-edge-tls"
 #     (relay-*: the 4 MiB row's two-process floors)  PATHS="/small /big"  TRANSFERS=7 (4 MiB, curl)
 #   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
+#   MESH_ENV= ("VAR=VALUE ...": extra environment of every mesh process)
 #   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
 #   PYTHONS="3.11 3.12 3.13" (every mesh target once with each, in one run; a bare version is
