@@ -94,15 +94,6 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def user_system(pid: int) -> tuple[int, int]:
-    """utime and stime in clock ticks (/proc/PID/stat): over a whole run, the user/system
-    split of the schedstat CPU above (an idle pause's cost is mostly user time, results
-    2026-12-06 §11)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="*", help="checkouts (a copy of one twice: A/A)")
@@ -153,7 +144,9 @@ def main() -> None:
         wall: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         direct: list[float] = []
-        ticks = [[user_system(pid) for pid in mesh["edges"]] for mesh in meshes]
+        # Each edge's user/system split over the run (clock ticks), beside the schedstat CPU
+        # per transfer: an idle pause's cost is mostly user time (results 2026-12-06 §11).
+        ticks = [[harness.user_system_ticks(pid) for pid in mesh["edges"]] for mesh in meshes]
         for round_ in range(args.rounds):
             order = range(len(names)) if round_ % 2 == 0 else reversed(range(len(names)))
             for i in order:
@@ -169,7 +162,7 @@ def main() -> None:
                 time.sleep(args.gap)
             direct.append(transfer(meshes[0]["origin"], None, args.path))
         split = {name: [(u1 - u0, s1 - s0) for (u0, s0), (u1, s1) in zip(
-            ticks[i], (user_system(pid) for pid in meshes[i]["edges"]))]
+            ticks[i], (harness.user_system_ticks(pid) for pid in meshes[i]["edges"]))]
             for i, name in enumerate(names)}
         report(names, wall, cpu, direct, args, split)
     finally:

@@ -314,14 +314,21 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def user_system_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of every thread of the process, in clock ticks (OSError once it is
+    gone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of every thread of the process, in clock ticks."""
+    """utime + stime of every thread of the process, in clock ticks (0 once it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        user, system = user_system_ticks(pid)
     except OSError:
         return 0
+    return user + system
 
 
 def status_kib(pid: int, key: str) -> int:

@@ -274,7 +274,7 @@ class _Port(tcp.Port):
                     continue
                 session = self.sessionno
                 self.sessionno = session + 1
-                transport = self.transport(skt, protocol, addr, self, session, self.reactor)
+                transport = self.transport(skt, protocol, addr, self, session, reactor)
                 protocol.makeConnection(transport)
                 if fd in reads:  # (the fds read; not if makeConnection closed it)
                     first_read(transport)
