@@ -12,6 +12,13 @@ stime); the link's TCP state (``ss -tmi``: rcv_space, the socket buffers, cwnd) 
 runs.  These counts do not depend on the machine's load, so a start's state is classified
 by them, not by its req/s.  ``--nginx`` measures the nginx proxy hop once first, for the
 per-hop ratio.
+
+``--meshes N --rounds R`` starts N meshes at once and measures them in turn, R rounds (with
+``--nginx``, the nginx hop first in each round; ``--tree2 DIR``, every other mesh runs that
+tree; ``--tls-pair``, every other mesh has mTLS links).  It ends with the ratios of each
+round's own runs, seconds apart: p2's CPU per hop to nginx's hop, and the second kind to
+the first (the mTLS row, with ``--tls-pair``), their median and range.  The rows of
+bench/run.sh compare runs minutes apart, over which nginx's own hop moves by a quarter.
 """
 
 from __future__ import annotations
@@ -224,11 +231,13 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
     state that belongs to a mesh start shows as one mesh staying slow while the others are
     fast in the same round; a state of the machine moves them all together."""
     base_ports = dict(harness.PORTS)
-    p2 = harness.TARGETS["p2-edge-edge"]
     origin_tmp = harness.run_dir(out, "origin", bodies, base_ports["origin"], base_ports)
     harness.start_origin(origin_tmp)
     meshes = []
     trees = [os.path.abspath(args.tree), *([os.path.abspath(args.tree2)] if args.tree2 else [])]
+    # --tls-pair: the meshes alternate plaintext and mTLS links (one tree), so that the mTLS
+    # row is a ratio of runs a few seconds apart, round by round.
+    kinds = ([f"{trees[0]} plaintext", f"{trees[0]} mTLS"] if args.tls_pair else trees)
     for k in range(args.meshes):
         harness.CFG["BASE_PORT"] = str(int(os.environ["BASE_PORT"]) + 10 * (k + 1))
         ports = harness.ports()
@@ -236,19 +245,24 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
         harness.PORTS = ports
         harness.REPO = trees[k % len(trees)]  # --tree2: the meshes alternate the trees
         harness._compiled.clear()
-        print(f"mesh {k}: {harness.REPO}", flush=True)
-        mesh = harness.start_mesh(tmp, 0, False)
+        tls = args.tls_pair and k % 2 == 1
+        p2 = harness.TARGETS["p2-edge-edge-tls" if tls else "p2-edge-edge"]
+        print(f"mesh {k}: {kinds[k % len(kinds)]}", flush=True)
+        mesh = harness.start_mesh(tmp, 0, tls)
         harness.check_until_ready(p2, bodies, ["/small"])
         harness.wrk(p2, "/big", args.warmup)
-        meshes.append((ports, mesh))
+        meshes.append((ports, mesh, p2))
     nginx_pids: list[int] = []
     if args.nginx:
         harness.PORTS = base_ports
         procs = harness.start_nginx_proxy(origin_tmp)
         harness.check_until_ready(harness.TARGETS["nginx"], bodies, ["/big"])
         nginx_pids = harness.tree(procs[0].pid)
-    results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    # Per round: each kind's mean edges' CPU per request, and nginx's hop (the paired ratios).
+    rounds: list[dict[str, float]] = []
     for rnd in range(args.rounds):
+        this: dict[str, list[float]] = {}
         if nginx_pids:
             harness.PORTS = base_ports
             b0 = busy()
@@ -257,16 +271,21 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
             t1 = sum(harness.cpu_ticks(p) for p in nginx_pids)
             b1 = busy()
             r = harness.parse_wrk(text)
-            print(f"round {rnd} nginx : {r['rps']:6.1f} req/s, "
-                  f"{(t1 - t0) / harness.CLK_TCK * 1e6 / r['requests']:5.0f} us/req "
+            hop = (t1 - t0) / harness.CLK_TCK * 1e6 / r["requests"]
+            this["nginx"] = [hop]
+            print(f"round {rnd} nginx : {r['rps']:6.1f} req/s, {hop:5.0f} us/req "
                   f"{fmt_busy(b0, b1)}", flush=True)
-        for k, (ports, mesh) in enumerate(meshes):
+        for k, (ports, mesh, p2) in enumerate(meshes):
             harness.PORTS = ports
             b0 = busy()
             r = measure(mesh, p2, args.duration, out, f"{k}-{rnd}")
-            results[trees[k % len(trees)]].append(r)
+            kind = kinds[k % len(kinds)]
+            results[kind].append(r)
+            this.setdefault(kind, []).append(r["us_per_req"])
             b1 = busy()
             print(show(f"round {rnd} mesh {k}", r) + " " + fmt_busy(b0, b1), flush=True)
+        rounds.append({kind: statistics.mean(v) for kind, v in this.items()})
+    paired(rounds, kinds)
     for tree, runs in results.items():
         print(f"{tree}: medians of {len(runs)} runs: edges "
               f"{statistics.median(r['us_per_req'] for r in runs):.0f} us/req; " + "; ".join(
@@ -274,8 +293,26 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
                       f"{key} {statistics.median(r[name].get(key, 0) for r in runs):.2f}"
                       for key in ("flt", "mmap", "vol", "recv", "user_ms", "sys_ms"))
                   for name in ("edge-1", "edge-2")))
-    for ports, _ in meshes:
+    for ports, _, _ in meshes:
         print("link: " + link_state(ports["edge-2-hub"]).replace("\n", "\n      "))
+
+
+def paired(rounds: list[dict[str, float]], kinds: list[str]) -> None:
+    """The ratios of each round's own runs (seconds apart, the same load), their median and
+    range: p2's CPU per hop (half of both edges') to nginx's hop, and the second kind to the
+    first (--tree2, --tls-pair)."""
+    def line(name: str, values: list[float]) -> None:
+        if values:
+            print(f"paired {name}, {len(values)} rounds: median {statistics.median(values):.2f} "
+                  f"(min {min(values):.2f}, max {max(values):.2f}; "
+                  + " ".join(f"{v:.2f}" for v in values) + ")", flush=True)
+
+    for kind in kinds:
+        line(f"{kind} per hop / nginx's hop",
+             [r[kind] / 2 / r["nginx"] for r in rounds if "nginx" in r and kind in r])
+    if len(kinds) == 2:
+        line(f"{kinds[1]} / {kinds[0]}",
+             [r[kinds[1]] / r[kinds[0]] for r in rounds if kinds[0] in r and kinds[1] in r])
 
 
 def fmt_busy(b0: dict[str, tuple[int, int, int]], b1: dict[str, tuple[int, int, int]]) -> str:
@@ -293,6 +330,9 @@ def main() -> None:
     parser.add_argument("--tree", default=harness.REPO)
     parser.add_argument("--tree2", default="",
                         help="with --meshes: every other mesh runs this tree (an A/B in turn)")
+    parser.add_argument("--tls-pair", action="store_true",
+                        help="with --meshes: every other mesh has mTLS links (the mTLS row, "
+                             "paired round by round)")
     parser.add_argument("--starts", type=int, default=6)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--duration", default="5s")
@@ -311,6 +351,8 @@ def main() -> None:
                         help="perf record's options, e.g. '-e syscalls:sys_enter_mmap -g'")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     args = parser.parse_args()
+    if args.tls_pair and (args.tree2 or args.meshes < 2):
+        parser.error("--tls-pair takes --meshes 2 or more and no --tree2")
     harness.REPO = os.path.abspath(args.tree)
     if args.perf_record:
         PERF_RECORD[:] = ["-e", "cpu-clock", "-F", "1999"]

@@ -18,7 +18,7 @@ from test_upstream import GET, ROUTE, Harness, SizedTransport, Upstream
 from edgemesh.exchange import READ_LIMITERS, ISizedProducer
 from edgemesh.testing import RecordingResponder
 from edgemesh.transports._halves import InboundExchange, OutboundExchange
-from edgemesh.transports._io import SMALL_BUFFER, SPLICE_PIPE_SIZE
+from edgemesh.transports._io import SMALL_BUFFER, SPLICE_MIN, SPLICE_PIPE_SIZE
 from edgemesh.transports._upconnection import (
     LINKED_READ,
     MAX_READ,
@@ -202,9 +202,9 @@ def test_a_linked_read_is_the_budgets_share_at_most() -> None:
 
 
 def test_a_splice_is_the_budgets_share_up_to_spliced_read() -> None:
-    """A splice brings nothing into the process: SPLICED_READ for a lone stream, else the
-    budget's share (what a link that took only part of it would hold as bytes), so the
-    target's busy connections splice no more than READ_BUDGET at once together."""
+    """How far a splice may grow past its connection's read cap when the credit allows:
+    SPLICED_READ for a lone stream, else the budget's share (below it, a spliced read's cap
+    is LINKED_READ and the credit: test_a_spliced_read_is_not_cut_to_the_share)."""
     budget = ReadBudget()
     for busy, spliced in ((0, SPLICED_READ), (1, SPLICED_READ), (2, SPLICED_READ),
                           (3, READ_BUDGET // 3), (16, READ_BUDGET // 16), (32, READ_BUDGET // 32)):
@@ -224,6 +224,21 @@ def test_the_budgets_share_is_between_min_read_and_the_largest_read_at_any_busy_
             for linked, most in ((False, MAX_READ), (True, LINKED_READ)):
                 share = most if busy <= 1 else max(MIN_READ, min(most, total // busy))
                 assert budget.cap(linked) == share, (total, busy, linked)
+                assert budget.cap(linked, spliced=True) == most
+
+
+def test_a_spliced_read_is_not_cut_to_the_share() -> None:
+    """A read whose body goes on by splice (to a plain TCP link) is LINKED_READ at most (and
+    its credit, limit_reads), however many connections are busy: the share, 64 KiB at 32
+    busy, would take it below SPLICE_MIN, and the piece would be read into the process
+    instead (the copied reads of a TLS link's streams keep the share)."""
+    budget = ReadBudget()
+    for busy in (0, 1, 8, 9, 16, 32, 1000):
+        budget.busy = busy
+        assert budget.cap(True, spliced=True) == LINKED_READ
+        assert budget.cap(True) == (LINKED_READ if busy <= 1 else
+                                    max(MIN_READ, min(LINKED_READ, READ_BUDGET // busy)))
+    assert MIN_READ < READ_BUDGET // 32 < SPLICE_MIN <= LINKED_READ
 
 
 def test_a_lone_stream_keeps_reading_whole_linked_reads() -> None:

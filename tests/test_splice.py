@@ -39,7 +39,7 @@ from edgemesh.testing import RecordingResponder
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._halves import InboundExchange
 from edgemesh.transports._io import SplicePipe, buffered, splice_after, splice_pipe
-from edgemesh.transports._upconnection import LINKED_READ, SPLICE_MIN, SPLICED_READ
+from edgemesh.transports._upconnection import LINKED_READ, READ_BUDGET, SPLICE_MIN, SPLICED_READ
 from edgemesh.wire import DATA_HEAD_MAX, FrameDecoder, Limits, data_head_at
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux's")
@@ -454,6 +454,30 @@ def test_a_pod_connection_asks_each_response_whether_it_splices() -> None:
     world.answer(response(second))
     assert world.responder.body == second
     assert spliced_bytes() - before >= len(second) // 2
+
+
+def test_a_busy_targets_body_is_spliced_whole_pieces_and_copied_in_shares() -> None:
+    """32 busy pod connections (the budget's share 64 KiB, below SPLICE_MIN): a body that
+    goes to a plain TCP link is still spliced, in pieces of LINKED_READ at most (and the
+    credit); one whose responder takes no pipes (a TLS link's stream) is read in the share,
+    as before."""
+    world = World()
+    world.h.target.reads.busy += 31
+    assert world.h.target.reads.busy == 32
+    body = os.urandom(1 << 20)
+    before = spliced_bytes()
+    world.answer(response(body))
+    assert world.responder.body == body
+    assert spliced_bytes() - before >= len(body) // 2
+    sizes = data_frame_bodies(world.raw)
+    assert max(sizes) <= LINKED_READ, sizes
+    world.again()
+    world.inbound.can_take_pipes = lambda from_pod: False  # type: ignore[method-assign]
+    start = len(world.raw)
+    before = spliced_bytes()
+    world.answer(response(body))
+    assert world.responder.body == body and spliced_bytes() == before
+    assert max(data_frame_bodies(world.raw[start:])) <= READ_BUDGET // 32
 
 
 def test_a_full_link_socket_keeps_the_rest_as_bytes_in_order() -> None:

@@ -106,12 +106,20 @@ class ReadBudget:
         self.busy = 0
         """Connections in an exchange (counted by _UpstreamExchange.connected/_detach)."""
 
-    def cap(self, linked: bool = False) -> int:
+    def cap(self, linked: bool = False, spliced: bool = False) -> int:
         """The largest read of one busy connection now; ``linked``: its responder sizes
-        the reads by its credit (LINKED_READ at most, not MAX_READ)."""
+        the reads by its credit (LINKED_READ at most, not MAX_READ); ``spliced``: its body
+        goes on to a plain TCP link by splices, which the share does not cut."""
         most = LINKED_READ if linked else MAX_READ
         busy = self.busy
-        if busy <= 1:
+        if busy <= 1 or spliced:
+            # A splice's bytes are not the process's to hold.  What a link that took only
+            # part of one keeps as bytes passes the link's buffer threshold, which stops
+            # every pod read behind it (EnvelopeLink.pauseProducing) before the next one:
+            # those rests do not add up as copied reads would.  Cut to the share (64 KiB at
+            # 32 busy), each piece fell below SPLICE_MIN and was read into the process:
+            # p2 /big at 32 connections, both edges' CPU per request x 0.74-0.87 (paired
+            # rounds, bench/bimodal.py; bench/results-2026-12-06.md section 13).
             return most
         # Conditionals, not max(min()): two builtin calls with argument parsing (~750
         # instructions each) per pod read of a busy target (p2 /big at 32 connections).
@@ -468,7 +476,7 @@ class _UpstreamConnection(Protocol):
             if size is not None:
                 want = self.want
                 room = self.room
-                cap = self.target.reads.cap(room is not None)
+                cap = self.target.reads.cap(room is not None, self.splicing is True)
                 if room is not None:
                     # The credit (room) bounds what a read leaves queued: the budget's share
                     # at once, no ramp (p2 4 MiB: 8 ramp reads of 64-128 KiB each transfer).
@@ -583,7 +591,7 @@ class _UpstreamConnection(Protocol):
         if self.room is None:
             # The credit bounds what a read leaves queued from now on: the budget's share at
             # once, no ramp, even after a pause that came first (see dataReceived).
-            self.want = self.target.reads.cap(True)
+            self.want = self.target.reads.cap(True, self.splicing is True)
         self.room = room
         want = self.want
         if room < want and want > ROOM_READ:
