@@ -113,13 +113,14 @@ class ReadBudget:
         most = LINKED_READ if linked else MAX_READ
         busy = self.busy
         if busy <= 1 or spliced:
-            # A splice's bytes are not the process's to hold.  What a link that took only
-            # part of one keeps as bytes passes the link's buffer threshold, which stops
-            # every pod read behind it (EnvelopeLink.pauseProducing) before the next one:
-            # those rests do not add up as copied reads would.  Cut to the share (64 KiB at
-            # 32 busy), each piece fell below SPLICE_MIN and was read into the process:
-            # p2 /big at 32 connections, both edges' CPU per request x 0.74-0.87 (paired
-            # rounds, bench/bimodal.py; bench/results-2026-12-06.md section 13).
+            # The credit bounds each read (limit_reads), and a spliced piece is not the
+            # process's to hold.  What the link leaves of one, or a piece read because the
+            # link holds bytes (takes_pipe_now), passes the link's buffer threshold, which
+            # stops every pod read behind it (EnvelopeLink.pauseProducing) before the next:
+            # they do not add up per connection.  Cut to the share (64 KiB at 32 busy), every
+            # piece fell below SPLICE_MIN and was read into the process: p2 /big at 32
+            # connections, both edges' CPU per request x 0.76 (paired rounds, bench/
+            # bimodal.py; bench/results-2026-12-06.md section 13).
             return most
         # Conditionals, not max(min()): two builtin calls with argument parsing (~750
         # instructions each) per pod read of a busy target (p2 /big at 32 connections).
