@@ -456,7 +456,7 @@ def test_a_pod_connection_asks_each_response_whether_it_splices() -> None:
     assert spliced_bytes() - before >= len(second) // 2
 
 
-def test_a_busy_targets_body_is_spliced_whole_pieces_and_copied_in_shares() -> None:
+def test_a_busy_targets_body_is_spliced_in_credit_sized_pieces_and_copied_in_shares() -> None:
     """32 busy pod connections (the budget's share 64 KiB, below SPLICE_MIN): a body that
     goes to a plain TCP link is still spliced, in pieces of LINKED_READ at most (and the
     credit); one whose responder takes no pipes (a TLS link's stream) is read in the share,

@@ -69,7 +69,8 @@ waits in its link stream's queue when the link is full: with 32 busy connections
 reads instead of 128 KiB.  2 MiB, not 1: at 1 MiB (32 KiB reads) p1-local /big cost
 +35-40 % CPU at 32 connections (bench/run.sh, same hour: 1154-1279 against 866 µs per
 request) for ~1.4 MiB less VmHWM growth; 2 MiB costs ~6 % (bench/results-2026-12-03.md
-section 11)."""
+section 11).  Not a read whose body is spliced to a plain TCP link: its credit bounds it
+(ReadBudget.cap)."""
 
 LINKED_READ: Final = 256 * 1024 - 64
 """The largest read of a pod connection whose responder sizes the reads by its credit (a link
@@ -130,8 +131,9 @@ class ReadBudget:
         return share if share > MIN_READ else MIN_READ
 
     def spliced_cap(self) -> int:
-        """The largest splice of one busy connection now (SPLICED_READ, or the budget's
-        share: what a link that took only part of a splice would hold as bytes)."""
+        """How far a splice of one busy connection may grow past its read cap when the
+        credit allows (SPLICED_READ, or the budget's share: a larger splice is a larger rest
+        that a link which takes only part of it holds as bytes)."""
         busy = self.busy
         if busy <= 1:
             return SPLICED_READ
