@@ -86,8 +86,18 @@ default), so that no outgoing connection of this or another test takes one of th
 the choice and the listen (a late ``start_edge`` listens minutes after the choice)."""
 
 
+_RECENT = 4096
+"""How many ports handed out lately free_ports remembers (a test takes ~10-30)."""
+_handed_out: dict[int, None] = {}
+"""Ports handed out lately, oldest first: a later call skips them.  They are free when
+handed out and nobody listens on them yet, so a second call (a test's own ports after its
+topology's) could hand out the same ones again: a router that then found its port taken by
+the test's socat bridge (test_redis, one CI run in several hundred)."""
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (all bound at once, then released)."""
+    """``count`` distinct free TCP ports on 127.0.0.1 (all bound at once, then released),
+    none of them handed out by a recent call."""
     sockets: list[socket.socket] = []
     start = random.randrange(PORT_FLOOR, PORT_CEILING)
     try:
@@ -95,6 +105,8 @@ def free_ports(count: int) -> list[int]:
             if len(sockets) == count:
                 break
             port = PORT_FLOOR + (start - PORT_FLOOR + offset) % (PORT_CEILING - PORT_FLOOR)
+            if port in _handed_out:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((LOOPBACK, port))
@@ -104,7 +116,12 @@ def free_ports(count: int) -> list[int]:
             sockets.append(sock)
         if len(sockets) < count:
             raise RuntimeError(f"fewer than {count} free ports in {PORT_FLOOR}-{PORT_CEILING}")
-        return [sock.getsockname()[1] for sock in sockets]
+        ports = [sock.getsockname()[1] for sock in sockets]
+        for port in ports:
+            _handed_out[port] = None
+        while len(_handed_out) > _RECENT:
+            del _handed_out[next(iter(_handed_out))]
+        return ports
     finally:
         for sock in sockets:
             sock.close()
