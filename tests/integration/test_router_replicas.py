@@ -47,12 +47,8 @@ FAILOVER_BOUND = 5.0
 class Replicas:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        # Apart from the topology's: two free_ports calls may hand out the same free port.
-        t = mesh.topology
-        taken = {t.router_tunnel, t.router_http, t.router_admin, *t.pods.values(),
-                 *t.dead.values(), *(p for e in t.edges.values() for p in e.values())}
-        wanted = 4 * len(ROUTERS)
-        ports = iter([p for p in free_ports(wanted + len(taken)) if p not in taken][:wanted])
+        # Apart from the topology's: free_ports skips the ports it handed out lately.
+        ports = iter(free_ports(4 * len(ROUTERS)))
         self.ports = {r: {k: next(ports) for k in ("tunnel", "http", "admin", "peer")}
                       for r in ROUTERS}
 
