@@ -17,8 +17,11 @@ per-hop ratio.
 ``--nginx``, the nginx hop first in each round; ``--tree2 DIR``, every other mesh runs that
 tree; ``--tls-pair``, every other mesh has mTLS links).  It ends with the ratios of each
 round's own runs, seconds apart: p2's CPU per hop to nginx's hop, and the second kind to
-the first (the mTLS row, with ``--tls-pair``), their median and range.  The rows of
-bench/run.sh compare runs minutes apart, over which nginx's own hop moves by a quarter.
+the first (the mTLS row, with ``--tls-pair``), their median and range.  ``--nginx-pairs``
+adds two nginx hops in a chain to each round, plain and with mutual TLS between them
+(bench/run.sh's relay-nginx and relay-nginx-tls): what TLS costs nginx, paired the same way.
+The rows of bench/run.sh compare runs minutes apart, over which nginx's own hop moves by a
+quarter.
 """
 
 from __future__ import annotations
@@ -258,6 +261,18 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
         procs = harness.start_nginx_proxy(origin_tmp)
         harness.check_until_ready(harness.TARGETS["nginx"], bodies, ["/big"])
         nginx_pids = harness.tree(procs[0].pid)
+    # --nginx-pairs: two nginx hops in a chain, plain and with mTLS between them (bench/run.sh's
+    # relay-nginx and relay-nginx-tls), measured in each round beside the meshes.
+    pairs: list[tuple[str, dict[str, int], list[int]]] = []
+    for n, mode in enumerate(("nginx", "nginx-tls") if args.nginx_pairs else ()):
+        harness.CFG["BASE_PORT"] = str(int(os.environ["BASE_PORT"]) + 10 * (args.meshes + n + 1))
+        ports = dict(harness.ports(), origin=base_ports["origin"])
+        harness.PORTS = ports
+        name = f"relay-{mode}"
+        procs = harness.start_relays(harness.run_dir(out, name, bodies, None, ports), mode)
+        harness.check_until_ready(harness.TARGETS[name], bodies, ["/big"])
+        harness.wrk(harness.TARGETS[name], "/big", args.warmup)
+        pairs.append((name, ports, [pid for proc in procs for pid in harness.tree(proc.pid)]))
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     # Per round: each kind's mean edges' CPU per request, and nginx's hop (the paired ratios).
     rounds: list[dict[str, float]] = []
@@ -274,6 +289,17 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
             hop = (t1 - t0) / harness.CLK_TCK * 1e6 / r["requests"]
             this["nginx"] = [hop]
             print(f"round {rnd} nginx : {r['rps']:6.1f} req/s, {hop:5.0f} us/req "
+                  f"{fmt_busy(b0, b1)}", flush=True)
+        for name, ports, pids in pairs:
+            harness.PORTS = ports
+            b0 = busy()
+            t0 = sum(harness.cpu_ticks(p) for p in pids)
+            _, text = harness.wrk(harness.TARGETS[name], "/big", args.duration)
+            t1 = sum(harness.cpu_ticks(p) for p in pids)
+            b1 = busy()
+            r = harness.parse_wrk(text)
+            this[name] = [(t1 - t0) / harness.CLK_TCK * 1e6 / r["requests"]]
+            print(f"round {rnd} {name}: {r['rps']:6.1f} req/s, {this[name][0]:5.0f} us/req "
                   f"{fmt_busy(b0, b1)}", flush=True)
         for k, (ports, mesh, p2) in enumerate(meshes):
             harness.PORTS = ports
@@ -313,6 +339,12 @@ def paired(rounds: list[dict[str, float]], kinds: list[str]) -> None:
     if len(kinds) == 2:
         line(f"{kinds[1]} / {kinds[0]}",
              [r[kinds[1]] / r[kinds[0]] for r in rounds if kinds[0] in r and kinds[1] in r])
+    pair = ("relay-nginx", "relay-nginx-tls")
+    line("nginx's two hops, mTLS between them / plain",
+         [r[pair[1]] / r[pair[0]] for r in rounds if pair[0] in r and pair[1] in r])
+    for kind in kinds:
+        line(f"{kind} / relay-nginx (both two processes)",
+             [r[kind] / r[pair[0]] for r in rounds if pair[0] in r and kind in r])
 
 
 def fmt_busy(b0: dict[str, tuple[int, int, int]], b1: dict[str, tuple[int, int, int]]) -> str:
@@ -340,6 +372,9 @@ def main() -> None:
     parser.add_argument("--huge", type=int, default=0, help="4 MiB transfers per start")
     parser.add_argument("--mesh-args", default="")
     parser.add_argument("--nginx", action="store_true")
+    parser.add_argument("--nginx-pairs", action="store_true",
+                        help="with --meshes: nginx's hop twice in a chain, plain and with mTLS "
+                             "between (relay-nginx, relay-nginx-tls), in each round too")
     parser.add_argument("--meshes", type=int, default=0,
                         help="N meshes at once, measured in turn (see interleaved())")
     parser.add_argument("--rounds", type=int, default=6)

@@ -40,8 +40,8 @@ DEFAULTS = {
     "THREADS": "1",  # wrk -t
     "WARMUP": "3s",  # unmeasured wrk run before the reps of each (target, body)
     "WRK_TIMEOUT": "10s",  # wrk --timeout (its default 2 s would count slow /big replies as errors)
-    "TARGETS": ("direct nginx relay-nginx relay-copy relay-splice p1-local p2-edge-edge"
-                " p3-edge-cloud p4-cloud-edge p2-edge-edge-tls p3-edge-cloud-tls"
+    "TARGETS": ("direct nginx relay-nginx relay-nginx-tls relay-copy relay-splice p1-local"
+                " p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls p3-edge-cloud-tls"
                 " p4-cloud-edge-tls"),
     "PATHS": "/small /big",  # in this order: the memory check compares after-/small with after-/big
     "LOADGEN_CPU": "0",  # wrk and the origin nginx
@@ -154,6 +154,10 @@ TARGETS = {t.name: t for t in (
     # target; the bare relays serve one connection at a time: the 4 MiB transfers only.
     Target("relay-nginx", "wrk → nginx → nginx → origin (the nginx hop, twice)",
            "edge-1-proxy", relay="nginx"),
+    # The same two nginx hops speaking mutual TLS 1.3 to each other (the links' suite): what
+    # TLS between two processes costs a proxy written in C here, beside the mTLS rows.
+    Target("relay-nginx-tls", "wrk → nginx → mTLS → nginx → origin (relay-nginx, TLS between)",
+           "edge-1-proxy", relay="nginx-tls"),
     Target("relay-copy", "curl → relay → relay → origin (bench/relay.py --mode copy; 4 MiB only)",
            "edge-1-proxy", relay="copy"),
     Target("relay-splice", "curl → relay → relay → origin (bench/relay.py --mode splice; 4 MiB "
@@ -425,15 +429,45 @@ def start_origin(tmp: str) -> Proc:
     return proc
 
 
+NGINX_TLS_SUITE = "TLS_AES_128_GCM_SHA256"  # the links' first suite (security/_material.py)
+NGINX_PLAIN = {"LISTEN_TLS": "", "SERVER_TLS": "", "SCHEME": "http", "PROXY_TLS": ""}
+"""proxy-nginx.conf's TLS placeholders for plain HTTP both ways (every hop but
+relay-nginx-tls's)."""
+
+
+def nginx_tls(ca: str, node: str, *, accept: bool, dial: str | None) -> dict[str, str]:
+    """proxy-nginx.conf's TLS placeholders: mutual TLS 1.3 as the mesh's links speak it, with
+    the mesh's certificates (``ca`` from mesh_security): ``accept`` clients that present one,
+    ``dial`` the upstream as that node (checking its name), or both."""
+    cert, key, trusted = (os.path.join(ca, f"{node}.pem"), os.path.join(ca, f"{node}.key"),
+                          os.path.join(ca, "ca.pem"))
+    server = (f"\n        ssl_certificate {cert};\n        ssl_certificate_key {key};"
+              f"\n        ssl_client_certificate {trusted};\n        ssl_verify_client on;"
+              "\n        ssl_protocols TLSv1.3;"
+              f"\n        ssl_conf_command Ciphersuites {NGINX_TLS_SUITE};") if accept else ""
+    proxy = (f"\n            proxy_ssl_certificate {cert};"
+             f"\n            proxy_ssl_certificate_key {key};"
+             f"\n            proxy_ssl_trusted_certificate {trusted};"
+             f"\n            proxy_ssl_verify on;\n            proxy_ssl_name {dial};"
+             "\n            proxy_ssl_protocols TLSv1.3;"
+             "\n            proxy_ssl_session_reuse on;"
+             f"\n            proxy_ssl_conf_command Ciphersuites {NGINX_TLS_SUITE};"
+             ) if dial else ""
+    return {"LISTEN_TLS": " ssl" if accept else "", "SERVER_TLS": server,
+            "SCHEME": "https" if dial else "http", "PROXY_TLS": proxy}
+
+
 def start_nginx_proxy(tmp: str, port: int | None = None, upstream: int | None = None,
-                      name: str = "nginx-proxy") -> list[Proc]:
-    """The anchor's nginx hop on the mesh's CPU (by default nginx's port → the origin)."""
+                      name: str = "nginx-proxy",
+                      tls: dict[str, str] | None = None) -> list[Proc]:
+    """The anchor's nginx hop on the mesh's CPU (by default nginx's port → the origin);
+    ``tls``: nginx_tls's placeholders (else plain HTTP both ways)."""
     home = tmp if name == "nginx-proxy" else os.path.join(tmp, name)  # its own pid file
     os.makedirs(home, exist_ok=True)
     port = PORTS["nginx"] if port is None else port
     conf = render("proxy-nginx.conf", os.path.join(home, "proxy.conf"), TMP=home, PORT=port,
                   ORIGIN_PORT=PORTS["origin"] if upstream is None else upstream,
-                  BUFFERING=CFG["NGINX_BUFFERING"])
+                  BUFFERING=CFG["NGINX_BUFFERING"], **(tls or NGINX_PLAIN))
     proc = spawn(name, ["nginx", "-p", home, "-e", os.path.join(home, "proxy.err"),
                         "-c", conf], CFG["MESH_CPU"], tmp)
     wait_port(port, proc)
@@ -442,11 +476,16 @@ def start_nginx_proxy(tmp: str, port: int | None = None, upstream: int | None = 
 
 def start_relays(tmp: str, mode: str) -> list[Proc]:
     """Two relays in a chain on the mesh's CPU: edge-1's proxy port → edge-2's → origin;
-    ``nginx``: two of the anchor's nginx hops, else two bench/relay.py of that --mode."""
+    ``nginx``: two of the anchor's nginx hops (``nginx-tls``: mutual TLS between them, as
+    edge-1 and edge-2 with the mesh's certificates), else two bench/relay.py of that --mode."""
     first, second = PORTS["edge-1-proxy"], PORTS["edge-2-proxy"]
-    if mode == "nginx":
-        return [*start_nginx_proxy(tmp, first, second, "relay-nginx-1"),
-                *start_nginx_proxy(tmp, second, None, "relay-nginx-2")]
+    if mode in ("nginx", "nginx-tls"):
+        # mesh_security gives ["--tls-dir", DIR]: the CA and every node's files.
+        ca = mesh_security(tmp, True)[1] if mode == "nginx-tls" else ""
+        second_tls = nginx_tls(ca, "edge-2", accept=True, dial=None) if ca else None
+        first_tls = nginx_tls(ca, "edge-1", accept=False, dial="edge-2") if ca else None
+        return [*start_nginx_proxy(tmp, first, second, f"relay-{mode}-1", first_tls),
+                *start_nginx_proxy(tmp, second, None, f"relay-{mode}-2", second_tls)]
     relay = os.path.join(HERE, "relay.py")
     procs = [spawn(f"relay-{mode}-2", [CFG["PYTHON"], relay, "--mode", mode, str(second),
                                        str(PORTS["origin"])], CFG["MESH_CPU"], tmp)]
@@ -929,7 +968,7 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
     mesh: dict[str, Proc] = {}
     proxies: list[Proc] = []
     try:
-        if target.relay and target.relay != "nginx":  # one connection at a time: 4 MiB only
+        if target.relay and not target.relay.startswith("nginx"):  # one connection: 4 MiB only
             proxies = start_relays(tmp, target.relay)
             transfers(target, run, tree(origin.pid), tree(proxies[0].pid))
             return run
@@ -1050,7 +1089,8 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
-NGINX_HOPS = {"nginx": 1, "relay-nginx": 2}  # the anchors' hop counts (a mesh target's: hops)
+# The anchors' hop counts (a mesh target's: its hops).
+NGINX_HOPS = {"nginx": 1, "relay-nginx": 2, "relay-nginx-tls": 2}
 ANCHOR_FULL_PCT = 90
 """nginx's CPU % below which its /small row was not at full load (wrk's own CPU the limit)."""
 
@@ -1242,6 +1282,12 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 f"{TARGET_ADDED_P99_MS:.0f} ms: "
                 + ("**met**" if at_rate <= TARGET_ADDED_P99_MS else "**NOT met**"))
     n_big = base("nginx", "/big", "proxy_cpu_us_per_req")
+    # What mutual TLS between two processes costs nginx in the same run and placement.
+    pair_plain, pair_tls = (base(t, "/big", "proxy_cpu_us_per_req")
+                            for t in ("relay-nginx", "relay-nginx-tls"))
+    nginx_tls_text = (f" (nginx's two hops, mTLS between them: {pair_tls / pair_plain:.2f}× "
+                      f"their plaintext pair's {pair_plain:.0f} µs)"
+                      if pair_plain and pair_tls else "")
     for tname in med_:
         target = target_of(tname)
         c = base(tname, "/big", "proxy_cpu_us_per_req")
@@ -1255,7 +1301,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             if target.tls and plain:
                 verdict.append(f"  - over mTLS links: {c / plain:.2f}× the plaintext row's CPU "
                                f"— target ≤ {TARGET_TLS_X_PLAIN}×: "
-                               + ("**met**" if c / plain <= TARGET_TLS_X_PLAIN else "**NOT met**"))
+                               + ("**met**" if c / plain <= TARGET_TLS_X_PLAIN else "**NOT met**")
+                               + nginx_tls_text)
     huge = [("| target | python | 4 MiB wall ms (median) | direct ms (median, same moments) | "
              "÷direct | as two nodes: wall ms | direct ms | ÷direct | transfers |"),
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -1266,8 +1313,12 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
     floors = {name: (ratio(run.huge_s, run.huge_direct_s),
                      ratio(run.huge_nodes_s, run.huge_nodes_direct_s))
               for name, run in runs.items() if target_of(name).relay and run.huge_s}
-    floor_text = "; ".join(f"{name} {fmt(x, '.2f')}× ({fmt(y, '.2f')}× as two nodes)"
-                           for name, (x, y) in floors.items())
+
+    def floor_text(tls: bool) -> str:
+        """The chains a path of this kind is measured against (TLS ones for mTLS links)."""
+        return "; ".join(f"{name} {fmt(x, '.2f')}× ({fmt(y, '.2f')}× as two nodes)"
+                         for name, (x, y) in floors.items()
+                         if tls or not target_of(name).relay.endswith("-tls"))
     for tname, run in runs.items():
         if not run.huge_s:
             continue
@@ -1285,7 +1336,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                 f"— target ≤ {TARGET_HUGE_X_DIRECT}×: "
                 + ("**met**" if mine / direct <= TARGET_HUGE_X_DIRECT else "**NOT met**")
                 + (f"; as two nodes {nodes / nodes_direct:.2f}×" if nodes and nodes_direct else "")
-                + (f" (two processes in a chain, this run: {floor_text})" if floors else ""))
+                + (f" (two processes in a chain, this run: {floor_text(target_of(tname).tls)})"
+                   if floors else ""))
     if rss_growth:
         worst = max(rss_growth, key=lambda g: g[2])
         ok = all(g[3] for g in rss_growth)

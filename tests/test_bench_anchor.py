@@ -1,0 +1,72 @@
+"""bench/'s nginx anchors render to configurations nginx accepts: the plain hop, and the two
+hops of ``relay-nginx-tls`` (mutual TLS between them with the mesh's certificates), whose
+figure stands beside the mTLS row of issue 15.  A typo there would only show as a bench run
+that fails to start, so nginx itself checks each file (``nginx -t``) where it is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgemesh.security.certs import init_ca_dir, issue_into_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import harness  # bench/ is not a package: on the path above
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> str:
+    directory = str(tmp_path / "ca")
+    init_ca_dir(directory)
+    for node in ("edge-1", "edge-2"):
+        issue_into_dir(directory, node)
+    return directory
+
+
+def _render(tmp_path: Path, name: str, tls: dict[str, str]) -> Path:
+    home = tmp_path / name
+    home.mkdir()
+    conf = home / "proxy.conf"
+    harness.render("proxy-nginx.conf", str(conf), TMP=home, PORT=1, ORIGIN_PORT=2,
+                   BUFFERING="off", **tls)
+    return conf
+
+
+def _variants(ca: str) -> dict[str, dict[str, str]]:
+    return {"plain": harness.NGINX_PLAIN,
+            "tls-second-hop": harness.nginx_tls(ca, "edge-2", accept=True, dial=None),
+            "tls-first-hop": harness.nginx_tls(ca, "edge-1", accept=False, dial="edge-2")}
+
+
+def test_the_tls_hops_accept_and_dial_with_the_mesh_certificates(ca: str) -> None:
+    second = harness.nginx_tls(ca, "edge-2", accept=True, dial=None)
+    first = harness.nginx_tls(ca, "edge-1", accept=False, dial="edge-2")
+    assert second["LISTEN_TLS"] == " ssl" and second["SCHEME"] == "http"
+    assert "ssl_verify_client on;" in second["SERVER_TLS"] and not second["PROXY_TLS"]
+    assert f"{ca}/edge-2.pem" in second["SERVER_TLS"]
+    assert first["SCHEME"] == "https" and not first["LISTEN_TLS"] and not first["SERVER_TLS"]
+    assert "proxy_ssl_verify on;" in first["PROXY_TLS"]
+    assert "proxy_ssl_name edge-2;" in first["PROXY_TLS"]
+    assert f"{ca}/edge-1.key" in first["PROXY_TLS"]
+    assert harness.NGINX_TLS_SUITE in first["PROXY_TLS"]
+    assert harness.NGINX_TLS_SUITE in second["SERVER_TLS"]
+
+
+def test_every_variant_fills_the_template(tmp_path: Path, ca: str) -> None:
+    for name, tls in _variants(ca).items():
+        text = _render(tmp_path, name, tls).read_text()
+        assert "@" not in text.replace("127.0.0.1", ""), name
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_nginx_accepts_every_variant(tmp_path: Path, ca: str) -> None:
+    for name, tls in _variants(ca).items():
+        conf = _render(tmp_path, name, tls)
+        checked = subprocess.run(
+            ["nginx", "-t", "-p", str(conf.parent), "-e", str(conf.parent / "err.log"),
+             "-c", str(conf)], capture_output=True, text=True, timeout=30, check=False)
+        assert checked.returncode == 0, f"{name}: {checked.stderr.strip()[-500:]}"
