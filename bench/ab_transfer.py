@@ -21,8 +21,13 @@ connection from the cost per byte.
 variable set (harness.py's ``MESH_ENV``): one checkout given twice, once with an interpreter
 or allocator setting, compares the setting (results 2026-12-06 §12).
 
+``--relay-nginx`` adds bench/run.sh's ``relay-nginx`` (nginx's hop twice in a chain, on the
+edges' CPU, in front of the first tree's origin) to every round, in turn with the meshes: each
+tree's wall time and CPU are then also paired with two nginx hops', the 4 MiB row's floor
+(its "edge-1" and "edge-2" are the first and the second nginx hop).
+
 usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] [--env I:VAR=VALUE]
-                      TREE_A TREE_B [TREE_C ...]
+                      [--relay-nginx] TREE_A [TREE_B ...]
 """
 
 from __future__ import annotations
@@ -105,6 +110,8 @@ def main() -> None:
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     parser.add_argument("--env", action="append", default=[], metavar="I:VAR=VALUE",
                         help="an environment variable of the I-th tree's mesh processes")
+    parser.add_argument("--relay-nginx", action="store_true",
+                        help="two nginx hops in a chain in every round too (the floor)")
     parser.add_argument("--serve", nargs=4, metavar=("TREE", "BASE_PORT", "INFO", "ENV"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,6 +148,21 @@ def main() -> None:
         for info in infos:
             with open(info) as f:
                 meshes.append(json.load(f))
+        if args.relay_nginx:
+            # In this process, on ports after the trees', in front of the first tree's origin;
+            # measured like a mesh: its two workers' CPU in place of the edges'.
+            first_port = base + 40 + PORT_STEP * len(args.trees)
+            harness.PORTS.update({"origin": meshes[0]["origin"], "edge-1-proxy": first_port,
+                                  "edge-2-proxy": first_port + 1})
+            out = tempfile.mkdtemp(prefix="edgemesh-ab-relay-")
+            harness.OUTDIR = out
+            relays = harness.start_relays(out, "nginx")
+            workers = [harness.tree(proc.pid)[-1] for proc in relays]
+            port = harness.PORTS["edge-1-proxy"]
+            for _ in range(5):
+                transfer(port, None, args.path)
+            names.append("relay-nginx")
+            meshes.append({"edges": workers, "port": port, "host": None})
         wall: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         direct: list[float] = []
@@ -166,6 +188,7 @@ def main() -> None:
             for i, name in enumerate(names)}
         report(names, wall, cpu, direct, args, split)
     finally:
+        harness.stop_all()  # the relays, if any (the meshes are their children's)
         for child in children:
             if child.stdin:
                 child.stdin.close()
@@ -195,8 +218,11 @@ def report(names: list[str], wall: dict[str, list[float]],
             f"edge-{n} {100 * user / max(user + system, 1):.0f} % user of {user + system}"
             for n, (user, system) in enumerate(split[name], 1))
         print(f"    over the run: {shares} clock ticks (/proc/PID/stat)")
-    first = names[0]
-    for name in names[1:]:
+    trees = [name for name in names if name != "relay-nginx"]
+    against = [(name, trees[0]) for name in trees[1:]]
+    if "relay-nginx" in names:
+        against += [(name, "relay-nginx") for name in trees]
+    for name, first in against:
         pairs = list(zip(cpu[first], cpu[name]))
         print(f"  paired {name} / {first}: wall "
               f"{med(b / a for a, b in zip(wall[first], wall[name])):.3f}, CPU both "
