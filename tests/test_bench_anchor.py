@@ -5,6 +5,7 @@ that fails to start, so nginx itself checks each file (``nginx -t``) where it is
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,13 @@ import pytest
 
 from edgemesh.security.certs import init_ca_dir, issue_into_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import harness  # bench/ is not a package: on the path above
+# bench/ is not a package: its harness (stdlib only) loaded from its file, sys.path untouched.
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_harness", Path(__file__).resolve().parent.parent / "bench" / "harness.py")
+assert _SPEC is not None and _SPEC.loader is not None
+harness = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = harness  # (its dataclasses look their module up there)
+_SPEC.loader.exec_module(harness)
 
 
 @pytest.fixture
