@@ -437,8 +437,9 @@ relay-nginx-tls's)."""
 
 def nginx_tls(ca: str, node: str, *, accept: bool, dial: str | None) -> dict[str, str]:
     """proxy-nginx.conf's TLS placeholders: mutual TLS 1.3 as the mesh's links speak it, with
-    the mesh's certificates (``ca`` from mesh_security): ``accept`` clients that present one,
-    ``dial`` the upstream as that node (checking its name), or both."""
+    ``node``'s certificate from the mesh's ``ca`` directory (mesh_security's).  ``accept``:
+    listen with TLS and take only clients whose certificate the CA signed; ``dial``: reach
+    the upstream over TLS and check that its certificate names ``dial``."""
     cert, key, trusted = (os.path.join(ca, f"{node}.pem"), os.path.join(ca, f"{node}.key"),
                           os.path.join(ca, "ca.pem"))
     server = (f"\n        ssl_certificate {cert};\n        ssl_certificate_key {key};"
