@@ -255,15 +255,15 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
         harness.check_until_ready(p2, bodies, ["/small"])
         harness.wrk(p2, "/big", args.warmup)
         meshes.append((ports, mesh, p2))
-    nginx_pids: list[int] = []
+    # The nginx anchors measured in each round before the meshes (name, ports, pids): its hop
+    # (--nginx); two hops in a chain, plain and with mTLS between them (--nginx-pairs:
+    # bench/run.sh's relay-nginx and relay-nginx-tls).
+    anchors: list[tuple[str, dict[str, int], list[int]]] = []
     if args.nginx:
         harness.PORTS = base_ports
         procs = harness.start_nginx_proxy(origin_tmp)
         harness.check_until_ready(harness.TARGETS["nginx"], bodies, ["/big"])
-        nginx_pids = harness.tree(procs[0].pid)
-    # --nginx-pairs: two nginx hops in a chain, plain and with mTLS between them (bench/run.sh's
-    # relay-nginx and relay-nginx-tls), measured in each round beside the meshes.
-    pairs: list[tuple[str, dict[str, int], list[int]]] = []
+        anchors.append(("nginx", base_ports, harness.tree(procs[0].pid)))
     for n, mode in enumerate(("nginx", "nginx-tls") if args.nginx_pairs else ()):
         harness.CFG["BASE_PORT"] = str(int(os.environ["BASE_PORT"]) + 10 * (args.meshes + n + 1))
         ports = dict(harness.ports(), origin=base_ports["origin"])
@@ -272,25 +272,13 @@ def interleaved(args: argparse.Namespace, out: str, bodies: dict[str, bytes]) ->
         procs = harness.start_relays(harness.run_dir(out, name, bodies, None, ports), mode)
         harness.check_until_ready(harness.TARGETS[name], bodies, ["/big"])
         harness.wrk(harness.TARGETS[name], "/big", args.warmup)
-        pairs.append((name, ports, [pid for proc in procs for pid in harness.tree(proc.pid)]))
+        anchors.append((name, ports, [pid for proc in procs for pid in harness.tree(proc.pid)]))
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     # Per round: each kind's mean edges' CPU per request, and nginx's hop (the paired ratios).
     rounds: list[dict[str, float]] = []
     for rnd in range(args.rounds):
         this: dict[str, list[float]] = {}
-        if nginx_pids:
-            harness.PORTS = base_ports
-            b0 = busy()
-            t0 = sum(harness.cpu_ticks(p) for p in nginx_pids)
-            _, text = harness.wrk(harness.TARGETS["nginx"], "/big", args.duration)
-            t1 = sum(harness.cpu_ticks(p) for p in nginx_pids)
-            b1 = busy()
-            r = harness.parse_wrk(text)
-            hop = (t1 - t0) / harness.CLK_TCK * 1e6 / r["requests"]
-            this["nginx"] = [hop]
-            print(f"round {rnd} nginx : {r['rps']:6.1f} req/s, {hop:5.0f} us/req "
-                  f"{fmt_busy(b0, b1)}", flush=True)
-        for name, ports, pids in pairs:
+        for name, ports, pids in anchors:
             harness.PORTS = ports
             b0 = busy()
             t0 = sum(harness.cpu_ticks(p) for p in pids)

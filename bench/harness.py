@@ -481,8 +481,7 @@ def start_relays(tmp: str, mode: str) -> list[Proc]:
     edge-1 and edge-2 with the mesh's certificates), else two bench/relay.py of that --mode."""
     first, second = PORTS["edge-1-proxy"], PORTS["edge-2-proxy"]
     if mode in ("nginx", "nginx-tls"):
-        # mesh_security gives ["--tls-dir", DIR]: the CA and every node's files.
-        ca = mesh_security(tmp, True)[1] if mode == "nginx-tls" else ""
+        ca = mesh_ca(tmp) if mode == "nginx-tls" else ""
         second_tls = nginx_tls(ca, "edge-2", accept=True, dial=None) if ca else None
         first_tls = nginx_tls(ca, "edge-1", accept=False, dial="edge-2") if ca else None
         return [*start_nginx_proxy(tmp, first, second, f"relay-{mode}-1", first_tls),
@@ -542,6 +541,11 @@ def mesh_security(tmp: str, tls: bool) -> list[str]:
     if not tls:
         # Trees from before TLS links have no --insecure and are always plaintext.
         return ["--insecure"] if "--insecure" in plugin_help() else []
+    return ["--tls-dir", mesh_ca(tmp)]
+
+
+def mesh_ca(tmp: str) -> str:
+    """``tmp``/ca: a CA and every mesh process's certificate (``edgemesh certs``), made once."""
     ca = os.path.join(tmp, "ca")
     if not os.path.exists(os.path.join(ca, "ca.pem")):
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -554,7 +558,7 @@ def mesh_security(tmp: str, tls: bool) -> list[str]:
             if done.returncode != 0:
                 raise RuntimeError(f"edgemesh certs {' '.join(step)}: rc {done.returncode}: "
                                    + (done.stderr or done.stdout).strip()[-500:])
-    return ["--tls-dir", ca]
+    return ca
 
 
 _plugin_help: list[str] = []
