@@ -21,12 +21,17 @@ connection from the cost per byte.
 variable set (harness.py's ``MESH_ENV``): one checkout given twice, once with an interpreter
 or allocator setting, compares the setting (results 2026-12-06 §12).
 
+``--kept``: curl makes two GETs on one connection, and the second one's wall time is what is
+timed, direct's too (then TCP knows the connection, as it knows the mesh's own links and pod
+connections; under BBR a new connection is paced from its first byte, results 2026-12-06
+§14).  The edges' CPU is then that of both GETs.
+
 ``--relay-nginx`` adds bench/run.sh's ``relay-nginx`` (nginx's hop twice in a chain, on the
 edges' CPU, in front of the first tree's origin) to every round, in turn with the meshes: each
 tree's wall time and CPU are then also paired with two nginx hops', the 4 MiB row's floor
 (its "edge-1" and "edge-2" are the first and the second nginx hop).
 
-usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] [--env I:VAR=VALUE]
+usage: ab_transfer.py [--rounds N] [--path huge] [--gap S] [--kept] [--env I:VAR=VALUE]
                       [--relay-nginx] TREE_A [TREE_B ...]
 """
 
@@ -79,16 +84,21 @@ def serve(tree: str, base_port: int, info_file: str, env: str) -> None:
         harness.stop_all()
 
 
-def transfer(port: int, host: str | None, path: str) -> float:
-    """One GET of ``/path`` with curl on a new connection (LOADGEN_CPU): its wall time, s."""
-    cmd = [*harness.pin(harness.CFG["LOADGEN_CPU"]), "curl", "-sS", "-o", "/dev/null",
-           "--max-time", "60", "-w", "%{http_code} %{size_download} %{time_total}"]
+def transfer(port: int, host: str | None, path: str, kept: bool = False) -> float:
+    """One GET of ``/path`` with curl on a new connection (LOADGEN_CPU): its wall time, s.
+    ``kept``: two GETs on one connection, the second's time (a connection TCP knows)."""
+    url = f"http://127.0.0.1:{port}/{path}"
+    cmd = [*harness.pin(harness.CFG["LOADGEN_CPU"]), "curl", "-sS", "--max-time", "60",
+           "-w", "%{http_code} %{size_download} %{time_total}\\n"]
     if host:
         cmd += ["-H", "Host: " + host]
-    cmd.append(f"http://127.0.0.1:{port}/{path}")
+    for _ in range(2 if kept else 1):
+        cmd += ["-o", "/dev/null", url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
-    fields = done.stdout.split()
-    if done.returncode != 0 or fields[:2] != ["200", str(SIZES[path])]:
+    lines = done.stdout.splitlines()
+    fields = lines[-1].split() if lines else []
+    if (done.returncode != 0 or len(lines) != (2 if kept else 1)
+            or any(line.split()[:2] != ["200", str(SIZES[path])] for line in lines)):
         raise RuntimeError(f"/{path} through :{port}: rc {done.returncode}, "
                            f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
     return float(fields[2])
@@ -107,6 +117,9 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.0,
                         help="seconds of idle before each transfer (bench/run.sh idles "
                              "at least 0.5 s: its transfers meet cold processes)")
+    parser.add_argument("--kept", action="store_true",
+                        help="time a second GET on curl's connection (direct's too): TCP "
+                             "then knows the connection, as it knows the mesh's own")
     parser.add_argument("--python", default="/work/main/.venv/bin/python")
     parser.add_argument("--env", action="append", default=[], metavar="I:VAR=VALUE",
                         help="an environment variable of the I-th tree's mesh processes")
@@ -176,13 +189,13 @@ def main() -> None:
                 if args.gap:
                     time.sleep(args.gap)  # not readiness: the idle time is what is measured
                 before = [cpu_ns(pid) for pid in mesh["edges"]]
-                wall[names[i]].append(transfer(mesh["port"], mesh["host"], args.path))
+                wall[names[i]].append(transfer(mesh["port"], mesh["host"], args.path, args.kept))
                 after = [cpu_ns(pid) for pid in mesh["edges"]]
                 one, two = ((a - b) / 1e6 for b, a in zip(before, after))
                 cpu[names[i]].append((one, two))
             if args.gap:
                 time.sleep(args.gap)
-            direct.append(transfer(meshes[0]["origin"], None, args.path))
+            direct.append(transfer(meshes[0]["origin"], None, args.path, args.kept))
         split = {name: [(u1 - u0, s1 - s0) for (u0, s0), (u1, s1) in zip(
             ticks[i], (harness.user_system_ticks(pid) for pid in meshes[i]["edges"]))]
             for i, name in enumerate(names)}
@@ -206,6 +219,8 @@ def report(names: list[str], wall: dict[str, list[float]],
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     gap = f", {args.gap:g} s idle before each transfer" if args.gap else ""
+    if args.kept:  # (the edges' CPU is read around curl's whole run: both GETs)
+        gap += "; wall: the second GET on one connection; CPU: both GETs"
     print(f"/{args.path}, {args.rounds} rounds{gap}: direct {med(direct) * 1e3:.2f} ms "
           f"(median); load average {load}")
     for name in names:
