@@ -218,10 +218,10 @@ def report(names: list[str], wall: dict[str, list[float]],
     med = statistics.median
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    gap = f", {args.gap:g} s idle before each transfer" if args.gap else ""
+    method = f", {args.gap:g} s idle before each transfer" if args.gap else ""
     if args.kept:  # (the edges' CPU is read around curl's whole run: both GETs)
-        gap += "; wall: the second GET on one connection; CPU: both GETs"
-    print(f"/{args.path}, {args.rounds} rounds{gap}: direct {med(direct) * 1e3:.2f} ms "
+        method += "; wall: the second GET on one connection; CPU: both GETs"
+    print(f"/{args.path}, {args.rounds} rounds{method}: direct {med(direct) * 1e3:.2f} ms "
           f"(median); load average {load}")
     for name in names:
         runs = cpu[name]
