@@ -18,6 +18,7 @@ from test_tls import (
     logs,
     make_router,
     pki,
+    pytestmark,
     reactor,
     start,
     tls_server,
@@ -28,7 +29,9 @@ from edgemesh.roles import EdgeConfig, build_edge
 from edgemesh.routing import ROUTER_PEER
 from edgemesh.security import make_ca, make_node_cert
 
-__all__ = ["logs", "pki", "reactor"]  # fixtures, used by name
+# Fixtures, used by name, and test_tls's mark (its hand-made TLS server hands pyOpenSSL
+# objects to pyOpenSSL, which warns).
+__all__ = ["logs", "pki", "pytestmark", "reactor"]
 
 ANY = f"*=tcp:127.0.0.1:{ROUTER_PORT}"
 
