@@ -85,23 +85,8 @@ def serve(tree: str, base_port: int, info_file: str, env: str) -> None:
 
 
 def transfer(port: int, host: str | None, path: str, kept: bool = False) -> float:
-    """One GET of ``/path`` with curl on a new connection (LOADGEN_CPU): its wall time, s.
-    ``kept``: two GETs on one connection, the second's time (a connection TCP knows)."""
-    url = f"http://127.0.0.1:{port}/{path}"
-    cmd = [*harness.pin(harness.CFG["LOADGEN_CPU"]), "curl", "-sS", "--max-time", "60",
-           "-w", "%{http_code} %{size_download} %{time_total}\\n"]
-    if host:
-        cmd += ["-H", "Host: " + host]
-    for _ in range(2 if kept else 1):
-        cmd += ["-o", "/dev/null", url]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
-    lines = done.stdout.splitlines()
-    fields = lines[-1].split() if lines else []
-    if (done.returncode != 0 or len(lines) != (2 if kept else 1)
-            or any(line.split()[:2] != ["200", str(SIZES[path])] for line in lines)):
-        raise RuntimeError(f"/{path} through :{port}: rc {done.returncode}, "
-                           f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
-    return float(fields[2])
+    """harness.transfer of ``/path`` (its size from SIZES): curl's wall time, s."""
+    return harness.transfer(port, host, "/" + path, SIZES[path], kept)
 
 
 def cpu_ns(pid: int) -> int:

@@ -706,19 +706,26 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
     return cmd, done.stdout
 
 
-def transfer(port: int, host: str | None) -> float:
-    """One 4 MiB GET on a new connection with curl (on LOADGEN_CPU): its wall time, s."""
-    cmd = [*pin(CFG["LOADGEN_CPU"]), "curl", "-sS", "-o", "/dev/null", "--max-time",
-           "60", "-w", "%{http_code} %{size_download} %{time_total}"]
+def transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_SIZE,
+             kept: bool = False) -> float:
+    """One GET of ``path`` (``size`` bytes; the 4 MiB body by default) on a new connection
+    with curl (on LOADGEN_CPU): its wall time, s.  ``kept``: two GETs on one connection, the
+    second's time (a connection TCP already knows)."""
+    url = f"http://127.0.0.1:{port}{path}"
+    cmd = [*pin(CFG["LOADGEN_CPU"]), "curl", "-sS", "--max-time", "60",
+           "-w", "%{http_code} %{size_download} %{time_total}\\n"]
     if host:
         cmd += ["-H", "Host: " + host]
-    cmd.append(f"http://127.0.0.1:{port}/huge")
+    gets = 2 if kept else 1
+    for _ in range(gets):
+        cmd += ["-o", "/dev/null", url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
-    fields = done.stdout.split()
-    if done.returncode != 0 or len(fields) != 3 or fields[:2] != ["200", str(HUGE_SIZE)]:
-        raise RuntimeError(f"4 MiB transfer through :{port}: rc {done.returncode}, "
+    lines = [line.split() for line in done.stdout.splitlines()]
+    if (done.returncode != 0 or len(lines) != gets
+            or any(len(fields) != 3 or fields[:2] != ["200", str(size)] for fields in lines)):
+        raise RuntimeError(f"{path} through :{port}: rc {done.returncode}, "
                            f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
-    return float(fields[2])
+    return float(lines[-1][2])
 
 
 def repin(pids: list[int], cpu: str) -> None:
@@ -1421,12 +1428,12 @@ def versions() -> dict[str, str]:
             v[name] = str(e)
     # Loopback TCP's settings set how fast one transfer goes: BBR paces a new connection (a
     # direct 4 MiB transfer 2.8-3.7 ms here, 1.37 ms with cubic; results 2026-12-06 §14).
-    for key in ("net/ipv4/tcp_congestion_control", "net/ipv4/tcp_slow_start_after_idle"):
+    for name in ("tcp_congestion_control", "tcp_slow_start_after_idle"):
         try:
-            with open(f"/proc/sys/{key}") as f:
-                v[key.rsplit("/", 1)[1]] = f.read().strip()
+            with open(f"/proc/sys/net/ipv4/{name}") as f:
+                v[name] = f.read().strip()
         except OSError as e:
-            v[key.rsplit("/", 1)[1]] = str(e)
+            v[name] = str(e)
     return v
 
 
