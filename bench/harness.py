@@ -291,11 +291,17 @@ def pin(cpu: str) -> list[str]:
     return [*nice, "taskset", "-c", cpu]
 
 
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a process in network namespace ``netns`` (None: this
+    one); ``ip netns exec`` execs the command, so the pid stays the process's."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
 def spawn(name: str, argv: list[str], cpu: str, tmp: str, env: dict[str, str] | None = None,
-          ) -> Proc:
+          netns: str | None = None) -> Proc:
     path = os.path.join(tmp, name + ".out")
     with open(path, "ab") as out:
-        popen = subprocess.Popen([*pin(cpu), *argv], stdout=out,
+        popen = subprocess.Popen([*pin(cpu), *in_netns(netns), *argv], stdout=out,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env or os.environ.copy(), cwd=tmp)
     proc = Proc(name, popen, path)
@@ -385,10 +391,15 @@ def stop_all() -> None:
 
 
 # ----------------------------------------------------------------- configs
+HOSTS = dict.fromkeys(("LISTEN_HOST", "UPSTREAM_HOST", "EDGE1_HUB_HOST", "EDGE2_HUB_HOST"),
+                      "127.0.0.1")
+"""The configs' addresses: loopback, but where netns_transfer.py puts nodes on a network."""
+
+
 def render(src: str, dst: str, **subs: object) -> str:
     with open(os.path.join(HERE, "conf", src)) as f:
         text = f.read()
-    for key, value in subs.items():
+    for key, value in {**HOSTS, **subs}.items():
         text = text.replace(f"@{key}@", str(value))
     leftover = re.findall(r"@[A-Z0-9_]+@", text)
     if leftover:
@@ -496,7 +507,9 @@ def start_relays(tmp: str, mode: str) -> list[Proc]:
     return procs
 
 
-def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
+def twistd(name: str, plugin: str, args: list[str], tmp: str, cpu: str | None = None,
+           netns: str | None = None) -> Proc:
+    """A mesh process (on MESH_CPU unless ``cpu``; in network namespace ``netns``)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
     for setting in CFG["MESH_ENV"].split():
@@ -514,7 +527,7 @@ def twistd(name: str, plugin: str, args: list[str], tmp: str) -> Proc:
     argv = [CFG["PYTHON"], *launcher_args(),
             "--nodaemon", "--pidfile=", f"--logfile={logfile}", *reactor_args(), plugin,
             *args, *CFG["MESH_ARGS"].split()]
-    return spawn(name, argv, CFG["MESH_CPU"], tmp, env)
+    return spawn(name, argv, cpu or CFG["MESH_CPU"], tmp, env, netns)
 
 
 def launcher_args() -> list[str]:
@@ -707,12 +720,14 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
 
 
 def transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_SIZE,
-             kept: bool = False) -> float:
+             kept: bool = False, address: str = "127.0.0.1", cpu: str | None = None,
+             netns: str | None = None) -> float:
     """One GET of ``path`` (``size`` bytes; the 4 MiB body by default) on a new connection
-    with curl (on LOADGEN_CPU): its wall time, s.  ``kept``: two GETs on one connection, the
-    second's time (a connection TCP already knows)."""
-    url = f"http://127.0.0.1:{port}{path}"
-    cmd = [*pin(CFG["LOADGEN_CPU"]), "curl", "-sS", "--max-time", "60",
+    with curl (on LOADGEN_CPU unless ``cpu``, in network namespace ``netns``): its wall
+    time, s.  ``kept``: two GETs on one connection, the second's time (a connection TCP
+    already knows)."""
+    url = f"http://{address}:{port}{path}"
+    cmd = [*pin(cpu or CFG["LOADGEN_CPU"]), *in_netns(netns), "curl", "-sS", "--max-time", "60",
            "-w", "%{http_code} %{size_download} %{time_total}\\n"]
     if host:
         cmd += ["-H", "Host: " + host]
