@@ -2,7 +2,8 @@
 The 4 MiB row with each node in a network namespace of its own, joined by a veth pair.
 
     sudo PYTHONPATH=. .venv/bin/python bench/netns_transfer.py [--rounds 60] [--mtu 1500]
-        [--rate 1gbit] [--placement one-cpu|two-nodes] [--kept] [--tree DIR]
+        [--rate 1gbit] [--tls] [--placement one-cpu|two-nodes] [--kept]
+        [--tree DIR]
 
 bench/run.sh runs every process on 127.0.0.1: direct to the origin is one loopback
 connection, edge → edge three.  Here, as on two nodes, the client's node (namespace A:
@@ -92,9 +93,15 @@ def wait_ok(netns: str, url: str, procs: list[harness.Proc], host: str | None = 
     raise RuntimeError(f"{url} (Host {host}) from {netns}: no 200 in {READY_TIMEOUT:.0f}s")
 
 
-def start(tmp: str, a: str, b: str, cpu_a: str, cpu_b: str) -> dict[str, harness.Proc]:
-    """The origin, two nginx hops in a chain, a router and two edges, across the nodes."""
+def start(tmp: str, a: str, b: str, cpu_a: str, cpu_b: str,
+          tls: bool) -> dict[str, harness.Proc]:
+    """The origin, two nginx hops in a chain, a router and two edges, across the nodes;
+    ``tls``: mutual TLS on the veth (the mesh's links, and between the nginx hops)."""
     ports = harness.PORTS
+    ca = harness.mesh_ca(tmp) if tls else ""
+    hop_tls = {"nginx-hop-a": harness.nginx_tls(ca, "edge-1", accept=False, dial="edge-2"),
+               "nginx-hop-b": harness.nginx_tls(ca, "edge-2", accept=True, dial=None),
+               } if tls else {}
     procs: dict[str, harness.Proc] = {}
     conf = harness.render("origin-nginx.conf", os.path.join(tmp, "origin.conf"), TMP=tmp,
                           PORT=ports["origin"], LISTEN_HOST="*")  # loopback and the veth
@@ -111,21 +118,22 @@ def start(tmp: str, a: str, b: str, cpu_a: str, cpu_b: str) -> dict[str, harness
         conf = harness.render("proxy-nginx.conf", os.path.join(home, "proxy.conf"), TMP=home,
                               PORT=port, ORIGIN_PORT=upstream_port, LISTEN_HOST=listen,
                               UPSTREAM_HOST=upstream, BUFFERING=harness.CFG["NGINX_BUFFERING"],
-                              **harness.NGINX_PLAIN)
+                              **hop_tls.get(name, harness.NGINX_PLAIN))
         procs[name] = harness.spawn(name, ["nginx", "-p", home, "-e",
                                            os.path.join(home, "proxy.err"), "-c", conf],
                                     cpu, tmp, netns=netns)
     harness.compile_tree()
     catalog = os.path.join(tmp, "catalog.yaml")
     router = f"tcp:{A_ADDR}:{ports['router-tunnel']}"
+    security = harness.mesh_security(tmp, tls)
     procs["router"] = harness.twistd("router", "edgemesh-router", [
-        "--insecure", "--catalog", catalog, "--node", "router",
+        *security, "--catalog", catalog, "--node", "router",
         "--tunnel", f"tcp:{ports['router-tunnel']}:interface={A_ADDR}",
         "--http", f"tcp:{ports['router-http']}:interface=127.0.0.1",
         "--admin", f"tcp:{ports['router-admin']}:interface=127.0.0.1"], tmp, cpu_a, a)
     for edge, netns, cpu, addr in (("edge-1", a, cpu_a, A_ADDR), ("edge-2", b, cpu_b, B_ADDR)):
         procs[edge] = harness.twistd(edge, "edgemesh-edge", [
-            "--insecure", "--node", edge, "--state-dir", os.path.join(tmp, "state-" + edge),
+            *security, "--node", edge, "--state-dir", os.path.join(tmp, "state-" + edge),
             *(["--catalog", catalog] if harness.CFG["EDGE_CATALOG"] == "yaml" else []),
             "--router", router,
             "--proxy", f"tcp:{ports[edge + '-proxy']}:interface=127.0.0.1",
@@ -154,6 +162,9 @@ def main() -> None:
     parser.add_argument("--rate", default="",
                         help="shape the veth pair to this rate (tc tbf: 1gbit, 100mbit)")
     parser.add_argument("--placement", choices=("one-cpu", "two-nodes"), default="one-cpu")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS across the veth: the mesh's links, and between the "
+                             "nginx hops (as relay-nginx-tls)")
     parser.add_argument("--kept", action="store_true",
                         help="time a second GET on curl's connection (direct's too)")
     parser.add_argument("--tree", default=harness.REPO)
@@ -180,7 +191,7 @@ def main() -> None:
     }
     try:
         make_nodes(a, b, args.mtu, args.rate)
-        procs = start(tmp, a, b, cpu_a, cpu_b)
+        procs = start(tmp, a, b, cpu_a, cpu_b, args.tls)
         # Whose CPU each path's transfer costs besides curl's and the origin's (nginx's
         # worker is its master's child).
         relays = {"p2": [procs["edge-1"].pid, procs["edge-2"].pid],
@@ -211,7 +222,8 @@ def main() -> None:
                 if name in ratios:
                     ratios[name].append(wall / this["direct"])
         print(f"# netns_transfer.py: {args.rounds} rounds, 4 MiB, veth mtu {args.mtu}, "
-              f"{' ' + args.rate if args.rate else ''}, placement {args.placement}, "
+              f"{' ' + args.rate if args.rate else ''}{', mTLS' if args.tls else ''}, "
+              f"placement {args.placement}, "
               f"{'kept' if args.kept else 'new'} connection, "
               f"{harness.versions().get('tcp_congestion_control', '?')}")
         for name in paths:
