@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 import struct
 import termios
@@ -32,6 +33,7 @@ from edgemesh.transports import spliced_bytes
 from edgemesh.transports._front import HTTPFrontFactory
 from edgemesh.transports._halves import AWAIT_MIN, AWAIT_SMALL_FRAMES, AWAIT_STREAMS
 from edgemesh.transports._io import SPLICE_MIN, buffered, splice_pipe
+from edgemesh.transports._links import splice_lowat
 from edgemesh.wire import (
     DATA_HEAD_MAX,
     Connection,
@@ -603,6 +605,137 @@ def test_a_client_that_takes_no_pipes_gets_the_bytes() -> None:
     world.answer(sid, body, 256 * 1024 - 64)
     assert world.body() == body
     assert spliced_bytes() == before
+
+
+# --- a frame's rest that comes slowly: the link wakes for large pieces (SO_RCVLOWAT) ---------
+
+
+@settings(max_examples=500, deadline=None)
+@given(moved=st.integers(1, MiB), rest=st.integers(0, MiB), since=st.floats(0, 100))
+def test_the_link_waits_for_a_large_piece_of_the_rest_but_never_long_at_its_rate(
+        moved: int, rest: int, since: float) -> None:
+    mark = splice_lowat(moved, rest, since)
+    if not rest:
+        assert mark == 1  # the frame is all in: every byte is read as it comes
+        return
+    assert 1 <= mark <= min(rest, 256 * 1024)  # never more than is on its way
+    # At the rate the last piece came, the mark is there within 20 ms (or is one byte).
+    assert mark == 1 or since * mark <= moved * 0.02 * (1 + 1e-9)
+    if since * min(rest, 256 * 1024) <= moved * 0.02:
+        assert mark == min(rest, 256 * 1024)  # fast enough: the whole piece
+
+
+def lowat(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+
+class SlowFrame:
+    """A 1 MiB response body (its client takes pipes) in a DATA frame of all but its last
+    64 bytes (``FRAME``, the largest a plain body's may be) whose bytes edge-2 sends piece by
+    piece (``send``: each piece arrives whole before edge-1 reads), then one of those 64."""
+
+    FRAME = MiB - 64
+
+    def __init__(self) -> None:
+        self.world = world = Receiver()
+        self.sid = world.request()
+        self.body = os.urandom(MiB)
+        self.sent = 0
+        response = encode_response(self.sid, False, 200, b"OK", (), MiB, b"")
+        world.edge2.sendall(response)
+        world.wait_for_link_bytes(len(response))
+        world.step(world.link)  # a large body to a client that takes pipes: awaited
+        world.clock.advance(0)
+        world.step(world.front_transport)  # the head goes: the client takes pipes now
+        world.drain_client()
+        assert world.edge1.piping
+        head = encode_data_head(self.sid, False, self.FRAME)
+        world.edge2.sendall(head)
+        self.head = len(head)
+
+    def send(self, size: int, after: float = 0.0) -> bool:
+        """``size`` more bytes of the body arrive ``after`` seconds after the last read, and
+        edge-1 reads: whether its socket polled readable once they were there."""
+        world = self.world
+        world.clock.advance(after)
+        piece = self.body[self.sent:self.sent + size]
+        world.edge2.sendall(piece)
+        self.arrived(len(piece) + (self.head if not self.sent else 0))
+        self.sent += len(piece)
+        polled = bool(select.select([world.link.socket], [], [], 0)[0])
+        world.step(world.link)
+        world.step(world.front_transport)
+        world.clock.advance(0)
+        return polled
+
+    def arrived(self, size: int) -> None:
+        """Until ``size`` bytes wait in edge-1's link socket, polled for (not select(): the
+        socket is not readable below its low-water mark)."""
+        until = time.monotonic() + DEADLINE
+        while readable(self.world.link.socket) < size:
+            assert time.monotonic() < until, "a send never arrived whole"
+            time.sleep(0.001)
+
+    def finish(self) -> None:
+        world = self.world
+        world.edge2.sendall(self.body[self.sent:self.FRAME])
+        world.edge2.sendall(encode_data(self.sid, True, self.body[self.FRAME:]))
+        until = time.monotonic() + DEADLINE
+        while not world.done(self.body):
+            assert time.monotonic() < until, f"{len(world.got)} bytes came"
+            world.drain_client()
+            world.step(world.link)
+            world.step(world.front_transport)
+            world.clock.advance(0)
+            select.select([world.client], [], [], 0.001)
+        assert world.body() == self.body
+
+
+def test_a_frames_rest_wakes_the_link_once_a_large_piece_of_it_is_there() -> None:
+    slow = SlowFrame()
+    world = slow.world
+    before = spliced_bytes()
+    slow.send(150_000)  # came at once (no time passed): the next wake-up is 256 KiB away
+    assert spliced_bytes() - before >= 150_000
+    assert world.edge1.lowat == lowat(world.link.socket) == 256 * 1024
+    # 10 kB came in the second since: not a wake-up (what the mark saves), then what comes
+    # in 20 ms at that rate
+    assert not slow.send(10_000, after=1.0)
+    assert world.edge1.lowat == lowat(world.link.socket) == 200
+    slow.send(slow.FRAME - slow.sent - 1000)  # fast again, 1000 bytes to come: all of them
+    assert world.edge1.lowat == lowat(world.link.socket) == 1000
+    slow.finish()  # the frame's end: readable at every byte again
+    assert world.edge1.lowat == lowat(world.link.socket) == 1
+    assert splice_pipe().held == 0  # type: ignore[union-attr]
+    sid = world.request()  # and the next exchange on the link is served as ever
+    world.got.clear()
+    world.answer(sid, b"small", 100)
+    assert world.body() == b"small"
+
+
+def test_a_splice_given_up_mid_frame_leaves_the_link_readable_at_every_byte() -> None:
+    slow = SlowFrame()
+    world = slow.world
+    slow.send(150_000)
+    assert lowat(world.link.socket) == 256 * 1024
+    [exchange] = world.edge1.exchanges.values()
+    exchange._pipes = False  # type: ignore[union-attr]  # (as for a client that stopped taking them)
+    slow.send(5000)  # read as usual now
+    assert world.edge1.lowat == lowat(world.link.socket) == 1
+    slow.finish()
+
+
+def test_a_heartbeat_leaves_the_link_readable_at_every_byte_before_judging_silence() -> None:
+    """A frame's rest that came at a good rate and then slows to a trickle must not leave
+    the link unread until its heartbeat timeout: each beat takes what came."""
+    slow = SlowFrame()
+    world = slow.world
+    slow.send(150_000)
+    assert lowat(world.link.socket) == 256 * 1024
+    world.clock.advance(world.edge1.heartbeat_interval)
+    assert world.edge1.lowat == lowat(world.link.socket) == 1
+    assert not world.link.disconnected
+    slow.finish()
 
 
 # --- the router relaying: from one link's socket to another's -------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from socket import MSG_PEEK
+from socket import MSG_PEEK, SO_RCVLOWAT, SOL_SOCKET
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -107,6 +107,16 @@ _ADMIT_READ = 64 * 1024
 _REFUSAL_GRACE = 5.0
 """Seconds a refused peer has to read the GOAWAY before its connection is aborted."""
 
+_SPLICE_LOWAT = 256 * 1024
+"""While a spliced frame's rest comes slower than it is taken, the link's socket is readable
+only once this much more of it is there (SO_RCVLOWAT; or its last bytes, once all are), or
+what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB transfer over
+a 100 Mbit/s link woke ~90 times, now ~25 (bench/netns_transfer.py)."""
+_LOWAT_DELAY = 0.02
+"""How much later a client gets a spliced body's bytes than it would at each packet, at the
+rate the last piece came (if it slows, the link's next heartbeat ends the wait; the body's
+end is never later)."""
+
 
 class LinkHandler(TypingProtocol):
     """What a role does with a link: the node-level side of the protocol."""
@@ -160,6 +170,7 @@ class EnvelopeLink(Protocol):
         "heartbeat_timeout",
         "hello_extra",
         "hello_settings",
+        "lowat",
         "node",
         "paused",
         "piping",
@@ -218,6 +229,8 @@ class EnvelopeLink(Protocol):
         self.splicing = False
         """A DATA body is being spliced: the next read takes the frame's rest (however
         short), or looks for the next frame's head."""
+        self.lowat = 1
+        """The socket's SO_RCVLOWAT: raised while a spliced frame's rest comes (read_piped)."""
         self.awaited: set[int] = set()
         """Streams whose large response bodies (AWAIT_MIN) are under way to clients that
         take pipes: while there are any, every read first looks for the next frame's head
@@ -499,6 +512,7 @@ class EnvelopeLink(Protocol):
         transport reads as usual.  (edge-1 of a p2 4 MiB transfer: −18 % CPU, medians of 16
         paired runs; bench/results-2026-12-06.md §2.)"""
         connection = self.connection
+        heard = self._last_heard
         splicing = self.splicing
         self.splicing = False
         awaited = self.awaited
@@ -546,13 +560,13 @@ class EnvelopeLink(Protocol):
         # A frame's short rest is read as before (as a pod's short reads), unless the
         # frame is being spliced already.
         if not need or (need < SPLICE_MIN and not splicing):
-            return False
+            return self._read_as_usual()
         if exchange is None or sid != peeked_sid:
             # (Asked already when the head was read alone: its stream's, which the decoder
             # must now be gathering; checked all the same.)
             exchange = self._piped_exchange(sid)
             if exchange is None:
-                return False
+                return self._read_as_usual()
         pipe = splice_pipe()
         assert pipe is not None  # (splices: there is one)
         # A few bytes of the frame that came with the last read (under 4 KiB, held in the
@@ -580,6 +594,8 @@ class EnvelopeLink(Protocol):
         if held or moved:
             if moved:
                 end = connection.body_piped(sid, moved)
+                if moved < need or self.lowat != 1:
+                    self._pace_reads(moved, need - moved, self._last_heard - heard)
             try:
                 exchange.on_pipe(pipe, len(held) + moved, end)
             except Exception:  # noqa: BLE001 -- one bad exchange must not take the link down
@@ -592,6 +608,24 @@ class EnvelopeLink(Protocol):
         self.splicing = not end
         self.piping = not end or bool(awaited)
         return True if moved else None
+
+    def _pace_reads(self, moved: int, rest: int, since: float) -> None:
+        """The socket is readable again once a larger piece of the frame's rest is there,
+        not at each packet (``splice_lowat``)."""
+        lowat = splice_lowat(moved, rest, since)
+        if lowat != self.lowat:
+            self._set_lowat(lowat)
+
+    def _read_as_usual(self) -> bool:
+        """False for read_piped: the transport reads, readable again at every byte (a
+        frame's rest may come so, its splice given up, and small frames behind it)."""
+        if self.lowat != 1:
+            self._set_lowat(1)
+        return False
+
+    def _set_lowat(self, lowat: int) -> None:
+        self.lowat = lowat
+        self.transport.socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, lowat)  # type: ignore[union-attr]
 
     def _read_frame_alone(self, sid: int, size: int) -> object:
         """Read the next frame, a small DATA frame of awaited stream ``sid`` (``size``
@@ -848,6 +882,10 @@ class EnvelopeLink(Protocol):
         if self.closed:
             return
         now = self.reactor.seconds()
+        if self.lowat != 1:
+            # A spliced frame's rest that comes slower than it did is read as it comes:
+            # whatever came by now proves the peer alive before its silence is judged.
+            self._set_lowat(1)
         if not self.connection.ready:
             self.log.warn("closing link: no hello within {timeout}s",
                           timeout=self.handshake_timeout)
@@ -949,6 +987,19 @@ def _run_end(frames: list[Frame], start: int, stream: int) -> int:
             break
     return start
 
+
+
+def splice_lowat(moved: int, rest: int, since: float) -> int:
+    """The low-water mark of a link's socket after ``moved`` bytes of a spliced frame came
+    in the ``since`` seconds after its last read, with ``rest`` on their way (the sender holds
+    them all, so they come): _SPLICE_LOWAT, or the rest when less, or what comes in
+    _LOWAT_DELAY at this rate when that is less; 1 (every byte) once the frame is all in."""
+    if not rest:
+        return 1
+    lowat = rest if rest < _SPLICE_LOWAT else _SPLICE_LOWAT
+    if since * lowat > moved * _LOWAT_DELAY:  # it would take longer at this rate
+        lowat = int(moved * _LOWAT_DELAY / since) or 1
+    return lowat
 
 
 def ready_or_lost(link: Any) -> Deferred[object]:

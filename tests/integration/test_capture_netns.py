@@ -44,8 +44,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: capturekit
 
 from capturekit import Netns, netns, netns_unavailable
-from meshkit import PODSERVER, REPO_ROOT, TWISTD, Proc, write_catalog
+from meshkit import PODSERVER, REPO_ROOT, TWISTD, Proc, sha256_of, write_catalog
 from meshkit import dns_query as ask_dns
+from podserver import pattern
 
 from edgemesh.capture import CaptureRules, Exclusion, Iptables, expected
 
@@ -455,6 +456,55 @@ def test_python_urllib_through_capture(live: World) -> None:
         "with urllib.request.urlopen('http://pod-e2/echo?client=urllib', timeout=15) as r:\n"
         "    print(r.status, r.headers['X-Pod'], json.load(r)['path'])\n"), timeout=30)
     assert done.stdout.split() == ["200", "pod-e2-0", "/echo?client=urllib"]
+
+
+@contextlib.contextmanager
+def shaped(space: Netns, device: str, rate: str) -> Iterator[None]:
+    """``device``'s sending in ``space`` held to ``rate`` (a token bucket), for the block."""
+    space.exec("tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", rate,
+               "burst", "32kb", "limit", "1mb")
+    try:
+        yield
+    finally:
+        space.exec("tc", "qdisc", "del", "dev", device, "root", check=False)
+
+
+def switches(pid: int) -> int:
+    """Times the process's main thread (its reactor) gave up the CPU: its wake-ups."""
+    with open(f"/proc/{pid}/status") as status:
+        return sum(int(line.split()[1]) for line in status
+                   if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+SLOW_LINK_WAKEUPS = 400
+"""edge-1's most wake-ups for the 4 MiB below: 1039 and 1215 before its link waited for large
+pieces of a spliced frame (SO_RCVLOWAT), 114 and 118 since, in 1.75 s each time."""
+
+
+@pytest.mark.skipif(shutil.which("tc") is None, reason="needs tc (iproute2)")
+def test_a_download_over_a_slow_link_arrives_whole_and_wakes_edge_1_for_large_pieces(
+        live: World) -> None:
+    """Edge → edge over the veth held to 20 Mbit/s both ways, as a slow network between two
+    edge nodes: the spliced body comes to edge-1 a packet at a time, and edge-1 takes it in
+    large pieces, its link alive and the body unchanged."""
+    size = 4 << 20
+    out = live.directory / "slow-link.bin"
+    edge1 = live.procs["edge-1"].pid
+    with shaped(live.edge, "eme0", "20mbit"), shaped(live.cloud, "emc0", "20mbit"):
+        before = switches(edge1)
+        done = live.edge.exec("curl", "-sS", "--max-time", "30", "-o", str(out), "-w",
+                              "%{http_code} %{size_download} %{time_total}",
+                              f"http://pod-e2/bytes?n={size}&seed=31", check=False, timeout=60)
+        woke = switches(edge1) - before
+    assert done.returncode == 0, f"{done.stderr}\n{live.tails()}"
+    code, length, seconds = done.stdout.split()
+    assert (code, int(length)) == ("200", size)
+    assert float(seconds) > size * 8 / 20e6 * 0.9, "the link was not held to 20 Mbit/s"
+    with out.open("rb") as body:
+        assert sha256_of(iter(lambda: body.read(1 << 16), b"")) == sha256_of(pattern(31, size))
+    assert woke < SLOW_LINK_WAKEUPS, f"edge-1 woke {woke} times for {size} bytes"
+    status, _, reply = live.curl("http://pod-e2/echo?after=slow-link")  # the link goes on
+    assert status == 200 and json.loads(reply)["pod"] == "pod-e2-0"
 
 
 def test_unknown_service_ip_and_non_http(live: World) -> None:
