@@ -16,6 +16,7 @@ import socket
 import struct
 import termios
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,15 +26,15 @@ from test_gathered_writes import drain
 from test_links import Handler, make_link
 from test_splice import DEADLINE, pair, wait_readable
 from twisted.internet import tcp
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgemesh.exchange import IRequestBody, IResponder, RequestHead, SourceKind
 from edgemesh.transports import spliced_bytes
 from edgemesh.transports._front import HTTPFrontFactory
 from edgemesh.transports._halves import AWAIT_MIN, AWAIT_SMALL_FRAMES, AWAIT_STREAMS
-from edgemesh.transports._io import SPLICE_MIN, buffered, splice_pipe
-from edgemesh.transports._links import splice_lowat
+from edgemesh.transports._io import SPLICE_MIN, buffered, socket_under, splice_pipe
+from edgemesh.transports._links import read_lowat
 from edgemesh.wire import (
     DATA_HEAD_MAX,
     Connection,
@@ -614,7 +615,7 @@ def test_a_client_that_takes_no_pipes_gets_the_bytes() -> None:
 @given(moved=st.integers(1, MiB), rest=st.integers(0, MiB), since=st.floats(0, 100))
 def test_the_link_waits_for_a_large_piece_of_the_rest_but_never_long_at_its_rate(
         moved: int, rest: int, since: float) -> None:
-    mark = splice_lowat(moved, rest, since)
+    mark = read_lowat(moved, rest, since)
     if not rest:
         assert mark == 1  # the frame is all in: every byte is read as it comes
         return
@@ -636,8 +637,8 @@ class SlowFrame:
 
     FRAME = MiB - 64
 
-    def __init__(self) -> None:
-        self.world = world = Receiver()
+    def __init__(self, splice: bool = True) -> None:
+        self.world = world = Receiver(splice=splice)
         self.sid = world.request()
         self.body = os.urandom(MiB)
         self.sent = 0
@@ -648,7 +649,7 @@ class SlowFrame:
         world.clock.advance(0)
         world.step(world.front_transport)  # the head goes: the client takes pipes now
         world.drain_client()
-        assert world.edge1.piping
+        assert world.edge1.piping == splice
         head = encode_data_head(self.sid, False, self.FRAME)
         world.edge2.sendall(head)
         self.head = len(head)
@@ -713,16 +714,53 @@ def test_a_frames_rest_wakes_the_link_once_a_large_piece_of_it_is_there() -> Non
     assert world.body() == b"small"
 
 
-def test_a_splice_given_up_mid_frame_leaves_the_link_readable_at_every_byte() -> None:
+def test_a_frames_rest_read_as_usual_is_read_in_large_pieces_too() -> None:
+    """Its splice given up (a client that no longer takes pipes), the frame's rest is read
+    into the process, and still in large pieces; every byte again at the frame's end."""
     slow = SlowFrame()
     world = slow.world
     slow.send(150_000)
     assert lowat(world.link.socket) == 256 * 1024
     [exchange] = world.edge1.exchanges.values()
     exchange._pipes = False  # type: ignore[union-attr]  # (as for a client that stopped taking them)
-    slow.send(5000)  # read as usual now
-    assert world.edge1.lowat == lowat(world.link.socket) == 1
+    before = spliced_bytes()
+    slow.send(5000, after=0.5)  # 10 kB a second: what comes in 20 ms
+    assert spliced_bytes() == before
+    assert world.edge1.lowat == lowat(world.link.socket) == 200
     slow.finish()
+    assert world.edge1.lowat == lowat(world.link.socket) == 1
+
+
+def test_a_frames_rest_is_read_in_large_pieces_without_splice() -> None:
+    """A link that does not splice (``--no-splice``; under TLS: the same reads, its layer's
+    record held back, tested in bench/netns_transfer.py --tls) gathers the body in the
+    process, in large pieces."""
+    slow = SlowFrame(splice=False)
+    world = slow.world
+    before = spliced_bytes()
+    slow.send(150_000)
+    assert world.edge1.lowat == lowat(world.link.socket) == 256 * 1024
+    slow.send(10_000, after=1.0)
+    assert world.edge1.lowat == lowat(world.link.socket) == 200
+    slow.finish()
+    assert world.edge1.lowat == lowat(world.link.socket) == 1
+    assert spliced_bytes() == before
+
+
+def test_the_socket_under_a_links_layers_is_found_and_nothing_else_is() -> None:
+    ours, theirs = pair()
+    try:
+        tcp_transport = tcp.Server(ours, Handler(), ("127.0.0.1", 1), None, 1,  # type: ignore[arg-type]
+                                   MemoryReactorClock())
+        tls = SimpleNamespace(transport=tcp_transport)  # (a TLS layer: a protocol wrapper)
+        guard = SimpleNamespace(transport=tls)  # (the handshake guard above it)
+        assert socket_under(tcp_transport) is ours
+        assert socket_under(guard) is ours
+        assert socket_under(StringTransport()) is None
+        assert socket_under(None) is None
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_a_heartbeat_leaves_the_link_readable_at_every_byte_before_judging_silence() -> None:

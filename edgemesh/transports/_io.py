@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from errno import ENOBUFS, EWOULDBLOCK
-from socket import MSG_MORE
+from socket import MSG_MORE, socket
 from types import MethodType
 from typing import Any, TypeVar
 from typing import Protocol as TypingProtocol
@@ -229,6 +229,18 @@ def buffered(transport: Any) -> int:
     if type(transport) in PLAIN_TCP:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
     return 0
+
+
+def socket_under(transport: Any) -> socket | None:
+    """The TCP socket a protocol's bytes come from: its transport's when that is one of
+    Twisted's TCP transports, or under a TLS layer (and other protocol wrappers, each of
+    which has the next transport down) the TCP transport's there; None for any other."""
+    for _ in range(4):
+        if type(transport) in PLAIN_TCP:
+            sock: socket = transport.socket
+            return sock
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 def use_large_buffer(transport: Any) -> None:

@@ -74,6 +74,7 @@ from ._io import (
     gathered_writes,
     pooled_reads,
     sends_at_once,
+    socket_under,
     splice_after,
     splice_pipe,
     use_large_buffer,
@@ -107,15 +108,19 @@ _ADMIT_READ = 64 * 1024
 _REFUSAL_GRACE = 5.0
 """Seconds a refused peer has to read the GOAWAY before its connection is aborted."""
 
-_SPLICE_LOWAT = 256 * 1024
-"""While a spliced frame's rest comes slower than it is taken, the link's socket is readable
-only once this much more of it is there (SO_RCVLOWAT; or its last bytes, once all are), or
-what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB transfer over
-a 100 Mbit/s link woke ~90 times, now ~25 (bench/netns_transfer.py)."""
+_LOWAT_MOST = 256 * 1024
+"""While a large DATA frame's rest comes slower than it is taken, the link's socket is
+readable only once this much more of it is there (SO_RCVLOWAT; or its last bytes, once all
+are), or what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB
+transfer over a 100 Mbit/s link woke ~90 times, now ~25 (bench/results-2026-12-07.md §2)."""
 _LOWAT_DELAY = 0.02
-"""How much later a client gets a spliced body's bytes than it would at each packet, at the
+"""How much later a client gets a large body's bytes than it would at each packet, at the
 rate the last piece came (if it slows, the link's next heartbeat ends the wait; the body's
 end is never later)."""
+_TLS_HOLDS = 16 * 1024 + 256
+"""What a TLS layer between the socket and the link may hold of the bytes that came (a
+record not yet whole): the frame's rest still to come in the socket is at least its
+plaintext less this."""
 
 
 class LinkHandler(TypingProtocol):
@@ -171,6 +176,8 @@ class EnvelopeLink(Protocol):
         "hello_extra",
         "hello_settings",
         "lowat",
+        "lowat_slack",
+        "lowat_socket",
         "node",
         "paused",
         "piping",
@@ -230,7 +237,11 @@ class EnvelopeLink(Protocol):
         """A DATA body is being spliced: the next read takes the frame's rest (however
         short), or looks for the next frame's head."""
         self.lowat = 1
-        """The socket's SO_RCVLOWAT: raised while a spliced frame's rest comes (read_piped)."""
+        """The socket's SO_RCVLOWAT: raised while a large frame's rest comes (_pace_reads)."""
+        self.lowat_socket: Any = None
+        """The TCP socket the link's bytes come from (under its TLS layer too), if any."""
+        self.lowat_slack = 0
+        """What the layers between that socket and the link may hold (_TLS_HOLDS)."""
         self.awaited: set[int] = set()
         """Streams whose large response bodies (AWAIT_MIN) are under way to clients that
         take pipes: while there are any, every read first looks for the next frame's head
@@ -313,6 +324,8 @@ class EnvelopeLink(Protocol):
         pooled_reads(transport, self if self.splices else None)
         self._queue = gathered_writes(transport)
         self._at_once = sends_at_once(transport)
+        self.lowat_socket = socket_under(transport)
+        self.lowat_slack = 0 if type(transport) in PLAIN_TCP else _TLS_HOLDS
         direct_reads(self)
         transport.registerProducer(self, True)
         self._last_heard = self.reactor.seconds()
@@ -458,7 +471,12 @@ class EnvelopeLink(Protocol):
             )
             self.close_now(f"protocol error: {error}")
             return
-        self._last_heard = self.reactor.seconds()
+        now = self.reactor.seconds()
+        need = self.gathering.body_need
+        if need or self.lowat != 1:
+            # The rest of a large frame is on its way: read it in large pieces.
+            self._pace_reads(len(data), need - self.lowat_slack, now - self._last_heard)
+        self._last_heard = now
         if self.connection.outbox:  # rarely (a pong): no call otherwise
             self.write(self.connection.data_to_send())
         count = len(frames)
@@ -560,13 +578,13 @@ class EnvelopeLink(Protocol):
         # A frame's short rest is read as before (as a pod's short reads), unless the
         # frame is being spliced already.
         if not need or (need < SPLICE_MIN and not splicing):
-            return self._read_as_usual()
+            return False
         if exchange is None or sid != peeked_sid:
             # (Asked already when the head was read alone: its stream's, which the decoder
             # must now be gathering; checked all the same.)
             exchange = self._piped_exchange(sid)
             if exchange is None:
-                return self._read_as_usual()
+                return False
         pipe = splice_pipe()
         assert pipe is not None  # (splices: there is one)
         # A few bytes of the frame that came with the last read (under 4 KiB, held in the
@@ -609,23 +627,18 @@ class EnvelopeLink(Protocol):
         self.piping = not end or bool(awaited)
         return True if moved else None
 
-    def _pace_reads(self, moved: int, rest: int, since: float) -> None:
+    def _pace_reads(self, got: int, rest: int, since: float) -> None:
         """The socket is readable again once a larger piece of the frame's rest is there,
-        not at each packet (``splice_lowat``)."""
-        lowat = splice_lowat(moved, rest, since)
+        not at each packet (``read_lowat``)."""
+        lowat = read_lowat(got, rest, since)
         if lowat != self.lowat:
             self._set_lowat(lowat)
 
-    def _read_as_usual(self) -> bool:
-        """False for read_piped: the transport reads, readable again at every byte (a
-        frame's rest may come so, its splice given up, and small frames behind it)."""
-        if self.lowat != 1:
-            self._set_lowat(1)
-        return False
-
     def _set_lowat(self, lowat: int) -> None:
-        self.lowat = lowat
-        self.transport.socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, lowat)  # type: ignore[union-attr]
+        sock = self.lowat_socket
+        if sock is not None:
+            self.lowat = lowat
+            sock.setsockopt(SOL_SOCKET, SO_RCVLOWAT, lowat)
 
     def _read_frame_alone(self, sid: int, size: int) -> object:
         """Read the next frame, a small DATA frame of awaited stream ``sid`` (``size``
@@ -989,16 +1002,17 @@ def _run_end(frames: list[Frame], start: int, stream: int) -> int:
 
 
 
-def splice_lowat(moved: int, rest: int, since: float) -> int:
-    """The low-water mark of a link's socket after ``moved`` bytes of a spliced frame came
-    in the ``since`` seconds after its last read, with ``rest`` on their way (the sender holds
-    them all, so they come): _SPLICE_LOWAT, or the rest when less, or what comes in
-    _LOWAT_DELAY at this rate when that is less; 1 (every byte) once the frame is all in."""
-    if not rest:
+def read_lowat(got: int, rest: int, since: float) -> int:
+    """The low-water mark of a link's socket after ``got`` bytes of a large DATA frame came
+    in the ``since`` seconds after its last read, with ``rest`` surely on their way (the
+    sender wrote the frame whole, so they come): _LOWAT_MOST, or the rest when less, or what
+    comes in _LOWAT_DELAY at this rate when that is less; 1 (every byte) once the frame is
+    all in."""
+    if rest <= 0:
         return 1
-    lowat = rest if rest < _SPLICE_LOWAT else _SPLICE_LOWAT
-    if since * lowat > moved * _LOWAT_DELAY:  # it would take longer at this rate
-        lowat = int(moved * _LOWAT_DELAY / since) or 1
+    lowat = rest if rest < _LOWAT_MOST else _LOWAT_MOST
+    if since * lowat > got * _LOWAT_DELAY:  # it would take longer at this rate
+        lowat = int(got * _LOWAT_DELAY / since) or 1
     return lowat
 
 
