@@ -113,6 +113,10 @@ _LOWAT_MOST = 256 * 1024
 readable only once this much more of it is there (SO_RCVLOWAT; or its last bytes, once all
 are), or what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB
 transfer over a 100 Mbit/s link woke ~90 times, now ~25 (bench/results-2026-12-07.md §2)."""
+_LOWAT_LEAST = 64 * 1024
+"""A rest smaller than this is read as it comes: what a mark would save is at most a wake-up
+or two, for two setsockopt calls (at 32 connections a link's reads end inside frames of
+42-64 KiB, and come fast)."""
 _LOWAT_DELAY = 0.02
 """How much later a client gets a large body's bytes than it would at each packet, at the
 rate the last piece came (if it slows, the link's next heartbeat ends the wait; the body's
@@ -473,9 +477,13 @@ class EnvelopeLink(Protocol):
             return
         now = self.reactor.seconds()
         need = self.gathering.body_need
-        if need or self.lowat != 1:
-            # The rest of a large frame is on its way: read it in large pieces.
-            self._pace_reads(len(data), need - self.lowat_slack, now - self._last_heard)
+        if need:
+            # The rest of a large frame is on its way: read it in large pieces (not after a
+            # frame's head read alone: read_piped paces the splice that follows).
+            if len(data) > DATA_HEAD_MAX:
+                self._pace_reads(len(data), need - self.lowat_slack, now - self._last_heard)
+        elif self.lowat != 1:
+            self._set_lowat(1)
         self._last_heard = now
         if self.connection.outbox:  # rarely (a pong): no call otherwise
             self.write(self.connection.data_to_send())
@@ -1006,9 +1014,9 @@ def read_lowat(got: int, rest: int, since: float) -> int:
     """The low-water mark of a link's socket after ``got`` bytes of a large DATA frame came
     in the ``since`` seconds after its last read, with ``rest`` surely on their way (the
     sender wrote the frame whole, so they come): _LOWAT_MOST, or the rest when less, or what
-    comes in _LOWAT_DELAY at this rate when that is less; 1 (every byte) once the frame is
-    all in."""
-    if rest <= 0:
+    comes in _LOWAT_DELAY at this rate when that is less; 1 (every byte) once less than
+    _LOWAT_LEAST is to come."""
+    if rest < _LOWAT_LEAST:
         return 1
     lowat = rest if rest < _LOWAT_MOST else _LOWAT_MOST
     if since * lowat > got * _LOWAT_DELAY:  # it would take longer at this rate
