@@ -18,8 +18,12 @@ crosses it once and the mesh's link crosses it once too:
 Each round makes one transfer of each, in turn (the order rotated every round), each a new
 curl process and connection (``--kept``: the second GET on curl's connection, as
 ab_transfer.py's).  Printed: the medians, each path's ratio to the same round's direct
-(median and quartiles), and both edges' CPU per transfer (schedstat).
+(median and quartiles), and the CPU per transfer (schedstat) of both edges and of both
+nginx hops (their workers).
 
+``--rate 100mbit``: the veth held to that rate (tc's token bucket on both ends), as a
+network between edge nodes (bench/results-2026-12-07.md §2).  ``--tls``: mutual TLS across
+the veth, the mesh's links and between the nginx hops (as bench/run.sh's relay-nginx-tls).
 ``--placement one-cpu`` (bench/run.sh's): curl and the origin on LOADGEN_CPU, every other
 process on MESH_CPU.  ``two-nodes``: A's processes on LOADGEN_CPU, B's on MESH_CPU (a CPU a
 node).  Needs root (``ip netns``); the namespaces are deleted at the end.

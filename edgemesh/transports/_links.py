@@ -904,8 +904,8 @@ class EnvelopeLink(Protocol):
             return
         now = self.reactor.seconds()
         if self.lowat != 1:
-            # A spliced frame's rest that comes slower than it did is read as it comes:
-            # whatever came by now proves the peer alive before its silence is judged.
+            # A large frame's rest that came slower than its mark counted on is read as it
+            # comes: whatever came by now proves the peer alive before its silence is judged.
             self._set_lowat(1)
         if not self.connection.ready:
             self.log.warn("closing link: no hello within {timeout}s",
