@@ -734,9 +734,8 @@ def test_a_frames_rest_read_as_usual_is_read_in_large_pieces_too() -> None:
 
 
 def test_a_frames_rest_is_read_in_large_pieces_without_splice() -> None:
-    """A link that does not splice (``--no-splice``; under TLS: the same reads, its layer's
-    record held back, tested in bench/netns_transfer.py --tls) gathers the body in the
-    process, in large pieces."""
+    """A link that does not splice (``--no-splice``; under TLS the same, less a record:
+    test_tls.py) gathers the body in the process, in large pieces."""
     slow = SlowFrame(splice=False)
     world = slow.world
     before = spliced_bytes()

@@ -24,6 +24,7 @@ from cryptography import x509
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
+from test_splice import pair as tcp_pair
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -90,7 +91,8 @@ from edgemesh.security._links import (
 )
 from edgemesh.testing import RecordingBody, RecordingResponder
 from edgemesh.transports import EnvelopeLink
-from edgemesh.wire import Connection, Request, encode_request
+from edgemesh.wire import Connection, Limits, Request, encode_hello, encode_request
+from edgemesh.wire._frames import encode_data_head
 
 # The hand-made TLS peers use Twisted's options directly, which hand pyOpenSSL objects to
 # pyOpenSSL; edgemesh's own code silences that warning itself.
@@ -1623,6 +1625,51 @@ def test_link_tls_reads_its_socket_into_one_reused_buffer(
     server_end.connectionLost(Failure(ConnectionDone()))
     assert "doRead" not in vars(server_end)
     client_end.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_link_over_tls_reads_a_large_frames_rest_in_large_pieces(
+    reactor: MemoryReactorClock, pki: PKI
+) -> None:
+    """The link finds the TCP socket under its TLS layer and handshake guard, and marks it
+    for a large frame's rest as a plain link does (transports/_links.read_lowat), less a
+    record the TLS layer may hold; every byte again once the frame is in."""
+    link = EnvelopeLink(reactor, Recorder(), node="router", role="router", client=False,
+                        limits=Limits(initial_window=1 << 20))  # (the body within its credit)
+    client_app = Bytes()
+    tls = MutualTLS(reactor, pki.config("router"), node="router", role="router")
+    server: Any = tls.server_factory(serving(link)).buildProtocol(ADDRESS)
+    client = tls_client(reactor, pki.ca, "router", pki.issued("edge-1"),
+                        serving(client_app)).buildProtocol(ADDRESS)
+    a, b = tcp_pair()  # (TCP: a Unix socket has no low-water mark of its reads)
+    server_sock, client_sock = CountingSocket(a), CountingSocket(b)
+    ends = ((socket_transport(reactor, server_sock, server), server_sock),
+            (socket_transport(reactor, client_sock, client), client_sock))
+
+    def mark() -> int:
+        return a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+    try:
+        pump_sockets(reactor, *ends)  # the handshake
+        assert link.lowat_socket is server_sock
+        assert link.lowat_slack == 16 * 1024 + 256
+        assert client_app.transport is not None
+        client_app.transport.write(encode_hello("edge-1", "edge", {"initial_window": 65536}))
+        body = os.urandom(200_000)
+        client_app.transport.write(
+            encode_request(1, False, b"POST", b"/up", b"svc", (), len(body), "edge-1", "svc",
+                           80, None, b"")
+            + encode_data_head(1, True, len(body)) + body[:20_000])
+        reactor.advance(0)
+        pump_sockets(reactor, *ends)
+        assert link.lowat == mark() == 180_000 - (16 * 1024 + 256)
+        client_app.transport.write(body[20_000:])
+        reactor.advance(0)
+        pump_sockets(reactor, *ends)
+        assert link.lowat == mark() == 1
+        assert not link.closed
+    finally:
+        for transport, _ in ends:
+            transport.connectionLost(Failure(ConnectionDone()))
 
 
 def test_link_tls_a_failed_ssl_write_raises_as_send_does(pki: PKI) -> None:
