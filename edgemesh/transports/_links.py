@@ -114,9 +114,9 @@ readable only once this much more of it is there (SO_RCVLOWAT; or its last bytes
 are), or what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB
 transfer over a 100 Mbit/s link woke ~90 times, now ~25 (bench/results-2026-12-07.md §2)."""
 _LOWAT_LEAST = 64 * 1024
-"""A rest smaller than this is read as it comes: what a mark would save is at most a wake-up
-or two, for two setsockopt calls (at 32 connections a link's reads end inside frames of
-42-64 KiB, and come fast)."""
+"""A frame whose rest is smaller than this when a read ends inside it is read as it comes:
+a mark would save a wake-up or two for two setsockopt calls (at 32 connections a link's
+reads end inside frames of 42-64 KiB, and come fast)."""
 _LOWAT_DELAY = 0.02
 """How much later a client gets a large body's bytes than it would at each packet, at the
 rate the last piece came (if it slows, the link's next heartbeat ends the wait; the body's
@@ -638,7 +638,7 @@ class EnvelopeLink(Protocol):
     def _pace_reads(self, got: int, rest: int, since: float) -> None:
         """The socket is readable again once a larger piece of the frame's rest is there,
         not at each packet (``read_lowat``)."""
-        lowat = read_lowat(got, rest, since)
+        lowat = read_lowat(got, rest, since, self.lowat != 1)
         if lowat != self.lowat:
             self._set_lowat(lowat)
 
@@ -1010,13 +1010,14 @@ def _run_end(frames: list[Frame], start: int, stream: int) -> int:
 
 
 
-def read_lowat(got: int, rest: int, since: float) -> int:
+def read_lowat(got: int, rest: int, since: float, paced: bool = False) -> int:
     """The low-water mark of a link's socket after ``got`` bytes of a large DATA frame came
     in the ``since`` seconds after its last read, with ``rest`` surely on their way (the
     sender wrote the frame whole, so they come): _LOWAT_MOST, or the rest when less, or what
-    comes in _LOWAT_DELAY at this rate when that is less; 1 (every byte) once less than
-    _LOWAT_LEAST is to come."""
-    if rest < _LOWAT_LEAST:
+    comes in _LOWAT_DELAY at this rate when that is less; 1 (every byte) once the frame is
+    in, or for a rest under _LOWAT_LEAST unless the frame is ``paced`` already (its tail
+    too: a frame's last 64 KiB is many wake-ups on a slow link)."""
+    if rest <= 0 or (rest < _LOWAT_LEAST and not paced):
         return 1
     lowat = rest if rest < _LOWAT_MOST else _LOWAT_MOST
     if since * lowat > got * _LOWAT_DELAY:  # it would take longer at this rate

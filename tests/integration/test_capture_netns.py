@@ -478,7 +478,7 @@ def switches(pid: int) -> int:
 
 SLOW_LINK_WAKEUPS = 400
 """edge-1's most wake-ups for the 4 MiB below: 1039 and 1215 before its link waited for large
-pieces of a spliced frame (SO_RCVLOWAT), 114 and 118 since, in 1.75 s each time."""
+pieces of a large frame's rest (SO_RCVLOWAT), 95, 105 and 95 since, in 1.75 s each time."""
 
 
 @pytest.mark.skipif(shutil.which("tc") is None, reason="needs tc (iproute2)")
