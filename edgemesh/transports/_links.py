@@ -114,9 +114,9 @@ readable only once this much more of it is there (SO_RCVLOWAT; or its last bytes
 are), or what comes in _LOWAT_DELAY at the rate the last piece came: edge-1 of a 4 MiB
 transfer over a 100 Mbit/s link woke ~90 times, now ~25 (bench/results-2026-12-07.md §2)."""
 _LOWAT_LEAST = 64 * 1024
-"""A frame whose rest is smaller than this when a read ends inside it is read as it comes:
-a mark would save a wake-up or two for two setsockopt calls (at 32 connections a link's
-reads end inside frames of 42-64 KiB, and come fast)."""
+"""A frame whose rest is smaller than this when a read ends inside it is read as it comes,
+unless it is paced already: a mark would save a wake-up or two for two setsockopt calls (at
+32 connections a link's reads end inside frames of 42-64 KiB, and come fast)."""
 _LOWAT_DELAY = 0.02
 """How much later a client gets a large body's bytes than it would at each packet, at the
 rate the last piece came (if it slows, the link's next heartbeat ends the wait; the body's
