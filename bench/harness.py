@@ -431,12 +431,16 @@ def run_dir(base: str, name: str, bodies: dict[str, bytes], origin_port: int | N
     return tmp
 
 
-def start_origin(tmp: str) -> Proc:
+def start_origin(tmp: str, cpu: str | None = None, netns: str | None = None,
+                 listen_host: str = "127.0.0.1") -> Proc:
+    """The origin nginx (on LOADGEN_CPU unless ``cpu``); in network namespace ``netns``,
+    whose ports this process cannot probe, the caller waits for it."""
     conf = render("origin-nginx.conf", os.path.join(tmp, "origin.conf"), TMP=tmp,
-                  PORT=PORTS["origin"])
+                  PORT=PORTS["origin"], LISTEN_HOST=listen_host)
     proc = spawn("origin-nginx", ["nginx", "-p", tmp, "-e", os.path.join(tmp, "origin.err"),
-                                  "-c", conf], CFG["LOADGEN_CPU"], tmp)
-    wait_port(PORTS["origin"], proc)
+                                  "-c", conf], cpu or CFG["LOADGEN_CPU"], tmp, netns=netns)
+    if netns is None:
+        wait_port(PORTS["origin"], proc)
     return proc
 
 
@@ -470,19 +474,24 @@ def nginx_tls(ca: str, node: str, *, accept: bool, dial: str | None) -> dict[str
 
 
 def start_nginx_proxy(tmp: str, port: int | None = None, upstream: int | None = None,
-                      name: str = "nginx-proxy",
-                      tls: dict[str, str] | None = None) -> list[Proc]:
-    """The anchor's nginx hop on the mesh's CPU (by default nginx's port → the origin);
-    ``tls``: nginx_tls's placeholders (else plain HTTP both ways)."""
+                      name: str = "nginx-proxy", tls: dict[str, str] | None = None,
+                      cpu: str | None = None, netns: str | None = None,
+                      listen_host: str = "127.0.0.1",
+                      upstream_host: str = "127.0.0.1") -> list[Proc]:
+    """The anchor's nginx hop on the mesh's CPU unless ``cpu`` (by default nginx's port →
+    the origin); ``tls``: nginx_tls's placeholders (else plain HTTP both ways); in network
+    namespace ``netns``, whose ports this process cannot probe, the caller waits for it."""
     home = tmp if name == "nginx-proxy" else os.path.join(tmp, name)  # its own pid file
     os.makedirs(home, exist_ok=True)
     port = PORTS["nginx"] if port is None else port
     conf = render("proxy-nginx.conf", os.path.join(home, "proxy.conf"), TMP=home, PORT=port,
                   ORIGIN_PORT=PORTS["origin"] if upstream is None else upstream,
-                  BUFFERING=CFG["NGINX_BUFFERING"], **(tls or NGINX_PLAIN))
+                  BUFFERING=CFG["NGINX_BUFFERING"], LISTEN_HOST=listen_host,
+                  UPSTREAM_HOST=upstream_host, **(tls or NGINX_PLAIN))
     proc = spawn(name, ["nginx", "-p", home, "-e", os.path.join(home, "proxy.err"),
-                        "-c", conf], CFG["MESH_CPU"], tmp)
-    wait_port(port, proc)
+                        "-c", conf], cpu or CFG["MESH_CPU"], tmp, netns=netns)
+    if netns is None:
+        wait_port(port, proc)
     return [proc]
 
 

@@ -107,25 +107,17 @@ def start(tmp: str, a: str, b: str, cpu_a: str, cpu_b: str,
                "nginx-hop-b": harness.nginx_tls(ca, "edge-2", accept=True, dial=None),
                } if tls else {}
     procs: dict[str, harness.Proc] = {}
-    conf = harness.render("origin-nginx.conf", os.path.join(tmp, "origin.conf"), TMP=tmp,
-                          PORT=ports["origin"], LISTEN_HOST="*")  # loopback and the veth
-    procs["origin"] = harness.spawn("origin-nginx", [
-        "nginx", "-p", tmp, "-e", os.path.join(tmp, "origin.err"), "-c", conf],
-        harness.CFG["LOADGEN_CPU"] if cpu_a == cpu_b else cpu_b, tmp, netns=b)
+    procs["origin"] = harness.start_origin(
+        tmp, harness.CFG["LOADGEN_CPU"] if cpu_a == cpu_b else cpu_b, b,
+        listen_host="*")  # loopback (edge-2's pod connections) and the veth (direct)
     # The anchor: nginx's hop on each node, the second one's port is edge-2's hub port + 100.
     hop2 = ports["edge-2-hub"] + 100
     for name, netns, cpu, port, listen, upstream, upstream_port in (
             ("nginx-hop-b", b, cpu_b, hop2, B_ADDR, "127.0.0.1", ports["origin"]),
             ("nginx-hop-a", a, cpu_a, ports["nginx"], "127.0.0.1", B_ADDR, hop2)):
-        home = os.path.join(tmp, name)
-        os.makedirs(home)
-        conf = harness.render("proxy-nginx.conf", os.path.join(home, "proxy.conf"), TMP=home,
-                              PORT=port, ORIGIN_PORT=upstream_port, LISTEN_HOST=listen,
-                              UPSTREAM_HOST=upstream, BUFFERING=harness.CFG["NGINX_BUFFERING"],
-                              **hop_tls.get(name, harness.NGINX_PLAIN))
-        procs[name] = harness.spawn(name, ["nginx", "-p", home, "-e",
-                                           os.path.join(home, "proxy.err"), "-c", conf],
-                                    cpu, tmp, netns=netns)
+        [procs[name]] = harness.start_nginx_proxy(
+            tmp, port, upstream_port, name, hop_tls.get(name), cpu, netns,
+            listen_host=listen, upstream_host=upstream)
     harness.compile_tree()
     catalog = os.path.join(tmp, "catalog.yaml")
     router = f"tcp:{A_ADDR}:{ports['router-tunnel']}"
@@ -225,11 +217,12 @@ def main() -> None:
                 walls[name].append(wall)
                 if name in ratios:
                     ratios[name].append(wall / this["direct"])
-        print(f"# netns_transfer.py: {args.rounds} rounds, 4 MiB, veth mtu {args.mtu}, "
-              f"{' ' + args.rate if args.rate else ''}{', mTLS' if args.tls else ''}, "
-              f"placement {args.placement}, "
-              f"{'kept' if args.kept else 'new'} connection, "
-              f"{harness.versions().get('tcp_congestion_control', '?')}")
+        setup = [f"{args.rounds} rounds", "4 MiB", f"veth mtu {args.mtu}",
+                 *([f"held to {args.rate}"] if args.rate else []),
+                 *(["mTLS"] if args.tls else []), f"placement {args.placement}",
+                 f"{'kept' if args.kept else 'new'} connection",
+                 harness.versions().get("tcp_congestion_control", "?")]
+        print(f"# netns_transfer.py: {', '.join(setup)}")
         for name in paths:
             line = f"{name:8} wall {statistics.median(walls[name]) * 1e3:.2f} ms"
             if name in ratios:
