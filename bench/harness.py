@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -205,6 +205,8 @@ class Run:
     anon_end_kib: dict[str, int] = field(default_factory=dict)  # proc → RssAnon after the runs
     huge_s: list[float] = field(default_factory=list)  # one-off 4 MiB transfers: wall s
     huge_direct_s: list[float] = field(default_factory=list)  # direct ones between them
+    huge_first_s: list[float] = field(default_factory=list)  # their first bytes' times
+    huge_direct_first_s: list[float] = field(default_factory=list)
     # The same with the path's first process on curl's CPU and the origin on the mesh's ("two
     # nodes": a client's node and the pod's; see transfers()).
     huge_nodes_s: list[float] = field(default_factory=list)
@@ -728,16 +730,24 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
     return cmd, done.stdout
 
 
-def transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_SIZE,
-             kept: bool = False, address: str = "127.0.0.1", cpu: str | None = None,
-             netns: str | None = None) -> float:
+class Timing(NamedTuple):
+    """One transfer as curl saw it, s: its whole wall time, and the first byte's (connect,
+    request, and the response's first byte: a relay's fixed cost shows here, its cost per
+    byte in the rest)."""
+
+    wall: float
+    first_byte: float
+
+
+def timed_transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_SIZE,
+                   kept: bool = False, address: str = "127.0.0.1", cpu: str | None = None,
+                   netns: str | None = None) -> Timing:
     """One GET of ``path`` (``size`` bytes; the 4 MiB body by default) on a new connection
-    with curl (on LOADGEN_CPU unless ``cpu``, in network namespace ``netns``): its wall
-    time, s.  ``kept``: two GETs on one connection, the second's time (a connection TCP
-    already knows)."""
+    with curl (on LOADGEN_CPU unless ``cpu``, in network namespace ``netns``).  ``kept``: two
+    GETs on one connection, the second's times (a connection TCP already knows)."""
     url = f"http://{address}:{port}{path}"
     cmd = [*pin(cpu or CFG["LOADGEN_CPU"]), *in_netns(netns), "curl", "-sS", "--max-time", "60",
-           "-w", "%{http_code} %{size_download} %{time_total}\\n"]
+           "-w", "%{http_code} %{size_download} %{time_total} %{time_starttransfer}\\n"]
     if host:
         cmd += ["-H", "Host: " + host]
     gets = 2 if kept else 1
@@ -746,10 +756,17 @@ def transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
     lines = [line.split() for line in done.stdout.splitlines()]
     if (done.returncode != 0 or len(lines) != gets
-            or any(len(fields) != 3 or fields[:2] != ["200", str(size)] for fields in lines)):
+            or any(len(fields) != 4 or fields[:2] != ["200", str(size)] for fields in lines)):
         raise RuntimeError(f"{path} through :{port}: rc {done.returncode}, "
                            f"{done.stdout.strip()!r} {done.stderr.strip()[:200]}")
-    return float(lines[-1][2])
+    return Timing(float(lines[-1][2]), float(lines[-1][3]))
+
+
+def transfer(port: int, host: str | None, path: str = "/huge", size: int = HUGE_SIZE,
+             kept: bool = False, address: str = "127.0.0.1", cpu: str | None = None,
+             netns: str | None = None) -> float:
+    """:func:`timed_transfer`'s wall time, s."""
+    return timed_transfer(port, host, path, size, kept, address, cpu, netns).wall
 
 
 def repin(pids: list[int], cpu: str) -> None:
@@ -775,8 +792,13 @@ def transfers(target: Target, run: Run, origin: list[int], first: list[int]) -> 
         try:
             for _ in range(int(CFG["TRANSFERS"])):
                 wait_quiet()
-                mine.append(transfer(PORTS[target.port], target.host))
-                direct.append(transfer(PORTS["origin"], None))
+                through = timed_transfer(PORTS[target.port], target.host)
+                mine.append(through.wall)
+                to_origin = timed_transfer(PORTS["origin"], None)
+                direct.append(to_origin.wall)
+                if not nodes:
+                    run.huge_first_s.append(through.first_byte)
+                    run.huge_direct_first_s.append(to_origin.first_byte)
         finally:
             if nodes:
                 repin(first, CFG["MESH_CPU"])
@@ -1340,8 +1362,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
                                + ("**met**" if c / plain <= TARGET_TLS_X_PLAIN else "**NOT met**")
                                + nginx_tls_text)
     huge = [("| target | python | 4 MiB wall ms (median) | direct ms (median, same moments) | "
-             "÷direct | as two nodes: wall ms | direct ms | ÷direct | transfers |"),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "÷direct | first byte ms, target / direct | as two nodes: wall ms | direct ms | "
+             "÷direct | transfers |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(mine: list[float], direct: list[float]) -> float | None:
         return statistics.median(mine) / statistics.median(direct) if mine else None
@@ -1361,8 +1384,13 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         mine, direct = statistics.median(run.huge_s), statistics.median(run.huge_direct_s)
         nodes = run.huge_nodes_s and statistics.median(run.huge_nodes_s)
         nodes_direct = run.huge_nodes_s and statistics.median(run.huge_nodes_direct_s)
+        # The first byte's time is the fixed cost (a new connection, the request, the
+        # response's head): what the wall time adds beyond it is the cost per byte.
+        firsts = (f"{statistics.median(run.huge_first_s) * 1e3:.2f} / "
+                  f"{statistics.median(run.huge_direct_first_s) * 1e3:.2f}"
+                  if run.huge_first_s else "-")
         huge.append(f"| {tname} | {run.python or '-'} | {mine * 1e3:.1f} | {direct * 1e3:.1f} | "
-                    f"{mine / direct:.2f} | "
+                    f"{mine / direct:.2f} | {firsts} | "
                     + (f"{nodes * 1e3:.1f} | {nodes_direct * 1e3:.1f} | {nodes / nodes_direct:.2f}"
                        if nodes and nodes_direct else "- | - | -")
                     + f" | {len(run.huge_s)} |")
@@ -1558,6 +1586,8 @@ def main() -> None:
                "runs": {t: {"reps": r.reps, "vmhwm_kib": r.hwm_kib, "rssanon_kib": r.anon_kib,
                             "rssanon_end_kib": r.anon_end_kib, "python": r.python,
                             "huge_s": r.huge_s, "huge_direct_s": r.huge_direct_s,
+                            "huge_first_s": r.huge_first_s,
+                            "huge_direct_first_s": r.huge_direct_first_s,
                             "huge_nodes_s": r.huge_nodes_s,
                             "huge_nodes_direct_s": r.huge_nodes_direct_s,
                             "rate_reps": r.rate_reps, "gc": r.gc}

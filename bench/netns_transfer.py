@@ -17,9 +17,10 @@ crosses it once and the mesh's link crosses it once too:
 
 Each round makes one transfer of each, in turn (the order rotated every round), each a new
 curl process and connection (``--kept``: the second GET on curl's connection, as
-ab_transfer.py's).  Printed: the medians, each path's ratio to the same round's direct
-(median and quartiles), and the CPU per transfer (schedstat) of both edges and of both
-nginx hops (their workers).
+ab_transfer.py's).  Printed: the medians of the wall time and of the first byte's (a
+relay's fixed cost: the new connection, the request and the response's head), each path's
+ratio to the same round's direct (median and quartiles), and the CPU per transfer
+(schedstat) of both edges and of both nginx hops (their workers).
 
 ``--rate 100mbit``: the veth held to that rate (tc's token bucket on both ends), as a
 network between edge nodes (bench/results-2026-12-07.md §2).  ``--tls``: mutual TLS across
@@ -194,29 +195,31 @@ def main() -> None:
                   "nginx×2": [pid for hop in ("nginx-hop-a", "nginx-hop-b")
                               for pid in harness.tree(procs[hop].pid)]}
 
-        def one(name: str) -> float:
+        def one(name: str) -> harness.Timing:
             port, address, host = paths[name]
-            return harness.transfer(port, host, kept=args.kept, address=address,
-                                    cpu=curl_cpu, netns=a)
+            return harness.timed_transfer(port, host, kept=args.kept, address=address,
+                                          cpu=curl_cpu, netns=a)
 
         for name in itertools.islice(itertools.cycle(paths), 5 * len(paths)):
             one(name)  # warm-up: pooled connections, the link's window
         walls: dict[str, list[float]] = {name: [] for name in paths}
+        firsts: dict[str, list[float]] = {name: [] for name in paths}
         ratios: dict[str, list[float]] = {name: [] for name in paths if name != "direct"}
         cpu: dict[str, list[list[float]]] = {name: [] for name in relays}
         order = list(paths)
         for round_ in range(args.rounds):
-            this: dict[str, float] = {}
+            this: dict[str, harness.Timing] = {}
             for name in order[round_ % 3:] + order[:round_ % 3]:
                 before = [cpu_ns(pid) for pid in relays.get(name, ())]
                 this[name] = one(name)
                 if name in relays:
                     cpu[name].append([(cpu_ns(pid) - was) / 1e6
                                       for pid, was in zip(relays[name], before)])
-            for name, wall in this.items():
-                walls[name].append(wall)
+            for name, timing in this.items():
+                walls[name].append(timing.wall)
+                firsts[name].append(timing.first_byte)
                 if name in ratios:
-                    ratios[name].append(wall / this["direct"])
+                    ratios[name].append(timing.wall / this["direct"].wall)
         setup = [f"{args.rounds} rounds", "4 MiB", f"veth mtu {args.mtu}",
                  *([f"held to {args.rate}"] if args.rate else []),
                  *(["mTLS"] if args.tls else []), f"placement {args.placement}",
@@ -224,7 +227,8 @@ def main() -> None:
                  harness.versions().get("tcp_congestion_control", "?")]
         print(f"# netns_transfer.py: {', '.join(setup)}")
         for name in paths:
-            line = f"{name:8} wall {statistics.median(walls[name]) * 1e3:.2f} ms"
+            line = (f"{name:8} wall {statistics.median(walls[name]) * 1e3:.2f} ms, first byte "
+                    f"{statistics.median(firsts[name]) * 1e3:.2f} ms")
             if name in ratios:
                 line += f"   ÷ direct, paired: {quartiles(ratios[name])}"
             print(line)
