@@ -732,8 +732,8 @@ def wrk(target: Target, path: str, duration: str) -> tuple[list[str], str]:
 
 class Timing(NamedTuple):
     """One transfer as curl saw it, s: its whole wall time, and the first byte's (connect,
-    request, and the response's first byte: a relay's fixed cost shows here, its cost per
-    byte in the rest)."""
+    request, and the response's first byte: a relay's fixed cost shows here; the body
+    already flows into the relay meanwhile, so the rest is not its whole cost per byte)."""
 
     wall: float
     first_byte: float
@@ -1384,8 +1384,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
         mine, direct = statistics.median(run.huge_s), statistics.median(run.huge_direct_s)
         nodes = run.huge_nodes_s and statistics.median(run.huge_nodes_s)
         nodes_direct = run.huge_nodes_s and statistics.median(run.huge_nodes_direct_s)
-        # The first byte's time is the fixed cost (a new connection, the request, the
-        # response's head): what the wall time adds beyond it is the cost per byte.
+        # The first byte's time: a relay's fixed cost (a new connection, the request, the
+        # response's head; results 2026-12-07 §4).
         firsts = (f"{statistics.median(run.huge_first_s) * 1e3:.2f} / "
                   f"{statistics.median(run.huge_direct_first_s) * 1e3:.2f}"
                   if run.huge_first_s else "-")
