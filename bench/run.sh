@@ -5,9 +5,11 @@
 #     DURATION=5s REPS=1 WARMUP=1s bash bench/run.sh     # a quick look
 #     PYSPY=1 TARGETS=p2-edge-edge PATHS=/small bash bench/run.sh   # where the time goes
 # Knobs (env): DURATION=10s REPS=3 CONNS=32 THREADS=1 WARMUP=3s WRK_TIMEOUT=10s
-#   TARGETS="direct nginx relay-nginx relay-nginx-tls relay-copy relay-splice p1-local
-#     p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls p3-edge-cloud-tls
-#     p4-cloud-edge-tls" (relay-*: two-process anchors; relay-nginx-tls: mTLS between the hops)  PATHS="/small /big"  TRANSFERS=7 (4 MiB, curl)
+#   TARGETS="direct nginx twisted-portforward twisted-portforward-stock relay-nginx relay-nginx-tls
+#     relay-copy relay-splice p1-local p2-edge-edge p3-edge-cloud p4-cloud-edge p2-edge-edge-tls
+#     p3-edge-cloud-tls p4-cloud-edge-tls" (twisted-portforward*: Twisted's own TCP relay, on the
+#     mesh's reactor and stock; relay-*: two-process anchors; relay-nginx-tls: mTLS between the
+#     hops)  PATHS="/small /big"  TRANSFERS=7 (4 MiB, curl)
 #   LOADGEN_CPU=0 MESH_CPU=1 BASE_PORT=18180 MESH_ARGS= READY_TIMEOUT=30 NGINX_BUFFERING=off
 #   MESH_ENV= ("VAR=VALUE ...": extra environment of every mesh process)
 #   IDLE_WAIT=20 IDLE_BUSY=15 (wait for a quiet machine before each run)
