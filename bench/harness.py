@@ -533,7 +533,7 @@ def start_twisted_portforward(tmp: str, stock: bool) -> list[Proc]:
     ``stock`` (Twisted's default)."""
     port = PORTS["edge-1-proxy"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = spawn("twisted-portforward",
+    proc = spawn("twisted-portforward-stock" if stock else "twisted-portforward",
                  [CFG["PYTHON"], "-m", "twisted", *([] if stock else reactor_args()),
                   "portforward", "--port", f"tcp:{port}:interface=127.0.0.1",
                   "--host", "127.0.0.1", "--dest_port", str(PORTS["origin"])],
@@ -1334,7 +1334,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             f"process) = {x:.1f}× nginx's hop ({n_small:.1f} µs) — target ≤ {small_target}×: "
             + ("**met**" if x <= small_target else "**NOT met**"))
     # The issue's floor of a Twisted process, measured here rather than assumed (the issue
-    # took 1.6 × nginx's hop; on session 33's machine 1.8 × on the mesh's reactor, 2.6 × stock).
+    # took 1.6 × nginx's hop; on session 33's machine 1.7-1.8 × on the mesh's reactor, 2.4-2.6 ×
+    # stock).
     for floor_name, floor_what in (("twisted-portforward", "on the mesh's reactor"),
                                    ("twisted-portforward-stock", "stock")):
         floor_small = base(floor_name, "/small", "proxy_cpu_us_per_req")
