@@ -1071,16 +1071,17 @@ def run_target(target: Target, tmp: str, origin: Proc, bodies: dict[str, bytes],
             groups = {name: [mesh[name].pid] for name in MESH_PROCS}
             rss_pids = {name: mesh[name].pid for name in MESH_PROCS}
         else:
-            if target.name.startswith("twisted-portforward"):
+            twisted_floor = target.name.startswith("twisted-portforward")
+            if twisted_floor:
                 proxies = start_twisted_portforward(tmp, target.name.endswith("-stock"))
-                check_until_ready(target, bodies, paths)
-                groups = {"twisted": [proxies[0].pid]}
-                rss_pids = {"twisted": proxies[0].pid}
+            elif target.name == "nginx":
+                proxies = start_nginx_proxy(tmp)
+            check_until_ready(target, bodies, paths)
+            root = proxies[0] if proxies else None
+            if twisted_floor and root:  # one process: its CPU and RSS
+                groups = {"twisted": [root.pid]}
+                rss_pids = {"twisted": root.pid}
             else:
-                if target.name == "nginx":
-                    proxies = start_nginx_proxy(tmp)
-                check_until_ready(target, bodies, paths)
-                root = proxies[0] if proxies else None
                 # CPU: master and worker; RSS: the worker only (as the anchors).
                 groups = {"nginx": tree(root.pid)} if root else {}
                 worker = tree((root or origin).pid)[1:]
@@ -1346,8 +1347,8 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             for t, mesh in small_rows.items() if mesh)
         verdict.append(
             f"  - Twisted's own port-forward {floor_what} (TCP only, no HTTP: the floor of a "
-            f"Twisted process): {floor_small:.1f} µs = {floor_small / n_small:.1f}× nginx's "
-            f"hop; the mesh per process ÷ it: {per_process}")
+            f"Twisted process): {floor_small:.1f} µs = {floor_small / n_small:.1f}× nginx's hop"
+            + (f"; the mesh per process ÷ it: {per_process}" if per_process else ""))
     # An anchor below full load (the load generator's limit on a slow machine) spends more per
     # request than at full load, in wake-ups: say so, with relay-nginx's hop (at full load on
     # the mesh's CPU) as the other yardstick (session 16's machine: 74 % and 19.7 against 16.3 µs).

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import LOOPBACK, PODSERVER, Proc, free_ports, sha256_of
+from meshkit import LOOPBACK, PODSERVER, free_ports, sha256_of
 from podserver import pattern
 
 pytestmark = [
@@ -49,17 +49,13 @@ def bench(tmp_path: Path) -> Iterator[tuple[Any, int]]:
     relay, origin = free_ports(2)
     harness.PORTS.update({"edge-1-proxy": relay, "origin": origin})
     harness.CFG.update(PYTHON=sys.executable, MESH_CPU="0", NICE="")
-    log = tmp_path / "pods.log"
-    with log.open("ab") as output:
-        popen = subprocess.Popen([sys.executable, str(PODSERVER), f"origin={origin}"],
-                                 stdin=subprocess.DEVNULL, stdout=output, stderr=output)
-    pods = Proc("pods", popen, log, mesh=False)
     try:
-        harness.wait_port(origin, harness.Proc("pods", popen, str(log)), timeout=DEADLINE)
+        pods = harness.spawn("pods", [sys.executable, str(PODSERVER), f"origin={origin}"],
+                             "0", str(tmp_path))
+        harness.wait_port(origin, pods, timeout=DEADLINE)
         yield harness, relay
     finally:
-        pods.stop()
-        for proc in list(harness.started):
+        for proc in list(harness.started):  # the pod server and the relay, by PID
             harness.stop(proc, grace=5.0)
 
 
