@@ -351,6 +351,14 @@ def cpu_ticks(pid: int) -> int:
     return user + system
 
 
+def system_ticks(pid: int) -> int:
+    """stime of every thread of the process, in clock ticks (0 once it is gone)."""
+    try:
+        return user_system_ticks(pid)[1]
+    except OSError:
+        return 0
+
+
 def status_kib(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -976,6 +984,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     waited = wait_quiet()
     c0 = cpu_times()
     t0 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
+    k0 = sum(system_ticks(p) for pids in procs.values() for p in pids)
     o0 = sum(cpu_ticks(p) for p in origin)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is a child, reaped by run()
     w0, wall0 = time.monotonic(), time.time()
@@ -988,6 +997,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     o1 = sum(cpu_ticks(p) for p in origin)
     t1 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
+    k1 = sum(system_ticks(p) for pids in procs.values() for p in pids)
     c1 = cpu_times()
     r["quiet_wait_s"] = waited
     r["window"] = (wall0, time.time())  # for GC_PROBE
@@ -996,6 +1006,8 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     total = sum(by.values())
     r["proxy_cpu_pct"] = 100.0 * total / wall if procs else None
     r["proxy_cpu_us_per_req"] = total * 1e6 / n if procs and n else None
+    # Of it, the kernel's (stime): the system calls, and the loopback delivery a send makes.
+    r["proxy_sys_us_per_req"] = (k1 - k0) / CLK_TCK * 1e6 / n if procs and n else None
     r["cpu_pct_by_proc"] = {name: 100.0 * s / wall for name, s in by.items()}
     r["cpu_us_per_req_by_proc"] = {name: s * 1e6 / n if n else None for name, s in by.items()}
     busy_s = 0.0
@@ -1349,6 +1361,19 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             f"  - Twisted's own port-forward {floor_what} (TCP only, no HTTP: the floor of a "
             f"Twisted process): {floor_small:.1f} µs = {floor_small / n_small:.1f}× nginx's hop"
             + (f"; the mesh per process ÷ it: {per_process}" if per_process else ""))
+    # User space against the kernel: the same system calls and segments cost the mesh's
+    # process about what they cost nginx's (session 34: 9.0-9.6 against 7.6-7.9 µs per
+    # /small exchange), so the distance from nginx is the user-space part.
+    split = []
+    for label, tname in [("nginx's hop", "nginx"), *((t, t) for t in small_rows),
+                         ("Twisted's relay", "twisted-portforward")]:
+        whole = base(tname, "/small", "proxy_cpu_us_per_req")
+        kernel = base(tname, "/small", "proxy_sys_us_per_req")
+        if whole and kernel is not None:
+            split.append(f"{label} {whole - kernel:.1f} + {kernel:.1f}")
+    if len(split) > 1:
+        verdict.append("  - /small µs per request in user space + in the kernel: "
+                       + ", ".join(split))
     # An anchor below full load (the load generator's limit on a slow machine) spends more per
     # request than at full load, in wake-ups: say so, with relay-nginx's hop (at full load on
     # the mesh's CPU) as the other yardstick (session 16's machine: 74 % and 19.7 against 16.3 µs).
