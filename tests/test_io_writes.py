@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 
 from edgemesh.transports._io import write_all_after_waiting, write_parts_now
 
@@ -187,3 +191,225 @@ def test_a_link_queues_frames_past_its_budget_in_the_tcp_buffer(pair: Pair) -> N
             break
     got = _drain(right, 1 << 20)
     assert got == b"HEAD" + body + b"HEAD" + body[:50_000] + b"HEAD" + body[:40_000]
+
+
+# -- writes held for the end of the reactor's turn (write_now's hold) --------------------
+
+
+@pytest.fixture
+def held() -> Iterator[list[tuple[Any, bytes]]]:
+    """The process's held sends, empty before and after the test."""
+    from edgemesh.transports import _io
+
+    assert not _io._turn_sends
+    yield _io._turn_sends
+    _io._turn_sends.clear()
+    _io.sends_now = False
+
+
+def test_a_held_write_leaves_at_the_flush_with_the_turns_others(
+    held: list[tuple[Any, bytes]],
+) -> None:
+    from edgemesh.transports._io import flush_turn_sends, write_now
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        first, second = (_server_over(left) for left, _ in pairs)
+        assert write_now(first, b"response one", hold=True)
+        assert write_now(second, b"request", hold=True)
+        assert write_now(first, b" and two", hold=True)
+        assert [data for _, data in held] == [b"response one", b"request", b" and two"]
+        assert _drain(pairs[0][1], 1) == b""  # nothing sent yet
+        flush_turn_sends()
+        assert not held
+        assert _drain(pairs[0][1], 20) == b"response one and two"
+        assert _drain(pairs[1][1], 7) == b"request"
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+
+
+@pytest.mark.parametrize("later", ["write_now", "write_all_now", "splice_after", "close_on_fin"])
+def test_nothing_overtakes_a_held_write(
+    pair: Pair, held: list[tuple[Any, bytes]], later: str
+) -> None:
+    """A send that does not wait for a doWrite (to the same transport or another) makes the
+    held ones first, so they keep their place in the byte stream; a close (close_on_fin)
+    lets them leave first."""
+    from edgemesh.transports import _io
+
+    left, right = pair
+    transport = _server_over(left)
+    _io.write_now(transport, b"held ", hold=True)
+    if later == "write_now":
+        _io.write_now(transport, b"then")
+    elif later == "write_all_now":
+        _io.write_all_now(transport, (b"th", b"en"))
+    elif later == "splice_after":
+        pipe = _io.splice_pipe()
+        assert pipe is not None
+        pipe.put(b"en")
+        assert _io.splice_after(transport, b"th", pipe, 2) == []
+    else:
+        _io.close_on_fin(transport)
+        assert not transport.connected
+        assert _drain(right, 5) == b"held "
+        return
+    assert not held
+    assert _drain(right, 9) == b"held then"
+
+
+def test_twisteds_own_write_after_a_held_one_follows_it(
+    pair: Pair, held: list[tuple[Any, bytes]]
+) -> None:
+    """Twisted's write only buffers: its doWrite (at a later poll, after the flush) sends
+    what was written after the held write, after it."""
+    from edgemesh.transports._io import flush_turn_sends, write_now
+
+    left, right = pair
+    transport = _server_over(left)
+    write_now(transport, b"held ", hold=True)
+    transport.write(b"buffered")
+    flush_turn_sends()
+    transport.doWrite()
+    assert _drain(right, 13) == b"held buffered"
+
+
+def test_what_the_socket_does_not_take_at_the_flush_goes_first_in_the_buffer(
+    pair: Pair, held: list[tuple[Any, bytes]]
+) -> None:
+    from edgemesh.transports._io import TURN_SEND_MAX, flush_turn_sends, write_now
+
+    left, right = pair
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport = _server_over(left)
+    first = bytes(range(256)) * (TURN_SEND_MAX // 256)
+    second = b"\xff" * TURN_SEND_MAX
+    for data in (first, second):  # held: each at most TURN_SEND_MAX
+        assert write_now(transport, data, hold=True)
+    transport.write(b"after")  # buffered by Twisted meanwhile
+    flush_turn_sends()
+    assert transport._tempDataLen > len(b"after")  # the socket took only part
+    reactor: Any = transport.reactor
+    assert transport in reactor.writers
+    got = bytearray()
+    whole = first + second + b"after"
+    for _ in range(10_000):  # bounded: each round the peer reads, Twisted writes
+        got += _drain(right, len(whole) - len(got))
+        if len(got) >= len(whole):
+            break
+        transport.doWrite()
+    assert bytes(got) == whole
+
+
+def test_a_held_write_to_a_connection_lost_before_the_flush_is_dropped(
+    pair: Pair, held: list[tuple[Any, bytes]]
+) -> None:
+    from edgemesh.transports._io import flush_turn_sends, write_now
+
+    left, _right = pair
+    transport = _server_over(left)
+    write_now(transport, b"late", hold=True)
+    transport.connectionLost(Failure(ConnectionDone()))
+    flush_turn_sends()  # no error, nothing sent on a closed socket
+    assert not held
+
+
+def test_what_is_not_held(pair: Pair, held: list[tuple[Any, bytes]]) -> None:
+    """Sent at once: a view (its buffer may be reused before the turn ends), a write past
+    TURN_SEND_MAX, one while ``sends_now`` (a link's read, a turn of one event), one to a
+    transport with bytes waiting; past TURN_SENDS_MAX held writes, the next one sends them
+    all first."""
+    from edgemesh.transports import _io
+
+    left, right = pair
+    transport = _server_over(left)
+    assert _io.write_now(transport, memoryview(b"view "), hold=True)
+    assert _io.write_now(transport, b"L" * (_io.TURN_SEND_MAX + 1), hold=True)
+    _io.sends_now = True
+    assert _io.write_now(transport, b" now", hold=True)
+    _io.sends_now = False
+    assert not held
+    assert _drain(right, 5 + _io.TURN_SEND_MAX + 1 + 4) == (
+        b"view " + b"L" * (_io.TURN_SEND_MAX + 1) + b" now")
+    transport.write(b"waiting")
+    assert not _io.write_now(transport, b" after", hold=True)  # buffered after it, by Twisted
+    assert not held
+    transport.doWrite()
+    assert _drain(right, 13) == b"waiting after"
+    for index in range(_io.TURN_SENDS_MAX):
+        assert _io.write_now(transport, b"%d," % index, hold=True)
+    assert len(held) == _io.TURN_SENDS_MAX
+    assert _io.write_now(transport, b"next", hold=True)
+    assert not held
+    expected = b"".join(b"%d," % index for index in range(_io.TURN_SENDS_MAX)) + b"next"
+    assert _drain(right, len(expected)) == expected
+
+
+_WRITES = st.one_of(
+    st.binary(min_size=1, max_size=64),
+    # Up to past TURN_SEND_MAX, and most of them past what the socket takes at once.
+    st.integers(1, 20_000).map(lambda size: bytes([size % 251]) * size),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["held", "held", "held", "write_now", "twisted", "write_all_now", "turn",
+                     "drain"]),
+    st.integers(0, 1), _WRITES), min_size=1, max_size=40))
+def test_writes_of_every_kind_reach_each_peer_in_the_order_they_were_made(
+    operations: list[tuple[str, int, bytes]],
+) -> None:
+    """Held writes, direct sends, Twisted's buffered writes and gathered ones, to two
+    transports with small send buffers, in any order, with the reactor's ends of turn (the
+    held sends made, then a doWrite of each transport that wants one, as the reactor makes
+    them first) and the peers' reads between them: each peer gets its transport's writes in
+    the order they were made, nothing lost, nothing doubled."""
+    from edgemesh.transports import _io
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for left, _ in pairs:
+            left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transports = [_server_over(left) for left, _ in pairs]
+        written = [bytearray(), bytearray()]
+        got = [bytearray(), bytearray()]
+
+        def turn() -> None:
+            _io.flush_turn_sends()
+            for transport in transports:
+                if transport in transport.reactor.writers:  # type: ignore[attr-defined]
+                    transport.doWrite()
+
+        for kind, which, data in operations:
+            transport = transports[which]
+            if kind == "held":
+                _io.write_now(transport, data, hold=True)
+            elif kind == "write_now":
+                _io.write_now(transport, data)
+            elif kind == "twisted":
+                transport.write(data)
+            elif kind == "write_all_now":
+                _io.write_all_now(transport, (data[:1], data[1:]))
+            elif kind == "turn":
+                turn()
+                continue
+            else:
+                got[which] += _drain(pairs[which][1], 1 << 20)
+                continue
+            written[which] += data
+        for _ in range(10_000):  # bounded: a turn and both peers' reads per round
+            turn()
+            for which in (0, 1):
+                got[which] += _drain(pairs[which][1], 1 << 20)
+            if all(len(got[i]) >= len(written[i]) for i in (0, 1)):
+                break
+        assert got == written
+        assert not _io._turn_sends
+    finally:
+        _io._turn_sends.clear()
+        for left, right in pairs:
+            left.close()
+            right.close()

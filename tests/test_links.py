@@ -1845,3 +1845,22 @@ def test_a_link_keeps_its_own_state_out_of_its_instance_dict() -> None:
     for link in (pair.client, pair.server):
         names = set(vars(link))
         assert names <= {"transport", "connected", "factory"}, names
+
+
+def test_a_links_read_hands_on_its_frames_with_nothing_held() -> None:
+    """While a link's read hands on its frames, write_now holds none of the sends they make
+    (``_io.sends_now``: the read's frames are one batch already); before and after the read
+    the flag is what it was."""
+    from edgemesh.transports import _io
+
+    pair = Pair()
+    seen: list[bool] = []
+    pair.server_handler.on_inbound = lambda entry: seen.append(_io.sends_now)
+    _io.sends_now = False
+    try:
+        pair.open(content_length=0, method=b"GET")
+        pair.pump()
+        assert seen == [True]
+        assert _io.sends_now is False
+    finally:
+        _io.sends_now = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFDSet,
@@ -22,14 +23,14 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python import context, log
 from twisted.python.failure import Failure
 from zope.interface import provider
 from zope.interface.verify import verifyObject
 
-from edgemesh.transports import EnvelopeLink
+from edgemesh.transports import EnvelopeLink, _io
 from edgemesh.transports._reactor import EdgemeshReactor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,6 +316,182 @@ def test_end_of_turn_calls_queued_while_the_queue_runs_wait_for_the_next_poll() 
         r._poller = real_poller
         r._poller.close()
         r.waker.connectionLost(None)
+
+
+# -- writes held for the end of the turn (_io.write_now's hold) -------------------------
+
+
+class _Peer:
+    """A real TCP transport (tcp.Server, on a memory reactor) over one end of a socket
+    pair, and a non-blocking read of the other end."""
+
+    def __init__(self) -> None:
+        self.left, self.right = socket.socketpair()
+        self.right.setblocking(False)
+        self.transport = tcp.Server(self.left, Protocol(), ("127.0.0.1", 1), None, 1,
+                                    MemoryReactor())  # type: ignore[arg-type]
+
+    def received(self) -> bytes:
+        try:
+            return self.right.recv(1 << 16)
+        except BlockingIOError:
+            return b""
+
+    def close(self) -> None:
+        self.left.close()
+        self.right.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[_Peer]]:
+    made = [_Peer() for _ in range(3)]
+    yield made
+    for peer in made:
+        peer.close()
+    _io._turn_sends.clear()
+    _io.sends_now = False
+
+
+def _fake_poll(r: EdgemeshReactor, selectables: list[FakeSelectable],
+               events: list[tuple[int, int]]) -> Any:
+    for s in selectables:
+        r._selectables[s.fd] = s
+        r._reads.add(s.fd)
+    real = r._poller
+    r._poller = FakePoller(events)
+    return real
+
+
+def test_held_sends_leave_after_a_polls_events_and_before_the_end_of_turn_queue(
+        peers: list[_Peer]) -> None:
+    """Each event holds a write to its own peer: none arrives while the poll's events are
+    dispatched, all of them before the end-of-turn queue runs."""
+    r = EdgemeshReactor()
+    order: list[str] = []
+    seen: list[list[bytes]] = []
+
+    def holds(index: int) -> Callable[[], None]:
+        def read() -> None:
+            seen.append([peer.received() for peer in peers])
+            _io.write_now(peers[index].transport, b"answer %d" % index, hold=True)
+        return read
+
+    selectables = [FakeSelectable(2001 + i, order, holds(i)) for i in range(3)]
+    real = _fake_poll(r, selectables, [(s.fd, r._POLL_IN) for s in selectables])
+    r.callAtEndOfTurn(lambda: seen.append([peer.received() for peer in peers]))
+    try:
+        r.doPoll(0)
+    finally:
+        r._poller = real
+        r._poller.close()
+        r.waker.connectionLost(None)
+    assert seen[:3] == [[b"", b"", b""]] * 3  # held while the events ran
+    assert seen[3] == [b"answer 0", b"answer 1", b"answer 2"]  # sent before the queue
+    assert not _io._turn_sends
+
+
+def test_a_poll_of_one_event_sends_at_once(peers: list[_Peer]) -> None:
+    r = EdgemeshReactor()
+    got: list[bytes] = []
+
+    def read() -> None:
+        _io.write_now(peers[0].transport, b"now", hold=True)
+        got.append(peers[0].received())
+
+    only = FakeSelectable(2101, [], read)
+    real = _fake_poll(r, [only], [(only.fd, r._POLL_IN)])
+    try:
+        r.doPoll(0)
+    finally:
+        r._poller = real
+        r._poller.close()
+        r.waker.connectionLost(None)
+    assert got == [b"now"]
+
+
+def test_held_sends_leave_before_a_lost_connection_closes_and_before_a_dowrite(
+        peers: list[_Peer]) -> None:
+    """A read that ends its connection, and a descriptor the poll found writable, come
+    after the held sends of the events before them (either may be that connection's)."""
+    r = EdgemeshReactor()
+    order: list[str] = []
+    at_close: list[bytes] = []
+    at_write: list[bytes] = []
+
+    def hold_then_done() -> object:
+        _io.write_now(peers[0].transport, b"before the close", hold=True)
+        return error.ConnectionDone()
+
+    class Closing(FakeSelectable):
+        def connectionLost(self, reason: Failure) -> None:
+            at_close.append(peers[0].received())
+            super().connectionLost(reason)
+
+    class Writable(FakeSelectable):
+        def doRead(self) -> object:
+            _io.write_now(peers[1].transport, b"before the write", hold=True)
+            return None
+
+        def doWrite(self) -> object:
+            at_write.append(peers[1].received())
+            return super().doWrite()
+
+    closing = Closing(2201, order, hold_then_done)
+    writable = Writable(2202, order)
+    real = _fake_poll(r, [closing, writable],
+                      [(closing.fd, r._POLL_IN), (writable.fd, r._POLL_IN | r._POLL_OUT)])
+    r._writes.add(writable.fd)
+    try:
+        r.doPoll(0)
+    finally:
+        r._poller = real
+        r._poller.close()
+        r.waker.connectionLost(None)
+    assert at_close == [b"before the close"]
+    assert at_write == [b"before the write"]
+    assert closing.lost is not None
+
+
+def test_a_send_held_by_a_timer_does_not_wait_for_io(reactor: EdgemeshReactor) -> None:
+    """Held outside of a poll's dispatch (a timer's callback): the next poll does not block
+    (without the timeout() clause it would sleep until the 30 s timer), and its turn sends
+    it."""
+    accepted: list[Protocol] = []
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
+    client = connect(reactor, port.getHost().port)
+    spin(reactor, lambda: bool(accepted))
+
+    class Stopping(Client):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            reactor.stop()
+
+    stopping = Stopping()
+    assert client.transport is not None
+    stopping.makeConnection(client.transport)
+    client.transport.protocol = stopping  # type: ignore[attr-defined]
+
+    def hold() -> None:
+        _io.sends_now = False  # as after a poll of several events
+        _io.write_now(accepted[0].transport, b"from a timer", hold=True)
+        assert _io._turn_sends
+
+    give_up = reactor.callLater(30, reactor.stop)
+    reactor.callLater(0.01, hold)
+    started = time.monotonic()
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        _io._turn_sends.clear()
+        _io.sends_now = False
+    assert time.monotonic() - started < 5.0
+    assert stopping.received == b"from a timer"
+    assert give_up.active()
 
 
 class TurnClock(MemoryReactorClock):

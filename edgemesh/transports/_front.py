@@ -271,7 +271,8 @@ class _Exchange:
             return
         if body and not self.no_body and not self.chunked and self.remaining == len(body):
             self.remaining = 0
-            write_now(self.front.transport, data + body)
+            front = self.front
+            write_now(front.transport, data + body, front._hold_sends)
             # All of it sent, no chunk or trailers to end it with (trailers() takes none
             # before the head): end() would only pass on to _exchange_done (one call less).
             self.front._exchange_done(self)
@@ -524,6 +525,7 @@ class HTTPFrontProtocol(Protocol):
         "_head_since",
         "_header_count",
         "_headers",
+        "_hold_sends",
         "_hops",
         "_host",
         "_idle_since",
@@ -572,6 +574,9 @@ class HTTPFrontProtocol(Protocol):
         limits: FrontLimits = FrontLimits(),
     ) -> None:
         self._reactor = reactor
+        self._hold_sends: bool = getattr(reactor, "sends_at_turn_end", False)
+        """A whole response's send may wait for the end of the reactor's turn, with the
+        turn's others (write_now's ``hold``): on edgemesh's reactor."""
         self._wheel = wheel_for(reactor)
         """The node's timer wheel, for this connection's one timer: no DelayedCall, heap
         push and reset per connection (see _arm)."""

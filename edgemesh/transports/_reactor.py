@@ -47,13 +47,21 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReact
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
+from . import _io
 from ._io import PLAIN_TCP as _PLAIN_TCP
 from ._io import TCP_READ as _TCP_READ
+from ._io import _turn_sends as _TURN_SENDS
+from ._io import flush_turn_sends as _flush_turn_sends
 from ._io import reads_as_twisted
 
 
 class EdgemeshReactor(epollreactor.EPollReactor):
     """An epoll reactor that dispatches ready descriptors without log-context layers."""
+
+    sends_at_turn_end = True
+    """It makes the writes held for the end of the turn (``_io.write_now``'s ``hold``) once
+    the events of a poll are dispatched (before the end-of-turn queue), and polls without
+    blocking while any wait."""
 
     callAtEndOfTurn: Callable[[Callable[[], object]], None]
     """Run ``func()`` after the I/O events of the current (or, outside of one, the next)
@@ -72,7 +80,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
     def timeout(self) -> float | None:
         # Something queued outside of an I/O dispatch (a timer's callback): the next
         # poll must not block, its end of turn runs it.
-        if self._turn_end:
+        if self._turn_end or _TURN_SENDS:
             return 0.0
         return super().timeout()
 
@@ -102,6 +110,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
         disconnected, readable, writable = (
             self._POLL_DISCONNECTED, self._POLL_IN, self._POLL_OUT)
         turn_end = self._turn_end
+        turn_sends = _TURN_SENDS
         while True:
             try:
                 events = poll(-1 if timeout is None else timeout, len(selectables))
@@ -109,12 +118,17 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                 if err.errno != errno.EINTR:
                     raise
                 events = []
+            # One event: its sends have no other to go with, so none is held (_io.write_now).
+            _io.sends_now = len(events) == 1
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue
                 if event & disconnected and not event & readable:
-                    # A hang-up: Twisted's own path, as rare as connections end.
+                    # A hang-up: Twisted's own path, as rare as connections end (after the
+                    # writes held for the turn's end: one may be to this connection).
+                    if turn_sends:
+                        _flush_turn_sends()
                     log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
                     continue
                 # Twisted's _doReadOrWrite, minus its log context (-33 k instructions per
@@ -151,6 +165,8 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                                 else:
                                     why = do_read()
                             if not why and event & writable:
+                                if turn_sends:
+                                    _flush_turn_sends()  # they go before what waits here
                                 why = selectable.doWrite()
                                 in_read = False
                     except BaseException:  # noqa: BLE001
@@ -158,12 +174,21 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                         why = sys.exc_info()[1]
                         log.err(system=_prefix(selectable))
                     if why:
+                        if turn_sends:
+                            _flush_turn_sends()  # (as above: before the socket closes)
                         self._disconnectSelectable(  # type: ignore[no-untyped-call]
                             selectable, why, in_read)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:  # noqa: BLE001 -- as callWithLogger: logged, go on
                     log.err(system=_prefix(selectable))
+            if turn_sends:
+                # The small sends this poll's events held (write_now's hold), together: each
+                # peer woken once per turn.
+                try:
+                    _flush_turn_sends()
+                except Exception:  # noqa: BLE001 -- a bug there must not stop the reactor
+                    log.err(None, "held sends failed")
             if turn_end:
                 # What is queued while these run waits for the next turn (which then polls
                 # without blocking): the loop is bounded by the queue's length now.
@@ -180,7 +205,7 @@ class EdgemeshReactor(epollreactor.EPollReactor):
                 return
             # The next turn's timeout, as runUntilCurrent and timeout() would have it.
             if (self.threadCallQueue or self._newTimedCalls or self._justStopped
-                    or self._cancellations > 50 or turn_end
+                    or self._cancellations > 50 or turn_end or turn_sends
                     or pending is not self._pendingTimedCalls):
                 pending = self._pendingTimedCalls  # (compaction replaces it)
                 self.runUntilCurrent()
@@ -221,6 +246,8 @@ class EdgemeshReactor(epollreactor.EPollReactor):
             why = sys.exc_info()[1]
             log.err(system=_prefix(selectable))
         if why:
+            if _TURN_SENDS:
+                _flush_turn_sends()
             self._disconnectSelectable(selectable, why, True)  # type: ignore[no-untyped-call]
 
     def listenTCP(self, port: int, factory: IProtocolFactory, backlog: int = 50,

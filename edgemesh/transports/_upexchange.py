@@ -355,12 +355,14 @@ class _UpstreamExchange:
                 if len(_heads_made) >= _HEADS_MADE_BOUND:
                     _heads_made.clear()
                 _heads_made[key] = head_bytes
+        # At the turn's end with its other small writes (a body written later goes after it:
+        # every direct send makes the held ones first).
         if self.buffer:
-            write_now(transport, b"".join([head_bytes, *self.buffer]))
+            write_now(transport, b"".join([head_bytes, *self.buffer]), conn.target.hold_sends)
             self.buffer = []
             self.buffered = 0
         else:
-            write_now(transport, head_bytes)
+            write_now(transport, head_bytes, conn.target.hold_sends)
         if self.source is not None:
             self._update_source()
 

@@ -86,6 +86,9 @@ class HTTPUpstreamTarget:
     ) -> None:
         self.kind = kind
         self._clock = reactor
+        self.hold_sends: bool = getattr(reactor, "sends_at_turn_end", False)
+        """A request's send may wait for the end of the reactor's turn, with the turn's
+        others (write_now's ``hold``): on edgemesh's reactor."""
         self._connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_idle_per_address = max_idle_per_address
