@@ -146,10 +146,10 @@ def write_now(transport: Any, data: bytes | memoryview, hold: bool = False) -> b
     end one direction of an exchange (a whole response, a bodiless request): a process that
     sends each as it is made wakes a peer's ``epoll_wait`` on the other CPU once per send,
     one that sends them together once per turn.  p1 /small at 32 connections, mesh CPU per
-    request 21.5-22.4 -> 19.0-20.3 µs, the kernel's part 9.1-10.2 -> 7.7-8.4 (results
-    2026-12-07 §7).  Not held: a write while ``sends_now`` (a link's read hands on its frames:
-    held, p2 /small cost both edges +1.4-2.4 µs per request; a turn of one event), one past
-    TURN_SEND_MAX or past TURN_SENDS_MAX of them."""
+    request 21.9-22.9 -> 19.0-19.1 µs in whole bench/run.sh runs, the kernel's part
+    10.0-10.6 -> 7.5-8.1 (results 2026-12-07 §7).  Not held: a write while ``sends_now``
+    (a link's read hands on its frames: held, p2 /small cost both edges +1.4-2.4 µs per
+    request; a turn of one event), one past TURN_SEND_MAX or past TURN_SENDS_MAX of them."""
     # A plain TCP transport with nothing buffered: a send now keeps the byte order (after
     # the held sends, which may be to this transport).  Checked inline, not by
     # _open_plain_tcp (and not _tempDataLen): one Python call less per write (two per
