@@ -1362,8 +1362,9 @@ def report(runs: dict[str, Run], paths: list[str]) -> tuple[str, dict[str, Any]]
             f"Twisted process): {floor_small:.1f} µs = {floor_small / n_small:.1f}× nginx's hop"
             + (f"; the mesh per process ÷ it: {per_process}" if per_process else ""))
     # User space against the kernel: the same system calls and segments cost the mesh's
-    # process about what they cost nginx's (session 34: 9.0-9.6 against 7.6-7.9 µs per
-    # /small exchange), so the distance from nginx is the user-space part.
+    # process about what they cost nginx's (session 34: 7.5-8.1 against 7.9-8.4 µs per
+    # /small exchange on p1, 9.0-10.6 before its held sends woke the peers once per turn),
+    # so the distance from nginx is the user-space part.
     split = []
     for label, tname in [("nginx's hop", "nginx"), *((t, t) for t in small_rows),
                          ("Twisted's relay", "twisted-portforward")]:
