@@ -15,6 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
+from edgemesh.transports import _io
 from edgemesh.transports._io import write_all_after_waiting, write_parts_now
 
 
@@ -199,8 +200,6 @@ def test_a_link_queues_frames_past_its_budget_in_the_tcp_buffer(pair: Pair) -> N
 @pytest.fixture
 def held() -> Iterator[list[tuple[Any, bytes]]]:
     """The process's held sends, empty before and after the test."""
-    from edgemesh.transports import _io
-
     assert not _io._turn_sends
     yield _io._turn_sends
     _io._turn_sends.clear()
@@ -210,17 +209,15 @@ def held() -> Iterator[list[tuple[Any, bytes]]]:
 def test_a_held_write_leaves_at_the_flush_with_the_turns_others(
     held: list[tuple[Any, bytes]],
 ) -> None:
-    from edgemesh.transports._io import flush_turn_sends, write_now
-
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         first, second = (_server_over(left) for left, _ in pairs)
-        assert write_now(first, b"response one", hold=True)
-        assert write_now(second, b"request", hold=True)
-        assert write_now(first, b" and two", hold=True)
+        assert _io.write_now(first, b"response one", hold=True)
+        assert _io.write_now(second, b"request", hold=True)
+        assert _io.write_now(first, b" and two", hold=True)
         assert [data for _, data in held] == [b"response one", b"request", b" and two"]
         assert _drain(pairs[0][1], 1) == b""  # nothing sent yet
-        flush_turn_sends()
+        _io.flush_turn_sends()
         assert not held
         assert _drain(pairs[0][1], 20) == b"response one and two"
         assert _drain(pairs[1][1], 7) == b"request"
@@ -237,8 +234,6 @@ def test_nothing_overtakes_a_held_write(
     """A send that does not wait for a doWrite (to the same transport or another) makes the
     held ones first, so they keep their place in the byte stream; a close (close_on_fin)
     lets them leave first."""
-    from edgemesh.transports import _io
-
     left, right = pair
     transport = _server_over(left)
     _io.write_now(transport, b"held ", hold=True)
@@ -265,13 +260,11 @@ def test_twisteds_own_write_after_a_held_one_follows_it(
 ) -> None:
     """Twisted's write only buffers: its doWrite (at a later poll, after the flush) sends
     what was written after the held write, after it."""
-    from edgemesh.transports._io import flush_turn_sends, write_now
-
     left, right = pair
     transport = _server_over(left)
-    write_now(transport, b"held ", hold=True)
+    _io.write_now(transport, b"held ", hold=True)
     transport.write(b"buffered")
-    flush_turn_sends()
+    _io.flush_turn_sends()
     transport.doWrite()
     assert _drain(right, 13) == b"held buffered"
 
@@ -279,17 +272,15 @@ def test_twisteds_own_write_after_a_held_one_follows_it(
 def test_what_the_socket_does_not_take_at_the_flush_goes_first_in_the_buffer(
     pair: Pair, held: list[tuple[Any, bytes]]
 ) -> None:
-    from edgemesh.transports._io import TURN_SEND_MAX, flush_turn_sends, write_now
-
     left, right = pair
     left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     transport = _server_over(left)
-    first = bytes(range(256)) * (TURN_SEND_MAX // 256)
-    second = b"\xff" * TURN_SEND_MAX
-    for data in (first, second):  # held: each at most TURN_SEND_MAX
-        assert write_now(transport, data, hold=True)
+    first = bytes(range(256)) * (_io.TURN_SEND_MAX // 256)
+    second = b"\xff" * _io.TURN_SEND_MAX
+    for data in (first, second):  # held: each at most _io.TURN_SEND_MAX
+        assert _io.write_now(transport, data, hold=True)
     transport.write(b"after")  # buffered by Twisted meanwhile
-    flush_turn_sends()
+    _io.flush_turn_sends()
     assert transport._tempDataLen > len(b"after")  # the socket took only part
     reactor: Any = transport.reactor
     assert transport in reactor.writers
@@ -306,23 +297,19 @@ def test_what_the_socket_does_not_take_at_the_flush_goes_first_in_the_buffer(
 def test_a_held_write_to_a_connection_lost_before_the_flush_is_dropped(
     pair: Pair, held: list[tuple[Any, bytes]]
 ) -> None:
-    from edgemesh.transports._io import flush_turn_sends, write_now
-
     left, _right = pair
     transport = _server_over(left)
-    write_now(transport, b"late", hold=True)
+    _io.write_now(transport, b"late", hold=True)
     transport.connectionLost(Failure(ConnectionDone()))
-    flush_turn_sends()  # no error, nothing sent on a closed socket
+    _io.flush_turn_sends()  # no error, nothing sent on a closed socket
     assert not held
 
 
 def test_what_is_not_held(pair: Pair, held: list[tuple[Any, bytes]]) -> None:
     """Sent at once: a view (its buffer may be reused before the turn ends), a write past
-    TURN_SEND_MAX, one while ``sends_now`` (a link's read, a turn of one event), one to a
+    _io.TURN_SEND_MAX, one while ``sends_now`` (a link's read, a turn of one event), one to a
     transport with bytes waiting; past TURN_SENDS_MAX held writes, the next one sends them
     all first."""
-    from edgemesh.transports import _io
-
     left, right = pair
     transport = _server_over(left)
     assert _io.write_now(transport, memoryview(b"view "), hold=True)
@@ -349,7 +336,7 @@ def test_what_is_not_held(pair: Pair, held: list[tuple[Any, bytes]]) -> None:
 
 _WRITES = st.one_of(
     st.binary(min_size=1, max_size=64),
-    # Up to past TURN_SEND_MAX, and most of them past what the socket takes at once.
+    # Up to past _io.TURN_SEND_MAX, and most of them past what the socket takes at once.
     st.integers(1, 20_000).map(lambda size: bytes([size % 251]) * size),
 )
 
@@ -367,8 +354,6 @@ def test_writes_of_every_kind_reach_each_peer_in_the_order_they_were_made(
     held sends made, then a doWrite of each transport that wants one, as the reactor makes
     them first) and the peers' reads between them: each peer gets its transport's writes in
     the order they were made, nothing lost, nothing doubled."""
-    from edgemesh.transports import _io
-
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         for left, _ in pairs:

@@ -352,14 +352,22 @@ def peers() -> Iterator[list[_Peer]]:
     _io.sends_now = False
 
 
-def _fake_poll(r: EdgemeshReactor, selectables: list[FakeSelectable],
-               events: list[tuple[int, int]]) -> Any:
+def _one_poll(r: EdgemeshReactor, selectables: list[FakeSelectable],
+              events: list[tuple[int, int]], writing: tuple[int, ...] = ()) -> None:
+    """One turn of ``r`` (doPoll) on a hand-fed poll of ``events``; then its poller and
+    waker are closed."""
     for s in selectables:
         r._selectables[s.fd] = s
         r._reads.add(s.fd)
+    r._writes.update(writing)
     real = r._poller
     r._poller = FakePoller(events)
-    return real
+    try:
+        r.doPoll(0)
+    finally:
+        r._poller = real
+        r._poller.close()
+        r.waker.connectionLost(None)
 
 
 def test_held_sends_leave_after_a_polls_events_and_before_the_end_of_turn_queue(
@@ -377,14 +385,8 @@ def test_held_sends_leave_after_a_polls_events_and_before_the_end_of_turn_queue(
         return read
 
     selectables = [FakeSelectable(2001 + i, order, holds(i)) for i in range(3)]
-    real = _fake_poll(r, selectables, [(s.fd, r._POLL_IN) for s in selectables])
     r.callAtEndOfTurn(lambda: seen.append([peer.received() for peer in peers]))
-    try:
-        r.doPoll(0)
-    finally:
-        r._poller = real
-        r._poller.close()
-        r.waker.connectionLost(None)
+    _one_poll(r, selectables, [(s.fd, r._POLL_IN) for s in selectables])
     assert seen[:3] == [[b"", b"", b""]] * 3  # held while the events ran
     assert seen[3] == [b"answer 0", b"answer 1", b"answer 2"]  # sent before the queue
     assert not _io._turn_sends
@@ -399,13 +401,7 @@ def test_a_poll_of_one_event_sends_at_once(peers: list[_Peer]) -> None:
         got.append(peers[0].received())
 
     only = FakeSelectable(2101, [], read)
-    real = _fake_poll(r, [only], [(only.fd, r._POLL_IN)])
-    try:
-        r.doPoll(0)
-    finally:
-        r._poller = real
-        r._poller.close()
-        r.waker.connectionLost(None)
+    _one_poll(r, [only], [(only.fd, r._POLL_IN)])
     assert got == [b"now"]
 
 
@@ -438,15 +434,9 @@ def test_held_sends_leave_before_a_lost_connection_closes_and_before_a_dowrite(
 
     closing = Closing(2201, order, hold_then_done)
     writable = Writable(2202, order)
-    real = _fake_poll(r, [closing, writable],
-                      [(closing.fd, r._POLL_IN), (writable.fd, r._POLL_IN | r._POLL_OUT)])
-    r._writes.add(writable.fd)
-    try:
-        r.doPoll(0)
-    finally:
-        r._poller = real
-        r._poller.close()
-        r.waker.connectionLost(None)
+    _one_poll(r, [closing, writable],
+              [(closing.fd, r._POLL_IN), (writable.fd, r._POLL_IN | r._POLL_OUT)],
+              writing=(writable.fd,))
     assert at_close == [b"before the close"]
     assert at_write == [b"before the write"]
     assert closing.lost is not None
@@ -462,19 +452,16 @@ def test_a_send_held_by_a_timer_does_not_wait_for_io(reactor: EdgemeshReactor) -
         def connectionMade(self) -> None:
             accepted.append(self)
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
-    client = connect(reactor, port.getHost().port)
-    spin(reactor, lambda: bool(accepted))
-
     class Stopping(Client):
         def dataReceived(self, data: bytes) -> None:
             super().dataReceived(data)
             reactor.stop()
 
+    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
     stopping = Stopping()
-    assert client.transport is not None
-    stopping.makeConnection(client.transport)
-    client.transport.protocol = stopping  # type: ignore[attr-defined]
+    reactor.connectTCP("127.0.0.1", port.getHost().port,
+                       ClientFactory.forProtocol(lambda: stopping), timeout=5)
+    spin(reactor, lambda: bool(accepted) and stopping.transport is not None)
 
     def hold() -> None:
         _io.sends_now = False  # as after a poll of several events
