@@ -351,12 +351,22 @@ def cpu_ticks(pid: int) -> int:
     return user + system
 
 
-def system_ticks(pid: int) -> int:
-    """stime of every thread of the process, in clock ticks (0 once it is gone)."""
-    try:
-        return user_system_ticks(pid)[1]
-    except OSError:
-        return 0
+def group_ticks(procs: dict[str, list[int]]) -> tuple[dict[str, int], int]:
+    """utime + stime of each group of processes, and the stime of them all, in clock ticks:
+    one read of each process's stat (a process that is gone counts 0)."""
+    by_group: dict[str, int] = {}
+    kernel = 0
+    for name, pids in procs.items():
+        total = 0
+        for pid in pids:
+            try:
+                user, system = user_system_ticks(pid)
+            except OSError:
+                continue
+            total += user + system
+            kernel += system
+        by_group[name] = total
+    return by_group, kernel
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -983,8 +993,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     nor those processes used (someone else's load)."""
     waited = wait_quiet()
     c0 = cpu_times()
-    t0 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
-    k0 = sum(system_ticks(p) for pids in procs.values() for p in pids)
+    t0, k0 = group_ticks(procs)
     o0 = sum(cpu_ticks(p) for p in origin)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is a child, reaped by run()
     w0, wall0 = time.monotonic(), time.time()
@@ -996,8 +1005,7 @@ def measure(target: Target, path: str, procs: dict[str, list[int]], rep: int,
     wall = time.monotonic() - w0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     o1 = sum(cpu_ticks(p) for p in origin)
-    t1 = {name: sum(cpu_ticks(p) for p in pids) for name, pids in procs.items()}
-    k1 = sum(system_ticks(p) for pids in procs.values() for p in pids)
+    t1, k1 = group_ticks(procs)
     c1 = cpu_times()
     r["quiet_wait_s"] = waited
     r["window"] = (wall0, time.time())  # for GC_PROBE

@@ -275,7 +275,7 @@ class _Exchange:
             write_now(front.transport, data + body, front._hold_sends)
             # All of it sent, no chunk or trailers to end it with (trailers() takes none
             # before the head): end() would only pass on to _exchange_done (one call less).
-            self.front._exchange_done(self)
+            front._exchange_done(self)
             return
         write_now(self.front.transport, data)
         if body:
