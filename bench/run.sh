@@ -16,7 +16,8 @@
 #   PYTHON=/work/venv/bin/python (the mesh's interpreter)  PYSPY=1 PYSPY_SECONDS=8 PYSPY_RATE=400
 #   PYTHONS="3.11 3.12 3.13" (every mesh target once with each, in one run; a bare version is
 #     built or found by bench/pythons.sh, with its venv; a path or command without the
-#     dependencies gets a venv /tmp/edgemesh-bench-venv-<full version>)
+#     dependencies gets a venv /tmp/edgemesh-bench-venv-<full version>; with SKIP_INSTALL=1 the
+#     run stops at the start instead)
 #   SKIP_INSTALL=1 (no apt-get / pip)  RESULTS_DIR=bench/results
 #   RATE=1000 RATE_CONNS=<CONNS> RATE_PATHS=/small RATE_SPREAD=<RATE_CONNS> (latency at a fixed
 #     request rate with hey, after the wrk runs: RATE requests/s in all; RATE=0: none)
@@ -105,6 +106,14 @@ elif [[ -n "${PYTHONS:-}" ]]; then
     else ready+=("$py"); fi
   done
   export PYTHONS="${ready[*]}"
+  # Said now, not as failed rows at the end: an interpreter without the dependencies
+  # (Twisted's name then finds this checkout's twisted/plugins folder).
+  for py in $PYTHONS; do
+    PYTHONPATH="$REPO" "$py" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
+        2>/dev/null || { echo "run.sh: PYTHONS: $py lacks edgemesh's dependencies, and" \
+          "SKIP_INSTALL=1 installs nothing (give a venv, or leave SKIP_INSTALL unset)" >&2
+        exit 1; }
+  done
 fi
 
 if [[ "${BENCH:-}" == streams ]]; then

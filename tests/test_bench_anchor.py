@@ -1,7 +1,9 @@
 """bench/'s nginx anchors render to configurations nginx accepts: the plain hop, and the two
 hops of ``relay-nginx-tls`` (mutual TLS between them with the mesh's certificates), whose
 figure stands beside the mTLS row of issue 15.  A typo there would only show as a bench run
-that fails to start, so nginx itself checks each file (``nginx -t``) where it is installed."""
+that fails to start, so nginx itself checks each file (``nginx -t``) where it is installed.
+And bench/run.sh refuses, at its start, an interpreter it would otherwise run every mesh row
+on only to report each one failed."""
 
 from __future__ import annotations
 
@@ -76,3 +78,19 @@ def test_nginx_accepts_every_variant(tmp_path: Path, ca: str) -> None:
             ["nginx", "-t", "-p", str(conf.parent), "-e", str(conf.parent / "err.log"),
              "-c", str(conf)], capture_output=True, text=True, timeout=30, check=False)
         assert checked.returncode == 0, f"{name}: {checked.stderr.strip()[-500:]}"
+
+
+def test_run_sh_refuses_an_interpreter_without_the_dependencies(tmp_path: Path) -> None:
+    # An "interpreter" that can import nothing: with SKIP_INSTALL=1 nothing would install
+    # the dependencies, so the run must stop before it starts any process.
+    bare = tmp_path / "python"
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    run_sh = Path(__file__).resolve().parent.parent / "bench" / "run.sh"
+    done = subprocess.run(
+        ["bash", str(run_sh)], capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "SKIP_INSTALL": "1", "PYTHON": sys.executable,
+             "PYTHONS": str(bare), "RESULTS_DIR": str(tmp_path / "results")})
+    assert done.returncode == 1, done.stderr
+    assert f"PYTHONS: {bare} lacks edgemesh's dependencies" in done.stderr
+    assert not (tmp_path / "results").exists()
