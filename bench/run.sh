@@ -32,6 +32,11 @@ REPO="$(dirname "$HERE")"
 DEFAULT_PYTHON=/work/venv/bin/python
 export PYTHON="${PYTHON:-$DEFAULT_PYTHON}"
 
+# Whether interpreter $1 has what the mesh needs (the mesh itself runs from this checkout).
+has_dependencies() {
+  PYTHONPATH="$REPO" "$1" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' 2>/dev/null
+}
+
 apt_install() {
   [[ $(id -u) == 0 ]] || { echo "run.sh: need root to apt-get install $*" >&2; exit 1; }
   apt-get update -qq
@@ -64,8 +69,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
         "$base" -m venv /tmp/edgemesh-bench-venv; }
     fi
   fi
-  if ! PYTHONPATH="$REPO" "$PYTHON" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
-      2>/dev/null; then
+  if ! has_dependencies "$PYTHON"; then
     # Dependencies only matter: the mesh itself runs from this checkout (PYTHONPATH).
     "$PYTHON" -m pip install -q "$REPO"
   fi
@@ -85,8 +89,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
       fi
       exe="$(command -v "$py" || true)"
       [[ -n "$exe" ]] || { echo "run.sh: PYTHONS: $py not found" >&2; exit 1; }
-      if ! PYTHONPATH="$REPO" "$exe" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
-          2>/dev/null; then
+      if ! has_dependencies "$exe"; then
         # Named by the full version: several interpreters may share a basename ("python").
         full="$("$exe" -c 'import platform; print(platform.python_version())')"
         venv="/tmp/edgemesh-bench-venv-$full"
@@ -109,10 +112,9 @@ elif [[ -n "${PYTHONS:-}" ]]; then
   # Said now, not as failed rows at the end: an interpreter without the dependencies
   # (Twisted's name then finds this checkout's twisted/plugins folder).
   for py in $PYTHONS; do
-    PYTHONPATH="$REPO" "$py" -c 'import edgemesh.roles, twisted, httptools, msgpack, yaml' \
-        2>/dev/null || { echo "run.sh: PYTHONS: $py lacks edgemesh's dependencies, and" \
-          "SKIP_INSTALL=1 installs nothing (give a venv, or leave SKIP_INSTALL unset)" >&2
-        exit 1; }
+    has_dependencies "$py" || { echo "run.sh: PYTHONS: $py lacks edgemesh's dependencies," \
+      "and SKIP_INSTALL=1 installs nothing (give a venv, or leave SKIP_INSTALL unset)" >&2
+      exit 1; }
   done
 fi
 
