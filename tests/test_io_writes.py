@@ -277,7 +277,7 @@ def test_what_the_socket_does_not_take_at_the_flush_goes_first_in_the_buffer(
     transport = _server_over(left)
     first = bytes(range(256)) * (_io.TURN_SEND_MAX // 256)
     second = b"\xff" * _io.TURN_SEND_MAX
-    for data in (first, second):  # held: each at most _io.TURN_SEND_MAX
+    for data in (first, second):  # held: each at most TURN_SEND_MAX
         assert _io.write_now(transport, data, hold=True)
     transport.write(b"after")  # buffered by Twisted meanwhile
     _io.flush_turn_sends()
@@ -307,7 +307,7 @@ def test_a_held_write_to_a_connection_lost_before_the_flush_is_dropped(
 
 def test_what_is_not_held(pair: Pair, held: list[tuple[Any, bytes]]) -> None:
     """Sent at once: a view (its buffer may be reused before the turn ends), a write past
-    _io.TURN_SEND_MAX, one while ``sends_now`` (a link's read, a turn of one event), one to a
+    TURN_SEND_MAX, one while ``sends_now`` (a link's read, a turn of one event), one to a
     transport with bytes waiting; past TURN_SENDS_MAX held writes, the next one sends them
     all first."""
     left, right = pair
@@ -336,7 +336,7 @@ def test_what_is_not_held(pair: Pair, held: list[tuple[Any, bytes]]) -> None:
 
 _WRITES = st.one_of(
     st.binary(min_size=1, max_size=64),
-    # Up to past _io.TURN_SEND_MAX, and most of them past what the socket takes at once.
+    # Up to past TURN_SEND_MAX, and most of them past what the socket takes at once.
     st.integers(1, 20_000).map(lambda size: bytes([size % 251]) * size),
 )
 
