@@ -125,8 +125,12 @@ def test_only_tcp_ports_are_considered(catalog: Catalog) -> None:
     # The same number as UDP and TCP: HTTP means the TCP one.
     assert catalog.resolve(b"dns:53")[1].name == "dns-tcp"
     assert catalog.resolve(b"dns")[1].name == "dns-tcp"
-    assert _error(catalog, b"syslog:514").reason is Reason.unknown_service
-    assert _error(catalog, b"syslog").reason is Reason.unknown_service
+    for authority in (b"syslog:514", b"syslog"):
+        error = _error(catalog, authority)
+        assert error.reason is Reason.unknown_service
+        # Said as it is: not "several ports, name one of: none".
+        assert "service default/syslog has no TCP port (the mesh carries TCP only)" in \
+            error.detail
 
 
 def test_ipv6_cluster_ip(catalog: Catalog) -> None:

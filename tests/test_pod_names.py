@@ -97,10 +97,12 @@ def test_the_service_name_itself_still_has_every_endpoint() -> None:
 
 
 @pytest.mark.parametrize(("name", "why"), [
-    (b"db-9.db.shop:5432", "not a service name"),  # no such pod
-    (b"db-0.web.shop:5432", "not a service name"),  # a ClusterIP service: no pod names
-    (b"db-0.nope.shop:5432", "not a service name"),
-    (b"db-9.db:5432", "no service db/db-9"),
+    # Each says what is missing, in the terms the name was read in.
+    (b"db-9.db.shop:5432", "service shop/db has no pod db-9"),
+    (b"db-0.web.shop:5432", "service shop/web is not headless, so it has no pod names"),
+    (b"db-0.nope.shop:5432", "db-0.nope.shop is not a service name of this cluster"),
+    (b"db-9.db:5432", "no service db/db-9, and service default/db has no pod db-9"),
+    (b"a.b.c.d:5432", "a.b.c.d is not a service name of this cluster"),
 ])
 def test_unknown_pods_are_unknown_services(name: bytes, why: str) -> None:
     with pytest.raises(MeshError) as caught:

@@ -170,7 +170,10 @@ def _choose_port(authority: bytes, service: Service, port: int | None) -> Servic
                 return candidate
         if len(tcp) == 1:
             return tcp[0]
-    listed = ", ".join(str(p.port) for p in tcp) or "none"
+    if not tcp:
+        raise _unknown(authority, f"service {service.key} has no TCP port (the mesh carries "
+                       "TCP only)")
+    listed = ", ".join(str(p.port) for p in tcp)
     if port is None:
         why = f"service {service.key} has several ports, name one of: {listed}"
     else:
@@ -334,10 +337,7 @@ class Catalog:
             if found is None:
                 found = self._pod(host)
             if found is None:
-                if key is None:
-                    raise _unknown(authority, f"{host.decode('ascii')} is not a service name "
-                                   "of this cluster")
-                raise _unknown(authority, f"no service {key}")
+                raise _unknown(authority, self._why_unknown(host, key))
         else:
             if self._by_ip is None:
                 self._by_ip = Catalog(self._services, self._nodes, self._revision)._by_ip
@@ -345,6 +345,23 @@ class Catalog:
             if found is None:
                 raise _unknown(authority, f"no service has clusterIP {host}")
         return found, _choose_port(authority, found, port)
+
+    def _why_unknown(self, host: bytes, key: str | None) -> str:
+        """What a name that is neither a service nor a pod lacks, in the terms it was read
+        in: a service's name, or, when it names a service the catalog has, that service's
+        pod."""
+        named = pod_name(host.decode("ascii").split("."))
+        service = self._services.get(named[0]) if named is not None else None
+        if key is not None:
+            # A pod is mentioned only where a headless service of that name could have had it.
+            if named is None or service is None or service.cluster_ip is not None:
+                return f"no service {key}"
+            return f"no service {key}, and service {service.key} has no pod {named[1]}"
+        if named is None or service is None:
+            return f"{host.decode('ascii')} is not a service name of this cluster"
+        if service.cluster_ip is not None:
+            return f"service {service.key} is not headless, so it has no pod names"
+        return f"service {service.key} has no pod {named[1]}"
 
     def _pod(self, host: bytes) -> Service | None:
         """The one-pod service a pod name (``pod-0.svc...``) means, if it is one."""
