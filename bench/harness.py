@@ -653,28 +653,45 @@ def compile_tree() -> None:
                    check=True, stdout=subprocess.DEVNULL, timeout=300)
 
 
-def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
-    """A router and two edges, all on MESH_CPU; returns once both edges acked the catalog."""
-    compile_tree()
+def mesh_argv(tmp: str, generation: int, tls: bool) -> dict[str, tuple[str, list[str]]]:
+    """Each mesh process's twistd plugin and arguments: the router, then the two edges (each
+    with its own state directory of ``generation``)."""
     catalog = os.path.join(tmp, "catalog.yaml")
     loop = "interface=127.0.0.1"
     security = mesh_security(tmp, tls)
-    procs = {"router": twistd("router", "edgemesh-router", [*security,
+    argv = {"router": ("edgemesh-router", [*security,
         "--catalog", catalog, "--node", "router",
         "--tunnel", f"tcp:{PORTS['router-tunnel']}:{loop}",
         "--http", f"tcp:{PORTS['router-http']}:{loop}",
-        "--admin", f"tcp:{PORTS['router-admin']}:{loop}"], tmp)}
-    wait_port(PORTS["router-http"], procs["router"])
+        "--admin", f"tcp:{PORTS['router-admin']}:{loop}"])}
     for edge in ("edge-1", "edge-2"):
         state = os.path.join(tmp, f"state-{edge}-{generation}")  # fresh: no stored catalog
-        procs[edge] = twistd(edge, "edgemesh-edge", [
+        argv[edge] = ("edgemesh-edge", [
             *security, "--node", edge, "--state-dir", state,
             *(["--catalog", catalog] if CFG["EDGE_CATALOG"] == "yaml" else []),
             "--router", f"tcp:127.0.0.1:{PORTS['router-tunnel']}",
             "--proxy", f"tcp:{PORTS[edge + '-proxy']}:{loop}",
-            "--hub", f"tcp:{PORTS[edge + '-hub']}:{loop}"], tmp)
+            "--hub", f"tcp:{PORTS[edge + '-hub']}:{loop}"])
+    return argv
+
+
+def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
+    """A router and two edges, all on MESH_CPU; returns once both edges acked the catalog."""
+    compile_tree()
+    argv = mesh_argv(tmp, generation, tls)
+    procs = {"router": twistd("router", *argv["router"], tmp)}
+    wait_port(PORTS["router-http"], procs["router"])
+    for edge in ("edge-1", "edge-2"):
+        procs[edge] = twistd(edge, *argv[edge], tmp)
     for edge in ("edge-1", "edge-2"):
         wait_port(PORTS[edge + "-proxy"], procs[edge])
+    wait_acked()
+    return procs
+
+
+def wait_acked() -> None:
+    """Poll the router's /edges until both edges are connected and have acked the catalog
+    (bounded by READY_TIMEOUT)."""
     deadline = time.monotonic() + float(CFG["READY_TIMEOUT"])
     edges: Any = None
     while time.monotonic() < deadline:
@@ -685,7 +702,7 @@ def start_mesh(tmp: str, generation: int, tls: bool) -> dict[str, Proc]:
             edges = None
         acked = {e.get("node") for e in edges or () if e.get("acked_revision") is not None}
         if acked >= {"edge-1", "edge-2"}:
-            return procs
+            return
         time.sleep(0.1)
     raise RuntimeError(f"edges did not connect and ack the catalog in {CFG['READY_TIMEOUT']}s: "
                        f"router /edges = {edges!r}")
