@@ -585,6 +585,18 @@ def kube(api: ThreadedKubeApiServer, tmp_path: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
+def test_kubeconfig_is_private_and_replaced_whole(api: ThreadedKubeApiServer,
+                                                 tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text("old")
+    path.chmod(0o644)
+    assert api.write_kubeconfig(path, token="secret") == str(path)
+    # It carries a credential: 0600 like a key file, and a new file renamed over the old one.
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["users"][0]["user"] == {"token": "secret"}
+    assert [p.name for p in tmp_path.iterdir()] == ["kubeconfig"]  # no temporary left
+
+
 def _names(items: list[Any]) -> list[str]:
     return [item.metadata.name for item in items]
 

@@ -329,6 +329,11 @@ def test_command_line_tls_server(tmp_path: Path) -> None:
         url = line.split()[1]
         assert sorted(p.name for p in (tmp_path / "pki").iterdir()) == [
             "ca.crt", "client.crt", "client.key"]
+        # Both hold the admin's private key: only the owner may read them.
+        assert (tmp_path / "pki" / "client.key").stat().st_mode & 0o777 == 0o600
+        assert kubeconfig.stat().st_mode & 0o777 == 0o600
+        assert "client-key-data" in kubeconfig.read_text()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kubeconfig", "pki"]
         context = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.crt"))
         context.load_cert_chain(tmp_path / "pki" / "client.crt", tmp_path / "pki" / "client.key")
         with urllib.request.urlopen(url + "/api/v1/namespaces", timeout=TIMEOUT,
@@ -338,6 +343,17 @@ def test_command_line_tls_server(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(TIMEOUT)
+
+
+def test_command_line_help_names_the_files_it_writes() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "edgemesh.testing", "--help"], capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parent.parent, timeout=TIMEOUT, check=True).stdout
+    # The option's own entry (the usage line names it first), its lines joined.
+    entry = help_text.rsplit("--pki-dir DIR", 1)[1].split("--policy", 1)[0]
+    pki_help = " ".join(entry.split())
+    assert "client.crt/client.key" in pki_help, pki_help
+    assert "admin.crt" not in help_text
 
 
 def test_openapi_from_older_client_models() -> None:

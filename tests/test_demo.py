@@ -6,9 +6,12 @@ import errno
 import importlib
 import os
 import re
+import selectors
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,18 +68,34 @@ def test_demo_ports_are_the_documented_ones() -> None:
     assert all(17700 <= p <= 17792 or 18001 <= p <= 18006 for p in ports), ports
 
 
-@pytest.mark.slow
-def test_demo_once() -> None:
+def skip_unless_ports_free() -> None:
     busy = busy_ports(demo_ports())
     if busy:
         pytest.skip(f"the demo needs fixed ports on 127.0.0.1 and these are in use: {busy}")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def demo_environment(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The demo's environment with its own empty TMPDIR (returned), to see what it leaves."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(temporary),
+           "PYTHONUNBUFFERED": "1"}
+    return env, temporary
+
+
+@pytest.mark.slow
+def test_demo_once(tmp_path: Path) -> None:
+    skip_unless_ports_free()
+    env, temporary = demo_environment(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "edgemesh", "demo", "--once"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )
     output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == 0, output
+    # Its certificates (the CA key among them) and the edges' state went with it.
+    assert "certificates in " + str(temporary) in result.stdout, output
+    assert list(temporary.iterdir()) == [], output
     rows = parse_table(result.stdout)
     by_path: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -94,3 +113,70 @@ def test_demo_once() -> None:
     assert error["status"] == "404", output
     assert error["answered by"] == "(unknown-service)", output
     assert "Traceback" not in result.stderr, output
+
+
+def read_until(process: subprocess.Popen[bytes], marker: str, deadline: float,
+               stderr_path: Path) -> str:
+    """The process's stdout up to `marker` (fails at the deadline, with what it wrote to
+    `stderr_path`).  Reads the descriptor itself: a buffered readline could hold the marker
+    while select() waits for more."""
+    assert process.stdout is not None
+    descriptor = process.stdout.fileno()
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        while marker.encode() not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise AssertionError(f"no {marker!r} before the deadline:\n"
+                                     f"{seen.decode()}\n{stderr_path.read_text()}")
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                raise AssertionError(f"the demo ended before {marker!r}:\n"
+                                     f"{seen.decode()}\n{stderr_path.read_text()}")
+            seen += chunk
+    return seen.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_removes_its_directories_when_stopped(tmp_path: Path, stop: signal.Signals) -> None:
+    skip_unless_ports_free()
+    env, temporary = demo_environment(tmp_path)
+    # To a file, not a pipe nobody reads while it runs: a full pipe would stall the demo.
+    with (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgemesh", "demo"], cwd=REPO_ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        read_until(process, "Ctrl-C to stop", time.monotonic() + TIMEOUT, tmp_path / "stderr")
+        assert list(temporary.iterdir()), "the demo writes its files in TMPDIR"
+        process.send_signal(stop)
+        process.wait(TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+    assert list(temporary.iterdir()) == [], (tmp_path / "stderr").read_text()
+
+
+@pytest.mark.slow
+def test_demo_removes_its_directories_after_an_error(tmp_path: Path) -> None:
+    skip_unless_ports_free()
+    _demo = importlib.import_module("edgemesh.cli._demo")
+    env, temporary = demo_environment(tmp_path)
+    # Someone else holds the router's tunnel port: the demo fails after writing certificates.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        # As busy_ports: an earlier run's connections in TIME_WAIT do not make it busy.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", _demo.ROUTER_TUNNEL))
+        squatter.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "edgemesh", "demo", "--once"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+            check=False,
+        )
+    output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode != 0, output
+    assert "certificates in " + str(temporary) in result.stdout, output
+    assert list(temporary.iterdir()) == [], output

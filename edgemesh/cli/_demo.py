@@ -7,6 +7,8 @@ would.  Sends requests along all four paths and prints what happened.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -16,14 +18,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.protocols.wire import Echo
 from twisted.web.client import Agent, ProxyAgent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from ..catalog import Catalog, PortKind, catalog_from_objects
 from ..roles import EdgeConfig, RouterConfig, build_edge, build_router
@@ -64,6 +67,30 @@ class _Pod(Resource):
         return f"hello from {self.pod} on {self.node}: {method} {path}{extra}\n".encode()
 
 
+@implementer(IHalfCloseableProtocol)
+class HalfCloseEcho(Protocol):
+    """The demo's TCP service: sends back everything it receives, all of it.
+
+    A client that sends and then shuts down its writing side (``socat``, ``nc -N``) must still
+    get the whole reply.  Twisted closes a protocol that is not half-close aware at once on
+    read EOF, dropping what is still buffered for writing (``twisted.protocols.wire.Echo``
+    does just that); here EOF means "no more input": close once the replies are flushed.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()  # after the write buffer is flushed
+
+    def writeConnectionLost(self) -> None:
+        # Twisted calls this only after our own loseWriteConnection, which this protocol
+        # never makes; IHalfCloseableProtocol requires the method.
+        pass
+
+
 def start_pods(reactor: Any, catalog: Catalog) -> list[Any]:
     """Listen on every endpoint of the demo catalog (they are all on 127.0.0.1)."""
     ports = []
@@ -76,7 +103,7 @@ def start_pods(reactor: Any, catalog: Catalog) -> list[Any]:
                     continue
                 seen.add((endpoint.host, endpoint.port))
                 if kinds.get(port_name) is PortKind.stream:  # a TCP service: echo what comes
-                    factory: Any = Factory.forProtocol(Echo)
+                    factory: Any = Factory.forProtocol(HalfCloseEcho)
                     factory.noisy = False
                 else:
                     factory = Site(_Pod(endpoint.pod or service.name, endpoint.node or "?"),
@@ -180,10 +207,11 @@ async def _stream(reactor: Any, port: int, authority: str) -> tuple[int, str, st
     return (200 if tunnel.received == payload else 502), f"echo-0 ({echoed})", "", elapsed
 
 
-def demo_certificates(names: list[str], router: str = "router") -> str:
+def demo_certificates(names: list[str], directory: str, router: str = "router") -> str:
     """A CA and a certificate for the router and each edge, made by ``edgemesh certs``'s own
-    functions in a fresh temporary directory (what ``--tls-dir`` reads); returns it."""
-    directory = tempfile.mkdtemp(prefix="edgemesh-demo-tls-")
+    functions in a new ``directory`` (what ``--tls-dir`` reads; the caller removes it);
+    returns it."""
+    os.makedirs(directory, mode=0o700)
     init_ca_dir(directory, name="edgemesh demo CA")
     issue_into_dir(directory, router, router=True)
     for name in names:
@@ -191,12 +219,15 @@ def demo_certificates(names: list[str], router: str = "router") -> str:
     return directory
 
 
-async def run(reactor: Any, once: bool) -> int:
+async def run(reactor: Any, once: bool, workspace: str) -> int:
+    """Start the mesh, send the requests, print the table; `workspace` (an empty directory the
+    caller removes) holds the certificates and the edges' state."""
     catalog = demo_catalog()
     pods = start_pods(reactor, catalog)
     # The tunnels and hub links use mutual TLS, as they should everywhere.
-    tls_dir = demo_certificates(list(EDGES))
-    print(f"mTLS between nodes: CA and node certificates in {tls_dir}")
+    tls_dir = demo_certificates(list(EDGES), os.path.join(workspace, "tls"))
+    print(f"mTLS between nodes: CA and node certificates in {tls_dir} "
+          "(removed when the demo ends)")
     router = build_router(
         reactor,
         RouterConfig(
@@ -210,11 +241,13 @@ async def run(reactor: Any, once: bool) -> int:
     router.startService()
     edges = []
     for name, (proxy, hub, admin) in EDGES.items():
+        state_dir = os.path.join(workspace, f"state-{name}")
+        os.makedirs(state_dir, mode=0o700)
         edge = build_edge(
             reactor,
             EdgeConfig(
                 node=name,
-                state_dir=tempfile.mkdtemp(prefix=f"edgemesh-demo-{name}-"),
+                state_dir=state_dir,
                 router=f"tcp:127.0.0.1:{ROUTER_TUNNEL}",
                 proxy=f"tcp:{proxy}:interface=127.0.0.1",
                 hub=f"tcp:{hub}:interface=127.0.0.1",
@@ -312,14 +345,21 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet.task import react
 
     outcome: list[int] = []
+    # One directory for everything the demo writes (the CA key among it), removed however the
+    # run ends: react() returns by SystemExit after the reactor has stopped, be it the end of
+    # --once, Ctrl-C or SIGTERM (Twisted's handlers stop the reactor) or an error, so this
+    # finally runs on all of them.  Only SIGKILL leaves it behind.
+    workspace = tempfile.mkdtemp(prefix="edgemesh-demo-")
 
     async def main_coroutine(reactor: Any) -> None:
-        outcome.append(await run(reactor, args.once))
+        outcome.append(await run(reactor, args.once, workspace))
 
     try:
         react(lambda r: ensureDeferred(main_coroutine(r)))
     except SystemExit as exit:
         if exit.code not in (0, None):
             return int(exit.code) if isinstance(exit.code, int) else 1
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
     del reactor
     return outcome[0] if outcome else 1

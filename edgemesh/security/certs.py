@@ -21,6 +21,7 @@ from ._certs import (
     parse_fingerprint,
     read_cas,
     signed_by,
+    write_file,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "parse_fingerprint",
     "read_cas",
     "signed_by",
+    "write_file",
 ]

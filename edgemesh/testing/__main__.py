@@ -35,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true",
                         help="serve HTTPS with a new CA; require a client certificate or token")
     parser.add_argument("--pki-dir", default=None, metavar="DIR",
-                        help="with --tls: write ca.crt (and the kubeconfig's admin.crt/.key) here")
+                        help="with --tls: write ca.crt, and client.crt/client.key (0600) of "
+                        "the kubeconfig's user, here")
     parser.add_argument("--policy", default=None, metavar="FILE",
                         help="RBAC YAML: who may do which verb on which resource "
                         "(default: everyone authenticated may do everything)")
-    parser.add_argument("--kubeconfig", default=None, help="write a kubeconfig to this path")
+    parser.add_argument("--kubeconfig", default=None, metavar="PATH",
+                        help="write a kubeconfig to this path (0600: it holds the client key)")
     parser.add_argument("--kubeconfig-user", default=None, metavar="USER",
                         help="with --tls: the kubeconfig's client certificate is USER's "
                         "(default: an admin in system:masters)")

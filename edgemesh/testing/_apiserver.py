@@ -31,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from ..security import quiet_pyopenssl
+from ..security.certs import write_file
 from ._auth import ADMIN_GROUP, Policy, UserInfo, forbidden
 from ._objects import make_endpoint_slice
 from ._openapi import (
@@ -595,9 +596,10 @@ class KubeApiServer:
             "preferences": {},
         }
         target = os.fspath(path)
-        with open(target, "w", encoding="utf-8") as handle:
-            # JSON is YAML: the client's YAML loader reads it as is.
-            json.dump(config, handle, indent=2)
+        # It holds a client key (or a token): private (0600 from the moment it exists) and
+        # written atomically, as the node's own key files.  JSON is YAML: the client's YAML
+        # loader reads it as is.
+        write_file(target, json.dumps(config, indent=2).encode(), private=True, force=True)
         return target
 
     # -- misbehaving on purpose ------------------------------------------------------------
