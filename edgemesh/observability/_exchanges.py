@@ -12,8 +12,9 @@ Cardinality is bounded: at most ``max_services`` services get their own label, t
 rest share ``service="other"``; paths, status classes and reasons are small fixed sets.
 
 Nothing is locked: read the counters in the reactor's thread (the admin site does).
-Requests a source refuses before routing (malformed, too large) count in ``errors`` only,
-through ``rejected``.
+Requests a source refuses itself (malformed, too large) reach it through ``rejected``: one
+refused before routing counts as an exchange of ``service="unknown"``, closed at once; one
+whose body the source refuses after routing is closed by its guard with that reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from ..exchange import (
+    IRequestBody,
     MeshError,
     Reason,
     RequestHead,
@@ -33,7 +35,7 @@ from ..exchange import (
     SourceKind,
     TargetKind,
 )
-from ..routing import Route
+from ..routing import GuardedExchange, Route
 from ._access import AccessLog
 
 if TYPE_CHECKING:
@@ -379,9 +381,29 @@ class MeshObserver:
         # no helper of its own: one Python call less per exchange).
         self.closed(_Refused(head, source, error.reason, stats, self.seconds()))
 
-    def rejected(self, reason: Reason) -> None:
-        """A request a source refused before it reached the pipeline (malformed, too large)."""
-        self.errors[reason.code] += 1
+    def rejected(
+        self, reason: Reason, source: SourceKind | None = None, head: RequestHead | None = None,
+        body: IRequestBody | None = None,
+    ) -> None:
+        """A request a source refused itself (malformed, too large), answering ``reason``:
+        with ``head`` (as much of it as was read), one that never reached the pipeline,
+        counted and logged as an exchange of ``service="unknown"`` closed at once; with
+        ``body``, the request body of an exchange already routed, which the source aborts
+        right after this call: its guard then closes with ``reason`` (not as given up by
+        the client).  Without either (or when the guard is over already): the error only."""
+        guard = getattr(body, "guard", None)  # the pipeline's GuardedBody
+        if isinstance(guard, GuardedExchange) and guard.stats is not None and not guard.done:
+            # closed() counts it (errors and status) when the abort ends the guard.
+            guard.error = reason
+            return
+        if head is None or source is None:
+            self.errors[reason.code] += 1
+            return
+        stats = self._stats_for(("", UNKNOWN_SERVICE, source._value_, ""),
+                                self._source_path(source))
+        stats.active += 1
+        # Counted and logged as refused() does: an exchange closed at once.
+        self.closed(_Refused(head, source, reason, stats, self.seconds()))
 
     def _source_path(self, source: SourceKind) -> str:
         rules = self.pipeline.rules.get(source, frozenset()) if self.pipeline is not None else ()

@@ -19,6 +19,7 @@ ways with push-producer flow control; nothing buffers a whole body.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ from ._io import (
 )
 from ._wheel import WheelTimer, wheel_for
 
-__all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol"]
+__all__ = ["Dispatch", "FrontLimits", "HTTPFrontFactory", "HTTPFrontProtocol", "Rejected"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,12 @@ Dispatch = Callable[[SourceKind, RequestHead, IResponder], IRequestBody]
 MeshError, or call ``responder.fail``.  The front passes its kind with each head: a bound
 method's call, not a ``functools.partial``'s (p1 edge-1 -0.35 k instructions per /small
 exchange, callgrind)."""
+
+Rejected = Callable[[Reason, SourceKind, "RequestHead | None", "IRequestBody | None"], None]
+"""Told of each request the front answers itself (``MeshObserver.rejected``): the reason,
+the listener's kind, and either the head of a request never dispatched (as much as was
+read) or the request body of one dispatched (aborted right after the call; None when it
+is over already: then only the reason counts)."""
 
 # Exchange states.
 _QUEUED = 0  # parsed, waiting for earlier exchanges on the connection
@@ -181,6 +188,21 @@ the parser is between messages before and after such a read, so it need not see 
 path 1 209 -> 181 k instructions per /small exchange (callgrind A/B)."""
 _REQUESTS_SEEN_BOUND = 64
 _REQUEST_SEEN_LENGTH = 2048
+
+
+_ABSOLUTE_PREFIX = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
+
+
+def _target_path(url: bytes) -> bytes:
+    """The path of a request target (as far as it was read), for the log of its refusal:
+    an absolute form's scheme and authority left out (user information may be there);
+    empty for any other form (CONNECT's authority, garbage)."""
+    if url[:1] == b"/" or url == b"*":
+        return url
+    prefix = _ABSOLUTE_PREFIX.match(url)
+    if prefix is None:
+        return b""
+    return url[prefix.end():] or b"/"
 
 
 def _warn(message: str) -> None:
@@ -962,6 +984,7 @@ class HTTPFrontProtocol(Protocol):
                 Reason.overloaded,
                 f"more than {self._limits.max_pipelined} pipelined requests",
                 method,
+                path,
             )
         exchange = _Exchange(self, method, http10, keep_alive)
         starts = (self._active is None and not queue and not self._starting
@@ -1196,9 +1219,13 @@ class HTTPFrontProtocol(Protocol):
             if not self._msg_open and not self._closing:
                 self._become_idle()
 
-    def _reject(self, reason: Reason, detail: str, method: bytes = b"") -> _Stop:
+    def _reject(
+        self, reason: Reason, detail: str, method: bytes = b"", path: bytes | None = None
+    ) -> _Stop:
         """Stop parsing this connection; answer ``reason`` in request order and
-        close.  Returns the exception a parser callback raises to stop llhttp."""
+        close.  Returns the exception a parser callback raises to stop llhttp.  ``method``:
+        the one the answer is for (a HEAD's has no body); ``path``: the request's, when the
+        parser's is not this request's (the fast path of ``dataReceived``)."""
         self._read_stopped = True
         self._in_head = False
         self._head_since = None
@@ -1209,10 +1236,15 @@ class HTTPFrontProtocol(Protocol):
             code=reason.code,
             detail=detail,
         )
-        rejected = getattr(self.factory, "rejected", None)
-        if rejected is not None:
-            rejected(reason)  # counted by the node's metrics: this request never reaches routing
         exchange = self._parsing
+        rejected: Rejected | None = getattr(self.factory, "rejected", None)
+        if rejected is not None:
+            # Counted and logged by the node's observer, as the exchange it was: before the
+            # body is aborted below, so that a routed one is not taken for a client gone.
+            if exchange is not None and exchange.state != _QUEUED:
+                rejected(reason, self._kind, None, exchange.body)
+            else:
+                rejected(reason, self._kind, self._rejected_head(exchange, method, path), None)
         self._parsing = None
         if exchange is not None and exchange.state != _QUEUED:
             # Already dispatched: the target loses the body; the client gets the
@@ -1228,6 +1260,25 @@ class HTTPFrontProtocol(Protocol):
         self._queue.append(answer)
         self._start_next()
         return _Stop()
+
+    def _rejected_head(
+        self, exchange: _Exchange | None, method: bytes, path: bytes | None
+    ) -> RequestHead:
+        """What the metrics and the access log see of a request refused before it was
+        routed: its head when it was parsed whole, else its method and target as far as
+        they were read (no fields, no authority: none are logged)."""
+        if exchange is not None and exchange.request is not None:
+            return exchange.request
+        parser = self._parser
+        if path is None:
+            path = b""
+            # The request line of the message being parsed: llhttp read its method before
+            # the first piece of its target (before it, get_method() says DELETE).
+            if self._msg_open and self._url and parser is not None:
+                path = _target_path(self._url)
+                if not method:
+                    method = parser.get_method()
+        return RequestHead(method, path, b"", (), 0, self._client)
 
     # -- flow control ------------------------------------------------------------
 
@@ -1344,8 +1395,9 @@ class HTTPFrontFactory(Factory):
         self.kind = kind
         self.dispatch = dispatch
         self.limits = limits
-        self.rejected: Callable[[Reason], None] | None = None
-        """Told the reason of every request the front answers itself (malformed, too large)."""
+        self.rejected: Rejected | None = None
+        """Told of every request the front answers itself (malformed, too large): see
+        ``Rejected``."""
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPFrontProtocol:
         protocol = HTTPFrontProtocol(self.reactor, self.kind, self.dispatch, self.limits)
