@@ -37,7 +37,6 @@ TWISTD_OPTIONS = (
 VALUE_NAMES = {
     "int": "integer",
     "float": "number",
-    "_seconds": "seconds",
     "_timeout": "seconds",
     "_interval": "seconds",
     "_size": "bytes (k, m, g: KiB, MiB, GiB)",

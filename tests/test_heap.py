@@ -102,7 +102,7 @@ def test_option_default_and_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["33MiB", "-1", "lots", ""])
 def test_option_refuses_what_glibc_would(tmp_path: Path, text: str) -> None:
     options = edge_tap.Options()  # type: ignore[no-untyped-call]
-    with pytest.raises(usage.UsageError, match="Parameter type enforcement failed"):
+    with pytest.raises(usage.UsageError, match="^--malloc-mmap-threshold: "):
         options.parseOptions(  # type: ignore[no-untyped-call]
             ["--insecure", "--node", "edge-1", "--state-dir", str(tmp_path),
              "--malloc-mmap-threshold", text])

@@ -1015,8 +1015,10 @@ def test_tap_tls_options(tmp_path: Path, pki: PKI) -> None:
          "is for 'router', but this node is 'edge-1'"),
         (("--ca", "{d}/ca.pem", "--cert", "{d}/edge-1.pem", "--key", "{d}/edge-2.key"),
          "is not the key"),
-        (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"), "between 0 and 3600"),
-        (("--tls-dir", "{d}", "--link-tls-io", "kernel"), "one of memory, socket"),
+        (("--tls-dir", "{d}", "--tls-handshake-timeout", "0"),
+         "^--tls-handshake-timeout: must be more than 0 and at most 3600 seconds$"),
+        (("--tls-dir", "{d}", "--link-tls-io", "kernel"),
+         "^--link-tls-io: must be memory or socket, not 'kernel'$"),
     ],
 )
 def test_tap_tls_option_errors(tmp_path: Path, pki: PKI, argv: tuple[str, ...],

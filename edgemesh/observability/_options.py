@@ -16,7 +16,7 @@ LOG_FORMATS = ("text", "json")
 
 def _log_format(value: str) -> str:
     if value not in LOG_FORMATS:
-        raise ValueError("must be 'text' or 'json'")
+        raise ValueError(f"must be 'text' or 'json', not {value!r}")
     return value
 
 
@@ -26,11 +26,14 @@ def _on_off(value: str) -> bool:
         return True
     if lowered in ("off", "no", "false", "0"):
         return False
-    raise ValueError("must be 'on' or 'off'")
+    raise ValueError(f"must be 'on' or 'off', not {value!r}")
 
 
 def _services(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
     if not 1 <= number <= 100_000:
         raise ValueError("must be between 1 and 100000")
     return number

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.python import usage
@@ -13,43 +14,89 @@ from ..security import TLSOptions
 from ..transports import FrontLimits
 from ..wire import Limits
 from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD
-from ._resilience import ResilienceOptions
+from ._resilience import ResilienceOptions, positive_seconds
 
 _MAX_WINDOW = (1 << 31) - 1
 """The largest window a hello may carry (wire/_connection.py)."""
 
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_SHAPE = "a size (bytes, or with k, m, g: KiB, MiB, GiB)"
 
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not 0 < number <= 86400:
-        raise ValueError("must be between 0 and 86400 seconds")
-    return number
+
+def _size_bytes(value: str) -> int:
+    """``value`` in bytes, any sign (the callers choose the range)."""
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = _SIZE_UNITS.get(text[-1:], 1)
+    try:
+        number = int(text[:-1] if text[-1:] in _SIZE_UNITS else text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not {_SIZE_SHAPE}") from None
+    return number * factor
 
 
 def _size(value: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = value.strip().lower().removesuffix("ib").removesuffix("b")
-    factor = units.get(text[-1:], 1)
-    number = int(text[:-1] if text[-1:] in units else text)
+    number = _size_bytes(value)
     if number <= 0:
-        raise ValueError("must be positive")
-    return number * factor
+        raise ValueError("must be more than 0 bytes")
+    return number
 
 
 def _threshold(value: str) -> int:
     if value.strip() == "0":
         return 0
-    number = _size(value)
-    if number > MAX_MMAP_THRESHOLD:
-        raise ValueError("must be at most 32MiB (glibc's largest)")
+    number = _size_bytes(value)
+    if not 0 < number <= MAX_MMAP_THRESHOLD:
+        raise ValueError("must be 0 (glibc's default) or from 1 byte to 32MiB (glibc's largest)")
     return number
 
 
 def _count(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
     if not 0 < number <= 100_000:
         raise ValueError("must be between 1 and 100000")
     return number
+
+
+def _reason(error: ValueError, value: str) -> str:
+    """Why a coercer refused ``value``; Python's own int()/float() texts made readable
+    (Kubernetes' int and float options, ResilienceOptions' counts and ratio)."""
+    text = str(error)
+    if text.startswith("invalid literal for int()"):
+        return f"{value!r} is not a whole number"
+    if text.startswith("could not convert string to float"):
+        return f"{value!r} is not a number"
+    return text
+
+
+class _NamedCoerce(usage.CoerceParameter):
+    """Twisted's coercing dispatcher, whose refusals name the option: Twisted's own says
+    "Parameter type enforcement failed: ..." and leaves the user to guess which one."""
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            raise usage.UsageError(f"--{parameterName}: needs a value")
+        try:
+            coerced = self.coerce(value)
+        except ValueError as error:
+            raise usage.UsageError(f"--{parameterName}: {_reason(error, value)}") from None
+        self.options.opts[parameterName] = coerced
+
+
+def shown_default(value: object, coerce: Callable[[str], Any] | None) -> object:
+    """A parameter's default as a user would type it (and docs/gen_config.py shows it):
+    on/off, sizes in KiB/MiB/GiB, whole seconds without ".0"."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if coerce is _size and isinstance(value, int):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
@@ -60,18 +107,18 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
         ["admin", None, None,
          "Admin API listener (endpoint string; a bare tcp:PORT listens on 127.0.0.1)."],
         ["connect-timeout", None, 5.0,
-         "Seconds to connect to a pod, a ClusterIP or a peer.", _seconds],
+         "Seconds to connect to a pod, a ClusterIP or a peer.", positive_seconds],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a response head after the end of the request body (then 504).",
-         _seconds],
+         positive_seconds],
         ["header-timeout", None, 10.0,
-         "Seconds a client may take to send a request head.", _seconds],
+         "Seconds a client may take to send a request head.", positive_seconds],
         ["client-idle-timeout", None, 60.0,
          "Seconds a client's keep-alive connection may stay idle between requests (then closed).",
-         _seconds],
+         positive_seconds],
         ["pool-idle-timeout", None, 60.0,
          "Seconds a pooled connection to a pod or ClusterIP may stay idle (then closed).",
-         _seconds],
+         positive_seconds],
         ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
         ["max-headers", None, 100, "Most header fields in a request head (then 431).", _count],
         ["max-header-bytes", None, _size("60KiB"), "Largest request head (then 431).", _size],
@@ -97,6 +144,25 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
           "plaintext link, and from such a link to a client, instead of moving them "
           "between the sockets with splice(2)."),],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        # Every parameter of the role, mixins included: refusals name the option.
+        for name, dispatcher in self._dispatch.items():
+            if isinstance(dispatcher, usage.CoerceParameter):
+                self._dispatch[name] = _NamedCoerce(self, dispatcher.coerce)  # type: ignore[no-untyped-call]
+
+    def getUsage(self, width: int | None = None) -> str:
+        """--help, with each default as the user would type it (not Python's repr)."""
+        typed = self.defaults
+        self.defaults = {
+            name: shown_default(value, getattr(self._dispatch.get(name), "coerce", None))
+            for name, value in typed.items()
+        }
+        try:
+            return super().getUsage(width)
+        finally:
+            self.defaults = typed  # the parsed values and docs/gen_config.py read these
 
     def load_catalog(self, path: str) -> Catalog:
         if not os.path.isfile(path):

@@ -33,10 +33,14 @@ log = Logger(namespace="edgemesh.drain")
 GOAWAY_REASON = "draining"
 
 
-def _positive_seconds(value: str) -> float:
-    number = float(value)
+def positive_seconds(value: str) -> float:
+    """A duration option's value: more than 0, at most a day (every role's seconds)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
     if not 0 < number <= 86400:
-        raise ValueError("must be between 0 and 86400 seconds")
+        raise ValueError("must be more than 0 and at most 86400 seconds")
     return number
 
 
@@ -69,7 +73,7 @@ class ResilienceOptions(usage.Options):
         ["stream-idle-timeout", None, _D.stream_idle_timeout,
          ("Seconds an exchange may carry no data in either direction, counted from its last "
           "byte (then cancelled: 408 if the client stalled mid-upload, else 504)."),
-         _positive_seconds],
+         positive_seconds],
         ["retries", None, _D.retries,
          ("Attempts after the first on another endpoint (connect failure, or reset before any "
          "response byte for idempotent methods); a service's edgemesh.io/retries overrides it."),
@@ -89,20 +93,20 @@ class ResilienceOptions(usage.Options):
          "Consecutive failures (connect errors, resets, timeouts, 5xx) that eject an endpoint.",
          _count(1, 1000)],
         ["ejection-time", None, _D.base_ejection,
-         "Seconds of the first ejection (× the times ejected).", _positive_seconds],
+         "Seconds of the first ejection (× the times ejected).", positive_seconds],
         ["max-ejection-time", None, _D.max_ejection, "Longest ejection, in seconds.",
-         _positive_seconds],
+         positive_seconds],
         ["max-ejection-percent", None, _D.max_ejection_percent,
          "Most endpoints of a service ejected at once, in per cent (always one of two or more).",
          _count(0, 100)],
         ["heartbeat-interval", None, _D.heartbeat_interval,
-         "Seconds between pings on every link.", _positive_seconds],
+         "Seconds between pings on every link.", positive_seconds],
         ["heartbeat-timeout", None, _D.heartbeat_timeout,
          ("A link silent this long (more than --heartbeat-interval) is closed and its "
-         "exchanges fail at once."), _positive_seconds],
+         "exchanges fail at once."), positive_seconds],
         ["drain-timeout", None, _D.drain_timeout,
          "On SIGTERM, seconds the exchanges in progress may take before the node stops.",
-         _positive_seconds],
+         positive_seconds],
     ]
 
     def resilience(self) -> Resilience:

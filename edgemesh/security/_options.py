@@ -11,15 +11,22 @@ from twisted.python import usage
 from ._config import TLSConfig, TLSFileError
 
 
+def _number_of_seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+
+
 def _timeout(value: str) -> float:
-    number = float(value)
+    number = _number_of_seconds(value)
     if not 0 < number <= 3600:
-        raise ValueError("must be between 0 and 3600 seconds")
+        raise ValueError("must be more than 0 and at most 3600 seconds")
     return number
 
 
 def _interval(value: str) -> float:
-    number = float(value)
+    number = _number_of_seconds(value)
     if not 0 <= number <= 86400:
         raise ValueError("must be between 0 (no periodic check) and 86400 seconds")
     return number
@@ -30,7 +37,7 @@ LINK_TLS_IO = ("memory", "socket")
 
 def _link_io(value: str) -> str:
     if value not in LINK_TLS_IO:
-        raise ValueError(f"must be one of {', '.join(LINK_TLS_IO)}")
+        raise ValueError(f"must be {' or '.join(LINK_TLS_IO)}, not {value!r}")
     return value
 
 
