@@ -22,6 +22,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from edgemesh.roles._options import shown_default
+
 DOCS = Path(__file__).resolve().parent
 TARGET = DOCS / "configuration.md"
 ROLES = (
@@ -65,18 +67,11 @@ def _value_name(coerce: Callable[[str], Any] | None) -> str:
     return VALUE_NAMES.get(name, name.lstrip("_").replace("_", " "))
 
 
-def _default(value: object, value_name: str) -> str:
+def _default(value: object, coerce: Callable[[str], Any] | None) -> str:
     if value is None:
         return "—"
-    if isinstance(value, bool):
-        return "off" if not value else "on"
-    if value_name.startswith("bytes") and isinstance(value, int):
-        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-            if value % size == 0:
-                return f"`{value // size}{unit}`"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"`{value}`"
+    shown = shown_default(value, coerce)  # as --help shows it
+    return str(shown) if isinstance(value, bool) else f"`{shown}`"  # on/off read as flags do
 
 
 def _classes(options_class: type[usage.Options]) -> list[type[usage.Options]]:
@@ -108,7 +103,7 @@ def options_of(options_class: type[usage.Options]) -> list[Option]:
         for parameter in own.get("optParameters", []):
             coerce = parameter[4] if len(parameter) > 4 else None
             value = _value_name(coerce)
-            add(parameter[0], value, group, _default(defaults.get(parameter[0]), value))
+            add(parameter[0], value, group, _default(defaults.get(parameter[0]), coerce))
         for attribute, method in own.items():
             if not attribute.startswith("opt_") or not callable(method):
                 continue

@@ -86,7 +86,7 @@ class _NamedCoerce(usage.CoerceParameter):
 
 
 def shown_default(value: object, coerce: Callable[[str], Any] | None) -> object:
-    """A parameter's default as a user would type it (and docs/gen_config.py shows it):
+    """A parameter's default as a user would type it (--help, and docs/gen_config.py):
     on/off, sizes in KiB/MiB/GiB, whole seconds without ".0"."""
     if isinstance(value, bool):
         return "on" if value else "off"
