@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from ..exchange import (
-    IRequestBody,
     MeshError,
     Reason,
     RequestHead,
@@ -35,7 +34,7 @@ from ..exchange import (
     SourceKind,
     TargetKind,
 )
-from ..routing import GuardedExchange, Route
+from ..routing import GuardedBody, Route
 from ._access import AccessLog
 
 if TYPE_CHECKING:
@@ -383,7 +382,7 @@ class MeshObserver:
 
     def rejected(
         self, reason: Reason, source: SourceKind | None = None, head: RequestHead | None = None,
-        body: IRequestBody | None = None,
+        body: object = None,
     ) -> None:
         """A request a source refused itself (malformed, too large), answering ``reason``:
         with ``head`` (as much of it as was read), one that never reached the pipeline,
@@ -391,11 +390,12 @@ class MeshObserver:
         ``body``, the request body of an exchange already routed, which the source aborts
         right after this call: its guard then closes with ``reason`` (not as given up by
         the client).  Without either (or when the guard is over already): the error only."""
-        guard = getattr(body, "guard", None)  # the pipeline's GuardedBody
-        if isinstance(guard, GuardedExchange) and guard.stats is not None and not guard.done:
-            # closed() counts it (errors and status) when the abort ends the guard.
-            guard.error = reason
-            return
+        if isinstance(body, GuardedBody):  # the body the pipeline gave the source
+            guard = body.guard
+            if guard.stats is not None and not guard.done:
+                # closed() counts it (errors and status) when the abort ends the guard.
+                guard.error = reason
+                return
         if head is None or source is None:
             self.errors[reason.code] += 1
             return

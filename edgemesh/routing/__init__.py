@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 from ._balance import Balancer, RoundRobin
 from ._decide import EDGE_RULES, REPLICA_RULES, ROUTER_PEER, ROUTER_RULES, Route, decide
-from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedExchange
+from ._guard import IDEMPOTENT_METHODS, REPLAY_LIMIT, GuardedBody, GuardedExchange
 from ._health import OutlierDetector, Resilience, RetryBudget, ServiceState
 from ._loops import (
     DEFAULT_MAX_HOPS,
@@ -54,6 +54,7 @@ __all__ = [
     "TIMEOUT_ANNOTATION",
     "Balancer",
     "EdgeHomes",
+    "GuardedBody",
     "GuardedExchange",
     "LBPolicy",
     "Listening",

@@ -65,6 +65,7 @@ __all__ = [
     "RESPONSE_TRANSITIONS",
     "GuardHost",
     "GuardStateError",
+    "GuardedBody",
     "GuardedExchange",
 ]
 
