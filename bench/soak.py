@@ -223,8 +223,9 @@ def main() -> None:
                         help="every Nth round has a fault (0: none)")
     parser.add_argument("--pause", type=float, default=9.0,
                         help="seconds edge-2 stays frozen (past the 6 s heartbeat timeout)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="rounds left out of the growth figures")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="rounds left out of the growth figures (default: the first "
+                        "quarter: a router's heap fills for its first ~10 minutes)")
     parser.add_argument("--tls", action="store_true", help="mutual-TLS links")
     args = parser.parse_args()
     if args.round < 10:
@@ -257,7 +258,9 @@ def main() -> None:
             print(row(rounds[-1]), flush=True)
             with open(os.path.join(outdir, "rounds.json"), "w") as f:
                 json.dump([r.__dict__ for r in rounds], f, indent=1)
-        lines, ok = verdict(rounds, args.warmup)
+        warmup = len(rounds) // 4 if args.warmup is None else args.warmup
+        lines, ok = verdict(rounds, warmup)
+        lines.insert(0, f"- growth figures from round {warmup} on (the rounds before: warm-up)")
         text = "\n".join(lines)
         print(text, flush=True)
         with open(os.path.join(outdir, "verdict.md"), "w") as f:
