@@ -34,9 +34,11 @@ taskset (bench/run.sh installs them).
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,6 +86,20 @@ def sample(procs: dict[str, h.Proc]) -> dict[str, dict[str, int]]:
                    "fds": descriptors(proc.pid),
                    "cpu_ticks": h.cpu_ticks(proc.pid)}
             for name, proc in procs.items()}
+
+
+def router_trims() -> str:
+    """The router's heap trims (--malloc-trim-interval), from its /metrics."""
+    try:
+        _, body = h.get(h.PORTS["router-admin"], "/metrics", None)
+    except (OSError, http.client.HTTPException) as error:
+        return f"- router heap trims: /metrics unreadable ({error})"
+    found = dict(re.findall(rb"^edgemesh_heap_(trims|released_bytes)_total ([0-9.e+]+)$",
+                            body, re.MULTILINE))
+    if not found:
+        return "- router heap trims: none (no trimmer)"
+    return (f"- router heap trims: {float(found[b'trims']):.0f}, giving back "
+            f"{float(found[b'released_bytes']) / (1 << 20):.1f} MiB of RssAnon in all")
 
 
 def start_wrk(target: h.Target, path: str, conns: int, seconds: int) -> subprocess.Popen[str]:
@@ -261,6 +277,7 @@ def main() -> None:
         warmup = len(rounds) // 4 if args.warmup is None else args.warmup
         lines, ok = verdict(rounds, warmup)
         lines.insert(0, f"- growth figures from round {warmup} on (the rounds before: warm-up)")
+        lines.append(router_trims())
         text = "\n".join(lines)
         print(text, flush=True)
         with open(os.path.join(outdir, "verdict.md"), "w") as f:

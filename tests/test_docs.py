@@ -162,7 +162,8 @@ def _families() -> dict[str, str]:
     """Metric families as exposed (counters with ``_total``) -> their type."""
     node = _nodes()["router"]
     collector = MeshCollector(node.observer, lambda: node.catalog, node.edges_view,
-                              spliced=lambda: 0)  # as the admin API's (roles/_admin.py)
+                              spliced=lambda: 0,  # as the admin API's (roles/_admin.py)
+                              heap=lambda: (0, 0))  # as twistd's (--malloc-trim-interval)
     return {(f.name + "_total" if f.type == "counter" else f.name): f.type
             for f in collector.collect()}
 

@@ -33,6 +33,7 @@ class MeshCollector(Collector):
         edges: Callable[[], Sequence[Mapping[str, object]]] | None = None,
         replicas: Callable[[], Mapping[str, object]] | None = None,
         spliced: Callable[[], int] | None = None,
+        heap: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.observer = observer
         self.catalog = catalog
@@ -41,6 +42,8 @@ class MeshCollector(Collector):
         """Router replicas: ``roles/_admin.replica_view`` (leader, router links, forwards)."""
         self.spliced = spliced
         """Body bytes the process moved between sockets by splice (transports.spliced_bytes)."""
+        self.heap = heap
+        """(trims, bytes released) of the C heap's trimmer (roles/_heap.HeapTrimmer)."""
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the traffic: nothing to check at registration
@@ -69,6 +72,15 @@ class MeshCollector(Collector):
                 "(--no-splice: none).",
                 value=self.spliced(),
             )
+        if self.heap is not None:
+            trims, released = self.heap()
+            yield CounterMetricFamily(
+                "edgemesh_heap_trims",
+                "Times this process gave the C heap's free pages back to the system "
+                "(malloc_trim; --malloc-trim-interval).", value=trims)
+            yield CounterMetricFamily(
+                "edgemesh_heap_released_bytes",
+                "Resident anonymous memory those trims gave back.", value=released)
         yield from observer.streams.collect()
         yield from self._peers()
         yield from self._catalog()

@@ -233,7 +233,8 @@ def admin_site(node: MeshNode) -> Site:
         root.putChild(b"edges", _JSON(lambda: (200, every_edge())))
     collector = MeshCollector(node.observer, lambda: node.catalog, edges,
                               replicas=(lambda: replica_view(node)) if every_edge else None,
-                              spliced=spliced_bytes)
+                              spliced=spliced_bytes,
+                              heap=node.heap.counters if node.heap is not None else None)
     root.putChild(b"metrics", _Metrics(node_registry(collector)))
     site = Site(root, reactor=node.reactor)
     site.noisy = False

@@ -7,7 +7,6 @@ the edge and what both roles share (``MeshNode``, listeners, the admin API).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -74,6 +73,7 @@ from ..wire import (
     Request,
     StreamOpen,
 )
+from ._heap import HeapTrimmer, heap_trimmer, release_free_heap
 from ._push import CatalogFollower, blocking_runner
 from ._resilience import drain, track_link
 from ._resolve import ANY_ROUTER, ResolvingEndpoint, resolvable
@@ -122,6 +122,10 @@ class EdgeConfig:
     """``gc.freeze()`` at start: what is built by then lives as long as the process, and
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
+    malloc_trim_interval: float = 0.0
+    """Seconds between two trims of the C heap (``malloc_trim``, roles/_heap.py), with one
+    more a few seconds after a link closes; 0: never.  The twistd plugins set it
+    (``--malloc-trim-interval``); like ``freeze_heap``, it is for a process that owns its heap."""
     splice: bool = True
     """Pod response bodies go to a plaintext link's socket by splice(2), and a plaintext
     link's on to a client's, never copied through the process (Linux; elsewhere, and over
@@ -315,6 +319,8 @@ class MeshNode(MultiService):
         self.listeners: dict[str, Listener] = {}
         self.freeze_heap = False
         """``gc.freeze()`` at start (the config's ``freeze_heap``)."""
+        self.heap: HeapTrimmer | None = None
+        """Trims the C heap (the config's ``malloc_trim_interval``); None: never."""
         self.serving = False
         self.started_at = 0.0
         self.status_parts: dict[str, Callable[[], object]] = {}
@@ -367,6 +373,8 @@ class MeshNode(MultiService):
         if self.freeze_heap:
             gc.collect()
             gc.freeze()
+            # What imports and start-up freed stays mapped otherwise: -1.5 MiB of an idle
+            # edge's RssAnon.
             release_free_heap()
         self.serving = True
         self.started_at = self.reactor.seconds()
@@ -386,6 +394,13 @@ class MeshNode(MultiService):
         the node serves; ``startService`` does it first)."""
         if self.serving:
             self.pipeline.set_listening(self.listening())
+
+    def link_gone(self, link: EnvelopeLink, reason: str) -> None:
+        """A link of any kind closed: observed, and the heap trimmed soon after (what its
+        streams held is being freed)."""
+        self.observer.link_down(link, reason)
+        if self.heap is not None:
+            self.heap.soon()
 
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
@@ -408,16 +423,6 @@ def _outbound(
 ) -> IByteStream:
     host, _, port = authority.decode("ascii").rpartition(":")
     return pipeline.dispatch_outbound(kind, host.strip("[]"), int(port), client, source)
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the kernel (glibc's malloc_trim; else a no-op)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    # What imports and start-up freed stays mapped otherwise: -1.5 MiB of an idle edge's RssAnon.
-    trim(0)
 
 
 class _EdgeLinks:
@@ -452,7 +457,7 @@ class _EdgeLinks:
         self.edge.pipeline.peer_back(peer.node)
 
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
-        self.edge.observer.link_down(link, reason)
+        self.edge.link_gone(link, reason)
         if self.source is SourceKind.tunnel and self.edge.mover is not None:
             self.edge.mover.lost(link)
         for name, known in list(self.edge.links.items()):
@@ -576,6 +581,9 @@ def _configure(node: MeshNode, config: RouterConfig | EdgeConfig, upstream: Targ
     this node for pods (edge) or ClusterIPs (router)."""
     node.observer.configure(config.observability)
     node.freeze_heap = config.freeze_heap
+    node.heap = heap_trimmer(node.reactor, config.malloc_trim_interval)
+    if node.heap is not None:
+        node.heap.setServiceParent(node)  # type: ignore[no-untyped-call]
     pipeline = node.pipeline
     pipeline.configure(replace(config.resilience, request_timeout=config.request_timeout))
     pipeline.add_target(

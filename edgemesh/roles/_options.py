@@ -13,7 +13,7 @@ from ..observability import ObservabilityOptions
 from ..security import TLSOptions
 from ..transports import FrontLimits
 from ..wire import Limits
-from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD
+from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, TRIM_INTERVAL
 from ._resilience import ResilienceOptions, positive_seconds
 
 _MAX_WINDOW = (1 << 31) - 1
@@ -48,6 +48,12 @@ def _threshold(value: str) -> int:
     if not 0 < number <= MAX_MMAP_THRESHOLD:
         raise ValueError("must be 0 (glibc's default) or from 1 byte to 32MiB (glibc's largest)")
     return number
+
+
+def _seconds_or_off(value: str) -> float:
+    if value.strip() == "0":
+        return 0.0
+    return positive_seconds(value)
 
 
 def _count(value: str) -> int:
@@ -136,6 +142,10 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
          ("Memory blocks of this size or more get their own mapping, returned to the system "
           "when freed (glibc's M_MMAP_THRESHOLD, fixed); 0: glibc's default, which rises "
           "with the blocks freed and lets large reads fragment the heap."), _threshold],
+        ["malloc-trim-interval", None, TRIM_INTERVAL,
+         ("Seconds between two returns of the heap's free pages to the system (glibc's "
+          "malloc_trim), with one more a few seconds after a link closes; 0: never."),
+         _seconds_or_off],
     ]
 
     optFlags: ClassVar[list[Any]] = [

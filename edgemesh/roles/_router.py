@@ -87,6 +87,10 @@ class RouterConfig:
     """``gc.freeze()`` at start: what is built by then lives as long as the process, and
     the cyclic GC need not rescan it.  The twistd plugins turn it on; a library must not
     freeze its host's heap, so embedding leaves it off."""
+    malloc_trim_interval: float = 0.0
+    """Seconds between two trims of the C heap (``malloc_trim``, roles/_heap.py), with one
+    more a few seconds after a link closes; 0: never.  The twistd plugins set it
+    (``--malloc-trim-interval``); like ``freeze_heap``, it is for a process that owns its heap."""
     splice: bool = True
     """ClusterIP response bodies go to a plaintext tunnel's socket by splice(2), and a
     plaintext tunnel's on to a client's, never copied through the process (Linux;
@@ -249,7 +253,7 @@ class RouterNode(MeshNode):
         self.pusher.changed(list(self.edges.values()))
 
     def link_lost(self, link: EnvelopeLink, reason: str) -> None:
-        self.observer.link_down(link, reason)
+        self.link_gone(link, reason)
         peer = link.peer
         if peer is None:
             return
@@ -339,7 +343,7 @@ class RouterNode(MeshNode):
         link.send_control(encode_edges(True, sorted(self.edges), []))
 
     def router_lost(self, link: EnvelopeLink, reason: str) -> None:
-        self.observer.link_down(link, reason)
+        self.link_gone(link, reason)
         peer = link.peer
         if peer is not None and self.router_links.get(peer.node) is link:
             del self.router_links[peer.node]

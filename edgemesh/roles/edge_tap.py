@@ -94,6 +94,7 @@ def makeService(options: Options) -> IService:
         resilience=options.resilience(),
         outbound=options["outbound"],
         freeze_heap=True,  # twistd: this process is the mesh's alone
+        malloc_trim_interval=options["malloc-trim-interval"],
         splice=not options["no-splice"],
     )
     return build_edge(reactor, config)

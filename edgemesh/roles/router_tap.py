@@ -141,6 +141,7 @@ def makeService(options: Options) -> IService:
         peer_routers=tuple(options.get("peer_routers_value", [])),
         kubernetes=kubernetes_config(options),
         freeze_heap=True,  # twistd: this process is the mesh's alone
+        malloc_trim_interval=options["malloc-trim-interval"],
         splice=not options["no-splice"],
     )
     return build_router(reactor, config)
