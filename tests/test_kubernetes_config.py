@@ -81,6 +81,9 @@ def test_embedding_builds_what_twistd_builds(kubeconfig: str, reactor: MemoryRea
             election=LeaseElection("r1", "edgemesh-router", "ops", ElectionTiming(15, 10, 2)),
             peer_advertise="tcp:10.244.3.17:7702",
         ),
+        # What twistd adds because the process is the mesh's alone.
+        freeze_heap=True,
+        malloc_trim_interval=60.0,
     ))
     want = shape(twistd)
     assert want == shape(embedded)

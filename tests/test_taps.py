@@ -295,6 +295,7 @@ def test_router_make_service(catalog_file: str, reactor: MemoryReactorClock) -> 
     assert service.config.request_timeout == 7.0
     assert service.config.front.max_body_bytes == 1 << 20
     assert service.freeze_heap  # twistd's process is the mesh's alone: gc.freeze() at start
+    assert service.config.malloc_trim_interval == 60.0  # and its heap is trimmed
     # Nothing is bound until twistd starts the service.
     assert reactor.tcpServers == []
     service.privilegedStartService()  # type: ignore[no-untyped-call]
@@ -413,3 +414,4 @@ def test_only_the_twistd_plugins_freeze_the_heap(tmp_path: Any, monkeypatch: Any
     assert frozen == []
     embedded.stopService()
     assert RouterConfig(catalog=Catalog.empty()).freeze_heap is False
+    assert embedded.heap is None  # nor is its host's heap trimmed
