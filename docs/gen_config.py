@@ -41,7 +41,7 @@ VALUE_NAMES = {
     "float": "number",
     "_timeout": "seconds",
     "_interval": "seconds",
-    "_seconds_or_off": "seconds (0: off)",
+    "seconds_or_off": "seconds (0: off)",
     "_size": "bytes (k, m, g: KiB, MiB, GiB)",
     "_count": "count",
     "_services": "count",

@@ -174,7 +174,8 @@ def test_a_real_trim_gives_back_freed_heap() -> None:
     clock = Clock()
     trimmer = heap_trimmer(clock, 1.0)
     assert trimmer is not None
-    before = resident_anonymous()
+    if resident_anonymous() is None:
+        pytest.skip("no /proc: nothing to measure what a trim gives back")
     # 32 MiB in blocks under the mmap threshold, every other one freed: holes glibc keeps.
     blocks = [bytearray(64 << 10) for _ in range(512)]
     for block in blocks:
@@ -184,7 +185,6 @@ def test_a_real_trim_gives_back_freed_heap() -> None:
     clock.advance(1.0)
     trims, released = trimmer.counters()
     assert trims == 1
-    assert before is not None
     assert released >= 8 << 20  # of the 16 MiB freed; glibc keeps some at the top
     del blocks
 
@@ -231,7 +231,7 @@ def test_embedded_nodes_leave_their_hosts_heap_alone(tmp_path: Path) -> None:
 
 
 @glibc
-def test_a_router_link_closing_trims_soon(tmp_path: Path) -> None:
+def test_a_router_link_closing_trims_soon() -> None:
     reactor = MemoryReactorClock()
     node = router(TRIM_INTERVAL, reactor)
     assert node.heap is not None
@@ -266,13 +266,15 @@ def _parse(tap: Any, *argv: str) -> usage.Options:
 def test_option_default_zero_and_refusals(tmp_path: Path) -> None:
     base = ("--insecure", "--node", "edge-1", "--state-dir", str(tmp_path))
     assert _parse(edge_tap, *base)["malloc-trim-interval"] == TRIM_INTERVAL
-    assert _parse(edge_tap, *base, "--malloc-trim-interval", "0")["malloc-trim-interval"] == 0
+    for off in ("0", "0.0", "-0"):
+        parsed = _parse(edge_tap, *base, "--malloc-trim-interval", off)["malloc-trim-interval"]
+        assert parsed == 0 and str(parsed) == "0.0"
     assert _parse(edge_tap, *base, "--malloc-trim-interval", "2.5")["malloc-trim-interval"] == 2.5
     manifest = tmp_path / "catalog.yaml"
     manifest.write_text("apiVersion: v1\nkind: Node\nmetadata: {name: edge-1}\n")
     assert _parse(router_tap, "--insecure", "--catalog", str(manifest),
                   "--malloc-trim-interval", "30")["malloc-trim-interval"] == 30
-    for text, why in (("-1", "more than 0"), ("lots", "not a number of seconds"),
+    for text, why in (("-1", r"0 \(off\) or more"), ("lots", "not a number of seconds"),
                       ("90000", "at most 86400")):
         with pytest.raises(usage.UsageError, match=f"^--malloc-trim-interval: .*{why}"):
             _parse(edge_tap, *base, "--malloc-trim-interval", text)

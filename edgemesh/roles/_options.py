@@ -14,7 +14,7 @@ from ..security import TLSOptions
 from ..transports import FrontLimits
 from ..wire import Limits
 from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, TRIM_INTERVAL
-from ._resilience import ResilienceOptions, positive_seconds
+from ._resilience import ResilienceOptions, positive_seconds, seconds_or_off
 
 _MAX_WINDOW = (1 << 31) - 1
 """The largest window a hello may carry (wire/_connection.py)."""
@@ -48,12 +48,6 @@ def _threshold(value: str) -> int:
     if not 0 < number <= MAX_MMAP_THRESHOLD:
         raise ValueError("must be 0 (glibc's default) or from 1 byte to 32MiB (glibc's largest)")
     return number
-
-
-def _seconds_or_off(value: str) -> float:
-    if value.strip() == "0":
-        return 0.0
-    return positive_seconds(value)
 
 
 def _count(value: str) -> int:
@@ -145,7 +139,7 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
         ["malloc-trim-interval", None, TRIM_INTERVAL,
          ("Seconds between two returns of the heap's free pages to the system (glibc's "
           "malloc_trim), with one more a few seconds after a link closes; 0: never."),
-         _seconds_or_off],
+         seconds_or_off],
     ]
 
     optFlags: ClassVar[list[Any]] = [

@@ -33,15 +33,27 @@ log = Logger(namespace="edgemesh.drain")
 GOAWAY_REASON = "draining"
 
 
-def positive_seconds(value: str) -> float:
-    """A duration option's value: more than 0, at most a day (every role's seconds)."""
+def _seconds(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
+
+
+def positive_seconds(value: str) -> float:
+    """A duration option's value: more than 0, at most a day (every role's seconds)."""
+    number = _seconds(value)
     if not 0 < number <= 86400:
         raise ValueError("must be more than 0 and at most 86400 seconds")
     return number
+
+
+def seconds_or_off(value: str) -> float:
+    """An interval option's value: 0 (off: "0", "0.0"...), else as ``positive_seconds``."""
+    number = _seconds(value)
+    if not 0 <= number <= 86400:
+        raise ValueError("must be 0 (off) or more, and at most 86400 seconds")
+    return number if number else 0.0  # -0.0 too
 
 
 def _count(low: int, high: int) -> Callable[[str], int]:
