@@ -43,6 +43,7 @@ VALUE_NAMES = {
     "_interval": "seconds",
     "seconds_or_off": "seconds (0: off)",
     "_size": "bytes (k, m, g: KiB, MiB, GiB)",
+    "_threshold": "bytes (k, m: KiB, MiB; 0: glibc's)",
     "_count": "count",
     "_services": "count",
     "_on_off": "on, off",

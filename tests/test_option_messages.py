@@ -186,7 +186,15 @@ def test_edge_help_shows_on_off_and_sizes() -> None:
     assert re.search(r"--max-body= .*?\[default: 1GiB\]", text)
     assert re.search(r"--max-header-bytes= .*?\[default: 60KiB\]", text)
     assert re.search(r"--connect-timeout= .*?\[default: 5\]", text)
+    assert re.search(r"--malloc-mmap-threshold= .*?\[default: 256KiB\]", text)
     assert "False" not in text and "1073741824" not in text and "5.0]" not in text
+    assert "262144" not in text
+
+
+def test_the_threshold_shown_parses_back(tmp_path: Path) -> None:
+    options: Any = edge_tap.Options()  # type: ignore[no-untyped-call]
+    options.parseOptions(edge_argv(tmp_path, "--malloc-mmap-threshold", "256KiB"))
+    assert options["malloc-mmap-threshold"] == options.defaults["malloc-mmap-threshold"]
 
 
 def test_router_help_shows_whole_seconds() -> None:

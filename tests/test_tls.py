@@ -1466,7 +1466,9 @@ def test_link_tls_any_cuts_between_reads(
     assert server_app.lost is None
 
 
-@settings(max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "40")), deadline=2000,
+# No deadline: an example runs a whole handshake and up to 150 KiB of records through
+# OpenSSL, and went past 2 s on a loaded machine; a stuck one still hits .ci/run's step timeout.
+@settings(max_examples=int(os.environ.get("EDGEMESH_FUZZ_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(1, 150 * 1024),
        flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)),

@@ -219,9 +219,12 @@ def demo_certificates(names: list[str], directory: str, router: str = "router") 
     return directory
 
 
-async def run(reactor: Any, once: bool, workspace: str) -> int:
+async def run(reactor: Any, once: bool, workspace: str,
+              report: Callable[[int], object] = lambda status: None) -> int:
     """Start the mesh, send the requests, print the table; `workspace` (an empty directory the
-    caller removes) holds the certificates and the edges' state."""
+    caller removes) holds the certificates and the edges' state.  `report` gets the table's
+    exit status (1 if a path failed) as soon as it is printed: without ``once`` the mesh then
+    runs until the process is stopped, and the status is still the table's."""
     catalog = demo_catalog()
     pods = start_pods(reactor, catalog)
     # The tunnels and hub links use mutual TLS, as they should everywhere.
@@ -306,13 +309,15 @@ async def run(reactor: Any, once: bool, workspace: str) -> int:
     print()
     if failures:
         print(f"{failures} request(s) did not behave as expected", file=sys.stderr)
+    status = 1 if failures else 0
+    report(status)
     if once:
         for edge in edges:
             await Deferred.fromCoroutine(_stop(edge))
         await Deferred.fromCoroutine(_stop(router))
         for port in pods:
             await port.stopListening()
-        return 1 if failures else 0
+        return status
     print("The mesh keeps running; try (Ctrl-C to stop):")
     print(f"  curl -s -H 'Host: hello-edge2' http://127.0.0.1:{EDGES['edge-1'][0]}/hi      "
           "# edge-1 app → edge-2 pod")
@@ -327,7 +332,7 @@ async def run(reactor: Any, once: bool, workspace: str) -> int:
     print(f"  curl -s http://127.0.0.1:{EDGES['edge-1'][2]}/catalog                    "
           "# edge-1's catalog")
     await Deferred()  # run until interrupted
-    return 0
+    return status
 
 
 async def _stop(service: Any) -> None:
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.internet.task import react
 
-    outcome: list[int] = []
+    outcome: list[int] = []  # the table's status: stopped later by Ctrl-C, the demo exits with it
     # One directory for everything the demo writes (the CA key among it), removed however the
     # run ends: react() returns by SystemExit after the reactor has stopped, be it the end of
     # --once, Ctrl-C or SIGTERM (Twisted's handlers stop the reactor) or an error, so this
@@ -352,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = tempfile.mkdtemp(prefix="edgemesh-demo-")
 
     async def main_coroutine(reactor: Any) -> None:
-        outcome.append(await run(reactor, args.once, workspace))
+        await run(reactor, args.once, workspace, report=outcome.append)
 
     try:
         react(lambda r: ensureDeferred(main_coroutine(r)))

@@ -90,7 +90,7 @@ def shown_default(value: object, coerce: Callable[[str], Any] | None) -> object:
     on/off, sizes in KiB/MiB/GiB, whole seconds without ".0"."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    if coerce is _size and isinstance(value, int):
+    if coerce in (_size, _threshold) and isinstance(value, int) and value > 0:
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if value % size == 0:
                 return f"{value // size}{unit}"
