@@ -4,9 +4,12 @@ cancellation), errors with their Status, writes with preconditions, the bearer t
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -105,13 +108,19 @@ class TreqKubeAPITests(TestCase):
         configuration.refresh_api_key_hook = None
         anonymous = TreqKubeAPI(reactor, configuration)
         self.addCleanup(anonymous.close)
-        try:
-            await anonymous.list(NODES)
-        except APIError as error:
-            assert error.status == 401 and error.persistent
-            assert f"{self.server.url} refused the credentials of" in str(error)
-        else:
-            raise AssertionError("no error")
+        texts = set()
+        for resource in (NODES, SERVICES):
+            try:
+                await anonymous.list(resource)
+            except APIError as error:
+                assert error.status == 401 and error.persistent
+                assert f"{self.server.url} refused the credentials of" in str(error)
+                texts.add(str(error))
+            else:
+                raise AssertionError("no error")
+        # The same words whatever was asked: /readyz says a refused token once, not once
+        # per resource.
+        assert len(texts) == 1, texts
 
     async def test_connection_refused_names_the_url_and_the_kubeconfig(self) -> None:
         configuration = load_configuration(self.server.write_kubeconfig(self.mktemp()))
@@ -385,3 +394,41 @@ def test_tunnel_cancelled_while_the_proxy_thinks_closes_it() -> None:
     assert proxy.transports[0].disconnecting
     proxy.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")  # too late: no error
     assert not inner
+
+
+# -- exec credential plugins ----------------------------------------------------------------
+
+
+def exec_kubeconfig(tmp_path: Path, script: str) -> str:
+    """A kubeconfig whose user's credentials come from a plugin running ``script``."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Never",
+            "command": sys.executable, "args": ["-c", script]}}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)
+
+
+def test_a_failing_exec_plugin_stops_the_load_with_its_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The client would log the failure and go on without credentials, never running the
+    # plugin again: every request a 401 until a restart.
+    kubeconfig = exec_kubeconfig(
+        tmp_path, "import sys; sys.stderr.write('token service unavailable'); sys.exit(1)")
+    with pytest.raises(Exception, match="exec plugin gave no credentials: .*returned 1.*"
+                                        "token service unavailable"):
+        load_configuration(kubeconfig)
+    assert "ERROR:root" not in capsys.readouterr().err  # not printed before twistd's log
+
+
+def test_an_exec_plugin_s_token_is_used(tmp_path: Path) -> None:
+    status = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+              "status": {"token": "from-the-plugin"}}
+    kubeconfig = exec_kubeconfig(tmp_path, f"print({json.dumps(json.dumps(status))})")
+    configuration = load_configuration(kubeconfig)
+    assert configuration.api_key["BearerToken"] == "Bearer from-the-plugin"

@@ -55,8 +55,10 @@ def test_pod_ip_is_the_default_advertised_address(kubeconfig: str,
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    ((), "--catalog FILE is required"),
-    (("--catalog", "x.yaml", "--kubeconfig", "KUBECONFIG"), "--catalog FILE is required"),
+    ((), r"^--catalog FILE is required \(or --kubeconfig FILE or --in-cluster\)$"),
+    (("--catalog", "x.yaml", "--kubeconfig", "KUBECONFIG"),
+     ("^--catalog and --kubeconfig exclude each other: the catalog comes from a file or "
+      "from the Kubernetes API, not both$")),
     (("--kubeconfig", "KUBECONFIG", "--in-cluster"), "exclude each other"),
     (("--kubeconfig", "/nonexistent"), "no such file"),
     (("--kubeconfig", "KUBECONFIG", "--namespace", "Not_A_Namespace"), "not a namespace"),

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -405,7 +406,14 @@ class MeshNode(MultiService):
     def stopService(self) -> Deferred[None] | None:
         self.serving = False
         # Graceful drain first (SIGTERM), then the children: see roles/_resilience.py.
-        return drain(self, self.pipeline.settings, super().stopService)
+        stopped = drain(self, self.pipeline.settings, super().stopService)
+        # The last child may finish stopping inside a connection's dataReceived (the leader's
+        # Lease release is an API response read over TLS).  The reactor's shutdown would go
+        # on from there into disconnectAll, which closes that very connection under
+        # Twisted's TLS layer, and the layer then fails ('NoneType' object has no attribute
+        # 'bio_read', an Unhandled Error at every leader's stop).  So the stop is reported
+        # one reactor turn later, with nothing on the stack.
+        return stopped.addCallback(lambda _: _next_turn(self.reactor))
 
     def status(self) -> dict[str, object]:
         return {
@@ -416,6 +424,12 @@ class MeshNode(MultiService):
             "links": sorted(self.links),
             **{name: part() for name, part in self.status_parts.items()},
         }
+
+
+def _next_turn(clock: IReactorTime) -> Deferred[None]:
+    turned: Deferred[None] = Deferred()
+    clock.callLater(0, turned.callback, None)
+    return turned
 
 
 def _outbound(

@@ -64,9 +64,13 @@ class Options(CommonOptions, KubernetesOptions):
 
     def postOptions(self) -> None:
         self.check_kubernetes()
-        if self.kubernetes_requested() == bool(self["catalog"]):
+        if self.kubernetes_requested() and self["catalog"]:
+            source = "--in-cluster" if self["in-cluster"] else "--kubeconfig"
+            raise usage.UsageError(f"--catalog and {source} exclude each other: the catalog "
+                                   "comes from a file or from the Kubernetes API, not both")
+        if not self.kubernetes_requested() and not self["catalog"]:
             raise usage.UsageError(
-                "--catalog FILE is required (or, exclusively, --kubeconfig FILE or --in-cluster)")
+                "--catalog FILE is required (or --kubeconfig FILE or --in-cluster)")
         # With Kubernetes, the catalog comes once the watch has listed everything.
         self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
                                  else Catalog.empty())

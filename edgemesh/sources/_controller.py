@@ -380,7 +380,7 @@ class EdgeServiceController(TwistedService):
             delay = max(delay, min(error.retry_after, self.backoff_max))
         self.failures += 1
         self.log.warn("EndpointSlice {key}: {verb} failed ({error}); again in {delay:.1f}s",
-                      key=key, verb=verb, error=str(error)[:200], delay=delay)
+                      key=key, verb=verb, error=str(error), delay=delay)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

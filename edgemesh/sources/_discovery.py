@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from ._election import _record, micro_time
 from ._kubeapi import LEASES, APIError, KubeAPI
+from ._warnings import WARN_INTERVAL, RepeatedWarnings, bounded, error_text
 
 REPLICA_LABEL = "edgemesh.io/router-replica"
 LINK_ANNOTATION = "edgemesh.io/router-link"
@@ -139,7 +140,8 @@ class ReplicaDiscovery(Service):
     log = Logger()
 
     def __init__(self, clock: Any, api: KubeAPI, leases: ReplicaLeases,
-                 on_peers: Callable[[list[Peer]], None], period: float = 2.0) -> None:
+                 on_peers: Callable[[list[Peer]], None], period: float = 2.0, *,
+                 warn_interval: float = WARN_INTERVAL) -> None:
         self.clock = clock
         self.api = api
         self.leases = leases
@@ -147,6 +149,8 @@ class ReplicaDiscovery(Service):
         self.period = period
         self.errors = 0
         self.last_error = ""
+        self.warnings = RepeatedWarnings(self.log, warn_interval)
+        """A failure every period while the API server is away: summarised."""
         self.peers: list[Peer] = []
         self._timer: IDelayedCall | None = None
         self._in_flight: Deferred[Any] | None = None
@@ -168,8 +172,19 @@ class ReplicaDiscovery(Service):
         # Best effort: the peers stop dialling at once instead of after the lease duration.
         gone: Deferred[None] = self.api.delete(LEASES, self.leases.namespace, self.leases.name)
         gone.addTimeout(self.period, self.clock)
-        gone.addErrback(lambda _: None)
+        gone.addErrback(self._not_deleted)
         return gone
+
+    def _not_deleted(self, reason: Failure) -> None:
+        """Never fails the stop; but a Lease left behind (RBAC refused the delete, say) is
+        said, or the peers dial a stopped replica for a lease duration with no reason."""
+        error = reason.value
+        if isinstance(error, APIError) and error.status == 404:
+            return  # already gone
+        self.log.warn("could not delete router replica Lease {ns}/{name} ({error}); the "
+                      "other replicas drop it within {seconds:.0f}s",
+                      ns=self.leases.namespace, name=self.leases.name, error=error_text(error),
+                      seconds=self.leases.duration)
 
     def _tick(self) -> None:
         self._timer = None
@@ -182,12 +197,20 @@ class ReplicaDiscovery(Service):
 
     def _done(self, result: object) -> None:
         self._in_flight = None
-        if isinstance(result, Failure) and not self._stopped:
+        if self._stopped:
+            return
+        if isinstance(result, Failure):
             self.errors += 1
-            self.last_error = str(result.value)[:200] or type(result.value).__name__
-            self.log.warn("router replica Leases: {error}", error=self.last_error)
-        if not self._stopped:
-            self._timer = self.clock.callLater(self.period, self._tick)
+            text = error_text(result.value)
+            self.last_error = bounded(text)
+            self.warnings.failed(text, self.clock.seconds(), "router replica Leases: {error}",
+                                 error=text)
+        else:
+            failures = self.warnings.reset()
+            if failures:
+                self.log.info("router replica Leases: read again after {count} failures",
+                              count=failures)
+        self._timer = self.clock.callLater(self.period, self._tick)
 
     async def _round(self) -> None:
         leases = self.leases

@@ -38,12 +38,13 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.application.service import Service as TwistedService
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._kubeapi import LEASES, APIError, KubeAPI
+from ._warnings import WARN_INTERVAL, RepeatedWarnings, bounded, error_text
 
 JITTER_FACTOR = 1.2
 """client-go's ``JitterFactor``: retries wait ``retry_period * (1 + random() * 1.2)``."""
@@ -223,7 +224,8 @@ class LeaderElector(TwistedService):
     def __init__(self, clock: Any, api: KubeAPI, election: LeaseElection,
                  child: IService | None = None, *,
                  on_change: Callable[[bool], None] | None = None,
-                 random: Callable[[], float] = _random.random) -> None:
+                 random: Callable[[], float] = _random.random,
+                 warn_interval: float = WARN_INTERVAL) -> None:
         self.clock = clock
         self.api = api
         self.election = election
@@ -234,6 +236,8 @@ class LeaderElector(TwistedService):
         """Times this replica became leader."""
         self.errors = 0
         self.last_error = ""
+        self.warnings = RepeatedWarnings(self.log, warn_interval)
+        """Failures every retry period while the API server is away: summarised."""
         self._timer: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._in_flight: Deferred[Any] | None = None
@@ -273,7 +277,7 @@ class LeaderElector(TwistedService):
         except Exception as error:  # noqa: BLE001 - best effort: the lease expires anyway
             self.log.warn("could not release lease {ns}/{name} ({error}); it expires in "
                           "{seconds:.0f}s", ns=election.namespace, name=election.name,
-                          error=str(error)[:200], seconds=election.timing.lease_duration)
+                          error=error_text(error), seconds=election.timing.lease_duration)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -323,6 +327,9 @@ class LeaderElector(TwistedService):
             lease = None
         decision = election.decide(lease, self.clock.seconds())
         if isinstance(decision, Wait):
+            self._recovered("read again after {count} failures; {holder} holds it",
+                            holder=decision.holder)
+            self.last_error = ""
             if election.lost(decision.holder):
                 self._stepped_down(f"{decision.holder} holds the lease")
             return
@@ -340,10 +347,19 @@ class LeaderElector(TwistedService):
                 timeout)
         if self._stopped:
             return
+        self._recovered("renewed again after {count} failures" if election.leading
+                        else "acquired after {count} failures")
         if election.written(written if isinstance(written, Mapping) else None, sent):
             self._lead()
         self._arm_deadline()
         self.last_error = ""
+
+    def _recovered(self, what: str, **fields: object) -> None:
+        """The API answered: say so once after failures (they were summarised)."""
+        failures = self.warnings.reset()
+        if failures:
+            self.log.info("lease {ns}/{name}: " + what, ns=self.election.namespace,
+                          name=self.election.name, count=failures, **fields)
 
     def _failed(self, error: BaseException) -> None:
         if self._stopped:
@@ -355,10 +371,11 @@ class LeaderElector(TwistedService):
             self.log.debug("lease {name}: conflict, another replica wrote first",
                            name=self.election.name)
         else:
-            text = "timed out" if isinstance(error, TimeoutError) else str(error)[:200]
-            self.last_error = text
-            self.log.warn("lease {ns}/{name}: {error}", ns=self.election.namespace,
-                          name=self.election.name, error=text)
+            text = error_text(error)
+            self.last_error = bounded(text)
+            self.warnings.failed(text, self.clock.seconds(), "lease {ns}/{name}: {error}",
+                                 ns=self.election.namespace, name=self.election.name,
+                                 error=text)
         if self.election.must_step_down(self.clock.seconds()):
             self._lose("could not renew within the deadline")
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
@@ -207,10 +209,40 @@ def load_configuration(kubeconfig: str | None = None, in_cluster: bool = False,
         config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration)
     else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=configuration,
-            persist_config=False)
+        with _exec_plugin_errors() as failures:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=configuration,
+                persist_config=False)
+        if failures:
+            # The client logs an exec plugin's failure and goes on without credentials, and
+            # would never run the plugin again: every request would be a 401.
+            raise config.ConfigException(
+                f"the exec plugin gave no credentials: {'; '.join(failures)}")
     return configuration
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.pathname.endswith(("kube_config.py", "exec_provider.py")):
+            self.texts.append(record.getMessage().strip())
+
+
+@contextmanager
+def _exec_plugin_errors() -> Iterator[list[str]]:
+    """What the official client logs through the root logger while it loads a kubeconfig:
+    only an exec plugin's failure (its stderr, its bad output).  Caught here, so that it is
+    not printed by logging's last-resort handler before twistd's log starts either."""
+    handler = _Captured()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler.texts
+    finally:
+        root.removeHandler(handler)
 
 
 def describe_origin(kubeconfig: str | None = None, in_cluster: bool = False,
@@ -796,8 +828,10 @@ class TreqKubeAPI:
             status = None
         error = APIError.from_status(status, response.code, _retry_after(response))
         if error.status == 401:
-            error.context = (f"{verb} {path}: {self.base} refused the credentials of "
-                             f"{self.origin}; check its token or client certificate")
+            # Not the path: the credentials are refused whatever is asked, so that /readyz
+            # can say the failure of every resource once.
+            error.context = (f"{self.base} refused the credentials of {self.origin}; "
+                             "check its token or client certificate")
         elif error.status == 403:
             error.context = (f"{verb} {path} forbidden to the user of {self.origin}; "
                              f"grant '{verb}' on it in RBAC")

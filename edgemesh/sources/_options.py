@@ -39,8 +39,10 @@ class KubernetesOptions(usage.Options):
                                          "in-cluster service account's, else 'default').")],
         ["leader-identity", None, None, ("This replica's name in the Lease (default: $POD_NAME, "
                                          "else the host name, with a random suffix).")],
+        # 2.2: 1 + _election.JITTER_FACTOR (not imported: an options parse loads no client).
         ["lease-duration", None, 15.0, ("Seconds a Lease holds without renewal; a new leader "
-                                        "takes over within this plus --retry-period."), float],
+                                        "takes over within this plus 2.2 × --retry-period (a "
+                                        "candidate's jittered wait)."), float],
         ["renew-deadline", None, 10.0, ("Seconds a leader keeps trying to renew before it stops "
                                         "leading (less than --lease-duration)."), float],
         ["retry-period", None, 2.0, "Seconds between tries to acquire or renew.", float],

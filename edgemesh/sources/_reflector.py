@@ -24,8 +24,9 @@ States and what moves them (``_enter`` is the only place the state changes)::
   cache, and so the edges' catalog, stays as it was meanwhile.
 - One backoff spans whole list + watch cycles, as client-go's: a list that succeeds does
   not reset it (RBAC that allows list but not watch would relist every second), only two
-  minutes without a backoff do.  Identical warnings are summarised: the first, then one per
-  longer delay, then one per ``warn_interval``, each with the count since the last.
+  minutes without a backoff do.  Identical warnings are summarised (``RepeatedWarnings``):
+  the first, then one per longer delay, then one per ``warn_interval``, each with the count
+  since the last.
 - ``problem`` is the last failure in words until a watch is up again; ``problem_persistent``
   when it will not pass by itself (401, 403, TLS): the router's /readyz shows them.
 """
@@ -44,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._kubeapi import APIError, APIUnreachable, KubeAPI, ListResult, Resource, Watch
+from ._warnings import RepeatedWarnings
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,7 @@ class Reflector:
         """The problem will not pass without a change of configuration (401, 403, TLS)."""
         self.on_problem: Callable[[], None] | None = None
         """Called when ``problem`` changes."""
-        self._warned: tuple[str, float, float] | None = None
-        """(why, base delay, when) of the last warning; ``_unwarned`` repeats since."""
-        self._unwarned = 0
+        self.warnings = RepeatedWarnings(self.log, self.timing.warn_interval)
         self._timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
         self._watch: Watch | None = None
@@ -401,24 +401,11 @@ class Reflector:
 
     def _warn(self, why: str, base: float, delay: float, now: float, fresh: bool) -> None:
         """Warn about a new failure (or the first since the backoff reset); summarise one
-        that repeats: again when the delay grows, else once per ``warn_interval``, with the
-        count since the last warning."""
-        last = self._warned
-        if last is not None and last[0] == why and not fresh:
-            self._unwarned += 1
-            if base <= last[1] and now - last[2] < self.timing.warn_interval:
-                self.log.debug("{name}: {why}; retrying in {delay:.1f}s", name=self.name,
-                               why=why, delay=delay)
-                return
-            again = (f"{self._unwarned} times since the last warning" if self._unwarned > 1
-                     else "again")
-            self.log.warn("{name}: {why}; retrying in {delay:.1f}s ({again})", name=self.name,
-                          why=why, delay=delay, again=again, count=self._unwarned)
-        else:
-            self.log.warn("{name}: {why}; retrying in {delay:.1f}s", name=self.name, why=why,
-                          delay=delay)
-        self._warned = (why, base, now)
-        self._unwarned = 0
+        that repeats (``RepeatedWarnings``)."""
+        if fresh:
+            self.warnings.reset()
+        self.warnings.failed(why, now, "{name}: {why}; retrying in {delay:.1f}s",
+                             base_delay=base, name=self.name, why=why, delay=delay)
 
     def _set_problem(self, problem: tuple[str, str] | None, persistent: bool = False) -> None:
         if (problem, persistent) == (self.problem_of, self.problem_persistent):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import LOOPBACK, Mesh, Proc, Topology, admin_get, free_ports
+from meshkit import LOOPBACK, PROBLEM_MARKS, Mesh, Proc, Topology, admin_get, free_ports
 
 from edgemesh.testing import ThreadedKubeApiServer, make_endpoint_slice, make_node, make_service
 
@@ -117,3 +117,27 @@ def test_one_leader_takes_over_after_a_kill_and_a_clean_stop_hands_over_at_once(
     third, took = wait_for_one_leader(mesh, 2 * RETRY_PERIOD * 2.2 + SLACK)
     assert third not in (first, second)
     assert took < LEASE_DURATION, "a released Lease is taken without waiting for it to expire"
+
+
+def test_a_leader_stops_cleanly_over_https(tmp_path: Path) -> None:
+    """The Lease's release is the last API response a stopping leader reads, over TLS.  The
+    reactor's shutdown must not go on from inside that read: its disconnectAll would close
+    the connection under Twisted's TLS layer, which then failed with an Unhandled Error
+    ('NoneType' object has no attribute 'bio_read') at every leader's stop."""
+    with ThreadedKubeApiServer(tls=True, bootstrap=True) as api:
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edgemesh"}})
+        mesh = Replicas(tmp_path, Topology.allocate([], [], []), tmp_path / "unused.yaml",
+                        tls=False)
+        mesh.kubeconfig = Path(api.write_kubeconfig(tmp_path / "kubeconfig"))
+        mesh.ports = {"r1": tuple(free_ports(3))}  # type: ignore[dict-item]
+        try:
+            proc = mesh.start_replica("r1")
+            wait_for_one_leader(mesh, LEASE_DURATION + SLACK)
+            mesh.stop("r1")
+            log = proc.log.read_text()
+            assert "released lease edgemesh/edgemesh-router" in log, log[-3000:]
+            problems = [line for line in log.splitlines()
+                        if any(mark in line for mark in PROBLEM_MARKS)]
+            assert not problems, "\n".join(problems)
+        finally:
+            mesh.stop_all()
