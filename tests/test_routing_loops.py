@@ -286,6 +286,35 @@ def test_the_edge_never_chooses_its_own_listener() -> None:
     assert pipeline.refused_endpoints() == []
 
 
+def test_streams_never_reach_this_edges_own_listeners() -> None:
+    """CONNECT, an Upgrade or a captured stream to a service whose endpoint is this edge's
+    proxy would open another stream into the proxy (an Upgrade repeats itself until the
+    service's cap), and one to its admin listener would open that to every node: both are
+    refused as for exchanges, naming the listener; the real pod is still chosen."""
+    from test_streams import FakeTarget, Side
+
+    cat = catalog(service("web", SELF_PROXY, REAL), service("self", SELF_PROXY),
+                  service("admin", LOOP_ADMIN))
+    pipeline, _, _, _ = make_pipeline(Role.edge, "edge-1", cat)
+    streams = FakeTarget()
+    pipeline.add_stream_target(streams)
+    pipeline.set_listening(EDGE_LISTENING)
+    for _ in range(4):
+        pipeline.dispatch_stream(SourceKind.service_bus, b"web.shop:80", "10.0.0.7", Side())
+    assert {route.endpoint for route, *_ in streams.opened} == {REAL}
+    for authority, listener in ((b"self.shop:80", "proxy"), (b"admin.shop:80", "admin")):
+        with pytest.raises(MeshError) as caught:
+            pipeline.dispatch_stream(SourceKind.service_bus, authority, "10.0.0.7", Side())
+        assert caught.value.reason is Reason.no_endpoint
+        assert f"{listener} listener of edge-1" in caught.value.detail
+    # Another node's choice of that endpoint (a hint) is not honoured either.
+    with pytest.raises(MeshError) as hinted:
+        pipeline.dispatch_stream_resolved(SourceKind.hub, "shop/admin", 80,
+                                          ("127.0.0.1", 7790), "10.0.0.7", Side())
+    assert hinted.value.reason is Reason.no_endpoint
+    assert len(streams.opened) == 4
+
+
 def test_a_remote_endpoint_at_this_edges_address_is_refused() -> None:
     """edge-2's pod address is edge-1's hub: edge-1 does not send there (A → B → A)."""
     cat = catalog(service("ping", SELF_ON_EDGE_2))

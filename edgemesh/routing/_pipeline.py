@@ -442,8 +442,18 @@ class Pipeline:
         if self.draining and source in _LINKS:
             raise MeshError(Reason.draining, f"{self.node} is shutting down")
         head = RequestHead(b"CONNECT", b"", b"", (), 0, client)
-        route = decide(self._catalog, self.role, self.node, source, service, port, hint,
-                       self.balancer, head, policy)
+        # This node's own listeners are refused for streams as for exchanges: a stream into
+        # its own proxy would open another (an Upgrade repeats itself ~1000 times, until the
+        # service's cap), and one into its admin listener would open it to every node.
+        own = self._own_by_service
+        exclude = own.get(service.key, _NOTHING) if own else _NOTHING
+        try:
+            route = decide(self._catalog, self.role, self.node, source, service, port, hint,
+                           self.balancer, head, policy, exclude)
+        except MeshError as error:
+            if exclude and error.reason is Reason.no_endpoint:
+                raise self._own_refused(service, exclude, error) from None
+            raise
         route = self._allowed(source, route)
         target = self.stream_targets.get(route.target)
         if target is None:

@@ -18,6 +18,8 @@ nodes' counters show how many exchanges the request made.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,33 @@ def test_an_endpoint_that_is_the_edges_own_proxy_is_refused(live: Mesh, via: str
     assert (f"{LOOPBACK}:{live.proxy('edge-a')}", "proxy") in refused
     # self-a's and ping-pong's endpoint: one address.
     assert metric(live, "edge-a", "edgemesh_catalog_refused_endpoints") == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.parametrize("via", ["edge-a", "edge-b", "router"])
+def test_streams_to_the_edges_own_proxy_are_refused(live: Mesh, via: str) -> None:
+    """The same refusal for byte streams, with curl: an Upgrade to self-a used to be carried
+    as a stream into edge-a's own proxy, where it arrived as the same Upgrade again, ~1000
+    times (2000 descriptors) until the service's cap; a CONNECT to it opened a tunnel into
+    the proxy.  Both are 503 no-endpoint at once now, and edge-a routed nothing."""
+    before = counters(live, "edge-a", "self-a")["requests"]
+    port = live.proxy(via)
+    base = ["curl", "--silent", "--show-error", "--max-time", "10", "--output", "/dev/null"]
+    with timed() as elapsed:
+        upgrade = subprocess.run(
+            [*base, "--noproxy", "*", "--write-out", "%{http_code}", "--header", "Host: self-a",
+             "--header", "Connection: Upgrade", "--header", "Upgrade: websocket",
+             f"http://{LOOPBACK}:{port}/"],
+            capture_output=True, text=True, timeout=20, check=False)
+        connect = subprocess.run(
+            [*base, "--write-out", "%{http_connect}", "--proxytunnel",
+             "--proxy", f"http://{LOOPBACK}:{port}", "http://self-a:80/"],
+            capture_output=True, text=True, timeout=20, check=False)
+    assert upgrade.stdout == "503", (upgrade.stdout, upgrade.stderr)
+    assert connect.stdout == "503", (connect.stdout, connect.stderr)
+    assert elapsed() < 4
+    assert counters(live, "edge-a", "self-a")["requests"] == before
+    assert established_to(live.proxy("edge-a")) <= 1
 
 
 @pytest.mark.parametrize("via", ["edge-a", "edge-b"])
