@@ -467,6 +467,31 @@ def test_connect_after_an_answered_request_on_the_same_connection() -> None:
     assert [authority for authority, _, _ in opener.calls] == [b"echo:7"]
 
 
+def test_a_connect_pipelined_behind_a_request_says_why_it_is_refused() -> None:
+    answers: list[IResponder] = []
+
+    def answer_later(source: SourceKind, head: RequestHead, responder: IResponder) -> Any:
+        answers.append(responder)
+        return RecordingBody()
+
+    opener = Opener()
+    factory = StreamingFrontFactory(MemoryReactorClock(), SourceKind.service_bus,
+                                    answer_later, opener)
+    protocol: Any = factory.buildProtocol(None)
+    transport = HalfCloseTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5555))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n"
+                          b"CONNECT echo:7 HTTP/1.1\r\nHost: e\r\n\r\n")
+    [responder] = answers
+    responder.head(ResponseHead(200, b"OK", ((b"Content-Length", b"2"),), 2))
+    responder.write(b"ok")
+    responder.end()
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 501 " in answer
+    assert b"CONNECT behind other requests of the connection" in answer
+    assert opener.calls == []
+
+
 def front_with(data: bytes, opener: Opener) -> tuple[Any, HalfCloseTransport, MemoryReactorClock]:
     protocol, transport, clock = front(opener)
     protocol.dataReceived(data)

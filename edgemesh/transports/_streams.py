@@ -210,7 +210,13 @@ class StreamingFrontProtocol(HTTPFrontProtocol):
         parser = self._parser
         assert parser is not None
         if self._active is not None or self._queue:
-            super().on_headers_complete()  # later CONNECTs are refused there (501)
+            if parser.get_method() == b"CONNECT":
+                # Behind requests still in progress the connection cannot become a tunnel.
+                raise self._reject(
+                    Reason.not_implemented,
+                    "CONNECT behind other requests of the connection: send it once they "
+                    "are answered, or on a connection of its own", b"CONNECT")
+            super().on_headers_complete()
             return
         if parser.get_method() != b"CONNECT":
             if (
