@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -811,3 +812,14 @@ def test_an_upstream_that_stops_reading_the_upload_is_still_504() -> None:
     assert producer.paused
     mesh.clock.advance(21)
     assert client.error is not None and client.error.reason is Reason.upstream_timeout
+
+
+def test_a_draining_peer_is_said_once_whatever_links_bring_its_goaway() -> None:
+    mesh = Mesh()
+    with capturedLogs() as events:
+        for _ in range(3):  # hub out, hub in, tunnel
+            mesh.pipeline.peer_draining("edge-2")
+        mesh.pipeline.peer_back("edge-2")
+        mesh.pipeline.peer_draining("edge-2")  # a new drain: said again
+    said = [e for e in events if "is draining" in e.get("log_format", "")]
+    assert len(said) == 2

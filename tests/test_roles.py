@@ -813,3 +813,33 @@ def test_stopping_cancels_a_listen_that_has_not_answered(
     assert late.listening.called  # cancelled
     assert not [e for e in events if e.get("log_failure") is not None]
     late.listening.addErrback(lambda failure: None)
+
+
+def test_reconnect_lines_name_what_they_dial() -> None:
+    """ClientService logs "Scheduling retry N to connect <endpoint> ...": the endpoint reads
+    as the router (or the replicas, or a peer's hub), not as "<... object at 0x7f...>"."""
+    from twisted.internet.defer import fail
+    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.logger import formatEvent
+    from zope.interface import implementer
+
+    from edgemesh.roles._node import RotatingEndpoint
+    from edgemesh.transports._peers import _WatchedEndpoint
+
+    @implementer(IStreamClientEndpoint)
+    class Refusing:
+        def connect(self, factory: Any) -> Any:
+            return fail(ConnectionRefusedError("refused"))
+
+    reactor = MemoryReactorClock()
+    client = TunnelClient(reactor, "tcp:127.0.0.1:7700", lambda: None,  # type: ignore[arg-type,return-value]
+                          secure=lambda _: Refusing())
+    with capturedLogs() as events:
+        client.startService()
+    lines = [formatEvent(event) for event in events]
+    assert any(line.startswith("Scheduling retry 1 to connect router at tcp:127.0.0.1:7700 ")
+               for line in lines), lines
+    client.stopService()
+    assert repr(RotatingEndpoint([("r1", Refusing()), ("r2", Refusing())])) == \
+        "router replicas r1, r2"
+    assert repr(_WatchedEndpoint(Refusing(), "edge-2", set())) == "the hub of edge-2"

@@ -246,7 +246,8 @@ class TunnelClient(ClientService):
                                                    stable_after=TUNNEL_STABLE_AFTER)
         """Counts refusals after the hello too; reset once the router accepted the edge."""
         super().__init__(
-            endpoint if endpoint is not None else secure(clientFromString(reactor, description)),
+            endpoint if endpoint is not None else _Described(
+                secure(clientFromString(reactor, description)), f"router at {description}"),
             Factory.forProtocol(make_link),
             retryPolicy=self.backoff,
             clock=reactor,
@@ -294,6 +295,25 @@ class RotatingEndpoint:
         self.next = (self.next + 1) % len(self.endpoints)
         self.current = name
         return endpoint.connect(factory)
+
+    def __repr__(self) -> str:  # ClientService's "Scheduling retry N to connect ..." line
+        return "router replicas " + ", ".join(name for name, _ in self.endpoints)
+
+
+@implementer(IStreamClientEndpoint)
+class _Described:
+    """An endpoint that reads as what it dials in ClientService's retry lines (instead of
+    "<... object at 0x7f...>")."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self.endpoint.connect(factory)
+
+    def __repr__(self) -> str:
+        return self.description
 
 
 def _request_head(request: Request) -> RequestHead:

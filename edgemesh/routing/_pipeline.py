@@ -867,9 +867,13 @@ class Pipeline:
             return
         if len(self._draining_peers) >= _MAX_SERVICES:
             self._draining_peers.clear()
-        self._draining_peers[peer] = self.now() + self.settings.peer_drain_memory
+        now = self.now()
+        # Said once: a peer's GOAWAY comes on each of its links (hub in and out, tunnel).
+        known = self._draining_peers.get(peer, 0.0) > now
+        self._draining_peers[peer] = now + self.settings.peer_drain_memory
         self._refilter()
-        self.log.info("peer {peer} is draining: choosing its endpoints no more", peer=peer)
+        if not known:
+            self.log.info("peer {peer} is draining: choosing its endpoints no more", peer=peer)
 
     def peer_back(self, peer: str) -> None:
         if self._draining_peers.pop(peer, None) is not None:

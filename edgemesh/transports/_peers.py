@@ -247,6 +247,9 @@ class _WatchedEndpoint:
 
         return self.endpoint.connect(factory).addCallbacks(succeeded, failed)
 
+    def __repr__(self) -> str:  # ClientService's "Scheduling retry N to connect ..." line
+        return f"the hub of {self.peer}"
+
 
 class HubDialer:
     """One persistent, reconnecting link per peer edge, made on first use."""
