@@ -167,6 +167,16 @@ def test_readyz_edge_with_a_given_catalog(reactor: MemoryReactorClock, tmp_path:
 # -- /peers ----------------------------------------------------------------------------------
 
 
+def test_a_page_a_node_lacks_is_a_json_404_listing_its_pages(
+        reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    edge = edge_node(reactor, tmp_path)
+    status, content_type, body = get(edge, b"/edges")  # a router's page
+    assert (status, content_type) == (404, "application/json")
+    assert body["error"] == "no page /edges on this node"
+    assert "/readyz" in body["pages"] and "/edges" not in body["pages"]
+    assert "/edges" in get(router_node(reactor, http=None), b"/nope")[2]["pages"]
+
+
 def test_peers_of_edge_and_router(reactor: MemoryReactorClock, tmp_path: Path) -> None:
     router = router_node(reactor, http=None)
     edge = edge_node(reactor, tmp_path)

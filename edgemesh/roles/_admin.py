@@ -192,8 +192,18 @@ def replica_view(node: MeshNode) -> dict[str, object]:
     }
 
 
+class _Root(Resource):
+    """The admin API's root: a page it does not have is a JSON 404 that lists the pages (as
+    every page but /metrics answers JSON), not twisted.web's HTML one."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        pages = sorted("/" + name.decode() for name in self.children)
+        shown = "/" + path.decode("utf-8", "replace")
+        return _JSON(lambda: (404, {"error": f"no page {shown} on this node", "pages": pages}))
+
+
 def admin_site(node: MeshNode) -> Site:
-    root = Resource()
+    root = _Root()  # type: ignore[no-untyped-call]
 
     def healthz() -> tuple[int, object]:
         return (200 if node.serving else 503), {"status": "ok" if node.serving else "starting"}
