@@ -185,11 +185,25 @@ def test_revision_is_passed_on(tmp_path: Path) -> None:
     assert load_manifest(str(path), revision=7).revision == 7
 
 
-def test_other_kinds_are_ignored() -> None:
+@pytest.mark.parametrize("kind", ["ConfigMap", "Endpoints", "EndpointSliceList",
+                                  "ServiceAccount", "PodTemplate", "Namespace"])
+def test_other_kinds_are_ignored(kind: str) -> None:
     catalog = catalog_from_objects(
-        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": 5}]
+        [{"apiVersion": "v1", "kind": kind, "metadata": {"name": "x"}, "data": 5}]
     )
     assert catalog == Catalog.empty()
+
+
+@pytest.mark.parametrize(("kind", "meant"), [
+    ("Servce", "Service"), ("service", "Service"), ("EndpointSlices", "EndpointSlice"),
+    ("endpointslice", "EndpointSlice"), ("Nodes", "Node"),
+])
+def test_a_misspelt_kind_is_refused_not_left_out(kind: str, meant: str) -> None:
+    """Left out, the object's service would answer 404 with no word of why."""
+    with pytest.raises(ManifestError) as caught:
+        catalog_from_objects([{"apiVersion": "v1", "kind": "Deployment"},
+                              {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x"}}])
+    assert str(caught.value) == f"object #2: kind: {kind!r} is not a kind (did you mean {meant}?)"
 
 
 @pytest.mark.parametrize(

@@ -755,11 +755,27 @@ def _unique(seen: Mapping[str, object], key: str, what: str) -> None:
         raise ManifestError(what, "", "defined twice")
 
 
+_KINDS = ("Node", "Service", "EndpointSlice", "Pod")
+"""The kinds the catalog reads; other kinds (a Deployment beside them) are left out."""
+_NEAR_BUT_REAL = frozenset({"Endpoints"})
+"""Kubernetes kinds spelt close to one of _KINDS, left out as other kinds are."""
+
+
 def _kind(obj: object, position: int) -> tuple[Mapping[str, object], str]:
     r = _Reader(f"object #{position}")
     if not isinstance(obj, Mapping):
         r.fail("", f"must be a mapping, got {_type_name(obj)}")
-    return obj, r.required_string(obj.get("kind"), "kind")
+    kind = r.required_string(obj.get("kind"), "kind")
+    if kind not in _KINDS and kind not in _NEAR_BUT_REAL and not kind.endswith("List"):
+        # Left out, unless it is a misspelt kind the catalog reads ("Servce", "endpointslice"):
+        # that object would be missing with no word, and its service answer 404.
+        import difflib
+
+        close = difflib.get_close_matches(kind.lower(), [k.lower() for k in _KINDS], 1, 0.8)
+        if close:
+            meant = next(k for k in _KINDS if k.lower() == close[0])
+            r.fail("kind", f"{kind!r} is not a kind (did you mean {meant}?)")
+    return obj, kind
 
 
 def _flatten(objects: Iterable[object]) -> Iterable[object]:
