@@ -158,6 +158,24 @@ def test_readyz_edge_needs_a_catalog(reactor: MemoryReactorClock, tmp_path: Path
     assert get(edge, b"/readyz")[0] == 200
 
 
+def test_readyz_says_why_the_stored_catalog_is_not_used(
+        reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    from edgemesh.catalog._store import PREVIOUS_FILE, STORE_FILE
+
+    (tmp_path / STORE_FILE).write_bytes(b"")
+    (tmp_path / PREVIOUS_FILE).write_bytes(b"\x92garbage")
+    edge = edge_node(reactor, tmp_path)
+    edge.startService()
+    status, _, body = get(edge, b"/readyz")
+    assert status == 503
+    why = body["detail"]["catalog"]
+    assert why.startswith("no catalog yet (none usable stored: "), why
+    assert f"{STORE_FILE}: empty (truncated)" in why and PREVIOUS_FILE in why, why
+    # Nothing stored at all reads as before.
+    assert get(edge_node(reactor, tmp_path / "fresh"), b"/readyz")[2]["detail"]["catalog"] == \
+        "no catalog yet (none stored, none given, none pushed)"
+
+
 def test_readyz_edge_with_a_given_catalog(reactor: MemoryReactorClock, tmp_path: Path) -> None:
     edge = edge_node(reactor, tmp_path, catalog=make_catalog(revision=0))
     edge.startService()

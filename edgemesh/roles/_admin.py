@@ -161,7 +161,9 @@ def readiness(node: MeshNode) -> tuple[bool, dict[str, bool], dict[str, str]]:
         why = "waiting for the catalog source to list"
     else:
         loaded = catalog.revision > 0 or bool(catalog.services) or bool(catalog.nodes)
-        why = "no catalog yet (none stored, none given, none pushed)"
+        unusable = getattr(node, "store_problems", ())
+        stored = f"none usable stored: {'; '.join(unusable)}" if unusable else "none stored"
+        why = f"no catalog yet ({stored}, none given, none pushed)"
     down = sorted(name for name, listener in node.listeners.items() if listener.port is None)
     checks = {"started": node.serving, "listeners": not down, "catalog": loaded}
     detail: dict[str, str] = {}

@@ -539,6 +539,8 @@ class EdgeNode(MeshNode):
         catalog, problems = self.store.load()
         for problem in problems:
             log.warn("catalog store: {problem}", problem=problem)
+        self.store_problems = tuple(problems)
+        """Why the stored catalog files could not be used at start (/readyz says it)."""
         if catalog is None:
             catalog = config.catalog or Catalog.empty()
         super().__init__(reactor, Role.edge, config.node, catalog)
