@@ -43,6 +43,8 @@ VALUE_NAMES = {
     "_interval": "seconds",
     "seconds_or_off": "seconds (0: off)",
     "_size": "bytes (k, m, g: KiB, MiB, GiB)",
+    "_head_size": "bytes (k, m, g: KiB, MiB, GiB)",
+    "_heartbeat_interval": "positive seconds",
     "_threshold": "bytes (k, m: KiB, MiB; 0: glibc's)",
     "_count": "count",
     "_services": "count",

@@ -503,6 +503,56 @@ def test_trust_remove_by_fingerprint_and_force(tmp_path: Path, two_cas: tuple[Pa
     assert "both added and removed" in capsys.readouterr().err
 
 
+def test_trust_remove_by_the_short_fingerprint_it_prints(
+        tmp_path: Path, two_cas: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`certs trust --add` prints 16 hex digits of each CA's fingerprint: --remove takes them
+    (or more, with colons and in any case) as well as the whole one."""
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(new), "edge-1", out=str(node))
+    assert certs_main(["trust", "--dir", str(node), "--add", str(old)]) == 0
+    printed = capsys.readouterr().out.split("sha256 ")[1][:16]
+    assert printed == ca_fingerprint(old)[:16]
+    before = (node / "ca.pem").read_bytes()
+    assert certs_main(["trust", "--dir", str(node), "--remove", printed]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
+    (node / "ca.pem").write_bytes(before)
+    longer = ca_fingerprint(old)[:20].upper()
+    colons = ":".join(longer[i:i + 2] for i in range(0, 20, 2))
+    assert certs_main(["trust", "--dir", str(node), "--remove", colons]) == 0
+    assert bundle_of(node / "ca.pem") == [ca_fingerprint(new)]
+    # Fewer than 16 digits could name a CA by chance: refused, and nothing changes.
+    assert certs_main(["trust", "--dir", str(node), "--remove", printed[:15]]) == 1
+    assert "the first 16 or more" in capsys.readouterr().err
+    assert certs_main(["trust", "--dir", str(node), "--remove", "0" * 16]) == 0
+    assert "does not hold sha256 0000000000000000 (nothing to remove)" in capsys.readouterr().out
+
+
+def test_trust_refuses_a_prefix_that_names_several_cas(
+        tmp_path: Path, two_cas: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two CAs whose fingerprints share the prefix given (made so here: 64 bits never
+    collide by chance): neither is removed, and the message names both."""
+    import edgemesh.security._certs as certs_module
+
+    old, new = two_cas
+    node = tmp_path / "node"
+    issue_into_dir(str(new), "edge-1", out=str(node))
+    change_trust(str(node / "ca.pem"), add=[cert_of(old / "ca.pem")])
+    before = (node / "ca.pem").read_bytes()
+    monkeypatch.setattr(certs_module, "fingerprint",
+                        lambda cert: "ab" * 8 + fingerprint(cert)[16:])
+    assert certs_main(["trust", "--dir", str(node), "--remove", "ab" * 8]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names 2 CAs" in err and "nothing was changed" in err
+    for directory in (old, new):
+        assert "ab" * 8 + ca_fingerprint(directory)[16:] in err
+    assert (node / "ca.pem").read_bytes() == before
+    with pytest.raises(CertError, match="both added and removed"):
+        change_trust(str(node / "ca.pem"), add=[cert_of(old / "ca.pem")], remove=["ab" * 8])
+
+
 def test_a_ca_directory_that_trusts_another_ca_still_issues(two_cas: tuple[Path, Path]) -> None:
     """A CA directory used as a node's --tls-dir (as `edgemesh demo` does) may hold a
     bundle: issue signs with the certificate of ca.key, and that one cannot be removed."""

@@ -131,7 +131,7 @@ def test_every_coerced_option_names_itself(
     [
         ("--stream-idle-timeout", "must be more than 0 and at most 86400 seconds"),
         ("--drain-timeout", "must be more than 0 and at most 86400 seconds"),
-        ("--heartbeat-interval", "must be more than 0 and at most 86400 seconds"),
+        ("--heartbeat-interval", "must be at least 0.1 and at most 86400 seconds"),
         ("--connect-timeout", "must be more than 0 and at most 86400 seconds"),
         ("--request-timeout", "must be more than 0 and at most 86400 seconds"),
         ("--tls-handshake-timeout", "must be more than 0 and at most 3600 seconds"),

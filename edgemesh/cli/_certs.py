@@ -24,6 +24,7 @@ from ..security.certs import (
     CA_DAYS,
     CA_FILE,
     NODE_DAYS,
+    SHORT_FINGERPRINT,
     CertError,
     TrustChange,
     change_trust,
@@ -83,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                        "repeatable; a CA already there is not added twice")
     trust.add_argument("--remove", action="append", default=[], metavar="CA",
                        help="stop trusting the CA(s) in this PEM file, or the CA with this "
-                       "SHA-256 fingerprint (as listed); repeatable")
+                       f"SHA-256 fingerprint (as listed, or its first {SHORT_FINGERPRINT} hex "
+                       "digits or more, as printed when added); repeatable")
     trust.add_argument("--force", action="store_true",
                        help="remove even a CA that signs a node certificate in the same directory")
 
@@ -121,7 +123,8 @@ def _removal(argument: str) -> list[x509.Certificate | str]:
         return list(read_cas(argument))
     value = parse_fingerprint(argument)
     if value is None:
-        raise CertError(f"--remove {argument}: neither a PEM file nor a SHA-256 fingerprint")
+        raise CertError(f"--remove {argument}: neither a PEM file nor a SHA-256 fingerprint "
+                        f"(64 hex digits, or the first {SHORT_FINGERPRINT} or more)")
     return [value]
 
 
@@ -134,7 +137,7 @@ def _print_change(change: TrustChange) -> None:
     for cert in change.removed:
         print(f"{path}: removed      {describe_ca(cert)}")
     for value in change.absent:
-        print(f"{path}: does not hold sha256 {value[:16]} (nothing to remove)")
+        print(f"{path}: does not hold sha256 {value[:SHORT_FINGERPRINT]} (nothing to remove)")
     count = len(change.bundle)
     noun = "CA" if count == 1 else "CAs"
     if change.changed:

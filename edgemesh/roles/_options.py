@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
 from twisted.python import usage
+from zope.interface import implementer
 
-from ..catalog import Catalog
+from ..catalog import Catalog, is_dns1123_subdomain
 from ..observability import ObservabilityOptions
-from ..security import TLSOptions
-from ..transports import FrontLimits
+from ..security import ANY_PEER, TLSOptions
+from ..transports import FrontLimits, with_backlog
 from ..wire import Limits
 from ._heap import DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, TRIM_INTERVAL
 from ._resilience import ResilienceOptions, positive_seconds, seconds_or_off
@@ -39,6 +42,19 @@ def _size(value: str) -> int:
     if number <= 0:
         raise ValueError("must be more than 0 bytes")
     return number
+
+
+MIN_HEADER_BYTES = 1 << 10
+"""The smallest --max-header-bytes: a request line and a few header fields (a browser's head
+is 0.5-2 KiB); below it every request would be answered 431."""
+
+
+def _head_size(value: str) -> int:
+    number = _size(value)
+    if number < MIN_HEADER_BYTES:
+        raise ValueError("must be at least 1KiB (a request line and its header fields)")
+    return number
+
 
 
 def _threshold(value: str) -> int:
@@ -85,12 +101,96 @@ class _NamedCoerce(usage.CoerceParameter):
         self.options.opts[parameterName] = coerced
 
 
+def check_node_name(option: str, name: str, typed: str | None = None, *,
+                    any_name: bool = False) -> None:
+    """Refuse a node name no catalog nor certificate can carry (a DNS-1123 subdomain, as
+    ``edgemesh certs issue`` wants): TLS would only fail at the first dial (an empty name is
+    an IDNA error) and never retry.  ``typed``: the option's whole value, when ``name`` is a
+    part of it; ``any_name``: ``*`` (any router certificate of the CA) is accepted."""
+    shown = name if typed is None else typed
+    if any_name and name == ANY_PEER:
+        return
+    if not name:
+        raise usage.UsageError(f"{option} {shown!r}: the node name is empty")
+    if not is_dns1123_subdomain(name):
+        raise usage.UsageError(
+            f"{option} {shown!r}: {name!r} is not a node name (lower-case letters, digits, "
+            "'-' and '.', as a Kubernetes node name)")
+
+
+@implementer(IReactorPluggableNameResolver)
+class _Unbound:
+    """The reactor endpoint strings are parsed with to check them: Twisted's parsers only keep
+    it (nothing is bound nor dialled); a HostnameEndpoint asks it for its resolver."""
+
+    nameResolver: IHostnameResolver | None = None
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        raise NotImplementedError("never runs: endpoints are only built here")
+
+
+_UNBOUND = _Unbound()
+_NOT_A_NUMBER = re.compile(r"invalid literal for int\(\) with base 10: (.*)")
+_UNKNOWN_TYPE = re.compile(r"Unknown endpoint type: (.*)")
+_UNKNOWN_KEY = re.compile(r".* got an unexpected keyword argument (.*)")
+_MISSING = re.compile(r".* missing \d+ required positional arguments?: (.*)")
+_TOO_MANY = re.compile(r".* positional arguments? but \d+ (?:was|were) given")
+
+
+def _endpoint_reason(description: str, error: Exception, example: str) -> str:
+    """Why Twisted could not build ``description``'s endpoint, in the user's words rather
+    than those of the parser's Python call."""
+    text = str(error)
+    if isinstance(error, OSError):  # ssl: reads its certificate and key when built
+        return f"{error.filename or description}: {error.strerror or text}"
+    if match := _NOT_A_NUMBER.fullmatch(text):
+        fields = (part.partition("=") for part in description.split(":")[1:])
+        name = next((key for key, equals, value in fields
+                     if equals and repr(value) == match[1]), "port")
+        return f"{name} {match[1]} is not a number"
+    if match := _UNKNOWN_TYPE.fullmatch(text):
+        return f"unknown endpoint type {match[1]} (e.g. {example})"
+    if match := _UNKNOWN_KEY.fullmatch(text):
+        return f"unknown parameter {match[1]}"
+    if match := _MISSING.fullmatch(text):
+        return f"missing {match[1]}"
+    if _TOO_MANY.fullmatch(text):
+        return "too many ':'-separated parts"
+    if isinstance(error, (IndexError, KeyError)) and description.startswith("systemd:"):
+        return "systemd passed no such socket (LISTEN_FDS)"
+    return f"not an endpoint string ({text or type(error).__name__})"
+
+
+def check_endpoint(option: str, value: str, *, server: bool, used: str | None = None) -> None:
+    """Refuse an endpoint string Twisted cannot build, naming the option: at start, rather
+    than a traceback when twistd binds it (after the other listeners took their ports) or at
+    the first dial.  The endpoint is only built.  ``used``: the string the role really
+    listens on or dials, when it differs from ``value`` (--admin's loopback)."""
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    description = value if used is None else used
+    # A listener binds with_backlog's string: checked after the one typed, whose faults
+    # are the user's own words.
+    for text in (description, with_backlog(description)) if server else (description,):
+        try:
+            if server:
+                serverFromString(_UNBOUND, text)
+            else:
+                clientFromString(_UNBOUND, text)
+        except AttributeError:
+            return  # a plugin's endpoint that needs a real reactor to be built: left to start
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
+            example = "tcp:PORT, unix:PATH" if server else "tcp:HOST:PORT"
+            raise usage.UsageError(
+                f"{option} {value!r}: {_endpoint_reason(text, error, example)}") from None
+
+
 def shown_default(value: object, coerce: Callable[[str], Any] | None) -> object:
     """A parameter's default as a user would type it (--help, and docs/gen_config.py):
     on/off, sizes in KiB/MiB/GiB, whole seconds without ".0"."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    if coerce in (_size, _threshold) and isinstance(value, int) and value > 0:
+    if coerce in (_size, _head_size, _threshold) and isinstance(value, int) and value > 0:
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if value % size == 0:
                 return f"{value // size}{unit}"
@@ -121,7 +221,8 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
          positive_seconds],
         ["max-body", None, _size("1GiB"), "Largest request body accepted (then 413).", _size],
         ["max-headers", None, 100, "Most header fields in a request head (then 431).", _count],
-        ["max-header-bytes", None, _size("60KiB"), "Largest request head (then 431).", _size],
+        ["max-header-bytes", None, _size("60KiB"),
+         "Largest request head (then 431; at least 1KiB).", _head_size],
         ["initial-window", None, Limits.initial_window,
          ("Body bytes a stream on a link to this node may send before it is granted more "
           "credit; every stream keeps this much however busy the link is."), _size],
@@ -167,6 +268,20 @@ class CommonOptions(TLSOptions, ObservabilityOptions, ResilienceOptions):
             return super().getUsage(width)
         finally:
             self.defaults = typed  # the parsed values and docs/gen_config.py read these
+
+    def check_listeners(self, *names: str) -> None:
+        """--admin and the role's other listener options (``names``): each a server endpoint
+        string Twisted can build."""
+        for name in ("admin", *names):
+            value = self[name]
+            if value is None:
+                continue
+            used = None
+            if name == "admin":
+                from ._admin import admin_endpoint  # the admin API's modules: with --admin only
+
+                used = admin_endpoint(value)
+            check_endpoint(f"--{name}", value, server=True, used=used)
 
     def load_catalog(self, path: str) -> Catalog:
         if not os.path.isfile(path):

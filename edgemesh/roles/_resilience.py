@@ -56,6 +56,19 @@ def seconds_or_off(value: str) -> float:
     return number if number else 0.0  # -0.0 too
 
 
+MIN_HEARTBEAT_INTERVAL = 0.1
+"""The shortest --heartbeat-interval: every link pings this often, and a reactor busy for a
+few such intervals would have its links closed for silence."""
+
+
+def _heartbeat_interval(value: str) -> float:
+    number = _seconds(value)
+    if not MIN_HEARTBEAT_INTERVAL <= number <= 86400:
+        raise ValueError(f"must be at least {MIN_HEARTBEAT_INTERVAL:g} and at most 86400 seconds")
+    return number
+
+
+
 def _count(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -105,14 +118,16 @@ class ResilienceOptions(usage.Options):
          "Consecutive failures (connect errors, resets, timeouts, 5xx) that eject an endpoint.",
          _count(1, 1000)],
         ["ejection-time", None, _D.base_ejection,
-         "Seconds of the first ejection (× the times ejected).", positive_seconds],
+         "Seconds of the first ejection (× the times ejected; at most --max-ejection-time).",
+         positive_seconds],
         ["max-ejection-time", None, _D.max_ejection, "Longest ejection, in seconds.",
          positive_seconds],
         ["max-ejection-percent", None, _D.max_ejection_percent,
          "Most endpoints of a service ejected at once, in per cent (always one of two or more).",
          _count(0, 100)],
         ["heartbeat-interval", None, _D.heartbeat_interval,
-         "Seconds between pings on every link.", positive_seconds],
+         f"Seconds between pings on every link (at least {MIN_HEARTBEAT_INTERVAL:g}).",
+         _heartbeat_interval],
         ["heartbeat-timeout", None, _D.heartbeat_timeout,
          ("A link silent this long (more than --heartbeat-interval) is closed and its "
          "exchanges fail at once."), positive_seconds],
@@ -120,6 +135,17 @@ class ResilienceOptions(usage.Options):
          "On SIGTERM, seconds the exchanges in progress may take before the node stops.",
          positive_seconds],
     ]
+
+    def check_resilience(self) -> None:
+        """Refuse the settings that are wrong only together (each coercer checked its own)."""
+        interval, timeout = self["heartbeat-interval"], self["heartbeat-timeout"]
+        if timeout <= interval:  # a link would be closed between two pings
+            raise usage.UsageError(f"--heartbeat-timeout {timeout:g}: must be more than "
+                                   f"--heartbeat-interval ({interval:g})")
+        first, longest = self["ejection-time"], self["max-ejection-time"]
+        if first > longest:
+            raise usage.UsageError(f"--ejection-time {first:g}: must not be more than "
+                                   f"--max-ejection-time ({longest:g})")
 
     def resilience(self) -> Resilience:
         return Resilience(

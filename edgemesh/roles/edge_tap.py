@@ -10,8 +10,8 @@ from twisted.python import usage
 
 from ..capture import CaptureOptions
 from ._heap import set_mmap_threshold
-from ._node import EdgeConfig, build_edge
-from ._options import CommonOptions
+from ._node import EdgeConfig, build_edge, router_entry
+from ._options import CommonOptions, check_endpoint, check_node_name
 
 
 class Options(CommonOptions, CaptureOptions):
@@ -20,8 +20,8 @@ class Options(CommonOptions, CaptureOptions):
     synopsis = (
         "--node NAME --state-dir DIR "
         "(--tls-dir DIR | --ca FILE --cert FILE --key FILE | --insecure) "
-        "[--router tcp:HOST:7700] [--proxy tcp:7781] [--hub tcp:7701] [--catalog FILE] "
-        "[--admin tcp:7791]"
+        "[--router tcp:HOST:7700] [--proxy tcp:7781:interface=127.0.0.1] [--hub tcp:7701] "
+        "[--catalog FILE] [--admin tcp:7791]"
     )
     longdesc = (
         "The edgemesh edge service bus: local apps, pods on this node, other edges and the router.")
@@ -47,16 +47,30 @@ class Options(CommonOptions, CaptureOptions):
         turn, and the name is resolved again once all were tried."""
         self.setdefault("routers", []).append(value)
 
+    def check_routers(self, routers: list[str]) -> None:
+        """Each --router: a node name (when given, NAME=) and a client endpoint string."""
+        for entry in routers:
+            if entry.startswith("="):
+                check_node_name("--router", "", entry)  # router_entry would dial "=tcp:..."
+            name, endpoint = router_entry(entry, self["router-name"])
+            check_node_name("--router", name, entry, any_name=True)
+            check_endpoint("--router", entry, server=False, used=endpoint)
+
     def postOptions(self) -> None:
         routers = self.get("routers", [])
         self["router"] = routers[0] if routers else None
         self["more_routers"] = tuple(routers[1:])
-        if not self["node"]:
+        if self["node"] is None:
             raise usage.UsageError("--node NAME is required")
+        check_node_name("--node", self["node"])
         if not self["state-dir"]:
             raise usage.UsageError("--state-dir DIR is required")
         if self["outbound"] not in ("allow", "deny"):
             raise usage.UsageError(f"--outbound must be allow or deny, not {self['outbound']!r}")
+        check_node_name("--router-name", self["router-name"], any_name=True)
+        self.check_routers(routers)
+        self.check_listeners("proxy", "hub", "transparent")
+        self.check_resilience()
         try:
             os.makedirs(self["state-dir"], exist_ok=True)
         except OSError as error:

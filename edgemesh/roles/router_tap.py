@@ -12,7 +12,7 @@ from ..catalog import Catalog, Scope, ScopeError
 from ..sources import KubernetesOptions, http_port, service_account_namespace
 from ._heap import set_mmap_threshold
 from ._kubernetes import KubernetesConfig
-from ._options import CommonOptions
+from ._options import CommonOptions, check_endpoint, check_node_name
 from ._router import RouterConfig, build_router
 
 
@@ -60,6 +60,8 @@ class Options(CommonOptions, KubernetesOptions):
         name, sep, endpoint = value.partition("=")
         if not sep or not name or ":" in name or not endpoint:
             raise usage.UsageError(f"--peer-router {value!r}: expected NAME=ENDPOINT")
+        check_node_name("--peer-router", name, value)
+        check_endpoint("--peer-router", value, server=False, used=endpoint)
         self.setdefault("peer_routers_value", []).append((name, endpoint))
 
     def postOptions(self) -> None:
@@ -71,6 +73,11 @@ class Options(CommonOptions, KubernetesOptions):
         if not self.kubernetes_requested() and not self["catalog"]:
             raise usage.UsageError(
                 "--catalog FILE is required (or --kubeconfig FILE or --in-cluster)")
+        check_node_name("--node", self["node"])
+        self.check_listeners("tunnel", "http", "peer-listen")
+        if self["peer-advertise"]:
+            check_endpoint("--peer-advertise", self["peer-advertise"], server=False)
+        self.check_resilience()
         # With Kubernetes, the catalog comes once the watch has listed everything.
         self["catalog_value"] = (self.load_catalog(self["catalog"]) if self["catalog"]
                                  else Catalog.empty())

@@ -38,6 +38,9 @@ CA_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
 CA_DAYS = 3650
 NODE_DAYS = 365
+SHORT_FINGERPRINT = 16
+"""Hex digits of a CA's fingerprint that ``describe_ca`` prints, and the fewest that
+``certs trust --remove`` takes (64 bits: no two CAs of one bundle share them by chance)."""
 MAX_FILE_BYTES = 1 << 20
 """A bundle or certificate larger than this is refused (nodes refuse it too)."""
 _SCAN_LIMIT = 4096
@@ -358,7 +361,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 def describe_ca(cert: x509.Certificate) -> str:
     """One line for operators: name, fingerprint (prefix), validity."""
     return (
-        f"{cert.subject.rfc4514_string()} (sha256 {fingerprint(cert)[:16]}, "
+        f"{cert.subject.rfc4514_string()} (sha256 {fingerprint(cert)[:SHORT_FINGERPRINT]}, "
         f"valid until {cert.not_valid_after_utc:%Y-%m-%d}Z)"
     )
 
@@ -437,13 +440,25 @@ def _directory_lock(directory: str) -> Iterator[None]:
 
 def parse_fingerprint(text: str) -> str | None:
     """A SHA-256 fingerprint as ``edgemesh certs trust`` (listing) or ``openssl x509
-    -fingerprint -sha256`` print it (colons and case do not matter); None when ``text`` is
-    not one."""
+    -fingerprint -sha256`` print it (colons and case do not matter), whole or its first
+    ``SHORT_FINGERPRINT`` hex digits or more (as ``describe_ca`` prints it); None when
+    ``text`` is not one.  ``change_trust`` resolves a prefix against the bundle."""
     value = text.strip().lower().removeprefix("sha256:").removeprefix("sha256 fingerprint=")
     value = value.replace(":", "")
-    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+    if SHORT_FINGERPRINT <= len(value) <= 64 and all(c in "0123456789abcdef" for c in value):
         return value
     return None
+
+
+def _whole_fingerprint(wanted: str, present: Sequence[str]) -> str:
+    """``wanted`` (a fingerprint or a prefix) as the one fingerprint of ``present`` it
+    names; itself when none does (nothing to remove).  Raises CertError when a prefix names
+    several CAs: removing all of them is not what the user asked for."""
+    matches = sorted({value for value in present if value.startswith(wanted)})
+    if len(matches) > 1:
+        raise CertError(f"sha256 {wanted} names {len(matches)} CAs ({', '.join(matches)}): "
+                        "give more of the fingerprint; nothing was changed")
+    return matches[0] if matches else wanted
 
 
 def change_trust(
@@ -453,7 +468,8 @@ def change_trust(
     remove: Sequence[x509.Certificate | str] = (),
     force: bool = False,
 ) -> TrustChange:
-    """Add CAs to, or remove them (certificates or fingerprints) from, the bundle at
+    """Add CAs to, or remove them (certificates, or fingerprints: whole, or a prefix that
+    names one CA of the bundle, see ``parse_fingerprint``) from, the bundle at
     ``path``, written atomically and only when it changes (an unchanged file does not make
     a watching node reload).  Adding keeps everything the file holds and appends what is
     missing; a missing file is created (0644).  A removal that would leave the bundle empty
@@ -469,7 +485,8 @@ def change_trust(
             )
     adding = {fingerprint(c) for c in add}
     for wanted in remove:
-        if (wanted if isinstance(wanted, str) else fingerprint(wanted)) in adding:
+        key = wanted if isinstance(wanted, str) else fingerprint(wanted)
+        if any(value.startswith(key) for value in adding):  # a fingerprint may be a prefix
             raise CertError("the same CA cannot be both added and removed")
     # A symlinked bundle (one file shared by several nodes' directories) is updated where
     # it points, and stays a link.
@@ -508,11 +525,14 @@ def _change_trust(
         else:
             known.add(fingerprint(cert))  # the same CA twice in --add: once in the bundle
             added.append(cert)
-    unwanted = {w if isinstance(w, str) else fingerprint(w) for w in remove}
+    present = [fingerprint(c) for c in current]
+    # Prefixes resolved under the lock: against the bundle as it is written.
+    unwanted = {_whole_fingerprint(w, present) if isinstance(w, str) else fingerprint(w)
+                for w in remove}
     # Duplicates already in the file go too: a removed CA leaves no copy behind.
     kept = [c for c in current if fingerprint(c) not in unwanted]
     removed = [c for c in current if fingerprint(c) in unwanted]
-    absent = tuple(sorted(unwanted - {fingerprint(c) for c in current}))
+    absent = tuple(sorted(unwanted - set(present)))
     bundle = [*kept, *added]
     if removed:
         _check_removal(path, os.path.dirname(os.path.abspath(path)), removed, bundle, force)
