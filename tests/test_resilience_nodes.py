@@ -118,6 +118,66 @@ def test_stop_at_the_drain_deadline(mesh: Mesh, reactor: MemoryReactorClock) -> 
     assert stopped.called and not edge.running
 
 
+def test_the_deadline_answers_a_waiting_client_503_draining(
+        mesh: Mesh, reactor: MemoryReactorClock) -> None:
+    """At the drain deadline a client still waiting gets the mesh's 503 draining, not a
+    connection closed with no answer (and an access log that blamed the client)."""
+    edge = mesh.edge("edge-1", resilience=Resilience(drain_timeout=3.0))
+    mesh.connect()
+    client, transport = http_client(edge.listeners["proxy"].factory)
+    client.dataReceived(GET_WEB)
+    mesh.pod(("10.1.0.1", 8080))  # never answers
+    edge.stopService()
+    reactor.advance(3.1)
+    assert transport.value().startswith(b"HTTP/1.1 503 "), transport.value()
+    assert b"X-Edgemesh-Error: draining" in transport.value()
+    assert b"drain deadline (3s)" in transport.value()
+
+
+def test_a_second_stop_signal_ends_the_drain_at_once(
+        mesh: Mesh, reactor: MemoryReactorClock) -> None:
+    import signal
+
+    from edgemesh.roles._resilience import second_signal_cuts_the_drain
+
+    edge = mesh.edge("edge-1", resilience=Resilience(drain_timeout=30.0))
+    mesh.connect()
+    client, transport = http_client(edge.listeners["proxy"].factory)
+    client.dataReceived(GET_WEB)
+    mesh.pod(("10.1.0.1", 8080))  # never answers
+    triggers: list[Any] = []
+    calls: list[Any] = []
+
+    class Reactor:
+        def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+            triggers.append((phase, event, f))
+
+        def callFromThread(self, f: Any, *args: Any) -> None:
+            calls.append((f, args))
+
+    second_signal_cuts_the_drain(Reactor(), edge)
+    [(phase, event, install)] = triggers
+    assert (phase, event) == ("before", "shutdown")
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        install()  # twistd's shutdown begins: the first signal was Twisted's to take
+        stopped = edge.stopService()
+        assert stopped is not None
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and handler is signal.getsignal(signal.SIGINT)
+        handler(signal.SIGTERM, None)  # the second: only asks the reactor thread
+        [(cut, args)] = calls
+        assert transport.value() == b""
+        cut(*args)
+    finally:
+        for number, previous in saved.items():
+            signal.signal(number, previous)
+    assert transport.value().startswith(b"HTTP/1.1 503 "), transport.value()
+    assert b"asked twice to stop" in transport.value()
+    reactor.advance(0)
+    assert not edge.running and edge.cut_drain is None
+
+
 def test_stop_with_nothing_in_progress_is_immediate(mesh: Mesh) -> None:
     edge = mesh.edge("edge-1")
     mesh.connect()

@@ -210,6 +210,24 @@ def test_request_timeout_504_and_the_target_is_cancelled() -> None:
     assert client.status is None
 
 
+def test_the_drain_deadline_answers_what_is_still_waiting_503_draining() -> None:
+    """Past the drain deadline the node stops with exchanges in progress: those without a
+    response yet get the mesh's 503 draining (not a closed connection and no answer), the
+    next hop is cancelled, and nothing counts as a timeout or against the endpoint."""
+    mesh = Mesh()
+    waiting, _ = mesh.send()
+    answered, _ = mesh.send()
+    first, second = mesh.pods.opened
+    second.respond()  # done before the deadline: untouched
+    assert mesh.pipeline.cut_short("edge-1 stopped: drain deadline (10s) passed") == 1
+    assert waiting.error is not None and waiting.error.reason is Reason.draining
+    assert waiting.error.status == 503 and "drain deadline" in waiting.error.detail
+    assert first.body.aborted is not None
+    assert answered.status == 200 and answered.error is None
+    assert mesh.pipeline.in_flight == 0 and mesh.state()["timeouts"] == 0
+    assert not mesh.pipeline.outliers.ejected
+
+
 def test_a_service_timeout_annotation() -> None:
     mesh = Mesh()
     client, _ = mesh.send("fast")

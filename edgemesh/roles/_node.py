@@ -343,6 +343,8 @@ class MeshNode(MultiService):
         self.heap: HeapTrimmer | None = None
         """Trims the C heap (the config's ``malloc_trim_interval``); None: never."""
         self.serving = False
+        self.cut_drain: Callable[[], object] | None = None
+        """While draining: ends the drain now (a second stop signal; roles/_resilience.py)."""
         self.started_at = 0.0
         self.status_parts: dict[str, Callable[[], object]] = {}
         """More sections of ``status()`` (e.g. the Kubernetes watch), by name."""

@@ -14,7 +14,14 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -26,7 +33,7 @@ if TYPE_CHECKING:
     from ..transports import EnvelopeLink
     from ._node import MeshNode
 
-__all__ = ["ResilienceOptions", "drain", "track_link"]
+__all__ = ["ResilienceOptions", "drain", "second_signal_cuts_the_drain", "track_link"]
 
 log = Logger(namespace="edgemesh.drain")
 
@@ -132,7 +139,9 @@ class ResilienceOptions(usage.Options):
          ("A link silent this long (more than --heartbeat-interval) is closed and its "
          "exchanges fail at once."), positive_seconds],
         ["drain-timeout", None, _D.drain_timeout,
-         "On SIGTERM, seconds the exchanges in progress may take before the node stops.",
+         ("On SIGTERM, seconds the exchanges in progress may take before the node stops "
+          "(then those still waiting get 503 draining; under twistd a second SIGTERM or "
+          "Ctrl-C stops it at once)."),
          positive_seconds],
     ]
 
@@ -214,13 +223,24 @@ def drain(node: MeshNode, settings: Resilience,
         # Router replicas: the edges told to move leave first (no gap for their traffic).
         waiting = gatherResults([waiting, moved()], consumeErrors=True).addCallback(lambda _: None)
     waiting.addTimeout(settings.drain_timeout, clock)
+    node.cut_drain = waiting.cancel  # a second stop signal (second_signal_cuts_the_drain)
 
     def deadline(failure: Failure) -> None:
-        failure.trap(TimeoutError)
-        log.warn("drain deadline: stopping with {count} exchanges still in progress",
+        failure.trap(TimeoutError, CancelledError)
+        if failure.check(TimeoutError):
+            why = "drain deadline"
+            detail = (f"{node.pipeline.node} stopped: its drain deadline "
+                      f"({settings.drain_timeout:g}s) passed before the response")
+        else:
+            why = "asked again to stop"
+            detail = f"{node.pipeline.node} stopped before the response (asked twice to stop)"
+        log.warn("{why}: stopping with {count} exchanges still in progress", why=why,
                  count=pipeline.in_flight)
+        # What is still waiting gets the mesh's 503 draining, not a closed connection.
+        pipeline.cut_short(detail)
 
     def drained(_: object) -> Deferred[Any]:
+        node.cut_drain = None
         log.info("stopping after {elapsed:.3f}s of drain", elapsed=clock.seconds() - started)
         return maybeDeferred(stop_rest)
 
@@ -230,3 +250,29 @@ def drain(node: MeshNode, settings: Resilience,
     both: list[Deferred[Any]] = [listening, waiting]
     done: Deferred[Any] = gatherResults(both).addCallback(drained)
     return done.addCallback(lambda _: None)
+
+
+def second_signal_cuts_the_drain(reactor: Any, node: MeshNode) -> None:
+    """For a process that is the node's alone (twistd): once it is stopping, a second SIGTERM
+    or SIGINT (Ctrl-C twice, an impatient supervisor) ends the drain at once.  Twisted's
+    own handlers would call ``reactor.stop()`` again, which logs a critical
+    ReactorNotRunning traceback and changes nothing."""
+    import signal
+
+    def again(number: int, frame: object) -> None:
+        reactor.callFromThread(_cut, node)
+
+    def install() -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, again)
+
+    reactor.addSystemEventTrigger("before", "shutdown", install)
+
+
+def _cut(node: MeshNode) -> None:
+    cut = node.cut_drain
+    if cut is None:
+        log.info("already stopping")
+        return
+    node.cut_drain = None
+    cut()

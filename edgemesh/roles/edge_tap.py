@@ -12,6 +12,7 @@ from ..capture import CaptureOptions
 from ._heap import set_mmap_threshold
 from ._node import EdgeConfig, build_edge, router_entry
 from ._options import CommonOptions, check_endpoint, check_node_name
+from ._resilience import second_signal_cuts_the_drain
 
 
 class Options(CommonOptions, CaptureOptions):
@@ -111,4 +112,6 @@ def makeService(options: Options) -> IService:
         malloc_trim_interval=options["malloc-trim-interval"],
         splice=not options["no-splice"],
     )
-    return build_edge(reactor, config)
+    node = build_edge(reactor, config)
+    second_signal_cuts_the_drain(reactor, node)  # twistd: the process is the node's alone
+    return node

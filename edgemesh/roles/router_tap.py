@@ -13,6 +13,7 @@ from ..sources import KubernetesOptions, http_port, service_account_namespace
 from ._heap import set_mmap_threshold
 from ._kubernetes import KubernetesConfig
 from ._options import CommonOptions, check_endpoint, check_node_name
+from ._resilience import second_signal_cuts_the_drain
 from ._router import RouterConfig, build_router
 
 
@@ -155,7 +156,9 @@ def makeService(options: Options) -> IService:
         malloc_trim_interval=options["malloc-trim-interval"],
         splice=not options["no-splice"],
     )
-    return build_router(reactor, config)
+    node = build_router(reactor, config)
+    second_signal_cuts_the_drain(reactor, node)  # twistd: the process is the node's alone
+    return node
 
 
 def peer_advertise(options: Options) -> str | None:

@@ -788,14 +788,19 @@ class GuardedExchange:
         if before >= DONE:
             return
         reason = Reason.upstream_timeout
-        if why == "request":
-            self._count_failure(Reason.upstream_timeout)
-        elif self.request_state == SENDING and before == WAITING and not self.producer_paused:
-            # Silent mid-upload while the target was ready for more: the client stalled,
-            # not the upstream (408, and no mark against the endpoint).
-            reason = Reason.client_timeout
-            detail = f"{self.service.key}: request body stalled: {detail.split(': ', 1)[-1]}"
-        self.state.timeouts += 1
+        if why == "drain":
+            # The node is stopping (its drain deadline passed): no timeout, nobody's fault.
+            reason = Reason.draining
+        else:
+            if why == "request":
+                self._count_failure(Reason.upstream_timeout)
+            elif (self.request_state == SENDING and before == WAITING
+                  and not self.producer_paused):
+                # Silent mid-upload while the target was ready for more: the client stalled,
+                # not the upstream (408, and no mark against the endpoint).
+                reason = Reason.client_timeout
+                detail = f"{self.service.key}: request body stalled: {detail.split(': ', 1)[-1]}"
+            self.state.timeouts += 1
         self.error = reason
         self.pipeline.finished(self)
         inner = self.inner

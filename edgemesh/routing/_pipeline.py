@@ -852,6 +852,17 @@ class Pipeline:
         and requests on open client connections are still served."""
         self.draining = True
 
+    def cut_short(self, detail: str) -> int:
+        """The drain deadline passed: every exchange still in progress ends now, answered
+        503 ``draining`` with ``detail`` if its response has not begun (a client would
+        otherwise see its connection closed with no answer).  Returns how many ended."""
+        cut = 0
+        for guard in list(self._inflight):
+            if not guard.done:
+                guard.expire("drain", detail)
+                cut += 1
+        return cut
+
     def when_drained(self) -> Deferred[None]:
         """Fires once no exchange is in progress."""
         if not self._inflight:

@@ -603,3 +603,48 @@ def test_sigterm_with_50_requests_in_flight_none_fails(live: tuple[Mesh, Pods]) 
     assert "drain deadline" not in log
     restart(mesh, "edge-c")
     assert get(mesh, "edge-c", "drain-c", "/back").status == 200
+
+
+def test_a_second_sigterm_ends_the_drain_and_answers_503(live: tuple[Mesh, Pods]) -> None:
+    """Ctrl-C twice, or a supervisor that signals again: the drain ends at once, the request
+    still waiting gets the mesh's 503 draining (not a closed connection), and nothing logs
+    a critical traceback (Twisted's own handler stopped the stopped reactor again)."""
+    mesh, _ = live
+    edge_c = mesh.procs["edge-c"]
+    port = mesh.proxy("edge-c")
+    results: list[Response | BaseException] = []
+
+    def slow() -> None:
+        try:
+            results.append(request(port, "GET", "/slow?s=8", [("Host", "drain-c")], timeout=20))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            results.append(error)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(slow)
+        wait_until("the request at the pod", lambda: mesh.procs["edge-c"].log.exists()
+                   and counters_active(mesh, "edge-c", "drain-c") == 1, 15)
+        edge_c.popen.send_signal(signal.SIGTERM)
+        wait_until("the drain", lambda: "draining: 1 exchanges" in edge_c.log.read_text(), 10)
+        edge_c.popen.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        edge_c.popen.wait(10)
+        exited_after = time.monotonic() - stopped_at
+    assert exited_after < 3, f"exited {exited_after:.1f}s after the second SIGTERM"
+    [result] = results
+    assert isinstance(result, Response), result
+    assert result.status == 503 and result.header("X-Edgemesh-Error") == "draining", \
+        (result.status, result.body[:300])
+    log = edge_c.log.read_text()
+    assert "asked again to stop: stopping with 1 exchanges still in progress" in log, log[-2000:]
+    assert "#critical" not in log and "ReactorNotRunning" not in log, log[-3000:]
+    restart(mesh, "edge-c")
+    assert get(mesh, "edge-c", "drain-c", "/back").status == 200
+
+
+def counters_active(mesh: Mesh, node: str, service: str) -> int:
+    """Exchanges of ``default/service`` in progress on ``node`` (its /resilience view)."""
+    proc = mesh.procs[node]
+    assert proc.admin is not None
+    view = admin_get(proc.admin, "/resilience")[1]
+    return int(view["services"].get(f"default/{service}", {}).get("active", 0))
