@@ -843,3 +843,23 @@ def test_reconnect_lines_name_what_they_dial() -> None:
     assert repr(RotatingEndpoint([("r1", Refusing()), ("r2", Refusing())])) == \
         "router replicas r1, r2"
     assert repr(_WatchedEndpoint(Refusing(), "edge-2", set())) == "the hub of edge-2"
+
+
+def test_two_edges_with_one_name_are_warned_of(mesh: Mesh, reactor: MemoryReactorClock) -> None:
+    """Each new tunnel of an edge name closes the open one: two processes with one name and
+    certificate replace each other for ever.  Once is normal (a reconnect before the old
+    tunnel timed out); five times within five minutes is one warning."""
+    mesh.edge("edge-1", state="first")
+    mesh.edge("edge-1", state="second")
+    with capturedLogs() as events:
+        for _ in range(60):  # a second at a time: the heartbeats flow meanwhile
+            reactor.advance(1)  # the replaced one dials again after its backoff
+            pump = ConnectionCompleter(reactor).succeedOnce()
+            if pump is not None:
+                mesh.pumps.append(pump)
+            mesh.flush()
+    warned = [e for e in events if "was replaced" in e.get("log_format", "")]
+    replaced = mesh.router.replacements["edge-1"][1]
+    assert replaced >= 5, replaced
+    assert len(warned) == 1 and warned[0]["node"] == "edge-1"
+    assert warned[0]["log_level"] is LogLevel.warn

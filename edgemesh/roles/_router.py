@@ -59,6 +59,9 @@ from ._pusher import DEFAULT_PUSH_INTERVAL, CatalogPusher, EdgeState
 from ._resilience import track_link
 
 log = Logger()
+REPLACED_WINDOW = 300.0
+REPLACED_WARN = 5
+"""An edge's tunnel replaced this many times within REPLACED_WINDOW seconds is warned of."""
 
 _NOT_READY_LOG_EVERY = 10.0
 """Seconds between two router log lines about edges refused while the catalog is pending."""
@@ -148,6 +151,8 @@ class RouterNode(MeshNode):
         self._not_ready_logged: float | None = None
         self.router_links: dict[str, EnvelopeLink] = {}
         """Links to the other router replicas, by node name."""
+        self.replacements: dict[str, tuple[float, int, bool]] = {}
+        """Per edge name: (since, tunnels replaced since then, warned) (``_replaced``)."""
         self.homes = EdgeHomes(lambda edge: edge in self.edges)
         self.pipeline.edge_homes = self.homes.home
         self.forwarded_out = 0
@@ -184,6 +189,7 @@ class RouterNode(MeshNode):
         previous = self.edges.get(peer.node)
         if previous is not None and previous.link is not link:
             previous.link.close_now("replaced by a new connection")
+            self._replaced(peer.node)
         self.links[peer.node] = link
         state = EdgeState(peer.node, self.reactor.seconds(), link,
                           trim=self.config.trim_endpoints
@@ -325,6 +331,24 @@ class RouterNode(MeshNode):
         frame = encode_edges(False, added, removed)
         for link in self.router_links.values():
             link.send_control(frame)
+
+    def _replaced(self, node: str) -> None:
+        """An edge's new tunnel replaced its open one: normal once (it reconnected before
+        the old one timed out), but two processes with one name and certificate (a cloned
+        VM, a copied key) replace each other every second, forever, each at info level.
+        Warn once per REPLACED_WINDOW when it keeps happening."""
+        now = self.reactor.seconds()
+        since, count, warned = self.replacements.get(node, (now, 0, False))
+        if now - since > REPLACED_WINDOW:
+            since, count, warned = now, 0, False
+        count += 1
+        if count >= REPLACED_WARN and not warned:
+            warned = True
+            log.warn("edge {node}: its tunnel was replaced {count} times in {seconds:.0f}s: "
+                     "two processes with this node name and certificate? Each new "
+                     "connection closes the other", node=node, count=count,
+                     seconds=now - since)
+        self.replacements[node] = (since, count, warned)
 
     def router_ready(self, link: EnvelopeLink) -> None:
         peer = link.peer
