@@ -76,6 +76,14 @@ def test_edge_without_node_still_says_it_is_required(tmp_path: Path) -> None:
         "--node NAME is required")
 
 
+def test_a_state_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    options = edge_tap.Options()  # type: ignore[no-untyped-call]
+    assert refusal(options, ["--insecure", "--node", "edge-1", "--state-dir", str(afile)]) == (
+        f"--state-dir {afile}: not a directory")
+
+
 def test_any_router_name_is_still_accepted(tmp_path: Path) -> None:
     options = parsed("edge", tmp_path, "--router-name", "*", "--router", "tcp:10.0.0.1:7700",
                      "--router", "*=tcp:edgemesh-router-replicas:7700")

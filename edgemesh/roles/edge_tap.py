@@ -75,7 +75,9 @@ class Options(CommonOptions, CaptureOptions):
         try:
             os.makedirs(self["state-dir"], exist_ok=True)
         except OSError as error:
-            raise usage.UsageError(f"--state-dir {self['state-dir']}: {error.strerror}") from None
+            why = ("not a directory" if os.path.exists(self["state-dir"])
+                   and not os.path.isdir(self["state-dir"]) else error.strerror)
+            raise usage.UsageError(f"--state-dir {self['state-dir']}: {why}") from None
         self["catalog_value"] = self.load_catalog(self["catalog"]) if self["catalog"] else None
         self["tls_value"] = self.tls_config(self["node"], "edge")
         self["wire_value"] = self.wire_limits()
