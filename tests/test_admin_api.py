@@ -25,6 +25,7 @@ from edgemesh.observability import REDACTED, ObservabilityConfig, config_to_json
 from edgemesh.roles import EdgeConfig, EdgeNode, RouterConfig, RouterNode, build_edge, build_router
 from edgemesh.roles._admin import admin_endpoint, admin_site
 from edgemesh.security import TLSConfig
+from edgemesh.transports import FrontLimits
 
 
 def make_catalog(revision: int = 4) -> Catalog:
@@ -306,3 +307,35 @@ def test_metrics_over_http(reactor: MemoryReactorClock) -> None:
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/plain; version=0.0.4" in head
     assert b"edgemesh_info{" in body
+
+
+def test_a_trickled_head_is_cut_at_the_header_timeout(reactor: MemoryReactorClock) -> None:
+    """twisted.web's idle timer starts over at every byte: one head byte every few seconds
+    held an admin connection for ever.  The head must be whole within --header-timeout of
+    its first byte; a kept-alive connection's next request gets the same time."""
+    router = router_node(reactor, http=None, front=FrontLimits(header_timeout=4.0))
+    site = admin_site(router)
+
+    def connect() -> tuple[Any, StringTransport]:
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    slow, slow_transport = connect()
+    for byte in b"GET /healthz HTTP/1.1\r\n":
+        slow.dataReceived(bytes([byte]))
+        reactor.advance(0.5)
+        if slow_transport.disconnecting:
+            break
+    assert slow_transport.disconnecting, "cut at 4 s, though a byte came every 0.5 s"
+    assert reactor.seconds() == pytest.approx(4.0)
+
+    kept, kept_transport = connect()
+    kept.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+    reactor.advance(30)  # answered: no deadline runs while the connection is idle
+    assert b"HTTP/1.1 " in kept_transport.value() and not kept_transport.disconnecting
+    kept.dataReceived(b"GET /healthz HTTP/1.1\r\n")
+    reactor.advance(4.1)
+    assert kept_transport.disconnecting

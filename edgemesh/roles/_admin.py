@@ -41,6 +41,10 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -194,6 +198,41 @@ def replica_view(node: MeshNode) -> dict[str, object]:
     }
 
 
+class _AdminChannel(HTTPChannel):
+    """An admin connection whose request head must be whole within ``head_timeout`` of its
+    first byte (the nodes' --header-timeout).  twisted.web's own timer is an idle one that
+    starts over at every byte: one byte every 50 s held a connection for ever (slowloris).
+    HTTP/1.1 only (no HTTP/2 negotiation: the admin API is probes, curl and Prometheus)."""
+
+    head_timeout = 10.0
+    _head_deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.callLater(  # type: ignore[no-untyped-call]
+                self.head_timeout, self._head_too_slow)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def allHeadersReceived(self) -> None:
+        self._head_done()
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._head_done()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def _head_done(self) -> None:
+        deadline, self._head_deadline = self._head_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
 class _Root(Resource):
     """The admin API's root: a page it does not have is a JSON 404 that lists the pages (as
     every page but /metrics answers JSON), not twisted.web's HTML one."""
@@ -249,6 +288,15 @@ def admin_site(node: MeshNode) -> Site:
                               heap=node.heap.counters if node.heap is not None else None)
     root.putChild(b"metrics", _Metrics(node_registry(collector)))
     site = Site(root, reactor=node.reactor)
+    front = getattr(getattr(node, "config", None), "front", None)
+    head_timeout = front.header_timeout if front is not None else _AdminChannel.head_timeout
+
+    def channel() -> _AdminChannel:
+        made = _AdminChannel()  # type: ignore[no-untyped-call]
+        made.head_timeout = head_timeout
+        return made
+
+    site.protocol = channel  # type: ignore[assignment]
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site
