@@ -157,20 +157,42 @@ def test_search_domains_as_a_pod_walks_them() -> None:
     assert tried == ["cart.shop.default.svc.cluster.local", "cart.shop.svc.cluster.local"]
 
 
+def no_data(result: Any) -> bool:
+    """NOERROR with no record of the type asked, and the zone's SOA in the authority section
+    (RFC 2308), authoritative: glibc took an empty answer without AA nor RA for a lame
+    server (getaddrinfo's "Temporary failure in name resolution" for AAAA)."""
+    answers, authority, additional = result
+    return (answers == [] and additional == [] and [r.type for r in authority] == [dns.SOA]
+            and authority[0].name.name == b"cluster.local" and authority[0].auth)
+
+
 def test_headless_services_get_their_virtual_ip_or_no_data() -> None:
     answer = ask(MeshResolver(addresses()), "db.shop.svc.cluster.local")
     assert ipaddress.IPv4Address(addresses_in(answer)[0]) in VNET
-    assert ask(MeshResolver(addresses(virtual=False)), "db.shop") == ([], [], [])
+    assert no_data(ask(MeshResolver(addresses(virtual=False)), "db.shop"))
 
 
 def test_other_types_of_a_known_name_are_no_data_not_nxdomain() -> None:
     mesh = MeshResolver(addresses())
-    assert ask(mesh, "web.default.svc.cluster.local", dns.AAAA) == ([], [], [])
-    assert ask(mesh, "web", dns.MX) == ([], [], [])
+    assert no_data(ask(mesh, "web.default.svc.cluster.local", dns.AAAA))
+    assert no_data(ask(mesh, "web", dns.MX))
     six = ask(mesh, "six", dns.AAAA)
     assert six[0][0].type == dns.AAAA
-    assert ask(mesh, "six", dns.A) == ([], [], [])
+    assert no_data(ask(mesh, "six", dns.A))
     assert addresses_in(ask(mesh, "web", dns.ALL_RECORDS)) == ["10.96.0.11"]
+
+
+def test_names_with_names_below_them_are_no_data_not_nxdomain() -> None:
+    """RFC 8020: NXDOMAIN says nothing exists below a name.  The zone, its svc and a
+    namespace of the catalog have services below them (CoreDNS answers NOERROR too); a
+    namespace without services, or another name of the zone, is NXDOMAIN."""
+    mesh = MeshResolver(addresses())
+    for name in ("cluster.local", "svc.cluster.local", "default.svc.cluster.local",
+                 "Shop.svc.cluster.local."):
+        assert no_data(ask(mesh, name)), name
+    for name in ("nope.svc.cluster.local", "x.cluster.local"):
+        result = ask(mesh, name)
+        assert isinstance(result, Failure) and result.check(AuthoritativeDomainError), name
 
 
 def stateful() -> ServiceAddresses:
@@ -202,7 +224,7 @@ def test_srv_records_of_named_ports_as_kubernetes_dns_has_them() -> None:
     assert [r.payload.dottedQuad() for r in answer[2]] == [
         book.pod_address_of("data/pg", "pg-0"), book.pod_address_of("data/pg", "pg-1")]
     # The name exists for other types (no data); a wrong port, protocol or service does not.
-    assert ask(mesh, "_postgres._tcp.pg.data.svc.cluster.local", dns.A) == ([], [], [])
+    assert no_data(ask(mesh, "_postgres._tcp.pg.data.svc.cluster.local", dns.A))
     # UDP is not the mesh's (docs/protocols.md): no SRV for the UDP port.
     for wrong in ("_postgres._udp.pg.data", "_stats._tcp.pg.data", "_stats._udp.pg.data",
                   "_nope._tcp.pg.data", "_postgres._tcp.nope.data"):
@@ -679,14 +701,32 @@ def test_service_binds_udp_and_tcp_on_one_port_and_unbinds() -> None:
     assert reactor.udp[0][3].stopped and service.ports == []
 
 
-def test_tcp_connections_are_bounded() -> None:
-    factory, _ = server()
+def test_tcp_connections_are_bounded_and_refusals_summarised() -> None:
+    clock = Clock()
+    factory, _ = server(clock)
     factory.max_tcp_connections = 1
     first = factory.buildProtocol(None)
     assert first is not None
     factory.connections.append(first)
-    with capturedLogs():
+    with capturedLogs() as events:
+        for _ in range(50):  # a local client hammering: one warning a minute, not fifty
+            assert factory.buildProtocol(None) is None
+        clock.advance(61)
         assert factory.buildProtocol(None) is None
+    warned = [e for e in events if "refusing TCP connections" in e.get("log_format", "")]
+    assert [e["refused"] for e in warned] == [1, 51]
+
+
+def test_no_data_is_authoritative_and_rd_is_echoed() -> None:
+    """Without an upstream the server does not recurse (no RA): an empty answer then needs
+    AA, or glibc's getaddrinfo(AF_INET6) of an IPv4 service fails with EAI_AGAIN."""
+    factory = MeshDNSServerFactory(Clock(), MeshResolver(addresses()),
+                                   BoundedCache(Clock()), None)
+    reply = query(factory, "web.default.svc.cluster.local", dns.AAAA)
+    assert (reply.rCode, reply.answers, reply.auth, reply.recAv) == (dns.OK, [], True, False)
+    assert [r.type for r in reply.authority] == [dns.SOA]
+    assert reply.recDes  # the query asked for recursion: RD is copied back
+    assert query(factory, "default.svc.cluster.local").rCode == dns.OK
 
 
 # -- real sockets ----------------------------------------------------------------------------------

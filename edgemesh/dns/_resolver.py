@@ -122,12 +122,42 @@ class MeshResolver(common.ResolverBase):
                                               auth=True)], [], []))
         known, address = self._address(kind, cls)
         if not known:
+            if kind.in_zone and cls == dns.IN and self._has_names_below(text):
+                # cluster.local, svc.cluster.local, NS.svc.cluster.local: names exist below
+                # them (RFC 8020: NXDOMAIN would say none does).
+                return succeed(([], [self._zone_soa()], []))
             if kind.in_zone:
                 return fail(AuthoritativeDomainError(name))
             return fail(DomainError(name))
-        # No record of that type (AAAA of an IPv4 service, MX, ...): NOERROR with no
-        # answer, so that resolvers do not conclude the name does not exist.
-        return succeed((self._address_records(name, address, type), [], []))
+        answers = self._address_records(name, address, type)
+        # No record of that type (AAAA of an IPv4 service, MX, ...): NOERROR with no answer,
+        # so that resolvers do not conclude the name does not exist, and with the zone's SOA
+        # (RFC 2308), which makes it authoritative: glibc takes an empty answer without AA
+        # nor RA for a lame server ("Temporary failure in name resolution" for AAAA).
+        return succeed((answers, [] if answers else [self._zone_soa()], []))
+
+    def _zone_soa(self) -> dns.RRHeader:
+        """The SOA of the mesh's zone, as CoreDNS's kubernetes plugin gives it: the
+        authority section of a negative answer (its MINIMUM is how long to cache one)."""
+        domain = CLUSTER_DOMAIN.encode()
+        record = dns.Record_SOA(mname=b"ns.dns." + domain, rname=b"hostmaster." + domain,
+                                serial=self.addresses.catalog.revision & 0xFFFFFFFF,
+                                refresh=7200, retry=1800, expire=86400,
+                                minimum=self.ttl, ttl=self.ttl)
+        return dns.RRHeader(domain, dns.SOA, dns.IN, self.ttl, record, auth=True)
+
+    def _has_names_below(self, text: str) -> bool:
+        """``text`` is an empty non-terminal of the mesh's zone: the zone itself, its
+        ``svc``, or a namespace of the catalog."""
+        labels = text.lower().rstrip(".").split(".")
+        zone = CLUSTER_DOMAIN.split(".")
+        if labels[-len(zone):] != zone:
+            return False
+        above = labels[:-len(zone)]
+        if above in ([], ["svc"]):
+            return True
+        return (len(above) == 2 and above[1] == "svc"
+                and any(s.namespace == above[0] for s in self.addresses.catalog.services.values()))
 
     def _address_records(self, name: bytes, address: str | None,
                          type: int) -> list[dns.RRHeader]:
@@ -169,7 +199,7 @@ class MeshResolver(common.ResolverBase):
                 record = dns.Record_SRV(0, weight, ports[0].port, target, self.ttl)
                 answers.append(dns.RRHeader(name, dns.SRV, dns.IN, self.ttl, record, auth=True))
                 additional += self._address_records(target.encode(), address, dns.ALL_RECORDS)
-        return succeed((answers, [], additional))
+        return succeed((answers, [] if answers else [self._zone_soa()], additional))
 
 
 def _fqdn(service: Service) -> str:

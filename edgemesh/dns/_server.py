@@ -68,6 +68,8 @@ TCP_LIMIT = 65535
 SERVFAIL)."""
 _BADVERS = 16
 """The extended response code of RFC 6891 §9 (twisted.names has no name for it)."""
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two warnings of refused DNS TCP connections (with the count)."""
 
 
 def _opts(message: dns.Message) -> list[dns.RRHeader]:
@@ -157,6 +159,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.forwarder = forwarder
         self.max_tcp_connections = max_tcp_connections
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_refused = 0
+        self._tcp_refused_said = -REFUSAL_LOG_INTERVAL
 
     def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
         # Twisted's factory takes a response (QR set) for a query, and its refusals and
@@ -201,6 +205,11 @@ class MeshDNSServerFactory(server.DNSServerFactory):
     ) -> dns.Message:
         response: dns.Message = super()._responseFromMessage(  # type: ignore[no-untyped-call]
             message, rCode, answers, authority, additional)
+        response.recDes = message.recDes  # RFC 1035 §4.1.1: RD is copied into the response
+        if not response.auth and any(r.isAuthoritative() for r in authority or ()):
+            # A negative answer of the mesh's zone (its SOA in the authority section) is
+            # authoritative too; Twisted looks at the answers only.
+            response.auth = True
         opts = _opts(message)
         if opts:
             # An EDNS query gets an OPT record back (RFC 6891 §7), offering our own size;
@@ -220,8 +229,14 @@ class MeshDNSServerFactory(server.DNSServerFactory):
 
     def buildProtocol(self, addr: Any) -> _TCPProtocol | None:
         if len(self.connections) >= self.max_tcp_connections:
-            log.warn("DNS: refusing a TCP connection from {peer}: {count} open",
-                     peer=str(addr), count=len(self.connections))
+            self.tcp_refused += 1
+            now = self.reactor.seconds()
+            if now - self._tcp_refused_said >= REFUSAL_LOG_INTERVAL:
+                # Once a minute at most: a local client could flood the log otherwise.
+                log.warn("DNS: refusing TCP connections: {count} open, at most {limit} "
+                         "({refused} refused so far)", count=len(self.connections),
+                         limit=self.max_tcp_connections, refused=self.tcp_refused)
+                self._tcp_refused_said = now
             return None
         protocol = _TCPProtocol(self, self.reactor, self.tcp_idle_timeout)
         protocol.factory = self
