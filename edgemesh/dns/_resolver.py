@@ -62,6 +62,8 @@ class MeshResolver(common.ResolverBase):
         self.ttl = ttl
         self._names_of: dict[str, str] = {}
         self._names_for: Catalog | None = None
+        self._namespaces: set[str] = set()
+        self._namespaces_for: Catalog | None = None
 
     def claims(self, name: bytes) -> bool:
         """Whether the mesh answers ``name`` itself (then no upstream answer is cached)."""
@@ -156,8 +158,13 @@ class MeshResolver(common.ResolverBase):
         above = labels[:-len(zone)]
         if above in ([], ["svc"]):
             return True
-        return (len(above) == 2 and above[1] == "svc"
-                and any(s.namespace == above[0] for s in self.addresses.catalog.services.values()))
+        if len(above) != 2 or above[1] != "svc":
+            return False
+        catalog = self.addresses.catalog
+        if catalog is not self._namespaces_for:  # (once per catalog, not per query)
+            self._namespaces = {service.namespace for service in catalog.services.values()}
+            self._namespaces_for = catalog
+        return above[0] in self._namespaces
 
     def _address_records(self, name: bytes, address: str | None,
                          type: int) -> list[dns.RRHeader]:
