@@ -56,7 +56,6 @@ def _head_size(value: str) -> int:
     return number
 
 
-
 def _threshold(value: str) -> int:
     if value.strip() == "0":
         return 0

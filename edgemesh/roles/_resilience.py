@@ -75,7 +75,6 @@ def _heartbeat_interval(value: str) -> float:
     return number
 
 
-
 def _count(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
