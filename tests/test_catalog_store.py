@@ -133,6 +133,26 @@ def test_corrupt_newest_never_replaces_a_good_previous(
     assert CatalogStore(str(tmp_path)).load()[0] == first
 
 
+def test_newest_corrupted_under_a_running_store_never_replaces_a_good_previous(
+    tmp_path: Path, first: Catalog, second: Catalog
+) -> None:
+    """The same store that wrote the newest file saves again after someone damaged it: it
+    must not trust what it remembers of its own write (the last good copy was lost)."""
+    store = CatalogStore(str(tmp_path))
+    store.save(first)
+    store.save(second)
+    (tmp_path / STORE_FILE).write_bytes(os.urandom(555))
+    third = second.with_revision(3)
+    store.save(third)
+    os.unlink(tmp_path / STORE_FILE)
+    assert CatalogStore(str(tmp_path)).load()[0] == first
+    # Undamaged, the newest still becomes the previous without being read again.
+    store.save(second.with_revision(4))
+    store.save(second.with_revision(5))
+    os.unlink(tmp_path / STORE_FILE)
+    assert CatalogStore(str(tmp_path)).load()[0] == second.with_revision(4)
+
+
 def test_failed_rename_leaves_old_files_and_no_temporary(
     tmp_path: Path, first: Catalog, second: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -379,6 +379,46 @@ def test_edge_persists_the_push_before_acking(mesh: Mesh, tmp_path: Path) -> Non
     assert mesh.router.edges["edge-1"].acked == 5
 
 
+def test_a_refused_catalog_write_is_tried_again_until_the_disk_takes_it(
+        mesh: Mesh, reactor: MemoryReactorClock) -> None:
+    """A full or read-only disk refused the write: nothing else would write it again (only a
+    next push), so an edge restarted offline served the older catalog, the router saw the
+    lag forever, and /readyz said nothing.  The write is tried again, backing off, and
+    /readyz says why it is not on disk meanwhile."""
+    from edgemesh.roles._admin import readiness
+
+    edge = mesh.edge()
+    pump = mesh.connect()
+    real_save = edge.store.save
+    disk_full = [True]
+
+    def save(catalog: Catalog) -> None:
+        if disk_full[0]:
+            raise OSError(28, "No space left on device")
+        real_save(catalog)
+
+    edge.store.save = save  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        mesh.router.set_catalog(make_catalog(revision=6))
+        pump.flush()
+        for _ in range(20):  # retried after 1, 2, 4 and 8 s: still full
+            reactor.advance(1)  # (a second at a time: the heartbeats flow meanwhile)
+            pump.flush()
+        ready, _, detail = readiness(edge)
+        assert ready and "catalog revision 6 not on disk: [Errno 28]" in detail["catalog_store"]
+        assert mesh.router.edges["edge-1"].acked == 1
+        disk_full[0] = False
+        for _ in range(20):  # the next try, 16 s after the last
+            reactor.advance(1)
+            pump.flush()
+    assert mesh.router.edges["edge-1"].acked == 6
+    assert CatalogStore(edge.store.directory).load()[0] == edge.catalog
+    assert "catalog_store" not in readiness(edge)[2]
+    errors = [e for e in events if e["log_level"] is LogLevel.error]
+    assert len(errors) == 1, "the retries of one failure log nothing more"
+    assert any("persisted after" in e.get("log_format", "") for e in events)
+
+
 def test_edge_does_not_ack_what_it_could_not_save(mesh: Mesh) -> None:
     edge = mesh.edge()
     pump = mesh.connect()

@@ -42,6 +42,9 @@ class CatalogStore:
         self._max_bytes = max_bytes
         self._newest_is_good: bool | None = None
         """Whether ``path`` holds a valid snapshot; None until read or written."""
+        self._newest_seen: tuple[int, int, int] | None = None
+        """(inode, size, mtime) of ``path`` when ``_newest_is_good`` was learnt: a file
+        changed since (by someone else) is read again before it may become the previous."""
 
     def save(self, catalog: Catalog) -> None:
         """Write ``catalog`` durably (returns after the fsyncs); the snapshot it replaces
@@ -58,8 +61,12 @@ class CatalogStore:
         os.makedirs(self.directory, exist_ok=True)
         temporary = self._write_temporary(data)
         try:
-            if self._newest_is_good is None:
+            if self._newest_is_good is None or self._stat(self.path) != self._newest_seen:
+                # Not known, or changed on disk since: a corrupt file must not replace the
+                # good previous snapshot (the last good copy would be lost).
+                seen = self._stat(self.path)
                 self._newest_is_good = self._read(self.path)[0] is not None
+                self._newest_seen = seen
             if self._newest_is_good:
                 self._keep_as_previous()
             os.replace(temporary, self.path)
@@ -68,16 +75,27 @@ class CatalogStore:
                 os.unlink(temporary)
             raise
         self._newest_is_good = True
+        self._newest_seen = self._stat(self.path)
         self._fsync_directory()
+
+    @staticmethod
+    def _stat(path: str) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns
 
     def load(self) -> tuple[Catalog | None, list[str]]:
         """The newest valid snapshot (None if there is none) and the problems met on the
         way, one line each, naming the file.  Never raises for what the files contain."""
         problems: list[str] = []
         for path in (self.path, self.previous_path):
+            seen = self._stat(path)
             catalog, problem = self._read(path)
             if path == self.path:
                 self._newest_is_good = catalog is not None
+                self._newest_seen = seen
             if catalog is not None:
                 if problems:
                     problems.append(f"{path}: using this previous snapshot instead")

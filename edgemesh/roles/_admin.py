@@ -177,6 +177,10 @@ def readiness(node: MeshNode) -> tuple[bool, dict[str, bool], dict[str, str]]:
         detail["listeners"] = "not listening: " + ", ".join(down)
     if not loaded:
         detail["catalog"] = why
+    follower = getattr(node, "follower", None)
+    if follower is not None and follower.unsaved is not None:
+        # Ready (the catalog in use is right), but a restart now would serve an older one.
+        detail["catalog_store"] = follower.unsaved
     for name, (ready, text) in sorted(node.observer.readiness.gates.items()):
         checks[name] = ready
         if text:

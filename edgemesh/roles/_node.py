@@ -552,7 +552,8 @@ class EdgeNode(MeshNode):
         """With several routers: moves the tunnel when its router drains (roles/_move.py)."""
         # Pushes are stored in a thread (real reactors), acked once durable, one write at a time.
         self.follower = CatalogFollower(
-            self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor)
+            self.store, lambda: self.catalog, self._set_catalog, blocking_runner(reactor),
+            clock=reactor,
         )
         self.security: LinkSecurity = link_security(
             reactor, config.tls, node=config.node, role=Role.edge.value)
@@ -576,6 +577,7 @@ class EdgeNode(MeshNode):
 
     def stopService(self) -> Deferred[None] | None:
         stopped = super().stopService()
+        self.follower.stop()  # no more retries of a write the disk refused
         dialer = self.hub_dialer
         if dialer is None:
             return stopped

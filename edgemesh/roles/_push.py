@@ -46,7 +46,7 @@ from typing import Any
 
 import msgpack
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -70,6 +70,9 @@ from ..wire import (
 )
 
 log = Logger()
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+"""Seconds before a catalog write the disk refused is tried again, doubling up to this."""
 
 _HALF = 60
 _MAX_SETTING = 1 << 62  # hello settings are at most this (wire/_frames.py)
@@ -145,11 +148,18 @@ class CatalogFollower:
         get: Callable[[], Catalog],
         set_catalog: Callable[[Catalog], None],
         run_blocking: Callable[[Callable[[], None]], Deferred[None]],
+        clock: IReactorTime | None = None,
     ) -> None:
+        """``clock``: retry a write the disk refused (none: only the next push writes)."""
         self.store = store
         self.get = get
         self.set_catalog = set_catalog
         self.run_blocking = run_blocking
+        self.clock = clock
+        self.unsaved: str | None = None
+        """Why the catalog in use is not on disk, while a write fails (/readyz says it)."""
+        self._failures = 0
+        self._retry: IDelayedCall | None = None
         self.synced_link: EnvelopeLink | None = None
         """The link whose snapshot the current catalog follows."""
         self.saving: Catalog | None = None
@@ -240,29 +250,59 @@ class CatalogFollower:
         if self.saving is not None:
             self._waiting = (catalog, link)
             return
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()  # this write is the retry
+        self._retry = None
         self.saving = catalog
         # self.store.save is looked up now, not bound earlier (tests replace it).
         done = self.run_blocking(lambda: self.store.save(catalog))
         done.addCallbacks(self._saved, self._not_saved, callbackArgs=(catalog, link),
-                          errbackArgs=(catalog,))
+                          errbackArgs=(catalog, link))
         done.addErrback(lambda failure: log.failure("catalog store", failure))
 
     def _saved(self, _: None, catalog: Catalog, link: EnvelopeLink) -> None:
         self.durable = catalog.revision
+        if self._failures:
+            log.info("catalog revision {revision} persisted after {count} failed writes",
+                     revision=catalog.revision, count=self._failures)
+        self._failures = 0
+        self.unsaved = None
         # Acked only once durable: the router may then count on this edge surviving a
         # restart with it.
         if not link.closed:
             link.send_control(encode_ack(catalog.revision))
         self._next()
 
-    def _not_saved(self, failure: Failure, catalog: Catalog) -> None:
-        if failure.check(OSError, ValueError):
-            log.error("catalog revision {revision} not persisted, not acked: {error}",
-                      revision=catalog.revision, error=str(failure.value))
-        else:
-            log.failure("catalog revision {revision} not persisted, not acked", failure,
-                        revision=catalog.revision)
+    def _not_saved(self, failure: Failure, catalog: Catalog, link: EnvelopeLink) -> None:
+        self._failures += 1
+        error = str(failure.value) if failure.check(OSError, ValueError) else repr(failure.value)
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
+        self.unsaved = (f"catalog revision {catalog.revision} not on disk: {error}"
+                        + (f" (trying again every {delay:g}s)" if self.clock is not None
+                           else ""))
+        if self._failures == 1:  # the retries of one failure say nothing more
+            if failure.check(OSError, ValueError):
+                log.error("catalog revision {revision} not persisted, not acked: {error}",
+                          revision=catalog.revision, error=error)
+            else:
+                log.failure("catalog revision {revision} not persisted, not acked", failure,
+                            revision=catalog.revision)
         self._next()
+        if self.saving is None and self.clock is not None:
+            # Nothing newer is being written: the disk may come back (space freed, remounted
+            # read-write); until this catalog is on disk a restart offline would serve the
+            # older one, and the router sees this edge's lag.
+            self._retry = self.clock.callLater(delay, self._write_again, link)
+
+    def _write_again(self, link: EnvelopeLink) -> None:
+        self._retry = None
+        if self.saving is None and self.durable != self.get().revision:
+            self._save(self.get(), link)
+
+    def stop(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     def _next(self) -> None:
         self.saving = None
