@@ -594,6 +594,26 @@ def test_fail_after_head_aborts_the_client_connection() -> None:
     assert conn.transport.value() == written
 
 
+def test_fail_with_only_the_head_buffered_sends_it_then_closes() -> None:
+    """A peer lost in the turn that brought the head: an abort dropped the buffered head and
+    the client got a reset and no byte at all.  The head goes out, then a close; the
+    length (or the missing last chunk) shows the client the body was cut short."""
+    for length, framing in ((100, b"Content-Length: 100"), (None, b"Transfer-Encoding: chunked")):
+        target = ScriptedTarget()
+        conn = Conn(target)
+        conn.send(GET)
+        responder = target.opened[0].responder
+        responder.head(ResponseHead(200, b"OK", (), length))
+        responder.fail(MeshError(Reason.peer_unavailable, "link to edge-2 lost"))
+        written = conn.transport.value()
+        assert written.startswith(b"HTTP/1.1 200 OK\r\n") and framing in written
+        assert written.endswith(b"\r\n\r\n"), "the head, and nothing of a body"
+        assert conn.transport.disconnecting and not conn.aborted
+        assert target.opened[0].body.aborted is not None
+        responder.write(b"late")  # no-ops from now on
+        assert conn.transport.value() == written
+
+
 def test_the_front_passes_its_listeners_kind_with_each_request() -> None:
     kinds: list[SourceKind] = []
     target = ScriptedTarget(answer=answer_ok)

@@ -220,6 +220,11 @@ class ByteSink(Structural):
     def received(self, data: bytes) -> None: ...
 
 
+_FAR_SIDE_GONE = frozenset({Reason.upstream_lost, Reason.peer_unavailable,
+                            Reason.upstream_timeout, Reason.draining})
+"""Failures of the far side after a response head: the client did nothing wrong."""
+
+
 @implementer(ICompletingResponder, IViewResponder, IPipeResponder, IPushProducer)
 class _Exchange:
     """One request/response on a front connection.  It is the ``IResponder`` the
@@ -480,6 +485,18 @@ class _Exchange:
             self.front.log.info(
                 "exchange failed after its response head: {error}", error=str(error)
             )
+            if (self.head_waiting and (self.remaining or self.chunked)
+                    and error.reason in _FAR_SIDE_GONE):
+                # The head still waits in Twisted's buffer (a peer lost in the turn that
+                # brought it): an abort would drop it and the client would get a reset and
+                # not a byte.  Sent, then the connection closed: its framing (a length, or
+                # no last chunk) shows the body cut short.  A close-delimited body would not,
+                # so it is still aborted, as is the connection of a client whose own request
+                # failed (a malformed chunk, a body over the cap).
+                self.state = _DONE
+                self._abort_body("response cut short")
+                self.front._close(abort=False, reason="response cut short")
+                return
             self._abort_client()
 
     def setProducer(self, producer: IPushProducer) -> None:
