@@ -65,6 +65,17 @@ def elector(clock: Clock, api: Any, identity: str = "a") -> LeaderElector:
                          random=lambda: 0.0)
 
 
+def leading() -> tuple[Clock, Broken, LeaderElector]:
+    """An elector that leads, on an API that fails once ``api.error`` is set."""
+    clock = Clock()
+    api = Broken(StoreAPI(clock, LeaseStore()), None)
+    a = elector(clock, api)
+    a.startService()
+    clock.advance(0)
+    assert a.leading
+    return clock, api, a
+
+
 def discovery(clock: Clock, api: Any) -> ReplicaDiscovery:
     return ReplicaDiscovery(clock, api, ReplicaLeases("router-a", "tcp:10.0.0.1:7702",
                                                       "edgemesh", 15.0),
@@ -92,12 +103,7 @@ def test_a_long_election_error_is_logged_whole_and_bounded_on_status() -> None:
 
 
 def test_a_long_release_error_is_logged_whole() -> None:
-    clock = Clock()
-    api = Broken(StoreAPI(clock, LeaseStore()), None)
-    a = elector(clock, api)
-    a.startService()
-    clock.advance(0)
-    assert a.leading
+    _, api, a = leading()
     api.error = long_error()
     with capturedLogs() as events:
         a.stopService()
@@ -191,12 +197,7 @@ def test_an_election_conflict_stays_debug() -> None:
 
 
 def test_the_leader_says_once_that_it_renews_again_then_warns_a_new_failure_at_once() -> None:
-    clock = Clock()
-    api = Broken(StoreAPI(clock, LeaseStore()), None)
-    a = elector(clock, api)
-    a.startService()
-    clock.advance(0)
-    assert a.leading
+    clock, api, a = leading()
     with capturedLogs() as events:
         api.error = long_error()
         for _ in range(3):  # 6 s: within the renew deadline
