@@ -26,10 +26,10 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
-    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -435,7 +435,7 @@ class MeshNode(MultiService):
         # Twisted's TLS layer, and the layer then fails ('NoneType' object has no attribute
         # 'bio_read', an Unhandled Error at every leader's stop).  So the stop is reported
         # one reactor turn later, with nothing on the stack.
-        return stopped.addCallback(lambda _: _next_turn(self.reactor))
+        return stopped.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))
 
     def status(self) -> dict[str, object]:
         return {
@@ -446,12 +446,6 @@ class MeshNode(MultiService):
             "links": sorted(self.links),
             **{name: part() for name, part in self.status_parts.items()},
         }
-
-
-def _next_turn(clock: IReactorTime) -> Deferred[None]:
-    turned: Deferred[None] = Deferred()
-    clock.callLater(0, turned.callback, None)
-    return turned
 
 
 def _outbound(

@@ -493,9 +493,7 @@ class _Exchange:
                 # no last chunk) shows the body cut short.  A close-delimited body would not,
                 # so it is still aborted, as is the connection of a client whose own request
                 # failed (a malformed chunk, a body over the cap).
-                self.state = _DONE
-                self._abort_body("response cut short")
-                self.front._close(abort=False, reason="response cut short")
+                self._abort_client(graceful=True)
                 return
             self._abort_client()
 
@@ -520,10 +518,13 @@ class _Exchange:
 
     # -- internals -----------------------------------------------------------
 
-    def _abort_client(self) -> None:
+    def _abort_client(self, graceful: bool = False) -> None:
+        """End the exchange and the client's connection: reset, or (``graceful``) closed
+        once what is buffered for it is sent."""
         self.state = _DONE
-        self._abort_body("response aborted")
-        self.front._close(abort=True, reason="response aborted")
+        reason = "response cut short" if graceful else "response aborted"
+        self._abort_body(reason)
+        self.front._close(abort=not graceful, reason=reason)
 
     def _abort_body(self, reason: str) -> None:
         body = self.body
